@@ -1,0 +1,136 @@
+"""The `tunelab` command: verbs only. Each verb parses its arguments and calls one stage function.
+
+Stage modules are imported lazily so verbs that need no model (--help, score, grade) start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tunelab import __version__
+from tunelab.errors import TunelabError
+
+
+def _call(target: str):
+    """Return a handler that imports `module:function` only when the verb runs."""
+    def handler(args: argparse.Namespace) -> int | None:
+        module, func = target.split(":")
+        return getattr(importlib.import_module(module), func)(args)
+    return handler
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunelab",
+        description="Fine-tune, evaluate and score LLMs: data → model → train → eval → score.")
+    parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    # run / train ---------------------------------------------------------------------------------
+    p = verbs.add_parser("run", help="run a whole recipe: data → train → eval → score → report")
+    p.add_argument("recipe")
+    _add_set(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.set_defaults(func=_call("tunelab.pipeline:cli_run"))
+
+    p = verbs.add_parser("train", help="train only (no evaluation)")
+    p.add_argument("recipe")
+    _add_set(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.set_defaults(func=_call("tunelab.pipeline:cli_train"))
+
+    # data ----------------------------------------------------------------------------------------
+    p = verbs.add_parser("data", help="generate, convert and inspect training data")
+    data = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
+
+    q = data.add_parser("arithmetic", help="generate competition-format arithmetic problems, or subsample a file")
+    q.add_argument("--out", required=True, help="output file (.json array or .jsonl)")
+    q.add_argument("--count", type=int, default=1000, help="number of problems to write")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--kinds", default=None,
+                   help="comma-separated kinds (default: all); see --list-kinds")
+    q.add_argument("--lang", choices=["zh", "en", "mix"], default="mix")
+    q.add_argument("--from", dest="source", default=None,
+                   help="subsample COUNT problems reproducibly from this file instead of generating")
+    q.add_argument("--list-kinds", action="store_true", help="print the kinds and exit")
+    q.set_defaults(func=_call("tunelab.data.arithmetic:cli_generate"))
+
+    q = data.add_parser("convert", help="convert competition data to a training format")
+    q.add_argument("input", help="competition JSON/JSONL ({problem, solution})")
+    q.add_argument("--out", required=True)
+    q.add_argument("--format", choices=["conversations", "alpaca", "messages"], default="conversations")
+    q.add_argument("--template", default="alpaca", help="prompt template for the conversations format")
+    q.add_argument("--instruction-prefix", default="",
+                   help='e.g. "You are an expert in mathematics, accurately calculating the following problem."')
+    q.add_argument("--cot", action="store_true", help="append the zero-shot \"Let's think step by step.\"")
+    q.set_defaults(func=_call("tunelab.data.convert:cli_convert"))
+
+    q = data.add_parser("check", help="show rendered samples, loss tokens, lengths and packing efficiency")
+    q.add_argument("recipe")
+    _add_set(q)
+    q.add_argument("--samples", type=int, default=3)
+    q.set_defaults(func=_call("tunelab.data.check:cli_check"))
+
+    # eval / grade --------------------------------------------------------------------------------
+    p = verbs.add_parser("eval", help="evaluate a model, checkpoint or run directory on tasks")
+    p.add_argument("--model", required=True, help="run directory, checkpoint, HF directory or hub id")
+    p.add_argument("--tasks", default="arithmetic", help="comma-separated task names")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
+                   help="data file for a task (repeatable)")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--out", default=None, help="output directory (default: <model>/eval)")
+    p.set_defaults(func=_call("tunelab.eval.runner:cli_eval"))
+
+    p = verbs.add_parser("grade", help="grade a prediction file against gold answers")
+    grade = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    q = grade.add_parser("arithmetic", help="numeric comparison of final answers, with diagnostics")
+    q.add_argument("--pred", required=True, help="JSONL with 'prediction' (and 'id'), or one answer per line")
+    q.add_argument("--gold", required=True, help="competition JSON/JSONL with 'solution' (and 'id')")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_call("tunelab.tasks.arithmetic:cli_grade"))
+
+    # ratio / score -------------------------------------------------------------------------------
+    p = verbs.add_parser("ratio", help="trainable / total parameters of a LoRA setup (meta device, no weights)")
+    p.add_argument("model", help="preset name, local HF directory or config.json")
+    p.add_argument("--lora-rank", type=int, required=True)
+    p.add_argument("--lora-target", required=True,
+                   help="regex or comma list; MindFormers names (wq|wv|wo, w1..w3) are accepted")
+    p.add_argument("--total-params", type=float, default=None,
+                   help="divide by this nominal total instead (the competition used 8.03e9 for Llama-3-8B)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_call("tunelab.scoring:cli_ratio"))
+
+    p = verbs.add_parser("score", help="competition score from accuracy and low-parameter ratio")
+    p.add_argument("--formula", choices=["stage1", "stage2"], default="stage1")
+    p.add_argument("--accuracy", required=True, help="0.7161 or 71.61%%")
+    p.add_argument("--ratio", required=True, type=float)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_call("tunelab.scoring:cli_score"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except TunelabError as e:
+        print(f"tunelab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tunelab: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

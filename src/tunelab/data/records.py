@@ -1,0 +1,117 @@
+"""Reading and writing record files (JSON array or JSONL) with errors that name file, line and field."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from tunelab.errors import TunelabError
+
+
+def read_text(path: str | Path) -> str:
+    """Read a UTF-8 text file; a missing file or bad bytes become a TunelabError naming the file and line."""
+    p = Path(path)
+    if not p.exists():
+        raise TunelabError("file not found", file=p)
+    if p.is_dir():
+        raise TunelabError("expected a file, found a directory", file=p)
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise TunelabError(f"not UTF-8 text (bad byte 0x{data[e.start]:02x} at offset {e.start})",
+                           file=p, line=line) from None
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line_number, record) from a JSON array file or a JSONL file.
+
+    The format is sniffed from the first non-blank character: '[' means one JSON array, anything else
+    JSONL. Line numbers for array files are those of each element's first character.
+    """
+    p = Path(path)
+    text = read_text(p)
+    stripped = text.lstrip()
+    if not stripped:
+        raise TunelabError("file is empty", file=p)
+    if stripped.startswith("["):
+        yield from _iter_array(p, text)
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=p, line=lineno) from None
+        if not isinstance(rec, dict):
+            raise TunelabError(f"expected a JSON object, got {type(rec).__name__}", file=p, line=lineno)
+        yield lineno, rec
+
+
+def _iter_array(p: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    decoder = json.JSONDecoder()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=p, line=e.lineno) from None
+    if not isinstance(data, list):
+        raise TunelabError("expected a JSON array of objects", file=p, line=1)
+    # Recover each element's line by walking the array with raw_decode.
+    pos = text.index("[") + 1
+    for item in data:
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        lineno = text.count("\n", 0, pos) + 1
+        _, pos = decoder.raw_decode(text, pos)
+        if not isinstance(item, dict):
+            raise TunelabError(f"expected a JSON object, got {type(item).__name__}", file=p, line=lineno)
+        yield lineno, item
+
+
+def require_str(rec: dict[str, Any], field: str, path: str | Path, line: int) -> str:
+    """Return rec[field] as a string, or raise a TunelabError naming file, line and field."""
+    if field not in rec:
+        raise TunelabError("missing field", file=path, line=line, field=field)
+    value = rec[field]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TunelabError(f"expected a string, got {type(value).__name__}", file=path, line=line,
+                           field=field)
+    return str(value)
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write records as UTF-8 JSONL atomically (temp file + rename). Returns the number written."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write one JSON document atomically, UTF-8, indented."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,71 @@
+"""Prompt templates. A run saves its template beside the model (as the tokenizer's chat template) so
+training, evaluation and serving format prompts identically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunelab.errors import TunelabError
+
+ALPACA_HEADER = ("Below is an instruction that describes a task. "
+                 "Write a response that appropriately completes the request.\n\n")
+ALPACA_INPUT_HEADER = ("Below is an instruction that describes a task, paired with an input that provides "
+                       "further context. Write a response that appropriately completes the request.\n\n")
+COT_SUFFIX = " Let's think step by step."
+
+# name -> (no-input template, with-input template); {instruction} and {input} are filled in.
+TEMPLATES: dict[str, tuple[str, str]] = {
+    "alpaca": (
+        ALPACA_HEADER + "### Instruction:\n{instruction}\n\n### Response:\n",
+        ALPACA_INPUT_HEADER + "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
+    ),
+    "plain": ("{instruction}\n", "{instruction}\n{input}\n"),
+    "qa": ("Q: {instruction}\nA: ", "Q: {instruction}\n{input}\nA: "),
+}
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """Renders (instruction, input) into the prompt the model sees; the response follows directly."""
+
+    name: str = "alpaca"
+    instruction_prefix: str = ""
+    cot: bool = False
+
+    def __post_init__(self):
+        if self.name not in TEMPLATES:
+            raise TunelabError(f"unknown template '{self.name}' (choose from {', '.join(TEMPLATES)})",
+                               field="data.template")
+
+    def render(self, instruction: str, input: str = "") -> str:
+        text = instruction
+        if self.instruction_prefix:
+            text = f"{self.instruction_prefix.rstrip()} {text}" if not self.instruction_prefix.endswith(
+                "\n") else self.instruction_prefix + text
+        if self.cot:
+            text += COT_SUFFIX
+        no_input, with_input = TEMPLATES[self.name]
+        return (with_input if input else no_input).format(instruction=text, input=input)
+
+    def chat_template(self) -> str:
+        """A Jinja chat template equivalent to render(): the last user message becomes the instruction,
+        an optional system message is ignored, and an assistant message is followed by EOS."""
+        no_input, _ = TEMPLATES[self.name]
+        head, tail = no_input.split("{instruction}")
+        prefix = self.instruction_prefix
+        if prefix and not prefix.endswith("\n"):
+            prefix = prefix.rstrip() + " "
+        suffix = COT_SUFFIX if self.cot else ""
+
+        def lit(s: str) -> str:
+            return s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+
+        return (
+            "{%- for message in messages -%}"
+            "{%- if message['role'] == 'user' -%}"
+            f"{{{{ '{lit(head)}' + '{lit(prefix)}' + message['content'] + '{lit(suffix)}' + '{lit(tail)}' }}}}"
+            "{%- elif message['role'] == 'assistant' -%}"
+            "{{ message['content'] + eos_token }}"
+            "{%- endif -%}"
+            "{%- endfor -%}"
+        )

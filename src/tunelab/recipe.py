@@ -1,0 +1,280 @@
+"""The recipe schema: a YAML file names a run (data, model, training, evaluation), validated on load.
+
+Unknown keys and wrong types are errors naming the key and the file. `--set a.b=value` overrides any key.
+MindFormers-style sections (`runner_config`, `pet_config`) are accepted as aliases.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.errors import TunelabError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    """One data source: a file (`path`) or a built-in generator (`generate`)."""
+
+    path: str | None = None
+    generate: Literal["arithmetic", "reading"] | None = None
+    format: Literal["auto", "competition", "alpaca", "conversations", "messages", "reading"] = "auto"
+    count: int | None = Field(default=None, ge=1, description="generate this many / subsample to this many")
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict, description="generator options, e.g. kinds")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.path is None) == (self.generate is None):
+            raise ValueError("give exactly one of 'path' or 'generate'")
+        return self
+
+
+class ModelConfig(_Strict):
+    path: str | None = Field(default=None, description="local HF directory or hub id")
+    preset: str | None = Field(default=None, description="llama3-8b, internlm-7b, gemma-2b, tiny, ...")
+    from_scratch: bool = False
+    overrides: dict[str, Any] = Field(default_factory=dict, description="config overrides for a preset")
+    tokenizer: str | None = None
+    tokenizer_vocab_size: int = 2000
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.path is None) == (self.preset is None):
+            raise ValueError("give exactly one of 'path' or 'preset'")
+        if self.from_scratch and self.preset is None:
+            raise ValueError("'from_scratch' needs a 'preset' (the architecture to build)")
+        return self
+
+
+class DataConfig(_Strict):
+    train: list[SourceConfig] = Field(min_length=1)
+    template: str = "alpaca"
+    instruction_prefix: str = ""
+    cot: bool = False
+    max_seq_len: int = Field(default=256, ge=8)
+    packing: bool = True
+    loss_on: Literal["answer", "all"] = "answer"
+
+
+class LoraConfig(_Strict):
+    enabled: bool = True
+    rank: int = Field(default=8, ge=1)
+    alpha: float = 16
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field(default_factory=lambda: ["q_proj", "v_proj", "o_proj"])
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(default=1, gt=0)
+    max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(default=4, ge=1, description="rows per micro-batch (packed rows if packing)")
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, le=1)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    num_checkpoints: int = Field(default=5, ge=1)
+    save_merged: bool = False
+    log_every: int = Field(default=10, ge=1)
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+
+
+class EvalTaskConfig(_Strict):
+    task: str
+    source: SourceConfig
+    limit: int | None = Field(default=None, ge=1)
+    ability: bool = Field(default=False, description="an original ability whose retention is checked")
+
+
+class EvalConfig(_Strict):
+    tasks: list[EvalTaskConfig] = Field(default_factory=list)
+    batch_size: int = Field(default=32, ge=1)
+    max_new_tokens: int = Field(default=32, ge=1)
+    baseline: bool = Field(default=True, description="evaluate the base model before training")
+    checkpoints: Literal["all", "last"] = "all"
+    retention_threshold: float = 0.9
+
+
+class ScoreConfig(_Strict):
+    formula: Literal["stage1", "stage2"] = "stage1"
+    total_params: float | None = None
+    accuracy_task: str = "arithmetic"
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig
+    data: DataConfig
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    description: str = ""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# --- MindFormers aliases -------------------------------------------------------------------------
+
+MINDFORMERS_MODULES = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
+                       "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+
+
+def mindformers_target_to_hf(pattern: str) -> str:
+    """Map MindFormers module names inside a target regex to HF names: '.*wq|.*wv' -> '.*q_proj|.*v_proj'."""
+    return re.sub(r"\b(wq|wk|wv|wo|w1|w2|w3)\b", lambda m: MINDFORMERS_MODULES[m.group(1)], pattern)
+
+
+def _apply_aliases(raw: dict[str, Any], file: str) -> dict[str, Any]:
+    raw = dict(raw)
+    runner = raw.pop("runner_config", None)
+    if runner is not None:
+        if not isinstance(runner, dict):
+            raise TunelabError("expected a mapping", file=file, field="runner_config")
+        train = dict(raw.get("train") or {})
+        for key, value in runner.items():
+            if key not in ("epochs", "batch_size"):
+                raise TunelabError("unknown key (runner_config accepts epochs, batch_size)", file=file,
+                                   field=f"runner_config.{key}")
+            train[key] = value
+        raw["train"] = train
+    pet = raw.pop("pet_config", None)
+    if pet is not None:
+        if not isinstance(pet, dict):
+            raise TunelabError("expected a mapping", file=file, field="pet_config")
+        lora = dict(raw.get("lora") or {})
+        names = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout",
+                 "target_modules": "target_modules"}
+        for key, value in pet.items():
+            if key == "pet_type":
+                if str(value).lower() != "lora":
+                    raise TunelabError(f"only pet_type 'lora' is supported, got '{value}'", file=file,
+                                       field="pet_config.pet_type")
+                lora["enabled"] = True
+            elif key in names:
+                if key == "target_modules" and isinstance(value, str):
+                    value = mindformers_target_to_hf(value)
+                lora[names[key]] = value
+            else:
+                raise TunelabError(f"unknown key (accepted: pet_type, {', '.join(names)})", file=file,
+                                   field=f"pet_config.{key}")
+        raw["lora"] = lora
+    return raw
+
+
+# --- loading and overrides -----------------------------------------------------------------------
+
+def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = raw
+    for key in keys[:-1]:
+        nxt = node.get(key)
+        if nxt is None:
+            nxt = node[key] = {}
+        if isinstance(nxt, list):
+            raise TunelabError(f"cannot --set inside a list ('{key}')", field=dotted)
+        if not isinstance(nxt, dict):
+            raise TunelabError(f"'{key}' is not a section", field=dotted)
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """Parse `key.sub=value` strings; values are read as YAML scalars (so 3, 1e-3, true, [a, b] work)."""
+    out = []
+    for pair in pairs:
+        if "=" not in pair:
+            raise TunelabError(f"--set expects key=value, got '{pair}'")
+        key, value = pair.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        out.append((key.strip(), parsed))
+    return out
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> None:
+    """Resolve relative data paths against the recipe's folder when they exist there, else the CWD."""
+    def resolve(p: str) -> str:
+        cand = Path(p)
+        if cand.is_absolute() or cand.exists():
+            return p
+        alt = base / cand
+        return str(alt) if alt.exists() else p
+    for src in recipe.data.train:
+        if src.path:
+            src.path = resolve(src.path)
+    for t in recipe.eval.tasks:
+        if t.source.path:
+            t.source.path = resolve(t.source.path)
+    if recipe.model.path and not recipe.model.path.startswith(("hf:",)):
+        recipe.model.path = resolve(recipe.model.path)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a recipe file, applying aliases then `--set` overrides."""
+    p = Path(path)
+    from tunelab.data.records import read_text
+    text = read_text(p)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise TunelabError(f"malformed YAML ({getattr(e, 'problem', e)})", file=p,
+                           line=mark.line + 1 if mark else None) from None
+    if not isinstance(raw, dict):
+        raise TunelabError("a recipe must be a YAML mapping", file=p)
+    raw = _apply_aliases(raw, str(p))
+    for key, value in parse_overrides(overrides or []):
+        _set_path(raw, key, value)
+    recipe = validate_recipe(raw, p, text)
+    _resolve_paths(recipe, p.parent)
+    return recipe
+
+
+def validate_recipe(raw: dict[str, Any], file: str | Path = "<recipe>", text: str = "") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "missing required key"
+        line = _line_of_key(text, err["loc"]) if text else None
+        more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+        raise TunelabError(msg + more, file=file, line=line, field=loc or None) from None
+
+
+def _line_of_key(text: str, loc: tuple) -> int | None:
+    """Best-effort line number of the last string key in `loc` within the YAML text."""
+    keys = [k for k in loc if isinstance(k, str)]
+    if not keys:
+        return None
+    pattern = re.compile(rf"^\s*-?\s*{re.escape(keys[-1])}\s*:")
+    for i, line in enumerate(text.splitlines(), start=1):
+        if pattern.match(line):
+            return i
+    return None
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
