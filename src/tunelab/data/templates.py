@@ -69,3 +69,26 @@ class PromptTemplate:
             "{%- endif -%}"
             "{%- endfor -%}"
         )
+
+
+TEMPLATE_FILE = "tunelab_template.json"
+
+
+def save_template(template: PromptTemplate, directory) -> None:
+    """Write the template beside a saved tokenizer so evaluation and serving format prompts the same way."""
+    import json
+    from pathlib import Path
+    spec = {"name": template.name, "instruction_prefix": template.instruction_prefix, "cot": template.cot}
+    Path(directory, TEMPLATE_FILE).write_text(json.dumps(spec, ensure_ascii=False, indent=2) + "\n",
+                                              encoding="utf-8")
+
+
+def load_template(directory) -> PromptTemplate | None:
+    """The template saved with a model directory, or None if it has none."""
+    import json
+    from pathlib import Path
+    p = Path(directory, TEMPLATE_FILE)
+    if not p.exists():
+        return None
+    spec = json.loads(p.read_text(encoding="utf-8"))
+    return PromptTemplate(spec["name"], spec.get("instruction_prefix", ""), bool(spec.get("cot", False)))

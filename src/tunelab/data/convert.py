@@ -1,0 +1,67 @@
+"""Convert competition records ({problem, solution}) to the training formats other tools expect.
+
+With an instruction prefix or --cot the added text is baked into the instruction/user content of every
+format, so a converted file trains the same prompt whichever tool reads it; read_examples() reads all
+three back (unwrapping the rendered alpaca prompt of the conversations format).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from tunelab.data.arithmetic import write_records
+from tunelab.data.records import iter_records, require_str
+from tunelab.data.templates import PromptTemplate
+from tunelab.errors import TunelabError
+
+
+def _instruction(template: PromptTemplate, problem: str) -> str:
+    """Prefix + problem (+ CoT) joined exactly as PromptTemplate.render joins them (via its plain template)."""
+    plain = PromptTemplate("plain", template.instruction_prefix, template.cot)
+    return plain.render(problem).removesuffix("\n")
+
+
+def _conversations(problem: str, solution: str, template: PromptTemplate, index: int) -> dict[str, Any]:
+    return {"id": f"identity_{index}", "conversations": [
+        {"from": "human", "value": template.render(problem)},
+        {"from": "gpt", "value": solution},
+    ]}
+
+
+def _alpaca(problem: str, solution: str, template: PromptTemplate, index: int) -> dict[str, Any]:
+    return {"instruction": _instruction(template, problem), "input": "", "output": solution}
+
+
+def _messages(problem: str, solution: str, template: PromptTemplate, index: int) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": _instruction(template, problem)},
+                         {"role": "assistant", "content": solution}]}
+
+
+CONVERTERS: dict[str, Callable[[str, str, PromptTemplate, int], dict[str, Any]]] = {
+    "conversations": _conversations,
+    "alpaca": _alpaca,
+    "messages": _messages,
+}
+
+
+def convert_record(rec: dict, fmt: str, template: PromptTemplate, index: int) -> dict:
+    """One competition record (string `problem` and `solution`) in format `fmt`; `index` numbers the ids."""
+    if fmt not in CONVERTERS:
+        raise TunelabError(f"unknown training format '{fmt}' (choose from {', '.join(CONVERTERS)})",
+                           field="format")
+    return CONVERTERS[fmt](rec["problem"], rec["solution"], template, index)
+
+
+def cli_convert(args) -> int:
+    """`tunelab data convert`: every record is checked (file, line, field) before anything is written."""
+    template = PromptTemplate(args.template, args.instruction_prefix, args.cot)
+    path = Path(args.input)
+    out = []
+    for index, (line, rec) in enumerate(iter_records(path)):
+        problem = require_str(rec, "problem", path, line)
+        solution = require_str(rec, "solution", path, line)
+        out.append(convert_record({"problem": problem, "solution": solution}, args.format, template, index))
+    write_records(args.out, out)
+    print(f"wrote {len(out)} {args.format} records to {args.out}")
+    return 0

@@ -1,0 +1,29 @@
+"""Turn a recipe's data sources (files or built-in generators) into Examples."""
+
+from __future__ import annotations
+
+import random
+
+from tunelab.data.examples import Example
+from tunelab.recipe import SourceConfig
+
+
+def generate_records(source: SourceConfig) -> tuple[list[dict], str]:
+    """Run a built-in generator; returns (records, their format name)."""
+    if source.generate == "arithmetic":
+        from tunelab.data.arithmetic import generate
+        return generate(source.count or 1000, seed=source.seed, **source.options), "competition"
+    from tunelab.data.reading import generate
+    return generate(source.count or 1000, seed=source.seed, **source.options), "reading"
+
+
+def load_source(source: SourceConfig) -> list[Example]:
+    """Load or generate the examples of one source; `count` subsamples a file reproducibly."""
+    from tunelab.data.formats import examples_from_records, read_examples
+    if source.generate:
+        records, fmt = generate_records(source)
+        return examples_from_records(records, fmt, origin=source.generate)
+    examples = read_examples(source.path, source.format)
+    if source.count is not None and source.count < len(examples):
+        examples = random.Random(source.seed).sample(examples, source.count)
+    return examples

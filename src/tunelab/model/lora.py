@@ -1,0 +1,94 @@
+"""LoRA setup: target-module resolution (MindFormers names, regexes), the peft config, and parameter counts."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from tunelab.errors import TunelabError
+from tunelab.recipe import MINDFORMERS_MODULES, mindformers_target_to_hf
+
+if TYPE_CHECKING:
+    import peft
+    import torch
+
+_REGEX_CHARS = set(".*+?|()[]{}^$\\")
+# peft re.fullmatch()es a string target against the full module name ('model.layers.0.self_attn.q_proj');
+# this prefix lets a pattern written for the last part(s) of the name ('q_proj|v_proj') match as well.
+_ANY_PARENT = r"(?:.*\.)?"
+
+
+def resolve_target_modules(target: str | list[str]) -> str | list[str]:
+    """Turn a recipe/CLI target into peft's `target_modules`: a list of names, or one regex string.
+
+    MindFormers names (wq, wk, wv, wo, w1, w2, w3) become HF names in every form. A string with regex characters
+    is a regex that may match the full module name or its trailing part(s); otherwise it is a comma list.
+    Resolving an already resolved target returns it unchanged.
+    """
+    if isinstance(target, (list, tuple)):
+        names = [MINDFORMERS_MODULES.get(str(n).strip(), str(n).strip()) for n in target]
+    elif _REGEX_CHARS & set(target):
+        if target.startswith(_ANY_PARENT):
+            return target
+        pattern = mindformers_target_to_hf(target.strip())
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise TunelabError(f"invalid LoRA target regex '{target}': {e}") from None
+        return f"{_ANY_PARENT}(?:{pattern})"
+    else:
+        names = [MINDFORMERS_MODULES.get(n.strip(), n.strip()) for n in target.split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise TunelabError(f"empty LoRA target '{target}'")
+    return names
+
+
+def make_lora_config(rank: int, alpha: float, dropout: float, target_modules: str | list[str]) -> peft.LoraConfig:
+    """A causal-LM peft LoraConfig; `target_modules` may be a raw recipe/CLI target."""
+    if rank < 1:
+        raise TunelabError(f"LoRA rank must be at least 1, got {rank}")
+    from peft import LoraConfig, TaskType
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=resolve_target_modules(target_modules), task_type=TaskType.CAUSAL_LM)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total), where total is the *base* model's parameter count: LoRA adapters are excluded.
+
+    That is the competition's denominator (8,030,261,248 for Llama-3-8B with any LoRA), unlike peft's
+    print_trainable_parameters, which adds the adapters. Tied weights are counted once.
+    """
+    trainable = total = 0
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            trainable += param.numel()
+        if not any(part.startswith("lora_") for part in name.split(".")):
+            total += param.numel()
+    return trainable, total
+
+
+def check_targets_matched(model: torch.nn.Module, target: str | list[str]) -> None:
+    """Fail before peft does, listing the model's linear layer names, when `target` matches no module or a container."""
+    import torch
+    from peft.tuners.tuners_utils import check_target_module_exists
+    config = make_lora_config(1, 1, 0.0, target)
+    matched = [(name, module) for name, module in model.named_modules() if check_target_module_exists(config, name)]
+    # peft rejects a matched container (e.g. '.*self_attn') with the module's whole repr; name one instead
+    containers = [name for name, module in matched
+                  if next(module.children(), None) is not None and not isinstance(module, torch.nn.MultiheadAttention)]
+    if matched and not containers:
+        return
+    linear = ", ".join(sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                               if isinstance(module, torch.nn.Linear)}))
+    if containers:
+        raise TunelabError(f"LoRA target '{_show(target)}' matches {len(containers)} container module(s) such as "
+                           f"'{containers[0]}'; target layers instead: {linear}")
+    resolved = config.target_modules
+    shown = resolved if isinstance(resolved, str) else ",".join(sorted(resolved))
+    raise TunelabError(f"LoRA target '{_show(target)}' (resolved: '{shown}') matches no module of "
+                       f"{type(model).__name__}; its linear layers are: {linear}")
+
+
+def _show(target: str | list[str]) -> str:
+    return target if isinstance(target, str) else ",".join(target)

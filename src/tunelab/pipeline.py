@@ -1,0 +1,118 @@
+"""`tunelab run`: the whole pipeline for one recipe — measure the base, train, evaluate every checkpoint,
+check retention, compute ratio and score, and write metrics.json + report.md into the run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunelab.data.records import write_json
+from tunelab.data.templates import PromptTemplate
+from tunelab.errors import TunelabError
+from tunelab.recipe import Recipe, load_recipe
+
+
+def eval_sets(recipe: Recipe) -> dict:
+    """Examples per eval task, from the recipe's eval section."""
+    from tunelab.data.sources import load_source
+    sets = {}
+    for t in recipe.eval.tasks:
+        examples = load_source(t.source)
+        sets[t.task] = examples[: t.limit] if t.limit else examples
+    return sets
+
+
+def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label) -> dict:
+    """Evaluate unless this directory already holds complete results (so --resume skips finished work)."""
+    from tunelab.eval.runner import evaluate_model_dir
+    done = out_dir / "results.json"
+    if done.exists():
+        results = json.loads(done.read_text(encoding="utf-8"))
+        if set(results) == set(sets):
+            return results
+    return evaluate_model_dir(model_dir, sets, out_dir, recipe.eval.batch_size, recipe.eval.max_new_tokens,
+                              template=template, label=label)
+
+
+def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: float) -> dict:
+    """Each ability metric (F1 and EM) as a fraction of the base model's, with PASS/FAIL at `threshold`."""
+    out = {}
+    for task in ability_tasks:
+        for metric in ("f1", "exact_match"):
+            b, t = base[task].get(metric), tuned[task].get(metric)
+            if b is None or t is None:
+                continue
+            ratio = t / b if b else (1.0 if t >= b else 0.0)
+            out[f"{task}.{metric}"] = {"base": b, "tuned": t, "retained": ratio, "pass": ratio >= threshold}
+    return out
+
+
+def run(recipe: Recipe, resume: bool = False) -> dict:
+    from tunelab.scoring import competition_score, low_param_ratio
+    from tunelab.train.checkpoints import list_checkpoints, model_dir_of
+    from tunelab.train.loop import train
+
+    template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
+    sets = eval_sets(recipe)
+    summary = train(recipe, resume=resume)
+    run_dir = recipe.run_dir
+    ability = [t.task for t in recipe.eval.tasks if t.ability]
+    acc_task = recipe.score.accuracy_task
+    if sets and acc_task not in sets:
+        raise TunelabError(f"score.accuracy_task '{acc_task}' is not among the eval tasks", field="score.accuracy_task")
+
+    base_results = None
+    if sets and recipe.eval.baseline and recipe.model.path:
+        base_results = _cached_eval(recipe.model.path, sets, run_dir / "eval" / "base", recipe, template, "base")
+
+    ckpts = list_checkpoints(run_dir)
+    if recipe.eval.checkpoints == "last":
+        ckpts = ckpts[-1:]
+    per_ckpt = {}
+    for c in ckpts if sets else []:
+        per_ckpt[c.name] = _cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name)
+
+    metrics: dict = {"name": recipe.name, "train": summary}
+    if per_ckpt:
+        primary = _primary(acc_task)
+        best = max(per_ckpt, key=lambda k: per_ckpt[k][acc_task][primary])
+        metrics.update({"base": base_results, "checkpoints": per_ckpt, "best_checkpoint": best})
+        accuracy = per_ckpt[best][acc_task][primary]
+        total = recipe.score.total_params or summary["total_params"]
+        ratio = low_param_ratio(summary["trainable_params"], total)
+        metrics["ratio"] = {"trainable": summary["trainable_params"], "total": total, "ratio": ratio}
+        metrics["score"] = {"formula": recipe.score.formula, "accuracy": accuracy,
+                            "value": competition_score(recipe.score.formula, accuracy, ratio)}
+        if base_results:
+            metrics["accuracy_gain"] = accuracy - base_results[acc_task][primary]
+            metrics["retention"] = retention(base_results, per_ckpt[best], ability,
+                                             recipe.eval.retention_threshold)
+        from tunelab.report import plot_checkpoints
+        plot_checkpoints(metrics, acc_task, primary, ability, run_dir / "checkpoints.png")
+    write_json(run_dir / "metrics.json", metrics)
+    from tunelab.report import write_report
+    write_report(recipe, metrics, run_dir / "report.md")
+    return metrics
+
+
+def _primary(task: str) -> str:
+    from tunelab.tasks.registry import get_task
+    return get_task(task).primary_metric
+
+
+def cli_run(args) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    metrics = run(recipe, resume=args.resume)
+    from tunelab.report import summary_lines
+    print("\n".join(summary_lines(metrics)))
+    print(f"report: {recipe.run_dir / 'report.md'}")
+    return 0
+
+
+def cli_train(args) -> int:
+    from tunelab.train.loop import train
+    recipe = load_recipe(args.recipe, args.overrides)
+    summary = train(recipe, resume=args.resume)
+    print(f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+          f"{summary['train_seconds']:.0f}s; checkpoints in {recipe.run_dir / 'checkpoints'}")
+    return 0

@@ -1,0 +1,119 @@
+"""Competition scoring: the low-parameter ratio and the stage formulas.
+
+Module-level imports are stdlib only so `tunelab score` starts instantly; `ratio` imports torch/peft lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from decimal import Decimal, InvalidOperation
+
+from tunelab.errors import TunelabError
+
+# score = (1 - RATIO_FACTOR * ratio) * 0.3 + accuracy * 0.7
+RATIO_FACTOR = {"stage1": 1.0, "stage2": 10.0}
+FORMULA_TEXT = {"stage1": "(1 - ratio) * 0.3 + accuracy * 0.7", "stage2": "(1 - 10 * ratio) * 0.3 + accuracy * 0.7"}
+
+
+def low_param_ratio(trainable: int, total: float) -> float:
+    """trainable / total; `total` may be a nominal figure such as 8.03e9."""
+    if not total > 0 or math.isinf(total):
+        raise TunelabError(f"total parameters must be a positive number, got {total}")
+    if not 0 <= trainable <= total:
+        raise TunelabError(f"trainable parameters ({trainable}) must be between 0 and the total ({total:g})")
+    return trainable / total
+
+
+def competition_score(formula: str, accuracy: float, ratio: float) -> float:
+    """The stage formula on accuracy and ratio, both fractions in 0..1."""
+    if formula not in RATIO_FACTOR:
+        raise TunelabError(f"unknown score formula '{formula}' (known: {', '.join(RATIO_FACTOR)})")
+    if not 0 <= accuracy <= 1:
+        raise TunelabError(f"accuracy must be in 0..1, got {accuracy}")
+    if not 0 <= ratio <= 1:
+        raise TunelabError(f"ratio must be in 0..1, got {ratio}")
+    return (1 - RATIO_FACTOR[formula] * ratio) * 0.3 + accuracy * 0.7
+
+
+def parse_accuracy(text: str) -> float:
+    """'0.7161' or '71.61%' -> 0.7161. A bare number above 1 is rejected: it is ambiguous, not silently /100."""
+    raw = text.strip()
+    percent = raw.endswith("%")
+    try:
+        value = Decimal(raw[:-1].strip() if percent else raw)
+    except InvalidOperation:
+        raise TunelabError(f"accuracy '{text}' is not a number (give 0.7161 or 71.61%)") from None
+    if not value.is_finite():
+        raise TunelabError(f"accuracy '{text}' is not a finite number")
+    if percent:
+        value /= 100  # Decimal keeps '71.61%' exactly 0.7161, where 71.61 / 100 in floats may not be
+    elif value > 1:
+        raise TunelabError(f"accuracy '{text}' is above 1: give a fraction (e.g. 0.7161) or a percentage "
+                           "with '%' (e.g. 71.61%)")
+    if not 0 <= value <= 1:
+        raise TunelabError(f"accuracy '{text}' is out of range (0..1, or 0%..100%)")
+    return float(value)
+
+
+def lora_param_counts(model: str, rank: int, target: str) -> dict:
+    """Count LoRA trainable and base total parameters on the meta device: no weights, seconds even for 8B."""
+    import warnings
+
+    from peft import get_peft_model
+
+    from tunelab.model.lora import (check_targets_matched, count_parameters, make_lora_config,
+                                    resolve_target_modules)
+    from tunelab.model.presets import build_on_meta, load_config
+
+    base = build_on_meta(load_config(model))
+    check_targets_matched(base, target)
+    config = make_lora_config(rank, 2 * rank, 0.0, target)  # alpha and dropout do not change the counts
+    with warnings.catch_warnings():
+        # transformers 5 deprecation raised from inside peft; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        try:
+            peft_model = get_peft_model(base, config)
+        except ValueError as e:  # e.g. the target matched a layer type LoRA cannot wrap, such as a norm
+            raise TunelabError(f"cannot apply LoRA target '{target}' to {model}: {' '.join(str(e).split())}") from None
+    trainable, total = count_parameters(peft_model)
+    return {"model": model, "rank": rank, "target": resolve_target_modules(target),
+            "trainable": trainable, "total": total}
+
+
+def _plain(number: float) -> str:
+    """8.03e9 -> '8030000000': parameter totals read best as integers."""
+    return str(int(number)) if float(number).is_integer() else repr(number)
+
+
+def cli_ratio(args: argparse.Namespace) -> int:
+    counts = lora_param_counts(args.model, args.lora_rank, args.lora_target)
+    total = counts["total"] if args.total_params is None else args.total_params
+    ratio = low_param_ratio(counts["trainable"], total)
+    if args.json:
+        print(json.dumps({**counts, "counted_total": counts["total"], "total": total, "ratio": ratio}))
+        return 0
+    target = counts["target"] if isinstance(counts["target"], str) else ",".join(counts["target"])
+    print(f"model: {args.model}")
+    print(f"lora: rank {args.lora_rank}, target {target}")
+    print(f"trainable: {counts['trainable']}")
+    if args.total_params is None:
+        print(f"total: {counts['total']}")
+    else:
+        print(f"total: {_plain(total)} (--total-params; counted {counts['total']})")
+    print(f"ratio: {ratio:.9f}")
+    return 0
+
+
+def cli_score(args: argparse.Namespace) -> int:
+    accuracy = parse_accuracy(args.accuracy)
+    score = competition_score(args.formula, accuracy, args.ratio)
+    if args.json:
+        print(json.dumps({"formula": args.formula, "accuracy": accuracy, "ratio": args.ratio, "score": score}))
+        return 0
+    print(f"formula: {args.formula} = {FORMULA_TEXT[args.formula]}")
+    print(f"accuracy: {accuracy:.9g}")
+    print(f"ratio: {args.ratio:.9g}")
+    print(f"score: {score:.9g}")
+    return 0

@@ -1,0 +1,79 @@
+"""Checkpoints: evenly spaced over the run, written atomically, each a set of plain HF directories.
+
+Layout of `checkpoints/step-000120/`:
+  adapter/   LoRA adapter + tokenizer (peft `PeftModel.from_pretrained` loads it)      [LoRA runs]
+  model/     full model + tokenizer (`AutoModelForCausalLM.from_pretrained` loads it) [full runs, or merged]
+  trainer_state.pt  optimizer, scheduler and RNG states for --resume
+  state.json        step, epoch position and last loss
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from tunelab.data.templates import save_template
+
+STEP_PREFIX = "step-"
+
+
+def checkpoint_steps(total_steps: int, n: int) -> list[int]:
+    """N evenly spaced steps ending at the last one, e.g. (100, 5) -> [20, 40, 60, 80, 100]."""
+    n = min(n, total_steps)
+    return sorted({round(total_steps * k / n) for k in range(1, n + 1)})
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"{STEP_PREFIX}{step:06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Finished checkpoints (those with state.json), oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if p.name.startswith(STEP_PREFIX) and (p / "state.json").exists())
+
+
+def model_dir_of(ckpt: Path) -> Path:
+    """The directory to load for inference: merged/full model if present, else the adapter."""
+    return ckpt / "model" if (ckpt / "model").is_dir() else ckpt / "adapter"
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, template, trainer_state: dict, state: dict,
+                    lora: bool, save_merged: bool) -> Path:
+    """Write into a temporary directory and rename it into place, so a kill never leaves half a checkpoint."""
+    import torch
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    dirs = []
+    if lora:
+        model.save_pretrained(tmp / "adapter")
+        dirs.append(tmp / "adapter")
+        if save_merged:
+            _save_merged(model, tmp / "model")
+            dirs.append(tmp / "model")
+    else:
+        model.save_pretrained(tmp / "model")
+        dirs.append(tmp / "model")
+    for d in dirs:
+        tokenizer.save_pretrained(d)
+        save_template(template, d)
+    torch.save(trainer_state, tmp / "trainer_state.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def _save_merged(peft_model, out: Path) -> None:
+    """Merge a copy of the adapter into the base weights; the training model is left untouched."""
+    import copy
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    merged.save_pretrained(out)

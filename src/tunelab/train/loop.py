@@ -1,0 +1,317 @@
+"""The training loop: LoRA or full fine-tuning over packed rows, readable top to bottom.
+
+One command runs on a CPU, one GPU, or several processes under `torchrun` / `accelerate launch`
+(DDP, gloo on CPU): each rank takes a strided share of every step's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.data.packing import Encoded, Row, collate_rows, encode_examples, pack_examples, unpacked_rows
+from tunelab.data.templates import PromptTemplate
+from tunelab.errors import TunelabError
+from tunelab.recipe import Recipe, recipe_to_yaml
+from tunelab.train.checkpoints import checkpoint_steps, list_checkpoints, save_checkpoint
+from tunelab.train.plots import plot_loss_curve, read_metrics
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the process group when launched by torchrun/accelerate (WORLD_SIZE > 1)."""
+    import torch
+    import torch.distributed as td
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not td.is_initialized():
+        td.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return Dist(td.get_rank(), td.get_world_size(), local)
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        import torch.distributed as td
+        td.barrier()
+
+
+def _all_sum(dist: Dist, values: list[float]) -> list[float]:
+    if dist.world == 1:
+        return values
+    import torch
+    import torch.distributed as td
+    t = torch.tensor(values, dtype=torch.float64)
+    td.all_reduce(t)
+    return t.tolist()
+
+
+def prepare_run_dir(recipe: Recipe, resume: bool, dist: Dist) -> Path:
+    """Create the run directory; refuse to overwrite an existing run, and check a resumed recipe matches."""
+    run_dir = recipe.run_dir
+    saved = run_dir / "recipe.yaml"
+    current = recipe_to_yaml(recipe)
+    if resume:
+        if not saved.exists():
+            raise TunelabError("nothing to resume: no run here", file=run_dir)
+        if saved.read_text(encoding="utf-8") != current:
+            raise TunelabError("the recipe differs from the one this run started with; resume needs the same "
+                               "recipe (compare with the saved recipe.yaml)", file=saved)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise TunelabError("run directory already exists; continue it with --resume or pick a new name with "
+                           "--set name=NEW", file=run_dir)
+    _barrier(dist)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(current, encoding="utf-8")
+    _barrier(dist)
+    return run_dir
+
+
+def load_examples(recipe: Recipe):
+    from tunelab.data.sources import load_source
+    examples = []
+    for src in recipe.data.train:
+        examples += load_source(src)
+    if not examples:
+        raise TunelabError("the training data is empty", field="data.train")
+    return examples
+
+
+def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate, run_dir: Path, dist: Dist):
+    """Load the base (path) or build it from a preset with a BPE tokenizer trained on the training text."""
+    from tunelab.model.loading import build_from_scratch, load_pretrained, load_tokenizer
+    m = recipe.model
+    if not m.from_scratch:
+        if m.path is None:
+            raise TunelabError("a preset has no weights: set model.from_scratch: true, or give model.path",
+                               field="model.preset")
+        tokenizer = load_tokenizer(m.tokenizer or m.path)
+        model = load_pretrained(m.path, m.dtype)
+    else:
+        tok_dir = run_dir / "tokenizer"
+        if m.tokenizer:
+            tokenizer = load_tokenizer(m.tokenizer)
+        else:
+            if dist.main and not (tok_dir / "tokenizer.json").exists():
+                from tunelab.model.tokenizer import train_bpe_tokenizer
+                texts = (template.render(ex.instruction, ex.input) + ex.output for ex in examples)
+                train_bpe_tokenizer(texts, m.tokenizer_vocab_size).save_pretrained(tok_dir)
+            _barrier(dist)
+            tokenizer = load_tokenizer(str(tok_dir))
+        model = build_from_scratch(m.preset, len(tokenizer), m.overrides, tokenizer)
+    tokenizer.chat_template = template.chat_template()
+    return model, tokenizer
+
+
+class RowStream:
+    """The deterministic sequence of training rows: epoch e shuffles samples with seed+e, then packs them."""
+
+    def __init__(self, encoded: list[Encoded], max_len: int, packing: bool, seed: int):
+        self.encoded, self.max_len, self.packing, self.seed = encoded, max_len, packing, seed
+        self.epochs: list[list[Row]] = []
+
+    def _epoch(self, e: int) -> list[Row]:
+        while len(self.epochs) <= e:
+            order = list(self.encoded)
+            random.Random(self.seed + len(self.epochs)).shuffle(order)
+            self.epochs.append(pack_examples(order, self.max_len) if self.packing else unpacked_rows(order))
+        return self.epochs[e]
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return len(self._epoch(0))
+
+    def rows(self, start: int, count: int) -> list[Row]:
+        """Rows [start, start+count) of the endless epoch-after-epoch stream."""
+        out, e, offset = [], 0, start
+        while offset >= len(self._epoch(e)):
+            offset -= len(self._epoch(e))
+            e += 1
+        while len(out) < count:
+            rows = self._epoch(e)
+            take = rows[offset: offset + count - len(out)]
+            out += take
+            offset += len(take)
+            if offset >= len(rows):
+                e, offset = e + 1, 0
+        return out
+
+
+def lr_lambda(total: int, warmup: int, min_ratio: float):
+    """Linear warmup, then cosine decay to `min_ratio` of the peak."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def train(recipe: Recipe, resume: bool = False) -> dict:
+    """Train per the recipe; returns a summary. Checkpoints and metrics.jsonl land in the run directory."""
+    import torch
+    from tqdm.auto import tqdm
+
+    dist = init_distributed()
+    tc = recipe.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    run_dir = prepare_run_dir(recipe, resume, dist)
+    random.seed(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+
+    template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
+    examples = load_examples(recipe)
+    model, tokenizer = build_model_and_tokenizer(recipe, examples, template, run_dir, dist)
+    encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
+
+    lora = recipe.lora.enabled
+    if lora:
+        from peft import get_peft_model
+
+        from tunelab.model.lora import check_targets_matched, make_lora_config
+        check_targets_matched(model, recipe.lora.target_modules)
+        model = get_peft_model(model, make_lora_config(recipe.lora.rank, recipe.lora.alpha, recipe.lora.dropout,
+                                                       recipe.lora.target_modules))
+    model.to(device)
+    from tunelab.model.lora import count_parameters
+    trainable, total = count_parameters(model)
+
+    stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed)
+    rows_per_step = tc.batch_size * tc.grad_accum * dist.world
+    total_steps = tc.max_steps or max(1, int(tc.epochs * stream.rows_per_epoch // rows_per_step))
+    ckpt_at = set(checkpoint_steps(total_steps, tc.num_checkpoints))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95))
+    warmup = max(1, int(tc.warmup_ratio * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, tc.min_lr_ratio))
+
+    start_step, elapsed_before = 0, 0.0
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume:
+        ckpts = list_checkpoints(run_dir)
+        if ckpts:
+            state = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)
+            named = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in state["trainable"].items():
+                    named[name].copy_(value)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            random.setstate(state["py_rng"])
+            start_step, elapsed_before = state["step"], state["elapsed_s"]
+        if dist.main:  # drop log lines past the checkpoint; they are recomputed
+            kept = [r for r in read_metrics(metrics_path) if r["step"] <= start_step]
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    elif dist.main:
+        metrics_path.write_text("", encoding="utf-8")
+
+    train_model = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        train_model = DDP(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    model.train()
+
+    bar = tqdm(total=total_steps, initial=start_step, disable=not dist.main, desc=f"train {recipe.name}",
+               unit="step", dynamic_ncols=True)
+    window_loss = window_items = window_tokens = 0.0
+    t_window = time.perf_counter()
+    t_start = time.perf_counter()
+    last_loss = float("nan")
+    tokens_total = 0
+    for step in range(start_step, total_steps):
+        step_rows = stream.rows(step * rows_per_step, rows_per_step)[dist.rank::dist.world]
+        micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
+        batches = [collate_rows(rows, tokenizer.pad_token_id, recipe.data.packing) for rows in micro]
+        local_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        local_tokens = sum(len(r.input_ids) for r in step_rows)
+        global_items = _all_sum(dist, [local_items])[0]
+        step_loss = 0.0
+        for i, batch in enumerate(batches):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            sync = i == len(batches) - 1 or dist.world == 1
+            ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+            with ctx, autocast:
+                out = train_model(**batch, use_cache=False, num_items_in_batch=max(1, global_items))
+                loss = out.loss * dist.world  # DDP averages gradients over ranks; undo it for a global sum
+            loss.backward()
+            step_loss += out.loss.item()
+        step_loss, tokens = _all_sum(dist, [step_loss, local_tokens])
+        if not math.isfinite(step_loss):
+            kept = list_checkpoints(run_dir)
+            raise TunelabError(f"loss became {step_loss} at step {step + 1}; stopping. Last good checkpoint: "
+                               f"{kept[-1] if kept else 'none'} (try a lower train.lr)", field="train.lr")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm).item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_total += tokens
+        last_loss = step_loss
+        window_loss += step_loss * global_items
+        window_items += global_items
+        window_tokens += tokens
+        done = step + 1
+        if done % tc.log_every == 0 or done == total_steps:
+            now = time.perf_counter()
+            rec = {"step": done, "epoch": round(done * rows_per_step / stream.rows_per_epoch, 4),
+                   "loss": window_loss / max(1, window_items), "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": grad_norm, "tokens_per_s": window_tokens / (now - t_window),
+                   "elapsed_s": elapsed_before + now - t_start}
+            if dist.main:
+                with metrics_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            window_loss = window_items = window_tokens = 0.0
+            t_window = now
+        bar.update(1)
+        if done in ckpt_at:
+            if dist.main:
+                trainer_state = {"trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters()
+                                               if p.requires_grad},
+                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                                 "step": done, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
+                save_checkpoint(run_dir, done, model, tokenizer, template, trainer_state,
+                                {"step": done, "loss": step_loss, "total_steps": total_steps},
+                                lora=lora, save_merged=tc.save_merged)
+            _barrier(dist)
+    bar.close()
+    elapsed = elapsed_before + time.perf_counter() - t_start
+    summary = {"steps": total_steps, "resumed_from": start_step, "final_loss": last_loss,
+               "train_seconds": elapsed, "trainable_params": trainable, "total_params": total,
+               "samples": len(encoded), "truncated": sum(e.truncated for e in encoded),
+               "rows_per_epoch": stream.rows_per_epoch, "world_size": dist.world,
+               "checkpoints": [str(p) for p in list_checkpoints(run_dir)]}
+    if dist.main:
+        from tunelab.data.records import write_json
+        write_json(run_dir / "train_summary.json", summary)
+        plot_loss_curve(metrics_path, run_dir / "loss.png", title=f"{recipe.name}: training loss")
+    return summary
+

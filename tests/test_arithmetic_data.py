@@ -1,0 +1,244 @@
+"""The arithmetic generator: exact answers, both languages, difficulty options, reproducibility, CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import ROUND_HALF_UP, Context, Decimal
+from fractions import Fraction
+from math import isqrt
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.data.arithmetic import KINDS, generate, subsample
+from tunelab.data.records import write_jsonl
+from tunelab.errors import TunelabError
+
+ALL_KINDS = ["int_add", "int_sub", "int_mul", "int_div", "dec_add", "dec_sub", "dec_mul", "dec_div",
+             "power", "sqrt", "average", "percent", "equation"]
+NUM = re.compile(r"-?\d+(?:\.\d+)?")
+NOTE = re.compile(r"（结果保留(\d+)位小数）| Round the result to (\d+) decimal places\.")
+CJK = re.compile(r"[\u4e00-\u9fff]")
+HIGH = Context(prec=120)
+
+
+def _round(value: Fraction, places: int) -> Decimal:
+    exact = HIGH.divide(Decimal(value.numerator), Decimal(value.denominator))
+    return exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
+def _terminates_within(value: Fraction, places: int) -> bool:
+    return (value * 10 ** places).denominator == 1
+
+
+def _expected(rec: dict) -> tuple[Fraction | Decimal, int | None]:
+    """Recompute the answer from the problem text alone; returns (exact value, rounding places or None)."""
+    problem = rec["problem"]
+    note = NOTE.search(problem)
+    places = int(note.group(1) or note.group(2)) if note else None
+    text = NOTE.sub("", problem)
+    nums = [Fraction(Decimal(x)) for x in NUM.findall(text)]
+    kind = rec["kind"]
+    if kind.endswith("_add"):
+        return nums[0] + nums[1], places
+    if kind.endswith("_sub"):
+        return nums[0] - nums[1], places
+    if kind.endswith("_mul"):
+        return nums[0] * nums[1], places
+    if kind.endswith("_div"):
+        return nums[0] / nums[1], places
+    if kind == "power":
+        return nums[0] ** int(nums[1]), places
+    if kind == "sqrt":
+        n = int(nums[0])
+        root = isqrt(n)
+        if places is None:
+            assert root * root == n, rec
+            return Fraction(root), None
+        return HIGH.sqrt(Decimal(n)), places
+    if kind == "average":
+        return sum(nums) / len(nums), places
+    if kind == "percent":
+        pct = re.search(r"(\d+)%", text)
+        if pct:  # p% of b
+            p = Fraction(int(pct.group(1)))
+            b = next(x for x in nums if x != p) if nums[0] != nums[1] else nums[0]
+            return b * p / 100, places
+        return 100 * nums[0] / nums[1], places
+    if kind == "equation":
+        m = re.search(r"(-?\d*)x ([+-]) (\d+) = (-?\d+)", text)
+        a = {"": 1, "-": -1}.get(m.group(1)) or int(m.group(1))
+        b = int(m.group(3)) * (1 if m.group(2) == "+" else -1)
+        x = Fraction(int(m.group(4)) - b, a)
+        assert x.denominator == 1, rec
+        return x, places
+    raise AssertionError(f"untested kind {kind}")
+
+
+def _answer(solution: str) -> Decimal:
+    return Decimal(solution.rsplit("=", 1)[1].strip().rstrip("%"))
+
+
+def test_kinds_registry_has_exactly_the_competition_kinds():
+    assert list(KINDS) == ALL_KINDS
+
+
+@pytest.mark.parametrize("options", [{}, {"int_digits": 6, "decimals": 3, "fixed_decimals": True},
+                                     {"int_digits": 1, "decimals": 1, "signed": False}])
+def test_every_solution_matches_an_independent_recomputation(options):
+    records = generate(1300, seed=11, **options)
+    assert {r["kind"] for r in records} == set(ALL_KINDS)
+    for rec in records:
+        value, places = _expected(rec)
+        answer = _answer(rec["solution"])
+        if places is None:
+            assert isinstance(value, Fraction) and Fraction(answer) == value, rec
+        else:
+            assert answer == _round(value, places) if isinstance(value, Fraction) else \
+                answer == value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP), rec
+            if isinstance(value, Fraction):  # the note appears only when rounding was really needed
+                assert not _terminates_within(value, places), rec
+
+
+def test_solution_format_echoes_the_expression():
+    for rec in generate(300, seed=5):
+        assert set(rec) == {"id", "problem", "solution", "kind"}
+        assert re.search(r"= -?\d+(\.\d+)?%?$", rec["solution"]), rec
+        assert not re.search(r"-0(?![.\d])", rec["solution"]), rec  # never "-0"
+        assert not re.search(r"= -?\d+\.\d*0%?$", rec["solution"]), rec  # no trailing zeros
+
+
+def test_negative_later_operands_are_parenthesised():
+    records = generate(400, seed=2, kinds=["int_sub", "dec_add"])
+    assert any(re.search(r"[-+] \(-\d", r["solution"]) for r in records)
+    assert any(r["solution"].startswith("-") for r in records)
+    for r in records:
+        lhs = r["solution"].rsplit("=", 1)[0]
+        assert not re.search(r"[-+] -\d", lhs), r
+
+
+def test_deterministic_per_seed():
+    assert generate(200, seed=3) == generate(200, seed=3)
+    assert generate(200, seed=3) != generate(200, seed=4)
+    assert [r["id"] for r in generate(3)] == ["arith-000000", "arith-000001", "arith-000002"]
+
+
+def test_mix_has_both_languages_and_single_languages_are_pure():
+    mixed = generate(400, seed=1, lang="mix")
+    zh = [r for r in mixed if CJK.search(r["problem"])]
+    assert 100 < len(zh) < 300
+    for kind in ALL_KINDS:
+        langs = {bool(CJK.search(r["problem"])) for r in generate(60, seed=1, kinds=[kind])}
+        assert langs == {True, False}, kind
+    assert all(CJK.search(r["problem"]) for r in generate(200, seed=1, lang="zh"))
+    assert not any(CJK.search(r["problem"]) for r in generate(200, seed=1, lang="en"))
+    phrasings = {NUM.sub("N", NOTE.sub("", r["problem"]).replace("(", "").replace(")", ""))
+                 for r in generate(300, seed=1, kinds=["int_add"])}
+    assert len(phrasings) >= 6  # several phrasings per language
+
+
+def _operands(rec: dict) -> list[Decimal]:
+    return [Decimal(x) for x in NUM.findall(rec["solution"].rsplit("=", 1)[0])]
+
+
+BINARY = [k for k in ALL_KINDS if k.startswith(("int_", "dec_"))]
+
+
+@pytest.mark.parametrize("digits", [1, 2, 5])
+def test_int_digits_bounds_operands(digits):
+    records = generate(600, seed=9, kinds=BINARY, int_digits=digits)
+    operands = [abs(x) for r in records for x in _operands(r)]
+    assert all(x < 10 ** digits for x in operands)
+    assert max(operands) >= 10 ** (digits - 1)  # the bound is reached, not just respected
+
+
+def test_decimals_and_fixed_decimals():
+    def places(x: Decimal) -> int:
+        return max(0, -x.as_tuple().exponent)
+
+    fixed = [x for r in generate(300, seed=4, kinds=["dec_add", "dec_sub", "dec_mul", "dec_div"],
+                                 decimals=3, fixed_decimals=True) for x in _operands(r)]
+    assert {places(x) for x in fixed} == {3}
+    free = [x for r in generate(300, seed=4, kinds=["dec_add"], decimals=3) for x in _operands(r)]
+    assert {places(x) for x in free} == {1, 2, 3}
+
+
+def test_unsigned_has_no_negative_operands():
+    records = generate(500, seed=6, signed=False)
+    for r in records:
+        assert all(x >= 0 for x in _operands(r)), r
+    assert any(x < 0 for r in generate(500, seed=6) for x in _operands(r))
+
+
+def test_unknown_kind_lists_known_kinds():
+    with pytest.raises(TunelabError) as e:
+        generate(5, kinds=["int_add", "modulo"])
+    assert "modulo" in str(e.value) and "int_add" in str(e.value) and "equation" in str(e.value)
+    assert [r["kind"] for r in generate(5, kinds="power,sqrt")] != []
+
+
+@pytest.mark.parametrize("options, field", [({"digits": 3}, "digits"), ({"int_digits": 0}, "int_digits"),
+                                            ({"decimals": "2"}, "decimals"), ({"signed": "yes"}, "signed")])
+def test_bad_options_name_the_option(options, field):
+    with pytest.raises(TunelabError) as e:
+        generate(5, **options)
+    assert e.value.field == field and field in str(e.value)
+
+
+def test_bad_lang_and_count():
+    with pytest.raises(TunelabError, match="fr"):
+        generate(5, lang="fr")
+    with pytest.raises(TunelabError, match="count"):
+        generate(-1)
+
+
+def test_subsample_is_reproducible_subset_with_all_fields(tmp_path):
+    path = tmp_path / "big.jsonl"
+    records = [dict(r, extra=i) for i, r in enumerate(generate(300, seed=1))]
+    write_jsonl(path, records)
+    a = subsample(path, 40, seed=5)
+    assert a == subsample(path, 40, seed=5)
+    assert a != subsample(path, 40, seed=6)
+    assert len({r["id"] for r in a}) == 40
+    assert all(r in records for r in a)
+    assert [r["extra"] for r in a] == sorted(r["extra"] for r in a)  # file order kept
+    with pytest.raises(TunelabError) as e:
+        subsample(path, 301, seed=0)
+    assert "300" in str(e.value) and "big.jsonl" in str(e.value)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_cli_writes_generated_file(tmp_path, capsys, suffix):
+    out = tmp_path / f"train{suffix}"
+    rc = main(["data", "arithmetic", "--out", str(out), "--count", "25", "--seed", "2",
+               "--kinds", "int_add,percent", "--lang", "en"])
+    assert rc == 0
+    text = out.read_text(encoding="utf-8")
+    got = json.loads(text) if suffix == ".json" else [json.loads(ln) for ln in text.splitlines()]
+    assert got == generate(25, seed=2, kinds=["int_add", "percent"], lang="en")
+    summary = capsys.readouterr().out
+    assert summary.count("\n") == 1 and "25" in summary and "int_add" in summary and "percent" in summary
+
+
+def test_cli_subsamples_from_file(tmp_path, capsys):
+    src, out = tmp_path / "all.json", tmp_path / "some.jsonl"
+    main(["data", "arithmetic", "--out", str(src), "--count", "50"])
+    assert main(["data", "arithmetic", "--out", str(out), "--count", "10", "--from", str(src)]) == 0
+    assert [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()] == subsample(src, 10, 0)
+
+
+def test_cli_list_kinds(tmp_path, capsys):
+    assert main(["data", "arithmetic", "--out", str(tmp_path / "x.json"), "--list-kinds"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == ALL_KINDS
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["--kinds", "nope"], ["--out-suffix"], ["--count", "999", "--from", "MISSING"]])
+def test_cli_errors_are_one_line(tmp_path, capsys, argv):
+    out = str(tmp_path / ("x.txt" if argv == ["--out-suffix"] else "x.json"))
+    argv = [a.replace("MISSING", str(tmp_path / "missing.json")) for a in argv if a != "--out-suffix"]
+    assert main(["data", "arithmetic", "--out", out, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tunelab: error:") and err.count("\n") == 1

@@ -1,0 +1,251 @@
+"""Arithmetic grading: final-number extraction, numeric comparison, diagnostics and the grade CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.data.examples import Example
+from tunelab.data.records import write_json, write_jsonl
+from tunelab.tasks.arithmetic import extract_final_number, grade_arithmetic, summarize_arithmetic
+from tunelab.tasks.registry import get_task
+
+GOLD = "-6797.66 - 280.27 = -7077.93"
+
+
+@pytest.mark.parametrize("text, value", [
+    ("= -7077.93", "-7077.93"),
+    ("答案是 -7077.930", "-7077.93"),
+    ("-7,077.93", "-7077.93"),
+    ("-6797.66 - 280.27 = -7,077.93", "-7077.93"),
+    ("\u22127077.93", "-7077.93"),           # Unicode minus
+    ("\uff0d7077.93", "-7077.93"),           # full-width minus
+    ("１２", "12"),                            # full-width digits
+    ("6 + 6 ＝ １２。", "12"),
+    ("= 5.", "5"),
+    ("3/4", "0.75"),
+    ("答案：-3/4", "-0.75"),
+    ("1.5e3", "1500"),
+    ("2.5E-2", "0.025"),
+    ("25%", "25"),
+    ("45 / 180 = 25%", "25"),
+    ("x = 5", "5"),
+    ("3x + 5 = 20, x = 5", "5"),
+    (GOLD, "-7077.93"),
+    ("10 - 3", "3"),                            # binary minus, no '='
+    ("10 -3", "3"),
+    ("(-5) - 2", "2"),
+    ("The answer is -5", "-5"),
+    ("12 + (-5) = 7 (check: 7 + 5 = 12)", "7"),  # first number after the last '=' ... is 12
+    ("= .5", "0.5"),
+    ("√144 = 12", "12"),
+])
+def test_extract_final_number(text, value):
+    expected = Decimal("12") if text.startswith("12 + (-5)") else Decimal(value)
+    assert extract_final_number(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "no idea", "x = ?", "答案是：", "= abc"])
+def test_no_number_is_none(text):
+    assert extract_final_number(text) is None
+
+
+@pytest.mark.parametrize("pred, gold, correct", [
+    ("-6797.66 - 280.27 = -7077.93", GOLD, True),
+    ("答案是 -7077.930", GOLD, True),         # trailing zero
+    ("-7,077.93", GOLD, True),
+    ("\u22127077.93", GOLD, True),
+    ("\uff0d7077.93", GOLD, True),
+    ("= -7077.93.", GOLD, True),
+    ("-7077.9", GOLD, False),
+    ("7077.93", GOLD, False),
+    ("１２", "7 + 5 = 12", True),
+    ("3/4", "3 / 4 = 0.75", True),
+    ("1.5e3", "1000 + 500 = 1500", True),
+    ("7.5e-1", "0.75", True),
+    ("1/3", "1 / 3 = 0.33", False),            # the competition wants the rounded value
+    ("0.333333333333", "1/3", True),          # relative tolerance only for fraction/scientific values
+    ("0.3333", "1/3", False),
+    ("25%", "45 / 180 = 25%", True),          # percent answers compare as written
+    ("25", "45 / 180 = 25%", True),
+    ("0.25", "45 / 180 = 25%", False),
+    ("3x + 5 = 20, x = 5", "3x + 5 = 20, x = 5", True),
+    ("x = 5", "3x + 5 = 20, x = 5", True),
+    ("x = -5", "3x + 5 = 20, x = 5", False),
+    ("0", "-3 + 3 = 0", True),
+])
+def test_correctness(pred, gold, correct):
+    assert grade_arithmetic(pred, gold)["correct"] is correct
+
+
+@pytest.mark.parametrize("pred", ["", "I don't know.", "= ?"])
+def test_no_number_prediction_is_wrong_not_an_error(pred):
+    g = grade_arithmetic(pred, GOLD, "dec_sub")
+    assert g == {"correct": False, "pred_value": None, "gold_value": "-7077.93", "format_ok": False,
+                 "sign_ok": False, "within_tol": False, "digit_acc": 0.0, "kind": "dec_sub"}
+
+
+def test_diagnostics_near_miss():
+    g = grade_arithmetic("-6797.66 - 280.27 = -7076.93", GOLD)
+    assert g["correct"] is False and g["pred_value"] == "-7076.93" and g["gold_value"] == "-7077.93"
+    assert g["format_ok"] and g["sign_ok"] and g["within_tol"]
+    assert g["digit_acc"] == pytest.approx(5 / 6)
+
+
+def test_diagnostics_sign_flip_bare_answer():
+    g = grade_arithmetic("7077.93", GOLD)
+    assert not g["format_ok"] and not g["sign_ok"] and not g["within_tol"]
+    assert g["digit_acc"] == 1.0
+
+
+@pytest.mark.parametrize("pred, gold, format_ok", [
+    ("-6797.66-280.27=-7077.93", GOLD, True),        # whitespace-insensitive
+    ("-6797.66 - 280.27 = -7077.93。", GOLD, True),   # final full stop ignored
+    ("-6797.66 + 280.27 = -7077.93", GOLD, False),    # different operator
+    ("The answer is -7077.93", GOLD, False),
+    ("45 / 180 = 25", "45 / 180 = 25%", False),      # the % is part of the shape
+    ("12 - (-5) = 17", "12 - (-5) = 17", True),
+    ("12 - 5 = 17", "12 - (-5) = 17", False),
+])
+def test_format_ok(pred, gold, format_ok):
+    assert grade_arithmetic(pred, gold)["format_ok"] is format_ok
+
+
+@pytest.mark.parametrize("pred, gold, sign_ok", [
+    ("0", "0", True), ("-3", "0", False), ("0", "-1", False), ("-2", "-1", True), ("5", "2", True),
+])
+def test_sign_ok(pred, gold, sign_ok):
+    assert grade_arithmetic(pred, gold)["sign_ok"] is sign_ok
+
+
+@pytest.mark.parametrize("pred, gold, within", [
+    ("-7100", "-7077.93", True),      # |diff| 22.07 ≤ 1% of 7077.93
+    ("-7200", "-7077.93", False),     # 122.07 > 70.78
+    ("1.4", "0.5", True),             # small numbers: absolute tolerance 1
+    ("1.6", "0.5", False),
+])
+def test_within_tol(pred, gold, within):
+    assert grade_arithmetic(pred, gold)["within_tol"] is within
+
+
+@pytest.mark.parametrize("pred, gold, acc", [
+    ("7077.93", "7077.93", 1.0), ("7076.93", "7077.93", 5 / 6), ("2.5", "12.5", 2 / 3),
+    ("12.25", "12.5", 2 / 4), ("-12", "12", 1.0), ("99", "1", 0.0),
+])
+def test_digit_acc(pred, gold, acc):
+    assert grade_arithmetic(pred, gold)["digit_acc"] == pytest.approx(acc)
+
+
+def test_summarize_rates_and_by_kind():
+    graded = [grade_arithmetic("= 3", "1 + 2 = 3", "int_add"), grade_arithmetic("1 + 2 = 4", "1 + 2 = 3", "int_add"),
+              grade_arithmetic("no", "2 * 3 = 6", "int_mul"), grade_arithmetic("2 * 3 = 6", "2 * 3 = 6")]
+    s = summarize_arithmetic(graded)
+    assert s["n"] == 4 and s["accuracy"] == 0.5 and s["no_number"] == 0.25
+    assert s["format_ok"] == 0.5 and s["sign_ok"] == 0.75 and s["within_tol"] == 0.75
+    assert s["digit_acc"] == pytest.approx((1 + 0 + 0 + 1) / 4)
+    assert set(s["by_kind"]) == {"int_add", "int_mul"}
+    assert s["by_kind"]["int_add"]["n"] == 2 and s["by_kind"]["int_add"]["accuracy"] == 0.5
+    assert s["by_kind"]["int_mul"]["no_number"] == 1.0
+    by_list = summarize_arithmetic(graded, kinds=["a", "b", "a", "b"])["by_kind"]
+    assert by_list["a"]["n"] == 2 and by_list["b"]["accuracy"] == 1.0
+    assert summarize_arithmetic([])["accuracy"] == 0.0
+
+
+def test_task_plugin():
+    task = get_task("arithmetic")
+    assert task.primary_metric == "accuracy" and task.default_format == "competition"
+    g = task.grade("= 17", Example("x", "What is 12 - (-5)?", "12 - (-5) = 17", kind="int_sub"))
+    assert g["correct"] and g["kind"] == "int_sub"
+    assert task.summarize([g])["by_kind"]["int_sub"]["accuracy"] == 1.0
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+GOLD_RECORDS = [
+    {"id": "a", "problem": "1 + 2?", "solution": "1 + 2 = 3", "kind": "int_add"},
+    {"id": "b", "problem": "12 - (-5)?", "solution": "12 - (-5) = 17", "kind": "int_sub"},
+    {"id": "c", "problem": "45 是 180 的百分之几？", "solution": "45 / 180 = 25%", "kind": "percent"},
+]
+
+
+@pytest.fixture
+def gold(tmp_path):
+    path = tmp_path / "gold.json"
+    write_json(path, GOLD_RECORDS)
+    return path
+
+
+def _grade(pred, gold, *extra) -> int:
+    return main(["grade", "arithmetic", "--pred", str(pred), "--gold", str(gold), *extra])
+
+
+def test_cli_matches_by_id(tmp_path, gold, capsys):
+    pred = tmp_path / "pred.jsonl"
+    write_jsonl(pred, [{"id": "c", "prediction": "45 / 180 = 25%"}, {"id": "a", "prediction": "1 + 2 = 3"},
+                       {"id": "b", "prediction": "12 - (-5) = 7"}])
+    assert _grade(pred, gold, "--json") == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["n"] == 3 and s["accuracy"] == pytest.approx(2 / 3)
+    assert s["by_kind"]["int_sub"]["accuracy"] == 0.0 and s["by_kind"]["percent"]["accuracy"] == 1.0
+
+
+def test_cli_matches_plain_text_by_order(tmp_path, gold, capsys):
+    pred = tmp_path / "pred.txt"
+    pred.write_text("= 3\n17\n\n\n", encoding="utf-8")  # the empty third answer is wrong; trailing blanks dropped
+    pred.write_text("= 3\n17\nI think 0.25\n\n", encoding="utf-8")
+    assert _grade(pred, gold) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "66.67%" in out
+    for name in ("format_ok", "sign_ok", "within_tol", "digit_acc", "no_number", "int_add", "percent"):
+        assert name in out
+
+
+def test_cli_jsonl_without_ids_matches_by_order(tmp_path, gold, capsys):
+    pred = tmp_path / "pred.jsonl"
+    write_jsonl(pred, [{"prediction": "3"}, {"prediction": "17"}, {"prediction": "25%"}])
+    assert _grade(pred, gold, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("preds", [
+    [{"id": "a", "prediction": "3"}, {"id": "b", "prediction": "17"}],                        # too few
+    [{"id": "a", "prediction": "3"}, {"id": "b", "prediction": "17"}, {"id": "z", "prediction": "1"}],  # id c missing
+    [{"prediction": "3"}] * 4,                                                                # too many
+])
+def test_cli_mismatch_is_an_error_naming_files_and_counts(tmp_path, gold, capsys, preds):
+    pred = tmp_path / "pred.jsonl"
+    write_jsonl(pred, preds)
+    assert _grade(pred, gold) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pred.jsonl" in err and "gold.json" in err
+    assert f"{len(preds)} predictions" in err and "3 answers" in err
+
+
+def test_cli_gold_without_number_names_line(tmp_path, capsys):
+    gold = tmp_path / "gold.jsonl"
+    write_jsonl(gold, [{"solution": "3"}, {"solution": "unknown"}])
+    pred = tmp_path / "pred.txt"
+    pred.write_text("3\n4\n", encoding="utf-8")
+    assert _grade(pred, gold) == 2
+    assert "gold.jsonl:2, field 'solution'" in capsys.readouterr().err
+
+
+def test_grade_cli_does_not_import_torch_and_starts_fast(tmp_path, gold):
+    pred = tmp_path / "pred.txt"
+    pred.write_text("3\n17\n25%\n", encoding="utf-8")
+    code = ("import sys; import tunelab.cli as c; "
+            f"rc = c.main(['grade', 'arithmetic', '--pred', {str(pred)!r}, '--gold', {str(gold)!r}]); "
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'numpy') if m in sys.modules]; "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout and "100.00%" in proc.stdout
+    assert elapsed < 2.0  # generous for slow CI; typically ~0.1 s
