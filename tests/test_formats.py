@@ -110,11 +110,13 @@ def test_convert_record_shapes():
     t = PromptTemplate("alpaca", PREFIX)
     conv = convert_record(COMP[0], "conversations", t, 3)
     assert conv == {"id": "identity_3", "conversations": [
-        {"from": "human", "value": t.render(COMP[0]["problem"])}, {"from": "gpt", "value": COMP[0]["solution"]}]}
+        {"from": "human", "value": t.render(COMP[0]["problem"])},
+        {"from": "gpt", "value": COMP[0]["solution"]}]}
     assert convert_record(COMP[0], "alpaca", t, 0) == {
         "instruction": f"{PREFIX} {COMP[0]['problem']}", "input": "", "output": COMP[0]["solution"]}
     assert convert_record(COMP[1], "messages", PromptTemplate(), 0) == {"messages": [
-        {"role": "user", "content": COMP[1]["problem"]}, {"role": "assistant", "content": COMP[1]["solution"]}]}
+        {"role": "user", "content": COMP[1]["problem"]},
+        {"role": "assistant", "content": COMP[1]["solution"]}]}
     with pytest.raises(TunelabError, match="sharegpt"):
         convert_record(COMP[0], "sharegpt", t, 0)
 
@@ -155,7 +157,8 @@ def test_missing_or_wrong_field_is_named(tmp_path, fmt, rec, field):
 
 def test_wrong_type_is_named(tmp_path):
     path = tmp_path / "t.json"
-    path.write_text(f'[\n  {json.dumps(COMP[0])},\n\n  {{"problem": "p", "solution": ["no"]}}\n]\n', encoding="utf-8")
+    bad = json.dumps({"problem": "p", "solution": ["no"]})
+    path.write_text(f"[\n  {json.dumps(COMP[0])},\n\n  {bad}\n]\n", encoding="utf-8")
     err = _error(path)
     assert err.field == "solution" and err.line == 4 and "expected a string" in str(err)
 

@@ -4,7 +4,7 @@ A record is `{"id", "problem", "solution", "kind"}`, e.g.
 `{"problem": "计算 -6797.66 - 280.27 等于多少？", "solution": "-6797.66 - 280.27 = -7077.93"}`;
 the solution echoes the expression and ends with the final answer (percent answers end with "%").
 
-Number conventions, chosen to match the competition data and to keep grading unambiguous:
+Number conventions, chosen to follow the competition's records and to keep grading unambiguous:
 
 * Results are computed exactly (fractions.Fraction, shown as decimal.Decimal). Sums, differences,
   products and powers are always exact. A quotient, square root, average or percentage whose exact
@@ -14,8 +14,9 @@ Number conventions, chosen to match the competition data and to keep grading una
 * Results are normalised: no trailing fractional zeros, no decimal point for whole numbers, never "-0"
   (format_number). Operands keep their places: with `fixed_decimals` every decimal operand shows
   exactly `decimals` places ("12.50"); otherwise each has 1..`decimals` places and a non-zero last digit.
-* A negative first operand is written bare ("-6797.66 - 280.27"); any later negative operand is
-  parenthesised ("12 - (-5)", "(-3)^3"). Operators are ASCII: + - * / ^ and √ for square roots.
+* A negative first operand is written bare ("-6797.66 - 280.27"); a later negative operand, and a
+  negative base of a power, is parenthesised ("12 - (-5)", "(-3)^3"). Operators are ASCII + - * / ^,
+  and √ for square roots.
 * `signed` makes operands of the int_*, dec_*, power, average and equation kinds negative half of the
   time; sqrt radicands and percent kinds stay non-negative.
 """
@@ -186,7 +187,7 @@ def _divide(a: Decimal, b: Decimal, o: Options) -> _Item:
     return _Item(COMPUTE, {"e": e}, f"{e} = {format_number(value)}", rounded)
 
 
-def _nonzero(rng: random.Random, o: Options, operand) -> Decimal:
+def _nonzero(rng: random.Random, o: Options, operand: Callable[[random.Random, Options], Decimal]) -> Decimal:
     while (x := operand(rng, o)) == 0:
         pass
     return x

@@ -17,7 +17,7 @@ from tunelab.errors import TunelabError
 
 
 def _instruction(template: PromptTemplate, problem: str) -> str:
-    """Prefix + problem (+ CoT) joined exactly as PromptTemplate.render joins them (via its plain template)."""
+    """Prefix + problem (+ CoT) joined exactly as PromptTemplate.render joins them (via 'plain')."""
     plain = PromptTemplate("plain", template.instruction_prefix, template.cot)
     return plain.render(problem).removesuffix("\n")
 

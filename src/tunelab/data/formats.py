@@ -101,7 +101,8 @@ def _messages(rec, path, line) -> dict[str, str]:
 def _reading(rec, path, line) -> dict[str, str]:
     context, question, answer = _fields(rec, path, line, "context", "question", "answer")
     lang = "zh" if _CJK.search(context) else "en"
-    return {"instruction": reading_instruction(context, question), "output": answer, "kind": f"reading-{lang}"}
+    return {"instruction": reading_instruction(context, question), "output": answer,
+            "kind": f"reading-{lang}"}
 
 
 FORMATS: dict[str, Callable[[dict[str, Any], Path, int], dict[str, str]]] = {
@@ -122,13 +123,14 @@ def _sniff(rec: dict[str, Any], path: Path, line: int) -> str:
     for name, keys in _SNIFF:
         if keys <= rec.keys():
             return name
-    raise TunelabError(f"cannot tell the format from keys {sorted(rec)} (known formats: {', '.join(FORMATS)})",
-                       file=path, line=line)
+    raise TunelabError(f"cannot tell the format from keys {sorted(rec)} "
+                       f"(known formats: {', '.join(FORMATS)})", file=path, line=line)
 
 
 def _examples(numbered: Iterable[tuple[int, dict[str, Any]]], format: str, origin: Path) -> list[Example]:
     if format != "auto" and format not in FORMATS:
-        raise TunelabError(f"unknown format '{format}' (choose from auto, {', '.join(FORMATS)})", field="format")
+        raise TunelabError(f"unknown format '{format}' (choose from auto, {', '.join(FORMATS)})",
+                           field="format")
     examples: list[Example] = []
     for index, (line, rec) in enumerate(numbered):
         if format == "auto":
@@ -145,7 +147,8 @@ def read_examples(path: str | Path, format: str = "auto") -> list[Example]:
     return _examples(iter_records(path), format, Path(path))
 
 
-def examples_from_records(records: list[dict[str, Any]], format: str, origin: str = "records") -> list[Example]:
+def examples_from_records(records: list[dict[str, Any]], format: str,
+                          origin: str = "records") -> list[Example]:
     """In-memory records (e.g. a generator's) as Examples; `origin` stands in for the file name in ids and
     errors, and a record's position (from 1) for its line."""
     return _examples(enumerate(records, start=1), format, Path(origin))

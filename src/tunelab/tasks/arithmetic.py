@@ -257,5 +257,8 @@ def cli_grade(args) -> int:
     predictions = _match(_read_pred(pred_path), gold, pred_path, gold_path)
     graded = [grade_arithmetic(p, g["solution"], g["kind"]) for p, g in zip(predictions, gold)]
     summary = summarize_arithmetic(graded)
-    print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else _report(summary, pred_path, gold_path))
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        print(_report(summary, pred_path, gold_path))
     return 0
