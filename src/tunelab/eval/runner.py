@@ -41,7 +41,8 @@ def evaluate_model_dir(model_dir: str | Path, tasks: dict[str, list[Example]], o
                        batch_size: int, max_new_tokens: int, template: PromptTemplate | None = None,
                        label: str = "") -> dict:
     """Load one model (full or adapter, merged for speed) and run every task on it."""
-    from tunelab.model.loading import load_for_inference
+    from tunelab.model.loading import load_for_inference, quiet_transformers
+    quiet_transformers()
     model, tokenizer = load_for_inference(str(model_dir), merge=True)
     tmpl = template_for(model_dir, template)
     results = {}

@@ -11,6 +11,13 @@ from tunelab.errors import TunelabError
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' per-file progress bars and info logs; tunelab shows its own progress."""
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def _torch_dtype(name: str):
     import torch
     return "auto" if name == "auto" else getattr(torch, _DTYPES[name])

@@ -172,6 +172,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     import torch
     from tqdm.auto import tqdm
 
+    from tunelab.model.loading import quiet_transformers
+    quiet_transformers()
     dist = init_distributed()
     tc = recipe.train
     if tc.threads:
