@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_call("tunelab.tasks.arithmetic:cli_grade"))
 
+    p = verbs.add_parser("export", help="merge a run's best (or last) checkpoint into a standalone HF model")
+    p.add_argument("run", help="run directory, checkpoint or adapter directory")
+    p.add_argument("out", help="new output directory")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.set_defaults(func=_call("tunelab.model.export:cli_export"))
+
     # ratio / score -------------------------------------------------------------------------------
     p = verbs.add_parser("ratio", help="trainable / total parameters of a LoRA setup (meta device, no weights)")
     p.add_argument("model", help="preset name, local HF directory or config.json")
@@ -129,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tunelab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `tunelab data arithmetic --list-kinds | head`
+        sys.stderr.close()
+        return 0
     return int(rc or 0)
 
 

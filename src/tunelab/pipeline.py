@@ -13,12 +13,14 @@ from tunelab.recipe import Recipe, load_recipe
 
 
 def eval_sets(recipe: Recipe) -> dict:
-    """Examples per eval task, from the recipe's eval section."""
+    """{label: (task name, examples)} from the recipe's eval section."""
     from tunelab.data.sources import load_source
     sets = {}
     for t in recipe.eval.tasks:
+        if t.label in sets:
+            raise TunelabError(f"two eval entries are labelled '{t.label}'; give one a 'name'", field="eval.tasks")
         examples = load_source(t.source)
-        sets[t.task] = examples[: t.limit] if t.limit else examples
+        sets[t.label] = (t.task, examples[: t.limit] if t.limit else examples)
     return sets
 
 
@@ -56,7 +58,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     sets = eval_sets(recipe)
     summary = train(recipe, resume=resume)
     run_dir = recipe.run_dir
-    ability = [t.task for t in recipe.eval.tasks if t.ability]
+    ability = [t.label for t in recipe.eval.tasks if t.ability]
     acc_task = recipe.score.accuracy_task
     if sets and acc_task not in sets:
         raise TunelabError(f"score.accuracy_task '{acc_task}' is not among the eval tasks", field="score.accuracy_task")
@@ -74,7 +76,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
 
     metrics: dict = {"name": recipe.name, "train": summary}
     if per_ckpt:
-        primary = _primary(acc_task)
+        primary = _primary(acc_task, sets)
         best = max(per_ckpt, key=lambda k: per_ckpt[k][acc_task][primary])
         metrics.update({"base": base_results, "checkpoints": per_ckpt, "best_checkpoint": best})
         accuracy = per_ckpt[best][acc_task][primary]
@@ -95,9 +97,9 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     return metrics
 
 
-def _primary(task: str) -> str:
+def _primary(label: str, sets: dict) -> str:
     from tunelab.tasks.registry import get_task
-    return get_task(task).primary_metric
+    return get_task(sets[label][0]).primary_metric
 
 
 def cli_run(args) -> int:

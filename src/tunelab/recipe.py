@@ -92,9 +92,15 @@ class TrainConfig(_Strict):
 
 class EvalTaskConfig(_Strict):
     task: str
+    name: str | None = Field(default=None, description="label for results (default: the task name)")
     source: SourceConfig
     limit: int | None = Field(default=None, ge=1)
     ability: bool = Field(default=False, description="an original ability whose retention is checked")
+
+
+    @property
+    def label(self) -> str:
+        return self.name or self.task
 
 
 class EvalConfig(_Strict):
@@ -180,18 +186,27 @@ def _apply_aliases(raw: dict[str, Any], file: str) -> dict[str, Any]:
 # --- loading and overrides -----------------------------------------------------------------------
 
 def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in nested mappings; a numeric part indexes a list (`data.train.0.path`)."""
     keys = dotted.split(".")
-    node = raw
-    for key in keys[:-1]:
-        nxt = node.get(key)
-        if nxt is None:
-            nxt = node[key] = {}
-        if isinstance(nxt, list):
-            raise TunelabError(f"cannot --set inside a list ('{key}')", field=dotted)
-        if not isinstance(nxt, dict):
-            raise TunelabError(f"'{key}' is not a section", field=dotted)
-        node = nxt
-    node[keys[-1]] = value
+    node: Any = raw
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise TunelabError(f"'{key}' is not an index of a list of {len(node)}", field=dotted)
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+            continue
+        if not isinstance(node, dict):
+            raise TunelabError(f"'{keys[i - 1]}' is not a section", field=dotted)
+        if last:
+            node[key] = value
+        else:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
 
 
 def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
@@ -245,7 +260,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         _set_path(raw, key, value)
     recipe = validate_recipe(raw, p, text)
     _resolve_paths(recipe, p.parent)
+    _check_data_files(recipe, p, text)
     return recipe
+
+
+def _check_data_files(recipe: Recipe, file: Path, text: str) -> None:
+    """A missing data file is reported when the recipe loads, before a run directory is created."""
+    sources = [(("data", "train", i), s) for i, s in enumerate(recipe.data.train)]
+    sources += [(("eval", "tasks", i, "source"), t.source) for i, t in enumerate(recipe.eval.tasks)]
+    for loc, src in sources:
+        if src.path and not Path(src.path).exists():
+            loc = loc + ("path",)
+            raise TunelabError(f"data file not found: {src.path}", file=file, line=_line_of_key(text, loc),
+                               field=".".join(str(k) for k in loc))
 
 
 def validate_recipe(raw: dict[str, Any], file: str | Path = "<recipe>", text: str = "") -> Recipe:
@@ -265,7 +292,29 @@ def validate_recipe(raw: dict[str, Any], file: str | Path = "<recipe>", text: st
 
 
 def _line_of_key(text: str, loc: tuple) -> int | None:
-    """Best-effort line number of the last string key in `loc` within the YAML text."""
+    """Line number of the key at `loc` (e.g. ('eval', 'tasks', 0, 'source', 'count')) within the YAML text.
+
+    Walks the YAML node tree so a key name used in several sections points at the right one; falls back to
+    the first line naming the last key when the path is not in the text (e.g. it came from an alias or --set).
+    """
+    try:
+        node = yaml.compose(text)
+        line = None
+        for k in loc:
+            if isinstance(node, yaml.MappingNode) and isinstance(k, str):
+                pair = next(((kn, vn) for kn, vn in node.value if kn.value == k), None)
+                if pair is None:
+                    raise LookupError(k)
+                line, node = pair[0].start_mark.line + 1, pair[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(k, int) and 0 <= k < len(node.value):
+                node = node.value[k]
+                line = node.start_mark.line + 1
+            else:
+                raise LookupError(k)
+        if line is not None:
+            return line
+    except (yaml.YAMLError, LookupError):
+        pass
     keys = [k for k in loc if isinstance(k, str)]
     if not keys:
         return None

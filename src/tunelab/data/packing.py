@@ -53,11 +53,11 @@ def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example]
         answer = answer + [eos]
         ids = prompt + answer
         labels = ([IGNORE] * len(prompt) if loss_on == "answer" else list(prompt)) + answer
-        labels[0] = IGNORE  # nothing predicts a sample's first token (in a packed row: the previous sample's EOS)
         truncated = len(ids) > max_len
         if truncated:
             # Keep the answer where possible: cut the prompt's start, not the response.
             ids, labels = ids[-max_len:], labels[-max_len:]
+        labels[0] = IGNORE  # nothing predicts a sample's first token (in a packed row: the previous sample's EOS)
         out.append(Encoded(ids, labels, truncated))
     return out
 

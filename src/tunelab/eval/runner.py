@@ -12,9 +12,11 @@ from tunelab.tasks.registry import get_task
 
 
 def evaluate_examples(model, tokenizer, template: PromptTemplate, task_name: str, examples: list[Example],
-                      out_dir: Path, batch_size: int = 32, max_new_tokens: int = 32, desc: str = "") -> dict:
-    """Generate for every example, grade, write `<task>.predictions.jsonl`; returns the task's metrics."""
+                      out_dir: Path, batch_size: int = 32, max_new_tokens: int = 32, desc: str = "",
+                      label: str | None = None) -> dict:
+    """Generate for every example, grade, write `<label>.predictions.jsonl`; returns the task's metrics."""
     task = get_task(task_name)
+    label = label or task_name
     prompts = [template.render(ex.instruction, ex.input) for ex in examples]
     preds = generate_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc or task_name)
     graded, rows = [], []
@@ -22,7 +24,7 @@ def evaluate_examples(model, tokenizer, template: PromptTemplate, task_name: str
         g = task.grade(pred, ex)
         graded.append(g)
         rows.append({"id": ex.id, "problem": ex.instruction, "prediction": pred, "reference": ex.output, **g})
-    write_jsonl(out_dir / f"{task_name}.predictions.jsonl", rows)
+    write_jsonl(out_dir / f"{label}.predictions.jsonl", rows)
     return task.summarize(graded)
 
 
@@ -37,18 +39,22 @@ def template_for(model_dir: str | Path, fallback: PromptTemplate | None = None) 
     return load_template(model_dir) or fallback or PromptTemplate("alpaca")
 
 
-def evaluate_model_dir(model_dir: str | Path, tasks: dict[str, list[Example]], out_dir: Path,
+def evaluate_model_dir(model_dir: str | Path, tasks: dict[str, tuple[str, list[Example]]], out_dir: Path,
                        batch_size: int, max_new_tokens: int, template: PromptTemplate | None = None,
                        label: str = "") -> dict:
-    """Load one model (full or adapter, merged for speed) and run every task on it."""
+    """Load one model (full or adapter, merged for speed) and run every task on it.
+
+    `tasks` maps a result label to (task name, examples); results.json is written last, so its presence
+    means the evaluation is complete.
+    """
     from tunelab.model.loading import load_for_inference, quiet_transformers
     quiet_transformers()
     model, tokenizer = load_for_inference(str(model_dir), merge=True)
     tmpl = template_for(model_dir, template)
     results = {}
-    for name, examples in tasks.items():
-        results[name] = evaluate_examples(model, tokenizer, tmpl, name, examples, out_dir, batch_size,
-                                          max_new_tokens, desc=f"{label} {name}".strip())
+    for name, (task_name, examples) in tasks.items():
+        results[name] = evaluate_examples(model, tokenizer, tmpl, task_name, examples, out_dir, batch_size,
+                                          max_new_tokens, desc=f"{label} {name}".strip(), label=name)
     write_json(out_dir / "results.json", results)
     return results
 
@@ -69,11 +75,14 @@ def cli_eval(args) -> int:
         if name not in files:
             raise TunelabError(f"no data for task '{name}': pass --data {name}=FILE")
         examples = read_examples(files[name], task.default_format)
-        tasks[name] = examples[: args.limit] if args.limit else examples
+        tasks[name] = (name, examples[: args.limit] if args.limit else examples)
     model = Path(args.model)
     ckpts = list_checkpoints(model)
     targets = [(c.name, model_dir_of(c)) for c in ckpts] if ckpts else [(model.name or str(model), model)]
-    out_root = Path(args.out) if args.out else (model / "eval" if model.is_dir() else Path("eval"))
+    # Results go beside the model, in a folder named after the task set, so they never replace the
+    # evaluations `tunelab run` keeps in <run>/eval/<checkpoint>/.
+    tag = "+".join(tasks)
+    out_root = Path(args.out) if args.out else ((model if model.is_dir() else Path(".")) / f"eval-{tag}")
     table = {}
     for label, mdir in targets:
         out = out_root / label if ckpts else out_root

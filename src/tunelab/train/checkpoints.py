@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
+    # a name with a suffix (step-000040.tmp) is a checkpoint still being written, or one a kill interrupted
     return sorted(p for p in root.iterdir()
-                  if p.name.startswith(STEP_PREFIX) and (p / "state.json").exists())
+                  if re.fullmatch(rf"{STEP_PREFIX}\d+", p.name) and (p / "state.json").exists())
 
 
 def model_dir_of(ckpt: Path) -> Path:

@@ -73,7 +73,7 @@ def prepare_run_dir(recipe: Recipe, resume: bool, dist: Dist) -> Path:
     if resume:
         if not saved.exists():
             raise TunelabError("nothing to resume: no run here", file=run_dir)
-        if saved.read_text(encoding="utf-8") != current:
+        if _identity(saved.read_text(encoding="utf-8")) != _identity(current):
             raise TunelabError("the recipe differs from the one this run started with; resume needs the same "
                                "recipe (compare with the saved recipe.yaml)", file=saved)
     elif run_dir.exists() and any(run_dir.iterdir()):
@@ -85,6 +85,14 @@ def prepare_run_dir(recipe: Recipe, resume: bool, dist: Dist) -> Path:
         saved.write_text(current, encoding="utf-8")
     _barrier(dist)
     return run_dir
+
+
+def _identity(recipe_yaml: str) -> dict:
+    """The parts of a saved recipe that define the run; CPU threads may change when resuming."""
+    import yaml
+    raw = yaml.safe_load(recipe_yaml)
+    raw.get("train", {}).pop("threads", None)
+    return raw
 
 
 def load_examples(recipe: Recipe):
@@ -214,6 +222,9 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, tc.min_lr_ratio))
 
     start_step, elapsed_before = 0, 0.0
+    # loss/items/tokens summed since the last metrics line; saved in checkpoints so that a resumed run
+    # writes the same metrics lines as an uninterrupted one even when checkpoints fall between log steps
+    window = (0.0, 0.0, 0.0)
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         ckpts = list_checkpoints(run_dir)
@@ -226,8 +237,11 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
+            if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             random.setstate(state["py_rng"])
             start_step, elapsed_before = state["step"], state["elapsed_s"]
+            window = state.get("log_window", window)
         if dist.main:  # drop log lines past the checkpoint; they are recomputed
             kept = [r for r in read_metrics(metrics_path) if r["step"] <= start_step]
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
@@ -242,7 +256,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
 
     bar = tqdm(total=total_steps, initial=start_step, disable=not dist.main, desc=f"train {recipe.name}",
                unit="step", dynamic_ncols=True)
-    window_loss = window_items = window_tokens = 0.0
+    window_loss, window_items, window_tokens = window
     t_window = time.perf_counter()
     t_start = time.perf_counter()
     last_loss = float("nan")
@@ -266,11 +280,17 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             loss.backward()
             step_loss += out.loss.item()
         step_loss, tokens = _all_sum(dist, [step_loss, local_tokens])
-        if not math.isfinite(step_loss):
-            kept = list_checkpoints(run_dir)
-            raise TunelabError(f"loss became {step_loss} at step {step + 1}; stopping. Last good checkpoint: "
-                               f"{kept[-1] if kept else 'none'} (try a lower train.lr)", field="train.lr")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm).item()
+        if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+            # checked before optimizer.step(): a NaN/inf gradient would poison the weights (and the next
+            # checkpoint) even while the loss still looks finite
+            what = (f"loss became {step_loss}" if not math.isfinite(step_loss)
+                    else f"gradient norm became {grad_norm}")
+            kept = list_checkpoints(run_dir)
+            bar.close()
+            raise TunelabError(f"{what} at step {step + 1}; stopping. Last good checkpoint: "
+                               f"{kept[-1] if kept else 'none'} (try a lower train.lr)", field="train.lr")
+        step_lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -283,7 +303,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         if done % tc.log_every == 0 or done == total_steps:
             now = time.perf_counter()
             rec = {"step": done, "epoch": round(done * rows_per_step / stream.rows_per_epoch, 4),
-                   "loss": window_loss / max(1, window_items), "lr": scheduler.get_last_lr()[0],
+                   "loss": window_loss / max(1, window_items), "lr": step_lr,
                    "grad_norm": grad_norm, "tokens_per_s": window_tokens / (now - t_window),
                    "elapsed_s": elapsed_before + now - t_start}
             if dist.main:
@@ -299,6 +319,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                                                if p.requires_grad},
                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                  "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                                 "log_window": (window_loss, window_items, window_tokens),
                                  "step": done, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
                 save_checkpoint(run_dir, done, model, tokenizer, template, trainer_state,
                                 {"step": done, "loss": step_loss, "total_steps": total_steps},

@@ -1,0 +1,363 @@
+"""Training throughput: tunelab's own loop vs HF Trainer + peft (padded to 256, and dynamic padding).
+
+All three setups train the same tiny Llama (preset `tiny`, random init) with LoRA r8 on q/v/o, batch 16,
+on the same competition-format arithmetic data (alpaca template, answer-only loss), with the same BPE
+tokenizer (trained here on the data), optimizer settings and precision, in ONE process, interleaved:
+
+  (a) tunelab  - `tunelab.train.loop.train()` on a recipe written to a temp dir (packing on, 256-token rows);
+                 steady-state tokens/s read from its metrics.jsonl, first logged window skipped (warm-up).
+  (b) hf-pad256 - HF `Trainer` + peft, every sample padded to 256 (the competition baseline).
+  (c) hf-dynamic - HF `Trainer` + peft, `DataCollatorForSeq2Seq` padding to the longest sample in the batch.
+
+The figure is *real* training tokens per second: non-pad tokens (prompt + answer) of the timed steps.
+"Batch 16" means 16 rows per optimizer step: 16 packed 256-token rows for (a), 16 samples for (b)/(c).
+The machine may be shared and noisy: compare the ratios printed by one run, not absolute numbers across runs.
+
+    python benchmarks/bench_train.py [--seconds 60] [--rounds 2] [--precision auto|bf16|fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SEQ = 256
+BATCH = 16
+LR, BETAS, WD, CLIP, WARMUP, MIN_LR = 1e-3, (0.9, 0.95), 0.0, 1.0, 0.05, 0.1
+LORA = dict(rank=8, alpha=16, dropout=0.05, targets=["q_proj", "v_proj", "o_proj"])
+
+
+def log(msg: str) -> None:
+    print(f"[bench_train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def choose_precision(requested: str) -> tuple[str, dict]:
+    """bf16 autocast where the CPU does bf16 natively (and a bf16 matmul is not slower than fp32), else fp32."""
+    import torch
+    cap = torch.backends.cpu.get_cpu_capability()
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    info = {"cpu_capability": cap, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+
+    def bench(dtype):
+        a = torch.randn(512, 512).to(dtype)
+        b = torch.randn(512, 512).to(dtype)
+        for _ in range(3):
+            a @ b
+        t = time.perf_counter()
+        for _ in range(20):
+            a @ b
+        return (time.perf_counter() - t) / 20
+
+    try:
+        t32, t16 = bench(torch.float32), bench(torch.bfloat16)
+        info.update(matmul512_fp32_ms=round(t32 * 1e3, 3), matmul512_bf16_ms=round(t16 * 1e3, 3))
+        bf16_ok = t16 <= 1.5 * t32
+    except Exception as e:  # no bf16 kernels at all
+        info["bf16_error"] = str(e)
+        bf16_ok = False
+    info["bf16_usable"] = bf16_ok
+    if requested == "auto":
+        return ("bf16" if bf16_ok else "fp32"), info
+    return requested, info
+
+
+# --- data, tokenizer, model ----------------------------------------------------------------------
+
+def prepare(tmp: Path, samples: int, seed: int):
+    from tunelab.data.packing import encode_examples
+    from tunelab.data.sources import load_source
+    from tunelab.data.templates import PromptTemplate
+    from tunelab.model.loading import load_tokenizer
+    from tunelab.model.tokenizer import train_bpe_tokenizer
+    from tunelab.recipe import SourceConfig
+
+    source = {"generate": "arithmetic", "count": samples, "seed": seed}
+    examples = load_source(SourceConfig(**source))
+    template = PromptTemplate("alpaca")
+    tok = train_bpe_tokenizer((template.render(e.instruction, e.input) + e.output for e in examples), 2000)
+    tok.save_pretrained(tmp / "tokenizer")
+    tokenizer = load_tokenizer(str(tmp / "tokenizer"))  # exactly what train() will load
+    encoded = encode_examples(tokenizer, template, examples, SEQ, "answer")
+    return source, tokenizer, encoded
+
+
+def build_lora_model(tokenizer, seed: int):
+    import torch
+    from peft import get_peft_model
+
+    from tunelab.model.loading import build_from_scratch
+    from tunelab.model.lora import make_lora_config
+    torch.manual_seed(seed)
+    model = build_from_scratch("tiny", len(tokenizer), {}, tokenizer)
+    return get_peft_model(model, make_lora_config(LORA["rank"], LORA["alpha"], LORA["dropout"], LORA["targets"]))
+
+
+# --- (a) tunelab's loop --------------------------------------------------------------------------
+
+def tunelab_recipe(tmp: Path, name: str, source: dict, max_steps: int, log_every: int, precision: str, seed: int,
+                   threads: int):
+    import yaml
+
+    from tunelab.recipe import load_recipe
+    raw = {
+        "name": name, "seed": seed, "output_dir": str(tmp / "runs"),
+        "model": {"preset": "tiny", "from_scratch": True, "tokenizer": str(tmp / "tokenizer")},
+        "data": {"train": [source], "template": "alpaca", "max_seq_len": SEQ, "packing": True, "loss_on": "answer"},
+        "lora": {"enabled": True, "rank": LORA["rank"], "alpha": LORA["alpha"], "dropout": LORA["dropout"],
+                 "target_modules": LORA["targets"]},
+        "train": {"max_steps": max_steps, "batch_size": BATCH, "grad_accum": 1, "lr": LR, "weight_decay": WD,
+                  "warmup_ratio": WARMUP, "min_lr_ratio": MIN_LR, "max_grad_norm": CLIP, "precision": precision,
+                  "num_checkpoints": 1, "log_every": log_every, "threads": threads},
+        "eval": {"baseline": False},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return load_recipe(path)
+
+
+def run_tunelab(tmp: Path, name: str, source: dict, max_steps: int, log_every: int, precision: str,
+                seed: int, threads: int) -> dict:
+    from tunelab.train.loop import train
+    recipe = tunelab_recipe(tmp, name, source, max_steps, log_every, precision, seed, threads)
+    summary = train(recipe)
+    rows = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    # window k spans elapsed_s[k-1] .. elapsed_s[k]; window 0 (warm-up) is skipped
+    tokens = seconds = 0.0
+    windows = []
+    for prev, cur in zip(rows, rows[1:]):
+        dt = cur["elapsed_s"] - prev["elapsed_s"]
+        tokens += cur["tokens_per_s"] * dt
+        seconds += dt
+        windows.append(round(cur["tokens_per_s"], 1))
+    steps = rows[-1]["step"] - rows[0]["step"] if rows else 0
+    return {"tokens": tokens, "seconds": seconds, "steps": steps, "tok_s": tokens / seconds if seconds else 0.0,
+            "window_tok_s": windows, "rows_per_epoch": summary["rows_per_epoch"],
+            "sec_per_step": seconds / steps if steps else float("nan")}
+
+
+# --- (b), (c) HF Trainer -------------------------------------------------------------------------
+
+def hf_datasets(encoded, pad_id: int):
+    padded, dynamic = [], []
+    for e in encoded:
+        n = len(e.input_ids)
+        dynamic.append({"input_ids": e.input_ids, "attention_mask": [1] * n, "labels": e.labels})
+        padded.append({"input_ids": e.input_ids + [pad_id] * (SEQ - n), "attention_mask": [1] * n + [0] * (SEQ - n),
+                       "labels": e.labels + [-100] * (SEQ - n)})
+    return padded, dynamic
+
+
+def run_hf(tmp: Path, name: str, tokenizer, dataset, mode: str, seconds: float, warm_steps: int, precision: str,
+           seed: int) -> dict:
+    import torch
+    from transformers import (DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments,
+                              default_data_collator)
+
+    model = build_lora_model(tokenizer, seed)
+    bf16 = precision == "bf16"
+
+    class Budget(TrainerCallback):
+        """Timestamps every optimizer step's end; stops after `seconds` of timed (post-warm-up) steps."""
+
+        def __init__(self):
+            self.ends: list[float] = []
+
+        def on_step_end(self, args, state, control, **kw):
+            self.ends.append(time.perf_counter())
+            n = len(self.ends)
+            if n > warm_steps and self.ends[-1] - self.ends[warm_steps - 1] >= seconds:
+                control.should_training_stop = True
+            return control
+
+    class TimedTrainer(Trainer):
+        tokens: list[int]
+        autocast_seen: str | None = None
+        force_autocast = False
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.tokens.append(int(inputs["attention_mask"].sum()))
+            if self.autocast_seen is None:  # check once that bf16=True really autocasts on this CPU
+                lin = next(m for n, m in model.named_modules() if n.endswith("layers.0.mlp.gate_proj"))
+                seen = []
+                h = lin.register_forward_hook(lambda m, i, o: seen.append(str(o.dtype)))
+                try:
+                    out = super().training_step(model, inputs, num_items_in_batch)
+                finally:
+                    h.remove()
+                self.autocast_seen = seen[0] if seen else "?"
+                if bf16 and self.autocast_seen != "torch.bfloat16":
+                    log(f"{name}: TrainingArguments(bf16=True) did not autocast on CPU "
+                        f"({self.autocast_seen}); wrapping the forward in torch.autocast instead")
+                    self.force_autocast = True
+                return out
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def autocast_smart_context_manager(self, cache_enabled=True):
+            if self.force_autocast:
+                return torch.autocast("cpu", dtype=torch.bfloat16)
+            return super().autocast_smart_context_manager(cache_enabled)
+
+    args = TrainingArguments(
+        output_dir=str(tmp / name), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
+        learning_rate=LR, adam_beta1=BETAS[0], adam_beta2=BETAS[1], weight_decay=WD, max_grad_norm=CLIP,
+        optim="adamw_torch",  # torch.optim.AdamW, as tunelab's loop uses
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": MIN_LR}, warmup_steps=WARMUP,
+        max_steps=100_000, use_cpu=True, bf16=bf16, report_to="none", save_strategy="no",
+        logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
+        seed=seed)
+    collator = (default_data_collator if mode == "pad256" else
+                DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt"))
+    budget = Budget()
+    trainer = TimedTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                           callbacks=[budget])
+    trainer.tokens = []
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    ends, toks = budget.ends, trainer.tokens[:len(budget.ends)]
+    timed_tokens = sum(toks[warm_steps:])
+    timed_seconds = ends[-1] - ends[warm_steps - 1]
+    steps = len(ends) - warm_steps
+    # positions the model computed on (pad included), for the padding overhead
+    return {"tokens": timed_tokens, "seconds": timed_seconds, "steps": steps, "tok_s": timed_tokens / timed_seconds,
+            "sec_per_step": timed_seconds / steps, "mean_real_tokens_per_step": timed_tokens / steps,
+            "autocast_dtype": trainer.autocast_seen, "forced_autocast": trainer.force_autocast,
+            "wall_s": wall}
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=60, help="timed seconds per setup, split over the rounds")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (order a,b,c then c,b,a, ...)")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    ap.add_argument("--samples", type=int, default=40000, help="arithmetic samples generated (one epoch)")
+    ap.add_argument("--warm-steps", type=int, default=5, help="steps skipped as warm-up (tunelab: log_every)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads for every setup; 0 = auto: the cores not busy at start (at least 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(HERE / "results" / "train.json"))
+    args = ap.parse_args()
+
+    import torch
+    import transformers
+    import peft
+
+    from tunelab.data.packing import pack_examples, packing_efficiency
+    from tunelab.model.loading import quiet_transformers
+    quiet_transformers()
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    load0 = os.getloadavg()
+    # On a loaded machine, more OpenMP threads than free cores is ruinous (every parallel region waits for a
+    # descheduled thread): measured here, 2 threads ran a step 5x slower than 1 while a background job ran.
+    threads = args.threads or max(1, (os.cpu_count() or 1) - round(load0[0]))
+    torch.set_num_threads(threads)
+    precision, cpu = choose_precision(args.precision)
+    log(f"precision {precision} ({cpu}); torch threads {threads}; load average {load0}")
+    per_round = args.seconds / args.rounds
+
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as d:
+        tmp = Path(d)
+        t = time.perf_counter()
+        source, tokenizer, encoded = prepare(tmp, args.samples, args.seed)
+        lens = [len(e.input_ids) for e in encoded]
+        answer = [sum(x != -100 for x in e.labels) for e in encoded]
+        eff = packing_efficiency(pack_examples(encoded, SEQ), SEQ)
+        log(f"{len(encoded)} samples, vocab {len(tokenizer)}, mean {sum(lens) / len(lens):.1f} tokens "
+            f"(answer {sum(answer) / len(answer):.1f}), max {max(lens)}; packing fills {eff:.1%} of 256-token rows "
+            f"({time.perf_counter() - t:.1f} s)")
+        padded, dynamic = hf_datasets(encoded, tokenizer.pad_token_id)
+
+        # calibrate tunelab's seconds/step (also warms up kernels for the whole process)
+        log("calibrating tunelab's step time (short run, not counted)")
+        cal = run_tunelab(tmp, "calibrate", source, 3 * args.warm_steps, args.warm_steps, precision, args.seed,
+                          threads)
+        sec_per_step = cal["sec_per_step"]
+        log(f"calibration: {sec_per_step:.3f} s/step, {cal['tok_s']:.0f} tok/s")
+
+        results: dict[str, list[dict]] = {"tunelab": [], "hf_pad256": [], "hf_dynamic": []}
+        for r in range(args.rounds):
+            order = ["tunelab", "hf_pad256", "hf_dynamic"]
+            if r % 2:
+                order.reverse()
+            for setup in order:
+                log(f"round {r + 1}/{args.rounds}: {setup} for ~{per_round:.0f} s")
+                if setup == "tunelab":
+                    steps = args.warm_steps * (1 + max(1, round(per_round / sec_per_step / args.warm_steps)))
+                    res = run_tunelab(tmp, f"tunelab-r{r}", source, steps, args.warm_steps, precision, args.seed,
+                                      threads)
+                    if res["rows_per_epoch"] < steps * BATCH:
+                        log("warning: tunelab crossed an epoch boundary (packing the next epoch was timed)")
+                    sec_per_step = res["sec_per_step"]
+                elif setup == "hf_pad256":
+                    res = run_hf(tmp, f"hf-pad256-r{r}", tokenizer, padded, "pad256", per_round, args.warm_steps,
+                                 precision, args.seed)
+                else:
+                    res = run_hf(tmp, f"hf-dynamic-r{r}", tokenizer, dynamic, "dynamic", per_round, args.warm_steps,
+                                 precision, args.seed)
+                results[setup].append(res)
+                log(f"  {setup}: {res['tok_s']:,.0f} real tok/s over {res['steps']} steps "
+                    f"({res['seconds']:.1f} s, {res['sec_per_step']:.3f} s/step)"
+                    + (f", autocast {res['autocast_dtype']}" if "autocast_dtype" in res else ""))
+
+    agg = {}
+    for setup, runs in results.items():
+        tok, sec = sum(x["tokens"] for x in runs), sum(x["seconds"] for x in runs)
+        agg[setup] = {"tok_s": tok / sec, "per_round_tok_s": [round(x["tok_s"], 1) for x in runs],
+                      "sec_per_step": sec / sum(x["steps"] for x in runs), "timed_seconds": sec, "tokens": tok}
+    ratio_b = agg["tunelab"]["tok_s"] / agg["hf_pad256"]["tok_s"]
+    ratio_c = agg["tunelab"]["tok_s"] / agg["hf_dynamic"]["tok_s"]
+    paired_b = [a["tok_s"] / b["tok_s"] for a, b in zip(results["tunelab"], results["hf_pad256"])]
+    paired_c = [a["tok_s"] / c["tok_s"] for a, c in zip(results["tunelab"], results["hf_dynamic"])]
+    load1 = os.getloadavg()
+
+    labels = {"tunelab": "(a) tunelab loop, packed 256", "hf_pad256": "(b) HF Trainer+peft, pad to 256",
+              "hf_dynamic": "(c) HF Trainer+peft, dynamic pad"}
+    print()
+    print(f"Training throughput, tiny Llama + LoRA r8 q/v/o, batch {BATCH}, {precision}, real (non-pad) tokens/s")
+    print(f"{'setup':<36}{'tok/s':>10}{'s/step':>9}   per round")
+    for setup, a in agg.items():
+        print(f"{labels[setup]:<36}{a['tok_s']:>10,.0f}{a['sec_per_step']:>9.3f}   "
+              + ", ".join(f"{x:,.0f}" for x in a["per_round_tok_s"]))
+    print(f"tunelab / (b) = {ratio_b:.2f}x  (target >= 5x)   per round: {', '.join(f'{x:.2f}' for x in paired_b)}")
+    print(f"tunelab / (c) = {ratio_c:.2f}x  (target >= 1.2x) per round: {', '.join(f'{x:.2f}' for x in paired_c)}")
+    print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} (on {os.cpu_count()} cores; "
+          "a background load slows every setup alike)")
+
+    out = {"benchmark": "train", "unit": "real (non-pad) training tokens per second", "precision": precision,
+           "batch": BATCH, "max_seq_len": SEQ, "lora": LORA, "seconds_per_setup": args.seconds,
+           "rounds": args.rounds, "warm_steps_skipped": args.warm_steps, "samples": len(encoded),
+           "mean_sample_tokens": sum(lens) / len(lens), "packing_efficiency": eff,
+           "setups": agg, "runs": results, "calibration": cal,
+           "ratio_tunelab_over_hf_pad256": ratio_b, "ratio_tunelab_over_hf_dynamic": ratio_c,
+           "paired_ratios_pad256": paired_b, "paired_ratios_dynamic": paired_c,
+           "targets": {"over_hf_pad256": 5.0, "over_hf_dynamic": 1.2},
+           "machine": {**cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                       "loadavg_before": load0, "loadavg_after": load1, "python": platform.python_version(),
+                       "torch": torch.__version__, "transformers": transformers.__version__,
+                       "peft": peft.__version__},
+           "note": "ratios measured in one run on a shared machine; absolute numbers vary between runs"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""`tunelab data check RECIPE`: see what the model will be trained on before spending compute on it."""
+
+from __future__ import annotations
+
+import statistics
+
+from tunelab.data.packing import IGNORE, encode_examples, pack_examples, packing_efficiency, unpacked_rows
+from tunelab.data.templates import PromptTemplate
+from tunelab.recipe import Recipe, load_recipe
+
+
+def render_marked(tokenizer, input_ids: list[int], labels: list[int]) -> str:
+    """The sample's text with loss-carrying tokens wrapped in ⟦…⟧."""
+    out, span, in_loss = [], [], False
+    for tid, lab in zip(input_ids, labels):
+        carries = lab != IGNORE
+        if carries != in_loss and span:
+            text = tokenizer.decode(span)
+            out.append(f"⟦{text}⟧" if in_loss else text)
+            span = []
+        in_loss = carries
+        span.append(tid)
+    if span:
+        text = tokenizer.decode(span)
+        out.append(f"⟦{text}⟧" if in_loss else text)
+    return "".join(out)
+
+
+def _tokenizer_for(recipe: Recipe, examples, template):
+    """The recipe's tokenizer, or (from scratch) one trained on a sample of the data as training would."""
+    from tunelab.model.loading import load_tokenizer, quiet_transformers
+    quiet_transformers()
+    m = recipe.model
+    if m.tokenizer or not m.from_scratch:
+        return load_tokenizer(m.tokenizer or m.path)
+    from tunelab.model.tokenizer import train_bpe_tokenizer
+    sample = examples[:20000]
+    return train_bpe_tokenizer((template.render(e.instruction, e.input) + e.output for e in sample),
+                               m.tokenizer_vocab_size)
+
+
+def check(recipe: Recipe, n_samples: int = 3) -> dict:
+    from tunelab.train.loop import load_examples
+    template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
+    examples = load_examples(recipe)
+    tokenizer = _tokenizer_for(recipe, examples, template)
+    max_len = recipe.data.max_seq_len
+    encoded = encode_examples(tokenizer, template, examples, max_len, recipe.data.loss_on)
+    lengths = [len(e.input_ids) for e in encoded]
+    loss_tokens = [sum(1 for x in e.labels if x != IGNORE) for e in encoded]
+    rows = pack_examples(encoded, max_len) if recipe.data.packing else unpacked_rows(encoded)
+    return {
+        "examples": examples, "encoded": encoded, "tokenizer": tokenizer, "samples": n_samples,
+        "count": len(encoded), "truncated": sum(e.truncated for e in encoded),
+        "length": {"min": min(lengths), "mean": statistics.fmean(lengths), "median": statistics.median(lengths),
+                   "max": max(lengths), "p95": sorted(lengths)[int(0.95 * (len(lengths) - 1))]},
+        "loss_tokens_mean": statistics.fmean(loss_tokens),
+        "rows": len(rows), "packing_efficiency": packing_efficiency(rows, max_len),
+        "padded_efficiency": statistics.fmean(lengths) / max_len,
+    }
+
+
+def cli_check(args) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    r = check(recipe, args.samples)
+    tok = r["tokenizer"]
+    print(f"{r['count']} samples from {len(recipe.data.train)} source(s); template '{recipe.data.template}'; "
+          f"loss on {recipe.data.loss_on} tokens (marked ⟦…⟧)\n")
+    for ex, enc in list(zip(r["examples"], r["encoded"]))[: r["samples"]]:
+        print(f"--- {ex.id} ({len(enc.input_ids)} tokens){' TRUNCATED' if enc.truncated else ''}")
+        print(render_marked(tok, enc.input_ids, enc.labels))
+        print()
+    L = r["length"]
+    print(f"tokens per sample: min {L['min']}, median {L['median']:.0f}, mean {L['mean']:.1f}, "
+          f"p95 {L['p95']}, max {L['max']}; loss tokens per sample: {r['loss_tokens_mean']:.1f}")
+    print(f"truncated at max_seq_len {recipe.data.max_seq_len}: {r['truncated']} "
+          f"({100 * r['truncated'] / r['count']:.2f}%)")
+    if recipe.data.packing:
+        print(f"packing: {r['rows']} rows of {recipe.data.max_seq_len}, {100 * r['packing_efficiency']:.1f}% "
+              f"real tokens (padding every sample to {recipe.data.max_seq_len} would be "
+              f"{100 * r['padded_efficiency']:.1f}%)")
+    else:
+        print(f"packing off: {r['rows']} rows, one sample each")
+    return 0

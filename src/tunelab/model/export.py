@@ -1,0 +1,98 @@
+"""`tunelab export`: turn a run (its best or last checkpoint) into a standalone HF model directory.
+
+Adapters are merged into the base; weights are saved as safetensors in the chosen dtype with the tokenizer,
+the prompt template and a model card (recipe, seed, training time, measured abilities).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+
+def pick_checkpoint(run_or_ckpt: Path, which: str = "best") -> Path:
+    """A checkpoint's loadable model dir: `best` from metrics.json when known, else the last one."""
+    from tunelab.train.checkpoints import list_checkpoints, model_dir_of
+    if (run_or_ckpt / "config.json").exists() or (run_or_ckpt / "adapter_config.json").exists():
+        return run_or_ckpt
+    if (run_or_ckpt / "state.json").exists():
+        return model_dir_of(run_or_ckpt)
+    ckpts = list_checkpoints(run_or_ckpt)
+    if not ckpts:
+        raise TunelabError("no checkpoints here (expected a run directory, a checkpoint or a model directory)",
+                           file=run_or_ckpt)
+    metrics = run_or_ckpt / "metrics.json"
+    if which == "best" and metrics.exists():
+        best = json.loads(metrics.read_text(encoding="utf-8")).get("best_checkpoint")
+        for c in ckpts:
+            if c.name == best:
+                return model_dir_of(c)
+    return model_dir_of(ckpts[-1])
+
+
+def model_card(run_dir: Path, source: Path) -> str:
+    """A README.md for the exported model from the run's recipe, summary and metrics."""
+    lines = [f"# {run_dir.name}", "", f"Exported by `tunelab export` from `{source}`.", ""]
+    recipe = run_dir / "recipe.yaml"
+    summary = run_dir / "train_summary.json"
+    metrics = run_dir / "metrics.json"
+    if summary.exists():
+        s = json.loads(summary.read_text(encoding="utf-8"))
+        lines += ["## Training", "",
+                  f"- {s['steps']} optimizer steps over {s['samples']:,} samples, {s['train_seconds'] / 60:.0f} "
+                  f"minutes of CPU/GPU time (world size {s['world_size']})",
+                  f"- final training loss {s['final_loss']:.4f}",
+                  f"- parameters: {s['total_params']:,} (trainable {s['trainable_params']:,})", ""]
+    if metrics.exists():
+        m = json.loads(metrics.read_text(encoding="utf-8"))
+        best = m.get("best_checkpoint")
+        if best:
+            lines += [f"## Measured abilities ({best})", ""]
+            for task, res in m["checkpoints"][best].items():
+                keys = [k for k in ("accuracy", "format_ok", "within_tol", "digit_acc", "exact_match", "f1")
+                        if k in res]
+                shown = ", ".join(f"{k} {res[k] * 100:.1f}%" if res[k] <= 1 and k != "f1" and k != "exact_match"
+                                  else f"{k} {res[k]:.1f}" for k in keys)
+                lines.append(f"- **{task}** (n={res.get('n', '?')}): {shown}")
+            lines.append("")
+    if recipe.exists():
+        lines += ["## Recipe", "", "```yaml", recipe.read_text(encoding="utf-8").rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", which: str = "best") -> Path:
+    import torch
+
+    from tunelab.data.templates import TEMPLATE_FILE
+    from tunelab.model.loading import load_for_inference, quiet_transformers
+    quiet_transformers()
+    src = Path(run_or_ckpt)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise TunelabError("output directory exists and is not empty", file=out)
+    model_dir = pick_checkpoint(src, which)
+    model, tokenizer = load_for_inference(str(model_dir), merge=True)
+    model = model.to(getattr(torch, dtype))
+    model.config.dtype = dtype
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if (model_dir / TEMPLATE_FILE).exists():
+        shutil.copy(model_dir / TEMPLATE_FILE, tmp / TEMPLATE_FILE)
+    run_dir = model_dir.parent.parent.parent if model_dir.parent.parent.name == "checkpoints" else src
+    (tmp / "README.md").write_text(model_card(run_dir, model_dir), encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def cli_export(args) -> int:
+    out = export(args.run, args.out, args.dtype, args.checkpoint)
+    size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
+    print(f"exported {out} ({size:.1f} MB)")
+    return 0

@@ -1,0 +1,105 @@
+"""Shared fixtures for the training tests: tiny recipes written into tmp dirs, and one tiny trained base model.
+
+Everything is CPU-sized: preset `micro` (hidden 64, 2 layers), a few hundred generated examples, 10-30 steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# One torch thread per process: the tests must coexist with other work on a 2-core machine, and the
+# resume/DDP comparisons run recipes in several processes that must not oversubscribe the cores.
+THREADS = 1
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if value is None:  # None removes a key, e.g. model={"preset": None, "path": ...}
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def recipe_dict(out_dir: Path, name: str = "run", **sections: Any) -> dict:
+    """A small from-scratch recipe (preset micro, generated arithmetic), with `sections` deep-merged over it
+    (a None value deletes the key)."""
+    base = {
+        "name": name,
+        "seed": 0,
+        "output_dir": str(out_dir),
+        "model": {"preset": "micro", "from_scratch": True, "tokenizer_vocab_size": 400},
+        "data": {"template": "alpaca", "max_seq_len": 128, "packing": True,
+                 "train": [{"generate": "arithmetic", "count": 300, "seed": 1,
+                            "options": {"kinds": ["int_add", "int_sub"], "int_digits": 2}}]},
+        "lora": {"enabled": False},
+        "train": {"max_steps": 10, "batch_size": 4, "lr": 3e-3, "warmup_ratio": 0.1, "log_every": 1,
+                  "threads": THREADS},
+        "eval": {"baseline": False},
+    }
+    return _merge(base, sections)
+
+
+def write_recipe(directory: Path, name: str = "run", filename: str | None = None, **sections: Any) -> Path:
+    """Write `recipe_dict(...)` as YAML into `directory` (runs go to `directory/runs`); returns the file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / (filename or f"{name}.yaml")
+    raw = recipe_dict(directory / "runs", name, **sections)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_recipe(tmp_path):
+    """`make_recipe(name, **sections)` -> path of a tiny recipe in this test's tmp dir."""
+    def make(name: str = "run", **sections: Any) -> Path:
+        return write_recipe(tmp_path, name, **sections)
+    return make
+
+
+@pytest.fixture(scope="session")
+def scratch_run(tmp_path_factory):
+    """One from-scratch training run (full fine-tune of a random micro Llama on arithmetic + reading).
+
+    Shared: the from-scratch tests inspect its outputs, and its last checkpoint is the LoRA tests' base.
+    """
+    from tunelab.recipe import load_recipe
+    from tunelab.train.loop import train
+    root = tmp_path_factory.mktemp("scratch")
+    path = write_recipe(
+        root, "scratch",
+        data={"train": [{"generate": "arithmetic", "count": 400, "seed": 1,
+                         "options": {"kinds": ["int_add", "int_sub"], "int_digits": 2}},
+                        {"generate": "reading", "count": 100, "seed": 2}]},
+        train={"max_steps": 30, "batch_size": 4, "lr": 3e-3})
+    recipe = load_recipe(path)
+    summary = train(recipe)
+    return {"recipe": recipe, "summary": summary, "run_dir": recipe.run_dir, "recipe_path": path}
+
+
+@pytest.fixture(scope="session")
+def tiny_base(scratch_run) -> Path:
+    """A trained tiny base model: a plain HF directory (save_pretrained model + tokenizer) for `model.path`."""
+    from tunelab.train.checkpoints import list_checkpoints
+    model_dir = list_checkpoints(scratch_run["run_dir"])[-1] / "model"
+    assert (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
+    return model_dir
+
+
+def lora_sections(base: Path, **train: Any) -> dict:
+    """Recipe sections for a LoRA run on the tiny base (multiplication: a skill the base has not seen)."""
+    return {
+        "model": {"preset": None, "from_scratch": None, "tokenizer_vocab_size": None, "path": str(base)},
+        "data": {"train": [{"generate": "arithmetic", "count": 300, "seed": 5,
+                            "options": {"kinds": ["int_mul"], "int_digits": 2}}]},
+        "lora": {"enabled": True, "rank": 4, "alpha": 8, "dropout": 0.1},
+        "train": {"lr": 1e-2, **train},
+    }

@@ -1,0 +1,202 @@
+"""Recipes: mistakes are one clear error naming key, file and line; --set overrides; MindFormers aliases."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tunelab.cli import main
+from tunelab.errors import TunelabError
+from tunelab.recipe import load_recipe
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """These recipes have the default relative output_dir: keep anything they might create inside tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _write(tmp_path, text: str, name: str = "r.yaml"):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+BASE = """\
+name: r
+model:
+  preset: micro
+  from_scratch: true
+data:
+  train:
+    - generate: arithmetic
+      count: 10
+train:
+  lr: 1.0e-3
+  batch_size: 2
+"""
+
+
+def test_valid_recipe_loads(tmp_path):
+    r = load_recipe(_write(tmp_path, BASE))
+    assert r.name == "r" and r.train.lr == 1e-3 and r.lora.enabled and r.data.train[0].count == 10
+
+
+def test_unknown_key_names_key_file_and_line(tmp_path):
+    p = _write(tmp_path, BASE.replace("  batch_size: 2", "  batch_sise: 2"))
+    with pytest.raises(TunelabError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert "unknown key" in msg and "train.batch_sise" in msg
+    assert e.value.file == str(p) and e.value.line == 11
+    assert f"{p}:11" in msg
+
+
+def test_unknown_nested_key_in_a_list_item(tmp_path):
+    p = _write(tmp_path, BASE.replace("      count: 10", "      cuont: 10"))
+    with pytest.raises(TunelabError) as e:
+        load_recipe(p)
+    assert "cuont" in str(e.value) and e.value.line == 8
+
+
+def test_line_points_at_the_right_section_when_a_key_name_repeats(tmp_path):
+    text = BASE + """eval:
+  tasks:
+    - task: arithmetic
+      source:
+        generate: arithmetic
+        count: 0
+"""
+    with pytest.raises(TunelabError) as e:
+        load_recipe(_write(tmp_path, text))
+    assert e.value.field == "eval.tasks.0.source.count"
+    assert e.value.line == 17  # not line 8, the data section's `count`
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    p = _write(tmp_path, BASE.replace("  lr: 1.0e-3", "  lr: fast"))
+    with pytest.raises(TunelabError) as e:
+        load_recipe(p)
+    assert e.value.field == "train.lr" and e.value.file == str(p) and e.value.line == 10
+    assert "number" in e.value.message
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    p = _write(tmp_path, BASE.replace("  lr: 1.0e-3", "  lr: [1.0e-3"))
+    with pytest.raises(TunelabError) as e:
+        load_recipe(p)
+    assert "malformed YAML" in str(e.value) and e.value.line is not None
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(TunelabError) as e:
+        load_recipe(tmp_path / "nope.yaml")
+    assert "nope.yaml" in str(e.value)
+
+
+def test_missing_data_file_is_named_at_load_time(tmp_path):
+    p = _write(tmp_path, BASE.replace("    - generate: arithmetic\n      count: 10", "    - path: data/missing.jsonl"))
+    with pytest.raises(TunelabError) as e:
+        load_recipe(p)
+    assert "missing.jsonl" in str(e.value) and "not found" in str(e.value)
+    assert e.value.field == "data.train.0.path" and e.value.line == 7
+
+
+def test_relative_data_path_resolves_against_the_recipe_folder(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "d.jsonl").write_text('{"problem": "1+1=?", "solution": "2"}\n', encoding="utf-8")
+    p = _write(tmp_path, BASE.replace("    - generate: arithmetic\n      count: 10", "    - path: data/d.jsonl"))
+    monkeypatch.chdir(tmp_path.parent)
+    r = load_recipe(p)
+    assert r.data.train[0].path == str(tmp_path / "data" / "d.jsonl")
+
+
+def test_set_overrides(tmp_path):
+    r = load_recipe(_write(tmp_path, BASE), ["train.lr=3e-4", "lora.rank=4", "name=other",
+                                             "lora.target_modules=[q_proj, k_proj]"])
+    assert r.train.lr == pytest.approx(3e-4) and isinstance(r.train.lr, float)
+    assert r.lora.rank == 4 and r.name == "other"
+    assert r.lora.target_modules == ["q_proj", "k_proj"]
+    assert r.run_dir.name == "other"
+
+
+@pytest.mark.parametrize("override, field", [("train.lrr=1", "train.lrr"), ("lora.rank=zero", "lora.rank"),
+                                             ("lora.rank=0", "lora.rank")])
+def test_bad_set_override_names_the_key(tmp_path, override, field):
+    with pytest.raises(TunelabError) as e:
+        load_recipe(_write(tmp_path, BASE), [override])
+    assert e.value.field == field
+
+
+def test_set_without_equals_is_an_error(tmp_path):
+    with pytest.raises(TunelabError, match="key=value"):
+        load_recipe(_write(tmp_path, BASE), ["train.lr"])
+
+
+MINDFORMERS = BASE.replace("train:\n  lr: 1.0e-3\n  batch_size: 2\n", """\
+runner_config:
+  epochs: 3
+  batch_size: 5
+pet_config:
+  pet_type: lora
+  lora_rank: 4
+  lora_alpha: 8
+  lora_dropout: 0.1
+  target_modules: '.*wq|.*wv|.*wo'
+""")
+
+
+def test_mindformers_aliases_map_onto_train_and_lora(tmp_path):
+    r = load_recipe(_write(tmp_path, MINDFORMERS))
+    assert (r.train.epochs, r.train.batch_size) == (3, 5)
+    assert r.lora.enabled and (r.lora.rank, r.lora.alpha, r.lora.dropout) == (4, 8, 0.1)
+    assert r.lora.target_modules == ".*q_proj|.*v_proj|.*o_proj"
+
+
+def test_mindformers_targets_hit_q_v_o_projections(tmp_path):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.model.lora import check_targets_matched, make_lora_config
+    from tunelab.model.presets import preset_config
+    r = load_recipe(_write(tmp_path, MINDFORMERS))
+    model = AutoModelForCausalLM.from_config(preset_config("micro", vocab_size=64))
+    check_targets_matched(model, r.lora.target_modules)
+    peft_model = get_peft_model(model, make_lora_config(r.lora.rank, r.lora.alpha, r.lora.dropout,
+                                                        r.lora.target_modules))
+    wrapped = {name for name, module in peft_model.named_modules() if hasattr(module, "lora_A")}
+    assert {n.rsplit(".", 1)[-1] for n in wrapped} == {"q_proj", "v_proj", "o_proj"}
+    assert len(wrapped) == 3 * model.config.num_hidden_layers
+    lora_a = next(m for n, m in peft_model.named_modules() if n.endswith("q_proj")).lora_A["default"]
+    assert lora_a.out_features == 4
+
+
+def test_mindformers_unknown_keys_are_errors(tmp_path):
+    with pytest.raises(TunelabError) as e:
+        load_recipe(_write(tmp_path, MINDFORMERS.replace("lora_rank", "lora_rnak")))
+    assert e.value.field == "pet_config.lora_rnak"
+    with pytest.raises(TunelabError, match="pet_type"):
+        load_recipe(_write(tmp_path, MINDFORMERS.replace("pet_type: lora", "pet_type: prefix")))
+
+
+def test_recipe_round_trips_through_yaml(tmp_path):
+    from tunelab.recipe import recipe_to_yaml, validate_recipe
+    r = load_recipe(_write(tmp_path, MINDFORMERS))
+    again = validate_recipe(yaml.safe_load(recipe_to_yaml(r)))
+    assert again == r
+
+
+def test_cli_recipe_typo_exits_2_with_one_line(tmp_path, capsys):
+    p = _write(tmp_path, BASE.replace("  batch_size: 2", "  batch_sise: 2"))
+    rc = main(["train", str(p)])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("tunelab: error:")
+    assert "batch_sise" in err and f"{p}:11" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_bad_set_exits_2(tmp_path, capsys):
+    rc = main(["train", str(_write(tmp_path, BASE)), "--set", "train.lr=-1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "train.lr" in err
