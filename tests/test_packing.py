@@ -144,3 +144,35 @@ def test_collate_packed_pads_as_own_block_and_unpacked_uses_mask():
     plain = collate_rows(unpacked_rows(encoded), pad_id=999, packed=False)
     assert "position_ids" not in plain
     assert plain["attention_mask"].sum(1).tolist() == [5, 3, 7]
+
+
+def test_packing_real_arithmetic_samples_fills_rows(tokenizer):
+    exs = examples_from_records(generate(400, seed=9), "competition")
+    encoded = encode_examples(tokenizer, TEMPLATE, exs, max_len=256)
+    lengths = [len(e.input_ids) for e in encoded]
+    assert 30 < sum(lengths) / len(lengths) < 90
+    rows = pack_examples(encoded, 256)
+    assert all(len(r.input_ids) <= 256 for r in rows)
+    assert sum(r.position_ids.count(0) for r in rows) == len(encoded)
+    assert packing_efficiency(rows, 256) > 0.85
+
+
+def test_row_stream_is_deterministic_and_reshuffles_each_epoch():
+    from tunelab.train.loop import RowStream
+    encoded = _fake_encoded([10] * 20)
+    stream = RowStream(encoded, max_len=40, packing=True, seed=3)
+    n = stream.rows_per_epoch
+    assert n == 5  # 4 samples of 10 tokens per 40-token row
+    rows = stream.rows(0, 3 * n)
+    again = RowStream(encoded, max_len=40, packing=True, seed=3)
+    assert [r.input_ids for r in again.rows(n - 2, 4)] == [r.input_ids for r in rows[n - 2: n + 2]]  # random access
+
+    def samples(rs):
+        return sorted(r.input_ids[i] for r in rs for i, p in enumerate(r.position_ids) if p == 0)
+    starts = sorted(e.input_ids[0] for e in encoded)
+    for e in range(3):  # every epoch holds every sample once, in a new order
+        assert samples(rows[e * n:(e + 1) * n]) == starts
+    assert [r.input_ids for r in rows[:n]] != [r.input_ids for r in rows[n:2 * n]]
+    assert [r.input_ids for r in RowStream(encoded, 40, True, seed=4).rows(0, n)] != [r.input_ids for r in rows[:n]]
+    unpacked = RowStream(encoded, max_len=40, packing=False, seed=3)
+    assert unpacked.rows_per_epoch == 20

@@ -111,6 +111,33 @@ def test_second_train_into_the_same_run_exits_2_and_leaves_it_untouched(scratch_
     assert _snapshot(run_dir) == before
 
 
+def test_epoch_based_bf16_run(make_recipe):
+    """No max_steps: the step count comes from epochs and the packed row count; bf16 autocast trains and
+    checkpoints keep float32 weights."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.train.loop import train
+    recipe = load_recipe(make_recipe("epochs", data={"train": [{"generate": "arithmetic", "count": 120}]},
+                                     train={"max_steps": None, "epochs": 2, "batch_size": 2, "precision": "bf16",
+                                            "num_checkpoints": 2}))
+    summary = train(recipe)
+    assert summary["steps"] == 2 * summary["rows_per_epoch"] // 2
+    rows = read_metrics(recipe.run_dir / "metrics.jsonl")
+    assert rows[-1]["epoch"] == pytest.approx(summary["steps"] * 2 / summary["rows_per_epoch"], abs=1e-4)
+    assert all(math.isfinite(r["loss"]) for r in rows) and rows[-1]["loss"] < rows[0]["loss"]
+    model = AutoModelForCausalLM.from_pretrained(list_checkpoints(recipe.run_dir)[-1] / "model")
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_interrupted_checkpoint_write_is_not_a_checkpoint(tmp_path):
+    """A kill while a checkpoint is written leaves `step-N.tmp`; it must never be resumed from or evaluated."""
+    for name in ("step-000010", "step-000020.tmp", "step-000030"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        (tmp_path / "checkpoints" / name / "state.json").write_text("{}")
+    (tmp_path / "checkpoints" / "step-000040").mkdir()  # no state.json: unfinished
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000010", "step-000030"]
+
+
 # --- LoRA on the tiny base -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -223,3 +250,40 @@ def test_absurd_lr_stops_cleanly_through_the_cli(make_recipe, capsys):
     err = capsys.readouterr().err
     last = err.replace("\r", "\n").strip().splitlines()[-1]
     assert rc == 2 and last.startswith("tunelab: error:") and "train.lr" in last and "Traceback" not in err
+
+
+def test_a_run_that_failed_during_setup_can_be_started_again(tmp_path, tiny_base, capsys):
+    """A mistake found only while building the run (here a LoRA target that matches nothing) must not leave
+    a directory that blocks the corrected recipe with 'already exists'."""
+    from conftest import write_recipe
+    sections = lora_sections(tiny_base, max_steps=2)
+    bad = {**sections, "lora": {**sections["lora"], "target_modules": "qproj"}}
+    path = write_recipe(tmp_path, "setup", **bad)
+    assert main(["train", str(path)]) == 2
+    assert "matches no module" in capsys.readouterr().err
+    path = write_recipe(tmp_path, "setup", **sections)
+    assert main(["train", str(path)]) == 0
+    assert len(list_checkpoints(load_recipe(path).run_dir)) == 2
+    # a run that has trained (checkpoints or metrics) is never overwritten
+    assert main(["train", str(path)]) == 2
+
+
+def test_a_run_that_failed_during_setup_does_not_keep_a_stale_tokenizer(make_recipe):
+    """From scratch, the BPE tokenizer is trained into the run directory; the corrected recipe (other data)
+    must get a tokenizer trained on its own data, not the failed attempt's."""
+    from transformers import AutoTokenizer
+
+    from tunelab.data.sources import load_source
+    from tunelab.model.tokenizer import train_bpe_tokenizer
+    from tunelab.train.loop import train
+    recipe = load_recipe(make_recipe("tok", lora={"enabled": True, "target_modules": "qproj"}))
+    with pytest.raises(TunelabError, match="matches no module"):
+        train(recipe)
+    assert (recipe.run_dir / "tokenizer" / "tokenizer.json").exists()
+    fixed = load_recipe(make_recipe("tok", data={"train": [{"generate": "reading", "count": 200, "seed": 3}]},
+                                    train={"max_steps": 2}))
+    train(fixed)
+    t = PromptTemplate("alpaca")
+    expected = train_bpe_tokenizer((t.render(e.instruction, e.input) + e.output
+                                    for e in load_source(fixed.data.train[0])), 400)
+    assert AutoTokenizer.from_pretrained(fixed.run_dir / "tokenizer").get_vocab() == expected.get_vocab()

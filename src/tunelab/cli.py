@@ -78,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--samples", type=int, default=3)
     q.set_defaults(func=_call("tunelab.data.check:cli_check"))
 
+    q = data.add_parser("glue", help="GLUE CoLA/QQP TSVs to pre_data/{task}/{task}_{train,val,dev}.json")
+    q.add_argument("--task", required=True, type=str.strip, metavar="CoLA|QQP")
+    q.add_argument("--data-dir", required=True, help="folder with train.tsv and dev.tsv (or a GLUE root)")
+    q.add_argument("--out", default="pre_data", help="output root (default: pre_data)")
+    q.add_argument("--limit", type=int, default=None, help="sample this many training rows (default: all)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--instruction", default=None, help="instruction text (default: the task's, see docs)")
+    q.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the sampled training rows held out as {task}_val.json")
+    q.set_defaults(func=_call("tunelab.data.glue:cli_data"))
+
     # eval / grade --------------------------------------------------------------------------------
     p = verbs.add_parser("eval", help="evaluate a model, checkpoint or run directory on tasks")
     p.add_argument("--model", required=True, help="run directory, checkpoint, HF directory or hub id")
@@ -97,6 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--gold", required=True, help="competition JSON/JSONL with 'solution' (and 'id')")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_call("tunelab.tasks.arithmetic:cli_grade"))
+
+    q = grade.add_parser("squad", help="SQuAD v1.1 exact match and F1 (official, cmrc, mindformers scorers)")
+    q.add_argument("--pred", required=True, help="official prediction JSON {question_id: answer}")
+    q.add_argument("--gold", required=True, help="SQuAD v1.1 JSON (e.g. dev-v1.1.json)")
+    q.add_argument("--scorer", choices=["auto", "official", "cmrc", "mindformers", "all"], default="auto",
+                   help="auto: cmrc for Chinese gold, else official; all: the three side by side")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_call("tunelab.tasks.squad:cli_grade"))
+
+    q = grade.add_parser("choice", help="multiple choice: extract the chosen letter, accuracy")
+    q.add_argument("--pred", required=True, help="JSONL with 'prediction' (and 'id'), or one answer per line")
+    q.add_argument("--gold", required=True,
+                   help="questions {question, A..D or choices, answer} or alpaca records, JSON/JSONL")
+    q.add_argument("--ratio", type=float, default=None, help="also print the stage-2 score for this ratio")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_call("tunelab.tasks.choice:cli_grade"))
+
+    q = grade.add_parser("glue", help="GLUE CoLA/QQP labels: accuracy, MCC/F1 and the exam rubric")
+    q.add_argument("--task", required=True, type=str.strip, metavar="CoLA|QQP")
+    q.add_argument("--pred", required=True, help="one generated label per line (e.g. result_CoLA.txt)")
+    q.add_argument("--gold", required=True, help="one label per line, a labelled GLUE TSV or pre_data JSON")
+    q.add_argument("--pre-data", default=None, help="pre_data folder to check for the rubric (10 points)")
+    q.add_argument("--model-dir", default=None, help="saved model folder to check for the rubric (20 points)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_call("tunelab.tasks.glue:cli_grade"))
 
     p = verbs.add_parser("export", help="merge a run's best (or last) checkpoint into a standalone HF model")
     p.add_argument("run", help="run directory, checkpoint or adapter directory")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
 class Example:
-    """An instruction/response pair. `kind` labels the sub-type (e.g. 'add', 'reading-zh') for breakdowns."""
+    """An instruction/response pair. `kind` labels the sub-type (e.g. 'add', 'reading-zh') for breakdowns.
+
+    `answers` holds every acceptable gold answer when a task has several (SQuAD); `output` is the first.
+    """
 
     id: str
     instruction: str
     output: str
     input: str = ""
     kind: str = ""
+    answers: list[str] = field(default_factory=list)

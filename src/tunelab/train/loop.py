@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,14 +78,30 @@ def prepare_run_dir(recipe: Recipe, resume: bool, dist: Dist) -> Path:
             raise TunelabError("the recipe differs from the one this run started with; resume needs the same "
                                "recipe (compare with the saved recipe.yaml)", file=saved)
     elif run_dir.exists() and any(run_dir.iterdir()):
-        raise TunelabError("run directory already exists; continue it with --resume or pick a new name with "
-                           "--set name=NEW", file=run_dir)
+        if not _failed_during_setup(run_dir):
+            raise TunelabError("run directory already exists; continue it with --resume or pick a new name with "
+                               "--set name=NEW", file=run_dir)
+        _barrier(dist)
+        if dist.main:  # start afresh: a from-scratch tokenizer left there was trained on the failed recipe's data
+            shutil.rmtree(run_dir / "tokenizer", ignore_errors=True)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     _barrier(dist)
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         saved.write_text(current, encoding="utf-8")
     _barrier(dist)
     return run_dir
+
+
+_SETUP_LEFTOVERS = {"recipe.yaml", "tokenizer", "metrics.jsonl"}
+
+
+def _failed_during_setup(run_dir: Path) -> bool:
+    """True when the directory holds only what a run that stopped before logging or checkpointing anything
+    leaves behind (e.g. on a LoRA target that matches nothing): nothing worth protecting from a new start."""
+    metrics = run_dir / "metrics.jsonl"
+    return (all(p.name in _SETUP_LEFTOVERS for p in run_dir.iterdir())
+            and not (metrics.exists() and metrics.read_text(encoding="utf-8").strip()))
 
 
 def _identity(recipe_yaml: str) -> dict:
@@ -225,6 +242,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     # loss/items/tokens summed since the last metrics line; saved in checkpoints so that a resumed run
     # writes the same metrics lines as an uninterrupted one even when checkpoints fall between log steps
     window = (0.0, 0.0, 0.0)
+    last_loss = float("nan")
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         ckpts = list_checkpoints(run_dir)
@@ -242,6 +260,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             random.setstate(state["py_rng"])
             start_step, elapsed_before = state["step"], state["elapsed_s"]
             window = state.get("log_window", window)
+            # the loss a run killed after its last checkpoint (before the summary) resumes to report
+            last_loss = json.loads((ckpts[-1] / "state.json").read_text(encoding="utf-8"))["loss"]
         if dist.main:  # drop log lines past the checkpoint; they are recomputed
             kept = [r for r in read_metrics(metrics_path) if r["step"] <= start_step]
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
@@ -254,13 +274,14 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         train_model = DDP(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     model.train()
 
+    finished = run_dir / "train_summary.json"
+    if start_step >= total_steps and finished.exists():  # resuming a finished run: nothing left to train
+        return json.loads(finished.read_text(encoding="utf-8"))
     bar = tqdm(total=total_steps, initial=start_step, disable=not dist.main, desc=f"train {recipe.name}",
                unit="step", dynamic_ncols=True)
     window_loss, window_items, window_tokens = window
     t_window = time.perf_counter()
     t_start = time.perf_counter()
-    last_loss = float("nan")
-    tokens_total = 0
     for step in range(start_step, total_steps):
         step_rows = stream.rows(step * rows_per_step, rows_per_step)[dist.rank::dist.world]
         micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
@@ -294,7 +315,6 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        tokens_total += tokens
         last_loss = step_loss
         window_loss += step_loss * global_items
         window_items += global_items

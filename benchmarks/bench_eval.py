@@ -1,0 +1,190 @@
+"""Evaluation throughput: tunelab's batched engine vs `model.generate` one prompt at a time.
+
+Same tiny Llama (preset `tiny`, random init, BPE tokenizer trained here on the data), greedy decoding,
+16 new tokens, prompts rendered with the alpaca template from a mix of arithmetic (zh/en) and reading
+(zh/en) items. The batched engine (`tunelab.eval.engine.generate_batched`: length-sorted, left-padded,
+KV cache) runs all prompts at a few batch sizes; the one-at-a-time baseline runs a subset (prompts/s is a
+rate). Both are repeated, interleaved. The outputs on the shared prompts are compared: with a random-init
+model, near-ties between logits can flip under a different padding/batch shape, so agreement is reported,
+not asserted.
+
+    python benchmarks/bench_eval.py [--prompts 512] [--single 64] [--batch-sizes 32,64,128] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def log(msg: str) -> None:
+    print(f"[bench_eval {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def make_prompts(n: int, seed: int):
+    """n mixed prompts (half arithmetic, half reading; zh and en), plus extra text to train the tokenizer on."""
+    from tunelab.data import arithmetic, reading
+    from tunelab.data.formats import examples_from_records
+    from tunelab.data.templates import PromptTemplate
+    template = PromptTemplate("alpaca")
+    n_arith = n // 2
+    arith = examples_from_records(arithmetic.generate(n_arith + 4000, seed=seed, lang="mix"), "competition")
+    read = examples_from_records(reading.generate(n - n_arith + 2000, seed=seed + 1, lang="mix"), "reading")
+    corpus = [template.render(e.instruction, e.input) + e.output for e in arith + read]
+    items = [(e.kind or "arith", template.render(e.instruction, e.input)) for e in arith[:n_arith]]
+    items += [(e.kind, template.render(e.instruction, e.input)) for e in read[:n - n_arith]]
+    random.Random(seed).shuffle(items)
+    return items, corpus
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=512, help="prompts for the batched engine (>= 500)")
+    ap.add_argument("--single", type=int, default=64, help="prompts for the one-at-a-time baseline (a subset)")
+    ap.add_argument("--batch-sizes", default="32,64,128")
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every setup")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="model weights dtype")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads; 0 = auto: the cores not busy at start (at least 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(HERE / "results" / "eval.json"))
+    args = ap.parse_args()
+
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import torch
+    import transformers
+
+    from tunelab.eval.engine import generate_batched
+    from tunelab.model.loading import build_from_scratch, load_tokenizer, quiet_transformers
+    from tunelab.model.tokenizer import train_bpe_tokenizer
+    quiet_transformers()
+    load0 = os.getloadavg()
+    threads = args.threads or max(1, (os.cpu_count() or 1) - round(load0[0]))
+    torch.set_num_threads(threads)
+    log(f"torch threads {threads}; load average {load0}; precision {args.precision}")
+
+    items, corpus = make_prompts(args.prompts, args.seed)
+    prompts = [p for _, p in items]
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as d:
+        train_bpe_tokenizer(corpus, 2000).save_pretrained(d)
+        tokenizer = load_tokenizer(d)
+    torch.manual_seed(args.seed)
+    model = build_from_scratch("tiny", len(tokenizer), {}, tokenizer)
+    if args.precision == "bf16":
+        model = model.to(torch.bfloat16)
+    model.eval()
+    lens = [len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    kinds: dict[str, int] = {}
+    for k, _ in items:
+        kinds[k] = kinds.get(k, 0) + 1
+    log(f"{len(prompts)} prompts ({len([k for k in kinds if k.startswith('reading')])} reading kinds, "
+        f"{sum(v for k, v in kinds.items() if k.startswith('reading'))} reading items), prompt tokens "
+        f"mean {sum(lens) / len(lens):.1f}, min {min(lens)}, max {max(lens)}; vocab {len(tokenizer)}")
+
+    # the one-at-a-time subset: evenly spread over the shuffled (mixed) list
+    step = max(1, len(prompts) // args.single)
+    subset = list(range(0, len(prompts), step))[:args.single]
+
+    def run_single():
+        outs = []
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for n, i in enumerate(subset):
+                enc = tokenizer(prompts[i], return_tensors="pt", add_special_tokens=False)
+                out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False, use_cache=True,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                outs.append(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+                if (n + 1) % 16 == 0:
+                    print(f"  single: {n + 1}/{len(subset)}", flush=True)
+        return time.perf_counter() - t, outs
+
+    def run_batched(bs: int):
+        t = time.perf_counter()
+        outs = generate_batched(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=bs,
+                                progress=True, desc=f"batched bs={bs}")
+        return time.perf_counter() - t, outs
+
+    sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    # warm-up (not timed): one short pass of each kind
+    generate_batched(model, tokenizer, prompts[:sizes[0]], args.max_new_tokens, sizes[0], progress=False)
+    with torch.inference_mode():
+        enc = tokenizer(prompts[0], return_tensors="pt", add_special_tokens=False)
+        model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False,
+                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+
+    single_rates, batched_rates = [], {bs: [] for bs in sizes}
+    single_outs, batched_outs = None, {}
+    for r in range(args.repeats):
+        order = ["single"] + sizes if r % 2 == 0 else sizes[::-1] + ["single"]
+        for setup in order:
+            if setup == "single":
+                secs, outs = run_single()
+                single_outs = single_outs or outs
+                single_rates.append(len(subset) / secs)
+                log(f"repeat {r + 1}: one at a time: {len(subset)} prompts in {secs:.1f} s = "
+                    f"{single_rates[-1]:.1f} prompts/s")
+            else:
+                secs, outs = run_batched(setup)
+                batched_outs.setdefault(setup, outs)
+                batched_rates[setup].append(len(prompts) / secs)
+                log(f"repeat {r + 1}: batched bs={setup}: {len(prompts)} prompts in {secs:.1f} s = "
+                    f"{batched_rates[setup][-1]:.1f} prompts/s")
+
+    single_rate = statistics.median(single_rates)
+    med = {bs: statistics.median(v) for bs, v in batched_rates.items()}
+    best = max(med, key=med.get)
+    agreement = {bs: sum(outs[i] == s for i, s in zip(subset, single_outs)) / len(subset)
+                 for bs, outs in batched_outs.items()}
+    disagree = [{"prompt_index": i, "kind": items[i][0], "single": s, "batched": batched_outs[best][i]}
+                for i, s in zip(subset, single_outs) if batched_outs[best][i] != s]
+    ratio = med[best] / single_rate
+    load1 = os.getloadavg()
+
+    print()
+    print(f"Evaluation throughput, tiny Llama (random init), greedy, {args.max_new_tokens} new tokens, "
+          f"{args.precision}, {threads} thread(s)")
+    print(f"{'setup':<44}{'prompts/s':>10}   per repeat      agreement with one-at-a-time")
+    print(f"{'model.generate one at a time (' + str(len(subset)) + ' prompts)':<44}{single_rate:>10.1f}   "
+          + ", ".join(f"{x:.1f}" for x in single_rates))
+    for bs in sizes:
+        mark = "  <- best" if bs == best else ""
+        print(f"{'tunelab generate_batched bs=' + str(bs) + ' (' + str(len(prompts)) + ' prompts)':<44}"
+              f"{med[bs]:>10.1f}   {', '.join(f'{x:.1f}' for x in batched_rates[bs]):<15} "
+              f"{agreement[bs]:.1%} of {len(subset)}{mark}")
+    print(f"batched (bs={best}) / one at a time = {ratio:.1f}x  (target >= 10x)")
+    print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} (on {os.cpu_count()} cores; "
+          "a background load slows every setup alike)")
+
+    out = {"benchmark": "eval", "unit": "prompts per second", "max_new_tokens": args.max_new_tokens,
+           "precision": args.precision, "prompts_batched": len(prompts), "prompts_single": len(subset),
+           "prompt_kinds": kinds, "prompt_tokens_mean": sum(lens) / len(lens),
+           "single": {"prompts_per_s": single_rate, "per_repeat": single_rates},
+           "batched": {str(bs): {"prompts_per_s": med[bs], "per_repeat": batched_rates[bs],
+                                 "agreement_with_single": agreement[bs]} for bs in sizes},
+           "best_batch_size": best, "ratio_batched_over_single": ratio, "target_ratio": 10.0,
+           "disagreements_at_best": disagree[:20],
+           "machine": {"cores": os.cpu_count(), "torch_threads": threads, "loadavg_before": load0,
+                       "loadavg_after": load1, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                       "python": platform.python_version(), "torch": torch.__version__,
+                       "transformers": transformers.__version__},
+           "note": "ratio measured in one run on a shared machine; absolute numbers vary between runs"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Multiple choice: reading both record shapes, prompts, letter extraction, grading and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.data.formats import read_examples
+from tunelab.data.records import write_json, write_jsonl
+from tunelab.errors import TunelabError
+from tunelab.scoring import competition_score
+from tunelab.tasks.choice import (choice_examples, choice_prompt, extract_choice, parse_options, read_choice,
+                                  to_training_records)
+from tunelab.tasks.registry import get_task
+
+EN = {"id": "e1", "question": "What is the capital of France?", "A": "London", "B": "Paris", "C": "Rome",
+      "D": "Vitamin C", "answer": "B"}
+ZH = {"question": "河南的省会是哪里？", "choices": ["北京", "郑州", "上海", "广州"], "answer": 1}
+OPTS = ["cat sat on the mat", "Paris", "北京", "Vitamin C"]
+
+
+@pytest.fixture
+def questions(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    write_jsonl(path, [EN, ZH, {**EN, "id": "e3", "answer": "d"}, {**ZH, "id": "z4", "answer": "0"}])
+    return path
+
+
+def test_read_both_shapes(questions):
+    items = read_choice(questions)
+    assert [i.id for i in items] == ["e1", "mc-1", "e3", "z4"]
+    assert items[0].options == ["London", "Paris", "Rome", "Vitamin C"] and items[0].answer == "B"
+    assert items[1].options[1] == "郑州" and items[1].answer == "B"  # index 1
+    assert items[2].answer == "D" and items[3].answer == "A"          # lower-case letter, index string
+
+
+@pytest.mark.parametrize("rec, field", [
+    ({"question": "q", "A": "x", "B": "y"}, "answer"),
+    ({"question": "q", "A": "x", "B": "y", "answer": "C"}, "answer"),
+    ({"question": "q", "choices": ["x", "y"], "answer": 2}, "answer"),
+    ({"question": "q", "choices": ["x", "y"], "answer": "maybe"}, "answer"),
+    ({"question": "q", "A": "x", "answer": "A"}, "B"),
+    ({"question": "q", "answer": "A"}, "choices"),
+    ({"question": "q", "choices": "xy", "answer": "A"}, "choices"),
+    ({"A": "x", "B": "y", "answer": "A"}, "question"),
+])
+def test_bad_records(tmp_path, rec, field):
+    path = tmp_path / "bad.jsonl"
+    write_jsonl(path, [EN, rec])
+    with pytest.raises(TunelabError) as e:
+        read_choice(path)
+    assert e.value.field == field and e.value.line == 2 and e.value.file == str(path)
+
+
+def test_prompts_are_language_aware():
+    en = choice_prompt(EN["question"], ["London", "Paris"])
+    assert en.splitlines() == ["The following is a multiple-choice question. Answer with the letter of the "
+                               "correct option.", "What is the capital of France?", "A. London", "B. Paris"]
+    zh = choice_prompt(ZH["question"], ZH["choices"])
+    assert zh.startswith("以下是一道单项选择题") and "\nB. 郑州\n" in zh
+    assert choice_prompt("2 + 2 = ?", ["3", "4"], lang="zh").startswith("以下是")
+
+
+def test_parse_options_reads_the_last_option_block():
+    prompt = choice_prompt("Which line?\nA. not an option block on its own", OPTS)
+    assert parse_options(prompt) == {"A": "cat sat on the mat", "B": "Paris", "C": "北京", "D": "Vitamin C"}
+    assert parse_options("(A) x\n(B) y\nC、z") == {"A": "x", "B": "y", "C": "z"}
+    assert parse_options("no options here") == {}
+
+
+@pytest.mark.parametrize("text, letter, rule", [
+    ("答案：B", "B", "marker"),
+    ("答案是C", "C", "marker"),
+    ("正确答案为（C）", "C", "marker"),         # full-width brackets
+    ("选B", "B", "marker"),
+    ("我选择 D", "D", "marker"),
+    ("The answer is (C)", "C", "marker"),
+    ("Answer: c.", "C", "marker"),
+    ("A cat sat down, so the answer is D", "D", "marker"),  # the marker beats the leading "A"
+    ("B. Paris", "B", "leading"),
+    ("B", "B", "leading"),
+    ("Ｂ", "B", "leading"),                    # full-width letter
+    ("(B)", "B", "leading"),
+    ("B 北京", "B", "leading"),
+    ("B是正确的", "B", "leading"),
+    ("A is correct", "A", "leading"),
+    ("A cat sat on the mat", "A", "leading"),  # "A" + option A's own text
+    ("选项C", "C", "mention"),
+    ("I pick option D", "D", "marker"),
+    ("It must be option D", "D", "mention"),
+    ("Paris", "B", "text"),
+    ("paris.", "B", "text"),
+    ("Vitamin C", "D", "text"),                # the option's text, not the letter C inside it
+    ("I think it is Paris", "B", "contains"),
+    ("A dog is an animal. B", "B", "letter"),  # the article "A" is skipped
+    ("the answer is a dog", None, "unparsed"),
+    ("A dog", None, "unparsed"),
+    ("no idea", None, "unparsed"),
+    ("", None, "unparsed"),
+])
+def test_extract_choice(text, letter, rule):
+    assert extract_choice(text, OPTS) == (letter, rule)
+
+
+def test_only_the_questions_letters_count():
+    assert extract_choice("答案：E", ["x", "y", "z", "w"]) == (None, "unparsed")
+    assert extract_choice("答案：E", ["a", "b", "c", "d", "e"]) == ("E", "marker")
+    assert extract_choice("C") == ("C", "leading")  # no options: A–D
+
+
+def test_contains_prefers_the_option_that_holds_the_others():
+    assert extract_choice("郑州市", ["郑州", "郑州市", "上海"]) == ("B", "text")
+    assert extract_choice("应该是郑州市吧", ["郑州", "郑州市", "上海"]) == ("B", "contains")
+    assert extract_choice("郑州 or 上海", ["郑州", "郑州市", "上海"]) == (None, "unparsed")
+
+
+def test_training_records_round_trip(tmp_path, questions):
+    items = read_choice(questions)
+    recs = to_training_records(items)
+    assert recs[0] == {"instruction": choice_prompt(EN["question"], items[0].options), "input": "", "output": "B"}
+    assert to_training_records([EN], answer_style="letter_text")[0]["output"] == "B. Paris"
+    with pytest.raises(TunelabError):
+        to_training_records([EN], answer_style="essay")
+    path = tmp_path / "train.json"
+    write_json(path, to_training_records(items, answer_style="letter_text"))
+    task = get_task("choice")
+    examples = read_examples(path, task.default_format)
+    graded = [task.grade(p, ex) for p, ex in zip(["答案：B", "郑州", "C", "no idea"], examples)]
+    assert [g["correct"] for g in graded] == [True, True, False, False]
+    summary = task.summarize(graded)
+    assert summary["accuracy"] == 0.5 and summary["unparsed"] == 1 and summary["by_rule"]["text"] == 1
+
+
+def test_choice_examples():
+    ex = choice_examples([ZH])[0]
+    assert ex.output == "B" and ex.kind == "choice-zh" and ex.instruction.endswith("D. 广州")
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_ids_and_ratio(tmp_path, questions, capsys):
+    pred = tmp_path / "pred.jsonl"
+    write_jsonl(pred, [{"id": "z4", "prediction": "A. 北京"}, {"id": "e1", "prediction": "The answer is B"},
+                       {"id": "e3", "prediction": "huh"}, {"id": "mc-1", "prediction": "选B"}])
+    write_jsonl(questions, [EN, {**ZH, "id": "mc-1"}, {**EN, "id": "e3", "answer": "d"},
+                            {**ZH, "id": "z4", "answer": "0"}])
+    assert main(["grade", "choice", "--pred", str(pred), "--gold", str(questions), "--ratio", "0.001",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["accuracy"] == 0.75 and data["unparsed"] == 1
+    assert data["stage2_score"] == pytest.approx(competition_score("stage2", 0.75, 0.001))
+    assert main(["grade", "choice", "--pred", str(pred), "--gold", str(questions), "--ratio", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "75.00%" in out and "stage2" in out and "unparsed" in out
+
+
+def test_cli_plain_lines_and_mismatch(tmp_path, questions, capsys):
+    pred = tmp_path / "pred.txt"
+    pred.write_text("B\n郑州\nD\nA\n", encoding="utf-8")
+    assert main(["grade", "choice", "--pred", str(pred), "--gold", str(questions)]) == 0
+    assert "100.00%" in capsys.readouterr().out
+    pred.write_text("B\n", encoding="utf-8")
+    assert main(["grade", "choice", "--pred", str(pred), "--gold", str(questions)]) == 2
+    assert "1 predictions" in capsys.readouterr().err
+
+
+def test_grade_choice_starts_without_torch(tmp_path, questions):
+    pred = tmp_path / "pred.txt"
+    pred.write_text("B\nB\nD\nA\n", encoding="utf-8")
+    code = ("import sys; import tunelab.cli as c; "
+            f"rc = c.main(['grade', 'choice', '--pred', {str(pred)!r}, '--gold', {str(questions)!r}]); "
+            "print('HEAVY', [m for m in ('torch', 'transformers', 'peft', 'numpy') if m in sys.modules]); "
+            "sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout and "100.00%" in proc.stdout
