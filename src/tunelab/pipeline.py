@@ -19,7 +19,11 @@ def eval_sets(recipe: Recipe) -> dict:
     for t in recipe.eval.tasks:
         if t.label in sets:
             raise TunelabError(f"two eval entries are labelled '{t.label}'; give one a 'name'", field="eval.tasks")
-        examples = load_source(t.source)
+        if t.source.path and t.source.format == "auto":  # the task knows its own file format
+            from tunelab.tasks.registry import get_task
+            examples = get_task(t.task).load_examples(t.source.path)
+        else:
+            examples = load_source(t.source)
         sets[t.label] = (t.task, examples[: t.limit] if t.limit else examples)
     return sets
 

@@ -61,7 +61,6 @@ def evaluate_model_dir(model_dir: str | Path, tasks: dict[str, tuple[str, list[E
 
 def cli_eval(args) -> int:
     """`tunelab eval --model M --tasks a,b --data a=FILE`: a model dir, a checkpoint, or a whole run."""
-    from tunelab.data.formats import read_examples
     from tunelab.train.checkpoints import list_checkpoints, model_dir_of
     files = {}
     for spec in args.data:
@@ -74,7 +73,7 @@ def cli_eval(args) -> int:
         task = get_task(name)
         if name not in files:
             raise TunelabError(f"no data for task '{name}': pass --data {name}=FILE")
-        examples = read_examples(files[name], task.default_format)
+        examples = task.load_examples(files[name])
         tasks[name] = (name, examples[: args.limit] if args.limit else examples)
     model = Path(args.model)
     ckpts = list_checkpoints(model)

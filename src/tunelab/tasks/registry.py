@@ -6,6 +6,7 @@ in `tunelab/tasks/__init__.py`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from tunelab.data.examples import Example
@@ -25,6 +26,11 @@ class Task:
     name: ClassVar[str]
     primary_metric: ClassVar[str] = "accuracy"
     default_format: ClassVar[str] = "auto"
+
+    def load_examples(self, path: str | Path) -> list[Example]:
+        """Read this task's evaluation file; tasks with their own file format (SQuAD JSON…) override it."""
+        from tunelab.data.formats import read_examples
+        return read_examples(path, self.default_format)
 
     def grade(self, prediction: str, example: Example) -> dict[str, Any]:
         """Return per-item fields (at least 'correct'); they are written to the predictions file."""
