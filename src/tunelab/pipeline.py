@@ -4,6 +4,7 @@ check retention, compute ratio and score, and write metrics.json + report.md int
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tunelab.data.records import write_json
@@ -61,6 +62,8 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
     sets = eval_sets(recipe)
     summary = train(recipe, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone evaluates and reports
+        return {}
     run_dir = recipe.run_dir
     ability = [t.label for t in recipe.eval.tasks if t.ability]
     acc_task = recipe.score.accuracy_task
@@ -109,6 +112,8 @@ def _primary(label: str, sets: dict) -> str:
 def cli_run(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     metrics = run(recipe, resume=args.resume)
+    if not metrics:
+        return 0
     from tunelab.report import summary_lines
     print("\n".join(summary_lines(metrics)))
     print(f"report: {recipe.run_dir / 'report.md'}")
@@ -119,6 +124,8 @@ def cli_train(args) -> int:
     from tunelab.train.loop import train
     recipe = load_recipe(args.recipe, args.overrides)
     summary = train(recipe, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
           f"{summary['train_seconds']:.0f}s; checkpoints in {recipe.run_dir / 'checkpoints'}")
     return 0
