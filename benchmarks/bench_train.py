@@ -250,9 +250,12 @@ def main() -> int:
     ap.add_argument("--warm-steps", type=int, default=5, help="steps skipped as warm-up (tunelab: log_every)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads for every setup; 0 = auto: the cores not busy at start (at least 1)")
+    ap.add_argument("--lora-dropout", type=float, default=LORA["dropout"],
+                    help="LoRA dropout for all three setups (default: tunelab's recipe default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "train.json"))
     args = ap.parse_args()
+    LORA["dropout"] = args.lora_dropout
 
     import torch
     import transformers
@@ -330,7 +333,8 @@ def main() -> int:
     labels = {"tunelab": "(a) tunelab loop, packed 256", "hf_pad256": "(b) HF Trainer+peft, pad to 256",
               "hf_dynamic": "(c) HF Trainer+peft, dynamic pad"}
     print()
-    print(f"Training throughput, tiny Llama + LoRA r8 q/v/o, batch {BATCH}, {precision}, real (non-pad) tokens/s")
+    print(f"Training throughput, tiny Llama + LoRA r8 q/v/o (dropout {LORA['dropout']}), batch {BATCH}, {precision}, "
+          f"{threads} thread(s), real (non-pad) tokens/s")
     print(f"{'setup':<36}{'tok/s':>10}{'s/step':>9}   per round")
     for setup, a in agg.items():
         print(f"{labels[setup]:<36}{a['tok_s']:>10,.0f}{a['sec_per_step']:>9.3f}   "
