@@ -86,7 +86,7 @@ def test_eval_verb_on_a_run_marks_best_and_keeps_run_results(lora_run, tmp_path,
     assert main(["eval", "--model", str(run_dir), "--tasks", "arithmetic", "--data", f"arithmetic={gold}"]) == 0
     out = capsys.readouterr().out
     assert out.count("step-0000") == 5 and "*best*" in out
-    summary = json.loads((run_dir / "eval-arithmetic" / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((run_dir / "eval-arithmetic" / "results.json").read_text(encoding="utf-8"))
     assert summary["best"] in summary["results"]
     assert (run_dir / "eval" / "step-000010" / "results.json").read_text(encoding="utf-8") == saved
 

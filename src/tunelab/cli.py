@@ -98,8 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--out", default=None, help="output directory (default: <model>/eval)")
+    p.add_argument("--out", default=None, help="output directory (default: <model>/eval-<tasks>)")
+    p.add_argument("--mode", default="generate", metavar="generate|loglik|TASK=MODE,…",
+                   help="loglik: score options/labels by log-likelihood (choice, cola, qqp; others generate); "
+                        "per task: --mode choice=loglik,cola=generate")
+    p.add_argument("--baseline", default=None, metavar="BASE_MODEL_OR_RESULTS_JSON",
+                   help="report ability metrics (squad, reading: f1, exact_match) as %% of this base's")
+    p.add_argument("--retention-threshold", type=float, default=0.9, help="PASS at this fraction (0.9)")
+    p.add_argument("--segmentation", choices=["auto", "char", "jieba", "word"], default=None,
+                   help="Rouge-L tokens for rougel (default auto: char for Chinese, else word)")
+    p.add_argument("--window", type=int, default=None, help="ppl: tokens per window (default: model context)")
+    p.add_argument("--stride", type=int, default=None, help="ppl: window start step (default: window/2)")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="TASK.KEY=VALUE",
+                   help="a task setting, e.g. choice.continuation=text, ppl.documents=file (repeatable)")
     p.set_defaults(func=_call("tunelab.eval.runner:cli_eval"))
+
+    p = verbs.add_parser("predict", help="GLUE hand-in file: first N dev predictions, one 0/1 label per line")
+    p.add_argument("--model", required=True, help="run directory (best checkpoint), checkpoint, HF dir or hub id")
+    p.add_argument("--task", required=True, type=str.strip, metavar="CoLA|QQP")
+    p.add_argument("--data", required=True, help="dev/test TSV or pre_data {task}_dev.json")
+    p.add_argument("--limit", type=int, default=150, help="first N examples (default 150; 0 = all)")
+    p.add_argument("--mode", choices=["generate", "loglik"], default="generate",
+                   help="loglik compares the two label continuations: no parsing")
+    p.add_argument("--out", default="result_{task}.txt")
+    p.add_argument("--label-words", default=None, metavar="W0,W1", help="loglik label words (default 0,1)")
+    p.add_argument("--strict", action="store_true", help="an unparseable generation is an error")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.set_defaults(func=_call("tunelab.eval.predict:cli_predict"))
 
     p = verbs.add_parser("grade", help="grade a prediction file against gold answers")
     grade = p.add_subparsers(dest="task", metavar="TASK", required=True)
@@ -158,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", required=True, type=float)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_call("tunelab.scoring:cli_score"))
+
     return parser
 
 

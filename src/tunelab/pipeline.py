@@ -14,18 +14,28 @@ from tunelab.recipe import Recipe, load_recipe
 
 
 def eval_sets(recipe: Recipe) -> dict:
-    """{label: (task name, examples)} from the recipe's eval section."""
+    """{label: EvalSet (configured task, examples, mode)} from the recipe's eval section."""
     from tunelab.data.sources import load_source
+    from tunelab.eval.runner import EvalSet
+    from tunelab.tasks.registry import get_task
     sets = {}
-    for t in recipe.eval.tasks:
+    for i, t in enumerate(recipe.eval.tasks):
         if t.label in sets:
             raise TunelabError(f"two eval entries are labelled '{t.label}'; give one a 'name'", field="eval.tasks")
+        task = get_task(t.task)
+        try:
+            task.configure(**t.options)
+        except TunelabError as e:
+            raise TunelabError(e.message, field=f"eval.tasks.{i}.options") from None
+        if t.mode and t.mode not in task.modes:
+            raise TunelabError(f"task '{t.task}' has no {t.mode} mode (modes: {', '.join(task.modes)})",
+                               field=f"eval.tasks.{i}.mode")
         if t.source.path and t.source.format == "auto":  # the task knows its own file format
-            from tunelab.tasks.registry import get_task
-            examples = get_task(t.task).load_examples(t.source.path)
+            examples = task.load_examples(t.source.path)
         else:
             examples = load_source(t.source)
-        sets[t.label] = (t.task, examples[: t.limit] if t.limit else examples)
+        sets[t.label] = EvalSet(task, examples[: t.limit] if t.limit else examples, t.mode,
+                                source=t.source.path or f"generate:{t.source.generate}")
     return sets
 
 
@@ -35,7 +45,8 @@ def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label
     done = out_dir / "results.json"
     if done.exists():
         results = json.loads(done.read_text(encoding="utf-8"))
-        if set(results) == set(sets):
+        if set(results) == set(sets) and all(
+                results[k].get("mode", "generate") == es.task.resolve_mode(es.mode) for k, es in sets.items()):
             return results
     return evaluate_model_dir(model_dir, sets, out_dir, recipe.eval.batch_size, recipe.eval.max_new_tokens,
                               template=template, label=label)
@@ -84,7 +95,8 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     metrics: dict = {"name": recipe.name, "train": summary}
     if per_ckpt:
         primary = _primary(acc_task, sets)
-        best = max(per_ckpt, key=lambda k: per_ckpt[k][acc_task][primary])
+        from tunelab.eval.runner import best_label
+        best = best_label(per_ckpt, acc_task, sets[acc_task].task)
         metrics.update({"base": base_results, "checkpoints": per_ckpt, "best_checkpoint": best})
         accuracy = per_ckpt[best][acc_task][primary]
         total = recipe.score.total_params or summary["total_params"]
@@ -105,8 +117,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
 
 
 def _primary(label: str, sets: dict) -> str:
-    from tunelab.tasks.registry import get_task
-    return get_task(sets[label][0]).primary_metric
+    return sets[label].task.primary_metric
 
 
 def cli_run(args) -> int:

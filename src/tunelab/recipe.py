@@ -96,7 +96,10 @@ class EvalTaskConfig(_Strict):
     source: SourceConfig
     limit: int | None = Field(default=None, ge=1)
     ability: bool = Field(default=False, description="an original ability whose retention is checked")
-
+    mode: Literal["generate", "loglik"] | None = Field(
+        default=None, description="generate (default) or loglik (choice, cola, qqp); ppl always scores text")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="task settings, e.g. {segmentation: char} or {window: 512}")
 
     @property
     def label(self) -> str:

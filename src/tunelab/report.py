@@ -65,6 +65,18 @@ def _diagnostics_table(res: dict, base: dict | None) -> list[str]:
     return lines
 
 
+def _cell(r: dict) -> str:
+    """One task's headline in the per-checkpoint table."""
+    if "accuracy" in r and r["accuracy"] <= 1:
+        return _pct(r["accuracy"])
+    if "f1" in r and "exact_match" in r:
+        return f"F1 {r['f1']:.1f} / EM {r['exact_match']:.1f}"
+    metric = r.get("primary_metric")
+    if metric in r:
+        return f"{metric} {r[metric]:.2f}"
+    return "–"
+
+
 def write_report(recipe: Recipe, metrics: dict, out: Path) -> None:
     acc_task = recipe.score.accuracy_task
     lines = [f"# Run report: {recipe.name}", ""]
@@ -89,8 +101,7 @@ def write_report(recipe: Recipe, metrics: dict, out: Path) -> None:
         for name, res in metrics["checkpoints"].items():
             cells = []
             for task, r in res.items():
-                cells.append(_pct(r["accuracy"]) if "accuracy" in r and r["accuracy"] <= 1 else
-                             f"F1 {r.get('f1', 0):.1f} / EM {r.get('exact_match', 0):.1f}")
+                cells.append(_cell(r))
             lines.append(f"| {name}{' (best)' if name == best else ''} | " + " | ".join(cells) + " |")
         lines += ["", "![accuracy per checkpoint](checkpoints.png)", ""]
     lines += ["## Training", "", "![loss curve](loss.png)", "",

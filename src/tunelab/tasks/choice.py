@@ -40,8 +40,15 @@ letters of the question's options count; the first rule that finds one decides (
 6. letter: the first free-standing capital letter; an "A" followed by an English word that is not a
    verb like "is" ("A cat…") is skipped as the article.
 
-Nothing found: the answer is `unparsed` (counted wrong and reported). Log-likelihood scoring of the
-options needs a model and lives with the eval engine, not here.
+Nothing found: the answer is `unparsed` (counted wrong and reported).
+
+Log-likelihood mode (`tunelab eval --mode loglik`, recipe `mode: loglik`), lm-eval style: every option is
+scored as a continuation of the same prompt (`tunelab.eval.loglik`) and the highest total log-probability
+wins — no extraction, nothing unparsed. The continuation (setting `continuation`) is the option letter
+("B", default: what the prompt asks for and what `to_training_records` trains), the option text
+("Paris"), or both ("B. Paris"). `accuracy` (= lm-eval's `acc`, also reported as `acc`) picks the argmax
+of the summed log-probabilities; `acc_norm` the argmax of the log-probability divided by the
+continuation's length in characters (lm-eval's acc_norm; with single-letter continuations it equals acc).
 """
 
 from __future__ import annotations
@@ -326,18 +333,29 @@ def grade_choice(prediction: str, gold: str, options: dict[str, str] | list[str]
 def summarize_choice(graded: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(graded)
     unparsed = sum(g["pred"] is None for g in graded)
-    return {"n": n, "accuracy": sum(bool(g["correct"]) for g in graded) / n if n else 0.0,
-            "unparsed": unparsed, "unparsed_rate": unparsed / n if n else 0.0,
-            "by_rule": {r: c for r in RULES if (c := sum(g["rule"] == r for g in graded))}}
+    out = {"n": n, "accuracy": sum(bool(g["correct"]) for g in graded) / n if n else 0.0,
+           "unparsed": unparsed, "unparsed_rate": unparsed / n if n else 0.0,
+           "by_rule": {r: c for r in RULES + ("loglik",) if (c := sum(g["rule"] == r for g in graded))}}
+    if graded and all("correct_norm" in g for g in graded):
+        out["acc"] = out["accuracy"]
+        out["acc_norm"] = sum(bool(g["correct_norm"]) for g in graded) / n
+    return out
+
+
+CONTINUATIONS = ("letter", "text", "letter_text")
 
 
 @register_task
 class ChoiceTask(Task):
-    """Generate-and-extract multiple choice; options are read back from the prompt's option lines."""
+    """Multiple choice: generate-and-extract (options read back from the prompt's option lines), or the
+    log-likelihood of each option."""
 
     name = "choice"
     primary_metric = "accuracy"
     default_format = "alpaca"
+    modes = ("generate", "loglik")
+    settings = ("continuation",)
+    continuation = "letter"
 
     def load_examples(self, path: str | Path) -> list[Example]:
         return choice_examples(read_choice(path))
@@ -345,6 +363,43 @@ class ChoiceTask(Task):
     def grade(self, prediction: str, example: Example) -> dict[str, Any]:
         out = grade_choice(prediction, example.output, parse_options(example.instruction) or None)
         return {**out, "kind": example.kind}
+
+    def _options(self, example: Example) -> dict[str, str]:
+        options = parse_options(example.instruction)
+        if not options:
+            raise TunelabError(f"example '{example.id}': no option lines (A. …, B. …) in the prompt",
+                               field="instruction")
+        return options
+
+    def _continuations(self, options: dict[str, str]) -> list[str]:
+        if self.continuation not in CONTINUATIONS:
+            raise TunelabError(f"unknown continuation '{self.continuation}' (choose from "
+                               f"{', '.join(CONTINUATIONS)})", field="continuation")
+        if self.continuation == "letter":
+            return list(options)
+        if self.continuation == "text":
+            return [text.strip() for text in options.values()]
+        return [f"{letter}. {text.strip()}" for letter, text in options.items()]
+
+    def loglik_requests(self, example: Example, prompt: str) -> list[tuple[str, str]]:
+        return [(prompt, c) for c in self._continuations(self._options(example))]
+
+    def grade_loglik(self, results: list, example: Example) -> dict[str, Any]:
+        options = self._options(example)
+        gold, _ = extract_choice(example.output, options)
+        if gold is None:
+            raise TunelabError(f"the gold answer {example.output!r} names no option letter "
+                               f"(example '{example.id}')", field="output")
+        letters = list(options)
+        conts = self._continuations(options)
+        lls = [r.logprob for r in results]
+        norm = [ll / max(1, len(c)) for ll, c in zip(lls, conts)]
+        pred = letters[max(range(len(lls)), key=lls.__getitem__)]
+        pred_norm = letters[max(range(len(norm)), key=norm.__getitem__)]
+        return {"correct": pred == gold, "pred": pred, "gold": gold, "rule": "loglik",
+                "correct_norm": pred_norm == gold, "pred_norm": pred_norm,
+                "logprobs": dict(zip(letters, lls)), "greedy": [l for l, r in zip(letters, results) if r.is_greedy],
+                "kind": example.kind}
 
     def summarize(self, graded: list[dict[str, Any]]) -> dict[str, Any]:
         return summarize_choice(graded)

@@ -11,6 +11,13 @@ or start with one of them followed by punctuation or a space ("1 (acceptable)", 
 Anything else is `unparsed`: counted as wrong, reported, never mapped to a label. In MCC and F1 an
 unparsed answer counts as the label opposite to the gold one.
 
+Log-likelihood mode (`--mode loglik`): the two label words (setting `label_words`, default "0,1" as the
+default instructions ask; index = label) are scored as continuations of the prompt and the likelier one is
+the prediction — no parser, nothing unparsed.
+
+Evaluation files: a labelled GLUE TSV (default instruction) or a pre_data JSON such as {task}_val.json
+(the record's own instruction).
+
 Metrics: accuracy for both; Matthews correlation for CoLA; F1 of the positive class (duplicate = 1) for
 QQP. MCC is 0 when any row or column of the confusion matrix is empty (sklearn's convention).
 
@@ -100,28 +107,72 @@ def glue_metrics(preds: list[int | None], golds: list[int], task: str) -> dict[s
     return out
 
 
+def read_glue_examples(path: str | Path, task: str, require_labels: bool = True) -> list[Example]:
+    """A GLUE TSV (default instruction) or a pre_data JSON/JSONL file ({instruction, input, output}) as
+    Examples in file order; `output` is the label ("" when the file has none)."""
+    from tunelab.data.formats import read_examples
+    from tunelab.data.glue import INSTRUCTIONS, glue_input
+    task, path = canonical_task(task), Path(path)
+    if path.suffix.lower() == ".tsv":
+        rows = read_glue_tsv(path, task)
+        examples = [Example(id=r.id or f"{path.stem}-{r.line}", instruction=INSTRUCTIONS[task],
+                            input=glue_input(task, r), output=r.label or "", kind=task.lower()) for r in rows]
+    else:
+        examples = read_examples(path, "alpaca")
+    if require_labels:
+        for i, ex in enumerate(examples):
+            if not ex.output.strip():
+                raise TunelabError(f"the file has no labels to grade against (example {i + 1}, '{ex.id}')",
+                                   file=path, field="output")
+    return examples
+
+
 class _GlueTask(Task):
     glue_name: str
     primary_metric = "accuracy"
     default_format = "alpaca"  # the pre_data files
+    modes = ("generate", "loglik")
+    settings = ("label_words",)
+    label_words: Any = ("0", "1")
 
     def load_examples(self, path: str | Path) -> list[Example]:
-        """A GLUE TSV (labelled) as Examples with the default instruction."""
-        from tunelab.data.glue import INSTRUCTIONS, glue_input
-        rows = read_glue_tsv(path, self.glue_name)
-        if rows[0].label is None:
-            raise TunelabError("the file has no labels to grade against", file=path)
-        return [Example(id=r.id or f"{Path(path).stem}-{r.line}", instruction=INSTRUCTIONS[self.glue_name],
-                        input=glue_input(self.glue_name, r), output=r.label or "", kind=self.name)
-                for r in rows]
+        """A labelled GLUE TSV or pre_data JSON as Examples (see `read_glue_examples`)."""
+        return read_glue_examples(path, self.glue_name)
 
-    def grade(self, prediction: str, example: Example) -> dict[str, Any]:
+    def _gold(self, example: Example) -> int:
         gold = parse_label(example.output, self.glue_name)
         if gold is None:
             raise TunelabError(f"gold label {example.output!r} is not a {self.glue_name} label "
                                f"(example '{example.id}')", field="output")
+        return gold
+
+    def grade(self, prediction: str, example: Example) -> dict[str, Any]:
+        gold = self._gold(example)
         pred = parse_label(prediction, self.glue_name)
         return {"correct": pred == gold, "pred": pred, "gold": gold, "unparsed": pred is None}
+
+    def words(self) -> list[str]:
+        """The two label continuations, label 0 first."""
+        words = self.label_words
+        if isinstance(words, str):
+            words = [w.strip() for w in words.split(",")]
+        words = [str(w) for w in words]
+        if len(words) != 2 or not all(words):
+            raise TunelabError(f"label_words needs two words (label 0, label 1), got {self.label_words!r}",
+                               field="label_words")
+        return words
+
+    def loglik_requests(self, example: Example, prompt: str) -> list[tuple[str, str]]:
+        return [(prompt, w) for w in self.words()]
+
+    def predict_loglik(self, results: list) -> int:
+        return int(results[1].logprob > results[0].logprob)
+
+    def grade_loglik(self, results: list, example: Example) -> dict[str, Any]:
+        gold = self._gold(example)
+        pred = self.predict_loglik(results)
+        return {"correct": pred == gold, "pred": pred, "gold": gold, "unparsed": False,
+                "logprobs": [r.logprob for r in results]}
 
     def summarize(self, graded: list[dict[str, Any]]) -> dict[str, Any]:
         return glue_metrics([g["pred"] for g in graded], [g["gold"] for g in graded], self.glue_name)

@@ -15,6 +15,7 @@ from tunelab.tasks.registry import Task, register_task
 class ReadingTask(Task):
     name = "reading"
     primary_metric = "f1"
+    ability = True
     default_format = "reading"
 
     def grade(self, prediction: str, example: Example) -> dict:

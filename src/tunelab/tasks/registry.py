@@ -21,19 +21,62 @@ def register_task(cls: type["Task"]) -> type["Task"]:
 
 
 class Task:
-    """Base class. `grade` scores one prediction; `summarize` turns graded items into metrics."""
+    """Base class. `grade` scores one prediction; `summarize` turns graded items into metrics.
+
+    How a task is run (`modes`, the first is the default):
+
+    * `generate`: the prompt (`prompt`) goes through the batched generation engine and `grade` scores the
+      text; every task supports it unless it overrides `modes`.
+    * `loglik`: `loglik_requests` gives (context, continuation) pairs whose summed log-probabilities
+      `tunelab.eval.loglik` computes in batches; `grade_loglik` turns them into the graded item (no parsing).
+    * `perplexity`: `document` gives a text whose token log-likelihood `tunelab.eval.perplexity` computes
+      with strided windows; `grade_perplexity` turns the per-document sums into the graded item.
+
+    `settings` names attributes a recipe (`options:`) or the CLI may set via `configure`.
+    """
 
     name: ClassVar[str]
     primary_metric: ClassVar[str] = "accuracy"
+    higher_is_better: ClassVar[bool] = True
     default_format: ClassVar[str] = "auto"
+    modes: ClassVar[tuple[str, ...]] = ("generate",)
+    ability: ClassVar[bool] = False  # an original ability: `--baseline` reports its f1/exact_match retention
+    settings: ClassVar[tuple[str, ...]] = ()
+
+    def configure(self, **values: Any) -> "Task":
+        """Set task settings (None leaves the default); an unknown setting is a user error."""
+        for key, value in values.items():
+            if key not in self.settings:
+                known = ", ".join(self.settings) or "none"
+                raise TunelabError(f"task '{self.name}' has no setting '{key}' (settings: {known})",
+                                   field="options")
+            if value is not None:
+                setattr(self, key, value)
+        return self
+
+    def resolve_mode(self, requested: str | None) -> str:
+        """The mode to run: `requested` when this task supports it, else the task's default mode."""
+        return requested if requested in self.modes else self.modes[0]
 
     def load_examples(self, path: str | Path) -> list[Example]:
         """Read this task's evaluation file; tasks with their own file format (SQuAD JSON…) override it."""
         from tunelab.data.formats import read_examples
         return read_examples(path, self.default_format)
 
+    def prompt(self, example: Example, template) -> str:
+        """The text the model continues: the model's prompt template around the example."""
+        return template.render(example.instruction, example.input)
+
     def grade(self, prediction: str, example: Example) -> dict[str, Any]:
         """Return per-item fields (at least 'correct'); they are written to the predictions file."""
+        raise NotImplementedError
+
+    def loglik_requests(self, example: Example, prompt: str) -> list[tuple[str, str]]:
+        """(context, continuation) pairs to score for one example (`loglik` mode)."""
+        raise NotImplementedError
+
+    def grade_loglik(self, results: list, example: Example) -> dict[str, Any]:
+        """The graded item from the `LoglikResult`s of `loglik_requests` (same order)."""
         raise NotImplementedError
 
     def summarize(self, graded: list[dict[str, Any]]) -> dict[str, Any]:

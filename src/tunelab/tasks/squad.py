@@ -167,6 +167,7 @@ class SquadTask(Task):
 
     name = "squad"
     primary_metric = "f1"
+    ability = True  # the original ability the competition checks (>= 90 % of the base's F1 and EM)
     default_format = "reading"  # reading-format records work directly; SQuAD JSON goes through read_squad
 
     def load_examples(self, path: str | Path) -> list[Example]:

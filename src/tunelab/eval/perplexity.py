@@ -1,0 +1,123 @@
+"""Token-weighted perplexity with strided sliding windows (Hugging Face's perplexity recipe), batched.
+
+A document is tokenised as the model normally encodes text (`tokenizer(text)`, special tokens included: a
+Llama/Gemma tokenizer prepends BOS, tunelab's tiny BPE adds nothing). A document longer than the window is
+scored in windows of at most `window` tokens that start every `stride` tokens; each window scores only the
+tokens the previous window did not (its last `end - previous_end` tokens), with everything before them in
+the window as context:
+
+    for begin in range(0, n, stride):
+        end = min(begin + window, n); score tokens [previous_end, end) given tokens [begin, t); previous_end = end
+
+so with stride < window every token after the first window sees at least `window - stride` tokens of
+context, and with stride = window the windows are disjoint (less context, a higher perplexity). A token
+with nothing before it in its window (a document's first token; with stride = window, each window's first)
+cannot be predicted and is not counted — exactly the tokens the Hugging Face recipe leaves out.
+
+Perplexity = exp(sum of NLL over all counted tokens of all documents / number of counted tokens), i.e.
+token-weighted, not a mean of per-document perplexities. `window` defaults to the model's context
+(`max_position_embeddings`), `stride` to half the window.
+
+Batching: windows of all documents are sorted by length and run `batch_size` at a time, right-padded, but
+never more than `max_batch_tokens` padded tokens per forward; logits are computed only at scored positions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tunelab.errors import TunelabError
+
+
+@dataclass(frozen=True)
+class DocumentScore:
+    nll: float     # summed negative log-likelihood (natural log) of the counted tokens
+    tokens: int    # counted (predicted) tokens
+    windows: int   # forward windows used
+
+
+def resolve_window(model, tokenizer, window: int | None, stride: int | None) -> tuple[int, int]:
+    """(window, stride) with defaults filled in and checked against the model's context."""
+    from tunelab.eval.loglik import model_context_length
+    context = model_context_length(model, tokenizer)
+    window = int(window or context)
+    if window < 2:
+        raise TunelabError(f"window must be at least 2 tokens, got {window}", field="window")
+    if window > context:
+        raise TunelabError(f"window {window} is longer than the model's context ({context} tokens)",
+                           field="window")
+    stride = int(stride or max(1, window // 2))
+    if not 1 <= stride <= window:
+        raise TunelabError(f"stride must be between 1 and the window ({window}), got {stride}", field="stride")
+    return window, stride
+
+
+def plan_windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window over a document of n tokens."""
+    plans = []
+    prev_end = 0
+    for begin in range(0, max(n, 1), stride):
+        end = min(begin + window, n)
+        first = max(prev_end, begin + 1)
+        if first < end:
+            plans.append((begin, end, first))
+        prev_end = end
+        if end >= n:
+            break
+    return plans
+
+
+def score_documents(model, tokenizer, texts: list[str], window: int | None = None, stride: int | None = None,
+                    batch_size: int = 8, max_batch_tokens: int = 4096, progress: bool = False,
+                    desc: str = "perplexity") -> tuple[list[DocumentScore], int, int]:
+    """(per-document scores, window, stride) for `texts`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    window, stride = resolve_window(model, tokenizer, window, stride)
+    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
+    pieces = []  # (document, ids of the window, index of the first scored token within the window)
+    for d, ids in enumerate(encoded):
+        for begin, end, first in plan_windows(len(ids), window, stride):
+            pieces.append((d, ids[begin:end], first - begin))
+    nll = [0.0] * len(encoded)
+    tokens = [0] * len(encoded)
+    windows = [0] * len(encoded)
+    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    device = next(model.parameters()).device
+    from tunelab.eval.loglik import _forward_selected
+    with torch.inference_mode(), tqdm(total=len(pieces), disable=not progress, desc=desc, unit="window",
+                                      leave=False) as bar:
+        start = 0
+        while start < len(order):
+            width = len(pieces[order[start]][1])  # the longest of this batch (sorted)
+            take = max(1, min(batch_size, max_batch_tokens // max(1, width)))
+            idx = order[start: start + take]
+            start += len(idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            keep = torch.zeros((len(idx), width), dtype=torch.bool)
+            targets, owners = [], []
+            for r, i in enumerate(idx):
+                d, ids, first = pieces[i]
+                input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                attention[r, :len(ids)] = 1
+                keep[r, first - 1: len(ids) - 1] = True  # position t-1 predicts token t
+                targets += ids[first:]
+                owners += [d] * (len(ids) - first)
+                windows[d] += 1
+            logits = _forward_selected(model, input_ids.to(device), attention.to(device), keep.to(device))
+            target = torch.tensor(targets, dtype=torch.long, device=logits.device)
+            token_nll = torch.nn.functional.cross_entropy(logits, target, reduction="none").double().cpu()
+            for d, value in zip(owners, token_nll.tolist()):
+                nll[d] += value
+                tokens[d] += 1
+            bar.update(len(idx))
+    return [DocumentScore(n, t, w) for n, t, w in zip(nll, tokens, windows)], window, stride
+
+
+def perplexity(nll: float, tokens: int) -> float:
+    """exp(nll / tokens); inf when nothing was counted."""
+    return math.exp(nll / tokens) if tokens else float("inf")

@@ -1,0 +1,126 @@
+"""`tunelab predict`: the GLUE exam's hand-in file — the first N dev predictions, one label (0/1) per line.
+
+    tunelab predict --model runs/gemma-2b-glue-lora --task CoLA --data pre_data/CoLA/CoLA_dev.json \\
+        [--limit 150] [--mode generate|loglik] [--out result_{task}.txt]
+
+`--model` is a model or adapter directory, a hub id, or a run directory (its best checkpoint by
+metrics.json, else the last). `--data` is a GLUE TSV (dev.tsv, test.tsv; labels not needed) or a pre_data
+JSON (`{task}_dev.json`); its first `--limit` examples, in file order, are predicted (`--limit 0`: all).
+
+Modes:
+
+* `generate` (default): the batched greedy engine writes an answer, the strict parser of
+  `tunelab.tasks.glue.parse_label` reads it. An answer it cannot read is *unparsed*: it is counted and
+  reported on stderr, its line gets the task's majority label in GLUE's training data (CoLA 1 =
+  acceptable, 70 %; QQP 0 = not duplicate, 63 %) so the file keeps one 0/1 per line, and the side file
+  `<out stem>.details.json` lists every such line with the raw generation. `--strict` makes any unparsed
+  answer an error instead (no file is written).
+* `loglik`: the two label words (default "0", "1"; `--label-words no,yes`) are scored as continuations of
+  the prompt and the likelier one is written — no parser, so nothing can be unparsed.
+
+The details file also records the model, mode, counts per label and, when the data file is labelled, the
+accuracy with unparsed answers counted wrong (as `tunelab grade glue` would count them) next to the
+accuracy of the file as written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from tunelab.data.glue import canonical_task
+from tunelab.data.records import write_json
+from tunelab.errors import TunelabError
+
+MAJORITY = {"CoLA": 1, "QQP": 0}
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write("".join(line + "\n" for line in lines))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def predict_labels(model, tokenizer, template, task, examples, mode: str, batch_size: int,
+                   max_new_tokens: int) -> tuple[list[int | None], list[str]]:
+    """(label or None per example, raw generation or the chosen word per example)."""
+    from tunelab.tasks.glue import parse_label
+    prompts = [task.prompt(ex, template) for ex in examples]
+    if mode == "generate":
+        from tunelab.eval.engine import generate_batched
+        texts = generate_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 desc=f"predict {task.glue_name}")
+        return [parse_label(t, task.glue_name) for t in texts], texts
+    from tunelab.eval.loglik import loglikelihood
+    words = task.words()
+    requests = [req for ex, p in zip(examples, prompts) for req in task.loglik_requests(ex, p)]
+    scores = loglikelihood(model, tokenizer, requests, batch_size=batch_size, progress=True,
+                           desc=f"predict {task.glue_name}")
+    labels = [task.predict_loglik(scores[2 * i: 2 * i + 2]) for i in range(len(examples))]
+    return labels, [words[label] for label in labels]
+
+
+def cli_predict(args) -> int:
+    from tunelab.eval.runner import template_for
+    from tunelab.model.export import pick_checkpoint
+    from tunelab.model.loading import load_for_inference, quiet_transformers
+    from tunelab.tasks.glue import parse_label, read_glue_examples
+    from tunelab.tasks.registry import get_task
+
+    name = canonical_task(args.task)
+    task = get_task(name.lower())
+    if args.label_words:
+        task.configure(label_words=args.label_words)
+        task.words()
+    if args.limit is not None and args.limit < 0:
+        raise TunelabError(f"--limit must be 0 (all) or positive, got {args.limit}", field="limit")
+    examples = read_glue_examples(args.data, name, require_labels=False)
+    if args.limit:
+        examples = examples[: args.limit]
+    out = Path(args.out.replace("{task}", name))
+    details_path = out.with_name(out.stem + ".details.json")
+    model_path = Path(args.model)
+    model_dir = pick_checkpoint(model_path) if model_path.is_dir() else args.model
+
+    quiet_transformers()
+    model, tokenizer = load_for_inference(str(model_dir), merge=True)
+    template = template_for(model_dir)
+    labels, raw = predict_labels(model, tokenizer, template, task, examples, args.mode, args.batch_size,
+                                 args.max_new_tokens)
+    unparsed = [i for i, label in enumerate(labels) if label is None]
+    if unparsed and args.strict:
+        shown = ", ".join(f"line {i + 1}: {raw[i][:40]!r}" for i in unparsed[:5])
+        raise TunelabError(f"{len(unparsed)} of {len(labels)} generations are not a {name} label ({shown}"
+                           f"{', …' if len(unparsed) > 5 else ''}); nothing written (drop --strict to write "
+                           f"the majority label {MAJORITY[name]} on those lines, or use --mode loglik)")
+    written = [MAJORITY[name] if label is None else label for label in labels]
+    details = {"task": name, "model": str(model_dir), "data": str(args.data), "mode": args.mode, "n": len(written),
+               "label_words": task.words() if args.mode == "loglik" else None,
+               "unparsed": len(unparsed), "unparsed_written_as": MAJORITY[name] if unparsed else None,
+               "counts": {"0": written.count(0), "1": written.count(1)},
+               "unparsed_lines": [{"line": i + 1, "id": examples[i].id, "generation": raw[i]} for i in unparsed]}
+    golds = [parse_label(ex.output, name) if ex.output.strip() else None for ex in examples]
+    if golds and all(g is not None for g in golds):
+        details["accuracy_unparsed_wrong"] = sum(p == g for p, g in zip(labels, golds)) / len(golds)
+        details["accuracy_as_written"] = sum(p == g for p, g in zip(written, golds)) / len(golds)
+    _write_lines(out, [str(label) for label in written])
+    write_json(details_path, details)
+    print(f"{name}: {len(written)} predictions ({args.mode}) -> {out}  (0: {written.count(0)}, "
+          f"1: {written.count(1)}); details {details_path}")
+    if "accuracy_as_written" in details:
+        print(f"  the data is labelled: accuracy {details['accuracy_as_written']:.2%} as written, "
+              f"{details['accuracy_unparsed_wrong']:.2%} with unparsed answers counted wrong")
+    if unparsed:
+        lines = ", ".join(str(i + 1) for i in unparsed[:20]) + (", …" if len(unparsed) > 20 else "")
+        print(f"tunelab: warning: {len(unparsed)} of {len(written)} generations are not a {name} label "
+              f"(lines {lines}); written as the majority label {MAJORITY[name]}, listed in {details_path}",
+              file=sys.stderr)
+    return 0
