@@ -105,6 +105,6 @@ def write_report(recipe: Recipe, metrics: dict, out: Path) -> None:
             lines.append(f"| {name}{' (best)' if name == best else ''} | " + " | ".join(cells) + " |")
         lines += ["", "![accuracy per checkpoint](checkpoints.png)", ""]
     lines += ["## Training", "", "![loss curve](loss.png)", "",
-              f"Recipe: `recipe.yaml` in this directory. Per-step log: `metrics.jsonl`; all numbers: `metrics.json`.",
+              "Recipe: `recipe.yaml` in this directory. Per-step log: `metrics.jsonl`; all numbers: `metrics.json`.",
               ""]
     out.write_text("\n".join(lines), encoding="utf-8")

@@ -34,7 +34,8 @@ from typing import Any, Iterator
 
 from tunelab.data.arithmetic import format_number
 from tunelab.data.examples import Example
-from tunelab.data.records import iter_records, read_text, require_str
+from tunelab.data.records import iter_records, require_str
+from tunelab.eval.prediction_files import match_predictions, read_prediction_file
 from tunelab.errors import TunelabError
 from tunelab.tasks.registry import Task, register_task
 
@@ -204,40 +205,6 @@ def _read_gold(path: Path) -> list[dict[str, Any]]:
     return gold
 
 
-def _read_pred(path: Path) -> list[dict[str, Any]]:
-    """JSONL with 'prediction' (sniffed from the first non-blank line), else one answer per line."""
-    lines = read_text(path).splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
-    try:
-        head = json.loads(first)
-    except json.JSONDecodeError:
-        head = None
-    if isinstance(head, dict) and "prediction" in head:
-        return [{"prediction": require_str(rec, "prediction", path, line),
-                 "id": require_str(rec, "id", path, line) if "id" in rec else None}
-                for line, rec in iter_records(path)]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return [{"prediction": ln, "id": None} for ln in lines]
-
-
-def _match(preds: list[dict], gold: list[dict], pred_path: Path, gold_path: Path) -> list[str]:
-    """Predictions in gold order: by id when every record on both sides has one, else by position."""
-    counts = f"{len(preds)} predictions in {pred_path}, {len(gold)} answers in {gold_path}"
-    if preds and gold and all(p["id"] is not None for p in preds) and all(g["id"] is not None for g in gold):
-        by_id = {p["id"]: p["prediction"] for p in preds}
-        if len(by_id) != len(preds):
-            raise TunelabError(f"duplicate ids ({counts})", file=pred_path)
-        missing = [g["id"] for g in gold if g["id"] not in by_id]
-        if missing or len(preds) != len(gold):
-            detail = f"; {len(missing)} gold ids have no prediction, e.g. '{missing[0]}'" if missing else ""
-            raise TunelabError(f"predictions do not match the gold answers ({counts}{detail})")
-        return [by_id[g["id"]] for g in gold]
-    if len(preds) != len(gold):
-        raise TunelabError(f"predictions do not match the gold answers ({counts})")
-    return [p["prediction"] for p in preds]
-
-
 def _report(summary: dict[str, Any], pred: Path, gold: Path) -> str:
     n = summary["n"]
     lines = [f"arithmetic: {n} answers, {pred} against {gold}"]
@@ -254,7 +221,7 @@ def cli_grade(args) -> int:
     """`tunelab grade arithmetic`: no model involved, so it imports nothing heavy and starts at once."""
     pred_path, gold_path = Path(args.pred), Path(args.gold)
     gold = _read_gold(gold_path)
-    predictions = _match(_read_pred(pred_path), gold, pred_path, gold_path)
+    predictions = match_predictions(read_prediction_file(pred_path), gold, pred_path, gold_path)
     graded = [grade_arithmetic(p, g["solution"], g["kind"]) for p, g in zip(predictions, gold)]
     summary = summarize_arithmetic(graded)
     if args.json:

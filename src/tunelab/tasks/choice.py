@@ -428,11 +428,11 @@ def _read_gold(path: Path) -> list[dict[str, Any]]:
 def cli_grade(args) -> int:
     """`tunelab grade choice --pred FILE --gold FILE [--ratio R] [--json]`."""
     from tunelab.scoring import competition_score
-    from tunelab.tasks.arithmetic import _match, _read_pred
+    from tunelab.eval.prediction_files import match_predictions, read_prediction_file
 
     pred_path, gold_path = Path(args.pred), Path(args.gold)
     gold = _read_gold(gold_path)
-    predictions = _match(_read_pred(pred_path), gold, pred_path, gold_path)
+    predictions = match_predictions(read_prediction_file(pred_path), gold, pred_path, gold_path)
     graded = [grade_choice(p, g["gold"], g["options"]) for p, g in zip(predictions, gold)]
     summary = summarize_choice(graded)
     if args.ratio is not None:

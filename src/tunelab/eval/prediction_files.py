@@ -1,0 +1,45 @@
+"""Prediction files handed to `tunelab grade`: JSONL with `prediction` (and `id`) or one answer per line,
+matched to the gold answers by id when both sides have ids, else by position."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunelab.data.records import iter_records, read_text, require_str
+from tunelab.errors import TunelabError
+
+
+def read_prediction_file(path: Path) -> list[dict[str, Any]]:
+    """JSONL with 'prediction' (sniffed from the first non-blank line), else one answer per line."""
+    lines = read_text(path).splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    try:
+        head = json.loads(first)
+    except json.JSONDecodeError:
+        head = None
+    if isinstance(head, dict) and "prediction" in head:
+        return [{"prediction": require_str(rec, "prediction", path, line),
+                 "id": require_str(rec, "id", path, line) if "id" in rec else None}
+                for line, rec in iter_records(path)]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [{"prediction": ln, "id": None} for ln in lines]
+
+
+def match_predictions(preds: list[dict], gold: list[dict], pred_path: Path, gold_path: Path) -> list[str]:
+    """Predictions in gold order: by id when every record on both sides has one, else by position."""
+    counts = f"{len(preds)} predictions in {pred_path}, {len(gold)} answers in {gold_path}"
+    if preds and gold and all(p["id"] is not None for p in preds) and all(g["id"] is not None for g in gold):
+        by_id = {p["id"]: p["prediction"] for p in preds}
+        if len(by_id) != len(preds):
+            raise TunelabError(f"duplicate ids ({counts})", file=pred_path)
+        missing = [g["id"] for g in gold if g["id"] not in by_id]
+        if missing or len(preds) != len(gold):
+            detail = f"; {len(missing)} gold ids have no prediction, e.g. '{missing[0]}'" if missing else ""
+            raise TunelabError(f"predictions do not match the gold answers ({counts}{detail})")
+        return [by_id[g["id"]] for g in gold]
+    if len(preds) != len(gold):
+        raise TunelabError(f"predictions do not match the gold answers ({counts})")
+    return [p["prediction"] for p in preds]
