@@ -77,8 +77,14 @@ def test_loglik_matches_per_option_forward_and_picks_the_preferred_option(loaded
     # the base was trained (briefly) on "a + b = c" answers: a well-formed sum beats garbled or foreign text
     prompt = template.render("计算 9 + 8 等于多少？")
     requests = [(prompt, c) for c in ("9 + 8 = 17", "= + 9 8 71", "hello there", "9 + 8 = 3")]
-    for batch_size in (1, 3, 8):  # padding and batch shape do not change the numbers
-        got = loglikelihood(model, tok, requests, batch_size=batch_size)
+    # one row per pair (lm-eval's layout) or the context once + continuations from its KV cache; padding
+    # and batch shape do not change the numbers
+    other = template.render("What is 12 + 30?")
+    for share, batch_size in [(False, 1), (False, 3), (True, 1), (True, 3), (True, 8)]:
+        got = loglikelihood(model, tok, requests + [(other, "12 + 30 = 42"), (other, "7")], batch_size=batch_size,
+                            share_context=share)
+        assert got[-2].logprob == pytest.approx(_manual_logprob(model, tok, other, "12 + 30 = 42"), abs=1e-5)
+        got = got[:-2]
         for (ctx, cont), r in zip(requests, got):
             assert r.logprob == pytest.approx(_manual_logprob(model, tok, ctx, cont), abs=1e-5)
             assert r.tokens == len(tok(cont, add_special_tokens=False)["input_ids"])

@@ -11,15 +11,24 @@ ones a fine-tuned model was trained to produce after the prompt. (lm-eval tokeni
 together and splits; with separate tokenisation the boundary is exact by construction.) When a pair is
 longer than the model's context, the context is cut from the left, as lm-eval does.
 
-Batching: pairs are sorted by length (longest first, so an out-of-memory error shows in the first batch),
-`batch_size` pairs go through one forward pass, right-padded; the logits are computed only at the
-continuation positions (transformers' boolean `logits_to_keep`), so memory does not grow with the
-vocabulary times the prompt length. Log-softmax runs in float32.
+Batching (`share_context=True`, the default): requests with the same context — the options of one
+question, the two label words of a GLUE sentence — share one pass over that context. Contexts are sorted
+by length (longest first, so an out-of-memory error shows in the first batch), left-padded and run once
+into a KV cache, whose last position gives every continuation's first token; the cache rows are then
+copied per continuation and the continuations' remaining tokens run right-padded in one more forward pass.
+A batch holds up to `batch_size` continuations. Multiple-choice scoring thus costs about one context pass
+per question instead of one per option. `share_context=False`, and any pair too long for the model's
+context, use lm-eval's layout instead: every pair its own right-padded row (context + continuation, the
+context cut from the left to fit), `batch_size` rows per forward. Either way logits are computed only at
+the scored positions (transformers' `logits_to_keep`), and log-softmax runs in float32. An empty context
+is replaced by the tokenizer's BOS (else EOS) token, as lm-eval does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from tunelab.errors import TunelabError
 
 
 @dataclass(frozen=True)
@@ -52,10 +61,21 @@ def _forward_selected(model, input_ids, attention_mask, keep):
     return logits.float()
 
 
+def _select(logits, keep):
+    """Logits at the `keep` positions flattened row-major, whether the model honoured the bool mask or not."""
+    if logits.ndim == 3:
+        logits = logits[keep] if logits.shape[1] == keep.shape[1] else logits.reshape(-1, logits.shape[-1])
+    return logits.float()
+
+
 def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], batch_size: int = 32,
-                  max_length: int | None = None, progress: bool = False,
-                  desc: str = "loglik") -> list[LoglikResult]:
-    """Score every (context, continuation) pair; results in input order."""
+                  max_length: int | None = None, progress: bool = False, desc: str = "loglik",
+                  share_context: bool = True) -> list[LoglikResult]:
+    """Score every (context, continuation) pair; results in input order.
+
+    `share_context=True` runs each distinct context once and its continuations from the KV cache (see the
+    module docstring); False gives every pair its own right-padded row (lm-eval's layout).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -64,45 +84,125 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], batch_size:
     max_length = max_length or model_context_length(model, tokenizer)
     contexts = tokenizer([c for c, _ in requests], add_special_tokens=False)["input_ids"]
     continuations = tokenizer([c for _, c in requests], add_special_tokens=False)["input_ids"]
-    rows = []  # (input ids, number of continuation tokens, continuation ids)
-    for ctx, cont in zip(contexts, continuations):
-        cont = cont[-max_length:]
-        full = (list(ctx) + list(cont))[-(max_length + 1):]
-        rows.append((full[:-1], len(cont), cont))
-    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i][0]), requests[i][0]))
-    results: list[LoglikResult | None] = [None] * len(rows)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    results: list[LoglikResult | None] = [None] * len(requests)
+    pairs, groups = [], {}  # pairs: (index, ctx, cont) scored alone; groups: context -> [(index, cont)]
+    for i, (ctx, cont) in enumerate(zip(contexts, continuations)):
+        ctx, cont = list(ctx) or ([prefix] if prefix is not None else []), list(cont)
+        if not cont:  # an empty continuation: probability 1
+            results[i] = LoglikResult(0.0, True, 0)
+        elif share_context and ctx and len(ctx) + len(cont) - 1 <= max_length:
+            groups.setdefault(tuple(ctx), []).append((i, cont))
+        else:
+            if not ctx:
+                raise TunelabError("an empty context and a tokenizer without BOS/EOS: nothing to condition on",
+                                   field="context")
+            pairs.append((i, ctx, cont))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (prefix or 0)
     device = next(model.parameters()).device
-    with torch.inference_mode(), tqdm(total=len(rows), disable=not progress, desc=desc, unit="pair",
+    with torch.inference_mode(), tqdm(total=len(requests), disable=not progress, desc=desc, unit="pair",
                                       leave=False) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = [i for i in order[start: start + batch_size]]
-            scored = [i for i in idx if rows[i][1] > 0]
-            for i in idx:
-                if rows[i][1] == 0:  # an empty continuation: probability 1
-                    results[i] = LoglikResult(0.0, True, 0)
-            if scored:
-                width = max(len(rows[i][0]) for i in scored)
-                input_ids = torch.full((len(scored), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(scored), width), dtype=torch.long)
-                keep = torch.zeros((len(scored), width), dtype=torch.bool)
-                targets = []
-                for r, i in enumerate(scored):
-                    ids, n_cont, cont = rows[i]
-                    input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    attention[r, :len(ids)] = 1
-                    keep[r, len(ids) - n_cont: len(ids)] = True
-                    targets += cont
-                logits = _forward_selected(model, input_ids.to(device), attention.to(device), keep.to(device))
-                logprobs = torch.log_softmax(logits, dim=-1)
-                target = torch.tensor(targets, dtype=torch.long, device=logprobs.device)
-                token_lp = logprobs.gather(-1, target[:, None]).squeeze(-1).double().cpu()
-                greedy = (logprobs.argmax(-1) == target).cpu()
-                pos = 0
-                for i in scored:
-                    n = rows[i][1]
-                    results[i] = LoglikResult(float(token_lp[pos: pos + n].sum()),
-                                              bool(greedy[pos: pos + n].all()), n)
-                    pos += n
-            bar.update(len(idx))
+        bar.update(sum(r is not None for r in results))
+        _score_pairs(model, pairs, results, batch_size, max_length, pad_id, device, bar)
+        _score_groups(model, list(groups.items()), results, batch_size, pad_id, device, bar)
     return results  # type: ignore[return-value]
+
+
+def _score_pairs(model, pairs, results, batch_size, max_length, pad_id, device, bar) -> None:
+    """Every pair its own row: context + continuation (context cut from the left to fit), right-padded."""
+    import torch
+    rows = []
+    for i, ctx, cont in pairs:
+        cont = cont[-max_length:]
+        full = (ctx + cont)[-(max_length + 1):]
+        rows.append((i, full[:-1], cont))
+    rows.sort(key=lambda r: -len(r[1]))
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start: start + batch_size]
+        width = max(len(ids) for _, ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        keep = torch.zeros((len(batch), width), dtype=torch.bool)
+        targets = []
+        for r, (_, ids, cont) in enumerate(batch):
+            input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[r, :len(ids)] = 1
+            keep[r, len(ids) - len(cont): len(ids)] = True
+            targets += cont
+        logits = _forward_selected(model, input_ids.to(device), attention.to(device), keep.to(device))
+        _collect(logits, targets, [(i, len(cont)) for i, _, cont in batch], results)
+        bar.update(len(batch))
+
+
+def _score_groups(model, groups, results, batch_size, pad_id, device, bar) -> None:
+    """Each distinct context once (left-padded prefill into a KV cache), then all its continuations
+    from copies of that cache (right-padded), `batch_size` continuations per batch."""
+    import torch
+    from transformers import DynamicCache
+
+    groups.sort(key=lambda g: -len(g[0]))
+    start = 0
+    while start < len(groups):
+        batch, n_rows = [], 0
+        while start < len(groups) and (not batch or n_rows + len(groups[start][1]) <= batch_size):
+            batch.append(groups[start])
+            n_rows += len(groups[start][1])
+            start += 1
+        width_c = max(len(ctx) for ctx, _ in batch)
+        ids = torch.full((len(batch), width_c), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width_c), dtype=torch.long)
+        for g, (ctx, _) in enumerate(batch):
+            ids[g, width_c - len(ctx):] = torch.tensor(ctx, dtype=torch.long)
+            mask[g, width_c - len(ctx):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        last = out.logits[:, -1, :].float()  # predicts every continuation's first token
+        rows = [(g, i, cont) for g, (_, members) in enumerate(batch) for i, cont in members]
+        sel = torch.tensor([g for g, _, _ in rows], dtype=torch.long, device=device)
+        width = max(len(cont) for _, _, cont in rows) - 1
+        # row-major: each row's first token (from the prefill), then its later tokens (from the second pass)
+        first_logits = last[sel]
+        later_logits = None
+        if width > 0:
+            cache.batch_select_indices(sel)
+            inp = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            cont_mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, (_, _, cont) in enumerate(rows):
+                inp[r, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
+                cont_mask[r, :len(cont) - 1] = 1
+            inp, cont_mask = inp.to(device), cont_mask.to(device)
+            keep = cont_mask.bool()
+            positions = mask.sum(-1)[sel][:, None] + torch.arange(width, device=device)[None, :]
+            try:
+                later = model(input_ids=inp, attention_mask=torch.cat([mask[sel], cont_mask], dim=-1),
+                              position_ids=positions, past_key_values=cache, use_cache=True,
+                              logits_to_keep=keep).logits
+            except TypeError:
+                later = model(input_ids=inp, attention_mask=torch.cat([mask[sel], cont_mask], dim=-1),
+                              position_ids=positions, past_key_values=cache, use_cache=True).logits
+            later_logits = _select(later, keep)
+        # interleave: row r's tokens are [first_r] + its slice of later_logits
+        pieces, targets, pos = [], [], 0
+        for r, (_, _, cont) in enumerate(rows):
+            pieces.append(first_logits[r: r + 1])
+            if len(cont) > 1:
+                pieces.append(later_logits[pos: pos + len(cont) - 1])
+                pos += len(cont) - 1
+            targets += cont
+        _collect(torch.cat(pieces), targets, [(i, len(cont)) for _, i, cont in rows], results)
+        bar.update(len(rows))
+
+
+def _collect(logits, targets, owners, results) -> None:
+    """Sum per-token log-probabilities per request; `owners` is (request index, token count) in order."""
+    import torch
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    target = torch.tensor(targets, dtype=torch.long, device=logprobs.device)
+    token_lp = logprobs.gather(-1, target[:, None]).squeeze(-1).double().cpu()
+    greedy = (logprobs.argmax(-1) == target).cpu()
+    pos = 0
+    for i, n in owners:
+        results[i] = LoglikResult(float(token_lp[pos: pos + n].sum()), bool(greedy[pos: pos + n].all()), n)
+        pos += n
