@@ -71,7 +71,8 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tunelab.cli", "serve", model, "--port", str(self.port), "--max-batch",
-             str(max_batch), "--name", "bench", "--log-level", "warning", "--dtype", "float32", "--device", "cpu"],
+             str(max_batch), "--name", "bench", "--log-level", "warning", "--dtype", "float32", "--device", "cpu",
+             "--threads", str(threads)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -169,18 +170,21 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (batched/serial order alternates)")
     ap.add_argument("--model", default=None, help="model dir/run to serve (default: build the tiny preset)")
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads of each server (0 = all cores)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads of the server; 0 = auto: the cores not busy at start (at least 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
-    threads = args.threads or os.cpu_count() or 1
+    load0 = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    threads = args.threads or max(1, (os.cpu_count() or 1) - round(load0[0]))
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
     model = args.model or str(build_model(Path(tmp.name) / "model", args.preset, args.seed))
     rng = random.Random(args.seed)
     prompts = [f"{rng.randint(1, 999)} {rng.choice('+-')} {rng.randint(1, 999)} = ?" for _ in range(256)]
-    log(f"model {model}; levels {levels}; {args.requests_per_client} requests/client, {args.max_tokens} tokens each")
+    log(f"model {model}; levels {levels}; {args.requests_per_client} requests/client, {args.max_tokens} tokens "
+        f"each; server threads {threads} (load average {load0[0]:.1f})")
 
     runs: dict[str, dict[int, list[dict]]] = {"batched": {c: [] for c in levels}, "serial": {c: [] for c in levels}}
     max_batch_seen = 0
@@ -224,7 +228,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "settings": vars(args) | {"threads": threads, "model": model if args.model else f"{args.preset} (random init)"},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_at_start": load0,
                     "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "summary": summary, "max_batch_seen": max_batch_seen,
         "runs": {k: {str(c): v for c, v in d.items()} for k, d in runs.items()}}, indent=2), encoding="utf-8")

@@ -185,6 +185,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_call("tunelab.scoring:cli_score"))
 
+    # serve / ui ----------------------------------------------------------------------------------
+    p = verbs.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (batched)")
+    p.add_argument("model", help="run directory (best checkpoint), checkpoint, model or adapter directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or env TUNELAB_API_KEY)")
+    p.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together")
+    p.add_argument("--name", default=None, help="model id clients use (default: run/checkpoint name)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of a run")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="auto: bfloat16 on a GPU, float32 on a CPU")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_call("tunelab.serve.api:cli_serve"))
+
+    p = verbs.add_parser("ui", help="web UI: chat, side by side, anonymous arena and leaderboard")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH_OR_URL",
+                   help="a local model (run/checkpoint/model dir) or an OpenAI-compatible URL such as "
+                        "http://host:8000/v1, optionally URL#MODEL_ID and URL@KEY or URL@env:VAR (repeatable)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--examples", default=None, help="example prompts: .txt (one a line), .json or .jsonl")
+    p.add_argument("--db", default="arena.sqlite", help="SQLite file for arena votes")
+    p.add_argument("--min-votes", type=int, default=10, help="votes a model needs before it is ranked")
+    p.add_argument("--max-batch", type=int, default=16, help="batch limit of each local model's engine")
+    p.set_defaults(func=_call("tunelab.serve.ui:cli_ui"))
     return parser
 
 

@@ -1,0 +1,21 @@
+"""Serving: an OpenAI-compatible HTTP server over a continuous-batching engine, and a Gradio web UI with a
+two-model arena and its leaderboard.
+
+  engine.py    the batching engine: one scheduler thread steps every active sequence together
+  protocol.py  OpenAI request schemas and error bodies
+  api.py       the FastAPI app and `tunelab serve`
+  backends.py  chat backends for the UI: local (in-process engine) and remote (any OpenAI-compatible URL)
+  arena.py     the SQLite vote store
+  ratings.py   Bradley-Terry and Elo with bootstrap intervals, win-rate matrix
+  ui.py        the Gradio app and `tunelab ui`
+"""
+
+
+def require_extra(*modules: str) -> None:
+    """Fail with one clear line (not an ImportError traceback) when the [serve] extra is not installed."""
+    from importlib.util import find_spec
+
+    from tunelab.errors import TunelabError
+    missing = [m for m in modules if find_spec(m) is None]
+    if missing:
+        raise TunelabError(f"this needs {', '.join(missing)}: pip install -e '.[serve]'")

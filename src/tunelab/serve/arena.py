@@ -1,0 +1,75 @@
+"""The arena's vote store: one SQLite table, one row per vote, with the prompt and both answers.
+
+A vote is `left` (model_a better), `right` (model_b better), `tie` or `both_bad`. Only anonymous battles (the
+voter did not know which model was which) count for the leaderboard; side-by-side votes with names shown are
+stored with anonymous = 0.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+VOTES = ("left", "right", "tie", "both_bad")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS votes (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts        REAL    NOT NULL,
+    model_a   TEXT    NOT NULL,
+    model_b   TEXT    NOT NULL,
+    vote      TEXT    NOT NULL CHECK (vote IN ('left', 'right', 'tie', 'both_bad')),
+    prompt    TEXT    NOT NULL,
+    answer_a  TEXT    NOT NULL,
+    answer_b  TEXT    NOT NULL,
+    anonymous INTEGER NOT NULL DEFAULT 1,
+    session   TEXT,
+    seconds_a REAL,
+    seconds_b REAL
+)
+"""
+
+
+class ArenaStore:
+    """Thread-safe (one connection behind a lock); every write is committed at once."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        with self._lock, self._db:
+            self._db.execute(_SCHEMA)
+
+    def record(self, model_a: str, model_b: str, vote: str, prompt: str, answer_a: str, answer_b: str,
+               anonymous: bool = True, session: str | None = None, seconds_a: float | None = None,
+               seconds_b: float | None = None) -> int:
+        if vote not in VOTES:
+            raise ValueError(f"vote must be one of {VOTES}, not {vote!r}")
+        if model_a == model_b:
+            raise ValueError("a battle needs two different models")
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "INSERT INTO votes (ts, model_a, model_b, vote, prompt, answer_a, answer_b, anonymous, session,"
+                " seconds_a, seconds_b) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), model_a, model_b, vote, prompt, answer_a, answer_b, int(anonymous), session,
+                 seconds_a, seconds_b))
+            return int(cur.lastrowid)
+
+    def votes(self, anonymous_only: bool = True) -> list[dict]:
+        sql = "SELECT * FROM votes" + (" WHERE anonymous = 1" if anonymous_only else "") + " ORDER BY id"
+        with self._lock:
+            return [dict(r) for r in self._db.execute(sql).fetchall()]
+
+    def count(self, anonymous_only: bool = True) -> int:
+        sql = "SELECT COUNT(*) FROM votes" + (" WHERE anonymous = 1" if anonymous_only else "")
+        with self._lock:
+            return int(self._db.execute(sql).fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,517 @@
+"""The serving engine: continuous batching over one KV cache.
+
+One scheduler thread owns the model. Requests become `Sequence`s in a pending queue; on each turn the
+scheduler admits waiting sequences (one left-padded prefill for the newcomers), merges their KV cache rows into
+the running batch, then decodes one token for *every* active sequence in a single forward pass. Sequences that
+finish (EOS, stop string, max_tokens, context end) or whose client went away leave the batch at once, and their
+cache rows are dropped, so a slot frees up for the next request. Positions are tracked per row, so rows of
+different lengths share the batch through left padding, as in `tunelab.eval.engine.greedy_batch`.
+
+Sampling is per row: greedy at temperature 0, else temperature / top-k / top-p with a `torch.Generator` of the
+sequence's own, so a `seed` reproduces a completion whatever else shares the batch (up to float rounding of a
+batched matmul). Log-probabilities are those of the raw model distribution.
+
+Consumers receive `Output` events through a callback (called on the scheduler thread: it must be quick);
+`Engine.stream()` wraps that as a blocking iterator for synchronous callers (the web UI, benchmarks).
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import itertools
+import logging
+import queue
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+log = logging.getLogger("tunelab.serve")
+
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0                      # 0 or -1: no top-k filter
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: int | None = None         # alternatives per generated token (None: no logprobs)
+    prompt_logprobs: int | None = None  # alternatives per prompt token (for echo; None: none)
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0 or self.top_k == 1
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float | None               # None for the first prompt token (nothing predicts it)
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class Output:
+    """One event of one sequence: new text and tokens since the last event; `finish_reason` on the last."""
+    seq: "Sequence"
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None    # stop | length | abort | error
+    error: str | None = None
+
+
+_seq_ids = itertools.count()
+
+
+class Sequence:
+    """One generated continuation of one prompt. Created by the caller, filled in by the engine thread."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, on_event: Callable[[Output], None],
+                 index: int = 0):
+        self.id = next(_seq_ids)
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.on_event = on_event
+        self.index = index
+        self.output_ids: list[int] = []     # generated tokens, EOS excluded
+        self.num_generated = 0              # sampled tokens, EOS included (usage counts)
+        self.text = ""
+        self.prompt_logprobs: list[TokenLogprob] | None = None
+        self.finish_reason: str | None = None
+        self.cancelled = False
+        self.submitted_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        self._emitted = 0                   # characters of self.text already sent
+        self._prefix_offset = 0             # incremental detokenization window (see _detokenize)
+        self._read_offset = 0
+        self._pending_tokens: list[int] = []
+        self._pending_logprobs: list[TokenLogprob] = []
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        self._seed = seed
+        self.generator = None               # created on the engine thread (torch imported there)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def cancel(self) -> None:
+        """Ask the engine to drop this sequence (client gone); safe from any thread, idempotent."""
+        self.cancelled = True
+
+    # engine-thread side ----------------------------------------------------------------------------
+    def _emit(self, out: Output) -> None:
+        try:
+            self.on_event(out)
+        except Exception:  # a consumer's bug must not stop the engine
+            log.exception("event callback failed")
+
+    def _finish(self, reason: str, error: str | None = None) -> None:
+        if self.finished:
+            return
+        self.finish_reason = reason
+        out = Output(self, self.text[self._emitted:], self._pending_tokens, self._pending_logprobs, reason, error)
+        self._emitted = len(self.text)
+        self._pending_tokens, self._pending_logprobs = [], []
+        self._emit(out)
+
+    def _detokenize(self, tokenizer, final: bool = False) -> None:
+        """Extend self.text with the newly decodable text, decoding only a short window (as vLLM does): text of
+        tokens [prefix:] minus text of [prefix:read], so a tokenizer that drops a leading space on the first
+        token, or a character split over several byte tokens, still comes out right. An incomplete UTF-8
+        character waits for its next byte token unless `final`."""
+        ids = self.output_ids
+        prefix = tokenizer.decode(ids[self._prefix_offset:self._read_offset], skip_special_tokens=True)
+        new = tokenizer.decode(ids[self._prefix_offset:], skip_special_tokens=True)
+        if len(new) > len(prefix) and (final or not new.endswith("\ufffd")):
+            self.text += new[len(prefix):]
+            self._prefix_offset, self._read_offset = self._read_offset, len(ids)
+
+    def _stop_at(self) -> int | None:
+        """Index in self.text where the earliest stop string starts (searching only the unsent tail)."""
+        stops = self.params.stop
+        if not stops:
+            return None
+        start = max(0, self._emitted - max(len(s) for s in stops))
+        hits = [i for i in (self.text.find(s, start) for s in stops) if i >= 0]
+        return min(hits) if hits else None
+
+    def _append(self, token: int, lp: TokenLogprob | None, engine: "Engine") -> None:
+        """Take one sampled token: update text, check stop conditions, emit what is safe to show."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.num_generated += 1
+        if lp is not None:
+            self._pending_logprobs.append(lp)
+        self._pending_tokens.append(token)
+        p = self.params
+        eos = token in engine.eos_ids and not p.ignore_eos
+        if not eos:
+            self.output_ids.append(token)
+        at_length = (self.num_generated >= p.max_tokens
+                     or len(self.prompt_ids) + self.num_generated >= engine.context_len)
+        self._detokenize(engine.tokenizer, final=eos or at_length)
+        cut = self._stop_at()
+        if cut is not None:
+            self.text = self.text[:cut]
+            self._finish("stop")
+            return
+        if eos or at_length:
+            self._finish("stop" if eos else "length")
+            return
+        safe = len(self.text)
+        for s in p.stop:  # hold back a tail that may be the start of a stop string
+            for k in range(min(len(s) - 1, safe - self._emitted), 0, -1):
+                if self.text[:safe].endswith(s[:k]):
+                    safe -= k
+                    break
+        if safe > self._emitted or self._pending_logprobs:
+            out = Output(self, self.text[self._emitted:safe], self._pending_tokens, self._pending_logprobs)
+            self._emitted = safe
+            self._pending_tokens, self._pending_logprobs = [], []
+            self._emit(out)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(int(e) for e in eos)
+    return ids
+
+
+class Engine:
+    """Continuous-batching generation over one model; thread-safe `submit`, one scheduler thread."""
+
+    def __init__(self, model, tokenizer, max_batch: int = 16, context_len: int | None = None,
+                 max_prefill_tokens: int = 8192):
+        import torch
+        self.model = model
+        # a private copy for the engine thread: a fast tokenizer is one Rust object, and using it from two
+        # threads at once can fail ("Already borrowed")
+        try:
+            self.tokenizer = copy.deepcopy(tokenizer)
+        except Exception:  # noqa: BLE001 - a tokenizer that cannot be copied is shared
+            self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        cfg_len = getattr(model.config, "max_position_embeddings", None)
+        self.context_len = int(context_len or cfg_len or 2048)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
+            next(iter(self.eos_ids)) if self.eos_ids else 0)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() \
+            is not None else len(tokenizer)
+        self.max_batch = max(1, int(max_batch))
+        self.max_prefill_tokens = max_prefill_tokens
+        self.stats = {"requests": 0, "sequences": 0, "prefills": 0, "steps": 0, "generated_tokens": 0,
+                      "max_batch": 0, "batch_rows_sum": 0, "aborted": 0, "errors": 0, "active": 0, "waiting": 0}
+        self._torch = torch
+        self._cv = threading.Condition()
+        self._pending: deque[Sequence] = deque()
+        self._rows: list[Sequence] = []
+        self._cache = None
+        self._mask = None       # [B, T] attention mask, T == cache length
+        self._pos = None        # [B, 1] position of the next input token
+        self._last = None       # [B] next input token
+        self._merge_ok: bool | None = None
+        self._merging = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
+        self._thread.start()
+        ref = weakref.ref(self)
+        atexit.register(lambda: ref() is not None and ref().close(1.0))   # stop the thread before torch exits
+
+    # public --------------------------------------------------------------------------------------
+    def submit(self, seqs: list[Sequence]) -> None:
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("engine is closed")
+            self.stats["requests"] += 1
+            self.stats["sequences"] += len(seqs)
+            self._pending.extend(seqs)
+            self.stats["waiting"] = len(self._pending)
+            self._cv.notify()
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Output]:
+        """Blocking iterator over one sequence's events; closing it early cancels the sequence."""
+        q: queue.Queue[Output] = queue.Queue()
+        seq = Sequence(prompt_ids, params, q.put)
+        self.submit([seq])
+        try:
+            while True:
+                out = q.get()
+                yield out
+                if out.finish_reason is not None:
+                    return
+        finally:
+            seq.cancel()
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    # scheduler -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch = self._torch
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not self._closed and not self._pending and not self._rows:
+                        self._cv.wait()
+                    if self._closed:
+                        break
+                    admit = self._take_pending()
+                    self.stats["waiting"] = len(self._pending)
+                if admit:
+                    self._prefill(admit)
+                if self._rows:
+                    try:
+                        self._step()
+                    except Exception as e:  # noqa: BLE001
+                        log.exception("decode step failed")
+                        self.stats["errors"] += 1
+                        for s in self._rows:
+                            s._finish("error", f"generation failed: {e}")
+                        self._reset()
+                self.stats["active"] = len(self._rows)
+        for s in list(self._pending) + self._rows:
+            s._finish("abort", "server shutting down")
+
+    def _take_pending(self) -> list[Sequence]:
+        room = self.max_batch - len(self._rows)
+        if self._rows and self._merge_ok is False:
+            room = 0    # this cache type cannot take rows mid-flight: wait for the batch to drain
+        admit: list[Sequence] = []
+        longest = 0
+        while self._pending and len(admit) < room:
+            s = self._pending[0]
+            if s.cancelled:
+                self._pending.popleft()
+                self.stats["aborted"] += 1
+                s._finish("abort")
+                continue
+            longest2 = max(longest, len(s.prompt_ids))
+            if admit and longest2 * (len(admit) + 1) > self.max_prefill_tokens:
+                break
+            admit.append(self._pending.popleft())
+            longest = longest2
+        return admit
+
+    def _reset(self) -> None:
+        self._rows, self._cache, self._mask, self._pos, self._last = [], None, None, None, None
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """Prefill newcomers together; one that wants prompt log-probabilities goes alone, since it needs the
+        logits of every position ([length, vocab] floats per row)."""
+        groups = [[s for s in seqs if s.params.prompt_logprobs is None]]
+        groups += [[s] for s in seqs if s.params.prompt_logprobs is not None]
+        for group in groups:
+            if not group:
+                continue
+            self._merging = False
+            try:
+                self._prefill_group(group)
+            except Exception as e:  # noqa: BLE001 - a bad request must not stop the engine
+                log.exception("prefill failed")
+                self.stats["errors"] += 1
+                for s in group:
+                    s._finish("error", f"generation failed: {e}")
+                if self._merging:   # the running batch may be half-merged: fail it too
+                    for s in self._rows:
+                        s._finish("error", f"generation failed: {e}")
+                    self._reset()
+
+    def _prefill_group(self, seqs: list[Sequence]) -> None:
+        torch = self._torch
+        from transformers import DynamicCache
+
+        for s in seqs:
+            if s.generator is None and not s.params.greedy:
+                s.generator = torch.Generator(device="cpu").manual_seed(s._seed)
+        n = len(seqs)
+        width = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids, dtype=torch.long)
+            mask[i, width - len(s.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        want_prompt_lp = any(s.params.prompt_logprobs is not None for s in seqs)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                         use_cache=True, logits_to_keep=0 if want_prompt_lp else 1)
+        self.stats["prefills"] += 1
+        if self._merge_ok is None:
+            from transformers.cache_utils import DynamicLayer
+            self._merge_ok = all(type(layer) is DynamicLayer for layer in cache.layers)
+        if want_prompt_lp:
+            for i, s in enumerate(seqs):
+                if s.params.prompt_logprobs is not None:
+                    s.prompt_logprobs = self._prompt_logprobs(out.logits[i, width - len(s.prompt_ids):],
+                                                              s.prompt_ids, s.params.prompt_logprobs)
+        logits = out.logits[:, -1, :].float()
+        del out
+        live = [i for i, s in enumerate(seqs) if s.params.max_tokens > 0 and not s.cancelled]
+        for i, s in enumerate(seqs):
+            if s.cancelled:
+                self.stats["aborted"] += 1
+                s._finish("abort")
+            elif s.params.max_tokens <= 0:
+                s._finish("length")
+        if not live:
+            return
+        tokens, lps = self._sample(logits[live], [seqs[i] for i in live])
+        keep = []
+        for j, i in enumerate(live):
+            seqs[i]._append(tokens[j], lps[j], self)
+            self.stats["generated_tokens"] += 1
+            if not seqs[i].finished:
+                keep.append(j)
+        if not keep:
+            return
+        rows = [seqs[live[j]] for j in keep]
+        idx = torch.tensor([live[j] for j in keep], device=self.device)
+        if len(idx) < n:
+            cache.batch_select_indices(idx)
+        self._merging = True
+        self._merge(rows, cache, mask[idx], pos[idx, -1:] + 1,
+                    torch.tensor([tokens[j] for j in keep], dtype=torch.long, device=self.device))
+
+    def _merge(self, rows, cache, mask, pos, last) -> None:
+        torch = self._torch
+        import torch.nn.functional as F
+        if not self._rows:
+            self._rows, self._cache, self._mask, self._pos, self._last = rows, cache, mask, pos, last
+            self._trim()
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+
+        def lpad(t, dim_from_end):
+            missing = width - t.shape[-dim_from_end]
+            if missing == 0:
+                return t
+            return F.pad(t, (0, 0) * (dim_from_end - 1) + (missing, 0))
+
+        for mine, theirs in zip(self._cache.layers, cache.layers):
+            mine.keys = torch.cat([lpad(mine.keys, 2), lpad(theirs.keys, 2)], dim=0)
+            mine.values = torch.cat([lpad(mine.values, 2), lpad(theirs.values, 2)], dim=0)
+        self._mask = torch.cat([lpad(self._mask, 1), lpad(mask, 1)], dim=0)
+        self._pos = torch.cat([self._pos, pos], dim=0)
+        self._last = torch.cat([self._last, last], dim=0)
+        self._rows = self._rows + rows
+
+    def _select(self, keep: list[int]) -> None:
+        if not keep:
+            self._reset()
+            return
+        if len(keep) == len(self._rows):
+            return
+        idx = self._torch.tensor(keep, device=self.device)
+        self._cache.batch_select_indices(idx)
+        self._mask, self._pos, self._last = self._mask[idx], self._pos[idx], self._last[idx]
+        self._rows = [self._rows[i] for i in keep]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop leading cache columns that are padding in every row (left by rows that have left)."""
+        if not self._merge_ok:
+            return
+        used = self._mask.any(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else 0
+        if first > 0:
+            for layer in self._cache.layers:
+                layer.keys = layer.keys[:, :, first:]
+                layer.values = layer.values[:, :, first:]
+            self._mask = self._mask[:, first:]
+
+    def _step(self) -> None:
+        torch = self._torch
+        alive = [i for i, s in enumerate(self._rows) if not s.cancelled and not s.finished]
+        if len(alive) < len(self._rows):
+            for s in self._rows:
+                if s.cancelled and not s.finished:
+                    self.stats["aborted"] += 1
+                    s._finish("abort")
+            self._select(alive)
+            if not self._rows:
+                return
+        n = len(self._rows)
+        self._mask = torch.cat([self._mask, self._mask.new_ones(n, 1)], dim=-1)
+        out = self.model(input_ids=self._last[:, None], attention_mask=self._mask, position_ids=self._pos,
+                         past_key_values=self._cache, use_cache=True)
+        self._pos = self._pos + 1
+        logits = out.logits[:, -1, :].float()
+        del out
+        self.stats["steps"] += 1
+        self.stats["batch_rows_sum"] += n
+        self.stats["max_batch"] = max(self.stats["max_batch"], n)
+        tokens, lps = self._sample(logits, self._rows)
+        keep = []
+        for i, s in enumerate(self._rows):
+            s._append(tokens[i], lps[i], self)
+            if not s.finished:
+                keep.append(i)
+        self.stats["generated_tokens"] += n
+        self._last = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        self._select(keep)
+
+    # sampling and log-probabilities --------------------------------------------------------------
+    def _sample(self, logits, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
+        torch = self._torch
+        tokens = logits.argmax(-1).tolist()
+        for i, s in enumerate(seqs):
+            p = s.params
+            if p.greedy:
+                continue
+            x = logits[i] / p.temperature
+            if p.top_k and p.top_k > 0 and p.top_k < x.shape[-1]:
+                kth = torch.topk(x, p.top_k).values[-1]
+                x = x.masked_fill(x < kth, float("-inf"))
+            if p.top_p < 1.0:
+                sorted_x, order = torch.sort(x, descending=True)
+                probs = sorted_x.softmax(-1)
+                drop = probs.cumsum(-1) - probs > p.top_p     # keep the smallest prefix reaching top_p
+                x = x.clone()
+                x[order[drop]] = float("-inf")
+            probs = x.softmax(-1).cpu()
+            tokens[i] = int(torch.multinomial(probs, 1, generator=s.generator))
+        lps: list[TokenLogprob | None] = [None] * len(seqs)
+        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+        if want:
+            logp = torch.log_softmax(logits[want], dim=-1)
+            for j, i in enumerate(want):
+                lps[i] = self._entry(logp[j], tokens[i], seqs[i].params.logprobs)
+        return tokens, lps
+
+    def _entry(self, logp_row, token: int, k: int) -> TokenLogprob:
+        k = min(max(int(k), 0), MAX_LOGPROBS)
+        top: list[tuple[int, float]] = []
+        if k > 0:
+            vals, ids = self._torch.topk(logp_row, k)
+            top = list(zip(ids.tolist(), vals.tolist()))
+        return TokenLogprob(token, float(logp_row[token]), top)
+
+    def _prompt_logprobs(self, logits, prompt_ids: list[int], k: int) -> list[TokenLogprob]:
+        """Log-probability of each prompt token given the ones before it (None for the first)."""
+        logp = self._torch.log_softmax(logits[:-1].float(), dim=-1)
+        entries = [TokenLogprob(prompt_ids[0], None, [])]
+        for t in range(1, len(prompt_ids)):
+            entries.append(self._entry(logp[t - 1], prompt_ids[t], k))
+        return entries

@@ -1,0 +1,102 @@
+"""A model being served: weights, tokenizer, chat formatting and its batching engine.
+
+`ServedModel.load` accepts what `tunelab serve` and `tunelab ui` accept: a run directory (its best checkpoint,
+else the last), a checkpoint directory, a merged/full model directory or an adapter directory (merged into its
+base on load).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.serve.engine import Engine
+
+# Used only when a model has neither a chat template nor a tunelab prompt template.
+FALLBACK_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ message['role'] }}: {{ message['content'] }}\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}assistant: {%- endif -%}"
+)
+
+
+def resolve_model_dir(path: str | Path, which: str = "best") -> Path | str:
+    """The directory to load: a run's best (or last) checkpoint, a checkpoint's model/adapter, or `path`."""
+    from tunelab.model.export import pick_checkpoint
+    from tunelab.model.loading import looks_like_hub_id
+    p = Path(path).expanduser()
+    if not p.exists():
+        if looks_like_hub_id(str(path)):
+            return str(path)
+        raise TunelabError("model not found (expected a run directory, a checkpoint or a model directory)",
+                           file=path)
+    return pick_checkpoint(p, which)
+
+
+def default_name(path: str | Path, model_dir: Path | str) -> str:
+    """A readable model id: `run/step-000300` for a checkpoint inside a run, else the directory name."""
+    md = Path(model_dir)
+    parts = md.resolve().parts if md.exists() else md.parts
+    if len(parts) >= 4 and parts[-3] == "checkpoints" and parts[-1] in ("model", "adapter"):
+        return f"{parts[-4]}/{parts[-2]}"
+    if parts and parts[-1] in ("model", "adapter") and len(parts) >= 2:
+        return parts[-2]
+    return Path(str(path).rstrip("/")).name or str(path)
+
+
+class ServedModel:
+    def __init__(self, model, tokenizer, name: str, max_batch: int = 16, model_dir: Path | str | None = None,
+                 context_len: int | None = None):
+        from tunelab.data.templates import load_template
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_dir = model_dir
+        if not getattr(tokenizer, "chat_template", None):
+            template = load_template(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
+            tokenizer.chat_template = template.chat_template() if template else FALLBACK_CHAT_TEMPLATE
+        self._lock = threading.Lock()   # tokenizer calls from request threads (the engine has its own copy)
+        self.engine = Engine(model, tokenizer, max_batch=max_batch, context_len=context_len)
+        self.created = int(time.time())
+
+    @classmethod
+    def load(cls, path: str | Path, name: str | None = None, max_batch: int = 16, dtype: str = "auto",
+             device: str | None = None, which: str = "best") -> "ServedModel":
+        import torch
+
+        from tunelab.model.loading import load_for_inference, quiet_transformers
+        quiet_transformers()
+        model_dir = resolve_model_dir(path, which)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        model, tokenizer = load_for_inference(str(model_dir), dtype=dtype, merge=True)
+        model.to(device)
+        return cls(model, tokenizer, name or default_name(path, model_dir), max_batch, model_dir)
+
+    @property
+    def context_len(self) -> int:
+        return self.engine.context_len
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Messages ({"role", "content": str}) as the prompt text, through the model's chat template."""
+        with self._lock:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        with self._lock:
+            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        with self._lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_str(self, token_id: int) -> str:
+        return self.decode([token_id])
+
+    def close(self) -> None:
+        self.engine.close()

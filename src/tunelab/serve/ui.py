@@ -1,0 +1,459 @@
+"""`tunelab ui`: a Gradio web app to talk to models, compare two side by side, and rank them in an arena.
+
+Tabs: Chat (streaming, sampling controls, stop, clear, example prompts, time per answer) · Side by side (one
+prompt, two models streaming at once) · Arena (two anonymous models drawn at random, one vote, then names are
+revealed) · Leaderboard (Bradley-Terry and Elo with bootstrap intervals, vote counts, win-rate matrix, CSV /
+JSON export). Models are local tunelab models (in-process engine) or remote OpenAI-compatible servers.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from tunelab.errors import TunelabError
+from tunelab.serve.arena import ArenaStore
+from tunelab.serve.backends import BackendError, GenerationSettings, build_backends
+from tunelab.serve.ratings import COLUMNS, leaderboard
+
+DEFAULT_EXAMPLES = [
+    "计算 12.5 + 7.25 = ?",
+    "What is 345 - 78?",
+    "Write one sentence about autumn.",
+    "用一句话介绍你自己。",
+]
+ERROR_MARK = "⚠️ "
+
+
+@dataclass
+class Answer:
+    text: str = ""
+    error: str | None = None
+    seconds: float | None = None
+    first_token: float | None = None
+    done: bool = False
+
+    def shown(self) -> str:
+        if self.error:
+            return (self.text + "\n\n" if self.text else "") + ERROR_MARK + self.error
+        return self.text
+
+    def timing(self) -> str:
+        if self.error:
+            return "failed 失败"
+        if not self.done:
+            return "generating… 生成中"
+        ttft = f", first token 首字 {self.first_token:.2f} s" if self.first_token is not None else ""
+        return f"⏱ {self.seconds:.2f} s{ttft}, {len(self.text)} chars 字符"
+
+
+def load_examples(path: str | None) -> list[str]:
+    """Example prompts: a .json list (of strings or {prompt|instruction|problem}), .jsonl, or one per line."""
+    if not path:
+        return list(DEFAULT_EXAMPLES)
+    p = Path(path)
+    if not p.exists():
+        raise TunelabError("examples file not found", file=path, field="--examples")
+    text = p.read_text(encoding="utf-8")
+
+    def pick(item) -> str | None:
+        if isinstance(item, str):
+            return item
+        if isinstance(item, dict):
+            for k in ("prompt", "instruction", "problem", "question", "text"):
+                if isinstance(item.get(k), str):
+                    return item[k]
+        return None
+    items: list = []
+    if p.suffix == ".json":
+        items = json.loads(text)
+    elif p.suffix == ".jsonl":
+        items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        items = [line for line in text.splitlines() if line.strip()]
+    prompts = [x for x in (pick(i) for i in items) if x]
+    if not prompts:
+        raise TunelabError("no prompts found in the examples file", file=path, field="--examples")
+    return prompts
+
+
+def content_text(content) -> str:
+    """Chat content from the browser (list of {"type": "text", "text"} blocks) or from Python (a string)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or content.get("value") or "")
+    if isinstance(content, (list, tuple)):
+        return "".join(content_text(c) for c in content)
+    return str(content)
+
+
+def history_messages(history) -> list[dict]:
+    """The chatbot value as plain {"role", "content": str} messages."""
+    out = []
+    for m in history or []:
+        if isinstance(m, dict):
+            role, content = m.get("role"), content_text(m.get("content"))
+        else:  # (user, assistant) pairs from older clients
+            role, content = getattr(m, "role", None), content_text(getattr(m, "content", ""))
+        if role in ("user", "assistant", "system"):
+            out.append({"role": role, "content": content})
+    return out
+
+
+def prompt_messages(history: list[dict]) -> list[dict]:
+    """Messages to send to a model: failed answers (and the question they failed on) are left out."""
+    out: list[dict] = []
+    for m in history:
+        if m["role"] == "assistant" and m["content"].startswith(ERROR_MARK):
+            if out and out[-1]["role"] == "user":
+                out.pop()
+            continue
+        out.append(m)
+    return out
+
+
+def stream_answers(jobs: list[tuple[object, list[dict]]], settings: GenerationSettings) -> Iterator[list[Answer]]:
+    """Run several (backend, messages) at once, each in a thread; yield all answers after every change."""
+    q: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    answers = [Answer() for _ in jobs]
+
+    def work(k: int, backend, messages: list[dict]) -> None:
+        t0 = time.perf_counter()
+        try:
+            gen = backend.chat_stream(messages, settings)
+            try:
+                for piece in gen:
+                    q.put((k, "text", piece, time.perf_counter() - t0))
+                    if stop.is_set():
+                        break
+            finally:
+                gen.close()     # a local model's sequence is cancelled, its slot freed
+            q.put((k, "done", None, time.perf_counter() - t0))
+        except BackendError as e:
+            q.put((k, "error", str(e), time.perf_counter() - t0))
+        except Exception as e:  # noqa: BLE001 - shown in the chat, never kills the app
+            q.put((k, "error", f"{type(e).__name__}: {e}", time.perf_counter() - t0))
+
+    for k, (backend, messages) in enumerate(jobs):
+        threading.Thread(target=work, args=(k, backend, messages), daemon=True).start()
+    try:
+        running = len(jobs)
+        while running:
+            events = [q.get()]
+            while True:         # coalesce what has arrived meanwhile into one UI update
+                try:
+                    events.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            for k, kind, value, t in events:
+                a = answers[k]
+                if kind == "text":
+                    if a.first_token is None:
+                        a.first_token = t
+                    a.text += value
+                else:
+                    a.done, a.seconds = True, t
+                    if kind == "error":
+                        a.error = value
+                    running -= 1
+            yield answers
+    finally:
+        stop.set()
+
+
+def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = None, min_votes: int = 10,
+              title: str = "tunelab", max_new_tokens: int = 128):
+    import gradio as gr
+
+    names = list(backends)
+    examples = examples or list(DEFAULT_EXAMPLES)
+    rng = random.Random()
+    unreachable: set[str] = set()   # failed their last status check: left out of arena draws
+    export_dir = Path(tempfile.mkdtemp(prefix="tunelab-ui-"))
+
+    def settings_of(temperature, top_k, max_tokens, stop_text) -> GenerationSettings:
+        stops = tuple(s.encode("utf-8").decode("unicode_escape") if "\\" in s else s
+                      for s in (stop_text or "").split("|") if s)
+        return GenerationSettings(float(temperature), int(top_k), int(max_tokens), stops)
+
+    def sampling_controls(prefix: str):
+        with gr.Accordion("Settings 参数", open=False):
+            with gr.Row():
+                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature 温度",
+                                        elem_id=f"{prefix}-temperature")
+                top_k = gr.Slider(0, 200, value=0, step=1, label="top-k (0 = off 关闭)", elem_id=f"{prefix}-topk")
+                max_tokens = gr.Slider(1, 2048, value=max_new_tokens, step=1, label="max new tokens 最大生成长度",
+                                       elem_id=f"{prefix}-max-tokens")
+            stop_text = gr.Textbox(label="stop strings 停止词 (separate with |, e.g. \\n\\n|###)", value="",
+                                   elem_id=f"{prefix}-stop")
+        return [temperature, top_k, max_tokens, stop_text]
+
+    def status_table() -> str:
+        results: dict[str, tuple[bool, str]] = {}
+
+        def check(name):
+            try:
+                results[name] = backends[name].check()
+            except Exception as e:  # noqa: BLE001
+                results[name] = (False, f"{type(e).__name__}: {e}")
+        threads = [threading.Thread(target=check, args=(n,), daemon=True) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(8)
+        lines = ["| model 模型 | where 位置 | status 状态 |", "|---|---|---|"]
+        for n in names:
+            ok, msg = results.get(n, (False, "no answer in 8 s / 超时"))
+            (unreachable.discard if ok else unreachable.add)(n)
+            lines.append(f"| {n} | {backends[n].describe()} | {'✅' if ok else '❌'} {msg} |")
+        return "\n".join(lines)
+
+    def board_outputs():
+        lb = leaderboard(store.votes(), names, min_votes=min_votes)
+        matrix_headers = ["model 模型"] + lb.models
+        return (lb.message, gr.Dataframe(value=lb.table(), headers=COLUMNS),
+                gr.Dataframe(value=lb.matrix(), headers=matrix_headers))
+
+    css = ".answer-timing {font-size: 0.85em; opacity: 0.8}"
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(f"# {title} · chat and arena 对话与竞技场\n"
+                    f"{len(names)} model(s) 个模型: " + ", ".join(f"`{n}`" for n in names))
+
+        # Chat --------------------------------------------------------------------------------------
+        with gr.Tab("Chat 对话", id="chat"):
+            chat_model = gr.Dropdown(names, value=names[0], label="model 模型", elem_id="chat-model")
+            chatbot = gr.Chatbot(label="chat 对话", height=420, elem_id="chat-bot")
+            chat_timing = gr.Markdown("", elem_id="chat-timing", elem_classes=["answer-timing"])
+            with gr.Row():
+                chat_input = gr.Textbox(placeholder="Type a message 输入消息…", show_label=False, scale=6,
+                                        elem_id="chat-input", lines=1)
+                chat_send = gr.Button("Send 发送", variant="primary", scale=1, elem_id="chat-send")
+                chat_stop = gr.Button("Stop 停止", scale=1, elem_id="chat-stop")
+                chat_clear = gr.Button("Clear 清空", scale=1, elem_id="chat-clear")
+            chat_controls = sampling_controls("chat")
+            gr.Examples([[e] for e in examples], inputs=[chat_input], label="examples 示例")
+            with gr.Accordion("Models 模型状态", open=False):
+                status_md = gr.Markdown("checking… 检查中", elem_id="model-status")
+                gr.Button("Check again 重新检查", size="sm").click(status_table, None, status_md)
+
+        def chat_fn(message, history, model, temperature, top_k, max_tokens, stop_text):
+            history = history_messages(history)
+            if not (message or "").strip():
+                yield history, message, ""
+                return
+            settings = settings_of(temperature, top_k, max_tokens, stop_text)
+            messages = prompt_messages(history) + [{"role": "user", "content": message}]
+            history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+            yield history, "", "generating… 生成中"
+            for (a,) in stream_answers([(backends[model], messages)], settings):
+                history[-1] = {"role": "assistant", "content": a.shown()}
+                yield history, "", f"**{model}** · {a.timing()}"
+
+        chat_inputs = [chat_input, chatbot, chat_model, *chat_controls]
+        ev1 = chat_send.click(chat_fn, chat_inputs, [chatbot, chat_input, chat_timing])
+        ev2 = chat_input.submit(chat_fn, chat_inputs, [chatbot, chat_input, chat_timing])
+        chat_stop.click(None, None, None, cancels=[ev1, ev2])
+        chat_clear.click(lambda: ([], "", ""), None, [chatbot, chat_input, chat_timing], cancels=[ev1, ev2])
+
+        # Side by side ------------------------------------------------------------------------------
+        with gr.Tab("Side by side 并排对比", id="side"):
+            with gr.Row():
+                with gr.Column():
+                    side_model_a = gr.Dropdown(names, value=names[0], label="left model 左侧模型",
+                                               elem_id="side-model-a")
+                    side_bot_a = gr.Chatbot(label="left 左", height=360, elem_id="side-bot-a")
+                    side_time_a = gr.Markdown("", elem_classes=["answer-timing"])
+                with gr.Column():
+                    side_model_b = gr.Dropdown(names, value=names[1 if len(names) > 1 else 0],
+                                               label="right model 右侧模型", elem_id="side-model-b")
+                    side_bot_b = gr.Chatbot(label="right 右", height=360, elem_id="side-bot-b")
+                    side_time_b = gr.Markdown("", elem_classes=["answer-timing"])
+            with gr.Row():
+                side_input = gr.Textbox(placeholder="One prompt for both 同一个问题发给两个模型…", show_label=False,
+                                        scale=6, elem_id="side-input")
+                side_send = gr.Button("Send 发送", variant="primary", scale=1, elem_id="side-send")
+                side_stop = gr.Button("Stop 停止", scale=1)
+                side_clear = gr.Button("Clear 清空", scale=1)
+            side_controls = sampling_controls("side")
+            gr.Examples([[e] for e in examples], inputs=[side_input], label="examples 示例")
+
+        def side_fn(message, hist_a, hist_b, model_a, model_b, temperature, top_k, max_tokens, stop_text):
+            hist_a, hist_b = history_messages(hist_a), history_messages(hist_b)
+            if not (message or "").strip():
+                yield hist_a, hist_b, message, "", ""
+                return
+            settings = settings_of(temperature, top_k, max_tokens, stop_text)
+            jobs = [(backends[model_a], prompt_messages(hist_a) + [{"role": "user", "content": message}]),
+                    (backends[model_b], prompt_messages(hist_b) + [{"role": "user", "content": message}])]
+            hist_a = hist_a + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+            hist_b = hist_b + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+            for a, b in stream_answers(jobs, settings):
+                hist_a[-1] = {"role": "assistant", "content": a.shown()}
+                hist_b[-1] = {"role": "assistant", "content": b.shown()}
+                yield hist_a, hist_b, "", f"**{model_a}** · {a.timing()}", f"**{model_b}** · {b.timing()}"
+
+        side_inputs = [side_input, side_bot_a, side_bot_b, side_model_a, side_model_b, *side_controls]
+        side_outputs = [side_bot_a, side_bot_b, side_input, side_time_a, side_time_b]
+        ev3 = side_send.click(side_fn, side_inputs, side_outputs)
+        ev4 = side_input.submit(side_fn, side_inputs, side_outputs)
+        side_stop.click(None, None, None, cancels=[ev3, ev4])
+        side_clear.click(lambda: ([], [], "", "", ""), None, side_outputs, cancels=[ev3, ev4])
+
+        # Arena -------------------------------------------------------------------------------------
+        with gr.Tab("Arena 竞技场", id="arena"):
+            gr.Markdown("Two anonymous models answer the same prompt; vote for the better answer, then their "
+                        "names are shown. Each prompt starts a new battle. "
+                        "两个匿名模型回答同一个问题；投票后揭晓模型名称。每个问题是一场新的对战。")
+            arena_state = gr.State({})
+            with gr.Row():
+                with gr.Column():
+                    arena_bot_a = gr.Chatbot(label="Model A 模型 A", height=360, elem_id="arena-bot-a")
+                    arena_time_a = gr.Markdown("", elem_classes=["answer-timing"])
+                with gr.Column():
+                    arena_bot_b = gr.Chatbot(label="Model B 模型 B", height=360, elem_id="arena-bot-b")
+                    arena_time_b = gr.Markdown("", elem_classes=["answer-timing"])
+            with gr.Row():
+                vote_left = gr.Button("👈 A is better 左边更好", interactive=False, elem_id="vote-left")
+                vote_right = gr.Button("👉 B is better 右边更好", interactive=False, elem_id="vote-right")
+                vote_tie = gr.Button("🤝 Tie 平局", interactive=False, elem_id="vote-tie")
+                vote_bad = gr.Button("👎 Both bad 都不好", interactive=False, elem_id="vote-both-bad")
+            arena_reveal = gr.Markdown("", elem_id="arena-reveal")
+            with gr.Row():
+                arena_input = gr.Textbox(placeholder="Ask both anonymous models 向两个匿名模型提问…",
+                                         show_label=False, scale=6, elem_id="arena-input")
+                arena_send = gr.Button("Battle 对战", variant="primary", scale=1, elem_id="arena-send")
+            arena_controls = sampling_controls("arena")
+            gr.Examples([[e] for e in examples], inputs=[arena_input], label="examples 示例")
+
+        vote_buttons = [vote_left, vote_right, vote_tie, vote_bad]
+
+        def buttons(on: bool):
+            return [gr.Button(interactive=on) for _ in vote_buttons]
+
+        def arena_fn(message, state, temperature, top_k, max_tokens, stop_text):
+            if len(names) < 2:
+                yield ([], [], {}, message, "", "", "The arena needs at least two models. 竞技场至少需要两个模型。",
+                       *buttons(False))
+                return
+            if not (message or "").strip():
+                yield gr.skip(), gr.skip(), state, message, gr.skip(), gr.skip(), gr.skip(), *buttons(False)
+                return
+            pool = [n for n in names if n not in unreachable]
+            a_name, b_name = rng.sample(pool if len(pool) >= 2 else names, 2)
+            settings = settings_of(temperature, top_k, max_tokens, stop_text)
+            msgs = [{"role": "user", "content": message}]
+            battle = {"id": uuid.uuid4().hex, "a": a_name, "b": b_name, "prompt": message, "voted": False,
+                      "complete": False}
+            hist = [{"role": "user", "content": message}]
+            for a, b in stream_answers([(backends[a_name], msgs), (backends[b_name], msgs)], settings):
+                done = a.done and b.done
+                battle.update(answer_a=a.text, answer_b=b.text, seconds_a=a.seconds, seconds_b=b.seconds,
+                              complete=done and not a.error and not b.error)
+                note = ""
+                if done and not battle["complete"]:
+                    note = ("A model failed to answer, so this battle cannot be voted on. "
+                            "有模型未能回答，本场不能投票。")
+                elif done:
+                    note = "Vote below 请投票 ⬆"
+                yield (hist + [{"role": "assistant", "content": a.shown()}],
+                       hist + [{"role": "assistant", "content": b.shown()}],
+                       battle, "", a.timing(), b.timing(), note, *buttons(battle["complete"]))
+
+        arena_outputs = [arena_bot_a, arena_bot_b, arena_state, arena_input, arena_time_a, arena_time_b,
+                         arena_reveal, *vote_buttons]
+        arena_inputs = [arena_input, arena_state, *arena_controls]
+        arena_send.click(arena_fn, arena_inputs, arena_outputs)
+        arena_input.submit(arena_fn, arena_inputs, arena_outputs)
+
+        # Leaderboard -------------------------------------------------------------------------------
+        with gr.Tab("Leaderboard 排行榜", id="leaderboard"):
+            board_msg = gr.Markdown("", elem_id="leaderboard-message")
+            board_table = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="leaderboard-table",
+                                       label="ratings from anonymous battles 匿名对战评分")
+            board_matrix = gr.Dataframe(interactive=False, elem_id="leaderboard-matrix",
+                                        label="win rate of row vs column 行对列胜率 (ties count ½ 平局算半场)")
+            with gr.Row():
+                refresh = gr.Button("Refresh 刷新", elem_id="leaderboard-refresh")
+                export = gr.Button("Export CSV / JSON 导出", elem_id="leaderboard-export")
+            export_files = gr.File(label="exports 导出文件", file_count="multiple", interactive=False,
+                                   elem_id="leaderboard-files")
+            gr.Markdown(f"Bradley-Terry is fitted with a Gaussian prior (regularised) and is the ranking; Elo "
+                        f"(K=32) is shown for reference. A model needs {min_votes} votes to be ranked; models whose "
+                        f"95% intervals overlap share a rank. "
+                        f"Bradley-Terry 带正则化，用于排名；Elo 仅供参考。每个模型至少 {min_votes} 票才排名。")
+
+        board = [board_msg, board_table, board_matrix]
+        refresh.click(board_outputs, None, board)
+
+        def export_fn():
+            lb = leaderboard(store.votes(), names, min_votes=min_votes)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            csv_path = export_dir / f"leaderboard-{stamp}.csv"
+            json_path = export_dir / f"leaderboard-{stamp}.json"
+            votes_path = export_dir / f"votes-{stamp}.jsonl"
+            csv_path.write_text(lb.to_csv(), encoding="utf-8")
+            json_path.write_text(lb.to_json(), encoding="utf-8")
+            votes_path.write_text("".join(json.dumps(v, ensure_ascii=False) + "\n"
+                                          for v in store.votes(anonymous_only=False)), encoding="utf-8")
+            return [str(csv_path), str(json_path), str(votes_path)]
+        export.click(export_fn, None, export_files)
+
+        def vote_fn(kind: str):
+            def handler(state):
+                if not state or not state.get("complete") or state.get("voted"):
+                    gr.Warning("Nothing to vote on: start a battle first. 请先开始一场对战。")
+                    return (state, gr.skip(), *buttons(False), *board_outputs())
+                store.record(state["a"], state["b"], kind, state["prompt"], state["answer_a"], state["answer_b"],
+                             anonymous=True, session=state["id"], seconds_a=state.get("seconds_a"),
+                             seconds_b=state.get("seconds_b"))
+                state = {**state, "voted": True}
+                label = {"left": "A is better 左边更好", "right": "B is better 右边更好", "tie": "tie 平局",
+                         "both_bad": "both bad 都不好"}[kind]
+                reveal = (f"Your vote 你的投票: **{label}** — Model A = **{state['a']}**, "
+                          f"Model B = **{state['b']}**. Ask again for a new battle. 再提问开始新的对战。")
+                return (state, reveal, *buttons(False), *board_outputs())
+            return handler
+
+        for button, kind in zip(vote_buttons, ["left", "right", "tie", "both_bad"]):
+            button.click(vote_fn(kind), [arena_state], [arena_state, arena_reveal, *vote_buttons, *board])
+
+        demo.load(status_table, None, status_md)
+        demo.load(board_outputs, None, board)
+    demo.tunelab_css = css
+    return demo
+
+
+def launch(demo, host: str = "127.0.0.1", port: int | None = None, prevent_thread_lock: bool = False,
+           concurrency: int = 16, **kwargs):
+    """Queue (so several users stream at once and share the engine's batches) and launch."""
+    demo.queue(default_concurrency_limit=concurrency)
+    return demo.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock,
+                       css=getattr(demo, "tunelab_css", None), show_error=True, **kwargs)
+
+
+def cli_ui(args) -> int:
+    import os
+
+    from tunelab.serve import require_extra
+    require_extra("gradio", "openai", "httpx")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if not args.model:
+        raise TunelabError("give at least one --model NAME=PATH_OR_URL", field="--model")
+    backends = build_backends(args.model, max_batch=args.max_batch)
+    store = ArenaStore(args.db)
+    demo = build_app(backends, store, load_examples(args.examples), min_votes=args.min_votes)
+    print(f"tunelab ui: {len(backends)} model(s): {', '.join(backends)}; votes in {args.db}")
+    launch(demo, host=args.host, port=args.port, share=False)
+    return 0

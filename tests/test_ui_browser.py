@@ -1,0 +1,222 @@
+"""`tunelab ui` for real: the Gradio app with two local tiny models, driven in Debian's headless Chromium with
+Playwright (chat with a streamed answer, one arena battle, a vote, the leaderboard changing); plus the pieces
+behind it without a browser (streaming handler, remote backends, ratings)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+
+import pytest
+
+from tunelab.serve.ratings import leaderboard
+
+# gradio's queue trips pandas 3 deprecation warnings of its own
+pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def browser_missing() -> str | None:
+    if not (os.path.exists("/usr/bin/chromium") and os.path.exists(CHROMIUM)):
+        return "Debian's chromium is not installed (apt-get install -y --no-install-recommends chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright; never `playwright install`)"
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        return "gradio is not installed (pip install -e .[serve])"
+    return None
+
+
+# ratings: no browser ------------------------------------------------------------------------------------------
+def votes(pairs: list[tuple[str, str, str]]) -> list[dict]:
+    return [{"model_a": a, "model_b": b, "vote": v} for a, b, v in pairs]
+
+
+def test_ratings_rank_a_clear_winner_and_refuse_noise():
+    few = leaderboard(votes([("x", "y", "left")] * 3), min_votes=10, rounds=50)
+    assert all(not r["enough_votes"] and r["rank"] is None for r in few.rows)
+    assert "not enough votes" in few.message
+    assert few.table()[0][2] == "not enough votes"
+
+    many = votes([("x", "y", "left")] * 20 + [("y", "x", "right")] * 10 + [("x", "y", "tie")] * 5
+                 + [("y", "z", "left")] * 18 + [("y", "z", "both_bad")] * 4 + [("x", "z", "left")] * 15)
+    lb = leaderboard(many, min_votes=10, rounds=100)
+    order = [r["model"] for r in lb.rows]
+    assert order == ["x", "y", "z"] and [r["rank"] for r in lb.rows] == [1, 2, 3]
+    x = lb.rows[0]
+    assert x["bt_low"] < x["bt"] < x["bt_high"] and x["votes"] == 50 and x["ties"] == 5
+    assert lb.winrate["x"]["y"] == (pytest.approx(32.5 / 35), 35)
+    assert lb.winrate["y"]["x"][0] == pytest.approx(2.5 / 35)
+    # regularised: two models that only ever drew with each other stay level and share a rank
+    level = leaderboard(votes([("p", "q", "tie")] * 12), min_votes=10, rounds=50)
+    assert [r["rank"] for r in level.rows] == [1, 1] and abs(level.rows[0]["bt"] - 1000) < 1e-6
+    # a perfect record over few votes is finite (the prior), and the interval is wide
+    sweep = leaderboard(votes([("a", "b", "left")] * 10), min_votes=10, rounds=50)
+    assert sweep.rows[0]["bt"] < 1400 and sweep.rows[0]["bt_high"] - sweep.rows[0]["bt_low"] > 50
+    assert "rank" in lb.to_csv().splitlines()[0] and '"leaderboard"' in lb.to_json()
+
+
+# the UI's pieces without a browser ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    pytest.importorskip("fastapi")
+    import torch
+
+    from test_serve_api import build_tiny_run
+
+    from tunelab.serve.backends import LocalBackend
+    from tunelab.serve.models import ServedModel
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ui")
+    a = ServedModel.load(build_tiny_run(root, "alpha", seed=1), name="alpha")
+    b = ServedModel.load(build_tiny_run(root, "beta", seed=2), name="beta")
+    yield {"alpha": LocalBackend("alpha", a), "beta": LocalBackend("beta", b)}
+    a.close()
+    b.close()
+
+
+def test_stream_answers_streams_two_models_at_once(two_models):
+    from tunelab.serve.backends import GenerationSettings
+    from tunelab.serve.ui import stream_answers
+    msgs = [{"role": "user", "content": "hello"}]
+    updates = list(stream_answers([(two_models["alpha"], msgs), (two_models["beta"], msgs)],
+                                  GenerationSettings(temperature=0.0, max_tokens=24)))
+    final_a, final_b = updates[-1]
+    assert final_a.done and final_b.done and final_a.text and final_b.text and final_a.text != final_b.text
+    assert len(updates) > 2                  # several partial updates: streamed, not one final answer
+    assert final_a.seconds is not None and final_a.first_token <= final_a.seconds
+
+
+def test_model_specs(monkeypatch):
+    from tunelab.serve.backends import parse_model_spec
+    monkeypatch.setenv("MATE_KEY", "s3cret")
+    s = parse_model_spec("mate=http://10.0.0.7:8000/v1#qwen-7b@env:MATE_KEY")
+    assert (s.name, s.target, s.model_id, s.key, s.remote) == ("mate", "http://10.0.0.7:8000/v1", "qwen-7b",
+                                                               "s3cret", True)
+    s = parse_model_spec("http://user:pw@host:1234/v1")
+    assert (s.name, s.target, s.key) == ("host:1234", "http://user:pw@host:1234/v1", None)
+    assert parse_model_spec("lm=http://localhost:1234/v1@sk-abc").key == "sk-abc"
+
+
+def test_remote_backend_talks_to_tunelab_serve_and_reports_unreachable(two_models):
+    from tunelab.serve.api import BackgroundServer, create_app
+    from tunelab.serve.backends import BackendError, GenerationSettings, RemoteBackend, parse_model_spec
+    srv = BackgroundServer(create_app(two_models["alpha"].served, api_key="k")).start()
+    try:
+        spec = parse_model_spec(f"mate={srv.url}/v1@k")
+        assert (spec.name, spec.target, spec.key) == ("mate", f"{srv.url}/v1", "k")
+        remote = RemoteBackend(spec.name, spec.target, spec.key)
+        assert remote.check()[0]
+        settings = GenerationSettings(temperature=0.0, max_tokens=12)
+        msgs = [{"role": "user", "content": "hi"}]
+        pieces = list(remote.chat_stream(msgs, settings))
+        local = "".join(two_models["alpha"].chat_stream(msgs, settings))
+        assert len(pieces) > 1 and "".join(pieces) == local
+        with pytest.raises(BackendError, match="API key"):
+            list(RemoteBackend("bad", f"{srv.url}/v1", "wrong").chat_stream(msgs, settings))
+    finally:
+        srv.stop()
+    t = time.perf_counter()
+    dead = RemoteBackend("ghost", "http://127.0.0.1:9/v1")
+    ok, msg = dead.check()
+    assert not ok and "unreachable" in msg
+    with pytest.raises(BackendError, match="unreachable"):
+        list(dead.chat_stream([{"role": "user", "content": "hi"}], GenerationSettings()))
+    assert time.perf_counter() - t < 15
+
+
+# the browser test ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def app_url(two_models, tmp_path_factory):
+    reason = browser_missing()
+    if reason:
+        pytest.skip(reason)
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    from tunelab.serve.arena import ArenaStore
+    from tunelab.serve.ui import build_app, launch
+    db = tmp_path_factory.mktemp("arena") / "arena.sqlite"
+    store = ArenaStore(db)
+    demo = build_app(two_models, store, ["What is 2 + 3?"], min_votes=1, max_new_tokens=32)
+    _, url, _ = launch(demo, port=None, prevent_thread_lock=True, quiet=True)
+    yield {"url": url, "db": db}
+    demo.close()
+    store.close()
+
+
+def test_browser_chat_arena_vote_leaderboard(app_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=60_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(app_url["url"])
+
+            # chat: a message in, a streamed answer out, with its time
+            page.locator("#chat-input textarea").fill("What is 2 + 3?")
+            page.locator("#chat-send").click()
+            expect(page.locator("#chat-timing")).to_contain_text("⏱")
+            bot = page.locator("#chat-bot")
+            expect(bot).to_contain_text("What is 2 + 3?")
+            assert len(bot.inner_text().strip()) > len("What is 2 + 3?") + 1    # the answer is there too
+            expect(page.locator("#chat-input textarea")).to_have_value("")
+
+            # leaderboard before any vote
+            page.get_by_role("tab", name="Leaderboard 排行榜").click()
+            table = page.locator("#leaderboard-table")
+            expect(table).to_contain_text("not enough votes")
+            expect(page.locator("#leaderboard-message")).to_contain_text("No votes yet")
+
+            # one arena battle, a vote, names revealed
+            page.get_by_role("tab", name="Arena 竞技场").click()
+            expect(page.locator("#vote-left")).to_be_disabled()
+            page.locator("#arena-input textarea").fill("Write one sentence about autumn.")
+            page.locator("#arena-send").click()
+            expect(page.locator("#vote-left")).to_be_enabled()
+            expect(page.locator("#arena-bot-a")).to_contain_text("autumn")
+            page.locator("#vote-left").click()
+            reveal = page.locator("#arena-reveal")
+            expect(reveal).to_contain_text("Model A = ")
+            text = reveal.inner_text()
+            assert ("alpha" in text) and ("beta" in text)
+            expect(page.locator("#vote-left")).to_be_disabled()
+
+            # the leaderboard changed: both models now have a vote and a rating
+            page.get_by_role("tab", name="Leaderboard 排行榜").click()
+            expect(page.locator("#leaderboard-message")).to_contain_text("1 anonymous votes")
+            expect(table).not_to_contain_text("not enough votes")
+            expect(page.locator("#leaderboard-matrix")).to_contain_text("n=1")
+            page.locator("#leaderboard-export").click()
+            files = page.locator("#leaderboard-files")
+            expect(files).to_contain_text(".csv")
+            expect(files).to_contain_text(".json")
+        except Exception:
+            page.screenshot(path=str(app_url["db"].parent / "failure.png"), full_page=True)
+            print("screenshot:", app_url["db"].parent / "failure.png")
+            raise
+        finally:
+            browser.close()
+
+    rows = sqlite3.connect(app_url["db"]).execute(
+        "SELECT model_a, model_b, vote, prompt, answer_a, answer_b FROM votes").fetchall()
+    assert len(rows) == 1
+    a, b, vote, prompt, answer_a, answer_b = rows[0]
+    assert {a, b} == {"alpha", "beta"} and vote == "left" and prompt == "Write one sentence about autumn."
+    assert answer_a and answer_b
+
+
+def test_chromium_is_where_the_test_expects_it():
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium not installed")
+    assert os.path.exists(CHROMIUM)
