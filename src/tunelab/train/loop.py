@@ -221,7 +221,12 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         check_targets_matched(model, recipe.lora.target_modules)
         model = get_peft_model(model, make_lora_config(recipe.lora.rank, recipe.lora.alpha, recipe.lora.dropout,
                                                        recipe.lora.target_modules))
+        from tunelab.train.dropout import use_fast_lora_dropout
+        use_fast_lora_dropout(model)
     model.to(device)
+    if device.type == "cpu":  # checkpoints keep the model's own attention setting: it is not saved in config.json
+        from tunelab.model.attention import use_cpu_attention
+        use_cpu_attention(model.get_base_model() if lora else model)
     from tunelab.model.lora import count_parameters
     trainable, total = count_parameters(model)
 

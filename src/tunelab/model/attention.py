@@ -1,0 +1,84 @@
+"""A CPU training attention for packed rows, registered with transformers as `tunelab_cpu`.
+
+Packed rows need an explicit block-diagonal mask, and with a mask PyTorch's CPU SDPA kernel is slow,
+in bf16 especially: measured here, 16 rows × 4 heads × 256 tokens, forward + backward, 54 ms per layer.
+Two batched matmuls around a bf16 softmax (which accumulates in fp32 inside the kernel) do the same
+arithmetic in 26 ms with the same rounding as transformers' eager path (the softmax output is bf16 there
+too). The mask is the one transformers builds for SDPA (block-diagonal from restarting position ids), so
+the model code and its mask logic stay transformers'. Anything this does not cover (GPU, attention
+dropout, logit soft-capping, attention sinks) goes to transformers' SDPA function unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NAME = "tunelab_cpu"
+_UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
+
+
+def cpu_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                  **kwargs):
+    """Same contract as transformers' `sdpa_attention_forward`: returns ((batch, q_len, heads, dim), None)."""
+    if (query.device.type != "cpu" or dropout > 0.0 or any(kwargs.get(k) is not None for k in _UNSUPPORTED_KWARGS)
+            or (attention_mask is not None and attention_mask.dtype != torch.bool)):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3))
+    # in place: matmul's backward needs its inputs, not its output
+    scores.mul_(scale).add_(_additive_mask(attention_mask, scores))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs.to(value.dtype) if probs.dtype != value.dtype else probs, value)
+    return out.transpose(1, 2).contiguous(), None
+
+
+_cache: dict = {}
+
+
+def _additive_mask(mask: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
+    """0 where attention is allowed, the dtype's minimum elsewhere (never -inf: a fully masked row stays finite).
+
+    Every layer gets the same mask object, so the conversion is done once per forward pass.
+    """
+    q_len, k_len = scores.shape[-2:]
+    key = (id(mask), scores.dtype, q_len, k_len)
+    hit = _cache.get("entry")
+    if hit is not None and hit[0] == key and hit[1] is mask:
+        return hit[2]
+    if mask is None:  # transformers skipped the mask because it is plainly causal
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
+    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+    bias.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+    _cache["entry"] = (key, mask, bias)
+    return bias
+
+
+def register() -> str:
+    """Make `tunelab_cpu` a valid `attn_implementation` (idempotent); returns the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(NAME, cpu_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return NAME
+
+
+def use_cpu_attention(model) -> bool:
+    """Switch a CPU model to `tunelab_cpu` attention for training; False (unchanged) when it does not apply."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", NAME):
+        return False
+    if next(model.parameters()).device.type != "cpu":
+        return False
+    register()
+    try:
+        model.set_attn_implementation(NAME)
+    except (ValueError, AttributeError):  # an architecture that only accepts its own kernels
+        return False
+    return True

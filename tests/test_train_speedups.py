@@ -1,0 +1,105 @@
+"""The CPU training speed-ups must not change what is computed: LoRA dropout keeps its distribution and
+reproducibility, and the packed-row attention gives the same outputs as transformers' SDPA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tunelab.model.attention import NAME, use_cpu_attention
+from tunelab.train.dropout import FastDropout, keep_mask, use_fast_lora_dropout
+
+
+def test_keep_mask_has_the_requested_rate_and_is_reproducible():
+    torch.manual_seed(0)
+    mask = keep_mask(torch.Size([1000, 997]), 0.95)  # odd size: the 64-bit words do not divide it
+    assert mask.shape == (1000, 997) and mask.dtype == torch.bool
+    assert abs(mask.float().mean().item() - 0.95) < 0.001  # 1M draws: sd 0.0002
+    rows = mask.float().mean(dim=1)
+    assert rows.min() > 0.9 and rows.max() < 1.0  # no stuck rows or columns from the bit slicing
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask(torch.Size([1000, 997]), 0.95), mask)
+    assert not torch.equal(keep_mask(torch.Size([1000, 997]), 0.95), mask)
+
+
+def test_fast_dropout_scales_kept_values_and_routes_gradients_through_the_mask():
+    drop = FastDropout(0.25)
+    x = torch.randn(64, 128, requires_grad=True)
+    torch.manual_seed(1)
+    y = drop(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.75)
+    assert 0.70 < kept.float().mean().item() < 0.80
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.75)
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    x32 = torch.randn(8, 8, dtype=torch.bfloat16)
+    assert FastDropout(0.1).train()(x32).dtype == torch.bfloat16
+
+
+def _llama(vocab=97, heads=4, kv_heads=4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
+                         attn_implementation="sdpa")
+    return LlamaForCausalLM(config).eval()
+
+
+def test_peft_lora_dropouts_are_swapped_and_training_stays_reproducible():
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(_llama(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1,
+                                                target_modules=["q_proj", "v_proj"]))
+    assert use_fast_lora_dropout(model) == 4  # 2 layers x (q, v)
+    assert all(isinstance(m, FastDropout) and m.p == 0.1 for m in model.modules() if isinstance(m, nn.Dropout))
+    with torch.no_grad():  # B starts at zero, which would hide the dropout on A's input
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    model.train()
+    ids = torch.randint(0, 97, (2, 12))
+
+    def loss(seed):
+        torch.manual_seed(seed)
+        return model(input_ids=ids, labels=ids).loss.item()
+    assert loss(3) == loss(3)
+    assert loss(3) != loss(4)  # the masks do change the output
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_cpu_attention_matches_sdpa_on_packed_rows(kv_heads):
+    model = _llama(kv_heads=kv_heads)
+    lengths = [[7, 12, 5], [20, 4]]  # two packed rows of 24 tokens, samples restart their positions
+    ids = torch.randint(1, 97, (2, 24))
+    pos = torch.tensor([sum((list(range(n)) for n in row), []) for row in lengths])
+    ref = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+    assert use_cpu_attention(model) and model.config._attn_implementation == NAME
+    got = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+    assert torch.allclose(got, ref, atol=1e-5)
+    # and each sample sees only itself: its logits equal those of the sample run alone
+    single = model(input_ids=ids[0:1, 7:19], use_cache=False).logits
+    assert torch.allclose(got[0, 7:19], single[0], atol=1e-5)
+
+
+def test_cpu_attention_handles_bf16_autocast_and_left_padding():
+    model = _llama()
+    ids = torch.randint(1, 97, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, :4] = 0  # left padding: the padded queries see nothing and must not become NaN
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model(input_ids=ids, attention_mask=mask).logits.float()
+        use_cpu_attention(model)
+        got = model(input_ids=ids, attention_mask=mask).logits.float()
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got[:, :][mask.bool()], ref[mask.bool()], atol=0.05)
+
+
+def test_cpu_attention_is_not_saved_with_the_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+    model = _llama()
+    use_cpu_attention(model)
+    model.save_pretrained(tmp_path)
+    assert NAME not in (tmp_path / "config.json").read_text()
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config._attn_implementation != NAME
