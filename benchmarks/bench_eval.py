@@ -14,21 +14,16 @@ not asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import HERE, add_threads_option, choose_threads, load_average, logger, machine, write_result
 
-
-def log(msg: str) -> None:
-    print(f"[bench_eval {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = logger("bench_eval")
 
 
 def make_prompts(n: int, seed: int):
@@ -55,8 +50,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every setup")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="model weights dtype")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads; 0 = auto: the cores not busy at start (at least 1)")
+    add_threads_option(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "eval.json"))
     args = ap.parse_args()
@@ -64,14 +58,12 @@ def main() -> int:
     import warnings
     warnings.filterwarnings("ignore", category=FutureWarning)
     import torch
-    import transformers
 
     from tunelab.eval.engine import generate_batched
     from tunelab.model.loading import build_from_scratch, load_tokenizer, quiet_transformers
     from tunelab.model.tokenizer import train_bpe_tokenizer
     quiet_transformers()
-    load0 = os.getloadavg()
-    threads = args.threads or max(1, (os.cpu_count() or 1) - round(load0[0]))
+    threads, load0 = choose_threads(args.threads)
     torch.set_num_threads(threads)
     log(f"torch threads {threads}; load average {load0}; precision {args.precision}")
 
@@ -150,7 +142,7 @@ def main() -> int:
     disagree = [{"prompt_index": i, "kind": items[i][0], "single": s, "batched": batched_outs[best][i]}
                 for i, s in zip(subset, single_outs) if batched_outs[best][i] != s]
     ratio = med[best] / single_rate
-    load1 = os.getloadavg()
+    load1 = load_average()
 
     print()
     print(f"Evaluation throughput, tiny Llama (random init), greedy, {args.max_new_tokens} new tokens, "
@@ -175,14 +167,9 @@ def main() -> int:
                                  "agreement_with_single": agreement[bs]} for bs in sizes},
            "best_batch_size": best, "ratio_batched_over_single": ratio, "target_ratio": 10.0,
            "disagreements_at_best": disagree[:20],
-           "machine": {"cores": os.cpu_count(), "torch_threads": threads, "loadavg_before": load0,
-                       "loadavg_after": load1, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                       "python": platform.python_version(), "torch": torch.__version__,
-                       "transformers": transformers.__version__},
+           "machine": machine(threads, load0),
            "note": "ratio measured in one run on a shared machine; absolute numbers vary between runs"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    log(f"wrote {args.out}")
+    write_result(args.out, out, log)
     return 0
 
 

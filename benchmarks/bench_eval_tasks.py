@@ -27,22 +27,19 @@ import contextlib
 import io
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import HERE, add_threads_option, choose_threads, load_average, logger, machine, write_result
 TASKS = ("arithmetic", "squad", "choice", "cola")
 NOUNS = ["the dog", "the cat", "my friend", "the teacher", "a child", "the farmer", "our neighbour", "the pilot"]
 VERBS = ["saw", "likes", "helped", "found", "painted", "called", "visited", "followed"]
 OBJECTS = ["the house", "a red car", "the old man", "the river", "her sister", "a small bird", "the city"]
 
-
-def log(msg: str) -> None:
-    print(f"[bench_eval_tasks {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = logger("bench_eval_tasks")
 
 
 def write_data(root: Path, per_task: int, seed: int) -> tuple[dict[str, Path], list[str]]:
@@ -180,8 +177,7 @@ def main() -> int:
     ap.add_argument("--per-task", type=int, default=130, help="examples per task (4 tasks; default 520 in all)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads; 0 = auto: the cores not busy at start (at least 1)")
+    add_threads_option(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "eval_tasks.json"))
     args = ap.parse_args()
@@ -189,12 +185,10 @@ def main() -> int:
     import warnings
     warnings.filterwarnings("ignore", category=FutureWarning)
     import torch
-    import transformers
 
     from tunelab.model.loading import quiet_transformers
     quiet_transformers()
-    load0 = os.getloadavg()
-    threads = args.threads or max(1, (os.cpu_count() or 1) - round(load0[0]))
+    threads, load0 = choose_threads(args.threads)
     torch.set_num_threads(threads)
     log(f"torch threads {threads}; load average {load0}")
 
@@ -242,18 +236,14 @@ def main() -> int:
               f"{primary} {r_ours[primary]:.3g} / {r_base[primary]:.3g}   {agree:.1%}")
     ratio = total_base / total_ours
     print(f"all {total_n} examples: tunelab {total_ours:.1f} s, one at a time {total_base:.1f} s -> {ratio:.1f}x")
-    load1 = os.getloadavg()
+    load1 = load_average()
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} (on {os.cpu_count()} cores)")
     out = {"benchmark": "eval_tasks", "examples": total_n, "per_task": per_task, "batch_size": args.batch_size,
            "max_new_tokens": args.max_new_tokens, "tunelab_seconds": total_ours, "baseline_seconds": total_base,
            "ratio": ratio,
-           "machine": {"cores": os.cpu_count(), "torch_threads": threads, "loadavg_before": load0,
-                       "loadavg_after": load1, "python": platform.python_version(), "torch": torch.__version__,
-                       "transformers": transformers.__version__},
+           "machine": machine(threads, load0),
            "note": "both sides include one model load per task; ratio from one run on a shared machine"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    log(f"wrote {args.out}")
+    write_result(args.out, out, log)
     return 0
 
 

@@ -28,11 +28,10 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import HERE, add_threads_option, choose_threads, load_average, logger
 
 
-def log(msg: str) -> None:
-    print(f"[bench_serve {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = logger("bench_serve")
 
 
 def build_model(out: Path, preset: str, seed: int) -> Path:
@@ -170,14 +169,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (batched/serial order alternates)")
     ap.add_argument("--model", default=None, help="model dir/run to serve (default: build the tiny preset)")
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads of the server; 0 = auto: the cores not busy at start (at least 1)")
+    add_threads_option(ap, "torch threads of the server")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
-    load0 = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    threads = args.threads or max(1, (os.cpu_count() or 1) - round(load0[0]))
+    threads, load0 = choose_threads(args.threads)
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
     model = args.model or str(build_model(Path(tmp.name) / "model", args.preset, args.seed))
@@ -229,7 +226,7 @@ def main() -> int:
     out.write_text(json.dumps({
         "settings": vars(args) | {"threads": threads, "model": model if args.model else f"{args.preset} (random init)"},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_at_start": load0,
-                    "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
+                    "loadavg_at_end": load_average()},
         "summary": summary, "max_batch_seen": max_batch_seen,
         "runs": {k: {str(c): v for c, v in d.items()} for k, d in runs.items()}}, indent=2), encoding="utf-8")
     log(f"wrote {out}")

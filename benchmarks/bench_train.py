@@ -21,21 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import HERE, add_threads_option, choose_threads, load_average, logger, machine, write_result
+
 SEQ = 256
 BATCH = 16
 LR, BETAS, WD, CLIP, WARMUP, MIN_LR = 1e-3, (0.9, 0.95), 0.0, 1.0, 0.05, 0.1
 LORA = dict(rank=8, alpha=16, dropout=0.05, targets=["q_proj", "v_proj", "o_proj"])
 
 
-def log(msg: str) -> None:
-    print(f"[bench_train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = logger("bench_train")
 
 
 def choose_precision(requested: str) -> tuple[str, dict]:
@@ -248,8 +247,7 @@ def main() -> int:
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     ap.add_argument("--samples", type=int, default=40000, help="arithmetic samples generated (one epoch)")
     ap.add_argument("--warm-steps", type=int, default=5, help="steps skipped as warm-up (tunelab: log_every)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads for every setup; 0 = auto: the cores not busy at start (at least 1)")
+    add_threads_option(ap, "torch threads for every setup")
     ap.add_argument("--lora-dropout", type=float, default=LORA["dropout"],
                     help="LoRA dropout for all three setups (default: tunelab's recipe default)")
     ap.add_argument("--seed", type=int, default=0)
@@ -258,7 +256,6 @@ def main() -> int:
     LORA["dropout"] = args.lora_dropout
 
     import torch
-    import transformers
     import peft
 
     from tunelab.data.packing import pack_examples, packing_efficiency
@@ -266,10 +263,7 @@ def main() -> int:
     quiet_transformers()
     import warnings
     warnings.filterwarnings("ignore", category=FutureWarning)
-    load0 = os.getloadavg()
-    # On a loaded machine, more OpenMP threads than free cores is ruinous (every parallel region waits for a
-    # descheduled thread): measured here, 2 threads ran a step 5x slower than 1 while a background job ran.
-    threads = args.threads or max(1, (os.cpu_count() or 1) - round(load0[0]))
+    threads, load0 = choose_threads(args.threads)
     torch.set_num_threads(threads)
     precision, cpu = choose_precision(args.precision)
     log(f"precision {precision} ({cpu}); torch threads {threads}; load average {load0}")
@@ -328,7 +322,7 @@ def main() -> int:
     ratio_c = agg["tunelab"]["tok_s"] / agg["hf_dynamic"]["tok_s"]
     paired_b = [a["tok_s"] / b["tok_s"] for a, b in zip(results["tunelab"], results["hf_pad256"])]
     paired_c = [a["tok_s"] / c["tok_s"] for a, c in zip(results["tunelab"], results["hf_dynamic"])]
-    load1 = os.getloadavg()
+    load1 = load_average()
 
     labels = {"tunelab": "(a) tunelab loop, packed 256", "hf_pad256": "(b) HF Trainer+peft, pad to 256",
               "hf_dynamic": "(c) HF Trainer+peft, dynamic pad"}
@@ -352,14 +346,9 @@ def main() -> int:
            "ratio_tunelab_over_hf_pad256": ratio_b, "ratio_tunelab_over_hf_dynamic": ratio_c,
            "paired_ratios_pad256": paired_b, "paired_ratios_dynamic": paired_c,
            "targets": {"over_hf_pad256": 5.0, "over_hf_dynamic": 1.2},
-           "machine": {**cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                       "loadavg_before": load0, "loadavg_after": load1, "python": platform.python_version(),
-                       "torch": torch.__version__, "transformers": transformers.__version__,
-                       "peft": peft.__version__},
+           "machine": {**cpu, **machine(threads, load0), "peft": peft.__version__},
            "note": "ratios measured in one run on a shared machine; absolute numbers vary between runs"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    log(f"wrote {args.out}")
+    write_result(args.out, out, log)
     return 0
 
 

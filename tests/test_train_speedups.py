@@ -103,3 +103,58 @@ def test_cpu_attention_is_not_saved_with_the_model(tmp_path):
     model.save_pretrained(tmp_path)
     assert NAME not in (tmp_path / "config.json").read_text()
     assert AutoModelForCausalLM.from_pretrained(tmp_path).config._attn_implementation != NAME
+
+
+def _packed_batch(vocab=97):
+    torch.manual_seed(1)
+    ids = torch.randint(1, vocab, (2, 24))
+    labels = ids.clone()
+    labels[:, :10] = -100  # prompt positions carry no label
+    labels[1, 20:] = -100
+    pos = torch.tensor([list(range(12)) + list(range(12)), list(range(24))])
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_labelled_loss_equals_the_models_own_loss_and_gradients(lora):
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.train.loss import LabelledLoss
+    model = _llama()
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_()
+    batch = _packed_batch()
+    items = int((batch["labels"][:, 1:] != -100).sum())
+    wrapped = LabelledLoss(model)
+    assert wrapped.labelled_only
+    assert sum(1 for _ in wrapped.parameters()) == sum(1 for _ in model.parameters())
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    ref, ref_grads = loss_and_grads(lambda: model(**batch, use_cache=False, num_items_in_batch=items).loss)
+    got, got_grads = loss_and_grads(lambda: wrapped(**batch, num_items_in_batch=items))
+    assert got == pytest.approx(ref, rel=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got_grads, ref_grads))
+
+
+def test_labelled_loss_leaves_models_with_a_special_head_to_their_own_forward():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from tunelab.train.loss import LabelledLoss
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                           final_logit_softcapping=30.0))
+    wrapped = LabelledLoss(model)
+    assert not wrapped.labelled_only  # soft-capped logits: the plain projection would be wrong
+    batch = _packed_batch()
+    items = int((batch["labels"][:, 1:] != -100).sum())
+    assert wrapped(**batch, num_items_in_batch=items).item() == pytest.approx(
+        model(**batch, use_cache=False, num_items_in_batch=items).loss.item())

@@ -27,6 +27,22 @@ def read_text(path: str | Path) -> str:
                            file=p, line=line) from None
 
 
+def read_json(path: str | Path) -> tuple[str, Any]:
+    """(text, parsed document) of one JSON file; malformed JSON names the file, line and column.
+
+    The text comes back too, for callers that look up where an element sits to name its line in errors.
+    """
+    text = read_text(path)
+    return text, parse_json(text, path)
+
+
+def parse_json(text: str, path: str | Path) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=path, line=e.lineno) from None
+
+
 def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line_number, record) from a JSON array file or a JSONL file.
 
@@ -55,10 +71,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _iter_array(p: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
     decoder = json.JSONDecoder()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=p, line=e.lineno) from None
+    data = parse_json(text, p)
     if not isinstance(data, list):
         raise TunelabError("expected a JSON array of objects", file=p, line=1)
     # Recover each element's line by walking the array with raw_decode.

@@ -15,14 +15,13 @@ evaluation with one error line and leaves no results.json.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunelab.data.examples import Example
-from tunelab.data.records import read_text, write_json, write_jsonl
+from tunelab.data.records import read_json, write_json, write_jsonl
 from tunelab.data.templates import PromptTemplate, load_template
 from tunelab.errors import TunelabError
 from tunelab.tasks.registry import Task, get_task
@@ -254,10 +253,7 @@ def load_baseline(spec: str, sets: dict[str, EvalSet], ability: list[str], out_r
     eval/base/results.json), else by evaluating the base model on those tasks."""
     path = Path(spec)
     if path.is_file():
-        try:
-            doc = json.loads(read_text(path))
-        except json.JSONDecodeError as e:
-            raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=path, line=e.lineno) from None
+        _, doc = read_json(path)
         if not isinstance(doc, dict):
             raise TunelabError("expected a results JSON object", file=path)
         results = doc

@@ -28,7 +28,7 @@ from typing import Any
 
 from tunelab.data.examples import Example
 from tunelab.data.formats import reading_instruction
-from tunelab.data.records import read_text
+from tunelab.data.records import read_json
 from tunelab.errors import TunelabError
 from tunelab.eval.qa_metrics import (SCORERS, em_f1, em_f1_mindformers, first_line, has_cjk,
                                      resolve_mode)
@@ -70,11 +70,7 @@ def _list(obj: Any, key: str, path: Path, where: str) -> list:
 def read_squad_questions(path: str | Path) -> list[SquadQuestion]:
     """Every question of a SQuAD v1.1 file, in file order; structural errors name the file and question id."""
     path = Path(path)
-    text = read_text(path)
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=path, line=e.lineno) from None
+    text, doc = read_json(path)
     questions: list[SquadQuestion] = []
     seen: set[str] = set()
     for a, article in enumerate(_list(doc, "data", path, "the file")):
@@ -196,11 +192,7 @@ class SquadTask(Task):
 def read_predictions(path: str | Path) -> dict[str, str]:
     """The official prediction format: one JSON object {question_id: answer}."""
     path = Path(path)
-    text = read_text(path)
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=path, line=e.lineno) from None
+    text, doc = read_json(path)
     if not isinstance(doc, dict):
         raise TunelabError("expected one JSON object {question_id: answer} (SQuAD's prediction format)",
                            file=path)

@@ -273,11 +273,12 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     elif dist.main:
         metrics_path.write_text("", encoding="utf-8")
 
-    train_model = model
+    from tunelab.train.loss import LabelledLoss
+    train_model = LabelledLoss(model)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        train_model = DDP(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
-    model.train()
+        train_model = DDP(train_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    train_model.train()
 
     finished = run_dir / "train_summary.json"
     if start_step >= total_steps and finished.exists():  # resuming a finished run: nothing left to train
@@ -301,10 +302,9 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
             autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
             with ctx, autocast:
-                out = train_model(**batch, use_cache=False, num_items_in_batch=max(1, global_items))
-                loss = out.loss * dist.world  # DDP averages gradients over ranks; undo it for a global sum
-            loss.backward()
-            step_loss += out.loss.item()
+                loss = train_model(**batch, num_items_in_batch=max(1, global_items))
+            (loss * dist.world).backward()  # DDP averages gradients over ranks; undo it for a global sum
+            step_loss += loss.item()
         step_loss, tokens = _all_sum(dist, [step_loss, local_tokens])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm).item()
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):

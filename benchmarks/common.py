@@ -1,0 +1,56 @@
+"""What every benchmark script does the same way: log lines, the torch thread count, machine facts, the result file.
+
+The scripts run as `python benchmarks/bench_*.py`, so this directory is on sys.path and `import common` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+
+
+def logger(name: str) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        print(f"[{name} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    return log
+
+
+def add_threads_option(ap: argparse.ArgumentParser, who: str = "torch threads") -> None:
+    ap.add_argument("--threads", type=int, default=0,
+                    help=f"{who}; 0 = auto: the cores not busy at start (at least 1)")
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+
+
+def choose_threads(requested: int) -> tuple[int, tuple[float, float, float]]:
+    """(threads, load average at start). On a loaded machine, more OpenMP threads than free cores is ruinous
+    (every parallel region waits for a descheduled thread): measured here, 2 threads ran a training step 5x
+    slower than 1 while a background job ran. So `0` means the cores that are idle now."""
+    load0 = load_average()
+    return requested or max(1, (os.cpu_count() or 1) - round(load0[0])), load0
+
+
+def machine(threads: int, load0: tuple[float, float, float]) -> dict:
+    """Cores, threads, load before/after and library versions, for the result file."""
+    import torch
+    import transformers
+    return {"cores": os.cpu_count(), "torch_threads": threads, "loadavg_before": load0,
+            "loadavg_after": load_average(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
+def write_result(path: str | Path, result: dict, log: Callable[[str], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    log(f"wrote {path}")
