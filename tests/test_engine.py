@@ -60,3 +60,21 @@ def test_zero_prompts_and_one_token(model_and_tokenizer):
     assert generate_batched(model, tokenizer, [], progress=False) == []
     one = generate_batched(model, tokenizer, _prompts(2), max_new_tokens=1, progress=False)
     assert len(one) == 4 and all(len(tokenizer(x, add_special_tokens=False)["input_ids"]) <= 1 for x in one)
+
+
+def test_shared_prefix_leaves_every_row_a_token_of_its_own():
+    from tunelab.eval.engine import shared_prefix_length
+    header = [7, 8, 9, 10, 11, 12]
+    assert shared_prefix_length([header + [1, 2], header + [3], header + [1, 5]]) == 6
+    assert shared_prefix_length([header, header + [3]]) == 5  # the shorter row keeps its last token
+    assert shared_prefix_length([[1, 2, 3, 9, 9], [1, 2, 3, 8, 8]]) == 0  # 3 tokens: not worth a pass
+    assert shared_prefix_length([header + [1]]) == 0  # one row: nothing to share
+
+
+def test_a_batch_that_shares_only_a_header_still_matches_generate(model_and_tokenizer):
+    # every prompt starts with the same long header and differs after it: the shared-prefix prefill,
+    # the pads between header and rest, and rows finishing at different steps all meet here
+    model, tokenizer = model_and_tokenizer
+    prompts = [p.replace("### Instruction:", "### Instruction: 请计算。Compute.") for p in _prompts(5)]
+    expected = _one_at_a_time(model, tokenizer, prompts, 12)
+    assert generate_batched(model, tokenizer, prompts, max_new_tokens=12, batch_size=10, progress=False) == expected

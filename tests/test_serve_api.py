@@ -92,9 +92,12 @@ def test_rows_joining_mid_flight_decode_as_if_alone(server):
     before = dict(engine.stats)
     q: queue.Queue = queue.Queue()
     seqs = [Sequence(ids, params, q.put, index=k) for k, ids in enumerate(prompts)]
-    for s in seqs:
+    for s in seqs:                  # each arrives once the earlier ones have decoded a couple of steps:
+        steps = engine.stats["steps"]  # mid-flight, however fast or slow this machine decodes
         engine.submit([s])
-        time.sleep(0.03)          # arrive while the others are decoding
+        deadline = time.time() + 30
+        while engine.stats["steps"] < steps + 2 and time.time() < deadline:
+            time.sleep(0.001)
     finished = 0
     while finished < len(seqs):
         finished += q.get(timeout=60).finish_reason is not None
