@@ -19,8 +19,9 @@ def summary_lines(metrics: dict) -> list[str]:
         lines.append(f"best checkpoint: {metrics['best_checkpoint']}  accuracy {_pct(s['accuracy'])}"
                      + (f" (base {_pct(s['accuracy'] - metrics['accuracy_gain'])}, "
                         f"gain {100 * metrics['accuracy_gain']:+.1f} points)" if base_acc else ""))
-        lines.append(f"low-parameter ratio {r['ratio']:.9f} ({r['trainable']:,} / {r['total']:,.0f}); "
-                     f"{s['formula']} score {s['value']:.4f}")
+        what = ("full fine-tuning: every parameter trains" if r["trainable"] >= r["total"]
+                else f"{r['trainable']:,} / {r['total']:,.0f}")
+        lines.append(f"low-parameter ratio {r['ratio']:.9g} ({what}); {s['formula']} score {s['value']:.4f}")
         for key, v in (metrics.get("retention") or {}).items():
             lines.append(f"retention {key}: {_pct(v['retained'])} ({v['tuned']:.2f} vs base {v['base']:.2f}) "
                          f"{'PASS' if v['pass'] else 'FAIL'}")
