@@ -158,3 +158,12 @@ def test_labelled_loss_leaves_models_with_a_special_head_to_their_own_forward():
     items = int((batch["labels"][:, 1:] != -100).sum())
     assert wrapped(**batch, num_items_in_batch=items).item() == pytest.approx(
         model(**batch, use_cache=False, num_items_in_batch=items).loss.item())
+
+
+def test_cpu_attention_leaves_soft_capped_attention_alone():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                           attn_implementation="eager"))
+    assert not use_cpu_attention(model)  # SDPA would drop Gemma-2's attention soft-capping
+    assert model.config._attn_implementation == "eager"

@@ -5,8 +5,8 @@ in bf16 especially: measured here, 16 rows × 4 heads × 256 tokens, forward + b
 Two batched matmuls around a bf16 softmax (which accumulates in fp32 inside the kernel) do the same
 arithmetic in 26 ms with the same rounding as transformers' eager path (the softmax output is bf16 there
 too). The mask is the one transformers builds for SDPA (block-diagonal from restarting position ids), so
-the model code and its mask logic stay transformers'. Anything this does not cover (GPU, attention
-dropout, logit soft-capping, attention sinks) goes to transformers' SDPA function unchanged.
+the model code and its mask logic stay transformers'. Only architectures with plain attention are switched
+(`STANDARD_ATTENTION`); on GPU or with attention dropout a call goes to transformers' SDPA function.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from __future__ import annotations
 import torch
 
 NAME = "tunelab_cpu"
+# architectures whose attention is plain scaled-dot-product over transformers' mask (their default is SDPA);
+# others (soft-capped logits, attention sinks, custom kernels) keep their own implementation
+STANDARD_ATTENTION = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
 _UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
 
 
@@ -72,7 +75,8 @@ def register() -> str:
 def use_cpu_attention(model) -> bool:
     """Switch a CPU model to `tunelab_cpu` attention for training; False (unchanged) when it does not apply."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", NAME):
+    if (config is None or getattr(config, "model_type", None) not in STANDARD_ATTENTION
+            or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", NAME)):
         return False
     if next(model.parameters()).device.type != "cpu":
         return False
