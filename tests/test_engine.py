@@ -78,3 +78,28 @@ def test_a_batch_that_shares_only_a_header_still_matches_generate(model_and_toke
     prompts = [p.replace("### Instruction:", "### Instruction: 请计算。Compute.") for p in _prompts(5)]
     expected = _one_at_a_time(model, tokenizer, prompts, 12)
     assert generate_batched(model, tokenizer, prompts, max_new_tokens=12, batch_size=10, progress=False) == expected
+
+
+def test_reserved_cache_layer_behaves_like_transformers_dynamic_layer():
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from tunelab.model.kv_cache import ReservedLayer
+    torch.manual_seed(0)
+    ours, ref = ReservedLayer(capacity=6, grow=2), DynamicLayer()
+
+    def both(op, *args):
+        a, b = getattr(ours, op)(*args), getattr(ref, op)(*args)
+        assert torch.equal(ours.keys, ref.keys) and torch.equal(ours.values, ref.values)
+        return a, b
+    both("update", torch.randn(3, 2, 4, 5), torch.randn(3, 2, 4, 5))      # prefill
+    for _ in range(5):                                                    # decode past the reserved room
+        both("update", torch.randn(3, 2, 1, 5), torch.randn(3, 2, 1, 5))
+    both("batch_select_indices", torch.tensor([2, 0]))
+    both("update", torch.randn(2, 2, 1, 5), torch.randn(2, 2, 1, 5))
+    for layer in (ours, ref):  # a caller replaces the keys, as the server does when it trims a cache
+        layer.keys, layer.values = layer.keys[:, :, 3:], layer.values[:, :, 3:]
+    both("update", torch.randn(2, 2, 1, 5), torch.randn(2, 2, 1, 5))
+    both("batch_repeat_interleave", 2)
+    both("update", torch.randn(4, 2, 1, 5), torch.randn(4, 2, 1, 5))
+    assert ours.get_seq_length() == ref.get_seq_length() == 9

@@ -34,7 +34,7 @@ def greedy_batch(model, rows: list[list[int]], max_new_tokens: int, eos_id: int 
     """Greedy continuation of each row of token ids; returns the new token ids of each row (EOS excluded)."""
     import torch
 
-    from tunelab.eval.kv_cache import reserved_cache
+    from tunelab.model.kv_cache import reserved_cache
 
     device = next(model.parameters()).device
     n = len(rows)

@@ -339,7 +339,7 @@ class Engine:
 
     def _prefill_group(self, seqs: list[Sequence]) -> None:
         torch = self._torch
-        from transformers import DynamicCache
+        from tunelab.model.kv_cache import reserved_cache
 
         for s in seqs:
             if s.generator is None and not s.params.greedy:
@@ -354,13 +354,13 @@ class Engine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         want_prompt_lp = any(s.params.prompt_logprobs is not None for s in seqs)
-        cache = DynamicCache(config=self.model.config)
+        cache = reserved_cache(self.model.config, width + 64)  # decode steps write in place, 64 at a time
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                          use_cache=True, logits_to_keep=0 if want_prompt_lp else 1)
         self.stats["prefills"] += 1
         if self._merge_ok is None:
-            from transformers.cache_utils import DynamicLayer
-            self._merge_ok = all(type(layer) is DynamicLayer for layer in cache.layers)
+            from tunelab.model.kv_cache import ReservedLayer
+            self._merge_ok = all(type(layer) is ReservedLayer for layer in cache.layers)
         if want_prompt_lp:
             for i, s in enumerate(seqs):
                 if s.params.prompt_logprobs is not None:

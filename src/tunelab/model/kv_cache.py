@@ -3,7 +3,8 @@
 transformers' `DynamicLayer` grows by `torch.cat` on each decode step, copying the whole cache of every
 layer: for the evaluation engine at batch 64 that was a fifth of the time. `ReservedLayer` keeps the same
 interface (`keys`/`values` hold exactly the cached length, so masks and lengths work unchanged) but they are
-views of a buffer reserved for the whole generation; a step writes one position.
+views of a buffer with room to spare; a step writes one position. Code that assigns `keys`/`values` itself
+(the server merges and trims caches) still works: the next write moves them into a fresh buffer.
 """
 
 from __future__ import annotations
@@ -14,24 +15,30 @@ from transformers.cache_utils import DynamicLayer
 
 
 class ReservedLayer(DynamicLayer):
-    """A `DynamicLayer` whose keys/values are views into a buffer of `capacity` positions."""
+    """A `DynamicLayer` whose keys/values are views into a buffer: `capacity` positions at first, then
+    `grow` more each time it fills up or its keys were replaced from outside."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, grow: int = 64):
         super().__init__()
-        self.capacity = capacity
+        self.capacity, self.grow = capacity, grow
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
+
+    def _owns(self) -> bool:
+        """True while keys/values are still the views this layer made of its buffer."""
+        return (self._k is not None and self.keys is not None and self.keys.shape[0] == self._k.shape[0]
+                and self.keys.data_ptr() == self._k.data_ptr() and self.values.data_ptr() == self._v.data_ptr())
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         start = self.get_seq_length()
         end = start + key_states.shape[-2]
-        if self._k is None or end > self._k.shape[-2]:  # first write, or more than reserved: reserve again
-            self._reserve(key_states, max(end, self.capacity))
+        if not self._owns() or end > self._k.shape[-2]:
+            self._reserve(key_states, max(end, self.capacity) if self._k is None else end + self.grow)
         self._k[:, :, start:end] = key_states
         self._v[:, :, start:end] = value_states
-        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        self._view(end)
         return self.keys, self.values
 
     def _reserve(self, like: torch.Tensor, length: int) -> None:
@@ -44,26 +51,30 @@ class ReservedLayer(DynamicLayer):
             v[:, :, :n] = self.values
         self._k, self._v = k, v
 
+    def _view(self, length: int) -> None:
+        self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
+
     def batch_repeat_interleave(self, repeats: int) -> None:
-        if self._k is None:
-            return
+        if not self._owns():
+            return super().batch_repeat_interleave(repeats)
         n = self.get_seq_length()
         self._k, self._v = self._k.repeat_interleave(repeats, dim=0), self._v.repeat_interleave(repeats, dim=0)
-        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+        self._view(n)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self._k is None:
-            return
+        if not self._owns():
+            return super().batch_select_indices(indices)
         n = self.get_seq_length()
         self._k, self._v = self._k[indices], self._v[indices]
-        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+        self._view(n)
 
 
-def reserved_cache(config, capacity: int) -> DynamicCache:
+def reserved_cache(config, capacity: int, grow: int = 64) -> DynamicCache:
     """A `DynamicCache` for `config` whose full-attention layers reserve `capacity` positions up front.
 
     Sliding-window layers (which trim themselves) keep transformers' own class.
     """
     cache = DynamicCache(config=config)
-    cache.layers = [ReservedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    cache.layers = [ReservedLayer(capacity, grow) if type(layer) is DynamicLayer else layer
+                    for layer in cache.layers]
     return cache
