@@ -29,9 +29,13 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
-def greedy_batch(model, rows: list[list[int]], max_new_tokens: int, eos_id: int | None,
-                 pad_id: int) -> list[list[int]]:
-    """Greedy continuation of each row of token ids; returns the new token ids of each row (EOS excluded)."""
+def prefill(model, rows: list[list[int]], pad_id: int, room: int):
+    """Run left-padded token rows into a fresh KV cache with `room` positions to spare after them.
+
+    The rows' common prefix runs once and its cache is copied to every row; pads then sit between the
+    prefix and each row's own tokens. Returns (output with the last position's logits, cache, attention
+    mask over the cached positions, each row's next position id as an (n, 1) tensor).
+    """
     import torch
 
     from tunelab.model.kv_cache import reserved_cache
@@ -43,8 +47,8 @@ def greedy_batch(model, rows: list[list[int]], max_new_tokens: int, eos_id: int 
     input_ids = torch.tensor([[pad_id] * (width - len(r) + shared) + r[shared:] for r in rows], device=device)
     attention_mask = torch.tensor([[0] * (width - len(r) + shared) + [1] * (len(r) - shared) for r in rows],
                                   device=device)
-    cache = reserved_cache(model.config, shared + width + max_new_tokens)
-    if shared:  # the common prefix once, then its cache copied to every row; pads sit between prefix and rest
+    cache = reserved_cache(model.config, shared + width + room)
+    if shared:
         model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=cache, use_cache=True,
               logits_to_keep=1)
         cache.batch_repeat_interleave(n)
@@ -52,9 +56,18 @@ def greedy_batch(model, rows: list[list[int]], max_new_tokens: int, eos_id: int 
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out, cache, attention_mask, position_ids[:, -1:] + 1
+
+
+def greedy_batch(model, rows: list[list[int]], max_new_tokens: int, eos_id: int | None,
+                 pad_id: int) -> list[list[int]]:
+    """Greedy continuation of each row of token ids; returns the new token ids of each row (EOS excluded)."""
+    import torch
+
+    n = len(rows)
+    out, cache, attention_mask, next_pos = prefill(model, rows, pad_id, max_new_tokens)
     alive = torch.arange(n)                     # original row of each batch row
     results: list[list[int]] = [[] for _ in range(n)]
-    next_pos = position_ids[:, -1:] + 1
     for step in range(max_new_tokens):
         tokens = out.logits[:, -1, :].argmax(-1)
         done = torch.zeros_like(tokens, dtype=torch.bool) if eos_id is None else tokens == eos_id

@@ -14,7 +14,8 @@ longer than the model's context, the context is cut from the left, as lm-eval do
 Batching (`share_context=True`, the default): requests with the same context — the options of one
 question, the two label words of a GLUE sentence — share one pass over that context. Contexts are sorted
 by length (longest first, so an out-of-memory error shows in the first batch), left-padded and run once
-into a KV cache, whose last position gives every continuation's first token; the cache rows are then
+into a KV cache (the batch's common template prefix once for all, `engine.prefill`), whose last position
+gives every continuation's first token; the cache rows are then
 copied per continuation and the continuations' remaining tokens run right-padded in one more forward pass.
 A batch holds up to `batch_size` continuations. Multiple-choice scoring thus costs about one context pass
 per question instead of one per option. `share_context=False`, and any pair too long for the model's
@@ -138,7 +139,8 @@ def _score_groups(model, groups, results, batch_size, pad_id, device, bar) -> No
     """Each distinct context once (left-padded prefill into a KV cache), then all its continuations
     from copies of that cache (right-padded), `batch_size` continuations per batch."""
     import torch
-    from transformers import DynamicCache
+
+    from tunelab.eval.engine import prefill
 
     groups.sort(key=lambda g: -len(g[0]))
     start = 0
@@ -148,18 +150,10 @@ def _score_groups(model, groups, results, batch_size, pad_id, device, bar) -> No
             batch.append(groups[start])
             n_rows += len(groups[start][1])
             start += 1
-        width_c = max(len(ctx) for ctx, _ in batch)
-        ids = torch.full((len(batch), width_c), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width_c), dtype=torch.long)
-        for g, (ctx, _) in enumerate(batch):
-            ids[g, width_c - len(ctx):] = torch.tensor(ctx, dtype=torch.long)
-            mask[g, width_c - len(ctx):] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        last = out.logits[:, -1, :].float()  # predicts every continuation's first token
         rows = [(g, i, cont) for g, (_, members) in enumerate(batch) for i, cont in members]
+        out, cache, mask, _ = prefill(model, [list(ctx) for ctx, _ in batch], pad_id,
+                                      max(len(cont) for _, _, cont in rows))
+        last = out.logits[:, -1, :].float()  # predicts every continuation's first token
         sel = torch.tensor([g for g, _, _ in rows], dtype=torch.long, device=device)
         width = max(len(cont) for _, _, cont in rows) - 1
         # row-major: each row's first token (from the prefill), then its later tokens (from the second pass)
