@@ -38,28 +38,28 @@ def cpu_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.T
     # in place: matmul's backward needs its inputs, not its output
     scores.mul_(scale).add_(_additive_mask(attention_mask, scores))
     probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(probs.to(value.dtype) if probs.dtype != value.dtype else probs, value)
+    out = torch.matmul(probs.to(value.dtype), value)
     return out.transpose(1, 2).contiguous(), None
 
 
-_cache: dict = {}
+_last_mask: tuple | None = None  # (mask, dtype, q_len, k_len, additive mask) of the latest forward pass
 
 
 def _additive_mask(mask: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
     """0 where attention is allowed, the dtype's minimum elsewhere (never -inf: a fully masked row stays finite).
 
-    Every layer gets the same mask object, so the conversion is done once per forward pass.
+    Every layer of a forward pass gets the same mask object, so the conversion is done once per pass.
     """
+    global _last_mask
     q_len, k_len = scores.shape[-2:]
-    key = (id(mask), scores.dtype, q_len, k_len)
-    hit = _cache.get("entry")
-    if hit is not None and hit[0] == key and hit[1] is mask:
-        return hit[2]
-    if mask is None:  # transformers skipped the mask because it is plainly causal
-        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
-    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
-    bias.masked_fill_(~mask, torch.finfo(scores.dtype).min)
-    _cache["entry"] = (key, mask, bias)
+    if _last_mask is not None and _last_mask[0] is mask and _last_mask[1:4] == (scores.dtype, q_len, k_len):
+        return _last_mask[4]
+    bool_mask = mask
+    if bool_mask is None:  # transformers skipped the mask because it is plainly causal
+        bool_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
+    bias = torch.zeros(bool_mask.shape, dtype=scores.dtype, device=scores.device)
+    bias.masked_fill_(~bool_mask, torch.finfo(scores.dtype).min)
+    _last_mask = (mask, scores.dtype, q_len, k_len, bias)
     return bias
 
 
