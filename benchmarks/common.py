@@ -31,12 +31,37 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
 
 
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """Cores busy with other work right now: CPU time not idle over `seconds`, from /proc/stat (None if absent).
+
+    Unlike the load average (a one-minute moving average), this sees a machine that has just become idle.
+    """
+    def sample():
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        ticks = [int(x) for x in fields]
+        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
+
+
 def choose_threads(requested: int) -> tuple[int, tuple[float, float, float]]:
     """(threads, load average at start). On a loaded machine, more OpenMP threads than free cores is ruinous
     (every parallel region waits for a descheduled thread): measured here, 2 threads ran a training step 5x
-    slower than 1 while a background job ran. So `0` means the cores that are idle now."""
+    slower than 1 while a background job ran. So `0` means the cores that are idle now (at least 1)."""
     load0 = load_average()
-    return requested or max(1, (os.cpu_count() or 1) - round(load0[0])), load0
+    if requested:
+        return requested, load0
+    busy = busy_cores()
+    if busy is None:
+        busy = load0[0]
+    return max(1, (os.cpu_count() or 1) - round(busy)), load0
 
 
 def machine(threads: int, load0: tuple[float, float, float]) -> dict:
