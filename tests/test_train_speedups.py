@@ -167,3 +167,35 @@ def test_cpu_attention_leaves_soft_capped_attention_alone():
                                            attn_implementation="eager"))
     assert not use_cpu_attention(model)  # SDPA would drop Gemma-2's attention soft-capping
     assert model.config._attn_implementation == "eager"
+
+
+def test_skipping_peft_input_casts_under_autocast_changes_no_value():
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.model.lora import skip_lora_input_casts
+    model = get_peft_model(_llama(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1,
+                                                target_modules=["q_proj", "v_proj", "o_proj"]))
+    use_fast_lora_dropout(model)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    model.train()
+    batch = _packed_batch()
+    seen = []
+    o_dropout = next(m for n, m in model.named_modules() if n.endswith("o_proj.lora_dropout.default"))
+    o_dropout.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+
+    def run():
+        model.zero_grad()
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    ref_loss, ref_grads = run()
+    skip_lora_input_casts(model)
+    loss, grads = run()
+    assert seen == [torch.float32, torch.bfloat16]  # the up-cast happened before, and is gone now
+    assert loss == ref_loss
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))

@@ -92,3 +92,13 @@ def check_targets_matched(model: torch.nn.Module, target: str | list[str]) -> No
 
 def _show(target: str | list[str]) -> str:
     return target if isinstance(target, str) else ",".join(target)
+
+
+def skip_lora_input_casts(model: torch.nn.Module) -> None:
+    """For bf16 autocast training: peft casts a LoRA layer's bf16 input up to its fp32 adapter weights, and
+    autocast casts it straight back down for the matmul. Without the first cast the values are the same
+    (bf16 is exact in fp32) and two copies of the activation per layer, forward and backward, are saved."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False

@@ -223,6 +223,9 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                                                        recipe.lora.target_modules))
         from tunelab.train.dropout import use_fast_lora_dropout
         use_fast_lora_dropout(model)
+        if tc.precision == "bf16":
+            from tunelab.model.lora import skip_lora_input_casts
+            skip_lora_input_casts(model)
     model.to(device)
     if device.type == "cpu":  # checkpoints keep the model's own attention setting: it is not saved in config.json
         from tunelab.model.attention import use_cpu_attention
