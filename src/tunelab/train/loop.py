@@ -1,7 +1,9 @@
 """The training loop: LoRA or full fine-tuning over packed rows, readable top to bottom.
 
 One command runs on a CPU, one GPU, or several processes under `torchrun` / `accelerate launch`
-(DDP, gloo on CPU): each rank takes a strided share of every step's rows.
+(DDP, gloo on CPU): each rank takes a strided share of every step's rows. The loss projects only labelled
+positions onto the vocabulary (`loss.py`); on CPU, LoRA dropout (`dropout.py`) and packed-row attention
+(`model/attention.py`) use cheaper kernels that compute the same thing.
 """
 
 from __future__ import annotations
