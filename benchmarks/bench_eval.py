@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from common import HERE, add_threads_option, choose_threads, load_average, logger, machine, write_result
+from common import HERE, add_threads_option, load_average, logger, machine, start_torch, write_result
 
 log = logger("bench_eval")
 
@@ -55,16 +55,12 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "eval.json"))
     args = ap.parse_args()
 
-    import warnings
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    threads, load0 = start_torch(args.threads)
     import torch
 
     from tunelab.eval.engine import generate_batched
-    from tunelab.model.loading import build_from_scratch, load_tokenizer, quiet_transformers
+    from tunelab.model.loading import build_from_scratch, load_tokenizer
     from tunelab.model.tokenizer import train_bpe_tokenizer
-    quiet_transformers()
-    threads, load0 = choose_threads(args.threads)
-    torch.set_num_threads(threads)
     log(f"torch threads {threads}; load average {load0}; precision {args.precision}")
 
     items, corpus = make_prompts(args.prompts, args.seed)

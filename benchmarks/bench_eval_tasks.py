@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, add_threads_option, choose_threads, load_average, logger, machine, write_result
+from common import HERE, add_threads_option, load_average, logger, machine, start_torch, write_result
 TASKS = ("arithmetic", "squad", "choice", "cola")
 NOUNS = ["the dog", "the cat", "my friend", "the teacher", "a child", "the farmer", "our neighbour", "the pilot"]
 VERBS = ["saw", "likes", "helped", "found", "painted", "called", "visited", "followed"]
@@ -182,14 +182,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "eval_tasks.json"))
     args = ap.parse_args()
 
-    import warnings
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import torch
-
-    from tunelab.model.loading import quiet_transformers
-    quiet_transformers()
-    threads, load0 = choose_threads(args.threads)
-    torch.set_num_threads(threads)
+    threads, load0 = start_torch(args.threads)
     log(f"torch threads {threads}; load average {load0}")
 
     with tempfile.TemporaryDirectory(prefix="bench_eval_tasks_") as tmp:

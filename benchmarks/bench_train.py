@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, add_threads_option, choose_threads, load_average, logger, machine, write_result
+from common import HERE, add_threads_option, load_average, logger, machine, start_torch, write_result
 
 SEQ = 256
 BATCH = 16
@@ -255,16 +255,10 @@ def main() -> int:
     args = ap.parse_args()
     LORA["dropout"] = args.lora_dropout
 
-    import torch
+    threads, load0 = start_torch(args.threads)
     import peft
 
     from tunelab.data.packing import pack_examples, packing_efficiency
-    from tunelab.model.loading import quiet_transformers
-    quiet_transformers()
-    import warnings
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    threads, load0 = choose_threads(args.threads)
-    torch.set_num_threads(threads)
     precision, cpu = choose_precision(args.precision)
     log(f"precision {precision} ({cpu}); torch threads {threads}; load average {load0}")
     per_round = args.seconds / args.rounds

@@ -64,6 +64,20 @@ def choose_threads(requested: int) -> tuple[int, tuple[float, float, float]]:
     return max(1, (os.cpu_count() or 1) - round(busy)), load0
 
 
+def start_torch(requested_threads: int) -> tuple[int, tuple[float, float, float]]:
+    """Quiet transformers' warnings and set torch's thread count (see `choose_threads`); returns
+    (threads, load average at start)."""
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import torch
+
+    from tunelab.model.loading import quiet_transformers
+    quiet_transformers()
+    threads, load0 = choose_threads(requested_threads)
+    torch.set_num_threads(threads)
+    return threads, load0
+
+
 def machine(threads: int, load0: tuple[float, float, float]) -> dict:
     """Cores, threads, load before/after and library versions, for the result file."""
     import torch
