@@ -151,11 +151,10 @@ def _score_groups(model, groups, results, batch_size, pad_id, device, bar) -> No
             n_rows += len(groups[start][1])
             start += 1
         rows = [(g, i, cont) for g, (_, members) in enumerate(batch) for i, cont in members]
-        out, cache, mask, _ = prefill(model, [list(ctx) for ctx, _ in batch], pad_id,
-                                      max(len(cont) for _, _, cont in rows))
+        width = max(len(cont) for _, _, cont in rows) - 1  # continuation tokens after each first one
+        out, cache, mask, _ = prefill(model, [list(ctx) for ctx, _ in batch], pad_id, width + 1)
         last = out.logits[:, -1, :].float()  # predicts every continuation's first token
         sel = torch.tensor([g for g, _, _ in rows], dtype=torch.long, device=device)
-        width = max(len(cont) for _, _, cont in rows) - 1
         # row-major: each row's first token (from the prefill), then its later tokens (from the second pass)
         first_logits = last[sel]
         later_logits = None

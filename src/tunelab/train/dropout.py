@@ -10,6 +10,8 @@ reproducible and resumable. GPUs keep PyTorch's fused dropout.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -27,9 +29,7 @@ class FastDropout(nn.Dropout):
 
 def keep_mask(shape: torch.Size, keep: float) -> torch.Tensor:
     """A bool tensor of `shape`, each element True with probability `keep` (rounded to a multiple of 1/65536)."""
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)  # 64 uniform bits each
     uniform16 = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
     return uniform16 < round(keep * 65536) - 32768
