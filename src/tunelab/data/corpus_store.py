@@ -1,0 +1,130 @@
+"""The on-disk form of a prepared pretraining corpus: flat token files and a block index, memory-mapped.
+
+A corpus directory (written by `tunelab data corpus`, read by training, `ppl` and `--verify/--show`):
+
+    meta.json         format, dtype, block size, EOT id, tokenizer identity, cleaning rules, inputs, summary
+    tokenizer/        the tokenizer the blocks were encoded with (a Hugging Face tokenizer directory)
+    docs.jsonl        one line per kept document: {"doc", "id", "title", "file", "line", "split", "chars", "blocks"}
+    train.bin         every train block's tokens laid end to end (uint16 if the vocabulary fits, else uint32)
+    train.idx.npy     one row per block: offset (int64, in tokens), length (int32), doc (int32, docs.jsonl index)
+    val.bin, val.idx.npy   the same for the validation split (split by document)
+
+Every block ends with the EOT token. `meta.json` is written last and the directory appears by one rename,
+so a directory with `meta.json` is complete; one without it is an interrupted preparation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from tunelab.errors import TunelabError
+
+FORMAT = "tunelab-corpus/1"
+SPLITS = ("train", "val")
+INDEX_DTYPE = [("offset", "<i8"), ("length", "<i4"), ("doc", "<i4")]
+
+
+def token_dtype(vocab_size: int) -> str:
+    """uint16 holds ids < 65,536; a larger vocabulary needs uint32 (never a silent wrap-around)."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+class SplitWriter:
+    """Appends blocks of one split to `<split>.bin` and remembers their index rows (small: 16 bytes a block)."""
+
+    def __init__(self, directory: Path, split: str, dtype: str):
+        import numpy as np
+        self.np = np
+        self.dtype = np.dtype(dtype)
+        self.bin_path = directory / f"{split}.bin"
+        self.idx_path = directory / f"{split}.idx.npy"
+        self.f: BinaryIO = self.bin_path.open("wb")
+        self.offsets: list[int] = []
+        self.lengths: list[int] = []
+        self.docs: list[int] = []
+        self.tokens = 0
+
+    def add(self, ids, doc: int) -> None:
+        arr = self.np.asarray(ids, dtype=self.np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > self.np.iinfo(self.dtype).max):
+            raise ValueError(f"token id out of range for {self.dtype}")
+        self.f.write(arr.astype(self.dtype).tobytes())
+        self.offsets.append(self.tokens)
+        self.lengths.append(int(arr.size))
+        self.docs.append(doc)
+        self.tokens += int(arr.size)
+
+    def close(self) -> dict[str, int]:
+        self.f.close()
+        index = self.np.zeros(len(self.offsets), dtype=INDEX_DTYPE)
+        index["offset"], index["length"], index["doc"] = self.offsets, self.lengths, self.docs
+        self.np.save(self.idx_path, index)
+        return {"blocks": len(self.offsets), "tokens": self.tokens, "documents": len(set(self.docs))}
+
+
+class CorpusBlocks:
+    """One split of a prepared corpus, memory-mapped: `len()` blocks, `block(i)` their token ids."""
+
+    def __init__(self, directory: str | Path, split: str = "train"):
+        import numpy as np
+        self.dir = Path(directory)
+        self.meta = read_meta(self.dir)
+        if split not in SPLITS:
+            raise TunelabError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})", file=self.dir)
+        self.split = split
+        self.dtype = np.dtype(self.meta["dtype"])
+        self.eot_id: int = int(self.meta["eot_id"])
+        self.block_size: int = int(self.meta["block_size"])
+        bin_path = self.dir / f"{split}.bin"
+        self.index = np.load(self.dir / f"{split}.idx.npy")
+        n = bin_path.stat().st_size // self.dtype.itemsize
+        expected = int(self.index["length"].sum()) if len(self.index) else 0
+        if n != expected:
+            raise TunelabError(f"{split}.bin holds {n} tokens, the index expects {expected}: the corpus is "
+                               "damaged; prepare it again", file=bin_path)
+        self.tokens = np.memmap(bin_path, dtype=self.dtype, mode="r") if n else np.zeros(0, self.dtype)
+        self.lengths = self.index["length"]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def block(self, i: int):
+        """Token ids of block i (a read-only view into the memory map; EOT last)."""
+        row = self.index[i]
+        return self.tokens[int(row["offset"]): int(row["offset"]) + int(row["length"])]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    def tokenizer_dir(self) -> Path:
+        return self.dir / "tokenizer"
+
+
+def is_corpus_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "meta.json").is_file()
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """meta.json of a finished corpus directory; a missing one names what is wrong."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise TunelabError("corpus directory not found", file=d)
+    meta_path = d / "meta.json"
+    if not meta_path.is_file():
+        raise TunelabError("not a finished corpus directory (no meta.json: not prepared by `tunelab data "
+                           "corpus`, or its preparation was interrupted)", file=d)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise TunelabError(f"unknown corpus format {meta.get('format')!r} (expected {FORMAT})", file=meta_path)
+    return meta
+
+
+def read_docs(directory: str | Path) -> list[dict[str, Any]]:
+    """docs.jsonl: one metadata record per kept document, in order (`doc` is the index)."""
+    path = Path(directory) / "docs.jsonl"
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
