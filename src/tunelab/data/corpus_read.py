@@ -1,0 +1,309 @@
+"""Reading a pretraining corpus as a stream of raw documents, whatever its files look like.
+
+Inputs are files or folders (walked recursively, sorted, so the order is stable across machines):
+
+    .jsonl   one JSON object per line; the text is the `text_field`, optional id/title fields are kept
+    .json    a JSON array of such objects, parsed element by element (a .json that does not start with
+             `[` is read as JSONL, as many "JSON" dumps are)
+    .txt     documents separated by blank lines
+    any of them + .gz, decompressed on the fly
+
+Memory stays bounded by the largest document, never the file: JSONL and text are read line by line, JSON
+arrays through `raw_decode` over a sliding buffer. A bad line (malformed JSON, a missing or non-string
+text field, bytes that are not UTF-8) stops the read with `file:line` and the field, unless `skip_bad`:
+then it is counted in a `BadLines`, which the caller must pass, so no line is ever dropped silently.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+from tunelab.errors import TunelabError
+
+SUFFIXES = (".jsonl", ".json", ".txt")
+GZ_SUFFIXES = tuple(s + ".gz" for s in SUFFIXES)
+MAX_BAD_EXAMPLES = 10
+CHUNK_CHARS = 1 << 20  # JSON arrays are decoded 1 MB at a time
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"[ \t\r\n]*")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what undecodable bytes become under surrogateescape
+
+
+@dataclass
+class RawDoc:
+    """One document as read: its text and where it came from (line = first line of the document)."""
+    text: str
+    file: str
+    line: int
+    id: str | None = None
+    title: str | None = None
+
+
+@dataclass
+class BadLines:
+    """Lines skipped under `skip_bad`: how many, and the first few as "file:line: reason"."""
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, file: str, line: int, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < MAX_BAD_EXAMPLES:
+            self.examples.append(f"{file}:{line}: {reason}")
+
+
+def _suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    for s in GZ_SUFFIXES + SUFFIXES:
+        if name.endswith(s):
+            return s.removesuffix(".gz")
+    return None
+
+
+def list_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """The corpus files named by `inputs`: files as given, folders walked recursively and sorted.
+
+    A file named twice (directly and through its folder) is read once. Hidden files and folders (".name")
+    inside a folder are skipped; a missing input, an unsupported file named directly, or no file at all
+    is an error.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f)
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file():
+            if not _suffix(p):
+                raise TunelabError(f"unsupported corpus file (expected {', '.join(SUFFIXES)}, optionally .gz)",
+                                   file=p)
+            found = [p]
+        else:
+            raise TunelabError("input not found", file=p)
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    if not out:
+        raise TunelabError(f"no corpus files ({', '.join(SUFFIXES)}, optionally .gz) found in "
+                           + ", ".join(str(i) for i in inputs))
+    return out
+
+
+def _open(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb", buffering=1 << 20)
+
+
+class _Reader:
+    """Turns records into RawDocs and bad lines into errors or counts, for one file."""
+
+    def __init__(self, path: Path, text_field: str, id_field: str | None, title_field: str | None,
+                 skip_bad: bool, bad: BadLines | None):
+        self.path, self.file = path, str(path)
+        self.text_field, self.id_field, self.title_field = text_field, id_field, title_field
+        self.skip_bad, self.bad = skip_bad, bad
+
+    def fail(self, line: int, reason: str, field_name: str | None = None) -> None:
+        """A bad line: raise, or count it when skipping."""
+        if not self.skip_bad:
+            raise TunelabError(reason, file=self.file, line=line, field=field_name)
+        assert self.bad is not None
+        self.bad.add(self.file, line, f"field '{field_name}': {reason}" if field_name else reason)
+
+    def doc(self, rec: object, line: int) -> RawDoc | None:
+        if not isinstance(rec, dict):
+            return self.fail(line, f"expected a JSON object, got {type(rec).__name__}")
+        text = rec.get(self.text_field)
+        if not isinstance(text, str):
+            reason = "missing" if self.text_field not in rec else \
+                f"expected a string, got {'null' if text is None else type(text).__name__}"
+            return self.fail(line, reason, self.text_field)
+        meta = []
+        for name in (self.id_field, self.title_field):
+            value = rec.get(name) if name else None
+            if isinstance(value, (dict, list)):
+                return self.fail(line, f"expected a string or number, got {type(value).__name__}", name)
+            meta.append(None if value is None else value if isinstance(value, str) else json.dumps(value))
+        return RawDoc(text, self.file, line, meta[0], meta[1])
+
+    def jsonl(self, f: IO[bytes]) -> Iterator[RawDoc]:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                self.fail(lineno, f"not UTF-8 text (bad byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as e:
+                self.fail(lineno, f"malformed JSON ({e.msg}, column {e.colno})")
+                continue
+            doc = self.doc(rec, lineno)
+            if doc is not None:
+                yield doc
+
+    def txt(self, f: IO[bytes]) -> Iterator[RawDoc]:
+        """Blank-line-separated documents; a block with undecodable bytes is one bad document."""
+        block: list[str] = []
+        start, broken = 0, None
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                line = raw.decode("utf-8", "replace")
+                if broken is None:
+                    broken = (lineno, f"not UTF-8 text (bad byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+            if line.strip():
+                if not block:
+                    start = lineno
+                block.append(line)
+                continue
+            if block:
+                yield from self._txt_block(block, start, broken)
+            block, broken = [], None
+        if block:
+            yield from self._txt_block(block, start, broken)
+
+    def _txt_block(self, block: list[str], start: int, broken: tuple[int, str] | None) -> Iterator[RawDoc]:
+        if broken is not None:
+            self.fail(*broken)
+            return
+        text = "".join(block)
+        yield RawDoc(text[:-1] if text.endswith("\n") else text, self.file, start)
+
+    def json_array(self, f: IO[bytes]) -> Iterator[RawDoc]:
+        """A JSON array element by element, over a buffer that holds about one element at a time.
+
+        Bytes that are not UTF-8 are decoded with surrogateescape, so they survive into the buffer as
+        U+DC80..U+DCFF (which escaped JSON text can never contain raw) and mark their element as bad.
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        buf, pos, line, counted, eof = "", 0, 1, 0, False
+
+        def more(n: int = CHUNK_CHARS) -> bool:
+            nonlocal buf, pos, counted, eof
+            if eof:
+                return False
+            line_at(pos)
+            data = f.read(n)
+            eof = not data
+            buf = buf[pos:] + decoder.decode(data, final=eof)
+            counted -= pos
+            pos = 0
+            return True
+
+        def line_at(i: int) -> int:
+            nonlocal line, counted
+            if i > counted:
+                line += buf.count("\n", counted, i)
+                counted = i
+            return line
+
+        def skip_ws() -> None:
+            nonlocal pos
+            while True:
+                pos = _WS.match(buf, pos).end()
+                if pos < len(buf) or not more():
+                    return
+
+        more()
+        if buf.startswith("\ufeff"):
+            pos = 1
+        skip_ws()
+        if not buf.startswith("[", pos):  # not an array: JSON lines in a .json file
+            f.seek(0)
+            yield from self.jsonl(f)
+            return
+        pos += 1
+        skip_ws()
+        if buf.startswith("]", pos):
+            pos += 1
+        else:
+            while True:
+                start = pos
+                try:
+                    rec, end = _DECODER.raw_decode(buf, pos)
+                    if end == len(buf) and not eof:  # a number cut by the buffer end would parse short
+                        raise json.JSONDecodeError("cut", buf, end)
+                except json.JSONDecodeError as e:
+                    cut = e.pos >= len(buf) - 16 or e.msg.startswith("Unterminated string")
+                    if cut and more(max(CHUNK_CHARS, len(buf))):  # grow geometrically: one parse per doubling
+                        continue
+                    raise TunelabError(f"malformed JSON ({e.msg})", file=self.file, line=line_at(e.pos)) from None
+                lineno = line_at(start)
+                pos = end
+                escaped = _ESCAPED_BYTE.search(buf, start, end)
+                if escaped:
+                    self.fail(line_at(escaped.start()), "not UTF-8 text")
+                else:
+                    doc = self.doc(rec, lineno)
+                    if doc is not None:
+                        yield doc
+                skip_ws()
+                if buf.startswith(",", pos):
+                    pos += 1
+                    skip_ws()
+                    continue
+                if buf.startswith("]", pos):
+                    pos += 1
+                    break
+                what = "end of file" if pos >= len(buf) else repr(buf[pos])
+                raise TunelabError(f"malformed JSON array (expected ',' or ']', found {what})",
+                                   file=self.file, line=line_at(pos))
+        skip_ws()
+        if pos < len(buf):
+            raise TunelabError("malformed JSON (extra data after the array)", file=self.file, line=line_at(pos))
+
+
+def iter_documents(paths: Iterable[str | Path], text_field: str = "text", id_field: str | None = "id",
+                   title_field: str | None = "title", skip_bad: bool = False,
+                   bad: BadLines | None = None) -> Iterator[RawDoc]:
+    """Stream the documents of `paths` (files, as from `list_inputs`) in order.
+
+    With `skip_bad`, bad lines are counted into `bad` (required then) instead of raising TunelabError.
+    """
+    if skip_bad and bad is None:
+        raise ValueError("skip_bad needs a BadLines to count the skipped lines in")
+    for item in paths:
+        path = Path(item)
+        kind = _suffix(path)
+        if kind is None:
+            raise TunelabError(f"unsupported corpus file (expected {', '.join(SUFFIXES)}, optionally .gz)",
+                               file=path)
+        reader = _Reader(path, text_field, id_field, title_field, skip_bad, bad)
+        try:
+            with _open(path) as f:
+                if kind == ".jsonl":
+                    yield from reader.jsonl(f)
+                elif kind == ".txt":
+                    yield from reader.txt(f)
+                else:
+                    yield from reader.json_array(f)
+        except FileNotFoundError:
+            raise TunelabError("input not found", file=path) from None
+        except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+            raise TunelabError(f"cannot read: {e}", file=path) from None
+
+
+def split_of(text: str, val_fraction: float, seed: int) -> str:
+    """'train' or 'val' for a document, decided by its text alone (blake2b of seed and text).
+
+    The same document lands in the same split on every run, machine and worker, and an exact duplicate can
+    never sit on both sides of the split.
+    """
+    h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=str(seed).encode())
+    return "val" if int.from_bytes(h.digest(), "little") / 2.0 ** 64 < val_fraction else "train"

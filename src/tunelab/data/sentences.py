@@ -1,0 +1,59 @@
+"""Sentence boundaries for packing whole sentences into blocks (and for taking an article's first sentence).
+
+`split_sentences` only cuts, never changes: `"".join(split_sentences(t)) == t` for every string, and no
+piece is empty. A sentence ends
+
+- after a run of 。｡！？!?；;… (so "……", "！？", "?!" stay whole), with the closing quotes and brackets
+  that follow (。」 。” ！） ?" ）。」);
+- after an English period (or "...") that is followed by whitespace and then an uppercase letter, a digit,
+  a CJK character or an opening quote/bracket: "Hello. World" splits, "3.14", "e.g. this" and "a.b" do not
+  ("Dr. Smith" does: abbreviations are not recognised);
+- at a newline.
+
+Whitespace (spaces, newlines) after the end stays with the sentence it follows, so the next sentence starts
+with a visible character. One compiled regex finds every end; the text is sliced between them.
+"""
+
+from __future__ import annotations
+
+import re
+
+TERMINATORS = "。｡！？!?；;…"
+CLOSERS = "”’\"'）)」』》】〉〕］]}›»"
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f\u3040-\u30ff\uac00-\ud7af"
+_NEXT_START = f"A-Z0-9{_CJK}“‘\"'（(「『《【\\["
+_CLOSE = "[" + re.escape(CLOSERS) + "]*"
+_END = re.compile(
+    f"(?:[{re.escape(TERMINATORS)}]+{_CLOSE})+\\s*"
+    f"|\\.+{_CLOSE}\\s+(?=[{_NEXT_START}])"
+    "|\n\\s*"
+)
+_SOFT = re.compile("[，、,：:]+\\s*")
+_SPACE = re.compile("\\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of `text`, whitespace included, so that joining them gives `text` back exactly."""
+    pieces = []
+    start = 0
+    for m in _END.finditer(text):
+        end = m.end()
+        pieces.append(text[start:end])
+        start = end
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces
+
+
+def soft_split_points(sentence: str) -> list[int]:
+    """Offsets where a sentence too long for a block may be cut, best first.
+
+    First the points after a comma/colon/enumeration mark (，、,：: with the whitespace after them), then
+    those after a run of whitespace; within each kind from the last to the first. So the first offset in
+    the list that fits the space left is the best cut. 0 and len(sentence) are never returned.
+    """
+    n = len(sentence)
+    punct = [m.end() for m in _SOFT.finditer(sentence) if m.end() < n]
+    taken = set(punct)
+    spaces = [m.end() for m in _SPACE.finditer(sentence) if 0 < m.end() < n and m.end() not in taken]
+    return punct[::-1] + spaces[::-1]
