@@ -26,6 +26,26 @@ def _add_set(p: argparse.ArgumentParser) -> None:
                    help="override a recipe key, e.g. --set train.lr=3e-4 (repeatable)")
 
 
+def _add_corpus_reading(p: argparse.ArgumentParser) -> None:
+    """Reading and cleaning flags shared by `data corpus` and `tokenizer train` (same documents for both)."""
+    p.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
+    p.add_argument("--id-field", default="id", help="JSON field kept as the document id ('' for none)")
+    p.add_argument("--title-field", default="title", help="JSON field kept as the title ('' for none)")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (by document)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    p.add_argument("--skip-bad", action="store_true", help="count and report bad lines instead of stopping")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    g = p.add_argument_group("cleaning (each rule is counted in the summary)")
+    g.add_argument("--no-split-title", action="store_true", help="keep a '标题\\n\\n' header line in the text")
+    g.add_argument("--prepend-title", action="store_true", help="put the title back in front as '标题\\n'")
+    g.add_argument("--no-empty-brackets", action="store_true", help="keep empty pairs such as （） 《》")
+    g.add_argument("--no-markup", action="store_true", help="keep HTML/wiki markup remnants")
+    g.add_argument("--no-whitespace", action="store_true", help="keep whitespace as it is")
+    g.add_argument("--nfkc", action="store_true", help="Unicode NFKC (full-width → half-width; off by default)")
+    g.add_argument("--min-chars", type=int, default=10, help="drop documents shorter than this (default 10)")
+    g.add_argument("--no-dedup", action="store_true", help="keep exact duplicate documents")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelab",
@@ -88,6 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the sampled training rows held out as {task}_val.json")
     q.set_defaults(func=_call("tunelab.data.glue:cli_data"))
+
+    q = data.add_parser("corpus", help="pretraining corpus: clean, split into sentence-aligned token blocks; "
+                                       "--verify / --show a prepared one")
+    q.add_argument("inputs", nargs="*", metavar="INPUT", help=".jsonl/.json/.txt files (or .gz) or folders")
+    q.add_argument("--tokenizer", help="Hugging Face tokenizer directory (e.g. from `tunelab tokenizer train`)")
+    q.add_argument("--block-size", type=int, help="tokens per block at most, the final EOT included")
+    q.add_argument("--out", help="new corpus directory")
+    q.add_argument("--verify", metavar="DIR", help="re-read the inputs of DIR and prove no character was lost")
+    q.add_argument("--show", metavar="DIR", help="print blocks of DIR as JSON lines (decoded)")
+    q.add_argument("--doc", default=None, help="--show: only this document (id, or index in docs.jsonl)")
+    q.add_argument("--split", choices=["train", "val"], default=None, help="--show: only this split")
+    q.add_argument("--limit", type=int, default=20, help="--show: at most this many blocks (default 20)")
+    _add_corpus_reading(q)
+    q.set_defaults(func=_call("tunelab.data.corpus:cli_corpus"))
+
+    # tokenizer -----------------------------------------------------------------------------------
+    p = verbs.add_parser("tokenizer", help="train a tokenizer for from-scratch models")
+    tok = p.add_subparsers(dest="tokenizer_verb", metavar="ACTION", required=True)
+    q = tok.add_parser("train", help="byte-level BPE on the cleaned corpus (CJK-aware, digits split, EOT/PAD/SEP)")
+    q.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl/.json/.txt files (or .gz) or folders")
+    q.add_argument("--vocab-size", type=int, required=True)
+    q.add_argument("--out", required=True, help="new tokenizer directory")
+    _add_corpus_reading(q)
+    q.set_defaults(func=_call("tunelab.model.tokenizer:cli_train_tokenizer"))
 
     # eval / grade --------------------------------------------------------------------------------
     p = verbs.add_parser("eval", help="evaluate a model, checkpoint or run directory on tasks")

@@ -1,0 +1,628 @@
+"""Prepare a pretraining corpus: read → clean → deduplicate → sentence-aligned blocks → flat token files.
+
+`tunelab data corpus INPUT… --tokenizer TOK --block-size N --out DIR` streams the inputs (corpus_read),
+cleans each document (cleaning), and packs whole sentences (sentences) greedily into blocks of at most
+`block_size` tokens, the final EOT included. No block spans two documents; a sentence longer than a block
+is cut at its last comma/colon/space that fits, else at the last token boundary that is also a character
+boundary, and counted. Nothing is dropped: the blocks of a document, decoded without their EOT and joined,
+give its cleaned text back — `--verify DIR` proves it by re-reading and re-cleaning the inputs.
+
+Each document is tokenised whole (so tokens across a sentence end are the ones the tokenizer would give the
+running text) and the blocks are cut between its tokens, at the token boundary that ends a sentence or lies
+in the whitespace after it. Decoding each block alone gives back its characters exactly for byte-level BPE
+(GPT-2, Qwen, Llama-3 and `tunelab tokenizer train` tokenizers). A tokenizer that is not lossless — a
+SentencePiece one that adds "▁" in front of every text, or one whose normalizer rewrites characters — still
+prepares, and `--verify` reports each document whose decoded blocks differ from its text.
+
+Work is split into chunks of documents: the main process reads and deduplicates in input order, worker
+processes clean, split sentences, tokenise and pack (order preserved, a bounded number of chunks in flight,
+so memory does not grow with the corpus). The output is built in `DIR.tmp-<pid>` and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from bisect import bisect_right
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document
+from tunelab.data.corpus_read import BadLines, RawDoc, iter_documents, list_inputs, split_of
+from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
+                                       token_dtype)
+from tunelab.data.sentences import soft_split_points, split_sentences
+from tunelab.errors import TunelabError
+
+CHUNK_CHARS = 1 << 19      # characters of raw text per chunk handed to a worker
+MIN_BLOCK_SIZE = 8         # room for EOT and a 4-byte character split into single bytes
+MAX_DIFFERENCES = 20       # differences --verify prints (all are counted)
+
+
+@dataclass
+class ReadSettings:
+    """How documents are read, cleaned and split into train/val: recorded in meta.json, replayed by --verify."""
+    text_field: str = "text"
+    id_field: str | None = "id"
+    title_field: str | None = "title"
+    skip_bad: bool = False
+    val_fraction: float = 0.01
+    seed: int = 0
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+
+
+@dataclass
+class Kept:
+    """A document that survived cleaning and deduplication, with its split and (when tokenised) blocks."""
+    doc: CleanDoc
+    split: str
+    sentences: int = 0
+    tokens: Any = None            # numpy uint32: every block's ids, each block ending with EOT
+    block_lengths: Any = None     # numpy int32: the length of each block (EOT included)
+    soft_cuts: int = 0            # long sentences cut at a comma/colon/space
+    token_cuts: int = 0           # long sentences cut at a bare token boundary
+
+
+# --- cleaning in chunks, in worker processes --------------------------------------------------------------
+
+class _ChunkWorker:
+    """What one worker process holds: the settings and, when blocks are built, the tokenizer."""
+
+    def __init__(self, settings: ReadSettings, tokenizer_file: str | None, block_size: int, eot_id: int):
+        self.settings = settings
+        self.packer = _Packer(tokenizer_file, block_size, eot_id) if tokenizer_file else None
+
+    def run(self, raws: list[RawDoc]) -> list[tuple[Kept | None, dict[str, int], int]]:
+        """Per raw document: (kept doc or None, cleaning counts, raw UTF-8 bytes); blocks for kept ones."""
+        out = []
+        for raw in raws:
+            doc, counts = clean_document(raw, self.settings.cleaning)
+            if doc is not None and not doc.text:      # min_chars 0: an empty document has no block to hold it
+                doc, counts = None, {**counts, "too_short": 1}
+            kept = None if doc is None else Kept(doc, split_of(doc.text, self.settings.val_fraction,
+                                                               self.settings.seed))
+            out.append((kept, counts, len(raw.text.encode("utf-8", "surrogatepass"))))
+        if self.packer is not None:
+            self.packer.pack([k for k, _, _ in out if k is not None])
+        return out
+
+
+_WORKER: _ChunkWorker | None = None
+
+
+def _init_worker(settings: ReadSettings, tokenizer_file: str | None, block_size: int, eot_id: int) -> None:
+    global _WORKER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"   # one thread per worker: the processes are the parallelism
+    _WORKER = _ChunkWorker(settings, tokenizer_file, block_size, eot_id)
+
+
+def _run_chunk(raws: list[RawDoc]):
+    assert _WORKER is not None
+    return _WORKER.run(raws)
+
+
+def _chunks(raws: Iterator[RawDoc]) -> Iterator[list[RawDoc]]:
+    chunk: list[RawDoc] = []
+    chars = 0
+    for raw in raws:
+        chunk.append(raw)
+        chars += len(raw.text)
+        if chars >= CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def iter_cleaned(paths: list[Path], settings: ReadSettings, *, workers: int = 1, bad: BadLines | None = None,
+                 tokenizer_file: str | None = None, block_size: int = 0, eot_id: int = 0,
+                 counts: dict[str, int] | None = None, progress=None) -> Iterator[Kept]:
+    """Kept documents of `paths` in input order, deduplicated; with a tokenizer file, packed into blocks.
+
+    `counts` (if given) accumulates documents_read, the cleaning counts, duplicates and raw characters;
+    `progress` (a tqdm bar) advances by raw UTF-8 bytes. Bounded memory: at most 2 chunks per worker in flight.
+    """
+    counts = counts if counts is not None else {}
+    dedup = Deduplicator() if settings.cleaning.dedup else None
+    raws = iter_documents(paths, settings.text_field, settings.id_field, settings.title_field,
+                          skip_bad=settings.skip_bad, bad=bad)
+    for results in _map_chunks(_chunks(raws), settings, workers, tokenizer_file, block_size, eot_id):
+        for kept, doc_counts, raw_bytes in results:
+            counts["documents_read"] = counts.get("documents_read", 0) + 1
+            counts["raw_bytes"] = counts.get("raw_bytes", 0) + raw_bytes
+            for key, n in doc_counts.items():
+                counts[key] = counts.get(key, 0) + n
+            if progress is not None:
+                progress.update(raw_bytes)
+            if kept is None:
+                continue
+            counts["raw_chars_kept_docs"] = counts.get("raw_chars_kept_docs", 0) + kept.doc.raw_chars
+            if dedup is not None and dedup.seen(kept.doc.text):
+                counts["duplicates"] = counts.get("duplicates", 0) + 1
+                continue
+            yield kept
+
+
+def _map_chunks(chunks: Iterator[list[RawDoc]], settings: ReadSettings, workers: int, tokenizer_file, block_size,
+                eot_id):
+    """Results of each chunk, in order: in this process (workers 1) or a pool with a bounded queue."""
+    if workers <= 1:
+        worker = _ChunkWorker(settings, tokenizer_file, block_size, eot_id)
+        for chunk in chunks:
+            yield worker.run(chunk)
+        return
+    import multiprocessing
+    with multiprocessing.get_context().Pool(workers, _init_worker,
+                                            (settings, tokenizer_file, block_size, eot_id)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_run_chunk, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# --- packing sentences into blocks ----------------------------------------------------------------------
+
+class _Packer:
+    """Tokenises documents whole and cuts their tokens into blocks at sentence ends (see the module doc)."""
+
+    def __init__(self, tokenizer_file: str, block_size: int, eot_id: int):
+        import numpy as np
+        from tokenizers import Tokenizer
+        self.np = np
+        self.tok = Tokenizer.from_file(tokenizer_file)
+        self.tok.encode_special_tokens = True     # "<|endoftext|>" typed in a document is text, not EOT
+        self.cap = block_size - 1                 # tokens of text per block; EOT takes the last place
+        self.eot_id = eot_id
+        self.token_bytes = _byte_level_token_bytes(self.tok)
+
+    def pack(self, docs: list[Kept]) -> None:
+        if not docs:
+            return
+        texts = [k.doc.text for k in docs]
+        if self.token_bytes is not None:
+            encodings = self.tok.encode_batch_fast(texts, add_special_tokens=False)
+        else:
+            encodings = self.tok.encode_batch(texts, add_special_tokens=False)
+        for kept, enc in zip(docs, encodings):
+            self._pack_one(kept, enc)
+
+    def _boundaries(self, text: str, enc):
+        """(character position, is-a-character-boundary) of each token boundary 0..n."""
+        np = self.np
+        ids = np.asarray(enc.ids, dtype=np.int64)
+        if self.token_bytes is not None:
+            raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+            ends = np.concatenate(([0], np.cumsum(self.token_bytes[ids])))
+            if ends[-1] == raw.size:
+                starts_char = np.append((raw & 0xC0) != 0x80, True)      # not a UTF-8 continuation byte
+                char_at = np.concatenate(([0], np.cumsum(starts_char[:-1])))
+                return ids, char_at[ends], starts_char[ends]
+            enc = self.tok.encode(text, add_special_tokens=False)       # a normalizer changed bytes: use offsets
+            ids = np.asarray(enc.ids, dtype=np.int64)
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        pos = np.append(offsets[:, 0], len(text))
+        ok = np.ones(len(ids) + 1, dtype=bool)
+        ok[1:-1] = offsets[:-1, 1] <= offsets[1:, 0]                     # no character shared by two tokens
+        if len(ids):
+            pos[0] = 0
+        return ids, pos, ok
+
+    def _pack_one(self, kept: Kept, enc) -> None:
+        np = self.np
+        text = kept.doc.text
+        ids, pos, ok = self._boundaries(text, enc)
+        n = len(ids)
+        cut_idx = np.flatnonzero(ok)              # token boundaries where a block may end
+        cut_pos = pos[cut_idx]
+        sentences = split_sentences(text)
+        kept.sentences = len(sentences)
+        sent_ends = np.cumsum([len(s) for s in sentences])
+        snap = _Snapper(text, cut_idx, cut_pos)
+        cuts = sorted(set(k for k in snap.many(sent_ends) if k is not None) | {n})
+        blocks: list[tuple[int, int]] = []
+        cur = 0
+        while cur < n:
+            limit = cur + self.cap
+            j = bisect_right(cuts, limit) - 1
+            if n <= limit:
+                end = n
+            elif j >= 0 and cuts[j] > cur:
+                end = cuts[j]
+            else:
+                end = self._cut_long(snap, sentences, sent_ends, int(pos[cur]), cur, limit, kept)
+            blocks.append((cur, end))
+            cur = end
+        tokens = np.empty(n + len(blocks), dtype=np.uint32)
+        lengths = np.empty(len(blocks), dtype=np.int32)
+        at = 0
+        for b, (s, e) in enumerate(blocks):
+            tokens[at: at + e - s] = ids[s:e]
+            tokens[at + e - s] = self.eot_id
+            lengths[b] = e - s + 1
+            at += e - s + 1
+        kept.tokens, kept.block_lengths = tokens, lengths
+
+    def _cut_long(self, snap: _Snapper, sentences, sent_ends, char_pos: int, cur: int, limit: int,
+                  kept: Kept) -> int:
+        """Where a block inside a too-long sentence ends: last soft point that fits, else a token boundary."""
+        s = min(int(self.np.searchsorted(sent_ends, char_pos, side="right")), len(sentences) - 1)
+        start = int(sent_ends[s - 1]) if s else 0
+        for offset in soft_split_points(sentences[s]):
+            k = snap.one(start + offset)
+            if k is not None and cur < k <= limit:
+                kept.soft_cuts += 1
+                return k
+        i = int(self.np.searchsorted(snap.cut_idx, limit, side="right")) - 1
+        k = int(snap.cut_idx[i])
+        if k <= cur:
+            raise TunelabError(f"block size {self.cap + 1} is too small: one character of document "
+                               f"{kept.doc.id or ''} needs more tokens", file=kept.doc.file, line=kept.doc.line)
+        kept.token_cuts += 1
+        return k
+
+
+class _Snapper:
+    """Maps a character position to the token boundary that ends there, or that starts the whitespace before it.
+
+    Byte-level BPE glues a space to the next word (" The"), so "Hello. " | "The" is cut as "Hello." | " The".
+    """
+
+    def __init__(self, text: str, cut_idx, cut_pos):
+        self.text, self.cut_idx, self.cut_pos = text, cut_idx, cut_pos
+
+    def many(self, positions) -> list[int | None]:
+        import numpy as np
+        i = np.searchsorted(self.cut_pos, positions, side="right") - 1
+        out: list[int | None] = []
+        for c, j in zip(positions.tolist(), i.tolist()):
+            out.append(self._at(c, j))
+        return out
+
+    def one(self, position: int) -> int | None:
+        import numpy as np
+        return self._at(position, int(np.searchsorted(self.cut_pos, position, side="right")) - 1)
+
+    def _at(self, c: int, j: int) -> int | None:
+        if j < 0:
+            return None
+        p = int(self.cut_pos[j])
+        if p == c or self.text[p:c].isspace():
+            return int(self.cut_idx[j])
+        return None
+
+
+def _byte_level_token_bytes(tok):
+    """UTF-8 length of every token id for a byte-level BPE without a normalizer (else None: use offsets)."""
+    import numpy as np
+    spec = json.loads(tok.to_str())
+    if (spec.get("decoder") or {}).get("type") != "ByteLevel" or spec.get("normalizer") is not None:
+        return None
+    size = tok.get_vocab_size(with_added_tokens=True)
+    lengths = np.zeros(size, dtype=np.int64)
+    for token, i in tok.get_vocab(with_added_tokens=False).items():
+        lengths[i] = len(token)          # one byte-level character per byte
+    for i, added in tok.get_added_tokens_decoder().items():
+        lengths[i] = len(added.content.encode("utf-8"))   # added tokens are kept as plain text
+    return lengths
+
+
+# --- preparing a corpus directory -------------------------------------------------------------------------
+
+def prepare_corpus(inputs: list[str | Path], tokenizer: str, block_size: int, out: str | Path,
+                   settings: ReadSettings | None = None, workers: int | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Build corpus directory `out` from `inputs`; returns its meta.json (summary included)."""
+    from tqdm.auto import tqdm
+    settings = settings or ReadSettings()
+    out = Path(out)
+    if block_size < MIN_BLOCK_SIZE:
+        raise TunelabError(f"--block-size must be at least {MIN_BLOCK_SIZE}, got {block_size}")
+    if not 0 <= settings.val_fraction < 1:
+        raise TunelabError(f"--val-fraction must be in [0, 1), got {settings.val_fraction}")
+    if out.exists():
+        raise TunelabError("output directory exists; choose a new --out (a corpus is never overwritten)",
+                           file=out)
+    paths = list_inputs(inputs)
+    workers = workers or os.cpu_count() or 1
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    try:
+        started = time.perf_counter()
+        tok_meta, tokenizer_file, eot_id, vocab_size = _copy_tokenizer(tokenizer, tmp / "tokenizer")
+        dtype = token_dtype(vocab_size)
+        writers = {split: SplitWriter(tmp, split, dtype) for split in SPLITS}
+        bad = BadLines()
+        counts: dict[str, int] = {}
+        total = {"documents": 0, "sentences": 0, "chars": 0, "soft": 0, "token": 0}
+        input_bytes = sum(p.stat().st_size for p in paths)
+        with open(tmp / "docs.jsonl", "w", encoding="utf-8") as docs_file, \
+                tqdm(total=input_bytes, unit="B", unit_scale=True, desc="corpus", disable=not progress,
+                     file=sys.stderr) as bar:
+            for kept in iter_cleaned(paths, settings, workers=workers, bad=bad, tokenizer_file=tokenizer_file,
+                                     block_size=block_size, eot_id=eot_id, counts=counts, progress=bar):
+                _write_doc(kept, total["documents"], writers[kept.split], docs_file)
+                total["documents"] += 1
+                total["sentences"] += kept.sentences
+                total["chars"] += len(kept.doc.text)
+                total["soft"] += kept.soft_cuts
+                total["token"] += kept.token_cuts
+            bar.update(max(0, input_bytes - bar.n))
+        splits = {split: w.close() for split, w in writers.items()}
+        seconds = time.perf_counter() - started
+        if total["documents"] == 0:
+            raise TunelabError("no document left after cleaning (all too short, duplicates or bad lines)",
+                               file=paths[0] if len(paths) == 1 else None)
+        summary = _summary(counts, bad, total, splits, block_size, input_bytes, seconds)
+        meta = {
+            "format": FORMAT, "dtype": dtype, "block_size": block_size, "eot_id": eot_id,
+            "eot_token": tok_meta.pop("eot_token"), "vocab_size": vocab_size, "tokenizer": tok_meta,
+            "text_field": settings.text_field, "id_field": settings.id_field, "title_field": settings.title_field,
+            "skip_bad": settings.skip_bad, "cleaning": settings.cleaning.as_meta(),
+            "val_fraction": settings.val_fraction, "seed": settings.seed,
+            "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in paths],
+            "splits": splits, "summary": summary,
+            "rows": {"max_len": block_size,
+                     "padding_pct_if_one_block_per_row": summary["padding_pct_if_one_block_per_row"]},
+        }
+        with open(tmp / "meta.json", "w", encoding="utf-8") as f:   # last: a directory with meta.json is whole
+            json.dump(meta, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _write_doc(kept: Kept, index: int, writer: SplitWriter, docs_file) -> None:
+    at = 0
+    for length in kept.block_lengths.tolist():
+        writer.add(kept.tokens[at: at + length], index)
+        at += length
+    d = kept.doc
+    docs_file.write(json.dumps({"doc": index, "id": d.id, "title": d.title, "file": d.file, "line": d.line,
+                                "split": kept.split, "chars": len(d.text), "blocks": len(kept.block_lengths)},
+                               ensure_ascii=False) + "\n")
+
+
+def _copy_tokenizer(name_or_path: str, dest: Path) -> tuple[dict[str, Any], str, int, int]:
+    """Save the tokenizer into the corpus; (identity for meta.json, tokenizer.json path, EOT id, vocab size)."""
+    import hashlib
+    from transformers import AutoTokenizer
+    src = Path(name_or_path)
+    if src.exists() and not src.is_dir():
+        raise TunelabError("--tokenizer must be a tokenizer directory (or a Hugging Face hub id)", file=src)
+    try:
+        hf = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise TunelabError(f"cannot load tokenizer: {str(e).splitlines()[0]}", file=name_or_path) from None
+    if hf.eos_token is None or hf.eos_token_id is None:
+        raise TunelabError("the tokenizer has no EOS token to end blocks with", file=name_or_path)
+    hf.save_pretrained(dest)
+    tokenizer_file = dest / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise TunelabError("a fast tokenizer (tokenizer.json) is needed", file=name_or_path)
+    source_json = src / "tokenizer.json"
+    sha = hashlib.sha256((source_json if source_json.is_file() else tokenizer_file).read_bytes()).hexdigest()
+    meta = {"source": "local" if src.is_dir() else "hub", "name_or_path": str(src.resolve()) if src.is_dir()
+            else name_or_path, "sha256": sha, "class": type(hf).__name__, "eot_token": hf.eos_token}
+    return meta, str(tokenizer_file), int(hf.eos_token_id), len(hf)
+
+
+def _summary(counts, bad: BadLines, total, splits, block_size, input_bytes, seconds) -> dict[str, Any]:
+    blocks = sum(s["blocks"] for s in splits.values())
+    tokens = sum(s["tokens"] for s in splits.values())
+    raw_chars = counts.get("raw_chars_kept_docs", 0)
+    return {
+        "documents_read": counts.get("documents_read", 0),
+        "documents_kept": total["documents"],
+        "duplicates_removed": counts.get("duplicates", 0),
+        "too_short": counts.get("too_short", 0),
+        "bad_lines": bad.count, "bad_line_examples": bad.examples,
+        "sentences": total["sentences"], "blocks": blocks, "tokens": tokens,
+        "chars_kept": total["chars"],
+        "chars_kept_pct": round(100 * total["chars"] / raw_chars, 2) if raw_chars else 0.0,
+        "cleaning": {key: counts.get(key, 0) for key in COUNT_KEYS},
+        "long_sentence_splits": {"at_soft_point": total["soft"], "at_token_boundary": total["token"]},
+        "padding_pct_if_one_block_per_row": round(100 * (1 - tokens / (blocks * block_size)), 2) if blocks else 0.0,
+        "input_mb": round(input_bytes / 1e6, 3), "seconds": round(seconds, 2),
+        "mb_per_s": round(input_bytes / 1e6 / seconds, 2) if seconds else None,
+    }
+
+
+def format_summary(meta: dict[str, Any]) -> str:
+    s = meta["summary"]
+    c = s["cleaning"]
+    lines = [
+        f"documents: {s['documents_read']} read, {s['documents_kept']} kept "
+        f"({s['duplicates_removed']} duplicates, {s['too_short']} too short, {s['bad_lines']} bad lines)",
+        f"train: {meta['splits']['train']['documents']} documents, {meta['splits']['train']['blocks']} blocks, "
+        f"{meta['splits']['train']['tokens']} tokens; val: {meta['splits']['val']['documents']} documents, "
+        f"{meta['splits']['val']['blocks']} blocks, {meta['splits']['val']['tokens']} tokens",
+        f"sentences: {s['sentences']}; long sentences cut: {s['long_sentence_splits']['at_soft_point']} at "
+        f"a comma/space, {s['long_sentence_splits']['at_token_boundary']} at a token boundary",
+        f"characters kept after cleaning: {s['chars_kept_pct']}% of the kept documents' raw characters",
+        "cleaning: " + ", ".join(f"{k} {v}" for k, v in c.items()),
+        f"dtype {meta['dtype']} (vocabulary {meta['vocab_size']}); padding if one block per row of "
+        f"{meta['block_size']}: {s['padding_pct_if_one_block_per_row']}%",
+        f"{s['input_mb']} MB in {s['seconds']} s ({s['mb_per_s']} MB/s)",
+    ]
+    lines += [f"bad line: {e}" for e in s["bad_line_examples"]]
+    return "\n".join(lines)
+
+
+# --- verify and show --------------------------------------------------------------------------------------
+
+def settings_from_meta(meta: dict[str, Any]) -> ReadSettings:
+    return ReadSettings(text_field=meta["text_field"], id_field=meta["id_field"], title_field=meta["title_field"],
+                        skip_bad=meta.get("skip_bad", False), val_fraction=meta["val_fraction"], seed=meta["seed"],
+                        cleaning=CleaningConfig(**meta["cleaning"]))
+
+
+def verify_corpus(directory: str | Path, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Re-read and re-clean the inputs of a corpus and compare every document with its decoded blocks.
+
+    Returns {"documents": checked, "differences": count, "examples": [first MAX_DIFFERENCES differences]}.
+    A difference names the document (doc index, id, file, line) and the first character that differs.
+    """
+    from tokenizers import Tokenizer
+    from tqdm.auto import tqdm
+    directory = Path(directory)
+    meta = read_meta(directory)
+    docs = read_docs(directory)
+    paths = [Path(i["path"]) for i in meta["inputs"]]
+    for item, p in zip(meta["inputs"], paths):
+        if not p.is_file():
+            raise TunelabError("input of this corpus not found (--verify re-reads the inputs)", file=p)
+        if p.stat().st_size != item["bytes"]:
+            raise TunelabError(f"input changed since the corpus was prepared ({item['bytes']} bytes then, "
+                               f"{p.stat().st_size} now)", file=p)
+    tok = Tokenizer.from_file(str(directory / "tokenizer" / "tokenizer.json"))
+    blocks = {split: CorpusBlocks(directory, split) for split in SPLITS}
+    import numpy as np
+    doc_col = {split: np.asarray(b.index["doc"]) for split, b in blocks.items()}
+    problems: list[dict[str, Any]] = []
+    count = 0
+    checked = 0
+    structure = _check_structure(blocks)
+    bar = tqdm(total=sum(i["bytes"] for i in meta["inputs"]), unit="B", unit_scale=True, desc="verify",
+               disable=not progress, file=sys.stderr)
+    with bar:
+        for index, kept in enumerate(iter_cleaned(paths, settings_from_meta(meta), workers=workers or
+                                                   os.cpu_count() or 1, bad=BadLines(), progress=bar)):
+            checked += 1
+            record = docs[index] if index < len(docs) else None
+            problem = _compare(index, kept, record, blocks, doc_col, tok)
+            if problem:
+                count += 1
+                if len(problems) < MAX_DIFFERENCES:
+                    problems.append(problem)
+    if checked != len(docs):
+        count += 1
+        problems.append({"problem": f"{checked} documents after cleaning the inputs, the corpus holds {len(docs)}"})
+    count += len(structure)
+    problems = structure + problems
+    return {"documents": checked, "differences": count, "examples": problems[:MAX_DIFFERENCES]}
+
+
+def _check_structure(blocks: dict[str, CorpusBlocks]) -> list[dict[str, Any]]:
+    """Every block ends with EOT, holds no other EOT and fits the block size."""
+    import numpy as np
+    problems = []
+    for split, b in blocks.items():
+        if not len(b):
+            continue
+        ends = b.index["offset"] + b.index["length"] - 1
+        not_eot = np.flatnonzero(np.asarray(b.tokens)[ends] != b.eot_id)
+        too_long = np.flatnonzero(b.lengths > b.block_size)
+        inner_eot = int((np.asarray(b.tokens) == b.eot_id).sum()) - len(b)
+        if len(not_eot):
+            problems.append({"split": split, "problem": f"{len(not_eot)} blocks do not end with EOT",
+                             "first_block": int(not_eot[0])})
+        if len(too_long):
+            problems.append({"split": split, "problem": f"{len(too_long)} blocks longer than the block size",
+                             "first_block": int(too_long[0])})
+        if inner_eot:
+            problems.append({"split": split, "problem": f"{inner_eot} EOT tokens inside blocks"})
+    return problems
+
+
+def _compare(index: int, kept: Kept, record, blocks, doc_col, tok) -> dict[str, Any] | None:
+    import numpy as np
+    where = {"doc": index, "id": kept.doc.id, "file": kept.doc.file, "line": kept.doc.line}
+    if record is None:
+        return {**where, "problem": "document missing from the corpus"}
+    b = blocks[kept.split]
+    col = doc_col[kept.split]
+    lo, hi = int(np.searchsorted(col, index, "left")), int(np.searchsorted(col, index, "right"))
+    if record["split"] != kept.split or hi - lo != record["blocks"]:
+        return {**where, "problem": f"split/blocks differ: corpus has {record['split']}/{record['blocks']}, "
+                                    f"inputs give {kept.split}/{hi - lo}"}
+    decoded = "".join(tok.decode_batch([b.block(i)[:-1].tolist() for i in range(lo, hi)],
+                                       skip_special_tokens=False))
+    text = kept.doc.text
+    if decoded == text:
+        return None
+    at = next((i for i, (x, y) in enumerate(zip(decoded, text)) if x != y), min(len(decoded), len(text)))
+    return {**where, "problem": "decoded blocks differ from the cleaned text", "position": at,
+            "expected": text[max(0, at - 20): at + 40], "decoded": decoded[max(0, at - 20): at + 40]}
+
+
+def show_blocks(directory: str | Path, doc: str | None = None, split: str | None = None,
+                limit: int = 20) -> Iterator[dict[str, Any]]:
+    """Blocks as the model reads them: {doc, id, split, block, tokens, text} (decoded, EOT shown)."""
+    import numpy as np
+    from tokenizers import Tokenizer
+    directory = Path(directory)
+    read_meta(directory)
+    docs = read_docs(directory)
+    if doc is not None:
+        chosen = [d for d in docs if d["id"] == doc] or [d for d in docs if str(d["doc"]) == doc]
+        if not chosen:
+            raise TunelabError(f"no document with id or index {doc!r}", file=directory / "docs.jsonl")
+    else:
+        chosen = docs
+    if split is not None:
+        chosen = [d for d in chosen if d["split"] == split]
+    tok = Tokenizer.from_file(str(directory / "tokenizer" / "tokenizer.json"))
+    blocks = {s: CorpusBlocks(directory, s) for s in SPLITS}
+    cols = {s: np.asarray(b.index["doc"]) for s, b in blocks.items()}
+    shown = 0
+    for d in chosen:
+        b = blocks[d["split"]]
+        lo, hi = int(np.searchsorted(cols[d["split"]], d["doc"], "left")), \
+            int(np.searchsorted(cols[d["split"]], d["doc"], "right"))
+        for i in range(lo, hi):
+            if shown >= limit:
+                return
+            ids = b.block(i).tolist()
+            yield {"doc": d["doc"], "id": d["id"], "split": d["split"], "block": i, "tokens": len(ids),
+                   "text": tok.decode(ids, skip_special_tokens=False)}
+            shown += 1
+
+
+# --- CLI --------------------------------------------------------------------------------------------------
+
+def settings_from_args(args) -> ReadSettings:
+    """ReadSettings from the reading/cleaning flags shared by `data corpus` and `tokenizer train`."""
+    cleaning = CleaningConfig(split_title=not args.no_split_title, prepend_title=args.prepend_title,
+                              empty_brackets=not args.no_empty_brackets, markup=not args.no_markup,
+                              whitespace=not args.no_whitespace, nfkc=args.nfkc, min_chars=args.min_chars,
+                              dedup=not args.no_dedup)
+    return ReadSettings(text_field=args.text_field, id_field=args.id_field or None,
+                        title_field=args.title_field or None, skip_bad=args.skip_bad,
+                        val_fraction=args.val_fraction, seed=args.seed, cleaning=cleaning)
+
+
+def cli_corpus(args) -> int:
+    if args.verify:
+        result = verify_corpus(args.verify, workers=args.workers)
+        for problem in result["examples"]:
+            print(json.dumps(problem, ensure_ascii=False))
+        if result["differences"]:
+            print(f"verify: {result['differences']} differences in {result['documents']} documents", file=sys.stderr)
+            return 1
+        print(f"verify: OK — {result['documents']} documents, every character in its blocks, in order")
+        return 0
+    if args.show:
+        for row in show_blocks(args.show, doc=args.doc, split=args.split, limit=args.limit):
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    missing = [flag for flag, value in (("INPUT", args.inputs), ("--tokenizer", args.tokenizer),
+                                        ("--block-size", args.block_size), ("--out", args.out)) if not value]
+    if missing:
+        raise TunelabError(f"data corpus needs {', '.join(missing)} (or --verify DIR / --show DIR)")
+    meta = prepare_corpus(args.inputs, args.tokenizer, args.block_size, args.out, settings_from_args(args),
+                          workers=args.workers)
+    print(format_summary(meta))
+    print(f"wrote {args.out}")
+    return 0
+
