@@ -21,7 +21,7 @@ Rules run in this order (each one is a field of `CleaningConfig`; the count it a
    "" '' with nothing at all inside (`"a" "b"` holds `" "`, which is not a pair). Repeated until none
    remain, so （（））goes; a pair with anything inside （北京） (1) 《红楼梦》 and a lone bracket stay.
    Runs after markup, which often leaves such pairs behind: "（英语：<ref>…</ref>）".
-4. `whitespace` [whitespace_chars: characters replaced or removed]
+4. `whitespace` [whitespace_chars: characters removed; a tab or NBSP that becomes a space is not counted]
    \\r\\n, \\r, U+2028/U+2029/U+0085 → \\n; tabs and odd spaces (NBSP, U+3000 ideographic space, U+2000–U+200A,
    U+202F, U+205F, U+1680, \\v, \\f) → ' '; zero-width space U+200B, BOM U+FEFF and other control characters
    (C0 except \\n, DEL, C1) removed; runs of spaces → one space; spaces at both ends of a line removed
@@ -93,7 +93,7 @@ _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 _FILE_LINK = re.compile(r"\[\[(?:File|Image|Category|文件|檔案|图像|圖像|分类|分類)\s*:[^\[\]]*\]\]", re.I)
 _LINK = re.compile(r"\[\[(?:[^\[\]|]*\|)*([^\[\]|]*)\]\]")
 _EMPHASIS = re.compile(r"('{2,5})(?=[^'\s])([^\n]*?[^'\s])\1(?!')")
-_HEADING = re.compile(r"^(={1,6})[ \t]*([^=\n](?:[^\n]*?[^=\n])?)[ \t]*\1[ \t]*$", re.M)
+_HEADING = re.compile(r"^(={1,6})[ \t]*([^=\n](?:[^\n]*?[^=\n])?)[ \t]*\1[ \t\r]*$", re.M)
 _ATTR = r"""\s+[\w:-]+\s*=\s*(?:"[^"<>]*"|'[^'<>]*'|[^\s"'<>]+)"""
 _TAG = re.compile(rf"</?(?:{'|'.join(HTML_TAGS)})(?:{_ATTR})*\s*/?>", re.I)
 _ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
@@ -161,12 +161,10 @@ _NEWLINE_RUN = re.compile("\n{3,}")
 
 
 def _normalise_whitespace(text: str) -> tuple[str, int]:
-    before, replaced = len(text), 0
+    before = len(text)
     if _ANY_ODD.search(text):
-        shorter, k = _NEWLINE.subn("\n", text)
-        replaced = k - (len(text) - len(shorter))  # "\r\n" -> "\n" is a removal, counted by length below
-        text, k = _ODD_SPACE.subn(" ", shorter)
-        replaced += k
+        text = _NEWLINE.sub("\n", text)
+        text = _ODD_SPACE.sub(" ", text)
         text = _INVISIBLE.sub("", text)
     if "  " in text:
         text = _SPACE_RUN.sub(" ", text)
@@ -175,7 +173,7 @@ def _normalise_whitespace(text: str) -> tuple[str, int]:
     if "\n\n\n" in text:
         text = _NEWLINE_RUN.sub("\n\n", text)
     text = text.strip()
-    return text, replaced + before - len(text)
+    return text, before - len(text)
 
 
 # --- title --------------------------------------------------------------------------------------------

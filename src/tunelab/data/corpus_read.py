@@ -35,7 +35,7 @@ from tunelab.errors import TunelabError
 SUFFIXES = (".jsonl", ".json", ".txt")
 GZ_SUFFIXES = tuple(s + ".gz" for s in SUFFIXES)
 MAX_BAD_EXAMPLES = 10
-CHUNK_CHARS = 1 << 20  # JSON arrays are decoded 1 MB at a time
+CHUNK_CHARS = 1 << 18  # JSON arrays are decoded 256 KB at a time
 _DECODER = json.JSONDecoder()
 _WS = re.compile(r"[ \t\r\n]*")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what undecodable bytes become under surrogateescape
@@ -152,14 +152,15 @@ class _Reader:
             value = rec.get(name) if name else None
             if isinstance(value, (dict, list)):
                 return self.fail(line, f"expected a string or number, got {type(value).__name__}", name)
-            meta.append(None if value is None else value if isinstance(value, str) else json.dumps(value))
+            meta.append(value if value is None or isinstance(value, str) else
+                        str(value) if type(value) is int else json.dumps(value))  # 1.5, true, NaN as in JSON
         return RawDoc(text, self.file, line, meta[0], meta[1])
 
     def jsonl(self, f: IO[bytes]) -> Iterator[RawDoc]:
         for lineno, raw in enumerate(f, start=1):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[3:]
-            if not raw.strip():
+            if not raw or raw.isspace():
                 continue
             try:
                 text = raw.decode("utf-8")
@@ -188,7 +189,7 @@ class _Reader:
                 line = raw.decode("utf-8", "replace")
                 if broken is None:
                     broken = (lineno, f"not UTF-8 text (bad byte 0x{raw[e.start]:02x} at column {e.start + 1})")
-            if line.strip():
+            if line and not line.isspace():
                 if not block:
                     start = lineno
                 block.append(line)
@@ -209,20 +210,28 @@ class _Reader:
     def json_array(self, f: IO[bytes]) -> Iterator[RawDoc]:
         """A JSON array element by element, over a buffer that holds about one element at a time.
 
-        Bytes that are not UTF-8 are decoded with surrogateescape, so they survive into the buffer as
-        U+DC80..U+DCFF (which escaped JSON text can never contain raw) and mark their element as bad.
+        Once a byte that is not UTF-8 turns up, decoding goes on with surrogateescape, so the bad bytes
+        survive into the buffer as U+DC80..U+DCFF (which escaped JSON text can never contain raw) and mark
+        their element as bad; until then no element is searched for them.
         """
-        decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-        buf, pos, line, counted, eof = "", 0, 1, 0, False
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        buf, pos, line, counted, eof, dirty = "", 0, 1, 0, False, False
 
         def more(n: int = CHUNK_CHARS) -> bool:
-            nonlocal buf, pos, counted, eof
+            nonlocal buf, pos, counted, eof, decoder, dirty
             if eof:
                 return False
             line_at(pos)
             data = f.read(n)
             eof = not data
-            buf = buf[pos:] + decoder.decode(data, final=eof)
+            state = decoder.getstate()
+            try:
+                text = decoder.decode(data, final=eof)
+            except UnicodeDecodeError:
+                decoder, dirty = codecs.getincrementaldecoder("utf-8")("surrogateescape"), True
+                decoder.setstate(state)
+                text = decoder.decode(data, final=eof)
+            buf = buf[pos:] + text
             counted -= pos
             pos = 0
             return True
@@ -241,10 +250,10 @@ class _Reader:
                 if pos < len(buf) or not more():
                     return
 
-        more()
-        if buf.startswith("\ufeff"):
-            pos = 1
         skip_ws()
+        if buf.startswith("\ufeff", pos):
+            pos += 1
+            skip_ws()
         if not buf.startswith("[", pos):  # not an array: JSON lines in a .json file
             f.seek(0)
             yield from self.jsonl(f)
@@ -267,12 +276,12 @@ class _Reader:
                     raise TunelabError(f"malformed JSON ({e.msg})", file=self.file, line=line_at(e.pos)) from None
                 lineno = line_at(start)
                 pos = end
-                escaped = _ESCAPED_BYTE.search(buf, start, end)
+                escaped = dirty and _ESCAPED_BYTE.search(buf, start, end)
                 if escaped:
                     self.fail(line_at(escaped.start()), "not UTF-8 text")
                 else:
-                    span = buf[start:end]
-                    doc = self.doc(rec, lineno, "\\ud" in span or "\\uD" in span)
+                    escapes = buf.find("\\ud", start, end) >= 0 or buf.find("\\uD", start, end) >= 0
+                    doc = self.doc(rec, lineno, escapes)
                     if doc is not None:
                         yield doc
                 skip_ws()
