@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--list-kinds", action="store_true", help="print the kinds and exit")
     q.set_defaults(func=_call("tunelab.data.arithmetic:cli_generate"))
 
+    q = data.add_parser("encyclopedia", help="Chinese encyclopedia-style articles of an invented world, with QA pairs")
+    q.add_argument("--out", required=True, help="new directory for articles.jsonl and qa.jsonl")
+    q.add_argument("--count", type=int, default=5000, help="number of articles")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--no-noise", action="store_true",
+                   help="no wiki-dump noise (empty brackets, markup, stray whitespace, duplicates)")
+    q.set_defaults(func=_call("tunelab.data.encyclopedia:cli_generate"))
+
     q = data.add_parser("convert", help="convert competition data to a training format")
     q.add_argument("input", help="competition JSON/JSONL ({problem, solution})")
     q.add_argument("--out", required=True)
