@@ -1030,7 +1030,7 @@ def _add_noise(title: str, paragraphs: list[str], answers: list[str], links: lis
     return title + newline * 2 + newline.join(paras)
 
 
-def _links(w: World, kind: str, name: str) -> list[str]:
+def _links(w: World, name: str) -> list[str]:
     """Names an article may wiki-link: the entities it mentions besides its subject."""
     names = list(w.provinces) + list(w.places) + list(w.lines) + list(w.people) + list(w.species)
     return [n for n in names if n != name]
@@ -1090,7 +1090,7 @@ def generate_articles(count: int, seed: int = 0, noise: bool = True) -> tuple[li
             attempt += 1
         if noise:
             if name not in link_cache:
-                link_cache[name] = _links(w, kind, name)
+                link_cache[name] = _links(w, name)
             text = _add_noise(name, paragraphs, answers, link_cache[name], noise_rng)
         else:
             text = f"{name}\n\n{body}"
