@@ -108,6 +108,7 @@ def test_soft_split_points_cases():
     assert soft_split_points(s) == [s.index("big"), s.index("and"), s.index("广州"), s.index("上海"),
                                    s.index("Paris")]
     assert soft_split_points("一句没有标点的很长的中文句子") == []
+    assert soft_split_points("共1,000人12:30到,a") == [len("共1,000人12:30到,")]
 
 # ---------------------------------------------------------------------------------------------------------
 # cleaning
@@ -197,7 +198,7 @@ def _remove_empty_pairs_slowly(text: str) -> str:
 
 def test_empty_brackets_match_a_slow_reference_fuzzed():
     rng = random.Random(3)
-    parts = list("（）()《》【】[]「」『』“”‘’\"'O北a ") + ["\u3000", "（北京）", "(1)"]
+    parts = list("（）()《》【】[]「」『』“”‘’\"'O北a_1 ") + ["\u3000", "（北京）", "(1)", "f()"]
     for _ in range(400):
         text = "".join(rng.choice(parts) for _ in range(rng.randint(0, 30)))
         expected = _remove_empty_pairs_slowly(text)
@@ -320,6 +321,10 @@ def test_fields_bom_crlf_and_json_holding_jsonl(tmp_path):
     q = tmp_path / "lines.json"  # many "JSON" dumps are JSON lines
     write_jsonl(q, DOCS)
     assert docs_of([q]) == EXPECTED
+    pretty = tmp_path / "one.json"
+    pretty.write_text('{\n  "text": "x"\n}\n')
+    with pytest.raises(TunelabError, match="one JSON array, or one JSON object per line"):
+        list(iter_documents([pretty]))
     empty = tmp_path / "e.json"
     empty.write_text(" [ ] \n")
     assert docs_of([empty]) == []
@@ -340,6 +345,7 @@ def _bad_file(tmp_path, body: bytes, name="bad.jsonl"):
     (b'{"text": "x", "id": [1]}', "expected a string or number, got list", "id"),
     (b'{"text": "\xe4\xb8"}', "not UTF-8 text (bad byte 0xe4 at column 11)", None),
     (b'{"text": "a\\ud800b"}', "lone surrogate", "text"),
+    (b'{"text": "ok", "title": {"a": 1}}', "expected a string or number, got dict", "title"),
 ])
 def test_bad_lines_name_file_line_and_field(tmp_path, line, message, field):
     p = _bad_file(tmp_path, b'{"text": "good"}\n\n' + line + b'\n{"text": "after"}\n')
@@ -437,6 +443,8 @@ def test_list_inputs(tmp_path):
         list_inputs([tmp_path / "nope"])
     with pytest.raises(TunelabError, match="unsupported"):
         list_inputs([tmp_path / "b/notes.md"])
+    with pytest.raises(TunelabError, match="prepared corpus"):
+        list_inputs([tmp_path / "b/prepared"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(TunelabError, match="no corpus files"):
         list_inputs([tmp_path / "empty"])

@@ -16,10 +16,13 @@ Rules run in this order (each one is a field of `CleaningConfig`; the count it a
    - HTML tags of known names (`<br>`, `<div class="x">`, `</span>`, …; see `HTML_TAGS`) lose the tag and
      keep what is between; `a<b and c>d` is not a tag (attributes must look like name=value);
    - HTML entities (`&amp;`, `&nbsp;`, `&#26085;`, `&#x65E5;`) become their character.
+   Not handled: wiki tables `{| … |}`, external links `[http://… text]`, templates with single braces
+   inside; what they leave stays in the text.
 3. `empty_brackets` [empty_brackets: pairs removed]
    An EMPTY pair only: （） () 《》 【】 [] 「」 『』 〈〉 〔〕 ［］ “” ‘’ with nothing but spaces inside, or
    "" '' with nothing at all inside (`"a" "b"` holds `" "`, which is not a pair). Repeated until none
    remain, so （（））goes; a pair with anything inside （北京） (1) 《红楼梦》 and a lone bracket stay.
+   Code loses its empty pairs too (`f()` → `f`): switch the rule off for a corpus of source code.
    Runs after markup, which often leaves such pairs behind: "（英语：<ref>…</ref>）".
 4. `whitespace` [whitespace_chars: characters removed; a tab or NBSP that becomes a space is not counted]
    \\r\\n, \\r, U+2028/U+2029/U+0085 → \\n; tabs and odd spaces (NBSP, U+3000 ideographic space, U+2000–U+200A,
@@ -99,10 +102,6 @@ _TAG = re.compile(rf"</?(?:{'|'.join(HTML_TAGS)})(?:{_ATTR})*\s*/?>", re.I)
 _ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
 
 
-def _entity(m: re.Match) -> str:
-    return html.unescape(m.group())
-
-
 def _strip_markup(text: str) -> tuple[str, int]:
     n = 0
     if "<" in text:
@@ -129,8 +128,15 @@ def _strip_markup(text: str) -> tuple[str, int]:
         text, k = _TAG.subn("", text)
         n += k
     if "&" in text:
-        text, k = _ENTITY.subn(_entity, text)
-        n += k
+        changed = 0
+
+        def unescape(m: re.Match) -> str:
+            nonlocal changed
+            char = html.unescape(m.group())
+            changed += char != m.group()  # "&bogus;" is no entity: left as it is, not counted
+            return char
+        text = _ENTITY.sub(unescape, text)
+        n += changed
     return text, n
 
 

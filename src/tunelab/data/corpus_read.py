@@ -80,11 +80,14 @@ def list_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     so a corpus written next to its sources is not read back as input. A missing input, an unsupported
     file named directly, or no file at all is an error.
     """
+    inputs = list(inputs)
     out: list[Path] = []
     seen: set[Path] = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
+            if (p / "train.bin").exists():
+                raise TunelabError("a prepared corpus directory, not corpus input: name the source files", file=p)
             found = sorted(_walk(p))
         elif p.is_file():
             if not _suffix(p):
@@ -124,7 +127,8 @@ class _Reader:
 
     def __init__(self, path: Path, text_field: str, id_field: str | None, title_field: str | None,
                  skip_bad: bool, bad: BadLines | None):
-        self.path, self.file = path, str(path)
+        self.file = str(path)
+        self.hint = ""
         self.text_field, self.id_field, self.title_field = text_field, id_field, title_field
         self.skip_bad, self.bad = skip_bad, bad
 
@@ -170,7 +174,7 @@ class _Reader:
             try:
                 rec = json.loads(text)
             except json.JSONDecodeError as e:
-                self.fail(lineno, f"malformed JSON ({e.msg}, column {e.colno})")
+                self.fail(lineno, f"malformed JSON ({e.msg}, column {e.colno}){self.hint}")
                 continue
             doc = self.doc(rec, lineno, "\\ud" in text or "\\uD" in text)
             if doc is not None:
@@ -255,6 +259,7 @@ class _Reader:
             pos += 1
             skip_ws()
         if not buf.startswith("[", pos):  # not an array: JSON lines in a .json file
+            self.hint = "; a .json file holds one JSON array, or one JSON object per line"
             f.seek(0)
             yield from self.jsonl(f)
             return

@@ -29,7 +29,7 @@ _T, _C = re.escape(TERMINATORS), re.escape(CLOSERS)
 _END = re.compile(
     f"[{_T}.\n](?:(?<=[{_T}])[{_T}{_C}]*\\s*|(?<=\n)\\s*|(?<=\\.)\\.*[{_C}]*\\s+(?=[{_NEXT_START}]))"
 )
-_SOFT = re.compile("[，、,：:]+\\s*")
+_SOFT = re.compile("(?:[，、：]|[,:](?![0-9]))+\\s*")  # not inside 1,000 or 12:30
 _SPACE = re.compile("\\s+")
 
 
@@ -49,7 +49,8 @@ def split_sentences(text: str) -> list[str]:
 def soft_split_points(sentence: str) -> list[int]:
     """Offsets where a sentence too long for a block may be cut, best first.
 
-    First the points after a comma/colon/enumeration mark (，、,：: with the whitespace after them), then
+    First the points after a comma/colon/enumeration mark (，、,：: with the whitespace after them; not the
+    ASCII ones between digits, 1,000 and 12:30), then
     those after a run of whitespace; within each kind from the last to the first. So the first offset in
     the list that fits the space left is the best cut. 0 and len(sentence) are never returned.
     """
