@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from tunelab.data.bpe_encode import ByteLevelEncoder
 from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document
 from tunelab.data.corpus_read import BadLines, RawDoc, iter_documents, list_inputs, split_of
 from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
@@ -182,30 +183,38 @@ class _Packer:
         self.cap = block_size - 1                 # tokens of text per block; EOT takes the last place
         self.eot_id = eot_id
         self.token_bytes = _byte_level_token_bytes(self.tok)
+        self.fast = ByteLevelEncoder.for_tokenizer(self.tok) if self.token_bytes is not None else None
+        self.fast_checked = False
 
     def pack(self, docs: list[Kept]) -> None:
         if not docs:
             return
         texts = [k.doc.text for k in docs]
-        if self.token_bytes is not None:
-            encodings = self.tok.encode_batch_fast(texts, add_special_tokens=False)
+        if self.fast is not None and not self.fast_checked:   # rely on the fast encoder once it agrees
+            self.fast_checked = True
+            if not self.fast.agrees_with(self.tok, texts[:64]):
+                self.fast = None
+        if self.fast is not None:
+            encoded = [(self.fast.encode(t), None) for t in texts]
+        elif self.token_bytes is not None:
+            encoded = [(e.ids, None) for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
         else:
-            encodings = self.tok.encode_batch(texts, add_special_tokens=False)
-        for kept, enc in zip(docs, encodings):
-            self._pack_one(kept, enc)
+            encoded = [(e.ids, e) for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        for kept, (ids, enc) in zip(docs, encoded):
+            self._pack_one(kept, ids, enc)
 
-    def _boundaries(self, text: str, enc):
-        """(character position, is-a-character-boundary) of each token boundary 0..n."""
+    def _boundaries(self, text: str, ids: list[int], enc):
+        """(ids, character position and is-a-character-boundary of each token boundary 0..n)."""
         np = self.np
-        ids = np.asarray(enc.ids, dtype=np.int64)
-        if self.token_bytes is not None:
+        ids = np.asarray(ids, dtype=np.int64)
+        if enc is None:
             raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
             ends = np.concatenate(([0], np.cumsum(self.token_bytes[ids])))
             if ends[-1] == raw.size:
                 starts_char = np.append((raw & 0xC0) != 0x80, True)      # not a UTF-8 continuation byte
                 char_at = np.concatenate(([0], np.cumsum(starts_char[:-1])))
                 return ids, char_at[ends], starts_char[ends]
-            enc = self.tok.encode(text, add_special_tokens=False)       # a normalizer changed bytes: use offsets
+            enc = self.tok.encode(text, add_special_tokens=False)       # bytes differ: fall back to offsets
             ids = np.asarray(enc.ids, dtype=np.int64)
         offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         pos = np.append(offsets[:, 0], len(text))
@@ -215,10 +224,10 @@ class _Packer:
             pos[0] = 0
         return ids, pos, ok
 
-    def _pack_one(self, kept: Kept, enc) -> None:
+    def _pack_one(self, kept: Kept, ids: list[int], enc) -> None:
         np = self.np
         text = kept.doc.text
-        ids, pos, ok = self._boundaries(text, enc)
+        ids, pos, ok = self._boundaries(text, ids, enc)
         n = len(ids)
         cut_idx = np.flatnonzero(ok)              # token boundaries where a block may end
         cut_pos = pos[cut_idx]
@@ -393,28 +402,65 @@ def _write_doc(kept: Kept, index: int, writer: SplitWriter, docs_file) -> None:
                                ensure_ascii=False) + "\n")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json")
+
+
 def _copy_tokenizer(name_or_path: str, dest: Path) -> tuple[dict[str, Any], str, int, int]:
-    """Save the tokenizer into the corpus; (identity for meta.json, tokenizer.json path, EOT id, vocab size)."""
+    """Copy the tokenizer into the corpus; (identity for meta.json, tokenizer.json path, EOT id, vocab size).
+
+    A local directory with tokenizer.json is copied file by file (no transformers import: seconds saved);
+    anything else (a hub id, a slow-only directory) goes through AutoTokenizer and save_pretrained.
+    """
     import hashlib
-    from transformers import AutoTokenizer
+    from tokenizers import Tokenizer
     src = Path(name_or_path)
     if src.exists() and not src.is_dir():
         raise TunelabError("--tokenizer must be a tokenizer directory (or a Hugging Face hub id)", file=src)
+    eos = _configured_eos(src) if (src / "tokenizer.json").is_file() else None
+    if eos is not None:
+        dest.mkdir()
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, dest / name)
+    else:
+        eos = _save_with_transformers(name_or_path, dest)
+    tokenizer_file = dest / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise TunelabError("a fast tokenizer (tokenizer.json) is needed", file=name_or_path)
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    eot_id = tok.token_to_id(eos)
+    if eot_id is None:
+        raise TunelabError(f"the EOS token {eos!r} is not in the tokenizer's vocabulary", file=name_or_path)
+    meta = {"source": "local" if src.is_dir() else "hub",
+            "name_or_path": str(src.resolve()) if src.is_dir() else name_or_path,
+            "sha256": hashlib.sha256(tokenizer_file.read_bytes()).hexdigest(), "eot_token": eos}
+    return meta, str(tokenizer_file), int(eot_id), tok.get_vocab_size(with_added_tokens=True)
+
+
+def _configured_eos(src: Path) -> str | None:
+    """The eos_token named in tokenizer_config.json or special_tokens_map.json (a string or {"content": …})."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = src / name
+        if path.is_file():
+            eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token")
+            if isinstance(eos, dict):
+                eos = eos.get("content")
+            if isinstance(eos, str) and eos:
+                return eos
+    return None
+
+
+def _save_with_transformers(name_or_path: str, dest: Path) -> str:
+    from transformers import AutoTokenizer
     try:
         hf = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise TunelabError(f"cannot load tokenizer: {str(e).splitlines()[0]}", file=name_or_path) from None
-    if hf.eos_token is None or hf.eos_token_id is None:
+    if hf.eos_token is None:
         raise TunelabError("the tokenizer has no EOS token to end blocks with", file=name_or_path)
     hf.save_pretrained(dest)
-    tokenizer_file = dest / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise TunelabError("a fast tokenizer (tokenizer.json) is needed", file=name_or_path)
-    source_json = src / "tokenizer.json"
-    sha = hashlib.sha256((source_json if source_json.is_file() else tokenizer_file).read_bytes()).hexdigest()
-    meta = {"source": "local" if src.is_dir() else "hub", "name_or_path": str(src.resolve()) if src.is_dir()
-            else name_or_path, "sha256": sha, "class": type(hf).__name__, "eot_token": hf.eos_token}
-    return meta, str(tokenizer_file), int(hf.eos_token_id), len(hf)
+    return hf.eos_token
 
 
 def _summary(counts, bad: BadLines, total, splits, block_size, input_bytes, seconds) -> dict[str, Any]:

@@ -1,0 +1,123 @@
+"""A faster encoder giving a byte-level BPE tokenizer's own ids, for preparing large corpora.
+
+In `tokenizers`, most of the time of encoding Chinese text goes to pre-tokenisation (its regex engine and the
+per-byte alignment bookkeeping), not to BPE merges. For the common byte-level pipelines — no normalizer,
+pre-tokenizers made of `Split(regex, isolated)`, `Digits` and `ByteLevel` (GPT-2, `tunelab tokenizer train`)
+— the same pieces come out of Python's `regex` module much faster; each piece, mapped to byte-level
+characters, goes to the tokenizer's own BPE model, with a per-process cache of repeated pieces. About twice
+the speed of `Tokenizer.encode` per core on Chinese text.
+
+`ByteLevelEncoder.for_tokenizer` returns None for any other pipeline (the caller then uses `tokenizers`), and
+`agrees_with` lets the caller check the ids on a sample against the tokenizer before relying on them: Unicode
+tables of the two regex engines could differ on rare characters. Ids decide only how text is split into
+tokens, never which text is kept: whatever the ids, they decode to the exact bytes of the document.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+CACHE_LIMIT = 200_000   # cached pieces per process before the cache starts over
+
+
+def _byte_chars() -> dict[int, str]:
+    """GPT-2's byte → printable character table (the one `ByteLevel` uses)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _isolate(pattern) -> Callable[[list[str]], list[str]]:
+    """Split every piece around each match, keeping the matches as pieces (`isolated` behaviour)."""
+    def step(pieces: list[str]) -> list[str]:
+        out = []
+        for piece in pieces:
+            start = 0
+            for m in pattern.finditer(piece):
+                if m.start() > start:
+                    out.append(piece[start:m.start()])
+                if m.end() > m.start():
+                    out.append(m.group())
+                start = m.end()
+            if start < len(piece):
+                out.append(piece[start:])
+        return out
+    return step
+
+
+def _find_all(pattern) -> Callable[[list[str]], list[str]]:
+    """Pieces are the matches (ByteLevel's GPT-2 regex covers every character, so nothing is dropped)."""
+    def step(pieces: list[str]) -> list[str]:
+        return [w for piece in pieces for w in pattern.findall(piece)]
+    return step
+
+
+class ByteLevelEncoder:
+    """Encodes text to the ids `tokenizer.encode(text, add_special_tokens=False)` gives (special tokens as text)."""
+
+    def __init__(self, model, steps: list[Callable[[list[str]], list[str]]]):
+        self.model = model
+        self.steps = steps
+        self.table = str.maketrans({chr(b): c for b, c in _byte_chars().items()})
+        self.cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def for_tokenizer(cls, tok) -> ByteLevelEncoder | None:
+        """An encoder for this `tokenizers.Tokenizer`, or None if its pipeline is not one this reproduces."""
+        try:
+            import regex
+        except ImportError:
+            return None
+        spec = json.loads(tok.to_str())
+        model = spec.get("model") or {}
+        if (spec.get("normalizer") is not None or model.get("type") != "BPE" or model.get("dropout")
+                or (spec.get("decoder") or {}).get("type") != "ByteLevel"
+                or any(not t.get("special") for t in spec.get("added_tokens") or [])):
+            return None
+        pre = spec.get("pre_tokenizer") or {}
+        items = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+        steps = []
+        for item in items:
+            kind = item.get("type")
+            if kind == "Split" and item.get("behavior") == "Isolated" and not item.get("invert") \
+                    and "Regex" in (item.get("pattern") or {}):
+                steps.append(_isolate(regex.compile(item["pattern"]["Regex"])))
+            elif kind == "Digits":
+                steps.append(_isolate(regex.compile(r"\p{N}" if item.get("individual_digits") else r"\p{N}+")))
+            elif kind == "ByteLevel" and not item.get("add_prefix_space"):
+                if item.get("use_regex", True):
+                    steps.append(_find_all(regex.compile(GPT2_PATTERN)))
+            else:
+                return None
+        if not items or items[-1].get("type") != "ByteLevel":
+            return None
+        return cls(tok.model, steps)
+
+    def encode(self, text: str) -> list[int]:
+        pieces = [text]
+        for step in self.steps:
+            pieces = step(pieces)
+        ids: list[int] = []
+        cache = self.cache
+        for piece in pieces:
+            got = cache.get(piece)
+            if got is None:
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                got = cache[piece] = [t.id for t in self.model.tokenize(
+                    piece.encode("utf-8").decode("latin-1").translate(self.table))]
+            ids += got
+        return ids
+
+    def agrees_with(self, tok, texts: list[str]) -> bool:
+        """True when this encoder gives the tokenizer's own ids on `texts`."""
+        encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
+        return all(self.encode(t) == e.ids for t, e in zip(texts, encodings))

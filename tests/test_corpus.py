@@ -1,0 +1,243 @@
+"""`tunelab data corpus`: sentence-aligned blocks with no character lost, verify/show, uint32, errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tunelab.cli import main
+from tunelab.data.bpe_encode import ByteLevelEncoder
+from tunelab.data.cleaning import CleaningConfig, Deduplicator, clean_document
+from tunelab.data.corpus import ReadSettings, prepare_corpus, show_blocks, verify_corpus
+from tunelab.data.corpus_read import iter_documents, list_inputs
+from tunelab.data.corpus_store import CorpusBlocks, read_docs, read_meta
+from tunelab.data.sentences import split_sentences
+from tunelab.model.tokenizer import train_bpe_tokenizer, train_corpus_tokenizer
+
+ZH = "北京上海铁路车站物种化合物人物地方发现命名位于开通年份研究描述城市河流山脉博物馆人口中心"
+EN = ["the", "station", "railway", "species", "was", "first", "described", "in", "London", "by", "a", "river"]
+
+
+def _zh_sentence(rng: random.Random, long: bool = False) -> str:
+    n = rng.randint(60, 120) if long else rng.randint(4, 18)
+    s = "".join(rng.choice(ZH) for _ in range(n))
+    if rng.random() < 0.3:
+        s += f"（{rng.choice(EN).capitalize()}）"
+    if rng.random() < 0.3:
+        s += f"，{rng.randint(1800, 2024)}年"
+    return s + ("" if long else rng.choice(["。", "！", "？", "；", "。」", "……"]))
+
+
+def _en_sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(EN) for _ in range(rng.randint(4, 12))).capitalize() + rng.choice([". ", "! ", "? "])
+
+
+def _article(rng: random.Random, i: int) -> str:
+    title = "".join(rng.choice(ZH) for _ in range(rng.randint(2, 5)))
+    paras = []
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.random()
+        if kind < 0.2:
+            paras.append("".join(_en_sentence(rng) for _ in range(rng.randint(2, 5))).strip())
+        elif kind < 0.3:
+            paras.append(_zh_sentence(rng, long=True) + "，".join(_zh_sentence(rng) for _ in range(3)))
+        else:
+            paras.append("".join(_zh_sentence(rng) for _ in range(rng.randint(2, 6))))
+    body = "\n\n".join(paras)
+    if i % 7 == 0:
+        body += "（）<br>【】&amp;  \u3000 😀 <|endoftext|> 结束。"    # noise, an emoji, a literal EOT string
+    return f"{title}\n\n{body}"
+
+
+def _write_corpus(root: Path, n: int = 120, seed: int = 0) -> Path:
+    """A zh/en corpus: a .jsonl, a .txt.gz and a .json array, with duplicates and a too-short document."""
+    rng = random.Random(seed)
+    arts = [_article(rng, i) for i in range(n)]
+    arts[5] = arts[3]                         # an exact duplicate
+    arts[8] = "短。"                          # too short
+    root.mkdir(parents=True, exist_ok=True)
+    a, b = n // 2, 3 * n // 4
+    with open(root / "a.jsonl", "w", encoding="utf-8") as f:
+        for i, t in enumerate(arts[:a]):
+            f.write(json.dumps({"id": f"a{i}", "text": t}, ensure_ascii=i % 2 == 0) + "\n")
+    with gzip.open(root / "b.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("\n\n\n".join(t.replace("\n\n", "\n") for t in arts[a:b]) + "\n")
+    (root / "c.json").write_text(json.dumps([{"id": f"c{i}", "text": t} for i, t in enumerate(arts[b:])],
+                                            ensure_ascii=False), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpus_inputs(tmp_path_factory) -> Path:
+    return _write_corpus(tmp_path_factory.mktemp("inputs") / "raw")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, corpus_inputs) -> Path:
+    texts = [d.text for d in iter_documents(list_inputs([corpus_inputs]))]
+    out = tmp_path_factory.mktemp("tok") / "tok"
+    train_corpus_tokenizer(texts, 500).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory, corpus_inputs, tokenizer_dir) -> Path:
+    out = tmp_path_factory.mktemp("corpus") / "c"
+    prepare_corpus([corpus_inputs], str(tokenizer_dir), 24, out, ReadSettings(val_fraction=0.2), workers=2,
+                   progress=False)
+    return out
+
+
+def _decoded_documents(directory: Path) -> list[str]:
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(directory / "tokenizer" / "tokenizer.json"))
+    texts: dict[int, list[str]] = {}
+    for split in ("train", "val"):
+        blocks = CorpusBlocks(directory, split)
+        for i in range(len(blocks)):
+            ids = blocks.block(i).tolist()
+            assert ids[-1] == blocks.eot_id and blocks.eot_id not in ids[:-1]
+            assert len(ids) <= blocks.block_size
+            texts.setdefault(int(blocks.index["doc"][i]), []).append(tok.decode(ids[:-1], skip_special_tokens=False))
+    return ["".join(texts[i]) for i in sorted(texts)]
+
+
+def test_every_cleaned_document_equals_its_decoded_blocks(corpus_inputs, corpus_dir):
+    """Recompute the cleaned documents here (reader + cleaning + dedup) and compare with the decoded blocks."""
+    cfg, dedup, expected = CleaningConfig(), Deduplicator(), []
+    for raw in iter_documents(list_inputs([corpus_inputs])):
+        doc, _ = clean_document(raw, cfg)
+        if doc is not None and not dedup.seen(doc.text):
+            expected.append(doc.text)
+    assert _decoded_documents(corpus_dir) == expected
+    meta = read_meta(corpus_dir)
+    s = meta["summary"]
+    assert s["documents_read"] == 120 and s["documents_kept"] == len(expected) == 118
+    assert s["duplicates_removed"] == 1 and s["too_short"] == 1
+    assert s["long_sentence_splits"]["at_soft_point"] + s["long_sentence_splits"]["at_token_boundary"] > 0
+    assert s["cleaning"]["empty_brackets"] > 0 and s["cleaning"]["markup"] > 0
+    assert meta["splits"]["val"]["documents"] > 0 and meta["dtype"] == "uint16"
+    assert [i["path"] for i in meta["inputs"]] == [str(p.resolve()) for p in sorted(corpus_inputs.iterdir())]
+    assert "<|endoftext|>" in "".join(expected)        # typed in a document: text, never an EOT inside a block
+
+
+def test_blocks_end_at_sentence_ends(corpus_dir):
+    """A block that is not a document's last ends where a sentence ends (up to its trailing whitespace),
+    except the counted long-sentence cuts."""
+    decoded = {}
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(corpus_dir / "tokenizer" / "tokenizer.json"))
+    for split in ("train", "val"):
+        b = CorpusBlocks(corpus_dir, split)
+        for i in range(len(b)):
+            decoded.setdefault(int(b.index["doc"][i]), []).append(tok.decode(b.block(i)[:-1].tolist(),
+                                                                              skip_special_tokens=False))
+    mid_sentence = 0
+    for parts in decoded.values():
+        text = "".join(parts)
+        ends = set()
+        at = 0
+        for s in split_sentences(text):
+            at += len(s)
+            ends.update(range(at - (len(s) - len(s.rstrip())), at + 1))   # anywhere in its trailing whitespace
+        at = 0
+        for p in parts[:-1]:
+            at += len(p)
+            mid_sentence += at not in ends
+    s = read_meta(corpus_dir)["summary"]["long_sentence_splits"]
+    assert 0 < mid_sentence <= s["at_soft_point"] + s["at_token_boundary"]
+
+
+def test_one_worker_and_two_give_the_same_corpus(tmp_path, corpus_inputs, tokenizer_dir, corpus_dir):
+    out = tmp_path / "one"
+    prepare_corpus([corpus_inputs], str(tokenizer_dir), 24, out, ReadSettings(val_fraction=0.2), workers=1,
+                   progress=False)
+    for name in ("train.bin", "val.bin", "train.idx.npy", "val.idx.npy", "docs.jsonl"):
+        assert (out / name).read_bytes() == (corpus_dir / name).read_bytes(), name
+
+
+def test_verify_passes_and_finds_a_changed_token(tmp_path, corpus_dir, capsys):
+    assert verify_corpus(corpus_dir, workers=1, progress=False)["differences"] == 0
+    assert main(["data", "corpus", "--verify", str(corpus_dir), "--workers", "1"]) == 0
+    broken = tmp_path / "broken"
+    import shutil
+    shutil.copytree(corpus_dir, broken)
+    tokens = np.memmap(broken / "train.bin", dtype=np.uint16, mode="r+")
+    tokens[3] = (int(tokens[3]) + 7) % 400 + 3
+    tokens.flush()
+    del tokens
+    first_train_doc = int(CorpusBlocks(broken, "train").index["doc"][0])
+    result = verify_corpus(broken, workers=1, progress=False)
+    assert result["differences"] == 1 and result["examples"][0]["doc"] == first_train_doc
+    capsys.readouterr()
+    assert main(["data", "corpus", "--verify", str(broken), "--workers", "1"]) == 1
+    assert f'"doc": {first_train_doc},' in capsys.readouterr().out
+
+
+def test_show_prints_a_documents_blocks(corpus_dir, capsys):
+    docs = read_docs(corpus_dir)
+    target = next(d for d in docs if d["blocks"] >= 2 and d["id"])
+    rows = list(show_blocks(corpus_dir, doc=target["id"], limit=100))
+    assert [r["doc"] for r in rows] == [target["doc"]] * target["blocks"]
+    assert all(r["text"].endswith("<|endoftext|>") for r in rows)
+    assert main(["data", "corpus", "--show", str(corpus_dir), "--limit", "3", "--split", "val"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3 and {r["split"] for r in lines} == {"val"}
+    assert set(lines[0]) == {"doc", "id", "split", "block", "tokens", "text"}
+
+
+def test_large_vocabulary_is_stored_as_uint32(tmp_path):
+    rng = random.Random(1)
+    texts = [_article(rng, i) for i in range(20)]
+    tok = train_bpe_tokenizer(texts, 400)
+    tok.add_tokens([f"词{i}号" for i in range(65_600)])
+    assert len(tok) > 65_536
+    tok.save_pretrained(tmp_path / "tok")
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t + " 词65599号 末尾。"}, ensure_ascii=False) + "\n" for t in texts),
+                   encoding="utf-8")
+    meta = prepare_corpus([src], str(tmp_path / "tok"), 64, tmp_path / "c", ReadSettings(val_fraction=0),
+                          workers=1, progress=False)
+    assert meta["dtype"] == "uint32"
+    blocks = CorpusBlocks(tmp_path / "c", "train")
+    assert blocks.tokens.dtype == np.uint32 and int(blocks.tokens.max()) > 65_535
+    assert verify_corpus(tmp_path / "c", workers=1, progress=False)["differences"] == 0
+
+
+def test_malformed_line_names_file_and_line_and_leaves_nothing(tmp_path, tokenizer_dir, capsys):
+    src = tmp_path / "bad.jsonl"
+    src.write_text(json.dumps({"text": "第一篇文章的正文内容。"}, ensure_ascii=False) + "\n{\"text\": broken\n",
+                   encoding="utf-8")
+    out = tmp_path / "out"
+    rc = main(["data", "corpus", str(src), "--tokenizer", str(tokenizer_dir), "--block-size", "32",
+               "--out", str(out), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{src}:2" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [src]                   # neither out nor out.tmp-<pid>
+    assert main(["data", "corpus", str(src), "--tokenizer", str(tokenizer_dir), "--block-size", "32",
+                 "--out", str(out), "--workers", "1", "--skip-bad"]) == 0
+    assert read_meta(out)["summary"]["bad_lines"] == 1
+    assert main(["data", "corpus", str(src), "--tokenizer", str(tokenizer_dir), "--block-size", "32",
+                 "--out", str(out)]) == 2                      # never overwritten
+    assert "exists" in capsys.readouterr().err
+
+
+def test_fast_encoder_gives_the_tokenizers_own_ids(tokenizer_dir):
+    """Fuzzed zh/en/digits/punctuation/whitespace/emoji text: the same ids as `tokenizers`, both pipelines."""
+    from tokenizers import Tokenizer
+    rng = random.Random(3)
+    alphabet = list(ZH) + list("abcXYZ 0123456789.,!?'s'll，。、：；！？“”（）《》\n\t\u3000  😀é") + ["'re", " \n "]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(300)]
+    plain = train_bpe_tokenizer(texts, 400).backend_tokenizer
+    cjk = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    for tok in (plain, cjk):
+        tok.encode_special_tokens = True
+        fast = ByteLevelEncoder.for_tokenizer(tok)
+        assert fast is not None
+        for t in texts:
+            assert fast.encode(t) == tok.encode(t, add_special_tokens=False).ids, t
