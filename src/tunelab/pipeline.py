@@ -1,5 +1,10 @@
 """`tunelab run`: the whole pipeline for one recipe — measure the base, train, evaluate every checkpoint,
-check retention, compute ratio and score, and write metrics.json + report.md into the run directory."""
+check retention, compute ratio and score, and write metrics.json + report.md into the run directory.
+
+A pretraining run (a `corpus` source) has no competition score or low-parameter ratio: its best checkpoint
+is the one with the lowest validation loss (the trainer's `best_checkpoint`), its eval tasks (typically
+`ppl` and `continuation` on the corpus's val split) run on the checkpoints as configured, and metrics.json
+also records validation losses per checkpoint and the training throughput (tokens/s, MFU)."""
 
 from __future__ import annotations
 
@@ -30,13 +35,25 @@ def eval_sets(recipe: Recipe) -> dict:
         if t.mode and t.mode not in task.modes:
             raise TunelabError(f"task '{t.task}' has no {t.mode} mode (modes: {', '.join(task.modes)})",
                                field=f"eval.tasks.{i}.mode")
-        if t.source.path and t.source.format == "auto":  # the task knows its own file format
+        corpus = getattr(t.source, "corpus", None)
+        if corpus:
+            if not task.reads_corpus:
+                raise TunelabError(f"task '{t.task}' cannot read a corpus directory (tasks that can: "
+                                   f"{', '.join(_corpus_tasks())})", field=f"eval.tasks.{i}.source.corpus")
+            examples = task.load_examples(corpus)
+        elif t.source.path and t.source.format == "auto":  # the task knows its own file format
             examples = task.load_examples(t.source.path)
         else:
             examples = load_source(t.source)
         sets[t.label] = EvalSet(task, examples[: t.limit] if t.limit else examples, t.mode,
-                                source=t.source.path or f"generate:{t.source.generate}")
+                                source=corpus or t.source.path or f"generate:{t.source.generate}")
     return sets
+
+
+def _corpus_tasks() -> list[str]:
+    import tunelab.tasks  # noqa: F401
+    from tunelab.tasks.registry import TASKS
+    return sorted(name for name, cls in TASKS.items() if cls.reads_corpus)
 
 
 def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label) -> dict:
@@ -75,6 +92,8 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     summary = train(recipe, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone evaluates and reports
         return {}
+    if getattr(recipe.data, "corpus", None):
+        return _run_pretraining(recipe, sets, summary, template)
     run_dir = recipe.run_dir
     ability = [t.label for t in recipe.eval.tasks if t.ability]
     acc_task = recipe.score.accuracy_task
@@ -114,6 +133,47 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     from tunelab.report import write_report
     write_report(recipe, metrics, run_dir / "report.md")
     return metrics
+
+
+def _run_pretraining(recipe: Recipe, sets: dict, summary: dict, template) -> dict:
+    """Evaluate a pretraining run's checkpoints; the best is the trainer's (lowest validation loss)."""
+    from tunelab.train.checkpoints import list_checkpoints, model_dir_of
+    run_dir = recipe.run_dir
+    ckpts = list_checkpoints(run_dir)
+    val_loss = {c.name: json.loads((c / "state.json").read_text(encoding="utf-8")).get("val_loss") for c in ckpts}
+    best, best_by = summary.get("best_checkpoint"), "val_loss"
+    if best:
+        best = Path(best).name
+    chosen = ckpts[-1:] if recipe.eval.checkpoints == "last" else list(ckpts)
+    if best and recipe.eval.checkpoints == "last":  # the best is always measured: it is the one served
+        chosen = [c for c in ckpts if c.name == best or c == ckpts[-1]]
+    per_ckpt = {c.name: _cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name)
+                for c in (chosen if sets else [])}
+    if not best and per_ckpt:  # no validation loss (no val split): the first task's primary metric decides
+        from tunelab.eval.runner import best_label
+        first = next(iter(sets))
+        best, best_by = best_label(per_ckpt, first, sets[first].task), f"{first}.{_primary(first, sets)}"
+    if not best and ckpts:
+        best, best_by = ckpts[-1].name, "last"
+    metrics: dict = {"name": recipe.name, "pretraining": True, "train": summary, "best_checkpoint": best,
+                     "best_by": best_by, "best_val_loss": summary.get("best_val_loss", val_loss.get(best)),
+                     "val_loss": val_loss, "throughput": throughput(summary)}
+    if per_ckpt:
+        metrics["checkpoints"] = per_ckpt
+        metrics["tasks"] = {label: {"task": es.task.name, "primary_metric": es.task.primary_metric,
+                                    "higher_is_better": es.task.higher_is_better, "data": es.source}
+                            for label, es in sets.items()}
+    write_json(run_dir / "metrics.json", metrics)
+    from tunelab.report import write_report
+    write_report(recipe, metrics, run_dir / "report.md")
+    return metrics
+
+
+def throughput(summary: dict) -> dict:
+    """The training speed the trainer measured: tokens/s and MFU (medians over the logged windows after the
+    first), the peak TFLOP/s and the FLOPs per token MFU was computed with."""
+    keys = ("tokens_per_s", "mfu", "peak_tflops", "flops_per_token")
+    return {k: summary[k] for k in keys if isinstance(summary.get(k), (int, float))}
 
 
 def _primary(label: str, sets: dict) -> str:

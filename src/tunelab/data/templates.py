@@ -1,5 +1,9 @@
 """Prompt templates. A run saves its template beside the model (as the tokenizer's chat template) so
-training, evaluation and serving format prompts identically."""
+training, evaluation and serving format prompts identically.
+
+`none` is the template of a plain continuation model (a pretrained GPT): the prompt is the text as is, and
+its chat template concatenates the messages' contents with nothing between them and no EOS after an
+answer, so `tunelab serve` / `tunelab ui` let such a model continue whatever the conversation holds."""
 
 from __future__ import annotations
 
@@ -21,7 +25,11 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     ),
     "plain": ("{instruction}\n", "{instruction}\n{input}\n"),
     "qa": ("Q: {instruction}\nA: ", "Q: {instruction}\n{input}\nA: "),
+    "none": ("{instruction}", "{instruction}\n{input}"),
 }
+
+# every message's content, in order, as one text to continue
+CONTINUATION_CHAT_TEMPLATE = "{%- for message in messages -%}{{ message['content'] }}{%- endfor -%}"
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,10 @@ class PromptTemplate:
 
     def chat_template(self) -> str:
         """A Jinja chat template equivalent to render(): the last user message becomes the instruction,
-        an optional system message is ignored, and an assistant message is followed by EOS."""
+        an optional system message is ignored, and an assistant message is followed by EOS.
+        `none` (no prefix or CoT) concatenates the contents instead: a continuation model has no turns."""
+        if self.name == "none" and not self.instruction_prefix and not self.cot:
+            return CONTINUATION_CHAT_TEMPLATE
         no_input, _ = TEMPLATES[self.name]
         head, tail = no_input.split("{instruction}")
         prefix = self.instruction_prefix

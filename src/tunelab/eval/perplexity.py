@@ -18,6 +18,12 @@ Perplexity = exp(sum of NLL over all counted tokens of all documents / number of
 token-weighted, not a mean of per-document perplexities. `window` defaults to the model's context
 (`max_position_embeddings`), `stride` to half the window.
 
+Documents given as token ids (`score_token_ids`: a prepared corpus's blocks) are scored exactly as stored,
+nothing re-tokenised: a block that fits the window is one window whose first token is unscored and every
+later token (the final EOT included) counted — exp(mean NLL) is then exp(the trainer's validation loss).
+The unigram baseline (`token_counts`, `unigram_logprobs`) prices the same scored positions with add-one
+smoothed training-split token frequencies: what a model that ignores context would get.
+
 Batching: windows of all documents are sorted by length and run `batch_size` at a time, right-padded, but
 never more than `max_batch_tokens` padded tokens per forward; logits are computed only at scored positions.
 """
@@ -72,18 +78,27 @@ def score_documents(model, tokenizer, texts: list[str], window: int | None = Non
                     batch_size: int = 8, max_batch_tokens: int = 4096, progress: bool = False,
                     desc: str = "perplexity") -> tuple[list[DocumentScore], int, int]:
     """(per-document scores, window, stride) for `texts`."""
+    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
+    return score_token_ids(model, tokenizer, encoded, window, stride, batch_size, max_batch_tokens, progress, desc)
+
+
+def score_token_ids(model, tokenizer, documents, window: int | None = None, stride: int | None = None,
+                    batch_size: int = 8, max_batch_tokens: int = 4096, progress: bool = False,
+                    desc: str = "perplexity") -> tuple[list[DocumentScore], int, int]:
+    """(per-document scores, window, stride) for documents given as token ids (lists or numpy arrays, e.g.
+    a prepared corpus's blocks, scored exactly as stored)."""
+    import numpy as np
     import torch
     from tqdm.auto import tqdm
 
     window, stride = resolve_window(model, tokenizer, window, stride)
-    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
     pieces = []  # (document, ids of the window, index of the first scored token within the window)
-    for d, ids in enumerate(encoded):
+    for d, ids in enumerate(documents):
         for begin, end, first in plan_windows(len(ids), window, stride):
-            pieces.append((d, ids[begin:end], first - begin))
-    nll = [0.0] * len(encoded)
-    tokens = [0] * len(encoded)
-    windows = [0] * len(encoded)
+            pieces.append((d, np.asarray(ids[begin:end], dtype=np.int64), first - begin))
+    nll = [0.0] * len(documents)
+    tokens = [0] * len(documents)
+    windows = [0] * len(documents)
     order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(model.parameters()).device
@@ -102,20 +117,49 @@ def score_documents(model, tokenizer, texts: list[str], window: int | None = Non
             targets, owners = [], []
             for r, i in enumerate(idx):
                 d, ids, first = pieces[i]
-                input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                input_ids[r, :len(ids)] = torch.from_numpy(ids)
                 attention[r, :len(ids)] = 1
                 keep[r, first - 1: len(ids) - 1] = True  # position t-1 predicts token t
-                targets += ids[first:]
+                targets.append(ids[first:])
                 owners += [d] * (len(ids) - first)
                 windows[d] += 1
             logits = _forward_selected(model, input_ids.to(device), attention.to(device), keep.to(device))
-            target = torch.tensor(targets, dtype=torch.long, device=logits.device)
+            target = torch.from_numpy(np.concatenate(targets)).to(logits.device)
             token_nll = torch.nn.functional.cross_entropy(logits, target, reduction="none").double().cpu()
             for d, value in zip(owners, token_nll.tolist()):
                 nll[d] += value
                 tokens[d] += 1
             bar.update(len(idx))
     return [DocumentScore(n, t, w) for n, t, w in zip(nll, tokens, windows)], window, stride
+
+
+def scored_targets(ids, window: int, stride: int):
+    """The token ids `score_token_ids` counts for one document (its targets, in order), as one array."""
+    import numpy as np
+    parts = [np.asarray(ids[first:end]) for _, end, first in plan_windows(len(ids), window, stride)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+# --- the unigram baseline ----------------------------------------------------------------------------
+
+def token_counts(tokens, vocab_size: int, chunk: int = 1 << 24):
+    """How often each id occurs in a (memory-mapped) token array, read in chunks so memory stays flat."""
+    import numpy as np
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for start in range(0, len(tokens), chunk):
+        part = np.asarray(tokens[start: start + chunk])
+        if part.size and int(part.max()) >= vocab_size:
+            raise TunelabError(f"token id {int(part.max())} is outside the vocabulary ({vocab_size})")
+        counts += np.bincount(part, minlength=vocab_size)
+    return counts
+
+
+def unigram_logprobs(counts):
+    """log p(token) of the add-one (Laplace) smoothed unigram model: (count + 1) / (total + vocabulary), so
+    a token never seen in training still has a finite cost."""
+    import numpy as np
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.log(counts + 1) - math.log(counts.sum() + len(counts))
 
 
 def perplexity(nll: float, tokens: int) -> float:

@@ -70,6 +70,7 @@ def evaluate_examples(model, tokenizer, template: PromptTemplate, task: str | Ta
 
 def _run_generate(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc):
     prompts = [task.prompt(ex, template) for ex in examples]
+    max_new_tokens = getattr(task, "max_new_tokens", None) or max_new_tokens  # a task's own length wins
     preds = generate_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
     graded, rows = [], []
     for ex, pred in zip(examples, preds):
@@ -97,14 +98,15 @@ def _run_loglik(model, tokenizer, template, task, examples, batch_size, desc):
 
 
 def _run_perplexity(model, tokenizer, task, examples, batch_size, desc):
-    from tunelab.eval.perplexity import score_documents
-    scores, window, stride = score_documents(
-        model, tokenizer, [task.document(ex) for ex in examples], window=task.window, stride=task.stride,
-        batch_size=batch_size, max_batch_tokens=int(task.max_batch_tokens), progress=True, desc=desc)
+    from tunelab.eval.perplexity import score_token_ids
+    ids = task.token_ids(examples, tokenizer)
+    scores, window, stride = score_token_ids(
+        model, tokenizer, ids, window=task.window, stride=task.stride, batch_size=batch_size,
+        max_batch_tokens=int(task.max_batch_tokens), progress=True, desc=desc)
     task.window, task.stride = window, stride  # recorded by summarize
     graded, rows = [], []
-    for ex, score in zip(examples, scores):
-        g = task.grade_perplexity(score, ex)
+    for ex, score, seq in zip(examples, scores, ids):
+        g = task.grade_perplexity(score, ex, seq)
         graded.append(g)
         text = task.document(ex)
         rows.append({"id": ex.id, "where": ex.kind, "text": text[:200] + ("…" if len(text) > 200 else ""), **g})

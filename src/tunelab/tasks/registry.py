@@ -29,8 +29,10 @@ class Task:
       text; every task supports it unless it overrides `modes`.
     * `loglik`: `loglik_requests` gives (context, continuation) pairs whose summed log-probabilities
       `tunelab.eval.loglik` computes in batches; `grade_loglik` turns them into the graded item (no parsing).
-    * `perplexity`: `document` gives a text whose token log-likelihood `tunelab.eval.perplexity` computes
-      with strided windows; `grade_perplexity` turns the per-document sums into the graded item.
+    * `perplexity`: `token_ids` gives each example's token ids (a text `document` tokenised, or a prepared
+      corpus's stored blocks) whose log-likelihood `tunelab.eval.perplexity` computes with strided windows;
+      `grade_perplexity` turns the per-document sums into the graded item.
+    * a generate-mode task may set `max_new_tokens` (a setting) to override the evaluation's length.
 
     `settings` names attributes a recipe (`options:`) or the CLI may set via `configure`.
     """
@@ -42,6 +44,7 @@ class Task:
     modes: ClassVar[tuple[str, ...]] = ("generate",)
     ability: ClassVar[bool] = False  # an original ability: `--baseline` reports its f1/exact_match retention
     settings: ClassVar[tuple[str, ...]] = ()
+    reads_corpus: ClassVar[bool] = False  # `load_examples` accepts a prepared corpus directory
 
     def configure(self, **values: Any) -> "Task":
         """Set task settings (None leaves the default); an unknown setting is a user error."""
