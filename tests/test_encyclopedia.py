@@ -122,6 +122,11 @@ def test_world_facts_hang_together():
         assert line.year < w.people[line.engineer].died
     for p in w.people.values():
         assert p.born + 55 <= p.died <= 2023 and p.birthplace in w.places
+    for pl in w.places.values():
+        assert 6 <= float(pl.temperature) <= 21 and 50 <= pl.altitude <= 3200 and pl.river in w.provinces[
+            pl.province].rivers
+        assert (pl.to_capital == 0) == pl.capital and (pl.city_year is not None) == pl.city
+        assert 1 <= sum(p.capital for p in w.places.values() if p.province == pl.province) == 1
 
 
 def test_station_facts_repeat_across_articles(clean):

@@ -14,7 +14,7 @@ life, from a species already described, on a line they built...).
 thousand articles each subject has several articles — independent drafts from the same facts, each with
 its own choice of facts, several phrasings per fact and sentence order (like several mirrors or revisions
 of a page in a dump). An article is `{"id", "title", "text", "kind"}` with text "标题\\n\\n正文", 2–4
-paragraphs separated by one newline, 150–600 characters of body (most 200–350), with Latin names, English names in
+paragraphs separated by one newline, 150–600 characters of body (in practice 150–420, median ≈ 270), with Latin names, English names in
 brackets（英语：…）, formulas, numbers and “quoted” names.
 
 The QA pairs `{"question", "answer", "source_id"}` (3–6 per article) are drawn from the facts the article
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import time
 from collections import Counter
@@ -51,9 +52,9 @@ from tunelab.errors import TunelabError
 KINDS = ("station", "species", "compound", "person", "place")
 BODY_CHARS = (150, 600)     # an article's body is trimmed towards a length drawn from this range
 QA_PER_ARTICLE = (3, 6)
-NOISE = {                   # chance per article (per paragraph for the paragraph-level ones)
-    "empty_brackets": 0.35, "bold_subject": 0.3, "wiki_link": 0.3, "br": 0.12, "nbsp": 0.3,
-    "line_end_space": 0.12, "indent": 0.05, "crlf": 0.03, "duplicate": 0.01,
+NOISE = {                   # chance per article of each kind of noise
+    "empty_brackets": 0.35, "bold_subject": 0.3, "wiki_link": 0.3, "br": 0.1, "nbsp": 0.3,
+    "line_end_space": 0.15, "indent": 0.05, "crlf": 0.03, "duplicate": 0.01,
 }
 
 
@@ -177,6 +178,7 @@ class Place:
     city_year: int | None   # 撤县设市
     specialty: str
     towns: tuple[int, int]  # 镇, 乡
+    to_capital: int         # km to the provincial capital (0 for the capital)
     temperature: str        # yearly mean, °C
 
 
@@ -266,6 +268,7 @@ class Compound:
     solubility: str
     activity: str
     cas: str
+    structure_year: int     # structure determined (X-ray)
 
 
 @dataclass
@@ -354,10 +357,11 @@ def generate_world(seed: int = 0) -> World:
             area = rng.randint(600, 5000)
         places[name] = Place(
             name, base, _pinyin(base, PLACE_HEAD | PLACE_TAIL), prov.name, city, capital,
-            "中" if capital else rng.choice(DIRECTIONS), population, area,
-            rng.randint(50, 3200), rng.choice(prov.rivers), rng.choice(DYNASTY),
-            rng.randint(1949, 1996) if city else None, rng.choice(SPECIALTY),
-            (rng.randint(3, 15), rng.randint(0, 12)), f"{rng.uniform(6, 21):.1f}")
+            direction="中" if capital else rng.choice(DIRECTIONS), population=population, area=area,
+            altitude=rng.randint(50, 3200), river=rng.choice(prov.rivers), dynasty=rng.choice(DYNASTY),
+            city_year=rng.randint(1949, 1996) if city else None, specialty=rng.choice(SPECIALTY),
+            towns=(rng.randint(3, 15), rng.randint(0, 12)), temperature=f"{rng.uniform(6, 21):.1f}",
+            to_capital=0 if capital else rng.randint(30, 400))
     place_names = list(places)
 
     people: dict[str, Person] = {}
@@ -491,7 +495,7 @@ def generate_world(seed: int = 0) -> World:
         sp.compounds.append(name)
         compounds[name] = Compound(name, en, cls, formula, mass, sp.name, chemist.name, year,
                                    rng.choice(APPEARANCE), rng.randint(40, 320), rng.choice(SOLUBILITY),
-                                   rng.choice(ACTIVITY), _cas(rng))
+                                   rng.choice(ACTIVITY), _cas(rng), min(2020, year + rng.randint(1, 30)))
     return World(provinces, places, people, lines, stations, species, compounds)
 
 
@@ -520,7 +524,7 @@ class _Draft:
         self.paragraphs.append([])
 
     def say(self, templates: list[str], *keys: str, required: bool = False, **extra) -> None:
-        text = self.rng.choice(templates).format(**self.slots, **extra)
+        text = self.rng.choice(templates).format_map(self.slots | extra)
         for key in keys:
             answer = self.facts[key][1]
             if answer not in text:
@@ -550,14 +554,12 @@ class _Draft:
         def size() -> int:
             return sum(len(s.text) for p in paragraphs for s in p) + len(paragraphs) - 1
 
-        def fact_keys(skip: _Sentence | None = None) -> set[str]:
-            return {k for p in paragraphs for s in p if s is not skip for k in s.facts}
-
-        while size() > target:
+        while (now := size()) > target:
+            stated = Counter(k for p in paragraphs for s in p for k in set(s.facts))
             removable = [(pi, s) for pi, p in enumerate(paragraphs) for s in p
                          if not s.required and (len(p) > 1 or len(paragraphs) > 2)
-                         and size() - len(s.text) >= BODY_CHARS[0]
-                         and len(fact_keys(s)) >= QA_PER_ARTICLE[0]]
+                         and now - len(s.text) >= BODY_CHARS[0]
+                         and len(stated) - sum(stated[k] == 1 for k in set(s.facts)) >= QA_PER_ARTICLE[0]]
             if not removable:
                 break
             pi, s = rng.choice(removable)
@@ -577,10 +579,52 @@ def _person_ref(p: Person) -> str:
     return f"{OCCUPATIONS[p.occupation][0]}{p.name}（{p.born}年—{p.died}年）"
 
 
-def _person_facts(p: Person, facts: dict) -> None:
-    """Facts any article mentioning `p` with `_person_ref` states, with the questions person articles use."""
-    facts[f"born:{p.name}"] = ([f"{p.name}出生于哪一年？", f"{p.name}是哪一年出生的？"], f"{p.born}年")
-    facts[f"died:{p.name}"] = ([f"{p.name}于哪一年逝世？", f"{p.name}是哪一年去世的？"], f"{p.died}年")
+def _person_facts(w: World, p: Person, facts: dict) -> None:
+    """A person's facts under the keys and questions every article uses (so a question has one answer)."""
+    n = p.name
+    facts.update({
+        f"born:{n}": ([f"{n}出生于哪一年？", f"{n}是哪一年出生的？"], f"{p.born}年"),
+        f"died:{n}": ([f"{n}于哪一年逝世？", f"{n}是哪一年去世的？"], f"{p.died}年"),
+        f"bp:{n}": ([f"{n}出生在哪里？", f"{n}的出生地是哪里？"], p.birthplace),
+        f"bpv:{n}": ([f"{n}出生于哪个省？"], w.places[p.birthplace].province),
+        f"occ:{n}": ([f"{n}的职业是什么？", f"{n}从事什么职业？"], OCCUPATIONS[p.occupation][0]),
+        f"uni:{n}": ([f"{n}毕业于哪所大学？"], p.university),
+        f"work:{n}": ([f"{n}曾长期在哪个机构工作？"], p.workplace),
+    })
+
+
+def _about_person(w: World, p: Person, d: _Draft) -> None:
+    """A paragraph on a person the article mentions: their birthplace, university and workplace."""
+    n = p.name
+    _person_facts(w, p, d.facts)
+    d.paragraph()
+    d.say(["{pn}是{pv}{pbp}人，{pg}年毕业于{puni}。", "{pn}出生于{pv}{pbp}，早年就读于{puni}。"],
+          f"bp:{n}", f"bpv:{n}", f"uni:{n}", pn=n, pv=w.places[p.birthplace].province, pbp=p.birthplace,
+          pg=p.graduated, puni=p.university)
+    d.say(["{pn}曾长期任职于{pwork}。", "{pn}长期在{pwork}工作。"], f"work:{n}", pn=n, pwork=p.workplace)
+
+
+def _about_place(w: World, pl: Place, d: _Draft) -> None:
+    """A paragraph on a place the article mentions: province, river and specialty."""
+    _place_facts(pl, d.facts)
+    d.paragraph()
+    d.say(["{qn}位于{qv}{qdir}部，{qriver}流经境内。", "{qn}地处{qv}{qdir}部，境内的主要河流为{qriver}。"],
+          f"pl_province:{pl.name}", f"pl_river:{pl.name}", qn=pl.name, qv=pl.province, qdir=pl.direction,
+          qriver=pl.river)
+    d.say(["{qn}以盛产{qspec}闻名。", "{qn}素有“{qspec}之乡”之称。"], f"pl_spec:{pl.name}", qn=pl.name,
+          qspec=pl.specialty)
+
+
+def _about_species(w: World, sp: Species, d: _Draft) -> None:
+    """A paragraph on a species the article mentions: Latin name, family, type locality."""
+    _species_facts(sp, w.places[sp.place].province, d.facts)
+    d.paragraph()
+    d.say(["{sn}（学名：{slatin}）是{sfam}的一种{sform}。", "{sn}的学名为{slatin}，隶属于{sfam}。"],
+          f"sp_latin:{sp.name}", f"sp_family:{sp.name}", sn=sp.name, slatin=sp.latin, sfam=sp.family,
+          sform=sp.form)
+    d.say(["{sn}的模式产地为{stl}，由{swho}于{sy}年首次描述。", "{sy}年，{swho}根据采自{stl}的标本首次描述了{sn}。"],
+          f"sp_type:{sp.name}", f"sp_who:{sp.name}", f"sp_year:{sp.name}", sn=sp.name, stl=sp.place,
+          swho=sp.describer, sy=sp.year)
 
 
 def _station_facts(w: World, st: Station, facts: dict) -> None:
@@ -633,7 +677,7 @@ def _station_article(w: World, st: Station, d: _Draft) -> None:
     i = line.stations.index(s)
     f = d.facts
     _station_facts(w, st, f)
-    _person_facts(eng, f)
+    _person_facts(w, eng, f)
     _place_facts(place, f)
     f.update({
         "grade": ([f"{s}是几等站？", f"{s}的车站等级是什么？"], st.grade),
@@ -694,13 +738,11 @@ def _station_article(w: World, st: Station, d: _Draft) -> None:
           f"line_year:{line.name}", f"line_len:{line.name}")
     d.say(["{l}由{e}主持修建。", "{e}担任了{l}的总工程师。"], f"line_eng:{line.name}",
           f"born:{eng.name}", f"died:{eng.name}")
-    d.paragraph()
-    d.say(["{p}位于{v}{dir}部，{river}流经境内。", "{s}所在的{p}地处{v}{dir}部，境内的主要河流为{river}。"],
-          f"pl_river:{place.name}")
-    d.say(["{p}以盛产{spec}闻名。", "{p}素有“{spec}之乡”之称。"], f"pl_spec:{place.name}")
+    _about_place(w, place, d)
     others = [o for o in w.stations.values() if o.place == place.name and o.name != s]
     if others:
         d.say(["{p}境内另有{o}，位于{ol}上。"], o=others[0].name, ol=others[0].line)
+    _about_person(w, eng, d)
 
 
 def _species_article(w: World, sp: Species, d: _Draft) -> None:
@@ -709,7 +751,7 @@ def _species_article(w: World, sp: Species, d: _Draft) -> None:
     plant = sp.group in PLANT_GROUPS
     f = d.facts
     _species_facts(sp, province, f)
-    _person_facts(who, f)
+    _person_facts(w, who, f)
     f.update({
         "genus": ([f"{s}属于哪个属？"], sp.genus),
         "size": ([f"{s}的{sp.size_label}约为多少？"], sp.size),
@@ -758,9 +800,6 @@ def _species_article(w: World, sp: Species, d: _Draft) -> None:
         (["{y}年，{ref}根据采自{tl}的标本首次描述了本种。"],
          (f"sp_who:{s}", f"sp_year:{s}", f"sp_type:{s}", f"born:{who.name}", f"died:{who.name}")),
     ])
-    f[f"bp:{who.name}"] = ([f"{who.name}出生在哪里？", f"{who.name}的出生地是哪里？"], who.birthplace)
-    d.say(["{who}是{wv}{wbp}人。", "{who}出生于{wv}{wbp}。"], f"bp:{who.name}", who=who.name,
-          wv=w.places[who.birthplace].province, wbp=who.birthplace)
     d.say(["种加词{ep}意为“来自{tl}的”。", "其种加词{ep}取自模式产地{tl}的拼音。"], f"sp_type:{s}",
           ep=sp.latin.split()[1])
     d.say(["在世界自然保护联盟（IUCN）的红色名录中，{s}被列为{status}（{code}）。", "{s}目前的保护现状为{status}。"],
@@ -769,6 +808,7 @@ def _species_article(w: World, sp: Species, d: _Draft) -> None:
         comp = w.compounds[c]
         d.say(["从{s}中可以分离出{c}。", "化学家从{s}中分离得到了{c}（{fm}）。"], f"c_source:{c}", c=c,
               fm=comp.formula)
+    _about_person(w, who, d)
 
 
 def _compound_article(w: World, c: Compound, d: _Draft) -> None:
@@ -777,7 +817,7 @@ def _compound_article(w: World, c: Compound, d: _Draft) -> None:
     province = w.places[sp.place].province
     f = d.facts
     _compound_facts(c, f)
-    _person_facts(chemist, f)
+    _person_facts(w, chemist, f)
     _species_facts(sp, province, f)
     f.update({
         "en": ([f"{n}的英文名称是什么？"], c.en),
@@ -786,6 +826,7 @@ def _compound_article(w: World, c: Compound, d: _Draft) -> None:
         "mp": ([f"{n}的熔点是多少？"], f"{c.melting} °C"),
         "app": ([f"{n}在常温下是什么外观？"], c.appearance),
         "cas": ([f"{n}的CAS号是多少？"], c.cas),
+        "structure": ([f"{n}的化学结构是哪一年确定的？"], f"{c.structure_year}年"),
     })
     d.slots.update(c=n, en=c.en, cls=c.cls, fm=c.formula, mass=c.mass, s=sp.name, sform=sp.form,
                    sfamily=sp.family, v=province, ref=_person_ref(chemist), y=c.year, app=c.appearance,
@@ -808,57 +849,62 @@ def _compound_article(w: World, c: Compound, d: _Draft) -> None:
           required=True)
     d.say(["{c}{sol}。", "它{sol}。"])
     d.say(["研究表明，{c}{act}。", "{c}{act}。"])
+    d.say(["{c}的化学结构于{sy}年通过X射线晶体衍射确定。", "{sy}年，研究者借助X射线晶体学确定了{c}的结构。"],
+          "structure", sy=c.structure_year)
     d.paragraph()
     d.say(["{y}年，{ref}首次从{s}中分离出{c}。", "{c}由{ref}于{y}年首次从{s}中分离并鉴定。",
            "{ref}在{y}年从{s}中分离得到了{c}。"],
           f"c_who:{n}", f"c_year:{n}", SRC, f"born:{chemist.name}", f"died:{chemist.name}")
-    f[f"bp:{chemist.name}"] = ([f"{chemist.name}出生在哪里？", f"{chemist.name}的出生地是哪里？"], chemist.birthplace)
-    d.say(["{who}是{cv}{cbp}人，毕业于{uni}。", "{who}出生于{cv}{cbp}，早年就读于{uni}。"], f"bp:{chemist.name}",
-          who=chemist.name, cv=w.places[chemist.birthplace].province, cbp=chemist.birthplace, uni=chemist.university)
     d.say(["{s}是{sfamily}的一种{sform}，分布于{v}。", "{s}隶属于{sfamily}，是{v}的特有种。"],
           f"sp_family:{sp.name}", f"sp_province:{sp.name}")
+    _about_species(w, sp, d)
+    _about_person(w, chemist, d)
 
 
 def _person_article(w: World, p: Person, d: _Draft) -> None:
     n, place = p.name, w.places[p.birthplace]
     occ = OCCUPATIONS[p.occupation][0]
     f = d.facts
-    _person_facts(p, f)
+    _person_facts(w, p, f)
     _place_facts(place, f)
     f.update({
-        "bp": ([f"{n}出生在哪里？", f"{n}的出生地是哪里？"], p.birthplace),
-        "bpv": ([f"{n}出生于哪个省？"], place.province),
-        "occ": ([f"{n}的职业是什么？", f"{n}从事什么职业？"], occ),
         "en": ([f"{n}的英文名是什么？"], p.en),
-        "uni": ([f"{n}毕业于哪所大学？"], p.university),
         "grad": ([f"{n}于哪一年大学毕业？"], f"{p.graduated}年"),
-        "work": ([f"{n}曾长期在哪个机构工作？"], p.workplace),
         "acad": ([f"{n}于哪一年当选为院士？"], f"{p.academician}年"),
     })
     d.slots.update(n=n, en=p.en, b=p.born, bm=p.born_month, d=p.died, dm=p.died_month, occ=occ, bp=p.birthplace,
                    v=place.province, uni=p.university, g=p.graduated, work=p.workplace, acad=p.academician,
                    pron=p.pronoun, dir=place.direction, spec=place.specialty)
-    B, D = f"born:{n}", f"died:{n}"
+    B, D, BP, BPV, OCC = f"born:{n}", f"died:{n}", f"bp:{n}", f"bpv:{n}", f"occ:{n}"
     d.paragraph()
     d.pick([
-        (["{n}（{en}，{b}年{bm}月—{d}年{dm}月），{v}{bp}人，{occ}。"], ("en", B, D, "bp", "bpv", "occ")),
-        (["{n}（{b}年—{d}年）是一位{occ}，出生于{v}{bp}。"], (B, D, "occ", "bp", "bpv")),
-        (["{n}（英语：{en}，{b}年—{d}年），{occ}。"], ("en", B, D, "occ")),
-        (["{n}是{v}{bp}人，{occ}，生于{b}年，卒于{d}年。"], ("bp", "bpv", "occ", B, D)),
+        (["{n}（{en}，{b}年{bm}月—{d}年{dm}月），{v}{bp}人，{occ}。"], ("en", B, D, BP, BPV, OCC)),
+        (["{n}（{b}年—{d}年）是一位{occ}，出生于{v}{bp}。"], (B, D, OCC, BP, BPV)),
+        (["{n}（英语：{en}，{b}年—{d}年），{occ}。"], ("en", B, D, OCC)),
+        (["{n}是{v}{bp}人，{occ}，生于{b}年，卒于{d}年。"], (BP, BPV, OCC, B, D)),
     ], required=True)
-    if "bp" not in d.stated:
-        d.say(["{pron}出生于{v}{bp}。", "{n}的故乡是{v}{bp}。"], "bp", "bpv", required=True)
-    d.say(["{bp}位于{v}{dir}部，以盛产{spec}闻名。", "{pron}的家乡{bp}素有“{spec}之乡”之称。"],
-          f"pl_spec:{place.name}")
+    if BP not in d.stated:
+        d.say(["{pron}出生于{v}{bp}。", "{n}的故乡是{v}{bp}。"], BP, BPV, required=True)
     d.paragraph()
     d.say(["{n}早年就读于{uni}，{g}年毕业。", "{g}年，{n}毕业于{uni}。", "{pron}于{g}年从{uni}毕业。"],
-          "uni", "grad", required=True)
-    d.say(["{n}曾长期任职于{work}。", "{pron}长期在{work}从事研究和教学工作。"], "work")
+          f"uni:{n}", "grad", required=True)
+    d.say(["{n}曾长期任职于{work}。", "{pron}长期在{work}从事研究和教学工作。"], f"work:{n}")
     f["age"] = ([f"{n}享年多少岁？"], f"{p.died - p.born}岁")
     d.say(["{d}年{dm}月，{n}逝世，享年{age}岁。", "{n}于{d}年{dm}月去世，享年{age}岁。"], "age", D, age=p.died - p.born)
     if p.academician:
         d.say(["{acad}年，{pron}当选为院士。", "{n}于{acad}年当选院士。"], "acad")
     d.paragraph()
+    if p.described:
+        sp = w.species[p.described[0]]
+        f["field"] = ([f"{n}主要研究哪一类生物？"], sp.genus)
+        d.say(["{n}主要从事{genus}{realm}的分类研究。", "{pron}的研究集中在{genus}{realm}的分类学方面。"], "field",
+              genus=sp.genus, realm="植物" if sp.group in PLANT_GROUPS else "动物")
+    elif p.occupation == "engineer":
+        d.say(["{n}长期从事铁路选线和桥梁设计工作。", "{pron}擅长山区铁路的选线设计。"])
+    elif p.occupation == "chemist":
+        d.say(["{n}长期从事天然产物化学研究。", "{pron}的研究领域是天然产物的分离与结构鉴定。"])
+    elif p.works:
+        d.say(["{n}的作品多以{bp}一带的风土人情为题材。", "{pron}的小说和散文常以故乡{bp}为背景。"], BP)
     for sp_name in p.described[:3]:
         sp = w.species[sp_name]
         _species_facts(sp, w.places[sp.place].province, f)
@@ -897,6 +943,7 @@ def _person_article(w: World, p: Person, d: _Draft) -> None:
         for title, y in p.works[1:]:
             d.say(["{y}年，{n}出版了{t}。", "{t}是{n}于{y}年出版的作品。"], f"author:{title}",
                   f"work_year:{title}", t=title, y=y)
+    _about_place(w, place, d)
 
 
 def _place_article(w: World, pl: Place, d: _Draft) -> None:
@@ -915,6 +962,7 @@ def _place_article(w: World, pl: Place, d: _Draft) -> None:
         "nick": ([f"{P}素有什么之称？"], f"{pl.specialty}之乡"),
         "towns": ([f"{P}下辖多少个镇？"], f"{pl.towns[0]}个镇"),
         "temp": ([f"{P}的年平均气温是多少？"], f"{pl.temperature} °C"),
+        "to_capital": ([f"{P}距离省会有多远？"], f"{pl.to_capital}公里"),
     })
     d.slots.update(P=P, en=pl.en, v=pl.province, dir=pl.direction, kind=kind, pop=pl.population, area=pl.area,
                    alt=pl.altitude, river=pl.river, dyn=pl.dynasty, cy=pl.city_year, spec=pl.specialty)
@@ -930,6 +978,9 @@ def _place_article(w: World, pl: Place, d: _Draft) -> None:
             (["{P}位于{v}{dir}部，是{v}下辖的{kind}。"], (V,)),
         ], required=True)
     d.say(["根据2020年人口普查，{P}常住人口为{pop}万人。", "{P}常住人口约{pop}万。"], "pop", required=True)
+    if not pl.capital:
+        d.say(["{P}距省会{cap}约{km}公里。", "从{P}到省会{cap}的距离约为{km}公里。"], "to_capital",
+              cap=w.provinces[pl.province].capital, km=pl.to_capital)
     d.say(["全境总面积{area}平方公里。", "{P}总面积为{area}平方公里。"], "area")
     d.paragraph()
     d.say(["{river}流经{P}全境。", "{P}境内的主要河流为{river}。", "{P}地处{river}沿岸。"], f"pl_river:{P}")
@@ -948,14 +999,15 @@ def _place_article(w: World, pl: Place, d: _Draft) -> None:
         d.say(["{l}经过{P}，在境内设有{st}，该站于{y}年启用。", "{P}境内的{st}位于{l}上，于{y}年开通。"],
               f"st_place:{st.name}", f"st_line:{st.name}", f"st_year:{st.name}", st=st.name, l=st.line, y=st.year)
     for person in [p for p in w.people.values() if p.birthplace == P][:2]:
-        _person_facts(person, f)
-        f[f"bp:{person.name}"] = ([f"{person.name}出生在哪里？", f"{person.name}的出生地是哪里？"], P)
+        _person_facts(w, person, f)
         d.say(["{P}是{ref}的故乡。", "{ref}出生于{P}。"], f"bp:{person.name}", f"born:{person.name}",
               f"died:{person.name}", ref=_person_ref(person))
     for sp in [s for s in w.species.values() if s.place == P][:2]:
         _species_facts(sp, pl.province, f)
         d.say(["{sp}的模式产地位于{P}境内。", "{sp}（{latin}）的模式标本采自{P}。"], f"sp_type:{sp.name}",
               sp=sp.name, latin=sp.latin)
+    if not pl.capital:
+        _about_place(w, w.places[w.provinces[pl.province].capital], d)
 
 
 BUILDERS = {"station": _station_article, "species": _species_article, "compound": _compound_article,
@@ -997,10 +1049,9 @@ def _add_noise(title: str, paragraphs: list[str], answers: list[str], links: lis
     if rng.random() < NOISE["bold_subject"]:
         paras[0] = _wrap(paras[0], title, "'''", "'''", answers)
     if rng.random() < NOISE["wiki_link"]:
-        present = [n for n in links if any(n in p for p in paras)]
-        for name in rng.sample(present, k=min(len(present), rng.randint(1, 2))):
+        for name in rng.sample(links, k=min(len(links), rng.randint(1, 2))):
             i = next(k for k, p in enumerate(paras) if name in p)
-            target = rng.choice(["", f"{name} ({title})|", f"{name}|"])
+            target = rng.choice(["", f"{name}|", f"{name} (消歧义)|"])
             paras[i] = _wrap(paras[i], name, "[[" + target, "]]", answers)
     for _ in range(rng.randint(1, 2) if rng.random() < NOISE["empty_brackets"] else 0):
         i = rng.randrange(len(paras))
@@ -1019,21 +1070,22 @@ def _add_noise(title: str, paragraphs: list[str], answers: list[str], links: lis
         if spaces:
             k = rng.choice(spaces)
             paras[i] = paras[i][:k] + "&nbsp;" + paras[i][k + 1:]
-    for i in range(len(paras)):
-        if rng.random() < NOISE["br"]:
-            paras[i] += rng.choice(["<br>", "<br />", "<br/>"])
-        if rng.random() < NOISE["line_end_space"]:
-            paras[i] += rng.choice(LINE_END_SPACE)
-        if rng.random() < NOISE["indent"]:
-            paras[i] = "\u3000\u3000" + paras[i]
+    if rng.random() < NOISE["br"]:
+        i = rng.randrange(len(paras))
+        paras[i] += rng.choice(["<br>", "<br />", "<br/>"])
+    if rng.random() < NOISE["line_end_space"]:
+        i = rng.randrange(len(paras))
+        paras[i] += rng.choice(LINE_END_SPACE)
+    if rng.random() < NOISE["indent"]:  # a Chinese paragraph indent on every paragraph
+        paras = ["\u3000\u3000" + p for p in paras]
     newline = "\r\n" if rng.random() < NOISE["crlf"] else "\n"
     return title + newline * 2 + newline.join(paras)
 
 
-def _links(w: World, name: str) -> list[str]:
-    """Names an article may wiki-link: the entities it mentions besides its subject."""
+def _link_pattern(w: World) -> re.Pattern:
+    """Names an article may wiki-link (provinces, places, lines, people, species), longest first."""
     names = list(w.provinces) + list(w.places) + list(w.lines) + list(w.people) + list(w.species)
-    return [n for n in names if n != name]
+    return re.compile("|".join(map(re.escape, sorted(names, key=len, reverse=True))))
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -1067,7 +1119,7 @@ def generate_articles(count: int, seed: int = 0, noise: bool = True) -> tuple[li
         order_rng.shuffle(batch)
         order += batch
     noise_rng = random.Random(f"encyclopedia-noise:{seed}")
-    link_cache: dict[str, list[str]] = {}
+    link_names = _link_pattern(w)
     articles: list[dict] = []
     qa: list[dict] = []
     bodies: set[str] = set()
@@ -1089,9 +1141,8 @@ def generate_articles(count: int, seed: int = 0, noise: bool = True) -> tuple[li
                 break
             attempt += 1
         if noise:
-            if name not in link_cache:
-                link_cache[name] = _links(w, name)
-            text = _add_noise(name, paragraphs, answers, link_cache[name], noise_rng)
+            links = sorted(set(link_names.findall(body)) - {name})
+            text = _add_noise(name, paragraphs, answers, links, noise_rng)
         else:
             text = f"{name}\n\n{body}"
         originals.append(i)
