@@ -14,13 +14,15 @@ life, from a species already described, on a line they built...).
 thousand articles each subject has several articles — independent drafts from the same facts, each with
 its own choice of facts, several phrasings per fact and sentence order (like several mirrors or revisions
 of a page in a dump). An article is `{"id", "title", "text", "kind"}` with text "标题\\n\\n正文", 2–4
-paragraphs separated by one newline, 150–600 characters of body (in practice 150–420, median ≈ 270), with Latin names, English names in
-brackets（英语：…）, formulas, numbers and “quoted” names.
+paragraphs separated by one newline, 150–600 characters of body (a draft is trimmed towards a drawn
+length; in practice 150–420, median ≈ 270), with Latin names, English names in brackets（英语：…）,
+formulas, numbers and “quoted” names. 5,000 articles take 2–3 s.
 
 The QA pairs `{"question", "answer", "source_id"}` (3–6 per article) are drawn from the facts the article
-states: the answer is a substring of the article's text (before and after cleaning), and the question
-names its entity (never "文中"/"本文"), so it can be asked without the article. A question always gets the
-same answer, whichever article it comes from.
+states: the answer is a short span of the article's text (a name, "1987年", "8条", "C15H21NO3"), present
+before and after cleaning, so "answer in continuation" can score fact recall; the question names its
+entity (never "文中"/"本文"), so it can be asked without the article. Questions of one fact come from one
+function per entity, so a question always gets the same answer, whichever article it comes from.
 
 Noise (`noise=True`, the default) imitates a wiki dump, so corpus cleaning has work to do; every piece is
 removed exactly by a rule of `tunelab.data.cleaning` (markup, empty_brackets, whitespace, dedup), so the
