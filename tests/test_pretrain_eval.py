@@ -275,6 +275,11 @@ def test_continuation_on_a_corpus_with_facts(pretrained, tmp_path):
             shares.append(len(x["facts_recalled"]) / len(facts))
     assert r["fact_recall"] == pytest.approx(sum(shares) / len(shares)) and r["fact_recall"] >= 0.5
     assert r["articles_with_facts"] == 4 and r["facts"] == 9
+    chance = []                                   # each continuation against the next article's facts
+    for x, y in zip(rows, rows[1:] + rows[:1]):
+        other = [a for a in y["facts"] if normalize_fact(a) not in normalize_fact(x["prompt"])]
+        chance.append(sum(normalize_fact(a) in normalize_fact(x["continuation"]) for a in other) / len(other))
+    assert r["fact_recall_chance"] == pytest.approx(sum(chance) / len(chance)) and r["fact_recall_chance"] < 0.2
     assert [s["id"] for s in r["samples"]] == ["zh-0", "zh-2", "zh-6", "en-0"]
     assert r["samples"][0]["continuation"] == rows[0]["continuation"] and r["skipped"] == 0
 
@@ -367,7 +372,7 @@ def test_pretraining_run_metrics_and_report(pretrained, monkeypatch, tmp_path):
     assert "## Continuations: cont (step-000100)" in report and "| prompt | model | reference |" in report
     assert "| 青山站是河谷市的一座铁路车站。 | 该站于1987年启用" in report
     assert "| 东湖桥 ⏎ 东湖桥是一座石拱桥" not in report                     # samples: 2
-    assert "fact recall" in report and "1,150 tokens/s" in report and "MFU 2.5%" in report
+    assert "fact recall" in report and "; chance " in report and "1,150 tokens/s" in report and "MFU 2.5%" in report
     assert "| 1,150 | 2.5% | 0.15 | 1,500,000 |" in report
     assert "| step-000040 | " in report and "| step-000100 (best) | " in report
     assert "![loss curves: training and validation](loss.png)" in report

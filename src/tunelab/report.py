@@ -135,8 +135,9 @@ def _of_kind(results: dict, key: str) -> dict[str, dict]:
 
 
 def _fact_text(r: dict) -> str:
+    chance = r.get("fact_recall_chance")
     return (f"fact recall {_pct(r['fact_recall'])} ({r['facts_recalled']}/{r['facts']} facts of "
-            f"{r['articles_with_facts']} articles)")
+            f"{r['articles_with_facts']} articles" + (f"; chance {_pct(chance)}" if chance is not None else "") + ")")
 
 
 def pretraining_summary_lines(metrics: dict) -> list[str]:

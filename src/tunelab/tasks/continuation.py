@@ -18,8 +18,10 @@ Metrics:
 * with a `facts` file (qa.jsonl records {question, answer, source_id}, as `tunelab data encyclopedia` writes
   them; `source_id` is a document's id): `fact_recall` = per article, the share of its answers found in the
   continuation (NFKC, case and white space ignored), averaged over the articles that have any; answers
-  already in the prompt are left out (repeating the prompt proves nothing). Also `facts`, `facts_recalled`
-  and `articles_with_facts`.
+  already in the prompt are left out (repeating the prompt proves nothing). Also `facts`, `facts_recalled`,
+  `articles_with_facts`, and `fact_recall_chance`: the same measure against the next article's facts, i.e.
+  what string matching finds by chance (a common year or place name) — fact recall means something only
+  well above it.
 
 `samples` (default 5) continuations are kept in the metrics ({id, prompt, continuation, reference}) for the
 run report; every row of the predictions file keeps prompt / continuation / reference as well.
@@ -106,6 +108,24 @@ def read_facts(path: str | Path) -> dict[str, list[str]]:
     return facts
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _chance(with_facts: list[dict[str, Any]]) -> float | None:
+    """Fact recall against the NEXT article's facts (those not in this prompt): what matching finds by chance
+    (common years, place names); None with fewer than two articles."""
+    if len(with_facts) < 2:
+        return None
+    shares = []
+    for i, g in enumerate(with_facts):
+        said, wrote = normalize_fact(g["prompt"]), normalize_fact(g["continuation"])
+        other = [a for a in with_facts[(i + 1) % len(with_facts)]["facts"] if normalize_fact(a) not in said]
+        if other:
+            shares.append(sum(normalize_fact(a) in wrote for a in other) / len(other))
+    return _mean(shares)
+
+
 @register_task
 class ContinuationTask(Task):
     name = "continuation"
@@ -183,8 +203,8 @@ class ContinuationTask(Task):
         if self.facts:
             with_facts = [g for g in graded if g["facts"]]
             out.update({
-                "fact_recall": (sum(len(g["facts_recalled"]) / len(g["facts"]) for g in with_facts)
-                                / len(with_facts) if with_facts else 0.0),
+                "fact_recall": _mean([len(g["facts_recalled"]) / len(g["facts"]) for g in with_facts]),
+                "fact_recall_chance": _chance(with_facts),
                 "facts": sum(len(g["facts"]) for g in with_facts),
                 "facts_recalled": sum(len(g["facts_recalled"]) for g in with_facts),
                 "articles_with_facts": len(with_facts)})
