@@ -154,7 +154,9 @@ def pretraining_summary_lines(metrics: dict) -> list[str]:
         lines.append(f"{label}: validation perplexity {r['perplexity']:.2f} vs unigram {r['unigram_perplexity']:.2f}"
                      f" on the same {r['tokens']:,} tokens ({r['unigram_perplexity'] / r['perplexity']:.1f}x lower)")
     for label, r in _of_kind(results, "samples").items():
-        text = f"{label}: Rouge-L F {r['rougeL_f']:.1f} over {r['n']} continuations ({r['segmentation']})"
+        text = (f"{label}: Rouge-L F {r['rougeL_f']:.1f} over {r['n']} continuations ({r['segmentation']}"
+                + (f"; another document's reference: {r['rougeL_f_chance']:.1f}"
+                   if r.get("rougeL_f_chance") is not None else "") + ")")
         lines.append(text + (f"; {_fact_text(r)}" if "fact_recall" in r else ""))
     if t.get("stopped_early_at"):
         lines.append(f"stopped early at step {t['stopped_early_at']} (validation loss stopped improving)")
@@ -193,6 +195,8 @@ def pretraining_report(metrics: dict) -> list[str]:
         lines += [f"## Continuations: {label} ({best})", "",
                   f"Rouge-L F {r['rougeL_f']:.1f} (P {r['rougeL_p']:.1f}, R {r['rougeL_r']:.1f}; "
                   f"segmentation {r['segmentation']}) over {r['n']} documents"
+                  + (f" (against another document's reference: {r['rougeL_f_chance']:.1f})"
+                     if r.get("rougeL_f_chance") is not None else "")
                   + (f"; {_fact_text(r)}" if "fact_recall" in r else "") + ". The prompt is the document's first "
                   f"sentence, the reference the next {r.get('reference_chars', '')} characters; greedy decoding.",
                   "", "| prompt | model | reference |", "|---|---|---|"]

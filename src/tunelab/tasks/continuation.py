@@ -15,6 +15,8 @@ Metrics:
 
 * `rougeL_f` (primary), `rougeL_p`, `rougeL_r` (×100): Rouge-L of the continuation against the reference
   (`tunelab.eval.rouge`; setting `segmentation`, default auto = one token per CJK character for Chinese);
+  `rougeL_f_chance`: each continuation against the next document's reference instead — the overlap that
+  fluent text in the corpus's style gets anyway (common characters, stock phrases);
 * with a `facts` file (qa.jsonl records {question, answer, source_id}, as `tunelab data encyclopedia` writes
   them; `source_id` is a document's id): `fact_recall` = per article, the share of its answers found in the
   continuation (NFKC, case and white space ignored), averaged over the articles that have any; answers
@@ -194,11 +196,22 @@ class ContinuationTask(Task):
                 "prompt": example.instruction, "continuation": prediction, "reference": example.output,
                 "facts": facts, "facts_recalled": recalled}
 
+    def _rouge_chance(self, graded: list[dict[str, Any]]) -> float | None:
+        """Mean Rouge-L F (×100) of each continuation against the NEXT document's reference: the overlap any
+        fluent text in the corpus's style gets; None with a single document."""
+        from tunelab.eval.rouge import rouge_l
+        if len(graded) < 2:
+            return None
+        pairs = zip(graded, graded[1:] + graded[:1])
+        return 100 * _mean([rouge_l(g["continuation"], h["reference"], self.segmentation)["fmeasure"]
+                            for g, h in pairs])
+
     def summarize(self, graded: list[dict[str, Any]]) -> dict[str, Any]:
         from tunelab.eval.rouge import summarize_rouge
         scores = [{"fmeasure": g["rougeL_f"], "precision": g["rougeL_p"], "recall": g["rougeL_r"],
                    "segmentation": g["segmentation"]} for g in graded]
-        out = {**summarize_rouge(scores, self.segmentation), "skipped": self.skipped,
+        out = {**summarize_rouge(scores, self.segmentation), "rougeL_f_chance": self._rouge_chance(graded),
+               "skipped": self.skipped,
                "reference_chars": self.reference_chars, "max_new_tokens": self.max_new_tokens}
         if self.facts:
             with_facts = [g for g in graded if g["facts"]]
