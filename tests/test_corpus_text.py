@@ -8,11 +8,12 @@ import json
 import pickle
 import random
 import re
+import time
 import tracemalloc
 
 import pytest
 
-from tunelab.data import corpus_read, sentences
+from tunelab.data import cleaning, corpus_read, sentences
 from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document
 from tunelab.data.corpus_read import BadLines, RawDoc, iter_documents, list_inputs, split_of
 from tunelab.data.sentences import CLOSERS, TERMINATORS, soft_split_points, split_sentences
@@ -199,12 +200,13 @@ def _remove_empty_pairs_slowly(text: str) -> str:
 def test_empty_brackets_match_a_slow_reference_fuzzed():
     rng = random.Random(3)
     parts = list("（）()《》【】[]「」『』“”‘’\"'O北a_1 ") + ["\u3000", "（北京）", "(1)", "f()"]
-    for _ in range(400):
+    for _ in range(1000):
         text = "".join(rng.choice(parts) for _ in range(rng.randint(0, 30)))
         expected = _remove_empty_pairs_slowly(text)
         doc, counts = clean(text, only("empty_brackets"))
         assert doc.text == expected, text
         assert counts.get("empty_brackets", 0) * 2 <= len(text) - len(expected)
+        assert cleaning._strip_nested_pairs(text)[0] == expected  # the one-pass fallback for deep nesting
 
 
 def test_title_split_prepend_and_known_titles():
@@ -258,6 +260,23 @@ def test_cleaning_is_pure_and_deterministic_on_fuzz():
             body = doc.text
             assert body == body.strip() and "\r" not in body and "\n\n\n" not in body and "  " not in body
             assert not re.search("[\t\u00a0\u3000\u200b\ufeff\x00]", body)
+
+
+PATHOLOGICAL = {  # inputs on which a careless regex backtracks quadratically (minutes for these sizes)
+    "unclosed refs": "<ref>文" * 20000, "unclosed comments": "<!--文" * 20000, "bold runs": "'''文 " * 30000,
+    "unclosed links": "[[文|" * 30000, "deep templates": "{{" * 10000 + "}}" * 10000,
+    "deep brackets": "（" * 30000 + " " * 10 + "）" * 30000, "almost tags": "<div " + "a=b " * 30000,
+    "dots": "." * 50000 + " a", "spaced dots": ". " * 50000 + "a", "headings": "==" + "文=" * 30000 + "\n",
+}
+
+
+@pytest.mark.parametrize("name", list(PATHOLOGICAL))
+def test_no_input_takes_quadratic_time(name):
+    text = PATHOLOGICAL[name]
+    start = time.perf_counter()
+    doc, _ = clean(text, CleaningConfig(nfkc=True))
+    assert "".join(split_sentences(text)) == text and soft_split_points(text) is not None
+    assert time.perf_counter() - start < 3  # linear: ~0.05 s; quadratic: minutes
 
 
 def test_config_as_meta_is_json():
@@ -314,7 +333,8 @@ def test_formats_read_the_same_documents(tmp_path, gz):
 
 def test_fields_bom_crlf_and_json_holding_jsonl(tmp_path):
     p = tmp_path / "x.jsonl"
-    p.write_bytes(b'\xef\xbb\xbf{"body": "\xe6\x96\x87", "name": 3.5, "head": true}\r\n\r\n{"body": "b", "name": null}\r\n')
+    p.write_bytes(b'\xef\xbb\xbf{"body": "\xe6\x96\x87", "name": 3.5, "head": true}\r\n\r\n'
+                  b'{"body": "b", "name": null}\r\n')
     assert docs_of([p], text_field="body", id_field="name", title_field="head") == [("文", "3.5", "true"),
                                                                                    ("b", None, None)]
     assert docs_of([p], text_field="body", id_field=None, title_field=None) == [("文", None, None), ("b", None, None)]

@@ -8,13 +8,15 @@ Rules run in this order (each one is a field of `CleaningConfig`; the count it a
 2. `markup` [markup: pieces removed or replaced]
    Remnants of HTML and wiki markup, exactly these:
    - `<ref …>…</ref>` and `<ref …/>` (footnotes, with their content) and `<!-- comments -->`;
-   - `{{…}}` templates with their content, innermost first, so nested templates go too;
+   - `{{…}}` templates with their content, innermost first, so nested templates go too (up to
+     `MAX_TEMPLATE_DEPTH` levels);
    - `[[File:…]]`, `[[Image:…]]`, `[[Category:…]]`, `[[文件:…]]`, `[[图像:…]]`, `[[分类:…]]` links, whole;
    - other wiki links keep their shown text: `[[target|text]]` → `text`, `[[target]]` → `target`;
-   - `''italic''`, `'''bold'''`, `'''''both'''''` lose their quote runs when paired on one line;
+   - `''italic''`, `'''bold'''`, `'''''both'''''` lose their quote runs when paired on one line (two levels
+     deep: `'''bold ''italic'' bold'''`);
    - heading lines `== 标题 ==` (1–6 `=`, same number both sides) keep the heading text;
-   - HTML tags of known names (`<br>`, `<div class="x">`, `</span>`, …; see `HTML_TAGS`) lose the tag and
-     keep what is between; `a<b and c>d` is not a tag (attributes must look like name=value);
+   - HTML tags of known names (`<br>`, `<div class="x">`, `</span>`, a stray `<ref>`, …; see `HTML_TAGS`)
+     lose the tag and keep what is between; `a<b and c>d` is not a tag (attributes must look like name=value);
    - HTML entities (`&amp;`, `&nbsp;`, `&#26085;`, `&#x65E5;`) become their character.
    Not handled: wiki tables `{| … |}`, external links `[http://… text]`, templates with single braces
    inside; what they leave stays in the text.
@@ -55,6 +57,7 @@ from dataclasses import dataclass
 from tunelab.data.corpus_read import RawDoc
 
 TITLE_MAX_CHARS = 100
+MAX_TEMPLATE_DEPTH = 20
 COUNT_KEYS = ("nfkc_changed", "markup", "empty_brackets", "whitespace_chars", "title_split", "too_short")
 
 
@@ -89,13 +92,16 @@ class CleanDoc:
 # --- markup -------------------------------------------------------------------------------------------
 HTML_TAGS = ("a abbr b bdi big blockquote br caption center cite code dd del div dl dt em font gallery h1 h2 "
              "h3 h4 h5 h6 hr i img ins kbd li math nowiki ol p poem pre q rb references rp rt ruby s samp "
-             "section small span strike strong sub sup table tbody td templatestyles th thead tr tt u ul var "
-             "wbr").split()
-_REF = re.compile(r"<ref\b[^<>]*/>|<ref\b[^<>]*>.*?</ref\s*>|<!--.*?-->", re.S | re.I)
+             "ref section small span strike strong sub sup table tbody td templatestyles th thead tr tt u ul "
+             "var wbr").split()
+# Every pattern is linear on any input: a body never reaches past the next opening of its own kind (an
+# unclosed "<ref>" scans to the next "<ref", not to the end of the text, once per "<ref").
+_REF = re.compile(r"<ref\b[^<>]*/>|<ref\b[^<>]*>(?:[^<]|<(?!/?ref\b))*</ref\s*>|<!--(?:(?!<!--|-->).)*-->",
+                  re.S | re.I)
 _TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 _FILE_LINK = re.compile(r"\[\[(?:File|Image|Category|文件|檔案|图像|圖像|分类|分類)\s*:[^\[\]]*\]\]", re.I)
 _LINK = re.compile(r"\[\[(?:[^\[\]|]*\|)*([^\[\]|]*)\]\]")
-_EMPHASIS = re.compile(r"('{2,5})(?=[^'\s])([^\n]*?[^'\s])\1(?!')")
+_EMPHASIS = re.compile(r"('{2,5})(?!')((?:[^'\n]|'(?!'))+)\1(?!')")
 _HEADING = re.compile(r"^(={1,6})[ \t]*([^=\n](?:[^\n]*?[^=\n])?)[ \t]*\1[ \t\r]*$", re.M)
 _ATTR = r"""\s+[\w:-]+\s*=\s*(?:"[^"<>]*"|'[^'<>]*'|[^\s"'<>]+)"""
 _TAG = re.compile(rf"</?(?:{'|'.join(HTML_TAGS)})(?:{_ATTR})*\s*/?>", re.I)
@@ -108,7 +114,7 @@ def _strip_markup(text: str) -> tuple[str, int]:
         text, k = _REF.subn("", text)
         n += k
     if "{{" in text:
-        while True:
+        for _ in range(MAX_TEMPLATE_DEPTH):
             text, k = _TEMPLATE.subn("", text)
             if not k:
                 break
@@ -118,7 +124,9 @@ def _strip_markup(text: str) -> tuple[str, int]:
         n += k
         text, k = _LINK.subn(r"\1", text)
         n += k
-    if "''" in text:
+    for _ in range(2):
+        if "''" not in text:
+            break
         text, k = _EMPHASIS.subn(r"\2", text)
         n += k
     if "=" in text:
@@ -146,13 +154,43 @@ _SPACES = "[ \t\u00a0\u3000]*"
 _EMPTY_PAIR = re.compile("|".join(re.escape(p[0]) + _SPACES + re.escape(p[1]) for p in _PAIRS) + "|\"\"|''")
 
 
+_SPACE_CHARS = " \t\u00a0\u3000"
+_BRACKET_TOKEN = re.compile(f"[{re.escape(''.join(_PAIRS))}\"']|[{_SPACE_CHARS}]+"
+                            f"|[^{re.escape(''.join(_PAIRS))}\"'{_SPACE_CHARS}]+")
+_OPENER_OF = {p[1]: p[0] for p in _PAIRS} | {'"': '"', "'": "'"}
+
+
 def _strip_empty_brackets(text: str) -> tuple[str, int]:
-    n = 0
-    while True:
-        text, k = _EMPTY_PAIR.subn("", text)
-        if not k:
-            return text, n
+    text, n = _EMPTY_PAIR.subn("", text)
+    if n and _EMPTY_PAIR.search(text):  # nested, like （（）） which leaves （）: finish in one linear pass
+        text, k = _strip_nested_pairs(text)
         n += k
+    return text, n
+
+
+def _strip_nested_pairs(text: str) -> tuple[str, int]:
+    """What repeating `_EMPTY_PAIR` until nothing matches gives, in one pass over bracket/space/other tokens.
+
+    Repeating the regex costs a pass per nesting level: quadratic on （（（…））） thousands deep.
+    """
+    out: list[str] = []
+    n = 0
+    for token in _BRACKET_TOKEN.findall(text):
+        opener = _OPENER_OF.get(token)
+        if opener is not None and out:
+            if out[-1] == opener:  # "（" "）" or '"' '"'
+                out.pop()
+                n += 1
+                continue
+            if opener not in "\"'" and len(out) > 1 and out[-2] == opener and out[-1][0] in _SPACE_CHARS:
+                del out[-2:]  # "（" spaces "）"
+                n += 1
+                continue
+        if out and token[0] in _SPACE_CHARS and out[-1][0] in _SPACE_CHARS:
+            out[-1] += token  # spaces that meet after a removal are one run
+        else:
+            out.append(token)
+    return "".join(out), n
 
 
 # --- whitespace ---------------------------------------------------------------------------------------
