@@ -21,10 +21,12 @@ class _Strict(BaseModel):
 
 
 class SourceConfig(_Strict):
-    """One data source: a file (`path`) or a built-in generator (`generate`)."""
+    """One data source: a file (`path`), a built-in generator (`generate`), or a prepared pretraining corpus
+    (`corpus`: a directory written by `tunelab data corpus`, read as memory-mapped token blocks)."""
 
     path: str | None = None
     generate: Literal["arithmetic", "reading"] | None = None
+    corpus: str | None = None
     format: Literal["auto", "competition", "alpaca", "conversations", "messages", "reading"] = "auto"
     count: int | None = Field(default=None, ge=1, description="generate this many / subsample to this many")
     seed: int = 0
@@ -32,8 +34,8 @@ class SourceConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_of(self):
-        if (self.path is None) == (self.generate is None):
-            raise ValueError("give exactly one of 'path' or 'generate'")
+        if sum(x is not None for x in (self.path, self.generate, self.corpus)) != 1:
+            raise ValueError("give exactly one of 'path', 'generate' or 'corpus'")
         return self
 
 
@@ -57,12 +59,42 @@ class ModelConfig(_Strict):
 
 class DataConfig(_Strict):
     train: list[SourceConfig] = Field(min_length=1)
-    template: str = "alpaca"
+    template: str = Field(default="alpaca", description="prompt template; a corpus run defaults to 'none'")
     instruction_prefix: str = ""
     cot: bool = False
     max_seq_len: int = Field(default=256, ge=8)
-    packing: bool = True
+    packing: bool = Field(default=True, description="pack samples (corpus: whole blocks) into rows, or one a row")
     loss_on: Literal["answer", "all"] = "answer"
+    sampling: Literal["epoch", "random"] = Field(
+        default="epoch", description="corpus blocks: each once per epoch in a seeded order, or drawn at random "
+                                     "with replacement")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _corpus_template(cls, raw: Any) -> Any:
+        """A pretraining corpus is plain text: its model continues text, so its template is `none`."""
+        if isinstance(raw, dict) and "template" not in raw and any(
+                isinstance(s, dict) and s.get("corpus") is not None for s in raw.get("train") or []):
+            raw = {**raw, "template": "none"}
+        return raw
+
+    @model_validator(mode="after")
+    def _one_kind_of_source(self):
+        corpora = [s for s in self.train if s.corpus is not None]
+        if corpora and len(corpora) != len(self.train):
+            raise ValueError("a corpus source cannot be mixed with example sources (path/generate): pretrain on "
+                             "the corpus in one run, fine-tune on the examples in another")
+        if len(corpora) > 1:
+            raise ValueError("give one corpus source (prepare several inputs into one corpus with "
+                             "`tunelab data corpus IN1 IN2 … --out DIR`)")
+        if self.sampling == "random" and not corpora:
+            raise ValueError("'sampling: random' draws corpus blocks; it needs a corpus source")
+        return self
+
+    @property
+    def corpus(self) -> str | None:
+        """The corpus directory of a pretraining run, or None for example sources."""
+        return self.train[0].corpus
 
 
 class LoraConfig(_Strict):
@@ -88,6 +120,14 @@ class TrainConfig(_Strict):
     save_merged: bool = False
     log_every: int = Field(default=10, ge=1)
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+    eval_every: int | None = Field(default=None, ge=1, description="validation loss every N steps (corpus "
+                                                                   "runs; also at every checkpoint)")
+    val_blocks: int | None = Field(default=None, ge=1, description="validate on the first N val blocks only")
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="stop after this many validations without improvement")
+    early_stopping_min_delta: float = Field(default=0.0, ge=0, description="the val-loss drop that counts")
+    peak_tflops: float | None = Field(default=None, gt=0, description="the device's peak for MFU (default: "
+                                                                       "measured with a matmul at start)")
 
 
 class EvalTaskConfig(_Strict):
@@ -132,6 +172,15 @@ class Recipe(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     description: str = ""
+
+    @model_validator(mode="after")
+    def _validation_needs_a_corpus(self):
+        if self.data.corpus is None:
+            for key in ("eval_every", "val_blocks", "early_stopping_patience"):
+                if getattr(self.train, key) is not None:
+                    raise ValueError(f"train.{key} needs a corpus source: validation loss is measured on a "
+                                     "corpus's val split")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -235,12 +284,11 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
             return p
         alt = base / cand
         return str(alt) if alt.exists() else p
-    for src in recipe.data.train:
+    for src in [*recipe.data.train, *(t.source for t in recipe.eval.tasks)]:
         if src.path:
             src.path = resolve(src.path)
-    for t in recipe.eval.tasks:
-        if t.source.path:
-            t.source.path = resolve(t.source.path)
+        if src.corpus:
+            src.corpus = resolve(src.corpus)
     if recipe.model.path and not recipe.model.path.startswith(("hf:",)):
         recipe.model.path = resolve(recipe.model.path)
 
@@ -276,6 +324,11 @@ def _check_data_files(recipe: Recipe, file: Path, text: str) -> None:
             loc = loc + ("path",)
             raise TunelabError(f"data file not found: {src.path}", file=file, line=_line_of_key(text, loc),
                                field=".".join(str(k) for k in loc))
+        if src.corpus and not (Path(src.corpus) / "meta.json").is_file():
+            loc = loc + ("corpus",)
+            what = "not a finished corpus directory (no meta.json)" if Path(src.corpus).is_dir() else "not found"
+            raise TunelabError(f"corpus {src.corpus}: {what}; prepare it with `tunelab data corpus`", file=file,
+                               line=_line_of_key(text, loc), field=".".join(str(k) for k in loc))
 
 
 def validate_recipe(raw: dict[str, Any], file: str | Path = "<recipe>", text: str = "") -> Recipe:

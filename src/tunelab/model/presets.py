@@ -2,6 +2,19 @@
 
 The published presets reproduce the parameter totals the competition quotes; torch and transformers are imported
 inside the functions so fast verbs can import this module cheaply.
+
+The minigpt-* presets are Llama-style decoders, not Hugging Face's GPT2 classes, on purpose.
+
+- RoPE instead of learned positions: nothing caps the context at the trained length's table, and packed
+  rows restart positions per block, which relative rotations handle naturally.
+- RMSNorm (pre-norm) and SwiGLU: the block modern small models (Llama, Qwen, MiniMind) use, and what the
+  students' next step (SFT) and the fine-tuning half of tunelab expect. The SwiGLU width is ~8/3·d, so the
+  MLP has GPT-2's 8·d² parameters and minigpt-124m matches GPT-2 small's shape (d 768, 12 layers, 12 heads).
+- Tied input/output embeddings, as GPT-2: with a small model the vocabulary matrix is a large share of it.
+- Above all, the same code paths as every other model here: the labelled-only loss (`train/loss.py`), the
+  CPU packed-row attention, LoRA targets (q/k/v/o, gate/up/down), `tunelab serve`/`eval`/`export` and the
+  KV-cache engine all know `llama`; a GPT2 model would need its own path through each.
+vocab_size is replaced by the tokenizer's at build time; no biases, no dropout.
 """
 
 from __future__ import annotations
@@ -19,6 +32,9 @@ if TYPE_CHECKING:
 
 _TINY_BASE = {"model_type": "llama", "hidden_act": "silu", "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
               "vocab_size": 2000}
+
+_MINIGPT_BASE = {"model_type": "llama", "hidden_act": "silu", "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "vocab_size": 2000}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Meta-Llama-3-8B config.json: 8,030,261,248 parameters.
@@ -54,6 +70,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "num_attention_heads": 4},
     "micro": {**_TINY_BASE, "hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2,
               "num_attention_heads": 2},
+    # MiniGPT pretraining sizes (why Llama-style: the module docstring); tied embeddings; counts measured
+    # with build_on_meta (tests/test_pretrain.py checks them).
+    # GPT-2 small's shape: 123,551,232 parameters at GPT-2's 50,257 vocabulary (84,953,856 without the
+    # embedding, + 768 per vocabulary entry); GPT-2 small itself has 124,439,808 (learned positions, biases).
+    "minigpt-124m": {**_MINIGPT_BASE, "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
+                     "num_attention_heads": 12, "max_position_embeddings": 1024},
+    # laptop: 25,305,600 without the embedding, + 512 per vocabulary entry (28,582,400 at a 6,400 vocabulary)
+    "minigpt-25m": {**_MINIGPT_BASE, "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8,
+                    "num_attention_heads": 8, "max_position_embeddings": 1024},
+    # tests: 100,672 without the embedding, + 64 per vocabulary entry (228,672 at 2,000)
+    "minigpt-tiny": {**_MINIGPT_BASE, "hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 512},
 }
 
 # owner/name with no leading '.', '/' or '~': what a hub id looks like, as opposed to a local path.

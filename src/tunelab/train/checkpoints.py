@@ -4,7 +4,7 @@ Layout of `checkpoints/step-000120/`:
   adapter/   LoRA adapter + tokenizer (peft `PeftModel.from_pretrained` loads it)      [LoRA runs]
   model/     full model + tokenizer (`AutoModelForCausalLM.from_pretrained` loads it) [full runs, or merged]
   trainer_state.pt  optimizer, scheduler and RNG states for --resume
-  state.json        step, epoch position and last loss
+  state.json        step, last training loss, total steps, and (corpus runs) the validation loss there
 """
 
 from __future__ import annotations
@@ -38,6 +38,17 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     # a name with a suffix (step-000040.tmp) is a checkpoint still being written, or one a kill interrupted
     return sorted(p for p in root.iterdir()
                   if re.fullmatch(rf"{STEP_PREFIX}\d+", p.name) and (p / "state.json").exists())
+
+
+def best_checkpoint(run_dir: str | Path) -> tuple[str | None, float | None]:
+    """(name, val_loss) of the checkpoint with the lowest validation loss (the earliest on a tie);
+    (None, None) when no checkpoint has one (runs without a validation split)."""
+    best = (None, None)
+    for ckpt in list_checkpoints(run_dir):
+        val = json.loads((ckpt / "state.json").read_text(encoding="utf-8")).get("val_loss")
+        if val is not None and (best[1] is None or val < best[1]):
+            best = (ckpt.name, val)
+    return best
 
 
 def model_dir_of(ckpt: Path) -> Path:

@@ -1,9 +1,14 @@
-"""The training loop: LoRA or full fine-tuning over packed rows, readable top to bottom.
+"""The training loop: LoRA or full fine-tuning over packed rows, or pretraining on a corpus, readable top
+to bottom.
 
 One command runs on a CPU, one GPU, or several processes under `torchrun` / `accelerate launch`
 (DDP, gloo on CPU): each rank takes a strided share of every step's rows. The loss projects only labelled
 positions onto the vocabulary (`loss.py`); on CPU, LoRA dropout (`dropout.py`) and packed-row attention
 (`model/attention.py`) use cheaper kernels that compute the same thing.
+
+Rows come from examples (`RowStream`) or from a prepared corpus's memory-mapped blocks (`corpus_rows.py`).
+A corpus run also measures the validation loss (`validation.py`) every `eval_every` steps and at every
+checkpoint, marks the best checkpoint by it, and can stop early. Every metrics line carries MFU (`mfu.py`).
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.data.packing import Encoded, Row, collate_rows, encode_examples, pack_examples, unpacked_rows
+from tunelab.data.packing import (Encoded, Row, collate_rows, encode_examples, pack_examples, packing_efficiency,
+                                  unpacked_rows)
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, recipe_to_yaml
-from tunelab.train.checkpoints import checkpoint_steps, list_checkpoints, save_checkpoint
+from tunelab.train.checkpoints import best_checkpoint, checkpoint_steps, list_checkpoints, save_checkpoint
 from tunelab.train.plots import plot_loss_curve, read_metrics
+from tunelab.train.validation import EarlyStopping, val_record, validation_sums
 
 
 @dataclass
@@ -116,6 +123,9 @@ def _identity(recipe_yaml: str) -> dict:
 
 def load_examples(recipe: Recipe):
     from tunelab.data.sources import load_source
+    if recipe.data.corpus:
+        raise TunelabError("a corpus source holds token blocks, not examples (see them with `tunelab data "
+                           "corpus --show DIR`)", field="data.train")
     examples = []
     for src in recipe.data.train:
         examples += load_source(src)
@@ -125,9 +135,11 @@ def load_examples(recipe: Recipe):
 
 
 def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate, run_dir: Path, dist: Dist):
-    """Load the base (path) or build it from a preset with a BPE tokenizer trained on the training text."""
+    """Load the base (path) or build it from a preset with a BPE tokenizer trained on the training text
+    (a corpus run: the tokenizer the corpus was prepared with)."""
     from tunelab.model.loading import build_from_scratch, load_pretrained, load_tokenizer
     m = recipe.model
+    corpus = recipe.data.corpus
     if not m.from_scratch:
         if m.path is None:
             raise TunelabError("a preset has no weights: set model.from_scratch: true, or give model.path",
@@ -138,6 +150,8 @@ def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate
         tok_dir = run_dir / "tokenizer"
         if m.tokenizer:
             tokenizer = load_tokenizer(m.tokenizer)
+        elif corpus:
+            tokenizer = load_tokenizer(str(Path(corpus) / "tokenizer"))
         else:
             if dist.main and not (tok_dir / "tokenizer.json").exists():
                 from tunelab.model.tokenizer import train_bpe_tokenizer
@@ -146,6 +160,9 @@ def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate
             _barrier(dist)
             tokenizer = load_tokenizer(str(tok_dir))
         model = build_from_scratch(m.preset, len(tokenizer), m.overrides, tokenizer)
+    if corpus and (m.tokenizer or not m.from_scratch):
+        from tunelab.train.corpus_rows import check_corpus_tokenizer
+        check_corpus_tokenizer(tokenizer, corpus)
     tokenizer.chat_template = template.chat_template()
     return model, tokenizer
 
@@ -167,6 +184,11 @@ class RowStream:
     @property
     def rows_per_epoch(self) -> int:
         return len(self._epoch(0))
+
+    @property
+    def padding_pct(self) -> float:
+        """Padding in a rows × max_len grid of the first epoch."""
+        return 100 * (1 - packing_efficiency(self._epoch(0), self.max_len))
 
     def rows(self, start: int, count: int) -> list[Row]:
         """Rows [start, start+count) of the endless epoch-after-epoch stream."""
@@ -211,9 +233,17 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
 
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
-    examples = load_examples(recipe)
+    examples = [] if recipe.data.corpus else load_examples(recipe)
     model, tokenizer = build_model_and_tokenizer(recipe, examples, template, run_dir, dist)
-    encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
+    val_rows = None  # validation rows: a corpus's val split
+    if recipe.data.corpus:
+        from tunelab.train.corpus_rows import corpus_rows
+        stream, val_rows = corpus_rows(recipe)
+        samples, truncated = stream.count, 0
+    else:
+        encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
+        stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed)
+        samples, truncated = len(encoded), sum(e.truncated for e in encoded)
 
     lora = recipe.lora.enabled
     if lora:
@@ -234,11 +264,18 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         use_cpu_attention(model.get_base_model() if lora else model)
     from tunelab.model.lora import count_parameters
     trainable, total = count_parameters(model)
+    from tunelab.train.mfu import flops_per_token, measure_peak_tflops, mfu
+    flops_tok = flops_per_token(model, recipe.data.max_seq_len)
+    peak_tflops = tc.peak_tflops or measure_peak_tflops(device, tc.precision)
 
-    stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed)
     rows_per_step = tc.batch_size * tc.grad_accum * dist.world
     total_steps = tc.max_steps or max(1, int(tc.epochs * stream.rows_per_epoch // rows_per_step))
     ckpt_at = set(checkpoint_steps(total_steps, tc.num_checkpoints))
+    if recipe.data.corpus and dist.main:
+        tqdm.write(f"corpus: {stream.count:,} training blocks in {stream.rows_per_epoch:,} rows of up to "
+                   f"{recipe.data.max_seq_len} tokens per epoch ({stream.padding_pct:.1f}% padding, "
+                   f"{'packed' if recipe.data.packing else 'one block a row'}); validation on "
+                   f"{val_rows.count if val_rows else 0:,} blocks")
 
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -249,6 +286,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, tc.min_lr_ratio))
 
     start_step, elapsed_before = 0, 0.0
+    stopper = EarlyStopping(tc.early_stopping_patience, tc.early_stopping_min_delta)
+    stopped_early_at = None
     # loss/items/tokens summed since the last metrics line; saved in checkpoints so that a resumed run
     # writes the same metrics lines as an uninterrupted one even when checkpoints fall between log steps
     window = (0.0, 0.0, 0.0)
@@ -270,6 +309,9 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             random.setstate(state["py_rng"])
             start_step, elapsed_before = state["step"], state["elapsed_s"]
             window = state.get("log_window", window)
+            if "early_stopping" in state:
+                stopper.best, stopper.bad = state["early_stopping"]["best"], state["early_stopping"]["bad"]
+            stopped_early_at = state.get("stopped_early_at")
             # the loss a run killed after its last checkpoint (before the summary) resumes to report
             last_loss = json.loads((ckpts[-1] / "state.json").read_text(encoding="utf-8"))["loss"]
         if dist.main:  # drop log lines past the checkpoint; they are recomputed
@@ -279,21 +321,23 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         metrics_path.write_text("", encoding="utf-8")
 
     from tunelab.train.loss import LabelledLoss
-    train_model = LabelledLoss(model)
+    train_model = loss_model = LabelledLoss(model)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        train_model = DDP(train_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+        train_model = DDP(loss_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     train_model.train()
 
     finished = run_dir / "train_summary.json"
-    if start_step >= total_steps and finished.exists():  # resuming a finished run: nothing left to train
+    end_step = stopped_early_at or total_steps
+    if start_step >= end_step and finished.exists():  # resuming a finished run: nothing left to train
         return json.loads(finished.read_text(encoding="utf-8"))
     bar = tqdm(total=total_steps, initial=start_step, disable=not dist.main, desc=f"train {recipe.name}",
                unit="step", dynamic_ncols=True)
     window_loss, window_items, window_tokens = window
+    postfix: dict[str, str] = {}
     t_window = time.perf_counter()
     t_start = time.perf_counter()
-    for step in range(start_step, total_steps):
+    for step in range(start_step, end_step):
         step_rows = stream.rows(step * rows_per_step, rows_per_step)[dist.rank::dist.world]
         micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
         batches = [collate_rows(rows, tokenizer.pad_token_id, recipe.data.packing) for rows in micro]
@@ -330,20 +374,39 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         window_items += global_items
         window_tokens += tokens
         done = step + 1
-        if done % tc.log_every == 0 or done == total_steps:
+        val, stop = None, False
+        if val_rows is not None and (done in ckpt_at or (tc.eval_every and done % tc.eval_every == 0)):
+            t_val = time.perf_counter()
+            val = val_record(done, *_all_sum(dist, list(validation_sums(
+                loss_model, val_rows, tc.batch_size, tokenizer.pad_token_id, recipe.data.packing, device,
+                tc.precision == "bf16", dist.rank, dist.world))))
+            t_window += time.perf_counter() - t_val  # tokens/s and MFU count training time only
+            stop = stopper.update(val["val_loss"])
+        if done % tc.log_every == 0 or done == total_steps or stop:
             now = time.perf_counter()
+            tokens_per_s = window_tokens / (now - t_window)
             rec = {"step": done, "epoch": round(done * rows_per_step / stream.rows_per_epoch, 4),
                    "loss": window_loss / max(1, window_items), "lr": step_lr,
-                   "grad_norm": grad_norm, "tokens_per_s": window_tokens / (now - t_window),
+                   "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+                   "mfu": mfu(flops_tok, tokens_per_s, peak_tflops, dist.world),
                    "elapsed_s": elapsed_before + now - t_start}
             if dist.main:
                 with metrics_path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            postfix.update(loss=f"{rec['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
+            bar.set_postfix(postfix)
             window_loss = window_items = window_tokens = 0.0
             t_window = now
+        if val is not None:
+            if dist.main:
+                with metrics_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(val) + "\n")
+            postfix["val"] = f"{val['val_loss']:.4f}"
+            bar.set_postfix(postfix)
         bar.update(1)
-        if done in ckpt_at:
+        if stop:
+            stopped_early_at = done
+        if done in ckpt_at or stop:
             if dist.main:
                 trainer_state = {"trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters()
                                                if p.requires_grad},
@@ -351,21 +414,39 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                                  "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
                                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                                  "log_window": (window_loss, window_items, window_tokens),
+                                 "early_stopping": stopper.state(), "stopped_early_at": stopped_early_at,
                                  "step": done, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
                 save_checkpoint(run_dir, done, model, tokenizer, template, trainer_state,
-                                {"step": done, "loss": step_loss, "total_steps": total_steps},
+                                {"step": done, "loss": step_loss, "total_steps": total_steps,
+                                 "val_loss": val["val_loss"] if val else None},
                                 lora=lora, save_merged=tc.save_merged)
             _barrier(dist)
+        if stop:
+            break
     bar.close()
     elapsed = elapsed_before + time.perf_counter() - t_start
-    summary = {"steps": total_steps, "resumed_from": start_step, "final_loss": last_loss,
+    best, best_val = best_checkpoint(run_dir)
+    train_lines = [r for r in read_metrics(metrics_path) if "loss" in r]
+    logged = train_lines[1:] or train_lines
+    summary = {"steps": stopped_early_at or total_steps, "resumed_from": start_step, "final_loss": last_loss,
                "train_seconds": elapsed, "trainable_params": trainable, "total_params": total,
-               "samples": len(encoded), "truncated": sum(e.truncated for e in encoded),
-               "rows_per_epoch": stream.rows_per_epoch, "world_size": dist.world,
-               "checkpoints": [str(p) for p in list_checkpoints(run_dir)]}
+               "samples": samples, "truncated": truncated, "rows_per_epoch": stream.rows_per_epoch,
+               "padding_pct": stream.padding_pct, "world_size": dist.world,
+               "checkpoints": [str(p) for p in list_checkpoints(run_dir)],
+               "best_checkpoint": best, "best_val_loss": best_val, "stopped_early_at": stopped_early_at,
+               "flops_per_token": flops_tok, "peak_tflops": peak_tflops,
+               # medians over the logged windows after the first (warm-up)
+               "tokens_per_s": _median([r["tokens_per_s"] for r in logged]),
+               "mfu": _median([r["mfu"] for r in logged if "mfu" in r])}
     if dist.main:
         from tunelab.data.records import write_json
         write_json(run_dir / "train_summary.json", summary)
-        plot_loss_curve(metrics_path, run_dir / "loss.png", title=f"{recipe.name}: training loss")
+        title = f"{recipe.name}: training and validation loss" if best else f"{recipe.name}: training loss"
+        plot_loss_curve(metrics_path, run_dir / "loss.png", title=title)
     return summary
+
+
+def _median(values: list[float]) -> float | None:
+    import statistics
+    return statistics.median(values) if values else None
 

@@ -14,8 +14,11 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = "training loss") -> Path | None:
-    """Loss (and learning rate on a second axis) against step; returns the PNG path, or None if no data."""
-    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
+    """Training loss, validation loss where measured, and the learning rate on a second axis, against step;
+    returns the PNG path, or None if no data."""
+    metrics = read_metrics(metrics_path)
+    rows = [r for r in metrics if "loss" in r]
+    val = [r for r in metrics if "val_loss" in r]
     if not rows:
         return None
     import matplotlib
@@ -23,9 +26,12 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
     import matplotlib.pyplot as plt
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", label="loss")
+    ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", label="training loss")
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], color="tab:green", marker="o",
+                markersize=3, label="validation loss")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (per answer token)")
+    ax.set_ylabel("loss (per scored token)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()

@@ -1,0 +1,177 @@
+"""The rows of a pretraining run: whole blocks of a prepared corpus, read from its memory map a step at a time.
+
+`CorpusRows` is to a corpus what `RowStream` (train/loop.py) is to examples — `rows(start, count)` of an
+endless, deterministic stream and `rows_per_epoch` — so the training loop does not care which it trains on.
+Only the rows of one step become Python lists; the corpus stays on disk.
+
+- A row holds whole blocks. Packed, blocks share a row with position ids restarting at 0 per block, so no
+  block attends to another (the same packing as fine-tuning samples); unpacked, one block a row and the rest
+  of the row is padding (`padding_pct` says how much).
+- Labels are the block's own tokens: the loss covers every real token including the closing EOT, never
+  padding, and a block's first token has no target (nothing inside the block predicts it).
+- `sampling="epoch"`: each epoch visits every block once, in a permutation seeded by (seed, epoch).
+  `sampling="random"`: blocks drawn with replacement, row r from a generator seeded by (seed, r) alone, so
+  any row can be rebuilt without the ones before it (resume); packed, a row takes drawn blocks until one
+  does not fit the rest of it (that block is not used). An "epoch" is then as many rows as an epoch of the
+  epoch sampling, i.e. about one pass over the corpus's tokens.
+- `sampling="sequential"`: the blocks in order, for validation (`limit` keeps the first N).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tunelab.data.corpus_store import CorpusBlocks
+from tunelab.data.packing import IGNORE, Row
+from tunelab.errors import TunelabError
+
+SAMPLINGS = ("epoch", "random", "sequential")
+
+
+def pack_lengths(lengths, max_len: int, open_rows: int = 8) -> list[list[int]]:
+    """Indices of `lengths` grouped into rows of at most `max_len`: `pack_examples`' first-fit rule over a few
+    open rows, on lengths alone (tested to give the same rows)."""
+    done: list[list[int]] = []
+    opened: list[list[int]] = []
+    room: list[int] = []
+    for i, n in enumerate(lengths):
+        for k, free in enumerate(room):
+            if n <= free:
+                opened[k].append(i)
+                room[k] -= n
+                break
+        else:
+            opened.append([i])
+            room.append(max_len - n)
+            if len(opened) > open_rows:
+                done.append(opened.pop(0))
+                room.pop(0)
+    return done + opened
+
+
+class CorpusRows:
+    """The deterministic row stream over one split of a corpus (see the module docstring)."""
+
+    def __init__(self, blocks: CorpusBlocks, max_len: int, packing: bool, sampling: str = "epoch", seed: int = 0,
+                 limit: int | None = None):
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}")
+        self.blocks, self.max_len, self.packing, self.sampling, self.seed = blocks, max_len, packing, sampling, seed
+        self.count = len(blocks) if limit is None else min(limit, len(blocks))
+        self.lengths = np.asarray(blocks.lengths[: self.count], dtype=np.int64)
+        if self.count == 0:
+            raise TunelabError(f"the corpus's {blocks.split} split has no blocks", file=blocks.dir)
+        longest = int(self.lengths.max())
+        if longest > max_len:
+            raise TunelabError(f"the corpus's blocks are up to {longest} tokens (block size {blocks.block_size}) "
+                               f"but rows hold {max_len}: set data.max_seq_len to at least {longest}",
+                               field="data.max_seq_len")
+        self._layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._epoch_rows: list[int] = []
+
+    # --- which blocks make each row ---------------------------------------------------------------
+
+    def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(blocks in row order, row starts into it with a final end) of one epoch; the last two are kept."""
+        if epoch not in self._layouts:
+            if self.sampling == "sequential":
+                order = np.arange(self.count)
+            else:
+                order = np.random.default_rng([self.seed, epoch]).permutation(self.count)
+            if self.packing:
+                rows = pack_lengths(self.lengths[order].tolist(), self.max_len)
+                order = order[np.fromiter((i for row in rows for i in row), dtype=np.int64, count=len(order))]
+                starts = np.cumsum([0] + [len(r) for r in rows])
+            else:
+                starts = np.arange(self.count + 1)
+            for old in sorted(self._layouts)[:-1]:
+                del self._layouts[old]
+            self._layouts[epoch] = (order, starts)
+        return self._layouts[epoch]
+
+    def _rows_in_epoch(self, epoch: int) -> int:
+        while len(self._epoch_rows) <= epoch:
+            self._epoch_rows.append(len(self._layout(len(self._epoch_rows))[1]) - 1)
+        return self._epoch_rows[epoch]
+
+    def _random_blocks(self, r: int) -> list[int]:
+        rng = np.random.default_rng([self.seed, r])
+        if not self.packing:
+            return [int(rng.integers(self.count))]
+        picked, used = [], 0
+        while True:
+            b = int(rng.integers(self.count))
+            if used + self.lengths[b] > self.max_len:
+                return picked
+            picked.append(b)
+            used += int(self.lengths[b])
+
+    def row_blocks(self, start: int, count: int) -> list[list[int]]:
+        """Block indices of rows [start, start+count) of the endless stream."""
+        if self.sampling == "random":
+            return [self._random_blocks(r) for r in range(start, start + count)]
+        out, epoch, offset = [], 0, start
+        while offset >= self._rows_in_epoch(epoch):
+            offset -= self._rows_in_epoch(epoch)
+            epoch += 1
+        while len(out) < count:
+            order, starts = self._layout(epoch)
+            take = min(count - len(out), len(starts) - 1 - offset)
+            out += [order[starts[k]: starts[k + 1]].tolist() for k in range(offset, offset + take)]
+            epoch, offset = epoch + 1, 0
+        return out
+
+    # --- the RowStream interface ------------------------------------------------------------------
+
+    @property
+    def rows_per_epoch(self) -> int:
+        if self.sampling == "random":  # as many rows as an epoch without replacement: ~ one pass over the tokens
+            return len(self._layout(0)[1]) - 1 if self.packing else self.count
+        return self._rows_in_epoch(0)
+
+    def rows(self, start: int, count: int) -> list[Row]:
+        """Rows [start, start+count): each block's tokens, labels (first token unscored) and positions."""
+        out = []
+        for blocks in self.row_blocks(start, count):
+            row = Row()
+            for b in blocks:
+                ids = self.blocks.block(b).tolist()
+                row.input_ids += ids
+                row.labels += [IGNORE] + ids[1:]
+                row.position_ids += range(len(ids))
+            out.append(row)
+        return out
+
+    @property
+    def padding_pct(self) -> float:
+        """Padding in a rows × max_seq_len grid: the first epoch's rows, or (random) its first 2,000 rows."""
+        if self.sampling == "random":
+            sample = self.row_blocks(0, min(2000, self.rows_per_epoch))
+            real = sum(int(self.lengths[b].sum()) for b in sample)
+            return 100 * (1 - real / (len(sample) * self.max_len))
+        return 100 * (1 - int(self.lengths.sum()) / (self.rows_per_epoch * self.max_len))
+
+
+def check_corpus_tokenizer(tokenizer, corpus: str | Path) -> None:
+    """The corpus's ids mean something only to the tokenizer that wrote them: refuse another vocabulary."""
+    from tunelab.model.loading import load_tokenizer
+    tok_dir = Path(corpus) / "tokenizer"
+    if tokenizer.get_vocab() != load_tokenizer(str(tok_dir)).get_vocab():
+        raise TunelabError("the model's tokenizer is not the one the corpus was prepared with (its ids would "
+                           f"mean other tokens): prepare the corpus with --tokenizer set to the model's, or train "
+                           f"from scratch on {tok_dir}", field="model.tokenizer")
+
+
+def corpus_rows(recipe) -> tuple[CorpusRows, CorpusRows | None]:
+    """The training rows of a corpus recipe, and its validation rows (None when the val split is empty)."""
+    d = recipe.data
+    train = CorpusRows(CorpusBlocks(d.corpus, "train"), d.max_seq_len, d.packing, d.sampling, recipe.seed)
+    val_blocks = CorpusBlocks(d.corpus, "val")
+    if len(val_blocks) == 0:
+        if recipe.train.eval_every or recipe.train.early_stopping_patience:
+            raise TunelabError("the corpus has no validation blocks to evaluate (prepare it with "
+                               "--val-fraction above 0)", file=d.corpus, field="train.eval_every")
+        return train, None
+    return train, CorpusRows(val_blocks, d.max_seq_len, d.packing, "sequential", limit=recipe.train.val_blocks)

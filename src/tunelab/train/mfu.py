@@ -1,0 +1,62 @@
+"""Model FLOPs utilisation: the share of the device's matmul peak that training turns into model arithmetic.
+
+MFU = flops per token × tokens per second / peak. Flops per token follow nanoGPT's `estimate_mfu` (after
+the PaLM paper, appendix B): 6·N + 12·L·d·T, where N is the parameters that take part in matmuls (the input
+embedding is a lookup, so it counts only when tied to the output head), L layers, d the hidden size and T
+the row length (data.max_seq_len) — 2 flops per weight forward, 4 backward, plus attention's scores and
+weighted sum. LoRA runs compute no gradient for frozen weights, only through them: 4 flops each instead
+of 6. Tokens are real tokens (padding is not useful work). The peak is the recipe's `train.peak_tflops`,
+or a square matmul at the training precision timed for ~0.3 s at start: what this device reaches, under the
+same thread setting, rather than a datasheet number.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """6·N (4·N for frozen weights) + 12·L·d·T for `model` (a causal LM, or its peft wrapper)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embedding = base.get_input_embeddings().weight
+    head = base.get_output_embeddings()
+    tied = head is not None and head.weight is embedding
+    dense = sum((6 if p.requires_grad else 4) * p.numel() for p in model.parameters()
+                if p is not embedding or tied)
+    cfg = base.config.get_text_config()
+    return float(dense + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len)
+
+
+@functools.cache
+def _measured_tflops(device: str, precision: str, threads: int) -> float:
+    import torch
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    n = 4096 if device.startswith("cuda") else 1024
+    # constant inputs: the measurement must not draw from the random generators the run is seeded with
+    a = torch.full((n, n), 0.5, dtype=dtype, device=device)
+    b = torch.full((n, n), 0.25, dtype=dtype, device=device)
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    a @ b
+    sync()
+    done, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < 0.3 or done < 3:
+        a @ b
+        sync()
+        done += 1
+    return 2 * n ** 3 * done / elapsed / 1e12
+
+
+def measure_peak_tflops(device, precision: str) -> float:
+    """Matmul TFLOP/s of one process on `device` at `precision` (cached per device, precision and threads)."""
+    import torch
+    return _measured_tflops(str(device), precision, torch.get_num_threads())
+
+
+def mfu(flops_per_tok: float, tokens_per_s: float, peak_tflops: float, world: int = 1) -> float:
+    """The fraction of `world` devices' peak spent on model flops."""
+    return flops_per_tok * tokens_per_s / (peak_tflops * 1e12 * world)
