@@ -19,7 +19,8 @@ import json
 from typing import Callable
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-CACHE_LIMIT = 200_000   # cached pieces per process before the cache starts over
+CACHE_LIMIT = 100_000   # cached pieces per process before the cache starts over
+CLAUSE_CHARS = 64       # longer first-step pieces are not cached (memory stays bounded: a few tens of MB)
 
 
 def _byte_chars() -> dict[int, str]:
@@ -37,19 +38,23 @@ def _byte_chars() -> dict[int, str]:
 
 def _isolate(pattern) -> Callable[[list[str]], list[str]]:
     """Split every piece around each match, keeping the matches as pieces (`isolated` behaviour)."""
+    if pattern.groups:                    # its own groups would show up in split(): walk the matches instead
+        def walk(pieces: list[str]) -> list[str]:
+            out = []
+            for piece in pieces:
+                start = 0
+                for m in pattern.finditer(piece):
+                    out += [x for x in (piece[start:m.start()], m.group()) if x]
+                    start = m.end()
+                if start < len(piece):
+                    out.append(piece[start:])
+            return out
+        return walk
+    import regex
+    split = regex.compile(f"({pattern.pattern})", pattern.flags).split
+
     def step(pieces: list[str]) -> list[str]:
-        out = []
-        for piece in pieces:
-            start = 0
-            for m in pattern.finditer(piece):
-                if m.start() > start:
-                    out.append(piece[start:m.start()])
-                if m.end() > m.start():
-                    out.append(m.group())
-                start = m.end()
-            if start < len(piece):
-                out.append(piece[start:])
-        return out
+        return [x for piece in pieces for x in split(piece) if x]
     return step
 
 
@@ -67,7 +72,8 @@ class ByteLevelEncoder:
         self.model = model
         self.steps = steps
         self.table = str.maketrans({chr(b): c for b, c in _byte_chars().items()})
-        self.cache: dict[str, list[int]] = {}
+        self.cache: dict[str, list[int]] = {}      # piece → ids
+        self.clauses: dict[str, list[int]] = {}    # first-step piece → ids
 
     @classmethod
     def for_tokenizer(cls, tok) -> ByteLevelEncoder | None:
@@ -97,13 +103,29 @@ class ByteLevelEncoder:
                     steps.append(_find_all(regex.compile(GPT2_PATTERN)))
             else:
                 return None
-        if not items or items[-1].get("type") != "ByteLevel":
+        if not items or items[-1].get("type") != "ByteLevel" or not steps:
             return None
         return cls(tok.model, steps)
 
     def encode(self, text: str) -> list[int]:
-        pieces = [text]
-        for step in self.steps:
+        """Ids of `text`: the first pre-tokenizer step's pieces (clauses between CJK punctuation, or words)
+        are cached whole, so a repeated clause costs one dictionary look-up."""
+        ids: list[int] = []
+        clauses = self.clauses
+        for clause in self.steps[0]([text]):
+            got = clauses.get(clause)
+            if got is None:
+                got = self._encode_clause(clause)
+                if len(clause) <= CLAUSE_CHARS:
+                    if len(clauses) >= CACHE_LIMIT:
+                        clauses.clear()
+                    clauses[clause] = got
+            ids += got
+        return ids
+
+    def _encode_clause(self, clause: str) -> list[int]:
+        pieces = [clause]
+        for step in self.steps[1:]:
             pieces = step(pieces)
         ids: list[int] = []
         cache = self.cache
