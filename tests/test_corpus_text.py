@@ -280,6 +280,9 @@ def test_no_input_takes_quadratic_time(name):
 
 
 def test_config_as_meta_is_json():
+    assert CleaningConfig().as_meta() == {"split_title": True, "prepend_title": False, "empty_brackets": True,
+                                          "markup": True, "whitespace": True, "nfkc": False, "min_chars": 10,
+                                          "dedup": True}
     meta = CleaningConfig(nfkc=True, min_chars=5).as_meta()
     assert json.loads(json.dumps(meta)) == meta
     assert meta["nfkc"] is True and meta["min_chars"] == 5 and set(meta) >= {"split_title", "dedup", "markup"}

@@ -150,11 +150,9 @@ def _strip_markup(text: str) -> tuple[str, int]:
 
 # --- empty brackets -----------------------------------------------------------------------------------
 _PAIRS = ("（）", "()", "《》", "【】", "[]", "「」", "『』", "〈〉", "〔〕", "［］", "“”", "‘’")
-_SPACES = "[ \t\u00a0\u3000]*"
-_EMPTY_PAIR = re.compile("|".join(re.escape(p[0]) + _SPACES + re.escape(p[1]) for p in _PAIRS) + "|\"\"|''")
-
-
-_SPACE_CHARS = " \t\u00a0\u3000"
+_SPACE_CHARS = " \t\u00a0\u3000"  # what may sit inside a pair that is still empty
+_EMPTY_PAIR = re.compile("|".join(f"{re.escape(p[0])}[{_SPACE_CHARS}]*{re.escape(p[1])}" for p in _PAIRS)
+                         + "|\"\"|''")
 _BRACKET_TOKEN = re.compile(f"[{re.escape(''.join(_PAIRS))}\"']|[{_SPACE_CHARS}]+"
                             f"|[^{re.escape(''.join(_PAIRS))}\"'{_SPACE_CHARS}]+")
 _OPENER_OF = {p[1]: p[0] for p in _PAIRS} | {'"': '"', "'": "'"}
