@@ -51,10 +51,10 @@ def split_sentences(text: str) -> list[str]:
 def soft_split_points(sentence: str) -> list[int]:
     """Offsets where a sentence too long for a block may be cut, best first.
 
-    First the points after a comma/colon/enumeration mark (，、,：: with the whitespace after them; not the
-    ASCII ones between digits, 1,000 and 12:30), then
-    those after a run of whitespace; within each kind from the last to the first. So the first offset in
-    the list that fits the space left is the best cut. 0 and len(sentence) are never returned.
+    First the points after a comma, colon or enumeration mark (，、,：: with the whitespace after them; not
+    an ASCII one before a digit, as in 1,000 and 12:30), then those after a run of whitespace; within each
+    kind from the last to the first. So the first offset in the list that fits the space left is the best
+    cut. 0 and len(sentence) are never returned.
     """
     n = len(sentence)
     punct = [m.end() for m in _SOFT.finditer(sentence) if m.end() < n]
