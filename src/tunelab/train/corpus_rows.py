@@ -58,7 +58,8 @@ class CorpusRows:
                  limit: int | None = None):
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}")
-        self.blocks, self.max_len, self.packing, self.sampling, self.seed = blocks, max_len, packing, sampling, seed
+        self.blocks, self.max_len, self.packing, self.sampling = blocks, max_len, packing, sampling
+        self.seed = seed % 2 ** 64  # numpy's seed sequences take non-negative integers
         self.count = len(blocks) if limit is None else min(limit, len(blocks))
         self.lengths = np.asarray(blocks.lengths[: self.count], dtype=np.int64)
         if self.count == 0:
