@@ -138,8 +138,8 @@ def iter_cleaned(paths: list[Path], settings: ReadSettings, *, workers: int = 1,
             counts["raw_bytes"] = counts.get("raw_bytes", 0) + raw_bytes
             for key, n in doc_counts.items():
                 counts[key] = counts.get(key, 0) + n
-            if progress is not None:
-                progress.update(raw_bytes)
+            if progress is not None:   # text bytes approximate file bytes (escapes, gzip): never past 100%
+                progress.update(min(raw_bytes, max(0, (progress.total or 0) - progress.n)))
             if kept is None:
                 continue
             counts["raw_chars_kept_docs"] = counts.get("raw_chars_kept_docs", 0) + kept.doc.raw_chars
