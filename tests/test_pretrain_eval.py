@@ -393,18 +393,21 @@ def test_tunelab_run_on_a_corpus_end_to_end(pretrained, tmp_path):
         "lora": {"enabled": False}, "data": {"train": [{"corpus": str(corpus)}], "max_seq_len": 128},
         "train": {"max_steps": 30, "batch_size": 4, "lr": 1e-2, "eval_every": 10, "num_checkpoints": 3,
                   "threads": 1, "log_every": 5},
-        "eval": {"tasks": [{"task": "ppl", "source": {"corpus": str(corpus)}},
-                           {"task": "continuation", "source": {"corpus": str(corpus)},
-                            "options": {"facts": str(pretrained["facts"]), "max_new_tokens": 40}}]},
+        "eval": {"checkpoints": "last", "tasks": [
+            {"task": "ppl", "source": {"corpus": str(corpus)}},
+            {"task": "continuation", "source": {"corpus": str(corpus)},
+             "options": {"facts": str(pretrained["facts"]), "max_new_tokens": 40}}]},
     }, allow_unicode=True), encoding="utf-8")
     assert main(["run", str(recipe)]) == 0
     run = tmp_path / "runs" / "e2e"
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    assert list(metrics["checkpoints"]) == ["step-000010", "step-000020", "step-000030"]
+    assert list(metrics["val_loss"]) == ["step-000010", "step-000020", "step-000030"]
+    best = min(metrics["val_loss"], key=metrics["val_loss"].get)
+    assert metrics["best_checkpoint"] == best
+    assert set(metrics["checkpoints"]) == {best, "step-000030"}       # checkpoints: last, and the best
     for name, results in metrics["checkpoints"].items():
         assert math.log(results["ppl"]["perplexity"]) == pytest.approx(metrics["val_loss"][name], abs=1e-5)
         assert results["continuation"]["n"] == 4 and "fact_recall" in results["continuation"]
-    assert metrics["best_checkpoint"] == min(metrics["val_loss"], key=metrics["val_loss"].get)
     assert metrics["best_val_loss"] == pytest.approx(min(metrics["val_loss"].values()))
     assert "score" not in metrics and metrics["throughput"]["tokens_per_s"] > 0
     report = (run / "report.md").read_text(encoding="utf-8")

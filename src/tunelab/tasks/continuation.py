@@ -71,18 +71,16 @@ def corpus_documents(directory: str | Path, split: str) -> list[tuple[str, str, 
     blocks = CorpusBlocks(directory, split)
     docs = read_docs(directory)
     tokenizer = load_tokenizer(str(blocks.tokenizer_dir()))
-    pieces: dict[int, list[str]] = {}
+    ids_of: dict[int, list[int]] = {}   # a document's blocks, EOTs dropped, decoded at once
     for i, doc in enumerate(blocks.index["doc"].tolist()):
         ids = blocks.block(i).tolist()
-        if ids and ids[-1] == blocks.eot_id:
-            ids = ids[:-1]
-        pieces.setdefault(doc, []).append(tokenizer.decode(ids, skip_special_tokens=False,
-                                                           clean_up_tokenization_spaces=False))
+        ids_of.setdefault(doc, []).extend(ids[:-1] if ids and ids[-1] == blocks.eot_id else ids)
     out = []
-    for doc, texts in pieces.items():
+    for doc, ids in ids_of.items():
         meta = docs[doc] if doc < len(docs) else {}
         ident = meta.get("id")
-        out.append((str(ident) if ident is not None else f"doc-{doc}", "".join(texts), meta.get("title")))
+        text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        out.append((str(ident) if ident is not None else f"doc-{doc}", text, meta.get("title")))
     return out
 
 
