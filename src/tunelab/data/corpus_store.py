@@ -16,6 +16,7 @@ so a directory with `meta.json` is complete; one without it is an interrupted pr
 from __future__ import annotations
 
 import json
+from array import array
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,9 +42,10 @@ class SplitWriter:
         self.bin_path = directory / f"{split}.bin"
         self.idx_path = directory / f"{split}.idx.npy"
         self.f: BinaryIO = self.bin_path.open("wb")
-        self.offsets: list[int] = []
-        self.lengths: list[int] = []
-        self.docs: list[int] = []
+        # typed arrays, not lists: 16 bytes a block, so a corpus of millions of blocks stays small in memory
+        self.offsets = array("q")
+        self.lengths = array("i")
+        self.docs = array("i")
         self.tokens = 0
 
     def add(self, ids, doc: int) -> None:
@@ -59,9 +61,12 @@ class SplitWriter:
     def close(self) -> dict[str, int]:
         self.f.close()
         index = self.np.zeros(len(self.offsets), dtype=INDEX_DTYPE)
-        index["offset"], index["length"], index["doc"] = self.offsets, self.lengths, self.docs
+        index["offset"] = self.np.frombuffer(self.offsets, dtype=self.np.int64)
+        index["length"] = self.np.frombuffer(self.lengths, dtype=self.np.int32)
+        index["doc"] = self.np.frombuffer(self.docs, dtype=self.np.int32)
         self.np.save(self.idx_path, index)
-        return {"blocks": len(self.offsets), "tokens": self.tokens, "documents": len(set(self.docs))}
+        return {"blocks": len(self.offsets), "tokens": self.tokens,
+                "documents": len(self.np.unique(index["doc"]))}
 
 
 class CorpusBlocks:
