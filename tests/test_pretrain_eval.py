@@ -327,6 +327,13 @@ def test_served_continuation_model_samples_and_stops_at_eot(pretrained):
         assert texts[0] != texts[1] and all(c.finish_reason == "length" for c in hot.choices)   # it does sample
         info = httpx.get(srv.url + "/tokenizer_info", headers={"Authorization": "Bearer k"}).json()
         assert info["eos_token"] == "<|endoftext|>" and "message['content']" in info["chat_template"]
+        # `tunelab ui`'s in-process backend: a conversation is one text to continue
+        from tunelab.serve.backends import GenerationSettings, LocalBackend
+        ui = LocalBackend("pre", served)
+        turns = [{"role": "user", "content": "青山站是河谷市"}, {"role": "assistant", "content": "的一座铁路车站。"},
+                 {"role": "user", "content": "该站于"}]
+        answer = "".join(ui.chat_stream(turns, GenerationSettings(temperature=0.7, top_k=5, max_tokens=100)))
+        assert answer == ZH[0][1][len("青山站是河谷市的一座铁路车站。该站于"):]     # and it stopped at EOT
     finally:
         srv.stop()
         served.close()
