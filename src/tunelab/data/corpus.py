@@ -78,8 +78,9 @@ class _ChunkWorker:
         self.settings = settings
         self.packer = _Packer(tokenizer_file, block_size, eot_id) if tokenizer_file else None
 
-    def run(self, raws: list[RawDoc]) -> list[tuple[Kept | None, dict[str, int], int]]:
-        """Per raw document: (kept doc or None, cleaning counts, raw UTF-8 bytes); blocks for kept ones."""
+    def run(self, raws: list[RawDoc]) -> list[tuple[Kept | None, dict[str, int], int, int]]:
+        """Per raw document: (kept doc or None, cleaning counts, raw UTF-8 bytes, raw characters); blocks for
+        the kept ones."""
         out = []
         for raw in raws:
             doc, counts = clean_document(raw, self.settings.cleaning)
@@ -87,9 +88,9 @@ class _ChunkWorker:
                 doc, counts = None, {**counts, "too_short": 1}
             kept = None if doc is None else Kept(doc, split_of(doc.text, self.settings.val_fraction,
                                                                self.settings.seed))
-            out.append((kept, counts, len(raw.text.encode("utf-8", "surrogatepass"))))
+            out.append((kept, counts, len(raw.text.encode("utf-8", "surrogatepass")), len(raw.text)))
         if self.packer is not None:
-            self.packer.pack([k for k, _, _ in out if k is not None])
+            self.packer.pack([k for k, _, _, _ in out if k is not None])
         return out
 
 
@@ -133,19 +134,20 @@ def iter_cleaned(paths: list[Path], settings: ReadSettings, *, workers: int = 1,
     raws = iter_documents(paths, settings.text_field, settings.id_field, settings.title_field,
                           skip_bad=settings.skip_bad, bad=bad)
     for results in _map_chunks(_chunks(raws), settings, workers, tokenizer_file, block_size, eot_id):
-        for kept, doc_counts, raw_bytes in results:
+        for kept, doc_counts, raw_bytes, raw_chars in results:
             counts["documents_read"] = counts.get("documents_read", 0) + 1
             counts["raw_bytes"] = counts.get("raw_bytes", 0) + raw_bytes
+            counts["raw_chars"] = counts.get("raw_chars", 0) + raw_chars
             for key, n in doc_counts.items():
                 counts[key] = counts.get(key, 0) + n
             if progress is not None:   # text bytes approximate file bytes (escapes, gzip): never past 100%
                 progress.update(min(raw_bytes, max(0, (progress.total or 0) - progress.n)))
             if kept is None:
                 continue
-            counts["raw_chars_kept_docs"] = counts.get("raw_chars_kept_docs", 0) + kept.doc.raw_chars
             if dedup is not None and dedup.seen(kept.doc.text):
                 counts["duplicates"] = counts.get("duplicates", 0) + 1
                 continue
+            counts["raw_chars_kept_docs"] = counts.get("raw_chars_kept_docs", 0) + kept.doc.raw_chars
             yield kept
 
 
@@ -466,7 +468,8 @@ def _save_with_transformers(name_or_path: str, dest: Path) -> str:
 def _summary(counts, bad: BadLines, total, splits, block_size, input_bytes, seconds) -> dict[str, Any]:
     blocks = sum(s["blocks"] for s in splits.values())
     tokens = sum(s["tokens"] for s in splits.values())
-    raw_chars = counts.get("raw_chars_kept_docs", 0)
+    raw_kept = counts.get("raw_chars_kept_docs", 0)
+    raw_chars = counts.get("raw_chars", 0)
     return {
         "documents_read": counts.get("documents_read", 0),
         "documents_kept": total["documents"],
@@ -475,7 +478,9 @@ def _summary(counts, bad: BadLines, total, splits, block_size, input_bytes, seco
         "bad_lines": bad.count, "bad_line_examples": bad.examples,
         "sentences": total["sentences"], "blocks": blocks, "tokens": tokens,
         "chars_kept": total["chars"],
+        "raw_chars": raw_chars,
         "chars_kept_pct": round(100 * total["chars"] / raw_chars, 2) if raw_chars else 0.0,
+        "chars_kept_pct_of_kept_documents": round(100 * total["chars"] / raw_kept, 2) if raw_kept else 0.0,
         "cleaning": {key: counts.get(key, 0) for key in COUNT_KEYS},
         "long_sentence_splits": {"at_soft_point": total["soft"], "at_token_boundary": total["token"]},
         "padding_pct_if_one_block_per_row": round(100 * (1 - tokens / (blocks * block_size)), 2) if blocks else 0.0,
@@ -495,7 +500,8 @@ def format_summary(meta: dict[str, Any]) -> str:
         f"{meta['splits']['val']['blocks']} blocks, {meta['splits']['val']['tokens']} tokens",
         f"sentences: {s['sentences']}; long sentences cut: {s['long_sentence_splits']['at_soft_point']} at "
         f"a comma/space, {s['long_sentence_splits']['at_token_boundary']} at a token boundary",
-        f"characters kept after cleaning: {s['chars_kept_pct']}% of the kept documents' raw characters",
+        f"characters kept after cleaning: {s['chars_kept_pct']}% of all read "
+        f"({s['chars_kept_pct_of_kept_documents']}% within the documents kept)",
         "cleaning: " + ", ".join(f"{k} {v}" for k, v in c.items()),
         f"dtype {meta['dtype']} (vocabulary {meta['vocab_size']}); padding if one block per row of "
         f"{meta['block_size']}: {s['padding_pct_if_one_block_per_row']}%",
