@@ -381,7 +381,8 @@ def test_pretraining_run_metrics_and_report(pretrained, monkeypatch, tmp_path):
     assert "## Continuations: cont (step-000100)" in report and "| prompt | model | reference |" in report
     assert "| 青山站是河谷市的一座铁路车站。 | 该站于1987年启用" in report
     assert "| 东湖桥 ⏎ 东湖桥是一座石拱桥" not in report                     # samples: 2
-    assert "fact recall" in report and "; chance " in report and "another document's reference: " in report and "1,150 tokens/s" in report and "MFU 2.5%" in report
+    assert "fact recall" in report and "; chance " in report and "another document's reference: " in report
+    assert "1,150 tokens/s" in report and "MFU 2.5%" in report
     assert "| 1,150 | 2.5% | 0.15 | 1,500,000 |" in report
     assert "| step-000040 | " in report and "| step-000100 (best) | " in report
     assert "![loss curves: training and validation](loss.png)" in report

@@ -184,7 +184,8 @@ def pretraining_report(metrics: dict) -> list[str]:
         lines += [f"## Perplexity ({best})", "",
                   "A unigram model (training-split token frequencies, add-one smoothed) priced on exactly the "
                   "positions the model was scored on: the model must beat it by using context.", "",
-                  "| task | split | blocks | tokens | perplexity | unigram perplexity | NLL/token | unigram NLL/token |",
+                  "| task | split | blocks | tokens | perplexity | unigram perplexity | NLL/token | "
+                  "unigram NLL/token |",
                   "|---|---|---|---|---|---|---|---|"]
         for label, r in ppl.items():
             lines.append(f"| {label} | {r.get('split', '–')} | {r.get('blocks', r['n']):,} | {r['tokens']:,} | "
