@@ -133,3 +133,15 @@ def read_docs(directory: str | Path) -> list[dict[str, Any]]:
     path = Path(directory) / "docs.jsonl"
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_docs_of(directory: str | Path, wanted) -> dict[int, dict[str, Any]]:
+    """The docs.jsonl records of the documents `wanted` (indices), {doc: record}: streamed, so evaluating a
+    split never holds the metadata of every document of a large corpus."""
+    wanted = set(wanted)
+    out: dict[int, dict[str, Any]] = {}
+    with (Path(directory) / "docs.jsonl").open(encoding="utf-8") as f:
+        for doc, line in enumerate(line for line in f if line.strip()):
+            if doc in wanted:
+                out[doc] = json.loads(line)
+    return out

@@ -66,10 +66,10 @@ def normalize_fact(text: str) -> str:
 
 def corpus_documents(directory: str | Path, split: str) -> list[tuple[str, str, str | None]]:
     """(id, text, title) of every document of one split of a prepared corpus, text decoded from its blocks."""
-    from tunelab.data.corpus_store import CorpusBlocks, read_docs
+    from tunelab.data.corpus_store import CorpusBlocks, read_docs_of
     from tunelab.model.loading import load_tokenizer
     blocks = CorpusBlocks(directory, split)
-    docs = read_docs(directory)
+    docs = read_docs_of(directory, blocks.index["doc"].tolist())
     tokenizer = load_tokenizer(str(blocks.tokenizer_dir()))
     ids_of: dict[int, list[int]] = {}   # a document's blocks, EOTs dropped, decoded at once
     for i, doc in enumerate(blocks.index["doc"].tolist()):
@@ -77,7 +77,7 @@ def corpus_documents(directory: str | Path, split: str) -> list[tuple[str, str, 
         ids_of.setdefault(doc, []).extend(ids[:-1] if ids and ids[-1] == blocks.eot_id else ids)
     out = []
     for doc, ids in ids_of.items():
-        meta = docs[doc] if doc < len(docs) else {}
+        meta = docs.get(doc, {})
         ident = meta.get("id")
         text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         out.append((str(ident) if ident is not None else f"doc-{doc}", text, meta.get("title")))

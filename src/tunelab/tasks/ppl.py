@@ -69,17 +69,17 @@ class CorpusSplit:
     """The blocks of one split of a prepared corpus, as the ppl task scores them."""
 
     def __init__(self, directory: str | Path, split: str):
-        from tunelab.data.corpus_store import CorpusBlocks, read_docs
+        from tunelab.data.corpus_store import CorpusBlocks, read_docs_of
         self.dir = Path(directory)
         self.blocks = CorpusBlocks(self.dir, split)
-        self.docs = read_docs(self.dir)
+        self.docs = read_docs_of(self.dir, self.blocks.index["doc"].tolist())
         self._tokenizer = None
         self._unigram = None
 
     def examples(self) -> list[Example]:
         out = []
         for i, doc in enumerate(self.blocks.index["doc"].tolist()):
-            ident = self.docs[doc].get("id") if doc < len(self.docs) else None
+            ident = self.docs.get(doc, {}).get("id")
             out.append(Example(id=f"{self.blocks.split}-{i}", instruction="", output="",
                                kind=f"doc {ident if ident is not None else doc}"))
         return out
