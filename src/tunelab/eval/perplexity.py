@@ -142,7 +142,7 @@ def scored_targets(ids, window: int, stride: int):
 
 # --- the unigram baseline ----------------------------------------------------------------------------
 
-def token_counts(tokens, vocab_size: int, chunk: int = 1 << 24):
+def token_counts(tokens, vocab_size: int, chunk: int = 1 << 22):
     """How often each id occurs in a (memory-mapped) token array, read in chunks so memory stays flat."""
     import numpy as np
     counts = np.zeros(vocab_size, dtype=np.int64)
