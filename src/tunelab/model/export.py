@@ -14,7 +14,8 @@ from tunelab.errors import TunelabError
 
 
 def pick_checkpoint(run_or_ckpt: Path, which: str = "best") -> Path:
-    """A checkpoint's loadable model dir: `best` from metrics.json when known, else the last one."""
+    """A checkpoint's loadable model dir: `best` from metrics.json when known (best by the evaluated tasks),
+    else from train_summary.json (a pretraining run's lowest validation loss), else the last one."""
     from tunelab.train.checkpoints import list_checkpoints, model_dir_of
     if (run_or_ckpt / "config.json").exists() or (run_or_ckpt / "adapter_config.json").exists():
         return run_or_ckpt
@@ -24,12 +25,12 @@ def pick_checkpoint(run_or_ckpt: Path, which: str = "best") -> Path:
     if not ckpts:
         raise TunelabError("no checkpoints here (expected a run directory, a checkpoint or a model directory)",
                            file=run_or_ckpt)
-    metrics = run_or_ckpt / "metrics.json"
-    if which == "best" and metrics.exists():
-        best = json.loads(metrics.read_text(encoding="utf-8")).get("best_checkpoint")
-        for c in ckpts:
-            if c.name == best:
-                return model_dir_of(c)
+    for marked in ("metrics.json", "train_summary.json"):
+        if which == "best" and (run_or_ckpt / marked).exists():
+            best = json.loads((run_or_ckpt / marked).read_text(encoding="utf-8")).get("best_checkpoint")
+            for c in ckpts:
+                if c.name == best:
+                    return model_dir_of(c)
     return model_dir_of(ckpts[-1])
 
 
