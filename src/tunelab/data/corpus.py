@@ -229,12 +229,16 @@ class _Packer:
     def _pack_one(self, kept: Kept, ids: list[int], enc) -> None:
         np = self.np
         text = kept.doc.text
+        sentences = split_sentences(text)
+        kept.sentences = len(sentences)
+        if len(ids) <= self.cap:                  # the whole document is one block: nothing to cut
+            kept.tokens = np.array([*ids, self.eot_id], dtype=np.uint32)
+            kept.block_lengths = np.array([len(ids) + 1], dtype=np.int32)
+            return
         ids, pos, ok = self._boundaries(text, ids, enc)
         n = len(ids)
         cut_idx = np.flatnonzero(ok)              # token boundaries where a block may end
         cut_pos = pos[cut_idx]
-        sentences = split_sentences(text)
-        kept.sentences = len(sentences)
         sent_ends = np.cumsum([len(s) for s in sentences])
         snap = _Snapper(text, cut_idx, cut_pos)
         cuts = sorted(set(k for k in snap.many(sent_ends) if k is not None) | {n})
