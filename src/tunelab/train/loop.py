@@ -381,7 +381,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                 loss_model, val_rows, tc.batch_size, tokenizer.pad_token_id, recipe.data.packing, device,
                 tc.precision == "bf16", dist.rank, dist.world))))
             t_window += time.perf_counter() - t_val  # tokens/s and MFU count training time only
-            stop = stopper.update(val["val_loss"])
+            stop = stopper.update(val["val_loss"]) and done < total_steps  # at the last step: simply the end
         if done % tc.log_every == 0 or done == total_steps or stop:
             now = time.perf_counter()
             tokens_per_s = window_tokens / (now - t_window)
