@@ -52,10 +52,11 @@ def model_card(run_dir: Path, source: Path) -> str:
         best = m.get("best_checkpoint")
         if best:
             lines += [f"## Measured abilities ({best})", ""]
-            for task, res in m["checkpoints"][best].items():
-                keys = [k for k in ("accuracy", "format_ok", "within_tol", "digit_acc", "exact_match", "f1")
-                        if k in res]
-                shown = ", ".join(f"{k} {res[k] * 100:.1f}%" if res[k] <= 1 and k != "f1" and k != "exact_match"
+            for task, res in (m.get("checkpoints") or {}).get(best, {}).items():  # pretraining: maybe no tasks
+                keys = [k for k in ("accuracy", "format_ok", "within_tol", "digit_acc", "exact_match", "f1",
+                                    "perplexity", "unigram_perplexity", "rougeL_f", "fact_recall") if k in res]
+                shown = ", ".join(f"{k} {res[k] * 100:.1f}%" if res[k] <= 1 and k not in ("f1", "exact_match",
+                                                                                       "rougeL_f", "perplexity")
                                   else f"{k} {res[k]:.1f}" for k in keys)
                 lines.append(f"- **{task}** (n={res.get('n', '?')}): {shown}")
             lines.append("")
