@@ -40,7 +40,7 @@ from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter
 from tunelab.data.sentences import soft_split_points, split_sentences
 from tunelab.errors import TunelabError
 
-CHUNK_CHARS = 1 << 19      # characters of raw text per chunk handed to a worker
+CHUNK_CHARS = 1 << 17      # characters of raw text per chunk handed to a worker (small: workers stay balanced)
 MIN_BLOCK_SIZE = 8         # room for EOT and a 4-byte character split into single bytes
 MAX_DIFFERENCES = 20       # differences --verify prints (all are counted)
 
