@@ -22,6 +22,10 @@ import json
 from typing import Callable
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# Digits(individual_digits) then GPT-2's regex, as one regex: a digit is a piece of its own, and whitespace
+# before a digit ends as it would at the end of a piece (`(?!\S)` holds there too)
+DIGITS_GPT2_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"""
+                       r"""|\s+(?:(?!\S)|(?=\p{N}))|\s+""")
 CACHE_LIMIT = 100_000   # cached pieces per process before the cache starts over
 CLAUSE_CHARS = 64       # longer first-step pieces are not cached (memory stays bounded: a few tens of MB)
 
@@ -93,6 +97,9 @@ class ByteLevelEncoder:
             return None
         pre = spec.get("pre_tokenizer") or {}
         items = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+        if [(i.get("type"), i.get("individual_digits"), i.get("use_regex", True), i.get("add_prefix_space"))
+                for i in items] == [("Digits", True, True, None), ("ByteLevel", None, True, False)]:
+            return cls(tok.model, [_find_all(regex.compile(DIGITS_GPT2_PATTERN))])   # train_bpe_tokenizer's
         steps = []
         for item in items:
             kind = item.get("type")

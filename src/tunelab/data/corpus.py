@@ -98,14 +98,43 @@ _WORKER: _ChunkWorker | None = None
 
 
 def _init_worker(settings: ReadSettings, tokenizer_file: str | None, block_size: int, eot_id: int) -> None:
+    """A forked worker inherits the parent's `_WORKER` (tokenizer loaded, regexes compiled, encoder checked);
+    a spawned one builds its own."""
     global _WORKER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"   # one thread per worker: the processes are the parallelism
-    _WORKER = _ChunkWorker(settings, tokenizer_file, block_size, eot_id)
+    if _WORKER is None:
+        _WORKER = _ChunkWorker(settings, tokenizer_file, block_size, eot_id)
 
 
 def _run_chunk(raws: list[RawDoc]):
+    """A chunk's results with the blocks of all its documents in two arrays: pickling thousands of small
+    arrays to the main process cost more than building them."""
+    import numpy as np
     assert _WORKER is not None
-    return _WORKER.run(raws)
+    results = _WORKER.run(raws)
+    packed = [k for k, _, _, _ in results if k is not None and k.tokens is not None]
+    if not packed:
+        return results, None
+    arrays = (np.concatenate([k.tokens for k in packed]), np.concatenate([k.block_lengths for k in packed]),
+              [(len(k.tokens), len(k.block_lengths)) for k in packed])
+    for k in packed:
+        k.tokens = k.block_lengths = None
+    return results, arrays
+
+
+def _unpack_chunk(results, arrays):
+    """Inverse of `_run_chunk`'s packing: each kept document's blocks become views of the chunk's arrays."""
+    if arrays is None:
+        return results
+    tokens, lengths, sizes = arrays
+    at_token = at_block = 0
+    kept = (k for k, _, _, _ in results if k is not None)
+    for k, (n_tokens, n_blocks) in zip(kept, sizes):
+        k.tokens = tokens[at_token: at_token + n_tokens]
+        k.block_lengths = lengths[at_block: at_block + n_blocks]
+        at_token += n_tokens
+        at_block += n_blocks
+    return results
 
 
 def _chunks(raws: Iterator[RawDoc]) -> Iterator[list[RawDoc]]:
@@ -160,15 +189,21 @@ def _map_chunks(chunks: Iterator[list[RawDoc]], settings: ReadSettings, workers:
             yield worker.run(chunk)
         return
     import multiprocessing
-    with multiprocessing.get_context().Pool(workers, _init_worker,
-                                            (settings, tokenizer_file, block_size, eot_id)) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_run_chunk, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    global _WORKER
+    _WORKER = _ChunkWorker(settings, tokenizer_file, block_size, eot_id)   # built once, before the fork
+    try:
+        with multiprocessing.get_context().Pool(workers, _init_worker,
+                                                (settings, tokenizer_file, block_size, eot_id)) as pool:
+            _WORKER = None
+            pending: deque = deque()
+            for chunk in chunks:
+                pending.append(pool.apply_async(_run_chunk, (chunk,)))
+                if len(pending) >= 2 * workers:
+                    yield _unpack_chunk(*pending.popleft().get())
+            while pending:
+                yield _unpack_chunk(*pending.popleft().get())
+    finally:
+        _WORKER = None
 
 
 # --- packing sentences into blocks ----------------------------------------------------------------------
@@ -398,10 +433,7 @@ def prepare_corpus(inputs: list[str | Path], tokenizer: str, block_size: int, ou
 
 
 def _write_doc(kept: Kept, index: int, writer: SplitWriter, docs_file) -> None:
-    at = 0
-    for length in kept.block_lengths.tolist():
-        writer.add(kept.tokens[at: at + length], index)
-        at += length
+    writer.add_blocks(kept.tokens, kept.block_lengths, index)
     d = kept.doc
     docs_file.write(json.dumps({"doc": index, "id": d.id, "title": d.title, "file": d.file, "line": d.line,
                                 "split": kept.split, "chars": len(d.text), "blocks": len(kept.block_lengths)},

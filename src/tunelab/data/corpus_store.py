@@ -58,6 +58,18 @@ class SplitWriter:
         self.docs.append(doc)
         self.tokens += int(arr.size)
 
+    def add_blocks(self, tokens, lengths, doc: int) -> None:
+        """Several consecutive blocks of one document at once: `tokens` laid end to end, `lengths` each."""
+        arr = self.np.asarray(tokens)
+        if arr.size and int(arr.max()) > self.np.iinfo(self.dtype).max:
+            raise ValueError(f"token id out of range for {self.dtype}")
+        self.f.write(arr.astype(self.dtype, copy=False).tobytes())
+        sizes = self.np.asarray(lengths, dtype=self.np.int64)
+        self.offsets.extend((self.tokens + self.np.concatenate(([0], self.np.cumsum(sizes)[:-1]))).tolist())
+        self.lengths.extend(sizes.tolist())
+        self.docs.extend([doc] * len(sizes))
+        self.tokens += int(sizes.sum())
+
     def close(self) -> dict[str, int]:
         self.f.close()
         index = self.np.zeros(len(self.offsets), dtype=INDEX_DTYPE)
