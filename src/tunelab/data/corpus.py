@@ -67,6 +67,7 @@ class Kept:
     block_lengths: Any = None     # numpy int32: the length of each block (EOT included)
     soft_cuts: int = 0            # long sentences cut at a comma/colon/space
     token_cuts: int = 0           # long sentences cut at a bare token boundary
+    record: str = ""              # its docs.jsonl line after '{"doc": N, ' (built in the worker)
 
 
 # --- cleaning in chunks, in worker processes --------------------------------------------------------------
@@ -78,20 +79,29 @@ class _ChunkWorker:
         self.settings = settings
         self.packer = _Packer(tokenizer_file, block_size, eot_id) if tokenizer_file else None
 
-    def run(self, raws: list[RawDoc]) -> list[tuple[Kept | None, dict[str, int], int, int]]:
-        """Per raw document: (kept doc or None, cleaning counts, raw UTF-8 bytes, raw characters); blocks for
-        the kept ones."""
-        out = []
+    def run(self, raws: list[RawDoc]) -> tuple[list[Kept], dict[str, int]]:
+        """The chunk's kept documents (with blocks when a tokenizer is set) and its counts: documents_read,
+        raw_bytes, raw_chars and the cleaning counts."""
+        kept: list[Kept] = []
+        counts = {"documents_read": len(raws), "raw_bytes": 0, "raw_chars": 0}
         for raw in raws:
-            doc, counts = clean_document(raw, self.settings.cleaning)
+            counts["raw_bytes"] += len(raw.text.encode("utf-8", "surrogatepass"))
+            counts["raw_chars"] += len(raw.text)
+            doc, doc_counts = clean_document(raw, self.settings.cleaning)
             if doc is not None and not doc.text:      # min_chars 0: an empty document has no block to hold it
-                doc, counts = None, {**counts, "too_short": 1}
-            kept = None if doc is None else Kept(doc, split_of(doc.text, self.settings.val_fraction,
-                                                               self.settings.seed))
-            out.append((kept, counts, len(raw.text.encode("utf-8", "surrogatepass")), len(raw.text)))
+                doc, doc_counts = None, {**doc_counts, "too_short": 1}
+            for key, n in doc_counts.items():
+                counts[key] = counts.get(key, 0) + n
+            if doc is not None:
+                kept.append(Kept(doc, split_of(doc.text, self.settings.val_fraction, self.settings.seed)))
         if self.packer is not None:
-            self.packer.pack([k for k, _, _, _ in out if k is not None])
-        return out
+            self.packer.pack(kept)
+            for k in kept:
+                d = k.doc
+                k.record = json.dumps({"id": d.id, "title": d.title, "file": d.file, "line": d.line,
+                                       "split": k.split, "chars": len(d.text), "blocks": len(k.block_lengths)},
+                                      ensure_ascii=False)[1:]
+        return kept, counts
 
 
 _WORKER: _ChunkWorker | None = None
@@ -112,7 +122,7 @@ def _run_chunk(raws: list[RawDoc]):
     import numpy as np
     assert _WORKER is not None
     results = _WORKER.run(raws)
-    packed = [k for k, _, _, _ in results if k is not None and k.tokens is not None]
+    packed = [k for k in results[0] if k.tokens is not None]
     if not packed:
         return results, None
     arrays = (np.concatenate([k.tokens for k in packed]), np.concatenate([k.block_lengths for k in packed]),
@@ -128,8 +138,7 @@ def _unpack_chunk(results, arrays):
         return results
     tokens, lengths, sizes = arrays
     at_token = at_block = 0
-    kept = (k for k, _, _, _ in results if k is not None)
-    for k, (n_tokens, n_blocks) in zip(kept, sizes):
+    for k, (n_tokens, n_blocks) in zip(results[0], sizes):
         k.tokens = tokens[at_token: at_token + n_tokens]
         k.block_lengths = lengths[at_block: at_block + n_blocks]
         at_token += n_tokens
@@ -162,17 +171,13 @@ def iter_cleaned(paths: list[Path], settings: ReadSettings, *, workers: int = 1,
     dedup = Deduplicator() if settings.cleaning.dedup else None
     raws = iter_documents(paths, settings.text_field, settings.id_field, settings.title_field,
                           skip_bad=settings.skip_bad, bad=bad)
-    for results in _map_chunks(_chunks(raws), settings, workers, tokenizer_file, block_size, eot_id):
-        for kept, doc_counts, raw_bytes, raw_chars in results:
-            counts["documents_read"] = counts.get("documents_read", 0) + 1
-            counts["raw_bytes"] = counts.get("raw_bytes", 0) + raw_bytes
-            counts["raw_chars"] = counts.get("raw_chars", 0) + raw_chars
-            for key, n in doc_counts.items():
-                counts[key] = counts.get(key, 0) + n
-            if progress is not None:   # text bytes approximate file bytes (escapes, gzip): never past 100%
-                progress.update(min(raw_bytes, max(0, (progress.total or 0) - progress.n)))
-            if kept is None:
-                continue
+    for kept_docs, chunk_counts in _map_chunks(_chunks(raws), settings, workers, tokenizer_file, block_size,
+                                               eot_id):
+        for key, n in chunk_counts.items():
+            counts[key] = counts.get(key, 0) + n
+        if progress is not None:   # text bytes approximate file bytes (escapes, gzip): never past 100%
+            progress.update(min(chunk_counts["raw_bytes"], max(0, (progress.total or 0) - progress.n)))
+        for kept in kept_docs:
             if dedup is not None and dedup.seen(kept.doc.text):
                 counts["duplicates"] = counts.get("duplicates", 0) + 1
                 continue
@@ -434,10 +439,7 @@ def prepare_corpus(inputs: list[str | Path], tokenizer: str, block_size: int, ou
 
 def _write_doc(kept: Kept, index: int, writer: SplitWriter, docs_file) -> None:
     writer.add_blocks(kept.tokens, kept.block_lengths, index)
-    d = kept.doc
-    docs_file.write(json.dumps({"doc": index, "id": d.id, "title": d.title, "file": d.file, "line": d.line,
-                                "split": kept.split, "chars": len(d.text), "blocks": len(kept.block_lengths)},
-                               ensure_ascii=False) + "\n")
+    docs_file.write(f'{{"doc": {index}, {kept.record}\n')
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",

@@ -39,6 +39,7 @@ class SplitWriter:
         import numpy as np
         self.np = np
         self.dtype = np.dtype(dtype)
+        self.max_id = int(np.iinfo(self.dtype).max)
         self.bin_path = directory / f"{split}.bin"
         self.idx_path = directory / f"{split}.idx.npy"
         self.f: BinaryIO = self.bin_path.open("wb")
@@ -61,14 +62,14 @@ class SplitWriter:
     def add_blocks(self, tokens, lengths, doc: int) -> None:
         """Several consecutive blocks of one document at once: `tokens` laid end to end, `lengths` each."""
         arr = self.np.asarray(tokens)
-        if arr.size and int(arr.max()) > self.np.iinfo(self.dtype).max:
+        if arr.size and arr.dtype.itemsize > self.dtype.itemsize and int(arr.max()) > self.max_id:
             raise ValueError(f"token id out of range for {self.dtype}")
-        self.f.write(arr.astype(self.dtype, copy=False).tobytes())
-        sizes = self.np.asarray(lengths, dtype=self.np.int64)
-        self.offsets.extend((self.tokens + self.np.concatenate(([0], self.np.cumsum(sizes)[:-1]))).tolist())
-        self.lengths.extend(sizes.tolist())
-        self.docs.extend([doc] * len(sizes))
-        self.tokens += int(sizes.sum())
+        self.f.write(self.np.ascontiguousarray(arr, dtype=self.dtype).data)
+        for length in lengths.tolist() if hasattr(lengths, "tolist") else lengths:
+            self.offsets.append(self.tokens)
+            self.lengths.append(length)
+            self.docs.append(doc)
+            self.tokens += length
 
     def close(self) -> dict[str, int]:
         self.f.close()
