@@ -241,3 +241,22 @@ def test_fast_encoder_gives_the_tokenizers_own_ids(tokenizer_dir):
         assert fast is not None
         for t in texts:
             assert fast.encode(t) == tok.encode(t, add_special_tokens=False).ids, t
+
+
+def test_offsets_path_and_a_lossy_tokenizer(tmp_path, corpus_inputs):
+    """With a normalizer the blocks are cut by character offsets: a no-op one (NFC on NFC text) still loses
+    nothing; a lossy one (lowercase) prepares, and --verify names the documents it changed."""
+    from tokenizers import normalizers
+    texts = [d.text for d in iter_documents(list_inputs([corpus_inputs]))]
+    results = {}
+    for name, normalizer in (("nfc", normalizers.NFC()), ("lower", normalizers.Lowercase())):
+        tok = train_corpus_tokenizer(texts, 400)
+        tok.backend_tokenizer.normalizer = normalizer
+        tok.save_pretrained(tmp_path / name)
+        meta = prepare_corpus([corpus_inputs], str(tmp_path / name), 16, tmp_path / f"c-{name}",
+                              ReadSettings(val_fraction=0), workers=1, progress=False)
+        assert sum(meta["summary"]["long_sentence_splits"].values()) > 0
+        results[name] = verify_corpus(tmp_path / f"c-{name}", workers=1, progress=False)
+    assert results["nfc"]["differences"] == 0
+    lower = results["lower"]
+    assert lower["differences"] > 0 and lower["examples"][0]["decoded"] == lower["examples"][0]["expected"].lower()
