@@ -19,6 +19,7 @@ tokens, never which text is kept: whatever the ids, they decode to the exact byt
 from __future__ import annotations
 
 import json
+from itertools import chain
 from typing import Callable
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -119,34 +120,34 @@ class ByteLevelEncoder:
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`: the first pre-tokenizer step's pieces (clauses between CJK punctuation, or words)
-        are cached whole, so a repeated clause costs one dictionary look-up."""
-        ids: list[int] = []
-        clauses = self.clauses
-        for clause in self.steps[0]([text]):
-            got = clauses.get(clause)
-            if got is None:
-                got = self._encode_clause(clause)
-                if len(clause) <= CLAUSE_CHARS:
-                    if len(clauses) >= CACHE_LIMIT:
-                        clauses.clear()
-                    clauses[clause] = got
-            ids += got
-        return ids
+        are cached whole, so a repeated clause costs one dictionary look-up (done in C: set difference for
+        the misses, then map over the cache)."""
+        return self._lookup(self.steps[0]([text]), self.clauses, self._encode_clause, CLAUSE_CHARS)
 
     def _encode_clause(self, clause: str) -> list[int]:
+        if len(self.steps) == 1:
+            return self._bpe(clause)
         pieces = [clause]
         for step in self.steps[1:]:
             pieces = step(pieces)
-        ids: list[int] = []
-        cache = self.cache
-        for piece in pieces:
-            got = cache.get(piece)
-            if got is None:
-                if len(cache) >= CACHE_LIMIT:
-                    cache.clear()
-                got = cache[piece] = [t.id for t in self.model.tokenize(
-                    piece.encode("utf-8").decode("latin-1").translate(self.table))]
-            ids += got
+        return self._lookup(pieces, self.cache, self._bpe, None)
+
+    def _bpe(self, piece: str) -> list[int]:
+        return [t.id for t in self.model.tokenize(piece.encode("utf-8").decode("latin-1").translate(self.table))]
+
+    @staticmethod
+    def _lookup(pieces: list[str], cache: dict[str, list[int]], encode, max_chars: int | None) -> list[int]:
+        missing = set(pieces).difference(cache)
+        if missing:
+            if len(cache) + len(missing) > CACHE_LIMIT:
+                cache.clear()
+            for piece in missing:
+                cache[piece] = encode(piece)
+        ids = list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        if max_chars is not None:
+            for piece in missing:
+                if len(piece) > max_chars:      # long pieces rarely repeat: do not keep them
+                    del cache[piece]
         return ids
 
     def agrees_with(self, tok, texts: list[str]) -> bool:
