@@ -1,0 +1,384 @@
+"""Pretraining throughput and MFU: tunelab's trainer on a corpus directory vs a nanoGPT-style loop.
+
+Both train from random init, in ONE process, interleaved, on the same tokens (the corpus's train.bin), with
+the same width, depth, heads, vocabulary, sequence length, batch, optimizer settings and thread count:
+
+  (a) tunelab - `tunelab.train.loop.train()` on a recipe with `data.train: [{corpus: DIR}]`, preset `tiny` with
+                tied embeddings (Llama block: RoPE, RMSNorm, SwiGLU; d 256, 4 layers, 4 heads), full training,
+                whole blocks packed into rows (`packing: true`, no attention across blocks), `sampling: epoch`
+                (`--sampling random` packs worse), bf16 autocast where the CPU has native bf16; tokens/s per
+                logged window from its metrics.jsonl (real tokens: padding does not count).
+  (b) nanoGPT - the loop of nanoGPT's train.py written out here: its model.py GPT (learned positions,
+                LayerNorm, GELU MLP, causal SDPA, tied embeddings when the preset ties them), random contiguous
+                windows of the same token file through `np.memmap` (documents run into each other, no padding),
+                AdamW (fused=False, weight decay on 2-D weights only), clipping, warmup + cosine, at its faster
+                precision on this CPU (fp32 and bf16 autocast are both timed first).
+
+The corpus directory is prepared here as `tunelab data corpus` does (`prepare_corpus`): generated
+encyclopedia-style articles (`tunelab.data.encyclopedia`), a byte-level BPE trained on them, sentence-aligned
+blocks of at most --seq tokens ending with EOT, 2 % of the documents held out.
+The first window of every run is warm-up and skipped; the median window is reported. MFU = flops per token ×
+tokens/s / peak, flops per token = 6·N + 12·L·d·T (nanoGPT's estimate_mfu: N the parameters in matmuls,
+attention's scores and weighted sum), peak = a 1024² matmul timed here at each run's precision.
+
+    python benchmarks/bench_pretrain.py [--seconds 90] [--rounds 3] [--preset tiny] [--batch 16] [--seq 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_corpus import articles
+from common import HERE, add_threads_option, load_average, logger, machine, start_torch, write_result
+
+log = logger("bench_pretrain")
+LR, MIN_LR, BETAS, WD, CLIP, WARMUP = 1e-3, 0.1, (0.9, 0.95), 0.1, 1.0, 0.05
+VOCAB = 8000
+TARGET = 1.2
+
+
+# --- the corpus directory ------------------------------------------------------------------------------
+
+def make_corpus(tmp: Path, mb: float, block_size: int, generator: str, seed: int) -> tuple[Path, dict]:
+    """Generated articles -> JSONL -> a byte-level BPE (`train_bpe_tokenizer`) -> `prepare_corpus` (what
+    `tunelab data corpus` runs): sentence-aligned blocks of at most `block_size` tokens, 2 % held out."""
+    from tunelab.data.corpus import ReadSettings, prepare_corpus
+    from tunelab.model.tokenizer import train_bpe_tokenizer
+    generator, source = articles(generator, seed)
+    docs, size = [], 0
+    for doc_id, text in source:
+        docs.append({"id": doc_id, "text": text})
+        size += len(text.encode("utf-8"))
+        if size >= mb * 1e6:
+            break
+    jsonl = tmp / "articles.jsonl"
+    jsonl.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    tok = train_bpe_tokenizer([d["text"] for d in docs[: max(1, len(docs) // 4)]], VOCAB)
+    tok.save_pretrained(tmp / "tokenizer")
+    corpus = tmp / "corpus"
+    meta = prepare_corpus([jsonl], str(tmp / "tokenizer"), block_size, corpus,
+                          ReadSettings(val_fraction=0.02, seed=seed), progress=False)
+    return corpus, {"generator": generator, "mb": size / 1e6, "documents": len(docs), "splits": meta["splits"],
+                    "vocab": meta["vocab_size"]}
+
+
+# --- (b) nanoGPT ---------------------------------------------------------------------------------------
+
+def nanogpt_model(vocab: int, seq: int, d: int, layers: int, heads: int, tied: bool):
+    """nanoGPT's model.py GPT (bias=True, dropout 0), cut to what training runs."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class SelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn = nn.Linear(d, 3 * d)
+            self.c_proj = nn.Linear(d, d)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = self.c_attn(x).split(d, dim=2)
+            q, k, v = (t.view(B, T, heads, C // heads).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc, self.gelu, self.c_proj = nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d)
+
+        def forward(self, x):
+            return self.c_proj(self.gelu(self.c_fc(x)))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.attn, self.ln_2, self.mlp = nn.LayerNorm(d), SelfAttention(), nn.LayerNorm(d), MLP()
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+            self.h = nn.ModuleList(Block() for _ in range(layers))
+            self.ln_f = nn.LayerNorm(d)
+            self.lm_head = nn.Linear(d, vocab, bias=False)
+            if tied:
+                self.wte.weight = self.lm_head.weight
+            self.apply(self._init)
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * layers))
+
+        @staticmethod
+        def _init(m):
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+
+        def forward(self, idx, targets):
+            pos = torch.arange(idx.shape[1], device=idx.device)
+            x = self.wte(idx) + self.wpe(pos)
+            for block in self.h:
+                x = block(x)
+            logits = self.lm_head(self.ln_f(x))
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    return GPT()
+
+
+def nanogpt_params(model) -> int:
+    """nanoGPT's get_num_params(): every parameter once (tied weights once), minus the position embedding."""
+    return sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()
+
+
+class NanoGPT:
+    """nanoGPT's train.py loop over `train.bin`: get_batch, autocast forward, backward, clip, AdamW, lr schedule."""
+
+    def __init__(self, corpus: Path, shape: dict, batch: int, seq: int, total_steps: int, seed: int):
+        import numpy as np
+        import torch
+        torch.manual_seed(seed)
+        self.np, self.torch = np, torch
+        meta = json.loads((corpus / "meta.json").read_text(encoding="utf-8"))
+        self.bin, self.dtype = corpus / "train.bin", np.dtype(meta["dtype"])
+        self.batch, self.seq, self.total = batch, seq, total_steps
+        self.model = nanogpt_model(meta["vocab_size"], seq, **shape)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": no_decay,
+                                      "weight_decay": 0.0}], lr=LR, betas=BETAS, fused=False)
+        self.step_no = 0
+
+    def get_batch(self):
+        np, torch = self.np, self.torch
+        data = np.memmap(self.bin, dtype=self.dtype, mode="r")  # recreated per batch, as nanoGPT does
+        ix = torch.randint(len(data) - self.seq, (self.batch,))
+        x = torch.stack([torch.from_numpy(data[i: i + self.seq].astype(np.int64)) for i in ix.tolist()])
+        y = torch.stack([torch.from_numpy(data[i + 1: i + 1 + self.seq].astype(np.int64)) for i in ix.tolist()])
+        return x, y
+
+    def lr(self, it: int) -> float:
+        warm = max(1, int(WARMUP * self.total))
+        if it < warm:
+            return LR * (it + 1) / warm
+        ratio = min(1.0, (it - warm) / max(1, self.total - warm))
+        return LR * (MIN_LR + (1 - MIN_LR) * 0.5 * (1 + math.cos(math.pi * ratio)))
+
+    def run(self, steps: int, precision: str) -> list[float]:
+        """Train `steps` steps; returns each step's wall seconds."""
+        torch = self.torch
+        self.model.train()
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr(self.step_no)
+            x, y = self.get_batch()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = self.model(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.last_loss = loss.item()
+            self.step_no += 1
+            times.append(time.perf_counter() - t)
+        return times
+
+
+# --- (a) tunelab -----------------------------------------------------------------------------------------
+
+def run_tunelab(tmp: Path, name: str, corpus: Path, preset: str, overrides: dict, sampling: str, batch: int, seq: int,
+                steps: int, log_every: int, precision: str, threads: int, peak: float, seed: int) -> dict:
+    import yaml
+
+    from tunelab.recipe import load_recipe
+    from tunelab.train.loop import train
+    raw = {"name": name, "seed": seed, "output_dir": str(tmp / "runs"),
+           "model": {"preset": preset, "from_scratch": True, "overrides": overrides},
+           "data": {"train": [{"corpus": str(corpus)}], "max_seq_len": seq, "packing": True, "sampling": sampling},
+           "train": {"max_steps": steps, "batch_size": batch, "grad_accum": 1, "lr": LR, "weight_decay": WD,
+                     "warmup_ratio": WARMUP, "min_lr_ratio": MIN_LR, "max_grad_norm": CLIP, "precision": precision,
+                     "num_checkpoints": 1, "log_every": log_every, "threads": threads, "val_blocks": 4,
+                     "peak_tflops": peak},
+           "eval": {"baseline": False}}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    recipe = load_recipe(path)
+    summary = train(recipe)
+    rows = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    windows = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first is warm-up
+    return {"window_tok_s": windows, "logged_mfu": [r.get("mfu") for r in rows if "tokens_per_s" in r][1:],
+            "padding_pct": summary.get("padding_pct"), "total_params": summary.get("total_params"),
+            "flops_per_token": summary.get("flops_per_token"), "final_loss": summary.get("final_loss")}
+
+
+def tunelab_shape(preset: str, overrides: dict, vocab: int, seq: int) -> dict:
+    """Width, depth, heads, tying and parameter counts of the preset at this vocabulary (built on meta)."""
+    from tunelab.model.presets import build_on_meta, preset_config
+    from tunelab.train.mfu import flops_per_token
+    cfg = preset_config(preset, vocab_size=vocab, **overrides)
+    model = build_on_meta(cfg)
+    return {"d": cfg.hidden_size, "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
+            "tied": bool(cfg.tie_word_embeddings), "intermediate": cfg.intermediate_size,
+            "params": sum(p.numel() for p in model.parameters()), "flops_per_token": flops_per_token(model, seq)}
+
+
+# --- measuring -------------------------------------------------------------------------------------------
+
+def peak_tflops(precision: str, seconds: float = 1.0) -> float:
+    """A 1024² matmul at `precision`, repeated for `seconds`: what this CPU reaches with these threads."""
+    import torch
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.full((1024, 1024), 0.5, dtype=dtype), torch.full((1024, 1024), 0.25, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        done += 1
+    return 2 * 1024 ** 3 * done / (time.perf_counter() - t0) / 1e12
+
+
+def windows(step_times: list[float], size: int, tokens_per_step: int) -> list[float]:
+    """tokens/s of consecutive windows of `size` steps (a partial last window dropped)."""
+    return [tokens_per_step * size / sum(step_times[i: i + size])
+            for i in range(0, len(step_times) - size + 1, size)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=90, help="timed seconds per setup, split over the rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (a,b then b,a, ...)")
+    ap.add_argument("--preset", default="tiny", help="tunelab preset whose shape both setups take")
+    ap.add_argument("--overrides", default='{"tie_word_embeddings": true}',
+                    help="JSON config overrides for the preset (default: tie the embeddings, as GPT-2/nanoGPT)")
+    ap.add_argument("--sampling", choices=["epoch", "random"], default="epoch",
+                    help="tunelab's data.sampling (epoch packs blocks first-fit: less padding than random)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=256, help="sequence length = the corpus's block size")
+    ap.add_argument("--window", type=int, default=4, help="steps per timing window (tunelab's log_every)")
+    ap.add_argument("--mb", type=float, default=8, help="MB of generated text in the corpus")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="tunelab's precision")
+    ap.add_argument("--generator", choices=["auto", "encyclopedia", "builtin"], default="auto")
+    add_threads_option(ap, "torch threads for both setups")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(HERE / "results" / "pretrain.json"))
+    args = ap.parse_args()
+
+    threads, load0 = start_torch(args.threads)
+    from bench_train import choose_precision
+    precision, cpu = choose_precision(args.precision)
+    preset, overrides = args.preset, json.loads(args.overrides)
+    tokens_per_step = args.batch * args.seq
+    log(f"tunelab precision {precision}; torch threads {threads}; load average {load0}")
+
+    with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as d:
+        tmp = Path(d)
+        t = time.perf_counter()
+        corpus, info = make_corpus(tmp, args.mb, args.seq, args.generator, args.seed)
+        log(f"corpus ({info['generator']}): {info['documents']} articles, {info['mb']:.1f} MB, "
+            f"{info['splits']['train']['tokens']:,} train tokens in {info['splits']['train']['blocks']:,} blocks "
+            f"(mean {info['splits']['train']['tokens'] / info['splits']['train']['blocks']:.0f}), vocab "
+            f"{info['vocab']} ({time.perf_counter() - t:.1f} s)")
+        shape = tunelab_shape(preset, overrides, info["vocab"], args.seq)
+        nano_shape = {"d": shape["d"], "layers": shape["layers"], "heads": shape["heads"], "tied": shape["tied"]}
+
+        peaks = {p: peak_tflops(p) for p in ("fp32", "bf16")}
+        log(f"peak (1024² matmul, {threads} threads): fp32 {peaks['fp32'] * 1e3:.0f} GFLOP/s, bf16 "
+            f"{peaks['bf16'] * 1e3:.0f} GFLOP/s")
+
+        # nanoGPT's precision: the faster of fp32 and bf16 autocast, after a warm-up step each
+        nano_total = 10_000
+        nano = NanoGPT(corpus, nano_shape, args.batch, args.seq, nano_total, args.seed)
+        n_params = nanogpt_params(nano.model)
+        nano_flops = 6 * n_params + 12 * shape["layers"] * shape["d"] * args.seq
+        log(f"tunelab {preset}: d {shape['d']}, {shape['layers']} layers, {shape['heads']} heads, tied "
+            f"{shape['tied']}, {shape['params']:,} parameters; nanoGPT: {sum(p.numel() for p in nano.model.parameters()):,}"
+            f" ({n_params:,} without positions)")
+        calib = {}
+        for p in ("fp32", "bf16"):
+            nano.run(1, p)
+            calib[p] = tokens_per_step / statistics.median(nano.run(3, p))
+        nano_precision = max(calib, key=calib.get)
+        log(f"nanoGPT calibration: fp32 {calib['fp32']:,.0f} tok/s, bf16 {calib['bf16']:,.0f} tok/s -> "
+            f"{nano_precision}")
+        sec_per_step = tokens_per_step / calib[nano_precision]
+        per_round = args.seconds / args.rounds
+        steps = args.window * (1 + max(2, round(per_round / sec_per_step / args.window)))
+
+        runs: dict[str, list[dict]] = {"tunelab": [], "nanogpt": []}
+        for r in range(args.rounds):
+            for setup in (["tunelab", "nanogpt"] if r % 2 == 0 else ["nanogpt", "tunelab"]):
+                log(f"round {r + 1}/{args.rounds}: {setup}, {steps} steps")
+                if setup == "tunelab":
+                    res = run_tunelab(tmp, f"tunelab-r{r}", corpus, preset, overrides, args.sampling, args.batch,
+                                      args.seq, steps, args.window, precision, threads, peaks[precision],
+                                      args.seed + r)
+                else:
+                    times = nano.run(steps, nano_precision)
+                    res = {"window_tok_s": windows(times, args.window, tokens_per_step)[1:],
+                           "final_loss": nano.last_loss}
+                runs[setup].append(res)
+                log(f"  {setup}: median {statistics.median(res['window_tok_s']):,.0f} tok/s over "
+                    f"{len(res['window_tok_s'])} windows (" + ", ".join(f"{x:,.0f}" for x in res["window_tok_s"])
+                    + f"), loss {res['final_loss']:.3f}")
+
+    med = {k: statistics.median(x for run in v for x in run["window_tok_s"]) for k, v in runs.items()}
+    flops = {"tunelab": shape["flops_per_token"], "nanogpt": nano_flops}
+    prec = {"tunelab": precision, "nanogpt": nano_precision}
+    mfu = {k: flops[k] * med[k] / (peaks[prec[k]] * 1e12) for k in med}
+    ratio = med["tunelab"] / med["nanogpt"]
+    paired = [statistics.median(a["window_tok_s"]) / statistics.median(b["window_tok_s"])
+              for a, b in zip(runs["tunelab"], runs["nanogpt"])]
+    load1 = load_average()
+    padding = runs["tunelab"][0].get("padding_pct")
+
+    print()
+    print(f"Pretraining throughput, {preset} shape (d {shape['d']}, {shape['layers']} layers), vocab {info['vocab']}, "
+          f"batch {args.batch} x {args.seq}, {threads} thread(s); median of {args.window}-step windows, warm-up skipped")
+    print(f"peak (1024² matmul): fp32 {peaks['fp32'] * 1e3:.0f} GFLOP/s, bf16 {peaks['bf16'] * 1e3:.0f} GFLOP/s")
+    print(f"{'setup':<44}{'params':>12}{'tok/s':>9}{'MFU':>8}   per round")
+    labels = {"tunelab": f"(a) tunelab trainer, packed, {args.sampling}, {precision}",
+              "nanogpt": f"(b) nanoGPT loop, {nano_precision}"}
+    counts = {"tunelab": shape["params"], "nanogpt": sum(p.numel() for p in nano.model.parameters())}
+    for k in ("tunelab", "nanogpt"):
+        print(f"{labels[k]:<44}{counts[k]:>12,}{med[k]:>9,.0f}{mfu[k]:>8.1%}   "
+              + ", ".join(f"{statistics.median(x['window_tok_s']):,.0f}" for x in runs[k]))
+    print(f"tunelab / nanoGPT tokens/s = {ratio:.2f}x (target >= {TARGET:g}x)   per round: "
+          + ", ".join(f"{x:.2f}" for x in paired))
+    print(f"tunelab counts real tokens only (rows padded {padding:.1f}% after packing); nanoGPT's windows have no "
+          "padding" if padding is not None else "")
+    print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} (on {os.cpu_count()} cores)")
+
+    out = {"benchmark": "pretrain", "unit": "real training tokens per second (median window)", "preset": preset,
+           "overrides": overrides, "sampling": args.sampling,
+           "shape": shape, "nanogpt_params": counts["nanogpt"], "nanogpt_params_for_mfu": n_params,
+           "flops_per_token": flops, "batch": args.batch, "seq": args.seq, "window_steps": args.window,
+           "steps_per_run": steps, "rounds": args.rounds, "precision": prec, "nanogpt_calibration_tok_s": calib,
+           "peak_tflops": peaks, "corpus": info, "tok_s": med, "mfu": mfu, "runs": runs,
+           "ratio_tunelab_over_nanogpt": ratio, "paired_ratios": paired, "tunelab_padding_pct": padding,
+           "target": TARGET, "machine": {**cpu, **machine(threads, load0)},
+           "note": "ratios measured in one run on a shared machine; absolute numbers vary between runs"}
+    write_result(args.out, out, log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
