@@ -12,7 +12,8 @@ running text) and the blocks are cut between its tokens, at the token boundary t
 in the whitespace after it. Decoding each block alone gives back its characters exactly for byte-level BPE
 (GPT-2, Qwen, Llama-3 and `tunelab tokenizer train` tokenizers). A tokenizer that is not lossless — a
 SentencePiece one that adds "▁" in front of every text, or one whose normalizer rewrites characters — still
-prepares, and `--verify` reports each document whose decoded blocks differ from its text.
+prepares, and `--verify` reports each document whose decoded blocks differ from its text. Common byte-level
+pipelines are encoded by `bpe_encode.ByteLevelEncoder` (the tokenizer's own ids, checked on a sample, faster).
 
 Work is split into chunks of documents: the main process reads and deduplicates in input order, worker
 processes clean, split sentences, tokenise and pack (order preserved, a bounded number of chunks in flight,
@@ -59,7 +60,8 @@ class ReadSettings:
 
 @dataclass
 class Kept:
-    """A document that survived cleaning and deduplication, with its split and (when tokenised) blocks."""
+    """A document that survived cleaning (the main process drops duplicates), its split and (when tokenised)
+    its blocks."""
     doc: CleanDoc
     split: str
     sentences: int = 0
