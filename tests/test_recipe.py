@@ -35,11 +35,19 @@ train:
   lr: 1.0e-3
   batch_size: 2
 """
+# the same recipe on a pretrained model (a hub-style id; loading the recipe does not fetch it): LoRA applies
+PRETRAINED = BASE.replace("  preset: micro\n  from_scratch: true", "  path: some/model")
 
 
 def test_valid_recipe_loads(tmp_path):
     r = load_recipe(_write(tmp_path, BASE))
-    assert r.name == "r" and r.train.lr == 1e-3 and r.lora.enabled and r.data.train[0].count == 10
+    assert r.name == "r" and r.train.lr == 1e-3 and r.data.train[0].count == 10
+    assert not r.lora.enabled  # from scratch: every weight trains
+
+
+def test_lora_is_on_by_default_for_a_pretrained_model_only(tmp_path):
+    assert load_recipe(_write(tmp_path, PRETRAINED)).lora.enabled
+    assert load_recipe(_write(tmp_path, BASE + "lora: {rank: 4}\n")).lora.enabled  # asked for: kept
 
 
 def test_unknown_key_names_key_file_and_line(tmp_path):
@@ -112,7 +120,7 @@ def test_relative_data_path_resolves_against_the_recipe_folder(tmp_path, monkeyp
 
 
 def test_set_overrides(tmp_path):
-    r = load_recipe(_write(tmp_path, BASE), ["train.lr=3e-4", "lora.rank=4", "name=other",
+    r = load_recipe(_write(tmp_path, PRETRAINED), ["train.lr=3e-4", "lora.rank=4", "name=other",
                                              "lora.target_modules=[q_proj, k_proj]"])
     assert r.train.lr == pytest.approx(3e-4) and isinstance(r.train.lr, float)
     assert r.lora.rank == 4 and r.name == "other"
@@ -124,7 +132,7 @@ def test_set_overrides(tmp_path):
                                              ("lora.rank=0", "lora.rank")])
 def test_bad_set_override_names_the_key(tmp_path, override, field):
     with pytest.raises(TunelabError) as e:
-        load_recipe(_write(tmp_path, BASE), [override])
+        load_recipe(_write(tmp_path, PRETRAINED), [override])
     assert e.value.field == field
 
 

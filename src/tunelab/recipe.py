@@ -173,6 +173,16 @@ class Recipe(_Strict):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     description: str = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scratch_trains_every_weight(cls, raw: Any) -> Any:
+        """A model built from scratch trains all its weights: LoRA (a low-rank update of random weights) is off
+        unless the recipe has a `lora` section."""
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and raw["model"].get("from_scratch") \
+                and raw.get("lora") is None:
+            raw = {**raw, "lora": {"enabled": False}}
+        return raw
+
     @model_validator(mode="after")
     def _validation_needs_a_corpus(self):
         if self.data.corpus is None:
