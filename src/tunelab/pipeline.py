@@ -88,6 +88,8 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     from tunelab.train.loop import train
 
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
+    from tunelab.prepare import build_corpora
+    build_corpora(recipe)
     sets = eval_sets(recipe)
     summary = train(recipe, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone evaluates and reports
@@ -194,6 +196,8 @@ def cli_run(args) -> int:
 def cli_train(args) -> int:
     from tunelab.train.loop import train
     recipe = load_recipe(args.recipe, args.overrides)
+    from tunelab.prepare import build_corpora
+    build_corpora(recipe)
     summary = train(recipe, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

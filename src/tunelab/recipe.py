@@ -20,6 +20,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class EncyclopediaBuild(_Strict):
+    """Generated encyclopedia articles as corpus input (`tunelab data encyclopedia`): articles.jsonl, qa.jsonl."""
+
+    out: str
+    count: int = Field(default=3000, ge=1)
+    seed: int = 0
+    noise: bool = True
+
+
+class TokenizerBuild(_Strict):
+    """A tokenizer trained on the corpus inputs (`tunelab tokenizer train`)."""
+
+    out: str
+    vocab_size: int = Field(default=4096, ge=300)
+
+
+class CorpusBuild(_Strict):
+    """How `tunelab run` / `train` build a missing corpus directory: the steps `tunelab data encyclopedia`,
+    `tunelab tokenizer train` and `tunelab data corpus` take, each skipped when its output is already there."""
+
+    inputs: list[str] = Field(default_factory=list, description="JSONL/JSON/TXT files or folders (.gz too)")
+    encyclopedia: EncyclopediaBuild | None = None
+    tokenizer: str | TokenizerBuild = Field(description="an HF tokenizer directory, or {out, vocab_size} to train")
+    block_size: int = Field(default=256, ge=8)
+    val_fraction: float = Field(default=0.01, ge=0, lt=1)
+    seed: int = 0
+    text_field: str = "text"
+    cleaning: dict[str, Any] = Field(default_factory=dict, description="rule settings, e.g. {nfkc: true} (checked "
+                                                                      "against tunelab.data.cleaning.CleaningConfig)")
+
+    @model_validator(mode="after")
+    def _has_input(self):
+        if not self.inputs and self.encyclopedia is None:
+            raise ValueError("give 'inputs' (files or folders) or 'encyclopedia' (generated articles)")
+        return self
+
+
 class SourceConfig(_Strict):
     """One data source: a file (`path`), a built-in generator (`generate`), or a prepared pretraining corpus
     (`corpus`: a directory written by `tunelab data corpus`, read as memory-mapped token blocks)."""
@@ -27,6 +64,7 @@ class SourceConfig(_Strict):
     path: str | None = None
     generate: Literal["arithmetic", "reading"] | None = None
     corpus: str | None = None
+    build: CorpusBuild | None = Field(default=None, description="build the corpus directory when it is missing")
     format: Literal["auto", "competition", "alpaca", "conversations", "messages", "reading"] = "auto"
     count: int | None = Field(default=None, ge=1, description="generate this many / subsample to this many")
     seed: int = 0
@@ -36,6 +74,8 @@ class SourceConfig(_Strict):
     def _one_of(self):
         if sum(x is not None for x in (self.path, self.generate, self.corpus)) != 1:
             raise ValueError("give exactly one of 'path', 'generate' or 'corpus'")
+        if self.build is not None and self.corpus is None:
+            raise ValueError("'build' makes a corpus directory: it goes with 'corpus: DIR'")
         return self
 
 
@@ -299,6 +339,10 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
             src.path = resolve(src.path)
         if src.corpus:
             src.corpus = resolve(src.corpus)
+        if src.build:
+            src.build.inputs = [resolve(p) for p in src.build.inputs]
+            if isinstance(src.build.tokenizer, str):
+                src.build.tokenizer = resolve(src.build.tokenizer)
     if recipe.model.path and not recipe.model.path.startswith(("hf:",)):
         recipe.model.path = resolve(recipe.model.path)
 
@@ -327,6 +371,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def _check_data_files(recipe: Recipe, file: Path, text: str) -> None:
     """A missing data file is reported when the recipe loads, before a run directory is created."""
+    built = {s.corpus for s in recipe.data.train if s.build}  # made by the run before anything reads them
     sources = [(("data", "train", i), s) for i, s in enumerate(recipe.data.train)]
     sources += [(("eval", "tasks", i, "source"), t.source) for i, t in enumerate(recipe.eval.tasks)]
     for loc, src in sources:
@@ -334,7 +379,7 @@ def _check_data_files(recipe: Recipe, file: Path, text: str) -> None:
             loc = loc + ("path",)
             raise TunelabError(f"data file not found: {src.path}", file=file, line=_line_of_key(text, loc),
                                field=".".join(str(k) for k in loc))
-        if src.corpus and not (Path(src.corpus) / "meta.json").is_file():
+        if src.corpus and src.corpus not in built and not (Path(src.corpus) / "meta.json").is_file():
             loc = loc + ("corpus",)
             what = "not a finished corpus directory (no meta.json)" if Path(src.corpus).is_dir() else "not found"
             raise TunelabError(f"corpus {src.corpus}: {what}; prepare it with `tunelab data corpus`", file=file,

@@ -95,19 +95,22 @@ def chars_per_token(tokenizer, texts: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
-def cli_train_tokenizer(args) -> int:
-    """`tunelab tokenizer train`: stream the cleaned train documents into BPE, measure on the val ones."""
+def train_tokenizer_dir(inputs: list, vocab_size: int, out: str | Path, settings=None, workers: int | None = None,
+                        progress: bool = True) -> dict:
+    """`tunelab tokenizer train`: stream the cleaned train documents of `inputs` into a CJK-aware BPE, measure
+    characters per token on the val ones, and write the tokenizer directory `out` atomically (never over an
+    existing one). Returns the report saved beside it as training.json."""
     from tqdm.auto import tqdm
 
-    from tunelab.data.corpus import iter_cleaned, settings_from_args
+    from tunelab.data.corpus import ReadSettings, iter_cleaned
     from tunelab.data.corpus_read import BadLines, list_inputs
-    out = Path(args.out)
+    out = Path(out)
     if out.exists():
         raise TunelabError("output directory exists; choose a new --out", file=out)
-    if args.vocab_size < 300:
-        raise TunelabError(f"--vocab-size must be at least 300 (256 bytes + special tokens), got {args.vocab_size}")
-    settings = settings_from_args(args)
-    paths = list_inputs(args.inputs)
+    if vocab_size < 300:
+        raise TunelabError(f"--vocab-size must be at least 300 (256 bytes + special tokens), got {vocab_size}")
+    settings = settings or ReadSettings()
+    paths = list_inputs(inputs)
     bad = BadLines()
     counts: dict[str, int] = {}
     held_out: list[str] = []
@@ -116,8 +119,8 @@ def cli_train_tokenizer(args) -> int:
     def train_texts():
         held_chars = 0
         with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="tokenizer",
-                  file=sys.stderr) as bar:
-            for kept in iter_cleaned(paths, settings, workers=args.workers or os.cpu_count() or 1, bad=bad,
+                  file=sys.stderr, disable=not progress) as bar:
+            for kept in iter_cleaned(paths, settings, workers=workers or os.cpu_count() or 1, bad=bad,
                                      counts=counts, progress=bar):
                 seen[kept.split] += 1
                 if kept.split == "train":
@@ -126,12 +129,11 @@ def cli_train_tokenizer(args) -> int:
                     held_out.append(kept.doc.text)
                     held_chars += len(kept.doc.text)
 
-    tokenizer = train_corpus_tokenizer(train_texts(), args.vocab_size)
+    tokenizer = train_corpus_tokenizer(train_texts(), vocab_size)
     if not seen["train"]:
         raise TunelabError("no training document left after cleaning")
-    measured = chars_per_token(tokenizer, held_out)
     report = {"vocab_size": len(tokenizer), "documents": seen, "bad_lines": bad.count,
-              "duplicates_removed": counts.get("duplicates", 0), "held_out": measured,
+              "duplicates_removed": counts.get("duplicates", 0), "held_out": chars_per_token(tokenizer, held_out),
               "special_tokens": {"eos": EOS, "pad": PAD, "sep": SEP}, "cleaning": settings.cleaning.as_meta(),
               "val_fraction": settings.val_fraction, "seed": settings.seed,
               "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in paths]}
@@ -143,12 +145,25 @@ def cli_train_tokenizer(args) -> int:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"trained on {seen['train']} documents ({seen['val']} held out, {counts.get('duplicates', 0)} "
-          f"duplicates removed, {bad.count} bad lines); vocabulary {len(tokenizer)}")
+    return report
+
+
+def tokenizer_summary(report: dict) -> list[str]:
+    seen = report["documents"]
+    lines = [f"trained on {seen['train']} documents ({seen['val']} held out, {report['duplicates_removed']} "
+             f"duplicates removed, {report['bad_lines']} bad lines); vocabulary {report['vocab_size']}"]
+    measured = report["held_out"]
     if measured:
-        print("characters per token on held-out documents: " + ", ".join(
+        lines.append("characters per token on held-out documents: " + ", ".join(
             f"{name} {m['chars_per_token']} ({m['documents']} docs)" for name, m in measured.items()))
     else:
-        print("no held-out documents to measure characters per token on (raise --val-fraction)")
-    print(f"wrote {out}")
+        lines.append("no held-out documents to measure characters per token on (raise --val-fraction)")
+    return lines
+
+
+def cli_train_tokenizer(args) -> int:
+    from tunelab.data.corpus import settings_from_args
+    report = train_tokenizer_dir(args.inputs, args.vocab_size, args.out, settings_from_args(args), args.workers)
+    print("\n".join(tokenizer_summary(report)))
+    print(f"wrote {args.out}")
     return 0
