@@ -41,7 +41,7 @@ from common import HERE, add_threads_option, load_average, logger, machine, star
 
 log = logger("bench_pretrain")
 LR, MIN_LR, BETAS, WD, CLIP, WARMUP = 1e-3, 0.1, (0.9, 0.95), 0.1, 1.0, 0.05
-VOCAB = 8000
+VOCAB = 4096  # as recipes/minigpt-cpu.yaml
 TARGET = 1.2
 
 
@@ -212,6 +212,7 @@ def run_tunelab(tmp: Path, name: str, corpus: Path, preset: str, overrides: dict
     from tunelab.train.loop import train
     raw = {"name": name, "seed": seed, "output_dir": str(tmp / "runs"),
            "model": {"preset": preset, "from_scratch": True, "overrides": overrides},
+           "lora": {"enabled": False},  # full training (stated, not left to a default)
            "data": {"train": [{"corpus": str(corpus)}], "max_seq_len": seq, "packing": True, "sampling": sampling},
            "train": {"max_steps": steps, "batch_size": batch, "grad_accum": 1, "lr": LR, "weight_decay": WD,
                      "warmup_ratio": WARMUP, "min_lr_ratio": MIN_LR, "max_grad_norm": CLIP, "precision": precision,
@@ -222,6 +223,9 @@ def run_tunelab(tmp: Path, name: str, corpus: Path, preset: str, overrides: dict
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     recipe = load_recipe(path)
     summary = train(recipe)
+    if summary["trainable_params"] != summary["total_params"]:
+        raise SystemExit(f"tunelab trained {summary['trainable_params']:,} of {summary['total_params']:,} "
+                         "parameters: not full training")
     rows = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines() if line]
     windows = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first is warm-up
     return {"window_tok_s": windows, "logged_mfu": [r.get("mfu") for r in rows if "tokens_per_s" in r][1:],
@@ -305,8 +309,7 @@ def main() -> int:
             f"{peaks['bf16'] * 1e3:.0f} GFLOP/s")
 
         # nanoGPT's precision: the faster of fp32 and bf16 autocast, after a warm-up step each
-        nano_total = 10_000
-        nano = NanoGPT(corpus, nano_shape, args.batch, args.seq, nano_total, args.seed)
+        nano = NanoGPT(corpus, nano_shape, args.batch, args.seq, 100, args.seed)
         n_params = nanogpt_params(nano.model)
         nano_flops = 6 * n_params + 12 * shape["layers"] * shape["d"] * args.seq
         log(f"tunelab {preset}: d {shape['d']}, {shape['layers']} layers, {shape['heads']} heads, tied "
@@ -322,6 +325,7 @@ def main() -> int:
         sec_per_step = tokens_per_step / calib[nano_precision]
         per_round = args.seconds / args.rounds
         steps = args.window * (1 + max(2, round(per_round / sec_per_step / args.window)))
+        nano.total = nano.step_no + args.rounds * steps  # its warmup + cosine spans what it will run
 
         runs: dict[str, list[dict]] = {"tunelab": [], "nanogpt": []}
         for r in range(args.rounds):
