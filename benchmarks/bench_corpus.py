@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import HERE, add_threads_option, choose_threads, load_average, logger, write_result
+from common import HERE, add_threads_option, choose_threads, load_average, logger, tunelab_source, write_result
 
 log = logger("bench_corpus")
 VOCAB = 8000
@@ -406,7 +406,7 @@ def main() -> int:
            "ratio_tunelab_over_loop": ratio, "paired_ratios": paired, "ratio_with_process_start": wall_ratio,
            "ratio_per_cpu_second": cpu_ratio,
            "memory_growth_large_over_1x": growth,
-           "target": TARGET,
+           "target": TARGET, "tunelab_source": tunelab_source(),
            "machine": {"cores": os.cpu_count(), "loadavg_before": load0, "loadavg_after": load1,
                        "tokenizers": tokenizers.__version__, "transformers": transformers.__version__,
                        "python": sys.version.split()[0]},

@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 from bench_corpus import articles
-from common import HERE, add_threads_option, load_average, logger, machine, start_torch, write_result
+from common import (HERE, add_threads_option, load_average, logger, machine, start_torch, tunelab_source,
+                    write_result)
 
 log = logger("bench_pretrain")
 LR, MIN_LR, BETAS, WD, CLIP, WARMUP = 1e-3, 0.1, (0.9, 0.95), 0.1, 1.0, 0.05
@@ -378,7 +379,7 @@ def main() -> int:
            "steps_per_run": steps, "rounds": args.rounds, "precision": prec, "nanogpt_calibration_tok_s": calib,
            "peak_tflops": peaks, "corpus": info, "tok_s": med, "mfu": mfu, "runs": runs,
            "ratio_tunelab_over_nanogpt": ratio, "paired_ratios": paired, "tunelab_padding_pct": padding,
-           "target": TARGET, "machine": {**cpu, **machine(threads, load0)},
+           "target": TARGET, "tunelab_source": tunelab_source(), "machine": {**cpu, **machine(threads, load0)},
            "note": "ratios measured in one run on a shared machine; absolute numbers vary between runs"}
     write_result(args.out, out, log)
     return 0

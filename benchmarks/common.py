@@ -88,6 +88,22 @@ def machine(threads: int, load0: tuple[float, float, float]) -> dict:
             "transformers": transformers.__version__}
 
 
+def tunelab_source() -> str:
+    """Which tunelab the run imported: its directory and, in a git checkout, the commit (+ "dirty" if edited)."""
+    import subprocess
+
+    import tunelab
+    where = Path(tunelab.__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return f"{where} at {rev}{' (dirty)' if dirty else ''}"
+    except (OSError, subprocess.CalledProcessError):
+        return f"{where} (not a git checkout)"
+
+
 def write_result(path: str | Path, result: dict, log: Callable[[str], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
