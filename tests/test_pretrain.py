@@ -156,16 +156,18 @@ def test_packed_rows_hold_whole_blocks_with_positions_restarting(corpus):
     assert unpacked.padding_pct > rows.padding_pct + 20
 
 
-def test_pack_lengths_is_pack_examples_on_lengths():
+def test_pack_lengths_places_every_index_once_and_packs_tighter_than_first_fit():
     rng = random.Random(0)
-    lengths = [rng.randint(1, 64) for _ in range(500)]
-    encoded = [Encoded(list(range(n)), list(range(n))) for n in lengths]
-    by_rows = pack_examples(encoded, 100)
-
-    def segments(row):  # the sample lengths laid end to end in a packed row
-        starts = [i for i, p in enumerate(row.position_ids) if p == 0] + [len(row.position_ids)]
-        return [b - a for a, b in zip(starts, starts[1:])]
-    assert [[lengths[i] for i in row] for row in pack_lengths(lengths, 100)] == [segments(r) for r in by_rows]
+    lengths = [rng.randint(20, 90) for _ in range(500)]  # like corpus blocks: many over half a row
+    rows = pack_lengths(lengths, 100, window=128)
+    assert sorted(i for row in rows for i in row) == list(range(500))
+    assert all(sum(lengths[i] for i in row) <= 100 for row in rows)
+    # rows follow the input order: indices ascending in a row, rows by their first index, windows kept apart
+    assert all(row == sorted(row) for row in rows) and [r[0] for r in rows] == sorted(r[0] for r in rows)
+    assert all(len({i // 128 for i in row}) == 1 for row in rows)
+    first_fit = pack_examples([Encoded(list(range(n)), list(range(n))) for n in lengths], 100)
+    assert len(rows) < 0.95 * len(first_fit)
+    assert pack_lengths(lengths, 100, window=128) == rows
 
 
 def test_random_sampling_is_deterministic_per_row(corpus):

@@ -5,20 +5,27 @@ endless, deterministic stream and `rows_per_epoch` — so the training loop does
 Only the rows of one step become Python lists; the corpus stays on disk.
 
 - A row holds whole blocks. Packed, blocks share a row with position ids restarting at 0 per block, so no
-  block attends to another (the same packing as fine-tuning samples); unpacked, one block a row and the rest
-  of the row is padding (`padding_pct` says how much).
+  block attends to another (the same row layout as packed fine-tuning samples); unpacked, one block a row and
+  the rest of the row is padding (`padding_pct` says how much).
 - Labels are the block's own tokens: the loss covers every real token including the closing EOT, never
   padding, and a block's first token has no target (nothing inside the block predicts it).
-- `sampling="epoch"`: each epoch visits every block once, in a permutation seeded by (seed, epoch).
-  `sampling="random"`: blocks drawn with replacement, row r from a generator seeded by (seed, r) alone, so
-  any row can be rebuilt without the ones before it (resume); packed, a row takes drawn blocks until one
-  does not fit the rest of it (that block is not used). An "epoch" is then as many rows as an epoch of the
-  epoch sampling, i.e. about one pass over the corpus's tokens.
+- `sampling="epoch"`: each epoch visits every block once, in a permutation seeded by (seed, epoch). Packed,
+  consecutive windows of that order are packed best-fit decreasing (`pack_lengths`): corpus blocks are
+  sentence-aligned and often over half a row long, and first-fit in arrival order left ~20 % of the rows
+  padding where this leaves ~13 % (the bound for whole blocks is ~12.9 % on the generated encyclopedia).
+  A block never moves out of its window, so the epoch still follows the seeded order at a window's scale.
+- `sampling="random"`: blocks drawn with replacement, row r from a generator seeded by (seed, r) alone, so
+  any row can be rebuilt without the ones before it (resume). Packed, a row draws up to `RANDOM_DRAWS`
+  candidates and keeps each that fits the room left, stopping when no block could fit; a candidate that
+  does not fit is not used (so the blocks that fill a row's end are shorter than a uniform draw's; each
+  row's first block is uniform). An "epoch" is then as many rows as an epoch of the epoch sampling, i.e.
+  about one pass over the corpus's tokens.
 - `sampling="sequential"`: the blocks in order, for validation (`limit` keeps the first N).
 """
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 import numpy as np
@@ -30,25 +37,35 @@ from tunelab.errors import TunelabError
 SAMPLINGS = ("epoch", "random", "sequential")
 
 
-def pack_lengths(lengths, max_len: int, open_rows: int = 8) -> list[list[int]]:
-    """Indices of `lengths` grouped into rows of at most `max_len`: `pack_examples`' first-fit rule over a few
-    open rows, on lengths alone (tested to give the same rows)."""
-    done: list[list[int]] = []
-    opened: list[list[int]] = []
-    room: list[int] = []
-    for i, n in enumerate(lengths):
-        for k, free in enumerate(room):
-            if n <= free:
-                opened[k].append(i)
-                room[k] -= n
-                break
-        else:
-            opened.append([i])
-            room.append(max_len - n)
-            if len(opened) > open_rows:
-                done.append(opened.pop(0))
-                room.pop(0)
-    return done + opened
+RANDOM_DRAWS = 64  # candidates a packed random row draws at most
+PACK_WINDOW = 4096  # blocks of the seeded order packed together (pack_lengths)
+
+
+def pack_lengths(lengths, max_len: int, window: int = PACK_WINDOW) -> list[list[int]]:
+    """Indices of `lengths` grouped into rows of at most `max_len`, packed best-fit decreasing within each
+    `window` of consecutive indices: the longest block first, each into the open row it fills most tightly.
+
+    A row lists its indices in increasing order and rows come in the order of their first index, so the
+    result follows the input order (a seeded permutation) wherever packing leaves it free to.
+    """
+    lengths = [int(n) for n in lengths]
+    rows: list[list[int]] = []
+    for lo in range(0, len(lengths), window):
+        hi = min(lo + window, len(lengths))
+        packed: list[list[int]] = []
+        rooms: list[tuple[int, int]] = []  # (room left, row) sorted: the tightest fit is the first with room >= n
+        for i in sorted(range(lo, hi), key=lambda i: -lengths[i]):  # stable: equal lengths keep their order
+            n = lengths[i]
+            k = bisect.bisect_left(rooms, (n, -1))
+            if k < len(rooms):
+                room, r = rooms.pop(k)
+                packed[r].append(i)
+            else:
+                room, r = max_len, len(packed)
+                packed.append([i])
+            bisect.insort(rooms, (room - n, r))
+        rows += sorted((sorted(row) for row in packed), key=lambda row: row[0])
+    return rows
 
 
 class CorpusRows:
@@ -65,6 +82,7 @@ class CorpusRows:
         if self.count == 0:
             raise TunelabError(f"the corpus's {blocks.split} split has no blocks", file=blocks.dir)
         longest = int(self.lengths.max())
+        self.shortest = int(self.lengths.min())
         if longest > max_len:
             raise TunelabError(f"the corpus's blocks are up to {longest} tokens (block size {blocks.block_size}) "
                                f"but rows hold {max_len}: set data.max_seq_len to at least {longest}",
@@ -101,13 +119,14 @@ class CorpusRows:
         rng = np.random.default_rng([self.seed, r])
         if not self.packing:
             return [int(rng.integers(self.count))]
-        picked, used = [], 0
-        while True:
-            b = int(rng.integers(self.count))
-            if used + self.lengths[b] > self.max_len:
-                return picked
-            picked.append(b)
-            used += int(self.lengths[b])
+        picked, room = [], self.max_len
+        for b in rng.integers(self.count, size=RANDOM_DRAWS).tolist():
+            if self.lengths[b] <= room:
+                picked.append(b)
+                room -= int(self.lengths[b])
+                if room < self.shortest:
+                    break
+        return picked
 
     def row_blocks(self, start: int, count: int) -> list[list[int]]:
         """Block indices of rows [start, start+count) of the endless stream."""
