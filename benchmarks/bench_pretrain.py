@@ -5,9 +5,10 @@ the same width, depth, heads, vocabulary, sequence length, batch, optimizer sett
 
   (a) tunelab - `tunelab.train.loop.train()` on a recipe with `data.train: [{corpus: DIR}]`, preset `tiny` with
                 tied embeddings (Llama block: RoPE, RMSNorm, SwiGLU; d 256, 4 layers, 4 heads), full training,
-                whole blocks packed into rows (`packing: true`, no attention across blocks), `sampling: epoch`
-                (`--sampling random` packs worse), bf16 autocast where the CPU has native bf16; tokens/s per
-                logged window from its metrics.jsonl (real tokens: padding does not count).
+                whole blocks packed into rows (`packing: true`, no attention across blocks), `sampling: random`
+                (blocks drawn with replacement, as nanoGPT draws windows; it also pads least), bf16 autocast
+                where the CPU has native bf16; tokens/s per logged window from its metrics.jsonl (real tokens:
+                padding does not count).
   (b) nanoGPT - the loop of nanoGPT's train.py written out here: its model.py GPT (learned positions,
                 LayerNorm, GELU MLP, causal SDPA, tied embeddings when the preset ties them), random contiguous
                 windows of the same token file through `np.memmap` (documents run into each other, no padding),
@@ -274,8 +275,8 @@ def main() -> int:
     ap.add_argument("--preset", default="tiny", help="tunelab preset whose shape both setups take")
     ap.add_argument("--overrides", default='{"tie_word_embeddings": true}',
                     help="JSON config overrides for the preset (default: tie the embeddings, as GPT-2/nanoGPT)")
-    ap.add_argument("--sampling", choices=["epoch", "random"], default="epoch",
-                    help="tunelab's data.sampling (epoch packs blocks first-fit: less padding than random)")
+    ap.add_argument("--sampling", choices=["epoch", "random"], default="random",
+                    help="tunelab's data.sampling (random: blocks drawn with replacement, as nanoGPT's windows)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256, help="sequence length = the corpus's block size")
     ap.add_argument("--window", type=int, default=4, help="steps per timing window (tunelab's log_every)")
