@@ -199,3 +199,32 @@ def test_skipping_peft_input_casts_under_autocast_changes_no_value():
     assert seen == [torch.float32, torch.bfloat16]  # the up-cast happened before, and is gone now
     assert loss == ref_loss
     assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+
+
+@pytest.mark.parametrize("frozen_head", [False, True])
+def test_projected_cross_entropy_matches_autograd_chunk_by_chunk_under_bf16(frozen_head):
+    import torch.nn.functional as F
+
+    from tunelab.train.loss import ProjectedCrossEntropy
+    torch.manual_seed(0)
+    n, vocab = 1100, 4096  # three chunks of 512 positions
+    weight = (torch.randn(vocab, 16) * 0.3).requires_grad_(not frozen_head)
+    targets = torch.randint(0, vocab, (n,))
+
+    def run(fn):
+        hidden = torch.randn(n, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = fn(hidden)
+        (loss * 2).backward()  # the incoming gradient (DDP: the world size) scales both gradients
+        return loss.item(), hidden.grad, weight.grad
+    ref = run(lambda h: F.cross_entropy(F.linear(h, weight).float(), targets, reduction="sum") / n)
+    got = run(lambda h: ProjectedCrossEntropy.apply(h, weight, targets, n))
+    assert got[0] == pytest.approx(ref[0], rel=1e-6)
+    assert (got[2] is None) == (ref[2] is None) == frozen_head
+    for a, b in zip(got[1:], ref[1:]):
+        if b is not None:  # the same rounding as autograd's (bitwise equal here), up to the order of a few sums
+            assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * b.abs().max().item())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # validation: the loss alone
+        assert ProjectedCrossEntropy.apply(torch.randn(n, 16, generator=torch.Generator().manual_seed(1)), weight,
+                                           targets, n).item() == pytest.approx(ref[0], rel=1e-6)

@@ -66,7 +66,8 @@ class ProjectedCrossEntropy(torch.autograd.Function):
     """`F.cross_entropy(hidden @ weight.T, targets, reduction="sum") / count`, computed a chunk of positions
     (~8 MB of fp32 logits) at a time, with the gradients for `hidden` and `weight` taken in the forward pass (a
     loss is a scalar: the backward pass only scales them by the incoming gradient). Under autocast the matmuls
-    run in its dtype."""
+    run in its dtype. The incoming gradient (1, or DDP's world size) multiplies after the rounding to that dtype
+    where autograd multiplies before: equal for powers of two, within that dtype's rounding otherwise."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, count: int):
