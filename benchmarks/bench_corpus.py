@@ -11,12 +11,14 @@ Face directory; both sides load that same directory.
   (b) tunelab  - `tunelab data corpus INPUT --tokenizer TOK --block-size N --out DIR --workers W`: cleaning,
                  dedup, sentence-aligned blocks, train/val split, index and meta.json; more work than (a).
 
-Each run is its own subprocess, so memory never mixes: MB/s = input bytes / the subprocess's wall time
-(interpreter start and imports included, on both sides); peak memory = the largest single process's max RSS
-(`os.wait4` rusage, which covers the reaped worker processes too) and the peak of the summed PSS of the
-whole process tree, sampled every 0.1 s (workers included; PSS splits shared pages fairly). tunelab also runs
-on a 10x corpus (ten files, each a copy of the 1x articles with a one-sentence change so dedup keeps them)
-to show that its memory stays flat as the corpus grows.
+Each run is its own subprocess, so memory never mixes. MB/s = input bytes / the child's time from after its
+imports (the same heavy imports on both sides) to its end; the ratio with interpreter start and imports is
+printed too, and MB per CPU-second (main + workers), which a loaded machine does not change. Peak memory:
+the child's own VmHWM (a fresh address space after exec: `os.wait4`'s max RSS would count the parent's pages
+at fork), the largest worker's max RSS (RUSAGE_CHILDREN), and the peak of the summed PSS of the child and its
+workers, sampled every 0.1 s (PSS splits the pages forked workers share). tunelab also runs on a 10x corpus
+(ten files, each a copy of the 1x articles with a one-sentence change so dedup keeps them) to show that its
+memory stays flat as the corpus grows.
 
     python benchmarks/bench_corpus.py [--mb 30] [--rounds 2] [--threads 0] [--block-size 256]
 """
