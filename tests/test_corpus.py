@@ -243,6 +243,19 @@ def test_fast_encoder_gives_the_tokenizers_own_ids(tokenizer_dir):
             assert fast.encode(t) == tok.encode(t, add_special_tokens=False).ids, t
 
 
+def test_fast_encoder_survives_its_cache_starting_over(monkeypatch):
+    """More distinct pieces than the cache holds: it starts over and still gives the tokenizer's ids (a piece
+    cached just before the clear used to raise KeyError and stop corpora above ~30 MB)."""
+    import tunelab.data.bpe_encode as bpe_encode
+    monkeypatch.setattr(bpe_encode, "CACHE_LIMIT", 3)
+    rng = random.Random(5)
+    texts = ["".join(rng.choice(ZH + "，。ab 12") for _ in range(rng.randint(5, 60))) for _ in range(200)]
+    tok = train_bpe_tokenizer(texts, 400).backend_tokenizer
+    fast = ByteLevelEncoder.for_tokenizer(tok)
+    for t in texts:
+        assert fast.encode(t) == tok.encode(t, add_special_tokens=False).ids, t
+
+
 def test_offsets_path_and_a_lossy_tokenizer(tmp_path, corpus_inputs):
     """With a normalizer the blocks are cut by character offsets: a no-op one (NFC on NFC text) still loses
     nothing; a lossy one (lowercase) prepares, and --verify names the documents it changed."""

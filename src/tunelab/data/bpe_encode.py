@@ -141,6 +141,7 @@ class ByteLevelEncoder:
         if missing:
             if len(cache) + len(missing) > CACHE_LIMIT:
                 cache.clear()
+                missing = set(pieces)   # what was cached a moment ago is gone too
             for piece in missing:
                 cache[piece] = encode(piece)
         ids = list(chain.from_iterable(map(cache.__getitem__, pieces)))
