@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run directory, checkpoint, HF directory or hub id")
     p.add_argument("--tasks", default="arithmetic", help="comma-separated task names")
     p.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
-                   help="data file for a task (repeatable)")
+                   help="data file for a task, or a prepared corpus directory for ppl/continuation (repeatable)")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=32)
