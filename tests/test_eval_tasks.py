@@ -253,6 +253,16 @@ def test_eval_of_a_run_marks_the_best_checkpoint_lowest_perplexity_first(scratch
         assert doc["results"][ckpt]["choice"]["mode"] == "loglik" and doc["results"][ckpt]["ppl"]["window"] == 64
 
 
+def test_eval_of_one_checkpoint_directory(scratch_run, files, tmp_path):
+    from tunelab.train.checkpoints import list_checkpoints
+    ckpt = list_checkpoints(scratch_run["run_dir"])[0]
+    out = tmp_path / "one"
+    assert main(["eval", "--model", str(ckpt), "--tasks", "ppl", "--data", f"ppl={files['ppl']}", "--out",
+                 str(out), "--window", "64"]) == 0
+    doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert list(doc["results"]) == [ckpt.name] and doc["results"][ckpt.name]["ppl"]["perplexity"] > 1
+
+
 def test_baseline_pass_and_fail(tiny_base, files, tmp_path, capsys):
     out = tmp_path / "b"
     assert _eval(tiny_base, files, out, ["squad", "choice"], "--baseline", str(tiny_base)) == 0

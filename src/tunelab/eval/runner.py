@@ -293,7 +293,12 @@ def cli_eval(args) -> int:
             sorted(n for n, t in _all_tasks().items() if t.ability)) + f"); none is among --tasks {args.tasks}")
     model = Path(args.model)
     ckpts = list_checkpoints(model)
-    targets = [(c.name, model_dir_of(c)) for c in ckpts] if ckpts else [(model.name or str(model), model)]
+    if ckpts:
+        targets = [(c.name, model_dir_of(c)) for c in ckpts]
+    elif (model / "state.json").is_file():   # one checkpoint of a run: its model (or adapter) directory
+        targets = [(model.name, model_dir_of(model))]
+    else:
+        targets = [(model.name or str(model), model)]
     # Results go beside the model, in a folder named after the task set, so they never replace the
     # evaluations `tunelab run` keeps in <run>/eval/<checkpoint>/.
     tag = "+".join(sets)
