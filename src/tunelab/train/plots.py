@@ -38,7 +38,8 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
     ax2.plot(steps, [r["lr"] for r in rows], color="tab:orange", alpha=0.6, label="lr")
     ax2.set_ylabel("learning rate")
     ax.set_title(title)
-    fig.legend(loc="upper right")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.8)  # inside the axes, under the title
     fig.tight_layout()
     out = Path(out_png)
     fig.savefig(out)
