@@ -273,3 +273,17 @@ def test_offsets_path_and_a_lossy_tokenizer(tmp_path, corpus_inputs):
     assert results["nfc"]["differences"] == 0
     lower = results["lower"]
     assert lower["differences"] > 0 and lower["examples"][0]["decoded"] == lower["examples"][0]["expected"].lower()
+
+
+def test_a_killed_preparation_leaves_no_pile_of_staging_dirs(tmp_path, corpus_inputs, tokenizer_dir):
+    """A kill -9 leaves `OUT.tmp-<pid>`; the next preparation removes it (its process is gone), not a live one's."""
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()                                                         # its pid now belongs to no process
+    out = tmp_path / "c"
+    stale, live = tmp_path / f"c.tmp-{dead.pid}", tmp_path / "c.tmp-1"   # pid 1 is always alive
+    for d in (stale, live):
+        d.mkdir()
+        (d / "train.bin").write_bytes(b"half")
+    prepare_corpus([corpus_inputs], str(tokenizer_dir), 32, out, ReadSettings(), workers=1, progress=False)
+    assert (out / "meta.json").is_file() and not stale.exists() and live.exists()

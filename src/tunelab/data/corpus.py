@@ -38,6 +38,7 @@ from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplic
 from tunelab.data.corpus_read import BadLines, RawDoc, iter_documents, list_inputs, split_of
 from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
                                        token_dtype)
+from tunelab.data.records import staging_dir
 from tunelab.data.sentences import soft_split_points, split_sentences
 from tunelab.errors import TunelabError
 
@@ -389,7 +390,7 @@ def prepare_corpus(inputs: list[str | Path], tokenizer: str, block_size: int, ou
                            file=out)
     paths = list_inputs(inputs)
     workers = workers or os.cpu_count() or 1
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp = staging_dir(out)
     tmp.mkdir(parents=True)
     try:
         started = time.perf_counter()

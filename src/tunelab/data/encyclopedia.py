@@ -48,7 +48,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.data.records import write_jsonl
+from tunelab.data.records import staging_dir, write_jsonl
 from tunelab.errors import TunelabError
 
 KINDS = ("station", "species", "compound", "person", "place")
@@ -1162,7 +1162,7 @@ def write_encyclopedia(out: str | Path, articles: list[dict], qa: list[dict]) ->
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TunelabError("output already exists; choose a new directory", file=out)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp = staging_dir(out)
     try:
         write_jsonl(tmp / "articles.jsonl", articles)
         write_jsonl(tmp / "qa.jsonl", qa)

@@ -128,3 +128,25 @@ def write_json(path: str | Path, obj: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def staging_dir(out: str | Path) -> Path:
+    """A fresh `OUT.tmp-<pid>` beside `out` to build a directory in before renaming it into place; leftovers
+    of earlier builds whose process is gone (killed mid-way) are removed first, so they never pile up."""
+    out = Path(out)
+    for old in out.parent.glob(f"{out.name}.tmp-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            import shutil
+            shutil.rmtree(old, ignore_errors=True)
+    return out.with_name(f"{out.name}.tmp-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

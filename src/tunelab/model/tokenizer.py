@@ -137,7 +137,8 @@ def train_tokenizer_dir(inputs: list, vocab_size: int, out: str | Path, settings
               "special_tokens": {"eos": EOS, "pad": PAD, "sep": SEP}, "cleaning": settings.cleaning.as_meta(),
               "val_fraction": settings.val_fraction, "seed": settings.seed,
               "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in paths]}
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    from tunelab.data.records import staging_dir
+    tmp = staging_dir(out)
     try:
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
