@@ -35,7 +35,7 @@ def eval_sets(recipe: Recipe) -> dict:
         if t.mode and t.mode not in task.modes:
             raise TunelabError(f"task '{t.task}' has no {t.mode} mode (modes: {', '.join(task.modes)})",
                                field=f"eval.tasks.{i}.mode")
-        corpus = getattr(t.source, "corpus", None)
+        corpus = t.source.corpus
         if corpus:
             if not task.reads_corpus:
                 raise TunelabError(f"task '{t.task}' cannot read a corpus directory (tasks that can: "
@@ -94,7 +94,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     summary = train(recipe, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone evaluates and reports
         return {}
-    if getattr(recipe.data, "corpus", None):
+    if recipe.data.corpus:
         return _run_pretraining(recipe, sets, summary, template)
     run_dir = recipe.run_dir
     ability = [t.label for t in recipe.eval.tasks if t.ability]
