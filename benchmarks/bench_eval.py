@@ -58,7 +58,7 @@ def main() -> int:
     threads, load0 = start_torch(args.threads)
     import torch
 
-    from tunelab.eval.engine import generate_batched
+    from tunelab.model.decoding import generate_batched
     from tunelab.model.loading import build_from_scratch, load_tokenizer
     from tunelab.model.tokenizer import train_bpe_tokenizer
     log(f"torch threads {threads}; load average {load0}; precision {args.precision}")

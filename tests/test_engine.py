@@ -8,7 +8,7 @@ from tunelab.data.arithmetic import generate
 from tunelab.data.formats import reading_instruction
 from tunelab.data.reading import generate as generate_reading
 from tunelab.data.templates import PromptTemplate
-from tunelab.eval.engine import generate_batched
+from tunelab.model.decoding import generate_batched
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_zero_prompts_and_one_token(model_and_tokenizer):
 
 
 def test_shared_prefix_leaves_every_row_a_token_of_its_own():
-    from tunelab.eval.engine import shared_prefix_length
+    from tunelab.model.decoding import shared_prefix_length
     header = [7, 8, 9, 10, 11, 12]
     assert shared_prefix_length([header + [1, 2], header + [3], header + [1, 5]]) == 6
     assert shared_prefix_length([header, header + [3]]) == 5  # the shorter row keeps its last token

@@ -14,7 +14,7 @@ longer than the model's context, the context is cut from the left, as lm-eval do
 Batching (`share_context=True`, the default): requests with the same context — the options of one
 question, the two label words of a GLUE sentence — share one pass over that context. Contexts are sorted
 by length (longest first, so an out-of-memory error shows in the first batch), left-padded and run once
-into a KV cache (the batch's common template prefix once for all, `engine.prefill`), whose last position
+into a KV cache (the batch's common template prefix once for all, `decoding.DecodeBatch.prefill`), whose last position
 gives every continuation's first token; the cache rows are then
 copied per continuation and the continuations' remaining tokens run right-padded in one more forward pass.
 A batch holds up to `batch_size` continuations. Multiple-choice scoring thus costs about one context pass
@@ -39,36 +39,6 @@ class LoglikResult:
     tokens: int      # continuation tokens scored
 
 
-def model_context_length(model, tokenizer=None) -> int:
-    """The model's context: config.max_position_embeddings (or n_positions), capped by a sane
-    tokenizer.model_max_length; 2048 when neither says."""
-    cfg = model.config
-    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
-    tok_max = getattr(tokenizer, "model_max_length", None) if tokenizer is not None else None
-    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
-        n = min(n, tok_max)
-    return int(n)
-
-
-def _forward_selected(model, input_ids, attention_mask, keep):
-    """Logits at the `keep` positions (bool, batch x seq), flattened row-major to (keep.sum(), vocab)."""
-    try:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep,
-                       use_cache=False).logits
-    except TypeError:  # a model class without logits_to_keep
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    if logits.ndim == 3:  # the model ignored the mask and returned every position
-        logits = logits[keep]
-    return logits.float()
-
-
-def _select(logits, keep):
-    """Logits at the `keep` positions flattened row-major, whether the model honoured the bool mask or not."""
-    if logits.ndim == 3:
-        logits = logits[keep] if logits.shape[1] == keep.shape[1] else logits.reshape(-1, logits.shape[-1])
-    return logits.float()
-
-
 def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], batch_size: int = 32,
                   max_length: int | None = None, progress: bool = False, desc: str = "loglik",
                   share_context: bool = True) -> list[LoglikResult]:
@@ -82,7 +52,8 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], batch_size:
 
     if not requests:
         return []
-    max_length = max_length or model_context_length(model, tokenizer)
+    from tunelab.model.decoding import context_length, pad_token_id
+    max_length = max_length or context_length(model, tokenizer)
     contexts = tokenizer([c for c, _ in requests], add_special_tokens=False)["input_ids"]
     continuations = tokenizer([c for _, c in requests], add_special_tokens=False)["input_ids"]
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -99,7 +70,7 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], batch_size:
                 raise TunelabError("an empty context and a tokenizer without BOS/EOS: nothing to condition on",
                                    field="context")
             pairs.append((i, ctx, cont))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (prefix or 0)
+    pad_id = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     with torch.inference_mode(), tqdm(total=len(requests), disable=not progress, desc=desc, unit="pair",
                                       leave=False) as bar:
@@ -112,6 +83,8 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], batch_size:
 def _score_pairs(model, pairs, results, batch_size, max_length, pad_id, device, bar) -> None:
     """Every pair its own row: context + continuation (context cut from the left to fit), right-padded."""
     import torch
+
+    from tunelab.model.decoding import logits_at
     rows = []
     for i, ctx, cont in pairs:
         cont = cont[-max_length:]
@@ -130,7 +103,7 @@ def _score_pairs(model, pairs, results, batch_size, max_length, pad_id, device, 
             attention[r, :len(ids)] = 1
             keep[r, len(ids) - len(cont): len(ids)] = True
             targets += cont
-        logits = _forward_selected(model, input_ids.to(device), attention.to(device), keep.to(device))
+        logits = logits_at(model, input_ids.to(device), attention.to(device), keep.to(device), use_cache=False)
         _collect(logits, targets, [(i, len(cont)) for i, _, cont in batch], results)
         bar.update(len(batch))
 
@@ -140,7 +113,7 @@ def _score_groups(model, groups, results, batch_size, pad_id, device, bar) -> No
     from copies of that cache (right-padded), `batch_size` continuations per batch."""
     import torch
 
-    from tunelab.eval.engine import prefill
+    from tunelab.model.decoding import DecodeBatch
 
     groups.sort(key=lambda g: -len(g[0]))
     start = 0
@@ -152,30 +125,19 @@ def _score_groups(model, groups, results, batch_size, pad_id, device, bar) -> No
             start += 1
         rows = [(g, i, cont) for g, (_, members) in enumerate(batch) for i, cont in members]
         width = max(len(cont) for _, _, cont in rows) - 1  # continuation tokens after each first one
-        out, cache, mask, _ = prefill(model, [list(ctx) for ctx, _ in batch], pad_id, width + 1)
-        last = out.logits[:, -1, :].float()  # predicts every continuation's first token
+        state, last = DecodeBatch.prefill(model, [list(ctx) for ctx, _ in batch], pad_id, width + 1)
         sel = torch.tensor([g for g, _, _ in rows], dtype=torch.long, device=device)
-        # row-major: each row's first token (from the prefill), then its later tokens (from the second pass)
+        # row-major: each row's first token (predicted by the prefill), then its later tokens (second pass)
         first_logits = last[sel]
         later_logits = None
         if width > 0:
-            cache.batch_select_indices(sel)
+            state.select(sel)
             inp = torch.full((len(rows), width), pad_id, dtype=torch.long)
             cont_mask = torch.zeros((len(rows), width), dtype=torch.long)
             for r, (_, _, cont) in enumerate(rows):
                 inp[r, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
                 cont_mask[r, :len(cont) - 1] = 1
-            inp, cont_mask = inp.to(device), cont_mask.to(device)
-            keep = cont_mask.bool()
-            positions = mask.sum(-1)[sel][:, None] + torch.arange(width, device=device)[None, :]
-            try:
-                later = model(input_ids=inp, attention_mask=torch.cat([mask[sel], cont_mask], dim=-1),
-                              position_ids=positions, past_key_values=cache, use_cache=True,
-                              logits_to_keep=keep).logits
-            except TypeError:
-                later = model(input_ids=inp, attention_mask=torch.cat([mask[sel], cont_mask], dim=-1),
-                              position_ids=positions, past_key_values=cache, use_cache=True).logits
-            later_logits = _select(later, keep)
+            later_logits = state.score(inp.to(device), cont_mask.to(device))
         # interleave: row r's tokens are [first_r] + its slice of later_logits
         pieces, targets, pos = [], [], 0
         for r, (_, _, cont) in enumerate(rows):

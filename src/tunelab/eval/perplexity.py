@@ -45,8 +45,8 @@ class DocumentScore:
 
 def resolve_window(model, tokenizer, window: int | None, stride: int | None) -> tuple[int, int]:
     """(window, stride) with defaults filled in and checked against the model's context."""
-    from tunelab.eval.loglik import model_context_length
-    context = model_context_length(model, tokenizer)
+    from tunelab.model.decoding import context_length
+    context = context_length(model, tokenizer)
     window = int(window or context)
     if window < 2:
         raise TunelabError(f"window must be at least 2 tokens, got {window}", field="window")
@@ -100,9 +100,9 @@ def score_token_ids(model, tokenizer, documents, window: int | None = None, stri
     tokens = [0] * len(documents)
     windows = [0] * len(documents)
     order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    from tunelab.model.decoding import logits_at, pad_token_id
+    pad_id = pad_token_id(tokenizer)
     device = next(model.parameters()).device
-    from tunelab.eval.loglik import _forward_selected
     with torch.inference_mode(), tqdm(total=len(pieces), disable=not progress, desc=desc, unit="window",
                                       leave=False) as bar:
         start = 0
@@ -123,7 +123,7 @@ def score_token_ids(model, tokenizer, documents, window: int | None = None, stri
                 targets.append(ids[first:])
                 owners += [d] * (len(ids) - first)
                 windows[d] += 1
-            logits = _forward_selected(model, input_ids.to(device), attention.to(device), keep.to(device))
+            logits = logits_at(model, input_ids.to(device), attention.to(device), keep.to(device), use_cache=False)
             target = torch.from_numpy(np.concatenate(targets)).to(logits.device)
             token_nll = torch.nn.functional.cross_entropy(logits, target, reduction="none").double().cpu()
             for d, value in zip(owners, token_nll.tolist()):

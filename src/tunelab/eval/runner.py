@@ -114,7 +114,7 @@ def _run_perplexity(model, tokenizer, task, examples, batch_size, desc):
 
 
 def generate_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc):
-    from tunelab.eval.engine import generate_batched
+    from tunelab.model.decoding import generate_batched
     return generate_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             desc=desc)
 

@@ -12,6 +12,8 @@ same tokens for the same checkpoint:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # an assistant message this unlikely to merge with the text a chat template puts after it
 _SENTINEL = "\u2063tunelab\u2063answer\u2063"
 
@@ -78,3 +80,342 @@ def context_length(model, tokenizer=None) -> int:
     if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
         n = min(n, tok_max)
     return int(n)
+
+
+# --- the forward pass: logits where they are needed ----------------------------------------------------
+
+def logits_at(model, input_ids, attention_mask, keep, **kwargs):
+    """Float32 logits at the `keep` positions (bool, batch × seq), flattened row-major to (keep.sum(), vocab).
+
+    transformers computes the vocabulary projection only there (`logits_to_keep`); a model class without
+    that argument, or one that ignores it, is run on every position and the kept ones are selected."""
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **kwargs).logits
+    except TypeError:  # a model class without logits_to_keep
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+    if logits.ndim == 3:
+        logits = logits[keep] if logits.shape[1] == keep.shape[1] else logits.reshape(-1, logits.shape[-1])
+    return logits.float()
+
+
+def _last_logits(model, **kwargs):
+    """Float32 logits of each row's last position, (batch, vocab)."""
+    try:
+        logits = model(logits_to_keep=1, **kwargs).logits
+    except TypeError:
+        logits = model(**kwargs).logits
+    return logits[:, -1, :].float()
+
+
+# --- a batch of rows decoding together ----------------------------------------------------------------
+
+# a shorter shared prefix is not worth its extra forward pass
+MIN_SHARED_PREFIX = 4
+
+
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own (the prefill's last)."""
+    if len(rows) < 2:
+        return 0
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+class DecodeBatch:
+    """Rows of different lengths decoding together, left-padded: a KV cache written in place
+    (`kv_cache.ReservedLayer`), the attention mask over the cached positions, and each row's next position.
+
+    `prefill` starts a batch, `step` feeds one token per row, `select` drops rows, `extend` takes in the
+    rows of another batch (the server's continuous batching), `trim` drops cache columns no row uses."""
+
+    def __init__(self, model, cache, mask, next_pos):
+        self.model, self.cache, self.mask, self.next_pos = model, cache, mask, next_pos
+
+    def __len__(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def device(self):
+        return self.mask.device
+
+    @classmethod
+    def prefill(cls, model, rows: list[list[int]], pad_id: int, room: int, share_prefix: bool = True,
+                all_logits: bool = False):
+        """Run token rows into a fresh cache with `room` positions to spare; returns (batch, logits).
+
+        With `share_prefix`, the rows' common prefix (a template header) runs once and its cache is copied
+        to every row; pads then sit between the prefix and each row's own tokens. The logits are each row's
+        last position's, (n, vocab) float32 — or with `all_logits`, the model's logits at every position of
+        the (prefix-free) input, (n, width, vocab), for prompt log-probabilities."""
+        import torch
+
+        from tunelab.model.kv_cache import reserved_cache
+
+        device = next(model.parameters()).device
+        n = len(rows)
+        shared = shared_prefix_length(rows) if share_prefix and not all_logits else 0
+        width = max(len(r) for r in rows) - shared
+        input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            own = len(r) - shared
+            input_ids[i, width - own:] = torch.tensor(r[shared:], dtype=torch.long)
+            mask[i, width - own:] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        cache = reserved_cache(model.config, shared + width + room)
+        if shared:
+            model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=cache,
+                  use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(n)
+            mask = torch.cat([mask.new_ones(n, shared), mask], dim=-1)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                      use_cache=True)
+        if all_logits:
+            logits = model(**kwargs).logits.float()
+        else:
+            logits = _last_logits(model, **kwargs)
+        return cls(model, cache, mask, position_ids[:, -1:] + 1), logits
+
+    def step(self, tokens):
+        """Feed one token per row (a (n,) tensor); returns the next logits, (n, vocab) float32."""
+        import torch
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=-1)
+        logits = _last_logits(self.model, input_ids=tokens[:, None], attention_mask=self.mask,
+                              position_ids=self.next_pos, past_key_values=self.cache, use_cache=True)
+        self.next_pos = self.next_pos + 1
+        return logits
+
+    def score(self, tokens, token_mask):
+        """Feed right-padded tokens (n, w) after each row (`token_mask` marks the real ones) and return the
+        float32 logits at the real positions, flattened row-major. The batch is not usable afterwards."""
+        import torch
+        w = tokens.shape[1]
+        positions = self.mask.sum(-1, keepdim=True) + torch.arange(w, device=self.device)[None, :]
+        return logits_at(self.model, tokens, torch.cat([self.mask, token_mask], dim=-1), token_mask.bool(),
+                         position_ids=positions, past_key_values=self.cache, use_cache=True)
+
+    def select(self, idx) -> None:
+        """Keep the rows at `idx` (a tensor of row indices), in that order."""
+        self.cache.batch_select_indices(idx)
+        self.mask, self.next_pos = self.mask[idx], self.next_pos[idx]
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether other rows can join mid-flight: every cache layer is a plain growing one (a sliding-window
+        layer keeps a fixed window per row and cannot be left-padded to another batch's length)."""
+        from tunelab.model.kv_cache import ReservedLayer
+        return all(type(layer) is ReservedLayer for layer in self.cache.layers)
+
+    def extend(self, other: "DecodeBatch") -> None:
+        """Append `other`'s rows, left-padding the shorter cache and mask to the longer one."""
+        import torch
+        import torch.nn.functional as F
+        width = max(self.mask.shape[1], other.mask.shape[1])
+
+        def lpad(t, dim_from_end):
+            missing = width - t.shape[-dim_from_end]
+            return t if missing == 0 else F.pad(t, (0, 0) * (dim_from_end - 1) + (missing, 0))
+
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([lpad(mine.keys, 2), lpad(theirs.keys, 2)], dim=0)
+            mine.values = torch.cat([lpad(mine.values, 2), lpad(theirs.values, 2)], dim=0)
+        self.mask = torch.cat([lpad(self.mask, 1), lpad(other.mask, 1)], dim=0)
+        self.next_pos = torch.cat([self.next_pos, other.next_pos], dim=0)
+
+    def trim(self) -> None:
+        """Drop leading cache columns that are padding in every row (left by rows that have gone)."""
+        if not self.mergeable:
+            return
+        used = self.mask.any(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else 0
+        if first > 0:
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[:, :, first:]
+                layer.values = layer.values[:, :, first:]
+            self.mask = self.mask[:, first:]
+
+
+
+# --- choosing the next token --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0                      # 0 or -1: no top-k filter
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: int | None = None         # alternatives per generated token (None: no logprobs)
+    prompt_logprobs: int | None = None  # alternatives per prompt token (for echo; None: none)
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0 or self.top_k == 1
+
+
+def sample_tokens(logits, params: list[SamplingParams], generators: list) -> list[int]:
+    """One token per row of (n, vocab) logits: the argmax for a greedy row, else a draw from the row's
+    temperature / top-k / top-p distribution with the row's own `torch.Generator` (so a seed reproduces a
+    completion whatever shares the batch). A NaN logit is never chosen."""
+    import torch
+    if torch.isnan(logits).any():
+        logits = torch.nan_to_num(logits, nan=float("-inf"))
+    tokens = logits.argmax(-1).tolist()
+    for i, p in enumerate(params):
+        if not p.greedy:
+            tokens[i] = _sample_row(logits[i], p, generators[i])
+    return tokens
+
+
+def _sample_row(row, p: SamplingParams, generator) -> int:
+    """Numerically safe at any temperature: logits are shifted so their maximum is 0 before the division
+    (a temperature of 1e-30 gives 0 and -inf, never inf - inf), in float64."""
+    import torch
+    x = row.double()
+    top = x.max()
+    if torch.isinf(top):  # +inf logits share the probability; all -inf (nothing allowed): the argmax
+        if top < 0:
+            return int(row.argmax())
+        x = torch.where(x == top, 0.0, float("-inf"))
+    else:
+        x = (x - top) / p.temperature
+    if 0 < p.top_k < x.shape[-1]:
+        kth = torch.topk(x, p.top_k).values[-1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_x, order = torch.sort(x, descending=True)
+        probs = sorted_x.softmax(-1)
+        drop = probs.cumsum(-1) - probs > p.top_p     # keep the smallest prefix reaching top_p (at least one)
+        x[order[drop]] = float("-inf")
+    probs = x.softmax(-1).cpu()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# --- from tokens to text ------------------------------------------------------------------------------
+
+class TextStream:
+    """One row's generated text, decoded as tokens arrive and cut at the first stop string.
+
+    Only a short window is decoded per token (as vLLM does): the text of tokens [prefix:] minus the text
+    of [prefix:read], so a tokenizer that drops a leading space on the first token, or a character split
+    over several byte tokens, still comes out right. An incomplete UTF-8 character waits for its next byte
+    token unless the stream is final."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...] = ()):
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.ids: list[int] = []
+        self.text = ""
+        self.stopped = False       # a stop string was found; text ends before it
+        self._prefix = self._read = 0
+
+    def add(self, token: int | None, final: bool = False) -> bool:
+        """Take one generated token (None: no new token, e.g. the row ended on a stop token); returns
+        True once a stop string has ended the text (later tokens are ignored)."""
+        if self.stopped:
+            return True
+        if token is not None:
+            self.ids.append(token)
+        before = len(self.text)
+        decode = self.tokenizer.decode
+        prefix = decode(self.ids[self._prefix:self._read], skip_special_tokens=True)
+        new = decode(self.ids[self._prefix:], skip_special_tokens=True)
+        if len(new) > len(prefix) and (final or not new.endswith("\ufffd")):
+            self.text += new[len(prefix):]
+            self._prefix, self._read = self._read, len(self.ids)
+        if self.stop and not self.stopped and len(self.text) > before:
+            hits = [i for i in (self.text.find(s, max(0, before - len(s) + 1)) for s in self.stop) if i >= 0]
+            if hits:
+                self.text = self.text[:min(hits)]
+                self.stopped = True
+        return self.stopped
+
+    def safe_length(self, shown: int = 0) -> int:
+        """How much of the text can be shown now: all but a tail (after `shown`) that may be the start of
+        a stop string."""
+        hold = 0
+        if not self.stopped:
+            for s in self.stop:
+                for k in range(min(len(s) - 1, len(self.text) - shown), hold, -1):
+                    if self.text.endswith(s[:k]):
+                        hold = k
+                        break
+        return len(self.text) - hold
+
+
+# --- batched greedy generation: the evaluation engine -------------------------------------------------
+
+def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozenset[int], pad_id: int,
+                streams: list[TextStream] | None = None) -> list[list[int]]:
+    """Greedy continuation of each row of token ids; the new ids of each row, its stop token excluded.
+
+    A row leaves the batch (its cache rows dropped) when it emits a stop token or, with `streams`, when its
+    text reaches a stop string."""
+    import torch
+
+    n = len(rows)
+    batch, logits = DecodeBatch.prefill(model, rows, pad_id, max_new_tokens)
+    alive = list(range(n))                      # original row of each batch row
+    results: list[list[int]] = [[] for _ in range(n)]
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(-1).tolist()
+        keep = []
+        for j, (row, tok) in enumerate(zip(alive, tokens)):
+            if tok in stops:
+                continue
+            results[row].append(tok)
+            if streams is None or not streams[row].add(tok):
+                keep.append(j)
+        if step == max_new_tokens - 1 or not keep:
+            break
+        if len(keep) < len(alive):
+            idx = torch.tensor(keep, device=batch.device)
+            batch.select(idx)
+            alive = [alive[j] for j in keep]
+            tokens = [tokens[j] for j in keep]
+        logits = batch.step(torch.tensor(tokens, device=batch.device))
+    return results
+
+
+def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 32,
+                     progress: bool = True, desc: str = "generate", stop: tuple[str, ...] = ()) -> list[str]:
+    """Greedy completions of `prompts` in input order, special tokens stripped, each ending before its
+    first stop token (`stop_token_ids`) or stop string.
+
+    Prompts are tokenised once without special tokens (as tunelab trains), sorted by length and
+    left-padded into batches; a batch's shared template header is run once (`DecodeBatch.prefill`), the
+    cache is written in place, and finished rows leave the batch: on small models a lean loop like this is
+    several times faster than `model.generate` (benchmarks/bench_eval.py)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if not prompts:
+        return []
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    stops = stop_token_ids(model, tokenizer)
+    pad_id = pad_token_id(tokenizer, stops)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    outputs: list[str] = [""] * len(prompts)
+    with torch.inference_mode(), tqdm(total=len(prompts), disable=not progress, desc=desc, unit="prompt",
+                                      leave=False) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start: start + batch_size]
+            streams = [TextStream(tokenizer, stop) for _ in idx] if stop else None
+            new = greedy_rows(model, [encoded[i] for i in idx], max_new_tokens, stops, pad_id, streams)
+            if streams:
+                for s in streams:
+                    s.add(None, final=True)
+                texts = [s.text for s in streams]
+            else:
+                texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            for i, text in zip(idx, texts):
+                outputs[i] = text
+            bar.update(len(idx))
+    return outputs

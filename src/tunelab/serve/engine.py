@@ -5,7 +5,9 @@ scheduler admits waiting sequences (one left-padded prefill for the newcomers), 
 the running batch, then decodes one token for *every* active sequence in a single forward pass. Sequences that
 finish (EOS, stop string, max_tokens, context end) or whose client went away leave the batch at once, and their
 cache rows are dropped, so a slot frees up for the next request. Positions are tracked per row, so rows of
-different lengths share the batch through left padding, as in `tunelab.eval.engine.greedy_batch`.
+different lengths share the batch through left padding. The tensor work (prefill, step, merge, sampling, stop
+tokens, detokenization and stop strings) is the decoding core's, `tunelab.model.decoding`, the same code the
+evaluation engine runs, so a checkpoint answers the same through `tunelab eval` and `tunelab serve`.
 
 Sampling is per row: greedy at temperature 0, else temperature / top-k / top-p with a `torch.Generator` of the
 sequence's own, so a `seed` reproduces a completion whatever else shares the batch (up to float rounding of a
@@ -30,26 +32,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from tunelab.model.decoding import SamplingParams, TextStream
+
+__all__ = ["Engine", "Output", "SamplingParams", "Sequence", "TokenLogprob"]
+
 log = logging.getLogger("tunelab.serve")
 
 MAX_LOGPROBS = 20
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0                      # 0 or -1: no top-k filter
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    logprobs: int | None = None         # alternatives per generated token (None: no logprobs)
-    prompt_logprobs: int | None = None  # alternatives per prompt token (for echo; None: none)
-    ignore_eos: bool = False
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0 or self.top_k == 1
 
 
 @dataclass
@@ -83,22 +72,28 @@ class Sequence:
         self.params = params
         self.on_event = on_event
         self.index = index
-        self.output_ids: list[int] = []     # generated tokens, EOS excluded
         self.num_generated = 0              # sampled tokens, EOS included (usage counts)
-        self.text = ""
+        self.stream: TextStream | None = None   # created on the engine thread with its tokenizer
         self.prompt_logprobs: list[TokenLogprob] | None = None
         self.finish_reason: str | None = None
         self.cancelled = False
         self.submitted_at = time.perf_counter()
         self.first_token_at: float | None = None
         self._emitted = 0                   # characters of self.text already sent
-        self._prefix_offset = 0             # incremental detokenization window (see _detokenize)
-        self._read_offset = 0
         self._pending_tokens: list[int] = []
         self._pending_logprobs: list[TokenLogprob] = []
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         self._seed = seed
         self.generator = None               # created on the engine thread (torch imported there)
+
+    @property
+    def text(self) -> str:
+        return self.stream.text if self.stream is not None else ""
+
+    @property
+    def output_ids(self) -> list[int]:
+        """Generated tokens, stop token excluded."""
+        return self.stream.ids if self.stream is not None else []
 
     @property
     def finished(self) -> bool:
@@ -124,27 +119,6 @@ class Sequence:
         self._pending_tokens, self._pending_logprobs = [], []
         self._emit(out)
 
-    def _detokenize(self, tokenizer, final: bool = False) -> None:
-        """Extend self.text with the newly decodable text, decoding only a short window (as vLLM does): text of
-        tokens [prefix:] minus text of [prefix:read], so a tokenizer that drops a leading space on the first
-        token, or a character split over several byte tokens, still comes out right. An incomplete UTF-8
-        character waits for its next byte token unless `final`."""
-        ids = self.output_ids
-        prefix = tokenizer.decode(ids[self._prefix_offset:self._read_offset], skip_special_tokens=True)
-        new = tokenizer.decode(ids[self._prefix_offset:], skip_special_tokens=True)
-        if len(new) > len(prefix) and (final or not new.endswith("\ufffd")):
-            self.text += new[len(prefix):]
-            self._prefix_offset, self._read_offset = self._read_offset, len(ids)
-
-    def _stop_at(self) -> int | None:
-        """Index in self.text where the earliest stop string starts (searching only the unsent tail)."""
-        stops = self.params.stop
-        if not stops:
-            return None
-        start = max(0, self._emitted - max(len(s) for s in stops))
-        hits = [i for i in (self.text.find(s, start) for s in stops) if i >= 0]
-        return min(hits) if hits else None
-
     def _append(self, token: int, lp: TokenLogprob | None, engine: "Engine") -> None:
         """Take one sampled token: update text, check stop conditions, emit what is safe to show."""
         if self.first_token_at is None:
@@ -155,43 +129,20 @@ class Sequence:
         self._pending_tokens.append(token)
         p = self.params
         eos = token in engine.eos_ids and not p.ignore_eos
-        if not eos:
-            self.output_ids.append(token)
         at_length = (self.num_generated >= p.max_tokens
                      or len(self.prompt_ids) + self.num_generated >= engine.context_len)
-        self._detokenize(engine.tokenizer, final=eos or at_length)
-        cut = self._stop_at()
-        if cut is not None:
-            self.text = self.text[:cut]
+        if self.stream.add(None if eos else token, final=eos or at_length):
             self._finish("stop")
             return
         if eos or at_length:
             self._finish("stop" if eos else "length")
             return
-        safe = len(self.text)
-        for s in p.stop:  # hold back a tail that may be the start of a stop string
-            for k in range(min(len(s) - 1, safe - self._emitted), 0, -1):
-                if self.text[:safe].endswith(s[:k]):
-                    safe -= k
-                    break
+        safe = self.stream.safe_length(self._emitted)
         if safe > self._emitted or self._pending_logprobs:
             out = Output(self, self.text[self._emitted:safe], self._pending_tokens, self._pending_logprobs)
             self._emitted = safe
             self._pending_tokens, self._pending_logprobs = [], []
             self._emit(out)
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen = getattr(model, "generation_config", None)
-    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif isinstance(eos, (list, tuple)):
-        ids.update(int(e) for e in eos)
-    return ids
 
 
 class Engine:
@@ -200,6 +151,8 @@ class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 16, context_len: int | None = None,
                  max_prefill_tokens: int = 8192):
         import torch
+
+        from tunelab.model.decoding import context_length, pad_token_id, stop_token_ids
         self.model = model
         # a private copy for the engine thread: a fast tokenizer is one Rust object, and using it from two
         # threads at once can fail ("Already borrowed")
@@ -208,11 +161,9 @@ class Engine:
         except Exception:  # noqa: BLE001 - a tokenizer that cannot be copied is shared
             self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        cfg_len = getattr(model.config, "max_position_embeddings", None)
-        self.context_len = int(context_len or cfg_len or 2048)
-        self.eos_ids = _eos_ids(model, tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
-            next(iter(self.eos_ids)) if self.eos_ids else 0)
+        self.context_len = int(context_len or context_length(model, tokenizer))
+        self.eos_ids = stop_token_ids(model, tokenizer)
+        self.pad_id = pad_token_id(tokenizer, self.eos_ids)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() \
             is not None else len(tokenizer)
         self.max_batch = max(1, int(max_batch))
@@ -223,9 +174,7 @@ class Engine:
         self._cv = threading.Condition()
         self._pending: deque[Sequence] = deque()
         self._rows: list[Sequence] = []
-        self._cache = None
-        self._mask = None       # [B, T] attention mask, T == cache length
-        self._pos = None        # [B, 1] position of the next input token
+        self._batch = None      # DecodeBatch of the running rows
         self._last = None       # [B] next input token
         self._merge_ok: bool | None = None
         self._merging = False
@@ -314,7 +263,7 @@ class Engine:
         return admit
 
     def _reset(self) -> None:
-        self._rows, self._cache, self._mask, self._pos, self._last = [], None, None, None, None
+        self._rows, self._batch, self._last = [], None, None
 
     def _prefill(self, seqs: list[Sequence]) -> None:
         """Prefill newcomers together; one that wants prompt log-probabilities goes alone, since it needs the
@@ -339,35 +288,26 @@ class Engine:
 
     def _prefill_group(self, seqs: list[Sequence]) -> None:
         torch = self._torch
-        from tunelab.model.kv_cache import reserved_cache
+        from tunelab.model.decoding import DecodeBatch
 
         for s in seqs:
+            s.stream = TextStream(self.tokenizer, s.params.stop)
             if s.generator is None and not s.params.greedy:
                 s.generator = torch.Generator(device="cpu").manual_seed(s._seed)
-        n = len(seqs)
-        width = max(len(s.prompt_ids) for s in seqs)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids, dtype=torch.long)
-            mask[i, width - len(s.prompt_ids):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         want_prompt_lp = any(s.params.prompt_logprobs is not None for s in seqs)
-        cache = reserved_cache(self.model.config, width + 64)  # decode steps write in place, 64 at a time
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True, logits_to_keep=0 if want_prompt_lp else 1)
+        # decode steps write the cache in place, 64 positions at a time
+        batch, logits = DecodeBatch.prefill(self.model, [s.prompt_ids for s in seqs], self.pad_id, 64,
+                                            all_logits=want_prompt_lp)
         self.stats["prefills"] += 1
         if self._merge_ok is None:
-            from tunelab.model.kv_cache import ReservedLayer
-            self._merge_ok = all(type(layer) is ReservedLayer for layer in cache.layers)
+            self._merge_ok = batch.mergeable
         if want_prompt_lp:
+            width = logits.shape[1]
             for i, s in enumerate(seqs):
                 if s.params.prompt_logprobs is not None:
-                    s.prompt_logprobs = self._prompt_logprobs(out.logits[i, width - len(s.prompt_ids):],
+                    s.prompt_logprobs = self._prompt_logprobs(logits[i, width - len(s.prompt_ids):],
                                                               s.prompt_ids, s.params.prompt_logprobs)
-        logits = out.logits[:, -1, :].float()
-        del out
+            logits = logits[:, -1, :]
         live = [i for i, s in enumerate(seqs) if s.params.max_tokens > 0 and not s.cancelled]
         for i, s in enumerate(seqs):
             if s.cancelled:
@@ -387,34 +327,18 @@ class Engine:
         if not keep:
             return
         rows = [seqs[live[j]] for j in keep]
-        idx = torch.tensor([live[j] for j in keep], device=self.device)
-        if len(idx) < n:
-            cache.batch_select_indices(idx)
+        if len(keep) < len(seqs):
+            batch.select(torch.tensor([live[j] for j in keep], device=batch.device))
         self._merging = True
-        self._merge(rows, cache, mask[idx], pos[idx, -1:] + 1,
-                    torch.tensor([tokens[j] for j in keep], dtype=torch.long, device=self.device))
+        self._merge(rows, batch, torch.tensor([tokens[j] for j in keep], dtype=torch.long, device=batch.device))
 
-    def _merge(self, rows, cache, mask, pos, last) -> None:
-        torch = self._torch
-        import torch.nn.functional as F
+    def _merge(self, rows, batch, last) -> None:
         if not self._rows:
-            self._rows, self._cache, self._mask, self._pos, self._last = rows, cache, mask, pos, last
-            self._trim()
+            self._rows, self._batch, self._last = rows, batch, last
+            self._batch.trim()
             return
-        width = max(self._mask.shape[1], mask.shape[1])
-
-        def lpad(t, dim_from_end):
-            missing = width - t.shape[-dim_from_end]
-            if missing == 0:
-                return t
-            return F.pad(t, (0, 0) * (dim_from_end - 1) + (missing, 0))
-
-        for mine, theirs in zip(self._cache.layers, cache.layers):
-            mine.keys = torch.cat([lpad(mine.keys, 2), lpad(theirs.keys, 2)], dim=0)
-            mine.values = torch.cat([lpad(mine.values, 2), lpad(theirs.values, 2)], dim=0)
-        self._mask = torch.cat([lpad(self._mask, 1), lpad(mask, 1)], dim=0)
-        self._pos = torch.cat([self._pos, pos], dim=0)
-        self._last = torch.cat([self._last, last], dim=0)
+        self._batch.extend(batch)
+        self._last = self._torch.cat([self._last, last], dim=0)
         self._rows = self._rows + rows
 
     def _select(self, keep: list[int]) -> None:
@@ -424,25 +348,12 @@ class Engine:
         if len(keep) == len(self._rows):
             return
         idx = self._torch.tensor(keep, device=self.device)
-        self._cache.batch_select_indices(idx)
-        self._mask, self._pos, self._last = self._mask[idx], self._pos[idx], self._last[idx]
+        self._batch.select(idx)
+        self._last = self._last[idx]
         self._rows = [self._rows[i] for i in keep]
-        self._trim()
-
-    def _trim(self) -> None:
-        """Drop leading cache columns that are padding in every row (left by rows that have left)."""
-        if not self._merge_ok:
-            return
-        used = self._mask.any(dim=0).nonzero()
-        first = int(used[0]) if used.numel() else 0
-        if first > 0:
-            for layer in self._cache.layers:
-                layer.keys = layer.keys[:, :, first:]
-                layer.values = layer.values[:, :, first:]
-            self._mask = self._mask[:, first:]
+        self._batch.trim()
 
     def _step(self) -> None:
-        torch = self._torch
         alive = [i for i, s in enumerate(self._rows) if not s.cancelled and not s.finished]
         if len(alive) < len(self._rows):
             for s in self._rows:
@@ -453,12 +364,7 @@ class Engine:
             if not self._rows:
                 return
         n = len(self._rows)
-        self._mask = torch.cat([self._mask, self._mask.new_ones(n, 1)], dim=-1)
-        out = self.model(input_ids=self._last[:, None], attention_mask=self._mask, position_ids=self._pos,
-                         past_key_values=self._cache, use_cache=True)
-        self._pos = self._pos + 1
-        logits = out.logits[:, -1, :].float()
-        del out
+        logits = self._batch.step(self._last)
         self.stats["steps"] += 1
         self.stats["batch_rows_sum"] += n
         self.stats["max_batch"] = max(self.stats["max_batch"], n)
@@ -469,33 +375,17 @@ class Engine:
             if not s.finished:
                 keep.append(i)
         self.stats["generated_tokens"] += n
-        self._last = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        self._last = self._torch.tensor(tokens, dtype=self._torch.long, device=self.device)
         self._select(keep)
 
     # sampling and log-probabilities --------------------------------------------------------------
     def _sample(self, logits, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
-        torch = self._torch
-        tokens = logits.argmax(-1).tolist()
-        for i, s in enumerate(seqs):
-            p = s.params
-            if p.greedy:
-                continue
-            x = logits[i] / p.temperature
-            if p.top_k and p.top_k > 0 and p.top_k < x.shape[-1]:
-                kth = torch.topk(x, p.top_k).values[-1]
-                x = x.masked_fill(x < kth, float("-inf"))
-            if p.top_p < 1.0:
-                sorted_x, order = torch.sort(x, descending=True)
-                probs = sorted_x.softmax(-1)
-                drop = probs.cumsum(-1) - probs > p.top_p     # keep the smallest prefix reaching top_p
-                x = x.clone()
-                x[order[drop]] = float("-inf")
-            probs = x.softmax(-1).cpu()
-            tokens[i] = int(torch.multinomial(probs, 1, generator=s.generator))
+        from tunelab.model.decoding import sample_tokens
+        tokens = sample_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs])
         lps: list[TokenLogprob | None] = [None] * len(seqs)
         want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         if want:
-            logp = torch.log_softmax(logits[want], dim=-1)
+            logp = self._torch.log_softmax(logits[want], dim=-1)
             for j, i in enumerate(want):
                 lps[i] = self._entry(logp[j], tokens[i], seqs[i].params.logprobs)
         return tokens, lps
