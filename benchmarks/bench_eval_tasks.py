@@ -125,7 +125,7 @@ def run_tunelab(model_dir: Path, files: dict, out: Path, args, tasks=TASKS) -> d
     return {"seconds": timings, "results": results}
 
 
-def run_baseline(model_dir: Path, files: dict, args, tasks=TASKS) -> dict:
+def run_baseline(model_dir: Path, files: dict, args, tasks=TASKS, limit: int = 0) -> dict:
     """One prompt at a time with model.generate; one forward per option for choice."""
     import torch
 
@@ -139,7 +139,7 @@ def run_baseline(model_dir: Path, files: dict, args, tasks=TASKS) -> dict:
     timings, results = {}, {}
     for task_name in tasks:
         task = get_task(task_name)
-        examples = task.load_examples(files[task_name])
+        examples = task.load_examples(files[task_name])[:limit or None]
         t = time.perf_counter()
         graded = []
         with torch.inference_mode():
@@ -192,13 +192,15 @@ def main() -> int:
         build_model(model_dir, corpus, args.seed)
         n = {t: args.per_task for t in TASKS}
         log(f"{sum(n.values())} examples ({args.per_task} per task: {', '.join(TASKS)}); model {model_dir}")
-        # warm-up (not timed): a few examples through both paths
+        # warm-up (not timed): a few examples of a generate and a loglik task through both paths
         warm = root / "warm"
         warm.mkdir()
         from tunelab.cli import main as cli
         with contextlib.redirect_stdout(io.StringIO()):
-            cli(["eval", "--model", str(model_dir), "--tasks", "cola", "--data", f"cola={files['cola']}",
-                 "--limit", "8", "--out", str(warm), "--max-new-tokens", "4"])
+            cli(["eval", "--model", str(model_dir), "--tasks", "cola,choice", "--data", f"cola={files['cola']}",
+                 "--data", f"choice={files['choice']}", "--mode", "choice=loglik", "--limit", "8",
+                 "--out", str(warm), "--max-new-tokens", "4"])
+        run_baseline(model_dir, files, args, ("cola", "choice"), limit=8)
         ours, base = {"seconds": {}, "results": {}}, {"seconds": {}, "results": {}}
         for task in TASKS:  # interleaved per task, so a change in background load hits both alike
             for side, run in ((ours, lambda: run_tunelab(model_dir, files, root / "tunelab", args, (task,))),
