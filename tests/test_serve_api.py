@@ -180,6 +180,16 @@ def test_top_k_1_and_top_p_small_are_greedy(server, client):
     assert client.completions.create(temperature=1.0, top_p=1e-6, **kw).choices[0].text == greedy
 
 
+def test_a_model_without_generation_config_keeps_openai_defaults(server, client):
+    """build_tiny_run's model has only the config transformers derives from config.json: it states no decoding,
+    so a request that leaves sampling out gets OpenAI's defaults (temperature 1, 16 completion tokens)."""
+    from tunelab.model.generation_config import SamplingDefaults
+    assert server["served"].defaults == SamplingDefaults()
+    kw = dict(model=server["served"].name, prompt="1 + 2 =", extra_body={"ignore_eos": True})
+    assert client.completions.create(**kw).usage.completion_tokens == 16
+    assert len({client.completions.create(seed=s, **kw).choices[0].text for s in range(3)}) > 1   # sampled
+
+
 def test_stop_strings(server, client):
     kw = dict(model=server["served"].name, prompt="12 + 7 =", max_tokens=30, temperature=0,
               extra_body={"ignore_eos": True})

@@ -66,9 +66,12 @@ def model_card(run_dir: Path, source: Path) -> str:
 
 
 def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", which: str = "best") -> Path:
+    """Merged weights, tokenizer, prompt template and the checkpoint's generation_config.json (the decoding
+    its evaluation used), so the export answers under plain `transformers` as it did in `tunelab eval`."""
     import torch
 
     from tunelab.data.templates import TEMPLATE_FILE
+    from tunelab.model.generation_config import GENERATION_CONFIG_FILE
     from tunelab.model.loading import load_for_inference, quiet_transformers
     quiet_transformers()
     src = Path(run_or_ckpt)
@@ -83,8 +86,10 @@ def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", wh
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if (model_dir / TEMPLATE_FILE).exists():
-        shutil.copy(model_dir / TEMPLATE_FILE, tmp / TEMPLATE_FILE)
+    # the checkpoint's decoding as its evaluation used it; for an adapter, save_pretrained wrote the base's
+    for kept in (TEMPLATE_FILE, GENERATION_CONFIG_FILE):
+        if (model_dir / kept).exists():
+            shutil.copy(model_dir / kept, tmp / kept)
     run_dir = model_dir.parent.parent.parent if model_dir.parent.parent.name == "checkpoints" else src
     (tmp / "README.md").write_text(model_card(run_dir, model_dir), encoding="utf-8")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,10 @@
   GET  /tokenizer_info
   GET  /stats                       engine counters (requests, steps, largest batch, ...)
 
+A parameter a request leaves out (temperature, top_p, top_k, max_tokens) takes the model's default from its
+generation_config.json (`ServedModel.defaults`: temperature 0 for a tunelab checkpoint scored greedily), else
+OpenAI's (temperature 1, top_p 1, no top-k; max_tokens 16 for completions, the rest of the context for chat).
+
 Errors are answered with OpenAI's body {"error": {"message", "type", "param", "code"}}; no request can stop
 the server: validation errors are 400, a generation failure is a 500 for that request only.
 """
@@ -149,9 +153,20 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
             raise APIError(400, f"token id {bad[0]} is out of range (vocabulary size {engine.vocab_size})",
                            param="prompt")
 
+    defaults = served.defaults
+
+    def given(value, default, fallback):
+        """The request's value; left out: the model's default; else OpenAI's."""
+        return value if value is not None else default if default is not None else fallback
+
+    def default_max_tokens(room: int, fallback: int) -> int:
+        """max_tokens left out: the model's default, else `fallback`, within the `room` the context leaves."""
+        return max(min(defaults.max_tokens or fallback, room), 0)
+
     def params_for(req, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None, seq_seed: int | None):
-        top_k = req.top_k if req.top_k and req.top_k > 0 else 0
-        return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=top_k,
+        top_k = given(req.top_k, defaults.top_k, 0)
+        return SamplingParams(max_tokens=max_tokens, temperature=given(req.temperature, defaults.temperature, 1.0),
+                              top_p=given(req.top_p, defaults.top_p, 1.0), top_k=top_k if top_k > 0 else 0,
                               stop=req.stop_list(), seed=seq_seed, logprobs=logprobs,
                               prompt_logprobs=prompt_logprobs, ignore_eos=req.ignore_eos)
 
@@ -258,7 +273,8 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
         ids = served.encode(prompt_text, add_special_tokens=False)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         if max_tokens is None:
-            max_tokens = max(served.context_len - len(ids), 0)
+            room = served.context_len - len(ids)
+            max_tokens = default_max_tokens(room, room)
             if max_tokens == 0:
                 check_length(len(ids), 1, "messages")
         check_length(len(ids), max_tokens, "messages")
@@ -331,7 +347,8 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
         job = _Job(asyncio.get_running_loop(), req.n)
 
         def make(p: int, j: int) -> SamplingParams:
-            limit = max_tokens if max_tokens is not None else max(min(16, served.context_len - len(prompts[p])), 0)
+            limit = max_tokens if max_tokens is not None else default_max_tokens(
+                served.context_len - len(prompts[p]), 16)
             return params_for(req, limit, req.logprobs, prompt_lp, seed_for(req, j))
         start(job, prompts, make)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -449,6 +466,15 @@ class BackgroundServer:
         self.thread.join(10)
 
 
+def describe_defaults(d) -> str:
+    """One line for the console: the model's sampling defaults, or OpenAI's when it states none."""
+    if d.temperature is None:
+        return "OpenAI's (temperature 1): the model has no generation_config.json stating its decoding"
+    how = "greedy (temperature 0)" if d.temperature == 0 else \
+        f"temperature {d.temperature:g}, top_p {d.top_p:g}, top_k {d.top_k or 'off'}"
+    return how + (f", max_tokens {d.max_tokens}" if d.max_tokens else "") + " from generation_config.json"
+
+
 def cli_serve(args) -> int:
     import torch
     import uvicorn
@@ -462,6 +488,7 @@ def cli_serve(args) -> int:
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "::") else args.host
     print(f"tunelab serve: {served.name}  ({served.model_dir}, context {served.context_len}, "
           f"batch ≤ {served.engine.max_batch})")
+    print(f"  defaults for what a request leaves out: {describe_defaults(served.defaults)}")
     print(f"  OpenAI base URL: http://{host}:{args.port}/v1" + ("   (Bearer key required)" if key else ""))
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -3,6 +3,10 @@
 `ServedModel.load` accepts what `tunelab serve` and `tunelab ui` accept: a run directory (its best checkpoint,
 else the last), a checkpoint directory, a merged/full model directory or an adapter directory (merged into its
 base on load).
+
+`ServedModel.defaults` is what the model's generation_config.json says about decoding (greedy for a tunelab
+checkpoint scored greedily; a hub model's own sampling): the server and the UI use it for what a request or a
+slider leaves out.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.model.generation_config import load_generation_config, sampling_defaults
 from tunelab.serve.engine import Engine
 
 # Used only when a model has neither a chat template nor a tunelab prompt template.
@@ -59,6 +64,7 @@ class ServedModel:
             template = load_template(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
             tokenizer.chat_template = template.chat_template() if template else FALLBACK_CHAT_TEMPLATE
         self._lock = threading.Lock()   # tokenizer calls from request threads (the engine has its own copy)
+        self.defaults = sampling_defaults(getattr(model, "generation_config", None))
         self.engine = Engine(model, tokenizer, max_batch=max_batch, context_len=context_len)
         self.created = int(time.time())
 
@@ -74,6 +80,8 @@ class ServedModel:
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
         model, tokenizer = load_for_inference(str(model_dir), dtype=dtype, merge=True)
+        if Path(model_dir).is_dir() and (own := load_generation_config(model_dir)) is not None:
+            model.generation_config = own     # an adapter's, not its base's
         model.to(device)
         return cls(model, tokenizer, name or default_name(path, model_dir), max_batch, model_dir)
 

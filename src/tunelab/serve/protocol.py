@@ -38,10 +38,11 @@ class StreamOptions(_Request):
 
 
 class _Sampling(_Request):
+    """None (left out, or null): the served model's default (`ServedModel.defaults`), else OpenAI's."""
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=0)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=-1)
     n: int = Field(default=1, ge=1, le=MAX_N)
     stop: Union[StrictStr, list[StrictStr], None] = None

@@ -5,6 +5,10 @@ Layout of `checkpoints/step-000120/`:
   model/     full model + tokenizer (`AutoModelForCausalLM.from_pretrained` loads it) [full runs, or merged]
   trainer_state.pt  optimizer, scheduler and RNG states for --resume
   state.json        step, last training loss, total steps, and (corpus runs) the validation loss there
+
+Each model/adapter directory holds a generation_config.json with the decoding the run's evaluation scores it
+with (`tunelab.model.generation_config`): plain `transformers`, `tunelab serve` and `tunelab ui` then decode
+the checkpoint as `tunelab eval` did unless asked otherwise.
 """
 
 from __future__ import annotations
@@ -57,9 +61,12 @@ def model_dir_of(ckpt: Path) -> Path:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, template, trainer_state: dict, state: dict,
-                    lora: bool, save_merged: bool) -> Path:
-    """Write into a temporary directory and rename it into place, so a kill never leaves half a checkpoint."""
+                    lora: bool, save_merged: bool, max_new_tokens: int) -> Path:
+    """Write into a temporary directory and rename it into place, so a kill never leaves half a checkpoint.
+    `max_new_tokens`: the evaluation's answer length (`eval_max_new_tokens`), saved in generation_config.json."""
     import torch
+
+    from tunelab.model.generation_config import write_generation_config
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -77,6 +84,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, template, traine
     for d in dirs:
         tokenizer.save_pretrained(d)
         save_template(template, d)
+        write_generation_config(d, model, tokenizer, max_new_tokens)
     torch.save(trainer_state, tmp / "trainer_state.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     if final.exists():

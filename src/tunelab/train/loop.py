@@ -27,6 +27,7 @@ from tunelab.data.packing import (Encoded, Row, collate_rows, encode_examples, p
                                   unpacked_rows)
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
+from tunelab.model.generation_config import eval_max_new_tokens
 from tunelab.recipe import Recipe, recipe_to_yaml
 from tunelab.train.checkpoints import best_checkpoint, checkpoint_steps, list_checkpoints, save_checkpoint
 from tunelab.train.plots import plot_loss_curve, read_metrics
@@ -424,7 +425,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                 save_checkpoint(run_dir, done, model, tokenizer, template, trainer_state,
                                 {"step": done, "loss": step_loss, "total_steps": total_steps,
                                  "val_loss": val["val_loss"] if val else None},
-                                lora=lora, save_merged=tc.save_merged)
+                                lora=lora, save_merged=tc.save_merged,
+                                max_new_tokens=eval_max_new_tokens(recipe.eval))
             _barrier(dist)
         if stop:
             break
