@@ -25,9 +25,9 @@ class Loaded:
     def __init__(self, arch, model, tokenizer):
         self.arch, self.model, self.tokenizer = arch, model, tokenizer
         self.prompts = arch.prompts
-        # (b): model.generate one prompt at a time, told the stop ids; stop token cut off
-        self.reference = [strip_stop(greedy_reference(model, tokenizer, p, arch.stop_ids, MAX_NEW), arch.stop_ids)
-                          for p in self.prompts]
+        # (b): model.generate one prompt at a time, told the stop ids; `reference` without the stop token
+        self.generated = [greedy_reference(model, tokenizer, p, arch.stop_ids, MAX_NEW) for p in self.prompts]
+        self.reference = [strip_stop(ids, arch.stop_ids) for ids in self.generated]
         self.texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in self.reference]
         self.stopped = [len(ids) < MAX_NEW for ids in self.reference]
 
@@ -107,8 +107,27 @@ def test_tiny_models_have_their_architecture_and_stop_at_end_of_turn(arch):
     assert len(arch.prompts) == len(MESSAGES) == 12
     assert end_of_turn_id(arch.tokenizer) == a.end_of_turn_id
     assert stop_token_ids(arch.model, arch.tokenizer) == a.stop_ids
-    assert any(arch.stopped) and not all(arch.stopped)
-    assert any(0 < len(ids) < MAX_NEW for ids in arch.reference)   # some answer ends after a token or more
+    ended = [ids for ids in arch.generated if ids[-1] == a.end_of_turn_id]
+    assert any(1 < len(ids) < MAX_NEW for ids in ended)    # some answer ends at end-of-turn, after a token or more
+    assert not all(arch.stopped)                           # and some run to the token limit
+
+
+def test_prefill_of_a_padded_batch_equals_each_prompt_alone(arch):
+    """The decoding core's prefill (left padding; the prompts' shared template header run once) gives each
+    row the last-position logits of a plain forward pass over that prompt alone."""
+    import torch
+
+    from tunelab.model.decoding import DecodeBatch, pad_token_id
+    rows = [arch.tokenizer(p, add_special_tokens=False)["input_ids"] for p in arch.prompts]
+    with torch.inference_mode():
+        alone = torch.stack([arch.model(input_ids=torch.tensor([r])).logits[0, -1] for r in rows])
+        for share_prefix in (False, True):
+            _, logits = DecodeBatch.prefill(arch.model, rows, pad_token_id(arch.tokenizer, arch.arch.stop_ids),
+                                            MAX_NEW, share_prefix=share_prefix)
+            worst = (logits - alone).abs().amax(-1)
+            bad = worst.gt(1e-4).nonzero().flatten().tolist()
+            assert not bad, f"share_prefix={share_prefix}: rows {bad} of lengths {[len(r) for r in rows]} " \
+                f"differ by up to {worst.max():.3g}"
 
 
 # --- (a) the eval engine ------------------------------------------------------------------------------
