@@ -55,8 +55,7 @@ def assert_same(got: list, want: list, what: str, prompts: list[str]) -> None:
     """Equal lists, else a message naming each prompt that differs and both outputs."""
     bad = [f"  prompt {i} ({prompts[i][-40:]!r}):\n    want {w!r}\n    got  {g!r}"
            for i, (g, w) in enumerate(zip(got, want)) if g != w]
-    assert len(got) == len(want) and not bad, f"{what} differs from model.generate on {len(bad)} of " \
-        f"{len(want)} prompts:\n" + "\n".join(bad)
+    assert len(got) == len(want) and not bad, f"{what}: {len(bad)} of {len(want)} prompts differ\n" + "\n".join(bad)
 
 
 def serve_engine(model, tokenizer, prompts: list[str], max_batch: int):
@@ -135,7 +134,7 @@ def test_prefill_of_a_padded_batch_equals_each_prompt_alone(arch):
 @pytest.mark.parametrize("batch_size", [1, 5, 12])
 def test_eval_engine_equals_generate(arch, batch_size):
     texts = eval_engine(arch.model, arch.tokenizer, arch.prompts, batch_size)
-    assert_same(texts, arch.texts, f"eval engine (batch {batch_size})", arch.prompts)
+    assert_same(texts, arch.texts, f"eval engine (batch {batch_size}) vs model.generate", arch.prompts)
     for text, stopped in zip(texts, arch.stopped):   # an answer that ended at end-of-turn is shorter
         if stopped:
             assert len(arch.tokenizer(text, add_special_tokens=False)["input_ids"]) < MAX_NEW
@@ -146,9 +145,9 @@ def test_eval_engine_equals_generate(arch, batch_size):
 @pytest.mark.parametrize("max_batch", [5, 12])
 def test_serve_engine_at_temperature_0_equals_generate(arch, max_batch):
     seqs = serve_engine(arch.model, arch.tokenizer, arch.prompts, max_batch)
-    assert_same([s.output_ids for s in seqs], arch.reference, f"serve engine tokens (max_batch {max_batch})",
-                arch.prompts)
-    assert_same([s.text for s in seqs], arch.texts, "serve engine text", arch.prompts)
+    assert_same([s.output_ids for s in seqs], arch.reference,
+                f"serve engine (max_batch {max_batch}) vs model.generate", arch.prompts)
+    assert_same([s.text for s in seqs], arch.texts, "serve engine text vs model.generate", arch.prompts)
     assert [s.finish_reason for s in seqs] == ["stop" if s else "length" for s in arch.stopped]
 
 
@@ -173,7 +172,8 @@ def test_http_chat_completions_at_temperature_0_equal_generate(arch):
     finally:
         srv.stop()
         served.close()
-    assert_same([c["message"]["content"] for c in choices], arch.texts, "HTTP chat completion", arch.prompts)
+    assert_same([c["message"]["content"] for c in choices], arch.texts, "HTTP chat completions vs model.generate",
+                arch.prompts)
     assert [c["finish_reason"] for c in choices] == ["stop" if s else "length" for s in arch.stopped]
 
 
@@ -225,10 +225,11 @@ def test_exported_model_engines_equal_generate(arch, exported):
                             arch.arch.stop_ids) for p in arch.prompts]
     texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in reference]
     assert any(len(ids) < MAX_NEW for ids in reference)
-    assert_same(eval_engine(merged, tokenizer, arch.prompts, 5), texts, "eval engine on the export",
-                arch.prompts)
+    assert_same(eval_engine(merged, tokenizer, arch.prompts, 5), texts,
+                "eval engine vs model.generate on the export", arch.prompts)
     seqs = serve_engine(merged, tokenizer, arch.prompts, 5)
-    assert_same([s.output_ids for s in seqs], reference, "serve engine on the export", arch.prompts)
+    assert_same([s.output_ids for s in seqs], reference, "serve engine vs model.generate on the export",
+                arch.prompts)
 
 
 def test_exported_model_stops_at_end_of_turn_with_plain_transformers(arch, exported):
