@@ -106,6 +106,7 @@ def test_a_lora_checkpoint_of_a_hub_model_states_greedy_and_serves_greedy(hub_li
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from tunelab.data.templates import PromptTemplate
+    from tunelab.model.export import export
     from tunelab.serve.models import ServedModel
     from tunelab.train.checkpoints import save_checkpoint
     base = AutoModelForCausalLM.from_pretrained(hub_like_base)
@@ -131,6 +132,8 @@ def test_a_lora_checkpoint_of_a_hub_model_states_greedy_and_serves_greedy(hub_li
         assert served.model.generation_config.eos_token_id == [0, 7]
     finally:
         served.close()
+    # exporting the adapter keeps its config, not the base's sampling that save_pretrained writes
+    assert saved(export(ckpt / "adapter", tmp_path / "exported", dtype="float32")) == saved(ckpt / "adapter")
 
 
 def test_what_a_config_says_about_sampling():

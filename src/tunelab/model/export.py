@@ -71,8 +71,8 @@ def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", wh
     import torch
 
     from tunelab.data.templates import TEMPLATE_FILE
-    from tunelab.model.generation_config import GENERATION_CONFIG_FILE
-    from tunelab.model.loading import load_for_inference, quiet_transformers
+    from tunelab.model.generation_config import GENERATION_CONFIG_FILE, load_generation_config, with_stop_ids
+    from tunelab.model.loading import is_adapter_dir, load_for_inference, quiet_transformers
     quiet_transformers()
     src = Path(run_or_ckpt)
     out = Path(out)
@@ -86,10 +86,13 @@ def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", wh
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    # the checkpoint's decoding as its evaluation used it; for an adapter, save_pretrained wrote the base's
-    for kept in (TEMPLATE_FILE, GENERATION_CONFIG_FILE):
-        if (model_dir / kept).exists():
-            shutil.copy(model_dir / kept, tmp / kept)
+    if (model_dir / TEMPLATE_FILE).exists():
+        shutil.copy(model_dir / TEMPLATE_FILE, tmp / TEMPLATE_FILE)
+    # generation_config.json: the checkpoint's, the decoding its evaluation used (an adapter's own, not the base's
+    # that save_pretrained wrote), else the model's own; either way listing every stop id
+    own = load_generation_config(model_dir) if is_adapter_dir(model_dir) else None
+    config = with_stop_ids(own if own is not None else model.generation_config, model, tokenizer)
+    config.to_json_file(tmp / GENERATION_CONFIG_FILE, use_diff=True)
     run_dir = model_dir.parent.parent.parent if model_dir.parent.parent.name == "checkpoints" else src
     (tmp / "README.md").write_text(model_card(run_dir, model_dir), encoding="utf-8")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,21 @@ def evaluated_generation_config(model, tokenizer, max_new_tokens: int):
     return config
 
 
+def with_stop_ids(generation_config, model, tokenizer):
+    """A copy of a model's own generation config whose eos_token_id lists every stop id, with the pad id where it
+    has none; nothing else changes (for a model whose evaluation is not known: an export of a bare adapter)."""
+    import copy
+
+    from tunelab.model.decoding import pad_token_id, stop_token_ids
+    config = copy.deepcopy(generation_config)
+    eos = config.eos_token_id
+    stops = stop_token_ids(model, tokenizer) | set([eos] if isinstance(eos, int) else eos or ())
+    config.eos_token_id = sorted(stops)
+    if config.pad_token_id is None:
+        config.pad_token_id = pad_token_id(tokenizer, stops)
+    return config
+
+
 def write_generation_config(directory: str | Path, model, tokenizer, max_new_tokens: int) -> Path:
     """Write `evaluated_generation_config` into `directory` (over the one `save_pretrained` wrote)."""
     path = Path(directory) / GENERATION_CONFIG_FILE
