@@ -88,7 +88,7 @@ def scratch_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_base(scratch_run) -> Path:
     """A trained tiny base model: a plain HF directory (save_pretrained model + tokenizer) for `model.path`."""
-    from tunelab.train.checkpoints import list_checkpoints
+    from tunelab.runs import list_checkpoints
     model_dir = list_checkpoints(scratch_run["run_dir"])[-1] / "model"
     assert (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
     return model_dir

@@ -254,7 +254,7 @@ def test_eval_of_a_run_marks_the_best_checkpoint_lowest_perplexity_first(scratch
 
 
 def test_eval_of_one_checkpoint_directory(scratch_run, files, tmp_path):
-    from tunelab.train.checkpoints import list_checkpoints
+    from tunelab.runs import list_checkpoints
     ckpt = list_checkpoints(scratch_run["run_dir"])[0]
     out = tmp_path / "one"
     assert main(["eval", "--model", str(ckpt), "--tasks", "ppl", "--data", f"ppl={files['ppl']}", "--out",

@@ -22,7 +22,7 @@ from tunelab.data.corpus_store import FORMAT, CorpusBlocks, SplitWriter, token_d
 from tunelab.data.packing import IGNORE, Encoded, pack_examples
 from tunelab.errors import TunelabError
 from tunelab.recipe import load_recipe
-from tunelab.train.checkpoints import list_checkpoints
+from tunelab.runs import list_checkpoints
 from tunelab.train.corpus_rows import CorpusRows, pack_lengths
 from tunelab.train.plots import read_metrics
 
@@ -208,7 +208,7 @@ def _val_loss_by_hand(model_dir: Path, corpus: Path) -> float:
 
 
 def test_pretraining_logs_validation_marks_the_best_checkpoint_and_mfu(tmp_path, corpus):
-    from tunelab.model.export import pick_checkpoint
+    from tunelab.runs import pick_checkpoint
     from tunelab.train.loop import train
     recipe = load_recipe(write_recipe(tmp_path, "pre", **corpus_sections(corpus, eval_every=4)))
     summary = train(recipe)

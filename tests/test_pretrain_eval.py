@@ -373,7 +373,7 @@ def test_pretraining_run_metrics_and_report(pretrained, monkeypatch, tmp_path):
                                      "flops_per_token": 1.5e6}
     saved = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     assert saved["best_checkpoint"] == "step-000100"
-    from tunelab.model.export import pick_checkpoint
+    from tunelab.runs import pick_checkpoint
     assert pick_checkpoint(run) == pretrained["model_dir"]
     report = (run / "report.md").read_text(encoding="utf-8")
     assert "MiniGPT 预训练" in report and "lowest validation loss" in report

@@ -20,7 +20,7 @@ from conftest import lora_sections, write_recipe
 
 from tunelab.cli import main
 from tunelab.recipe import load_recipe
-from tunelab.train.checkpoints import list_checkpoints
+from tunelab.runs import list_checkpoints
 from tunelab.train.plots import read_metrics
 
 STEP_DIR = re.compile(r"step-\d+")

@@ -16,7 +16,8 @@ from tunelab.cli import main
 from tunelab.data.templates import TEMPLATE_FILE, PromptTemplate, load_template
 from tunelab.errors import TunelabError
 from tunelab.recipe import load_recipe
-from tunelab.train.checkpoints import checkpoint_steps, list_checkpoints
+from tunelab.runs import list_checkpoints
+from tunelab.train.checkpoints import checkpoint_steps
 from tunelab.train.plots import read_metrics
 
 PROMPTS = ["计算 12 * 3 等于多少？", "What is 7 * 8?", "Compute 45 + 17.", "请计算：-6 * 9", "Alice lives in Paris."]

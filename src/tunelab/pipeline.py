@@ -16,6 +16,7 @@ from tunelab.data.records import write_json
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, load_recipe
+from tunelab.runs import best_label, list_checkpoints, model_dir_of
 
 
 def eval_sets(recipe: Recipe) -> dict:
@@ -84,7 +85,6 @@ def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: floa
 
 def run(recipe: Recipe, resume: bool = False) -> dict:
     from tunelab.scoring import competition_score, low_param_ratio
-    from tunelab.train.checkpoints import list_checkpoints, model_dir_of
     from tunelab.train.loop import train
 
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
@@ -116,7 +116,6 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     metrics: dict = {"name": recipe.name, "train": summary}
     if per_ckpt:
         primary = _primary(acc_task, sets)
-        from tunelab.eval.runner import best_label
         best = best_label(per_ckpt, acc_task, sets[acc_task].task)
         metrics.update({"base": base_results, "checkpoints": per_ckpt, "best_checkpoint": best})
         accuracy = per_ckpt[best][acc_task][primary]
@@ -139,7 +138,6 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
 
 def _run_pretraining(recipe: Recipe, sets: dict, summary: dict, template) -> dict:
     """Evaluate a pretraining run's checkpoints; the best is the trainer's (lowest validation loss)."""
-    from tunelab.train.checkpoints import list_checkpoints, model_dir_of
     run_dir = recipe.run_dir
     ckpts = list_checkpoints(run_dir)
     val_loss = {c.name: json.loads((c / "state.json").read_text(encoding="utf-8")).get("val_loss") for c in ckpts}
@@ -152,7 +150,6 @@ def _run_pretraining(recipe: Recipe, sets: dict, summary: dict, template) -> dic
     per_ckpt = {c.name: _cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name)
                 for c in (chosen if sets else [])}
     if not best and per_ckpt:  # no validation loss (no val split): the first task's primary metric decides
-        from tunelab.eval.runner import best_label
         first = next(iter(sets))
         best, best_by = best_label(per_ckpt, first, sets[first].task), f"{first}.{_primary(first, sets)}"
     if not best and ckpts:

@@ -70,8 +70,8 @@ def predict_labels(model, tokenizer, template, task, examples, mode: str, batch_
 
 def cli_predict(args) -> int:
     from tunelab.eval.runner import template_for
-    from tunelab.model.export import pick_checkpoint
     from tunelab.model.loading import load_for_inference, quiet_transformers
+    from tunelab.runs import pick_checkpoint
     from tunelab.tasks.glue import parse_label, read_glue_examples
     from tunelab.tasks.registry import get_task
 

@@ -150,12 +150,6 @@ def evaluate_model_dir(model_dir: str | Path, tasks: dict[str, EvalSet | tuple],
     return results
 
 
-def best_label(table: dict[str, dict], label: str, task: Task) -> str:
-    """The model/checkpoint whose `label` result is best on the task's primary metric."""
-    key = lambda k: table[k][label][task.primary_metric]  # noqa: E731
-    return max(table, key=key) if task.higher_is_better else min(table, key=key)
-
-
 # --- `tunelab eval` ------------------------------------------------------------------------------
 
 def _pairs(specs: list[str], flag: str, what: str) -> list[tuple[str, str]]:
@@ -283,7 +277,7 @@ def load_baseline(spec: str, sets: dict[str, EvalSet], ability: list[str], out_r
 def cli_eval(args) -> int:
     """`tunelab eval --model M --tasks a,b --data a=FILE`: a model dir, a checkpoint, or a whole run."""
     from tunelab.pipeline import retention
-    from tunelab.train.checkpoints import list_checkpoints, model_dir_of
+    from tunelab.runs import best_label, list_checkpoints, model_dir_of
     sets = prepare_sets(args)
     ability = [label for label, es in sets.items() if es.task.ability]
     baseline_spec = getattr(args, "baseline", None)

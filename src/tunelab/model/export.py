@@ -1,4 +1,5 @@
-"""`tunelab export`: turn a run (its best or last checkpoint) into a standalone HF model directory.
+"""`tunelab export`: turn a run (its best or last checkpoint, as `tunelab.runs.pick_checkpoint` chooses it for
+serve and predict too) into a standalone HF model directory.
 
 Adapters are merged into the base; weights are saved as safetensors in the chosen dtype with the tokenizer,
 the prompt template and a model card (recipe, seed, training time, measured abilities).
@@ -11,27 +12,7 @@ import shutil
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-
-
-def pick_checkpoint(run_or_ckpt: Path, which: str = "best") -> Path:
-    """A checkpoint's loadable model dir: `best` from metrics.json when known (best by the evaluated tasks),
-    else from train_summary.json (a pretraining run's lowest validation loss), else the last one."""
-    from tunelab.train.checkpoints import list_checkpoints, model_dir_of
-    if (run_or_ckpt / "config.json").exists() or (run_or_ckpt / "adapter_config.json").exists():
-        return run_or_ckpt
-    if (run_or_ckpt / "state.json").exists():
-        return model_dir_of(run_or_ckpt)
-    ckpts = list_checkpoints(run_or_ckpt)
-    if not ckpts:
-        raise TunelabError("no checkpoints here (expected a run directory, a checkpoint or a model directory)",
-                           file=run_or_ckpt)
-    for marked in ("metrics.json", "train_summary.json"):
-        if which == "best" and (run_or_ckpt / marked).exists():
-            best = json.loads((run_or_ckpt / marked).read_text(encoding="utf-8")).get("best_checkpoint")
-            for c in ckpts:
-                if c.name == best:
-                    return model_dir_of(c)
-    return model_dir_of(ckpts[-1])
+from tunelab.runs import pick_checkpoint
 
 
 def model_card(run_dir: Path, source: Path) -> str:

@@ -30,8 +30,8 @@ FALLBACK_CHAT_TEMPLATE = (
 
 def resolve_model_dir(path: str | Path, which: str = "best") -> Path | str:
     """The directory to load: a run's best (or last) checkpoint, a checkpoint's model/adapter, or `path`."""
-    from tunelab.model.export import pick_checkpoint
     from tunelab.model.loading import looks_like_hub_id
+    from tunelab.runs import pick_checkpoint
     p = Path(path).expanduser()
     if not p.exists():
         if looks_like_hub_id(str(path)):

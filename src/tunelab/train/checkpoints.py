@@ -6,6 +6,8 @@ Layout of `checkpoints/step-000120/`:
   trainer_state.pt  optimizer, scheduler and RNG states for --resume
   state.json        step, last training loss, total steps, and (corpus runs) the validation loss there
 
+Where checkpoints live in a run and which one is best: `tunelab.runs`.
+
 Each model/adapter directory holds a generation_config.json with the decoding the run's evaluation scores it
 with (`tunelab.model.generation_config`): plain `transformers`, `tunelab serve` and `tunelab ui` then decode
 the checkpoint as `tunelab eval` did unless asked otherwise.
@@ -15,49 +17,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 from tunelab.data.templates import save_template
-
-STEP_PREFIX = "step-"
+from tunelab.runs import checkpoint_dir
 
 
 def checkpoint_steps(total_steps: int, n: int) -> list[int]:
     """N evenly spaced steps ending at the last one, e.g. (100, 5) -> [20, 40, 60, 80, 100]."""
     n = min(n, total_steps)
     return sorted({round(total_steps * k / n) for k in range(1, n + 1)})
-
-
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"{STEP_PREFIX}{step:06d}"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Finished checkpoints (those with state.json), oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    # a name with a suffix (step-000040.tmp) is a checkpoint still being written, or one a kill interrupted
-    return sorted(p for p in root.iterdir()
-                  if re.fullmatch(rf"{STEP_PREFIX}\d+", p.name) and (p / "state.json").exists())
-
-
-def best_checkpoint(run_dir: str | Path) -> tuple[str | None, float | None]:
-    """(name, val_loss) of the checkpoint with the lowest validation loss (the earliest on a tie);
-    (None, None) when no checkpoint has one (runs without a validation split)."""
-    best = (None, None)
-    for ckpt in list_checkpoints(run_dir):
-        val = json.loads((ckpt / "state.json").read_text(encoding="utf-8")).get("val_loss")
-        if val is not None and (best[1] is None or val < best[1]):
-            best = (ckpt.name, val)
-    return best
-
-
-def model_dir_of(ckpt: Path) -> Path:
-    """The directory to load for inference: merged/full model if present, else the adapter."""
-    return ckpt / "model" if (ckpt / "model").is_dir() else ckpt / "adapter"
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, template, trainer_state: dict, state: dict,

@@ -29,7 +29,8 @@ from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
 from tunelab.model.generation_config import eval_max_new_tokens
 from tunelab.recipe import Recipe, recipe_to_yaml
-from tunelab.train.checkpoints import best_checkpoint, checkpoint_steps, list_checkpoints, save_checkpoint
+from tunelab.runs import best_checkpoint, list_checkpoints
+from tunelab.train.checkpoints import checkpoint_steps, save_checkpoint
 from tunelab.train.plots import plot_loss_curve, read_metrics
 from tunelab.train.validation import EarlyStopping, val_record, validation_sums
 
