@@ -125,6 +125,12 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
+def _growing(cache) -> bool:
+    """Every layer of the cache keeps all positions (no sliding window)."""
+    from tunelab.model.kv_cache import ReservedLayer
+    return all(type(layer) is ReservedLayer for layer in cache.layers)
+
+
 class DecodeBatch:
     """Rows of different lengths decoding together, left-padded: a KV cache written in place
     (`kv_cache.ReservedLayer`), the attention mask over the cached positions, and each row's next position.
@@ -157,7 +163,10 @@ class DecodeBatch:
 
         device = next(model.parameters()).device
         n = len(rows)
-        shared = shared_prefix_length(rows) if share_prefix and not all_logits else 0
+        cache = reserved_cache(model.config, max(len(r) for r in rows) + room)
+        # a sliding window counts cache slots, and the padding between a shared prefix and a shorter row's
+        # own tokens would take slots of its window: such models prefill every row whole
+        shared = shared_prefix_length(rows) if share_prefix and not all_logits and _growing(cache) else 0
         width = max(len(r) for r in rows) - shared
         input_ids = torch.full((n, width), pad_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
@@ -166,7 +175,6 @@ class DecodeBatch:
             input_ids[i, width - own:] = torch.tensor(r[shared:], dtype=torch.long)
             mask[i, width - own:] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
-        cache = reserved_cache(model.config, shared + width + room)
         if shared:
             model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=cache,
                   use_cache=True, logits_to_keep=1)
@@ -208,8 +216,7 @@ class DecodeBatch:
     def mergeable(self) -> bool:
         """Whether other rows can join mid-flight: every cache layer is a plain growing one (a sliding-window
         layer keeps a fixed window per row and cannot be left-padded to another batch's length)."""
-        from tunelab.model.kv_cache import ReservedLayer
-        return all(type(layer) is ReservedLayer for layer in self.cache.layers)
+        return _growing(self.cache)
 
     def extend(self, other: "DecodeBatch") -> None:
         """Append `other`'s rows, left-padding the shorter cache and mask to the longer one."""
