@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("recipe")
     _add_set(q)
     q.add_argument("--samples", type=int, default=3)
-    q.set_defaults(func=_call("tunelab.data.check:cli_check"))
+    q.set_defaults(func=_call("tunelab.data_check:cli_check"))
 
     q = data.add_parser("glue", help="GLUE CoLA/QQP TSVs to pre_data/{task}/{task}_{train,val,dev}.json")
     q.add_argument("--task", required=True, type=str.strip, metavar="CoLA|QQP")

@@ -1,11 +1,13 @@
-"""Turn a recipe's data sources (files or built-in generators) into Examples."""
+"""Turn a recipe's data sources (files or built-in generators) into Examples: one source (`load_source`, also
+an eval entry's), or all of a recipe's training data (`training_examples`, for training and `data check`)."""
 
 from __future__ import annotations
 
 import random
 
 from tunelab.data.examples import Example
-from tunelab.recipe import SourceConfig
+from tunelab.errors import TunelabError
+from tunelab.recipe import Recipe, SourceConfig
 
 
 def generate_records(source: SourceConfig) -> tuple[list[dict], str]:
@@ -26,4 +28,17 @@ def load_source(source: SourceConfig) -> list[Example]:
     examples = read_examples(source.path, source.format)
     if source.count is not None and source.count < len(examples):
         examples = random.Random(source.seed).sample(examples, source.count)
+    return examples
+
+
+def training_examples(recipe: Recipe) -> list[Example]:
+    """Every example of the recipe's training sources, in order (a corpus source has blocks, not examples)."""
+    if recipe.data.corpus:
+        raise TunelabError("a corpus source holds token blocks, not examples (see them with `tunelab data "
+                           "corpus --show DIR`)", field="data.train")
+    examples = []
+    for src in recipe.data.train:
+        examples += load_source(src)
+    if not examples:
+        raise TunelabError("the training data is empty", field="data.train")
     return examples

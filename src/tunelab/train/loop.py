@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tunelab.data.packing import (Encoded, Row, collate_rows, encode_examples, pack_examples, packing_efficiency,
                                   unpacked_rows)
+from tunelab.data.sources import training_examples
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
 from tunelab.model.generation_config import eval_max_new_tokens
@@ -121,19 +122,6 @@ def _identity(recipe_yaml: str) -> dict:
     raw = yaml.safe_load(recipe_yaml)
     raw.get("train", {}).pop("threads", None)
     return raw
-
-
-def load_examples(recipe: Recipe):
-    from tunelab.data.sources import load_source
-    if recipe.data.corpus:
-        raise TunelabError("a corpus source holds token blocks, not examples (see them with `tunelab data "
-                           "corpus --show DIR`)", field="data.train")
-    examples = []
-    for src in recipe.data.train:
-        examples += load_source(src)
-    if not examples:
-        raise TunelabError("the training data is empty", field="data.train")
-    return examples
 
 
 def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate, run_dir: Path, dist: Dist):
@@ -240,7 +228,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
 
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
-    examples = [] if recipe.data.corpus else load_examples(recipe)
+    examples = [] if recipe.data.corpus else training_examples(recipe)
     model, tokenizer = build_model_and_tokenizer(recipe, examples, template, run_dir, dist)
     val_rows = None  # validation rows: a corpus's val split
     if recipe.data.corpus:

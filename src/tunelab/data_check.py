@@ -1,10 +1,14 @@
-"""`tunelab data check RECIPE`: see what the model will be trained on before spending compute on it."""
+"""`tunelab data check RECIPE`: see what the model will be trained on before spending compute on it.
+
+A verb above the stages it combines (the recipe's training data, its tokenizer, packing), so `data/` needs
+nothing of `model/`."""
 
 from __future__ import annotations
 
 import statistics
 
 from tunelab.data.packing import IGNORE, encode_examples, pack_examples, packing_efficiency, unpacked_rows
+from tunelab.data.sources import training_examples
 from tunelab.data.templates import PromptTemplate
 from tunelab.recipe import Recipe, load_recipe
 
@@ -40,9 +44,8 @@ def _tokenizer_for(recipe: Recipe, examples, template):
 
 
 def check(recipe: Recipe, n_samples: int = 3) -> dict:
-    from tunelab.train.loop import load_examples
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
-    examples = load_examples(recipe)
+    examples = training_examples(recipe)
     tokenizer = _tokenizer_for(recipe, examples, template)
     max_len = recipe.data.max_seq_len
     encoded = encode_examples(tokenizer, template, examples, max_len, recipe.data.loss_on)
