@@ -38,6 +38,7 @@ from typing import Any
 
 from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
+from tunelab.eval.rouge import resolve_segmentation, rouge_l, summarize_rouge
 from tunelab.tasks.registry import Task, register_task
 
 _END = "。！？!?；;….」”’）)\"'"
@@ -141,7 +142,6 @@ class ContinuationTask(Task):
     skipped = 0
 
     def configure(self, **values: Any) -> "Task":
-        from tunelab.eval.rouge import resolve_segmentation  # not at import: rouge.py imports the registry
         super().configure(**values)
         resolve_segmentation(self.segmentation)
         from tunelab.data.corpus_store import SPLITS
@@ -183,7 +183,6 @@ class ContinuationTask(Task):
         return example.instruction  # raw text: a continuation model has no template
 
     def grade(self, prediction: str, example: Example) -> dict[str, Any]:
-        from tunelab.eval.rouge import rouge_l
         s = rouge_l(prediction, example.output, self.segmentation)
         said = normalize_fact(example.instruction)
         wrote = normalize_fact(prediction)
@@ -197,7 +196,6 @@ class ContinuationTask(Task):
     def _rouge_chance(self, graded: list[dict[str, Any]]) -> float | None:
         """Mean Rouge-L F (×100) of each continuation against the NEXT document's reference: the overlap any
         fluent text in the corpus's style gets; None with a single document."""
-        from tunelab.eval.rouge import rouge_l
         if len(graded) < 2:
             return None
         pairs = zip(graded, graded[1:] + graded[:1])
@@ -205,7 +203,6 @@ class ContinuationTask(Task):
                             for g, h in pairs])
 
     def summarize(self, graded: list[dict[str, Any]]) -> dict[str, Any]:
-        from tunelab.eval.rouge import summarize_rouge
         scores = [{"fmeasure": g["rougeL_f"], "precision": g["rougeL_p"], "recall": g["rougeL_r"],
                    "segmentation": g["segmentation"]} for g in graded]
         out = {**summarize_rouge(scores, self.segmentation), "rougeL_f_chance": self._rouge_chance(graded),

@@ -88,7 +88,8 @@ class Task:
 
 
 def get_task(name: str) -> Task:
-    import tunelab.tasks  # noqa: F401  (registers the built-in tasks)
+    """A fresh (unconfigured) instance of a registered task. Every built-in task is registered by now:
+    importing this module ran `tunelab/tasks/__init__.py` first, which imports them all."""
     if name not in TASKS:
         raise TunelabError(f"unknown task '{name}' (known: {', '.join(sorted(TASKS))})", field="task")
     return TASKS[name]()
