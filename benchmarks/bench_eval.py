@@ -1,8 +1,10 @@
 """Evaluation throughput: tunelab's batched engine vs `model.generate`, batched and one prompt at a time.
 
-Same tiny Llama (preset `tiny`, random init, BPE tokenizer trained here on the data), greedy decoding,
-16 new tokens, prompts rendered with the alpaca template from a mix of arithmetic (zh/en) and reading
-(zh/en) items. Three setups:
+The model is the shipped `models/tiny-base` (preset `tiny`, trained on these generators' arithmetic and
+reading items, so its answers end with EOS at different lengths, as in a real evaluation), or with
+`--model random` the same architecture with random init and a BPE tokenizer trained here on the data (it
+rarely emits EOS: every row runs to the token limit). Greedy decoding, 24 new tokens at most, prompts
+rendered with the alpaca template from a mix of arithmetic (zh/en) and reading (zh/en) items. Three setups:
 - tunelab's engine (`tunelab.model.decoding.generate_batched`: length-sorted, left-padded, shared template
   header prefilled once, cache written in place, finished rows leave the batch), all prompts;
 - `model.generate` on left-padded batches, what a careful Hugging Face user writes: prompts sorted by
@@ -13,7 +15,8 @@ All are repeated, interleaved. Outputs are compared with the one-at-a-time ones:
 near-ties between logits can flip under a different padding/batch shape, so agreement is reported, not
 asserted.
 
-    python benchmarks/bench_eval.py [--prompts 512] [--single 64] [--batch-sizes 32,64,128] [--repeats 2]
+    python benchmarks/bench_eval.py [--model models/tiny-base|random] [--prompts 512] [--single 64]
+                                    [--batch-sizes 32,64,128] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=512, help="prompts for the batched engine (>= 500)")
     ap.add_argument("--single", type=int, default=64, help="prompts for the one-at-a-time baseline (a subset)")
     ap.add_argument("--batch-sizes", default="32,64,128")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--model", default=str(HERE.parent / "models" / "tiny-base"),
+                    help="a model directory (default: the shipped trained tiny base), or 'random'")
+    ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every setup")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="model weights dtype")
     add_threads_option(ap)
@@ -64,17 +69,20 @@ def main() -> int:
     import torch
 
     from tunelab.model.decoding import generate_batched
-    from tunelab.model.loading import build_from_scratch, load_tokenizer
+    from tunelab.model.loading import build_from_scratch, load_for_inference, load_tokenizer
     from tunelab.model.tokenizer import train_bpe_tokenizer
     log(f"torch threads {threads}; load average {load0}; precision {args.precision}")
 
     items, corpus = make_prompts(args.prompts, args.seed)
     prompts = [p for _, p in items]
-    with tempfile.TemporaryDirectory(prefix="bench_eval_") as d:
-        train_bpe_tokenizer(corpus, 2000).save_pretrained(d)
-        tokenizer = load_tokenizer(d)
-    torch.manual_seed(args.seed)
-    model = build_from_scratch("tiny", len(tokenizer), {}, tokenizer)
+    if args.model == "random":
+        with tempfile.TemporaryDirectory(prefix="bench_eval_") as d:
+            train_bpe_tokenizer(corpus, 2000).save_pretrained(d)
+            tokenizer = load_tokenizer(d)
+        torch.manual_seed(args.seed)
+        model = build_from_scratch("tiny", len(tokenizer), {}, tokenizer)
+    else:
+        model, tokenizer = load_for_inference(args.model)
     if args.precision == "bf16":
         model = model.to(torch.bfloat16)
     model.eval()
@@ -179,10 +187,12 @@ def main() -> int:
     hf_agreement = {bs: sum(outs[i] == s for i, s in zip(subset, single_outs)) / len(subset)
                     for bs, outs in hf_outs.items()}
     headline = med[best] / hf_med[hf_best]
+    answer_tokens = statistics.mean(len(x) for x in tokenizer(batched_outs[best], add_special_tokens=False)["input_ids"])
     load1 = load_average()
 
     print()
-    print(f"Evaluation throughput, tiny Llama (random init), greedy, {args.max_new_tokens} new tokens, "
+    what = "random init" if args.model == "random" else args.model
+    print(f"Evaluation throughput, tiny Llama ({what}), greedy, at most {args.max_new_tokens} new tokens, "
           f"{args.precision}, {threads} thread(s)")
     print(f"{'setup':<44}{'prompts/s':>10}   per repeat      agreement with one-at-a-time")
     print(f"{'model.generate one at a time (' + str(len(subset)) + ' prompts)':<44}{single_rate:>10.1f}   "
@@ -197,14 +207,16 @@ def main() -> int:
         print(f"{'model.generate left-padded bs=' + str(bs) + ' (' + str(len(prompts)) + ' prompts)':<44}"
               f"{hf_med[bs]:>10.1f}   {', '.join(f'{x:.1f}' for x in hf_rates[bs]):<15} "
               f"{hf_agreement[bs]:.1%} of {len(subset)}{mark}")
+    print(f"answers: {answer_tokens:.1f} tokens on average (at most {args.max_new_tokens})")
     print(f"tunelab (bs={best}) / model.generate batched (bs={hf_best}) = {headline:.2f}x  (target >= 2x)")
     print(f"tunelab (bs={best}) / model.generate one at a time = {ratio:.1f}x")
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} (on {os.cpu_count()} cores; "
           "a background load slows every setup alike)")
 
-    out = {"benchmark": "eval", "unit": "prompts per second", "max_new_tokens": args.max_new_tokens,
+    out = {"benchmark": "eval", "unit": "prompts per second", "model": what, "max_new_tokens": args.max_new_tokens,
            "precision": args.precision, "prompts_batched": len(prompts), "prompts_single": len(subset),
            "prompt_kinds": kinds, "prompt_tokens_mean": sum(lens) / len(lens),
+           "answer_tokens_mean": answer_tokens,
            "single": {"prompts_per_s": single_rate, "per_repeat": single_rates},
            "batched": {str(bs): {"prompts_per_s": med[bs], "per_repeat": batched_rates[bs],
                                  "agreement_with_single": agreement[bs]} for bs in sizes},
