@@ -227,9 +227,12 @@ def test_eval_every_task_writes_predictions_and_results(tiny_base, files, tmp_pa
 
 def test_eval_loglik_mode(tiny_base, files, tmp_path, capsys):
     out = tmp_path / "ll"
+    # an all-tasks mode is the mode of the tasks that have it; squad runs its default, with no note
     assert _eval(tiny_base, files, out, ["choice", "cola", "squad"], "--mode", "loglik") == 0
-    assert "squad' has no loglik mode" in capsys.readouterr().err
+    assert "no loglik mode" not in capsys.readouterr().err
     doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    modes = {t: v["mode"] for t, v in doc["tasks"].items()}
+    assert modes == {"choice": "loglik", "cola": "loglik", "squad": "generate"}
     res = doc["results"][tiny_base.name]
     assert res["choice"]["mode"] == "loglik" and res["cola"]["mode"] == "loglik" and res["squad"]["mode"] == "generate"
     assert res["choice"]["unparsed"] == 0 and res["cola"]["unparsed"] == 0
@@ -311,17 +314,89 @@ def test_eval_input_errors_are_one_line(tiny_base, files, tmp_path, capsys):
         (["--tasks", "squad"], "no data for task 'squad'"),
         (["--tasks", "squad", "--data", f"squad={files['squad']}", "--data", f"cola={files['cola']}"],
          "not among --tasks"),
-        (["--tasks", "squad", "--data", f"squad={files['squad']}", "--window", "64"], "--window applies to none"),
+        (["--tasks", "squad", "--data", f"squad={files['squad']}", "--window", "64"],
+         "--window: setting 'window' applies to none of the tasks (squad); it is a setting of ppl"),
         (["--tasks", "choice", "--data", f"choice={files['choice']}", "--option", "choice.colour=red"],
          "no setting 'colour'"),
-        (["--tasks", "squad", "--data", f"squad={files['squad']}", "--mode", "squad=loglik"], "no loglik mode"),
-        (["--tasks", "squad", "--data", f"squad={files['squad']}", "--mode", "fast"], "unknown mode 'fast'"),
+        (["--tasks", "squad", "--data", f"squad={files['squad']}", "--mode", "squad=loglik"],
+         "--mode: task 'squad' has no loglik mode (modes: generate)"),
+        (["--tasks", "squad", "--data", f"squad={files['squad']}", "--mode", "fast"], "--mode: Input should be"),
+        (["--tasks", "squad", "--data", f"squad={files['squad']}", "--mode", "loglik"],
+         "--mode: mode loglik applies to none of the tasks (squad); it is a mode of choice, cola, qqp"),
+        (["--tasks", "squad", "--data", f"squad={files['squad']}", "--limit", "0"], "--limit: Input should be"),
     ]
     for extra, message in cases:
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "e").exists()
+
+
+def _one_mistake_two_ways(files):
+    """(recipe eval section, `tunelab eval` flags, recipe field, flag, message) for one mistake each."""
+    sq, pp = {"path": str(files["squad"])}, {"path": str(files["ppl"])}
+    squad = ["--tasks", "squad", "--data", f"squad={files['squad']}"]
+    ppl = ["--tasks", "ppl", "--data", f"ppl={files['ppl']}"]
+    return [
+        ({"tasks": [{"task": "nosuch", "source": sq}]}, ["--tasks", "nosuch", "--data", f"nosuch={files['squad']}"],
+         "eval.tasks.0.task", "--tasks", "unknown task 'nosuch' (known: arithmetic, choice, cola, continuation, "),
+        ({"tasks": [{"task": "squad", "mode": "loglik", "source": sq}]}, squad + ["--mode", "squad=loglik"],
+         "eval.tasks.0.mode", "--mode", "task 'squad' has no loglik mode (modes: generate)"),
+        ({"mode": "loglik", "tasks": [{"task": "squad", "source": sq}]}, squad + ["--mode", "loglik"],
+         "eval.mode", "--mode", "mode loglik applies to none of the tasks (squad); it is a mode of choice, cola, qqp"),
+        ({"tasks": [{"task": "squad", "mode": "fast", "source": sq}]}, squad + ["--mode", "squad=fast"],
+         "eval.tasks.0.mode", "--mode", "Input should be 'generate', 'loglik' or 'perplexity'"),
+        ({"tasks": [{"task": "choice", "options": {"colour": "red"}, "source": {"path": str(files["choice"])}}]},
+         ["--tasks", "choice", "--data", f"choice={files['choice']}", "--option", "choice.colour=red"],
+         "eval.tasks.0.options.colour", "--option", "task 'choice' has no setting 'colour' (settings: continuation)"),
+        ({"options": {"window": 1}, "tasks": [{"task": "ppl", "source": pp}]}, ppl + ["--window", "1"],
+         "eval.options.window", "--window", "window must be a whole number of at least 2 tokens, got 1"),
+        ({"tasks": [{"task": "ppl", "options": {"window": 64, "stride": 128}, "source": pp}]},
+         ppl + ["--option", "ppl.window=64", "--option", "ppl.stride=128"],
+         "eval.tasks.0.options.stride", "--option", "stride must be between 1 and the window (64), got 128"),
+        ({"options": {"window": 64}, "tasks": [{"task": "squad", "source": sq}]}, squad + ["--window", "64"],
+         "eval.options.window", "--window",
+         "setting 'window' applies to none of the tasks (squad); it is a setting of ppl"),
+        ({"tasks": [{"task": "rougel", "options": {"segmentation": "chars"},
+                     "source": {"path": str(files["rougel"])}}]},
+         ["--tasks", "rougel", "--data", f"rougel={files['rougel']}", "--option", "rougel.segmentation=chars"],
+         "eval.tasks.0.options.segmentation", "--option",
+         "unknown segmentation 'chars' (choose from auto, char, jieba, word)"),
+        ({"tasks": [{"task": "squad", "limit": 0, "source": sq}]}, squad + ["--limit", "0"],
+         "eval.tasks.0.limit", "--limit", "Input should be greater than or equal to 1"),
+    ]
+
+
+def test_recipe_and_eval_flags_reject_the_same_mistakes_with_the_same_message(make_recipe, files, tmp_path, capsys):
+    """A recipe's `eval:` section and `tunelab eval`'s flags are one configuration: each mistake is one error,
+    the recipe naming its field, the command line the flag that set it, with the same message."""
+    from tunelab.eval.sets import eval_sets
+    from tunelab.recipe import load_recipe
+    for i, (section, flags, field, flag, message) in enumerate(_one_mistake_two_ways(files)):
+        with pytest.raises(TunelabError) as e:
+            eval_sets(load_recipe(make_recipe(f"r{i}", eval=section)).eval)
+        assert e.value.field == field and e.value.message.startswith(message), (field, e.value.message)
+        out = tmp_path / f"e{i}"
+        assert main(["eval", "--model", str(tmp_path), "--out", str(out)] + flags) == 2
+        assert capsys.readouterr().err == f"tunelab: error: {flag}: {e.value.message}\n"
+        assert not out.exists()  # found before any model work
+
+
+def test_an_all_tasks_mode_or_setting_goes_to_the_tasks_that_have_it(make_recipe, files):
+    """The same rule from a recipe (`eval.mode`, `eval.options`) as from `--mode loglik` / `--window`: tasks
+    that have the mode or setting take it, the others keep their default, an entry's own choice wins."""
+    from tunelab.eval.sets import eval_sets
+    from tunelab.recipe import load_recipe
+    path = make_recipe("wide", eval={"mode": "loglik", "options": {"window": 64, "segmentation": "char"}, "tasks": [
+        {"task": "choice", "source": {"path": str(files["choice"])}},
+        {"task": "cola", "mode": "generate", "source": {"path": str(files["cola"])}},
+        {"task": "squad", "source": {"path": str(files["squad"])}},
+        {"task": "ppl", "options": {"window": 32}, "source": {"path": str(files["ppl"])}},
+        {"task": "rougel", "source": {"path": str(files["rougel"])}}]})
+    sets = eval_sets(load_recipe(path).eval)
+    assert {k: s.mode for k, s in sets.items()} == {"choice": "loglik", "cola": "generate", "squad": "generate",
+                                                    "ppl": "perplexity", "rougel": "generate"}
+    assert sets["ppl"].task.window == 32 and sets["rougel"].task.segmentation == "char"
 
 
 # --- tunelab predict -----------------------------------------------------------------------------
@@ -356,7 +431,7 @@ def test_predict_writes_one_label_per_line(tiny_base, files, tmp_path, capsys, m
 def test_glue_recipe_validates_after_data_glue(tmp_path, files):
     from pathlib import Path
 
-    from tunelab.pipeline import eval_sets
+    from tunelab.eval.sets import eval_sets
     from tunelab.recipe import load_recipe
     data_dir = tmp_path / "glue" / "CoLA"
     data_dir.mkdir(parents=True)
@@ -372,26 +447,27 @@ def test_glue_recipe_validates_after_data_glue(tmp_path, files):
                                        f"output_dir={tmp_path / 'runs'}"])
     assert recipe.model.preset is None and "gemma" in recipe.model.path.lower()
     assert recipe.score.accuracy_task == "glue" and [t.mode for t in recipe.eval.tasks] == ["generate", "loglik"]
-    sets = eval_sets(recipe)
+    sets = eval_sets(recipe.eval)
     assert set(sets) == {"glue", "glue-loglik"} and sets["glue"].task.name == "cola"
     assert len(sets["glue"].examples) == 2 and sets["glue"].examples[0].output in ("0", "1")
 
 
 def test_recipe_eval_mode_and_options_are_checked(make_recipe, files):
-    from tunelab.pipeline import eval_sets
+    from tunelab.eval.sets import eval_sets
     from tunelab.recipe import load_recipe
     ok = make_recipe("ok", eval={"tasks": [
         {"task": "choice", "mode": "loglik", "options": {"continuation": "letter_text"}, "source": {"path": str(files["choice"])}},
         {"task": "ppl", "options": {"stride": 64}, "source": {"path": str(files["ppl"])}}]})
-    sets = eval_sets(load_recipe(ok))
+    sets = eval_sets(load_recipe(ok).eval)
     assert sets["choice"].mode == "loglik" and sets["choice"].task.continuation == "letter_text"
-    assert sets["ppl"].task.stride == 64 and sets["ppl"].task.resolve_mode(sets["ppl"].mode) == "perplexity"
+    assert sets["ppl"].task.stride == 64 and sets["ppl"].mode == "perplexity"
     bad = make_recipe("bad", eval={"tasks": [{"task": "squad", "mode": "loglik",
                                               "source": {"path": str(files["squad"])}}]})
     with pytest.raises(TunelabError, match="no loglik mode") as e:
-        eval_sets(load_recipe(bad))
+        eval_sets(load_recipe(bad).eval)
     assert e.value.field == "eval.tasks.0.mode"
     bad = make_recipe("bad2", eval={"tasks": [{"task": "rougel", "options": {"segmentation": "chars"},
                                                "source": {"path": str(files["rougel"])}}]})
-    with pytest.raises(TunelabError, match="unknown segmentation"):
-        eval_sets(load_recipe(bad))
+    with pytest.raises(TunelabError, match="unknown segmentation") as e:
+        eval_sets(load_recipe(bad).eval)
+    assert e.value.field == "eval.tasks.0.options.segmentation"

@@ -147,23 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default="arithmetic", help="comma-separated task names")
     p.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
                    help="data file for a task, or a prepared corpus directory for ppl/continuation (repeatable)")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="the first N examples of each task (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--out", default=None, help="output directory (default: <model>/eval-<tasks>)")
-    p.add_argument("--mode", default="generate", metavar="generate|loglik|TASK=MODE,…",
-                   help="loglik: score options/labels by log-likelihood (choice, cola, qqp; others generate); "
-                        "per task: --mode choice=loglik,cola=generate")
+    p.add_argument("--mode", default=None, metavar="MODE|TASK=MODE,…",
+                   help="a mode for every task that has it, the others run their own default (loglik: choice, "
+                        "cola and qqp score options/labels by log-likelihood, the rest generate); or per task: "
+                        "--mode choice=loglik,cola=generate (a mode the task lacks is an error)")
     p.add_argument("--baseline", default=None, metavar="BASE_MODEL_OR_RESULTS_JSON",
                    help="report ability metrics (squad, reading: f1, exact_match) as %% of this base's")
     p.add_argument("--retention-threshold", type=float, default=0.9, help="PASS at this fraction (0.9)")
     p.add_argument("--segmentation", choices=["auto", "char", "jieba", "word"], default=None,
-                   help="Rouge-L tokens for rougel (default auto: char for Chinese, else word)")
+                   help="Rouge-L tokens for rougel and continuation (default auto: char for Chinese, else word)")
     p.add_argument("--window", type=int, default=None, help="ppl: tokens per window (default: model context)")
     p.add_argument("--stride", type=int, default=None, help="ppl: window start step (default: window/2)")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="a task setting, e.g. choice.continuation=text, ppl.documents=file (repeatable)")
-    p.set_defaults(func=_call("tunelab.eval.runner:cli_eval"))
+    p.set_defaults(func=_call("tunelab.eval.evaluate:cli_eval"))
 
     p = verbs.add_parser("predict", help="GLUE hand-in file: first N dev predictions, one 0/1 label per line")
     p.add_argument("--model", required=True, help="run directory (best checkpoint), checkpoint, HF dir or hub id")

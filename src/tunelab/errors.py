@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 class TunelabError(Exception):
-    """A user-facing error (bad input, bad config, missing file). The CLI prints it without a traceback."""
+    """A user-facing error (bad input, bad config, missing file). The CLI prints it without a traceback.
+    `field` is a recipe key (`eval.tasks.0.mode`) or, for a mistake in a command's flags, the flag (`--mode`)."""
 
     def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
                  field: str | None = None):
@@ -22,6 +23,9 @@ class TunelabError(Exception):
             where = self.file
             if self.line is not None:
                 where += f":{self.line}"
-        parts = [p for p in (where, f"field '{self.field}'" if self.field else "") if p]
+        field = ""
+        if self.field:  # a flag is shown as it is typed
+            field = self.field if self.field.startswith("--") else f"field '{self.field}'"
+        parts = [p for p in (where, field) if p]
         prefix = ", ".join(parts)
         return f"{prefix}: {self.message}" if prefix else self.message

@@ -4,7 +4,10 @@ check retention, compute ratio and score, and write metrics.json + report.md int
 A pretraining run (a `corpus` source) has no competition score or low-parameter ratio: its best checkpoint
 is the one with the lowest validation loss (the trainer's `best_checkpoint`), its eval tasks (typically
 `ppl` and `continuation` on the corpus's val split) run on the checkpoints as configured, and metrics.json
-also records validation losses per checkpoint and the training throughput (tokens/s, MFU)."""
+also records validation losses per checkpoint and the training throughput (tokens/s, MFU).
+
+This module only orchestrates: what to evaluate is `tunelab.eval.sets`, running it `tunelab.eval.runner`,
+retention `tunelab.eval.retention`, checkpoint choice `tunelab.runs`, ratio and score `tunelab.scoring`."""
 
 from __future__ import annotations
 
@@ -19,44 +22,6 @@ from tunelab.recipe import Recipe, load_recipe
 from tunelab.runs import best_label, list_checkpoints, model_dir_of
 
 
-def eval_sets(recipe: Recipe) -> dict:
-    """{label: EvalSet (configured task, examples, mode)} from the recipe's eval section."""
-    from tunelab.data.sources import load_source
-    from tunelab.eval.runner import EvalSet
-    from tunelab.tasks.registry import get_task
-    sets = {}
-    for i, t in enumerate(recipe.eval.tasks):
-        if t.label in sets:
-            raise TunelabError(f"two eval entries are labelled '{t.label}'; give one a 'name'", field="eval.tasks")
-        task = get_task(t.task)
-        try:
-            task.configure(**t.options)
-        except TunelabError as e:
-            raise TunelabError(e.message, field=f"eval.tasks.{i}.options") from None
-        if t.mode and t.mode not in task.modes:
-            raise TunelabError(f"task '{t.task}' has no {t.mode} mode (modes: {', '.join(task.modes)})",
-                               field=f"eval.tasks.{i}.mode")
-        corpus = t.source.corpus
-        if corpus:
-            if not task.reads_corpus:
-                raise TunelabError(f"task '{t.task}' cannot read a corpus directory (tasks that can: "
-                                   f"{', '.join(_corpus_tasks())})", field=f"eval.tasks.{i}.source.corpus")
-            examples = task.load_examples(corpus)
-        elif t.source.path and t.source.format == "auto":  # the task knows its own file format
-            examples = task.load_examples(t.source.path)
-        else:
-            examples = load_source(t.source)
-        sets[t.label] = EvalSet(task, examples[: t.limit] if t.limit else examples, t.mode,
-                                source=corpus or t.source.path or f"generate:{t.source.generate}")
-    return sets
-
-
-def _corpus_tasks() -> list[str]:
-    import tunelab.tasks  # noqa: F401
-    from tunelab.tasks.registry import TASKS
-    return sorted(name for name, cls in TASKS.items() if cls.reads_corpus)
-
-
 def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label) -> dict:
     """Evaluate unless this directory already holds complete results (so --resume skips finished work)."""
     from tunelab.eval.runner import evaluate_model_dir
@@ -64,33 +29,22 @@ def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label
     if done.exists():
         results = json.loads(done.read_text(encoding="utf-8"))
         if set(results) == set(sets) and all(
-                results[k].get("mode", "generate") == es.task.resolve_mode(es.mode) for k, es in sets.items()):
+                results[k].get("mode", "generate") == es.mode for k, es in sets.items()):
             return results
     return evaluate_model_dir(model_dir, sets, out_dir, recipe.eval.batch_size, recipe.eval.max_new_tokens,
                               template=template, label=label)
 
 
-def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: float) -> dict:
-    """Each ability metric (F1 and EM) as a fraction of the base model's, with PASS/FAIL at `threshold`."""
-    out = {}
-    for task in ability_tasks:
-        for metric in ("f1", "exact_match"):
-            b, t = base[task].get(metric), tuned[task].get(metric)
-            if b is None or t is None:
-                continue
-            ratio = t / b if b else (1.0 if t >= b else 0.0)
-            out[f"{task}.{metric}"] = {"base": b, "tuned": t, "retained": ratio, "pass": ratio >= threshold}
-    return out
-
-
 def run(recipe: Recipe, resume: bool = False) -> dict:
+    from tunelab.eval.retention import retention
+    from tunelab.eval.sets import eval_sets
     from tunelab.scoring import competition_score, low_param_ratio
     from tunelab.train.loop import train
 
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
     from tunelab.prepare import build_corpora
     build_corpora(recipe)
-    sets = eval_sets(recipe)
+    sets = eval_sets(recipe.eval)  # every eval mistake is found before training starts
     summary = train(recipe, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone evaluates and reports
         return {}

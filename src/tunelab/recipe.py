@@ -170,14 +170,21 @@ class TrainConfig(_Strict):
                                                                        "measured with a matmul at start)")
 
 
+EvalMode = Literal["generate", "loglik", "perplexity"]
+
+
 class EvalTaskConfig(_Strict):
+    """One evaluation entry. `tunelab eval` builds the same entries from its flags (`tunelab.eval.sets` turns
+    them into what is run, for both), so a mistake is the same error from a recipe and from the command line."""
+
     task: str
     name: str | None = Field(default=None, description="label for results (default: the task name)")
     source: SourceConfig
     limit: int | None = Field(default=None, ge=1)
     ability: bool = Field(default=False, description="an original ability whose retention is checked")
-    mode: Literal["generate", "loglik"] | None = Field(
-        default=None, description="generate (default) or loglik (choice, cola, qqp); ppl always scores text")
+    mode: EvalMode | None = Field(
+        default=None, description="one of the task's modes: generate, loglik (choice, cola, qqp), perplexity "
+                                  "(ppl); default: eval.mode when the task has it, else the task's first")
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="task settings, e.g. {segmentation: char} or {window: 512}")
 
@@ -188,11 +195,17 @@ class EvalTaskConfig(_Strict):
 
 class EvalConfig(_Strict):
     tasks: list[EvalTaskConfig] = Field(default_factory=list)
+    mode: EvalMode | None = Field(
+        default=None, description="the mode of every entry without its own whose task has it (the others run "
+                                  "their default); an error when no task has it")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="settings for every task that has them, e.g. {window: 512}; an "
+                                          "entry's own options win; an error when no task has one")
     batch_size: int = Field(default=32, ge=1)
     max_new_tokens: int = Field(default=32, ge=1)
     baseline: bool = Field(default=True, description="evaluate the base model before training")
     checkpoints: Literal["all", "last"] = "all"
-    retention_threshold: float = 0.9
+    retention_threshold: float = Field(default=0.9, ge=0)
 
 
 class ScoreConfig(_Strict):
@@ -390,16 +403,31 @@ def validate_recipe(raw: dict[str, Any], file: str | Path = "<recipe>", text: st
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "missing required key"
-        line = _line_of_key(text, err["loc"]) if text else None
-        more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
-        raise TunelabError(msg + more, file=file, line=line, field=loc or None) from None
+        raise schema_error(e, file, text) from None
+
+
+def validate_eval(raw: dict[str, Any]) -> EvalConfig:
+    """An `eval:` section on its own (what `tunelab eval` builds from its flags); errors name `eval.…` fields
+    as they would in a recipe."""
+    try:
+        return EvalConfig.model_validate(raw)
+    except ValidationError as e:
+        raise schema_error(e, prefix=("eval",)) from None
+
+
+def schema_error(e: ValidationError, file: str | Path | None = None, text: str = "",
+                 prefix: tuple = ()) -> TunelabError:
+    """The first problem of a validation error as one TunelabError naming the field (and its line in `text`)."""
+    err = e.errors()[0]
+    loc = prefix + tuple(err["loc"])
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "missing required key"
+    line = _line_of_key(text, loc) if text else None
+    more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+    return TunelabError(msg + more, file=file, line=line, field=".".join(str(x) for x in loc) or None)
 
 
 def _line_of_key(text: str, loc: tuple) -> int | None:

@@ -131,6 +131,15 @@ class PerplexityTask(Task):
         from tunelab.data.corpus_store import SPLITS
         if self.split not in SPLITS:
             raise TunelabError(f"unknown split '{self.split}' (choose from {', '.join(SPLITS)})", field="split")
+        # checked here, before any model work; that the window fits the model's context is known only later
+        for key, least in (("window", 2), ("stride", 1), ("max_batch_tokens", 1)):
+            value = getattr(self, key)
+            if value is not None and (type(value) is not int or value < least):
+                raise TunelabError(f"{key} must be a whole number of at least {least} tokens, got {value!r}",
+                                   field=key)
+        if self.window is not None and self.stride is not None and self.stride > self.window:
+            raise TunelabError(f"stride must be between 1 and the window ({self.window}), got {self.stride}",
+                               field="stride")
         return self
 
     def load_examples(self, path: str | Path) -> list[Example]:

@@ -7,7 +7,7 @@ in `tunelab/tasks/__init__.py`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
@@ -58,8 +58,14 @@ class Task:
         return self
 
     def resolve_mode(self, requested: str | None) -> str:
-        """The mode to run: `requested` when this task supports it, else the task's default mode."""
-        return requested if requested in self.modes else self.modes[0]
+        """The mode to run: `requested`, or the task's default (its first) for None; a mode the task does not
+        have is a user error, never a silent switch to another."""
+        if requested is None:
+            return self.modes[0]
+        if requested not in self.modes:
+            raise TunelabError(f"task '{self.name}' has no {requested} mode (modes: {', '.join(self.modes)})",
+                               field="mode")
+        return requested
 
     def load_examples(self, path: str | Path) -> list[Example]:
         """Read this task's evaluation file; tasks with their own file format (SQuAD JSON…) override it."""
@@ -93,3 +99,8 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise TunelabError(f"unknown task '{name}' (known: {', '.join(sorted(TASKS))})", field="task")
     return TASKS[name]()
+
+
+def task_names(having: Callable[[type[Task]], bool]) -> list[str]:
+    """The registered tasks whose class passes `having`, sorted: the choices an error message lists."""
+    return sorted(name for name, cls in TASKS.items() if having(cls))

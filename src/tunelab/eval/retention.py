@@ -1,0 +1,58 @@
+"""Retention of original abilities: each ability metric (F1 and exact match of the tasks marked `ability`)
+of a tuned model as a fraction of its base model's, PASS at a threshold (the competition asks for 90 %).
+
+`tunelab run` compares every checkpoint with the recipe's base model; `tunelab eval --baseline` with a base
+model it evaluates, or with the numbers of an earlier evaluation (`load_baseline`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.data.records import read_json
+from tunelab.errors import TunelabError
+from tunelab.eval.runner import evaluate_model_dir
+from tunelab.eval.sets import EvalSet
+
+
+def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: float) -> dict:
+    """Each ability metric (F1 and EM) as a fraction of the base model's, with PASS/FAIL at `threshold`."""
+    out = {}
+    for task in ability_tasks:
+        for metric in ("f1", "exact_match"):
+            b, t = base[task].get(metric), tuned[task].get(metric)
+            if b is None or t is None:
+                continue
+            ratio = t / b if b else (1.0 if t >= b else 0.0)
+            out[f"{task}.{metric}"] = {"base": b, "tuned": t, "retained": ratio, "pass": ratio >= threshold}
+    return out
+
+
+def load_baseline(spec: str, sets: dict[str, EvalSet], ability: list[str], out_root: Path, batch_size: int,
+                  max_new_tokens: int) -> dict:
+    """Base-model metrics for the ability tasks: from a results JSON (tunelab eval's results.json, or a run's
+    eval/base/results.json), else by evaluating the base model `spec` on those tasks."""
+    path = Path(spec)
+    if path.is_file():
+        _, doc = read_json(path)
+        if not isinstance(doc, dict):
+            raise TunelabError("expected a results JSON object", file=path)
+        results = doc
+        if isinstance(doc.get("results"), dict):  # tunelab eval's results.json
+            per_model = doc["results"]
+            chosen = doc.get("best") if doc.get("best") in per_model else (
+                next(iter(per_model)) if len(per_model) == 1 else None)
+            if chosen is None:
+                raise TunelabError("several models in the results and no 'best' to pick", file=path,
+                                   field="best")
+            results = per_model[chosen]
+        for label in ability:
+            metrics = results.get(label)
+            if not isinstance(metrics, dict) or not all(
+                    isinstance(metrics.get(k), (int, float)) for k in ("f1", "exact_match")):
+                raise TunelabError(f"no f1/exact_match for task '{label}' in the baseline results", file=path,
+                                   field=label)
+        return {"source": str(path), "kind": "results", "results": {k: results[k] for k in ability}}
+    results = evaluate_model_dir(spec, {label: sets[label] for label in ability}, out_root / "baseline",
+                                 batch_size, max_new_tokens, label="baseline", write_results=False)
+    return {"source": spec, "kind": "model", "results": results}
