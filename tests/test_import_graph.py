@@ -1,0 +1,187 @@
+"""tunelab's import graph, read from the source files: no cycles, and no stage imports a stage above it.
+
+Every `import` and `from … import` of a tunelab module counts, at the top of a file or inside a function
+(a lazy import is still a dependency: it only moves the moment it is paid). An edge goes to the module the
+statement loads: `from tunelab.tasks import reading` loads the submodule `tunelab.tasks.reading`,
+`from tunelab.tasks import get_task` the package `tunelab.tasks`; a `"tunelab.module:function"` string (the
+CLI's lazily imported verb handlers) is an edge to that module too. The parent packages Python initialises on
+the way (`tunelab`, `tunelab.tasks` for `tunelab.tasks.registry`) are not edges: a package whose
+`__init__` imports its own modules (the task catalogue) would otherwise be a cycle with each of them.
+
+The stages, lowest first. A module may import modules of its own stage and of stages with a lower rank;
+stages of equal rank are siblings that do not import each other. Every module must be placed (a new file
+gets a stage on purpose), by the longest entry that names it: `name` is that module alone, `name.*` the
+module or package and everything under it.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TARGET = re.compile(r"(tunelab(?:\.\w+)*):(\w+)")  # "tunelab.eval.evaluate:cli_eval"
+
+LAYERS = [
+    # stage, rank, modules
+    ("foundation", 0, ["tunelab", "tunelab.errors", "tunelab.recipe", "tunelab.data.records", "tunelab.runs"]),
+    #   the error type, the recipe schema (also `tunelab eval`'s configuration), reading/writing records,
+    #   a run directory's layout and which checkpoint is best (train, eval, serve and export share it)
+    ("data", 1, ["tunelab.data.*"]),          # formats, generators, templates, packing, corpora: no model
+    ("model", 2, ["tunelab.model.*"]),        # loading, tokenizers, LoRA, export, the decoding core
+    ("train", 3, ["tunelab.train.*"]),        # the loop and checkpoint writing
+    ("scoring", 3, ["tunelab.scoring"]),      # low-parameter ratio (model shapes) and competition formulas
+    ("measures", 3, [                         # eval's measuring instruments: they know no task
+        "tunelab.eval.qa_metrics", "tunelab.eval.rouge", "tunelab.eval.prediction_files",
+        "tunelab.eval.loglik", "tunelab.eval.perplexity"]),
+    ("tasks", 4, ["tunelab.tasks.*"]),        # examples + prompt + answer extraction + metric, by name
+    ("eval", 5, ["tunelab.eval.*"]),          # the eval configuration, runner, retention, `tunelab eval`/`predict`
+    ("serve", 6, ["tunelab.serve.*"]),        # OpenAI-compatible server, web UI, arena
+    ("top", 7, [                              # verbs that orchestrate several stages
+        "tunelab.cli", "tunelab.pipeline", "tunelab.prepare", "tunelab.report", "tunelab.data_check"]),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted((SRC / "tunelab").rglob("*.py"))}
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The tunelab modules `path` (module `name`) loads, anywhere in the file."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x / from ..y import z
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                out.add(sub if sub in known else base)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and TARGET.fullmatch(node.value):
+            out.add(TARGET.fullmatch(node.value).group(1))
+    return {m for m in out if m == "tunelab" or m.startswith("tunelab.")}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {name: imports_of(name, path, known) - {name} for name, path in mods.items()}
+
+
+def stage_of(module: str) -> tuple[str, int]:
+    best = None
+    for stage, rank, entries in LAYERS:
+        for entry in entries:
+            base = entry.removesuffix(".*")
+            hit = module == base or (entry.endswith(".*") and module.startswith(base + "."))
+            if hit and (best is None or len(base) > best[0]):
+                best = (len(base), stage, rank)
+    assert best is not None, f"{module} has no stage: place it in LAYERS"
+    return best[1], best[2]
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component with more than one module (Tarjan), each as a sorted list."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_every_import_names_a_module_that_exists():
+    edges = graph()
+    missing = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets if b not in edges)
+    assert not missing, missing
+
+
+def test_every_verb_handler_exists():
+    """`tunelab VERB` imports its handler by name only when it runs: a moved module or function must fail here."""
+    mods = modules()
+    cli = mods["tunelab.cli"].read_text(encoding="utf-8")
+    targets = [m.groups() for m in TARGET.finditer(cli)]
+    assert len(targets) >= 20
+    for module, func in targets:
+        assert module in mods, module
+        defined = {n.name for n in ast.parse(mods[module].read_text(encoding="utf-8")).body
+                   if isinstance(n, ast.FunctionDef)}
+        assert func in defined, f"{module}:{func}"
+
+
+def test_no_import_cycles():
+    assert cycles(graph()) == []
+
+
+def upward(edges: dict[str, set[str]]) -> list[str]:
+    """Every import of a module of a higher stage, or of a sibling stage (same rank)."""
+    bad = []
+    for a, targets in sorted(edges.items()):
+        stage_a, rank_a = stage_of(a)
+        for b in sorted(targets):
+            stage_b, rank_b = stage_of(b)
+            if stage_b != stage_a and rank_b >= rank_a:
+                bad.append(f"{a} ({stage_a}) imports {b} ({stage_b})")
+    return bad
+
+
+def test_no_stage_imports_a_stage_above_it():
+    bad = upward(graph())
+    assert not bad, "\n".join(bad)
+
+
+def test_the_checker_sees_what_it_must():
+    """The walker finds lazy, `from package import module` and verb-handler imports; the cycle finder finds
+    a cycle; an upward and a sibling import are caught; every stage holds some module."""
+    tree = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(tree) == [["a", "b", "c"]]
+    assert upward({"tunelab.data.glue": {"tunelab.train.loop"}, "tunelab.train.loop": {"tunelab.scoring"},
+                   "tunelab.eval.sets": {"tunelab.tasks.glue", "tunelab.data.records"}}) == [
+        "tunelab.data.glue (data) imports tunelab.train.loop (train)",
+        "tunelab.train.loop (train) imports tunelab.scoring (scoring)"]
+    mods = modules()
+    assert "tunelab.tasks.reading" in imports_of("tunelab.tasks", mods["tunelab.tasks"], set(mods))
+    runner = imports_of("tunelab.eval.runner", mods["tunelab.eval.runner"], set(mods))
+    assert "tunelab.model.loading" in runner  # imported inside evaluate_model_dir
+    assert "tunelab.eval.evaluate" in imports_of("tunelab.cli", mods["tunelab.cli"], set(mods))
+    assert stage_of("tunelab.data.records") == ("foundation", 0) and stage_of("tunelab.data.glue") == ("data", 1)
+    assert stage_of("tunelab.eval.rouge") == ("measures", 3) and stage_of("tunelab.eval.sets") == ("eval", 5)
+    used = {stage_of(m)[0] for m in mods}
+    assert used == {stage for stage, _, _ in LAYERS}
