@@ -12,10 +12,18 @@ _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def quiet_transformers() -> None:
-    """Silence transformers' per-file progress bars and info logs; tunelab shows its own progress."""
+    """Silence transformers' per-file progress bars and info logs; tunelab shows its own progress.
+
+    Also ignore one FutureWarning that every LoRA run printed: peft's `PeftModel.__init__` (0.21) reads
+    the `is_gradient_checkpointing` alias that transformers 5 deprecates. tunelab never reads it, so the
+    user can do nothing about it; the filter matches that message only.
+    """
+    import warnings
+
     from transformers.utils import logging
     logging.disable_progress_bar()
     logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def _torch_dtype(name: str):
