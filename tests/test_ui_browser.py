@@ -68,16 +68,23 @@ def test_ratings_rank_a_clear_winner_and_refuse_noise():
 # the UI's pieces without a browser ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory):
+    """alpha: a checkpoint scored greedily with 20-token answers (its generation_config.json says so);
+    beta: a model whose config states no decoding."""
     pytest.importorskip("fastapi")
     import torch
 
     from test_serve_api import build_tiny_run
 
+    from tunelab.model.generation_config import write_generation_config
+    from tunelab.model.loading import load_for_inference
     from tunelab.serve.backends import LocalBackend
     from tunelab.serve.models import ServedModel
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ui")
-    a = ServedModel.load(build_tiny_run(root, "alpha", seed=1), name="alpha")
+    alpha = build_tiny_run(root, "alpha", seed=1)
+    alpha_dir = alpha / "checkpoints" / "step-000010" / "model"
+    write_generation_config(alpha_dir, *load_for_inference(str(alpha_dir)), max_new_tokens=20)
+    a = ServedModel.load(alpha, name="alpha")
     b = ServedModel.load(build_tiny_run(root, "beta", seed=2), name="beta")
     yield {"alpha": LocalBackend("alpha", a), "beta": LocalBackend("beta", b)}
     a.close()
@@ -88,12 +95,29 @@ def test_stream_answers_streams_two_models_at_once(two_models):
     from tunelab.serve.backends import GenerationSettings
     from tunelab.serve.ui import stream_answers
     msgs = [{"role": "user", "content": "hello"}]
-    updates = list(stream_answers([(two_models["alpha"], msgs), (two_models["beta"], msgs)],
-                                  GenerationSettings(temperature=0.0, max_tokens=24)))
+    settings = GenerationSettings(temperature=0.0, max_tokens=24)
+    updates = list(stream_answers([(two_models["alpha"], msgs, settings), (two_models["beta"], msgs, settings)]))
     final_a, final_b = updates[-1]
     assert final_a.done and final_b.done and final_a.text and final_b.text and final_a.text != final_b.text
     assert len(updates) > 2                  # several partial updates: streamed, not one final answer
     assert final_a.seconds is not None and final_a.first_token <= final_a.seconds
+
+
+def test_settings_start_from_the_models_generation_config(two_models):
+    """A local model's defaults are its generation config's where it states one, the UI's elsewhere; a remote
+    server's model keeps the UI's."""
+    from tunelab.serve.backends import GenerationSettings, RemoteBackend
+    ui = GenerationSettings(max_tokens=64)
+    assert two_models["alpha"].defaults(ui) == GenerationSettings(temperature=0.0, top_p=1.0, top_k=0, max_tokens=20)
+    assert two_models["beta"].defaults(ui) == ui
+    assert RemoteBackend("mate", "http://127.0.0.1:9/v1").defaults(ui) == ui
+    # alpha at its defaults answers as at temperature 0; an explicit temperature still samples
+    msgs = [{"role": "user", "content": "hello"}]
+    alpha = two_models["alpha"]
+    greedy = "".join(alpha.chat_stream(msgs, GenerationSettings(temperature=0.0, max_tokens=20)))
+    assert "".join(alpha.chat_stream(msgs, alpha.defaults(ui))) == greedy
+    hot = GenerationSettings(temperature=1.5, max_tokens=20)
+    assert any("".join(alpha.chat_stream(msgs, hot)) != greedy for _ in range(3))
 
 
 def test_model_specs(monkeypatch):
@@ -163,6 +187,21 @@ def test_browser_chat_arena_vote_leaderboard(app_url):
             page.set_default_timeout(60_000)
             page.goto(app_url["url"])
 
+            # the chat's sliders start from the first model's generation config (alpha: greedy, 20 tokens) and
+            # follow the model picked; beta states none: the UI's temperature 0.7 and the app's 32 tokens
+            page.locator("button", has_text="Settings 参数").first.click()    # the chat tab's, folded
+            temperature = page.locator("#chat-temperature input[type=number]")
+            max_tokens = page.locator("#chat-max-tokens input[type=number]")
+            expect(temperature).to_have_value("0")
+            expect(max_tokens).to_have_value("20")
+            page.locator("#chat-model input").click()
+            page.get_by_role("option", name="beta").click()
+            expect(temperature).to_have_value("0.7")
+            expect(max_tokens).to_have_value("32")
+            page.locator("#chat-model input").click()
+            page.get_by_role("option", name="alpha").click()
+            expect(temperature).to_have_value("0")
+
             # chat: a message in, a streamed answer out, with its time
             page.locator("#chat-input textarea").fill("What is 2 + 3?")
             page.locator("#chat-send").click()
@@ -191,6 +230,13 @@ def test_browser_chat_arena_vote_leaderboard(app_url):
             text = reveal.inner_text()
             assert ("alpha" in text) and ("beta" in text)
             expect(page.locator("#vote-left")).to_be_disabled()
+            # the battle ran each model at its own defaults; moving a slider applies the sliders to both
+            page.locator("button:visible", has_text="Settings 参数").first.click()
+            own = page.locator("#arena-own-defaults input")
+            expect(own).to_be_checked()
+            page.locator("#arena-temperature input[type=number]").fill("1.2")
+            page.locator("#arena-temperature input[type=number]").press("Enter")
+            expect(own).not_to_be_checked()
 
             # the leaderboard changed: both models now have a vote and a rating
             page.get_by_role("tab", name="Leaderboard 排行榜").click()

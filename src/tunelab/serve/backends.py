@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 from urllib.parse import urlparse
 
@@ -29,7 +29,9 @@ class BackendError(Exception):
 
 @dataclass
 class GenerationSettings:
+    """One answer's decoding. These defaults are the UI's for a model that states none (`defaults()`)."""
     temperature: float = 0.7
+    top_p: float = 1.0
     top_k: int = 0
     max_tokens: int = 128
     stop: tuple[str, ...] = ()
@@ -91,6 +93,14 @@ class LocalBackend:
     def check(self) -> tuple[bool, str]:
         return True, f"ready · context {self.served.context_len}"
 
+    def defaults(self, fallback: GenerationSettings) -> GenerationSettings:
+        """The model's generation config (greedy for a checkpoint scored greedily), `fallback` where it says
+        nothing."""
+        d = self.served.defaults
+        return replace(fallback, **{k: v for k, v in (("temperature", d.temperature), ("top_p", d.top_p),
+                                                       ("top_k", d.top_k), ("max_tokens", d.max_tokens))
+                                    if v is not None})
+
     def chat_stream(self, messages: list[dict], settings: GenerationSettings) -> Iterator[str]:
         from tunelab.serve.engine import SamplingParams
         ids = self.served.encode(self.served.render_chat(messages), add_special_tokens=False)
@@ -99,7 +109,8 @@ class LocalBackend:
             raise BackendError(f"{self.name}: the conversation ({len(ids)} tokens) does not fit the model's context "
                                f"of {self.served.context_len}; press Clear / 对话过长，请清空")
         params = SamplingParams(max_tokens=min(int(settings.max_tokens), room), temperature=float(settings.temperature),
-                                top_k=int(settings.top_k or 0), stop=tuple(s for s in settings.stop if s))
+                                top_p=float(settings.top_p), top_k=int(settings.top_k or 0),
+                                stop=tuple(s for s in settings.stop if s))
         for out in self.served.engine.stream(ids, params):
             if out.finish_reason == "error":
                 raise BackendError(f"{self.name}: {out.error}")
@@ -147,6 +158,10 @@ class RemoteBackend:
             self.model_id = ids[0]
         return self.model_id
 
+    def defaults(self, fallback: GenerationSettings) -> GenerationSettings:
+        """`fallback`: the model's generation config is the remote server's business."""
+        return fallback
+
     def check(self) -> tuple[bool, str]:
         t = time.perf_counter()
         try:
@@ -161,7 +176,8 @@ class RemoteBackend:
         try:
             stream = self.client.chat.completions.create(
                 model=model, messages=messages, stream=True, temperature=float(settings.temperature),
-                max_tokens=int(settings.max_tokens), stop=list(settings.stop)[:4] or None, extra_body=extra)
+                top_p=float(settings.top_p), max_tokens=int(settings.max_tokens),
+                stop=list(settings.stop)[:4] or None, extra_body=extra)
             with stream:
                 for chunk in stream:
                     for choice in chunk.choices:

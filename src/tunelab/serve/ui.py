@@ -4,6 +4,10 @@ Tabs: Chat (streaming, sampling controls, stop, clear, example prompts, time per
 prompt, two models streaming at once) · Arena (two anonymous models drawn at random, one vote, then names are
 revealed) · Leaderboard (Bradley-Terry and Elo with bootstrap intervals, vote counts, win-rate matrix, CSV /
 JSON export). Models are local tunelab models (in-process engine) or remote OpenAI-compatible servers.
+
+The sampling sliders start from the model's generation_config.json (greedy for a tunelab checkpoint scored
+greedily), else from the UI's defaults (temperature 0.7); in Side by side and the Arena each model answers with its
+own defaults until a slider is moved.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -123,13 +127,13 @@ def prompt_messages(history: list[dict]) -> list[dict]:
     return out
 
 
-def stream_answers(jobs: list[tuple[object, list[dict]]], settings: GenerationSettings) -> Iterator[list[Answer]]:
-    """Run several (backend, messages) at once, each in a thread; yield all answers after every change."""
+def stream_answers(jobs: list[tuple[object, list[dict], GenerationSettings]]) -> Iterator[list[Answer]]:
+    """Run several (backend, messages, settings) at once, each in a thread; yield all answers after every change."""
     q: queue.Queue = queue.Queue()
     stop = threading.Event()
     answers = [Answer() for _ in jobs]
 
-    def work(k: int, backend, messages: list[dict]) -> None:
+    def work(k: int, backend, messages: list[dict], settings: GenerationSettings) -> None:
         t0 = time.perf_counter()
         try:
             gen = backend.chat_stream(messages, settings)
@@ -146,8 +150,8 @@ def stream_answers(jobs: list[tuple[object, list[dict]]], settings: GenerationSe
         except Exception as e:  # noqa: BLE001 - shown in the chat, never kills the app
             q.put((k, "error", f"{type(e).__name__}: {e}", time.perf_counter() - t0))
 
-    for k, (backend, messages) in enumerate(jobs):
-        threading.Thread(target=work, args=(k, backend, messages), daemon=True).start()
+    for k, (backend, messages, settings) in enumerate(jobs):
+        threading.Thread(target=work, args=(k, backend, messages, settings), daemon=True).start()
     try:
         running = len(jobs)
         while running:
@@ -183,22 +187,48 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
     unreachable: set[str] = set()   # failed their last status check: left out of arena draws
     export_dir = Path(tempfile.mkdtemp(prefix="tunelab-ui-"))
 
-    def settings_of(temperature, top_k, max_tokens, stop_text) -> GenerationSettings:
+    fallback = GenerationSettings(max_tokens=max_new_tokens)   # for a model whose config states no decoding
+
+    def settings_of(temperature, top_p, top_k, max_tokens, stop_text) -> GenerationSettings:
         stops = tuple(s.encode("utf-8").decode("unicode_escape") if "\\" in s else s
                       for s in (stop_text or "").split("|") if s)
-        return GenerationSettings(float(temperature), int(top_k), int(max_tokens), stops)
+        return GenerationSettings(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+                                  max_tokens=int(max_tokens), stop=stops)
 
-    def sampling_controls(prefix: str):
+    def settings_for(backend, own: bool, chosen: GenerationSettings) -> GenerationSettings:
+        """A model's own defaults (with the chosen stop strings) while `own` is ticked, else the sliders'."""
+        return replace(backend.defaults(fallback), stop=chosen.stop) if own else chosen
+
+    def slider_values(name: str) -> list:
+        """A model's defaults as the sliders' values (temperature, top-p, top-k, max tokens), within their ranges."""
+        d = backends[name].defaults(fallback)
+        return [min(max(d.temperature, 0.0), 2.0), min(max(d.top_p, 0.01), 1.0), min(max(d.top_k, 0), 200),
+                min(max(d.max_tokens, 1), 2048)]
+
+    def sampling_controls(prefix: str, start: str, own_defaults: bool = False):
+        """Sliders starting at model `start`'s defaults; with `own_defaults`, a ticked box first that lets each
+        model answer with its own defaults instead (moving a slider unticks it)."""
+        temp0, top_p0, top_k0, max0 = slider_values(start)
         with gr.Accordion("Settings 参数", open=False):
+            own = gr.Checkbox(True, label="each model answers with its own defaults 各模型使用自己的默认参数 "
+                                          "(moving a slider applies the sliders to both 拖动滑块则两边都用滑块)",
+                              elem_id=f"{prefix}-own-defaults") if own_defaults else None
             with gr.Row():
-                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="temperature 温度",
+                temperature = gr.Slider(0.0, 2.0, value=temp0, step=0.05, label="temperature 温度 (0 = greedy 贪心)",
                                         elem_id=f"{prefix}-temperature")
-                top_k = gr.Slider(0, 200, value=0, step=1, label="top-k (0 = off 关闭)", elem_id=f"{prefix}-topk")
-                max_tokens = gr.Slider(1, 2048, value=max_new_tokens, step=1, label="max new tokens 最大生成长度",
+                top_p = gr.Slider(0.01, 1.0, value=top_p0, step=0.01, label="top-p (1 = off 关闭)",
+                                  elem_id=f"{prefix}-topp")
+                top_k = gr.Slider(0, 200, value=top_k0, step=1, label="top-k (0 = off 关闭)", elem_id=f"{prefix}-topk")
+                max_tokens = gr.Slider(1, 2048, value=max0, step=1, label="max new tokens 最大生成长度",
                                        elem_id=f"{prefix}-max-tokens")
             stop_text = gr.Textbox(label="stop strings 停止词 (separate with |, e.g. \\n\\n|###)", value="",
                                    elem_id=f"{prefix}-stop")
-        return [temperature, top_k, max_tokens, stop_text]
+        sliders = [temperature, top_p, top_k, max_tokens]
+        if own is None:
+            return sliders + [stop_text]
+        for slider in sliders:
+            slider.input(lambda: False, None, own)
+        return [own, *sliders, stop_text]
 
     def status_table() -> str:
         results: dict[str, tuple[bool, str]] = {}
@@ -242,22 +272,22 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
                 chat_send = gr.Button("Send 发送", variant="primary", scale=1, elem_id="chat-send")
                 chat_stop = gr.Button("Stop 停止", scale=1, elem_id="chat-stop")
                 chat_clear = gr.Button("Clear 清空", scale=1, elem_id="chat-clear")
-            chat_controls = sampling_controls("chat")
+            chat_controls = sampling_controls("chat", names[0])
             gr.Examples([[e] for e in examples], inputs=[chat_input], label="examples 示例")
             with gr.Accordion("Models 模型状态", open=False):
                 status_md = gr.Markdown("checking… 检查中", elem_id="model-status")
                 gr.Button("Check again 重新检查", size="sm").click(status_table, None, status_md)
 
-        def chat_fn(message, history, model, temperature, top_k, max_tokens, stop_text):
+        def chat_fn(message, history, model, temperature, top_p, top_k, max_tokens, stop_text):
             history = history_messages(history)
             if not (message or "").strip():
                 yield history, message, ""
                 return
-            settings = settings_of(temperature, top_k, max_tokens, stop_text)
+            settings = settings_of(temperature, top_p, top_k, max_tokens, stop_text)
             messages = prompt_messages(history) + [{"role": "user", "content": message}]
             history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
             yield history, "", "generating… 生成中"
-            for (a,) in stream_answers([(backends[model], messages)], settings):
+            for (a,) in stream_answers([(backends[model], messages, settings)]):
                 history[-1] = {"role": "assistant", "content": a.shown()}
                 yield history, "", f"**{model}** · {a.timing()}"
 
@@ -266,6 +296,7 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
         ev2 = chat_input.submit(chat_fn, chat_inputs, [chatbot, chat_input, chat_timing])
         chat_stop.click(None, None, None, cancels=[ev1, ev2])
         chat_clear.click(lambda: ([], "", ""), None, [chatbot, chat_input, chat_timing], cancels=[ev1, ev2])
+        chat_model.change(slider_values, chat_model, chat_controls[:4])   # the sliders start from the new model's
 
         # Side by side ------------------------------------------------------------------------------
         with gr.Tab("Side by side 并排对比", id="side"):
@@ -286,20 +317,22 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
                 side_send = gr.Button("Send 发送", variant="primary", scale=1, elem_id="side-send")
                 side_stop = gr.Button("Stop 停止", scale=1)
                 side_clear = gr.Button("Clear 清空", scale=1)
-            side_controls = sampling_controls("side")
+            side_controls = sampling_controls("side", names[0], own_defaults=True)
             gr.Examples([[e] for e in examples], inputs=[side_input], label="examples 示例")
 
-        def side_fn(message, hist_a, hist_b, model_a, model_b, temperature, top_k, max_tokens, stop_text):
+        def side_fn(message, hist_a, hist_b, model_a, model_b, own, temperature, top_p, top_k, max_tokens, stop_text):
             hist_a, hist_b = history_messages(hist_a), history_messages(hist_b)
             if not (message or "").strip():
                 yield hist_a, hist_b, message, "", ""
                 return
-            settings = settings_of(temperature, top_k, max_tokens, stop_text)
-            jobs = [(backends[model_a], prompt_messages(hist_a) + [{"role": "user", "content": message}]),
-                    (backends[model_b], prompt_messages(hist_b) + [{"role": "user", "content": message}])]
+            settings = settings_of(temperature, top_p, top_k, max_tokens, stop_text)
+            jobs = [(backends[model_a], prompt_messages(hist_a) + [{"role": "user", "content": message}],
+                     settings_for(backends[model_a], own, settings)),
+                    (backends[model_b], prompt_messages(hist_b) + [{"role": "user", "content": message}],
+                     settings_for(backends[model_b], own, settings))]
             hist_a = hist_a + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
             hist_b = hist_b + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-            for a, b in stream_answers(jobs, settings):
+            for a, b in stream_answers(jobs):
                 hist_a[-1] = {"role": "assistant", "content": a.shown()}
                 hist_b[-1] = {"role": "assistant", "content": b.shown()}
                 yield hist_a, hist_b, "", f"**{model_a}** · {a.timing()}", f"**{model_b}** · {b.timing()}"
@@ -334,7 +367,7 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
                 arena_input = gr.Textbox(placeholder="Ask both anonymous models 向两个匿名模型提问…",
                                          show_label=False, scale=6, elem_id="arena-input")
                 arena_send = gr.Button("Battle 对战", variant="primary", scale=1, elem_id="arena-send")
-            arena_controls = sampling_controls("arena")
+            arena_controls = sampling_controls("arena", names[0], own_defaults=True)
             gr.Examples([[e] for e in examples], inputs=[arena_input], label="examples 示例")
 
         vote_buttons = [vote_left, vote_right, vote_tie, vote_bad]
@@ -342,7 +375,7 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
         def buttons(on: bool):
             return [gr.Button(interactive=on) for _ in vote_buttons]
 
-        def arena_fn(message, state, temperature, top_k, max_tokens, stop_text):
+        def arena_fn(message, state, own, temperature, top_p, top_k, max_tokens, stop_text):
             if len(names) < 2:
                 yield ([], [], {}, message, "", "", "The arena needs at least two models. 竞技场至少需要两个模型。",
                        *buttons(False))
@@ -352,12 +385,13 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
                 return
             pool = [n for n in names if n not in unreachable]
             a_name, b_name = rng.sample(pool if len(pool) >= 2 else names, 2)
-            settings = settings_of(temperature, top_k, max_tokens, stop_text)
+            settings = settings_of(temperature, top_p, top_k, max_tokens, stop_text)
             msgs = [{"role": "user", "content": message}]
             battle = {"id": uuid.uuid4().hex, "a": a_name, "b": b_name, "prompt": message, "voted": False,
                       "complete": False}
             hist = [{"role": "user", "content": message}]
-            for a, b in stream_answers([(backends[a_name], msgs), (backends[b_name], msgs)], settings):
+            for a, b in stream_answers([(backends[a_name], msgs, settings_for(backends[a_name], own, settings)),
+                                        (backends[b_name], msgs, settings_for(backends[b_name], own, settings))]):
                 done = a.done and b.done
                 battle.update(answer_a=a.text, answer_b=b.text, seconds_a=a.seconds, seconds_b=b.seconds,
                               complete=done and not a.error and not b.error)
