@@ -229,10 +229,17 @@ def test_cli_subsamples_from_file(tmp_path, capsys):
 
 
 def test_cli_list_kinds(tmp_path, capsys):
-    assert main(["data", "arithmetic", "--out", str(tmp_path / "x.json"), "--list-kinds"]) == 0
+    assert main(["data", "arithmetic", "--list-kinds"]) == 0  # as the README writes it: no --out
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split()[0] for ln in lines] == ALL_KINDS
+    assert main(["data", "arithmetic", "--out", str(tmp_path / "x.json"), "--list-kinds"]) == 0
     assert not (tmp_path / "x.json").exists()
+
+
+def test_cli_without_out_is_one_line_error(capsys):
+    assert main(["data", "arithmetic", "--count", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tunelab: error: --out is required") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("out, argv", [("x.json", ["--kinds", "nope"]), ("x.txt", []),

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
 
     q = data.add_parser("arithmetic", help="generate competition-format arithmetic problems, or subsample a file")
-    q.add_argument("--out", required=True, help="output file (.json array or .jsonl)")
+    q.add_argument("--out", help="output file (.json array or .jsonl); required unless --list-kinds")
     q.add_argument("--count", type=int, default=1000, help="number of problems to write")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--kinds", default=None,

@@ -347,6 +347,8 @@ def cli_generate(args) -> int:
             ex = generate(1, args.seed, [kind], args.lang)[0]
             print(f"{kind:<9} {ex['problem']}  →  {ex['solution']}")
         return 0
+    if not args.out:
+        raise TunelabError("--out is required (a .json or .jsonl file to write), unless --list-kinds")
     if args.source:
         if args.kinds:
             raise TunelabError("--kinds applies to generated problems, not to --from")
