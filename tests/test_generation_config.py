@@ -72,6 +72,9 @@ def test_a_task_longer_than_the_eval_default_sets_the_length():
         {"task": "continuation", "source": {"corpus": "c"}, "options": {"max_new_tokens": 96}}]})
     assert eval_max_new_tokens(eval_cfg) == 96
     assert eval_max_new_tokens(EvalConfig.model_validate({"max_new_tokens": 24})) == 24
+    shared = EvalConfig.model_validate({"max_new_tokens": 24, "options": {"max_new_tokens": 64}, "tasks": [
+        {"task": "continuation", "source": {"corpus": "c"}}]})
+    assert eval_max_new_tokens(shared) == 64
 
 
 def test_the_chat_templates_end_of_turn_is_a_stop_id(tiny_base):

@@ -25,9 +25,11 @@ _KEPT = ("bos_token_id", "decoder_start_token_id", "cache_implementation", "cach
 
 
 def eval_max_new_tokens(eval_config) -> int:
-    """The longest answer a recipe's evaluation lets a model write: `eval.max_new_tokens`, or a task's own
-    `max_new_tokens` option (the continuation task has one) when that is longer."""
-    own = [t.options.get("max_new_tokens") for t in eval_config.tasks]
+    """The longest answer a recipe's evaluation lets a model write: `eval.max_new_tokens`, or a task's
+    `max_new_tokens` setting (the continuation task has one; its entry's options, else `eval.options`) when
+    that is longer."""
+    shared = eval_config.options.get("max_new_tokens")
+    own = [t.options.get("max_new_tokens", shared) for t in eval_config.tasks]
     return max([eval_config.max_new_tokens,
                 *(n for n in own if isinstance(n, int) and not isinstance(n, bool) and n > 0)])
 
