@@ -362,6 +362,15 @@ def _one_mistake_two_ways(files):
          ["--tasks", "rougel", "--data", f"rougel={files['rougel']}", "--option", "rougel.segmentation=chars"],
          "eval.tasks.0.options.segmentation", "--option",
          "unknown segmentation 'chars' (choose from auto, char, jieba, word)"),
+        ({"tasks": [{"task": "choice", "options": {"continuation": "lettr"},
+                     "source": {"path": str(files["choice"])}}]},
+         ["--tasks", "choice", "--data", f"choice={files['choice']}", "--option", "choice.continuation=lettr"],
+         "eval.tasks.0.options.continuation", "--option",
+         "unknown continuation 'lettr' (choose from letter, text, letter_text)"),
+        # `yes` is YAML's true, in a recipe file and in an --option value alike
+        ({"tasks": [{"task": "cola", "options": {"label_words": True}, "source": {"path": str(files["cola"])}}]},
+         ["--tasks", "cola", "--data", f"cola={files['cola']}", "--option", "cola.label_words=yes"],
+         "eval.tasks.0.options.label_words", "--option", "label_words needs two words (label 0, label 1), got True"),
         ({"tasks": [{"task": "squad", "limit": 0, "source": sq}]}, squad + ["--limit", "0"],
          "eval.tasks.0.limit", "--limit", "Input should be greater than or equal to 1"),
     ]

@@ -357,6 +357,13 @@ class ChoiceTask(Task):
     settings = ("continuation",)
     continuation = "letter"
 
+    def configure(self, **values: Any) -> "Task":
+        super().configure(**values)
+        if self.continuation not in CONTINUATIONS:  # before any model work
+            raise TunelabError(f"unknown continuation '{self.continuation}' (choose from "
+                               f"{', '.join(CONTINUATIONS)})", field="continuation")
+        return self
+
     def load_examples(self, path: str | Path) -> list[Example]:
         return choice_examples(read_choice(path))
 
@@ -372,9 +379,6 @@ class ChoiceTask(Task):
         return options
 
     def _continuations(self, options: dict[str, str]) -> list[str]:
-        if self.continuation not in CONTINUATIONS:
-            raise TunelabError(f"unknown continuation '{self.continuation}' (choose from "
-                               f"{', '.join(CONTINUATIONS)})", field="continuation")
         if self.continuation == "letter":
             return list(options)
         if self.continuation == "text":

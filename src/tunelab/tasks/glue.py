@@ -135,6 +135,11 @@ class _GlueTask(Task):
     settings = ("label_words",)
     label_words: Any = ("0", "1")
 
+    def configure(self, **values: Any) -> "Task":
+        super().configure(**values)
+        self.words()  # two label words, checked before any model work
+        return self
+
     def load_examples(self, path: str | Path) -> list[Example]:
         """A labelled GLUE TSV or pre_data JSON as Examples (see `read_glue_examples`)."""
         return read_glue_examples(path, self.glue_name)
@@ -156,7 +161,7 @@ class _GlueTask(Task):
         words = self.label_words
         if isinstance(words, str):
             words = [w.strip() for w in words.split(",")]
-        words = [str(w) for w in words]
+        words = [str(w) for w in words] if isinstance(words, (list, tuple)) else []  # YAML reads `yes` as True
         if len(words) != 2 or not all(words):
             raise TunelabError(f"label_words needs two words (label 0, label 1), got {self.label_words!r}",
                                field="label_words")
