@@ -171,3 +171,23 @@ def test_resume_after_the_last_checkpoint_reports_the_real_final_loss(make_recip
     assert again["resumed_from"] == 6 and again["final_loss"] == first["final_loss"]
     assert (recipe.run_dir / "loss.png").exists()
     assert [r["step"] for r in read_metrics(recipe.run_dir / "metrics.jsonl")] == list(range(1, 7))
+
+
+def test_resume_of_a_run_saved_before_a_schema_key_was_added(make_recipe):
+    """A run started by an older tunelab has no key the schema gained since (here eval.mode, at its
+    default): that is no difference, and --resume continues it; a real change still is one."""
+    import yaml
+
+    from tunelab.train.loop import train
+    recipe = load_recipe(make_recipe("older", train={"max_steps": 4, "num_checkpoints": 2}))
+    train(recipe)
+    saved = recipe.run_dir / "recipe.yaml"
+    raw = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    assert raw["eval"].pop("mode", "absent") is None
+    saved.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    assert train(recipe, resume=True)["steps"] == 4  # a finished run: nothing left to train, no error
+    raw["train"]["lr"] = 0.5
+    saved.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    from tunelab.errors import TunelabError
+    with pytest.raises(TunelabError, match="recipe differs"):
+        train(recipe, resume=True)

@@ -117,9 +117,16 @@ def _failed_during_setup(run_dir: Path) -> bool:
 
 
 def _identity(recipe_yaml: str) -> dict:
-    """The parts of a saved recipe that define the run; CPU threads may change when resuming."""
+    """The parts of a saved recipe that define the run, as the current schema reads them (so a key added to
+    the schema since the run started, at its default, is no difference); CPU threads may change when
+    resuming."""
     import yaml
+    from pydantic import ValidationError
     raw = yaml.safe_load(recipe_yaml)
+    try:
+        raw = Recipe.model_validate(raw).model_dump(mode="json")
+    except ValidationError:  # a key the schema no longer has: compared as written, so it differs
+        pass
     raw.get("train", {}).pop("threads", None)
     return raw
 
