@@ -137,3 +137,19 @@ def test_generate_with_stop_strings_is_generate_cut_at_them(tiny_base):
     for text, got in zip(full, cut):
         hits = [text.find(s) for s in stops if s in text]
         assert got == (text[:min(hits)] if hits else text)
+
+
+def test_completions_say_whether_they_stopped_or_ran_out_of_tokens(tiny_base):
+    from tunelab.data.templates import PromptTemplate
+    from tunelab.model.decoding import complete_batched
+    from tunelab.model.loading import load_for_inference
+    model, tokenizer = load_for_inference(str(tiny_base))
+    prompts = [PromptTemplate("alpaca").render(p) for p in ("12 + 30 = ?", "计算 7 - 3", "5 + 5 = ?")]
+    long = complete_batched(model, tokenizer, prompts, max_new_tokens=40, batch_size=2, progress=False)
+    short = complete_batched(model, tokenizer, prompts, max_new_tokens=1, batch_size=2, progress=False)
+    assert [c.text for c in long] == generate_batched(model, tokenizer, prompts, max_new_tokens=40, progress=False)
+    assert any(c.finish_reason == "stop" for c in long), long  # the trained base ends some answers itself
+    for lc, sc in zip(long, short):
+        assert lc.text.startswith(sc.text)
+        # one token: a real token runs out of room, a stop token at once is a stop with no text
+        assert sc.finish_reason == ("stop" if sc.text == "" else "length")

@@ -360,8 +360,9 @@ class TextStream:
 # --- batched greedy generation: the evaluation engine -------------------------------------------------
 
 def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozenset[int], pad_id: int,
-                streams: list[TextStream] | None = None) -> list[list[int]]:
-    """Greedy continuation of each row of token ids; the new ids of each row, its stop token excluded.
+                streams: list[TextStream] | None = None) -> tuple[list[list[int]], list[bool]]:
+    """Greedy continuation of each row of token ids: (the new ids of each row, its stop token excluded;
+    whether each row stopped by itself rather than at `max_new_tokens`).
 
     A row leaves the batch (its cache rows dropped) when it emits a stop token or, with `streams`, when its
     text reaches a stop string."""
@@ -371,14 +372,18 @@ def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
     batch, logits = DecodeBatch.prefill(model, rows, pad_id, max_new_tokens)
     alive = list(range(n))                      # original row of each batch row
     results: list[list[int]] = [[] for _ in range(n)]
+    stopped = [False] * n
     for step in range(max_new_tokens):
         tokens = logits.argmax(-1).tolist()
         keep = []
         for j, (row, tok) in enumerate(zip(alive, tokens)):
             if tok in stops:
+                stopped[row] = True
                 continue
             results[row].append(tok)
-            if streams is None or not streams[row].add(tok):
+            if streams is not None and streams[row].add(tok):
+                stopped[row] = True
+            else:
                 keep.append(j)
         if step == max_new_tokens - 1 or not keep:
             break
@@ -388,13 +393,26 @@ def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
             alive = [alive[j] for j in keep]
             tokens = [tokens[j] for j in keep]
         logits = batch.step(torch.tensor(tokens, device=batch.device))
-    return results
+    return results, stopped
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop": a stop token or stop string ended it; "length": it reached max_new_tokens
 
 
 def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 32,
                      progress: bool = True, desc: str = "generate", stop: tuple[str, ...] = ()) -> list[str]:
+    """Greedy completions of `prompts` in input order (their texts; see `complete_batched`)."""
+    return [c.text for c in complete_batched(model, tokenizer, prompts, max_new_tokens, batch_size, progress, desc,
+                                             stop)]
+
+
+def complete_batched(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 32,
+                     progress: bool = True, desc: str = "generate", stop: tuple[str, ...] = ()) -> list[Completion]:
     """Greedy completions of `prompts` in input order, special tokens stripped, each ending before its
-    first stop token (`stop_token_ids`) or stop string.
+    first stop token (`stop_token_ids`) or stop string, with why it ended (a stop rate counts "stop").
 
     Prompts are tokenised once without special tokens (as tunelab trains), sorted by length and
     left-padded into batches; a batch's shared template header is run once (`DecodeBatch.prefill`), the
@@ -409,20 +427,20 @@ def generate_batched(model, tokenizer, prompts: list[str], max_new_tokens: int =
     stops = stop_token_ids(model, tokenizer)
     pad_id = pad_token_id(tokenizer, stops)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    outputs: list[str] = [""] * len(prompts)
+    outputs: list[Completion] = [Completion("", "length")] * len(prompts)
     with torch.inference_mode(), tqdm(total=len(prompts), disable=not progress, desc=desc, unit="prompt",
                                       leave=False) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start: start + batch_size]
             streams = [TextStream(tokenizer, stop) for _ in idx] if stop else None
-            new = greedy_rows(model, [encoded[i] for i in idx], max_new_tokens, stops, pad_id, streams)
+            new, stopped = greedy_rows(model, [encoded[i] for i in idx], max_new_tokens, stops, pad_id, streams)
             if streams:
                 for s in streams:
                     s.add(None, final=True)
                 texts = [s.text for s in streams]
             else:
                 texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-            for i, text in zip(idx, texts):
-                outputs[i] = text
+            for i, text, done in zip(idx, texts, stopped):
+                outputs[i] = Completion(text, "stop" if done else "length")
             bar.update(len(idx))
     return outputs
