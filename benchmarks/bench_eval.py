@@ -68,7 +68,7 @@ def main() -> int:
     threads, load0 = start_torch(args.threads)
     import torch
 
-    from tunelab.model.decoding import generate_batched
+    from tunelab.model.decoding import complete_batched, generate_batched
     from tunelab.model.loading import build_from_scratch, load_for_inference, load_tokenizer
     from tunelab.model.tokenizer import train_bpe_tokenizer
     log(f"torch threads {threads}; load average {load0}; precision {args.precision}")
@@ -187,7 +187,10 @@ def main() -> int:
     hf_agreement = {bs: sum(outs[i] == s for i, s in zip(subset, single_outs)) / len(subset)
                     for bs, outs in hf_outs.items()}
     headline = med[best] / hf_med[hf_best]
-    answer_tokens = statistics.mean(len(x) for x in tokenizer(batched_outs[best], add_special_tokens=False)["input_ids"])
+    # not timed: how many answers ended by themselves (rows that leave the batch early) and how long they are
+    ends = complete_batched(model, tokenizer, prompts, args.max_new_tokens, best, progress=False)
+    stop_rate = sum(c.finish_reason == "stop" for c in ends) / len(ends)
+    answer_chars = statistics.mean(len(c.text) for c in ends)
     load1 = load_average()
 
     print()
@@ -207,7 +210,8 @@ def main() -> int:
         print(f"{'model.generate left-padded bs=' + str(bs) + ' (' + str(len(prompts)) + ' prompts)':<44}"
               f"{hf_med[bs]:>10.1f}   {', '.join(f'{x:.1f}' for x in hf_rates[bs]):<15} "
               f"{hf_agreement[bs]:.1%} of {len(subset)}{mark}")
-    print(f"answers: {answer_tokens:.1f} tokens on average (at most {args.max_new_tokens})")
+    print(f"answers: {stop_rate:.0%} end by themselves before {args.max_new_tokens} tokens; "
+          f"{answer_chars:.1f} characters on average")
     print(f"tunelab (bs={best}) / model.generate batched (bs={hf_best}) = {headline:.2f}x  (target >= 2x)")
     print(f"tunelab (bs={best}) / model.generate one at a time = {ratio:.1f}x")
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} (on {os.cpu_count()} cores; "
@@ -216,7 +220,7 @@ def main() -> int:
     out = {"benchmark": "eval", "unit": "prompts per second", "model": what, "max_new_tokens": args.max_new_tokens,
            "precision": args.precision, "prompts_batched": len(prompts), "prompts_single": len(subset),
            "prompt_kinds": kinds, "prompt_tokens_mean": sum(lens) / len(lens),
-           "answer_tokens_mean": answer_tokens,
+           "answers_stopped": stop_rate, "answer_chars_mean": answer_chars,
            "single": {"prompts_per_s": single_rate, "per_repeat": single_rates},
            "batched": {str(bs): {"prompts_per_s": med[bs], "per_repeat": batched_rates[bs],
                                  "agreement_with_single": agreement[bs]} for bs in sizes},
