@@ -51,7 +51,7 @@ def readme_commands() -> list[list[str]]:
     commands = []
     for block in bash_blocks(README):
         for line in block.replace("\\\n", " ").splitlines():
-            argv = shlex.split(line, comments=True)
+            argv = shlex.split(re.sub(r"(^|\s)#.*", "", line))   # bash: `#` starts a comment only as a word
             if argv and argv[0] == "tunelab":
                 commands.append(argv[1:])
     return commands
@@ -229,6 +229,20 @@ def test_named_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as e:
         main([*verb.split(), "--help"])
     assert e.value.code == 0 and f"usage: tunelab {verb}" in capsys.readouterr().out
+
+
+def test_every_flag_in_a_readme_command_exists():
+    """Commands that need a model or a server are not run, but the flags they show must be real."""
+    verbs = _subparsers(build_parser())
+    for argv in readme_commands():
+        parser = verbs[argv[0]]
+        subs = _subparsers(parser)
+        if subs:
+            parser = subs[argv[1]]
+        options = {o for action in parser._actions for o in action.option_strings}
+        flags = [t.strip("[]").split("=")[0] for t in argv if t.strip("[").startswith("--")]
+        unknown = [f for f in flags if f not in options]
+        assert not unknown, f"`tunelab {shlex.join(argv)}`: no such option {unknown}"
 
 
 def test_layout_lists_every_verb():
