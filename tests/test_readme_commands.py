@@ -29,6 +29,7 @@ import re
 import shlex
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import yaml
 
@@ -165,7 +166,6 @@ def runs(tmp_path_factory):
     (work / "recipes").symlink_to(ROOT / "recipes")
     (work / "models").symlink_to(ROOT / "models")
     results = {}
-    import huggingface_hub.constants
     with contextlib.chdir(work), pytest.MonkeyPatch.context() as mp:
         # no network: a path the README gets wrong must fail at once, not after the hub client's retries
         mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
