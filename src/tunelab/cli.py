@@ -220,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.set_defaults(func=_call("tunelab.model.export:cli_export"))
 
+    p = verbs.add_parser("convert", help="Hugging Face directory <-> MindFormers .ckpt (Llama-2/3, InternLM)")
+    p.add_argument("input", help="HF model directory, or a MindFormers .ckpt")
+    p.add_argument("output", help="a new .ckpt (from HF), or a new HF directory (from .ckpt)")
+    p.add_argument("--config", default=None,
+                   help=".ckpt -> HF: the MindFormers YAML (model.model_config), or an HF config.json/directory")
+    p.add_argument("--tokenizer", default=None, help=".ckpt -> HF: copy the tokenizer files of this HF directory")
+    p.add_argument("--dtype", choices=["keep", "bfloat16", "float16", "float32"], default="keep")
+    p.add_argument("--qkv-concat", action="store_true",
+                   help="HF -> .ckpt: fused w_qkv / w_gate_hidden, for a MindFormers YAML with qkv_concat: True")
+    p.add_argument("--max-shard-gb", type=float, default=5.0, help=".ckpt -> HF: safetensors shard size")
+    p.set_defaults(func=_call("tunelab.model.mindformers_convert:cli_convert"))
+
     # ratio / score -------------------------------------------------------------------------------
     p = verbs.add_parser("ratio", help="trainable / total parameters of a LoRA setup (meta device, no weights)")
     p.add_argument("model", help="preset name, local HF directory or config.json")
