@@ -70,13 +70,15 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _value_message(name: str, dims: tuple[int, ...], tensor_type: str, content: bytes | memoryview) -> bytes:
-    """One serialized `Checkpoint` holding one Value (proto2 repeated int64 dims: unpacked, as protobuf
-    writes them)."""
-    tensor = b"".join(_varint(1 << 3 | 0) + _varint(d) for d in dims)
-    tensor += _field(2, tensor_type.encode()) + _field(3, bytes(content))
-    value = _field(1, name.encode("utf-8")) + _field(2, tensor)
-    return _field(1, value)
+def _value_header(name: str, dims: tuple[int, ...], tensor_type: str, content_len: int) -> bytes:
+    """The bytes of one serialized `Checkpoint` holding one Value, up to its tensor_content, which follows
+    (written straight from the tensor: no copy of the data). proto2 `repeated int64 dims` is unpacked, as
+    protobuf writes it."""
+    tensor = b"".join(_varint(1 << 3 | 0) + _varint(d) for d in dims) + _field(2, tensor_type.encode())
+    tensor += _varint(3 << 3 | 2) + _varint(content_len)
+    tensor_len = len(tensor) + content_len
+    value = _field(1, name.encode("utf-8")) + _varint(2 << 3 | 2) + _varint(tensor_len) + tensor
+    return _varint(1 << 3 | 2) + _varint(len(value) + content_len) + value
 
 
 def _fields(buf) -> Iterator[tuple[int, int, object]]:
@@ -139,7 +141,7 @@ class CkptTensor:
 
     __slots__ = ("name", "shape", "ms_dtype", "data")
 
-    def __init__(self, name: str, shape: tuple[int, ...], ms_dtype: str, data: bytes):
+    def __init__(self, name: str, shape: tuple[int, ...], ms_dtype: str, data: bytearray):
         self.name, self.shape, self.ms_dtype, self.data = name, shape, ms_dtype, data
 
     def to_torch(self):
@@ -151,7 +153,7 @@ class CkptTensor:
         dtype = getattr(torch, MS_TO_TORCH[self.ms_dtype])
         if not self.data:
             return torch.empty(self.shape, dtype=dtype)
-        return torch.frombuffer(bytearray(self.data), dtype=dtype).reshape(self.shape)
+        return torch.frombuffer(self.data, dtype=dtype).reshape(self.shape)  # shares the bytearray
 
 
 def _raw_messages(f: BinaryIO, path: Path) -> Iterator[bytes]:
@@ -187,18 +189,18 @@ def iter_ckpt(path: str | Path, progress=None) -> Iterator[CkptTensor]:
     if not path.is_file():
         raise TunelabError("checkpoint file not found", file=path)
     pending: list[tuple[str, tuple[int, ...], str]] = []
-    chunks: list[bytes] = []
+    data = bytearray()  # the slices of the current parameter, joined as they come
 
     def finish() -> CkptTensor:
+        nonlocal data
         name, dims, ttype = pending[0]
-        data = b"".join(chunks)
         expected = int(np.prod(dims, dtype=np.int64)) * _itemsize(ttype, name, path) if dims else None
         if expected is not None and len(data) != expected:
             raise TunelabError(f"parameter '{name}' has {len(data)} bytes, its shape {list(dims)} of {ttype} "
                                f"needs {expected}", file=path)
         pending.clear()
-        chunks.clear()
-        return CkptTensor(name, dims, ttype, data)
+        done, data = data, bytearray()
+        return CkptTensor(name, dims, ttype, done)
 
     with open(path, "rb") as f:
         for body in _raw_messages(f, path):
@@ -210,7 +212,7 @@ def iter_ckpt(path: str | Path, progress=None) -> Iterator[CkptTensor]:
                 yield finish()
             if not pending:
                 pending.append((tag, dims, ttype))
-            chunks.append(bytes(content))
+            data += content
             if progress:
                 progress(f.tell())
         if pending:
@@ -246,7 +248,9 @@ def write_ckpt(path: str | Path, tensors: Iterable[tuple[str, object]]) -> int:
                 raw = memoryview(t.view(-1).view(_same_width_int(t)).numpy()).cast("B") if t.numel() else b""
                 dims = tuple(t.shape)
                 for start in range(0, max(len(raw), 1), SLICE_BYTES):
-                    f.write(_value_message(name, dims, TORCH_TO_MS[dtype], raw[start:start + SLICE_BYTES]))
+                    piece = raw[start:start + SLICE_BYTES]
+                    f.write(_value_header(name, dims, TORCH_TO_MS[dtype], len(piece)))
+                    f.write(piece)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
