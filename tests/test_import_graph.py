@@ -38,6 +38,7 @@ LAYERS = [
     ("tasks", 4, ["tunelab.tasks.*"]),        # examples + prompt + answer extraction + metric, by name
     ("eval", 5, ["tunelab.eval.*"]),          # the eval configuration, runner, retention, `tunelab eval`/`predict`
     ("serve", 6, ["tunelab.serve.*"]),        # OpenAI-compatible server, web UI, arena
+    ("synth", 6, ["tunelab.synth.*"]),        # training data from any OpenAI-compatible endpoint: a client
     ("top", 7, [                              # verbs that orchestrate several stages
         "tunelab.cli", "tunelab.pipeline", "tunelab.prepare", "tunelab.report", "tunelab.data_check"]),
 ]

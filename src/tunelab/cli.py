@@ -277,6 +277,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-votes", type=int, default=10, help="votes a model needs before it is ranked")
     p.add_argument("--max-batch", type=int, default=16, help="batch limit of each local model's engine")
     p.set_defaults(func=_call("tunelab.serve.ui:cli_ui"))
+
+    # synth ---------------------------------------------------------------------------------------
+    p = verbs.add_parser("synth", help="synthesise training data through any OpenAI-compatible endpoint")
+    synth = p.add_subparsers(dest="synth_verb", metavar="KIND", required=True)
+    q = synth.add_parser("qa", help="question–answer pairs about articles: validated, concurrent, resumable")
+    q.add_argument("--corpus", nargs="+", required=True, metavar="DIR|FILE",
+                   help="prepared corpus directories and/or .jsonl/.json/.txt files or folders of them")
+    q.add_argument("--endpoint", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    q.add_argument("--model", required=True, help="model id on the endpoint")
+    q.add_argument("--api-key", default=None, help="KEY, or env:VAR to read it from an environment variable")
+    q.add_argument("--out", required=True, help="pairs JSONL; OUT.status.jsonl and OUT.report.json beside it")
+    q.add_argument("--template", default=None, help="prompt template file with {article} (default: built-in, zh)")
+    q.add_argument("--system", default=None, help="system message, or @FILE")
+    q.add_argument("--temperature", type=float, default=0.7)
+    q.add_argument("--max-tokens", type=int, default=1024, help="most tokens of one reply")
+    q.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    q.add_argument("--retries", type=int, default=3, help="extra attempts per article after an invalid reply or a "
+                                                          "failed request (default 3)")
+    q.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one reply (default 300)")
+    q.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry of a failed "
+                                                              "request, doubling (Retry-After wins)")
+    q.add_argument("--retry-failed", action="store_true", help="ask again about articles recorded as failed")
+    q.add_argument("--chunk-chars", type=int, default=1500, help="cut longer articles at sentence ends (default 1500)")
+    q.add_argument("--min-chars", type=int, default=50, help="skip shorter articles (default 50)")
+    q.add_argument("--split", default="all", help="of a prepared corpus: train, val or all (default)")
+    q.add_argument("--limit", type=int, default=None, help="only the first N articles")
+    q.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
+    q.add_argument("--id-field", default="id", help="JSON field used as source_id ('' for file:line)")
+    q.add_argument("--title-field", default="title", help="JSON field holding the title ('' for none)")
+    q.add_argument("--min-pairs", type=int, default=3, help="fewest pairs a reply may hold (default 3)")
+    q.add_argument("--max-pairs", type=int, default=6, help="most pairs a reply may hold (default 6)")
+    q.add_argument("--max-question-chars", type=int, default=200)
+    q.add_argument("--max-answer-chars", type=int, default=500)
+    q.add_argument("--min-grounding", type=float, default=0.5,
+                   help="share of an answer's character bigrams that must occur in the article (default 0.5)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=_call("tunelab.synth.cli:cli_synth_qa"))
     return parser
 
 
