@@ -112,6 +112,9 @@ def test_grounded_answers_and_self_contained_questions_pass():
     verdict = v.judge(pairs_json(*fine), ARTICLE)
     assert verdict.pairs == fine and not verdict.dropped
     assert not needs_article("How many people live there?") and needs_article("What was it used for?")
+    assert not needs_article("Who is the author of Hamlet?") and needs_article("What does the author argue?")
+    assert not needs_article("那不勒斯位于哪个国家？") and needs_article("那座桥有多长？")
+    assert not needs_article("其他行星有卫星吗？") and needs_article("这是谁的作品？") and needs_article("该公司成立于哪年？")
 
 
 def test_duplicates_within_a_reply_and_across_the_corpus_are_normalised():
@@ -457,6 +460,31 @@ def test_kill_9_mid_run_then_rerun_finishes_without_duplicates(tmp_path):
 def _complete_lines(path: Path) -> list[dict]:
     data = path.read_bytes()
     return [json.loads(x) for x in data[: data.rfind(b"\n") + 1].splitlines()]
+
+
+def test_hostile_articles_and_replies_are_counted_not_crashes(tmp_path):
+    rows = [{"id": "bad\ud800id", "title": "t\udc00", "text": "城市0位于平望省。" * 10},
+            {"id": "huge", "text": "城市1" + "长" * 2_000_000}]          # one 2 MB line without a sentence end
+    (tmp_path / "articles.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    replies = ["x" * 5_000_000,                                            # a 5 MB reply
+               '[{"question": "城市0在哪？", "answer": "\\ud800"}, {"question": 1e999, "answer": NaN}, '
+               '{"question": "城市0位于哪个省？", "answer": "平望省"}]',
+               '[{"question": "城市1是什么？", "answer": ' + "9" * 5000 + '}, {"question": "城市1有什么？", '
+               '"answer": "长长长"}, {"question": "城市1的特点？", "answer": "长长"}]',   # an int over 4300 digits
+               json.dumps([{"question": "城市1是什么？", "answer": "长" * 501}, {"question": "城市1有什么？",
+                           "answer": "长长长"}, {"question": "城市1的特点？", "answer": "长长"}], ensure_ascii=False)]
+
+    def reply(body, n):
+        return 200, {}, completion(replies[n]), 0.0
+
+    with FakeServer(reply) as srv:
+        assert synth(tmp_path, srv.url, "--limit", "2", "--concurrency", "1", "--retries", "1") == 0
+    pairs = read_jsonl(tmp_path / "qa.jsonl")
+    assert [(p["source_id"], p.get("chunk")) for p in pairs] == [("bad\\ud800id", None), ("huge", 0), ("huge", 0)]
+    report = json.loads((tmp_path / "qa.report.json").read_text(encoding="utf-8"))
+    assert report["replies_rejected_by_reason"] == {"reply_too_long": 1, "no_json": 1}
+    assert report["pairs"]["rejected_by_reason"] == {"malformed": 2, "answer_too_long": 1}
+    assert report["articles"]["total"] == 2
 
 
 def test_input_and_flag_mistakes_are_one_line_errors(tmp_path, capsys):

@@ -13,7 +13,9 @@ on every run over the same inputs.
 from __future__ import annotations
 
 import bisect
+import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +24,8 @@ from tunelab.data.corpus_read import iter_documents, list_inputs
 from tunelab.data.corpus_store import SPLITS, CorpusBlocks, is_corpus_dir, read_meta
 from tunelab.data.sentences import soft_split_points, split_sentences
 from tunelab.errors import TunelabError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,10 @@ class ArticleSource:
             if len(text) - sum(c.isspace() for c in text) < self.options.min_chars:
                 self.too_short += 1
                 continue
+            if _SURROGATE.search(source_id):    # a lone "\\ud800" in an id: kept escaped, as JSON wrote it
+                source_id = json.dumps(source_id)[1:-1]
+            if title and _SURROGATE.search(title):
+                title = None
             if source_id in seen:               # ids repeat in some dumps: the later one says where it is
                 source_id = f"{source_id}@{where}"
             seen.add(source_id)
@@ -141,8 +149,6 @@ class ArticleSource:
 
 def _corpus_documents(directory: Path, split: str) -> Iterator[tuple[str, str, str | None, str]]:
     """A prepared corpus's documents: ids and titles from docs.jsonl, text decoded from their blocks."""
-    import json
-
     import numpy as np
     from tokenizers import Tokenizer
     tok_file = directory / "tokenizer" / "tokenizer.json"

@@ -43,9 +43,10 @@ _KEYS = {"question": ("question", "问题", "q"), "answer": ("answer", "答案",
 # Questions that lean on the article: the words that point at it, or a pronoun standing for its subject.
 _NEEDS_ARTICLE_ZH = re.compile(r"这篇|本文|文中|上文|下文|原文|该文|全文|文章中|文章里|文段|短文|材料中|根据文章|根据材料"
                                r"|文章(?:提到|介绍|讲|说|描述|指出|所述)")
-_PRONOUN_ZH = re.compile(r"^\s*(?:请问)?(?:他们|她们|它们|他|她|它|其|该|此|这|那(?!么))")
+_PRONOUN_ZH = re.compile(r"^\s*(?:请问)?(?:他们|她们|它们|他|她|它|其(?![他实中])|该|此"   # 这/那 only as demonstratives:
+                         r"|[这那](?=[个些座位条种次件篇部本家所项一段里是样名首幅场年时]))")     # 那不勒斯 is a city
 _NEEDS_ARTICLE_EN = re.compile(r"\b(?:the|this|that|above|given)\s+(?:passage|article|text|paragraph|excerpt|"
-                               r"document|story|author|reading)\b|\bmentioned above\b|\babove[- ]mentioned\b",
+                               r"document|story|author(?!\s+of\b)|reading)\b|\bmentioned above\b|\babove[- ]mentioned\b",
                                re.I)
 _PRONOUN_EN = re.compile(
     r"^\s*(?:(?:what|when|where|why|how|who|whom|whose|which)(?:\s+(?:many|much|long|old|year|kind|type))?\s+)?"
@@ -68,7 +69,8 @@ class Verdict:
 
 def extract_json(reply: str):
     """The JSON value a reply holds, or None: the whole reply, else the first fenced block that parses,
-    else the first `[` or `{` in the prose from which a list or object of pairs decodes."""
+    else the first `[` or `{` in the prose from which a list of pairs (or an object holding one) decodes,
+    else the first JSON value found there."""
     text = _THINK.sub("", reply).strip()
     try:
         return json.loads(text)
@@ -88,6 +90,8 @@ def extract_json(reply: str):
             value, _ = decoder.raw_decode(text, m.start())
         except (ValueError, RecursionError):
             continue
+        if isinstance(value, dict) and _get(value, "question") is not None:
+            continue            # a lone pair object in prose is most likely one item of a list that broke
         if _pair_list(value) is not None:
             return value
         found = value if found is None else found
