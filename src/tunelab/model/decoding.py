@@ -360,37 +360,56 @@ class TextStream:
 # --- batched greedy generation: the evaluation engine -------------------------------------------------
 
 def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozenset[int], pad_id: int,
-                streams: list[TextStream] | None = None) -> tuple[list[list[int]], list[bool]]:
-    """Greedy continuation of each row of token ids: (the new ids of each row, its stop token excluded;
-    whether each row stopped by itself rather than at `max_new_tokens`).
+                batch_size: int, streams: list[TextStream] | None = None,
+                on_done=None) -> tuple[list[list[int]], list[bool]]:
+    """Greedy continuation of every row of token ids, `batch_size` rows decoding at a time: (the new ids of
+    each row, its stop token excluded; whether each row stopped by itself rather than at `max_new_tokens`).
 
     A row leaves the batch (its cache rows dropped) when it emits a stop token or, with `streams`, when its
-    text reaches a stop string."""
+    text reaches a stop string, and waiting rows take the freed places (continuous batching, as the server
+    does): once half the batch is free, the next rows are prefilled together and merged in, so decode
+    steps keep running on a full batch instead of on the few long answers of a batch. `on_done(k)` is told
+    each time k rows have finished. Rows are taken in the order given (sort them by length: less padding)."""
     import torch
 
-    n = len(rows)
-    batch, logits = DecodeBatch.prefill(model, rows, pad_id, max_new_tokens)
-    alive = list(range(n))                      # original row of each batch row
-    results: list[list[int]] = [[] for _ in range(n)]
-    stopped = [False] * n
-    for step in range(max_new_tokens):
+    n = len(rows) if max_new_tokens > 0 else 0
+    results: list[list[int]] = [[] for _ in rows]
+    stopped = [False] * len(rows)
+    waiting = 0                                 # next row to admit
+    active: list[int] = []                      # row of each batch row
+    batch = logits = None
+    while waiting < n or active:
+        room = batch_size - len(active)
+        if waiting < n and (not active or (room * 2 >= batch_size and batch.mergeable)):
+            take = list(range(waiting, min(n, waiting + room)))
+            waiting = take[-1] + 1
+            new, new_logits = DecodeBatch.prefill(model, [rows[i] for i in take], pad_id, max_new_tokens)
+            if batch is None:
+                batch, logits = new, new_logits
+            else:
+                batch.extend(new)
+                logits = torch.cat([logits, new_logits])
+            active += take
         tokens = logits.argmax(-1).tolist()
         keep = []
-        for j, (row, tok) in enumerate(zip(alive, tokens)):
+        for j, (row, tok) in enumerate(zip(active, tokens)):
             if tok in stops:
                 stopped[row] = True
                 continue
             results[row].append(tok)
             if streams is not None and streams[row].add(tok):
                 stopped[row] = True
-            else:
+            elif len(results[row]) < max_new_tokens:
                 keep.append(j)
-        if step == max_new_tokens - 1 or not keep:
-            break
-        if len(keep) < len(alive):
-            idx = torch.tensor(keep, device=batch.device)
-            batch.select(idx)
-            alive = [alive[j] for j in keep]
+        if on_done is not None and len(keep) < len(active):
+            on_done(len(active) - len(keep))
+        if not keep:
+            batch, active = None, []
+            continue
+        if len(keep) < len(active):
+            batch.select(torch.tensor(keep, device=batch.device))
+            batch.trim()
+            active = [active[j] for j in keep]
             tokens = [tokens[j] for j in keep]
         logits = batch.step(torch.tensor(tokens, device=batch.device))
     return results, stopped
@@ -415,9 +434,10 @@ def complete_batched(model, tokenizer, prompts: list[str], max_new_tokens: int =
     first stop token (`stop_token_ids`) or stop string, with why it ended (a stop rate counts "stop").
 
     Prompts are tokenised once without special tokens (as tunelab trains), sorted by length and
-    left-padded into batches; a batch's shared template header is run once (`DecodeBatch.prefill`), the
-    cache is written in place, and finished rows leave the batch: on small models a lean loop like this is
-    several times faster than `model.generate` (benchmarks/bench_eval.py)."""
+    left-padded into batches; the shared template header of the rows prefilled together is run once
+    (`DecodeBatch.prefill`), the cache is written in place, finished rows leave the batch and waiting
+    prompts take their places (`greedy_rows`): faster than `model.generate` on length-sorted left-padded
+    batches (benchmarks/bench_eval.py)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -427,20 +447,18 @@ def complete_batched(model, tokenizer, prompts: list[str], max_new_tokens: int =
     stops = stop_token_ids(model, tokenizer)
     pad_id = pad_token_id(tokenizer, stops)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    outputs: list[Completion] = [Completion("", "length")] * len(prompts)
     with torch.inference_mode(), tqdm(total=len(prompts), disable=not progress, desc=desc, unit="prompt",
                                       leave=False) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start: start + batch_size]
-            streams = [TextStream(tokenizer, stop) for _ in idx] if stop else None
-            new, stopped = greedy_rows(model, [encoded[i] for i in idx], max_new_tokens, stops, pad_id, streams)
-            if streams:
-                for s in streams:
-                    s.add(None, final=True)
-                texts = [s.text for s in streams]
-            else:
-                texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-            for i, text, done in zip(idx, texts, stopped):
-                outputs[i] = Completion(text, "stop" if done else "length")
-            bar.update(len(idx))
+        streams = [TextStream(tokenizer, stop) for _ in order] if stop else None
+        new, stopped = greedy_rows(model, [encoded[i] for i in order], max_new_tokens, stops, pad_id, batch_size,
+                                   streams, on_done=bar.update)
+    if streams:
+        for s in streams:
+            s.add(None, final=True)
+        texts = [s.text for s in streams]
+    else:
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    outputs: list[Completion] = [Completion("", "length")] * len(prompts)
+    for i, text, done in zip(order, texts, stopped):
+        outputs[i] = Completion(text, "stop" if done else "length")
     return outputs
