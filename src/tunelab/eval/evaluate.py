@@ -180,10 +180,16 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if abs(v) <= 1 else f"{v:.2f}"
 
 
+def _scorer(doc: dict, label: str) -> str:
+    """The " (scorer)" after a QA task's F1/EM in the table: which reference script's numbers they are."""
+    scorers = {res[label].get("scorer") for res in doc["results"].values()} - {None}
+    return f" ({', '.join(sorted(scorers))})" if scorers else ""
+
+
 def _print_table(doc: dict) -> None:
     table, best, tasks = doc["results"], doc["best"], doc["tasks"]
     retained = doc.get("retention")
-    headers = ["model"] + [f"{label}.{t['primary_metric']}" for label, t in tasks.items()]
+    headers = ["model"] + [f"{label}.{t['primary_metric']}{_scorer(doc, label)}" for label, t in tasks.items()]
     if retained:
         headers.append(f"retention (>= {doc['retention_threshold']:.0%} of base f1 and em)")
     print(" | ".join(headers))
@@ -197,5 +203,6 @@ def _print_table(doc: dict) -> None:
         shown = best if len(table) > 1 else next(iter(table))
         print(f"retention of {shown} against the baseline ({doc['baseline']['source']}):")
         for key, v in retained[shown]["metrics"].items():
-            print(f"  {key}: {v['retained']:.1%} ({v['tuned']:.2f} vs base {v['base']:.2f}) "
+            scorer = f" ({v['scorer']} scorer)" if v.get("scorer") else ""
+            print(f"  {key}{scorer}: {v['retained']:.1%} ({v['tuned']:.2f} vs base {v['base']:.2f}) "
                   f"{'PASS' if v['pass'] else 'FAIL'}")

@@ -1,8 +1,14 @@
 """Retention of original abilities: each ability metric (F1 and exact match of the tasks marked `ability`)
 of a tuned model as a fraction of its base model's, PASS at a threshold (the competition asks for 90 %).
 
-`tunelab run` compares every checkpoint with the recipe's base model; `tunelab eval --baseline` with a base
-model it evaluates, or with the numbers of an earlier evaluation (`load_baseline`).
+Which F1/EM: the ones of the scorer the task was configured with (the squad task's setting `scorer`:
+`official`, `cmrc`, `mindformers` or the per-language `auto`), which its results name (`scorer`). The
+competition's organisers compute theirs with MindFormers' EmF1Metric, so the competition recipe sets
+`scorer: mindformers`. Base and tuned numbers of different scorers are never compared: that is an error.
+
+`tunelab run` compares the best checkpoint with the recipe's base model; `tunelab eval --baseline` with a base
+model it evaluates the same way, or with the numbers of an earlier evaluation (`load_baseline`): its results
+must name the same scorer, or none (numbers typed in from a published table, taken as that scorer's).
 """
 
 from __future__ import annotations
@@ -16,16 +22,29 @@ from tunelab.eval.sets import EvalSet
 
 
 def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: float) -> dict:
-    """Each ability metric (F1 and EM) as a fraction of the base model's, with PASS/FAIL at `threshold`."""
+    """Each ability metric (F1 and EM) as a fraction of the base model's, with PASS/FAIL at `threshold`, and
+    the scorer that computed both (None for a task whose results do not name one)."""
     out = {}
     for task in ability_tasks:
+        scorer = _same_scorer(task, base[task].get("scorer"), tuned[task].get("scorer"))
         for metric in ("f1", "exact_match"):
             b, t = base[task].get(metric), tuned[task].get(metric)
             if b is None or t is None:
                 continue
             ratio = t / b if b else (1.0 if t >= b else 0.0)
-            out[f"{task}.{metric}"] = {"base": b, "tuned": t, "retained": ratio, "pass": ratio >= threshold}
+            out[f"{task}.{metric}"] = {"base": b, "tuned": t, "retained": ratio, "pass": ratio >= threshold,
+                                       "scorer": scorer}
     return out
+
+
+def _same_scorer(task: str, base: str | None, tuned: str | None, file: Path | None = None) -> str | None:
+    """The scorer of a comparison. Baseline numbers that name no scorer (typed in from a published table) are
+    taken as the evaluated model's scorer's; numbers of two different scorers are an error."""
+    if base is not None and base != tuned:
+        raise TunelabError(f"task '{task}': the baseline's F1/EM come from the {base} scorer, the evaluated "
+                           f"model's from {tuned or 'another'}; retention compares one scorer's numbers (set the "
+                           "same scorer, or re-evaluate the baseline)", file=file, field=task)
+    return tuned
 
 
 def load_baseline(spec: str, sets: dict[str, EvalSet], ability: list[str], out_root: Path, batch_size: int,
@@ -52,6 +71,9 @@ def load_baseline(spec: str, sets: dict[str, EvalSet], ability: list[str], out_r
                     isinstance(metrics.get(k), (int, float)) for k in ("f1", "exact_match")):
                 raise TunelabError(f"no f1/exact_match for task '{label}' in the baseline results", file=path,
                                    field=label)
+            # squad results written before the `scorer` setting existed hold auto's f1/em beside mindformers_f1
+            recorded = metrics.get("scorer") or ("auto" if "mindformers_f1" in metrics else None)
+            _same_scorer(label, recorded, getattr(sets[label].task, "scorer", None), path)
         return {"source": str(path), "kind": "results", "results": {k: results[k] for k in ability}}
     results = evaluate_model_dir(spec, {label: sets[label] for label in ability}, out_root / "baseline",
                                  batch_size, max_new_tokens, label="baseline", write_results=False)

@@ -6,17 +6,21 @@ Data: `{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers
 or its Chinese form for a Chinese passage), `output` is the first gold answer and `answers` all of them
 (duplicates kept, as in the file). `mindformers_prompt` gives MindFormers' own prompt for comparisons.
 
-Scorers (see `tunelab.eval.qa_metrics`), each 0–100 over all questions, a question without a prediction
-scoring 0:
+Scorers (see `tunelab.eval.qa_metrics` for each one's reference script), each 0–100 over all questions, a
+question without a prediction scoring 0:
 
 * `official`: evaluate-v1.1.py — max EM/F1 over all gold answers; the prediction is scored as given.
-* `cmrc`: the CMRC2018 script (Chinese-aware); `auto` (the default) picks it when the gold holds CJK text.
+* `cmrc`: cmrc2018_evaluate.py (Chinese-aware); `auto` (the default) picks it when the gold holds CJK text,
+  `official` otherwise.
 * `mindformers`: MindFormers' fine-tuning recipe — its SQuAD preprocessing keeps only the first question of
   each paragraph and that question's first answer; only the first line of the prediction counts; scored with
-  EmF1Metric. `n` is then the number of paragraphs.
+  EmF1Metric. `n` is then the number of paragraphs (2,067 in dev-v1.1.json, the competition's count).
 
-The `squad` task grades a generation's first line with `auto` over all golds (primary metric f1) and also
-reports MindFormers' EmF1 on the first gold.
+The `squad` task grades a generation's first line. Its setting `scorer` (default `auto`; a recipe's
+`options: {scorer: mindformers}`, or `--option squad.scorer=mindformers`) chooses the scorer of its `f1` and
+`exact_match` — the numbers the retention verdict compares — and, for `mindformers`, MindFormers' selection
+of questions; the results name it (`scorer`). With another scorer the task also reports MindFormers' EmF1 on
+each question's first gold (`mindformers_f1`, `mindformers_exact_match`).
 """
 
 from __future__ import annotations
@@ -159,21 +163,32 @@ def score_squad(predictions: dict[str, str], questions: list[SquadQuestion], sco
 
 @register_task
 class SquadTask(Task):
-    """Extractive QA on SQuAD: the generation's first line against every gold answer."""
+    """Extractive QA on SQuAD: the generation's first line against the gold answers, under `scorer`."""
 
     name = "squad"
     primary_metric = "f1"
     ability = True  # the original ability the competition checks (>= 90 % of the base's F1 and EM)
     default_format = "reading"  # reading-format records work directly; SQuAD JSON goes through read_squad
+    settings = ("scorer",)
+    scorer = "auto"
+
+    def configure(self, **values: Any) -> "Task":
+        super().configure(**values)
+        if self.scorer not in ("auto", *SCORERS):  # before any model work
+            raise TunelabError(f"unknown scorer {self.scorer!r} (choose from auto, {', '.join(SCORERS)})",
+                               field="scorer")
+        return self
 
     def load_examples(self, path: str | Path) -> list[Example]:
-        return read_squad(path)
+        return read_squad(path, mindformers=self.scorer == "mindformers")
 
     def grade(self, prediction: str, example: Example) -> dict[str, Any]:
         answer = first_line(prediction)
         golds = example.answers or [example.output]
-        em, f1 = em_f1(answer, golds, "auto")
         mf_em, mf_f1 = em_f1_mindformers(answer, golds[0])
+        if self.scorer == "mindformers":
+            return {"correct": bool(mf_em), "em": mf_em, "f1": mf_f1, "kind": example.kind}
+        em, f1 = em_f1(answer, golds, self.scorer)
         return {"correct": bool(em), "em": em, "f1": f1, "mindformers_em": mf_em, "mindformers_f1": mf_f1,
                 "kind": example.kind}
 
@@ -183,8 +198,10 @@ class SquadTask(Task):
         def pct(key: str) -> float:
             return 100 * sum(g[key] for g in graded) / n if n else 0.0
 
-        return {"n": n, "exact_match": pct("em"), "f1": pct("f1"),
-                "mindformers_exact_match": pct("mindformers_em"), "mindformers_f1": pct("mindformers_f1")}
+        out = {"n": n, "scorer": self.scorer, "exact_match": pct("em"), "f1": pct("f1")}
+        if self.scorer != "mindformers":
+            out.update(mindformers_exact_match=pct("mindformers_em"), mindformers_f1=pct("mindformers_f1"))
+        return out
 
 
 # --- `tunelab grade squad` -----------------------------------------------------------------------
