@@ -1,4 +1,6 @@
-"""Multiple choice: reading both record shapes, prompts, letter extraction, grading and the CLI."""
+"""Multiple choice: reading both record shapes, prompts, letter extraction, grading and the CLI.
+
+(Log-likelihood scoring against lm-eval's acc/acc_norm: tests/test_choice_loglik.py.)"""
 
 from __future__ import annotations
 
@@ -9,12 +11,11 @@ import sys
 import pytest
 
 from tunelab.cli import main
-from tunelab.data.formats import read_examples
+from tunelab.data.formats import choice_prompt, read_examples
 from tunelab.data.records import write_json, write_jsonl
 from tunelab.errors import TunelabError
 from tunelab.scoring import competition_score
-from tunelab.tasks.choice import (choice_examples, choice_prompt, extract_choice, parse_options, read_choice,
-                                  to_training_records)
+from tunelab.tasks.choice import choice_examples, extract_choice, read_choice, to_training_records
 from tunelab.tasks.registry import get_task
 
 EN = {"id": "e1", "question": "What is the capital of France?", "A": "London", "B": "Paris", "C": "Rome",
@@ -33,9 +34,11 @@ def questions(tmp_path):
 def test_read_both_shapes(questions):
     items = read_choice(questions)
     assert [i.id for i in items] == ["e1", "mc-1", "e3", "z4"]
-    assert items[0].options == ["London", "Paris", "Rome", "Vitamin C"] and items[0].answer == "B"
-    assert items[1].options[1] == "郑州" and items[1].answer == "B"  # index 1
-    assert items[2].answer == "D" and items[3].answer == "A"          # lower-case letter, index string
+    assert items[0].choices == ["London", "Paris", "Rome", "Vitamin C"] and items[0].label == 1
+    assert items[0].output == "B" and items[0].kind == "choice-en"
+    assert items[1].choices[1] == "郑州" and items[1].label == 1 and items[1].kind == "choice-zh"  # index 1
+    assert items[2].label == 3 and items[3].label == 0           # lower-case letter, index string
+    assert read_examples(questions) == items                    # the auto format knows question records
 
 
 @pytest.mark.parametrize("rec, field", [
@@ -47,10 +50,16 @@ def test_read_both_shapes(questions):
     ({"question": "q", "answer": "A"}, "choices"),
     ({"question": "q", "choices": "xy", "answer": "A"}, "choices"),
     ({"A": "x", "B": "y", "answer": "A"}, "question"),
+    ({"question": "q", "choices": ["x", "y"], "answer": -1}, "answer"),
+    ({"question": "q", "choices": ["x", "y"], "answer": "9" * 5000}, "answer"),
+    ({"question": "q", "choices": ["x", "y"], "answer": 1.0}, "answer"),
+    ({"question": "q", "choices": ["x", ["y"]], "answer": 0}, "choices[1]"),
+    ({"question": "q", "choices": ["x", "\ud800"], "answer": 0}, "choices[1]"),   # a lone surrogate
+    ({"question": "q", "choices": ["x"] * 1_000_000, "answer": 0}, "choices"),
 ])
 def test_bad_records(tmp_path, rec, field):
     path = tmp_path / "bad.jsonl"
-    write_jsonl(path, [EN, rec])
+    path.write_text("".join(json.dumps(r) + "\n" for r in (EN, rec)), encoding="utf-8")  # \ud800 escaped
     with pytest.raises(TunelabError) as e:
         read_choice(path)
     assert e.value.field == field and e.value.line == 2 and e.value.file == str(path)
@@ -65,11 +74,28 @@ def test_prompts_are_language_aware():
     assert choice_prompt("2 + 2 = ?", ["3", "4"], lang="zh").startswith("以下是")
 
 
-def test_parse_options_reads_the_last_option_block():
-    prompt = choice_prompt("Which line?\nA. not an option block on its own", OPTS)
-    assert parse_options(prompt) == {"A": "cat sat on the mat", "B": "Paris", "C": "北京", "D": "Vitamin C"}
-    assert parse_options("(A) x\n(B) y\nC、z") == {"A": "x", "B": "y", "C": "z"}
-    assert parse_options("no options here") == {}
+def test_options_are_data_not_prompt_lines():
+    # a question that itself holds option-like lines, and options with newlines, full-width text and spaces:
+    # the prompt is only rendered; the options travel as written
+    rec = {"question": "Which line?\nA. not an option\nB. nor this", "answer": "C",
+           "choices": ["cat sat\non the mat", "Ｐａｒｉｓ，…", " 5 ㎏ ", "Vitamin C"]}
+    ex = choice_examples([rec])[0]
+    assert ex.choices == rec["choices"] and ex.label == 2 and ex.output == "C"
+    assert ex.instruction == choice_prompt(rec["question"], rec["choices"])
+    assert ex.instruction.endswith("\nA. cat sat\non the mat\nB. Ｐａｒｉｓ，…\nC. 5 ㎏\nD. Vitamin C")
+    task = get_task("choice")
+    assert task.grade("答案：C", ex)["correct"] and task.grade("Ｐａｒｉｓ", ex)["pred"] == "B"
+
+
+def test_an_example_without_options_is_an_error(tmp_path):
+    path = tmp_path / "old.json"  # an alpaca file that only has the rendered prompt
+    write_json(path, [{"instruction": choice_prompt("q", ["x", "y"]), "input": "", "output": "A"}])
+    task = get_task("choice")
+    with pytest.raises(TunelabError, match="has no options") as e:
+        task.load_examples(path)
+    assert e.value.file == str(path) and e.value.field == "choices"
+    with pytest.raises(TunelabError, match="has no options"):
+        task.grade("A", read_examples(path, "alpaca")[0])
 
 
 @pytest.mark.parametrize("text, letter, rule", [
@@ -121,14 +147,18 @@ def test_contains_prefers_the_option_that_holds_the_others():
 def test_training_records_round_trip(tmp_path, questions):
     items = read_choice(questions)
     recs = to_training_records(items)
-    assert recs[0] == {"instruction": choice_prompt(EN["question"], items[0].options), "input": "", "output": "B"}
-    assert to_training_records([EN], answer_style="letter_text")[0]["output"] == "B. Paris"
+    assert recs[0] == {"id": "e1", "instruction": choice_prompt(EN["question"], items[0].choices), "input": "",
+                       "output": "B", "choices": items[0].choices, "answer": "B", "kind": "choice-en"}
+    assert to_training_records(choice_examples([EN]), answer_style="letter_text")[0]["output"] == "B. Paris"
     with pytest.raises(TunelabError):
-        to_training_records([EN], answer_style="essay")
+        to_training_records(items, answer_style="essay")
     path = tmp_path / "train.json"
     write_json(path, to_training_records(items, answer_style="letter_text"))
     task = get_task("choice")
-    examples = read_examples(path, task.default_format)
+    examples = task.load_examples(path)
+    assert [(e.id, e.choices, e.label, e.kind) for e in examples] == [(e.id, e.choices, e.label, e.kind)
+                                                                      for e in items]
+    assert examples[1].output == "B. 郑州"
     graded = [task.grade(p, ex) for p, ex in zip(["答案：B", "郑州", "C", "no idea"], examples)]
     assert [g["correct"] for g in graded] == [True, True, False, False]
     summary = task.summarize(graded)
@@ -138,6 +168,9 @@ def test_training_records_round_trip(tmp_path, questions):
 def test_choice_examples():
     ex = choice_examples([ZH])[0]
     assert ex.output == "B" and ex.kind == "choice-zh" and ex.instruction.endswith("D. 广州")
+    forced = choice_examples([ZH], lang="en")[0]
+    assert forced.instruction.startswith("The following") and forced.kind == "choice-en"
+    assert forced.choices == ex.choices and forced.label == ex.label
 
 
 # --- the CLI -------------------------------------------------------------------------------------
@@ -167,6 +200,23 @@ def test_cli_plain_lines_and_mismatch(tmp_path, questions, capsys):
     pred.write_text("B\n", encoding="utf-8")
     assert main(["grade", "choice", "--pred", str(pred), "--gold", str(questions)]) == 2
     assert "1 predictions" in capsys.readouterr().err
+
+
+def test_cli_gold_from_training_records(tmp_path, questions, capsys):
+    odd = {"id": "n1", "question": "Which?", "choices": ["one\ntwo", "３．５㎏", "…"], "answer": 1}
+    gold = tmp_path / "train.jsonl"
+    write_jsonl(gold, to_training_records(read_choice(questions) + choice_examples([odd])))
+    pred = tmp_path / "pred.jsonl"
+    write_jsonl(pred, [{"id": i, "prediction": p} for i, p in
+                       [("e1", "B"), ("mc-1", "郑州"), ("e3", "D"), ("z4", "B"), ("n1", "3.5kg")]])
+    assert main(["grade", "choice", "--pred", str(pred), "--gold", str(gold), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["n"] == 5 and data["accuracy"] == 0.8 and data["by_rule"]["text"] == 2
+    write_jsonl(gold, [{"instruction": choice_prompt("q", ["x", "y"]), "input": "", "output": "A"}])
+    write_jsonl(pred, [{"prediction": "A"}])
+    assert main(["grade", "choice", "--pred", str(pred), "--gold", str(gold)]) == 2
+    err = capsys.readouterr().err
+    assert f"{gold}:1, field 'choices'" in err and "Traceback" not in err
 
 
 def test_grade_choice_starts_without_torch(tmp_path, questions):

@@ -10,6 +10,9 @@ class Example:
     """An instruction/response pair. `kind` labels the sub-type (e.g. 'add', 'reading-zh') for breakdowns.
 
     `answers` holds every acceptable gold answer when a task has several (SQuAD); `output` is the first.
+    A multiple-choice question keeps its options in `choices`, exactly as written, and the index of the
+    correct one in `label`: the instruction is rendered from them, and tasks read them here rather than
+    out of the rendered text.
     """
 
     id: str
@@ -18,3 +21,5 @@ class Example:
     input: str = ""
     kind: str = ""
     answers: list[str] = field(default_factory=list)
+    choices: list[str] = field(default_factory=list)
+    label: int | None = None

@@ -10,6 +10,13 @@ Formats (one JSON object per record, in a JSON array or JSONL file):
 * messages:      {messages: [{role, content}, ...]}; system messages are ignored, the first user message
   and the next assistant message are used.
 * reading:       {context, question, answer}; the instruction comes from reading_instruction().
+* choice:        {question, A, B, … | choices: [...], answer}: a multiple-choice question; the instruction
+  comes from choice_prompt(), the options stay as data (`Example.choices`, exactly as written) and the
+  answer (a letter or a 0-based index) as `Example.label`, its index; `output` is the letter.
+
+An alpaca record may carry `choices` and `answer` too (`tunelab.tasks.choice.to_training_records` writes
+them): its Example then keeps them as `choices`/`label` the same way, so a choice task never has to read
+the options back out of the rendered instruction.
 
 Every record may carry `id` (else "<file stem>-<index>") and `kind`. Any error names file, line, field.
 """
@@ -17,6 +24,7 @@ Every record may carry `id` (else "<file stem>-<index>") and `kind`. Any error n
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -25,8 +33,21 @@ from tunelab.data.records import iter_records, require_str
 from tunelab.errors import TunelabError
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_ALPACA_PROMPT = re.compile(
-    r"### Instruction:\n(?P<instruction>.*?)\n\n(?:### Input:\n(?P<input>.*?)\n\n)?### Response:", re.S)
+_INSTRUCTION, _INPUT, _RESPONSE = "### Instruction:\n", "\n\n### Input:\n", "\n\n### Response:"
+
+
+def split_alpaca_prompt(prompt: str) -> tuple[str, str]:
+    """(instruction, input) of a prompt rendered with the alpaca template: the text after the first
+    "### Instruction:" up to "### Input:" or "### Response:", and the input up to "### Response:"; the whole
+    prompt and no input when it has no such layout. Plain `str.find`s, so any text takes linear time (a
+    regex search for the same layout backtracks quadratically on a prompt repeating its markers)."""
+    start = prompt.find(_INSTRUCTION)
+    end = prompt.find(_RESPONSE, start + len(_INSTRUCTION)) if start >= 0 else -1
+    if end < 0:
+        return prompt, ""
+    body = prompt[start + len(_INSTRUCTION):end]
+    instruction, marker, inp = body.partition(_INPUT)
+    return (instruction, inp) if marker else (body, "")
 
 
 def reading_instruction(context: str, question: str) -> str:
@@ -34,6 +55,95 @@ def reading_instruction(context: str, question: str) -> str:
     if _CJK.search(context):
         return f"阅读下面的短文，回答问题。\n{context}\n问题：{question}"
     return f"Read the passage and answer the question.\n{context}\nQuestion: {question}"
+
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+CHOICE_HEADERS = {
+    "zh": "以下是一道单项选择题，请选出正确答案，只回答选项字母。",
+    "en": "The following is a multiple-choice question. Answer with the letter of the correct option.",
+}
+
+
+def choice_lang(question: str, choices: Iterable[str]) -> str:
+    """"zh" when the question or an option holds CJK text, else "en"."""
+    return "zh" if _CJK.search(question) or any(_CJK.search(c) for c in choices) else "en"
+
+
+def choice_prompt(question: str, choices: list[str], lang: str = "auto") -> str:
+    """Header, question and one "X. option" line per option, in the question's language (or `lang`). Only
+    rendered, never read back: the options travel as data next to it."""
+    if lang == "auto":
+        lang = choice_lang(question, choices)
+    if lang not in CHOICE_HEADERS:
+        raise TunelabError(f"unknown language '{lang}' (choose from auto, zh, en)", field="lang")
+    lines = [CHOICE_HEADERS[lang], question.strip()]
+    lines += [f"{LETTERS[i]}. {c.strip()}" for i, c in enumerate(choices)]
+    return "\n".join(lines)
+
+
+def _choice_options(rec: dict[str, Any], path: Path, line: int) -> list[str]:
+    if "choices" in rec:
+        choices = rec["choices"]
+        if not isinstance(choices, list):
+            raise TunelabError(f"expected a list of strings, got {type(choices).__name__}", file=path, line=line,
+                               field="choices")
+        if len(choices) > len(LETTERS):  # before touching a hostile list's elements
+            raise TunelabError(f"at most {len(LETTERS)} options are supported, found {len(choices)}", file=path,
+                               line=line, field="choices")
+        options = [require_str({f"choices[{i}]": c}, f"choices[{i}]", path, line) for i, c in enumerate(choices)]
+    elif "A" in rec:
+        options = []
+        for letter in LETTERS:
+            if letter not in rec:
+                break
+            options.append(require_str(rec, letter, path, line))
+    else:
+        raise TunelabError("no options: give 'choices' or option fields 'A', 'B', …", file=path, line=line,
+                           field="choices")
+    if len(options) < 2:
+        raise TunelabError(f"a question needs at least 2 options, found {len(options)}", file=path, line=line,
+                           field="choices" if "choices" in rec else "B")
+    return options
+
+
+def _choice_answer(rec: dict[str, Any], n: int, path: Path, line: int) -> int:
+    if "answer" not in rec:
+        raise TunelabError("missing field", file=path, line=line, field="answer")
+    raw = rec["answer"]
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise TunelabError(f"expected a letter or an index, got {type(raw).__name__}", file=path, line=line,
+                           field="answer")
+    text = unicodedata.normalize("NFKC", str(raw)).strip() if isinstance(raw, str) else ""
+    if isinstance(raw, int):
+        index = raw
+    elif text.isdecimal():  # "1", "１"; a long digit run is out of range rather than a huge int
+        index = int(text) if len(text) <= 6 else n
+    elif len(text) == 1 and text.upper() in LETTERS:
+        index = LETTERS.index(text.upper())
+    else:
+        raise TunelabError(f"answer {str(raw)[:40]!r} is neither an option letter nor a 0-based index", file=path,
+                           line=line, field="answer")
+    if not 0 <= index < n:
+        raise TunelabError(f"answer {str(raw)[:40]!r} is out of range for {n} options (A–{LETTERS[n - 1]})",
+                           file=path, line=line, field="answer")
+    return index
+
+
+def choice_fields(rec: dict[str, Any], path: Path | str, line: int) -> tuple[list[str], int]:
+    """(options exactly as written, index of the answer) of a question record or of an alpaca record that
+    carries `choices` and `answer`."""
+    path = Path(path)
+    options = _choice_options(rec, path, line)
+    return options, _choice_answer(rec, len(options), path, line)
+
+
+def choice_record(rec: dict[str, Any], path: Path, line: int, lang: str = "auto") -> dict[str, Any]:
+    """The Example fields of a question record; `lang` forces the prompt's language."""
+    question = require_str(rec, "question", path, line)
+    choices, label = choice_fields(rec, path, line)
+    lang = choice_lang(question, choices) if lang == "auto" else lang
+    return {"instruction": choice_prompt(question, choices, lang), "output": LETTERS[label],
+            "kind": _kind(rec, path, line) or f"choice-{lang}", "choices": choices, "label": label}
 
 
 def _fields(rec: dict[str, Any], path: Path, line: int, *names: str) -> list[str]:
@@ -82,14 +192,16 @@ def _competition(rec, path, line) -> dict[str, str]:
 def _alpaca(rec, path, line) -> dict[str, str]:
     instruction, output = _fields(rec, path, line, "instruction", "output")
     inp = require_str(rec, "input", path, line) if "input" in rec else ""
-    return {"instruction": instruction, "input": inp, "output": output, "kind": _kind(rec, path, line)}
+    fields = {"instruction": instruction, "input": inp, "output": output, "kind": _kind(rec, path, line)}
+    if "choices" in rec:  # a choice question rendered into the instruction: keep its options and answer
+        fields["choices"], fields["label"] = choice_fields(rec, path, line)
+    return fields
 
 
 def _conversations(rec, path, line) -> dict[str, str]:
     prompt, output = _dialogue(rec, path, line, "conversations", "from", "value",
                                ("human", "user"), ("gpt", "assistant"))
-    m = _ALPACA_PROMPT.search(prompt)
-    instruction, inp = (m.group("instruction"), m.group("input") or "") if m else (prompt, "")
+    instruction, inp = split_alpaca_prompt(prompt)
     return {"instruction": instruction, "input": inp, "output": output, "kind": _kind(rec, path, line)}
 
 
@@ -105,18 +217,19 @@ def _reading(rec, path, line) -> dict[str, str]:
             "kind": f"reading-{lang}"}
 
 
-FORMATS: dict[str, Callable[[dict[str, Any], Path, int], dict[str, str]]] = {
+FORMATS: dict[str, Callable[[dict[str, Any], Path, int], dict[str, Any]]] = {
     "competition": _competition,
     "alpaca": _alpaca,
     "conversations": _conversations,
     "messages": _messages,
     "reading": _reading,
+    "choice": choice_record,
 }
 
 # auto: the first format whose telltale keys the first record has
 _SNIFF = [("conversations", {"conversations"}), ("messages", {"messages"}),
           ("competition", {"problem", "solution"}), ("reading", {"context", "question"}),
-          ("alpaca", {"instruction"})]
+          ("choice", {"question", "answer"}), ("alpaca", {"instruction"})]
 
 
 def _sniff(rec: dict[str, Any], path: Path, line: int) -> str:

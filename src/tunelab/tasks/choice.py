@@ -6,10 +6,13 @@ Input (JSON array or JSONL), one question per record:
 * `{"question", "choices": [...], "answer"}`.
 
 `answer` is a letter ("B", case-insensitive) or a 0-based index (1 or "1" = B). Optional `id` (default
-"<file stem>-<index>") and `kind`. Errors name file, line and field.
+"<file stem>-<index>") and `kind`. Errors name file, line and field. The records are read by the `choice`
+format of `tunelab.data.formats` into Examples that keep the options as data (`Example.choices`, exactly as
+written: no normalisation, newlines allowed) and the answer's index (`Example.label`).
 
-Prompt (`choice_prompt`; the language is Chinese when the question or an option holds CJK text, else English,
-or forced with lang="zh"/"en"), one option per line so graders can read the options back:
+Prompt (`tunelab.data.formats.choice_prompt`; the language is Chinese when the question or an option holds
+CJK text, else English, or forced with lang="zh"/"en"), rendered from the question and the options and never
+read back:
 
     以下是一道单项选择题，请选出正确答案，只回答选项字母。
     {question}
@@ -20,9 +23,10 @@ or forced with lang="zh"/"en"), one option per line so graders can read the opti
     {question}
     A. {option A} ...
 
-`to_training_records` turns questions into alpaca records {instruction, input: "", output} whose output is
-the letter ("B") or, with answer_style="letter_text", "B. {option text}"; the `choice` task (default format
-alpaca) grades those files directly, reading the options back from the instruction.
+`to_training_records` turns question Examples into alpaca records {instruction, input: "", output, choices,
+answer, id, kind} whose output is the letter ("B") or, with answer_style="letter_text", "B. {option text}";
+the `choice` task grades those files directly from their `choices` and `answer` (an alpaca record without
+them is an error, not a guess from the prompt).
 
 Extraction (`extract_choice`), after NFKC normalisation (full-width "Ｂ", "（", "：" read as ASCII). Only
 letters of the question's options count; the first rule that finds one decides (the rule is reported):
@@ -45,10 +49,14 @@ Nothing found: the answer is `unparsed` (counted wrong and reported).
 Log-likelihood mode (`tunelab eval --mode loglik`, recipe `mode: loglik`), lm-eval style: every option is
 scored as a continuation of the same prompt (`tunelab.eval.loglik`) and the highest total log-probability
 wins — no extraction, nothing unparsed. The continuation (setting `continuation`) is the option letter
-("B", default: what the prompt asks for and what `to_training_records` trains), the option text
-("Paris"), or both ("B. Paris"). `accuracy` (= lm-eval's `acc`, also reported as `acc`) picks the argmax
-of the summed log-probabilities; `acc_norm` the argmax of the log-probability divided by the
-continuation's length in characters (lm-eval's acc_norm; with single-letter continuations it equals acc).
+("B", default: what the prompt asks for and what `to_training_records` trains), the option text exactly as
+written in the question file ("Paris", "５㎏…", "line one\nline two"), or both ("B. Paris"). The metrics
+are lm-evaluation-harness's (`ConfigurableTask.process_results`, multiple_choice, in lm_eval/api/task.py
+at commit 4e7e0d47, 2026-08): `accuracy` (also reported as `acc`) is right when numpy.argmax of the summed
+log-probabilities is the answer, `acc_norm` when numpy.argmax of each log-probability divided by
+float(len(continuation)) — its length in characters (code points) — is; ties go to the first option and a
+NaN wins as numpy's argmax has it. With single-letter continuations acc_norm equals acc. An empty option
+cannot be a text continuation (lm-eval would divide by zero): that is an error naming the example.
 """
 
 from __future__ import annotations
@@ -56,163 +64,63 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from tunelab.data.examples import Example
+from tunelab.data.formats import LETTERS, choice_fields, choice_record, read_examples
 from tunelab.data.records import iter_records, require_str
 from tunelab.errors import TunelabError
 from tunelab.tasks.registry import Task, register_task
 
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-HEADERS = {
-    "zh": "以下是一道单项选择题，请选出正确答案，只回答选项字母。",
-    "en": "The following is a multiple-choice question. Answer with the letter of the correct option.",
-}
 RULES = ("marker", "leading", "mention", "text", "contains", "letter")
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-# A line of an option list: "A. text", "A、text", "A) text", "(A) text", "A: text".
-_OPTION_LINE = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])\s*[.、:)])\s*(.*?)\s*$")
 # Words after a sentence-initial "A" that make it the option letter rather than the article.
 _VERBS = {"is", "was", "seems", "looks", "appears", "should", "would", "must", "can", "could", "will",
           "and", "or", "because", "since", "as"}
-
-
-@dataclass
-class ChoiceItem:
-    id: str
-    question: str
-    options: list[str]
-    answer: str  # the correct letter
-    kind: str = ""
-
-
-def detect_lang(question: str, options: Iterable[str]) -> str:
-    return "zh" if _CJK.search(question) or any(_CJK.search(o) for o in options) else "en"
-
-
-def choice_prompt(question: str, options: list[str], lang: str = "auto") -> str:
-    """Header, question and one "X. option" line per option (see the module docstring)."""
-    if lang == "auto":
-        lang = detect_lang(question, options)
-    if lang not in HEADERS:
-        raise TunelabError(f"unknown language '{lang}' (choose from auto, zh, en)", field="lang")
-    lines = [HEADERS[lang], question.strip()]
-    lines += [f"{LETTERS[i]}. {opt.strip()}" for i, opt in enumerate(options)]
-    return "\n".join(lines)
-
-
-def parse_options(text: str) -> dict[str, str]:
-    """The last run of option lines "A. …", "B. …", … (from A, consecutive, at least two) in a prompt."""
-    best: dict[str, str] = {}
-    block: dict[str, str] = {}
-    for line in unicodedata.normalize("NFKC", text).split("\n"):
-        m = _OPTION_LINE.match(line)
-        letter = (m.group(1) or m.group(2)) if m else None
-        if letter and letter == LETTERS[len(block)]:
-            block[letter] = m.group(3)
-        elif letter == "A":
-            block = {"A": m.group(3)}
-        else:
-            block = {}
-        if len(block) >= 2:
-            best = dict(block)
-    return best
+CONTINUATIONS = ("letter", "text", "letter_text")
 
 
 # --- reading question files ----------------------------------------------------------------------
 
-def _answer_letter(rec: dict[str, Any], n: int, path: Path | str, line: int) -> str:
-    if "answer" not in rec:
-        raise TunelabError("missing field", file=path, line=line, field="answer")
-    raw = rec["answer"]
-    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-        raise TunelabError(f"expected a letter or an index, got {type(raw).__name__}", file=path, line=line,
-                           field="answer")
-    text = unicodedata.normalize("NFKC", str(raw)).strip()
-    if text.isdigit():
-        index = int(text)
-    elif len(text) == 1 and text.upper() in LETTERS:
-        index = LETTERS.index(text.upper())
-    else:
-        raise TunelabError(f"answer {raw!r} is neither an option letter nor a 0-based index", file=path,
-                           line=line, field="answer")
-    if index >= n:
-        raise TunelabError(f"answer {raw!r} is out of range for {n} options (A–{LETTERS[n - 1]})", file=path,
-                           line=line, field="answer")
-    return LETTERS[index]
+def read_choice(path: str | Path) -> list[Example]:
+    """Every question of a JSON/JSONL question file, as Examples carrying their options and answer."""
+    return read_examples(path, "choice")
 
 
-def parse_choice_record(rec: dict[str, Any], path: Path | str = "records", line: int = 1,
-                        index: int = 0) -> ChoiceItem:
-    """One question record (either shape) as a ChoiceItem."""
-    question = require_str(rec, "question", path, line)
-    if "choices" in rec:
-        choices = rec["choices"]
-        if not isinstance(choices, list) or not all(
-                isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in choices):
-            raise TunelabError("expected a list of strings", file=path, line=line, field="choices")
-        options = [str(c) for c in choices]
-    else:
-        if "A" not in rec:
-            raise TunelabError("no options: give 'choices' or option fields 'A', 'B', …", file=path, line=line,
-                               field="choices")
-        options = []
-        for letter in LETTERS:
-            if letter not in rec:
-                break
-            options.append(require_str(rec, letter, path, line))
-    if len(options) < 2:
-        raise TunelabError(f"a question needs at least 2 options, found {len(options)}", file=path, line=line,
-                           field="choices" if "choices" in rec else "B")
-    if len(options) > len(LETTERS):
-        raise TunelabError(f"at most {len(LETTERS)} options are supported", file=path, line=line,
-                           field="choices")
-    ident = require_str(rec, "id", path, line) if "id" in rec else f"{Path(str(path)).stem}-{index}"
-    kind = require_str(rec, "kind", path, line) if "kind" in rec else ""
-    return ChoiceItem(ident, question, options, _answer_letter(rec, len(options), path, line), kind)
+def choice_examples(records: Iterable[dict[str, Any]], lang: str = "auto") -> list[Example]:
+    """In-memory question records as Examples (prompt in `lang`, "auto" = the question's language)."""
+    return [Example(id=require_str(rec, "id", "records", i + 1) if "id" in rec else f"records-{i}",
+                    **choice_record(rec, Path("records"), i + 1, lang))
+            for i, rec in enumerate(records)]
 
 
-def read_choice(path: str | Path) -> list[ChoiceItem]:
-    """Every question of a JSON/JSONL question file."""
-    items = [parse_choice_record(rec, path, line, i) for i, (line, rec) in enumerate(iter_records(path))]
-    if not items:
-        raise TunelabError("no records", file=path)
-    return items
+def choice_continuations(choices: list[str], style: str) -> list[str]:
+    """What stands for each option after the prompt: its letter, its text exactly as written, or both."""
+    if style == "letter":
+        return list(LETTERS[: len(choices)])
+    if style == "text":
+        return list(choices)
+    if style == "letter_text":
+        return [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
+    raise TunelabError(f"unknown continuation '{style}' (choose from {', '.join(CONTINUATIONS)})",
+                       field="continuation")
 
 
-def _items(records: Iterable[ChoiceItem | dict[str, Any]]) -> list[ChoiceItem]:
-    return [r if isinstance(r, ChoiceItem) else parse_choice_record(r, "records", i + 1, i)
-            for i, r in enumerate(records)]
+def to_training_records(examples: Iterable[Example], answer_style: str = "letter") -> list[dict[str, Any]]:
+    """Alpaca records for LoRA training on questions (Examples from `read_choice`/`choice_examples`).
 
-
-def choice_examples(records: Iterable[ChoiceItem | dict[str, Any]], lang: str = "auto") -> list[Example]:
-    """Examples whose instruction is the prompt and whose output is the correct letter."""
-    out = []
-    for item in _items(records):
-        item_lang = detect_lang(item.question, item.options) if lang == "auto" else lang
-        out.append(Example(id=item.id, instruction=choice_prompt(item.question, item.options, item_lang),
-                           output=item.answer, kind=item.kind or f"choice-{item_lang}"))
-    return out
-
-
-def to_training_records(records: Iterable[ChoiceItem | dict[str, Any]], lang: str = "auto",
-                        answer_style: str = "letter") -> list[dict[str, str]]:
-    """Alpaca records {instruction, input, output} for LoRA training on questions (items or raw records).
-
-    answer_style "letter" writes "B"; "letter_text" writes "B. {option B}".
+    answer_style "letter" writes "B"; "letter_text" writes "B. {option B}" — the same text the loglik
+    continuation `letter_text` scores. The options and the answer ride along, so the file grades directly.
     """
     if answer_style not in ("letter", "letter_text"):
         raise TunelabError(f"unknown answer style '{answer_style}' (choose from letter, letter_text)",
                            field="answer_style")
-    items = _items(records)
     out = []
-    for item, ex in zip(items, choice_examples(items, lang)):
-        answer = item.answer
-        if answer_style == "letter_text":
-            answer = f"{answer}. {item.options[LETTERS.index(answer)].strip()}"
-        out.append({"instruction": ex.instruction, "input": "", "output": answer})
+    for ex in examples:
+        answer = LETTERS[_gold_index(ex)]
+        out.append({"id": ex.id, "instruction": ex.instruction, "input": ex.input,
+                    "output": choice_continuations(ex.choices, answer_style)[ex.label],
+                    "choices": ex.choices, "answer": answer, "kind": ex.kind})
     return out
 
 
@@ -322,12 +230,21 @@ def extract_choice(text: str, options: dict[str, str] | list[str] | None = None)
 # --- the task ------------------------------------------------------------------------------------
 
 def grade_choice(prediction: str, gold: str, options: dict[str, str] | list[str] | None) -> dict[str, Any]:
-    """Grade one generation against a gold letter (or gold text such as "B. Paris")."""
-    gold_letter, _ = extract_choice(gold, options)
-    if gold_letter is None:
-        raise TunelabError(f"the gold answer {gold!r} names no option letter", field="output")
+    """Grade one generation against the gold letter (from the question's data, never parsed from text)."""
     pred, rule = extract_choice(prediction, options)
-    return {"correct": pred == gold_letter, "pred": pred, "gold": gold_letter, "rule": rule}
+    return {"correct": pred == gold, "pred": pred, "gold": gold, "rule": rule}
+
+
+def first_argmax(values: list[float]) -> int:
+    """numpy.argmax's answer without numpy: the first index of the largest value, or the first NaN if any
+    (lm-eval's acc and acc_norm take numpy.argmax of the log-likelihoods)."""
+    best = 0
+    for i, v in enumerate(values):
+        if v != v:
+            return i
+        if v > values[best]:
+            best = i
+    return best
 
 
 def summarize_choice(graded: list[dict[str, Any]]) -> dict[str, Any]:
@@ -342,64 +259,53 @@ def summarize_choice(graded: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-CONTINUATIONS = ("letter", "text", "letter_text")
-
-
 @register_task
 class ChoiceTask(Task):
-    """Multiple choice: generate-and-extract (options read back from the prompt's option lines), or the
-    log-likelihood of each option."""
+    """Multiple choice: generate-and-extract, or the log-likelihood of each option; both read the options
+    and the answer from the Example's data (`choices`, `label`)."""
 
     name = "choice"
     primary_metric = "accuracy"
-    default_format = "alpaca"
+    default_format = "auto"  # question records, or alpaca records carrying `choices` and `answer`
     modes = ("generate", "loglik")
     settings = ("continuation",)
     continuation = "letter"
 
     def configure(self, **values: Any) -> "Task":
         super().configure(**values)
-        if self.continuation not in CONTINUATIONS:  # before any model work
-            raise TunelabError(f"unknown continuation '{self.continuation}' (choose from "
-                               f"{', '.join(CONTINUATIONS)})", field="continuation")
+        choice_continuations([], self.continuation)  # an unknown continuation fails before any model work
         return self
 
     def load_examples(self, path: str | Path) -> list[Example]:
-        return choice_examples(read_choice(path))
+        examples = read_examples(path, self.default_format)
+        for ex in examples:
+            _options(ex, path)
+        return examples
 
     def grade(self, prediction: str, example: Example) -> dict[str, Any]:
-        out = grade_choice(prediction, example.output, parse_options(example.instruction) or None)
+        out = grade_choice(prediction, LETTERS[_gold_index(example)], _options(example))
         return {**out, "kind": example.kind}
 
-    def _options(self, example: Example) -> dict[str, str]:
-        options = parse_options(example.instruction)
-        if not options:
-            raise TunelabError(f"example '{example.id}': no option lines (A. …, B. …) in the prompt",
-                               field="instruction")
-        return options
-
-    def _continuations(self, options: dict[str, str]) -> list[str]:
-        if self.continuation == "letter":
-            return list(options)
-        if self.continuation == "text":
-            return [text.strip() for text in options.values()]
-        return [f"{letter}. {text.strip()}" for letter, text in options.items()]
+    def _continuations(self, example: Example) -> list[str]:
+        conts = choice_continuations(list(_options(example).values()), self.continuation)
+        empty = [LETTERS[i] for i, c in enumerate(conts) if not c]
+        if empty:
+            raise TunelabError(f"example '{example.id}': option {empty[0]} is empty, so continuation "
+                               f"'{self.continuation}' has nothing to score (use letter or letter_text)",
+                               field="continuation")
+        return conts
 
     def loglik_requests(self, example: Example, prompt: str) -> list[tuple[str, str]]:
-        return [(prompt, c) for c in self._continuations(self._options(example))]
+        return [(prompt, c) for c in self._continuations(example)]
 
     def grade_loglik(self, results: list, example: Example) -> dict[str, Any]:
-        options = self._options(example)
-        gold, _ = extract_choice(example.output, options)
-        if gold is None:
-            raise TunelabError(f"the gold answer {example.output!r} names no option letter "
-                               f"(example '{example.id}')", field="output")
-        letters = list(options)
-        conts = self._continuations(options)
+        """lm-eval's acc and acc_norm (see the module docstring) for one question."""
+        conts = self._continuations(example)
+        gold = LETTERS[_gold_index(example)]
+        letters = LETTERS[: len(conts)]
         lls = [r.logprob for r in results]
-        norm = [ll / max(1, len(c)) for ll, c in zip(lls, conts)]
-        pred = letters[max(range(len(lls)), key=lls.__getitem__)]
-        pred_norm = letters[max(range(len(norm)), key=norm.__getitem__)]
+        pred = letters[first_argmax(lls)]
+        pred_norm = letters[first_argmax([ll / float(len(c)) for ll, c in zip(lls, conts)])]
         return {"correct": pred == gold, "pred": pred, "gold": gold, "rule": "loglik",
                 "correct_norm": pred_norm == gold, "pred_norm": pred_norm,
                 "logprobs": dict(zip(letters, lls)), "greedy": [l for l, r in zip(letters, results) if r.is_greedy],
@@ -409,23 +315,35 @@ class ChoiceTask(Task):
         return summarize_choice(graded)
 
 
+def _options(example: Example, path: str | Path | None = None) -> dict[str, str]:
+    """The example's options by letter; an example without them (e.g. an alpaca record lacking `choices`)
+    is an error: its prompt is not read back."""
+    if len(example.choices) < 2 or example.label is None or not 0 <= example.label < len(example.choices):
+        raise TunelabError(f"example '{example.id}' has no options: give question records, or alpaca records "
+                           f"with 'choices' and 'answer' (to_training_records writes them)", file=path,
+                           field="choices")
+    return dict(zip(LETTERS, example.choices))
+
+
+def _gold_index(example: Example) -> int:
+    _options(example)
+    return example.label  # type: ignore[return-value]  # checked by _options
+
+
 # --- `tunelab grade choice` ----------------------------------------------------------------------
 
 def _read_gold(path: Path) -> list[dict[str, Any]]:
-    """Question records, or alpaca records (options read from the instruction); each {id, options, gold}."""
+    """Question records, or alpaca records carrying `choices` and `answer`; each {id, options, gold}."""
     gold = []
-    for i, (line, rec) in enumerate(iter_records(path)):
-        if "question" in rec:
-            item = parse_choice_record(rec, path, line, i)
-            gold.append({"id": str(rec["id"]) if "id" in rec else None,
-                         "options": dict(zip(LETTERS, item.options)), "gold": item.answer})
-        else:
-            instruction = require_str(rec, "instruction", path, line)
-            options = parse_options(instruction) or None
-            letter, _ = extract_choice(require_str(rec, "output", path, line), options)
-            if letter is None:
-                raise TunelabError("the output names no option letter", file=path, line=line, field="output")
-            gold.append({"id": str(rec["id"]) if "id" in rec else None, "options": options, "gold": letter})
+    for line, rec in iter_records(path):
+        if not {"question", "choices", "A"} & rec.keys():
+            raise TunelabError("no options: give question records, or alpaca records with 'choices' and "
+                               "'answer' (to_training_records writes them)", file=path, line=line, field="choices")
+        choices, label = choice_fields(rec, path, line)
+        gold.append({"id": str(rec["id"]) if "id" in rec else None, "options": dict(zip(LETTERS, choices)),
+                     "gold": LETTERS[label]})
+    if not gold:
+        raise TunelabError("no records", file=path)
     return gold
 
 
