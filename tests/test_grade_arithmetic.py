@@ -44,9 +44,86 @@ GOLD = "-6797.66 - 280.27 = -7077.93"
     ("12 + (-5) = 7 (check: 7 + 5 = 12)", "12"),  # the first number after the LAST "="
     ("= .5", "0.5"),
     ("√144 = 12", "12"),
+    # the dash family, and a sign separated by one space
+    ("\u20107077.93", "-7077.93"),          # hyphen
+    ("\u20117077.93", "-7077.93"),          # non-breaking hyphen
+    ("\u20127077.93", "-7077.93"),          # figure dash
+    ("\u20137077.93", "-7077.93"),          # en dash
+    ("\ufe637077.93", "-7077.93"),          # small hyphen-minus
+    ("- 7077.93", "-7077.93"),
+    ("= - 7077.93", "-7077.93"),
+    ("答案是 \u2212 7077.93", "-7077.93"),
+    ("-\u00a07077.93", "-7077.93"),
+    ("-  7077.93", "7077.93"),               # two spaces: not a sign
+    ("10 \u2013 3", "3"),                     # an en dash between operands is an operator
+    ("1\u20135", "5"),
+    ("10 \u2212 3", "3"),
+    # digit groups
+    ("7 077.93", "7077.93"),
+    ("7\u2009077.93", "7077.93"),            # thin space
+    ("7\u202f077.93", "7077.93"),            # narrow no-break space
+    ("7\u00a0077.93", "7077.93"),            # no-break space
+    ("-7 077.93", "-7077.93"),
+    ("- 7 077.93", "-7077.93"),
+    ("1 000 000", "1000000"),
+    ("1,234,567.5", "1234567.5"),
+    ("1，234", "1234"),                        # full-width comma
+    ("= 12,345", "12345"),
+    ("1,2", "2"),                              # not a grouping: two numbers
+    ("= 1,2", "1"),
+    ("12,34,567", "567"),
+    ("= 12,34,567", "12"),
+    ("= 1,234,5678", "1"),
+    ("= 1234,567", "1234"),                   # a first group of four digits
+    ("= 1,234 567", "1"),                     # separators differ
+    ("= 1 2 3", "1"),
+    ("5, 6", "6"),
+    ("= 7 0.5", "7"),
+    ("1.2.3", "1.2"),
+    # bounds
+    ("0e99999999999", "0"),
+    ("= 0.0e-99999999999999", "0"),
+    ("1e200", "1e200"),
+    ("1e-200", "1e-200"),
+    ("9" * 200, "9" * 200),
+    ("1." + "0" * 5000, "1"),                 # trailing zeros are not significant
+    ("0" * 5000 + "7", "7"),
+    ("1" + "0" * 200, "1e200"),
 ])
 def test_extract_final_number(text, value):
     assert extract_final_number(text) == Decimal(value)
+
+
+@pytest.mark.parametrize("text", ["1e9999999", "1e-100000000", "1e-999999999", "1e201", "1e-201", "9" * 201,
+                                  "1" + "0" * 201, "1e" + "9" * 5000, "-1e" + "9" * 5000, "1/" + "9" * 201,
+                                  "1e-200/3", "0." + "0" * 200 + "1"])
+def test_out_of_range_is_none(text):
+    assert extract_final_number(text) is None
+
+
+@pytest.mark.parametrize("pred, written, sign_ok", [
+    ("1e9999999", "1e9999999", True),
+    ("= -1e-100000000", "-1e-100000000", False),
+    ("答案是 " + "7" * 100_000, "7" * 32 + "…", True),
+    ("-1e" + "9" * 100_000, "-1e" + "9" * 29 + "…", False),
+])
+def test_out_of_range_prediction_is_a_counted_wrong_answer(pred, written, sign_ok):
+    g = grade_arithmetic(pred, "1 + 2 = 3")
+    assert g == {"correct": False, "pred_value": written, "gold_value": "3", "format_ok": False,
+                 "sign_ok": sign_ok, "within_tol": False, "digit_acc": 0.0, "out_of_range": True, "kind": ""}
+    assert summarize_arithmetic([g])["out_of_range"] == 1.0
+
+
+def test_out_of_range_keeps_the_shape():
+    assert grade_arithmetic("1 + 2 = 1e999999", "1 + 2 = 3")["format_ok"] is True
+
+
+def test_long_exact_values_are_not_rounded():
+    big = "123456789012345678901234567890123"  # beyond Decimal's default 28-digit context
+    assert grade_arithmetic(big, f"= {big}")["correct"] is True
+    g = grade_arithmetic("-" + big[:-1] + "4", f"= -{big}")
+    assert g["correct"] is False and g["pred_value"] == "-" + big[:-1] + "4"
+    assert g["digit_acc"] == pytest.approx(32 / 33)
 
 
 @pytest.mark.parametrize("text", ["", "no idea", "x = ?", "答案是：", "= abc"])
@@ -77,6 +154,17 @@ def test_no_number_is_none(text):
     ("x = 5", "3x + 5 = 20, x = 5", True),
     ("x = -5", "3x + 5 = 20, x = 5", False),
     ("0", "-3 + 3 = 0", True),
+    ("- 7077.93", GOLD, True),
+    ("\u20137077.93", GOLD, True),
+    ("\u20107077.93", GOLD, True),
+    ("-7 077.93", GOLD, True),
+    ("-7\u2009077.93", GOLD, True),
+    ("-7\u202f077.93", GOLD, True),
+    ("-7，077.93", GOLD, True),
+    ("-70,77.93", GOLD, False),               # not a grouping: the last number is 77.93
+    ("= 1,000", "1000", True),
+    ("= 1,00,0", "1000", False),
+    ("1e9999999", "1e9999999 is too big; = 5", False),
 ])
 def test_correctness(pred, gold, correct):
     assert grade_arithmetic(pred, gold)["correct"] is correct
@@ -86,7 +174,8 @@ def test_correctness(pred, gold, correct):
 def test_no_number_prediction_is_wrong_not_an_error(pred):
     g = grade_arithmetic(pred, GOLD, "dec_sub")
     assert g == {"correct": False, "pred_value": None, "gold_value": "-7077.93", "format_ok": False,
-                 "sign_ok": False, "within_tol": False, "digit_acc": 0.0, "kind": "dec_sub"}
+                 "sign_ok": False, "within_tol": False, "digit_acc": 0.0, "out_of_range": False,
+                 "kind": "dec_sub"}
 
 
 def test_diagnostics_near_miss():
@@ -225,6 +314,27 @@ def test_cli_mismatch_is_an_error_naming_files_and_counts(tmp_path, gold, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pred.jsonl" in err and "gold.json" in err
     assert f"{len(preds)} predictions" in err and "3 answers" in err
+
+
+def test_cli_gold_out_of_range_names_line(tmp_path, capsys):
+    gold = tmp_path / "gold.jsonl"
+    write_jsonl(gold, [{"solution": "3"}, {"solution": "= 1e999999"}])
+    pred = tmp_path / "pred.txt"
+    pred.write_text("3\n4\n", encoding="utf-8")
+    assert _grade(pred, gold) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gold.jsonl:2, field 'solution'" in err and "out of range" in err
+
+
+def test_cli_counts_out_of_range_answers(tmp_path, gold, capsys):
+    pred = tmp_path / "pred.txt"
+    pred.write_text("= 3\n1e9999999\n= 1e-100000000%\n", encoding="utf-8")
+    assert _grade(pred, gold, "--json") == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["accuracy"] == pytest.approx(1 / 3) and s["out_of_range"] == pytest.approx(2 / 3)
+    assert s["no_number"] == 0.0
+    assert _grade(pred, gold) == 0
+    assert "out_of_range" in capsys.readouterr().out
 
 
 def test_cli_gold_without_number_names_line(tmp_path, capsys):

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from tunelab.errors import TunelabError
+
+# JSONL records end at "\r\n", "\r" or "\n", which JSON strings cannot hold raw; the other line breaks of
+# str.splitlines (U+2028, U+2029, U+0085) can be inside a string (json.dumps(ensure_ascii=False) leaves them).
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def read_text(path: str | Path) -> str:
@@ -36,11 +41,18 @@ def read_json(path: str | Path) -> tuple[str, Any]:
     return text, parse_json(text, path)
 
 
-def parse_json(text: str, path: str | Path) -> Any:
+def parse_json(text: str, path: str | Path, line: int | None = None) -> Any:
+    """json.loads with every failure as a TunelabError: malformed JSON names its line and column; JSON nested
+    too deeply for Python's recursion or holding an integer too long to convert names the file (or `line`)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=path, line=e.lineno) from None
+        where = e.lineno if line is None else line
+        raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=path, line=where) from None
+    except RecursionError:
+        raise TunelabError("JSON nested too deeply to read", file=path, line=line) from None
+    except ValueError as e:  # int() of a literal longer than sys.get_int_max_str_digits()
+        raise TunelabError(f"unreadable JSON ({str(e).split(';')[0]})", file=path, line=line) from None
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -57,13 +69,10 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if stripped.startswith("["):
         yield from _iter_array(p, text)
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(_LINE_BREAK.split(text), start=1):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=p, line=lineno) from None
+        rec = parse_json(line, p, lineno)
         if not isinstance(rec, dict):
             raise TunelabError(f"expected a JSON object, got {type(rec).__name__}", file=p, line=lineno)
         yield lineno, rec
@@ -97,6 +106,12 @@ def require_str(rec: dict[str, Any], field: str, path: str | Path, line: int) ->
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise TunelabError(f"expected a string, got {type(value).__name__}", file=path, line=line,
                            field=field)
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # a JSON escape such as "\ud800" outside a pair
+            raise TunelabError(f"not valid Unicode text (a lone surrogate at character {e.start})", file=path,
+                               line=line, field=field) from None
     return str(value)
 
 

@@ -1,5 +1,8 @@
 """Prediction files handed to `tunelab grade`: JSONL with `prediction` (and `id`) or one answer per line,
-matched to the gold answers by id when both sides have ids, else by position."""
+matched to the gold answers by id when both sides have ids, else by position.
+
+Lines end at "\n" only (a trailing "\r" is dropped): other Unicode line breaks (U+2028, "\x1c", "\x85", …)
+and control characters are part of an answer, so a model's answer holding one is still one answer."""
 
 from __future__ import annotations
 
@@ -13,11 +16,14 @@ from tunelab.errors import TunelabError
 
 def read_prediction_file(path: Path) -> list[dict[str, Any]]:
     """JSONL with 'prediction' (sniffed from the first non-blank line), else one answer per line."""
-    lines = read_text(path).splitlines()
+    text = read_text(path)
+    lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+    if lines[-1] == "":  # the final newline ends the last line; it does not start another
+        lines.pop()
     first = next((ln for ln in lines if ln.strip()), "")
     try:
-        head = json.loads(first)
-    except json.JSONDecodeError:
+        head = json.loads(first) if first.lstrip().startswith("{") else None
+    except (ValueError, RecursionError):  # not JSON, nested too deeply, or a number too long to convert
         head = None
     if isinstance(head, dict) and "prediction" in head:
         return [{"prediction": require_str(rec, "prediction", path, line),
@@ -37,7 +43,7 @@ def match_predictions(preds: list[dict], gold: list[dict], pred_path: Path, gold
             raise TunelabError(f"duplicate ids ({counts})", file=pred_path)
         missing = [g["id"] for g in gold if g["id"] not in by_id]
         if missing or len(preds) != len(gold):
-            detail = f"; {len(missing)} gold ids have no prediction, e.g. '{missing[0]}'" if missing else ""
+            detail = f"; {len(missing)} gold ids have no prediction, e.g. {missing[0][:80]!r}" if missing else ""
             raise TunelabError(f"predictions do not match the gold answers ({counts}{detail})")
         return [by_id[g["id"]] for g in gold]
     if len(preds) != len(gold):

@@ -236,8 +236,8 @@ def check_model_dir(model_dir: str | Path) -> list[str]:
         try:
             if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
                 problems.append(f"{config} is not a JSON object")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            problems.append(f"{config} does not parse ({e})")
+        except (ValueError, RecursionError) as e:  # malformed JSON or bytes, nested too deeply, a huge number
+            problems.append(f"{config} does not parse ({str(e)[:200]})")
     weights = [p for pattern in _WEIGHTS for p in d.glob(pattern)
                if p.is_file() and p.stat().st_size > 0 and not _NOT_WEIGHTS.match(p.name)]
     if not weights:
