@@ -10,6 +10,16 @@ wall time and the time to first token (TTFT, p50 / p95), and prints batched / on
 
     python benchmarks/bench_serve.py [--concurrency 1,4,16] [--requests-per-client 2] [--max-tokens 64]
                                      [--max-batch 16] [--rounds 2] [--model DIR]
+
+`--soak` instead leaves one server (`--max-batch 16`, an API key) under `--clients` 32 streaming clients for
+`--duration` seconds. Each client draws, request after request, a well-formed streaming chat (greedy, sampled
+with a seed, or at temperature 2.5e-38), a hostile request (seed 2**64, a lone surrogate, a 5 MB body, n over
+the limit, 100 stop strings, NaN temperature, broken JSON, an out-of-range token id, too many prompts × n, a
+wrong key, a 1.5 MB /tokenize) or one that disconnects mid-stream. It prints completed requests, errors by
+kind (a well-formed request that fails, or a hostile one answered otherwise than expected), p50/p95 time to
+first token, the slowest /health during the soak, and the server's RSS before and after.
+
+    python benchmarks/bench_serve.py --soak [--clients 32] [--duration 60] [--max-tokens 32]
 """
 
 from __future__ import annotations
@@ -65,14 +75,17 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: str, max_batch: int, threads: int):
+    def __init__(self, model: str, max_batch: int, threads: int, extra: list[str] = ()):
         self.port = free_port()
+        self.log = tempfile.TemporaryFile()     # a file, not a pipe: a chatty server never blocks on a full pipe
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+        self.headers = {"Authorization": f"Bearer {extra[extra.index('--api-key') + 1]}"} if "--api-key" in extra \
+            else {}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tunelab.cli", "serve", model, "--port", str(self.port), "--max-batch",
              str(max_batch), "--name", "bench", "--log-level", "warning", "--dtype", "float32", "--device", "cpu",
-             "--threads", str(threads)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             "--threads", str(threads), *extra],
+            env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait(self, timeout: float = 300) -> None:
@@ -80,7 +93,8 @@ class Server:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("server exited: " + self.proc.stderr.read().decode()[-2000:])
+                self.log.seek(0)
+                raise RuntimeError("server exited: " + self.log.read().decode(errors="replace")[-2000:])
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
@@ -91,7 +105,7 @@ class Server:
 
     def stats(self) -> dict:
         import httpx
-        return httpx.get(self.url + "/stats", timeout=10).json()
+        return httpx.get(self.url + "/stats", timeout=10, headers=self.headers).json()
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -160,6 +174,200 @@ def run_level(url: str, clients: int, per_client: int, max_tokens: int, prompts:
             "latency_mean_s": statistics.mean(r[1] for r in results) if results else float("nan")}
 
 
+SOAK_KEY = "soak-key"
+# hostile requests: (name, weight, expected status)
+HOSTILE = [("seed_2_64", 3, 400), ("lone_surrogate", 3, 400), ("body_5mb", 1, 413), ("n_too_many", 2, 400),
+           ("stop_100", 2, 400), ("temperature_nan", 2, 400), ("broken_json", 2, 400), ("token_out_of_range", 2, 400),
+           ("prompts_times_n", 2, 400), ("wrong_key", 2, 401), ("tokenize_1_5mb", 1, 200)]
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def hostile_request(client, url: str, kind: str):
+    """Send one hostile request; its HTTP status."""
+    auth = {"Authorization": f"Bearer {SOAK_KEY}"}
+    chat = {"model": "bench", "messages": [{"role": "user", "content": "1 + 1 = ?"}], "max_tokens": 8}
+    raw = None
+    if kind == "seed_2_64":
+        body = {**chat, "seed": 2 ** 64, "temperature": 0.8}
+    elif kind == "lone_surrogate":
+        raw = b'{"model": "bench", "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+    elif kind == "body_5mb":
+        raw = json.dumps({**chat, "messages": [{"role": "user", "content": "长" * 1_700_000}]},
+                         ensure_ascii=False).encode()
+    elif kind == "n_too_many":
+        body = {**chat, "n": 1000}
+    elif kind == "stop_100":
+        body = {**chat, "stop": [str(i) for i in range(100)]}
+    elif kind == "temperature_nan":
+        raw = b'{"model": "bench", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}'
+    elif kind == "broken_json":
+        raw = b'{"model": "bench", "messages": [{"role": '
+    elif kind == "token_out_of_range":
+        return client.post(url + "/v1/completions", json={"model": "bench", "prompt": [1, 2, 10 ** 12]},
+                           headers=auth).status_code
+    elif kind == "prompts_times_n":
+        return client.post(url + "/v1/completions", json={"model": "bench", "prompt": ["a"] * 16, "n": 16,
+                                                          "max_tokens": 2}, headers=auth).status_code
+    elif kind == "wrong_key":
+        return client.post(url + "/v1/chat/completions", json=chat,
+                           headers={"Authorization": "Bearer nope"}).status_code
+    elif kind == "tokenize_1_5mb":
+        return client.post(url + "/tokenize", json={"prompt": "12 + 7 = 19, 数字. " * 60_000},
+                           headers=auth).status_code
+    if raw is not None:
+        return client.post(url + "/v1/chat/completions", content=raw,
+                           headers={**auth, "Content-Type": "application/json"}).status_code
+    return client.post(url + "/v1/chat/completions", json=body, headers=auth).status_code
+
+
+def soak(args, model: str, threads: int) -> int:
+    import httpx
+    srv = Server(model, args.max_batch, threads, extra=["--api-key", SOAK_KEY])
+    rng0 = random.Random(args.seed)
+    lock = threading.Lock()
+    ttfts: list[float] = []
+    counts = {"completed": 0, "disconnected": 0, "hostile": 0}
+    errors: dict[str, int] = {}
+    hostile_status: dict[str, dict[int, int]] = {}
+    health: list[float] = []
+    try:
+        srv.wait()
+        auth = {"Authorization": f"bearer {SOAK_KEY}"}      # lower-case scheme: accepted (RFC 7235)
+        with httpx.Client(timeout=60, headers=auth) as c:
+            one_request(c, srv.url, "warm up", 4)
+        time.sleep(1.0)
+        rss0 = rss_mb(srv.proc.pid)
+        end = time.perf_counter() + args.duration
+        kinds = [k for k, w, _ in HOSTILE for _ in range(w)]
+        expected = {k: e for k, _, e in HOSTILE}
+
+        def err(kind: str) -> None:
+            with lock:
+                errors[kind] = errors.get(kind, 0) + 1
+
+        def worker(k: int) -> None:
+            rng = random.Random(rng0.random())
+            with httpx.Client(timeout=120, headers=auth) as c:
+                while time.perf_counter() < end:
+                    r = rng.random()
+                    if r < 0.6:      # well-formed
+                        temp = rng.choice([0.0, 0.8, 2.5e-38])
+                        body = {"model": "bench", "messages": [{"role": "user", "content": f"{rng.randint(1, 999)} + "
+                                                               f"{rng.randint(1, 999)} = ? 计算"}],
+                                "max_tokens": args.max_tokens, "temperature": temp, "seed": rng.randint(0, 2 ** 63 - 1),
+                                "stream": True, "ignore_eos": True}
+                        t0 = time.perf_counter()
+                        first, finish = None, None
+                        try:
+                            with c.stream("POST", srv.url + "/v1/chat/completions", json=body) as resp:
+                                if resp.status_code != 200:
+                                    err(f"well-formed: HTTP {resp.status_code}")
+                                    continue
+                                for line in resp.iter_lines():
+                                    if not line.startswith("data: ") or line == "data: [DONE]":
+                                        continue
+                                    chunk = json.loads(line[6:])
+                                    if "error" in chunk:
+                                        err("well-formed: error event")
+                                        break
+                                    for ch in chunk["choices"]:
+                                        if first is None and ch["delta"].get("content"):
+                                            first = time.perf_counter() - t0
+                                        finish = ch.get("finish_reason") or finish
+                        except Exception as e:  # noqa: BLE001
+                            err(f"well-formed: {type(e).__name__}")
+                            continue
+                        if finish != "length":
+                            err(f"well-formed: finish {finish}")
+                            continue
+                        with lock:
+                            counts["completed"] += 1
+                            if first is not None:
+                                ttfts.append(first)
+                    elif r < 0.85:   # hostile
+                        kind = rng.choice(kinds)
+                        try:
+                            status = hostile_request(c, srv.url, kind)
+                        except Exception as e:  # noqa: BLE001
+                            err(f"hostile {kind}: {type(e).__name__}")
+                            continue
+                        with lock:
+                            counts["hostile"] += 1
+                            hostile_status.setdefault(kind, {})
+                            hostile_status[kind][status] = hostile_status[kind].get(status, 0) + 1
+                        if status != expected[kind]:
+                            err(f"hostile {kind}: HTTP {status}")
+                    else:            # leaves mid-stream
+                        body = {"model": "bench", "messages": [{"role": "user", "content": "a long story"}],
+                                "max_tokens": 400, "stream": True, "ignore_eos": True}
+                        try:
+                            with c.stream("POST", srv.url + "/v1/chat/completions", json=body) as resp:
+                                got = 0
+                                for line in resp.iter_lines():
+                                    got += line.startswith("data: ")
+                                    if got >= 3:
+                                        break
+                        except Exception as e:  # noqa: BLE001
+                            err(f"disconnect: {type(e).__name__}")
+                            continue
+                        with lock:
+                            counts["disconnected"] += 1
+
+        def poll_health() -> None:
+            with httpx.Client(timeout=30) as c:
+                while time.perf_counter() < end:
+                    t0 = time.perf_counter()
+                    c.get(srv.url + "/health")
+                    health.append(time.perf_counter() - t0)
+                    time.sleep(0.25)
+
+        log(f"soak: {args.clients} clients for {args.duration:.0f} s; server RSS {rss0:.0f} MB")
+        workers = [threading.Thread(target=worker, args=(k,)) for k in range(args.clients)]
+        workers.append(threading.Thread(target=poll_health))
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        time.sleep(2.0)      # let cancelled rows leave the batch
+        rss1 = rss_mb(srv.proc.pid)
+        st = srv.stats()
+    finally:
+        srv.stop()
+    ttfts.sort()
+
+    def pct(xs, q):
+        return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+    well_formed_errors = sum(v for k, v in errors.items() if k.startswith("well-formed"))
+    print()
+    print(f"soak: {args.clients} streaming clients × {args.duration:.0f} s, server --max-batch {args.max_batch}, "
+          f"{threads} thread(s)")
+    print(f"well-formed requests completed: {counts['completed']} (errors: {well_formed_errors}); "
+          f"hostile requests: {counts['hostile']}; disconnected mid-stream: {counts['disconnected']}")
+    print(f"errors by kind: {json.dumps(errors, sort_keys=True) if errors else 'none'}")
+    print("hostile answers: " + ", ".join(f"{k} {dict(sorted(v.items()))}" for k, v in sorted(hostile_status.items())))
+    print(f"TTFT p50 {pct(ttfts, 0.5) * 1000:.0f} ms, p95 {pct(ttfts, 0.95) * 1000:.0f} ms; "
+          f"slowest /health {max(health) * 1000 if health else float('nan'):.0f} ms over {len(health)} probes")
+    print(f"server RSS before {rss0:.0f} MB, after {rss1:.0f} MB ({rss1 - rss0:+.0f} MB); engine: "
+          f"{st['errors']} sequence errors, {st['aborted']} aborted, largest batch {st['max_batch']}, "
+          f"active after {st['active']}")
+    out = Path(args.out).with_name("serve_soak.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": vars(args) | {"threads": threads}, "counts": counts, "errors": errors,
+                               "hostile_status": hostile_status, "ttft_p50_s": pct(ttfts, 0.5),
+                               "ttft_p95_s": pct(ttfts, 0.95), "health_max_s": max(health) if health else None,
+                               "rss_before_mb": rss0, "rss_after_mb": rss1, "engine": st}, indent=2),
+                   encoding="utf-8")
+    log(f"wrote {out}")
+    return 0 if well_formed_errors == 0 else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--concurrency", default="1,4,16")
@@ -172,6 +380,9 @@ def main() -> int:
     add_threads_option(ap, "torch threads of the server")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
+    ap.add_argument("--soak", action="store_true", help="the soak test instead of the throughput comparison")
+    ap.add_argument("--clients", type=int, default=32, help="--soak: concurrent clients")
+    ap.add_argument("--duration", type=float, default=60.0, help="--soak: seconds")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     threads, load0 = choose_threads(args.threads)
@@ -180,6 +391,8 @@ def main() -> int:
     model = args.model or str(build_model(Path(tmp.name) / "model", args.preset, args.seed))
     rng = random.Random(args.seed)
     prompts = [f"{rng.randint(1, 999)} {rng.choice('+-')} {rng.randint(1, 999)} = ?" for _ in range(256)]
+    if args.soak:
+        return soak(args, model, threads)
     log(f"model {model}; levels {levels}; {args.requests_per_client} requests/client, {args.max_tokens} tokens "
         f"each; server threads {threads} (load average {load0[0]:.1f})")
 

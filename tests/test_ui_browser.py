@@ -158,6 +158,190 @@ def test_remote_backend_talks_to_tunelab_serve_and_reports_unreachable(two_model
     assert time.perf_counter() - t < 15
 
 
+# votes counted once -------------------------------------------------------------------------------------------
+def battle(id_: str = "b1") -> dict:
+    return {"id": id_, "a": "alpha", "b": "beta", "prompt": "问题 question", "answer_a": "甲", "answer_b": "乙",
+            "complete": True, "voted": False, "seconds_a": 0.5, "seconds_b": 0.7}
+
+
+def test_thirty_concurrent_votes_for_one_battle_count_once(tmp_path):
+    """30 vote events for one battle at once, through two connections to the file (as two processes would
+    have): exactly one is stored and reported as counted; the others are told it was already counted."""
+    import threading
+
+    from tunelab.serve.arena import ArenaStore
+    from tunelab.serve.ui import cast_vote
+    db = tmp_path / "arena.sqlite"
+    stores = [ArenaStore(db), ArenaStore(db)]
+    barrier = threading.Barrier(30)
+    results: list[tuple] = []
+    kinds = ["left", "right", "tie", "both_bad"]
+
+    def vote(i: int) -> None:
+        barrier.wait()
+        results.append(cast_vote(stores[i % 2], battle(), kinds[i % 4]))
+    threads = [threading.Thread(target=vote, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 30 and sum(counted for _, _, counted in results) == 1
+    assert all("already counted" in shown for _, shown, counted in results if not counted)
+    assert all(state["voted"] for state, _, _ in results)
+    rows = sqlite3.connect(db).execute("SELECT battle, model_a, prompt FROM votes").fetchall()
+    assert rows == [("b1", "alpha", "问题 question")]
+    assert [s.count() for s in stores] == [1, 1]
+    assert cast_vote(stores[0], battle("b2"), "tie")[2]                   # another battle counts
+    state, shown, counted = cast_vote(stores[0], {**battle("b3"), "complete": False}, "left")
+    assert not counted and "Nothing to vote on" in shown and stores[0].count() == 2   # a void battle never does
+    for s in stores:
+        s.close()
+
+
+def test_a_store_from_before_battle_ids_keeps_its_votes(tmp_path):
+    from tunelab.serve.arena import _SCHEMA, ArenaStore
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.execute(_SCHEMA)
+    con.executemany("INSERT INTO votes (ts, model_a, model_b, vote, prompt, answer_a, answer_b) VALUES "
+                    "(0, 'a', 'b', ?, 'p', 'x', 'y')", [("left",), ("tie",)])
+    con.commit()
+    con.close()
+    store = ArenaStore(db)
+    assert store.count() == 2
+    assert store.record("a", "b", "right", "p", "x", "y", battle="n1") is not None
+    assert store.record("a", "b", "right", "p", "x", "y", battle="n1") is None
+    assert [v["vote"] for v in store.votes()] == ["left", "tie", "right"]
+    store.close()
+
+
+def test_stop_strings_are_literal_with_four_escapes():
+    from tunelab.serve.ui import parse_stops
+    assert parse_stops("停\\n|###") == ("停\n", "###")
+    assert parse_stops("end\\") == ("end\\",)                 # a trailing backslash is a backslash
+    assert parse_stops("a\\|b|c\\\\|\\t") == ("a|b", "c\\", "\t")
+    assert parse_stops("\\u4e2d|\\x41|\\q") == ("\\u4e2d", "\\x41", "\\q")   # no other escapes: kept as typed
+    assert parse_stops("") == () and parse_stops(None) == () and parse_stops("||") == ()
+
+
+# remote backends under deadlines --------------------------------------------------------------------------------
+CHUNK = ('data: {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": '
+         '[{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}]}\n\n').encode()
+
+
+@pytest.fixture(scope="module")
+def fake_remote():
+    """A local HTTP server that misbehaves as told by the path: /silent/v1 never answers, /trickle/v1 sends one
+    piece of text and then a comment every 0.2 s forever, /garbage/v1 answers plain text, /badjson/v1 an SSE
+    event that is not JSON."""
+    import re
+    import socketserver
+    import threading
+
+    stop = threading.Event()
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            sock = self.request
+            sock.settimeout(30)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                got = sock.recv(65536)
+                if not got:
+                    return
+                data += got
+            head, _, body = data.partition(b"\r\n\r\n")
+            m = re.search(rb"content-length: *(\d+)", head, re.I)
+            while m and len(body) < int(m.group(1)):
+                body += sock.recv(65536)
+            mode = head.split(b" ")[1].split(b"/")[1].decode()
+            sse = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+            try:
+                if mode == "silent":
+                    stop.wait(60)
+                elif mode == "garbage":
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 26\r\n"
+                                 b"Connection: close\r\n\r\nhello, this is not an API!")
+                elif mode == "badjson":
+                    sock.sendall(sse + b"data: {not json\n\n")
+                elif mode == "trickle":
+                    sock.sendall(sse + CHUNK)
+                    while not stop.wait(0.2):
+                        sock.sendall(b": still here\n\n")
+            except OSError:
+                pass
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    stop.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("mode, deadlines, match, within", [
+    ("silent", (1.0, 1.0, 5.0), "first-token deadline|did not answer in time", 3.0),
+    ("trickle", (1.0, 1.0, 2.0), "did not finish within 2 s", 4.0),
+    ("garbage", (1.0, 1.0, 5.0), "OpenAI streaming format", 3.0),
+    ("badjson", (1.0, 1.0, 5.0), "badjson", 3.0),
+])
+def test_a_misbehaving_remote_fails_within_its_deadlines(fake_remote, mode, deadlines, match, within):
+    from tunelab.serve.backends import BackendError, Deadlines, GenerationSettings, RemoteBackend
+    remote = RemoteBackend(mode, f"{fake_remote}/{mode}/v1", model_id="m", deadlines=Deadlines(*deadlines))
+    pieces = []
+    t = time.perf_counter()
+    with pytest.raises(BackendError, match=match):
+        for p in remote.chat_stream([{"role": "user", "content": "hi"}], GenerationSettings()):
+            pieces.append(p)
+    assert time.perf_counter() - t < within
+    assert pieces == (["hi"] if mode == "trickle" else [])
+    assert remote.last_error and mode in remote.last_error
+
+
+def test_a_silent_remote_voids_an_arena_answer_and_shows_in_its_status(fake_remote, two_models):
+    from tunelab.serve.backends import Deadlines, GenerationSettings, RemoteBackend
+    from tunelab.serve.ui import ERROR_MARK, stream_answers
+    remote = RemoteBackend("mute", f"{fake_remote}/silent/v1", model_id="m", deadlines=Deadlines(1.0, 1.0, 5.0))
+    settings = GenerationSettings(temperature=0.0, max_tokens=8)
+    msgs = [{"role": "user", "content": "hi"}]
+    t = time.perf_counter()
+    a, b = list(stream_answers([(remote, msgs, settings), (two_models["alpha"], msgs, settings)]))[-1]
+    assert time.perf_counter() - t < 5
+    assert a.done and a.error and a.shown().startswith(ERROR_MARK) and a.timing() == "failed 失败"
+    assert b.done and not b.error and b.text                # the other model answered regardless
+    ok, status = remote.check()                             # the status check cannot reach it either
+    assert not ok and "in time" in status
+
+
+def test_ui_auth_guards_every_route_exports_included(two_models, tmp_path, capsys):
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    import httpx
+
+    from tunelab.serve.arena import ArenaStore
+    from tunelab.serve.ui import build_app, launch, parse_auth
+    from tunelab.errors import TunelabError
+    assert parse_auth("teacher:s3cret:x") == ("teacher", "s3cret:x")
+    for bad in ("teacher", "teacher:", ":pw"):
+        with pytest.raises(TunelabError):
+            parse_auth(bad)
+    store = ArenaStore(tmp_path / "a.sqlite")
+    demo = build_app(two_models, store, ["hi"], min_votes=1)
+    _, url, _ = launch(demo, port=None, prevent_thread_lock=True, quiet=True, auth=("teacher", "s3cret"))
+    try:
+        export = tmp_path / "votes.jsonl"
+        export.write_text("{}\n", encoding="utf-8")
+        for path in ("config", f"gradio_api/file={export}", "gradio_api/info"):
+            assert httpx.get(url + path).status_code == 401, path
+        with httpx.Client() as c:
+            assert c.post(url + "login", data={"username": "teacher", "password": "wrong"}).status_code >= 400
+            assert c.post(url + "login", data={"username": "teacher", "password": "s3cret"}).status_code == 200
+            assert c.get(url + "config").status_code == 200
+    finally:
+        demo.close()
+        store.close()
+
+
 # the browser test ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app_url(two_models, tmp_path_factory):

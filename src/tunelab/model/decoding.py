@@ -250,6 +250,9 @@ class DecodeBatch:
 
 # --- choosing the next token --------------------------------------------------------------------------
 
+GREEDY_TEMPERATURE = 1e-5     # temperatures below this (and NaN) decode greedily
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 16
@@ -264,7 +267,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0 or self.top_k == 1
+        """Argmax decoding: temperature 0 (or below GREEDY_TEMPERATURE, where a draw is all but certain to be
+        the argmax and dividing by it only courts overflow), or top-k 1."""
+        return not self.temperature >= GREEDY_TEMPERATURE or self.top_k == 1
 
 
 def sample_tokens(logits, params: list[SamplingParams], generators: list) -> list[int]:

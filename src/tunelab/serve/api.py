@@ -13,7 +13,11 @@ generation_config.json (`ServedModel.defaults`: temperature 0 for a tunelab chec
 OpenAI's (temperature 1, top_p 1, no top-k; max_tokens 16 for completions, the rest of the context for chat).
 
 Errors are answered with OpenAI's body {"error": {"message", "type", "param", "code"}}; no request can stop
-the server: validation errors are 400, a generation failure is a 500 for that request only.
+the server or fail another: every parameter is bounded at this edge (400), a body over `--max-request-bytes`
+is refused with 413 before it is parsed, a prompt that cannot fit the context is refused before it is tokenised,
+and a generation failure ends that request's sequence only (500, with no internals in the body; the log has
+them). Tokenising and detokenising run on worker threads, never on the event loop, so /health and running
+streams keep their pace whatever a request carries.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ require_extra("fastapi", "uvicorn")
 
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
+from fastapi.responses import JSONResponse, Response, StreamingResponse  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
+from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.serve.engine import Output, SamplingParams, Sequence, TokenLogprob  # noqa: E402
 from tunelab.serve.models import ServedModel  # noqa: E402
 from tunelab.serve.protocol import (APIError,  # noqa: E402
-                                    ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
+                                    ChatCompletionRequest, CompletionRequest, DetokenizeRequest, Limits,
                                     TokenizeRequest, error_body)
 
 log = logging.getLogger("tunelab.serve")
@@ -49,7 +54,8 @@ OPEN_PATHS = ("/health",)
 
 
 class BearerAuth:
-    """ASGI middleware: every path but /health needs `Authorization: Bearer KEY` when a key is set."""
+    """ASGI middleware: every path but /health needs `Authorization: Bearer KEY` when a key is set (the scheme
+    in any case, as RFC 7235 has it)."""
 
     def __init__(self, app, key: str):
         self.app, self.key = app, key
@@ -58,12 +64,64 @@ class BearerAuth:
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             headers = dict(scope.get("headers") or [])
             given = headers.get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.key}".encode()):
+            scheme, _, token = given.strip().partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"),
+                                                                     self.key.encode("utf-8")):
                 msg = "Incorrect API key provided." if given else "Missing API key: send 'Authorization: Bearer KEY'."
                 await JSONResponse(error_body(msg, "invalid_request_error", None, "invalid_api_key"),
                                    status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before anything parses it (a declared
+    Content-Length is refused at once; a chunked body is counted as it arrives). The rest of an oversized body
+    is read and dropped, up to a bound, so the client sees the 413 rather than a reset connection."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, int(limit)
+
+    async def _refuse(self, scope, receive, send, more: bool) -> None:
+        dropped = 0
+        while more and dropped < 64 * self.limit:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return
+            dropped += len(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        msg = f"The request body is larger than this server's limit of {self.limit} bytes (--max-request-bytes)."
+        await JSONResponse(error_body(msg, "invalid_request_error", None, "request_too_large"),
+                           status_code=413)(scope, receive, send)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send, True)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return          # the client went away
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            more = msg.get("more_body", False)
+            if size > self.limit:
+                await self._refuse(scope, receive, send, more)
+                return
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        await self.app(scope, replay, send)
 
 
 class _Job:
@@ -91,7 +149,7 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
+def create_app(served: ServedModel, api_key: str | None = None, limits: Limits = Limits()) -> FastAPI:
     app = FastAPI(title="tunelab serve", version="1", docs_url="/docs", redoc_url=None)
     app.state.served = served
     engine = served.engine
@@ -105,8 +163,10 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc: RequestValidationError):
         errs = exc.errors()
-        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        # of the errors a union reports (one per member it tried), the deepest is the member the input meant
+        first = max(errs, key=lambda e: len(e.get("loc", ()))) if errs else {"loc": (), "msg": "invalid request"}
+        # union members add tags such as "function-after[...]" or "list[ContentPart]" to the location
+        loc = [str(x) for x in first.get("loc", ()) if x != "body" and not (isinstance(x, str) and "[" in x)]
         if first.get("type") == "json_invalid":
             msg, param = "We could not parse the JSON body of your request (invalid JSON).", None
         elif first.get("type") == "missing" and not loc:
@@ -124,12 +184,13 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _server_error(request, exc: Exception):
-        log.exception("request failed")
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"),
+        log.exception("request failed")     # the log keeps the details; the body names no internals
+        return JSONResponse(error_body("internal server error (the server log has the details)", "server_error"),
                             status_code=500)
 
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
     if api_key:
-        app.add_middleware(BearerAuth, key=api_key)
+        app.add_middleware(BearerAuth, key=api_key)     # added last: runs first
 
     # helpers -------------------------------------------------------------------------------------
     def check_model(name: str | None) -> None:
@@ -146,6 +207,19 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
                                 f"{n_prompt + max_tokens} tokens ({n_prompt} in the prompt, {max_tokens} for the "
                                 f"completion). Please reduce the length of the prompt or the completion.",
                            param=param, code="context_length_exceeded")
+
+    def check_chars(chars: int, param: str) -> None:
+        """Refuse, before tokenising it, text that no number of tokens within the context could hold."""
+        if served.too_long(chars):
+            raise APIError(400, f"This model's maximum context length is {served.context_len} tokens; the "
+                                f"{param} has {chars} characters, more than that many tokens can hold. Please "
+                                f"reduce the length of the {param}.", param=param, code="context_length_exceeded")
+
+    def check_sequences(prompts: int, n: int, param: str) -> None:
+        if prompts * n > limits.max_sequences:
+            raise APIError(400, f"This request asks for {prompts} prompt(s) × n={n} = {prompts * n} sequences; "
+                                f"this server takes at most {limits.max_sequences} per request "
+                                f"(--max-sequences).", param=param)
 
     def check_ids(ids: list[int]) -> None:
         bad = [i for i in ids if i < 0 or i >= engine.vocab_size]
@@ -263,14 +337,18 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         check_model(req.model)
+        check_sequences(1, req.n, "n")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
+        check_chars(sum(len(m["content"]) for m in messages), "messages")
         try:
-            prompt_text = served.render_chat(messages, req.add_generation_prompt)
+            prompt_text = await served.off_loop(served.render_chat, messages, req.add_generation_prompt)
         except Exception as e:  # noqa: BLE001 - a template's raise_exception(), e.g. roles out of order
+            log.info("chat template refused the messages: %s", e)
             raise APIError(400, f"cannot format these messages with the model's chat template: {e}",
                            param="messages") from None
-        ids = served.encode(prompt_text, add_special_tokens=False)
+        check_chars(len(prompt_text), "messages")
+        ids = await served.off_loop(served.encode, prompt_text, False)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         if max_tokens is None:
             room = served.context_len - len(ids)
@@ -326,17 +404,25 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
     async def completions(req: CompletionRequest, request: Request):
         check_model(req.model)
         raw = req.prompts()
-        prompts: list[list[int]] = []
-        texts: list[str] = []
+        check_sequences(len(raw), req.n, "prompt" if len(raw) > 1 else "n")
         for p in raw:
             if isinstance(p, str):
-                ids = served.encode(p, add_special_tokens=True)
-                texts.append(p)
+                check_chars(len(p), "prompt")
             else:
                 check_ids(p)
-                ids = list(p)
-                texts.append(served.decode(ids))
-            prompts.append(ids)
+                check_length(len(p), req.max_tokens or 0, "prompt")
+
+        def encode_all() -> tuple[list[list[int]], list[str]]:
+            prompts, texts = [], []
+            for p in raw:
+                if isinstance(p, str):
+                    prompts.append(served.encode(p, add_special_tokens=True))
+                    texts.append(p)
+                else:
+                    prompts.append(list(p))
+                    texts.append(served.decode(list(p)))
+            return prompts, texts
+        prompts, texts = await served.off_loop(encode_all)
         max_tokens = req.max_tokens
         for ids in prompts:
             if max_tokens is None:
@@ -407,22 +493,33 @@ def create_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):
         check_model(req.model)
-        if req.messages is not None:
-            text = served.render_chat([{"role": m.role, "content": m.text()} for m in req.messages],
-                                      req.add_generation_prompt)
-            ids = served.encode(text, add_special_tokens=False)
-        elif req.prompt is not None:
-            ids = served.encode(req.prompt, add_special_tokens=req.add_special_tokens)
-        else:
+        if req.messages is None and req.prompt is None:
             raise APIError(400, "give 'prompt' or 'messages'", param="prompt")
-        return {"count": len(ids), "max_model_len": served.context_len, "tokens": ids,
-                "token_strs": [served.token_str(i) for i in ids]}
+
+        def run() -> bytes:
+            if req.messages is not None:
+                text = served.render_chat([{"role": m.role, "content": m.text()} for m in req.messages],
+                                          req.add_generation_prompt)
+                ids = served.encode(text, add_special_tokens=False)
+            else:
+                ids = served.encode(req.prompt, add_special_tokens=req.add_special_tokens)
+            body = {"count": len(ids), "max_model_len": served.context_len, "tokens": ids,
+                    "token_strs": [served.token_str(i) for i in ids]}
+            return json.dumps(body, ensure_ascii=False).encode("utf-8")    # encoded here, not on the event loop
+        try:
+            return Response(await served.off_loop(run), media_type="application/json")
+        except Exception as e:  # noqa: BLE001 - a template's raise_exception()
+            if req.messages is None:
+                raise
+            log.info("chat template refused the messages: %s", e)
+            raise APIError(400, f"cannot format these messages with the model's chat template: {e}",
+                           param="messages") from None
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest):
         check_model(req.model)
         check_ids(req.tokens)
-        return {"prompt": served.decode(req.tokens)}
+        return {"prompt": await served.off_loop(served.decode, req.tokens)}
 
     @app.get("/tokenizer_info")
     async def tokenizer_info():
@@ -475,16 +572,33 @@ def describe_defaults(d) -> str:
     return how + (f", max_tokens {d.max_tokens}" if d.max_tokens else "") + " from generation_config.json"
 
 
+def api_key_of(flag: str | None) -> str | None:
+    """The key from --api-key, else TUNELAB_API_KEY; an empty one is refused (it would serve without a key)."""
+    if flag is not None:
+        if not flag.strip():
+            raise TunelabError("--api-key is empty: give a key, or leave the option out to serve without one",
+                               field="--api-key")
+        return flag
+    env = os.environ.get("TUNELAB_API_KEY")
+    if env is not None and not env.strip():
+        raise TunelabError("TUNELAB_API_KEY is set but empty: give a key, or unset it to serve without one",
+                           field="TUNELAB_API_KEY")
+    return env
+
+
 def cli_serve(args) -> int:
     import torch
     import uvicorn
 
+    key = api_key_of(args.api_key)
+    limits = Limits(max_request_bytes=args.max_request_bytes, max_sequences=args.max_sequences)
+    if limits.max_request_bytes < 1 or limits.max_sequences < 1:
+        raise TunelabError("--max-request-bytes and --max-sequences must be at least 1")
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     served = ServedModel.load(args.model, name=args.name, max_batch=args.max_batch, dtype=args.dtype,
                               device=args.device, which=args.checkpoint)
-    key = args.api_key or os.environ.get("TUNELAB_API_KEY") or None
-    app = create_app(served, api_key=key)
+    app = create_app(served, api_key=key, limits=limits)
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "::") else args.host
     print(f"tunelab serve: {served.name}  ({served.model_dir}, context {served.context_len}, "
           f"batch ≤ {served.engine.max_batch})")

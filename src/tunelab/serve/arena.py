@@ -3,6 +3,10 @@
 A vote is `left` (model_a better), `right` (model_b better), `tie` or `both_bad`. Only anonymous battles (the
 voter did not know which model was which) count for the leaderboard; side-by-side votes with names shown are
 stored with anonymous = 0.
+
+A battle is counted once: each vote carries its battle's id, a unique index on it makes the database refuse a
+second row, and the insert is one atomic `INSERT ... ON CONFLICT DO NOTHING` (so concurrent vote events, from
+one browser or from several processes sharing the file, cannot both pass an "already voted?" check).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ CREATE TABLE IF NOT EXISTS votes (
     seconds_b REAL
 )
 """
+_BATTLE_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS votes_battle ON votes (battle)"
 
 
 class ArenaStore:
@@ -40,14 +45,19 @@ class ArenaStore:
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
         with self._lock, self._db:
             self._db.execute(_SCHEMA)
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(votes)")}
+            if "battle" not in columns:     # a store from before battles had ids: its votes keep NULL
+                self._db.execute("ALTER TABLE votes ADD COLUMN battle TEXT")
+            self._db.execute(_BATTLE_INDEX)
 
     def record(self, model_a: str, model_b: str, vote: str, prompt: str, answer_a: str, answer_b: str,
                anonymous: bool = True, session: str | None = None, seconds_a: float | None = None,
-               seconds_b: float | None = None) -> int:
+               seconds_b: float | None = None, battle: str | None = None) -> int | None:
+        """Store one vote; its row id, or None when `battle` already has a vote (nothing is stored)."""
         if vote not in VOTES:
             raise ValueError(f"vote must be one of {VOTES}, not {vote!r}")
         if model_a == model_b:
@@ -55,10 +65,11 @@ class ArenaStore:
         with self._lock, self._db:
             cur = self._db.execute(
                 "INSERT INTO votes (ts, model_a, model_b, vote, prompt, answer_a, answer_b, anonymous, session,"
-                " seconds_a, seconds_b) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " seconds_a, seconds_b, battle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (battle) DO NOTHING",
                 (time.time(), model_a, model_b, vote, prompt, answer_a, answer_b, int(anonymous), session,
-                 seconds_a, seconds_b))
-            return int(cur.lastrowid)
+                 seconds_a, seconds_b, battle))
+            return int(cur.lastrowid) if cur.rowcount == 1 else None
 
     def votes(self, anonymous_only: bool = True) -> list[dict]:
         sql = "SELECT * FROM votes" + (" WHERE anonymous = 1" if anonymous_only else "") + " ORDER BY id"

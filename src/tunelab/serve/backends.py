@@ -7,11 +7,18 @@ Model specs on the command line (`tunelab ui --model SPEC`):
   NAME=http://host:port/v1#MODEL_ID    a named model on a server that has several
   NAME=URL@KEY  or  NAME=URL@env:VAR   with an API key (given, or read from environment variable VAR)
   PATH or URL                          NAME derived from the path / host
+
+A remote answer runs under three deadlines (`Deadlines`, `tunelab ui --connect-timeout/--first-token-timeout/
+--deadline`): reaching the server, its first piece of text, and the whole answer. Whichever passes first ends
+the answer with an error shown in the chat (a battle with it is void), and the model's status shows its last
+failure. A server that answers with something other than an OpenAI stream is an error too, not an empty answer.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Iterator
@@ -19,8 +26,19 @@ from urllib.parse import urlparse
 
 from tunelab.errors import TunelabError
 
-CONNECT_TIMEOUT = 3.0      # seconds to reach a remote server before it is reported unreachable
-READ_TIMEOUT = 120.0       # seconds between two streamed chunks
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Seconds a remote model gets: to accept the connection, to send its first text, to finish the answer."""
+    connect: float = 3.0
+    first_token: float = 20.0
+    overall: float = 180.0
+
+    def __post_init__(self):
+        for name in ("connect", "first_token", "overall"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+                raise TunelabError(f"a deadline must be a positive number of seconds, not {v!r}", field=name)
 
 
 class BackendError(Exception):
@@ -119,26 +137,34 @@ class LocalBackend:
 
 
 class RemoteBackend:
-    """Any OpenAI-compatible server; unreachable servers fail within CONNECT_TIMEOUT seconds."""
+    """Any OpenAI-compatible server, under `Deadlines`."""
 
     remote = True
 
-    def __init__(self, name: str, base_url: str, key: str | None = None, model_id: str | None = None):
+    def __init__(self, name: str, base_url: str, key: str | None = None, model_id: str | None = None,
+                 deadlines: Deadlines = Deadlines()):
         import httpx
         import openai
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.model_id = model_id
+        self.deadlines = deadlines
+        self.last_error: str | None = None      # the last answer's failure, for the models' status
         self._openai = openai
+        # a socket read waits at most the first-token deadline; the overall one is watched in chat_stream
         self.client = openai.OpenAI(base_url=self.base_url, api_key=key or "none", max_retries=0,
-                                    timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT))
+                                    timeout=httpx.Timeout(deadlines.first_token, connect=deadlines.connect))
 
     def describe(self) -> str:
         return f"remote · {self.base_url}" + (f" #{self.model_id}" if self.model_id else "")
 
     def _error(self, e: Exception) -> BackendError:
         o = self._openai
-        if isinstance(e, (o.APIConnectionError, o.APITimeoutError)):
+        if isinstance(e, o.APITimeoutError):
+            d = self.deadlines
+            return BackendError(f"{self.name} at {self.base_url} did not answer in time (connect {d.connect:g} s, "
+                                f"first token {d.first_token:g} s) / 响应超时")
+        if isinstance(e, o.APIConnectionError):
             return BackendError(f"{self.name} is unreachable at {self.base_url} ({type(e).__name__}) / 无法连接")
         if isinstance(e, o.AuthenticationError):
             return BackendError(f"{self.name}: the server refused the API key (401) / API key 错误")
@@ -149,7 +175,7 @@ class RemoteBackend:
     def _resolve_model(self) -> str:
         if self.model_id is None:
             try:
-                models = self.client.with_options(timeout=CONNECT_TIMEOUT + 2).models.list()
+                models = self.client.models.list()
             except Exception as e:  # noqa: BLE001
                 raise self._error(e) from None
             ids = [m.id for m in models.data]
@@ -165,31 +191,87 @@ class RemoteBackend:
     def check(self) -> tuple[bool, str]:
         t = time.perf_counter()
         try:
-            self.client.with_options(timeout=CONNECT_TIMEOUT + 2).models.list()
+            self.client.with_options(timeout=min(self.deadlines.first_token, 5.0)).models.list()
         except Exception as e:  # noqa: BLE001
             return False, str(self._error(e))
-        return True, f"online · {(time.perf_counter() - t) * 1000:.0f} ms"
+        ms = (time.perf_counter() - t) * 1000
+        if self.last_error:
+            return True, f"online · {ms:.0f} ms · last answer failed 上次回答失败: {self.last_error}"
+        return True, f"online · {ms:.0f} ms"
 
     def chat_stream(self, messages: list[dict], settings: GenerationSettings) -> Iterator[str]:
+        """The answer's text pieces. The request runs on a thread of its own and this generator waits on it
+        with the deadlines, so a server that trickles bytes forever cannot hold the answer past them."""
+        try:
+            yield from self._stream(messages, settings)
+        except BackendError as e:
+            self.last_error = str(e)
+            raise
+        self.last_error = None
+
+    def _stream(self, messages: list[dict], settings: GenerationSettings) -> Iterator[str]:
+        start = time.monotonic()
         model = self._resolve_model()
         extra = {"top_k": int(settings.top_k)} if settings.top_k else None
+        pieces: queue.Queue = queue.Queue()
+        gone = threading.Event()
+        held: dict = {}
+
+        def pump() -> None:
+            try:
+                stream = self.client.chat.completions.create(
+                    model=model, messages=messages, stream=True, temperature=float(settings.temperature),
+                    top_p=float(settings.top_p), max_tokens=int(settings.max_tokens),
+                    stop=list(settings.stop)[:4] or None, extra_body=extra)
+                held["stream"] = stream
+                chunks = 0
+                with stream:
+                    for chunk in stream:
+                        chunks += 1
+                        for choice in chunk.choices or []:
+                            if choice.delta and choice.delta.content:
+                                pieces.put(("text", choice.delta.content))
+                        if gone.is_set():
+                            return
+                pieces.put(("done", chunks))
+            except Exception as e:  # noqa: BLE001 - handed to the waiting generator
+                pieces.put(("error", e))
+
+        threading.Thread(target=pump, name=f"tunelab-remote-{self.name}", daemon=True).start()
+        d = self.deadlines
+        first = True
         try:
-            stream = self.client.chat.completions.create(
-                model=model, messages=messages, stream=True, temperature=float(settings.temperature),
-                top_p=float(settings.top_p), max_tokens=int(settings.max_tokens),
-                stop=list(settings.stop)[:4] or None, extra_body=extra)
-            with stream:
-                for chunk in stream:
-                    for choice in chunk.choices:
-                        if choice.delta and choice.delta.content:
-                            yield choice.delta.content
-        except BackendError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise self._error(e) from None
+            while True:
+                limit = min(d.first_token, d.overall) if first else d.overall
+                try:
+                    kind, value = pieces.get(timeout=max(start + limit - time.monotonic(), 0.0))
+                except queue.Empty:
+                    if first:
+                        raise BackendError(f"{self.name}: no answer within {limit:g} s (first-token deadline) "
+                                           f"/ {limit:g} 秒内没有回答") from None
+                    raise BackendError(f"{self.name}: the answer did not finish within {d.overall:g} s (deadline) "
+                                       f"/ {d.overall:g} 秒内未完成") from None
+                if kind == "text":
+                    first = False
+                    yield value
+                elif kind == "error":
+                    raise self._error(value)
+                else:
+                    if value == 0:
+                        raise BackendError(f"{self.name}: the server at {self.base_url} sent no answer in the OpenAI "
+                                           f"streaming format / 返回格式错误")
+                    return
+        finally:
+            gone.set()
+            stream = held.get("stream")
+            if stream is not None:
+                try:
+                    stream.close()
+                except Exception:  # noqa: BLE001 - closing from this thread is best effort
+                    pass
 
 
-def build_backends(specs: list[str], max_batch: int = 16) -> dict[str, object]:
+def build_backends(specs: list[str], max_batch: int = 16, deadlines: Deadlines = Deadlines()) -> dict[str, object]:
     """Backends by name, in the order given; one engine per distinct local model directory."""
     from tunelab.serve.models import ServedModel, resolve_model_dir
     backends: dict[str, object] = {}
@@ -199,7 +281,7 @@ def build_backends(specs: list[str], max_batch: int = 16) -> dict[str, object]:
         if spec.name in backends:
             raise TunelabError(f"two models are named '{spec.name}'", field="--model")
         if spec.remote:
-            backends[spec.name] = RemoteBackend(spec.name, spec.target, spec.key, spec.model_id)
+            backends[spec.name] = RemoteBackend(spec.name, spec.target, spec.key, spec.model_id, deadlines)
         else:
             key = str(resolve_model_dir(spec.target))
             if key not in loaded:

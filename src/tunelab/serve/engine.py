@@ -9,9 +9,15 @@ different lengths share the batch through left padding. The tensor work (prefill
 tokens, detokenization and stop strings) is the decoding core's, `tunelab.model.decoding`, the same code the
 evaluation engine runs, so a checkpoint answers the same through `tunelab eval` and `tunelab serve`.
 
-Sampling is per row: greedy at temperature 0, else temperature / top-k / top-p with a `torch.Generator` of the
-sequence's own, so a `seed` reproduces a completion whatever else shares the batch (up to float rounding of a
-batched matmul). Log-probabilities are those of the raw model distribution.
+Sampling is per row: greedy at temperature 0 (or below 1e-5), else temperature / top-k / top-p with a
+`torch.Generator` of the sequence's own, so a `seed` reproduces a completion whatever else shares the batch (up
+to float rounding of a batched matmul). Log-probabilities are those of the raw model distribution.
+
+Isolation: a failure that belongs to one sequence ends only that sequence, with finish_reason "error" (a row's
+setup, e.g. its generator's seed; its sampling; taking its token). A prefill that fails for a group of newcomers
+is retried row by row, so only the row that cannot be prefilled fails. Only a failure of the shared decode step
+itself (the forward pass over the whole batch) ends every running sequence. Error texts given to clients name
+no internals; the log has the traceback. `Engine.fault_hook` lets tests make chosen rows fail at each stage.
 
 Consumers receive `Output` events through a callback (called on the scheduler thread: it must be quick);
 `Engine.stream()` wraps that as a blocking iterator for synchronous callers (the web UI, benchmarks).
@@ -39,6 +45,7 @@ __all__ = ["Engine", "Output", "SamplingParams", "Sequence", "TokenLogprob"]
 log = logging.getLogger("tunelab.serve")
 
 MAX_LOGPROBS = 20
+ROW_ERROR = "generation failed for this request (the server log has the details)"
 
 
 @dataclass
@@ -179,6 +186,9 @@ class Engine:
         self._merge_ok: bool | None = None
         self._merging = False
         self._closed = False
+        # tests: called as fault_hook(stage, seq) at "setup", "prefill", "sample" and "decode"; raising fails
+        # that row there as a real error would
+        self.fault_hook: Callable[[str, Sequence], None] | None = None
         self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
@@ -232,11 +242,10 @@ class Engine:
                 if self._rows:
                     try:
                         self._step()
-                    except Exception as e:  # noqa: BLE001
+                    except Exception:  # noqa: BLE001 - the shared forward pass: no single row to blame
                         log.exception("decode step failed")
-                        self.stats["errors"] += 1
                         for s in self._rows:
-                            s._finish("error", f"generation failed: {e}")
+                            self._fail(s)
                         self._reset()
                 self.stats["active"] = len(self._rows)
         for s in list(self._pending) + self._rows:
@@ -265,35 +274,67 @@ class Engine:
     def _reset(self) -> None:
         self._rows, self._batch, self._last = [], None, None
 
+    def _fault(self, stage: str, seq: Sequence) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(stage, seq)
+
+    def _fail(self, seq: Sequence) -> None:
+        """End one sequence with an error (the caller has logged why)."""
+        if not seq.finished:
+            self.stats["errors"] += 1
+            seq._finish("error", ROW_ERROR)
+
     def _prefill(self, seqs: list[Sequence]) -> None:
-        """Prefill newcomers together; one that wants prompt log-probabilities goes alone, since it needs the
-        logits of every position ([length, vocab] floats per row)."""
-        groups = [[s for s in seqs if s.params.prompt_logprobs is None]]
-        groups += [[s] for s in seqs if s.params.prompt_logprobs is not None]
-        for group in groups:
-            if not group:
-                continue
-            self._merging = False
+        """Set each newcomer up (its text stream, its generator), then prefill them together; one that wants
+        prompt log-probabilities goes alone, since it needs the logits of every position ([length, vocab]
+        floats per row)."""
+        ready = []
+        for s in seqs:
             try:
-                self._prefill_group(group)
-            except Exception as e:  # noqa: BLE001 - a bad request must not stop the engine
+                self._fault("setup", s)
+                s.stream = TextStream(self.tokenizer, s.params.stop)
+                if s.generator is None and not s.params.greedy:
+                    s.generator = self._torch.Generator(device="cpu").manual_seed(s._seed)
+                ready.append(s)
+            except Exception:  # noqa: BLE001 - this row's own parameters: it alone fails
+                log.exception("sequence %d could not be set up", s.id)
+                self._fail(s)
+        groups = [[s for s in ready if s.params.prompt_logprobs is None]]
+        groups += [[s] for s in ready if s.params.prompt_logprobs is not None]
+        for group in groups:
+            if group:
+                self._prefill_isolated(group)
+
+    def _prefill_isolated(self, group: list[Sequence]) -> None:
+        """Prefill a group; if that fails, each row that has not started yet is retried alone, so a row that
+        cannot be prefilled fails by itself."""
+        self._merging = False
+        try:
+            self._prefill_group(group)
+        except Exception:  # noqa: BLE001 - a bad request must not stop the engine
+            if self._merging:   # the running batch may be half-merged: it cannot go on
+                log.exception("merging new rows into the running batch failed")
+                for s in self._rows + group:
+                    self._fail(s)
+                self._reset()
+                return
+            fresh = [s for s in group if not s.finished and s.num_generated == 0]
+            if len(group) == 1 or len(fresh) < len(group):
                 log.exception("prefill failed")
-                self.stats["errors"] += 1
-                for s in group:
-                    s._finish("error", f"generation failed: {e}")
-                if self._merging:   # the running batch may be half-merged: fail it too
-                    for s in self._rows:
-                        s._finish("error", f"generation failed: {e}")
-                    self._reset()
+            else:
+                log.warning("prefill of %d rows failed; retrying them one by one", len(group))
+            for s in group:
+                if s in fresh and len(group) > 1:
+                    self._prefill_isolated([s])
+                else:
+                    self._fail(s)
 
     def _prefill_group(self, seqs: list[Sequence]) -> None:
         torch = self._torch
         from tunelab.model.decoding import DecodeBatch
 
         for s in seqs:
-            s.stream = TextStream(self.tokenizer, s.params.stop)
-            if s.generator is None and not s.params.greedy:
-                s.generator = torch.Generator(device="cpu").manual_seed(s._seed)
+            self._fault("prefill", s)
         want_prompt_lp = any(s.params.prompt_logprobs is not None for s in seqs)
         # decode steps write the cache in place, 64 positions at a time
         batch, logits = DecodeBatch.prefill(self.model, [s.prompt_ids for s in seqs], self.pad_id, 64,
@@ -318,12 +359,7 @@ class Engine:
         if not live:
             return
         tokens, lps = self._sample(logits[live], [seqs[i] for i in live])
-        keep = []
-        for j, i in enumerate(live):
-            seqs[i]._append(tokens[j], lps[j], self)
-            self.stats["generated_tokens"] += 1
-            if not seqs[i].finished:
-                keep.append(j)
+        keep = [j for j, i in enumerate(live) if self._take(seqs[i], tokens[j], lps[j])]
         if not keep:
             return
         rows = [seqs[live[j]] for j in keep]
@@ -369,25 +405,60 @@ class Engine:
         self.stats["batch_rows_sum"] += n
         self.stats["max_batch"] = max(self.stats["max_batch"], n)
         tokens, lps = self._sample(logits, self._rows)
-        keep = []
-        for i, s in enumerate(self._rows):
-            s._append(tokens[i], lps[i], self)
-            if not s.finished:
-                keep.append(i)
-        self.stats["generated_tokens"] += n
-        self._last = self._torch.tensor(tokens, dtype=self._torch.long, device=self.device)
+        keep = [i for i, s in enumerate(self._rows) if self._take(s, tokens[i], lps[i])]
+        self._last = self._torch.tensor([t if t is not None else self.pad_id for t in tokens], dtype=self._torch.long,
+                                        device=self.device)
         self._select(keep)
 
     # sampling and log-probabilities --------------------------------------------------------------
-    def _sample(self, logits, seqs: list[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
+    def _take(self, seq: Sequence, token: int | None, lp: TokenLogprob | None) -> bool:
+        """Give a row its sampled token (None: its sampling failed); whether it decodes on. A failure here ends
+        this row only."""
+        if token is None:
+            self._fail(seq)
+            return False
+        try:
+            self._fault("decode", seq)
+            seq._append(token, lp, self)
+        except Exception:  # noqa: BLE001
+            log.exception("sequence %d failed taking its token", seq.id)
+            self._fail(seq)
+            return False
+        self.stats["generated_tokens"] += 1
+        return not seq.finished
+
+    def _sample(self, logits, seqs: list[Sequence]) -> tuple[list[int | None], list[TokenLogprob | None]]:
+        """A token (None where that row's sampling failed) and its log-probability entry for each row. The rows
+        are sampled together; if that fails, one by one from the same generator states, so each row that can be
+        sampled gets the draw it would have had alone."""
         from tunelab.model.decoding import sample_tokens
-        tokens = sample_tokens(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        params, gens = [s.params for s in seqs], [s.generator for s in seqs]
+        states = [g.get_state() if g is not None else None for g in gens]
+        try:
+            for s in seqs:
+                self._fault("sample", s)
+            tokens: list[int | None] = list(sample_tokens(logits, params, gens))
+        except Exception:  # noqa: BLE001
+            tokens = []
+            for i, s in enumerate(seqs):
+                try:
+                    if gens[i] is not None:
+                        gens[i].set_state(states[i])
+                    self._fault("sample", s)
+                    tokens.append(sample_tokens(logits[i:i + 1], [params[i]], [gens[i]])[0])
+                except Exception:  # noqa: BLE001
+                    log.exception("sampling failed for sequence %d", s.id)
+                    tokens.append(None)
         lps: list[TokenLogprob | None] = [None] * len(seqs)
-        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None and tokens[i] is not None]
         if want:
             logp = self._torch.log_softmax(logits[want], dim=-1)
             for j, i in enumerate(want):
-                lps[i] = self._entry(logp[j], tokens[i], seqs[i].params.logprobs)
+                try:
+                    lps[i] = self._entry(logp[j], tokens[i], seqs[i].params.logprobs)
+                except Exception:  # noqa: BLE001
+                    log.exception("log-probabilities failed for sequence %d", seqs[i].id)
+                    tokens[i] = None
         return tokens, lps
 
     def _entry(self, logp_row, token: int, k: int) -> TokenLogprob:

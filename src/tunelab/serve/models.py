@@ -11,8 +11,12 @@ slider leaves out.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -67,6 +71,34 @@ class ServedModel:
         self.defaults = sampling_defaults(getattr(model, "generation_config", None))
         self.engine = Engine(model, tokenizer, max_batch=max_batch, context_len=context_len)
         self.created = int(time.time())
+        # the HTTP server's tokenising and detokenising runs here, off its event loop: each worker has a
+        # tokenizer of its own (a fast tokenizer is one Rust object that two threads cannot use at once)
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tunelab-tokenize",
+                                        initializer=self._own_tokenizer)
+        self._token_strs: dict[int, str] = {}
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self.max_token_chars = max([len(p) for p in pieces if isinstance(p, str)] or [1])
+
+    def _own_tokenizer(self) -> None:
+        try:
+            self._local.tokenizer = copy.deepcopy(self.tokenizer)
+        except Exception:  # noqa: BLE001 - a tokenizer that cannot be copied is shared behind the lock
+            pass
+
+    def _tokenizer(self):
+        """This thread's own tokenizer (a worker's) and no lock, else the shared one and its lock."""
+        own = getattr(self._local, "tokenizer", None)
+        return (own, contextlib.nullcontext()) if own is not None else (self.tokenizer, self._lock)
+
+    async def off_loop(self, fn, *args):
+        """`fn(*args)` on a tokenizer worker thread, awaited: the event loop keeps serving meanwhile."""
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+
+    def too_long(self, chars: int) -> bool:
+        """Whether text of `chars` characters certainly exceeds the context, without tokenising it: no token
+        spans more than `max_token_chars` characters (twice that, for normalisers that merge characters)."""
+        return chars > 2 * self.max_token_chars * self.context_len
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None, max_batch: int = 16, dtype: str = "auto",
@@ -91,20 +123,27 @@ class ServedModel:
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Messages ({"role", "content": str}) as the prompt text, through the model's chat template."""
-        with self._lock:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt)
+        tok, lock = self._tokenizer()
+        with lock:
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        with self._lock:
-            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        tok, lock = self._tokenizer()
+        with lock:
+            return list(tok(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        with self._lock:
-            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        tok, lock = self._tokenizer()
+        with lock:
+            return tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def token_str(self, token_id: int) -> str:
-        return self.decode([token_id])
+        """One token's text (cached: log-probabilities and /tokenize ask for the same ids again and again)."""
+        s = self._token_strs.get(token_id)
+        if s is None:
+            s = self._token_strs[token_id] = self.decode([token_id])
+        return s
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.close()

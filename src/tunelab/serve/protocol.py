@@ -1,15 +1,43 @@
-"""OpenAI API request schemas (the fields tunelab honours; unknown fields are ignored) and error bodies."""
+"""OpenAI API request schemas (the fields tunelab honours; unknown fields are ignored) and error bodies.
+
+Every field is bounded here, at the HTTP edge, so that what reaches the engine is something it can run: a seed
+within the torch generator's range, at most MAX_N choices, at most MAX_STOP stop strings of at most
+MAX_STOP_CHARS characters each, finite floats, and text that is valid Unicode (a lone surrogate from a JSON
+escape such as "\\ud800" cannot be encoded as UTF-8 by any tokenizer). The number of sequences a request may
+start (prompts × n) and its size in bytes are the server's limits (`Limits`), checked before any work.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from tunelab.serve.engine import MAX_LOGPROBS
 
 MAX_N = 16
 MAX_STOP = 16
+MAX_STOP_CHARS = 256
+SEED_MIN, SEED_MAX = -(2 ** 63), 2 ** 63 - 1     # torch.Generator.manual_seed takes [-2**63, 2**64); seed + n - 1 fits
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A server's per-request limits, enforced before any tokenising or generating."""
+    max_request_bytes: int = 2_000_000          # a larger body is refused with 413 before it is parsed
+    max_sequences: int = 64                     # prompts × n in one request
+
+
+def _valid_unicode(s: str) -> str:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the text is not valid Unicode (a lone surrogate at character {e.start})") from None
+    return s
+
+
+Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
 
 
 class APIError(Exception):
@@ -41,33 +69,40 @@ class _Sampling(_Request):
     """None (left out, or null): the served model's default (`ServedModel.defaults`), else OpenAI's."""
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=0)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: int | None = Field(default=None, ge=-1)
     n: int = Field(default=1, ge=1, le=MAX_N)
-    stop: Union[StrictStr, list[StrictStr], None] = None
-    seed: int | None = None
+    stop: Union[Text, list[Text], None] = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     user: str | None = None
 
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stops(cls, v):
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences, not {len(stops)}")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence has at most {MAX_STOP_CHARS} characters")
+        return v
+
     def stop_list(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        stops = [s for s in stops if s]
-        if len(stops) > MAX_STOP:
-            raise APIError(400, f"at most {MAX_STOP} stop sequences", param="stop")
-        return tuple(stops)
+        return tuple(s for s in stops if s)
 
 
 class ContentPart(_Request):
     type: str = "text"
-    text: str | None = None
+    text: Text | None = None
 
 
 class ChatMessage(_Request):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: Union[StrictStr, list[ContentPart], None] = None
+    content: Union[Text, list[ContentPart], None] = None
 
     def text(self) -> str:
         if self.content is None:
@@ -85,14 +120,14 @@ class ChatCompletionRequest(_Sampling):
     add_generation_prompt: bool = True
 
 
-Prompt = Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
+Prompt = Union[Text, list[Text], list[StrictInt], list[list[StrictInt]]]
 
 
 class CompletionRequest(_Sampling):
     prompt: Prompt
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
-    suffix: str | None = None
+    suffix: Text | None = None
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as a list of strings and/or token-id lists."""
@@ -110,7 +145,7 @@ class CompletionRequest(_Sampling):
 
 class TokenizeRequest(_Request):
     model: str | None = None
-    prompt: str | None = None
+    prompt: Text | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True

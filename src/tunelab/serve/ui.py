@@ -5,6 +5,13 @@ prompt, two models streaming at once) · Arena (two anonymous models drawn at ra
 revealed) · Leaderboard (Bradley-Terry and Elo with bootstrap intervals, vote counts, win-rate matrix, CSV /
 JSON export). Models are local tunelab models (in-process engine) or remote OpenAI-compatible servers.
 
+Stop strings are typed literally, separated by `|`; a backslash escapes only these: `\n` newline, `\t` tab,
+`\|` a literal bar, `\\` a backslash. Any other backslash (a trailing one included) is kept as it is.
+
+A vote counts once per battle (the store refuses a second one; the UI says it was already counted).
+`tunelab ui --auth USER:PASS` puts the whole app, the export files included, behind a login; listening beyond
+localhost without it prints a warning, and the vote export (every stored prompt and answer) is then not offered.
+
 The sampling sliders start from the model's generation_config.json (greedy for a tunelab checkpoint scored
 greedily), else from the UI's defaults (temperature 0.7); in Side by side and the Arena each model answers with its
 own defaults until a slider is moved.
@@ -87,6 +94,53 @@ def load_examples(path: str | None) -> list[str]:
     if not prompts:
         raise TunelabError("no prompts found in the examples file", file=path, field="--examples")
     return prompts
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "|": "|", "\\": "\\"}
+
+
+def parse_stops(text: str | None) -> tuple[str, ...]:
+    """The UI's stop-string field: `|` separates, `\n` `\t` `\|` `\\` are escapes, everything else is
+    literal (Chinese included; a lone or unknown backslash stays a backslash)."""
+    stops, cur, i = [], [], 0
+    text = text or ""
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text) and text[i + 1] in _ESCAPES:
+            cur.append(_ESCAPES[text[i + 1]])
+            i += 2
+            continue
+        if c == "|":
+            stops.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    stops.append("".join(cur))
+    return tuple(s for s in stops if s)
+
+
+VOTE_LABELS = {"left": "A is better 左边更好", "right": "B is better 右边更好", "tie": "tie 平局",
+               "both_bad": "both bad 都不好"}
+
+
+def cast_vote(store: ArenaStore, state: dict, kind: str) -> tuple[dict, str, bool]:
+    """Record `kind` for the battle in `state`: (new state, what to show, whether this vote was counted). The
+    store decides atomically, so of concurrent votes for one battle exactly one counts."""
+    if not state or not state.get("complete"):
+        return state, "Nothing to vote on: start a battle first. 请先开始一场对战。", False
+    names = f"Model A = **{state['a']}**, Model B = **{state['b']}**."
+    if state.get("voted"):
+        return state, f"This battle's vote was already counted. 本场已投过票。 {names}", False
+    counted = store.record(state["a"], state["b"], kind, state["prompt"], state["answer_a"], state["answer_b"],
+                           anonymous=True, seconds_a=state.get("seconds_a"), seconds_b=state.get("seconds_b"),
+                           battle=state["id"]) is not None
+    state = {**state, "voted": True}
+    if not counted:
+        return state, (f"This battle's vote was already counted; this one was not. 本场已投过票，本次不计。 "
+                       f"{names}"), False
+    return state, (f"Your vote 你的投票: **{VOTE_LABELS[kind]}** — {names} Ask again for a new battle. "
+                   f"再提问开始新的对战。"), True
 
 
 def content_text(content) -> str:
@@ -178,7 +232,9 @@ def stream_answers(jobs: list[tuple[object, list[dict], GenerationSettings]]) ->
 
 
 def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = None, min_votes: int = 10,
-              title: str = "tunelab", max_new_tokens: int = 128):
+              title: str = "tunelab", max_new_tokens: int = 128, export_votes: bool = True):
+    """The Gradio app. `export_votes`: the export also writes every stored vote with its prompt and answers
+    (leave it off for an app anyone on the network can reach without a login)."""
     import gradio as gr
 
     names = list(backends)
@@ -190,10 +246,8 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
     fallback = GenerationSettings(max_tokens=max_new_tokens)   # for a model whose config states no decoding
 
     def settings_of(temperature, top_p, top_k, max_tokens, stop_text) -> GenerationSettings:
-        stops = tuple(s.encode("utf-8").decode("unicode_escape") if "\\" in s else s
-                      for s in (stop_text or "").split("|") if s)
         return GenerationSettings(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
-                                  max_tokens=int(max_tokens), stop=stops)
+                                  max_tokens=int(max_tokens), stop=parse_stops(stop_text))
 
     def settings_for(backend, own: bool, chosen: GenerationSettings) -> GenerationSettings:
         """A model's own defaults (with the chosen stop strings) while `own` is ticked, else the sliders'."""
@@ -221,7 +275,8 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
                 top_k = gr.Slider(0, 200, value=top_k0, step=1, label="top-k (0 = off 关闭)", elem_id=f"{prefix}-topk")
                 max_tokens = gr.Slider(1, 2048, value=max0, step=1, label="max new tokens 最大生成长度",
                                        elem_id=f"{prefix}-max-tokens")
-            stop_text = gr.Textbox(label="stop strings 停止词 (separate with |, e.g. \\n\\n|###)", value="",
+            stop_text = gr.Textbox(label="stop strings 停止词 (literal, separated by |; escapes \\n \\t \\| \\\\; "
+                                         "e.g. \\n\\n|###)", value="",
                                    elem_id=f"{prefix}-stop")
         sliders = [temperature, top_p, top_k, max_tokens]
         if own is None:
@@ -436,9 +491,11 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
             stamp = time.strftime("%Y%m%d-%H%M%S")
             csv_path = export_dir / f"leaderboard-{stamp}.csv"
             json_path = export_dir / f"leaderboard-{stamp}.json"
-            votes_path = export_dir / f"votes-{stamp}.jsonl"
             csv_path.write_text(lb.to_csv(), encoding="utf-8")
             json_path.write_text(lb.to_json(), encoding="utf-8")
+            if not export_votes:
+                return [str(csv_path), str(json_path)]
+            votes_path = export_dir / f"votes-{stamp}.jsonl"
             votes_path.write_text("".join(json.dumps(v, ensure_ascii=False) + "\n"
                                           for v in store.votes(anonymous_only=False)), encoding="utf-8")
             return [str(csv_path), str(json_path), str(votes_path)]
@@ -446,18 +503,12 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
 
         def vote_fn(kind: str):
             def handler(state):
-                if not state or not state.get("complete") or state.get("voted"):
-                    gr.Warning("Nothing to vote on: start a battle first. 请先开始一场对战。")
-                    return (state, gr.skip(), *buttons(False), *board_outputs())
-                store.record(state["a"], state["b"], kind, state["prompt"], state["answer_a"], state["answer_b"],
-                             anonymous=True, session=state["id"], seconds_a=state.get("seconds_a"),
-                             seconds_b=state.get("seconds_b"))
-                state = {**state, "voted": True}
-                label = {"left": "A is better 左边更好", "right": "B is better 右边更好", "tie": "tie 平局",
-                         "both_bad": "both bad 都不好"}[kind]
-                reveal = (f"Your vote 你的投票: **{label}** — Model A = **{state['a']}**, "
-                          f"Model B = **{state['b']}**. Ask again for a new battle. 再提问开始新的对战。")
-                return (state, reveal, *buttons(False), *board_outputs())
+                state, shown, counted = cast_vote(store, state, kind)
+                if not counted:
+                    gr.Warning(shown.split(" Model A")[0])
+                    if not state or not state.get("complete"):
+                        return (state, gr.skip(), *buttons(False), *board_outputs())
+                return (state, shown, *buttons(False), *board_outputs())
             return handler
 
         for button, kind in zip(vote_buttons, ["left", "right", "tie", "both_bad"]):
@@ -477,17 +528,45 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = None, prevent_threa
                        css=getattr(demo, "tunelab_css", None), show_error=True, **kwargs)
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """`USER:PASS` (or `USER:env:VAR`, the password read from environment variable VAR) for Gradio's login."""
+    if value is None:
+        return None
+    import os
+    user, sep, password = value.partition(":")
+    if password.startswith("env:"):
+        password = os.environ.get(password[4:], "")
+    if not sep or not user.strip() or not password:
+        raise TunelabError("--auth needs USER:PASS (or USER:env:VAR) with a user name and a non-empty password",
+                           field="--auth")
+    return user, password
+
+
 def cli_ui(args) -> int:
     import os
+    import sys
 
     from tunelab.serve import require_extra
+    from tunelab.serve.backends import Deadlines
     require_extra("gradio", "openai", "httpx")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if not args.model:
         raise TunelabError("give at least one --model NAME=PATH_OR_URL", field="--model")
-    backends = build_backends(args.model, max_batch=args.max_batch)
+    auth = parse_auth(args.auth)
+    deadlines = Deadlines(args.connect_timeout, args.first_token_timeout, args.deadline)
+    public = args.host not in LOCAL_HOSTS
+    if public and auth is None:
+        print(f"warning: the UI listens on {args.host} without --auth USER:PASS: anyone who can reach it can chat "
+              f"and vote; the vote export (stored prompts and answers) is switched off. "
+              f"警告：未设置 --auth，任何能访问的人都可使用；投票导出已关闭。", file=sys.stderr)
+    backends = build_backends(args.model, max_batch=args.max_batch, deadlines=deadlines)
     store = ArenaStore(args.db)
-    demo = build_app(backends, store, load_examples(args.examples), min_votes=args.min_votes)
-    print(f"tunelab ui: {len(backends)} model(s): {', '.join(backends)}; votes in {args.db}")
-    launch(demo, host=args.host, port=args.port, share=False)
+    demo = build_app(backends, store, load_examples(args.examples), min_votes=args.min_votes,
+                     export_votes=auth is not None or not public)
+    print(f"tunelab ui: {len(backends)} model(s): {', '.join(backends)}; votes in {args.db}"
+          + ("; login required" if auth else ""))
+    launch(demo, host=args.host, port=args.port, share=False, auth=auth)
     return 0
