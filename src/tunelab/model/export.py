@@ -46,9 +46,15 @@ def model_card(run_dir: Path, source: Path) -> str:
     return "\n".join(lines)
 
 
-def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", which: str = "best") -> Path:
+def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", which: str = "best",
+           fmt: str = "hf") -> Path:
     """Merged weights, tokenizer, prompt template and the checkpoint's generation_config.json (the decoding
-    its evaluation used), so the export answers under plain `transformers` as it did in `tunelab eval`."""
+    its evaluation used), so the export answers under plain `transformers` as it did in `tunelab eval`.
+    `fmt`: "hf" (that directory), "mindspore" (the same directory with `model.ckpt` and
+    `model_config.yaml`, MindFormers' names and its `model.model_config`, in place of the safetensors weights)
+    or "both" (the HF directory plus `mindspore/model.ckpt` and `mindspore/model_config.yaml`)."""
+    if fmt not in ("hf", "mindspore", "both"):
+        raise TunelabError(f"unknown export format '{fmt}' (hf, mindspore, both)", field="--format")
     import torch
 
     from tunelab.data.templates import TEMPLATE_FILE
@@ -76,14 +82,33 @@ def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", wh
     config.to_json_file(tmp / GENERATION_CONFIG_FILE, use_diff=True)
     run_dir = model_dir.parent.parent.parent if model_dir.parent.parent.name == "checkpoints" else src
     (tmp / "README.md").write_text(model_card(run_dir, model_dir), encoding="utf-8")
+    if fmt != "hf":
+        _add_mindspore(tmp, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
 
 
+def _add_mindspore(hf_dir: Path, fmt: str) -> None:
+    """MindFormers' checkpoint and model_config of the HF weights just written (`tunelab convert`'s mapping);
+    with fmt "mindspore" the safetensors weights are then removed, the small HF files stay."""
+    import yaml
+
+    from tunelab.model.mindformers_convert import hf_to_mindspore, mindformers_model_config
+    dest = hf_dir / "mindspore" if fmt == "both" else hf_dir
+    dest.mkdir(exist_ok=True)
+    hf_to_mindspore(hf_dir, dest / "model.ckpt")
+    cfg = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    fragment = {"model": {"model_config": mindformers_model_config(cfg)}}
+    (dest / "model_config.yaml").write_text(yaml.safe_dump(fragment, sort_keys=False), encoding="utf-8")
+    if fmt == "mindspore":
+        for p in hf_dir.glob("model*.safetensors*"):
+            p.unlink()
+
+
 def cli_export(args) -> int:
-    out = export(args.run, args.out, args.dtype, args.checkpoint)
-    size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
+    out = export(args.run, args.out, args.dtype, args.checkpoint, args.format)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     print(f"exported {out} ({size:.1f} MB)")
     return 0

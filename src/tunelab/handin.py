@@ -1,0 +1,258 @@
+"""`tunelab handin RUN --out DIR`: the submission a MindFormers competition asks for, from a finished run.
+
+The rules ask for the hyper-parameter configuration, five merged full checkpoints saved at evenly spaced
+points (the best one is scored), self-check results (logs, accuracy, retention, ratio, score), the
+environment and an algorithm description. The bundle:
+
+    recipe.yaml, mindformers.yaml   the run's recipe; the same settings as MindFormers YAML (model_config,
+                                    pet_config, runner_config, lr_schedule) for the organisers' runner
+    checkpoints/step-N/             each of the five checkpoints merged (`tunelab export`), as MindFormers
+                                    `model.ckpt` (+ HF safetensors with --format both/hf)
+    logs/                           training log (metrics.jsonl), train_summary.json, every eval results.json
+    predictions/                    the prediction files of every evaluated checkpoint and of the base
+    report.md, run_report.md        accuracy, retention, ratio, score (and the run's own report)
+    plots/                          loss.png, checkpoints.png
+    environment.txt                 Python, platform, torch, CUDA/NPU, the packages beyond a named base
+    DESCRIPTION.md                  the algorithm description, pre-filled from the recipe, for the entrant
+    MANIFEST.sha256                 sha256 of every other file (`sha256sum -c MANIFEST.sha256` checks it)
+
+It refuses, naming what is missing, before writing anything: not five checkpoints, checkpoints not evenly
+spaced, no metrics.json, no retention result. The bundle is written beside DIR and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from tunelab.errors import TunelabError
+from tunelab.recipe import MINDFORMERS_MODULES
+from tunelab.runs import list_checkpoints
+
+REQUIRED_CHECKPOINTS = 5
+_HF_TO_MINDFORMERS = {hf: ms for ms, hf in MINDFORMERS_MODULES.items()}
+
+
+def check_run(run_dir: Path) -> dict:
+    """The run's metrics.json after checking what the rules require; every problem in one message."""
+    problems = []
+    ckpts = list_checkpoints(run_dir)
+    steps = [int(c.name.split("-")[1]) for c in ckpts]
+    if len(ckpts) != REQUIRED_CHECKPOINTS:
+        problems.append(f"the rules ask for {REQUIRED_CHECKPOINTS} checkpoints, this run has {len(ckpts)} "
+                        f"(train.num_checkpoints: 5)")
+    elif not evenly_spaced(steps):
+        problems.append(f"checkpoints are not evenly spaced: steps {steps}")
+    metrics_path = run_dir / "metrics.json"
+    metrics: dict = {}
+    if not metrics_path.exists():
+        problems.append("no metrics.json (the run was not evaluated: `tunelab run`)")
+    else:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        if "score" not in metrics:
+            problems.append("metrics.json has no accuracy/score (eval.tasks and score.accuracy_task)")
+        if not metrics.get("retention"):
+            problems.append("metrics.json has no retention result (eval.baseline: true and a task with "
+                            "ability: true)")
+    for name in ("recipe.yaml", "train_summary.json", "metrics.jsonl"):
+        if not (run_dir / name).exists():
+            problems.append(f"no {name}")
+    if problems:
+        raise TunelabError("cannot hand in: " + "; ".join(problems), file=run_dir)
+    return metrics
+
+
+def evenly_spaced(steps: list[int]) -> bool:
+    """Steps k*T/n rounded (`tunelab.train.checkpoints.checkpoint_steps`): gaps from step 0 differ by at
+    most one step."""
+    gaps = [b - a for a, b in zip([0] + steps, steps)]
+    return bool(gaps) and max(gaps) - min(gaps) <= 1 and min(gaps) > 0
+
+
+def mindformers_yaml(recipe: dict, base_config: dict | None) -> dict:
+    """The run's settings as MindFormers YAML sections (what its finetune YAMLs hold)."""
+    train, lora, data = recipe.get("train", {}), recipe.get("lora", {}), recipe.get("data", {})
+    out: dict = {}
+    model_config: dict = {}
+    if base_config is not None:
+        from tunelab.model.mindformers_convert import mindformers_model_config
+        model_config = mindformers_model_config(base_config, seq_length=data.get("max_seq_len"))
+    if lora.get("enabled", True):
+        targets = lora.get("target_modules", [])
+        targets = [targets] if isinstance(targets, str) else targets
+        model_config["pet_config"] = {
+            "pet_type": "lora", "lora_rank": lora.get("rank"), "lora_alpha": lora.get("alpha"),
+            "lora_dropout": lora.get("dropout"),
+            "target_modules": "|".join(f".*{_HF_TO_MINDFORMERS.get(t, t)}" for t in targets)}
+    if model_config:
+        out["model"] = {"model_config": model_config}
+    out["runner_config"] = {"epochs": train.get("epochs"), "batch_size": train.get("batch_size")}
+    out["lr_schedule"] = {"type": "CosineWithWarmUpLR", "learning_rate": train.get("lr"),
+                          "warmup_ratio": train.get("warmup_ratio"), "total_steps": -1}
+    return out
+
+
+def environment_text(base_packages: Path | None) -> str:
+    """Python, platform, torch and its accelerator, then the installed packages not in the base list."""
+    from importlib import metadata
+    lines = [f"python {sys.version.split()[0]}", f"platform {platform.platform()}"]
+    try:
+        import torch
+        lines.append(f"torch {torch.__version__}")
+        lines.append(f"cuda {torch.version.cuda or 'none'} (available: {torch.cuda.is_available()})")
+    except ImportError:
+        lines.append("torch not installed")
+    try:
+        npu = metadata.version("torch_npu")
+        lines.append(f"torch_npu {npu}")
+    except metadata.PackageNotFoundError:
+        lines.append("torch_npu not installed")
+    installed = sorted({(d.metadata["Name"] or "").lower(): d.version for d in metadata.distributions()}.items())
+    if base_packages:
+        if not base_packages.is_file():
+            raise TunelabError("base package list not found", file=base_packages, field="--base-packages")
+        base = {line.split("==")[0].split(" @ ")[0].strip().lower()
+                for line in base_packages.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("#")}
+        extra = [(n, v) for n, v in installed if n and n not in base]
+        lines += ["", f"# packages beyond {base_packages.name} ({len(extra)})"]
+    else:
+        extra = [(n, v) for n, v in installed if n]
+        lines += ["", f"# every installed package ({len(extra)}; give --base-packages to list only the additions)"]
+    lines += [f"{n}=={v}" for n, v in extra]
+    return "\n".join(lines) + "\n"
+
+
+def description(recipe: dict, summary: dict, metrics: dict) -> str:
+    """DESCRIPTION.md: the facts the recipe and run know, and the parts only the entrant can write."""
+    lora, train, data = recipe.get("lora", {}), recipe.get("train", {}), recipe.get("data", {})
+    sources = data.get("train", [])
+    method = (f"LoRA (rank {lora.get('rank')}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
+              f"target modules {lora.get('target_modules')})" if lora.get("enabled", True)
+              else "full fine-tuning (every parameter trains)")
+    lines = [f"# {recipe.get('name')}: algorithm description", "",
+             "<!-- Pre-filled by `tunelab handin` from the recipe and the run; complete the TODO parts. -->", "",
+             "## Method", "", f"- {method}",
+             f"- base model: {recipe.get('model', {}).get('path') or recipe.get('model', {}).get('preset')}",
+             f"- trainable parameters {summary.get('trainable_params'):,} of {summary.get('total_params'):,}"
+             f" (low-parameter ratio {metrics['ratio']['ratio']:.6g})", "",
+             "## Data", "",
+             f"- {summary.get('samples'):,} training examples from {len(sources)} source(s):"]
+    for s in sources:
+        what = s.get("path") or f"generated {s.get('generate')}"
+        lines.append(f"  - {what} (format {s.get('format', 'auto')}, count {s.get('count', 'all')})")
+    lines += [f"- template {data.get('template')}, max sequence length {data.get('max_seq_len')}, "
+              f"packing {data.get('packing')}, loss on {data.get('loss_on')}", "",
+              "## Training", "",
+              f"- {summary.get('steps')} optimizer steps, epochs {train.get('epochs')}, batch size "
+              f"{train.get('batch_size')} x grad_accum {train.get('grad_accum', 1)}, learning rate "
+              f"{train.get('lr')} (warmup {train.get('warmup_ratio')}, cosine to {train.get('min_lr_ratio')}), "
+              f"precision {train.get('precision')}",
+              f"- five checkpoints at evenly spaced steps; best: {metrics.get('best_checkpoint')}", "",
+              "## Why this works", "", "TODO: the idea behind the data mix and the settings, what was tried.", "",
+              "## Reproducing", "", "TODO: hardware used and wall-clock time.", "",
+              "```bash", "tunelab run recipe.yaml", "```", ""]
+    return "\n".join(lines)
+
+
+def report(metrics: dict, recipe: dict) -> str:
+    s, r = metrics["score"], metrics["ratio"]
+    acc_task = recipe.get("score", {}).get("accuracy_task", "arithmetic")
+    lines = [f"# Hand-in report: {recipe.get('name')}", "",
+             f"- best checkpoint: **{metrics['best_checkpoint']}**",
+             f"- accuracy ({acc_task}): **{100 * s['accuracy']:.2f}%**",
+             f"- low-parameter ratio: {r['ratio']:.9g} ({r['trainable']:,} / {r['total']:,.0f})",
+             f"- {s['formula']} score: **{s['value']:.4f}**", "", "## Retention of original abilities", "",
+             "| metric | base | tuned | retained | verdict |", "|---|---|---|---|---|"]
+    for key, v in metrics["retention"].items():
+        lines.append(f"| {key} | {v['base']:.2f} | {v['tuned']:.2f} | {100 * v['retained']:.1f}% | "
+                     f"{'PASS' if v['pass'] else 'FAIL'} |")
+    lines += ["", "## Every checkpoint", "", "| checkpoint | " + " | ".join(
+        next(iter(metrics["checkpoints"].values()))) + " |", "|---|" + "---|" * len(
+        next(iter(metrics["checkpoints"].values())))]
+    for name, res in metrics["checkpoints"].items():
+        cells = []
+        for task, v in res.items():
+            key = "accuracy" if "accuracy" in v else "f1" if "f1" in v else None
+            cells.append(f"{v[key]:.4g}" if key else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def handin(run_dir: str | Path, out: str | Path, fmt: str = "mindspore", dtype: str = "bfloat16",
+           base_packages: str | Path | None = None) -> Path:
+    from tunelab.model.export import export
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise TunelabError("output directory exists and is not empty", file=out)
+    metrics = check_run(run_dir)
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    summary = json.loads((run_dir / "train_summary.json").read_text(encoding="utf-8"))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        shutil.copy(run_dir / "recipe.yaml", tmp / "recipe.yaml")
+        base_config = None
+        for ckpt in list_checkpoints(run_dir):
+            dest = export(ckpt, tmp / "checkpoints" / ckpt.name, dtype, fmt=fmt)
+            if base_config is None:
+                base_config = json.loads((dest / "config.json").read_text(encoding="utf-8"))
+        (tmp / "mindformers.yaml").write_text(
+            "# The run's settings in MindFormers' YAML sections (merge into the organisers' finetune YAML)\n"
+            + yaml.safe_dump(mindformers_yaml(recipe, base_config), sort_keys=False, allow_unicode=True),
+            encoding="utf-8")
+        logs = tmp / "logs"
+        logs.mkdir()
+        for name in ("metrics.jsonl", "train_summary.json", "metrics.json"):
+            shutil.copy(run_dir / name, logs / name)
+        for results in sorted((run_dir / "eval").glob("*/results.json")):
+            shutil.copy(results, logs / f"eval-{results.parent.name}.json")
+        preds = tmp / "predictions"
+        preds.mkdir()
+        for p in sorted((run_dir / "eval").glob("*/*.predictions.jsonl")):
+            (preds / p.parent.name).mkdir(exist_ok=True)
+            shutil.copy(p, preds / p.parent.name / p.name)
+        plots = tmp / "plots"
+        plots.mkdir()
+        for png in ("loss.png", "checkpoints.png"):
+            if (run_dir / png).exists():
+                shutil.copy(run_dir / png, plots / png)
+        (tmp / "report.md").write_text(report(metrics, recipe), encoding="utf-8")
+        if (run_dir / "report.md").exists():
+            shutil.copy(run_dir / "report.md", tmp / "run_report.md")
+        (tmp / "environment.txt").write_text(environment_text(Path(base_packages) if base_packages else None),
+                                             encoding="utf-8")
+        (tmp / "DESCRIPTION.md").write_text(description(recipe, summary, metrics), encoding="utf-8")
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        (tmp / "MANIFEST.sha256").write_text(
+            "".join(f"{_sha256(p)}  {p.relative_to(tmp).as_posix()}\n" for p in files), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out
+
+
+def cli_handin(args) -> int:
+    out = handin(args.run, args.out, args.format, args.dtype, args.base_packages)
+    n = sum(1 for _ in (out / "MANIFEST.sha256").read_text(encoding="utf-8").splitlines())
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
+    print(f"hand-in bundle {out}: {n} files, {size:.1f} MB; check with `cd {out} && sha256sum -c MANIFEST.sha256`")
+    return 0

@@ -1,0 +1,129 @@
+"""`tunelab handin`: a finished LoRA run becomes the competition bundle, or a refusal naming what is missing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import lora_sections, write_recipe
+from tunelab.cli import main
+from tunelab.errors import TunelabError
+from tunelab.handin import evenly_spaced, handin
+from tunelab.model.mindformers_convert import mindspore_to_hf
+from tunelab.train.checkpoints import checkpoint_steps
+
+EVAL = {"baseline": True, "batch_size": 16, "max_new_tokens": 8,
+        "tasks": [{"task": "arithmetic", "source": {"generate": "arithmetic", "count": 8, "seed": 9,
+                                                    "options": {"kinds": ["int_mul"], "int_digits": 2}}},
+                  {"task": "reading", "source": {"generate": "reading", "count": 8, "seed": 8}, "ability": True}]}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_base):
+    root = tmp_path_factory.mktemp("handin")
+    sections = lora_sections(tiny_base, max_steps=10)
+    sections["lora"]["target_modules"] = ["q_proj", "v_proj", "o_proj"]
+    path = write_recipe(root, "lora", eval=EVAL, score={"formula": "stage1", "total_params": 8.03e9}, **sections)
+    assert main(["run", str(path)]) == 0
+    return root / "runs" / "lora"
+
+
+def test_bundle_is_complete_and_checksummed(finished_run, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert main(["handin", str(finished_run), "--out", str(out), "--format", "both"]) == 0
+    assert "sha256sum -c MANIFEST.sha256" in capsys.readouterr().out
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    steps = [c.name for c in sorted((finished_run / "checkpoints").iterdir())]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == steps
+    for step in steps:  # each merged checkpoint as MindFormers .ckpt that converts back to the HF export
+        d = out / "checkpoints" / step
+        assert (d / "model.safetensors").exists() and (d / "mindspore" / "model.ckpt").exists()
+        mc = yaml.safe_load((d / "mindspore" / "model_config.yaml").read_text())["model"]["model_config"]
+        assert mc["type"] == "LlamaConfig" and mc["num_layers"] >= 1
+    back = tmp_path / "back"
+    mindspore_to_hf(out / "checkpoints" / steps[-1] / "mindspore" / "model.ckpt", back,
+                    config=out / "checkpoints" / steps[-1])
+    ours, src = load_file(back / "model.safetensors"), load_file(out / "checkpoints" / steps[-1] / "model.safetensors")
+    tied = "lm_head.weight" not in src  # a tied model's head is written out (MindFormers' Llama has its own)
+    if tied:
+        assert torch.equal(ours.pop("lm_head.weight"), src["model.embed_tokens.weight"])
+    assert sorted(ours) == sorted(src) and all(torch.equal(ours[k], src[k]) for k in src)
+
+    mf = yaml.safe_load((out / "mindformers.yaml").read_text())
+    assert mf["model"]["model_config"]["pet_config"] == {"pet_type": "lora", "lora_rank": 4, "lora_alpha": 8,
+                                                         "lora_dropout": 0.1, "target_modules": ".*wq|.*wv|.*wo"}
+    assert mf["runner_config"]["batch_size"] == 4
+    # the MindFormers fragment reads back into the same LoRA settings through the recipe's aliases
+    from tunelab.recipe import _apply_aliases
+    lora = _apply_aliases({"pet_config": mf["model"]["model_config"]["pet_config"]}, "x")["lora"]
+    assert lora["target_modules"] == ".*q_proj|.*v_proj|.*o_proj" and lora["rank"] == 4
+
+    report = (out / "report.md").read_text()
+    assert f"{100 * metrics['score']['accuracy']:.2f}%" in report and f"{metrics['score']['value']:.4f}" in report
+    assert f"{metrics['ratio']['ratio']:.9g}" in report
+    for key in metrics["retention"]:
+        assert f"| {key} |" in report
+    assert metrics["best_checkpoint"] in report
+    assert (out / "logs" / "metrics.jsonl").read_bytes() == (finished_run / "metrics.jsonl").read_bytes()
+    assert (out / "logs" / "eval-base.json").exists()
+    assert {p.parent.name for p in (out / "predictions").glob("*/*.predictions.jsonl")} == {"base", *steps}
+    assert (out / "plots" / "loss.png").exists() and (out / "plots" / "checkpoints.png").exists()
+    env = (out / "environment.txt").read_text()
+    assert env.startswith("python 3.") and f"torch {torch.__version__}" in env and "transformers==" in env
+    desc = (out / "DESCRIPTION.md").read_text()
+    assert "LoRA (rank 4, alpha 8" in desc and "TODO" in desc and "generated arithmetic" in desc
+
+    listed = dict(reversed(line.split("  ", 1)) for line in (out / "MANIFEST.sha256").read_text().splitlines())
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"MANIFEST.sha256"}
+    assert set(listed) == files
+    for name, digest in listed.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_environment_lists_only_packages_beyond_the_base(finished_run, tmp_path):
+    from importlib import metadata
+
+    from tunelab.handin import environment_text
+    base = tmp_path / "base.txt"
+    names = sorted({(d.metadata["Name"] or "").lower() for d in metadata.distributions()} - {"", "pyyaml"})
+    base.write_text("\n".join(f"{n}==0" for n in names) + "\n")
+    env = environment_text(base)
+    assert env.split("\n\n", 1)[1].splitlines()[1:] == [f"pyyaml=={metadata.version('pyyaml')}"]
+
+
+def test_refusals_name_what_is_missing(finished_run, tmp_path):
+    def copy(name):
+        d = tmp_path / name
+        shutil.copytree(finished_run, d)
+        return d
+
+    four = copy("four")
+    shutil.rmtree(sorted((four / "checkpoints").iterdir())[1])
+    with pytest.raises(TunelabError, match="the rules ask for 5 checkpoints, this run has 4"):
+        handin(four, tmp_path / "o1")
+    uneven = copy("uneven")
+    first = sorted((uneven / "checkpoints").iterdir())[0]
+    first.rename(first.with_name("step-000001"))
+    with pytest.raises(TunelabError, match=r"not evenly spaced: steps \[1, 4, 6, 8, 10\]"):
+        handin(uneven, tmp_path / "o2")
+    no_retention = copy("no-retention")
+    m = json.loads((no_retention / "metrics.json").read_text())
+    del m["retention"]
+    (no_retention / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(TunelabError, match="no retention result"):
+        handin(no_retention, tmp_path / "o3")
+    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
+    assert main(["handin", str(four), "--out", str(tmp_path / "o4")]) == 2
+
+
+def test_evenly_spaced_accepts_what_training_writes():
+    for total in range(5, 400):
+        assert evenly_spaced(checkpoint_steps(total, 5)), total
+    assert not evenly_spaced([10, 40, 60, 80, 100])
+    assert not evenly_spaced([20, 20, 40, 60, 80])
