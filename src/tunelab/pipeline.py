@@ -6,6 +6,14 @@ is the one with the lowest validation loss (the trainer's `best_checkpoint`), it
 `ppl` and `continuation` on the corpus's val split) run on the checkpoints as configured, and metrics.json
 also records validation losses per checkpoint and the training throughput (tokens/s, MFU).
 
+A fine-tuning run whose `model.path` is a pretraining run directory (the course path: MiniGPT pretrained,
+then fine-tuned on question-answer pairs) starts from that run's best checkpoint and gets a course report
+instead of a competition score: the pretrained model next to the fine-tuned one on every eval task (as
+`eval/base`, each with its own saved template), the fine-tuning loss with the held-out answers' loss per
+checkpoint as its validation curve, and sample answers of both (`tunelab.report.course_report`). A pretraining
+run built from generated encyclopedia articles splits their QA pairs by the corpus's document split for that
+fine-tuning (`<articles>/../sft-qa/`, `tunelab.data.encyclopedia.split_qa_by_corpus`).
+
 This module only orchestrates: what to evaluate is `tunelab.eval.sets`, running it `tunelab.eval.runner`,
 retention `tunelab.eval.retention`, checkpoint choice `tunelab.runs`, ratio and score `tunelab.scoring`."""
 
@@ -19,7 +27,7 @@ from tunelab.data.records import write_json
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, load_recipe
-from tunelab.runs import best_label, list_checkpoints, model_dir_of
+from tunelab.runs import best_label, list_checkpoints, model_dir_of, pick_checkpoint
 
 
 def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label) -> dict:
@@ -44,12 +52,16 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
     from tunelab.prepare import build_corpora
     build_corpora(recipe)
+    split_sft_qa(recipe)
+    base_run = resolve_base_run(recipe)
     sets = eval_sets(recipe.eval)  # every eval mistake is found before training starts
     summary = train(recipe, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone evaluates and reports
         return {}
     if recipe.data.corpus:
         return _run_pretraining(recipe, sets, summary, template)
+    if base_run is not None and _is_pretraining_run(base_run):
+        return _run_course(recipe, sets, summary, template, base_run)
     run_dir = recipe.run_dir
     ability = [t.label for t in recipe.eval.tasks if t.ability]
     acc_task = recipe.score.accuracy_task
@@ -122,6 +134,93 @@ def _run_pretraining(recipe: Recipe, sets: dict, summary: dict, template) -> dic
     return metrics
 
 
+def split_sft_qa(recipe: Recipe) -> Path | None:
+    """For a corpus built from generated encyclopedia articles: their QA pairs split by the corpus's document
+    split into `sft-qa/{train,val}.jsonl` beside the articles folder (once; kept when present), what the
+    fine-tuning recipes read. Returns the folder, or None for other runs."""
+    src = recipe.data.train[0]
+    if (src.corpus is None or src.build is None or src.build.encyclopedia is None
+            or int(os.environ.get("RANK", "0")) != 0):
+        return None
+    articles = Path(src.build.encyclopedia.out)
+    out = articles.parent / "sft-qa"
+    if not (out / "summary.json").is_file():
+        from tunelab.data.encyclopedia import split_qa_by_corpus
+        s = split_qa_by_corpus([articles / "qa.jsonl"], src.corpus, out)
+        print(f"QA pairs for fine-tuning: {s['train']:,} -> {out}/train.jsonl; held out: {s['val']:,} -> "
+              f"{out}/val.jsonl ({out}/summary.json has the counts)")
+    return out
+
+
+def resolve_base_run(recipe: Recipe) -> Path | None:
+    """A `model.path` naming a run directory: replaced by the path of that run's best checkpoint (what serve
+    and eval load for it too); returns the run directory, or None when the path is a model itself."""
+    path = Path(recipe.model.path) if recipe.model.path else None
+    if path is None or not (path / "checkpoints").is_dir():
+        return None
+    recipe.model.path = str(pick_checkpoint(path))
+    return path
+
+
+def _is_pretraining_run(run_dir: Path) -> bool:
+    metrics = run_dir / "metrics.json"
+    return metrics.is_file() and bool(json.loads(metrics.read_text(encoding="utf-8")).get("pretraining"))
+
+
+def _run_course(recipe: Recipe, sets: dict, summary: dict, template, base_run: Path) -> dict:
+    """A fine-tuning run on a pretraining run: both models on every eval task, the held-out answers' loss of
+    the pretrained model (step 0) and of every checkpoint (the validation curve; the best checkpoint is the
+    lowest), the pretraining's own numbers, and the course report."""
+    run_dir = recipe.run_dir
+    ckpts = list_checkpoints(run_dir)
+    qa_label = next((label for label, es in sets.items() if es.task.name == "rougel"), None)
+    qa_loss: dict[str, dict] = {}
+    if qa_label:
+        examples = sets[qa_label].examples
+        for name, step, model_dir in [("base", 0, recipe.model.path),
+                                      *((c.name, int(c.name.split("-")[-1]), model_dir_of(c)) for c in ckpts)]:
+            qa_loss[name] = {"step": step, **answer_loss(model_dir, template, examples, recipe.eval.batch_size)}
+    tuned = {n: v for n, v in qa_loss.items() if n != "base"}
+    if tuned:
+        best, best_by = min(tuned, key=lambda n: tuned[n]["loss"]), f"{qa_label} answer loss"
+    else:
+        best, best_by = (ckpts[-1].name if ckpts else None), "last"
+    chosen = ckpts if recipe.eval.checkpoints == "all" else [c for c in ckpts if c.name == best or c == ckpts[-1]]
+    base = None
+    if sets and recipe.eval.baseline:
+        base = _cached_eval(recipe.model.path, sets, run_dir / "eval" / "base", recipe, template, "pretrained")
+    per_ckpt = {c.name: _cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name)
+                for c in (chosen if sets else [])}
+    base_metrics = json.loads((base_run / "metrics.json").read_text(encoding="utf-8"))
+    metrics: dict = {
+        "name": recipe.name, "course": True, "train": summary, "template": template.name,
+        "base_run": str(base_run), "base_model": recipe.model.path, "best_checkpoint": best, "best_by": best_by,
+        "qa_loss": qa_loss, "qa_task": qa_label, "base": base, "checkpoints": per_ckpt,
+        "tasks": {label: {"task": es.task.name, "primary_metric": es.task.primary_metric,
+                          "higher_is_better": es.task.higher_is_better, "data": es.source}
+                  for label, es in sets.items()},
+        "base_pretraining": {k: base_metrics.get(k) for k in ("name", "best_checkpoint", "best_val_loss", "train")}}
+    from tunelab.report import plot_course_curves
+    plot_course_curves(run_dir / "metrics.jsonl", qa_loss, run_dir / "course.png", recipe.name)
+    write_json(run_dir / "metrics.json", metrics)
+    from tunelab.report import write_report
+    write_report(recipe, metrics, run_dir / "report.md")
+    return metrics
+
+
+def answer_loss(model_dir, template, examples: list, batch_size: int) -> dict:
+    """The fine-tuning loss on held-out pairs: mean NLL per token of answer + EOS after the rendered question,
+    exactly the positions the trainer scores (`data.packing.encode_examples`), in float32."""
+    from tunelab.eval.loglik import loglikelihood
+    from tunelab.model.loading import load_for_inference, quiet_transformers
+    quiet_transformers()
+    model, tokenizer = load_for_inference(str(model_dir), merge=True)
+    requests = [(template.render(ex.instruction, ex.input), ex.output + tokenizer.eos_token) for ex in examples]
+    results = loglikelihood(model, tokenizer, requests, batch_size=batch_size)
+    tokens = sum(r.tokens for r in results)
+    return {"loss": -sum(r.logprob for r in results) / max(1, tokens), "tokens": tokens, "pairs": len(results)}
+
+
 def throughput(summary: dict) -> dict:
     """The training speed the trainer measured: tokens/s and MFU (medians over the logged windows after the
     first), the peak TFLOP/s and the FLOPs per token MFU was computed with."""
@@ -149,6 +248,8 @@ def cli_train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     from tunelab.prepare import build_corpora
     build_corpora(recipe)
+    split_sft_qa(recipe)
+    resolve_base_run(recipe)
     summary = train(recipe, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

@@ -1,5 +1,9 @@
 """The run report: report.md and a per-checkpoint plot, both derived from metrics.json's content.
 
+A fine-tuning run on a pretraining run (metrics["course"], the MiniGPT course path) gets the course report:
+pretrained vs fine-tuned on validation perplexity, held-out Rouge-L, exact answers and stop rate, the loss
+curves, every checkpoint and sample answers of both (`course_report`).
+
 A pretraining run's report (metrics["pretraining"]) shows instead: the best checkpoint by validation loss,
 validation perplexity next to a unigram model's on the same positions (`ppl` on a corpus), Rouge-L and fact
 recall of continuations with a table of samples (`continuation`), every checkpoint's validation loss and
@@ -8,6 +12,7 @@ task metrics, the loss curves (loss.png: train and validation) and the throughpu
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from tunelab.recipe import Recipe
@@ -20,6 +25,8 @@ def _pct(x: float) -> str:
 def summary_lines(metrics: dict) -> list[str]:
     if metrics.get("pretraining"):
         return pretraining_summary_lines(metrics)
+    if metrics.get("course"):
+        return course_summary_lines(metrics)
     lines = []
     if "score" in metrics:
         s, r = metrics["score"], metrics["ratio"]
@@ -31,8 +38,9 @@ def summary_lines(metrics: dict) -> list[str]:
                 else f"{r['trainable']:,} / {r['total']:,.0f}")
         lines.append(f"low-parameter ratio {r['ratio']:.9g} ({what}); {s['formula']} score {s['value']:.4f}")
         for key, v in (metrics.get("retention") or {}).items():
-            lines.append(f"retention {key}: {_pct(v['retained'])} ({v['tuned']:.2f} vs base {v['base']:.2f}) "
-                         f"{'PASS' if v['pass'] else 'FAIL'}")
+            scorer = f" ({v['scorer']} scorer)" if v.get("scorer") else ""
+            lines.append(f"retention {key}{scorer}: {_pct(v['retained'])} ({v['tuned']:.2f} vs base "
+                         f"{v['base']:.2f}) {'PASS' if v['pass'] else 'FAIL'}")
     t = metrics["train"]
     lines.append(f"training: {t['steps']} steps in {t['train_seconds']:.0f}s, final loss {t['final_loss']:.4f}")
     return lines
@@ -79,7 +87,7 @@ def _cell(r: dict) -> str:
     if "accuracy" in r and r["accuracy"] <= 1:
         return _pct(r["accuracy"])
     if "f1" in r and "exact_match" in r:
-        return f"F1 {r['f1']:.1f} / EM {r['exact_match']:.1f}"
+        return f"F1 {r['f1']:.1f} / EM {r['exact_match']:.1f}" + (f" ({r['scorer']})" if r.get("scorer") else "")
     metric = r.get("primary_metric")
     if metric in r:
         return f"{metric} {r[metric]:.2f}"
@@ -93,6 +101,9 @@ def write_report(recipe: Recipe, metrics: dict, out: Path) -> None:
         lines += [recipe.description.strip(), ""]
     if metrics.get("pretraining"):
         out.write_text("\n".join(lines + pretraining_report(metrics)), encoding="utf-8")
+        return
+    if metrics.get("course"):
+        out.write_text("\n".join(lines + course_report(metrics, out.parent)), encoding="utf-8")
         return
     lines += ["## Summary", ""] + [f"- {x}" for x in summary_lines(metrics)] + [""]
     if "checkpoints" in metrics:
@@ -239,3 +250,158 @@ def _pretraining_cell(r: dict | None) -> str:
     if "samples" in r:
         return f"Rouge-L {r['rougeL_f']:.1f}" + (f", facts {_pct(r['fact_recall'])}" if "fact_recall" in r else "")
     return _cell(r)
+
+
+# --- the course report: a fine-tuning run on a pretraining run ---------------------------------------------
+
+def _num(value, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else "–"
+
+
+def _rate(value) -> str:
+    return _pct(value) if isinstance(value, (int, float)) else "–"
+
+
+def _course_results(metrics: dict) -> tuple[dict, dict]:
+    """(the pretrained model's results, the best fine-tuned checkpoint's), by task label."""
+    return metrics.get("base") or {}, _best_results(metrics)
+
+
+def _qa_labels(results: dict) -> list[str]:
+    return [label for label, r in results.items() if isinstance(r, dict) and "stop_rate" in r]
+
+
+def course_summary_lines(metrics: dict) -> list[str]:
+    base, tuned = _course_results(metrics)
+    pre = metrics.get("base_pretraining") or {}
+    lines = [f"pretrained: {metrics['base_run']} ({pre.get('best_checkpoint') or metrics['base_model']}); "
+             f"fine-tuned: {metrics.get('best_checkpoint')} (best by {metrics.get('best_by')}), "
+             f"template {metrics.get('template')}"]
+    for label, r in _of_kind(tuned, "unigram_perplexity").items():
+        b = base.get(label, {})
+        lines.append(f"{label}: validation perplexity {_num(b.get('perplexity'), '.2f')} pretrained -> "
+                     f"{r['perplexity']:.2f} fine-tuned (unigram {r['unigram_perplexity']:.2f})")
+    for label in _qa_labels(tuned):
+        r, b = tuned[label], base.get(label, {})
+        lines.append(f"{label}: Rouge-L F {_num(b.get('rougeL_f'), '.1f')} -> {r['rougeL_f']:.1f} over {r['n']} "
+                     f"held-out pairs ({r['segmentation']}); exact {_rate(b.get('exact'))} -> {_rate(r['exact'])}; "
+                     f"stop rate {_rate(b.get('stop_rate'))} -> {_rate(r['stop_rate'])}; answer length "
+                     f"{_num(b.get('answer_chars'), '.1f')} -> {r['answer_chars']:.1f} characters")
+    losses = metrics.get("qa_loss") or {}
+    best = metrics.get("best_checkpoint")
+    if "base" in losses and best in losses:
+        lines.append(f"held-out answer loss (answer + EOT after question + separator): {losses['base']['loss']:.3f} "
+                     f"pretrained -> {losses[best]['loss']:.3f} fine-tuned")
+    t = metrics["train"]
+    lines.append(f"fine-tuning: {t['steps']} steps in {t['train_seconds']:.0f}s on {t['samples']:,} pairs, final loss "
+                 f"{t['final_loss']:.4f}")
+    return lines
+
+
+def _answer_cell(sample: dict | None) -> str:
+    if not sample:
+        return "–"
+    return _md(sample["answer"], 120) + (" ■" if sample.get("finish_reason") == "stop" else " …")
+
+
+def course_report(metrics: dict, run_dir: Path) -> list[str]:
+    base, tuned = _course_results(metrics)
+    best = metrics.get("best_checkpoint")
+    lines = ["## Summary", ""] + [f"- {x}" for x in course_summary_lines(metrics)] + [""]
+    lines += [f"## Pretrained vs fine-tuned ({best})", "",
+              "Each model with its own template: the pretrained one continues the question as text (template "
+              f"`none`), the fine-tuned one answers after the separator (template `{metrics.get('template')}`).", "",
+              "| task | measure | pretrained | fine-tuned |", "|---|---|---|---|"]
+    for label, r in _of_kind(tuned, "unigram_perplexity").items():
+        b = base.get(label, {})
+        lines.append(f"| {label} | perplexity on the corpus's {r.get('split', 'val')} split ({r['tokens']:,} tokens; "
+                     f"unigram {r['unigram_perplexity']:.2f}) | {_num(b.get('perplexity'), '.2f')} | "
+                     f"{r['perplexity']:.2f} |")
+    for label in _qa_labels(tuned):
+        r, b = tuned[label], base.get(label, {})
+        lines += [f"| {label} | Rouge-L F ({r['n']} held-out pairs, {r['segmentation']}) | "
+                  f"{_num(b.get('rougeL_f'), '.1f')} | {r['rougeL_f']:.1f} |",
+                  f"| {label} | exact answers (Rouge-L F = 1) | {_rate(b.get('exact'))} | {_rate(r['exact'])} |",
+                  f"| {label} | stop rate (ended by a stop token before max_new_tokens) | "
+                  f"{_rate(b.get('stop_rate'))} | {_rate(r['stop_rate'])} |",
+                  f"| {label} | mean answer length (characters) | {_num(b.get('answer_chars'), '.1f')} | "
+                  f"{r['answer_chars']:.1f} |"]
+    losses = metrics.get("qa_loss") or {}
+    if "base" in losses and best in losses:
+        lines.append(f"| {metrics.get('qa_task')} | answer loss per token (answer + EOT, {losses[best]['pairs']} "
+                     f"pairs) | {losses['base']['loss']:.3f} | {losses[best]['loss']:.3f} |")
+    lines.append("")
+    lines += ["## Loss curves", "", "![fine-tuning loss and held-out answer loss](course.png)", "",
+              "Training loss: answer and EOT tokens of the training pairs (per logged window). Validation: the same "
+              "loss on the held-out pairs at step 0 (the pretrained model, asked with the separator it never saw) "
+              "and at every checkpoint; the best checkpoint is the lowest."]
+    pre_png = Path(metrics["base_run"]) / "loss.png"
+    if pre_png.is_file():
+        rel = Path(os.path.relpath(pre_png.resolve(), Path(run_dir).resolve())).as_posix()
+        lines += ["", f"Pretraining ({metrics['base_run']}): ![pretraining loss: training and validation]({rel})"]
+    lines.append("")
+    checkpoints = metrics.get("checkpoints") or {}
+    names = list(dict.fromkeys([n for n in losses if n != "base"] + list(checkpoints)))
+    labels = list(next(iter(checkpoints.values()))) if checkpoints else []
+    if names:
+        lines += ["## Every checkpoint", "", "| checkpoint | held-out answer loss | " + " | ".join(labels) + " |",
+                  "|---|---|" + "---|" * len(labels)]
+        for name in ["base", *names]:
+            res = base if name == "base" else checkpoints.get(name, {})
+            loss = (losses.get(name) or {}).get("loss")
+            title = "pretrained (step 0)" if name == "base" else name + (" (best)" if name == best else "")
+            cells = [_course_cell(res.get(label)) for label in labels]
+            lines.append(f"| {title} | {_num(loss, '.4f')} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for label in _qa_labels(tuned):
+        before = {s["id"]: s for s in (base.get(label) or {}).get("samples", [])}
+        lines += [f"## Sample answers: {label}", "",
+                  "■ the answer ended by itself (a stop token); … it was cut at max_new_tokens.", "",
+                  "| question | reference | pretrained | fine-tuned |", "|---|---|---|---|"]
+        for sample in tuned[label].get("samples", []):
+            lines.append(f"| {_md(sample['question'])} | {_md(sample['reference'])} | "
+                         f"{_answer_cell(before.get(sample['id']))} | {_answer_cell(sample)} |")
+        lines.append("")
+    lines += ["## Chat with both", "", "```bash",
+              f"tunelab ui --model sft={run_dir} --model pretrained={metrics['base_run']}", "```", "",
+              "Side by side, the fine-tuned model answers with its template and stops at EOT; the pretrained one "
+              "continues the text.", "",
+              "Recipe: `recipe.yaml` in this directory. Per-step log: `metrics.jsonl`; all numbers: `metrics.json`; "
+              "every answer: `eval/*/*.predictions.jsonl`.", ""]
+    return lines
+
+
+def _course_cell(r: dict | None) -> str:
+    if not r:
+        return "–"
+    if "stop_rate" in r:
+        return f"Rouge-L {r['rougeL_f']:.1f}, stop {_rate(r['stop_rate'])}"
+    return _pretraining_cell(r)
+
+
+def plot_course_curves(metrics_path: Path, qa_loss: dict, out_png: Path, title: str) -> Path | None:
+    """The fine-tuning loss per logged window and the held-out answer loss at step 0 and every checkpoint."""
+    from tunelab.train.plots import read_metrics
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
+    if not rows and not qa_loss:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if rows:
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="tab:blue", label="training loss")
+    points = sorted((v["step"], v["loss"]) for v in qa_loss.values())
+    if points:
+        ax.plot([p[0] for p in points], [p[1] for p in points], color="tab:green", marker="o", markersize=4,
+                label="held-out answer loss (step 0: pretrained)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per answer/EOT token")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{title}: fine-tuning")
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)

@@ -1188,3 +1188,80 @@ def cli_generate(args) -> int:
           f"{duplicates} exact duplicates; noise {'off' if args.no_noise else 'on'}) and {len(qa)} QA pairs "
           f"to {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+# --- QA pairs for supervised fine-tuning, split as the corpus split the articles ---------------------------
+
+def _question_key(text: str) -> str:
+    import unicodedata
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).lower()
+
+
+def split_qa_by_corpus(qa_files: list[str | Path], corpus: str | Path, out: str | Path) -> dict:
+    """Write OUT/train.jsonl and OUT/val.jsonl: the QA pairs ({question, answer, source_id}: this generator's
+    qa.jsonl, or pairs synthesised from the articles) of the corpus's val-split articles, held out, and those of
+    its train-split articles for fine-tuning. Returns the counts (also in OUT/summary.json).
+
+    The corpus's document split decides, so the held-out articles are ones the pretrained model never read.
+    Their facts recur in other articles, asked in the same words (one question per fact), so a training pair
+    that asks a held-out question is dropped too: no held-out question is ever trained on. Exact repeats of a
+    pair within a split are kept once; pairs of articles the corpus does not hold (dropped as duplicates or too
+    short) are counted, not used. Records are alpaca ({id, instruction: question, output: answer, source_id}), which
+    training and the `rougel` task read. Built in a temporary sibling and renamed: an existing OUT is refused."""
+    from tunelab.data.corpus_store import read_docs, read_meta
+    from tunelab.data.records import iter_records, require_str, write_json
+    out = Path(out)
+    if out.exists():
+        raise TunelabError("output already exists; choose a new directory", file=out)
+    read_meta(corpus)  # says why a folder is not a finished corpus
+    split_of = {str(d["id"]): d["split"] for d in read_docs(corpus) if d.get("id") is not None}
+    pairs: dict[str, list[dict]] = {"train": [], "val": []}
+    seen: dict[str, set[tuple[str, str]]] = {"train": set(), "val": set()}
+    counts = Counter()
+    for qa_file in qa_files:
+        qa_file = Path(qa_file)
+        for line, rec in iter_records(qa_file):
+            question, answer = require_str(rec, "question", qa_file, line), require_str(rec, "answer", qa_file, line)
+            source = require_str(rec, "source_id", qa_file, line)
+            split = split_of.get(source)
+            if split is None:
+                counts["not_in_corpus"] += 1
+                continue
+            key = (_question_key(question), _question_key(answer))
+            if key in seen[split]:
+                counts["repeated"] += 1
+                continue
+            seen[split].add(key)
+            pairs[split].append({"id": f"{source}-{len(pairs[split])}", "instruction": question, "output": answer,
+                                 "source_id": source})
+    held_out = {_question_key(p["instruction"]) for p in pairs["val"]}
+    train = [p for p in pairs["train"] if _question_key(p["instruction"]) not in held_out]
+    summary = {"corpus": str(corpus), "qa_files": [str(f) for f in qa_files], "train": len(train),
+               "val": len(pairs["val"]), "train_asking_held_out": len(pairs["train"]) - len(train),
+               "train_articles": len({p["source_id"] for p in train}),
+               "val_articles": len({p["source_id"] for p in pairs["val"]}),
+               "repeated": counts["repeated"], "not_in_corpus": counts["not_in_corpus"]}
+    if not train or not pairs["val"]:
+        raise TunelabError(f"no QA pair of the corpus's {'val' if not pairs['val'] else 'train'} split to use "
+                           f"(source_id must name the corpus documents' id; {summary})", file=qa_files[0])
+    tmp = staging_dir(out)
+    try:
+        tmp.mkdir(parents=True)
+        write_jsonl(tmp / "train.jsonl", train)
+        write_jsonl(tmp / "val.jsonl", pairs["val"])
+        write_json(tmp / "summary.json", summary)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def cli_split_qa(args) -> int:
+    """`tunelab data qa-split`: write the split and print its counts."""
+    s = split_qa_by_corpus(args.qa, args.corpus, args.out)
+    print(f"{s['val']:,} held-out pairs ({s['val_articles']:,} val-split articles) and {s['train']:,} training pairs "
+          f"({s['train_articles']:,} train-split articles; {s['train_asking_held_out']:,} asking a held-out question "
+          f"and {s['repeated']:,} repeats left out, {s['not_in_corpus']:,} of articles not in the corpus) "
+          f"-> {args.out}")
+    return 0

@@ -3,7 +3,12 @@ training, evaluation and serving format prompts identically.
 
 `none` is the template of a plain continuation model (a pretrained GPT): the prompt is the text as is, and
 its chat template concatenates the messages' contents with nothing between them and no EOS after an
-answer, so `tunelab serve` / `tunelab ui` let such a model continue whatever the conversation holds."""
+answer, so `tunelab serve` / `tunelab ui` let such a model continue whatever the conversation holds.
+
+`sep` is the question-answer layout of supervised fine-tuning on a pretrained MiniGPT: question, the separator
+SEP (`<|sep|>`, a special token of `tunelab tokenizer train`'s tokenizers), answer, EOT. The trainer puts the
+loss on the answer and the EOT only (`data.packing.encode_examples`), so the model learns where an answer
+stops. With a tokenizer that lacks SEP the same characters are ordinary text and still separate."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ ALPACA_HEADER = ("Below is an instruction that describes a task. "
 ALPACA_INPUT_HEADER = ("Below is an instruction that describes a task, paired with an input that provides "
                        "further context. Write a response that appropriately completes the request.\n\n")
 COT_SUFFIX = " Let's think step by step."
+SEP = "<|sep|>"  # tunelab.model.tokenizer.SEP (the data stage does not import the model stage)
 
 # name -> (no-input template, with-input template); {instruction} and {input} are filled in.
 TEMPLATES: dict[str, tuple[str, str]] = {
@@ -26,6 +32,7 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "plain": ("{instruction}\n", "{instruction}\n{input}\n"),
     "qa": ("Q: {instruction}\nA: ", "Q: {instruction}\n{input}\nA: "),
     "none": ("{instruction}", "{instruction}\n{input}"),
+    "sep": ("{instruction}" + SEP, "{instruction}\n{input}" + SEP),
 }
 
 # every message's content, in order, as one text to continue

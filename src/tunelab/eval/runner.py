@@ -43,12 +43,13 @@ def evaluate_examples(model, tokenizer, template: PromptTemplate, task: str | Ta
 def _run_generate(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc):
     prompts = [task.prompt(ex, template) for ex in examples]
     max_new_tokens = getattr(task, "max_new_tokens", None) or max_new_tokens  # a task's own length wins
-    preds = generate_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
+    completions = complete_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
     graded, rows = [], []
-    for ex, pred in zip(examples, preds):
-        g = task.grade(pred, ex)
+    for ex, c in zip(examples, completions):
+        # why the answer ended ("stop": a stop token or string; "length": max_new_tokens), for a stop rate
+        g = {**task.grade(c.text, ex), "finish_reason": c.finish_reason}
         graded.append(g)
-        rows.append({"id": ex.id, "problem": ex.instruction, "prediction": pred, "reference": ex.output, **g})
+        rows.append({"id": ex.id, "problem": ex.instruction, "prediction": c.text, "reference": ex.output, **g})
     return graded, rows
 
 
@@ -85,9 +86,9 @@ def _run_perplexity(model, tokenizer, task, examples, batch_size, desc):
     return graded, rows
 
 
-def generate_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc):
-    from tunelab.model.decoding import generate_batched
-    return generate_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+def complete_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc):
+    from tunelab.model.decoding import complete_batched
+    return complete_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             desc=desc)
 
 

@@ -4,6 +4,12 @@ output(s).
 Data: alpaca/reading/conversations/messages files, or QA records {question, answer | answers}
 (`read_rouge_examples`; every answer is a reference, the best one counts). Setting `segmentation`
 (auto|char|jieba|word; `tunelab eval --segmentation`) is recorded in the results.
+
+Besides Rouge-L: `exact` (share of answers with F = 1), `stop_rate` — the share of answers that ended with a
+stop token (EOT, the chat template's end of turn) or stop string before `max_new_tokens`, as the runner
+reports each answer's finish reason: what supervised fine-tuning must teach a pretrained model, which
+otherwise writes on to the length limit — and `answer_chars` (mean answer length). `samples` (default 5)
+answers are kept in the metrics ({id, question, answer, reference, finish_reason}) for the report.
 """
 
 from __future__ import annotations
@@ -49,12 +55,15 @@ class RougeLTask(Task):
     name = "rougel"
     primary_metric = "rougeL_f"
     default_format = "alpaca"
-    settings = ("segmentation",)
+    settings = ("segmentation", "samples")
     segmentation = "auto"
+    samples = 5
 
     def configure(self, **values: Any) -> "Task":
         super().configure(**values)
         resolve_segmentation(self.segmentation)  # an unknown name fails before any model work
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 0:
+            raise TunelabError(f"samples must be a whole number >= 0, got {self.samples!r}", field="samples")
         return self
 
     def load_examples(self, path: str | Path) -> list[Example]:
@@ -63,10 +72,20 @@ class RougeLTask(Task):
     def grade(self, prediction: str, example: Example) -> dict[str, Any]:
         golds = example.answers or [example.output]
         s = rouge_l(prediction.strip(), golds, self.segmentation)
-        return {"correct": s["fmeasure"] == 1.0, "rougeL_f": s["fmeasure"], "rougeL_p": s["precision"],
-                "rougeL_r": s["recall"], "segmentation": s["segmentation"], "kind": example.kind}
+        return {"id": example.id, "correct": s["fmeasure"] == 1.0, "rougeL_f": s["fmeasure"],
+                "rougeL_p": s["precision"], "rougeL_r": s["recall"], "segmentation": s["segmentation"],
+                "kind": example.kind, "question": example.instruction, "answer": prediction,
+                "reference": golds[0]}
 
     def summarize(self, graded: list[dict[str, Any]]) -> dict[str, Any]:
         scores = [{"fmeasure": g["rougeL_f"], "precision": g["rougeL_p"], "recall": g["rougeL_r"],
                    "segmentation": g["segmentation"]} for g in graded]
-        return {**summarize_rouge(scores, self.segmentation), "segmentation_requested": self.segmentation}
+        n = len(graded)
+        ended = [g["finish_reason"] for g in graded if "finish_reason" in g]
+        return {**summarize_rouge(scores, self.segmentation), "segmentation_requested": self.segmentation,
+                "exact": sum(g["correct"] for g in graded) / n if n else 0.0,
+                "stop_rate": ended.count("stop") / len(ended) if ended else None,
+                "answer_chars": sum(len(g["answer"]) for g in graded) / n if n else 0.0,
+                "samples": [{"id": g["id"], "question": g["question"], "answer": g["answer"],
+                             "reference": g["reference"], "finish_reason": g.get("finish_reason")}
+                            for g in graded[: self.samples]]}
