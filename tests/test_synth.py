@@ -294,7 +294,8 @@ def test_validated_pairs_rejections_by_reason_and_the_request_shape(tmp_path, ca
         if i == 3:
             return 200, {}, completion(pairs_json(*(good_pairs(3) * 3)), finish="length"), 0.0
         if i == 4:      # only repeats city 0's questions (answered from its own article): done, nothing new
-            return 200, {}, completion(pairs_json(*[(q, a) for (q, _), (_, a) in zip(good_pairs(0), good_pairs(4))])), 0.5
+            same = [(q, a) for (q, _), (_, a) in zip(good_pairs(0), good_pairs(4))]
+            return 200, {}, completion(pairs_json(*same)), 0.5
         return good_reply(body, n)
 
     with FakeServer(reply) as srv:
@@ -323,7 +324,8 @@ def test_validated_pairs_rejections_by_reason_and_the_request_shape(tmp_path, ca
     status = [r for r in read_jsonl(tmp_path / "qa.status.jsonl") if "key" in r]
     failed = [r for r in status if r["status"] == "failed"]
     assert len(status) == 6 and [r["key"] for r in failed] == ["city-3"]
-    assert failed[0]["attempts"] == 3 and "too_many_pairs" in failed[0]["reason"] and "max_tokens" in failed[0]["reason"]
+    assert failed[0]["attempts"] == 3 and "too_many_pairs" in failed[0]["reason"]
+    assert "max_tokens" in failed[0]["reason"]
     out = capsys.readouterr().out
     assert "pairs accepted 12" in out and "failed articles: too_many_pairs 1" in out
 
@@ -373,6 +375,23 @@ def test_429_retry_after_5xx_and_timeouts_are_retried_then_recorded(tmp_path):
     assert len(pairs) == 9 and len({p["question"] for p in pairs}) == 9
     report = json.loads((tmp_path / "qa.report.json").read_text(encoding="utf-8"))
     assert report["output"] == {"pairs": 9, "articles_done": 3, "articles_failed": 0}
+
+
+def test_retry_after_forms_and_backoff_bounds():
+    import email.utils
+
+    from tunelab.synth.client import retry_after_seconds
+    from tunelab.synth.runner import MAX_BACKOFF, MAX_RETRY_AFTER, backoff_delay
+    assert retry_after_seconds({"retry-after": "2"}) == 2.0
+    assert retry_after_seconds({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= retry_after_seconds({"retry-after": when}) <= 30
+    assert retry_after_seconds({"retry-after": "soon"}) is None and retry_after_seconds({}) is None
+    assert retry_after_seconds({"retry-after": "-5"}) == 0.0
+    assert backoff_delay(1, 1.0, 7.0) == 7.0 and backoff_delay(1, 1.0, 1e9) == MAX_RETRY_AFTER
+    assert all(0.5 <= backoff_delay(1, 1.0, None) <= 1.0 and 2.0 <= backoff_delay(3, 1.0, None) <= 4.0
+               for _ in range(50))
+    assert backoff_delay(40, 1.0, None) <= MAX_BACKOFF
 
 
 def test_concurrency_limit_is_kept(tmp_path):
@@ -548,7 +567,8 @@ def test_real_server_concurrent_requests_are_counted_and_a_too_long_prompt_fails
     rc = main(["synth", "qa", "--corpus", str(tmp_path / "articles.jsonl"), "--endpoint", served_url + "/v1",
                "--model", "tiny", "--api-key", KEY, "--out", str(tmp_path / "qa.jsonl"), "--no-progress",
                "--template", str(tmp_path / "t.txt"), "--max-tokens", "16", "--temperature", "0",
-               "--retries", "1", "--concurrency", "6", "--chunk-chars", "10000", "--backoff", "0.01"])
+               "--retries", "1", "--concurrency", "6", "--chunk-chars", "10000", "--backoff", "0.01",
+               "--min-chars", "20"])
     assert rc == 0
     after = httpx.get(served_url + "/stats", headers={"Authorization": f"Bearer {KEY}"}).json()
     report = json.loads((tmp_path / "qa.report.json").read_text(encoding="utf-8"))

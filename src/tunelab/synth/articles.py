@@ -130,7 +130,9 @@ class ArticleSource:
             seen.add(source_id)
             chunks = chunk_text(text, self.options.chunk_chars)
             for k, chunk in enumerate(chunks):
-                shown = f"{title}\n\n{chunk}" if title and not chunk.startswith(title) else chunk
+                # the title as a header line, unless the text already starts with it (a raw wiki line does);
+                # a body that merely begins with the title's words ("周国承（1940—2000）是…") still gets it
+                shown = f"{title}\n\n{chunk}" if title and not chunk.startswith(title + "\n") else chunk
                 if len(chunks) == 1:
                     yield Article(source_id, source_id, None, shown)
                 else:

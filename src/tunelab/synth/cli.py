@@ -33,7 +33,8 @@ def _check(args) -> None:
         if value < 1:
             raise TunelabError(f"must be at least 1, got {value}", field=flag)
     if args.max_pairs < args.min_pairs:
-        raise TunelabError(f"must be at least --min-pairs ({args.min_pairs}), got {args.max_pairs}", field="--max-pairs")
+        raise TunelabError(f"must be at least --min-pairs ({args.min_pairs}), got {args.max_pairs}",
+                           field="--max-pairs")
     for flag, value in {"--retries": args.retries, "--min-chars": args.min_chars}.items():
         if value < 0:
             raise TunelabError(f"must be 0 or more, got {value}", field=flag)

@@ -46,7 +46,8 @@ _NEEDS_ARTICLE_ZH = re.compile(r"这篇|本文|文中|上文|下文|原文|该�
 _PRONOUN_ZH = re.compile(r"^\s*(?:请问)?(?:他们|她们|它们|他|她|它|其(?![他实中])|该|此"   # 这/那 only as demonstratives:
                          r"|[这那](?=[个些座位条种次件篇部本家所项一段里是样名首幅场年时]))")     # 那不勒斯 is a city
 _NEEDS_ARTICLE_EN = re.compile(r"\b(?:the|this|that|above|given)\s+(?:passage|article|text|paragraph|excerpt|"
-                               r"document|story|author(?!\s+of\b)|reading)\b|\bmentioned above\b|\babove[- ]mentioned\b",
+                               r"document|story|author(?!\s+of\b)|reading)\b"
+                               r"|\bmentioned above\b|\babove[- ]mentioned\b",
                                re.I)
 _PRONOUN_EN = re.compile(
     r"^\s*(?:(?:what|when|where|why|how|who|whom|whose|which)(?:\s+(?:many|much|long|old|year|kind|type))?\s+)?"
