@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no wiki-dump noise (empty brackets, markup, stray whitespace, duplicates)")
     q.set_defaults(func=_call("tunelab.data.encyclopedia:cli_generate"))
 
+    q = data.add_parser("qa-split", help="QA pairs split as a corpus split their articles: train.jsonl for "
+                                         "fine-tuning, val.jsonl held out")
+    q.add_argument("qa", nargs="+", help="JSONL files of {question, answer, source_id} (source_id: a corpus doc id)")
+    q.add_argument("--corpus", required=True, help="the prepared corpus whose document split decides")
+    q.add_argument("--out", required=True, help="new directory for train.jsonl, val.jsonl and summary.json")
+    q.set_defaults(func=_call("tunelab.data.encyclopedia:cli_split_qa"))
+
     q = data.add_parser("convert", help="convert competition data to a training format")
     q.add_argument("input", help="competition JSON/JSONL ({problem, solution})")
     q.add_argument("--out", required=True)
@@ -218,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="new output directory")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--format", choices=["hf", "mindspore", "both"], default="hf",
+                   help="mindspore: MindFormers model.ckpt + model_config.yaml instead of safetensors; both: "
+                        "the HF directory plus mindspore/")
     p.set_defaults(func=_call("tunelab.model.export:cli_export"))
 
     p = verbs.add_parser("convert", help="Hugging Face directory <-> MindFormers .ckpt (Llama-2/3, InternLM)")
@@ -231,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HF -> .ckpt: fused w_qkv / w_gate_hidden, for a MindFormers YAML with qkv_concat: True")
     p.add_argument("--max-shard-gb", type=float, default=5.0, help=".ckpt -> HF: safetensors shard size")
     p.set_defaults(func=_call("tunelab.model.mindformers_convert:cli_convert"))
+
+    p = verbs.add_parser("handin", help="the competition submission: five merged checkpoints, configs, logs, "
+                                        "predictions, report, environment, description, checksums")
+    p.add_argument("run", help="a finished run directory (tunelab run)")
+    p.add_argument("--out", required=True, help="new bundle directory")
+    p.add_argument("--format", choices=["mindspore", "hf", "both"], default="mindspore",
+                   help="checkpoint format: MindFormers .ckpt (default), HF safetensors, or both")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    p.add_argument("--base-packages", default=None, metavar="FILE",
+                   help="pip freeze of the organisers' base image: environment.txt lists only the additions")
+    p.set_defaults(func=_call("tunelab.handin:cli_handin"))
 
     # ratio / score -------------------------------------------------------------------------------
     p = verbs.add_parser("ratio", help="trainable / total parameters of a LoRA setup (meta device, no weights)")
@@ -257,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or env TUNELAB_API_KEY)")
     p.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together")
+    p.add_argument("--max-request-bytes", type=int, default=2_000_000,
+                   help="larger request bodies are refused with 413 before they are read further")
+    p.add_argument("--max-sequences", type=int, default=64, help="most sequences (prompts × n) in one request")
     p.add_argument("--name", default=None, help="model id clients use (default: run/checkpoint name)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of a run")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
@@ -276,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default="arena.sqlite", help="SQLite file for arena votes")
     p.add_argument("--min-votes", type=int, default=10, help="votes a model needs before it is ranked")
     p.add_argument("--max-batch", type=int, default=16, help="batch limit of each local model's engine")
+    p.add_argument("--auth", default=None, metavar="USER:PASS",
+                   help="require this login for the whole UI, exports included (USER:env:VAR reads the password "
+                        "from VAR); without it, listening beyond localhost prints a warning")
+    p.add_argument("--connect-timeout", type=float, default=3.0, help="seconds to reach a remote model")
+    p.add_argument("--first-token-timeout", type=float, default=20.0,
+                   help="seconds a remote model gets to send its first text")
+    p.add_argument("--deadline", type=float, default=180.0, help="seconds a remote model gets for a whole answer")
     p.set_defaults(func=_call("tunelab.serve.ui:cli_ui"))
 
     # synth ---------------------------------------------------------------------------------------
