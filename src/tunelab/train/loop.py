@@ -233,6 +233,10 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    from tunelab.train.precision import training_precision
+    precision, note = training_precision(tc.precision, device)
+    if note and dist.rank == 0:
+        print(f"note: {note}")
 
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
     examples = [] if recipe.data.corpus else training_examples(recipe)
@@ -257,7 +261,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                                                        recipe.lora.target_modules))
         from tunelab.train.dropout import use_fast_lora_dropout
         use_fast_lora_dropout(model)
-        if tc.precision == "bf16":
+        if precision == "bf16":
             from tunelab.model.lora import skip_lora_input_casts
             skip_lora_input_casts(model)
     model.to(device)
@@ -268,7 +272,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     trainable, total = count_parameters(model)
     from tunelab.train.mfu import flops_per_token, measure_peak_tflops, mfu
     flops_tok = flops_per_token(model, recipe.data.max_seq_len)
-    peak_tflops = tc.peak_tflops or measure_peak_tflops(device, tc.precision)
+    peak_tflops = tc.peak_tflops or measure_peak_tflops(device, precision)
 
     rows_per_step = tc.batch_size * tc.grad_accum * dist.world
     total_steps = tc.max_steps or max(1, int(tc.epochs * stream.rows_per_epoch // rows_per_step))
@@ -351,7 +355,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             batch = {k: v.to(device) for k, v in batch.items()}
             sync = i == len(batches) - 1 or dist.world == 1
             ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
-            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
             with ctx, autocast:
                 loss = train_model(**batch, num_items_in_batch=max(1, global_items))
             (loss * dist.world).backward()  # DDP averages gradients over ranks; undo it for a global sum
@@ -381,7 +385,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             t_val = time.perf_counter()
             val = val_record(done, *_all_sum(dist, list(validation_sums(
                 loss_model, val_rows, tc.batch_size, tokenizer.pad_token_id, recipe.data.packing, device,
-                tc.precision == "bf16", dist.rank, dist.world))))
+                precision == "bf16", dist.rank, dist.world))))
             t_window += time.perf_counter() - t_val  # tokens/s and MFU count training time only
             stop = stopper.update(val["val_loss"]) and done < total_steps  # at the last step: simply the end
         if done % tc.log_every == 0 or done == total_steps or stop:
@@ -434,7 +438,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     summary = {"steps": stopped_early_at or total_steps, "resumed_from": start_step, "final_loss": last_loss,
                "train_seconds": elapsed, "trainable_params": trainable, "total_params": total,
                "samples": samples, "truncated": truncated, "rows_per_epoch": stream.rows_per_epoch,
-               "padding_pct": stream.padding_pct, "world_size": dist.world,
+               "padding_pct": stream.padding_pct, "world_size": dist.world, "precision": precision,
                "checkpoints": [str(p) for p in list_checkpoints(run_dir)],
                "best_checkpoint": best, "best_val_loss": best_val, "stopped_early_at": stopped_early_at,
                "flops_per_token": flops_tok, "peak_tflops": peak_tflops,
