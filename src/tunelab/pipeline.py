@@ -176,6 +176,7 @@ def _run_course(recipe: Recipe, sets: dict, summary: dict, template, base_run: P
     qa_label = next((label for label, es in sets.items() if es.task.name == "rougel"), None)
     qa_loss: dict[str, dict] = {}
     if qa_label:
+        from tunelab.eval.runner import answer_loss
         examples = sets[qa_label].examples
         for name, step, model_dir in [("base", 0, recipe.model.path),
                                       *((c.name, int(c.name.split("-")[-1]), model_dir_of(c)) for c in ckpts)]:
@@ -206,19 +207,6 @@ def _run_course(recipe: Recipe, sets: dict, summary: dict, template, base_run: P
     from tunelab.report import write_report
     write_report(recipe, metrics, run_dir / "report.md")
     return metrics
-
-
-def answer_loss(model_dir, template, examples: list, batch_size: int) -> dict:
-    """The fine-tuning loss on held-out pairs: mean NLL per token of answer + EOS after the rendered question,
-    exactly the positions the trainer scores (`data.packing.encode_examples`), in float32."""
-    from tunelab.eval.loglik import loglikelihood
-    from tunelab.model.loading import load_for_inference, quiet_transformers
-    quiet_transformers()
-    model, tokenizer = load_for_inference(str(model_dir), merge=True)
-    requests = [(template.render(ex.instruction, ex.input), ex.output + tokenizer.eos_token) for ex in examples]
-    results = loglikelihood(model, tokenizer, requests, batch_size=batch_size)
-    tokens = sum(r.tokens for r in results)
-    return {"loss": -sum(r.logprob for r in results) / max(1, tokens), "tokens": tokens, "pairs": len(results)}
 
 
 def throughput(summary: dict) -> dict:

@@ -119,3 +119,16 @@ def evaluate_model_dir(model_dir: str | Path, sets: dict[str, EvalSet], out_dir:
     if write_results:
         write_json(Path(out_dir) / "results.json", results)
     return results
+
+
+def answer_loss(model_dir, template, examples: list, batch_size: int) -> dict:
+    """The fine-tuning loss on held-out pairs: mean NLL per token of answer + EOS after the rendered question,
+    exactly the positions the trainer scores (`data.packing.encode_examples`), in float32."""
+    from tunelab.eval.loglik import loglikelihood
+    from tunelab.model.loading import load_for_inference, quiet_transformers
+    quiet_transformers()
+    model, tokenizer = load_for_inference(str(model_dir), merge=True)
+    requests = [(template.render(ex.instruction, ex.input), ex.output + tokenizer.eos_token) for ex in examples]
+    results = loglikelihood(model, tokenizer, requests, batch_size=batch_size)
+    tokens = sum(r.tokens for r in results)
+    return {"loss": -sum(r.logprob for r in results) / max(1, tokens), "tokens": tokens, "pairs": len(results)}
