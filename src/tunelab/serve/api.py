@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.serve.engine import Output, SamplingParams, Sequence, TokenLogprob  # noqa: E402
-from tunelab.serve.models import ServedModel  # noqa: E402
+from tunelab.serve.models import ServedModel, release_heap  # noqa: E402
 from tunelab.serve.protocol import (APIError,  # noqa: E402
                                     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, Limits,
                                     TokenizeRequest, error_body)
@@ -51,6 +51,7 @@ from tunelab.serve.protocol import (APIError,  # noqa: E402
 log = logging.getLogger("tunelab.serve")
 
 OPEN_PATHS = ("/health",)
+BIG_BYTES = 1_000_000     # a body or /tokenize answer this large is followed by release_heap()
 
 
 class BearerAuth:
@@ -114,6 +115,7 @@ class BodyLimit:
                 await self._refuse(scope, receive, send, more)
                 return
         body, replayed = b"".join(chunks), False
+        del chunks
 
         async def replay():
             nonlocal replayed
@@ -121,7 +123,12 @@ class BodyLimit:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
-        await self.app(scope, replay, send)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            if len(body) > BIG_BYTES:   # parsing it left freed heap behind: give it back, off the event loop
+                del body
+                await asyncio.to_thread(release_heap)
 
 
 class _Job:
@@ -506,8 +513,14 @@ def create_app(served: ServedModel, api_key: str | None = None, limits: Limits =
             body = {"count": len(ids), "max_model_len": served.context_len, "tokens": ids,
                     "token_strs": [served.token_str(i) for i in ids]}
             return json.dumps(body, ensure_ascii=False).encode("utf-8")    # encoded here, not on the event loop
+
+        def run_and_release() -> bytes:
+            data = run()
+            if len(data) > BIG_BYTES:   # its tokens, strings and encoding are freed by now
+                release_heap()
+            return data
         try:
-            return Response(await served.off_loop(run), media_type="application/json")
+            return Response(await served.off_loop(run_and_release), media_type="application/json")
         except Exception as e:  # noqa: BLE001 - a template's raise_exception()
             if req.messages is None:
                 raise

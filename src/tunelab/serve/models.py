@@ -56,6 +56,25 @@ def default_name(path: str | Path, model_dir: Path | str) -> str:
     return Path(str(path).rstrip("/")).name or str(path)
 
 
+_TRIM = None
+
+
+def release_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc's malloc_trim; elsewhere a no-op). Tokenising a 1.5 MB text
+    or parsing a 5 MB body peaks at hundreds of MB of small allocations; freed, glibc keeps those pages for
+    reuse, so a server's RSS would ratchet up with every large request (the soak benchmark saw +576 MB)."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):    # not glibc
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
 class ServedModel:
     def __init__(self, model, tokenizer, name: str, max_batch: int = 16, model_dir: Path | str | None = None,
                  context_len: int | None = None):
