@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,9 @@ def _mindformers_python() -> str | None:
     candidates = [given] if given else [str(ROOT / ".venv-mindformers" / "bin" / "python")]
     for python in candidates:
         if python and Path(python).is_file():
-            probe = subprocess.run([python, "-c", "import mindformers"], capture_output=True, timeout=300)
+            # in a temporary directory: importing mindformers creates ./output/log
+            probe = subprocess.run([python, "-c", "import mindformers"], capture_output=True, timeout=300,
+                                   cwd=tempfile.gettempdir())
             if probe.returncode == 0:
                 return python
     return None
