@@ -73,7 +73,7 @@ def named_verbs() -> list[tuple[str, ...]]:
     code = "\n".join(bash_blocks(README)) + "\n" + "\n".join(re.findall(r"`([^`\n]+)`", README))
     verbs = _subparsers(build_parser())
     named = set()
-    for verb, sub in re.findall(r"(?<![\w./-])tunelab ([a-z]+)(?: ([a-z]+))?", code):
+    for verb, sub in re.findall(r"(?<![\w./-])tunelab ([a-z]+)(?: ([a-z][a-z-]*))?", code):
         assert verb in verbs, f"the README names `tunelab {verb}`, which is not a verb"
         subs = _subparsers(verbs[verb])
         if subs and sub:
@@ -165,6 +165,9 @@ def runs(tmp_path_factory):
     work = tmp_path_factory.mktemp("readme")
     (work / "recipes").symlink_to(ROOT / "recipes")
     (work / "models").symlink_to(ROOT / "models")
+    # the SQuAD dev file the competition recipe's retention check reads (the user brings it)
+    (work / "data").mkdir()
+    (work / "data" / "dev-v1.1.json").write_text(_json_block('"version": "1.1"'), encoding="utf-8")
     results = {}
     with contextlib.chdir(work), pytest.MonkeyPatch.context() as mp:
         # no network: a path the README gets wrong must fail at once, not after the hub client's retries
