@@ -127,3 +127,34 @@ def test_evenly_spaced_accepts_what_training_writes():
         assert evenly_spaced(checkpoint_steps(total, 5)), total
     assert not evenly_spaced([10, 40, 60, 80, 100])
     assert not evenly_spaced([20, 20, 40, 60, 80])
+
+
+def test_a_run_starts_from_the_organisers_ckpt_converted_once(tiny_base, tmp_path, monkeypatch, capsys):
+    """model.path: a MindFormers .ckpt with its YAML and a tokenizer: converted once into the cache (bit for bit
+    the HF weights it came from), trained from, and reused by the next run without converting again."""
+    from safetensors.torch import load_file as load
+
+    from tunelab.model.mindformers_convert import hf_to_mindspore, mindformers_model_config
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    hf_to_mindspore(tiny_base, tmp_path / "base.ckpt")
+    cfg = json.loads((tiny_base / "config.json").read_text())
+    (tmp_path / "predict_base.yaml").write_text(yaml.safe_dump({"model": {"model_config": mindformers_model_config(cfg)}}))
+    model = {"preset": None, "from_scratch": None, "tokenizer_vocab_size": None, "path": str(tmp_path / "base.ckpt"),
+             "mindformers_config": str(tmp_path / "predict_base.yaml"), "tokenizer": str(tiny_base)}
+    sections = lora_sections(tiny_base, max_steps=2)
+    for name in ("first", "second"):
+        path = write_recipe(tmp_path, name, **{**sections, "model": model})
+        assert main(["train", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("converting ") == 1, out
+    [converted] = list((tmp_path / "cache" / "converted").iterdir())
+    assert converted.name.startswith("base-") and (converted / "tokenizer.json").exists()
+    ours, src = load(converted / "model.safetensors"), load(tiny_base / "model.safetensors")
+    assert all(torch.equal(ours[k], src[k]) for k in src)
+    saved = yaml.safe_load((tmp_path / "runs" / "second" / "recipe.yaml").read_text())
+    assert saved["model"]["path"] == str(converted)
+
+    del model["mindformers_config"]
+    path = write_recipe(tmp_path, "third", **{**sections, "model": model})
+    assert main(["train", str(path)]) == 2
+    assert "needs mindformers_config" in capsys.readouterr().err

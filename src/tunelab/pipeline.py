@@ -154,7 +154,14 @@ def split_sft_qa(recipe: Recipe) -> Path | None:
 
 def resolve_base_run(recipe: Recipe) -> Path | None:
     """A `model.path` naming a run directory: replaced by the path of that run's best checkpoint (what serve
-    and eval load for it too); returns the run directory, or None when the path is a model itself."""
+    and eval load for it too); returns the run directory, or None when the path is a model itself. A MindFormers
+    .ckpt is replaced by its converted HF directory (converted once, cached)."""
+    if recipe.model.path and recipe.model.path.endswith(".ckpt"):
+        from tunelab.model.mindformers_convert import hf_dir_for_ckpt
+        m = recipe.model
+        converted = hf_dir_for_ckpt(m.path, m.mindformers_config, m.tokenizer)
+        recipe.model = m.model_copy(update={"path": str(converted), "mindformers_config": None})
+        return None
     path = Path(recipe.model.path) if recipe.model.path else None
     if path is None or not (path / "checkpoints").is_dir():
         return None

@@ -80,7 +80,10 @@ class SourceConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    path: str | None = Field(default=None, description="local HF directory or hub id")
+    path: str | None = Field(default=None, description="local HF directory, hub id, run directory, or a "
+                                                         "MindFormers .ckpt (with mindformers_config and tokenizer)")
+    mindformers_config: str | None = Field(default=None, description="the MindFormers YAML of a .ckpt model.path "
+                                                                     "(its model_config gives the shapes)")
     preset: str | None = Field(default=None, description="llama3-8b, internlm-7b, gemma-2b, tiny, ...")
     from_scratch: bool = False
     overrides: dict[str, Any] = Field(default_factory=dict, description="config overrides for a preset")
@@ -94,6 +97,13 @@ class ModelConfig(_Strict):
             raise ValueError("give exactly one of 'path' or 'preset'")
         if self.from_scratch and self.preset is None:
             raise ValueError("'from_scratch' needs a 'preset' (the architecture to build)")
+        if self.path is not None and self.path.endswith(".ckpt"):
+            missing = [f for f in ("mindformers_config", "tokenizer") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"a MindFormers .ckpt path needs {' and '.join(missing)} (the YAML that gives "
+                                 "its shapes; the tokenizer directory, which a .ckpt does not hold)")
+        elif self.mindformers_config is not None:
+            raise ValueError("'mindformers_config' goes with a .ckpt path")
         return self
 
 

@@ -481,6 +481,37 @@ def mindspore_to_hf(ckpt: str | Path, out: str | Path, config: str | Path, dtype
     return {"parameters": len(found), "shards": len(shard_files), "arch": arch.kind}
 
 
+def converted_cache_root() -> Path:
+    """Where converted base checkpoints are kept: $TUNELAB_CACHE, else $XDG_CACHE_HOME/tunelab (~/.cache)."""
+    import os
+    root = os.environ.get("TUNELAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunelab"
+    return Path(root) / "converted"
+
+
+def hf_dir_for_ckpt(ckpt: str | Path, config: str | Path, tokenizer: str | Path | None = None) -> Path:
+    """A MindFormers .ckpt (the organisers' base model) as an HF directory to train from: converted once with
+    `mindspore_to_hf`, tokenizer files included, and kept in the cache under a key of the checkpoint's and the
+    config's path, size and modification time (and the tokenizer's path), so every later run, eval or serve
+    of the same files reuses it. Written atomically: a killed conversion leaves nothing that looks done."""
+    import hashlib
+    ckpt, config = Path(ckpt), Path(config)
+    for path, field in ((ckpt, "model.path"), (config, "model.mindformers_config")):
+        if not path.is_file():
+            raise TunelabError("not found", file=path, field=field)
+    parts = []
+    for path in (ckpt, config):
+        st = path.stat()
+        parts.append(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    parts.append(str(Path(tokenizer).resolve()) if tokenizer else "-")
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    out = converted_cache_root() / f"{ckpt.stem}-{key}"
+    if not (out / "config.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)    # a half-written one from a killed conversion
+        print(f"converting {ckpt} (MindFormers) to a Hugging Face directory, once: {out}")
+        mindspore_to_hf(ckpt, out, config, tokenizer=tokenizer)
+    return out
+
+
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     """Copy the tokenizer (and generation config) files an HF directory holds; none found is an error."""
     copied = [f for f in TOKENIZER_FILES if (src / f).is_file()]
