@@ -153,7 +153,8 @@ def description(recipe: dict, summary: dict, metrics: dict) -> str:
               f"- {summary.get('steps')} optimizer steps, epochs {train.get('epochs')}, batch size "
               f"{train.get('batch_size')} x grad_accum {train.get('grad_accum', 1)}, learning rate "
               f"{train.get('lr')} (warmup {train.get('warmup_ratio')}, cosine to {train.get('min_lr_ratio')}), "
-              f"precision {train.get('precision')}",
+              f"precision {summary.get('precision') or train.get('precision')} (as trained; the recipe asked for "
+              f"{train.get('precision')})",
               f"- five checkpoints at evenly spaced steps; best: {metrics.get('best_checkpoint')}", "",
               "## Why this works", "", "TODO: the idea behind the data mix and the settings, what was tried.", "",
               "## Reproducing", "", "TODO: hardware used and wall-clock time.", "",
