@@ -1,4 +1,4 @@
-"""`tunelab ui`: a Gradio web app to talk to models, compare two side by side, and rank them in an arena.
+r"""`tunelab ui`: a Gradio web app to talk to models, compare two side by side, and rank them in an arena.
 
 Tabs: Chat (streaming, sampling controls, stop, clear, example prompts, time per answer) · Side by side (one
 prompt, two models streaming at once) · Arena (two anonymous models drawn at random, one vote, then names are
@@ -100,7 +100,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "|": "|", "\\": "\\"}
 
 
 def parse_stops(text: str | None) -> tuple[str, ...]:
-    """The UI's stop-string field: `|` separates, `\n` `\t` `\|` `\\` are escapes, everything else is
+    r"""The UI's stop-string field: `|` separates, `\n` `\t` `\|` `\\` are escapes, everything else is
     literal (Chinese included; a lone or unknown backslash stays a backslash)."""
     stops, cur, i = [], [], 0
     text = text or ""
