@@ -295,14 +295,14 @@ def test_baseline_results_of_another_scorer_stop_before_any_model(squad_file, tm
 
 def test_report_and_eval_table_name_the_scorer(capsys):
     from tunelab.eval.evaluate import _print_table
-    from tunelab.report import _cell, summary_lines
+    from tunelab.report import checkpoint_cell, summary_lines
     ret = {"squad.f1": {"base": 58.59, "tuned": 55.0, "retained": 55.0 / 58.59, "pass": True,
                         "scorer": "mindformers"}}
     metrics = {"score": {"accuracy": 0.7, "formula": "stage1", "value": 0.79}, "best_checkpoint": "step-2",
                "ratio": {"trainable": 10, "total": 1000, "ratio": 0.01}, "retention": ret,
                "train": {"steps": 2, "train_seconds": 1.0, "final_loss": 0.5}}
     assert any(line.startswith("retention squad.f1 (mindformers scorer): 93.9%") for line in summary_lines(metrics))
-    assert _cell({"f1": 55.0, "exact_match": 37.0, "scorer": "mindformers"}) == "F1 55.0 / EM 37.0 (mindformers)"
+    assert checkpoint_cell({"f1": 55.0, "exact_match": 37.0, "scorer": "mindformers"}) == "F1 55.0 / EM 37.0 (mindformers)"
     doc = {"results": {"m": {"squad": {"f1": 55.0, "exact_match": 37.0, "scorer": "mindformers"}}}, "best": "m",
            "tasks": {"squad": {"primary_metric": "f1"}}, "retention": {"m": {"metrics": ret, "pass": True}},
            "retention_threshold": 0.9, "baseline": {"source": "base.json"}}

@@ -177,12 +177,9 @@ def report(metrics: dict, recipe: dict) -> str:
     lines += ["", "## Every checkpoint", "", "| checkpoint | " + " | ".join(
         next(iter(metrics["checkpoints"].values()))) + " |", "|---|" + "---|" * len(
         next(iter(metrics["checkpoints"].values())))]
+    from tunelab.report import checkpoint_cell
     for name, res in metrics["checkpoints"].items():
-        cells = []
-        for task, v in res.items():
-            key = "accuracy" if "accuracy" in v else "f1" if "f1" in v else None
-            cells.append(f"{v[key]:.4g}" if key else "")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(checkpoint_cell(v) for v in res.values()) + " |")
     return "\n".join(lines) + "\n"
 
 

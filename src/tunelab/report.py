@@ -82,7 +82,7 @@ def _diagnostics_table(res: dict, base: dict | None) -> list[str]:
     return lines
 
 
-def _cell(r: dict) -> str:
+def checkpoint_cell(r: dict) -> str:
     """One task's headline in the per-checkpoint table."""
     if "accuracy" in r and r["accuracy"] <= 1:
         return _pct(r["accuracy"])
@@ -124,7 +124,7 @@ def write_report(recipe: Recipe, metrics: dict, out: Path) -> None:
         for name, res in metrics["checkpoints"].items():
             cells = []
             for task, r in res.items():
-                cells.append(_cell(r))
+                cells.append(checkpoint_cell(r))
             lines.append(f"| {name}{' (best)' if name == best else ''} | " + " | ".join(cells) + " |")
         lines += ["", "![accuracy per checkpoint](checkpoints.png)", ""]
     lines += ["## Training", "", "![loss curve](loss.png)", "",
@@ -249,7 +249,7 @@ def _pretraining_cell(r: dict | None) -> str:
         return f"ppl {r['perplexity']:.2f} (unigram {r['unigram_perplexity']:.2f})"
     if "samples" in r:
         return f"Rouge-L {r['rougeL_f']:.1f}" + (f", facts {_pct(r['fact_recall'])}" if "fact_recall" in r else "")
-    return _cell(r)
+    return checkpoint_cell(r)
 
 
 # --- the course report: a fine-tuning run on a pretraining run ---------------------------------------------
