@@ -38,7 +38,7 @@ from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplic
 from tunelab.data.corpus_read import BadLines, RawDoc, iter_documents, list_inputs, split_of
 from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
                                        token_dtype)
-from tunelab.data.records import staging_dir
+from tunelab.data.records import building_dir
 from tunelab.data.sentences import soft_split_points, split_sentences
 from tunelab.errors import TunelabError
 
@@ -390,9 +390,7 @@ def prepare_corpus(inputs: list[str | Path], tokenizer: str, block_size: int, ou
                            file=out)
     paths = list_inputs(inputs)
     workers = workers or os.cpu_count() or 1
-    tmp = staging_dir(out)
-    tmp.mkdir(parents=True)
-    try:
+    with building_dir(out) as tmp:
         started = time.perf_counter()
         tok_meta, tokenizer_file, eot_id, vocab_size = _copy_tokenizer(tokenizer, tmp / "tokenizer")
         dtype = token_dtype(vocab_size)
@@ -433,10 +431,6 @@ def prepare_corpus(inputs: list[str | Path], tokenizer: str, block_size: int, ou
         with open(tmp / "meta.json", "w", encoding="utf-8") as f:   # last: a directory with meta.json is whole
             json.dump(meta, f, ensure_ascii=False, indent=2)
             f.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

@@ -39,16 +39,14 @@ duplicate slots).
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.data.records import staging_dir, write_jsonl
+from tunelab.data.records import building_dir, write_jsonl
 from tunelab.errors import TunelabError
 
 KINDS = ("station", "species", "compound", "person", "place")
@@ -1162,16 +1160,9 @@ def write_encyclopedia(out: str | Path, articles: list[dict], qa: list[dict]) ->
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TunelabError("output already exists; choose a new directory", file=out)
-    tmp = staging_dir(out)
-    try:
+    with building_dir(out) as tmp:
         write_jsonl(tmp / "articles.jsonl", articles)
         write_jsonl(tmp / "qa.jsonl", qa)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -1244,16 +1235,10 @@ def split_qa_by_corpus(qa_files: list[str | Path], corpus: str | Path, out: str 
     if not train or not pairs["val"]:
         raise TunelabError(f"no QA pair of the corpus's {'val' if not pairs['val'] else 'train'} split to use "
                            f"(source_id must name the corpus documents' id; {summary})", file=qa_files[0])
-    tmp = staging_dir(out)
-    try:
-        tmp.mkdir(parents=True)
+    with building_dir(out) as tmp:
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "val.jsonl", pairs["val"])
         write_json(tmp / "summary.json", summary)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

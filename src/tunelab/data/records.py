@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import re
 import tempfile
 from pathlib import Path
@@ -155,9 +157,27 @@ def staging_dir(out: str | Path) -> Path:
     for old in out.parent.glob(f"{out.name}.tmp-*"):
         pid = old.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            import shutil
             shutil.rmtree(old, ignore_errors=True)
     return out.with_name(f"{out.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def building_dir(out: str | Path) -> Iterator[Path]:
+    """Build the directory `out` atomically: the block writes into a fresh staging directory (`staging_dir`),
+    which is renamed into place when the block ends and removed if it raises, so a killed or failed build
+    never leaves a directory that looks finished. The caller refuses an existing `out` first (an empty one
+    is replaced)."""
+    out = Path(out)
+    tmp = staging_dir(out)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _alive(pid: int) -> bool:

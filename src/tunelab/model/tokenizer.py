@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -137,15 +136,10 @@ def train_tokenizer_dir(inputs: list, vocab_size: int, out: str | Path, settings
               "special_tokens": {"eos": EOS, "pad": PAD, "sep": SEP}, "cleaning": settings.cleaning.as_meta(),
               "val_fraction": settings.val_fraction, "seed": settings.seed,
               "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in paths]}
-    from tunelab.data.records import staging_dir
-    tmp = staging_dir(out)
-    try:
+    from tunelab.data.records import building_dir
+    with building_dir(out) as tmp:
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
