@@ -38,9 +38,11 @@ log = logger("bench_train")
 
 
 def choose_precision(requested: str) -> tuple[str, dict]:
-    """bf16 autocast where the CPU does bf16 natively (and a bf16 matmul is not slower than fp32), else fp32."""
+    """bf16 autocast where the CPU does bf16 natively (the trainer's own test, `tunelab.train.precision`), else
+    fp32; with the CPU's flags for the record."""
     import torch
-    cap = torch.backends.cpu.get_cpu_capability()
+
+    from tunelab.train.precision import cpu_bf16_is_native
     flags = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -49,26 +51,9 @@ def choose_precision(requested: str) -> tuple[str, dict]:
                 break
     except OSError:
         pass
-    info = {"cpu_capability": cap, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
-
-    def bench(dtype):
-        a = torch.randn(512, 512).to(dtype)
-        b = torch.randn(512, 512).to(dtype)
-        for _ in range(3):
-            a @ b
-        t = time.perf_counter()
-        for _ in range(20):
-            a @ b
-        return (time.perf_counter() - t) / 20
-
-    try:
-        t32, t16 = bench(torch.float32), bench(torch.bfloat16)
-        info.update(matmul512_fp32_ms=round(t32 * 1e3, 3), matmul512_bf16_ms=round(t16 * 1e3, 3))
-        bf16_ok = t16 <= 1.5 * t32
-    except Exception as e:  # no bf16 kernels at all
-        info["bf16_error"] = str(e)
-        bf16_ok = False
-    info["bf16_usable"] = bf16_ok
+    bf16_ok = cpu_bf16_is_native()
+    info = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "avx512_bf16": "avx512_bf16" in flags,
+            "amx_bf16": "amx_bf16" in flags, "bf16_usable": bf16_ok}
     if requested == "auto":
         return ("bf16" if bf16_ok else "fp32"), info
     return requested, info
