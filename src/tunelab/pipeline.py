@@ -50,10 +50,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
     from tunelab.train.loop import train
 
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
-    from tunelab.prepare import build_corpora
-    build_corpora(recipe)
-    split_sft_qa(recipe)
-    base_run = resolve_base_run(recipe)
+    base_run = prepare_inputs(recipe)
     sets = eval_sets(recipe.eval)  # every eval mistake is found before training starts
     summary = train(recipe, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone evaluates and reports
@@ -132,6 +129,16 @@ def _run_pretraining(recipe: Recipe, sets: dict, summary: dict, template) -> dic
     from tunelab.report import write_report
     write_report(recipe, metrics, run_dir / "report.md")
     return metrics
+
+
+def prepare_inputs(recipe: Recipe) -> Path | None:
+    """What `run` and `train` need before training: the recipe's corpora built, an encyclopedia corpus's QA
+    pairs split for fine-tuning, and model.path resolved (a run directory, a .ckpt); returns the base run
+    directory, if model.path named one."""
+    from tunelab.prepare import build_corpora
+    build_corpora(recipe)
+    split_sft_qa(recipe)
+    return resolve_base_run(recipe)
 
 
 def split_sft_qa(recipe: Recipe) -> Path | None:
@@ -241,10 +248,7 @@ def cli_run(args) -> int:
 def cli_train(args) -> int:
     from tunelab.train.loop import train
     recipe = load_recipe(args.recipe, args.overrides)
-    from tunelab.prepare import build_corpora
-    build_corpora(recipe)
-    split_sft_qa(recipe)
-    resolve_base_run(recipe)
+    prepare_inputs(recipe)
     summary = train(recipe, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
