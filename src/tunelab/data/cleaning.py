@@ -264,6 +264,11 @@ def clean_document(doc: RawDoc, cfg: CleaningConfig) -> tuple[CleanDoc | None, d
     return CleanDoc(text, title, doc.id, doc.file, doc.line, len(doc.text)), counts
 
 
+def text_digest(text: str) -> bytes:
+    """The 16-byte blake2b digest `Deduplicator` compares (computed where the text is, a worker process)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 class Deduplicator:
     """Exact-duplicate detection over a whole run: one 16-byte blake2b digest per distinct text kept.
 
@@ -274,9 +279,8 @@ class Deduplicator:
     def __init__(self) -> None:
         self.digests: set[bytes] = set()
 
-    def seen(self, text: str) -> bool:
-        """True if this exact text was seen before; otherwise remember it and return False."""
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    def seen(self, digest: bytes) -> bool:
+        """True if a text of this `text_digest` was seen before; otherwise remember it and return False."""
         if digest in self.digests:
             return True
         self.digests.add(digest)

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunelab.data.bpe_encode import ByteLevelEncoder
-from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document
-from tunelab.data.corpus_read import BadLines, RawDoc, iter_documents, list_inputs, split_of
+from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document, text_digest
+from tunelab.data.corpus_read import BadLines, JsonlChunk, RawDoc, iter_work, list_inputs, parse_chunk, split_of
 from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
                                        token_dtype)
 from tunelab.data.records import building_dir
@@ -62,9 +62,13 @@ class ReadSettings:
 @dataclass
 class Kept:
     """A document that survived cleaning (the main process drops duplicates), its split and (when tokenised)
-    its blocks."""
-    doc: CleanDoc
+    its blocks. A worker that tokenised it sends back no text (`doc` None): the blocks hold it, and the
+    digest, lengths and docs.jsonl record are all the main process needs."""
+    doc: CleanDoc | None
     split: str
+    digest: bytes = b""           # blake2b of the text, for exact-duplicate removal
+    chars: int = 0                # characters of the cleaned text
+    raw_chars: int = 0            # characters before cleaning
     sentences: int = 0
     tokens: Any = None            # numpy uint32: every block's ids, each block ending with EOT
     block_lengths: Any = None     # numpy int32: the length of each block (EOT included)
@@ -82,9 +86,15 @@ class _ChunkWorker:
         self.settings = settings
         self.packer = _Packer(tokenizer_file, block_size, eot_id) if tokenizer_file else None
 
-    def run(self, raws: list[RawDoc]) -> tuple[list[Kept], dict[str, int]]:
-        """The chunk's kept documents (with blocks when a tokenizer is set) and its counts: documents_read,
-        raw_bytes, raw_chars and the cleaning counts."""
+    def run(self, work: JsonlChunk | list[RawDoc]) -> tuple[list[Kept], dict[str, int], BadLines | None]:
+        """The chunk's kept documents (with blocks when a tokenizer is set), its counts (documents_read,
+        raw_bytes, raw_chars and the cleaning counts) and, for JSONL lines parsed here, the bad lines skipped."""
+        bad = None
+        if isinstance(work, JsonlChunk):
+            s = self.settings
+            raws, bad = parse_chunk(work, s.text_field, s.id_field, s.title_field, s.skip_bad)
+        else:
+            raws = work
         kept: list[Kept] = []
         counts = {"documents_read": len(raws), "raw_bytes": 0, "raw_chars": 0}
         for raw in raws:
@@ -96,7 +106,8 @@ class _ChunkWorker:
             for key, n in doc_counts.items():
                 counts[key] = counts.get(key, 0) + n
             if doc is not None:
-                kept.append(Kept(doc, split_of(doc.text, self.settings.val_fraction, self.settings.seed)))
+                kept.append(Kept(doc, split_of(doc.text, self.settings.val_fraction, self.settings.seed),
+                                 text_digest(doc.text), len(doc.text), doc.raw_chars))
         if self.packer is not None:
             self.packer.pack(kept)
             for k in kept:
@@ -104,7 +115,8 @@ class _ChunkWorker:
                 k.record = json.dumps({"id": d.id, "title": d.title, "file": d.file, "line": d.line,
                                        "split": k.split, "chars": len(d.text), "blocks": len(k.block_lengths)},
                                       ensure_ascii=False)[1:]
-        return kept, counts
+                k.doc = None
+        return kept, counts, bad
 
 
 _WORKER: _ChunkWorker | None = None
@@ -119,12 +131,12 @@ def _init_worker(settings: ReadSettings, tokenizer_file: str | None, block_size:
         _WORKER = _ChunkWorker(settings, tokenizer_file, block_size, eot_id)
 
 
-def _run_chunk(raws: list[RawDoc]):
+def _run_chunk(work: JsonlChunk | list[RawDoc]):
     """A chunk's results with the blocks of all its documents in two arrays: pickling thousands of small
     arrays to the main process cost more than building them."""
     import numpy as np
     assert _WORKER is not None
-    results = _WORKER.run(raws)
+    results = _WORKER.run(work)
     packed = [k for k in results[0] if k.tokens is not None]
     if not packed:
         return results, None
@@ -149,19 +161,6 @@ def _unpack_chunk(results, arrays):
     return results
 
 
-def _chunks(raws: Iterator[RawDoc]) -> Iterator[list[RawDoc]]:
-    chunk: list[RawDoc] = []
-    chars = 0
-    for raw in raws:
-        chunk.append(raw)
-        chars += len(raw.text)
-        if chars >= CHUNK_CHARS:
-            yield chunk
-            chunk, chars = [], 0
-    if chunk:
-        yield chunk
-
-
 def iter_cleaned(paths: list[Path], settings: ReadSettings, *, workers: int = 1, bad: BadLines | None = None,
                  tokenizer_file: str | None = None, block_size: int = 0, eot_id: int = 0,
                  counts: dict[str, int] | None = None, progress=None) -> Iterator[Kept]:
@@ -172,23 +171,25 @@ def iter_cleaned(paths: list[Path], settings: ReadSettings, *, workers: int = 1,
     """
     counts = counts if counts is not None else {}
     dedup = Deduplicator() if settings.cleaning.dedup else None
-    raws = iter_documents(paths, settings.text_field, settings.id_field, settings.title_field,
-                          skip_bad=settings.skip_bad, bad=bad)
-    for kept_docs, chunk_counts in _map_chunks(_chunks(raws), settings, workers, tokenizer_file, block_size,
-                                               eot_id):
+    work = iter_work(paths, CHUNK_CHARS, settings.text_field, settings.id_field, settings.title_field,
+                     skip_bad=settings.skip_bad, bad=bad)
+    for kept_docs, chunk_counts, chunk_bad in _map_chunks(work, settings, workers, tokenizer_file, block_size,
+                                                          eot_id):
         for key, n in chunk_counts.items():
             counts[key] = counts.get(key, 0) + n
+        if chunk_bad is not None and bad is not None:
+            bad.merge(chunk_bad)
         if progress is not None:   # text bytes approximate file bytes (escapes, gzip): never past 100%
             progress.update(min(chunk_counts["raw_bytes"], max(0, (progress.total or 0) - progress.n)))
         for kept in kept_docs:
-            if dedup is not None and dedup.seen(kept.doc.text):
+            if dedup is not None and dedup.seen(kept.digest):
                 counts["duplicates"] = counts.get("duplicates", 0) + 1
                 continue
-            counts["raw_chars_kept_docs"] = counts.get("raw_chars_kept_docs", 0) + kept.doc.raw_chars
+            counts["raw_chars_kept_docs"] = counts.get("raw_chars_kept_docs", 0) + kept.raw_chars
             yield kept
 
 
-def _map_chunks(chunks: Iterator[list[RawDoc]], settings: ReadSettings, workers: int, tokenizer_file, block_size,
+def _map_chunks(chunks: Iterator[JsonlChunk | list[RawDoc]], settings: ReadSettings, workers: int, tokenizer_file, block_size,
                 eot_id):
     """Results of each chunk, in order: in this process (workers 1) or a pool with a bounded queue."""
     if workers <= 1:
@@ -407,7 +408,7 @@ def prepare_corpus(inputs: list[str | Path], tokenizer: str, block_size: int, ou
                 _write_doc(kept, total["documents"], writers[kept.split], docs_file)
                 total["documents"] += 1
                 total["sentences"] += kept.sentences
-                total["chars"] += len(kept.doc.text)
+                total["chars"] += kept.chars
                 total["soft"] += kept.soft_cuts
                 total["token"] += kept.token_cuts
             bar.update(max(0, input_bytes - bar.n))

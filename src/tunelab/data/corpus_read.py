@@ -22,10 +22,12 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -62,6 +64,20 @@ class BadLines:
         self.count += 1
         if len(self.examples) < MAX_BAD_EXAMPLES:
             self.examples.append(f"{file}:{line}: {reason}")
+
+    def merge(self, other: BadLines) -> None:
+        """Add the lines another reader (a worker's) skipped."""
+        self.count += other.count
+        self.examples += other.examples[:MAX_BAD_EXAMPLES - len(self.examples)]
+
+
+@dataclass
+class JsonlChunk:
+    """Whole lines of a JSONL file, still bytes, with the number of the first: the main process only cuts
+    the file at newlines, so parsing happens wherever the chunk is sent (a worker process)."""
+    file: str
+    first_line: int
+    data: bytes
 
 
 def _suffix(path: Path) -> str | None:
@@ -160,8 +176,8 @@ class _Reader:
                         str(value) if type(value) is int else json.dumps(value))  # 1.5, true, NaN as in JSON
         return RawDoc(text, self.file, line, meta[0], meta[1])
 
-    def jsonl(self, f: IO[bytes]) -> Iterator[RawDoc]:
-        for lineno, raw in enumerate(f, start=1):
+    def jsonl(self, f: IO[bytes], first_line: int = 1) -> Iterator[RawDoc]:
+        for lineno, raw in enumerate(f, start=first_line):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[3:]
             if not raw or raw.isspace():
@@ -312,6 +328,76 @@ def iter_documents(paths: Iterable[str | Path], text_field: str = "text", id_fie
 
     With `skip_bad`, bad lines are counted into `bad` (required then) instead of raising TunelabError.
     """
+    for path, kind in _checked(paths, skip_bad, bad):
+        reader = _Reader(path, text_field, id_field, title_field, skip_bad, bad)
+        with _reading(path) as f:
+            if kind == ".jsonl":
+                yield from reader.jsonl(f)
+            elif kind == ".txt":
+                yield from reader.txt(f)
+            else:
+                yield from reader.json_array(f)
+
+
+def iter_work(paths: Iterable[str | Path], chunk_chars: int, text_field: str = "text",
+              id_field: str | None = "id", title_field: str | None = "title", skip_bad: bool = False,
+              bad: BadLines | None = None) -> Iterator[JsonlChunk | list[RawDoc]]:
+    """The documents of `paths` in order, in pieces of about `chunk_chars` characters of text to hand out.
+
+    A JSONL file comes as `JsonlChunk`s of whole lines (bytes, cut at newlines here and parsed by
+    `parse_chunk` where the work is done, so the process handing out work does little); other files come
+    as lists of RawDocs read here (their bad lines go to `bad`).
+    """
+    for path, kind in _checked(paths, skip_bad, bad):
+        with _reading(path) as f:
+            if kind == ".jsonl":
+                yield from _cut_lines(f, str(path), chunk_chars)
+                continue
+            reader = _Reader(path, text_field, id_field, title_field, skip_bad, bad)
+            docs: list[RawDoc] = []
+            chars = 0
+            for doc in reader.txt(f) if kind == ".txt" else reader.json_array(f):
+                docs.append(doc)
+                chars += len(doc.text)
+                if chars >= chunk_chars:
+                    yield docs
+                    docs, chars = [], 0
+            if docs:
+                yield docs
+
+
+def parse_chunk(chunk: JsonlChunk, text_field: str = "text", id_field: str | None = "id",
+                title_field: str | None = "title", skip_bad: bool = False) -> tuple[list[RawDoc], BadLines]:
+    """The documents of a JSONL chunk and the lines skipped under `skip_bad` (otherwise a bad line raises)."""
+    bad = BadLines()
+    reader = _Reader(Path(chunk.file), text_field, id_field, title_field, skip_bad, bad)
+    reader.file = chunk.file
+    return list(reader.jsonl(io.BytesIO(chunk.data), chunk.first_line)), bad
+
+
+def _cut_lines(f: IO[bytes], file: str, chunk_chars: int) -> Iterator[JsonlChunk]:
+    """Whole lines of `f`, 3 x `chunk_chars` bytes at a time (CJK text is ~3 bytes a character in UTF-8);
+    a line longer than that is one chunk of its own, read on until its newline."""
+    size = 3 * chunk_chars
+    line, pending = 1, []
+    while True:
+        data = f.read(size)
+        if not data:
+            if pending:
+                yield JsonlChunk(file, line, b"".join(pending))
+            return
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            pending.append(data)
+            continue
+        chunk = b"".join([*pending, data[:cut]]) if pending else data[:cut]
+        pending = [data[cut:]] if cut < len(data) else []
+        yield JsonlChunk(file, line, chunk)
+        line += chunk.count(b"\n")
+
+
+def _checked(paths: Iterable[str | Path], skip_bad: bool, bad: BadLines | None) -> Iterator[tuple[Path, str]]:
+    """(path, kind) of each file; a folder or an unsupported file is an error."""
     if skip_bad and bad is None:
         raise ValueError("skip_bad needs a BadLines to count the skipped lines in")
     for item in paths:
@@ -322,19 +408,19 @@ def iter_documents(paths: Iterable[str | Path], text_field: str = "text", id_fie
         if kind is None:
             raise TunelabError(f"unsupported corpus file (expected {', '.join(SUFFIXES)}, optionally .gz)",
                                file=path)
-        reader = _Reader(path, text_field, id_field, title_field, skip_bad, bad)
-        try:
-            with _open(path) as f:
-                if kind == ".jsonl":
-                    yield from reader.jsonl(f)
-                elif kind == ".txt":
-                    yield from reader.txt(f)
-                else:
-                    yield from reader.json_array(f)
-        except FileNotFoundError:
-            raise TunelabError("input not found", file=path) from None
-        except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz
-            raise TunelabError(f"cannot read: {e}", file=path) from None
+        yield path, kind
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[IO[bytes]]:
+    """The file open for reading; a missing, truncated or corrupt (.gz) file is a one-line error."""
+    try:
+        with _open(path) as f:
+            yield f
+    except FileNotFoundError:
+        raise TunelabError("input not found", file=path) from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise TunelabError(f"cannot read: {e}", file=path) from None
 
 
 def split_of(text: str, val_fraction: float, seed: int) -> str:
