@@ -103,3 +103,26 @@ def test_reserved_cache_layer_behaves_like_transformers_dynamic_layer():
     both("batch_repeat_interleave", 2)
     both("update", torch.randn(4, 2, 1, 5), torch.randn(4, 2, 1, 5))
     assert ours.get_seq_length() == ref.get_seq_length() == 9
+
+
+def test_reserved_cache_crop_and_append_rows_equal_slicing_and_left_padded_cat():
+    # the decode loop drops padding columns (crop_front) and merges a newly prefilled batch (append_rows)
+    # without the copies DynamicLayer needs; the result must be exactly the slice / zero-left-padded cat
+    import torch
+    import torch.nn.functional as F
+
+    from tunelab.model.kv_cache import ReservedLayer
+    torch.manual_seed(0)
+    a, b = ReservedLayer(capacity=4, grow=3), ReservedLayer(capacity=9, grow=3)
+    a.update(torch.randn(2, 2, 4, 5), torch.randn(2, 2, 4, 5))
+    b.update(torch.randn(3, 2, 6, 5), torch.randn(3, 2, 6, 5))
+    a.crop_front(1)
+    assert a.get_seq_length() == 3
+    expect_k = torch.cat([F.pad(a.keys, (0, 0, 3, 0)), b.keys])
+    expect_v = torch.cat([F.pad(a.values, (0, 0, 3, 0)), b.values])
+    a.append_rows(b, 6)
+    assert torch.equal(a.keys, expect_k) and torch.equal(a.values, expect_v)
+    step = torch.randn(5, 2, 1, 5)
+    a.update(step, step)                      # the merged buffer kept room: the next step writes in place
+    assert a.get_seq_length() == 7 and torch.equal(a.keys[:, :, -1:], step)
+    assert torch.equal(a.keys[:, :, :6], expect_k)

@@ -228,7 +228,11 @@ class DecodeBatch:
             missing = width - t.shape[-dim_from_end]
             return t if missing == 0 else F.pad(t, (0, 0) * (dim_from_end - 1) + (missing, 0))
 
+        from tunelab.model.kv_cache import ReservedLayer
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            if type(mine) is ReservedLayer and type(theirs) is ReservedLayer:
+                mine.append_rows(theirs, width)
+                continue
             mine.keys = torch.cat([lpad(mine.keys, 2), lpad(theirs.keys, 2)], dim=0)
             mine.values = torch.cat([lpad(mine.values, 2), lpad(theirs.values, 2)], dim=0)
         self.mask = torch.cat([lpad(self.mask, 1), lpad(other.mask, 1)], dim=0)
@@ -242,8 +246,7 @@ class DecodeBatch:
         first = int(used[0]) if used.numel() else 0
         if first > 0:
             for layer in self.cache.layers:
-                layer.keys = layer.keys[:, :, first:]
-                layer.values = layer.values[:, :, first:]
+                layer.crop_front(first)
             self.mask = self.mask[:, first:]
 
 
@@ -370,9 +373,10 @@ def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
     """Greedy continuation of every row of token ids, `batch_size` rows decoding at a time: (the new ids of
     each row, its stop token excluded; whether each row stopped by itself rather than at `max_new_tokens`).
 
-    A row leaves the batch (its cache rows dropped) when it emits a stop token or, with `streams`, when its
-    text reaches a stop string, and waiting rows take the freed places (continuous batching, as the server
-    does): once half the batch is free, the next rows are prefilled together and merged in, so decode
+    A row is done when it emits a stop token or, with `streams`, when its text reaches a stop string, and
+    waiting rows take the freed places (continuous batching, as the server does): once half the batch is
+    done, the done rows leave together (one copy of the cache instead of one per finishing step; until
+    then they ride along, fed padding) and the next rows are prefilled together and merged in, so decode
     steps keep running on a full batch instead of on the few long answers of a batch. `on_done(k)` is told
     each time k rows have finished. Rows are taken in the order given (sort them by length: less padding)."""
     import torch
@@ -381,9 +385,18 @@ def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
     results: list[list[int]] = [[] for _ in rows]
     stopped = [False] * len(rows)
     waiting = 0                                 # next row to admit
-    active: list[int] = []                      # row of each batch row
+    active: list[int | None] = []               # row of each batch row; None once it is done
+    live = 0                                    # rows of the batch not done
     batch = logits = None
-    while waiting < n or active:
+    while waiting < n or live:
+        done = len(active) - live
+        if done and done * 2 >= max(len(active), batch_size if waiting < n else 0):
+            keep = [j for j, row in enumerate(active) if row is not None]
+            index = torch.tensor(keep, device=batch.device)
+            batch.select(index)
+            batch.trim()
+            logits = logits[index]
+            active = [active[j] for j in keep]
         room = batch_size - len(active)
         if waiting < n and (not active or (room * 2 >= batch_size and batch.mergeable)):
             take = list(range(waiting, min(n, waiting + room)))
@@ -395,27 +408,30 @@ def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
                 batch.extend(new)
                 logits = torch.cat([logits, new_logits])
             active += take
+            live += len(take)
         tokens = logits.argmax(-1).tolist()
-        keep = []
+        finished = 0
         for j, (row, tok) in enumerate(zip(active, tokens)):
+            if row is None:
+                tokens[j] = pad_id
+                continue
             if tok in stops:
                 stopped[row] = True
-                continue
-            results[row].append(tok)
-            if streams is not None and streams[row].add(tok):
-                stopped[row] = True
-            elif len(results[row]) < max_new_tokens:
-                keep.append(j)
-        if on_done is not None and len(keep) < len(active):
-            on_done(len(active) - len(keep))
-        if not keep:
+            else:
+                results[row].append(tok)
+                if streams is not None and streams[row].add(tok):
+                    stopped[row] = True
+                elif len(results[row]) < max_new_tokens:
+                    continue
+            active[j] = None
+            tokens[j] = pad_id
+            finished += 1
+        live -= finished
+        if finished and on_done is not None:
+            on_done(finished)
+        if not live:
             batch, active = None, []
             continue
-        if len(keep) < len(active):
-            batch.select(torch.tensor(keep, device=batch.device))
-            batch.trim()
-            active = [active[j] for j in keep]
-            tokens = [tokens[j] for j in keep]
         logits = batch.step(torch.tensor(tokens, device=batch.device))
     return results, stopped
 

@@ -61,6 +61,35 @@ class ReservedLayer(DynamicLayer):
         self._k, self._v = self._k.repeat_interleave(repeats, dim=0), self._v.repeat_interleave(repeats, dim=0)
         self._view(n)
 
+    def crop_front(self, first: int) -> None:
+        """Drop the first `first` positions (padding in every row), keeping the room after the end."""
+        n = self.get_seq_length()
+        if not self._owns():
+            self.keys, self.values = self.keys[:, :, first:], self.values[:, :, first:]
+            return
+        self._k, self._v = self._k[:, :, first:], self._v[:, :, first:]
+        self._view(n - first)
+
+    def append_rows(self, other: ReservedLayer, width: int) -> None:
+        """Take in `other`'s rows below these, both left-padded with zeros to `width` positions, into one new
+        buffer with the larger of the two rooms to spare (one copy, where cat-then-reserve made two)."""
+        mine, theirs = self.get_seq_length(), other.get_seq_length()
+        room = max(self._room(), other._room(), 1)
+        b1, heads, _, dim = self.keys.shape
+        b2 = other.keys.shape[0]
+        k = self.keys.new_empty(b1 + b2, heads, width + room, dim)
+        v = self.values.new_empty(b1 + b2, heads, width + room, dim)
+        for buf, a, b in ((k, self.keys, other.keys), (v, self.values, other.values)):
+            buf[:b1, :, :width - mine].zero_()       # masked, but never garbage: 0 x NaN would still be NaN
+            buf[b1:, :, :width - theirs].zero_()
+            buf[:b1, :, width - mine:width] = a
+            buf[b1:, :, width - theirs:width] = b
+        self._k, self._v = k, v
+        self._view(width)
+
+    def _room(self) -> int:
+        return self._k.shape[-2] - self.get_seq_length() if self._owns() else 0
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if not self._owns():
             return super().batch_select_indices(indices)
