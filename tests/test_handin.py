@@ -78,6 +78,11 @@ def test_bundle_is_complete_and_checksummed(finished_run, tmp_path, capsys):
     assert env.startswith("python 3.") and f"torch {torch.__version__}" in env and "transformers==" in env
     desc = (out / "DESCRIPTION.md").read_text()
     assert "LoRA (rank 4, alpha 8" in desc and "TODO" in desc and "generated arithmetic" in desc
+    # what the run knows is filled in: the machine it trained on and how long it took
+    summary = json.loads((finished_run / "train_summary.json").read_text())
+    from tunelab.train.mfu import machine_name
+    assert summary["hardware"].startswith(machine_name("cpu")) and f"- hardware: {summary['hardware']}" in desc
+    assert f"- training wall-clock: {summary['train_seconds'] / 60:.1f} min" in desc
 
     listed = dict(reversed(line.split("  ", 1)) for line in (out / "MANIFEST.sha256").read_text().splitlines())
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"MANIFEST.sha256"}

@@ -157,9 +157,19 @@ def description(recipe: dict, summary: dict, metrics: dict) -> str:
               f"{train.get('precision')})",
               f"- five checkpoints at evenly spaced steps; best: {metrics.get('best_checkpoint')}", "",
               "## Why this works", "", "TODO: the idea behind the data mix and the settings, what was tried.", "",
-              "## Reproducing", "", "TODO: hardware used and wall-clock time.", "",
+              "## Reproducing", "", *_reproducing(summary), "",
               "```bash", "tunelab run recipe.yaml", "```", ""]
     return "\n".join(lines)
+
+
+def _reproducing(summary: dict) -> list[str]:
+    """Hardware and training time as the run recorded them (a run from before they were recorded: a TODO)."""
+    seconds = summary.get("train_seconds")
+    took = f"{seconds / 60:.1f} min" if isinstance(seconds, (int, float)) else "TODO"
+    if summary.get("resumed_from"):
+        took += f" (resumed at step {summary['resumed_from']}; summed over the sessions)"
+    return [f"- hardware: {summary.get('hardware') or 'TODO'}",
+            f"- training wall-clock: {took}; evaluation and scoring come on top"]
 
 
 def report(metrics: dict, recipe: dict) -> str:

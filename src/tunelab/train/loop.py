@@ -442,6 +442,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                "checkpoints": [str(p) for p in list_checkpoints(run_dir)],
                "best_checkpoint": best, "best_val_loss": best_val, "stopped_early_at": stopped_early_at,
                "flops_per_token": flops_tok, "peak_tflops": peak_tflops,
+               "hardware": _hardware(device, dist.world),
                # medians over the logged windows after the first (warm-up)
                "tokens_per_s": _median([r["tokens_per_s"] for r in logged]),
                "mfu": _median([r["mfu"] for r in logged if "mfu" in r])}
@@ -451,6 +452,17 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         title = f"{recipe.name}: training and validation loss" if best else f"{recipe.name}: training loss"
         plot_loss_curve(metrics_path, run_dir / "loss.png", title=title)
     return summary
+
+
+def _hardware(device, world: int) -> str:
+    """What trained, for the hand-in's description: "2 x NVIDIA A100-SXM4-80GB" or "AMD EPYC 7B13 (2 threads)"."""
+    import torch
+
+    from tunelab.train.mfu import machine_name
+    name = machine_name(str(device))
+    if device.type == "cpu":
+        name += f" ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
+    return f"{world} x {name}" if world > 1 else name
 
 
 def _median(values: list[float]) -> float | None:

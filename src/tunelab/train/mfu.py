@@ -65,11 +65,12 @@ def measure_peak_tflops(device, precision: str) -> float:
     import torch
     threads = torch.get_num_threads()
     measured = _measured_tflops(str(device), precision, threads)
-    key = f"{_machine_name(str(device))}|{str(device).split(':')[0]}|{precision}|{threads}"
+    key = f"{machine_name(str(device))}|{str(device).split(':')[0]}|{precision}|{threads}"
     return _remember_best(key, measured)
 
 
-def _machine_name(device: str) -> str:
+def machine_name(device: str) -> str:
+    """The GPU's or the CPU's model name, as the OS reports it."""
     if device.startswith("cuda"):
         import torch
         return torch.cuda.get_device_name(device)
