@@ -381,6 +381,56 @@ def test_bad_lines_name_file_line_and_field(tmp_path, line, message, field):
     assert bad.count == 1 and bad.examples[0].startswith(f"{p}:3: ") and message in bad.examples[0]
 
 
+LINE_POOL = [
+    b'{"text": "\xe5\x8c\x97\xe4\xba\xac\xe3\x80\x82ok", "id": 7}', b'{"text": "two\\nlines", "title": "t"}',
+    b'', b'   ', b'\t', b'{"text": "crlf"}\r', b'{"text": "x"', b'{"nope": 1}', b'{"text": "\xe4\xb8"}',
+    b'{"text": "a\\ud800b"}', b'["text"]', b'\xff\xfe', b'{"text": "' + "长".encode() * 300 + b'"}',
+    b'{"text": "\xef\xbb\xbfbom inside"}', b'{"text": "\r lone cr \r"}',
+]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_worker_chunks_read_exactly_what_one_pass_reads_fuzzed(tmp_path, seed):
+    # the main process cuts JSONL into byte chunks at newlines (iter_work) and workers parse them
+    # (parse_chunk): documents, line numbers, skipped lines and the first error must all be the same as one
+    # pass over the file, whatever the chunk size (smaller than a line, a BOM, no final newline, CR, bad bytes)
+    from tunelab.data.corpus_read import iter_work, parse_chunk
+    rng = random.Random(seed)
+    lines = [rng.choice(LINE_POOL) for _ in range(rng.randint(1, 40))]
+    body = b"\n".join(lines) + rng.choice([b"", b"\n", b"\n\n"])
+    if rng.random() < 0.3:
+        body = b"\xef\xbb\xbf" + body
+    path = tmp_path / f"f{seed}.jsonl"
+    path.write_bytes(gzip.compress(body) if seed % 5 == 0 else body)
+    if seed % 5 == 0:
+        path = path.rename(tmp_path / f"f{seed}.jsonl.gz")
+    as_tuple = lambda d: (d.text, d.file, d.line, d.id, d.title)  # noqa: E731
+
+    one_bad = BadLines()
+    expected = [as_tuple(d) for d in iter_documents([path], skip_bad=True, bad=one_bad)]
+    for chunk_chars in (1, 5, 40, 1 << 16):
+        bad, got = BadLines(), []
+        for work in iter_work([path], chunk_chars, skip_bad=True, bad=bad):
+            docs, skipped = parse_chunk(work, skip_bad=True)
+            got += [as_tuple(d) for d in docs]
+            bad.merge(skipped)
+        assert got == expected and (bad.count, bad.examples) == (one_bad.count, one_bad.examples), chunk_chars
+
+    try:
+        list(iter_documents([path]))
+        first_error = None
+    except TunelabError as e:
+        first_error = str(e)
+    for chunk_chars in (1, 40):
+        try:
+            for work in iter_work([path], chunk_chars):
+                parse_chunk(work)
+            error = None
+        except TunelabError as e:
+            error = str(e)
+        assert error == first_error
+
+
 def test_skip_bad_counts_everything_and_keeps_ten_examples(tmp_path):
     body = b"".join(b'{"text": "ok %d"}\n{"nope": 1}\n' % i for i in range(15))
     p = _bad_file(tmp_path, body + b'\xff\n')
