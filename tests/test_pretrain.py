@@ -11,6 +11,7 @@ import json
 import math
 import random
 import signal
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +275,96 @@ def test_a_model_whose_tokenizer_is_not_the_corpus_one_is_refused(tmp_path, corp
     other = tmp_path / "other-tok"
     train_bpe_tokenizer(["something else entirely"] * 20, 280).save_pretrained(other)
     sections = corpus_sections(corpus)
+    sections["model"]["tokenizer"] = str(other)
+    with pytest.raises(TunelabError, match="not the one the corpus was prepared with"):
+        train(load_recipe(write_recipe(tmp_path, "tok", **sections)))
+
+
+# --- replaying a corpus while fine-tuning on examples -------------------------------------------------
+
+def _qa_file(path: Path, n: int = 40) -> Path:
+    rng = random.Random(3)
+    rows = []
+    for _ in range(n):
+        city, thing = rng.choice(CITIES), rng.choice(THINGS)
+        rows.append({"instruction": f"{city}{thing}在哪里？", "input": "", "output": f"在{city}。"})
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def replay_sections(corpus: Path, qa: Path, replay: float = 0.5, **train) -> dict:
+    """Fine-tuning minigpt-tiny (the corpus's tokenizer) on QA pairs, replaying `replay` of the tokens."""
+    return {"model": {"preset": "minigpt-tiny", "from_scratch": True, "tokenizer": str(corpus / "tokenizer")},
+            "data": {"train": [{"path": str(qa)}, {"corpus": str(corpus), "replay": replay}],
+                     "template": "alpaca", "max_seq_len": 96, "packing": True},
+            "train": {"max_steps": 4, "batch_size": 4, "lr": 5e-3, "num_checkpoints": 1, "log_every": 2,
+                      "peak_tflops": 0.05, **train}}
+
+
+def test_recipe_replay_rules(tmp_path, corpus):
+    qa = _qa_file(tmp_path / "qa.jsonl")
+    recipe = load_recipe(write_recipe(tmp_path, "ok", **replay_sections(corpus, qa)))
+    assert recipe.data.corpus is None and recipe.data.replay.corpus == str(corpus)
+    assert recipe.data.template == "alpaca"   # fine-tuning keeps its template; only pretraining defaults to none
+
+    def error(data) -> str:
+        with pytest.raises(TunelabError) as e:
+            load_recipe(write_recipe(tmp_path, "bad", data=data))
+        return str(e.value)
+
+    assert "'replay' fraction" in error({"train": [{"corpus": str(corpus)}, {"path": str(qa)}]})
+    assert "it goes with 'corpus: DIR'" in error({"train": [{"path": str(qa), "replay": 0.3}]})
+    assert "add a path or generate source" in error({"train": [{"corpus": str(corpus), "replay": 0.3}]})
+    assert "one corpus to replay" in error({"train": [{"path": str(qa)}, {"corpus": str(corpus), "replay": 0.2},
+                                                      {"corpus": str(corpus), "replay": 0.2}]})
+    for bad in (0, 1, 1.5, -0.1):
+        assert "data.train.1.replay" in error({"train": [{"path": str(qa)}, {"corpus": str(corpus), "replay": bad}]})
+
+
+def test_replay_blocks_make_the_fraction_of_training_tokens(corpus):
+    from tunelab.train.corpus_rows import replay_blocks
+    blocks = CorpusBlocks(corpus, "train")
+    every = Counter(tuple(blocks.block(i).tolist()) for i in range(len(blocks)))
+    for fraction, example_tokens in ((0.1, 500), (0.3, 2000), (0.5, 1234)):
+        got = replay_blocks(corpus, fraction, example_tokens, 96, seed=7)
+        tokens = [len(b.input_ids) for b in got]
+        share = sum(tokens) / (sum(tokens) + example_tokens)
+        assert share >= fraction > (sum(tokens) - tokens[-1]) / (sum(tokens) - tokens[-1] + example_tokens)
+        drawn = Counter(tuple(b.input_ids) for b in got)   # without replacement (equal texts recur as blocks)
+        assert all(n <= every[ids] for ids, n in drawn.items())
+        for b in got:   # scored on every token but the first, EOT included
+            assert b.labels == [IGNORE] + b.input_ids[1:] and b.input_ids[-1] == blocks.eot_id
+        assert [b.input_ids for b in replay_blocks(corpus, fraction, example_tokens, 96, seed=7)] == \
+            [b.input_ids for b in got]
+    assert [b.input_ids for b in replay_blocks(corpus, 0.3, 2000, 96, seed=8)] != \
+        [b.input_ids for b in replay_blocks(corpus, 0.3, 2000, 96, seed=7)]
+    assert len(replay_blocks(corpus, 0.99, 10 ** 9, 96, seed=0)) == len(blocks)   # all there is
+    with pytest.raises(TunelabError, match="data.max_seq_len to at least 48"):
+        replay_blocks(corpus, 0.5, 1000, 40, seed=0)
+
+
+def test_fine_tuning_with_replay_trains_on_examples_and_corpus_blocks(tmp_path, corpus, capsys):
+    from tunelab.data_check import check
+    from tunelab.train.loop import train
+    qa = _qa_file(tmp_path / "qa.jsonl")
+    recipe = load_recipe(write_recipe(tmp_path, "replay", **replay_sections(corpus, qa, replay=0.4)))
+    report = check(recipe)
+    assert report["count"] == 40 and report["replay"]["blocks"] > 0
+    share = report["replay"]["tokens"] / (report["replay"]["tokens"] + sum(len(e.input_ids) for e in report["encoded"]))
+    assert 0.4 <= share < 0.5
+    summary = train(recipe)
+    assert summary["samples"] == 40 and summary["replayed_blocks"] == report["replay"]["blocks"]
+    assert f"replay: {report['replay']['blocks']:,} blocks of {corpus}" in capsys.readouterr().out
+    # the rows hold both: more rows than the examples alone fill
+    alone = load_recipe(write_recipe(tmp_path, "alone", **{**replay_sections(corpus, qa),
+                                                            "data": {"train": [{"path": str(qa)}],
+                                                                     "template": "alpaca", "max_seq_len": 96}}))
+    assert summary["rows_per_epoch"] > check(alone)["rows"]
+
+    other = tmp_path / "other-tok"
+    from tunelab.model.tokenizer import train_bpe_tokenizer
+    train_bpe_tokenizer(["something else entirely"] * 20, 280).save_pretrained(other)
+    sections = replay_sections(corpus, qa)
     sections["model"]["tokenizer"] = str(other)
     with pytest.raises(TunelabError, match="not the one the corpus was prepared with"):
         train(load_recipe(write_recipe(tmp_path, "tok", **sections)))

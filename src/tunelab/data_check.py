@@ -51,13 +51,20 @@ def check(recipe: Recipe, n_samples: int = 3) -> dict:
     encoded = encode_examples(tokenizer, template, examples, max_len, recipe.data.loss_on)
     lengths = [len(e.input_ids) for e in encoded]
     loss_tokens = [sum(1 for x in e.labels if x != IGNORE) for e in encoded]
-    rows = pack_examples(encoded, max_len) if recipe.data.packing else unpacked_rows(encoded)
+    replayed = []
+    if recipe.data.replay is not None:  # the corpus blocks training mixes in, as the trainer draws them
+        from tunelab.train.corpus_rows import check_corpus_tokenizer, replay_blocks
+        check_corpus_tokenizer(tokenizer, recipe.data.replay.corpus)
+        replayed = replay_blocks(recipe.data.replay.corpus, recipe.data.replay.replay, sum(lengths), max_len,
+                                 recipe.seed)
+    rows = pack_examples(encoded + replayed, max_len) if recipe.data.packing else unpacked_rows(encoded + replayed)
     return {
         "examples": examples, "encoded": encoded, "tokenizer": tokenizer, "samples": n_samples,
         "count": len(encoded), "truncated": sum(e.truncated for e in encoded),
         "length": {"min": min(lengths), "mean": statistics.fmean(lengths), "median": statistics.median(lengths),
                    "max": max(lengths), "p95": sorted(lengths)[int(0.95 * (len(lengths) - 1))]},
         "loss_tokens_mean": statistics.fmean(loss_tokens),
+        "replay": {"blocks": len(replayed), "tokens": sum(len(b.input_ids) for b in replayed)},
         "rows": len(rows), "packing_efficiency": packing_efficiency(rows, max_len),
         "padded_efficiency": statistics.fmean(lengths) / max_len,
     }
@@ -78,6 +85,10 @@ def cli_check(args) -> int:
           f"p95 {L['p95']}, max {L['max']}; loss tokens per sample: {r['loss_tokens_mean']:.1f}")
     print(f"truncated at max_seq_len {recipe.data.max_seq_len}: {r['truncated']} "
           f"({100 * r['truncated'] / r['count']:.2f}%)")
+    if r["replay"]["blocks"]:
+        share = r["replay"]["tokens"] / (r["replay"]["tokens"] + sum(len(e.input_ids) for e in r["encoded"]))
+        print(f"replay: {r['replay']['blocks']:,} blocks of {recipe.data.replay.corpus} "
+              f"({r['replay']['tokens']:,} tokens, {100 * share:.1f}% of the training tokens; loss on every token)")
     if recipe.data.packing:
         print(f"packing: {r['rows']} rows of {recipe.data.max_seq_len}, {100 * r['packing_efficiency']:.1f}% "
               f"real tokens (padding every sample to {recipe.data.max_seq_len} would be "

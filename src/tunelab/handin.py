@@ -145,6 +145,11 @@ def description(recipe: dict, summary: dict, metrics: dict) -> str:
              "## Data", "",
              f"- {summary.get('samples'):,} training examples from {len(sources)} source(s):"]
     for s in sources:
+        if s.get("corpus"):
+            share = f"replayed as {100 * s['replay']:g}% of the training tokens, {summary.get('replayed_blocks', 0):,} " \
+                    "blocks" if s.get("replay") else "pretraining"
+            lines.append(f"  - corpus {s['corpus']} ({share})")
+            continue
         what = s.get("path") or f"generated {s.get('generate')}"
         lines.append(f"  - {what} (format {s.get('format', 'auto')}, count {s.get('count', 'all')})")
     lines += [f"- template {data.get('template')}, max sequence length {data.get('max_seq_len')}, "

@@ -146,7 +146,7 @@ def split_sft_qa(recipe: Recipe) -> Path | None:
     split into `sft-qa/{train,val}.jsonl` beside the articles folder (once; kept when present), what the
     fine-tuning recipes read. Returns the folder, or None for other runs."""
     src = recipe.data.train[0]
-    if (src.corpus is None or src.build is None or src.build.encyclopedia is None
+    if (src.corpus is None or src.replay is not None or src.build is None or src.build.encyclopedia is None
             or int(os.environ.get("RANK", "0")) != 0):
         return None
     articles = Path(src.build.encyclopedia.out)

@@ -69,6 +69,9 @@ class SourceConfig(_Strict):
     count: int | None = Field(default=None, ge=1, description="generate this many / subsample to this many")
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict, description="generator options, e.g. kinds")
+    replay: float | None = Field(default=None, gt=0, lt=1, description=(
+        "a corpus replayed while fine-tuning on examples: this fraction of the training tokens are its blocks "
+        "(loss on every token), so the model keeps its language modelling"))
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -76,6 +79,8 @@ class SourceConfig(_Strict):
             raise ValueError("give exactly one of 'path', 'generate' or 'corpus'")
         if self.build is not None and self.corpus is None:
             raise ValueError("'build' makes a corpus directory: it goes with 'corpus: DIR'")
+        if self.replay is not None and self.corpus is None:
+            raise ValueError("'replay' mixes a corpus's blocks into fine-tuning: it goes with 'corpus: DIR'")
         return self
 
 
@@ -124,19 +129,27 @@ class DataConfig(_Strict):
     def _corpus_template(cls, raw: Any) -> Any:
         """A pretraining corpus is plain text: its model continues text, so its template is `none`."""
         if isinstance(raw, dict) and "template" not in raw and any(
-                isinstance(s, dict) and s.get("corpus") is not None for s in raw.get("train") or []):
+                isinstance(s, dict) and s.get("corpus") is not None and s.get("replay") is None
+                for s in raw.get("train") or []):
             raw = {**raw, "template": "none"}
         return raw
 
     @model_validator(mode="after")
     def _one_kind_of_source(self):
-        corpora = [s for s in self.train if s.corpus is not None]
+        corpora = [s for s in self.train if s.corpus is not None and s.replay is None]
+        replays = [s for s in self.train if s.replay is not None]
         if corpora and len(corpora) != len(self.train):
             raise ValueError("a corpus source cannot be mixed with example sources (path/generate): pretrain on "
-                             "the corpus in one run, fine-tune on the examples in another")
+                             "the corpus in one run, fine-tune on the examples in another (or give the corpus "
+                             "a 'replay' fraction to mix its blocks into the fine-tuning)")
         if len(corpora) > 1:
             raise ValueError("give one corpus source (prepare several inputs into one corpus with "
                              "`tunelab data corpus IN1 IN2 … --out DIR`)")
+        if len(replays) > 1:
+            raise ValueError("give one corpus to replay")
+        if replays and len(replays) == len(self.train):
+            raise ValueError("'replay' mixes a corpus into fine-tuning on examples: add a path or generate "
+                             "source (to pretrain on the corpus, drop 'replay')")
         if self.sampling == "random" and not corpora:
             raise ValueError("'sampling: random' draws corpus blocks; it needs a corpus source")
         return self
@@ -144,7 +157,12 @@ class DataConfig(_Strict):
     @property
     def corpus(self) -> str | None:
         """The corpus directory of a pretraining run, or None for example sources."""
-        return self.train[0].corpus
+        return self.train[0].corpus if self.train[0].replay is None else None
+
+    @property
+    def replay(self) -> SourceConfig | None:
+        """The corpus replayed during fine-tuning on examples, if any."""
+        return next((s for s in self.train if s.replay is not None), None)
 
 
 class LoraConfig(_Strict):

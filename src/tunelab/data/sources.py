@@ -38,7 +38,8 @@ def training_examples(recipe: Recipe) -> list[Example]:
                            "corpus --show DIR`)", field="data.train")
     examples = []
     for src in recipe.data.train:
-        examples += load_source(src)
+        if src.corpus is None:      # a replayed corpus adds token blocks when training starts, not examples
+            examples += load_source(src)
     if not examples:
         raise TunelabError("the training data is empty", field="data.train")
     return examples

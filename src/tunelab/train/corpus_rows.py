@@ -21,6 +21,10 @@ Only the rows of one step become Python lists; the corpus stays on disk.
   row's first block is uniform). An "epoch" is then as many rows as an epoch of the epoch sampling, i.e.
   about one pass over the corpus's tokens.
 - `sampling="sequential"`: the blocks in order, for validation (`limit` keeps the first N).
+
+Fine-tuning on examples can replay a corpus (`replay_blocks`): a seeded draw of its train blocks, without
+replacement, joins the examples as samples scored on every token, so the fine-tuned model keeps modelling
+the corpus's text (full fine-tuning on short QA pairs alone raised the MiniGPT demo's perplexity 1.96 -> 51).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.data.corpus_store import CorpusBlocks
-from tunelab.data.packing import IGNORE, Row
+from tunelab.data.packing import IGNORE, Encoded, Row
 from tunelab.errors import TunelabError
 
 SAMPLINGS = ("epoch", "random", "sequential")
@@ -195,3 +199,26 @@ def corpus_rows(recipe) -> tuple[CorpusRows, CorpusRows | None]:
                                "--val-fraction above 0)", file=d.corpus, field="train.eval_every")
         return train, None
     return train, CorpusRows(val_blocks, d.max_seq_len, d.packing, "sequential", limit=recipe.train.val_blocks)
+
+
+def replay_blocks(corpus: str | Path, fraction: float, example_tokens: int, max_len: int,
+                  seed: int) -> list[Encoded]:
+    """Train blocks of `corpus`, in a seeded order without replacement, until they are `fraction` of the
+    training tokens (theirs + `example_tokens`), as samples whose labels are their own tokens (the first one
+    unscored, as in `CorpusRows.rows`). A corpus too small for the fraction gives all its train blocks."""
+    blocks = CorpusBlocks(corpus, "train")
+    if len(blocks) == 0:
+        raise TunelabError("the corpus to replay has no train blocks", file=blocks.dir, field="data.train")
+    lengths = np.asarray(blocks.lengths, dtype=np.int64)
+    if int(lengths.max()) > max_len:
+        raise TunelabError(f"the replayed corpus's blocks are up to {int(lengths.max())} tokens but rows hold "
+                           f"{max_len}: set data.max_seq_len to at least {int(lengths.max())}",
+                           field="data.max_seq_len")
+    want = fraction / (1 - fraction) * example_tokens
+    order = np.random.default_rng([seed % 2 ** 64, 0x7e91a7]).permutation(len(blocks))
+    taken = order[: int(np.searchsorted(np.cumsum(lengths[order]), want)) + 1]
+    out = []
+    for b in taken.tolist():
+        ids = blocks.block(b).tolist()
+        out.append(Encoded(ids, [IGNORE] + ids[1:]))
+    return out

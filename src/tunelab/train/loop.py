@@ -164,6 +164,21 @@ def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate
     return model, tokenizer
 
 
+def _replayed(recipe: Recipe, tokenizer, encoded: list[Encoded], dist: Dist) -> list[Encoded]:
+    """The replayed corpus's blocks for fine-tuning on `encoded` (see `corpus_rows.replay_blocks`)."""
+    from tunelab.train.corpus_rows import check_corpus_tokenizer, replay_blocks
+    src = recipe.data.replay
+    check_corpus_tokenizer(tokenizer, src.corpus)
+    example_tokens = sum(len(e.input_ids) for e in encoded)
+    blocks = replay_blocks(src.corpus, src.replay, example_tokens, recipe.data.max_seq_len, recipe.seed)
+    replayed = sum(len(b.input_ids) for b in blocks)
+    if dist.main:
+        print(f"replay: {len(blocks):,} blocks of {src.corpus} ({replayed:,} tokens, "
+              f"{100 * replayed / (replayed + example_tokens):.1f}% of the training tokens; asked "
+              f"{100 * src.replay:g}%)")
+    return blocks
+
+
 class RowStream:
     """The deterministic sequence of training rows: epoch e shuffles samples with seed+e, then packs them."""
 
@@ -242,14 +257,19 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     examples = [] if recipe.data.corpus else training_examples(recipe)
     model, tokenizer = build_model_and_tokenizer(recipe, examples, template, run_dir, dist)
     val_rows = None  # validation rows: a corpus's val split
+    replayed_blocks = 0
     if recipe.data.corpus:
         from tunelab.train.corpus_rows import corpus_rows
         stream, val_rows = corpus_rows(recipe)
         samples, truncated = stream.count, 0
     else:
         encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
-        stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed)
         samples, truncated = len(encoded), sum(e.truncated for e in encoded)
+        if recipe.data.replay is not None:
+            replayed = _replayed(recipe, tokenizer, encoded, dist)
+            encoded += replayed
+            replayed_blocks = len(replayed)
+        stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed)
 
     lora = recipe.lora.enabled
     if lora:
@@ -437,7 +457,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     logged = train_lines[1:] or train_lines
     summary = {"steps": stopped_early_at or total_steps, "resumed_from": start_step, "final_loss": last_loss,
                "train_seconds": elapsed, "trainable_params": trainable, "total_params": total,
-               "samples": samples, "truncated": truncated, "rows_per_epoch": stream.rows_per_epoch,
+               "samples": samples, "replayed_blocks": replayed_blocks, "truncated": truncated, "rows_per_epoch": stream.rows_per_epoch,
                "padding_pct": stream.padding_pct, "world_size": dist.world, "precision": precision,
                "checkpoints": [str(p) for p in list_checkpoints(run_dir)],
                "best_checkpoint": best, "best_val_loss": best_val, "stopped_early_at": stopped_early_at,
