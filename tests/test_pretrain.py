@@ -360,6 +360,10 @@ def test_fine_tuning_with_replay_trains_on_examples_and_corpus_blocks(tmp_path, 
                                                             "data": {"train": [{"path": str(qa)}],
                                                                      "template": "alpaca", "max_seq_len": 96}}))
     assert summary["rows_per_epoch"] > check(alone)["rows"]
+    # the next fine-tuning starts from that run (a run directory means its best checkpoint), data check too
+    after = replay_sections(corpus, qa)
+    after["model"] = {"path": str(recipe.run_dir), "preset": None, "from_scratch": False, "tokenizer": None}
+    assert check(load_recipe(write_recipe(tmp_path, "after", **after)))["replay"]["blocks"] > 0
 
     other = tmp_path / "other-tok"
     from tunelab.model.tokenizer import train_bpe_tokenizer

@@ -6,6 +6,7 @@ nothing of `model/`."""
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 from tunelab.data.packing import IGNORE, encode_examples, pack_examples, packing_efficiency, unpacked_rows
 from tunelab.data.sources import training_examples
@@ -36,7 +37,11 @@ def _tokenizer_for(recipe: Recipe, examples, template):
     quiet_transformers()
     m = recipe.model
     if m.tokenizer or not m.from_scratch:
-        return load_tokenizer(m.tokenizer or m.path)
+        path = m.tokenizer or m.path
+        if not m.tokenizer and (Path(path) / "checkpoints").is_dir():   # a run directory: its best checkpoint's
+            from tunelab.runs import pick_checkpoint
+            path = str(pick_checkpoint(Path(path)))
+        return load_tokenizer(path)
     from tunelab.model.tokenizer import train_bpe_tokenizer
     sample = examples[:20000]
     return train_bpe_tokenizer((template.render(e.instruction, e.input) + e.output for e in sample),
