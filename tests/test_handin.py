@@ -163,3 +163,16 @@ def test_a_run_starts_from_the_organisers_ckpt_converted_once(tiny_base, tmp_pat
     path = write_recipe(tmp_path, "third", **{**sections, "model": model})
     assert main(["train", str(path)]) == 2
     assert "needs mindformers_config" in capsys.readouterr().err
+
+
+def test_description_names_a_replayed_corpus_as_such():
+    from tunelab.handin import description
+    recipe = {"name": "sft", "lora": {"enabled": False}, "model": {"path": "runs/pre"},
+              "data": {"train": [{"path": "qa.jsonl"}, {"corpus": "corpus", "replay": 0.5}], "template": "sep"},
+              "train": {"precision": "fp32"}}
+    summary = {"trainable_params": 10, "total_params": 10, "samples": 6048, "replayed_blocks": 818, "steps": 240,
+               "hardware": "CPU X (2 threads)", "train_seconds": 296.0}
+    desc = description(recipe, summary, {"ratio": {"ratio": 1.0}, "best_checkpoint": "step-000180"})
+    assert "  - corpus corpus (replayed as 50% of the training tokens, 818 blocks)" in desc
+    assert "  - qa.jsonl (format auto, count all)" in desc and "generated None" not in desc
+    assert "- training wall-clock: 4.9 min" in desc and "- hardware: CPU X (2 threads)" in desc
