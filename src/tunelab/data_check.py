@@ -37,9 +37,9 @@ def _tokenizer_for(recipe: Recipe, examples, template):
     quiet_transformers()
     m = recipe.model
     if m.tokenizer or not m.from_scratch:
+        from tunelab.runs import is_run_dir, pick_checkpoint
         path = m.tokenizer or m.path
-        if not m.tokenizer and (Path(path) / "checkpoints").is_dir():   # a run directory: its best checkpoint's
-            from tunelab.runs import pick_checkpoint
+        if not m.tokenizer and is_run_dir(path):   # as training resolves it: the run's best checkpoint
             path = str(pick_checkpoint(Path(path)))
         return load_tokenizer(path)
     from tunelab.model.tokenizer import train_bpe_tokenizer
@@ -58,10 +58,8 @@ def check(recipe: Recipe, n_samples: int = 3) -> dict:
     loss_tokens = [sum(1 for x in e.labels if x != IGNORE) for e in encoded]
     replayed = []
     if recipe.data.replay is not None:  # the corpus blocks training mixes in, as the trainer draws them
-        from tunelab.train.corpus_rows import check_corpus_tokenizer, replay_blocks
-        check_corpus_tokenizer(tokenizer, recipe.data.replay.corpus)
-        replayed = replay_blocks(recipe.data.replay.corpus, recipe.data.replay.replay, sum(lengths), max_len,
-                                 recipe.seed)
+        from tunelab.train.corpus_rows import replay_for
+        replayed = replay_for(recipe, tokenizer, encoded)
     rows = pack_examples(encoded + replayed, max_len) if recipe.data.packing else unpacked_rows(encoded + replayed)
     return {
         "examples": examples, "encoded": encoded, "tokenizer": tokenizer, "samples": n_samples,
@@ -69,7 +67,8 @@ def check(recipe: Recipe, n_samples: int = 3) -> dict:
         "length": {"min": min(lengths), "mean": statistics.fmean(lengths), "median": statistics.median(lengths),
                    "max": max(lengths), "p95": sorted(lengths)[int(0.95 * (len(lengths) - 1))]},
         "loss_tokens_mean": statistics.fmean(loss_tokens),
-        "replay": {"blocks": len(replayed), "tokens": sum(len(b.input_ids) for b in replayed)},
+        "replay": {"blocks": len(replayed), "tokens": sum(len(b.input_ids) for b in replayed),
+                   "samples": replayed},
         "rows": len(rows), "packing_efficiency": packing_efficiency(rows, max_len),
         "padded_efficiency": statistics.fmean(lengths) / max_len,
     }
@@ -91,9 +90,8 @@ def cli_check(args) -> int:
     print(f"truncated at max_seq_len {recipe.data.max_seq_len}: {r['truncated']} "
           f"({100 * r['truncated'] / r['count']:.2f}%)")
     if r["replay"]["blocks"]:
-        share = r["replay"]["tokens"] / (r["replay"]["tokens"] + sum(len(e.input_ids) for e in r["encoded"]))
-        print(f"replay: {r['replay']['blocks']:,} blocks of {recipe.data.replay.corpus} "
-              f"({r['replay']['tokens']:,} tokens, {100 * share:.1f}% of the training tokens; loss on every token)")
+        from tunelab.train.corpus_rows import describe_replay
+        print(describe_replay(recipe, r["replay"]["samples"], r["encoded"]))
     if recipe.data.packing:
         print(f"packing: {r['rows']} rows of {recipe.data.max_seq_len}, {100 * r['packing_efficiency']:.1f}% "
               f"real tokens (padding every sample to {recipe.data.max_seq_len} would be "

@@ -145,10 +145,12 @@ def description(recipe: dict, summary: dict, metrics: dict) -> str:
              "## Data", "",
              f"- {summary.get('samples'):,} training examples from {len(sources)} source(s):"]
     for s in sources:
+        if s.get("corpus") and s.get("replay"):
+            lines.append(f"  - corpus {s['corpus']} (replayed as {100 * s['replay']:g}% of the training tokens, "
+                         f"{summary.get('replayed_blocks', 0):,} blocks)")
+            continue
         if s.get("corpus"):
-            share = f"replayed as {100 * s['replay']:g}% of the training tokens, {summary.get('replayed_blocks', 0):,} " \
-                    "blocks" if s.get("replay") else "pretraining"
-            lines.append(f"  - corpus {s['corpus']} ({share})")
+            lines.append(f"  - corpus {s['corpus']} (pretraining)")
             continue
         what = s.get("path") or f"generated {s.get('generate')}"
         lines.append(f"  - {what} (format {s.get('format', 'auto')}, count {s.get('count', 'all')})")

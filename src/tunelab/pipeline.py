@@ -27,7 +27,7 @@ from tunelab.data.records import write_json
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, load_recipe
-from tunelab.runs import best_label, list_checkpoints, model_dir_of, pick_checkpoint
+from tunelab.runs import best_label, is_run_dir, list_checkpoints, model_dir_of, pick_checkpoint
 
 
 def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label) -> dict:
@@ -170,7 +170,7 @@ def resolve_base_run(recipe: Recipe) -> Path | None:
         recipe.model = m.model_copy(update={"path": str(converted), "mindformers_config": None})
         return None
     path = Path(recipe.model.path) if recipe.model.path else None
-    if path is None or not (path / "checkpoints").is_dir():
+    if path is None or not is_run_dir(path):
         return None
     recipe.model.path = str(pick_checkpoint(path))
     return path

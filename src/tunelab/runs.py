@@ -34,6 +34,11 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"{STEP_PREFIX}{step:06d}"
 
 
+def is_run_dir(path: str | Path) -> bool:
+    """A training run's directory (it has checkpoints/), as `model.path` may name one: its best checkpoint."""
+    return (Path(path) / "checkpoints").is_dir()
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Finished checkpoints (those with state.json), oldest first."""
     root = Path(run_dir) / "checkpoints"

@@ -222,3 +222,21 @@ def replay_blocks(corpus: str | Path, fraction: float, example_tokens: int, max_
         ids = blocks.block(b).tolist()
         out.append(Encoded(ids, [IGNORE] + ids[1:]))
     return out
+
+
+def replay_for(recipe, tokenizer, encoded: list[Encoded]) -> list[Encoded]:
+    """The blocks `recipe.data.replay` mixes into fine-tuning on `encoded`, drawn as training draws them, after
+    checking that the corpus was prepared with the model's tokenizer."""
+    src = recipe.data.replay
+    check_corpus_tokenizer(tokenizer, src.corpus)
+    return replay_blocks(src.corpus, src.replay, sum(len(e.input_ids) for e in encoded), recipe.data.max_seq_len,
+                         recipe.seed)
+
+
+def describe_replay(recipe, blocks: list[Encoded], encoded: list[Encoded]) -> str:
+    """One line on what the replay drew: blocks, tokens, and their share of the training tokens."""
+    src = recipe.data.replay
+    replayed = sum(len(b.input_ids) for b in blocks)
+    share = replayed / (replayed + sum(len(e.input_ids) for e in encoded))
+    return (f"replay: {len(blocks):,} blocks of {src.corpus} ({replayed:,} tokens, {100 * share:.1f}% of the "
+            f"training tokens, asked {100 * src.replay:g}%; loss on every token)")

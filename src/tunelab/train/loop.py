@@ -164,21 +164,6 @@ def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate
     return model, tokenizer
 
 
-def _replayed(recipe: Recipe, tokenizer, encoded: list[Encoded], dist: Dist) -> list[Encoded]:
-    """The replayed corpus's blocks for fine-tuning on `encoded` (see `corpus_rows.replay_blocks`)."""
-    from tunelab.train.corpus_rows import check_corpus_tokenizer, replay_blocks
-    src = recipe.data.replay
-    check_corpus_tokenizer(tokenizer, src.corpus)
-    example_tokens = sum(len(e.input_ids) for e in encoded)
-    blocks = replay_blocks(src.corpus, src.replay, example_tokens, recipe.data.max_seq_len, recipe.seed)
-    replayed = sum(len(b.input_ids) for b in blocks)
-    if dist.main:
-        print(f"replay: {len(blocks):,} blocks of {src.corpus} ({replayed:,} tokens, "
-              f"{100 * replayed / (replayed + example_tokens):.1f}% of the training tokens; asked "
-              f"{100 * src.replay:g}%)")
-    return blocks
-
-
 class RowStream:
     """The deterministic sequence of training rows: epoch e shuffles samples with seed+e, then packs them."""
 
@@ -266,7 +251,10 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
         samples, truncated = len(encoded), sum(e.truncated for e in encoded)
         if recipe.data.replay is not None:
-            replayed = _replayed(recipe, tokenizer, encoded, dist)
+            from tunelab.train.corpus_rows import describe_replay, replay_for
+            replayed = replay_for(recipe, tokenizer, encoded)
+            if dist.main:
+                print(describe_replay(recipe, replayed, encoded))
             encoded += replayed
             replayed_blocks = len(replayed)
         stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed)
