@@ -7,7 +7,7 @@ the same width, depth, heads, vocabulary, sequence length, batch, optimizer sett
                 tied embeddings (Llama block: RoPE, RMSNorm, SwiGLU; d 256, 4 layers, 4 heads), full training,
                 whole blocks packed into rows (`packing: true`, no attention across blocks), `sampling: random`
                 (blocks drawn with replacement, as nanoGPT draws windows; it also pads least), bf16 autocast
-                where the CPU has native bf16; tokens/s per logged window from its metrics.jsonl (real tokens:
+                where it is faster than fp32 on this CPU; tokens/s per logged window from its metrics.jsonl (real tokens:
                 padding does not count).
   (b) nanoGPT - the loop of nanoGPT's train.py written out here: its model.py GPT (learned positions,
                 LayerNorm, GELU MLP, causal SDPA, tied embeddings when the preset ties them), random contiguous

@@ -38,11 +38,11 @@ log = logger("bench_train")
 
 
 def choose_precision(requested: str) -> tuple[str, dict]:
-    """bf16 autocast where the CPU does bf16 natively (the trainer's own test, `tunelab.train.precision`), else
-    fp32; with the CPU's flags for the record."""
+    """bf16 autocast where it makes this CPU faster (the trainer's own test, `tunelab.train.precision`), else
+    fp32; with the CPU's flags and the measured bf16/fp32 matmul speed for the record."""
     import torch
 
-    from tunelab.train.precision import cpu_bf16_is_native
+    from tunelab.train.precision import cpu_bf16_pays, cpu_bf16_speedup
     flags = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -51,9 +51,10 @@ def choose_precision(requested: str) -> tuple[str, dict]:
                 break
     except OSError:
         pass
-    bf16_ok = cpu_bf16_is_native()
+    speedup = cpu_bf16_speedup()
+    bf16_ok = cpu_bf16_pays(speedup)
     info = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "avx512_bf16": "avx512_bf16" in flags,
-            "amx_bf16": "amx_bf16" in flags, "bf16_usable": bf16_ok}
+            "amx_bf16": "amx_bf16" in flags, "bf16_speedup": round(speedup, 3), "bf16_usable": bf16_ok}
     if requested == "auto":
         return ("bf16" if bf16_ok else "fp32"), info
     return requested, info
