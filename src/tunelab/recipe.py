@@ -183,7 +183,9 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(default=0.05, ge=0, le=1)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="bf16: autocast on a GPU; on a CPU only where bf16 matmuls are clearly "
+                                    "faster than fp32 (else fp32, with a note: train/precision.py)")
     num_checkpoints: int = Field(default=5, ge=1)
     save_merged: bool = False
     log_every: int = Field(default=10, ge=1)
