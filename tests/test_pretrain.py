@@ -374,6 +374,36 @@ def test_fine_tuning_with_replay_trains_on_examples_and_corpus_blocks(tmp_path, 
         train(load_recipe(write_recipe(tmp_path, "tok", **sections)))
 
 
+def test_fine_tuning_with_replay_logs_the_replayed_corpus_validation_loss(tmp_path, corpus, capsys):
+    """train.eval_every on a replay recipe measures the replayed corpus's val split (the language modelling that
+    full SFT can lose): in metrics.jsonl, in every checkpoint's state.json and on loss.png, without marking a
+    best checkpoint or stopping early, which stay with the evaluated tasks / pretraining."""
+    from tunelab.train.loop import train
+    qa = _qa_file(tmp_path / "qa.jsonl")
+    recipe = load_recipe(write_recipe(tmp_path, "val", **replay_sections(corpus, qa, eval_every=2, val_blocks=3,
+                                                                          num_checkpoints=2)))
+    summary = train(recipe)
+    out = capsys.readouterr().out
+    assert f"validation: 3 blocks of {corpus}'s val split every 2 steps" in out
+    vals = [r for r in read_metrics(recipe.run_dir / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in vals] == [2, 4] and all(math.isfinite(r["val_loss"]) and r["val_loss"] > 0
+                                                       for r in vals)
+    states = [json.loads((c / "state.json").read_text(encoding="utf-8")) for c in list_checkpoints(recipe.run_dir)]
+    assert [s["val_loss"] for s in states] == [r["val_loss"] for r in vals]
+    assert summary["best_checkpoint"] is None and summary["best_val_loss"] is None
+    assert (recipe.run_dir / "loss.png").exists()
+
+    def error(**train) -> str:
+        with pytest.raises(TunelabError) as e:
+            load_recipe(write_recipe(tmp_path, "bad", **replay_sections(corpus, qa, **train)))
+        return str(e.value)
+    assert "not what fine-tuning optimises" in error(eval_every=2, early_stopping_patience=2)
+    no_replay = replay_sections(corpus, qa, eval_every=2)
+    no_replay["data"]["train"] = no_replay["data"]["train"][:1]
+    with pytest.raises(TunelabError, match="needs a corpus source"):
+        load_recipe(write_recipe(tmp_path, "noreplay", **no_replay))
+
+
 def test_resume_after_sigkill_matches_the_uninterrupted_corpus_run(tmp_path, corpus):
     from test_resume_ddp import _finished_checkpoints, _start_and_kill_after
 

@@ -192,13 +192,20 @@ def corpus_rows(recipe) -> tuple[CorpusRows, CorpusRows | None]:
     """The training rows of a corpus recipe, and its validation rows (None when the val split is empty)."""
     d = recipe.data
     train = CorpusRows(CorpusBlocks(d.corpus, "train"), d.max_seq_len, d.packing, d.sampling, recipe.seed)
-    val_blocks = CorpusBlocks(d.corpus, "val")
+    return train, validation_rows(recipe, d.corpus)
+
+
+def validation_rows(recipe, corpus: str | Path) -> CorpusRows | None:
+    """The val split of `corpus` as rows to measure validation loss on (the first `train.val_blocks` blocks);
+    None when the split is empty and no validation was asked for."""
+    d = recipe.data
+    val_blocks = CorpusBlocks(corpus, "val")
     if len(val_blocks) == 0:
         if recipe.train.eval_every or recipe.train.early_stopping_patience:
             raise TunelabError("the corpus has no validation blocks to evaluate (prepare it with "
-                               "--val-fraction above 0)", file=d.corpus, field="train.eval_every")
-        return train, None
-    return train, CorpusRows(val_blocks, d.max_seq_len, d.packing, "sequential", limit=recipe.train.val_blocks)
+                               "--val-fraction above 0)", file=corpus, field="train.eval_every")
+        return None
+    return CorpusRows(val_blocks, d.max_seq_len, d.packing, "sequential", limit=recipe.train.val_blocks)
 
 
 def replay_blocks(corpus: str | Path, fraction: float, example_tokens: int, max_len: int,

@@ -8,7 +8,8 @@ positions onto the vocabulary (`loss.py`); on CPU, LoRA dropout (`dropout.py`) a
 
 Rows come from examples (`RowStream`) or from a prepared corpus's memory-mapped blocks (`corpus_rows.py`).
 A corpus run also measures the validation loss (`validation.py`) every `eval_every` steps and at every
-checkpoint, marks the best checkpoint by it, and can stop early. Every metrics line carries MFU (`mfu.py`).
+checkpoint, marks the best checkpoint by it, and can stop early; a fine-tuning run that replays a corpus can
+measure that corpus's validation loss the same way (logged and plotted, not used to choose or stop). Every metrics line carries MFU (`mfu.py`).
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
     examples = [] if recipe.data.corpus else training_examples(recipe)
     model, tokenizer = build_model_and_tokenizer(recipe, examples, template, run_dir, dist)
-    val_rows = None  # validation rows: a corpus's val split
+    val_rows = None  # validation rows: the val split of the corpus pretrained on, or of a replayed one when asked
     replayed_blocks = 0
     if recipe.data.corpus:
         from tunelab.train.corpus_rows import corpus_rows
@@ -257,6 +258,13 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                 print(describe_replay(recipe, replayed, encoded))
             encoded += replayed
             replayed_blocks = len(replayed)
+            if tc.eval_every:
+                from tunelab.train.corpus_rows import validation_rows
+                val_rows = validation_rows(recipe, recipe.data.replay.corpus)
+                if dist.main and val_rows is not None:
+                    print(f"validation: {val_rows.count:,} blocks of {recipe.data.replay.corpus}'s val split every "
+                          f"{tc.eval_every} steps and at each checkpoint (what fine-tuning costs its language "
+                          "modelling; the best checkpoint is still chosen by the evaluated tasks)")
         stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed)
 
     lora = recipe.lora.enabled
@@ -440,7 +448,9 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             break
     bar.close()
     elapsed = elapsed_before + time.perf_counter() - t_start
-    best, best_val = best_checkpoint(run_dir)
+    # the lowest validation loss marks the best checkpoint of pretraining only: a fine-tuning run's best is decided
+    # by its evaluated tasks (a replayed corpus's loss says what fine-tuning cost, not how well it did)
+    best, best_val = best_checkpoint(run_dir) if recipe.data.corpus else (None, None)
     train_lines = [r for r in read_metrics(metrics_path) if "loss" in r]
     logged = train_lines[1:] or train_lines
     summary = {"steps": stopped_early_at or total_steps, "resumed_from": start_step, "final_loss": last_loss,
