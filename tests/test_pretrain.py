@@ -398,6 +398,11 @@ def test_fine_tuning_with_replay_logs_the_replayed_corpus_validation_loss(tmp_pa
             load_recipe(write_recipe(tmp_path, "bad", **replay_sections(corpus, qa, **train)))
         return str(e.value)
     assert "not what fine-tuning optimises" in error(eval_every=2, early_stopping_patience=2)
+    checkpoints_only = load_recipe(write_recipe(tmp_path, "ckpts", **replay_sections(corpus, qa, val_blocks=2,
+                                                                                  num_checkpoints=2)))
+    train(checkpoints_only)
+    assert [r["step"] for r in read_metrics(checkpoints_only.run_dir / "metrics.jsonl") if "val_loss" in r] == [2, 4]
+    assert "val split at each checkpoint" in capsys.readouterr().out
     no_replay = replay_sections(corpus, qa, eval_every=2)
     no_replay["data"]["train"] = no_replay["data"]["train"][:1]
     with pytest.raises(TunelabError, match="needs a corpus source"):

@@ -272,15 +272,16 @@ class Recipe(_Strict):
         run replays (there it tracks what the fine-tuning costs the language model). Early stopping on it only
         makes sense when it is the objective, i.e. pretraining."""
         if self.data.corpus is None:
-            keys = ("eval_every", "val_blocks") if self.data.replay is not None else ()
+            allowed = ("eval_every", "val_blocks") if self.data.replay is not None else ()
             for key in ("eval_every", "val_blocks", "early_stopping_patience"):
-                if getattr(self.train, key) is not None and key not in keys:
-                    if key == "early_stopping_patience" and self.data.replay is not None:
-                        raise ValueError("train.early_stopping_patience stops pretraining on its validation loss; "
-                                         "a replayed corpus's loss is measured (train.eval_every) but is not what "
-                                         "fine-tuning optimises")
-                    raise ValueError(f"train.{key} needs a corpus source: validation loss is measured on a "
-                                     "corpus's val split (a pretraining corpus, or one replayed while fine-tuning)")
+                if getattr(self.train, key) is None or key in allowed:
+                    continue
+                if self.data.replay is not None:  # early stopping
+                    raise ValueError("train.early_stopping_patience stops pretraining on its validation loss; a "
+                                     "replayed corpus's loss is measured (train.eval_every) but is not what "
+                                     "fine-tuning optimises")
+                raise ValueError(f"train.{key} needs a corpus source: validation loss is measured on a "
+                                 "corpus's val split (a pretraining corpus, or one replayed while fine-tuning)")
         return self
 
     @property

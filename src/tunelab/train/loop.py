@@ -9,7 +9,8 @@ positions onto the vocabulary (`loss.py`); on CPU, LoRA dropout (`dropout.py`) a
 Rows come from examples (`RowStream`) or from a prepared corpus's memory-mapped blocks (`corpus_rows.py`).
 A corpus run also measures the validation loss (`validation.py`) every `eval_every` steps and at every
 checkpoint, marks the best checkpoint by it, and can stop early; a fine-tuning run that replays a corpus can
-measure that corpus's validation loss the same way (logged and plotted, not used to choose or stop). Every metrics line carries MFU (`mfu.py`).
+measure that corpus's validation loss the same way (logged and plotted, not used to choose or stop). Every
+metrics line carries MFU (`mfu.py`).
 """
 
 from __future__ import annotations
@@ -258,13 +259,14 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                 print(describe_replay(recipe, replayed, encoded))
             encoded += replayed
             replayed_blocks = len(replayed)
-            if tc.eval_every:
+            if tc.eval_every or tc.val_blocks:
                 from tunelab.train.corpus_rows import validation_rows
                 val_rows = validation_rows(recipe, recipe.data.replay.corpus)
                 if dist.main and val_rows is not None:
-                    print(f"validation: {val_rows.count:,} blocks of {recipe.data.replay.corpus}'s val split every "
-                          f"{tc.eval_every} steps and at each checkpoint (what fine-tuning costs its language "
-                          "modelling; the best checkpoint is still chosen by the evaluated tasks)")
+                    when = f"every {tc.eval_every} steps and " if tc.eval_every else ""
+                    print(f"validation: {val_rows.count:,} blocks of {recipe.data.replay.corpus}'s val split {when}"
+                          "at each checkpoint (what fine-tuning costs its language modelling; the best checkpoint "
+                          "is still chosen by the evaluated tasks)")
         stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed)
 
     lora = recipe.lora.enabled
