@@ -253,14 +253,13 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
         samples, truncated = len(encoded), sum(e.truncated for e in encoded)
         if recipe.data.replay is not None:
-            from tunelab.train.corpus_rows import describe_replay, replay_for
+            from tunelab.train.corpus_rows import describe_replay, replay_for, validation_rows
             replayed = replay_for(recipe, tokenizer, encoded)
             if dist.main:
                 print(describe_replay(recipe, replayed, encoded))
             encoded += replayed
             replayed_blocks = len(replayed)
             if tc.eval_every or tc.val_blocks:
-                from tunelab.train.corpus_rows import validation_rows
                 val_rows = validation_rows(recipe, recipe.data.replay.corpus)
                 if dist.main and val_rows is not None:
                     when = f"every {tc.eval_every} steps and " if tc.eval_every else ""
