@@ -47,7 +47,8 @@ def _documents(n: int, seed: int) -> list[str]:
 
 def build_corpus(directory: Path, block_size: int = 48, docs: int = 160, val_every: int = 8,
                  vocab: int = 320) -> Path:
-    """A corpus directory: sentences packed greedily into blocks of ≤ block_size tokens ending in EOT."""
+    """A corpus directory: sentences packed greedily into blocks of ≤ block_size tokens ending in EOT; every
+    `val_every`-th document in the val split (none with 0)."""
     from tunelab.model.tokenizer import train_bpe_tokenizer
     texts = _documents(docs, seed=1)
     tok = train_bpe_tokenizer(texts, vocab)
@@ -58,7 +59,7 @@ def build_corpus(directory: Path, block_size: int = 48, docs: int = 160, val_eve
     writers = {s: SplitWriter(directory, s, dtype) for s in ("train", "val")}
     doc_rows = []
     for d, text in enumerate(texts):
-        split = "val" if d % val_every == 0 else "train"
+        split = "val" if val_every and d % val_every == 0 else "train"
         pieces = [p for p in text.replace("。", "。\n").replace(". ", ". \n").split("\n") if p]
         block: list[int] = []
         for ids in tok(pieces, add_special_tokens=False)["input_ids"]:
@@ -73,7 +74,7 @@ def build_corpus(directory: Path, block_size: int = 48, docs: int = 160, val_eve
     (directory / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in doc_rows), encoding="utf-8")
     meta = {"format": FORMAT, "dtype": dtype, "block_size": block_size, "eot_id": eot,
             "eot_token": tok.eos_token, "vocab_size": len(tok), "tokenizer": {"source": "test"},
-            "val_fraction": 1 / val_every, "seed": 0, "splits": splits}
+            "val_fraction": 1 / val_every if val_every else 0.0, "seed": 0, "splits": splits}
     (directory / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     return directory
 
@@ -407,6 +408,25 @@ def test_fine_tuning_with_replay_logs_the_replayed_corpus_validation_loss(tmp_pa
     no_replay["data"]["train"] = no_replay["data"]["train"][:1]
     with pytest.raises(TunelabError, match="needs a corpus source"):
         load_recipe(write_recipe(tmp_path, "noreplay", **no_replay))
+
+
+def test_validation_asked_of_a_corpus_without_a_val_split_is_an_error(tmp_path):
+    """eval_every, val_blocks or early stopping on a corpus whose val split is empty (prepared with
+    --val-fraction 0) is a one-line error naming the corpus and the setting, for pretraining and for replay;
+    without any of them the run trains without validation."""
+    from tunelab.train.loop import train
+    bare = build_corpus(tmp_path / "noval", val_every=0, docs=40)
+    assert len(CorpusBlocks(bare, "val")) == 0
+    qa = _qa_file(tmp_path / "qa.jsonl")
+    for name, sections, key in (("pre-every", corpus_sections(bare), "eval_every"),
+                                ("pre-blocks", corpus_sections(bare, eval_every=None, val_blocks=2), "val_blocks"),
+                                ("replay-blocks", replay_sections(bare, qa, val_blocks=2), "val_blocks")):
+        with pytest.raises(TunelabError) as e:
+            train(load_recipe(write_recipe(tmp_path, name, **sections)))
+        assert "no validation blocks" in str(e.value) and str(bare) in str(e.value)
+        assert e.value.field == f"train.{key}"
+    summary = train(load_recipe(write_recipe(tmp_path, "plain", **replay_sections(bare, qa))))
+    assert summary["steps"] == 4 and summary["best_checkpoint"] is None
 
 
 def test_resume_after_sigkill_matches_the_uninterrupted_corpus_run(tmp_path, corpus):

@@ -197,13 +197,14 @@ def corpus_rows(recipe) -> tuple[CorpusRows, CorpusRows | None]:
 
 def validation_rows(recipe, corpus: str | Path) -> CorpusRows | None:
     """The val split of `corpus` as rows to measure validation loss on (the first `train.val_blocks` blocks);
-    None when the split is empty and no validation was asked for."""
+    None when the split is empty and no validation was asked for (an empty split asked for is an error)."""
     d = recipe.data
     val_blocks = CorpusBlocks(corpus, "val")
     if len(val_blocks) == 0:
-        if recipe.train.eval_every or recipe.train.early_stopping_patience:
+        asked = [k for k in ("eval_every", "val_blocks", "early_stopping_patience") if getattr(recipe.train, k)]
+        if asked:
             raise TunelabError("the corpus has no validation blocks to evaluate (prepare it with "
-                               "--val-fraction above 0)", file=corpus, field="train.eval_every")
+                               "--val-fraction above 0)", file=corpus, field=f"train.{asked[0]}")
         return None
     return CorpusRows(val_blocks, d.max_seq_len, d.packing, "sequential", limit=recipe.train.val_blocks)
 
