@@ -103,6 +103,11 @@ def test_reserved_cache_layer_behaves_like_transformers_dynamic_layer():
     both("batch_repeat_interleave", 2)
     both("update", torch.randn(4, 2, 1, 5), torch.randn(4, 2, 1, 5))
     assert ours.get_seq_length() == ref.get_seq_length() == 9
+    ours, ref = ReservedLayer(capacity=8, grow=2), DynamicLayer()   # repeating rows of its own buffer
+    both("update", torch.randn(2, 2, 3, 5), torch.randn(2, 2, 3, 5))
+    both("batch_repeat_interleave", 3)
+    for _ in range(6):                                                    # into the room, then past it
+        both("update", torch.randn(6, 2, 1, 5), torch.randn(6, 2, 1, 5))
 
 
 def test_reserved_cache_crop_and_append_rows_equal_slicing_and_left_padded_cat():

@@ -58,8 +58,17 @@ class ReservedLayer(DynamicLayer):
         if not self._owns():
             return super().batch_repeat_interleave(repeats)
         n = self.get_seq_length()
-        self._k, self._v = self._k.repeat_interleave(repeats, dim=0), self._v.repeat_interleave(repeats, dim=0)
+        self._k, self._v = (self._repeat_filled(buf, n, repeats) for buf in (self._k, self._v))
         self._view(n)
+
+    @staticmethod
+    def _repeat_filled(buf: torch.Tensor, n: int, repeats: int) -> torch.Tensor:
+        """`buf.repeat_interleave(repeats, 0)` with the same room, copying only the `n` filled positions (a
+        shared template header fills a third of the buffer its prefill reserved for the whole rows)."""
+        batch, heads, length, dim = buf.shape
+        out = buf.new_empty(batch * repeats, heads, length, dim)
+        out.view(batch, repeats, heads, length, dim)[:, :, :, :n] = buf[:, None, :, :n]
+        return out
 
     def crop_front(self, first: int) -> None:
         """Drop the first `first` positions (padding in every row), keeping the room after the end."""
