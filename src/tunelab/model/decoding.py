@@ -90,20 +90,28 @@ def logits_at(model, input_ids, attention_mask, keep, **kwargs):
     transformers computes the vocabulary projection only there (`logits_to_keep`); a model class without
     that argument, or one that ignores it, is run on every position and the kept ones are selected."""
     try:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **kwargs).logits
+        logits = _forward(model, input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep,
+                          **kwargs).logits
     except TypeError:  # a model class without logits_to_keep
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+        logits = _forward(model, input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
     if logits.ndim == 3:
         logits = logits[keep] if logits.shape[1] == keep.shape[1] else logits.reshape(-1, logits.shape[-1])
     return logits.float()
 
 
+def _forward(model, **kwargs):
+    """`model(**kwargs)`, with rotary embeddings computed without copies where that is exact (`rotary.py`)."""
+    from tunelab.model.rotary import fast_rotary
+    with fast_rotary(model):
+        return model(**kwargs)
+
+
 def _last_logits(model, **kwargs):
     """Float32 logits of each row's last position, (batch, vocab)."""
     try:
-        logits = model(logits_to_keep=1, **kwargs).logits
+        logits = _forward(model, logits_to_keep=1, **kwargs).logits
     except TypeError:
-        logits = model(**kwargs).logits
+        logits = _forward(model, **kwargs).logits
     return logits[:, -1, :].float()
 
 
@@ -176,15 +184,15 @@ class DecodeBatch:
             mask[i, width - own:] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         if shared:
-            model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=cache,
-                  use_cache=True, logits_to_keep=1)
+            _forward(model, input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=cache,
+                     use_cache=True, logits_to_keep=1)
             cache.batch_repeat_interleave(n)
             mask = torch.cat([mask.new_ones(n, shared), mask], dim=-1)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                       use_cache=True)
         if all_logits:
-            logits = model(**kwargs).logits.float()
+            logits = _forward(model, **kwargs).logits.float()
         else:
             logits = _last_logits(model, **kwargs)
         return cls(model, cache, mask, position_ids[:, -1:] + 1), logits
