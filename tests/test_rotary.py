@@ -42,13 +42,18 @@ def _tiny_llama():
     return LlamaForCausalLM(cfg).eval()
 
 
-def test_fast_rotary_is_scoped_counted_and_leaves_autograd_to_transformers():
+def _llama_and_its_logits():
+    """A tiny Llama, its modeling module and that module's own rotary function, inputs and their logits."""
     model = _tiny_llama()
     module = sys.modules[type(model).__module__]
-    own = module.apply_rotary_pos_emb
     ids = torch.randint(0, 64, (2, 9))
     with torch.no_grad():
         expected = model(input_ids=ids).logits
+    return model, module, module.apply_rotary_pos_emb, ids, expected
+
+
+def test_fast_rotary_is_scoped_counted_and_leaves_autograd_to_transformers():
+    model, module, own, ids, expected = _llama_and_its_logits()
     with rotary.fast_rotary(model):
         swapped = module.apply_rotary_pos_emb
         assert swapped is not own and swapped.__wrapped__ is own
@@ -95,12 +100,7 @@ def test_fast_rotary_leaves_other_functions_alone():
 
 
 def test_fast_rotary_from_threads_restores_the_original():
-    model = _tiny_llama()
-    module = sys.modules[type(model).__module__]
-    own = module.apply_rotary_pos_emb
-    ids = torch.randint(0, 64, (2, 9))
-    with torch.no_grad():
-        expected = model(input_ids=ids).logits
+    model, module, own, ids, expected = _llama_and_its_logits()
     failures = []
 
     def work():
