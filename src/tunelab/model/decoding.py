@@ -8,6 +8,9 @@ same tokens for the same checkpoint:
   `generation_config.eos_token_id`, and the end-of-turn token of the tokenizer's chat template
   (Llama-3's `<|eot_id|>`, Qwen's `<|im_end|>`, Gemma's `<end_of_turn>`), which is not always EOS;
 - which id pads a batch (`pad_token_id`) and how long the context is (`context_length`).
+
+Every forward pass goes through `_forward`, which computes rotary embeddings without copies where that
+gives transformers' result exactly (`rotary.py`).
 """
 
 from __future__ import annotations
