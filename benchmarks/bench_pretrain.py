@@ -13,7 +13,8 @@ the same width, depth, heads, vocabulary, sequence length, batch, optimizer sett
                 LayerNorm, GELU MLP, causal SDPA, tied embeddings when the preset ties them), random contiguous
                 windows of the same token file through `np.memmap` (documents run into each other, no padding),
                 AdamW (fused=False, weight decay on 2-D weights only), clipping, warmup + cosine, at its faster
-                precision on this CPU (fp32 and bf16 autocast are both timed first).
+                precision on this CPU (fp32 and bf16 autocast timed first, in alternation, best of 3 pairs of
+                steps each; bf16 skipped where its matmuls are emulated).
 
 The corpus directory is prepared here as `tunelab data corpus` does (`prepare_corpus`): generated
 encyclopedia-style articles (`tunelab.data.encyclopedia`), a byte-level BPE trained on them, sentence-aligned
@@ -147,6 +148,22 @@ def nanogpt_model(vocab: int, seq: int, d: int, layers: int, heads: int, tied: b
 def nanogpt_params(model) -> int:
     """nanoGPT's get_num_params(): every parameter once (tied weights once), minus the position embedding."""
     return sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()
+
+
+def nanogpt_calibration(nano, tokens_per_step: int, peaks: dict[str, float]) -> dict[str, float]:
+    """nanoGPT's tokens/s in each precision worth trying: fp32, and bf16 autocast unless its matmuls are
+    emulated (a tenth of fp32's peak or less: AVX2-only hosts, where one bf16 step takes minutes). The two are
+    timed in alternation and each keeps its best pair of steps, so a moment of load on a shared machine cannot
+    pick the slower precision (it once did: fp32 timed under another job's load lost to a bf16 that runs at
+    0.6x of fp32 in the rounds)."""
+    precisions = ["fp32"] + (["bf16"] if peaks["bf16"] > peaks["fp32"] / 10 else [])
+    for p in precisions:
+        nano.run(1, p)  # warm-up
+    best = {p: 0.0 for p in precisions}
+    for _ in range(3):
+        for p in precisions:
+            best[p] = max(best[p], tokens_per_step / statistics.median(nano.run(2, p)))
+    return best
 
 
 class NanoGPT:
@@ -317,13 +334,10 @@ def main() -> int:
         log(f"tunelab {preset}: d {shape['d']}, {shape['layers']} layers, {shape['heads']} heads, tied "
             f"{shape['tied']}, {shape['params']:,} parameters; nanoGPT: {sum(p.numel() for p in nano.model.parameters()):,}"
             f" ({n_params:,} without positions)")
-        calib = {}
-        for p in ("fp32", "bf16"):
-            nano.run(1, p)
-            calib[p] = tokens_per_step / statistics.median(nano.run(3, p))
+        calib = nanogpt_calibration(nano, tokens_per_step, peaks)
         nano_precision = max(calib, key=calib.get)
-        log(f"nanoGPT calibration: fp32 {calib['fp32']:,.0f} tok/s, bf16 {calib['bf16']:,.0f} tok/s -> "
-            f"{nano_precision}")
+        log("nanoGPT calibration (best of 3 interleaved pairs of steps): "
+            + ", ".join(f"{p} {v:,.0f} tok/s" for p, v in calib.items()) + f" -> {nano_precision}")
         sec_per_step = tokens_per_step / calib[nano_precision]
         per_round = args.seconds / args.rounds
         steps = args.window * (1 + max(2, round(per_round / sec_per_step / args.window)))
