@@ -52,7 +52,7 @@ def _llama_and_its_logits():
     return model, module, module.apply_rotary_pos_emb, ids, expected
 
 
-def test_fast_rotary_is_scoped_counted_and_leaves_autograd_to_transformers():
+def test_fast_rotary_is_scoped_and_counted_and_its_gradients_are_transformers_own():
     model, module, own, ids, expected = _llama_and_its_logits()
     with rotary.fast_rotary(model):
         swapped = module.apply_rotary_pos_emb
@@ -62,19 +62,40 @@ def test_fast_rotary_is_scoped_counted_and_leaves_autograd_to_transformers():
         assert module.apply_rotary_pos_emb is swapped
         with torch.no_grad():
             assert torch.equal(model(input_ids=ids).logits, expected)
-        # with autograd recording, transformers' function runs: the gradient is transformers' own
-        calls = []
-        original_rotary = rotary.rotary
-        rotary.rotary = lambda *a, **k: calls.append(1) or original_rotary(*a, **k)
-        try:
-            model(input_ids=ids).logits.sum().backward()
-            assert calls == []
-            with torch.no_grad():
-                model(input_ids=ids)
-            assert calls == [1]
-        finally:
-            rotary.rotary = original_rotary
     assert module.apply_rotary_pos_emb is own
+
+    def loss_and_grads(scoped: bool):
+        model.zero_grad(set_to_none=True)
+        if scoped:
+            with rotary.fast_rotary(model):
+                loss = model(input_ids=ids, labels=ids).loss
+        else:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()                              # outside the block, as the training loop does
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    ref_loss, ref_grads = loss_and_grads(False)
+    loss, grads = loss_and_grads(True)
+    assert torch.equal(loss, ref_loss)
+    assert all(torch.equal(grads[n], g) for n, g in ref_grads.items())
+
+
+@pytest.mark.parametrize("arch", STANDARD)
+def test_rotary_gradients_equal_autograd_through_the_architectures_own(arch):
+    own = _module(arch).apply_rotary_pos_emb
+    g = torch.Generator().manual_seed(2)
+    for dtype in (torch.float32, torch.bfloat16):
+        q = torch.randn(2, 6, 4, 64, generator=g).to(dtype).transpose(1, 2)
+        k = torch.randn(2, 6, 2, 64, generator=g).to(dtype).transpose(1, 2)
+        angles = torch.randn(2, 6, 32, generator=g) * 50
+        cos, sin = torch.cat([angles, angles], -1).cos().to(dtype), torch.cat([angles, angles], -1).sin().to(dtype)
+        upstream = (torch.randn(2, 4, 6, 64, generator=g).to(dtype), torch.randn(2, 2, 6, 64, generator=g).to(dtype))
+
+        def grads(fn):
+            qq, kk = q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_()
+            torch.autograd.backward(fn(qq, kk, cos, sin), upstream)
+            return qq.grad, kk.grad
+        for theirs, ours in zip(grads(own), grads(lambda *a: rotary._Rotary.apply(*a, 1))):
+            assert torch.equal(ours, theirs)
 
 
 def test_fast_rotary_leaves_other_functions_alone():

@@ -15,6 +15,7 @@ fp32 logits, log-probabilities and their gradient over all positions are ever he
 
 It applies to architectures whose head is a plain linear layer over the backbone's last hidden state;
 others (logit soft-capping, scaled logits, mixture-of-experts auxiliary losses) use the model's own forward.
+Either way the forward pass rotates q and k without copies where that is exact (`model/rotary.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tunelab.model.rotary import fast_rotary
 
 IGNORE = -100
 # model_type -> head is `lm_head(last_hidden_state)` and the loss is plain token cross-entropy (checked
@@ -50,10 +53,12 @@ class LabelledLoss(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int,
                 **inputs) -> torch.Tensor:
         if not self.labelled_only:
-            return self.model(input_ids=input_ids, labels=labels, use_cache=False,
-                              num_items_in_batch=num_items_in_batch, **inputs).loss
+            with fast_rotary(self.model):
+                return self.model(input_ids=input_ids, labels=labels, use_cache=False,
+                                  num_items_in_batch=num_items_in_batch, **inputs).loss
         backbone, head = self._parts
-        hidden = backbone(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
+        with fast_rotary(self.model):
+            hidden = backbone(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
         targets = labels[:, 1:]
         where = targets != IGNORE
         if head.bias is not None or head._forward_hooks or head._forward_pre_hooks:  # run as the module it is
