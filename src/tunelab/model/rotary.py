@@ -27,27 +27,29 @@ import torch
 
 NAME = "apply_rotary_pos_emb"
 _lock = threading.Lock()
-_verified: dict[Callable, bool] = {}        # a module's function -> whether `rotary` gives exactly its result
-_installed: dict[str, list] = {}            # module name -> [its own function, decoding calls inside]
+_verified: dict[Callable, bool] = {}        # a module's function -> whether ours give exactly its outputs/grads
+_installed: dict[str, list] = {}            # module name -> [its own function, fast_rotary blocks open]
 
 
 def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1):
     """`q * cos + rotate_half(q) * sin` (and the same for k), computed half by half into one new tensor."""
     cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
-    half = q.shape[-1] // 2
-    out = []
-    for x in (q, k):
-        y = x * cos
-        y[..., :half] -= x[..., half:] * sin[..., :half]
-        y[..., half:] += x[..., :half] * sin[..., half:]
-        out.append(y)
-    return out[0], out[1]
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`x * cos + rotate_half(x) * sin` for cos/sin already broadcastable to x."""
+    half = x.shape[-1] // 2
+    y = x * cos
+    y[..., :half] -= x[..., half:] * sin[..., :half]
+    y[..., half:] += x[..., :half] * sin[..., half:]
+    return y
 
 
 class _Rotary(torch.autograd.Function):
-    """`rotary` for training: the gradient of `x·cos + rotate_half(x)·sin` is `g·cos` plus the halves of
-    `g·sin` swapped (the first with a minus), written the same way — the same sums autograd makes through
-    transformers' function, so the gradients are bit for bit its own too."""
+    """`rotary` for training. The gradient of `x·cos + rotate_half(x)·sin` is `g·cos + rotate_half(g)·s'` with
+    `s' = -(sin's halves swapped)`: `g1·c1 - g2·(-s2)` and `g2·c2 + g1·(-s1)` round exactly as the sums autograd
+    makes through transformers' function, so the gradients are bit for bit its own too."""
 
     @staticmethod
     def forward(ctx, q, k, cos, sin, unsqueeze_dim):
@@ -58,18 +60,11 @@ class _Rotary(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_q, grad_k):
         cos, sin = ctx.saved_tensors
-        cos, sin = cos.unsqueeze(ctx.unsqueeze_dim), sin.unsqueeze(ctx.unsqueeze_dim)
-        grads = []
-        for g, wanted in ((grad_q, ctx.needs_input_grad[0]), (grad_k, ctx.needs_input_grad[1])):
-            if g is None or not wanted:
-                grads.append(None)
-                continue
-            half = g.shape[-1] // 2
-            x = g * cos
-            x[..., :half] += g[..., half:] * sin[..., half:]
-            x[..., half:] -= g[..., :half] * sin[..., :half]
-            grads.append(x)
-        return grads[0], grads[1], None, None, None
+        cos = cos.unsqueeze(ctx.unsqueeze_dim)
+        swapped = -sin.roll(sin.shape[-1] // 2, dims=-1).unsqueeze(ctx.unsqueeze_dim)
+        return (*(_rotate(g, cos, swapped) if g is not None and wanted else None
+                  for g, wanted in ((grad_q, ctx.needs_input_grad[0]), (grad_k, ctx.needs_input_grad[1]))),
+                None, None, None)
 
 
 def _matches(own: Callable) -> bool:
