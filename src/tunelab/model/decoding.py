@@ -142,6 +142,48 @@ def _growing(cache) -> bool:
     return all(type(layer) is ReservedLayer for layer in cache.layers)
 
 
+_tree_verified: dict[tuple, bool] = {}    # (model class, attention implementation, dtype) -> tree prefill allowed
+
+
+def tree_prefill_ok(model) -> bool:
+    """Whether `DecodeBatch.prefill` may run `model`'s rows as a trie (`tree_prefill.py`): its attention
+    implementation is one that module can call, and on random rows (shared prefixes, a duplicate, a row that is
+    another's prefix, one alone) the trie gives the padded prefill's logits and, after one decode step, the same
+    logits again. Checked once per model class, attention implementation and dtype."""
+    from tunelab.model.tree_prefill import SUPPORTED
+    own = getattr(model.config, "_attn_implementation", None)
+    key = (type(model), own, model.dtype)
+    if key not in _tree_verified:
+        _tree_verified[key] = own in SUPPORTED and _tree_agrees(model)
+    return _tree_verified[key]
+
+
+def _tree_agrees(model) -> bool:
+    import torch
+
+    from tunelab.model.kv_cache import reserved_cache
+    from tunelab.model.tree_prefill import tree_prefill
+
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().num_embeddings
+    g = torch.Generator().manual_seed(0)
+    head, a, b, c = (torch.randint(0, vocab, (k,), generator=g).tolist() for k in (6, 3, 2, 4))
+    rows = [head + a, head + b + c, head + a, head[:4], c]
+    tol = 1e-4 if model.dtype == torch.float32 else 3e-2
+    try:
+        with torch.inference_mode():
+            padded, want = DecodeBatch.prefill(model, rows, 0, 2, share_prefix=False)
+            cache = reserved_cache(model.config, max(map(len, rows)) + 2)
+            mask, next_pos, got = tree_prefill(model, rows, cache, 2)
+            tree = DecodeBatch(model, cache, mask, next_pos)
+            tokens = want.argmax(-1).to(device)
+            pairs = [(want, got), (padded.step(tokens), tree.step(tokens))]
+    except Exception:  # an architecture the trie cannot drive keeps the padded prefill
+        return False
+    return all(w.shape == t.shape and bool((w - t).abs().max() <= tol * w.abs().max().clamp(min=1))
+               for w, t in pairs)
+
+
 class DecodeBatch:
     """Rows of different lengths decoding together, left-padded: a KV cache written in place
     (`kv_cache.ReservedLayer`), the attention mask over the cached positions, and each row's next position.
@@ -164,17 +206,22 @@ class DecodeBatch:
                 all_logits: bool = False):
         """Run token rows into a fresh cache with `room` positions to spare; returns (batch, logits).
 
-        With `share_prefix`, the rows' common prefix (a template header) runs once and its cache is copied
-        to every row; pads then sit between the prefix and each row's own tokens. The logits are each row's
+        With `share_prefix`, prefixes the rows share run once: as a trie with no padding (`tree_prefill.py`)
+        where that is allowed, else the prefix common to all rows (a template header), whose cache is copied
+        to every row, with pads between it and each row's own tokens. The logits are each row's
         last position's, (n, vocab) float32 — or with `all_logits`, the model's logits at every position of
         the (prefix-free) input, (n, width, vocab), for prompt log-probabilities."""
         import torch
 
         from tunelab.model.kv_cache import reserved_cache
+        from tunelab.model.tree_prefill import tree_prefill
 
         device = next(model.parameters()).device
         n = len(rows)
         cache = reserved_cache(model.config, max(len(r) for r in rows) + room)
+        if share_prefix and not all_logits and n > 1 and _growing(cache) and tree_prefill_ok(model):
+            mask, next_pos, logits = tree_prefill(model, rows, cache, room)
+            return cls(model, cache, mask, next_pos), logits
         # a sliding window counts cache slots, and the padding between a shared prefix and a shorter row's
         # own tokens would take slots of its window: such models prefill every row whole
         shared = shared_prefix_length(rows) if share_prefix and not all_logits and _growing(cache) else 0

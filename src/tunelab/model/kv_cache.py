@@ -41,6 +41,14 @@ class ReservedLayer(DynamicLayer):
         self._view(end)
         return self.keys, self.values
 
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        """Take buffers written elsewhere (the tree prefill gathers each row's keys and values into them): their
+        first `length` positions are the cache, the rest is room."""
+        if not self.is_initialized:
+            self.lazy_initialization(keys, values)
+        self._k, self._v = keys, values
+        self._view(length)
+
     def _reserve(self, like: torch.Tensor, length: int) -> None:
         batch, heads, _, dim = like.shape
         k = like.new_empty(batch, heads, length, dim)
