@@ -152,3 +152,23 @@ def test_the_config_is_restored_when_the_forward_fails(monkeypatch):
     with pytest.raises(RuntimeError, match="out of memory"), torch.inference_mode():
         tree_prefill.tree_prefill(model, _rows_with_sharing(), reserved_cache(model.config, 40), 4)
     assert model.config._attn_implementation == "sdpa" and not tree_prefill._swapped
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_peft_model_with_unmerged_adapters_uses_the_trie(attn):
+    """Evaluation runs LoRA checkpoints unmerged: the trie runs through peft's wrapper (whose class is the
+    same for every architecture, so the check is keyed by architecture too) with the adapters applied."""
+    from peft import LoraConfig, get_peft_model
+    base = _tiny_llama()
+    base.set_attn_implementation(attn)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False)).eval()
+    assert tree_prefill_ok(model)
+    rows = _rows_with_sharing()
+    with torch.inference_mode():
+        _, logits = DecodeBatch.prefill(model, rows, 0, 4)
+        alone = torch.stack([model(input_ids=torch.tensor([r])).logits[0, -1] for r in rows])
+        with model.disable_adapter():
+            without = torch.stack([model(input_ids=torch.tensor([r])).logits[0, -1] for r in rows])
+    assert (logits - alone).abs().max() < 1e-4
+    assert (alone - without).abs().max() > 1e-3          # the adapters do change the logits

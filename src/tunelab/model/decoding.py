@@ -9,8 +9,9 @@ same tokens for the same checkpoint:
   (Llama-3's `<|eot_id|>`, Qwen's `<|im_end|>`, Gemma's `<end_of_turn>`), which is not always EOS;
 - which id pads a batch (`pad_token_id`) and how long the context is (`context_length`).
 
-Every forward pass goes through `_forward`, which computes rotary embeddings without copies where that
-gives transformers' result exactly (`rotary.py`).
+Every forward pass computes rotary embeddings without copies where that gives transformers' result exactly
+(`rotary.py`), and a batch's prefill runs the prefixes its rows share once, as a packed trie, where a check
+finds that gives the padded prefill's logits (`tree_prefill.py`).
 """
 
 from __future__ import annotations
@@ -142,17 +143,18 @@ def _growing(cache) -> bool:
     return all(type(layer) is ReservedLayer for layer in cache.layers)
 
 
-_tree_verified: dict[tuple, bool] = {}    # (model class, attention implementation, dtype) -> tree prefill allowed
+_tree_verified: dict[tuple, bool] = {}    # (model class, model type, attention, dtype) -> tree prefill allowed
 
 
 def tree_prefill_ok(model) -> bool:
     """Whether `DecodeBatch.prefill` may run `model`'s rows as a trie (`tree_prefill.py`): its attention
     implementation is one that module can call, and on random rows (shared prefixes, a duplicate, a row that is
     another's prefix, one alone) the trie gives the padded prefill's logits and, after one decode step, the same
-    logits again. Checked once per model class, attention implementation and dtype."""
+    logits again. Checked once per model class and architecture, attention implementation and dtype."""
     from tunelab.model.tree_prefill import SUPPORTED
     own = getattr(model.config, "_attn_implementation", None)
-    key = (type(model), own, model.dtype)
+    # the architecture too: a peft wrapper's class is the same whatever model it wraps
+    key = (type(model), getattr(model.config, "model_type", None), own, model.dtype)
     if key not in _tree_verified:
         _tree_verified[key] = own in SUPPORTED and _tree_agrees(model)
     return _tree_verified[key]

@@ -6,15 +6,15 @@ model each distinct prefix once and no padding, as one packed row of trie nodes 
 function, registered with transformers as `tunelab_tree`, lets every node attend to exactly the nodes on its
 row's path: it gathers each row's keys and values into that row's left-padded KV cache — the cache the decode
 steps then use, so the gather is the cache write — and runs the model's own attention implementation (SDPA or
-eager) on the rows' queries over it. On bench_eval's 512 prompts the prefill feeds 13.2 k tokens instead of
-18.6 k (header once per call, padding to the longest row) and takes ~25 % less time; the logits agree with a
-padded prefill to float rounding.
+eager) on the queries of the nodes each row is the first to reach. On bench_eval's 512 prompts the prefill
+feeds 13.4 k tokens instead of 18.6 k and takes ~20 % less time; the logits agree with a padded prefill to
+float rounding.
 
 `decoding.tree_prefill_ok(model)` allows it only where a check on random rows finds the same logits and the
-same next step as the padded prefill (an architecture that does not pass keyword arguments down to its attention, or
-an attention implementation other than SDPA/eager, keeps the padded prefill). While a tree prefill runs, the
-model's config names `tunelab_tree` as its attention implementation: a model is driven by one thread at a
-time (the eval loop, the server's engine thread).
+same next step as the padded prefill (an architecture that does not pass keyword arguments down to its
+attention, or an attention implementation other than SDPA/eager, keeps the padded prefill). While a tree
+prefill runs, the model's config names `tunelab_tree` as its attention implementation: a model is driven by
+one thread at a time (the eval loop, the server's engine thread).
 """
 
 from __future__ import annotations
@@ -190,7 +190,8 @@ def tree_prefill(model, rows: list[list[int]], cache, room: int):
     layout = TreeLayout.build(rows)
     keep, index = torch.unique(layout.last, return_inverse=True)
     with _tree_attention(model) as own:
-        attend = _attention_function(model, own)
+        # a peft wrapper's modeling code is its base model's
+        attend = _attention_function(getattr(model, "get_base_model", lambda: model)(), own)
         state = _TreePass(layout, cache, room, attend, own == "eager", device, model.dtype)
         kwargs = dict(input_ids=torch.tensor([layout.tokens], device=device),
                       position_ids=torch.tensor([layout.positions], device=device), use_cache=False,
