@@ -5,8 +5,9 @@ reading items, so its answers end with EOS at different lengths, as in a real ev
 `--model random` the same architecture with random init and a BPE tokenizer trained here on the data (it
 rarely emits EOS: every row runs to the token limit). Greedy decoding, 24 new tokens at most, prompts
 rendered with the alpaca template from a mix of arithmetic (zh/en) and reading (zh/en) items. Three setups:
-- tunelab's engine (`tunelab.model.decoding.generate_batched`: length-sorted, left-padded, shared template
-  header prefilled once, cache written in place, finished rows leave the batch), all prompts;
+- tunelab's engine (`tunelab.model.decoding.generate_batched`: length-sorted; the rows prefilled together run
+  as one packed trie, each shared prefix once, into a left-padded cache written in place; finished rows
+  leave the batch), all prompts;
 - `model.generate` on left-padded batches, what a careful Hugging Face user writes: prompts sorted by
   length (less padding), `padding_side="left"`, the same batch sizes, all prompts — the headline baseline
   (target: tunelab ≥ 2× its best batch size);

@@ -13,9 +13,9 @@ longer than the model's context, the context is cut from the left, as lm-eval do
 
 Batching (`share_context=True`, the default): requests with the same context — the options of one
 question, the two label words of a GLUE sentence — share one pass over that context. Contexts are sorted
-by length (longest first, so an out-of-memory error shows in the first batch), left-padded and run once
-into a KV cache (the batch's common template prefix once for all, `decoding.DecodeBatch.prefill`), whose last position
-gives every continuation's first token; the cache rows are then
+by length (longest first, so an out-of-memory error shows in the first batch) and run once into a
+left-padded KV cache (the prefixes they share once, as a trie: `decoding.DecodeBatch.prefill`), whose last
+position gives every continuation's first token; the cache rows are then
 copied per continuation and the continuations' remaining tokens run right-padded in one more forward pass.
 A batch holds up to `batch_size` continuations. Multiple-choice scoring thus costs about one context pass
 per question instead of one per option. `share_context=False`, and any pair too long for the model's
