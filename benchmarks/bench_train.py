@@ -94,14 +94,15 @@ def build_lora_model(tokenizer, seed: int):
 # --- (a) tunelab's loop --------------------------------------------------------------------------
 
 def tunelab_recipe(tmp: Path, name: str, source: dict, max_steps: int, log_every: int, precision: str, seed: int,
-                   threads: int):
+                   threads: int, share_prefix: bool = False):
     import yaml
 
     from tunelab.recipe import load_recipe
     raw = {
         "name": name, "seed": seed, "output_dir": str(tmp / "runs"),
         "model": {"preset": "tiny", "from_scratch": True, "tokenizer": str(tmp / "tokenizer")},
-        "data": {"train": [source], "template": "alpaca", "max_seq_len": SEQ, "packing": True, "loss_on": "answer"},
+        "data": {"train": [source], "template": "alpaca", "max_seq_len": SEQ, "packing": True, "loss_on": "answer",
+                 "share_prefix": share_prefix},
         "lora": {"enabled": True, "rank": LORA["rank"], "alpha": LORA["alpha"], "dropout": LORA["dropout"],
                  "target_modules": LORA["targets"]},
         "train": {"max_steps": max_steps, "batch_size": BATCH, "grad_accum": 1, "lr": LR, "weight_decay": WD,
@@ -115,9 +116,9 @@ def tunelab_recipe(tmp: Path, name: str, source: dict, max_steps: int, log_every
 
 
 def run_tunelab(tmp: Path, name: str, source: dict, max_steps: int, log_every: int, precision: str,
-                seed: int, threads: int) -> dict:
+                seed: int, threads: int, share_prefix: bool = False) -> dict:
     from tunelab.train.loop import train
-    recipe = tunelab_recipe(tmp, name, source, max_steps, log_every, precision, seed, threads)
+    recipe = tunelab_recipe(tmp, name, source, max_steps, log_every, precision, seed, threads, share_prefix)
     summary = train(recipe)
     rows = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines() if line]
     # window k spans elapsed_s[k-1] .. elapsed_s[k]; window 0 (warm-up) is skipped
@@ -125,9 +126,11 @@ def run_tunelab(tmp: Path, name: str, source: dict, max_steps: int, log_every: i
     windows = []
     for prev, cur in zip(rows, rows[1:]):
         dt = cur["elapsed_s"] - prev["elapsed_s"]
-        tokens += cur["tokens_per_s"] * dt
+        # real tokens: the samples' own (a header shared by a row counts once per sample, as the Trainer feeds it)
+        rate = cur.get("sample_tokens_per_s", cur["tokens_per_s"])
+        tokens += rate * dt
         seconds += dt
-        windows.append(round(cur["tokens_per_s"], 1))
+        windows.append(round(rate, 1))
     steps = rows[-1]["step"] - rows[0]["step"] if rows else 0
     return {"tokens": tokens, "seconds": seconds, "steps": steps, "tok_s": tokens / seconds if seconds else 0.0,
             "window_tok_s": windows, "rows_per_epoch": summary["rows_per_epoch"],
@@ -236,6 +239,8 @@ def main() -> int:
     add_threads_option(ap, "torch threads for every setup")
     ap.add_argument("--lora-dropout", type=float, default=LORA["dropout"],
                     help="LoRA dropout for all three setups (default: tunelab's recipe default)")
+    ap.add_argument("--share-prefix", action="store_true",
+                    help="tunelab's recipe sets data.share_prefix (the template header once per packed row)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "train.json"))
     args = ap.parse_args()
@@ -264,7 +269,7 @@ def main() -> int:
         # calibrate tunelab's seconds/step (also warms up kernels for the whole process)
         log("calibrating tunelab's step time (short run, not counted)")
         cal = run_tunelab(tmp, "calibrate", source, 3 * args.warm_steps, args.warm_steps, precision, args.seed,
-                          threads)
+                          threads, args.share_prefix)
         sec_per_step = cal["sec_per_step"]
         log(f"calibration: {sec_per_step:.3f} s/step, {cal['tok_s']:.0f} tok/s")
 
@@ -278,7 +283,7 @@ def main() -> int:
                 if setup == "tunelab":
                     steps = args.warm_steps * (1 + max(1, round(per_round / sec_per_step / args.warm_steps)))
                     res = run_tunelab(tmp, f"tunelab-r{r}", source, steps, args.warm_steps, precision, args.seed,
-                                      threads)
+                                      threads, args.share_prefix)
                     if res["rows_per_epoch"] < steps * BATCH:
                         log("warning: tunelab crossed an epoch boundary (packing the next epoch was timed)")
                     sec_per_step = res["sec_per_step"]

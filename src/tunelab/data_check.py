@@ -8,7 +8,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from tunelab.data.packing import IGNORE, encode_examples, pack_examples, packing_efficiency, unpacked_rows
+from tunelab.data.packing import (IGNORE, encode_examples, pack_examples, packing_efficiency, shared_prefix,
+                                  unpacked_rows)
 from tunelab.data.sources import training_examples
 from tunelab.data.templates import PromptTemplate
 from tunelab.recipe import Recipe, load_recipe
@@ -60,7 +61,9 @@ def check(recipe: Recipe, n_samples: int = 3) -> dict:
     if recipe.data.replay is not None:  # the corpus blocks training mixes in, as the trainer draws them
         from tunelab.train.corpus_rows import replay_for
         replayed = replay_for(recipe, tokenizer, encoded)
-    rows = pack_examples(encoded + replayed, max_len) if recipe.data.packing else unpacked_rows(encoded + replayed)
+    prefix = shared_prefix(encoded + replayed) if recipe.data.packing and recipe.data.share_prefix else 0
+    rows = (pack_examples(encoded + replayed, max_len, prefix=prefix) if recipe.data.packing
+            else unpacked_rows(encoded + replayed))
     return {
         "examples": examples, "encoded": encoded, "tokenizer": tokenizer, "samples": n_samples,
         "count": len(encoded), "truncated": sum(e.truncated for e in encoded),
@@ -69,7 +72,7 @@ def check(recipe: Recipe, n_samples: int = 3) -> dict:
         "loss_tokens_mean": statistics.fmean(loss_tokens),
         "replay": {"blocks": len(replayed), "tokens": sum(len(b.input_ids) for b in replayed),
                    "samples": replayed},
-        "rows": len(rows), "packing_efficiency": packing_efficiency(rows, max_len),
+        "rows": len(rows), "packing_efficiency": packing_efficiency(rows, max_len), "shared_prefix": prefix,
         "padded_efficiency": statistics.fmean(lengths) / max_len,
     }
 
@@ -95,7 +98,9 @@ def cli_check(args) -> int:
     if recipe.data.packing:
         print(f"packing: {r['rows']} rows of {recipe.data.max_seq_len}, {100 * r['packing_efficiency']:.1f}% "
               f"real tokens (padding every sample to {recipe.data.max_seq_len} would be "
-              f"{100 * r['padded_efficiency']:.1f}%)")
+              f"{100 * r['padded_efficiency']:.1f}%)"
+              + (f"; the first {r['shared_prefix']} tokens, which every sample shares, held once a row"
+                 if r["shared_prefix"] else ""))
     else:
         print(f"packing off: {r['rows']} rows, one sample each")
     return 0

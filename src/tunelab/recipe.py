@@ -119,6 +119,10 @@ class DataConfig(_Strict):
     cot: bool = False
     max_seq_len: int = Field(default=256, ge=8)
     packing: bool = Field(default=True, description="pack samples (corpus: whole blocks) into rows, or one a row")
+    share_prefix: bool = Field(
+        default=False, description="packed samples: hold the template header every sample starts with once per "
+                                   "row (each sample attends to it and to itself; same loss and gradients, more "
+                                   "samples a row)")
     loss_on: Literal["answer", "all"] = "answer"
     sampling: Literal["epoch", "random"] = Field(
         default="epoch", description="corpus blocks: each once per epoch in a seeded order, or drawn at random "

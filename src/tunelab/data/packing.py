@@ -24,16 +24,61 @@ class Encoded:
 
 @dataclass
 class Row:
-    """One training row: one or more samples laid end to end."""
+    """One training row: one or more samples laid end to end. With a shared prefix (`prefix` > 0) the row
+    starts with the prefix every sample begins with, once, and each sample adds only the rest of its tokens:
+    `segments` marks the prefix 0 and the samples 1, 2, ... (see `collate_rows` for the mask)."""
 
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     position_ids: list[int] = field(default_factory=list)
+    prefix: int = 0
+    segments: list[int] = field(default_factory=list)
+    sample_tokens: int = 0          # the samples' own lengths summed (a shared prefix counted once per sample)
 
     def add(self, enc: Encoded) -> None:
-        self.input_ids += enc.input_ids
-        self.labels += enc.labels
-        self.position_ids += range(len(enc.input_ids))
+        n = len(enc.input_ids)
+        if self.prefix:
+            if not self.input_ids:
+                self.input_ids += enc.input_ids[:self.prefix]
+                self.labels += enc.labels[:self.prefix]
+                self.position_ids += range(self.prefix)
+                self.segments += [0] * self.prefix
+            segment = (self.segments[-1] if self.segments else 0) + 1
+            self.input_ids += enc.input_ids[self.prefix:]
+            self.labels += enc.labels[self.prefix:]
+            self.position_ids += range(self.prefix, n)
+            self.segments += [segment] * (n - self.prefix)
+        else:
+            self.input_ids += enc.input_ids
+            self.labels += enc.labels
+            self.position_ids += range(n)
+        self.sample_tokens += n
+
+    def cost(self, enc: Encoded) -> int:
+        """Tokens `enc` adds to this row."""
+        return len(enc.input_ids) - (self.prefix if self.input_ids else 0)
+
+
+def shared_prefix(encoded: list[Encoded], minimum: int = 4) -> int:
+    """Tokens every sample starts with and learns nothing from, a template header, which packed rows can then
+    hold once (`pack_examples`); 0 when that is shorter than `minimum`.
+
+    The labels of the prefix and of each sample's first token after it must be ignored: in a row, that token
+    follows the previous sample, not the prefix, so nothing may be learnt from predicting it."""
+    if len(encoded) < 2:
+        return 0
+    first = encoded[0].input_ids
+    n = len(first)
+    for e in encoded:
+        learnt = next((i for i, label in enumerate(e.labels) if label != IGNORE), len(e.labels))
+        n = min(n, learnt - 1, len(e.input_ids) - 1)
+        k = 0
+        while k < n and e.input_ids[k] == first[k]:
+            k += 1
+        n = k
+        if n < minimum:
+            return 0
+    return n
 
 
 def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example], max_len: int,
@@ -62,22 +107,22 @@ def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example]
     return out
 
 
-def pack_examples(encoded: list[Encoded], max_len: int, open_rows: int = 8) -> list[Row]:
+def pack_examples(encoded: list[Encoded], max_len: int, open_rows: int = 8, prefix: int = 0) -> list[Row]:
     """Pack samples into rows of at most `max_len` tokens, first-fit over a few open rows.
 
     Deterministic for a given input order; a row is closed when it is the oldest of too many open rows.
-    With `open_rows=1` it is plain sequential greedy packing.
+    With `open_rows=1` it is plain sequential greedy packing. With `prefix` (`shared_prefix`), each row holds
+    the samples' common prefix once.
     """
     done: list[Row] = []
     opened: list[Row] = []
     for enc in encoded:
-        n = len(enc.input_ids)
         for row in opened:
-            if len(row.input_ids) + n <= max_len:
+            if len(row.input_ids) + row.cost(enc) <= max_len:
                 row.add(enc)
                 break
         else:
-            row = Row()
+            row = Row(prefix=prefix)
             row.add(enc)
             opened.append(row)
             if len(opened) > open_rows:
@@ -104,10 +149,18 @@ def collate_rows(rows: list[Row], pad_id: int, packed: bool):
     """Stack rows into tensors, padding on the right to the longest row.
 
     Packed: returns position_ids and no attention mask (the block-diagonal mask comes from positions);
-    padding forms its own block with labels ignored. Unpacked: a normal attention mask.
+    padding forms its own block with labels ignored. Packed with a shared prefix: also a (rows, 1, width,
+    width) boolean mask in which each sample sees the prefix and its own earlier tokens (transformers passes
+    a 4-D mask through as it is). Unpacked: a normal attention mask.
     """
     import torch
     width = max(len(r.input_ids) for r in rows)
+    if packed and any(r.prefix for r in rows):
+        batch = collate_rows([Row(r.input_ids, r.labels, r.position_ids) for r in rows], pad_id, True)
+        seg = torch.tensor([r.segments + [-1] * (width - len(r.segments)) for r in rows])
+        sees = (seg[:, None, :] == seg[:, :, None]) | (seg[:, None, :] == 0)
+        batch["attention_mask"] = (sees & torch.ones(width, width, dtype=torch.bool).tril())[:, None]
+        return batch
     ids, labels, pos, mask = [], [], [], []
     for r in rows:
         pad = width - len(r.input_ids)

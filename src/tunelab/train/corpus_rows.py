@@ -75,6 +75,8 @@ def pack_lengths(lengths, max_len: int, window: int = PACK_WINDOW) -> list[list[
 class CorpusRows:
     """The deterministic row stream over one split of a corpus (see the module docstring)."""
 
+    prefix = 0  # blocks share no prefix held once per row (`data.share_prefix` is for templated samples)
+
     def __init__(self, blocks: CorpusBlocks, max_len: int, packing: bool, sampling: str = "epoch", seed: int = 0,
                  limit: int | None = None):
         if sampling not in SAMPLINGS:
@@ -165,6 +167,7 @@ class CorpusRows:
                 row.input_ids += ids
                 row.labels += [IGNORE] + ids[1:]
                 row.position_ids += range(len(ids))
+                row.sample_tokens += len(ids)
             out.append(row)
         return out
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.data.packing import (Encoded, Row, collate_rows, encode_examples, pack_examples, packing_efficiency,
-                                  unpacked_rows)
+                                  shared_prefix, unpacked_rows)
 from tunelab.data.sources import training_examples
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
@@ -166,18 +166,23 @@ def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate
     return model, tokenizer
 
 
+# attention implementations that take the 4-D mask of rows with a shared prefix (`collate_rows`)
+MASKED_ATTENTION = ("sdpa", "eager", "tunelab_cpu")
+
+
 class RowStream:
     """The deterministic sequence of training rows: epoch e shuffles samples with seed+e, then packs them."""
 
-    def __init__(self, encoded: list[Encoded], max_len: int, packing: bool, seed: int):
-        self.encoded, self.max_len, self.packing, self.seed = encoded, max_len, packing, seed
+    def __init__(self, encoded: list[Encoded], max_len: int, packing: bool, seed: int, prefix: int = 0):
+        self.encoded, self.max_len, self.packing, self.seed, self.prefix = encoded, max_len, packing, seed, prefix
         self.epochs: list[list[Row]] = []
 
     def _epoch(self, e: int) -> list[Row]:
         while len(self.epochs) <= e:
             order = list(self.encoded)
             random.Random(self.seed + len(self.epochs)).shuffle(order)
-            self.epochs.append(pack_examples(order, self.max_len) if self.packing else unpacked_rows(order))
+            self.epochs.append(pack_examples(order, self.max_len, prefix=self.prefix) if self.packing
+                               else unpacked_rows(order))
         return self.epochs[e]
 
     @property
@@ -266,7 +271,18 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                     print(f"validation: {val_rows.count:,} blocks of {recipe.data.replay.corpus}'s val split {when}"
                           "at each checkpoint (what fine-tuning costs its language modelling; the best checkpoint "
                           "is still chosen by the evaluated tasks)")
-        stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed)
+        prefix = 0
+        if recipe.data.packing and recipe.data.share_prefix:
+            attention = getattr(model.config, "_attn_implementation", None)
+            if attention not in MASKED_ATTENTION:  # flash attention's packed path takes position ids, no 4-D mask
+                why = f"the model's {attention} attention takes no 4-D mask"
+            else:
+                prefix = shared_prefix(encoded)
+                why = "the samples share no prefix of 4 or more unlearnt tokens"
+            if dist.main:
+                print(f"share_prefix: {prefix} tokens every sample starts with are held once per row" if prefix
+                      else f"share_prefix: off ({why})")
+        stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed, prefix)
 
     lora = recipe.lora.enabled
     if lora:
@@ -313,7 +329,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     stopped_early_at = None
     # loss/items/tokens summed since the last metrics line; saved in checkpoints so that a resumed run
     # writes the same metrics lines as an uninterrupted one even when checkpoints fall between log steps
-    window = (0.0, 0.0, 0.0)
+    window = (0.0, 0.0, 0.0, 0.0)
     last_loss = float("nan")
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
@@ -332,6 +348,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             random.setstate(state["py_rng"])
             start_step, elapsed_before = state["step"], state["elapsed_s"]
             window = state.get("log_window", window)
+            if len(window) == 3:  # a checkpoint from before sample tokens were counted
+                window = (*window, window[2])
             if "early_stopping" in state:
                 stopper.best, stopper.bad = state["early_stopping"]["best"], state["early_stopping"]["bad"]
             stopped_early_at = state.get("stopped_early_at")
@@ -356,7 +374,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         return json.loads(finished.read_text(encoding="utf-8"))
     bar = tqdm(total=total_steps, initial=start_step, disable=not dist.main, desc=f"train {recipe.name}",
                unit="step", dynamic_ncols=True)
-    window_loss, window_items, window_tokens = window
+    window_loss, window_items, window_tokens, window_samples = window
     postfix: dict[str, str] = {}
     t_window = time.perf_counter()
     t_start = time.perf_counter()
@@ -366,6 +384,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         batches = [collate_rows(rows, tokenizer.pad_token_id, recipe.data.packing) for rows in micro]
         local_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         local_tokens = sum(len(r.input_ids) for r in step_rows)
+        local_samples = sum(r.sample_tokens for r in step_rows)
         global_items = _all_sum(dist, [local_items])[0]
         step_loss = 0.0
         for i, batch in enumerate(batches):
@@ -377,7 +396,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                 loss = train_model(**batch, num_items_in_batch=max(1, global_items))
             (loss * dist.world).backward()  # DDP averages gradients over ranks; undo it for a global sum
             step_loss += loss.item()
-        step_loss, tokens = _all_sum(dist, [step_loss, local_tokens])
+        step_loss, tokens, sample_tokens = _all_sum(dist, [step_loss, local_tokens, local_samples])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm).item()
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
             # checked before optimizer.step(): a NaN/inf gradient would poison the weights (and the next
@@ -396,6 +415,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         window_loss += step_loss * global_items
         window_items += global_items
         window_tokens += tokens
+        window_samples += sample_tokens
         done = step + 1
         val, stop = None, False
         if val_rows is not None and (done in ckpt_at or (tc.eval_every and done % tc.eval_every == 0)):
@@ -413,12 +433,14 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                    "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
                    "mfu": mfu(flops_tok, tokens_per_s, peak_tflops, dist.world),
                    "elapsed_s": elapsed_before + now - t_start}
+            if stream.prefix:  # the samples' tokens, the shared prefix counted once per sample (what unshared rows feed)
+                rec["sample_tokens_per_s"] = window_samples / (now - t_window)
             if dist.main:
                 with metrics_path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")
             postfix.update(loss=f"{rec['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
             bar.set_postfix(postfix)
-            window_loss = window_items = window_tokens = 0.0
+            window_loss = window_items = window_tokens = window_samples = 0.0
             t_window = now
         if val is not None:
             if dist.main:
@@ -436,7 +458,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                  "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
                                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                                 "log_window": (window_loss, window_items, window_tokens),
+                                 "log_window": (window_loss, window_items, window_tokens, window_samples),
                                  "early_stopping": stopper.state(), "stopped_early_at": stopped_early_at,
                                  "step": done, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
                 save_checkpoint(run_dir, done, model, tokenizer, template, trainer_state,
@@ -465,6 +487,10 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                # medians over the logged windows after the first (warm-up)
                "tokens_per_s": _median([r["tokens_per_s"] for r in logged]),
                "mfu": _median([r["mfu"] for r in logged if "mfu" in r])}
+    if stream.prefix:
+        summary["shared_prefix"] = stream.prefix
+        summary["sample_tokens_per_s"] = _median([r["sample_tokens_per_s"] for r in logged
+                                                  if "sample_tokens_per_s" in r])
     if dist.main:
         from tunelab.data.records import write_json
         write_json(run_dir / "train_summary.json", summary)
