@@ -141,6 +141,7 @@ def test_a_model_that_drops_keyword_arguments_keeps_the_padded_prefill():
 
 def test_the_config_is_restored_when_the_forward_fails(monkeypatch):
     from tunelab.model import tree_prefill
+    from tunelab.model.decoding import logits_at
     from tunelab.model.kv_cache import reserved_cache
     model = _tiny_llama()
     assert tree_prefill_ok(model)
@@ -150,7 +151,7 @@ def test_the_config_is_restored_when_the_forward_fails(monkeypatch):
 
     monkeypatch.setattr(tree_prefill._TreePass, "__call__", boom)
     with pytest.raises(RuntimeError, match="out of memory"), torch.inference_mode():
-        tree_prefill.tree_prefill(model, _rows_with_sharing(), reserved_cache(model.config, 40), 4)
+        tree_prefill.tree_prefill(model, _rows_with_sharing(), reserved_cache(model.config, 40), 4, logits_at)
     assert model.config._attn_implementation == "sdpa" and not tree_prefill._swapped
 
 

@@ -155,12 +155,6 @@ def collate_rows(rows: list[Row], pad_id: int, packed: bool):
     """
     import torch
     width = max(len(r.input_ids) for r in rows)
-    if packed and any(r.prefix for r in rows):
-        batch = collate_rows([Row(r.input_ids, r.labels, r.position_ids) for r in rows], pad_id, True)
-        seg = torch.tensor([r.segments + [-1] * (width - len(r.segments)) for r in rows])
-        sees = (seg[:, None, :] == seg[:, :, None]) | (seg[:, None, :] == 0)
-        batch["attention_mask"] = (sees & torch.ones(width, width, dtype=torch.bool).tril())[:, None]
-        return batch
     ids, labels, pos, mask = [], [], [], []
     for r in rows:
         pad = width - len(r.input_ids)
@@ -171,6 +165,10 @@ def collate_rows(rows: list[Row], pad_id: int, packed: bool):
     batch = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
     if packed:
         batch["position_ids"] = torch.tensor(pos)
+        if any(r.prefix for r in rows):
+            seg = torch.tensor([r.segments + [-1] * (width - len(r.segments)) for r in rows])
+            sees = (seg[:, None, :] == seg[:, :, None]) | (seg[:, None, :] == 0)
+            batch["attention_mask"] = (sees & torch.ones(width, width, dtype=torch.bool).tril())[:, None]
     else:
         batch["attention_mask"] = torch.tensor(mask)
     return batch

@@ -176,7 +176,7 @@ def _tree_agrees(model) -> bool:
         with torch.inference_mode():
             padded, want = DecodeBatch.prefill(model, rows, 0, 2, share_prefix=False)
             cache = reserved_cache(model.config, max(map(len, rows)) + 2)
-            mask, next_pos, got = tree_prefill(model, rows, cache, 2)
+            mask, next_pos, got = tree_prefill(model, rows, cache, 2, logits_at)
             tree = DecodeBatch(model, cache, mask, next_pos)
             tokens = want.argmax(-1).to(device)
             pairs = [(want, got), (padded.step(tokens), tree.step(tokens))]
@@ -222,7 +222,7 @@ class DecodeBatch:
         n = len(rows)
         cache = reserved_cache(model.config, max(len(r) for r in rows) + room)
         if share_prefix and not all_logits and n > 1 and _growing(cache) and tree_prefill_ok(model):
-            mask, next_pos, logits = tree_prefill(model, rows, cache, room)
+            mask, next_pos, logits = tree_prefill(model, rows, cache, room, logits_at)
             return cls(model, cache, mask, next_pos), logits
         # a sliding window counts cache slots, and the padding between a shared prefix and a shorter row's
         # own tokens would take slots of its window: such models prefill every row whole

@@ -91,8 +91,7 @@ class TreeLayout:
         counts = [len(o) for o in owned]
         most = max(counts)
         # query slots: n * cap for the first block, (rows owning more) * (most - cap) for the second
-        cap = min(set(counts) | {1}, key=lambda c: n * max(c, 1) + sum(k > c for k in counts) * (most - c))
-        cap = max(cap, 1)
+        cap = min({c for c in counts if c} | {1}, key=lambda c: n * c + sum(k > c for k in counts) * (most - c))
         blocks = [_block(None, [o[-cap:] for o in owned], width)]
         over = [i for i, k in enumerate(counts) if k > cap]
         if over:
@@ -181,29 +180,25 @@ def _tree_attention(model):
                 del _swapped[id(config)]
 
 
-def tree_prefill(model, rows: list[list[int]], cache, room: int):
+def tree_prefill(model, rows: list[list[int]], cache, room: int, logits_at):
     """Run `rows` into `cache` (its layers `ReservedLayer`s) as a trie; returns (mask (n, width) long,
-    each row's next position (n, 1), each row's last logits (n, vocab) float32)."""
-    from tunelab.model.rotary import fast_rotary
-
+    each row's next position (n, 1), each row's last logits (n, vocab) float32). `logits_at` is the decoding
+    core's forward pass that returns the logits at chosen positions (`decoding.logits_at`)."""
     device = next(model.parameters()).device
     layout = TreeLayout.build(rows)
-    keep, index = torch.unique(layout.last, return_inverse=True)
+    keep = torch.zeros(1, len(layout.tokens), dtype=torch.bool)
+    keep[0, layout.last] = True
+    index = torch.unique(layout.last, return_inverse=True)[1]   # each row's place among the kept nodes
     with _tree_attention(model) as own:
         # a peft wrapper's modeling code is its base model's
         attend = _attention_function(getattr(model, "get_base_model", lambda: model)(), own)
         state = _TreePass(layout, cache, room, attend, own == "eager", device, model.dtype)
-        kwargs = dict(input_ids=torch.tensor([layout.tokens], device=device),
-                      position_ids=torch.tensor([layout.positions], device=device), use_cache=False,
-                      tunelab_tree=state)
-        with fast_rotary(model):
-            try:
-                logits = model(logits_to_keep=keep.to(device), **kwargs).logits[0]
-            except TypeError:  # a model class without logits_to_keep
-                logits = model(**kwargs).logits[0, keep.to(device)]
+        logits = logits_at(model, torch.tensor([layout.tokens], device=device), None, keep.to(device),
+                           position_ids=torch.tensor([layout.positions], device=device), use_cache=False,
+                           tunelab_tree=state)
     mask = layout.valid.to(device=device, dtype=torch.long)
     next_pos = torch.tensor([[len(r)] for r in rows], device=device)
-    return mask, next_pos, logits[index.to(device)].float()
+    return mask, next_pos, logits[index.to(device)]
 
 
 def _attention_function(module, own: str):
