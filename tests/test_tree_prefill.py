@@ -173,3 +173,13 @@ def test_a_peft_model_with_unmerged_adapters_uses_the_trie(attn):
             without = torch.stack([model(input_ids=torch.tensor([r])).logits[0, -1] for r in rows])
     assert (logits - alone).abs().max() < 1e-4
     assert (alone - without).abs().max() > 1e-3          # the adapters do change the logits
+
+
+def test_a_batch_with_an_empty_row_is_prefilled_as_before():
+    """An empty row has no trie node: the batch keeps the padded prefill rather than failing."""
+    model = _tiny_llama()
+    rows = _rows_with_sharing()
+    with torch.inference_mode():
+        _, got = DecodeBatch.prefill(model, rows + [[]], 0, 4)
+        _, want = DecodeBatch.prefill(model, rows + [[]], 0, 4, share_prefix=False)
+    assert torch.equal(got, want)

@@ -221,7 +221,8 @@ class DecodeBatch:
         device = next(model.parameters()).device
         n = len(rows)
         cache = reserved_cache(model.config, max(len(r) for r in rows) + room)
-        if share_prefix and not all_logits and n > 1 and _growing(cache) and tree_prefill_ok(model):
+        # an empty row has no node of its own in a trie: such a batch keeps the padded prefill
+        if share_prefix and not all_logits and n > 1 and all(rows) and _growing(cache) and tree_prefill_ok(model):
             mask, next_pos, logits = tree_prefill(model, rows, cache, room, logits_at)
             return cls(model, cache, mask, next_pos), logits
         # a sliding window counts cache slots, and the padding between a shared prefix and a shorter row's
