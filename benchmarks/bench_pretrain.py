@@ -8,7 +8,7 @@ the same width, depth, heads, vocabulary, sequence length, batch, optimizer sett
                 whole blocks packed into rows (`packing: true`, no attention across blocks), `sampling: random`
                 (blocks drawn with replacement, as nanoGPT draws windows; it also pads least), bf16 autocast
                 where it is faster than fp32 on this CPU; tokens/s per logged window from its metrics.jsonl (real tokens:
-                padding does not count).
+                padding does not count; on CPU the rows are laid end to end, so none is computed either).
   (b) nanoGPT - the loop of nanoGPT's train.py written out here: its model.py GPT (learned positions,
                 LayerNorm, GELU MLP, causal SDPA, tied embeddings when the preset ties them), random contiguous
                 windows of the same token file through `np.memmap` (documents run into each other, no padding),
@@ -290,7 +290,8 @@ def run_tunelab(tmp: Path, name: str, corpus: Path, preset: str, overrides: dict
     rows = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines() if line]
     windows = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first is warm-up
     return {"window_tok_s": windows, "logged_mfu": [r.get("mfu") for r in rows if "tokens_per_s" in r][1:],
-            "padding_pct": summary.get("padding_pct"), "total_params": summary.get("total_params"),
+            "padding_pct": summary.get("padding_pct"), "flat_rows": summary.get("flat_rows"),
+            "total_params": summary.get("total_params"),
             "flops_per_token": summary.get("flops_per_token"), "final_loss": summary.get("final_loss")}
 
 
@@ -442,8 +443,10 @@ def main() -> int:
     print(f"tunelab / seed loop tokens/s = {ratio_seed:.2f}x   per round: "
           + ", ".join(f"{x:.2f}" for x in paired("seed")))
     seed_padding = statistics.mean(run["padding_pct"] for run in runs["seed"])
-    print(f"real tokens only: tunelab's rows padded {padding:.1f}% after packing, the seed loop's "
-          f"{seed_padding:.1f}%; nanoGPT's windows run across documents and have no padding")
+    computed = ("laid end to end, none of it computed" if runs["tunelab"][0].get("flat_rows")
+                else "computed as a grid")
+    print(f"real tokens only: tunelab's packed rows would pad {padding:.1f}% of a grid ({computed}), the seed "
+          f"loop pads {seed_padding:.1f}%; nanoGPT's windows run across documents and have no padding")
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} (on {os.cpu_count()} cores)")
 
     out = {"benchmark": "pretrain", "unit": "real training tokens per second (median window)", "preset": preset,

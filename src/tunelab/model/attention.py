@@ -7,6 +7,12 @@ arithmetic in 26 ms with the same rounding as transformers' eager path (the soft
 too). The mask is the one transformers builds for SDPA (block-diagonal from restarting position ids), so
 the model code and its mask logic stay transformers'. Only architectures with plain attention are switched
 (`STANDARD_ATTENTION`); on GPU or with attention dropout a call goes to transformers' SDPA function.
+
+Training on CPU goes one step further (`data.packing.collate_flat`, `takes_flat_rows`): the packed rows come
+as ONE sequence with no padding, so the per-token layers (projections, MLP, norms, the vocabulary head) run on
+real tokens only, and attention runs row by row over each row's own length with each row's own mask. Measured
+here (16 rows of 200-256 tokens, 4 heads, fp32, forward + backward): 36 ms per layer row by row against 46 ms
+for the padded batch; the linear layers save the grid's padding (~9 % on corpus blocks).
 """
 
 from __future__ import annotations
@@ -22,10 +28,18 @@ _UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
 
 def cpu_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                  **kwargs):
-    """Same contract as transformers' `sdpa_attention_forward`: returns ((batch, q_len, heads, dim), None)."""
-    if (query.device.type != "cpu" or dropout > 0.0 or any(kwargs.get(k) is not None for k in _UNSUPPORTED_KWARGS)
-            or (attention_mask is not None and attention_mask.dtype != torch.bool)):
+                  row_lengths: tuple[int, ...] | None = None, **kwargs):
+    """Same contract as transformers' `sdpa_attention_forward`: returns ((batch, q_len, heads, dim), None).
+
+    With `row_lengths` (`data.packing.collate_flat`) the batch is one sequence of rows laid end to end and
+    `attention_mask` holds each row's mask (rows, 1, width, width): attention runs row by row."""
+    unsupported = (query.device.type != "cpu" or dropout > 0.0
+                   or any(kwargs.get(k) is not None for k in _UNSUPPORTED_KWARGS)
+                   or (attention_mask is not None and attention_mask.dtype != torch.bool))
+    if unsupported and row_lengths is not None:
+        raise ValueError("rows laid end to end (row_lengths) need tunelab_cpu attention on CPU without dropout, "
+                         "soft-capping or sinks")
+    if unsupported:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -34,32 +48,49 @@ def cpu_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.T
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3))
+    if row_lengths is None:
+        return _attend(query, key, value, attention_mask, None, scale), None
+    # split, not slice: the backward of a split is one concatenation, of a slice a zero tensor per row
+    rows = zip(query.split(row_lengths, dim=2), key.split(row_lengths, dim=2), value.split(row_lengths, dim=2))
+    return torch.cat([_attend(q, k, v, attention_mask, r, scale) for r, (q, k, v) in enumerate(rows)], dim=1), None
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+            row: int | None, scale: float) -> torch.Tensor:
+    """softmax(q·kᵀ·scale + mask)·v as (batch, q_len, heads, dim); `row` picks one row's mask (its top-left
+    corner) from a (rows, 1, width, width) mask."""
+    scores = torch.matmul(query, key.transpose(2, 3))  # under autocast: not query's dtype
+    q_len, k_len = scores.shape[-2:]
+    if row is None:
+        bias = _additive_mask(mask, scores.dtype, q_len, k_len, scores.device)
+    else:
+        width = mask.shape[-1]
+        bias = _additive_mask(mask, scores.dtype, width, width, scores.device)[row, :, :q_len, :k_len]
     # in place: matmul's backward needs its inputs, not its output
-    scores.mul_(scale).add_(_additive_mask(attention_mask, scores))
+    scores.mul_(scale).add_(bias)
     probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs.to(value.dtype), value)
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous()
 
 
 _last_mask: tuple | None = None  # (mask, dtype, q_len, k_len, additive mask) of the latest forward pass
 
 
-def _additive_mask(mask: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype, q_len: int, k_len: int,
+                   device: torch.device) -> torch.Tensor:
     """0 where attention is allowed, the dtype's minimum elsewhere (never -inf: a fully masked row stays finite).
 
     Every layer of a forward pass gets the same mask object, so the conversion is done once per pass.
     """
     global _last_mask
-    q_len, k_len = scores.shape[-2:]
-    if _last_mask is not None and _last_mask[0] is mask and _last_mask[1:4] == (scores.dtype, q_len, k_len):
+    if _last_mask is not None and _last_mask[0] is mask and _last_mask[1:4] == (dtype, q_len, k_len):
         return _last_mask[4]
     bool_mask = mask
     if bool_mask is None:  # transformers skipped the mask because it is plainly causal
-        bool_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
-    bias = torch.zeros(bool_mask.shape, dtype=scores.dtype, device=scores.device)
-    bias.masked_fill_(~bool_mask, torch.finfo(scores.dtype).min)
-    _last_mask = (mask, scores.dtype, q_len, k_len, bias)
+        bool_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+    bias = torch.zeros(bool_mask.shape, dtype=dtype, device=device)
+    bias.masked_fill_(~bool_mask, torch.finfo(dtype).min)
+    _last_mask = (mask, dtype, q_len, k_len, bias)
     return bias
 
 
@@ -86,3 +117,16 @@ def use_cpu_attention(model) -> bool:
     except (ValueError, AttributeError):  # an architecture that only accepts its own kernels
         return False
     return True
+
+
+def takes_flat_rows(model, max_len: int) -> bool:
+    """Whether training batches may be rows laid end to end (`data.packing.collate_flat`): the model runs
+    `tunelab_cpu` attention on CPU, without attention dropout, and no sliding window is shorter than a row
+    (the flat path's masks are the rows' own, with no window applied)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != NAME:
+        return False
+    if next(model.parameters()).device.type != "cpu" or float(getattr(config, "attention_dropout", 0.0) or 0.0):
+        return False
+    window = getattr(config, "sliding_window", None)
+    return not window or window >= max_len

@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.data.packing import (Encoded, Row, collate_rows, encode_examples, pack_examples, packing_efficiency,
-                                  shared_prefix, unpacked_rows)
+from tunelab.data.packing import (Encoded, Row, collate_flat, collate_rows, encode_examples, pack_examples,
+                                  packing_efficiency, shared_prefix, unpacked_rows)
 from tunelab.data.sources import training_examples
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
@@ -298,9 +298,12 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             from tunelab.model.lora import skip_lora_input_casts
             skip_lora_input_casts(model)
     model.to(device)
+    flat = False  # packed rows laid end to end, no padding computed (`collate_flat`)
     if device.type == "cpu":  # checkpoints keep the model's own attention setting: it is not saved in config.json
-        from tunelab.model.attention import use_cpu_attention
-        use_cpu_attention(model.get_base_model() if lora else model)
+        from tunelab.model.attention import takes_flat_rows, use_cpu_attention
+        base = model.get_base_model() if lora else model
+        use_cpu_attention(base)
+        flat = recipe.data.packing and takes_flat_rows(base, recipe.data.max_seq_len)
     from tunelab.model.lora import count_parameters
     trainable, total = count_parameters(model)
     from tunelab.train.mfu import flops_per_token, measure_peak_tflops, mfu
@@ -313,7 +316,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     if recipe.data.corpus and dist.main:
         tqdm.write(f"corpus: {stream.count:,} training blocks in {stream.rows_per_epoch:,} rows of up to "
                    f"{recipe.data.max_seq_len} tokens per epoch ({stream.padding_pct:.1f}% padding, "
-                   f"{'packed' if recipe.data.packing else 'one block a row'}); validation on "
+                   f"{'packed' if recipe.data.packing else 'one block a row'}"
+                   f"{', laid end to end: no padding computed' if flat else ''}); validation on "
                    f"{val_rows.count if val_rows else 0:,} blocks")
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -381,14 +385,15 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     for step in range(start_step, end_step):
         step_rows = stream.rows(step * rows_per_step, rows_per_step)[dist.rank::dist.world]
         micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
-        batches = [collate_rows(rows, tokenizer.pad_token_id, recipe.data.packing) for rows in micro]
+        batches = [collate_flat(rows) if flat else collate_rows(rows, tokenizer.pad_token_id, recipe.data.packing)
+                   for rows in micro]
         local_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         local_tokens = sum(len(r.input_ids) for r in step_rows)
         local_samples = sum(r.sample_tokens for r in step_rows)
         global_items = _all_sum(dist, [local_items])[0]
         step_loss = 0.0
         for i, batch in enumerate(batches):
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             sync = i == len(batches) - 1 or dist.world == 1
             ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
             autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -479,7 +484,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     summary = {"steps": stopped_early_at or total_steps, "resumed_from": start_step, "final_loss": last_loss,
                "train_seconds": elapsed, "trainable_params": trainable, "total_params": total,
                "samples": samples, "replayed_blocks": replayed_blocks, "truncated": truncated, "rows_per_epoch": stream.rows_per_epoch,
-               "padding_pct": stream.padding_pct, "world_size": dist.world, "precision": precision,
+               "padding_pct": stream.padding_pct, "flat_rows": flat, "world_size": dist.world, "precision": precision,
                "checkpoints": [str(p) for p in list_checkpoints(run_dir)],
                "best_checkpoint": best, "best_val_loss": best_val, "stopped_early_at": stopped_early_at,
                "flops_per_token": flops_tok, "peak_tflops": peak_tflops,
