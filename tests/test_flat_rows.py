@@ -94,12 +94,13 @@ def test_grouped_query_attention_lora_and_bf16(encoded, tokenizer):
     _assert_same_training(lora, rows, tokenizer.pad_token_id, torch.bfloat16)
 
 
-def test_corpus_blocks_train_as_the_padded_grid(tmp_path, tokenizer):
-    """Corpus rows: several blocks a row, each seeing only itself (positions restart, labels skip its start)."""
+def _corpus_rows(tokenizer, count=6):
+    """Rows as `CorpusRows` builds them: several blocks a row, positions restarting, each block's first token
+    unscored."""
     from tunelab.data.packing import Row
     g = torch.Generator().manual_seed(5)
     rows = []
-    for _ in range(6):
+    for _ in range(count):
         row = Row()
         for n in torch.randint(3, 40, (3,), generator=g).tolist():
             ids = torch.randint(5, len(tokenizer), (n,), generator=g).tolist()
@@ -107,7 +108,29 @@ def test_corpus_blocks_train_as_the_padded_grid(tmp_path, tokenizer):
             row.labels += [IGNORE] + ids[1:]
             row.position_ids += range(n)
         rows.append(row)
-    _assert_same_training(_model(tokenizer), rows, tokenizer.pad_token_id)
+    return rows
+
+
+def test_corpus_blocks_train_as_the_padded_grid(tokenizer):
+    _assert_same_training(_model(tokenizer), _corpus_rows(tokenizer), tokenizer.pad_token_id)
+
+
+def test_validation_loss_is_the_same_with_flat_rows(tokenizer):
+    from tunelab.train.validation import validation_sums
+    blocks = _corpus_rows(tokenizer, 7)  # batches of 3: the last one holds a single row
+
+    class Stream:
+        rows_per_epoch = len(blocks)
+
+        def rows(self, start, count):
+            return blocks[start: start + count]
+    loss_model = LabelledLoss(_model(tokenizer))
+    grid = validation_sums(loss_model, Stream(), 3, tokenizer.pad_token_id, True, torch.device("cpu"), False)
+    flat = validation_sums(loss_model, Stream(), 3, tokenizer.pad_token_id, True, torch.device("cpu"), False,
+                           flat=True)
+    assert grid[1] == flat[1] == sum(len(r.input_ids) - r.labels.count(IGNORE) for r in blocks)
+    assert flat[0] == pytest.approx(grid[0], rel=1e-5)
+    assert loss_model.training  # validation leaves the model as it found it
 
 
 def test_where_the_attention_cannot_take_flat_rows(tokenizer):

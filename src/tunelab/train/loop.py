@@ -427,7 +427,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             t_val = time.perf_counter()
             val = val_record(done, *_all_sum(dist, list(validation_sums(
                 loss_model, val_rows, tc.batch_size, tokenizer.pad_token_id, recipe.data.packing, device,
-                precision == "bf16", dist.rank, dist.world))))
+                precision == "bf16", dist.rank, dist.world, flat))))
             t_window += time.perf_counter() - t_val  # tokens/s and MFU count training time only
             stop = stopper.update(val["val_loss"]) and done < total_steps  # at the last step: simply the end
         if done % tc.log_every == 0 or done == total_steps or stop:

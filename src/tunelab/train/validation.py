@@ -12,21 +12,23 @@ from dataclasses import dataclass
 
 
 def validation_sums(loss_model, rows, batch_size: int, pad_id: int, packed: bool, device, bf16: bool,
-                    rank: int = 0, world: int = 1) -> tuple[float, int]:
+                    rank: int = 0, world: int = 1, flat: bool = False) -> tuple[float, int]:
     """(summed token loss, scored tokens) over this rank's share of `rows` (a CorpusRows); no gradients, eval
-    mode (nothing random happens, so the training run's random state is untouched)."""
+    mode (nothing random happens, so the training run's random state is untouched). `flat`: packed rows laid
+    end to end, as training lays them (`collate_flat`)."""
     import torch
 
-    from tunelab.data.packing import collate_rows
+    from tunelab.data.packing import collate_flat, collate_rows
     was_training = loss_model.training
     loss_model.eval()
     total, count = 0.0, 0
     n = rows.rows_per_epoch
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for start in range(rank * batch_size, n, batch_size * world):
-            batch = collate_rows(rows.rows(start, min(batch_size, n - start)), pad_id, packed)
+            chunk = rows.rows(start, min(batch_size, n - start))
+            batch = collate_flat(chunk) if flat and packed else collate_rows(chunk, pad_id, packed)
             scored = int((batch["labels"][:, 1:] != -100).sum())
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             total += loss_model(**batch, num_items_in_batch=1).item()  # a sum over the batch's scored tokens
             count += scored
     loss_model.train(was_training)
