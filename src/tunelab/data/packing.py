@@ -178,28 +178,34 @@ def collate_flat(rows: list[Row]):
     """Packed rows laid end to end as ONE sequence, with no padding: for `tunelab_cpu` attention's flat path.
 
     The layers before and after attention are per token, so they run on the real tokens only (a packed grid of
-    corpus blocks is ~9 % padding, of fine-tuning samples 6-8 %); attention runs row by row over each row's own
-    length (`row_lengths`), with each row's mask in a (rows, 1, width, width) boolean tensor: the block-diagonal
-    causal mask transformers builds from restarting positions (a new block wherever a position is not the one
-    before plus one), or the shared-prefix mask of `collate_rows`. A row's first label is dropped, as the
-    shift of a causal LM drops it in a row of its own: in one sequence it would be predicted from the row
-    before. The loss, its count and every gradient are those of `collate_rows(rows, pad_id, packed=True)`.
+    corpus blocks is ~9 % padding, of fine-tuning samples 6-8 %). Attention runs over one span at a time
+    (`row_lengths`), each with its own mask in a (spans, 1, width, width) boolean tensor: a row with a shared
+    prefix is one span under the mask of `collate_rows`; any other row splits into its samples (a new one
+    wherever a position is not the one before plus one, as transformers reads restarting positions), each a
+    span of its own under a plain causal mask, so no sample's attention is computed against another's. A row's
+    first label is dropped, as the shift of a causal LM drops it in a row of its own: in one sequence it would be
+    predicted from the row before. The loss, its count and every gradient are those of
+    `collate_rows(rows, pad_id, packed=True)`.
     """
     import torch
-    width = max(len(r.input_ids) for r in rows)
-    ids, labels, pos = [], [], []
-    seg = torch.full((len(rows), width), -1, dtype=torch.long)
-    for i, r in enumerate(rows):
+    ids, labels, pos, spans = [], [], [], []  # spans: (length, its mask or None for plain causal)
+    for r in rows:
         ids += r.input_ids
         labels += [IGNORE] + r.labels[1:]
         pos += r.position_ids
         if r.prefix:
-            seg[i, : len(r.segments)] = torch.tensor(r.segments)
-        else:
-            p = torch.tensor(r.position_ids)
-            seg[i, : len(p)] = (torch.diff(p, prepend=p[:1] - 1) != 1).cumsum(0)
-    shared = torch.tensor([bool(r.prefix) for r in rows])[:, None, None]
-    sees = (seg[:, None, :] == seg[:, :, None]) | (shared & (seg[:, None, :] == 0))
-    mask = sees & (seg[:, None, :] >= 0) & torch.ones(width, width, dtype=torch.bool).tril()
+            seg = torch.tensor(r.segments)
+            spans.append((len(seg), ((seg[None, :] == seg[:, None]) | (seg[None, :] == 0)).tril()))
+            continue
+        start = 0
+        for i in range(1, len(r.position_ids) + 1):
+            if i == len(r.position_ids) or r.position_ids[i] != r.position_ids[i - 1] + 1:
+                spans.append((i - start, None))
+                start = i
+    width = max(n for n, _ in spans)
+    mask = torch.ones(len(spans), width, width, dtype=torch.bool).tril_()
+    for k, (n, own) in enumerate(spans):
+        if own is not None:
+            mask[k, :n, :n] = own
     return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([pos]),
-            "attention_mask": mask[:, None], "row_lengths": tuple(len(r.input_ids) for r in rows)}
+            "attention_mask": mask[:, None], "row_lengths": tuple(n for n, _ in spans)}
