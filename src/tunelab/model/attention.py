@@ -10,9 +10,10 @@ the model code and its mask logic stay transformers'. Only architectures with pl
 
 Training on CPU goes one step further (`data.packing.collate_flat`, `takes_flat_rows`): the packed rows come
 as ONE sequence with no padding, so the per-token layers (projections, MLP, norms, the vocabulary head) run on
-real tokens only, and attention runs row by row over each row's own length with each row's own mask. Measured
-here (16 rows of 200-256 tokens, 4 heads, fp32, forward + backward): 36 ms per layer row by row against 46 ms
-for the padded batch; the linear layers save the grid's padding (~9 % on corpus blocks).
+real tokens only, and attention runs span by span — each sample, or each row with a shared prefix — over the
+span's own length with its own mask. Measured here (16 rows of 200-256 tokens, 4 heads, fp32, forward +
+backward): 36 ms per layer row by row against 46 ms for the padded batch; the linear layers save the grid's
+padding (~9 % on corpus blocks).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def cpu_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.T
     """Same contract as transformers' `sdpa_attention_forward`: returns ((batch, q_len, heads, dim), None).
 
     With `row_lengths` (`data.packing.collate_flat`) the batch is one sequence of rows laid end to end and
-    `attention_mask` holds each row's mask (rows, 1, width, width): attention runs row by row."""
+    `attention_mask` holds each span's mask (spans, 1, width, width): attention runs span by span."""
     unsupported = (query.device.type != "cpu" or dropout > 0.0
                    or any(kwargs.get(k) is not None for k in _UNSUPPORTED_KWARGS)
                    or (attention_mask is not None and attention_mask.dtype != torch.bool))
