@@ -51,6 +51,9 @@ def _loss_and_grads(model, batch, items, dtype=None):
 def _assert_same_training(model, rows, pad_id, dtype=None):
     grid, flat = collate_rows(rows, pad_id, True), collate_flat(rows)
     assert flat["input_ids"].shape == (1, sum(len(r.input_ids) for r in rows))  # not one padding token
+    assert flat["attention_mask"].numel() <= grid["input_ids"].shape[1] ** 2 * (len(rows) + 1)  # no mask a sample
+    assert len(flat["row_lengths"]) == len(flat["span_masks"]) and sum(flat["row_lengths"]) == flat[
+        "input_ids"].shape[1]
     items = int((grid["labels"][:, 1:] != IGNORE).sum())
     assert items == int((flat["labels"][:, 1:] != IGNORE).sum()) > 0
     la, ga = _loss_and_grads(model, grid, items, dtype)
@@ -144,7 +147,8 @@ def test_where_the_attention_cannot_take_flat_rows(tokenizer):
     assert not takes_flat_rows(model, 128)
     q = torch.randn(1, 2, 6, 8)
     with pytest.raises(ValueError, match="row_lengths"):  # never a silent fall-back to attention across rows
-        cpu_attention(None, q, q, q, torch.ones(2, 1, 3, 3, dtype=torch.bool), dropout=0.1, row_lengths=(3, 3))
+        cpu_attention(None, q, q, q, torch.ones(2, 1, 3, 3, dtype=torch.bool), dropout=0.1, row_lengths=(3, 3),
+                      span_masks=(0, 1))
 
 
 def test_training_uses_flat_rows_on_cpu(make_recipe):

@@ -179,33 +179,36 @@ def collate_flat(rows: list[Row]):
 
     The layers before and after attention are per token, so they run on the real tokens only (a packed grid of
     corpus blocks is ~9 % padding, of fine-tuning samples 6-8 %). Attention runs over one span at a time
-    (`row_lengths`), each with its own mask in a (spans, 1, width, width) boolean tensor: a row with a shared
-    prefix is one span under the mask of `collate_rows`; any other row splits into its samples (a new one
-    wherever a position is not the one before plus one, as transformers reads restarting positions), each a
-    span of its own under a plain causal mask, so no sample's attention is computed against another's. A row's
-    first label is dropped, as the shift of a causal LM drops it in a row of its own: in one sequence it would be
-    predicted from the row before. The loss, its count and every gradient are those of
+    (`row_lengths`): a row with a shared prefix is one span under the mask of `collate_rows`; any other row
+    splits into its samples (a new one wherever a position is not the one before plus one, as transformers reads
+    restarting positions), each a span under a plain causal mask, so no sample's attention is computed against
+    another's. `attention_mask` (masks, 1, width, width) holds the plain causal mask first and then each shared-
+    prefix row's; `span_masks` says which one each span takes (at most one mask a row: never more memory than
+    the grid's). A row's first label is dropped, as the shift of a causal LM drops it in a row of its own: in
+    one sequence it would be predicted from the row before. The loss, its count and every gradient are those of
     `collate_rows(rows, pad_id, packed=True)`.
     """
     import torch
-    ids, labels, pos, spans = [], [], [], []  # spans: (length, its mask or None for plain causal)
+    ids, labels, pos, spans, which, own = [], [], [], [], [], []
     for r in rows:
         ids += r.input_ids
         labels += [IGNORE] + r.labels[1:]
         pos += r.position_ids
         if r.prefix:
             seg = torch.tensor(r.segments)
-            spans.append((len(seg), ((seg[None, :] == seg[:, None]) | (seg[None, :] == 0)).tril()))
+            own.append(((seg[None, :] == seg[:, None]) | (seg[None, :] == 0)).tril())
+            spans.append(len(seg))
+            which.append(len(own))
             continue
         start = 0
         for i in range(1, len(r.position_ids) + 1):
             if i == len(r.position_ids) or r.position_ids[i] != r.position_ids[i - 1] + 1:
-                spans.append((i - start, None))
+                spans.append(i - start)
+                which.append(0)
                 start = i
-    width = max(n for n, _ in spans)
-    mask = torch.ones(len(spans), width, width, dtype=torch.bool).tril_()
-    for k, (n, own) in enumerate(spans):
-        if own is not None:
-            mask[k, :n, :n] = own
+    width = max(spans)
+    mask = torch.ones(1 + len(own), width, width, dtype=torch.bool).tril_()
+    for k, m in enumerate(own, start=1):
+        mask[k, : len(m), : len(m)] = m
     return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([pos]),
-            "attention_mask": mask[:, None], "row_lengths": tuple(n for n, _ in spans)}
+            "attention_mask": mask[:, None], "row_lengths": tuple(spans), "span_masks": tuple(which)}

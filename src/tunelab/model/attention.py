@@ -29,11 +29,12 @@ _UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
 
 def cpu_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                  row_lengths: tuple[int, ...] | None = None, **kwargs):
+                  row_lengths: tuple[int, ...] | None = None, span_masks: tuple[int, ...] | None = None,
+                  **kwargs):
     """Same contract as transformers' `sdpa_attention_forward`: returns ((batch, q_len, heads, dim), None).
 
-    With `row_lengths` (`data.packing.collate_flat`) the batch is one sequence of rows laid end to end and
-    `attention_mask` holds each span's mask (spans, 1, width, width): attention runs span by span."""
+    With `row_lengths` (`data.packing.collate_flat`) the batch is one sequence of spans laid end to end and
+    span i attends under `attention_mask[span_masks[i]]` (masks, 1, width, width): attention runs span by span."""
     unsupported = (query.device.type != "cpu" or dropout > 0.0
                    or any(kwargs.get(k) is not None for k in _UNSUPPORTED_KWARGS)
                    or (attention_mask is not None and attention_mask.dtype != torch.bool))
@@ -53,13 +54,14 @@ def cpu_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.T
         return _attend(query, key, value, attention_mask, None, scale), None
     # split, not slice: the backward of a split is one concatenation, of a slice a zero tensor per row
     rows = zip(query.split(row_lengths, dim=2), key.split(row_lengths, dim=2), value.split(row_lengths, dim=2))
-    return torch.cat([_attend(q, k, v, attention_mask, r, scale) for r, (q, k, v) in enumerate(rows)], dim=1), None
+    return torch.cat([_attend(q, k, v, attention_mask, m, scale) for m, (q, k, v) in zip(span_masks, rows)],
+                     dim=1), None
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
             row: int | None, scale: float) -> torch.Tensor:
-    """softmax(q·kᵀ·scale + mask)·v as (batch, q_len, heads, dim); `row` picks one row's mask (its top-left
-    corner) from a (rows, 1, width, width) mask."""
+    """softmax(q·kᵀ·scale + mask)·v as (batch, q_len, heads, dim); `row` picks one mask (its top-left corner)
+    from a (masks, 1, width, width) mask."""
     scores = torch.matmul(query, key.transpose(2, 3))  # under autocast: not query's dtype
     q_len, k_len = scores.shape[-2:]
     if row is None:
