@@ -167,11 +167,27 @@ def collate_rows(rows: list[Row], pad_id: int, packed: bool):
         batch["position_ids"] = torch.tensor(pos)
         if any(r.prefix for r in rows):
             seg = torch.tensor([r.segments + [-1] * (width - len(r.segments)) for r in rows])
-            sees = (seg[:, None, :] == seg[:, :, None]) | (seg[:, None, :] == 0)
-            batch["attention_mask"] = (sees & torch.ones(width, width, dtype=torch.bool).tril())[:, None]
+            batch["attention_mask"] = _prefix_mask(seg)[:, None]
     else:
         batch["attention_mask"] = torch.tensor(mask)
     return batch
+
+
+def _prefix_mask(segments):
+    """The causal mask of rows with a shared prefix, from their `segments` (..., width): a token sees the
+    earlier tokens of its own segment and the prefix (segment 0)."""
+    return ((segments[..., None, :] == segments[..., :, None]) | (segments[..., None, :] == 0)).tril()
+
+
+def collate(rows: list[Row], pad_id: int, packed: bool, flat: bool = False):
+    """`collate_flat(rows)` when packed rows are to be laid end to end, else `collate_rows`."""
+    return collate_flat(rows) if flat and packed else collate_rows(rows, pad_id, packed)
+
+
+def batch_to(batch: dict, device) -> dict:
+    """A collated batch with its tensors on `device` (`collate_flat`'s span lengths stay tuples)."""
+    import torch
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def collate_flat(rows: list[Row]):
@@ -195,9 +211,8 @@ def collate_flat(rows: list[Row]):
         labels += [IGNORE] + r.labels[1:]
         pos += r.position_ids
         if r.prefix:
-            seg = torch.tensor(r.segments)
-            own.append(((seg[None, :] == seg[:, None]) | (seg[None, :] == 0)).tril())
-            spans.append(len(seg))
+            own.append(_prefix_mask(torch.tensor(r.segments)))
+            spans.append(len(r.segments))
             which.append(len(own))
             continue
         start = 0

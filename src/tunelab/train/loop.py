@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.data.packing import (Encoded, Row, collate_flat, collate_rows, encode_examples, pack_examples,
+from tunelab.data.packing import (Encoded, Row, batch_to, collate, encode_examples, pack_examples,
                                   packing_efficiency, shared_prefix, unpacked_rows)
 from tunelab.data.sources import training_examples
 from tunelab.data.templates import PromptTemplate
@@ -385,15 +385,14 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     for step in range(start_step, end_step):
         step_rows = stream.rows(step * rows_per_step, rows_per_step)[dist.rank::dist.world]
         micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
-        batches = [collate_flat(rows) if flat else collate_rows(rows, tokenizer.pad_token_id, recipe.data.packing)
-                   for rows in micro]
+        batches = [collate(rows, tokenizer.pad_token_id, recipe.data.packing, flat) for rows in micro]
         local_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         local_tokens = sum(len(r.input_ids) for r in step_rows)
         local_samples = sum(r.sample_tokens for r in step_rows)
         global_items = _all_sum(dist, [local_items])[0]
         step_loss = 0.0
         for i, batch in enumerate(batches):
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = batch_to(batch, device)
             sync = i == len(batches) - 1 or dist.world == 1
             ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
             autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -18,18 +18,16 @@ def validation_sums(loss_model, rows, batch_size: int, pad_id: int, packed: bool
     end to end, as training lays them (`collate_flat`)."""
     import torch
 
-    from tunelab.data.packing import collate_flat, collate_rows
+    from tunelab.data.packing import batch_to, collate
     was_training = loss_model.training
     loss_model.eval()
     total, count = 0.0, 0
     n = rows.rows_per_epoch
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for start in range(rank * batch_size, n, batch_size * world):
-            chunk = rows.rows(start, min(batch_size, n - start))
-            batch = collate_flat(chunk) if flat and packed else collate_rows(chunk, pad_id, packed)
+            batch = collate(rows.rows(start, min(batch_size, n - start)), pad_id, packed, flat)
             scored = int((batch["labels"][:, 1:] != -100).sum())
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            total += loss_model(**batch, num_items_in_batch=1).item()  # a sum over the batch's scored tokens
+            total += loss_model(**batch_to(batch, device), num_items_in_batch=1).item()  # a sum over the batch's scored tokens
             count += scored
     loss_model.train(was_training)
     return total, count
