@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tunelab.cli import main
-from tunelab.data.bpe_encode import ByteLevelEncoder
+from tunelab.data.bpe_encode import ByteLevelEncoder, TiktokenEncoder, _byte_chars, _pipeline, _single_pattern, fast_encoder
 from tunelab.data.cleaning import CleaningConfig, Deduplicator, clean_document, text_digest
 from tunelab.data.corpus import ReadSettings, prepare_corpus, show_blocks, verify_corpus
 from tunelab.data.corpus_read import iter_documents, list_inputs
@@ -227,20 +227,76 @@ def test_malformed_line_names_file_and_line_and_leaves_nothing(tmp_path, tokeniz
     assert "exists" in capsys.readouterr().err
 
 
-def test_fast_encoder_gives_the_tokenizers_own_ids(tokenizer_dir):
-    """Fuzzed zh/en/digits/punctuation/whitespace/emoji text: the same ids as `tokenizers`, both pipelines."""
+# Qwen2's pre-tokenizer regex (Llama-3's differs only in \p{N}{1,3})
+QWEN2_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def _fuzz_texts(seed: int, n: int) -> list[str]:
+    """zh/en/digits/punctuation/whitespace/emoji, and the characters the CJK pipeline's classes hinge on:
+    CJK marks that are letters (々〆) or numbers (〇), kana marks (・゛), fullwidth digits and letters, an
+    ideograph outside the BMP, the ideographic space."""
+    rng = random.Random(seed)
+    alphabet = (list(ZH) + list("abcXYZ 0123456789.,!?'s'll，。、：；！？“”（）《》\n\t\u3000  😀é々〆〇・゛カナ한１Ａ—…·_")
+                + ["'re", " \n ", "\U00020001", "\r\n"])
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(n)]
+
+
+def _qwen2_style_tokenizer(texts: list[str]):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_PATTERN), "isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    return tok
+
+
+def test_fast_encoders_give_the_tokenizers_own_ids(tokenizer_dir):
+    """Fuzzed text: tiktoken (one regex for each pipeline, the CJK one composite) and the cached Python
+    encoder both give the ids of `tokenizers` itself, for tunelab's two pipelines and a Qwen2-style one."""
     from tokenizers import Tokenizer
-    rng = random.Random(3)
-    alphabet = list(ZH) + list("abcXYZ 0123456789.,!?'s'll，。、：；！？“”（）《》\n\t\u3000  😀é") + ["'re", " \n "]
-    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(300)]
+    texts = _fuzz_texts(3, 400)
     plain = train_bpe_tokenizer(texts, 400).backend_tokenizer
     cjk = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    for tok in (plain, cjk):
+    qwen2 = _qwen2_style_tokenizer(texts)
+    for tok in (plain, cjk, qwen2):
         tok.encode_special_tokens = True
-        fast = ByteLevelEncoder.for_tokenizer(tok)
-        assert fast is not None
+        encoders = [fast_encoder(tok), ByteLevelEncoder.for_tokenizer(tok)]
+        assert isinstance(encoders[0], TiktokenEncoder) and encoders[1] is not None
+        for t in texts + ["<|endoftext|> typed in a document", ""]:
+            want = tok.encode(t, add_special_tokens=False).ids
+            assert [e.encode(t) for e in encoders] == [want, want], t
+
+
+def test_one_regex_cuts_the_pieces_each_pipeline_cuts(tokenizer_dir):
+    """Stronger than equal ids (a small vocabulary rarely merges across a wrong cut): the single regex tiktoken
+    is given finds exactly the pieces the tokenizer's pre-tokenizer sequence gives."""
+    import regex
+    from tokenizers import Tokenizer
+    texts = _fuzz_texts(4, 400)
+    byte_of = {c: b for b, c in _byte_chars().items()}
+    for tok in (train_bpe_tokenizer(texts, 300).backend_tokenizer,
+                Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")), _qwen2_style_tokenizer(texts)):
+        pattern = regex.compile(_single_pattern(_pipeline(json.loads(tok.to_str()))), regex.V1)
         for t in texts:
-            assert fast.encode(t) == tok.encode(t, add_special_tokens=False).ids, t
+            pieces = [bytes(byte_of[c] for c in p).decode("utf-8") for p, _ in tok.pre_tokenizer.pre_tokenize_str(t)]
+            assert pattern.findall(t) == pieces, t
+
+
+def test_tiktoken_is_not_used_when_ids_are_not_merge_order(tokenizer_dir):
+    """tiktoken merges by id: a vocabulary renumbered out of merge order keeps the Python encoder."""
+    from tokenizers import Tokenizer
+    spec = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    last = max(vocab, key=vocab.get)
+    first_merge = "".join(spec["model"]["merges"][0]) if isinstance(spec["model"]["merges"][0], list) \
+        else spec["model"]["merges"][0].replace(" ", "")
+    vocab[last], vocab[first_merge] = vocab[first_merge], vocab[last]
+    tok = Tokenizer.from_str(json.dumps(spec))
+    assert isinstance(fast_encoder(tok), ByteLevelEncoder)
 
 
 def test_fast_encoder_survives_its_cache_starting_over(monkeypatch):

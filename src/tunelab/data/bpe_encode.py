@@ -14,6 +14,11 @@ own BPE model. Measured per core against `Tokenizer.encode_batch_fast`: 3.2x on 
 `agrees_with` lets the caller check the ids on a sample against the tokenizer before relying on them: Unicode
 tables of the two regex engines could differ on rare characters. Ids decide only how text is split into
 tokens, never which text is kept: whatever the ids, they decode to the exact bytes of the document.
+
+`fast_encoder` prefers tiktoken's Rust encoder, built from the tokenizer's own merges, when the pre-tokenizer
+pipeline comes down to one regex (GPT-2's ByteLevel, Digits + ByteLevel, a single isolated Split before
+ByteLevel as Qwen2 and Llama-3 have, and `tunelab tokenizer train`'s CJK pipeline as one composite regex): it
+splits and merges in Rust with no Python per piece, 2.2-2.6x this encoder's speed on the encyclopedia corpus.
 """
 
 from __future__ import annotations
@@ -73,7 +78,17 @@ def _find_all(pattern) -> Callable[[list[str]], list[str]]:
     return step
 
 
-class ByteLevelEncoder:
+class _Encoder:
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def agrees_with(self, tok, texts: list[str]) -> bool:
+        """True when this encoder gives the tokenizer's own ids on `texts`."""
+        encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
+        return all(self.encode(t) == e.ids for t, e in zip(texts, encodings))
+
+
+class ByteLevelEncoder(_Encoder):
     """Encodes text to the ids `tokenizer.encode(text, add_special_tokens=False)` gives (special tokens as text)."""
 
     def __init__(self, model, steps: list[Callable[[list[str]], list[str]]]):
@@ -86,26 +101,21 @@ class ByteLevelEncoder:
     @classmethod
     def for_tokenizer(cls, tok) -> ByteLevelEncoder | None:
         """An encoder for this `tokenizers.Tokenizer`, or None if its pipeline is not one this reproduces."""
+        items = _pipeline(json.loads(tok.to_str()))
+        return None if items is None else cls._for_pipeline(tok.model, items)
+
+    @classmethod
+    def _for_pipeline(cls, model, items: list[dict]) -> ByteLevelEncoder | None:
         try:
             import regex
         except ImportError:
             return None
-        spec = json.loads(tok.to_str())
-        model = spec.get("model") or {}
-        if (spec.get("normalizer") is not None or model.get("type") != "BPE" or model.get("dropout")
-                or (spec.get("decoder") or {}).get("type") != "ByteLevel"
-                or any(not t.get("special") for t in spec.get("added_tokens") or [])):
-            return None
-        pre = spec.get("pre_tokenizer") or {}
-        items = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-        if [(i.get("type"), i.get("individual_digits"), i.get("use_regex", True), i.get("add_prefix_space"))
-                for i in items] == [("Digits", True, True, None), ("ByteLevel", None, True, False)]:
-            return cls(tok.model, [_find_all(regex.compile(DIGITS_GPT2_PATTERN))])   # train_bpe_tokenizer's
+        if _kinds(items) == _DIGITS_BYTE_LEVEL:
+            return cls(model, [_find_all(regex.compile(DIGITS_GPT2_PATTERN))])   # train_bpe_tokenizer's
         steps = []
         for item in items:
             kind = item.get("type")
-            if kind == "Split" and item.get("behavior") == "Isolated" and not item.get("invert") \
-                    and "Regex" in (item.get("pattern") or {}):
+            if kind == "Split" and _isolated_regex(item):
                 steps.append(_isolate(regex.compile(item["pattern"]["Regex"])))
             elif kind == "Digits":
                 steps.append(_isolate(regex.compile(r"\p{N}" if item.get("individual_digits") else r"\p{N}+")))
@@ -114,9 +124,9 @@ class ByteLevelEncoder:
                     steps.append(_find_all(regex.compile(GPT2_PATTERN)))
             else:
                 return None
-        if not items or items[-1].get("type") != "ByteLevel" or not steps:
+        if items[-1].get("type") != "ByteLevel" or not steps:
             return None
-        return cls(tok.model, steps)
+        return cls(model, steps)
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`: the first pre-tokenizer step's pieces (clauses between CJK punctuation, or words)
@@ -151,7 +161,107 @@ class ByteLevelEncoder:
                     del cache[piece]
         return ids
 
-    def agrees_with(self, tok, texts: list[str]) -> bool:
-        """True when this encoder gives the tokenizer's own ids on `texts`."""
-        encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
-        return all(self.encode(t) == e.ids for t, e in zip(texts, encodings))
+
+# --- tiktoken, when the pipeline is one regex ------------------------------------------------------------
+
+_BYTE_LEVEL = [("ByteLevel", None, True, False)]
+_DIGITS_BYTE_LEVEL = [("Digits", True, True, None), ("ByteLevel", None, True, False)]
+
+
+def _kinds(items: list[dict]) -> list[tuple]:
+    return [(i.get("type"), i.get("individual_digits"), i.get("use_regex", True), i.get("add_prefix_space"))
+            for i in items]
+
+
+def _isolated_regex(item: dict) -> bool:
+    return (item.get("behavior") == "Isolated" and not item.get("invert")
+            and "Regex" in (item.get("pattern") or {}))
+
+
+def _pipeline(spec: dict) -> list[dict] | None:
+    """The pre-tokenizers of a byte-level BPE with no normalizer, no dropout and no added tokens that are
+    plain text (special ones are encoded as text, as `encode_special_tokens` does), else None."""
+    model = spec.get("model") or {}
+    if (spec.get("normalizer") is not None or model.get("type") != "BPE" or model.get("dropout")
+            or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
+            or (spec.get("decoder") or {}).get("type") != "ByteLevel"
+            or any(not t.get("special") for t in spec.get("added_tokens") or [])):
+        return None
+    pre = spec.get("pre_tokenizer") or {}
+    items = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    return items or None
+
+
+def _corpus_pipeline_pattern(items: list[dict]) -> str | None:
+    """`tunelab tokenizer train`'s pipeline — Split(CJK punctuation), Split(CJK runs), Digits, ByteLevel —
+    as one regex: a punctuation mark alone; a CJK run as GPT-2's regex cuts it (letters, other marks); and
+    outside both, the Digits + GPT-2 regex with CJK taken out of every class and treated as a piece end."""
+    from tunelab.model.tokenizer import CJK_PUNCTUATION, CJK_RUN
+    if (_kinds(items) != [("Split", None, True, None), ("Split", None, True, None), *_DIGITS_BYTE_LEVEL]
+            or not all(_isolated_regex(i) for i in items[:2])
+            or [i["pattern"]["Regex"] for i in items[:2]] != [CJK_PUNCTUATION, CJK_RUN]):
+        return None
+    p, r = CJK_PUNCTUATION[1:-1], CJK_RUN[1:-2]
+    space = f"[\\s--[{p}]]+"
+    return (f"[{p}]|[\\p{{L}}&&[{r}]]+|[[^\\s\\p{{L}}\\p{{N}}]&&[{r}]]+"
+            f"|'s|'t|'re|'ve|'m|'ll|'d| ?[\\p{{L}}--[{p}{r}]]+|[\\p{{N}}--[{p}]]| ?[^\\s\\p{{L}}\\p{{N}}{p}{r}]+"
+            f"|{space}(?:(?!\\S)|(?=[{p}{r}\\p{{N}}]))|{space}")
+
+
+def _single_pattern(items: list[dict]) -> str | None:
+    """The one regex whose matches are the pieces this pipeline gives, for the pipelines known to be one."""
+    kinds = _kinds(items)
+    if kinds == _BYTE_LEVEL:
+        return GPT2_PATTERN
+    if kinds == _DIGITS_BYTE_LEVEL:
+        return DIGITS_GPT2_PATTERN
+    if kinds == [("Split", None, True, None), ("ByteLevel", None, False, False)] and _isolated_regex(items[0]):
+        return items[0]["pattern"]["Regex"]          # Qwen2, Llama-3: the pattern covers every character
+    return _corpus_pipeline_pattern(items)
+
+
+def _merge_ranks(spec: dict) -> dict[bytes, int] | None:
+    """tiktoken's ranks — token bytes → id — when ids are the merge priority (every merge makes a token with a
+    higher id than the merge before it, as BPE trainers number them) and all 256 bytes are tokens."""
+    model = spec["model"]
+    byte_of = {c: b for b, c in _byte_chars().items()}
+    added = {t["content"] for t in spec.get("added_tokens") or []}
+    try:
+        ranks = {bytes(byte_of[ch] for ch in token): i for token, i in model["vocab"].items() if token not in added}
+        made = [model["vocab"][a + b] for a, b in (m.split(" ", 1) if isinstance(m, str) else m
+                                                   for m in model.get("merges") or [])]
+    except (KeyError, ValueError, TypeError):
+        return None
+    if len(ranks) != len(model["vocab"]) - len(added & model["vocab"].keys()) \
+            or any(bytes([b]) not in ranks for b in range(256)) or any(x >= y for x, y in zip(made, made[1:])):
+        return None
+    return ranks
+
+
+class TiktokenEncoder(_Encoder):
+    """The tokenizer's ids from tiktoken's `CoreBPE`: regex split and merges in Rust, no special tokens."""
+
+    def __init__(self, core):
+        self.encode = core.encode_ordinary
+
+    @classmethod
+    def for_spec(cls, spec: dict, items: list[dict]) -> TiktokenEncoder | None:
+        pattern = _single_pattern(items)
+        ranks = _merge_ranks(spec) if pattern is not None else None
+        if ranks is None:
+            return None
+        try:
+            from tiktoken import _tiktoken
+            return cls(_tiktoken.CoreBPE(ranks, {}, pattern))
+        except (ImportError, ValueError):     # no tiktoken, or a pattern its regex engine does not take
+            return None
+
+
+def fast_encoder(tok) -> _Encoder | None:
+    """The fastest encoder that reproduces this `tokenizers.Tokenizer`'s ids (check with `agrees_with`):
+    tiktoken when its pipeline is one regex, else `ByteLevelEncoder`, else None (use the tokenizer)."""
+    spec = json.loads(tok.to_str())
+    items = _pipeline(spec)
+    if items is None:
+        return None
+    return TiktokenEncoder.for_spec(spec, items) or ByteLevelEncoder._for_pipeline(tok.model, items)

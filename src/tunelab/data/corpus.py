@@ -13,7 +13,7 @@ in the whitespace after it. Decoding each block alone gives back its characters 
 (GPT-2, Qwen, Llama-3 and `tunelab tokenizer train` tokenizers). A tokenizer that is not lossless — a
 SentencePiece one that adds "▁" in front of every text, or one whose normalizer rewrites characters — still
 prepares, and `--verify` reports each document whose decoded blocks differ from its text. Common byte-level
-pipelines are encoded by `bpe_encode.ByteLevelEncoder` (the tokenizer's own ids, checked on a sample, faster).
+pipelines are encoded by `bpe_encode.fast_encoder` (the tokenizer's own ids, checked on a sample, faster).
 
 Work is split into chunks of documents: the main process reads and deduplicates in input order, worker
 processes clean, split sentences, tokenise and pack (order preserved, a bounded number of chunks in flight,
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from tunelab.data.bpe_encode import ByteLevelEncoder
+from tunelab.data.bpe_encode import fast_encoder
 from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document, text_digest
 from tunelab.data.corpus_read import BadLines, JsonlChunk, RawDoc, iter_work, list_inputs, parse_chunk, split_of
 from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
@@ -229,7 +229,7 @@ class _Packer:
         self.cap = block_size - 1                 # tokens of text per block; EOT takes the last place
         self.eot_id = eot_id
         self.token_bytes = _byte_level_token_bytes(self.tok)
-        self.fast = ByteLevelEncoder.for_tokenizer(self.tok) if self.token_bytes is not None else None
+        self.fast = fast_encoder(self.tok) if self.token_bytes is not None else None
         self.fast_checked = False
 
     def pack(self, docs: list[Kept]) -> None:
