@@ -16,7 +16,7 @@ import pytest
 from tunelab.data import cleaning, corpus_read, sentences
 from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document, text_digest
 from tunelab.data.corpus_read import BadLines, RawDoc, iter_documents, list_inputs, split_of
-from tunelab.data.sentences import CLOSERS, TERMINATORS, soft_split_points, split_sentences
+from tunelab.data.sentences import CLOSERS, TERMINATORS, count_sentences, soft_split_points, split_sentences
 from tunelab.errors import TunelabError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -62,6 +62,7 @@ def test_split_sentences_invariants_fuzzed():
     for text in FUZZ:
         pieces = split_sentences(text)
         assert "".join(pieces) == text
+        assert count_sentences(text) == len(pieces), text
         assert all(pieces), text
         assert [m.end() for m in READABLE_END.finditer(text)] == [m.end() for m in sentences._END.finditer(text)]
         for i, piece in enumerate(pieces):
@@ -90,6 +91,7 @@ def test_split_sentences_invariants_fuzzed():
 ])
 def test_split_sentences_cases(text, expected):
     assert split_sentences(text) == expected
+    assert count_sentences(text) == len(expected)
 
 
 def test_soft_split_points_fuzzed_and_ordered():

@@ -65,10 +65,10 @@ def build_corpus(directory: Path, block_size: int = 48, docs: int = 160, val_eve
         for ids in tok(pieces, add_special_tokens=False)["input_ids"]:
             ids = ids[: block_size - 1]
             if block and len(block) + len(ids) + 1 > block_size:
-                writers[split].add(block + [eot], d)
+                writers[split].add_blocks(block + [eot], [len(block) + 1], d)
                 block = []
             block += ids
-        writers[split].add(block + [eot], d)
+        writers[split].add_blocks(block + [eot], [len(block) + 1], d)
         doc_rows.append({"doc": d, "id": str(d), "split": split, "chars": len(text)})
     splits = {s: w.close() for s, w in writers.items()}
     (directory / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in doc_rows), encoding="utf-8")

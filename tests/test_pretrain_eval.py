@@ -68,7 +68,7 @@ def build_corpus(root: Path) -> Path:
                 cur = []
             cur = cur + ids
         for b in blocks + [cur]:
-            writers[split].add(b + [eot], i)
+            writers[split].add_blocks(b + [eot], [len(b) + 1], i)
         meta_docs.append({"doc": i, "id": doc["id"], "title": doc["title"], "file": "docs.jsonl", "line": i + 1,
                           "split": split, "chars": len(doc["text"]), "blocks": len(blocks) + 1})
     splits = {s: w.close() for s, w in writers.items()}

@@ -30,6 +30,7 @@ import time
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,7 +40,7 @@ from tunelab.data.corpus_read import BadLines, JsonlChunk, RawDoc, iter_work, li
 from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
                                        token_dtype)
 from tunelab.data.records import building_dir
-from tunelab.data.sentences import soft_split_points, split_sentences
+from tunelab.data.sentences import count_sentences, soft_split_points, split_sentences
 from tunelab.errors import TunelabError
 
 CHUNK_CHARS = 1 << 17      # characters of raw text per chunk handed to a worker (small: workers stay balanced)
@@ -70,8 +71,8 @@ class Kept:
     chars: int = 0                # characters of the cleaned text
     raw_chars: int = 0            # characters before cleaning
     sentences: int = 0
-    tokens: Any = None            # numpy uint32: every block's ids, each block ending with EOT
-    block_lengths: Any = None     # numpy int32: the length of each block (EOT included)
+    tokens: Any = None            # every block's ids, each block ending with EOT (a list from the packer,
+    block_lengths: Any = None     # the length of each block, EOT included    an array view in the main process)
     soft_cuts: int = 0            # long sentences cut at a comma/colon/space
     token_cuts: int = 0           # long sentences cut at a bare token boundary
     record: str = ""              # its docs.jsonl line after '{"doc": N, ' (built in the worker)
@@ -132,23 +133,29 @@ def _init_worker(settings: ReadSettings, tokenizer_file: str | None, block_size:
 
 
 def _run_chunk(work: JsonlChunk | list[RawDoc]):
-    """A chunk's results with the blocks of all its documents in two arrays: pickling thousands of small
-    arrays to the main process cost more than building them."""
-    import numpy as np
+    """The chunk's results from this process's worker, in the form `_unpack_chunk` takes."""
     assert _WORKER is not None
-    results = _WORKER.run(work)
+    return _pack_arrays(_WORKER.run(work))
+
+
+def _pack_arrays(results):
+    """A chunk's results with the blocks of all its documents in two arrays: pickling thousands of small
+    arrays to the main process cost more than building them (and the packer hands over plain lists)."""
+    import numpy as np
     packed = [k for k in results[0] if k.tokens is not None]
     if not packed:
         return results, None
-    arrays = (np.concatenate([k.tokens for k in packed]), np.concatenate([k.block_lengths for k in packed]),
-              [(len(k.tokens), len(k.block_lengths)) for k in packed])
+    sizes = [(len(k.tokens), len(k.block_lengths)) for k in packed]
+    arrays = (np.fromiter(chain.from_iterable(k.tokens for k in packed), np.uint32, sum(t for t, _ in sizes)),
+              np.fromiter(chain.from_iterable(k.block_lengths for k in packed), np.int32, sum(b for _, b in sizes)),
+              sizes)
     for k in packed:
         k.tokens = k.block_lengths = None
     return results, arrays
 
 
 def _unpack_chunk(results, arrays):
-    """Inverse of `_run_chunk`'s packing: each kept document's blocks become views of the chunk's arrays."""
+    """Inverse of `_pack_arrays`: each kept document's blocks become views of the chunk's arrays."""
     if arrays is None:
         return results
     tokens, lengths, sizes = arrays
@@ -195,7 +202,7 @@ def _map_chunks(chunks: Iterator[JsonlChunk | list[RawDoc]], settings: ReadSetti
     if workers <= 1:
         worker = _ChunkWorker(settings, tokenizer_file, block_size, eot_id)
         for chunk in chunks:
-            yield worker.run(chunk)
+            yield _unpack_chunk(*_pack_arrays(worker.run(chunk)))
         return
     import multiprocessing
     global _WORKER
@@ -273,12 +280,13 @@ class _Packer:
     def _pack_one(self, kept: Kept, ids: list[int], enc) -> None:
         np = self.np
         text = kept.doc.text
+        if len(ids) <= self.cap:                  # the whole document is one block: nothing to cut
+            kept.sentences = count_sentences(text)
+            ids.append(self.eot_id)
+            kept.tokens, kept.block_lengths = ids, [len(ids)]
+            return
         sentences = split_sentences(text)
         kept.sentences = len(sentences)
-        if len(ids) <= self.cap:                  # the whole document is one block: nothing to cut
-            kept.tokens = np.array([*ids, self.eot_id], dtype=np.uint32)
-            kept.block_lengths = np.array([len(ids) + 1], dtype=np.int32)
-            return
         ids, pos, ok = self._boundaries(text, ids, enc)
         n = len(ids)
         cut_idx = np.flatnonzero(ok)              # token boundaries where a block may end
@@ -299,15 +307,9 @@ class _Packer:
                 end = self._cut_long(snap, sentences, sent_ends, int(pos[cur]), cur, limit, kept)
             blocks.append((cur, end))
             cur = end
-        tokens = np.empty(n + len(blocks), dtype=np.uint32)
-        lengths = np.empty(len(blocks), dtype=np.int32)
-        at = 0
-        for b, (s, e) in enumerate(blocks):
-            tokens[at: at + e - s] = ids[s:e]
-            tokens[at + e - s] = self.eot_id
-            lengths[b] = e - s + 1
-            at += e - s + 1
-        kept.tokens, kept.block_lengths = tokens, lengths
+        ids = ids.tolist()
+        kept.tokens = [t for s, e in blocks for t in (*ids[s:e], self.eot_id)]
+        kept.block_lengths = [e - s + 1 for s, e in blocks]
 
     def _cut_long(self, snap: _Snapper, sentences, sent_ends, char_pos: int, cur: int, limit: int,
                   kept: Kept) -> int:

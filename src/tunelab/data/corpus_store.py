@@ -32,8 +32,16 @@ def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
 
+FLUSH_TOKENS = 1 << 20     # tokens a SplitWriter gathers at most before it writes them
+
+
 class SplitWriter:
-    """Appends blocks of one split to `<split>.bin` and remembers their index rows (small: 16 bytes a block)."""
+    """Appends blocks of one split to `<split>.bin` and remembers their index rows (small: 16 bytes a block).
+
+    Documents arrive one by one, mostly one block each: they are gathered and written, checked and indexed
+    in batches (the documents of one chunk, at most `FLUSH_TOKENS` tokens), so the per-document cost is a
+    few list appends, and memory never holds more than one chunk's tokens.
+    """
 
     def __init__(self, directory: Path, split: str, dtype: str):
         import numpy as np
@@ -48,30 +56,45 @@ class SplitWriter:
         self.lengths = array("i")
         self.docs = array("i")
         self.tokens = 0
-
-    def add(self, ids, doc: int) -> None:
-        arr = self.np.asarray(ids, dtype=self.np.int64)
-        if arr.size and (arr.min() < 0 or arr.max() > self.np.iinfo(self.dtype).max):
-            raise ValueError(f"token id out of range for {self.dtype}")
-        self.f.write(arr.astype(self.dtype).tobytes())
-        self.offsets.append(self.tokens)
-        self.lengths.append(int(arr.size))
-        self.docs.append(doc)
-        self.tokens += int(arr.size)
+        self._pending: tuple[list, list, list] = ([], [], [])   # tokens, block lengths, doc of each document
+        self._pending_tokens = 0
+        self._base = None
 
     def add_blocks(self, tokens, lengths, doc: int) -> None:
-        """Several consecutive blocks of one document at once: `tokens` laid end to end, `lengths` each."""
-        arr = self.np.asarray(tokens)
+        """Several consecutive blocks of one document: `tokens` laid end to end, `lengths` each (integer arrays
+        or lists)."""
+        base = getattr(tokens, "base", None)
+        if base is not self._base:     # a view keeps its whole chunk alive: write what the last chunk gave first
+            self._flush()
+            self._base = base
+        tok, lens, docs = self._pending
+        tok.append(tokens)
+        lens.append(lengths)
+        docs.append(doc)
+        self._pending_tokens += len(tokens)
+        if self._pending_tokens >= FLUSH_TOKENS:
+            self._flush()
+
+    def _flush(self) -> None:
+        np = self.np
+        tok, lens, docs = self._pending
+        if not docs:
+            return
+        arr = np.concatenate(tok)
         if arr.size and arr.dtype.itemsize > self.dtype.itemsize and int(arr.max()) > self.max_id:
             raise ValueError(f"token id out of range for {self.dtype}")
-        self.f.write(self.np.ascontiguousarray(arr, dtype=self.dtype).data)
-        for length in lengths.tolist() if hasattr(lengths, "tolist") else lengths:
-            self.offsets.append(self.tokens)
-            self.lengths.append(length)
-            self.docs.append(doc)
-            self.tokens += length
+        self.f.write(np.ascontiguousarray(arr, dtype=self.dtype).data)
+        lengths = np.concatenate(lens).astype(np.int64)
+        ends = self.tokens + np.cumsum(lengths)
+        self.offsets.frombytes((ends - lengths).tobytes())
+        self.lengths.frombytes(lengths.astype(np.int32).tobytes())
+        self.docs.frombytes(np.repeat(np.asarray(docs, dtype=np.int32), [len(x) for x in lens]).tobytes())
+        self.tokens += int(lengths.sum())
+        self._pending = ([], [], [])
+        self._pending_tokens = 0
 
     def close(self) -> dict[str, int]:
+        self._flush()
         self.f.close()
         index = self.np.zeros(len(self.offsets), dtype=INDEX_DTYPE)
         index["offset"] = self.np.frombuffer(self.offsets, dtype=self.np.int64)
