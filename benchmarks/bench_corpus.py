@@ -3,7 +3,8 @@
 Input: a generated Chinese encyclopedia-style JSONL corpus, one article a line as `{"id", "text": "标题\\n\\n正文…"}`
 (`tunelab.data.encyclopedia` when present, else the small generator below), `--mb` MB at 1x. Tokenizer: a
 byte-level BPE trained here on the first part of the corpus (`train_bpe_tokenizer`) and saved as a Hugging
-Face directory; both sides load that same directory.
+Face directory (`--tokenizer corpus`: `tunelab tokenizer train`'s CJK-aware pipeline instead); both sides load
+that same directory.
 
   (a) baseline - one process, the loop students write in `prepare.py`: for each line json.loads ->
                  `AutoTokenizer.encode(text)` -> append EOT -> write uint16 to the output file, one line at a
@@ -20,7 +21,7 @@ workers, sampled every 0.1 s (PSS splits the pages forked workers share). tunela
 (ten files, each a copy of the 1x articles with a one-sentence change so dedup keeps them) to show that its
 memory stays flat as the corpus grows.
 
-    python benchmarks/bench_corpus.py [--mb 30] [--rounds 2] [--threads 0] [--block-size 256]
+    python benchmarks/bench_corpus.py [--mb 30] [--rounds 2] [--threads 0] [--block-size 256] [--tokenizer bpe|corpus]
 """
 
 from __future__ import annotations
@@ -140,9 +141,11 @@ def make_corpus(tmp: Path, mb: float, copies: int, generator: str, seed: int) ->
             "dir_10x": many, "bytes_10x": many_bytes}
 
 
-def train_tokenizer(tmp: Path, corpus: dict) -> Path:
-    """Byte-level BPE on the first ~4 MB of articles (vocab VOCAB), saved where both sides load it from."""
-    from tunelab.model.tokenizer import train_bpe_tokenizer
+def train_tokenizer(tmp: Path, corpus: dict, kind: str) -> Path:
+    """Byte-level BPE on the first ~4 MB of articles (vocab VOCAB), saved where both sides load it from: `bpe`
+    is `train_bpe_tokenizer`'s (digits split, GPT-2's regex), `corpus` is `tunelab tokenizer train`'s (CJK
+    punctuation alone and CJK runs apart, before those)."""
+    from tunelab.model.tokenizer import train_bpe_tokenizer, train_corpus_tokenizer
     texts, size = [], 0
     with corpus["file_1x"].open(encoding="utf-8") as f:
         for line in f:
@@ -150,7 +153,7 @@ def train_tokenizer(tmp: Path, corpus: dict) -> Path:
             size += len(line)
             if size > 4e6 / 3:  # characters; ~3 bytes each in UTF-8
                 break
-    tok = train_bpe_tokenizer(texts, VOCAB)
+    tok = (train_corpus_tokenizer if kind == "corpus" else train_bpe_tokenizer)(texts, VOCAB)
     path = tmp / "tokenizer"
     tok.save_pretrained(path)
     return path
@@ -334,6 +337,8 @@ def main() -> int:
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--generator", choices=["auto", "encyclopedia", "builtin"], default="auto",
                     help="auto: part C's encyclopedia generator when installed, else the builtin one")
+    ap.add_argument("--tokenizer", choices=["bpe", "corpus"], default="bpe",
+                    help="bpe: train_bpe_tokenizer's pipeline; corpus: `tunelab tokenizer train`'s CJK-aware one")
     add_threads_option(ap, "tunelab's --workers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "corpus.json"))
@@ -348,8 +353,8 @@ def main() -> int:
         log(f"corpus ({corpus['generator']}): {corpus['documents']} articles, {corpus['bytes_1x'] / 1e6:.1f} MB at "
             f"1x, {corpus['bytes_10x'] / 1e6:.1f} MB at {args.copies}x ({time.perf_counter() - t:.1f} s)")
         t = time.perf_counter()
-        tokenizer = train_tokenizer(tmp, corpus)
-        log(f"tokenizer: byte-level BPE, vocab {VOCAB} ({time.perf_counter() - t:.1f} s)")
+        tokenizer = train_tokenizer(tmp, corpus, args.tokenizer)
+        log(f"tokenizer: byte-level BPE ({args.tokenizer}), vocab {VOCAB} ({time.perf_counter() - t:.1f} s)")
         for p in [corpus["file_1x"], *corpus["dir_10x"].iterdir()]:  # into the page cache: no disk in the timing
             p.read_bytes()
 
@@ -380,8 +385,8 @@ def main() -> int:
     load1 = load_average()
     mb1, mb10 = corpus["bytes_1x"] / 1e6, corpus["bytes_10x"] / 1e6
     print()
-    print(f"Corpus preparation, {corpus['generator']} JSONL, BPE vocab {VOCAB}, block {args.block_size}, "
-          f"tunelab --workers {workers} (median of {args.rounds} rounds)")
+    print(f"Corpus preparation, {corpus['generator']} JSONL, BPE ({args.tokenizer}) vocab {VOCAB}, "
+          f"block {args.block_size}, tunelab --workers {workers} (median of {args.rounds} rounds)")
     print(f"{'setup':<34}{'MB in':>7}{'MB/s':>7}{'wall MB/s':>10}{'MB/cpu-s':>9}{'main HWM':>10}{'worker RSS':>11}"
           f"{'tree PSS':>10}  (memory in MB)")
     rows = [("(a) prepare.py loop, 1 process", mb1, med["baseline"]),
@@ -403,7 +408,8 @@ def main() -> int:
     import transformers
     out = {"benchmark": "corpus", "unit": "MB of JSONL input per second, from after the imports to the end",
            "generator": corpus["generator"], "documents_1x": corpus["documents"], "mb_1x": mb1, "mb_large": mb10,
-           "copies": args.copies, "vocab": VOCAB, "block_size": args.block_size, "workers": workers,
+           "copies": args.copies, "tokenizer": args.tokenizer, "vocab": VOCAB, "block_size": args.block_size,
+           "workers": workers,
            "rounds": args.rounds, "median": med, "large": big, "runs": runs,
            "ratio_tunelab_over_loop": ratio, "paired_ratios": paired, "ratio_with_process_start": wall_ratio,
            "ratio_per_cpu_second": cpu_ratio,

@@ -32,6 +32,11 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 # before a digit ends as it would at the end of a piece (`(?!\S)` holds there too)
 DIGITS_GPT2_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"""
                        r"""|\s+(?:(?!\S)|(?=\p{N}))|\s+""")
+# `tunelab tokenizer train`'s pre-tokenizer splits (model.tokenizer): each CJK punctuation mark alone, runs of
+# CJK characters apart from Latin letters and digits
+CJK_PUNCTUATION = ("[\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\ufe30-\ufe4f"
+                   "\u2014\u2026\u2018\u2019\u201c\u201d\u00b7]")
+CJK_RUN = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af\U00020000-\U0003134f]+"
 CACHE_LIMIT = 100_000   # cached pieces per process before the cache starts over
 CLAUSE_CHARS = 64       # longer first-step pieces are not cached (memory stays bounded: a few tens of MB)
 
@@ -196,7 +201,6 @@ def _corpus_pipeline_pattern(items: list[dict]) -> str | None:
     """`tunelab tokenizer train`'s pipeline — Split(CJK punctuation), Split(CJK runs), Digits, ByteLevel —
     as one regex: a punctuation mark alone; a CJK run as GPT-2's regex cuts it (letters, other marks); and
     outside both, the Digits + GPT-2 regex with CJK taken out of every class and treated as a piece end."""
-    from tunelab.model.tokenizer import CJK_PUNCTUATION, CJK_RUN
     if (_kinds(items) != [("Split", None, True, None), ("Split", None, True, None), *_DIGITS_BYTE_LEVEL]
             or not all(_isolated_regex(i) for i in items[:2])
             or [i["pattern"]["Regex"] for i in items[:2]] != [CJK_PUNCTUATION, CJK_RUN]):

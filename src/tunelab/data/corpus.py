@@ -91,15 +91,16 @@ class _ChunkWorker:
         """The chunk's kept documents (with blocks when a tokenizer is set), its counts (documents_read,
         raw_bytes, raw_chars and the cleaning counts) and, for JSONL lines parsed here, the bad lines skipped."""
         bad = None
-        if isinstance(work, JsonlChunk):
+        if isinstance(work, JsonlChunk):     # raw_bytes, for the progress bar: file bytes where they are known
             s = self.settings
             raws, bad = parse_chunk(work, s.text_field, s.id_field, s.title_field, s.skip_bad)
+            raw_bytes = len(work.data)
         else:
             raws = work
+            raw_bytes = sum(len(raw.text.encode("utf-8", "surrogatepass")) for raw in raws)
         kept: list[Kept] = []
-        counts = {"documents_read": len(raws), "raw_bytes": 0, "raw_chars": 0}
+        counts = {"documents_read": len(raws), "raw_bytes": raw_bytes, "raw_chars": 0}
         for raw in raws:
-            counts["raw_bytes"] += len(raw.text.encode("utf-8", "surrogatepass"))
             counts["raw_chars"] += len(raw.text)
             doc, doc_counts = clean_document(raw, self.settings.cleaning)
             if doc is not None and not doc.text:      # min_chars 0: an empty document has no block to hold it
@@ -186,7 +187,7 @@ def iter_cleaned(paths: list[Path], settings: ReadSettings, *, workers: int = 1,
             counts[key] = counts.get(key, 0) + n
         if chunk_bad is not None and bad is not None:
             bad.merge(chunk_bad)
-        if progress is not None:   # text bytes approximate file bytes (escapes, gzip): never past 100%
+        if progress is not None:   # text bytes approximate file bytes (gzip, txt/json): never past 100%
             progress.update(min(chunk_counts["raw_bytes"], max(0, (progress.total or 0) - progress.n)))
         for kept in kept_docs:
             if dedup is not None and dedup.seen(kept.digest):

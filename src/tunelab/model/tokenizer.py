@@ -19,14 +19,12 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
+from tunelab.data.bpe_encode import CJK_PUNCTUATION, CJK_RUN
 from tunelab.errors import TunelabError
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 SEP = "<|sep|>"
-CJK_PUNCTUATION = ("[\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\ufe30-\ufe4f"
-                   "\u2014\u2026\u2018\u2019\u201c\u201d\u00b7]")
-CJK_RUN = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af\U00020000-\U0003134f]+"
 HELD_OUT_CHARS = 2_000_000   # held-out text kept in memory to measure characters per token
 
 
