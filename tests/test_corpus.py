@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tunelab.cli import main
-from tunelab.data.bpe_encode import ByteLevelEncoder, TiktokenEncoder, _byte_chars, _pipeline, _single_pattern, fast_encoder
+from tunelab.data.bpe_encode import ByteLevelEncoder, TiktokenEncoder, _byte_chars, _pipeline, _single_regex, fast_encoder
 from tunelab.data.cleaning import CleaningConfig, Deduplicator, clean_document, text_digest
 from tunelab.data.corpus import ReadSettings, prepare_corpus, show_blocks, verify_corpus
 from tunelab.data.corpus_read import iter_documents, list_inputs
@@ -254,15 +254,26 @@ def _qwen2_style_tokenizer(texts: list[str]):
     return tok
 
 
+def _gpt2_tokenizer(texts: list[str]):
+    """GPT-2's pipeline: ByteLevel with its own regex, nothing before it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    return tok
+
+
 def test_fast_encoders_give_the_tokenizers_own_ids(tokenizer_dir):
     """Fuzzed text: tiktoken (one regex for each pipeline, the CJK one composite) and the cached Python
-    encoder both give the ids of `tokenizers` itself, for tunelab's two pipelines and a Qwen2-style one."""
+    encoder both give the ids of `tokenizers` itself, for tunelab's two pipelines, GPT-2's and a Qwen2-style one."""
     from tokenizers import Tokenizer
     texts = _fuzz_texts(3, 400)
     plain = train_bpe_tokenizer(texts, 400).backend_tokenizer
     cjk = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    qwen2 = _qwen2_style_tokenizer(texts)
-    for tok in (plain, cjk, qwen2):
+    for tok in (plain, cjk, _qwen2_style_tokenizer(texts), _gpt2_tokenizer(texts)):
         tok.encode_special_tokens = True
         encoders = [fast_encoder(tok), ByteLevelEncoder.for_tokenizer(tok)]
         assert isinstance(encoders[0], TiktokenEncoder) and encoders[1] is not None
@@ -272,18 +283,22 @@ def test_fast_encoders_give_the_tokenizers_own_ids(tokenizer_dir):
 
 
 def test_one_regex_cuts_the_pieces_each_pipeline_cuts(tokenizer_dir):
-    """Stronger than equal ids (a small vocabulary rarely merges across a wrong cut): the single regex tiktoken
-    is given finds exactly the pieces the tokenizer's pre-tokenizer sequence gives."""
+    """Stronger than equal ids (a small vocabulary rarely merges across a wrong cut): the single regex finds
+    exactly the pieces the tokenizer's pre-tokenizer sequence gives, and so does its look-ahead-free form on
+    the text cut first, which is what tiktoken runs."""
     import regex
     from tokenizers import Tokenizer
-    texts = _fuzz_texts(4, 400)
+    texts = _fuzz_texts(4, 400) + ["a  b", "a \n\n 1", "\n\n标题", "x\u3000\u3000 y", "  ", " \t\nZ", "a  ，b"]
     byte_of = {c: b for b, c in _byte_chars().items()}
-    for tok in (train_bpe_tokenizer(texts, 300).backend_tokenizer,
+    for tok in (train_bpe_tokenizer(texts, 300).backend_tokenizer, _gpt2_tokenizer(texts),
                 Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")), _qwen2_style_tokenizer(texts)):
-        pattern = regex.compile(_single_pattern(_pipeline(json.loads(tok.to_str()))), regex.V1)
+        one = _single_regex(_pipeline(json.loads(tok.to_str())))
+        pattern, fast = regex.compile(one.pattern, regex.V1), regex.compile(one.fast, regex.V1)
+        cut = regex.compile(one.cut) if one.cut else None
         for t in texts:
             pieces = [bytes(byte_of[c] for c in p).decode("utf-8") for p, _ in tok.pre_tokenizer.pre_tokenize_str(t)]
             assert pattern.findall(t) == pieces, t
+            assert [x for part in (cut.split(t) if cut else [t]) for x in fast.findall(part)] == pieces, t
 
 
 def test_tiktoken_is_not_used_when_ids_are_not_merge_order(tokenizer_dir):

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import json
 from itertools import chain
-from typing import Callable
+from typing import Callable, NamedTuple
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"""
+GPT2_PATTERN = GPT2_WORDS + r"|\s+(?!\S)|\s+"
 # Digits(individual_digits) then GPT-2's regex, as one regex: a digit is a piece of its own, and whitespace
 # before a digit ends as it would at the end of a piece (`(?!\S)` holds there too)
-DIGITS_GPT2_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"""
-                       r"""|\s+(?:(?!\S)|(?=\p{N}))|\s+""")
+DIGITS_GPT2_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"""
+DIGITS_GPT2_PATTERN = DIGITS_GPT2_WORDS + r"|\s+(?:(?!\S)|(?=\p{N}))|\s+"
 # `tunelab tokenizer train`'s pre-tokenizer splits (model.tokenizer): each CJK punctuation mark alone, runs of
 # CJK characters apart from Latin letters and digits
 CJK_PUNCTUATION = ("[\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\ufe30-\ufe4f"
@@ -197,31 +198,49 @@ def _pipeline(spec: dict) -> list[dict] | None:
     return items or None
 
 
-def _corpus_pipeline_pattern(items: list[dict]) -> str | None:
+class OneRegex(NamedTuple):
+    """A pipeline as one regex for tiktoken. Its whitespace rule — a run leaves its last character to the next
+    piece unless the run ends the text or `keeps` (a class body) follows — needs a look-ahead, which sends
+    tiktoken's regex to its backtracking engine (~1.6x slower). So `fast` drops that look-ahead, and the text
+    is cut first (`cut`, Python's `regex`) before the last character of every run that would leave it:
+    `fast` on the parts gives exactly `pattern`'s pieces."""
+    pattern: str
+    fast: str
+    cut: str
+
+
+def _gpt2_shape(words: str, space: str, keeps: str) -> OneRegex:
+    follows = f"(?:(?!\\S)|(?=[{keeps}]))" if keeps else "(?!\\S)"
+    return OneRegex(f"{words}|{space}+{follows}|{space}+", f"{words}|{space}+",
+                    f"(?<={space})(?={space}[^\\s{keeps}])")
+
+
+def _corpus_pipeline_regex(items: list[dict]) -> OneRegex | None:
     """`tunelab tokenizer train`'s pipeline — Split(CJK punctuation), Split(CJK runs), Digits, ByteLevel —
     as one regex: a punctuation mark alone; a CJK run as GPT-2's regex cuts it (letters, other marks); and
-    outside both, the Digits + GPT-2 regex with CJK taken out of every class and treated as a piece end."""
+    outside both, the Digits + GPT-2 regex with CJK taken out of every class and treated as a piece end.
+    (U+3000 is the one whitespace character in CJK_PUNCTUATION, none is in CJK_RUN.)"""
     if (_kinds(items) != [("Split", None, True, None), ("Split", None, True, None), *_DIGITS_BYTE_LEVEL]
             or not all(_isolated_regex(i) for i in items[:2])
             or [i["pattern"]["Regex"] for i in items[:2]] != [CJK_PUNCTUATION, CJK_RUN]):
         return None
     p, r = CJK_PUNCTUATION[1:-1], CJK_RUN[1:-2]
-    space = f"[\\s--[{p}]]+"
-    return (f"[{p}]|[\\p{{L}}&&[{r}]]+|[[^\\s\\p{{L}}\\p{{N}}]&&[{r}]]+"
-            f"|'s|'t|'re|'ve|'m|'ll|'d| ?[\\p{{L}}--[{p}{r}]]+|[\\p{{N}}--[{p}]]| ?[^\\s\\p{{L}}\\p{{N}}{p}{r}]+"
-            f"|{space}(?:(?!\\S)|(?=[{p}{r}\\p{{N}}]))|{space}")
+    words = (f"[{p}]|[\\p{{L}}&&[{r}]]+|[[^\\s\\p{{L}}\\p{{N}}]&&[{r}]]+"
+             f"|'s|'t|'re|'ve|'m|'ll|'d| ?[\\p{{L}}--[{p}{r}]]+|[\\p{{N}}--[{p}]]| ?[^\\s\\p{{L}}\\p{{N}}{p}{r}]+")
+    return _gpt2_shape(words, "[^\\S\u3000]", f"{p}{r}\\p{{N}}")
 
 
-def _single_pattern(items: list[dict]) -> str | None:
+def _single_regex(items: list[dict]) -> OneRegex | None:
     """The one regex whose matches are the pieces this pipeline gives, for the pipelines known to be one."""
     kinds = _kinds(items)
     if kinds == _BYTE_LEVEL:
-        return GPT2_PATTERN
+        return _gpt2_shape(GPT2_WORDS, "\\s", "")
     if kinds == _DIGITS_BYTE_LEVEL:
-        return DIGITS_GPT2_PATTERN
+        return _gpt2_shape(DIGITS_GPT2_WORDS, "\\s", "\\p{N}")
     if kinds == [("Split", None, True, None), ("ByteLevel", None, False, False)] and _isolated_regex(items[0]):
-        return items[0]["pattern"]["Regex"]          # Qwen2, Llama-3: the pattern covers every character
-    return _corpus_pipeline_pattern(items)
+        pattern = items[0]["pattern"]["Regex"]         # Qwen2, Llama-3: the pattern covers every character
+        return OneRegex(pattern, pattern, "")
+    return _corpus_pipeline_regex(items)
 
 
 def _merge_ranks(spec: dict) -> dict[bytes, int] | None:
@@ -245,19 +264,30 @@ def _merge_ranks(spec: dict) -> dict[bytes, int] | None:
 class TiktokenEncoder(_Encoder):
     """The tokenizer's ids from tiktoken's `CoreBPE`: regex split and merges in Rust, no special tokens."""
 
-    def __init__(self, core):
-        self.encode = core.encode_ordinary
+    def __init__(self, core, cut):
+        self.core_encode = core.encode_ordinary
+        self.cut = cut
+
+    def encode(self, text: str) -> list[int]:
+        parts = self.cut.split(text) if self.cut is not None else [text]
+        if len(parts) == 1:
+            return self.core_encode(text)
+        return list(chain.from_iterable(map(self.core_encode, parts)))
 
     @classmethod
     def for_spec(cls, spec: dict, items: list[dict]) -> TiktokenEncoder | None:
-        pattern = _single_pattern(items)
-        ranks = _merge_ranks(spec) if pattern is not None else None
+        one = _single_regex(items)
+        ranks = _merge_ranks(spec) if one is not None else None
         if ranks is None:
             return None
         try:
+            import regex
             from tiktoken import _tiktoken
-            return cls(_tiktoken.CoreBPE(ranks, {}, pattern))
-        except (ImportError, ValueError):     # no tiktoken, or a pattern its regex engine does not take
+        except ImportError:
+            return None
+        try:
+            return cls(_tiktoken.CoreBPE(ranks, {}, one.fast), regex.compile(one.cut) if one.cut else None)
+        except (ValueError, regex.error):     # a pattern tiktoken's regex engine (or Python's) refuses
             return None
 
 
