@@ -376,8 +376,11 @@ def test_split_writer_keeps_no_earlier_chunk_alive(tmp_path):
         del chunk
     gc.collect()
     assert sum(r() is not None for r in refs) <= 1
-    assert writer.close() == {"blocks": 100, "tokens": 250, "documents": 50}
+    writer.add_blocks([7, 8], [2], 49)          # more blocks of the last document, in a call of their own
+    want += [7, 8]
+    assert writer.close() == {"blocks": 101, "tokens": 252, "documents": 50}
     assert np.fromfile(tmp_path / "val.bin", dtype=np.uint16).tolist() == want
     index = np.load(tmp_path / "val.idx.npy")
-    assert index["offset"].tolist() == [o for k in range(50) for o in (5 * k, 5 * k + 2)]
-    assert index["length"].tolist() == [2, 3] * 50 and index["doc"].tolist() == [k for k in range(50) for _ in (0, 1)]
+    assert index["offset"].tolist() == [o for k in range(50) for o in (5 * k, 5 * k + 2)] + [250]
+    assert index["length"].tolist() == [2, 3] * 50 + [2]
+    assert index["doc"].tolist() == [k for k in range(50) for _ in (0, 1)] + [49]

@@ -56,6 +56,8 @@ class SplitWriter:
         self.lengths = array("i")
         self.docs = array("i")
         self.tokens = 0
+        self.documents = 0      # documents come in order: a new one is a change of `doc`
+        self._last_doc: int | None = None
         self._pending: tuple[list, list, list] = ([], [], [])   # tokens, block lengths, doc of each document
         self._pending_tokens = 0
         self._base = None
@@ -71,6 +73,9 @@ class SplitWriter:
         tok.append(tokens)
         lens.append(lengths)
         docs.append(doc)
+        if doc != self._last_doc:
+            self.documents += 1
+            self._last_doc = doc
         self._pending_tokens += len(tokens)
         if self._pending_tokens >= FLUSH_TOKENS:
             self._flush()
@@ -101,8 +106,7 @@ class SplitWriter:
         index["length"] = self.np.frombuffer(self.lengths, dtype=self.np.int32)
         index["doc"] = self.np.frombuffer(self.docs, dtype=self.np.int32)
         self.np.save(self.idx_path, index)
-        return {"blocks": len(self.offsets), "tokens": self.tokens,
-                "documents": len(self.np.unique(index["doc"]))}
+        return {"blocks": len(self.offsets), "tokens": self.tokens, "documents": self.documents}
 
 
 class CorpusBlocks:
