@@ -136,18 +136,19 @@ def _init_worker(settings: ReadSettings, tokenizer_file: str | None, block_size:
 def _run_chunk(work: JsonlChunk | list[RawDoc]):
     """The chunk's results from this process's worker, in the form `_unpack_chunk` takes."""
     assert _WORKER is not None
-    return _pack_arrays(_WORKER.run(work))
+    return _pack_arrays(_WORKER.run(work), _WORKER.packer)
 
 
-def _pack_arrays(results):
-    """A chunk's results with the blocks of all its documents in two arrays: pickling thousands of small
-    arrays to the main process cost more than building them (and the packer hands over plain lists)."""
+def _pack_arrays(results, packer: _Packer | None):
+    """A chunk's results with the blocks of all its documents in two arrays, the tokens already in the dtype
+    they are stored in: pickling thousands of small arrays to the main process cost more than building them
+    (and the packer hands over plain lists)."""
     import numpy as np
     packed = [k for k in results[0] if k.tokens is not None]
-    if not packed:
+    if packer is None or not packed:
         return results, None
     sizes = [(len(k.tokens), len(k.block_lengths)) for k in packed]
-    arrays = (np.fromiter(chain.from_iterable(k.tokens for k in packed), np.uint32, sum(t for t, _ in sizes)),
+    arrays = (np.fromiter(chain.from_iterable(k.tokens for k in packed), packer.dtype, sum(t for t, _ in sizes)),
               np.fromiter(chain.from_iterable(k.block_lengths for k in packed), np.int32, sum(b for _, b in sizes)),
               sizes)
     for k in packed:
@@ -203,7 +204,7 @@ def _map_chunks(chunks: Iterator[JsonlChunk | list[RawDoc]], settings: ReadSetti
     if workers <= 1:
         worker = _ChunkWorker(settings, tokenizer_file, block_size, eot_id)
         for chunk in chunks:
-            yield _unpack_chunk(*_pack_arrays(worker.run(chunk)))
+            yield _unpack_chunk(*_pack_arrays(worker.run(chunk), worker.packer))
         return
     import multiprocessing
     global _WORKER
@@ -235,6 +236,7 @@ class _Packer:
         self.tok = Tokenizer.from_file(tokenizer_file)
         self.tok.encode_special_tokens = True     # "<|endoftext|>" typed in a document is text, not EOT
         self.cap = block_size - 1                 # tokens of text per block; EOT takes the last place
+        self.dtype = np.dtype(token_dtype(self.tok.get_vocab_size(with_added_tokens=True)))
         self.eot_id = eot_id
         self.token_bytes = _byte_level_token_bytes(self.tok)
         self.fast = fast_encoder(self.tok) if self.token_bytes is not None else None
