@@ -85,6 +85,8 @@ def _find_all(pattern) -> Callable[[list[str]], list[str]]:
 
 
 class _Encoder:
+    """What corpus preparation asks of a fast encoder: ids of a text, and a check against the tokenizer."""
+
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 

@@ -71,8 +71,10 @@ class Kept:
     chars: int = 0                # characters of the cleaned text
     raw_chars: int = 0            # characters before cleaning
     sentences: int = 0
-    tokens: Any = None            # every block's ids, each block ending with EOT (a list from the packer,
-    block_lengths: Any = None     # the length of each block, EOT included    an array view in the main process)
+    # every block's ids, each block ending with EOT, and each block's length (EOT included): lists from the
+    # packer, views of the chunk's arrays in the main process
+    tokens: Any = None
+    block_lengths: Any = None
     soft_cuts: int = 0            # long sentences cut at a comma/colon/space
     token_cuts: int = 0           # long sentences cut at a bare token boundary
     record: str = ""              # its docs.jsonl line after '{"doc": N, ' (built in the worker)
