@@ -59,16 +59,16 @@ def cpu_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.T
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
-            row: int | None, scale: float) -> torch.Tensor:
-    """softmax(q·kᵀ·scale + mask)·v as (batch, q_len, heads, dim); `row` picks one mask (its top-left corner)
+            which: int | None, scale: float) -> torch.Tensor:
+    """softmax(q·kᵀ·scale + mask)·v as (batch, q_len, heads, dim); `which` picks one mask (its top-left corner)
     from a (masks, 1, width, width) mask."""
     scores = torch.matmul(query, key.transpose(2, 3))  # under autocast: not query's dtype
     q_len, k_len = scores.shape[-2:]
-    if row is None:
+    if which is None:
         bias = _additive_mask(mask, scores.dtype, q_len, k_len, scores.device)
     else:
         width = mask.shape[-1]
-        bias = _additive_mask(mask, scores.dtype, width, width, scores.device)[row, :, :q_len, :k_len]
+        bias = _additive_mask(mask, scores.dtype, width, width, scores.device)[which, :, :q_len, :k_len]
     # in place: matmul's backward needs its inputs, not its output
     scores.mul_(scale).add_(bias)
     probs = torch.softmax(scores, dim=-1)
