@@ -293,10 +293,11 @@ class TiktokenEncoder(_Encoder):
             return None
 
 
-def fast_encoder(tok) -> _Encoder | None:
+def fast_encoder(tok, spec: dict | None = None) -> _Encoder | None:
     """The fastest encoder that reproduces this `tokenizers.Tokenizer`'s ids (check with `agrees_with`):
-    tiktoken when its pipeline is one regex, else `ByteLevelEncoder`, else None (use the tokenizer)."""
-    spec = json.loads(tok.to_str())
+    tiktoken when its pipeline is one regex, else `ByteLevelEncoder`, else None (use the tokenizer). `spec`:
+    the tokenizer's JSON, if the caller has parsed it already."""
+    spec = spec if spec is not None else json.loads(tok.to_str())
     items = _pipeline(spec)
     if items is None:
         return None

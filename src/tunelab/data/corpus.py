@@ -240,8 +240,9 @@ class _Packer:
         self.cap = block_size - 1                 # tokens of text per block; EOT takes the last place
         self.dtype = np.dtype(token_dtype(self.tok.get_vocab_size(with_added_tokens=True)))
         self.eot_id = eot_id
-        self.token_bytes = _byte_level_token_bytes(self.tok)
-        self.fast = fast_encoder(self.tok) if self.token_bytes is not None else None
+        spec = json.loads(self.tok.to_str())      # read once: a large vocabulary's JSON takes a while
+        self.token_bytes = _byte_level_token_bytes(self.tok, spec)
+        self.fast = fast_encoder(self.tok, spec) if self.token_bytes is not None else None
         self.fast_checked = False
 
     def pack(self, docs: list[Kept]) -> None:
@@ -365,10 +366,10 @@ class _Snapper:
         return None
 
 
-def _byte_level_token_bytes(tok):
-    """UTF-8 length of every token id for a byte-level BPE without a normalizer (else None: use offsets)."""
+def _byte_level_token_bytes(tok, spec: dict):
+    """UTF-8 length of every token id for a byte-level BPE without a normalizer (else None: use offsets);
+    `spec` is the tokenizer's JSON, parsed."""
     import numpy as np
-    spec = json.loads(tok.to_str())
     if (spec.get("decoder") or {}).get("type") != "ByteLevel" or spec.get("normalizer") is not None:
         return None
     size = tok.get_vocab_size(with_added_tokens=True)
