@@ -40,7 +40,7 @@ from tunelab.data.corpus_read import BadLines, JsonlChunk, RawDoc, iter_work, li
 from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
                                        token_dtype)
 from tunelab.data.records import building_dir
-from tunelab.data.sentences import count_sentences, soft_split_points, split_sentences
+from tunelab.data.sentences import count_sentences, soft_split_kinds, split_sentences
 from tunelab.errors import TunelabError
 
 CHUNK_CHARS = 1 << 17      # characters of raw text per chunk handed to a worker (small: workers stay balanced)
@@ -302,6 +302,7 @@ class _Packer:
         cuts = sorted(set(k for k in snap.many(sent_ends) if k is not None) | {n})
         blocks: list[tuple[int, int]] = []
         cur = 0
+        soft: dict[int, list[list[int]]] = {}
         while cur < n:
             limit = cur + self.cap
             j = bisect_right(cuts, limit) - 1
@@ -310,7 +311,7 @@ class _Packer:
             elif j >= 0 and cuts[j] > cur:
                 end = cuts[j]
             else:
-                end = self._cut_long(snap, sentences, sent_ends, int(pos[cur]), cur, limit, kept)
+                end = self._cut_long(snap, sentences, sent_ends, int(pos[cur]), cur, limit, kept, soft)
             blocks.append((cur, end))
             cur = end
         ids = ids.tolist()
@@ -318,15 +319,23 @@ class _Packer:
         kept.block_lengths = [e - s + 1 for s, e in blocks]
 
     def _cut_long(self, snap: _Snapper, sentences, sent_ends, char_pos: int, cur: int, limit: int,
-                  kept: Kept) -> int:
-        """Where a block inside a too-long sentence ends: last soft point that fits, else a token boundary."""
+                  kept: Kept, soft: dict[int, list[list[int]]]) -> int:
+        """Where a block inside a too-long sentence ends: the last point after punctuation that fits, else the
+        last after whitespace (`soft_split_points`' order), else a token boundary.
+
+        A sentence's points are found and snapped to token boundaries once (`soft`, by sentence), not once a
+        block: a 200,000-character sentence took 84 s at block size 32. Snapping keeps their order, so the
+        last that fits is found by bisection."""
         s = min(int(self.np.searchsorted(sent_ends, char_pos, side="right")), len(sentences) - 1)
-        start = int(sent_ends[s - 1]) if s else 0
-        for offset in soft_split_points(sentences[s]):
-            k = snap.one(start + offset)
-            if k is not None and cur < k <= limit:
+        if s not in soft:
+            start = int(sent_ends[s - 1]) if s else 0
+            soft[s] = [[k for k in snap.many(self.np.asarray(points, dtype=self.np.int64) + start) if k is not None]
+                       for points in soft_split_kinds(sentences[s])]
+        for snapped in soft[s]:
+            i = bisect_right(snapped, limit) - 1
+            if i >= 0 and snapped[i] > cur:
                 kept.soft_cuts += 1
-                return k
+                return snapped[i]
         i = int(self.np.searchsorted(snap.cut_idx, limit, side="right")) - 1
         k = int(snap.cut_idx[i])
         if k <= cur:

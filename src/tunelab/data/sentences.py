@@ -62,8 +62,14 @@ def soft_split_points(sentence: str) -> list[int]:
     kind from the last to the first. So the first offset in the list that fits the space left is the best
     cut. 0 and len(sentence) are never returned.
     """
+    punct, spaces = soft_split_kinds(sentence)
+    return punct[::-1] + spaces[::-1]
+
+
+def soft_split_kinds(sentence: str) -> tuple[list[int], list[int]]:
+    """`soft_split_points` as its two kinds, each in ascending order: (after punctuation, after whitespace)."""
     n = len(sentence)
     punct = [m.end() for m in _SOFT.finditer(sentence) if m.end() < n]
     taken = set(punct)
     spaces = [m.end() for m in _SPACE.finditer(sentence) if 0 < m.end() < n and m.end() not in taken]
-    return punct[::-1] + spaces[::-1]
+    return punct, spaces
