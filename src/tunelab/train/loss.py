@@ -107,7 +107,7 @@ class ProjectedCrossEntropy(torch.autograd.Function):
                     g_low = grad_logits[lo: lo + chunk] if want_weight else torch.empty_like(g, dtype=dtype)
                     g, scale = torch.mul(g, scale, out=g_low), 1.0
                 if want_hidden:
-                    torch.addmm(grad_h[lo: lo + chunk], g, w, beta=0, alpha=scale, out=grad_h[lo: lo + chunk])
+                    grad_h[lo: lo + chunk].addmm_(g, w, beta=0, alpha=scale)  # beta 0: the empty rows are not read
                 if grad_w is not None:
                     grad_w.addmm_(g.t(), h[lo: lo + chunk], alpha=scale)
             if grad_logits is not None:
