@@ -17,6 +17,7 @@ from tunelab.data.corpus import ReadSettings, prepare_corpus, show_blocks, verif
 from tunelab.data.corpus_read import iter_documents, list_inputs
 from tunelab.data.corpus_store import CorpusBlocks, SplitWriter, read_docs, read_meta
 from tunelab.data.sentences import split_sentences
+from tunelab.errors import TunelabError
 from tunelab.model.tokenizer import train_bpe_tokenizer, train_corpus_tokenizer
 
 ZH = "北京上海铁路车站物种化合物人物地方发现命名位于开通年份研究描述城市河流山脉博物馆人口中心"
@@ -225,6 +226,71 @@ def test_malformed_line_names_file_and_line_and_leaves_nothing(tmp_path, tokeniz
     assert main(["data", "corpus", str(src), "--tokenizer", str(tokenizer_dir), "--block-size", "32",
                  "--out", str(out)]) == 2                      # never overwritten
     assert "exists" in capsys.readouterr().err
+
+
+def _damage(directory: Path, how: str) -> tuple[str, str]:
+    """Damage a copy of a corpus one way; returns (the file the error must name, a phrase it must say)."""
+    meta_path = directory / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if how == "meta not JSON":
+        meta_path.write_text('{"format": ', encoding="utf-8")
+        return "meta.json:1", "malformed JSON"
+    if how in ("meta without dtype", "block size a string", "dtype float64"):
+        if how == "meta without dtype":
+            del meta["dtype"]
+        elif how == "block size a string":
+            meta["block_size"] = "256"
+        else:
+            meta["dtype"] = "float64"
+        meta_path.write_text(json.dumps(meta), encoding="utf-8")
+        return "meta.json", {"meta without dtype": "field 'dtype'", "block size a string": "field 'block_size'",
+                             "dtype float64": "not uint16 or uint32"}[how]
+    if how == "index missing":
+        (directory / "train.idx.npy").unlink()
+        return "train.idx.npy", "missing"
+    if how == "index not numpy":
+        (directory / "train.idx.npy").write_bytes(b"garbage")
+        return "train.idx.npy", "not a block index"
+    if how == "index past the tokens":
+        index = np.load(directory / "train.idx.npy")
+        index["offset"][1] = 10 ** 9
+        np.save(directory / "train.idx.npy", index)
+        return "train.idx.npy", "points outside"
+    if how == "tokens missing":
+        (directory / "val.bin").unlink()
+        return "val.bin", "missing"
+    if how == "docs line broken":
+        lines = (directory / "docs.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        lines[2] = '{"doc": 2, broken\n'
+        (directory / "docs.jsonl").write_text("".join(lines), encoding="utf-8")
+        return "docs.jsonl:3", "malformed JSON"
+    assert how == "id outside the vocabulary"
+    tokens = np.memmap(directory / "train.bin", dtype=np.dtype(meta["dtype"]), mode="r+")
+    tokens[0] = meta["vocab_size"] + 5
+    tokens.flush()
+    del tokens
+    return "train.bin", "outside the vocabulary"
+
+
+@pytest.mark.parametrize("how", ["meta not JSON", "meta without dtype", "block size a string", "dtype float64",
+                                 "index missing", "index not numpy", "index past the tokens", "tokens missing",
+                                 "docs line broken", "id outside the vocabulary"])
+def test_a_damaged_corpus_is_named_not_a_traceback(tmp_path, corpus_dir, capsys, how):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(corpus_dir, broken)
+    where, says = _damage(broken, how)
+    first_doc = str(int(np.load(corpus_dir / "train.idx.npy")["doc"][0]))
+    capsys.readouterr()
+    rc = main(["data", "corpus", "--show", str(broken), "--doc", first_doc, "--limit", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{broken / where}" in err and says in err and "Traceback" not in err, err
+    if how == "id outside the vocabulary":  # training reads blocks the same way; --verify reports, not decodes
+        with pytest.raises(TunelabError, match="outside the vocabulary"):
+            CorpusBlocks(broken, "train").block(0)
+        result = verify_corpus(broken, workers=1, progress=False)
+        assert result["documents"] == 0 and any("1 token ids outside" in p["problem"] for p in result["examples"])
+        assert main(["data", "corpus", "--verify", str(broken), "--workers", "1"]) == 1
 
 
 # Qwen2's pre-tokenizer regex (Llama-3's differs only in \p{N}{1,3})

@@ -598,6 +598,8 @@ def verify_corpus(directory: str | Path, workers: int | None = None, progress: b
     count = 0
     checked = 0
     structure = _check_structure(blocks)
+    if _undecodable(structure):  # nothing to compare the documents with
+        return {"documents": 0, "differences": len(structure), "examples": structure[:MAX_DIFFERENCES]}
     bar = tqdm(total=sum(i["bytes"] for i in meta["inputs"]), unit="B", unit_scale=True, desc="verify",
                disable=not progress, file=sys.stderr)
     with bar:
@@ -628,7 +630,7 @@ def _check_structure(blocks: dict[str, CorpusBlocks]) -> list[dict[str, Any]]:
         ends = b.index["offset"] + b.index["length"] - 1
         not_eot = np.flatnonzero(np.asarray(b.tokens)[ends] != b.eot_id)
         too_long = np.flatnonzero(b.lengths > b.block_size)
-        inner_eot = int((np.asarray(b.tokens) == b.eot_id).sum()) - len(b)
+        inner_eot = int((np.asarray(b.tokens) == b.eot_id).sum()) - (len(b) - len(not_eot))
         if len(not_eot):
             problems.append({"split": split, "problem": f"{len(not_eot)} blocks do not end with EOT",
                              "first_block": int(not_eot[0])})
@@ -637,7 +639,16 @@ def _check_structure(blocks: dict[str, CorpusBlocks]) -> list[dict[str, Any]]:
                              "first_block": int(too_long[0])})
         if inner_eot:
             problems.append({"split": split, "problem": f"{inner_eot} EOT tokens inside blocks"})
+        outside = np.flatnonzero(np.asarray(b.tokens) >= b.vocab_size)
+        if len(outside):
+            problems.append({"split": split, "problem": f"{len(outside)} token ids outside the vocabulary of "
+                                                        f"{b.vocab_size}", "first_token": int(outside[0])})
     return problems
+
+
+def _undecodable(problems: list[dict[str, Any]]) -> bool:
+    """Whether the structure problems leave ids no tokenizer can decode."""
+    return any("outside the vocabulary" in p["problem"] for p in problems)
 
 
 def _compare(index: int, kept: Kept, record, blocks, doc_col, tok) -> dict[str, Any] | None:

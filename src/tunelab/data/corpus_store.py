@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 from array import array
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
+from tunelab.data.records import parse_json, read_json
 from tunelab.errors import TunelabError
 
 FORMAT = "tunelab-corpus/1"
@@ -120,15 +121,22 @@ class CorpusBlocks:
             raise TunelabError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})", file=self.dir)
         self.split = split
         self.dtype = np.dtype(self.meta["dtype"])
-        self.eot_id: int = int(self.meta["eot_id"])
-        self.block_size: int = int(self.meta["block_size"])
-        bin_path = self.dir / f"{split}.bin"
-        self.index = np.load(self.dir / f"{split}.idx.npy")
+        self.eot_id: int = self.meta["eot_id"]
+        self.block_size: int = self.meta["block_size"]
+        self.vocab_size: int = self.meta["vocab_size"]
+        self.bin_path = bin_path = self.dir / f"{split}.bin"
+        self.index = _read_index(self.dir / f"{split}.idx.npy")
+        if not bin_path.is_file():
+            raise TunelabError(f"{split}.bin is missing: the corpus is damaged; prepare it again", file=bin_path)
         n = bin_path.stat().st_size // self.dtype.itemsize
         expected = int(self.index["length"].sum()) if len(self.index) else 0
         if n != expected:
             raise TunelabError(f"{split}.bin holds {n} tokens, the index expects {expected}: the corpus is "
                                "damaged; prepare it again", file=bin_path)
+        if len(self.index) and (int(self.index["offset"].min()) < 0 or int(self.index["length"].min()) < 1
+                                or int((self.index["offset"] + self.index["length"]).max()) > n):
+            raise TunelabError(f"{split}.idx.npy points outside {split}.bin: the corpus is damaged; prepare it "
+                               "again", file=self.dir / f"{split}.idx.npy")
         self.tokens = np.memmap(bin_path, dtype=self.dtype, mode="r") if n else np.zeros(0, self.dtype)
         self.lengths = self.index["length"]
 
@@ -138,7 +146,11 @@ class CorpusBlocks:
     def block(self, i: int):
         """Token ids of block i (a read-only view into the memory map; EOT last)."""
         row = self.index[i]
-        return self.tokens[int(row["offset"]): int(row["offset"]) + int(row["length"])]
+        ids = self.tokens[int(row["offset"]): int(row["offset"]) + int(row["length"])]
+        if int(ids.max()) >= self.vocab_size:  # a damaged file: the model's embedding would fail on it
+            raise TunelabError(f"block {i} holds token id {int(ids.max())}, outside the vocabulary of "
+                               f"{self.vocab_size}: the corpus is damaged; prepare it again", file=self.bin_path)
+        return ids
 
     @property
     def num_tokens(self) -> int:
@@ -153,8 +165,12 @@ def is_corpus_dir(path: str | Path) -> bool:
     return p.is_dir() and (p / "meta.json").is_file()
 
 
+# meta.json fields the readers rely on, and their types
+_META_FIELDS = {"dtype": str, "block_size": int, "eot_id": int, "vocab_size": int}
+
+
 def read_meta(directory: str | Path) -> dict[str, Any]:
-    """meta.json of a finished corpus directory; a missing one names what is wrong."""
+    """meta.json of a finished corpus directory; a missing, malformed or incomplete one names what is wrong."""
     d = Path(directory)
     if not d.is_dir():
         raise TunelabError("corpus directory not found", file=d)
@@ -162,26 +178,71 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if not meta_path.is_file():
         raise TunelabError("not a finished corpus directory (no meta.json: not prepared by `tunelab data "
                            "corpus`, or its preparation was interrupted)", file=d)
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise TunelabError(f"unknown corpus format {meta.get('format')!r} (expected {FORMAT})", file=meta_path)
+    _, meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+        raise TunelabError(f"unknown corpus format {found!r} (expected {FORMAT})", file=meta_path)
+    for key, kind in _META_FIELDS.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TunelabError(f"expected {'an integer' if kind is int else 'a string'}, got "
+                               f"{type(value).__name__ if key in meta else 'nothing'}", file=meta_path, field=key)
+    if meta["dtype"] not in ("uint16", "uint32"):
+        raise TunelabError(f"token dtype {meta['dtype']!r} is not uint16 or uint32", file=meta_path, field="dtype")
     return meta
+
+
+def _read_index(path: Path):
+    """A split's block index (offset, length, doc per block); a missing or unreadable one is named."""
+    import numpy as np
+    if not path.is_file():
+        raise TunelabError("block index missing: the corpus is damaged; prepare it again", file=path)
+    try:
+        index = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise TunelabError(f"not a block index ({str(e).split('. ')[0][:120]}): the corpus is damaged; prepare "
+                           "it again", file=path) from None
+    if index.ndim != 1 or index.dtype.names is None or not {"offset", "length", "doc"} <= set(index.dtype.names):
+        raise TunelabError(f"not a block index (dtype {index.dtype}, shape {index.shape}): the corpus is "
+                           "damaged; prepare it again", file=path)
+    return index
 
 
 def read_docs(directory: str | Path) -> list[dict[str, Any]]:
     """docs.jsonl: one metadata record per kept document, in order (`doc` is the index)."""
-    path = Path(directory) / "docs.jsonl"
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [record for _, record in _doc_records(directory)]
 
 
 def read_docs_of(directory: str | Path, wanted) -> dict[int, dict[str, Any]]:
     """The docs.jsonl records of the documents `wanted` (indices), {doc: record}: streamed, so evaluating a
     split never holds the metadata of every document of a large corpus."""
     wanted = set(wanted)
-    out: dict[int, dict[str, Any]] = {}
-    with (Path(directory) / "docs.jsonl").open(encoding="utf-8") as f:
-        for doc, line in enumerate(line for line in f if line.strip()):
-            if doc in wanted:
-                out[doc] = json.loads(line)
-    return out
+    return {doc: record for doc, record in _doc_records(directory, wanted)}
+
+
+_DOC_FIELDS = ("doc", "split", "blocks")   # what --show, --verify and the evaluations read of a record
+
+
+def _doc_records(directory: str | Path, wanted: set[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, record) of docs.jsonl's documents (only `wanted` ones are parsed when given); a damaged line
+    names its file and line."""
+    path = Path(directory) / "docs.jsonl"
+    if not path.is_file():
+        raise TunelabError("docs.jsonl missing: the corpus is damaged; prepare it again", file=path)
+    with path.open("rb") as f:
+        doc = 0
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            if wanted is None or doc in wanted:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise TunelabError("not UTF-8 text", file=path, line=lineno) from None
+                record = parse_json(text, path, lineno)
+                missing = [k for k in _DOC_FIELDS if not isinstance(record, dict) or k not in record]
+                if missing:
+                    raise TunelabError("not a document record: the corpus is damaged", file=path, line=lineno,
+                                       field=missing[0])
+                yield doc, record
+            doc += 1
