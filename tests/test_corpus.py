@@ -264,6 +264,12 @@ def _damage(directory: Path, how: str) -> tuple[str, str]:
         lines[2] = '{"doc": 2, broken\n'
         (directory / "docs.jsonl").write_text("".join(lines), encoding="utf-8")
         return "docs.jsonl:3", "malformed JSON"
+    if how == "tokenizer missing":
+        (directory / "tokenizer" / "tokenizer.json").unlink()
+        return "tokenizer/tokenizer.json", "missing"
+    if how == "tokenizer broken":
+        (directory / "tokenizer" / "tokenizer.json").write_text('{"model": ', encoding="utf-8")
+        return "tokenizer/tokenizer.json", "cannot read the tokenizer"
     assert how == "id outside the vocabulary"
     tokens = np.memmap(directory / "train.bin", dtype=np.dtype(meta["dtype"]), mode="r+")
     tokens[0] = meta["vocab_size"] + 5
@@ -274,7 +280,8 @@ def _damage(directory: Path, how: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("how", ["meta not JSON", "meta without dtype", "block size a string", "dtype float64",
                                  "index missing", "index not numpy", "index past the tokens", "tokens missing",
-                                 "docs line broken", "id outside the vocabulary"])
+                                 "docs line broken", "tokenizer missing", "tokenizer broken",
+                                 "id outside the vocabulary"])
 def test_a_damaged_corpus_is_named_not_a_traceback(tmp_path, corpus_dir, capsys, how):
     import shutil
     broken = tmp_path / "broken"
@@ -286,11 +293,23 @@ def test_a_damaged_corpus_is_named_not_a_traceback(tmp_path, corpus_dir, capsys,
     err = capsys.readouterr().err
     assert rc == 2 and f"{broken / where}" in err and says in err and "Traceback" not in err, err
     if how == "id outside the vocabulary":  # training reads blocks the same way; --verify reports, not decodes
-        with pytest.raises(TunelabError, match="outside the vocabulary"):
+        from tunelab.train.corpus_rows import CorpusRows
+        with pytest.raises(TunelabError, match="block 0 holds token id"):
             CorpusBlocks(broken, "train").block(0)
+        with pytest.raises(TunelabError, match="block 0 holds token id"):  # before training starts
+            CorpusRows(CorpusBlocks(broken, "train"), 256, True, "random")
         result = verify_corpus(broken, workers=1, progress=False)
         assert result["documents"] == 0 and any("1 token ids outside" in p["problem"] for p in result["examples"])
         assert main(["data", "corpus", "--verify", str(broken), "--workers", "1"]) == 1
+    if how == "tokenizer broken":  # the same tokenizer given to prepare a corpus is named where it is kept
+        src = tmp_path / "in.jsonl"
+        src.write_text(json.dumps({"text": "第一篇文章的正文内容。"}, ensure_ascii=False) + "\n", encoding="utf-8")
+        capsys.readouterr()
+        assert main(["data", "corpus", str(src), "--tokenizer", str(broken / "tokenizer"), "--block-size", "32",
+                     "--out", str(tmp_path / "out"), "--workers", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"{broken / 'tokenizer' / 'tokenizer.json'}: cannot read" in err and "Traceback" not in err
+        assert not list(tmp_path.glob("out*"))  # neither out nor its staging dir
 
 
 # Qwen2's pre-tokenizer regex (Llama-3's differs only in \p{N}{1,3})

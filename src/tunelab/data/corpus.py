@@ -38,7 +38,7 @@ from tunelab.data.bpe_encode import fast_encoder
 from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document, text_digest
 from tunelab.data.corpus_read import BadLines, JsonlChunk, RawDoc, iter_work, list_inputs, parse_chunk, split_of
 from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
-                                       token_dtype)
+                                       read_tokenizer_file, token_dtype)
 from tunelab.data.records import building_dir
 from tunelab.data.sentences import count_sentences, soft_split_kinds, split_sentences
 from tunelab.errors import TunelabError
@@ -233,9 +233,8 @@ class _Packer:
 
     def __init__(self, tokenizer_file: str, block_size: int, eot_id: int):
         import numpy as np
-        from tokenizers import Tokenizer
         self.np = np
-        self.tok = Tokenizer.from_file(tokenizer_file)
+        self.tok = read_tokenizer_file(tokenizer_file)
         self.tok.encode_special_tokens = True     # "<|endoftext|>" typed in a document is text, not EOT
         self.cap = block_size - 1                 # tokens of text per block; EOT takes the last place
         self.dtype = np.dtype(token_dtype(self.tok.get_vocab_size(with_added_tokens=True)))
@@ -468,22 +467,22 @@ def _copy_tokenizer(name_or_path: str, dest: Path) -> tuple[dict[str, Any], str,
     anything else (a hub id, a slow-only directory) goes through AutoTokenizer and save_pretrained.
     """
     import hashlib
-    from tokenizers import Tokenizer
     src = Path(name_or_path)
     if src.exists() and not src.is_dir():
         raise TunelabError("--tokenizer must be a tokenizer directory (or a Hugging Face hub id)", file=src)
     eos = _configured_eos(src) if (src / "tokenizer.json").is_file() else None
     if eos is not None:
+        tok = read_tokenizer_file(src / "tokenizer.json")  # a broken one is named where the user keeps it
         dest.mkdir()
         for name in TOKENIZER_FILES:
             if (src / name).is_file():
                 shutil.copyfile(src / name, dest / name)
     else:
         eos = _save_with_transformers(name_or_path, dest)
+        if not (dest / "tokenizer.json").is_file():
+            raise TunelabError("a fast tokenizer (tokenizer.json) is needed", file=name_or_path)
+        tok = read_tokenizer_file(dest / "tokenizer.json")
     tokenizer_file = dest / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise TunelabError("a fast tokenizer (tokenizer.json) is needed", file=name_or_path)
-    tok = Tokenizer.from_file(str(tokenizer_file))
     eot_id = tok.token_to_id(eos)
     if eot_id is None:
         raise TunelabError(f"the EOS token {eos!r} is not in the tokenizer's vocabulary", file=name_or_path)
@@ -578,7 +577,6 @@ def verify_corpus(directory: str | Path, workers: int | None = None, progress: b
     Returns {"documents": checked, "differences": count, "examples": [first MAX_DIFFERENCES differences]}.
     A difference names the document (doc index, id, file, line) and the first character that differs.
     """
-    from tokenizers import Tokenizer
     from tqdm.auto import tqdm
     directory = Path(directory)
     meta = read_meta(directory)
@@ -590,7 +588,7 @@ def verify_corpus(directory: str | Path, workers: int | None = None, progress: b
         if p.stat().st_size != item["bytes"]:
             raise TunelabError(f"input changed since the corpus was prepared ({item['bytes']} bytes then, "
                                f"{p.stat().st_size} now)", file=p)
-    tok = Tokenizer.from_file(str(directory / "tokenizer" / "tokenizer.json"))
+    tok = read_tokenizer_file(directory / "tokenizer" / "tokenizer.json")
     blocks = {split: CorpusBlocks(directory, split) for split in SPLITS}
     import numpy as np
     doc_col = {split: np.asarray(b.index["doc"]) for split, b in blocks.items()}
@@ -676,7 +674,6 @@ def show_blocks(directory: str | Path, doc: str | None = None, split: str | None
                 limit: int = 20) -> Iterator[dict[str, Any]]:
     """Blocks as the model reads them: {doc, id, split, block, tokens, text} (decoded, EOT shown)."""
     import numpy as np
-    from tokenizers import Tokenizer
     directory = Path(directory)
     read_meta(directory)
     docs = read_docs(directory)
@@ -688,7 +685,7 @@ def show_blocks(directory: str | Path, doc: str | None = None, split: str | None
         chosen = docs
     if split is not None:
         chosen = [d for d in chosen if d["split"] == split]
-    tok = Tokenizer.from_file(str(directory / "tokenizer" / "tokenizer.json"))
+    tok = read_tokenizer_file(directory / "tokenizer" / "tokenizer.json")
     blocks = {s: CorpusBlocks(directory, s) for s in SPLITS}
     cols = {s: np.asarray(b.index["doc"]) for s, b in blocks.items()}
     shown = 0

@@ -152,12 +152,35 @@ class CorpusBlocks:
                                f"{self.vocab_size}: the corpus is damaged; prepare it again", file=self.bin_path)
         return ids
 
+    def check_ids(self, chunk: int = 1 << 24) -> None:
+        """Every token id is inside the vocabulary (read in chunks: a damaged file stops a run before it
+        starts, not when a batch first draws the block)."""
+        import numpy as np
+        for start in range(0, len(self.tokens), chunk):
+            part = np.asarray(self.tokens[start: start + chunk])
+            if int(part.max()) >= self.vocab_size:
+                at = start + int(np.argmax(part >= self.vocab_size))
+                block = int(np.searchsorted(self.index["offset"], at, "right")) - 1
+                self.block(block)  # raises, naming the block
+
     @property
     def num_tokens(self) -> int:
         return int(self.lengths.sum())
 
     def tokenizer_dir(self) -> Path:
         return self.dir / "tokenizer"
+
+
+def read_tokenizer_file(path: str | Path):
+    """A `tokenizers.Tokenizer` from tokenizer.json; a missing or unreadable file is named."""
+    from tokenizers import Tokenizer
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError("tokenizer.json missing", file=path)
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception with serde's message
+        raise TunelabError(f"cannot read the tokenizer ({str(e)[:160]})", file=path) from None
 
 
 def is_corpus_dir(path: str | Path) -> bool:

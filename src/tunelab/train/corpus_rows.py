@@ -84,6 +84,7 @@ class CorpusRows:
         self.blocks, self.max_len, self.packing, self.sampling = blocks, max_len, packing, sampling
         self.seed = seed % 2 ** 64  # numpy's seed sequences take non-negative integers
         self.count = len(blocks) if limit is None else min(limit, len(blocks))
+        blocks.check_ids()
         self.lengths = np.asarray(blocks.lengths[: self.count], dtype=np.int64)
         if self.count == 0:
             raise TunelabError(f"the corpus's {blocks.split} split has no blocks", file=blocks.dir)
