@@ -274,7 +274,7 @@ def test_a_model_whose_tokenizer_is_not_the_corpus_one_is_refused(tmp_path, corp
     from tunelab.model.tokenizer import train_bpe_tokenizer
     from tunelab.train.loop import train
     other = tmp_path / "other-tok"
-    train_bpe_tokenizer(["something else entirely"] * 20, 280).save_pretrained(other)
+    train_bpe_tokenizer(["something else entirely"] * 20, 300).save_pretrained(other)
     sections = corpus_sections(corpus)
     sections["model"]["tokenizer"] = str(other)
     with pytest.raises(TunelabError, match="not the one the corpus was prepared with"):
@@ -368,7 +368,7 @@ def test_fine_tuning_with_replay_trains_on_examples_and_corpus_blocks(tmp_path, 
 
     other = tmp_path / "other-tok"
     from tunelab.model.tokenizer import train_bpe_tokenizer
-    train_bpe_tokenizer(["something else entirely"] * 20, 280).save_pretrained(other)
+    train_bpe_tokenizer(["something else entirely"] * 20, 300).save_pretrained(other)
     sections = replay_sections(corpus, qa)
     sections["model"]["tokenizer"] = str(other)
     with pytest.raises(TunelabError, match="not the one the corpus was prepared with"):

@@ -6,7 +6,11 @@ import json
 import random
 import re
 
+import pytest
+
 from tunelab.cli import main
+from tunelab.errors import TunelabError
+from tunelab.model.tokenizer import train_bpe_tokenizer
 
 ZH = "北京上海铁路车站物种化合物人物地方发现命名位于开通年份研究描述城市河流山脉博物馆"
 EN = ["the", "station", "railway", "species", "was", "first", "described", "in", "London", "by", "river"]
@@ -62,3 +66,16 @@ def test_tokenizer_train_refuses_existing_out_and_reports_bad_lines(tmp_path, ca
                  "--skip-bad"]) == 0
     assert "1 bad lines" in capsys.readouterr().out
     assert main(["tokenizer", "train", str(src), "--vocab-size", "400", "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("size", [10, 2 ** 31, 10 ** 12])
+def test_a_vocabulary_size_out_of_range_is_refused_before_training(tmp_path, capsys, size):
+    # 2**31 made the BPE trainer abort the process on a 141 GB allocation: no message, no exit code to read
+    src = tmp_path / "c.jsonl"
+    _write(src, n=10)
+    assert main(["tokenizer", "train", str(src), "--vocab-size", str(size), "--out", str(tmp_path / "tok")]) == 2
+    err = capsys.readouterr().err
+    assert "--vocab-size must be between 300" in err and "Traceback" not in err
+    assert not (tmp_path / "tok").exists()
+    with pytest.raises(TunelabError, match="--vocab-size must be between"):
+        train_bpe_tokenizer(["some text"], size)

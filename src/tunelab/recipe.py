@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.errors import TunelabError
+from tunelab.model.tokenizer import MAX_VOCAB, MIN_VOCAB
 
 
 class _Strict(BaseModel):
@@ -33,7 +34,7 @@ class TokenizerBuild(_Strict):
     """A tokenizer trained on the corpus inputs (`tunelab tokenizer train`)."""
 
     out: str
-    vocab_size: int = Field(default=4096, ge=300)
+    vocab_size: int = Field(default=4096, ge=MIN_VOCAB, le=MAX_VOCAB)
 
 
 class CorpusBuild(_Strict):
@@ -93,7 +94,7 @@ class ModelConfig(_Strict):
     from_scratch: bool = False
     overrides: dict[str, Any] = Field(default_factory=dict, description="config overrides for a preset")
     tokenizer: str | None = None
-    tokenizer_vocab_size: int = 2000
+    tokenizer_vocab_size: int = Field(default=2000, ge=MIN_VOCAB, le=MAX_VOCAB)
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
 
     @model_validator(mode="after")

@@ -26,6 +26,10 @@ EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 SEP = "<|sep|>"
 HELD_OUT_CHARS = 2_000_000   # held-out text kept in memory to measure characters per token
+MIN_VOCAB = 300              # the 256 bytes, the special tokens and room for merges
+# 4x the largest vocabularies in use (Gemma's 256k); the BPE trainer allocates for the size asked, so 2**31
+# aborted the process (a 141 GB allocation) instead of raising
+MAX_VOCAB = 1 << 20
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2000, chat_template: str | None = None):
@@ -41,16 +45,22 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2000, chat_templ
 def train_corpus_tokenizer(texts: Iterable[str], vocab_size: int):
     """Return a CJK-aware byte-level BPE `PreTrainedTokenizerFast` (eos EOT, pad PAD, sep SEP) trained on texts."""
     from tokenizers import Regex, pre_tokenizers
-    if vocab_size < 300:
-        raise TunelabError(f"--vocab-size must be at least 300 (256 bytes + special tokens), got {vocab_size}")
     steps = [pre_tokenizers.Split(Regex(CJK_PUNCTUATION), "isolated"),
              pre_tokenizers.Split(Regex(CJK_RUN), "isolated"),
              pre_tokenizers.Digits(individual_digits=True)]
     return _wrap(_train(steps, texts, vocab_size, [EOS, PAD, SEP]), sep_token=SEP)
 
 
+def check_vocab_size(vocab_size: int) -> None:
+    """A vocabulary size the BPE trainer can build (checked before any text is read)."""
+    if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+        raise TunelabError(f"--vocab-size must be between {MIN_VOCAB} (256 bytes + special tokens) and "
+                           f"{MAX_VOCAB:,}, got {vocab_size:,}")
+
+
 def _train(steps: list, texts: Iterable[str], vocab_size: int, special_tokens: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    check_vocab_size(vocab_size)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([*steps, pre_tokenizers.ByteLevel(add_prefix_space=False,
                                                                                   use_regex=True)])
@@ -104,8 +114,7 @@ def train_tokenizer_dir(inputs: list, vocab_size: int, out: str | Path, settings
     out = Path(out)
     if out.exists():
         raise TunelabError("output directory exists; choose a new --out", file=out)
-    if vocab_size < 300:
-        raise TunelabError(f"--vocab-size must be at least 300 (256 bytes + special tokens), got {vocab_size}")
+    check_vocab_size(vocab_size)
     settings = settings or ReadSettings()
     paths = list_inputs(inputs)
     bad = BadLines()
