@@ -492,3 +492,13 @@ def test_hostile_text_prepares_and_verifies_through_the_fast_encoder(tmp_path, k
     assert meta["summary"]["documents_kept"] > 250
     report = verify_corpus(tmp_path / "out", workers=2, progress=False)
     assert report["differences"] == 0, report["examples"]
+
+
+@pytest.mark.parametrize("workers", ["0", "-3", "100000", "two"])
+def test_a_worker_count_out_of_range_is_refused(tmp_path, corpus_inputs, tokenizer_dir, capsys, workers):
+    # --workers 100000 forked processes until the machine gave out
+    with pytest.raises(SystemExit) as e:
+        main(["data", "corpus", str(corpus_inputs), "--tokenizer", str(tokenizer_dir), "--block-size", "32",
+              "--out", str(tmp_path / "out"), "--workers", workers])
+    assert e.value.code == 2 and "argument --workers" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

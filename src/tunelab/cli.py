@@ -26,6 +26,22 @@ def _add_set(p: argparse.ArgumentParser) -> None:
                    help="override a recipe key, e.g. --set train.lr=3e-4 (repeatable)")
 
 
+def _count(low: int):
+    """An argparse type: an integer from `low` up to 4 x the CPU count (at least 64). Each one is a process or
+    thread: --workers 100000 forked until the machine gave out."""
+    def parse(text: str) -> int:
+        import os
+        high = max(64, 4 * (os.cpu_count() or 1))
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high} on this machine, got {value}")
+        return value
+    return parse
+
+
 def _add_corpus_reading(p: argparse.ArgumentParser) -> None:
     """Reading and cleaning flags shared by `data corpus` and `tokenizer train` (same documents for both)."""
     p.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
@@ -34,7 +50,7 @@ def _add_corpus_reading(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (by document)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     p.add_argument("--skip-bad", action="store_true", help="count and report bad lines instead of stopping")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    p.add_argument("--workers", type=_count(1), default=None, help="worker processes (default: CPU count)")
     g = p.add_argument_group("cleaning (each rule is counted in the summary)")
     g.add_argument("--no-split-title", action="store_true", help="keep a '标题\\n\\n' header line in the text")
     g.add_argument("--prepend-title", action="store_true", help="put the title back in front as '标题\\n'")
@@ -286,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto: bfloat16 on a GPU, float32 on a CPU")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_call("tunelab.serve.api:cli_serve"))
 

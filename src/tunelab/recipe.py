@@ -194,7 +194,7 @@ class TrainConfig(_Strict):
     num_checkpoints: int = Field(default=5, ge=1)
     save_merged: bool = False
     log_every: int = Field(default=10, ge=1)
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+    threads: int | None = Field(default=None, ge=1, le=4096, description="torch CPU threads")
     eval_every: int | None = Field(default=None, ge=1, description="validation loss every N steps (corpus "
                                                                    "runs; also at every checkpoint)")
     val_blocks: int | None = Field(default=None, ge=1, description="validate on the first N val blocks only")
