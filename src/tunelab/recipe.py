@@ -14,7 +14,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.errors import TunelabError
-from tunelab.model.tokenizer import MAX_VOCAB, MIN_VOCAB
+
+MIN_VOCAB = 300       # a trained BPE's smallest vocabulary: the 256 bytes, the special tokens and room for merges
+# 4x the largest vocabularies in use (Gemma's 256k); the BPE trainer allocates for the size asked, so 2**31
+# aborted the process (a 141 GB allocation) instead of raising
+MAX_VOCAB = 1 << 20
 
 
 class _Strict(BaseModel):

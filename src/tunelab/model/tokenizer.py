@@ -21,15 +21,12 @@ from typing import Iterable
 
 from tunelab.data.bpe_encode import CJK_PUNCTUATION, CJK_RUN
 from tunelab.errors import TunelabError
+from tunelab.recipe import MAX_VOCAB, MIN_VOCAB
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 SEP = "<|sep|>"
 HELD_OUT_CHARS = 2_000_000   # held-out text kept in memory to measure characters per token
-MIN_VOCAB = 300              # the 256 bytes, the special tokens and room for merges
-# 4x the largest vocabularies in use (Gemma's 256k); the BPE trainer allocates for the size asked, so 2**31
-# aborted the process (a 141 GB allocation) instead of raising
-MAX_VOCAB = 1 << 20
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2000, chat_template: str | None = None):
