@@ -15,7 +15,6 @@ so a directory with `meta.json` is complete; one without it is an interrupted pr
 
 from __future__ import annotations
 
-import json
 from array import array
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -160,8 +159,10 @@ class CorpusBlocks:
             part = np.asarray(self.tokens[start: start + chunk])
             if int(part.max()) >= self.vocab_size:
                 at = start + int(np.argmax(part >= self.vocab_size))
-                block = int(np.searchsorted(self.index["offset"], at, "right")) - 1
-                self.block(block)  # raises, naming the block
+                block = np.flatnonzero((self.index["offset"] <= at) & (at < self.index["offset"] + self.lengths))
+                raise TunelabError(f"block {int(block[0]) if len(block) else '?'} holds token id {int(self.tokens[at])}"
+                                   f", outside the vocabulary of {self.vocab_size}: the corpus is damaged; prepare it "
+                                   "again", file=self.bin_path)
 
     @property
     def num_tokens(self) -> int:
