@@ -595,8 +595,8 @@ def verify_corpus(directory: str | Path, workers: int | None = None, progress: b
     problems: list[dict[str, Any]] = []
     count = 0
     checked = 0
-    structure = _check_structure(blocks)
-    if _undecodable(structure):  # nothing to compare the documents with
+    structure, decodable = _check_structure(blocks)
+    if not decodable:  # nothing to compare the documents with
         return {"documents": 0, "differences": len(structure), "examples": structure[:MAX_DIFFERENCES]}
     bar = tqdm(total=sum(i["bytes"] for i in meta["inputs"]), unit="B", unit_scale=True, desc="verify",
                disable=not progress, file=sys.stderr)
@@ -618,10 +618,12 @@ def verify_corpus(directory: str | Path, workers: int | None = None, progress: b
     return {"documents": checked, "differences": count, "examples": problems[:MAX_DIFFERENCES]}
 
 
-def _check_structure(blocks: dict[str, CorpusBlocks]) -> list[dict[str, Any]]:
-    """Every block ends with EOT, holds no other EOT and fits the block size."""
+def _check_structure(blocks: dict[str, CorpusBlocks]) -> tuple[list[dict[str, Any]], bool]:
+    """Every block ends with EOT, holds no other EOT, fits the block size and holds only ids of the vocabulary:
+    (the problems, whether every id can be decoded)."""
     import numpy as np
     problems = []
+    decodable = True
     for split, b in blocks.items():
         if not len(b):
             continue
@@ -639,14 +641,10 @@ def _check_structure(blocks: dict[str, CorpusBlocks]) -> list[dict[str, Any]]:
             problems.append({"split": split, "problem": f"{inner_eot} EOT tokens inside blocks"})
         outside = np.flatnonzero(np.asarray(b.tokens) >= b.vocab_size)
         if len(outside):
+            decodable = False
             problems.append({"split": split, "problem": f"{len(outside)} token ids outside the vocabulary of "
                                                         f"{b.vocab_size}", "first_token": int(outside[0])})
-    return problems
-
-
-def _undecodable(problems: list[dict[str, Any]]) -> bool:
-    """Whether the structure problems leave ids no tokenizer can decode."""
-    return any("outside the vocabulary" in p["problem"] for p in problems)
+    return problems, decodable
 
 
 def _compare(index: int, kept: Kept, record, blocks, doc_col, tok) -> dict[str, Any] | None:
