@@ -264,6 +264,12 @@ def _damage(directory: Path, how: str) -> tuple[str, str]:
         lines[2] = '{"doc": 2, broken\n'
         (directory / "docs.jsonl").write_text("".join(lines), encoding="utf-8")
         return "docs.jsonl:3", "malformed JSON"
+    if how == "docs doc a string":
+        lines = (directory / "docs.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        record = json.loads(lines[1])
+        lines[1] = json.dumps({**record, "doc": str(record["doc"])}) + "\n"
+        (directory / "docs.jsonl").write_text("".join(lines), encoding="utf-8")
+        return "docs.jsonl:2", "field 'doc'"
     if how == "tokenizer missing":
         (directory / "tokenizer" / "tokenizer.json").unlink()
         return "tokenizer/tokenizer.json", "missing"
@@ -280,7 +286,7 @@ def _damage(directory: Path, how: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("how", ["meta not JSON", "meta without dtype", "block size a string", "dtype float64",
                                  "index missing", "index not numpy", "index past the tokens", "tokens missing",
-                                 "docs line broken", "tokenizer missing", "tokenizer broken",
+                                 "docs line broken", "docs doc a string", "tokenizer missing", "tokenizer broken",
                                  "id outside the vocabulary"])
 def test_a_damaged_corpus_is_named_not_a_traceback(tmp_path, corpus_dir, capsys, how):
     import shutil

@@ -147,9 +147,12 @@ class CorpusBlocks:
         row = self.index[i]
         ids = self.tokens[int(row["offset"]): int(row["offset"]) + int(row["length"])]
         if int(ids.max()) >= self.vocab_size:  # a damaged file: the model's embedding would fail on it
-            raise TunelabError(f"block {i} holds token id {int(ids.max())}, outside the vocabulary of "
-                               f"{self.vocab_size}: the corpus is damaged; prepare it again", file=self.bin_path)
+            raise self._outside(i, int(ids.max()))
         return ids
+
+    def _outside(self, block, token_id: int) -> TunelabError:
+        return TunelabError(f"block {block} holds token id {token_id}, outside the vocabulary of {self.vocab_size}: "
+                            "the corpus is damaged; prepare it again", file=self.bin_path)
 
     def check_ids(self, chunk: int = 1 << 24) -> None:
         """Every token id is inside the vocabulary (read in chunks: a damaged file stops a run before it
@@ -160,9 +163,7 @@ class CorpusBlocks:
             if int(part.max()) >= self.vocab_size:
                 at = start + int(np.argmax(part >= self.vocab_size))
                 block = np.flatnonzero((self.index["offset"] <= at) & (at < self.index["offset"] + self.lengths))
-                raise TunelabError(f"block {int(block[0]) if len(block) else '?'} holds token id {int(self.tokens[at])}"
-                                   f", outside the vocabulary of {self.vocab_size}: the corpus is damaged; prepare it "
-                                   "again", file=self.bin_path)
+                raise self._outside(int(block[0]) if len(block) else "?", int(self.tokens[at]))
 
     @property
     def num_tokens(self) -> int:
@@ -234,22 +235,23 @@ def _read_index(path: Path):
 
 def read_docs(directory: str | Path) -> list[dict[str, Any]]:
     """docs.jsonl: one metadata record per kept document, in order (`doc` is the index)."""
-    return [record for _, record in _doc_records(directory)]
+    return [record for _, record in iter_doc_records(directory)]
 
 
 def read_docs_of(directory: str | Path, wanted) -> dict[int, dict[str, Any]]:
     """The docs.jsonl records of the documents `wanted` (indices), {doc: record}: streamed, so evaluating a
     split never holds the metadata of every document of a large corpus."""
     wanted = set(wanted)
-    return {doc: record for doc, record in _doc_records(directory, wanted)}
+    return {doc: record for doc, record in iter_doc_records(directory, wanted)}
 
 
-_DOC_FIELDS = ("doc", "split", "blocks")   # what --show, --verify and the evaluations read of a record
+# what --show, --verify, synthesis and the evaluations read of a record, and its type
+_DOC_FIELDS = {"doc": int, "split": str, "blocks": int}
 
 
-def _doc_records(directory: str | Path, wanted: set[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(index, record) of docs.jsonl's documents (only `wanted` ones are parsed when given); a damaged line
-    names its file and line."""
+def iter_doc_records(directory: str | Path, wanted: set[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, record) of docs.jsonl's documents, streamed (only `wanted` ones are parsed when given); a damaged
+    line names its file, line and field."""
     path = Path(directory) / "docs.jsonl"
     if not path.is_file():
         raise TunelabError("docs.jsonl missing: the corpus is damaged; prepare it again", file=path)
@@ -264,9 +266,10 @@ def _doc_records(directory: str | Path, wanted: set[int] | None = None) -> Itera
                 except UnicodeDecodeError:
                     raise TunelabError("not UTF-8 text", file=path, line=lineno) from None
                 record = parse_json(text, path, lineno)
-                missing = [k for k in _DOC_FIELDS if not isinstance(record, dict) or k not in record]
-                if missing:
+                wrong = [k for k, kind in _DOC_FIELDS.items() if not isinstance(record, dict)
+                         or not isinstance(record.get(k), kind) or isinstance(record.get(k), bool)]
+                if wrong:
                     raise TunelabError("not a document record: the corpus is damaged", file=path, line=lineno,
-                                       field=missing[0])
+                                       field=wrong[0])
                 yield doc, record
             doc += 1

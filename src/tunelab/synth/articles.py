@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 from tunelab.data.corpus_read import iter_documents, list_inputs
-from tunelab.data.corpus_store import SPLITS, CorpusBlocks, is_corpus_dir, read_meta
+from tunelab.data.corpus_store import (SPLITS, CorpusBlocks, is_corpus_dir, iter_doc_records, read_meta,
+                                       read_tokenizer_file)
 from tunelab.data.sentences import soft_split_points, split_sentences
 from tunelab.errors import TunelabError
 
@@ -152,29 +153,17 @@ class ArticleSource:
 def _corpus_documents(directory: Path, split: str) -> Iterator[tuple[str, str, str | None, str]]:
     """A prepared corpus's documents: ids and titles from docs.jsonl, text decoded from their blocks."""
     import numpy as np
-    from tokenizers import Tokenizer
-    tok_file = directory / "tokenizer" / "tokenizer.json"
-    if not tok_file.is_file():
-        raise TunelabError("the corpus's tokenizer has no tokenizer.json to decode its blocks with", file=tok_file)
-    tok = Tokenizer.from_file(str(tok_file))
+    tok = read_tokenizer_file(directory / "tokenizer" / "tokenizer.json")
     wanted = SPLITS if split == "all" else (split,)
     blocks = {s: CorpusBlocks(directory, s) for s in wanted}
     doc_cols = {s: np.asarray(b.index["doc"]) for s, b in blocks.items()}
-    with (directory / "docs.jsonl").open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                doc, doc_split = int(record["doc"]), record["split"]
-            except (ValueError, KeyError, TypeError):
-                raise TunelabError("not a docs.jsonl record (doc, split)", file=directory / "docs.jsonl",
-                                   line=lineno) from None
-            if doc_split not in blocks:
-                continue
-            b, col = blocks[doc_split], doc_cols[doc_split]
-            lo, hi = int(np.searchsorted(col, doc, "left")), int(np.searchsorted(col, doc, "right"))
-            ids = [t for i in range(lo, hi) for t in b.block(i)[:-1].tolist()]   # each block ends with EOT
-            where = f"doc-{doc}"
-            yield str(record.get("id") or where), where, record.get("title"), tok.decode(ids,
-                                                                                        skip_special_tokens=False)
+    for _, record in iter_doc_records(directory):
+        doc, doc_split = record["doc"], record["split"]
+        if doc_split not in blocks:
+            continue
+        b, col = blocks[doc_split], doc_cols[doc_split]
+        lo, hi = int(np.searchsorted(col, doc, "left")), int(np.searchsorted(col, doc, "right"))
+        ids = [t for i in range(lo, hi) for t in b.block(i)[:-1].tolist()]   # each block ends with EOT
+        where = f"doc-{doc}"
+        yield str(record.get("id") or where), where, record.get("title"), tok.decode(ids,
+                                                                                    skip_special_tokens=False)
