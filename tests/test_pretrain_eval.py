@@ -447,3 +447,17 @@ def test_pretraining_report_from_hand_made_metrics(tmp_path):
     assert "| a\\|b ⏎ c | " + "长" * 160 + "… | – |" in report
     assert "| step-000001 | 2.5000 | – |" in report and "| step-000002 (best) | 2.0000 | Rouge-L 12.5 |" in report
     assert "Perplexity" not in report and "fact recall" not in report
+
+
+def test_the_summary_says_which_way_perplexity_differs_from_the_unigrams():
+    """A model only a few steps in is worse than token frequencies; the summary said "0.1x lower" for it."""
+    from tunelab.report import summary_lines
+
+    def line(ppl):
+        metrics = {"pretraining": True, "best_checkpoint": "s", "train": {"steps": 4, "train_seconds": 1.0,
+                                                                         "final_loss": 7.0},
+                   "checkpoints": {"s": {"ppl": {"perplexity": ppl, "unigram_perplexity": 150.0, "tokens": 900}}}}
+        return next(x for x in summary_lines(metrics) if x.startswith("ppl:"))
+    assert line(15.0).endswith("on the same 900 tokens (10.0x lower)")
+    assert line(1050.0).endswith("(7.0x higher: not yet better than token frequencies)")
+    assert line(150.0).endswith("(the same)")

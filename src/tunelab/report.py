@@ -162,8 +162,9 @@ def pretraining_summary_lines(metrics: dict) -> list[str]:
                                                           if isinstance(val, (int, float)) else "") + ")")
     results = _best_results(metrics)
     for label, r in _of_kind(results, "unigram_perplexity").items():
-        lines.append(f"{label}: validation perplexity {r['perplexity']:.2f} vs unigram {r['unigram_perplexity']:.2f}"
-                     f" on the same {r['tokens']:,} tokens ({r['unigram_perplexity'] / r['perplexity']:.1f}x lower)")
+        ppl, unigram = r["perplexity"], r["unigram_perplexity"]
+        lines.append(f"{label}: validation perplexity {ppl:.2f} vs unigram {unigram:.2f} on the same {r['tokens']:,} "
+                     f"tokens ({_versus_unigram(ppl, unigram)})")
     for label, r in _of_kind(results, "samples").items():
         text = (f"{label}: Rouge-L F {r['rougeL_f']:.1f} over {r['n']} continuations ({r['segmentation']}"
                 + (f"; another document's reference: {r['rougeL_f_chance']:.1f}"
@@ -178,6 +179,16 @@ def pretraining_summary_lines(metrics: dict) -> list[str]:
                      + (f", MFU {_pct(tp['mfu'])}" if "mfu" in tp else "")
                      + (f" of {tp['peak_tflops']:.3g} TFLOP/s peak" if "peak_tflops" in tp else ""))
     return lines
+
+
+def _versus_unigram(ppl: float, unigram: float) -> str:
+    """How the model's perplexity compares with the unigram's, in the direction it lies (early in pretraining, or
+    with a model that learned nothing, it is higher)."""
+    if ppl < unigram:
+        return f"{unigram / ppl:.1f}x lower"
+    if ppl > unigram:
+        return f"{ppl / unigram:.1f}x higher: not yet better than token frequencies"
+    return "the same"
 
 
 def _md(text: str, limit: int = 160) -> str:
