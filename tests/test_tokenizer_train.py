@@ -39,7 +39,7 @@ def test_tokenizer_train_cli(tmp_path, capsys):
     tok = AutoTokenizer.from_pretrained(out)
     assert (tok.eos_token, tok.pad_token, tok.sep_token) == ("<|endoftext|>", "<|pad|>", "<|sep|>")
     assert [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|pad|>", "<|sep|>")] == [0, 1, 2]
-    assert len(tok) == 600
+    assert len(tok) == 600 and "asked" not in printed
     report = json.loads((out / "training.json").read_text(encoding="utf-8"))
     assert report["documents"]["val"] > 0 and set(report["held_out"]) == {"all", "zh", "en"}
     # digits one by one; CJK punctuation alone; CJK never merged with Latin letters
@@ -66,6 +66,19 @@ def test_tokenizer_train_refuses_existing_out_and_reports_bad_lines(tmp_path, ca
                  "--skip-bad"]) == 0
     assert "1 bad lines" in capsys.readouterr().out
     assert main(["tokenizer", "train", str(src), "--vocab-size", "400", "--out", str(out)]) == 2
+
+
+def test_a_vocabulary_smaller_than_asked_says_why(tmp_path, capsys):
+    """Too little text for the size asked: BPE stops when nothing is left to merge, and the user is told so
+    instead of finding 19,484 where 32,000 was asked."""
+    src = tmp_path / "c.jsonl"
+    _write(src, n=40)
+    assert main(["tokenizer", "train", str(src), "--vocab-size", "60000", "--out", str(tmp_path / "tok"),
+                 "--workers", "1"]) == 0
+    report = json.loads((tmp_path / "tok" / "training.json").read_text(encoding="utf-8"))
+    assert report["vocab_size"] < report["vocab_size_asked"] == 60000
+    assert (f"vocabulary {report['vocab_size']}, fewer than the 60000 asked: every pre-token of the training text "
+            "is already one token") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("size", [10, 2 ** 31, 10 ** 12])

@@ -135,7 +135,7 @@ def train_tokenizer_dir(inputs: list, vocab_size: int, out: str | Path, settings
     tokenizer = train_corpus_tokenizer(train_texts(), vocab_size)
     if not seen["train"]:
         raise TunelabError("no training document left after cleaning")
-    report = {"vocab_size": len(tokenizer), "documents": seen, "bad_lines": bad.count,
+    report = {"vocab_size": len(tokenizer), "vocab_size_asked": vocab_size, "documents": seen, "bad_lines": bad.count,
               "duplicates_removed": counts.get("duplicates", 0), "held_out": chars_per_token(tokenizer, held_out),
               "special_tokens": {"eos": EOS, "pad": PAD, "sep": SEP}, "cleaning": settings.cleaning.as_meta(),
               "val_fraction": settings.val_fraction, "seed": settings.seed,
@@ -151,6 +151,10 @@ def tokenizer_summary(report: dict) -> list[str]:
     seen = report["documents"]
     lines = [f"trained on {seen['train']} documents ({seen['val']} held out, {report['duplicates_removed']} "
              f"duplicates removed, {report['bad_lines']} bad lines); vocabulary {report['vocab_size']}"]
+    asked = report.get("vocab_size_asked")
+    if asked and report["vocab_size"] < asked:
+        lines[0] += (f", fewer than the {asked} asked: every pre-token of the training text is already one token "
+                     "(more text, or more varied text, gives more merges)")
     measured = report["held_out"]
     if measured:
         lines.append("characters per token on held-out documents: " + ", ".join(
