@@ -138,6 +138,31 @@ def test_bad_set_override_names_the_key(tmp_path, override, field):
     assert e.value.field == field
 
 
+CORPUS = BASE.replace("    - generate: arithmetic\n      count: 10", "    - corpus: c\n      build: {inputs: [a.jsonl], "
+                                                                   "tokenizer: {out: tok, vocab_size: 4096}}")
+
+
+@pytest.mark.parametrize("override, field, message", [
+    ("train.lr=.inf", "train.lr", "finite number"),                       # once accepted: NaN losses
+    ("train.epochs=.inf", "train.epochs", "finite number"),               # once accepted: endless training
+    ("lora.alpha=.nan", "lora.alpha", "finite number"),
+    ("train.peak_tflops=.inf", "train.peak_tflops", "finite number"),
+    ("data.train.0.corpus=", "data.train.0.corpus", "at least 1 character"),  # once read as "."
+    ("output_dir=", "output_dir", "at least 1 character"),
+    # a union's branches are folded: the branch the input was meant for is named, without pydantic's tags
+    ("data.train.0.build.tokenizer.vocab_size=100", "data.train.0.build.tokenizer.vocab_size", "greater than"),
+    ("data.train.0.build.tokenizer.bogus=1", "data.train.0.build.tokenizer.bogus", "unknown key"),
+    ("data.train.0.build.tokenizer=", "data.train.0.build.tokenizer", "at least 1 character"),
+    ("data.train.0.build.tokenizer=5", "data.train.0.build.tokenizer", "valid string; or Input should be a valid "
+                                                                       "dictionary"),
+    ("lora.target_modules=[q_proj, 1]", "lora.target_modules.1", "valid string"),
+])
+def test_hostile_recipe_values_name_the_key(tmp_path, override, field, message):
+    with pytest.raises(TunelabError) as e:
+        load_recipe(_write(tmp_path, CORPUS), [override])
+    assert e.value.field == field and message in str(e.value) and "more problem" not in str(e.value)
+
+
 def test_set_without_equals_is_an_error(tmp_path):
     with pytest.raises(TunelabError, match="key=value"):
         load_recipe(_write(tmp_path, BASE), ["train.lr"])

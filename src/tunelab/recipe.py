@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,16 +19,19 @@ MIN_VOCAB = 300       # a trained BPE's smallest vocabulary: the 256 bytes, the 
 # 4x the largest vocabularies in use (Gemma's 256k); the BPE trainer allocates for the size asked, so 2**31
 # aborted the process (a 141 GB allocation) instead of raising
 MAX_VOCAB = 1 << 20
+# a path, name or key that must say something: an empty `corpus:` read as "." and was refused as an existing output
+Text = Annotated[str, Field(min_length=1)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no number in a recipe is meaningfully infinite or NaN: `lr: .inf` or `epochs: .inf` once passed validation
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class EncyclopediaBuild(_Strict):
     """Generated encyclopedia articles as corpus input (`tunelab data encyclopedia`): articles.jsonl, qa.jsonl."""
 
-    out: str
+    out: Text
     count: int = Field(default=3000, ge=1)
     seed: int = 0
     noise: bool = True
@@ -37,7 +40,7 @@ class EncyclopediaBuild(_Strict):
 class TokenizerBuild(_Strict):
     """A tokenizer trained on the corpus inputs (`tunelab tokenizer train`)."""
 
-    out: str
+    out: Text
     vocab_size: int = Field(default=4096, ge=MIN_VOCAB, le=MAX_VOCAB)
 
 
@@ -45,13 +48,13 @@ class CorpusBuild(_Strict):
     """How `tunelab run` / `train` build a missing corpus directory: the steps `tunelab data encyclopedia`,
     `tunelab tokenizer train` and `tunelab data corpus` take, each skipped when its output is already there."""
 
-    inputs: list[str] = Field(default_factory=list, description="JSONL/JSON/TXT files or folders (.gz too)")
+    inputs: list[Text] = Field(default_factory=list, description="JSONL/JSON/TXT files or folders (.gz too)")
     encyclopedia: EncyclopediaBuild | None = None
-    tokenizer: str | TokenizerBuild = Field(description="an HF tokenizer directory, or {out, vocab_size} to train")
+    tokenizer: Text | TokenizerBuild = Field(description="an HF tokenizer directory, or {out, vocab_size} to train")
     block_size: int = Field(default=256, ge=8)
     val_fraction: float = Field(default=0.01, ge=0, lt=1)
     seed: int = 0
-    text_field: str = "text"
+    text_field: Text = "text"
     cleaning: dict[str, Any] = Field(default_factory=dict, description="rule settings, e.g. {nfkc: true} (checked "
                                                                       "against tunelab.data.cleaning.CleaningConfig)")
 
@@ -66,9 +69,9 @@ class SourceConfig(_Strict):
     """One data source: a file (`path`), a built-in generator (`generate`), or a prepared pretraining corpus
     (`corpus`: a directory written by `tunelab data corpus`, read as memory-mapped token blocks)."""
 
-    path: str | None = None
+    path: Text | None = None
     generate: Literal["arithmetic", "reading"] | None = None
-    corpus: str | None = None
+    corpus: Text | None = None
     build: CorpusBuild | None = Field(default=None, description="build the corpus directory when it is missing")
     format: Literal["auto", "competition", "alpaca", "conversations", "messages", "reading"] = "auto"
     count: int | None = Field(default=None, ge=1, description="generate this many / subsample to this many")
@@ -90,14 +93,14 @@ class SourceConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    path: str | None = Field(default=None, description="local HF directory, hub id, run directory, or a "
+    path: Text | None = Field(default=None, description="local HF directory, hub id, run directory, or a "
                                                          "MindFormers .ckpt (with mindformers_config and tokenizer)")
-    mindformers_config: str | None = Field(default=None, description="the MindFormers YAML of a .ckpt model.path "
+    mindformers_config: Text | None = Field(default=None, description="the MindFormers YAML of a .ckpt model.path "
                                                                      "(its model_config gives the shapes)")
-    preset: str | None = Field(default=None, description="llama3-8b, internlm-7b, gemma-2b, tiny, ...")
+    preset: Text | None = Field(default=None, description="llama3-8b, internlm-7b, gemma-2b, tiny, ...")
     from_scratch: bool = False
     overrides: dict[str, Any] = Field(default_factory=dict, description="config overrides for a preset")
-    tokenizer: str | None = None
+    tokenizer: Text | None = None
     tokenizer_vocab_size: int = Field(default=2000, ge=MIN_VOCAB, le=MAX_VOCAB)
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
 
@@ -119,7 +122,7 @@ class ModelConfig(_Strict):
 
 class DataConfig(_Strict):
     train: list[SourceConfig] = Field(min_length=1)
-    template: str = Field(default="alpaca", description="prompt template; a corpus run defaults to 'none'")
+    template: Text = Field(default="alpaca", description="prompt template; a corpus run defaults to 'none'")
     instruction_prefix: str = ""
     cot: bool = False
     max_seq_len: int = Field(default=256, ge=8)
@@ -216,8 +219,8 @@ class EvalTaskConfig(_Strict):
     """One evaluation entry. `tunelab eval` builds the same entries from its flags (`tunelab.eval.sets` turns
     them into what is run, for both), so a mistake is the same error from a recipe and from the command line."""
 
-    task: str
-    name: str | None = Field(default=None, description="label for results (default: the task name)")
+    task: Text
+    name: Text | None = Field(default=None, description="label for results (default: the task name)")
     source: SourceConfig
     limit: int | None = Field(default=None, ge=1)
     ability: bool = Field(default=False, description="an original ability whose retention is checked")
@@ -250,13 +253,13 @@ class EvalConfig(_Strict):
 class ScoreConfig(_Strict):
     formula: Literal["stage1", "stage2"] = "stage1"
     total_params: float | None = None
-    accuracy_task: str = "arithmetic"
+    accuracy_task: Text = "arithmetic"
 
 
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
-    output_dir: str = "runs"
+    output_dir: Text = "runs"
     model: ModelConfig
     data: DataConfig
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -466,16 +469,45 @@ def validate_eval(raw: dict[str, Any]) -> EvalConfig:
 def schema_error(e: ValidationError, file: str | Path | None = None, text: str = "",
                  prefix: tuple = ()) -> TunelabError:
     """The first problem of a validation error as one TunelabError naming the field (and its line in `text`)."""
-    err = e.errors()[0]
-    loc = prefix + tuple(err["loc"])
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
+    loc, kind, msg, others = _first_problem(e.errors())
+    loc = prefix + loc
+    if kind == "extra_forbidden":
         msg = "unknown key"
-    elif err["type"] == "missing":
+    elif kind == "missing":
         msg = "missing required key"
     line = _line_of_key(text, loc) if text else None
-    more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+    more = f" (and {others} more problem(s))" if others else ""
     return TunelabError(msg + more, file=file, line=line, field=".".join(str(x) for x in loc) or None)
+
+
+def _first_problem(errors: list[dict]) -> tuple[tuple, str, str, int]:
+    """(field path, error type, message, how many other problems) of the first problem.
+
+    pydantic reports every branch of a union (`tokenizer: str | TokenizerBuild`) under the branch's tag
+    ('tokenizer.str', 'tokenizer.TokenizerBuild.vocab_size'). The branch whose type matched the input is the one
+    the user meant, so its problem is the one named, without the tag; when no branch's type matched, the field
+    itself is named with what each branch expects."""
+    err, loc = errors[0], tuple(errors[0]["loc"])
+    at = next((i for i, x in enumerate(loc) if _is_union_tag(x)), None)
+    if at is None:
+        return loc, err["type"], err["msg"], len(errors) - 1
+    field = loc[:at]
+    branches = [e for e in errors if len(e["loc"]) > at and tuple(e["loc"])[:at] == field
+                and _is_union_tag(e["loc"][at])]
+    others = len(errors) - len(branches)
+    matched = [e for e in branches if len(e["loc"]) > at + 1 or not e["type"].endswith("_type")]
+    if not matched:
+        return field, "union", "; or ".join(e["msg"] for e in branches), others
+    e = matched[0]
+    return (field + tuple(x for x in e["loc"][at + 1:] if not _is_union_tag(x)), e["type"], e["msg"],
+            others + len(matched) - 1)
+
+
+def _is_union_tag(part) -> bool:
+    """Whether a pydantic error location part names a union branch ('str', 'constrained-str', 'list[str]',
+    'TokenizerBuild') rather than a recipe key (snake_case) or a list index."""
+    return isinstance(part, str) and (part[:1].isupper() or "[" in part or "-" in part
+                                      or part in {"str", "int", "float", "bool", "dict", "list", "none"})
 
 
 def _line_of_key(text: str, loc: tuple) -> int | None:
