@@ -78,6 +78,25 @@ def test_cli_verbs_parse():
     assert u.model == ["a=runs/a", "b=http://h:8000/v1"] and u.db == "v.sqlite" and u.port == 7860
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (["serve", "runs/x", "--port", "70000"], "--port"),     # reached the socket: OverflowError traceback
+    (["serve", "runs/x", "--port", "-1"], "--port"),
+    (["ui", "--port", "65536"], "--port"),
+    (["serve", "runs/x", "--max-batch", "0"], "--max-batch"),
+    (["ui", "--max-batch", "-2"], "--max-batch"),
+    (["ui", "--min-votes", "-1"], "--min-votes"),
+    (["data", "corpus", "--show", "c", "--limit", "-5"], "--limit"),  # printed nothing, exit 0
+    (["data", "check", "r.yaml", "--samples", "-1"], "--samples"),
+    (["data", "glue", "--task", "CoLA", "--data-dir", "d", "--limit", "0"], "--limit"),
+])
+def test_out_of_range_numbers_on_the_command_line_are_refused(argv, flag, capsys):
+    from tunelab.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}" in err and "Traceback" not in err
+
+
 def test_rows_joining_mid_flight_decode_as_if_alone(server):
     """Continuous batching: sequences merged into a running batch (left-padded KV cache rows) produce the same
     greedy tokens as each one served alone."""

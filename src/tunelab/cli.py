@@ -42,6 +42,30 @@ def _count(low: int):
     return parse
 
 
+def _at_least(low: int):
+    """An argparse type: an integer of at least `low` (a negative --limit sliced from the end, silently)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port (0: any free one). 70000 reached the socket and ended in a traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
 def _add_corpus_reading(p: argparse.ArgumentParser) -> None:
     """Reading and cleaning flags shared by `data corpus` and `tokenizer train` (same documents for both)."""
     p.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
@@ -126,14 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = data.add_parser("check", help="show rendered samples, loss tokens, lengths and packing efficiency")
     q.add_argument("recipe")
     _add_set(q)
-    q.add_argument("--samples", type=int, default=3)
+    q.add_argument("--samples", type=_at_least(0), default=3)
     q.set_defaults(func=_call("tunelab.data_check:cli_check"))
 
     q = data.add_parser("glue", help="GLUE CoLA/QQP TSVs to pre_data/{task}/{task}_{train,val,dev}.json")
     q.add_argument("--task", required=True, type=str.strip, metavar="CoLA|QQP")
     q.add_argument("--data-dir", required=True, help="folder with train.tsv and dev.tsv (or a GLUE root)")
     q.add_argument("--out", default="pre_data", help="output root (default: pre_data)")
-    q.add_argument("--limit", type=int, default=None, help="sample this many training rows (default: all)")
+    q.add_argument("--limit", type=_at_least(1), default=None, help="sample this many training rows (default: all)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--instruction", default=None, help="instruction text (default: the task's, see docs)")
     q.add_argument("--val-fraction", type=float, default=0.1,
@@ -150,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--show", metavar="DIR", help="print blocks of DIR as JSON lines (decoded)")
     q.add_argument("--doc", default=None, help="--show: only this document (id, or index in docs.jsonl)")
     q.add_argument("--split", choices=["train", "val"], default=None, help="--show: only this split")
-    q.add_argument("--limit", type=int, default=20, help="--show: at most this many blocks (default 20)")
+    q.add_argument("--limit", type=_at_least(1), default=20, help="--show: at most this many blocks (default 20)")
     _add_corpus_reading(q)
     q.set_defaults(func=_call("tunelab.data.corpus:cli_corpus"))
 
@@ -291,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (batched)")
     p.add_argument("model", help="run directory (best checkpoint), checkpoint, model or adapter directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or env TUNELAB_API_KEY)")
-    p.add_argument("--max-batch", type=int, default=16, help="most sequences decoded together")
+    p.add_argument("--max-batch", type=_at_least(1), default=16, help="most sequences decoded together")
     p.add_argument("--max-request-bytes", type=int, default=2_000_000,
                    help="larger request bodies are refused with 413 before they are read further")
     p.add_argument("--max-sequences", type=int, default=64, help="most sequences (prompts × n) in one request")
@@ -311,11 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a local model (run/checkpoint/model dir) or an OpenAI-compatible URL such as "
                         "http://host:8000/v1, optionally URL#MODEL_ID and URL@KEY or URL@env:VAR (repeatable)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=_port, default=7860)
     p.add_argument("--examples", default=None, help="example prompts: .txt (one a line), .json or .jsonl")
     p.add_argument("--db", default="arena.sqlite", help="SQLite file for arena votes")
-    p.add_argument("--min-votes", type=int, default=10, help="votes a model needs before it is ranked")
-    p.add_argument("--max-batch", type=int, default=16, help="batch limit of each local model's engine")
+    p.add_argument("--min-votes", type=_at_least(0), default=10, help="votes a model needs before it is ranked")
+    p.add_argument("--max-batch", type=_at_least(1), default=16, help="batch limit of each local model's engine")
     p.add_argument("--auth", default=None, metavar="USER:PASS",
                    help="require this login for the whole UI, exports included (USER:env:VAR reads the password "
                         "from VAR); without it, listening beyond localhost prints a warning")
