@@ -156,6 +156,8 @@ CORPUS = BASE.replace("    - generate: arithmetic\n      count: 10", "    - corp
     ("data.train.0.build.tokenizer=5", "data.train.0.build.tokenizer", "valid string; or Input should be a valid "
                                                                        "dictionary"),
     ("lora.target_modules=[q_proj, 1]", "lora.target_modules.1", "valid string"),
+    ("name=..", "name", "should match pattern"),                          # runs/.. is the working directory
+    ("name=" + "a" * 101, "name", "should match pattern"),               # once an OSError traceback
 ])
 def test_hostile_recipe_values_name_the_key(tmp_path, override, field, message):
     with pytest.raises(TunelabError) as e:
@@ -163,9 +165,10 @@ def test_hostile_recipe_values_name_the_key(tmp_path, override, field, message):
     assert e.value.field == field and message in str(e.value) and "more problem" not in str(e.value)
 
 
-def test_set_without_equals_is_an_error(tmp_path):
+@pytest.mark.parametrize("override", ["train.lr", "=5", "train..lr=1", ".lr=1", " =1"])
+def test_set_without_a_key_and_value_is_an_error(tmp_path, override):
     with pytest.raises(TunelabError, match="key=value"):
-        load_recipe(_write(tmp_path, BASE), ["train.lr"])
+        load_recipe(_write(tmp_path, BASE), [override])
 
 
 MINDFORMERS = BASE.replace("train:\n  lr: 1.0e-3\n  batch_size: 2\n", """\

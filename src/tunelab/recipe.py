@@ -257,7 +257,8 @@ class ScoreConfig(_Strict):
 
 
 class Recipe(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # a directory name under output_dir: '..' was the working directory itself, 300 characters an OSError
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     seed: int = 0
     output_dir: Text = "runs"
     model: ModelConfig
@@ -382,6 +383,8 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
         if "=" not in pair:
             raise TunelabError(f"--set expects key=value, got '{pair}'")
         key, value = pair.split("=", 1)
+        if not key.strip() or "" in (k.strip() for k in key.split(".")):
+            raise TunelabError(f"--set expects key=value with a dotted key such as train.lr, got '{pair}'")
         try:
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
