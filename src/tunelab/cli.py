@@ -26,44 +26,29 @@ def _add_set(p: argparse.ArgumentParser) -> None:
                    help="override a recipe key, e.g. --set train.lr=3e-4 (repeatable)")
 
 
+def _integer(low: int, high: int | None = None, what: str = "an integer"):
+    """An argparse type: an integer from `low` (up to `high`). A negative --limit sliced from the end, silently;
+    --port 70000 reached the socket and ended in a traceback."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return parse
+
+
 def _count(low: int):
     """An argparse type: an integer from `low` up to 4 x the CPU count (at least 64). Each one is a process or
     thread: --workers 100000 forked until the machine gave out."""
-    def parse(text: str) -> int:
-        import os
-        high = max(64, 4 * (os.cpu_count() or 1))
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high} on this machine, got {value}")
-        return value
-    return parse
+    import os
+    return _integer(low, max(64, 4 * (os.cpu_count() or 1)))
 
 
-def _at_least(low: int):
-    """An argparse type: an integer of at least `low` (a negative --limit sliced from the end, silently)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-    return parse
-
-
-def _port(text: str) -> int:
-    """An argparse type: a TCP port (0: any free one). 70000 reached the socket and ended in a traceback."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
-    return value
+_port = _integer(0, 65535, "a port number")   # 0: any free port
 
 
 def _add_corpus_reading(p: argparse.ArgumentParser) -> None:
@@ -150,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = data.add_parser("check", help="show rendered samples, loss tokens, lengths and packing efficiency")
     q.add_argument("recipe")
     _add_set(q)
-    q.add_argument("--samples", type=_at_least(0), default=3)
+    q.add_argument("--samples", type=_integer(0), default=3)
     q.set_defaults(func=_call("tunelab.data_check:cli_check"))
 
     q = data.add_parser("glue", help="GLUE CoLA/QQP TSVs to pre_data/{task}/{task}_{train,val,dev}.json")
     q.add_argument("--task", required=True, type=str.strip, metavar="CoLA|QQP")
     q.add_argument("--data-dir", required=True, help="folder with train.tsv and dev.tsv (or a GLUE root)")
     q.add_argument("--out", default="pre_data", help="output root (default: pre_data)")
-    q.add_argument("--limit", type=_at_least(1), default=None, help="sample this many training rows (default: all)")
+    q.add_argument("--limit", type=_integer(1), default=None, help="sample this many training rows (default: all)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--instruction", default=None, help="instruction text (default: the task's, see docs)")
     q.add_argument("--val-fraction", type=float, default=0.1,
@@ -174,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--show", metavar="DIR", help="print blocks of DIR as JSON lines (decoded)")
     q.add_argument("--doc", default=None, help="--show: only this document (id, or index in docs.jsonl)")
     q.add_argument("--split", choices=["train", "val"], default=None, help="--show: only this split")
-    q.add_argument("--limit", type=_at_least(1), default=20, help="--show: at most this many blocks (default 20)")
+    q.add_argument("--limit", type=_integer(1), default=20, help="--show: at most this many blocks (default 20)")
     _add_corpus_reading(q)
     q.set_defaults(func=_call("tunelab.data.corpus:cli_corpus"))
 
@@ -317,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or env TUNELAB_API_KEY)")
-    p.add_argument("--max-batch", type=_at_least(1), default=16, help="most sequences decoded together")
+    p.add_argument("--max-batch", type=_integer(1), default=16, help="most sequences decoded together")
     p.add_argument("--max-request-bytes", type=int, default=2_000_000,
                    help="larger request bodies are refused with 413 before they are read further")
     p.add_argument("--max-sequences", type=int, default=64, help="most sequences (prompts × n) in one request")
@@ -338,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=7860)
     p.add_argument("--examples", default=None, help="example prompts: .txt (one a line), .json or .jsonl")
     p.add_argument("--db", default="arena.sqlite", help="SQLite file for arena votes")
-    p.add_argument("--min-votes", type=_at_least(0), default=10, help="votes a model needs before it is ranked")
-    p.add_argument("--max-batch", type=_at_least(1), default=16, help="batch limit of each local model's engine")
+    p.add_argument("--min-votes", type=_integer(0), default=10, help="votes a model needs before it is ranked")
+    p.add_argument("--max-batch", type=_integer(1), default=16, help="batch limit of each local model's engine")
     p.add_argument("--auth", default=None, metavar="USER:PASS",
                    help="require this login for the whole UI, exports included (USER:env:VAR reads the password "
                         "from VAR); without it, listening beyond localhost prints a warning")
