@@ -383,7 +383,7 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
         if "=" not in pair:
             raise TunelabError(f"--set expects key=value, got '{pair}'")
         key, value = pair.split("=", 1)
-        if not key.strip() or "" in (k.strip() for k in key.split(".")):
+        if "" in (k.strip() for k in key.split(".")):  # '=5', 'train..lr=1'
             raise TunelabError(f"--set expects key=value with a dotted key such as train.lr, got '{pair}'")
         try:
             parsed = yaml.safe_load(value) if value.strip() else ""
