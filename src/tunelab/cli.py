@@ -387,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `tunelab data arithmetic --list-kinds | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # the file system refused (permission, no space, a name too long): which file, and why
+        name = str(e.filename) if e.filename is not None else ""
+        where = (name[:120] + "…" if len(name) > 120 else name) + ": " if name else ""
+        print(f"tunelab: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

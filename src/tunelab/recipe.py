@@ -140,9 +140,9 @@ class DataConfig(_Strict):
     @classmethod
     def _corpus_template(cls, raw: Any) -> Any:
         """A pretraining corpus is plain text: its model continues text, so its template is `none`."""
-        if isinstance(raw, dict) and "template" not in raw and any(
-                isinstance(s, dict) and s.get("corpus") is not None and s.get("replay") is None
-                for s in raw.get("train") or []):
+        train = raw.get("train") if isinstance(raw, dict) else None
+        if isinstance(train, list) and "template" not in raw and any(
+                isinstance(s, dict) and s.get("corpus") is not None and s.get("replay") is None for s in train):
             raw = {**raw, "template": "none"}
         return raw
 
@@ -313,13 +313,23 @@ def mindformers_target_to_hf(pattern: str) -> str:
     return re.sub(r"\b(wq|wk|wv|wo|w1|w2|w3)\b", lambda m: MINDFORMERS_MODULES[m.group(1)], pattern)
 
 
+def _section(raw: dict[str, Any], key: str, file: str) -> dict[str, Any]:
+    """The recipe's `key` section as a mapping (empty when absent), for an alias to merge into."""
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TunelabError(f"expected a mapping, got {type(value).__name__}", file=file, field=key)
+    return value
+
+
 def _apply_aliases(raw: dict[str, Any], file: str) -> dict[str, Any]:
     raw = dict(raw)
     runner = raw.pop("runner_config", None)
     if runner is not None:
         if not isinstance(runner, dict):
             raise TunelabError("expected a mapping", file=file, field="runner_config")
-        train = dict(raw.get("train") or {})
+        train = dict(_section(raw, "train", file))
         for key, value in runner.items():
             if key not in ("epochs", "batch_size"):
                 raise TunelabError("unknown key (runner_config accepts epochs, batch_size)", file=file,
@@ -330,7 +340,7 @@ def _apply_aliases(raw: dict[str, Any], file: str) -> dict[str, Any]:
     if pet is not None:
         if not isinstance(pet, dict):
             raise TunelabError("expected a mapping", file=file, field="pet_config")
-        lora = dict(raw.get("lora") or {})
+        lora = dict(_section(raw, "lora", file))
         names = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout",
                  "target_modules": "target_modules"}
         for key, value in pet.items():
@@ -393,14 +403,23 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def _exists(path: Path, kind: str = "any") -> bool:
+    """Whether `path` exists (as a file / a directory for `kind`); a path the file system cannot even look up
+    (a name longer than it allows) does not, instead of raising OSError."""
+    try:
+        return {"any": path.exists, "file": path.is_file, "dir": path.is_dir}[kind]()
+    except OSError:
+        return False
+
+
 def _resolve_paths(recipe: Recipe, base: Path) -> None:
     """Resolve relative data paths against the recipe's folder when they exist there, else the CWD."""
     def resolve(p: str) -> str:
         cand = Path(p)
-        if cand.is_absolute() or cand.exists():
+        if cand.is_absolute() or _exists(cand):
             return p
         alt = base / cand
-        return str(alt) if alt.exists() else p
+        return str(alt) if _exists(alt) else p
     for src in [*recipe.data.train, *(t.source for t in recipe.eval.tasks)]:
         if src.path:
             src.path = resolve(src.path)
@@ -442,13 +461,13 @@ def _check_data_files(recipe: Recipe, file: Path, text: str) -> None:
     sources = [(("data", "train", i), s) for i, s in enumerate(recipe.data.train)]
     sources += [(("eval", "tasks", i, "source"), t.source) for i, t in enumerate(recipe.eval.tasks)]
     for loc, src in sources:
-        if src.path and not Path(src.path).exists():
+        if src.path and not _exists(Path(src.path)):
             loc = loc + ("path",)
             raise TunelabError(f"data file not found: {src.path}", file=file, line=_line_of_key(text, loc),
                                field=".".join(str(k) for k in loc))
-        if src.corpus and src.corpus not in built and not (Path(src.corpus) / "meta.json").is_file():
+        if src.corpus and src.corpus not in built and not _exists(Path(src.corpus) / "meta.json", "file"):
             loc = loc + ("corpus",)
-            what = "not a finished corpus directory (no meta.json)" if Path(src.corpus).is_dir() else "not found"
+            what = "not a finished corpus directory (no meta.json)" if _exists(Path(src.corpus), "dir") else "not found"
             raise TunelabError(f"corpus {src.corpus}: {what}; prepare it with `tunelab data corpus`", file=file,
                                line=_line_of_key(text, loc), field=".".join(str(k) for k in loc))
 
