@@ -34,6 +34,14 @@ def read_text(path: str | Path) -> str:
                            file=p, line=line) from None
 
 
+def iter_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of each non-blank line, split where a JSONL record can end (not at U+2028 and the
+    other breaks `str.splitlines` also takes, which a JSON string may hold)."""
+    for lineno, line in enumerate(_LINE_BREAK.split(text), start=1):
+        if line.strip():
+            yield lineno, line
+
+
 def read_json(path: str | Path) -> tuple[str, Any]:
     """(text, parsed document) of one JSON file; malformed JSON names the file, line and column.
 
@@ -71,9 +79,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if stripped.startswith("["):
         yield from _iter_array(p, text)
         return
-    for lineno, line in enumerate(_LINE_BREAK.split(text), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in iter_lines(text):
         rec = parse_json(line, p, lineno)
         if not isinstance(rec, dict):
             raise TunelabError(f"expected a JSON object, got {type(rec).__name__}", file=p, line=lineno)

@@ -67,33 +67,47 @@ class Answer:
 
 
 def load_examples(path: str | None) -> list[str]:
-    """Example prompts: a .json list (of strings or {prompt|instruction|problem}), .jsonl, or one per line."""
+    """Example prompts: a .json list (of strings or {prompt|instruction|problem|question|text}), .jsonl (one such
+    item a line), or one prompt a line. Unreadable bytes, malformed JSON, a .json that is not a list and a prompt
+    that is not valid Unicode are errors naming the file (and line); items with no prompt are skipped."""
+    from tunelab.data.records import iter_lines, parse_json, read_text
     if not path:
         return list(DEFAULT_EXAMPLES)
     p = Path(path)
     if not p.exists():
         raise TunelabError("examples file not found", file=path, field="--examples")
-    text = p.read_text(encoding="utf-8")
-
-    def pick(item) -> str | None:
-        if isinstance(item, str):
-            return item
-        if isinstance(item, dict):
-            for k in ("prompt", "instruction", "problem", "question", "text"):
-                if isinstance(item.get(k), str):
-                    return item[k]
-        return None
-    items: list = []
+    text = read_text(p)
     if p.suffix == ".json":
-        items = json.loads(text)
+        document = parse_json(text, p)
+        if not isinstance(document, list):
+            raise TunelabError(f"expected a JSON list of prompts, got {type(document).__name__}", file=p,
+                               field="--examples")
+        items = [(None, item) for item in document]
     elif p.suffix == ".jsonl":
-        items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        items = [(n, parse_json(line, p, n)) for n, line in iter_lines(text)]
     else:
-        items = [line for line in text.splitlines() if line.strip()]
-    prompts = [x for x in (pick(i) for i in items) if x]
+        items = list(iter_lines(text))
+    prompts = []
+    for line, item in items:
+        prompt = _prompt_of(item)
+        if prompt is None:
+            continue
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # a JSON escape such as "\ud800" outside a pair
+            raise TunelabError(f"a prompt that is not valid Unicode (a lone surrogate at character {e.start})",
+                               file=p, line=line, field="--examples") from None
+        prompts.append(prompt)
     if not prompts:
         raise TunelabError("no prompts found in the examples file", file=path, field="--examples")
     return prompts
+
+
+def _prompt_of(item) -> str | None:
+    if isinstance(item, dict):
+        item = next((item[k] for k in ("prompt", "instruction", "problem", "question", "text")
+                     if isinstance(item.get(k), str)), None)
+    return item if isinstance(item, str) and item.strip() else None
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "|": "|", "\\": "\\"}
