@@ -316,6 +316,36 @@ def test_bad_files_are_one_line_errors(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
 
 
+def test_bad_configs_and_flags_are_one_line_errors(tmp_path, capsys):
+    """The .ckpt -> HF config and the HF side's JSON files are the user's: each kind of damage is one line with
+    exit 2 (a binary --config, a non-UTF-8 or non-object config.json, an index without a weight map and
+    --max-shard-gb nan each ended in a traceback)."""
+    good = tmp_path / "g.ckpt"
+    write_ckpt(good, [("a", torch.arange(10, dtype=torch.float32))])
+    (tmp_path / "bin.yaml").write_bytes(b"\x12\xd2\xff binary")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_bytes(b"\xff{}")
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "config.json").write_text("[1, 2]", encoding="utf-8")
+    cases = [
+        (["convert", str(good), str(tmp_path / "o1"), "--config", str(tmp_path / "bin.yaml")], "not UTF-8 text"),
+        (["convert", str(good), str(tmp_path / "o2"), "--config", str(tmp_path / "bad")], "not UTF-8 text"),
+        (["convert", str(good), str(tmp_path / "o3"), "--config", str(tmp_path / "list")], "expected a JSON object"),
+        (["convert", str(tmp_path / "bad"), str(tmp_path / "o4.ckpt")], "not UTF-8 text"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    _, hf = tiny_llama(tmp_path)
+    (hf / "model.safetensors.index.json").write_text('{"metadata": {}}', encoding="utf-8")
+    assert main(["convert", str(hf), str(tmp_path / "o5.ckpt")]) == 2
+    assert "weight_map" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(good), str(tmp_path / "o6"), "--config", str(hf), "--max-shard-gb", "nan"])
+    assert e.value.code == 2 and "argument --max-shard-gb" in capsys.readouterr().err
+
+
 def test_cli_convert_both_ways(tmp_path, capsys):
     _, hf = tiny_llama(tmp_path)
     assert main(["convert", str(hf), str(tmp_path / "m.ckpt")]) == 0

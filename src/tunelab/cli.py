@@ -51,6 +51,17 @@ def _count(low: int):
 _port = _integer(0, 65535, "a port number")   # 0: any free port
 
 
+def _positive(text: str) -> float:
+    """An argparse type: a positive finite number (--max-shard-gb nan reached int() and ended in a traceback)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
 def _add_corpus_reading(p: argparse.ArgumentParser) -> None:
     """Reading and cleaning flags shared by `data corpus` and `tokenizer train` (same documents for both)."""
     p.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
@@ -264,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["keep", "bfloat16", "float16", "float32"], default="keep")
     p.add_argument("--qkv-concat", action="store_true",
                    help="HF -> .ckpt: fused w_qkv / w_gate_hidden, for a MindFormers YAML with qkv_concat: True")
-    p.add_argument("--max-shard-gb", type=float, default=5.0, help=".ckpt -> HF: safetensors shard size")
+    p.add_argument("--max-shard-gb", type=_positive, default=5.0, help=".ckpt -> HF: safetensors shard size")
     p.set_defaults(func=_call("tunelab.model.mindformers_convert:cli_convert"))
 
     p = verbs.add_parser("handin", help="the competition submission: five merged checkpoints, configs, logs, "

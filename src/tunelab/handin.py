@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from tunelab.data.records import read_text
 from tunelab.errors import TunelabError
 from tunelab.recipe import MINDFORMERS_MODULES
 from tunelab.runs import list_checkpoints
@@ -118,7 +119,7 @@ def environment_text(base_packages: Path | None) -> str:
         if not base_packages.is_file():
             raise TunelabError("base package list not found", file=base_packages, field="--base-packages")
         base = {line.split("==")[0].split(" @ ")[0].strip().lower()
-                for line in base_packages.read_text(encoding="utf-8").splitlines()
+                for line in read_text(base_packages).splitlines()
                 if line.strip() and not line.startswith("#")}
         extra = [(n, v) for n, v in installed if n and n not in base]
         lines += ["", f"# packages beyond {base_packages.name} ({len(extra)})"]

@@ -51,6 +51,15 @@ def read_json(path: str | Path) -> tuple[str, Any]:
     return text, parse_json(text, path)
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file holding one object (a config.json, an index): unreadable bytes, malformed JSON or another
+    kind of document is a TunelabError naming the file."""
+    _, document = read_json(path)
+    if not isinstance(document, dict):
+        raise TunelabError(f"expected a JSON object, got {type(document).__name__}", file=path)
+    return document
+
+
 def parse_json(text: str, path: str | Path, line: int | None = None) -> Any:
     """json.loads with every failure as a TunelabError: malformed JSON names its line and column; JSON nested
     too deeply for Python's recursion or holding an integer too long to convert names the file (or `line`)."""

@@ -3,7 +3,6 @@ from its config with random init (from scratch), or a saved LoRA adapter on top 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -89,7 +88,8 @@ def load_for_inference(path: str, dtype: str = "float32", merge: bool = False):
     check_model_path(path, field="model")
     if is_adapter_dir(path):
         from peft import PeftModel
-        cfg = json.loads(Path(path, "adapter_config.json").read_text(encoding="utf-8"))
+        from tunelab.data.records import read_json_object
+        cfg = read_json_object(Path(path, "adapter_config.json"))
         base_path = cfg.get("base_model_name_or_path")
         if not base_path:
             raise TunelabError("adapter has no base_model_name_or_path", file=Path(path, "adapter_config.json"),

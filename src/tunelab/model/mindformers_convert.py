@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab.data.records import read_json_object, read_text
 from tunelab.errors import TunelabError
 from tunelab.model.mindspore_ckpt import iter_ckpt, write_ckpt
 
@@ -153,7 +154,7 @@ def hf_config_from_mindformers_yaml(path: str | Path) -> tuple[dict, bool]:
     import yaml
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.safe_load(read_text(path))
         mc = dict(doc["model"]["model_config"])
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
         raise TunelabError(f"not a MindFormers YAML with model.model_config ({type(e).__name__}: {e})",
@@ -234,7 +235,11 @@ def split_gate_up(w):
 def _hf_weight_files(model_dir: Path) -> list[Path]:
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (model_dir / index).exists():
-            files = json.loads((model_dir / index).read_text(encoding="utf-8"))["weight_map"].values()
+            weight_map = read_json_object(model_dir / index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise TunelabError("expected 'weight_map': {tensor name: file name}", file=model_dir / index,
+                                   field="weight_map")
+            files = weight_map.values()
             return [model_dir / f for f in dict.fromkeys(files)]
     for single in ("model.safetensors", "pytorch_model.bin"):
         if (model_dir / single).exists():
@@ -306,7 +311,7 @@ def hf_to_mindspore(model_dir: str | Path, out: str | Path, dtype: str | None = 
     model_dir, out = Path(model_dir), Path(out)
     if not (model_dir / "config.json").exists():
         raise TunelabError("not a Hugging Face model directory (no config.json)", file=model_dir)
-    cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    cfg = read_json_object(model_dir / "config.json")
     arch = arch_from_hf_config(cfg, model_dir / "config.json")
     if out.exists():
         raise TunelabError("output exists; tunelab does not overwrite a checkpoint", file=out)
@@ -395,10 +400,7 @@ def _hf_config_from(config: str | Path) -> tuple[dict, Path]:
         raise TunelabError("config not found (an HF config.json or directory, or a MindFormers YAML)", file=p)
     if p.suffix in (".yaml", ".yml"):
         return hf_config_from_mindformers_yaml(p)[0], p
-    try:
-        return json.loads(p.read_text(encoding="utf-8")), p
-    except json.JSONDecodeError as e:
-        raise TunelabError(f"not JSON: {e.msg}", file=p, line=e.lineno) from None
+    return read_json_object(p), p
 
 
 def mindspore_to_hf(ckpt: str | Path, out: str | Path, config: str | Path, dtype: str | None = None,
