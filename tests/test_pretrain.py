@@ -447,6 +447,8 @@ def test_resume_after_sigkill_matches_the_uninterrupted_corpus_run(tmp_path, cor
     assert _start_and_kill_after(path, 2, run_dir) == -signal.SIGKILL
     at_kill = _finished_checkpoints(run_dir)
     assert 2 <= len(at_kill) < 6 and not (run_dir / "train_summary.json").exists()
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:  # a kill in the middle of a log line
+        f.write('{"step": 47, "loss": 1.2')
     assert main(["train", str(path), "--resume"]) == 0
     got = json.loads((run_dir / "train_summary.json").read_text())
     assert got["resumed_from"] >= 16
