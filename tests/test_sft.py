@@ -140,6 +140,13 @@ def test_qa_split_follows_the_corpus_split_and_never_trains_a_held_out_question(
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "already exists" in err and len(err.strip().splitlines()) == 1
+    # pairs whose source_id is no document id (e.g. titles): the error says how many and shows one
+    wrong = course / "titles.jsonl"
+    wrong.write_text("".join(json.dumps(dict(r, source_id="《" + r["source_id"] + "》"), ensure_ascii=False) + "\n"
+                             for r in qa[:5]), encoding="utf-8")
+    assert main(["data", "qa-split", str(wrong), "--corpus", str(data / "corpus"), "--out", str(course / "w")]) == 2
+    err = capsys.readouterr().err
+    assert f"5 of the 5 pairs name no document of the corpus (source_id '《{qa[0]['source_id']}》'" in err
 
 
 def test_course_run_compares_pretrained_and_fine_tuned(course):

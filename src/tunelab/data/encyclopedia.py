@@ -1209,6 +1209,7 @@ def split_qa_by_corpus(qa_files: list[str | Path], corpus: str | Path, out: str 
     pairs: dict[str, list[dict]] = {"train": [], "val": []}
     seen: dict[str, set[tuple[str, str]]] = {"train": set(), "val": set()}
     counts = Counter()
+    unknown = ""  # the first source_id that names no corpus document, for the error below
     for qa_file in qa_files:
         qa_file = Path(qa_file)
         for line, rec in iter_records(qa_file):
@@ -1217,6 +1218,7 @@ def split_qa_by_corpus(qa_files: list[str | Path], corpus: str | Path, out: str 
             split = split_of.get(source)
             if split is None:
                 counts["not_in_corpus"] += 1
+                unknown = unknown or source
                 continue
             key = (_question_key(question), _question_key(answer))
             if key in seen[split]:
@@ -1233,8 +1235,11 @@ def split_qa_by_corpus(qa_files: list[str | Path], corpus: str | Path, out: str 
                "val_articles": len({p["source_id"] for p in pairs["val"]}),
                "repeated": counts["repeated"], "not_in_corpus": counts["not_in_corpus"]}
     if not train or not pairs["val"]:
-        raise TunelabError(f"no QA pair of the corpus's {'val' if not pairs['val'] else 'train'} split to use "
-                           f"(source_id must name the corpus documents' id; {summary})", file=qa_files[0])
+        read = len(train) + summary["train_asking_held_out"] + len(pairs["val"]) + sum(counts.values())
+        why = (f"; {counts['not_in_corpus']} of the {read} pairs name no document of the corpus (source_id "
+               f"{unknown!r}: it must be a document id in {Path(corpus) / 'docs.jsonl'})" if unknown else "")
+        raise TunelabError(f"no QA pair of the corpus's {'val' if not pairs['val'] else 'train'} split to use"
+                           + why, file=qa_files[0])
     with building_dir(out) as tmp:
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "val.jsonl", pairs["val"])
