@@ -105,6 +105,22 @@ def test_export_merges_best_checkpoint_to_bf16(lora_run, tmp_path):
     assert main(["export", str(run_dir), str(out)]) == 2  # never overwrites
 
 
+@pytest.mark.parametrize("name, body, message", [
+    ("metrics.json", "[1]", "metrics.json: expected a JSON object, got list"),         # was an AttributeError
+    ("metrics.json", '{"best_checkpoint": "step-000010", "checkpoints": {"step-000010": {"t": {"accuracy": "hi"}}}}',
+     "not a tunelab metrics.json (TypeError"),
+    ("train_summary.json", '{"steps": 3}', "not a tunelab train_summary.json (KeyError: 'samples')"),
+])
+def test_export_of_a_run_with_a_damaged_record_names_the_file(lora_run, tmp_path, capsys, name, body, message):
+    import shutil
+    run_dir = tmp_path / "run"
+    shutil.copytree(lora_run[0], run_dir)
+    (run_dir / name).write_text(body, encoding="utf-8")
+    assert main(["export", str(run_dir), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
 def test_data_check_marks_loss_tokens(make_recipe, capsys):
     path = make_recipe("check")
     assert main(["data", "check", str(path), "--samples", "1"]) == 0

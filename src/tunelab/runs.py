@@ -13,11 +13,11 @@ every stage may use it.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Protocol
 
+from tunelab.data.records import read_json_object
 from tunelab.errors import TunelabError
 
 STEP_PREFIX = "step-"
@@ -59,8 +59,8 @@ def best_checkpoint(run_dir: str | Path) -> tuple[str | None, float | None]:
     (None, None) when no checkpoint has one (runs without a validation split)."""
     best = (None, None)
     for ckpt in list_checkpoints(run_dir):
-        val = json.loads((ckpt / "state.json").read_text(encoding="utf-8")).get("val_loss")
-        if val is not None and (best[1] is None or val < best[1]):
+        val = read_json_object(ckpt / "state.json").get("val_loss")
+        if isinstance(val, (int, float)) and (best[1] is None or val < best[1]):
             best = (ckpt.name, val)
     return best
 
@@ -85,7 +85,7 @@ def pick_checkpoint(run_or_ckpt: Path, which: str = "best") -> Path:
                            file=run_or_ckpt)
     for marked in ("metrics.json", "train_summary.json"):
         if which == "best" and (run_or_ckpt / marked).exists():
-            best = json.loads((run_or_ckpt / marked).read_text(encoding="utf-8")).get("best_checkpoint")
+            best = read_json_object(run_or_ckpt / marked).get("best_checkpoint")
             for c in ckpts:
                 if c.name == best:
                     return model_dir_of(c)

@@ -16,34 +16,45 @@ from tunelab.runs import pick_checkpoint
 
 
 def model_card(run_dir: Path, source: Path) -> str:
-    """A README.md for the exported model from the run's recipe, summary and metrics."""
+    """A README.md for the exported model from the run's recipe, summary and metrics. A summary or metrics file
+    that is not what tunelab wrote (edited, damaged) is an error naming it, not a traceback."""
+    from tunelab.data.records import read_json_object, read_text
     lines = [f"# {run_dir.name}", "", f"Exported by `tunelab export` from `{source}`.", ""]
     recipe = run_dir / "recipe.yaml"
-    summary = run_dir / "train_summary.json"
-    metrics = run_dir / "metrics.json"
-    if summary.exists():
-        s = json.loads(summary.read_text(encoding="utf-8"))
-        lines += ["## Training", "",
-                  f"- {s['steps']} optimizer steps over {s['samples']:,} samples, {s['train_seconds'] / 60:.0f} "
-                  f"minutes of CPU/GPU time (world size {s['world_size']})",
-                  f"- final training loss {s['final_loss']:.4f}",
-                  f"- parameters: {s['total_params']:,} (trainable {s['trainable_params']:,})", ""]
-    if metrics.exists():
-        m = json.loads(metrics.read_text(encoding="utf-8"))
-        best = m.get("best_checkpoint")
-        if best:
-            lines += [f"## Measured abilities ({best})", ""]
-            for task, res in (m.get("checkpoints") or {}).get(best, {}).items():  # pretraining: maybe no tasks
-                keys = [k for k in ("accuracy", "format_ok", "within_tol", "digit_acc", "exact_match", "f1",
-                                    "perplexity", "unigram_perplexity", "rougeL_f", "fact_recall") if k in res]
-                shown = ", ".join(f"{k} {res[k] * 100:.1f}%" if res[k] <= 1 and k not in ("f1", "exact_match",
-                                                                                       "rougeL_f", "perplexity")
-                                  else f"{k} {res[k]:.1f}" for k in keys)
-                lines.append(f"- **{task}** (n={res.get('n', '?')}): {shown}")
-            lines.append("")
+    for path, section in ((run_dir / "train_summary.json", _training_lines),
+                          (run_dir / "metrics.json", _ability_lines)):
+        if path.exists():
+            try:
+                lines += section(read_json_object(path))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise TunelabError(f"not a tunelab {path.name} ({type(e).__name__}: {e}); move it aside to "
+                                   "export without it", file=path) from None
     if recipe.exists():
-        lines += ["## Recipe", "", "```yaml", recipe.read_text(encoding="utf-8").rstrip(), "```", ""]
+        lines += ["## Recipe", "", "```yaml", read_text(recipe).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _training_lines(s: dict) -> list[str]:
+    return ["## Training", "",
+            f"- {s['steps']} optimizer steps over {s['samples']:,} samples, {s['train_seconds'] / 60:.0f} "
+            f"minutes of CPU/GPU time (world size {s['world_size']})",
+            f"- final training loss {s['final_loss']:.4f}",
+            f"- parameters: {s['total_params']:,} (trainable {s['trainable_params']:,})", ""]
+
+
+def _ability_lines(m: dict) -> list[str]:
+    best = m.get("best_checkpoint")
+    if not best:
+        return []
+    lines = [f"## Measured abilities ({best})", ""]
+    for task, res in (m.get("checkpoints") or {}).get(best, {}).items():  # pretraining: maybe no tasks
+        keys = [k for k in ("accuracy", "format_ok", "within_tol", "digit_acc", "exact_match", "f1",
+                            "perplexity", "unigram_perplexity", "rougeL_f", "fact_recall") if k in res]
+        shown = ", ".join(f"{k} {res[k] * 100:.1f}%" if res[k] <= 1 and k not in ("f1", "exact_match",
+                                                                               "rougeL_f", "perplexity")
+                          else f"{k} {res[k]:.1f}" for k in keys)
+        lines.append(f"- **{task}** (n={res.get('n', '?')}): {shown}")
+    return lines + [""]
 
 
 def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", which: str = "best",
