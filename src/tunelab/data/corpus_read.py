@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
+from tunelab.data.records import lone_surrogate
 from tunelab.errors import TunelabError
 
 SUFFIXES = (".jsonl", ".json", ".txt")
@@ -41,7 +42,6 @@ CHUNK_CHARS = 1 << 18  # JSON arrays are decoded 256 KB at a time
 _DECODER = json.JSONDecoder()
 _WS = re.compile(r"[ \t\r\n]*")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what undecodable bytes become under surrogateescape
-_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone "\\udXXX" escape: not text any encoder accepts
 
 
 @dataclass
@@ -164,7 +164,7 @@ class _Reader:
             reason = "missing" if self.text_field not in rec else \
                 f"expected a string, got {'null' if text is None else type(text).__name__}"
             return self.fail(line, reason, self.text_field)
-        if escapes and _SURROGATE.search(text):
+        if escapes and lone_surrogate(text) is not None:
             return self.fail(line, "a lone surrogate escape (\\ud800-\\udfff not in a pair) is not text",
                              self.text_field)
         meta = []

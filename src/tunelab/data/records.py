@@ -123,13 +123,22 @@ def require_str(rec: dict[str, Any], field: str, path: str | Path, line: int) ->
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise TunelabError(f"expected a string, got {type(value).__name__}", file=path, line=line,
                            field=field)
-    if isinstance(value, str) and not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:  # a JSON escape such as "\ud800" outside a pair
-            raise TunelabError(f"not valid Unicode text (a lone surrogate at character {e.start})", file=path,
-                               line=line, field=field) from None
+    if isinstance(value, str) and (at := lone_surrogate(value)) is not None:
+        raise TunelabError(f"not valid Unicode text (a lone surrogate at character {at})", file=path, line=line,
+                           field=field)
     return str(value)
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Where `text` holds a lone surrogate (a JSON escape such as "\\ud800" outside a pair: no encoder takes
+    it), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:

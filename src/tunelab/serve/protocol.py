@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
+from tunelab.data.records import lone_surrogate
 from tunelab.serve.engine import MAX_LOGPROBS
 
 MAX_N = 16
@@ -30,10 +31,8 @@ class Limits:
 
 
 def _valid_unicode(s: str) -> str:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"the text is not valid Unicode (a lone surrogate at character {e.start})") from None
+    if (at := lone_surrogate(s)) is not None:
+        raise ValueError(f"the text is not valid Unicode (a lone surrogate at character {at})")
     return s
 
 

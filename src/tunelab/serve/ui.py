@@ -70,7 +70,7 @@ def load_examples(path: str | None) -> list[str]:
     """Example prompts: a .json list (of strings or {prompt|instruction|problem|question|text}), .jsonl (one such
     item a line), or one prompt a line. Unreadable bytes, malformed JSON, a .json that is not a list and a prompt
     that is not valid Unicode are errors naming the file (and line); items with no prompt are skipped."""
-    from tunelab.data.records import iter_lines, parse_json, read_text
+    from tunelab.data.records import iter_lines, lone_surrogate, parse_json, read_text
     if not path:
         return list(DEFAULT_EXAMPLES)
     p = Path(path)
@@ -92,11 +92,9 @@ def load_examples(path: str | None) -> list[str]:
         prompt = _prompt_of(item)
         if prompt is None:
             continue
-        try:
-            prompt.encode("utf-8")
-        except UnicodeEncodeError as e:  # a JSON escape such as "\ud800" outside a pair
-            raise TunelabError(f"a prompt that is not valid Unicode (a lone surrogate at character {e.start})",
-                               file=p, line=line, field="--examples") from None
+        if (at := lone_surrogate(prompt)) is not None:
+            raise TunelabError(f"a prompt that is not valid Unicode (a lone surrogate at character {at})",
+                               file=p, line=line, field="--examples")
         prompts.append(prompt)
     if not prompts:
         raise TunelabError("no prompts found in the examples file", file=path, field="--examples")

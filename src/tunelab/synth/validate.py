@@ -31,13 +31,13 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from tunelab.data.records import lone_surrogate
 from tunelab.eval.rouge import tokenize
 
 MAX_REPLY_CHARS = 200_000
 MAX_JSON_STARTS = 100      # brackets in prose tried as the start of the JSON value
 _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S)        # reasoning models' preamble (closed or cut)
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.S)
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _KEYS = {"question": ("question", "问题", "q"), "answer": ("answer", "答案", "a")}
 
 # Questions that lean on the article: the words that point at it, or a pronoun standing for its subject.
@@ -208,7 +208,7 @@ class Validator:
         q, a = _get(item, "question"), _get(item, "answer")
         if isinstance(a, (int, float)) and not isinstance(a, bool):   # "answer": 1987
             a = json.dumps(a)
-        if not isinstance(q, str) or not isinstance(a, str) or _SURROGATE.search(q + a):
+        if not isinstance(q, str) or not isinstance(a, str) or lone_surrogate(q + a) is not None:
             return "malformed"
         q, a = q.strip(), a.strip()
         if not q or not a:
