@@ -339,6 +339,21 @@ def test_served_continuation_model_samples_and_stops_at_eot(pretrained):
         served.close()
 
 
+def test_generate_continues_a_pretrained_model(pretrained, capsys):
+    """`tunelab generate RUN PROMPT`, nanoGPT's sample.py: the memorised rest of the article, ended at EOT."""
+    prompt = "青山站是河谷市的一座铁路车站。"
+    rest = ZH[0][1][len(prompt):]
+    assert main(["generate", str(pretrained["run"]), prompt, "--temperature", "0", "--max-new-tokens", "100"]) == 0
+    assert capsys.readouterr().out == rest + "\n"
+    assert main(["generate", str(pretrained["run"]), prompt, "-n", "2", "--temperature", "0.7", "--top-k", "5",
+                 "--seed", "1", "--max-new-tokens", "100", "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(r["text"], r["finish_reason"]) for r in rows] == [(rest, "stop")] * 2
+    assert main(["generate", str(pretrained["run"]), prompt, "--max-new-tokens", "3", "--json",
+                 "--temperature", "0", "--stop", rest[1:3]]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == rest[:1]
+
+
 # --- a pretraining run: metrics.json and report.md -------------------------------------------------
 
 def test_pretraining_run_metrics_and_report(pretrained, monkeypatch, tmp_path):

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tunelab.errors import TunelabError
 from tunelab.serve.ratings import leaderboard
 
 # gradio's queue trips pandas 3 deprecation warnings of its own
@@ -131,34 +132,12 @@ def test_model_specs(monkeypatch):
     assert parse_model_spec("lm=http://localhost:1234/v1@sk-abc").key == "sk-abc"
 
 
-def test_example_prompts_file_forms(tmp_path):
-    from tunelab.serve.ui import load_examples
-    (tmp_path / "p.json").write_text('[1, null, {"prompt": 5}, ["x"], "  ", "一加一等于几？", {"question": "q"}]',
-                                     encoding="utf-8")
-    assert load_examples(str(tmp_path / "p.json")) == ["一加一等于几？", "q"]
-    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n5\n\n{"text": "续写："}\n', encoding="utf-8")
-    assert load_examples(str(tmp_path / "p.jsonl")) == ["hi", "续写："]
-    (tmp_path / "p.txt").write_text("first\n\n  \nsecond line\n", encoding="utf-8")
-    assert load_examples(str(tmp_path / "p.txt")) == ["first", "second line"]
-
-
-@pytest.mark.parametrize("name, body, message", [
-    ("a.json", b"[", "a.json:1: malformed JSON"),                                    # was a JSONDecodeError
-    ("b.json", b'{"a": 1}', "expected a JSON list of prompts, got dict"),            # was the prompt "a"
-    ("c.json", b'"just words"', "expected a JSON list of prompts, got str"),         # was ten one-letter prompts
-    ("d.json", b"1e999", "expected a JSON list of prompts, got float"),              # was a TypeError
-    ("e.txt", b"\xff\xfe words", "e.txt:1: not UTF-8 text"),                         # was a UnicodeDecodeError
-    ("f.json", b'["\\ud800"]', "a prompt that is not valid Unicode"),
-    ("g.jsonl", b'{"prompt": "ok"}\n{"prompt": "ok"', "g.jsonl:2: malformed JSON"),
-    ("h.jsonl", b'{"prompt": {"nested": 1}}', "no prompts found"),
-])
-def test_a_bad_example_prompts_file_is_named(tmp_path, name, body, message):
-    from tunelab.errors import TunelabError
-    from tunelab.serve.ui import load_examples
-    (tmp_path / name).write_bytes(body)
-    with pytest.raises(TunelabError) as e:
-        load_examples(str(tmp_path / name))
-    assert message in str(e.value)
+def test_example_prompts_come_from_the_shared_reader(tmp_path):
+    from tunelab.serve.ui import DEFAULT_EXAMPLES, load_examples
+    assert load_examples(None) == DEFAULT_EXAMPLES
+    (tmp_path / "p.txt").write_bytes(b"\xff")
+    with pytest.raises(TunelabError, match="p.txt:1: not UTF-8"):
+        load_examples(str(tmp_path / "p.txt"))
 
 
 def test_remote_backend_talks_to_tunelab_serve_and_reports_unreachable(two_models):

@@ -51,15 +51,23 @@ def _count(low: int):
 _port = _integer(0, 65535, "a port number")   # 0: any free port
 
 
-def _positive(text: str) -> float:
-    """An argparse type: a positive finite number (--max-shard-gb nan reached int() and ended in a traceback)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
+def _number(low: float, high: float = float("inf"), low_included: bool = True):
+    """An argparse type: a finite number from `low` (included or not) up to `high` (--max-shard-gb nan reached
+    int() and ended in a traceback)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ((low <= value if low_included else low < value) and value <= high and value < float("inf")):
+            above = f"at least {low:g}" if low_included else f"above {low:g}"
+            bounds = f"{above} and at most {high:g}" if high < float("inf") else f"{above} and finite"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+    return parse
+
+
+_positive = _number(0, low_included=False)
 
 
 def _add_corpus_reading(p: argparse.ArgumentParser) -> None:
@@ -344,6 +352,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a remote model gets to send its first text")
     p.add_argument("--deadline", type=float, default=180.0, help="seconds a remote model gets for a whole answer")
     p.set_defaults(func=_call("tunelab.serve.ui:cli_ui"))
+
+    p = verbs.add_parser("generate", help="text from a model in the terminal: prompts as arguments, from a file, "
+                                          "piped, or typed")
+    p.add_argument("model", help="run directory (best checkpoint), checkpoint, model or adapter directory")
+    p.add_argument("prompts", nargs="*", metavar="PROMPT",
+                   help="prompts; with none and no --file: one a line from a pipe, or typed at a '>' prompt")
+    p.add_argument("--file", default=None, help="prompts: .txt (one a line), .json list or .jsonl "
+                                                "(prompt|instruction|problem|question|text)")
+    p.add_argument("-n", "--num-samples", type=_integer(1, 64), default=1, help="samples per prompt (default 1)")
+    p.add_argument("--max-new-tokens", type=_integer(1), default=None,
+                   help="default: the model's generation config, else 128")
+    p.add_argument("--temperature", type=_number(0), default=None,
+                   help="0: greedy (default: the model's generation config, else 1)")
+    p.add_argument("--top-k", type=_integer(0), default=None, help="0: off (default: the model's, else off)")
+    p.add_argument("--top-p", type=_number(0, 1, low_included=False), default=None,
+                   help="nucleus sampling (default: the model's, else 1)")
+    p.add_argument("--seed", type=_integer(0, 2**63 - 1 - 64), default=None,
+                   help="reproducible samples: sample j of every prompt uses SEED + j")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
+    p.add_argument("--raw", action="store_true", help="the prompt as it is, without the model's chat template")
+    p.add_argument("--json", action="store_true", help="one JSON line per sample: prompt, text, finish reason, "
+                                                       "token counts")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of a run")
+    p.add_argument("--max-batch", type=_integer(1), default=16, help="most sequences decoded together")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="auto: bfloat16 on a GPU, float32 on a CPU")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=_call("tunelab.serve.generate:cli_generate"))
 
     # synth ---------------------------------------------------------------------------------------
     p = verbs.add_parser("synth", help="synthesise training data through any OpenAI-compatible endpoint")

@@ -25,13 +25,17 @@ def read_text(path: str | Path) -> str:
         raise TunelabError("file not found", file=p)
     if p.is_dir():
         raise TunelabError("expected a file, found a directory", file=p)
-    data = p.read_bytes()
+    return decode_text(p.read_bytes(), p)
+
+
+def decode_text(data: bytes, name: str | Path) -> str:
+    """UTF-8 bytes (a BOM dropped) as text; bad bytes become a TunelabError naming `name` and the line."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise TunelabError(f"not UTF-8 text (bad byte 0x{data[e.start]:02x} at offset {e.start})",
-                           file=p, line=line) from None
+                           file=name, line=line) from None
 
 
 def iter_lines(text: str) -> Iterator[tuple[int, str]]:

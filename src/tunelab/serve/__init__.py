@@ -1,7 +1,10 @@
-"""Serving: an OpenAI-compatible HTTP server over a continuous-batching engine, and a Gradio web UI with a
-two-model arena and its leaderboard.
+"""Serving: an OpenAI-compatible HTTP server over a continuous-batching engine, a Gradio web UI with a
+two-model arena and its leaderboard, and the same engine in the terminal.
 
   engine.py    the batching engine: one scheduler thread steps every active sequence together
+  models.py    a model being served: weights, tokenizer, chat formatting, decoding defaults, its engine
+  generate.py  `tunelab generate`: prompts in, text out, in the terminal (no server, no extra to install)
+  prompts.py   prompt files (`ui --examples`, `generate --file`)
   protocol.py  OpenAI request schemas and error bodies
   api.py       the FastAPI app and `tunelab serve`
   backends.py  chat backends for the UI: local (in-process engine) and remote (any OpenAI-compatible URL)

@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.serve.engine import Output, SamplingParams, Sequence, TokenLogprob  # noqa: E402
-from tunelab.serve.models import ServedModel, release_heap  # noqa: E402
+from tunelab.serve.models import ServedModel, describe_defaults, release_heap  # noqa: E402
 from tunelab.serve.protocol import (APIError,  # noqa: E402
                                     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, Limits,
                                     TokenizeRequest, error_body)
@@ -236,18 +236,12 @@ def create_app(served: ServedModel, api_key: str | None = None, limits: Limits =
 
     defaults = served.defaults
 
-    def given(value, default, fallback):
-        """The request's value; left out: the model's default; else OpenAI's."""
-        return value if value is not None else default if default is not None else fallback
-
     def default_max_tokens(room: int, fallback: int) -> int:
         """max_tokens left out: the model's default, else `fallback`, within the `room` the context leaves."""
         return max(min(defaults.max_tokens or fallback, room), 0)
 
     def params_for(req, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None, seq_seed: int | None):
-        top_k = given(req.top_k, defaults.top_k, 0)
-        return SamplingParams(max_tokens=max_tokens, temperature=given(req.temperature, defaults.temperature, 1.0),
-                              top_p=given(req.top_p, defaults.top_p, 1.0), top_k=top_k if top_k > 0 else 0,
+        return SamplingParams(max_tokens=max_tokens, **served.sampling(req.temperature, req.top_p, req.top_k),
                               stop=req.stop_list(), seed=seq_seed, logprobs=logprobs,
                               prompt_logprobs=prompt_logprobs, ignore_eos=req.ignore_eos)
 
@@ -574,15 +568,6 @@ class BackgroundServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
-
-
-def describe_defaults(d) -> str:
-    """One line for the console: the model's sampling defaults, or OpenAI's when it states none."""
-    if d.temperature is None:
-        return "OpenAI's (temperature 1): the model has no generation_config.json stating its decoding"
-    how = "greedy (temperature 0)" if d.temperature == 0 else \
-        f"temperature {d.temperature:g}, top_p {d.top_p:g}, top_k {d.top_k or 'off'}"
-    return how + (f", max_tokens {d.max_tokens}" if d.max_tokens else "") + " from generation_config.json"
 
 
 def api_key_of(flag: str | None) -> str | None:

@@ -56,6 +56,15 @@ def default_name(path: str | Path, model_dir: Path | str) -> str:
     return Path(str(path).rstrip("/")).name or str(path)
 
 
+def describe_defaults(d) -> str:
+    """One line for the console: the model's sampling defaults, or OpenAI's when it states none."""
+    if d.temperature is None:
+        return "OpenAI's (temperature 1): the model has no generation_config.json stating its decoding"
+    how = "greedy (temperature 0)" if d.temperature == 0 else \
+        f"temperature {d.temperature:g}, top_p {d.top_p:g}, top_k {d.top_k or 'off'}"
+    return how + (f", max_tokens {d.max_tokens}" if d.max_tokens else "") + " from generation_config.json"
+
+
 _TRIM = None
 
 
@@ -139,6 +148,17 @@ class ServedModel:
     @property
     def context_len(self) -> int:
         return self.engine.context_len
+
+    def sampling(self, temperature: float | None, top_p: float | None, top_k: int | None) -> dict:
+        """temperature, top_p and top_k of `SamplingParams`: what the caller gives, else the model's generation
+        config (`defaults`), else OpenAI's (1, 1, no top-k)."""
+        d = self.defaults
+
+        def given(value, default, fallback):
+            return value if value is not None else default if default is not None else fallback
+        k = given(top_k, d.top_k, 0)
+        return {"temperature": given(temperature, d.temperature, 1.0), "top_p": given(top_p, d.top_p, 1.0),
+                "top_k": k if k > 0 else 0}
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """Messages ({"role", "content": str}) as the prompt text, through the model's chat template."""

@@ -67,45 +67,9 @@ class Answer:
 
 
 def load_examples(path: str | None) -> list[str]:
-    """Example prompts: a .json list (of strings or {prompt|instruction|problem|question|text}), .jsonl (one such
-    item a line), or one prompt a line. Unreadable bytes, malformed JSON, a .json that is not a list and a prompt
-    that is not valid Unicode are errors naming the file (and line); items with no prompt are skipped."""
-    from tunelab.data.records import iter_lines, lone_surrogate, parse_json, read_text
-    if not path:
-        return list(DEFAULT_EXAMPLES)
-    p = Path(path)
-    if not p.exists():
-        raise TunelabError("examples file not found", file=path, field="--examples")
-    text = read_text(p)
-    if p.suffix == ".json":
-        document = parse_json(text, p)
-        if not isinstance(document, list):
-            raise TunelabError(f"expected a JSON list of prompts, got {type(document).__name__}", file=p,
-                               field="--examples")
-        items = [(None, item) for item in document]
-    elif p.suffix == ".jsonl":
-        items = [(n, parse_json(line, p, n)) for n, line in iter_lines(text)]
-    else:
-        items = list(iter_lines(text))
-    prompts = []
-    for line, item in items:
-        prompt = _prompt_of(item)
-        if prompt is None:
-            continue
-        if (at := lone_surrogate(prompt)) is not None:
-            raise TunelabError(f"a prompt that is not valid Unicode (a lone surrogate at character {at})",
-                               file=p, line=line, field="--examples")
-        prompts.append(prompt)
-    if not prompts:
-        raise TunelabError("no prompts found in the examples file", file=path, field="--examples")
-    return prompts
-
-
-def _prompt_of(item) -> str | None:
-    if isinstance(item, dict):
-        item = next((item[k] for k in ("prompt", "instruction", "problem", "question", "text")
-                     if isinstance(item.get(k), str)), None)
-    return item if isinstance(item, str) and item.strip() else None
+    """Example prompts: the file's (`serve.prompts.read_prompts`), else a few built-in ones."""
+    from tunelab.serve.prompts import read_prompts
+    return read_prompts(path, "--examples") if path else list(DEFAULT_EXAMPLES)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "|": "|", "\\": "\\"}

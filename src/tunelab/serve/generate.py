@@ -1,0 +1,187 @@
+"""`tunelab generate`: text from a model in the terminal, nanoGPT's `sample.py` for anything tunelab loads.
+
+Prompts come as arguments, from a file (`--file`, read as `tunelab ui --examples` reads one), piped in one a
+line, or typed at a `>` prompt when none of those gives any. Each prompt goes through the model's own chat
+template (`--raw`: as it is), so a pretrained MiniGPT (template `none`) continues the text and a fine-tuned
+run gets the template it was trained with. A flag left out takes the model's generation config (greedy for a
+tunelab checkpoint, as its evaluation decoded), else OpenAI's defaults: what `tunelab serve` does.
+
+Every prompt × sample goes to the serving engine at once, so they decode in shared batches; they are printed
+in order, the one at the head streamed as it is generated. `--json` prints one JSON line per sample instead.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+from dataclasses import dataclass
+
+from tunelab.errors import TunelabError
+
+DEFAULT_MAX_TOKENS = 128    # neither --max-new-tokens nor the model's generation config says
+
+
+@dataclass
+class _Job:
+    prompt_index: int       # 1-based, as errors and headers name it
+    sample: int             # 0-based, the seed's offset
+    prompt: str
+    prompt_tokens: int
+    events: queue.Queue
+    seq: object
+
+
+def cli_generate(args) -> int:
+    import torch
+
+    from tunelab.serve.models import ServedModel
+    prompts = _given_prompts(args)       # before the model loads: a bad file costs no wait
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    served = ServedModel.load(args.model, max_batch=args.max_batch, dtype=args.dtype, device=args.device,
+                              which=args.checkpoint)
+    try:
+        _describe(served, args)
+        if prompts is None:
+            return _interactive(served, args)
+        jobs = _start(served, args, prompts)
+        try:
+            return _print(jobs, args.json, sys.stdout)
+        finally:
+            for job in jobs:
+                job.seq.cancel()
+    finally:
+        served.close()
+
+
+def _given_prompts(args) -> list[str] | None:
+    """Arguments, then --file; with neither, standard input's lines, or None for a terminal (interactive)."""
+    from tunelab.data.records import decode_text, iter_lines, lone_surrogate
+    from tunelab.serve.prompts import read_prompts
+    prompts = list(args.prompts)
+    for i, prompt in enumerate(prompts, 1):
+        if (at := lone_surrogate(prompt)) is not None:
+            raise TunelabError(f"prompt {i} is not valid Unicode (a lone surrogate at character {at})")
+    if args.file:
+        prompts += read_prompts(args.file, "--file")
+    if prompts:
+        return prompts
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    prompts = [line for _, line in iter_lines(decode_text(sys.stdin.buffer.read(), "<stdin>"))]
+    if not prompts:
+        raise TunelabError("no prompts: give them as arguments, with --file, or one a line on standard input")
+    return prompts
+
+
+def _describe(served, args) -> None:
+    from tunelab.serve.models import describe_defaults
+    print(f"tunelab generate: {served.name} ({served.model_dir}, context {served.context_len}); decoding a flag "
+          f"leaves out: {describe_defaults(served.defaults)}", file=sys.stderr)
+    greedy = args.temperature == 0 or args.top_k == 1 or (args.temperature is None and args.top_k is None
+                                                           and served.defaults.temperature == 0)
+    if args.num_samples > 1 and greedy:
+        print(f"note: decoding is greedy, so the {args.num_samples} samples of a prompt are the same; "
+              f"--temperature 0.8 samples", file=sys.stderr)
+
+
+def _start(served, args, prompts: list[str]) -> list[_Job]:
+    """Encode every prompt (a prompt the context cannot take is an error naming it), then submit them all."""
+    from tunelab.serve.engine import SamplingParams, Sequence
+    encoded = []
+    for i, prompt in enumerate(prompts, 1):
+        text = prompt if args.raw else served.render_chat([{"role": "user", "content": prompt}])
+        ids = served.encode(text, add_special_tokens=False)
+        if not ids:
+            raise TunelabError(f"prompt {i} is empty: give the model some text to continue")
+        if len(ids) >= served.context_len:
+            raise TunelabError(f"prompt {i} has {len(ids)} tokens; the model's context of {served.context_len} "
+                               "leaves no room for an answer")
+        encoded.append(ids)
+    sampling = served.sampling(args.temperature, args.top_p, args.top_k)
+    max_tokens = args.max_new_tokens or served.defaults.max_tokens or DEFAULT_MAX_TOKENS
+    stops = tuple(s for s in args.stop if s)
+    jobs = []
+    for i, (prompt, ids) in enumerate(zip(prompts, encoded), 1):
+        for j in range(args.num_samples):
+            params = SamplingParams(max_tokens=min(max_tokens, served.context_len - len(ids)), **sampling,
+                                    stop=stops, seed=None if args.seed is None else args.seed + j)
+            events: queue.Queue = queue.Queue()
+            jobs.append(_Job(i, j, prompt, len(ids), events, Sequence(ids, params, events.put)))
+    served.engine.submit([job.seq for job in jobs])
+    return jobs
+
+
+def _print(jobs: list[_Job], as_json: bool, out) -> int:
+    """Each job's text in order (streamed as it comes in text mode); 2 if any failed, else 0."""
+    prompts = max(job.prompt_index for job in jobs)
+    samples = max(job.sample for job in jobs) + 1
+    failed = []
+    for job in jobs:
+        if not as_json and len(jobs) > 1:
+            out.write(_header(job, prompts, samples) + "\n")
+        parts, reason, error = [], None, None
+        while reason is None:
+            event = job.events.get()
+            parts.append(event.text)
+            reason, error = event.finish_reason, event.error
+            if not as_json and event.text:
+                out.write(event.text)
+                out.flush()
+        if as_json:
+            out.write(json.dumps({"prompt_index": job.prompt_index, "sample": job.sample + 1, "prompt": job.prompt,
+                                  "text": "".join(parts), "finish_reason": reason, "error": error,
+                                  "prompt_tokens": job.prompt_tokens,
+                                  "completion_tokens": job.seq.num_generated}, ensure_ascii=False) + "\n")
+        else:
+            out.write("\n")
+        out.flush()
+        if reason in ("error", "abort"):
+            failed.append(f"prompt {job.prompt_index}, sample {job.sample + 1}: {error or reason}")
+    if failed:
+        print(f"tunelab: error: {len(failed)} of {len(jobs)} samples failed; {failed[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _header(job: _Job, prompts: int, samples: int) -> str:
+    first = job.prompt.strip().splitlines()[0]
+    shown = first if len(first) <= 60 else first[:59] + "…"
+    where = [f"prompt {job.prompt_index}/{prompts}"] if prompts > 1 else []
+    where += [f"sample {job.sample + 1}/{samples}"] if samples > 1 else []
+    return f"── {' · '.join(where)}: {shown} ──"
+
+
+def _interactive(served, args) -> int:
+    """A `>` prompt: each line is generated for alone (no conversation is kept); an empty line or Ctrl-D
+    ends it, Ctrl-C stops the answer being written."""
+    from tunelab.data.records import lone_surrogate
+    print("type a prompt and press Enter; an empty line or Ctrl-D quits, Ctrl-C stops an answer "
+          "(输入提示后回车；空行或 Ctrl-D 退出)", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except UnicodeDecodeError as e:
+            print(f"tunelab: that line is not UTF-8 text ({e.reason})", file=sys.stderr)
+            continue
+        if not line.strip():
+            return 0
+        if (at := lone_surrogate(line)) is not None:
+            print(f"tunelab: that line is not valid Unicode (a lone surrogate at character {at})", file=sys.stderr)
+            continue
+        try:
+            jobs = _start(served, args, [line])
+        except TunelabError as e:
+            print(f"tunelab: {e.message}", file=sys.stderr)
+            continue
+        try:
+            _print(jobs, args.json, sys.stdout)
+        except KeyboardInterrupt:
+            print("\n[stopped 已停止]", file=sys.stderr)
+        finally:
+            for job in jobs:
+                job.seq.cancel()
