@@ -106,8 +106,9 @@ def test_prompts_from_a_file_and_from_a_pipe(run, tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("argv, stdin, message", [
-    (["\udcff"], None, "prompt 1 is not valid Unicode"),      # undecodable argv bytes
-    (["ok", "x" * 3000], None, "prompt 2 has"),                # longer than the context
+    (["\udcff"], None, "prompt 1 is not valid Unicode"),       # undecodable argv bytes
+    (["ok", "x" * 3000], None, "prompt 2 has"),                # longer than the context, in tokens
+    (["y" * 2_000_000], None, "prompt 1 has 2,000,000 characters"),   # refused before it is tokenised
     (["", "--raw"], None, "prompt 1 is empty"),
     ([], b"fine\n\xff\n", "<stdin>:2: not UTF-8 text"),
     ([], b"\n \n", "no prompts: give them as arguments"),

@@ -92,6 +92,9 @@ def _start(served, args, prompts: list[str]) -> list[_Job]:
     encoded = []
     for i, prompt in enumerate(prompts, 1):
         text = prompt if args.raw else served.render_chat([{"role": "user", "content": prompt}])
+        if served.too_long(len(text)):      # certain without tokenising megabytes
+            raise TunelabError(f"prompt {i} has {len(prompt):,} characters, more than the model's context of "
+                               f"{served.context_len} tokens can hold")
         ids = served.encode(text, add_special_tokens=False)
         if not ids:
             raise TunelabError(f"prompt {i} is empty: give the model some text to continue")
