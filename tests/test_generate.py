@@ -152,3 +152,10 @@ def test_typed_prompts_until_an_empty_line(run, capsys, monkeypatch):
 
 def samples_of(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
+
+
+def test_greedy_samples_are_said_to_be_the_same(run, capsys):
+    assert main(["generate", str(run), "hi", "-n", "2", "--top-k", "1", "--max-new-tokens", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "the 2 samples of a prompt are the same" in captured.err
+    assert len({s["text"] for s in samples_of(captured.out)}) == 1

@@ -76,12 +76,11 @@ def _given_prompts(args) -> list[str] | None:
 
 
 def _describe(served, args) -> None:
+    from tunelab.serve.engine import SamplingParams
     from tunelab.serve.models import describe_defaults
     print(f"tunelab generate: {served.name} ({served.model_dir}, context {served.context_len}); decoding a flag "
           f"leaves out: {describe_defaults(served.defaults)}", file=sys.stderr)
-    greedy = args.temperature == 0 or args.top_k == 1 or (args.temperature is None and args.top_k is None
-                                                           and served.defaults.temperature == 0)
-    if args.num_samples > 1 and greedy:
+    if args.num_samples > 1 and SamplingParams(**served.sampling(args.temperature, args.top_p, args.top_k)).greedy:
         print(f"note: decoding is greedy, so the {args.num_samples} samples of a prompt are the same; "
               f"--temperature 0.8 samples", file=sys.stderr)
 
