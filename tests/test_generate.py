@@ -89,7 +89,8 @@ def test_seeded_samples_reproduce_and_differ(run, capsys):
     assert [(s["prompt_index"], s["sample"]) for s in first] == [(p, j) for p in (1, 2) for j in (1, 2, 3)]
     assert len({s["text"] for s in first[:3]}) == 3                        # sample j draws with SEED + j
     assert main(argv[:-1]) == 0                                            # text mode: a header per sample
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"6 samples, {sum(s['completion_tokens'] for s in first)} new tokens in " in err and "tokens/s)" in err
     assert out.count("── prompt ") == 6 and "── prompt 2/2 · sample 3/3: two ──" in out
     for s in first:
         assert s["text"] in out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import queue
 import sys
+import time
 from dataclasses import dataclass
 
 from tunelab.errors import TunelabError
@@ -45,12 +46,18 @@ def cli_generate(args) -> int:
         _describe(served, args)
         if prompts is None:
             return _interactive(served, args)
+        started = time.perf_counter()
         jobs = _start(served, args, prompts)
         try:
-            return _print(jobs, args.json, sys.stdout)
+            rc = _print(jobs, args.json, sys.stdout)
         finally:
             for job in jobs:
                 job.seq.cancel()
+        seconds = time.perf_counter() - started
+        tokens = sum(job.seq.num_generated for job in jobs)
+        print(f"{len(jobs)} sample{'s' if len(jobs) > 1 else ''}, {tokens:,} new tokens in {seconds:.1f} s "
+              f"({tokens / seconds:,.0f} tokens/s)", file=sys.stderr)
+        return rc
     finally:
         served.close()
 
