@@ -329,7 +329,6 @@ def test_ui_auth_guards_every_route_exports_included(two_models, tmp_path, capsy
 
     from tunelab.serve.arena import ArenaStore
     from tunelab.serve.ui import build_app, launch, parse_auth
-    from tunelab.errors import TunelabError
     assert parse_auth("teacher:s3cret:x") == ("teacher", "s3cret:x")
     for bad in ("teacher", "teacher:", ":pw"):
         with pytest.raises(TunelabError):
