@@ -160,3 +160,18 @@ def test_greedy_samples_are_said_to_be_the_same(run, capsys):
     captured = capsys.readouterr()
     assert "the 2 samples of a prompt are the same" in captured.err
     assert len({s["text"] for s in samples_of(captured.out)}) == 1
+
+
+def test_many_samples_go_to_the_engine_a_window_at_a_time(run, capsys, monkeypatch):
+    """Prompts × samples are submitted a few batches at a time (4 × --max-batch in flight), not all at once:
+    a 100,000-prompt file must not become 100,000 live sequences; the output keeps its order."""
+    from tunelab.serve.engine import Engine
+    submitted = []
+    submit = Engine.submit
+    monkeypatch.setattr(Engine, "submit", lambda self, seqs: (submitted.append(len(seqs)), submit(self, seqs))[1])
+    prompts = [f"p{i}" for i in range(5)]
+    assert main(["generate", str(run), *prompts, "-n", "2", "--max-batch", "1", "--max-new-tokens", "2",
+                 "--seed", "0", "--json"]) == 0
+    rows = samples(capsys)
+    assert [(r["prompt"], r["sample"]) for r in rows] == [(p, j) for p in prompts for j in (1, 2)]
+    assert submitted[0] == 4 and max(submitted) <= 4 and sum(submitted) == 10

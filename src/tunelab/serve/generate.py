@@ -12,11 +12,14 @@ in order, the one at the head streamed as it is generated. `--json` prints one J
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
+from typing import Iterator
 
 from tunelab.errors import TunelabError
 
@@ -47,15 +50,9 @@ def cli_generate(args) -> int:
         if prompts is None:
             return _interactive(served, args)
         started = time.perf_counter()
-        jobs = _start(served, args, prompts)
-        try:
-            rc = _print(jobs, args.json, sys.stdout)
-        finally:
-            for job in jobs:
-                job.seq.cancel()
+        rc, samples, tokens = _generate(served, args, prompts, sys.stdout)
         seconds = time.perf_counter() - started
-        tokens = sum(job.seq.num_generated for job in jobs)
-        print(f"{len(jobs)} sample{'s' if len(jobs) > 1 else ''}, {tokens:,} new tokens in {seconds:.1f} s "
+        print(f"{samples} sample{'s' if samples > 1 else ''}, {tokens:,} new tokens in {seconds:.1f} s "
               f"({tokens / seconds:,.0f} tokens/s)", file=sys.stderr)
         return rc
     finally:
@@ -92,9 +89,8 @@ def _describe(served, args) -> None:
               f"--temperature 0.8 samples", file=sys.stderr)
 
 
-def _start(served, args, prompts: list[str]) -> list[_Job]:
-    """Encode every prompt (a prompt the context cannot take is an error naming it), then submit them all."""
-    from tunelab.serve.engine import SamplingParams, Sequence
+def _encode(served, args, prompts: list[str]) -> list[list[int]]:
+    """Every prompt's ids, before anything is generated: a prompt the context cannot take is an error naming it."""
     encoded = []
     for i, prompt in enumerate(prompts, 1):
         text = prompt if args.raw else served.render_chat([{"role": "user", "content": prompt}])
@@ -108,50 +104,71 @@ def _start(served, args, prompts: list[str]) -> list[_Job]:
             raise TunelabError(f"prompt {i} has {len(ids)} tokens; the model's context of {served.context_len} "
                                "leaves no room for an answer")
         encoded.append(ids)
+    return encoded
+
+
+def _jobs(served, args, prompts: list[str], encoded: list[list[int]]) -> Iterator[_Job]:
+    from tunelab.serve.engine import SamplingParams, Sequence
     sampling = served.sampling(args.temperature, args.top_p, args.top_k)
     max_tokens = args.max_new_tokens or served.defaults.max_tokens or DEFAULT_MAX_TOKENS
     stops = tuple(s for s in args.stop if s)
-    jobs = []
     for i, (prompt, ids) in enumerate(zip(prompts, encoded), 1):
         for j in range(args.num_samples):
             params = SamplingParams(max_tokens=min(max_tokens, served.context_len - len(ids)), **sampling,
                                     stop=stops, seed=None if args.seed is None else args.seed + j)
             events: queue.Queue = queue.Queue()
-            jobs.append(_Job(i, j, prompt, len(ids), events, Sequence(ids, params, events.put)))
-    served.engine.submit([job.seq for job in jobs])
-    return jobs
+            yield _Job(i, j, prompt, len(ids), events, Sequence(ids, params, events.put))
 
 
-def _print(jobs: list[_Job], as_json: bool, out) -> int:
-    """Each job's text in order (streamed as it comes in text mode); 2 if any failed, else 0."""
-    prompts = max(job.prompt_index for job in jobs)
-    samples = max(job.sample for job in jobs) + 1
-    failed = []
-    for job in jobs:
-        if not as_json and len(jobs) > 1:
-            out.write(_header(job, prompts, samples) + "\n")
-        parts, reason, error = [], None, None
-        while reason is None:
-            event = job.events.get()
-            parts.append(event.text)
-            reason, error = event.finish_reason, event.error
-            if not as_json and event.text:
-                out.write(event.text)
-                out.flush()
-        if as_json:
-            out.write(json.dumps({"prompt_index": job.prompt_index, "sample": job.sample + 1, "prompt": job.prompt,
-                                  "text": "".join(parts), "finish_reason": reason, "error": error,
-                                  "prompt_tokens": job.prompt_tokens,
-                                  "completion_tokens": job.seq.num_generated}, ensure_ascii=False) + "\n")
-        else:
-            out.write("\n")
-        out.flush()
-        if reason in ("error", "abort"):
-            failed.append(f"prompt {job.prompt_index}, sample {job.sample + 1}: {error or reason}")
+def _generate(served, args, prompts: list[str], out) -> tuple[int, int, int]:
+    """Print every prompt's samples in order (the head streamed as it comes in text mode), keeping a few
+    batches' worth in the engine: 100,000 prompts × 64 samples never exist as sequences all at once.
+    Returns (exit code: 2 if any sample failed, samples, new tokens)."""
+    jobs = _jobs(served, args, prompts, _encode(served, args, prompts))
+    in_flight: deque[_Job] = deque()
+    room = 4 * served.engine.max_batch
+    total, samples, tokens, failed = len(prompts) * args.num_samples, 0, 0, []
+
+    def refill() -> None:
+        more = list(itertools.islice(jobs, room - len(in_flight)))
+        if more:
+            served.engine.submit([job.seq for job in more])
+            in_flight.extend(more)
+
+    refill()
+    try:
+        while in_flight:
+            job = in_flight[0]      # left in until written: an interrupt cancels it with the rest
+            if not args.json and total > 1:
+                out.write(_header(job, len(prompts), args.num_samples) + "\n")
+            parts, reason, error = [], None, None
+            while reason is None:
+                event = job.events.get()
+                parts.append(event.text)
+                reason, error = event.finish_reason, event.error
+                if not args.json and event.text:
+                    out.write(event.text)
+                    out.flush()
+            if args.json:
+                out.write(json.dumps({"prompt_index": job.prompt_index, "sample": job.sample + 1,
+                                      "prompt": job.prompt, "text": "".join(parts), "finish_reason": reason,
+                                      "error": error, "prompt_tokens": job.prompt_tokens,
+                                      "completion_tokens": job.seq.num_generated}, ensure_ascii=False) + "\n")
+            else:
+                out.write("\n")
+            out.flush()
+            in_flight.popleft()
+            samples, tokens = samples + 1, tokens + job.seq.num_generated
+            if reason in ("error", "abort"):
+                failed.append(f"prompt {job.prompt_index}, sample {job.sample + 1}: {error or reason}")
+            refill()
+    finally:
+        for job in in_flight:   # interrupted: nothing left running for nobody
+            job.seq.cancel()
     if failed:
-        print(f"tunelab: error: {len(failed)} of {len(jobs)} samples failed; {failed[0]}", file=sys.stderr)
-        return 2
-    return 0
+        print(f"tunelab: error: {len(failed)} of {samples} samples failed; {failed[0]}", file=sys.stderr)
+        return 2, samples, tokens
+    return 0, samples, tokens
 
 
 def _header(job: _Job, prompts: int, samples: int) -> str:
@@ -183,14 +200,8 @@ def _interactive(served, args) -> int:
             print(f"tunelab: that line is not valid Unicode (a lone surrogate at character {at})", file=sys.stderr)
             continue
         try:
-            jobs = _start(served, args, [line])
+            _generate(served, args, [line], sys.stdout)
         except TunelabError as e:
             print(f"tunelab: {e.message}", file=sys.stderr)
-            continue
-        try:
-            _print(jobs, args.json, sys.stdout)
         except KeyboardInterrupt:
             print("\n[stopped 已停止]", file=sys.stderr)
-        finally:
-            for job in jobs:
-                job.seq.cancel()
