@@ -31,7 +31,6 @@ class _Job:
     prompt_index: int       # 1-based, as errors and headers name it
     sample: int             # 0-based, the seed's offset
     prompt: str
-    prompt_tokens: int
     events: queue.Queue
     seq: object
 
@@ -117,7 +116,7 @@ def _jobs(served, args, prompts: list[str], encoded: list[list[int]]) -> Iterato
             params = SamplingParams(max_tokens=min(max_tokens, served.context_len - len(ids)), **sampling,
                                     stop=stops, seed=None if args.seed is None else args.seed + j)
             events: queue.Queue = queue.Queue()
-            yield _Job(i, j, prompt, len(ids), events, Sequence(ids, params, events.put))
+            yield _Job(i, j, prompt, events, Sequence(ids, params, events.put))
 
 
 def _generate(served, args, prompts: list[str], out) -> tuple[int, int, int]:
@@ -127,7 +126,7 @@ def _generate(served, args, prompts: list[str], out) -> tuple[int, int, int]:
     jobs = _jobs(served, args, prompts, _encode(served, args, prompts))
     in_flight: deque[_Job] = deque()
     room = 4 * served.engine.max_batch
-    total, samples, tokens, failed = len(prompts) * args.num_samples, 0, 0, []
+    samples, tokens, failed = 0, 0, []
 
     def refill() -> None:
         more = list(itertools.islice(jobs, room - len(in_flight)))
@@ -139,7 +138,7 @@ def _generate(served, args, prompts: list[str], out) -> tuple[int, int, int]:
     try:
         while in_flight:
             job = in_flight[0]      # left in until written: an interrupt cancels it with the rest
-            if not args.json and total > 1:
+            if not args.json and len(prompts) * args.num_samples > 1:
                 out.write(_header(job, len(prompts), args.num_samples) + "\n")
             parts, reason, error = [], None, None
             while reason is None:
@@ -152,7 +151,7 @@ def _generate(served, args, prompts: list[str], out) -> tuple[int, int, int]:
             if args.json:
                 out.write(json.dumps({"prompt_index": job.prompt_index, "sample": job.sample + 1,
                                       "prompt": job.prompt, "text": "".join(parts), "finish_reason": reason,
-                                      "error": error, "prompt_tokens": job.prompt_tokens,
+                                      "error": error, "prompt_tokens": len(job.seq.prompt_ids),
                                       "completion_tokens": job.seq.num_generated}, ensure_ascii=False) + "\n")
             else:
                 out.write("\n")
