@@ -25,9 +25,11 @@ TARGET = re.compile(r"(tunelab(?:\.\w+)*):(\w+)")  # "tunelab.eval.evaluate:cli_
 
 LAYERS = [
     # stage, rank, modules
-    ("foundation", 0, ["tunelab", "tunelab.errors", "tunelab.recipe", "tunelab.data.records", "tunelab.runs"]),
+    ("foundation", 0, ["tunelab", "tunelab.errors", "tunelab.recipe", "tunelab.data.records", "tunelab.runs",
+                        "tunelab.checkpoint_manifest"]),
     #   the error type, the recipe schema (also `tunelab eval`'s configuration), reading/writing records,
-    #   a run directory's layout and which checkpoint is best (train, eval, serve and export share it)
+    #   a run directory's layout, which checkpoints are whole (their manifests) and which one is best (train,
+    #   eval, serve and export share it)
     ("data", 1, ["tunelab.data.*"]),          # formats, generators, templates, packing, corpora: no model
     ("model", 2, ["tunelab.model.*"]),        # loading, tokenizers, LoRA, export, the decoding core
     ("train", 3, ["tunelab.train.*"]),        # the loop and checkpoint writing

@@ -297,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pip freeze of the organisers' base image: environment.txt lists only the additions")
     p.set_defaults(func=_call("tunelab.handin:cli_handin"))
 
+    p = verbs.add_parser("runs", help="what is in run directories")
+    runs = p.add_subparsers(dest="runs_verb", metavar="ACTION", required=True)
+    q = runs.add_parser("check", help="each checkpoint of a run: whole, damaged, unfinished or set aside "
+                                      "(checksums verified); exit 1 if one is damaged")
+    q.add_argument("run", help="run directory")
+    q.set_defaults(func=_runs_check)
+
     # ratio / score -------------------------------------------------------------------------------
     p = verbs.add_parser("ratio", help="trainable / total parameters of a LoRA setup (meta device, no weights)")
     p.add_argument("model", help="preset name, local HF directory or config.json")
@@ -421,14 +428,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runs_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tunelab.runs import check_checkpoints
+    from tunelab.train.run_lock import writer_of
+    checks = check_checkpoints(Path(args.run))
+    width = max([len(c.name) for c in checks] + [10])
+    for c in checks:
+        print(f"{c.name:<{width}}  {c.status:<10}  {c.bytes / 2**20:9.1f} MiB  {c.detail}".rstrip())
+    writer = writer_of(Path(args.run))
+    damaged = sum(c.status == "damaged" for c in checks)
+    print(f"{len(checks)} entries, {damaged} damaged; "
+          + (f"being written by {writer}" if writer else "no process is writing this run"))
+    return 1 if damaged else 0
+
+
+def _log_to_stderr() -> None:
+    """Warnings of the stages below (a damaged checkpoint set aside, …) as 'tunelab: …' lines on stderr."""
+    import logging
+
+    class Stderr(logging.StreamHandler):
+        def emit(self, record):
+            self.stream = sys.stderr  # whatever stderr is now (a test's capture, a redirected one)
+            super().emit(record)
+
+    logger = logging.getLogger("tunelab")
+    if not any(type(h).__name__ == "Stderr" for h in logger.handlers):
+        handler = Stderr()
+        handler.setFormatter(logging.Formatter("tunelab: %(message)s"))
+        logger.addHandler(handler)
+
+
+def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    """For a run that stopped resumably: the command that continues it (the verb's own words, --resume added)."""
+    import shlex
+    if getattr(args, "verb", None) not in ("run", "train"):
+        return ""
+    words = [w for w in argv if w != "--resume"]
+    return f"; continue with: tunelab {' '.join(shlex.quote(w) for w in words)} --resume"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    _log_to_stderr()
     try:
         rc = args.func(args)
     except TunelabError as e:
-        print(f"tunelab: error: {e}", file=sys.stderr)
-        return 2
+        hint = _resume_hint(args, argv) if e.resumable else ""
+        print(f"tunelab: {e.kind}: {e}{hint}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("tunelab: interrupted", file=sys.stderr)
         return 130

@@ -44,6 +44,16 @@ def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label
 
 
 def run(recipe: Recipe, resume: bool = False) -> dict:
+    """The whole pipeline, with the run locked against other writers from training to the report (under
+    torchrun, rank 0 holds the lock; `tunelab.train.run_lock`)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _run(recipe, resume)
+    from tunelab.train.run_lock import run_lock
+    with run_lock(recipe.run_dir):
+        return _run(recipe, resume)
+
+
+def _run(recipe: Recipe, resume: bool) -> dict:
     from tunelab.eval.retention import retention
     from tunelab.eval.sets import eval_sets
     from tunelab.scoring import competition_score, low_param_ratio

@@ -185,6 +185,16 @@ class LoraConfig(_Strict):
     target_modules: str | list[str] = Field(default_factory=lambda: ["q_proj", "v_proj", "o_proj"])
 
 
+class DivergenceConfig(_Strict):
+    """When a run that has stopped learning or runs away is stopped (`tunelab.train.divergence`)."""
+
+    enabled: bool = True
+    flat_steps: int = Field(default=10, ge=2, description="steps of a zero gradient and an unmoving loss")
+    spike_factor: float = Field(default=3.0, gt=1, description="a spike: this many times the running loss …")
+    spike_rise: float = Field(default=1.0, ge=0, description="… and this many nats above it")
+    spike_steps: int = Field(default=10, ge=1, description="steps a spike must last")
+
+
 class TrainConfig(_Strict):
     epochs: float = Field(default=1, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; overrides epochs")
@@ -210,6 +220,7 @@ class TrainConfig(_Strict):
     early_stopping_min_delta: float = Field(default=0.0, ge=0, description="the val-loss drop that counts")
     peak_tflops: float | None = Field(default=None, gt=0, description="the device's peak for MFU (default: "
                                                                        "measured with a matmul at start)")
+    divergence: DivergenceConfig = Field(default_factory=DivergenceConfig)
 
 
 EvalMode = Literal["generate", "loglik", "perplexity"]

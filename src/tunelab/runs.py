@@ -2,7 +2,9 @@
 
     <run>/checkpoints/step-000120/   one checkpoint (what it holds: `tunelab.train.checkpoints`)
         model/ or adapter/           the directory to load (`model_dir_of`)
-        state.json                   written last: a checkpoint without it is unfinished
+        manifest.json                written last: the files and their sizes (`tunelab.checkpoint_manifest`)
+    <run>/checkpoints/step-000140.tmp/      being written, or cut short by a kill: never a checkpoint
+    <run>/checkpoints/step-000160.damaged/  found damaged and moved aside by --resume: kept, never used
     <run>/train_summary.json         the trainer's; `best_checkpoint`: the lowest validation loss
     <run>/metrics.json               `tunelab run`'s; `best_checkpoint`: the best on the evaluated tasks
 
@@ -14,13 +16,17 @@ every stage may use it.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from tunelab.checkpoint_manifest import has_manifest, manifest_problems
 from tunelab.data.records import read_json_object
 from tunelab.errors import TunelabError
 
 STEP_PREFIX = "step-"
+STEP_NAME = re.compile(rf"{STEP_PREFIX}(\d+)")
+DAMAGED = ".damaged"
 
 
 class Ranked(Protocol):
@@ -39,14 +45,100 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "checkpoints").is_dir()
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Finished checkpoints (those with state.json), oldest first."""
+def step_of(ckpt: Path) -> int:
+    """The step a checkpoint directory was written at (`step-000120` -> 120)."""
+    return int(STEP_NAME.fullmatch(ckpt.name).group(1))
+
+
+def is_whole(ckpt: Path, checksums: bool = False) -> bool:
+    """Whole: its manifest matches its files (sizes; checksums too when asked), or, written before manifests
+    existed, it has its state.json."""
+    if has_manifest(ckpt):
+        return not manifest_problems(ckpt, checksums)
+    return (ckpt / "state.json").is_file()
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Every `step-N` directory, whole or not, in step order (`step-1000000` after `step-999999`)."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    # a name with a suffix (step-000040.tmp) is a checkpoint still being written, or one a kill interrupted
-    return sorted(p for p in root.iterdir()
-                  if re.fullmatch(rf"{STEP_PREFIX}\d+", p.name) and (p / "state.json").exists())
+    # a name with a suffix (step-000040.tmp, step-000040.damaged) is being written, was cut short, or was set aside
+    return sorted((p for p in root.iterdir() if STEP_NAME.fullmatch(p.name) and p.is_dir()), key=step_of)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Whole checkpoints (`is_whole`, by file sizes), oldest first by step number."""
+    return [p for p in checkpoint_dirs(run_dir) if is_whole(p)]
+
+
+def check_whole(ckpt: Path) -> None:
+    """A checkpoint about to be loaded: its manifest's damage (checksums included) as one error naming the file."""
+    if has_manifest(ckpt):
+        problems = manifest_problems(ckpt)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise TunelabError(f"damaged checkpoint: {problems[0]}{more}", file=ckpt)
+
+
+@dataclass
+class CheckpointCheck:
+    """One entry of `tunelab runs check`: a checkpoint directory and what it is."""
+
+    name: str
+    status: str        # whole | damaged | unfinished | set aside
+    detail: str = ""
+    bytes: int = 0
+
+
+def check_checkpoints(run_dir: str | Path) -> list[CheckpointCheck]:
+    """Every directory under the run's checkpoints/, in step order, with checksums verified: whole (with its
+    manifest, or written before manifests and so unverified), damaged (what is wrong), unfinished (`.tmp`: a
+    write cut short, never used) or set aside (`.damaged`)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        raise TunelabError("no checkpoints here (expected a run directory)", file=run_dir)
+    out = []
+    named = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir()
+             for m in [re.match(rf"{STEP_PREFIX}(\d+)", p.name)] if m]
+    for _, p in sorted(named, key=lambda x: (x[0], x[1].name)):
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        if p.name.endswith(".tmp"):
+            out.append(CheckpointCheck(p.name, "unfinished", "a write cut short; never used", size))
+        elif DAMAGED in p.name:
+            out.append(CheckpointCheck(p.name, "set aside", "found damaged when the run resumed; kept", size))
+        elif not STEP_NAME.fullmatch(p.name):
+            continue
+        elif has_manifest(p):
+            problems = manifest_problems(p)
+            detail = "; ".join(problems) or ("written when the run was stopped; the next regular checkpoint "
+                                             "replaces it" if is_preemption(p) else "")
+            out.append(CheckpointCheck(p.name, "damaged" if problems else "whole", detail, size))
+        elif (p / "state.json").is_file():
+            out.append(CheckpointCheck(p.name, "whole", "no manifest (written before manifests): unverified", size))
+        else:
+            out.append(CheckpointCheck(p.name, "damaged", "no manifest and no state.json", size))
+    return out
+
+
+def is_preemption(ckpt: Path) -> bool:
+    """Written when the run was stopped on request, outside the evenly spaced checkpoints."""
+    try:
+        return bool(read_json_object(ckpt / "state.json").get("preemption"))
+    except TunelabError:
+        return False
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Move a damaged checkpoint out of the run's checkpoints (`step-N.damaged`, `.damaged-2`, …): never deleted,
+    so whatever is left of it can still be inspected or recovered by hand."""
+    target = ckpt.with_name(ckpt.name + DAMAGED)
+    n = 1
+    while target.exists():
+        n += 1
+        target = ckpt.with_name(f"{ckpt.name}{DAMAGED}-{n}")
+    ckpt.rename(target)
+    return target
 
 
 def model_dir_of(ckpt: Path) -> Path:
@@ -77,16 +169,20 @@ def pick_checkpoint(run_or_ckpt: Path, which: str = "best") -> Path:
     A checkpoint gives its model dir, a model or adapter directory itself."""
     if (run_or_ckpt / "config.json").exists() or (run_or_ckpt / "adapter_config.json").exists():
         return run_or_ckpt
-    if (run_or_ckpt / "state.json").exists():
+    if (run_or_ckpt / "state.json").exists() or has_manifest(run_or_ckpt):
+        check_whole(run_or_ckpt)
         return model_dir_of(run_or_ckpt)
     ckpts = list_checkpoints(run_or_ckpt)
     if not ckpts:
         raise TunelabError("no checkpoints here (expected a run directory, a checkpoint or a model directory)",
                            file=run_or_ckpt)
+    chosen = ckpts[-1]
     for marked in ("metrics.json", "train_summary.json"):
         if which == "best" and (run_or_ckpt / marked).exists():
             best = read_json_object(run_or_ckpt / marked).get("best_checkpoint")
-            for c in ckpts:
-                if c.name == best:
-                    return model_dir_of(c)
-    return model_dir_of(ckpts[-1])
+            named = [c for c in checkpoint_dirs(run_or_ckpt) if c.name == best]
+            if named:  # the best, damaged or not: never silently another one in its place
+                chosen = named[0]
+                break
+    check_whole(chosen)
+    return model_dir_of(chosen)

@@ -216,3 +216,40 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+# What the writers of checkpoints raise when the disk refuses, besides an OSError: torch.save a RuntimeError
+# ("unexpected pos 576 vs 534", from "basic_ios::clear: iostream error"; "file write failed"), safetensors a
+# SafetensorError ("I/O error: No space left on device (os error 28)"), tokenizers' Rust an Exception ("(os error 28)").
+_WRITE_REFUSED = re.compile(r"os error \d+|iostream error|unexpected pos \d+|write failed|failed writing|"
+                            r"No space left|quota exceeded|I/O error|Input/output error", re.IGNORECASE)
+
+
+def write_refusal(e: BaseException) -> str | None:
+    """Why the file system refused a write, when `e` (or an exception it came from) says so: the OS's words
+    ("No space left on device") where there are any; None when `e` is not a refused write."""
+    seen, found = set(), None
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        m = re.search(r"([A-Z][\w ]*) \(os error \d+\)", str(e))
+        if m:
+            return m.group(1)
+        if isinstance(e, OSError) or _WRITE_REFUSED.search(str(e)):
+            found = "the write failed"  # torch's words ("unexpected pos 576 vs 534") would tell a user nothing
+        e = e.__cause__ or e.__context__
+    return found
+
+
+def free_space(path: str | Path) -> str:
+    """The free space of the file system holding `path` (or its nearest existing parent), e.g. '12.0 KiB'."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    n = float(shutil.disk_usage(p).free)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -29,12 +29,15 @@ from tunelab.data.packing import (Encoded, Row, batch_to, collate, encode_exampl
                                   packing_efficiency, shared_prefix, unpacked_rows)
 from tunelab.data.sources import training_examples
 from tunelab.data.templates import PromptTemplate
-from tunelab.errors import TunelabError
+from tunelab.errors import Preempted, TunelabError
 from tunelab.model.generation_config import eval_max_new_tokens
 from tunelab.recipe import Recipe, recipe_to_yaml
-from tunelab.runs import best_checkpoint, list_checkpoints
-from tunelab.train.checkpoints import checkpoint_steps, save_checkpoint
+from tunelab.runs import best_checkpoint, checkpoint_dir, list_checkpoints, step_of
+from tunelab.train.checkpoints import ResumePoint, checkpoint_steps, find_resume_point, save_checkpoint
+from tunelab.train.divergence import DivergenceGuard
 from tunelab.train.plots import plot_loss_curve, read_metrics
+from tunelab.train.run_lock import run_lock
+from tunelab.train.stop_signals import StopSignals
 from tunelab.train.validation import EarlyStopping, val_record, validation_sums
 
 
@@ -120,8 +123,8 @@ def _failed_during_setup(run_dir: Path) -> bool:
 
 def _identity(recipe_yaml: str) -> dict:
     """The parts of a saved recipe that define the run, as the current schema reads them (so a key added to
-    the schema since the run started, at its default, is no difference); CPU threads may change when
-    resuming."""
+    the schema since the run started, at its default, is no difference); CPU threads and the divergence
+    guard's settings may change when resuming."""
     import yaml
     from pydantic import ValidationError
     raw = yaml.safe_load(recipe_yaml)
@@ -130,6 +133,7 @@ def _identity(recipe_yaml: str) -> dict:
     except ValidationError:  # a key the schema no longer has: compared as written, so it differs
         pass
     raw.get("train", {}).pop("threads", None)
+    raw.get("train", {}).pop("divergence", None)  # a run the guard stopped by mistake resumes with it changed
     return raw
 
 
@@ -221,18 +225,35 @@ def lr_lambda(total: int, warmup: int, min_ratio: float):
 
 
 def train(recipe: Recipe, resume: bool = False) -> dict:
-    """Train per the recipe; returns a summary. Checkpoints and metrics.jsonl land in the run directory."""
+    """Train per the recipe; returns a summary. Checkpoints and metrics.jsonl land in the run directory, which
+    this process alone writes meanwhile (`run_lock`): another one writing it is an error before anything is
+    written. SIGTERM/SIGUSR1 stop it after a checkpoint (`errors.Preempted`)."""
     # oneDNN (bf16 matmuls on CPU) keeps a compiled kernel for every shape it meets, up to 1,024 of them; the
     # row width and the count of labelled positions change shape every step, so memory grew ~5 MB a step
     # (0.4 -> 1.2 GB in 120 steps of a 0.2 M-parameter model). 64 holds what one step reuses; it is read at
     # the first bf16 matmul of the process.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
-    import torch
-    from tqdm.auto import tqdm
-
     from tunelab.model.loading import quiet_transformers
     quiet_transformers()
     dist = init_distributed()
+    with contextlib.ExitStack() as lock:
+        refused = None
+        if dist.main:
+            try:
+                lock.enter_context(run_lock(recipe.run_dir))
+            except TunelabError as e:
+                refused = e
+        if _all_sum(dist, [1.0 if refused else 0.0])[0]:  # every rank stops, not rank 0 alone
+            raise refused or TunelabError("another process is writing this run (rank 0 names it)",
+                                          file=recipe.run_dir)
+        with StopSignals() as signals:
+            return _train(recipe, resume, dist, signals)
+
+
+def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+
     tc = recipe.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -340,29 +361,22 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     window = (0.0, 0.0, 0.0, 0.0)
     last_loss = float("nan")
     metrics_path = run_dir / "metrics.jsonl"
+    guard = DivergenceGuard(**tc.divergence.model_dump())
     if resume:
-        ckpts = list_checkpoints(run_dir)
-        if ckpts:
-            state = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=False)
-            named = dict(model.named_parameters())
-            with torch.no_grad():
-                for name, value in state["trainable"].items():
-                    named[name].copy_(value)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            if torch.cuda.is_available() and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            random.setstate(state["py_rng"])
-            start_step, elapsed_before = state["step"], state["elapsed_s"]
-            window = state.get("log_window", window)
+        point = _find_resume_point(run_dir, dist)
+        if point is not None:
+            _restore(point, model, optimizer, scheduler)
+            ts = point.trainer_state
+            start_step, elapsed_before = ts["step"], ts["elapsed_s"]
+            window = ts.get("log_window", window)
             if len(window) == 3:  # a checkpoint from before sample tokens were counted
                 window = (*window, window[2])
-            if "early_stopping" in state:
-                stopper.best, stopper.bad = state["early_stopping"]["best"], state["early_stopping"]["bad"]
-            stopped_early_at = state.get("stopped_early_at")
+            if "early_stopping" in ts:
+                stopper.best, stopper.bad = ts["early_stopping"]["best"], ts["early_stopping"]["bad"]
+            guard.load(ts.get("divergence", {}))
+            stopped_early_at = ts.get("stopped_early_at")
             # the loss a run killed after its last checkpoint (before the summary) resumes to report
-            last_loss = json.loads((ckpts[-1] / "state.json").read_text(encoding="utf-8"))["loss"]
+            last_loss = point.state["loss"]
         if dist.main:  # drop log lines past the checkpoint; they are recomputed
             kept = [r for r in read_metrics(metrics_path) if r["step"] <= start_step]
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
@@ -380,104 +394,125 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     end_step = stopped_early_at or total_steps
     if start_step >= end_step and finished.exists():  # resuming a finished run: nothing left to train
         return json.loads(finished.read_text(encoding="utf-8"))
+    def save(done: int, loss: float, val: dict | None, preemption: bool) -> None:
+        trainer_state = {"trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters()
+                                       if p.requires_grad},
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                         "log_window": (window_loss, window_items, window_tokens, window_samples),
+                         "early_stopping": stopper.state(), "divergence": guard.state(),
+                         "stopped_early_at": stopped_early_at,
+                         "step": done, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
+        state = {"step": done, "loss": loss, "total_steps": total_steps,
+                 "val_loss": val["val_loss"] if val else None}
+        if preemption:
+            state["preemption"] = True
+        save_checkpoint(run_dir, done, model, tokenizer, template, trainer_state, state, lora=lora,
+                        save_merged=tc.save_merged, max_new_tokens=eval_max_new_tokens(recipe.eval))
+
     bar = tqdm(total=total_steps, initial=start_step, disable=not dist.main, desc=f"train {recipe.name}",
                unit="step", dynamic_ncols=True)
     window_loss, window_items, window_tokens, window_samples = window
     postfix: dict[str, str] = {}
     t_window = time.perf_counter()
     t_start = time.perf_counter()
-    for step in range(start_step, end_step):
-        step_rows = stream.rows(step * rows_per_step, rows_per_step)[dist.rank::dist.world]
-        micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
-        batches = [collate(rows, tokenizer.pad_token_id, recipe.data.packing, flat) for rows in micro]
-        local_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-        local_tokens = sum(len(r.input_ids) for r in step_rows)
-        local_samples = sum(r.sample_tokens for r in step_rows)
-        global_items = _all_sum(dist, [local_items])[0]
-        step_loss = 0.0
-        for i, batch in enumerate(batches):
-            batch = batch_to(batch, device)
-            sync = i == len(batches) - 1 or dist.world == 1
-            ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
-            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-            with ctx, autocast:
-                loss = train_model(**batch, num_items_in_batch=max(1, global_items))
-            (loss * dist.world).backward()  # DDP averages gradients over ranks; undo it for a global sum
-            step_loss += loss.item()
-        step_loss, tokens, sample_tokens = _all_sum(dist, [step_loss, local_tokens, local_samples])
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm).item()
-        if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
-            # checked before optimizer.step(): a NaN/inf gradient would poison the weights (and the next
-            # checkpoint) even while the loss still looks finite
-            what = (f"loss became {step_loss}" if not math.isfinite(step_loss)
-                    else f"gradient norm became {grad_norm}")
-            kept = list_checkpoints(run_dir)
-            bar.close()
-            raise TunelabError(f"{what} at step {step + 1}; stopping. Last good checkpoint: "
-                               f"{kept[-1] if kept else 'none'} (try a lower train.lr)", field="train.lr")
-        step_lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        last_loss = step_loss
-        window_loss += step_loss * global_items
-        window_items += global_items
-        window_tokens += tokens
-        window_samples += sample_tokens
-        done = step + 1
-        val, stop = None, False
-        if val_rows is not None and (done in ckpt_at or (tc.eval_every and done % tc.eval_every == 0)):
-            t_val = time.perf_counter()
-            val = val_record(done, *_all_sum(dist, list(validation_sums(
-                loss_model, val_rows, tc.batch_size, tokenizer.pad_token_id, recipe.data.packing, device,
-                precision == "bf16", dist.rank, dist.world, flat))))
-            t_window += time.perf_counter() - t_val  # tokens/s and MFU count training time only
-            stop = stopper.update(val["val_loss"]) and done < total_steps  # at the last step: simply the end
-        if done % tc.log_every == 0 or done == total_steps or stop:
-            now = time.perf_counter()
-            tokens_per_s = window_tokens / (now - t_window)
-            rec = {"step": done, "epoch": round(done * rows_per_step / stream.rows_per_epoch, 4),
-                   "loss": window_loss / max(1, window_items), "lr": step_lr,
-                   "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-                   "mfu": mfu(flops_tok, tokens_per_s, peak_tflops, dist.world),
-                   "elapsed_s": elapsed_before + now - t_start}
-            if stream.prefix:  # the samples' tokens, the shared prefix counted once per sample (what unshared rows feed)
-                rec["sample_tokens_per_s"] = window_samples / (now - t_window)
-            if dist.main:
-                with metrics_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(rec) + "\n")
-            postfix.update(loss=f"{rec['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
-            bar.set_postfix(postfix)
-            window_loss = window_items = window_tokens = window_samples = 0.0
-            t_window = now
-        if val is not None:
-            if dist.main:
-                with metrics_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(val) + "\n")
-            postfix["val"] = f"{val['val_loss']:.4f}"
-            bar.set_postfix(postfix)
-        bar.update(1)
-        if stop:
-            stopped_early_at = done
-        if done in ckpt_at or stop:
-            if dist.main:
-                trainer_state = {"trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters()
-                                               if p.requires_grad},
-                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                 "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
-                                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                                 "log_window": (window_loss, window_items, window_tokens, window_samples),
-                                 "early_stopping": stopper.state(), "stopped_early_at": stopped_early_at,
-                                 "step": done, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
-                save_checkpoint(run_dir, done, model, tokenizer, template, trainer_state,
-                                {"step": done, "loss": step_loss, "total_steps": total_steps,
-                                 "val_loss": val["val_loss"] if val else None},
-                                lora=lora, save_merged=tc.save_merged,
-                                max_new_tokens=eval_max_new_tokens(recipe.eval))
-            _barrier(dist)
-        if stop:
-            break
-    bar.close()
+    try:  # the bar is closed however the loop ends, so an error is a line of its own
+        for step in range(start_step, end_step):
+            step_rows = stream.rows(step * rows_per_step, rows_per_step)[dist.rank::dist.world]
+            micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
+            batches = [collate(rows, tokenizer.pad_token_id, recipe.data.packing, flat) for rows in micro]
+            local_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+            local_tokens = sum(len(r.input_ids) for r in step_rows)
+            local_samples = sum(r.sample_tokens for r in step_rows)
+            global_items = _all_sum(dist, [local_items])[0]
+            step_loss = 0.0
+            for i, batch in enumerate(batches):
+                batch = batch_to(batch, device)
+                sync = i == len(batches) - 1 or dist.world == 1
+                ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
+                autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+                with ctx, autocast:
+                    loss = train_model(**batch, num_items_in_batch=max(1, global_items))
+                (loss * dist.world).backward()  # DDP averages gradients over ranks; undo it for a global sum
+                step_loss += loss.item()
+            step_loss, tokens, sample_tokens = _all_sum(dist, [step_loss, local_tokens, local_samples])
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm).item()
+            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+                # checked before optimizer.step(): a NaN/inf gradient would poison the weights (and the next
+                # checkpoint) even while the loss still looks finite
+                what = (f"loss became {step_loss}" if not math.isfinite(step_loss)
+                        else f"gradient norm became {grad_norm}")
+                kept = list_checkpoints(run_dir)
+                raise TunelabError(f"{what} at step {step + 1}; stopping. Last good checkpoint: "
+                                   f"{kept[-1] if kept else 'none'} (try a lower train.lr)", field="train.lr")
+            diverged = guard.update(step_loss, grad_norm)
+            if diverged:
+                good = [c for c in list_checkpoints(run_dir) if step_of(c) <= step + 1 - guard.since]
+                raise TunelabError(f"{diverged}; stopping at step {step + 1}. Last good checkpoint: "
+                                   f"{good[-1] if good else 'none'} (try a lower train.lr; train.divergence has the "
+                                   "thresholds and the off switch)", field="train.lr")
+            step_lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            last_loss = step_loss
+            window_loss += step_loss * global_items
+            window_items += global_items
+            window_tokens += tokens
+            window_samples += sample_tokens
+            done = step + 1
+            val, stop = None, False
+            if val_rows is not None and (done in ckpt_at or (tc.eval_every and done % tc.eval_every == 0)):
+                t_val = time.perf_counter()
+                val = val_record(done, *_all_sum(dist, list(validation_sums(
+                    loss_model, val_rows, tc.batch_size, tokenizer.pad_token_id, recipe.data.packing, device,
+                    precision == "bf16", dist.rank, dist.world, flat))))
+                t_window += time.perf_counter() - t_val  # tokens/s and MFU count training time only
+                stop = stopper.update(val["val_loss"]) and done < total_steps  # at the last step: simply the end
+            if done % tc.log_every == 0 or done == total_steps or stop:
+                now = time.perf_counter()
+                tokens_per_s = window_tokens / (now - t_window)
+                rec = {"step": done, "epoch": round(done * rows_per_step / stream.rows_per_epoch, 4),
+                       "loss": window_loss / max(1, window_items), "lr": step_lr,
+                       "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+                       "mfu": mfu(flops_tok, tokens_per_s, peak_tflops, dist.world),
+                       "elapsed_s": elapsed_before + now - t_start}
+                if stream.prefix:  # the samples' tokens, the shared prefix counted once per sample (what unshared rows feed)
+                    rec["sample_tokens_per_s"] = window_samples / (now - t_window)
+                if dist.main:
+                    with metrics_path.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(rec) + "\n")
+                postfix.update(loss=f"{rec['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
+                bar.set_postfix(postfix)
+                window_loss = window_items = window_tokens = window_samples = 0.0
+                t_window = now
+            if val is not None:
+                if dist.main:
+                    with metrics_path.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(val) + "\n")
+                postfix["val"] = f"{val['val_loss']:.4f}"
+                bar.set_postfix(postfix)
+            bar.update(1)
+            if stop:
+                stopped_early_at = done
+            if done in ckpt_at or stop:
+                if dist.main:
+                    save(done, step_loss, val, preemption=False)
+                _barrier(dist)
+            if not stop and done < end_step and _all_sum(dist, [float(signals.received is not None)])[0]:
+                if done not in ckpt_at:
+                    if dist.main:
+                        save(done, step_loss, val, preemption=True)
+                    _barrier(dist)
+                signals.acknowledge()
+                raise Preempted(f"{signals.received or 'a stop signal'} received: stopped after step {done} of "
+                                f"{total_steps}, checkpoint {checkpoint_dir(run_dir, done).name} is written",
+                                file=run_dir)
+            if stop:
+                break
+    finally:
+        bar.close()
     elapsed = elapsed_before + time.perf_counter() - t_start
     # the lowest validation loss marks the best checkpoint of pretraining only: a fine-tuning run's best is decided
     # by its evaluated tasks (a replayed corpus's loss says what fine-tuning cost, not how well it did)
@@ -505,6 +540,29 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         title = f"{recipe.name}: training and validation loss" if best else f"{recipe.name}: training loss"
         plot_loss_curve(metrics_path, run_dir / "loss.png", title=title)
     return summary
+
+
+def _find_resume_point(run_dir: Path, dist: Dist) -> ResumePoint | None:
+    """The main process sets damaged checkpoints aside first; then every rank finds the same one."""
+    point = find_resume_point(run_dir, main=True) if dist.main else None
+    _barrier(dist)
+    return point if dist.main else find_resume_point(run_dir, main=False)
+
+
+def _restore(point: ResumePoint, model, optimizer, scheduler) -> None:
+    """The trainable weights, the optimizer, the scheduler and every RNG as they were at the checkpoint."""
+    import torch
+    ts = point.trainer_state
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in ts["trainable"].items():
+            named[name].copy_(value)
+    optimizer.load_state_dict(ts["optimizer"])
+    scheduler.load_state_dict(ts["scheduler"])
+    torch.set_rng_state(ts["torch_rng"])
+    if torch.cuda.is_available() and ts.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(ts["cuda_rng"])
+    random.setstate(ts["py_rng"])
 
 
 def _hardware(device, world: int) -> str:
