@@ -6,6 +6,7 @@ Stage modules are imported lazily so verbs that need no model (--help, score, gr
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -489,7 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the file system refused (permission, no space, a name too long): which file, and why
         name = str(e.filename) if e.filename is not None else ""
         where = (name[:120] + "…" if len(name) > 120 else name) + ": " if name else ""
-        print(f"tunelab: error: {where}{e.strerror or e}", file=sys.stderr)
+        full = ""
+        if name and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            from tunelab.data.records import free_space
+            full = f" ({free_space(name)} free on that disk)"
+        print(f"tunelab: error: {where}{e.strerror or e}{full}", file=sys.stderr)
         return 2
     return int(rc or 0)
 
