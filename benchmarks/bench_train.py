@@ -38,11 +38,11 @@ log = logger("bench_train")
 
 
 def choose_precision(requested: str) -> tuple[str, dict]:
-    """bf16 autocast where it makes this CPU faster (the trainer's own test, `tunelab.train.precision`), else
+    """bf16 autocast where it makes this CPU faster (the trainer's own test, `tunelab.model.device`), else
     fp32; with the CPU's flags and the measured bf16/fp32 matmul speed for the record."""
     import torch
 
-    from tunelab.train.precision import cpu_bf16_pays, cpu_bf16_speedup
+    from tunelab.model.device import cpu_bf16_pays, cpu_bf16_speedup
     flags = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

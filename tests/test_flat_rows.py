@@ -128,8 +128,8 @@ def test_validation_loss_is_the_same_with_flat_rows(tokenizer):
         def rows(self, start, count):
             return blocks[start: start + count]
     loss_model = LabelledLoss(_model(tokenizer))
-    grid = validation_sums(loss_model, Stream(), 3, tokenizer.pad_token_id, True, torch.device("cpu"), False)
-    flat = validation_sums(loss_model, Stream(), 3, tokenizer.pad_token_id, True, torch.device("cpu"), False,
+    grid = validation_sums(loss_model, Stream(), 3, tokenizer.pad_token_id, True, torch.device("cpu"), None)
+    flat = validation_sums(loss_model, Stream(), 3, tokenizer.pad_token_id, True, torch.device("cpu"), None,
                            flat=True)
     assert grid[1] == flat[1] == sum(len(r.input_ids) - r.labels.count(IGNORE) for r in blocks)
     assert flat[0] == pytest.approx(grid[0], rel=1e-5)

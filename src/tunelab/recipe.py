@@ -205,9 +205,12 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(default=0.05, ge=0, le=1)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
-    precision: Literal["fp32", "bf16"] = Field(
-        default="fp32", description="bf16: autocast on a GPU; on a CPU only where bf16 matmuls are clearly "
-                                    "faster than fp32 (else fp32, with a note: train/precision.py)")
+    device: Text = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?|npu(:\d+)?)$",
+                         description="auto: this process's GPU, else an Ascend NPU, else MPS, else the CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 where the GPU does it natively, else fp16 with a gradient "
+                                    "scaler; fp32 on a CPU. bf16 on a CPU only where its matmuls are clearly "
+                                    "faster than fp32 (model/device.py)")
     num_checkpoints: int = Field(default=5, ge=1)
     save_merged: bool = False
     log_every: int = Field(default=10, ge=1)

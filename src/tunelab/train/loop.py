@@ -46,25 +46,36 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    device: object = None  # this process's torch.device (`model.device.resolve_device`)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
 
-def init_distributed() -> Dist:
-    """Join the process group when launched by torchrun/accelerate (WORLD_SIZE > 1)."""
+# the collective backend of each accelerator; the host's tensors (the loop's reductions of counts and losses,
+# all_gather_object) go through gloo in the same group: an NCCL-only group died at step 1 on them
+DEVICE_BACKENDS = {"cuda": "nccl", "npu": "hccl"}
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """This process's device (`train.device`), and the process group when launched by torchrun/accelerate
+    (WORLD_SIZE > 1): `cpu:gloo,cuda:nccl` on GPUs, so that both host and device tensors can be reduced."""
     import torch
     import torch.distributed as td
+
+    from tunelab.model.device import resolve_device
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not td.is_initialized():
-        td.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-    return Dist(td.get_rank(), td.get_world_size(), local)
+    dev = resolve_device(device, local, field="train.device")
+    if dev.type in ("cuda", "npu"):
+        getattr(torch, dev.type).set_device(dev)
+    if world <= 1:
+        return Dist(device=dev)
+    if not td.is_initialized():
+        td.init_process_group("gloo" if dev.type == "cpu" else
+                              f"cpu:gloo,{dev.type}:{DEVICE_BACKENDS.get(dev.type, 'gloo')}")
+    return Dist(td.get_rank(), td.get_world_size(), local, dev)
 
 
 def _barrier(dist: Dist) -> None:
@@ -235,7 +246,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     from tunelab.model.loading import quiet_transformers
     quiet_transformers()
-    dist = init_distributed()
+    dist = init_distributed(recipe.train.device)
     with contextlib.ExitStack() as lock:
         refused = None
         if dist.main:
@@ -260,11 +271,12 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     run_dir = prepare_run_dir(recipe, resume, dist)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
-    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
-    from tunelab.train.precision import training_precision
-    precision, note = training_precision(tc.precision, device)
-    if note and dist.rank == 0:
-        print(f"note: {note}")
+    device = dist.device
+    from tunelab.model.device import training_precision
+    precision = training_precision(tc.precision, device)
+    if precision.note and dist.rank == 0:
+        print(f"note: {precision.note}")
+    autocast_dtype = precision.autocast_dtype
 
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
     examples = [] if recipe.data.corpus else training_examples(recipe)
@@ -315,7 +327,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
                                                        recipe.lora.target_modules))
         from tunelab.train.dropout import use_fast_lora_dropout
         use_fast_lora_dropout(model)
-        if precision == "bf16":
+        if autocast_dtype is not None:
             from tunelab.model.lora import skip_lora_input_casts
             skip_lora_input_casts(model)
     model.to(device)
@@ -329,7 +341,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     trainable, total = count_parameters(model)
     from tunelab.train.mfu import flops_per_token, measure_peak_tflops, mfu
     flops_tok = flops_per_token(model, recipe.data.max_seq_len)
-    peak_tflops = tc.peak_tflops or measure_peak_tflops(device, precision)
+    peak_tflops = tc.peak_tflops or measure_peak_tflops(device, precision.name)
 
     rows_per_step = tc.batch_size * tc.grad_accum * dist.world
     total_steps = tc.max_steps or max(1, int(tc.epochs * stream.rows_per_epoch // rows_per_step))
@@ -352,6 +364,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
                                   fused=fused or None)
     warmup = max(1, int(tc.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, tc.min_lr_ratio))
+    scaler = torch.amp.GradScaler(device.type) if precision.grad_scaler else None
 
     start_step, elapsed_before = 0, 0.0
     stopper = EarlyStopping(tc.early_stopping_patience, tc.early_stopping_min_delta)
@@ -365,7 +378,9 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     if resume:
         point = _find_resume_point(run_dir, dist)
         if point is not None:
-            _restore(point, model, optimizer, scheduler)
+            note = _restore(point, model, optimizer, scheduler, scaler, dist)
+            if note and dist.main:
+                print(f"note: {note}")
             ts = point.trainer_state
             start_step, elapsed_before = ts["step"], ts["elapsed_s"]
             window = ts.get("log_window", window)
@@ -387,7 +402,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     train_model = loss_model = LabelledLoss(model)
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        train_model = DDP(loss_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+        train_model = DDP(loss_model, device_ids=[device.index] if device.type in DEVICE_BACKENDS else None)
     train_model.train()
 
     finished = run_dir / "train_summary.json"
@@ -395,11 +410,13 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     if start_step >= end_step and finished.exists():  # resuming a finished run: nothing left to train
         return json.loads(finished.read_text(encoding="utf-8"))
     def save(done: int, loss: float, val: dict | None, preemption: bool) -> None:
+        rng = _gather_rng(dist)  # every rank's: each draws its own dropout masks
+        if not dist.main:
+            return
         trainer_state = {"trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters()
                                        if p.requires_grad},
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
-                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+                         "grad_scaler": scaler.state_dict() if scaler else None,
                          "log_window": (window_loss, window_items, window_tokens, window_samples),
                          "early_stopping": stopper.state(), "divergence": guard.state(),
                          "stopped_early_at": stopped_early_at,
@@ -431,14 +448,20 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
                 batch = batch_to(batch, device)
                 sync = i == len(batches) - 1 or dist.world == 1
                 ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
-                autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+                autocast = torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                          enabled=autocast_dtype is not None)
                 with ctx, autocast:
                     loss = train_model(**batch, num_items_in_batch=max(1, global_items))
-                (loss * dist.world).backward()  # DDP averages gradients over ranks; undo it for a global sum
+                scaled = loss * dist.world  # DDP averages gradients over ranks; undo it for a global sum
+                (scaler.scale(scaled) if scaler else scaled).backward()
                 step_loss += loss.item()
             step_loss, tokens, sample_tokens = _all_sum(dist, [step_loss, local_tokens, local_samples])
+            if scaler:
+                scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm).item()
-            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+            # fp16: an overflowing gradient is the scaler's to handle (it skips the step and lowers the scale)
+            overflow = scaler is not None and math.isfinite(step_loss) and not math.isfinite(grad_norm)
+            if not overflow and not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 # checked before optimizer.step(): a NaN/inf gradient would poison the weights (and the next
                 # checkpoint) even while the loss still looks finite
                 what = (f"loss became {step_loss}" if not math.isfinite(step_loss)
@@ -446,14 +469,18 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
                 kept = list_checkpoints(run_dir)
                 raise TunelabError(f"{what} at step {step + 1}; stopping. Last good checkpoint: "
                                    f"{kept[-1] if kept else 'none'} (try a lower train.lr)", field="train.lr")
-            diverged = guard.update(step_loss, grad_norm)
+            diverged = None if overflow else guard.update(step_loss, grad_norm)
             if diverged:
                 good = [c for c in list_checkpoints(run_dir) if step_of(c) <= step + 1 - guard.since]
                 raise TunelabError(f"{diverged}; stopping at step {step + 1}. Last good checkpoint: "
                                    f"{good[-1] if good else 'none'} (try a lower train.lr; train.divergence has the "
                                    "thresholds and the off switch)", field="train.lr")
             step_lr = scheduler.get_last_lr()[0]
-            optimizer.step()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             last_loss = step_loss
@@ -467,7 +494,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
                 t_val = time.perf_counter()
                 val = val_record(done, *_all_sum(dist, list(validation_sums(
                     loss_model, val_rows, tc.batch_size, tokenizer.pad_token_id, recipe.data.packing, device,
-                    precision == "bf16", dist.rank, dist.world, flat))))
+                    autocast_dtype, dist.rank, dist.world, flat))))
                 t_window += time.perf_counter() - t_val  # tokens/s and MFU count training time only
                 stop = stopper.update(val["val_loss"]) and done < total_steps  # at the last step: simply the end
             if done % tc.log_every == 0 or done == total_steps or stop:
@@ -497,13 +524,11 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
             if stop:
                 stopped_early_at = done
             if done in ckpt_at or stop:
-                if dist.main:
-                    save(done, step_loss, val, preemption=False)
+                save(done, step_loss, val, preemption=False)
                 _barrier(dist)
             if not stop and done < end_step and _all_sum(dist, [float(signals.received is not None)])[0]:
                 if done not in ckpt_at:
-                    if dist.main:
-                        save(done, step_loss, val, preemption=True)
+                    save(done, step_loss, val, preemption=True)
                     _barrier(dist)
                 signals.acknowledge()
                 raise Preempted(f"{signals.received or 'a stop signal'} received: stopped after step {done} of "
@@ -522,7 +547,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     summary = {"steps": stopped_early_at or total_steps, "resumed_from": start_step, "final_loss": last_loss,
                "train_seconds": elapsed, "trainable_params": trainable, "total_params": total,
                "samples": samples, "replayed_blocks": replayed_blocks, "truncated": truncated, "rows_per_epoch": stream.rows_per_epoch,
-               "padding_pct": stream.padding_pct, "flat_rows": flat, "world_size": dist.world, "precision": precision,
+               "padding_pct": stream.padding_pct, "flat_rows": flat, "world_size": dist.world, "precision": precision.name,
                "checkpoints": [str(p) for p in list_checkpoints(run_dir)],
                "best_checkpoint": best, "best_val_loss": best_val, "stopped_early_at": stopped_early_at,
                "flops_per_token": flops_tok, "peak_tflops": peak_tflops,
@@ -549,8 +574,10 @@ def _find_resume_point(run_dir: Path, dist: Dist) -> ResumePoint | None:
     return point if dist.main else find_resume_point(run_dir, main=False)
 
 
-def _restore(point: ResumePoint, model, optimizer, scheduler) -> None:
-    """The trainable weights, the optimizer, the scheduler and every RNG as they were at the checkpoint."""
+def _restore(point: ResumePoint, model, optimizer, scheduler, scaler, dist: Dist) -> str | None:
+    """The trainable weights, the optimizer, the scheduler, the fp16 gradient scaler and this rank's RNGs as
+    they were at the checkpoint; a note when the checkpoint was written by another number of processes (the
+    ranks it had not are seeded from rank 0's state, so their dropout differs from an unbroken run's)."""
     import torch
     ts = point.trainer_state
     named = dict(model.named_parameters())
@@ -559,10 +586,39 @@ def _restore(point: ResumePoint, model, optimizer, scheduler) -> None:
             named[name].copy_(value)
     optimizer.load_state_dict(ts["optimizer"])
     scheduler.load_state_dict(ts["scheduler"])
-    torch.set_rng_state(ts["torch_rng"])
-    if torch.cuda.is_available() and ts.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state_all(ts["cuda_rng"])
-    random.setstate(ts["py_rng"])
+    if scaler is not None and ts.get("grad_scaler"):
+        scaler.load_state_dict(ts["grad_scaler"])
+    # before per-rank states, a checkpoint held rank 0's CPU and Python RNGs and every visible GPU's
+    rngs = ts.get("rng") or [{"torch": ts["torch_rng"], "py": ts["py_rng"], "all_cuda": ts.get("cuda_rng")}]
+    mine = rngs[dist.rank] if dist.rank < len(rngs) else rngs[0]
+    torch.set_rng_state(mine["torch"])
+    random.setstate(mine["py"])
+    device = dist.device
+    if mine.get("device") is not None and device.type in DEVICE_BACKENDS:
+        getattr(torch, device.type).set_rng_state(mine["device"], device)
+    elif mine.get("all_cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(mine["all_cuda"])
+    if len(rngs) != dist.world:
+        return (f"the checkpoint was written by {len(rngs)} process{'es' if len(rngs) > 1 else ''} and the run "
+                f"resumes on {dist.world}: the random state of ranks {len(rngs)}..{dist.world - 1} starts from rank 0's, "
+                "so dropout differs from an unbroken run" if dist.world > len(rngs) else
+                f"the checkpoint was written by {len(rngs)} processes and the run resumes on {dist.world}: the random "
+                f"state of ranks {dist.world}..{len(rngs) - 1} is not used")
+    return None
+
+
+def _gather_rng(dist: Dist) -> list[dict]:
+    """Every rank's CPU, Python and device RNG states, in rank order (a collective: every rank calls it)."""
+    import torch
+    state = {"torch": torch.get_rng_state(), "py": random.getstate()}
+    if dist.device is not None and dist.device.type in DEVICE_BACKENDS:
+        state["device"] = getattr(torch, dist.device.type).get_rng_state(dist.device)
+    if dist.world == 1:
+        return [state]
+    import torch.distributed as td
+    out: list = [None] * dist.world
+    td.all_gather_object(out, state)
+    return out
 
 
 def _hardware(device, world: int) -> str:

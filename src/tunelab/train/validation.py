@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 
-def validation_sums(loss_model, rows, batch_size: int, pad_id: int, packed: bool, device, bf16: bool,
+def validation_sums(loss_model, rows, batch_size: int, pad_id: int, packed: bool, device, autocast_dtype,
                     rank: int = 0, world: int = 1, flat: bool = False) -> tuple[float, int]:
     """(summed token loss, scored tokens) over this rank's share of `rows` (a CorpusRows); no gradients, eval
     mode (nothing random happens, so the training run's random state is untouched). `flat`: packed rows laid
@@ -23,7 +23,8 @@ def validation_sums(loss_model, rows, batch_size: int, pad_id: int, packed: bool
     loss_model.eval()
     total, count = 0.0, 0
     n = rows.rows_per_epoch
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                         enabled=autocast_dtype is not None):
         for start in range(rank * batch_size, n, batch_size * world):
             batch = collate(rows.rows(start, min(batch_size, n - start)), pad_id, packed, flat)
             scored = int((batch["labels"][:, 1:] != -100).sum())

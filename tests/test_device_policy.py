@@ -1,0 +1,117 @@
+"""The device and precision policy (`tunelab.model.device`), on GPUs that are not here: `torch.cuda` is mocked
+to answer as a V100 (sm70), T4 (sm75), A100 (sm80), H100 (sm90) or no GPU would, and what each verb would load
+where is asserted. `is_bf16_supported` is mocked as the real one behaves: with emulation allowed (its default) a
+sm70 says yes; only `including_emulation=False` tells the truth, which is what the policy must ask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.model import device as policy
+
+GPUS = {"sm70": ((7, 0), "Tesla V100-SXM2-32GB"), "sm75": ((7, 5), "Tesla T4"),
+        "sm80": ((8, 0), "NVIDIA A100-SXM4-80GB"), "sm90": ((9, 0), "NVIDIA H100 80GB HBM3")}
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """`gpu("sm80", count=2)` makes torch.cuda answer as that many GPUs of that kind; `gpu(None)`: no GPU."""
+    def make(kind: str | None, count: int = 1):
+        if kind is None:
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+            monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+            return
+        cap, name = GPUS[kind]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True: including_emulation or cap >= (8, 0))
+    monkeypatch.setattr(policy, "npu_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    return make
+
+
+@pytest.mark.parametrize("kind, train_auto, infer_auto", [
+    ("sm70", ("fp16", True), "float16"),
+    ("sm75", ("fp16", True), "float16"),
+    ("sm80", ("bf16", False), "bfloat16"),
+    ("sm90", ("bf16", False), "bfloat16"),
+])
+def test_auto_is_native_bf16_else_fp16_with_a_scaler(gpu, kind, train_auto, infer_auto):
+    gpu(kind)
+    dev = policy.resolve_device("auto")
+    assert dev == torch.device("cuda", 0)
+    p = policy.training_precision("auto", dev)
+    assert (p.name, p.grad_scaler) == train_auto and p.note is None
+    assert policy.inference_dtype("auto", dev) == infer_auto
+    explicit = policy.training_precision("bf16", dev)
+    if kind in ("sm70", "sm75"):  # asked for bf16 where it is emulated: fp16 instead, and the user is told why
+        assert (explicit.name, explicit.grad_scaler) == ("fp16", True)
+        assert GPUS[kind][1] in explicit.note and "train.precision: fp16" in explicit.note
+    else:
+        assert explicit == policy.Precision("bf16")
+    assert policy.training_precision("fp16", dev) == policy.Precision("fp16", grad_scaler=True)
+    assert policy.inference_dtype("fp32", dev) == "float32" and policy.inference_dtype("bfloat16", dev) == "bfloat16"
+
+
+def test_fp32_on_cuda_runs_matmuls_in_tf32(gpu):
+    gpu("sm80")
+    before = torch.get_float32_matmul_precision()
+    try:
+        assert policy.training_precision("fp32", torch.device("cuda", 0)) == policy.Precision("fp32")
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_each_rank_takes_its_own_gpu(gpu, monkeypatch):
+    gpu("sm80", count=8)
+    assert [policy.resolve_device("auto", rank) for rank in (0, 3, 7)] == \
+        [torch.device("cuda", 0), torch.device("cuda", 3), torch.device("cuda", 7)]
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    assert policy.resolve_device("auto") == torch.device("cuda", 5) == policy.resolve_device("cuda")
+    assert policy.resolve_device("cuda:2") == torch.device("cuda", 2)
+    with pytest.raises(TunelabError, match="has 8 CUDA GPUs"):
+        policy.resolve_device("cuda:8")
+
+
+def test_no_gpu_means_the_cpu_and_asking_for_one_is_an_error(gpu):
+    gpu(None)
+    cpu = policy.resolve_device("auto")
+    assert cpu == torch.device("cpu")
+    assert policy.training_precision("auto", cpu) == policy.Precision("fp32")
+    assert policy.inference_dtype("auto", cpu) == "float32"
+    with pytest.raises(TunelabError, match="no CUDA GPU is visible") as e:
+        policy.resolve_device("cuda", field="train.device")
+    assert "train.device" in str(e.value)
+    with pytest.raises(TunelabError, match="torch_npu"):
+        policy.resolve_device("npu:1")
+    for bad in ("gpu", "cuda:x", "cpu:0", "mps:1"):
+        with pytest.raises(TunelabError, match="unknown device"):
+            policy.resolve_device(bad)
+    note = policy.training_precision("fp16", cpu)
+    assert note.name == "fp32" and "fp16 autocast has no fast kernels" in note.note
+
+
+def test_bf16_on_a_cpu_only_where_it_is_faster(monkeypatch):
+    """Emulated bf16 ran ~60x slower than fp32 on an AVX2-only host (25 s demo steps instead of 0.3 s), and on
+    an Intel Xeon with AVX512-BF16 but no AMX a bf16 matmul runs at half fp32's speed (the pretraining
+    benchmark trained at 0.68x nanoGPT's fp32 tokens/s): bf16 is kept only where it is clearly faster."""
+    cpu = torch.device("cpu")
+    for speedup in (0.0, 1 / 60, 0.52, 1.0, 1.2):
+        monkeypatch.setattr(policy, "cpu_bf16_speedup", lambda s=speedup: s)
+        p = policy.training_precision("bf16", cpu)
+        assert p.name == "fp32" and f"{speedup:.2g}x the speed of fp32" in p.note and "train.precision: fp32" in p.note
+        assert policy.training_precision("fp32", cpu) == policy.Precision("fp32")
+    for speedup in (1.25, 3.0, 4.4):
+        monkeypatch.setattr(policy, "cpu_bf16_speedup", lambda s=speedup: s)
+        assert policy.training_precision("bf16", cpu) == policy.Precision("bf16")
+    monkeypatch.undo()
+    state = torch.random.get_rng_state()
+    assert policy.cpu_bf16_speedup() >= 0  # the matmul race draws no random numbers: a seeded run stays seeded
+    assert torch.equal(state, torch.random.get_rng_state())
