@@ -211,6 +211,8 @@ class TrainConfig(_Strict):
         default="auto", description="auto: bf16 where the GPU does it natively, else fp16 with a gradient "
                                     "scaler; fp32 on a CPU. bf16 on a CPU only where its matmuls are clearly "
                                     "faster than fp32 (model/device.py)")
+    gradient_checkpointing: bool = Field(default=False, description="recompute each layer's activations in the "
+                                         "backward pass: far less memory, ~30 % more compute")
     num_checkpoints: int = Field(default=5, ge=1)
     save_merged: bool = False
     log_every: int = Field(default=10, ge=1)

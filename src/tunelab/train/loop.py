@@ -31,6 +31,7 @@ from tunelab.data.sources import training_examples
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import Preempted, TunelabError
 from tunelab.model.generation_config import eval_max_new_tokens
+from tunelab.model.rotary import fast_rotary
 from tunelab.recipe import Recipe, recipe_to_yaml
 from tunelab.runs import best_checkpoint, checkpoint_dir, list_checkpoints, step_of
 from tunelab.train.checkpoints import ResumePoint, checkpoint_steps, find_resume_point, save_checkpoint
@@ -331,6 +332,9 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
             from tunelab.model.lora import skip_lora_input_casts
             skip_lora_input_casts(model)
     model.to(device)
+    if tc.gradient_checkpointing:
+        from tunelab.model.activation_checkpointing import enable_activation_checkpointing
+        enable_activation_checkpointing(model)
     flat = False  # packed rows laid end to end, no padding computed (`collate_flat`)
     if device.type == "cpu":  # checkpoints keep the model's own attention setting: it is not saved in config.json
         from tunelab.model.attention import takes_flat_rows, use_cpu_attention
@@ -434,6 +438,10 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     postfix: dict[str, str] = {}
     t_window = time.perf_counter()
     t_start = time.perf_counter()
+    # the fast rotary path stays in place for the whole loop, not only each forward: a checkpointed layer is
+    # recomputed in the backward pass, and must run the same function there (else torch's CheckpointError)
+    rotary_scope = fast_rotary(model)
+    rotary_scope.__enter__()
     try:  # the bar is closed however the loop ends, so an error is a line of its own
         for step in range(start_step, end_step):
             step_rows = stream.rows(step * rows_per_step, rows_per_step)[dist.rank::dist.world]
@@ -538,6 +546,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
                 break
     finally:
         bar.close()
+        rotary_scope.__exit__(None, None, None)
     elapsed = elapsed_before + time.perf_counter() - t_start
     # the lowest validation loss marks the best checkpoint of pretraining only: a fine-tuning run's best is decided
     # by its evaluated tasks (a replayed corpus's loss says what fine-tuning cost, not how well it did)
