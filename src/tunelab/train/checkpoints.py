@@ -95,7 +95,7 @@ def _write_files(tmp: Path, model, tokenizer, template, trainer_state: dict, sta
         dirs.append(tmp / "adapter")
         if save_merged:
             writing.append(tmp / "model")
-            _save_merged(model, tmp / "model")
+            _save_merged(model, tmp / "adapter", tmp / "model")
             dirs.append(tmp / "model")
     else:
         writing.append(tmp / "model")
@@ -123,10 +123,26 @@ def _sync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _save_merged(peft_model, out: Path) -> None:
-    """Merge a copy of the adapter into the base weights; the training model is left untouched."""
+def _save_merged(peft_model, adapter: Path, out: Path) -> None:
+    """The adapter merged into the base weights, built on the host from the adapter just saved and the base on
+    disk: a copy of the training model (the obvious way) would need a second model's memory on the GPU, which
+    an 8B run on a 24 GB card does not have. The training model is left untouched. A LoRA model built from
+    scratch has no base on disk: it is copied to the host and merged there."""
     import copy
-    merged = copy.deepcopy(peft_model).merge_and_unload()
+
+    import torch
+    base = peft_model.peft_config["default"].base_model_name_or_path
+    dtype = str(next(peft_model.get_base_model().parameters()).dtype).removeprefix("torch.")
+    if base and Path(base).is_dir():
+        from peft import PeftModel
+
+        from tunelab.model.loading import load_pretrained
+        # loading initialises weights before it reads them, which draws from torch's RNG: the run's stream
+        # (its dropout masks) must not depend on whether checkpoints are merged
+        with torch.random.fork_rng(devices=[]):
+            merged = PeftModel.from_pretrained(load_pretrained(base, dtype), adapter).merge_and_unload()
+    else:
+        merged = copy.deepcopy(peft_model).to(torch.device("cpu")).merge_and_unload()
     merged.save_pretrained(out)
 
 
