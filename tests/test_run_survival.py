@@ -201,6 +201,11 @@ def test_a_damaged_best_checkpoint_is_one_line_never_another_checkpoint(tmp_path
         assert err.count("\n") == 1 and "damaged checkpoint" in err and "adapter_model.safetensors: truncated" in err
         assert "step-000002" in err
     assert not (tmp_path / "out").exists()
+    # nor the last: `--checkpoint last` with the newest damaged names it instead of exporting an older one
+    _truncate(recipe.run_dir / "checkpoints" / "step-000004" / "trainer_state.pt")
+    assert main(["export", str(recipe.run_dir), str(tmp_path / "out"), "--checkpoint", "last"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "step-000004" in err and "trainer_state.pt: truncated" in err
 
 
 # --- full disks ---------------------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ def pick_checkpoint(run_or_ckpt: Path, which: str = "best") -> Path:
     if not ckpts:
         raise TunelabError("no checkpoints here (expected a run directory, a checkpoint or a model directory)",
                            file=run_or_ckpt)
-    chosen = ckpts[-1]
+    chosen = checkpoint_dirs(run_or_ckpt)[-1]  # the newest, damaged or not: never silently an older one
     for marked in ("metrics.json", "train_summary.json"):
         if which == "best" and (run_or_ckpt / marked).exists():
             best = read_json_object(run_or_ckpt / marked).get("best_checkpoint")

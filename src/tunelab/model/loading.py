@@ -1,11 +1,18 @@
 """Load models and tokenizers: a local HF directory or hub id (real `from_pretrained`), a preset built
-from its config with random init (from scratch), or a saved LoRA adapter on top of its base."""
+from its config with random init (from scratch), or a saved LoRA adapter on top of its base.
+
+Every failure a user can cause is one TunelabError naming the file: weight files are checked before they are
+read (`weight_files`), an adapter against its base before peft copies it in, an adapter's base is found where
+its run recorded it (`base_record`), and a hub id that cannot be fetched (offline, not cached) fails at once.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.model.base_record import hub_unreachable, looks_like_hub_id, resolve_base_model
+from tunelab.model.weight_files import ADAPTER_WEIGHTS, check_adapter_fits, check_weight_files
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -16,22 +23,28 @@ def quiet_transformers() -> None:
     Also ignore one FutureWarning that every LoRA run printed: peft's `PeftModel.__init__` (0.21) reads
     the `is_gradient_checkpointing` alias that transformers 5 deprecates. tunelab never reads it, so the
     user can do nothing about it; the filter matches that message only.
+
+    And drop one bitsandbytes warning that importing peft printed on CPUs with AVX-512 BF16 (0.50: "Failed to
+    load CPU gemm_4bit_forward from kernels-community …"): an optional kernel for 4-bit layers, logged to
+    stderr ahead of every verb's own output and of its one-line error, even when nothing is quantised.
     """
+    import logging as std_logging
     import warnings
 
     from transformers.utils import logging
     logging.disable_progress_bar()
     logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    std_logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_not_the_4bit_kernel_warning)  # added once
+
+
+def _not_the_4bit_kernel_warning(record) -> bool:
+    return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
 
 
 def _torch_dtype(name: str):
     import torch
     return "auto" if name == "auto" else getattr(torch, _DTYPES[name])
-
-
-def looks_like_hub_id(path: str) -> bool:
-    return not Path(path).exists() and path.count("/") == 1 and not path.startswith((".", "/", "~"))
 
 
 def check_model_path(path: str, field: str = "model.path") -> None:
@@ -40,9 +53,36 @@ def check_model_path(path: str, field: str = "model.path") -> None:
         raise TunelabError("model path not found", file=path, field=field)
 
 
+def _check_hub(repo_id: str, what: str, fix: str, **where) -> None:
+    """One error at once when hub id `repo_id` can be neither fetched nor found in the cache; `what` names it
+    in the message, `fix` is the local alternative, `where` the error's file/field."""
+    reason = hub_unreachable(repo_id)
+    if reason:
+        raise TunelabError(f"{what} is not in the local Hugging Face cache and {reason}: download it where there "
+                           f"is network (`hf download {repo_id}`, then copy the cache over), or {fix}", **where)
+
+
+def _load_failure(e: Exception) -> bool:
+    """Whether an exception from `from_pretrained` is a file that does not load (damaged, missing, of another
+    shape) rather than a bug: OSError, ValueError, safetensors' error, a state-dict size mismatch."""
+    from safetensors import SafetensorError
+    if isinstance(e, RuntimeError):
+        return any(s in str(e) for s in ("size mismatch", "Error(s) in loading state_dict", "mismatched_sizes"))
+    return isinstance(e, (OSError, ValueError, SafetensorError))
+
+
+def _first_line(e: Exception) -> str:
+    """The first line of `e` that says something: not a heading ending in ':' ("Error(s) in loading
+    state_dict for PeftModelForCausalLM:" is followed by the line that names the tensor)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if not line.endswith(":")), lines[0] if lines else type(e).__name__)
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
     check_model_path(path)
+    if looks_like_hub_id(path):
+        _check_hub(path, f"tokenizer {path}", "give a local copy")
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -52,14 +92,21 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_pretrained(path: str, dtype: str = "float32"):
-    """`AutoModelForCausalLM.from_pretrained` with errors turned into one clear message."""
+def load_pretrained(path: str, dtype: str = "float32", device=None):
+    """`AutoModelForCausalLM.from_pretrained` with errors turned into one clear message: a damaged weight file
+    is named before loading starts; a hub id that cannot be fetched fails at once."""
     from transformers import AutoModelForCausalLM
     check_model_path(path)
+    if looks_like_hub_id(path):
+        _check_hub(path, f"model {path}", "give a local copy")
+    elif Path(path).is_dir():
+        check_weight_files(path)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype))
-    except (OSError, ValueError) as e:
-        raise TunelabError(f"cannot load a model ({str(e).splitlines()[0]})", file=path) from None
+        return AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype), **_placed(device))
+    except Exception as e:
+        if not _load_failure(e):
+            raise
+        raise TunelabError(f"cannot load a model ({_first_line(e)})", file=path) from None
 
 
 def build_from_scratch(preset: str, vocab_size: int, overrides: dict, tokenizer):
@@ -78,27 +125,42 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
-def load_for_inference(path: str, dtype: str = "float32", merge: bool = False):
+def _placed(device) -> dict:
+    """`from_pretrained`'s arguments that load the weights straight onto `device` (a GPU: no copy of the whole
+    model in host RAM first, which is 16 GB per process for an 8B model); nothing for the CPU."""
+    return {} if device is None or str(device) == "cpu" else {"device_map": {"": str(device)}}
+
+
+def load_for_inference(path: str, dtype: str = "float32", merge: bool = False, device=None):
     """Load (model, tokenizer) from a full HF directory, a hub id, or a LoRA adapter directory.
 
-    An adapter directory is loaded onto its base (`base_model_name_or_path` in adapter_config.json) with
-    peft; `merge=True` merges the adapter into the weights for faster generation.
+    An adapter directory is loaded onto its base (where `base_record.resolve_base_model` finds it) with
+    peft, once its weights file is whole and its shapes fit the base; `merge=True` merges the adapter into the
+    weights for faster generation.
     """
     path = str(path)
     check_model_path(path, field="model")
     if is_adapter_dir(path):
         from peft import PeftModel
-        from tunelab.data.records import read_json_object
-        cfg = read_json_object(Path(path, "adapter_config.json"))
-        base_path = cfg.get("base_model_name_or_path")
-        if not base_path:
-            raise TunelabError("adapter has no base_model_name_or_path", file=Path(path, "adapter_config.json"),
-                               field="base_model_name_or_path")
-        base = load_pretrained(base_path, dtype)
-        model = PeftModel.from_pretrained(base, path)
+        check_weight_files(path)
+        base_path = resolve_base_model(path)
+        if not Path(base_path).exists():
+            _check_hub(base_path, f"the adapter's base {base_path} is no directory here, and as a hub id it",
+                       "point base_model_name_or_path at a local copy", file=Path(path, "adapter_config.json"),
+                       field="base_model_name_or_path")
+        base = load_pretrained(base_path, dtype, device)
+        check_adapter_fits(path, base, base_path)
+        try:
+            model = PeftModel.from_pretrained(base, path)
+        except Exception as e:
+            if not _load_failure(e):
+                raise
+            weights = Path(path, ADAPTER_WEIGHTS)
+            raise TunelabError(f"the adapter does not load onto its base {base_path} ({_first_line(e)})",
+                               file=weights if weights.exists() else path) from None
         if merge:
             model = model.merge_and_unload()
     else:
-        model = load_pretrained(path, dtype)
+        model = load_pretrained(path, dtype, device)
     model.eval()
     return model, load_tokenizer(path)
