@@ -103,6 +103,9 @@ class ModelConfig(_Strict):
     tokenizer: Text | None = None
     tokenizer_vocab_size: int = Field(default=2000, ge=MIN_VOCAB, le=MAX_VOCAB)
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    quantization: Literal["none", "nf4", "int8"] = Field(
+        default="none", description="hold the frozen base in 4-bit NF4 (QLoRA, with double quantisation) or 8-bit "
+                                    "int8 through bitsandbytes (`pip install 'tunelab[quant]'`); needs LoRA")
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -117,6 +120,14 @@ class ModelConfig(_Strict):
                                  "its shapes; the tokenizer directory, which a .ckpt does not hold)")
         elif self.mindformers_config is not None:
             raise ValueError("'mindformers_config' goes with a .ckpt path")
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_base_is_pretrained(self):
+        """Quantisation compresses trained weights as they load: a model built from scratch has none."""
+        if self.quantization != "none" and (self.path is None or self.from_scratch):
+            raise ValueError(f"model.quantization: {self.quantization} quantises a pretrained model as it loads: "
+                             "give model.path (not model.from_scratch / a preset)")
         return self
 
 
@@ -211,6 +222,13 @@ class TrainConfig(_Strict):
         default="auto", description="auto: bf16 where the GPU does it natively, else fp16 with a gradient "
                                     "scaler; fp32 on a CPU. bf16 on a CPU only where its matmuls are clearly "
                                     "faster than fp32 (model/device.py)")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp", description="several processes: ddp replicates the model on each; fsdp (FSDP2) shards "
+                                   "weights, gradients and optimizer states across them (train/sharding.py)")
+    cpu_offload: bool = Field(default=False, description="fsdp: keep parameters, gradients and optimizer states "
+                                                         "on the host between uses")
+    memory_check: bool = Field(default=True, description="on a GPU, refuse a run that `tunelab plan` says "
+                                                          "cannot fit the device, before loading the model")
     gradient_checkpointing: bool = Field(default=False, description="recompute each layer's activations in the "
                                          "backward pass: far less memory, ~30 % more compute")
     num_checkpoints: int = Field(default=5, ge=1)
@@ -226,6 +244,10 @@ class TrainConfig(_Strict):
     peak_tflops: float | None = Field(default=None, gt=0, description="the device's peak for MFU (default: "
                                                                        "measured with a matmul at start)")
     divergence: DivergenceConfig = Field(default_factory=DivergenceConfig)
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        default="adamw", description="adamw_8bit: bitsandbytes' AdamW with 8-bit moments (a quarter of the optimizer "
+                                     "memory); paged_: and paged out of GPU memory under pressure "
+                                     "(`pip install 'tunelab[quant]'`)")
 
 
 EvalMode = Literal["generate", "loglik", "perplexity"]
@@ -262,6 +284,10 @@ class EvalConfig(_Strict):
     batch_size: int = Field(default=32, ge=1)
     max_new_tokens: int = Field(default=32, ge=1)
     baseline: bool = Field(default=True, description="evaluate the base model before training")
+    device: Text | None = Field(default=None, pattern=r"^(auto|cpu|mps|cuda(:\d+)?|npu(:\d+)?)$",
+                                description="where models are evaluated (default: train.device in a run, else auto)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 where the GPU does it natively, fp16 on older GPUs, fp32 on a CPU")
     checkpoints: Literal["all", "last"] = "all"
     retention_threshold: float = Field(default=0.9, ge=0)
 
@@ -294,6 +320,27 @@ class Recipe(_Strict):
                 and raw.get("lora") is None:
             raw = {**raw, "lora": {"enabled": False}}
         return raw
+
+    @model_validator(mode="after")
+    def _sharding_takes_plain_weights(self):
+        """FSDP2 shards float parameters and torch's optimizers' states: bitsandbytes' packed 4-/8-bit weights and
+        8-bit optimizer states are neither (QLoRA fits one card anyway: that is what it is for)."""
+        if self.train.strategy == "fsdp" and self.model.quantization != "none":
+            raise ValueError("train.strategy fsdp shards float weights; a quantised base (model.quantization) "
+                             "trains with train.strategy: ddp")
+        if self.train.strategy == "fsdp" and self.train.optimizer != "adamw":
+            raise ValueError(f"train.strategy fsdp shards torch's AdamW states; train.optimizer "
+                             f"{self.train.optimizer} goes with train.strategy: ddp")
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_base_needs_lora(self):
+        """A quantised base is frozen: its 4-/8-bit weights take no optimizer step, so only adapters train."""
+        if self.model.quantization != "none" and not self.lora.enabled:
+            raise ValueError(f"model.quantization: {self.model.quantization} freezes the base model in "
+                             f"{self.model.quantization}; it trains LoRA adapters only: set lora.enabled: true (or "
+                             "model.quantization: none for a full fine-tune)")
+        return self
 
     @model_validator(mode="after")
     def _validation_needs_a_corpus(self):
@@ -449,8 +496,9 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
         recipe.model.path = resolve(recipe.model.path)
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load and validate a recipe file, applying aliases then `--set` overrides."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_data: bool = True) -> Recipe:
+    """Load and validate a recipe file, applying aliases then `--set` overrides; `check_data=False` for what
+    reads no data (a memory plan), so that a recipe can be checked before its files are there."""
     p = Path(path)
     from tunelab.data.records import read_text
     text = read_text(p)
@@ -467,7 +515,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         _set_path(raw, key, value)
     recipe = validate_recipe(raw, p, text)
     _resolve_paths(recipe, p.parent)
-    _check_data_files(recipe, p, text)
+    if check_data:
+        _check_data_files(recipe, p, text)
     return recipe
 
 

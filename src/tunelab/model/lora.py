@@ -57,15 +57,29 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total), where total is the *base* model's parameter count: LoRA adapters are excluded.
 
     That is the competition's denominator (8,030,261,248 for Llama-3-8B with any LoRA), unlike peft's
-    print_trainable_parameters, which adds the adapters. Tied weights are counted once.
+    print_trainable_parameters, which adds the adapters. Tied weights are counted once; a quantised weight
+    counts its real number of weights (`parameter_count`), so a QLoRA run's total is the same as a LoRA run's.
     """
     trainable = total = 0
     for name, param in model.named_parameters():
+        n = parameter_count(param)
         if param.requires_grad:
-            trainable += param.numel()
+            trainable += n
         if not any(part.startswith("lora_") for part in name.split(".")):
-            total += param.numel()
+            total += n
     return trainable, total
+
+
+def parameter_count(param: torch.Tensor) -> int:
+    """How many weights `param` holds. A bitsandbytes 4-bit weight (`Params4bit`) packs two per uint8 element
+    (more with a wider `quant_storage`), so its `numel()` is half the real count or less; its quantisation
+    state keeps the original shape. An 8-bit weight holds one per element: `numel()` is right."""
+    state = getattr(param, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    if shape is not None:
+        import math
+        return math.prod(shape)
+    return param.numel()
 
 
 def check_targets_matched(model: torch.nn.Module, target: str | list[str]) -> None:

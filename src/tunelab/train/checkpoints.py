@@ -44,20 +44,30 @@ def checkpoint_steps(total_steps: int, n: int) -> list[int]:
     return sorted({round(total_steps * k / n) for k in range(1, n + 1)})
 
 
+def staging_dir(run_dir: Path, step: int) -> Path:
+    """Where a checkpoint is written before it is renamed into place."""
+    final = checkpoint_dir(run_dir, step)
+    return final.with_name(final.name + ".tmp")
+
+
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, template, trainer_state: dict, state: dict,
-                    lora: bool, save_merged: bool, max_new_tokens: int) -> Path:
+                    lora: bool, save_merged: bool, max_new_tokens: int, weights: dict | None = None,
+                    staged: bool = False) -> Path:
     """Write into a temporary directory, list its files in the manifest, and rename it into place, so a kill
     never leaves half a checkpoint. A write the disk refuses (full, quota, I/O error) removes the partial
     directory and is one error naming the file and the free space; the earlier checkpoints are untouched.
-    `max_new_tokens`: the evaluation's answer length (`eval_max_new_tokens`), saved in generation_config.json."""
+    `max_new_tokens`: the evaluation's answer length (`eval_max_new_tokens`), saved in generation_config.json.
+    `weights`: the state dict to save when the model's own parameters are shards (FSDP); `staged`: the
+    staging directory already holds files the ranks wrote (`sharding.save_sharded`)."""
     final = checkpoint_dir(run_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = staging_dir(run_dir, step)
     writing = [tmp]  # what is being written now, for the error
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        if not staged:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
         _write_files(tmp, model, tokenizer, template, trainer_state, state, lora, save_merged, max_new_tokens,
-                     writing)
+                     writing, weights)
         writing.append(tmp / "manifest.json")
         write_manifest(tmp)
         if final.exists():  # a step directory that is not whole (else training would have resumed past it)
@@ -84,14 +94,17 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, template, traine
 
 
 def _write_files(tmp: Path, model, tokenizer, template, trainer_state: dict, state: dict, lora: bool,
-                 save_merged: bool, max_new_tokens: int, writing: list[Path]) -> None:
+                 save_merged: bool, max_new_tokens: int, writing: list[Path], weights: dict | None) -> None:
     import torch
 
     from tunelab.model.generation_config import write_generation_config
     dirs = []
+    given = {} if weights is None else {"state_dict": weights}
     if lora:
         writing.append(tmp / "adapter")
-        model.save_pretrained(tmp / "adapter")
+        model.save_pretrained(tmp / "adapter", **given)
+        from tunelab.model.base_record import record_base_model  # the base, found again after a move
+        record_base_model(tmp / "adapter", model.peft_config["default"].base_model_name_or_path)
         dirs.append(tmp / "adapter")
         if save_merged:
             writing.append(tmp / "model")
@@ -99,7 +112,7 @@ def _write_files(tmp: Path, model, tokenizer, template, trainer_state: dict, sta
             dirs.append(tmp / "model")
     else:
         writing.append(tmp / "model")
-        model.save_pretrained(tmp / "model")
+        model.save_pretrained(tmp / "model", **given)
         dirs.append(tmp / "model")
     for d in dirs:
         writing.append(d)

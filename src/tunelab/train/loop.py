@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -34,12 +35,15 @@ from tunelab.model.generation_config import eval_max_new_tokens
 from tunelab.model.rotary import fast_rotary
 from tunelab.recipe import Recipe, recipe_to_yaml
 from tunelab.runs import best_checkpoint, checkpoint_dir, list_checkpoints, step_of
-from tunelab.train.checkpoints import ResumePoint, checkpoint_steps, find_resume_point, save_checkpoint
+from tunelab.train.checkpoints import (ResumePoint, checkpoint_steps, find_resume_point, save_checkpoint,
+                                      staging_dir)
 from tunelab.train.divergence import DivergenceGuard
 from tunelab.train.plots import plot_loss_curve, read_metrics
 from tunelab.train.run_lock import run_lock
 from tunelab.train.stop_signals import StopSignals
 from tunelab.train.validation import EarlyStopping, val_record, validation_sums
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -135,8 +139,8 @@ def _failed_during_setup(run_dir: Path) -> bool:
 
 def _identity(recipe_yaml: str) -> dict:
     """The parts of a saved recipe that define the run, as the current schema reads them (so a key added to
-    the schema since the run started, at its default, is no difference); CPU threads and the divergence
-    guard's settings may change when resuming."""
+    the schema since the run started, at its default, is no difference); CPU threads, the divergence guard's
+    settings and the memory check may change when resuming."""
     import yaml
     from pydantic import ValidationError
     raw = yaml.safe_load(recipe_yaml)
@@ -146,6 +150,7 @@ def _identity(recipe_yaml: str) -> dict:
         pass
     raw.get("train", {}).pop("threads", None)
     raw.get("train", {}).pop("divergence", None)  # a run the guard stopped by mistake resumes with it changed
+    raw.get("train", {}).pop("memory_check", None)
     return raw
 
 
@@ -160,7 +165,12 @@ def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate
             raise TunelabError("a preset has no weights: set model.from_scratch: true, or give model.path",
                                field="model.preset")
         tokenizer = load_tokenizer(m.tokenizer or m.path)
-        model = load_pretrained(m.path, m.dtype)
+        if m.quantization != "none":  # QLoRA: the frozen base quantised as it loads, onto this process's device
+            from tunelab.model.quantization import load_quantized
+            # its 4-bit layers compute at the training precision, set once the run knows it (`prepare_for_kbit`)
+            model = load_quantized(m.path, m.quantization, device=dist.device, dtype=m.dtype)
+        else:
+            model = load_pretrained(m.path, m.dtype, dist.device)  # each rank straight onto its own device
     else:
         tok_dir = run_dir / "tokenizer"
         if m.tokenizer:
@@ -269,6 +279,9 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     tc = recipe.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    if tc.optimizer != "adamw":  # missing bitsandbytes is found before the model loads, not after
+        from tunelab.model.quantization import require_bitsandbytes
+        require_bitsandbytes(f"train.optimizer: {tc.optimizer}", "train.optimizer")
     run_dir = prepare_run_dir(recipe, resume, dist)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -277,6 +290,14 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     precision = training_precision(tc.precision, device)
     if precision.note and dist.rank == 0:
         print(f"note: {precision.note}")
+    if tc.memory_check:
+        from tunelab.train.memory_plan import check_fits, gib
+        plan, unfit = check_fits(recipe, device, dist.world)
+        if unfit:
+            raise TunelabError(unfit, field="train.memory_check")
+        if plan is not None and dist.main:
+            print(f"memory: about {gib(plan.total):.1f} GiB a device of {gib(plan.gpu_memory):.1f} GiB "
+                  "(tunelab plan)")
     autocast_dtype = precision.autocast_dtype
 
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
@@ -324,6 +345,9 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
 
         from tunelab.model.lora import check_targets_matched, make_lora_config
         check_targets_matched(model, recipe.lora.target_modules)
+        if recipe.model.quantization != "none":  # train.gradient_checkpointing, if asked, is turned on below
+            from tunelab.model.quantization import prepare_for_kbit
+            model = prepare_for_kbit(model, gradient_checkpointing=False, compute_dtype=autocast_dtype or torch.float32)
         model = get_peft_model(model, make_lora_config(recipe.lora.rank, recipe.lora.alpha, recipe.lora.dropout,
                                                        recipe.lora.target_modules))
         from tunelab.train.dropout import use_fast_lora_dropout
@@ -335,6 +359,17 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     if tc.gradient_checkpointing:
         from tunelab.model.activation_checkpointing import enable_activation_checkpointing
         enable_activation_checkpointing(model)
+    from tunelab.train.loss import LabelledLoss
+    loss_model = LabelledLoss(model)
+    fsdp = tc.strategy == "fsdp" and dist.world > 1  # one process has nothing to shard across
+    if fsdp:
+        if precision.grad_scaler:
+            raise TunelabError("train.strategy fsdp trains in bf16 or fp32, and this device would train in fp16 "
+                               "with a gradient scaler: set train.precision: fp32, or train.strategy: ddp",
+                               field="train.strategy")
+        from tunelab.train import sharding
+        sharding.shard(loss_model, model, device, dist.world, precision.name == "bf16", tc.cpu_offload)
+        autocast_dtype = None  # the sharding's MixedPrecisionPolicy casts to bf16 for compute, not autocast
     flat = False  # packed rows laid end to end, no padding computed (`collate_flat`)
     if device.type == "cpu":  # checkpoints keep the model's own attention setting: it is not saved in config.json
         from tunelab.model.attention import takes_flat_rows, use_cpu_attention
@@ -347,7 +382,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     flops_tok = flops_per_token(model, recipe.data.max_seq_len)
     peak_tflops = tc.peak_tflops or measure_peak_tflops(device, precision.name)
 
-    rows_per_step = tc.batch_size * tc.grad_accum * dist.world
+    point = _find_resume_point(run_dir, dist) if resume else None
+    rows_per_step = _rows_per_step(tc.batch_size, tc.grad_accum, dist.world, point)
     total_steps = tc.max_steps or max(1, int(tc.epochs * stream.rows_per_epoch // rows_per_step))
     ckpt_at = set(checkpoint_steps(total_steps, tc.num_checkpoints))
     if recipe.data.corpus and dist.main:
@@ -363,9 +399,10 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     # one fused kernel for the whole update instead of a dozen foreach passes over every tensor: 1.3 ms
     # against 9.6 ms a step for the 4 M `tiny` model on 2 CPU cores (the same update, to rounding)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95),
-                                  fused=fused or None)
+    from tunelab.train.optimizers import build_optimizer
+    optimizer = build_optimizer([{"params": decay, "weight_decay": tc.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], tc.optimizer, lr=tc.lr,
+                                betas=(0.9, 0.95), fused=fused)
     warmup = max(1, int(tc.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, tc.min_lr_ratio))
     scaler = torch.amp.GradScaler(device.type) if precision.grad_scaler else None
@@ -380,9 +417,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     metrics_path = run_dir / "metrics.jsonl"
     guard = DivergenceGuard(**tc.divergence.model_dump())
     if resume:
-        point = _find_resume_point(run_dir, dist)
         if point is not None:
-            note = _restore(point, model, optimizer, scheduler, scaler, dist)
+            note = _restore(point, loss_model, optimizer, scheduler, scaler, dist, fsdp)
             if note and dist.main:
                 print(f"note: {note}")
             ts = point.trainer_state
@@ -402,9 +438,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     elif dist.main:
         metrics_path.write_text("", encoding="utf-8")
 
-    from tunelab.train.loss import LabelledLoss
-    train_model = loss_model = LabelledLoss(model)
-    if dist.world > 1:
+    train_model = loss_model
+    if dist.world > 1 and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(loss_model, device_ids=[device.index] if device.type in DEVICE_BACKENDS else None)
     train_model.train()
@@ -415,22 +450,35 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
         return json.loads(finished.read_text(encoding="utf-8"))
     def save(done: int, loss: float, val: dict | None, preemption: bool) -> None:
         rng = _gather_rng(dist)  # every rank's: each draws its own dropout masks
+        weights = None
+        if fsdp:  # collectives: the shards into the staging directory, the whole weights to rank 0's host
+            staging = staging_dir(run_dir, done)
+            if dist.main:
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+            _barrier(dist)
+            sharding.save_sharded(staging, loss_model, optimizer)
+            weights = sharding.full_trainable_state(model) if lora else sharding.full_model_state(loss_model)
         if not dist.main:
             return
-        trainer_state = {"trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters()
-                                       if p.requires_grad},
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+        if fsdp:
+            trained = {"sharded": True}
+        else:
+            trained = {"trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters()
+                                     if p.requires_grad}, "optimizer": optimizer.state_dict()}
+        trainer_state = {**trained, "scheduler": scheduler.state_dict(), "rng": rng,
                          "grad_scaler": scaler.state_dict() if scaler else None,
                          "log_window": (window_loss, window_items, window_tokens, window_samples),
                          "early_stopping": stopper.state(), "divergence": guard.state(),
-                         "stopped_early_at": stopped_early_at,
+                         "stopped_early_at": stopped_early_at, "rows_per_step": rows_per_step,
                          "step": done, "elapsed_s": elapsed_before + time.perf_counter() - t_start}
         state = {"step": done, "loss": loss, "total_steps": total_steps,
                  "val_loss": val["val_loss"] if val else None}
         if preemption:
             state["preemption"] = True
         save_checkpoint(run_dir, done, model, tokenizer, template, trainer_state, state, lora=lora,
-                        save_merged=tc.save_merged, max_new_tokens=eval_max_new_tokens(recipe.eval))
+                        save_merged=tc.save_merged, max_new_tokens=eval_max_new_tokens(recipe.eval),
+                        weights=weights, staged=fsdp)
 
     bar = tqdm(total=total_steps, initial=start_step, disable=not dist.main, desc=f"train {recipe.name}",
                unit="step", dynamic_ncols=True)
@@ -455,7 +503,9 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
             for i, batch in enumerate(batches):
                 batch = batch_to(batch, device)
                 sync = i == len(batches) - 1 or dist.world == 1
-                ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
+                if fsdp:
+                    sharding.set_gradient_sync(loss_model, sync)
+                ctx = train_model.no_sync() if not (sync or fsdp) else contextlib.nullcontext()
                 autocast = torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                           enabled=autocast_dtype is not None)
                 with ctx, autocast:
@@ -466,7 +516,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
             step_loss, tokens, sample_tokens = _all_sum(dist, [step_loss, local_tokens, local_samples])
             if scaler:
                 scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm).item()
+            norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+            grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # FSDP: a DTensor
             # fp16: an overflowing gradient is the scaler's to handle (it skips the step and lowers the scale)
             overflow = scaler is not None and math.isfinite(step_loss) and not math.isfinite(grad_norm)
             if not overflow and not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
@@ -576,6 +627,22 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
     return summary
 
 
+def _rows_per_step(batch_size: int, grad_accum: int, world: int, point: ResumePoint | None) -> int:
+    """Rows per optimizer step: micro-batch × accumulation × processes, or, resuming, what the run started with
+    (a run resumed on another number of processes keeps its global batch by accumulating more or fewer
+    micro-batches per process: the same data per step, the same schedule)."""
+    rows = batch_size * grad_accum * world
+    started = point.trainer_state.get("rows_per_step", rows) if point is not None else rows
+    if started != rows:
+        if started % (batch_size * world):
+            raise TunelabError(f"this run takes {started} rows a step; {world} process{'es' if world > 1 else ''} "
+                               f"of {batch_size}-row micro-batches cannot divide them: resume on a number of "
+                               "processes that does", field="train.batch_size")
+        log.warning("resuming on %d process%s: %d micro-batches each per step keep the run's %d rows a step",
+                    world, "es" if world > 1 else "", started // (batch_size * world), started)
+    return started
+
+
 def _find_resume_point(run_dir: Path, dist: Dist) -> ResumePoint | None:
     """The main process sets damaged checkpoints aside first; then every rank finds the same one."""
     point = find_resume_point(run_dir, main=True) if dist.main else None
@@ -583,17 +650,25 @@ def _find_resume_point(run_dir: Path, dist: Dist) -> ResumePoint | None:
     return point if dist.main else find_resume_point(run_dir, main=False)
 
 
-def _restore(point: ResumePoint, model, optimizer, scheduler, scaler, dist: Dist) -> str | None:
+def _restore(point: ResumePoint, loss_model, optimizer, scheduler, scaler, dist: Dist, fsdp: bool) -> str | None:
     """The trainable weights, the optimizer, the scheduler, the fp16 gradient scaler and this rank's RNGs as
     they were at the checkpoint; a note when the checkpoint was written by another number of processes (the
     ranks it had not are seeded from rank 0's state, so their dropout differs from an unbroken run's)."""
     import torch
     ts = point.trainer_state
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in ts["trainable"].items():
-            named[name].copy_(value)
-    optimizer.load_state_dict(ts["optimizer"])
+    if ts.get("sharded"):  # any number of processes, sharded or not: DCP reshards on load
+        from tunelab.train import sharding
+        sharding.load_sharded(point.ckpt, loss_model, optimizer)
+    elif fsdp:
+        raise TunelabError("this checkpoint was written by one process or under DDP, and the run now shards its "
+                           "model (train.strategy fsdp): resume it on one process or with train.strategy ddp",
+                           file=point.ckpt)
+    else:
+        named = dict(loss_model.model.named_parameters())
+        with torch.no_grad():
+            for name, value in ts["trainable"].items():
+                named[name].copy_(value)
+        optimizer.load_state_dict(ts["optimizer"])
     scheduler.load_state_dict(ts["scheduler"])
     if scaler is not None and ts.get("grad_scaler"):
         scaler.load_state_dict(ts["grad_scaler"])

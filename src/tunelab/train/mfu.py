@@ -24,7 +24,8 @@ def flops_per_token(model, seq_len: int) -> float:
     embedding = base.get_input_embeddings().weight
     head = base.get_output_embeddings()
     tied = head is not None and head.weight is embedding
-    dense = sum((6 if p.requires_grad else 4) * p.numel() for p in model.parameters()
+    from tunelab.model.lora import parameter_count  # a 4-bit weight's numel() is half its count
+    dense = sum((6 if p.requires_grad else 4) * parameter_count(p) for p in model.parameters()
                 if p is not embedding or tied)
     cfg = base.config.get_text_config()
     return float(dense + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len)
