@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import json
 import sys
 
 from tunelab import __version__
@@ -20,6 +21,15 @@ def _call(target: str):
         module, func = target.split(":")
         return getattr(importlib.import_module(module), func)(args)
     return handler
+
+
+def _add_placement(p: argparse.ArgumentParser) -> None:
+    """--device and --precision, the same on every verb that loads a model (`tunelab.model.device`)."""
+    from tunelab.model.device import DEVICE_HELP
+    p.add_argument("--device", default=None, help=DEVICE_HELP + " (auto: this machine's GPU, else the CPU)")
+    p.add_argument("--precision", "--dtype", dest="precision", default="auto",
+                   choices=["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"],
+                   help="auto: bf16 on a GPU that does it natively, fp16 on older GPUs, fp32 on a CPU")
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -110,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.set_defaults(func=_call("tunelab.pipeline:cli_train"))
+
+    p = verbs.add_parser("plan", help="will this run fit the GPU? the per-device memory of one training step, "
+                                      "traced without weights or a GPU; exit 1 when it does not fit")
+    p.add_argument("recipe")
+    _add_set(p)
+    p.add_argument("--gpu-memory", default="24GiB", metavar="SIZE",
+                   help="memory of one GPU: 24GiB, 24GB, 80G, 16384MiB (GB = GiB, as nvidia-smi counts; default 24GiB)")
+    p.add_argument("--gpus", type=_integer(1), default=1, help="GPUs the run uses (DDP: a whole replica on each)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_plan)
 
     # data ----------------------------------------------------------------------------------------
     p = verbs.add_parser("data", help="generate, convert and inspect training data")
@@ -216,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=None, help="ppl: window start step (default: window/2)")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="a task setting, e.g. choice.continuation=text, ppl.documents=file (repeatable)")
+    _add_placement(p)
     p.set_defaults(func=_call("tunelab.eval.evaluate:cli_eval"))
 
     p = verbs.add_parser("predict", help="GLUE hand-in file: first N dev predictions, one 0/1 label per line")
@@ -230,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="an unparseable generation is an error")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=8)
+    _add_placement(p)
     p.set_defaults(func=_call("tunelab.eval.predict:cli_predict"))
 
     p = verbs.add_parser("grade", help="grade a prediction file against gold answers")
@@ -335,9 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sequences", type=int, default=64, help="most sequences (prompts × n) in one request")
     p.add_argument("--name", default=None, help="model id clients use (default: run/checkpoint name)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of a run")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="auto: bfloat16 on a GPU, float32 on a CPU")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    _add_placement(p)
     p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_call("tunelab.serve.api:cli_serve"))
@@ -359,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-token-timeout", type=float, default=20.0,
                    help="seconds a remote model gets to send its first text")
     p.add_argument("--deadline", type=float, default=180.0, help="seconds a remote model gets for a whole answer")
+    _add_placement(p)
     p.set_defaults(func=_call("tunelab.serve.ui:cli_ui"))
 
     p = verbs.add_parser("generate", help="text from a model in the terminal: prompts as arguments, from a file, "
@@ -384,9 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "token counts")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of a run")
     p.add_argument("--max-batch", type=_integer(1), default=16, help="most sequences decoded together")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="auto: bfloat16 on a GPU, float32 on a CPU")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    _add_placement(p)
     p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(func=_call("tunelab.serve.generate:cli_generate"))
 
@@ -443,6 +462,19 @@ def _runs_check(args: argparse.Namespace) -> int:
     print(f"{len(checks)} entries, {damaged} damaged; "
           + (f"being written by {writer}" if writer else "no process is writing this run"))
     return 1 if damaged else 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """`tunelab plan`: 0 when the run fits the card, 1 when it does not (with the changes that would fit)."""
+    from tunelab.recipe import load_recipe
+    from tunelab.train.memory_plan import advise, format_plan, parse_memory_size, plan_memory, plan_to_json
+    card = parse_memory_size(args.gpu_memory, field="--gpu-memory")
+    recipe = load_recipe(args.recipe, args.overrides, check_data=False)  # the plan reads no data
+    plan = plan_memory(recipe, card, args.gpus)
+    if not plan.fits:
+        plan.advice = advise(recipe, plan)
+    print(json.dumps(plan_to_json(plan), indent=2) if args.json else format_plan(plan))
+    return 0 if plan.fits else 1
 
 
 def _log_to_stderr() -> None:

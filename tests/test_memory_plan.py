@@ -1,0 +1,202 @@
+"""`tunelab plan`: the per-device memory of one training step, traced on fake tensors through tunelab's own
+model building, LoRA wrapping, loss and optimizer, checked against published GPU peaks (torchtune) and against
+the same step run for real here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_recipe
+
+from tunelab.errors import TunelabError
+from tunelab.model.presets import load_config, preset_config
+from tunelab.train.memory_plan import (
+    ALLOCATOR_RESERVE,
+    GiB,
+    StepSpec,
+    measure_step,
+    parse_memory_size,
+    plan_memory,
+)
+
+TINY_BASE = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
+
+# torchtune's README ("Memory and training speed"): Llama 3.1 8B on one RTX 4090, batch size 2 without gradient
+# accumulation, a dataset packed to 2,048 tokens, torch.compile on; peak memory per GPU. Its recipe config
+# (pytorch/torchtune recipes/configs/llama3_1/8B_lora_single_device.yaml): LoRA rank 8, alpha 16, dropout 0 on
+# q_proj, v_proj, output_proj and the MLP (apply_lora_to_mlp: True), not the output head; dtype bf16, activation
+# checkpointing on, torch.optim.AdamW (fused). QLoRA: the same with the base in NF4 (torchtune keeps the
+# embeddings, norms and head in bf16).
+TORCHTUNE_LORA_GIB = 16.2
+TORCHTUNE_QLORA_GIB = 7.4
+TORCHTUNE_TARGETS = ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def torchtune_llama_8b(**changes) -> StepSpec:
+    return StepSpec(config=preset_config("llama3-8b"), dtype="bfloat16", lora=(8, 16, 0.0, TORCHTUNE_TARGETS),
+                    batch_size=2, seq_len=2048, packing=True, autocast="bf16", gradient_checkpointing=True,
+                    **changes)
+
+
+def allocator_view(step) -> float:
+    """GiB as torch's CUDA memory stats see them (what torchtune logs): the step plus the allocator's reserve,
+    without the CUDA context, which lives outside the allocator."""
+    return (step.peak + ALLOCATOR_RESERVE * step.transient) / GiB
+
+
+def test_lora_8b_step_is_within_20_percent_of_torchtunes_published_peak():
+    """Measured: 17.4 GiB (17.2 traced + 0.2 reserve) against 16.2 GiB published, 1.07x, traced in ~7 s. torchtune
+    holds its LoRA weights and AdamW states in bf16 (tunelab: fp32, +0.15 GiB) and compiles the model."""
+    step = measure_step(torchtune_llama_8b())
+    assert step.total_params == 8_030_261_248
+    assert step.trainable_params == 32 * 8 * (4096 + 4096 + 4096 + 1024 + 4096 + 4096 + 3 * (4096 + 14336))
+    assert 0 <= step.weights_frozen - 2 * 8_030_261_248 < 2 ** 20  # bf16, every base weight, + the rotary buffers
+    assert abs(allocator_view(step) / TORCHTUNE_LORA_GIB - 1) <= 0.20, allocator_view(step)
+    assert step.trace_seconds < 60
+
+
+def test_qlora_8b_step_is_within_20_percent_of_torchtunes_published_peak():
+    """Measured: 7.9 GiB against 7.4 GiB published, 1.06x. The NF4 weights are a rule (module docstring); with the
+    embeddings, norms and head in fp32 as tunelab's `prepare_for_kbit` keeps them, the same step needs ~11.3 GiB."""
+    from tunelab.recipe import ModelConfig
+    if "quantization" not in ModelConfig.model_fields:
+        pytest.skip("model.quantization is not in the recipe schema yet")
+    step = measure_step(torchtune_llama_8b(quantization="nf4", fp32_unquantized=False))
+    assert abs(allocator_view(step) / TORCHTUNE_QLORA_GIB - 1) <= 0.20, allocator_view(step)
+    assert any("nf4 weights by rule" in n for n in step.notes)
+
+
+def _tiny_spec(**changes) -> StepSpec:
+    return StepSpec(**{"config": load_config(str(TINY_BASE)), "dtype": "float32", "batch_size": 4, "seq_len": 256,
+                       "autocast": "bf16", **changes})
+
+
+@pytest.mark.parametrize("kind", ["lora", "full+checkpointing"])
+def test_the_fake_trace_equals_the_same_step_run_for_real(kind):
+    """The same step on real CPU tensors under the same MemTracker: measured ratio 1.000 (LoRA with dropout,
+    and a full fine-tune with gradient accumulation and checkpointing), every category equal."""
+    spec = (_tiny_spec(lora=(8, 16, 0.05, ["q_proj", "v_proj"])) if kind == "lora" else
+            _tiny_spec(gradient_checkpointing=True, grads_held=True))
+    fake, real = measure_step(spec, fake=True), measure_step(spec, fake=False)
+    for name in ("weights_frozen", "weights_trainable", "gradients", "optimizer_states", "activations",
+                 "loss_logits", "temporary"):
+        assert getattr(fake, name) == getattr(real, name), name
+    assert fake.peak > 0 and fake.peak == real.peak
+
+
+def test_the_estimate_is_close_to_the_cpu_allocators_own_peak():
+    """An instrument other than MemTracker: torch's profiler hears every allocation of the CPU allocator (kernels'
+    own workspaces included) with the running total allocated. The same step run for real peaks at 33.1 MiB
+    there, the fake trace says 31.4 MiB (ratio 0.95; 0.96-0.97 with 4 layers and 2 or 4 rows): the difference is
+    workspace inside kernels, which no count of tensors sees."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+    config = load_config(str(TINY_BASE))
+    config.num_hidden_layers = 2  # profiling costs by the operation: half the layers, half the time
+    spec = _tiny_spec(config=config, lora=(8, 16, 0.05, ["q_proj", "v_proj"]), batch_size=2)
+    estimate = measure_step(spec).peak
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        measure_step(spec, fake=False)  # the model is built inside: every byte of the step is heard
+    measured, events = 0, list(prof.profiler.kineto_results.experimental_event_tree())
+    while events:
+        event = events.pop()
+        events += event.children
+        if event.tag == _EventType.Allocation:
+            measured = max(measured, event.extra_fields.total_allocated)
+    assert 0.85 <= estimate / measured <= 1.02, (estimate, measured)
+
+
+def test_gradient_checkpointing_lowers_the_activation_term(tmp_path):
+    """Read from the recipe (`train.gradient_checkpointing`), enabled as the loop enables it: 47 -> 7 MiB of
+    activations held at the peak of a LoRA step on the tiny base; nothing else changes but the backward's
+    temporaries."""
+    recipe_path = write_recipe(tmp_path, "gc", **_tiny_lora_sections())
+    from tunelab.recipe import load_recipe
+    plans = {gc: plan_memory(load_recipe(recipe_path, [f"train.gradient_checkpointing={str(gc).lower()}"]), 24 * GiB)
+             for gc in (False, True)}
+    off, on = plans[False].categories, plans[True].categories
+    assert on["activations"] < off["activations"] / 4, (off["activations"], on["activations"])
+    for name in ("weights (frozen)", "weights (trainable)", "optimizer states"):
+        assert on[name] == off[name]
+    assert plans[True].total < plans[False].total
+    assert "gradient checkpointing" in plans[True].step and "no gradient checkpointing" in plans[False].step
+
+
+def _tiny_lora_sections() -> dict:
+    return {"model": {"preset": None, "from_scratch": None, "tokenizer_vocab_size": None, "path": str(TINY_BASE)},
+            "lora": {"enabled": True, "rank": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
+            "data": {"max_seq_len": 256}, "train": {"batch_size": 8, "grad_accum": 2, "precision": "bf16"}}
+
+
+def test_memory_sizes_parse_as_nvidia_smi_counts():
+    assert parse_memory_size("24GiB") == parse_memory_size("24GB") == parse_memory_size("24G") == 24 * GiB
+    assert parse_memory_size("80g") == parse_memory_size("80") == 80 * GiB
+    assert parse_memory_size("16384MiB") == 16 * GiB
+    assert parse_memory_size("1.5TB") == int(1.5 * 2 ** 40)
+    for bad in ("", "lots", "-24GiB", "0GB", "24 GiBs", "24PB"):
+        with pytest.raises(TunelabError, match="--gpu-memory"):
+            parse_memory_size(bad)
+
+
+def test_plan_cli_exit_codes_and_one_line_errors(tmp_path, capsys):
+    """0: it fits; 1: it does not, with the changes that would fit, each re-estimated; 2: bad input, one line."""
+    from tunelab.cli import main
+    recipe = str(write_recipe(tmp_path, "plan", **_tiny_lora_sections()))
+
+    assert main(["plan", recipe, "--gpu-memory", "24GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "FITS" in out and "DOES NOT FIT" not in out
+    for row in ("weights (frozen)", "weights (trainable)", "gradients", "optimizer states", "activations",
+                "loss / logits", "temporary / workspace", "device overhead", "total peak"):
+        assert row in out, row
+
+    # the CUDA context alone takes 0.5 GiB: no recipe change helps, and no advice claims to fit
+    assert main(["plan", recipe, "--gpu-memory", "512MiB"]) == 1
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT" in out and " fits " not in out
+
+    # a card a little too small: the step's own changes make it fit, each with its re-estimated total
+    needed = plan_memory(_load(recipe), 24 * GiB).total
+    card = f"{(needed - 2 ** 20) / 2 ** 20:.0f}MiB"
+    assert main(["plan", recipe, "--gpu-memory", card, "--json"]) == 1
+    plan = json.loads(capsys.readouterr().out)
+    assert not plan["fits"] and plan["advice"]
+    sets = {" ".join(a["sets"]): a for a in plan["advice"]}
+    assert sets["--set train.gradient_checkpointing=true"]["fits"]
+    assert all(a["total_bytes"] < plan["total"] for a in plan["advice"])
+
+    assert main(["plan", recipe, "--gpus", "2"]) == 0
+    assert "DDP gradient buckets" in capsys.readouterr().out
+
+    assert main(["plan", recipe, "--gpu-memory", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tunelab: error: --gpu-memory: expected a memory size")
+
+    assert main(["plan", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+    unknown = str(write_recipe(tmp_path / "u", "unknown", **{**_tiny_lora_sections(), "model": {
+        "preset": None, "from_scratch": None, "tokenizer_vocab_size": None, "path": "nobody/no-such-model"}}))
+    assert main(["plan", unknown]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no config.json for 'nobody/no-such-model'" in err
+
+
+def test_a_missing_data_file_does_not_stop_the_plan(tmp_path, capsys):
+    """The plan reads no data: a recipe whose data and corpus are elsewhere (a GPU box) is still planned."""
+    from tunelab.cli import main
+    sections = _tiny_lora_sections()
+    sections["data"] = {**sections["data"], "train": [{"path": str(tmp_path / "not-here.json")},
+                                                      {"corpus": str(tmp_path / "no-corpus"), "replay": 0.5}]}
+    recipe = str(write_recipe(tmp_path, "nodata", **sections))
+    assert main(["plan", recipe]) == 0
+    assert "FITS" in capsys.readouterr().out
+    assert main(["train", recipe]) == 2  # training does read it
+    assert "not-here.json" in capsys.readouterr().err
+
+
+def _load(path: str):
+    from tunelab.recipe import load_recipe
+    return load_recipe(path)
