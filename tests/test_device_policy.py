@@ -115,3 +115,59 @@ def test_bf16_on_a_cpu_only_where_it_is_faster(monkeypatch):
     state = torch.random.get_rng_state()
     assert policy.cpu_bf16_speedup() >= 0  # the matmul race draws no random numbers: a seeded run stays seeded
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+@pytest.fixture
+def recorded_loads(monkeypatch):
+    """Every model load's (dtype, device) as the verbs ask for it; the model itself is loaded on this CPU in
+    fp32 (there is no GPU), so the verb runs on to the end."""
+    from tunelab.model import loading
+    real, calls = loading.load_for_inference, []
+
+    def load(path, dtype="float32", merge=False, device=None):
+        calls.append((dtype, str(device)))
+        return real(path, dtype="float32", merge=merge)
+    monkeypatch.setattr(loading, "load_for_inference", load)
+    return calls
+
+
+@pytest.mark.parametrize("kind, half", [("sm80", "bfloat16"), ("sm70", "float16")])
+def test_every_verb_loads_on_the_gpu_in_its_native_half_precision(kind, half, gpu, recorded_loads, tmp_path,
+                                                                  tiny_base, capsys):
+    """`eval`, `generate` (and `serve`, `ui`: the same ServedModel.load) and `tunelab run`'s evaluation load
+    onto the GPU in bf16 where native, fp16 on older GPUs, never fp32 on the host unless asked."""
+    import json
+
+    from tunelab.cli import main
+    from tunelab.serve.backends import build_backends
+    from tunelab.serve.models import ServedModel
+    gpu(kind, count=2)
+    data = tmp_path / "dev.json"
+    data.write_text(json.dumps([{"problem": "1+1=", "solution": "2"}, {"problem": "2+3=", "solution": "5"}]))
+    assert main(["eval", "--model", str(tiny_base), "--tasks", "arithmetic", "--data", f"arithmetic={data}",
+                 "--out", str(tmp_path / "e1")]) == 0
+    assert main(["eval", "--model", str(tiny_base), "--tasks", "arithmetic", "--data", f"arithmetic={data}",
+                 "--out", str(tmp_path / "e2"), "--device", "cuda:1", "--precision", "fp32"]) == 0
+    assert main(["generate", str(tiny_base), "1+1=", "--max-new-tokens", "2"]) == 0
+    ServedModel.load(tiny_base, device="cuda:1", precision="bf16").close()
+    for backend in build_backends([f"m={tiny_base}"], precision="fp32").values():
+        backend.served.close()
+    assert recorded_loads == [(half, "cuda:0"), ("float32", "cuda:1"), (half, "cuda:0"), ("bfloat16", "cuda:1"),
+                              ("float32", "cuda:0")]
+
+
+def test_a_runs_evaluation_uses_the_device_it_trained_on(gpu, recorded_loads, tmp_path, tiny_base):
+    from conftest import write_recipe
+
+    from tunelab.eval.sets import eval_sets
+    from tunelab.pipeline import _cached_eval
+    from tunelab.recipe import load_recipe
+    gpu("sm90", count=2)
+    recipe = load_recipe(write_recipe(tmp_path, "placed", train={"device": "cuda:1"},
+                                      eval={"tasks": [{"task": "arithmetic", "limit": 2,
+                                                       "source": {"generate": "arithmetic", "count": 2}}]}))
+    sets = eval_sets(recipe.eval)
+    _cached_eval(tiny_base, sets, tmp_path / "out", recipe, None, "base")
+    recipe.eval.device, recipe.eval.precision = "cuda:0", "fp16"
+    _cached_eval(tiny_base, sets, tmp_path / "out2", recipe, None, "base")
+    assert recorded_loads == [("bfloat16", "cuda:1"), ("float16", "cuda:0")]

@@ -40,7 +40,13 @@ def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label
                 results[k].get("mode", "generate") == es.mode for k, es in sets.items()):
             return results
     return evaluate_model_dir(model_dir, sets, out_dir, recipe.eval.batch_size, recipe.eval.max_new_tokens,
-                              template=template, label=label)
+                              template=template, label=label, **eval_placement(recipe))
+
+
+def eval_placement(recipe: Recipe) -> dict:
+    """Where a run's evaluation loads models: eval.device, else the device it trained on (never the host
+    while a GPU sits idle), at eval.precision."""
+    return {"device": recipe.eval.device or recipe.train.device, "precision": recipe.eval.precision}
 
 
 def run(recipe: Recipe, resume: bool = False) -> dict:
@@ -204,7 +210,8 @@ def _run_course(recipe: Recipe, sets: dict, summary: dict, template, base_run: P
         examples = sets[qa_label].examples
         for name, step, model_dir in [("base", 0, recipe.model.path),
                                       *((c.name, int(c.name.split("-")[-1]), model_dir_of(c)) for c in ckpts)]:
-            qa_loss[name] = {"step": step, **answer_loss(model_dir, template, examples, recipe.eval.batch_size)}
+            qa_loss[name] = {"step": step, **answer_loss(model_dir, template, examples, recipe.eval.batch_size,
+                                                          **eval_placement(recipe))}
     tuned = {n: v for n, v in qa_loss.items() if n != "base"}
     if tuned:
         best, best_by = min(tuned, key=lambda n: tuned[n]["loss"]), f"{qa_label} answer loss"

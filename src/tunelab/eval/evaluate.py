@@ -58,12 +58,13 @@ def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = Non
     out_root = Path(out) if out else ((model if model.is_dir() else Path(".")) / f"eval-{'+'.join(sets)}")
     (out_root / "results.json").unlink(missing_ok=True)  # a stale file must not pass for this evaluation
 
-    base = load_baseline(baseline, sets, ability, out_root, config.batch_size, config.max_new_tokens) \
-        if baseline else None
+    base = load_baseline(baseline, sets, ability, out_root, config.batch_size, config.max_new_tokens,
+                         config.device, config.precision) if baseline else None
     table = {}
     for label, mdir in targets:
         table[label] = evaluate_model_dir(mdir, sets, out_root / label if ckpts else out_root, config.batch_size,
-                                          config.max_new_tokens, label=label, write_results=False)
+                                          config.max_new_tokens, label=label, write_results=False,
+                                          device=config.device, precision=config.precision)
     first = next(iter(sets))
     doc: dict[str, Any] = {
         "model": given,
@@ -122,7 +123,7 @@ def config_from_flags(args) -> EvalConfig:
            "options": {k: getattr(args, k) for k in ("segmentation", "window", "stride")
                        if getattr(args, k) is not None},
            "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-           "retention_threshold": args.retention_threshold}
+           "retention_threshold": args.retention_threshold, "device": args.device, "precision": args.precision}
     return validate_eval(raw)
 
 
@@ -148,7 +149,8 @@ def _value(text: str) -> Any:
 # Which flag sets which field of the eval configuration (eval.options.KEY is --KEY: --window, --stride…)
 _FLAGS = {"tasks": "--tasks", "task": "--tasks", "name": "--tasks", "source": "--data", "limit": "--limit",
           "mode": "--mode", "options": "--option", "batch_size": "--batch-size",
-          "max_new_tokens": "--max-new-tokens", "retention_threshold": "--retention-threshold"}
+          "max_new_tokens": "--max-new-tokens", "retention_threshold": "--retention-threshold",
+          "device": "--device", "precision": "--precision"}
 
 
 def _as_flag(error: TunelabError) -> TunelabError:

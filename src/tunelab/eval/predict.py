@@ -69,8 +69,7 @@ def predict_labels(model, tokenizer, template, task, examples, mode: str, batch_
 
 
 def cli_predict(args) -> int:
-    from tunelab.eval.runner import template_for
-    from tunelab.model.loading import load_for_inference, quiet_transformers
+    from tunelab.eval.runner import load_model, template_for
     from tunelab.runs import pick_checkpoint
     from tunelab.tasks.glue import parse_label, read_glue_examples
     from tunelab.tasks.registry import get_task
@@ -90,8 +89,7 @@ def cli_predict(args) -> int:
     model_path = Path(args.model)
     model_dir = pick_checkpoint(model_path) if model_path.is_dir() else args.model
 
-    quiet_transformers()
-    model, tokenizer = load_for_inference(str(model_dir), merge=True)
+    model, tokenizer = load_model(model_dir, args.device, args.precision)
     template = template_for(model_dir)
     labels, raw = predict_labels(model, tokenizer, template, task, examples, args.mode, args.batch_size,
                                  args.max_new_tokens)

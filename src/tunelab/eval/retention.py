@@ -48,7 +48,7 @@ def _same_scorer(task: str, base: str | None, tuned: str | None, file: Path | No
 
 
 def load_baseline(spec: str, sets: dict[str, EvalSet], ability: list[str], out_root: Path, batch_size: int,
-                  max_new_tokens: int) -> dict:
+                  max_new_tokens: int, device: str | None = None, precision: str = "auto") -> dict:
     """Base-model metrics for the ability tasks: from a results JSON (tunelab eval's results.json, or a run's
     eval/base/results.json), else by evaluating the base model `spec` on those tasks."""
     path = Path(spec)
@@ -76,5 +76,6 @@ def load_baseline(spec: str, sets: dict[str, EvalSet], ability: list[str], out_r
             _same_scorer(label, recorded, getattr(sets[label].task, "scorer", None), path)
         return {"source": str(path), "kind": "results", "results": {k: results[k] for k in ability}}
     results = evaluate_model_dir(spec, {label: sets[label] for label in ability}, out_root / "baseline",
-                                 batch_size, max_new_tokens, label="baseline", write_results=False)
+                                 batch_size, max_new_tokens, label="baseline", write_results=False,
+                                 device=device, precision=precision)
     return {"source": spec, "kind": "model", "results": results}

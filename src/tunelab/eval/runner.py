@@ -97,19 +97,28 @@ def template_for(model_dir: str | Path, fallback: PromptTemplate | None = None) 
     return load_template(model_dir) or fallback or PromptTemplate("alpaca")
 
 
+def load_model(model_dir: str | Path, device: str | None = None, precision: str = "auto"):
+    """(model, tokenizer) of a full or adapter directory (merged for speed), loaded straight onto `device` in the
+    precision the device policy gives (`model.device`): a GPU's own, never fp32 on the host unless asked."""
+    from tunelab.model.device import inference_dtype, resolve_device
+    from tunelab.model.loading import load_for_inference, quiet_transformers
+    quiet_transformers()
+    dev = resolve_device(device, field="eval.device")
+    return load_for_inference(str(model_dir), dtype=inference_dtype(precision, dev), merge=True, device=dev)
+
+
 def evaluate_model_dir(model_dir: str | Path, sets: dict[str, EvalSet], out_dir: Path,
                        batch_size: int, max_new_tokens: int, template: PromptTemplate | None = None,
-                       label: str = "", write_results: bool = True) -> dict:
-    """Load one model (full or adapter, merged for speed) and run every set on it; {label: metrics}.
+                       label: str = "", write_results: bool = True, device: str | None = None,
+                       precision: str = "auto") -> dict:
+    """Load one model (full or adapter, merged for speed) on `device` and run every set on it; {label: metrics}.
 
     With `write_results`, `out_dir/results.json` is removed first and written last, so its presence means
     the evaluation is complete.
     """
-    from tunelab.model.loading import load_for_inference, quiet_transformers
     if write_results:
         (Path(out_dir) / "results.json").unlink(missing_ok=True)
-    quiet_transformers()
-    model, tokenizer = load_for_inference(str(model_dir), merge=True)
+    model, tokenizer = load_model(model_dir, device, precision)
     tmpl = template_for(model_dir, template)
     results = {}
     for name, es in sets.items():
@@ -121,13 +130,12 @@ def evaluate_model_dir(model_dir: str | Path, sets: dict[str, EvalSet], out_dir:
     return results
 
 
-def answer_loss(model_dir, template, examples: list, batch_size: int) -> dict:
+def answer_loss(model_dir, template, examples: list, batch_size: int, device: str | None = None,
+                precision: str = "auto") -> dict:
     """The fine-tuning loss on held-out pairs: mean NLL per token of answer + EOS after the rendered question,
-    exactly the positions the trainer scores (`data.packing.encode_examples`), in float32."""
+    exactly the positions the trainer scores (`data.packing.encode_examples`), accumulated in float32."""
     from tunelab.eval.loglik import loglikelihood
-    from tunelab.model.loading import load_for_inference, quiet_transformers
-    quiet_transformers()
-    model, tokenizer = load_for_inference(str(model_dir), merge=True)
+    model, tokenizer = load_model(model_dir, device, precision)
     requests = [(template.render(ex.instruction, ex.input), ex.output + tokenizer.eos_token) for ex in examples]
     results = loglikelihood(model, tokenizer, requests, batch_size=batch_size)
     tokens = sum(r.tokens for r in results)

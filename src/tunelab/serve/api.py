@@ -594,7 +594,7 @@ def cli_serve(args) -> int:
         raise TunelabError("--max-request-bytes and --max-sequences must be at least 1")
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    served = ServedModel.load(args.model, name=args.name, max_batch=args.max_batch, dtype=args.dtype,
+    served = ServedModel.load(args.model, name=args.name, max_batch=args.max_batch, precision=args.precision,
                               device=args.device, which=args.checkpoint)
     app = create_app(served, api_key=key, limits=limits)
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "::") else args.host

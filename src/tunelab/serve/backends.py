@@ -271,8 +271,9 @@ class RemoteBackend:
                     pass
 
 
-def build_backends(specs: list[str], max_batch: int = 16, deadlines: Deadlines = Deadlines()) -> dict[str, object]:
-    """Backends by name, in the order given; one engine per distinct local model directory."""
+def build_backends(specs: list[str], max_batch: int = 16, deadlines: Deadlines = Deadlines(),
+                   device: str | None = None, precision: str = "auto") -> dict[str, object]:
+    """Backends by name, in the order given; one engine per distinct local model directory, each on `device`."""
     from tunelab.serve.models import ServedModel, resolve_model_dir
     backends: dict[str, object] = {}
     loaded: dict[str, ServedModel] = {}
@@ -285,6 +286,7 @@ def build_backends(specs: list[str], max_batch: int = 16, deadlines: Deadlines =
         else:
             key = str(resolve_model_dir(spec.target))
             if key not in loaded:
-                loaded[key] = ServedModel.load(spec.target, name=spec.name, max_batch=max_batch)
+                loaded[key] = ServedModel.load(spec.target, name=spec.name, max_batch=max_batch,
+                                               precision=precision, device=device)
             backends[spec.name] = LocalBackend(spec.name, loaded[key])
     return backends

@@ -42,7 +42,7 @@ def cli_generate(args) -> int:
     prompts = _given_prompts(args)       # before the model loads: a bad file costs no wait
     if args.threads:
         torch.set_num_threads(args.threads)
-    served = ServedModel.load(args.model, max_batch=args.max_batch, dtype=args.dtype, device=args.device,
+    served = ServedModel.load(args.model, max_batch=args.max_batch, precision=args.precision, device=args.device,
                               which=args.checkpoint)
     try:
         _describe(served, args)

@@ -129,20 +129,19 @@ class ServedModel:
         return chars > 2 * self.max_token_chars * self.context_len
 
     @classmethod
-    def load(cls, path: str | Path, name: str | None = None, max_batch: int = 16, dtype: str = "auto",
+    def load(cls, path: str | Path, name: str | None = None, max_batch: int = 16, precision: str = "auto",
              device: str | None = None, which: str = "best") -> "ServedModel":
-        import torch
-
+        """`device` and `precision` as every verb takes them (`model.device`): by default this machine's GPU
+        in its native half precision, else the CPU in fp32."""
+        from tunelab.model.device import inference_dtype, resolve_device
         from tunelab.model.loading import load_for_inference, quiet_transformers
         quiet_transformers()
         model_dir = resolve_model_dir(path, which)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        model, tokenizer = load_for_inference(str(model_dir), dtype=dtype, merge=True)
+        dev = resolve_device(device, field="--device")
+        model, tokenizer = load_for_inference(str(model_dir), dtype=inference_dtype(precision, dev), merge=True,
+                                              device=dev)
         if Path(model_dir).is_dir() and (own := load_generation_config(model_dir)) is not None:
             model.generation_config = own     # an adapter's, not its base's
-        model.to(device)
         return cls(model, tokenizer, name or default_name(path, model_dir), max_batch, model_dir)
 
     @property

@@ -538,7 +538,8 @@ def cli_ui(args) -> int:
         print(f"warning: the UI listens on {args.host} without --auth USER:PASS: anyone who can reach it can chat "
               f"and vote; the vote export (stored prompts and answers) is switched off. "
               f"警告：未设置 --auth，任何能访问的人都可使用；投票导出已关闭。", file=sys.stderr)
-    backends = build_backends(args.model, max_batch=args.max_batch, deadlines=deadlines)
+    backends = build_backends(args.model, max_batch=args.max_batch, deadlines=deadlines, device=args.device,
+                              precision=args.precision)
     store = ArenaStore(args.db)
     demo = build_app(backends, store, load_examples(args.examples), min_votes=args.min_votes,
                      export_votes=auth is not None or not public)
