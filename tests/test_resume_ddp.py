@@ -191,3 +191,21 @@ def test_resume_of_a_run_saved_before_a_schema_key_was_added(make_recipe):
     from tunelab.errors import TunelabError
     with pytest.raises(TunelabError, match="recipe differs"):
         train(recipe, resume=True)
+
+
+def test_under_torchrun_every_rank_evaluates_its_share_of_checkpoints(tmp_path):
+    """`tunelab run` under a 2-process torchrun: rank 1 evaluates checkpoints too (each on its own device), and
+    rank 0's report has every checkpoint and the base, as one process's would."""
+    path = write_recipe(tmp_path, "shared", train={"max_steps": 8, "batch_size": 1, "num_checkpoints": 4},
+                        eval={"baseline": False, "batch_size": 8, "max_new_tokens": 8,
+                              "tasks": [{"task": "arithmetic", "source": {"generate": "arithmetic", "count": 6,
+                                                                          "seed": 9}}]},
+                        score={"accuracy_task": "arithmetic"})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tunelab.cli", "run", str(path)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    shares = {r: re.findall(rf"rank {r}: evaluating (step-\d+)", proc.stdout) for r in (0, 1)}
+    assert shares == {0: ["step-000002", "step-000006"], 1: ["step-000004", "step-000008"]}
+    metrics = json.loads((load_recipe(path).run_dir / "metrics.json").read_text())
+    assert sorted(metrics["checkpoints"]) == ["step-000002", "step-000004", "step-000006", "step-000008"]

@@ -43,6 +43,25 @@ def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label
                               template=template, label=label, **eval_placement(recipe))
 
 
+def evaluate_share(recipe: Recipe, sets: dict, template, rank: int, world: int) -> None:
+    """Under torchrun, every rank evaluates its share of the checkpoints (and one rank the base) on its own
+    device, then waits for the others: rank 0's report finds every result in place (`_cached_eval`) instead of
+    evaluating all of them alone while the other GPUs sit idle. The wait is a gloo barrier of its own, with a
+    timeout long enough for an evaluation (a collective's default would end a long one)."""
+    import datetime
+
+    import torch.distributed as td
+    run_dir = recipe.run_dir
+    jobs = [(model_dir_of(c), c.name) for c in list_checkpoints(run_dir)] if recipe.eval.checkpoints == "all" else []
+    if recipe.eval.baseline and recipe.model.path:
+        jobs.append((recipe.model.path, "base"))
+    waiting = td.new_group(backend="gloo", timeout=datetime.timedelta(hours=24))
+    for model_dir, name in jobs[rank::world]:
+        print(f"rank {rank}: evaluating {name}")
+        _cached_eval(model_dir, sets, run_dir / "eval" / name, recipe, template, name)
+    td.barrier(group=waiting)
+
+
 def eval_placement(recipe: Recipe) -> dict:
     """Where a run's evaluation loads models: eval.device, else the device it trained on (never the host
     while a GPU sits idle), at eval.precision."""
@@ -69,7 +88,10 @@ def _run(recipe: Recipe, resume: bool) -> dict:
     base_run = prepare_inputs(recipe)
     sets = eval_sets(recipe.eval)  # every eval mistake is found before training starts
     summary = train(recipe, resume=resume)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone evaluates and reports
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and sets:
+        evaluate_share(recipe, sets, template, rank, world)
+    if rank != 0:  # under torchrun, rank 0 alone reports
         return {}
     if recipe.data.corpus:
         return _run_pretraining(recipe, sets, summary, template)
