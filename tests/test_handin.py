@@ -123,7 +123,12 @@ def test_refusals_name_what_is_missing(finished_run, tmp_path):
     (no_retention / "metrics.json").write_text(json.dumps(m))
     with pytest.raises(TunelabError, match="no retention result"):
         handin(no_retention, tmp_path / "o3")
-    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
+    damaged = copy("damaged")
+    state = sorted((damaged / "checkpoints").iterdir())[2] / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(TunelabError, match=r"checkpoint step-000006 is damaged \(trainer_state.pt: truncated"):
+        handin(damaged, tmp_path / "o5")
+    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3, 5))
     assert main(["handin", str(four), "--out", str(tmp_path / "o4")]) == 2
 
 

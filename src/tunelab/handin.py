@@ -34,7 +34,7 @@ import yaml
 from tunelab.data.records import read_text
 from tunelab.errors import TunelabError
 from tunelab.recipe import MINDFORMERS_MODULES
-from tunelab.runs import list_checkpoints
+from tunelab.runs import check_checkpoints, list_checkpoints
 
 REQUIRED_CHECKPOINTS = 5
 _HF_TO_MINDFORMERS = {hf: ms for ms, hf in MINDFORMERS_MODULES.items()}
@@ -42,7 +42,8 @@ _HF_TO_MINDFORMERS = {hf: ms for ms, hf in MINDFORMERS_MODULES.items()}
 
 def check_run(run_dir: Path) -> dict:
     """The run's metrics.json after checking what the rules require; every problem in one message."""
-    problems = []
+    problems = [f"checkpoint {c.name} is damaged ({c.detail}): resume the run to rewrite it, or hand in another run"
+                for c in check_checkpoints(run_dir) if c.status == "damaged"]
     ckpts = list_checkpoints(run_dir)
     steps = [int(c.name.split("-")[1]) for c in ckpts]
     if len(ckpts) != REQUIRED_CHECKPOINTS:
