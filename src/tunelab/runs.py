@@ -172,11 +172,11 @@ def pick_checkpoint(run_or_ckpt: Path, which: str = "best") -> Path:
     if (run_or_ckpt / "state.json").exists() or has_manifest(run_or_ckpt):
         check_whole(run_or_ckpt)
         return model_dir_of(run_or_ckpt)
-    ckpts = list_checkpoints(run_or_ckpt)
-    if not ckpts:
+    dirs = checkpoint_dirs(run_or_ckpt)
+    if not dirs:
         raise TunelabError("no checkpoints here (expected a run directory, a checkpoint or a model directory)",
                            file=run_or_ckpt)
-    chosen = checkpoint_dirs(run_or_ckpt)[-1]  # the newest, damaged or not: never silently an older one
+    chosen = dirs[-1]  # the newest, damaged or not: never silently an older one
     for marked in ("metrics.json", "train_summary.json"):
         if which == "best" and (run_or_ckpt / marked).exists():
             best = read_json_object(run_or_ckpt / marked).get("best_checkpoint")
