@@ -5,11 +5,13 @@ Same model for both (by default the `tiny` preset, hidden 256 and 4 layers, rand
 tokenizer trained here; or `--model DIR`), same engine code: the baseline is `tunelab serve --max-batch 1`,
 so requests wait in line and are decoded one by one. Each server runs in its own process (as in use), and the
 clients are threads streaming chat completions over HTTP (`stream: true`, `ignore_eos`, a fixed number of
-new tokens, greedy). For 1, 4 and 16 concurrent clients it measures generated tokens per second over the
+new tokens, greedy; or with `--temperature`, `--top-p` and `--logprobs` sampled, each request with a seed of its own
+and the top log-probabilities of every token). For 1, 4 and 16 concurrent clients it measures generated tokens per second over the
 wall time and the time to first token (TTFT, p50 / p95), and prints batched / one-at-a-time ratios.
 
     python benchmarks/bench_serve.py [--concurrency 1,4,16] [--requests-per-client 2] [--max-tokens 64]
                                      [--max-batch 16] [--rounds 2] [--model DIR]
+                                     [--temperature 0.8 --top-p 0.95 --logprobs 5]
 
 `--soak` instead leaves one server (`--max-batch 16`, an API key) under `--clients` 32 streaming clients for
 `--duration` seconds. Each client draws, request after request, a well-formed streaming chat (greedy, sampled
@@ -115,10 +117,12 @@ class Server:
             self.proc.kill()
 
 
-def one_request(client, url: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
-    """(TTFT, total seconds, generated tokens) of one streamed chat completion."""
+def one_request(client, url: str, prompt: str, max_tokens: int,
+                sampling: dict | None = None) -> tuple[float, float, int]:
+    """(TTFT, total seconds, generated tokens) of one streamed chat completion; `sampling` adds to the body."""
     body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
+            "temperature": 0, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True},
+            **(sampling or {})}
     t0 = time.perf_counter()
     ttft = None
     tokens = 0
@@ -136,7 +140,8 @@ def one_request(client, url: str, prompt: str, max_tokens: int) -> tuple[float, 
     return (ttft if ttft is not None else time.perf_counter() - t0), time.perf_counter() - t0, tokens
 
 
-def run_level(url: str, clients: int, per_client: int, max_tokens: int, prompts: list[str]) -> dict:
+def run_level(url: str, clients: int, per_client: int, max_tokens: int, prompts: list[str],
+              sampling: dict | None = None) -> dict:
     import httpx
     barrier = threading.Barrier(clients)
     results: list[tuple[float, float, int]] = []
@@ -147,8 +152,10 @@ def run_level(url: str, clients: int, per_client: int, max_tokens: int, prompts:
         with httpx.Client(timeout=600) as client:
             barrier.wait()
             for i in range(per_client):
+                n = k * per_client + i
+                extra = {**sampling, "seed": n} if sampling else {}
                 try:
-                    res = one_request(client, url, prompts[(k * per_client + i) % len(prompts)], max_tokens)
+                    res = one_request(client, url, prompts[n % len(prompts)], max_tokens, extra)
                 except Exception as e:  # noqa: BLE001
                     with lock:
                         errors.append(f"{type(e).__name__}: {e}")
@@ -379,6 +386,9 @@ def main() -> int:
     ap.add_argument("--preset", default="tiny")
     add_threads_option(ap, "torch threads of the server")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=0.0, help="> 0: sampled requests, each with its own seed")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--logprobs", type=int, default=None, help="top log-probabilities per token (0-20)")
     ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
     ap.add_argument("--soak", action="store_true", help="the soak test instead of the throughput comparison")
     ap.add_argument("--clients", type=int, default=32, help="--soak: concurrent clients")
@@ -393,8 +403,12 @@ def main() -> int:
     prompts = [f"{rng.randint(1, 999)} {rng.choice('+-')} {rng.randint(1, 999)} = ?" for _ in range(256)]
     if args.soak:
         return soak(args, model, threads)
+    sampling = {"temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 else {}
+    if args.logprobs is not None:
+        sampling |= {"logprobs": True, "top_logprobs": args.logprobs}
     log(f"model {model}; levels {levels}; {args.requests_per_client} requests/client, {args.max_tokens} tokens "
-        f"each; server threads {threads} (load average {load0[0]:.1f})")
+        f"each; {json.dumps(sampling) if sampling else 'greedy'}; server threads {threads} "
+        f"(load average {load0[0]:.1f})")
 
     runs: dict[str, dict[int, list[dict]]] = {"batched": {c: [] for c in levels}, "serial": {c: [] for c in levels}}
     max_batch_seen = 0
@@ -406,7 +420,7 @@ def main() -> int:
                 srv.wait()
                 run_level(srv.url, 1, 2, 8, prompts)   # warm-up
                 for c in levels:
-                    res = run_level(srv.url, c, args.requests_per_client, args.max_tokens, prompts)
+                    res = run_level(srv.url, c, args.requests_per_client, args.max_tokens, prompts, sampling)
                     runs[setup][c].append(res)
                     log(f"round {rnd + 1} {setup:8s} {c:3d} clients: {res['tok_per_s']:8.1f} tok/s, "
                         f"TTFT p50 {res['ttft_p50_s'] * 1000:7.1f} ms p95 {res['ttft_p95_s'] * 1000:7.1f} ms"

@@ -21,7 +21,8 @@ A batch holds up to `batch_size` continuations. Multiple-choice scoring thus cos
 per question instead of one per option. `share_context=False`, and any pair too long for the model's
 context, use lm-eval's layout instead: every pair its own right-padded row (context + continuation, the
 context cut from the left to fit), `batch_size` rows per forward. Either way logits are computed only at
-the scored positions (transformers' `logits_to_keep`), and log-softmax runs in float32. An empty context
+the scored positions (transformers' `logits_to_keep`), log-softmax runs in float32 a chunk of positions at a
+time (`decoding.token_logprobs`), and a batch's scores come to the host in one copy. An empty context
 is replaced by the tokenizer's BOS (else EOS) token, as lm-eval does.
 """
 
@@ -84,7 +85,7 @@ def _score_pairs(model, pairs, results, batch_size, max_length, pad_id, device, 
     """Every pair its own row: context + continuation (context cut from the left to fit), right-padded."""
     import torch
 
-    from tunelab.model.decoding import logits_at
+    from tunelab.model.decoding import logits_at, to_device
     rows = []
     for i, ctx, cont in pairs:
         cont = cont[-max_length:]
@@ -103,8 +104,9 @@ def _score_pairs(model, pairs, results, batch_size, max_length, pad_id, device, 
             attention[r, :len(ids)] = 1
             keep[r, len(ids) - len(cont): len(ids)] = True
             targets += cont
-        logits = logits_at(model, input_ids.to(device), attention.to(device), keep.to(device), use_cache=False)
-        _collect(logits, targets, [(i, len(cont)) for i, _, cont in batch], results)
+        logits = logits_at(model, to_device(input_ids, device), to_device(attention, device), to_device(keep, device),
+                           use_cache=False)
+        _collect([(logits, targets)], None, [(i, len(cont)) for i, _, cont in batch], results)
         bar.update(len(batch))
 
 
@@ -113,7 +115,7 @@ def _score_groups(model, groups, results, batch_size, pad_id, device, bar) -> No
     from copies of that cache (right-padded), `batch_size` continuations per batch."""
     import torch
 
-    from tunelab.model.decoding import DecodeBatch
+    from tunelab.model.decoding import DecodeBatch, to_device
 
     groups.sort(key=lambda g: -len(g[0]))
     start = 0
@@ -126,10 +128,9 @@ def _score_groups(model, groups, results, batch_size, pad_id, device, bar) -> No
         rows = [(g, i, cont) for g, (_, members) in enumerate(batch) for i, cont in members]
         width = max(len(cont) for _, _, cont in rows) - 1  # continuation tokens after each first one
         state, last = DecodeBatch.prefill(model, [list(ctx) for ctx, _ in batch], pad_id, width + 1)
-        sel = torch.tensor([g for g, _, _ in rows], dtype=torch.long, device=device)
-        # row-major: each row's first token (predicted by the prefill), then its later tokens (second pass)
-        first_logits = last[sel]
-        later_logits = None
+        sel = [g for g, _, _ in rows]
+        # each row's first token is predicted by the prefill, its later tokens by a second pass
+        scored = [(last.index_select(0, to_device(torch.tensor(sel), device)), [cont[0] for _, _, cont in rows])]
         if width > 0:
             state.select(sel)
             inp = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -137,26 +138,31 @@ def _score_groups(model, groups, results, batch_size, pad_id, device, bar) -> No
             for r, (_, _, cont) in enumerate(rows):
                 inp[r, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
                 cont_mask[r, :len(cont) - 1] = 1
-            later_logits = state.score(inp.to(device), cont_mask.to(device))
-        # interleave: row r's tokens are [first_r] + its slice of later_logits
-        pieces, targets, pos = [], [], 0
+            scored.append((state.score(to_device(inp, device), to_device(cont_mask, device)),
+                           [t for _, _, cont in rows for t in cont[1:]]))
+        # row r's tokens in order: its first token, then its slice of the second pass's
+        order, later = [], len(rows)
         for r, (_, _, cont) in enumerate(rows):
-            pieces.append(first_logits[r: r + 1])
-            if len(cont) > 1:
-                pieces.append(later_logits[pos: pos + len(cont) - 1])
-                pos += len(cont) - 1
-            targets += cont
-        _collect(torch.cat(pieces), targets, [(i, len(cont)) for _, i, cont in rows], results)
+            order += [r, *range(later, later + len(cont) - 1)]
+            later += len(cont) - 1
+        _collect(scored, order, [(i, len(cont)) for _, i, cont in rows], results)
         bar.update(len(rows))
 
 
-def _collect(logits, targets, owners, results) -> None:
-    """Sum per-token log-probabilities per request; `owners` is (request index, token count) in order."""
+def _collect(scored, order, owners, results) -> None:
+    """Sum per-token log-probabilities per request. `scored` is (logits, targets) pieces whose tokens, in
+    `order` (None: as they come), are `owners`' (request index, token count) in turn. One copy to the host."""
     import torch
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    target = torch.tensor(targets, dtype=torch.long, device=logprobs.device)
-    token_lp = logprobs.gather(-1, target[:, None]).squeeze(-1).double().cpu()
-    greedy = (logprobs.argmax(-1) == target).cpu()
+
+    from tunelab.model.decoding import to_device, token_logprobs
+    parts = []
+    for logits, targets in scored:
+        chosen, greedy, _, _ = token_logprobs(logits, to_device(torch.tensor(targets), logits.device))
+        parts.append(torch.stack([chosen, greedy.float()]))
+    host = torch.cat(parts, dim=1).cpu()
+    if order is not None:
+        host = host[:, order]
+    token_lp, greedy = host[0].double(), host[1].bool()
     pos = 0
     for i, n in owners:
         results[i] = LoglikResult(float(token_lp[pos: pos + n].sum()), bool(greedy[pos: pos + n].all()), n)

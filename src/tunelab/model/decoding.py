@@ -12,6 +12,12 @@ same tokens for the same checkpoint:
 Every forward pass computes rotary embeddings without copies where that gives transformers' result exactly
 (`rotary.py`), and a batch's prefill runs the prefixes its rows share once, as a packed trie, where a check
 finds that gives the padded prefill's logits (`tree_prefill.py`).
+
+Shaped for a GPU: a decode step makes the host wait for the device once — for the few numbers it needs (the next
+tokens, and the log-probabilities a request asked for), copied together — and everything else stays on the
+device: sampling, the next step's input, each row's position. The host keeps the batch's layout (which columns
+are padding) itself instead of reading it back from the mask, rows join and leave the KV cache without copying
+the rows that stay (`kv_cache.py`), and log-probabilities are taken a chunk of positions at a time.
 """
 
 from __future__ import annotations
@@ -177,7 +183,7 @@ def _tree_agrees(model) -> bool:
             padded, want = DecodeBatch.prefill(model, rows, 0, 2, share_prefix=False)
             cache = reserved_cache(model.config, max(map(len, rows)) + 2)
             mask, next_pos, got = tree_prefill(model, rows, cache, 2, logits_at)
-            tree = DecodeBatch(model, cache, mask, next_pos)
+            tree = DecodeBatch(model, cache, mask, next_pos, *_left_padding(rows, mask.shape[1]))
             tokens = want.argmax(-1).to(device)
             pairs = [(want, got), (padded.step(tokens), tree.step(tokens))]
     except Exception:  # an architecture the trie cannot drive keeps the padded prefill
@@ -186,15 +192,42 @@ def _tree_agrees(model) -> bool:
                for w, t in pairs)
 
 
+def to_device(tensor, device):
+    """A host tensor on `device` without the host waiting for the device: on CUDA through pinned memory and an
+    asynchronous copy (a copy from pageable memory waits for the stream first); elsewhere `tensor.to(device)`."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _left_padding(rows: list[list[int]], width: int) -> tuple[list[int], list[int]]:
+    """Each row's first column and padding columns when its tokens are left-padded to `width`."""
+    pads = [width - len(r) for r in rows]
+    return pads, list(pads)
+
+
+def _moved(t, order: list[int]):
+    """`t[order]` for an order made by `DecodeBatch.remove`, as in-place copies of the rows that move (no index
+    tensor to send to the device)."""
+    for i, j in enumerate(order):
+        if i != j:
+            t[i] = t[j]
+    return t[:len(order)]
+
+
 class DecodeBatch:
-    """Rows of different lengths decoding together, left-padded: a KV cache written in place
-    (`kv_cache.ReservedLayer`), the attention mask over the cached positions, and each row's next position.
+    """Rows of different lengths decoding together, left-padded. On the device: a KV cache written in place
+    (`kv_cache.ReservedLayer`), the attention mask over the cached positions, each row's next position. On the
+    host: each row's first real column and its number of padding columns — the layout the host made, kept so
+    that it never has to read it back from the device.
 
-    `prefill` starts a batch, `step` feeds one token per row, `select` drops rows, `extend` takes in the
-    rows of another batch (the server's continuous batching), `trim` drops cache columns no row uses."""
+    `prefill` starts a batch, `step` feeds one token per row, `remove` drops rows, `extend` takes in the rows of
+    another batch (continuous batching), `reserve` makes room for rows to come, `trim` drops cache columns no
+    row uses, `select` gathers rows (a context once per continuation, for scoring)."""
 
-    def __init__(self, model, cache, mask, next_pos):
+    def __init__(self, model, cache, mask, next_pos, first: list[int], pads: list[int]):
         self.model, self.cache, self.mask, self.next_pos = model, cache, mask, next_pos
+        self.first, self.pads = first, pads
 
     def __len__(self) -> int:
         return self.mask.shape[0]
@@ -212,7 +245,8 @@ class DecodeBatch:
         where that is allowed, else the prefix common to all rows (a template header), whose cache is copied
         to every row, with pads between it and each row's own tokens. The logits are each row's
         last position's, (n, vocab) float32 — or with `all_logits`, the model's logits at every position of
-        the (prefix-free) input, (n, width, vocab), for prompt log-probabilities."""
+        the (prefix-free) input, (n, width, vocab) in the model's dtype, for prompt log-probabilities
+        (`token_logprobs` takes them a chunk of positions at a time)."""
         import torch
 
         from tunelab.model.kv_cache import reserved_cache
@@ -224,7 +258,7 @@ class DecodeBatch:
         # an empty row has no node of its own in a trie: such a batch keeps the padded prefill
         if share_prefix and not all_logits and n > 1 and all(rows) and _growing(cache) and tree_prefill_ok(model):
             mask, next_pos, logits = tree_prefill(model, rows, cache, room, logits_at)
-            return cls(model, cache, mask, next_pos), logits
+            return cls(model, cache, mask, next_pos, *_left_padding(rows, mask.shape[1])), logits
         # a sliding window counts cache slots, and the padding between a shared prefix and a shorter row's
         # own tokens would take slots of its window: such models prefill every row whole
         shared = shared_prefix_length(rows) if share_prefix and not all_logits and _growing(cache) else 0
@@ -235,9 +269,11 @@ class DecodeBatch:
             own = len(r) - shared
             input_ids[i, width - own:] = torch.tensor(r[shared:], dtype=torch.long)
             mask[i, width - own:] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
+        input_ids, mask = to_device(input_ids, device), to_device(mask, device)
+        pads = [width - len(r) + shared for r in rows]
+        first = [0] * n if shared else list(pads)
         if shared:
-            _forward(model, input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=cache,
+            _forward(model, input_ids=to_device(torch.tensor([rows[0][:shared]]), device), past_key_values=cache,
                      use_cache=True, logits_to_keep=1)
             cache.batch_repeat_interleave(n)
             mask = torch.cat([mask.new_ones(n, shared), mask], dim=-1)
@@ -245,19 +281,30 @@ class DecodeBatch:
         kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                       use_cache=True)
         if all_logits:
-            logits = _forward(model, **kwargs).logits.float()
+            logits = _forward(model, **kwargs).logits
         else:
             logits = _last_logits(model, **kwargs)
-        return cls(model, cache, mask, position_ids[:, -1:] + 1), logits
+        return cls(model, cache, mask, position_ids[:, -1:] + 1, first, pads), logits
 
     def step(self, tokens):
-        """Feed one token per row (a (n,) tensor); returns the next logits, (n, vocab) float32."""
+        """Feed one token per row (a (n,) tensor on the device); returns the next logits, (n, vocab) float32."""
         import torch
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=-1)
-        logits = _last_logits(self.model, input_ids=tokens[:, None], attention_mask=self.mask,
+        logits = _last_logits(self.model, input_ids=tokens[:, None], attention_mask=self._step_mask(),
                               position_ids=self.next_pos, past_key_values=self.cache, use_cache=True)
         self.next_pos = self.next_pos + 1
         return logits
+
+    def _step_mask(self):
+        """The attention mask a decode step passes. Given a 2-D mask, transformers' SDPA path asks the device
+        whether it holds any padding, to leave the mask out if not (`masking_utils._ignore_causal_mask_sdpa`): a
+        host sync every step. The host knows: no mask without padding, else the boolean (n, 1, 1, width) mask
+        transformers builds from the 2-D one (a row's one query sees each cached column that is not padding).
+        Other attention implementations, and caches with sliding-window layers (whose masks differ by layer),
+        get the 2-D mask."""
+        if getattr(self.model.config, "_attn_implementation", None) != "sdpa" or not self.mergeable:
+            return self.mask
+        return self.mask.bool()[:, None, None, :] if any(self.pads) else None
 
     def score(self, tokens, token_mask):
         """Feed right-padded tokens (n, w) after each row (`token_mask` marks the real ones) and return the
@@ -268,10 +315,34 @@ class DecodeBatch:
         return logits_at(self.model, tokens, torch.cat([self.mask, token_mask], dim=-1), token_mask.bool(),
                          position_ids=positions, past_key_values=self.cache, use_cache=True)
 
-    def select(self, idx) -> None:
-        """Keep the rows at `idx` (a tensor of row indices), in that order."""
-        self.cache.batch_select_indices(idx)
-        self.mask, self.next_pos = self.mask[idx], self.next_pos[idx]
+    def select(self, rows: list[int]) -> None:
+        """Keep the rows at `rows`, in that order; a row may come several times (a context once per continuation)."""
+        import torch
+        index = to_device(torch.tensor(rows, dtype=torch.long), self.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.next_pos = self.mask[index], self.next_pos[index]
+        self.first, self.pads = [self.first[i] for i in rows], [self.pads[i] for i in rows]
+
+    def remove(self, rows: list[int], carried=None):
+        """Drop the rows at `rows`: rows from the end of the batch move into their places, so only the rows that
+        move are copied, and the order changes. Returns the new order (the old index of each row now in the
+        batch) and `carried`, a per-row tensor the caller keeps (the next tokens), moved alike."""
+        import torch
+
+        from tunelab.model.kv_cache import ReservedLayer
+        gone = set(rows)
+        n, kept = len(self), len(self) - len(gone)
+        order = list(range(kept))
+        for hole, row in zip([i for i in range(kept) if i in gone], [j for j in range(kept, n) if j not in gone]):
+            order[hole] = row
+        for layer in self.cache.layers:
+            if type(layer) is ReservedLayer:
+                layer.keep_rows(order)
+            else:
+                layer.batch_select_indices(to_device(torch.tensor(order, dtype=torch.long), self.device))
+        self.mask, self.next_pos = _moved(self.mask, order), _moved(self.next_pos, order)
+        self.first, self.pads = [self.first[j] for j in order], [self.pads[j] for j in order]
+        return order, (None if carried is None else _moved(carried, order))
 
     @property
     def mergeable(self) -> bool:
@@ -279,37 +350,50 @@ class DecodeBatch:
         layer keeps a fixed window per row and cannot be left-padded to another batch's length)."""
         return _growing(self.cache)
 
+    def reserve(self, rows: int) -> None:
+        """Make room in the cache for `rows` rows, so that rows joining later (`extend`) are written into free
+        ones instead of moving these."""
+        from tunelab.model.kv_cache import ReservedLayer
+        for layer in self.cache.layers:
+            if type(layer) is ReservedLayer:
+                layer.reserve(rows)
+
     def extend(self, other: "DecodeBatch") -> None:
-        """Append `other`'s rows, left-padding the shorter cache and mask to the longer one."""
+        """Append `other`'s rows, left-padding the narrower of the two to the wider. Their cache rows are written
+        into this cache's free rows (`ReservedLayer.append_rows`), without copying the rows already here."""
         import torch
         import torch.nn.functional as F
-        width = max(self.mask.shape[1], other.mask.shape[1])
+        mine, theirs = self.mask.shape[1], other.mask.shape[1]
+        width = max(mine, theirs)
 
         def lpad(t, dim_from_end):
             missing = width - t.shape[-dim_from_end]
             return t if missing == 0 else F.pad(t, (0, 0) * (dim_from_end - 1) + (missing, 0))
 
         from tunelab.model.kv_cache import ReservedLayer
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            if type(mine) is ReservedLayer and type(theirs) is ReservedLayer:
-                mine.append_rows(theirs, width)
+        for layer, joining in zip(self.cache.layers, other.cache.layers):
+            if type(layer) is ReservedLayer and type(joining) is ReservedLayer:
+                layer.append_rows(joining, width)
                 continue
-            mine.keys = torch.cat([lpad(mine.keys, 2), lpad(theirs.keys, 2)], dim=0)
-            mine.values = torch.cat([lpad(mine.values, 2), lpad(theirs.values, 2)], dim=0)
+            layer.keys = torch.cat([lpad(layer.keys, 2), lpad(joining.keys, 2)], dim=0)
+            layer.values = torch.cat([lpad(layer.values, 2), lpad(joining.values, 2)], dim=0)
         self.mask = torch.cat([lpad(self.mask, 1), lpad(other.mask, 1)], dim=0)
         self.next_pos = torch.cat([self.next_pos, other.next_pos], dim=0)
+        self.first = [f + width - mine for f in self.first] + [f + width - theirs for f in other.first]
+        self.pads = [p + width - mine for p in self.pads] + [p + width - theirs for p in other.pads]
 
     def trim(self) -> None:
-        """Drop leading cache columns that are padding in every row (left by rows that have gone)."""
-        if not self.mergeable:
+        """Drop leading cache columns that are padding in every row (left by rows that have gone): as many as the
+        host's record of each row's first column allows."""
+        if not self.mergeable or not self.first:
             return
-        used = self.mask.any(dim=0).nonzero()
-        first = int(used[0]) if used.numel() else 0
+        first = min(self.first)
         if first > 0:
             for layer in self.cache.layers:
                 layer.crop_front(first)
             self.mask = self.mask[:, first:]
-
+            self.first = [f - first for f in self.first]
+            self.pads = [p - first for p in self.pads]
 
 
 # --- choosing the next token --------------------------------------------------------------------------
@@ -336,42 +420,93 @@ class SamplingParams:
         return not self.temperature >= GREEDY_TEMPERATURE or self.top_k == 1
 
 
+def sample_next(logits, params: list[SamplingParams], generators: list):
+    """One token per row of (n, vocab) logits, left on their device: the argmax for a greedy row, else a draw
+    from the row's temperature / top-k / top-p distribution with the row's own `torch.Generator` (so a seed
+    reproduces a completion whatever shares the batch). A NaN logit counts as -inf, never chosen. The rows are
+    filtered together; only the noise of the draw is made row by row, from each row's generator."""
+    import torch
+    logits = logits.masked_fill(logits.isnan(), float("-inf"))
+    tokens = logits.argmax(-1)
+    drawn = [i for i, p in enumerate(params) if not p.greedy]
+    if not drawn:
+        return tokens
+    if len(drawn) == len(params):
+        return _draw(logits, tokens, params, generators)
+    index = to_device(torch.tensor(drawn, dtype=torch.long), logits.device)
+    draws = _draw(logits.index_select(0, index), tokens.index_select(0, index), [params[i] for i in drawn],
+                  [generators[i] for i in drawn])
+    return tokens.index_copy(0, index, draws)
+
+
 def sample_tokens(logits, params: list[SamplingParams], generators: list) -> list[int]:
-    """One token per row of (n, vocab) logits: the argmax for a greedy row, else a draw from the row's
-    temperature / top-k / top-p distribution with the row's own `torch.Generator` (so a seed reproduces a
-    completion whatever shares the batch). A NaN logit is never chosen."""
-    import torch
-    if torch.isnan(logits).any():
-        logits = torch.nan_to_num(logits, nan=float("-inf"))
-    tokens = logits.argmax(-1).tolist()
-    for i, p in enumerate(params):
-        if not p.greedy:
-            tokens[i] = _sample_row(logits[i], p, generators[i])
-    return tokens
+    """`sample_next`'s tokens on the host."""
+    return sample_next(logits, params, generators).tolist()
 
 
-def _sample_row(row, p: SamplingParams, generator) -> int:
-    """Numerically safe at any temperature: logits are shifted so their maximum is 0 before the division
-    (a temperature of 1e-30 gives 0 and -inf, never inf - inf), in float64."""
+def _draw_dtype(device):
+    """The precision of a draw: float64 on a CPU, where tunelab has always drawn in float64 (so a seed gives the
+    tokens it gave before), float32 elsewhere (float64 is slow on most GPUs, and a seeded draw there comes from
+    a generator on the device: repeatable, not the CPU's tokens)."""
     import torch
-    x = row.double()
-    top = x.max()
-    if torch.isinf(top):  # +inf logits share the probability; all -inf (nothing allowed): the argmax
-        if top < 0:
-            return int(row.argmax())
-        x = torch.where(x == top, 0.0, float("-inf"))
-    else:
-        x = (x - top) / p.temperature
-    if 0 < p.top_k < x.shape[-1]:
-        kth = torch.topk(x, p.top_k).values[-1]
-        x = x.masked_fill(x < kth, float("-inf"))
-    if p.top_p < 1.0:
-        sorted_x, order = torch.sort(x, descending=True)
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
+def _draw(rows, argmax, params: list[SamplingParams], generators: list):
+    """A token per row drawn from its filtered distribution: `torch.multinomial`'s own method, the argmax of the
+    probabilities over Exp(1) noise, with the noise from the row's generator (equal to multinomial draw for draw).
+
+    Numerically safe at any temperature: logits are shifted so their maximum is 0 before the division (a
+    temperature of 1e-30 gives 0 and -inf, never inf - inf). A row with +inf logits (an overflowed half-precision
+    model) draws among those alone; a row with nothing allowed (all -inf) takes `argmax`, its noise made all the
+    same (which rows those are is only known on the device)."""
+    import torch
+    device, vocab = rows.device, rows.shape[-1]
+    dtype = _draw_dtype(device)
+
+    def per_row(values, kind=dtype):
+        return to_device(torch.tensor(values, dtype=kind), device)[:, None]
+
+    x = rows.to(dtype)
+    top = x.amax(-1, keepdim=True)
+    nothing = top == float("-inf")
+    scaled = ((x - top) / per_row([p.temperature for p in params])).masked_fill(nothing, 0.0)
+    x = torch.where(top == float("inf"), torch.where(x == top, 0.0, float("-inf")).to(dtype), scaled)
+    ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
+    if any(ks):
+        kth = x.topk(max(ks), dim=-1).values.gather(1, per_row([max(k - 1, 0) for k in ks], torch.long))
+        x = x.masked_fill((per_row(ks, torch.long) > 0) & (x < kth), float("-inf"))
+    if any(p.top_p < 1.0 for p in params):
+        top_p = per_row([p.top_p for p in params])
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
         probs = sorted_x.softmax(-1)
-        drop = probs.cumsum(-1) - probs > p.top_p     # keep the smallest prefix reaching top_p (at least one)
-        x[order[drop]] = float("-inf")
-    probs = x.softmax(-1).cpu()
-    return int(torch.multinomial(probs, 1, generator=generator))
+        drop = (probs.cumsum(-1) - probs > top_p) & (top_p < 1.0)  # keep the smallest prefix reaching top_p
+        x = x.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = x.softmax(-1)
+    noise = torch.empty_like(probs)
+    for row, generator in zip(noise, generators):
+        row.exponential_(generator=generator)
+    return torch.where(nothing[:, 0], argmax, (probs / noise).argmax(-1))
+
+
+def token_logprobs(logits, targets, top: int = 0):
+    """Log-probabilities of `targets` (m,) under the rows of `logits` (m, vocab): (each target's log-probability
+    (m,) float32, whether it is the row's argmax (m,) bool, the `top` largest log-probabilities (m, top) float32
+    and their token ids (m, top)), on the logits' device.
+
+    The log-softmax runs on ~8 MB of float32 at a time, from logits kept in their own dtype, as the training loss
+    does (`train/loss.py`): a prompt's log-probabilities never hold its (positions x vocabulary) logits in
+    float32, nor their log-softmax. Row for row the same numbers as one float32 log-softmax over all of them."""
+    import torch
+    m, vocab = logits.shape
+    chunk = max(1, 2 ** 21 // vocab)
+    parts = []
+    for lo in range(0, m, chunk):
+        logp = torch.log_softmax(logits[lo:lo + chunk].float(), dim=-1)
+        target = targets[lo:lo + chunk, None]
+        values, ids = logp.topk(top, dim=-1) if top else (logp[:, :0], target[:, :0])
+        parts.append((logp.gather(1, target)[:, 0], logp.argmax(-1) == target[:, 0], values, ids))
+    return tuple(torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts))
 
 
 # --- from tokens to text ------------------------------------------------------------------------------
@@ -434,48 +569,37 @@ def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
     """Greedy continuation of every row of token ids, `batch_size` rows decoding at a time: (the new ids of
     each row, its stop token excluded; whether each row stopped by itself rather than at `max_new_tokens`).
 
-    A row is done when it emits a stop token or, with `streams`, when its text reaches a stop string, and
-    waiting rows take the freed places (continuous batching, as the server does): once half the batch is
-    done, the done rows leave together (one copy of the cache instead of one per finishing step; until
-    then they ride along, fed padding) and the next rows are prefilled together and merged in, so decode
-    steps keep running on a full batch instead of on the few long answers of a batch. `on_done(k)` is told
-    each time k rows have finished. Rows are taken in the order given (sort them by length: less padding)."""
+    A row is done when it emits a stop token or, with `streams`, when its text reaches a stop string. It leaves
+    the batch at once (the last row moves into its place: a copy of that row's cache, not of the batch's), and
+    once half the batch is free the waiting rows are prefilled together and merged in (continuous batching, as
+    the server does), so decode steps run on the rows still answering, and prefills on many rows at a time.
+    `on_done(k)` is told each time k rows have finished. Rows are taken in the order given (sort them by length:
+    less padding).
+
+    A decode step copies one thing to the host, the batch's next tokens; the next step's input is those tokens
+    on the device."""
     import torch
 
     n = len(rows) if max_new_tokens > 0 else 0
     results: list[list[int]] = [[] for _ in rows]
     stopped = [False] * len(rows)
     waiting = 0                                 # next row to admit
-    active: list[int | None] = []               # row of each batch row; None once it is done
-    live = 0                                    # rows of the batch not done
-    batch = logits = None
-    while waiting < n or live:
-        done = len(active) - live
-        if done and done * 2 >= max(len(active), batch_size if waiting < n else 0):
-            keep = [j for j, row in enumerate(active) if row is not None]
-            index = torch.tensor(keep, device=batch.device)
-            batch.select(index)
-            batch.trim()
-            logits = logits[index]
-            active = [active[j] for j in keep]
+    active: list[int] = []                      # row of each batch row
+    batch = tokens = None                       # tokens: each batch row's next token, on the device
+    while waiting < n or active:
         room = batch_size - len(active)
         if waiting < n and (not active or (room * 2 >= batch_size and batch.mergeable)):
             take = list(range(waiting, min(n, waiting + room)))
             waiting = take[-1] + 1
             new, new_logits = DecodeBatch.prefill(model, [rows[i] for i in take], pad_id, max_new_tokens)
             if batch is None:
-                batch, logits = new, new_logits
+                batch, tokens = new, new_logits.argmax(-1)
             else:
                 batch.extend(new)
-                logits = torch.cat([logits, new_logits])
+                tokens = torch.cat([tokens, new_logits.argmax(-1)])
             active += take
-            live += len(take)
-        tokens = logits.argmax(-1).tolist()
-        finished = 0
-        for j, (row, tok) in enumerate(zip(active, tokens)):
-            if row is None:
-                tokens[j] = pad_id
-                continue
+        done = []
+        for j, (row, tok) in enumerate(zip(active, tokens.tolist())):
             if tok in stops:
                 stopped[row] = True
             else:
@@ -484,16 +608,17 @@ def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
                     stopped[row] = True
                 elif len(results[row]) < max_new_tokens:
                     continue
-            active[j] = None
-            tokens[j] = pad_id
-            finished += 1
-        live -= finished
-        if finished and on_done is not None:
-            on_done(finished)
-        if not live:
-            batch, active = None, []
+            done.append(j)
+        if done and on_done is not None:
+            on_done(len(done))
+        if len(done) == len(active):
+            batch, tokens, active = None, None, []
             continue
-        logits = batch.step(torch.tensor(tokens, device=batch.device))
+        if done:
+            order, tokens = batch.remove(done, tokens)
+            active = [active[j] for j in order]
+            batch.trim()
+        tokens = batch.step(tokens).argmax(-1)
     return results, stopped
 
 

@@ -3,15 +3,18 @@
 One scheduler thread owns the model. Requests become `Sequence`s in a pending queue; on each turn the
 scheduler admits waiting sequences (one left-padded prefill for the newcomers), merges their KV cache rows into
 the running batch, then decodes one token for *every* active sequence in a single forward pass. Sequences that
-finish (EOS, stop string, max_tokens, context end) or whose client went away leave the batch at once, and their
-cache rows are dropped, so a slot frees up for the next request. Positions are tracked per row, so rows of
-different lengths share the batch through left padding. The tensor work (prefill, step, merge, sampling, stop
+finish (EOS, stop string, max_tokens, context end) or whose client went away leave the batch at once: the last
+rows move into their cache rows, so a slot frees up for the next request without copying the rows that stay, and
+newcomers are written into free rows of a cache reserved for `max_batch` rows. Positions are tracked per row, so
+rows of different lengths share the batch through left padding. The tensor work (prefill, step, merge, sampling, stop
 tokens, detokenization and stop strings) is the decoding core's, `tunelab.model.decoding`, the same code the
 evaluation engine runs, so a checkpoint answers the same through `tunelab eval` and `tunelab serve`.
 
 Sampling is per row: greedy at temperature 0 (or below 1e-5), else temperature / top-k / top-p with a
-`torch.Generator` of the sequence's own, so a `seed` reproduces a completion whatever else shares the batch (up
-to float rounding of a batched matmul). Log-probabilities are those of the raw model distribution.
+`torch.Generator` of the sequence's own on the model's device, so a `seed` reproduces a completion whatever else
+shares the batch (up to float rounding of a batched matmul). Log-probabilities are those of the raw model
+distribution. A decode step waits for the device once: the sampled tokens, and the log-probabilities requests
+asked for, come to the host in one copy; the next step's input stays on the device.
 
 Isolation: a failure that belongs to one sequence ends only that sequence, with finish_reason "error" (a row's
 setup, e.g. its generator's seed; its sampling; taking its token). A prefill that fails for a group of newcomers
@@ -182,7 +185,7 @@ class Engine:
         self._pending: deque[Sequence] = deque()
         self._rows: list[Sequence] = []
         self._batch = None      # DecodeBatch of the running rows
-        self._last = None       # [B] next input token
+        self._tokens = None     # [B] next input token, on the device
         self._merge_ok: bool | None = None
         self._merging = False
         self._closed = False
@@ -272,7 +275,7 @@ class Engine:
         return admit
 
     def _reset(self) -> None:
-        self._rows, self._batch, self._last = [], None, None
+        self._rows, self._batch, self._tokens = [], None, None
 
     def _fault(self, stage: str, seq: Sequence) -> None:
         if self.fault_hook is not None:
@@ -287,14 +290,14 @@ class Engine:
     def _prefill(self, seqs: list[Sequence]) -> None:
         """Set each newcomer up (its text stream, its generator), then prefill them together; one that wants
         prompt log-probabilities goes alone, since it needs the logits of every position ([length, vocab]
-        floats per row)."""
+        per row, in the model's dtype)."""
         ready = []
         for s in seqs:
             try:
                 self._fault("setup", s)
                 s.stream = TextStream(self.tokenizer, s.params.stop)
                 if s.generator is None and not s.params.greedy:
-                    s.generator = self._torch.Generator(device="cpu").manual_seed(s._seed)
+                    s.generator = self._torch.Generator(device=self.device).manual_seed(s._seed)
                 ready.append(s)
             except Exception:  # noqa: BLE001 - this row's own parameters: it alone fails
                 log.exception("sequence %d could not be set up", s.id)
@@ -330,7 +333,6 @@ class Engine:
                     self._fail(s)
 
     def _prefill_group(self, seqs: list[Sequence]) -> None:
-        torch = self._torch
         from tunelab.model.decoding import DecodeBatch
 
         for s in seqs:
@@ -348,67 +350,67 @@ class Engine:
                 if s.params.prompt_logprobs is not None:
                     s.prompt_logprobs = self._prompt_logprobs(logits[i, width - len(s.prompt_ids):],
                                                               s.prompt_ids, s.params.prompt_logprobs)
-            logits = logits[:, -1, :]
-        live = [i for i, s in enumerate(seqs) if s.params.max_tokens > 0 and not s.cancelled]
-        for i, s in enumerate(seqs):
+            logits = logits[:, -1, :].float()
+        for s in seqs:
             if s.cancelled:
                 self.stats["aborted"] += 1
                 s._finish("abort")
             elif s.params.max_tokens <= 0:
                 s._finish("length")
-        if not live:
+        rows = seqs
+        if any(s.finished for s in seqs):
+            if all(s.finished for s in seqs):
+                return
+            order, logits = batch.remove([i for i, s in enumerate(seqs) if s.finished], logits)
+            rows = [seqs[i] for i in order]
+        tokens, host, lps = self._sample(logits, rows)
+        ended = [j for j, s in enumerate(rows) if not self._take(s, host[j], lps[j])]
+        if len(ended) == len(rows):
             return
-        tokens, lps = self._sample(logits[live], [seqs[i] for i in live])
-        keep = [j for j, i in enumerate(live) if self._take(seqs[i], tokens[j], lps[j])]
-        if not keep:
-            return
-        rows = [seqs[live[j]] for j in keep]
-        if len(keep) < len(seqs):
-            batch.select(torch.tensor([live[j] for j in keep], device=batch.device))
+        if ended:
+            order, tokens = batch.remove(ended, tokens)
+            rows = [rows[j] for j in order]
         self._merging = True
-        self._merge(rows, batch, torch.tensor([tokens[j] for j in keep], dtype=torch.long, device=batch.device))
+        self._merge(rows, batch, tokens)
 
-    def _merge(self, rows, batch, last) -> None:
+    def _merge(self, rows, batch, tokens) -> None:
         if not self._rows:
-            self._rows, self._batch, self._last = rows, batch, last
-            self._batch.trim()
+            batch.reserve(self.max_batch)
+            batch.trim()
+            self._rows, self._batch, self._tokens = rows, batch, tokens
             return
         self._batch.extend(batch)
-        self._last = self._torch.cat([self._last, last], dim=0)
+        self._tokens = self._torch.cat([self._tokens, tokens], dim=0)
         self._rows = self._rows + rows
 
-    def _select(self, keep: list[int]) -> None:
-        if not keep:
+    def _remove(self, rows: list[int]) -> None:
+        """Drop these rows of the batch (the last rows take their places)."""
+        if not rows:
+            return
+        if len(rows) == len(self._rows):
             self._reset()
             return
-        if len(keep) == len(self._rows):
-            return
-        idx = self._torch.tensor(keep, device=self.device)
-        self._batch.select(idx)
-        self._last = self._last[idx]
-        self._rows = [self._rows[i] for i in keep]
+        order, self._tokens = self._batch.remove(rows, self._tokens)
+        self._rows = [self._rows[i] for i in order]
         self._batch.trim()
 
     def _step(self) -> None:
-        alive = [i for i, s in enumerate(self._rows) if not s.cancelled and not s.finished]
-        if len(alive) < len(self._rows):
-            for s in self._rows:
-                if s.cancelled and not s.finished:
-                    self.stats["aborted"] += 1
-                    s._finish("abort")
-            self._select(alive)
-            if not self._rows:
-                return
+        gone = [i for i, s in enumerate(self._rows) if s.cancelled or s.finished]
+        for i in gone:
+            s = self._rows[i]
+            if not s.finished:
+                self.stats["aborted"] += 1
+                s._finish("abort")
+        self._remove(gone)
+        if not self._rows:
+            return
         n = len(self._rows)
-        logits = self._batch.step(self._last)
+        logits = self._batch.step(self._tokens)
         self.stats["steps"] += 1
         self.stats["batch_rows_sum"] += n
         self.stats["max_batch"] = max(self.stats["max_batch"], n)
-        tokens, lps = self._sample(logits, self._rows)
-        keep = [i for i, s in enumerate(self._rows) if self._take(s, tokens[i], lps[i])]
-        self._last = self._torch.tensor([t if t is not None else self.pad_id for t in tokens], dtype=self._torch.long,
-                                        device=self.device)
-        self._select(keep)
+        self._tokens, host, lps = self._sample(logits, self._rows)
+        self._remove([i for i, s in enumerate(self._rows) if not self._take(s, host[i], lps[i])])
 
     # sampling and log-probabilities --------------------------------------------------------------
     def _take(self, seq: Sequence, token: int | None, lp: TokenLogprob | None) -> bool:
@@ -427,52 +429,71 @@ class Engine:
         self.stats["generated_tokens"] += 1
         return not seq.finished
 
-    def _sample(self, logits, seqs: list[Sequence]) -> tuple[list[int | None], list[TokenLogprob | None]]:
-        """A token (None where that row's sampling failed) and its log-probability entry for each row. The rows
-        are sampled together; if that fails, one by one from the same generator states, so each row that can be
-        sampled gets the draw it would have had alone."""
-        from tunelab.model.decoding import sample_tokens
+    def _sample(self, logits, seqs: list[Sequence]):
+        """The rows' next tokens on the device, the same on the host (None where that row's sampling failed) and
+        each row's log-probability entry. The rows are sampled together; if that fails, one by one from the same
+        generator states, so each row that can be sampled gets the draw it would have had alone. The host gets
+        the tokens and the log-probabilities asked for in one copy."""
+        torch = self._torch
+        from tunelab.model.decoding import sample_next, sample_tokens, to_device
         params, gens = [s.params for s in seqs], [s.generator for s in seqs]
         states = [g.get_state() if g is not None else None for g in gens]
+        host: list[int | None] | None = None
         try:
             for s in seqs:
                 self._fault("sample", s)
-            tokens: list[int | None] = list(sample_tokens(logits, params, gens))
+            tokens = sample_next(logits, params, gens)
         except Exception:  # noqa: BLE001
-            tokens = []
+            host = []
             for i, s in enumerate(seqs):
                 try:
                     if gens[i] is not None:
                         gens[i].set_state(states[i])
                     self._fault("sample", s)
-                    tokens.append(sample_tokens(logits[i:i + 1], [params[i]], [gens[i]])[0])
+                    host.append(sample_tokens(logits[i:i + 1], [params[i]], [gens[i]])[0])
                 except Exception:  # noqa: BLE001
                     log.exception("sampling failed for sequence %d", s.id)
-                    tokens.append(None)
+                    host.append(None)
+            tokens = to_device(torch.tensor([self.pad_id if t is None else t for t in host]), self.device)
         lps: list[TokenLogprob | None] = [None] * len(seqs)
-        want = [i for i, s in enumerate(seqs) if s.params.logprobs is not None and tokens[i] is not None]
-        if want:
-            logp = self._torch.log_softmax(logits[want], dim=-1)
-            for j, i in enumerate(want):
-                try:
-                    lps[i] = self._entry(logp[j], tokens[i], seqs[i].params.logprobs)
-                except Exception:  # noqa: BLE001
-                    log.exception("log-probabilities failed for sequence %d", seqs[i].id)
-                    tokens[i] = None
-        return tokens, lps
+        ks = [None if s.params.logprobs is None else min(max(int(s.params.logprobs), 0), MAX_LOGPROBS) for s in seqs]
+        if all(k is None for k in ks):
+            return tokens, host if host is not None else tokens.tolist(), lps
+        try:
+            table = self._logprob_table(logits, tokens, max(k for k in ks if k is not None)).tolist()
+        except Exception:  # noqa: BLE001
+            log.exception("log-probabilities failed for sequences %s",
+                          [s.id for s, k in zip(seqs, ks) if k is not None])
+            host = host if host is not None else tokens.tolist()
+            return tokens, [None if k is not None else t for t, k in zip(host, ks)], lps
+        if host is None:
+            host = [int(row[0]) for row in table]
+        for i, (k, row) in enumerate(zip(ks, table)):
+            if k is not None and host[i] is not None:
+                lps[i] = self._entry(host[i], row[1:], k)
+        return tokens, host, lps
 
-    def _entry(self, logp_row, token: int, k: int) -> TokenLogprob:
-        k = min(max(int(k), 0), MAX_LOGPROBS)
-        top: list[tuple[int, float]] = []
-        if k > 0:
-            vals, ids = self._torch.topk(logp_row, k)
-            top = list(zip(ids.tolist(), vals.tolist()))
-        return TokenLogprob(token, float(logp_row[token]), top)
+    def _logprob_table(self, logits, targets, k: int):
+        """One float32 row per token: [the token, its log-probability, the k largest log-probabilities, their
+        ids] (token ids travel as float32: exact below 2**24, far above any vocabulary)."""
+        from tunelab.model.decoding import token_logprobs
+        chosen, _, values, ids = token_logprobs(logits, targets, k)
+        return self._torch.cat([targets[:, None].float(), chosen[:, None], values, ids.float()], dim=1)
+
+    @staticmethod
+    def _entry(token: int, row: list[float], k: int) -> TokenLogprob:
+        """A `TokenLogprob` from a `_logprob_table` row without its token: [log-probability, K values, K ids]."""
+        width = (len(row) - 1) // 2
+        return TokenLogprob(token, row[0], [(int(i), v) for v, i in zip(row[1:1 + k], row[1 + width:1 + width + k])])
 
     def _prompt_logprobs(self, logits, prompt_ids: list[int], k: int) -> list[TokenLogprob]:
-        """Log-probability of each prompt token given the ones before it (None for the first)."""
-        logp = self._torch.log_softmax(logits[:-1].float(), dim=-1)
+        """Log-probability of each prompt token given the ones before it (None for the first), from the prompt's
+        logits in the model's dtype, a chunk of positions at a time, copied to the host once."""
+        from tunelab.model.decoding import to_device
+        k = min(max(int(k), 0), MAX_LOGPROBS)
         entries = [TokenLogprob(prompt_ids[0], None, [])]
-        for t in range(1, len(prompt_ids)):
-            entries.append(self._entry(logp[t - 1], prompt_ids[t], k))
+        if len(prompt_ids) > 1:
+            targets = to_device(self._torch.tensor(prompt_ids[1:]), self.device)
+            table = self._logprob_table(logits[:-1], targets, k).tolist()
+            entries += [self._entry(token, row[1:], k) for token, row in zip(prompt_ids[1:], table)]
         return entries
