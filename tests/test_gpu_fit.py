@@ -69,3 +69,25 @@ def test_activation_checkpointing_keeps_a_tenth_of_the_activations(tiny_base):
     (without, loss_a), (with_, loss_b) = held_for_backward(False), held_for_backward(True)
     assert loss_a == loss_b
     assert with_ < without / 5, (without, with_)
+
+
+def test_the_fp16_gradient_scaler_path_trains_and_resumes_exactly(make_recipe, monkeypatch):
+    """What a V100/T4 runs (fp16 autocast + GradScaler), forced on this CPU: the loss falls, the scaler's state is
+    checkpointed, and a resume after a checkpoint ends equal to the unbroken run."""
+    from tunelab.model import device
+    from tunelab.train.loop import train
+    from tunelab.train.plots import read_metrics
+    monkeypatch.setattr(device, "training_precision", lambda requested, dev: device.Precision("fp16", grad_scaler=True))
+    recipe = load_recipe(make_recipe("fp16", train={"max_steps": 8, "num_checkpoints": 2, "log_every": 1}))
+    summary = train(recipe)
+    assert summary["precision"] == "fp16"
+    rows = read_metrics(recipe.run_dir / "metrics.jsonl")
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    state = torch.load(list_checkpoints(recipe.run_dir)[0] / "trainer_state.pt", weights_only=False)
+    assert state["grad_scaler"]["scale"] > 0
+    want = _metrics(recipe.run_dir)
+    import shutil
+    shutil.rmtree(list_checkpoints(recipe.run_dir)[-1])
+    (recipe.run_dir / "train_summary.json").unlink()
+    assert train(recipe, resume=True)["resumed_from"] == 4
+    assert _metrics(recipe.run_dir) == want
