@@ -25,7 +25,8 @@ MANIFEST = "manifest.json"
 CHECKSUM_MAX_BYTES = 1 << 30
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256 in hex, read a MiB at a time (also the hand-in bundle's SHA256SUMS)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -41,7 +42,7 @@ def write_manifest(ckpt: Path) -> None:
         size = path.stat().st_size
         entry = {"bytes": size}
         if size <= CHECKSUM_MAX_BYTES:
-            entry["sha256"] = _sha256(path)
+            entry["sha256"] = file_sha256(path)
         files[path.relative_to(ckpt).as_posix()] = entry
     tmp = ckpt / (MANIFEST + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
@@ -80,6 +81,6 @@ def manifest_problems(ckpt: Path, checksums: bool = True) -> list[str]:
             what = "truncated" if isinstance(want, int) and size < want else "changed size"
             problems.append(f"{name}: {what}, {size:,} of {want:,} bytes" if isinstance(want, int)
                             else f"{name}: no size in the manifest")
-        elif checksums and entry.get("sha256") and _sha256(path) != entry["sha256"]:
+        elif checksums and entry.get("sha256") and file_sha256(path) != entry["sha256"]:
             problems.append(f"{name}: content changed (checksum differs)")
     return problems

@@ -22,7 +22,6 @@ spaced, no metrics.json, no retention result. The bundle is written beside DIR a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from tunelab.checkpoint_manifest import file_sha256
 from tunelab.data.records import read_text
 from tunelab.errors import TunelabError
 from tunelab.recipe import MINDFORMERS_MODULES
@@ -202,14 +202,6 @@ def report(metrics: dict, recipe: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def handin(run_dir: str | Path, out: str | Path, fmt: str = "mindspore", dtype: str = "bfloat16",
            base_packages: str | Path | None = None) -> Path:
     from tunelab.model.export import export
@@ -257,7 +249,7 @@ def handin(run_dir: str | Path, out: str | Path, fmt: str = "mindspore", dtype: 
         (tmp / "DESCRIPTION.md").write_text(description(recipe, summary, metrics), encoding="utf-8")
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         (tmp / "MANIFEST.sha256").write_text(
-            "".join(f"{_sha256(p)}  {p.relative_to(tmp).as_posix()}\n" for p in files), encoding="utf-8")
+            "".join(f"{file_sha256(p)}  {p.relative_to(tmp).as_posix()}\n" for p in files), encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
