@@ -5,6 +5,8 @@ sm70 says yes; only `including_emulation=False` tells the truth, which is what t
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -122,12 +124,12 @@ def recorded_loads(monkeypatch):
     """Every model load's (dtype, device) as the verbs ask for it; the model itself is loaded on this CPU in
     fp32 (there is no GPU), so the verb runs on to the end."""
     from tunelab.model import loading
-    real, calls = loading.load_for_inference, []
+    real, calls = loading.load_pretrained, []
 
-    def load(path, dtype="float32", merge=False, device=None):
+    def load(path, dtype="float32", device=None):
         calls.append((dtype, str(device)))
-        return real(path, dtype="float32", merge=merge)
-    monkeypatch.setattr(loading, "load_for_inference", load)
+        return real(path, dtype="float32")
+    monkeypatch.setattr(loading, "load_pretrained", load)
     return calls
 
 
@@ -171,3 +173,44 @@ def test_a_runs_evaluation_uses_the_device_it_trained_on(gpu, recorded_loads, tm
     recipe.eval.device, recipe.eval.precision = "cuda:0", "fp16"
     _cached_eval(tiny_base, sets, tmp_path / "out2", recipe, None, "base")
     assert recorded_loads == [("bfloat16", "cuda:1"), ("float16", "cuda:0")]
+
+
+def test_a_runs_evaluation_on_a_gpu_loads_the_base_once_and_swaps_adapters(gpu, recorded_loads, tmp_path,
+                                                                             tiny_base):
+    """On a GPU, `tunelab run` evaluates the base and every checkpoint on one base model held on the device: one
+    load instead of one per checkpoint, no merge; each adapter is swapped in and used unmerged. The results equal
+    the CPU path's (a fresh load with the adapter merged) for every task."""
+    from conftest import lora_sections, write_recipe
+
+    from tunelab.eval.sets import eval_sets
+    from tunelab.pipeline import _cached_eval, run_models
+    from tunelab.recipe import load_recipe
+    from tunelab.runs import list_checkpoints, model_dir_of
+    from tunelab.train.loop import train
+    choice = tmp_path / "choice.jsonl"
+    choice.write_text("\n".join(json.dumps({"question": f"{a} + {b} =", "choices": [str(a + b + d) for d in range(4)],
+                                            "answer": 0}, ensure_ascii=False) for a, b in [(1, 2), (3, 4), (12, 9)]))
+    tasks = [{"task": "arithmetic", "source": {"generate": "arithmetic", "count": 12, "seed": 9,
+                                               "options": {"kinds": ["int_mul"], "int_digits": 2}}},
+             {"task": "reading", "source": {"generate": "reading", "count": 8, "seed": 8}, "ability": True},
+             {"task": "choice", "mode": "loglik", "source": {"path": str(choice)}}]
+    sections = lora_sections(tiny_base, max_steps=6, num_checkpoints=2)
+    recipe = load_recipe(write_recipe(tmp_path, "swap", eval={"tasks": tasks, "max_new_tokens": 10}, **sections))
+    train(recipe)
+    recorded_loads.clear()  # the training's own load
+    sets = eval_sets(recipe.eval)
+    jobs = [(tiny_base, "base")] + [(model_dir_of(c), c.name) for c in list_checkpoints(recipe.run_dir)]
+    assert len(jobs) == 3
+    on_cpu = {name: _cached_eval(d, sets, tmp_path / "cpu" / name, recipe, None, name, run_models(recipe))
+              for d, name in jobs}
+    assert len(recorded_loads) == 3  # the CPU path: a fresh (merged) load per directory
+    gpu("sm90", count=1)
+    recipe.eval.device = "cuda:0"
+    models = run_models(recipe)
+    on_gpu = {name: _cached_eval(d, sets, tmp_path / "gpu" / name, recipe, None, name, models) for d, name in jobs}
+    models.close()
+    assert recorded_loads[3:] == [("bfloat16", "cuda:0")] and models.loads == 1 and models.swaps == 2
+    for name, results in on_gpu.items():
+        for label, metrics in results.items():
+            primary = metrics["primary_metric"]
+            assert metrics[primary] == pytest.approx(on_cpu[name][label][primary], abs=1e-6), (name, label)

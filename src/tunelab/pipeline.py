@@ -30,8 +30,9 @@ from tunelab.recipe import Recipe, load_recipe
 from tunelab.runs import best_label, is_run_dir, list_checkpoints, model_dir_of, pick_checkpoint
 
 
-def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label) -> dict:
-    """Evaluate unless this directory already holds complete results (so --resume skips finished work)."""
+def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label, models=None) -> dict:
+    """Evaluate unless this directory already holds complete results (so --resume skips finished work).
+    `models` is the run's `tunelab.model.resident` source: on a GPU one base serves every checkpoint."""
     from tunelab.eval.runner import evaluate_model_dir
     done = out_dir / "results.json"
     if done.exists():
@@ -40,7 +41,7 @@ def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label
                 results[k].get("mode", "generate") == es.mode for k, es in sets.items()):
             return results
     return evaluate_model_dir(model_dir, sets, out_dir, recipe.eval.batch_size, recipe.eval.max_new_tokens,
-                              template=template, label=label, **eval_placement(recipe))
+                              template=template, label=label, models=models, **eval_placement(recipe))
 
 
 def evaluate_share(recipe: Recipe, sets: dict, template, rank: int, world: int) -> None:
@@ -56,9 +57,11 @@ def evaluate_share(recipe: Recipe, sets: dict, template, rank: int, world: int) 
     if recipe.eval.baseline and recipe.model.path:
         jobs.append((recipe.model.path, "base"))
     waiting = td.new_group(backend="gloo", timeout=datetime.timedelta(hours=24))
+    models = run_models(recipe)
     for model_dir, name in jobs[rank::world]:
         print(f"rank {rank}: evaluating {name}")
-        _cached_eval(model_dir, sets, run_dir / "eval" / name, recipe, template, name)
+        _cached_eval(model_dir, sets, run_dir / "eval" / name, recipe, template, name, models)
+    models.close()
     td.barrier(group=waiting)
 
 
@@ -66,6 +69,13 @@ def eval_placement(recipe: Recipe) -> dict:
     """Where a run's evaluation loads models: eval.device, else the device it trained on (never the host
     while a GPU sits idle), at eval.precision."""
     return {"device": recipe.eval.device or recipe.train.device, "precision": recipe.eval.precision}
+
+
+def run_models(recipe: Recipe):
+    """The source of every model a run evaluates (`tunelab.model.resident`): on a GPU the base stays on the
+    device and each checkpoint's adapter is swapped in; on the CPU each is loaded and merged."""
+    from tunelab.model.resident import model_source
+    return model_source(**eval_placement(recipe))
 
 
 def run(recipe: Recipe, resume: bool = False) -> dict:
@@ -79,9 +89,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict:
 
 
 def _run(recipe: Recipe, resume: bool) -> dict:
-    from tunelab.eval.retention import retention
     from tunelab.eval.sets import eval_sets
-    from tunelab.scoring import competition_score, low_param_ratio
     from tunelab.train.loop import train
 
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
@@ -93,10 +101,20 @@ def _run(recipe: Recipe, resume: bool) -> dict:
         evaluate_share(recipe, sets, template, rank, world)
     if rank != 0:  # under torchrun, rank 0 alone reports
         return {}
-    if recipe.data.corpus:
-        return _run_pretraining(recipe, sets, summary, template)
-    if base_run is not None and _is_pretraining_run(base_run):
-        return _run_course(recipe, sets, summary, template, base_run)
+    models = run_models(recipe)
+    try:
+        if recipe.data.corpus:
+            return _run_pretraining(recipe, sets, summary, template, models)
+        if base_run is not None and _is_pretraining_run(base_run):
+            return _run_course(recipe, sets, summary, template, base_run, models)
+        return _run_competition(recipe, sets, summary, template, models)
+    finally:
+        models.close()
+
+
+def _run_competition(recipe: Recipe, sets: dict, summary: dict, template, models) -> dict:
+    from tunelab.eval.retention import retention
+    from tunelab.scoring import competition_score, low_param_ratio
     run_dir = recipe.run_dir
     ability = [t.label for t in recipe.eval.tasks if t.ability]
     acc_task = recipe.score.accuracy_task
@@ -105,14 +123,16 @@ def _run(recipe: Recipe, resume: bool) -> dict:
 
     base_results = None
     if sets and recipe.eval.baseline and recipe.model.path:
-        base_results = _cached_eval(recipe.model.path, sets, run_dir / "eval" / "base", recipe, template, "base")
+        base_results = _cached_eval(recipe.model.path, sets, run_dir / "eval" / "base", recipe, template, "base",
+                                    models)
 
     ckpts = list_checkpoints(run_dir)
     if recipe.eval.checkpoints == "last":
         ckpts = ckpts[-1:]
     per_ckpt = {}
     for c in ckpts if sets else []:
-        per_ckpt[c.name] = _cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name)
+        per_ckpt[c.name] = _cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name,
+                                      models)
 
     metrics: dict = {"name": recipe.name, "train": summary}
     if per_ckpt:
@@ -137,7 +157,7 @@ def _run(recipe: Recipe, resume: bool) -> dict:
     return metrics
 
 
-def _run_pretraining(recipe: Recipe, sets: dict, summary: dict, template) -> dict:
+def _run_pretraining(recipe: Recipe, sets: dict, summary: dict, template, models) -> dict:
     """Evaluate a pretraining run's checkpoints; the best is the trainer's (lowest validation loss)."""
     run_dir = recipe.run_dir
     ckpts = list_checkpoints(run_dir)
@@ -148,7 +168,8 @@ def _run_pretraining(recipe: Recipe, sets: dict, summary: dict, template) -> dic
     chosen = ckpts[-1:] if recipe.eval.checkpoints == "last" else list(ckpts)
     if best and recipe.eval.checkpoints == "last":  # the best is always measured: it is the one served
         chosen = [c for c in ckpts if c.name == best or c == ckpts[-1]]
-    per_ckpt = {c.name: _cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name)
+    per_ckpt = {c.name: _cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name,
+                                      models)
                 for c in (chosen if sets else [])}
     if not best and per_ckpt:  # no validation loss (no val split): the first task's primary metric decides
         first = next(iter(sets))
@@ -219,7 +240,7 @@ def _is_pretraining_run(run_dir: Path) -> bool:
     return metrics.is_file() and bool(json.loads(metrics.read_text(encoding="utf-8")).get("pretraining"))
 
 
-def _run_course(recipe: Recipe, sets: dict, summary: dict, template, base_run: Path) -> dict:
+def _run_course(recipe: Recipe, sets: dict, summary: dict, template, base_run: Path, models) -> dict:
     """A fine-tuning run on a pretraining run: both models on every eval task, the held-out answers' loss of
     the pretrained model (step 0) and of every checkpoint (the validation curve; the best checkpoint is the
     lowest), the pretraining's own numbers, and the course report."""
@@ -242,8 +263,10 @@ def _run_course(recipe: Recipe, sets: dict, summary: dict, template, base_run: P
     chosen = ckpts if recipe.eval.checkpoints == "all" else [c for c in ckpts if c.name == best or c == ckpts[-1]]
     base = None
     if sets and recipe.eval.baseline:
-        base = _cached_eval(recipe.model.path, sets, run_dir / "eval" / "base", recipe, template, "pretrained")
-    per_ckpt = {c.name: _cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name)
+        base = _cached_eval(recipe.model.path, sets, run_dir / "eval" / "base", recipe, template, "pretrained",
+                            models)
+    per_ckpt = {c.name: _cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name,
+                                      models)
                 for c in (chosen if sets else [])}
     base_metrics = json.loads((base_run / "metrics.json").read_text(encoding="utf-8"))
     metrics: dict = {

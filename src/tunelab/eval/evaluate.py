@@ -27,6 +27,7 @@ from tunelab.errors import TunelabError
 from tunelab.eval.retention import load_baseline, retention
 from tunelab.eval.runner import evaluate_model_dir
 from tunelab.eval.sets import eval_sets
+from tunelab.model.resident import model_source
 from tunelab.recipe import EvalConfig, validate_eval
 from tunelab.runs import best_label, list_checkpoints, model_dir_of
 from tunelab.tasks.registry import get_task, task_names
@@ -61,10 +62,14 @@ def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = Non
     base = load_baseline(baseline, sets, ability, out_root, config.batch_size, config.max_new_tokens,
                          config.device, config.precision) if baseline else None
     table = {}
-    for label, mdir in targets:
-        table[label] = evaluate_model_dir(mdir, sets, out_root / label if ckpts else out_root, config.batch_size,
-                                          config.max_new_tokens, label=label, write_results=False,
-                                          device=config.device, precision=config.precision)
+    models = model_source(config.device, config.precision)  # on a GPU, one base for every checkpoint
+    try:
+        for label, mdir in targets:
+            table[label] = evaluate_model_dir(mdir, sets, out_root / label if ckpts else out_root,
+                                              config.batch_size, config.max_new_tokens, label=label,
+                                              write_results=False, models=models)
+    finally:
+        models.close()
     first = next(iter(sets))
     doc: dict[str, Any] = {
         "model": given,

@@ -110,21 +110,23 @@ def load_model(model_dir: str | Path, device: str | None = None, precision: str 
 def evaluate_model_dir(model_dir: str | Path, sets: dict[str, EvalSet], out_dir: Path,
                        batch_size: int, max_new_tokens: int, template: PromptTemplate | None = None,
                        label: str = "", write_results: bool = True, device: str | None = None,
-                       precision: str = "auto") -> dict:
-    """Load one model (full or adapter, merged for speed) on `device` and run every set on it; {label: metrics}.
+                       precision: str = "auto", models=None) -> dict:
+    """Run every set on one model (full or adapter) on `device`; {label: metrics}. `models` is the pass's
+    `tunelab.model.resident` source (a base kept on a GPU across checkpoints); by default one for this call.
 
     With `write_results`, `out_dir/results.json` is removed first and written last, so its presence means
     the evaluation is complete.
     """
+    from tunelab.model.resident import model_source
     if write_results:
         (Path(out_dir) / "results.json").unlink(missing_ok=True)
-    model, tokenizer = load_model(model_dir, device, precision)
     tmpl = template_for(model_dir, template)
     results = {}
-    for name, es in sets.items():
-        results[name] = evaluate_examples(model, tokenizer, tmpl, es.task, es.examples, out_dir, batch_size,
-                                          max_new_tokens, desc=f"{label} {name}".strip(), label=name,
-                                          mode=es.mode)
+    with (models or model_source(device, precision)).open(model_dir) as (model, tokenizer):
+        for name, es in sets.items():
+            results[name] = evaluate_examples(model, tokenizer, tmpl, es.task, es.examples, out_dir, batch_size,
+                                              max_new_tokens, desc=f"{label} {name}".strip(), label=name,
+                                              mode=es.mode)
     if write_results:
         write_json(Path(out_dir) / "results.json", results)
     return results

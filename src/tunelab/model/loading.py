@@ -121,6 +121,37 @@ def build_from_scratch(preset: str, vocab_size: int, overrides: dict, tokenizer)
     return AutoModelForCausalLM.from_config(config)
 
 
+def adapter_base(path: str) -> str:
+    """The base an adapter directory was trained on, once its weights file is whole; a base that is no local
+    directory must be a hub id this machine can load."""
+    check_weight_files(path)
+    base_path = resolve_base_model(path)
+    if not Path(base_path).exists():
+        _check_hub(base_path, f"the adapter's base {base_path} is no directory here, and as a hub id it",
+                   "point base_model_name_or_path at a local copy", file=Path(path, "adapter_config.json"),
+                   field="base_model_name_or_path")
+    return base_path
+
+
+def attach_adapter(base, path: str, base_path: str, onto=None, name: str = "default"):
+    """The LoRA adapter at `path` on `base` (checked to fit it first), unmerged: a new PeftModel, or with `onto`
+    (a PeftModel already wrapping `base`) loaded beside its adapters as `name`, for `set_adapter`."""
+    from peft import PeftModel
+    check_adapter_fits(path, base, base_path)
+    where = str(next(base.parameters()).device)  # the base's own device (peft's default is cuda:0 on any rank)
+    try:
+        if onto is not None:
+            onto.load_adapter(path, adapter_name=name, torch_device=where)
+            return onto
+        return PeftModel.from_pretrained(base, path, adapter_name=name, torch_device=where)
+    except Exception as e:
+        if not _load_failure(e):
+            raise
+        weights = Path(path, ADAPTER_WEIGHTS)
+        raise TunelabError(f"the adapter does not load onto its base {base_path} ({_first_line(e)})",
+                           file=weights if weights.exists() else path) from None
+
+
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
@@ -141,23 +172,8 @@ def load_for_inference(path: str, dtype: str = "float32", merge: bool = False, d
     path = str(path)
     check_model_path(path, field="model")
     if is_adapter_dir(path):
-        from peft import PeftModel
-        check_weight_files(path)
-        base_path = resolve_base_model(path)
-        if not Path(base_path).exists():
-            _check_hub(base_path, f"the adapter's base {base_path} is no directory here, and as a hub id it",
-                       "point base_model_name_or_path at a local copy", file=Path(path, "adapter_config.json"),
-                       field="base_model_name_or_path")
-        base = load_pretrained(base_path, dtype, device)
-        check_adapter_fits(path, base, base_path)
-        try:
-            model = PeftModel.from_pretrained(base, path)
-        except Exception as e:
-            if not _load_failure(e):
-                raise
-            weights = Path(path, ADAPTER_WEIGHTS)
-            raise TunelabError(f"the adapter does not load onto its base {base_path} ({_first_line(e)})",
-                               file=weights if weights.exists() else path) from None
+        base_path = adapter_base(path)
+        model = attach_adapter(load_pretrained(base_path, dtype, device), path, base_path)
         if merge:
             model = model.merge_and_unload()
     else:

@@ -1,0 +1,84 @@
+"""`tunelab.model.resident`: one base held across an evaluation pass, adapters swapped in unmerged. What it
+hands out must be the model a fresh load gives, to the bit: the base with the adapter layers switched off, and
+each adapter as peft loads it on its own."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.model.loading import load_for_inference
+from tunelab.model.resident import Reloading, ResidentBase, model_source
+
+
+def _adapter(base, out, seed: int, targets=("q_proj", "v_proj")):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=list(targets)))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)  # a fresh LoRA is B = 0, the base itself: give it something to change
+    model.save_pretrained(out)
+    for f in base.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_the_held_base_and_each_swapped_adapter_equal_a_fresh_load(tiny_base, tmp_path):
+    first = _adapter(tiny_base, tmp_path / "a1", 1)
+    second = _adapter(tiny_base, tmp_path / "a2", 2, targets=("q_proj", "v_proj", "down_proj"))
+    ids = torch.tensor([[3, 17, 40, 41, 9, 12, 5]])
+    fresh = {str(p): _logits(load_for_inference(str(p))[0], ids) for p in (tiny_base, first, second)}
+    held = ResidentBase(torch.device("cpu"), "fp32")
+    order = [tiny_base, first, second, tiny_base, first, first]
+    for path in order:
+        with held.open(path) as (model, tokenizer):
+            assert torch.equal(_logits(model, ids), fresh[str(path)]), path
+            assert tokenizer.eos_token
+    assert held.loads == 1 and held.swaps == 3  # the second `first` in a row is the one already held
+    assert not torch.equal(fresh[str(first)], fresh[str(tiny_base)])
+    held.close()
+
+
+def test_an_adapter_on_another_base_replaces_the_held_model(tiny_base, tmp_path):
+    from transformers import AutoModelForCausalLM
+    other = tmp_path / "other-base"
+    AutoModelForCausalLM.from_pretrained(tiny_base).save_pretrained(other)
+    for f in tiny_base.iterdir():
+        if f.name.startswith("tokenizer"):
+            shutil.copy(f, other / f.name)
+    held = ResidentBase(torch.device("cpu"), "fp32")
+    for path in (_adapter(tiny_base, tmp_path / "a", 1), _adapter(other, tmp_path / "b", 2), tiny_base):
+        with held.open(path):
+            pass
+    assert held.loads == 3
+
+
+def test_a_damaged_adapter_is_one_error_and_the_held_base_survives(tiny_base, tmp_path):
+    good = _adapter(tiny_base, tmp_path / "good", 1)
+    bad = shutil.copytree(good, tmp_path / "bad")
+    weights = bad / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    held = ResidentBase(torch.device("cpu"), "fp32")
+    with held.open(good):
+        pass
+    with pytest.raises(TunelabError, match="adapter_model.safetensors"):
+        with held.open(bad):
+            pass
+    with held.open(tiny_base):
+        pass
+    assert held.loads == 1
+
+
+def test_the_cpu_reloads_and_merges(monkeypatch):
+    assert isinstance(model_source("cpu"), Reloading) and not isinstance(model_source("cpu"), ResidentBase)
