@@ -82,3 +82,36 @@ def test_a_damaged_adapter_is_one_error_and_the_held_base_survives(tiny_base, tm
 
 def test_the_cpu_reloads_and_merges(monkeypatch):
     assert isinstance(model_source("cpu"), Reloading) and not isinstance(model_source("cpu"), ResidentBase)
+
+
+def test_a_run_hands_its_trained_model_to_the_evaluation(tiny_base, tmp_path, monkeypatch):
+    """`tunelab run` with a held base (as on a GPU; here forced on the CPU): the base the LoRA run trained on
+    is taken over from the training, LoRA layers out and unmerged, so the evaluation of the base and of every
+    checkpoint loads no model at all; the results equal a run that loads and merges each one."""
+    import json
+
+    from conftest import lora_sections, write_recipe
+
+    from tunelab import pipeline
+    from tunelab.cli import main
+    held = []
+
+    def resident(recipe):
+        held.append(ResidentBase(torch.device("cpu"), "fp32"))
+        return held[-1]
+    tasks = [{"task": "arithmetic", "source": {"generate": "arithmetic", "count": 12, "seed": 9,
+                                               "options": {"kinds": ["int_mul"], "int_digits": 2}}},
+             {"task": "reading", "source": {"generate": "reading", "count": 8, "seed": 8}, "ability": True}]
+    metrics = {}
+    for kind in ("reloading", "resident"):
+        if kind == "resident":
+            monkeypatch.setattr(pipeline, "run_models", resident)
+        path = write_recipe(tmp_path / kind, "handed", eval={"tasks": tasks, "max_new_tokens": 10, "baseline": True},
+                            score={"formula": "stage1", "total_params": 8.03e9},
+                            **lora_sections(tiny_base, max_steps=6, num_checkpoints=2, precision="fp32"))
+        assert main(["run", str(path)]) == 0
+        metrics[kind] = json.loads((tmp_path / kind / "runs" / "handed" / "metrics.json").read_text())
+    assert held[0].loads == 0 and held[0].swaps == 2
+    for name in ("base", "checkpoints"):
+        assert json.dumps(metrics["resident"][name], sort_keys=True) == \
+            json.dumps(metrics["reloading"][name], sort_keys=True), name

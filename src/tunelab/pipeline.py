@@ -44,7 +44,7 @@ def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label
                               template=template, label=label, models=models, **eval_placement(recipe))
 
 
-def evaluate_share(recipe: Recipe, sets: dict, template, rank: int, world: int) -> None:
+def evaluate_share(recipe: Recipe, sets: dict, template, rank: int, world: int, models) -> None:
     """Under torchrun, every rank evaluates its share of the checkpoints (and one rank the base) on its own
     device, then waits for the others: rank 0's report finds every result in place (`_cached_eval`) instead of
     evaluating all of them alone while the other GPUs sit idle. The wait is a gloo barrier of its own, with a
@@ -57,11 +57,11 @@ def evaluate_share(recipe: Recipe, sets: dict, template, rank: int, world: int) 
     if recipe.eval.baseline and recipe.model.path:
         jobs.append((recipe.model.path, "base"))
     waiting = td.new_group(backend="gloo", timeout=datetime.timedelta(hours=24))
-    models = run_models(recipe)
     for model_dir, name in jobs[rank::world]:
         print(f"rank {rank}: evaluating {name}")
         _cached_eval(model_dir, sets, run_dir / "eval" / name, recipe, template, name, models)
-    models.close()
+    if rank != 0:
+        models.close()  # rank 0 goes on to the report with what it holds
     td.barrier(group=waiting)
 
 
@@ -95,14 +95,14 @@ def _run(recipe: Recipe, resume: bool) -> dict:
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
     base_run = prepare_inputs(recipe)
     sets = eval_sets(recipe.eval)  # every eval mistake is found before training starts
-    summary = train(recipe, resume=resume)
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and sets:
-        evaluate_share(recipe, sets, template, rank, world)
-    if rank != 0:  # under torchrun, rank 0 alone reports
-        return {}
-    models = run_models(recipe)
+    models = run_models(recipe)  # on a GPU it keeps the trained model's base for the evaluation
     try:
+        summary = train(recipe, resume=resume, hand_over=models.adopt if sets else None)
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and sets:
+            evaluate_share(recipe, sets, template, rank, world, models)
+        if rank != 0:  # under torchrun, rank 0 alone reports
+            return {}
         if recipe.data.corpus:
             return _run_pretraining(recipe, sets, summary, template, models)
         if base_run is not None and _is_pretraining_run(base_run):

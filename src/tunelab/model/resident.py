@@ -40,6 +40,10 @@ class Reloading:
         """(model, tokenizer) of a full or adapter directory, for the `with` block."""
         yield loading.load_for_inference(str(path), dtype=self.dtype, merge=True, device=self.device)
 
+    def adopt(self, path: str, model) -> bool:
+        """Nothing is held between directories: a trained model handed over is let go."""
+        return False
+
     def close(self) -> None:
         """Nothing is held between directories."""
 
@@ -74,9 +78,37 @@ class ResidentBase(Reloading):
         with self._peft.disable_adapter() if self._peft is not None else nullcontext():
             yield (self._peft or self._base), loading.load_tokenizer(path)
 
+    def adopt(self, path: str, model) -> bool:
+        """Hold the model a LoRA run just trained as the base at `path`, instead of loading it again: its LoRA
+        layers are taken out without merging (peft's `unload`), which leaves the base weights as loaded, bit
+        for bit. Only a model on this source's device in its dtype, not quantised (a QLoRA run's checkpoints are
+        evaluated on the unquantised base, as they are handed in); otherwise False and it is let go."""
+        import torch
+        if not hasattr(model, "unload"):  # a full fine-tune ends on its last checkpoint's weights, not the base
+            return False
+        base = model.get_base_model()
+        if (next(base.parameters()).device != torch.device(self.device) or getattr(base, "is_quantized", False)
+                or str(base.dtype).removeprefix("torch.") != self.dtype):
+            return False
+        self.close()
+        base = model.unload()
+        base.requires_grad_(False)
+        if getattr(base, "is_gradient_checkpointing", False):
+            base.gradient_checkpointing_disable()
+        from tunelab.model.attention import NAME as TRAINING_ATTENTION
+        if getattr(base.config, "_attn_implementation", None) == TRAINING_ATTENTION:
+            base.set_attn_implementation("sdpa")  # the CPU training kernel; decoding is shaped for sdpa
+        base.eval()
+        self._base, self._key = base, self._key_of(path)
+        return True
+
+    @staticmethod
+    def _key_of(path: str) -> str:
+        return str(Path(path).resolve()) if Path(path).exists() else path
+
     def _hold(self, path: str) -> None:
         """Keep the model at `path` on the device, loading it only when another one is held."""
-        key = str(Path(path).resolve()) if Path(path).exists() else path
+        key = self._key_of(path)
         if key == self._key:
             return
         self.close()

@@ -246,10 +246,13 @@ def lr_lambda(total: int, warmup: int, min_ratio: float):
     return f
 
 
-def train(recipe: Recipe, resume: bool = False) -> dict:
+def train(recipe: Recipe, resume: bool = False, hand_over=None) -> dict:
     """Train per the recipe; returns a summary. Checkpoints and metrics.jsonl land in the run directory, which
     this process alone writes meanwhile (`run_lock`): another one writing it is an error before anything is
-    written. SIGTERM/SIGUSR1 stop it after a checkpoint (`errors.Preempted`)."""
+    written. SIGTERM/SIGUSR1 stop it after a checkpoint (`errors.Preempted`).
+
+    `hand_over(base_path, model)` receives a finished LoRA run's model (its base still unmerged underneath), so
+    that evaluation can keep the base on the device instead of loading it again (`model.resident`)."""
     # oneDNN (bf16 matmuls on CPU) keeps a compiled kernel for every shape it meets, up to 1,024 of them; the
     # row width and the count of labelled positions change shape every step, so memory grew ~5 MB a step
     # (0.4 -> 1.2 GB in 120 steps of a 0.2 M-parameter model). 64 holds what one step reuses; it is read at
@@ -269,10 +272,10 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
             raise refused or TunelabError("another process is writing this run (rank 0 names it)",
                                           file=recipe.run_dir)
         with StopSignals() as signals:
-            return _train(recipe, resume, dist, signals)
+            return _train(recipe, resume, dist, signals, hand_over)
 
 
-def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> dict:
+def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_over=None) -> dict:
     import torch
     from tqdm.auto import tqdm
 
@@ -624,6 +627,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals) -> di
         write_json(run_dir / "train_summary.json", summary)
         title = f"{recipe.name}: training and validation loss" if best else f"{recipe.name}: training loss"
         plot_loss_curve(metrics_path, run_dir / "loss.png", title=title)
+    if hand_over is not None and lora and not fsdp:
+        hand_over(recipe.model.path, model)
     return summary
 
 
