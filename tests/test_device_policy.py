@@ -6,6 +6,8 @@ sm70 says yes; only `including_emulation=False` tells the truth, which is what t
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +216,58 @@ def test_a_runs_evaluation_on_a_gpu_loads_the_base_once_and_swaps_adapters(gpu, 
         for label, metrics in results.items():
             primary = metrics["primary_metric"]
             assert metrics[primary] == pytest.approx(on_cpu[name][label][primary], abs=1e-6), (name, label)
+
+
+def test_a_gpu_process_group_gives_host_tensors_a_backend_of_their_own(gpu, monkeypatch):
+    """Under torchrun on GPUs the group is `cpu:gloo,cuda:nccl`: the loop's host-side reductions (counts, losses,
+    stop signals) go through gloo, the model's through NCCL. An NCCL-only group died at step 1 on them."""
+    import torch.distributed as td
+
+    from tunelab.train import loop
+    gpu("sm80", count=2)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: asked.append(("set_device", str(device))))
+    monkeypatch.setattr(td, "is_initialized", lambda: False)
+    monkeypatch.setattr(td, "init_process_group", lambda backend: asked.append(("group", backend)))
+    monkeypatch.setattr(td, "get_rank", lambda: 1)
+    monkeypatch.setattr(td, "get_world_size", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    dist = loop.init_distributed("auto")
+    assert asked == [("set_device", "cuda:1"), ("group", "cpu:gloo,cuda:nccl")]
+    assert dist.device == torch.device("cuda", 1) and (dist.rank, dist.world) == (1, 2)
+
+
+_HOST_REDUCTION = """
+import sys, torch, torch.distributed as td
+td.init_process_group(sys.argv[1])
+from tunelab.train.loop import Dist, _all_sum
+try:
+    said = f"sum {_all_sum(Dist(td.get_rank(), 2, td.get_rank(), torch.device('cpu')), [1.0, 2.0])}"
+except Exception as e:
+    said = f"failed {type(e).__name__} {str(e).splitlines()[0]}"
+open(f"rank{td.get_rank()}.txt", "w").write(said)
+td.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("backend, works", [("cuda:gloo", False), ("cpu:gloo,cuda:gloo", True)])
+def test_the_loops_host_reductions_need_a_cpu_backend_in_the_group(tmp_path, backend, works):
+    """The original multi-GPU failure, reproduced for real on two processes: a group with a backend for the
+    GPU alone (here `cuda:gloo`, as NCCL is `cuda:nccl`) cannot reduce the loop's host tensors; with a CPU
+    backend beside it, as `init_distributed` builds it, the same reduction works."""
+    import subprocess
+    import sys
+    script = tmp_path / "reduce.py"
+    script.write_text(_HOST_REDUCTION)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), backend], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    if works:
+        assert lines == ["sum [2.0, 4.0]"] * 2
+    else:
+        assert all(line.startswith("failed") and "cpu" in line.lower() for line in lines), lines
