@@ -45,7 +45,7 @@ log = logger("bench_eval_tasks")
 def write_data(root: Path, per_task: int, seed: int) -> tuple[dict[str, Path], list[str]]:
     """The four task files, and texts to train the tokenizer on."""
     from tunelab.data import arithmetic, reading
-    from tunelab.data.records import write_jsonl
+    from tunelab.records import write_jsonl
     rng = random.Random(seed)
     files = {t: root / name for t, name in zip(TASKS, ("arith.jsonl", "dev-v1.1.json", "choice.jsonl", "dev.tsv"))}
     corpus: list[str] = []
@@ -146,7 +146,7 @@ def run_baseline(model_dir: Path, files: dict, args, tasks=TASKS, limit: int = 0
             for ex in examples:
                 prompt = template.render(ex.instruction, ex.input)
                 if task_name == "choice":
-                    from tunelab.eval.loglik import LoglikResult
+                    from tunelab.metrics.loglik import LoglikResult
                     results_ex = []
                     for _, cont in task.loglik_requests(ex, prompt):
                         ctx = tok(prompt, add_special_tokens=False)["input_ids"]

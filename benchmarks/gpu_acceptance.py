@@ -79,7 +79,7 @@ def cola_standin(path: Path, count: int, seed: int) -> Path:
     """A CoLA-shaped pre_data file (alpaca records, CoLA's instruction, label "1"/"0"): simple sentences, and the
     same words shuffled as the unacceptable half."""
     from tunelab.data.glue import INSTRUCTIONS
-    from tunelab.data.records import write_json
+    from tunelab.records import write_json
     rng = random.Random(seed)
     subjects = ["the cat", "a student", "my neighbour", "the committee", "every child", "the old sailor"]
     verbs = ["saw", "praised", "followed", "wrote to", "ignored", "thanked"]

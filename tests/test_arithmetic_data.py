@@ -12,7 +12,7 @@ import pytest
 
 from tunelab.cli import main
 from tunelab.data.arithmetic import KINDS, generate, subsample
-from tunelab.data.records import write_jsonl
+from tunelab.records import write_jsonl
 from tunelab.errors import TunelabError
 
 ALL_KINDS = ["int_add", "int_sub", "int_mul", "int_div", "dec_add", "dec_sub", "dec_mul", "dec_div",

@@ -12,7 +12,7 @@ import pytest
 
 from tunelab.cli import main
 from tunelab.data.formats import choice_prompt, read_examples
-from tunelab.data.records import write_json, write_jsonl
+from tunelab.records import write_json, write_jsonl
 from tunelab.errors import TunelabError
 from tunelab.scoring import competition_score
 from tunelab.tasks.choice import choice_examples, extract_choice, read_choice, to_training_records

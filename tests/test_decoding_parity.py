@@ -290,7 +290,7 @@ def greedy_text(tokenizer, ids: list[int]) -> str:
 
 @pytest.mark.parametrize("share_context", [True, False])
 def test_loglikelihood_equals_a_plain_forward_pass(arch, share_context):
-    from tunelab.eval.loglik import loglikelihood
+    from tunelab.metrics.loglik import loglikelihood
     pairs = []
     for prompt, ids in zip(arch.prompts, arch.reference):  # the model's own answer (greedy) and two others
         pairs += [(prompt, greedy_text(arch.tokenizer, ids)), (prompt, " Sure, here it is."), (prompt, "好的，我明白了。")]

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from tunelab.cli import main
-from tunelab.data.records import write_json, write_jsonl
+from tunelab.records import write_json, write_jsonl
 from tunelab.errors import TunelabError
 
 SQUAD = {"version": "1.1", "data": [{"title": "t", "paragraphs": [
@@ -69,7 +69,7 @@ def _manual_logprob(model, tokenizer, context: str, continuation: str) -> float:
 
 def test_loglik_matches_per_option_forward_and_picks_the_preferred_option(loaded):
     from tunelab.data.templates import PromptTemplate
-    from tunelab.eval.loglik import loglikelihood
+    from tunelab.metrics.loglik import loglikelihood
     from tunelab.tasks.choice import choice_examples
     from tunelab.tasks.registry import get_task
     model, tok = loaded
@@ -104,7 +104,7 @@ def test_loglik_matches_per_option_forward_and_picks_the_preferred_option(loaded
 
 def test_loglik_greedy_flag_and_truncation(loaded):
     import torch
-    from tunelab.eval.loglik import loglikelihood
+    from tunelab.metrics.loglik import loglikelihood
     model, tok = loaded
     ctx = "计算 12 + 30 等于多少？"
     ids = tok(ctx, add_special_tokens=False)["input_ids"]
@@ -128,7 +128,7 @@ def test_loglik_greedy_flag_and_truncation(loaded):
 
 def test_perplexity_equals_exp_mean_nll(loaded):
     import torch
-    from tunelab.eval.perplexity import perplexity, score_documents
+    from tunelab.metrics.perplexity import perplexity, score_documents
     model, tok = loaded
     text = "Tom has 12 apples. He gives 5 of them to Mary. Now Tom has 7 apples."
     ids = torch.tensor([tok(text)["input_ids"]])
@@ -150,7 +150,7 @@ def test_perplexity_equals_exp_mean_nll(loaded):
 
 def test_strided_windows_on_a_text_longer_than_the_context(loaded):
     import torch
-    from tunelab.eval.perplexity import perplexity, plan_windows, score_documents
+    from tunelab.metrics.perplexity import perplexity, plan_windows, score_documents
     model, tok = loaded
     text = " ".join(f"计算 {a} + {b} 等于多少？ {a} + {b} = {a + b}" for a in range(10, 40) for b in (3, 7, 11))
     ids = tok(text)["input_ids"]

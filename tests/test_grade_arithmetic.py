@@ -11,7 +11,7 @@ import pytest
 
 from tunelab.cli import main
 from tunelab.data.examples import Example
-from tunelab.data.records import write_json, write_jsonl
+from tunelab.records import write_json, write_jsonl
 from tunelab.tasks.arithmetic import extract_final_number, grade_arithmetic, summarize_arithmetic
 from tunelab.tasks.registry import get_task
 

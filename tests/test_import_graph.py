@@ -25,7 +25,7 @@ TARGET = re.compile(r"(tunelab(?:\.\w+)*):(\w+)")  # "tunelab.eval.evaluate:cli_
 
 LAYERS = [
     # stage, rank, modules
-    ("foundation", 0, ["tunelab", "tunelab.errors", "tunelab.recipe", "tunelab.data.records", "tunelab.runs",
+    ("foundation", 0, ["tunelab", "tunelab.errors", "tunelab.recipe", "tunelab.records", "tunelab.runs",
                         "tunelab.checkpoint_manifest"]),
     #   the error type, the recipe schema (also `tunelab eval`'s configuration), reading/writing records,
     #   a run directory's layout, which checkpoints are whole (their manifests) and which one is best (train,
@@ -34,9 +34,7 @@ LAYERS = [
     ("model", 2, ["tunelab.model.*"]),        # loading, tokenizers, LoRA, export, the decoding core
     ("train", 3, ["tunelab.train.*"]),        # the loop and checkpoint writing
     ("scoring", 3, ["tunelab.scoring"]),      # low-parameter ratio (model shapes) and competition formulas
-    ("measures", 3, [                         # eval's measuring instruments: they know no task
-        "tunelab.eval.qa_metrics", "tunelab.eval.rouge", "tunelab.eval.prediction_files",
-        "tunelab.eval.loglik", "tunelab.eval.perplexity"]),
+    ("metrics", 3, ["tunelab.metrics.*"]),    # measuring instruments that know no task (QA F1/EM, Rouge-L, …)
     ("tasks", 4, ["tunelab.tasks.*"]),        # examples + prompt + answer extraction + metric, by name
     ("eval", 5, ["tunelab.eval.*"]),          # the eval configuration, runner, retention, `tunelab eval`/`predict`
     ("serve", 6, ["tunelab.serve.*"]),        # OpenAI-compatible server, web UI, arena
@@ -154,6 +152,21 @@ def test_no_import_cycles():
     assert cycles(graph()) == []
 
 
+def package_of(module: str) -> str:
+    """The top-level part of tunelab a module belongs to: `tunelab.eval.runner` -> `tunelab.eval`, a module
+    at the top (`tunelab.recipe`) is its own."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_package_import_cycles():
+    """Packages, not only modules, import one way: `tasks` may use `metrics` and `eval` may use `tasks`, but
+    nothing in `tasks` imports `eval` (a cycle between two packages is one room split by a curtain)."""
+    edges: dict[str, set[str]] = {}
+    for a, targets in graph().items():
+        edges.setdefault(package_of(a), set()).update(package_of(b) for b in targets if package_of(b) != package_of(a))
+    assert cycles(edges) == []
+
+
 def upward(edges: dict[str, set[str]]) -> list[str]:
     """Every import of a module of a higher stage, or of a sibling stage (same rank)."""
     bad = []
@@ -177,7 +190,7 @@ def test_the_checker_sees_what_it_must():
     tree = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(tree) == [["a", "b", "c"]]
     assert upward({"tunelab.data.glue": {"tunelab.train.loop"}, "tunelab.train.loop": {"tunelab.scoring"},
-                   "tunelab.eval.sets": {"tunelab.tasks.glue", "tunelab.data.records"}}) == [
+                   "tunelab.eval.sets": {"tunelab.tasks.glue", "tunelab.records"}}) == [
         "tunelab.data.glue (data) imports tunelab.train.loop (train)",
         "tunelab.train.loop (train) imports tunelab.scoring (scoring)"]
     mods = modules()
@@ -185,7 +198,8 @@ def test_the_checker_sees_what_it_must():
     runner = imports_of("tunelab.eval.runner", mods["tunelab.eval.runner"], set(mods))
     assert "tunelab.model.loading" in runner  # imported inside evaluate_model_dir
     assert "tunelab.eval.evaluate" in imports_of("tunelab.cli", mods["tunelab.cli"], set(mods))
-    assert stage_of("tunelab.data.records") == ("foundation", 0) and stage_of("tunelab.data.glue") == ("data", 1)
-    assert stage_of("tunelab.eval.rouge") == ("measures", 3) and stage_of("tunelab.eval.sets") == ("eval", 5)
+    assert stage_of("tunelab.records") == ("foundation", 0) and stage_of("tunelab.data.glue") == ("data", 1)
+    assert stage_of("tunelab.metrics.rouge") == ("metrics", 3) and stage_of("tunelab.eval.sets") == ("eval", 5)
+    assert package_of("tunelab.eval.runner") == "tunelab.eval" and package_of("tunelab.recipe") == "tunelab.recipe"
     used = {stage_of(m)[0] for m in mods}
     assert used == {stage for stage, _, _ in LAYERS}

@@ -46,7 +46,7 @@ def documents() -> list[dict]:
 def build_corpus(root: Path) -> Path:
     """A corpus directory as `tunelab data corpus` writes it: whole sentences packed into blocks ending in EOT."""
     from tunelab.data.corpus_store import FORMAT, SplitWriter, token_dtype
-    from tunelab.data.records import write_json, write_jsonl
+    from tunelab.records import write_json, write_jsonl
     from tunelab.data.sentences import split_sentences
     from tunelab.model.tokenizer import EOS, train_bpe_tokenizer
     d = root / "corpus"
@@ -109,7 +109,7 @@ def pretrained(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("pretrain-eval")
     corpus = build_corpus(root)
-    from tunelab.data.records import write_jsonl
+    from tunelab.records import write_jsonl
     write_jsonl(root / "qa.jsonl", [{"question": f"关于 {a}？", "answer": a, "source_id": sid}
                                     for sid, answers in FACTS.items() for a in answers])
     tok = load_tokenizer(str(corpus / "tokenizer"))
@@ -193,7 +193,7 @@ def test_ppl_on_a_corpus_scores_the_stored_blocks(pretrained, tmp_path):
     assert [x["where"] for x in rows] == ["doc zh-0", "doc zh-2", "doc zh-2", "doc zh-6", "doc en-0"]
     assert rows[0]["text"].startswith("青山站是河谷市") and rows[0]["tokens"] == len(val[0]) - 1
     # windows shorter than a block: each window's first token is unscored, for the model and the unigram alike
-    from tunelab.eval.perplexity import plan_windows
+    from tunelab.metrics.perplexity import plan_windows
     assert main(["eval", "--model", str(pretrained["model_dir"]), "--tasks", "ppl", "--data", f"ppl={corpus}",
                  "--out", str(tmp_path / "ev1"), "--window", "16", "--stride", "16"]) == 0
     r1 = json.loads((tmp_path / "ev1" / "results.json").read_text(encoding="utf-8"))["results"]["model"]["ppl"]
@@ -242,7 +242,7 @@ def test_split_prompt_takes_the_first_sentence_and_a_title_line():
 
 
 def test_continuation_on_a_corpus_with_facts(pretrained, tmp_path):
-    from tunelab.eval.rouge import rouge_l
+    from tunelab.metrics.rouge import rouge_l
     from tunelab.tasks.continuation import normalize_fact
     corpus, out = pretrained["corpus"], tmp_path / "ev"
     assert main(["eval", "--model", str(pretrained["model_dir"]), "--tasks", "continuation",
@@ -287,7 +287,7 @@ def test_continuation_on_a_corpus_with_facts(pretrained, tmp_path):
 
 
 def test_continuation_from_a_jsonl_file(pretrained, tmp_path):
-    from tunelab.data.records import write_jsonl
+    from tunelab.records import write_jsonl
     from tunelab.tasks.registry import get_task
     data = tmp_path / "docs.jsonl"
     write_jsonl(data, [{"text": ZH[0][1], "id": "a"}, {"text": "只有一句话。"}, {"text": EN[2][1]}])
@@ -366,7 +366,7 @@ def test_pretraining_run_metrics_and_report(pretrained, monkeypatch, tmp_path):
                "total_params": 1, "best_checkpoint": "step-000100", "peak_tflops": 0.15,
                "best_val_loss": pretrained["val_loss"]["step-000100"], "stopped_early_at": None,
                "tokens_per_s": 1150.0, "mfu": 0.025, "flops_per_token": 1.5e6}
-    monkeypatch.setattr("tunelab.train.loop.train", lambda recipe, resume=False: summary)
+    monkeypatch.setattr("tunelab.train.loop.train", lambda recipe, resume=False, hand_over=None: summary)
     recipe_path = tmp_path / "pre.yaml"
     recipe_path.write_text(yaml.safe_dump({
         "name": "pre", "output_dir": str(run.parent), "description": "MiniGPT 预训练",

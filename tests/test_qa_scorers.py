@@ -10,7 +10,7 @@ import nltk
 import pytest
 
 import qa_references as ref
-from tunelab.eval.qa_metrics import (em_f1, em_f1_mindformers, first_line, jieba_cut, tokens_cmrc,
+from tunelab.metrics.qa_metrics import (em_f1, em_f1_mindformers, first_line, jieba_cut, tokens_cmrc,
                                      tokens_mindformers, word_tokenize)
 
 pytest.importorskip("punkt")

@@ -8,8 +8,8 @@ import pytest
 
 from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
-from tunelab.eval import rouge
-from tunelab.eval.rouge import resolve_segmentation, rouge_l, rouge_l_corpus, tokenize
+from tunelab.metrics import rouge
+from tunelab.metrics.rouge import resolve_segmentation, rouge_l, rouge_l_corpus, tokenize
 from tunelab.tasks.registry import get_task
 
 

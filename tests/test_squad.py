@@ -12,7 +12,7 @@ import pytest
 
 from tunelab.cli import main
 from tunelab.errors import TunelabError
-from tunelab.eval.qa_metrics import (em_f1, em_f1_cmrc, em_f1_mindformers, em_f1_official, first_line,
+from tunelab.metrics.qa_metrics import (em_f1, em_f1_cmrc, em_f1_mindformers, em_f1_official, first_line,
                                      normalize_official, tokens_cmrc, tokens_mindformers)
 from tunelab.tasks.registry import get_task
 from tunelab.tasks.squad import read_squad, read_squad_questions, score_squad

@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         where = (name[:120] + "…" if len(name) > 120 else name) + ": " if name else ""
         full = ""
         if name and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-            from tunelab.data.records import free_space
+            from tunelab.records import free_space
             full = f" ({free_space(name)} free on that disk)"
         print(f"tunelab: error: {where}{e.strerror or e}{full}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ import json
 import os
 from pathlib import Path
 
-from tunelab.data.records import write_json
+from tunelab.records import write_json
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, load_recipe

@@ -500,7 +500,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_data
     """Load and validate a recipe file, applying aliases then `--set` overrides; `check_data=False` for what
     reads no data (a memory plan), so that a recipe can be checked before its files are there."""
     p = Path(path)
-    from tunelab.data.records import read_text
+    from tunelab.records import read_text
     text = read_text(p)
     try:
         raw = yaml.safe_load(text)

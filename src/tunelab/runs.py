@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tunelab.checkpoint_manifest import has_manifest, manifest_problems
-from tunelab.data.records import read_json_object
+from tunelab.records import read_json_object
 from tunelab.errors import TunelabError
 
 STEP_PREFIX = "step-"

@@ -33,7 +33,7 @@ from math import isqrt
 from pathlib import Path
 from typing import Any, Callable
 
-from tunelab.data.records import iter_records, write_json, write_jsonl
+from tunelab.records import iter_records, write_json, write_jsonl
 from tunelab.errors import TunelabError
 
 LANGS = ("zh", "en", "mix")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.data.arithmetic import write_records
-from tunelab.data.records import iter_records, require_str
+from tunelab.records import iter_records, require_str
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
 

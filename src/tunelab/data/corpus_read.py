@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from tunelab.data.records import lone_surrogate
+from tunelab.records import lone_surrogate
 from tunelab.errors import TunelabError
 
 SUFFIXES = (".jsonl", ".json", ".txt")

@@ -19,7 +19,7 @@ from array import array
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from tunelab.data.records import parse_json, read_json
+from tunelab.records import parse_json, read_json
 from tunelab.errors import TunelabError
 
 FORMAT = "tunelab-corpus/1"

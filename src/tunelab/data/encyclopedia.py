@@ -46,7 +46,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.data.records import building_dir, write_jsonl
+from tunelab.records import building_dir, write_jsonl
 from tunelab.errors import TunelabError
 
 KINDS = ("station", "species", "compound", "person", "place")
@@ -1200,7 +1200,7 @@ def split_qa_by_corpus(qa_files: list[str | Path], corpus: str | Path, out: str 
     short) are counted, not used. Records are alpaca ({id, instruction: question, output: answer, source_id}), which
     training and the `rougel` task read. Built in a temporary sibling and renamed: an existing OUT is refused."""
     from tunelab.data.corpus_store import read_docs, read_meta
-    from tunelab.data.records import iter_records, require_str, write_json
+    from tunelab.records import iter_records, require_str, write_json
     out = Path(out)
     if out.exists():
         raise TunelabError("output already exists; choose a new directory", file=out)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tunelab.data.examples import Example
-from tunelab.data.records import iter_records, require_str
+from tunelab.records import iter_records, require_str
 from tunelab.errors import TunelabError
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")

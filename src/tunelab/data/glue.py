@@ -31,7 +31,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.data.records import read_text, write_json
+from tunelab.records import read_text, write_json
 from tunelab.errors import TunelabError
 
 TASKS = {"cola": "CoLA", "qqp": "QQP"}

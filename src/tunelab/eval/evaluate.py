@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.records import write_json
+from tunelab.records import write_json
 from tunelab.errors import TunelabError
 from tunelab.eval.retention import load_baseline, retention
 from tunelab.eval.runner import evaluate_model_dir

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from tunelab.data.glue import canonical_task
-from tunelab.data.records import write_json
+from tunelab.records import write_json
 from tunelab.errors import TunelabError
 
 MAJORITY = {"CoLA": 1, "QQP": 0}
@@ -59,7 +59,7 @@ def predict_labels(model, tokenizer, template, task, examples, mode: str, batch_
         texts = generate_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                  desc=f"predict {task.glue_name}")
         return [parse_label(t, task.glue_name) for t in texts], texts
-    from tunelab.eval.loglik import loglikelihood
+    from tunelab.metrics.loglik import loglikelihood
     words = task.words()
     requests = [req for ex, p in zip(examples, prompts) for req in task.loglik_requests(ex, p)]
     scores = loglikelihood(model, tokenizer, requests, batch_size=batch_size, progress=True,

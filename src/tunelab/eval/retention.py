@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.data.records import read_json
+from tunelab.records import read_json
 from tunelab.errors import TunelabError
 from tunelab.eval.runner import evaluate_model_dir
 from tunelab.eval.sets import EvalSet

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.data.examples import Example
-from tunelab.data.records import write_json, write_jsonl
+from tunelab.records import write_json, write_jsonl
 from tunelab.data.templates import PromptTemplate, load_template
 from tunelab.errors import TunelabError
 from tunelab.eval.sets import EvalSet
@@ -54,7 +54,7 @@ def _run_generate(model, tokenizer, template, task, examples, batch_size, max_ne
 
 
 def _run_loglik(model, tokenizer, template, task, examples, batch_size, desc):
-    from tunelab.eval.loglik import loglikelihood
+    from tunelab.metrics.loglik import loglikelihood
     per_example = [task.loglik_requests(ex, task.prompt(ex, template)) for ex in examples]
     flat = [req for reqs in per_example for req in reqs]
     scores = loglikelihood(model, tokenizer, flat, batch_size=batch_size, progress=True, desc=desc)
@@ -71,7 +71,7 @@ def _run_loglik(model, tokenizer, template, task, examples, batch_size, desc):
 
 
 def _run_perplexity(model, tokenizer, task, examples, batch_size, desc):
-    from tunelab.eval.perplexity import score_token_ids
+    from tunelab.metrics.perplexity import score_token_ids
     ids = task.token_ids(examples, tokenizer)
     scores, window, stride = score_token_ids(
         model, tokenizer, ids, window=task.window, stride=task.stride, batch_size=batch_size,
@@ -136,7 +136,7 @@ def answer_loss(model_dir, template, examples: list, batch_size: int, device: st
                 precision: str = "auto") -> dict:
     """The fine-tuning loss on held-out pairs: mean NLL per token of answer + EOS after the rendered question,
     exactly the positions the trainer scores (`data.packing.encode_examples`), accumulated in float32."""
-    from tunelab.eval.loglik import loglikelihood
+    from tunelab.metrics.loglik import loglikelihood
     model, tokenizer = load_model(model_dir, device, precision)
     requests = [(template.render(ex.instruction, ex.input), ex.output + tokenizer.eos_token) for ex in examples]
     results = loglikelihood(model, tokenizer, requests, batch_size=batch_size)

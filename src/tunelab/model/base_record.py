@@ -70,7 +70,7 @@ def resolve_base_model(adapter_dir: str | Path) -> str:
     while adapter_config.json still names what it recorded (an edited `base_model_name_or_path` wins). A base
     recorded as local that is nowhere is "model path not found", never a hub attempt; an adapter without a
     record (older runs, plain peft) names a hub id as `org/name`."""
-    from tunelab.data.records import read_json_object
+    from tunelab.records import read_json_object
     adapter_dir = Path(adapter_dir)
     config_path = adapter_dir / ADAPTER_CONFIG
     named = read_json_object(config_path).get("base_model_name_or_path")

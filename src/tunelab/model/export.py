@@ -18,7 +18,7 @@ from tunelab.runs import pick_checkpoint
 def model_card(run_dir: Path, source: Path) -> str:
     """A README.md for the exported model from the run's recipe, summary and metrics. A summary or metrics file
     that is not what tunelab wrote (edited, damaged) is an error naming it, not a traceback."""
-    from tunelab.data.records import read_json_object, read_text
+    from tunelab.records import read_json_object, read_text
     lines = [f"# {run_dir.name}", "", f"Exported by `tunelab export` from `{source}`.", ""]
     recipe = run_dir / "recipe.yaml"
     for path, section in ((run_dir / "train_summary.json", _training_lines),

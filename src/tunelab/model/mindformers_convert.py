@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.data.records import read_json_object, read_text
+from tunelab.records import read_json_object, read_text
 from tunelab.errors import TunelabError
 from tunelab.model.mindspore_ckpt import iter_ckpt, write_ckpt
 

@@ -140,7 +140,7 @@ def train_tokenizer_dir(inputs: list, vocab_size: int, out: str | Path, settings
               "special_tokens": {"eos": EOS, "pad": PAD, "sep": SEP}, "cleaning": settings.cleaning.as_meta(),
               "val_fraction": settings.val_fraction, "seed": settings.seed,
               "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in paths]}
-    from tunelab.data.records import building_dir
+    from tunelab.records import building_dir
     with building_dir(out) as tmp:
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

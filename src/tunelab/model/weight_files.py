@@ -33,7 +33,7 @@ def weight_files(model_dir: str | Path) -> list[Path]:
     single = [d / name for name in (ADAPTER_WEIGHTS, MODEL_WEIGHTS) if (d / name).is_file()]
     if single or not (d / MODEL_INDEX).is_file():
         return single
-    from tunelab.data.records import read_json_object
+    from tunelab.records import read_json_object
     weight_map = read_json_object(d / MODEL_INDEX).get("weight_map")
     if not isinstance(weight_map, dict):
         raise TunelabError("has no weight_map (not a safetensors index)", file=d / MODEL_INDEX)

@@ -60,7 +60,7 @@ def cli_generate(args) -> int:
 
 def _given_prompts(args) -> list[str] | None:
     """Arguments, then --file; with neither, standard input's lines, or None for a terminal (interactive)."""
-    from tunelab.data.records import decode_text, iter_lines, lone_surrogate
+    from tunelab.records import decode_text, iter_lines, lone_surrogate
     from tunelab.serve.prompts import read_prompts
     prompts = list(args.prompts)
     for i, prompt in enumerate(prompts, 1):
@@ -181,7 +181,7 @@ def _header(job: _Job, prompts: int, samples: int) -> str:
 def _interactive(served, args) -> int:
     """A `>` prompt: each line is generated for alone (no conversation is kept); an empty line or Ctrl-D
     ends it, Ctrl-C stops the answer being written."""
-    from tunelab.data.records import lone_surrogate
+    from tunelab.records import lone_surrogate
     print("type a prompt and press Enter; an empty line or Ctrl-D quits, Ctrl-C stops an answer "
           "(输入提示后回车；空行或 Ctrl-D 退出)", file=sys.stderr)
     while True:

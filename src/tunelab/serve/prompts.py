@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.data.records import iter_lines, lone_surrogate, parse_json, read_text
+from tunelab.records import iter_lines, lone_surrogate, parse_json, read_text
 from tunelab.errors import TunelabError
 
 PROMPT_KEYS = ("prompt", "instruction", "problem", "question", "text")

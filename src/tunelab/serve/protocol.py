@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from tunelab.data.records import lone_surrogate
+from tunelab.records import lone_surrogate
 from tunelab.serve.engine import MAX_LOGPROBS
 
 MAX_N = 16

@@ -47,7 +47,7 @@ letters of the question's options count; the first rule that finds one decides (
 Nothing found: the answer is `unparsed` (counted wrong and reported).
 
 Log-likelihood mode (`tunelab eval --mode loglik`, recipe `mode: loglik`), lm-eval style: every option is
-scored as a continuation of the same prompt (`tunelab.eval.loglik`) and the highest total log-probability
+scored as a continuation of the same prompt (`tunelab.metrics.loglik`) and the highest total log-probability
 wins — no extraction, nothing unparsed. The continuation (setting `continuation`) is the option letter
 ("B", default: what the prompt asks for and what `to_training_records` trains), the option text exactly as
 written in the question file ("Paris", "５㎏…", "line one\nline two"), or both ("B. Paris"). The metrics
@@ -69,7 +69,7 @@ from typing import Any, Iterable
 
 from tunelab.data.examples import Example
 from tunelab.data.formats import LETTERS, choice_fields, choice_record, read_examples
-from tunelab.data.records import iter_records, require_str
+from tunelab.records import iter_records, require_str
 from tunelab.errors import TunelabError
 from tunelab.tasks.registry import Task, register_task
 
@@ -350,7 +350,7 @@ def _read_gold(path: Path) -> list[dict[str, Any]]:
 def cli_grade(args) -> int:
     """`tunelab grade choice --pred FILE --gold FILE [--ratio R] [--json]`."""
     from tunelab.scoring import competition_score
-    from tunelab.eval.prediction_files import match_predictions, read_prediction_file
+    from tunelab.metrics.prediction_files import match_predictions, read_prediction_file
 
     pred_path, gold_path = Path(args.pred), Path(args.gold)
     gold = _read_gold(gold_path)

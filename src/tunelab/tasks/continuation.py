@@ -14,7 +14,7 @@ single sentence has nothing to continue: it is skipped and counted (`skipped`).
 Metrics:
 
 * `rougeL_f` (primary), `rougeL_p`, `rougeL_r` (×100): Rouge-L of the continuation against the reference
-  (`tunelab.eval.rouge`; setting `segmentation`, default auto = one token per CJK character for Chinese);
+  (`tunelab.metrics.rouge`; setting `segmentation`, default auto = one token per CJK character for Chinese);
   `rougeL_f_chance`: each continuation against the next document's reference instead — the overlap that
   fluent text in the corpus's style gets anyway (common characters, stock phrases);
 * with a `facts` file (qa.jsonl records {question, answer, source_id}, as `tunelab data encyclopedia` writes
@@ -38,7 +38,7 @@ from typing import Any
 
 from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
-from tunelab.eval.rouge import resolve_segmentation, rouge_l, summarize_rouge
+from tunelab.metrics.rouge import resolve_segmentation, rouge_l, summarize_rouge
 from tunelab.tasks.registry import Task, register_task
 
 _END = "。！？!?；;….」”’）)\"'"
@@ -86,7 +86,7 @@ def corpus_documents(directory: str | Path, split: str) -> list[tuple[str, str, 
 
 
 def file_documents(path: str | Path) -> list[tuple[str, str, str | None]]:
-    from tunelab.data.records import iter_records, require_str
+    from tunelab.records import iter_records, require_str
     path = Path(path)
     out = []
     for index, (line, rec) in enumerate(iter_records(path)):
@@ -99,7 +99,7 @@ def file_documents(path: str | Path) -> list[tuple[str, str, str | None]]:
 
 def read_facts(path: str | Path) -> dict[str, list[str]]:
     """{source_id: [answer, …]} from a qa.jsonl file."""
-    from tunelab.data.records import iter_records, require_str
+    from tunelab.records import iter_records, require_str
     path = Path(path)
     facts: dict[str, list[str]] = {}
     for line, rec in iter_records(path):

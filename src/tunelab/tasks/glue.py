@@ -40,7 +40,7 @@ from typing import Any
 
 from tunelab.data.examples import Example
 from tunelab.data.glue import canonical_task, read_glue_tsv
-from tunelab.data.records import iter_records, read_text, require_str
+from tunelab.records import iter_records, read_text, require_str
 from tunelab.errors import TunelabError
 from tunelab.tasks.registry import Task, register_task
 

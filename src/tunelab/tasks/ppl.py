@@ -1,4 +1,4 @@
-"""The `ppl` task: token-weighted perplexity of a model on a text corpus (see `tunelab.eval.perplexity`).
+"""The `ppl` task: token-weighted perplexity of a model on a text corpus (see `tunelab.metrics.perplexity`).
 
 Files:
 
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.examples import Example
-from tunelab.data.records import iter_records, read_text, require_str
+from tunelab.records import iter_records, read_text, require_str
 from tunelab.errors import TunelabError
-from tunelab.eval.perplexity import perplexity, scored_targets
+from tunelab.metrics.perplexity import perplexity, scored_targets
 from tunelab.tasks.registry import Task, register_task
 
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
@@ -104,7 +104,7 @@ class CorpusSplit:
         """log-probabilities of the add-one smoothed unigram model of the train split (computed once)."""
         if self._unigram is None:
             from tunelab.data.corpus_store import CorpusBlocks
-            from tunelab.eval.perplexity import token_counts, unigram_logprobs
+            from tunelab.metrics.perplexity import token_counts, unigram_logprobs
             vocab = max(int(self.blocks.meta.get("vocab_size") or 0), len(self.tokenizer()))
             train = CorpusBlocks(self.dir, "train")
             self._unigram = unigram_logprobs(token_counts(train.tokens, vocab))

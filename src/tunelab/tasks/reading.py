@@ -7,7 +7,7 @@ of the generation counts, as in MindFormers' SQuAD evaluation.
 from __future__ import annotations
 
 from tunelab.data.examples import Example
-from tunelab.eval.qa_metrics import em_f1
+from tunelab.metrics.qa_metrics import em_f1
 from tunelab.tasks.registry import Task, register_task
 
 

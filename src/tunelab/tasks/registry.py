@@ -28,9 +28,9 @@ class Task:
     * `generate`: the prompt (`prompt`) goes through the batched generation engine and `grade` scores the
       text; every task supports it unless it overrides `modes`.
     * `loglik`: `loglik_requests` gives (context, continuation) pairs whose summed log-probabilities
-      `tunelab.eval.loglik` computes in batches; `grade_loglik` turns them into the graded item (no parsing).
+      `tunelab.metrics.loglik` computes in batches; `grade_loglik` turns them into the graded item (no parsing).
     * `perplexity`: `token_ids` gives each example's token ids (a text `document` tokenised, or a prepared
-      corpus's stored blocks) whose log-likelihood `tunelab.eval.perplexity` computes with strided windows;
+      corpus's stored blocks) whose log-likelihood `tunelab.metrics.perplexity` computes with strided windows;
       `grade_perplexity` turns the per-document sums into the graded item.
     * a generate-mode task may set `max_new_tokens` (a setting) to override the evaluation's length.
 

@@ -1,4 +1,4 @@
-"""The `rougel` task: free-text generation scored by Rouge-L F (`tunelab.eval.rouge`) against the reference
+"""The `rougel` task: free-text generation scored by Rouge-L F (`tunelab.metrics.rouge`) against the reference
 output(s).
 
 Data: alpaca/reading/conversations/messages files, or QA records {question, answer | answers}
@@ -19,9 +19,9 @@ from typing import Any
 
 from tunelab.data.examples import Example
 from tunelab.data.formats import read_examples
-from tunelab.data.records import iter_records, require_str
+from tunelab.records import iter_records, require_str
 from tunelab.errors import TunelabError
-from tunelab.eval.rouge import resolve_segmentation, rouge_l, summarize_rouge
+from tunelab.metrics.rouge import resolve_segmentation, rouge_l, summarize_rouge
 from tunelab.tasks.registry import Task, register_task
 
 

@@ -6,7 +6,7 @@ Data: `{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers
 or its Chinese form for a Chinese passage), `output` is the first gold answer and `answers` all of them
 (duplicates kept, as in the file). `mindformers_prompt` gives MindFormers' own prompt for comparisons.
 
-Scorers (see `tunelab.eval.qa_metrics` for each one's reference script), each 0–100 over all questions, a
+Scorers (see `tunelab.metrics.qa_metrics` for each one's reference script), each 0–100 over all questions, a
 question without a prediction scoring 0:
 
 * `official`: evaluate-v1.1.py — max EM/F1 over all gold answers; the prediction is scored as given.
@@ -32,9 +32,9 @@ from typing import Any
 
 from tunelab.data.examples import Example
 from tunelab.data.formats import reading_instruction
-from tunelab.data.records import read_json
+from tunelab.records import read_json
 from tunelab.errors import TunelabError
-from tunelab.eval.qa_metrics import (SCORERS, em_f1, em_f1_mindformers, first_line, has_cjk,
+from tunelab.metrics.qa_metrics import (SCORERS, em_f1, em_f1_mindformers, first_line, has_cjk,
                                      resolve_mode)
 from tunelab.tasks.registry import Task, register_task
 

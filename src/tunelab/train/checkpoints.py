@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.checkpoint_manifest import has_manifest, manifest_problems, write_manifest
-from tunelab.data.records import free_space, write_refusal
+from tunelab.records import free_space, write_refusal
 from tunelab.data.templates import save_template
 from tunelab.errors import TunelabError
 from tunelab.runs import checkpoint_dir, checkpoint_dirs, is_preemption, list_checkpoints, set_aside

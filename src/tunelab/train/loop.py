@@ -623,7 +623,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
         summary["sample_tokens_per_s"] = _median([r["sample_tokens_per_s"] for r in logged
                                                   if "sample_tokens_per_s" in r])
     if dist.main:
-        from tunelab.data.records import write_json
+        from tunelab.records import write_json
         write_json(run_dir / "train_summary.json", summary)
         title = f"{recipe.name}: training and validation loss" if best else f"{recipe.name}: training loss"
         plot_loss_curve(metrics_path, run_dir / "loss.png", title=title)

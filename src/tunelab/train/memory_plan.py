@@ -194,7 +194,7 @@ def _path_config(path: str, field: str) -> tuple[PretrainedConfig, str]:
         if p.is_dir() and is_run_dir(p):
             p = pick_checkpoint(p)
         if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
-            from tunelab.data.records import read_json_object
+            from tunelab.records import read_json_object
             base = read_json_object(p / "adapter_config.json").get("base_model_name_or_path")
             if not base:
                 raise TunelabError("adapter has no base_model_name_or_path", file=p / "adapter_config.json")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.records import iter_records, read_text, require_str
+from tunelab.records import iter_records, read_text, require_str
 from tunelab.errors import TunelabError
 
 
