@@ -249,3 +249,27 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys, out, argv):
     assert main(["data", "arithmetic", "--out", out, *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tunelab: error:") and err.count("\n") == 1
+
+
+def test_the_cli_makes_the_same_problems_as_the_quickstart_recipe(tmp_path, capsys):
+    """`tunelab data arithmetic` takes every generator option a recipe's `options:` does, so the quickstart's
+    training data can be made for another tool: the same records, byte for byte."""
+    import json
+    from pathlib import Path
+
+    from tunelab.cli import main
+    from tunelab.data.sources import generate_records
+    from tunelab.recipe import load_recipe
+    quickstart = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    source = load_recipe(quickstart, check_data=False).data.train[0]
+    assert source.options == {"kinds": ["dec_add", "dec_sub"], "int_digits": 1, "decimals": 2,
+                              "fixed_decimals": True}
+    out = tmp_path / "train.jsonl"
+    assert main(["data", "arithmetic", "--out", str(out), "--count", "300", "--seed", str(source.seed),
+                 "--kinds", "dec_add,dec_sub", "--int-digits", "1", "--decimals", "2", "--fixed-decimals"]) == 0
+    written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert written == generate_records(source.model_copy(update={"count": 300}))[0]
+    assert main(["data", "arithmetic", "--out", str(out), "--int-digits", "0"]) == 2
+    assert "--int-digits: expected an integer from 1 to 18" in capsys.readouterr().err
+    assert main(["data", "arithmetic", "--out", str(out), "--from", str(out), "--no-signed"]) == 2
+    assert "--signed applies to generated problems, not to --from" in capsys.readouterr().err

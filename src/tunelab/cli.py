@@ -145,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--from", dest="source", default=None,
                    help="subsample COUNT problems reproducibly from this file instead of generating")
     q.add_argument("--list-kinds", action="store_true", help="print the kinds and exit")
+    # the generator's difficulty options, as a recipe's `options:` sets them (recipes/quickstart.yaml)
+    q.add_argument("--int-digits", type=int, default=None, help="max digits of an operand's integer part (1-18; "
+                   "default 4)")
+    q.add_argument("--decimals", type=int, default=None, help="decimal places of dec_* operands, and rounding places "
+                   "of inexact results (1-10; default 2)")
+    q.add_argument("--fixed-decimals", action=argparse.BooleanOptionalAction, default=None,
+                   help="every decimal operand has exactly --decimals places (default: up to)")
+    q.add_argument("--signed", action=argparse.BooleanOptionalAction, default=None,
+                   help="allow negative operands (default: yes)")
     q.set_defaults(func=_call("tunelab.data.arithmetic:cli_generate"))
 
     q = data.add_parser("encyclopedia", help="Chinese encyclopedia-style articles of an invented world, with QA pairs")

@@ -349,12 +349,19 @@ def cli_generate(args) -> int:
         return 0
     if not args.out:
         raise TunelabError("--out is required (a .json or .jsonl file to write), unless --list-kinds")
+    options = {name: getattr(args, name) for name in ("int_digits", "decimals", "fixed_decimals", "signed")
+               if getattr(args, name) is not None}
     if args.source:
-        if args.kinds:
-            raise TunelabError("--kinds applies to generated problems, not to --from")
+        if args.kinds or options:
+            given = "--kinds" if args.kinds else "--" + next(iter(options)).replace("_", "-")
+            raise TunelabError(f"{given} applies to generated problems, not to --from")
         records = subsample(args.source, args.count, args.seed)
     else:
-        records = generate(args.count, args.seed, args.kinds, args.lang)
+        try:
+            records = generate(args.count, args.seed, args.kinds, args.lang, **options)
+        except TunelabError as e:  # an option's field is the flag that set it
+            flag = "--" + e.field.replace("_", "-") if e.field in options else e.field
+            raise TunelabError(e.message, field=flag) from None
     write_records(args.out, records)
     hist = Counter(str(r.get("kind", "")) for r in records)
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(hist.items()) if k) or "no kind labels"
