@@ -12,8 +12,8 @@ import pytest
 
 from tunelab.cli import main
 from tunelab.data.arithmetic import KINDS, generate, subsample
-from tunelab.records import write_jsonl
 from tunelab.errors import TunelabError
+from tunelab.records import write_jsonl
 
 ALL_KINDS = ["int_add", "int_sub", "int_mul", "int_div", "dec_add", "dec_sub", "dec_mul", "dec_div",
              "power", "sqrt", "average", "percent", "equation"]

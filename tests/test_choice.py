@@ -12,8 +12,8 @@ import pytest
 
 from tunelab.cli import main
 from tunelab.data.formats import choice_prompt, read_examples
-from tunelab.records import write_json, write_jsonl
 from tunelab.errors import TunelabError
+from tunelab.records import write_json, write_jsonl
 from tunelab.scoring import competition_score
 from tunelab.tasks.choice import choice_examples, extract_choice, read_choice, to_training_records
 from tunelab.tasks.registry import get_task

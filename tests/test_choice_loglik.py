@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from tunelab.data.formats import LETTERS
-from tunelab.records import write_json
 from tunelab.errors import TunelabError
 from tunelab.metrics.loglik import LoglikResult
+from tunelab.records import write_json
 from tunelab.tasks.choice import CONTINUATIONS, choice_examples, first_argmax, to_training_records
 from tunelab.tasks.registry import get_task
 

@@ -9,8 +9,8 @@ import math
 import pytest
 
 from tunelab.cli import main
-from tunelab.records import write_json, write_jsonl
 from tunelab.errors import TunelabError
+from tunelab.records import write_json, write_jsonl
 
 SQUAD = {"version": "1.1", "data": [{"title": "t", "paragraphs": [
     {"context": "Tom has 12 apples and the shop is in Paris.",

@@ -10,9 +10,9 @@ from tunelab.cli import main
 from tunelab.data.convert import convert_record
 from tunelab.data.examples import Example
 from tunelab.data.formats import examples_from_records, read_examples, reading_instruction
-from tunelab.records import write_json, write_jsonl
 from tunelab.data.templates import COT_SUFFIX, PromptTemplate
 from tunelab.errors import TunelabError
+from tunelab.records import write_json, write_jsonl
 
 PREFIX = "You are an expert in mathematics, accurately calculating the following problem."
 COMP = [

@@ -46,9 +46,9 @@ def documents() -> list[dict]:
 def build_corpus(root: Path) -> Path:
     """A corpus directory as `tunelab data corpus` writes it: whole sentences packed into blocks ending in EOT."""
     from tunelab.data.corpus_store import FORMAT, SplitWriter, token_dtype
-    from tunelab.records import write_json, write_jsonl
     from tunelab.data.sentences import split_sentences
     from tunelab.model.tokenizer import EOS, train_bpe_tokenizer
+    from tunelab.records import write_json, write_jsonl
     d = root / "corpus"
     d.mkdir(parents=True)
     docs = documents()

@@ -31,9 +31,9 @@ from pathlib import Path
 import yaml
 
 from tunelab.checkpoint_manifest import file_sha256
-from tunelab.records import read_text
 from tunelab.errors import TunelabError
 from tunelab.recipe import MINDFORMERS_MODULES
+from tunelab.records import read_text
 from tunelab.runs import check_checkpoints, list_checkpoints
 
 REQUIRED_CHECKPOINTS = 5

@@ -2,15 +2,15 @@
 
     <run>/checkpoints/step-000120/   one checkpoint (what it holds: `tunelab.train.checkpoints`)
         model/ or adapter/           the directory to load (`model_dir_of`)
-        manifest.json                written last: the files and their sizes (`tunelab.checkpoint_manifest`)
+        manifest.json                written last: the files, their sizes and SHA-256 (`tunelab.checkpoint_manifest`)
     <run>/checkpoints/step-000140.tmp/      being written, or cut short by a kill: never a checkpoint
     <run>/checkpoints/step-000160.damaged/  found damaged and moved aside by --resume: kept, never used
     <run>/train_summary.json         the trainer's; `best_checkpoint`: the lowest validation loss
     <run>/metrics.json               `tunelab run`'s; `best_checkpoint`: the best on the evaluated tasks
 
 Train, eval, serve and export all choose checkpoints here, so "the best checkpoint" means one thing
-everywhere. It sits at the bottom of the import graph (it needs nothing of tunelab but the error type), so
-every stage may use it.
+everywhere. It sits at the bottom of the import graph (it needs nothing of tunelab but the error type, the
+file I/O and the manifests, all foundation too), so every stage may use it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Protocol
 
 from tunelab.checkpoint_manifest import has_manifest, manifest_problems
-from tunelab.records import read_json_object
 from tunelab.errors import TunelabError
+from tunelab.records import read_json_object
 
 STEP_PREFIX = "step-"
 STEP_NAME = re.compile(rf"{STEP_PREFIX}(\d+)")

@@ -33,8 +33,8 @@ from math import isqrt
 from pathlib import Path
 from typing import Any, Callable
 
-from tunelab.records import iter_records, write_json, write_jsonl
 from tunelab.errors import TunelabError
+from tunelab.records import iter_records, write_json, write_jsonl
 
 LANGS = ("zh", "en", "mix")
 

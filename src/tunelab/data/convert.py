@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.data.arithmetic import write_records
-from tunelab.records import iter_records, require_str
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
+from tunelab.records import iter_records, require_str
 
 
 def _instruction(template: PromptTemplate, problem: str) -> str:

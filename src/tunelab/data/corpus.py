@@ -39,9 +39,9 @@ from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplic
 from tunelab.data.corpus_read import BadLines, JsonlChunk, RawDoc, iter_work, list_inputs, parse_chunk, split_of
 from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
                                        read_tokenizer_file, token_dtype)
-from tunelab.records import building_dir
 from tunelab.data.sentences import count_sentences, soft_split_kinds, split_sentences
 from tunelab.errors import TunelabError
+from tunelab.records import building_dir
 
 CHUNK_CHARS = 1 << 17      # characters of raw text per chunk handed to a worker (small: workers stay balanced)
 MIN_BLOCK_SIZE = 8         # room for EOT and a 4-byte character split into single bytes

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from tunelab.records import lone_surrogate
 from tunelab.errors import TunelabError
+from tunelab.records import lone_surrogate
 
 SUFFIXES = (".jsonl", ".json", ".txt")
 GZ_SUFFIXES = tuple(s + ".gz" for s in SUFFIXES)

@@ -19,8 +19,8 @@ from array import array
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from tunelab.records import parse_json, read_json
 from tunelab.errors import TunelabError
+from tunelab.records import parse_json, read_json
 
 FORMAT = "tunelab-corpus/1"
 SPLITS = ("train", "val")

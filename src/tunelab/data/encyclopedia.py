@@ -46,8 +46,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.records import building_dir, write_jsonl
 from tunelab.errors import TunelabError
+from tunelab.records import building_dir, write_jsonl
 
 KINDS = ("station", "species", "compound", "person", "place")
 BODY_CHARS = (150, 600)     # an article's body is trimmed towards a length drawn from this range

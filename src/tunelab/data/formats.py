@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tunelab.data.examples import Example
-from tunelab.records import iter_records, require_str
 from tunelab.errors import TunelabError
+from tunelab.records import iter_records, require_str
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _INSTRUCTION, _INPUT, _RESPONSE = "### Instruction:\n", "\n\n### Input:\n", "\n\n### Response:"

@@ -31,8 +31,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.records import read_text, write_json
 from tunelab.errors import TunelabError
+from tunelab.records import read_text, write_json
 
 TASKS = {"cola": "CoLA", "qqp": "QQP"}
 INSTRUCTIONS = {

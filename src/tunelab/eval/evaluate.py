@@ -22,13 +22,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.records import write_json
 from tunelab.errors import TunelabError
 from tunelab.eval.retention import load_baseline, retention
 from tunelab.eval.runner import evaluate_model_dir
 from tunelab.eval.sets import eval_sets
 from tunelab.model.resident import model_source
 from tunelab.recipe import EvalConfig, validate_eval
+from tunelab.records import write_json
 from tunelab.runs import best_label, list_checkpoints, model_dir_of
 from tunelab.tasks.registry import get_task, task_names
 

@@ -31,8 +31,8 @@ import tempfile
 from pathlib import Path
 
 from tunelab.data.glue import canonical_task
-from tunelab.records import write_json
 from tunelab.errors import TunelabError
+from tunelab.records import write_json
 
 MAJORITY = {"CoLA": 1, "QQP": 0}
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.records import read_json
 from tunelab.errors import TunelabError
 from tunelab.eval.runner import evaluate_model_dir
 from tunelab.eval.sets import EvalSet
+from tunelab.records import read_json
 
 
 def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: float) -> dict:

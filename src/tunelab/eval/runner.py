@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.data.examples import Example
-from tunelab.records import write_json, write_jsonl
 from tunelab.data.templates import PromptTemplate, load_template
 from tunelab.errors import TunelabError
 from tunelab.eval.sets import EvalSet
+from tunelab.records import write_json, write_jsonl
 from tunelab.tasks.registry import Task, get_task
 
 

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.records import iter_records, read_text, require_str
 from tunelab.errors import TunelabError
+from tunelab.records import iter_records, read_text, require_str
 
 
 def read_prediction_file(path: Path) -> list[dict[str, Any]]:

@@ -41,9 +41,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.records import read_json_object, read_text
 from tunelab.errors import TunelabError
 from tunelab.model.mindspore_ckpt import iter_ckpt, write_ckpt
+from tunelab.records import read_json_object, read_text
 
 LAYER_NAMES = [  # (HF module, MindFormers module) inside model.layers.N
     ("self_attn.q_proj", "attention.wq"), ("self_attn.k_proj", "attention.wk"),

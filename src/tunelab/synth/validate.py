@@ -31,8 +31,8 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tunelab.records import lone_surrogate
 from tunelab.metrics.rouge import tokenize
+from tunelab.records import lone_surrogate
 
 MAX_REPLY_CHARS = 200_000
 MAX_JSON_STARTS = 100      # brackets in prose tried as the start of the JSON value

@@ -50,9 +50,9 @@ from typing import Any, Iterator
 
 from tunelab.data.arithmetic import format_number
 from tunelab.data.examples import Example
-from tunelab.records import iter_records, require_str
-from tunelab.metrics.prediction_files import match_predictions, read_prediction_file
 from tunelab.errors import TunelabError
+from tunelab.metrics.prediction_files import match_predictions, read_prediction_file
+from tunelab.records import iter_records, require_str
 from tunelab.tasks.registry import Task, register_task
 
 MAX_DIGITS = 200    # significant digits of a number (and digits of a denominator)

@@ -69,8 +69,8 @@ from typing import Any, Iterable
 
 from tunelab.data.examples import Example
 from tunelab.data.formats import LETTERS, choice_fields, choice_record, read_examples
-from tunelab.records import iter_records, require_str
 from tunelab.errors import TunelabError
+from tunelab.records import iter_records, require_str
 from tunelab.tasks.registry import Task, register_task
 
 RULES = ("marker", "leading", "mention", "text", "contains", "letter")
@@ -349,8 +349,8 @@ def _read_gold(path: Path) -> list[dict[str, Any]]:
 
 def cli_grade(args) -> int:
     """`tunelab grade choice --pred FILE --gold FILE [--ratio R] [--json]`."""
-    from tunelab.scoring import competition_score
     from tunelab.metrics.prediction_files import match_predictions, read_prediction_file
+    from tunelab.scoring import competition_score
 
     pred_path, gold_path = Path(args.pred), Path(args.gold)
     gold = _read_gold(gold_path)

@@ -40,8 +40,8 @@ from typing import Any
 
 from tunelab.data.examples import Example
 from tunelab.data.glue import canonical_task, read_glue_tsv
-from tunelab.records import iter_records, read_text, require_str
 from tunelab.errors import TunelabError
+from tunelab.records import iter_records, read_text, require_str
 from tunelab.tasks.registry import Task, register_task
 
 _COMMON = {"1": 1, "yes": 1, "是": 1, "0": 0, "no": 0, "否": 0, "不是": 0}

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.examples import Example
-from tunelab.records import iter_records, read_text, require_str
 from tunelab.errors import TunelabError
 from tunelab.metrics.perplexity import perplexity, scored_targets
+from tunelab.records import iter_records, read_text, require_str
 from tunelab.tasks.registry import Task, register_task
 
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")

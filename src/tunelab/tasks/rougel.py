@@ -19,9 +19,9 @@ from typing import Any
 
 from tunelab.data.examples import Example
 from tunelab.data.formats import read_examples
-from tunelab.records import iter_records, require_str
 from tunelab.errors import TunelabError
 from tunelab.metrics.rouge import resolve_segmentation, rouge_l, summarize_rouge
+from tunelab.records import iter_records, require_str
 from tunelab.tasks.registry import Task, register_task
 
 

@@ -32,8 +32,8 @@ from typing import Any
 
 from tunelab.data.examples import Example
 from tunelab.data.formats import reading_instruction
-from tunelab.records import read_json
 from tunelab.errors import TunelabError
+from tunelab.records import read_json
 from tunelab.metrics.qa_metrics import (SCORERS, em_f1, em_f1_mindformers, first_line, has_cjk,
                                      resolve_mode)
 from tunelab.tasks.registry import Task, register_task
