@@ -511,6 +511,30 @@ def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
     return f"; continue with: tunelab {' '.join(shlex.quote(w) for w in words)} --resume"
 
 
+def cli_markdown() -> str:
+    """Every verb's `--help`, as docs/cli.md holds it (tests/test_cli_docs.py checks the file is current):
+    the parser is the source, so the reference cannot drift from what `tunelab` accepts."""
+    import os
+    from unittest import mock
+    parts = ["# tunelab command reference", "",
+             "Generated from the argument parser (`python -c \"from tunelab.cli import cli_markdown; "
+             "print(cli_markdown(), end='')\" > docs/cli.md`); each verb's `--help`.", ""]
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        parts.extend([f"{'#' * min(len(path) + 1, 4)} `{' '.join(path)}`", "", "```text",
+                      parser.format_help().rstrip(), "```", ""])
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    if sub not in seen:
+                        seen.add(sub)
+                        walk(sub, [*path, name])
+    seen: set = set()
+    with mock.patch.dict(os.environ, {"COLUMNS": "100"}):  # argparse wraps to the terminal: fix the width
+        walk(build_parser(), ["tunelab"])
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
