@@ -1,7 +1,8 @@
-"""The README's commands, as a new user would run them, so the README cannot drift from the CLI.
+"""The documentation's commands, as a new user would run them, so README.md and docs/ cannot drift from the CLI.
 
-Commands are read from README.md itself: every line of a ```bash block that starts with `tunelab`, with its
-`\\` continuations and without its `# comment`. Those whose verb needs no model weights (data, tokenizer,
+Commands are read from README.md and docs/*.md alike (README first, then docs/ by file name; "the README" below
+means all of them): every line of a ```bash block that starts with `tunelab`, with its `\\` continuations and
+without its `# comment`. Those whose verb needs no model weights (data, tokenizer,
 ratio, score, grade) run in README order, in-process through `tunelab.cli.main`, in a temp dir that looks
 like a clone's root (`recipes/` and `models/` link to the repository's), and each must exit 0. Every verb
 and sub-verb the README names, in a bash block or in inline code, must exist and answer `--help`.
@@ -17,6 +18,10 @@ something in the README (a stale rule fails the test):
 `tunelab ratio llama3-8b` needs no config from the hub: `llama3-8b` is a preset built on the meta device;
 its output must equal the numbers the README prints under it. Also checked: the layout's verb list is the
 CLI's, the README's recipe YAML validates, and a LoRA model is wrapped without a library FutureWarning.
+
+README.md itself is the front door: at most 10 KB, its two commands (set up + quickstart, set up + tests) exactly
+as users and CI run them, and every relative link in README.md and docs/*.md points at a file that exists (and,
+with a `#fragment`, at a heading in it).
 """
 
 from __future__ import annotations
@@ -36,7 +41,12 @@ import yaml
 from tunelab.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README = "\n".join(path.read_text(encoding="utf-8") for path in DOC_FILES)   # README.md and docs/*.md
+README_MAX_BYTES = 10 * 1024
+SETUP = "python3 -m venv .venv && . .venv/bin/activate && "
+MAIN_COMMAND = SETUP + "pip install -r requirements-dev.txt -e . && tunelab run recipes/quickstart.yaml"
+TEST_COMMAND = SETUP + "pip install -q -r requirements-dev.txt -e . && python -m pytest -q"
 MODEL_FREE = {"data", "tokenizer", "ratio", "score", "grade"}
 
 SMALLER = {("--count", "800000"): "800", ("--count", "90000"): "90", ("--count", "4000"): "300"}
@@ -48,7 +58,7 @@ def bash_blocks(text: str) -> list[str]:
 
 
 def readme_commands() -> list[list[str]]:
-    """argv (after `tunelab`) of every README bash line that starts with `tunelab`, in README order."""
+    """argv (after `tunelab`) of every bash line in README.md and docs/*.md that starts with `tunelab`, in order."""
     commands = []
     for block in bash_blocks(README):
         for line in block.replace("\\\n", " ").splitlines():
@@ -250,14 +260,18 @@ def test_every_flag_in_a_readme_command_exists():
 
 def test_layout_lists_every_verb():
     listed = re.search(r"verbs only \(tunelab ([^)]*)\)", README)
-    assert listed, "the README's layout no longer lists the verbs as `cli.py  verbs only (tunelab run | …)`"
+    assert listed, "docs/architecture.md's layout no longer lists the verbs as `cli  verbs only (tunelab run | …)`"
     assert sorted(v.strip() for v in listed.group(1).split("|")) == sorted(_subparsers(build_parser()))
 
 
 def test_recipe_examples_validate(tmp_path, monkeypatch):
     """The README's recipe YAML is a valid recipe, and its `eval:` fragment a valid eval section."""
     from tunelab.recipe import load_recipe
-    full, fragment = re.findall(r"^```yaml\n(.*?)^```", README, re.S | re.M)
+    blocks = re.findall(r"^```yaml\n(.*?)^```", README, re.S | re.M)
+    fulls = [b for b in blocks if re.search(r"^name: ", b, re.M)]
+    fragments = [b for b in blocks if b.startswith("eval:")]
+    assert len(fulls) == 1 and len(fragments) == 1, "expected one recipe and one eval: fragment"
+    full, fragment = fulls[0], fragments[0]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").symlink_to(ROOT / "models")
     raw = yaml.safe_load(full)
@@ -293,3 +307,47 @@ def test_lora_wrapping_prints_no_library_future_warning():
         caught.clear()
         quiet_transformers()
         assert wrap() == []
+
+
+# --- README.md as the front door, and links that lead somewhere ----------------------------------------------
+
+def test_readme_is_at_most_10_kb():
+    size = len((ROOT / "README.md").read_text(encoding="utf-8").encode("utf-8"))
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes (at most {README_MAX_BYTES}): move details to docs/"
+
+
+def test_readme_keeps_its_two_commands():
+    """The main job and the tests, each one line a user copies on a fresh machine; CI runs the second."""
+    lines = [line for block in bash_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
+             for line in block.splitlines()]
+    assert MAIN_COMMAND in lines and TEST_COMMAND in lines
+    assert (ROOT / ".ci" / "run").read_text(encoding="utf-8").rstrip().splitlines()[-1] == TEST_COMMAND
+
+
+def _outside_code(text: str) -> str:
+    """Markdown without fenced blocks and inline code, where a `[x](y)` is not a link."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading ids: lower case, punctuation dropped (letters of any script, digits, `-`, `_` kept),
+    spaces to hyphens."""
+    heads = re.findall(r"^#{1,6} +(.+?) *$", re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"),
+                                                      flags=re.S | re.M), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.replace("`", "").lower()).replace(" ", "-") for h in heads}
+
+
+@pytest.mark.parametrize("doc", [pytest.param(p, id=str(p.relative_to(ROOT))) for p in DOC_FILES])
+def test_relative_links_point_at_existing_files(doc):
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", _outside_code(doc.read_text(encoding="utf-8"))):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):   # http:, https:, mailto:
+            continue
+        file, _, fragment = target.partition("#")
+        dest = (doc.parent / file).resolve() if file else doc
+        if not dest.exists():
+            broken.append(f"{target} (no file {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest})")
+        elif fragment and dest.suffix == ".md" and fragment not in _anchors(dest):
+            broken.append(f"{target} (no heading #{fragment} in {dest.name})")
+    assert not broken, f"{doc.relative_to(ROOT)}: broken links {broken}"
