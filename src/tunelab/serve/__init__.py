@@ -1,16 +1,22 @@
 """Serving: an OpenAI-compatible HTTP server over a continuous-batching engine, a Gradio web UI with a
 two-model arena and its leaderboard, and the same engine in the terminal.
 
-  engine.py    the batching engine: one scheduler thread steps every active sequence together
-  models.py    a model being served: weights, tokenizer, chat formatting, decoding defaults, its engine
-  generate.py  `tunelab generate`: prompts in, text out, in the terminal (no server, no extra to install)
-  prompts.py   prompt files (`ui --examples`, `generate --file`)
-  protocol.py  OpenAI request schemas and error bodies
-  api.py       the FastAPI app and `tunelab serve`
-  backends.py  chat backends for the UI: local (in-process engine) and remote (any OpenAI-compatible URL)
-  arena.py     the SQLite vote store
-  ratings.py   Bradley-Terry and Elo with bootstrap intervals, win-rate matrix
-  ui.py        the Gradio app and `tunelab ui`
+  engine.py               the batching engine: one scheduler thread steps every active sequence together
+  models.py               a model being served: weights, tokenizer, chat formatting, decoding defaults, its engine
+  generate.py             `tunelab generate`: prompts in, text out, in the terminal (no server, no extra to install)
+  prompts.py              prompt files (`ui --examples`, `generate --file`)
+  protocol.py             OpenAI request schemas and error bodies
+  api.py                  the router (routes, error handlers, middlewares installed) and `tunelab serve`
+  middleware.py           the API key and the request-size limit, before anything is parsed
+  serving.py              what the serving classes share: request checks, a request's job, logprobs, usage, SSE
+  serving_chat.py         /v1/chat/completions
+  serving_completion.py   /v1/completions
+  serving_models.py       /health, /v1/models, /stats
+  serving_tokenization.py /tokenize, /detokenize, /tokenizer_info
+  backends.py             chat backends for the UI: local (in-process engine) and remote (any OpenAI-compatible URL)
+  arena.py                the SQLite vote store
+  ratings.py              Bradley-Terry and Elo with bootstrap intervals, win-rate matrix
+  ui.py                   the Gradio app (a function per tab) and `tunelab ui`
 """
 
 

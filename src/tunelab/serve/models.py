@@ -65,6 +65,7 @@ def describe_defaults(d) -> str:
     return how + (f", max_tokens {d.max_tokens}" if d.max_tokens else "") + " from generation_config.json"
 
 
+BIG_BYTES = 1_000_000     # a request body or /tokenize answer this large is followed by release_heap()
 _TRIM = None
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.records import iter_lines, lone_surrogate, parse_json, read_text
 from tunelab.errors import TunelabError
+from tunelab.records import iter_lines, lone_surrogate, parse_json, read_text
 
 PROMPT_KEYS = ("prompt", "instruction", "problem", "question", "text")
 
