@@ -107,7 +107,7 @@ def minigpt_corpus(data: Path, dry: bool, tokenizer: str | None) -> dict:
     splits them. Built once per output directory; returns the `build` section the pretraining recipe gets."""
     from tunelab.data.corpus_store import is_corpus_dir
     from tunelab.data.encyclopedia import split_qa_by_corpus
-    from tunelab.prepare import build_corpus
+    from tunelab.pipeline.build_corpus import build_corpus
     from tunelab.recipe import CorpusBuild
     shipped = yaml_recipe("minigpt-pretrain")["data"]["train"][0]["build"]
     build = {"encyclopedia": {"out": str(data / "articles"), "count": 80 if dry else 2000, "seed": 0},
@@ -213,7 +213,8 @@ def run_recipe(name: str, args, gpu: dict | None) -> dict:
     from tunelab.data.templates import PromptTemplate
     from tunelab.eval.runner import evaluate_examples, load_model, template_for
     from tunelab.eval.sets import eval_sets
-    from tunelab.pipeline import eval_placement, prepare_inputs
+    from tunelab.pipeline import prepare_inputs
+    from tunelab.pipeline.evaluation import eval_placement
     from tunelab.recipe import load_recipe
     from tunelab.runs import list_checkpoints, model_dir_of
     from tunelab.train.loop import train

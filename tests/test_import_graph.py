@@ -40,7 +40,7 @@ LAYERS = [
     ("serve", 6, ["tunelab.serve.*"]),        # OpenAI-compatible server, web UI, arena
     ("synth", 6, ["tunelab.synth.*"]),        # training data from any OpenAI-compatible endpoint: a client
     ("top", 7, [                              # verbs that orchestrate several stages
-        "tunelab.cli", "tunelab.pipeline", "tunelab.prepare", "tunelab.report", "tunelab.data_check",
+        "tunelab.cli", "tunelab.pipeline.*", "tunelab.report", "tunelab.data_check",
         "tunelab.handin"]),  # handin: export (model) + the run's metrics, into a submission
 ]
 

@@ -401,7 +401,7 @@ def test_pretraining_run_metrics_and_report(pretrained, monkeypatch, tmp_path):
     assert "| 1,150 | 2.5% | 0.15 | 1,500,000 |" in report
     assert "| step-000040 | " in report and "| step-000100 (best) | " in report
     assert "![loss curves: training and validation](loss.png)" in report
-    from tunelab.report import summary_lines
+    from tunelab.pipeline.kinds import summary_lines
     assert any(x.startswith("best checkpoint: step-000100") for x in summary_lines(metrics))
     from tunelab.model.export import model_card                   # `tunelab export`'s README of the model
     assert f"- **ppl** (n=5): perplexity {ppl['perplexity']:.1f}, unigram_perplexity" in model_card(run, run)
@@ -444,7 +444,7 @@ def test_tunelab_run_on_a_corpus_end_to_end(pretrained, tmp_path):
 
 def test_pretraining_report_from_hand_made_metrics(tmp_path):
     from tunelab.recipe import validate_recipe
-    from tunelab.report import write_report
+    from tunelab.pipeline.kinds import write_report
     recipe = validate_recipe({"name": "r", "model": {"preset": "micro", "from_scratch": True},
                               "data": {"train": [{"generate": "arithmetic"}]}})
     metrics = {"name": "r", "pretraining": True, "best_checkpoint": "step-000002", "best_by": "val_loss",
@@ -466,7 +466,7 @@ def test_pretraining_report_from_hand_made_metrics(tmp_path):
 
 def test_the_summary_says_which_way_perplexity_differs_from_the_unigrams():
     """A model only a few steps in is worse than token frequencies; the summary said "0.1x lower" for it."""
-    from tunelab.report import summary_lines
+    from tunelab.pipeline.kinds import summary_lines
 
     def line(ppl):
         metrics = {"pretraining": True, "best_checkpoint": "s", "train": {"steps": 4, "train_seconds": 1.0,

@@ -295,7 +295,8 @@ def test_baseline_results_of_another_scorer_stop_before_any_model(squad_file, tm
 
 def test_report_and_eval_table_name_the_scorer(capsys):
     from tunelab.eval.evaluate import _print_table
-    from tunelab.report import checkpoint_cell, summary_lines
+    from tunelab.pipeline.kinds import summary_lines
+    from tunelab.report import checkpoint_cell
     ret = {"squad.f1": {"base": 58.59, "tuned": 55.0, "retained": 55.0 / 58.59, "pass": True,
                         "scorer": "mindformers"}}
     metrics = {"score": {"accuracy": 0.7, "formula": "stage1", "value": 0.79}, "best_checkpoint": "step-2",

@@ -1,0 +1,76 @@
+"""`tunelab run`: the whole pipeline for one recipe — prepare, train, evaluate the base and every checkpoint,
+and write metrics.json + report.md into the run directory. The same steps for every run; what differs between
+a competition fine-tuning, a pretraining run and a course fine-tuning (which checkpoint is best, what
+metrics.json holds, what the report says) is the run kind's (`tunelab.pipeline.kinds`), one module each.
+
+This package only orchestrates: preparation is `.prepare`, evaluating a run's models `.evaluation` (over
+`tunelab.eval`), checkpoint choice `tunelab.runs`, ratio and score `tunelab.scoring`. `tunelab train`'s handler
+lives here too, since it prepares a recipe the same way."""
+
+from __future__ import annotations
+
+import os
+
+from tunelab.data.templates import PromptTemplate
+from tunelab.pipeline.evaluation import evaluate_share, run_models
+from tunelab.pipeline.kinds import kind_for, summary_lines
+from tunelab.pipeline.prepare import prepare_inputs
+from tunelab.pipeline.run_kind import TrainedRun
+from tunelab.recipe import Recipe, load_recipe
+from tunelab.records import write_json
+
+
+def run(recipe: Recipe, resume: bool = False) -> dict:
+    """The whole pipeline, with the run locked against other writers from training to the report (under
+    torchrun, rank 0 holds the lock; `tunelab.train.run_lock`)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _run(recipe, resume)
+    from tunelab.train.run_lock import run_lock
+    with run_lock(recipe.run_dir):
+        return _run(recipe, resume)
+
+
+def _run(recipe: Recipe, resume: bool) -> dict:
+    from tunelab.eval.sets import eval_sets
+    from tunelab.train.loop import train
+
+    template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
+    base_run = prepare_inputs(recipe)
+    sets = eval_sets(recipe.eval)  # every eval mistake is found before training starts
+    models = run_models(recipe)  # on a GPU it keeps the trained model's base for the evaluation
+    try:
+        summary = train(recipe, resume=resume, hand_over=models.adopt if sets else None)
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and sets:
+            evaluate_share(recipe, sets, template, rank, world, models)
+        if rank != 0:  # under torchrun, rank 0 alone reports
+            return {}
+        kind = kind_for(recipe, base_run)
+        metrics = kind.measure(TrainedRun(recipe, sets, summary, template, base_run, models))
+        write_json(recipe.run_dir / "metrics.json", metrics)
+        kind.write_report(recipe, metrics, recipe.run_dir / "report.md")
+        return metrics
+    finally:
+        models.close()
+
+
+def cli_run(args) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    metrics = run(recipe, resume=args.resume)
+    if not metrics:
+        return 0
+    print("\n".join(summary_lines(metrics)))
+    print(f"report: {recipe.run_dir / 'report.md'}")
+    return 0
+
+
+def cli_train(args) -> int:
+    from tunelab.train.loop import train
+    recipe = load_recipe(args.recipe, args.overrides)
+    prepare_inputs(recipe)
+    summary = train(recipe, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+          f"{summary['train_seconds']:.0f}s; checkpoints in {recipe.run_dir / 'checkpoints'}")
+    return 0

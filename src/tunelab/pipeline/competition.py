@@ -1,0 +1,134 @@
+"""A competition run (every run that is neither pretraining nor a course fine-tuning): the base and the
+checkpoints on the eval tasks, the best checkpoint by the accuracy task's primary metric (`tunelab.runs`), its
+accuracy gain over the base, retention of the abilities (`tunelab.eval.retention`), the low-parameter ratio and
+the competition score (`tunelab.scoring`), a per-checkpoint plot, and a report that shows why answers pass or
+fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.pipeline.evaluation import evaluate_checkpoints
+from tunelab.pipeline.run_kind import RunKind, TrainedRun
+from tunelab.recipe import Recipe
+from tunelab.report import best_title, checkpoint_cell, checkpoint_table, pct
+from tunelab.runs import best_label, list_checkpoints
+
+
+def measure(run: TrainedRun) -> dict:
+    from tunelab.eval.retention import retention
+    from tunelab.scoring import competition_score, low_param_ratio
+    recipe, sets, summary = run.recipe, run.sets, run.summary
+    ability = [t.label for t in recipe.eval.tasks if t.ability]
+    acc_task = recipe.score.accuracy_task
+    if sets and acc_task not in sets:
+        raise TunelabError(f"score.accuracy_task '{acc_task}' is not among the eval tasks", field="score.accuracy_task")
+    ckpts = list_checkpoints(recipe.run_dir)
+    if recipe.eval.checkpoints == "last":
+        ckpts = ckpts[-1:]
+    base_results, per_ckpt = evaluate_checkpoints(recipe, sets, run.template, ckpts, run.models, base_label="base")
+
+    metrics: dict = {"name": recipe.name, "train": summary}
+    if per_ckpt:
+        primary = sets[acc_task].task.primary_metric
+        best = best_label(per_ckpt, acc_task, sets[acc_task].task)
+        metrics.update({"base": base_results, "checkpoints": per_ckpt, "best_checkpoint": best})
+        accuracy = per_ckpt[best][acc_task][primary]
+        total = recipe.score.total_params or summary["total_params"]
+        ratio = low_param_ratio(summary["trainable_params"], total)
+        metrics["ratio"] = {"trainable": summary["trainable_params"], "total": total, "ratio": ratio}
+        metrics["score"] = {"formula": recipe.score.formula, "accuracy": accuracy,
+                            "value": competition_score(recipe.score.formula, accuracy, ratio)}
+        if base_results:
+            metrics["accuracy_gain"] = accuracy - base_results[acc_task][primary]
+            metrics["retention"] = retention(base_results, per_ckpt[best], ability,
+                                             recipe.eval.retention_threshold)
+        plot_checkpoints(metrics, acc_task, primary, ability, recipe.run_dir / "checkpoints.png")
+    return metrics
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    lines = []
+    if "score" in metrics:
+        s, r = metrics["score"], metrics["ratio"]
+        base_acc = metrics.get("base", {}) or {}
+        lines.append(f"best checkpoint: {metrics['best_checkpoint']}  accuracy {pct(s['accuracy'])}"
+                     + (f" (base {pct(s['accuracy'] - metrics['accuracy_gain'])}, "
+                        f"gain {100 * metrics['accuracy_gain']:+.1f} points)" if base_acc else ""))
+        what = ("full fine-tuning: every parameter trains" if r["trainable"] >= r["total"]
+                else f"{r['trainable']:,} / {r['total']:,.0f}")
+        lines.append(f"low-parameter ratio {r['ratio']:.9g} ({what}); {s['formula']} score {s['value']:.4f}")
+        for key, v in (metrics.get("retention") or {}).items():
+            scorer = f" ({v['scorer']} scorer)" if v.get("scorer") else ""
+            lines.append(f"retention {key}{scorer}: {pct(v['retained'])} ({v['tuned']:.2f} vs base "
+                         f"{v['base']:.2f}) {'PASS' if v['pass'] else 'FAIL'}")
+    t = metrics["train"]
+    lines.append(f"training: {t['steps']} steps in {t['train_seconds']:.0f}s, final loss {t['final_loss']:.4f}")
+    return lines
+
+
+def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
+    acc_task = recipe.score.accuracy_task
+    lines = []
+    if "checkpoints" in metrics:
+        best = metrics["best_checkpoint"]
+        base = (metrics.get("base") or {}).get(acc_task)
+        tuned = metrics["checkpoints"][best][acc_task]
+        lines += [f"## {acc_task}: why answers pass or fail (best checkpoint {best})", ""]
+        lines += _diagnostics_table(tuned, base) + [""]
+        if tuned.get("by_kind"):
+            lines += ["| kind | n | base accuracy | tuned accuracy |", "|---|---|---|---|"]
+            for kind, v in tuned["by_kind"].items():
+                b = (base or {}).get("by_kind", {}).get(kind, {}).get("accuracy")
+                lines.append(f"| {kind} | {v['n']} | {pct(b) if b is not None else '–'} | {pct(v['accuracy'])} |")
+            lines.append("")
+        lines += checkpoint_table([], list(metrics["checkpoints"][best]), [
+            ([best_title(name, best)], [checkpoint_cell(r) for r in res.values()])
+            for name, res in metrics["checkpoints"].items()])
+        lines += ["![accuracy per checkpoint](checkpoints.png)", ""]
+    lines += ["## Training", "", "![loss curve](loss.png)", "",
+              "Recipe: `recipe.yaml` in this directory. Per-step log: `metrics.jsonl`; all numbers: `metrics.json`.",
+              ""]
+    return lines
+
+
+def _diagnostics_table(res: dict, base: dict | None) -> list[str]:
+    keys = [k for k in ("accuracy", "format_ok", "sign_ok", "within_tol", "digit_acc") if k in res]
+    lines = ["| metric | base | tuned |", "|---|---|---|"]
+    for k in keys:
+        b = pct(base[k]) if base and k in base else "–"
+        lines.append(f"| {k} | {b} | {pct(res[k])} |")
+    return lines
+
+
+def plot_checkpoints(metrics: dict, acc_task: str, primary: str, ability: list[str], out_png: Path) -> None:
+    """Task accuracy and ability F1 per checkpoint, with the base model as dashed lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(metrics["checkpoints"])
+    steps = [int(n.split("-")[-1]) for n in names]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    series = [(acc_task, primary, 100.0)] + [(a, "f1", 1.0) for a in ability]
+    for i, (task, metric, scale) in enumerate(series):
+        color = f"C{i}"
+        ys = [metrics["checkpoints"][n][task][metric] * scale for n in names]
+        ax.plot(steps, ys, marker="o", color=color, label=f"{task} {metric}")
+        if metrics.get("base"):
+            ax.axhline(metrics["base"][task][metric] * scale, color=color, ls="--", alpha=0.6,
+                       label=f"{task} {metric} (base)")
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel("score (0-100)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("evaluation per checkpoint")
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+
+
+KIND = RunKind(owns_recipe=lambda recipe, base_run: True,  # every recipe no other kind claims: it is asked last
+               owns_metrics=lambda metrics: True,
+               measure=measure, summary_lines=summary_lines, report_sections=report_sections)
