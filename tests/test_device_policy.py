@@ -164,7 +164,7 @@ def test_a_runs_evaluation_uses_the_device_it_trained_on(gpu, recorded_loads, tm
     from conftest import write_recipe
 
     from tunelab.eval.sets import eval_sets
-    from tunelab.pipeline import _cached_eval
+    from tunelab.pipeline.evaluation import _cached_eval
     from tunelab.recipe import load_recipe
     gpu("sm90", count=2)
     recipe = load_recipe(write_recipe(tmp_path, "placed", train={"device": "cuda:1"},
@@ -185,7 +185,7 @@ def test_a_runs_evaluation_on_a_gpu_loads_the_base_once_and_swaps_adapters(gpu, 
     from conftest import lora_sections, write_recipe
 
     from tunelab.eval.sets import eval_sets
-    from tunelab.pipeline import _cached_eval, run_models
+    from tunelab.pipeline.evaluation import _cached_eval, run_models
     from tunelab.recipe import load_recipe
     from tunelab.runs import list_checkpoints, model_dir_of
     from tunelab.train.loop import train
