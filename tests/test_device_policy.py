@@ -223,7 +223,7 @@ def test_a_gpu_process_group_gives_host_tensors_a_backend_of_their_own(gpu, monk
     stop signals) go through gloo, the model's through NCCL. An NCCL-only group died at step 1 on them."""
     import torch.distributed as td
 
-    from tunelab.train import loop
+    from tunelab.train import distributed
     gpu("sm80", count=2)
     asked = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: asked.append(("set_device", str(device))))
@@ -233,7 +233,7 @@ def test_a_gpu_process_group_gives_host_tensors_a_backend_of_their_own(gpu, monk
     monkeypatch.setattr(td, "get_world_size", lambda: 2)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    dist = loop.init_distributed("auto")
+    dist = distributed.init_distributed("auto")
     assert asked == [("set_device", "cuda:1"), ("group", "cpu:gloo,cuda:nccl")]
     assert dist.device == torch.device("cuda", 1) and (dist.rank, dist.world) == (1, 2)
 
@@ -241,9 +241,9 @@ def test_a_gpu_process_group_gives_host_tensors_a_backend_of_their_own(gpu, monk
 _HOST_REDUCTION = """
 import sys, torch, torch.distributed as td
 td.init_process_group(sys.argv[1])
-from tunelab.train.loop import Dist, _all_sum
+from tunelab.train.distributed import Dist, all_sum
 try:
-    said = f"sum {_all_sum(Dist(td.get_rank(), 2, td.get_rank(), torch.device('cpu')), [1.0, 2.0])}"
+    said = f"sum {all_sum(Dist(td.get_rank(), 2, td.get_rank(), torch.device('cpu')), [1.0, 2.0])}"
 except Exception as e:
     said = f"failed {type(e).__name__} {str(e).splitlines()[0]}"
 open(f"rank{td.get_rank()}.txt", "w").write(said)

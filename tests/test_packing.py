@@ -158,7 +158,7 @@ def test_packing_real_arithmetic_samples_fills_rows(tokenizer):
 
 
 def test_row_stream_is_deterministic_and_reshuffles_each_epoch():
-    from tunelab.train.loop import RowStream
+    from tunelab.train.row_stream import RowStream
     encoded = _fake_encoded([10] * 20)
     stream = RowStream(encoded, max_len=40, packing=True, seed=3)
     n = stream.rows_per_epoch

@@ -69,7 +69,7 @@ def test_from_scratch_metrics_loss_curve_and_summary(scratch_run):
 
 
 def test_logged_lr_is_the_lr_the_step_used(scratch_run):
-    from tunelab.train.loop import lr_lambda
+    from tunelab.train.setup import lr_lambda
     rows = read_metrics(scratch_run["run_dir"] / "metrics.jsonl")
     tc = scratch_run["recipe"].train
     f = lr_lambda(30, max(1, int(tc.warmup_ratio * 30)), tc.min_lr_ratio)
@@ -131,6 +131,27 @@ def test_epoch_based_bf16_run(make_recipe, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(list_checkpoints(recipe.run_dir)[-1] / "model")
     assert next(model.parameters()).dtype == torch.float32
     assert summary["precision"] == "bf16"
+
+
+def test_rows_that_fill_no_last_step_are_named_once_at_the_start(make_recipe, capsys):
+    """13 unpacked rows an epoch, 4 a step: 3 steps, and the 13th row is not trained on. The step count stays
+    (a run's numbers do not change); the start-up notes say how many rows are left out and what changes it."""
+    from tunelab.train.loop import train
+    from tunelab.train.setup import count_steps
+    recipe = load_recipe(make_recipe("partial", data={"packing": False,
+                                                      "train": [{"generate": "arithmetic", "count": 13}]},
+                                     train={"max_steps": None, "epochs": 1, "batch_size": 4, "num_checkpoints": 1}))
+    summary = train(recipe)
+    assert (summary["rows_per_epoch"], summary["steps"]) == (13, 3)
+    out = capsys.readouterr().out
+    assert out.count("not trained on") == 1
+    assert ("note: rows not trained on: 1 of the 13 of 1 epoch, too few to fill a last step of 4 rows; "
+            "train.batch_size and train.grad_accum") in out
+    tc = recipe.train
+    assert count_steps(tc.model_copy(update={"epochs": 2}), 13, 4) == (6, 2)
+    assert count_steps(tc.model_copy(update={"grad_accum": 13}), 13, 13) == (1, 0)  # a multiple: no note
+    assert count_steps(tc.model_copy(update={"max_steps": 5}), 13, 4) == (5, 0)  # max_steps is taken as given
+    assert count_steps(tc, 3, 4) == (1, 0)  # fewer rows than a step: one step, on rows the stream wraps to
 
 
 def test_interrupted_checkpoint_write_is_not_a_checkpoint(tmp_path):

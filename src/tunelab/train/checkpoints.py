@@ -4,7 +4,7 @@ way back into a run from the newest whole one.
 Layout of `checkpoints/step-000120/`:
   adapter/   LoRA adapter + tokenizer (peft `PeftModel.from_pretrained` loads it)      [LoRA runs]
   model/     full model + tokenizer (`AutoModelForCausalLM.from_pretrained` loads it) [full runs, or merged]
-  trainer_state.pt  optimizer, scheduler and RNG states for --resume
+  trainer_state.pt  optimizer, scheduler and RNG states for --resume (its keys, both ways: `trainer_state.py`)
   state.json        step, last training loss, total steps, and (corpus runs) the validation loss there
   manifest.json     written last: every file's size and checksum (`tunelab.checkpoint_manifest`)
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.checkpoint_manifest import has_manifest, manifest_problems, write_manifest
-from tunelab.records import free_space, write_refusal
 from tunelab.data.templates import save_template
 from tunelab.errors import TunelabError
+from tunelab.records import free_space, write_refusal
 from tunelab.runs import checkpoint_dir, checkpoint_dirs, is_preemption, list_checkpoints, set_aside
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The rows of a pretraining run: whole blocks of a prepared corpus, read from its memory map a step at a time.
 
-`CorpusRows` is to a corpus what `RowStream` (train/loop.py) is to examples — `rows(start, count)` of an
+`CorpusRows` is to a corpus what `RowStream` (train/row_stream.py) is to examples — `rows(start, count)` of an
 endless, deterministic stream and `rows_per_epoch` — so the training loop does not care which it trains on.
 Only the rows of one step become Python lists; the corpus stays on disk.
 

@@ -1,0 +1,51 @@
+"""The training rows of a fine-tuning run, in the order every run of the same recipe sees them: epoch after
+epoch, each a fresh seeded shuffle of the encoded samples, packed into rows. A step asks for rows by position
+(`rows(start, count)`), so a resumed run picks up mid-epoch on exactly the rows it would have had.
+A prepared corpus has its own stream with the same interface (`corpus_rows.CorpusRows`).
+"""
+
+from __future__ import annotations
+
+import random
+
+from tunelab.data.packing import Encoded, Row, pack_examples, packing_efficiency, unpacked_rows
+
+
+class RowStream:
+    """The deterministic sequence of training rows: epoch e shuffles samples with seed+e, then packs them."""
+
+    def __init__(self, encoded: list[Encoded], max_len: int, packing: bool, seed: int, prefix: int = 0):
+        self.encoded, self.max_len, self.packing, self.seed, self.prefix = encoded, max_len, packing, seed, prefix
+        self.epochs: list[list[Row]] = []
+
+    def _epoch(self, e: int) -> list[Row]:
+        while len(self.epochs) <= e:
+            order = list(self.encoded)
+            random.Random(self.seed + len(self.epochs)).shuffle(order)
+            self.epochs.append(pack_examples(order, self.max_len, prefix=self.prefix) if self.packing
+                               else unpacked_rows(order))
+        return self.epochs[e]
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return len(self._epoch(0))
+
+    @property
+    def padding_pct(self) -> float:
+        """Padding in a rows × max_len grid of the first epoch."""
+        return 100 * (1 - packing_efficiency(self._epoch(0), self.max_len))
+
+    def rows(self, start: int, count: int) -> list[Row]:
+        """Rows [start, start+count) of the endless epoch-after-epoch stream."""
+        out, e, offset = [], 0, start
+        while offset >= len(self._epoch(e)):
+            offset -= len(self._epoch(e))
+            e += 1
+        while len(out) < count:
+            rows = self._epoch(e)
+            take = rows[offset: offset + count - len(out)]
+            out += take
+            offset += len(take)
+            if offset >= len(rows):
+                e, offset = e + 1, 0
+        return out
