@@ -37,7 +37,7 @@ log = logger("bench_eval")
 
 def make_prompts(n: int, seed: int):
     """n mixed prompts (half arithmetic, half reading; zh and en), plus extra text to train the tokenizer on."""
-    from tunelab.data import arithmetic, reading
+    from tunelab.data.generate import arithmetic, reading
     from tunelab.data.formats import examples_from_records
     from tunelab.data.templates import PromptTemplate
     template = PromptTemplate("alpaca")

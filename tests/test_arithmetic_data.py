@@ -11,7 +11,7 @@ from math import isqrt
 import pytest
 
 from tunelab.cli import main
-from tunelab.data.arithmetic import KINDS, generate, subsample
+from tunelab.data.generate.arithmetic import KINDS, generate, subsample
 from tunelab.errors import TunelabError
 from tunelab.records import write_jsonl
 

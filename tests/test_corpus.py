@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from tunelab.cli import main
-from tunelab.data.bpe_encode import ByteLevelEncoder, TiktokenEncoder, _byte_chars, _pipeline, _single_regex, fast_encoder
-from tunelab.data.cleaning import CleaningConfig, Deduplicator, clean_document, text_digest
-from tunelab.data.corpus import ReadSettings, prepare_corpus, show_blocks, verify_corpus
-from tunelab.data.corpus_read import iter_documents, list_inputs
-from tunelab.data.corpus_store import CorpusBlocks, SplitWriter, read_docs, read_meta
-from tunelab.data.sentences import split_sentences
+from tunelab.data.corpus.encode import ByteLevelEncoder, TiktokenEncoder, _byte_chars, _pipeline, _single_regex, fast_encoder
+from tunelab.data.corpus.clean import CleaningConfig, Deduplicator, clean_document, text_digest
+from tunelab.data.corpus.prepare import ReadSettings, prepare_corpus, show_blocks, verify_corpus
+from tunelab.data.corpus.read import iter_documents, list_inputs
+from tunelab.data.corpus.store import CorpusBlocks, SplitWriter, read_docs, read_meta
+from tunelab.data.corpus.sentences import split_sentences
 from tunelab.errors import TunelabError
 from tunelab.model.tokenizer import train_bpe_tokenizer, train_corpus_tokenizer
 
@@ -408,7 +408,7 @@ def test_tiktoken_is_not_used_when_ids_are_not_merge_order(tokenizer_dir):
 def test_fast_encoder_survives_its_cache_starting_over(monkeypatch):
     """More distinct pieces than the cache holds: it starts over and still gives the tokenizer's ids (a piece
     cached just before the clear used to raise KeyError and stop corpora above ~30 MB)."""
-    import tunelab.data.bpe_encode as bpe_encode
+    import tunelab.data.corpus.encode as bpe_encode
     monkeypatch.setattr(bpe_encode, "CACHE_LIMIT", 3)
     rng = random.Random(5)
     texts = ["".join(rng.choice(ZH + "，。ab 12") for _ in range(rng.randint(5, 60))) for _ in range(200)]

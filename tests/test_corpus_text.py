@@ -13,10 +13,10 @@ import tracemalloc
 
 import pytest
 
-from tunelab.data import cleaning, corpus_read, sentences
-from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document, text_digest
-from tunelab.data.corpus_read import BadLines, RawDoc, iter_documents, list_inputs, split_of
-from tunelab.data.sentences import CLOSERS, TERMINATORS, count_sentences, soft_split_points, split_sentences
+from tunelab.data.corpus import clean as cleaning, read as corpus_read, sentences
+from tunelab.data.corpus.clean import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document, text_digest
+from tunelab.data.corpus.read import BadLines, RawDoc, iter_documents, list_inputs, split_of
+from tunelab.data.corpus.sentences import CLOSERS, TERMINATORS, count_sentences, soft_split_points, split_sentences
 from tunelab.errors import TunelabError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def test_worker_chunks_read_exactly_what_one_pass_reads_fuzzed(tmp_path, seed):
     # the main process cuts JSONL into byte chunks at newlines (iter_work) and workers parse them
     # (parse_chunk): documents, line numbers, skipped lines and the first error must all be the same as one
     # pass over the file, whatever the chunk size (smaller than a line, a BOM, no final newline, CR, bad bytes)
-    from tunelab.data.corpus_read import iter_work, parse_chunk
+    from tunelab.data.corpus.read import iter_work, parse_chunk
     rng = random.Random(seed)
     lines = [rng.choice(LINE_POOL) for _ in range(rng.randint(1, 40))]
     body = b"\n".join(lines) + rng.choice([b"", b"\n", b"\n\n"])

@@ -11,9 +11,9 @@ from collections import defaultdict
 import pytest
 
 from tunelab.cli import main
-from tunelab.data.cleaning import CleaningConfig, clean_document
-from tunelab.data.corpus_read import RawDoc
-from tunelab.data.encyclopedia import KINDS, generate_articles, generate_world
+from tunelab.data.corpus.clean import CleaningConfig, clean_document
+from tunelab.data.corpus.read import RawDoc
+from tunelab.data.generate.encyclopedia import KINDS, generate_articles, generate_world
 from tunelab.errors import TunelabError
 
 COUNT = 3000

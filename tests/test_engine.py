@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.data.arithmetic import generate
+from tunelab.data.generate.arithmetic import generate
 from tunelab.data.formats import reading_instruction
-from tunelab.data.reading import generate as generate_reading
+from tunelab.data.generate.reading import generate as generate_reading
 from tunelab.data.templates import PromptTemplate
 from tunelab.model.decoding import generate_batched
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tunelab.cli import main
-from tunelab.data.corpus_store import CorpusBlocks, read_meta
+from tunelab.data.corpus.store import CorpusBlocks, read_meta
 from tunelab.errors import TunelabError
 from tunelab.pipeline.build_corpus import build_corpora
 from tunelab.recipe import load_recipe

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import write_recipe
 
-from tunelab.data.corpus_store import FORMAT, CorpusBlocks, SplitWriter, token_dtype
+from tunelab.data.corpus.store import FORMAT, CorpusBlocks, SplitWriter, token_dtype
 from tunelab.data.packing import IGNORE, Encoded, pack_examples
 from tunelab.errors import TunelabError
 from tunelab.recipe import load_recipe

@@ -45,8 +45,8 @@ def documents() -> list[dict]:
 
 def build_corpus(root: Path) -> Path:
     """A corpus directory as `tunelab data corpus` writes it: whole sentences packed into blocks ending in EOT."""
-    from tunelab.data.corpus_store import FORMAT, SplitWriter, token_dtype
-    from tunelab.data.sentences import split_sentences
+    from tunelab.data.corpus.store import FORMAT, SplitWriter, token_dtype
+    from tunelab.data.corpus.sentences import split_sentences
     from tunelab.model.tokenizer import EOS, train_bpe_tokenizer
     from tunelab.records import write_json, write_jsonl
     d = root / "corpus"
@@ -79,7 +79,7 @@ def build_corpus(root: Path) -> Path:
 
 
 def blocks_of(corpus: Path, split: str) -> list[list[int]]:
-    from tunelab.data.corpus_store import CorpusBlocks
+    from tunelab.data.corpus.store import CorpusBlocks
     b = CorpusBlocks(corpus, split)
     return [b.block(i).tolist() for i in range(len(b))]
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tunelab.cli import main
-from tunelab.data.encyclopedia import _question_key
+from tunelab.data.generate.encyclopedia import _question_key
 from tunelab.data.examples import Example
 from tunelab.data.templates import PromptTemplate
 

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every decimal operand has exactly --decimals places (default: up to)")
     q.add_argument("--signed", action=argparse.BooleanOptionalAction, default=None,
                    help="allow negative operands (default: yes)")
-    q.set_defaults(func=_call("tunelab.data.arithmetic:cli_generate"))
+    q.set_defaults(func=_call("tunelab.data.generate.arithmetic:cli_generate"))
 
     q = data.add_parser("encyclopedia", help="Chinese encyclopedia-style articles of an invented world, with QA pairs")
     q.add_argument("--out", required=True, help="new directory for articles.jsonl and qa.jsonl")
@@ -162,14 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--no-noise", action="store_true",
                    help="no wiki-dump noise (empty brackets, markup, stray whitespace, duplicates)")
-    q.set_defaults(func=_call("tunelab.data.encyclopedia:cli_generate"))
+    q.set_defaults(func=_call("tunelab.data.generate.encyclopedia:cli_generate"))
 
     q = data.add_parser("qa-split", help="QA pairs split as a corpus split their articles: train.jsonl for "
                                          "fine-tuning, val.jsonl held out")
     q.add_argument("qa", nargs="+", help="JSONL files of {question, answer, source_id} (source_id: a corpus doc id)")
     q.add_argument("--corpus", required=True, help="the prepared corpus whose document split decides")
     q.add_argument("--out", required=True, help="new directory for train.jsonl, val.jsonl and summary.json")
-    q.set_defaults(func=_call("tunelab.data.encyclopedia:cli_split_qa"))
+    q.set_defaults(func=_call("tunelab.data.generate.encyclopedia:cli_split_qa"))
 
     q = data.add_parser("convert", help="convert competition data to a training format")
     q.add_argument("input", help="competition JSON/JSONL ({problem, solution})")
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", choices=["train", "val"], default=None, help="--show: only this split")
     q.add_argument("--limit", type=_integer(1), default=20, help="--show: at most this many blocks (default 20)")
     _add_corpus_reading(q)
-    q.set_defaults(func=_call("tunelab.data.corpus:cli_corpus"))
+    q.set_defaults(func=_call("tunelab.data.corpus.prepare:cli_corpus"))
 
     # tokenizer -----------------------------------------------------------------------------------
     p = verbs.add_parser("tokenizer", help="train a tokenizer for from-scratch models")

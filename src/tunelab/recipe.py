@@ -56,7 +56,7 @@ class CorpusBuild(_Strict):
     seed: int = 0
     text_field: Text = "text"
     cleaning: dict[str, Any] = Field(default_factory=dict, description="rule settings, e.g. {nfkc: true} (checked "
-                                                                      "against tunelab.data.cleaning.CleaningConfig)")
+                                                                      "against tunelab.data.corpus.clean.CleaningConfig)")
 
     @model_validator(mode="after")
     def _has_input(self):

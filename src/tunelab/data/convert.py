@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from tunelab.data.arithmetic import write_records
+from tunelab.data.generate.arithmetic import write_records
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import TunelabError
 from tunelab.records import iter_records, require_str

@@ -13,9 +13,9 @@ from tunelab.recipe import Recipe, SourceConfig
 def generate_records(source: SourceConfig) -> tuple[list[dict], str]:
     """Run a built-in generator; returns (records, their format name)."""
     if source.generate == "arithmetic":
-        from tunelab.data.arithmetic import generate
+        from tunelab.data.generate.arithmetic import generate
         return generate(source.count or 1000, seed=source.seed, **source.options), "competition"
-    from tunelab.data.reading import generate
+    from tunelab.data.generate.reading import generate
     return generate(source.count or 1000, seed=source.seed, **source.options), "reading"
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.data.corpus_store import is_corpus_dir
+from tunelab.data.corpus.store import is_corpus_dir
 from tunelab.data.examples import Example
 from tunelab.data.sources import load_source
 from tunelab.errors import TunelabError

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-from tunelab.data.bpe_encode import CJK_PUNCTUATION, CJK_RUN
+from tunelab.data.corpus.encode import CJK_PUNCTUATION, CJK_RUN
 from tunelab.errors import TunelabError
 from tunelab.recipe import MAX_VOCAB, MIN_VOCAB
 
@@ -106,8 +106,8 @@ def train_tokenizer_dir(inputs: list, vocab_size: int, out: str | Path, settings
     existing one). Returns the report saved beside it as training.json."""
     from tqdm.auto import tqdm
 
-    from tunelab.data.corpus import ReadSettings, iter_cleaned
-    from tunelab.data.corpus_read import BadLines, list_inputs
+    from tunelab.data.corpus.prepare import ReadSettings, iter_cleaned
+    from tunelab.data.corpus.read import BadLines, list_inputs
     out = Path(out)
     if out.exists():
         raise TunelabError("output directory exists; choose a new --out", file=out)
@@ -165,7 +165,7 @@ def tokenizer_summary(report: dict) -> list[str]:
 
 
 def cli_train_tokenizer(args) -> int:
-    from tunelab.data.corpus import settings_from_args
+    from tunelab.data.corpus.prepare import settings_from_args
     report = train_tokenizer_dir(args.inputs, args.vocab_size, args.out, settings_from_args(args), args.workers)
     print("\n".join(tokenizer_summary(report)))
     print(f"wrote {args.out}")

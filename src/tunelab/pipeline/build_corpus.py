@@ -22,7 +22,7 @@ _WAIT_SECONDS = 6 * 3600   # other ranks of a distributed run wait this long for
 
 def build_corpora(recipe: Recipe) -> None:
     """Build every missing corpus directory the recipe's training data names with a `build` section."""
-    from tunelab.data.corpus_store import is_corpus_dir
+    from tunelab.data.corpus.store import is_corpus_dir
     for i, src in enumerate(recipe.data.train):
         if src.corpus is None or src.build is None or is_corpus_dir(src.corpus):
             continue
@@ -33,7 +33,7 @@ def build_corpora(recipe: Recipe) -> None:
 
 
 def build_corpus(corpus: str, build: CorpusBuild, field: str = "build") -> None:
-    from tunelab.data.corpus import ReadSettings, format_summary, prepare_corpus
+    from tunelab.data.corpus.prepare import ReadSettings, format_summary, prepare_corpus
     settings = ReadSettings(text_field=build.text_field, val_fraction=build.val_fraction, seed=build.seed,
                             cleaning=_cleaning(build, field))
     inputs = list(build.inputs)
@@ -58,14 +58,14 @@ def _encyclopedia(build: CorpusBuild) -> Path:
     enc = build.encyclopedia
     articles = Path(enc.out) / "articles.jsonl"
     if not articles.is_file():
-        from tunelab.data.encyclopedia import generate_articles, write_encyclopedia
+        from tunelab.data.generate.encyclopedia import generate_articles, write_encyclopedia
         _say(f"generating {enc.count} encyclopedia articles (seed {enc.seed}) into {enc.out}")
         write_encyclopedia(enc.out, *generate_articles(enc.count, enc.seed, noise=enc.noise))
     return articles
 
 
 def _cleaning(build: CorpusBuild, field: str):
-    from tunelab.data.cleaning import CleaningConfig
+    from tunelab.data.corpus.clean import CleaningConfig
     known = {f.name for f in fields(CleaningConfig)}
     unknown = sorted(set(build.cleaning) - known)
     if unknown:
@@ -75,7 +75,7 @@ def _cleaning(build: CorpusBuild, field: str):
 
 
 def _wait_for(corpus: Path) -> None:
-    from tunelab.data.corpus_store import is_corpus_dir
+    from tunelab.data.corpus.store import is_corpus_dir
     deadline = time.monotonic() + _WAIT_SECONDS
     while not is_corpus_dir(corpus):
         if time.monotonic() > deadline:

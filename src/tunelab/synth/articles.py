@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tunelab.data.corpus_read import iter_documents, list_inputs
-from tunelab.data.corpus_store import (SPLITS, CorpusBlocks, is_corpus_dir, iter_doc_records, read_meta,
+from tunelab.data.corpus.read import iter_documents, list_inputs
+from tunelab.data.corpus.store import (SPLITS, CorpusBlocks, is_corpus_dir, iter_doc_records, read_meta,
                                        read_tokenizer_file)
-from tunelab.data.sentences import soft_split_points, split_sentences
+from tunelab.data.corpus.sentences import soft_split_points, split_sentences
 from tunelab.errors import TunelabError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -48,7 +48,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
 
-from tunelab.data.arithmetic import format_number
+from tunelab.data.generate.arithmetic import format_number
 from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
 from tunelab.metrics.prediction_files import match_predictions, read_prediction_file

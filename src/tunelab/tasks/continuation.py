@@ -1,6 +1,6 @@
 """The `continuation` task: does a pretrained model continue a held-out article the way the article goes on?
 
-Each document gives one example: the prompt is its first sentence (`tunelab.data.sentences.split_sentences`),
+Each document gives one example: the prompt is its first sentence (`tunelab.data.corpus.sentences.split_sentences`),
 plus the sentence after it when the first is a title line (the document's title on a line of its own, or a
 first line with no sentence-ending punctuation); the reference is the rest of the document, its first
 `reference_chars` characters (default 200). The prompt goes to the batched greedy engine as raw text — no
@@ -52,7 +52,7 @@ def _is_title_line(sentence: str) -> bool:
 
 def split_prompt(text: str, title: str | None = None) -> tuple[str, str]:
     """(prompt, rest): the first sentence (with the title line in front when the text starts with one)."""
-    from tunelab.data.sentences import split_sentences
+    from tunelab.data.corpus.sentences import split_sentences
     sentences = split_sentences(text)
     n = 1
     if len(sentences) > 1 and ((title and sentences[0].strip() == title.strip()) or _is_title_line(sentences[0])):
@@ -67,7 +67,7 @@ def normalize_fact(text: str) -> str:
 
 def corpus_documents(directory: str | Path, split: str) -> list[tuple[str, str, str | None]]:
     """(id, text, title) of every document of one split of a prepared corpus, text decoded from its blocks."""
-    from tunelab.data.corpus_store import CorpusBlocks, read_docs_of
+    from tunelab.data.corpus.store import CorpusBlocks, read_docs_of
     from tunelab.model.loading import load_tokenizer
     blocks = CorpusBlocks(directory, split)
     docs = read_docs_of(directory, blocks.index["doc"].tolist())
@@ -144,7 +144,7 @@ class ContinuationTask(Task):
     def configure(self, **values: Any) -> "Task":
         super().configure(**values)
         resolve_segmentation(self.segmentation)
-        from tunelab.data.corpus_store import SPLITS
+        from tunelab.data.corpus.store import SPLITS
         if self.split not in SPLITS:
             raise TunelabError(f"unknown split '{self.split}' (choose from {', '.join(SPLITS)})", field="split")
         for key in ("reference_chars", "samples"):
@@ -155,7 +155,7 @@ class ContinuationTask(Task):
         return self
 
     def load_examples(self, path: str | Path) -> list[Example]:
-        from tunelab.data.corpus_store import is_corpus_dir, read_meta
+        from tunelab.data.corpus.store import is_corpus_dir, read_meta
         if Path(path).is_dir():
             if not is_corpus_dir(path):
                 read_meta(path)  # says why the folder is not a finished corpus

@@ -69,7 +69,7 @@ class CorpusSplit:
     """The blocks of one split of a prepared corpus, as the ppl task scores them."""
 
     def __init__(self, directory: str | Path, split: str):
-        from tunelab.data.corpus_store import CorpusBlocks, read_docs_of
+        from tunelab.data.corpus.store import CorpusBlocks, read_docs_of
         self.dir = Path(directory)
         self.blocks = CorpusBlocks(self.dir, split)
         self.docs = read_docs_of(self.dir, self.blocks.index["doc"].tolist())
@@ -103,7 +103,7 @@ class CorpusSplit:
     def unigram(self):
         """log-probabilities of the add-one smoothed unigram model of the train split (computed once)."""
         if self._unigram is None:
-            from tunelab.data.corpus_store import CorpusBlocks
+            from tunelab.data.corpus.store import CorpusBlocks
             from tunelab.metrics.perplexity import token_counts, unigram_logprobs
             vocab = max(int(self.blocks.meta.get("vocab_size") or 0), len(self.tokenizer()))
             train = CorpusBlocks(self.dir, "train")
@@ -128,7 +128,7 @@ class PerplexityTask(Task):
 
     def configure(self, **values: Any) -> "Task":
         super().configure(**values)
-        from tunelab.data.corpus_store import SPLITS
+        from tunelab.data.corpus.store import SPLITS
         if self.split not in SPLITS:
             raise TunelabError(f"unknown split '{self.split}' (choose from {', '.join(SPLITS)})", field="split")
         # checked here, before any model work; that the window fits the model's context is known only later
@@ -143,10 +143,10 @@ class PerplexityTask(Task):
         return self
 
     def load_examples(self, path: str | Path) -> list[Example]:
-        from tunelab.data.corpus_store import is_corpus_dir
+        from tunelab.data.corpus.store import is_corpus_dir
         if Path(path).is_dir():
             if not is_corpus_dir(path):
-                from tunelab.data.corpus_store import read_meta
+                from tunelab.data.corpus.store import read_meta
                 read_meta(path)  # says why this folder is not a finished corpus
             self.corpus = CorpusSplit(path, self.split)
             examples = self.corpus.examples()

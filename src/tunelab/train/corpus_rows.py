@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.data.corpus_store import CorpusBlocks
+from tunelab.data.corpus.store import CorpusBlocks
 from tunelab.data.packing import IGNORE, Encoded, Row
 from tunelab.errors import TunelabError
 

@@ -25,7 +25,7 @@ entity (never "文中"/"本文"), so it can be asked without the article. Questi
 function per entity, so a question always gets the same answer, whichever article it comes from.
 
 Noise (`noise=True`, the default) imitates a wiki dump, so corpus cleaning has work to do; every piece is
-removed exactly by a rule of `tunelab.data.cleaning` (markup, empty_brackets, whitespace, dedup), so the
+removed exactly by a rule of `tunelab.data.corpus.clean` (markup, empty_brackets, whitespace, dedup), so the
 cleaned noisy text equals the noise-free text, and noise never lands inside a QA answer:
   - empty bracket pairs （） () 《》 【】 （ ） where a template was dropped (after the subject, before ，。);
   - '''bold''' subject, [[wiki links]] and [[target|text]] around names, <br> / <br /> at a paragraph's
@@ -1044,7 +1044,7 @@ def _wrap(text: str, name: str, left: str, right: str, answers: list[str]) -> st
 
 def _add_noise(title: str, paragraphs: list[str], answers: list[str], links: list[str],
                rng: random.Random) -> str:
-    """The article text with wiki-dump noise; `tunelab.data.cleaning` removes every piece exactly."""
+    """The article text with wiki-dump noise; `tunelab.data.corpus.clean` removes every piece exactly."""
     paras = list(paragraphs)
     if rng.random() < NOISE["bold_subject"]:
         paras[0] = _wrap(paras[0], title, "'''", "'''", answers)
@@ -1199,7 +1199,7 @@ def split_qa_by_corpus(qa_files: list[str | Path], corpus: str | Path, out: str 
     pair within a split are kept once; pairs of articles the corpus does not hold (dropped as duplicates or too
     short) are counted, not used. Records are alpaca ({id, instruction: question, output: answer, source_id}), which
     training and the `rougel` task read. Built in a temporary sibling and renamed: an existing OUT is refused."""
-    from tunelab.data.corpus_store import read_docs, read_meta
+    from tunelab.data.corpus.store import read_docs, read_meta
     from tunelab.records import iter_records, require_str, write_json
     out = Path(out)
     if out.exists():

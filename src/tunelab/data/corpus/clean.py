@@ -54,7 +54,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from tunelab.data.corpus_read import RawDoc
+from tunelab.data.corpus.read import RawDoc
 
 TITLE_MAX_CHARS = 100
 MAX_TEMPLATE_DEPTH = 20

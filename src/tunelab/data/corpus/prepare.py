@@ -34,12 +34,12 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Iterator
 
-from tunelab.data.bpe_encode import fast_encoder
-from tunelab.data.cleaning import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document, text_digest
-from tunelab.data.corpus_read import BadLines, JsonlChunk, RawDoc, iter_work, list_inputs, parse_chunk, split_of
-from tunelab.data.corpus_store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
+from tunelab.data.corpus.encode import fast_encoder
+from tunelab.data.corpus.clean import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document, text_digest
+from tunelab.data.corpus.read import BadLines, JsonlChunk, RawDoc, iter_work, list_inputs, parse_chunk, split_of
+from tunelab.data.corpus.store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
                                        read_tokenizer_file, token_dtype)
-from tunelab.data.sentences import count_sentences, soft_split_kinds, split_sentences
+from tunelab.data.corpus.sentences import count_sentences, soft_split_kinds, split_sentences
 from tunelab.errors import TunelabError
 from tunelab.records import building_dir
 

@@ -1,0 +1,3 @@
+"""Built-in data generators, each reproducible from a seed: `arithmetic` (competition-format problems, the kinds
+and difficulty options recipes set), `reading` (a templated extract-the-answer reading task, zh/en) and
+`encyclopedia` (a made-up world's articles for MiniGPT pretraining, with question-answer pairs about them)."""
