@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from tunelab.cli import main
-from tunelab.data.generate.encyclopedia import _question_key
 from tunelab.data.examples import Example
+from tunelab.data.generate.qa_split import _question_key
 from tunelab.data.templates import PromptTemplate
 
 ARTICLES = 120
