@@ -155,8 +155,8 @@ def test_a_run_starts_from_the_organisers_ckpt_converted_once(tiny_base, tmp_pat
     for name in ("first", "second"):
         path = write_recipe(tmp_path, name, **{**sections, "model": model})
         assert main(["train", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert out.count("converting ") == 1, out
+    notes = capsys.readouterr().err  # the conversion is a start-up note (stderr; stdout holds the result)
+    assert notes.count("converting ") == 1, notes
     [converted] = list((tmp_path / "cache" / "converted").iterdir())
     assert converted.name.startswith("base-") and (converted / "tokenizer.json").exists()
     ours, src = load(converted / "model.safetensors"), load(tiny_base / "model.safetensors")

@@ -136,7 +136,7 @@ def test_memory_sizes_parse_as_nvidia_smi_counts():
     assert parse_memory_size("16384MiB") == 16 * GiB
     assert parse_memory_size("1.5TB") == int(1.5 * 2 ** 40)
     for bad in ("", "lots", "-24GiB", "0GB", "24 GiBs", "24PB"):
-        with pytest.raises(TunelabError, match="--gpu-memory"):
+        with pytest.raises(TunelabError, match="gpu_memory"):  # a Python call: the argument's name
             parse_memory_size(bad)
 
 

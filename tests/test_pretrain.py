@@ -8,6 +8,7 @@ and a tiny BPE tokenizer, so these tests depend on the storage format only, not 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import signal
@@ -344,7 +345,7 @@ def test_replay_blocks_make_the_fraction_of_training_tokens(corpus):
         replay_blocks(corpus, 0.5, 1000, 40, seed=0)
 
 
-def test_fine_tuning_with_replay_trains_on_examples_and_corpus_blocks(tmp_path, corpus, capsys):
+def test_fine_tuning_with_replay_trains_on_examples_and_corpus_blocks(tmp_path, corpus, caplog):
     from tunelab.data_check import check
     from tunelab.train.loop import train
     qa = _qa_file(tmp_path / "qa.jsonl")
@@ -353,9 +354,10 @@ def test_fine_tuning_with_replay_trains_on_examples_and_corpus_blocks(tmp_path, 
     assert report["count"] == 40 and report["replay"]["blocks"] > 0
     share = report["replay"]["tokens"] / (report["replay"]["tokens"] + sum(len(e.input_ids) for e in report["encoded"]))
     assert 0.4 <= share < 0.5
+    caplog.set_level(logging.INFO, logger="tunelab")  # the start-up notes are logged (the CLI prints them)
     summary = train(recipe)
     assert summary["samples"] == 40 and summary["replayed_blocks"] == report["replay"]["blocks"]
-    assert f"replay: {report['replay']['blocks']:,} blocks of {corpus}" in capsys.readouterr().out
+    assert f"replay: {report['replay']['blocks']:,} blocks of {corpus}" in caplog.text
     # the rows hold both: more rows than the examples alone fill
     alone = load_recipe(write_recipe(tmp_path, "alone", **{**replay_sections(corpus, qa),
                                                             "data": {"train": [{"path": str(qa)}],
@@ -375,7 +377,7 @@ def test_fine_tuning_with_replay_trains_on_examples_and_corpus_blocks(tmp_path, 
         train(load_recipe(write_recipe(tmp_path, "tok", **sections)))
 
 
-def test_fine_tuning_with_replay_logs_the_replayed_corpus_validation_loss(tmp_path, corpus, capsys):
+def test_fine_tuning_with_replay_logs_the_replayed_corpus_validation_loss(tmp_path, corpus, caplog):
     """train.eval_every on a replay recipe measures the replayed corpus's val split (the language modelling that
     full SFT can lose): in metrics.jsonl, in every checkpoint's state.json and on loss.png, without marking a
     best checkpoint or stopping early, which stay with the evaluated tasks / pretraining."""
@@ -383,9 +385,9 @@ def test_fine_tuning_with_replay_logs_the_replayed_corpus_validation_loss(tmp_pa
     qa = _qa_file(tmp_path / "qa.jsonl")
     recipe = load_recipe(write_recipe(tmp_path, "val", **replay_sections(corpus, qa, eval_every=2, val_blocks=3,
                                                                           num_checkpoints=2)))
+    caplog.set_level(logging.INFO, logger="tunelab")  # the start-up notes are logged (the CLI prints them)
     summary = train(recipe)
-    out = capsys.readouterr().out
-    assert f"validation: 3 blocks of {corpus}'s val split every 2 steps" in out
+    assert f"validation: 3 blocks of {corpus}'s val split every 2 steps" in caplog.text
     vals = [r for r in read_metrics(recipe.run_dir / "metrics.jsonl") if "val_loss" in r]
     assert [r["step"] for r in vals] == [2, 4] and all(math.isfinite(r["val_loss"]) and r["val_loss"] > 0
                                                        for r in vals)
@@ -401,9 +403,10 @@ def test_fine_tuning_with_replay_logs_the_replayed_corpus_validation_loss(tmp_pa
     assert "not what fine-tuning optimises" in error(eval_every=2, early_stopping_patience=2)
     checkpoints_only = load_recipe(write_recipe(tmp_path, "ckpts", **replay_sections(corpus, qa, val_blocks=2,
                                                                                   num_checkpoints=2)))
+    caplog.clear()
     train(checkpoints_only)
     assert [r["step"] for r in read_metrics(checkpoints_only.run_dir / "metrics.jsonl") if "val_loss" in r] == [2, 4]
-    assert "val split at each checkpoint" in capsys.readouterr().out
+    assert "val split at each checkpoint" in caplog.text
     no_replay = replay_sections(corpus, qa, eval_every=2)
     no_replay["data"]["train"] = no_replay["data"]["train"][:1]
     with pytest.raises(TunelabError, match="needs a corpus source"):

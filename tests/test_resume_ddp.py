@@ -205,7 +205,7 @@ def test_under_torchrun_every_rank_evaluates_its_share_of_checkpoints(tmp_path):
            "-m", "tunelab.cli", "run", str(path)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    shares = {r: re.findall(rf"rank {r}: evaluating (step-\d+)", proc.stdout) for r in (0, 1)}
+    shares = {r: re.findall(rf"rank {r}: evaluating (step-\d+)", proc.stderr) for r in (0, 1)}
     assert shares == {0: ["step-000002", "step-000006"], 1: ["step-000004", "step-000008"]}
     metrics = json.loads((load_recipe(path).run_dir / "metrics.json").read_text())
     assert sorted(metrics["checkpoints"]) == ["step-000002", "step-000004", "step-000006", "step-000008"]

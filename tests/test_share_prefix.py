@@ -3,6 +3,8 @@ attending to it and to itself — the same logits, loss and gradients as rows th
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -124,11 +126,12 @@ def test_training_with_share_prefix_logs_sample_tokens(make_recipe):
     assert all("sample_tokens_per_s" not in r for r in metrics[False])
 
 
-def test_an_attention_without_4d_masks_trains_without_sharing(make_recipe, monkeypatch, capsys):
+def test_an_attention_without_4d_masks_trains_without_sharing(make_recipe, monkeypatch, caplog):
     """Flash attention's packed path reads position ids and takes no 4-D mask: there the rows repeat the header."""
     from tunelab.recipe import load_recipe
     from tunelab.train import loop, setup
     monkeypatch.setattr(setup, "MASKED_ATTENTION", ())
+    caplog.set_level(logging.INFO, logger="tunelab")  # the start-up notes are logged (the CLI prints them)
     summary = loop.train(load_recipe(make_recipe("flash", data={"share_prefix": True}, train={"max_steps": 2})))
     assert "shared_prefix" not in summary
-    assert "share_prefix: off (the model's" in capsys.readouterr().out
+    assert "share_prefix: off (the model's" in caplog.text

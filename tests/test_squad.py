@@ -294,7 +294,7 @@ def test_baseline_results_of_another_scorer_stop_before_any_model(squad_file, tm
 
 
 def test_report_and_eval_table_name_the_scorer(capsys):
-    from tunelab.eval.evaluate import _print_table
+    from tunelab.cli.eval import print_table
     from tunelab.pipeline.kinds import summary_lines
     from tunelab.report import checkpoint_cell
     ret = {"squad.f1": {"base": 58.59, "tuned": 55.0, "retained": 55.0 / 58.59, "pass": True,
@@ -307,7 +307,7 @@ def test_report_and_eval_table_name_the_scorer(capsys):
     doc = {"results": {"m": {"squad": {"f1": 55.0, "exact_match": 37.0, "scorer": "mindformers"}}}, "best": "m",
            "tasks": {"squad": {"primary_metric": "f1"}}, "retention": {"m": {"metrics": ret, "pass": True}},
            "retention_threshold": 0.9, "baseline": {"source": "base.json"}}
-    _print_table(doc)
+    print_table(doc)
     out = capsys.readouterr().out
     assert "squad.f1 (mindformers)" in out and "squad.f1 (mindformers scorer): 93.9%" in out
 

@@ -90,5 +90,5 @@ def test_a_vocabulary_size_out_of_range_is_refused_before_training(tmp_path, cap
     err = capsys.readouterr().err
     assert "--vocab-size must be between 300" in err and "Traceback" not in err
     assert not (tmp_path / "tok").exists()
-    with pytest.raises(TunelabError, match="--vocab-size must be between"):
+    with pytest.raises(TunelabError, match="vocab_size must be between"):  # a Python call: the argument's name
         train_bpe_tokenizer(["some text"], size)

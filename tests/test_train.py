@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 
 import pytest
@@ -133,7 +134,7 @@ def test_epoch_based_bf16_run(make_recipe, monkeypatch):
     assert summary["precision"] == "bf16"
 
 
-def test_rows_that_fill_no_last_step_are_named_once_at_the_start(make_recipe, capsys):
+def test_rows_that_fill_no_last_step_are_named_once_at_the_start(make_recipe, caplog):
     """13 unpacked rows an epoch, 4 a step: 3 steps, and the 13th row is not trained on. The step count stays
     (a run's numbers do not change); the start-up notes say how many rows are left out and what changes it."""
     from tunelab.train.loop import train
@@ -141,9 +142,10 @@ def test_rows_that_fill_no_last_step_are_named_once_at_the_start(make_recipe, ca
     recipe = load_recipe(make_recipe("partial", data={"packing": False,
                                                       "train": [{"generate": "arithmetic", "count": 13}]},
                                      train={"max_steps": None, "epochs": 1, "batch_size": 4, "num_checkpoints": 1}))
+    caplog.set_level(logging.INFO, logger="tunelab")  # the start-up notes are logged (the CLI prints them)
     summary = train(recipe)
     assert (summary["rows_per_epoch"], summary["steps"]) == (13, 3)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert out.count("not trained on") == 1
     assert ("note: rows not trained on: 1 of the 13 of 1 epoch, too few to fill a last step of 4 rows; "
             "train.batch_size and train.grad_accum") in out

@@ -12,7 +12,7 @@ from tunelab.data.packing import (IGNORE, encode_examples, pack_examples, packin
                                   unpacked_rows)
 from tunelab.data.sources import training_examples
 from tunelab.data.templates import PromptTemplate
-from tunelab.recipe import Recipe, load_recipe
+from tunelab.recipe import Recipe
 
 
 def render_marked(tokenizer, input_ids: list[int], labels: list[int]) -> str:
@@ -75,32 +75,3 @@ def check(recipe: Recipe, n_samples: int = 3) -> dict:
         "rows": len(rows), "packing_efficiency": packing_efficiency(rows, max_len), "shared_prefix": prefix,
         "padded_efficiency": statistics.fmean(lengths) / max_len,
     }
-
-
-def cli_check(args) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
-    r = check(recipe, args.samples)
-    tok = r["tokenizer"]
-    print(f"{r['count']} samples from {len(recipe.data.train)} source(s); template '{recipe.data.template}'; "
-          f"loss on {recipe.data.loss_on} tokens (marked ⟦…⟧)\n")
-    for ex, enc in list(zip(r["examples"], r["encoded"]))[: r["samples"]]:
-        print(f"--- {ex.id} ({len(enc.input_ids)} tokens){' TRUNCATED' if enc.truncated else ''}")
-        print(render_marked(tok, enc.input_ids, enc.labels))
-        print()
-    L = r["length"]
-    print(f"tokens per sample: min {L['min']}, median {L['median']:.0f}, mean {L['mean']:.1f}, "
-          f"p95 {L['p95']}, max {L['max']}; loss tokens per sample: {r['loss_tokens_mean']:.1f}")
-    print(f"truncated at max_seq_len {recipe.data.max_seq_len}: {r['truncated']} "
-          f"({100 * r['truncated'] / r['count']:.2f}%)")
-    if r["replay"]["blocks"]:
-        from tunelab.train.corpus_rows import describe_replay
-        print(describe_replay(recipe, r["replay"]["samples"], r["encoded"]))
-    if recipe.data.packing:
-        print(f"packing: {r['rows']} rows of {recipe.data.max_seq_len}, {100 * r['packing_efficiency']:.1f}% "
-              f"real tokens (padding every sample to {recipe.data.max_seq_len} would be "
-              f"{100 * r['padded_efficiency']:.1f}%)"
-              + (f"; the first {r['shared_prefix']} tokens, which every sample shares, held once a row"
-                 if r["shared_prefix"] else ""))
-    else:
-        print(f"packing off: {r['rows']} rows, one sample each")
-    return 0

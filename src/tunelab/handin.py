@@ -118,7 +118,7 @@ def environment_text(base_packages: Path | None) -> str:
     installed = sorted({(d.metadata["Name"] or "").lower(): d.version for d in metadata.distributions()}.items())
     if base_packages:
         if not base_packages.is_file():
-            raise TunelabError("base package list not found", file=base_packages, field="--base-packages")
+            raise TunelabError("base package list not found", file=base_packages, field="base_packages")
         base = {line.split("==")[0].split(" @ ")[0].strip().lower()
                 for line in read_text(base_packages).splitlines()
                 if line.strip() and not line.startswith("#")}
@@ -257,11 +257,3 @@ def handin(run_dir: str | Path, out: str | Path, fmt: str = "mindspore", dtype: 
         out.rmdir()
     tmp.rename(out)
     return out
-
-
-def cli_handin(args) -> int:
-    out = handin(args.run, args.out, args.format, args.dtype, args.base_packages)
-    n = sum(1 for _ in (out / "MANIFEST.sha256").read_text(encoding="utf-8").splitlines())
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
-    print(f"hand-in bundle {out}: {n} files, {size:.1f} MB; check with `cd {out} && sha256sum -c MANIFEST.sha256`")
-    return 0

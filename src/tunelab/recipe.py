@@ -454,10 +454,11 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
     out = []
     for pair in pairs:
         if "=" not in pair:
-            raise TunelabError(f"--set expects key=value, got '{pair}'")
+            raise TunelabError(f"expects key=value, got '{pair}'", field="overrides")
         key, value = pair.split("=", 1)
         if "" in (k.strip() for k in key.split(".")):  # '=5', 'train..lr=1'
-            raise TunelabError(f"--set expects key=value with a dotted key such as train.lr, got '{pair}'")
+            raise TunelabError(f"expects key=value with a dotted key such as train.lr, got '{pair}'",
+                               field="overrides")
         try:
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:

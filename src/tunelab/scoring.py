@@ -5,8 +5,6 @@ Module-level imports are stdlib only so `tunelab score` starts instantly; `ratio
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from decimal import Decimal, InvalidOperation
 
@@ -80,40 +78,3 @@ def lora_param_counts(model: str, rank: int, target: str) -> dict:
     trainable, total = count_parameters(peft_model)
     return {"model": model, "rank": rank, "target": resolve_target_modules(target),
             "trainable": trainable, "total": total}
-
-
-def _plain(number: float) -> str:
-    """8.03e9 -> '8030000000': parameter totals read best as integers."""
-    return str(int(number)) if float(number).is_integer() else repr(number)
-
-
-def cli_ratio(args: argparse.Namespace) -> int:
-    counts = lora_param_counts(args.model, args.lora_rank, args.lora_target)
-    total = counts["total"] if args.total_params is None else args.total_params
-    ratio = low_param_ratio(counts["trainable"], total)
-    if args.json:
-        print(json.dumps({**counts, "counted_total": counts["total"], "total": total, "ratio": ratio}))
-        return 0
-    target = counts["target"] if isinstance(counts["target"], str) else ",".join(counts["target"])
-    print(f"model: {args.model}")
-    print(f"lora: rank {args.lora_rank}, target {target}")
-    print(f"trainable: {counts['trainable']}")
-    if args.total_params is None:
-        print(f"total: {counts['total']}")
-    else:
-        print(f"total: {_plain(total)} (--total-params; counted {counts['total']})")
-    print(f"ratio: {ratio:.9f}")
-    return 0
-
-
-def cli_score(args: argparse.Namespace) -> int:
-    accuracy = parse_accuracy(args.accuracy)
-    score = competition_score(args.formula, accuracy, args.ratio)
-    if args.json:
-        print(json.dumps({"formula": args.formula, "accuracy": accuracy, "ratio": args.ratio, "score": score}))
-        return 0
-    print(f"formula: {args.formula} = {FORMULA_TEXT[args.formula]}")
-    print(f"accuracy: {accuracy:.9g}")
-    print(f"ratio: {args.ratio:.9g}")
-    print(f"score: {score:.9g}")
-    return 0

@@ -53,15 +53,14 @@ def convert_record(rec: dict, fmt: str, template: PromptTemplate, index: int) ->
     return CONVERTERS[fmt](rec["problem"], rec["solution"], template, index)
 
 
-def cli_convert(args) -> int:
-    """`tunelab data convert`: every record is checked (file, line, field) before anything is written."""
-    template = PromptTemplate(args.template, args.instruction_prefix, args.cot)
-    path = Path(args.input)
-    out = []
+def convert_file(source: str | Path, out: str | Path, fmt: str, template: PromptTemplate) -> int:
+    """`tunelab data convert`: every record of `source` in format `fmt`, written to `out` (.json or .jsonl).
+    Every record is checked (file, line, field) before anything is written. Returns the number of records."""
+    path = Path(source)
+    converted = []
     for index, (line, rec) in enumerate(iter_records(path)):
         problem = require_str(rec, "problem", path, line)
         solution = require_str(rec, "solution", path, line)
-        out.append(convert_record({"problem": problem, "solution": solution}, args.format, template, index))
-    write_records(args.out, out)
-    print(f"wrote {len(out)} {args.format} records to {args.out}")
-    return 0
+        converted.append(convert_record({"problem": problem, "solution": solution}, fmt, template, index))
+    write_records(out, converted)
+    return len(converted)

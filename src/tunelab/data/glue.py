@@ -146,9 +146,9 @@ def write_pre_data(task: str, data_dir: str | Path, out: str | Path, *, limit: i
     """Write {out}/{task}/{task}_{train,val,dev}.json (see the module docstring); returns counts and paths."""
     task, data_dir = canonical_task(task), Path(data_dir)
     if not 0 <= val_fraction < 1:
-        raise TunelabError(f"--val-fraction must be in [0, 1), got {val_fraction}", field="val_fraction")
+        raise TunelabError(f"must be in [0, 1), got {val_fraction}", field="val_fraction")
     if limit is not None and limit < 1:
-        raise TunelabError(f"--limit must be positive, got {limit}", field="limit")
+        raise TunelabError(f"must be positive, got {limit}", field="limit")
     if not data_dir.is_dir():
         raise TunelabError("data directory not found", file=data_dir)
     train_path = _find(data_dir, task, "train.tsv")
@@ -172,15 +172,3 @@ def write_pre_data(task: str, data_dir: str | Path, out: str | Path, *, limit: i
     return {"task": task, "train": len(train_part), "val": len(val), "dev": len(dev),
             "dev_labelled": dev[0].label is not None, "source_train": len(train),
             "paths": {k: str(v) for k, v in paths.items()}}
-
-
-def cli_data(args) -> int:
-    """`tunelab data glue --task CoLA|QQP --data-dir DIR --out pre_data [...]`."""
-    result = write_pre_data(args.task, args.data_dir, args.out, limit=args.limit, seed=args.seed,
-                            instruction=args.instruction, val_fraction=args.val_fraction)
-    print(f"{result['task']}: {result['source_train']} labelled training rows in {args.data_dir}")
-    print(f"  train {result['train']:>7}  {result['paths']['train']}")
-    print(f"  val   {result['val']:>7}  {result['paths']['val']}")
-    dev_note = "" if result["dev_labelled"] else "  (no labels: output is empty)"
-    print(f"  dev   {result['dev']:>7}  {result['paths']['dev']}{dev_note}")
-    return 0

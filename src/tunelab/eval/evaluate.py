@@ -2,9 +2,10 @@
 
     tunelab eval --model M --tasks a,b --data a=FILE --data b=FILE [--mode …] [--option TASK.KEY=VALUE …]
 
-The flags are converted, here at the command's edge, into the recipe's `eval:` schema (`EvalConfig`), and
-`tunelab.eval.sets` turns that into what is run exactly as for a recipe: the same checks, the same error
-for the same mistake (shown with the flag that caused it: `--mode: task 'squad' has no loglik mode …`).
+The flags are converted, at the command's edge (`tunelab.cli.eval`), into the recipe's `eval:` schema
+(`EvalConfig`), and `tunelab.eval.sets` turns that into what is run exactly as for a recipe: the same checks,
+the same error for the same mistake (the CLI shows it with the flag that caused it: `--mode: task 'squad' has
+no loglik mode …`; a Python caller sees the field, `eval.tasks.0.mode`).
 
 It writes into its output folder (default `<model>/eval-<tasks>`; a hub id: `./eval-<tasks>`):
 
@@ -27,10 +28,10 @@ from tunelab.eval.retention import load_baseline, retention
 from tunelab.eval.runner import evaluate_model_dir
 from tunelab.eval.sets import eval_sets
 from tunelab.model.resident import model_source
-from tunelab.recipe import EvalConfig, validate_eval
+from tunelab.recipe import EvalConfig
 from tunelab.records import write_json
 from tunelab.runs import best_label, list_checkpoints, model_dir_of
-from tunelab.tasks.registry import get_task, task_names
+from tunelab.tasks.registry import task_names
 
 
 def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = None,
@@ -87,129 +88,3 @@ def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = Non
             doc["retention"][label] = {"metrics": r, "pass": all(v["pass"] for v in r.values())}
     write_json(out_root / "results.json", doc)
     return doc, out_root
-
-
-# --- the command's edge: flags -> EvalConfig -------------------------------------------------------
-
-def config_from_flags(args) -> EvalConfig:
-    """`tunelab eval`'s flags as the recipe's eval section. Only the flags' own syntax is checked here;
-    everything else is checked by the schema and `eval_sets`, as for a recipe."""
-    names = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
-    if not names:
-        raise TunelabError("no task given", field="--tasks")
-    for name in names:  # a misspelt task is named as such, not as a task without --data
-        try:
-            get_task(name)
-        except TunelabError as e:
-            raise TunelabError(e.message, field="--tasks") from None
-    files = dict(_pairs(args.data, "--data", "TASK=FILE"))
-    for name in files:
-        if name not in names:
-            raise TunelabError(f"'{name}' is not among --tasks ({', '.join(names)})", field="--data")
-    for name in names:
-        if name not in files:
-            raise TunelabError(f"no data for task '{name}': pass --data {name}=FILE")
-    mode, modes = args.mode, {}
-    if mode and "=" in mode:  # per task: choice=loglik,cola=generate
-        modes = dict(_pairs([x for x in mode.split(",") if x.strip()], "--mode", "TASK=MODE"))
-        mode = None
-        for name in modes:
-            if name not in names:
-                raise TunelabError(f"'{name}' is not among --tasks ({', '.join(names)})", field="--mode")
-    options: dict[str, dict] = {name: {} for name in names}
-    for key, value in _pairs(args.options, "--option", "TASK.KEY=VALUE"):
-        name, _, setting = key.partition(".")
-        if name not in names or not setting:
-            raise TunelabError(f"'{key}': expected TASK.KEY with TASK one of {', '.join(names)}", field="--option")
-        options[name][setting] = _value(value)
-    raw = {"tasks": [{"task": name, "source": {"path": files[name]}, "limit": args.limit, "mode": modes.get(name),
-                      "options": options[name]} for name in names],
-           "mode": mode,
-           "options": {k: getattr(args, k) for k in ("segmentation", "window", "stride")
-                       if getattr(args, k) is not None},
-           "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-           "retention_threshold": args.retention_threshold, "device": args.device, "precision": args.precision}
-    return validate_eval(raw)
-
-
-def _pairs(specs: list[str], flag: str, what: str) -> list[tuple[str, str]]:
-    out = []
-    for spec in specs:
-        if "=" not in spec:
-            raise TunelabError(f"expects {what}, got '{spec}'", field=flag)
-        key, value = spec.split("=", 1)
-        out.append((key.strip(), value.strip()))
-    return out
-
-
-def _value(text: str) -> Any:
-    """An --option value read as a YAML scalar, as a recipe would hold it (64, true, char)."""
-    import yaml
-    try:
-        return yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        return text
-
-
-# Which flag sets which field of the eval configuration (eval.options.KEY is --KEY: --window, --stride…)
-_FLAGS = {"tasks": "--tasks", "task": "--tasks", "name": "--tasks", "source": "--data", "limit": "--limit",
-          "mode": "--mode", "options": "--option", "batch_size": "--batch-size",
-          "max_new_tokens": "--max-new-tokens", "retention_threshold": "--retention-threshold",
-          "device": "--device", "precision": "--precision"}
-
-
-def _as_flag(error: TunelabError) -> TunelabError:
-    """A configuration error named by the flag that set its field (`eval.tasks.0.mode` -> `--mode`); any
-    other error (a data file's, say) as it is."""
-    parts = (error.field or "").split(".")
-    if parts[0] != "eval" or len(parts) < 2:
-        return error
-    if parts[1] == "options" and len(parts) > 2:
-        flag = "--" + parts[2].replace("_", "-")
-    else:
-        flag = _FLAGS.get(parts[3] if parts[1] == "tasks" and len(parts) > 3 else parts[1])
-    return TunelabError(error.message, file=error.file, line=error.line, field=flag or error.field)
-
-
-def cli_eval(args) -> int:
-    try:
-        doc, out_root = evaluate(args.model, config_from_flags(args), args.out, args.baseline)
-    except TunelabError as e:
-        raise _as_flag(e) from None
-    _print_table(doc)
-    print(f"results: {out_root / 'results.json'}")
-    return 0
-
-
-def _fmt(v: Any) -> str:
-    if not isinstance(v, (int, float)):
-        return str(v)
-    return f"{v:.4f}" if abs(v) <= 1 else f"{v:.2f}"
-
-
-def _scorer(doc: dict, label: str) -> str:
-    """The " (scorer)" after a QA task's F1/EM in the table: which reference script's numbers they are."""
-    scorers = {res[label].get("scorer") for res in doc["results"].values()} - {None}
-    return f" ({', '.join(sorted(scorers))})" if scorers else ""
-
-
-def _print_table(doc: dict) -> None:
-    table, best, tasks = doc["results"], doc["best"], doc["tasks"]
-    retained = doc.get("retention")
-    headers = ["model"] + [f"{label}.{t['primary_metric']}{_scorer(doc, label)}" for label, t in tasks.items()]
-    if retained:
-        headers.append(f"retention (>= {doc['retention_threshold']:.0%} of base f1 and em)")
-    print(" | ".join(headers))
-    for label, res in table.items():
-        cells = [label + (" *best*" if label == best and len(table) > 1 else "")]
-        cells += [_fmt(res[t][info["primary_metric"]]) for t, info in tasks.items()]
-        if retained:
-            cells.append("PASS" if retained[label]["pass"] else "FAIL")
-        print(" | ".join(cells))
-    if retained:
-        shown = best if len(table) > 1 else next(iter(table))
-        print(f"retention of {shown} against the baseline ({doc['baseline']['source']}):")
-        for key, v in retained[shown]["metrics"].items():
-            scorer = f" ({v['scorer']} scorer)" if v.get("scorer") else ""
-            print(f"  {key}{scorer}: {v['retained']:.1%} ({v['tuned']:.2f} vs base {v['base']:.2f}) "
-                  f"{'PASS' if v['pass'] else 'FAIL'}")

@@ -1,4 +1,5 @@
-"""`tunelab predict`: the GLUE exam's hand-in file — the first N dev predictions, one label (0/1) per line.
+"""`tunelab predict` (`predict`): the GLUE exam's hand-in file — the first N dev predictions, one 0/1 label
+a line.
 
     tunelab predict --model runs/gemma-2b-glue-lora --task CoLA --data pre_data/CoLA/CoLA_dev.json \\
         [--limit 150] [--mode generate|loglik] [--out result_{task}.txt]
@@ -26,8 +27,8 @@ accuracy of the file as written.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.data.glue import canonical_task
@@ -68,40 +69,55 @@ def predict_labels(model, tokenizer, template, task, examples, mode: str, batch_
     return labels, [words[label] for label in labels]
 
 
-def cli_predict(args) -> int:
+@dataclass
+class Predictions:
+    """What `predict` wrote: the labels as written (one per line of `out`) and the details beside them."""
+    out: Path
+    details_path: Path
+    labels: list[int]
+    details: dict = field(default_factory=dict)
+
+
+def predict(model: str | Path, task: str, data: str | Path, out: str | Path = "result_{task}.txt", *,
+            limit: int | None = 150, mode: str = "generate", label_words: str | None = None, strict: bool = False,
+            batch_size: int = 32, max_new_tokens: int = 8, device: str | None = None,
+            precision: str = "auto") -> Predictions:
+    """Write the GLUE hand-in file `out` (`{task}` in it replaced by the task's name; `limit` 0 or None: every
+    example of `data`) and its details file, as the module docstring describes; `strict`: an unparsed answer is
+    an error and nothing is written."""
     from tunelab.eval.runner import load_model, template_for
     from tunelab.runs import pick_checkpoint
     from tunelab.tasks.glue import parse_label, read_glue_examples
     from tunelab.tasks.registry import get_task
 
-    name = canonical_task(args.task)
-    task = get_task(name.lower())
-    if args.label_words:
-        task.configure(label_words=args.label_words)
-        task.words()
-    if args.limit is not None and args.limit < 0:
-        raise TunelabError(f"--limit must be 0 (all) or positive, got {args.limit}", field="limit")
-    examples = read_glue_examples(args.data, name, require_labels=False)
-    if args.limit:
-        examples = examples[: args.limit]
-    out = Path(args.out.replace("{task}", name))
+    name = canonical_task(task)
+    glue_task = get_task(name.lower())
+    if label_words:
+        glue_task.configure(label_words=label_words)
+        glue_task.words()
+    if limit is not None and limit < 0:
+        raise TunelabError(f"must be 0 (all) or positive, got {limit}", field="limit")
+    examples = read_glue_examples(data, name, require_labels=False)
+    if limit:
+        examples = examples[:limit]
+    out = Path(str(out).replace("{task}", name))
     details_path = out.with_name(out.stem + ".details.json")
-    model_path = Path(args.model)
-    model_dir = pick_checkpoint(model_path) if model_path.is_dir() else args.model
+    model_path = Path(model)
+    model_dir = pick_checkpoint(model_path) if model_path.is_dir() else model
 
-    model, tokenizer = load_model(model_dir, args.device, args.precision)
+    loaded, tokenizer = load_model(model_dir, device, precision)
     template = template_for(model_dir)
-    labels, raw = predict_labels(model, tokenizer, template, task, examples, args.mode, args.batch_size,
-                                 args.max_new_tokens)
+    labels, raw = predict_labels(loaded, tokenizer, template, glue_task, examples, mode, batch_size, max_new_tokens)
     unparsed = [i for i, label in enumerate(labels) if label is None]
-    if unparsed and args.strict:
+    if unparsed and strict:
         shown = ", ".join(f"line {i + 1}: {raw[i][:40]!r}" for i in unparsed[:5])
         raise TunelabError(f"{len(unparsed)} of {len(labels)} generations are not a {name} label ({shown}"
-                           f"{', …' if len(unparsed) > 5 else ''}); nothing written (drop --strict to write "
-                           f"the majority label {MAJORITY[name]} on those lines, or use --mode loglik)")
+                           f"{', …' if len(unparsed) > 5 else ''}); nothing written (without strict, those lines "
+                           f"get the majority label {MAJORITY[name]}; or use mode loglik, which parses nothing)",
+                           field="strict")
     written = [MAJORITY[name] if label is None else label for label in labels]
-    details = {"task": name, "model": str(model_dir), "data": str(args.data), "mode": args.mode, "n": len(written),
-               "label_words": task.words() if args.mode == "loglik" else None,
+    details = {"task": name, "model": str(model_dir), "data": str(data), "mode": mode, "n": len(written),
+               "label_words": glue_task.words() if mode == "loglik" else None,
                "unparsed": len(unparsed), "unparsed_written_as": MAJORITY[name] if unparsed else None,
                "counts": {"0": written.count(0), "1": written.count(1)},
                "unparsed_lines": [{"line": i + 1, "id": examples[i].id, "generation": raw[i]} for i in unparsed]}
@@ -111,14 +127,4 @@ def cli_predict(args) -> int:
         details["accuracy_as_written"] = sum(p == g for p, g in zip(written, golds)) / len(golds)
     _write_lines(out, [str(label) for label in written])
     write_json(details_path, details)
-    print(f"{name}: {len(written)} predictions ({args.mode}) -> {out}  (0: {written.count(0)}, "
-          f"1: {written.count(1)}); details {details_path}")
-    if "accuracy_as_written" in details:
-        print(f"  the data is labelled: accuracy {details['accuracy_as_written']:.2%} as written, "
-              f"{details['accuracy_unparsed_wrong']:.2%} with unparsed answers counted wrong")
-    if unparsed:
-        lines = ", ".join(str(i + 1) for i in unparsed[:20]) + (", …" if len(unparsed) > 20 else "")
-        print(f"tunelab: warning: {len(unparsed)} of {len(written)} generations are not a {name} label "
-              f"(lines {lines}); written as the majority label {MAJORITY[name]}, listed in {details_path}",
-              file=sys.stderr)
-    return 0
+    return Predictions(out, details_path, written, details)

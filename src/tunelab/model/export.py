@@ -65,7 +65,7 @@ def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", wh
     `model_config.yaml`, MindFormers' names and its `model.model_config`, in place of the safetensors weights)
     or "both" (the HF directory plus `mindspore/model.ckpt` and `mindspore/model_config.yaml`)."""
     if fmt not in ("hf", "mindspore", "both"):
-        raise TunelabError(f"unknown export format '{fmt}' (hf, mindspore, both)", field="--format")
+        raise TunelabError(f"unknown export format '{fmt}' (hf, mindspore, both)", field="fmt")
     import torch
 
     from tunelab.data.templates import TEMPLATE_FILE
@@ -116,10 +116,3 @@ def _add_mindspore(hf_dir: Path, fmt: str) -> None:
     if fmt == "mindspore":
         for p in hf_dir.glob("model*.safetensors*"):
             p.unlink()
-
-
-def cli_export(args) -> int:
-    out = export(args.run, args.out, args.dtype, args.checkpoint, args.format)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
-    print(f"exported {out} ({size:.1f} MB)")
-    return 0

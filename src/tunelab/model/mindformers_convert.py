@@ -35,6 +35,7 @@ conversion holds at most one tensor of the input and one output shard.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.model.mindspore_ckpt import iter_ckpt, write_ckpt
 from tunelab.records import read_json_object, read_text
+
+log = logging.getLogger(__name__)
 
 LAYER_NAMES = [  # (HF module, MindFormers module) inside model.layers.N
     ("self_attn.q_proj", "attention.wq"), ("self_attn.k_proj", "attention.wk"),
@@ -509,7 +512,7 @@ def hf_dir_for_ckpt(ckpt: str | Path, config: str | Path, tokenizer: str | Path 
     out = converted_cache_root() / f"{ckpt.stem}-{key}"
     if not (out / "config.json").is_file():
         shutil.rmtree(out, ignore_errors=True)    # a half-written one from a killed conversion
-        print(f"converting {ckpt} (MindFormers) to a Hugging Face directory, once: {out}")
+        log.info(f"converting {ckpt} (MindFormers) to a Hugging Face directory, once: {out}")
         mindspore_to_hf(ckpt, out, config, tokenizer=tokenizer)
     return out
 
@@ -569,28 +572,24 @@ def _ms_tensors(t, arch: Arch) -> list[tuple[str, object]]:
     return [(f"{prefix}.mlp.gate_proj.{kind}", gate), (f"{prefix}.mlp.up_proj.{kind}", up)]
 
 
-# --- the verb ----------------------------------------------------------------------------------------------
+# --- both directions, by the input's name -------------------------------------------------------------------
 
-def cli_convert(args) -> int:
-    src, out = Path(args.input), Path(args.output)
-    dtype = None if args.dtype == "keep" else args.dtype
+def convert_checkpoint(source: str | Path, output: str | Path, config: str | Path | None = None,
+                       tokenizer: str | Path | None = None, dtype: str = "keep", qkv_concat: bool = False,
+                       max_shard_bytes: int = 5 * 1024 ** 3) -> dict:
+    """`tunelab convert`: a MindFormers .ckpt into a new HF directory (`config`: the MindFormers YAML or an HF
+    config, since a .ckpt holds no architecture; `tokenizer`: an HF directory whose tokenizer files are copied),
+    or an HF directory into a new .ckpt. Returns the conversion's summary, with "to": "hf" or "mindspore"."""
+    src, out = Path(source), Path(output)
+    cast = None if dtype == "keep" else dtype
     if src.suffix == ".ckpt":
-        if not args.config:
-            raise TunelabError("a .ckpt holds no architecture: give --config (the MindFormers YAML, or an HF "
-                               "config.json or directory)", field="--config")
-        summary = mindspore_to_hf(src, out, args.config, dtype, args.tokenizer,
-                                  int(args.max_shard_gb * 1024 ** 3))
-        print(f"converted {summary['parameters']} {summary['arch']} parameters into {out} "
-              f"({summary['shards']} safetensors file(s))")
-    else:
-        if args.config or args.tokenizer:
-            raise TunelabError("--config/--tokenizer are for .ckpt -> HF; an HF directory has its own",
-                               field="--config" if args.config else "--tokenizer")
-        if out.suffix != ".ckpt":
-            raise TunelabError("the MindSpore output must be a .ckpt file", file=out)
-        summary = hf_to_mindspore(src, out, dtype, args.qkv_concat)
-        note = (f"; left out {summary['skipped_buffers']} rotary_emb.inv_freq buffer(s) (recomputed from the "
-                "config)") if summary["skipped_buffers"] else ""
-        print(f"converted {summary['parameters']} {summary['arch']} parameters into {out} "
-              f"({out.stat().st_size / 1e6:.1f} MB){note}")
-    return 0
+        if not config:
+            raise TunelabError("a .ckpt holds no architecture: give its config (the MindFormers YAML, or an HF "
+                               "config.json or directory)", field="config")
+        return {**mindspore_to_hf(src, out, config, cast, tokenizer, max_shard_bytes), "to": "hf"}
+    if config or tokenizer:
+        raise TunelabError("a config and a tokenizer are for .ckpt -> HF; an HF directory has its own",
+                           field="config" if config else "tokenizer")
+    if out.suffix != ".ckpt":
+        raise TunelabError("the MindSpore output must be a .ckpt file", file=out)
+    return {**hf_to_mindspore(src, out, cast, qkv_concat), "to": "mindspore"}

@@ -51,7 +51,7 @@ def train_corpus_tokenizer(texts: Iterable[str], vocab_size: int):
 def check_vocab_size(vocab_size: int) -> None:
     """A vocabulary size the BPE trainer can build (checked before any text is read)."""
     if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
-        raise TunelabError(f"--vocab-size must be between {MIN_VOCAB} (256 bytes + special tokens) and "
+        raise TunelabError(f"vocab_size must be between {MIN_VOCAB} (256 bytes + special tokens) and "
                            f"{MAX_VOCAB:,}, got {vocab_size:,}")
 
 
@@ -110,7 +110,7 @@ def train_tokenizer_dir(inputs: list, vocab_size: int, out: str | Path, settings
     from tunelab.data.corpus.read import BadLines, list_inputs
     out = Path(out)
     if out.exists():
-        raise TunelabError("output directory exists; choose a new --out", file=out)
+        raise TunelabError("output directory exists; choose a new one", file=out)
     check_vocab_size(vocab_size)
     settings = settings or ReadSettings()
     paths = list_inputs(inputs)
@@ -162,11 +162,3 @@ def tokenizer_summary(report: dict) -> list[str]:
     else:
         lines.append("no held-out documents to measure characters per token on (raise --val-fraction)")
     return lines
-
-
-def cli_train_tokenizer(args) -> int:
-    from tunelab.data.corpus.prepare import settings_from_args
-    report = train_tokenizer_dir(args.inputs, args.vocab_size, args.out, settings_from_args(args), args.workers)
-    print("\n".join(tokenizer_summary(report)))
-    print(f"wrote {args.out}")
-    return 0

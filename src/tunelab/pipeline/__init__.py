@@ -4,8 +4,8 @@ a competition fine-tuning, a pretraining run and a course fine-tuning (which che
 metrics.json holds, what the report says) is the run kind's (`tunelab.pipeline.kinds`), one module each.
 
 This package only orchestrates: preparation is `.prepare`, evaluating a run's models `.evaluation` (over
-`tunelab.eval`), checkpoint choice `tunelab.runs`, ratio and score `tunelab.scoring`. `tunelab train`'s handler
-lives here too, since it prepares a recipe the same way."""
+`tunelab.eval`), checkpoint choice `tunelab.runs`, ratio and score `tunelab.scoring`. `tunelab train`'s work
+(`train_recipe`) lives here too, since it prepares a recipe the same way."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import os
 
 from tunelab.data.templates import PromptTemplate
 from tunelab.pipeline.evaluation import evaluate_share, run_models
-from tunelab.pipeline.kinds import kind_for, summary_lines
+from tunelab.pipeline.kinds import kind_for
 from tunelab.pipeline.prepare import prepare_inputs
 from tunelab.pipeline.run_kind import TrainedRun
-from tunelab.recipe import Recipe, load_recipe
+from tunelab.recipe import Recipe
 from tunelab.records import write_json
 
 
@@ -54,23 +54,9 @@ def _run(recipe: Recipe, resume: bool) -> dict:
         models.close()
 
 
-def cli_run(args) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
-    metrics = run(recipe, resume=args.resume)
-    if not metrics:
-        return 0
-    print("\n".join(summary_lines(metrics)))
-    print(f"report: {recipe.run_dir / 'report.md'}")
-    return 0
-
-
-def cli_train(args) -> int:
+def train_recipe(recipe: Recipe, resume: bool = False) -> dict:
+    """`tunelab train`: prepare the recipe's inputs as `run` does, then train only (no evaluation, no report).
+    Returns the training summary (steps, final loss, seconds)."""
     from tunelab.train.loop import train
-    recipe = load_recipe(args.recipe, args.overrides)
     prepare_inputs(recipe)
-    summary = train(recipe, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    print(f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
-          f"{summary['train_seconds']:.0f}s; checkpoints in {recipe.run_dir / 'checkpoints'}")
-    return 0
+    return train(recipe, resume=resume)

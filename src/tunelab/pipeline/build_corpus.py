@@ -8,14 +8,16 @@ It sits above the data and model stages because it drives both.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from dataclasses import fields
 from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.recipe import CorpusBuild, Recipe
+
+log = logging.getLogger(__name__)
 
 _WAIT_SECONDS = 6 * 3600   # other ranks of a distributed run wait this long for rank 0 to build
 
@@ -45,12 +47,12 @@ def build_corpus(corpus: str, build: CorpusBuild, field: str = "build") -> None:
         tokenizer = build.tokenizer.out
         if not (Path(tokenizer) / "tokenizer.json").is_file():
             from tunelab.model.tokenizer import tokenizer_summary, train_tokenizer_dir
-            _say(f"training a {build.tokenizer.vocab_size}-token BPE tokenizer into {tokenizer}")
+            log.info(f"training a {build.tokenizer.vocab_size}-token BPE tokenizer into {tokenizer}")
             report = train_tokenizer_dir(inputs, build.tokenizer.vocab_size, tokenizer, settings)
-            _say("\n".join(tokenizer_summary(report)))
-    _say(f"preparing corpus {corpus} (blocks of {build.block_size} tokens)")
+            log.info("\n".join(tokenizer_summary(report)))
+    log.info(f"preparing corpus {corpus} (blocks of {build.block_size} tokens)")
     meta = prepare_corpus(inputs, tokenizer, build.block_size, corpus, settings)
-    _say(format_summary(meta))
+    log.info(format_summary(meta))
 
 
 def _encyclopedia(build: CorpusBuild) -> Path:
@@ -59,7 +61,7 @@ def _encyclopedia(build: CorpusBuild) -> Path:
     articles = Path(enc.out) / "articles.jsonl"
     if not articles.is_file():
         from tunelab.data.generate.encyclopedia import generate_articles, write_encyclopedia
-        _say(f"generating {enc.count} encyclopedia articles (seed {enc.seed}) into {enc.out}")
+        log.info(f"generating {enc.count} encyclopedia articles (seed {enc.seed}) into {enc.out}")
         write_encyclopedia(enc.out, *generate_articles(enc.count, enc.seed, noise=enc.noise))
     return articles
 
@@ -81,7 +83,3 @@ def _wait_for(corpus: Path) -> None:
         if time.monotonic() > deadline:
             raise TunelabError("rank 0 did not finish building the corpus", file=corpus)
         time.sleep(2)
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)

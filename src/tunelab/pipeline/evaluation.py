@@ -8,12 +8,15 @@ Which checkpoints to evaluate and which one is best is the run kind's to say (`t
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunelab.data.templates import PromptTemplate
 from tunelab.recipe import Recipe
 from tunelab.runs import list_checkpoints, model_dir_of
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from tunelab.model.resident import Reloading
@@ -69,7 +72,7 @@ def evaluate_share(recipe: Recipe, sets: dict, template, rank: int, world: int, 
         jobs.append((recipe.model.path, "base"))
     waiting = td.new_group(backend="gloo", timeout=datetime.timedelta(hours=24))
     for model_dir, name in jobs[rank::world]:
-        print(f"rank {rank}: evaluating {name}")
+        log.info(f"rank {rank}: evaluating {name}")
         _cached_eval(model_dir, sets, run_dir / "eval" / name, recipe, template, name, models)
     if rank != 0:
         models.close()  # rank 0 goes on to the report with what it holds

@@ -7,11 +7,14 @@ is (`tunelab.pipeline.kinds`)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from tunelab.recipe import Recipe
 from tunelab.runs import is_run_dir, pick_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def prepare_inputs(recipe: Recipe) -> Path | None:
@@ -37,8 +40,8 @@ def split_sft_qa(recipe: Recipe) -> Path | None:
     if not (out / "summary.json").is_file():
         from tunelab.data.generate.qa_split import split_qa_by_corpus
         s = split_qa_by_corpus([articles / "qa.jsonl"], src.corpus, out)
-        print(f"QA pairs for fine-tuning: {s['train']:,} -> {out}/train.jsonl; held out: {s['val']:,} -> "
-              f"{out}/val.jsonl ({out}/summary.json has the counts)")
+        log.info(f"QA pairs for fine-tuning: {s['train']:,} -> {out}/train.jsonl; held out: {s['val']:,} -> "
+                 f"{out}/val.jsonl ({out}/summary.json has the counts)")
     return out
 
 

@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.serve.middleware import BearerAuth, BodyLimit  # noqa: E402
-from tunelab.serve.models import ServedModel, describe_defaults  # noqa: E402
+from tunelab.serve.models import ServedModel  # noqa: E402
 from tunelab.serve.protocol import (APIError,  # noqa: E402
                                     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, Limits,
                                     TokenizeRequest, error_body)
@@ -174,40 +174,15 @@ class BackgroundServer:
         self.thread.join(10)
 
 
-def api_key_of(flag: str | None) -> str | None:
-    """The key from --api-key, else TUNELAB_API_KEY; an empty one is refused (it would serve without a key)."""
-    if flag is not None:
-        if not flag.strip():
-            raise TunelabError("--api-key is empty: give a key, or leave the option out to serve without one",
-                               field="--api-key")
-        return flag
+def api_key_of(given: str | None) -> str | None:
+    """The key given, else TUNELAB_API_KEY; an empty one is refused (it would serve without a key)."""
+    if given is not None:
+        if not given.strip():
+            raise TunelabError("the API key is empty: give a key, or leave it out to serve without one",
+                               field="api_key")
+        return given
     env = os.environ.get("TUNELAB_API_KEY")
     if env is not None and not env.strip():
         raise TunelabError("TUNELAB_API_KEY is set but empty: give a key, or unset it to serve without one",
                            field="TUNELAB_API_KEY")
     return env
-
-
-def cli_serve(args) -> int:
-    import torch
-    import uvicorn
-
-    key = api_key_of(args.api_key)
-    limits = Limits(max_request_bytes=args.max_request_bytes, max_sequences=args.max_sequences)
-    if limits.max_request_bytes < 1 or limits.max_sequences < 1:
-        raise TunelabError("--max-request-bytes and --max-sequences must be at least 1")
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
-    served = ServedModel.load(args.model, name=args.name, max_batch=args.max_batch, precision=args.precision,
-                              device=args.device, which=args.checkpoint)
-    app = create_app(served, api_key=key, limits=limits)
-    host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "::") else args.host
-    print(f"tunelab serve: {served.name}  ({served.model_dir}, context {served.context_len}, "
-          f"batch ≤ {served.engine.max_batch})")
-    print(f"  defaults for what a request leaves out: {describe_defaults(served.defaults)}")
-    print(f"  OpenAI base URL: http://{host}:{args.port}/v1" + ("   (Bearer key required)" if key else ""))
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    finally:
-        served.close()
-    return 0

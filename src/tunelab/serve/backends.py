@@ -82,7 +82,7 @@ def parse_model_spec(spec: str) -> ModelSpec:
                 key = os.environ.get(var)
                 if not key:
                     raise TunelabError(f"environment variable {var} (API key for {spec}) is not set",
-                                       field="--model")
+                                       field="models")
         target, _, model_id = target.partition("#")
         model_id = model_id or None
         if not name:
@@ -92,7 +92,7 @@ def parse_model_spec(spec: str) -> ModelSpec:
         from tunelab.serve.models import default_name, resolve_model_dir
         name = default_name(target, resolve_model_dir(target))
     if not name:
-        raise TunelabError(f"cannot tell a model name from '{spec}' (use NAME=PATH_OR_URL)", field="--model")
+        raise TunelabError(f"cannot tell a model name from '{spec}' (use NAME=PATH_OR_URL)", field="models")
     return ModelSpec(name, target, key, model_id)
 
 
@@ -280,7 +280,7 @@ def build_backends(specs: list[str], max_batch: int = 16, deadlines: Deadlines =
     for raw in specs:
         spec = parse_model_spec(raw)
         if spec.name in backends:
-            raise TunelabError(f"two models are named '{spec.name}'", field="--model")
+            raise TunelabError(f"two models are named '{spec.name}'", field="models")
         if spec.remote:
             backends[spec.name] = RemoteBackend(spec.name, spec.target, spec.key, spec.model_id, deadlines)
         else:

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import queue
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Iterator, TextIO
 
 from tunelab.errors import TunelabError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 128    # neither --max-new-tokens nor the model's generation config says
 
@@ -35,64 +38,82 @@ class _Job:
     seq: object
 
 
-def cli_generate(args) -> int:
+@dataclass
+class GenerateOptions:
+    """How each prompt is decoded; None: the model's generation config, else OpenAI's default."""
+    num_samples: int = 1            # samples per prompt; sample j of every prompt uses seed + j
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    raw: bool = False               # the prompt as it is, without the model's chat template
+    json: bool = False              # one JSON line per sample instead of the text
+
+
+def generate_text(model: str, prompts: list[str] | None, options: GenerateOptions, *, checkpoint: str = "best",
+                  max_batch: int = 16, device: str | None = None, precision: str = "auto", threads: int = 0,
+                  out: TextIO | None = None) -> int:
+    """Every prompt's samples written to `out` (standard output) in order; `prompts` None: a `>` prompt on the
+    terminal. Returns 0, or 2 when a sample failed (each failure said on stderr)."""
     import torch
 
     from tunelab.serve.models import ServedModel
-    prompts = _given_prompts(args)       # before the model loads: a bad file costs no wait
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    served = ServedModel.load(args.model, max_batch=args.max_batch, precision=args.precision, device=args.device,
-                              which=args.checkpoint)
+    if threads:
+        torch.set_num_threads(threads)
+    served = ServedModel.load(model, max_batch=max_batch, precision=precision, device=device, which=checkpoint)
     try:
-        _describe(served, args)
+        _describe(served, options)
         if prompts is None:
-            return _interactive(served, args)
+            return _interactive(served, options)
         started = time.perf_counter()
-        rc, samples, tokens = _generate(served, args, prompts, sys.stdout)
+        rc, samples, tokens = _generate(served, options, prompts, out or sys.stdout)
         seconds = time.perf_counter() - started
-        print(f"{samples} sample{'s' if samples > 1 else ''}, {tokens:,} new tokens in {seconds:.1f} s "
-              f"({tokens / seconds:,.0f} tokens/s)", file=sys.stderr)
+        log.info("%d sample%s, %s new tokens in %.1f s (%s tokens/s)", samples, "s" if samples > 1 else "",
+                 f"{tokens:,}", seconds, f"{tokens / seconds:,.0f}")
         return rc
     finally:
         served.close()
 
 
-def _given_prompts(args) -> list[str] | None:
-    """Arguments, then --file; with neither, standard input's lines, or None for a terminal (interactive)."""
+def given_prompts(prompts: list[str], file: str | None = None) -> list[str] | None:
+    """`prompts`, then `file`'s; with neither, standard input's lines, or None for a terminal (interactive).
+    Checked before a model loads: a bad file costs no wait."""
     from tunelab.records import decode_text, iter_lines, lone_surrogate
     from tunelab.serve.prompts import read_prompts
-    prompts = list(args.prompts)
+    prompts = list(prompts)
     for i, prompt in enumerate(prompts, 1):
         if (at := lone_surrogate(prompt)) is not None:
             raise TunelabError(f"prompt {i} is not valid Unicode (a lone surrogate at character {at})")
-    if args.file:
-        prompts += read_prompts(args.file, "--file")
+    if file:
+        prompts += read_prompts(file, "file")
     if prompts:
         return prompts
     if sys.stdin is None or sys.stdin.isatty():
         return None
     prompts = [line for _, line in iter_lines(decode_text(sys.stdin.buffer.read(), "<stdin>"))]
     if not prompts:
-        raise TunelabError("no prompts: give them as arguments, with --file, or one a line on standard input")
+        raise TunelabError("no prompts: give them as arguments, in a file, or one a line on standard input")
     return prompts
 
 
-def _describe(served, args) -> None:
+def _describe(served, options: GenerateOptions) -> None:
     from tunelab.serve.engine import SamplingParams
     from tunelab.serve.models import describe_defaults
-    print(f"tunelab generate: {served.name} ({served.model_dir}, context {served.context_len}); decoding a flag "
-          f"leaves out: {describe_defaults(served.defaults)}", file=sys.stderr)
-    if args.num_samples > 1 and SamplingParams(**served.sampling(args.temperature, args.top_p, args.top_k)).greedy:
-        print(f"note: decoding is greedy, so the {args.num_samples} samples of a prompt are the same; "
-              f"--temperature 0.8 samples", file=sys.stderr)
+    log.info("tunelab generate: %s (%s, context %d); decoding a flag leaves out: %s", served.name, served.model_dir,
+             served.context_len, describe_defaults(served.defaults))
+    sampling = served.sampling(options.temperature, options.top_p, options.top_k)
+    if options.num_samples > 1 and SamplingParams(**sampling).greedy:
+        log.info("note: decoding is greedy, so the %d samples of a prompt are the same; a temperature such as 0.8 "
+                 "samples", options.num_samples)
 
 
-def _encode(served, args, prompts: list[str]) -> list[list[int]]:
+def _encode(served, options: GenerateOptions, prompts: list[str]) -> list[list[int]]:
     """Every prompt's ids, before anything is generated: a prompt the context cannot take is an error naming it."""
     encoded = []
     for i, prompt in enumerate(prompts, 1):
-        text = prompt if args.raw else served.render_chat([{"role": "user", "content": prompt}])
+        text = prompt if options.raw else served.render_chat([{"role": "user", "content": prompt}])
         if served.too_long(len(text)):      # certain without tokenising megabytes
             raise TunelabError(f"prompt {i} has {len(prompt):,} characters, more than the model's context of "
                                f"{served.context_len} tokens can hold")
@@ -106,24 +127,24 @@ def _encode(served, args, prompts: list[str]) -> list[list[int]]:
     return encoded
 
 
-def _jobs(served, args, prompts: list[str], encoded: list[list[int]]) -> Iterator[_Job]:
+def _jobs(served, options: GenerateOptions, prompts: list[str], encoded: list[list[int]]) -> Iterator[_Job]:
     from tunelab.serve.engine import SamplingParams, Sequence
-    sampling = served.sampling(args.temperature, args.top_p, args.top_k)
-    max_tokens = args.max_new_tokens or served.defaults.max_tokens or DEFAULT_MAX_TOKENS
-    stops = tuple(s for s in args.stop if s)
+    sampling = served.sampling(options.temperature, options.top_p, options.top_k)
+    max_tokens = options.max_new_tokens or served.defaults.max_tokens or DEFAULT_MAX_TOKENS
+    stops = tuple(s for s in options.stop if s)
     for i, (prompt, ids) in enumerate(zip(prompts, encoded), 1):
-        for j in range(args.num_samples):
+        for j in range(options.num_samples):
             params = SamplingParams(max_tokens=min(max_tokens, served.context_len - len(ids)), **sampling,
-                                    stop=stops, seed=None if args.seed is None else args.seed + j)
+                                    stop=stops, seed=None if options.seed is None else options.seed + j)
             events: queue.Queue = queue.Queue()
             yield _Job(i, j, prompt, events, Sequence(ids, params, events.put))
 
 
-def _generate(served, args, prompts: list[str], out) -> tuple[int, int, int]:
+def _generate(served, options: GenerateOptions, prompts: list[str], out) -> tuple[int, int, int]:
     """Print every prompt's samples in order (the head streamed as it comes in text mode), keeping a few
     batches' worth in the engine: 100,000 prompts × 64 samples never exist as sequences all at once.
     Returns (exit code: 2 if any sample failed, samples, new tokens)."""
-    jobs = _jobs(served, args, prompts, _encode(served, args, prompts))
+    jobs = _jobs(served, options, prompts, _encode(served, options, prompts))
     in_flight: deque[_Job] = deque()
     room = 4 * served.engine.max_batch
     samples, tokens, failed = 0, 0, []
@@ -138,17 +159,17 @@ def _generate(served, args, prompts: list[str], out) -> tuple[int, int, int]:
     try:
         while in_flight:
             job = in_flight[0]      # left in until written: an interrupt cancels it with the rest
-            if not args.json and len(prompts) * args.num_samples > 1:
-                out.write(_header(job, len(prompts), args.num_samples) + "\n")
+            if not options.json and len(prompts) * options.num_samples > 1:
+                out.write(_header(job, len(prompts), options.num_samples) + "\n")
             parts, reason, error = [], None, None
             while reason is None:
                 event = job.events.get()
                 parts.append(event.text)
                 reason, error = event.finish_reason, event.error
-                if not args.json and event.text:
+                if not options.json and event.text:
                     out.write(event.text)
                     out.flush()
-            if args.json:
+            if options.json:
                 out.write(json.dumps({"prompt_index": job.prompt_index, "sample": job.sample + 1,
                                       "prompt": job.prompt, "text": "".join(parts), "finish_reason": reason,
                                       "error": error, "prompt_tokens": len(job.seq.prompt_ids),
@@ -165,7 +186,7 @@ def _generate(served, args, prompts: list[str], out) -> tuple[int, int, int]:
         for job in in_flight:   # interrupted: nothing left running for nobody
             job.seq.cancel()
     if failed:
-        print(f"tunelab: error: {len(failed)} of {samples} samples failed; {failed[0]}", file=sys.stderr)
+        log.error("error: %d of %d samples failed; %s", len(failed), samples, failed[0])
         return 2, samples, tokens
     return 0, samples, tokens
 
@@ -178,7 +199,7 @@ def _header(job: _Job, prompts: int, samples: int) -> str:
     return f"── {' · '.join(where)}: {shown} ──"
 
 
-def _interactive(served, args) -> int:
+def _interactive(served, options: GenerateOptions) -> int:
     """A `>` prompt: each line is generated for alone (no conversation is kept); an empty line or Ctrl-D
     ends it, Ctrl-C stops the answer being written."""
     from tunelab.records import lone_surrogate
@@ -199,7 +220,7 @@ def _interactive(served, args) -> int:
             print(f"tunelab: that line is not valid Unicode (a lone surrogate at character {at})", file=sys.stderr)
             continue
         try:
-            _generate(served, args, [line], sys.stdout)
+            _generate(served, options, [line], sys.stdout)
         except TunelabError as e:
             print(f"tunelab: {e.message}", file=sys.stderr)
         except KeyboardInterrupt:

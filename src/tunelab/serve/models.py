@@ -138,7 +138,7 @@ class ServedModel:
         from tunelab.model.loading import load_for_inference, quiet_transformers
         quiet_transformers()
         model_dir = resolve_model_dir(path, which)
-        dev = resolve_device(device, field="--device")
+        dev = resolve_device(device, field="device")
         model, tokenizer = load_for_inference(str(model_dir), dtype=inference_dtype(precision, dev), merge=True,
                                               device=dev)
         if Path(model_dir).is_dir() and (own := load_generation_config(model_dir)) is not None:

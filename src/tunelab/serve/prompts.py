@@ -14,17 +14,17 @@ from tunelab.records import iter_lines, lone_surrogate, parse_json, read_text
 PROMPT_KEYS = ("prompt", "instruction", "problem", "question", "text")
 
 
-def read_prompts(path: str | Path, flag: str) -> list[str]:
-    """The prompts of a file; `flag` (the option that named it) goes into errors."""
+def read_prompts(path: str | Path, field: str) -> list[str]:
+    """The prompts of a file; `field` (the setting that named it) goes into errors."""
     p = Path(path)
     if not p.exists():
-        raise TunelabError("prompts file not found", file=path, field=flag)
+        raise TunelabError("prompts file not found", file=path, field=field)
     text = read_text(p)
     if p.suffix == ".json":
         document = parse_json(text, p)
         if not isinstance(document, list):
             raise TunelabError(f"expected a JSON list of prompts, got {type(document).__name__}", file=p,
-                               field=flag)
+                               field=field)
         items = [(None, item) for item in document]
     elif p.suffix == ".jsonl":
         items = [(n, parse_json(line, p, n)) for n, line in iter_lines(text)]
@@ -37,10 +37,10 @@ def read_prompts(path: str | Path, flag: str) -> list[str]:
             continue
         if (at := lone_surrogate(prompt)) is not None:
             raise TunelabError(f"a prompt that is not valid Unicode (a lone surrogate at character {at})",
-                               file=p, line=line, field=flag)
+                               file=p, line=line, field=field)
         prompts.append(prompt)
     if not prompts:
-        raise TunelabError("no prompts found in the file", file=path, field=flag)
+        raise TunelabError("no prompts found in the file", file=path, field=field)
     return prompts
 
 

@@ -34,7 +34,7 @@ from typing import Iterator
 
 from tunelab.errors import TunelabError
 from tunelab.serve.arena import ArenaStore
-from tunelab.serve.backends import BackendError, GenerationSettings, build_backends
+from tunelab.serve.backends import BackendError, GenerationSettings
 from tunelab.serve.ratings import COLUMNS, leaderboard
 
 DEFAULT_EXAMPLES = [
@@ -71,7 +71,7 @@ class Answer:
 def load_examples(path: str | None) -> list[str]:
     """Example prompts: the file's (`serve.prompts.read_prompts`), else a few built-in ones."""
     from tunelab.serve.prompts import read_prompts
-    return read_prompts(path, "--examples") if path else list(DEFAULT_EXAMPLES)
+    return read_prompts(path, "examples") if path else list(DEFAULT_EXAMPLES)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "|": "|", "\\": "\\"}
@@ -571,34 +571,6 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     if password.startswith("env:"):
         password = os.environ.get(password[4:], "")
     if not sep or not user.strip() or not password:
-        raise TunelabError("--auth needs USER:PASS (or USER:env:VAR) with a user name and a non-empty password",
-                           field="--auth")
+        raise TunelabError("expected USER:PASS (or USER:env:VAR) with a user name and a non-empty password",
+                           field="auth")
     return user, password
-
-
-def cli_ui(args) -> int:
-    import os
-    import sys
-
-    from tunelab.serve import require_extra
-    from tunelab.serve.backends import Deadlines
-    require_extra("gradio", "openai", "httpx")
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    if not args.model:
-        raise TunelabError("give at least one --model NAME=PATH_OR_URL", field="--model")
-    auth = parse_auth(args.auth)
-    deadlines = Deadlines(args.connect_timeout, args.first_token_timeout, args.deadline)
-    public = args.host not in LOCAL_HOSTS
-    if public and auth is None:
-        print(f"warning: the UI listens on {args.host} without --auth USER:PASS: anyone who can reach it can chat "
-              f"and vote; the vote export (stored prompts and answers) is switched off. "
-              f"警告：未设置 --auth，任何能访问的人都可使用；投票导出已关闭。", file=sys.stderr)
-    backends = build_backends(args.model, max_batch=args.max_batch, deadlines=deadlines, device=args.device,
-                              precision=args.precision)
-    store = ArenaStore(args.db)
-    demo = build_app(backends, store, load_examples(args.examples), min_votes=args.min_votes,
-                     export_votes=auth is not None or not public)
-    print(f"tunelab ui: {len(backends)} model(s): {', '.join(backends)}; votes in {args.db}"
-          + ("; login required" if auth else ""))
-    launch(demo, host=args.host, port=args.port, share=False, auth=auth)
-    return 0

@@ -97,10 +97,10 @@ class ArticleSource:
 
     def __init__(self, inputs: list[str], options: ReadOptions):
         if options.chunk_chars < 100:
-            raise TunelabError("must be at least 100 characters", field="--chunk-chars")
+            raise TunelabError("must be at least 100 characters", field="chunk_chars")
         if options.split not in ("all", *SPLITS):
             raise TunelabError(f"unknown split '{options.split}' (choose from all, {', '.join(SPLITS)})",
-                               field="--split")
+                               field="split")
         self.options = options
         self.corpus_dirs = [Path(i) for i in inputs if is_corpus_dir(i)]
         raw = [i for i in inputs if not is_corpus_dir(i)]
@@ -108,7 +108,7 @@ class ArticleSource:
             read_meta(d)
         self.files = list_inputs(raw) if raw else []
         if self.files and options.split != "all":
-            raise TunelabError("applies to a prepared corpus directory; raw files have no split", field="--split")
+            raise TunelabError("applies to a prepared corpus directory; raw files have no split", field="split")
         self.too_short = 0
 
     def paths(self) -> list[Path]:

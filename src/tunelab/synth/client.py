@@ -90,21 +90,21 @@ class ChatClient:
             ids = [m.id async for m in self.client.models.list()]
         except o.APIConnectionError as e:
             cause = e.__cause__ or e
-            raise TunelabError(f"cannot reach {self.endpoint}: {cause}", field="--endpoint") from None
+            raise TunelabError(f"cannot reach {self.endpoint}: {cause}", field="endpoint") from None
         except (o.AuthenticationError, o.PermissionDeniedError) as e:
             raise TunelabError(f"{self.endpoint} refused the API key ({e.status_code}: {_message(e)})",
-                               field="--api-key") from None
+                               field="api_key") from None
         except o.APIStatusError as e:
             if e.status_code in (404, 405):      # a server without /models: the first request will tell
                 return
             raise TunelabError(f"{self.endpoint}/models answered {e.status_code}: {_message(e)}",
-                               field="--endpoint") from None
+                               field="endpoint") from None
         except o.APIError as e:
             raise TunelabError(f"{self.endpoint}/models did not answer as an OpenAI-compatible server: {e}",
-                               field="--endpoint") from None
+                               field="endpoint") from None
         if ids and self.model not in ids:
             raise TunelabError(f"{self.endpoint} serves no model '{self.model}' (it lists: {', '.join(ids[:10])})",
-                               field="--model")
+                               field="model")
 
     async def chat(self, messages: list[dict]) -> Reply:
         o = self.openai
@@ -119,9 +119,9 @@ class ChatClient:
             status, msg = e.status_code, _message(e)
             if status in (401, 403):
                 raise TunelabError(f"{self.endpoint} refused the API key ({status}: {msg})",
-                                   field="--api-key") from None
+                                   field="api_key") from None
             if status == 404:
-                raise TunelabError(f"{self.endpoint}: not found (404: {msg})", field="--model") from None
+                raise TunelabError(f"{self.endpoint}: not found (404: {msg})", field="model") from None
             wait = retry_after_seconds(e.response.headers)
             if status == 429:
                 raise RequestFailed("rate_limited", msg, retry=True, retry_after=wait) from None

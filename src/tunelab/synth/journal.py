@@ -74,7 +74,7 @@ class Journal:
         """Refuse, before anything is asked, an existing OUT that `synth qa` did not start (never overwritten)."""
         if not self.status_path.exists() and self.out.exists() and self.out.stat().st_size:
             raise TunelabError(f"exists without its journal {self.status_path.name}: not written by `synth qa`, "
-                               "or the journal was removed; choose another --out", file=self.out)
+                               "or the journal was removed; choose another output file", file=self.out)
 
     def open(self, run: dict, identity: dict) -> Resumed:
         """Start or resume: repair the tail, check the reading settings match the first run's, note this run."""
@@ -125,11 +125,12 @@ class Journal:
             diff = ", ".join(f"{k} {before.get(k)!r} then, {v!r} now" for k, v in identity.items()
                              if before.get(k) != v)
             raise TunelabError(f"the articles were read differently when this output was started ({diff}): "
-                               "rerun with the same flags, or choose another --out", file=self.status_path)
+                               "rerun with the same reading settings, or choose another output file",
+                               file=self.status_path)
         size = self.out.stat().st_size if self.out.exists() else 0
         if size < committed:
             raise TunelabError(f"holds {size} bytes, its journal recorded {committed}: the file was cut or "
-                               "edited; choose another --out", file=self.out)
+                               "edited; choose another output file", file=self.out)
         if size > committed:
             with self.out.open("rb") as f:
                 f.seek(committed)

@@ -46,25 +46,25 @@ class Prompt:
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def read_text_arg(value: str, flag: str) -> str:
-    """A flag's text: as given, or the content of FILE for `@FILE`."""
+def read_text_arg(value: str, field: str) -> str:
+    """A setting's text: as given, or the content of FILE for `@FILE` (`field`, the setting, goes into errors)."""
     if not value.startswith("@"):
         return value
     path = Path(value[1:])
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise TunelabError("file not found", file=path, field=flag) from None
+        raise TunelabError("file not found", file=path, field=field) from None
     except (UnicodeDecodeError, OSError) as e:
-        raise TunelabError(f"cannot read as UTF-8 text: {e}", file=path, field=flag) from None
+        raise TunelabError(f"cannot read as UTF-8 text: {e}", file=path, field=field) from None
 
 
 def load_template(path: str | None) -> str:
     """The template file's text (the default when `path` is None); it must hold `{article}`."""
     if path is None:
         return DEFAULT_TEMPLATE
-    text = read_text_arg("@" + path, "--template")
+    text = read_text_arg("@" + path, "template")
     if "{article}" not in text:
         raise TunelabError("a template must contain {article} (where the article goes)", file=path,
-                           field="--template")
+                           field="template")
     return text

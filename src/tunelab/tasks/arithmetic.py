@@ -39,7 +39,6 @@ A prediction without a number is wrong on every diagnostic (pred_value None), ne
 
 from __future__ import annotations
 
-import json
 import io
 import re
 from dataclasses import dataclass
@@ -313,7 +312,8 @@ def _read_gold(path: Path) -> list[dict[str, Any]]:
     return gold
 
 
-def _report(summary: dict[str, Any], pred: Path, gold: Path) -> str:
+def format_grade_report(summary: dict[str, Any], pred: Path, gold: Path) -> str:
+    """`grade_arithmetic_files`' summary as `tunelab grade arithmetic` prints it: the rates, then by kind."""
     n = summary["n"]
     lines = [f"arithmetic: {n} answers, {pred} against {gold}"]
     lines += [f"  {name:<13}{summary[name]:8.2%}" for name in _RATES]
@@ -325,15 +325,10 @@ def _report(summary: dict[str, Any], pred: Path, gold: Path) -> str:
     return "\n".join(lines)
 
 
-def cli_grade(args) -> int:
-    """`tunelab grade arithmetic`: no model involved, so it imports nothing heavy and starts at once."""
-    pred_path, gold_path = Path(args.pred), Path(args.gold)
-    gold = _read_gold(gold_path)
-    predictions = match_predictions(read_prediction_file(pred_path), gold, pred_path, gold_path)
-    graded = [grade_arithmetic(p, g["solution"], g["kind"]) for p, g in zip(predictions, gold)]
-    summary = summarize_arithmetic(graded)
-    if args.json:
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
-    else:
-        print(_report(summary, pred_path, gold_path))
-    return 0
+def grade_arithmetic_files(pred: str | Path, gold: str | Path) -> dict[str, Any]:
+    """`tunelab grade arithmetic`: a prediction file against competition gold, matched by id or by order; the
+    summary of `summarize_arithmetic`. No model involved, so it imports nothing heavy and starts at once."""
+    pred_path, gold_path = Path(pred), Path(gold)
+    golds = _read_gold(gold_path)
+    predictions = match_predictions(read_prediction_file(pred_path), golds, pred_path, gold_path)
+    return summarize_arithmetic([grade_arithmetic(p, g["solution"], g["kind"]) for p, g in zip(predictions, golds)])

@@ -61,7 +61,6 @@ cannot be a text continuation (lm-eval would divide by zero): that is an error n
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from pathlib import Path
@@ -347,26 +346,17 @@ def _read_gold(path: Path) -> list[dict[str, Any]]:
     return gold
 
 
-def cli_grade(args) -> int:
-    """`tunelab grade choice --pred FILE --gold FILE [--ratio R] [--json]`."""
+def grade_choice_files(pred: str | Path, gold: str | Path, ratio: float | None = None) -> dict[str, Any]:
+    """`tunelab grade choice`: a prediction file against the questions, matched by id or by order; the summary of
+    `summarize_choice`, with the stage-2 competition score when a low-parameter `ratio` is given."""
     from tunelab.metrics.prediction_files import match_predictions, read_prediction_file
     from tunelab.scoring import competition_score
 
-    pred_path, gold_path = Path(args.pred), Path(args.gold)
-    gold = _read_gold(gold_path)
-    predictions = match_predictions(read_prediction_file(pred_path), gold, pred_path, gold_path)
-    graded = [grade_choice(p, g["gold"], g["options"]) for p, g in zip(predictions, gold)]
-    summary = summarize_choice(graded)
-    if args.ratio is not None:
-        summary["ratio"] = args.ratio
-        summary["stage2_score"] = competition_score("stage2", summary["accuracy"], args.ratio)
-    if args.json:
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
-        return 0
-    print(f"choice: {summary['n']} questions, {pred_path} against {gold_path}")
-    print(f"  accuracy   {summary['accuracy']:8.2%}")
-    print(f"  unparsed   {summary['unparsed']:>5} ({summary['unparsed_rate']:.2%})")
-    print("  rules      " + ", ".join(f"{r} {c}" for r, c in summary["by_rule"].items()))
-    if args.ratio is not None:
-        print(f"  stage2     {summary['stage2_score']:.6f}  = (1 - 10 * {args.ratio:g}) * 0.3 + accuracy * 0.7")
-    return 0
+    pred_path, gold_path = Path(pred), Path(gold)
+    golds = _read_gold(gold_path)
+    predictions = match_predictions(read_prediction_file(pred_path), golds, pred_path, gold_path)
+    summary = summarize_choice([grade_choice(p, g["gold"], g["options"]) for p, g in zip(predictions, golds)])
+    if ratio is not None:
+        summary["ratio"] = ratio
+        summary["stage2_score"] = competition_score("stage2", summary["accuracy"], ratio)
+    return summary

@@ -296,41 +296,19 @@ def read_gold_labels(path: str | Path, task: str) -> list[int]:
     return golds
 
 
-def cli_grade(args) -> int:
-    """`tunelab grade glue --task CoLA|QQP --pred FILE --gold FILE [--pre-data DIR] [--model-dir DIR]`."""
-    task = canonical_task(args.task)
-    golds = read_gold_labels(args.gold, task)
-    pred_lines = read_label_lines(args.pred, expected=len(golds))
+def grade_glue_files(task: str, pred: str | Path, gold: str | Path, pre_data: str | Path | None = None,
+                     model_dir: str | Path | None = None) -> dict[str, Any]:
+    """`tunelab grade glue`: generated labels (one a line) against gold labels; `glue_metrics`, the exam rubric
+    (the pre_data folder and the saved model checked when given) and the first unparsed lines."""
+    task = canonical_task(task)
+    golds = read_gold_labels(gold, task)
+    pred_lines = read_label_lines(pred, expected=len(golds))
     if len(pred_lines) != len(golds):
-        raise TunelabError(f"{len(pred_lines)} predictions in {args.pred}, {len(golds)} gold labels in "
-                           f"{args.gold}")
+        raise TunelabError(f"{len(pred_lines)} predictions in {pred}, {len(golds)} gold labels in {gold}")
     preds = [parse_label(text, task) for _, text in pred_lines]
     metrics = glue_metrics(preds, golds, task)
-    pre_problems = check_pre_data(args.pre_data, task) if args.pre_data else None
-    model_problems = check_model_dir(args.model_dir) if args.model_dir else None
+    pre_problems = check_pre_data(pre_data, task) if pre_data else None
+    model_problems = check_model_dir(model_dir) if model_dir else None
     metrics["rubric"] = rubric(metrics["accuracy"], pre_problems, model_problems)
     metrics["unparsed_lines"] = [line for (line, _), p in zip(pred_lines, preds) if p is None][:20]
-    if args.json:
-        print(json.dumps(metrics, indent=2, ensure_ascii=False))
-        return 0
-    print(f"{task}: {metrics['n']} answers, {args.pred} against {args.gold}")
-    print(f"  accuracy   {metrics['accuracy']:8.2%}")
-    if task == "CoLA":
-        print(f"  mcc        {metrics['mcc']:8.4f}")
-    else:
-        print(f"  f1         {metrics['f1']:8.4f}")
-    note = f"  (lines {', '.join(map(str, metrics['unparsed_lines']))}" + (
-        ", …)" if metrics["unparsed"] > 20 else ")") if metrics["unparsed"] else ""
-    print(f"  unparsed   {metrics['unparsed']:>5}{note}")
-    r = metrics["rubric"]
-    print("  rubric")
-    for key, points, label in (("pre_data", 10, "pre_data files"), ("model", 20, "saved model")):
-        if r[key] is None:
-            print(f"    {label:<16} not checked (pass --{'pre-data' if key == 'pre_data' else 'model-dir'})")
-        else:
-            print(f"    {label:<16} {r[key]:>5.1f} / {points}")
-            for problem in r[f"{key}_problems"]:
-                print(f"      - {problem}")
-    print(f"    {'70 × accuracy':<16} {r['accuracy']:>5.1f} / 70")
-    print(f"    {'total':<16} {r['total']:>5.1f} / 100")
-    return 0
+    return metrics

@@ -220,29 +220,11 @@ def read_predictions(path: str | Path) -> dict[str, str]:
     return doc
 
 
-def cli_grade(args) -> int:
-    """`tunelab grade squad --pred PRED.json --gold DEV.json [--scorer ...] [--json]`."""
-    questions = read_squad_questions(args.gold)
-    predictions = read_predictions(args.pred)
-    scorers = list(SCORERS) if args.scorer == "all" else [args.scorer]
-    results = {s: score_squad(predictions, questions, s) for s in scorers}
-    unknown = len(set(predictions) - {q.id for q in questions})
-    if args.json:
-        out = {"scorers": results} if args.scorer == "all" else dict(results[args.scorer])
-        print(json.dumps({**out, "unknown_ids": unknown}, indent=2, ensure_ascii=False))
-        return 0
-    print(f"squad: {len(questions)} questions, {args.pred} against {args.gold}")
-    if args.scorer != "all":
-        r = results[args.scorer]
-        label = f"{r['scorer']} (auto)" if r.get("auto") else r["scorer"]
-        print(f"  scorer       {label}")
-        print(f"  exact_match  {r['exact_match']:.2f}")
-        print(f"  f1           {r['f1']:.2f}")
-        print(f"  questions    {r['n']}, {r['missing']} without a prediction")
-    else:
-        print(f"  {'scorer':<12}{'n':>7}{'exact_match':>13}{'f1':>8}{'missing':>9}")
-        for s, r in results.items():
-            print(f"  {s:<12}{r['n']:>7}{r['exact_match']:>13.2f}{r['f1']:>8.2f}{r['missing']:>9}")
-    if unknown:
-        print(f"  note: {unknown} predictions have ids not in the gold file (ignored)")
-    return 0
+def grade_squad_files(pred: str | Path, gold: str | Path, scorers: list[str]) -> dict[str, Any]:
+    """`tunelab grade squad`: an official prediction JSON against SQuAD v1.1 gold, by each of `scorers`.
+    Returns {"questions": how many, "results": {scorer: its EM/F1 result}, "unknown_ids": predictions whose ids
+    the gold file does not hold}."""
+    questions = read_squad_questions(gold)
+    predictions = read_predictions(pred)
+    return {"questions": len(questions), "results": {s: score_squad(predictions, questions, s) for s in scorers},
+            "unknown_ids": len(set(predictions) - {q.id for q in questions})}

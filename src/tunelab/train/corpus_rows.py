@@ -188,7 +188,7 @@ def check_corpus_tokenizer(tokenizer, corpus: str | Path) -> None:
     tok_dir = Path(corpus) / "tokenizer"
     if tokenizer.get_vocab() != load_tokenizer(str(tok_dir)).get_vocab():
         raise TunelabError("the model's tokenizer is not the one the corpus was prepared with (its ids would "
-                           f"mean other tokens): prepare the corpus with --tokenizer set to the model's, or train "
+                           f"mean other tokens): prepare the corpus with the model's tokenizer, or train "
                            f"from scratch on {tok_dir}", field="model.tokenizer")
 
 
@@ -208,7 +208,7 @@ def validation_rows(recipe, corpus: str | Path) -> CorpusRows | None:
         asked = [k for k in ("eval_every", "val_blocks", "early_stopping_patience") if getattr(recipe.train, k)]
         if asked:
             raise TunelabError("the corpus has no validation blocks to evaluate (prepare it with "
-                               "--val-fraction above 0)", file=corpus, field=f"train.{asked[0]}")
+                               "a val_fraction above 0)", file=corpus, field=f"train.{asked[0]}")
         return None
     return CorpusRows(val_blocks, d.max_seq_len, d.packing, "sequential", limit=recipe.train.val_blocks)
 

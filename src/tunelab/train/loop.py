@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -51,6 +52,8 @@ from tunelab.train.stop_signals import StopSignals
 from tunelab.train.summary import training_summary, write_summary
 from tunelab.train.trainer_state import Progress, capture, gather_rng, global_batch, restore, resume_point
 from tunelab.train.validation import EarlyStopping, val_record, validation_sums
+
+log = logging.getLogger(__name__)
 
 
 def train(recipe: Recipe, resume: bool = False, hand_over=None) -> dict:
@@ -119,13 +122,13 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     total_steps, untrained = count_steps(tc, stream.rows_per_epoch, rows_per_step)
     ckpt_at = set(checkpoint_steps(total_steps, tc.num_checkpoints))
     if recipe.data.corpus and dist.main:
-        tqdm.write(f"corpus: {stream.count:,} training blocks in {stream.rows_per_epoch:,} rows of up to "
-                   f"{recipe.data.max_seq_len} tokens per epoch ({stream.padding_pct:.1f}% padding, "
-                   f"{'packed' if recipe.data.packing else 'one block a row'}"
-                   f"{', laid end to end: no padding computed' if flat else ''}); validation on "
-                   f"{val_rows.count if val_rows else 0:,} blocks")
+        log.info(f"corpus: {stream.count:,} training blocks in {stream.rows_per_epoch:,} rows of up to "
+                 f"{recipe.data.max_seq_len} tokens per epoch ({stream.padding_pct:.1f}% padding, "
+                 f"{'packed' if recipe.data.packing else 'one block a row'}"
+                 f"{', laid end to end: no padding computed' if flat else ''}); validation on "
+                 f"{val_rows.count if val_rows else 0:,} blocks")
     if untrained and dist.main:  # the last partial step is dropped: say so, the step count stays
-        print(f"note: rows not trained on: {untrained:,} of the {int(tc.epochs * stream.rows_per_epoch):,} of "
+        log.info(f"note: rows not trained on: {untrained:,} of the {int(tc.epochs * stream.rows_per_epoch):,} of "
               f"{tc.epochs:g} epoch{'' if tc.epochs == 1 else 's'}, too few to fill a last step of {rows_per_step} "
               "rows; train.batch_size and train.grad_accum (and the number of processes) change how many")
     opt = build_optimization(tc, model, total_steps, precision, device)
@@ -139,7 +142,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
         if point is not None:
             note = restore(point, loss_model, optimizer, scheduler, scaler, dist, fsdp)
             if note and dist.main:
-                print(f"note: {note}")
+                log.info(f"note: {note}")
             progress.resumed(point)
         if dist.main:  # drop log lines past the checkpoint; they are recomputed
             kept = [r for r in read_metrics(metrics_path) if r["step"] <= progress.step]

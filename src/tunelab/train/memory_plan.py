@@ -148,7 +148,7 @@ class Plan:
 _UNITS = {"": GiB, "k": 2 ** 10, "m": 2 ** 20, "g": GiB, "t": 2 ** 40}
 
 
-def parse_memory_size(text: str, field: str = "--gpu-memory") -> int:
+def parse_memory_size(text: str, field: str = "gpu_memory") -> int:
     """'24GiB', '24GB', '80G', '24' (GiB), '16384MiB' -> bytes. GB and GiB are both 2**30 bytes: a "24 GB" card
     holds 24 GiB (an RTX 4090 reports 24,564 MiB), as nvidia-smi counts."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
@@ -588,7 +588,7 @@ def measure_step(spec: StepSpec, fake: bool = True) -> StepMemory:
 def plan_memory(recipe: Recipe, gpu_memory_bytes: int, gpus: int = 1) -> Plan:
     """The per-device memory of one training step of `recipe` on `gpus` GPUs of `gpu_memory_bytes` each."""
     if gpus < 1:
-        raise TunelabError(f"gpus must be at least 1, got {gpus}", field="--gpus")
+        raise TunelabError(f"must be at least 1, got {gpus}", field="gpus")
     config, source = model_config(recipe)
     spec = step_spec(recipe, config)
     return _plan(recipe, spec, source, gpu_memory_bytes, gpus)

@@ -71,7 +71,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             raise TunelabError(f"another tunelab process is writing this run ({_holder(path)}); wait for it to "
                                "end or stop it: a run has one writer at a time", file=run_dir)
         program = Path(sys.argv[0]).name
-        program = "tunelab" if program in ("cli.py", "__main__.py") else program  # python -m tunelab.cli
+        program = "tunelab" if program == "__main__.py" else program  # python -m tunelab.cli
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": " ".join([program, *sys.argv[1:]])[:300]}
         os.ftruncate(fd, 0)

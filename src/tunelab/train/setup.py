@@ -9,6 +9,7 @@ random state, so a piece moved before another would change every number the run 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,15 @@ from tunelab.recipe import Recipe, TrainConfig
 from tunelab.train.distributed import Dist, barrier
 from tunelab.train.row_stream import RowStream
 
+log = logging.getLogger(__name__)
+
 
 def choose_precision(tc: TrainConfig, dist: Dist):
     """The training precision on this process's device (`model.device.training_precision`), its note said once."""
     from tunelab.model.device import training_precision
     precision = training_precision(tc.precision, dist.device)
     if precision.note and dist.main:
-        print(f"note: {precision.note}")
+        log.info(f"note: {precision.note}")
     return precision
 
 
@@ -37,7 +40,7 @@ def check_memory(recipe: Recipe, dist: Dist) -> None:
     if unfit:
         raise TunelabError(unfit, field="train.memory_check")
     if plan is not None and dist.main:
-        print(f"memory: about {gib(plan.total):.1f} GiB a device of {gib(plan.gpu_memory):.1f} GiB "
+        log.info(f"memory: about {gib(plan.total):.1f} GiB a device of {gib(plan.gpu_memory):.1f} GiB "
               "(tunelab plan)")
 
 
@@ -111,14 +114,14 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
         from tunelab.train.corpus_rows import describe_replay, replay_for, validation_rows
         replayed = replay_for(recipe, tokenizer, encoded)
         if dist.main:
-            print(describe_replay(recipe, replayed, encoded))
+            log.info(describe_replay(recipe, replayed, encoded))
         encoded += replayed
         replayed_blocks = len(replayed)
         if tc.eval_every or tc.val_blocks:
             val_rows = validation_rows(recipe, recipe.data.replay.corpus)
             if dist.main and val_rows is not None:
                 when = f"every {tc.eval_every} steps and " if tc.eval_every else ""
-                print(f"validation: {val_rows.count:,} blocks of {recipe.data.replay.corpus}'s val split {when}"
+                log.info(f"validation: {val_rows.count:,} blocks of {recipe.data.replay.corpus}'s val split {when}"
                       "at each checkpoint (what fine-tuning costs its language modelling; the best checkpoint "
                       "is still chosen by the evaluated tasks)")
     prefix = 0
@@ -130,7 +133,7 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
             prefix = shared_prefix(encoded)
             why = "the samples share no prefix of 4 or more unlearnt tokens"
         if dist.main:
-            print(f"share_prefix: {prefix} tokens every sample starts with are held once per row" if prefix
+            log.info(f"share_prefix: {prefix} tokens every sample starts with are held once per row" if prefix
                   else f"share_prefix: off ({why})")
     stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed, prefix)
     return TrainingRows(stream, val_rows, samples, truncated, replayed_blocks)

@@ -399,11 +399,11 @@ def prepare_corpus(inputs: list[str | Path], tokenizer: str, block_size: int, ou
     settings = settings or ReadSettings()
     out = Path(out)
     if block_size < MIN_BLOCK_SIZE:
-        raise TunelabError(f"--block-size must be at least {MIN_BLOCK_SIZE}, got {block_size}")
+        raise TunelabError(f"block_size must be at least {MIN_BLOCK_SIZE}, got {block_size}")
     if not 0 <= settings.val_fraction < 1:
-        raise TunelabError(f"--val-fraction must be in [0, 1), got {settings.val_fraction}")
+        raise TunelabError(f"val_fraction must be in [0, 1), got {settings.val_fraction}")
     if out.exists():
-        raise TunelabError("output directory exists; choose a new --out (a corpus is never overwritten)",
+        raise TunelabError("output directory exists; choose a new one (a corpus is never overwritten)",
                            file=out)
     paths = list_inputs(inputs)
     workers = workers or os.cpu_count() or 1
@@ -469,7 +469,7 @@ def _copy_tokenizer(name_or_path: str, dest: Path) -> tuple[dict[str, Any], str,
     import hashlib
     src = Path(name_or_path)
     if src.exists() and not src.is_dir():
-        raise TunelabError("--tokenizer must be a tokenizer directory (or a Hugging Face hub id)", file=src)
+        raise TunelabError("tokenizer must be a tokenizer directory (or a Hugging Face hub id)", file=src)
     eos = _configured_eos(src) if (src / "tokenizer.json").is_file() else None
     if eos is not None:
         tok = read_tokenizer_file(src / "tokenizer.json")  # a broken one is named where the user keeps it
@@ -584,7 +584,7 @@ def verify_corpus(directory: str | Path, workers: int | None = None, progress: b
     paths = [Path(i["path"]) for i in meta["inputs"]]
     for item, p in zip(meta["inputs"], paths):
         if not p.is_file():
-            raise TunelabError("input of this corpus not found (--verify re-reads the inputs)", file=p)
+            raise TunelabError("input of this corpus not found (verifying re-reads the inputs)", file=p)
         if p.stat().st_size != item["bytes"]:
             raise TunelabError(f"input changed since the corpus was prepared ({item['bytes']} bytes then, "
                                f"{p.stat().st_size} now)", file=p)
@@ -698,42 +698,3 @@ def show_blocks(directory: str | Path, doc: str | None = None, split: str | None
             yield {"doc": d["doc"], "id": d["id"], "split": d["split"], "block": i, "tokens": len(ids),
                    "text": tok.decode(ids, skip_special_tokens=False)}
             shown += 1
-
-
-# --- CLI --------------------------------------------------------------------------------------------------
-
-def settings_from_args(args) -> ReadSettings:
-    """ReadSettings from the reading/cleaning flags shared by `data corpus` and `tokenizer train`."""
-    cleaning = CleaningConfig(split_title=not args.no_split_title, prepend_title=args.prepend_title,
-                              empty_brackets=not args.no_empty_brackets, markup=not args.no_markup,
-                              whitespace=not args.no_whitespace, nfkc=args.nfkc, min_chars=args.min_chars,
-                              dedup=not args.no_dedup)
-    return ReadSettings(text_field=args.text_field, id_field=args.id_field or None,
-                        title_field=args.title_field or None, skip_bad=args.skip_bad,
-                        val_fraction=args.val_fraction, seed=args.seed, cleaning=cleaning)
-
-
-def cli_corpus(args) -> int:
-    if args.verify:
-        result = verify_corpus(args.verify, workers=args.workers)
-        for problem in result["examples"]:
-            print(json.dumps(problem, ensure_ascii=False))
-        if result["differences"]:
-            print(f"verify: {result['differences']} differences in {result['documents']} documents", file=sys.stderr)
-            return 1
-        print(f"verify: OK — {result['documents']} documents, every character in its blocks, in order")
-        return 0
-    if args.show:
-        for row in show_blocks(args.show, doc=args.doc, split=args.split, limit=args.limit):
-            print(json.dumps(row, ensure_ascii=False))
-        return 0
-    missing = [flag for flag, value in (("INPUT", args.inputs), ("--tokenizer", args.tokenizer),
-                                        ("--block-size", args.block_size), ("--out", args.out)) if not value]
-    if missing:
-        raise TunelabError(f"data corpus needs {', '.join(missing)} (or --verify DIR / --show DIR)")
-    meta = prepare_corpus(args.inputs, args.tokenizer, args.block_size, args.out, settings_from_args(args),
-                          workers=args.workers)
-    print(format_summary(meta))
-    print(f"wrote {args.out}")
-    return 0
-

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import operator
 import random
-from collections import Counter
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from fractions import Fraction
@@ -338,33 +337,3 @@ def write_records(path: str | Path, records: list[dict]) -> None:
         write_json(path, records)
     else:
         raise TunelabError("output must end in .json (array) or .jsonl", file=path)
-
-
-def cli_generate(args) -> int:
-    """`tunelab data arithmetic`: generate (or subsample --from) and print a one-line summary."""
-    if args.list_kinds:
-        for kind in KINDS:
-            ex = generate(1, args.seed, [kind], args.lang)[0]
-            print(f"{kind:<9} {ex['problem']}  →  {ex['solution']}")
-        return 0
-    if not args.out:
-        raise TunelabError("--out is required (a .json or .jsonl file to write), unless --list-kinds")
-    options = {name: getattr(args, name) for name in ("int_digits", "decimals", "fixed_decimals", "signed")
-               if getattr(args, name) is not None}
-    if args.source:
-        if args.kinds or options:
-            given = "--kinds" if args.kinds else "--" + next(iter(options)).replace("_", "-")
-            raise TunelabError(f"{given} applies to generated problems, not to --from")
-        records = subsample(args.source, args.count, args.seed)
-    else:
-        try:
-            records = generate(args.count, args.seed, args.kinds, args.lang, **options)
-        except TunelabError as e:  # an option's field is the flag that set it
-            flag = "--" + e.field.replace("_", "-") if e.field in options else e.field
-            raise TunelabError(e.message, field=flag) from None
-    write_records(args.out, records)
-    hist = Counter(str(r.get("kind", "")) for r in records)
-    kinds = ", ".join(f"{k} {n}" for k, n in sorted(hist.items()) if k) or "no kind labels"
-    origin = f" (subsampled from {args.source}, seed {args.seed})" if args.source else ""
-    print(f"wrote {len(records)} problems to {args.out}{origin}: {kinds}")
-    return 0

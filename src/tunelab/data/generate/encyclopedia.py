@@ -15,14 +15,11 @@ puts the parts together; the pairs are split for fine-tuning by `qa_split`.
 from __future__ import annotations
 
 import random
-import time
-from collections import Counter
 from pathlib import Path
 
-from tunelab.data.generate.encyclopedia_articles import KINDS, draft_article
+from tunelab.data.generate.encyclopedia_articles import draft_article
 from tunelab.data.generate.encyclopedia_noise import NOISE, add_noise, link_pattern
 from tunelab.data.generate.encyclopedia_world import generate_world
-from tunelab.data.generate.qa_split import split_qa_by_corpus
 from tunelab.errors import TunelabError
 from tunelab.records import building_dir, write_jsonl
 
@@ -89,28 +86,3 @@ def write_encyclopedia(out: str | Path, articles: list[dict], qa: list[dict]) ->
         write_jsonl(tmp / "articles.jsonl", articles)
         write_jsonl(tmp / "qa.jsonl", qa)
     return out
-
-
-def cli_generate(args) -> int:
-    """`tunelab data encyclopedia`: write the articles and QA pairs, print a one-line summary."""
-    start = time.perf_counter()
-    articles, qa = generate_articles(args.count, args.seed, noise=not args.no_noise)
-    write_encyclopedia(args.out, articles, qa)
-    kinds = Counter(a["kind"] for a in articles)
-    texts = Counter(a["text"] for a in articles)
-    duplicates = sum(n - 1 for n in texts.values())
-    chars = sum(len(a["text"]) for a in articles)
-    print(f"wrote {len(articles)} articles ({', '.join(f'{k} {kinds[k]}' for k in KINDS)}; {chars:,} characters; "
-          f"{duplicates} exact duplicates; noise {'off' if args.no_noise else 'on'}) and {len(qa)} QA pairs "
-          f"to {args.out} in {time.perf_counter() - start:.1f} s")
-    return 0
-
-
-def cli_split_qa(args) -> int:
-    """`tunelab data qa-split`: write the split and print its counts."""
-    s = split_qa_by_corpus(args.qa, args.corpus, args.out)
-    print(f"{s['val']:,} held-out pairs ({s['val_articles']:,} val-split articles) and {s['train']:,} training pairs "
-          f"({s['train_articles']:,} train-split articles; {s['train_asking_held_out']:,} asking a held-out question "
-          f"and {s['repeated']:,} repeats left out, {s['not_in_corpus']:,} of articles not in the corpus) "
-          f"-> {args.out}")
-    return 0

@@ -1,0 +1,124 @@
+"""The `tunelab` command: the parser's root, `main()`, one-line errors and where library logging goes.
+
+Each verb group is a module here (`run`, `data`, `eval`, `grade`, `model`, `serve`, `synth`) holding its
+subparsers and handlers; a handler turns the parsed flags into one typed call of the library, imported inside
+the handler so that `--help`, `score` or `grade` start without loading torch. Below this package nothing sees
+a Namespace or prints a flag: the library logs through `logging` and raises errors naming its own fields,
+which the handlers show as the flags that set them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import sys
+
+from tunelab import __version__
+from tunelab.cli import data, eval, grade, model, run, serve, synth
+from tunelab.errors import TunelabError
+
+GROUPS = (run, data, eval, grade, model, serve, synth)  # in the order `tunelab --help` lists their verbs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunelab",
+        description="Fine-tune, evaluate and score LLMs: data → model → train → eval → score.")
+    parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("--quiet", action="store_true", help="print warnings and errors only, no progress notes")
+    talk.add_argument("--verbose", action="store_true", help="print debugging notes too")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for group in GROUPS:
+        group.add_parsers(verbs)
+    return parser
+
+
+class _Stderr(logging.StreamHandler):
+    """Whatever stderr is now (a test's capture, a redirected one), not the one at start-up."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+class _Lines(logging.Formatter):
+    """A note as it is; a warning or an error as 'tunelab: …', as the CLI's own error line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"tunelab: {text}" if record.levelno >= logging.WARNING else text
+
+
+def _log_to_stderr(level: int) -> None:
+    """The stages' notes (a run's start-up, evaluation progress) and warnings (a damaged checkpoint set aside)
+    as lines on stderr; stdout holds only a verb's result."""
+    logger = logging.getLogger("tunelab")
+    logger.setLevel(level)
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(_Lines("%(message)s"))
+        logger.addHandler(handler)
+
+
+def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    """For a run that stopped resumably: the command that continues it (the verb's own words, --resume added)."""
+    import shlex
+    if getattr(args, "verb", None) not in ("run", "train"):
+        return ""
+    words = [w for w in argv if w != "--resume"]
+    return f"; continue with: tunelab {' '.join(shlex.quote(w) for w in words)} --resume"
+
+
+def cli_markdown() -> str:
+    """Every verb's `--help`, as docs/cli.md holds it (tests/test_cli_docs.py checks the file is current):
+    the parser is the source, so the reference cannot drift from what `tunelab` accepts."""
+    import os
+    from unittest import mock
+    parts = ["# tunelab command reference", "",
+             "Generated from the argument parser (`python -c \"from tunelab.cli import cli_markdown; "
+             "print(cli_markdown(), end='')\" > docs/cli.md`); each verb's `--help`.", ""]
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        parts.extend([f"{'#' * min(len(path) + 1, 4)} `{' '.join(path)}`", "", "```text",
+                      parser.format_help().rstrip(), "```", ""])
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    if sub not in seen:
+                        seen.add(sub)
+                        walk(sub, [*path, name])
+    seen: set = set()
+    with mock.patch.dict(os.environ, {"COLUMNS": "100"}):  # argparse wraps to the terminal: fix the width
+        walk(build_parser(), ["tunelab"])
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    _log_to_stderr(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        rc = args.func(args)
+    except TunelabError as e:
+        hint = _resume_hint(args, argv) if e.resumable else ""
+        print(f"tunelab: {e.kind}: {e}{hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("tunelab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `tunelab data arithmetic --list-kinds | head`
+        sys.stderr.close()
+        return 0
+    except OSError as e:  # the file system refused (permission, no space, a name too long): which file, and why
+        name = str(e.filename) if e.filename is not None else ""
+        where = (name[:120] + "…" if len(name) > 120 else name) + ": " if name else ""
+        full = ""
+        if name and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            from tunelab.records import free_space
+            full = f" ({free_space(name)} free on that disk)"
+        print(f"tunelab: error: {where}{e.strerror or e}{full}", file=sys.stderr)
+        return 2
+    return int(rc or 0)

@@ -1,0 +1,118 @@
+"""The argument types and flag groups several verb groups share: one definition each, so `--device` or a
+bounded integer means the same on every verb that takes it (argparse's own `type=int` accepted -1 and 70000)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from typing import Callable
+
+from tunelab.errors import TunelabError
+
+
+def add_placement(p: argparse.ArgumentParser) -> None:
+    """--device and --precision, the same on every verb that loads a model (`tunelab.model.device`)."""
+    from tunelab.model.device import DEVICE_HELP
+    p.add_argument("--device", default=None, help=DEVICE_HELP + " (auto: this machine's GPU, else the CPU)")
+    p.add_argument("--precision", "--dtype", dest="precision", default="auto",
+                   choices=["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"],
+                   help="auto: bf16 on a GPU that does it natively, fp16 on older GPUs, fp32 on a CPU")
+
+
+def add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def integer(low: int, high: int | None = None, what: str = "an integer"):
+    """An argparse type: an integer from `low` (up to `high`). A negative --limit sliced from the end, silently;
+    --port 70000 reached the socket and ended in a traceback."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return parse
+
+
+def count(low: int):
+    """An argparse type: an integer from `low` up to 4 x the CPU count (at least 64). Each one is a process or
+    thread: --workers 100000 forked until the machine gave out."""
+    import os
+    return integer(low, max(64, 4 * (os.cpu_count() or 1)))
+
+
+port = integer(0, 65535, "a port number")   # 0: any free port
+
+
+def number(low: float, high: float = float("inf"), low_included: bool = True):
+    """An argparse type: a finite number from `low` (included or not) up to `high` (--max-shard-gb nan reached
+    int() and ended in a traceback)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ((low <= value if low_included else low < value) and value <= high and value < float("inf")):
+            above = f"at least {low:g}" if low_included else f"above {low:g}"
+            bounds = f"{above} and at most {high:g}" if high < float("inf") else f"{above} and finite"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+    return parse
+
+
+positive = number(0, low_included=False)
+
+
+def add_corpus_reading(p: argparse.ArgumentParser) -> None:
+    """Reading and cleaning flags shared by `data corpus` and `tokenizer train` (same documents for both)."""
+    p.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
+    p.add_argument("--id-field", default="id", help="JSON field kept as the document id ('' for none)")
+    p.add_argument("--title-field", default="title", help="JSON field kept as the title ('' for none)")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (by document)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    p.add_argument("--skip-bad", action="store_true", help="count and report bad lines instead of stopping")
+    p.add_argument("--workers", type=count(1), default=None, help="worker processes (default: CPU count)")
+    g = p.add_argument_group("cleaning (each rule is counted in the summary)")
+    g.add_argument("--no-split-title", action="store_true", help="keep a '标题\\n\\n' header line in the text")
+    g.add_argument("--prepend-title", action="store_true", help="put the title back in front as '标题\\n'")
+    g.add_argument("--no-empty-brackets", action="store_true", help="keep empty pairs such as （） 《》")
+    g.add_argument("--no-markup", action="store_true", help="keep HTML/wiki markup remnants")
+    g.add_argument("--no-whitespace", action="store_true", help="keep whitespace as it is")
+    g.add_argument("--nfkc", action="store_true", help="Unicode NFKC (full-width → half-width; off by default)")
+    g.add_argument("--min-chars", type=int, default=10, help="drop documents shorter than this (default 10)")
+    g.add_argument("--no-dedup", action="store_true", help="keep exact duplicate documents")
+
+
+def as_flag(error: TunelabError, fields: dict[str, str], words: dict[str, str] | None = None) -> TunelabError:
+    """A library error named by the flags that set what it names: its field (`fields`: `limit` -> `--limit`),
+    and a message that starts with an argument's name (`words`: `vocab_size must be …` -> `--vocab-size must
+    be …`). The library names what a Python caller passed, the command line what the user typed. Any other
+    error as it is."""
+    words = words or {}
+    head, sep, rest = error.message.partition(" ")
+    if error.field not in fields and head not in words:
+        return error
+    message = words[head] + sep + rest if head in words else error.message
+    return TunelabError(message, file=error.file, line=error.line, field=fields.get(error.field, error.field),
+                        resumable=error.resumable)
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def flags_for(fields: dict[str, str], words: dict[str, str] | None = None) -> Callable[[Handler], Handler]:
+    """A handler whose library errors are shown with the flags that set what they name (`as_flag`)."""
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return handler(args)
+            except TunelabError as e:
+                raise as_flag(e, fields, words) from None
+        return run
+    return decorate

@@ -1,0 +1,276 @@
+"""`tunelab data …` and `tunelab tokenizer train`: generating, converting, checking and preparing training data,
+and the tokenizer a from-scratch model is trained with (it reads the corpus the same way, so the two verbs share
+their reading flags). Flags become the typed calls of `tunelab.data` (and `tunelab.model.tokenizer`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from tunelab.cli.arguments import add_corpus_reading, add_set, flags_for, integer
+
+_SET = {"overrides": "--set"}
+_READING = {"val_fraction": "--val-fraction"}  # a message naming the setting (`val_fraction must be …`)
+
+
+def add_parsers(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("data", help="generate, convert and inspect training data")
+    data = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
+
+    q = data.add_parser("arithmetic", help="generate competition-format arithmetic problems, or subsample a file")
+    q.add_argument("--out", help="output file (.json array or .jsonl); required unless --list-kinds")
+    q.add_argument("--count", type=int, default=1000, help="number of problems to write")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--kinds", default=None,
+                   help="comma-separated kinds (default: all); see --list-kinds")
+    q.add_argument("--lang", choices=["zh", "en", "mix"], default="mix")
+    q.add_argument("--from", dest="source", default=None,
+                   help="subsample COUNT problems reproducibly from this file instead of generating")
+    q.add_argument("--list-kinds", action="store_true", help="print the kinds and exit")
+    # the generator's difficulty options, as a recipe's `options:` sets them (recipes/quickstart.yaml)
+    q.add_argument("--int-digits", type=int, default=None, help="max digits of an operand's integer part (1-18; "
+                   "default 4)")
+    q.add_argument("--decimals", type=int, default=None, help="decimal places of dec_* operands, and rounding places "
+                   "of inexact results (1-10; default 2)")
+    q.add_argument("--fixed-decimals", action=argparse.BooleanOptionalAction, default=None,
+                   help="every decimal operand has exactly --decimals places (default: up to)")
+    q.add_argument("--signed", action=argparse.BooleanOptionalAction, default=None,
+                   help="allow negative operands (default: yes)")
+    q.set_defaults(func=cli_arithmetic)
+
+    q = data.add_parser("encyclopedia", help="Chinese encyclopedia-style articles of an invented world, with QA pairs")
+    q.add_argument("--out", required=True, help="new directory for articles.jsonl and qa.jsonl")
+    q.add_argument("--count", type=int, default=5000, help="number of articles")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--no-noise", action="store_true",
+                   help="no wiki-dump noise (empty brackets, markup, stray whitespace, duplicates)")
+    q.set_defaults(func=cli_encyclopedia)
+
+    q = data.add_parser("qa-split", help="QA pairs split as a corpus split their articles: train.jsonl for "
+                                         "fine-tuning, val.jsonl held out")
+    q.add_argument("qa", nargs="+", help="JSONL files of {question, answer, source_id} (source_id: a corpus doc id)")
+    q.add_argument("--corpus", required=True, help="the prepared corpus whose document split decides")
+    q.add_argument("--out", required=True, help="new directory for train.jsonl, val.jsonl and summary.json")
+    q.set_defaults(func=cli_qa_split)
+
+    q = data.add_parser("convert", help="convert competition data to a training format")
+    q.add_argument("input", help="competition JSON/JSONL ({problem, solution})")
+    q.add_argument("--out", required=True)
+    q.add_argument("--format", choices=["conversations", "alpaca", "messages"], default="conversations")
+    q.add_argument("--template", default="alpaca", help="prompt template for the conversations format")
+    q.add_argument("--instruction-prefix", default="",
+                   help='e.g. "You are an expert in mathematics, accurately calculating the following problem."')
+    q.add_argument("--cot", action="store_true", help="append the zero-shot \"Let's think step by step.\"")
+    q.set_defaults(func=cli_convert)
+
+    q = data.add_parser("check", help="show rendered samples, loss tokens, lengths and packing efficiency")
+    q.add_argument("recipe")
+    add_set(q)
+    q.add_argument("--samples", type=integer(0), default=3)
+    q.set_defaults(func=cli_check)
+
+    q = data.add_parser("glue", help="GLUE CoLA/QQP TSVs to pre_data/{task}/{task}_{train,val,dev}.json")
+    q.add_argument("--task", required=True, type=str.strip, metavar="CoLA|QQP")
+    q.add_argument("--data-dir", required=True, help="folder with train.tsv and dev.tsv (or a GLUE root)")
+    q.add_argument("--out", default="pre_data", help="output root (default: pre_data)")
+    q.add_argument("--limit", type=integer(1), default=None, help="sample this many training rows (default: all)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--instruction", default=None, help="instruction text (default: the task's, see docs)")
+    q.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the sampled training rows held out as {task}_val.json")
+    q.set_defaults(func=cli_glue)
+
+    q = data.add_parser("corpus", help="pretraining corpus: clean, split into sentence-aligned token blocks; "
+                                       "--verify / --show a prepared one")
+    q.add_argument("inputs", nargs="*", metavar="INPUT", help=".jsonl/.json/.txt files (or .gz) or folders")
+    q.add_argument("--tokenizer", help="Hugging Face tokenizer directory (e.g. from `tunelab tokenizer train`)")
+    q.add_argument("--block-size", type=int, help="tokens per block at most, the final EOT included")
+    q.add_argument("--out", help="new corpus directory")
+    q.add_argument("--verify", metavar="DIR", help="re-read the inputs of DIR and prove no character was lost")
+    q.add_argument("--show", metavar="DIR", help="print blocks of DIR as JSON lines (decoded)")
+    q.add_argument("--doc", default=None, help="--show: only this document (id, or index in docs.jsonl)")
+    q.add_argument("--split", choices=["train", "val"], default=None, help="--show: only this split")
+    q.add_argument("--limit", type=integer(1), default=20, help="--show: at most this many blocks (default 20)")
+    add_corpus_reading(q)
+    q.set_defaults(func=cli_corpus)
+
+    p = verbs.add_parser("tokenizer", help="train a tokenizer for from-scratch models")
+    tok = p.add_subparsers(dest="tokenizer_verb", metavar="ACTION", required=True)
+    q = tok.add_parser("train", help="byte-level BPE on the cleaned corpus (CJK-aware, digits split, EOT/PAD/SEP)")
+    q.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl/.json/.txt files (or .gz) or folders")
+    q.add_argument("--vocab-size", type=int, required=True)
+    q.add_argument("--out", required=True, help="new tokenizer directory")
+    add_corpus_reading(q)
+    q.set_defaults(func=cli_tokenizer_train)
+
+
+def cli_arithmetic(args: argparse.Namespace) -> int:
+    """`tunelab data arithmetic`: generate (or subsample --from) and print a one-line summary."""
+    from collections import Counter
+
+    from tunelab.data.generate.arithmetic import KINDS, generate, subsample, write_records
+    from tunelab.errors import TunelabError
+    if args.list_kinds:
+        for kind in KINDS:
+            ex = generate(1, args.seed, [kind], args.lang)[0]
+            print(f"{kind:<9} {ex['problem']}  →  {ex['solution']}")
+        return 0
+    if not args.out:
+        raise TunelabError("--out is required (a .json or .jsonl file to write), unless --list-kinds")
+    options = {name: getattr(args, name) for name in ("int_digits", "decimals", "fixed_decimals", "signed")
+               if getattr(args, name) is not None}
+    if args.source:
+        if args.kinds or options:
+            given = "--kinds" if args.kinds else "--" + next(iter(options)).replace("_", "-")
+            raise TunelabError(f"{given} applies to generated problems, not to --from")
+        records = subsample(args.source, args.count, args.seed)
+    else:
+        try:
+            records = generate(args.count, args.seed, args.kinds, args.lang, **options)
+        except TunelabError as e:  # an option's field is the flag that set it
+            flag = "--" + e.field.replace("_", "-") if e.field in options else e.field
+            raise TunelabError(e.message, field=flag) from None
+    write_records(args.out, records)
+    hist = Counter(str(r.get("kind", "")) for r in records)
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(hist.items()) if k) or "no kind labels"
+    origin = f" (subsampled from {args.source}, seed {args.seed})" if args.source else ""
+    print(f"wrote {len(records)} problems to {args.out}{origin}: {kinds}")
+    return 0
+
+
+def cli_encyclopedia(args: argparse.Namespace) -> int:
+    """`tunelab data encyclopedia`: write the articles and QA pairs, print a one-line summary."""
+    import time
+    from collections import Counter
+
+    from tunelab.data.generate.encyclopedia import generate_articles, write_encyclopedia
+    from tunelab.data.generate.encyclopedia_articles import KINDS
+    start = time.perf_counter()
+    articles, qa = generate_articles(args.count, args.seed, noise=not args.no_noise)
+    write_encyclopedia(args.out, articles, qa)
+    kinds = Counter(a["kind"] for a in articles)
+    texts = Counter(a["text"] for a in articles)
+    duplicates = sum(n - 1 for n in texts.values())
+    chars = sum(len(a["text"]) for a in articles)
+    print(f"wrote {len(articles)} articles ({', '.join(f'{k} {kinds[k]}' for k in KINDS)}; {chars:,} characters; "
+          f"{duplicates} exact duplicates; noise {'off' if args.no_noise else 'on'}) and {len(qa)} QA pairs "
+          f"to {args.out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cli_qa_split(args: argparse.Namespace) -> int:
+    """`tunelab data qa-split`: write the split and print its counts."""
+    from tunelab.data.generate.qa_split import split_qa_by_corpus
+    s = split_qa_by_corpus(args.qa, args.corpus, args.out)
+    print(f"{s['val']:,} held-out pairs ({s['val_articles']:,} val-split articles) and {s['train']:,} training pairs "
+          f"({s['train_articles']:,} train-split articles; {s['train_asking_held_out']:,} asking a held-out question "
+          f"and {s['repeated']:,} repeats left out, {s['not_in_corpus']:,} of articles not in the corpus) "
+          f"-> {args.out}")
+    return 0
+
+
+def cli_convert(args: argparse.Namespace) -> int:
+    from tunelab.data.convert import convert_file
+    from tunelab.data.templates import PromptTemplate
+    template = PromptTemplate(args.template, args.instruction_prefix, args.cot)
+    n = convert_file(args.input, args.out, args.format, template)
+    print(f"wrote {n} {args.format} records to {args.out}")
+    return 0
+
+
+@flags_for(_SET)
+def cli_check(args: argparse.Namespace) -> int:
+    from tunelab.data_check import check, render_marked
+    from tunelab.recipe import load_recipe
+    recipe = load_recipe(args.recipe, args.overrides)
+    r = check(recipe, args.samples)
+    tok = r["tokenizer"]
+    print(f"{r['count']} samples from {len(recipe.data.train)} source(s); template '{recipe.data.template}'; "
+          f"loss on {recipe.data.loss_on} tokens (marked ⟦…⟧)\n")
+    for ex, enc in list(zip(r["examples"], r["encoded"]))[: r["samples"]]:
+        print(f"--- {ex.id} ({len(enc.input_ids)} tokens){' TRUNCATED' if enc.truncated else ''}")
+        print(render_marked(tok, enc.input_ids, enc.labels))
+        print()
+    L = r["length"]
+    print(f"tokens per sample: min {L['min']}, median {L['median']:.0f}, mean {L['mean']:.1f}, "
+          f"p95 {L['p95']}, max {L['max']}; loss tokens per sample: {r['loss_tokens_mean']:.1f}")
+    print(f"truncated at max_seq_len {recipe.data.max_seq_len}: {r['truncated']} "
+          f"({100 * r['truncated'] / r['count']:.2f}%)")
+    if r["replay"]["blocks"]:
+        from tunelab.train.corpus_rows import describe_replay
+        print(describe_replay(recipe, r["replay"]["samples"], r["encoded"]))
+    if recipe.data.packing:
+        print(f"packing: {r['rows']} rows of {recipe.data.max_seq_len}, {100 * r['packing_efficiency']:.1f}% "
+              f"real tokens (padding every sample to {recipe.data.max_seq_len} would be "
+              f"{100 * r['padded_efficiency']:.1f}%)"
+              + (f"; the first {r['shared_prefix']} tokens, which every sample shares, held once a row"
+                 if r["shared_prefix"] else ""))
+    else:
+        print(f"packing off: {r['rows']} rows, one sample each")
+    return 0
+
+
+@flags_for({"val_fraction": "--val-fraction", "limit": "--limit"})
+def cli_glue(args: argparse.Namespace) -> int:
+    """`tunelab data glue --task CoLA|QQP --data-dir DIR --out pre_data [...]`."""
+    from tunelab.data.glue import write_pre_data
+    result = write_pre_data(args.task, args.data_dir, args.out, limit=args.limit, seed=args.seed,
+                            instruction=args.instruction, val_fraction=args.val_fraction)
+    print(f"{result['task']}: {result['source_train']} labelled training rows in {args.data_dir}")
+    print(f"  train {result['train']:>7}  {result['paths']['train']}")
+    print(f"  val   {result['val']:>7}  {result['paths']['val']}")
+    dev_note = "" if result["dev_labelled"] else "  (no labels: output is empty)"
+    print(f"  dev   {result['dev']:>7}  {result['paths']['dev']}{dev_note}")
+    return 0
+
+
+def _read_settings(args: argparse.Namespace):
+    """The reading/cleaning flags shared by `data corpus` and `tokenizer train`, as `ReadSettings`."""
+    from tunelab.data.corpus.clean import CleaningConfig
+    from tunelab.data.corpus.prepare import ReadSettings
+    cleaning = CleaningConfig(split_title=not args.no_split_title, prepend_title=args.prepend_title,
+                              empty_brackets=not args.no_empty_brackets, markup=not args.no_markup,
+                              whitespace=not args.no_whitespace, nfkc=args.nfkc, min_chars=args.min_chars,
+                              dedup=not args.no_dedup)
+    return ReadSettings(text_field=args.text_field, id_field=args.id_field or None,
+                        title_field=args.title_field or None, skip_bad=args.skip_bad,
+                        val_fraction=args.val_fraction, seed=args.seed, cleaning=cleaning)
+
+
+@flags_for({}, {**_READING, "block_size": "--block-size", "tokenizer": "--tokenizer"})
+def cli_corpus(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from tunelab.data.corpus.prepare import format_summary, prepare_corpus, show_blocks, verify_corpus
+    from tunelab.errors import TunelabError
+    if args.verify:
+        result = verify_corpus(args.verify, workers=args.workers)
+        for problem in result["examples"]:
+            print(json.dumps(problem, ensure_ascii=False))
+        if result["differences"]:
+            print(f"verify: {result['differences']} differences in {result['documents']} documents", file=sys.stderr)
+            return 1
+        print(f"verify: OK — {result['documents']} documents, every character in its blocks, in order")
+        return 0
+    if args.show:
+        for row in show_blocks(args.show, doc=args.doc, split=args.split, limit=args.limit):
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    missing = [flag for flag, value in (("INPUT", args.inputs), ("--tokenizer", args.tokenizer),
+                                        ("--block-size", args.block_size), ("--out", args.out)) if not value]
+    if missing:
+        raise TunelabError(f"data corpus needs {', '.join(missing)} (or --verify DIR / --show DIR)")
+    meta = prepare_corpus(args.inputs, args.tokenizer, args.block_size, args.out, _read_settings(args),
+                          workers=args.workers)
+    print(format_summary(meta))
+    print(f"wrote {args.out}")
+    return 0
+
+
+@flags_for({}, {**_READING, "vocab_size": "--vocab-size"})
+def cli_tokenizer_train(args: argparse.Namespace) -> int:
+    from tunelab.model.tokenizer import tokenizer_summary, train_tokenizer_dir
+    report = train_tokenizer_dir(args.inputs, args.vocab_size, args.out, _read_settings(args), args.workers)
+    print("\n".join(tokenizer_summary(report)))
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,175 @@
+"""`tunelab export`, `convert`, `handin`, `runs check`, `ratio` and `score`: what is done with a model or a run
+once it is trained — merged, converted, bundled for hand-in, checked, measured and scored. Each handler is one
+typed call (`tunelab.model.export`, `tunelab.model.mindformers_convert`, `tunelab.handin`, `tunelab.runs`,
+`tunelab.scoring`) and the printing of its result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tunelab.cli.arguments import flags_for, positive
+from tunelab.errors import TunelabError
+
+_FLAGS = {"fmt": "--format", "base_packages": "--base-packages"}
+
+
+def add_parsers(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("export", help="merge a run's best (or last) checkpoint into a standalone HF model")
+    p.add_argument("run", help="run directory, checkpoint or adapter directory")
+    p.add_argument("out", help="new output directory")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--format", choices=["hf", "mindspore", "both"], default="hf",
+                   help="mindspore: MindFormers model.ckpt + model_config.yaml instead of safetensors; both: "
+                        "the HF directory plus mindspore/")
+    p.set_defaults(func=cli_export)
+
+    p = verbs.add_parser("convert", help="Hugging Face directory <-> MindFormers .ckpt (Llama-2/3, InternLM)")
+    p.add_argument("input", help="HF model directory, or a MindFormers .ckpt")
+    p.add_argument("output", help="a new .ckpt (from HF), or a new HF directory (from .ckpt)")
+    p.add_argument("--config", default=None,
+                   help=".ckpt -> HF: the MindFormers YAML (model.model_config), or an HF config.json/directory")
+    p.add_argument("--tokenizer", default=None, help=".ckpt -> HF: copy the tokenizer files of this HF directory")
+    p.add_argument("--dtype", choices=["keep", "bfloat16", "float16", "float32"], default="keep")
+    p.add_argument("--qkv-concat", action="store_true",
+                   help="HF -> .ckpt: fused w_qkv / w_gate_hidden, for a MindFormers YAML with qkv_concat: True")
+    p.add_argument("--max-shard-gb", type=positive, default=5.0, help=".ckpt -> HF: safetensors shard size")
+    p.set_defaults(func=cli_convert)
+
+    p = verbs.add_parser("handin", help="the competition submission: five merged checkpoints, configs, logs, "
+                                        "predictions, report, environment, description, checksums")
+    p.add_argument("run", help="a finished run directory (tunelab run)")
+    p.add_argument("--out", required=True, help="new bundle directory")
+    p.add_argument("--format", choices=["mindspore", "hf", "both"], default="mindspore",
+                   help="checkpoint format: MindFormers .ckpt (default), HF safetensors, or both")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    p.add_argument("--base-packages", default=None, metavar="FILE",
+                   help="pip freeze of the organisers' base image: environment.txt lists only the additions")
+    p.set_defaults(func=cli_handin)
+
+    p = verbs.add_parser("runs", help="what is in run directories")
+    runs = p.add_subparsers(dest="runs_verb", metavar="ACTION", required=True)
+    q = runs.add_parser("check", help="each checkpoint of a run: whole, damaged, unfinished or set aside "
+                                      "(checksums verified); exit 1 if one is damaged")
+    q.add_argument("run", help="run directory")
+    q.set_defaults(func=cli_runs_check)
+
+    p = verbs.add_parser("ratio", help="trainable / total parameters of a LoRA setup (meta device, no weights)")
+    p.add_argument("model", help="preset name, local HF directory or config.json")
+    p.add_argument("--lora-rank", type=int, required=True)
+    p.add_argument("--lora-target", required=True,
+                   help="regex or comma list; MindFormers names (wq|wv|wo, w1..w3) are accepted")
+    p.add_argument("--total-params", type=float, default=None,
+                   help="divide by this nominal total instead (the competition used 8.03e9 for Llama-3-8B)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cli_ratio)
+
+    p = verbs.add_parser("score", help="competition score from accuracy and low-parameter ratio")
+    p.add_argument("--formula", choices=["stage1", "stage2"], default="stage1")
+    p.add_argument("--accuracy", required=True, help="0.7161 or 71.61%%")
+    p.add_argument("--ratio", required=True, type=float)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cli_score)
+
+
+def _size_mb(directory) -> float:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / 1e6
+
+
+@flags_for(_FLAGS)
+def cli_export(args: argparse.Namespace) -> int:
+    from tunelab.model.export import export
+    out = export(args.run, args.out, args.dtype, args.checkpoint, args.format)
+    print(f"exported {out} ({_size_mb(out):.1f} MB)")
+    return 0
+
+
+@flags_for(_FLAGS)
+def cli_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tunelab.model.mindformers_convert import convert_checkpoint
+    out = Path(args.output)
+    if Path(args.input).suffix == ".ckpt" and not args.config:
+        raise TunelabError("a .ckpt holds no architecture: give --config (the MindFormers YAML, or an HF "
+                           "config.json or directory)", field="--config")
+    if Path(args.input).suffix != ".ckpt" and (args.config or args.tokenizer):
+        raise TunelabError("--config/--tokenizer are for .ckpt -> HF; an HF directory has its own",
+                           field="--config" if args.config else "--tokenizer")
+    summary = convert_checkpoint(args.input, out, args.config, args.tokenizer, args.dtype, args.qkv_concat,
+                                 int(args.max_shard_gb * 1024 ** 3))
+    if summary["to"] == "hf":
+        print(f"converted {summary['parameters']} {summary['arch']} parameters into {out} "
+              f"({summary['shards']} safetensors file(s))")
+    else:
+        note = (f"; left out {summary['skipped_buffers']} rotary_emb.inv_freq buffer(s) (recomputed from the "
+                "config)") if summary["skipped_buffers"] else ""
+        print(f"converted {summary['parameters']} {summary['arch']} parameters into {out} "
+              f"({out.stat().st_size / 1e6:.1f} MB){note}")
+    return 0
+
+
+@flags_for(_FLAGS)
+def cli_handin(args: argparse.Namespace) -> int:
+    from tunelab.handin import handin
+    out = handin(args.run, args.out, args.format, args.dtype, args.base_packages)
+    n = sum(1 for _ in (out / "MANIFEST.sha256").read_text(encoding="utf-8").splitlines())
+    print(f"hand-in bundle {out}: {n} files, {_size_mb(out):.1f} MB; check with "
+          f"`cd {out} && sha256sum -c MANIFEST.sha256`")
+    return 0
+
+
+def cli_runs_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tunelab.runs import check_checkpoints
+    from tunelab.train.run_lock import writer_of
+    checks = check_checkpoints(Path(args.run))
+    width = max([len(c.name) for c in checks] + [10])
+    for c in checks:
+        print(f"{c.name:<{width}}  {c.status:<10}  {c.bytes / 2**20:9.1f} MiB  {c.detail}".rstrip())
+    writer = writer_of(Path(args.run))
+    damaged = sum(c.status == "damaged" for c in checks)
+    print(f"{len(checks)} entries, {damaged} damaged; "
+          + (f"being written by {writer}" if writer else "no process is writing this run"))
+    return 1 if damaged else 0
+
+
+def _plain(number: float) -> str:
+    """8.03e9 -> '8030000000': parameter totals read best as integers."""
+    return str(int(number)) if float(number).is_integer() else repr(number)
+
+
+def cli_ratio(args: argparse.Namespace) -> int:
+    from tunelab.scoring import lora_param_counts, low_param_ratio
+    counts = lora_param_counts(args.model, args.lora_rank, args.lora_target)
+    total = counts["total"] if args.total_params is None else args.total_params
+    ratio = low_param_ratio(counts["trainable"], total)
+    if args.json:
+        print(json.dumps({**counts, "counted_total": counts["total"], "total": total, "ratio": ratio}))
+        return 0
+    target = counts["target"] if isinstance(counts["target"], str) else ",".join(counts["target"])
+    print(f"model: {args.model}")
+    print(f"lora: rank {args.lora_rank}, target {target}")
+    print(f"trainable: {counts['trainable']}")
+    if args.total_params is None:
+        print(f"total: {counts['total']}")
+    else:
+        print(f"total: {_plain(total)} (--total-params; counted {counts['total']})")
+    print(f"ratio: {ratio:.9f}")
+    return 0
+
+
+def cli_score(args: argparse.Namespace) -> int:
+    from tunelab.scoring import FORMULA_TEXT, competition_score, parse_accuracy
+    accuracy = parse_accuracy(args.accuracy)
+    score = competition_score(args.formula, accuracy, args.ratio)
+    if args.json:
+        print(json.dumps({"formula": args.formula, "accuracy": accuracy, "ratio": args.ratio, "score": score}))
+        return 0
+    print(f"formula: {args.formula} = {FORMULA_TEXT[args.formula]}")
+    print(f"accuracy: {accuracy:.9g}")
+    print(f"ratio: {args.ratio:.9g}")
+    print(f"score: {score:.9g}")
+    return 0

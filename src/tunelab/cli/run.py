@@ -1,0 +1,80 @@
+"""`tunelab run`, `train` and `plan`: a recipe's whole pipeline, its training alone, and its memory plan. The
+flags name a recipe and its overrides; the work is `tunelab.pipeline.run` / `train_recipe` and
+`tunelab.train.memory_plan`, which a Python user calls the same way."""
+
+from __future__ import annotations
+
+import argparse
+
+from tunelab.cli.arguments import add_set, flags_for, integer
+
+_FLAGS = {"overrides": "--set", "gpus": "--gpus"}
+
+
+def add_parsers(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("run", help="run a whole recipe: data → train → eval → score → report")
+    p.add_argument("recipe")
+    add_set(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.set_defaults(func=cli_run)
+
+    p = verbs.add_parser("train", help="train only (no evaluation)")
+    p.add_argument("recipe")
+    add_set(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.set_defaults(func=cli_train)
+
+    p = verbs.add_parser("plan", help="will this run fit the GPU? the per-device memory of one training step, "
+                                      "traced without weights or a GPU; exit 1 when it does not fit")
+    p.add_argument("recipe")
+    add_set(p)
+    p.add_argument("--gpu-memory", default="24GiB", metavar="SIZE",
+                   help="memory of one GPU: 24GiB, 24GB, 80G, 16384MiB (GB = GiB, as nvidia-smi counts; default 24GiB)")
+    p.add_argument("--gpus", type=integer(1), default=1, help="GPUs the run uses (DDP: a whole replica on each)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cli_plan)
+
+
+@flags_for(_FLAGS)
+def cli_run(args: argparse.Namespace) -> int:
+    from tunelab.pipeline import run
+    from tunelab.pipeline.kinds import summary_lines
+    from tunelab.recipe import load_recipe
+    recipe = load_recipe(args.recipe, args.overrides)
+    metrics = run(recipe, resume=args.resume)
+    if not metrics:
+        return 0
+    print("\n".join(summary_lines(metrics)))
+    print(f"report: {recipe.run_dir / 'report.md'}")
+    return 0
+
+
+@flags_for(_FLAGS)
+def cli_train(args: argparse.Namespace) -> int:
+    import os
+
+    from tunelab.pipeline import train_recipe
+    from tunelab.recipe import load_recipe
+    recipe = load_recipe(args.recipe, args.overrides)
+    summary = train_recipe(recipe, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+          f"{summary['train_seconds']:.0f}s; checkpoints in {recipe.run_dir / 'checkpoints'}")
+    return 0
+
+
+@flags_for(_FLAGS)
+def cli_plan(args: argparse.Namespace) -> int:
+    """`tunelab plan`: 0 when the run fits the card, 1 when it does not (with the changes that would fit)."""
+    import json
+
+    from tunelab.recipe import load_recipe
+    from tunelab.train.memory_plan import advise, format_plan, parse_memory_size, plan_memory, plan_to_json
+    card = parse_memory_size(args.gpu_memory, field="--gpu-memory")
+    recipe = load_recipe(args.recipe, args.overrides, check_data=False)  # the plan reads no data
+    plan = plan_memory(recipe, card, args.gpus)
+    if not plan.fits:
+        plan.advice = advise(recipe, plan)
+    print(json.dumps(plan_to_json(plan), indent=2) if args.json else format_plan(plan))
+    return 0 if plan.fits else 1
