@@ -26,8 +26,8 @@ def prepare_run_dir(recipe: Recipe, resume: bool, dist: Dist) -> Path:
                                "recipe (compare with the saved recipe.yaml)", file=saved)
     elif run_dir.exists() and any(run_dir.iterdir()):
         if not _failed_during_setup(run_dir):
-            raise TunelabError("run directory already exists; continue it with --resume or pick a new name with "
-                               "--set name=NEW", file=run_dir)
+            raise TunelabError("run directory already exists: resume it, or give this run another name",
+                               file=run_dir, field="name", resumable=True)
         barrier(dist)
         if dist.main:  # start afresh: a from-scratch tokenizer left there was trained on the failed recipe's data
             shutil.rmtree(run_dir / "tokenizer", ignore_errors=True)
