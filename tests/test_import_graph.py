@@ -29,7 +29,8 @@ LAYERS = [
     #   the error type, the recipe schema (also `tunelab eval`'s configuration), reading/writing records,
     #   a run directory's layout, which checkpoints are whole (their manifests) and which one is best (train,
     #   eval, serve and export share it)
-    ("data", 1, ["tunelab.data.*"]),          # formats, generators, templates, packing, corpora: no model
+    ("data", 1, ["tunelab.data.*"]),
+    ("track", 1, ["tunelab.track.*"]),        # the dashboards a run logs to (TensorBoard, MLflow, W&B, SwanLab)          # formats, generators, templates, packing, corpora: no model
     ("model", 2, ["tunelab.model.*"]),        # loading, tokenizers, LoRA, export, the decoding core
     ("train", 3, ["tunelab.train.*"]),        # the loop and checkpoint writing
     ("scoring", 3, ["tunelab.scoring"]),      # low-parameter ratio (model shapes) and competition formulas

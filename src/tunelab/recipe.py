@@ -310,6 +310,10 @@ class Recipe(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     description: str = ""
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "swanlab"]] = Field(
+        default_factory=lambda: ["tensorboard"], description=(
+            "the dashboards this run logs to (`tunelab.track`): per step loss, lr, grad norm, tokens/s, MFU, memory; "
+            "per checkpoint every task's metrics, retention and the score. [] logs to none"))
 
     @model_validator(mode="before")
     @classmethod

@@ -16,12 +16,14 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("recipe")
     add_set(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    _add_report_to(p)
     p.set_defaults(func=cli_run)
 
     p = verbs.add_parser("train", help="train only (no evaluation)")
     p.add_argument("recipe")
     add_set(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    _add_report_to(p)
     p.set_defaults(func=cli_train)
 
     p = verbs.add_parser("plan", help="will this run fit the GPU? the per-device memory of one training step, "
@@ -35,12 +37,26 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cli_plan)
 
 
+def _add_report_to(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-to", default=None, metavar="NAMES",
+                   help="dashboards to log to, comma-separated: tensorboard, mlflow, wandb, swanlab, or none "
+                        "(default: the recipe's report_to, itself tensorboard by default)")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--set overrides, with --report-to as the recipe key it sets (validated with the recipe)."""
+    if args.report_to is None:
+        return list(args.overrides)
+    names = [] if args.report_to.strip() == "none" else [n.strip() for n in args.report_to.split(",") if n.strip()]
+    return [*args.overrides, f"report_to=[{','.join(names)}]"]
+
+
 @flags_for(_FLAGS)
 def cli_run(args: argparse.Namespace) -> int:
     from tunelab.pipeline import run
     from tunelab.pipeline.kinds import summary_lines
     from tunelab.recipe import load_recipe
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, _overrides(args))
     metrics = run(recipe, resume=args.resume)
     if not metrics:
         return 0
@@ -55,7 +71,7 @@ def cli_train(args: argparse.Namespace) -> int:
 
     from tunelab.pipeline import train_recipe
     from tunelab.recipe import load_recipe
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, _overrides(args))
     summary = train_recipe(recipe, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

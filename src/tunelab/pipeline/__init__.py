@@ -16,6 +16,7 @@ from tunelab.pipeline.evaluation import evaluate_share, run_models
 from tunelab.pipeline.kinds import kind_for
 from tunelab.pipeline.prepare import prepare_inputs
 from tunelab.pipeline.run_kind import TrainedRun
+from tunelab.pipeline.tracking import track_evaluations
 from tunelab.recipe import Recipe
 from tunelab.records import write_json
 
@@ -49,6 +50,7 @@ def _run(recipe: Recipe, resume: bool) -> dict:
         metrics = kind.measure(TrainedRun(recipe, sets, summary, template, base_run, models))
         write_json(recipe.run_dir / "metrics.json", metrics)
         kind.write_report(recipe, metrics, recipe.run_dir / "report.md")
+        track_evaluations(recipe, metrics)
         return metrics
     finally:
         models.close()

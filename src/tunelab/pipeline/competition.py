@@ -40,6 +40,9 @@ def measure(run: TrainedRun) -> dict:
         metrics["ratio"] = {"trainable": summary["trainable_params"], "total": total, "ratio": ratio}
         metrics["score"] = {"formula": recipe.score.formula, "accuracy": accuracy,
                             "value": competition_score(recipe.score.formula, accuracy, ratio)}
+        # the score each checkpoint would get: a dashboard's (and a search's) score against step
+        metrics["checkpoint_scores"] = {name: competition_score(recipe.score.formula, r[acc_task][primary], ratio)
+                                        for name, r in per_ckpt.items()}
         if base_results:
             metrics["accuracy_gain"] = accuracy - base_results[acc_task][primary]
             metrics["retention"] = retention(base_results, per_ckpt[best], ability,

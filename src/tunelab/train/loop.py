@@ -39,6 +39,7 @@ from tunelab.model.generation_config import eval_max_new_tokens
 from tunelab.model.rotary import fast_rotary
 from tunelab.recipe import Recipe
 from tunelab.runs import checkpoint_dir, list_checkpoints, step_of
+from tunelab.track.names import step_metrics
 from tunelab.train import sharding
 from tunelab.train.checkpoints import checkpoint_steps, save_checkpoint, staging_dir
 from tunelab.train.distributed import Dist, all_sum, barrier, data_parallel, init_distributed
@@ -96,6 +97,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     if tc.optimizer != "adamw":  # missing bitsandbytes is found before the model loads, not after
         from tunelab.model.quantization import require_bitsandbytes
         require_bitsandbytes(f"train.optimizer: {tc.optimizer}", "train.optimizer")
+    from tunelab.track.base import check_trackers
+    check_trackers(list(recipe.report_to))  # a tracker that is not installed is found before anything is written
     run_dir = prepare_run_dir(recipe, resume, dist)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -181,6 +184,10 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
                         weights=weights, staged=fsdp)
 
     # --- the steps ---
+    trackers = None
+    if dist.main:  # the dashboards get every metrics line (`tunelab.track`); a resumed run continues its own
+        from tunelab.track.run import open_run_trackers
+        trackers = open_run_trackers(recipe, run_dir, resume_step=start_step if resume else None)
     bar = tqdm(total=total_steps, initial=start_step, disable=not dist.main, desc=f"train {recipe.name}",
                unit="step", dynamic_ncols=True)
     window = progress.window  # loss × items, items, tokens, sample tokens since the last metrics line
@@ -261,11 +268,13 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
                        "loss": window[0] / max(1, window[1]), "lr": step_lr,
                        "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
                        "mfu": mfu(flops_tok, tokens_per_s, peak_tflops, dist.world),
+                       "memory_gib": _peak_memory_gib(device),
                        "elapsed_s": progress.elapsed_s + now - t_start}
                 if stream.prefix:  # the samples' tokens, the shared prefix once per sample (what unshared rows feed)
                     rec["sample_tokens_per_s"] = window[3] / (now - t_window)
                 if dist.main:
                     _append_line(metrics_path, rec)
+                    trackers.log_metrics(step_metrics(rec), done)
                 postfix.update(loss=f"{rec['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
                 bar.set_postfix(postfix)
                 window[:] = [0.0, 0.0, 0.0, 0.0]
@@ -273,6 +282,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
             if val is not None:
                 if dist.main:
                     _append_line(metrics_path, val)
+                    trackers.log_metrics(step_metrics(val), done)
                 postfix["val"] = f"{val['val_loss']:.4f}"
                 bar.set_postfix(postfix)
             bar.update(1)
@@ -296,6 +306,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     finally:
         bar.close()
         rotary_scope.__exit__(None, None, None)
+        if trackers is not None:
+            trackers.close()
 
     # --- the summary ---
     elapsed = progress.elapsed_s + time.perf_counter() - t_start
@@ -324,6 +336,18 @@ def _stop_on_a_bad_step(done: int, step_loss: float, grad_norm: float, guard: Di
         raise TunelabError(f"{diverged}; stopping at step {done}. Last good checkpoint: "
                            f"{good[-1] if good else 'none'} (try a lower train.lr; train.divergence has the "
                            "thresholds and the off switch)", field="train.lr")
+
+
+def _peak_memory_gib(device) -> float:
+    """The process's peak memory so far, GiB: a GPU's allocated tensors (a host counter: no sync), or the
+    host's resident set on a CPU."""
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    import resource
+    import sys
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2 ** 30 if sys.platform == "darwin" else 2 ** 20)
 
 
 def _append_line(path: Path, record: dict) -> None:

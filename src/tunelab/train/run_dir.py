@@ -54,7 +54,7 @@ def _failed_during_setup(run_dir: Path) -> bool:
 def _identity(recipe_yaml: str) -> dict:
     """The parts of a saved recipe that define the run, as the current schema reads them (so a key added to
     the schema since the run started, at its default, is no difference); CPU threads, the divergence guard's
-    settings and the memory check may change when resuming."""
+    settings, the memory check and the trackers (`report_to`) may change when resuming."""
     import yaml
     from pydantic import ValidationError
     raw = yaml.safe_load(recipe_yaml)
@@ -65,4 +65,5 @@ def _identity(recipe_yaml: str) -> dict:
     raw.get("train", {}).pop("threads", None)
     raw.get("train", {}).pop("divergence", None)  # a run the guard stopped by mistake resumes with it changed
     raw.get("train", {}).pop("memory_check", None)
+    raw.pop("report_to", None)
     return raw
