@@ -12,19 +12,16 @@ _FLAGS = {"overrides": "--set", "gpus": "--gpus"}
 
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser("run", help="run a whole recipe: data → train → eval → score → report")
-    p.add_argument("recipe")
-    add_set(p)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    _add_report_to(p)
-    p.set_defaults(func=cli_run)
-
-    p = verbs.add_parser("train", help="train only (no evaluation)")
-    p.add_argument("recipe")
-    add_set(p)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    _add_report_to(p)
-    p.set_defaults(func=cli_train)
+    for verb, help_text, handler in (("run", "run a whole recipe: data → train → eval → score → report", cli_run),
+                                     ("train", "train only (no evaluation)", cli_train)):
+        p = verbs.add_parser(verb, help=help_text)
+        p.add_argument("recipe")
+        add_set(p)
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+        p.add_argument("--report-to", default=None, metavar="NAMES",
+                       help="dashboards to log to, comma-separated: tensorboard, mlflow, wandb, swanlab, or none "
+                            "(default: the recipe's report_to, itself tensorboard by default)")
+        p.set_defaults(func=handler)
 
     p = verbs.add_parser("plan", help="will this run fit the GPU? the per-device memory of one training step, "
                                       "traced without weights or a GPU; exit 1 when it does not fit")
@@ -35,12 +32,6 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus", type=integer(1), default=1, help="GPUs the run uses (DDP: a whole replica on each)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cli_plan)
-
-
-def _add_report_to(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--report-to", default=None, metavar="NAMES",
-                   help="dashboards to log to, comma-separated: tensorboard, mlflow, wandb, swanlab, or none "
-                        "(default: the recipe's report_to, itself tensorboard by default)")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
