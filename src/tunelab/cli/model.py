@@ -1,7 +1,7 @@
-"""`tunelab export`, `convert`, `handin`, `runs check`, `ratio` and `score`: what is done with a model or a run
-once it is trained — merged, converted, bundled for hand-in, checked, measured and scored. Each handler is one
-typed call (`tunelab.model.export`, `tunelab.model.mindformers_convert`, `tunelab.handin`, `tunelab.runs`,
-`tunelab.scoring`) and the printing of its result."""
+"""`tunelab export`, `convert`, `handin`, `runs check`, `runs table`, `ratio` and `score`: what is done with a model
+or a run once it is trained — merged, converted, bundled for hand-in, checked, compared, measured and scored. Each
+handler is one typed call (`tunelab.model.export`, `tunelab.model.mindformers_convert`, `tunelab.handin`,
+`tunelab.runs`, `tunelab.compare`, `tunelab.scoring`) and the printing of its result."""
 
 from __future__ import annotations
 
@@ -54,6 +54,17 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
                                       "(checksums verified); exit 1 if one is damaged")
     q.add_argument("run", help="run directory")
     q.set_defaults(func=cli_runs_check)
+    q = runs.add_parser("table", help="the runs under a directory side by side: the recipe keys that differ, best "
+                                      "checkpoint, task metrics, retention, ratio, score, steps, wall time")
+    q.add_argument("dir", nargs="?", default="runs", help="where to look for run directories, at any depth "
+                                                         "(default: runs)")
+    q.add_argument("--sort", default="score", metavar="COLUMN",
+                   help="the column to order by, any of the table's (default: score); runs without a value last")
+    q.add_argument("--ascending", action="store_true", help="lowest first (default: highest first)")
+    q.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV (numbers unrounded)")
+    q.add_argument("--png", default=None, metavar="FILE",
+                   help="also plot score against low-parameter ratio, with the Pareto front")
+    q.set_defaults(func=cli_runs_table)
 
     p = verbs.add_parser("ratio", help="trainable / total parameters of a LoRA setup (meta device, no weights)")
     p.add_argument("model", help="preset name, local HF directory or config.json")
@@ -134,6 +145,23 @@ def cli_runs_check(args: argparse.Namespace) -> int:
     print(f"{len(checks)} entries, {damaged} damaged; "
           + (f"being written by {writer}" if writer else "no process is writing this run"))
     return 1 if damaged else 0
+
+
+def cli_runs_table(args: argparse.Namespace) -> int:
+    from tunelab.compare import collect_runs, format_table, plot_score_vs_ratio, sort_rows, write_csv
+    rows = collect_runs(args.dir)
+    if not rows:
+        print(f"no runs under {args.dir} (a run directory holds a recipe.yaml)")
+        return 0
+    rows = sort_rows(rows, args.sort, descending=not args.ascending)
+    print(format_table(rows))
+    print(f"{len(rows)} run(s) under {args.dir}, by {args.sort} "
+          + ("lowest first" if args.ascending else "highest first"))
+    if args.csv:
+        print(f"wrote {write_csv(rows, args.csv)}")
+    if args.png:
+        print(f"wrote {plot_score_vs_ratio(rows, args.png)}")
+    return 0
 
 
 def _plain(number: float) -> str:
