@@ -20,8 +20,13 @@ from tunelab.errors import TunelabError
 from tunelab.track import open_trackers
 from tunelab.track.base import STATE_FILE
 
-for library in ("tensorboard", "mlflow", "wandb", "swanlab"):
+for library in ("tensorboard", "mlflow", "wandb"):
     pytest.importorskip(library, reason=f"the optional `{library}` extra is not installed")
+# SwanLab 0.10 needs protobuf < 7 and MindSpore 2.10 (CI's optional extra) protobuf >= 7.34: one environment holds
+# only one of them, so requirements-dev.txt leaves SwanLab out and its tests run where it is installed
+HAS_SWANLAB = importlib.util.find_spec("swanlab") is not None
+needs_swanlab = pytest.mark.skipif(not HAS_SWANLAB, reason="swanlab is not installed (it needs protobuf < 7, "
+                                                          "MindSpore 2.10 >= 7.34: `pip install 'tunelab[swanlab]'`)")
 
 PARAMS = {"train.lr": 2e-4, "train.epochs": 3, "model.name": "tiny", "lora.enabled": True, "data.seed": None,
           "data.note": "x" * 7000}  # longer than MLflow keeps
@@ -182,6 +187,7 @@ def test_wandb_offline_out_of_order_steps_and_resume(tmp_path):
     assert [r["exit"]["exit_code"] for log in logs for r in log if r["type"] == "exit"] == [0, 0]
 
 
+@needs_swanlab
 def test_swanlab_offline_out_of_order_steps_and_resume(tmp_path):
     import yaml
     from swanlab.proto.swanlab.run.v1.run_pb2 import RunState
@@ -209,7 +215,8 @@ def test_swanlab_offline_out_of_order_steps_and_resume(tmp_path):
 
 def test_a_failing_tracker_warns_once_and_the_others_go_on(tmp_path, caplog, monkeypatch):
     run_dir = tmp_path / "run"
-    trackers = open_trackers(["tensorboard", "mlflow", "wandb", "swanlab"], run_dir, "story", PARAMS)
+    trackers = open_trackers(["tensorboard", "mlflow", "wandb"] + (["swanlab"] if HAS_SWANLAB else []), run_dir,
+                             "story", PARAMS)
     trackers.log_metrics({"train/loss": 1.0}, 1)
     mlflow = next(t for t in trackers.trackers if t.name == "mlflow")
 
@@ -227,7 +234,8 @@ def test_a_failing_tracker_warns_once_and_the_others_go_on(tmp_path, caplog, mon
     assert [m.step for m in mlflow_client(run_dir).get_metric_history(run_id, "train/loss")] == [1]
     assert [e.step for e in tensorboard_reader(run_dir).Scalars("train/loss")] == [1, 2, 3]
     assert [i["train/step"] for i in wandb_history(wandb_logs(run_dir)[0])] == [1, 2, 3]
-    assert [step for _, step, _ in swanlab_scalars(swanlab_logs(run_dir)[0])] == [1, 2, 3]
+    if HAS_SWANLAB:
+        assert [step for _, step, _ in swanlab_scalars(swanlab_logs(run_dir)[0])] == [1, 2, 3]
 
 
 def test_a_missing_library_names_the_extra(tmp_path, monkeypatch):
