@@ -135,3 +135,14 @@ def test_fast_rotary_from_threads_restores_the_original():
     for t in threads:
         t.join()
     assert not failures and module.apply_rotary_pos_emb is own
+
+
+def test_the_exactness_check_holds_when_first_asked_inside_inference_mode():
+    """The serving engine decodes under `torch.inference_mode()`: when the first fast_rotary of a process is entered
+    there, the check (which runs a backward pass) must still see transformers' function as exact. It used to fail
+    there and remember False for the whole process, so a server never took the fast path."""
+    model, module, own, _, _ = _llama_and_its_logits()
+    rotary._verified.pop(own, None)
+    with torch.inference_mode(), rotary.fast_rotary(model):
+        assert module.apply_rotary_pos_emb is not own
+    assert rotary._verified[own] is True
