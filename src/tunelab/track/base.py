@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from tunelab.errors import TunelabError
 from tunelab.records import write_json
+from tunelab.track.names import is_number
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,9 @@ class Trackers:
         self._each("log the hyperparameters", lambda t: t.log_params(params))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if finite:
-            self._each("log metrics", lambda t: t.log_metrics(finite, step))
+        numbers = {k: float(v) for k, v in metrics.items() if is_number(v)}
+        if numbers:
+            self._each("log metrics", lambda t: t.log_metrics(numbers, step))
 
     def log_once(self, key: str, metrics: dict[str, float], step: int) -> None:
         """Log `metrics` unless `key` was logged before in this run (across resumes)."""

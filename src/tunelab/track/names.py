@@ -14,13 +14,13 @@ _STEP_KEYS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_n
               "val_perplexity": "val/perplexity"}
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def step_metrics(record: dict[str, Any]) -> dict[str, float]:
     """A training or validation line of metrics.jsonl, under tracked names."""
-    return {name: float(record[key]) for key, name in _STEP_KEYS.items() if _number(record.get(key))}
+    return {name: float(record[key]) for key, name in _STEP_KEYS.items() if is_number(record.get(key))}
 
 
 def checkpoint_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -32,7 +32,7 @@ def checkpoint_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
         if isinstance(value, dict):
             for key, inner in value.items():
                 walk(f"{prefix}/{key}", inner)
-        elif _number(value):
+        elif is_number(value):
             out[prefix] = float(value)
     for label, metrics in results.items():
         walk(f"eval/{label}", {k: v for k, v in metrics.items() if k not in ("mode", "primary_metric")})
