@@ -504,6 +504,13 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_data: bool = True) -> Recipe:
     """Load and validate a recipe file, applying aliases then `--set` overrides; `check_data=False` for what
     reads no data (a memory plan), so that a recipe can be checked before its files are there."""
+    raw, text = read_recipe_raw(path, overrides)
+    return recipe_from_raw(raw, path, text, check_data)
+
+
+def read_recipe_raw(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """(the recipe as written, MindFormers aliases mapped and `--set` overrides applied; the file's text), not yet
+    validated: what a sweep changes field by field before each trial validates it (`recipe_from_raw`)."""
     p = Path(path)
     from tunelab.records import read_text
     text = read_text(p)
@@ -518,11 +525,23 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_data
     raw = _apply_aliases(raw, str(p))
     for key, value in parse_overrides(overrides or []):
         _set_path(raw, key, value)
+    return raw, text
+
+
+def recipe_from_raw(raw: dict[str, Any], path: str | Path, text: str = "", check_data: bool = True) -> Recipe:
+    """Validate a raw recipe read from `path`: relative data paths resolve against its folder, and errors name
+    its lines (`text`)."""
+    p = Path(path)
     recipe = validate_recipe(raw, p, text)
     _resolve_paths(recipe, p.parent)
     if check_data:
         _check_data_files(recipe, p, text)
     return recipe
+
+
+def set_field(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set the dotted field `dotted` of a raw recipe (`lora.rank`, `data.train.0.count`), as `--set` does."""
+    _set_path(raw, dotted, value)
 
 
 def _check_data_files(recipe: Recipe, file: Path, text: str) -> None:
@@ -533,13 +552,13 @@ def _check_data_files(recipe: Recipe, file: Path, text: str) -> None:
     for loc, src in sources:
         if src.path and not _exists(Path(src.path)):
             loc = loc + ("path",)
-            raise TunelabError(f"data file not found: {src.path}", file=file, line=_line_of_key(text, loc),
+            raise TunelabError(f"data file not found: {src.path}", file=file, line=line_of_key(text, loc),
                                field=".".join(str(k) for k in loc))
         if src.corpus and src.corpus not in built and not _exists(Path(src.corpus) / "meta.json", "file"):
             loc = loc + ("corpus",)
             what = "not a finished corpus directory (no meta.json)" if _exists(Path(src.corpus), "dir") else "not found"
             raise TunelabError(f"corpus {src.corpus}: {what}; prepare it with `tunelab data corpus`", file=file,
-                               line=_line_of_key(text, loc), field=".".join(str(k) for k in loc))
+                               line=line_of_key(text, loc), field=".".join(str(k) for k in loc))
 
 
 def validate_recipe(raw: dict[str, Any], file: str | Path = "<recipe>", text: str = "") -> Recipe:
@@ -567,7 +586,7 @@ def schema_error(e: ValidationError, file: str | Path | None = None, text: str =
         msg = "unknown key"
     elif kind == "missing":
         msg = "missing required key"
-    line = _line_of_key(text, loc) if text else None
+    line = line_of_key(text, loc) if text else None
     more = f" (and {others} more problem(s))" if others else ""
     return TunelabError(msg + more, file=file, line=line, field=".".join(str(x) for x in loc) or None)
 
@@ -602,7 +621,7 @@ def _is_union_tag(part) -> bool:
                                       or part in {"str", "int", "float", "bool", "dict", "list", "none"})
 
 
-def _line_of_key(text: str, loc: tuple) -> int | None:
+def line_of_key(text: str, loc: tuple) -> int | None:
     """Line number of the key at `loc` (e.g. ('eval', 'tasks', 0, 'source', 'count')) within the YAML text.
 
     Walks the YAML node tree so a key name used in several sections points at the right one; falls back to

@@ -10,9 +10,12 @@ This package only orchestrates: preparation is `.prepare`, evaluating a run's mo
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 from tunelab.data.templates import PromptTemplate
-from tunelab.pipeline.evaluation import evaluate_share, run_models
+from tunelab.pipeline.evaluation import evaluate_checkpoints, evaluate_share, run_models
 from tunelab.pipeline.kinds import kind_for
 from tunelab.pipeline.prepare import prepare_inputs
 from tunelab.pipeline.run_kind import TrainedRun
@@ -21,17 +24,35 @@ from tunelab.recipe import Recipe
 from tunelab.records import write_json
 
 
-def run(recipe: Recipe, resume: bool = False) -> dict:
+@dataclass(frozen=True)
+class WrittenCheckpoint:
+    """A checkpoint training has just made whole, as `run`'s `on_checkpoint` receives it: where it is, its step
+    and index among the run's checkpoints (1 = the first), its validation loss (corpus runs), the parameter
+    counts the ratio is made of, and `evaluate()`: this checkpoint on the run's eval tasks, through the run's own
+    evaluation and its cache (`eval/<checkpoint>/results.json`), so the report after training reuses it."""
+
+    path: Path
+    step: int
+    index: int
+    val_loss: float | None
+    trainable_params: int
+    total_params: int
+    evaluate: Callable[[], dict]
+
+
+def run(recipe: Recipe, resume: bool = False,
+        on_checkpoint: Callable[[WrittenCheckpoint], None] | None = None) -> dict:
     """The whole pipeline, with the run locked against other writers from training to the report (under
-    torchrun, rank 0 holds the lock; `tunelab.train.run_lock`)."""
+    torchrun, rank 0 holds the lock; `tunelab.train.run_lock`). `on_checkpoint` (one process only: a sweep's
+    trial) sees each checkpoint as it is written; an exception it raises stops the run there."""
     if int(os.environ.get("RANK", "0")) != 0:
         return _run(recipe, resume)
     from tunelab.train.run_lock import run_lock
     with run_lock(recipe.run_dir):
-        return _run(recipe, resume)
+        return _run(recipe, resume, on_checkpoint)
 
 
-def _run(recipe: Recipe, resume: bool) -> dict:
+def _run(recipe: Recipe, resume: bool, on_checkpoint=None) -> dict:
     from tunelab.eval.sets import eval_sets
     from tunelab.train.loop import train
 
@@ -40,7 +61,12 @@ def _run(recipe: Recipe, resume: bool) -> dict:
     sets = eval_sets(recipe.eval)  # every eval mistake is found before training starts
     models = run_models(recipe)  # on a GPU it keeps the trained model's base for the evaluation
     try:
-        summary = train(recipe, resume=resume, hand_over=models.adopt if sets else None)
+        hook = None
+        if on_checkpoint is not None:
+            def hook(path: Path, info: dict) -> None:
+                on_checkpoint(WrittenCheckpoint(path=path, **info, evaluate=lambda: evaluate_checkpoints(
+                    recipe, sets, template, [path], models)[1].get(path.name, {})))
+        summary = train(recipe, resume=resume, hand_over=models.adopt if sets else None, on_checkpoint=hook)
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and sets:
             evaluate_share(recipe, sets, template, rank, world, models)

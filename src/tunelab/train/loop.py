@@ -57,13 +57,18 @@ from tunelab.train.validation import EarlyStopping, val_record, validation_sums
 log = logging.getLogger(__name__)
 
 
-def train(recipe: Recipe, resume: bool = False, hand_over=None) -> dict:
+def train(recipe: Recipe, resume: bool = False, hand_over=None, on_checkpoint=None) -> dict:
     """Train per the recipe; returns a summary. Checkpoints and metrics.jsonl land in the run directory, which
     this process alone writes meanwhile (`run_lock`): another one writing it is an error before anything is
     written. SIGTERM/SIGUSR1 stop it after a checkpoint (`errors.Preempted`).
 
     `hand_over(base_path, model)` receives a finished LoRA run's model (its base still unmerged underneath), so
-    that evaluation can keep the base on the device instead of loading it again (`model.resident`)."""
+    that evaluation can keep the base on the device instead of loading it again (`model.resident`).
+
+    `on_checkpoint(path, info)` is called in the main process after each evenly spaced checkpoint is whole, with
+    `info` = its step, its index among the run's checkpoints (1 = the first), its validation loss and the
+    (trainable, total) parameter counts: what a sweep needs to judge the run so far. An exception it raises
+    (a pruned trial) ends training there, the checkpoint kept, as any other error would."""
     # oneDNN (bf16 matmuls on CPU) keeps a compiled kernel for every shape it meets, up to 1,024 of them; the
     # row width and the count of labelled positions change shape every step, so memory grew ~5 MB a step
     # (0.4 -> 1.2 GB in 120 steps of a 0.2 M-parameter model). 64 holds what one step reuses; it is read at
@@ -83,10 +88,11 @@ def train(recipe: Recipe, resume: bool = False, hand_over=None) -> dict:
             raise refused or TunelabError("another process is writing this run (rank 0 names it)",
                                           file=recipe.run_dir)
         with StopSignals() as signals:
-            return _train(recipe, resume, dist, signals, hand_over)
+            return _train(recipe, resume, dist, signals, hand_over, on_checkpoint)
 
 
-def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_over=None) -> dict:
+def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_over=None,
+           on_checkpoint=None) -> dict:
     import torch
     from tqdm.auto import tqdm
 
@@ -293,6 +299,11 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
             if done in ckpt_at or stop:
                 save(done, step_loss, val, preemption=False)
                 barrier(dist)
+                if on_checkpoint is not None and dist.main:
+                    on_checkpoint(checkpoint_dir(run_dir, done), {
+                        "step": done, "index": sorted(ckpt_at | {done}).index(done) + 1,
+                        "val_loss": val["val_loss"] if val else None,
+                        "trainable_params": params_count[0], "total_params": params_count[1]})
             if not stop and done < end_step and all_sum(dist, [float(signals.received is not None)])[0]:
                 if done not in ckpt_at:
                     save(done, step_loss, val, preemption=True)

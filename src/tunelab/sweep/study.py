@@ -1,0 +1,144 @@
+"""A sweep's Optuna study: where it is stored, how it samples and prunes, and how trials that died are taken up.
+
+The study lives in an RDB storage — SQLite beside the trials by default (`<sweep>/study.db`), or any URL
+Optuna takes (PostgreSQL, MySQL) so that workers on several machines share it. Everything a later invocation
+needs is in the study: the recipe as written, the space and the objective (its user attributes; a sweep
+extended or resumed with other ones is refused, since their trials would not be comparable), and each trial's
+run directory (the trial's `run` attribute).
+
+A trial whose process died (SIGKILL, a lost machine) stays RUNNING in the storage. It is taken up two ways,
+both Optuna's retry (`RetryHeartbeatStaleTrialCallback`: a WAITING copy with the same parameters and
+attributes, run by the next free worker): on this machine at once, when its run directory's lock
+(`tunelab.train.run_lock`) has no holder — the kernel releases it when the process dies — and anywhere by
+Optuna's heartbeat, once the trial has been silent for `GRACE_S`. The copy keeps the `run` attribute, so it
+resumes the dead trial's run from its last checkpoint instead of training again from step 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import warnings
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S, GRACE_S = 60, 600  # a trial silent for 10 minutes is dead wherever it ran
+ERROR_ATTR = "error"  # a trial that failed on its own (diverged, bad data): counted, not retried
+RUN_ATTR, HOST_ATTR = "run", "host"
+
+
+def default_storage(sweep_dir: Path) -> str:
+    return f"sqlite:///{(sweep_dir / 'study.db').absolute()}"
+
+
+def open_storage(url: str):
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # tunelab logs what each trial did
+    # the heartbeat, its retry and the matplotlib plots are "experimental" in Optuna 5: chosen, not news to a user
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    except ImportError as e:  # a database driver (psycopg2, PyMySQL) that is not installed
+        raise TunelabError(f"the study storage needs a database driver that is not installed ({e})",
+                           field="storage") from None
+    except Exception as e:  # SQLAlchemy's OperationalError and friends: an unreachable server, a bad URL
+        raise TunelabError(f"cannot open the study storage: {type(e).__name__}: {str(e).splitlines()[0]}",
+                           field="storage") from None
+
+
+def sampler(seed: int, trials: int, offset: int):
+    """TPE, which takes the retention constraint each trial sets (`tunelab.sweep.trial`) into account. Its seed
+    moves with `offset` (trials already in the study, the worker's index): a resumed sweep or a second worker must
+    not draw the same random start again."""
+    import optuna
+    return optuna.samplers.TPESampler(seed=seed + 1009 * offset, n_startup_trials=max(2, min(10, trials // 3)))
+
+
+def pruner(enabled: bool):
+    """Median pruning on the checkpoint index (1..num_checkpoints, the same points of every trial's training),
+    from the second checkpoint on and once two trials have finished; none with --no-prune."""
+    import optuna
+    if not enabled:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)  # steps are 1, 2, ..: from 2
+
+
+def identity(raw_recipe: dict, space_raw: dict, objective: str, direction: str) -> dict[str, str]:
+    """What makes two invocations one sweep, as the study's user attributes (JSON text: comparable as is)."""
+    recipe = {k: v for k, v in raw_recipe.items() if k not in ("output_dir", "report_to")}
+    return {"recipe": json.dumps(recipe, sort_keys=True, ensure_ascii=False, default=str),
+            "space": json.dumps(space_raw, sort_keys=True, ensure_ascii=False, default=str),
+            "objective": objective, "direction": direction}
+
+
+def open_study(storage, name: str, ident: dict[str, str], create: bool):
+    """The sweep's study: created (with `ident`) when `create` and it is not there, else loaded and checked."""
+    import optuna
+    direction = ident["direction"]
+    if create:
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
+    else:
+        try:
+            study = optuna.load_study(storage=storage, study_name=name)
+        except KeyError:
+            raise TunelabError(f"no study named {name} in the storage", field="storage") from None
+    attrs = study.user_attrs
+    if not attrs:
+        for key, value in ident.items():
+            study.set_user_attr(key, value)
+        return study
+    for key in ("recipe", "space", "objective", "direction"):
+        if attrs.get(key) != ident[key]:
+            raise TunelabError(f"this sweep's study was started with another {key}; its trials would not compare "
+                               "with the new ones: resume or extend it with the same recipe, space and objective, "
+                               "or give the sweep another directory (or study name) to start a new one", field="out")
+    return study
+
+
+def counted(study) -> int:
+    """Trials that count towards --trials: complete, pruned, or failed on their own. A trial that died (and is
+    retried) or is still running does not."""
+    from optuna.trial import TrialState
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and ERROR_ATTR in t.user_attrs))
+
+
+def in_flight(study) -> int:
+    from optuna.trial import TrialState
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.RUNNING, TrialState.WAITING))
+
+
+def take_up_dead_trials(study, storage, sweep_dir: Path) -> list[int]:
+    """Fail and retry this machine's RUNNING trials whose run nobody writes any more (module docstring); returns
+    their numbers. A trial another worker took up first is left to it."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    from tunelab.train.run_lock import writer_of
+    host = socket.gethostname()
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+    taken = []
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        run = t.user_attrs.get(RUN_ATTR)
+        if run is None or t.user_attrs.get(HOST_ATTR) != host or writer_of(sweep_dir / run) is not None:
+            continue  # starting (no run yet), another machine's, or alive
+        try:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue
+        retry(study, t)
+        taken.append(t.number)
+        log.info("trial %d (%s) died while running: it is retried, resuming its run", t.number, run)
+    return taken

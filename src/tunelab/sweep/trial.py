@@ -1,0 +1,124 @@
+"""One trial of a sweep: the recipe with the trial's values, run by `tunelab.pipeline.run` into
+`<sweep>/trial-NNN/` like any other run (its lock, its checkpoints, its resume, its report and trackers), judged
+at each checkpoint for pruning and at the end by the objective, with the retention verdict as its constraint.
+
+What a trial ends as, in the study:
+- COMPLETE, with the objective's value and its outcome as user attributes (score, ratio, retention, constraint);
+- PRUNED, behind the other trials at the same checkpoint (its run keeps the checkpoints it wrote);
+- FAIL with an `error` attribute, when its run failed on its own (diverged, a recipe the values made invalid):
+  counted as a trial, and the sweep goes on;
+- FAIL without one when it was stopped (SIGTERM, Ctrl-C): a WAITING copy is queued that resumes its run, and
+  the sweep stops; or RUNNING forever when it was killed, until `tunelab.sweep.study` takes it up.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.errors import Preempted, TunelabError
+from tunelab.recipe import Recipe, recipe_from_raw, set_field
+from tunelab.sweep.objective import Objective, constraint_of
+from tunelab.sweep.space import Space
+from tunelab.sweep.study import ERROR_ATTR, HOST_ATTR, RUN_ATTR
+
+log = logging.getLogger(__name__)
+
+RETENTION = "retention"  # the trial's one constraint (Optuna's `set_constraint`): feasible at <= 0
+
+
+class TrialFailed(Exception):
+    """A trial's run failed on its own; the sweep records it and goes on (`study.optimize(catch=…)`)."""
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of one sweep shares: the recipe as written (overrides applied) and its file, the space,
+    the objective, the directory the trials' runs go to, and whether trials are pruned."""
+
+    raw_recipe: dict
+    recipe_file: Path
+    space: Space
+    objective: Objective
+    sweep_dir: Path
+    prune: bool = True
+
+
+def trial_recipe(setup: TrialSetup, values: dict, run_name: str) -> Recipe:
+    """The recipe of one trial: the sweep's, with the trial's values, named for the trial, under the sweep."""
+    raw = copy.deepcopy(setup.raw_recipe)
+    for field, value in values.items():
+        set_field(raw, field, value)
+    raw["name"] = run_name
+    raw["output_dir"] = str(setup.sweep_dir.absolute())
+    return recipe_from_raw(raw, setup.recipe_file, check_data=False)  # the data was checked once, for the sweep
+
+
+def run_trial(trial, setup: TrialSetup) -> float:
+    """Optuna's objective for one trial (module docstring)."""
+    import optuna
+
+    from tunelab.pipeline import run
+    from tunelab.train.run_lock import run_lock
+    run_name = trial.user_attrs.get(RUN_ATTR) or f"trial-{trial.number:03d}"  # a retried trial resumes its run
+    values = setup.space.suggest(trial)
+    try:
+        recipe = trial_recipe(setup, values, run_name)
+    except TunelabError as e:
+        return _failed(trial, e)
+
+    def on_checkpoint(written) -> None:
+        value = setup.objective.at_checkpoint(recipe, written)
+        if value is None or not math.isfinite(value):
+            return
+        trial.report(value, written.index)
+        if trial.should_prune():
+            trial.set_user_attr("pruned_at", written.path.name)
+            raise optuna.TrialPruned(f"{setup.objective.name} {value:.4g} at {written.path.name}: behind the "
+                                     "median of the other trials there")
+
+    with run_lock(recipe.run_dir):  # taken before the run is named in the study: a named run's free lock = dead
+        trial.set_user_attr(RUN_ATTR, run_name)
+        trial.set_user_attr(HOST_ATTR, socket.gethostname())
+        resume = (recipe.run_dir / "recipe.yaml").exists()
+        log.info("trial %d (%s%s): %s", trial.number, run_name, ", resuming" if resume else "",
+                 ", ".join(f"{k}={v}" for k, v in trial.params.items()))
+        try:
+            metrics = run(recipe, resume=resume, on_checkpoint=on_checkpoint if setup.prune else None)
+            value = setup.objective.final(metrics)
+        except (Preempted, KeyboardInterrupt):
+            trial.study.enqueue_trial(trial.params, user_attrs={RUN_ATTR: run_name})  # the next sweep resumes it
+            raise
+        except TunelabError as e:
+            if e.field == "objective":  # the objective names what the runs do not measure: every trial would fail
+                raise
+            return _failed(trial, e)
+    _record(trial, metrics, recipe)
+    return value
+
+
+def _failed(trial, error: TunelabError) -> float:
+    log.warning("trial %d failed: %s", trial.number, error)
+    trial.set_user_attr(ERROR_ATTR, str(error))
+    raise TrialFailed(str(error))
+
+
+def _record(trial, metrics: dict, recipe: Recipe) -> None:
+    """The run's outcome as the trial's attributes: the table, the plots and the constraint read them."""
+    retention = metrics.get("retention") or {}
+    attrs = {"score": (metrics.get("score") or {}).get("value"),
+             "accuracy": (metrics.get("score") or {}).get("accuracy"),
+             "ratio": (metrics.get("ratio") or {}).get("ratio"),
+             "retention": ("PASS" if all(v["pass"] for v in retention.values()) else "FAIL") if retention else None,
+             "best_checkpoint": metrics.get("best_checkpoint"),
+             "train_seconds": (metrics.get("train") or {}).get("train_seconds")}
+    for key, value in attrs.items():
+        if value is not None:
+            trial.set_user_attr(key, value)
+    # TPE models where the feasible region is, and `study.best_trial` is the best feasible trial. (Optuna 5
+    # deprecated the sampler's `constraints_func` for this per-trial call.) A pruned or failed trial has none.
+    trial.set_constraint(RETENTION, constraint_of(metrics, recipe.eval.retention_threshold))

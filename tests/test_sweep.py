@@ -1,0 +1,311 @@
+"""`tunelab sweep`: the space file, real tiny trials through `tunelab run`, resuming after SIGKILL mid-trial without
+losing or repeating a finished trial, extending a finished sweep, the retention constraint, pruning, and two
+worker processes sharing one study.
+
+The trials are real runs of a micro Llama from scratch (a few seconds each); the retention and pruning tests
+script the run's outcome instead (`tunelab.pipeline.run` replaced), since a real tiny run cannot be made to fail
+retention while scoring highest on purpose."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import write_recipe
+from optuna.trial import TrialState
+
+from tunelab.errors import TunelabError
+from tunelab.recipe import load_recipe, read_recipe_raw
+from tunelab.runs import list_checkpoints
+from tunelab.sweep import SweepSettings, sweep
+from tunelab.sweep.space import load_space
+
+EVAL = {"baseline": False, "batch_size": 16, "max_new_tokens": 8,
+        "tasks": [{"task": "arithmetic", "source": {"generate": "arithmetic", "count": 12, "seed": 9,
+                                                    "options": {"kinds": ["int_add"], "int_digits": 1}}}]}
+
+
+def tiny_recipe(tmp_path: Path, steps: int = 6) -> Path:
+    return write_recipe(tmp_path, "tiny", data={"train": [{"generate": "arithmetic", "count": 200, "seed": 1,
+                                                            "options": {"kinds": ["int_add"], "int_digits": 1}}]},
+                        train={"max_steps": steps, "num_checkpoints": 3, "log_every": 2}, eval=EVAL, report_to=[])
+
+
+def write_space(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+SPACE = "train.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\ntrain.batch_size: [2, 4]\n"
+
+
+def study_of(sweep_dir: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'study.db'}")
+
+
+# --- the space -----------------------------------------------------------------------------------
+
+def test_space_reads_choices_ranges_and_list_choices(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    raw, _ = read_recipe_raw(recipe)
+    space = load_space(write_space(tmp_path, (
+        "train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n"
+        "train.batch_size: [2, 4]\n"
+        "data.train.0.count: {low: 100, high: 300, step: 100}\n"
+        "train.warmup_ratio: {low: 0.0, high: 0.2, step: 0.05}\n"
+        "data.train.0.options.kinds: {choices: [[int_add], [int_add, int_sub]]}\n")), raw, recipe)
+    dims = {d.field: d for d in space.dimensions}
+    assert dims["train.lr"].log and not dims["train.lr"].integer
+    assert dims["data.train.0.count"].integer and not dims["train.warmup_ratio"].integer
+    fixed = optuna.trial.FixedTrial({"train.lr": 2e-3, "train.batch_size": 4, "data.train.0.count": 200,
+                                     "train.warmup_ratio": 0.05, "data.train.0.options.kinds": "[int_add, int_sub]"})
+    values = space.suggest(fixed)
+    assert values["data.train.0.options.kinds"] == ["int_add", "int_sub"]  # a list choice comes back as a list
+    assert values["data.train.0.count"] == 200 and values["train.lr"] == 2e-3
+    # the recipe's own values as parameters: in the space, or None when one is outside it
+    assert space.params_of(raw) == {"train.lr": 3e-3, "train.batch_size": 4, "data.train.0.count": 200,
+                                    "train.warmup_ratio": 0.1, "data.train.0.options.kinds": "[int_add]"}
+    raw["train"]["batch_size"] = 3
+    assert space.params_of(raw) is None
+
+
+@pytest.mark.parametrize("text, line, says", [
+    ("train.lr: [0.001]\ntrain.lrr: [1, 2]\n", 2, "train.lrr = 1 does not give a valid recipe"),
+    ("train.batch_size: [2, 0]\n", 1, "train.batch_size = 0 does not give a valid recipe"),
+    ("train.lr: {low: 0.0, high: 0.1, log: true}\n", 1, "a log range needs low > 0"),
+    ("train.lr: {low: 0.1, high: 0.01}\n", 1, "low (0.1) must be below high (0.01)"),
+    ("train.lr: {low: 0.1}\n", 1, "a range needs both low and high"),
+    ("train.lr: {choices: []}\n", 1, "choices is a non-empty list"),
+    ("train.lr: {low: 1, high: 2, lo: 3}\n", 1, "unknown setting lo"),
+    ("train.lr: 0.1\n", 1, "expects choices"),
+    ("train.lr: [0.1, 0.1]\n", 1, "a choice is listed twice"),
+])
+def test_space_mistakes_name_the_line_and_field(tmp_path, text, line, says):
+    recipe = tiny_recipe(tmp_path)
+    raw, _ = read_recipe_raw(recipe)
+    path = write_space(tmp_path, text)
+    with pytest.raises(TunelabError) as e:
+        load_space(path, raw, recipe)
+    assert e.value.file == str(path) and e.value.line == line and says in e.value.message
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    space = write_space(tmp_path, SPACE)
+    for extra, says in ((["--objective", "nope"], "--objective: expects score, val_loss or <task>/<metric>"),
+                        (["--objective", "val_loss"], "--objective: the objective val_loss is a pretraining"),
+                        (["--devices", "0,x"], "--devices: expects GPU indices")):
+        r = subprocess.run([sys.executable, "-m", "tunelab.cli", "sweep", str(recipe), "--space", str(space),
+                            "--trials", "2", *extra], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert says in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+# --- real trials -----------------------------------------------------------------------------------
+
+def test_sweep_runs_real_trials_writes_results_and_extends(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    settings = SweepSettings(str(recipe), str(write_space(tmp_path, SPACE)), trials=3)
+    results = sweep(settings)
+    sweep_dir = tmp_path / "runs" / "tiny-sweep"
+    study = study_of(sweep_dir)
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    # the first trial is the recipe as written, and it is marked as such
+    assert trials[0].params == {"train.lr": 3e-3, "train.batch_size": 4} and trials[0].user_attrs["baseline"]
+    for t in trials:  # each trial is a whole run of its own under the sweep, recorded with its outcome
+        run_dir = sweep_dir / t.user_attrs["run"]
+        saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+        assert saved["train"]["lr"] == pytest.approx(t.params["train.lr"])
+        assert saved["train"]["batch_size"] == t.params["train.batch_size"]
+        if t.state == TrialState.COMPLETE:
+            metrics = yaml.safe_load((run_dir / "metrics.json").read_text())
+            assert t.value == metrics["score"]["value"] == t.user_attrs["score"]
+            assert t.intermediate_values[3] == metrics["checkpoint_scores"]["step-000006"]
+    assert results.best.number in [t.number for t in trials if t.state == TrialState.COMPLETE]
+    assert results.best.value == max(t.value for t in trials if t.state == TrialState.COMPLETE)
+    for name in ("trials.csv", "best.yaml", "history.png", "score_vs_ratio.png"):
+        assert (sweep_dir / name).stat().st_size > 0
+    best = load_recipe(sweep_dir / "best.yaml")  # ready for `tunelab run`, with the best trial's values
+    assert best.name == "tiny-best" and best.train.lr == pytest.approx(results.best.params["train.lr"])
+    assert best.output_dir == str(tmp_path / "runs")
+
+    # the same number of trials again: nothing to do; a larger one extends the sweep by the difference
+    stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("trial-*/metrics.json")}
+    sweep(settings)
+    assert len(study_of(sweep_dir).get_trials()) == 3
+    sweep(SweepSettings(str(recipe), settings.space, trials=4))
+    trials = study_of(sweep_dir).get_trials()
+    assert len(trials) == 4 and trials[3].user_attrs["run"] == "trial-003"
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished trials are never run again
+
+
+def test_a_sigkilled_sweep_resumes_without_losing_or_repeating_a_trial(tmp_path):
+    recipe = tiny_recipe(tmp_path, steps=45)
+    space = write_space(tmp_path, SPACE)
+    sweep_dir = tmp_path / "runs" / "tiny-sweep"
+    cmd = [sys.executable, "-m", "tunelab.cli", "sweep", str(recipe), "--space", str(space), "--trials", "3",
+           "--no-prune"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not list_checkpoints(sweep_dir / "trial-001") if (sweep_dir / "trial-001").exists() else True:
+            assert time.time() < deadline and proc.poll() is None, "trial 1 never wrote a checkpoint"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)  # mid-trial: trial 1 has a checkpoint and is still training
+    finally:
+        proc.kill()
+        proc.wait()
+    first = sweep_dir / "trial-000" / "metrics.json"
+    stamp = first.stat().st_mtime_ns
+    killed = study_of(sweep_dir).get_trials()
+    assert [t.state for t in killed] == [TrialState.COMPLETE, TrialState.RUNNING]
+    written = [c.name for c in list_checkpoints(sweep_dir / "trial-001")]
+    assert written and written[-1] != "step-000045"
+
+    sweep(SweepSettings(str(recipe), str(space), trials=3, prune=False))
+    trials = study_of(sweep_dir).get_trials()
+    states = [t.state for t in trials]
+    # trial 1 died and is failed; its retry (same values, same run) resumed it; trial 0 was not run again
+    assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.FAIL) == 1
+    assert trials[1].state == TrialState.FAIL and "error" not in trials[1].user_attrs
+    retry = next(t for t in trials[2:] if t.user_attrs["run"] == "trial-001")
+    assert retry.params == trials[1].params and retry.state == TrialState.COMPLETE
+    assert first.stat().st_mtime_ns == stamp
+    # three runs: the retry is trial 2 in the study and resumed trial-001's run; trial 3 is the third run
+    assert sorted(p.name for p in sweep_dir.glob("trial-*")) == ["trial-000", "trial-001", "trial-003"]
+    steps = [yaml.safe_load(line)["step"] for line in (sweep_dir / "trial-001" / "metrics.jsonl").open()
+             if '"loss"' in line]
+    assert steps == sorted(set(steps)) and steps[-1] == 45  # one line per logged step: resumed, not restarted
+    summary = yaml.safe_load((sweep_dir / "trial-001" / "train_summary.json").read_text())
+    assert summary["steps"] == 45
+
+
+def test_two_workers_share_one_study(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    space = write_space(tmp_path, SPACE)
+    results = sweep(SweepSettings(str(recipe), str(space), trials=4, workers=2))
+    sweep_dir = tmp_path / "runs" / "tiny-sweep"
+    trials = study_of(sweep_dir).get_trials()
+    assert len(trials) == 4 and all(t.state.is_finished() for t in trials)
+    assert sorted(t.user_attrs["run"] for t in trials) == [f"trial-00{i}" for i in range(4)]
+    logs = [(sweep_dir / f"worker-{i}.log").read_text() for i in range(2)]
+    assert all("trial " in log for log in logs), logs  # each worker ran trials of the one study
+    assert results.best is not None
+
+
+# --- scripted outcomes: the constraint and pruning -------------------------------------------------
+
+def scripted_run(outcomes: dict, seen: list):
+    """A stand-in for `tunelab.pipeline.run`: each trial's run reports `outcomes[run name]` =
+    (per-checkpoint accuracies, retained fraction) through `on_checkpoint`, then returns its metrics (the best
+    accuracy as the score, for short)."""
+    from tunelab.pipeline import WrittenCheckpoint
+
+    def run(recipe, resume=False, on_checkpoint=None):
+        scores, retained = outcomes[recipe.name]
+        seen.append(recipe.name)
+        for i, score in enumerate(scores, start=1):
+            if on_checkpoint:
+                on_checkpoint(WrittenCheckpoint(
+                    path=recipe.run_dir / "checkpoints" / f"step-{i:06d}", step=i, index=i, val_loss=None,
+                    trainable_params=10, total_params=1000,
+                    evaluate=lambda s=score: {"arithmetic": {"accuracy": s}}))
+        best = max(range(len(scores)), key=lambda i: scores[i])
+        return {"score": {"value": scores[best], "accuracy": scores[best]}, "ratio": {"ratio": 0.01},
+                "best_checkpoint": f"step-{best + 1:06d}",
+                "retention": {"reading.f1": {"base": 50.0, "tuned": 50.0 * retained, "retained": retained,
+                                             "pass": retained >= 0.9}}}
+    return run
+
+
+def test_a_trial_that_fails_retention_never_wins(tmp_path, monkeypatch):
+    import tunelab.pipeline
+    outcomes = {"trial-000": ([0.50], 0.97), "trial-001": ([0.99], 0.60), "trial-002": ([0.70], 0.95)}
+    seen: list = []
+    monkeypatch.setattr(tunelab.pipeline, "run", scripted_run(outcomes, seen))
+    recipe = tiny_recipe(tmp_path)
+    space = write_space(tmp_path, "train.lr: [0.001, 0.002, 0.003, 0.004, 0.005]\n")
+    results = sweep(SweepSettings(str(recipe), str(space), trials=3, prune=False))
+    assert seen == ["trial-000", "trial-001", "trial-002"]
+    trials = study_of(tmp_path / "runs" / "tiny-sweep").get_trials()
+    assert [t.value for t in trials] == [0.50, 0.99, 0.70]
+    assert trials[1].user_attrs["retention"] == "FAIL" and trials[1].constraints == {"retention": pytest.approx(0.3)}
+    assert trials[2].constraints == {"retention": pytest.approx(0.9 - 0.95)}
+    assert results.best.number == 2  # not trial 1: the highest score, but it lost 40 % of the reading ability
+    table = {row[0]: row for row in results.rows}
+    assert table[1][2] == "infeasible" and table[2][2] == "complete"
+    best = load_recipe(tmp_path / "runs" / "tiny-sweep" / "best.yaml")
+    assert best.train.lr == trials[2].params["train.lr"]
+
+
+def test_a_trial_behind_the_others_is_pruned_at_that_checkpoint(tmp_path, monkeypatch):
+    import tunelab.pipeline
+    outcomes = {"trial-000": ([0.4, 0.6, 0.8], 1.0), "trial-001": ([0.5, 0.7, 0.9], 1.0),
+                "trial-002": ([0.1, 0.1, 0.9], 1.0)}
+    seen: list = []
+    monkeypatch.setattr(tunelab.pipeline, "run", scripted_run(outcomes, seen))
+    recipe = tiny_recipe(tmp_path)
+    space = write_space(tmp_path, "train.lr: [0.001, 0.002, 0.003, 0.004, 0.005]\n")
+    sweep(SweepSettings(str(recipe), str(space), trials=3))
+    trials = study_of(tmp_path / "runs" / "tiny-sweep").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    # checkpoint 1 is never judged (warm-up); at checkpoint 2 it is behind the median of the others
+    assert trials[2].user_attrs["pruned_at"] == "step-000002" and list(trials[2].intermediate_values) == [1, 2]
+    # each checkpoint's value is the competition score its accuracy would get at the run's ratio (10 / 1000)
+    from tunelab.scoring import competition_score
+    assert trials[0].intermediate_values == {i: pytest.approx(competition_score("stage1", acc, 0.01))
+                                             for i, acc in enumerate([0.4, 0.6, 0.8], start=1)}
+
+
+def test_a_failed_trial_is_counted_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    import tunelab.pipeline
+    seen: list = []
+    good = scripted_run({"trial-000": ([0.5], 1.0), "trial-002": ([0.6], 1.0)}, seen)
+
+    def run(recipe, resume=False, on_checkpoint=None):
+        if recipe.name == "trial-001":
+            raise TunelabError("loss became nan at step 3", file=recipe.run_dir)
+        return good(recipe, resume, on_checkpoint)
+    monkeypatch.setattr(tunelab.pipeline, "run", run)
+    recipe = tiny_recipe(tmp_path)
+    space = write_space(tmp_path, "train.lr: [0.001, 0.002, 0.003, 0.004, 0.005]\n")
+    results = sweep(SweepSettings(str(recipe), str(space), trials=3, prune=False))
+    trials = study_of(tmp_path / "runs" / "tiny-sweep").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert "loss became nan" in trials[1].user_attrs["error"] and results.best.number == 2
+
+
+# --- the pipeline's hook -----------------------------------------------------------------------------
+
+def test_run_hands_each_checkpoint_over_and_a_raise_stops_it_there(tmp_path):
+    from tunelab.pipeline import run
+    recipe = load_recipe(tiny_recipe(tmp_path))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def hook(written):
+        seen.append((written.path.name, written.index, written.evaluate()["arithmetic"]["accuracy"]))
+        if written.index == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(recipe, on_checkpoint=hook)
+    assert [(name, index) for name, index, _ in seen] == [("step-000002", 1), ("step-000004", 2)]
+    assert [c.name for c in list_checkpoints(recipe.run_dir)] == ["step-000002", "step-000004"]
+    cached = recipe.run_dir / "eval" / "step-000004" / "results.json"
+    assert cached.exists()
+    stamp = cached.stat().st_mtime_ns
+    metrics = run(recipe, resume=True)  # the run goes on, and its report reuses what the hook evaluated
+    assert metrics["checkpoints"]["step-000004"]["arithmetic"]["accuracy"] == seen[1][2]
+    assert cached.stat().st_mtime_ns == stamp and "step-000006" in metrics["checkpoints"]
