@@ -72,6 +72,10 @@ def run_trial(trial, setup: TrialSetup) -> float:
         return _failed(trial, e)
 
     def on_checkpoint(written) -> None:
+        if written.index == 1 or not (recipe.run_dir / "eval" / "base" / "results.json").exists():
+            reuse_base_evaluation(recipe, setup.sweep_dir)
+        if not setup.prune:
+            return
         value = setup.objective.at_checkpoint(recipe, written)
         if value is None or not math.isfinite(value):
             return
@@ -88,7 +92,7 @@ def run_trial(trial, setup: TrialSetup) -> float:
         log.info("trial %d (%s%s): %s", trial.number, run_name, ", resuming" if resume else "",
                  ", ".join(f"{k}={v}" for k, v in trial.params.items()))
         try:
-            metrics = run(recipe, resume=resume, on_checkpoint=on_checkpoint if setup.prune else None)
+            metrics = run(recipe, resume=resume, on_checkpoint=on_checkpoint)
             value = setup.objective.final(metrics)
         except (Preempted, KeyboardInterrupt):
             trial.study.enqueue_trial(trial.params, user_attrs={RUN_ATTR: run_name})  # the next sweep resumes it
@@ -99,6 +103,46 @@ def run_trial(trial, setup: TrialSetup) -> float:
             return _failed(trial, e)
     _record(trial, metrics, recipe)
     return value
+
+
+def _base_identity(recipe: Recipe) -> dict:
+    """What the base model's evaluation depends on: the model, the eval section, the prompt template, the seed."""
+    return {"model": recipe.model.model_dump(mode="json"), "eval": recipe.eval.model_dump(mode="json"),
+            "template": [recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot], "seed": recipe.seed}
+
+
+def reuse_base_evaluation(recipe: Recipe, sweep_dir: Path) -> None:
+    """Give this trial's run the base model's results of an earlier trial whose base evaluation is the same
+    (`_base_identity`), into its `eval/base/`, which the run's evaluation then finds done: every trial of a
+    sweep that searches training settings evaluates the same base on the same tasks, and on a GPU with an 8B
+    model that is minutes per trial. Read from the other trial's saved recipe; any doubt, and the run evaluates
+    its base itself."""
+    import shutil
+
+    import yaml
+    from pydantic import ValidationError
+    if not recipe.eval.baseline or (recipe.run_dir / "eval" / "base" / "results.json").exists():
+        return
+    mine = _base_identity(recipe)
+    for other in sorted(sweep_dir.glob("trial-*/eval/base/results.json")):
+        run_dir = other.parents[2]
+        if run_dir == recipe.run_dir:
+            continue
+        try:
+            theirs = Recipe.model_validate(yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError, ValidationError, TypeError):
+            continue
+        if _base_identity(theirs) != mine:
+            continue
+        target = recipe.run_dir / "eval" / "base"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name("base.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(other.parent, staging)
+        staging.replace(target)
+        log.info("%s: the base model's evaluation is %s's (the same model, tasks and template)", recipe.name,
+                 run_dir.name)
+        return
 
 
 def _failed(trial, error: TunelabError) -> float:
