@@ -8,7 +8,7 @@ retention while scoring highest on purpose."""
 
 from __future__ import annotations
 
-import os
+import json
 import signal
 import subprocess
 import sys
@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import write_recipe
+from conftest import lora_sections, write_recipe
 from optuna.trial import TrialState
 
 from tunelab.errors import TunelabError
@@ -36,6 +36,17 @@ def tiny_recipe(tmp_path: Path, steps: int = 6) -> Path:
     return write_recipe(tmp_path, "tiny", data={"train": [{"generate": "arithmetic", "count": 200, "seed": 1,
                                                             "options": {"kinds": ["int_add"], "int_digits": 1}}]},
                         train={"max_steps": steps, "num_checkpoints": 3, "log_every": 2}, eval=EVAL, report_to=[])
+
+
+def lora_recipe(tmp_path: Path, base: Path) -> Path:
+    """LoRA on the session's tiny trained base, with its reading ability checked: trials with a real baseline
+    and a real retention verdict."""
+    sections = lora_sections(base, max_steps=6, num_checkpoints=3, log_every=2)
+    tasks = [{"task": "arithmetic", "source": {"generate": "arithmetic", "count": 12, "seed": 9,
+                                               "options": {"kinds": ["int_mul"], "int_digits": 2}}},
+             {"task": "reading", "source": {"generate": "reading", "count": 8, "seed": 8}, "ability": True}]
+    return write_recipe(tmp_path, "tiny", **sections, report_to=[],
+                        eval={"baseline": True, "batch_size": 16, "max_new_tokens": 8, "tasks": tasks})
 
 
 def write_space(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
@@ -111,32 +122,41 @@ def test_cli_errors_are_one_line(tmp_path):
 
 # --- real trials -----------------------------------------------------------------------------------
 
-def test_sweep_runs_real_trials_writes_results_and_extends(tmp_path):
-    recipe = tiny_recipe(tmp_path)
-    settings = SweepSettings(str(recipe), str(write_space(tmp_path, SPACE)), trials=3)
+def test_sweep_runs_real_trials_writes_results_and_extends(tmp_path, tiny_base):
+    recipe = lora_recipe(tmp_path, tiny_base)
+    space = "train.lr: {low: 1.0e-3, high: 2.0e-2, log: true}\nlora.rank: [2, 4]\n"
+    settings = SweepSettings(str(recipe), str(write_space(tmp_path, space)), trials=3)
     results = sweep(settings)
     sweep_dir = tmp_path / "runs" / "tiny-sweep"
     study = study_of(sweep_dir)
     trials = study.get_trials()
     assert len(trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     # the first trial is the recipe as written, and it is marked as such
-    assert trials[0].params == {"train.lr": 3e-3, "train.batch_size": 4} and trials[0].user_attrs["baseline"]
+    assert trials[0].params == {"train.lr": 1e-2, "lora.rank": 4} and trials[0].user_attrs["baseline"]
+    base_results = (sweep_dir / "trial-000" / "eval" / "base" / "results.json").read_bytes()
     for t in trials:  # each trial is a whole run of its own under the sweep, recorded with its outcome
         run_dir = sweep_dir / t.user_attrs["run"]
         saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
         assert saved["train"]["lr"] == pytest.approx(t.params["train.lr"])
-        assert saved["train"]["batch_size"] == t.params["train.batch_size"]
+        assert saved["lora"]["rank"] == t.params["lora.rank"]
+        # the base was evaluated once, by the first trial; the others took its results
+        assert (run_dir / "eval" / "base" / "results.json").read_bytes() == base_results
         if t.state == TrialState.COMPLETE:
             metrics = yaml.safe_load((run_dir / "metrics.json").read_text())
             assert t.value == metrics["score"]["value"] == t.user_attrs["score"]
             assert t.intermediate_values[3] == metrics["checkpoint_scores"]["step-000006"]
-    assert results.best.number in [t.number for t in trials if t.state == TrialState.COMPLETE]
-    assert results.best.value == max(t.value for t in trials if t.state == TrialState.COMPLETE)
-    for name in ("trials.csv", "best.yaml", "history.png", "score_vs_ratio.png"):
+            shortfall = max(0.9 - v["retained"] for v in metrics["retention"].values())
+            assert t.constraints == {"retention": pytest.approx(shortfall)}
+            assert t.user_attrs["retention"] == ("PASS" if shortfall <= 0 else "FAIL")
+    feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.constraints["retention"] <= 0]
+    if feasible:
+        assert results.best.value == max(t.value for t in feasible)
+    for name in ("trials.csv", "history.png", "score_vs_ratio.png"):
         assert (sweep_dir / name).stat().st_size > 0
-    best = load_recipe(sweep_dir / "best.yaml")  # ready for `tunelab run`, with the best trial's values
-    assert best.name == "tiny-best" and best.train.lr == pytest.approx(results.best.params["train.lr"])
-    assert best.output_dir == str(tmp_path / "runs")
+    if feasible:
+        best = load_recipe(sweep_dir / "best.yaml")  # ready for `tunelab run`, with the best trial's values
+        assert best.name == "tiny-best" and best.train.lr == pytest.approx(results.best.params["train.lr"])
+        assert best.output_dir == str(tmp_path / "runs") and best.lora.rank == results.best.params["lora.rank"]
 
     # the same number of trials again: nothing to do; a larger one extends the sweep by the difference
     stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("trial-*/metrics.json")}
@@ -309,3 +329,13 @@ def test_run_hands_each_checkpoint_over_and_a_raise_stops_it_there(tmp_path):
     metrics = run(recipe, resume=True)  # the run goes on, and its report reuses what the hook evaluated
     assert metrics["checkpoints"]["step-000004"]["arithmetic"]["accuracy"] == seen[1][2]
     assert cached.stat().st_mtime_ns == stamp and "step-000006" in metrics["checkpoints"]
+
+
+def test_time_spent_in_the_hook_is_not_training_time(tmp_path):
+    from tunelab.train.loop import train
+    recipe = load_recipe(tiny_recipe(tmp_path))
+    started = time.perf_counter()
+    summary = train(recipe, on_checkpoint=lambda path, info: time.sleep(3))
+    assert time.perf_counter() - started > 9  # three checkpoints, 3 s each in the hook
+    assert summary["train_seconds"] < 4  # six steps of a micro model
+    assert max(json.loads(line)["elapsed_s"] for line in (recipe.run_dir / "metrics.jsonl").open()) < 4

@@ -145,6 +145,7 @@ def plot_study(study, sweep_dir: Path) -> list[Path]:
     for name, make in plots:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)  # PED-ANOVA on a few trials: "importances will be equal"
             try:
                 ax = make()
             except (ValueError, RuntimeError, ImportError) as e:

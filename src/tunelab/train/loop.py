@@ -300,10 +300,14 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
                 save(done, step_loss, val, preemption=False)
                 barrier(dist)
                 if on_checkpoint is not None and dist.main:
+                    t_hook = time.perf_counter()
                     on_checkpoint(checkpoint_dir(run_dir, done), {
                         "step": done, "index": sorted(ckpt_at | {done}).index(done) + 1,
                         "val_loss": val["val_loss"] if val else None,
                         "trainable_params": params_count[0], "total_params": params_count[1]})
+                    spent = time.perf_counter() - t_hook  # (a sweep's evaluation): not training time
+                    t_window += spent
+                    t_start += spent
             if not stop and done < end_step and all_sum(dist, [float(signals.received is not None)])[0]:
                 if done not in ckpt_at:
                     save(done, step_loss, val, preemption=True)
