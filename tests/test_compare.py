@@ -145,6 +145,15 @@ def test_pareto_front_keeps_what_nothing_beats():
     assert pareto_front([]) == []
 
 
+def test_a_run_that_failed_retention_is_not_on_the_front(tmp_path):
+    from tunelab.compare import RunRow, feasible_front
+    rows = [RunRow("a", tmp_path, "evaluated", ratio=0.1, score=0.7, retention="PASS"),
+            RunRow("b", tmp_path, "evaluated", ratio=0.05, score=0.9, retention="FAIL"),
+            RunRow("c", tmp_path, "evaluated", ratio=0.2, score=0.8, retention=None),
+            RunRow("d", tmp_path, "no evaluation")]
+    assert feasible_front(rows) == [(0.1, 0.7), (0.2, 0.8)]
+
+
 def test_the_plot_is_a_png(runs, tmp_path):
     out = plot_score_vs_ratio(collect_runs(runs), tmp_path / "plot" / "score.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -151,7 +151,7 @@ def test_sweep_runs_real_trials_writes_results_and_extends(tmp_path, tiny_base):
     feasible = [t for t in trials if t.state == TrialState.COMPLETE and t.constraints["retention"] <= 0]
     if feasible:
         assert results.best.value == max(t.value for t in feasible)
-    for name in ("trials.csv", "history.png", "score_vs_ratio.png"):
+    for name in ("trials.csv", "history.png", "curves.png", "score_vs_ratio.png"):
         assert (sweep_dir / name).stat().st_size > 0
     if feasible:
         best = load_recipe(sweep_dir / "best.yaml")  # ready for `tunelab run`, with the best trial's values

@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -315,3 +317,30 @@ def test_a_tracker_that_is_not_installed_stops_the_run_before_it_starts(tmp_path
     assert main(["train", str(path), "--report-to", "wandb"]) == 2
     assert "pip install 'tunelab[wandb]'" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "untracked").exists()
+
+
+def test_a_tracking_server_that_is_gone_costs_seconds_not_minutes(tmp_path, caplog, monkeypatch):
+    """A real MLflow client against a port nobody listens on: the tracker gives up after a few quick retries
+    (MLflow's own defaults retried for minutes) and the run goes on with the others."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    patience = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    if any(key in os.environ for key in patience):
+        pytest.skip("MLflow's retry settings are set in this environment")
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="tunelab.track"):
+            trackers = open_trackers(["tensorboard", "mlflow"], tmp_path / "run", "story", PARAMS)
+            running = [t.name for t in trackers.trackers]
+            trackers.log_metrics({"train/loss": 1.0}, 1)
+            trackers.close()
+    finally:
+        for key in patience:  # what the tracker set for this process
+            os.environ.pop(key, None)
+    assert time.monotonic() - started < 30
+    assert running == ["tensorboard"]
+    assert any("tracker mlflow could not start" in r.getMessage() for r in caplog.records)
+    assert [e.step for e in tensorboard_reader(tmp_path / "run").Scalars("train/loss")] == [1]

@@ -348,14 +348,21 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def feasible_front(rows: list[RunRow]) -> list[tuple[float, float]]:
+    """The Pareto front of the scored runs a competition would accept: a run that failed retention is not
+    handed in, so it cannot be what another run is measured against, however high it scores."""
+    return pareto_front([(r.ratio, r.score) for r in rows
+                         if r.score is not None and r.ratio is not None and r.retention != "FAIL"])
+
+
 _CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "Microsoft YaHei", "SimHei",
               "PingFang SC", "Heiti SC")
 
 
 def plot_score_vs_ratio(rows: list[RunRow], path: str | Path) -> Path:
     """Score against low-parameter ratio, one labelled point per scored run (retention PASS, FAIL or not
-    measured as three markers) and the Pareto front (higher score, lower ratio) as a step line: the best score
-    reachable at or below each ratio."""
+    measured as three markers) and the Pareto front (higher score, lower ratio) of the runs whose retention did
+    not fail as a step line: the best score reachable at or below each ratio."""
     scored = [r for r in rows if r.score is not None and r.ratio is not None]
     if not scored:
         raise TunelabError("no run here has a score and a ratio to plot (competition runs that `tunelab run` "
@@ -377,9 +384,10 @@ def plot_score_vs_ratio(rows: list[RunRow], path: str | Path) -> Path:
                            label=label, zorder=3)
         for r in scored:
             ax.annotate(r.run, (r.ratio, r.score), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        front = pareto_front([(r.ratio, r.score) for r in scored])
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:blue", alpha=0.6,
-                label="Pareto front", zorder=2)
+        front = feasible_front(scored)
+        if front:
+            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:blue", alpha=0.6,
+                    label="Pareto front (retention not failed)", zorder=2)
         ratios = [r.ratio for r in scored]
         if min(ratios) > 0 and max(ratios) / min(ratios) >= 100:
             ax.set_xscale("log")

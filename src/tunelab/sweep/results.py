@@ -1,9 +1,10 @@
 """What a sweep leaves beside its trials: `trials.csv` and the table printed (one row per trial: its values, what
 became of it, its objective, score, ratio and retention), `best.yaml` (the sweep's recipe with the best feasible
 trial's values: `tunelab run best.yaml` reproduces that trial as a run of its own), and PNGs — Optuna's
-optimisation history and parameter importances, and score against low-parameter ratio with the Pareto front
-(`tunelab runs table --png` over the trials' runs). Everything is read from the study, so the same files come
-out of any worker, after a resume, or for a sweep another machine ran.
+optimisation history, each trial's value per checkpoint (where pruned trials stopped) and parameter importances,
+and score against low-parameter ratio with the Pareto front (`tunelab runs table --png` over the trials' runs).
+Everything is read from the study, so the same files come out of any worker, after a resume, or for a sweep
+another machine ran.
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ def write_best_recipe(best, space: Space, raw_recipe: dict, recipe_file: Path, s
 
 
 def plot_study(study, sweep_dir: Path) -> list[Path]:
-    """Optuna's history and importance plots, and score vs ratio over the trials' runs; a plot the study cannot
-    make yet (importances need two finished trials that differ) is skipped with a note."""
+    """Optuna's history, per-checkpoint and importance plots, and score vs ratio over the trials' runs; a plot the
+    study cannot make yet (importances need two finished trials that differ) is skipped with a note."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,6 +139,8 @@ def plot_study(study, sweep_dir: Path) -> list[Path]:
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     plots = [("history.png", lambda: ovm.plot_optimization_history(study, target_name=study.user_attrs.get(
         "objective", "objective")))]
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        plots.append(("curves.png", lambda: ovm.plot_intermediate_values(study)))
     if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
         plots.append(("importances.png", lambda: ovm.plot_param_importances(study)))
     else:

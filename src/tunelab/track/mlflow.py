@@ -23,6 +23,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "tunelab"
+# How long one call may wait on a tracking server before the tracker gives up (and the run goes on without it):
+# about 3 tries over ~5 s when it refuses connections, at most ~40 s when it hangs.
+_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class MLflowTracker:
@@ -35,6 +39,9 @@ class MLflowTracker:
 
         local_root = Path(run_dir).resolve().parent
         server = os.environ.get("MLFLOW_TRACKING_URI")
+        if server:  # MLflow's own defaults (7 retries, exponential backoff, 120 s timeouts) held a run for minutes
+            for key, value in _PATIENCE.items():  # on a server that was gone; the user's settings win
+                os.environ.setdefault(key, value)
         self.client = MlflowClient(tracking_uri=server or f"sqlite:///{(local_root / 'mlflow.db').as_posix()}")
         self.run_id = self._continue((saved or {}).get("run_id"))
         if self.run_id is None:
