@@ -29,6 +29,9 @@ for library in ("tensorboard", "mlflow", "wandb"):
 HAS_SWANLAB = importlib.util.find_spec("swanlab") is not None
 needs_swanlab = pytest.mark.skipif(not HAS_SWANLAB, reason="swanlab is not installed (it needs protobuf < 7, "
                                                           "MindSpore 2.10 >= 7.34: `pip install 'tunelab[swanlab]'`)")
+# SwanLab 0.10 and MindSpore 2.10 cannot share an environment (protobuf), so CI gives SwanLab one of its own
+# (`.ci/run` builds .venv-swanlab) and this file's SwanLab tests run there, from here.
+SWANLAB_PYTHON = Path(__file__).resolve().parent.parent / ".venv-swanlab" / "bin" / "python"
 
 PARAMS = {"train.lr": 2e-4, "train.epochs": 3, "model.name": "tiny", "lora.enabled": True, "data.seed": None,
           "data.note": "x" * 7000}  # longer than MLflow keeps
@@ -328,8 +331,8 @@ def test_a_tracking_server_that_is_gone_costs_seconds_not_minutes(tmp_path, capl
         port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     patience = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    if any(key in os.environ for key in patience):
-        pytest.skip("MLflow's retry settings are set in this environment")
+    for key in patience:  # MLflow's own defaults, as a user who set none has them (restored after the test)
+        monkeypatch.delenv(key, raising=False)
     started = time.monotonic()
     try:
         with caplog.at_level(logging.WARNING, logger="tunelab.track"):
@@ -344,3 +347,14 @@ def test_a_tracking_server_that_is_gone_costs_seconds_not_minutes(tmp_path, capl
     assert running == ["tensorboard"]
     assert any("tracker mlflow could not start" in r.getMessage() for r in caplog.records)
     assert [e.step for e in tensorboard_reader(tmp_path / "run").Scalars("train/loss")] == [1]
+
+
+@pytest.mark.skipif(HAS_SWANLAB or not SWANLAB_PYTHON.is_file(),
+                    reason="SwanLab is installed here (its tests ran above), or there is no .venv-swanlab")
+def test_swanlab_in_an_interpreter_of_its_own():
+    """This file's SwanLab tests, in the interpreter that has SwanLab: they must run there, not skip."""
+    r = subprocess.run([str(SWANLAB_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                        "swanlab_offline or failing_tracker_warns_once", "-rs"],
+                       capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]
