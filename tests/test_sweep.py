@@ -339,3 +339,13 @@ def test_time_spent_in_the_hook_is_not_training_time(tmp_path):
     assert time.perf_counter() - started > 9  # three checkpoints, 3 s each in the hook
     assert summary["train_seconds"] < 4  # six steps of a micro model
     assert max(json.loads(line)["elapsed_s"] for line in (recipe.run_dir / "metrics.jsonl").open()) < 4
+
+
+def test_the_shipped_space_fits_the_quickstart_and_holds_its_values():
+    """The README's demonstration: every value of recipes/spaces/quickstart.yaml gives a valid quickstart recipe,
+    and the quickstart's own values are in it (they are the sweep's first trial)."""
+    root = Path(__file__).resolve().parent.parent
+    recipe = root / "recipes" / "quickstart.yaml"
+    raw, _ = read_recipe_raw(recipe, ["train.max_steps=300"])
+    space = load_space(root / "recipes" / "spaces" / "quickstart.yaml", raw, recipe)
+    assert space.params_of(raw) is not None

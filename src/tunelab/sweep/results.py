@@ -140,7 +140,12 @@ def plot_study(study, sweep_dir: Path) -> list[Path]:
     plots = [("history.png", lambda: ovm.plot_optimization_history(study, target_name=study.user_attrs.get(
         "objective", "objective")))]
     if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-        plots.append(("curves.png", lambda: ovm.plot_intermediate_values(study)))
+        def curves():
+            ax = ovm.plot_intermediate_values(study)
+            ax.set_xlabel("checkpoint (1 = the first; pruning compares trials here)")
+            ax.set_ylabel(study.user_attrs.get("objective", "value"))
+            return ax
+        plots.append(("curves.png", curves))
     if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
         plots.append(("importances.png", lambda: ovm.plot_param_importances(study)))
     else:
