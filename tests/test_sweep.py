@@ -209,16 +209,21 @@ def test_a_sigkilled_sweep_resumes_without_losing_or_repeating_a_trial(tmp_path)
     assert summary["steps"] == 45
 
 
-def test_two_workers_share_one_study(tmp_path):
+@pytest.mark.parametrize("workers", [{"workers": 2}, {"devices": ["0", "1"]}], ids=["workers", "devices"])
+def test_two_workers_share_one_study(tmp_path, workers):
+    """Two worker processes on this CPU, or one per "GPU" (the recipe trains on the CPU; each worker is given
+    its device as CUDA_VISIBLE_DEVICES, as it would be on a GPU machine)."""
     recipe = tiny_recipe(tmp_path)
     space = write_space(tmp_path, SPACE)
-    results = sweep(SweepSettings(str(recipe), str(space), trials=4, workers=2))
+    results = sweep(SweepSettings(str(recipe), str(space), trials=4, overrides=["train.device=cpu"], **workers))
     sweep_dir = tmp_path / "runs" / "tiny-sweep"
     trials = study_of(sweep_dir).get_trials()
     assert len(trials) == 4 and all(t.state.is_finished() for t in trials)
     assert sorted(t.user_attrs["run"] for t in trials) == [f"trial-00{i}" for i in range(4)]
     logs = [(sweep_dir / f"worker-{i}.log").read_text() for i in range(2)]
     assert all("trial " in log for log in logs), logs  # each worker ran trials of the one study
+    if "devices" in workers:
+        assert [f"worker {i}, PID" in logs[i] and f", GPU {i}" in logs[i] for i in range(2)] == [True, True]
     assert results.best is not None
 
 
@@ -349,3 +354,29 @@ def test_the_shipped_space_fits_the_quickstart_and_holds_its_values():
     raw, _ = read_recipe_raw(recipe, ["train.max_steps=300"])
     space = load_space(root / "recipes" / "spaces" / "quickstart.yaml", raw, recipe)
     assert space.params_of(raw) is not None
+
+
+ASKER = """
+import sys, time
+import optuna
+from tunelab.sweep.study import open_storage
+storage = open_storage(sys.argv[1])
+study = optuna.load_study(study_name="race", storage=storage)
+while time.time() < float(sys.argv[2]):
+    time.sleep(0.001)
+print(study.ask().number)
+"""
+
+
+def test_a_waiting_trial_is_taken_by_one_worker_only(tmp_path):
+    """Six processes ask the SQLite study for a trial at the same instant while one trial waits (the recipe's own
+    values, a retry): exactly one of them gets it. pysqlite's reads outside a transaction let several take it."""
+    from tunelab.sweep.study import open_storage
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="race", storage=open_storage(url))
+    study.enqueue_trial({"x": 1})
+    start = time.time() + 8  # every process has imported optuna and opened the storage by then
+    procs = [subprocess.Popen([sys.executable, "-c", ASKER, url, str(start)], stdout=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    numbers = sorted(int(p.communicate(timeout=120)[0]) for p in procs)
+    assert numbers == [0, 1, 2, 3, 4, 5]

@@ -43,14 +43,35 @@ def open_storage(url: str):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     except ImportError as e:  # a database driver (psycopg2, PyMySQL) that is not installed
         raise TunelabError(f"the study storage needs a database driver that is not installed ({e})",
                            field="storage") from None
     except Exception as e:  # SQLAlchemy's OperationalError and friends: an unreachable server, a bad URL
         raise TunelabError(f"cannot open the study storage: {type(e).__name__}: {str(e).splitlines()[0]}",
                            field="storage") from None
+    if url.startswith("sqlite"):
+        _serialise_sqlite(storage.engine)
+    return storage
+
+
+def _serialise_sqlite(engine) -> None:
+    """Every transaction on the SQLite study takes the write lock at BEGIN (`BEGIN IMMEDIATE`). pysqlite runs a
+    SELECT outside any transaction, so two workers both read a WAITING trial (the recipe's own values, a
+    retry) as free, both set it RUNNING, and both ran it: Optuna's `SELECT … FOR UPDATE` means nothing to
+    SQLite. PostgreSQL and MySQL lock the row and need none of this. (SQLAlchemy's recipe for pysqlite.)"""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the hooks were attached are not reused
 
 
 def sampler(seed: int, trials: int, offset: int):

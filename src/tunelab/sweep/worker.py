@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 from tunelab.errors import TunelabError
@@ -15,6 +16,9 @@ def main(argv: list[str]) -> int:
     from tunelab.sweep import SweepSettings, prepare, work
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = SweepSettings(**json.loads(argv[0]))
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    logging.getLogger("tunelab.sweep").info("worker %d, PID %d%s", settings.worker_index, os.getpid(),
+                                            f", GPU {gpu}" if settings.devices else "")
     try:
         work(settings, prepare(settings), settings.worker_index)
     except TunelabError as e:
