@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from tunelab.cli.arguments import add_corpus_reading, add_set, flags_for, integer
+from tunelab.cli.arguments import add_corpus_reading, add_set, flags_for, integer, number
 
 _SET = {"overrides": "--set"}
 _READING = {"val_fraction": "--val-fraction"}  # a message naming the setting (`val_fraction must be …`)
@@ -51,6 +51,19 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     q.add_argument("--corpus", required=True, help="the prepared corpus whose document split decides")
     q.add_argument("--out", required=True, help="new directory for train.jsonl, val.jsonl and summary.json")
     q.set_defaults(func=cli_qa_split)
+
+    q = data.add_parser("prefs", help="preference pairs {prompt, chosen, rejected} from arena votes and/or "
+                                      "preference files, split by prompt into train.jsonl and val.jsonl")
+    q.add_argument("files", nargs="*", help="preference files (JSONL or JSON): {prompt, chosen, rejected} texts or "
+                                            "chat messages, UltraFeedback-style conversations, HH-RLHF text")
+    q.add_argument("--arena", default=None, metavar="VOTES.db", help="an arena database (`tunelab ui`'s votes)")
+    q.add_argument("--out", required=True, help="new directory for train.jsonl, val.jsonl and summary.json")
+    q.add_argument("--val-fraction", type=number(0, 1, True), default=0.1,
+                   help="share of prompts held out for validation (default 0.1)")
+    q.add_argument("--seed", type=int, default=0, help="which prompts are held out")
+    q.add_argument("--named", action="store_true",
+                   help="also use votes cast with the model names shown (by default anonymous battles only)")
+    q.set_defaults(func=cli_prefs)
 
     q = data.add_parser("convert", help="convert competition data to a training format")
     q.add_argument("input", help="competition JSON/JSONL ({problem, solution})")
@@ -165,6 +178,20 @@ def cli_qa_split(args: argparse.Namespace) -> int:
           f"({s['train_articles']:,} train-split articles; {s['train_asking_held_out']:,} asking a held-out question "
           f"and {s['repeated']:,} repeats left out, {s['not_in_corpus']:,} of articles not in the corpus) "
           f"-> {args.out}")
+    return 0
+
+
+@flags_for({"out": "--out", "val_fraction": "--val-fraction", "sources": "--arena"})
+def cli_prefs(args: argparse.Namespace) -> int:
+    """`tunelab data prefs`: write the pairs and say what was kept, skipped and merged."""
+    from tunelab.data.preferences import build_preferences
+    s = build_preferences(args.out, arena=args.arena, files=args.files, val_fraction=args.val_fraction,
+                          seed=args.seed, named=args.named)
+    left_out = {**s["skipped"], **s["dropped"]}
+    print(f"{s['pairs']:,} preference pairs from {s['read']:,} read: {s['train']:,} for training "
+          f"({s['train_prompts']:,} prompts), {s['val']:,} held out ({s['val_prompts']:,} prompts) -> {args.out}")
+    if left_out:
+        print("left out: " + ", ".join(f"{k} {v:,}" for k, v in sorted(left_out.items())))
     return 0
 
 

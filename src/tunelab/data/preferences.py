@@ -1,0 +1,272 @@
+"""Preference pairs — a prompt, the answer people preferred and the one they did not — from the arena's votes
+and from the public files preference tuning is usually given (`tunelab data prefs`).
+
+What a pair is: `prompt` (a text, or the conversation before the answers as chat messages), `chosen` and
+`rejected` (the two answers' texts), and where it came from (the two models, how many votes, the battle ids,
+the time of the latest vote, or the source file's line).
+
+Sources:
+- **An arena database** (`tunelab ui`'s votes.db): `left`/`right` votes become pairs; `tie` and `both_bad`
+  say nothing about which answer is better and are skipped (and counted). Only anonymous battles are used
+  unless named ones are asked for: a voter who saw the model names was not judging the answers alone.
+- **Files** (JSONL or a JSON array), in the shapes preference data comes in:
+  - `{prompt, chosen, rejected}` as texts (TRL's "standard" explicit-prompt form);
+  - `{prompt: [messages], chosen: [messages], rejected: [messages]}`, the answers one assistant message each
+    (TRL's conversational explicit-prompt form);
+  - `{chosen: [messages], rejected: [messages]}`, whole conversations that share the prompt turns
+    (UltraFeedback-binarized; a `prompt` text beside them is the same first turn and is not needed);
+  - `{chosen: "...", rejected: "..."}` in HH-RLHF's text form ("\\n\\nHuman: …\\n\\nAssistant: …"), read
+    into chat messages so the model's own chat template applies when training.
+
+Then: a pair whose answers are the same is dropped; the same pair seen several times is merged (its votes
+added); a pair voted both ways keeps the majority's direction, and an even split is dropped; and the split
+into train and validation is by prompt, so no prompt is in both (a prompt's pairs would otherwise teach the
+validation answers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.records import iter_records, lone_surrogate
+
+ROLES = ("system", "user", "assistant")
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+@dataclass
+class PreferencePair:
+    prompt: str | list[dict[str, str]]
+    chosen: str
+    rejected: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def prompt_key(self) -> str:
+        return json.dumps(self.prompt, ensure_ascii=False, sort_keys=True)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected, **self.meta}
+
+
+# --- the arena -------------------------------------------------------------------------------------------------
+
+_ARENA_COLUMNS = {"id", "ts", "model_a", "model_b", "vote", "prompt", "answer_a", "answer_b", "anonymous"}
+
+
+def arena_pairs(db: str | Path, named: bool = False) -> tuple[list[PreferencePair], Counter]:
+    """The arena's left/right votes as pairs, and what was skipped (`tie`, `both_bad`, `named`)."""
+    path = Path(db)
+    if not path.is_file():
+        raise TunelabError("arena database not found", file=path)
+    try:
+        con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            columns = {r[1] for r in con.execute("PRAGMA table_info(votes)")}
+            if not _ARENA_COLUMNS <= columns:
+                raise TunelabError("not an arena database (no votes table with prompts and answers)", file=path)
+            battle = "battle" if "battle" in columns else "NULL"
+            rows = con.execute(f"SELECT id, ts, model_a, model_b, vote, prompt, answer_a, answer_b, anonymous, "
+                               f"{battle} FROM votes ORDER BY id").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise TunelabError(f"not a readable SQLite database ({e})", file=path) from None
+    pairs, skipped = [], Counter()
+    for vid, ts, model_a, model_b, vote, prompt, answer_a, answer_b, anonymous, battle_id in rows:
+        if not anonymous and not named:
+            skipped["named"] += 1
+            continue
+        if vote not in ("left", "right"):
+            skipped[vote] += 1
+            continue
+        won_a = vote == "left"
+        pairs.append(PreferencePair(
+            prompt, answer_a if won_a else answer_b, answer_b if won_a else answer_a,
+            {"chosen_model": model_a if won_a else model_b, "rejected_model": model_b if won_a else model_a,
+             "votes": 1, "vote_ids": [vid], "battles": [battle_id] if battle_id else [], "ts": ts,
+             "source": "arena"}))
+    return pairs, skipped
+
+
+# --- files -----------------------------------------------------------------------------------------------------
+
+def file_pairs(path: str | Path) -> list[PreferencePair]:
+    """Every record of a preference file as a pair (module docstring's shapes); a bad record is an error naming
+    its line and field."""
+    path = Path(path)
+    return [_record_pair(rec, path, line) for line, rec in iter_records(path)]
+
+
+def _text(value: Any, path: Path, line: int, name: str) -> str:
+    if not isinstance(value, str):
+        raise TunelabError(f"expected a text or a list of chat messages, got {type(value).__name__}", file=path,
+                           line=line, field=name)
+    if (at := lone_surrogate(value)) is not None:
+        raise TunelabError(f"not valid Unicode text (a lone surrogate at character {at})", file=path, line=line,
+                           field=name)
+    return value
+
+
+def _messages(value: Any, path: Path, line: int, name: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise TunelabError("expected a non-empty list of chat messages", file=path, line=line, field=name)
+    out = []
+    for i, m in enumerate(value):
+        where = f"{name}.{i}"
+        if not isinstance(m, dict) or not {"role", "content"} <= set(m):
+            raise TunelabError("expected a message {role, content}", file=path, line=line, field=where)
+        if m["role"] not in ROLES:
+            raise TunelabError(f"unknown role {m['role']!r} (known: {', '.join(ROLES)})", file=path, line=line,
+                               field=f"{where}.role")
+        out.append({"role": m["role"], "content": _text(m["content"], path, line, f"{where}.content")})
+    return out
+
+
+def _answer(messages: list[dict[str, str]], path: Path, line: int, name: str) -> str:
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise TunelabError("expected the answer as one assistant message", file=path, line=line, field=name)
+    return messages[0]["content"]
+
+
+def _record_pair(rec: dict[str, Any], path: Path, line: int) -> PreferencePair:
+    for name in ("chosen", "rejected"):
+        if name not in rec:
+            raise TunelabError("missing field", file=path, line=line, field=name)
+    chosen, rejected = rec["chosen"], rec["rejected"]
+    meta = {"source": f"{path.name}:{line}"}
+    if isinstance(chosen, list) or isinstance(rejected, list):
+        c, r = _messages(chosen, path, line, "chosen"), _messages(rejected, path, line, "rejected")
+        if isinstance(rec.get("prompt"), list):  # explicit prompt: the answers alone
+            prompt = _messages(rec["prompt"], path, line, "prompt")
+            return PreferencePair(prompt, _answer(c, path, line, "chosen"), _answer(r, path, line, "rejected"), meta)
+        shared = 0  # implicit prompt: the turns both conversations share
+        while shared < min(len(c), len(r)) - 1 and c[shared] == r[shared]:
+            shared += 1
+        if shared == 0 or c[:shared] != r[:shared]:
+            raise TunelabError("chosen and rejected share no prompt turns (give a prompt field)", file=path,
+                               line=line, field="chosen")
+        return PreferencePair(c[:shared], _answer(c[shared:], path, line, "chosen"),
+                              _answer(r[shared:], path, line, "rejected"), meta)
+    c, r = _text(chosen, path, line, "chosen"), _text(rejected, path, line, "rejected")
+    if "prompt" in rec:
+        return PreferencePair(_text(rec["prompt"], path, line, "prompt"), c, r, meta)
+    prompt_c, answer_c = _hh_split(c)
+    prompt_r, answer_r = _hh_split(r)
+    if prompt_c is None or prompt_c != prompt_r:
+        raise TunelabError("no prompt: give a prompt field, chosen/rejected as chat messages, or HH-RLHF text "
+                           "('\\n\\nHuman: …\\n\\nAssistant: …') whose turns before the last answer agree",
+                           file=path, line=line, field="prompt")
+    return PreferencePair(prompt_c, answer_c, answer_r, meta)
+
+
+def _hh_split(text: str) -> tuple[list[dict[str, str]] | None, str]:
+    """HH-RLHF text as (the chat messages before the last assistant turn, that turn's text); (None, "") when the
+    text is not in that form (it must start with a Human turn and end with an Assistant one)."""
+    parts = _HH_TURN.split(text)
+    if len(parts) < 5 or parts[0].strip() or len(parts) % 2 == 0:
+        return None, ""
+    turns = [("user" if who == "Human" else "assistant", body) for who, body in zip(parts[1::2], parts[2::2])]
+    if turns[0][0] != "user" or turns[-1][0] != "assistant":
+        return None, ""
+    return [{"role": role, "content": body} for role, body in turns[:-1]], turns[-1][1]
+
+
+# --- merging and splitting -------------------------------------------------------------------------------------
+
+def merge_pairs(pairs: list[PreferencePair]) -> tuple[list[PreferencePair], Counter]:
+    """One pair per (prompt, answer, answer): repeats merged (votes added), a pair voted both ways kept in the
+    majority's direction (`against`: the votes the other way) and dropped on an even split; a pair whose two
+    answers are the same says nothing and is dropped."""
+    dropped: Counter = Counter()
+    groups: dict[tuple, dict[bool, list[PreferencePair]]] = {}
+    for p in pairs:
+        if p.chosen == p.rejected:
+            dropped["same answers"] += 1
+            continue
+        forward = p.chosen < p.rejected
+        key = (p.prompt_key(), *sorted((p.chosen, p.rejected)))
+        groups.setdefault(key, {True: [], False: []})[forward].append(p)
+    out = []
+    for sides in groups.values():
+        ahead, behind = sides[True], sides[False]
+        votes = lambda ps: sum(p.meta.get("votes", 1) for p in ps)  # noqa: E731
+        if votes(ahead) == votes(behind):
+            dropped["voted both ways evenly"] += len(ahead) + len(behind)
+            continue
+        if votes(behind) > votes(ahead):
+            ahead, behind = behind, ahead
+        first = ahead[0]
+        merged = dict(first.meta)
+        if len(ahead) > 1 or behind:
+            dropped["merged repeats"] += len(ahead) - 1
+            merged["votes"] = votes(ahead)
+            for key in ("vote_ids", "battles"):
+                if key in merged:
+                    merged[key] = [v for p in ahead for v in p.meta.get(key, [])]
+            if "ts" in merged:
+                merged["ts"] = max(p.meta["ts"] for p in ahead)
+        if behind:
+            merged["against"] = votes(behind)
+            dropped["outvoted"] += len(behind)
+        out.append(PreferencePair(first.prompt, first.chosen, first.rejected, merged))
+    return out, dropped
+
+
+def split_by_prompt(pairs: list[PreferencePair], val_fraction: float, seed: int = 0
+                    ) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(train, val): each prompt goes wholly to one side, by a hash of the prompt and `seed` (stable as data is
+    added). With a fraction above 0 and two prompts or more, at least one prompt is held out."""
+    if not 0 <= val_fraction < 1:
+        raise TunelabError(f"the validation fraction is in [0, 1), got {val_fraction}", field="val_fraction")
+
+    def draw(key: str) -> float:
+        digest = hashlib.sha256(f"{seed}\0{key}".encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") / 2 ** 64
+    keys = {p.prompt_key() for p in pairs}
+    held = {k for k in keys if draw(k) < val_fraction}
+    if val_fraction > 0 and not held and len(keys) >= 2:
+        held = {min(keys, key=draw)}
+    return [p for p in pairs if p.prompt_key() not in held], [p for p in pairs if p.prompt_key() in held]
+
+
+def build_preferences(out: str | Path, arena: str | Path | None = None, files: list[str | Path] | None = None,
+                      val_fraction: float = 0.1, seed: int = 0, named: bool = False) -> dict[str, Any]:
+    """Write OUT/train.jsonl, OUT/val.jsonl and OUT/summary.json from an arena database and/or preference files;
+    returns the summary (what was read, skipped, merged and written)."""
+    from tunelab.records import building_dir, write_json, write_jsonl
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TunelabError("the output directory exists: give a new one", file=out, field="out")
+    if arena is None and not files:
+        raise TunelabError("nothing to read: give an arena database or preference files", field="sources")
+    pairs: list[PreferencePair] = []
+    skipped: Counter = Counter()
+    if arena is not None:
+        found, skipped = arena_pairs(arena, named)
+        pairs += found
+    for f in files or []:
+        pairs += file_pairs(f)
+    read = len(pairs)
+    merged, dropped = merge_pairs(pairs)
+    if not merged:
+        raise TunelabError(f"no preference pair to write ({read} read; skipped: "
+                           f"{dict(skipped + dropped) or 'none'})", file=arena or files[0])
+    train, val = split_by_prompt(merged, val_fraction, seed)
+    summary = {"read": read, "skipped": dict(skipped), "dropped": dict(dropped), "pairs": len(merged),
+               "train": len(train), "val": len(val),
+               "train_prompts": len({p.prompt_key() for p in train}),
+               "val_prompts": len({p.prompt_key() for p in val}),
+               "val_fraction": val_fraction, "seed": seed}
+    with building_dir(out) as tmp:
+        write_jsonl(tmp / "train.jsonl", (p.to_record() for p in train))
+        write_jsonl(tmp / "val.jsonl", (p.to_record() for p in val))
+        write_json(tmp / "summary.json", summary)
+    return summary
