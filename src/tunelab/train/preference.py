@@ -1,0 +1,112 @@
+"""Preference losses on pairs of answers to one prompt: DPO (`sigmoid`), IPO (`ipo`) and the reference-free SimPO
+(`simpo`), with an optional SFT term on the chosen answer, and the numbers TRL logs for them.
+
+A batch holds the chosen rows then the rejected rows (2B rows; row i and row B + i answer the same prompt), and a
+`completion_mask` marking each row's answer tokens. A row's log-probability is the sum over its answer tokens of
+log p(token | everything before it); the reference's is the same under the model with its LoRA adapter switched
+off (`reference_logps`): the base the adapter started from, with no second copy of the model in memory.
+
+What each loss is, with d = (log π(chosen) − log π_ref(chosen)) − (log π(rejected) − log π_ref(rejected)):
+- `sigmoid` (DPO, Rafailov et al. 2023): −log σ(β·d).
+- `ipo` (Azar et al. 2023, eq. 17): ((d_c/n_c − d_r/n_r) − 1/(2β))², each answer's log-ratio averaged over its
+  n answer tokens, as TRL does (the length normalisation the IPO authors confirmed to TRL).
+- `simpo` (Meng et al. 2024): −log σ(β·(log π(c)/n_c − log π(r)/n_r) − γ), no reference at all.
+- `sft_weight` w adds w × the mean negative log-likelihood of the chosen answers' tokens.
+
+These are TRL 1.16's `DPOTrainer` losses `sigmoid`, `ipo` and `sft` (and `CPOTrainer`'s `simpo` with
+`cpo_alpha=0`); `tests/test_preference_loss.py` checks loss, metrics and gradients against TRL itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("sigmoid", "ipo", "simpo")
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """`beta`: DPO/IPO's regularisation (β, τ for IPO), SimPO's reward scale; `simpo_gamma`: SimPO's target reward
+    margin γ (its γ/β ratio is what the paper tunes, 0.5 by default); `sft_weight`: the weight of the chosen
+    answers' NLL added to the loss (0: none)."""
+
+    loss_type: str = "sigmoid"
+    beta: float = 0.1
+    simpo_gamma: float = 0.5
+    sft_weight: float = 0.0
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss type {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss_type != "simpo"
+
+
+def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """log p(token t | tokens before t) for t = 1 .. T-1 of every row, in fp32: (rows, T-1)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each row's summed answer log-probability, its per-token log-probabilities masked to the answer)."""
+    per_token = token_logps(model, input_ids, attention_mask) * completion_mask[:, 1:]
+    return per_token.sum(dim=1), per_token
+
+
+def reference_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    completion_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's answer log-probability under the reference: the model with its adapter switched off (peft's
+    `disable_adapter`), without gradients. A model without an adapter is its own reference only before it
+    trains: give it precomputed reference log-probabilities instead."""
+    switch_off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    was_training = model.training
+    model.eval()  # no dropout in the reference (TRL's DPOConfig switches dropout off altogether by default)
+    try:
+        with torch.no_grad(), switch_off:
+            return completion_logps(model, input_ids, attention_mask, completion_mask)[0]
+    finally:
+        model.train(was_training)
+
+
+def preference_loss(spec: PreferenceLoss, policy: torch.Tensor, completion_mask: torch.Tensor,
+                    reference: torch.Tensor | None = None, per_token: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+    """(the batch's loss, TRL's metrics for it) from the rows' answer log-probabilities: `policy` (2B,), the
+    `reference`'s (2B,; None for SimPO), and the policy's `per_token` ones (for the SFT term)."""
+    chosen, rejected = policy.chunk(2)
+    n_chosen, n_rejected = completion_mask.sum(dim=1).clamp(min=1).chunk(2)
+    if spec.loss_type == "simpo":  # length-normalised: its log-probabilities (and TRL's logged ones) are averages
+        chosen, rejected = chosen / n_chosen, rejected / n_rejected
+        losses = -F.logsigmoid(spec.beta * (chosen - rejected) - spec.simpo_gamma)
+        chosen_rewards, rejected_rewards = spec.beta * chosen, spec.beta * rejected
+    else:
+        if reference is None:
+            raise ValueError(f"the {spec.loss_type} loss needs the reference's log-probabilities")
+        ref_chosen, ref_rejected = reference.chunk(2)
+        chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
+        if spec.loss_type == "sigmoid":
+            losses = -F.logsigmoid(spec.beta * (chosen_ratio - rejected_ratio))
+        else:  # ipo
+            losses = (chosen_ratio / n_chosen - rejected_ratio / n_rejected - 1 / (2 * spec.beta)) ** 2
+        chosen_rewards, rejected_rewards = spec.beta * chosen_ratio, spec.beta * rejected_ratio
+    loss = losses.mean()
+    if spec.sft_weight:
+        if per_token is None:
+            raise ValueError("the SFT term needs the policy's per-token log-probabilities")
+        chosen_tokens, _ = per_token.chunk(2)
+        chosen_mask, _ = completion_mask[:, 1:].chunk(2)
+        loss = loss + spec.sft_weight * -chosen_tokens[chosen_mask.bool()].mean()
+    chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
+    metrics = {"rewards/chosen": chosen_rewards.mean().item(), "rewards/rejected": rejected_rewards.mean().item(),
+               "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+               "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+               "logps/chosen": chosen.detach().mean().item(), "logps/rejected": rejected.detach().mean().item()}
+    return loss, metrics
