@@ -124,3 +124,44 @@ def test_simpo_equals_trl_cpo(tokenizer):
         assert metrics["rewards/margins"] == pytest.approx((chosen_rewards - rejected_rewards).mean().item(),
                                                            abs=1e-6)
         assert metrics["logps/chosen"] == pytest.approx(averaged.chunk(2)[0].mean().item(), rel=1e-5)
+
+
+def test_pairs_tokenise_as_sft_does_and_collate_as_trl_does(tokenizer, tmp_path):
+    """A pair is templated and tokenised by fine-tuning's own `encode_examples` (prompt and answer apart, EOS
+    after the answer). Where TRL's prompt / prompt+completion tokenisation has the same boundary (an answer that
+    starts a new word), the collated batch is TRL's, tensor for tensor, and so is the loss on it."""
+    from tunelab.data.packing import encode_examples
+    from tunelab.data.preferences import PreferencePair, pair_examples
+    from tunelab.data.templates import PromptTemplate
+    from tunelab.train.preference import collate_pairs
+    prompts, chosen, rejected = ["Say hi:", "1+1=", "Capital of France?"], [" hi", " 2", " Paris"], \
+        [" no", " 11", " Rome, I think"]
+    pairs = [PreferencePair(p, c, r) for p, c, r in zip(prompts, chosen, rejected)]
+    examples = pair_examples(pairs)
+    template = PromptTemplate("none")
+    encoded = list(zip(encode_examples(tokenizer, template, [c for c, _ in examples], 64),
+                       encode_examples(tokenizer, template, [r for _, r in examples], 64)))
+    ours = collate_pairs(encoded, tokenizer.pad_token_id)
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+    data = Dataset.from_dict({"prompt": prompts, "chosen": chosen, "rejected": rejected})
+    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=3, report_to="none",
+                         use_cpu=True, max_length=64)
+    tr = trl.DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                               init_lora_weights=False))
+    theirs = next(iter(tr.get_eval_dataloader(tr.train_dataset)))  # in order (the train loader shuffles)
+    for key in ("input_ids", "attention_mask", "completion_mask"):
+        assert ours[key].tolist() == theirs[key].tolist(), (key, ours[key].tolist(), theirs[key].tolist())
+    tr.model.train()
+    policy, per_token = completion_logps(tr.model, ours["input_ids"], ours["attention_mask"], ours["completion_mask"])
+    reference = reference_logps(tr.model, ours["input_ids"], ours["attention_mask"], ours["completion_mask"])
+    loss, _ = preference_loss(PreferenceLoss("sigmoid", beta=0.1), policy, ours["completion_mask"], reference)
+    assert loss.item() == pytest.approx(tr.compute_loss(tr.model, theirs).item(), rel=1e-5)
+    # a prompt given as chat messages is its last user message, as tunelab's saved chat template renders it
+    chat = PreferencePair([{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},
+                           {"role": "assistant", "content": "ok"}, {"role": "user", "content": "1+1="}], " 2", " 3")
+    assert pair_examples([chat])[0][0].instruction == "1+1="

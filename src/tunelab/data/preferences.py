@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
 from tunelab.records import iter_records, lone_surrogate
 
@@ -270,3 +271,23 @@ def build_preferences(out: str | Path, arena: str | Path | None = None, files: l
         write_jsonl(tmp / "val.jsonl", (p.to_record() for p in val))
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+def pair_examples(pairs: list[PreferencePair]) -> list[tuple[Example, Example]]:
+    """Each pair as the two SFT examples it is made of (same instruction, the chosen and the rejected answer), so
+    that it is templated and tokenised exactly as fine-tuning does (`tunelab.data.packing.encode_examples`: the
+    prompt and the answer apart, the label boundary exact, EOS after the answer). A prompt given as chat messages
+    becomes its last user message, as the chat template tunelab saves with a model renders a conversation
+    (`PromptTemplate.chat_template`: a system message and earlier turns are not shown to the model)."""
+    out = []
+    for i, p in enumerate(pairs):
+        if isinstance(p.prompt, str):
+            instruction = p.prompt
+        else:
+            users = [m["content"] for m in p.prompt if m["role"] == "user"]
+            if not users:
+                raise TunelabError("the prompt has no user message", file=p.meta.get("source"), field="prompt")
+            instruction = users[-1]
+        out.append((Example(f"pair-{i}-chosen", instruction, p.chosen), Example(f"pair-{i}-rejected", instruction,
+                                                                                 p.rejected)))
+    return out

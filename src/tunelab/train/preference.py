@@ -110,3 +110,20 @@ def preference_loss(spec: PreferenceLoss, policy: torch.Tensor, completion_mask:
                "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
                "logps/chosen": chosen.detach().mean().item(), "logps/rejected": rejected.detach().mean().item()}
     return loss, metrics
+
+
+def collate_pairs(pairs: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
+    """(chosen, rejected) encodings (`tunelab.data.packing.Encoded`, answer-only labels) as one batch: the chosen
+    rows, then the rejected rows, padded on the right; `completion_mask` marks the answer tokens (the labelled
+    ones), as TRL's collator does."""
+    rows = [c for c, _ in pairs] + [r for _, r in pairs]
+    width = max(len(e.input_ids) for e in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    completion = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, e in enumerate(rows):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        attention[i, :n] = 1
+        completion[i, :n] = torch.tensor([label != -100 for label in e.labels], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion}
