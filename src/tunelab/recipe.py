@@ -206,7 +206,21 @@ class DivergenceConfig(_Strict):
     spike_steps: int = Field(default=10, ge=1, description="steps a spike must last")
 
 
+class PreferenceConfig(_Strict):
+    """The preference loss of `train.method: dpo` (`tunelab.train.preference`)."""
+
+    loss: Literal["sigmoid", "ipo", "simpo"] = Field(
+        default="sigmoid", description="sigmoid: DPO; ipo: IPO; simpo: SimPO (reference-free, length-normalised)")
+    beta: float = Field(default=0.1, gt=0, description="DPO/IPO's β (τ for IPO); SimPO's reward scale")
+    simpo_gamma: float = Field(default=0.5, ge=0, description="SimPO's target reward margin γ")
+    sft_weight: float = Field(default=0.0, ge=0, description="weight of the chosen answers' NLL added to the loss")
+
+
 class TrainConfig(_Strict):
+    method: Literal["sft", "dpo"] = Field(
+        default="sft", description="sft: learn the answers; dpo: learn from preference pairs {prompt, chosen, "
+                                   "rejected} (`tunelab data prefs`) with train.preference's loss")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     epochs: float = Field(default=1, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; overrides epochs")
     batch_size: int = Field(default=4, ge=1, description="rows per micro-batch (packed rows if packing)")
@@ -344,6 +358,23 @@ class Recipe(_Strict):
             raise ValueError(f"model.quantization: {self.model.quantization} freezes the base model in "
                              f"{self.model.quantization}; it trains LoRA adapters only: set lora.enabled: true (or "
                              "model.quantization: none for a full fine-tune)")
+        return self
+
+    @model_validator(mode="after")
+    def _preference_tuning(self):
+        """DPO and IPO compare the policy with its reference: the model with its LoRA adapter switched off, so no
+        second copy is held; a full fine-tune has no such reference (SimPO needs none). Pairs come from files."""
+        if self.train.method != "dpo":
+            return self
+        if not self.lora.enabled and self.train.preference.loss != "simpo":
+            raise ValueError(f"train.method dpo with the {self.train.preference.loss} loss takes its reference from "
+                             "the base under a LoRA adapter: set lora.enabled: true (or train.preference.loss: "
+                             "simpo, which needs no reference)")
+        if self.data.corpus is not None or self.data.replay is not None:
+            raise ValueError("train.method dpo trains on preference pairs, not on a corpus")
+        if any(src.path is None for src in self.data.train):
+            raise ValueError("train.method dpo reads preference pairs from files: every data.train source is a "
+                             "path (`tunelab data prefs` writes them)")
         return self
 
     @model_validator(mode="after")

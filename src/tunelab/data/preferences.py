@@ -291,3 +291,12 @@ def pair_examples(pairs: list[PreferencePair]) -> list[tuple[Example, Example]]:
         out.append((Example(f"pair-{i}-chosen", instruction, p.chosen), Example(f"pair-{i}-rejected", instruction,
                                                                                  p.rejected)))
     return out
+
+
+def source_pairs(path: str | Path, count: int | None = None, seed: int = 0) -> list[PreferencePair]:
+    """A recipe's preference source: its file's pairs, `count` of them drawn with `seed` when given."""
+    import random
+    pairs = file_pairs(path)
+    if count is not None and count < len(pairs):
+        pairs = random.Random(seed).sample(pairs, count)
+    return pairs

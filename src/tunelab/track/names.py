@@ -11,7 +11,10 @@ from typing import Any
 _STEP_KEYS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "epoch": "train/epoch",
               "tokens_per_s": "train/tokens_per_s", "sample_tokens_per_s": "train/sample_tokens_per_s",
               "mfu": "train/mfu", "memory_gib": "train/memory_gib", "val_loss": "val/loss",
-              "val_perplexity": "val/perplexity"}
+              "val_perplexity": "val/perplexity",
+              # a preference run (`train.method: dpo`): TRL's names, under train/
+              **{k: f"train/{k}" for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                                           "rewards/margins", "logps/chosen", "logps/rejected")}}
 
 
 def is_number(value: Any) -> bool:

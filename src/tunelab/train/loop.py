@@ -31,7 +31,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tunelab.data.packing import batch_to, collate
+from tunelab.data.packing import batch_to
 from tunelab.data.sources import training_examples
 from tunelab.data.templates import PromptTemplate
 from tunelab.errors import Preempted, TunelabError
@@ -42,6 +42,7 @@ from tunelab.runs import checkpoint_dir, list_checkpoints, step_of
 from tunelab.track.names import step_metrics
 from tunelab.train import sharding
 from tunelab.train.checkpoints import checkpoint_steps, save_checkpoint, staging_dir
+from tunelab.train.methods import METHODS
 from tunelab.train.distributed import Dist, all_sum, barrier, data_parallel, init_distributed
 from tunelab.train.divergence import DivergenceGuard
 from tunelab.train.plots import read_metrics
@@ -113,7 +114,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     if tc.memory_check:
         check_memory(recipe, dist)
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
-    examples = [] if recipe.data.corpus else training_examples(recipe)
+    method = METHODS[tc.method]
+    examples = [] if recipe.data.corpus or tc.method == "dpo" else training_examples(recipe)
     model, tokenizer = build_model_and_tokenizer(recipe, examples, template, run_dir, dist)
     rows = training_rows(recipe, examples, model, tokenizer, template, dist)
     stream, val_rows = rows.stream, rows.val_rows
@@ -153,6 +155,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
             if note and dist.main:
                 log.info(f"note: {note}")
             progress.resumed(point)
+            if hasattr(loss_model, "window"):
+                loss_model.set_window(point.trainer_state.get("loss_window"))
         if dist.main:  # drop log lines past the checkpoint; they are recomputed
             kept = [r for r in read_metrics(metrics_path) if r["step"] <= progress.step]
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
@@ -180,7 +184,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
         if not dist.main:
             return
         trainer_state = capture(model, optimizer, scheduler, scaler, rng, progress, rows_per_step, done,
-                                progress.elapsed_s + time.perf_counter() - t_start, sharded=fsdp)
+                                progress.elapsed_s + time.perf_counter() - t_start, sharded=fsdp,
+                                loss_window=loss_model.window() if hasattr(loss_model, "window") else None)
         state = {"step": done, "loss": loss, "total_steps": total_steps,
                  "val_loss": val["val_loss"] if val else None}
         if preemption:
@@ -209,8 +214,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
             # this rank's share of the step's rows, in micro-batches
             step_rows = stream.rows(step * rows_per_step, rows_per_step)[dist.rank::dist.world]
             micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
-            batches = [collate(chunk, tokenizer.pad_token_id, recipe.data.packing, flat) for chunk in micro]
-            local_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+            batches = [method.collate(chunk, tokenizer.pad_token_id, recipe.data.packing, flat) for chunk in micro]
+            local_items = sum(method.items(b) for b in batches)
             local_tokens = sum(len(r.input_ids) for r in step_rows)
             local_samples = sum(r.sample_tokens for r in step_rows)
             global_items = all_sum(dist, [local_items])[0]
@@ -278,6 +283,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
                        "elapsed_s": progress.elapsed_s + now - t_start}
                 if stream.prefix:  # the samples' tokens, the shared prefix once per sample (what unshared rows feed)
                     rec["sample_tokens_per_s"] = window[3] / (now - t_window)
+                if hasattr(loss_model, "take_metrics"):  # a preference run's rewards, margins and log-probs
+                    rec.update(loss_model.take_metrics())
                 if dist.main:
                     _append_line(metrics_path, rec)
                     trackers.log_metrics(step_metrics(rec), done)

@@ -127,3 +127,48 @@ def collate_pairs(pairs: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
         attention[i, :n] = 1
         completion[i, :n] = torch.tensor([label != -100 for label in e.labels], dtype=torch.long)
     return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion}
+
+
+class PreferenceLossModel(torch.nn.Module):
+    """What the training loop calls forward on in a preference run, as `loss.LabelledLoss` in a fine-tuning one:
+    `forward(input_ids, attention_mask, completion_mask, num_items_in_batch)` returns this micro-batch's share
+    of the step's loss (the mean over the step's pairs: `num_items_in_batch` counts them), and keeps TRL's
+    metrics for the loop's next metrics line (`take_metrics`). Dropout is switched off in the model, as TRL's
+    DPOConfig does by default: a reward is a difference of log-probabilities, and dropout would make the
+    policy's and the reference's disagree by noise."""
+
+    def __init__(self, model: torch.nn.Module, spec: PreferenceLoss):
+        super().__init__()
+        self.model, self.spec = model, spec
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        self._sums: dict[str, float] = {}
+        self._pairs = 0
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                num_items_in_batch: int) -> torch.Tensor:
+        from tunelab.model.rotary import fast_rotary
+        with fast_rotary(self.model):
+            policy, per_token = completion_logps(self.model, input_ids, attention_mask, completion_mask)
+            reference = (reference_logps(self.model, input_ids, attention_mask, completion_mask)
+                         if self.spec.needs_reference else None)
+        loss, metrics = preference_loss(self.spec, policy, completion_mask, reference, per_token)
+        pairs = input_ids.shape[0] // 2
+        for key, value in metrics.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value * pairs
+        self._pairs += pairs
+        return loss * pairs / num_items_in_batch
+
+    def window(self) -> dict:
+        """The sums since the last metrics line, for a checkpoint (`trainer_state.capture`)."""
+        return {"sums": dict(self._sums), "pairs": self._pairs}
+
+    def set_window(self, window: dict | None) -> None:
+        self._sums, self._pairs = (dict(window["sums"]), window["pairs"]) if window else ({}, 0)
+
+    def take_metrics(self) -> dict[str, float]:
+        """The metrics averaged over the pairs since the last call (this process's pairs)."""
+        out = {key: value / self._pairs for key, value in self._sums.items()} if self._pairs else {}
+        self._sums, self._pairs = {}, 0
+        return out

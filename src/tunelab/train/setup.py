@@ -102,6 +102,10 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
     """A corpus run's memory-mapped blocks; or the examples encoded, a replayed corpus's blocks added, and the
     prompt prefix every sample shares held once per packed row where the model's attention allows it."""
     tc = recipe.train
+    if tc.method == "dpo":
+        from tunelab.train.preference_rows import pair_rows
+        stream, pairs, truncated = pair_rows(recipe, tokenizer, template)
+        return TrainingRows(stream, None, pairs, truncated)
     if recipe.data.corpus:
         from tunelab.train.corpus_rows import corpus_rows
         stream, val_rows = corpus_rows(recipe)
@@ -178,8 +182,8 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist) -> TrainingMod
     if tc.gradient_checkpointing:
         from tunelab.model.activation_checkpointing import enable_activation_checkpointing
         enable_activation_checkpointing(model)
-    from tunelab.train.loss import LabelledLoss
-    loss_model = LabelledLoss(model)
+    from tunelab.train.methods import METHODS
+    loss_model = METHODS[tc.method].loss_model(model, recipe)
     fsdp = tc.strategy == "fsdp" and dist.world > 1  # one process has nothing to shard across
     if fsdp:
         if precision.grad_scaler:

@@ -56,9 +56,11 @@ class Progress:
 
 
 def capture(model, optimizer, scheduler, scaler, rng: list[dict], progress: Progress, rows_per_step: int,
-            step: int, elapsed_s: float, sharded: bool) -> dict:
+            step: int, elapsed_s: float, sharded: bool, loss_window: dict | None = None) -> dict:
     """The trainer state of a checkpoint at `step` (rank 0's; `rng` is every rank's, `gather_rng`). A sharded
-    run's weights and optimizer are in the checkpoint's DCP files (`sharding.save_sharded`), not here."""
+    run's weights and optimizer are in the checkpoint's DCP files (`sharding.save_sharded`), not here.
+    `loss_window`: what the loss module sums for the next metrics line (a preference run's rewards), so that a
+    resumed run logs the same lines as an unbroken one, as `log_window` does for the loss."""
     if sharded:
         trained = {"sharded": True}
     else:
@@ -66,7 +68,7 @@ def capture(model, optimizer, scheduler, scaler, rng: list[dict], progress: Prog
                                  if p.requires_grad}, "optimizer": optimizer.state_dict()}
     return {**trained, "scheduler": scheduler.state_dict(), "rng": rng,
             "grad_scaler": scaler.state_dict() if scaler else None,
-            "log_window": tuple(progress.window),
+            "log_window": tuple(progress.window), "loss_window": loss_window,
             "early_stopping": progress.stopper.state(), "divergence": progress.guard.state(),
             "stopped_early_at": progress.stopped_early_at, "rows_per_step": rows_per_step,
             "step": step, "elapsed_s": elapsed_s}

@@ -1,0 +1,72 @@
+"""The training rows of a preference run (`train.method: dpo`): one preference pair a row, the chosen and the
+rejected answer each encoded as fine-tuning encodes a sample (`tunelab.data.preferences.pair_examples`), in
+the same deterministic epoch-after-epoch order as `row_stream.RowStream`, so a resumed run picks up on exactly
+the pairs it would have had. Pairs are not packed: the two answers of a pair are compared whole."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tunelab.data.packing import Encoded, encode_examples
+from tunelab.data.templates import PromptTemplate
+
+
+@dataclass
+class PairRow:
+    chosen: Encoded
+    rejected: Encoded
+
+    @property
+    def input_ids(self) -> list[int]:
+        """Both rows' tokens (what the loop counts as the step's tokens)."""
+        return self.chosen.input_ids + self.rejected.input_ids
+
+    @property
+    def sample_tokens(self) -> int:
+        return len(self.chosen.input_ids) + len(self.rejected.input_ids)
+
+
+class PairStream:
+    """The deterministic sequence of pairs: epoch e is a shuffle with seed+e."""
+
+    def __init__(self, pairs: list[PairRow], seed: int):
+        self.pairs, self.seed = pairs, seed
+        self.padding_pct = 0.0  # not a packed grid: each pair's two rows are padded to each other only
+        self.prefix = 0
+        self._epochs: dict[int, list[PairRow]] = {}
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return len(self.pairs)
+
+    def _epoch(self, e: int) -> list[PairRow]:
+        if e not in self._epochs:
+            order = list(self.pairs)
+            random.Random(self.seed + e).shuffle(order)
+            self._epochs = {e: order, **{k: v for k, v in self._epochs.items() if k == e - 1}}
+        return self._epochs[e]
+
+    def rows(self, start: int, count: int) -> list[PairRow]:
+        out, n = [], len(self.pairs)
+        for i in range(start, start + count):
+            out.append(self._epoch(i // n)[i % n])
+        return out
+
+
+def pair_rows(recipe, tokenizer, template: PromptTemplate) -> tuple[PairStream, int, int]:
+    """(the stream, how many pairs, how many had a prompt cut to fit data.max_seq_len)."""
+    from tunelab.data.preferences import pair_examples, source_pairs
+    from tunelab.errors import TunelabError
+    pairs = []
+    for src in recipe.data.train:
+        pairs += source_pairs(src.path, src.count, src.seed)
+    if not pairs:
+        raise TunelabError("the preference data is empty", field="data.train")
+    examples = pair_examples(pairs)
+    max_len = recipe.data.max_seq_len
+    chosen = encode_examples(tokenizer, template, [c for c, _ in examples], max_len)
+    rejected = encode_examples(tokenizer, template, [r for _, r in examples], max_len)
+    rows = [PairRow(c, r) for c, r in zip(chosen, rejected)]
+    truncated = sum(c.truncated or r.truncated for c, r in zip(chosen, rejected))
+    return PairStream(rows, recipe.seed), len(rows), truncated
