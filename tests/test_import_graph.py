@@ -41,7 +41,7 @@ LAYERS = [
     ("synth", 6, ["tunelab.synth.*"]),        # training data from any OpenAI-compatible endpoint: a client
     ("top", 7, [                              # verbs that orchestrate several stages
         "tunelab", "tunelab.cli.*", "tunelab.pipeline.*", "tunelab.report", "tunelab.data_check", "tunelab.compare",
-        "tunelab.handin", "tunelab.sweep.*"]),  # tunelab: every verb's function, exported lazily for Python users; handin: export
+        "tunelab.handin", "tunelab.sweep.*", "tunelab.judge.*"]),  # tunelab: every verb's function, exported lazily for Python users; handin: export
     #                          (model) + the run's metrics, into a submission; sweep: many runs of a recipe
 ]
 

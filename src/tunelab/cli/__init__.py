@@ -15,10 +15,10 @@ import logging
 import sys
 
 from tunelab import __version__
-from tunelab.cli import data, eval, grade, model, run, serve, sweep, synth
+from tunelab.cli import data, eval, grade, judge, model, run, serve, sweep, synth
 from tunelab.errors import TunelabError
 
-GROUPS = (run, sweep, data, eval, grade, model, serve, synth)  # in the order `tunelab --help` lists their verbs
+GROUPS = (run, sweep, data, eval, grade, judge, model, serve, synth)  # in the order `tunelab --help` lists their verbs
 
 
 def build_parser() -> argparse.ArgumentParser:

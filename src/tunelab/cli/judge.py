@@ -1,0 +1,64 @@
+"""`tunelab judge`: model A's answers against model B's, prompt by prompt, by the programmatic judge (known
+answers) or a model behind an OpenAI-compatible endpoint. The work is `tunelab.judge`."""
+
+from __future__ import annotations
+
+import argparse
+
+from tunelab.cli.arguments import flags_for
+
+_FLAGS = {"endpoint": "--endpoint", "references": "--references", "answers": "ANSWERS_A/ANSWERS_B"}
+
+
+def add_parsers(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("judge", help="win / tie / loss of model A's answers against model B's (programmatic "
+                                       "judge on known answers, or a model through an OpenAI-compatible URL)")
+    p.add_argument("answers_a", metavar="ANSWERS_A", help="model A's answers: `tunelab generate A --file P --json` "
+                                                          "output, or JSONL of {prompt, answer}")
+    p.add_argument("answers_b", metavar="ANSWERS_B", help="model B's answers, the same way")
+    p.add_argument("--references", default=None, metavar="FILE",
+                   help="the prompts with their reference answers (reference|answer|solution|output)")
+    p.add_argument("--match", choices=["numeric", "exact"], default="numeric",
+                   help="programmatic judge: the final number equal (default) or the whole text")
+    p.add_argument("--endpoint", default=None, metavar="URL",
+                   help="judge with a model behind this OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1), "
+                        "both answer orders asked; without it the programmatic judge decides")
+    p.add_argument("--judge-model", default="default", help="the endpoint's model name")
+    p.add_argument("--api-key", default=None, help="the endpoint's key (default: $OPENAI_API_KEY, else none)")
+    p.add_argument("--out", default=None, metavar="FILE", help="write each prompt's judgment as JSONL")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cli_judge)
+
+
+@flags_for(_FLAGS)
+def cli_judge(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from tunelab.judge import judge_answers, read_answers, read_references
+    from tunelab.records import write_jsonl
+    endpoint = None
+    if args.endpoint:
+        from tunelab.judge.endpoint import EndpointJudge
+        endpoint = EndpointJudge(args.endpoint, args.judge_model,
+                                 args.api_key or os.environ.get("OPENAI_API_KEY") or "none")
+    refs = read_references(args.references) if args.references else None
+    tally, judged, unmatched = judge_answers(read_answers(args.answers_a), read_answers(args.answers_b), refs,
+                                             endpoint, args.match)
+    if args.out:
+        write_jsonl(args.out, (j.record() for j in judged))
+    summary = {**tally.summary(), "unmatched_prompts": unmatched,
+               "judge": f"model {args.judge_model} at {args.endpoint}" if endpoint else f"programmatic ({args.match})"}
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
+        return 0
+    lo, hi = summary["ci95"]
+    print(f"A against B on {summary['prompts']} prompts, judged by the {summary['judge']} judge: "
+          f"{summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses")
+    print(f"A's win rate (a tie half a win): {100 * summary['win_rate']:.1f} % (95 % CI {100 * lo:.1f}–{100 * hi:.1f})")
+    notes = [f"{summary['inconsistent']} ties where the two orders disagreed" if summary["inconsistent"] else "",
+             f"{summary['unjudged']} ties where the judge named no verdict" if summary["unjudged"] else "",
+             f"{unmatched} prompts only one file answers, not judged" if unmatched else ""]
+    for note in filter(None, notes):
+        print(note)
+    return 0
