@@ -126,7 +126,35 @@ def _cola_labels(flip_every: int):
     return write
 
 
+def _arena_votes(path: Path, argv: list[str]) -> None:
+    """An arena database as `tunelab ui` writes it: a few anonymous battles, a tie and a named vote."""
+    from tunelab.serve.arena import ArenaStore
+    store = ArenaStore(path)
+    for i, (vote, anonymous) in enumerate((("left", True), ("right", True), ("tie", True), ("left", False),
+                                           ("left", True))):
+        store.record("sft", "dpo", vote, f"{i} + {i} = ?", f"{2 * i}", f"{2 * i + 1}", anonymous=anonymous,
+                     battle=f"b{i}")
+    store.close()
+
+
+def _preference_file(shape: str):
+    def write(path: Path, argv: list[str]) -> None:
+        if shape == "ultrafeedback":
+            rows = [{"prompt": f"q{i}", "chosen": [{"role": "user", "content": f"q{i}"},
+                                                   {"role": "assistant", "content": "good"}],
+                     "rejected": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "bad"}]}
+                    for i in range(6)]
+        else:
+            rows = [{"chosen": f"\n\nHuman: h{i}\n\nAssistant: yes", "rejected": f"\n\nHuman: h{i}\n\nAssistant: no"}
+                    for i in range(6)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return write
+
+
 FIXTURES = {
+    "runs/arena/votes.db": _arena_votes,   # the arena's votes (`tunelab ui` writes them)
+    "ultrafeedback.jsonl": _preference_file("ultrafeedback"),
+    "hh-rlhf.jsonl": _preference_file("hh"),
     "runs/llama3-8b-math-lora/eval/step-000500/arithmetic.predictions.jsonl": _arithmetic_predictions,
     "dev-v1.1.json": lambda p, _: p.write_text(_json_block('"version": "1.1"'), encoding="utf-8"),
     "predictions.json": lambda p, _: p.write_text(json.dumps({"q1": "in 1889"}), encoding="utf-8"),
