@@ -167,3 +167,27 @@ def test_cli_judges_generate_outputs(tmp_path):
     assert [json.loads(x)["verdict"] for x in (tmp_path / "verdicts.jsonl").open()] == ["A", "tie"]
     r = subprocess.run([sys.executable, "-m", "tunelab.cli", "judge", str(a), str(b)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("tunelab: error: --references: the programmatic judge needs")
+
+
+def test_judged_battles_go_into_the_arena_apart_from_people(tmp_path):
+    from tunelab.data.preferences import arena_pairs
+    from tunelab.judge import write_to_arena
+    from tunelab.serve.arena import ArenaStore
+    from tunelab.serve.ratings import leaderboard
+    db = tmp_path / "votes.db"
+    people = ArenaStore(db)
+    people.record("sft", "dpo", "right", "hi?", "hello", "hi there", battle="human-1")
+    people.close()
+    refs = {"1+1=?": "2", "2+2=?": "4", "3+3=?": "6"}
+    _, judged, _ = judge_answers({"1+1=?": "3", "2+2=?": "4", "3+3=?": "6"},
+                                 {"1+1=?": "2", "2+2=?": "5", "3+3=?": "6"}, refs)
+    assert write_to_arena(db, judged, "programmatic", "dpo", "sft") == 3
+    assert write_to_arena(db, judged, "programmatic", "dpo", "sft") == 0  # the same judgments: not twice
+    store = ArenaStore(db)
+    assert [v["vote"] for v in store.votes(judge="programmatic")] == ["right", "left", "tie"]
+    assert [v["battle"] for v in store.votes()] == ["human-1"] and store.count() == 1  # people's votes alone
+    lb = leaderboard(store.votes(), min_votes=1, rounds=20)
+    assert {r["model"]: r["votes"] for r in lb.rows} == {"sft": 1, "dpo": 1}
+    store.close()
+    pairs, skipped = arena_pairs(db)  # a judge's verdicts are not people's preferences
+    assert len(pairs) == 1 and skipped == {"judge": 3}

@@ -452,6 +452,11 @@ def test_browser_chat_arena_vote_leaderboard(app_url):
     a, b, vote, prompt, answer_a, answer_b = rows[0]
     assert {a, b} == {"alpha", "beta"} and vote == "left" and prompt == "Write one sentence about autumn."
     assert answer_a and answer_b
+    # the vote cast in the browser is a preference pair (`tunelab data prefs`): the left answer chosen
+    from tunelab.data.preferences import arena_pairs
+    pairs, skipped = arena_pairs(app_url["db"])
+    assert not skipped and [(p.prompt, p.chosen, p.rejected, p.meta["chosen_model"]) for p in pairs] == [
+        (prompt, answer_a, answer_b, a)]
 
 
 def test_chromium_is_where_the_test_expects_it():

@@ -7,7 +7,8 @@ import argparse
 
 from tunelab.cli.arguments import flags_for
 
-_FLAGS = {"endpoint": "--endpoint", "references": "--references", "answers": "ANSWERS_A/ANSWERS_B"}
+_FLAGS = {"endpoint": "--endpoint", "references": "--references", "answers": "ANSWERS_A/ANSWERS_B",
+          "judge_name": "--judge-name", "model_b": "--model-b"}
 
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
@@ -26,6 +27,12 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-model", default="default", help="the endpoint's model name")
     p.add_argument("--api-key", default=None, help="the endpoint's key (default: $OPENAI_API_KEY, else none)")
     p.add_argument("--out", default=None, metavar="FILE", help="write each prompt's judgment as JSONL")
+    p.add_argument("--arena", default=None, metavar="VOTES.db",
+                   help="also write each judgment into this arena database as a vote of --judge-name, kept apart "
+                        "from people's votes (the leaderboard counts people's only)")
+    p.add_argument("--judge-name", default=None, help="the judge's name in the arena (with --arena)")
+    p.add_argument("--model-a", default="A", help="model A's name in the arena (default A)")
+    p.add_argument("--model-b", default="B", help="model B's name in the arena (default B)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cli_judge)
 
@@ -47,6 +54,11 @@ def cli_judge(args: argparse.Namespace) -> int:
                                              endpoint, args.match)
     if args.out:
         write_jsonl(args.out, (j.record() for j in judged))
+    if args.arena:
+        from tunelab.judge import write_to_arena
+        name = args.judge_name or (f"programmatic-{args.match}" if endpoint is None else args.judge_model)
+        added = write_to_arena(args.arena, judged, name, args.model_a, args.model_b)
+        print(f"{added} votes of judge {name!r} written to {args.arena} ({len(judged) - added} already there)")
     summary = {**tally.summary(), "unmatched_prompts": unmatched,
                "judge": f"model {args.judge_model} at {args.endpoint}" if endpoint else f"programmatic ({args.match})"}
     if args.json:

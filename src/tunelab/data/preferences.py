@@ -63,7 +63,8 @@ _ARENA_COLUMNS = {"id", "ts", "model_a", "model_b", "vote", "prompt", "answer_a"
 
 
 def arena_pairs(db: str | Path, named: bool = False) -> tuple[list[PreferencePair], Counter]:
-    """The arena's left/right votes as pairs, and what was skipped (`tie`, `both_bad`, `named`)."""
+    """The arena's left/right votes as pairs, and what was skipped (`tie`, `both_bad`, `named`, and `judge`: the
+    verdicts `tunelab judge` wrote there, which are not people's preferences)."""
     path = Path(db)
     if not path.is_file():
         raise TunelabError("arena database not found", file=path)
@@ -74,14 +75,18 @@ def arena_pairs(db: str | Path, named: bool = False) -> tuple[list[PreferencePai
             if not _ARENA_COLUMNS <= columns:
                 raise TunelabError("not an arena database (no votes table with prompts and answers)", file=path)
             battle = "battle" if "battle" in columns else "NULL"
+            judge = "judge" if "judge" in columns else "NULL"
             rows = con.execute(f"SELECT id, ts, model_a, model_b, vote, prompt, answer_a, answer_b, anonymous, "
-                               f"{battle} FROM votes ORDER BY id").fetchall()
+                               f"{battle}, {judge} FROM votes ORDER BY id").fetchall()
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
         raise TunelabError(f"not a readable SQLite database ({e})", file=path) from None
     pairs, skipped = [], Counter()
-    for vid, ts, model_a, model_b, vote, prompt, answer_a, answer_b, anonymous, battle_id in rows:
+    for vid, ts, model_a, model_b, vote, prompt, answer_a, answer_b, anonymous, battle_id, judge in rows:
+        if judge is not None:  # a judge's verdict (`tunelab judge --arena`), not a person's preference
+            skipped["judge"] += 1
+            continue
         if not anonymous and not named:
             skipped["named"] += 1
             continue

@@ -104,3 +104,28 @@ def judge_answers(answers_a: dict[str, str], answers_b: dict[str, str], referenc
         tally.add(verdict, unjudged=unjudged, inconsistent=not unjudged and orders[0] != orders[1])
         judged.append(Judged(prompt, a, b, ref, orders, verdict))
     return tally, judged, unmatched
+
+
+def write_to_arena(db: str | Path, judged: list[Judged], judge_name: str, model_a: str, model_b: str) -> int:
+    """Each judgment as a vote of the judge `judge_name` in an arena database (A's win `left`, B's `right`, a
+    tie `tie`), kept apart from people's votes there (`tunelab.serve.arena`). A judgment already written (the
+    same judge, models, prompt and answers) is not written twice. Returns how many votes were added."""
+    import hashlib
+
+    from tunelab.serve.arena import ArenaStore
+    if not judge_name.strip():
+        raise TunelabError("a judge's votes need the judge's name", field="judge_name")
+    if model_a == model_b:
+        raise TunelabError("the two models need different names", field="model_b")
+    votes = {A: "left", B: "right", TIE: "tie"}
+    store = ArenaStore(db)
+    added = 0
+    try:
+        for j in judged:
+            key = "\0".join((judge_name, model_a, model_b, j.prompt, j.answer_a, j.answer_b))
+            battle = "judge:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+            added += store.record(model_a, model_b, votes[j.verdict], j.prompt, j.answer_a, j.answer_b,
+                                  anonymous=True, battle=battle, judge=judge_name) is not None
+    finally:
+        store.close()
+    return added

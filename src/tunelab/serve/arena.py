@@ -7,6 +7,9 @@ stored with anonymous = 0.
 A battle is counted once: each vote carries its battle's id, a unique index on it makes the database refuse a
 second row, and the insert is one atomic `INSERT ... ON CONFLICT DO NOTHING` (so concurrent vote events, from
 one browser or from several processes sharing the file, cannot both pass an "already voted?" check).
+
+A vote may be a judge's (`tunelab judge --arena`): it names the judge in `judge`, and is kept apart from people's
+votes — `votes()` and `count()` (the leaderboard's) return people's only unless a judge is named.
 """
 
 from __future__ import annotations
@@ -52,12 +55,15 @@ class ArenaStore:
             columns = {r["name"] for r in self._db.execute("PRAGMA table_info(votes)")}
             if "battle" not in columns:     # a store from before battles had ids: its votes keep NULL
                 self._db.execute("ALTER TABLE votes ADD COLUMN battle TEXT")
+            if "judge" not in columns:      # people's votes: NULL; a judge's: its name
+                self._db.execute("ALTER TABLE votes ADD COLUMN judge TEXT")
             self._db.execute(_BATTLE_INDEX)
 
     def record(self, model_a: str, model_b: str, vote: str, prompt: str, answer_a: str, answer_b: str,
                anonymous: bool = True, session: str | None = None, seconds_a: float | None = None,
-               seconds_b: float | None = None, battle: str | None = None) -> int | None:
-        """Store one vote; its row id, or None when `battle` already has a vote (nothing is stored)."""
+               seconds_b: float | None = None, battle: str | None = None, judge: str | None = None) -> int | None:
+        """Store one vote (a person's, or the named `judge`'s); its row id, or None when `battle` already has a
+        vote (nothing is stored)."""
         if vote not in VOTES:
             raise ValueError(f"vote must be one of {VOTES}, not {vote!r}")
         if model_a == model_b:
@@ -65,21 +71,29 @@ class ArenaStore:
         with self._lock, self._db:
             cur = self._db.execute(
                 "INSERT INTO votes (ts, model_a, model_b, vote, prompt, answer_a, answer_b, anonymous, session,"
-                " seconds_a, seconds_b, battle) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " seconds_a, seconds_b, battle, judge) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (battle) DO NOTHING",
                 (time.time(), model_a, model_b, vote, prompt, answer_a, answer_b, int(anonymous), session,
-                 seconds_a, seconds_b, battle))
+                 seconds_a, seconds_b, battle, judge))
             return int(cur.lastrowid) if cur.rowcount == 1 else None
 
-    def votes(self, anonymous_only: bool = True) -> list[dict]:
-        sql = "SELECT * FROM votes" + (" WHERE anonymous = 1" if anonymous_only else "") + " ORDER BY id"
-        with self._lock:
-            return [dict(r) for r in self._db.execute(sql).fetchall()]
+    @staticmethod
+    def _where(anonymous_only: bool, judge: str | None) -> tuple[str, tuple]:
+        """People's votes (judge IS NULL) unless `judge` names one; anonymous battles only when asked."""
+        clauses, args = ["judge IS NULL" if judge is None else "judge = ?"], (() if judge is None else (judge,))
+        if anonymous_only:
+            clauses.append("anonymous = 1")
+        return " WHERE " + " AND ".join(clauses), args
 
-    def count(self, anonymous_only: bool = True) -> int:
-        sql = "SELECT COUNT(*) FROM votes" + (" WHERE anonymous = 1" if anonymous_only else "")
+    def votes(self, anonymous_only: bool = True, judge: str | None = None) -> list[dict]:
+        where, args = self._where(anonymous_only, judge)
         with self._lock:
-            return int(self._db.execute(sql).fetchone()[0])
+            return [dict(r) for r in self._db.execute(f"SELECT * FROM votes{where} ORDER BY id", args).fetchall()]
+
+    def count(self, anonymous_only: bool = True, judge: str | None = None) -> int:
+        where, args = self._where(anonymous_only, judge)
+        with self._lock:
+            return int(self._db.execute(f"SELECT COUNT(*) FROM votes{where}", args).fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
