@@ -63,3 +63,38 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_rewards(metrics_path: str | Path, out_png: str | Path, title: str = "preference rewards") -> Path | None:
+    """A preference run's reward margin (and the chosen and rejected rewards) and its reward accuracy against
+    step, as TRL names them (`rewards/margins`, `rewards/accuracies`); None when the run logged none."""
+    rows = [r for r in read_metrics(metrics_path) if "rewards/margins" in r]
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = [r["step"] for r in rows]
+    fig, (ax, acc) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for key, color in (("rewards/margins", "tab:blue"), ("rewards/chosen", "tab:green"),
+                       ("rewards/rejected", "tab:red")):
+        ax.plot(steps, [r[key] for r in rows], color=color, label=key)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward (β × log-ratio to the reference)")
+    ax.set_title("rewards and their margin", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    acc.plot(steps, [100 * r["rewards/accuracies"] for r in rows], color="tab:purple")
+    acc.axhline(50, color="gray", lw=0.8, ls="--")
+    acc.set_ylim(0, 100)
+    acc.set_xlabel("optimizer step")
+    acc.set_ylabel("reward accuracy (%)")
+    acc.set_title("pairs whose chosen answer has the higher reward", fontsize=9)
+    acc.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out_png)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 from tunelab.recipe import Recipe
 from tunelab.runs import best_checkpoint, list_checkpoints
 from tunelab.train.distributed import Dist
-from tunelab.train.plots import plot_loss_curve, read_metrics
+from tunelab.train.plots import plot_loss_curve, plot_rewards, read_metrics
 from tunelab.train.setup import TrainingRows
 from tunelab.train.trainer_state import Progress
 
@@ -44,12 +44,14 @@ def training_summary(recipe: Recipe, run_dir: Path, dist: Dist, progress: Progre
 
 
 def write_summary(recipe: Recipe, run_dir: Path, summary: dict) -> None:
-    """train_summary.json and the loss curve (with the validation loss, when it chose the best checkpoint)."""
+    """train_summary.json, the loss curve (with the validation loss, when it chose the best checkpoint), and a
+    preference run's rewards."""
     from tunelab.records import write_json
     write_json(run_dir / "train_summary.json", summary)
     title = (f"{recipe.name}: training and validation loss" if summary["best_checkpoint"]
              else f"{recipe.name}: training loss")
     plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png", title=title)
+    plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png", title=f"{recipe.name}: preference rewards")
 
 
 def _hardware(device, world: int) -> str:
