@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 
 from tunelab.errors import TunelabError
-from tunelab.records import read_json_object, read_text
+from tunelab.records import read_json_object, read_yaml
 from tunelab.runs import best_checkpoint, list_checkpoints, step_of
 from tunelab.track.names import flat_params
 
@@ -112,12 +111,7 @@ def read_run(path: Path, name: str) -> RunRow:
 
 
 def _read_recipe(path: Path) -> dict[str, Any]:
-    text = read_text(path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise TunelabError("malformed YAML", file=path, line=mark.line + 1 if mark else None) from None
+    raw, _ = read_yaml(path)
     if not isinstance(raw, dict):
         raise TunelabError("not a recipe (expected a YAML mapping)", file=path)
     return raw

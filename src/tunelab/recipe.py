@@ -543,14 +543,8 @@ def read_recipe_raw(path: str | Path, overrides: list[str] | None = None) -> tup
     """(the recipe as written, MindFormers aliases mapped and `--set` overrides applied; the file's text), not yet
     validated: what a sweep changes field by field before each trial validates it (`recipe_from_raw`)."""
     p = Path(path)
-    from tunelab.records import read_text
-    text = read_text(p)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise TunelabError(f"malformed YAML ({getattr(e, 'problem', e)})", file=p,
-                           line=mark.line + 1 if mark else None) from None
+    from tunelab.records import read_yaml
+    raw, text = read_yaml(p)
     if not isinstance(raw, dict):
         raise TunelabError("a recipe must be a YAML mapping", file=p)
     raw = _apply_aliases(raw, str(p))

@@ -78,6 +78,18 @@ def parse_json(text: str, path: str | Path, line: int | None = None) -> Any:
         raise TunelabError(f"unreadable JSON ({str(e).split(';')[0]})", file=path, line=line) from None
 
 
+def read_yaml(path: str | Path) -> tuple[Any, str]:
+    """(the YAML document in `path`, the file's text); malformed YAML is an error naming the file and line."""
+    import yaml
+    text = read_text(path)
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise TunelabError(f"malformed YAML ({getattr(e, 'problem', None) or e})", file=path,
+                           line=mark.line + 1 if mark else None) from None
+
+
 def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line_number, record) from a JSON array file or a JSONL file.
 

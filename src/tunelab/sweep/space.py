@@ -129,14 +129,9 @@ def _get_field(raw: Any, dotted: str) -> Any:
 
 def load_space(path: str | Path, raw_recipe: dict, recipe_file: Path) -> Space:
     """Read and check SPACE.yaml against the recipe (as written, overrides applied) it searches."""
-    from tunelab.records import read_text
+    from tunelab.records import read_yaml
     path = Path(path)
-    text = read_text(path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise TunelabError("malformed YAML", file=path, line=mark.line + 1 if mark else None) from None
+    raw, text = read_yaml(path)
     if not isinstance(raw, dict) or not raw:
         raise TunelabError("a search space is a YAML mapping of dotted recipe fields to choices or ranges "
                            "(e.g. `train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}`)", file=path)
