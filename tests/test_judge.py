@@ -156,15 +156,17 @@ def test_cli_judges_generate_outputs(tmp_path):
     b = write(tmp_path / "b.jsonl", [
         {"prompt_index": 1, "sample": 1, "prompt": "1+1=?", "text": "1+1=3", "error": None},
         {"prompt_index": 2, "sample": 1, "prompt": "3×4=?", "text": None, "error": "timeout"},
-        {"prompt_index": 2, "sample": 2, "prompt": "3×4=?", "text": "3×4=12", "error": None}])
+        {"prompt_index": 2, "sample": 2, "prompt": "3×4=?", "text": "3×4=12", "error": None},
+        {"prompt_index": 3, "sample": 1, "prompt": "2×5=?", "text": "2×5=10", "error": None}])
     refs = write(tmp_path / "q.jsonl", [{"prompt": "1+1=?", "answer": "2"}, {"prompt": "3×4=?", "answer": "12"},
-                                        {"prompt": "only in a", "answer": "x"}])
-    assert read_answers(b) == {"1+1=?": "1+1=3", "3×4=?": "3×4=12"} and read_references(refs)["3×4=?"] == "12"
+                                        {"prompt": "only in a", "answer": "x"}, {"prompt": "2×5=?", "answer": "10"}])
+    assert read_answers(b) == {"1+1=?": "1+1=3", "2×5=?": "2×5=10"}  # sample 1 of 3×4 failed: no answer
+    assert read_answers(b, sample=2) == {"3×4=?": "3×4=12"} and read_references(refs)["3×4=?"] == "12"
     r = subprocess.run([sys.executable, "-m", "tunelab.cli", "judge", str(a), str(b), "--references", str(refs),
                         "--out", str(tmp_path / "verdicts.jsonl")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "1 wins, 1 ties, 0 losses" in r.stdout and "1 prompts only one file answers" in r.stdout
-    assert [json.loads(x)["verdict"] for x in (tmp_path / "verdicts.jsonl").open()] == ["A", "tie"]
+    assert "1 wins, 0 ties, 0 losses" in r.stdout and "3 prompts only one file answers" in r.stdout
+    assert [json.loads(x)["verdict"] for x in (tmp_path / "verdicts.jsonl").open()] == ["A"]
     r = subprocess.run([sys.executable, "-m", "tunelab.cli", "judge", str(a), str(b)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("tunelab: error: --references: the programmatic judge needs")
 
@@ -191,3 +193,15 @@ def test_judged_battles_go_into_the_arena_apart_from_people(tmp_path):
     store.close()
     pairs, skipped = arena_pairs(db)  # a judge's verdicts are not people's preferences
     assert len(pairs) == 1 and skipped == {"judge": 3}
+
+
+def test_two_samples_of_one_model_judged_against_each_other(tmp_path):
+    """`tunelab generate -n 2 --json` output as both sides, sample 1 against sample 2: on-policy pairs."""
+    rows = [{"prompt_index": i, "sample": s, "prompt": f"{i}+{i}=?", "text": str(2 * i + (s == 2 and i % 2)),
+             "error": None} for i in range(1, 5) for s in (1, 2)]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    first, second = read_answers(path), read_answers(path, sample=2)
+    assert first["1+1=?"] == "2" and second["1+1=?"] == "3"
+    tally, _, _ = judge_answers(first, second, {f"{i}+{i}=?": str(2 * i) for i in range(1, 5)})
+    assert (tally.wins, tally.ties, tally.losses) == (2, 2, 0)

@@ -147,3 +147,18 @@ def test_cli_prints_counts_and_errors_in_one_line(tmp_path):
     (tmp_path / "notdb").write_text("hello", encoding="utf-8")
     r = run("--arena", str(tmp_path / "notdb"), "--out", str(tmp_path / "o2"))
     assert r.returncode == 2 and "not a readable SQLite database" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_judgments_become_pairs_and_ties_are_counted(tmp_path):
+    path = write_jsonl(tmp_path / "verdicts.jsonl", [
+        {"prompt": "1+1=?", "answer_a": "2", "answer_b": "3", "reference": "2", "verdict": "A"},
+        {"prompt": "2+2=?", "answer_a": "5", "answer_b": "4", "reference": "4", "verdict": "B"},
+        {"prompt": "3+3=?", "answer_a": "6", "answer_b": "6", "reference": "6", "verdict": "tie"}])
+    summary = build_preferences(tmp_path / "out", files=[path], val_fraction=0)
+    assert summary["skipped"] == {"judged tie": 1} and summary["pairs"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").open()]
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [("1+1=?", "2", "3"), ("2+2=?", "4", "5")]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "answer_a": "a", "answer_b": "b", "verdict": "C"}])
+    with pytest.raises(TunelabError, match="expected a verdict A, B or tie") as e:
+        file_pairs(bad)
+    assert (e.value.line, e.value.field) == (1, "verdict")

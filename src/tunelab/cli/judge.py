@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from tunelab.cli.arguments import flags_for
+from tunelab.cli.arguments import flags_for, integer
 
 _FLAGS = {"endpoint": "--endpoint", "references": "--references", "answers": "ANSWERS_A/ANSWERS_B",
           "judge_name": "--judge-name", "model_b": "--model-b"}
@@ -17,6 +17,10 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("answers_a", metavar="ANSWERS_A", help="model A's answers: `tunelab generate A --file P --json` "
                                                           "output, or JSONL of {prompt, answer}")
     p.add_argument("answers_b", metavar="ANSWERS_B", help="model B's answers, the same way")
+    p.add_argument("--sample-a", type=integer(1), default=1, help="which sample of each prompt A's file gives "
+                                                                   "(`tunelab generate -n N`; default 1)")
+    p.add_argument("--sample-b", type=integer(1), default=1, help="the same for B: with one model's file as both A "
+                                                                   "and B, --sample-b 2 judges its two samples")
     p.add_argument("--references", default=None, metavar="FILE",
                    help="the prompts with their reference answers (reference|answer|solution|output)")
     p.add_argument("--match", choices=["numeric", "exact"], default="numeric",
@@ -50,8 +54,8 @@ def cli_judge(args: argparse.Namespace) -> int:
         endpoint = EndpointJudge(args.endpoint, args.judge_model,
                                  args.api_key or os.environ.get("OPENAI_API_KEY") or "none")
     refs = read_references(args.references) if args.references else None
-    tally, judged, unmatched = judge_answers(read_answers(args.answers_a), read_answers(args.answers_b), refs,
-                                             endpoint, args.match)
+    tally, judged, unmatched = judge_answers(read_answers(args.answers_a, args.sample_a),
+                                             read_answers(args.answers_b, args.sample_b), refs, endpoint, args.match)
     if args.out:
         write_jsonl(args.out, (j.record() for j in judged))
     if args.arena:

@@ -16,7 +16,10 @@ Sources:
   - `{chosen: [messages], rejected: [messages]}`, whole conversations that share the prompt turns
     (UltraFeedback-binarized; a `prompt` text beside them is the same first turn and is not needed);
   - `{chosen: "...", rejected: "..."}` in HH-RLHF's text form ("\\n\\nHuman: …\\n\\nAssistant: …"), read
-    into chat messages so the model's own chat template applies when training.
+    into chat messages so the model's own chat template applies when training;
+  - `tunelab judge --out` judgments `{prompt, answer_a, answer_b, verdict}`: the preferred answer is chosen, a
+    tie is skipped (and counted). Two samples of one model judged against each other (`tunelab judge S.jsonl
+    S.jsonl --sample-b 2`) give on-policy pairs.
 
 Then: a pair whose answers are the same is dropped; the same pair seen several times is merged (its votes
 added); a pair voted both ways keeps the majority's direction, and an even split is dropped; and the split
@@ -104,11 +107,35 @@ def arena_pairs(db: str | Path, named: bool = False) -> tuple[list[PreferencePai
 
 # --- files -----------------------------------------------------------------------------------------------------
 
-def file_pairs(path: str | Path) -> list[PreferencePair]:
+def file_pairs(path: str | Path, skipped: Counter | None = None) -> list[PreferencePair]:
     """Every record of a preference file as a pair (module docstring's shapes); a bad record is an error naming
-    its line and field."""
+    its line and field. A judgment that is a tie (`tunelab judge --out`) is no pair: counted in `skipped`."""
     path = Path(path)
-    return [_record_pair(rec, path, line) for line, rec in iter_records(path)]
+    pairs = []
+    for line, rec in iter_records(path):
+        if "verdict" in rec and "answer_a" in rec:
+            pair = _judged_pair(rec, path, line)
+            if pair is None:
+                if skipped is not None:
+                    skipped["judged tie"] += 1
+                continue
+            pairs.append(pair)
+        else:
+            pairs.append(_record_pair(rec, path, line))
+    return pairs
+
+
+def _judged_pair(rec: dict[str, Any], path: Path, line: int) -> PreferencePair | None:
+    """A `tunelab judge --out` record: the answer the judge preferred is chosen; a tie is None."""
+    verdict = rec["verdict"]
+    if verdict not in ("A", "B", "tie"):
+        raise TunelabError(f"expected a verdict A, B or tie, got {verdict!r}", file=path, line=line, field="verdict")
+    if verdict == "tie":
+        return None
+    prompt = _text(rec.get("prompt"), path, line, "prompt")
+    a, b = _text(rec["answer_a"], path, line, "answer_a"), _text(rec.get("answer_b"), path, line, "answer_b")
+    chosen, rejected = (a, b) if verdict == "A" else (b, a)
+    return PreferencePair(prompt, chosen, rejected, {"source": f"{path.name}:{line}", "judged": True})
 
 
 def _text(value: Any, path: Path, line: int, name: str) -> str:
@@ -259,7 +286,7 @@ def build_preferences(out: str | Path, arena: str | Path | None = None, files: l
         found, skipped = arena_pairs(arena, named)
         pairs += found
     for f in files or []:
-        pairs += file_pairs(f)
+        pairs += file_pairs(f, skipped)
     read = len(pairs)
     merged, dropped = merge_pairs(pairs)
     if not merged:

@@ -51,14 +51,16 @@ def _field(rec: dict, keys: tuple[str, ...], path: Path, line: int, what: str) -
     raise TunelabError(f"no {what} ({' or '.join(keys)}, a text)", file=path, line=line, field=keys[0])
 
 
-def read_answers(path: str | Path) -> dict[str, str]:
-    """{prompt: its first answer} of an answers file (a `tunelab generate --json` file: its first sample); a
-    failed generation (`error` set) is no answer."""
+def read_answers(path: str | Path, sample: int = 1) -> dict[str, str]:
+    """{prompt: its answer} of an answers file: sample `sample` of each prompt of a `tunelab generate -n N --json`
+    file (a file without sample numbers: each prompt's first answer). A failed generation (`error` set) is no
+    answer. Two samples of one model, judged against each other, are how its own answers become preference
+    pairs (`--sample-b 2`, then `tunelab data prefs` on the judgments)."""
     path = Path(path)
     out: dict[str, str] = {}
     for line, rec in iter_records(path):
         prompt = _field(rec, ("prompt",), path, line, "prompt")
-        if rec.get("error"):
+        if rec.get("error") or rec.get("sample", sample) != sample:
             continue
         out.setdefault(prompt, _field(rec, _ANSWER_KEYS, path, line, "answer"))
     return out
