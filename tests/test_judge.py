@@ -129,7 +129,7 @@ def test_the_programmatic_judge_on_known_answers():
     refs = {"1+1=?": "2", "2+2=?": "4", "3+3=?": "6"}
     tally, _, _ = judge_answers({"1+1=?": "2", "2+2=?": "5", "3+3=?": "6"}, {"1+1=?": "3", "2+2=?": "4",
                                                                             "3+3=?": "6"}, refs)
-    assert (tally.wins, tally.ties, tally.losses) == (1, 1, 1)
+    assert (tally.wins, tally.ties, tally.losses) == (1, 1, 1) and (tally.right_a, tally.right_b) == (2, 2)
     with pytest.raises(TunelabError, match="needs each prompt's reference"):
         judge_answers({"x": "1"}, {"x": "2"}, {})
 
@@ -166,6 +166,7 @@ def test_cli_judges_generate_outputs(tmp_path):
                         "--out", str(tmp_path / "verdicts.jsonl")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "1 wins, 0 ties, 0 losses" in r.stdout and "3 prompts only one file answers" in r.stdout
+    assert "right answers: A 1 (100.0 %), B 0 (0.0 %)" in r.stdout
     assert [json.loads(x)["verdict"] for x in (tmp_path / "verdicts.jsonl").open()] == ["A"]
     r = subprocess.run([sys.executable, "-m", "tunelab.cli", "judge", str(a), str(b)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("tunelab: error: --references: the programmatic judge needs")

@@ -144,6 +144,9 @@ def _preference_file(shape: str):
                                                    {"role": "assistant", "content": "good"}],
                      "rejected": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "bad"}]}
                     for i in range(6)]
+        elif shape == "judged":
+            rows = [{"prompt": f"q{i}", "answer_a": "a", "answer_b": "b", "reference": "a",
+                     "verdict": ["A", "B", "tie"][i % 3]} for i in range(6)]
         else:
             rows = [{"chosen": f"\n\nHuman: h{i}\n\nAssistant: yes", "rejected": f"\n\nHuman: h{i}\n\nAssistant: no"}
                     for i in range(6)]
@@ -155,6 +158,7 @@ FIXTURES = {
     "runs/arena/votes.db": _arena_votes,   # the arena's votes (`tunelab ui` writes them)
     "ultrafeedback.jsonl": _preference_file("ultrafeedback"),
     "hh-rlhf.jsonl": _preference_file("hh"),
+    "runs/minigpt-cpu-data/judged.jsonl": _preference_file("judged"),   # what `tunelab judge --out` writes
     "runs/llama3-8b-math-lora/eval/step-000500/arithmetic.predictions.jsonl": _arithmetic_predictions,
     "dev-v1.1.json": lambda p, _: p.write_text(_json_block('"version": "1.1"'), encoding="utf-8"),
     "predictions.json": lambda p, _: p.write_text(json.dumps({"q1": "in 1889"}), encoding="utf-8"),

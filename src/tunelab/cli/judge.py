@@ -72,6 +72,10 @@ def cli_judge(args: argparse.Namespace) -> int:
     print(f"A against B on {summary['prompts']} prompts, judged by the {summary['judge']} judge: "
           f"{summary['wins']} wins, {summary['ties']} ties, {summary['losses']} losses")
     print(f"A's win rate (a tie half a win): {100 * summary['win_rate']:.1f} % (95 % CI {100 * lo:.1f}–{100 * hi:.1f})")
+    if endpoint is None:
+        n = summary["prompts"]
+        print(f"right answers: A {summary['right_a']} ({100 * summary['right_a'] / n:.1f} %), "
+              f"B {summary['right_b']} ({100 * summary['right_b'] / n:.1f} %)")
     notes = [f"{summary['inconsistent']} ties where the two orders disagreed" if summary["inconsistent"] else "",
              f"{summary['unjudged']} ties where the judge named no verdict" if summary["unjudged"] else "",
              f"{unmatched} prompts only one file answers, not judged" if unmatched else ""]

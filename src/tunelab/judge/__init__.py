@@ -78,7 +78,7 @@ def judge_answers(answers_a: dict[str, str], answers_b: dict[str, str], referenc
     programmatic judge decides, and every prompt needs a reference."""
     from tqdm.auto import tqdm
 
-    from tunelab.judge.programmatic import judge_by_reference
+    from tunelab.judge.programmatic import is_right, judge_by_reference
     shared = [p for p in answers_a if p in answers_b]
     unmatched = len(set(answers_a) ^ set(answers_b))
     if not shared:
@@ -95,6 +95,8 @@ def judge_answers(answers_a: dict[str, str], answers_b: dict[str, str], referenc
         if endpoint is None:
             verdict = judge_by_reference(a, b, ref, match)
             orders = (verdict, verdict)  # symmetric: the order cannot matter
+            tally.right_a += is_right(a, ref, match)
+            tally.right_b += is_right(b, ref, match)
         else:
             to_ab = {"first": A, "second": B, "tie": TIE}
             first = endpoint.ask(prompt, a, b, ref)   # A shown first

@@ -31,6 +31,8 @@ class Tally:
     losses: int = 0
     unjudged: int = 0  # prompts where the judge named no verdict in some order (counted as ties)
     inconsistent: int = 0  # prompts whose two orders disagreed (counted as ties)
+    right_a: int = 0  # the programmatic judge: answers right against the reference, each side
+    right_b: int = 0
     scores: list[float] = field(default_factory=list)
 
     def add(self, verdict: str, unjudged: bool = False, inconsistent: bool = False) -> None:
@@ -69,4 +71,4 @@ class Tally:
         lo, hi = self.interval()
         return {"prompts": self.n, "wins": self.wins, "ties": self.ties, "losses": self.losses,
                 "unjudged": self.unjudged, "inconsistent": self.inconsistent, "win_rate": self.win_rate,
-                "ci95": [lo, hi]}
+                "ci95": [lo, hi], "right_a": self.right_a, "right_b": self.right_b}
