@@ -49,6 +49,17 @@ def _tokenizer_for(recipe: Recipe, examples, template):
                                m.tokenizer_vocab_size)
 
 
+def _collapsed_answer_tokens(recipe: Recipe, encoded, tokenizer) -> list | None:
+    """The answer tokens whose output rows the base never learned (`tunelab.model.untrained_tokens`), read from
+    the base's weight files alone; None where there is no base to read (from scratch, a run directory)."""
+    from tunelab.model.untrained_tokens import answer_token_counts, find_collapsed, head_weight_from_files
+    m = recipe.model
+    if m.from_scratch or not m.path or not recipe.lora.enabled or not Path(m.path).is_dir():
+        return None
+    head = head_weight_from_files(m.path)
+    return None if head is None else find_collapsed(head, answer_token_counts(encoded), tokenizer)
+
+
 def check(recipe: Recipe, n_samples: int = 3) -> dict:
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
     examples = training_examples(recipe)
@@ -66,6 +77,7 @@ def check(recipe: Recipe, n_samples: int = 3) -> dict:
             else unpacked_rows(encoded + replayed))
     return {
         "examples": examples, "encoded": encoded, "tokenizer": tokenizer, "samples": n_samples,
+        "collapsed": _collapsed_answer_tokens(recipe, encoded, tokenizer),
         "count": len(encoded), "truncated": sum(e.truncated for e in encoded),
         "length": {"min": min(lengths), "mean": statistics.fmean(lengths), "median": statistics.median(lengths),
                    "max": max(lengths), "p95": sorted(lengths)[int(0.95 * (len(lengths) - 1))]},

@@ -233,6 +233,14 @@ def cli_check(args: argparse.Namespace) -> int:
                  if r["shared_prefix"] else ""))
     else:
         print(f"packing off: {r['rows']} rows, one sample each")
+    if r["collapsed"]:
+        from tunelab.model.untrained_tokens import describe
+        fix = ("lora.trainable_tokens: auto trains their rows" if recipe.lora.trainable_tokens == "auto" else
+               "set lora.trainable_tokens: auto to train their rows beside the adapter")
+        print(f"answer tokens the base never learned to emit: {describe(r['collapsed'])}. LoRA cannot separate "
+              f"their output rows from the others, so sampling rarely picks them; {fix}")
+    elif r["collapsed"] is not None:
+        print("answer tokens the base never learned to emit: none")
     return 0
 
 

@@ -44,13 +44,16 @@ def resolve_target_modules(target: str | list[str]) -> str | list[str]:
     return names
 
 
-def make_lora_config(rank: int, alpha: float, dropout: float, target_modules: str | list[str]) -> peft.LoraConfig:
-    """A causal-LM peft LoraConfig; `target_modules` may be a raw recipe/CLI target."""
+def make_lora_config(rank: int, alpha: float, dropout: float, target_modules: str | list[str],
+                     trainable_tokens: dict[str, list[int]] | None = None) -> peft.LoraConfig:
+    """A causal-LM peft LoraConfig; `target_modules` may be a raw recipe/CLI target. `trainable_tokens`: peft's
+    `trainable_token_indices`, {module name: token ids whose rows train beside the adapter}."""
     if rank < 1:
         raise TunelabError(f"LoRA rank must be at least 1, got {rank}")
     from peft import LoraConfig, TaskType
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                      target_modules=resolve_target_modules(target_modules), task_type=TaskType.CAUSAL_LM)
+                      target_modules=resolve_target_modules(target_modules), task_type=TaskType.CAUSAL_LM,
+                      trainable_token_indices=trainable_tokens or None)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -65,8 +68,8 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
         n = parameter_count(param)
         if param.requires_grad:
             trainable += n
-        if not any(part.startswith("lora_") for part in name.split(".")):
-            total += n
+        if not any(part.startswith(("lora_", "trainable_tokens_")) for part in name.split(".")):
+            total += n  # peft's trainable-token rows are deltas beside the base's rows, as LoRA's are
     return trainable, total
 
 

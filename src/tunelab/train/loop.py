@@ -49,7 +49,7 @@ from tunelab.train.plots import read_metrics
 from tunelab.train.run_dir import prepare_run_dir
 from tunelab.train.run_lock import run_lock
 from tunelab.train.setup import (build_model_and_tokenizer, build_optimization, check_memory, choose_precision,
-                                 count_steps, trainable_model, training_rows)
+                                 count_steps, trainable_model, trainable_token_ids, training_rows)
 from tunelab.train.stop_signals import StopSignals
 from tunelab.train.summary import training_summary, write_summary
 from tunelab.train.trainer_state import Progress, capture, gather_rng, global_batch, restore, resume_point
@@ -119,7 +119,9 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     model, tokenizer = build_model_and_tokenizer(recipe, examples, template, run_dir, dist)
     rows = training_rows(recipe, examples, model, tokenizer, template, dist)
     stream, val_rows = rows.stream, rows.val_rows
-    trained = trainable_model(recipe, model, precision, dist)
+    token_ids = (trainable_token_ids(recipe, model, tokenizer, rows.answer_counts, dist)
+                 if recipe.lora.enabled else [])
+    trained = trainable_model(recipe, model, precision, dist, token_ids)
     model, loss_model, lora, fsdp, flat = trained.model, trained.loss_model, trained.lora, trained.fsdp, trained.flat
     autocast_dtype = trained.autocast_dtype
     from tunelab.model.lora import count_parameters

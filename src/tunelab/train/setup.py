@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class TrainingRows:
     samples: int
     truncated: int
     replayed_blocks: int = 0
+    answer_counts: Counter | None = None  # how often each token is an answer token (fine-tuning on examples)
 
 
 def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: PromptTemplate,
@@ -114,6 +116,8 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
     replayed_blocks = 0
     encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
     samples, truncated = len(encoded), sum(e.truncated for e in encoded)
+    from tunelab.model.untrained_tokens import answer_token_counts
+    answer_counts = answer_token_counts(encoded)
     if recipe.data.replay is not None:
         from tunelab.train.corpus_rows import describe_replay, replay_for, validation_rows
         replayed = replay_for(recipe, tokenizer, encoded)
@@ -140,7 +144,7 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
             log.info(f"share_prefix: {prefix} tokens every sample starts with are held once per row" if prefix
                   else f"share_prefix: off ({why})")
     stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed, prefix)
-    return TrainingRows(stream, val_rows, samples, truncated, replayed_blocks)
+    return TrainingRows(stream, val_rows, samples, truncated, replayed_blocks, answer_counts)
 
 
 @dataclass
@@ -155,9 +159,51 @@ class TrainingModel:
     autocast_dtype: object  # None when autocast is off: fp32, or FSDP's own mixed precision
 
 
-def trainable_model(recipe: Recipe, model, precision, dist: Dist) -> TrainingModel:
+def trainable_token_ids(recipe: Recipe, model, tokenizer, answer_counts: Counter | None, dist: Dist) -> list[int]:
+    """The output-head rows trained beside the LoRA adapter (`lora.trainable_tokens`): the listed tokens, or with
+    `auto` the answer tokens the base never learned to emit (`tunelab.model.untrained_tokens`). A LoRA run that
+    has such tokens and trains no rows for them is told what to set."""
+    from tunelab.model.untrained_tokens import describe, find_collapsed, head_weight
+    wanted = recipe.lora.trainable_tokens
+    if isinstance(wanted, list):
+        return [_token_id(tokenizer, token, i, len(head_weight(model))) for i, token in enumerate(wanted)]
+    if answer_counts is None:
+        if wanted == "auto":
+            raise TunelabError("'auto' finds the answer tokens of fine-tuning examples; this run has none (a "
+                               "corpus or preference run): list the tokens instead", field="lora.trainable_tokens")
+        return []
+    collapsed = find_collapsed(head_weight(model), answer_counts, tokenizer)
+    if wanted == "auto":
+        if dist.main:
+            log.info(f"trainable tokens: {len(collapsed)} answer token(s) the base never learned to emit, their "
+                     f"output rows trained beside the adapter: {describe(collapsed)}" if collapsed
+                     else "trainable tokens: none needed (every answer token's output row is one the base learned)")
+        return sorted(t.token_id for t in collapsed)
+    if collapsed and dist.main:
+        log.warning(f"warning: {len(collapsed)} answer token(s) have output rows the base never learned, which "
+                    f"LoRA cannot separate from the others: {describe(collapsed)}. The model will rarely emit them "
+                    "when it samples; set lora.trainable_tokens: auto to train those rows (hidden-size parameters "
+                    "a token, counted in the ratio)")
+    return []
+
+
+def _token_id(tokenizer, token: str | int, index: int, vocab: int) -> int:
+    if isinstance(token, int):
+        if not 0 <= token < vocab:
+            raise TunelabError(f"token id {token} is outside the model's {vocab:,} output rows",
+                               field=f"lora.trainable_tokens.{index}")
+        return token
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise TunelabError(f"{token!r} is {len(ids)} tokens of this tokenizer ({ids}), not one: list single "
+                           "tokens or token ids", field=f"lora.trainable_tokens.{index}")
+    return ids[0]
+
+
+def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: list[int] | None = None) -> TrainingModel:
     """LoRA (or QLoRA) adapters on the loaded model, the model on this process's device, activation
-    checkpointing, the labelled-positions loss around it, FSDP sharding, and the CPU's cheaper attention."""
+    checkpointing, the labelled-positions loss around it, FSDP sharding, and the CPU's cheaper attention.
+    `token_ids`: output-head rows trained beside the adapter (`trainable_token_ids`)."""
     import torch
     tc = recipe.train
     device = dist.device
@@ -171,8 +217,12 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist) -> TrainingMod
         if recipe.model.quantization != "none":  # train.gradient_checkpointing, if asked, is turned on below
             from tunelab.model.quantization import prepare_for_kbit
             model = prepare_for_kbit(model, gradient_checkpointing=False, compute_dtype=autocast_dtype or torch.float32)
+        trainable_tokens = None
+        if token_ids:
+            from tunelab.model.untrained_tokens import head_module_name
+            trainable_tokens = {head_module_name(model): list(token_ids)}
         model = get_peft_model(model, make_lora_config(recipe.lora.rank, recipe.lora.alpha, recipe.lora.dropout,
-                                                       recipe.lora.target_modules))
+                                                       recipe.lora.target_modules, trainable_tokens))
         from tunelab.train.dropout import use_fast_lora_dropout
         use_fast_lora_dropout(model)
         if autocast_dtype is not None:

@@ -1,0 +1,153 @@
+"""Answer tokens the base never learned to emit (`tunelab.model.untrained_tokens`, `lora.trainable_tokens`).
+
+The detection is checked on a head built the way pretraining leaves one (the rows of never-predicted tokens all
+pushed along one direction), and on the shipped `models/tiny-base`, whose "." is such a token. The fix is
+checked for real: a LoRA run on the tiny base's decimals learns to emit "." only when its row trains, its
+adapter loads in plain peft, and the trained row counts in the low-parameter ratio."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_recipe
+
+from tunelab.errors import TunelabError
+from tunelab.model.untrained_tokens import collapsed_rows, describe, find_collapsed, head_weight_from_files
+from tunelab.recipe import load_recipe
+
+TINY_BASE = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
+
+
+def pretrained_head(vocab: int = 300, hidden: int = 32, never: range = range(100, 300), seed: int = 0):
+    """Rows 0..99 learned (random directions), rows of `never` pushed the same way (a shared direction plus a
+    little noise, as −p·h leaves them), one zero row (a reserved token never touched)."""
+    g = torch.Generator().manual_seed(seed)
+    head = torch.randn(vocab, hidden, generator=g)
+    push = torch.randn(hidden, generator=g)
+    for i in never:
+        head[i] = 3.0 * push + 0.01 * torch.randn(hidden, generator=g)
+    head[5] = 0.0
+    return head
+
+
+def test_rows_pushed_one_way_and_zero_rows_are_collapsed_learned_rows_are_not():
+    head = pretrained_head()
+    found = collapsed_rows(head, [0, 1, 5, 99, 100, 150, 299, 1000])  # 1000: not a row of this head
+    assert set(found) == {5, 100, 150, 299}
+    assert found[5] == -1 and found[100] == 199  # the 199 other rows of the cluster
+    # a small cluster is not one: two learned rows that happen to agree are left alone
+    head2 = torch.randn(50, 16, generator=torch.Generator().manual_seed(1))
+    head2[3] = head2[4] * 1.5
+    assert collapsed_rows(head2, [3, 4]) == {}
+
+
+def test_find_names_the_tokens_with_how_often_answers_use_them():
+    class Tok:
+        def decode(self, ids):
+            return f"<{ids[0]}>"
+    counts = Counter({0: 50, 100: 30, 150: 20})
+    found = find_collapsed(pretrained_head(), counts, Tok())
+    assert [(t.token_id, t.count, t.share) for t in found] == [(100, 30, 0.3), (150, 20, 0.2)]
+    assert "'<100>': 30 (30.0 % of answer tokens, 199 rows alike)" in describe(found)
+
+
+def test_the_shipped_tiny_base_never_learned_the_decimal_point():
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(TINY_BASE)
+    head = head_weight_from_files(TINY_BASE)
+    ids = {t: tokenizer.encode(t, add_special_tokens=False)[0] for t in [".", "-", "0", "5", "9"]}
+    found = collapsed_rows(head, list(ids.values()))
+    assert set(found) == {ids["."]} and found[ids["."]] > 1000  # the digits and "-" it learned; "." it never wrote
+
+
+def decimal_recipe(tmp_path: Path, name: str, **lora) -> Path:
+    return write_recipe(
+        tmp_path, name,
+        model={"preset": None, "from_scratch": None, "tokenizer_vocab_size": None, "path": str(TINY_BASE)},
+        data={"template": "alpaca", "max_seq_len": 256, "packing": True, "loss_on": "answer",
+              "train": [{"generate": "arithmetic", "count": 400, "seed": 1,
+                         "options": {"kinds": ["dec_add", "dec_sub"], "int_digits": 1, "decimals": 2,
+                                     "fixed_decimals": True}}]},
+        lora={"enabled": True, "rank": 8, "alpha": 16, "dropout": 0.0,
+              "target_modules": ["q_proj", "v_proj", "o_proj"], **lora},
+        train={"max_steps": 40, "batch_size": 4, "lr": 5e-3, "num_checkpoints": 1, "log_every": 10},
+        report_to=[])
+
+
+def p_decimal_point(adapter: Path, recipe) -> float:
+    """The adapted model's mean probability of "." where a held-out answer's next token is ".", loaded as a
+    user would: plain transformers + peft."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.data.generate.arithmetic import generate
+    from tunelab.data.packing import encode_examples
+    from tunelab.data.formats import examples_from_records
+    from tunelab.data.templates import load_template
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(TINY_BASE), adapter).eval()
+    dot = tokenizer.encode(".", add_special_tokens=False)[0]
+    records = generate(24, seed=777, kinds=["dec_add", "dec_sub"], int_digits=1, decimals=2, fixed_decimals=True)
+    encoded = encode_examples(tokenizer, load_template(adapter), examples_from_records(records, "competition"), 256)
+    probs = []
+    with torch.no_grad():
+        for e in encoded:
+            ids = torch.tensor([e.input_ids])
+            p = model(input_ids=ids).logits[0, :-1].float().softmax(-1)
+            for pos, (nxt, lab) in enumerate(zip(e.input_ids[1:], e.labels[1:])):
+                if lab != -100 and nxt == dot:
+                    probs.append(p[pos, dot].item())
+    assert probs
+    return sum(probs) / len(probs)
+
+
+def test_training_the_row_is_what_lets_lora_emit_the_decimal_point(tmp_path):
+    from tunelab.runs import list_checkpoints
+    from tunelab.train.loop import train
+    plain, fixed = load_recipe(decimal_recipe(tmp_path, "plain")), load_recipe(decimal_recipe(
+        tmp_path, "fixed", trainable_tokens="auto"))
+    train(plain)
+    summary = train(fixed)
+    without = p_decimal_point(list_checkpoints(plain.run_dir)[-1] / "adapter", plain)
+    with_row = p_decimal_point(list_checkpoints(fixed.run_dir)[-1] / "adapter", fixed)
+    print(f"p('.') at decimal points: {without:.3f} without the row trained, {with_row:.3f} with it")
+    assert without < 0.1 and with_row > 0.5, (without, with_row)
+    # the trained row is hidden-size parameters, counted as trainable (the ratio's numerator) and not in the total
+    hidden = json.loads((TINY_BASE / "config.json").read_text())["hidden_size"]
+    p_plain = json.loads((plain.run_dir / "train_summary.json").read_text())
+    assert summary["trainable_params"] == p_plain["trainable_params"] + hidden
+    assert summary["total_params"] == p_plain["total_params"]
+
+
+def test_data_check_and_the_run_say_what_to_set(tmp_path, capsys, caplog):
+    from tunelab.cli import main
+    path = decimal_recipe(tmp_path, "told")
+    assert main(["data", "check", str(path), "--samples", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "answer tokens the base never learned to emit: '.'" in out and "lora.trainable_tokens: auto" in out
+    assert main(["train", str(path), "--set", "train.max_steps=1"]) == 0
+    assert "set lora.trainable_tokens: auto" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tokens, field, says", [
+    (["1.5"], "lora.trainable_tokens.0", "tokens of this tokenizer"),
+    ([".", 99999], "lora.trainable_tokens.1", "outside the model's"),
+])
+def test_listed_tokens_must_be_single_tokens_of_the_model(tmp_path, tokens, field, says):
+    from tunelab.train.loop import train
+    recipe = load_recipe(decimal_recipe(tmp_path, "bad", trainable_tokens=tokens))
+    with pytest.raises(TunelabError) as e:
+        train(recipe)
+    assert e.value.field == field and says in str(e.value)
+
+
+def test_trainable_tokens_need_a_lora_run(tmp_path):
+    path = decimal_recipe(tmp_path, "full", trainable_tokens="auto")
+    text = path.read_text().replace("enabled: true", "enabled: false")
+    path.write_text(text)
+    with pytest.raises(TunelabError, match="without LoRA every row trains"):
+        load_recipe(path)
