@@ -356,3 +356,19 @@ def test_grade_cli_does_not_import_torch_and_starts_fast(tmp_path, gold):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout and "100.00%" in proc.stdout
+
+
+def test_grades_the_json_lines_of_tunelab_generate(tmp_path, capsys):
+    """`tunelab generate RUN --file gold.jsonl --json` then `tunelab grade arithmetic --pred` on its output: lines
+    put back in prompt order; several samples a prompt (`-n 2`) are refused, not graded as if one."""
+    gold = tmp_path / "gold.jsonl"
+    write_jsonl(gold, [{"problem": "1.5 + 1 =?", "solution": "2.5"}, {"problem": "计算 2 - 3", "solution": "-1"}])
+    line = {"finish_reason": "stop", "error": None, "prompt_tokens": 5, "completion_tokens": 3}
+    pred = tmp_path / "samples.jsonl"
+    write_jsonl(pred, [{"prompt_index": 1, "sample": 1, "prompt": "计算 2 - 3", "text": "2 - 3 = -1", **line},
+                       {"prompt_index": 0, "sample": 1, "prompt": "1.5 + 1 =?", "text": "1.5 + 1 = 2.6", **line}])
+    assert main(["grade", "arithmetic", "--pred", str(pred), "--gold", str(gold), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 0.5
+    write_jsonl(pred, [{"prompt_index": 0, "sample": s, "prompt": "p", "text": "2.5", **line} for s in (1, 2)])
+    assert main(["grade", "arithmetic", "--pred", str(pred), "--gold", str(gold)]) == 2
+    assert "several samples a prompt" in capsys.readouterr().err

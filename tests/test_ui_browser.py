@@ -368,7 +368,7 @@ def app_url(two_models, tmp_path_factory):
     store.close()
 
 
-def test_browser_chat_arena_vote_leaderboard(app_url):
+def test_browser_chat_arena_vote_leaderboard(app_url, two_models, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=60_000)
@@ -457,6 +457,38 @@ def test_browser_chat_arena_vote_leaderboard(app_url):
     pairs, skipped = arena_pairs(app_url["db"])
     assert not skipped and [(p.prompt, p.chosen, p.rejected, p.meta["chosen_model"]) for p in pairs] == [
         (prompt, answer_a, answer_b, a)]
+    dpo_on_the_vote(app_url["db"], two_models[a].served.model_dir, tmp_path)
+
+
+def dpo_on_the_vote(db, model_dir, tmp_path):
+    """The loop's other half: the browser's vote, made pairs by `tunelab data prefs`, trains a DPO run on the model
+    that answered (LoRA, its reference the model with the adapter off), whose checkpoint plain peft loads."""
+    import json
+
+    import torch
+    import yaml
+    from conftest import recipe_dict
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.cli import main
+    from tunelab.runs import list_checkpoints
+    assert main(["data", "prefs", "--arena", str(db), "--out", str(tmp_path / "prefs"), "--val-fraction", "0"]) == 0
+    raw = recipe_dict(tmp_path / "runs", "dpo", model={"preset": None, "from_scratch": None,
+                                                         "tokenizer_vocab_size": None, "path": str(model_dir)},
+                      data={"train": [{"path": str(tmp_path / "prefs" / "train.jsonl")}], "packing": False},
+                      lora={"enabled": True, "rank": 4, "alpha": 8, "dropout": 0.0},
+                      train={"method": "dpo", "preference": {"beta": 0.5}, "lr": 5e-2, "max_steps": 6,
+                             "batch_size": 1, "log_every": 1, "num_checkpoints": 1},
+                      report_to=[])
+    recipe = tmp_path / "dpo.yaml"
+    recipe.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    assert main(["train", str(recipe)]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "runs" / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["rewards/margins"] > lines[0]["rewards/margins"]  # it learned the voter's preference
+    adapter = list_checkpoints(tmp_path / "runs" / "dpo")[-1] / "adapter"
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter)
+    assert any(torch.count_nonzero(p) for n, p in tuned.named_parameters() if "lora_B" in n)
 
 
 def test_chromium_is_where_the_test_expects_it():

@@ -55,8 +55,9 @@ def parse_accuracy(text: str) -> float:
     return float(value)
 
 
-def lora_param_counts(model: str, rank: int, target: str) -> dict:
-    """Count LoRA trainable and base total parameters on the meta device: no weights, seconds even for 8B."""
+def lora_param_counts(model: str, rank: int, target: str, trainable_tokens: int = 0) -> dict:
+    """Count LoRA trainable and base total parameters on the meta device: no weights, seconds even for 8B.
+    `trainable_tokens`: that many output-head rows trained beside the adapter (`lora.trainable_tokens`)."""
     import warnings
 
     from peft import get_peft_model
@@ -67,7 +68,14 @@ def lora_param_counts(model: str, rank: int, target: str) -> dict:
 
     base = build_on_meta(load_config(model))
     check_targets_matched(base, target)
-    config = make_lora_config(rank, 2 * rank, 0.0, target)  # alpha and dropout do not change the counts
+    rows = None
+    if trainable_tokens:
+        from tunelab.model.untrained_tokens import head_module_name
+        if not 0 < trainable_tokens <= base.get_output_embeddings().weight.shape[0]:
+            raise TunelabError(f"{trainable_tokens} trainable token rows: the model has "
+                               f"{base.get_output_embeddings().weight.shape[0]:,}", field="trainable_tokens")
+        rows = {head_module_name(base): list(range(trainable_tokens))}  # which rows does not change the count
+    config = make_lora_config(rank, 2 * rank, 0.0, target, rows)  # alpha and dropout do not change the counts
     with warnings.catch_warnings():
         # transformers 5 deprecation raised from inside peft; not the user's concern
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -73,6 +73,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
                    help="regex or comma list; MindFormers names (wq|wv|wo, w1..w3) are accepted")
     p.add_argument("--total-params", type=float, default=None,
                    help="divide by this nominal total instead (the competition used 8.03e9 for Llama-3-8B)")
+    p.add_argument("--trainable-tokens", type=int, default=0, metavar="N",
+                   help="N output-head rows trained beside the adapter (lora.trainable_tokens; a run's log says "
+                        "how many 'auto' chose)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cli_ratio)
 
@@ -169,9 +172,10 @@ def _plain(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else repr(number)
 
 
+@flags_for({"trainable_tokens": "--trainable-tokens"})
 def cli_ratio(args: argparse.Namespace) -> int:
     from tunelab.scoring import lora_param_counts, low_param_ratio
-    counts = lora_param_counts(args.model, args.lora_rank, args.lora_target)
+    counts = lora_param_counts(args.model, args.lora_rank, args.lora_target, args.trainable_tokens)
     total = counts["total"] if args.total_params is None else args.total_params
     ratio = low_param_ratio(counts["trainable"], total)
     if args.json:
@@ -179,7 +183,8 @@ def cli_ratio(args: argparse.Namespace) -> int:
         return 0
     target = counts["target"] if isinstance(counts["target"], str) else ",".join(counts["target"])
     print(f"model: {args.model}")
-    print(f"lora: rank {args.lora_rank}, target {target}")
+    rows = f", {args.trainable_tokens} trainable token row(s)" if args.trainable_tokens else ""
+    print(f"lora: rank {args.lora_rank}, target {target}{rows}")
     print(f"trainable: {counts['trainable']}")
     if args.total_params is None:
         print(f"total: {counts['total']}")

@@ -1,5 +1,6 @@
-"""Prediction files handed to `tunelab grade`: JSONL with `prediction` (and `id`) or one answer per line,
-matched to the gold answers by id when both sides have ids, else by position.
+"""Prediction files handed to `tunelab grade`: JSONL with `prediction` (and `id`), the JSON lines of `tunelab
+generate --json` (`text`, one sample a prompt), or one answer per line, matched to the gold answers by id when
+both sides have ids, else by position.
 
 Lines end at "\n" only (a trailing "\r" is dropped): other Unicode line breaks (U+2028, "\x1c", "\x85", …)
 and control characters are part of an answer, so a model's answer holding one is still one answer."""
@@ -15,7 +16,8 @@ from tunelab.records import iter_records, read_text, require_str
 
 
 def read_prediction_file(path: Path) -> list[dict[str, Any]]:
-    """JSONL with 'prediction' (sniffed from the first non-blank line), else one answer per line."""
+    """JSONL with 'prediction' (sniffed from the first non-blank line), or with 'text' and 'prompt' as `tunelab
+    generate --json` writes them, else one answer per line."""
     text = read_text(path)
     lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
     if lines[-1] == "":  # the final newline ends the last line; it does not start another
@@ -29,6 +31,13 @@ def read_prediction_file(path: Path) -> list[dict[str, Any]]:
         return [{"prediction": require_str(rec, "prediction", path, line),
                  "id": require_str(rec, "id", path, line) if "id" in rec else None}
                 for line, rec in iter_records(path)]
+    if isinstance(head, dict) and "text" in head and "prompt" in head:  # `tunelab generate --json`
+        records = list(iter_records(path))
+        if any(rec.get("sample", 1) != 1 for _, rec in records):
+            raise TunelabError("holds several samples a prompt (generate -n N): grade one sample a prompt",
+                               file=path)
+        records.sort(key=lambda item: item[1].get("prompt_index", 0))
+        return [{"prediction": require_str(rec, "text", path, line), "id": None} for line, rec in records]
     while lines and not lines[-1].strip():
         lines.pop()
     return [{"prediction": ln, "id": None} for ln in lines]
