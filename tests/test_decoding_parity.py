@@ -144,6 +144,48 @@ def test_eval_engine_equals_generate(arch, batch_size):
             assert len(arch.tokenizer(text, add_special_tokens=False)["input_ids"]) < MAX_NEW
 
 
+def sampled_reference(model, prompt_ids: list[int], stops, params, seed: int) -> list[int]:
+    """A seeded sampled completion the slow way: the whole sequence through the model at every step (no cache,
+    no padding, no batch), each token drawn by `sample_next` from a generator seeded as the row's."""
+    import torch
+
+    from tunelab.model.decoding import sample_next
+    generator = torch.Generator().manual_seed(seed)
+    ids, out = list(prompt_ids), []
+    with torch.no_grad():
+        for _ in range(MAX_NEW):
+            tok = int(sample_next(model(input_ids=torch.tensor([ids])).logits[:, -1], [params], [generator])[0])
+            if tok in stops:
+                break
+            out.append(tok)
+            ids.append(tok)
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_sampled_rows_equal_a_seeded_draw_without_the_cache(arch, batch_size):
+    """The batched decoder drawing tokens (GRPO's rollouts: each prompt several times, each row its own seeded
+    generator) gives each row the completion a one-row, cache-free loop draws with the same seed, whatever else
+    shares its batch; temperature 0 rows in the same batch stay greedy."""
+    import torch
+
+    from tunelab.model.decoding import SamplingParams, greedy_rows, pad_token_id, stop_token_ids
+    stops = stop_token_ids(arch.model, arch.tokenizer)
+    encoded = arch.tokenizer(arch.prompts[:3], add_special_tokens=False)["input_ids"]
+    rows = [ids for ids in encoded for _ in range(3)]  # each prompt three times, as a group of generations
+    params = [SamplingParams(temperature=t, top_p=p, top_k=k) for t, p, k in
+              [(1.0, 1.0, 0), (0.7, 0.9, 0), (1.3, 1.0, 20), (0.0, 1.0, 0), (1.0, 0.95, 0), (0.5, 1.0, 0),
+               (1.0, 1.0, 0), (2.0, 1.0, 0), (1.0, 0.5, 5)]]
+    seeds = [1000 + i for i in range(len(rows))]
+    with torch.inference_mode():
+        got, _ = greedy_rows(arch.model, rows, MAX_NEW, stops, pad_token_id(arch.tokenizer, stops), batch_size,
+                             sampling=params, generators=[torch.Generator().manual_seed(s) for s in seeds])
+    want = [sampled_reference(arch.model, r, stops, p, s) for r, p, s in zip(rows, params, seeds)]
+    assert got == want
+    assert got[3] == arch.reference[1]  # the temperature-0 row is the greedy answer
+    assert len({tuple(g) for g in got[:3]}) > 1  # a group's samples differ
+
+
 # --- (c) the serve engine and the HTTP server ---------------------------------------------------------
 
 @pytest.mark.parametrize("max_batch", [5, 12])

@@ -565,9 +565,13 @@ class TextStream:
 
 def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozenset[int], pad_id: int,
                 batch_size: int, streams: list[TextStream] | None = None,
-                on_done=None) -> tuple[list[list[int]], list[bool]]:
+                on_done=None, sampling: list[SamplingParams] | None = None,
+                generators: list | None = None) -> tuple[list[list[int]], list[bool]]:
     """Greedy continuation of every row of token ids, `batch_size` rows decoding at a time: (the new ids of
     each row, its stop token excluded; whether each row stopped by itself rather than at `max_new_tokens`).
+    With `sampling` (a SamplingParams a row) and `generators` (a `torch.Generator` a row), each row draws its
+    tokens instead (`sample_next`): a row's draws come from its own generator, so a seeded row gives the same
+    completion whichever rows share its batch (the rollouts of reinforcement learning, `-n N` samples).
 
     A row is done when it emits a stop token or, with `streams`, when its text reaches a stop string. It leaves
     the batch at once (the last row moves into its place: a copy of that row's cache, not of the batch's), and
@@ -581,6 +585,14 @@ def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
     import torch
 
     n = len(rows) if max_new_tokens > 0 else 0
+    if sampling is not None and (len(sampling) != len(rows) or generators is None or len(generators) != len(rows)):
+        raise ValueError("sampling needs one SamplingParams and one generator a row")
+
+    def choose(logits, rows_of_batch: list[int]):
+        if sampling is None:
+            return logits.argmax(-1)
+        return sample_next(logits, [sampling[r] for r in rows_of_batch], [generators[r] for r in rows_of_batch])
+
     results: list[list[int]] = [[] for _ in rows]
     stopped = [False] * len(rows)
     waiting = 0                                 # next row to admit
@@ -593,10 +605,10 @@ def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
             waiting = take[-1] + 1
             new, new_logits = DecodeBatch.prefill(model, [rows[i] for i in take], pad_id, max_new_tokens)
             if batch is None:
-                batch, tokens = new, new_logits.argmax(-1)
+                batch, tokens = new, choose(new_logits, take)
             else:
                 batch.extend(new)
-                tokens = torch.cat([tokens, new_logits.argmax(-1)])
+                tokens = torch.cat([tokens, choose(new_logits, take)])
             active += take
         done = []
         for j, (row, tok) in enumerate(zip(active, tokens.tolist())):
@@ -618,7 +630,7 @@ def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
             order, tokens = batch.remove(done, tokens)
             active = [active[j] for j in order]
             batch.trim()
-        tokens = batch.step(tokens).argmax(-1)
+        tokens = choose(batch.step(tokens), active)
     return results, stopped
 
 
