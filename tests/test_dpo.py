@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import lora_sections, write_recipe
 
 from tunelab.errors import TunelabError
@@ -129,4 +130,68 @@ def test_recipes_dpo_cannot_train_are_refused(tmp_path, tiny_base, change, says)
         raw[section] = {**raw[section], **value}
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(TunelabError, match=says):
+        load_recipe(path)
+
+
+def test_held_out_pairs_are_measured_without_touching_training(tmp_path, tiny_base):
+    """`data.val`: the loss, reward accuracy and margins on held-out pairs at every `eval_every` and checkpoint;
+    its margins are the ones plain transformers + peft give on those pairs with the checkpoint's adapter, and the
+    training lines are the same as a run without validation (no random draw or metrics window disturbed)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.data.packing import encode_examples
+    from tunelab.data.preferences import file_pairs, pair_examples
+    from tunelab.data.templates import load_template
+    from tunelab.train.loop import train
+    from tunelab.train.preference import collate_pairs, completion_logps
+    plain = load_recipe(dpo_recipe(tmp_path / "plain", tiny_base))
+    train(plain)
+    val_file = write_pairs(tmp_path / "val.jsonl", n=6, seed=7)
+    path = dpo_recipe(tmp_path / "val", tiny_base, eval_every=8)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["val"] = [{"path": str(val_file)}]
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    recipe = load_recipe(path)
+    train(recipe)
+    lines = metrics_lines(recipe.run_dir)
+    held = [x for x in lines if "val_loss" in x]
+    ckpts = [int(c.name.split("-")[1]) for c in list_checkpoints(recipe.run_dir)]
+    assert [x["step"] for x in held] == sorted({8, 16, 24, 32, *ckpts})
+    assert all(x["val_pairs"] == 6 and 0 <= x["val_rewards/accuracies"] <= 1 for x in held)
+    assert _same_training_lines([x for x in lines if "val_loss" not in x], metrics_lines(plain.run_dir))
+
+    adapter = list_checkpoints(recipe.run_dir)[-1] / "adapter"
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    examples = pair_examples(file_pairs(val_file))
+    template = load_template(adapter)
+    batch = collate_pairs(list(zip(encode_examples(tokenizer, template, [c for c, _ in examples], 256),
+                                   encode_examples(tokenizer, template, [r for _, r in examples], 256))),
+                          tokenizer.pad_token_id)
+    with torch.no_grad():
+        before = completion_logps(base, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])[0]
+        tuned = PeftModel.from_pretrained(base, adapter).eval()
+        after = completion_logps(tuned, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])[0]
+    chosen, rejected = (after - before).chunk(2)
+    margins = 0.5 * (chosen - rejected)
+    assert held[-1]["val_rewards/margins"] == pytest.approx(margins.mean().item(), abs=1e-4)
+    assert held[-1]["val_rewards/accuracies"] == pytest.approx((margins > 0).float().mean().item())
+
+
+def _same_training_lines(got: list[dict], want: list[dict]) -> bool:
+    assert [g["step"] for g in got] == [w["step"] for w in want]
+    for g, w in zip(got, want):
+        for key in ("loss", "grad_norm", "rewards/margins", "rewards/accuracies", "logps/chosen"):
+            assert g[key] == pytest.approx(w[key], abs=1e-7), (g["step"], key)
+    return True
+
+
+def test_held_out_pairs_belong_to_preference_runs(tmp_path, tiny_base):
+    path = dpo_recipe(tmp_path, tiny_base)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["val"] = [{"path": str(write_pairs(tmp_path / "val.jsonl"))}]
+    raw["train"]["method"] = "sft"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(TunelabError, match="data.val holds held-out preference pairs"):
         load_recipe(path)

@@ -133,6 +133,9 @@ class ModelConfig(_Strict):
 
 class DataConfig(_Strict):
     train: list[SourceConfig] = Field(min_length=1)
+    val: list[SourceConfig] = Field(
+        default_factory=list, description="held-out preference pairs (train.method dpo): the loss, reward accuracy "
+                                          "and margins on them at every checkpoint and every train.eval_every steps")
     template: Text = Field(default="alpaca", description="prompt template; a corpus run defaults to 'none'")
     instruction_prefix: str = ""
     cot: bool = False
@@ -384,9 +387,19 @@ class Recipe(_Strict):
                              "simpo, which needs no reference)")
         if self.data.corpus is not None or self.data.replay is not None:
             raise ValueError("train.method dpo trains on preference pairs, not on a corpus")
-        if any(src.path is None for src in self.data.train):
-            raise ValueError("train.method dpo reads preference pairs from files: every data.train source is a "
-                             "path (`tunelab data prefs` writes them)")
+        if any(src.path is None for src in [*self.data.train, *self.data.val]):
+            raise ValueError("train.method dpo reads preference pairs from files: every data.train and data.val "
+                             "source is a path (`tunelab data prefs` writes them)")
+        return self
+
+    @model_validator(mode="after")
+    def _held_out_pairs(self):
+        if self.data.val and self.train.method != "dpo":
+            raise ValueError("data.val holds held-out preference pairs for train.method dpo; a fine-tuning run is "
+                             "measured by its eval tasks (and a corpus's val split)")
+        if self.data.val and self.train.val_blocks is not None:
+            raise ValueError("train.val_blocks counts a corpus's val blocks; held-out pairs (data.val) are all "
+                             "used: give fewer with data.val.N.count")
         return self
 
     @model_validator(mode="after")
@@ -394,7 +407,7 @@ class Recipe(_Strict):
         """Validation loss is measured on a corpus's val split: the pretraining corpus, or the corpus a fine-tuning
         run replays (there it tracks what the fine-tuning costs the language model). Early stopping on it only
         makes sense when it is the objective, i.e. pretraining."""
-        if self.data.corpus is None:
+        if self.data.corpus is None and not self.data.val:  # (held-out pairs: validated as a corpus is)
             allowed = ("eval_every", "val_blocks") if self.data.replay is not None else ()
             for key in ("eval_every", "val_blocks", "early_stopping_patience"):
                 if getattr(self.train, key) is None or key in allowed:

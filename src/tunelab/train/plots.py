@@ -67,7 +67,8 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
 
 def plot_rewards(metrics_path: str | Path, out_png: str | Path, title: str = "preference rewards") -> Path | None:
     """A preference run's reward margin (and the chosen and rejected rewards) and its reward accuracy against
-    step, as TRL names them (`rewards/margins`, `rewards/accuracies`); None when the run logged none."""
+    step, as TRL names them (`rewards/margins`, `rewards/accuracies`), with the held-out pairs' as points; None
+    when the run logged none."""
     rows = [r for r in read_metrics(metrics_path) if "rewards/margins" in r]
     if not rows:
         return None
@@ -75,17 +76,24 @@ def plot_rewards(metrics_path: str | Path, out_png: str | Path, title: str = "pr
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     steps = [r["step"] for r in rows]
+    held_out = [r for r in read_metrics(metrics_path) if "val_rewards/margins" in r]  # data.val's pairs
     fig, (ax, acc) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     for key, color in (("rewards/margins", "tab:blue"), ("rewards/chosen", "tab:green"),
                        ("rewards/rejected", "tab:red")):
         ax.plot(steps, [r[key] for r in rows], color=color, label=key)
+    acc.plot(steps, [100 * r["rewards/accuracies"] for r in rows], color="tab:purple", label="training pairs")
+    if held_out:
+        ax.plot([r["step"] for r in held_out], [r["val_rewards/margins"] for r in held_out], color="tab:blue",
+                marker="o", ls="--", label="held-out margins")
+        acc.plot([r["step"] for r in held_out], [100 * r["val_rewards/accuracies"] for r in held_out],
+                 color="tab:purple", marker="o", ls="--", label="held-out pairs")
+        acc.legend(fontsize=8)
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("reward (β × log-ratio to the reference)")
     ax.set_title("rewards and their margin", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    acc.plot(steps, [100 * r["rewards/accuracies"] for r in rows], color="tab:purple")
     acc.axhline(50, color="gray", lw=0.8, ls="--")
     acc.set_ylim(0, 100)
     acc.set_xlabel("optimizer step")

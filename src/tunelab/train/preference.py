@@ -129,6 +129,14 @@ def collate_pairs(pairs: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion}
 
 
+def held_out_record(step: int, loss_sum: float, pairs: float, sums: dict[str, float]) -> dict:
+    """The metrics.jsonl line of one validation on held-out pairs: the loss and TRL's metrics, averaged over the
+    pairs, each named `val_` + its training name (`val_rewards/accuracies`: TRL's `eval_rewards/accuracies`)."""
+    n = max(1.0, pairs)
+    return {"step": step, "val_loss": loss_sum / n, **{f"val_{key}": value / n for key, value in sums.items()},
+            "val_pairs": int(pairs)}
+
+
 class PreferenceLossModel(torch.nn.Module):
     """What the training loop calls forward on in a preference run, as `loss.LabelledLoss` in a fine-tuning one:
     `forward(input_ids, attention_mask, completion_mask, num_items_in_batch)` returns this micro-batch's share
@@ -159,6 +167,29 @@ class PreferenceLossModel(torch.nn.Module):
             self._sums[key] = self._sums.get(key, 0.0) + value * pairs
         self._pairs += pairs
         return loss * pairs / num_items_in_batch
+
+    def validate(self, rows: list, batch_size: int, pad_id: int, device, autocast_dtype, rank: int = 0,
+                 world: int = 1) -> tuple[float, dict[str, float], int]:
+        """(summed loss, summed metrics, pairs) over this rank's share of held-out pair rows, without gradients;
+        the training metrics gathered for the next metrics line are left as they were."""
+        from tunelab.data.packing import batch_to
+        saved, was_training = self.window(), self.training
+        self.set_window(None)
+        self.eval()
+        total, count = 0.0, 0
+        try:
+            with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                                 enabled=autocast_dtype is not None):
+                for start in range(rank * batch_size, len(rows), batch_size * world):
+                    chunk = rows[start:start + batch_size]
+                    batch = collate_pairs([(r.chosen, r.rejected) for r in chunk], pad_id)
+                    total += self(**batch_to(batch, device), num_items_in_batch=1).item()  # the mean × pairs
+                    count += len(chunk)
+            sums = dict(self._sums)
+        finally:
+            self.set_window(saved)
+            self.train(was_training)
+        return total, sums, count
 
     def window(self) -> dict:
         """The sums since the last metrics line, for a checkpoint (`trainer_state.capture`)."""

@@ -56,17 +56,28 @@ class PairStream:
 
 def pair_rows(recipe, tokenizer, template: PromptTemplate) -> tuple[PairStream, int, int]:
     """(the stream, how many pairs, how many had a prompt cut to fit data.max_seq_len)."""
+    rows, truncated = _encoded_pairs(recipe.data.train, "data.train", recipe, tokenizer, template)
+    return PairStream(rows, recipe.seed), len(rows), truncated
+
+
+def held_out_pair_rows(recipe, tokenizer, template: PromptTemplate) -> list[PairRow] | None:
+    """The held-out pairs of `data.val`, encoded as the training pairs are; None when there are none."""
+    if not recipe.data.val:
+        return None
+    return _encoded_pairs(recipe.data.val, "data.val", recipe, tokenizer, template)[0]
+
+
+def _encoded_pairs(sources, field: str, recipe, tokenizer, template: PromptTemplate) -> tuple[list[PairRow], int]:
     from tunelab.data.preferences import pair_examples, source_pairs
     from tunelab.errors import TunelabError
     pairs = []
-    for src in recipe.data.train:
+    for src in sources:
         pairs += source_pairs(src.path, src.count, src.seed)
     if not pairs:
-        raise TunelabError("the preference data is empty", field="data.train")
+        raise TunelabError("the preference data is empty", field=field)
     examples = pair_examples(pairs)
     max_len = recipe.data.max_seq_len
     chosen = encode_examples(tokenizer, template, [c for c, _ in examples], max_len)
     rejected = encode_examples(tokenizer, template, [r for _, r in examples], max_len)
     rows = [PairRow(c, r) for c, r in zip(chosen, rejected)]
-    truncated = sum(c.truncated or r.truncated for c, r in zip(chosen, rejected))
-    return PairStream(rows, recipe.seed), len(rows), truncated
+    return rows, sum(c.truncated or r.truncated for c, r in zip(chosen, rejected))

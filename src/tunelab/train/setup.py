@@ -92,7 +92,8 @@ class TrainingRows:
     """The rows a run trains on, and what the summary says about them."""
 
     stream: object  # a RowStream, or a corpus's CorpusRows: rows(start, count), rows_per_epoch, padding_pct
-    val_rows: object | None  # the val split of the corpus pretrained on, or of a replayed one when asked
+    val_rows: object | None  # the val split of the corpus pretrained on, or of a replayed one when asked; a
+    #                          preference run's held-out pairs (data.val)
     samples: int
     truncated: int
     replayed_blocks: int = 0
@@ -105,9 +106,9 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
     prompt prefix every sample shares held once per packed row where the model's attention allows it."""
     tc = recipe.train
     if tc.method == "dpo":
-        from tunelab.train.preference_rows import pair_rows
+        from tunelab.train.preference_rows import held_out_pair_rows, pair_rows
         stream, pairs, truncated = pair_rows(recipe, tokenizer, template)
-        return TrainingRows(stream, None, pairs, truncated)
+        return TrainingRows(stream, held_out_pair_rows(recipe, tokenizer, template), pairs, truncated)
     if recipe.data.corpus:
         from tunelab.train.corpus_rows import corpus_rows
         stream, val_rows = corpus_rows(recipe)
