@@ -13,6 +13,7 @@ import pytest
 import torch
 
 trl = pytest.importorskip("trl")
+pytestmark = pytest.mark.filterwarnings("ignore:You are using 'rollout_func'")  # TRL's hook for fixed rollouts
 
 from datasets import Dataset  # noqa: E402  (trl's own dependency)
 from peft import LoraConfig  # noqa: E402
@@ -63,34 +64,35 @@ def completion_ids(tokenizer) -> list[list[int]]:
     return out
 
 
-def trainer_for(tokenizer, tmp_path, seed, **config):
+def trainer_for(tokenizer, tmp_path, seed, terms=None, weights=WEIGHTS, **config):
+    """TRL's trainer on a fresh tiny Llama + LoRA, whose rollouts are our fixed completions and whose reward
+    functions give `terms` (name → per prompt, G values; None: "does not apply"), default correct and format_ok."""
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
     fixed = completion_ids(tokenizer)
-    lookup = {}
-    for i, ids in enumerate(fixed):
-        lookup[tuple(ids)] = (CORRECT[i // G][i % G], FORMAT[i // G][i % G])
+    terms = terms or {"correct": CORRECT, "format_ok": FORMAT}
 
     def rollout(prompts, trainer):  # TRL's own prompt tokenisation; our completions instead of sampled ones
         assert len(prompts) == len(fixed)
         prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
         return {"prompt_ids": prompt_ids, "completion_ids": [list(c) for c in fixed], "logprobs": None}
 
-    def correct(prompts, completions, completion_ids, **kwargs):
-        return [lookup[tuple(c)][0] for c in completion_ids]
-
-    def format_ok(prompts, completions, completion_ids, **kwargs):
-        return [lookup[tuple(c)][1] for c in completion_ids]
+    def reward_function(name, table):
+        def reward(prompts, completions, completion_ids, **kwargs):  # rows in our order: prompt-major
+            assert prompts == [p for p in PROMPTS for _ in range(G)] and completion_ids == fixed
+            return [value for row in table for value in row]
+        reward.__name__ = name  # TRL logs rewards/{__name__}/mean
+        return reward
 
     config.setdefault("per_device_train_batch_size", len(fixed))
     # bf16=False: GRPOConfig's default bf16 autocast would run TRL's forward in bf16 on the CPU as well
     args = trl.GRPOConfig(output_dir=str(tmp_path / "trl"), num_generations=G, max_completion_length=MAX_COMPLETION,
-                          report_to="none", use_cpu=True, seed=seed, reward_weights=WEIGHTS, bf16=False, **config)
+                          report_to="none", use_cpu=True, seed=seed, reward_weights=weights, bf16=False, **config)
     peft = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
                       init_lora_weights=False)
-    tr = trl.GRPOTrainer(model=model, reward_funcs=[correct, format_ok], args=args,
+    tr = trl.GRPOTrainer(model=model, reward_funcs=[reward_function(n, t) for n, t in terms.items()], args=args,
                          train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=tokenizer,
                          peft_config=peft, rollout_func=rollout)
     tr.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which is not run here
@@ -228,6 +230,32 @@ def test_gradient_accumulation_scales_as_trl(tokenizer, tmp_path, loss_type):
         assert expected.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-7)
         assert abs(theirs.item()) > 1e-3  # half a group's advantages do not cancel: a real value
         assert int(half["completion_mask"].sum()) < step_tokens  # dapo's own-batch count would differ
+
+
+@pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
+@pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
+def test_rewards_that_do_not_apply_as_trl(tokenizer, tmp_path, aggregation, scale_rewards):
+    """TRL's None ("this reward does not apply to this completion") is NaN here: left out of the sums, means and
+    stds, and a completion no reward applies to gets advantage 0. Three terms with their weights."""
+    no = None
+    terms = {"correct": [[1.0, no, 0.0, 1.0], [no, no, no, 0.0], [1.0, 1.0, 1.0, 1.0]],
+             "format_ok": [[no, 0.0, 0.5, 1.0], [no, 1.0, no, 1.0], [0.0, no, 1.0, 1.0]],
+             "brevity": [[0.2, no, 0.1, 0.3], [no, no, no, 0.9], [no, no, no, no]]}
+    tr = trainer_for(tokenizer, tmp_path, 10, terms, [1.0, 0.5, 2.0], loss_type="dapo", scale_rewards=scale_rewards,
+                     multi_objective_aggregation=aggregation)
+    tr.model.train()
+    out = tr._generate_and_score_completions([{"prompt": p} for p in PROMPTS for _ in range(G)])
+    trl_metrics = {k: v[-1] for k, v in tr._metrics["train"].items()}
+    rewards = torch.tensor([[[nan_for_none(v) for v in row] for row in t] for t in terms.values()]).permute(1, 2, 0)
+    advantages, metrics = group_advantages(rewards, scale_rewards, [1.0, 0.5, 2.0], aggregation, names=list(terms))
+    torch.testing.assert_close(advantages.reshape(-1), out["advantages"], rtol=1e-5, atol=1e-6)
+    assert advantages[1, 0].item() == 0.0  # nothing applies to it
+    for key, value in metrics.items():
+        assert value == pytest.approx(trl_metrics[key], rel=1e-5, abs=1e-6, nan_ok=True), key
+
+
+def nan_for_none(value):
+    return float("nan") if value is None else value
 
 
 def test_groups_without_signal_and_unscorable_completions():
