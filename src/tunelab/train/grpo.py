@@ -6,9 +6,10 @@ and calls these.
 The shapes. A batch holds B completion rows, prompt-major: the G completions of prompt 0, then those of prompt
 1, … (TRL's `RepeatSampler` order). `collate_completions` pads them as TRL does (prompts on the left,
 completions on the right); `completion_logps` gives each completion token's log-probability under the model,
-(B, C), 0 where the completion is padding. The same function under `torch.no_grad()` before the policy moves
-gives the old policy's (needed when a batch is trained on more than once, `num_iterations` > 1); under the
-model with its LoRA adapter switched off (`reference_completion_logps`) it gives the reference's.
+(B, C), 0 where the completion is padding. Taken without gradients right after sampling, before the policy
+moves (`old_completion_logps`), they are the old policy's, kept while a batch is trained on more than once
+(`num_iterations` > 1); under the model with its LoRA adapter switched off (`reference_completion_logps`)
+they are the reference's.
 
 Advantages (DeepSeekMath, Shao et al. 2024, §4.1.2 "outcome supervision"): each completion's reward minus the
 mean reward of its prompt's group, divided by a standard deviation chosen by `scale_rewards`:
@@ -46,10 +47,13 @@ advantages, log-probabilities, loss, metrics and the adapter's gradients against
 What TRL has and this does not: the `cispo`, `sapo`, `luspo`, `vespo` losses, the entropy bonus and
 `top_entropy_quantile` mask, the off-policy sequence mask, vLLM importance-sampling correction, tool masks.
 
-Accumulation (how TRL scales a micro-batch's loss, for the loop): `grpo`, `bnpo` and `dr_grpo` are per
-micro-batch averages that TRL divides by the accumulation steps; `dapo`'s `num_items_in_batch` is the step's
-completion tokens summed over micro-batches (and over processes: tunelab's loop multiplies each loss by the
-world size, so a global count gives a global mean), and TRL does not divide it again.
+Accumulation (how TRL scales a micro-batch's loss, for the loop; `tests/test_grpo_loss.py` checks it with two
+micro-batches): `grpo`, `bnpo` and `dr_grpo` return a micro-batch average, which TRL divides by the
+accumulation steps and DDP then averages over processes; tunelab's loop multiplies every micro-batch's loss by
+the world size (DDP's average becomes a sum), so there it is divided by accumulation steps × world size.
+`dapo` returns its share of the step's mean when `num_items_in_batch` is the step's completion tokens summed
+over micro-batches and processes, and needs no further scaling in tunelab's loop. (When one generation batch
+feeds several optimizer steps, TRL divides by that batch's tokens per step on average, not each step's own.)
 """
 
 from __future__ import annotations
