@@ -36,7 +36,9 @@ LAYERS = [
     ("scoring", 3, ["tunelab.scoring"]),      # low-parameter ratio (model shapes) and competition formulas
     ("metrics", 3, ["tunelab.metrics.*"]),    # measuring instruments that know no task (QA F1/EM, Rouge-L, …)
     ("tasks", 4, ["tunelab.tasks.*"]),        # examples + prompt + answer extraction + metric, by name
-    ("eval", 5, ["tunelab.eval.*"]),          # the eval configuration, runner, retention, `tunelab eval`/`predict`
+    ("eval", 5, ["tunelab.eval.*"]),          # the eval configuration, runner, retention, `tunelab eval`/`predict`,
+    #                                           rewards (GRPO's rewards from the tasks' graders: above tasks, so
+    #                                           train gets rewards as numbers and never imports a grader)
     ("serve", 6, ["tunelab.serve.*"]),        # OpenAI-compatible server, web UI, arena
     ("synth", 6, ["tunelab.synth.*"]),        # training data from any OpenAI-compatible endpoint: a client
     ("top", 7, [                              # verbs that orchestrate several stages
