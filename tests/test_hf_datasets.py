@@ -186,6 +186,25 @@ def test_recipe_schema_for_hf_sources(tmp_path, make_recipe):
     assert e.value.field == "data.train.0.hf" and e.value.line is not None
 
 
+def test_an_eval_entry_reads_a_dataset(tmp_path):
+    """`eval.tasks[].source` takes the same `hf:` keys: a reading task from a DatasetDict's test split (CLUE-style
+    columns mapped), its errors naming the entry's fields."""
+    from tunelab.eval.sets import eval_sets
+    from tunelab.recipe import validate_eval
+    clue = datasets.Dataset.from_dict({"passage": ["小明住在北京。", "The cat sat on the mat."],
+                                       "query": ["小明住在哪里？", "Where did the cat sit?"],
+                                       "label_text": ["北京", "on the mat"]})
+    datasets.DatasetDict({"train": clue, "test": clue.select([1])}).save_to_disk(tmp_path / "clue")
+    source = {"hf": str(tmp_path / "clue"), "split": "test", "format": "reading",
+              "fields": {"context": "passage", "question": "query", "answer": "label_text"}}
+    sets = eval_sets(validate_eval({"tasks": [{"task": "reading", "source": source}]}))
+    assert [e.output for e in sets["reading"].examples] == ["on the mat"]
+    assert sets["reading"].source == f"hf:{tmp_path / 'clue'}" and "cat" in sets["reading"].examples[0].instruction
+    with pytest.raises(TunelabError) as e:
+        eval_sets(validate_eval({"tasks": [{"task": "reading", "source": {**source, "split": "dev"}}]}))
+    assert e.value.field == "eval.tasks.0.source.split" and "train, test" in e.value.message
+
+
 # --- mixing ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stopping", ["first_exhausted", "all_exhausted"])

@@ -48,7 +48,8 @@ class CorpusBuild(_Strict):
     """How `tunelab run` / `train` build a missing corpus directory: the steps `tunelab data encyclopedia`,
     `tunelab tokenizer train` and `tunelab data corpus` take, each skipped when its output is already there."""
 
-    inputs: list[Text] = Field(default_factory=list, description="JSONL/JSON/TXT files or folders (.gz too)")
+    inputs: list[Text] = Field(default_factory=list, description="JSONL/JSON/TXT files (.gz too), Parquet/Arrow/CSV "
+                                                                 "files, save_to_disk folders, folders, hf:NAME")
     encyclopedia: EncyclopediaBuild | None = None
     tokenizer: Text | TokenizerBuild = Field(description="an HF tokenizer directory, or {out, vocab_size} to train")
     block_size: int = Field(default=256, ge=8)
