@@ -135,6 +135,15 @@ def test_a_hub_name_is_read_from_the_local_cache_offline(tmp_path, offline):
     make_hub_cache(offline, "someorg/tiny-qa", qa_dataset(5))
     examples = load_source(SourceConfig(hf="someorg/tiny-qa", fields=MAPPING))
     assert [e.output for e in examples] == ANSWERS[:5] and examples[0].id == "tiny-qa-0"
+    sliced = load_source(SourceConfig(hf="someorg/tiny-qa", fields=MAPPING, split="train[:2]"))
+    streamed = load_source(SourceConfig(hf="someorg/tiny-qa", fields=MAPPING, streaming=True, count=2))
+    assert [e.output for e in sliced] == [e.output for e in streamed] == ANSWERS[:2]
+    with pytest.raises(Exception, match="a stream reads whole splits, not 'train\\[:2\\]'"):
+        SourceConfig(hf="someorg/tiny-qa", split="train[:2]", streaming=True)
+    with pytest.raises(TunelabError) as e:
+        load_source(SourceConfig(hf="someorg/tiny-qa", config="zh", fields=MAPPING), "data.train.0.")
+    assert e.value.field == "data.train.0.config" and "config 'zh'" in e.value.message
+    assert "Available configs in the cache: ['default']" in e.value.message     # not lost with the line break
 
 
 def test_an_offline_hub_name_is_one_line_saying_how_to_get_it(tmp_path, make_recipe, capsys):

@@ -107,6 +107,9 @@ class SourceConfig(_Strict):
             given = [k for k in HF_OPTIONS if getattr(self, k) not in (None, False)]
             if given:
                 raise ValueError(f"'{given[0]}' is an option of a Hugging Face dataset: it goes with 'hf: NAME'")
+        if self.streaming and self.split and "[" in self.split:
+            raise ValueError(f"a stream reads whole splits, not '{self.split}': give the split's name, and count: N "
+                             "for its first N rows (or streaming: false)")
         if self.fields and self.path is None and self.hf is None:
             raise ValueError("'fields' maps the columns of records: it goes with 'path' or 'hf'")
         if self.build is not None and self.corpus is None:

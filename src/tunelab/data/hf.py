@@ -160,8 +160,9 @@ def _matches(pattern: str) -> list[str]:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    """The library's message on one line (its later lines, such as the configurations there are, kept)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return "; ".join(lines)[:500] if lines else type(e).__name__
 
 
 def _not_cached(spec: DatasetSpec, datasets) -> str:
