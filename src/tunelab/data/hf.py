@@ -21,6 +21,7 @@ every `--help` stay as fast as before. Install it with `pip install 'tunelab[hf]
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +64,17 @@ class DatasetSpec:
 
 
 def _datasets():
+    """The `datasets` module; its progress bars (building a split's Arrow cache, which takes a while for a large
+    download) only where tunelab itself reports progress, i.e. not under `--quiet`."""
     try:
         import datasets
     except ImportError:
         raise TunelabError("reading a Hugging Face dataset needs the datasets library: "
                            "pip install 'tunelab[hf]'") from None
+    if logging.getLogger("tunelab").isEnabledFor(logging.INFO):
+        datasets.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
     return datasets
 
 
