@@ -499,9 +499,10 @@ def test_unreadable_and_unsupported_files(tmp_path):
     with pytest.raises(TunelabError, match="cannot read"):
         list(iter_documents([gz]))
     with pytest.raises(TunelabError, match="unsupported"):
-        list(iter_documents([tmp_path / "a.csv"]))
-    with pytest.raises(TunelabError, match="not found"):
-        list(iter_documents([tmp_path / "missing.jsonl"]))
+        list(iter_documents([tmp_path / "a.xml"]))
+    for missing in ("missing.jsonl", "missing.csv", "missing.parquet"):
+        with pytest.raises(TunelabError, match="not found"):
+            list(iter_documents([tmp_path / missing]))
     with pytest.raises(TunelabError, match="folder"):
         list(iter_documents([tmp_path]))
 

@@ -154,6 +154,16 @@ def _preference_file(shape: str):
     return write
 
 
+def _parquet_shards(path: Path, argv: list[str]) -> None:
+    """A Chinese wiki as Parquet shards (a `text` column), as the hub serves such corpora."""
+    import datasets
+    path.mkdir()
+    texts = [f"第{i}篇：北京是中国的首都，有很多名胜古迹。The Great Wall is near Beijing。长城很长！" * 3 for i in range(90)]
+    for k in range(3):
+        datasets.Dataset.from_dict({"id": [f"wiki-{k}-{i}" for i in range(30)], "text": texts[30 * k: 30 * k + 30]}
+                                   ).to_parquet(path / f"train-{k:05d}-of-00003.parquet")
+
+
 FIXTURES = {
     "runs/arena/votes.db": _arena_votes,   # the arena's votes (`tunelab ui` writes them)
     "ultrafeedback.jsonl": _preference_file("ultrafeedback"),
@@ -168,6 +178,7 @@ FIXTURES = {
     "result_CoLA.txt": _cola_labels(flip_every=5),   # what `tunelab predict` writes: one label per line
     "ANSWERS.txt": _cola_labels(flip_every=0),
     "merged": lambda p, _: p.symlink_to(ROOT / "models" / "tiny-base"),   # an exported model folder
+    "wiki_parquet": _parquet_shards,
 }
 
 

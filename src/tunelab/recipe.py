@@ -48,7 +48,8 @@ class CorpusBuild(_Strict):
     """How `tunelab run` / `train` build a missing corpus directory: the steps `tunelab data encyclopedia`,
     `tunelab tokenizer train` and `tunelab data corpus` take, each skipped when its output is already there."""
 
-    inputs: list[Text] = Field(default_factory=list, description="JSONL/JSON/TXT files or folders (.gz too)")
+    inputs: list[Text] = Field(default_factory=list, description="JSONL/JSON/TXT files (.gz too), Parquet/Arrow/CSV "
+                                                                 "files, save_to_disk folders, folders, hf:NAME")
     encyclopedia: EncyclopediaBuild | None = None
     tokenizer: Text | TokenizerBuild = Field(description="an HF tokenizer directory, or {out, vocab_size} to train")
     block_size: int = Field(default=256, ge=8)
@@ -65,12 +66,29 @@ class CorpusBuild(_Strict):
         return self
 
 
+HF_OPTIONS = ("config", "split", "revision", "data_files", "streaming")
+
+
 class SourceConfig(_Strict):
-    """One data source: a file (`path`), a built-in generator (`generate`), or a prepared pretraining corpus
-    (`corpus`: a directory written by `tunelab data corpus`, read as memory-mapped token blocks)."""
+    """One data source: a file (`path`), a built-in generator (`generate`), a Hugging Face dataset (`hf`: a hub
+    name, a `save_to_disk` folder, Parquet/Arrow/CSV/JSON files or globs, read through `datasets`), or a prepared
+    pretraining corpus (`corpus`: a directory written by `tunelab data corpus`, read as memory-mapped token
+    blocks)."""
 
     path: Text | None = None
     generate: Literal["arithmetic", "reading"] | None = None
+    hf: Text | None = Field(default=None, description="a hub name (the local cache offline), a save_to_disk folder, "
+                                                      "or Parquet/Arrow/CSV/JSON files (a glob)")
+    config: Text | None = Field(default=None, description="hf: the dataset's configuration (subset) name")
+    split: Text | None = Field(default=None, description="hf: the split (default train)")
+    revision: Text | None = Field(default=None, description="hf: a hub branch, tag or commit")
+    data_files: Text | list[Text] | dict[str, Text | list[Text]] | None = Field(
+        default=None, description="hf: the data files of a hub dataset or folder (load_dataset's data_files)")
+    streaming: bool = Field(default=False, description="hf: read rows as they come (no Arrow cache is built); "
+                                                       "with count, the first count rows")
+    fields: dict[Text, Text] = Field(default_factory=dict, description=(
+        "the format's fields from other columns/keys, {format field: column}, e.g. {instruction: question, "
+        "output: answer}"))
     corpus: Text | None = None
     build: CorpusBuild | None = Field(default=None, description="build the corpus directory when it is missing")
     format: Literal["auto", "competition", "alpaca", "conversations", "messages", "reading"] = "auto"
@@ -83,8 +101,17 @@ class SourceConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_of(self):
-        if sum(x is not None for x in (self.path, self.generate, self.corpus)) != 1:
-            raise ValueError("give exactly one of 'path', 'generate' or 'corpus'")
+        if sum(x is not None for x in (self.path, self.generate, self.hf, self.corpus)) != 1:
+            raise ValueError("give exactly one of 'path', 'generate', 'hf' or 'corpus'")
+        if self.hf is None:
+            given = [k for k in HF_OPTIONS if getattr(self, k) not in (None, False)]
+            if given:
+                raise ValueError(f"'{given[0]}' is an option of a Hugging Face dataset: it goes with 'hf: NAME'")
+        if self.streaming and self.split and "[" in self.split:
+            raise ValueError(f"a stream reads whole splits, not '{self.split}': give the split's name, and count: N "
+                             "for its first N rows (or streaming: false)")
+        if self.fields and self.path is None and self.hf is None:
+            raise ValueError("'fields' maps the columns of records: it goes with 'path' or 'hf'")
         if self.build is not None and self.corpus is None:
             raise ValueError("'build' makes a corpus directory: it goes with 'corpus: DIR'")
         if self.replay is not None and self.corpus is None:
@@ -131,11 +158,33 @@ class ModelConfig(_Strict):
         return self
 
 
+class MixConfig(_Strict):
+    """How the example sources of `data.train` are mixed: as `datasets.interleave_datasets` does (and LLaMA-Factory's
+    `mix_strategy: interleave_*` with `interleave_probs`): one example at a time from a source drawn with
+    `probabilities` (in turn without them), until one source runs out (`first_exhausted`) or every one has
+    (`all_exhausted`: the others start over, i.e. oversampling)."""
+
+    probabilities: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        default=None, description="one per example source of data.train, summing to 1; none: take them in turn")
+    seed: int = 0
+    stopping_strategy: Literal["first_exhausted", "all_exhausted", "all_exhausted_without_replacement"] = Field(
+        default="first_exhausted", description="first_exhausted: stop when a source runs out (undersampling); "
+                                               "all_exhausted: when every one has (oversampling)")
+
+    @model_validator(mode="after")
+    def _a_distribution(self):
+        if self.probabilities is not None and abs(sum(self.probabilities) - 1) > 1e-6:
+            raise ValueError(f"probabilities must sum to 1, they sum to {sum(self.probabilities):g}")
+        return self
+
+
 class DataConfig(_Strict):
     train: list[SourceConfig] = Field(min_length=1)
     val: list[SourceConfig] = Field(
         default_factory=list, description="held-out preference pairs (train.method dpo): the loss, reward accuracy "
                                           "and margins on them at every checkpoint and every train.eval_every steps")
+    mix: MixConfig | None = Field(default=None, description="interleave the example sources (default: one after "
+                                                            "the other, all of each)")
     template: Text = Field(default="alpaca", description="prompt template; a corpus run defaults to 'none'")
     instruction_prefix: str = ""
     cot: bool = False
@@ -178,6 +227,13 @@ class DataConfig(_Strict):
                              "source (to pretrain on the corpus, drop 'replay')")
         if self.sampling == "random" and not corpora:
             raise ValueError("'sampling: random' draws corpus blocks; it needs a corpus source")
+        if self.mix is not None:
+            mixed = len(self.train) - len(corpora) - len(replays)
+            if mixed < 2:
+                raise ValueError("'mix' interleaves example sources: give at least two in data.train")
+            if self.mix.probabilities is not None and len(self.mix.probabilities) != mixed:
+                raise ValueError(f"mix.probabilities: give one per example source of data.train ({mixed}), got "
+                                 f"{len(self.mix.probabilities)}")
         return self
 
     @property
@@ -387,6 +443,9 @@ class Recipe(_Strict):
                              "simpo, which needs no reference)")
         if self.data.corpus is not None or self.data.replay is not None:
             raise ValueError("train.method dpo trains on preference pairs, not on a corpus")
+        if self.data.mix is not None:
+            raise ValueError("train.method dpo reads its pairs from files as they are: data.mix mixes example "
+                             "sources for sft")
         if any(src.path is None for src in [*self.data.train, *self.data.val]):
             raise ValueError("train.method dpo reads preference pairs from files: every data.train and data.val "
                              "source is a path (`tunelab data prefs` writes them)")
@@ -544,9 +603,24 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
             return p
         alt = base / cand
         return str(alt) if _exists(alt) else p
+
+    def resolve_glob(p: str) -> str:
+        """A data file or a glob of them (`shards/*.parquet`), else `p` as it is (a hub name)."""
+        if not _is_glob(p) or Path(p).is_absolute() or _glob(p):
+            return resolve(p)
+        return str(base / p) if _glob(str(base / p)) else p
     for src in [*recipe.data.train, *(t.source for t in recipe.eval.tasks)]:
         if src.path:
             src.path = resolve(src.path)
+        if src.hf:
+            src.hf = resolve_glob(src.hf)
+        if isinstance(src.data_files, str):
+            src.data_files = resolve_glob(src.data_files)
+        elif isinstance(src.data_files, list):
+            src.data_files = [resolve_glob(f) for f in src.data_files]
+        elif isinstance(src.data_files, dict):
+            src.data_files = {k: resolve_glob(v) if isinstance(v, str) else [resolve_glob(f) for f in v]
+                              for k, v in src.data_files.items()}
         if src.corpus:
             src.corpus = resolve(src.corpus)
         if src.build:
@@ -555,6 +629,25 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
                 src.build.tokenizer = resolve(src.build.tokenizer)
     if recipe.model.path and not recipe.model.path.startswith(("hf:",)):
         recipe.model.path = resolve(recipe.model.path)
+
+
+# the files a Hugging Face `hf:` source names by their suffix (load_dataset's packaged builders read them)
+HF_FILE_SUFFIXES = (".parquet", ".arrow", ".csv", ".tsv", ".json", ".jsonl", ".csv.gz", ".json.gz", ".jsonl.gz")
+
+
+def _is_glob(p: str) -> bool:
+    return any(c in p for c in "*?[")
+
+
+def _glob(p: str) -> list[str]:
+    import glob
+    return glob.glob(p, recursive=True)
+
+
+def hf_names_local_files(name: str) -> bool:
+    """Whether an `hf:` value names local data files (a file by its suffix, or a glob) rather than a hub dataset
+    or a folder: such a name that matches nothing is a missing file, not a hub name."""
+    return _is_glob(name) or name.lower().endswith(HF_FILE_SUFFIXES)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_data: bool = True) -> Recipe:
@@ -603,6 +696,11 @@ def _check_data_files(recipe: Recipe, file: Path, text: str) -> None:
         if src.path and not _exists(Path(src.path)):
             loc = loc + ("path",)
             raise TunelabError(f"data file not found: {src.path}", file=file, line=line_of_key(text, loc),
+                               field=".".join(str(k) for k in loc))
+        if src.hf and hf_names_local_files(src.hf) and not (_glob(src.hf) if _is_glob(src.hf) else
+                                                            _exists(Path(src.hf), "file")):
+            loc = loc + ("hf",)
+            raise TunelabError(f"no data file matches {src.hf}", file=file, line=line_of_key(text, loc),
                                field=".".join(str(k) for k in loc))
         if src.corpus and src.corpus not in built and not _exists(Path(src.corpus) / "meta.json", "file"):
             loc = loc + ("corpus",)

@@ -70,7 +70,9 @@ positive = number(0, low_included=False)
 
 def add_corpus_reading(p: argparse.ArgumentParser) -> None:
     """Reading and cleaning flags shared by `data corpus` and `tokenizer train` (same documents for both)."""
-    p.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
+    p.add_argument("--text-field", default="text", help="JSON field / column holding the text (default: text)")
+    p.add_argument("--hf-config", default=None, help="hf:NAME inputs: the dataset's configuration (subset)")
+    p.add_argument("--hf-split", default="train", help="hf:NAME inputs: the split read (default: train)")
     p.add_argument("--id-field", default="id", help="JSON field kept as the document id ('' for none)")
     p.add_argument("--title-field", default="title", help="JSON field kept as the title ('' for none)")
     p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (by document)")

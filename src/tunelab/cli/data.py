@@ -94,7 +94,8 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
 
     q = data.add_parser("corpus", help="pretraining corpus: clean, split into sentence-aligned token blocks; "
                                        "--verify / --show a prepared one")
-    q.add_argument("inputs", nargs="*", metavar="INPUT", help=".jsonl/.json/.txt files (or .gz) or folders")
+    q.add_argument("inputs", nargs="*", metavar="INPUT", help=".jsonl/.json/.txt files (or .gz), .parquet/.arrow/.csv "
+                   "files, save_to_disk folders, folders of them, or hf:NAME (a hub dataset, offline from its cache)")
     q.add_argument("--tokenizer", help="Hugging Face tokenizer directory (e.g. from `tunelab tokenizer train`)")
     q.add_argument("--block-size", type=int, help="tokens per block at most, the final EOT included")
     q.add_argument("--out", help="new corpus directory")
@@ -109,7 +110,8 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("tokenizer", help="train a tokenizer for from-scratch models")
     tok = p.add_subparsers(dest="tokenizer_verb", metavar="ACTION", required=True)
     q = tok.add_parser("train", help="byte-level BPE on the cleaned corpus (CJK-aware, digits split, EOT/PAD/SEP)")
-    q.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl/.json/.txt files (or .gz) or folders")
+    q.add_argument("inputs", nargs="+", metavar="INPUT", help=".jsonl/.json/.txt files (or .gz), .parquet/.arrow/.csv "
+                   "files, save_to_disk folders, folders of them, or hf:NAME (a hub dataset, offline from its cache)")
     q.add_argument("--vocab-size", type=int, required=True)
     q.add_argument("--out", required=True, help="new tokenizer directory")
     add_corpus_reading(q)
@@ -271,7 +273,13 @@ def _read_settings(args: argparse.Namespace):
                         val_fraction=args.val_fraction, seed=args.seed, cleaning=cleaning)
 
 
-@flags_for({}, {**_READING, "block_size": "--block-size", "tokenizer": "--tokenizer"})
+def _inputs(args: argparse.Namespace) -> list:
+    """The INPUT arguments, each hf:NAME with --hf-config and --hf-split."""
+    from tunelab.data.corpus.read import with_hub_options
+    return with_hub_options(args.inputs, args.hf_config, args.hf_split)
+
+
+@flags_for({"text_field": "--text-field", "split": "--hf-split", "config": "--hf-config"}, {**_READING, "block_size": "--block-size", "tokenizer": "--tokenizer"})
 def cli_corpus(args: argparse.Namespace) -> int:
     import json
     import sys
@@ -295,17 +303,17 @@ def cli_corpus(args: argparse.Namespace) -> int:
                                         ("--block-size", args.block_size), ("--out", args.out)) if not value]
     if missing:
         raise TunelabError(f"data corpus needs {', '.join(missing)} (or --verify DIR / --show DIR)")
-    meta = prepare_corpus(args.inputs, args.tokenizer, args.block_size, args.out, _read_settings(args),
+    meta = prepare_corpus(_inputs(args), args.tokenizer, args.block_size, args.out, _read_settings(args),
                           workers=args.workers)
     print(format_summary(meta))
     print(f"wrote {args.out}")
     return 0
 
 
-@flags_for({}, {**_READING, "vocab_size": "--vocab-size"})
+@flags_for({"text_field": "--text-field", "split": "--hf-split", "config": "--hf-config"}, {**_READING, "vocab_size": "--vocab-size"})
 def cli_tokenizer_train(args: argparse.Namespace) -> int:
     from tunelab.model.tokenizer import tokenizer_summary, train_tokenizer_dir
-    report = train_tokenizer_dir(args.inputs, args.vocab_size, args.out, _read_settings(args), args.workers)
+    report = train_tokenizer_dir(_inputs(args), args.vocab_size, args.out, _read_settings(args), args.workers)
     print("\n".join(tokenizer_summary(report)))
     print(f"wrote {args.out}")
     return 0

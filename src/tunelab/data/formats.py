@@ -240,7 +240,9 @@ def _sniff(rec: dict[str, Any], path: Path, line: int) -> str:
                        f"(known formats: {', '.join(FORMATS)})", file=path, line=line)
 
 
-def _examples(numbered: Iterable[tuple[int, dict[str, Any]]], format: str, origin: Path) -> list[Example]:
+def _examples(numbered: Iterable[tuple[int, dict[str, Any]]], format: str, origin: Path,
+              stem: str | None = None, rows: list[int] | None = None) -> list[Example]:
+    stem = origin.stem if stem is None else stem
     if format != "auto" and format not in FORMATS:
         raise TunelabError(f"unknown format '{format}' (choose from auto, {', '.join(FORMATS)})",
                            field="format")
@@ -248,16 +250,31 @@ def _examples(numbered: Iterable[tuple[int, dict[str, Any]]], format: str, origi
     for index, (line, rec) in enumerate(numbered):
         if format == "auto":
             format = _sniff(rec, origin, line)
-        ident = require_str(rec, "id", origin, line) if "id" in rec else f"{origin.stem}-{index}"
+        ident = require_str(rec, "id", origin, line) if "id" in rec else f"{stem}-{index if rows is None else rows[index]}"
         examples.append(Example(id=ident, **FORMATS[format](rec, origin, line)))
     if not examples:
         raise TunelabError("no records", file=origin)
     return examples
 
 
-def read_examples(path: str | Path, format: str = "auto") -> list[Example]:
-    """All records of `path` as Examples; `format="auto"` decides from the first record's keys."""
-    return _examples(iter_records(path), format, Path(path))
+def renamed(rec: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
+    """`rec` with the keys (columns) `fields` maps, {format field: key}, under the format's field names: renamed,
+    as `Dataset.rename_columns` would; a key it names that `rec` lacks stays missing (the format names it)."""
+    if not fields or not isinstance(rec, dict):
+        return rec
+    used = set(fields.values())
+    out = {k: v for k, v in rec.items() if k not in used}
+    out.update({target: rec[key] for target, key in fields.items() if key in rec})
+    return out
+
+
+def read_examples(path: str | Path, format: str = "auto", fields: dict[str, str] | None = None) -> list[Example]:
+    """All records of `path` as Examples; `format="auto"` decides from the first record's keys; `fields` renames
+    keys to the format's fields first ({instruction: question})."""
+    records = iter_records(path)
+    if fields:
+        records = ((line, renamed(rec, fields)) for line, rec in records)
+    return _examples(records, format, Path(path))
 
 
 def examples_from_records(records: list[dict[str, Any]], format: str,
@@ -265,3 +282,12 @@ def examples_from_records(records: list[dict[str, Any]], format: str,
     """In-memory records (e.g. a generator's) as Examples; `origin` stands in for the file name in ids and
     errors, and a record's position (from 1) for its line."""
     return _examples(enumerate(records, start=1), format, Path(origin))
+
+
+def examples_from_rows(rows: Iterable[dict[str, Any]], format: str, origin: str, stem: str,
+                       row_numbers: list[int] | None = None) -> list[Example]:
+    """A dataset's rows (a Hugging Face dataset's, streamed) as Examples: errors name `origin` and the row's place
+    (from 1) as its line, and ids without an `id` column are "<stem>-<row>", the row's index in the dataset
+    (`row_numbers[i]` for the i-th row given, when they are a sample)."""
+    numbered = ((i + 1 if row_numbers is None else row_numbers[i] + 1, row) for i, row in enumerate(rows))
+    return _examples(numbered, format, Path(origin), stem, row_numbers)

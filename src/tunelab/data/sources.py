@@ -1,5 +1,6 @@
-"""Turn a recipe's data sources (files or built-in generators) into Examples: one source (`load_source`, also
-an eval entry's), or all of a recipe's training data (`training_examples`, for training and `data check`)."""
+"""Turn a recipe's data sources (files, built-in generators, Hugging Face datasets) into Examples: one source
+(`load_source`, also an eval entry's), or all of a recipe's training data (`training_examples`, for training and
+`data check`), one source after the other or mixed as `data.mix` says."""
 
 from __future__ import annotations
 
@@ -19,13 +20,17 @@ def generate_records(source: SourceConfig) -> tuple[list[dict], str]:
     return generate(source.count or 1000, seed=source.seed, **source.options), "reading"
 
 
-def load_source(source: SourceConfig) -> list[Example]:
-    """Load or generate the examples of one source; `count` subsamples a file reproducibly."""
+def load_source(source: SourceConfig, where: str = "") -> list[Example]:
+    """Load or generate the examples of one source; `count` subsamples a file reproducibly. `where` (`data.train.0.`)
+    prefixes the recipe fields an error about the source's settings names."""
     from tunelab.data.formats import examples_from_records, read_examples
     if source.generate:
         records, fmt = generate_records(source)
         return examples_from_records(records, fmt, origin=source.generate)
-    examples = read_examples(source.path, source.format)
+    if source.hf:
+        from tunelab.data.hf import hf_examples
+        return hf_examples(source, where)
+    examples = read_examples(source.path, source.format, source.fields)
     if source.count is not None and source.count < len(examples):
         examples = random.Random(source.seed).sample(examples, source.count)
     return examples
@@ -36,10 +41,13 @@ def training_examples(recipe: Recipe) -> list[Example]:
     if recipe.data.corpus:
         raise TunelabError("a corpus source holds token blocks, not examples (see them with `tunelab data "
                            "corpus --show DIR`)", field="data.train")
-    examples = []
-    for src in recipe.data.train:
-        if src.corpus is None:      # a replayed corpus adds token blocks when training starts, not examples
-            examples += load_source(src)
+    per_source = [load_source(src, f"data.train.{i}.") for i, src in enumerate(recipe.data.train)
+                  if src.corpus is None]   # a replayed corpus adds token blocks when training starts, not examples
+    if recipe.data.mix is not None:
+        from tunelab.data.hf import mix_examples
+        examples = mix_examples(per_source, recipe.data.mix)
+    else:
+        examples = [example for source in per_source for example in source]
     if not examples:
         raise TunelabError("the training data is empty", field="data.train")
     return examples

@@ -101,6 +101,7 @@ def _examples(task: Task, source: SourceConfig, where: str) -> tuple[list[Exampl
                                f"{', '.join(task_names(lambda cls: cls.reads_corpus))})",
                                field=f"{where}.{'corpus' if source.corpus else 'path'}")
         return task.load_examples(corpus), corpus
-    if source.path and source.format == "auto":
+    if source.path and source.format == "auto" and not source.fields:
         return task.load_examples(source.path), source.path
-    return load_source(source), source.path or f"generate:{source.generate}"
+    label = source.path or (f"hf:{source.hf}" if source.hf else f"generate:{source.generate}")
+    return load_source(source, f"{where}."), label

@@ -107,7 +107,7 @@ def train_tokenizer_dir(inputs: list, vocab_size: int, out: str | Path, settings
     from tqdm.auto import tqdm
 
     from tunelab.data.corpus.prepare import ReadSettings, iter_cleaned
-    from tunelab.data.corpus.read import BadLines, list_inputs
+    from tunelab.data.corpus.read import BadLines, input_bytes, list_inputs
     out = Path(out)
     if out.exists():
         raise TunelabError("output directory exists; choose a new one", file=out)
@@ -121,7 +121,7 @@ def train_tokenizer_dir(inputs: list, vocab_size: int, out: str | Path, settings
 
     def train_texts():
         held_chars = 0
-        with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="tokenizer",
+        with tqdm(total=sum(input_bytes(p) for p in paths), unit="B", unit_scale=True, desc="tokenizer",
                   file=sys.stderr, disable=not progress) as bar:
             for kept in iter_cleaned(paths, settings, workers=workers or os.cpu_count() or 1, bad=bad,
                                      counts=counts, progress=bar):

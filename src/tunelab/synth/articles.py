@@ -113,7 +113,7 @@ class ArticleSource:
 
     def paths(self) -> list[Path]:
         """Every file the articles are read from (to make sure the output is not among them)."""
-        return self.files + [d / "docs.jsonl" for d in self.corpus_dirs]
+        return [f for f in self.files if isinstance(f, Path)] + [d / "docs.jsonl" for d in self.corpus_dirs]
 
     def __iter__(self) -> Iterator[Article]:
         self.too_short = 0

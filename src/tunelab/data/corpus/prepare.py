@@ -36,7 +36,8 @@ from typing import Any, Iterator
 
 from tunelab.data.corpus.encode import fast_encoder
 from tunelab.data.corpus.clean import COUNT_KEYS, CleanDoc, CleaningConfig, Deduplicator, clean_document, text_digest
-from tunelab.data.corpus.read import BadLines, JsonlChunk, RawDoc, iter_work, list_inputs, parse_chunk, split_of
+from tunelab.data.corpus.read import (BadLines, HubInput, JsonlChunk, RawDoc, input_bytes, input_of_meta, iter_work,
+                                      list_inputs, parse_chunk, split_of)
 from tunelab.data.corpus.store import (FORMAT, SPLITS, CorpusBlocks, SplitWriter, read_docs, read_meta,
                                        read_tokenizer_file, token_dtype)
 from tunelab.data.corpus.sentences import count_sentences, soft_split_kinds, split_sentences
@@ -415,9 +416,9 @@ def prepare_corpus(inputs: list[str | Path], tokenizer: str, block_size: int, ou
         bad = BadLines()
         counts: dict[str, int] = {}
         total = {"documents": 0, "sentences": 0, "chars": 0, "soft": 0, "token": 0}
-        input_bytes = sum(p.stat().st_size for p in paths)
+        total_bytes = sum(input_bytes(p) for p in paths)
         with open(tmp / "docs.jsonl", "w", encoding="utf-8") as docs_file, \
-                tqdm(total=input_bytes, unit="B", unit_scale=True, desc="corpus", disable=not progress,
+                tqdm(total=total_bytes, unit="B", unit_scale=True, desc="corpus", disable=not progress,
                      file=sys.stderr) as bar:
             for kept in iter_cleaned(paths, settings, workers=workers, bad=bad, tokenizer_file=tokenizer_file,
                                      block_size=block_size, eot_id=eot_id, counts=counts, progress=bar):
@@ -427,20 +428,21 @@ def prepare_corpus(inputs: list[str | Path], tokenizer: str, block_size: int, ou
                 total["chars"] += kept.chars
                 total["soft"] += kept.soft_cuts
                 total["token"] += kept.token_cuts
-            bar.update(max(0, input_bytes - bar.n))
+            bar.update(max(0, total_bytes - bar.n))
         splits = {split: w.close() for split, w in writers.items()}
         seconds = time.perf_counter() - started
         if total["documents"] == 0:
             raise TunelabError("no document left after cleaning (all too short, duplicates or bad lines)",
                                file=paths[0] if len(paths) == 1 else None)
-        summary = _summary(counts, bad, total, splits, block_size, input_bytes, seconds)
+        summary = _summary(counts, bad, total, splits, block_size, total_bytes, seconds)
         meta = {
             "format": FORMAT, "dtype": dtype, "block_size": block_size, "eot_id": eot_id,
             "eot_token": tok_meta.pop("eot_token"), "vocab_size": vocab_size, "tokenizer": tok_meta,
             "text_field": settings.text_field, "id_field": settings.id_field, "title_field": settings.title_field,
             "skip_bad": settings.skip_bad, "cleaning": settings.cleaning.as_meta(),
             "val_fraction": settings.val_fraction, "seed": settings.seed,
-            "inputs": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in paths],
+            "inputs": [p.as_meta() if isinstance(p, HubInput) else {"path": str(p.resolve()), "bytes": input_bytes(p)}
+                       for p in paths],
             "splits": splits, "summary": summary,
             "rows": {"max_len": block_size,
                      "padding_pct_if_one_block_per_row": summary["padding_pct_if_one_block_per_row"]},
@@ -581,13 +583,15 @@ def verify_corpus(directory: str | Path, workers: int | None = None, progress: b
     directory = Path(directory)
     meta = read_meta(directory)
     docs = read_docs(directory)
-    paths = [Path(i["path"]) for i in meta["inputs"]]
+    paths = [input_of_meta(i) for i in meta["inputs"]]
     for item, p in zip(meta["inputs"], paths):
-        if not p.is_file():
+        if isinstance(p, HubInput):     # re-read from the hub (offline: the local cache)
+            continue
+        if not p.exists():
             raise TunelabError("input of this corpus not found (verifying re-reads the inputs)", file=p)
-        if p.stat().st_size != item["bytes"]:
+        if input_bytes(p) != item["bytes"]:
             raise TunelabError(f"input changed since the corpus was prepared ({item['bytes']} bytes then, "
-                               f"{p.stat().st_size} now)", file=p)
+                               f"{input_bytes(p)} now)", file=p)
     tok = read_tokenizer_file(directory / "tokenizer" / "tokenizer.json")
     blocks = {split: CorpusBlocks(directory, split) for split in SPLITS}
     import numpy as np

@@ -7,6 +7,10 @@ Inputs are files or folders (walked recursively, sorted, so the order is stable 
              `[` is read as JSONL, as many "JSON" dumps are)
     .txt     documents separated by blank lines
     any of them + .gz, decompressed on the fly
+    .parquet / .arrow / .csv   tables, and `save_to_disk` folders: a row is a document (the `text_field` column,
+             id/title columns kept); `hf:NAME` a Hugging Face hub dataset (offline: its local cache). All read
+             through `datasets` streaming, a batch of rows at a time (`tunelab.data.hf`); a row's number is its
+             "line"
 
 Memory stays bounded by the largest document, never the file: JSONL and text are read line by line, JSON
 arrays through `raw_decode` over a sliding buffer. A bad line (malformed JSON, a missing or non-string
@@ -37,6 +41,9 @@ from tunelab.records import lone_surrogate
 
 SUFFIXES = (".jsonl", ".json", ".txt")
 GZ_SUFFIXES = tuple(s + ".gz" for s in SUFFIXES)
+TABLE_SUFFIXES = (".parquet", ".arrow", ".csv")
+SAVED, HUB = "save_to_disk", "hub"     # the kinds of a saved dataset folder and a hub dataset among the inputs
+HUB_PREFIX = "hf:"
 MAX_BAD_EXAMPLES = 10
 CHUNK_CHARS = 1 << 18  # JSON arrays are decoded 256 KB at a time
 _DECODER = json.JSONDecoder()
@@ -52,6 +59,53 @@ class RawDoc:
     line: int
     id: str | None = None
     title: str | None = None
+
+
+@dataclass(frozen=True)
+class HubInput:
+    """A Hugging Face hub dataset among the inputs (`hf:NAME`): its `split` streamed through `datasets`, offline
+    from the local cache."""
+    name: str
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return HUB_PREFIX + self.name + (f" ({self.config})" if self.config else "") + f" [{self.split}]"
+
+    def as_meta(self) -> dict:
+        return {"hf": self.name, "config": self.config, "split": self.split, "revision": self.revision, "bytes": 0}
+
+
+Input = Path | HubInput
+
+
+def with_hub_options(inputs: Iterable[str | Path], config: str | None, split: str) -> list[str | Path | HubInput]:
+    """`inputs` with each `hf:NAME` as the HubInput of that configuration and split (the command line's
+    --hf-config / --hf-split)."""
+    return [HubInput(i[len(HUB_PREFIX):], config, split) if isinstance(i, str) and i.startswith(HUB_PREFIX)
+            and len(i) > len(HUB_PREFIX) else i for i in inputs]
+
+
+def input_bytes(item: Input) -> int:
+    """An input's size on disk (a saved dataset folder: its files'; a hub dataset: 0, not known before reading)."""
+    if isinstance(item, HubInput):
+        return 0
+    if item.is_dir():
+        return sum(f.stat().st_size for f in item.rglob("*") if f.is_file())
+    return item.stat().st_size
+
+
+def input_of_meta(item: dict) -> Input:
+    """An input as a corpus's meta.json records it (`HubInput.as_meta`, or {path, bytes})."""
+    if "hf" in item:
+        return HubInput(item["hf"], item.get("config"), item.get("split") or "train", item.get("revision"))
+    return Path(item["path"])
+
+
+def _saved(path: Path) -> bool:
+    from tunelab.data.hf import is_saved_dataset    # no `datasets` import: it looks for the files save_to_disk writes
+    return is_saved_dataset(path)
 
 
 @dataclass
@@ -82,14 +136,19 @@ class JsonlChunk:
 
 def _suffix(path: Path) -> str | None:
     name = path.name.lower()
-    for s in GZ_SUFFIXES + SUFFIXES:
+    for s in GZ_SUFFIXES + SUFFIXES + TABLE_SUFFIXES:
         if name.endswith(s):
             return s.removesuffix(".gz")
     return None
 
 
-def list_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """The corpus files named by `inputs`: files as given, folders walked recursively and sorted.
+ALL_SUFFIXES = ", ".join(SUFFIXES) + " (optionally .gz), " + ", ".join(TABLE_SUFFIXES)
+
+
+def list_inputs(inputs: Iterable[str | Path | HubInput], hf_config: str | None = None,
+                hf_split: str = "train") -> list[Input]:
+    """The corpus files named by `inputs`: files as given, folders walked recursively and sorted; a
+    `save_to_disk` folder is one input, and `hf:NAME` a hub dataset (its `hf_config`, `hf_split`).
 
     A file named twice (directly and through its folder) is read once. Inside a folder, hidden files and
     folders (".name") and prepared corpus directories (holding train.bin, finished or not) are skipped,
@@ -97,18 +156,28 @@ def list_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     file named directly, or no file at all is an error.
     """
     inputs = list(inputs)
-    out: list[Path] = []
-    seen: set[Path] = set()
+    out: list[Input] = []
+    seen: set = set()
     for item in inputs:
+        if isinstance(item, str) and item.startswith(HUB_PREFIX):
+            item = HubInput(item[len(HUB_PREFIX):], hf_config, hf_split)
+            if not item.name:
+                raise TunelabError("hf: needs a dataset name (hf:NAME)")
+        if isinstance(item, HubInput):
+            if item not in seen:
+                seen.add(item)
+                out.append(item)
+            continue
         p = Path(item)
-        if p.is_dir():
+        if p.is_dir() and _saved(p):
+            found = [p]
+        elif p.is_dir():
             if (p / "train.bin").exists():
                 raise TunelabError("a prepared corpus directory, not corpus input: name the source files", file=p)
             found = sorted(_walk(p))
         elif p.is_file():
             if not _suffix(p):
-                raise TunelabError(f"unsupported corpus file (expected {', '.join(SUFFIXES)}, optionally .gz)",
-                                   file=p)
+                raise TunelabError(f"unsupported corpus file (expected {ALL_SUFFIXES})", file=p)
             found = [p]
         else:
             raise TunelabError("input not found", file=p)
@@ -118,7 +187,7 @@ def list_inputs(inputs: Iterable[str | Path]) -> list[Path]:
                 seen.add(key)
                 out.append(f)
     if not out:
-        raise TunelabError(f"no corpus files ({', '.join(SUFFIXES)}, optionally .gz) found in "
+        raise TunelabError(f"no corpus files ({ALL_SUFFIXES}, save_to_disk folders) found in "
                            + ", ".join(str(i) for i in inputs))
     return out
 
@@ -127,6 +196,10 @@ def _walk(root: Path) -> Iterator[Path]:
     for folder, dirs, files in os.walk(root):
         if "train.bin" in files and folder != str(root):
             dirs[:] = []
+            continue
+        if folder != str(root) and _saved(Path(folder)):   # one input, not its arrow files one by one
+            dirs[:] = []
+            yield Path(folder)
             continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
@@ -175,6 +248,16 @@ class _Reader:
             meta.append(value if value is None or isinstance(value, str) else
                         str(value) if type(value) is int else json.dumps(value))  # 1.5, true, NaN as in JSON
         return RawDoc(text, self.file, line, meta[0], meta[1])
+
+    def table(self, item: Input, kind: str) -> Iterator[RawDoc]:
+        """The rows of a table file, saved dataset or hub dataset, streamed a batch at a time."""
+        from tunelab.data.hf import DatasetSpec, corpus_rows
+        spec = (DatasetSpec(item.name, item.config, item.split, item.revision, streaming=True) if kind == HUB
+                else DatasetSpec(str(item), streaming=True))
+        for row, rec in corpus_rows(spec, self.text_field, [self.id_field, self.title_field]):
+            doc = self.doc(rec, row, False)    # Arrow strings are valid UTF-8: no lone surrogate
+            if doc is not None:
+                yield doc
 
     def jsonl(self, f: IO[bytes], first_line: int = 1) -> Iterator[RawDoc]:
         for lineno, raw in enumerate(f, start=first_line):
@@ -330,6 +413,9 @@ def iter_documents(paths: Iterable[str | Path], text_field: str = "text", id_fie
     """
     for path, kind in _checked(paths, skip_bad, bad):
         reader = _Reader(path, text_field, id_field, title_field, skip_bad, bad)
+        if kind in TABLES:
+            yield from reader.table(path, kind)
+            continue
         with _reading(path) as f:
             if kind == ".jsonl":
                 yield from reader.jsonl(f)
@@ -349,21 +435,29 @@ def iter_work(paths: Iterable[str | Path], chunk_chars: int, text_field: str = "
     as lists of RawDocs read here (their bad lines go to `bad`).
     """
     for path, kind in _checked(paths, skip_bad, bad):
+        reader = _Reader(path, text_field, id_field, title_field, skip_bad, bad)
+        if kind in TABLES:
+            yield from _chunked(reader.table(path, kind), chunk_chars)
+            continue
         with _reading(path) as f:
             if kind == ".jsonl":
                 yield from _cut_lines(f, str(path), chunk_chars)
                 continue
-            reader = _Reader(path, text_field, id_field, title_field, skip_bad, bad)
-            docs: list[RawDoc] = []
-            chars = 0
-            for doc in reader.txt(f) if kind == ".txt" else reader.json_array(f):
-                docs.append(doc)
-                chars += len(doc.text)
-                if chars >= chunk_chars:
-                    yield docs
-                    docs, chars = [], 0
-            if docs:
-                yield docs
+            yield from _chunked(reader.txt(f) if kind == ".txt" else reader.json_array(f), chunk_chars)
+
+
+def _chunked(docs: Iterable[RawDoc], chunk_chars: int) -> Iterator[list[RawDoc]]:
+    """Documents in lists of about `chunk_chars` characters."""
+    chunk: list[RawDoc] = []
+    chars = 0
+    for doc in docs:
+        chunk.append(doc)
+        chars += len(doc.text)
+        if chars >= chunk_chars:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
 
 
 def parse_chunk(chunk: JsonlChunk, text_field: str = "text", id_field: str | None = "id",
@@ -396,18 +490,29 @@ def _cut_lines(f: IO[bytes], file: str, chunk_chars: int) -> Iterator[JsonlChunk
         line += chunk.count(b"\n")
 
 
-def _checked(paths: Iterable[str | Path], skip_bad: bool, bad: BadLines | None) -> Iterator[tuple[Path, str]]:
-    """(path, kind) of each file; a folder or an unsupported file is an error."""
+TABLES = (*TABLE_SUFFIXES, SAVED, HUB)     # the kinds read through `datasets`
+
+
+def _checked(paths: Iterable[str | Path | HubInput], skip_bad: bool,
+             bad: BadLines | None) -> Iterator[tuple[Input, str]]:
+    """(input, kind) of each file, saved dataset or hub dataset; another folder or an unsupported file is an error."""
     if skip_bad and bad is None:
         raise ValueError("skip_bad needs a BadLines to count the skipped lines in")
     for item in paths:
+        if isinstance(item, HubInput):
+            yield item, HUB
+            continue
         path = Path(item)
         kind = _suffix(path)
         if path.is_dir():
+            if _saved(path):
+                yield path, SAVED
+                continue
             raise TunelabError("a folder, not a corpus file (list folders with list_inputs)", file=path)
         if kind is None:
-            raise TunelabError(f"unsupported corpus file (expected {', '.join(SUFFIXES)}, optionally .gz)",
-                               file=path)
+            raise TunelabError(f"unsupported corpus file (expected {ALL_SUFFIXES})", file=path)
+        if kind in TABLES and not path.is_file():
+            raise TunelabError("input not found", file=path)
         yield path, kind
 
 
