@@ -277,6 +277,37 @@ class DivergenceConfig(_Strict):
     spike_steps: int = Field(default=10, ge=1, description="steps a spike must last")
 
 
+class GRPOConfig(_Strict):
+    """`train.method: grpo` (`tunelab.train.grpo_method`): completions sampled with tunelab's own decoding core,
+    scored by `rewards`, trained on their group-normalised advantages (`tunelab.train.grpo`). Names and defaults
+    follow TRL's GRPOConfig; `train.batch_size` counts prompts, each sampled `num_generations` times."""
+
+    num_generations: int = Field(default=8, ge=2, description="completions sampled per prompt (a group)")
+    max_completion_length: int = Field(default=64, ge=1, description="tokens a completion may have")
+    temperature: float = Field(default=1.0, gt=0, description="sampling temperature (also divides the logits "
+                                                               "the log-probabilities come from, as TRL)")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0, description="0: off")
+    beta: float = Field(default=0.0, ge=0, description="weight of the KL term to the reference (the model with "
+                                                        "its LoRA adapter off); 0: no reference computed")
+    epsilon: float = Field(default=0.2, ge=0, description="the clip range's lower side (TRL's epsilon)")
+    epsilon_high: float | None = Field(default=None, ge=0, description="its upper side (DAPO's clip-higher); "
+                                                                        "default: epsilon")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        default="dapo", description="how token losses are averaged (tunelab.train.grpo)")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        default="group", description="divide advantages by the group's std, the batch's, or not (Dr. GRPO)")
+    mask_truncated_completions: bool = Field(
+        default=False, description="train on no token of a completion cut at max_completion_length (DAPO)")
+    zero_variance: Literal["keep", "skip"] = Field(
+        default="keep", description="groups whose completions all scored the same teach nothing: keep them in the "
+                                    "batch (TRL), or skip their forward and backward")
+    rewards: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"task": "arithmetic"}], min_length=1,
+        description="reward terms: {task: NAME} (1 when the task's grader accepts the answer), {format: REGEX}, "
+                    "{length: {max_tokens, cache}}, {function: file.py:name}; each with an optional weight")
+
+
 class PreferenceConfig(_Strict):
     """The preference loss of `train.method: dpo` (`tunelab.train.preference`)."""
 
@@ -288,10 +319,12 @@ class PreferenceConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    method: Literal["sft", "dpo"] = Field(
+    method: Literal["sft", "dpo", "grpo"] = Field(
         default="sft", description="sft: learn the answers; dpo: learn from preference pairs {prompt, chosen, "
-                                   "rejected} (`tunelab data prefs`) with train.preference's loss")
+                                   "rejected} (`tunelab data prefs`) with train.preference's loss; grpo: learn "
+                                   "from sampled answers scored by train.grpo's rewards")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     epochs: float = Field(default=1, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; overrides epochs")
     batch_size: int = Field(default=4, ge=1, description="rows per micro-batch (packed rows if packing)")
@@ -449,6 +482,22 @@ class Recipe(_Strict):
         if any(src.path is None for src in [*self.data.train, *self.data.val]):
             raise ValueError("train.method dpo reads preference pairs from files: every data.train and data.val "
                              "source is a path (`tunelab data prefs` writes them)")
+        return self
+
+    @model_validator(mode="after")
+    def _reinforcement(self):
+        """GRPO samples answers to the recipe's example prompts and scores them; its KL term's reference is the
+        model with its LoRA adapter off, and sampling runs on whole (unsharded) weights."""
+        if self.train.method != "grpo":
+            return self
+        if self.data.corpus is not None or self.data.replay is not None:
+            raise ValueError("train.method grpo samples answers to prompts: its data.train are example sources "
+                             "(prompts with reference answers), not a corpus")
+        if self.train.grpo.beta > 0 and not self.lora.enabled:
+            raise ValueError("train.grpo.beta > 0 takes its reference from the base under a LoRA adapter: set "
+                             "lora.enabled: true, or train.grpo.beta: 0")
+        if self.train.strategy == "fsdp":
+            raise ValueError("train.method grpo samples with whole weights on each process: train.strategy ddp")
         return self
 
     @model_validator(mode="after")
@@ -629,6 +678,11 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
                 src.build.tokenizer = resolve(src.build.tokenizer)
     if recipe.model.path and not recipe.model.path.startswith(("hf:",)):
         recipe.model.path = resolve(recipe.model.path)
+    for term in recipe.train.grpo.rewards:  # a reward function in a file beside the recipe: `my_rewards.py:name`
+        function = term.get("function")
+        if isinstance(function, str) and ".py:" in function:
+            file, name = function.rsplit(":", 1)
+            term["function"] = f"{resolve(file)}:{name}"
 
 
 # the files a Hugging Face `hf:` source names by their suffix (load_dataset's packaged builders read them)

@@ -566,12 +566,13 @@ class TextStream:
 def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozenset[int], pad_id: int,
                 batch_size: int, streams: list[TextStream] | None = None,
                 on_done=None, sampling: list[SamplingParams] | None = None,
-                generators: list | None = None) -> tuple[list[list[int]], list[bool]]:
+                generators: list | None = None, keep_stop: bool = False) -> tuple[list[list[int]], list[bool]]:
     """Greedy continuation of every row of token ids, `batch_size` rows decoding at a time: (the new ids of
     each row, its stop token excluded; whether each row stopped by itself rather than at `max_new_tokens`).
     With `sampling` (a SamplingParams a row) and `generators` (a `torch.Generator` a row), each row draws its
     tokens instead (`sample_next`): a row's draws come from its own generator, so a seeded row gives the same
     completion whichever rows share its batch (the rollouts of reinforcement learning, `-n N` samples).
+    `keep_stop`: a row that stopped at a stop token keeps it as its last id (what a policy is trained to emit).
 
     A row is done when it emits a stop token or, with `streams`, when its text reaches a stop string. It leaves
     the batch at once (the last row moves into its place: a copy of that row's cache, not of the batch's), and
@@ -614,6 +615,8 @@ def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
         for j, (row, tok) in enumerate(zip(active, tokens.tolist())):
             if tok in stops:
                 stopped[row] = True
+                if keep_stop:
+                    results[row].append(tok)
             else:
                 results[row].append(tok)
                 if streams is not None and streams[row].add(tok):

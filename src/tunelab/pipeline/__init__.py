@@ -59,6 +59,7 @@ def _run(recipe: Recipe, resume: bool, on_checkpoint=None) -> dict:
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
     base_run = prepare_inputs(recipe)
     sets = eval_sets(recipe.eval)  # every eval mistake is found before training starts
+    rewards = training_rewards(recipe)  # and every reward mistake
     models = run_models(recipe)  # on a GPU it keeps the trained model's base for the evaluation
     try:
         hook = None
@@ -66,7 +67,8 @@ def _run(recipe: Recipe, resume: bool, on_checkpoint=None) -> dict:
             def hook(path: Path, info: dict) -> None:
                 on_checkpoint(WrittenCheckpoint(path=path, **info, evaluate=lambda: evaluate_checkpoints(
                     recipe, sets, template, [path], models)[1].get(path.name, {})))
-        summary = train(recipe, resume=resume, hand_over=models.adopt if sets else None, on_checkpoint=hook)
+        summary = train(recipe, resume=resume, hand_over=models.adopt if sets else None, on_checkpoint=hook,
+                        rewards=rewards)
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and sets:
             evaluate_share(recipe, sets, template, rank, world, models)
@@ -87,4 +89,12 @@ def train_recipe(recipe: Recipe, resume: bool = False) -> dict:
     Returns the training summary (steps, final loss, seconds)."""
     from tunelab.train.loop import train
     prepare_inputs(recipe)
-    return train(recipe, resume=resume)
+    return train(recipe, resume=resume, rewards=training_rewards(recipe))
+
+
+def training_rewards(recipe: Recipe):
+    """A `grpo` run's reward (`train.grpo.rewards`, built over the tasks' graders), else None."""
+    if recipe.train.method != "grpo":
+        return None
+    from tunelab.eval.rewards import build_rewards
+    return build_rewards(recipe.train.grpo.rewards, field="train.grpo.rewards")

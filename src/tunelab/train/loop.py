@@ -58,7 +58,7 @@ from tunelab.train.validation import EarlyStopping, val_record, validation_sums
 log = logging.getLogger(__name__)
 
 
-def train(recipe: Recipe, resume: bool = False, hand_over=None, on_checkpoint=None) -> dict:
+def train(recipe: Recipe, resume: bool = False, hand_over=None, on_checkpoint=None, rewards=None) -> dict:
     """Train per the recipe; returns a summary. Checkpoints and metrics.jsonl land in the run directory, which
     this process alone writes meanwhile (`run_lock`): another one writing it is an error before anything is
     written. SIGTERM/SIGUSR1 stop it after a checkpoint (`errors.Preempted`).
@@ -69,7 +69,10 @@ def train(recipe: Recipe, resume: bool = False, hand_over=None, on_checkpoint=No
     `on_checkpoint(path, info)` is called in the main process after each evenly spaced checkpoint is whole, with
     `info` = its step, its index among the run's checkpoints (1 = the first), its validation loss and the
     (trainable, total) parameter counts: what a sweep needs to judge the run so far. An exception it raises
-    (a pruned trial) ends training there, the checkpoint kept, as any other error would."""
+    (a pruned trial) ends training there, the checkpoint kept, as any other error would.
+
+    `rewards` (a `tunelab.eval.rewards.Rewards`) scores a `grpo` run's completions; the pipeline builds it from
+    `train.grpo.rewards` (train/ does not import the tasks whose graders it calls)."""
     # oneDNN (bf16 matmuls on CPU) keeps a compiled kernel for every shape it meets, up to 1,024 of them; the
     # row width and the count of labelled positions change shape every step, so memory grew ~5 MB a step
     # (0.4 -> 1.2 GB in 120 steps of a 0.2 M-parameter model). 64 holds what one step reuses; it is read at
@@ -89,11 +92,11 @@ def train(recipe: Recipe, resume: bool = False, hand_over=None, on_checkpoint=No
             raise refused or TunelabError("another process is writing this run (rank 0 names it)",
                                           file=recipe.run_dir)
         with StopSignals() as signals:
-            return _train(recipe, resume, dist, signals, hand_over, on_checkpoint)
+            return _train(recipe, resume, dist, signals, hand_over, on_checkpoint, rewards)
 
 
 def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_over=None,
-           on_checkpoint=None) -> dict:
+           on_checkpoint=None, rewards=None) -> dict:
     import torch
     from tqdm.auto import tqdm
 
@@ -121,7 +124,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     stream, val_rows = rows.stream, rows.val_rows
     token_ids = (trainable_token_ids(recipe, model, tokenizer, rows.answer_counts, dist)
                  if recipe.lora.enabled else [])
-    trained = trainable_model(recipe, model, precision, dist, token_ids)
+    trained = trainable_model(recipe, model, precision, dist, token_ids, tokenizer, rewards)
     model, loss_model, lora, fsdp, flat = trained.model, trained.loss_model, trained.lora, trained.fsdp, trained.flat
     autocast_dtype = trained.autocast_dtype
     from tunelab.model.lora import count_parameters
@@ -217,8 +220,13 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
             step_rows = stream.rows(step * rows_per_step, rows_per_step)[dist.rank::dist.world]
             micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
             batches = [method.collate(chunk, tokenizer.pad_token_id, recipe.data.packing, flat) for chunk in micro]
-            local_items = sum(method.items(b) for b in batches)
             local_tokens = sum(len(r.input_ids) for r in step_rows)
+            if method.rollout is not None:  # grpo: completions sampled and scored before the items are counted
+                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                    enabled=autocast_dtype is not None):
+                    batches = [method.rollout(loss_model, b, step, dist.rank, i, device) for i, b in enumerate(batches)]
+                local_tokens = sum(b["tokens"] for b in batches)
+            local_items = sum(method.items(b) for b in batches)
             local_samples = sum(r.sample_tokens for r in step_rows)
             global_items = all_sum(dist, [local_items])[0]
 

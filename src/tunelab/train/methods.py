@@ -1,6 +1,8 @@
-"""What the training loop does differently when it learns answers (`sft`) or preferences (`dpo`): how a
-micro-batch of rows is collated, what one loss item is (a labelled token; a pair), and the module it calls
-forward on. The loop, its checkpoints, resume, trackers and every device path are the same for both."""
+"""What the training loop does differently when it learns answers (`sft`), preferences (`dpo`) or from rewarded
+samples (`grpo`): how a micro-batch of rows is collated, what one loss item is (a labelled token; a pair; a
+micro-batch or a completion token), the module it calls forward on, and for `grpo` the rollout that samples and
+scores completions before the step counts its items. The loop, its checkpoints, resume, trackers and every
+device path are the same for all three."""
 
 from __future__ import annotations
 
@@ -16,14 +18,15 @@ class Method:
     name: str
     collate: Callable  # (rows, pad id, packed, flat) -> batch
     items: Callable  # batch -> the loss items in it, which the step's loss is the mean over
-    loss_model: Callable  # (model, recipe) -> the module the loop calls forward on
+    loss_model: Callable  # (model, recipe, tokenizer, rewards) -> the module the loop calls forward on
+    rollout: Callable | None = None  # (loss module, batch, step, rank, micro-batch index, device) -> batch
 
 
 def _labelled(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
-def _sft_loss(model, recipe: Recipe):
+def _sft_loss(model, recipe: Recipe, tokenizer, rewards):
     from tunelab.train.loss import LabelledLoss
     return LabelledLoss(model)
 
@@ -37,11 +40,29 @@ def _pairs(batch: dict) -> int:
     return batch["input_ids"].shape[0] // 2
 
 
-def _preference_loss(model, recipe: Recipe):
+def _preference_loss(model, recipe: Recipe, tokenizer, rewards):
     from tunelab.train.preference import PreferenceLoss, PreferenceLossModel
     p = recipe.train.preference
     return PreferenceLossModel(model, PreferenceLoss(p.loss, p.beta, p.simpo_gamma, p.sft_weight))
 
 
+def _prompts(rows: list, pad_id: int, packed: bool, flat: bool) -> dict:
+    return {"rows": rows}  # the rollout makes the batch
+
+
+def _grpo_loss(model, recipe: Recipe, tokenizer, rewards):
+    from tunelab.errors import TunelabError
+    from tunelab.train.grpo_method import GRPOLossModel
+    if rewards is None:
+        raise TunelabError("a grpo run is scored by its rewards: train it through tunelab.pipeline (tunelab run / "
+                           "tunelab train), which builds them from train.grpo.rewards", field="train.grpo.rewards")
+    return GRPOLossModel(model, recipe.train.grpo, tokenizer, rewards, recipe.seed)
+
+
+def _rollout(loss_model, batch: dict, step: int, rank: int, micro: int, device) -> dict:
+    return loss_model.rollout(batch["rows"], step, rank, micro, device)
+
+
 METHODS = {"sft": Method("sft", collate, _labelled, _sft_loss),
-           "dpo": Method("dpo", _pairs_batch, _pairs, _preference_loss)}
+           "dpo": Method("dpo", _pairs_batch, _pairs, _preference_loss),
+           "grpo": Method("grpo", _prompts, lambda batch: batch["items"], _grpo_loss, _rollout)}

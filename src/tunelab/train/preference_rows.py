@@ -5,11 +5,11 @@ the pairs it would have had. Pairs are not packed: the two answers of a pair are
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from tunelab.data.packing import Encoded, encode_examples
 from tunelab.data.templates import PromptTemplate
+from tunelab.train.row_stream import ShuffledRows
 
 
 @dataclass
@@ -27,37 +27,10 @@ class PairRow:
         return len(self.chosen.input_ids) + len(self.rejected.input_ids)
 
 
-class PairStream:
-    """The deterministic sequence of pairs: epoch e is a shuffle with seed+e."""
-
-    def __init__(self, pairs: list[PairRow], seed: int):
-        self.pairs, self.seed = pairs, seed
-        self.padding_pct = 0.0  # not a packed grid: each pair's two rows are padded to each other only
-        self.prefix = 0
-        self._epochs: dict[int, list[PairRow]] = {}
-
-    @property
-    def rows_per_epoch(self) -> int:
-        return len(self.pairs)
-
-    def _epoch(self, e: int) -> list[PairRow]:
-        if e not in self._epochs:
-            order = list(self.pairs)
-            random.Random(self.seed + e).shuffle(order)
-            self._epochs = {e: order, **{k: v for k, v in self._epochs.items() if k == e - 1}}
-        return self._epochs[e]
-
-    def rows(self, start: int, count: int) -> list[PairRow]:
-        out, n = [], len(self.pairs)
-        for i in range(start, start + count):
-            out.append(self._epoch(i // n)[i % n])
-        return out
-
-
-def pair_rows(recipe, tokenizer, template: PromptTemplate) -> tuple[PairStream, int, int]:
+def pair_rows(recipe, tokenizer, template: PromptTemplate) -> tuple[ShuffledRows, int, int]:
     """(the stream, how many pairs, how many had a prompt cut to fit data.max_seq_len)."""
     rows, truncated = _encoded_pairs(recipe.data.train, "data.train", recipe, tokenizer, template)
-    return PairStream(rows, recipe.seed), len(rows), truncated
+    return ShuffledRows(rows, recipe.seed), len(rows), truncated
 
 
 def held_out_pair_rows(recipe, tokenizer, template: PromptTemplate) -> list[PairRow] | None:

@@ -49,3 +49,31 @@ class RowStream:
             if offset >= len(rows):
                 e, offset = e + 1, 0
         return out
+
+
+class ShuffledRows:
+    """The deterministic sequence of rows that are not packed (a preference pair; a prompt to sample answers
+    to): epoch e is a shuffle of them with seed+e."""
+
+    def __init__(self, rows: list, seed: int):
+        self.items, self.seed = rows, seed
+        self.padding_pct = 0.0  # not a packed grid: a row is padded to its micro-batch only
+        self.prefix = 0
+        self._epochs: dict[int, list] = {}
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return len(self.items)
+
+    def _epoch(self, e: int) -> list:
+        if e not in self._epochs:
+            order = list(self.items)
+            random.Random(self.seed + e).shuffle(order)
+            self._epochs = {e: order, **{k: v for k, v in self._epochs.items() if k == e - 1}}
+        return self._epochs[e]
+
+    def rows(self, start: int, count: int) -> list:
+        out, n = [], len(self.items)
+        for i in range(start, start + count):
+            out.append(self._epoch(i // n)[i % n])
+        return out

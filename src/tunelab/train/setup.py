@@ -109,6 +109,11 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
         from tunelab.train.preference_rows import held_out_pair_rows, pair_rows
         stream, pairs, truncated = pair_rows(recipe, tokenizer, template)
         return TrainingRows(stream, held_out_pair_rows(recipe, tokenizer, template), pairs, truncated)
+    if tc.method == "grpo":
+        from tunelab.train.grpo_method import prompt_rows
+        from tunelab.train.row_stream import ShuffledRows
+        prompts, cut = prompt_rows(recipe, examples, tokenizer, template)
+        return TrainingRows(ShuffledRows(prompts, recipe.seed), None, len(prompts), cut)
     if recipe.data.corpus:
         from tunelab.train.corpus_rows import corpus_rows
         stream, val_rows = corpus_rows(recipe)
@@ -201,7 +206,8 @@ def _token_id(tokenizer, token: str | int, index: int, vocab: int) -> int:
     return ids[0]
 
 
-def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: list[int] | None = None) -> TrainingModel:
+def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: list[int] | None = None,
+                    tokenizer=None, rewards=None) -> TrainingModel:
     """LoRA (or QLoRA) adapters on the loaded model, the model on this process's device, activation
     checkpointing, the labelled-positions loss around it, FSDP sharding, and the CPU's cheaper attention.
     `token_ids`: output-head rows trained beside the adapter (`trainable_token_ids`)."""
@@ -234,7 +240,7 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: lis
         from tunelab.model.activation_checkpointing import enable_activation_checkpointing
         enable_activation_checkpointing(model)
     from tunelab.train.methods import METHODS
-    loss_model = METHODS[tc.method].loss_model(model, recipe)
+    loss_model = METHODS[tc.method].loss_model(model, recipe, tokenizer, rewards)
     fsdp = tc.strategy == "fsdp" and dist.world > 1  # one process has nothing to shard across
     if fsdp:
         if precision.grad_scaler:

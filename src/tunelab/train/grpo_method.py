@@ -1,0 +1,179 @@
+"""GRPO in tunelab's own training loop (`train.method: grpo`): the rollout, the rewards and the loss of one
+micro-batch of prompts, so LoRA, checkpoints, resume, trackers and the device paths are the fine-tuning ones.
+
+A row is a prompt (`PromptRow`: the example's prompt tokens exactly as fine-tuning encodes them, and the
+example itself, whose reference answer the rewards read). For each micro-batch the loop calls `rollout`:
+1. each prompt is sampled `num_generations` times by tunelab's own decoding core (`model.decoding.greedy_rows`
+   with a SamplingParams and a seeded generator a row: batched, KV cache, the eval engine's stop tokens), the
+   model in eval mode (no dropout) with its adapter on, under the training precision's autocast. A row's
+   generator is seeded from (recipe seed, step, process, micro-batch, row), so a resumed run samples exactly
+   what the unbroken run did;
+2. the completions are decoded and scored by the reward terms (`tunelab.eval.rewards`, handed in from above:
+   train/ does not import the tasks);
+3. advantages are normalised within each prompt's group (`grpo.group_advantages`), and with `zero_variance:
+   skip` the groups that all scored the same leave the batch;
+4. the rows are laid out as TRL lays them (`grpo.collate_completions`) and, with `beta` > 0, the reference's
+   log-probabilities are taken (the adapter off).
+Then `forward` computes the policy's log-probabilities with gradients and `grpo.grpo_loss`. One pass per
+generation batch (TRL's `num_iterations` 1): the old policy is the policy itself, detached.
+
+How the loop's sums come out as TRL's: `grpo`, `bnpo` and `dr_grpo` are a micro-batch mean, so a micro-batch
+counts one loss item and the step's loss is the mean over its micro-batches and processes; `dapo` counts
+completion tokens, and its loss is the sum over the step's tokens divided by their number.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from tunelab.data.examples import Example
+from tunelab.train.grpo import (GRPOLoss, collate_completions, completion_logps, completion_metrics,
+                                grpo_loss, group_advantages, reference_completion_logps, zero_variance_groups)
+
+
+@dataclass
+class PromptRow:
+    """A prompt to sample answers to: its tokens as fine-tuning encodes them, and its example."""
+
+    prompt_ids: list[int]
+    example: Example
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt_ids
+
+    @property
+    def sample_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+
+def prompt_rows(recipe, examples: list[Example], tokenizer, template) -> tuple[list[PromptRow], int]:
+    """(a row per example, how many prompts were cut to fit `data.max_seq_len` less the completion's room)."""
+    from tunelab.data.packing import IGNORE, encode_examples
+    from tunelab.errors import TunelabError
+    room = recipe.data.max_seq_len - recipe.train.grpo.max_completion_length
+    if room < 8:
+        raise TunelabError(f"data.max_seq_len {recipe.data.max_seq_len} leaves {room} tokens for a prompt after "
+                           f"{recipe.train.grpo.max_completion_length} of completion", field="data.max_seq_len")
+    rows, cut = [], 0
+    for example, encoded in zip(examples, encode_examples(tokenizer, template, examples, recipe.data.max_seq_len)):
+        answer = next((i for i, label in enumerate(encoded.labels) if label != IGNORE), len(encoded.labels))
+        prompt = encoded.input_ids[:answer]
+        if len(prompt) > room:
+            prompt, cut = prompt[-room:], cut + 1
+        rows.append(PromptRow(prompt, example))
+    return rows, cut
+
+
+class GRPOLossModel(torch.nn.Module):
+    """What the loop calls forward on in a GRPO run (as `loss.LabelledLoss` in a fine-tuning one), with the
+    rollout the loop calls first (`rollout`), and TRL's metrics for the loop's next metrics line."""
+
+    def __init__(self, model: torch.nn.Module, settings, tokenizer, rewards, seed: int):
+        super().__init__()
+        from tunelab.model.decoding import SamplingParams, pad_token_id, stop_token_ids
+        self.model, self.settings, self.tokenizer, self.rewards, self.seed = model, settings, tokenizer, rewards, seed
+        self.spec = GRPOLoss(loss_type=settings.loss_type, beta=settings.beta, epsilon_low=settings.epsilon,
+                             epsilon_high=settings.epsilon_high,
+                             max_completion_length=settings.max_completion_length,
+                             temperature=settings.temperature)
+        self.stops = stop_token_ids(model, tokenizer)
+        self.pad_id = pad_token_id(tokenizer, self.stops)
+        self.sampling = SamplingParams(max_tokens=settings.max_completion_length, temperature=settings.temperature,
+                                       top_p=settings.top_p, top_k=settings.top_k)
+        self._sums: dict[str, float] = {}
+        self._batches = 0
+
+    def _generators(self, step: int, rank: int, micro: int, rows: int) -> list[torch.Generator]:
+        def seed(row: int) -> int:
+            return zlib.crc32(f"grpo/{self.seed}/{step}/{rank}/{micro}/{row}".encode())
+        return [torch.Generator().manual_seed(seed(r)) for r in range(rows)]
+
+    def rollout(self, rows: list[PromptRow], step: int, rank: int, micro: int, device) -> dict:
+        """Sample, score and lay out one micro-batch of prompts: the batch `forward` takes, plus `items` (the
+        loss items it holds: 1, or its completion tokens for `dapo`) and `tokens` (every token it trains on)."""
+        from tunelab.model.decoding import greedy_rows
+        G = self.settings.num_generations
+        prompts = [r.prompt_ids for r in rows for _ in range(G)]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                completions, _ = greedy_rows(self.model, prompts, self.settings.max_completion_length, self.stops,
+                                             self.pad_id, len(prompts), sampling=[self.sampling] * len(prompts),
+                                             generators=self._generators(step, rank, micro, len(prompts)),
+                                             keep_stop=True)
+        finally:
+            self.model.train(was_training)
+        texts = self.tokenizer.batch_decode([[t for t in c if t not in self.stops] for c in completions],
+                                            skip_special_tokens=True)
+        examples = [r.example for r in rows for _ in range(G)]
+        prompt_texts = [e.instruction if not e.input else f"{e.instruction}\n{e.input}" for e in examples]
+        scores = torch.tensor(self.rewards.score(prompt_texts, texts, examples, completions), dtype=torch.float32)
+        advantages, metrics = group_advantages(scores.view(len(rows), G, -1), self.settings.scale_rewards,
+                                               self.rewards.weights, names=self.rewards.names)
+        keep = torch.ones(len(rows), dtype=torch.bool)
+        if self.settings.zero_variance == "skip":
+            keep = ~zero_variance_groups(scores.view(len(rows), G, -1), self.rewards.weights)
+        metrics.update(completion_metrics(completions, sorted(self.stops), self.pad_id))
+        metrics["frac_groups_skipped"] = 1.0 - keep.float().mean().item()
+        kept = [i for i in range(len(prompts)) if keep[i // G]]
+        empty = not kept
+        if empty:  # nothing to learn from: one group, masked out, keeps the backward pass (and DDP) whole
+            kept = list(range(G))
+        batch = collate_completions([prompts[i] for i in kept], [completions[i] for i in kept], self.pad_id,
+                                    sorted(self.stops), self.settings.mask_truncated_completions)
+        if empty:
+            batch["completion_mask"].zero_()
+        batch["advantages"] = advantages.reshape(-1)[kept]
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if self.spec.needs_reference:
+            batch["ref_logps"] = reference_completion_logps(self.model, batch["prompt_ids"], batch["prompt_mask"],
+                                                            batch["completion_ids"], batch["completion_mask"],
+                                                            self.spec.temperature)
+        self._add(metrics)
+        items = int(batch["completion_mask"].sum()) if self.spec.loss_type == "dapo" else 1
+        tokens = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
+        return {**batch, "items": items, "tokens": tokens}
+
+    def forward(self, prompt_ids, prompt_mask, completion_ids, completion_mask, advantages, num_items_in_batch,
+                ref_logps=None, items=None, tokens=None) -> torch.Tensor:
+        from tunelab.model.rotary import fast_rotary
+        with fast_rotary(self.model):
+            logps, entropies = completion_logps(self.model, prompt_ids, prompt_mask, completion_ids,
+                                                completion_mask, self.spec.temperature, entropy=True)
+        if self.spec.loss_type == "dapo":
+            loss, metrics = grpo_loss(self.spec, logps, completion_mask, advantages, None, ref_logps,
+                                      num_items_in_batch, entropies)
+        else:  # a micro-batch mean; the loop's sum over micro-batches and processes divides by their number
+            loss, metrics = grpo_loss(self.spec, logps, completion_mask, advantages, None, ref_logps,
+                                      entropies=entropies)
+            loss = loss / num_items_in_batch
+        self._add(metrics)
+        return loss
+
+    def _add(self, metrics: dict[str, float]) -> None:
+        """Metrics are averaged over the micro-batches since the last metrics line (rollout and loss each add
+        theirs once a micro-batch); a NaN (a clip-ratio extreme with no token) is left out."""
+        if "reward" in metrics:
+            self._batches += 1
+        for key, value in metrics.items():
+            if value == value:
+                total, n = self._sums.get(key, (0.0, 0))
+                self._sums[key] = (total + value, n + 1)
+
+    def window(self) -> dict:
+        """The sums since the last metrics line, for a checkpoint (`trainer_state.capture`)."""
+        return {"sums": {k: list(v) for k, v in self._sums.items()}, "batches": self._batches}
+
+    def set_window(self, window: dict | None) -> None:
+        self._sums = {k: tuple(v) for k, v in window["sums"].items()} if window else {}
+        self._batches = window["batches"] if window else 0
+
+    def take_metrics(self) -> dict[str, float]:
+        out = {key: total / n for key, (total, n) in self._sums.items() if n}
+        self._sums, self._batches = {}, 0
+        return out

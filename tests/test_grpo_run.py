@@ -1,0 +1,129 @@
+"""GRPO in tunelab's own loop (`train.method: grpo`): a real LoRA run on the session's tiny base samples with
+tunelab's decoding core, scores with the tasks' graders and a user's reward function, logs TRL's metrics, moves
+the policy toward the reward, writes checkpoints plain peft loads, resumes after kill -9 to the unbroken run's
+weights, and turns a reward function that misbehaves into one line naming it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import lora_sections, write_recipe
+
+from tunelab.errors import TunelabError
+from tunelab.recipe import load_recipe
+from tunelab.runs import list_checkpoints
+
+REWARDS_PY = '''
+def brevity(prompts, completions, **columns):
+    """Shorter answers score higher: a reward any policy can move toward in a few steps."""
+    return [-len(c) / 20 for c in completions]
+
+
+def broken(prompts, completions, **columns):
+    if any("2" in c for c in completions):
+        raise ValueError("no twos")
+    return [0.0] * len(completions)
+'''
+
+
+def grpo_recipe(tmp_path: Path, base: Path, name: str = "grpo", rewards=None, **grpo) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "my_rewards.py").write_text(REWARDS_PY, encoding="utf-8")
+    sections = lora_sections(base, max_steps=12, batch_size=4, log_every=2, num_checkpoints=3)
+    sections["lora"]["dropout"] = 0.0
+    sections["data"] = {"max_seq_len": 96, "train": [
+        {"generate": "arithmetic", "count": 64, "seed": 3, "options": {"kinds": ["int_add"], "int_digits": 1}}]}
+    sections["train"].update(method="grpo", lr=2e-2, grpo={
+        "num_generations": 4, "max_completion_length": 16, "beta": 0.04,
+        "rewards": rewards or [{"task": "arithmetic"}, {"function": "my_rewards.py:brevity"}], **grpo})
+    return write_recipe(tmp_path, name, **sections, report_to=[])
+
+
+def metrics_lines(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open(encoding="utf-8")]
+
+
+def run_train(path: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(path), *extra], cwd=path.parent,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_a_grpo_run_moves_toward_its_reward_logs_trl_metrics_and_loads_in_peft(tmp_path, tiny_base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    r = run_train(grpo_recipe(tmp_path, tiny_base))
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "grpo"
+    lines = metrics_lines(run_dir)
+    assert [x["step"] for x in lines] == [2, 4, 6, 8, 10, 12]
+    for key in ("reward", "reward_std", "frac_reward_zero_std", "rewards/arithmetic/mean", "rewards/brevity/mean",
+                "kl", "entropy", "clip_ratio/region_mean", "completions/mean_length", "completions/clipped_ratio"):
+        assert all(key in x for x in lines), key
+    assert all(0 <= x["rewards/arithmetic/mean"] <= 1 for x in lines)
+    # the brevity reward pulls the completions shorter, and the total reward up
+    assert lines[-1]["completions/mean_length"] < lines[0]["completions/mean_length"]
+    assert lines[-1]["reward"] > lines[0]["reward"]
+    adapter = list_checkpoints(run_dir)[-1] / "adapter"
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), adapter)
+    assert any(torch.count_nonzero(p) for n, p in tuned.named_parameters() if "lora_B" in n)
+
+
+def test_a_killed_grpo_run_resumes_to_the_unbroken_runs_weights(tmp_path, tiny_base):
+    unbroken = grpo_recipe(tmp_path / "a", tiny_base)
+    assert run_train(unbroken).returncode == 0
+    path = grpo_recipe(tmp_path / "b", tiny_base)
+    run_dir = tmp_path / "b" / "runs" / "grpo"
+    cmd = [sys.executable, "-m", "tunelab.cli", "train", str(path)]
+    proc = subprocess.Popen(cmd, cwd=path.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list_checkpoints(run_dir):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "train_summary.json").exists()
+    r = run_train(path, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    got, want = metrics_lines(run_dir), metrics_lines(tmp_path / "a" / "runs" / "grpo")
+    assert [g["step"] for g in got] == [w["step"] for w in want]
+    for g, w in zip(got, want):
+        for key in ("loss", "reward", "completions/mean_length", "kl"):
+            assert g[key] == pytest.approx(w[key], abs=1e-6), (g["step"], key)
+    a = torch.load(list_checkpoints(run_dir)[-1] / "trainer_state.pt", weights_only=False)["trainable"]
+    b = torch.load(list_checkpoints(tmp_path / "a" / "runs" / "grpo")[-1] / "trainer_state.pt",
+                   weights_only=False)["trainable"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+
+
+def test_a_reward_function_that_raises_is_one_line_naming_it(tmp_path, tiny_base):
+    path = grpo_recipe(tmp_path, tiny_base, rewards=[{"function": "my_rewards.py:broken"}])
+    r = run_train(path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = [line for line in r.stderr.splitlines() if line.startswith("tunelab: error")]
+    assert len(err) == 1 and "broken" in err[0] and "no twos" in err[0] and "train.grpo.rewards.0" in err[0], r.stderr
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"lora": {"enabled": False}}, "takes its reference from the base under a LoRA adapter"),
+    ({"train": {"strategy": "fsdp"}}, "whole weights"),
+    ({"train": {"grpo": {"rewards": [{"task": "no-such-task"}]}}}, "no-such-task"),
+])
+def test_recipes_grpo_cannot_train_are_refused(tmp_path, tiny_base, change, says):
+    from tunelab.pipeline import train_recipe
+    path = grpo_recipe(tmp_path, tiny_base)
+    raw = yaml.safe_load(path.read_text())
+    for section, value in change.items():
+        for key, sub in value.items():
+            raw[section][key] = {**raw[section][key], **sub} if isinstance(sub, dict) else sub
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(TunelabError, match=says):
+        train_recipe(load_recipe(path))
