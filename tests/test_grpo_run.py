@@ -127,3 +127,35 @@ def test_recipes_grpo_cannot_train_are_refused(tmp_path, tiny_base, change, says
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(TunelabError, match=says):
         train_recipe(load_recipe(path))
+
+
+def test_grpo_continues_a_lora_runs_adapter_with_it_as_the_reference(tmp_path, tiny_base):
+    """`model.path: RUN` of a LoRA run: GRPO trains that run's best adapter further (one adapter over the original
+    base is still what is handed in), and the KL term's reference is that adapter as it was, not the base."""
+    from tunelab.pipeline import train_recipe
+    sft = write_recipe(tmp_path / "sft", "sft", **lora_sections(tiny_base, max_steps=8, num_checkpoints=1),
+                       report_to=[])
+    train_recipe(load_recipe(sft))
+    sft_run = tmp_path / "sft" / "runs" / "sft"
+    path = grpo_recipe(tmp_path / "g", tiny_base, max_completion_length=12)
+    raw = yaml.safe_load(path.read_text())
+    raw["model"]["path"] = str(sft_run)
+    raw["lora"]["rank"] = 16  # the continued adapter's own settings win (it was rank 4)
+    raw["train"].update(max_steps=2, log_every=1, num_checkpoints=1)
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    r = run_train(path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "continuing the adapter" in r.stderr
+    lines = metrics_lines(tmp_path / "g" / "runs" / "grpo")
+    assert lines[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy = reference at the first step
+    assert lines[1]["kl"] > 0
+    adapter = list_checkpoints(tmp_path / "g" / "runs" / "grpo")[-1] / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 4 and Path(config["base_model_name_or_path"]).resolve() == Path(tiny_base).resolve()
+    assert not (adapter / "reference").exists()
+    from safetensors.torch import load_file
+    start = load_file(list_checkpoints(sft_run)[-1] / "adapter" / "adapter_model.safetensors")
+    end = load_file(adapter / "adapter_model.safetensors")
+    assert start.keys() == end.keys()
+    moved = max((end[k] - start[k]).abs().max().item() for k in start)
+    assert 0 < moved < 0.5  # trained further from where the SFT run left it, not from zero

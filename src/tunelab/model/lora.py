@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import TYPE_CHECKING
 
@@ -119,3 +120,26 @@ def skip_lora_input_casts(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = False
+
+
+REFERENCE_ADAPTER = "reference"
+
+
+@contextlib.contextmanager
+def reference_weights(model):
+    """The reference policy of preference tuning and GRPO switched on, without a second copy of the model: the
+    frozen copy of the adapter a run continues (`REFERENCE_ADAPTER`, loaded beside the trained one), else the
+    base with every adapter off. Which adapter trains, and which parameters take gradients, are restored."""
+    if REFERENCE_ADAPTER not in getattr(model, "peft_config", {}):
+        with model.disable_adapter():
+            yield
+        return
+    active = model.active_adapter
+    grads = {name: p.requires_grad for name, p in model.named_parameters()}
+    model.set_adapter(REFERENCE_ADAPTER)
+    try:
+        yield
+    finally:
+        model.set_adapter(active)
+        for name, p in model.named_parameters():
+            p.requires_grad_(grads[name])

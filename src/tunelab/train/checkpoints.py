@@ -102,7 +102,7 @@ def _write_files(tmp: Path, model, tokenizer, template, trainer_state: dict, sta
     given = {} if weights is None else {"state_dict": weights}
     if lora:
         writing.append(tmp / "adapter")
-        model.save_pretrained(tmp / "adapter", **given)
+        model.save_pretrained(tmp / "adapter", selected_adapters=["default"], **given)  # not a frozen reference
         from tunelab.model.base_record import record_base_model  # the base, found again after a move
         record_base_model(tmp / "adapter", model.peft_config["default"].base_model_name_or_path)
         dirs.append(tmp / "adapter")

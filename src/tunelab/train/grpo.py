@@ -269,7 +269,8 @@ def reference_completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: tor
                                completion_ids: torch.Tensor, completion_mask: torch.Tensor,
                                temperature: float = 1.0) -> torch.Tensor:
     """The completion tokens' log-probabilities under the reference: the model with its LoRA adapter switched
-    off (peft's `disable_adapter`, as TRL does for a new adapter and `preference.reference_logps` does for DPO),
+    off (peft's `disable_adapter`, as TRL does for a new adapter and `preference.reference_logps` does for DPO;
+    a run that continues an adapter: that adapter as it started, `model.lora.reference_weights`),
     without gradients and without dropout. A model without an adapter is not its own reference."""
     if not hasattr(model, "disable_adapter"):
         raise ValueError("the reference is the model with its adapter switched off: this model has no adapter "
@@ -277,7 +278,8 @@ def reference_completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: tor
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), model.disable_adapter():
+        from tunelab.model.lora import reference_weights
+        with torch.no_grad(), reference_weights(model):
             return completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                                     temperature)[0]
     finally:

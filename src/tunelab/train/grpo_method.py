@@ -15,7 +15,9 @@ example itself, whose reference answer the rewards read). For each micro-batch t
 4. the rows are laid out as TRL lays them (`grpo.collate_completions`) and, with `beta` > 0, the reference's
    log-probabilities are taken (the adapter off).
 Then `forward` computes the policy's log-probabilities with gradients and `grpo.grpo_loss`. One pass per
-generation batch (TRL's `num_iterations` 1): the old policy is the policy itself, detached.
+generation batch (TRL's `num_iterations` 1): the old policy is the policy itself, detached. Dropout is off
+(TRL's `disable_dropout: true`; TRL leaves it on by default), as in DPO: with it, the KL to the reference would
+measure dropout noise.
 
 How the loop's sums come out as TRL's: `grpo`, `bnpo` and `dr_grpo` are a micro-batch mean, so a micro-batch
 counts one loss item and the step's loss is the mean over its micro-batches and processes; `dapo` counts
@@ -76,6 +78,9 @@ class GRPOLossModel(torch.nn.Module):
         super().__init__()
         from tunelab.model.decoding import SamplingParams, pad_token_id, stop_token_ids
         self.model, self.settings, self.tokenizer, self.rewards, self.seed = model, settings, tokenizer, rewards, seed
+        for module in model.modules():  # as TRL's `disable_dropout: true`: the samples, the policy's log-probs and
+            if isinstance(module, torch.nn.Dropout):  # the reference's are of one model, not three noisy ones
+                module.p = 0.0
         self.spec = GRPOLoss(loss_type=settings.loss_type, beta=settings.beta, epsilon_low=settings.epsilon,
                              epsilon_high=settings.epsilon_high,
                              max_completion_length=settings.max_completion_length,

@@ -49,7 +49,8 @@ from tunelab.train.plots import read_metrics
 from tunelab.train.run_dir import prepare_run_dir
 from tunelab.train.run_lock import run_lock
 from tunelab.train.setup import (build_model_and_tokenizer, build_optimization, check_memory, choose_precision,
-                                 count_steps, trainable_model, trainable_token_ids, training_rows)
+                                 continued_adapter, count_steps, trainable_model, trainable_token_ids,
+                                 training_rows)
 from tunelab.train.stop_signals import StopSignals
 from tunelab.train.summary import training_summary, write_summary
 from tunelab.train.trainer_state import Progress, capture, gather_rng, global_batch, restore, resume_point
@@ -123,7 +124,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     rows = training_rows(recipe, examples, model, tokenizer, template, dist)
     stream, val_rows = rows.stream, rows.val_rows
     token_ids = (trainable_token_ids(recipe, model, tokenizer, rows.answer_counts, dist)
-                 if recipe.lora.enabled else [])
+                 if recipe.lora.enabled and not continued_adapter(recipe) else [])  # a continued adapter has its own
     trained = trainable_model(recipe, model, precision, dist, token_ids, tokenizer, rewards)
     model, loss_model, lora, fsdp, flat = trained.model, trained.loss_model, trained.lora, trained.fsdp, trained.flat
     autocast_dtype = trained.autocast_dtype

@@ -66,7 +66,8 @@ def reference_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """Each row's answer log-probability under the reference: the model with its adapter switched off (peft's
     `disable_adapter`), without gradients. A model without an adapter is its own reference only before it
     trains: give it precomputed reference log-probabilities instead."""
-    switch_off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    from tunelab.model.lora import reference_weights
+    switch_off = reference_weights(model) if hasattr(model, "disable_adapter") else contextlib.nullcontext()
     was_training = model.training
     model.eval()  # no dropout in the reference (TRL's DPOConfig switches dropout off altogether by default)
     try:

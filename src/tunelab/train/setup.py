@@ -56,12 +56,14 @@ def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate
             raise TunelabError("a preset has no weights: set model.from_scratch: true, or give model.path",
                                field="model.preset")
         tokenizer = load_tokenizer(m.tokenizer or m.path)
+        continued = continued_adapter(recipe)
+        path = continued[1] if continued else m.path  # a LoRA checkpoint continues: its base loads, then its adapter
         if m.quantization != "none":  # QLoRA: the frozen base quantised as it loads, onto this process's device
             from tunelab.model.quantization import load_quantized
             # its 4-bit layers compute at the training precision, set once the run knows it (`prepare_for_kbit`)
-            model = load_quantized(m.path, m.quantization, device=dist.device, dtype=m.dtype)
+            model = load_quantized(path, m.quantization, device=dist.device, dtype=m.dtype)
         else:
-            model = load_pretrained(m.path, m.dtype, dist.device)  # each rank straight onto its own device
+            model = load_pretrained(path, m.dtype, dist.device)  # each rank straight onto its own device
     else:
         tok_dir = run_dir / "tokenizer"
         if m.tokenizer:
@@ -81,6 +83,22 @@ def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate
         check_corpus_tokenizer(tokenizer, corpus)
     tokenizer.chat_template = template.chat_template()
     return model, tokenizer
+
+
+def continued_adapter(recipe: Recipe) -> tuple[str, str] | None:
+    """(the adapter, its base) when `model.path` is a LoRA adapter (a LoRA run's checkpoint: `model.path:
+    runs/quickstart` names its best) and the recipe trains LoRA: the run continues that adapter, so what it hands
+    in is still one adapter over the original base. None otherwise."""
+    from tunelab.model.loading import adapter_base, is_adapter_dir
+    m = recipe.model
+    if m.from_scratch or not m.path or not recipe.lora.enabled or not is_adapter_dir(m.path):
+        return None
+    return m.path, adapter_base(m.path)
+
+
+def _needs_reference(recipe: Recipe) -> bool:
+    tc = recipe.train
+    return (tc.method == "dpo" and tc.preference.loss != "simpo") or (tc.method == "grpo" and tc.grpo.beta > 0)
 
 
 # attention implementations that take the 4-D mask of rows with a shared prefix (`collate_rows`)
@@ -206,6 +224,25 @@ def _token_id(tokenizer, token: str | int, index: int, vocab: int) -> int:
     return ids[0]
 
 
+def _continue_adapter(recipe: Recipe, base, adapter: str, base_path: str, dist: Dist):
+    """The adapter at `adapter` on `base`, trainable; where the method compares with a reference (DPO, GRPO with a
+    KL term), a frozen copy of it beside it (`model.lora.reference_weights`): the reference is the model the run
+    starts from, not the base under it."""
+    from tunelab.model.loading import attach_adapter
+    from tunelab.model.lora import REFERENCE_ADAPTER
+    model = attach_adapter(base, adapter, base_path, trainable=True)
+    config = model.peft_config["default"]
+    if dist.main:
+        targets = config.target_modules
+        shown = targets if isinstance(targets, str) else ", ".join(sorted(targets))
+        log.info(f"continuing the adapter {adapter} (rank {config.r}, alpha {config.lora_alpha}, on {shown}): its "
+                 "own settings, not the recipe's lora rank, alpha, targets and trainable tokens")
+    if _needs_reference(recipe):
+        attach_adapter(base, adapter, base_path, onto=model, name=REFERENCE_ADAPTER)
+        model.set_adapter("default")
+    return model
+
+
 def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: list[int] | None = None,
                     tokenizer=None, rewards=None) -> TrainingModel:
     """LoRA (or QLoRA) adapters on the loaded model, the model on this process's device, activation
@@ -224,12 +261,16 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: lis
         if recipe.model.quantization != "none":  # train.gradient_checkpointing, if asked, is turned on below
             from tunelab.model.quantization import prepare_for_kbit
             model = prepare_for_kbit(model, gradient_checkpointing=False, compute_dtype=autocast_dtype or torch.float32)
-        trainable_tokens = None
-        if token_ids:
-            from tunelab.model.untrained_tokens import head_module_name
-            trainable_tokens = {head_module_name(model): list(token_ids)}
-        model = get_peft_model(model, make_lora_config(recipe.lora.rank, recipe.lora.alpha, recipe.lora.dropout,
-                                                       recipe.lora.target_modules, trainable_tokens))
+        continued = continued_adapter(recipe)
+        if continued:
+            model = _continue_adapter(recipe, model, *continued, dist)
+        else:
+            trainable_tokens = None
+            if token_ids:
+                from tunelab.model.untrained_tokens import head_module_name
+                trainable_tokens = {head_module_name(model): list(token_ids)}
+            model = get_peft_model(model, make_lora_config(recipe.lora.rank, recipe.lora.alpha, recipe.lora.dropout,
+                                                           recipe.lora.target_modules, trainable_tokens))
         from tunelab.train.dropout import use_fast_lora_dropout
         use_fast_lora_dropout(model)
         if autocast_dtype is not None:
