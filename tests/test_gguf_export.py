@@ -15,7 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_archs import CORPUS, build_gemma2, build_llama3, build_qwen2  # noqa: E402
+from tiny_archs import (CHATML_TEMPLATE, CORPUS, GEMMA_TEMPLATE, LLAMA3_TEMPLATE,  # noqa: E402
+                        byte_bpe_tokenizer)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BASE = ROOT / "models" / "tiny-base"
@@ -35,6 +36,7 @@ MINIGPT_CORPUS = CORPUS + [
     "机器学习是人工智能的一个分支，它让计算机从数据中学习。Machine learning is a branch of AI.",
     "2024年，全球有超过1000万名学生学习编程。In 2024, over 10 million students learned to code.",
     "“你好！”他说。她回答：“今天是星期三，气温是25度。”",
+    "代码示例：\n    x = 1\n    y = 2\n        return x + y",   # indented: runs of spaces become tokens
 ] * 6
 
 
@@ -95,11 +97,48 @@ def adapter_dir(tmp_path_factory) -> Path:
     return path
 
 
+def tiny_arch(root: Path, name: str) -> Path:
+    """Tiny Qwen2, Gemma-2 and Llama-3-style models with tests/tiny_archs.py's tokenizers and chat templates
+    (without its forced end of turn, which costs a minute: stopping is not what is compared here)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Qwen2Config
+    if name == "qwen2":
+        tok = byte_bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|endoftext|>",
+                                 pad_token="<|endoftext|>")
+        tok.chat_template = CHATML_TEMPLATE
+        config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
+    elif name == "gemma2":
+        tok = byte_bpe_tokenizer(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+                                 pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+        tok.chat_template = GEMMA_TEMPLATE
+        config = Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                              max_position_embeddings=512, sliding_window=16,  # shorter than most prompts
+                              layer_types=["sliding_attention", "full_attention"], attn_logit_softcapping=0.5,
+                              final_logit_softcapping=1.5, initializer_range=0.05, pad_token_id=tok.pad_token_id,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    else:
+        tok = byte_bpe_tokenizer(["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                                  "<|end_header_id|>", "<|eot_id|>"], bos_token="<|begin_of_text|>",
+                                 eos_token="<|end_of_text|>")
+        tok.chat_template = LLAMA3_TEMPLATE
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             rope_theta=500000.0, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                             tie_word_embeddings=False)
+    torch.manual_seed(1)
+    path = root / name
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def arch_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("archs")
-    return {name: build(root, MAX_NEW).path for name, build in
-            (("qwen2", build_qwen2), ("gemma2", build_gemma2), ("llama3", build_llama3))}
+    return {name: tiny_arch(root, name) for name in ("qwen2", "gemma2", "llama3")}
 
 
 def model_path(name: str, request) -> Path:
@@ -130,11 +169,27 @@ def open_llama(path: Path):
     """The file in llama.cpp, its KV cache in F32 (the default F16 cache would round what tunelab keeps)."""
     llama_cpp = llama_cpp_or_skip()
     return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=2, verbose=False, seed=0,
+                           logits_all=True,  # llama-cpp-python keeps the logits it evaluates only then
                            type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
 
 
 def llama_tokenize(llm, text: str) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+
+def llama_detokenize(llm, ids: list[int]) -> str:
+    """The text of `ids` by llama.cpp's llama_token_to_piece. (llama-cpp-python's own `detokenize` gives each
+    token a 32-byte buffer and silently drops a longer piece, such as a merge of 11 Chinese characters.)"""
+    import ctypes
+
+    import llama_cpp
+    buffer = (ctypes.c_char * 1024)()
+    out = b""
+    for token in ids:
+        n = llama_cpp.llama_token_to_piece(llm._model.vocab, token, buffer, len(buffer), 0, True)
+        assert 0 <= n <= len(buffer)
+        out += bytes(buffer[:n])
+    return out.decode("utf-8")
 
 
 def llama_greedy(llm, ids: list[int], stops, max_new: int) -> list[int]:
@@ -207,30 +262,39 @@ def test_llama_cpp_tokenizer_ids_equal_on_mixed_text(name, pre, request, tmp_pat
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert llama_tokenize(llm, text) == ids, text
-        assert llm.detokenize(ids).decode("utf-8") == text
+        assert llama_detokenize(llm, ids) == text
 
 
 def test_minigpt_tokenizer_is_the_closest_not_exact(minigpt_dir, tmp_path):
-    """llama.cpp has no pre-tokenizer that isolates CJK runs: `smollm` glues a space before Chinese into one
-    piece with it, where tunelab's tokenizer keeps two spaces as one token. That is where the ids differ."""
+    """llama.cpp has no pre-tokenizer that isolates CJK runs and CJK punctuation. Where that matters: blanks
+    ending in two or more spaces right before a Chinese character or CJK punctuation, which tunelab's tokenizer
+    keeps as one piece ("  ", a token once indented text taught it) and `smollm` splits as " " + " 中". One
+    space, none, newlines or a tab before them, and any text without such a run, tokenise the same (the test
+    above)."""
     llama_cpp_or_skip()
     from transformers import AutoTokenizer
     result = export(minigpt_dir, tmp_path / "out", "f16")
     assert result.tokenizer_pre == "smollm" and not result.tokenizer_exact
     tokenizer = AutoTokenizer.from_pretrained(minigpt_dir)
     llm = open_llama(result.path)
+
+    def same(text):
+        return llama_tokenize(llm, text) == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    for right in ("北京", "，", "。", "“"):
+        for left in ("in 2024,", "a", "中国"):
+            assert not any(same(left + sep + right) for sep in ("  ", "   ", "\n  "))
+            assert all(same(left + sep + right) for sep in ("", " ", "\n", "\t", " \n", "\n ", "\n\n"))
     text = "in 2024,  北京"
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert llama_tokenize(llm, text) != ids
-    assert llm.detokenize(llama_tokenize(llm, text)).decode("utf-8") == text  # still the same text
+    assert llama_detokenize(llm, llama_tokenize(llm, text)) == text  # other ids, the same text
 
 
 # --- the types ------------------------------------------------------------------------------------------------
 
 def test_q8_0_follows_converts_rules_and_runs(tmp_path):
     """Norms and 1-D tensors stay F32, matrices Q8_0, F16 where rows do not split into 32-blocks
-    (convert_hf_to_gguf.py's rules), and llama.cpp answers
-    with it: the first greedy token equals tunelab's for most prompts (Q8_0 rounds, so not all)."""
+    (convert_hf_to_gguf.py's rules), and llama.cpp's next-token logits with it follow tunelab's (Q8_0 rounds:
+    close, not equal)."""
     import gguf
     result = export(TINY_BASE, tmp_path / "out", "q8_0")
     reader = gguf.GGUFReader(str(result.path))
@@ -239,13 +303,21 @@ def test_q8_0_follows_converts_rules_and_runs(tmp_path):
     assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == types["output.weight"] == "Q8_0"
     assert types["blk.0.ffn_down.weight"] == "F16"  # rows of 688, no multiple of Q8_0's 32: convert's fallback
     llama_cpp_or_skip()
+    import numpy as np
+    import torch
+
     from tunelab.model.loading import load_for_inference
     model, tokenizer = load_for_inference(str(TINY_BASE))
-    prompts = prompts_of(tokenizer)
-    rows, expected = tunelab_greedy(model, tokenizer, prompts, 1)
     llm = open_llama(result.path)
-    firsts = [llama_greedy(llm, ids, set(), 1) for ids in rows]
-    assert sum(f == e for f, e in zip(firsts, expected)) >= len(prompts) - 1
+    for prompt in prompts_of(tokenizer):
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            want = model(torch.tensor([ids])).logits[0, -1].numpy()
+        llm.reset()
+        llm.eval(ids)
+        got = np.asarray(llm.scores[len(ids) - 1])
+        assert np.corrcoef(got, want)[0, 1] > 0.999
+        assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
 
 
 def test_k_quant_by_llama_cpps_quantiser(tmp_path):

@@ -11,10 +11,11 @@ pre-tokenizers tunelab's tokenizers and the families it fine-tunes use, and thei
   tunelab's tokenizers do (`clean_up_tokenization_spaces=False`).
 - the same `smollm` for `train_corpus_tokenizer` (MiniGPT's, `tunelab tokenizer train`), which isolates CJK
   punctuation and CJK runs before the digits: llama.cpp has no list with those two splits, so this is the
-  closest one, not an exact one. Ids can differ only where GPT-2's regex glues a CJK run or CJK punctuation to
-  its neighbour (" 中", "中a", "。”") and a merge exists across that seam; a merge is learned only inside a
-  piece, so none spans a CJK-run seam, and the mixed Chinese/English test (tests/test_gguf_export.py) shows
-  the ids agree, and names the one spacing case where they do not.
+  closest one, not an exact one. GPT-2's regex glues a CJK run or CJK punctuation to the blank before it
+  (" 中") and to letters (“中a”); a merge is learned only inside a piece, so no merge spans those seams and the
+  ids agree, except after blanks that end in two or more spaces ("a  中"): tunelab's tokenizer keeps the run
+  as one piece (a "  " token, once indented text taught it one), llama.cpp splits it " " + " 中". The test
+  (tests/test_gguf_export.py) shows both: mixed Chinese/English text agrees, that case does not.
 - `gpt-2`: GPT-2's regex alone (`ByteLevel(use_regex=True)`).
 - `qwen2` and `llama-bpe`: a `Split` on Qwen2's or Llama-3's regex, then `ByteLevel(use_regex=False)`.
 
