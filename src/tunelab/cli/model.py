@@ -30,10 +30,11 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
                    help="mindspore: MindFormers model.ckpt + model_config.yaml instead of safetensors; both: "
                         "the HF directory plus mindspore/; gguf: NAME-QUANT.gguf (tokenizer and chat template "
                         "inside) and an Ollama Modelfile (llama, qwen2, gemma, gemma2)")
-    p.add_argument("--quant", choices=list(GGUF_QUANTS), default=None,
-                   help="gguf: the tensor type (default f16); f32/f16/bf16/q8_0 are written as llama.cpp's "
-                        "convert_hf_to_gguf.py writes them, the others by llama.cpp's quantiser (llama-cpp-python), "
-                        "or, without it, the f16 file plus the llama-quantize command to run")
+    p.add_argument("--quant", choices=list(GGUF_QUANTS), default=None, metavar="TYPE",
+                   help="gguf: the tensor type, default f16; f32, f16, bf16, q8_0 are written as llama.cpp's "
+                        "convert_hf_to_gguf.py writes them; q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, "
+                        "q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k by llama.cpp's quantiser (llama-cpp-python), or "
+                        "without it the f16 file and the llama-quantize command to run")
     p.set_defaults(func=cli_export)
 
     p = verbs.add_parser("convert", help="Hugging Face directory <-> MindFormers .ckpt (Llama-2/3, InternLM)")

@@ -136,7 +136,11 @@ def _file_type(quant: str):
 def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "model"):
     """Write `model` (a loaded, merged causal LM) and `tokenizer` as one GGUF file of type `quant` (one of WRITTEN).
     Returns the vocabulary written (`gguf_vocab.GGUFVocab`)."""
-    import gguf
+    try:
+        import gguf
+    except ImportError:
+        raise TunelabError("GGUF export needs the gguf package: pip install 'tunelab[gguf]' (or gguf)",
+                           field="--format") from None
 
     from tunelab.model.gguf_vocab import gguf_vocab, write_vocab
     config = model.config
