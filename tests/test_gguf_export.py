@@ -2,7 +2,8 @@
 package): the exported file's greedy tokens equal tunelab's on the same checkpoint, and its tokenizer gives the
 same ids for mixed Chinese/English text with digits. Models: the shipped tiny base (Llama, tunelab's BPE), a
 MiniGPT preset with the CJK-aware corpus tokenizer and the `sep` template (the course model's shape), a LoRA
-adapter merged on the tiny base, and tiny Qwen2 and Gemma-2 (tests/tiny_archs.py). The Modelfile's template and
+adapter merged on the tiny base, and tiny Qwen2, Gemma, Gemma-2 and Llama-3-style models with
+tests/tiny_archs.py's tokenizers and chat templates. The Modelfile's template and
 the one-line errors need no runtime."""
 
 from __future__ import annotations
@@ -98,10 +99,10 @@ def adapter_dir(tmp_path_factory) -> Path:
 
 
 def tiny_arch(root: Path, name: str) -> Path:
-    """Tiny Qwen2, Gemma-2 and Llama-3-style models with tests/tiny_archs.py's tokenizers and chat templates
+    """Tiny Qwen2, Gemma, Gemma-2 and Llama-3-style models with tests/tiny_archs.py's tokenizers and chat templates
     (without its forced end of turn, which costs a minute: stopping is not what is compared here)."""
     import torch
-    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig, LlamaConfig, Qwen2Config
     if name == "qwen2":
         tok = byte_bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|endoftext|>",
                                  pad_token="<|endoftext|>")
@@ -109,6 +110,15 @@ def tiny_arch(root: Path, name: str) -> Path:
         config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                              eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
+    elif name == "gemma":
+        tok = byte_bpe_tokenizer(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+                                 pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+        tok.chat_template = GEMMA_TEMPLATE
+        config = GemmaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=1, head_dim=32,  # 4 x 32 > hidden 64
+                             max_position_embeddings=512, hidden_activation="gelu_pytorch_tanh",
+                             initializer_range=0.05, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id)
     elif name == "gemma2":
         tok = byte_bpe_tokenizer(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
                                  pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
@@ -138,7 +148,7 @@ def tiny_arch(root: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def arch_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("archs")
-    return {name: tiny_arch(root, name) for name in ("qwen2", "gemma2", "llama3")}
+    return {name: tiny_arch(root, name) for name in ("qwen2", "gemma", "gemma2", "llama3")}
 
 
 def model_path(name: str, request) -> Path:
@@ -222,7 +232,7 @@ def tunelab_greedy(model, tokenizer, prompts: list[str], max_new: int) -> tuple[
 # --- the proof -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,quant", [("tiny-base", "f16"), ("minigpt", "f32"), ("adapter", "f32"),
-                                        ("qwen2", "f32"), ("gemma2", "f32"), ("llama3", "f32")])
+                                        ("qwen2", "f32"), ("gemma", "f32"), ("gemma2", "f32"), ("llama3", "f32")])
 def test_llama_cpp_greedy_tokens_equal_tunelabs(name, quant, request, tmp_path):
     """Same prompt ids and same greedy answer ids in llama.cpp as in tunelab, for chat-rendered and raw mixed
     Chinese/English prompts. The tiny base's bf16 weights are exact in f16, so its f16 export is checked."""
@@ -449,3 +459,22 @@ def test_cli_lists_the_types_the_exporter_writes():
     from tunelab.cli.model import GGUF_QUANTS
     from tunelab.model.gguf_export import QUANTS
     assert GGUF_QUANTS == QUANTS
+
+
+def test_a_run_directory_exports_its_checkpoint(scratch_run, tmp_path):
+    """A run directory: its last checkpoint (as serve and predict pick it), named after the run, whose prompt
+    ids and greedy answer llama.cpp reproduces."""
+    from tunelab.model.decoding import stop_token_ids
+    from tunelab.model.export import export_gguf_dir
+    from tunelab.model.loading import load_for_inference
+    from tunelab.runs import pick_checkpoint
+    run_dir = scratch_run["run_dir"]
+    result = export_gguf_dir(run_dir, tmp_path / "out", "f32", which="last")
+    assert result.path.name == f"{run_dir.name}-F32.gguf"
+    llama_cpp_or_skip()
+    model, tokenizer = load_for_inference(str(pick_checkpoint(run_dir, "last")))
+    prompts = prompts_of(tokenizer)[:2]
+    rows, expected = tunelab_greedy(model, tokenizer, prompts, 12)
+    llm = open_llama(result.path)
+    for ids, want in zip(rows, expected):
+        assert llama_greedy(llm, ids, stop_token_ids(model, tokenizer), 12) == want

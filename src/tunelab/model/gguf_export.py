@@ -100,7 +100,8 @@ def _tensors(model, arch: str):
     import gguf
     import torch
     config = model.config
-    n_head, n_kv = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    n_head = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_head
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False)) or arch in ("gemma", "gemma2")
     for name, tensor in model.state_dict().items():

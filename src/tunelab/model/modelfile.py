@@ -12,6 +12,7 @@ it against the Jinja template on multi-turn conversations. A leading BOS is left
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from tunelab.errors import TunelabError
@@ -62,7 +63,6 @@ def _go_literal(text: str) -> str:
     the `{{-` trimming before it would eat."""
     if not text:
         return ""
-    import json
     if "{{" in text or "}}" in text or text[0].isspace() or text[-1].isspace():
         return "{{ " + json.dumps(text, ensure_ascii=False) + " }}"
     return text
@@ -121,6 +121,5 @@ def ollama_modelfile(gguf_name: str, tokenizer, add_bos: bool = False) -> str:
             text = tokenizer.convert_ids_to_tokens(int(token_id))
             if text not in stops:
                 stops.append(text)
-    import json
     lines += [f"PARAMETER stop {json.dumps(t, ensure_ascii=False)}" for t in stops]
     return "\n".join(lines) + "\n"
