@@ -201,6 +201,8 @@ def llama_quantize(source: Path, target: Path, quant: str) -> bool:
         import llama_cpp
     except ImportError:
         return False
+    # llama.cpp's per-tensor progress goes through llama-cpp-python's logger: shown with --verbose only
+    logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.ERROR)
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype

@@ -44,17 +44,23 @@ class ChatTurns:
         return "".join(out)
 
     def go_template(self) -> str:
-        """The same as an Ollama TEMPLATE (Go text/template over .Messages)."""
+        """The same as an Ollama TEMPLATE (Go text/template over .Messages); a piece that is empty, or the same
+        either way, is written without its condition."""
         lit = _go_literal
+
+        def either(condition: str, yes: str, no: str) -> str:
+            if yes == no:
+                return lit(yes)
+            return f"{{{{ if {condition} }}}}{lit(yes)}" + (f"{{{{ else }}}}{lit(no)}" if no else "") + "{{ end }}"
+
         system = (f'{lit(self.system[0])}{{{{ $m.Content }}}}{lit(self.system[1])}' if self.system else "")
         return ('{{- range $i, $m := .Messages }}'
                 '{{- $last := eq (len (slice $.Messages $i)) 1 }}'
                 f'{{{{- if eq $m.Role "system" }}}}{system}'
-                f'{{{{- else if eq $m.Role "user" }}}}{{{{ if eq $i 0 }}}}{lit(self.first)}{{{{ end }}}}'
-                f'{{{{ $m.Content }}}}{{{{ if $last }}}}{lit(self.generation)}{{{{ else }}}}{lit(self.after_user)}'
-                '{{ end }}'
+                f'{{{{- else if eq $m.Role "user" }}}}{either("eq $i 0", self.first, "")}'
+                f'{{{{ $m.Content }}}}{either("$last", self.generation, self.after_user)}'
                 '{{- else if eq $m.Role "assistant" }}{{ $m.Content }}'
-                f'{{{{ if not $last }}}}{lit(self.after_assistant)}{{{{ end }}}}'
+                f'{either("not $last", self.after_assistant, "")}'
                 '{{- end }}{{- end }}')
 
 
