@@ -352,7 +352,9 @@ def test_k_quant_without_llama_cpp_prints_the_command(tmp_path, monkeypatch):
     assert result.path == out / "tiny-base-F16.gguf" and result.path.exists()
     assert result.quantize_command == f"llama-quantize {out}/tiny-base-F16.gguf {out}/tiny-base-Q5_K_M.gguf Q5_K_M"
     modelfile = (out / "Modelfile").read_text()
-    assert modelfile.startswith("# after `llama-quantize") and "FROM ./tiny-base-F16.gguf" in modelfile
+    assert modelfile.startswith("# once `llama-quantize tiny-base-F16.gguf tiny-base-Q5_K_M.gguf Q5_K_M` has run in "
+                                "this directory: FROM ./tiny-base-Q5_K_M.gguf\n")
+    assert "\nFROM ./tiny-base-F16.gguf\n" in modelfile
 
 
 # --- the Modelfile ----------------------------------------------------------------------------------------------

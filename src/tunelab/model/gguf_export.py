@@ -178,7 +178,7 @@ def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "mo
         try:
             packed = gguf.quants.quantize(data, qtype)
         except gguf.QuantError as e:
-            log.info("%s: %s, written as F16", tensor_name, e)
+            log.debug("%s: %s, written as F16", tensor_name, e)
             qtype = gguf.GGMLQuantizationType.F16
             packed = gguf.quants.quantize(data, qtype)
         writer.add_tensor(tensor_name, packed, raw_dtype=qtype)
@@ -231,7 +231,9 @@ def export_gguf(model, tokenizer, out_dir: Path, name: str, quant: str = "f16") 
             command = quantize_command(path, target, quant)
     modelfile = ollama_modelfile(path.name, tokenizer, vocab.add_bos)
     if command:
-        modelfile = f"# after `{command}`, FROM ./{Path(command.split()[2]).name}\n" + modelfile
+        target = f"{name}-{quant.upper()}.gguf"
+        modelfile = (f"# once `{quantize_command(Path(path.name), Path(target), quant)}` has run in this directory: "
+                     f"FROM ./{target}\n" + modelfile)
     (out_dir / "Modelfile").write_text(modelfile, encoding="utf-8")
     return GGUFExport(path, quant, vocab.pre, vocab.exact, command)
 

@@ -118,7 +118,7 @@ def gguf_vocab(tokenizer, n_vocab: int) -> GGUFVocab:
                            "applies", field="tokenizer")
     pre, exact = pre_tokenizer_name(spec.get("pre_tokenizer"))
     if not exact:
-        log.info("tokenizer.ggml.pre = %s is the closest llama.cpp pre-tokenizer, not an exact one", pre)
+        log.debug("tokenizer.ggml.pre = %s is the closest llama.cpp pre-tokenizer, not an exact one", pre)
 
     ids = dict(model["vocab"])
     added = {t["id"]: t for t in spec.get("added_tokens", [])}
