@@ -8,6 +8,7 @@ the prompt template and a model card (recipe, seed, training time, measured abil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -128,8 +129,8 @@ def export_gguf_dir(run_or_ckpt: str | Path, out: str | Path, quant: str = "f16"
     name = _run_dir(src, model_dir).resolve().name
     with building_dir(out) as tmp:
         result = export_gguf(model, tokenizer, Path(tmp), name, quant)
-    return type(result)(out / result.path.name, result.quant, result.tokenizer_pre, result.tokenizer_exact,
-                        result.quantize_command and result.quantize_command.replace(str(tmp), str(out)))
+    command = result.quantize_command and result.quantize_command.replace(str(tmp), str(out))
+    return dataclasses.replace(result, path=out / result.path.name, quantize_command=command)
 
 
 def _add_mindspore(hf_dir: Path, fmt: str) -> None:
