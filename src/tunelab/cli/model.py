@@ -7,22 +7,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from tunelab.cli.arguments import flags_for, positive
 from tunelab.errors import TunelabError
 
-_FLAGS = {"fmt": "--format", "base_packages": "--base-packages"}
+_FLAGS = {"fmt": "--format", "base_packages": "--base-packages", "quant": "--quant"}
+# tunelab.model.gguf_export.QUANTS (kept here so --help starts without the model stage)
+GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l",
+               "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser("export", help="merge a run's best (or last) checkpoint into a standalone HF model")
-    p.add_argument("run", help="run directory, checkpoint or adapter directory")
+    p = verbs.add_parser("export", help="merge a run's best (or last) checkpoint into a standalone HF model, or "
+                                        "one GGUF file for llama.cpp / Ollama / LM Studio")
+    p.add_argument("run", help="run directory, checkpoint, adapter or HF model directory")
     p.add_argument("out", help="new output directory")
-    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                   help="hf / mindspore weights (gguf: --quant)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--format", choices=["hf", "mindspore", "both"], default="hf",
+    p.add_argument("--format", choices=["hf", "mindspore", "both", "gguf"], default="hf",
                    help="mindspore: MindFormers model.ckpt + model_config.yaml instead of safetensors; both: "
-                        "the HF directory plus mindspore/")
+                        "the HF directory plus mindspore/; gguf: NAME-QUANT.gguf (tokenizer and chat template "
+                        "inside) and an Ollama Modelfile (llama, qwen2, gemma, gemma2)")
+    p.add_argument("--quant", choices=list(GGUF_QUANTS), default=None, metavar="TYPE",
+                   help="gguf: the tensor type, default f16; f32, f16, bf16, q8_0 are written as llama.cpp's "
+                        "convert_hf_to_gguf.py writes them; q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, "
+                        "q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k by llama.cpp's quantiser (llama-cpp-python), or "
+                        "without it the f16 file and the llama-quantize command to run")
     p.set_defaults(func=cli_export)
 
     p = verbs.add_parser("convert", help="Hugging Face directory <-> MindFormers .ckpt (Llama-2/3, InternLM)")
@@ -93,9 +105,26 @@ def _size_mb(directory) -> float:
 
 @flags_for(_FLAGS)
 def cli_export(args: argparse.Namespace) -> int:
+    if args.format == "gguf":
+        return _export_gguf(args)
+    if args.quant:
+        raise TunelabError("--quant is for --format gguf (hf and mindspore weights take --dtype)", field="--quant")
     from tunelab.model.export import export
     out = export(args.run, args.out, args.dtype, args.checkpoint, args.format)
     print(f"exported {out} ({_size_mb(out):.1f} MB)")
+    return 0
+
+
+def _export_gguf(args: argparse.Namespace) -> int:
+    from tunelab.model.export import export_gguf_dir
+    result = export_gguf_dir(args.run, args.out, args.quant or "f16", args.checkpoint)
+    print(f"exported {result.path} ({result.path.stat().st_size / 1e6:.1f} MB) and {result.path.parent / 'Modelfile'}")
+    if not result.tokenizer_exact:
+        print(f"note: llama.cpp has no pre-tokenizer exactly like this tokenizer's; '{result.tokenizer_pre}' is the "
+              "closest (see docs/gguf.md)", file=sys.stderr)
+    if result.quantize_command:
+        print(f"{result.quant.upper()} is made by llama.cpp's quantiser (pip install llama-cpp-python to have "
+              f"tunelab run it); run: {result.quantize_command}")
     return 0
 
 

@@ -1,5 +1,6 @@
 """`tunelab export`: turn a run (its best or last checkpoint, as `tunelab.runs.pick_checkpoint` chooses it for
-serve and predict too) into a standalone HF model directory.
+serve and predict too) into a standalone HF model directory, or into one GGUF file for llama.cpp, Ollama and
+LM Studio (`export_gguf_dir`, the writing in `gguf_export`).
 
 Adapters are merged into the base; weights are saved as safetensors in the chosen dtype with the tokenizer,
 the prompt template and a model card (recipe, seed, training time, measured abilities).
@@ -7,6 +8,7 @@ the prompt template and a model card (recipe, seed, training time, measured abil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -91,7 +93,7 @@ def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", wh
     own = load_generation_config(model_dir) if is_adapter_dir(model_dir) else None
     config = with_stop_ids(own if own is not None else model.generation_config, model, tokenizer)
     config.to_json_file(tmp / GENERATION_CONFIG_FILE, use_diff=True)
-    run_dir = model_dir.parent.parent.parent if model_dir.parent.parent.name == "checkpoints" else src
+    run_dir = _run_dir(src, model_dir)
     (tmp / "README.md").write_text(model_card(run_dir, model_dir), encoding="utf-8")
     if fmt != "hf":
         _add_mindspore(tmp, fmt)
@@ -99,6 +101,36 @@ def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", wh
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def _run_dir(src: Path, model_dir: Path) -> Path:
+    """The run a checkpoint's model directory belongs to (runs/X/checkpoints/C/model -> runs/X), else `src`."""
+    return model_dir.parent.parent.parent if model_dir.parent.parent.name == "checkpoints" else src
+
+
+def export_gguf_dir(run_or_ckpt: str | Path, out: str | Path, quant: str = "f16", which: str = "best"):
+    """`tunelab export --format gguf`: the run's best (or last) checkpoint, merged, as `out/NAME-QUANT.gguf`
+    (NAME: the run's or the model directory's name) with the tokenizer and chat template in its metadata, and
+    an Ollama `Modelfile` beside it. Returns `gguf_export.GGUFExport`."""
+    from tunelab.model.gguf_export import QUANTS, check_architecture, export_gguf
+    from tunelab.model.loading import adapter_base, is_adapter_dir, load_for_inference, quiet_transformers
+    from tunelab.model.presets import load_config
+    from tunelab.records import building_dir
+    if quant not in QUANTS:
+        raise TunelabError(f"unknown GGUF type '{quant}' ({', '.join(QUANTS)})", field="quant")
+    quiet_transformers()
+    src = Path(run_or_ckpt)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise TunelabError("output directory exists and is not empty", file=out)
+    model_dir = pick_checkpoint(src, which)
+    check_architecture(load_config(adapter_base(str(model_dir)) if is_adapter_dir(model_dir) else str(model_dir)))
+    model, tokenizer = load_for_inference(str(model_dir), dtype="float32", merge=True)
+    name = _run_dir(src, model_dir).resolve().name
+    with building_dir(out) as tmp:
+        result = export_gguf(model, tokenizer, Path(tmp), name, quant)
+    command = result.quantize_command and result.quantize_command.replace(str(tmp), str(out))
+    return dataclasses.replace(result, path=out / result.path.name, quantize_command=command)
 
 
 def _add_mindspore(hf_dir: Path, fmt: str) -> None:
