@@ -103,3 +103,21 @@ def lora_sections(base: Path, **train: Any) -> dict:
         "lora": {"enabled": True, "rank": 4, "alpha": 8, "dropout": 0.1},
         "train": {"lr": 1e-2, **train},
     }
+
+
+def sigkill_after_a_checkpoint(cmd: list[str], cwd: Path, run_dir: Path, limit: float = 300) -> None:
+    """Start `cmd` (a `tunelab train`), kill -9 it as soon as its first checkpoint is whole, and check it died
+    unfinished: the half of a kill-and-resume test that every training method shares."""
+    import signal
+    import subprocess
+    import time
+
+    from tunelab.runs import list_checkpoints
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + limit
+    while not list_checkpoints(run_dir):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "train_summary.json").exists()

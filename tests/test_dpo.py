@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import lora_sections, write_recipe
+from conftest import lora_sections, sigkill_after_a_checkpoint, write_recipe
 
 from tunelab.errors import TunelabError
 from tunelab.recipe import load_recipe
@@ -97,14 +95,7 @@ def test_a_killed_dpo_run_resumes_to_the_same_weights(tmp_path, tiny_base):
     path = dpo_recipe(tmp_path / "b", tiny_base, "dpo")
     run_dir = load_recipe(path).run_dir
     env_cmd = [sys.executable, "-m", "tunelab.cli", "train", str(path)]
-    proc = subprocess.Popen(env_cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while not list_checkpoints(run_dir):
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "train_summary.json").exists()
+    sigkill_after_a_checkpoint(env_cmd, tmp_path, run_dir)
     r = subprocess.run(env_cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     got, want = metrics_lines(run_dir), metrics_lines(unbroken.run_dir)

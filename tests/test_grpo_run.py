@@ -6,16 +6,14 @@ weights, and turns a reward function that misbehaves into one line naming it."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import lora_sections, write_recipe
+from conftest import lora_sections, sigkill_after_a_checkpoint, write_recipe
 
 from tunelab.errors import TunelabError
 from tunelab.recipe import load_recipe
@@ -81,15 +79,7 @@ def test_a_killed_grpo_run_resumes_to_the_unbroken_runs_weights(tmp_path, tiny_b
     assert run_train(unbroken).returncode == 0
     path = grpo_recipe(tmp_path / "b", tiny_base)
     run_dir = tmp_path / "b" / "runs" / "grpo"
-    cmd = [sys.executable, "-m", "tunelab.cli", "train", str(path)]
-    proc = subprocess.Popen(cmd, cwd=path.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list_checkpoints(run_dir):
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "train_summary.json").exists()
+    sigkill_after_a_checkpoint([sys.executable, "-m", "tunelab.cli", "train", str(path)], path.parent, run_dir)
     r = run_train(path, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     got, want = metrics_lines(run_dir), metrics_lines(tmp_path / "a" / "runs" / "grpo")

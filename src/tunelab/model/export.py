@@ -74,10 +74,7 @@ def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", wh
     from tunelab.model.generation_config import GENERATION_CONFIG_FILE, load_generation_config, with_stop_ids
     from tunelab.model.loading import is_adapter_dir, load_for_inference, quiet_transformers
     quiet_transformers()
-    src = Path(run_or_ckpt)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise TunelabError("output directory exists and is not empty", file=out)
+    src, out = Path(run_or_ckpt), _fresh_output(out)
     model_dir = pick_checkpoint(src, which)
     model, tokenizer = load_for_inference(str(model_dir), merge=True)
     model = model.to(getattr(torch, dtype))
@@ -103,6 +100,14 @@ def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", wh
     return out
 
 
+def _fresh_output(out: str | Path) -> Path:
+    """The export's output directory, refused when it holds anything: an export never overwrites."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise TunelabError("output directory exists and is not empty", file=out)
+    return out
+
+
 def _run_dir(src: Path, model_dir: Path) -> Path:
     """The run a checkpoint's model directory belongs to (runs/X/checkpoints/C/model -> runs/X), else `src`."""
     return model_dir.parent.parent.parent if model_dir.parent.parent.name == "checkpoints" else src
@@ -119,10 +124,7 @@ def export_gguf_dir(run_or_ckpt: str | Path, out: str | Path, quant: str = "f16"
     if quant not in QUANTS:
         raise TunelabError(f"unknown GGUF type '{quant}' ({', '.join(QUANTS)})", field="quant")
     quiet_transformers()
-    src = Path(run_or_ckpt)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise TunelabError("output directory exists and is not empty", file=out)
+    src, out = Path(run_or_ckpt), _fresh_output(out)
     model_dir = pick_checkpoint(src, which)
     check_architecture(load_config(adapter_base(str(model_dir)) if is_adapter_dir(model_dir) else str(model_dir)))
     model, tokenizer = load_for_inference(str(model_dir), dtype="float32", merge=True)

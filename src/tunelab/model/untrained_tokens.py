@@ -53,7 +53,6 @@ def collapsed_rows(head: torch.Tensor, token_ids: list[int], threshold: float = 
     """{token id: its neighbour count (-1 for a zero row)} for those of `token_ids` whose row of `head`
     (vocab × hidden) is collapsed. Costs one vocab × len(token_ids) product, in chunks: about a second for a
     128k-token vocabulary and a few hundred distinct answer tokens."""
-    import torch
     weight = head.detach().float()
     norms = weight.norm(dim=1)
     scale = float(norms.max()) if norms.numel() else 0.0
