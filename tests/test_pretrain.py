@@ -107,7 +107,7 @@ def test_recipe_corpus_source_rules(tmp_path, corpus):
 
     mixed = {"train": [{"corpus": str(corpus)}, {"generate": "arithmetic", "count": 5}]}
     assert "cannot be mixed" in error(data=mixed)
-    assert "exactly one of 'path', 'generate' or 'corpus'" in error(
+    assert "exactly one of 'path', 'generate', 'hf' or 'corpus'" in error(
         data={"train": [{"corpus": str(corpus), "generate": "arithmetic"}]})
     assert "needs a corpus source" in error(data={"sampling": "random"})
     assert "train.eval_every needs a corpus" in error(train={"eval_every": 5})

@@ -366,7 +366,7 @@ def test_pretraining_run_metrics_and_report(pretrained, monkeypatch, tmp_path):
                "total_params": 1, "best_checkpoint": "step-000100", "peak_tflops": 0.15,
                "best_val_loss": pretrained["val_loss"]["step-000100"], "stopped_early_at": None,
                "tokens_per_s": 1150.0, "mfu": 0.025, "flops_per_token": 1.5e6}
-    monkeypatch.setattr("tunelab.train.loop.train", lambda recipe, resume=False, hand_over=None, on_checkpoint=None: summary)
+    monkeypatch.setattr("tunelab.train.loop.train", lambda recipe, resume=False, **hooks: summary)
     recipe_path = tmp_path / "pre.yaml"
     recipe_path.write_text(yaml.safe_dump({
         "name": "pre", "output_dir": str(run.parent), "description": "MiniGPT 预训练",
