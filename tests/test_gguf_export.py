@@ -16,8 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_archs import (CHATML_TEMPLATE, CORPUS, GEMMA_TEMPLATE, LLAMA3_TEMPLATE,  # noqa: E402
-                        byte_bpe_tokenizer)
+from tiny_archs import (CORPUS, GEMMA_TEMPLATE, LLAMA3_TEMPLATE, byte_bpe_tokenizer,  # noqa: E402
+                        qwen2_parts)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BASE = ROOT / "models" / "tiny-base"
@@ -102,14 +102,9 @@ def tiny_arch(root: Path, name: str) -> Path:
     """Tiny Qwen2, Gemma, Gemma-2 and Llama-3-style models with tests/tiny_archs.py's tokenizers and chat templates
     (without its forced end of turn, which costs a minute: stopping is not what is compared here)."""
     import torch
-    from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig, LlamaConfig
     if name == "qwen2":
-        tok = byte_bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|endoftext|>",
-                                 pad_token="<|endoftext|>")
-        tok.chat_template = CHATML_TEMPLATE
-        config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                             eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
+        tok, config = qwen2_parts()
     elif name == "gemma":
         tok = byte_bpe_tokenizer(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
                                  pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")

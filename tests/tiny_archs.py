@@ -179,9 +179,8 @@ def build_llama3(root: Path, max_new_tokens: int) -> TinyArch:
     return _finish("llama3", model, tok, root, eot, True, ("q_proj", "v_proj"), max_new_tokens)
 
 
-def build_qwen2(root: Path, max_new_tokens: int) -> TinyArch:
-    """Qwen2 with ChatML: `<|im_end|>` ends a turn, EOS and pad are `<|endoftext|>`. Its generation_config
-    lists only EOS, as a fine-tuned checkpoint's may: only the chat template says `<|im_end|>` stops."""
+def qwen2_parts():
+    """(tokenizer, config) of the tiny Qwen2: ChatML, EOS and pad `<|endoftext|>`, untied head."""
     from transformers import Qwen2Config
     tok = byte_bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|endoftext|>",
                              pad_token="<|endoftext|>")
@@ -189,6 +188,13 @@ def build_qwen2(root: Path, max_new_tokens: int) -> TinyArch:
     config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
+    return tok, config
+
+
+def build_qwen2(root: Path, max_new_tokens: int) -> TinyArch:
+    """Qwen2 with ChatML: `<|im_end|>` ends a turn, EOS and pad are `<|endoftext|>`. Its generation_config
+    lists only EOS, as a fine-tuned checkpoint's may: only the chat template says `<|im_end|>` stops."""
+    tok, config = qwen2_parts()
     model = _model(config, seed=1)
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     return _finish("qwen2", model, tok, root, eot, False, ("q_proj", "v_proj"), max_new_tokens)

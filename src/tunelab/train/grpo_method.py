@@ -89,8 +89,7 @@ class GRPOLossModel(torch.nn.Module):
         self.pad_id = pad_token_id(tokenizer, self.stops)
         self.sampling = SamplingParams(max_tokens=settings.max_completion_length, temperature=settings.temperature,
                                        top_p=settings.top_p, top_k=settings.top_k)
-        self._sums: dict[str, float] = {}
-        self._batches = 0
+        self._sums: dict[str, tuple[float, int]] = {}
 
     def _generators(self, step: int, rank: int, micro: int, rows: int) -> list[torch.Generator]:
         def seed(row: int) -> int:
@@ -163,8 +162,6 @@ class GRPOLossModel(torch.nn.Module):
     def _add(self, metrics: dict[str, float]) -> None:
         """Metrics are averaged over the micro-batches since the last metrics line (rollout and loss each add
         theirs once a micro-batch); a NaN (a clip-ratio extreme with no token) is left out."""
-        if "reward" in metrics:
-            self._batches += 1
         for key, value in metrics.items():
             if value == value:
                 total, n = self._sums.get(key, (0.0, 0))
@@ -172,13 +169,12 @@ class GRPOLossModel(torch.nn.Module):
 
     def window(self) -> dict:
         """The sums since the last metrics line, for a checkpoint (`trainer_state.capture`)."""
-        return {"sums": {k: list(v) for k, v in self._sums.items()}, "batches": self._batches}
+        return {"sums": {k: list(v) for k, v in self._sums.items()}}
 
     def set_window(self, window: dict | None) -> None:
         self._sums = {k: tuple(v) for k, v in window["sums"].items()} if window else {}
-        self._batches = window["batches"] if window else 0
 
     def take_metrics(self) -> dict[str, float]:
         out = {key: total / n for key, (total, n) in self._sums.items() if n}
-        self._sums, self._batches = {}, 0
+        self._sums = {}
         return out
