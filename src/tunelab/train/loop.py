@@ -54,7 +54,7 @@ from tunelab.train.setup import (build_model_and_tokenizer, build_optimization, 
 from tunelab.train.stop_signals import StopSignals
 from tunelab.train.summary import training_summary, write_summary
 from tunelab.train.trainer_state import Progress, capture, gather_rng, global_batch, restore, resume_point
-from tunelab.train.validation import EarlyStopping, val_record, validation_sums
+from tunelab.train.validation import EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -276,13 +276,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
             val, stop = None, False
             if val_rows is not None and (done in ckpt_at or (tc.eval_every and done % tc.eval_every == 0)):
                 t_val = time.perf_counter()
-                if tc.method == "dpo":  # held-out preference pairs
-                    val = _held_out_pairs(done, loss_model, val_rows, tc.batch_size, tokenizer.pad_token_id, device,
-                                          autocast_dtype, dist)
-                else:
-                    val = val_record(done, *all_sum(dist, list(validation_sums(
-                        loss_model, val_rows, tc.batch_size, tokenizer.pad_token_id, recipe.data.packing, device,
-                        autocast_dtype, dist.rank, dist.world, flat))))
+                val = method.validate(done, loss_model, val_rows, tc.batch_size, tokenizer.pad_token_id,
+                                      recipe.data.packing, flat, device, autocast_dtype, dist)
                 t_window += time.perf_counter() - t_val  # tokens/s and MFU count training time only
                 stop = progress.stopper.update(val["val_loss"]) and done < total_steps  # at the last step: the end
 
@@ -298,7 +293,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
                        "elapsed_s": progress.elapsed_s + now - t_start}
                 if stream.prefix:  # the samples' tokens, the shared prefix once per sample (what unshared rows feed)
                     rec["sample_tokens_per_s"] = window[3] / (now - t_window)
-                if hasattr(loss_model, "take_metrics"):  # a preference run's rewards, margins and log-probs
+                if hasattr(loss_model, "take_metrics"):  # dpo's rewards and margins, grpo's rewards, KL and clipping
                     rec.update(loss_model.take_metrics())
                 if dist.main:
                     _append_line(metrics_path, rec)
@@ -373,17 +368,6 @@ def _stop_on_a_bad_step(done: int, step_loss: float, grad_norm: float, guard: Di
         raise TunelabError(f"{diverged}; stopping at step {done}. Last good checkpoint: "
                            f"{good[-1] if good else 'none'} (try a lower train.lr; train.divergence has the "
                            "thresholds and the off switch)", field="train.lr")
-
-
-def _held_out_pairs(step: int, loss_model, rows, batch_size: int, pad_id: int, device, autocast_dtype,
-                    dist: Dist) -> dict:
-    """A preference run's validation line: every rank's share of the held-out pairs, summed across ranks."""
-    from tunelab.train.preference import held_out_record
-    loss_sum, sums, pairs = loss_model.validate(rows, batch_size, pad_id, device, autocast_dtype, dist.rank,
-                                                dist.world)
-    keys = sorted(sums)
-    total = all_sum(dist, [loss_sum, pairs, *(sums[k] for k in keys)])
-    return held_out_record(step, total[0], total[1], dict(zip(keys, total[2:])))
 
 
 def _peak_memory_gib(device) -> float:
