@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -337,7 +339,6 @@ def test_streaming_a_parquet_corpus_keeps_memory_flat(tmp_path):
     and so does the process's resident peak, where Arrow's own buffers are: reading six shards or one six times
     as large costs what reading one shard does. (Holding a file's record batches while reading it, the big file
     alone raised the resident peak by 46 MB.)"""
-    import gc
     import tracemalloc
     texts = articles(400, repeat=120)                # ~ 7 MB of UTF-8 a shard
     tables = [datasets.Dataset.from_dict({"text": [f"{k}:{t}" for t in texts]}) for k in range(6)]
@@ -346,21 +347,35 @@ def test_streaming_a_parquet_corpus_keeps_memory_flat(tmp_path):
     datasets.concatenate_datasets(tables).to_parquet(tmp_path / "all" / "wiki.parquet", batch_size=100)
     size = sum(len(t.encode()) for t in texts) * 6
 
-    def resident_growth(paths) -> int:
-        gc.collect()
-        Path("/proc/self/clear_refs").write_text("5")   # reset the resident high-water mark to what is resident
-        before = _hwm()
-        chars = sum(len(d.text) for d in iter_documents(paths))
-        assert chars * 3 > len(paths) * size / 6 * 0.9
-        return _hwm() - before
-
     shards = sorted(tmp_path.glob("wiki-*.parquet"))
-    resident_growth(shards[:1])                        # warm up: imports, the first allocations
-    one, six, big = (resident_growth(shards[:1]), resident_growth(shards),
-                     resident_growth([tmp_path / "all" / "wiki.parquet"]))
+    # measured in a fresh interpreter: after hundreds of tests, this process's allocators (Arrow's pool, the C
+    # heap) hold memory in ways that move the resident peak by tens of MB whatever the reader does
+    script = f"""
+import gc, sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_hf_datasets import _hwm
+from tunelab.data.corpus.read import iter_documents
+
+def resident_growth(paths):
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")   # reset the resident high-water mark to what is resident
+    before = _hwm()
+    chars = sum(len(d.text) for d in iter_documents(paths))
+    assert chars * 3 > len(paths) * {size} / 6 * 0.9
+    return _hwm() - before
+
+shards = [Path(p) for p in {[str(p) for p in shards]!r}]
+resident_growth(shards[:1])                        # warm up: imports, the first allocations
+print(resident_growth(shards[:1]), resident_growth(shards), resident_growth([Path({str(tmp_path / "all" / "wiki.parquet")!r})]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    one, six, big = (int(x) for x in out.stdout.split())
     print(f"resident peak growth: one shard {one / 1e6:.1f} MB, six {six / 1e6:.1f} MB, one big file "
           f"{big / 1e6:.1f} MB ({size / 1e6:.0f} MB of text)")
     assert six < one + 24_000_000 and big < one + 24_000_000, (one, six, big)
+    sum(len(d.text) for d in iter_documents(shards[:1]))  # warm up here too: imports, the first allocations
     tracemalloc.start()
     try:
         chars = sum(len(d.text) for d in iter_documents(shards))
