@@ -65,7 +65,7 @@ def test_rows_hold_every_sample_once_with_its_positions_and_labels(encoded):
     assert sorted(seen) == sorted((tuple(e.input_ids), tuple(e.labels)) for e in encoded)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "tunelab_cpu"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "tunelab_cpu"])
 def test_loss_and_gradients_equal_rows_that_repeat_the_header(encoded, tokenizer, attention):
     """The same samples, grouped the same way, with the header shared and repeated: the model's logits at every
     sample token, the training loss and every parameter's gradient agree."""
@@ -75,6 +75,8 @@ def test_loss_and_gradients_equal_rows_that_repeat_the_header(encoded, tokenizer
     model = build_from_scratch("micro", len(tokenizer), {}, tokenizer)
     if attention == "tunelab_cpu":
         assert use_cpu_attention(model)
+    elif attention == "eager":  # adds its mask to the scores: the boolean 4-D mask must become 0 / lowest
+        model.set_attn_implementation("eager")
     h = shared_prefix(encoded)
     shared = pack_examples(encoded[:40], 256, prefix=h)
     # the same grouping without sharing: each shared row's samples laid end to end

@@ -27,6 +27,18 @@ STANDARD_ATTENTION = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
 _UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
 
 
+def additive_for_eager(config, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A boolean 4-D mask as the model's attention takes it. transformers passes a 4-D mask through as it is
+    (a shared prefix's, `data.packing.collate_rows`), and its eager attention ADDS the mask to the scores: a
+    boolean one would add 1 where a token may look and 0 where it may not, masking nothing. For eager it becomes
+    0 / the dtype's lowest (as transformers' own `eager_mask`); SDPA and `tunelab_cpu` take booleans."""
+    if (mask is None or mask.dtype != torch.bool or mask.ndim != 4
+            or getattr(config, "_attn_implementation", None) != "eager"):
+        return mask
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
+        ~mask, torch.finfo(torch.float32).min)
+
+
 def cpu_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                   row_lengths: tuple[int, ...] | None = None, span_masks: tuple[int, ...] | None = None,

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunelab.model.attention import additive_for_eager
 from tunelab.model.rotary import fast_rotary
 
 IGNORE = -100
@@ -56,6 +57,8 @@ class LabelledLoss(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int,
                 **inputs) -> torch.Tensor:
+        if "attention_mask" in inputs:  # a shared prefix's 4-D mask, as eager attention takes it
+            inputs["attention_mask"] = additive_for_eager(self.model.config, inputs["attention_mask"])
         if not self.labelled_only:
             with fast_rotary(self.model):
                 return self.model(input_ids=input_ids, labels=labels, use_cache=False,
