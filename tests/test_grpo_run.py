@@ -74,10 +74,13 @@ def test_a_grpo_run_moves_toward_its_reward_logs_trl_metrics_and_loads_in_peft(t
     assert any(torch.count_nonzero(p) for n, p in tuned.named_parameters() if "lora_B" in n)
 
 
-def test_a_killed_grpo_run_resumes_to_the_unbroken_runs_weights(tmp_path, tiny_base):
-    unbroken = grpo_recipe(tmp_path / "a", tiny_base)
+@pytest.mark.parametrize("grpo", [{}, {"num_iterations": 3, "zero_variance": "resample"}])
+def test_a_killed_grpo_run_resumes_to_the_unbroken_runs_weights(tmp_path, tiny_base, grpo):
+    """With num_iterations 3 a generation batch is trained on at steps 3k, 3k+1 and 3k+2: the first checkpoint
+    (step 4) falls inside one, so the resumed run must take the batch, old log-probabilities included, from it."""
+    unbroken = grpo_recipe(tmp_path / "a", tiny_base, **grpo)
     assert run_train(unbroken).returncode == 0
-    path = grpo_recipe(tmp_path / "b", tiny_base)
+    path = grpo_recipe(tmp_path / "b", tiny_base, **grpo)
     run_dir = tmp_path / "b" / "runs" / "grpo"
     sigkill_after_a_checkpoint([sys.executable, "-m", "tunelab.cli", "train", str(path)], path.parent, run_dir)
     r = run_train(path, "--resume")
@@ -85,13 +88,49 @@ def test_a_killed_grpo_run_resumes_to_the_unbroken_runs_weights(tmp_path, tiny_b
     got, want = metrics_lines(run_dir), metrics_lines(tmp_path / "a" / "runs" / "grpo")
     assert [g["step"] for g in got] == [w["step"] for w in want]
     for g, w in zip(got, want):
-        for key in ("loss", "reward", "completions/mean_length", "kl"):
-            assert g[key] == pytest.approx(w[key], abs=1e-6), (g["step"], key)
+        for key in ("loss", "reward", "completions/mean_length", "kl", "clip_ratio/region_mean"):
+            assert g.get(key) == pytest.approx(w.get(key), abs=1e-6), (g["step"], key)
     a = torch.load(list_checkpoints(run_dir)[-1] / "trainer_state.pt", weights_only=False)["trainable"]
     b = torch.load(list_checkpoints(tmp_path / "a" / "runs" / "grpo")[-1] / "trainer_state.pt",
                    weights_only=False)["trainable"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+
+
+def test_several_updates_per_generation_batch_clip_and_resampling_rescues_groups(tmp_path, tiny_base):
+    """num_iterations 2: the second update of a batch sees the policy moved since sampling (ratios leave 1, some
+    tokens clip); zero_variance resample draws the groups that scored all alike again, and logs how many."""
+    r = run_train(grpo_recipe(tmp_path, tiny_base, rewards=[{"task": "arithmetic"}], num_iterations=2,
+                              zero_variance="resample", resample_rounds=2, epsilon=0.02))
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = metrics_lines(tmp_path / "runs" / "grpo")
+    assert [x["step"] for x in lines] == [2, 4, 6, 8, 10, 12]
+    assert [x["epoch"] for x in lines] == [round(x["step"] * 4 / 2 / 64, 4) for x in lines]  # 6 batches of 4
+    assert any(x["clip_ratio/region_mean"] > 0 for x in lines)
+    assert all(0 <= x["frac_groups_rescued"] <= x["frac_groups_resampled"] <= 1 for x in lines)
+    assert all(x["frac_groups_skipped"] <= 1 - x["frac_groups_rescued"] for x in lines)
+    assert any(x["frac_groups_resampled"] > 0 for x in lines)
+
+
+def test_the_packed_layout_trains_as_the_padded_one(tmp_path, tiny_base):
+    """Each group's prompt once, no padding (`data.packing`, the default) against TRL's padded rows: the same
+    samples, rewards and (to float rounding) loss, KL and entropy at the first step."""
+    lines = {}
+    for packing in (True, False):
+        path = grpo_recipe(tmp_path / str(packing), tiny_base, name="grpo")
+        raw = yaml.safe_load(path.read_text())
+        raw["data"]["packing"] = packing
+        raw["train"].update(max_steps=2, log_every=1, num_checkpoints=1)
+        path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+        r = run_train(path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines[packing] = metrics_lines(tmp_path / str(packing) / "runs" / "grpo")[0]
+    packed, padded = lines[True], lines[False]
+    for key in ("reward", "reward_std", "completions/mean_length"):
+        assert packed[key] == padded[key], key
+    for key in ("loss", "kl", "entropy"):
+        assert packed[key] == pytest.approx(padded[key], abs=1e-5, rel=1e-4), key
+    assert packed["tokens_per_s"] > 0 and padded["tokens_per_s"] > 0
 
 
 def test_a_reward_function_that_raises_is_one_line_naming_it(tmp_path, tiny_base):

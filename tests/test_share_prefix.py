@@ -131,8 +131,9 @@ def test_training_with_share_prefix_logs_sample_tokens(make_recipe):
 def test_an_attention_without_4d_masks_trains_without_sharing(make_recipe, monkeypatch, caplog):
     """Flash attention's packed path reads position ids and takes no 4-D mask: there the rows repeat the header."""
     from tunelab.recipe import load_recipe
-    from tunelab.train import loop, setup
-    monkeypatch.setattr(setup, "MASKED_ATTENTION", ())
+    from tunelab.model import attention
+    from tunelab.train import loop
+    monkeypatch.setattr(attention, "MASKED_ATTENTION", ())
     caplog.set_level(logging.INFO, logger="tunelab")  # the start-up notes are logged (the CLI prints them)
     summary = loop.train(load_recipe(make_recipe("flash", data={"share_prefix": True}, train={"max_steps": 2})))
     assert "shared_prefix" not in summary

@@ -299,9 +299,16 @@ class GRPOConfig(_Strict):
         default="group", description="divide advantages by the group's std, the batch's, or not (Dr. GRPO)")
     mask_truncated_completions: bool = Field(
         default=False, description="train on no token of a completion cut at max_completion_length (DAPO)")
-    zero_variance: Literal["keep", "skip"] = Field(
+    num_iterations: int = Field(
+        default=1, ge=1, description="optimizer steps on each generation batch (TRL's num_iterations; the old "
+                                     "policy's log-probabilities are kept from sampling time): train.max_steps "
+                                     "and epochs count optimizer steps, a generation every num_iterations")
+    zero_variance: Literal["keep", "skip", "resample"] = Field(
         default="keep", description="groups whose completions all scored the same teach nothing: keep them in the "
-                                    "batch (TRL), or skip their forward and backward")
+                                    "batch (TRL), skip their forward and backward, or sample them again (up to "
+                                    "resample_rounds times, then skip: DAPO's dynamic sampling)")
+    resample_rounds: int = Field(default=2, ge=1, le=16, description="zero_variance: resample: new draws of a group "
+                                                                    "that scored all alike, at most")
     rewards: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"task": "arithmetic"}], min_length=1,
         description="reward terms: {task: NAME} (1 when the task's grader accepts the answer), {format: REGEX}, "

@@ -25,6 +25,9 @@ NAME = "tunelab_cpu"
 # others (soft-capped logits, attention sinks, custom kernels) keep their own implementation
 STANDARD_ATTENTION = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
 _UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
+# attention implementations that take a 4-D mask of rows with a shared prefix (`data.packing.collate_rows`; eager
+# as `additive_for_eager` gives it); flash attention's packed path takes position ids only
+MASKED_ATTENTION = ("sdpa", "eager", NAME)
 
 
 def additive_for_eager(config, mask: torch.Tensor | None) -> torch.Tensor | None:

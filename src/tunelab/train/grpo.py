@@ -268,10 +268,16 @@ def completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
 def reference_completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                                completion_ids: torch.Tensor, completion_mask: torch.Tensor,
                                temperature: float = 1.0) -> torch.Tensor:
-    """The completion tokens' log-probabilities under the reference: the model with its LoRA adapter switched
-    off (peft's `disable_adapter`, as TRL does for a new adapter and `preference.reference_logps` does for DPO;
-    a run that continues an adapter: that adapter as it started, `model.lora.reference_weights`),
-    without gradients and without dropout. A model without an adapter is not its own reference."""
+    """The completion tokens' log-probabilities under the reference (`as_reference`)."""
+    return as_reference(model, lambda: completion_logps(model, prompt_ids, prompt_mask, completion_ids,
+                                                        completion_mask, temperature)[0])
+
+
+def as_reference(model, compute):
+    """`compute()` under the reference: the model with its LoRA adapter switched off (peft's `disable_adapter`,
+    as TRL does for a new adapter and `preference.reference_logps` does for DPO; a run that continues an adapter:
+    that adapter as it started, `model.lora.reference_weights`), without gradients and without dropout. A model
+    without an adapter is not its own reference."""
     if not hasattr(model, "disable_adapter"):
         raise ValueError("the reference is the model with its adapter switched off: this model has no adapter "
                          "(give beta 0, or precomputed reference log-probabilities)")
@@ -280,8 +286,7 @@ def reference_completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: tor
     try:
         from tunelab.model.lora import reference_weights
         with torch.no_grad(), reference_weights(model):
-            return completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                    temperature)[0]
+            return compute()
     finally:
         model.train(was_training)
 

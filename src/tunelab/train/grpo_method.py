@@ -32,8 +32,10 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.data.examples import Example
-from tunelab.train.grpo import (GRPOLoss, collate_completions, completion_logps, completion_metrics,
-                                grpo_loss, group_advantages, reference_completion_logps, zero_variance_groups)
+from tunelab.data.packing import batch_to
+from tunelab.train.grpo import (GRPOLoss, as_reference, collate_completions, completion_logps, completion_metrics,
+                                grpo_loss, group_advantages, zero_variance_groups)
+from tunelab.train.grpo_packing import backbone_and_head, pack_groups, packed_completion_logps
 
 
 @dataclass
@@ -90,70 +92,129 @@ class GRPOLossModel(torch.nn.Module):
         self.sampling = SamplingParams(max_tokens=settings.max_completion_length, temperature=settings.temperature,
                                        top_p=settings.top_p, top_k=settings.top_k)
         self._sums: dict[str, tuple[float, int]] = {}
+        self._buffer: dict[int, dict] = {}  # micro-batch -> its generation batch, while num_iterations > 1
+        self.parts = backbone_and_head(model)  # None: the padded layout (TRL's)
 
-    def _generators(self, step: int, rank: int, micro: int, rows: int) -> list[torch.Generator]:
+    def _generators(self, step: int, rank: int, micro: int, rows: list[int], again: int = 0) -> list[torch.Generator]:
         def seed(row: int) -> int:
-            return zlib.crc32(f"grpo/{self.seed}/{step}/{rank}/{micro}/{row}".encode())
-        return [torch.Generator().manual_seed(seed(r)) for r in range(rows)]
+            key = f"grpo/{self.seed}/{step}/{rank}/{micro}/{row}" + (f"/again{again}" if again else "")
+            return zlib.crc32(key.encode())
+        return [torch.Generator().manual_seed(seed(r)) for r in rows]
 
-    def rollout(self, rows: list[PromptRow], step: int, rank: int, micro: int, device) -> dict:
-        """Sample, score and lay out one micro-batch of prompts: the batch `forward` takes, plus `items` (the
-        loss items it holds: 1, or its completion tokens for `dapo`) and `tokens` (every token it trains on)."""
+    def _sample(self, prompts: list[list[int]], generators: list[torch.Generator]) -> list[list[int]]:
         from tunelab.model.decoding import greedy_rows
-        G = self.settings.num_generations
-        prompts = [r.prompt_ids for r in rows for _ in range(G)]
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
                 completions, _ = greedy_rows(self.model, prompts, self.settings.max_completion_length, self.stops,
                                              self.pad_id, len(prompts), sampling=[self.sampling] * len(prompts),
-                                             generators=self._generators(step, rank, micro, len(prompts)),
-                                             keep_stop=True)
+                                             generators=generators, keep_stop=True)
         finally:
             self.model.train(was_training)
+        return completions
+
+    def _score(self, examples: list[Example], completions: list[list[int]]) -> torch.Tensor:
         texts = self.tokenizer.batch_decode([[t for t in c if t not in self.stops] for c in completions],
                                             skip_special_tokens=True)
-        examples = [r.example for r in rows for _ in range(G)]
         prompt_texts = [e.instruction if not e.input else f"{e.instruction}\n{e.input}" for e in examples]
-        scores = torch.tensor(self.rewards.score(prompt_texts, texts, examples, completions), dtype=torch.float32)
-        advantages, metrics = group_advantages(scores.view(len(rows), G, -1), self.settings.scale_rewards,
-                                               self.rewards.weights, names=self.rewards.names)
-        keep = torch.ones(len(rows), dtype=torch.bool)
-        if self.settings.zero_variance == "skip":
-            keep = ~zero_variance_groups(scores.view(len(rows), G, -1), self.rewards.weights)
+        return torch.tensor(self.rewards.score(prompt_texts, texts, examples, completions), dtype=torch.float32)
+
+    def rollout(self, rows: list[PromptRow], step: int, rank: int, micro: int, device, packed: bool = False,
+                flat: bool = False) -> dict:
+        """Sample, score and lay out one micro-batch of prompts: the batch `forward` takes, plus `items` (the
+        loss items it holds: 1, or its completion tokens for `dapo`) and `tokens` (every token it trains on).
+        With `num_iterations` k > 1, a generation batch is sampled at every k-th step and trained on k times:
+        the steps between take it from the buffer, which a checkpoint keeps (`window`). `packed`: each group's
+        prompt held once (`grpo_packing`), where the model allows it; `flat`: its rows laid end to end."""
+        k = self.settings.num_iterations
+        if k > 1 and step % k:
+            return self._buffer[micro]
+        batch = self._generate(rows, step, rank, micro, device, packed, flat)
+        if k > 1:  # the old policy's log-probabilities, kept while the batch is trained on again (TRL's)
+            with torch.no_grad():
+                batch["old_logps"] = self._logps(batch)[0]
+            if micro == 0:
+                self._buffer = {}
+            self._buffer[micro] = batch
+        return batch
+
+    def _generate(self, rows: list[PromptRow], step: int, rank: int, micro: int, device, packed: bool,
+                  flat: bool) -> dict:
+        G = self.settings.num_generations
+        prompts = [r.prompt_ids for r in rows for _ in range(G)]
+        examples = [r.example for r in rows for _ in range(G)]
+        completions = self._sample(prompts, self._generators(step, rank, micro, list(range(len(prompts)))))
+        scores = self._score(examples, completions)
+        groups = lambda s: s.view(len(rows), G, -1)  # noqa: E731
+        # the metrics are the first draw's: what the policy samples, whatever resampling then adds
+        _, metrics = group_advantages(groups(scores), self.settings.scale_rewards, self.rewards.weights,
+                                      names=self.rewards.names)
         metrics.update(completion_metrics(completions, sorted(self.stops), self.pad_id))
+        if self.settings.zero_variance == "resample":
+            alike = zero_variance_groups(groups(scores), self.rewards.weights)
+            first = int(alike.sum())
+            for again in range(1, self.settings.resample_rounds + 1):
+                redo = [g for g in range(len(rows)) if alike[g]]
+                if not redo:
+                    break
+                positions = [g * G + j for g in redo for j in range(G)]
+                drawn = self._sample([prompts[i] for i in positions],
+                                     self._generators(step, rank, micro, positions, again))
+                scores[positions] = self._score([examples[i] for i in positions], drawn)
+                for i, c in zip(positions, drawn):
+                    completions[i] = c
+                alike = zero_variance_groups(groups(scores), self.rewards.weights)
+            metrics["frac_groups_resampled"] = first / len(rows)
+            metrics["frac_groups_rescued"] = (first - int(alike.sum())) / len(rows)
+        advantages, _ = group_advantages(groups(scores), self.settings.scale_rewards, self.rewards.weights,
+                                         names=self.rewards.names)
+        keep = torch.ones(len(rows), dtype=torch.bool)
+        if self.settings.zero_variance != "keep":
+            keep = ~zero_variance_groups(groups(scores), self.rewards.weights)
         metrics["frac_groups_skipped"] = 1.0 - keep.float().mean().item()
         kept = [i for i in range(len(prompts)) if keep[i // G]]
         empty = not kept
         if empty:  # nothing to learn from: one group, masked out, keeps the backward pass (and DDP) whole
             kept = list(range(G))
-        batch = collate_completions([prompts[i] for i in kept], [completions[i] for i in kept], self.pad_id,
-                                    sorted(self.stops), self.settings.mask_truncated_completions)
+        kept_prompts, kept_completions = [prompts[i] for i in kept], [completions[i] for i in kept]
+        batch = collate_completions(kept_prompts, kept_completions, self.pad_id, sorted(self.stops),
+                                    self.settings.mask_truncated_completions)
         if empty:
             batch["completion_mask"].zero_()
         batch["advantages"] = advantages.reshape(-1)[kept]
-        batch = {k: v.to(device) for k, v in batch.items()}
+        tokens = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())  # as the rows TRL trains on
+        if packed and self.parts is not None:  # the prompt once per group, no padding
+            layout = pack_groups(kept_prompts, kept_completions, batch["completion_mask"], G, self.pad_id, flat)
+            batch = {**layout, "completion_mask": batch["completion_mask"], "advantages": batch["advantages"]}
+        batch = batch_to(batch, device)
         if self.spec.needs_reference:
-            batch["ref_logps"] = reference_completion_logps(self.model, batch["prompt_ids"], batch["prompt_mask"],
-                                                            batch["completion_ids"], batch["completion_mask"],
-                                                            self.spec.temperature)
+            batch["ref_logps"] = self._reference_logps(batch)
         self._add(metrics)
         items = int(batch["completion_mask"].sum()) if self.spec.loss_type == "dapo" else 1
-        tokens = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
         return {**batch, "items": items, "tokens": tokens}
 
-    def forward(self, prompt_ids, prompt_mask, completion_ids, completion_mask, advantages, num_items_in_batch,
-                ref_logps=None, items=None, tokens=None) -> torch.Tensor:
+    def _logps(self, batch: dict, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The policy's log-probabilities of the batch's completion tokens (B, C), and their entropies."""
         from tunelab.model.rotary import fast_rotary
         with fast_rotary(self.model):
-            logps, entropies = completion_logps(self.model, prompt_ids, prompt_mask, completion_ids,
-                                                completion_mask, self.spec.temperature, entropy=True)
+            if "predict_at" in batch:
+                return packed_completion_logps(self.parts, batch, tuple(batch["completion_mask"].shape),
+                                               self.spec.temperature, entropy)
+            return completion_logps(self.model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                                    batch["completion_mask"], self.spec.temperature, entropy=entropy)
+
+    def _reference_logps(self, batch: dict) -> torch.Tensor:
+        return as_reference(self.model, lambda: self._logps(batch)[0])
+
+    def forward(self, completion_mask, advantages, num_items_in_batch, ref_logps=None, old_logps=None,
+                items=None, tokens=None, **inputs) -> torch.Tensor:
+        logps, entropies = self._logps({**inputs, "completion_mask": completion_mask}, entropy=True)
         if self.spec.loss_type == "dapo":
-            loss, metrics = grpo_loss(self.spec, logps, completion_mask, advantages, None, ref_logps,
+            loss, metrics = grpo_loss(self.spec, logps, completion_mask, advantages, old_logps, ref_logps,
                                       num_items_in_batch, entropies)
         else:  # a micro-batch mean; the loop's sum over micro-batches and processes divides by their number
-            loss, metrics = grpo_loss(self.spec, logps, completion_mask, advantages, None, ref_logps,
+            loss, metrics = grpo_loss(self.spec, logps, completion_mask, advantages, old_logps, ref_logps,
                                       entropies=entropies)
             loss = loss / num_items_in_batch
         self._add(metrics)
@@ -168,11 +229,15 @@ class GRPOLossModel(torch.nn.Module):
                 self._sums[key] = (total + value, n + 1)
 
     def window(self) -> dict:
-        """The sums since the last metrics line, for a checkpoint (`trainer_state.capture`)."""
-        return {"sums": {k: list(v) for k, v in self._sums.items()}}
+        """What a checkpoint keeps of this process's loss module (`trainer_state.capture`): the sums since the
+        last metrics line, and the generation batch still to be trained on (`num_iterations` > 1)."""
+        held = {micro: {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                for micro, batch in self._buffer.items()}
+        return {"sums": {k: list(v) for k, v in self._sums.items()}, "buffer": held}
 
     def set_window(self, window: dict | None) -> None:
         self._sums = {k: tuple(v) for k, v in window["sums"].items()} if window else {}
+        self._buffer = dict(window.get("buffer") or {}) if window else {}
 
     def take_metrics(self) -> dict[str, float]:
         out = {key: total / n for key, (total, n) in self._sums.items() if n}

@@ -53,7 +53,8 @@ from tunelab.train.setup import (build_model_and_tokenizer, build_optimization, 
                                  training_rows)
 from tunelab.train.stop_signals import StopSignals
 from tunelab.train.summary import training_summary, write_summary
-from tunelab.train.trainer_state import Progress, capture, gather_rng, global_batch, restore, resume_point
+from tunelab.train.trainer_state import (Progress, capture, gather_objects, gather_rng, global_batch, rank_window,
+                                         restore, resume_point)
 from tunelab.train.validation import EarlyStopping
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
 
     point = resume_point(run_dir, dist) if resume else None
     rows_per_step = global_batch(tc.batch_size, tc.grad_accum, dist.world, point)
-    total_steps, untrained = count_steps(tc, stream.rows_per_epoch, rows_per_step)
+    passes = method.passes(recipe)  # optimizer steps per step's rows: grpo's num_iterations, else 1
+    total_steps, untrained = count_steps(tc, stream.rows_per_epoch, rows_per_step, passes)
     ckpt_at = set(checkpoint_steps(total_steps, tc.num_checkpoints))
     if recipe.data.corpus and dist.main:
         log.info(f"corpus: {stream.count:,} training blocks in {stream.rows_per_epoch:,} rows of up to "
@@ -162,7 +164,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
                 log.info(f"note: {note}")
             progress.resumed(point)
             if hasattr(loss_model, "window"):
-                loss_model.set_window(point.trainer_state.get("loss_window"))
+                loss_model.set_window(rank_window(point.trainer_state, dist.rank))
         if dist.main:  # drop log lines past the checkpoint; they are recomputed
             kept = [r for r in read_metrics(metrics_path) if r["step"] <= progress.step]
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
@@ -178,6 +180,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
 
     def save(done: int, loss: float, val: dict | None, preemption: bool) -> None:
         rng = gather_rng(dist)  # every rank's: each draws its own dropout masks
+        # every rank's loss module window too: its sums, and a grpo generation batch still to be trained on
+        windows = gather_objects(dist, loss_model.window()) if hasattr(loss_model, "window") else None
         weights = None
         if fsdp:  # collectives: the shards into the staging directory, the whole weights to rank 0's host
             staging = staging_dir(run_dir, done)
@@ -191,7 +195,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
             return
         trainer_state = capture(model, optimizer, scheduler, scaler, rng, progress, rows_per_step, done,
                                 progress.elapsed_s + time.perf_counter() - t_start, sharded=fsdp,
-                                loss_window=loss_model.window() if hasattr(loss_model, "window") else None)
+                                loss_window=windows)
         state = {"step": done, "loss": loss, "total_steps": total_steps,
                  "val_loss": val["val_loss"] if val else None}
         if preemption:
@@ -218,7 +222,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     try:  # the bar is closed however the loop ends, so an error is a line of its own
         for step in range(start_step, end_step):
             # this rank's share of the step's rows, in micro-batches
-            step_rows = stream.rows(step * rows_per_step, rows_per_step)[dist.rank::dist.world]
+            step_rows = stream.rows(step // passes * rows_per_step, rows_per_step)[dist.rank::dist.world]
             micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
             batches = [method.collate(chunk, tokenizer.pad_token_id, recipe.data.packing, flat) for chunk in micro]
             local_tokens = sum(len(r.input_ids) for r in step_rows)
@@ -285,7 +289,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
             if done % tc.log_every == 0 or done == total_steps or stop:
                 now = time.perf_counter()
                 tokens_per_s = window[2] / (now - t_window)
-                rec = {"step": done, "epoch": round(done * rows_per_step / stream.rows_per_epoch, 4),
+                rec = {"step": done, "epoch": round(done * rows_per_step / passes / stream.rows_per_epoch, 4),
                        "loss": window[0] / max(1, window[1]), "lr": step_lr,
                        "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
                        "mfu": mfu(flops_tok, tokens_per_s, peak_tflops, dist.world),

@@ -22,6 +22,7 @@ class Method:
     # (step, loss module, val rows, batch size, pad id, packed, flat, device, autocast dtype, dist) -> metrics line
     validate: Callable
     rollout: Callable | None = None  # (loss module, batch, step, rank, micro-batch index, device) -> batch
+    passes: Callable = lambda recipe: 1  # optimizer steps each step's rows are trained for (grpo's num_iterations)
 
 
 def _labelled(batch: dict) -> int:
@@ -70,7 +71,7 @@ def _preference_loss(model, recipe: Recipe, tokenizer, rewards):
 
 
 def _prompts(rows: list, pad_id: int, packed: bool, flat: bool) -> dict:
-    return {"rows": rows}  # the rollout makes the batch
+    return {"rows": rows, "packed": packed, "flat": flat}  # the rollout makes the batch
 
 
 def _grpo_loss(model, recipe: Recipe, tokenizer, rewards):
@@ -83,9 +84,10 @@ def _grpo_loss(model, recipe: Recipe, tokenizer, rewards):
 
 
 def _rollout(loss_model, batch: dict, step: int, rank: int, micro: int, device) -> dict:
-    return loss_model.rollout(batch["rows"], step, rank, micro, device)
+    return loss_model.rollout(batch["rows"], step, rank, micro, device, batch["packed"], batch["flat"])
 
 
 METHODS = {"sft": Method("sft", collate, _labelled, _sft_loss, _token_validation),
            "dpo": Method("dpo", _pairs_batch, _pairs, _preference_loss, _pair_validation),
-           "grpo": Method("grpo", _prompts, lambda batch: batch["items"], _grpo_loss, _token_validation, _rollout)}
+           "grpo": Method("grpo", _prompts, lambda batch: batch["items"], _grpo_loss, _token_validation, _rollout,
+                           lambda recipe: recipe.train.grpo.num_iterations)}

@@ -101,8 +101,6 @@ def _needs_reference(recipe: Recipe) -> bool:
     return (tc.method == "dpo" and tc.preference.loss != "simpo") or (tc.method == "grpo" and tc.grpo.beta > 0)
 
 
-# attention implementations that take the 4-D mask of rows with a shared prefix (`collate_rows`)
-MASKED_ATTENTION = ("sdpa", "eager", "tunelab_cpu")
 
 
 @dataclass
@@ -158,6 +156,7 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
                       "is still chosen by the evaluated tasks)")
     prefix = 0
     if recipe.data.packing and recipe.data.share_prefix:
+        from tunelab.model.attention import MASKED_ATTENTION
         attention = getattr(model.config, "_attn_implementation", None)
         if attention not in MASKED_ATTENTION:  # flash attention's packed path takes position ids, no 4-D mask
             why = f"the model's {attention} attention takes no 4-D mask"
@@ -300,13 +299,14 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: lis
     return TrainingModel(model, loss_model, lora, fsdp, flat, autocast_dtype)
 
 
-def count_steps(tc: TrainConfig, rows_per_epoch: int, rows_per_step: int) -> tuple[int, int]:
+def count_steps(tc: TrainConfig, rows_per_epoch: int, rows_per_step: int, passes: int = 1) -> tuple[int, int]:
     """The run's optimizer steps, and the rows of its epochs no step trains on: a last step that the rows
-    cannot fill is dropped (`train.max_steps` is taken as given, and leaves none out)."""
+    cannot fill is dropped (`train.max_steps` is taken as given, and leaves none out). `passes`: optimizer
+    steps each step's rows feed (grpo's num_iterations)."""
     if tc.max_steps:
         return tc.max_steps, 0
-    total_steps = max(1, int(tc.epochs * rows_per_epoch // rows_per_step))
-    return total_steps, max(0, int(tc.epochs * rows_per_epoch) - total_steps * rows_per_step)
+    steps = max(1, int(tc.epochs * rows_per_epoch // rows_per_step))
+    return steps * passes, max(0, int(tc.epochs * rows_per_epoch) - steps * rows_per_step)
 
 
 @dataclass

@@ -56,11 +56,12 @@ class Progress:
 
 
 def capture(model, optimizer, scheduler, scaler, rng: list[dict], progress: Progress, rows_per_step: int,
-            step: int, elapsed_s: float, sharded: bool, loss_window: dict | None = None) -> dict:
+            step: int, elapsed_s: float, sharded: bool, loss_window: list | None = None) -> dict:
     """The trainer state of a checkpoint at `step` (rank 0's; `rng` is every rank's, `gather_rng`). A sharded
     run's weights and optimizer are in the checkpoint's DCP files (`sharding.save_sharded`), not here.
-    `loss_window`: what the loss module sums for the next metrics line (a preference run's rewards), so that a
-    resumed run logs the same lines as an unbroken one, as `log_window` does for the loss."""
+    `loss_window`: every rank's loss-module window (`gather_objects`): what it sums for the next metrics line (a
+    preference run's rewards), so that a resumed run logs the same lines as an unbroken one, as `log_window` does
+    for the loss, and a grpo generation batch still to be trained on (`num_iterations` > 1)."""
     if sharded:
         trained = {"sharded": True}
     else:
@@ -80,12 +81,26 @@ def gather_rng(dist: Dist) -> list[dict]:
     state = {"torch": torch.get_rng_state(), "py": random.getstate()}
     if dist.device is not None and dist.device.type in DEVICE_BACKENDS:
         state["device"] = getattr(torch, dist.device.type).get_rng_state(dist.device)
+    return gather_objects(dist, state)
+
+
+def gather_objects(dist: Dist, obj) -> list:
+    """Every rank's `obj` (picklable, tensors on the CPU), in rank order (a collective: every rank calls it)."""
     if dist.world == 1:
-        return [state]
+        return [obj]
     import torch.distributed as td
     out: list = [None] * dist.world
-    td.all_gather_object(out, state)
+    td.all_gather_object(out, obj)
     return out
+
+
+def rank_window(trainer_state: dict, rank: int) -> dict | None:
+    """This rank's loss-module window from a trainer state (`capture`'s `loss_window`: one a rank; a checkpoint
+    written before it was kept per rank holds rank 0's alone)."""
+    windows = trainer_state.get("loss_window")
+    if isinstance(windows, list):
+        return windows[rank] if rank < len(windows) else None
+    return windows if rank == 0 else None
 
 
 def resume_point(run_dir: Path, dist: Dist) -> ResumePoint | None:
