@@ -164,16 +164,16 @@ def test_a_runs_evaluation_uses_the_device_it_trained_on(gpu, recorded_loads, tm
     from conftest import write_recipe
 
     from tunelab.eval.sets import eval_sets
-    from tunelab.pipeline.evaluation import _cached_eval
+    from tunelab.pipeline.evaluation import cached_eval
     from tunelab.recipe import load_recipe
     gpu("sm90", count=2)
     recipe = load_recipe(write_recipe(tmp_path, "placed", train={"device": "cuda:1"},
                                       eval={"tasks": [{"task": "arithmetic", "limit": 2,
                                                        "source": {"generate": "arithmetic", "count": 2}}]}))
     sets = eval_sets(recipe.eval)
-    _cached_eval(tiny_base, sets, tmp_path / "out", recipe, None, "base")
+    cached_eval(tiny_base, sets, tmp_path / "out", recipe, None, "base")
     recipe.eval.device, recipe.eval.precision = "cuda:0", "fp16"
-    _cached_eval(tiny_base, sets, tmp_path / "out2", recipe, None, "base")
+    cached_eval(tiny_base, sets, tmp_path / "out2", recipe, None, "base")
     assert recorded_loads == [("bfloat16", "cuda:1"), ("float16", "cuda:0")]
 
 
@@ -185,7 +185,7 @@ def test_a_runs_evaluation_on_a_gpu_loads_the_base_once_and_swaps_adapters(gpu, 
     from conftest import lora_sections, write_recipe
 
     from tunelab.eval.sets import eval_sets
-    from tunelab.pipeline.evaluation import _cached_eval, run_models
+    from tunelab.pipeline.evaluation import cached_eval, run_models
     from tunelab.recipe import load_recipe
     from tunelab.runs import list_checkpoints, model_dir_of
     from tunelab.train.loop import train
@@ -203,13 +203,13 @@ def test_a_runs_evaluation_on_a_gpu_loads_the_base_once_and_swaps_adapters(gpu, 
     sets = eval_sets(recipe.eval)
     jobs = [(tiny_base, "base")] + [(model_dir_of(c), c.name) for c in list_checkpoints(recipe.run_dir)]
     assert len(jobs) == 3
-    on_cpu = {name: _cached_eval(d, sets, tmp_path / "cpu" / name, recipe, None, name, run_models(recipe))
+    on_cpu = {name: cached_eval(d, sets, tmp_path / "cpu" / name, recipe, None, name, run_models(recipe))
               for d, name in jobs}
     assert len(recorded_loads) == 3  # the CPU path: a fresh (merged) load per directory
     gpu("sm90", count=1)
     recipe.eval.device = "cuda:0"
     models = run_models(recipe)
-    on_gpu = {name: _cached_eval(d, sets, tmp_path / "gpu" / name, recipe, None, name, models) for d, name in jobs}
+    on_gpu = {name: cached_eval(d, sets, tmp_path / "gpu" / name, recipe, None, name, models) for d, name in jobs}
     models.close()
     assert recorded_loads[3:] == [("bfloat16", "cuda:0")] and models.loads == 1 and models.swaps == 2
     for name, results in on_gpu.items():

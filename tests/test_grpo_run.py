@@ -188,3 +188,35 @@ def test_grpo_continues_a_lora_runs_adapter_with_it_as_the_reference(tmp_path, t
     assert start.keys() == end.keys()
     moved = max((end[k] - start[k]).abs().max().item() for k in start)
     assert 0 < moved < 0.5  # trained further from where the SFT run left it, not from zero
+
+
+def test_a_continued_runs_retention_is_against_the_original_base(tmp_path, tiny_base):
+    """The competition keeps the ORIGINAL base's abilities: a GRPO run on an SFT run's best checkpoint reports its
+    gain over that checkpoint ("base", where it started) and its retention against the model the adapter was
+    first trained on, evaluated on the ability tasks alone."""
+    from tunelab.pipeline import train_recipe
+    sft = write_recipe(tmp_path / "sft", "sft", **lora_sections(tiny_base, max_steps=4, num_checkpoints=1),
+                       report_to=[])
+    train_recipe(load_recipe(sft))
+    path = grpo_recipe(tmp_path / "g", tiny_base, max_completion_length=8)
+    raw = yaml.safe_load(path.read_text())
+    raw["model"]["path"] = str(tmp_path / "sft" / "runs" / "sft")
+    raw["train"].update(max_steps=1, num_checkpoints=1)
+    raw["eval"] = {"batch_size": 16, "max_new_tokens": 8, "tasks": [
+        {"task": "arithmetic", "source": {"generate": "arithmetic", "count": 12, "seed": 9,
+                                          "options": {"kinds": ["int_add"], "int_digits": 1}}},
+        {"task": "reading", "source": {"generate": "reading", "count": 12, "seed": 10}, "ability": True}]}
+    raw["score"] = {"formula": "stage1", "accuracy_task": "arithmetic"}
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "tunelab.cli", "run", str(path)], cwd=path.parent,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = tmp_path / "g" / "runs" / "grpo"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["original_base"]) == {"reading"}  # the ability tasks only
+    origin = json.loads((run_dir / "eval" / "original-base" / "results.json").read_text())
+    kept = metrics["retention"]
+    assert set(kept) == {"reading.f1", "reading.exact_match"}
+    assert all(v["base"] == origin["reading"][k.split(".")[1]] for k, v in kept.items())
+    assert "arithmetic" in metrics["base"]  # the gain is over where the run started
+    assert "vs original base" in (run_dir / "report.md").read_text() + r.stdout

@@ -45,10 +45,29 @@ def measure(run: TrainedRun) -> dict:
                                         for name, r in per_ckpt.items()}
         if base_results:
             metrics["accuracy_gain"] = accuracy - base_results[acc_task][primary]
-            metrics["retention"] = retention(base_results, per_ckpt[best], ability,
-                                             recipe.eval.retention_threshold)
+            kept_from = base_results
+            origin = original_base(recipe)
+            if origin and ability:  # a continued run keeps the ORIGINAL base's abilities, not its start's
+                metrics["original_base"] = original_base_results(recipe, sets, ability, origin, run)
+                kept_from = metrics["original_base"]
+            metrics["retention"] = retention(kept_from, per_ckpt[best], ability, recipe.eval.retention_threshold)
         plot_checkpoints(metrics, acc_task, primary, ability, recipe.run_dir / "checkpoints.png")
     return metrics
+
+
+def original_base(recipe) -> str | None:
+    """The model a continued LoRA run's adapter was first trained on (`model.path: runs/quickstart` → the
+    quickstart's base), when it is not `model.path` itself; None for any other run."""
+    from tunelab.train.setup import continued_adapter
+    continued = continued_adapter(recipe)
+    return continued[1] if continued else None
+
+
+def original_base_results(recipe, sets: dict, ability: list[str], origin: str, run: TrainedRun) -> dict:
+    """The original base's results on the ability tasks, kept in eval/original-base like every evaluation."""
+    from tunelab.pipeline.evaluation import cached_eval
+    return cached_eval(origin, {k: sets[k] for k in ability}, recipe.run_dir / "eval" / "original-base", recipe,
+                       run.template, "original base", run.models)
 
 
 def summary_lines(metrics: dict) -> list[str]:
@@ -62,9 +81,10 @@ def summary_lines(metrics: dict) -> list[str]:
         what = ("full fine-tuning: every parameter trains" if r["trainable"] >= r["total"]
                 else f"{r['trainable']:,} / {r['total']:,.0f}")
         lines.append(f"low-parameter ratio {r['ratio']:.9g} ({what}); {s['formula']} score {s['value']:.4f}")
+        of = "original base" if metrics.get("original_base") else "base"
         for key, v in (metrics.get("retention") or {}).items():
             scorer = f" ({v['scorer']} scorer)" if v.get("scorer") else ""
-            lines.append(f"retention {key}{scorer}: {pct(v['retained'])} ({v['tuned']:.2f} vs base "
+            lines.append(f"retention {key}{scorer}: {pct(v['retained'])} ({v['tuned']:.2f} vs {of} "
                          f"{v['base']:.2f}) {'PASS' if v['pass'] else 'FAIL'}")
     t = metrics["train"]
     lines.append(f"training: {t['steps']} steps in {t['train_seconds']:.0f}s, final loss {t['final_loss']:.4f}")

@@ -44,8 +44,8 @@ def evaluate_checkpoints(recipe: Recipe, sets: dict, template: PromptTemplate, c
     run_dir = recipe.run_dir
     base = None
     if base_label and recipe.eval.baseline and recipe.model.path:
-        base = _cached_eval(recipe.model.path, sets, run_dir / "eval" / "base", recipe, template, base_label, models)
-    per_ckpt = {c.name: _cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name,
+        base = cached_eval(recipe.model.path, sets, run_dir / "eval" / "base", recipe, template, base_label, models)
+    per_ckpt = {c.name: cached_eval(model_dir_of(c), sets, run_dir / "eval" / c.name, recipe, template, c.name,
                                      models)
                 for c in checkpoints}
     return base, per_ckpt
@@ -60,7 +60,7 @@ def task_records(sets: dict) -> dict[str, dict]:
 
 def evaluate_share(recipe: Recipe, sets: dict, template, rank: int, world: int, models) -> None:
     """Under torchrun, every rank evaluates its share of the checkpoints (and one rank the base) on its own
-    device, then waits for the others: rank 0's report finds every result in place (`_cached_eval`) instead of
+    device, then waits for the others: rank 0's report finds every result in place (`cached_eval`) instead of
     evaluating all of them alone while the other GPUs sit idle. The wait is a gloo barrier of its own, with a
     timeout long enough for an evaluation (a collective's default would end a long one)."""
     import datetime
@@ -73,13 +73,13 @@ def evaluate_share(recipe: Recipe, sets: dict, template, rank: int, world: int, 
     waiting = td.new_group(backend="gloo", timeout=datetime.timedelta(hours=24))
     for model_dir, name in jobs[rank::world]:
         log.info(f"rank {rank}: evaluating {name}")
-        _cached_eval(model_dir, sets, run_dir / "eval" / name, recipe, template, name, models)
+        cached_eval(model_dir, sets, run_dir / "eval" / name, recipe, template, name, models)
     if rank != 0:
         models.close()  # rank 0 goes on to the report with what it holds
     td.barrier(group=waiting)
 
 
-def _cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label, models=None) -> dict:
+def cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label, models=None) -> dict:
     """Evaluate unless this directory already holds complete results (so --resume skips finished work).
     `models` is the run's `tunelab.model.resident` source: on a GPU one base serves every checkpoint."""
     from tunelab.eval.runner import evaluate_model_dir
