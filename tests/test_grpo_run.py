@@ -69,6 +69,7 @@ def test_a_grpo_run_moves_toward_its_reward_logs_trl_metrics_and_loads_in_peft(t
     # the brevity reward pulls the completions shorter, and the total reward up
     assert lines[-1]["completions/mean_length"] < lines[0]["completions/mean_length"]
     assert lines[-1]["reward"] > lines[0]["reward"]
+    assert (run_dir / "grpo.png").stat().st_size > 10_000  # reward and KL curves
     adapter = list_checkpoints(run_dir)[-1] / "adapter"
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), adapter)
     assert any(torch.count_nonzero(p) for n, p in tuned.named_parameters() if "lora_B" in n)
@@ -219,4 +220,5 @@ def test_a_continued_runs_retention_is_against_the_original_base(tmp_path, tiny_
     assert set(kept) == {"reading.f1", "reading.exact_match"}
     assert all(v["base"] == origin["reading"][k.split(".")[1]] for k, v in kept.items())
     assert "arithmetic" in metrics["base"]  # the gain is over where the run started
-    assert "vs original base" in (run_dir / "report.md").read_text() + r.stdout
+    report = (run_dir / "report.md").read_text()
+    assert "vs original base" in report + r.stdout and "(grpo.png)" in report

@@ -110,7 +110,12 @@ def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
             ([best_title(name, best)], [checkpoint_cell(r) for r in res.values()])
             for name, res in metrics["checkpoints"].items()])
         lines += ["![accuracy per checkpoint](checkpoints.png)", ""]
-    lines += ["## Training", "", "![loss curve](loss.png)", "",
+    lines += ["## Training", "", "![loss curve](loss.png)", ""]
+    for png, what in (("grpo.png", "GRPO: sampled reward, groups all alike, KL, entropy"),
+                      ("rewards.png", "preference rewards and margins")):
+        if (run_dir / png).exists():
+            lines += [f"![{what}]({png})", ""]
+    lines += [
               "Recipe: `recipe.yaml` in this directory. Per-step log: `metrics.jsonl`; all numbers: `metrics.json`.",
               ""]
     return lines

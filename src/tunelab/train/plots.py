@@ -106,3 +106,47 @@ def plot_rewards(metrics_path: str | Path, out_png: str | Path, title: str = "pr
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_grpo(metrics_path: str | Path, out_png: str | Path, title: str = "GRPO") -> Path | None:
+    """A GRPO run's sampled reward against step (the total, ± its std, and each reward term), the share of groups
+    whose answers all scored alike (they teach nothing), and the KL to the reference, the entropy and the clipped
+    share, as TRL names them; None when the run logged none."""
+    rows = [r for r in read_metrics(metrics_path) if "reward" in r and "frac_reward_zero_std" in r]
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = [r["step"] for r in rows]
+    fig, (ax, kl) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    mean = [r["reward"] for r in rows]
+    std = [r.get("reward_std", 0.0) for r in rows]
+    ax.plot(steps, mean, color="tab:blue", lw=2, label="reward (mean)")
+    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                    color="tab:blue", alpha=0.15, label="± std")
+    terms = sorted(k for k in rows[0] if k.startswith("rewards/") and k.endswith("/mean"))
+    if len(terms) > 1:
+        for key in terms:
+            ax.plot(steps, [r.get(key) for r in rows], lw=1, ls="--", label=key)
+    ax.plot(steps, [r["frac_reward_zero_std"] for r in rows], color="gray", lw=1, label="groups all alike")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward / share")
+    ax.set_title("sampled reward", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    for key, color in (("kl", "tab:red"), ("entropy", "tab:green"), ("clip_ratio/region_mean", "tab:orange")):
+        if any(key in r for r in rows):
+            kl.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], color=color,
+                    label=key)
+    kl.set_xlabel("optimizer step")
+    kl.set_yscale("symlog", linthresh=1e-3)
+    kl.set_title("KL to the reference, entropy, clipped share", fontsize=9)
+    kl.grid(alpha=0.3)
+    kl.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out_png)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

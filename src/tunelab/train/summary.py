@@ -10,7 +10,7 @@ from pathlib import Path
 from tunelab.recipe import Recipe
 from tunelab.runs import best_checkpoint, list_checkpoints
 from tunelab.train.distributed import Dist
-from tunelab.train.plots import plot_loss_curve, plot_rewards, read_metrics
+from tunelab.train.plots import plot_grpo, plot_loss_curve, plot_rewards, read_metrics
 from tunelab.train.setup import TrainingRows
 from tunelab.train.trainer_state import Progress
 
@@ -52,6 +52,7 @@ def write_summary(recipe: Recipe, run_dir: Path, summary: dict) -> None:
              else f"{recipe.name}: training loss")
     plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png", title=title)
     plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png", title=f"{recipe.name}: preference rewards")
+    plot_grpo(run_dir / "metrics.jsonl", run_dir / "grpo.png", title=f"{recipe.name}: GRPO")
 
 
 def _hardware(device, world: int) -> str:
