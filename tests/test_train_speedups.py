@@ -105,6 +105,26 @@ def test_cpu_attention_is_not_saved_with_the_model(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path).config._attn_implementation != NAME
 
 
+def test_decoding_runs_under_sdpa_and_training_gets_its_attention_back():
+    """GRPO samples with the model it trains: decode steps run under SDPA (`decoding_attention`), with what
+    SDPA gives, and the training attention is back afterwards, also after an error inside."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.model.attention import decoding_attention
+    model = get_peft_model(_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    ids = torch.randint(1, 97, (3, 9))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    assert use_cpu_attention(model.get_base_model())
+    with decoding_attention(model), torch.no_grad():
+        assert model.get_base_model().config._attn_implementation == "sdpa"
+        assert torch.equal(model(input_ids=ids).logits, want)
+    assert model.get_base_model().config._attn_implementation == NAME
+    with pytest.raises(RuntimeError), decoding_attention(model):
+        raise RuntimeError("a failed rollout")
+    assert model.get_base_model().config._attn_implementation == NAME
+
+
 def _packed_batch(vocab=97):
     torch.manual_seed(1)
     ids = torch.randint(1, vocab, (2, 24))

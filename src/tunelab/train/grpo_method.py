@@ -102,11 +102,12 @@ class GRPOLossModel(torch.nn.Module):
         return [torch.Generator().manual_seed(seed(r)) for r in rows]
 
     def _sample(self, prompts: list[list[int]], generators: list[torch.Generator]) -> list[list[int]]:
+        from tunelab.model.attention import decoding_attention
         from tunelab.model.decoding import greedy_rows
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), decoding_attention(self.model):
                 completions, _ = greedy_rows(self.model, prompts, self.settings.max_completion_length, self.stops,
                                              self.pad_id, len(prompts), sampling=[self.sampling] * len(prompts),
                                              generators=generators, keep_stop=True)

@@ -109,7 +109,7 @@ def plot_rewards(metrics_path: str | Path, out_png: str | Path, title: str = "pr
 
 
 def plot_grpo(metrics_path: str | Path, out_png: str | Path, title: str = "GRPO") -> Path | None:
-    """A GRPO run's sampled reward against step (the total, ± its std, and each reward term), the share of groups
+    """A GRPO run's sampled reward against step (the total, its std, and each reward term), the share of groups
     whose answers all scored alike (they teach nothing), and the KL to the reference, the entropy and the clipped
     share, as TRL names them; None when the run logged none."""
     rows = [r for r in read_metrics(metrics_path) if "reward" in r and "frac_reward_zero_std" in r]
@@ -120,11 +120,8 @@ def plot_grpo(metrics_path: str | Path, out_png: str | Path, title: str = "GRPO"
     import matplotlib.pyplot as plt
     steps = [r["step"] for r in rows]
     fig, (ax, kl) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    mean = [r["reward"] for r in rows]
-    std = [r.get("reward_std", 0.0) for r in rows]
-    ax.plot(steps, mean, color="tab:blue", lw=2, label="reward (mean)")
-    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                    color="tab:blue", alpha=0.15, label="± std")
+    ax.plot(steps, [r["reward"] for r in rows], color="tab:blue", lw=2, label="reward (mean)")
+    ax.plot(steps, [r.get("reward_std") for r in rows], color="tab:blue", lw=1, ls=":", label="reward std")
     terms = sorted(k for k in rows[0] if k.startswith("rewards/") and k.endswith("/mean"))
     if len(terms) > 1:
         for key in terms:
