@@ -8,13 +8,11 @@ which they read when first imported), and the datasets cache is this module's ow
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 datasets = pytest.importorskip("datasets")
 

@@ -6,7 +6,6 @@ located TunelabError naming the function and the completion that caused it."""
 from __future__ import annotations
 
 import sys
-import textwrap
 
 import pytest
 import torch
