@@ -200,3 +200,52 @@ def test_a_missing_data_file_does_not_stop_the_plan(tmp_path, capsys):
 def _load(path: str):
     from tunelab.recipe import load_recipe
     return load_recipe(path)
+
+
+def test_a_grpo_plan_traces_the_policy_step_counts_the_rollout_cache_and_the_continued_adapter(tmp_path):
+    """A GRPO step: the policy's forward on one packed row a prompt (the prompt once, its answers after it) or a
+    row an answer; the sampling KV cache of every answer at once, equal to the bytes transformers' own cache holds
+    for those rows; and a continued adapter's LoRA settings, not the recipe's."""
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from tunelab.recipe import load_recipe
+    from tunelab.train.memory_plan import rollout_cache_bytes, step_spec
+    sections = _tiny_lora_sections()
+    sections["train"].update(method="grpo", batch_size=4, precision="fp32",
+                             grpo={"num_generations": 3, "max_completion_length": 16})
+    sections["data"]["max_seq_len"] = 64
+    recipe = load_recipe(write_recipe(tmp_path, "grpo", **sections))
+    spec = step_spec(recipe, load_config(str(TINY_BASE)))
+    assert (spec.batch_size, spec.seq_len, spec.grpo) == (4, 64 + 2 * 16, (4, 3, 16))
+    unpacked = step_spec(load_recipe(write_recipe(tmp_path, "grpo2", **{**sections, "data": {
+        "max_seq_len": 64, "packing": False}})), load_config(str(TINY_BASE)))
+    assert (unpacked.batch_size, unpacked.seq_len) == (12, 64)
+    # the formula against the cache transformers fills for 12 answers of 64 tokens
+    model = AutoModelForCausalLM.from_pretrained(TINY_BASE, dtype=torch.float32)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 100, (12, 64)), past_key_values=cache, use_cache=True)
+    held = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert rollout_cache_bytes(spec) == rollout_cache_bytes(unpacked) == held
+    plan = plan_memory(recipe, 24 * GiB)
+    assert "GRPO: 4 prompts x 3 sampled answers of <= 16 tokens" in plan.step
+    assert any("KV cache" in n for n in plan.notes)
+    # Llama-3-8B, 16 prompts x 8 answers of 2,048 tokens in bf16: 32 GiB of cache, more than the step holds
+    big = StepSpec(config=preset_config("llama3-8b"), dtype="bfloat16", lora=(8, 16, 0.0, ["q_proj"]),
+                   batch_size=16, seq_len=2048 + 7 * 512, grpo=(16, 8, 512), autocast="bf16")
+    assert rollout_cache_bytes(big) == 2 * 32 * 8 * 128 * 2 * 128 * 2048 == 32 * GiB
+
+
+def test_a_continued_adapter_plans_with_its_own_lora_settings(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.recipe import load_recipe
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(TINY_BASE), LoraConfig(
+        r=12, lora_alpha=24, target_modules=["k_proj", "down_proj"])).save_pretrained(adapter)
+    sections = _tiny_lora_sections()
+    sections["model"]["path"] = str(adapter)
+    plan = plan_memory(load_recipe(write_recipe(tmp_path, "continued", **sections)), 24 * GiB)
+    assert "LoRA r 12 on" in plan.step and "down_proj" in plan.step and "q_proj" not in plan.step

@@ -89,6 +89,7 @@ class StepSpec:
     fp32_unquantized: bool = True             # QLoRA: norms, embeddings, head in fp32 (`prepare_for_kbit`)
     optimizer: str = "adamw"                  # adamw | adamw_8bit | paged_adamw_8bit
     grads_held: bool = False                  # gradient accumulation: gradients exist before the micro-batch
+    grpo: tuple | None = None                 # (prompts, completions a prompt, tokens a completion): a GRPO step
 
 
 @dataclass
@@ -260,14 +261,54 @@ def step_spec(recipe: Recipe, config: PretrainedConfig) -> StepSpec:
     precision = {"fp32": None, "fp16": "fp16"}.get(tc.precision, "bf16")  # auto on a GPU: bf16, or fp16 (same bytes)
     lora = None
     if recipe.lora.enabled:
-        lora = (recipe.lora.rank, recipe.lora.alpha, recipe.lora.dropout, recipe.lora.target_modules)
-    return StepSpec(config=config, dtype=dtype, lora=lora, batch_size=tc.batch_size, seq_len=recipe.data.max_seq_len,
+        lora = (_continued_lora(m.path) if m.path else None) or (recipe.lora.rank, recipe.lora.alpha,
+                                                                   recipe.lora.dropout, recipe.lora.target_modules)
+    batch, seq_len, grpo = tc.batch_size, recipe.data.max_seq_len, None
+    if tc.method == "grpo":  # the policy's forward: a packed row a group (its prompt once), or a row an answer
+        g = tc.grpo
+        grpo = (tc.batch_size, g.num_generations, g.max_completion_length)
+        if recipe.data.packing:
+            seq_len = recipe.data.max_seq_len + (g.num_generations - 1) * g.max_completion_length
+        else:
+            batch = tc.batch_size * g.num_generations
+    return StepSpec(config=config, dtype=dtype, lora=lora, batch_size=batch, seq_len=seq_len, grpo=grpo,
                     packing=recipe.data.packing, share_prefix=recipe.data.packing and recipe.data.share_prefix,
                     autocast=precision, gradient_checkpointing=getattr(tc, "gradient_checkpointing", False),
                     quantization=getattr(m, "quantization", "none"),
                     # paged: the same bytes on the GPU while there is room (it pages out only under pressure)
                     optimizer=getattr(tc, "optimizer", "adamw").removeprefix("paged_"),
                     grads_held=tc.grad_accum > 1)
+
+
+def _continued_lora(path: str) -> tuple | None:
+    """The LoRA settings of the adapter a run continues (`model.path` a LoRA run or adapter): they, not the
+    recipe's `lora` section, are what trains."""
+    from tunelab.records import read_json_object
+    from tunelab.runs import is_run_dir, pick_checkpoint
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return None
+    if is_run_dir(p):
+        p = pick_checkpoint(p)
+    if not (p / "adapter_config.json").is_file() or (p / "config.json").is_file():
+        return None
+    c = read_json_object(p / "adapter_config.json")
+    return c.get("r", 8), c.get("lora_alpha", 8), c.get("lora_dropout", 0.0), c.get("target_modules")
+
+
+def rollout_cache_bytes(spec: StepSpec) -> int:
+    """A GRPO step's sampling KV cache: every answer of the micro-batch decoding at once, each row up to the
+    recipe's `max_seq_len` (prompt and answer), keys and values of every layer in the compute dtype."""
+    if not spec.grpo:
+        return 0
+    prompts, per_prompt, _ = spec.grpo
+    c = spec.config
+    heads = getattr(c, "num_attention_heads", 1)
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    width = {"bf16": 2, "fp16": 2}.get(spec.autocast, 4) if spec.quantization == "none" else 2
+    max_len = spec.seq_len - (per_prompt - 1) * spec.grpo[2] if spec.packing else spec.seq_len
+    return 2 * c.num_hidden_layers * kv_heads * head_dim * width * prompts * per_prompt * max_len
 
 
 def describe_step(spec: StepSpec, trainable: int) -> str:
@@ -282,8 +323,13 @@ def describe_step(spec: StepSpec, trainable: int) -> str:
     quant = f", base in {spec.quantization}" if spec.quantization != "none" else ""
     gc = "gradient checkpointing" if spec.gradient_checkpointing else "no gradient checkpointing"
     opt = {"adamw": "AdamW"}.get(spec.optimizer, spec.optimizer)
-    return (f"{what}; micro-batch {spec.batch_size} x {spec.seq_len} tokens ({rows}, every position labelled); "
-            f"weights {spec.dtype}{quant}, {precision}, {gc}, {opt}")
+    shape = f"micro-batch {spec.batch_size} x {spec.seq_len} tokens ({rows}, every position labelled)"
+    if spec.grpo:
+        prompts, per_prompt, tokens = spec.grpo
+        layout = "a packed row a prompt: it once, its answers after it" if spec.packing else "a row an answer"
+        shape = (f"GRPO: {prompts} prompts x {per_prompt} sampled answers of <= {tokens} tokens; the policy's "
+                 f"forward on {spec.batch_size} x {spec.seq_len} tokens ({layout})")
+    return f"{what}; {shape}; weights {spec.dtype}{quant}, {precision}, {gc}, {opt}"
 
 
 def _torch_dtype(name: str):
@@ -616,6 +662,15 @@ def _plan(recipe: Recipe, spec: StepSpec, source: str, gpu_memory_bytes: int, gp
         notes.append(f"DDP: each of the {gpus} GPUs holds the whole replica, plus the reducer's gradient buckets "
                      "(as large as the gradients); " + ("train.strategy: fsdp would shard them" if has_fsdp else
                                                         "FSDP sharding does not exist in tunelab yet"))
+    cache = rollout_cache_bytes(spec)
+    if cache:  # sampling holds the cache and no activations; the step's peak is the larger phase
+        beyond = max(0, cache - step.transient - step.gradients)
+        if beyond:
+            cats["rollout beyond the step"] = beyond
+        notes.append(f"GRPO's sampling holds a KV cache of {gib(cache):.2f} GiB ({spec.grpo[0] * spec.grpo[1]} answers "
+                     "decoding together) while no activations or gradients are live: "
+                     + (f"{gib(beyond):.2f} GiB more than the training step's, counted above" if beyond else
+                        "less than the training step holds"))
     reserve = math.ceil(ALLOCATOR_RESERVE * step.transient)
     cats["device overhead"] = CUDA_CONTEXT + reserve
     notes.append(f"device overhead by rule: CUDA context {gib(CUDA_CONTEXT):.2f} GiB + allocator reserve "
