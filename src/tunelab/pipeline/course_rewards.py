@@ -15,18 +15,24 @@ TERM = "rewards/"
 
 
 def sampled_rewards(metrics_path: Path) -> dict:
-    """{first, last, windows}: the first and the last logged windows' `step`, `reward`, `frac_reward_zero_std`
-    and per-term means (`rewards/<term>/mean`), and how many windows were logged; {} when none logged a reward."""
+    """{first, last, windows}: the means over the first and the last quarter of the logged windows (one window
+    at least; a window's reward is already a mean over its steps' samples, and one window of 16 prompts is noisy)
+    of `reward`, `frac_reward_zero_std` and each term's mean (`rewards/<term>/mean`), with the steps they span
+    (`from_step`, `step`), and how many windows were logged; {} when none logged a reward."""
     from tunelab.train.plots import read_metrics
     rows = [r for r in read_metrics(metrics_path) if "reward" in r]
     if not rows:
         return {}
+    quarter = max(1, len(rows) // 4)
 
-    def window(r: dict) -> dict:
-        return {k: v for k, v in r.items() if k in ("step", "reward", "frac_reward_zero_std")
-                or (k.startswith(TERM) and k.endswith("/mean"))}
+    def mean(start: int, stop: int) -> dict:  # windows start..stop-1; a window spans the steps since the last
+        part = rows[start:stop]
+        keys = [k for k in part[0] if k in ("reward", "frac_reward_zero_std")
+                or (k.startswith(TERM) and k.endswith("/mean"))]
+        return {"from_step": rows[start - 1]["step"] + 1 if start else 1, "step": part[-1]["step"],
+                **{k: sum(r[k] for r in part) / len(part) for k in keys}}
 
-    return {"first": window(rows[0]), "last": window(rows[-1]), "windows": len(rows)}
+    return {"first": mean(0, quarter), "last": mean(len(rows) - quarter, len(rows)), "windows": len(rows)}
 
 
 def _terms(window: dict) -> dict[str, float]:
@@ -34,14 +40,15 @@ def _terms(window: dict) -> dict[str, float]:
 
 
 def reward_line(sampled: dict | None) -> str:
-    """', sampled reward 0.31 (step 10) -> 0.42 (step 200); rougel 21.0% -> 30.1%, …' ('' when none)."""
+    """', sampled reward 0.280 (steps 1-50) -> 0.277 (steps 151-200) (rougel 0.184 -> 0.183; …)' ('' when
+    none)."""
     if not sampled:
         return ""
     first, last = sampled["first"], sampled["last"]
     terms = "; ".join(f"{name} {v:.3f} -> {_terms(last).get(name, float('nan')):.3f}"
                       for name, v in _terms(first).items())
-    return (f", sampled reward {first['reward']:.3f} (window to step {first['step']}) -> {last['reward']:.3f} "
-            f"(to step {last['step']})" + (f" ({terms})" if terms else ""))
+    return (f", sampled reward {first['reward']:.3f} (steps {first['from_step']}-{first['step']}) -> "
+            f"{last['reward']:.3f} (steps {last['from_step']}-{last['step']})" + (f" ({terms})" if terms else ""))
 
 
 def reward_section(metrics: dict) -> list[str]:
@@ -50,14 +57,15 @@ def reward_section(metrics: dict) -> list[str]:
     lines = ["## Sampled reward", "", "![sampled reward and held-out exact answers](course.png)", "",
              "The mean reward of the answers sampled to the training prompts, per logged window, and each reward "
              "term's mean; the points are the held-out questions' exact answers (greedy) of the base model (step 0) "
-             "and of each evaluated checkpoint.", ""]
+             "and of each evaluated checkpoint. The table: the means over the first and the last quarter of the "
+             "logged windows.", ""]
     if sampled:
         first, last = sampled["first"], sampled["last"]
         names = list(_terms(first))
-        lines += ["| window to step | reward | " + " | ".join(f"{n} (mean)" for n in names)
+        lines += ["| logged windows, steps | reward | " + " | ".join(f"{n} (mean)" for n in names)
                   + " | groups all alike |", "|---|---|" + "---|" * len(names) + "---|"]
         for w in (first, last):
-            lines.append(f"| {w['step']} | {w['reward']:.3f} | "
+            lines.append(f"| {w['from_step']}-{w['step']} | {w['reward']:.3f} | "
                          + " | ".join(f"{_terms(w).get(n, float('nan')):.3f}" for n in names)
                          + f" | {pct(w.get('frac_reward_zero_std', float('nan')))} |")
         lines.append("")
