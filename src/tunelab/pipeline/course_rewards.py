@@ -97,7 +97,7 @@ def plot_stage_rewards(metrics_path: Path, metrics: dict, out_png: Path, title: 
             points.append((int(name.split("-")[-1]), results[label]["exact"]))
     if points:
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], color="tab:red", marker="o", markersize=4,
+        ax.plot([p[0] for p in points], [p[1] for p in points], color="black", marker="o", markersize=4,
                 label=f"held-out exact answers ({label}, greedy; step 0: base)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("reward / share of answers")
