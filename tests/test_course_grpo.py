@@ -124,6 +124,7 @@ def test_the_grpo_stage_runs_on_the_sft_run_and_reports_against_it(course):
     assert (first["reward"], last["reward"]) == pytest.approx((lines[0]["reward"], lines[-1]["reward"]))
     report = (runs / "grpo" / "report.md").read_text(encoding="utf-8")
     for text in (f"## sft vs grpo ({ckpts[-1].name})", "| task | measure | sft | grpo |", "## Sampled reward",
-                 "exact answers (Rouge-L F = 1)", f"tunelab ui --model grpo={runs / 'grpo'} --model sft={runs / 'sft'}"):
+                 "exact answers (Rouge-L F = 1)",
+                 f"tunelab ui --model grpo={runs / 'grpo'} --model sft={runs / 'sft'}"):
         assert text in report, text
     assert (runs / "grpo" / "course.png").stat().st_size > 0
