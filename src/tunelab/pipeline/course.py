@@ -5,6 +5,13 @@ course report instead of a competition score: the pretrained model next to the f
 stop rate —, the fine-tuning loss with the held-out answers' loss per checkpoint as its validation curve (the
 best checkpoint is the lowest), every checkpoint, and sample answers of both.
 
+A later stage of the course — an evaluated run whose `model.path` is a course run, such as GRPO on the SFT model
+(`recipes/minigpt-cpu-grpo.yaml`) — gets the same report against that run's model, named by the two runs'
+names, not the competition kind's: that one scores accuracy in 0..1 and a Rouge-L F is 0..100. Its best
+checkpoint is its last unless it is an `sft` run: a `grpo` run does not optimise the held-out answers' loss,
+and choosing it by the held-out exact answers would choose on the numbers it reports; its report shows the
+sampled reward per logged window (`tunelab.pipeline.course_rewards`).
+
 A pretraining run built from generated encyclopedia articles splits their QA pairs by the corpus's document split
 for that fine-tuning (`<articles>/../sft-qa/`, `tunelab.pipeline.prepare.split_sft_qa`)."""
 
@@ -22,12 +29,25 @@ from tunelab.report import best_results, best_title, checkpoint_table, number, p
 from tunelab.runs import list_checkpoints, model_dir_of
 
 
+def _run_metrics(run_dir: Path | None) -> dict:
+    metrics = run_dir / "metrics.json" if run_dir is not None else None
+    return json.loads(metrics.read_text(encoding="utf-8")) if metrics and metrics.is_file() else {}
+
+
 def is_pretraining_run(run_dir: Path | None) -> bool:
     """Whether a base run directory holds a pretraining run (its metrics.json says so)."""
-    if run_dir is None:
-        return False
-    metrics = run_dir / "metrics.json"
-    return metrics.is_file() and bool(json.loads(metrics.read_text(encoding="utf-8")).get("pretraining"))
+    return bool(_run_metrics(run_dir).get("pretraining"))
+
+
+def is_course_stage(recipe: Recipe, base_run: Path | None) -> bool:
+    """A course run: its base is a pretraining run, or it is evaluated and its base is a course run (a later
+    stage; an unevaluated one, such as the DPO recipe, stays a plain run)."""
+    return is_pretraining_run(base_run) or (bool(recipe.eval.tasks) and bool(_run_metrics(base_run).get("course")))
+
+
+def _roles(metrics: dict) -> tuple[str, str]:
+    """What the report calls the base model and the trained one."""
+    return tuple(metrics.get("roles") or ("pretrained", "fine-tuned"))
 
 
 def measure(run: TrainedRun) -> dict:
@@ -46,19 +66,29 @@ def measure(run: TrainedRun) -> dict:
             qa_loss[name] = {"step": step, **answer_loss(model_dir, template, examples, recipe.eval.batch_size,
                                                           **eval_placement(recipe))}
     tuned = {n: v for n, v in qa_loss.items() if n != "base"}
-    if tuned:
+    method = recipe.train.method
+    if tuned and method == "sft":
         best, best_by = min(tuned, key=lambda n: tuned[n]["loss"]), f"{qa_label} answer loss"
     else:
         best, best_by = (ckpts[-1].name if ckpts else None), "last"
+    later = not is_pretraining_run(run.base_run)
+    roles = (run.base_run.name, recipe.name) if later else ("pretrained", "fine-tuned")
     chosen = ckpts if recipe.eval.checkpoints == "all" else [c for c in ckpts if c.name == best or c == ckpts[-1]]
-    base, per_ckpt = evaluate_checkpoints(recipe, sets, template, chosen, run.models, base_label="pretrained")
-    base_metrics = json.loads((run.base_run / "metrics.json").read_text(encoding="utf-8"))
+    base, per_ckpt = evaluate_checkpoints(recipe, sets, template, chosen, run.models, base_label=roles[0])
+    base_metrics = _run_metrics(run.base_run)
     metrics: dict = {
-        "name": recipe.name, "course": True, "train": run.summary, "template": template.name,
-        "base_run": str(run.base_run), "base_model": recipe.model.path, "best_checkpoint": best, "best_by": best_by,
+        "name": recipe.name, "course": True, "method": method, "later_stage": later, "roles": list(roles),
+        "train": run.summary,
+        "template": template.name, "base_run": str(run.base_run), "base_model": recipe.model.path,
+        "best_checkpoint": best, "best_by": best_by,
         "qa_loss": qa_loss, "qa_task": qa_label, "base": base, "checkpoints": per_ckpt, "tasks": task_records(sets),
         "base_pretraining": {k: base_metrics.get(k) for k in ("name", "best_checkpoint", "best_val_loss", "train")}}
-    plot_course_curves(run_dir / "metrics.jsonl", qa_loss, run_dir / "course.png", recipe.name)
+    if method == "grpo":
+        from tunelab.pipeline.course_rewards import plot_stage_rewards, sampled_rewards
+        metrics["sampled_reward"] = sampled_rewards(run_dir / "metrics.jsonl")
+        plot_stage_rewards(run_dir / "metrics.jsonl", metrics, run_dir / "course.png", recipe.name)
+    else:
+        plot_course_curves(run_dir / "metrics.jsonl", qa_loss, run_dir / "course.png", recipe.name)
     return metrics
 
 
@@ -74,13 +104,14 @@ def _course_results(metrics: dict) -> tuple[dict, dict]:
 def summary_lines(metrics: dict) -> list[str]:
     base, tuned = _course_results(metrics)
     pre = metrics.get("base_pretraining") or {}
-    lines = [f"pretrained: {metrics['base_run']} ({pre.get('best_checkpoint') or metrics['base_model']}); "
-             f"fine-tuned: {metrics.get('best_checkpoint')} (best by {metrics.get('best_by')}), "
+    before, after = _roles(metrics)
+    lines = [f"{before}: {metrics['base_run']} ({pre.get('best_checkpoint') or metrics['base_model']}); "
+             f"{after}: {metrics.get('best_checkpoint')} (best by {metrics.get('best_by')}), "
              f"template {metrics.get('template')}"]
     for label, r in results_with(tuned, "unigram_perplexity").items():
         b = base.get(label, {})
-        lines.append(f"{label}: validation perplexity {number(b.get('perplexity'), '.2f')} pretrained -> "
-                     f"{r['perplexity']:.2f} fine-tuned (unigram {r['unigram_perplexity']:.2f})")
+        lines.append(f"{label}: validation perplexity {number(b.get('perplexity'), '.2f')} {before} -> "
+                     f"{r['perplexity']:.2f} {after} (unigram {r['unigram_perplexity']:.2f})")
     for label, r in results_with(tuned, "stop_rate").items():
         b = base.get(label, {})
         lines.append(f"{label}: Rouge-L F {number(b.get('rougeL_f'), '.1f')} -> {r['rougeL_f']:.1f} over {r['n']} "
@@ -91,10 +122,15 @@ def summary_lines(metrics: dict) -> list[str]:
     best = metrics.get("best_checkpoint")
     if "base" in losses and best in losses:
         lines.append(f"held-out answer loss (answer + EOT after question + separator): {losses['base']['loss']:.3f} "
-                     f"pretrained -> {losses[best]['loss']:.3f} fine-tuned")
+                     f"{before} -> {losses[best]['loss']:.3f} {after}")
     t = metrics["train"]
-    lines.append(f"fine-tuning: {t['steps']} steps in {t['train_seconds']:.0f}s on {t['samples']:,} pairs, final loss "
-                 f"{t['final_loss']:.4f}")
+    if metrics.get("method", "sft") == "sft":
+        lines.append(f"fine-tuning: {t['steps']} steps in {t['train_seconds']:.0f}s on {t['samples']:,} pairs, "
+                     f"final loss {t['final_loss']:.4f}")
+    else:
+        from tunelab.pipeline.course_rewards import reward_line
+        lines.append(f"{metrics['method']}: {t['steps']} steps in {t['train_seconds']:.0f}s on {t['samples']:,} "
+                     f"prompts" + reward_line(metrics.get("sampled_reward")))
     return lines
 
 
@@ -107,10 +143,14 @@ def _answer_cell(sample: dict | None) -> str:
 def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
     base, tuned = _course_results(metrics)
     best = metrics.get("best_checkpoint")
-    lines = [f"## Pretrained vs fine-tuned ({best})", "",
+    role, tuned_role = _roles(metrics)
+    later = bool(metrics.get("later_stage"))  # after SFT: both models answer with the same template
+    intro = (f"Both models answer after the separator (template `{metrics.get('template')}`); the best checkpoint "
+             f"is the {metrics.get('best_by')} one." if later else
              "Each model with its own template: the pretrained one continues the question as text (template "
-             f"`none`), the fine-tuned one answers after the separator (template `{metrics.get('template')}`).", "",
-             "| task | measure | pretrained | fine-tuned |", "|---|---|---|---|"]
+             f"`none`), the fine-tuned one answers after the separator (template `{metrics.get('template')}`).")
+    lines = [f"## {f'{role} vs {tuned_role}' if later else 'Pretrained vs fine-tuned'} ({best})", "", intro, "",
+             f"| task | measure | {role} | {tuned_role} |", "|---|---|---|---|"]
     for label, r in results_with(tuned, "unigram_perplexity").items():
         b = base.get(label, {})
         lines.append(f"| {label} | perplexity on the corpus's {r.get('split', 'val')} split ({r['tokens']:,} tokens; "
@@ -130,12 +170,17 @@ def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
         lines.append(f"| {metrics.get('qa_task')} | answer loss per token (answer + EOT, {losses[best]['pairs']} "
                      f"pairs) | {losses['base']['loss']:.3f} | {losses[best]['loss']:.3f} |")
     lines.append("")
-    lines += ["## Loss curves", "", "![fine-tuning loss and held-out answer loss](course.png)", "",
-              "Training loss: answer and EOT tokens of the training pairs (per logged window). Validation: the same "
-              "loss on the held-out pairs at step 0 (the pretrained model, asked with the separator it never saw) "
-              "and at every checkpoint; the best checkpoint is the lowest."]
+    if metrics.get("method", "sft") != "sft":
+        from tunelab.pipeline.course_rewards import reward_section
+        lines += reward_section(metrics)
+    else:
+        step0 = "the base model" if later else "the pretrained model, asked with the separator it never saw"
+        lines += ["## Loss curves", "", "![fine-tuning loss and held-out answer loss](course.png)", "",
+                  "Training loss: answer and EOT tokens of the training pairs (per logged window). Validation: the "
+                  f"same loss on the held-out pairs at step 0 ({step0}) and at every checkpoint; the best checkpoint "
+                  "is the lowest."]
     pre_png = Path(metrics["base_run"]) / "loss.png"
-    if pre_png.is_file():
+    if pre_png.is_file() and not later:
         rel = Path(os.path.relpath(pre_png.resolve(), Path(run_dir).resolve())).as_posix()
         lines += ["", f"Pretraining ({metrics['base_run']}): ![pretraining loss: training and validation]({rel})"]
     lines.append("")
@@ -146,7 +191,7 @@ def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
         rows = []
         for name in ["base", *names]:
             res = base if name == "base" else checkpoints.get(name, {})
-            title = "pretrained (step 0)" if name == "base" else best_title(name, best)
+            title = f"{role} (step 0)" if name == "base" else best_title(name, best)
             rows.append(([title, number((losses.get(name) or {}).get("loss"), ".4f")],
                          [_course_cell(res.get(label)) for label in labels]))
         lines += checkpoint_table(["held-out answer loss"], labels, rows)
@@ -154,13 +199,15 @@ def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
         before = {s["id"]: s for s in (base.get(label) or {}).get("samples", [])}
         lines += [f"## Sample answers: {label}", "",
                   "■ the answer ended by itself (a stop token); … it was cut at max_new_tokens.", "",
-                  "| question | reference | pretrained | fine-tuned |", "|---|---|---|---|"]
+                  f"| question | reference | {role} | {tuned_role} |", "|---|---|---|---|"]
         for sample in tuned[label].get("samples", []):
             lines.append(f"| {table_cell(sample['question'])} | {table_cell(sample['reference'])} | "
                          f"{_answer_cell(before.get(sample['id']))} | {_answer_cell(sample)} |")
         lines.append("")
-    lines += ["## Chat with both", "", "```bash",
-              f"tunelab ui --model sft={run_dir} --model pretrained={metrics['base_run']}", "```", "",
+    chat = (f"tunelab ui --model {metrics.get('method', 'sft')}={run_dir} --model {role}={metrics['base_run']}"
+            if later else f"tunelab ui --model sft={run_dir} --model pretrained={metrics['base_run']}")
+    lines += ["## Chat with both", "", "```bash", chat, "```", "",
+              "Side by side, both answer after the separator and stop at EOT." if later else
               "Side by side, the fine-tuned model answers with its template and stops at EOT; the pretrained one "
               "continues the text.", "",
               "Recipe: `recipe.yaml` in this directory. Per-step log: `metrics.jsonl`; all numbers: `metrics.json`; "
@@ -172,7 +219,7 @@ def _course_cell(r: dict | None) -> str:
     if not r:
         return "–"
     if "stop_rate" in r:
-        return f"Rouge-L {r['rougeL_f']:.1f}, stop {_rate(r['stop_rate'])}"
+        return f"Rouge-L {r['rougeL_f']:.1f}, exact {_rate(r['exact'])}, stop {_rate(r['stop_rate'])}"
     return task_cell(r)
 
 
@@ -204,6 +251,6 @@ def plot_course_curves(metrics_path: Path, qa_loss: dict, out_png: Path, title: 
     return Path(out_png)
 
 
-KIND = RunKind(owns_recipe=lambda recipe, base_run: is_pretraining_run(base_run),
+KIND = RunKind(owns_recipe=is_course_stage,
                owns_metrics=lambda metrics: bool(metrics.get("course")),
                measure=measure, summary_lines=summary_lines, report_sections=report_sections)

@@ -1,6 +1,7 @@
 """Every run kind `tunelab run` knows, in the order they are asked whether a recipe (or a metrics.json) is
-theirs: a pretraining run (`data.corpus`), a course fine-tuning (its base is a pretraining run), else a
-competition run. Adding a kind is one module (`tunelab.pipeline.run_kind`) and one entry here."""
+theirs: a pretraining run (`data.corpus`), a course fine-tuning (its base is a pretraining run; or it is an
+evaluated later stage on a course run), else a competition run. Adding a kind is one module
+(`tunelab.pipeline.run_kind`) and one entry here."""
 
 from __future__ import annotations
 
