@@ -30,7 +30,7 @@ SFT = ROOT / "recipes" / "minigpt-cpu-sft.yaml"
 
 def test_the_shipped_recipe_is_a_lora_grpo_stage_on_the_sft_run_measured_as_sft_is():
     from tunelab.pipeline import training_rewards
-    grpo, sft = load_recipe(GRPO), load_recipe(SFT)
+    grpo, sft = load_recipe(GRPO, check_data=False), load_recipe(SFT, check_data=False)  # no runs/ in a clone
     assert grpo.model.path == f"runs/{sft.name}" and grpo.lora.enabled and not sft.lora.enabled
     assert grpo.train.method == "grpo" and grpo.data.template == sft.data.template == "sep"
     assert [s.path for s in grpo.data.train] == [sft.data.train[0].path]   # the SFT pairs, no replayed corpus
