@@ -127,3 +127,19 @@ def test_data_check_marks_loss_tokens(make_recipe, capsys):
     out = capsys.readouterr().out
     assert "⟦" in out and "<|endoftext|>⟧" in out
     assert "packing:" in out and "truncated at max_seq_len" in out
+
+
+@pytest.mark.parametrize("accuracy_task, says", [
+    ("nope", "is not among the eval tasks (arithmetic, reading, addition)"),
+    ("reading", "is a reading task, measured by f1 on 0-100"),
+])
+def test_a_score_that_cannot_be_computed_stops_the_run_before_training(tmp_path, tiny_base, capsys,
+                                                                        accuracy_task, says):
+    """The score's task is checked with the eval sets, before a step is trained, not after."""
+    from conftest import write_recipe
+    path = write_recipe(tmp_path, "bad-score", eval=EVAL, score={"formula": "stage1", "accuracy_task": accuracy_task},
+                        **lora_sections(tiny_base, max_steps=2))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "score.accuracy_task" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs" / "bad-score" / "checkpoints").exists()

@@ -59,6 +59,8 @@ def _run(recipe: Recipe, resume: bool, on_checkpoint=None) -> dict:
     template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
     base_run = prepare_inputs(recipe)
     sets = eval_sets(recipe.eval)  # every eval mistake is found before training starts
+    kind = kind_for(recipe, base_run)
+    kind.check(recipe, sets)  # and what the run kind's measure needs of them
     rewards = training_rewards(recipe)  # and every reward mistake
     models = run_models(recipe)  # on a GPU it keeps the trained model's base for the evaluation
     try:
@@ -74,7 +76,6 @@ def _run(recipe: Recipe, resume: bool, on_checkpoint=None) -> dict:
             evaluate_share(recipe, sets, template, rank, world, models)
         if rank != 0:  # under torchrun, rank 0 alone reports
             return {}
-        kind = kind_for(recipe, base_run)
         metrics = kind.measure(TrainedRun(recipe, sets, summary, template, base_run, models))
         write_json(recipe.run_dir / "metrics.json", metrics)
         kind.write_report(recipe, metrics, recipe.run_dir / "report.md")

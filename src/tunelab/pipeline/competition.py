@@ -22,8 +22,7 @@ def measure(run: TrainedRun) -> dict:
     recipe, sets, summary = run.recipe, run.sets, run.summary
     ability = [t.label for t in recipe.eval.tasks if t.ability]
     acc_task = recipe.score.accuracy_task
-    if sets and acc_task not in sets:
-        raise TunelabError(f"score.accuracy_task '{acc_task}' is not among the eval tasks", field="score.accuracy_task")
+    check(recipe, sets)
     ckpts = list_checkpoints(recipe.run_dir)
     if recipe.eval.checkpoints == "last":
         ckpts = ckpts[-1:]
@@ -53,6 +52,22 @@ def measure(run: TrainedRun) -> dict:
             metrics["retention"] = retention(kept_from, per_ckpt[best], ability, recipe.eval.retention_threshold)
         plot_checkpoints(metrics, acc_task, primary, ability, recipe.run_dir / "checkpoints.png")
     return metrics
+
+
+def check(recipe: Recipe, sets: dict) -> None:
+    """The score's accuracy task is an evaluated task whose primary metric is an accuracy, a fraction in 0-1 as
+    the competition's formula takes it (F1 and Rouge-L F are 0-100 here)."""
+    acc_task = recipe.score.accuracy_task
+    if not sets:
+        return
+    if acc_task not in sets:
+        raise TunelabError(f"score.accuracy_task '{acc_task}' is not among the eval tasks ({', '.join(sets)})",
+                           field="score.accuracy_task")
+    task = sets[acc_task].task
+    if task.primary_metric != "accuracy":
+        raise TunelabError(f"score.accuracy_task '{acc_task}' is a {task.name} task, measured by "
+                           f"{task.primary_metric} on 0-100; the competition score takes an accuracy in 0-1: name "
+                           "an arithmetic, choice or GLUE task", field="score.accuracy_task")
 
 
 def original_base(recipe) -> str | None:
@@ -159,4 +174,5 @@ def plot_checkpoints(metrics: dict, acc_task: str, primary: str, ability: list[s
 
 KIND = RunKind(owns_recipe=lambda recipe, base_run: True,  # every recipe no other kind claims: it is asked last
                owns_metrics=lambda metrics: True,
-               measure=measure, summary_lines=summary_lines, report_sections=report_sections)
+               measure=measure, summary_lines=summary_lines, report_sections=report_sections,
+               check=check)

@@ -35,13 +35,16 @@ class TrainedRun:
 @dataclass(frozen=True)
 class RunKind:
     """One kind of run: its module's functions, which `tunelab run` calls in this order — owns_recipe (is the
-    recipe this kind's), measure, then summary_lines and report_sections for report.md."""
+    recipe this kind's), check (before training), measure, then summary_lines and report_sections for report.md."""
 
     owns_recipe: Callable[[Recipe, Path | None], bool]  # (recipe, base run): is this run of the kind?
     owns_metrics: Callable[[dict], bool]  # is this metrics.json a run of the kind?
     measure: Callable[[TrainedRun], dict]  # evaluate, choose the best checkpoint, plot: metrics.json's content
     summary_lines: Callable[[dict], list[str]]  # the few lines `tunelab run` prints and the report opens with
     report_sections: Callable[[Recipe, dict, Path], list[str]]  # (recipe, metrics, run dir): the report's body
+    # (recipe, eval sets): what measure will need of them, checked before training (a recipe error then costs
+    # nothing): raises TunelabError
+    check: Callable[[Recipe, dict], None] = lambda recipe, sets: None
 
     def write_report(self, recipe: Recipe, metrics: dict, out: Path) -> None:
         """report.md: the frame every report has (`tunelab.report.render_report`) around this kind's lines."""
