@@ -239,3 +239,53 @@ def test_grpo_on_a_4bit_base_samples_scores_and_trains_its_adapter(tmp_path, tin
     assert all(x["kl"] >= 0 and x["grad_norm"] > 0 for x in lines) and lines[0]["kl"] == pytest.approx(0, abs=1e-6)
     adapter = list_checkpoints(tmp_path / "runs" / "grpo")[-1] / "adapter"
     assert (adapter / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_a_two_process_grpo_run_killed_inside_a_generation_batch_resumes_to_the_unbroken_run(tmp_path, tiny_base):
+    """DDP under torchrun (gloo), num_iterations 3: each rank keeps its own generation batch, so a checkpoint holds
+    every rank's (`trainer_state.gather_objects`) and each resumed rank takes its own back. Killed (SIGKILL to the
+    whole process group) after the step-4 checkpoint, inside the batch sampled at step 3, the resumed run ends
+    with the unbroken one's metrics and adapter."""
+    import os
+    import signal
+    import time
+
+    def torchrun(path: Path, *extra: str, kill_after_checkpoint: bool = False):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "tunelab.cli", "train", str(path), *extra]
+        if not kill_after_checkpoint:
+            r = subprocess.run(cmd, cwd=path.parent, env=env, capture_output=True, text=True, timeout=600)
+            assert r.returncode == 0, r.stderr[-4000:]
+            return
+        proc = subprocess.Popen(cmd, cwd=path.parent, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        run_dir = path.parent / "runs" / "grpo"
+        deadline = time.monotonic() + 300
+        while not list_checkpoints(run_dir):
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (run_dir / "train_summary.json").exists()
+
+    grpo = {"num_iterations": 3, "beta": 0.0}
+    unbroken = grpo_recipe(tmp_path / "a", tiny_base, **grpo)
+    torchrun(unbroken)
+    path = grpo_recipe(tmp_path / "b", tiny_base, **grpo)
+    torchrun(path, kill_after_checkpoint=True)
+    torchrun(path, "--resume")
+    got, want = metrics_lines(tmp_path / "b" / "runs" / "grpo"), metrics_lines(tmp_path / "a" / "runs" / "grpo")
+    assert [g["step"] for g in got] == [w["step"] for w in want] == [2, 4, 6, 8, 10, 12]
+    for g, w in zip(got, want):
+        for key in ("loss", "reward", "completions/mean_length", "clip_ratio/region_mean", "grad_norm"):
+            assert g.get(key) == pytest.approx(w.get(key), abs=1e-6), (g["step"], key)
+    state = torch.load(list_checkpoints(tmp_path / "b" / "runs" / "grpo")[0] / "trainer_state.pt",
+                       weights_only=False)
+    assert len(state["loss_window"]) == 2 and all(w["buffer"] for w in state["loss_window"])  # inside a batch
+    a = torch.load(list_checkpoints(tmp_path / "b" / "runs" / "grpo")[-1] / "trainer_state.pt",
+                   weights_only=False)["trainable"]
+    b = torch.load(list_checkpoints(tmp_path / "a" / "runs" / "grpo")[-1] / "trainer_state.pt",
+                   weights_only=False)["trainable"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)

@@ -245,10 +245,8 @@ def plot_course_curves(metrics_path: Path, qa_loss: dict, out_png: Path, title: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{title}: fine-tuning")
-    fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
-    return Path(out_png)
+    from tunelab.train.plots import save_figure
+    return save_figure(fig, out_png)
 
 
 KIND = RunKind(owns_recipe=is_course_stage,

@@ -104,7 +104,5 @@ def plot_stage_rewards(metrics_path: Path, metrics: dict, out_png: Path, title: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{title}: {metrics.get('method')}")
-    fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
-    return Path(out_png)
+    from tunelab.train.plots import save_figure
+    return save_figure(fig, out_png)

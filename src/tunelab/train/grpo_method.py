@@ -26,6 +26,7 @@ completion tokens, and its loss is the sum over the step's tokens divided by the
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 
@@ -36,6 +37,8 @@ from tunelab.data.packing import batch_to
 from tunelab.train.grpo import (GRPOLoss, as_reference, collate_completions, completion_logps, completion_metrics,
                                 grpo_loss, group_advantages, zero_variance_groups)
 from tunelab.train.grpo_packing import backbone_and_head, pack_groups, packed_completion_logps
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,7 +133,11 @@ class GRPOLossModel(torch.nn.Module):
         prompt held once (`grpo_packing`), where the model allows it; `flat`: its rows laid end to end."""
         k = self.settings.num_iterations
         if k > 1 and step % k:
-            return self._buffer[micro]
+            if micro in self._buffer:
+                return self._buffer[micro]
+            # a checkpoint from before generation batches were kept in it: sample afresh, as a new batch
+            log.warning(f"step {step + 1}: the checkpoint holds no generation batch for micro-batch {micro}; "
+                        "sampled again from the current policy")
         batch = self._generate(rows, step, rank, micro, device, packed, flat)
         if k > 1:  # the old policy's log-probabilities, kept while the batch is trained on again (TRL's)
             with torch.no_grad():

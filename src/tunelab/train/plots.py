@@ -31,6 +31,16 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
+def save_figure(fig, out_png: str | Path) -> Path:
+    """Lay the figure out, write it as a PNG and free it (pyplot keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    out = Path(out_png)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = "training loss") -> Path | None:
     """Training loss, validation loss where measured, and the learning rate on a second axis, against step;
     returns the PNG path, or None if no data."""
@@ -58,11 +68,7 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
     ax.set_title(title)
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.8)  # inside the axes, under the title
-    fig.tight_layout()
-    out = Path(out_png)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)
 
 
 def plot_rewards(metrics_path: str | Path, out_png: str | Path, title: str = "preference rewards") -> Path | None:
@@ -101,11 +107,7 @@ def plot_rewards(metrics_path: str | Path, out_png: str | Path, title: str = "pr
     acc.set_title("pairs whose chosen answer has the higher reward", fontsize=9)
     acc.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out_png)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)
 
 
 def plot_grpo(metrics_path: str | Path, out_png: str | Path, title: str = "GRPO") -> Path | None:
@@ -142,8 +144,4 @@ def plot_grpo(metrics_path: str | Path, out_png: str | Path, title: str = "GRPO"
     kl.grid(alpha=0.3)
     kl.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out_png)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)
