@@ -12,6 +12,16 @@ from typing import Any
 import pytest
 import yaml
 
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A run's `train.threads` sets torch's thread count for its process, and in-process tests share one: each
+    test gets the count back, so a later test's float sums (compared with TRL's to 1e-6) are not reordered."""
+    import torch
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
 # One torch thread per process: the tests must coexist with other work on a 2-core machine, and the
 # resume/DDP comparisons run recipes in several processes that must not oversubscribe the cores.
 THREADS = 1
