@@ -5,19 +5,21 @@ A row is a prompt (`PromptRow`: the example's prompt tokens exactly as fine-tuni
 example itself, whose reference answer the rewards read). For each micro-batch the loop calls `rollout`:
 1. each prompt is sampled `num_generations` times by tunelab's own decoding core (`model.decoding.greedy_rows`
    with a SamplingParams and a seeded generator a row: batched, KV cache, the eval engine's stop tokens), the
-   model in eval mode (no dropout) with its adapter on, under the training precision's autocast. A row's
-   generator is seeded from (recipe seed, step, process, micro-batch, row), so a resumed run samples exactly
-   what the unbroken run did;
+   model in eval mode (no dropout) with its adapter on, under the training precision's autocast and SDPA
+   attention (`model.attention.decoding_attention`). A row's generator is seeded from (recipe seed, step,
+   process, micro-batch, row), so a resumed run samples exactly what the unbroken run did;
 2. the completions are decoded and scored by the reward terms (`tunelab.eval.rewards`, handed in from above:
-   train/ does not import the tasks);
+   train/ does not import the tasks); with `zero_variance: resample` the groups that all scored the same are
+   sampled again (new seeds, up to `resample_rounds` times);
 3. advantages are normalised within each prompt's group (`grpo.group_advantages`), and with `zero_variance:
-   skip` the groups that all scored the same leave the batch;
-4. the rows are laid out as TRL lays them (`grpo.collate_completions`) and, with `beta` > 0, the reference's
-   log-probabilities are taken (the adapter off).
-Then `forward` computes the policy's log-probabilities with gradients and `grpo.grpo_loss`. One pass per
-generation batch (TRL's `num_iterations` 1): the old policy is the policy itself, detached. Dropout is off
-(TRL's `disable_dropout: true`; TRL leaves it on by default), as in DPO: with it, the KL to the reference would
-measure dropout noise.
+   skip` (or resample) the groups still all alike leave the batch;
+4. the rows are laid out: one packed row a group, its prompt once (`grpo_packing`), where the model allows it,
+   else as TRL lays them (`grpo.collate_completions`); with `beta` > 0 the reference's log-probabilities are
+   taken (the adapter off), and with `num_iterations` k > 1 the old policy's, kept while the batch is trained on
+   at this step and the next k - 1 (the batch waits in `_buffer`, which every checkpoint holds).
+Then `forward` computes the policy's log-probabilities with gradients and `grpo.grpo_loss` (on a fresh batch
+the old policy is the policy itself, detached). Dropout is off (TRL's `disable_dropout: true`; TRL leaves it on
+by default), as in DPO: with it, the KL to the reference would measure dropout noise.
 
 How the loop's sums come out as TRL's: `grpo`, `bnpo` and `dr_grpo` are a micro-batch mean, so a micro-batch
 counts one loss item and the step's loss is the mean over its micro-batches and processes; `dapo` counts
