@@ -68,6 +68,9 @@ def test_report_shows_verdicts_and_diagnostics(lora_run):
     assert "retention reading.f1" in report and ("PASS" in report or "FAIL" in report)
     assert "| format_ok |" in report and "| int_mul |" in report
     assert "![loss curve](loss.png)" in report
+    # the checkpoint table starts where the run started: the base on the same sets
+    table = report[report.index("## Every checkpoint"):].splitlines()
+    assert table[4].startswith("| base | ") and table[5].startswith("| step-")
 
 
 def test_resume_of_finished_run_reuses_evaluations(lora_run, capsys):

@@ -121,7 +121,10 @@ def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
                 b = (base or {}).get("by_kind", {}).get(kind, {}).get("accuracy")
                 lines.append(f"| {kind} | {v['n']} | {pct(b) if b is not None else '–'} | {pct(v['accuracy'])} |")
             lines.append("")
-        lines += checkpoint_table([], list(metrics["checkpoints"][best]), [
+        labels = list(metrics["checkpoints"][best])
+        start = metrics.get("base") or {}  # where the run started: the same held-out sets before training
+        lines += checkpoint_table([], labels, ([(["base"], [checkpoint_cell(start[k]) for k in labels])]
+                                               if all(k in start for k in labels) else []) + [
             ([best_title(name, best)], [checkpoint_cell(r) for r in res.values()])
             for name, res in metrics["checkpoints"].items()])
         lines += ["![accuracy per checkpoint](checkpoints.png)", ""]
