@@ -21,8 +21,7 @@ def measure(run: TrainedRun) -> dict:
     from tunelab.scoring import competition_score, low_param_ratio
     recipe, sets, summary = run.recipe, run.sets, run.summary
     ability = [t.label for t in recipe.eval.tasks if t.ability]
-    acc_task = recipe.score.accuracy_task
-    check(recipe, sets)
+    acc_task = recipe.score.accuracy_task  # `check` saw it among the sets before training
     ckpts = list_checkpoints(recipe.run_dir)
     if recipe.eval.checkpoints == "last":
         ckpts = ckpts[-1:]

@@ -158,30 +158,31 @@ class GRPOLossModel(torch.nn.Module):
         scores = self._score(examples, completions)
         groups = lambda s: s.view(len(rows), G, -1)  # noqa: E731
         # the metrics are the first draw's: what the policy samples, whatever resampling then adds
-        _, metrics = group_advantages(groups(scores), self.settings.scale_rewards, self.rewards.weights,
-                                      names=self.rewards.names)
+        advantages, metrics = group_advantages(groups(scores), self.settings.scale_rewards, self.rewards.weights,
+                                               names=self.rewards.names)
         metrics.update(completion_metrics(completions, sorted(self.stops), self.pad_id))
-        if self.settings.zero_variance == "resample":
-            alike = zero_variance_groups(groups(scores), self.rewards.weights)
-            first = int(alike.sum())
-            for again in range(1, self.settings.resample_rounds + 1):
-                redo = [g for g in range(len(rows)) if alike[g]]
-                if not redo:
-                    break
-                positions = [g * G + j for g in redo for j in range(G)]
-                drawn = self._sample([prompts[i] for i in positions],
-                                     self._generators(step, rank, micro, positions, again))
-                scores[positions] = self._score([examples[i] for i in positions], drawn)
-                for i, c in zip(positions, drawn):
-                    completions[i] = c
-                alike = zero_variance_groups(groups(scores), self.rewards.weights)
-            metrics["frac_groups_resampled"] = first / len(rows)
-            metrics["frac_groups_rescued"] = (first - int(alike.sum())) / len(rows)
-        advantages, _ = group_advantages(groups(scores), self.settings.scale_rewards, self.rewards.weights,
-                                         names=self.rewards.names)
         keep = torch.ones(len(rows), dtype=torch.bool)
         if self.settings.zero_variance != "keep":
-            keep = ~zero_variance_groups(groups(scores), self.rewards.weights)
+            alike = zero_variance_groups(groups(scores), self.rewards.weights)
+            if self.settings.zero_variance == "resample":
+                first = int(alike.sum())
+                for again in range(1, self.settings.resample_rounds + 1):
+                    redo = [g for g in range(len(rows)) if alike[g]]
+                    if not redo:
+                        break
+                    positions = [g * G + j for g in redo for j in range(G)]
+                    drawn = self._sample([prompts[i] for i in positions],
+                                         self._generators(step, rank, micro, positions, again))
+                    scores[positions] = self._score([examples[i] for i in positions], drawn)
+                    for i, c in zip(positions, drawn):
+                        completions[i] = c
+                    alike = zero_variance_groups(groups(scores), self.rewards.weights)
+                if first:  # groups were drawn again: their advantages are the new draws'
+                    advantages, _ = group_advantages(groups(scores), self.settings.scale_rewards,
+                                                     self.rewards.weights, names=self.rewards.names)
+                metrics["frac_groups_resampled"] = first / len(rows)
+                metrics["frac_groups_rescued"] = (first - int(alike.sum())) / len(rows)
+            keep = ~alike
         metrics["frac_groups_skipped"] = 1.0 - keep.float().mean().item()
         kept = [i for i in range(len(prompts)) if keep[i // G]]
         empty = not kept

@@ -101,8 +101,6 @@ def _needs_reference(recipe: Recipe) -> bool:
     return (tc.method == "dpo" and tc.preference.loss != "simpo") or (tc.method == "grpo" and tc.grpo.beta > 0)
 
 
-
-
 @dataclass
 class TrainingRows:
     """The rows a run trains on, and what the summary says about them."""
