@@ -52,19 +52,48 @@ def test_conversations(tmp_path, fmt):
                                                {"from": "gpt", "value": "5"},
                                                {"from": "human", "value": "And 3 + 4?"},
                                                {"from": "gpt", "value": "7"}]},
-        {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "user", "value": rendered},
-                           {"from": "assistant", "value": "5"}]},
+        {"conversations": [{"from": "user", "value": rendered}, {"from": "assistant", "value": "5"}]},
+        {"conversations": [{"from": "human", "value": "Weather?"},
+                           {"from": "function_call", "value": '{"name": "weather"}'},
+                           {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "晴天。"}],
+         "system": "Be brief.", "tools": '[{"name": "weather"}]'},
     ])
-    assert read_examples(path, fmt) == [Example("identity_0", "What is 2 + 3?", "5"),
-                                        Example("c-1", "Add the numbers.", "5", input="2 + 3")]
+    many, one, tool = read_examples(path, fmt)
+    # every turn is kept; the last user and assistant turns are what an evaluation asks and grades
+    assert many == Example("identity_0", "And 3 + 4?", "7", messages=[
+        {"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"},
+        {"role": "user", "content": "And 3 + 4?"}, {"role": "assistant", "content": "7"}])
+    # one human and one gpt turn: an instruction and its response, a rendered alpaca prompt unwrapped
+    assert one == Example("c-1", "Add the numbers.", "5", input="2 + 3")
+    assert [m["role"] for m in tool.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert tool.messages[0]["content"] == "Be brief." and tool.tools == [{"name": "weather"}]
+
+
+@pytest.mark.parametrize("turns, field, says", [
+    ([{"from": "human", "value": "a"}], "conversations[0]", "ends with a user turn"),
+    ([{"from": "gpt", "value": "a"}], "conversations", "no user turn"),
+    ([{"from": "robot", "value": "a"}], "conversations[0].from", "unknown from 'robot'"),
+    ([{"from": "human", "value": 3.5}, {"from": "gpt", "value": ["x"]}], "conversations[1].value",
+     "expected a string"),
+])
+def test_conversation_errors_name_the_turn(tmp_path, turns, field, says):
+    path = _write(tmp_path / "c.jsonl", [{"conversations": turns}])
+    with pytest.raises(TunelabError) as e:
+        read_examples(path, "conversations")
+    assert e.value.field == field and says in e.value.message and e.value.line == 1
 
 
 @pytest.mark.parametrize("fmt", ["auto", "messages"])
 def test_messages(tmp_path, fmt):
-    path = _write(tmp_path / "m.jsonl", [{"messages": [
+    path = _write(tmp_path / "m.jsonl", [
+        {"messages": [{"role": "system", "content": "You are a calculator."}, {"role": "user", "content": "1 + 1 = ?"},
+                      {"role": "assistant", "content": "1 + 1 = 2"}]},
+        {"messages": [{"role": "user", "content": "1 + 1 = ?"}, {"role": "assistant", "content": "2"}]}])
+    system, plain = read_examples(path, fmt)
+    assert system == Example("m-0", "1 + 1 = ?", "1 + 1 = 2", messages=[
         {"role": "system", "content": "You are a calculator."}, {"role": "user", "content": "1 + 1 = ?"},
-        {"role": "assistant", "content": "1 + 1 = 2"}]}])
-    assert read_examples(path, fmt) == [Example("m-0", "1 + 1 = ?", "1 + 1 = 2")]
+        {"role": "assistant", "content": "1 + 1 = 2"}])
+    assert plain == Example("m-1", "1 + 1 = ?", "2")
 
 
 @pytest.mark.parametrize("fmt", ["auto", "reading"])
@@ -141,7 +170,7 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
     ("alpaca", {"instruction": "x"}, "output"),
     ("reading", {"context": "c", "question": "q"}, "answer"),
     ("conversations", {"id": "a"}, "conversations"),
-    ("conversations", {"conversations": [{"from": "human", "value": "hi"}]}, "conversations"),
+    ("conversations", {"conversations": [{"from": "human", "value": "hi"}]}, "conversations[0]"),
     ("conversations", {"conversations": [{"from": "human"}, {"from": "gpt", "value": "x"}]},
      "conversations[0].value"),
     ("conversations", {"conversations": [{"value": "hi"}]}, "conversations[0].from"),

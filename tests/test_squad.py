@@ -271,6 +271,33 @@ def test_retention_names_its_scorer_and_refuses_mixed_scorers():
     assert "official" in e.value.message and "mindformers" in e.value.message and e.value.field == "squad"
 
 
+def test_retention_over_a_base_near_zero_cannot_judge():
+    """The issue's case: a chat model asked in a foreign format scored EM 0 and F1 15.2; the tuned one 80 and
+    82.1. That was "100 % PASS" and "540 % PASS"; EM now cannot be judged, F1 is judged."""
+    from tunelab.compare import _from_metrics
+    from tunelab.eval.retention import describe, overall, retention, verdict
+    from tunelab.sweep.objective import constraint_of
+    from tunelab.track.names import outcome_metrics
+    base = {"reading": {"f1": 15.2, "exact_match": 0.0}}
+    tuned = {"reading": {"f1": 82.1, "exact_match": 80.0}}
+    r = retention(base, tuned, ["reading"], 0.9)
+    em, f1 = r["reading.exact_match"], r["reading.f1"]
+    assert em["pass"] is None and em["retained"] is None
+    assert verdict(em) == "cannot judge: the base scores 0.00 on reading.exact_match (below 5)"
+    assert "PASS" not in describe("reading.exact_match", em) and "%" not in describe("reading.exact_match", em)
+    assert f1["pass"] is True and verdict(f1) == "PASS"
+    assert overall(r) == "cannot judge" and overall({"a": f1}) == "PASS" and overall({}) is None
+    assert overall({**r, "x": {**f1, "pass": False}}) == "FAIL"
+    # a base of exactly 0 is never divided by; a stricter floor is the recipe's eval.retention_min_base
+    assert retention({"reading": {"f1": 0.0, "exact_match": 0.0}}, tuned, ["reading"], 0.9)["reading.f1"]["pass"] is None
+    assert retention(base, tuned, ["reading"], 0.9, min_base=20)["reading.f1"]["pass"] is None
+    # every reader of metrics.json: the runs table, the sweep's constraint, the trackers
+    metrics = {"retention": r}
+    assert _from_metrics(metrics)["retention"] == "cannot judge"
+    assert constraint_of(metrics, 0.9) == 0.9 - f1["retained"]  # the judged metric alone constrains
+    assert "retention/reading.exact_match/retained" not in outcome_metrics(metrics)
+
+
 def test_baseline_results_of_another_scorer_stop_before_any_model(squad_file, tmp_path):
     from tunelab.eval.retention import load_baseline
     from tunelab.eval.sets import eval_sets

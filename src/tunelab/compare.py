@@ -50,7 +50,7 @@ class RunRow:
     recipe: dict[str, Any] = field(default_factory=dict)
     best: str | None = None
     tasks: dict[str, float] = field(default_factory=dict)
-    retention: str | None = None   # PASS (every retained ability passed) | FAIL | None (no baseline)
+    retention: str | None = None   # PASS (all passed) | FAIL | cannot judge (a base near zero) | None (no baseline)
     ratio: float | None = None
     score: float | None = None
     val_loss: float | None = None  # pretraining: the best checkpoint's validation loss
@@ -134,11 +134,11 @@ def _from_metrics(m: dict[str, Any]) -> dict[str, Any]:
         metric = r.get("primary_metric")
         if _number(r.get(metric)) is not None:
             tasks[f"{label}/{metric}"] = r[metric]
-    verdicts = [bool(v["pass"]) for v in (m.get("retention") or {}).values()]
+    from tunelab.eval.retention import overall
     val_loss = _number(m.get("best_val_loss")) if m.get("pretraining") else None
     train = m.get("train") or {}
     return {"best": best, "tasks": tasks,
-            "retention": ("PASS" if all(verdicts) else "FAIL") if verdicts else None,
+            "retention": overall(m.get("retention") or {}),
             "ratio": _number(m["ratio"]["ratio"]) if m.get("ratio") else None,
             "score": _number(m["score"]["value"]) if m.get("score") else None,
             "val_loss": val_loss, "perplexity": _perplexity(val_loss),

@@ -11,24 +11,24 @@ from pathlib import Path
 from tunelab.data.packing import (IGNORE, encode_examples, pack_examples, packing_efficiency, shared_prefix,
                                   unpacked_rows)
 from tunelab.data.sources import training_examples
-from tunelab.data.templates import PromptTemplate
+from tunelab.data.templates import recipe_template
 from tunelab.recipe import Recipe
 
 
-def render_marked(tokenizer, input_ids: list[int], labels: list[int]) -> str:
-    """The sample's text with loss-carrying tokens wrapped in ⟦…⟧."""
+def render_marked(tokenizer, input_ids: list[int], labels: list[int], marks: tuple[str, str] = ("⟦", "⟧")) -> str:
+    """The sample's text with loss-carrying tokens wrapped in `marks` (⟦…⟧; `[[`, `]]` or a terminal colour)."""
     out, span, in_loss = [], [], False
     for tid, lab in zip(input_ids, labels):
         carries = lab != IGNORE
         if carries != in_loss and span:
             text = tokenizer.decode(span)
-            out.append(f"⟦{text}⟧" if in_loss else text)
+            out.append(f"{marks[0]}{text}{marks[1]}" if in_loss else text)
             span = []
         in_loss = carries
         span.append(tid)
     if span:
         text = tokenizer.decode(span)
-        out.append(f"⟦{text}⟧" if in_loss else text)
+        out.append(f"{marks[0]}{text}{marks[1]}" if in_loss else text)
     return "".join(out)
 
 
@@ -38,15 +38,42 @@ def _tokenizer_for(recipe: Recipe, examples, template):
     quiet_transformers()
     m = recipe.model
     if m.tokenizer or not m.from_scratch:
-        from tunelab.runs import is_run_dir, pick_checkpoint
-        path = m.tokenizer or m.path
-        if not m.tokenizer and is_run_dir(path):   # as training resolves it: the run's best checkpoint
-            path = str(pick_checkpoint(Path(path)))
-        return load_tokenizer(path)
+        return load_tokenizer(str(_model_dir(recipe, m.tokenizer or m.path)))
     from tunelab.model.tokenizer import train_bpe_tokenizer
     sample = examples[:20000]
-    return train_bpe_tokenizer((template.render(e.instruction, e.input) + e.output for e in sample),
+    plain = template.resolve(None)  # no tokenizer yet: `auto` is alpaca
+    return train_bpe_tokenizer((plain.render(e.instruction, e.input) + e.output for e in sample),
                                m.tokenizer_vocab_size)
+
+
+def _model_dir(recipe: Recipe, path: str) -> str | Path:
+    """Where `path` loads from, as training resolves it: a run's best checkpoint, a GGUF file's converted
+    directory, or the path itself."""
+    from tunelab.model.gguf_import import hf_dir_for_gguf, is_gguf
+    from tunelab.runs import is_run_dir, pick_checkpoint
+    if is_gguf(path):
+        return hf_dir_for_gguf(path)
+    if is_run_dir(path):
+        return pick_checkpoint(Path(path))
+    return path
+
+
+def _template_and_tokenizer(recipe: Recipe, examples):
+    """The recipe's tokenizer and its template resolved for the base (`auto`: the base's own chat template when
+    it has one), as training makes them."""
+    template = recipe_template(recipe.data)
+    tokenizer = _tokenizer_for(recipe, examples, template)
+    base = _model_dir(recipe, recipe.model.path) if recipe.model.path and not recipe.model.from_scratch else None
+    return template.resolve(tokenizer, base), tokenizer
+
+
+def show(recipe: Recipe, n: int = 3) -> tuple[list, list, object, object]:
+    """The first `n` training examples as the model sees them: (examples, their `Encoded` ids and labels, the
+    tokenizer, the resolved template). What `tunelab data show` prints."""
+    examples = training_examples(recipe)[:n]
+    template, tokenizer = _template_and_tokenizer(recipe, examples)
+    encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
+    return examples, encoded, tokenizer, template
 
 
 def _collapsed_answer_tokens(recipe: Recipe, encoded, tokenizer) -> list | None:
@@ -61,9 +88,8 @@ def _collapsed_answer_tokens(recipe: Recipe, encoded, tokenizer) -> list | None:
 
 
 def check(recipe: Recipe, n_samples: int = 3) -> dict:
-    template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
     examples = training_examples(recipe)
-    tokenizer = _tokenizer_for(recipe, examples, template)
+    template, tokenizer = _template_and_tokenizer(recipe, examples)
     max_len = recipe.data.max_seq_len
     encoded = encode_examples(tokenizer, template, examples, max_len, recipe.data.loss_on)
     lengths = [len(e.input_ids) for e in encoded]
@@ -77,6 +103,7 @@ def check(recipe: Recipe, n_samples: int = 3) -> dict:
             else unpacked_rows(encoded + replayed))
     return {
         "examples": examples, "encoded": encoded, "tokenizer": tokenizer, "samples": n_samples,
+        "template": template.name,
         "collapsed": _collapsed_answer_tokens(recipe, encoded, tokenizer),
         "count": len(encoded), "truncated": sum(e.truncated for e in encoded),
         "length": {"min": min(lengths), "mean": statistics.fmean(lengths), "median": statistics.median(lengths),

@@ -190,9 +190,10 @@ def report(metrics: dict, recipe: dict) -> str:
              f"- low-parameter ratio: {r['ratio']:.9g} ({r['trainable']:,} / {r['total']:,.0f})",
              f"- {s['formula']} score: **{s['value']:.4f}**", "", "## Retention of original abilities", "",
              "| metric | base | tuned | retained | verdict |", "|---|---|---|---|---|"]
+    from tunelab.eval.retention import verdict
     for key, v in metrics["retention"].items():
-        lines.append(f"| {key} | {v['base']:.2f} | {v['tuned']:.2f} | {100 * v['retained']:.1f}% | "
-                     f"{'PASS' if v['pass'] else 'FAIL'} |")
+        kept = "–" if v.get("retained") is None else f"{100 * v['retained']:.1f}%"
+        lines.append(f"| {key} | {v['base']:.2f} | {v['tuned']:.2f} | {kept} | {verdict(v)} |")
     lines += ["", "## Every checkpoint", "", "| checkpoint | " + " | ".join(
         next(iter(metrics["checkpoints"].values()))) + " |", "|---|" + "---|" * len(
         next(iter(metrics["checkpoints"].values())))]

@@ -185,7 +185,15 @@ class DataConfig(_Strict):
                                           "and margins on them at every checkpoint and every train.eval_every steps")
     mix: MixConfig | None = Field(default=None, description="interleave the example sources (default: one after "
                                                             "the other, all of each)")
-    template: Text = Field(default="alpaca", description="prompt template; a corpus run defaults to 'none'")
+    template: Text = Field(default="auto", description=(
+        "prompt template: model (the base's own chat template), alpaca, plain, qa, none, sep; auto: the template a "
+        "tunelab-made base was trained with, else the base's chat template when it has one, else alpaca; a corpus "
+        "run defaults to 'none'"))
+    system: str = Field(default="", description="template model: the system prompt of every conversation that has "
+                                                "none (empty: the template's own default)")
+    template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="template model: extra chat-template variables, e.g. {date_string: "
+                                          "26 Jul 2024} (recorded with the run, so it renders the same tomorrow)")
     instruction_prefix: str = ""
     cot: bool = False
     max_seq_len: int = Field(default=256, ge=8)
@@ -194,7 +202,10 @@ class DataConfig(_Strict):
         default=False, description="packed samples: hold the template header every sample starts with once per "
                                    "row (each sample attends to it and to itself; same loss and gradients, more "
                                    "samples a row)")
-    loss_on: Literal["answer", "all"] = "answer"
+    loss_on: Literal["assistant", "last_turn", "all", "answer"] = Field(
+        default="assistant", description="which tokens train: every assistant turn with its end-of-turn token "
+                                         "(assistant; 'answer' is its older name), the last one only (last_turn: "
+                                         "templates that rewrite earlier turns), or every token (all)")
     sampling: Literal["epoch", "random"] = Field(
         default="epoch", description="corpus blocks: each once per epoch in a seeded order, or drawn at random "
                                      "with replacement")
@@ -387,6 +398,9 @@ class EvalTaskConfig(_Strict):
     source: SourceConfig
     limit: int | None = Field(default=None, ge=1)
     ability: bool = Field(default=False, description="an original ability whose retention is checked")
+    fewshot: int = Field(default=0, ge=0, description=(
+        "the set's first k examples given as worked examples, earlier user/assistant turns before every prompt "
+        "(lm-eval's fewshot_as_multiturn), and not scored: a chat base is asked the way it reads best"))
     mode: EvalMode | None = Field(
         default=None, description="one of the task's modes: generate, loglik (choice, cola, qqp), perplexity "
                                   "(ppl); default: eval.mode when the task has it, else the task's first")
@@ -415,6 +429,9 @@ class EvalConfig(_Strict):
         default="auto", description="auto: bf16 where the GPU does it natively, fp16 on older GPUs, fp32 on a CPU")
     checkpoints: Literal["all", "last"] = "all"
     retention_threshold: float = Field(default=0.9, ge=0)
+    retention_min_base: float = Field(
+        default=5.0, ge=0, description="a base below this F1/EM (0-100) is too close to zero to judge retention "
+                                       "against: the verdict says it cannot judge")
 
 
 class ScoreConfig(_Strict):

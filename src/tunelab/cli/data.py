@@ -81,6 +81,14 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     q.add_argument("--samples", type=integer(0), default=3)
     q.set_defaults(func=cli_check)
 
+    q = data.add_parser("show", help="the first training examples as the model sees them, the trained tokens "
+                                     "marked (--json: input_ids and labels, -100 where nothing is trained)")
+    q.add_argument("recipe")
+    add_set(q)
+    q.add_argument("--n", type=integer(1), default=3, help="how many examples (default 3)")
+    q.add_argument("--json", action="store_true", help="one JSON object per example: id, input_ids, labels, text")
+    q.set_defaults(func=cli_show)
+
     q = data.add_parser("glue", help="GLUE CoLA/QQP TSVs to pre_data/{task}/{task}_{train,val,dev}.json")
     q.add_argument("--task", required=True, type=str.strip, metavar="CoLA|QQP")
     q.add_argument("--data-dir", required=True, help="folder with train.tsv and dev.tsv (or a GLUE root)")
@@ -207,13 +215,38 @@ def cli_convert(args: argparse.Namespace) -> int:
 
 
 @flags_for(_SET)
+def cli_show(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from tunelab.data_check import render_marked, show
+    from tunelab.recipe import load_recipe
+    recipe = load_recipe(args.recipe, args.overrides)
+    examples, encoded, tok, template = show(recipe, args.n)
+    if args.json:
+        for ex, enc in zip(examples, encoded):
+            print(json.dumps({"id": ex.id, "input_ids": enc.input_ids, "labels": enc.labels,
+                              "text": tok.decode(enc.input_ids), "truncated": enc.truncated}, ensure_ascii=False))
+        return 0
+    colour = sys.stdout.isatty()
+    marks = ("\033[30;42m", "\033[0m") if colour else ("[[", "]]")
+    print(f"template '{template.name}', loss on {recipe.data.loss_on}: trained tokens "
+          f"{'in green' if colour else 'between [[ and ]]'}\n")
+    for ex, enc in zip(examples, encoded):
+        trained = sum(1 for x in enc.labels if x != -100)
+        print(f"--- {ex.id}: {len(enc.input_ids)} tokens, {trained} trained{' TRUNCATED' if enc.truncated else ''}")
+        print(render_marked(tok, enc.input_ids, enc.labels, marks))
+        print()
+    return 0
+
+
 def cli_check(args: argparse.Namespace) -> int:
     from tunelab.data_check import check, render_marked
     from tunelab.recipe import load_recipe
     recipe = load_recipe(args.recipe, args.overrides)
     r = check(recipe, args.samples)
     tok = r["tokenizer"]
-    print(f"{r['count']} samples from {len(recipe.data.train)} source(s); template '{recipe.data.template}'; "
+    print(f"{r['count']} samples from {len(recipe.data.train)} source(s); template '{r['template']}'; "
           f"loss on {recipe.data.loss_on} tokens (marked ⟦…⟧)\n")
     for ex, enc in list(zip(r["examples"], r["encoded"]))[: r["samples"]]:
         print(f"--- {ex.id} ({len(enc.input_ids)} tokens){' TRUNCATED' if enc.truncated else ''}")

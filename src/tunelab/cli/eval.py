@@ -195,12 +195,11 @@ def print_table(doc: dict) -> None:
         cells = [label + (" *best*" if label == best and len(table) > 1 else "")]
         cells += [_fmt(res[t][info["primary_metric"]]) for t, info in tasks.items()]
         if retained:
-            cells.append("PASS" if retained[label]["pass"] else "FAIL")
+            cells.append(retained[label]["verdict"])
         print(" | ".join(cells))
     if retained:
         shown = best if len(table) > 1 else next(iter(table))
         print(f"retention of {shown} against the baseline ({doc['baseline']['source']}):")
+        from tunelab.eval.retention import describe
         for key, v in retained[shown]["metrics"].items():
-            scorer = f" ({v['scorer']} scorer)" if v.get("scorer") else ""
-            print(f"  {key}{scorer}: {v['retained']:.1%} ({v['tuned']:.2f} vs base {v['base']:.2f}) "
-                  f"{'PASS' if v['pass'] else 'FAIL'}")
+            print(f"  {describe(key, v)}")

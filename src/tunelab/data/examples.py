@@ -13,6 +13,10 @@ class Example:
     A multiple-choice question keeps its options in `choices`, exactly as written, and the index of the
     correct one in `label`: the instruction is rendered from them, and tasks read them here rather than
     out of the rendered text.
+
+    A conversation of several turns keeps them all in `messages` ({role: system|user|assistant|tool, content});
+    `instruction` and `output` are then its last user turn and last assistant turn (what an evaluation asks and
+    grades), and `tools` the tool schemas it was held with, passed to the chat template.
     """
 
     id: str
@@ -23,3 +27,5 @@ class Example:
     answers: list[str] = field(default_factory=list)
     choices: list[str] = field(default_factory=list)
     label: int | None = None
+    messages: list[dict] | None = None
+    tools: list | None = None

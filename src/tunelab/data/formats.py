@@ -4,11 +4,17 @@ Formats (one JSON object per record, in a JSON array or JSONL file):
 
 * competition:   {problem, solution, kind?}
 * alpaca:        {instruction, input?, output}
-* conversations: {conversations: [{from: human|user, value}, {from: gpt|assistant, value}, ...]}; the
-  first human turn and the next gpt turn are used. A human turn holding a whole rendered alpaca prompt
-  is unwrapped back to its instruction (and input), so re-rendering it gives the same prompt.
-* messages:      {messages: [{role, content}, ...]}; system messages are ignored, the first user message
-  and the next assistant message are used.
+* conversations: ShareGPT, {conversations: [{from: human|user|gpt|assistant|system|function_call|observation,
+  value}, ...], system?, tools?}: every turn is kept (function_call is an assistant turn, observation a tool
+  turn). One human turn and one gpt turn and nothing else is an instruction and its response; a human turn
+  holding a whole rendered alpaca prompt is then unwrapped back to its instruction (and input), so
+  re-rendering it gives the same prompt.
+* messages:      OpenAI, {messages: [{role: system|user|assistant|tool, content}, ...], tools?}: every turn is
+  kept; one user and one assistant message alone are an instruction and its response.
+
+A conversation of several turns (or with a system or tool turn) becomes an Example holding them all
+(`Example.messages`), its last user and assistant turns as instruction and output; it must end with an
+assistant turn, the last thing it teaches.
 * reading:       {context, question, answer}; the instruction comes from reading_instruction().
 * choice:        {question, A, B, … | choices: [...], answer}: a multiple-choice question; the instruction
   comes from choice_prompt(), the options stay as data (`Example.choices`, exactly as written) and the
@@ -163,25 +169,70 @@ def _turns(rec: dict[str, Any], key: str, path: Path, line: int) -> list[dict[st
     return turns
 
 
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "function_call": "assistant", "observation": "tool", "tool": "tool"}
+_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+
+
 def _dialogue(rec: dict[str, Any], path: Path, line: int, key: str, speaker: str, text: str,
-              asks: tuple[str, ...], answers: tuple[str, ...]) -> tuple[str, str]:
-    """(first asking turn, the answering turn after it); errors name the turn, e.g. 'messages[1].content'."""
+              roles: dict[str, str]) -> list[dict]:
+    """Every turn as {role, content} (plus a turn's other keys, such as tool_calls); errors name the turn, e.g.
+    'messages[1].content'."""
     turns = _turns(rec, key, path, line)
-
-    def get(i: int, name: str) -> str:
+    out = []
+    for i, turn in enumerate(turns):
         try:
-            return require_str(turns[i], name, path, line)
+            who = require_str(turn, speaker, path, line)
+            content = turn.get(text)
+            if content is None and roles.get(who) == "assistant" and turn.get("tool_calls"):
+                content = ""  # a tool call's assistant turn may carry no text
+            else:
+                content = require_str(turn, text, path, line)
         except TunelabError as e:
-            raise TunelabError(e.message, file=path, line=line, field=f"{key}[{i}].{name}") from None
+            raise TunelabError(e.message, file=path, line=line, field=f"{key}[{i}].{e.field}") from None
+        if who not in roles:
+            raise TunelabError(f"unknown {speaker} '{who[:40]}' (known: {', '.join(roles)})", file=path, line=line,
+                               field=f"{key}[{i}].{speaker}")
+        extra = {k: v for k, v in turn.items() if k not in (speaker, text)}
+        out.append({**extra, "role": roles[who], "content": content})
+    if isinstance(rec.get("system"), str) and rec["system"] and not (out and out[0]["role"] == "system"):
+        out.insert(0, {"role": "system", "content": rec["system"]})  # ShareGPT's system prompt beside the turns
+    if not any(m["role"] == "user" for m in out):
+        raise TunelabError("no user turn", file=path, line=line, field=key)
+    if out[-1]["role"] != "assistant":
+        raise TunelabError(f"the conversation ends with a {out[-1]['role']} turn: end it with the assistant turn "
+                           "to learn", file=path, line=line, field=f"{key}[{len(out) - 1}]")
+    return out
 
-    ask = next((i for i in range(len(turns)) if get(i, speaker) in asks), None)
-    if ask is None:
-        raise TunelabError(f"no turn with {speaker} {' or '.join(asks)}", file=path, line=line, field=key)
-    answer = next((i for i in range(ask + 1, len(turns)) if get(i, speaker) in answers), None)
-    if answer is None:
-        raise TunelabError(f"no {' or '.join(answers)} turn after the {asks[0]} turn", file=path, line=line,
-                           field=key)
-    return get(ask, text), get(answer, text)
+
+def _tools(rec: dict[str, Any], path: Path, line: int) -> list | None:
+    """The tool schemas a conversation was held with (a list, or ShareGPT's JSON text of one), for the template."""
+    tools = rec.get("tools")
+    if tools is None or tools == "":
+        return None
+    if isinstance(tools, str):
+        import json
+        try:
+            tools = json.loads(tools)
+        except ValueError as e:
+            raise TunelabError(f"not JSON: {e}", file=path, line=line, field="tools") from None
+    if not isinstance(tools, list):
+        raise TunelabError(f"expected a list of tool schemas, got {type(tools).__name__}", file=path, line=line,
+                           field="tools")
+    return tools
+
+
+def _chat_fields(turns: list[dict], rec, path, line, unwrap: bool) -> dict[str, Any]:
+    """An instruction and its response when the turns are one user and one assistant turn and nothing else;
+    else the whole conversation, its last user and assistant turns as instruction and output."""
+    kind, tools = _kind(rec, path, line), _tools(rec, path, line)
+    if [m["role"] for m in turns] == ["user", "assistant"] and tools is None and \
+            not any(set(m) - {"role", "content"} for m in turns):
+        instruction, inp = split_alpaca_prompt(turns[0]["content"]) if unwrap else (turns[0]["content"], "")
+        return {"instruction": instruction, "input": inp, "output": turns[1]["content"], "kind": kind}
+    last_user = next(m for m in reversed(turns) if m["role"] == "user")
+    return {"instruction": last_user["content"], "output": turns[-1]["content"], "kind": kind, "messages": turns,
+            "tools": tools}
 
 
 def _competition(rec, path, line) -> dict[str, str]:
@@ -198,16 +249,14 @@ def _alpaca(rec, path, line) -> dict[str, str]:
     return fields
 
 
-def _conversations(rec, path, line) -> dict[str, str]:
-    prompt, output = _dialogue(rec, path, line, "conversations", "from", "value",
-                               ("human", "user"), ("gpt", "assistant"))
-    instruction, inp = split_alpaca_prompt(prompt)
-    return {"instruction": instruction, "input": inp, "output": output, "kind": _kind(rec, path, line)}
+def _conversations(rec, path, line) -> dict[str, Any]:
+    turns = _dialogue(rec, path, line, "conversations", "from", "value", _SHAREGPT_ROLES)
+    return _chat_fields(turns, rec, path, line, unwrap=True)
 
 
-def _messages(rec, path, line) -> dict[str, str]:
-    instruction, output = _dialogue(rec, path, line, "messages", "role", "content", ("user",), ("assistant",))
-    return {"instruction": instruction, "output": output, "kind": _kind(rec, path, line)}
+def _messages(rec, path, line) -> dict[str, Any]:
+    turns = _dialogue(rec, path, line, "messages", "role", "content", _ROLES)
+    return _chat_fields(turns, rec, path, line, unwrap=False)
 
 
 def _reading(rec, path, line) -> dict[str, str]:

@@ -81,30 +81,75 @@ def shared_prefix(encoded: list[Encoded], minimum: int = 4) -> int:
     return n
 
 
-def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example], max_len: int,
-                    loss_on: str = "answer") -> list[Encoded]:
-    """Prompt and response are tokenised separately so the label boundary is exact; EOS ends the response.
+LOSS_ON_ALIASES = {"answer": "assistant"}  # the older name of training assistant turns
 
-    Tokenising the whole list in two calls lets the fast tokenizer work in batches.
+
+def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example], max_len: int,
+                    loss_on: str = "assistant") -> list[Encoded]:
+    """Each example's token ids and labels (IGNORE where nothing is learnt), cut to `max_len` from the start.
+
+    tunelab's templates: prompt and response are tokenised separately so the label boundary is exact, and EOS
+    ends each response; a conversation is its turns so laid end to end. The model's own template
+    (`data.template: model`): the ids are `apply_chat_template(conversation)` and the labels the tokens each
+    assistant turn adds after its generation prompt (`tunelab.data.chat`). `loss_on`: assistant (every assistant
+    turn; `answer`, its older name), last_turn, or all.
     """
     if not examples:
         return []
-    prompts = tokenizer([template.render(ex.instruction, ex.input) for ex in examples],
-                        add_special_tokens=False)["input_ids"]
-    answers = tokenizer([ex.output for ex in examples], add_special_tokens=False)["input_ids"]
+    loss_on = LOSS_ON_ALIASES.get(loss_on, loss_on)
+    template = template.bind(tokenizer)
+    if template.is_model:
+        chat = template.chat()
+        return [_cut(*chat.encode(template.messages(ex), loss_on, ex.tools, f" (example {ex.id})"), max_len)
+                for ex in examples]
+    single = [i for i, ex in enumerate(examples) if not ex.messages]
+    out: list[Encoded | None] = [None] * len(examples)
+    prompts = _token_ids(tokenizer, [template.render(examples[i].instruction, examples[i].input) for i in single])
+    answers = _token_ids(tokenizer, [examples[i].output for i in single])
     eos = tokenizer.eos_token_id
-    out = []
-    for prompt, answer in zip(prompts, answers):
+    for i, prompt, answer in zip(single, prompts, answers):
         answer = answer + [eos]
-        ids = prompt + answer
-        labels = ([IGNORE] * len(prompt) if loss_on == "answer" else list(prompt)) + answer
-        truncated = len(ids) > max_len
-        if truncated:
-            # Keep the answer where possible: cut the prompt's start, not the response.
-            ids, labels = ids[-max_len:], labels[-max_len:]
-        labels[0] = IGNORE  # nothing predicts a sample's first token (in a packed row: the previous sample's EOS)
-        out.append(Encoded(ids, labels, truncated))
+        labels = ([IGNORE] * len(prompt) if loss_on != "all" else list(prompt)) + answer
+        out[i] = _cut(prompt + answer, labels, max_len)
+    for i, ex in enumerate(examples):
+        if ex.messages:
+            out[i] = _cut(*_template_turns(tokenizer, template, template.messages(ex), loss_on), max_len)
     return out
+
+
+def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def _template_turns(tokenizer, template: PromptTemplate, messages: list[dict], loss_on: str):
+    """A conversation in one of tunelab's templates: each user turn rendered as a prompt, each assistant turn's
+    text and EOS, tokenised piece by piece as a single-turn example is (system and tool turns are not shown)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    for i, m in enumerate(messages):
+        if m["role"] == "user":
+            piece = tokenizer(template.render(m["content"]), add_special_tokens=False)["input_ids"]
+            learnt = loss_on == "all"
+        elif m["role"] == "assistant":
+            piece = tokenizer(m["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            learnt = loss_on != "last_turn" or i == last
+        else:
+            continue
+        ids += piece
+        labels += list(piece) if learnt else [IGNORE] * len(piece)
+    return ids, labels
+
+
+def _cut(ids: list[int], labels: list[int], max_len: int) -> Encoded:
+    truncated = len(ids) > max_len
+    if truncated:
+        # Keep the answer where possible: cut the prompt's start, not the response.
+        ids, labels = ids[-max_len:], labels[-max_len:]
+    labels = list(labels)
+    if labels:
+        labels[0] = IGNORE  # nothing predicts a sample's first token (in a packed row: the previous sample's EOS)
+    return Encoded(list(ids), labels, truncated)
 
 
 def pack_examples(encoded: list[Encoded], max_len: int, open_rows: int = 8, prefix: int = 0) -> list[Row]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.eval.retention import load_baseline, retention
+from tunelab.eval.retention import load_baseline, overall, retention
 from tunelab.eval.runner import evaluate_model_dir
 from tunelab.eval.sets import eval_sets
 from tunelab.model.resident import model_source
@@ -47,12 +47,15 @@ def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = Non
     if baseline and not ability:
         raise TunelabError(f"a baseline compares ability tasks ({', '.join(task_names(lambda c: c.ability))}); "
                            f"none is among the tasks ({', '.join(sets)})")
+    from tunelab.model.gguf_import import hf_dir_for_gguf, is_gguf
     given, model = str(model), Path(model)
     ckpts = list_checkpoints(model)
     if ckpts:
         targets = [(c.name, model_dir_of(c)) for c in ckpts]
     elif (model / "state.json").is_file():   # one checkpoint of a run: its model (or adapter) directory
         targets = [(model.name, model_dir_of(model))]
+    elif is_gguf(model):  # dequantised once into an HF directory (`tunelab.model.gguf_import`)
+        targets = [(model.stem, hf_dir_for_gguf(model, field="model"))]
     else:
         targets = [(model.name or str(model), model)]
     # Results go beside the model, in a folder named after the task set, so they never replace the
@@ -84,7 +87,8 @@ def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = Non
         threshold = config.retention_threshold
         doc.update({"baseline": base, "retention_threshold": threshold, "retention": {}})
         for label, res in table.items():
-            r = retention(base["results"], res, ability, threshold)
-            doc["retention"][label] = {"metrics": r, "pass": all(v["pass"] for v in r.values())}
+            r = retention(base["results"], res, ability, threshold, config.retention_min_base)
+            doc["retention"][label] = {"metrics": r, "verdict": overall(r),
+                                       "pass": {"PASS": True, "FAIL": False}.get(overall(r))}
     write_json(out_root / "results.json", doc)
     return doc, out_root

@@ -106,7 +106,7 @@ def predict(model: str | Path, task: str, data: str | Path, out: str | Path = "r
     model_dir = pick_checkpoint(model_path) if model_path.is_dir() else model
 
     loaded, tokenizer = load_model(model_dir, device, precision)
-    template = template_for(model_dir)
+    template = template_for(model_dir, tokenizer=tokenizer)
     labels, raw = predict_labels(loaded, tokenizer, template, glue_task, examples, mode, batch_size, max_new_tokens)
     unparsed = [i for i, label in enumerate(labels) if label is None]
     if unparsed and strict:

@@ -21,9 +21,17 @@ from tunelab.eval.sets import EvalSet
 from tunelab.records import read_json
 
 
-def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: float) -> dict:
+CANNOT_JUDGE = "cannot judge"
+
+
+def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: float, min_base: float = 5.0) -> dict:
     """Each ability metric (F1 and EM) as a fraction of the base model's, with PASS/FAIL at `threshold`, and
-    the scorer that computed both (None for a task whose results do not name one)."""
+    the scorer that computed both (None for a task whose results do not name one).
+
+    A base below `min_base` (on the metrics' 0-100 scale) is too close to zero to judge against: a ratio over it
+    is noise or a division by zero, never a PASS. Its entry has `retained` and `pass` None and says why
+    (`verdict`) — a chat model asked in a format it never saw scores ~0 on exact match, and 100 % of 0 means
+    nothing."""
     out = {}
     for task in ability_tasks:
         scorer = _same_scorer(task, base[task].get("scorer"), tuned[task].get("scorer"))
@@ -31,10 +39,39 @@ def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: floa
             b, t = base[task].get(metric), tuned[task].get(metric)
             if b is None or t is None:
                 continue
-            ratio = t / b if b else (1.0 if t >= b else 0.0)
-            out[f"{task}.{metric}"] = {"base": b, "tuned": t, "retained": ratio, "pass": ratio >= threshold,
-                                       "scorer": scorer}
+            key = f"{task}.{metric}"
+            if b < min_base:
+                out[key] = {"base": b, "tuned": t, "retained": None, "pass": None, "scorer": scorer,
+                            "verdict": f"{CANNOT_JUDGE}: the base scores {b:.2f} on {key} (below {min_base:g})"}
+                continue
+            ratio = t / b
+            out[key] = {"base": b, "tuned": t, "retained": ratio, "pass": ratio >= threshold, "scorer": scorer}
     return out
+
+
+def verdict(entry: dict) -> str:
+    """One retention entry's verdict: PASS, FAIL, or why it cannot be judged."""
+    if entry.get("pass") is None:
+        return entry.get("verdict") or CANNOT_JUDGE
+    return "PASS" if entry["pass"] else "FAIL"
+
+
+def overall(entries: dict) -> str | None:
+    """The verdict of several entries: FAIL when one fails, else "cannot judge" when one cannot be judged, else
+    PASS; None without entries."""
+    if not entries:
+        return None
+    passes = [e.get("pass") for e in entries.values()]
+    return "FAIL" if False in passes else CANNOT_JUDGE if None in passes else "PASS"
+
+
+def describe(key: str, entry: dict, of: str = "base") -> str:
+    """`reading.f1 (official scorer): 97.3 % (80.10 vs base 82.30) PASS`, or the cannot-judge line."""
+    scorer = f" ({entry['scorer']} scorer)" if entry.get("scorer") else ""
+    if entry.get("retained") is None:
+        return f"{key}{scorer}: {verdict(entry)} ({entry['tuned']:.2f} vs {of} {entry['base']:.2f})"
+    return (f"{key}{scorer}: {100 * entry['retained']:.1f}% ({entry['tuned']:.2f} vs {of} {entry['base']:.2f}) "
+            f"{verdict(entry)}")
 
 
 def _same_scorer(task: str, base: str | None, tuned: str | None, file: Path | None = None) -> str | None:

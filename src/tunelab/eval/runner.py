@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.data.examples import Example
-from tunelab.data.templates import PromptTemplate, load_template
+from tunelab.data.templates import AUTO, PromptTemplate, load_template
 from tunelab.errors import TunelabError
 from tunelab.eval.sets import EvalSet
 from tunelab.records import write_json, write_jsonl
@@ -20,17 +20,18 @@ from tunelab.tasks.registry import Task, get_task
 
 def evaluate_examples(model, tokenizer, template: PromptTemplate, task: str | Task, examples: list[Example],
                       out_dir: Path, batch_size: int = 32, max_new_tokens: int = 32, desc: str = "",
-                      label: str | None = None, mode: str | None = None) -> dict:
+                      label: str | None = None, mode: str | None = None, shots: list[Example] | tuple = ()) -> dict:
     """Run one task in its mode, grade, write `<label>.predictions.jsonl`; returns the task's metrics
-    (plus `mode` and `primary_metric`)."""
+    (plus `mode` and `primary_metric`). `shots`: worked examples before every prompt, as earlier turns."""
     task = get_task(task) if isinstance(task, str) else task
     label = label or task.name
     mode = task.resolve_mode(mode)
     desc = desc or label
     if mode == "generate":
-        graded, rows = _run_generate(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc)
+        graded, rows = _run_generate(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc,
+                                     shots)
     elif mode == "loglik":
-        graded, rows = _run_loglik(model, tokenizer, template, task, examples, batch_size, desc)
+        graded, rows = _run_loglik(model, tokenizer, template, task, examples, batch_size, desc, shots)
     elif mode == "perplexity":
         graded, rows = _run_perplexity(model, tokenizer, task, examples, batch_size, desc)
     else:
@@ -40,8 +41,8 @@ def evaluate_examples(model, tokenizer, template: PromptTemplate, task: str | Ta
     return {**summary, "mode": mode, "primary_metric": task.primary_metric}
 
 
-def _run_generate(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc):
-    prompts = [task.prompt(ex, template) for ex in examples]
+def _run_generate(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc, shots=()):
+    prompts = [task.prompt(ex, template, shots) for ex in examples]
     max_new_tokens = getattr(task, "max_new_tokens", None) or max_new_tokens  # a task's own length wins
     completions = complete_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
     graded, rows = [], []
@@ -53,9 +54,9 @@ def _run_generate(model, tokenizer, template, task, examples, batch_size, max_ne
     return graded, rows
 
 
-def _run_loglik(model, tokenizer, template, task, examples, batch_size, desc):
+def _run_loglik(model, tokenizer, template, task, examples, batch_size, desc, shots=()):
     from tunelab.metrics.loglik import loglikelihood
-    per_example = [task.loglik_requests(ex, task.prompt(ex, template)) for ex in examples]
+    per_example = [task.loglik_requests(ex, task.prompt(ex, template, shots)) for ex in examples]
     flat = [req for reqs in per_example for req in reqs]
     scores = loglikelihood(model, tokenizer, flat, batch_size=batch_size, progress=True, desc=desc)
     graded, rows, pos = [], [], 0
@@ -92,9 +93,11 @@ def complete_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, 
                             desc=desc)
 
 
-def template_for(model_dir: str | Path, fallback: PromptTemplate | None = None) -> PromptTemplate:
-    """The template saved with the model, else the fallback, else alpaca."""
-    return load_template(model_dir) or fallback or PromptTemplate("alpaca")
+def template_for(model_dir: str | Path, fallback: PromptTemplate | None = None, tokenizer=None) -> PromptTemplate:
+    """The template saved with the model, else the fallback, else `auto` (the model's own chat template when it
+    has one, else alpaca); resolved and bound to `tokenizer` when one is given."""
+    template = load_template(model_dir) or fallback or PromptTemplate(AUTO)
+    return template.resolve(tokenizer, model_dir) if tokenizer is not None else template
 
 
 def load_model(model_dir: str | Path, device: str | None = None, precision: str = "auto"):
@@ -120,13 +123,13 @@ def evaluate_model_dir(model_dir: str | Path, sets: dict[str, EvalSet], out_dir:
     from tunelab.model.resident import model_source
     if write_results:
         (Path(out_dir) / "results.json").unlink(missing_ok=True)
-    tmpl = template_for(model_dir, template)
     results = {}
     with (models or model_source(device, precision)).open(model_dir) as (model, tokenizer):
+        tmpl = template_for(model_dir, template, tokenizer)
         for name, es in sets.items():
             results[name] = evaluate_examples(model, tokenizer, tmpl, es.task, es.examples, out_dir, batch_size,
                                               max_new_tokens, desc=f"{label} {name}".strip(), label=name,
-                                              mode=es.mode)
+                                              mode=es.mode, shots=es.shots)
     if write_results:
         write_json(Path(out_dir) / "results.json", results)
     return results
@@ -138,6 +141,7 @@ def answer_loss(model_dir, template, examples: list, batch_size: int, device: st
     exactly the positions the trainer scores (`data.packing.encode_examples`), accumulated in float32."""
     from tunelab.metrics.loglik import loglikelihood
     model, tokenizer = load_model(model_dir, device, precision)
+    template = template_for(model_dir, template, tokenizer)
     requests = [(template.render(ex.instruction, ex.input), ex.output + tokenizer.eos_token) for ex in examples]
     results = loglikelihood(model, tokenizer, requests, batch_size=batch_size)
     tokens = sum(r.tokens for r in results)

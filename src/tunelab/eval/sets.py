@@ -20,7 +20,7 @@ Modes and settings:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.data.corpus.store import is_corpus_dir
@@ -39,6 +39,7 @@ class EvalSet:
     examples: list[Example]
     mode: str
     source: str = ""
+    shots: list[Example] = field(default_factory=list)  # worked examples given as earlier turns, never scored
 
 
 def eval_sets(config: EvalConfig) -> dict[str, EvalSet]:
@@ -59,7 +60,11 @@ def eval_sets(config: EvalConfig) -> dict[str, EvalSet]:
         else:
             mode = task.resolve_mode(config.mode if config.mode in task.modes else None)
         examples, source = _examples(task, entry.source, f"{where}.source")
-        sets[entry.label] = EvalSet(task, examples[: entry.limit] if entry.limit else examples, mode, source)
+        shots, examples = examples[: entry.fewshot], examples[entry.fewshot:]
+        if entry.fewshot and not examples:
+            raise TunelabError(f"fewshot takes {entry.fewshot} worked examples from the set's {len(shots)}: none "
+                               "is left to score", field=f"{where}.fewshot")
+        sets[entry.label] = EvalSet(task, examples[: entry.limit] if entry.limit else examples, mode, source, shots)
     return sets
 
 

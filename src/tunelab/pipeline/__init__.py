@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tunelab.data.templates import PromptTemplate
+from tunelab.data.templates import recipe_template
 from tunelab.pipeline.evaluation import evaluate_checkpoints, evaluate_share, run_models
 from tunelab.pipeline.kinds import kind_for
 from tunelab.pipeline.prepare import prepare_inputs
@@ -56,7 +56,7 @@ def _run(recipe: Recipe, resume: bool, on_checkpoint=None) -> dict:
     from tunelab.eval.sets import eval_sets
     from tunelab.train.loop import train
 
-    template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
+    template = recipe_template(recipe.data)
     base_run = prepare_inputs(recipe)
     sets = eval_sets(recipe.eval)  # every eval mistake is found before training starts
     kind = kind_for(recipe, base_run)

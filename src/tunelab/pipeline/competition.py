@@ -48,7 +48,8 @@ def measure(run: TrainedRun) -> dict:
             if origin and ability:  # a continued run keeps the ORIGINAL base's abilities, not its start's
                 metrics["original_base"] = original_base_results(recipe, sets, ability, origin, run)
                 kept_from = metrics["original_base"]
-            metrics["retention"] = retention(kept_from, per_ckpt[best], ability, recipe.eval.retention_threshold)
+            metrics["retention"] = retention(kept_from, per_ckpt[best], ability, recipe.eval.retention_threshold,
+                                             recipe.eval.retention_min_base)
         plot_checkpoints(metrics, acc_task, primary, ability, recipe.run_dir / "checkpoints.png")
     return metrics
 
@@ -96,10 +97,9 @@ def summary_lines(metrics: dict) -> list[str]:
                 else f"{r['trainable']:,} / {r['total']:,.0f}")
         lines.append(f"low-parameter ratio {r['ratio']:.9g} ({what}); {s['formula']} score {s['value']:.4f}")
         of = "original base" if metrics.get("original_base") else "base"
+        from tunelab.eval.retention import describe
         for key, v in (metrics.get("retention") or {}).items():
-            scorer = f" ({v['scorer']} scorer)" if v.get("scorer") else ""
-            lines.append(f"retention {key}{scorer}: {pct(v['retained'])} ({v['tuned']:.2f} vs {of} "
-                         f"{v['base']:.2f}) {'PASS' if v['pass'] else 'FAIL'}")
+            lines.append(f"retention {describe(key, v, of)}")
     t = metrics["train"]
     lines.append(f"training: {t['steps']} steps in {t['train_seconds']:.0f}s, final loss {t['final_loss']:.4f}")
     return lines

@@ -36,7 +36,10 @@ def resolve_model_dir(path: str | Path, which: str = "best") -> Path | str:
     """The directory to load: a run's best (or last) checkpoint, a checkpoint's model/adapter, or `path`."""
     from tunelab.model.loading import looks_like_hub_id
     from tunelab.runs import pick_checkpoint
+    from tunelab.model.gguf_import import hf_dir_for_gguf, is_gguf
     p = Path(path).expanduser()
+    if is_gguf(p):  # dequantised once into an HF directory
+        return hf_dir_for_gguf(p, field="model")
     if not p.exists():
         if looks_like_hub_id(str(path)):
             return str(path)
@@ -93,8 +96,11 @@ class ServedModel:
         self.model = model
         self.tokenizer = tokenizer
         self.model_dir = model_dir
+        template = load_template(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
+        # a chat model trained in its own template with a run's system prompt or template variables is served
+        # with them (`PromptTemplate.render_messages`); every other model through its tokenizer's chat template
+        self.template = template if template is not None and template.is_model else None
         if not getattr(tokenizer, "chat_template", None):
-            template = load_template(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
             tokenizer.chat_template = template.chat_template() if template else FALLBACK_CHAT_TEMPLATE
         self._lock = threading.Lock()   # tokenizer calls from request threads (the engine has its own copy)
         self.defaults = sampling_defaults(getattr(model, "generation_config", None))
@@ -164,6 +170,8 @@ class ServedModel:
         """Messages ({"role", "content": str}) as the prompt text, through the model's chat template."""
         tok, lock = self._tokenizer()
         with lock:
+            if self.template is not None:
+                return self.template.bind(tok).render_messages(messages, add_generation_prompt)
             return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:

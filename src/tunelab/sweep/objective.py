@@ -106,5 +106,6 @@ def constraint_of(metrics: dict, threshold: float) -> float:
     """The retention constraint (feasible at <= 0): the largest shortfall of a retained ability below the
     threshold (`retained` is tuned / base), so 0.05 means "5 points of the base short"; 0 when the run has no
     retention to keep (no baseline or no ability task)."""
-    retained = [float(v["retained"]) for v in (metrics.get("retention") or {}).values()]
+    retained = [float(v["retained"]) for v in (metrics.get("retention") or {}).values()
+                if v.get("retained") is not None]  # a base too close to zero constrains nothing
     return max((threshold - r for r in retained), default=0.0) if retained else 0.0

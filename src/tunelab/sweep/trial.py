@@ -153,11 +153,12 @@ def _failed(trial, error: TunelabError) -> float:
 
 def _record(trial, metrics: dict, recipe: Recipe) -> None:
     """The run's outcome as the trial's attributes: the table, the plots and the constraint read them."""
+    from tunelab.eval.retention import overall
     retention = metrics.get("retention") or {}
     attrs = {"score": (metrics.get("score") or {}).get("value"),
              "accuracy": (metrics.get("score") or {}).get("accuracy"),
              "ratio": (metrics.get("ratio") or {}).get("ratio"),
-             "retention": ("PASS" if all(v["pass"] for v in retention.values()) else "FAIL") if retention else None,
+             "retention": overall(retention),
              "best_checkpoint": metrics.get("best_checkpoint"),
              "train_seconds": (metrics.get("train") or {}).get("train_seconds")}
     for key, value in attrs.items():

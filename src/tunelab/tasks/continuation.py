@@ -179,7 +179,7 @@ class ContinuationTask(Task):
                                "the documents' id field)", file=self.facts, field="source_id")
         return examples
 
-    def prompt(self, example: Example, template) -> str:
+    def prompt(self, example: Example, template, shots=()) -> str:
         return example.instruction  # raw text: a continuation model has no template
 
     def grade(self, prediction: str, example: Example) -> dict[str, Any]:

@@ -72,9 +72,10 @@ class Task:
         from tunelab.data.formats import read_examples
         return read_examples(path, self.default_format)
 
-    def prompt(self, example: Example, template) -> str:
-        """The text the model continues: the model's prompt template around the example."""
-        return template.render(example.instruction, example.input)
+    def prompt(self, example: Example, template, shots: list[Example] | tuple = ()) -> str:
+        """The text the model continues: the model's prompt template around the example, after `shots` (worked
+        examples of the task) given as earlier turns of the conversation."""
+        return template.render_prompt(example, shots)
 
     def grade(self, prediction: str, example: Example) -> dict[str, Any]:
         """Return per-item fields (at least 'correct'); they are written to the predictions file."""

@@ -47,6 +47,8 @@ def outcome_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     low-parameter ratio and the score (logged at the best checkpoint's step)."""
     out: dict[str, float] = {}
     for name, r in (metrics.get("retention") or {}).items():
+        if r.get("retained") is None:  # a base too close to zero: nothing judged, nothing to plot
+            continue
         out[f"retention/{name}/retained"] = float(r["retained"])
         out[f"retention/{name}/pass"] = float(bool(r["pass"]))
     if metrics.get("ratio"):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tunelab.data.packing import batch_to
 from tunelab.data.sources import training_examples
-from tunelab.data.templates import PromptTemplate
+from tunelab.data.templates import recipe_template
 from tunelab.errors import Preempted, TunelabError
 from tunelab.model.generation_config import eval_max_new_tokens
 from tunelab.model.rotary import fast_rotary
@@ -118,10 +118,11 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     precision = choose_precision(tc, dist)
     if tc.memory_check:
         check_memory(recipe, dist)
-    template = PromptTemplate(recipe.data.template, recipe.data.instruction_prefix, recipe.data.cot)
+    template = recipe_template(recipe.data)
     method = METHODS[tc.method]
     examples = [] if recipe.data.corpus or tc.method == "dpo" else training_examples(recipe)
     model, tokenizer = build_model_and_tokenizer(recipe, examples, template, run_dir, dist)
+    template = template.resolve(tokenizer, recipe.model.path)  # `auto`: the base's own template when it has one
     rows = training_rows(recipe, examples, model, tokenizer, template, dist)
     stream, val_rows = rows.stream, rows.val_rows
     token_ids = (trainable_token_ids(recipe, model, tokenizer, rows.answer_counts, dist)

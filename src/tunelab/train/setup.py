@@ -73,7 +73,8 @@ def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate
         else:
             if dist.main and not (tok_dir / "tokenizer.json").exists():
                 from tunelab.model.tokenizer import train_bpe_tokenizer
-                texts = (template.render(ex.instruction, ex.input) + ex.output for ex in examples)
+                plain = template.resolve(None)  # no tokenizer yet: `auto` is alpaca
+                texts = (plain.render(ex.instruction, ex.input) + ex.output for ex in examples)
                 train_bpe_tokenizer(texts, m.tokenizer_vocab_size).save_pretrained(tok_dir)
             barrier(dist)
             tokenizer = load_tokenizer(str(tok_dir))
@@ -81,7 +82,9 @@ def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate
     if corpus and (m.tokenizer or not m.from_scratch):
         from tunelab.train.corpus_rows import check_corpus_tokenizer
         check_corpus_tokenizer(tokenizer, corpus)
-    tokenizer.chat_template = template.chat_template()
+    template = template.resolve(tokenizer, m.path)
+    if not template.is_model:  # a chat model's own template is never replaced; tunelab's is saved as the model's
+        tokenizer.chat_template = template.chat_template()
     return model, tokenizer
 
 
