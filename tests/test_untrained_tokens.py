@@ -154,3 +154,31 @@ def test_trainable_tokens_need_a_lora_run(tmp_path):
     path.write_text(text)
     with pytest.raises(TunelabError, match="without LoRA every row trains"):
         load_recipe(path)
+
+
+def test_a_row_like_others_that_the_base_predicts_anyway_is_learned():
+    """SmolLM2's <|im_end|> case: a row pointing the way a cluster of unused rows points, that the model still
+    emits because its hidden state tells them apart by length. Built on the tiny base: 20 unused rows set along
+    the learned "5" row, a little shorter. The rows alone flag "5"; the base's own predictions clear it. The
+    never-learned "." stays flagged."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.data.formats import examples_from_records
+    from tunelab.data.generate.arithmetic import generate
+    from tunelab.data.packing import encode_examples
+    from tunelab.data.templates import PromptTemplate
+    from tunelab.model.untrained_tokens import EMITTED, emitted_probability, head_weight
+    tokenizer = AutoTokenizer.from_pretrained(TINY_BASE)
+    model = AutoModelForCausalLM.from_pretrained(TINY_BASE).train()  # restored to training mode afterwards
+    records = generate(40, seed=3, kinds=["int_add", "dec_add"], int_digits=2, decimals=2)
+    encoded = encode_examples(tokenizer, PromptTemplate("alpaca"), examples_from_records(records, "competition"), 256)
+    five, dot = (tokenizer.encode(t, add_special_tokens=False)[0] for t in ("5", "."))
+    used = {t for e in encoded for t in e.input_ids}
+    head = head_weight(model)
+    unused = [i for i in collapsed_rows(head, list(range(head.shape[0]))) if i not in used][:20]
+    with torch.no_grad():
+        head[unused] = 0.8 * head[five]
+    assert five in collapsed_rows(head, [five]) and dot in collapsed_rows(head, [dot])
+    p = emitted_probability(model, encoded, [five, dot])
+    assert p[five] >= EMITTED > p[dot]
+    assert model.training

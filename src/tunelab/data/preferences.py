@@ -309,19 +309,22 @@ def pair_examples(pairs: list[PreferencePair]) -> list[tuple[Example, Example]]:
     """Each pair as the two SFT examples it is made of (same instruction, the chosen and the rejected answer), so
     that it is templated and tokenised exactly as fine-tuning does (`tunelab.data.packing.encode_examples`: the
     prompt and the answer apart, the label boundary exact, EOS after the answer). A prompt given as chat messages
-    becomes its last user message, as the chat template tunelab saves with a model renders a conversation
-    (`PromptTemplate.chat_template`: a system message and earlier turns are not shown to the model)."""
+    of more than one user turn stays a conversation (`Example.messages`), the answer its last assistant turn:
+    the model's own chat template renders every turn; tunelab's templates show the user and assistant turns.
+    The pair's rows train the last turn only (`preference_rows`)."""
     out = []
     for i, p in enumerate(pairs):
         if isinstance(p.prompt, str):
-            instruction = p.prompt
+            instruction, turns = p.prompt, None
         else:
             users = [m["content"] for m in p.prompt if m["role"] == "user"]
             if not users:
                 raise TunelabError("the prompt has no user message", file=p.meta.get("source"), field="prompt")
             instruction = users[-1]
-        out.append((Example(f"pair-{i}-chosen", instruction, p.chosen), Example(f"pair-{i}-rejected", instruction,
-                                                                                 p.rejected)))
+            turns = [dict(m) for m in p.prompt] if [m["role"] for m in p.prompt] != ["user"] else None
+        out.append(tuple(Example(f"pair-{i}-{side}", instruction, answer, messages=turns and [
+            *turns, {"role": "assistant", "content": answer}]) for side, answer in (("chosen", p.chosen),
+                                                                                 ("rejected", p.rejected))))
     return out
 
 

@@ -68,7 +68,9 @@ def prompt_rows(recipe, examples: list[Example], tokenizer, template) -> tuple[l
         raise TunelabError(f"data.max_seq_len {recipe.data.max_seq_len} leaves {room} tokens for a prompt after "
                            f"{recipe.train.grpo.max_completion_length} of completion", field="data.max_seq_len")
     rows, cut = [], 0
-    for example, encoded in zip(examples, encode_examples(tokenizer, template, examples, recipe.data.max_seq_len)):
+    # the prompt is everything before the last assistant turn (earlier turns of a conversation included)
+    encoded_all = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, "last_turn")
+    for example, encoded in zip(examples, encoded_all):
         answer = next((i for i, label in enumerate(encoded.labels) if label != IGNORE), len(encoded.labels))
         prompt = encoded.input_ids[:answer]
         if len(prompt) > room:

@@ -125,7 +125,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     template = template.resolve(tokenizer, recipe.model.path)  # `auto`: the base's own template when it has one
     rows = training_rows(recipe, examples, model, tokenizer, template, dist)
     stream, val_rows = rows.stream, rows.val_rows
-    token_ids = (trainable_token_ids(recipe, model, tokenizer, rows.answer_counts, dist)
+    token_ids = (trainable_token_ids(recipe, model, tokenizer, rows.answer_counts, dist, rows.encoded)
                  if recipe.lora.enabled and not continued_adapter(recipe) else [])  # a continued adapter has its own
     trained = trainable_model(recipe, model, precision, dist, token_ids, tokenizer, rewards)
     model, loss_model, lora, fsdp, flat = trained.model, trained.loss_model, trained.lora, trained.fsdp, trained.flat

@@ -50,7 +50,8 @@ def _encoded_pairs(sources, field: str, recipe, tokenizer, template: PromptTempl
         raise TunelabError("the preference data is empty", field=field)
     examples = pair_examples(pairs)
     max_len = recipe.data.max_seq_len
-    chosen = encode_examples(tokenizer, template, [c for c, _ in examples], max_len)
-    rejected = encode_examples(tokenizer, template, [r for _, r in examples], max_len)
+    # the answer alone is scored: a conversation's earlier assistant turns are part of the prompt
+    chosen = encode_examples(tokenizer, template, [c for c, _ in examples], max_len, "last_turn")
+    rejected = encode_examples(tokenizer, template, [r for _, r in examples], max_len, "last_turn")
     rows = [PairRow(c, r) for c, r in zip(chosen, rejected)]
     return rows, sum(c.truncated or r.truncated for c, r in zip(chosen, rejected))

@@ -115,6 +115,7 @@ class TrainingRows:
     truncated: int
     replayed_blocks: int = 0
     answer_counts: Counter | None = None  # how often each token is an answer token (fine-tuning on examples)
+    encoded: list | None = None  # the encoded examples (fine-tuning on examples)
 
 
 def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: PromptTemplate,
@@ -168,7 +169,7 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
             log.info(f"share_prefix: {prefix} tokens every sample starts with are held once per row" if prefix
                   else f"share_prefix: off ({why})")
     stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed, prefix)
-    return TrainingRows(stream, val_rows, samples, truncated, replayed_blocks, answer_counts)
+    return TrainingRows(stream, val_rows, samples, truncated, replayed_blocks, answer_counts, encoded[:samples])
 
 
 @dataclass
@@ -183,7 +184,8 @@ class TrainingModel:
     autocast_dtype: object  # None when autocast is off: fp32, or FSDP's own mixed precision
 
 
-def trainable_token_ids(recipe: Recipe, model, tokenizer, answer_counts: Counter | None, dist: Dist) -> list[int]:
+def trainable_token_ids(recipe: Recipe, model, tokenizer, answer_counts: Counter | None, dist: Dist,
+                        encoded: list | None = None) -> list[int]:
     """The output-head rows trained beside the LoRA adapter (`lora.trainable_tokens`): the listed tokens, or with
     `auto` the answer tokens the base never learned to emit (`tunelab.model.untrained_tokens`). A LoRA run that
     has such tokens and trains no rows for them is told what to set."""
@@ -197,6 +199,15 @@ def trainable_token_ids(recipe: Recipe, model, tokenizer, answer_counts: Counter
                                "corpus or preference run): list the tokens instead", field="lora.trainable_tokens")
         return []
     collapsed = find_collapsed(head_weight(model), answer_counts, tokenizer)
+    if collapsed and encoded:  # a row like the others' that the base predicts anyway is learned (SmolLM2's <|im_end|>)
+        from tunelab.model.untrained_tokens import EMITTED, emitted_probability
+        emitted = emitted_probability(model, encoded, [t.token_id for t in collapsed])
+        learned = [t for t in collapsed if emitted[t.token_id] >= EMITTED]
+        if learned and dist.main:
+            log.info("trainable tokens: " + "; ".join(
+                f"{t.text!r} has an output row like {t.neighbours:,} others but the base gives it p "
+                f"{emitted[t.token_id]:.2f} where the data has it: learned" for t in learned))
+        collapsed = [t for t in collapsed if emitted[t.token_id] < EMITTED]
     if wanted == "auto":
         if dist.main:
             log.info(f"trainable tokens: {len(collapsed)} answer token(s) the base never learned to emit, their "

