@@ -13,27 +13,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_archs import CHATML_TEMPLATE, MESSAGES, byte_bpe_tokenizer  # noqa: E402
+from tiny_archs import CHATML_TEMPLATE, MESSAGES, build_smol  # noqa: E402
 
 pytest.importorskip("gguf")
 
 
 @pytest.fixture(scope="module")
 def smol_dir(tmp_path_factory) -> Path:
-    """SmolLM2's shape in miniature: Llama, tied embeddings, ChatML with a default system prompt, EOS <|im_end|>."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    tok = byte_bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|im_end|>",
-                             pad_token="<|im_end|>", bos_token="<|im_start|>")
-    tok.chat_template = CHATML_TEMPLATE
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("smol") / "smol"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return build_smol(tmp_path_factory.mktemp("smol") / "smol")
 
 
 @pytest.fixture(scope="module")
@@ -110,21 +97,64 @@ def test_what_cannot_be_read_is_one_line(tmp_path, capsys):
     assert "notanarch" in capsys.readouterr().err
 
 
-def test_a_recipe_trains_from_a_gguf_file(smol_gguf, make_recipe):
-    """`model.path: X.gguf` through `tunelab train`: the converted directory is the base, its chat template is
-    the template (`auto`), the ratio counts the real parameters, and the checkpoint keeps the template."""
+@pytest.fixture(scope="module")
+def gguf_run(smol_gguf, tmp_path_factory):
+    """A LoRA run (2 steps) whose `model.path` is the GGUF file, in the model's own template."""
+    from conftest import write_recipe
+
     from tunelab.pipeline import train_recipe
     from tunelab.recipe import load_recipe
-    recipe = load_recipe(make_recipe(
-        "from-gguf", model={"preset": None, "from_scratch": None, "tokenizer_vocab_size": None,
-                            "path": str(smol_gguf)},
+    root = tmp_path_factory.mktemp("gguf-run")
+    recipe = load_recipe(write_recipe(
+        root, "from-gguf", model={"preset": None, "from_scratch": None, "tokenizer_vocab_size": None,
+                                  "path": str(smol_gguf)},
         data={"template": "auto", "max_seq_len": 128}, lora={"enabled": True},
         train={"max_steps": 2, "num_checkpoints": 1}))
-    summary = train_recipe(recipe)
+    import os
+    cache = os.environ.get("TUNELAB_CACHE")
+    os.environ["TUNELAB_CACHE"] = str(root / "cache")
+    try:
+        summary = train_recipe(recipe)
+    finally:
+        if cache is None:
+            os.environ.pop("TUNELAB_CACHE")
+        else:
+            os.environ["TUNELAB_CACHE"] = cache
+    return recipe, summary
+
+
+def test_a_recipe_trains_from_a_gguf_file(gguf_run, smol_dir):
+    """`model.path: X.gguf` through `tunelab train`: the converted directory is the base, its chat template is
+    the template (`auto`), the ratio counts the real parameters, and the checkpoint keeps the template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    recipe, summary = gguf_run
     assert summary["steps"] == 2
+    original = AutoModelForCausalLM.from_pretrained(smol_dir)
+    assert summary["total_params"] == sum(p.numel() for p in original.parameters())
     ckpt = next((recipe.run_dir / "checkpoints").iterdir())
-    saved = (ckpt / "adapter" / "tunelab_template.json") if (ckpt / "adapter").is_dir() else ckpt / "model" / \
-        "tunelab_template.json"
+    saved = next(ckpt.rglob("tunelab_template.json"))
     assert '"model"' in saved.read_text()
-    from transformers import AutoTokenizer
     assert AutoTokenizer.from_pretrained(saved.parent).chat_template == CHATML_TEMPLATE
+
+
+def test_gguf_in_fine_tuned_gguf_out_answers_as_tunelab(gguf_run, tmp_path):
+    """The whole loop: a GGUF in, a LoRA run on it, the run exported as GGUF, and llama.cpp's greedy answers
+    to chat prompts in the model's own template equal tunelab's."""
+    from test_gguf_export import llama_cpp_or_skip, llama_greedy, llama_tokenize, open_llama, tunelab_greedy
+
+    from tunelab.model.decoding import stop_token_ids
+    from tunelab.model.export import export_gguf_dir
+    from tunelab.model.loading import load_for_inference
+    from tunelab.runs import pick_checkpoint
+    llama_cpp_or_skip()
+    recipe, _ = gguf_run
+    result = export_gguf_dir(recipe.run_dir, tmp_path / "out", "f32", which="last")
+    model, tokenizer = load_for_inference(str(pick_checkpoint(recipe.run_dir, "last")), merge=True)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": m}], tokenize=False,
+                                             add_generation_prompt=True) for m in MESSAGES[:6]]
+    rows, expected = tunelab_greedy(model, tokenizer, prompts, 16)
+    stops = stop_token_ids(model, tokenizer)
+    llm = open_llama(result.path)
+    for prompt, ids, want in zip(prompts, rows, expected):
+        assert llama_tokenize(llm, prompt) == ids, prompt
+        assert llama_greedy(llm, ids, stops, 16) == want, prompt

@@ -235,4 +235,21 @@ def build_gpt2(root: Path, max_new_tokens: int) -> TinyArch:
     return _finish("gpt2", model, tok, root, tok.eos_token_id, True, ("c_attn",), max_new_tokens)
 
 
+def build_smol(out: Path) -> Path:
+    """SmolLM2-Instruct's shape in miniature, saved as an HF directory: Llama, tied embeddings, ChatML with a
+    default system prompt, EOS and pad <|im_end|>, random weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tok = byte_bpe_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], eos_token="<|im_end|>",
+                             pad_token="<|im_end|>", bos_token="<|im_start|>")
+    tok.chat_template = CHATML_TEMPLATE
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 BUILDERS = {"llama3": build_llama3, "qwen2": build_qwen2, "gemma2": build_gemma2, "gpt2": build_gpt2}
