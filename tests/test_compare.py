@@ -82,7 +82,10 @@ def test_every_run_is_a_row_whatever_it_holds(runs, caplog):
     lora = rows["lora"]
     assert lora.status == "evaluated" and lora.best == real["best_checkpoint"]
     assert lora.score == real["score"]["value"] and lora.ratio == real["ratio"]["ratio"]
-    assert set(lora.tasks) == {"arithmetic/accuracy", "reading/f1"} and lora.retention in ("PASS", "FAIL")
+    from tunelab.eval.retention import overall
+    # a tiny run's base may score near zero on reading: then its retention cannot be judged, never a PASS
+    assert set(lora.tasks) == {"arithmetic/accuracy", "reading/f1"} and lora.retention == overall(real["retention"])
+    assert lora.retention in ("PASS", "FAIL", "cannot judge")
     assert lora.steps == 4 and lora.train_seconds == real["train"]["train_seconds"]
     assert rows[WIDE].retention == "FAIL" and rows[WIDE].tasks["arithmetic/accuracy"] == 0.75
     pre = rows["course/pre"]

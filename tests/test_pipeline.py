@@ -58,14 +58,14 @@ def test_metrics_pick_best_and_score_it(lora_run):
     assert m["accuracy_gain"] == pytest.approx(acc - m["base"]["arithmetic"]["accuracy"])
     ret = m["retention"]
     assert set(ret) == {"reading.f1", "reading.exact_match"}
-    for v in ret.values():
-        assert v["pass"] == (v["retained"] >= 0.9)
+    for v in ret.values():  # a tiny base near zero on reading cannot be judged: no ratio, no verdict
+        assert v["pass"] == (v["retained"] >= 0.9) if v["base"] >= 5 else v["pass"] is v["retained"] is None
 
 
 def test_report_shows_verdicts_and_diagnostics(lora_run):
     run_dir, _ = lora_run
     report = (run_dir / "report.md").read_text(encoding="utf-8")
-    assert "retention reading.f1" in report and ("PASS" in report or "FAIL" in report)
+    assert "retention reading.f1" in report and any(v in report for v in ("PASS", "FAIL", "cannot judge"))
     assert "| format_ok |" in report and "| int_mul |" in report
     assert "![loss curve](loss.png)" in report
     # the checkpoint table starts where the run started: the base on the same sets

@@ -31,6 +31,8 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", default=None, metavar="BASE_MODEL_OR_RESULTS_JSON",
                    help="report ability metrics (squad, reading: f1, exact_match) as %% of this base's")
     p.add_argument("--retention-threshold", type=float, default=0.9, help="PASS at this fraction (0.9)")
+    p.add_argument("--retention-min-base", type=float, default=5.0,
+                   help="a base F1/EM (0-100) below this cannot be judged against (5)")
     p.add_argument("--segmentation", choices=["auto", "char", "jieba", "word"], default=None,
                    help="Rouge-L tokens for rougel and continuation (default auto: char for Chinese, else word)")
     p.add_argument("--window", type=int, default=None, help="ppl: tokens per window (default: model context)")
@@ -129,7 +131,7 @@ def config_from_flags(args: argparse.Namespace) -> EvalConfig:
            "options": {k: getattr(args, k) for k in ("segmentation", "window", "stride")
                        if getattr(args, k) is not None},
            "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-           "retention_threshold": args.retention_threshold, "device": args.device, "precision": args.precision}
+           "retention_threshold": args.retention_threshold, "retention_min_base": args.retention_min_base, "device": args.device, "precision": args.precision}
     return validate_eval(raw)
 
 
@@ -156,6 +158,7 @@ def _value(text: str) -> Any:
 _FLAGS = {"tasks": "--tasks", "task": "--tasks", "name": "--tasks", "source": "--data", "limit": "--limit",
           "mode": "--mode", "options": "--option", "batch_size": "--batch-size",
           "max_new_tokens": "--max-new-tokens", "retention_threshold": "--retention-threshold",
+          "retention_min_base": "--retention-min-base",
           "device": "--device", "precision": "--precision"}
 
 

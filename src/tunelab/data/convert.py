@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.data.generate.arithmetic import write_records
-from tunelab.data.templates import PromptTemplate
+from tunelab.data.templates import AUTO, MODEL, PromptTemplate
 from tunelab.errors import TunelabError
 from tunelab.records import iter_records, require_str
 
@@ -56,6 +56,10 @@ def convert_record(rec: dict, fmt: str, template: PromptTemplate, index: int) ->
 def convert_file(source: str | Path, out: str | Path, fmt: str, template: PromptTemplate) -> int:
     """`tunelab data convert`: every record of `source` in format `fmt`, written to `out` (.json or .jsonl).
     Every record is checked (file, line, field) before anything is written. Returns the number of records."""
+    if template.name in (MODEL, AUTO):  # a chat model's template renders at training time, from the messages
+        raise TunelabError(f"template '{template.name}' is rendered by the model's tokenizer when it trains: write "
+                           "plain turns with --format messages (or conversations with --template none)",
+                           field="template")
     path = Path(source)
     converted = []
     for index, (line, rec) in enumerate(iter_records(path)):

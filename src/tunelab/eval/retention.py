@@ -40,7 +40,7 @@ def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: floa
             if b is None or t is None:
                 continue
             key = f"{task}.{metric}"
-            if b < min_base:
+            if b < min_base or b <= 0:  # nothing is ever judged against a zero
                 out[key] = {"base": b, "tuned": t, "retained": None, "pass": None, "scorer": scorer,
                             "verdict": f"{CANNOT_JUDGE}: the base scores {b:.2f} on {key} (below {min_base:g})"}
                 continue
