@@ -276,7 +276,8 @@ def test_baseline_pass_and_fail(tiny_base, files, tmp_path, capsys):
     ret = doc["retention"][tiny_base.name]
     assert set(ret["metrics"]) == {"squad.f1", "squad.exact_match"}
     assert ret["verdict"] in ("PASS", "cannot judge")  # the base against itself (cannot judge: a metric at zero)
-    assert (out / "baseline" / "squad.predictions.jsonl").exists() and "PASS" in printed
+    assert (out / "baseline" / "squad.predictions.jsonl").exists()
+    assert ret["verdict"] in printed
     f1 = doc["results"][tiny_base.name]["squad"]["f1"]
     em = doc["results"][tiny_base.name]["squad"]["exact_match"]
     strong = tmp_path / "strong.json"  # a base with twice the F1 (or 50 when ours is 0): F1 retention < 90 %

@@ -42,7 +42,8 @@ def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: floa
             key = f"{task}.{metric}"
             if b < min_base or b <= 0:  # nothing is ever judged against a zero
                 out[key] = {"base": b, "tuned": t, "retained": None, "pass": None, "scorer": scorer,
-                            "verdict": f"{CANNOT_JUDGE}: the base scores {b:.2f} on {key} (below {min_base:g})"}
+                            "verdict": f"{CANNOT_JUDGE}: the base scores {b:.2f} on {key}"
+                                       + (f" (below {min_base:g})" if b < min_base else "")}
                 continue
             ratio = t / b
             out[key] = {"base": b, "tuned": t, "retained": ratio, "pass": ratio >= threshold, "scorer": scorer}
