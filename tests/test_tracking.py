@@ -292,7 +292,10 @@ def test_a_run_reports_steps_checkpoints_and_its_score(tmp_path, tiny_base, caps
         {int(n.split("-")[1]): v for n, v in metrics["checkpoint_scores"].items()})
     best = int(metrics["best_checkpoint"].split("-")[1])
     assert [(e.step, e.value) for e in reader.Scalars("score/value")] == [(best, pytest.approx(metrics["score"]["value"]))]
-    assert reader.Scalars("retention/reading.f1/pass")[0].value in (0.0, 1.0)
+    if metrics["retention"]["reading.f1"]["retained"] is not None:  # a tiny base near zero: nothing judged, no tag
+        assert reader.Scalars("retention/reading.f1/pass")[0].value in (0.0, 1.0)
+    else:
+        assert "retention/reading.f1/pass" not in reader.Tags()["scalars"]
     hparams = tensorboard_hparams(reader)
     assert hparams["name"] == "tracked" and hparams["lora.rank"] == 4 and "env.torch" in hparams
 

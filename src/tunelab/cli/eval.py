@@ -198,7 +198,8 @@ def print_table(doc: dict) -> None:
         cells = [label + (" *best*" if label == best and len(table) > 1 else "")]
         cells += [_fmt(res[t][info["primary_metric"]]) for t, info in tasks.items()]
         if retained:
-            cells.append(retained[label]["verdict"])
+            verdict = retained[label].get("verdict")  # results.json of an older tunelab: only "pass"
+            cells.append(verdict or ("PASS" if retained[label]["pass"] else "FAIL"))
         print(" | ".join(cells))
     if retained:
         shown = best if len(table) > 1 else next(iter(table))
