@@ -88,7 +88,8 @@ def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = Non
         doc.update({"baseline": base, "retention_threshold": threshold, "retention": {}})
         for label, res in table.items():
             r = retention(base["results"], res, ability, threshold, config.retention_min_base)
-            doc["retention"][label] = {"metrics": r, "verdict": overall(r),
-                                       "pass": {"PASS": True, "FAIL": False}.get(overall(r))}
+            verdict = overall(r)
+            doc["retention"][label] = {"metrics": r, "verdict": verdict,
+                                       "pass": {"PASS": True, "FAIL": False}.get(verdict)}
     write_json(out_root / "results.json", doc)
     return doc, out_root
