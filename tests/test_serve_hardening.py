@@ -310,13 +310,15 @@ def test_a_5mb_request_neither_stalls_health_nor_a_running_stream(served, limit)
                 assert r.status_code == 400 and error_of(r)["code"] == "context_length_exceeded"
         rss1 = rss_mb()     # the 5 MB bodies' cost; a 1 MB /tokenize legitimately holds its 200k tokens
         if limit > 5_000_000:
-            r = httpx.post(url + "/tokenize", json={"prompt": "数字 12 + 7 = 19. " * 60_000}, headers=H, timeout=120)
-            assert r.status_code == 200 and r.json()["count"] > 100_000
+            tokenized = httpx.post(url + "/tokenize", json={"prompt": "数字 12 + 7 = 19. " * 60_000}, headers=H,
+                                   timeout=120)    # its 11 MB answer is parsed below, once this process's clocks stop
         t_big = time.perf_counter() - t_big
         time.sleep(0.3)
         stop.set()
         poller.join()
         streamer.join(120)
+        if limit > 5_000_000:
+            assert tokenized.status_code == 200 and tokenized.json()["count"] > 100_000
         assert finishes and set(finishes) == {"length"}
         assert health and max(health) < 1.0, max(health)
         gaps = [b - a for stamps in streams for a, b in zip(stamps, stamps[1:])]

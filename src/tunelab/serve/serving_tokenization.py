@@ -2,7 +2,8 @@
 
 Tokenising runs on a worker thread and the answer is encoded to JSON there too: a megabyte of text is
 hundreds of thousands of tokens, and neither step may hold up the event loop that /health and running streams
-share.
+share. The long lists are encoded a slice at a time: one `json.dumps` of a million tokens holds the GIL for a
+quarter of a second on a fast host, and each slice is short enough to let the loop and the engine run between.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from fastapi.responses import Response
 from tunelab.serve.models import BIG_BYTES, release_heap
 from tunelab.serve.protocol import APIError, DetokenizeRequest, TokenizeRequest
 from tunelab.serve.serving import OpenAIServing, template_refused
+
+
+SLICE = 20_000     # list items per json.dumps call: a few milliseconds each
+
+
+def json_list(items: list) -> list[str]:
+    """`json.dumps(items, ensure_ascii=False)` in pieces, one short GIL-holding call per slice."""
+    parts = [json.dumps(items[i:i + SLICE], ensure_ascii=False)[1:-1] for i in range(0, len(items), SLICE)]
+    return ["[", ", ".join(parts), "]"]
 
 
 class OpenAIServingTokenization(OpenAIServing):
@@ -31,9 +41,10 @@ class OpenAIServingTokenization(OpenAIServing):
                 ids = served.encode(text, add_special_tokens=False)
             else:
                 ids = served.encode(req.prompt, add_special_tokens=req.add_special_tokens)
-            body = {"count": len(ids), "max_model_len": served.context_len, "tokens": ids,
-                    "token_strs": [served.token_str(i) for i in ids]}
-            return json.dumps(body, ensure_ascii=False).encode("utf-8")    # encoded here, not on the event loop
+            head = json.dumps({"count": len(ids), "max_model_len": served.context_len})[:-1]
+            strs = [served.token_str(i) for i in ids]
+            return "".join([head, ', "tokens": ', *json_list(ids), ', "token_strs": ', *json_list(strs),
+                            "}"]).encode("utf-8")     # encoded here, not on the event loop
 
         def run_and_release() -> bytes:
             data = run()
