@@ -28,15 +28,15 @@ import common
 log = common.logger("convert")
 
 CHILD = {
-    "tunelab HF -> ckpt": "from tunelab.model.mindformers_convert import hf_to_mindspore as f; f(A, B)",
+    "tunelab HF -> ckpt": "from tunelab.convert.mindformers import hf_to_mindspore as f; f(A, B)",
     "baseline HF -> ckpt (whole model, as MindFormers)": (
         "import torch; from transformers import LlamaForCausalLM\n"
-        "from tunelab.model.mindformers_convert import hf_to_ms_name\n"
-        "from tunelab.model.mindspore_ckpt import write_ckpt\n"
+        "from tunelab.convert.mindformers import hf_to_ms_name\n"
+        "from tunelab.convert.mindspore_ckpt import write_ckpt\n"
         "m = LlamaForCausalLM.from_pretrained(A, dtype=torch.bfloat16)\n"
         "items = [(hf_to_ms_name(k), v.clone()) for k, v in m.state_dict().items()]\n"
         "write_ckpt(B, items)"),
-    "tunelab ckpt -> HF": "from tunelab.model.mindformers_convert import mindspore_to_hf as f; f(B, C, config=A)",
+    "tunelab ckpt -> HF": "from tunelab.convert.mindformers import mindspore_to_hf as f; f(B, C, config=A)",
 }
 
 

@@ -38,7 +38,7 @@ def merged_model(model: str, out: Path) -> str:
     from tunelab.runs import is_run_dir
     if not is_run_dir(Path(model)):
         return model
-    from tunelab.model.export import export
+    from tunelab.convert.export import export
     return str(export(model, out / "merged", dtype="float32"))
 
 

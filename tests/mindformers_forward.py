@@ -6,7 +6,7 @@ script with that interpreter). It imports nothing from tunelab or torch.
 
     python mindformers_forward.py MODEL_CONFIG.json MODEL.ckpt IDS.npy OUT.npy
 
-MODEL_CONFIG.json is `tunelab.model.mindformers_convert.mindformers_model_config` of the HF config. Two
+MODEL_CONFIG.json is `tunelab.convert.mindformers.mindformers_model_config` of the HF config. Two
 settings make MindFormers' Llama run on the CPU backend (found by trying: both defaults fail there):
 `use_rope_slice=True` (the default rotary path is a broadcast BatchMatMul the CPU kernel rejects) and
 `fused_rms_norm=False` (the fused RmsNorm op has no CPU kernel). The checkpoint must load with nothing

@@ -25,13 +25,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tunelab.model.decoding import (
-    DecodeBatch,
-    SamplingParams,
-    greedy_rows,
-    sample_next,
-    token_logprobs,
-)
+from tunelab.decoding.batch import DecodeBatch
+from tunelab.decoding.generate import greedy_rows
+from tunelab.decoding.sampling import SamplingParams, sample_next, token_logprobs
 
 # ops a GPU answers only by making the host wait: a value read off a tensor, or an output whose size is data
 WAITS = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "masked_select", "unique", "_unique2"}

@@ -77,7 +77,7 @@ def serve_engine(model, tokenizer, prompts: list[str], max_batch: int):
 
 
 def eval_engine(model, tokenizer, prompts: list[str], batch_size: int) -> list[str]:
-    from tunelab.model.decoding import generate_batched
+    from tunelab.decoding.generate import generate_batched
     return generate_batched(model, tokenizer, prompts, max_new_tokens=MAX_NEW, batch_size=batch_size,
                             progress=False)
 
@@ -88,7 +88,7 @@ def test_tiny_models_have_their_architecture_and_stop_at_end_of_turn(arch):
     """The setup the parity tests rely on: the architecture's features, an end-of-turn token that is not EOS
     (GPT-2: EOS ends the turn), tunelab's stop set, and answers that end at end-of-turn before the limit
     while others run to it."""
-    from tunelab.model.decoding import end_of_turn_id, stop_token_ids
+    from tunelab.decoding.stops import end_of_turn_id, stop_token_ids
     a, cfg = arch.arch, arch.model.config
     eos_in_gen = arch.model.generation_config.eos_token_id
     eos_in_gen = {eos_in_gen} if isinstance(eos_in_gen, int) else set(eos_in_gen)
@@ -116,8 +116,9 @@ def test_prefill_of_a_padded_batch_equals_each_prompt_alone(arch):
     each row the last-position logits of a plain forward pass over that prompt alone."""
     import torch
 
-    from tunelab.model.decoding import DecodeBatch, pad_token_id
-    from tunelab.model.decoding import tree_prefill_ok
+    from tunelab.decoding.batch import DecodeBatch
+    from tunelab.decoding.stops import pad_token_id
+    from tunelab.decoding.batch import tree_prefill_ok
     # the trie prefill (`tree_prefill.py`) runs every architecture here whose cache keeps all positions; the
     # sliding window of Gemma-2 keeps the padded prefill
     assert tree_prefill_ok(arch.model) or arch.arch.name == "gemma2"
@@ -149,7 +150,7 @@ def sampled_reference(model, prompt_ids: list[int], stops, params, seed: int) ->
     no padding, no batch), each token drawn by `sample_next` from a generator seeded as the row's."""
     import torch
 
-    from tunelab.model.decoding import sample_next
+    from tunelab.decoding.sampling import sample_next
     generator = torch.Generator().manual_seed(seed)
     ids, out = list(prompt_ids), []
     with torch.no_grad():
@@ -169,7 +170,9 @@ def test_sampled_rows_equal_a_seeded_draw_without_the_cache(arch, batch_size):
     shares its batch; temperature 0 rows in the same batch stay greedy."""
     import torch
 
-    from tunelab.model.decoding import SamplingParams, greedy_rows, pad_token_id, stop_token_ids
+    from tunelab.decoding.generate import greedy_rows
+    from tunelab.decoding.sampling import SamplingParams
+    from tunelab.decoding.stops import pad_token_id, stop_token_ids
     stops = stop_token_ids(arch.model, arch.tokenizer)
     encoded = arch.tokenizer(arch.prompts[:3], add_special_tokens=False)["input_ids"]
     rows = [ids for ids in encoded for _ in range(3)]  # each prompt three times, as a group of generations
@@ -228,11 +231,11 @@ def test_http_chat_completions_at_temperature_0_equal_generate(arch):
 @pytest.fixture(scope="module")
 def exported(arch, tmp_path_factory):
     """A LoRA adapter with non-zero B on the tiny model, saved with the tokenizer and exported merged with
-    `tunelab.model.export.export` (float32); returns (merged model, tokenizer, peft model, export dir)."""
+    `tunelab.convert.export.export` (float32); returns (merged model, tokenizer, peft model, export dir)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from tunelab.model.export import export
+    from tunelab.convert.export import export
     root = tmp_path_factory.mktemp(f"{arch.arch.name}-export")
     base, tokenizer = load(arch.arch.path)
     torch.manual_seed(4)

@@ -53,7 +53,7 @@ def test_a_dpo_run_learns_the_preference_and_its_adapter_loads_in_plain_peft(tmp
     from tunelab.data.preferences import file_pairs, pair_examples
     from tunelab.data.templates import load_template
     from tunelab.train.loop import train
-    from tunelab.train.preference import collate_pairs, completion_logps
+    from tunelab.train.methods.dpo_loss import collate_pairs, completion_logps
     recipe = load_recipe(dpo_recipe(tmp_path, tiny_base))
     summary = train(recipe)
     assert summary["steps"] == 32
@@ -135,7 +135,7 @@ def test_held_out_pairs_are_measured_without_touching_training(tmp_path, tiny_ba
     from tunelab.data.preferences import file_pairs, pair_examples
     from tunelab.data.templates import load_template
     from tunelab.train.loop import train
-    from tunelab.train.preference import collate_pairs, completion_logps
+    from tunelab.train.methods.dpo_loss import collate_pairs, completion_logps
     plain = load_recipe(dpo_recipe(tmp_path / "plain", tiny_base))
     train(plain)
     val_file = write_pairs(tmp_path / "val.jsonl", n=6, seed=7)

@@ -8,7 +8,7 @@ from tunelab.data.generate.arithmetic import generate
 from tunelab.data.formats import reading_instruction
 from tunelab.data.generate.reading import generate as generate_reading
 from tunelab.data.templates import PromptTemplate
-from tunelab.model.decoding import generate_batched
+from tunelab.decoding.generate import generate_batched
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_zero_prompts_and_one_token(model_and_tokenizer):
 
 
 def test_shared_prefix_leaves_every_row_a_token_of_its_own():
-    from tunelab.model.decoding import shared_prefix_length
+    from tunelab.decoding.batch import shared_prefix_length
     header = [7, 8, 9, 10, 11, 12]
     assert shared_prefix_length([header + [1, 2], header + [3], header + [1, 5]]) == 6
     assert shared_prefix_length([header, header + [3]]) == 5  # the shorter row keeps its last token
@@ -84,7 +84,7 @@ def test_reserved_cache_layer_behaves_like_transformers_dynamic_layer():
     import torch
     from transformers.cache_utils import DynamicLayer
 
-    from tunelab.model.kv_cache import ReservedLayer
+    from tunelab.decoding.kv_cache import ReservedLayer
     torch.manual_seed(0)
     ours, ref = ReservedLayer(capacity=6, grow=2), DynamicLayer()
 
@@ -116,7 +116,7 @@ def test_reserved_cache_crop_and_append_rows_equal_slicing_and_left_padded_cat()
     import torch
     import torch.nn.functional as F
 
-    from tunelab.model.kv_cache import ReservedLayer
+    from tunelab.decoding.kv_cache import ReservedLayer
     torch.manual_seed(0)
     a, b = ReservedLayer(capacity=4, grow=3), ReservedLayer(capacity=9, grow=3)
     a.update(torch.randn(2, 2, 4, 5), torch.randn(2, 2, 4, 5))

@@ -62,7 +62,7 @@ def test_a_bad_prompts_file_is_named(tmp_path, name, body, message):
 
 def test_greedy_text_is_the_decoding_cores(run, capsys):
     """What `generate` prints greedily is what evaluation generates for the same prompt (the one decoding core)."""
-    from tunelab.model.decoding import generate_batched
+    from tunelab.decoding.generate import generate_batched
     from tunelab.serve.models import ServedModel
     prompts = ["计算 12.5 + 7.25 = ?", "Write one sentence about autumn."]
     assert main(["generate", str(run), *prompts, "--temperature", "0", "--max-new-tokens", "12", "--json"]) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunelab.model.generation_config import (GENERATION_CONFIG_FILE, SamplingDefaults, eval_max_new_tokens,
+from tunelab.decoding.generation_config import (GENERATION_CONFIG_FILE, SamplingDefaults, eval_max_new_tokens,
                                              evaluated_generation_config, sampling_defaults)
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -35,7 +35,7 @@ def one_thread():
 def test_every_checkpoint_states_the_evaluated_decoding_and_transformers_obeys_it(scratch_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from tunelab.model.decoding import stop_token_ids
+    from tunelab.decoding.stops import stop_token_ids
     ckpts = checkpoints(scratch_run["run_dir"])
     assert len(ckpts) == 5
     want_len = scratch_run["recipe"].eval.max_new_tokens
@@ -60,7 +60,7 @@ def test_every_checkpoint_states_the_evaluated_decoding_and_transformers_obeys_i
 
 
 def test_export_keeps_the_checkpoints_config(scratch_run, tmp_path):
-    from tunelab.model.export import export
+    from tunelab.convert.export import export
     out = export(scratch_run["run_dir"], tmp_path / "exported", dtype="float32", which="last")
     assert saved(out) == saved(checkpoints(scratch_run["run_dir"])[-1] / "model")
 
@@ -109,7 +109,7 @@ def test_a_lora_checkpoint_of_a_hub_model_states_greedy_and_serves_greedy(hub_li
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from tunelab.data.templates import PromptTemplate
-    from tunelab.model.export import export
+    from tunelab.convert.export import export
     from tunelab.serve.models import ServedModel
     from tunelab.train.checkpoints import save_checkpoint
     base = AutoModelForCausalLM.from_pretrained(hub_like_base)

@@ -157,7 +157,7 @@ def model_path(name: str, request) -> Path:
 
 
 def export(src: Path, out: Path, quant: str):
-    from tunelab.model.export import export_gguf_dir
+    from tunelab.convert.export import export_gguf_dir
     return export_gguf_dir(src, out, quant)
 
 
@@ -216,7 +216,8 @@ def tunelab_greedy(model, tokenizer, prompts: list[str], max_new: int) -> tuple[
     """tunelab's decoding core on each prompt (encoded as tunelab encodes them): (prompt ids, new ids)."""
     import torch
 
-    from tunelab.model.decoding import greedy_rows, pad_token_id, stop_token_ids
+    from tunelab.decoding.generate import greedy_rows
+    from tunelab.decoding.stops import pad_token_id, stop_token_ids
     stops = stop_token_ids(model, tokenizer)
     rows = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     with torch.inference_mode():
@@ -232,7 +233,7 @@ def test_llama_cpp_greedy_tokens_equal_tunelabs(name, quant, request, tmp_path):
     """Same prompt ids and same greedy answer ids in llama.cpp as in tunelab, for chat-rendered and raw mixed
     Chinese/English prompts. The tiny base's bf16 weights are exact in f16, so its f16 export is checked."""
     llama_cpp_or_skip()
-    from tunelab.model.decoding import stop_token_ids
+    from tunelab.decoding.stops import stop_token_ids
     from tunelab.model.loading import load_for_inference
     src = model_path(name, request)
     result = export(src, tmp_path / "out", quant)
@@ -369,7 +370,7 @@ def test_modelfile_template_renders_as_the_chat_template(name, request):
     (with a system message too where the template shows one); the Go template is made of those turns."""
     from transformers import AutoTokenizer
 
-    from tunelab.model.modelfile import chat_turns, ollama_modelfile
+    from tunelab.convert.modelfile import chat_turns, ollama_modelfile
     tokenizer = AutoTokenizer.from_pretrained(model_path(name, request))
     turns = chat_turns(tokenizer)
     conversations = list(CONVERSATIONS)
@@ -389,7 +390,7 @@ def test_modelfile_stops_at_the_end_of_turn_and_leaves_bos_to_the_runtime(reques
     llama.cpp adds BOS itself."""
     from transformers import AutoTokenizer
 
-    from tunelab.model.modelfile import chat_turns, ollama_modelfile
+    from tunelab.convert.modelfile import chat_turns, ollama_modelfile
     tokenizer = AutoTokenizer.from_pretrained(model_path("gemma2", request))
     assert chat_turns(tokenizer, add_bos=False).first.startswith("<bos>")
     assert chat_turns(tokenizer, add_bos=True).first == "<start_of_turn>user\n"
@@ -434,8 +435,8 @@ def test_scaled_rope_and_other_tokenizers_are_refused(tmp_path):
     from transformers import LlamaConfig
 
     from tunelab.errors import TunelabError
-    from tunelab.model.gguf_export import check_architecture
-    from tunelab.model.gguf_vocab import pre_tokenizer_name
+    from tunelab.convert.gguf_export import check_architecture
+    from tunelab.convert.gguf_vocab import pre_tokenizer_name
     config = LlamaConfig(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                           "original_max_position_embeddings": 8192})
@@ -454,15 +455,15 @@ def test_cli_export_gguf_prints_the_file(tmp_path, capsys):
 
 def test_cli_lists_the_types_the_exporter_writes():
     from tunelab.cli.model import GGUF_QUANTS
-    from tunelab.model.gguf_export import QUANTS
+    from tunelab.convert.gguf_export import QUANTS
     assert GGUF_QUANTS == QUANTS
 
 
 def test_a_run_directory_exports_its_checkpoint(scratch_run, tmp_path):
     """A run directory: its last checkpoint (as serve and predict pick it), named after the run, whose prompt
     ids and greedy answer llama.cpp reproduces."""
-    from tunelab.model.decoding import stop_token_ids
-    from tunelab.model.export import export_gguf_dir
+    from tunelab.decoding.stops import stop_token_ids
+    from tunelab.convert.export import export_gguf_dir
     from tunelab.model.loading import load_for_inference
     from tunelab.runs import pick_checkpoint
     run_dir = scratch_run["run_dir"]

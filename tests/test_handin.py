@@ -15,7 +15,7 @@ from conftest import lora_sections, write_recipe
 from tunelab.cli import main
 from tunelab.errors import TunelabError
 from tunelab.handin import evenly_spaced, handin
-from tunelab.model.mindformers_convert import mindspore_to_hf
+from tunelab.convert.mindformers import mindspore_to_hf
 from tunelab.train.checkpoints import checkpoint_steps
 
 EVAL = {"baseline": True, "batch_size": 16, "max_new_tokens": 8,
@@ -144,7 +144,7 @@ def test_a_run_starts_from_the_organisers_ckpt_converted_once(tiny_base, tmp_pat
     the HF weights it came from), trained from, and reused by the next run without converting again."""
     from safetensors.torch import load_file as load
 
-    from tunelab.model.mindformers_convert import hf_to_mindspore, mindformers_model_config
+    from tunelab.convert.mindformers import hf_to_mindspore, mindformers_model_config
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     hf_to_mindspore(tiny_base, tmp_path / "base.ckpt")
     cfg = json.loads((tiny_base / "config.json").read_text())

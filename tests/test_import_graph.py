@@ -29,19 +29,25 @@ LAYERS = [
     #   the error type, the recipe schema (also `tunelab eval`'s configuration), reading/writing records,
     #   a run directory's layout, which checkpoints are whole (their manifests) and which one is best (train,
     #   eval, serve and export share it)
-    ("data", 1, ["tunelab.data.*"]),
-    ("track", 1, ["tunelab.track.*"]),        # the dashboards a run logs to (TensorBoard, MLflow, W&B, SwanLab)          # formats, generators, templates, packing, corpora: no model
-    ("model", 2, ["tunelab.model.*"]),        # loading, tokenizers, LoRA, export, the decoding core
-    ("train", 3, ["tunelab.train.*"]),        # the loop and checkpoint writing
+    ("data", 1, ["tunelab.data.*"]),          # formats, generators, templates, packing, corpora: no model
+    ("track", 1, ["tunelab.track.*"]),        # the dashboards a run logs to (TensorBoard, MLflow, W&B, SwanLab)
+    ("model", 2, ["tunelab.model.*"]),        # loading and placement: paths, hub, presets, device, precision, LoRA,
+    #                                           quantisation, tokenizers, untrained tokens
+    ("decoding", 3, ["tunelab.decoding.*"]),  # the one place tokens are generated or scored: stops, sampling, KV
+    #                                           cache, prefix-tree prefill, attention and rotary kernels, resident
+    #                                           models, the generation config a checkpoint was scored with
     ("scoring", 3, ["tunelab.scoring"]),      # low-parameter ratio (model shapes) and competition formulas
-    ("metrics", 3, ["tunelab.metrics.*"]),    # measuring instruments that know no task (QA F1/EM, Rouge-L, …)
-    ("tasks", 4, ["tunelab.tasks.*"]),        # examples + prompt + answer extraction + metric, by name
-    ("eval", 5, ["tunelab.eval.*"]),          # the eval configuration, runner, retention, `tunelab eval`/`predict`,
+    ("convert", 4, ["tunelab.convert.*"]),    # other ecosystems: MindSpore/MindFormers, GGUF in and out, Modelfile,
+    #                                           merged HF export
+    ("metrics", 4, ["tunelab.metrics.*"]),    # measuring instruments that know no task (QA F1/EM, Rouge-L, …)
+    ("train", 5, ["tunelab.train.*"]),        # setup, the step loop, save/restore; methods/ (sft, dpo, grpo)
+    ("tasks", 5, ["tunelab.tasks.*"]),        # examples + prompt + answer extraction + metric, by name
+    ("eval", 6, ["tunelab.eval.*"]),          # the eval configuration, runner, retention, `tunelab eval`/`predict`,
     #                                           rewards (GRPO's rewards from the tasks' graders: above tasks, so
     #                                           train gets rewards as numbers and never imports a grader)
-    ("serve", 6, ["tunelab.serve.*"]),        # OpenAI-compatible server, web UI, arena
-    ("synth", 6, ["tunelab.synth.*"]),        # training data from any OpenAI-compatible endpoint: a client
-    ("top", 7, [                              # verbs that orchestrate several stages
+    ("serve", 7, ["tunelab.serve.*"]),        # OpenAI-compatible server, web UI, arena
+    ("synth", 7, ["tunelab.synth.*"]),        # training data from any OpenAI-compatible endpoint: a client
+    ("top", 8, [                              # verbs that orchestrate several stages
         "tunelab", "tunelab.cli.*", "tunelab.pipeline.*", "tunelab.report", "tunelab.data_check", "tunelab.compare",
         "tunelab.handin", "tunelab.sweep.*", "tunelab.judge.*"]),  # tunelab: every verb's function, exported lazily for Python users; handin: export
     #                          (model) + the run's metrics, into a submission; sweep: many runs of a recipe
@@ -197,17 +203,17 @@ def test_the_checker_sees_what_it_must():
     a cycle; an upward and a sibling import are caught; every stage holds some module."""
     tree = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(tree) == [["a", "b", "c"]]
-    assert upward({"tunelab.data.glue": {"tunelab.train.loop"}, "tunelab.train.loop": {"tunelab.scoring"},
+    assert upward({"tunelab.data.glue": {"tunelab.train.loop"}, "tunelab.train.loop": {"tunelab.tasks.glue"},
                    "tunelab.eval.sets": {"tunelab.tasks.glue", "tunelab.records"}}) == [
         "tunelab.data.glue (data) imports tunelab.train.loop (train)",
-        "tunelab.train.loop (train) imports tunelab.scoring (scoring)"]
+        "tunelab.train.loop (train) imports tunelab.tasks.glue (tasks)"]
     mods = modules()
     assert "tunelab.tasks.reading" in imports_of("tunelab.tasks", mods["tunelab.tasks"], set(mods))
     runner = imports_of("tunelab.eval.runner", mods["tunelab.eval.runner"], set(mods))
     assert "tunelab.model.loading" in runner  # imported inside evaluate_model_dir
     assert "tunelab.eval.evaluate" in imports_of("tunelab.cli.eval", mods["tunelab.cli.eval"], set(mods))
     assert stage_of("tunelab.records") == ("foundation", 0) and stage_of("tunelab.data.glue") == ("data", 1)
-    assert stage_of("tunelab.metrics.rouge") == ("metrics", 3) and stage_of("tunelab.eval.sets") == ("eval", 5)
+    assert stage_of("tunelab.metrics.rouge") == ("metrics", 4) and stage_of("tunelab.eval.sets") == ("eval", 6)
     assert package_of("tunelab.eval.runner") == "tunelab.eval" and package_of("tunelab.recipe") == "tunelab.recipe"
     used = {stage_of(m)[0] for m in mods}
     assert used == {stage for stage, _, _ in LAYERS}

@@ -69,7 +69,7 @@ def test_mindformers_llama_on_our_ckpt_gives_transformers_logits(tmp_path, kv_he
     """fused: `--qkv-concat`, the w_qkv / w_gate_hidden layout of a MindFormers YAML with qkv_concat: True."""
     from transformers import LlamaForCausalLM
 
-    from tunelab.model.mindformers_convert import hf_to_mindspore, mindformers_model_config
+    from tunelab.convert.mindformers import hf_to_mindspore, mindformers_model_config
     hf_dir = _tiny_llama(tmp_path / "hf", kv_heads, seed=kv_heads)
     hf_to_mindspore(hf_dir, tmp_path / "model.ckpt", qkv_concat=fused)
     cfg = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))

@@ -20,11 +20,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tunelab.cli import main
 from tunelab.errors import TunelabError
-from tunelab.model import mindspore_ckpt
-from tunelab.model.mindformers_convert import (Arch, arch_from_hf_config, hf_config_from_mindformers_yaml,
+from tunelab.convert import mindspore_ckpt
+from tunelab.convert.mindformers import (Arch, arch_from_hf_config, hf_config_from_mindformers_yaml,
                                                hf_to_mindspore, mindspore_to_hf, split_qkv, fuse_qkv,
                                                fuse_gate_up, split_gate_up)
-from tunelab.model.mindspore_ckpt import iter_ckpt, write_ckpt
+from tunelab.convert.mindspore_ckpt import iter_ckpt, write_ckpt
 
 
 # --- faithful copies of MindFormers' conversion code (the references) -------------------------------------

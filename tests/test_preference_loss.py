@@ -1,6 +1,6 @@
 """tunelab's preference losses against TRL itself (`trl` 1.16, a test dependency): on a tiny random Llama with a
 LoRA adapter, TRL's `DPOTrainer` builds and collates the batch, computes its loss and logs its metrics; tunelab's
-`tunelab.train.preference` computes them from the same batch. Loss, every logged reward/log-prob metric and the
+`tunelab.train.methods.dpo_loss` computes them from the same batch. Loss, every logged reward/log-prob metric and the
 adapter's gradients agree, for `sigmoid`, `ipo` and `sigmoid` + `sft`, over several datasets and β. SimPO is
 checked against TRL's `CPOTrainer.cpo_loss` and its length-averaged log-probabilities."""
 
@@ -18,7 +18,7 @@ from peft import LoraConfig  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from tunelab.train.preference import (PreferenceLoss, completion_logps, preference_loss,  # noqa: E402
+from tunelab.train.methods.dpo_loss import (PreferenceLoss, completion_logps, preference_loss,  # noqa: E402
                                       reference_logps)
 
 PROMPTS = ["1+1=", "2+3=", "7-4=", "你好，", "The capital of France is", "9*9=", "写一句诗：", "hello "]
@@ -135,7 +135,7 @@ def test_pairs_tokenise_as_sft_does_and_collate_as_trl_does(tokenizer, tmp_path)
     from tunelab.data.packing import encode_examples
     from tunelab.data.preferences import PreferencePair, pair_examples
     from tunelab.data.templates import PromptTemplate
-    from tunelab.train.preference import collate_pairs
+    from tunelab.train.methods.dpo_loss import collate_pairs
     prompts, chosen, rejected = ["Say hi:", "1+1=", "Capital of France?"], [" hi", " 2", " Paris"], \
         [" no", " 11", " Rome, I think"]
     pairs = [PreferencePair(p, c, r) for p, c, r in zip(prompts, chosen, rejected)]

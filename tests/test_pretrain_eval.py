@@ -403,7 +403,7 @@ def test_pretraining_run_metrics_and_report(pretrained, monkeypatch, tmp_path):
     assert "![loss curves: training and validation](loss.png)" in report
     from tunelab.pipeline.kinds import summary_lines
     assert any(x.startswith("best checkpoint: step-000100") for x in summary_lines(metrics))
-    from tunelab.model.export import model_card                   # `tunelab export`'s README of the model
+    from tunelab.convert.export import model_card                   # `tunelab export`'s README of the model
     assert f"- **ppl** (n=5): perplexity {ppl['perplexity']:.1f}, unigram_perplexity" in model_card(run, run)
     (tmp_path / "bare").mkdir()                                   # a pretraining run evaluated on no task
     (tmp_path / "bare" / "metrics.json").write_text(json.dumps({"pretraining": True, "best_checkpoint": "step-1"}))

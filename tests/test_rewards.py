@@ -14,7 +14,7 @@ from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
 from tunelab.eval.rewards import build_rewards, load_function
 from tunelab.tasks.registry import task_names
-from tunelab.train.grpo import group_advantages, zero_variance_groups
+from tunelab.train.methods.grpo_loss import group_advantages, zero_variance_groups
 
 # one example every generate-mode task can grade: the right answer is "1" for all of them
 ANY_TASK = Example(id="e1", instruction="问题：一加零等于几？ question", output="1", choices=["1", "2"], label=0,

@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from tunelab.model import rotary
+from tunelab.decoding import rotary
 
 STANDARD = ["llama", "qwen2", "mistral", "gemma2"]
 

@@ -202,7 +202,7 @@ def test_top_k_1_and_top_p_small_are_greedy(server, client):
 def test_a_model_without_generation_config_keeps_openai_defaults(server, client):
     """build_tiny_run's model has only the config transformers derives from config.json: it states no decoding,
     so a request that leaves sampling out gets OpenAI's defaults (temperature 1, 16 completion tokens)."""
-    from tunelab.model.generation_config import SamplingDefaults
+    from tunelab.decoding.generation_config import SamplingDefaults
     assert server["served"].defaults == SamplingDefaults()
     kw = dict(model=server["served"].name, prompt="1 + 2 =", extra_body={"ignore_eos": True})
     assert client.completions.create(**kw).usage.completion_tokens == 16

@@ -180,7 +180,7 @@ def test_concurrent_streams_survive_a_failing_row_and_a_tiny_temperature(server,
 def test_sampling_at_tiny_temperatures_is_the_argmax():
     import torch
 
-    from tunelab.model.decoding import GREEDY_TEMPERATURE, SamplingParams, sample_tokens
+    from tunelab.decoding.sampling import GREEDY_TEMPERATURE, SamplingParams, sample_tokens
     logits = torch.tensor([[3.0e38, 1.0, -3.0e38, 2.0], [0.0, 5.0, 4.9999, float("nan")]])
     gens = [torch.Generator().manual_seed(0) for _ in range(2)]
     for t in (2.5e-38, 1e-300, 5e-324, GREEDY_TEMPERATURE / 2, float("nan")):

@@ -40,7 +40,7 @@ def test_sep_template_renders_question_separator_and_chats_the_same(corpus_token
                                     {"role": "user", "content": "问"}, {"role": "assistant", "content": "答"}],
                                    tokenize=False)
     assert turn == "问<|sep|>答<|endoftext|>"
-    from tunelab.model.decoding import end_of_turn_id
+    from tunelab.decoding.stops import end_of_turn_id
     assert end_of_turn_id(tok) == tok.eos_token_id
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tunelab.model.attention import NAME, use_cpu_attention
+from tunelab.decoding.attention import NAME, use_cpu_attention
 from tunelab.train.dropout import FastDropout, keep_mask, use_fast_lora_dropout
 
 
@@ -110,7 +110,7 @@ def test_decoding_runs_under_sdpa_and_training_gets_its_attention_back():
     SDPA gives, and the training attention is back afterwards, also after an error inside."""
     from peft import LoraConfig, get_peft_model
 
-    from tunelab.model.attention import decoding_attention
+    from tunelab.decoding.attention import decoding_attention
     model = get_peft_model(_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     ids = torch.randint(1, 97, (3, 9))
     with torch.no_grad():
@@ -139,7 +139,7 @@ def _packed_batch(vocab=97):
 def test_labelled_loss_equals_the_models_own_loss_and_gradients(lora):
     from peft import LoraConfig, get_peft_model
 
-    from tunelab.train.loss import LabelledLoss
+    from tunelab.train.methods.sft_loss import LabelledLoss
     model = _llama()
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
@@ -167,7 +167,7 @@ def test_labelled_loss_equals_the_models_own_loss_and_gradients(lora):
 def test_labelled_loss_leaves_models_with_a_special_head_to_their_own_forward():
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from tunelab.train.loss import LabelledLoss
+    from tunelab.train.methods.sft_loss import LabelledLoss
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(Gemma2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                            num_attention_heads=2, num_key_value_heads=1, head_dim=16,
@@ -226,7 +226,7 @@ def test_skipping_peft_input_casts_under_autocast_changes_no_value():
 def test_projected_cross_entropy_matches_autograd_chunk_by_chunk(frozen_head, dtype):
     import torch.nn.functional as F
 
-    from tunelab.train.loss import ProjectedCrossEntropy
+    from tunelab.train.methods.sft_loss import ProjectedCrossEntropy
     torch.manual_seed(0)
     n, vocab = 1100, 4096  # three chunks of 512 positions
     weight = (torch.randn(vocab, 16) * 0.3).requires_grad_(not frozen_head)

@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from tunelab.model.decoding import DecodeBatch, tree_prefill_ok
-from tunelab.model.tree_prefill import TreeLayout
+from tunelab.decoding.batch import DecodeBatch, tree_prefill_ok
+from tunelab.decoding.tree_prefill import TreeLayout
 
 
 def _rows(rng: random.Random) -> list[list[int]]:
@@ -105,7 +105,7 @@ def test_tree_prefill_gives_each_rows_logits_and_cache(attn):
 
 
 def test_an_attention_it_cannot_call_keeps_the_padded_prefill():
-    from tunelab.model.attention import register
+    from tunelab.decoding.attention import register
     model = _tiny_llama()
     register()
     model.set_attn_implementation("tunelab_cpu")
@@ -140,9 +140,9 @@ def test_a_model_that_drops_keyword_arguments_keeps_the_padded_prefill():
 
 
 def test_the_config_is_restored_when_the_forward_fails(monkeypatch):
-    from tunelab.model import tree_prefill
-    from tunelab.model.decoding import logits_at
-    from tunelab.model.kv_cache import reserved_cache
+    from tunelab.decoding import tree_prefill
+    from tunelab.decoding.forward import logits_at
+    from tunelab.decoding.kv_cache import reserved_cache
     model = _tiny_llama()
     assert tree_prefill_ok(model)
 

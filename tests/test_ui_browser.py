@@ -76,7 +76,7 @@ def two_models(tmp_path_factory):
 
     from test_serve_api import build_tiny_run
 
-    from tunelab.model.generation_config import write_generation_config
+    from tunelab.decoding.generation_config import write_generation_config
     from tunelab.model.loading import load_for_inference
     from tunelab.serve.backends import LocalBackend
     from tunelab.serve.models import ServedModel

@@ -33,9 +33,9 @@ def __getattr__(name: str) -> Any:
         case "verify_corpus":
             from tunelab.data.corpus.prepare import verify_corpus as found
         case "export":
-            from tunelab.model.export import export as found
+            from tunelab.convert.export import export as found
         case "convert_checkpoint":
-            from tunelab.model.mindformers_convert import convert_checkpoint as found
+            from tunelab.convert.mindformers import convert_checkpoint as found
         case "synthesize_qa":
             from tunelab.synth.qa import synthesize_qa as found
         case _:

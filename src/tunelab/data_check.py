@@ -49,7 +49,7 @@ def _tokenizer_for(recipe: Recipe, examples, template):
 def _model_dir(recipe: Recipe, path: str) -> str | Path:
     """Where `path` loads from, as training resolves it: a run's best checkpoint, a GGUF file's converted
     directory, or the path itself."""
-    from tunelab.model.gguf_import import hf_dir_for_gguf, is_gguf
+    from tunelab.convert.gguf_import import hf_dir_for_gguf, is_gguf
     from tunelab.runs import is_run_dir, pick_checkpoint
     if is_gguf(path):
         return hf_dir_for_gguf(path)

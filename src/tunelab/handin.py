@@ -83,7 +83,7 @@ def mindformers_yaml(recipe: dict, base_config: dict | None) -> dict:
     out: dict = {}
     model_config: dict = {}
     if base_config is not None:
-        from tunelab.model.mindformers_convert import mindformers_model_config
+        from tunelab.convert.mindformers import mindformers_model_config
         model_config = mindformers_model_config(base_config, seq_length=data.get("max_seq_len"))
     if lora.get("enabled", True):
         targets = lora.get("target_modules", [])
@@ -205,7 +205,7 @@ def report(metrics: dict, recipe: dict) -> str:
 
 def handin(run_dir: str | Path, out: str | Path, fmt: str = "mindspore", dtype: str = "bfloat16",
            base_packages: str | Path | None = None) -> Path:
-    from tunelab.model.export import export
+    from tunelab.convert.export import export
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and any(out.iterdir()):
         raise TunelabError("output directory exists and is not empty", file=out)

@@ -1,6 +1,6 @@
 """`tunelab export`, `convert`, `handin`, `runs check`, `runs table`, `ratio` and `score`: what is done with a model
 or a run once it is trained — merged, converted, bundled for hand-in, checked, compared, measured and scored. Each
-handler is one typed call (`tunelab.model.export`, `tunelab.model.mindformers_convert`, `tunelab.handin`,
+handler is one typed call (`tunelab.convert.export`, `tunelab.convert.mindformers`, `tunelab.handin`,
 `tunelab.runs`, `tunelab.compare`, `tunelab.scoring`) and the printing of its result."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tunelab.cli.arguments import flags_for, positive
 from tunelab.errors import TunelabError
 
 _FLAGS = {"fmt": "--format", "base_packages": "--base-packages", "quant": "--quant"}
-# tunelab.model.gguf_export.QUANTS (kept here so --help starts without the model stage)
+# tunelab.convert.gguf_export.QUANTS (kept here so --help starts without the model stage)
 GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l",
                "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 
@@ -109,14 +109,14 @@ def cli_export(args: argparse.Namespace) -> int:
         return _export_gguf(args)
     if args.quant:
         raise TunelabError("--quant is for --format gguf (hf and mindspore weights take --dtype)", field="--quant")
-    from tunelab.model.export import export
+    from tunelab.convert.export import export
     out = export(args.run, args.out, args.dtype, args.checkpoint, args.format)
     print(f"exported {out} ({_size_mb(out):.1f} MB)")
     return 0
 
 
 def _export_gguf(args: argparse.Namespace) -> int:
-    from tunelab.model.export import export_gguf_dir
+    from tunelab.convert.export import export_gguf_dir
     result = export_gguf_dir(args.run, args.out, args.quant or "f16", args.checkpoint)
     print(f"exported {result.path} ({result.path.stat().st_size / 1e6:.1f} MB) and {result.path.parent / 'Modelfile'}")
     if not result.tokenizer_exact:
@@ -132,7 +132,7 @@ def _export_gguf(args: argparse.Namespace) -> int:
 def cli_convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tunelab.model.mindformers_convert import convert_checkpoint
+    from tunelab.convert.mindformers import convert_checkpoint
     out = Path(args.output)
     if Path(args.input).suffix == ".ckpt" and not args.config:
         raise TunelabError("a .ckpt holds no architecture: give --config (the MindFormers YAML, or an HF "

@@ -27,7 +27,7 @@ from tunelab.errors import TunelabError
 from tunelab.eval.retention import load_baseline, overall, retention
 from tunelab.eval.runner import evaluate_model_dir
 from tunelab.eval.sets import eval_sets
-from tunelab.model.resident import model_source
+from tunelab.decoding.resident import model_source
 from tunelab.recipe import EvalConfig
 from tunelab.records import write_json
 from tunelab.runs import best_label, list_checkpoints, model_dir_of
@@ -47,14 +47,14 @@ def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = Non
     if baseline and not ability:
         raise TunelabError(f"a baseline compares ability tasks ({', '.join(task_names(lambda c: c.ability))}); "
                            f"none is among the tasks ({', '.join(sets)})")
-    from tunelab.model.gguf_import import hf_dir_for_gguf, is_gguf
+    from tunelab.convert.gguf_import import hf_dir_for_gguf, is_gguf
     given, model = str(model), Path(model)
     ckpts = list_checkpoints(model)
     if ckpts:
         targets = [(c.name, model_dir_of(c)) for c in ckpts]
     elif (model / "state.json").is_file():   # one checkpoint of a run: its model (or adapter) directory
         targets = [(model.name, model_dir_of(model))]
-    elif is_gguf(model):  # dequantised once into an HF directory (`tunelab.model.gguf_import`)
+    elif is_gguf(model):  # dequantised once into an HF directory (`tunelab.convert.gguf_import`)
         targets = [(model.stem, hf_dir_for_gguf(model, field="model"))]
     else:
         targets = [(model.name or str(model), model)]

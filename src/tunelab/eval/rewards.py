@@ -33,7 +33,7 @@ never to fail on what a model can write (empty, huge, Chinese, garbage numbers: 
 its own data (a reference that is not a number) is reported as that, with the example's id.
 
 This module lives in `eval` (rank 5), above `tasks`: `train` (rank 3) may not import the graders, so the loop
-gets rewards as numbers (`Rewards.score` → (completions, terms), then `tunelab.train.grpo.group_advantages`).
+gets rewards as numbers (`Rewards.score` → (completions, terms), then `tunelab.train.methods.grpo_loss.group_advantages`).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def _where(batch: Completions, i: int) -> str:
 
 class Rewards:
     """The terms of a reward, in order. `score` gives each completion's value under each term, (completions,
-    terms), as the rows `tunelab.train.grpo.group_advantages` reads (reshaped to (prompts, G, terms)) with
+    terms), as the rows `tunelab.train.methods.grpo_loss.group_advantages` reads (reshaped to (prompts, G, terms)) with
     `weights`; `total` the weighted sum per completion."""
 
     def __init__(self, terms: list[RewardTerm]):

@@ -88,7 +88,7 @@ def _run_perplexity(model, tokenizer, task, examples, batch_size, desc):
 
 
 def complete_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc):
-    from tunelab.model.decoding import complete_batched
+    from tunelab.decoding.generate import complete_batched
     return complete_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             desc=desc)
 
@@ -115,12 +115,12 @@ def evaluate_model_dir(model_dir: str | Path, sets: dict[str, EvalSet], out_dir:
                        label: str = "", write_results: bool = True, device: str | None = None,
                        precision: str = "auto", models=None) -> dict:
     """Run every set on one model (full or adapter) on `device`; {label: metrics}. `models` is the pass's
-    `tunelab.model.resident` source (a base kept on a GPU across checkpoints); by default one for this call.
+    `tunelab.decoding.resident` source (a base kept on a GPU across checkpoints); by default one for this call.
 
     With `write_results`, `out_dir/results.json` is removed first and written last, so its presence means
     the evaluation is complete.
     """
-    from tunelab.model.resident import model_source
+    from tunelab.decoding.resident import model_source
     if write_results:
         (Path(out_dir) / "results.json").unlink(missing_ok=True)
     results = {}

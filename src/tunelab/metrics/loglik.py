@@ -53,7 +53,7 @@ def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], batch_size:
 
     if not requests:
         return []
-    from tunelab.model.decoding import context_length, pad_token_id
+    from tunelab.decoding.stops import context_length, pad_token_id
     max_length = max_length or context_length(model, tokenizer)
     contexts = tokenizer([c for c, _ in requests], add_special_tokens=False)["input_ids"]
     continuations = tokenizer([c for _, c in requests], add_special_tokens=False)["input_ids"]
@@ -85,7 +85,7 @@ def _score_pairs(model, pairs, results, batch_size, max_length, pad_id, device, 
     """Every pair its own row: context + continuation (context cut from the left to fit), right-padded."""
     import torch
 
-    from tunelab.model.decoding import logits_at, to_device
+    from tunelab.decoding.forward import logits_at, to_device
     rows = []
     for i, ctx, cont in pairs:
         cont = cont[-max_length:]
@@ -115,7 +115,8 @@ def _score_groups(model, groups, results, batch_size, pad_id, device, bar) -> No
     from copies of that cache (right-padded), `batch_size` continuations per batch."""
     import torch
 
-    from tunelab.model.decoding import DecodeBatch, to_device
+    from tunelab.decoding.batch import DecodeBatch
+    from tunelab.decoding.forward import to_device
 
     groups.sort(key=lambda g: -len(g[0]))
     start = 0
@@ -154,7 +155,8 @@ def _collect(scored, order, owners, results) -> None:
     `order` (None: as they come), are `owners`' (request index, token count) in turn. One copy to the host."""
     import torch
 
-    from tunelab.model.decoding import to_device, token_logprobs
+    from tunelab.decoding.forward import to_device
+    from tunelab.decoding.sampling import token_logprobs
     parts = []
     for logits, targets in scored:
         chosen, greedy, _, _ = token_logprobs(logits, to_device(torch.tensor(targets), logits.device))

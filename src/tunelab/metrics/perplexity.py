@@ -45,7 +45,7 @@ class DocumentScore:
 
 def resolve_window(model, tokenizer, window: int | None, stride: int | None) -> tuple[int, int]:
     """(window, stride) with defaults filled in and checked against the model's context."""
-    from tunelab.model.decoding import context_length
+    from tunelab.decoding.stops import context_length
     context = context_length(model, tokenizer)
     window = int(window or context)
     if window < 2:
@@ -100,7 +100,8 @@ def score_token_ids(model, tokenizer, documents, window: int | None = None, stri
     tokens = [0] * len(documents)
     windows = [0] * len(documents)
     order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))
-    from tunelab.model.decoding import logits_at, pad_token_id
+    from tunelab.decoding.forward import logits_at
+    from tunelab.decoding.stops import pad_token_id
     pad_id = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     with torch.inference_mode(), tqdm(total=len(pieces), disable=not progress, desc=desc, unit="window",

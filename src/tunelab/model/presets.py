@@ -11,7 +11,7 @@ The minigpt-* presets are Llama-style decoders, not Hugging Face's GPT2 classes,
   students' next step (SFT) and the fine-tuning half of tunelab expect. The SwiGLU width is ~8/3·d, so the
   MLP has GPT-2's 8·d² parameters and minigpt-124m matches GPT-2 small's shape (d 768, 12 layers, 12 heads).
 - Tied input/output embeddings, as GPT-2: with a small model the vocabulary matrix is a large share of it.
-- Above all, the same code paths as every other model here: the labelled-only loss (`train/loss.py`), the
+- Above all, the same code paths as every other model here: the labelled-only loss (`train/methods/sft_loss.py`), the
   CPU packed-row attention, LoRA targets (q/k/v/o, gate/up/down), `tunelab serve`/`eval`/`export` and the
   KV-cache engine all know `llama`; a GPT2 model would need its own path through each.
 vocab_size is replaced by the tokenizer's at build time; no biases, no dropout.

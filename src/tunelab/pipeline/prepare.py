@@ -49,12 +49,12 @@ def resolve_base_run(recipe: Recipe) -> Path | None:
     """A `model.path` naming a run directory: replaced by the path of that run's best checkpoint (what serve
     and eval load for it too); returns the run directory, or None when the path is a model itself. A MindFormers
     .ckpt is replaced by its converted HF directory (converted once, cached), and so is a GGUF file (dequantised)."""
-    from tunelab.model.gguf_import import hf_dir_for_gguf, is_gguf
+    from tunelab.convert.gguf_import import hf_dir_for_gguf, is_gguf
     if is_gguf(recipe.model.path) and int(os.environ.get("RANK", "0")) == 0:
         recipe.model = recipe.model.model_copy(update={"path": str(hf_dir_for_gguf(recipe.model.path))})
         return None
     if recipe.model.path and recipe.model.path.endswith(".ckpt"):
-        from tunelab.model.mindformers_convert import hf_dir_for_ckpt
+        from tunelab.convert.mindformers import hf_dir_for_ckpt
         m = recipe.model
         converted = hf_dir_for_ckpt(m.path, m.mindformers_config, m.tokenizer)
         recipe.model = m.model_copy(update={"path": str(converted), "mindformers_config": None})

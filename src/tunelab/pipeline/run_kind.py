@@ -16,7 +16,7 @@ from tunelab.recipe import Recipe
 from tunelab.report import render_report
 
 if TYPE_CHECKING:
-    from tunelab.model.resident import Reloading
+    from tunelab.decoding.resident import Reloading
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ finish (EOS, stop string, max_tokens, context end) or whose client went away lea
 rows move into their cache rows, so a slot frees up for the next request without copying the rows that stay, and
 newcomers are written into free rows of a cache reserved for `max_batch` rows. Positions are tracked per row, so
 rows of different lengths share the batch through left padding. The tensor work (prefill, step, merge, sampling, stop
-tokens, detokenization and stop strings) is the decoding core's, `tunelab.model.decoding`, the same code the
+tokens, detokenization and stop strings) is the decoding core's, `tunelab.decoding`, the same code the
 evaluation engine runs, so a checkpoint answers the same through `tunelab eval` and `tunelab serve`.
 
 Sampling is per row: greedy at temperature 0 (or below 1e-5), else temperature / top-k / top-p with a
@@ -41,7 +41,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from tunelab.model.decoding import SamplingParams, TextStream
+from tunelab.decoding.sampling import SamplingParams
+from tunelab.decoding.text_stream import TextStream
 
 __all__ = ["Engine", "Output", "SamplingParams", "Sequence", "TokenLogprob"]
 
@@ -162,7 +163,7 @@ class Engine:
                  max_prefill_tokens: int = 8192):
         import torch
 
-        from tunelab.model.decoding import context_length, pad_token_id, stop_token_ids
+        from tunelab.decoding.stops import context_length, pad_token_id, stop_token_ids
         self.model = model
         # a private copy for the engine thread: a fast tokenizer is one Rust object, and using it from two
         # threads at once can fail ("Already borrowed")
@@ -333,7 +334,7 @@ class Engine:
                     self._fail(s)
 
     def _prefill_group(self, seqs: list[Sequence]) -> None:
-        from tunelab.model.decoding import DecodeBatch
+        from tunelab.decoding.batch import DecodeBatch
 
         for s in seqs:
             self._fault("prefill", s)
@@ -435,7 +436,8 @@ class Engine:
         generator states, so each row that can be sampled gets the draw it would have had alone. The host gets
         the tokens and the log-probabilities asked for in one copy."""
         torch = self._torch
-        from tunelab.model.decoding import sample_next, sample_tokens, to_device
+        from tunelab.decoding.forward import to_device
+        from tunelab.decoding.sampling import sample_next, sample_tokens
         params, gens = [s.params for s in seqs], [s.generator for s in seqs]
         states = [g.get_state() if g is not None else None for g in gens]
         host: list[int | None] | None = None
@@ -476,7 +478,7 @@ class Engine:
     def _logprob_table(self, logits, targets, k: int):
         """One float32 row per token: [the token, its log-probability, the k largest log-probabilities, their
         ids] (token ids travel as float32: exact below 2**24, far above any vocabulary)."""
-        from tunelab.model.decoding import token_logprobs
+        from tunelab.decoding.sampling import token_logprobs
         chosen, _, values, ids = token_logprobs(logits, targets, k)
         return self._torch.cat([targets[:, None].float(), chosen[:, None], values, ids.float()], dim=1)
 
@@ -489,7 +491,7 @@ class Engine:
     def _prompt_logprobs(self, logits, prompt_ids: list[int], k: int) -> list[TokenLogprob]:
         """Log-probability of each prompt token given the ones before it (None for the first), from the prompt's
         logits in the model's dtype, a chunk of positions at a time, copied to the host once."""
-        from tunelab.model.decoding import to_device
+        from tunelab.decoding.forward import to_device
         k = min(max(int(k), 0), MAX_LOGPROBS)
         entries = [TokenLogprob(prompt_ids[0], None, [])]
         if len(prompt_ids) > 1:

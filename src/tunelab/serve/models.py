@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.model.generation_config import load_generation_config, sampling_defaults
+from tunelab.decoding.generation_config import load_generation_config, sampling_defaults
 from tunelab.serve.engine import Engine
 
 # Used only when a model has neither a chat template nor a tunelab prompt template.
@@ -36,7 +36,7 @@ def resolve_model_dir(path: str | Path, which: str = "best") -> Path | str:
     """The directory to load: a run's best (or last) checkpoint, a checkpoint's model/adapter, or `path`."""
     from tunelab.model.loading import looks_like_hub_id
     from tunelab.runs import pick_checkpoint
-    from tunelab.model.gguf_import import hf_dir_for_gguf, is_gguf
+    from tunelab.convert.gguf_import import hf_dir_for_gguf, is_gguf
     p = Path(path).expanduser()
     if is_gguf(p):  # dequantised once into an HF directory
         return hf_dir_for_gguf(p, field="model")

@@ -11,7 +11,7 @@ Layout of `checkpoints/step-000120/`:
 Where checkpoints live in a run and which one is best: `tunelab.runs`.
 
 Each model/adapter directory holds a generation_config.json with the decoding the run's evaluation scores it
-with (`tunelab.model.generation_config`): plain `transformers`, `tunelab serve` and `tunelab ui` then decode
+with (`tunelab.decoding.generation_config`): plain `transformers`, `tunelab serve` and `tunelab ui` then decode
 the checkpoint as `tunelab eval` did unless asked otherwise.
 
 A run stopped on request (`stop_signals.py`) writes a *preemption* checkpoint at the step it stopped, outside
@@ -97,7 +97,7 @@ def _write_files(tmp: Path, model, tokenizer, template, trainer_state: dict, sta
                  save_merged: bool, max_new_tokens: int, writing: list[Path], weights: dict | None) -> None:
     import torch
 
-    from tunelab.model.generation_config import write_generation_config
+    from tunelab.decoding.generation_config import write_generation_config
     dirs = []
     given = {} if weights is None else {"state_dict": weights}
     if lora:

@@ -10,7 +10,7 @@ and the summary (`summary.py`). The step itself stays here, in the order it runs
 One command runs on a CPU, one GPU, or several processes under `torchrun` / `accelerate launch`
 (DDP, gloo on CPU): each rank takes a strided share of every step's rows. The loss projects only labelled
 positions onto the vocabulary (`loss.py`); on CPU, LoRA dropout (`dropout.py`) and packed-row attention
-(`model/attention.py`) use cheaper kernels that compute the same thing.
+(`decoding/attention.py`) use cheaper kernels that compute the same thing.
 
 Rows come from examples (`row_stream.py`) or from a prepared corpus's memory-mapped blocks (`corpus_rows.py`).
 A corpus run also measures the validation loss (`validation.py`) every `eval_every` steps and at every
@@ -35,8 +35,8 @@ from tunelab.data.packing import batch_to
 from tunelab.data.sources import training_examples
 from tunelab.data.templates import recipe_template
 from tunelab.errors import Preempted, TunelabError
-from tunelab.model.generation_config import eval_max_new_tokens
-from tunelab.model.rotary import fast_rotary
+from tunelab.decoding.generation_config import eval_max_new_tokens
+from tunelab.decoding.rotary import fast_rotary
 from tunelab.recipe import Recipe
 from tunelab.runs import checkpoint_dir, list_checkpoints, step_of
 from tunelab.track.names import step_metrics

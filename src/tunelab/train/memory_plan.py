@@ -180,7 +180,7 @@ def model_config(recipe: Recipe) -> tuple[PretrainedConfig, str]:
     if m.path.endswith(".ckpt"):
         from transformers import AutoConfig
 
-        from tunelab.model.mindformers_convert import hf_config_from_mindformers_yaml
+        from tunelab.convert.mindformers import hf_config_from_mindformers_yaml
         cfg, _ = hf_config_from_mindformers_yaml(m.mindformers_config)
         cfg = dict(cfg)
         return AutoConfig.for_model(cfg.pop("model_type"), **cfg), f"{m.mindformers_config} (MindFormers YAML)"
@@ -489,8 +489,8 @@ def measure_step(spec: StepSpec, fake: bool = True) -> StepMemory:
         skip_lora_input_casts,
     )
     from tunelab.model.presets import build_on_meta
-    from tunelab.model.rotary import fast_rotary
-    from tunelab.train.loss import LabelledLoss
+    from tunelab.decoding.rotary import fast_rotary
+    from tunelab.train.methods.sft_loss import LabelledLoss
     from tunelab.train.optimizers import build_optimizer
 
     t0 = time.perf_counter()

@@ -124,11 +124,11 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
     prompt prefix every sample shares held once per packed row where the model's attention allows it."""
     tc = recipe.train
     if tc.method == "dpo":
-        from tunelab.train.preference_rows import held_out_pair_rows, pair_rows
+        from tunelab.train.methods.dpo_rows import held_out_pair_rows, pair_rows
         stream, pairs, truncated = pair_rows(recipe, tokenizer, template)
         return TrainingRows(stream, held_out_pair_rows(recipe, tokenizer, template), pairs, truncated)
     if tc.method == "grpo":
-        from tunelab.train.grpo_method import prompt_rows
+        from tunelab.train.methods.grpo import prompt_rows
         from tunelab.train.row_stream import ShuffledRows
         prompts, cut = prompt_rows(recipe, examples, tokenizer, template)
         return TrainingRows(ShuffledRows(prompts, recipe.seed), None, len(prompts), cut)
@@ -158,7 +158,7 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
                       "is still chosen by the evaluated tasks)")
     prefix = 0
     if recipe.data.packing and recipe.data.share_prefix:
-        from tunelab.model.attention import MASKED_ATTENTION
+        from tunelab.decoding.attention import MASKED_ATTENTION
         attention = getattr(model.config, "_attn_implementation", None)
         if attention not in MASKED_ATTENTION:  # flash attention's packed path takes position ids, no 4-D mask
             why = f"the model's {attention} attention takes no 4-D mask"
@@ -304,7 +304,7 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: lis
         autocast_dtype = None  # the sharding's MixedPrecisionPolicy casts to bf16 for compute, not autocast
     flat = False
     if device.type == "cpu":  # checkpoints keep the model's own attention setting: it is not saved in config.json
-        from tunelab.model.attention import takes_flat_rows, use_cpu_attention
+        from tunelab.decoding.attention import takes_flat_rows, use_cpu_attention
         base = model.get_base_model() if lora else model
         use_cpu_attention(base)
         flat = recipe.data.packing and takes_flat_rows(base, recipe.data.max_seq_len)

@@ -71,7 +71,7 @@ def export(run_or_ckpt: str | Path, out: str | Path, dtype: str = "bfloat16", wh
     import torch
 
     from tunelab.data.templates import TEMPLATE_FILE
-    from tunelab.model.generation_config import GENERATION_CONFIG_FILE, load_generation_config, with_stop_ids
+    from tunelab.decoding.generation_config import GENERATION_CONFIG_FILE, load_generation_config, with_stop_ids
     from tunelab.model.loading import is_adapter_dir, load_for_inference, quiet_transformers
     quiet_transformers()
     src, out = Path(run_or_ckpt), _fresh_output(out)
@@ -117,7 +117,7 @@ def export_gguf_dir(run_or_ckpt: str | Path, out: str | Path, quant: str = "f16"
     """`tunelab export --format gguf`: the run's best (or last) checkpoint, merged, as `out/NAME-QUANT.gguf`
     (NAME: the run's or the model directory's name) with the tokenizer and chat template in its metadata, and
     an Ollama `Modelfile` beside it. Returns `gguf_export.GGUFExport`."""
-    from tunelab.model.gguf_export import QUANTS, check_architecture, export_gguf
+    from tunelab.convert.gguf_export import QUANTS, check_architecture, export_gguf
     from tunelab.model.loading import adapter_base, is_adapter_dir, load_for_inference, quiet_transformers
     from tunelab.model.presets import load_config
     from tunelab.records import building_dir
@@ -140,7 +140,7 @@ def _add_mindspore(hf_dir: Path, fmt: str) -> None:
     with fmt "mindspore" the safetensors weights are then removed, the small HF files stay."""
     import yaml
 
-    from tunelab.model.mindformers_convert import hf_to_mindspore, mindformers_model_config
+    from tunelab.convert.mindformers import hf_to_mindspore, mindformers_model_config
     dest = hf_dir / "mindspore" if fmt == "both" else hf_dir
     dest.mkdir(exist_ok=True)
     hf_to_mindspore(hf_dir, dest / "model.ckpt")

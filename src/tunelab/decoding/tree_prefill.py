@@ -1,7 +1,7 @@
 """Prefill of rows that share prefixes with each shared token run once: the rows as a token trie, packed.
 
 Prompts of one evaluation share a template header, an instruction, often a passage asked several questions,
-and a left-padded batch pads every row to its longest. `DecodeBatch.prefill` (`decoding.py`) instead feeds the
+and a left-padded batch pads every row to its longest. `DecodeBatch.prefill` (`batch.py`) instead feeds the
 model each distinct prefix once and no padding, as one packed row of trie nodes (`TreeLayout`). An attention
 function, registered with transformers as `tunelab_tree`, lets every node attend to exactly the nodes on its
 row's path: it gathers each row's keys and values into that row's left-padded KV cache — the cache the decode

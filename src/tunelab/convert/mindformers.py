@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.model.mindspore_ckpt import iter_ckpt, write_ckpt
+from tunelab.convert.mindspore_ckpt import iter_ckpt, write_ckpt
 from tunelab.records import read_json_object, read_text
 
 log = logging.getLogger(__name__)

@@ -141,7 +141,7 @@ def gguf_vocab(tokenizer, n_vocab: int) -> GGUFVocab:
         token_id = getattr(tokenizer, f"{role}_token_id", None)
         if token_id is not None:
             special[role] = int(token_id)
-    from tunelab.model.decoding import end_of_turn_id
+    from tunelab.decoding.stops import end_of_turn_id
     eot = end_of_turn_id(tokenizer)
     if eot is not None:
         special["eot"] = eot

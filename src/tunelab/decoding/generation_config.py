@@ -2,7 +2,7 @@
 
 Every checkpoint and export states the decoding tunelab's evaluation scored it with — greedy (`do_sample:
 false`), the evaluation's answer length (`max_new_tokens`), every stop id of
-`tunelab.model.decoding.stop_token_ids` (`eos_token_id`) and the pad id — so plain `transformers`
+`tunelab.decoding.stops.stop_token_ids` (`eos_token_id`) and the pad id — so plain `transformers`
 `model.generate()` answers and stops as `tunelab eval` did, and `tunelab serve` / `tunelab ui` use it for the
 parameters a request or a slider leaves out (`sampling_defaults`).
 
@@ -39,7 +39,7 @@ def evaluated_generation_config(model, tokenizer, max_new_tokens: int):
     `max_new_tokens`, eos = the full stop set, pad id (a `transformers.GenerationConfig`, validated strictly)."""
     from transformers import GenerationConfig
 
-    from tunelab.model.decoding import pad_token_id, stop_token_ids
+    from tunelab.decoding.stops import pad_token_id, stop_token_ids
     own = getattr(model, "generation_config", None)
     kept = {} if own is None else {k: v for k, v in own.to_diff_dict().items() if k in _KEPT}
     stops = stop_token_ids(model, tokenizer)
@@ -54,7 +54,7 @@ def with_stop_ids(generation_config, model, tokenizer):
     has none; nothing else changes (for a model whose evaluation is not known: an export of a bare adapter)."""
     import copy
 
-    from tunelab.model.decoding import pad_token_id, stop_token_ids
+    from tunelab.decoding.stops import pad_token_id, stop_token_ids
     config = copy.deepcopy(generation_config)
     eos = config.eos_token_id
     stops = stop_token_ids(model, tokenizer) | set([eos] if isinstance(eos, int) else eos or ())

@@ -9,7 +9,7 @@ its halves in place; `a + (-b)` and `a - b` round alike in IEEE arithmetic, so t
 just close. `_Rotary` does the same for training, with the gradient written the same way.
 
 `fast_rotary(model)` puts it in place of the function in the model's modeling module while tunelab runs the
-model — the decoding core (`model/decoding.py`) and the training loss (`train/loss.py`) — and only where a
+model — the decoding core (`decoding/`) and the training loss (`train/methods/sft_loss.py`) — and only where a
 check on random tensors finds the module's own function gives exactly the same outputs and gradients (other
 architectures — partial rotary, interleaved, none at all — keep theirs). Scoped, not installed for good:
 `model.generate` or a Hugging Face `Trainer` outside those blocks run transformers' own code (the

@@ -19,7 +19,7 @@ process, median of 5).
 
 It applies to architectures whose head is a plain linear layer over the backbone's last hidden state;
 others (logit soft-capping, scaled logits, mixture-of-experts auxiliary losses) use the model's own forward.
-Either way the forward pass rotates q and k without copies where that is exact (`model/rotary.py`).
+Either way the forward pass rotates q and k without copies where that is exact (`decoding/rotary.py`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.model.attention import additive_for_eager
-from tunelab.model.rotary import fast_rotary
+from tunelab.decoding.attention import additive_for_eager
+from tunelab.decoding.rotary import fast_rotary
 
 IGNORE = -100
 # model_type -> head is `lm_head(last_hidden_state)` and the loss is plain token cross-entropy (checked

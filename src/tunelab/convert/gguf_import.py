@@ -45,7 +45,7 @@ def locate(path: str | Path, field: str = "model.path") -> Path:
 def hf_dir_for_gguf(path: str | Path, field: str = "model.path") -> Path:
     """The HF directory of a GGUF file (or of one inside an installed package, `locate`), converted on first
     use (see the module docstring)."""
-    from tunelab.model.mindformers_convert import converted_cache_root
+    from tunelab.convert.mindformers import converted_cache_root
     path = locate(path, field)
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]

@@ -114,7 +114,7 @@ def ollama_modelfile(gguf_name: str, tokenizer, add_bos: bool = False) -> str:
     """The Modelfile text: FROM ./gguf_name, TEMPLATE (when the tokenizer has a chat template), a stop
     PARAMETER per token that ends an answer (EOS and the template's end of turn). `add_bos`: the GGUF file's
     tokenizer.ggml.add_bos_token."""
-    from tunelab.model.decoding import end_of_turn_id
+    from tunelab.decoding.stops import end_of_turn_id
     lines = [f"FROM ./{gguf_name}", ""]
     if getattr(tokenizer, "chat_template", None):
         template = chat_turns(tokenizer, add_bos).go_template()

@@ -3,7 +3,7 @@ micro-batch of prompts, so LoRA, checkpoints, resume, trackers and the device pa
 
 A row is a prompt (`PromptRow`: the example's prompt tokens exactly as fine-tuning encodes them, and the
 example itself, whose reference answer the rewards read). For each micro-batch the loop calls `rollout`:
-1. each prompt is sampled `num_generations` times by tunelab's own decoding core (`model.decoding.greedy_rows`
+1. each prompt is sampled `num_generations` times by tunelab's own decoding core (`decoding.generate.greedy_rows`
    with a SamplingParams and a seeded generator a row: batched, KV cache, the eval engine's stop tokens), the
    model in eval mode (no dropout) with its adapter on, under the training precision's autocast and SDPA
    attention (`model.attention.decoding_attention`). A row's generator is seeded from (recipe seed, step,
@@ -36,9 +36,11 @@ import torch
 
 from tunelab.data.examples import Example
 from tunelab.data.packing import batch_to
-from tunelab.train.grpo import (GRPOLoss, as_reference, collate_completions, completion_logps, completion_metrics,
+from tunelab.recipe import Recipe
+from tunelab.train.methods.base import Method, token_validation
+from tunelab.train.methods.grpo_loss import (GRPOLoss, as_reference, collate_completions, completion_logps, completion_metrics,
                                 grpo_loss, group_advantages, zero_variance_groups)
-from tunelab.train.grpo_packing import backbone_and_head, pack_groups, packed_completion_logps
+from tunelab.train.methods.grpo_packing import backbone_and_head, pack_groups, packed_completion_logps
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,8 @@ class GRPOLossModel(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, settings, tokenizer, rewards, seed: int):
         super().__init__()
-        from tunelab.model.decoding import SamplingParams, pad_token_id, stop_token_ids
+        from tunelab.decoding.sampling import SamplingParams
+        from tunelab.decoding.stops import pad_token_id, stop_token_ids
         self.model, self.settings, self.tokenizer, self.rewards, self.seed = model, settings, tokenizer, rewards, seed
         for module in model.modules():  # as TRL's `disable_dropout: true`: the samples, the policy's log-probs and
             if isinstance(module, torch.nn.Dropout):  # the reference's are of one model, not three noisy ones
@@ -109,8 +112,8 @@ class GRPOLossModel(torch.nn.Module):
         return [torch.Generator().manual_seed(seed(r)) for r in rows]
 
     def _sample(self, prompts: list[list[int]], generators: list[torch.Generator]) -> list[list[int]]:
-        from tunelab.model.attention import decoding_attention
-        from tunelab.model.decoding import greedy_rows
+        from tunelab.decoding.attention import decoding_attention
+        from tunelab.decoding.generate import greedy_rows
         was_training = self.model.training
         self.model.eval()
         try:
@@ -209,7 +212,7 @@ class GRPOLossModel(torch.nn.Module):
 
     def _logps(self, batch: dict, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The policy's log-probabilities of the batch's completion tokens (B, C), and their entropies."""
-        from tunelab.model.rotary import fast_rotary
+        from tunelab.decoding.rotary import fast_rotary
         with fast_rotary(self.model):
             if "predict_at" in batch:
                 return packed_completion_logps(self.parts, batch, tuple(batch["completion_mask"].shape),
@@ -256,3 +259,25 @@ class GRPOLossModel(torch.nn.Module):
         out = {key: total / n for key, (total, n) in self._sums.items() if n}
         self._sums = {}
         return out
+
+
+# --- the method, as the loop sees it: a batch is prompts, the rollout makes it -------------------------------
+
+def _prompts(rows: list, pad_id: int, packed: bool, flat: bool) -> dict:
+    return {"rows": rows, "packed": packed, "flat": flat}  # the rollout makes the batch
+
+
+def _grpo_loss(model, recipe: Recipe, tokenizer, rewards):
+    from tunelab.errors import TunelabError
+    if rewards is None:
+        raise TunelabError("a grpo run is scored by its rewards: train it through tunelab.pipeline (tunelab run / "
+                           "tunelab train), which builds them from train.grpo.rewards", field="train.grpo.rewards")
+    return GRPOLossModel(model, recipe.train.grpo, tokenizer, rewards, recipe.seed)
+
+
+def _rollout(loss_model, batch: dict, step: int, rank: int, micro: int, device) -> dict:
+    return loss_model.rollout(batch["rows"], step, rank, micro, device, batch["packed"], batch["flat"])
+
+
+GRPO = Method("grpo", _prompts, lambda batch: batch["items"], _grpo_loss, token_validation, _rollout,
+              lambda recipe: recipe.train.grpo.num_iterations)

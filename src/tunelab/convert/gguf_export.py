@@ -143,7 +143,7 @@ def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "mo
         raise TunelabError("GGUF export needs the gguf package: pip install 'tunelab[gguf]' (or gguf)",
                            field="--format") from None
 
-    from tunelab.model.gguf_vocab import gguf_vocab, write_vocab
+    from tunelab.convert.gguf_vocab import gguf_vocab, write_vocab
     config = model.config
     arch = check_architecture(config)
     vocab = gguf_vocab(tokenizer, config.vocab_size)
@@ -215,7 +215,7 @@ def llama_quantize(source: Path, target: Path, quant: str) -> bool:
 
 def export_gguf(model, tokenizer, out_dir: Path, name: str, quant: str = "f16") -> GGUFExport:
     """`out_dir/NAME-QUANT.gguf` and an Ollama `Modelfile` beside it (out_dir exists and is empty)."""
-    from tunelab.model.modelfile import ollama_modelfile
+    from tunelab.convert.modelfile import ollama_modelfile
     if quant not in QUANTS:
         raise TunelabError(f"unknown GGUF type '{quant}' ({', '.join(QUANTS)})", field="quant")
     written = quant if quant in WRITTEN else "f16"

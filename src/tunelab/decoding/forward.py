@@ -1,0 +1,44 @@
+"""The forward pass under every decoding path: float32 logits only at the positions that need them, rotary
+embeddings computed without copies where that gives transformers' result exactly (`rotary.py`), and host
+tensors sent to the device without the host waiting.
+"""
+
+from __future__ import annotations
+
+def logits_at(model, input_ids, attention_mask, keep, **kwargs):
+    """Float32 logits at the `keep` positions (bool, batch × seq), flattened row-major to (keep.sum(), vocab).
+
+    transformers computes the vocabulary projection only there (`logits_to_keep`); a model class without
+    that argument, or one that ignores it, is run on every position and the kept ones are selected."""
+    try:
+        logits = forward(model, input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep,
+                          **kwargs).logits
+    except TypeError:  # a model class without logits_to_keep
+        logits = forward(model, input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+    if logits.ndim == 3:
+        logits = logits[keep] if logits.shape[1] == keep.shape[1] else logits.reshape(-1, logits.shape[-1])
+    return logits.float()
+
+
+def forward(model, **kwargs):
+    """`model(**kwargs)`, with rotary embeddings computed without copies where that is exact (`rotary.py`)."""
+    from tunelab.decoding.rotary import fast_rotary
+    with fast_rotary(model):
+        return model(**kwargs)
+
+
+def last_logits(model, **kwargs):
+    """Float32 logits of each row's last position, (batch, vocab)."""
+    try:
+        logits = forward(model, logits_to_keep=1, **kwargs).logits
+    except TypeError:
+        logits = forward(model, **kwargs).logits
+    return logits[:, -1, :].float()
+
+
+def to_device(tensor, device):
+    """A host tensor on `device` without the host waiting for the device: on CUDA through pinned memory and an
+    asynchronous copy (a copy from pageable memory waits for the stream first); elsewhere `tensor.to(device)`."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
