@@ -23,34 +23,40 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [
-    # stage, rank, modules
+    # stage, rank, modules, what it holds (docs/architecture.md's drawing and table are made from this table)
     ("foundation", 0, ["tunelab.errors", "tunelab.recipe", "tunelab.records", "tunelab.runs",
-                        "tunelab.checkpoint_manifest"]),
-    #   the error type, the recipe schema (also `tunelab eval`'s configuration), reading/writing records,
-    #   a run directory's layout, which checkpoints are whole (their manifests) and which one is best (train,
-    #   eval, serve and export share it)
-    ("data", 1, ["tunelab.data.*"]),          # formats, generators, templates, packing, corpora: no model
-    ("track", 1, ["tunelab.track.*"]),        # the dashboards a run logs to (TensorBoard, MLflow, W&B, SwanLab)
-    ("model", 2, ["tunelab.model.*"]),        # loading and placement: paths, hub, presets, device, precision, LoRA,
-    #                                           quantisation, tokenizers, untrained tokens
-    ("decoding", 3, ["tunelab.decoding.*"]),  # the one place tokens are generated or scored: stops, sampling, KV
-    #                                           cache, prefix-tree prefill, attention and rotary kernels, resident
-    #                                           models, the generation config a checkpoint was scored with
-    ("scoring", 3, ["tunelab.scoring"]),      # low-parameter ratio (model shapes) and competition formulas
-    ("convert", 4, ["tunelab.convert.*"]),    # other ecosystems: MindSpore/MindFormers, GGUF in and out, Modelfile,
-    #                                           merged HF export
-    ("metrics", 4, ["tunelab.metrics.*"]),    # measuring instruments that know no task (QA F1/EM, Rouge-L, …)
-    ("train", 5, ["tunelab.train.*"]),        # setup, the step loop, save/restore; methods/ (sft, dpo, grpo)
-    ("tasks", 5, ["tunelab.tasks.*"]),        # examples + prompt + answer extraction + metric, by name
-    ("eval", 6, ["tunelab.eval.*"]),          # the eval configuration, runner, retention, `tunelab eval`/`predict`,
-    #                                           rewards (GRPO's rewards from the tasks' graders: above tasks, so
-    #                                           train gets rewards as numbers and never imports a grader)
-    ("serve", 7, ["tunelab.serve.*"]),        # OpenAI-compatible server, web UI, arena
-    ("synth", 7, ["tunelab.synth.*"]),        # training data from any OpenAI-compatible endpoint: a client
-    ("top", 8, [                              # verbs that orchestrate several stages
-        "tunelab", "tunelab.cli.*", "tunelab.pipeline.*", "tunelab.report", "tunelab.data_check", "tunelab.compare",
-        "tunelab.handin", "tunelab.sweep.*", "tunelab.judge.*"]),  # tunelab: every verb's function, exported lazily for Python users; handin: export
-    #                          (model) + the run's metrics, into a submission; sweep: many runs of a recipe
+                        "tunelab.checkpoint_manifest"],
+     "the one project error type (file / line / field); the recipe schema, also `tunelab eval`'s configuration; "
+     "reading and writing record files; a run directory's layout, which checkpoints are whole (their manifests) "
+     "and which one is best (train, eval, serve and export share it)"),
+    ("data", 1, ["tunelab.data.*"], "formats, generators, templates and the chat renderer, packing, corpora: no model"),
+    ("track", 1, ["tunelab.track.*"], "the dashboards a run logs to (TensorBoard, MLflow, W&B, SwanLab)"),
+    ("model", 2, ["tunelab.model.*"],
+     "loading and placement: paths, hub, presets, device and precision, LoRA, quantisation, tokenizers, untrained "
+     "tokens"),
+    ("decoding", 3, ["tunelab.decoding.*"],
+     "the one place tokens are generated or scored: stop tokens, sampling, the KV cache, prefix-tree prefill, "
+     "attention and rotary kernels, resident models, the generation config a checkpoint was scored with"),
+    ("scoring", 3, ["tunelab.scoring"], "low-parameter ratio (model shapes) and the competition formulas"),
+    ("convert", 4, ["tunelab.convert.*"],
+     "other ecosystems: MindSpore `.ckpt` and MindFormers, GGUF in and out, Ollama's Modelfile, merged HF export"),
+    ("metrics", 4, ["tunelab.metrics.*"],
+     "measuring instruments that know no task: QA F1/EM, Rouge-L, log-likelihood, perplexity, prediction files"),
+    ("train", 5, ["tunelab.train.*"],
+     "setup, the step loop, checkpoints and resume, the run lock, DDP / FSDP, the memory plan; `methods/`: sft, "
+     "dpo and grpo, each owning its rows, loss and metrics"),
+    ("tasks", 5, ["tunelab.tasks.*"], "examples + prompt + answer extraction + metric, registered by name"),
+    ("eval", 6, ["tunelab.eval.*"],
+     "the eval configuration (sets), the runner, retention, `tunelab eval` / `predict`, GRPO's rewards from the "
+     "tasks' graders (above tasks, so train gets rewards as numbers and never imports a grader)"),
+    ("serve", 7, ["tunelab.serve.*"], "the OpenAI-compatible server, the web UI, the arena, `tunelab generate`"),
+    ("synth", 7, ["tunelab.synth.*"], "training data from any OpenAI-compatible endpoint: a client"),
+    ("top", 8, ["tunelab", "tunelab.cli.*", "tunelab.pipeline.*", "tunelab.report", "tunelab.data_check",
+                "tunelab.compare", "tunelab.handin", "tunelab.sweep.*", "tunelab.judge.*"],
+     "verbs that orchestrate several stages: every verb's function exported lazily for Python users, the command "
+     "line (one module per verb group), `tunelab run` and its run kinds, what every run report shares, `tunelab "
+     "data check`, `tunelab handin` (export + the run's metrics), `tunelab runs table`, `tunelab sweep`, "
+     "`tunelab judge`"),
 ]
 
 
@@ -91,7 +97,7 @@ def graph() -> dict[str, set[str]]:
 
 def stage_of(module: str) -> tuple[str, int]:
     best = None
-    for stage, rank, entries in LAYERS:
+    for stage, rank, entries, _ in LAYERS:
         for entry in entries:
             base = entry.removesuffix(".*")
             hit = module == base or (entry.endswith(".*") and module.startswith(base + "."))
@@ -216,4 +222,43 @@ def test_the_checker_sees_what_it_must():
     assert stage_of("tunelab.metrics.rouge") == ("metrics", 4) and stage_of("tunelab.eval.sets") == ("eval", 6)
     assert package_of("tunelab.eval.runner") == "tunelab.eval" and package_of("tunelab.recipe") == "tunelab.recipe"
     used = {stage_of(m)[0] for m in mods}
-    assert used == {stage for stage, _, _ in LAYERS}
+    assert used == {stage for stage, *_ in LAYERS}
+
+
+DOC = SRC.parent / "docs" / "architecture.md"
+BEGIN, END = "<!-- layers: made by tests/test_import_graph.py from LAYERS -->", "<!-- /layers -->"
+
+
+def layers_markdown() -> str:
+    """docs/architecture.md's drawing of the layers and its table, made from `LAYERS`."""
+    def short(entry: str) -> str:
+        name = entry.removeprefix("tunelab.").removesuffix(".*")
+        return f"{name}/" if entry.endswith(".*") else name
+
+    ranks = sorted({rank for _, rank, *_ in LAYERS}, reverse=True)
+    lines = ["```"]
+    for rank in ranks:
+        stages = [(stage, entries) for stage, r, entries, _ in LAYERS if r == rank]
+        if len(stages) == 1 and len(stages[0][1]) > 1:
+            row = f"{stages[0][0]}: " + " · ".join(short(e) for e in stages[0][1])
+        else:
+            row = "   │   ".join(stage for stage, _ in stages)
+        note = "   (siblings: never import each other)" if len(stages) > 1 else ""
+        lines += [f" rank {rank}  {row}{note}", "           │"]
+    lines[-1] = "                                  imports point down only ▼"
+    lines += ["```", "", "| stage | rank | packages / modules | what it holds |", "|---|---|---|---|"]
+    for stage, rank, entries, what in LAYERS:
+        lines.append(f"| {stage} | {rank} | {', '.join(f'`{e}`' for e in entries)} | {what} |")
+    return "\n".join([BEGIN, *lines, END])
+
+
+def test_the_architecture_doc_draws_this_table():
+    text = DOC.read_text(encoding="utf-8")
+    assert BEGIN in text and END in text
+    drawn = text[text.index(BEGIN):text.index(END) + len(END)]
+    assert drawn == layers_markdown(), "docs/architecture.md's layers are out of date: python tests/test_import_graph.py"
+
+
+if __name__ == "__main__":
+    text = DOC.read_text(encoding="utf-8")
+    DOC.write_text(text[:text.index(BEGIN)] + layers_markdown() + text[text.index(END) + len(END):], encoding="utf-8")
