@@ -398,6 +398,29 @@ def test_modelfile_stops_at_the_end_of_turn_and_leaves_bos_to_the_runtime(reques
     assert 'PARAMETER stop "<eos>"' in text and 'PARAMETER stop "<end_of_turn>"' in text
 
 
+
+@pytest.mark.parametrize("name", ["tiny-base", "qwen2", "gemma2"])
+def test_the_modelfile_carries_the_runs_system_prompt_where_the_template_shows_one(name, request):
+    """`data.system` is what the run trained with: the Modelfile's SYSTEM, which Ollama puts first in a conversation
+    that brings none, renders (through the template's own system turn) what training rendered. A template that
+    drops system messages (tunelab's single-turn ones) gets no SYSTEM: the run never saw one."""
+    from transformers import AutoTokenizer
+
+    from tunelab.convert.modelfile import chat_turns, ollama_modelfile
+    from tunelab.errors import TunelabError
+    tokenizer = AutoTokenizer.from_pretrained(model_path(name, request))
+    text = ollama_modelfile("m.gguf", tokenizer, system="你是一位数学老师。")
+    turns = chat_turns(tokenizer)
+    if turns.system is None:
+        assert "SYSTEM" not in text
+        return
+    assert '\nSYSTEM """你是一位数学老师。"""\n' in text
+    messages = [{"role": "system", "content": "你是一位数学老师。"}, {"role": "user", "content": "2 + 3?"}]
+    assert turns.render(messages) == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    with pytest.raises(TunelabError, match="data.system"):
+        ollama_modelfile("m.gguf", tokenizer, system='say """hi"""')
+
+
 # --- bad inputs: one line each ----------------------------------------------------------------------------------
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:

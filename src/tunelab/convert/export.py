@@ -118,6 +118,7 @@ def export_gguf_dir(run_or_ckpt: str | Path, out: str | Path, quant: str = "f16"
     (NAME: the run's or the model directory's name) with the tokenizer and chat template in its metadata, and
     an Ollama `Modelfile` beside it. Returns `gguf_export.GGUFExport`."""
     from tunelab.convert.gguf_export import QUANTS, check_architecture, export_gguf
+    from tunelab.data.templates import load_template
     from tunelab.model.loading import adapter_base, is_adapter_dir, load_for_inference, quiet_transformers
     from tunelab.model.presets import load_config
     from tunelab.records import building_dir
@@ -129,8 +130,9 @@ def export_gguf_dir(run_or_ckpt: str | Path, out: str | Path, quant: str = "f16"
     check_architecture(load_config(adapter_base(str(model_dir)) if is_adapter_dir(model_dir) else str(model_dir)))
     model, tokenizer = load_for_inference(str(model_dir), dtype="float32", merge=True)
     name = _run_dir(src, model_dir).resolve().name
+    template = load_template(model_dir)
     with building_dir(out) as tmp:
-        result = export_gguf(model, tokenizer, Path(tmp), name, quant)
+        result = export_gguf(model, tokenizer, Path(tmp), name, quant, template.system if template else "")
     command = result.quantize_command and result.quantize_command.replace(str(tmp), str(out))
     return dataclasses.replace(result, path=out / result.path.name, quantize_command=command)
 

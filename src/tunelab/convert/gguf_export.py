@@ -213,8 +213,9 @@ def llama_quantize(source: Path, target: Path, quant: str) -> bool:
     return True
 
 
-def export_gguf(model, tokenizer, out_dir: Path, name: str, quant: str = "f16") -> GGUFExport:
-    """`out_dir/NAME-QUANT.gguf` and an Ollama `Modelfile` beside it (out_dir exists and is empty)."""
+def export_gguf(model, tokenizer, out_dir: Path, name: str, quant: str = "f16", system: str = "") -> GGUFExport:
+    """`out_dir/NAME-QUANT.gguf` and an Ollama `Modelfile` beside it (out_dir exists and is empty); `system`: the
+    system prompt the model was trained with, the Modelfile's SYSTEM."""
     from tunelab.convert.modelfile import ollama_modelfile
     if quant not in QUANTS:
         raise TunelabError(f"unknown GGUF type '{quant}' ({', '.join(QUANTS)})", field="quant")
@@ -229,7 +230,7 @@ def export_gguf(model, tokenizer, out_dir: Path, name: str, quant: str = "f16") 
             path = target
         else:
             command = quantize_command(path, target, quant)
-    modelfile = ollama_modelfile(path.name, tokenizer, vocab.add_bos)
+    modelfile = ollama_modelfile(path.name, tokenizer, vocab.add_bos, system)
     if command:
         target = f"{name}-{quant.upper()}.gguf"
         modelfile = (f"# once `{quantize_command(Path(path.name), Path(target), quant)}` has run in this directory: "

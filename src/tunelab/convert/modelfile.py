@@ -110,17 +110,23 @@ def chat_turns(tokenizer, add_bos: bool = False) -> ChatTurns:
                      after_assistant=_between(three, x, v), system=system)
 
 
-def ollama_modelfile(gguf_name: str, tokenizer, add_bos: bool = False) -> str:
-    """The Modelfile text: FROM ./gguf_name, TEMPLATE (when the tokenizer has a chat template), a stop
-    PARAMETER per token that ends an answer (EOS and the template's end of turn). `add_bos`: the GGUF file's
-    tokenizer.ggml.add_bos_token."""
+def ollama_modelfile(gguf_name: str, tokenizer, add_bos: bool = False, system: str = "") -> str:
+    """The Modelfile text: FROM ./gguf_name, TEMPLATE (when the tokenizer has a chat template), SYSTEM (the
+    system prompt the run trained with, `data.system`: Ollama puts it first in a conversation that brings none,
+    as tunelab did in training), a stop PARAMETER per token that ends an answer (EOS and the template's end of
+    turn). `add_bos`: the GGUF file's tokenizer.ggml.add_bos_token."""
     from tunelab.decoding.stops import end_of_turn_id
     lines = [f"FROM ./{gguf_name}", ""]
     if getattr(tokenizer, "chat_template", None):
-        template = chat_turns(tokenizer, add_bos).go_template()
+        turns = chat_turns(tokenizer, add_bos)
+        template = turns.go_template()
         if '"""' in template:
             raise TunelabError('the chat template holds """, which a Modelfile cannot quote', field="chat_template")
         lines += [f'TEMPLATE """{template}"""', ""]
+        if system and turns.system is not None:
+            if '"""' in system:
+                raise TunelabError('the system prompt holds """, which a Modelfile cannot quote', field="data.system")
+            lines += [f'SYSTEM """{system}"""', ""]
     stops = []
     for token_id in (tokenizer.eos_token_id, end_of_turn_id(tokenizer)):
         if token_id is not None:
