@@ -58,7 +58,8 @@ SETUPS = ("tunelab", "nanogpt", "seed")  # round order, reversed every other rou
 def make_corpus(tmp: Path, mb: float, block_size: int, generator: str, seed: int) -> tuple[Path, dict]:
     """Generated articles -> JSONL -> a byte-level BPE (`train_bpe_tokenizer`) -> `prepare_corpus` (what
     `tunelab data corpus` runs): sentence-aligned blocks of at most `block_size` tokens, 2 % held out."""
-    from tunelab.data.corpus.prepare import ReadSettings, prepare_corpus
+    from tunelab.data.corpus.chunks import ReadSettings
+    from tunelab.data.corpus.prepare import prepare_corpus
     from tunelab.model.tokenizer import train_bpe_tokenizer
     generator, source = articles(generator, seed)
     docs, size = [], 0

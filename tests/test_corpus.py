@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from tunelab.cli import main
+from tunelab.data.corpus.chunks import ReadSettings
 from tunelab.data.corpus.encode import ByteLevelEncoder, TiktokenEncoder, _byte_chars, _pipeline, _single_regex, fast_encoder
 from tunelab.data.corpus.clean import CleaningConfig, Deduplicator, clean_document, text_digest
-from tunelab.data.corpus.prepare import ReadSettings, prepare_corpus, show_blocks, verify_corpus
+from tunelab.data.corpus.prepare import prepare_corpus
 from tunelab.data.corpus.read import iter_documents, list_inputs
 from tunelab.data.corpus.store import CorpusBlocks, SplitWriter, read_docs, read_meta
+from tunelab.data.corpus.verify import show_blocks, verify_corpus
 from tunelab.data.corpus.sentences import split_sentences
 from tunelab.errors import TunelabError
 from tunelab.model.tokenizer import train_bpe_tokenizer, train_corpus_tokenizer

@@ -17,7 +17,9 @@ import pytest
 datasets = pytest.importorskip("datasets")
 
 from tunelab.cli import main  # noqa: E402
-from tunelab.data.corpus.prepare import ReadSettings, prepare_corpus, verify_corpus  # noqa: E402
+from tunelab.data.corpus.chunks import ReadSettings  # noqa: E402
+from tunelab.data.corpus.prepare import prepare_corpus  # noqa: E402
+from tunelab.data.corpus.verify import verify_corpus  # noqa: E402
 from tunelab.data.corpus.read import iter_documents, list_inputs  # noqa: E402
 from tunelab.data.formats import read_examples  # noqa: E402
 from tunelab.data.sources import load_source, training_examples  # noqa: E402

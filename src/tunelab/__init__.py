@@ -31,7 +31,7 @@ def __getattr__(name: str) -> Any:
         case "prepare_corpus":
             from tunelab.data.corpus.prepare import prepare_corpus as found
         case "verify_corpus":
-            from tunelab.data.corpus.prepare import verify_corpus as found
+            from tunelab.data.corpus.verify import verify_corpus as found
         case "export":
             from tunelab.convert.export import export as found
         case "convert_checkpoint":

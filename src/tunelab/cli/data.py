@@ -296,7 +296,7 @@ def cli_glue(args: argparse.Namespace) -> int:
 def _read_settings(args: argparse.Namespace):
     """The reading/cleaning flags shared by `data corpus` and `tokenizer train`, as `ReadSettings`."""
     from tunelab.data.corpus.clean import CleaningConfig
-    from tunelab.data.corpus.prepare import ReadSettings
+    from tunelab.data.corpus.chunks import ReadSettings
     cleaning = CleaningConfig(split_title=not args.no_split_title, prepend_title=args.prepend_title,
                               empty_brackets=not args.no_empty_brackets, markup=not args.no_markup,
                               whitespace=not args.no_whitespace, nfkc=args.nfkc, min_chars=args.min_chars,
@@ -317,7 +317,8 @@ def cli_corpus(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from tunelab.data.corpus.prepare import format_summary, prepare_corpus, show_blocks, verify_corpus
+    from tunelab.data.corpus.prepare import format_summary, prepare_corpus
+    from tunelab.data.corpus.verify import show_blocks, verify_corpus
     from tunelab.errors import TunelabError
     if args.verify:
         result = verify_corpus(args.verify, workers=args.workers)

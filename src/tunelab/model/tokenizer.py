@@ -106,7 +106,7 @@ def train_tokenizer_dir(inputs: list, vocab_size: int, out: str | Path, settings
     existing one). Returns the report saved beside it as training.json."""
     from tqdm.auto import tqdm
 
-    from tunelab.data.corpus.prepare import ReadSettings, iter_cleaned
+    from tunelab.data.corpus.chunks import ReadSettings, iter_cleaned
     from tunelab.data.corpus.read import BadLines, input_bytes, list_inputs
     out = Path(out)
     if out.exists():

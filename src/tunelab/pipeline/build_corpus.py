@@ -35,7 +35,8 @@ def build_corpora(recipe: Recipe) -> None:
 
 
 def build_corpus(corpus: str, build: CorpusBuild, field: str = "build") -> None:
-    from tunelab.data.corpus.prepare import ReadSettings, format_summary, prepare_corpus
+    from tunelab.data.corpus.chunks import ReadSettings
+    from tunelab.data.corpus.prepare import format_summary, prepare_corpus
     settings = ReadSettings(text_field=build.text_field, val_fraction=build.val_fraction, seed=build.seed,
                             cleaning=_cleaning(build, field))
     inputs = list(build.inputs)
