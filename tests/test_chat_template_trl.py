@@ -80,13 +80,57 @@ def _generation_prompt_spans(chat: ModelChat, conv: list[dict]) -> list[tuple[in
     return spans
 
 
-@pytest.mark.parametrize("name", PAIRS)
-def test_assistant_tokens_match_trl_twin(name):
+def _pair(name: str):
     own = (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
     twin = (TEMPLATES / f"{name}_training.jinja").read_text(encoding="utf-8")
     tok = _tokenizer(own, twin)
     tok.chat_template = own
-    chat, conv = ModelChat(tok), _conversation(name)
+    return tok, twin
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_assistant_tokens_match_trl_twin(name):
+    tok, twin = _pair(name)
+    _check(name, tok, twin, _conversation(name))
+
+
+WORDS = ["the", "answer", "is", "42", "12.5", "+", "3.25", "=", "15.75", "北京", "在", "中国", "。", "答案", "是", "，",
+         "hello", "world", "?", "Paris", "😀", "x²", "\\frac{1}{2}", "\n", "- item", "1.", "“quoted”"]
+
+
+def _generated(name: str, seed: int) -> list[dict]:
+    """A random conversation: 1-4 exchanges, a system turn or not, texts of random words (English, Chinese,
+    numbers, emoji, LaTeX, inner newlines), none starting or ending with a blank, the last answer sometimes empty."""
+    import random
+    rng = random.Random(seed)
+
+    def text() -> str:
+        words = [rng.choice(WORDS) for _ in range(rng.randint(1, 12))]
+        out = words[0]
+        for w in words[1:]:
+            out += rng.choice([" ", " ", "", "\n"]) + w
+        return out.replace("\\n", "\n").strip() or "ok"
+
+    turns = [("system", text())] if rng.random() < 0.5 and name not in NO_SYSTEM else []
+    exchanges = rng.randint(1, 4)
+    for k in range(exchanges):
+        turns += [("user", text()), ("assistant", "" if k == exchanges - 1 and rng.random() < 0.15 else text())]
+    if name in BLOCKS:
+        return [{"role": r, "content": [{"type": "text", "text": c}]} for r, c in turns]
+    return [{"role": r, "content": c} for r, c in turns]
+
+
+@pytest.mark.parametrize("name", sorted(set(PAIRS) - PREFILLS - OTHER_TEXT))
+def test_generated_conversations_match_trl_twin(name):
+    """The same comparison on 25 generated conversations a template: the lists of exceptions above hold for any
+    conversation, not only the hand-written one."""
+    tok, twin = _pair(name)
+    for seed in range(25):
+        _check(name, tok, twin, _generated(name, seed))
+
+
+def _check(name: str, tok, twin: str, conv: list[dict]) -> None:
+    chat = ModelChat(tok)
     reference = tok.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
     trl_out = tok.apply_chat_template(conv, chat_template=twin, tokenize=True, return_dict=True,
                                       return_assistant_tokens_mask=True)
@@ -97,7 +141,8 @@ def test_assistant_tokens_match_trl_twin(name):
             assert e.value.field == "data.loss_on"
         assert assistant_labels(chat, conv, "all")[0] == reference
         return
-    if name in REWRITES:
+    answers = sum(1 for m in conv if m["role"] == "assistant")
+    if name in REWRITES and answers > 1:   # one answer has no earlier turn to rewrite
         with pytest.raises(TunelabError, match="growing prefix at turn") as e:
             assistant_labels(chat, conv, "assistant")
         assert e.value.field == "data.loss_on" and "last_turn" in e.value.message
@@ -118,8 +163,16 @@ def test_assistant_tokens_match_trl_twin(name):
     prompt = {p for a, b in spans for p in range(a, b)}
     trl_only = [i for i, (a, b) in enumerate(zip(ours, trl_mask)) if b and not a]
     ours_only = [i for i, (a, b) in enumerate(zip(ours, trl_mask)) if a and not b]
+    # TRL's mask comes from character offsets: `char_to_token` of a turn's last character gives that character's
+    # first token only, so when the tokenizer writes it as several byte tokens TRL leaves the rest untrained
+    # (tunelab trains them: the model must write every byte). Those, and only those, are set aside here.
+    split = set()
+    for i in ours_only:
+        if "\ufffd" in tok.decode([ids[i]]) and (trl_mask[i - 1] or i - 1 in split):
+            split.add(i)
+    ours_only = [i for i in ours_only if i not in split]
     assert all(i in prompt for i in trl_only), [(i, tok.decode([ids[i]])) for i in trl_only]
-    turns = sum(1 for m in conv if m["role"] == "assistant") if name not in REWRITES else 1
+    turns = answers if name not in REWRITES else 1
     expected = DIFFER.get(name, (0, 0))
     assert (len(trl_only), len(ours_only)) == (expected[0] * turns, expected[1] * turns), \
         ([tok.decode([ids[i]]) for i in trl_only], [tok.decode([ids[i]]) for i in ours_only])
