@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from tunelab.cli.arguments import flags_for, positive
+from tunelab.cli.arguments import add_model, flags_for, positive
 from tunelab.errors import TunelabError
 
 _FLAGS = {"fmt": "--format", "base_packages": "--base-packages", "quant": "--quant"}
@@ -21,7 +21,7 @@ GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("export", help="merge a run's best (or last) checkpoint into a standalone HF model, or "
                                         "one GGUF file for llama.cpp / Ollama / LM Studio")
-    p.add_argument("run", help="run directory, checkpoint, adapter or HF model directory")
+    add_model(p, "run directory, checkpoint, adapter or HF model directory", dest="run")
     p.add_argument("out", help="new output directory")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
                    help="hf / mindspore weights (gguf: --quant)")
@@ -38,7 +38,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cli_export)
 
     p = verbs.add_parser("convert", help="Hugging Face directory <-> MindFormers .ckpt (Llama-2/3, InternLM)")
-    p.add_argument("input", help="HF model directory, or a MindFormers .ckpt")
+    add_model(p, "HF model directory, or a MindFormers .ckpt", dest="input")
     p.add_argument("output", help="a new .ckpt (from HF), or a new HF directory (from .ckpt)")
     p.add_argument("--config", default=None,
                    help=".ckpt -> HF: the MindFormers YAML (model.model_config), or an HF config.json/directory")
@@ -51,7 +51,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("handin", help="the competition submission: five merged checkpoints, configs, logs, "
                                         "predictions, report, environment, description, checksums")
-    p.add_argument("run", help="a finished run directory (tunelab run)")
+    add_model(p, "a finished run directory (tunelab run)", dest="run")
     p.add_argument("--out", required=True, help="new bundle directory")
     p.add_argument("--format", choices=["mindspore", "hf", "both"], default="mindspore",
                    help="checkpoint format: MindFormers .ckpt (default), HF safetensors, or both")
@@ -79,7 +79,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cli_runs_table)
 
     p = verbs.add_parser("ratio", help="trainable / total parameters of a LoRA setup (meta device, no weights)")
-    p.add_argument("model", help="preset name, local HF directory or config.json")
+    add_model(p, "preset name, local HF directory, config.json or hub id")
     p.add_argument("--lora-rank", type=int, required=True)
     p.add_argument("--lora-target", required=True,
                    help="regex or comma list; MindFormers names (wq|wv|wo, w1..w3) are accepted")
