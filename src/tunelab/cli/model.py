@@ -16,6 +16,7 @@ _FLAGS = {"fmt": "--format", "base_packages": "--base-packages", "quant": "--qua
 # tunelab.model.gguf_export.QUANTS (kept here so --help starts without the model stage)
 GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l",
                "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
+LLAMA_CPP_INSTALL = "pip install 'tunelab[llama-cpp]'"  # llama.cpp's quantiser: pyproject's extra, as docs/gguf.md says
 
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
@@ -33,8 +34,8 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--quant", choices=list(GGUF_QUANTS), default=None, metavar="TYPE",
                    help="gguf: the tensor type, default f16; f32, f16, bf16, q8_0 are written as llama.cpp's "
                         "convert_hf_to_gguf.py writes them; q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, "
-                        "q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k by llama.cpp's quantiser (llama-cpp-python), or "
-                        "without it the f16 file and the llama-quantize command to run")
+                        f"q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k by llama.cpp's quantiser ({LLAMA_CPP_INSTALL}), "
+                        "or without it the f16 file and the llama-quantize command to run")
     p.set_defaults(func=cli_export)
 
     p = verbs.add_parser("convert", help="Hugging Face directory <-> MindFormers .ckpt (Llama-2/3, InternLM)")
@@ -123,8 +124,8 @@ def _export_gguf(args: argparse.Namespace) -> int:
         print(f"note: llama.cpp has no pre-tokenizer exactly like this tokenizer's; '{result.tokenizer_pre}' is the "
               "closest (see docs/gguf.md)", file=sys.stderr)
     if result.quantize_command:
-        print(f"{result.quant.upper()} is made by llama.cpp's quantiser (pip install llama-cpp-python to have "
-              f"tunelab run it); run: {result.quantize_command}")
+        print(f"{result.quant.upper()} is made by llama.cpp's quantiser ({LLAMA_CPP_INSTALL} to have tunelab run "
+              f"it); run: {result.quantize_command}")
     return 0
 
 
