@@ -175,3 +175,44 @@ def test_many_samples_go_to_the_engine_a_window_at_a_time(run, capsys, monkeypat
     rows = samples(capsys)
     assert [(r["prompt"], r["sample"]) for r in rows] == [(p, j) for p in prompts for j in (1, 2)]
     assert submitted[0] == 4 and max(submitted) <= 4 and sum(submitted) == 10
+
+
+# --- what the flags leave to the model's generation config -------------------------------------------
+
+@pytest.mark.parametrize("flags, said", [
+    ({}, "greedy (temperature 0), max_tokens 32 from generation_config.json"),
+    ({"temperature": 0, "max_new_tokens": 48}, ""),        # said 'max_tokens 32 from generation_config.json'
+    ({"max_new_tokens": 48}, "greedy (temperature 0) from generation_config.json"),
+    ({"temperature": 0}, "max_tokens 32 from generation_config.json"),
+    ({"temperature": 0.8, "max_new_tokens": 5},             # a greedy config says nothing of top_p and top_k
+     "top_p 1, top_k off by default (the model's generation_config.json does not say)"),
+])
+def test_left_out_names_only_what_no_flag_gave(flags, said):
+    from tunelab.model.generation_config import SamplingDefaults
+    from tunelab.serve.generate import GenerateOptions, left_out
+    assert left_out(SamplingDefaults(temperature=0.0, max_tokens=32), GenerateOptions(**flags)) == said
+
+
+def test_left_out_of_a_sampling_config_and_of_none():
+    from tunelab.model.generation_config import SamplingDefaults
+    from tunelab.serve.generate import GenerateOptions, left_out
+    sampling = SamplingDefaults(temperature=0.7, top_p=0.9, top_k=0)
+    assert left_out(sampling, GenerateOptions(top_k=5)) == (
+        "temperature 0.7, top_p 0.9 from generation_config.json; "
+        "max_tokens 128 by default (the model's generation_config.json does not say)")
+    assert left_out(sampling, GenerateOptions(temperature=0, max_new_tokens=3)) == ""  # greedy: top_p/k unused
+    assert left_out(SamplingDefaults(), GenerateOptions(max_new_tokens=3)) == (
+        "temperature 1, top_p 1, top_k off by default (the model's generation_config.json does not say)")
+
+
+def test_the_console_line_names_what_the_flags_left_to_the_config(tmp_path, capsys):
+    """A checkpoint whose generation_config.json says greedy, 32 tokens: `--temperature 0 --max-new-tokens 48`
+    leaves it nothing, and the note says nothing of it; without --max-new-tokens it names the 32."""
+    from transformers import GenerationConfig
+    run = build_tiny_run(tmp_path)
+    GenerationConfig(do_sample=False, max_new_tokens=32).save_pretrained(run / "checkpoints" / "step-000010" / "model")
+    assert main(["generate", str(run), "hi", "--temperature", "0", "--max-new-tokens", "48", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "tunelab generate: " in err and "generation_config.json" not in err and "leave out" not in err
+    assert main(["generate", str(run), "hi", "--temperature", "0", "--json"]) == 0
+    assert "decoding the flags leave out: max_tokens 32 from generation_config.json\n" in capsys.readouterr().err

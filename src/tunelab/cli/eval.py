@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from tunelab.cli.arguments import add_placement, flags_for
+from tunelab.cli.arguments import add_model, add_placement, flags_for
 from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("eval", help="evaluate a model, checkpoint or run directory on tasks")
-    p.add_argument("--model", required=True, help="run directory, checkpoint, HF directory or hub id")
+    add_model(p, "run directory, checkpoint, HF or adapter directory, hub id or .gguf file")
     p.add_argument("--tasks", default="arithmetic", help="comma-separated task names")
     p.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
                    help="data file for a task, or a prepared corpus directory for ppl/continuation (repeatable)")
@@ -43,7 +43,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cli_eval)
 
     p = verbs.add_parser("predict", help="GLUE hand-in file: first N dev predictions, one 0/1 label per line")
-    p.add_argument("--model", required=True, help="run directory (best checkpoint), checkpoint, HF dir or hub id")
+    add_model(p, "run directory (best checkpoint), checkpoint, HF or adapter directory, or hub id")
     p.add_argument("--task", required=True, type=str.strip, metavar="CoLA|QQP")
     p.add_argument("--data", required=True, help="dev/test TSV or pre_data {task}_dev.json")
     p.add_argument("--limit", type=int, default=150, help="first N examples (default 150; 0 = all)")

@@ -9,19 +9,20 @@ import argparse
 import json
 import sys
 
-from tunelab.cli.arguments import flags_for, positive
+from tunelab.cli.arguments import add_model, flags_for, positive
 from tunelab.errors import TunelabError
 
 _FLAGS = {"fmt": "--format", "base_packages": "--base-packages", "quant": "--quant"}
 # tunelab.convert.gguf_export.QUANTS (kept here so --help starts without the model stage)
 GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l",
                "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
+LLAMA_CPP_INSTALL = "pip install 'tunelab[llama-cpp]'"  # llama.cpp's quantiser: pyproject's extra, as docs/gguf.md says
 
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("export", help="merge a run's best (or last) checkpoint into a standalone HF model, or "
                                         "one GGUF file for llama.cpp / Ollama / LM Studio")
-    p.add_argument("run", help="run directory, checkpoint, adapter or HF model directory")
+    add_model(p, "run directory, checkpoint, adapter or HF model directory", dest="run")
     p.add_argument("out", help="new output directory")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
                    help="hf / mindspore weights (gguf: --quant)")
@@ -33,12 +34,12 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--quant", choices=list(GGUF_QUANTS), default=None, metavar="TYPE",
                    help="gguf: the tensor type, default f16; f32, f16, bf16, q8_0 are written as llama.cpp's "
                         "convert_hf_to_gguf.py writes them; q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, "
-                        "q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k by llama.cpp's quantiser (llama-cpp-python), or "
-                        "without it the f16 file and the llama-quantize command to run")
+                        f"q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k by llama.cpp's quantiser ({LLAMA_CPP_INSTALL}), "
+                        "or without it the f16 file and the llama-quantize command to run")
     p.set_defaults(func=cli_export)
 
     p = verbs.add_parser("convert", help="Hugging Face directory <-> MindFormers .ckpt (Llama-2/3, InternLM)")
-    p.add_argument("input", help="HF model directory, or a MindFormers .ckpt")
+    add_model(p, "HF model directory, or a MindFormers .ckpt", dest="input")
     p.add_argument("output", help="a new .ckpt (from HF), or a new HF directory (from .ckpt)")
     p.add_argument("--config", default=None,
                    help=".ckpt -> HF: the MindFormers YAML (model.model_config), or an HF config.json/directory")
@@ -51,7 +52,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("handin", help="the competition submission: five merged checkpoints, configs, logs, "
                                         "predictions, report, environment, description, checksums")
-    p.add_argument("run", help="a finished run directory (tunelab run)")
+    add_model(p, "a finished run directory (tunelab run)", dest="run")
     p.add_argument("--out", required=True, help="new bundle directory")
     p.add_argument("--format", choices=["mindspore", "hf", "both"], default="mindspore",
                    help="checkpoint format: MindFormers .ckpt (default), HF safetensors, or both")
@@ -79,7 +80,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cli_runs_table)
 
     p = verbs.add_parser("ratio", help="trainable / total parameters of a LoRA setup (meta device, no weights)")
-    p.add_argument("model", help="preset name, local HF directory or config.json")
+    add_model(p, "preset name, local HF directory, config.json or hub id")
     p.add_argument("--lora-rank", type=int, required=True)
     p.add_argument("--lora-target", required=True,
                    help="regex or comma list; MindFormers names (wq|wv|wo, w1..w3) are accepted")
@@ -123,8 +124,8 @@ def _export_gguf(args: argparse.Namespace) -> int:
         print(f"note: llama.cpp has no pre-tokenizer exactly like this tokenizer's; '{result.tokenizer_pre}' is the "
               "closest (see docs/gguf.md)", file=sys.stderr)
     if result.quantize_command:
-        print(f"{result.quant.upper()} is made by llama.cpp's quantiser (pip install llama-cpp-python to have "
-              f"tunelab run it); run: {result.quantize_command}")
+        print(f"{result.quant.upper()} is made by llama.cpp's quantiser ({LLAMA_CPP_INSTALL} to have tunelab run "
+              f"it); run: {result.quantize_command}")
     return 0
 
 

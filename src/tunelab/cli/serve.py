@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from tunelab.cli.arguments import add_placement, count, flags_for, integer, number, port
+from tunelab.cli.arguments import add_model, add_placement, count, flags_for, integer, number, port
 from tunelab.errors import TunelabError
 
 _FLAGS = {"api_key": "--api-key", "device": "--device", "models": "--model", "auth": "--auth",
@@ -15,7 +15,7 @@ _FLAGS = {"api_key": "--api-key", "device": "--device", "models": "--model", "au
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (batched)")
-    p.add_argument("model", help="run directory (best checkpoint), checkpoint, model or adapter directory")
+    add_model(p, "run directory (best checkpoint), checkpoint, HF or adapter directory, hub id or .gguf file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=port, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or env TUNELAB_API_KEY)")
@@ -31,9 +31,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cli_serve)
 
     p = verbs.add_parser("ui", help="web UI: chat, side by side, anonymous arena and leaderboard")
-    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH_OR_URL",
-                   help="a local model (run/checkpoint/model dir) or an OpenAI-compatible URL such as "
-                        "http://host:8000/v1, optionally URL#MODEL_ID and URL@KEY or URL@env:VAR (repeatable)")
+    add_model(p, "[NAME=]PATH_OR_URL: a local model (run, checkpoint, HF or adapter directory, hub id, .gguf "
+                 "file) or an OpenAI-compatible URL such as http://host:8000/v1, optionally URL#MODEL_ID and URL@KEY "
+                 "or URL@env:VAR", many=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port, default=7860)
     p.add_argument("--examples", default=None, help="example prompts: .txt (one a line), .json or .jsonl")
@@ -52,7 +52,8 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("generate", help="text from a model in the terminal: prompts as arguments, from a file, "
                                           "piped, or typed")
-    p.add_argument("model", help="run directory (best checkpoint), checkpoint, model or adapter directory")
+    add_model(p, "run directory (best checkpoint), checkpoint, HF or adapter directory, hub id or .gguf file",
+              then="prompts")
     p.add_argument("prompts", nargs="*", metavar="PROMPT",
                    help="prompts; with none and no --file: one a line from a pipe, or typed at a '>' prompt")
     p.add_argument("--file", default=None, help="prompts: .txt (one a line), .json list or .jsonl "
@@ -118,8 +119,6 @@ def cli_ui(args: argparse.Namespace) -> int:
     from tunelab.serve.ui import LOCAL_HOSTS, build_app, launch, load_examples, parse_auth
     require_extra("gradio", "openai", "httpx")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    if not args.model:
-        raise TunelabError("give at least one --model NAME=PATH_OR_URL", field="--model")
     auth = parse_auth(args.auth)
     deadlines = Deadlines(args.connect_timeout, args.first_token_timeout, args.deadline)
     public = args.host not in LOCAL_HOSTS

@@ -100,13 +100,37 @@ def given_prompts(prompts: list[str], file: str | None = None) -> list[str] | No
 
 def _describe(served, options: GenerateOptions) -> None:
     from tunelab.serve.engine import SamplingParams
-    from tunelab.serve.models import describe_defaults
-    log.info("tunelab generate: %s (%s, context %d); decoding a flag leaves out: %s", served.name, served.model_dir,
-             served.context_len, describe_defaults(served.defaults))
+    left = left_out(served.defaults, options)
+    log.info("tunelab generate: %s (%s, context %d)%s", served.name, served.model_dir, served.context_len,
+             f"; decoding the flags leave out: {left}" if left else "")
     sampling = served.sampling(options.temperature, options.top_p, options.top_k)
     if options.num_samples > 1 and SamplingParams(**sampling).greedy:
         log.info("note: decoding is greedy, so the %d samples of a prompt are the same; a temperature such as 0.8 "
                  "samples", options.num_samples)
+
+
+def left_out(defaults, options: GenerateOptions) -> str:
+    """The decoding settings no flag gave, as they are taken: from the model's generation_config.json (its
+    `SamplingDefaults`), else the built-in defaults; '' when the flags gave them all. top_p and top_k are named only
+    when sampling, where they matter. Listing the whole generation config said `max_tokens 32 from
+    generation_config.json` under `--max-new-tokens 48`, which was used."""
+    d, config, builtin = defaults, [], []
+
+    def take(flag, stated, said: str, default: str) -> None:
+        if flag is None:
+            (config if stated is not None else builtin).append(said if stated is not None else default)
+    take(options.temperature, d.temperature,
+         "greedy (temperature 0)" if d.temperature == 0 else f"temperature {d.temperature or 0:g}", "temperature 1")
+    temperature = next(t for t in (options.temperature, d.temperature, 1.0) if t is not None)
+    if temperature > 0:
+        take(options.top_p, d.top_p, f"top_p {d.top_p or 0:g}", "top_p 1")
+        take(options.top_k, d.top_k, f"top_k {d.top_k or 'off'}", "top_k off")
+    take(options.max_new_tokens, d.max_tokens or None, f"max_tokens {d.max_tokens}",
+         f"max_tokens {DEFAULT_MAX_TOKENS}")
+    parts = [", ".join(config) + " from generation_config.json"] if config else []
+    if builtin:
+        parts.append(", ".join(builtin) + " by default (the model's generation_config.json does not say)")
+    return "; ".join(parts)
 
 
 def _encode(served, options: GenerateOptions, prompts: list[str]) -> list[list[int]]:
