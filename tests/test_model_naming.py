@@ -73,6 +73,16 @@ def test_generate_with_model_flag_reads_every_word_as_a_prompt():
     assert parse(["generate", M, "hi"]) == parse(["generate", "--model", M, "hi"])
 
 
+@pytest.mark.parametrize("verb", ["export", "convert"])
+def test_options_may_stand_between_the_model_and_the_output(verb):
+    """MODEL is optional now that --model may name it; the output after it is still found past options between
+    them (`export RUN --dtype float32 OUT`), as before the model could be a flag."""
+    between = parse([verb, "runs/a", "--dtype", "float32", "out"])
+    assert between == parse([verb, "runs/a", "out", "--dtype", "float32"]) == parse([verb, "--dtype", "float32",
+                                                                                     "--model", "runs/a", "out"])
+    assert between["run" if verb == "export" else "input"] == "runs/a"
+
+
 def test_ui_takes_models_both_ways_each_once():
     args = parse(["ui", "b=runs/b", "a=runs/a", "--model", "a=runs/a", "--model", "http://h:8000/v1"])
     assert args["model"] == ["a=runs/a", "http://h:8000/v1", "b=runs/b"]

@@ -169,8 +169,19 @@ class ModelParser(argparse.ArgumentParser):
     MODEL or --model: every caller of `parse_args` (main, tests, the docs generator) sees the same `args.model`.
     Verb parsers are made by `add_subparsers` with the root parser's class, so each verb is this class too."""
 
+    _inner = False
+
     def parse_known_args(self, args=None, namespace=None):  # noqa: D102 — argparse's own signature
-        namespace, extras = super().parse_known_args(args, namespace)
+        if self._inner or "model_dest" not in self._defaults:
+            return super().parse_known_args(args, namespace)
+        # MODEL is optional (--model may name it), so positionals after it (`export RUN OUT`) would be matched in
+        # the first run of words: `export RUN --dtype float32 OUT` would give OUT to nobody. Intermixed parsing
+        # takes the options out first and then matches every positional word, wherever it stood.
+        self._inner = True
+        try:
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
         if not extras:  # else the root parser stops at the unknown words, a clearer error than a missing model
             name_model(namespace, self.prog)
         return namespace, extras
