@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [
     # stage, rank, modules
-    ("foundation", 0, ["tunelab.errors", "tunelab.recipe", "tunelab.records", "tunelab.runs",
+    ("foundation", 0, ["tunelab.errors", "tunelab.recipe.*", "tunelab.records", "tunelab.runs",
                         "tunelab.checkpoint_manifest"]),
     #   the error type, the recipe schema (also `tunelab eval`'s configuration), reading/writing records,
     #   a run directory's layout, which checkpoints are whole (their manifests) and which one is best (train,
