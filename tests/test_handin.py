@@ -60,7 +60,7 @@ def test_bundle_is_complete_and_checksummed(finished_run, tmp_path, capsys):
                                                          "lora_dropout": 0.1, "target_modules": ".*wq|.*wv|.*wo"}
     assert mf["runner_config"]["batch_size"] == 4
     # the MindFormers fragment reads back into the same LoRA settings through the recipe's aliases
-    from tunelab.recipe import _apply_aliases
+    from tunelab.recipe.loader import _apply_aliases
     lora = _apply_aliases({"pet_config": mf["model"]["model_config"]["pet_config"]}, "x")["lora"]
     assert lora["target_modules"] == ".*q_proj|.*v_proj|.*o_proj" and lora["rank"] == 4
 

@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS = [
     # stage, rank, modules, what it holds (docs/architecture.md's drawing and table are made from this table)
-    ("foundation", 0, ["tunelab.errors", "tunelab.recipe", "tunelab.records", "tunelab.runs",
+    ("foundation", 0, ["tunelab.errors", "tunelab.recipe.*", "tunelab.records", "tunelab.runs",
                         "tunelab.checkpoint_manifest"],
      "the one project error type (file / line / field); the recipe schema, also `tunelab eval`'s configuration; "
      "reading and writing record files; a run directory's layout, which checkpoints are whole (their manifests) "

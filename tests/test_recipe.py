@@ -245,7 +245,8 @@ def test_cli_bad_set_exits_2(tmp_path, capsys):
 def test_every_shipped_recipe_passes_the_schema(path):
     # the data files of most recipes are written by the commands their headers list, so only the schema is
     # checked here (aliases applied as `load_recipe` does); a recipe edit that breaks a rule fails here
-    from tunelab.recipe import _apply_aliases, validate_recipe
+    from tunelab.recipe import validate_recipe
+    from tunelab.recipe.loader import _apply_aliases
     text = path.read_text(encoding="utf-8")
     recipe = validate_recipe(_apply_aliases(yaml.safe_load(text), str(path)), path, text)
     if path.name.startswith("minigpt") and path.name.endswith("sft.yaml"):

@@ -1,0 +1,110 @@
+"""The recipe's `data:` section: the training sources, how they are mixed, templated and packed."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from tunelab.recipe.fields import StrictSection, Text
+from tunelab.recipe.source import SourceConfig
+
+
+class MixConfig(StrictSection):
+    """How the example sources of `data.train` are mixed: as `datasets.interleave_datasets` does (and LLaMA-Factory's
+    `mix_strategy: interleave_*` with `interleave_probs`): one example at a time from a source drawn with
+    `probabilities` (in turn without them), until one source runs out (`first_exhausted`) or every one has
+    (`all_exhausted`: the others start over, i.e. oversampling)."""
+
+    probabilities: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        default=None, description="one per example source of data.train, summing to 1; none: take them in turn")
+    seed: int = 0
+    stopping_strategy: Literal["first_exhausted", "all_exhausted", "all_exhausted_without_replacement"] = Field(
+        default="first_exhausted", description="first_exhausted: stop when a source runs out (undersampling); "
+                                               "all_exhausted: when every one has (oversampling)")
+
+    @model_validator(mode="after")
+    def _a_distribution(self):
+        if self.probabilities is not None and abs(sum(self.probabilities) - 1) > 1e-6:
+            raise ValueError(f"probabilities must sum to 1, they sum to {sum(self.probabilities):g}")
+        return self
+
+
+class DataConfig(StrictSection):
+    train: list[SourceConfig] = Field(min_length=1)
+    val: list[SourceConfig] = Field(
+        default_factory=list, description="held-out preference pairs (train.method dpo): the loss, reward accuracy "
+                                          "and margins on them at every checkpoint and every train.eval_every steps")
+    mix: MixConfig | None = Field(default=None, description="interleave the example sources (default: one after "
+                                                            "the other, all of each)")
+    template: Text = Field(default="auto", description=(
+        "prompt template: model (the base's own chat template), alpaca, plain, qa, none, sep; auto: the template a "
+        "tunelab-made base was trained with, else the base's chat template when it has one, else alpaca; a corpus "
+        "run defaults to 'none'"))
+    system: str = Field(default="", description="template model: the system prompt of every conversation that has "
+                                                "none (empty: the template's own default)")
+    template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="template model: extra chat-template variables, e.g. {date_string: "
+                                          "26 Jul 2024} (recorded with the run, so it renders the same tomorrow)")
+    instruction_prefix: str = ""
+    cot: bool = False
+    max_seq_len: int = Field(default=256, ge=8)
+    packing: bool = Field(default=True, description="pack samples (corpus: whole blocks) into rows, or one a row")
+    share_prefix: bool = Field(
+        default=False, description="packed samples: hold the template header every sample starts with once per "
+                                   "row (each sample attends to it and to itself; same loss and gradients, more "
+                                   "samples a row)")
+    loss_on: Literal["assistant", "last_turn", "all", "answer"] = Field(
+        default="assistant", description="which tokens train: every assistant turn with its end-of-turn token "
+                                         "(assistant; 'answer' is its older name), the last one only (last_turn: "
+                                         "templates that rewrite earlier turns), or every token (all)")
+    sampling: Literal["epoch", "random"] = Field(
+        default="epoch", description="corpus blocks: each once per epoch in a seeded order, or drawn at random "
+                                     "with replacement")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _corpus_template(cls, raw: Any) -> Any:
+        """A pretraining corpus is plain text: its model continues text, so its template is `none`."""
+        train = raw.get("train") if isinstance(raw, dict) else None
+        if isinstance(train, list) and "template" not in raw and any(
+                isinstance(s, dict) and s.get("corpus") is not None and s.get("replay") is None for s in train):
+            raw = {**raw, "template": "none"}
+        return raw
+
+    @model_validator(mode="after")
+    def _one_kind_of_source(self):
+        corpora = [s for s in self.train if s.corpus is not None and s.replay is None]
+        replays = [s for s in self.train if s.replay is not None]
+        if corpora and len(corpora) != len(self.train):
+            raise ValueError("a corpus source cannot be mixed with example sources (path/generate): pretrain on "
+                             "the corpus in one run, fine-tune on the examples in another (or give the corpus "
+                             "a 'replay' fraction to mix its blocks into the fine-tuning)")
+        if len(corpora) > 1:
+            raise ValueError("give one corpus source (prepare several inputs into one corpus with "
+                             "`tunelab data corpus IN1 IN2 … --out DIR`)")
+        if len(replays) > 1:
+            raise ValueError("give one corpus to replay")
+        if replays and len(replays) == len(self.train):
+            raise ValueError("'replay' mixes a corpus into fine-tuning on examples: add a path or generate "
+                             "source (to pretrain on the corpus, drop 'replay')")
+        if self.sampling == "random" and not corpora:
+            raise ValueError("'sampling: random' draws corpus blocks; it needs a corpus source")
+        if self.mix is not None:
+            mixed = len(self.train) - len(corpora) - len(replays)
+            if mixed < 2:
+                raise ValueError("'mix' interleaves example sources: give at least two in data.train")
+            if self.mix.probabilities is not None and len(self.mix.probabilities) != mixed:
+                raise ValueError(f"mix.probabilities: give one per example source of data.train ({mixed}), got "
+                                 f"{len(self.mix.probabilities)}")
+        return self
+
+    @property
+    def corpus(self) -> str | None:
+        """The corpus directory of a pretraining run, or None for example sources."""
+        return self.train[0].corpus if self.train[0].replay is None else None
+
+    @property
+    def replay(self) -> SourceConfig | None:
+        """The corpus replayed during fine-tuning on examples, if any."""
+        return next((s for s in self.train if s.replay is not None), None)

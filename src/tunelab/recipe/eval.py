@@ -1,0 +1,58 @@
+"""The recipe's `eval:` section, also `tunelab eval`'s configuration: the tasks, how they run, and the
+retention verdict's thresholds."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from tunelab.recipe.fields import StrictSection, Text
+from tunelab.recipe.source import SourceConfig
+
+EvalMode = Literal["generate", "loglik", "perplexity"]
+
+
+class EvalTaskConfig(StrictSection):
+    """One evaluation entry. `tunelab eval` builds the same entries from its flags (`tunelab.eval.sets` turns
+    them into what is run, for both), so a mistake is the same error from a recipe and from the command line."""
+
+    task: Text
+    name: Text | None = Field(default=None, description="label for results (default: the task name)")
+    source: SourceConfig
+    limit: int | None = Field(default=None, ge=1)
+    ability: bool = Field(default=False, description="an original ability whose retention is checked")
+    fewshot: int = Field(default=0, ge=0, description=(
+        "the set's first k examples given as worked examples, earlier user/assistant turns before every prompt "
+        "(lm-eval's fewshot_as_multiturn), and not scored: a chat base is asked the way it reads best"))
+    mode: EvalMode | None = Field(
+        default=None, description="one of the task's modes: generate, loglik (choice, cola, qqp), perplexity "
+                                  "(ppl); default: eval.mode when the task has it, else the task's first")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="task settings, e.g. {segmentation: char} or {window: 512}")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.task
+
+
+class EvalConfig(StrictSection):
+    tasks: list[EvalTaskConfig] = Field(default_factory=list)
+    mode: EvalMode | None = Field(
+        default=None, description="the mode of every entry without its own whose task has it (the others run "
+                                  "their default); an error when no task has it")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="settings for every task that has them, e.g. {window: 512}; an "
+                                          "entry's own options win; an error when no task has one")
+    batch_size: int = Field(default=32, ge=1)
+    max_new_tokens: int = Field(default=32, ge=1)
+    baseline: bool = Field(default=True, description="evaluate the base model before training")
+    device: Text | None = Field(default=None, pattern=r"^(auto|cpu|mps|cuda(:\d+)?|npu(:\d+)?)$",
+                                description="where models are evaluated (default: train.device in a run, else auto)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 where the GPU does it natively, fp16 on older GPUs, fp32 on a CPU")
+    checkpoints: Literal["all", "last"] = "all"
+    retention_threshold: float = Field(default=0.9, ge=0)
+    retention_min_base: float = Field(
+        default=5.0, ge=0, description="a base below this F1/EM (0-100) is too close to zero to judge retention "
+                                       "against: the verdict says it cannot judge")

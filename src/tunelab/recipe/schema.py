@@ -1,0 +1,134 @@
+"""The whole recipe: its sections, the run's name and output folder, the dashboards it logs to
+(`report_to`), and the rules that span sections (quantisation needs LoRA, DPO needs pairs, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from tunelab.recipe.data import DataConfig
+from tunelab.recipe.eval import EvalConfig
+from tunelab.recipe.fields import StrictSection, Text
+from tunelab.recipe.lora import LoraConfig
+from tunelab.recipe.model import ModelConfig
+from tunelab.recipe.score import ScoreConfig
+from tunelab.recipe.train import TrainConfig
+
+
+class Recipe(StrictSection):
+    # a directory name under output_dir: '..' was the working directory itself, 300 characters an OSError
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    seed: int = 0
+    output_dir: Text = "runs"
+    model: ModelConfig
+    data: DataConfig
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    description: str = ""
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "swanlab"]] = Field(
+        default_factory=lambda: ["tensorboard"], description=(
+            "the dashboards this run logs to (`tunelab.track`): per step loss, lr, grad norm, tokens/s, MFU, memory; "
+            "per checkpoint every task's metrics, retention and the score. [] logs to none"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scratch_trains_every_weight(cls, raw: Any) -> Any:
+        """A model built from scratch trains all its weights: LoRA (a low-rank update of random weights) is off
+        unless the recipe has a `lora` section."""
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and raw["model"].get("from_scratch") \
+                and raw.get("lora") is None:
+            raw = {**raw, "lora": {"enabled": False}}
+        return raw
+
+    @model_validator(mode="after")
+    def _sharding_takes_plain_weights(self):
+        """FSDP2 shards float parameters and torch's optimizers' states: bitsandbytes' packed 4-/8-bit weights and
+        8-bit optimizer states are neither (QLoRA fits one card anyway: that is what it is for)."""
+        if self.train.strategy == "fsdp" and self.model.quantization != "none":
+            raise ValueError("train.strategy fsdp shards float weights; a quantised base (model.quantization) "
+                             "trains with train.strategy: ddp")
+        if self.train.strategy == "fsdp" and self.train.optimizer != "adamw":
+            raise ValueError(f"train.strategy fsdp shards torch's AdamW states; train.optimizer "
+                             f"{self.train.optimizer} goes with train.strategy: ddp")
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_base_needs_lora(self):
+        """A quantised base is frozen: its 4-/8-bit weights take no optimizer step, so only adapters train."""
+        if self.model.quantization != "none" and not self.lora.enabled:
+            raise ValueError(f"model.quantization: {self.model.quantization} freezes the base model in "
+                             f"{self.model.quantization}; it trains LoRA adapters only: set lora.enabled: true (or "
+                             "model.quantization: none for a full fine-tune)")
+        return self
+
+    @model_validator(mode="after")
+    def _preference_tuning(self):
+        """DPO and IPO compare the policy with its reference: the model with its LoRA adapter switched off, so no
+        second copy is held; a full fine-tune has no such reference (SimPO needs none). Pairs come from files."""
+        if self.train.method != "dpo":
+            return self
+        if not self.lora.enabled and self.train.preference.loss != "simpo":
+            raise ValueError(f"train.method dpo with the {self.train.preference.loss} loss takes its reference from "
+                             "the base under a LoRA adapter: set lora.enabled: true (or train.preference.loss: "
+                             "simpo, which needs no reference)")
+        if self.data.corpus is not None or self.data.replay is not None:
+            raise ValueError("train.method dpo trains on preference pairs, not on a corpus")
+        if self.data.mix is not None:
+            raise ValueError("train.method dpo reads its pairs from files as they are: data.mix mixes example "
+                             "sources for sft")
+        if any(src.path is None for src in [*self.data.train, *self.data.val]):
+            raise ValueError("train.method dpo reads preference pairs from files: every data.train and data.val "
+                             "source is a path (`tunelab data prefs` writes them)")
+        return self
+
+    @model_validator(mode="after")
+    def _reinforcement(self):
+        """GRPO samples answers to the recipe's example prompts and scores them; its KL term's reference is the
+        model with its LoRA adapter off, and sampling runs on whole (unsharded) weights."""
+        if self.train.method != "grpo":
+            return self
+        if self.data.corpus is not None or self.data.replay is not None:
+            raise ValueError("train.method grpo samples answers to prompts: its data.train are example sources "
+                             "(prompts with reference answers), not a corpus")
+        if self.train.grpo.beta > 0 and not self.lora.enabled:
+            raise ValueError("train.grpo.beta > 0 takes its reference from the base under a LoRA adapter: set "
+                             "lora.enabled: true, or train.grpo.beta: 0")
+        if self.train.strategy == "fsdp":
+            raise ValueError("train.method grpo samples with whole weights on each process: train.strategy ddp")
+        return self
+
+    @model_validator(mode="after")
+    def _held_out_pairs(self):
+        if self.data.val and self.train.method != "dpo":
+            raise ValueError("data.val holds held-out preference pairs for train.method dpo; a fine-tuning run is "
+                             "measured by its eval tasks (and a corpus's val split)")
+        if self.data.val and self.train.val_blocks is not None:
+            raise ValueError("train.val_blocks counts a corpus's val blocks; held-out pairs (data.val) are all "
+                             "used: give fewer with data.val.N.count")
+        return self
+
+    @model_validator(mode="after")
+    def _validation_needs_a_corpus(self):
+        """Validation loss is measured on a corpus's val split: the pretraining corpus, or the corpus a fine-tuning
+        run replays (there it tracks what the fine-tuning costs the language model). Early stopping on it only
+        makes sense when it is the objective, i.e. pretraining."""
+        if self.data.corpus is None and not self.data.val:  # (held-out pairs: validated as a corpus is)
+            allowed = ("eval_every", "val_blocks") if self.data.replay is not None else ()
+            for key in ("eval_every", "val_blocks", "early_stopping_patience"):
+                if getattr(self.train, key) is None or key in allowed:
+                    continue
+                if self.data.replay is not None:  # early stopping
+                    raise ValueError("train.early_stopping_patience stops pretraining on its validation loss; a "
+                                     "replayed corpus's loss is measured (train.eval_every) but is not what "
+                                     "fine-tuning optimises")
+                raise ValueError(f"train.{key} needs a corpus source: validation loss is measured on a "
+                                 "corpus's val split (a pretraining corpus, or one replayed while fine-tuning)")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name

@@ -1,0 +1,118 @@
+"""The recipe's `train:` section: the method (sft, dpo, grpo) and its settings, the optimizer and schedule,
+device, precision and sharding, checkpoints, validation and the divergence guard."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from tunelab.recipe.fields import StrictSection, Text
+
+
+class DivergenceConfig(StrictSection):
+    """When a run that has stopped learning or runs away is stopped (`tunelab.train.divergence`)."""
+
+    enabled: bool = True
+    flat_steps: int = Field(default=10, ge=2, description="steps of a zero gradient and an unmoving loss")
+    spike_factor: float = Field(default=3.0, gt=1, description="a spike: this many times the running loss …")
+    spike_rise: float = Field(default=1.0, ge=0, description="… and this many nats above it")
+    spike_steps: int = Field(default=10, ge=1, description="steps a spike must last")
+
+
+class GRPOConfig(StrictSection):
+    """`train.method: grpo` (`tunelab.train.methods.grpo`): completions sampled with tunelab's own decoding core,
+    scored by `rewards`, trained on their group-normalised advantages (`tunelab.train.methods.grpo_loss`). Names and defaults
+    follow TRL's GRPOConfig; `train.batch_size` counts prompts, each sampled `num_generations` times."""
+
+    num_generations: int = Field(default=8, ge=2, description="completions sampled per prompt (a group)")
+    max_completion_length: int = Field(default=64, ge=1, description="tokens a completion may have")
+    temperature: float = Field(default=1.0, gt=0, description="sampling temperature (also divides the logits "
+                                                               "the log-probabilities come from, as TRL)")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0, description="0: off")
+    beta: float = Field(default=0.0, ge=0, description="weight of the KL term to the reference (the model with "
+                                                        "its LoRA adapter off); 0: no reference computed")
+    epsilon: float = Field(default=0.2, ge=0, description="the clip range's lower side (TRL's epsilon)")
+    epsilon_high: float | None = Field(default=None, ge=0, description="its upper side (DAPO's clip-higher); "
+                                                                        "default: epsilon")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        default="dapo", description="how token losses are averaged (tunelab.train.methods.grpo_loss)")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        default="group", description="divide advantages by the group's std, the batch's, or not (Dr. GRPO)")
+    mask_truncated_completions: bool = Field(
+        default=False, description="train on no token of a completion cut at max_completion_length (DAPO)")
+    num_iterations: int = Field(
+        default=1, ge=1, description="optimizer steps on each generation batch (TRL's num_iterations; the old "
+                                     "policy's log-probabilities are kept from sampling time): train.max_steps "
+                                     "and epochs count optimizer steps, a generation every num_iterations")
+    zero_variance: Literal["keep", "skip", "resample"] = Field(
+        default="keep", description="groups whose completions all scored the same teach nothing: keep them in the "
+                                    "batch (TRL), skip their forward and backward, or sample them again (up to "
+                                    "resample_rounds times, then skip: DAPO's dynamic sampling)")
+    resample_rounds: int = Field(default=2, ge=1, le=16, description="zero_variance: resample: new draws of a group "
+                                                                    "that scored all alike, at most")
+    rewards: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"task": "arithmetic"}], min_length=1,
+        description="reward terms: {task: NAME} (1 when the task's grader accepts the answer), {format: REGEX}, "
+                    "{length: {max_tokens, cache}}, {function: file.py:name}; each with an optional weight")
+
+
+class PreferenceConfig(StrictSection):
+    """The preference loss of `train.method: dpo` (`tunelab.train.methods.dpo_loss`)."""
+
+    loss: Literal["sigmoid", "ipo", "simpo"] = Field(
+        default="sigmoid", description="sigmoid: DPO; ipo: IPO; simpo: SimPO (reference-free, length-normalised)")
+    beta: float = Field(default=0.1, gt=0, description="DPO/IPO's β (τ for IPO); SimPO's reward scale")
+    simpo_gamma: float = Field(default=0.5, ge=0, description="SimPO's target reward margin γ")
+    sft_weight: float = Field(default=0.0, ge=0, description="weight of the chosen answers' NLL added to the loss")
+
+
+class TrainConfig(StrictSection):
+    method: Literal["sft", "dpo", "grpo"] = Field(
+        default="sft", description="sft: learn the answers; dpo: learn from preference pairs {prompt, chosen, "
+                                   "rejected} (`tunelab data prefs`) with train.preference's loss; grpo: learn "
+                                   "from sampled answers scored by train.grpo's rewards")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    epochs: float = Field(default=1, gt=0)
+    max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(default=4, ge=1, description="rows per micro-batch (packed rows if packing)")
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, le=1)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    device: Text = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?|npu(:\d+)?)$",
+                         description="auto: this process's GPU, else an Ascend NPU, else MPS, else the CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 where the GPU does it natively, else fp16 with a gradient "
+                                    "scaler; fp32 on a CPU. bf16 on a CPU only where its matmuls are clearly "
+                                    "faster than fp32 (model/device.py)")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp", description="several processes: ddp replicates the model on each; fsdp (FSDP2) shards "
+                                   "weights, gradients and optimizer states across them (train/sharding.py)")
+    cpu_offload: bool = Field(default=False, description="fsdp: keep parameters, gradients and optimizer states "
+                                                         "on the host between uses")
+    memory_check: bool = Field(default=True, description="on a GPU, refuse a run that `tunelab plan` says "
+                                                          "cannot fit the device, before loading the model")
+    gradient_checkpointing: bool = Field(default=False, description="recompute each layer's activations in the "
+                                         "backward pass: far less memory, ~30 % more compute")
+    num_checkpoints: int = Field(default=5, ge=1)
+    save_merged: bool = False
+    log_every: int = Field(default=10, ge=1)
+    threads: int | None = Field(default=None, ge=1, le=4096, description="torch CPU threads")
+    eval_every: int | None = Field(default=None, ge=1, description="validation loss every N steps (corpus "
+                                                                   "runs; also at every checkpoint)")
+    val_blocks: int | None = Field(default=None, ge=1, description="validate on the first N val blocks only")
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="stop after this many validations without improvement")
+    early_stopping_min_delta: float = Field(default=0.0, ge=0, description="the val-loss drop that counts")
+    peak_tflops: float | None = Field(default=None, gt=0, description="the device's peak for MFU (default: "
+                                                                       "measured with a matmul at start)")
+    divergence: DivergenceConfig = Field(default_factory=DivergenceConfig)
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        default="adamw", description="adamw_8bit: bitsandbytes' AdamW with 8-bit moments (a quarter of the optimizer "
+                                     "memory); paged_: and paged out of GPU memory under pressure "
+                                     "(`pip install 'tunelab[quant]'`)")
