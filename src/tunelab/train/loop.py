@@ -2,10 +2,13 @@
 to bottom: setup -> maybe restore -> for each step: batches, forward and backward, optimizer step, metrics,
 validation, checkpoint, stop checks -> summary.
 
+`_train` reads as that sequence: `_set_up`, `_restore`, then each step — `train_step` (batches, forward and
+backward, optimizer step), `_validate`, `MetricsLog.log`, `_checkpoint`, `_stop_on_a_signal` — then `_finish`.
 The pieces live beside it, each in a file named for what it holds: what the run is built from, in the order
-that fixes its random draws (`setup.py`), what a checkpoint's trainer state holds, saved and restored in one
-place (`trainer_state.py`), the files of a checkpoint (`checkpoints.py`), the processes (`distributed.py`),
-and the summary (`summary.py`). The step itself stays here, in the order it runs.
+that fixes its random draws (`setup.py`, whose `TrainingRun` holds them for the loop), one optimizer step
+(`step.py`), the metrics lines, dashboards, progress bar and training clock (`metrics_log.py`), what a
+checkpoint's trainer state holds, saved and restored in one place (`trainer_state.py`), the files of a
+checkpoint (`checkpoints.py`), the processes (`distributed.py`), and the summary (`summary.py`).
 
 One command runs on a CPU, one GPU, or several processes under `torchrun` / `accelerate launch`
 (DDP, gloo on CPU): each rank takes a strided share of every step's rows. The loss projects only labelled
@@ -24,33 +27,31 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import random
 import shutil
 import time
-from pathlib import Path
 
-from tunelab.data.packing import batch_to
 from tunelab.data.sources import training_examples
 from tunelab.data.templates import recipe_template
 from tunelab.errors import Preempted, TunelabError
 from tunelab.decoding.generation_config import eval_max_new_tokens
 from tunelab.decoding.rotary import fast_rotary
 from tunelab.recipe import Recipe
-from tunelab.runs import checkpoint_dir, list_checkpoints, step_of
-from tunelab.track.names import step_metrics
+from tunelab.runs import checkpoint_dir
 from tunelab.train import sharding
 from tunelab.train.checkpoints import checkpoint_steps, save_checkpoint, staging_dir
 from tunelab.train.methods import METHODS
 from tunelab.train.distributed import Dist, all_sum, barrier, data_parallel, init_distributed
 from tunelab.train.divergence import DivergenceGuard
+from tunelab.train.metrics_log import Clock, MetricsLog
 from tunelab.train.plots import read_metrics
 from tunelab.train.run_dir import prepare_run_dir
 from tunelab.train.run_lock import run_lock
-from tunelab.train.setup import (build_model_and_tokenizer, build_optimization, check_memory, choose_precision,
-                                 continued_adapter, count_steps, trainable_model, trainable_token_ids,
-                                 training_rows)
+from tunelab.train.setup import (TrainingRows, TrainingRun, build_model_and_tokenizer, build_optimization,
+                                 check_memory, choose_precision, continued_adapter, count_steps, trainable_model,
+                                 trainable_token_ids, training_rows)
+from tunelab.train.step import train_step
 from tunelab.train.stop_signals import StopSignals
 from tunelab.train.summary import training_summary, write_summary
 from tunelab.train.trainer_state import (Progress, capture, gather_objects, gather_rng, global_batch, rank_window,
@@ -99,10 +100,46 @@ def train(recipe: Recipe, resume: bool = False, hand_over=None, on_checkpoint=No
 
 def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_over=None,
            on_checkpoint=None, rewards=None) -> dict:
-    import torch
-    from tqdm.auto import tqdm
+    """`train` inside the run lock and the stop signals: set up, maybe restore, the steps, the summary."""
+    run = _set_up(recipe, resume, dist, rewards)
+    progress = _restore(run, resume)
+    train_model = data_parallel(run.trained.loss_model, dist, run.trained.fsdp)
+    train_model.train()
+    finished = run.run_dir / "train_summary.json"
+    start_step, end_step = progress.step, progress.stopped_early_at or run.total_steps
+    if start_step >= end_step and finished.exists():  # resuming a finished run: nothing left to train
+        return json.loads(finished.read_text(encoding="utf-8"))
 
-    # --- setup: everything the steps need, in an order that fixes the random draws (`setup.py`) ---
+    # --- the steps ---
+    metrics = MetricsLog(run, progress, start_step, resume_step=start_step if resume else None)
+    try:  # the bar is closed however the loop ends, so an error is a line of its own
+        # the fast rotary path stays in place for the whole loop, not only each forward: a checkpointed layer is
+        # recomputed in the backward pass, and must run the same function there (else torch's CheckpointError)
+        with fast_rotary(run.trained.model):
+            for step in range(start_step, end_step):
+                result = train_step(run, train_model, progress, step)  # batches, forward/backward, optimizer step
+                done = step + 1
+                val, stop = _validate(run, progress, metrics.clock, done)
+                metrics.log(done, result, val, stop)
+                # checkpoint, and stop: early, or on a signal (after a checkpoint of this step)
+                if stop:
+                    progress.stopped_early_at = done
+                if done in run.ckpt_at or stop:
+                    _checkpoint(run, progress, metrics.clock, done, result.loss, val, on_checkpoint)
+                if not stop and done < end_step:
+                    _stop_on_a_signal(run, progress, metrics.clock, signals, done, result.loss, val)
+                if stop:
+                    break
+    finally:
+        metrics.close()
+
+    # --- the summary ---
+    return _finish(run, progress, metrics.clock, hand_over)
+
+
+def _set_up(recipe: Recipe, resume: bool, dist: Dist, rewards) -> TrainingRun:
+    """Everything the steps need, in an order that fixes the random draws (`setup.py`)."""
+    import torch
     tc = recipe.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -114,7 +151,6 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     run_dir = prepare_run_dir(recipe, resume, dist)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
-    device = dist.device
     precision = choose_precision(tc, dist)
     if tc.memory_check:
         check_memory(recipe, dist)
@@ -124,269 +160,148 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     model, tokenizer = build_model_and_tokenizer(recipe, examples, template, run_dir, dist)
     template = template.resolve(tokenizer, recipe.model.path)  # `auto`: the base's own template when it has one
     rows = training_rows(recipe, examples, model, tokenizer, template, dist)
-    stream, val_rows = rows.stream, rows.val_rows
     token_ids = (trainable_token_ids(recipe, model, tokenizer, rows.answer_counts, dist, rows.encoded)
                  if recipe.lora.enabled and not continued_adapter(recipe) else [])  # a continued adapter has its own
     trained = trainable_model(recipe, model, precision, dist, token_ids, tokenizer, rewards)
-    model, loss_model, lora, fsdp, flat = trained.model, trained.loss_model, trained.lora, trained.fsdp, trained.flat
-    autocast_dtype = trained.autocast_dtype
     from tunelab.model.lora import count_parameters
-    params_count = count_parameters(model)
-    from tunelab.train.mfu import flops_per_token, measure_peak_tflops, mfu
-    flops_tok = flops_per_token(model, recipe.data.max_seq_len)
-    peak_tflops = tc.peak_tflops or measure_peak_tflops(device, precision.name)
+    params_count = count_parameters(trained.model)
+    from tunelab.train.mfu import flops_per_token, measure_peak_tflops
+    flops_tok = flops_per_token(trained.model, recipe.data.max_seq_len)
+    peak_tflops = tc.peak_tflops or measure_peak_tflops(dist.device, precision.name)
 
     point = resume_point(run_dir, dist) if resume else None
     rows_per_step = global_batch(tc.batch_size, tc.grad_accum, dist.world, point)
     passes = method.passes(recipe)  # optimizer steps per step's rows: grpo's num_iterations, else 1
-    total_steps, untrained = count_steps(tc, stream.rows_per_epoch, rows_per_step, passes)
+    total_steps, untrained = count_steps(tc, rows.stream.rows_per_epoch, rows_per_step, passes)
     ckpt_at = set(checkpoint_steps(total_steps, tc.num_checkpoints))
-    if recipe.data.corpus and dist.main:
+    if dist.main:
+        _say_what_is_trained(recipe, rows, trained.flat, rows_per_step, untrained)
+    opt = build_optimization(tc, trained.model, total_steps, precision, dist.device)
+    return TrainingRun(recipe, dist, run_dir, precision, template, method, tokenizer, rows, trained, params_count,
+                       flops_tok, peak_tflops, point, rows_per_step, passes, total_steps, ckpt_at, opt)
+
+
+def _say_what_is_trained(recipe: Recipe, rows: TrainingRows, flat: bool, rows_per_step: int, untrained: int) -> None:
+    """A corpus run's blocks and padding; and the rows no step trains on, when a last step cannot be filled."""
+    stream, val_rows, tc = rows.stream, rows.val_rows, recipe.train
+    if recipe.data.corpus:
         log.info(f"corpus: {stream.count:,} training blocks in {stream.rows_per_epoch:,} rows of up to "
                  f"{recipe.data.max_seq_len} tokens per epoch ({stream.padding_pct:.1f}% padding, "
                  f"{'packed' if recipe.data.packing else 'one block a row'}"
                  f"{', laid end to end: no padding computed' if flat else ''}); validation on "
                  f"{val_rows.count if val_rows else 0:,} blocks")
-    if untrained and dist.main:  # the last partial step is dropped: say so, the step count stays
+    if untrained:  # the last partial step is dropped: say so, the step count stays
         log.info(f"note: rows not trained on: {untrained:,} of the {int(tc.epochs * stream.rows_per_epoch):,} of "
               f"{tc.epochs:g} epoch{'' if tc.epochs == 1 else 's'}, too few to fill a last step of {rows_per_step} "
               "rows; train.batch_size and train.grad_accum (and the number of processes) change how many")
-    opt = build_optimization(tc, model, total_steps, precision, device)
-    optimizer, scheduler, scaler = opt.optimizer, opt.scheduler, opt.scaler
 
-    # --- maybe restore: the weights, optimizer, schedule, random state and the loop's counters (`trainer_state.py`)
+
+def _restore(run: TrainingRun, resume: bool) -> Progress:
+    """The loop's counters: fresh, or a resumed run's taken back with the weights, optimizer, schedule and random
+    state from its checkpoint (`trainer_state.py`); metrics.jsonl emptied, or cut back to the checkpoint."""
+    tc, dist, trained, opt = run.recipe.train, run.dist, run.trained, run.opt
     progress = Progress(EarlyStopping(tc.early_stopping_patience, tc.early_stopping_min_delta),
                         DivergenceGuard(**tc.divergence.model_dump()))
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run.metrics_path
     if resume:
+        point = run.point
         if point is not None:
-            note = restore(point, loss_model, optimizer, scheduler, scaler, dist, fsdp)
+            note = restore(point, trained.loss_model, opt.optimizer, opt.scheduler, opt.scaler, dist, trained.fsdp)
             if note and dist.main:
                 log.info(f"note: {note}")
             progress.resumed(point)
-            if hasattr(loss_model, "window"):
-                loss_model.set_window(rank_window(point.trainer_state, dist.rank))
+            if hasattr(trained.loss_model, "window"):
+                trained.loss_model.set_window(rank_window(point.trainer_state, dist.rank))
         if dist.main:  # drop log lines past the checkpoint; they are recomputed
             kept = [r for r in read_metrics(metrics_path) if r["step"] <= progress.step]
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     elif dist.main:
         metrics_path.write_text("", encoding="utf-8")
+    return progress
 
-    train_model = data_parallel(loss_model, dist, fsdp)
-    train_model.train()
-    finished = run_dir / "train_summary.json"
-    start_step, end_step = progress.step, progress.stopped_early_at or total_steps
-    if start_step >= end_step and finished.exists():  # resuming a finished run: nothing left to train
-        return json.loads(finished.read_text(encoding="utf-8"))
 
-    def save(done: int, loss: float, val: dict | None, preemption: bool) -> None:
-        rng = gather_rng(dist)  # every rank's: each draws its own dropout masks
-        # every rank's loss module window too: its sums, and a grpo generation batch still to be trained on
-        windows = gather_objects(dist, loss_model.window()) if hasattr(loss_model, "window") else None
-        weights = None
-        if fsdp:  # collectives: the shards into the staging directory, the whole weights to rank 0's host
-            staging = staging_dir(run_dir, done)
-            if dist.main:
-                shutil.rmtree(staging, ignore_errors=True)
-                staging.mkdir(parents=True)
-            barrier(dist)
-            sharding.save_sharded(staging, loss_model, optimizer)
-            weights = sharding.full_trainable_state(model) if lora else sharding.full_model_state(loss_model)
-        if not dist.main:
-            return
-        trainer_state = capture(model, optimizer, scheduler, scaler, rng, progress, rows_per_step, done,
-                                progress.elapsed_s + time.perf_counter() - t_start, sharded=fsdp,
-                                loss_window=windows)
-        state = {"step": done, "loss": loss, "total_steps": total_steps,
-                 "val_loss": val["val_loss"] if val else None}
-        if preemption:
-            state["preemption"] = True
-        save_checkpoint(run_dir, done, model, tokenizer, template, trainer_state, state, lora=lora,
-                        save_merged=tc.save_merged, max_new_tokens=eval_max_new_tokens(recipe.eval),
-                        weights=weights, staged=fsdp)
+def _validate(run: TrainingRun, progress: Progress, clock: Clock, done: int) -> tuple[dict | None, bool]:
+    """The validation line of step `done` when it is due (every `eval_every` steps and at every checkpoint, when
+    the run has validation rows), and whether early stopping ends the run there."""
+    tc, val_rows = run.recipe.train, run.rows.val_rows
+    if val_rows is None or not (done in run.ckpt_at or (tc.eval_every and done % tc.eval_every == 0)):
+        return None, False
+    t_val = time.perf_counter()
+    val = run.method.validate(done, run.trained.loss_model, val_rows, tc.batch_size, run.tokenizer.pad_token_id,
+                              run.recipe.data.packing, run.trained.flat, run.dist.device, run.trained.autocast_dtype,
+                              run.dist)
+    clock.pause_window(time.perf_counter() - t_val)  # tokens/s and MFU count training time only
+    return val, progress.stopper.update(val["val_loss"]) and done < run.total_steps  # at the last step: the end
 
-    # --- the steps ---
-    trackers = None
-    if dist.main:  # the dashboards get every metrics line (`tunelab.track`); a resumed run continues its own
-        from tunelab.track.run import open_run_trackers
-        trackers = open_run_trackers(recipe, run_dir, resume_step=start_step if resume else None)
-    bar = tqdm(total=total_steps, initial=start_step, disable=not dist.main, desc=f"train {recipe.name}",
-               unit="step", dynamic_ncols=True)
-    window = progress.window  # loss × items, items, tokens, sample tokens since the last metrics line
-    postfix: dict[str, str] = {}
-    t_window = time.perf_counter()
-    t_start = time.perf_counter()
-    # the fast rotary path stays in place for the whole loop, not only each forward: a checkpointed layer is
-    # recomputed in the backward pass, and must run the same function there (else torch's CheckpointError)
-    rotary_scope = fast_rotary(model)
-    rotary_scope.__enter__()
-    try:  # the bar is closed however the loop ends, so an error is a line of its own
-        for step in range(start_step, end_step):
-            # this rank's share of the step's rows, in micro-batches
-            step_rows = stream.rows(step // passes * rows_per_step, rows_per_step)[dist.rank::dist.world]
-            micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
-            batches = [method.collate(chunk, tokenizer.pad_token_id, recipe.data.packing, flat) for chunk in micro]
-            local_tokens = sum(len(r.input_ids) for r in step_rows)
-            if method.rollout is not None:  # grpo: completions sampled and scored before the items are counted
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                    enabled=autocast_dtype is not None):
-                    batches = [method.rollout(loss_model, b, step, dist.rank, i, device) for i, b in enumerate(batches)]
-                local_tokens = sum(b["tokens"] for b in batches)
-            local_items = sum(method.items(b) for b in batches)
-            local_samples = sum(r.sample_tokens for r in step_rows)
-            global_items = all_sum(dist, [local_items])[0]
 
-            # forward and backward, gradients accumulated (and synchronised across ranks at the last micro-batch)
-            step_loss = 0.0
-            for i, batch in enumerate(batches):
-                batch = batch_to(batch, device)
-                sync = i == len(batches) - 1 or dist.world == 1
-                if fsdp:
-                    sharding.set_gradient_sync(loss_model, sync)
-                ctx = train_model.no_sync() if not (sync or fsdp) else contextlib.nullcontext()
-                autocast = torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                          enabled=autocast_dtype is not None)
-                with ctx, autocast:
-                    loss = train_model(**batch, num_items_in_batch=max(1, global_items))
-                scaled = loss * dist.world  # DDP averages gradients over ranks; undo it for a global sum
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                step_loss += loss.item()
-            step_loss, tokens, sample_tokens = all_sum(dist, [step_loss, local_tokens, local_samples])
+def _checkpoint(run: TrainingRun, progress: Progress, clock: Clock, done: int, loss: float, val: dict | None,
+                on_checkpoint) -> None:
+    """An evenly spaced checkpoint (or the early stop's), then the caller's `on_checkpoint` hook."""
+    _save(run, progress, clock, done, loss, val, preemption=False)
+    barrier(run.dist)
+    if on_checkpoint is not None and run.dist.main:
+        t_hook = time.perf_counter()
+        on_checkpoint(checkpoint_dir(run.run_dir, done), {
+            "step": done, "index": sorted(run.ckpt_at | {done}).index(done) + 1,
+            "val_loss": val["val_loss"] if val else None,
+            "trainable_params": run.params_count[0], "total_params": run.params_count[1]})
+        clock.pause(time.perf_counter() - t_hook)  # (a sweep's evaluation): not training time
 
-            # the optimizer step, unless the loss or the gradients went bad
-            if scaler:
-                scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(opt.params, tc.max_grad_norm)
-            grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # FSDP: a DTensor
-            # fp16: an overflowing gradient is the scaler's to handle (it skips the step and lowers the scale)
-            overflow = scaler is not None and math.isfinite(step_loss) and not math.isfinite(grad_norm)
-            if not overflow:
-                _stop_on_a_bad_step(step + 1, step_loss, grad_norm, progress.guard, run_dir)
-            step_lr = scheduler.get_last_lr()[0]
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress.last_loss = step_loss
-            window[0] += step_loss * global_items
-            window[1] += global_items
-            window[2] += tokens
-            window[3] += sample_tokens
-            done = step + 1
 
-            # validation (corpus runs), then early stopping on it
-            val, stop = None, False
-            if val_rows is not None and (done in ckpt_at or (tc.eval_every and done % tc.eval_every == 0)):
-                t_val = time.perf_counter()
-                val = method.validate(done, loss_model, val_rows, tc.batch_size, tokenizer.pad_token_id,
-                                      recipe.data.packing, flat, device, autocast_dtype, dist)
-                t_window += time.perf_counter() - t_val  # tokens/s and MFU count training time only
-                stop = progress.stopper.update(val["val_loss"]) and done < total_steps  # at the last step: the end
+def _stop_on_a_signal(run: TrainingRun, progress: Progress, clock: Clock, signals: StopSignals, done: int,
+                      loss: float, val: dict | None) -> None:
+    """When any rank received SIGTERM/SIGUSR1: a checkpoint of step `done` (unless one was just written), then
+    `Preempted`."""
+    dist = run.dist
+    if not all_sum(dist, [float(signals.received is not None)])[0]:
+        return
+    if done not in run.ckpt_at:
+        _save(run, progress, clock, done, loss, val, preemption=True)
+        barrier(dist)
+    signals.acknowledge()
+    raise Preempted(f"{signals.received or 'a stop signal'} received: stopped after step {done} of "
+                    f"{run.total_steps}, checkpoint {checkpoint_dir(run.run_dir, done).name} is written",
+                    file=run.run_dir)
 
-            # the metrics lines
-            if done % tc.log_every == 0 or done == total_steps or stop:
-                now = time.perf_counter()
-                tokens_per_s = window[2] / (now - t_window)
-                rec = {"step": done, "epoch": round(done * rows_per_step / passes / stream.rows_per_epoch, 4),
-                       "loss": window[0] / max(1, window[1]), "lr": step_lr,
-                       "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-                       "mfu": mfu(flops_tok, tokens_per_s, peak_tflops, dist.world),
-                       "memory_gib": _peak_memory_gib(device),
-                       "elapsed_s": progress.elapsed_s + now - t_start}
-                if stream.prefix:  # the samples' tokens, the shared prefix once per sample (what unshared rows feed)
-                    rec["sample_tokens_per_s"] = window[3] / (now - t_window)
-                if hasattr(loss_model, "take_metrics"):  # dpo's rewards and margins, grpo's rewards, KL and clipping
-                    rec.update(loss_model.take_metrics())
-                if dist.main:
-                    _append_line(metrics_path, rec)
-                    trackers.log_metrics(step_metrics(rec), done)
-                postfix.update(loss=f"{rec['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
-                bar.set_postfix(postfix)
-                window[:] = [0.0, 0.0, 0.0, 0.0]
-                t_window = now
-            if val is not None:
-                if dist.main:
-                    _append_line(metrics_path, val)
-                    trackers.log_metrics(step_metrics(val), done)
-                postfix["val"] = f"{val['val_loss']:.4f}"
-                bar.set_postfix(postfix)
-            bar.update(1)
 
-            # checkpoint, and stop: early, or on a signal (after a checkpoint of this step)
-            if stop:
-                progress.stopped_early_at = done
-            if done in ckpt_at or stop:
-                save(done, step_loss, val, preemption=False)
-                barrier(dist)
-                if on_checkpoint is not None and dist.main:
-                    t_hook = time.perf_counter()
-                    on_checkpoint(checkpoint_dir(run_dir, done), {
-                        "step": done, "index": sorted(ckpt_at | {done}).index(done) + 1,
-                        "val_loss": val["val_loss"] if val else None,
-                        "trainable_params": params_count[0], "total_params": params_count[1]})
-                    spent = time.perf_counter() - t_hook  # (a sweep's evaluation): not training time
-                    t_window += spent
-                    t_start += spent
-            if not stop and done < end_step and all_sum(dist, [float(signals.received is not None)])[0]:
-                if done not in ckpt_at:
-                    save(done, step_loss, val, preemption=True)
-                    barrier(dist)
-                signals.acknowledge()
-                raise Preempted(f"{signals.received or 'a stop signal'} received: stopped after step {done} of "
-                                f"{total_steps}, checkpoint {checkpoint_dir(run_dir, done).name} is written",
-                                file=run_dir)
-            if stop:
-                break
-    finally:
-        bar.close()
-        rotary_scope.__exit__(None, None, None)
-        if trackers is not None:
-            trackers.close()
+def _save(run: TrainingRun, progress: Progress, clock: Clock, done: int, loss: float, val: dict | None,
+          preemption: bool) -> None:
+    """The checkpoint of step `done`: weights, trainer state and files (every rank takes part)."""
+    dist, trained, opt, run_dir = run.dist, run.trained, run.opt, run.run_dir
+    loss_model, model = trained.loss_model, trained.model
+    rng = gather_rng(dist)  # every rank's: each draws its own dropout masks
+    # every rank's loss module window too: its sums, and a grpo generation batch still to be trained on
+    windows = gather_objects(dist, loss_model.window()) if hasattr(loss_model, "window") else None
+    weights = None
+    if trained.fsdp:  # collectives: the shards into the staging directory, the whole weights to rank 0's host
+        staging = staging_dir(run_dir, done)
+        if dist.main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        barrier(dist)
+        sharding.save_sharded(staging, loss_model, opt.optimizer)
+        weights = sharding.full_trainable_state(model) if trained.lora else sharding.full_model_state(loss_model)
+    if not dist.main:
+        return
+    trainer_state = capture(model, opt.optimizer, opt.scheduler, opt.scaler, rng, progress, run.rows_per_step, done,
+                            clock.elapsed(), sharded=trained.fsdp, loss_window=windows)
+    state = {"step": done, "loss": loss, "total_steps": run.total_steps,
+             "val_loss": val["val_loss"] if val else None}
+    if preemption:
+        state["preemption"] = True
+    tc = run.recipe.train
+    save_checkpoint(run_dir, done, model, run.tokenizer, run.template, trainer_state, state, lora=trained.lora,
+                    save_merged=tc.save_merged, max_new_tokens=eval_max_new_tokens(run.recipe.eval),
+                    weights=weights, staged=trained.fsdp)
 
-    # --- the summary ---
-    elapsed = progress.elapsed_s + time.perf_counter() - t_start
-    summary = training_summary(recipe, run_dir, dist, progress, total_steps, elapsed, rows, flat, precision.name,
-                               params_count, flops_tok, peak_tflops)
-    if dist.main:
-        write_summary(recipe, run_dir, summary)
-    if hand_over is not None and lora and not fsdp:
-        hand_over(recipe.model.path, model)
+
+def _finish(run: TrainingRun, progress: Progress, clock: Clock, hand_over) -> dict:
+    """train_summary.json, and a LoRA run's model handed over to evaluation."""
+    summary = training_summary(run.recipe, run.run_dir, run.dist, progress, run.total_steps, clock.elapsed(),
+                               run.rows, run.trained.flat, run.precision.name, run.params_count, run.flops_tok,
+                               run.peak_tflops)
+    if run.dist.main:
+        write_summary(run.recipe, run.run_dir, summary)
+    if hand_over is not None and run.trained.lora and not run.trained.fsdp:
+        hand_over(run.recipe.model.path, run.trained.model)
     return summary
-
-
-def _stop_on_a_bad_step(done: int, step_loss: float, grad_norm: float, guard: DivergenceGuard,
-                        run_dir: Path) -> None:
-    """Raise before optimizer.step() when the loss or gradient norm is not finite (a NaN/inf gradient would
-    poison the weights, and the next checkpoint, even while the loss still looks finite) or the divergence guard
-    sees the run stop learning or run away; the error names the last checkpoint written before it went bad."""
-    if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
-        what = f"loss became {step_loss}" if not math.isfinite(step_loss) else f"gradient norm became {grad_norm}"
-        kept = list_checkpoints(run_dir)
-        raise TunelabError(f"{what} at step {done}; stopping. Last good checkpoint: "
-                           f"{kept[-1] if kept else 'none'} (try a lower train.lr)", field="train.lr")
-    diverged = guard.update(step_loss, grad_norm)
-    if diverged:
-        good = [c for c in list_checkpoints(run_dir) if step_of(c) <= done - guard.since]
-        raise TunelabError(f"{diverged}; stopping at step {done}. Last good checkpoint: "
-                           f"{good[-1] if good else 'none'} (try a lower train.lr; train.divergence has the "
-                           "thresholds and the off switch)", field="train.lr")
-
-
-def _peak_memory_gib(device) -> float:
-    """The process's peak memory so far, GiB: a GPU's allocated tensors (a host counter: no sync), or the
-    host's resident set on a CPU."""
-    import torch
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    import resource
-    import sys
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2 ** 30 if sys.platform == "darwin" else 2 ** 20)
-
-
-def _append_line(path: Path, record: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")

@@ -1,7 +1,8 @@
-"""What a training run is built from, one function per piece, in the order `loop._train` calls them: the
+"""What a training run is built from, one function per piece, in the order `loop._set_up` calls them: the
 precision and the memory check, the model and tokenizer, the training rows, the model made trainable (LoRA or
 QLoRA adapters, the device, activation checkpointing, the loss, FSDP sharding, the CPU attention), the number
-of steps, and the optimizer with its schedule and gradient scaler.
+of steps, and the optimizer with its schedule and gradient scaler; and `TrainingRun`, the pieces together, which
+every step, checkpoint and the summary read.
 
 The order is part of the run: loading a model from scratch and adding LoRA layers draw from torch's seeded
 random state, so a piece moved before another would change every number the run produces.
@@ -330,6 +331,34 @@ class Optimization:
     optimizer: object
     scheduler: object
     scaler: object | None
+
+
+@dataclass
+class TrainingRun:
+    """A run as `loop._set_up` built it: what the steps, the checkpoints and the summary read, and never change."""
+
+    recipe: Recipe
+    dist: Dist
+    run_dir: Path
+    precision: object  # `model.device.training_precision`'s choice
+    template: PromptTemplate  # resolved: the base's own chat template when it has one
+    method: object  # `methods.Method`: sft, dpo or grpo
+    tokenizer: object
+    rows: TrainingRows
+    trained: TrainingModel
+    params_count: tuple[int, int]  # (trainable, total)
+    flops_tok: float
+    peak_tflops: float
+    point: object | None  # the checkpoint resumed from (`checkpoints.ResumePoint`), or None
+    rows_per_step: int
+    passes: int  # optimizer steps each step's rows feed: grpo's num_iterations, else 1
+    total_steps: int
+    ckpt_at: set[int]  # the steps an evenly spaced checkpoint is written after
+    opt: Optimization
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
 
 
 def build_optimization(tc: TrainConfig, model, total_steps: int, precision, device) -> Optimization:

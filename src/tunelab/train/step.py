@@ -1,0 +1,134 @@
+"""One optimizer step of the training loop, in the order it runs: this rank's share of the step's rows in
+micro-batches (a grpo run samples and scores its completions first), forward and backward with the gradients
+accumulated over the micro-batches (and synchronised across ranks at the last), then the optimizer step, refused
+when the loss or the gradients went bad. `loop.py` calls `train_step` once a step and does the rest around it:
+validation, the metrics lines, checkpoints and the stop checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.data.packing import batch_to
+from tunelab.errors import TunelabError
+from tunelab.runs import list_checkpoints, step_of
+from tunelab.train import sharding
+from tunelab.train.distributed import all_sum
+from tunelab.train.divergence import DivergenceGuard
+from tunelab.train.setup import TrainingRun
+from tunelab.train.trainer_state import Progress
+
+
+@dataclass
+class StepResult:
+    """What a step leaves for its metrics line and its checkpoint (the counts went into `Progress.window`)."""
+
+    loss: float  # the step's loss, summed over the micro-batches and ranks
+    grad_norm: float  # before clipping
+    lr: float  # the learning rate the step used
+
+
+def train_step(run: TrainingRun, train_model, progress: Progress, step: int) -> StepResult:
+    """Train step `step` (0-based) on this rank's share of its rows; the step's loss and counts are added to
+    `progress` (its last loss, and the window the next metrics line averages over)."""
+    batches, local_tokens, local_samples = _micro_batches(run, step)
+    local_items = sum(run.method.items(b) for b in batches)
+    global_items = all_sum(run.dist, [local_items])[0]
+    step_loss = _forward_backward(run, train_model, batches, global_items)
+    step_loss, tokens, sample_tokens = all_sum(run.dist, [step_loss, local_tokens, local_samples])
+    grad_norm, step_lr = _optimizer_step(run, progress.guard, step + 1, step_loss)
+    progress.last_loss = step_loss
+    window = progress.window  # loss × items, items, tokens, sample tokens since the last metrics line
+    window[0] += step_loss * global_items
+    window[1] += global_items
+    window[2] += tokens
+    window[3] += sample_tokens
+    return StepResult(step_loss, grad_norm, step_lr)
+
+
+def _micro_batches(run: TrainingRun, step: int) -> tuple[list[dict], int, int]:
+    """This rank's share of the step's rows, collated in micro-batches, with its tokens and sample tokens (a
+    grpo run's batches are its rollouts, counted by the tokens they hold)."""
+    tc, dist, method = run.recipe.train, run.dist, run.method
+    step_rows = run.rows.stream.rows(step // run.passes * run.rows_per_step, run.rows_per_step)[dist.rank::dist.world]
+    micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
+    batches = [method.collate(chunk, run.tokenizer.pad_token_id, run.recipe.data.packing, run.trained.flat)
+               for chunk in micro]
+    local_tokens = sum(len(r.input_ids) for r in step_rows)
+    if method.rollout is not None:  # grpo: completions sampled and scored before the items are counted
+        with _autocast(run):
+            batches = [method.rollout(run.trained.loss_model, b, step, dist.rank, i, dist.device)
+                       for i, b in enumerate(batches)]
+        local_tokens = sum(b["tokens"] for b in batches)
+    return batches, local_tokens, sum(r.sample_tokens for r in step_rows)
+
+
+def _forward_backward(run: TrainingRun, train_model, batches: list[dict], global_items: float) -> float:
+    """Forward and backward over the micro-batches, gradients accumulated (and synchronised across ranks at the
+    last micro-batch); returns this rank's summed loss."""
+    dist, fsdp, scaler = run.dist, run.trained.fsdp, run.opt.scaler
+    step_loss = 0.0
+    for i, batch in enumerate(batches):
+        batch = batch_to(batch, dist.device)
+        sync = i == len(batches) - 1 or dist.world == 1
+        if fsdp:
+            sharding.set_gradient_sync(run.trained.loss_model, sync)
+        ctx = train_model.no_sync() if not (sync or fsdp) else contextlib.nullcontext()
+        with ctx, _autocast(run):
+            loss = train_model(**batch, num_items_in_batch=max(1, global_items))
+        scaled = loss * dist.world  # DDP averages gradients over ranks; undo it for a global sum
+        (scaler.scale(scaled) if scaler else scaled).backward()
+        step_loss += loss.item()
+    return step_loss
+
+
+def _optimizer_step(run: TrainingRun, guard: DivergenceGuard, done: int, step_loss: float) -> tuple[float, float]:
+    """The optimizer step, unless the loss or the gradients went bad; returns the gradient norm (before clipping)
+    and the learning rate the step used."""
+    import torch
+    opt, scaler = run.opt, run.opt.scaler
+    if scaler:
+        scaler.unscale_(opt.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(opt.params, run.recipe.train.max_grad_norm)
+    grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # FSDP: a DTensor
+    # fp16: an overflowing gradient is the scaler's to handle (it skips the step and lowers the scale)
+    overflow = scaler is not None and math.isfinite(step_loss) and not math.isfinite(grad_norm)
+    if not overflow:
+        _stop_on_a_bad_step(done, step_loss, grad_norm, guard, run.run_dir)
+    step_lr = opt.scheduler.get_last_lr()[0]
+    if scaler:
+        scaler.step(opt.optimizer)
+        scaler.update()
+    else:
+        opt.optimizer.step()
+    opt.scheduler.step()
+    opt.optimizer.zero_grad(set_to_none=True)
+    return grad_norm, step_lr
+
+
+def _autocast(run: TrainingRun):
+    """The run's autocast: its dtype, or off (fp32, or FSDP's own mixed precision)."""
+    import torch
+    dtype = run.trained.autocast_dtype
+    return torch.autocast(run.dist.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def _stop_on_a_bad_step(done: int, step_loss: float, grad_norm: float, guard: DivergenceGuard,
+                        run_dir: Path) -> None:
+    """Raise before optimizer.step() when the loss or gradient norm is not finite (a NaN/inf gradient would
+    poison the weights, and the next checkpoint, even while the loss still looks finite) or the divergence guard
+    sees the run stop learning or run away; the error names the last checkpoint written before it went bad."""
+    if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+        what = f"loss became {step_loss}" if not math.isfinite(step_loss) else f"gradient norm became {grad_norm}"
+        kept = list_checkpoints(run_dir)
+        raise TunelabError(f"{what} at step {done}; stopping. Last good checkpoint: "
+                           f"{kept[-1] if kept else 'none'} (try a lower train.lr)", field="train.lr")
+    diverged = guard.update(step_loss, grad_norm)
+    if diverged:
+        good = [c for c in list_checkpoints(run_dir) if step_of(c) <= done - guard.since]
+        raise TunelabError(f"{diverged}; stopping at step {done}. Last good checkpoint: "
+                           f"{good[-1] if good else 'none'} (try a lower train.lr; train.divergence has the "
+                           "thresholds and the off switch)", field="train.lr")
