@@ -12,7 +12,7 @@ checkpoint (`checkpoints.py`), the processes (`distributed.py`), and the summary
 
 One command runs on a CPU, one GPU, or several processes under `torchrun` / `accelerate launch`
 (DDP, gloo on CPU): each rank takes a strided share of every step's rows. The loss projects only labelled
-positions onto the vocabulary (`loss.py`); on CPU, LoRA dropout (`dropout.py`) and packed-row attention
+positions onto the vocabulary (`methods/sft_loss.py`); on CPU, LoRA dropout (`dropout.py`) and packed-row attention
 (`decoding/attention.py`) use cheaper kernels that compute the same thing.
 
 Rows come from examples (`row_stream.py`) or from a prepared corpus's memory-mapped blocks (`corpus_rows.py`).
