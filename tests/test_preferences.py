@@ -162,3 +162,14 @@ def test_judgments_become_pairs_and_ties_are_counted(tmp_path):
     with pytest.raises(TunelabError, match="expected a verdict A, B or tie") as e:
         file_pairs(bad)
     assert (e.value.line, e.value.field) == (1, "verdict")
+
+
+def test_an_arena_database_given_as_a_preference_file_points_to_arena(tmp_path, capsys):
+    """`tunelab data prefs votes.db` said "votes.db:1: not UTF-8 text (bad byte 0xce …)"; the flag it needed is
+    --arena, and the line says so."""
+    from tunelab.cli import main
+    db = arena(tmp_path)
+    assert main(["data", "prefs", str(db), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"tunelab: error: {db}: a SQLite database, not JSON or JSONL text; an "
+                                       "arena's votes database is read with --arena\n")
+    assert not (tmp_path / "out").exists()

@@ -195,8 +195,15 @@ def cli_qa_split(args: argparse.Namespace) -> int:
 def cli_prefs(args: argparse.Namespace) -> int:
     """`tunelab data prefs`: write the pairs and say what was kept, skipped and merged."""
     from tunelab.data.preferences import build_preferences
-    s = build_preferences(args.out, arena=args.arena, files=args.files, val_fraction=args.val_fraction,
-                          seed=args.seed, named=args.named)
+    from tunelab.errors import TunelabError
+    from tunelab.records import NotTextError
+    try:
+        s = build_preferences(args.out, arena=args.arena, files=args.files, val_fraction=args.val_fraction,
+                              seed=args.seed, named=args.named)
+    except NotTextError as e:  # the arena's votes.db given where preference files go
+        if e.found != "sqlite":
+            raise
+        raise TunelabError(f"{e.message}; an arena's votes database is read with --arena", file=e.file) from None
     left_out = {**s["skipped"], **s["dropped"]}
     print(f"{s['pairs']:,} preference pairs from {s['read']:,} read: {s['train']:,} for training "
           f"({s['train_prompts']:,} prompts), {s['val']:,} held out ({s['val_prompts']:,} prompts) -> {args.out}")
