@@ -193,7 +193,9 @@ def cli_qa_split(args: argparse.Namespace) -> int:
 
 @flags_for({"out": "--out", "val_fraction": "--val-fraction", "sources": "--arena"})
 def cli_prefs(args: argparse.Namespace) -> int:
-    """`tunelab data prefs`: write the pairs and say what was kept, skipped and merged."""
+    """`tunelab data prefs`: write the pairs and say what was read, written and left out (and why)."""
+    from collections import Counter
+
     from tunelab.data.preferences import build_preferences
     from tunelab.errors import TunelabError
     from tunelab.records import NotTextError
@@ -204,11 +206,11 @@ def cli_prefs(args: argparse.Namespace) -> int:
         if e.found != "sqlite":
             raise
         raise TunelabError(f"{e.message}; an arena's votes database is read with --arena", file=e.file) from None
-    left_out = {**s["skipped"], **s["dropped"]}
-    print(f"{s['pairs']:,} preference pairs from {s['read']:,} read: {s['train']:,} for training "
+    print(f"{s['read']:,} records read, {s['pairs']:,} preference pairs written: {s['train']:,} for training "
           f"({s['train_prompts']:,} prompts), {s['val']:,} held out ({s['val_prompts']:,} prompts) -> {args.out}")
-    if left_out:
-        print("left out: " + ", ".join(f"{k} {v:,}" for k, v in sorted(left_out.items())))
+    if s["left_out"]:
+        reasons = Counter(s["skipped"]) + Counter(s["dropped"])
+        print(f"{s['left_out']:,} left out: " + ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items())))
     return 0
 
 
