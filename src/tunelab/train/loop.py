@@ -49,7 +49,7 @@ from tunelab.train.plots import read_metrics
 from tunelab.train.run_dir import prepare_run_dir
 from tunelab.train.run_lock import run_lock
 from tunelab.train.setup import (build_model_and_tokenizer, build_optimization, check_memory, choose_precision,
-                                 continued_adapter, count_steps, trainable_model, trainable_token_ids,
+                                 continued_adapter, count_steps, few_pairs, trainable_model, trainable_token_ids,
                                  training_rows)
 from tunelab.train.stop_signals import StopSignals
 from tunelab.train.summary import training_summary, write_summary
@@ -147,6 +147,9 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
                  f"{'packed' if recipe.data.packing else 'one block a row'}"
                  f"{', laid end to end: no padding computed' if flat else ''}); validation on "
                  f"{val_rows.count if val_rows else 0:,} blocks")
+    few = few_pairs(rows.samples, total_steps, rows_per_step) if tc.method == "dpo" else None
+    if few and dist.main:
+        log.warning(f"warning: {few}")
     if untrained and dist.main:  # the last partial step is dropped: say so, the step count stays
         log.info(f"note: rows not trained on: {untrained:,} of the {int(tc.epochs * stream.rows_per_epoch):,} of "
               f"{tc.epochs:g} epoch{'' if tc.epochs == 1 else 's'}, too few to fill a last step of {rows_per_step} "
@@ -350,6 +353,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     elapsed = progress.elapsed_s + time.perf_counter() - t_start
     summary = training_summary(recipe, run_dir, dist, progress, total_steps, elapsed, rows, flat, precision.name,
                                params_count, flops_tok, peak_tflops)
+    if few:
+        summary["warnings"] = [few]
     if dist.main:
         write_summary(recipe, run_dir, summary)
     if hand_over is not None and lora and not fsdp:
