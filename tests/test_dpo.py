@@ -186,3 +186,30 @@ def test_held_out_pairs_belong_to_preference_runs(tmp_path, tiny_base):
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(TunelabError, match="data.val holds held-out preference pairs"):
         load_recipe(path)
+
+
+def test_too_few_pairs_for_a_run_are_warned_about(tmp_path, tiny_base, caplog):
+    """16 pairs at a batch of 16 made one DPO step and the run finished quietly: fewer than 10 steps, or fewer
+    pairs than one step takes, is a WARNING naming the counts, and the run summary keeps it."""
+    import logging
+
+    from tunelab.train.loop import train
+    from tunelab.train.setup import few_pairs
+    assert few_pairs(12, 32, 4) is None and few_pairs(100, 10, 8) is None  # the runs above: no warning
+    assert "fewer pairs than one step takes" in few_pairs(12, 32, 16) and "fewer than 10" not in few_pairs(12, 32, 16)
+    recipe = load_recipe(dpo_recipe(tmp_path / "a", tiny_base, max_steps=None, epochs=1, num_checkpoints=1))
+    with caplog.at_level(logging.WARNING, logger="tunelab"):
+        summary = train(recipe)
+    said = ("12 preference pairs make 3 optimizer steps of 4 pairs (train.batch_size x train.grad_accum x "
+            "processes): fewer than 10 steps; a preference is hardly learnt from so few")
+    assert summary["steps"] == 3 and len(summary["warnings"]) == 1 and summary["warnings"][0].startswith(said)
+    assert json.loads((recipe.run_dir / "train_summary.json").read_text())["warnings"] == summary["warnings"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "warning: " + summary["warnings"][0]]
+
+    recipe = load_recipe(dpo_recipe(tmp_path / "b", tiny_base, max_steps=None, epochs=1, num_checkpoints=1,
+                                    batch_size=8, grad_accum=2))
+    summary = train(recipe)
+    assert summary["steps"] == 1 and summary["warnings"][0].startswith(
+        "12 preference pairs make 1 optimizer step of 16 pairs (train.batch_size x train.grad_accum x processes): "
+        "fewer than 10 steps and fewer pairs than one step takes, so a step repeats pairs")

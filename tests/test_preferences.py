@@ -127,7 +127,7 @@ def test_build_writes_the_split_and_its_summary(tmp_path):
     summary = build_preferences(out, arena=arena(tmp_path), files=[extra], val_fraction=0.25)
     train = [json.loads(line) for line in (out / "train.jsonl").open(encoding="utf-8")]
     val = [json.loads(line) for line in (out / "val.jsonl").open(encoding="utf-8")]
-    assert summary["pairs"] == len(train) + len(val) == 23 and summary["read"] == 29
+    assert summary["pairs"] == len(train) + len(val) == 23 and summary["read"] == 32 and summary["left_out"] == 9
     assert not {json.dumps(r["prompt"]) for r in train} & {json.dumps(r["prompt"]) for r in val}
     assert json.loads((out / "summary.json").read_text()) == summary
     with pytest.raises(TunelabError, match="exists"):
@@ -140,7 +140,8 @@ def test_cli_prints_counts_and_errors_in_one_line(tmp_path):
                                     capture_output=True, text=True, cwd=tmp_path)
     r = run("--arena", str(db), "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
-    assert "3 preference pairs from 9 read" in r.stdout and "tie 1" in r.stdout and "named 1" in r.stdout
+    assert "12 records read, 3 preference pairs written" in r.stdout and "tie 1" in r.stdout and "named 1" in r.stdout
+    assert "9 left out: both_bad 1, merged repeats 2, named 1, outvoted 1, same answers 1, tie 1" in r.stdout
     r = run("--out", str(tmp_path / "none"))
     assert r.returncode == 2 and r.stderr.strip() == ("tunelab: error: --arena: nothing to read: give an arena "
                                                       "database or preference files")
@@ -155,10 +156,59 @@ def test_judgments_become_pairs_and_ties_are_counted(tmp_path):
         {"prompt": "2+2=?", "answer_a": "5", "answer_b": "4", "reference": "4", "verdict": "B"},
         {"prompt": "3+3=?", "answer_a": "6", "answer_b": "6", "reference": "6", "verdict": "tie"}])
     summary = build_preferences(tmp_path / "out", files=[path], val_fraction=0)
-    assert summary["skipped"] == {"judged tie": 1} and summary["pairs"] == 2
+    assert summary["skipped"] == {"judged tie": 1} and summary["pairs"] == 2 and summary["read"] == 3
     rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").open()]
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [("1+1=?", "2", "3"), ("2+2=?", "4", "5")]
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "answer_a": "a", "answer_b": "b", "verdict": "C"}])
     with pytest.raises(TunelabError, match="expected a verdict A, B or tie") as e:
         file_pairs(bad)
     assert (e.value.line, e.value.field) == (1, "verdict")
+
+
+def test_an_arena_database_given_as_a_preference_file_points_to_arena(tmp_path, capsys):
+    """`tunelab data prefs votes.db` said "votes.db:1: not UTF-8 text (bad byte 0xce …)"; the flag it needed is
+    --arena, and the line says so."""
+    from tunelab.cli import main
+    db = arena(tmp_path)
+    assert main(["data", "prefs", str(db), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"tunelab: error: {db}: a SQLite database, not JSON or JSONL text; an "
+                                       "arena's votes database is read with --arena\n")
+    assert not (tmp_path / "out").exists()
+
+
+def judgment(prompt: str, a: str, b: str, verdict: str, orders: tuple) -> dict:
+    return {"prompt": prompt, "answer_a": a, "answer_b": b, "reference": None, "a_first": orders[0],
+            "b_first": orders[1], "verdict": verdict}
+
+
+def test_the_counts_say_what_was_read_written_and_left_out_and_why(tmp_path, capsys):
+    """6,048 judged records, nearly all ties, printed "16 preference pairs from 16 read": `read` counted the
+    pairs. Now every record read is either a pair written or left out under its reason, and the numbers add up."""
+    from tunelab.cli import main
+    from tunelab.judge import Judged, write_to_arena
+    db = arena(tmp_path)  # tie 1, both_bad 1, named 1; same answers 1, merged repeats 2, outvoted 1, evenly 2
+    write_to_arena(db, [Judged("j?", "a", "b", None, ("A", "A"), "A")], "judge-model", "m1", "m2")  # judge 1
+    judged = write_jsonl(tmp_path / "judged.jsonl", [
+        judgment("5+5=?", "10", "11", "A", ("A", "A")),                  # a pair
+        judgment("6+6=?", "13", "12", "B", ("B", "B")),                  # a pair
+        judgment("6+6=?", "13", "12", "B", ("B", "B")),                  # the same again: merged repeats
+        judgment("7+7=?", "14", "14", "tie", ("tie", "tie")),            # judged tie
+        judgment("8+8=?", "16", "61", "tie", ("A", "B")),                # judge's two orders disagreed
+        judgment("9+9=?", "18", "81", "tie", (None, "A")),               # judge gave no verdict
+        judgment("9+8=?", "17", "71", "tie", (None, None)),              # judge gave no verdict
+        judgment("4+4=?", "8", "8", "A", ("A", "A")),                    # same answers
+    ])
+    out = tmp_path / "out"
+    assert main(["data", "prefs", str(judged), "--arena", str(db), "--out", str(out), "--val-fraction", "0"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] == {"tie": 1, "both_bad": 1, "named": 1, "judge": 1, "judged tie": 1,
+                                  "judge's two orders disagreed": 1, "judge gave no verdict": 2}
+    assert summary["dropped"] == {"same answers": 2, "merged repeats": 3, "outvoted": 1, "voted both ways evenly": 2}
+    assert summary["read"] == 13 + 8 and summary["pairs"] == 5 and summary["train"] == 5
+    assert summary["read"] == summary["pairs"] + summary["left_out"]
+    assert summary["left_out"] == sum(summary["skipped"].values()) + sum(summary["dropped"].values())
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        f"21 records read, 5 preference pairs written: 5 for training (5 prompts), 0 held out (0 prompts) -> {out}",
+        "16 left out: both_bad 1, judge 1, judge gave no verdict 2, judge's two orders disagreed 1, judged tie 1, "
+        "merged repeats 3, named 1, outvoted 1, same answers 2, tie 1, voted both ways evenly 2"]

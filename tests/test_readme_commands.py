@@ -169,6 +169,7 @@ FIXTURES = {
     "ultrafeedback.jsonl": _preference_file("ultrafeedback"),
     "hh-rlhf.jsonl": _preference_file("hh"),
     "runs/minigpt-cpu-data/judged.jsonl": _preference_file("judged"),   # what `tunelab judge --out` writes
+    "runs/tiny-dpo-data/judged.jsonl": _preference_file("judged"),
     "runs/llama3-8b-math-lora/eval/step-000500/arithmetic.predictions.jsonl": _arithmetic_predictions,
     "dev-v1.1.json": lambda p, _: p.write_text(_json_block('"version": "1.1"'), encoding="utf-8"),
     "predictions.json": lambda p, _: p.write_text(json.dumps({"q1": "in 1889"}), encoding="utf-8"),

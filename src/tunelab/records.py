@@ -18,18 +18,46 @@ from tunelab.errors import TunelabError
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
-def read_text(path: str | Path) -> str:
-    """Read a UTF-8 text file; a missing file or bad bytes become a TunelabError naming the file and line."""
+# Binary files people hand a text reader by mistake, by the bytes they start with. Without this check an arena's
+# votes.db read as JSONL said "not UTF-8 text (bad byte 0xce at offset 106)", which names no mistake.
+# (first bytes, last bytes, kind, what it is, what to do): Parquet and Arrow files end as they start, so a text
+# that happens to begin "PAR1" stays text.
+BINARY_KINDS = (
+    (b"SQLite format 3\x00", b"", "sqlite", "a SQLite database", ""),
+    (b"\x1f\x8b", b"", "gzip", "a gzip file", " (decompress it first)"),
+    (b"PAR1", b"PAR1", "parquet", "a Parquet file", ""),
+    (b"ARROW1\x00\x00", b"ARROW1", "arrow", "an Arrow file", ""),
+    (b"PK\x03\x04", b"", "zip", "a zip archive", ""),
+    (b"PK\x05\x06", b"", "zip", "a zip archive", ""),
+)
+
+
+class NotTextError(TunelabError):
+    """A text reader was given a binary file of a kind `BINARY_KINDS` knows; `found` names the kind (`sqlite`,
+    `gzip`, …), so a verb that takes that kind under another flag can say which (`data prefs`: `--arena`)."""
+
+    def __init__(self, message: str, *, file: str | Path, found: str):
+        super().__init__(message, file=file)
+        self.found = found
+
+
+def read_text(path: str | Path, expected: str = "text") -> str:
+    """Read a UTF-8 text file; a missing file, a binary file (`BINARY_KINDS`) or bad bytes become a TunelabError
+    naming the file (and the line); `expected` says what the file should have been ("JSON or JSONL text")."""
     p = Path(path)
     if not p.exists():
         raise TunelabError("file not found", file=p)
     if p.is_dir():
         raise TunelabError("expected a file, found a directory", file=p)
-    return decode_text(p.read_bytes(), p)
+    return decode_text(p.read_bytes(), p, expected)
 
 
-def decode_text(data: bytes, name: str | Path) -> str:
-    """UTF-8 bytes (a BOM dropped) as text; bad bytes become a TunelabError naming `name` and the line."""
+def decode_text(data: bytes, name: str | Path, expected: str = "text") -> str:
+    """UTF-8 bytes (a BOM dropped) as text. Bytes of a known binary kind are a `NotTextError` ("a SQLite database,
+    not text"), checked before the encoding; other bad bytes a TunelabError naming `name` and the line."""
+    for head, tail, found, what, advice in BINARY_KINDS:
+        if data.startswith(head) and data.endswith(tail) and len(data) >= len(head) + len(tail):
+            raise NotTextError(f"{what}, not {expected}{advice}", file=name, found=found)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -51,7 +79,7 @@ def read_json(path: str | Path) -> tuple[str, Any]:
 
     The text comes back too, for callers that look up where an element sits to name its line in errors.
     """
-    text = read_text(path)
+    text = read_text(path, "JSON text")
     return text, parse_json(text, path)
 
 
@@ -81,7 +109,7 @@ def parse_json(text: str, path: str | Path, line: int | None = None) -> Any:
 def read_yaml(path: str | Path) -> tuple[Any, str]:
     """(the YAML document in `path`, the file's text); malformed YAML is an error naming the file and line."""
     import yaml
-    text = read_text(path)
+    text = read_text(path, "YAML text")
     try:
         return yaml.safe_load(text), text
     except yaml.YAMLError as e:
@@ -97,7 +125,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     JSONL. Line numbers for array files are those of each element's first character.
     """
     p = Path(path)
-    text = read_text(p)
+    text = read_text(p, "JSON or JSONL text")
     stripped = text.lstrip()
     if not stripped:
         raise TunelabError("file is empty", file=p)

@@ -13,9 +13,24 @@ _READING = {"val_fraction": "--val-fraction"}  # a message naming the setting (`
 
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
+    """`tunelab data ACTION` (a function per action's parser, in the order `--help` lists them) and
+    `tunelab tokenizer train`."""
     p = verbs.add_parser("data", help="generate, convert and inspect training data")
     data = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
+    _add_arithmetic(data)
+    _add_encyclopedia(data)
+    _add_qa_split(data)
+    _add_prefs(data)
+    _add_convert(data)
+    _add_check(data)
+    _add_show(data)
+    _add_glue(data)
+    _add_corpus(data)
+    _add_tokenizer(verbs)
 
+
+def _add_arithmetic(data: argparse._SubParsersAction) -> None:
+    """`data arithmetic`: generate problems (or subsample a file) with the generator's difficulty options."""
     q = data.add_parser("arithmetic", help="generate competition-format arithmetic problems, or subsample a file")
     q.add_argument("--out", help="output file (.json array or .jsonl); required unless --list-kinds")
     q.add_argument("--count", type=int, default=1000, help="number of problems to write")
@@ -37,6 +52,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
                    help="allow negative operands (default: yes)")
     q.set_defaults(func=cli_arithmetic)
 
+
+def _add_encyclopedia(data: argparse._SubParsersAction) -> None:
+    """`data encyclopedia`: articles of an invented world and their QA pairs."""
     q = data.add_parser("encyclopedia", help="Chinese encyclopedia-style articles of an invented world, with QA pairs")
     q.add_argument("--out", required=True, help="new directory for articles.jsonl and qa.jsonl")
     q.add_argument("--count", type=int, default=5000, help="number of articles")
@@ -45,6 +63,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
                    help="no wiki-dump noise (empty brackets, markup, stray whitespace, duplicates)")
     q.set_defaults(func=cli_encyclopedia)
 
+
+def _add_qa_split(data: argparse._SubParsersAction) -> None:
+    """`data qa-split`: QA pairs split as the corpus split their articles."""
     q = data.add_parser("qa-split", help="QA pairs split as a corpus split their articles: train.jsonl for "
                                          "fine-tuning, val.jsonl held out")
     q.add_argument("qa", nargs="+", help="JSONL files of {question, answer, source_id} (source_id: a corpus doc id)")
@@ -52,6 +73,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="new directory for train.jsonl, val.jsonl and summary.json")
     q.set_defaults(func=cli_qa_split)
 
+
+def _add_prefs(data: argparse._SubParsersAction) -> None:
+    """`data prefs`: preference pairs from an arena database and/or preference files."""
     q = data.add_parser("prefs", help="preference pairs {prompt, chosen, rejected} from arena votes and/or "
                                       "preference files, split by prompt into train.jsonl and val.jsonl")
     q.add_argument("files", nargs="*", help="preference files (JSONL or JSON): {prompt, chosen, rejected} texts or "
@@ -65,6 +89,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
                    help="also use votes cast with the model names shown (by default anonymous battles only)")
     q.set_defaults(func=cli_prefs)
 
+
+def _add_convert(data: argparse._SubParsersAction) -> None:
+    """`data convert`: competition data in a training format."""
     q = data.add_parser("convert", help="convert competition data to a training format")
     q.add_argument("input", help="competition JSON/JSONL ({problem, solution})")
     q.add_argument("--out", required=True)
@@ -75,12 +102,18 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     q.add_argument("--cot", action="store_true", help="append the zero-shot \"Let's think step by step.\"")
     q.set_defaults(func=cli_convert)
 
+
+def _add_check(data: argparse._SubParsersAction) -> None:
+    """`data check`: a recipe's data as training sees it, with lengths and packing."""
     q = data.add_parser("check", help="show rendered samples, loss tokens, lengths and packing efficiency")
     q.add_argument("recipe")
     add_set(q)
     q.add_argument("--samples", type=integer(0), default=3)
     q.set_defaults(func=cli_check)
 
+
+def _add_show(data: argparse._SubParsersAction) -> None:
+    """`data show`: the first training examples, their trained tokens marked."""
     q = data.add_parser("show", help="the first training examples as the model sees them, the trained tokens "
                                      "marked (--json: input_ids and labels, -100 where nothing is trained)")
     q.add_argument("recipe")
@@ -89,6 +122,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true", help="one JSON object per example: id, input_ids, labels, text")
     q.set_defaults(func=cli_show)
 
+
+def _add_glue(data: argparse._SubParsersAction) -> None:
+    """`data glue`: GLUE TSVs as pre_data JSON files."""
     q = data.add_parser("glue", help="GLUE CoLA/QQP TSVs to pre_data/{task}/{task}_{train,val,dev}.json")
     q.add_argument("--task", required=True, type=str.strip, metavar="CoLA|QQP")
     q.add_argument("--data-dir", required=True, help="folder with train.tsv and dev.tsv (or a GLUE root)")
@@ -100,6 +136,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
                    help="share of the sampled training rows held out as {task}_val.json")
     q.set_defaults(func=cli_glue)
 
+
+def _add_corpus(data: argparse._SubParsersAction) -> None:
+    """`data corpus`: prepare, verify or show a pretraining corpus."""
     q = data.add_parser("corpus", help="pretraining corpus: clean, split into sentence-aligned token blocks; "
                                        "--verify / --show a prepared one")
     q.add_argument("inputs", nargs="*", metavar="INPUT", help=".jsonl/.json/.txt files (or .gz), .parquet/.arrow/.csv "
@@ -115,6 +154,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     add_corpus_reading(q)
     q.set_defaults(func=cli_corpus)
 
+
+def _add_tokenizer(verbs: argparse._SubParsersAction) -> None:
+    """`tokenizer train`: a tokenizer read from the corpus as `data corpus` reads it (the same reading flags)."""
     p = verbs.add_parser("tokenizer", help="train a tokenizer for from-scratch models")
     tok = p.add_subparsers(dest="tokenizer_verb", metavar="ACTION", required=True)
     q = tok.add_parser("train", help="byte-level BPE on the cleaned corpus (CJK-aware, digits split, EOT/PAD/SEP)")
@@ -193,15 +235,24 @@ def cli_qa_split(args: argparse.Namespace) -> int:
 
 @flags_for({"out": "--out", "val_fraction": "--val-fraction", "sources": "--arena"})
 def cli_prefs(args: argparse.Namespace) -> int:
-    """`tunelab data prefs`: write the pairs and say what was kept, skipped and merged."""
+    """`tunelab data prefs`: write the pairs and say what was read, written and left out (and why)."""
+    from collections import Counter
+
     from tunelab.data.preferences import build_preferences
-    s = build_preferences(args.out, arena=args.arena, files=args.files, val_fraction=args.val_fraction,
-                          seed=args.seed, named=args.named)
-    left_out = {**s["skipped"], **s["dropped"]}
-    print(f"{s['pairs']:,} preference pairs from {s['read']:,} read: {s['train']:,} for training "
+    from tunelab.errors import TunelabError
+    from tunelab.records import NotTextError
+    try:
+        s = build_preferences(args.out, arena=args.arena, files=args.files, val_fraction=args.val_fraction,
+                              seed=args.seed, named=args.named)
+    except NotTextError as e:  # the arena's votes.db given where preference files go
+        if e.found != "sqlite":
+            raise
+        raise TunelabError(f"{e.message}; an arena's votes database is read with --arena", file=e.file) from None
+    print(f"{s['read']:,} records read, {s['pairs']:,} preference pairs written: {s['train']:,} for training "
           f"({s['train_prompts']:,} prompts), {s['val']:,} held out ({s['val_prompts']:,} prompts) -> {args.out}")
-    if left_out:
-        print("left out: " + ", ".join(f"{k} {v:,}" for k, v in sorted(left_out.items())))
+    if s["left_out"]:
+        reasons = Counter(s["skipped"]) + Counter(s["dropped"])
+        print(f"{s['left_out']:,} left out: " + ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items())))
     return 0
 
 

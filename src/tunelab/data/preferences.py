@@ -109,7 +109,8 @@ def arena_pairs(db: str | Path, named: bool = False) -> tuple[list[PreferencePai
 
 def file_pairs(path: str | Path, skipped: Counter | None = None) -> list[PreferencePair]:
     """Every record of a preference file as a pair (module docstring's shapes); a bad record is an error naming
-    its line and field. A judgment that is a tie (`tunelab judge --out`) is no pair: counted in `skipped`."""
+    its line and field. A judgment that is a tie (`tunelab judge --out`) is no pair: counted in `skipped` by why
+    (`_tie_reason`)."""
     path = Path(path)
     pairs = []
     for line, rec in iter_records(path):
@@ -117,12 +118,24 @@ def file_pairs(path: str | Path, skipped: Counter | None = None) -> list[Prefere
             pair = _judged_pair(rec, path, line)
             if pair is None:
                 if skipped is not None:
-                    skipped["judged tie"] += 1
+                    skipped[_tie_reason(rec)] += 1
                 continue
             pairs.append(pair)
         else:
             pairs.append(_record_pair(rec, path, line))
     return pairs
+
+
+def _tie_reason(rec: dict[str, Any]) -> str:
+    """Why a judgment is a tie, from its two orders' verdicts (`tunelab.judge.Judged.record`): the judge named no
+    verdict in an order (a mute or refusing judge: thousands of these mean the judge is broken, not the answers
+    alike), its two orders disagreed (position bias), or it found the answers equally good."""
+    orders = rec.get("a_first"), rec.get("b_first")
+    if ("a_first" in rec or "b_first" in rec) and None in orders:
+        return "judge gave no verdict"
+    if orders[0] != orders[1]:
+        return "judge's two orders disagreed"
+    return "judged tie"
 
 
 def _judged_pair(rec: dict[str, Any], path: Path, line: int) -> PreferencePair | None:
@@ -273,7 +286,9 @@ def split_by_prompt(pairs: list[PreferencePair], val_fraction: float, seed: int 
 def build_preferences(out: str | Path, arena: str | Path | None = None, files: list[str | Path] | None = None,
                       val_fraction: float = 0.1, seed: int = 0, named: bool = False) -> dict[str, Any]:
     """Write OUT/train.jsonl, OUT/val.jsonl and OUT/summary.json from an arena database and/or preference files;
-    returns the summary (what was read, skipped, merged and written)."""
+    returns the summary. Its counts add up: `read` (votes and file records) = `pairs` written + `left_out`, which
+    is the sum of `skipped` (records that are no pair: ties, named battles, a judge's votes, each by its reason)
+    and `dropped` (pairs removed by `merge_pairs`: same answers, repeats merged into one, outvoted, even splits)."""
     from tunelab.records import building_dir, write_json, write_jsonl
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -287,13 +302,14 @@ def build_preferences(out: str | Path, arena: str | Path | None = None, files: l
         pairs += found
     for f in files or []:
         pairs += file_pairs(f, skipped)
-    read = len(pairs)
+    read = len(pairs) + sum(skipped.values())
     merged, dropped = merge_pairs(pairs)
     if not merged:
-        raise TunelabError(f"no preference pair to write ({read} read; skipped: "
+        raise TunelabError(f"no preference pair to write ({read} records read; left out: "
                            f"{dict(skipped + dropped) or 'none'})", file=arena or files[0])
     train, val = split_by_prompt(merged, val_fraction, seed)
-    summary = {"read": read, "skipped": dict(skipped), "dropped": dict(dropped), "pairs": len(merged),
+    summary = {"read": read, "left_out": read - len(merged), "skipped": dict(skipped), "dropped": dict(dropped),
+               "pairs": len(merged),
                "train": len(train), "val": len(val),
                "train_prompts": len({p.prompt_key() for p in train}),
                "val_prompts": len({p.prompt_key() for p in val}),

@@ -49,8 +49,8 @@ from tunelab.train.plots import read_metrics
 from tunelab.train.run_dir import prepare_run_dir
 from tunelab.train.run_lock import run_lock
 from tunelab.train.setup import (TrainingRows, TrainingRun, build_model_and_tokenizer, build_optimization,
-                                 check_memory, choose_precision, continued_adapter, count_steps, trainable_model,
-                                 trainable_token_ids, training_rows)
+                                 check_memory, choose_precision, continued_adapter, count_steps, few_pairs,
+                                 trainable_model, trainable_token_ids, training_rows)
 from tunelab.train.step import train_step
 from tunelab.train.stop_signals import StopSignals
 from tunelab.train.summary import training_summary, write_summary
@@ -175,14 +175,21 @@ def _set_up(recipe: Recipe, resume: bool, dist: Dist, rewards) -> TrainingRun:
     total_steps, untrained = count_steps(tc, rows.stream.rows_per_epoch, rows_per_step, passes)
     ckpt_at = set(checkpoint_steps(total_steps, tc.num_checkpoints))
     if dist.main:
-        _say_what_is_trained(recipe, rows, trained.flat, rows_per_step, untrained)
+        _say_what_is_trained(recipe, rows, trained.flat, rows_per_step, untrained, total_steps)
     opt = build_optimization(tc, trained.model, total_steps, precision, dist.device)
     return TrainingRun(recipe, dist, run_dir, precision, template, method, tokenizer, rows, trained, params_count,
                        flops_tok, peak_tflops, point, rows_per_step, passes, total_steps, ckpt_at, opt)
 
 
-def _say_what_is_trained(recipe: Recipe, rows: TrainingRows, flat: bool, rows_per_step: int, untrained: int) -> None:
-    """A corpus run's blocks and padding; and the rows no step trains on, when a last step cannot be filled."""
+def _few_pairs(recipe: Recipe, rows: TrainingRows, total_steps: int, rows_per_step: int) -> str | None:
+    """A preference run's warning when its pairs make too few steps (`setup.few_pairs`); None otherwise."""
+    return few_pairs(rows.samples, total_steps, rows_per_step) if recipe.train.method == "dpo" else None
+
+
+def _say_what_is_trained(recipe: Recipe, rows: TrainingRows, flat: bool, rows_per_step: int, untrained: int,
+                         total_steps: int) -> None:
+    """A corpus run's blocks and padding; a preference run with too few pairs; and the rows no step trains on,
+    when a last step cannot be filled."""
     stream, val_rows, tc = rows.stream, rows.val_rows, recipe.train
     if recipe.data.corpus:
         log.info(f"corpus: {stream.count:,} training blocks in {stream.rows_per_epoch:,} rows of up to "
@@ -190,6 +197,9 @@ def _say_what_is_trained(recipe: Recipe, rows: TrainingRows, flat: bool, rows_pe
                  f"{'packed' if recipe.data.packing else 'one block a row'}"
                  f"{', laid end to end: no padding computed' if flat else ''}); validation on "
                  f"{val_rows.count if val_rows else 0:,} blocks")
+    few = _few_pairs(recipe, rows, total_steps, rows_per_step)
+    if few:
+        log.warning(f"warning: {few}")
     if untrained:  # the last partial step is dropped: say so, the step count stays
         log.info(f"note: rows not trained on: {untrained:,} of the {int(tc.epochs * stream.rows_per_epoch):,} of "
               f"{tc.epochs:g} epoch{'' if tc.epochs == 1 else 's'}, too few to fill a last step of {rows_per_step} "
@@ -300,6 +310,9 @@ def _finish(run: TrainingRun, progress: Progress, clock: Clock, hand_over) -> di
     summary = training_summary(run.recipe, run.run_dir, run.dist, progress, run.total_steps, clock.elapsed(),
                                run.rows, run.trained.flat, run.precision.name, run.params_count, run.flops_tok,
                                run.peak_tflops)
+    few = _few_pairs(run.recipe, run.rows, run.total_steps, run.rows_per_step)
+    if few:
+        summary["warnings"] = [few]
     if run.dist.main:
         write_summary(run.recipe, run.run_dir, summary)
     if hand_over is not None and run.trained.lora and not run.trained.fsdp:

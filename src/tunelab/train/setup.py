@@ -322,6 +322,26 @@ def count_steps(tc: TrainConfig, rows_per_epoch: int, rows_per_step: int, passes
     return steps * passes, max(0, int(tc.epochs * rows_per_epoch) - steps * rows_per_step)
 
 
+# Optimizer steps below which a preference run is too short to say anything: 16 pairs at a batch of 16 made one
+# DPO step, and the run finished as quietly as a real one.
+MIN_PREFERENCE_STEPS = 10
+
+
+def few_pairs(pairs: int, steps: int, rows_per_step: int) -> str | None:
+    """A warning when a preference run's pairs make fewer than `MIN_PREFERENCE_STEPS` optimizer steps, or are
+    fewer than one step takes (each step then repeats pairs); None when there are enough."""
+    short = pairs < rows_per_step
+    if steps >= MIN_PREFERENCE_STEPS and not short:
+        return None
+    why = [f"fewer than {MIN_PREFERENCE_STEPS} steps"] if steps < MIN_PREFERENCE_STEPS else []
+    if short:
+        why.append("fewer pairs than one step takes, so a step repeats pairs")
+    return (f"{pairs:,} preference pair{'s' if pairs != 1 else ''} make {steps:,} optimizer step"
+            f"{'s' if steps != 1 else ''} of {rows_per_step:,} pairs (train.batch_size x train.grad_accum x "
+            f"processes): {' and '.join(why)}; a preference is hardly learnt from so few. More pairs, a smaller "
+            "train.batch_size or more train.epochs give more steps")
+
+
 @dataclass
 class Optimization:
     """What updates the weights: the trainable parameters, the optimizer, its learning-rate schedule and, for
