@@ -123,7 +123,7 @@ def work(settings: SweepSettings, p: Prepared, worker_index: int) -> None:
     import optuna
 
     from tunelab.sweep import study as studies
-    from tunelab.sweep.trial import TrialFailed, run_trial
+    from tunelab.sweep.trial import TrialFailed, TrialStopped, run_trial
     offset = len(p.study.get_trials(deepcopy=False)) + 7919 * worker_index
     seed = p.setup.raw_recipe.get("seed", 0) if isinstance(p.setup.raw_recipe.get("seed", 0), int) else 0
     study = optuna.load_study(storage=p.storage, study_name=p.study.study_name,
@@ -140,8 +140,20 @@ def work(settings: SweepSettings, p: Prepared, worker_index: int) -> None:
 
     if enough(study):
         return
-    study.optimize(lambda trial: run_trial(trial, p.setup), callbacks=[stop_when_enough], catch=(TrialFailed,),
-                   gc_after_trial=True)
+    logging.getLogger("optuna.study._optimize").addFilter(_logged_by_tunelab)
+    try:
+        study.optimize(lambda trial: run_trial(trial, p.setup), callbacks=[stop_when_enough], catch=(TrialFailed,),
+                       gc_after_trial=True)
+    except TrialStopped as stop:  # its run's lock is free now: a worker that takes the trial up can resume it
+        studies.requeue(study, p.storage, stop.number, stop.why)
+        raise stop.cause from None  # the CLI's one line, with the command that resumes the sweep
+
+
+def _logged_by_tunelab(record: logging.LogRecord) -> bool:
+    """Optuna's "Trial N failed … because of the following error" and its traceback, for a failure the trial has
+    logged in one line already (`TrialFailed`): left out."""
+    from tunelab.sweep.trial import TrialFailed
+    return not (record.exc_info and isinstance(record.exc_info[1], TrialFailed))
 
 
 def _run_workers(settings: SweepSettings, p: Prepared) -> None:
