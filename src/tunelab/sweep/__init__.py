@@ -140,7 +140,7 @@ def work(settings: SweepSettings, p: Prepared, worker_index: int) -> None:
 
     if enough(study):
         return
-    logging.getLogger("optuna.study._optimize").addFilter(_logged_by_tunelab)
+    logging.getLogger("optuna.study._optimize").addFilter(_OPTUNA_FAILURE_NOTES)
     try:
         study.optimize(lambda trial: run_trial(trial, p.setup), callbacks=[stop_when_enough], catch=(TrialFailed,),
                        gc_after_trial=True)
@@ -149,11 +149,26 @@ def work(settings: SweepSettings, p: Prepared, worker_index: int) -> None:
         raise stop.cause from None  # the CLI's one line, with the command that resumes the sweep
 
 
-def _logged_by_tunelab(record: logging.LogRecord) -> bool:
-    """Optuna's "Trial N failed … because of the following error" and its traceback, for a failure the trial has
-    logged in one line already (`TrialFailed`): left out."""
-    from tunelab.sweep.trial import TrialFailed
-    return not (record.exc_info and isinstance(record.exc_info[1], TrialFailed))
+class _LoggedByTunelab(logging.Filter):
+    """Leaves out Optuna's two warnings on a trial that failed on its own ("Trial N failed … because of the
+    following error" with a traceback, then "Trial N failed with value None"): the trial has said why in one
+    line already (`TrialFailed`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.followed: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tunelab.sweep.trial import TrialFailed
+        if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
+            self.followed.add(f"Trial {record.exc_info[1].number} failed with value ")
+            return False
+        said = next((p for p in self.followed if record.getMessage().startswith(p)), None)
+        self.followed.discard(said)
+        return said is None
+
+
+_OPTUNA_FAILURE_NOTES = _LoggedByTunelab()
 
 
 def _run_workers(settings: SweepSettings, p: Prepared) -> None:

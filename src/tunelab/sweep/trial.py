@@ -36,6 +36,10 @@ RETENTION = "retention"  # the trial's one constraint (Optuna's `set_constraint`
 class TrialFailed(Exception):
     """A trial's run failed on its own; the sweep records it and goes on (`study.optimize(catch=…)`)."""
 
+    def __init__(self, why: str, number: int):
+        super().__init__(why)
+        self.number = number
+
 
 class TrialStopped(BaseException):
     """A trial's run was stopped (`cause`: `Preempted`, KeyboardInterrupt) and must resume later. A BaseException
@@ -163,7 +167,7 @@ def _failed(trial, why: str) -> float:
     """Record why the trial failed (the table's note) and end it as failed, counted."""
     log.warning("trial %d %s", trial.number, why)
     trial.set_user_attr(ERROR_ATTR, why)
-    raise TrialFailed(why)
+    raise TrialFailed(why, trial.number)
 
 
 def _record(trial, metrics: dict, recipe: Recipe) -> None:
