@@ -195,20 +195,145 @@ def test_a_sigkilled_sweep_resumes_without_losing_or_repeating_a_trial(tmp_path)
 
     sweep(SweepSettings(str(recipe), str(space), trials=3, prune=False))
     trials = study_of(sweep_dir).get_trials()
-    states = [t.state for t in trials]
-    # trial 1 died and is failed; its retry (same values, same run) resumed it; trial 0 was not run again
-    assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.FAIL) == 1
-    assert trials[1].state == TrialState.FAIL and "error" not in trials[1].user_attrs
-    retry = next(t for t in trials[2:] if t.user_attrs["run"] == "trial-001")
-    assert retry.params == trials[1].params and retry.state == TrialState.COMPLETE
+    # trial 1 died; it was put back in the queue as itself and resumed its run; trial 0 was not run again
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [t.user_attrs["run"] for t in trials] == ["trial-000", "trial-001", "trial-002"]
+    assert trials[1].params == killed[1].params and trials[1].user_attrs["stops"] == ["its process died"]
     assert first.stat().st_mtime_ns == stamp
-    # three runs: the retry is trial 2 in the study and resumed trial-001's run; trial 3 is the third run
-    assert sorted(p.name for p in sweep_dir.glob("trial-*")) == ["trial-000", "trial-001", "trial-003"]
+    assert sorted(p.name for p in sweep_dir.glob("trial-*")) == ["trial-000", "trial-001", "trial-002"]
     steps = [yaml.safe_load(line)["step"] for line in (sweep_dir / "trial-001" / "metrics.jsonl").open()
              if '"loss"' in line]
     assert steps == sorted(set(steps)) and steps[-1] == 45  # one line per logged step: resumed, not restarted
     summary = yaml.safe_load((sweep_dir / "trial-001" / "train_summary.json").read_text())
     assert summary["steps"] == 45
+    rows = (sweep_dir / "trials.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[:3] for row in rows] == [["0", "trial-000", "complete"], ["1", "trial-001", "complete"],
+                                                    ["2", "trial-002", "complete"]]
+    assert rows[1].endswith(",resumed after: its process died")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_path_commands() -> list[list[str]]:
+    """The `tunelab` commands of docs/sweep.md's short CPU path, in order (argv after `tunelab`)."""
+    import re
+    import shlex
+    text = (ROOT / "docs" / "sweep.md").read_text(encoding="utf-8")
+    section = text.split("## A short CPU path", 1)[1].split("\n## ", 1)[0]
+    return [shlex.split(line)[1:] for block in re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M)
+            for line in block.splitlines() if line.startswith("tunelab ")]
+
+
+def test_the_docs_cpu_path_stops_on_sigterm_in_one_line_and_resumes(tmp_path, monkeypatch, capsys):
+    """docs/sweep.md's short CPU path as a user runs it, SIGTERM while trial 1 trains: exit 75 and one line naming
+    the command that continues; that command resumes trial 1 under its number and folder, the table has one row
+    per trial saying how it stopped, and the runs' table gives the resumed run the time of both its processes."""
+    from tunelab.compare import _duration
+    commands = cpu_path_commands()
+    assert [c[:2] for c in commands] == [["sweep", "recipes/sweep-cpu.yaml"]] * 2 + [["runs", "table"]]
+    assert commands[0] == commands[1]
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    tunelab = [sys.executable, "-m", "tunelab.cli"]
+    sweep_dir = tmp_path / "runs" / "sweep-cpu-sweep"
+    proc = subprocess.Popen([*tunelab, *commands[0]], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 300
+        while not ((sweep_dir / "trial-001").exists() and list_checkpoints(sweep_dir / "trial-001")):
+            assert time.time() < deadline and proc.poll() is None, "trial 1 never wrote a checkpoint"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    stopped = list_checkpoints(sweep_dir / "trial-001")[-1]
+    step = int(stopped.name.split("-")[1])
+    assert proc.returncode == 75 and out == ""
+    assert err.endswith("\n") and err.splitlines()[-1] == (
+        f"tunelab: stopped: {sweep_dir / 'trial-001'}: SIGTERM received: stopped after step {step} of 30, checkpoint "
+        f"{stopped.name} is written; continue with: tunelab {' '.join(commands[0])}")
+    assert "Traceback" not in err and "[W " not in err and err.count("SIGTERM") == 1  # Optuna says nothing
+    first = [json.loads(line) for line in (sweep_dir / "trial-001" / "metrics.jsonl").open()]
+    stopped_at = max(r["elapsed_s"] for r in first)  # the first process's training time
+
+    from tunelab.cli import main
+    monkeypatch.chdir(tmp_path)  # the rest in this process: one start-up of torch and Optuna fewer
+    capsys.readouterr()
+    assert main(commands[1]) == 0
+    resumed = capsys.readouterr()
+    assert sorted(p.name for p in sweep_dir.glob("trial-*")) == ["trial-000", "trial-001", "trial-002"]
+    table = resumed.out.split("\nbest: ")[0].splitlines()
+    assert [line.split()[:2] for line in table[2:]] == [["0", "trial-000"], ["1", "trial-001"], ["2", "trial-002"]]
+    import csv
+    with (sweep_dir / "trials.csv").open(encoding="utf-8") as f:
+        trials = [(r["trial"], r["state"], r["note"]) for r in csv.DictReader(f)]  # the table's rows, unaligned
+    preempted = f"preempted: SIGTERM received: stopped after step {step} of 30, checkpoint {stopped.name} is written"
+    assert trials[:2] == [("0", "complete", "the recipe's own values"), ("1", "complete", f"resumed after: {preempted}")]
+    assert trials[2] == ("2", "complete", "") or trials[2][1:] == ("pruned", "pruned at step-000030")
+    assert table[3].endswith(f"  resumed after: {preempted}")
+    lines = [json.loads(line) for line in (sweep_dir / "trial-001" / "metrics.jsonl").open()]
+    after = [r for r in lines if r["step"] > step]
+    assert after and after[0]["elapsed_s"] > stopped_at  # the second process's clock went on from the first's
+    seconds = json.loads((sweep_dir / "trial-001" / "metrics.json").read_text())["train"]["train_seconds"]
+    assert seconds >= after[-1]["elapsed_s"]
+    assert main(commands[2]) == 0
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("trial-001 "))
+    assert row[-1] == _duration(seconds)
+
+
+def test_a_resumed_run_counts_the_time_a_killed_process_trained_past_its_checkpoint(tmp_path):
+    """A process killed between checkpoints trained steps the resumed run trains again: its time was spent on
+    the run all the same, and the run's train_seconds (the runs table's wall time) is the sum of its processes'."""
+    from tunelab.train.loop import train
+    recipe = load_recipe(tiny_recipe(tmp_path))
+
+    class Killed(Exception):
+        pass
+
+    def killed_after_step_4(path, info):
+        if info["index"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(recipe, on_checkpoint=killed_after_step_4)
+    metrics = recipe.run_dir / "metrics.jsonl"
+    with metrics.open("a") as f:  # what it logged before it died: step 5, 100 s into the run
+        f.write(json.dumps({"step": 5, "loss": 1.0, "elapsed_s": 100.0}) + "\n")
+    summary = train(recipe, resume=True)
+    lines = [json.loads(line) for line in metrics.open()]
+    assert [r["step"] for r in lines if "loss" in r] == [2, 4, 6]  # step 5's line is dropped, the steps recomputed
+    assert lines[-1]["elapsed_s"] > 100 and summary["train_seconds"] > 100
+    assert summary["train_seconds"] < 100 + 4
+
+
+def test_the_table_has_one_row_per_trial_saying_how_it_stopped(tmp_path):
+    """Trials as a sweep leaves them: one Optuna's heartbeat retried under a new number (its run, one row), one
+    stopped and not yet resumed, one failed, one diverged."""
+    from optuna.distributions import FloatDistribution
+    from tunelab.sweep.results import format_results, read_results
+    recipe = tiny_recipe(tmp_path)
+    raw, _ = read_recipe_raw(recipe)
+    space = load_space(write_space(tmp_path, "train.lr: {low: 1.0e-3, high: 1.0e-2}\n"), raw, recipe)
+    study = optuna.create_study(direction="maximize")
+    lr = {"train.lr": 0.005}, {"train.lr": FloatDistribution(1e-3, 1e-2)}
+
+    def add(state, value=None, **attrs):
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, params=lr[0], distributions=lr[1],
+                                                  user_attrs=attrs))
+    add(TrialState.FAIL, run="trial-000", stops=["preempted: SIGTERM received"])  # its machine was lost later
+    add(TrialState.WAITING, run="trial-001", stops=["interrupted (Ctrl-C)"])
+    add(TrialState.FAIL, run="trial-002", error="failed: trial-002: the data ran out")
+    add(TrialState.FAIL, run="trial-003", error="diverged: loss became nan at step 3")
+    add(TrialState.COMPLETE, 0.5, run="trial-000", stops=["preempted: SIGTERM received"], score=0.5)
+    results = read_results(study, space)
+    assert [row[:3] for row in results.rows] == [[0, "trial-000", "complete"], [1, "trial-001", "stopped"],
+                                                 [2, "trial-002", "fail"], [3, "trial-003", "fail"]]
+    assert [row[-1] for row in results.rows] == [
+        "resumed after: preempted: SIGTERM received; its process died",
+        "interrupted (Ctrl-C); resumes when the sweep runs again",
+        "failed: trial-002: the data ran out", "diverged: loss became nan at step 3"]
+    assert len(format_results(results).splitlines()) == 2 + 4
 
 
 @pytest.mark.parametrize("workers", [{"workers": 2}, {"devices": ["0", "1"]}], ids=["workers", "devices"])
@@ -230,6 +355,18 @@ def test_two_workers_share_one_study(tmp_path, workers):
 
 
 # --- scripted outcomes: the constraint and pruning -------------------------------------------------
+
+@pytest.fixture
+def optuna_said():
+    """The records Optuna's loggers pass on to its stderr handler during the test."""
+    import logging
+    said: list = []
+    handler = logging.Handler()
+    handler.emit = said.append
+    logging.getLogger("optuna").addHandler(handler)
+    yield said
+    logging.getLogger("optuna").removeHandler(handler)
+
 
 def scripted_run(outcomes: dict, seen: list):
     """A stand-in for `tunelab.pipeline.run`: each trial's run reports `outcomes[run name]` =
@@ -293,14 +430,14 @@ def test_a_trial_behind_the_others_is_pruned_at_that_checkpoint(tmp_path, monkey
                                              for i, acc in enumerate([0.4, 0.6, 0.8], start=1)}
 
 
-def test_a_failed_trial_is_counted_and_the_sweep_goes_on(tmp_path, monkeypatch):
+def test_a_failed_trial_is_counted_and_the_sweep_goes_on(tmp_path, monkeypatch, caplog, optuna_said):
     import tunelab.pipeline
     seen: list = []
     good = scripted_run({"trial-000": ([0.5], 1.0), "trial-002": ([0.6], 1.0)}, seen)
 
     def run(recipe, resume=False, on_checkpoint=None):
-        if recipe.name == "trial-001":
-            raise TunelabError("loss became nan at step 3", file=recipe.run_dir)
+        if recipe.name == "trial-001":  # as the training loop says it
+            raise TunelabError("loss became nan at step 3", file=recipe.run_dir, field="train.lr")
         return good(recipe, resume, on_checkpoint)
     monkeypatch.setattr(tunelab.pipeline, "run", run)
     recipe = tiny_recipe(tmp_path)
@@ -308,7 +445,10 @@ def test_a_failed_trial_is_counted_and_the_sweep_goes_on(tmp_path, monkeypatch):
     results = sweep(SweepSettings(str(recipe), str(space), trials=3, prune=False))
     trials = study_of(tmp_path / "runs" / "tiny-sweep").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
-    assert "loss became nan" in trials[1].user_attrs["error"] and results.best.number == 2
+    assert trials[1].user_attrs["error"] == "diverged: loss became nan at step 3" and results.best.number == 2
+    assert results.rows[1][2] == "fail" and results.rows[1][-1] == "diverged: loss became nan at step 3"
+    assert "trial 1 diverged: loss became nan at step 3" in caplog.messages
+    assert not [r.getMessage() for r in optuna_said if "failed" in r.getMessage()]  # said once, by the trial
 
 
 # --- the pipeline's hook -----------------------------------------------------------------------------
@@ -348,13 +488,13 @@ def test_time_spent_in_the_hook_is_not_training_time(tmp_path):
     assert max(json.loads(line)["elapsed_s"] for line in (recipe.run_dir / "metrics.jsonl").open()) < 4
 
 
-def test_the_shipped_space_fits_the_quickstart_and_holds_its_values():
-    """The README's demonstration: every value of recipes/spaces/quickstart.yaml gives a valid quickstart recipe,
-    and the quickstart's own values are in it (they are the sweep's first trial)."""
-    root = Path(__file__).resolve().parent.parent
-    recipe = root / "recipes" / "quickstart.yaml"
-    raw, _ = read_recipe_raw(recipe, ["train.max_steps=300"])
-    space = load_space(root / "recipes" / "spaces" / "quickstart.yaml", raw, recipe)
+@pytest.mark.parametrize("name, overrides", [("quickstart", ["train.max_steps=300"]), ("sweep-cpu", [])])
+def test_the_shipped_spaces_fit_their_recipes_and_hold_their_values(name, overrides):
+    """docs/sweep.md's demonstration and short CPU path: every value of recipes/spaces/<name>.yaml gives a valid
+    recipe, and the recipe's own values are in it (they are the sweep's first trial)."""
+    recipe = ROOT / "recipes" / f"{name}.yaml"
+    raw, _ = read_recipe_raw(recipe, overrides)
+    space = load_space(ROOT / "recipes" / "spaces" / f"{name}.yaml", raw, recipe)
     assert space.params_of(raw) is not None
 
 

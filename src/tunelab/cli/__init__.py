@@ -64,12 +64,14 @@ def _log_to_stderr(level: int) -> None:
 
 
 def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
-    """For a run that stopped resumably: the command that continues it (the verb's own words, --resume added)."""
+    """For a run that stopped resumably: the command that continues it (the verb's own words, --resume added;
+    a sweep resumes when it is run again as it was)."""
     import shlex
-    if getattr(args, "verb", None) not in ("run", "train"):
+    verb = getattr(args, "verb", None)
+    if verb not in ("run", "train", "sweep"):
         return ""
-    words = [w for w in argv if w != "--resume"]
-    return f"; continue with: tunelab {' '.join(shlex.quote(w) for w in words)} --resume"
+    words = [w for w in argv if w != "--resume"] + ([] if verb == "sweep" else ["--resume"])
+    return f"; continue with: tunelab {' '.join(shlex.quote(w) for w in words)}"
 
 
 def _naming_a_model(parser: argparse.ArgumentParser) -> list[str]:

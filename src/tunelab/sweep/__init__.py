@@ -123,7 +123,7 @@ def work(settings: SweepSettings, p: Prepared, worker_index: int) -> None:
     import optuna
 
     from tunelab.sweep import study as studies
-    from tunelab.sweep.trial import TrialFailed, run_trial
+    from tunelab.sweep.trial import TrialFailed, TrialStopped, run_trial
     offset = len(p.study.get_trials(deepcopy=False)) + 7919 * worker_index
     seed = p.setup.raw_recipe.get("seed", 0) if isinstance(p.setup.raw_recipe.get("seed", 0), int) else 0
     study = optuna.load_study(storage=p.storage, study_name=p.study.study_name,
@@ -140,8 +140,35 @@ def work(settings: SweepSettings, p: Prepared, worker_index: int) -> None:
 
     if enough(study):
         return
-    study.optimize(lambda trial: run_trial(trial, p.setup), callbacks=[stop_when_enough], catch=(TrialFailed,),
-                   gc_after_trial=True)
+    logging.getLogger("optuna.study._optimize").addFilter(_OPTUNA_FAILURE_NOTES)
+    try:
+        study.optimize(lambda trial: run_trial(trial, p.setup), callbacks=[stop_when_enough], catch=(TrialFailed,),
+                       gc_after_trial=True)
+    except TrialStopped as stop:  # its run's lock is free now: a worker that takes the trial up can resume it
+        studies.requeue(study, p.storage, stop.number, stop.why)
+        raise stop.cause from None  # the CLI's one line, with the command that resumes the sweep
+
+
+class _LoggedByTunelab(logging.Filter):
+    """Leaves out Optuna's two warnings on a trial that failed on its own ("Trial N failed … because of the
+    following error" with a traceback, then "Trial N failed with value None"): the trial has said why in one
+    line already (`TrialFailed`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.followed: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from tunelab.sweep.trial import TrialFailed
+        if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
+            self.followed.add(f"Trial {record.exc_info[1].number} failed with value ")
+            return False
+        said = next((p for p in self.followed if record.getMessage().startswith(p)), None)
+        self.followed.discard(said)
+        return said is None
+
+
+_OPTUNA_FAILURE_NOTES = _LoggedByTunelab()
 
 
 def _run_workers(settings: SweepSettings, p: Prepared) -> None:

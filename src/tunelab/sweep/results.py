@@ -22,7 +22,7 @@ import yaml
 from tunelab.compare import display_width
 from tunelab.recipe import set_field
 from tunelab.sweep.space import Space, decode_choice
-from tunelab.sweep.study import ERROR_ATTR, RUN_ATTR
+from tunelab.sweep.study import DIED, ERROR_ATTR, RUN_ATTR, STOPS_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class SweepResults:
 
 
 def read_results(study, space: Space) -> SweepResults:
+    """One row per trial (`attempts`: a trial Optuna's heartbeat retried under a new number is one trial, shown
+    under its first number, as its run folder is), with what became of it and, in the note, why it stopped."""
     from optuna.trial import TrialState
     trials = study.get_trials(deepcopy=False)
     params = [d.field for d in space.dimensions]
@@ -47,18 +49,13 @@ def read_results(study, space: Space) -> SweepResults:
     outcome = ["ratio", "retention", "best"] if objective == "score" else ["score", "ratio", "retention", "best"]
     columns = ["trial", "run", "state", *params, objective, *outcome, "note"]
     rows = []
-    for t in trials:
+    for tries in attempts(trials):
+        t = tries[-1]  # the latest attempt says where the trial is now
         a = t.user_attrs
-        note = a.get(ERROR_ATTR) or (f"pruned at {a['pruned_at']}" if "pruned_at" in a else "")
-        if a.get("baseline"):
-            note = "the recipe's own values" + (f"; {note}" if note else "")
-        state = t.state.name.lower()
-        if t.state == TrialState.COMPLETE and any(v > 0 for v in t.constraints.values()):
-            state = "infeasible"  # finished, but lost too much of a retained ability: it cannot win
         found = {"score": a.get("score"), "ratio": a.get("ratio"), "retention": a.get("retention"),
                  "best": a.get("best_checkpoint")}
-        rows.append([t.number, a.get(RUN_ATTR, ""), state, *[t.params.get(p, "") for p in params], t.value,
-                     *[found[k] for k in outcome], note])
+        rows.append([tries[0].number, a.get(RUN_ATTR, ""), _state(t), *[t.params.get(p, "") for p in params],
+                     t.value, *[found[k] for k in outcome], _note(tries)])
     best = None
     try:
         best = study.best_trial  # Optuna's: the best feasible COMPLETE trial (constraints are respected)
@@ -66,6 +63,41 @@ def read_results(study, space: Space) -> SweepResults:
         pass
     baseline = next((t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None)
     return SweepResults(columns, rows, best, baseline)
+
+
+def attempts(trials: list) -> list[list]:
+    """The study's trials grouped by the run they wrote (`run`), in the order of their first number: a trial
+    retried by Optuna's heartbeat under another number continues its run and is the same trial."""
+    groups: dict[Any, list] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        groups.setdefault(t.user_attrs.get(RUN_ATTR) or ("number", t.number), []).append(t)
+    return list(groups.values())
+
+
+def _state(t) -> str:
+    from optuna.trial import TrialState
+    if t.state == TrialState.COMPLETE and any(v > 0 for v in t.constraints.values()):
+        return "infeasible"  # finished, but lost too much of a retained ability: it cannot win
+    if t.state == TrialState.WAITING and t.user_attrs.get(STOPS_ATTR):
+        return "stopped"  # requeued: the next sweep resumes its run
+    return t.state.name.lower()
+
+
+def _note(tries: list) -> str:
+    """Why the trial stopped: its error, where it was pruned, and each interruption it was resumed after."""
+    from optuna.trial import TrialState
+    t = tries[-1]
+    a = t.user_attrs
+    stops = [*a.get(STOPS_ATTR, []), *[DIED] * (len(tries) - 1)]  # each earlier attempt's process died
+    parts = [a.get(ERROR_ATTR) or (f"pruned at {a['pruned_at']}" if "pruned_at" in a else "")]
+    if t.state == TrialState.WAITING and stops:
+        parts.append(f"{stops[-1]}; resumes when the sweep runs again")
+        stops = stops[:-1]
+    if stops:
+        parts.append("resumed after: " + "; ".join(stops))
+    if a.get("baseline"):
+        parts.insert(0, "the recipe's own values")
+    return "; ".join(p for p in parts if p)
 
 
 def _cell(value: Any) -> str:

@@ -6,12 +6,15 @@ needs is in the study: the recipe as written, the space and the objective (its u
 extended or resumed with other ones is refused, since their trials would not be comparable), and each trial's
 run directory (the trial's `run` attribute).
 
-A trial whose process died (SIGKILL, a lost machine) stays RUNNING in the storage. It is taken up two ways,
-both Optuna's retry (`RetryHeartbeatStaleTrialCallback`: a WAITING copy with the same parameters and
-attributes, run by the next free worker): on this machine at once, when its run directory's lock
-(`tunelab.train.run_lock`) has no holder — the kernel releases it when the process dies — and anywhere by
-Optuna's heartbeat, once the trial has been silent for `GRACE_S`. The copy keeps the `run` attribute, so it
-resumes the dead trial's run from its last checkpoint instead of training again from step 0.
+A trial that stopped before its end is put back in the queue as itself (`requeue`: RUNNING -> WAITING, its
+number, parameters, reported values and `run` attribute kept), so the next free worker resumes its run from the
+last checkpoint under the same number, and the trials' folders keep following the trial numbers: when it was
+preempted (`tunelab.sweep.trial`), and when its process died (SIGKILL, a crash) on this machine, seen at the next
+`tunelab sweep` by its run directory's lock (`tunelab.train.run_lock`) having no holder — the kernel releases it
+when the process dies. A trial whose machine was lost is taken up anywhere by Optuna's heartbeat once it has been
+silent for `GRACE_S`, by Optuna's retry (`RetryHeartbeatStaleTrialCallback`): a WAITING copy under a new number
+that keeps the `run` attribute, so it also resumes the run; the table shows the two as one trial. Each stop is
+recorded (`STOPS_ATTR`) so the table says how a trial was interrupted.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S, GRACE_S = 60, 600  # a trial silent for 10 minutes is dead wherever it ran
 ERROR_ATTR = "error"  # a trial that failed on its own (diverged, bad data): counted, not retried
 RUN_ATTR, HOST_ATTR = "run", "host"
+STOPS_ATTR = "stops"  # how each earlier process working on the trial stopped: "preempted: …", "its process died"
+DIED = "its process died"
 
 
 def default_storage(sweep_dir: Path) -> str:
@@ -138,28 +143,40 @@ def in_flight(study) -> int:
 
 
 def take_up_dead_trials(study, storage, sweep_dir: Path) -> list[int]:
-    """Fail and retry this machine's RUNNING trials whose run nobody writes any more (module docstring); returns
-    their numbers. A trial another worker took up first is left to it."""
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    """Requeue this machine's RUNNING trials whose run nobody writes any more (module docstring); returns their
+    numbers. A trial another process took up first is left to it."""
     from optuna.trial import TrialState
 
-    from tunelab.train.run_lock import writer_of
+    from tunelab.train.run_lock import run_lock
     host = socket.gethostname()
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
     taken = []
-    study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         run = t.user_attrs.get(RUN_ATTR)
-        if run is None or t.user_attrs.get(HOST_ATTR) != host or writer_of(sweep_dir / run) is not None:
-            continue  # starting (no run yet), another machine's, or alive
+        if run is None or t.user_attrs.get(HOST_ATTR) != host:
+            continue  # starting (no run yet), or another machine's
         try:
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:
-            continue
-        retry(study, t)
+            with run_lock(sweep_dir / run):  # held while requeued: a worker that took it up meanwhile has it
+                if not requeue(study, storage, t.number, DIED):
+                    continue
+        except TunelabError:
+            continue  # alive: its process holds the lock
         taken.append(t.number)
-        log.info("trial %d (%s) died while running: it is retried, resuming its run", t.number, run)
+        log.info("trial %d (%s) died while running: it resumes its run", t.number, run)
     return taken
+
+
+def requeue(study, storage, number: int, why: str) -> bool:
+    """Put a RUNNING trial back in the queue as itself, noting `why` it stopped among its stops; False when it is
+    no longer running (another process finished or requeued it)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                               number)
+    trial = storage.get_trial(trial_id)
+    if trial.state != TrialState.RUNNING:
+        return False
+    storage.set_trial_user_attr(trial_id, STOPS_ATTR, [*trial.user_attrs.get(STOPS_ATTR, []), why])
+    try:
+        return storage.set_trial_state_values(trial_id, TrialState.WAITING)
+    except UpdateFinishedTrialError:
+        return False

@@ -7,8 +7,10 @@ What a trial ends as, in the study:
 - PRUNED, behind the other trials at the same checkpoint (its run keeps the checkpoints it wrote);
 - FAIL with an `error` attribute, when its run failed on its own (diverged, a recipe the values made invalid):
   counted as a trial, and the sweep goes on;
-- FAIL without one when it was stopped (SIGTERM, Ctrl-C): a WAITING copy is queued that resumes its run, and
-  the sweep stops; or RUNNING forever when it was killed, until `tunelab.sweep.study` takes it up.
+- back in the queue (WAITING, as itself) when it was stopped (SIGTERM, Ctrl-C): `TrialStopped` carries the stop
+  past Optuna, which would log it as a failed trial with a traceback and fail it, to `tunelab.sweep.work`, which
+  requeues it once its run's lock is free and ends the sweep; the next sweep resumes its run under its number.
+  Killed, it stays RUNNING until `tunelab.sweep.study` takes it up the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +35,20 @@ RETENTION = "retention"  # the trial's one constraint (Optuna's `set_constraint`
 
 class TrialFailed(Exception):
     """A trial's run failed on its own; the sweep records it and goes on (`study.optimize(catch=…)`)."""
+
+    def __init__(self, why: str, number: int):
+        super().__init__(why)
+        self.number = number
+
+
+class TrialStopped(BaseException):
+    """A trial's run was stopped (`cause`: `Preempted`, KeyboardInterrupt) and must resume later. A BaseException
+    so that Optuna, which catches Exception and KeyboardInterrupt only, lets it through without failing the trial
+    or logging it; `why` is what the table says of the stop."""
+
+    def __init__(self, cause: BaseException, number: int, why: str):
+        super().__init__(why)
+        self.cause, self.number, self.why = cause, number, why
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,7 @@ def run_trial(trial, setup: TrialSetup) -> float:
     try:
         recipe = trial_recipe(setup, values, run_name)
     except TunelabError as e:
-        return _failed(trial, e)
+        return _failed(trial, f"invalid recipe: {e}")
 
     def on_checkpoint(written) -> None:
         if written.index == 1 or not (recipe.run_dir / "eval" / "base" / "results.json").exists():
@@ -94,13 +110,15 @@ def run_trial(trial, setup: TrialSetup) -> float:
         try:
             metrics = run(recipe, resume=resume, on_checkpoint=on_checkpoint)
             value = setup.objective.final(metrics)
-        except (Preempted, KeyboardInterrupt):
-            trial.study.enqueue_trial(trial.params, user_attrs={RUN_ATTR: run_name})  # the next sweep resumes it
-            raise
+        except Preempted as e:
+            raise TrialStopped(e, trial.number, f"preempted: {e.message}") from None
+        except KeyboardInterrupt as e:
+            raise TrialStopped(e, trial.number, "interrupted (Ctrl-C)") from None
         except TunelabError as e:
             if e.field == "objective":  # the objective names what the runs do not measure: every trial would fail
                 raise
-            return _failed(trial, e)
+            # the loop's non-finite or diverging loss names train.lr, the setting to lower
+            return _failed(trial, f"diverged: {e.message}" if e.field == "train.lr" else f"failed: {e}")
     _record(trial, metrics, recipe)
     return value
 
@@ -145,10 +163,11 @@ def reuse_base_evaluation(recipe: Recipe, sweep_dir: Path) -> None:
         return
 
 
-def _failed(trial, error: TunelabError) -> float:
-    log.warning("trial %d failed: %s", trial.number, error)
-    trial.set_user_attr(ERROR_ATTR, str(error))
-    raise TrialFailed(str(error))
+def _failed(trial, why: str) -> float:
+    """Record why the trial failed (the table's note) and end it as failed, counted."""
+    log.warning("trial %d %s", trial.number, why)
+    trial.set_user_attr(ERROR_ATTR, why)
+    raise TrialFailed(why, trial.number)
 
 
 def _record(trial, metrics: dict, recipe: Recipe) -> None:

@@ -223,7 +223,9 @@ def _restore(run: TrainingRun, resume: bool) -> Progress:
             if hasattr(trained.loss_model, "window"):
                 trained.loss_model.set_window(rank_window(point.trainer_state, dist.rank))
         if dist.main:  # drop log lines past the checkpoint; they are recomputed
-            kept = [r for r in read_metrics(metrics_path) if r["step"] <= progress.step]
+            logged = read_metrics(metrics_path)
+            progress.count_lost(logged)
+            kept = [r for r in logged if r["step"] <= progress.step]
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     elif dist.main:
         metrics_path.write_text("", encoding="utf-8")

@@ -54,6 +54,15 @@ class Progress:
         # the loss a run killed after its last checkpoint (before the summary) resumes to report
         self.last_loss = point.state["loss"]
 
+    def count_lost(self, logged: list[dict]) -> None:
+        """Count the time a process spent past the checkpoint this run resumes from (killed before its next
+        checkpoint, or before its first) as training time: its steps are trained again and their lines dropped,
+        but the time was spent on the run, so `train_seconds` is the sum over every process that trained it.
+        Its lines' `elapsed_s` started from this checkpoint's, so the last of them is that sum so far."""
+        past = [r["elapsed_s"] for r in logged
+                if r["step"] > self.step and isinstance(r.get("elapsed_s"), (int, float))]
+        self.elapsed_s = max([self.elapsed_s, *past])
+
 
 def capture(model, optimizer, scheduler, scaler, rng: list[dict], progress: Progress, rows_per_step: int,
             step: int, elapsed_s: float, sharded: bool, loss_window: list | None = None) -> dict:
