@@ -188,13 +188,13 @@ def test_many_samples_go_to_the_engine_a_window_at_a_time(run, capsys, monkeypat
      "top_p 1, top_k off by default (the model's generation_config.json does not say)"),
 ])
 def test_left_out_names_only_what_no_flag_gave(flags, said):
-    from tunelab.model.generation_config import SamplingDefaults
+    from tunelab.decoding.generation_config import SamplingDefaults
     from tunelab.serve.generate import GenerateOptions, left_out
     assert left_out(SamplingDefaults(temperature=0.0, max_tokens=32), GenerateOptions(**flags)) == said
 
 
 def test_left_out_of_a_sampling_config_and_of_none():
-    from tunelab.model.generation_config import SamplingDefaults
+    from tunelab.decoding.generation_config import SamplingDefaults
     from tunelab.serve.generate import GenerateOptions, left_out
     sampling = SamplingDefaults(temperature=0.7, top_p=0.9, top_k=0)
     assert left_out(sampling, GenerateOptions(top_k=5)) == (
