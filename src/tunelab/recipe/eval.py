@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from tunelab.recipe.fields import StrictSection, Text
+from tunelab.recipe.fields import DEVICE_PATTERN, StrictSection, Text
 from tunelab.recipe.source import SourceConfig
 
 EvalMode = Literal["generate", "loglik", "perplexity"]
@@ -47,7 +47,7 @@ class EvalConfig(StrictSection):
     batch_size: int = Field(default=32, ge=1)
     max_new_tokens: int = Field(default=32, ge=1)
     baseline: bool = Field(default=True, description="evaluate the base model before training")
-    device: Text | None = Field(default=None, pattern=r"^(auto|cpu|mps|cuda(:\d+)?|npu(:\d+)?)$",
+    device: Text | None = Field(default=None, pattern=DEVICE_PATTERN,
                                 description="where models are evaluated (default: train.device in a run, else auto)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 where the GPU does it natively, fp16 on older GPUs, fp32 on a CPU")

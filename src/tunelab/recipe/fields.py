@@ -14,6 +14,8 @@ MAX_VOCAB = 1 << 20
 # a path, name or key that must say something: an empty `corpus:` read as "." and was refused as an existing output
 Text = Annotated[str, Field(min_length=1)]
 
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?|npu(:\d+)?)$"   # what `train.device` and `eval.device` accept
+
 
 class StrictSection(BaseModel):
     """A recipe section: an unknown key is an error rather than a setting silently ignored, and a value

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from tunelab.recipe.fields import StrictSection, Text
+from tunelab.recipe.fields import DEVICE_PATTERN, StrictSection, Text
 
 
 class DivergenceConfig(StrictSection):
@@ -84,7 +84,7 @@ class TrainConfig(StrictSection):
     warmup_ratio: float = Field(default=0.05, ge=0, le=1)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
-    device: Text = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?|npu(:\d+)?)$",
+    device: Text = Field(default="auto", pattern=DEVICE_PATTERN,
                          description="auto: this process's GPU, else an Ascend NPU, else MPS, else the CPU")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 where the GPU does it natively, else fp16 with a gradient "
