@@ -12,14 +12,11 @@ from conftest import write_recipe
 
 from tunelab.errors import TunelabError
 from tunelab.model.presets import load_config, preset_config
-from tunelab.train.memory_plan import (
-    ALLOCATOR_RESERVE,
-    GiB,
-    StepSpec,
-    measure_step,
-    parse_memory_size,
-    plan_memory,
-)
+from tunelab.train.plan.categories import ALLOCATOR_RESERVE
+from tunelab.train.plan.estimate import plan_memory
+from tunelab.train.plan.sizes import GiB, parse_memory_size
+from tunelab.train.plan.spec import StepSpec
+from tunelab.train.plan.trace import measure_step
 
 TINY_BASE = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
 
@@ -210,7 +207,8 @@ def test_a_grpo_plan_traces_the_policy_step_counts_the_rollout_cache_and_the_con
     from transformers import AutoModelForCausalLM, DynamicCache
 
     from tunelab.recipe import load_recipe
-    from tunelab.train.memory_plan import rollout_cache_bytes, step_spec
+    from tunelab.train.plan.categories import rollout_cache_bytes
+    from tunelab.train.plan.spec import step_spec
     sections = _tiny_lora_sections()
     sections["train"].update(method="grpo", batch_size=4, precision="fp32",
                              grpo={"num_generations": 3, "max_completion_length": 16})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.recipe import load_recipe
-from tunelab.train.memory_plan import plan_memory
+from tunelab.train.plan.estimate import plan_memory
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 GIB = 2 ** 30
@@ -39,7 +39,7 @@ def test_a_run_that_cannot_fit_its_gpu_is_refused_before_loading(monkeypatch):
 
     import torch
 
-    from tunelab.train.memory_plan import check_fits
+    from tunelab.train.plan.advice import check_fits
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device=None: SimpleNamespace(total_memory=24 * GIB, name="NVIDIA GeForce RTX 4090"))
     gpu = torch.device("cuda", 0)
