@@ -83,7 +83,7 @@ def cli_plan(args: argparse.Namespace) -> int:
     from tunelab.train.plan.sizes import parse_memory_size
     card = parse_memory_size(args.gpu_memory, field="--gpu-memory")
     recipe = load_recipe(args.recipe, args.overrides, check_data=False)  # the plan reads no data
-    plan = plan_memory(recipe, card, args.gpus)
+    plan = plan_memory(recipe, card, args.gpus, recipe_file=args.recipe)
     if not plan.fits:
         plan.advice = advise(recipe, plan)
     print(json.dumps(plan_to_json(plan), indent=2) if args.json else format_plan(plan))

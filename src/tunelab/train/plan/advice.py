@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tunelab.train.plan.categories import CUDA_CONTEXT
-from tunelab.train.plan.config import model_config
 from tunelab.train.plan.estimate import Advice, Plan, plan_memory, plan_step
 from tunelab.train.plan.sizes import GiB, gib
 from tunelab.train.plan.spec import step_spec
@@ -22,7 +21,7 @@ def advise(recipe: Recipe, plan: Plan) -> list[Advice]:
     out."""
     if plan.gpu_memory <= CUDA_CONTEXT:
         return []  # the CUDA context alone fills the card
-    config, source = model_config(recipe)
+    config, source = plan.config, plan.model  # the model the plan traced, wherever it found its config
     tc = recipe.train
     knobs: list[tuple[dict, str]] = []
     if not getattr(tc, "gradient_checkpointing", True):

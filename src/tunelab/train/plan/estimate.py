@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
 from tunelab.train.plan.categories import device_categories
@@ -41,13 +42,16 @@ class Plan:
     trace_seconds: float
     notes: list[str] = field(default_factory=list)
     advice: list[Advice] = field(default_factory=list)
+    config: Any = field(default=None, repr=False, compare=False)  # the model config traced: `advise` changes the rest
 
 
-def plan_memory(recipe: Recipe, gpu_memory_bytes: int, gpus: int = 1) -> Plan:
-    """The per-device memory of one training step of `recipe` on `gpus` GPUs of `gpu_memory_bytes` each."""
+def plan_memory(recipe: Recipe, gpu_memory_bytes: int, gpus: int = 1, recipe_file: str | Path | None = None) -> Plan:
+    """The per-device memory of one training step of `recipe` on `gpus` GPUs of `gpu_memory_bytes` each.
+    `recipe_file`, where the recipe was read from, lets a `model.path` run that does not exist yet be planned from
+    the recipe beside it that produces it (`config.model_config`)."""
     if gpus < 1:
         raise TunelabError(f"must be at least 1, got {gpus}", field="gpus")
-    config, source = model_config(recipe)
+    config, source = model_config(recipe, recipe_file)
     spec = step_spec(recipe, config)
     return plan_step(recipe, spec, source, gpu_memory_bytes, gpus)
 
@@ -60,4 +64,4 @@ def plan_step(recipe: Recipe, spec: StepSpec, source: str, gpu_memory_bytes: int
     total = sum(cats.values())
     return Plan(recipe=recipe.name, model=source, step=describe_step(spec, step.trainable_params), gpus=gpus,
                 gpu_memory=gpu_memory_bytes, categories=cats, total=total, fits=total <= gpu_memory_bytes,
-                trace_seconds=step.trace_seconds, notes=notes)
+                trace_seconds=step.trace_seconds, notes=notes, config=spec.config)

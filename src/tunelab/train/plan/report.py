@@ -3,7 +3,7 @@ rules' notes; or as JSON."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
 from tunelab.train.plan.sizes import gib
@@ -40,7 +40,8 @@ def format_plan(plan: Plan) -> str:
 
 
 def plan_to_json(plan: Plan) -> dict:
-    out = asdict(plan)
+    out = asdict(replace(plan, config=None))
+    del out["config"]  # the model's config: a Python object, shown as where it came from (`model`)
     out["categories_gib"] = {k: round(gib(v), 3) for k, v in plan.categories.items()}
     out["total_gib"] = round(gib(plan.total), 3)
     out["gpu_memory_gib"] = round(gib(plan.gpu_memory), 3)
