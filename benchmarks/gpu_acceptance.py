@@ -218,7 +218,8 @@ def run_recipe(name: str, args, gpu: dict | None) -> dict:
     from tunelab.recipe import load_recipe
     from tunelab.runs import list_checkpoints, model_dir_of
     from tunelab.train.loop import train
-    from tunelab.train.memory_plan import plan_memory, plan_to_json
+    from tunelab.train.plan.estimate import plan_memory
+    from tunelab.train.plan.report import plan_to_json
 
     overrides, model_shown, data_shown = standin(name, args, args.out / "data")
     flags = as_set_flags(overrides) + args.set

@@ -12,16 +12,14 @@ from conftest import write_recipe
 
 from tunelab.errors import TunelabError
 from tunelab.model.presets import load_config, preset_config
-from tunelab.train.memory_plan import (
-    ALLOCATOR_RESERVE,
-    GiB,
-    StepSpec,
-    measure_step,
-    parse_memory_size,
-    plan_memory,
-)
+from tunelab.train.plan.categories import ALLOCATOR_RESERVE
+from tunelab.train.plan.estimate import plan_memory
+from tunelab.train.plan.sizes import GiB, parse_memory_size
+from tunelab.train.plan.spec import StepSpec
+from tunelab.train.plan.trace import measure_step
 
 TINY_BASE = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 # torchtune's README ("Memory and training speed"): Llama 3.1 8B on one RTX 4090, batch size 2 without gradient
 # accumulation, a dataset packed to 2,048 tokens, torch.compile on; peak memory per GPU. Its recipe config
@@ -210,7 +208,8 @@ def test_a_grpo_plan_traces_the_policy_step_counts_the_rollout_cache_and_the_con
     from transformers import AutoModelForCausalLM, DynamicCache
 
     from tunelab.recipe import load_recipe
-    from tunelab.train.memory_plan import rollout_cache_bytes, step_spec
+    from tunelab.train.plan.categories import rollout_cache_bytes
+    from tunelab.train.plan.spec import step_spec
     sections = _tiny_lora_sections()
     sections["train"].update(method="grpo", batch_size=4, precision="fp32",
                              grpo={"num_generations": 3, "max_completion_length": 16})
@@ -249,3 +248,55 @@ def test_a_continued_adapter_plans_with_its_own_lora_settings(tmp_path):
     sections["model"]["path"] = str(adapter)
     plan = plan_memory(load_recipe(write_recipe(tmp_path, "continued", **sections)), 24 * GiB)
     assert "LoRA r 12 on" in plan.step and "down_proj" in plan.step and "q_proj" not in plan.step
+
+
+def test_a_course_stage_is_planned_before_the_run_it_starts_from(tmp_path, monkeypatch, capsys):
+    """A student plans the course before renting the card: runs/minigpt-pretrain does not exist yet (a fresh
+    working directory), so the SFT stage is planned from recipes/minigpt-pretrain.yaml, which produces it: said in
+    one line, and the same plan as that architecture given by hand. A chain of stages (DPO after SFT after
+    pretraining) finds each producer; a Python call without the recipe's file still refuses."""
+    from tunelab.cli import main
+    from tunelab.recipe import load_recipe
+    from tunelab.train.plan.config import model_config
+    monkeypatch.chdir(tmp_path)
+    sft, small = RECIPES / "minigpt-sft.yaml", ["train.batch_size=1", "data.max_seq_len=64"]
+    assert main(["plan", str(sft), "--gpu-memory", "24GiB", "--json", *[a for s in small for a in ("--set", s)]]) == 0
+    out, err = capsys.readouterr()
+    plan = json.loads(out)
+    assert err == (f"runs/minigpt-pretrain does not exist yet: planning from {RECIPES / 'minigpt-pretrain.yaml'}, "
+                   "which produces it\n")
+    assert "preset minigpt-124m, vocabulary 32,000 (the corpus build's tokenizer.vocab_size)" in plan["model"]
+    by_hand = load_recipe(sft, [*small, "model.path=null", "model.preset=minigpt-124m",
+                                "model.overrides.vocab_size=32000"], check_data=False)
+    assert plan["categories"] == plan_memory(by_hand, 24 * GiB).categories
+
+    dpo = RECIPES / "minigpt-cpu-dpo.yaml"
+    config, source = model_config(load_recipe(dpo, check_data=False), dpo)
+    scratch, _ = model_config(load_recipe(RECIPES / "minigpt-cpu.yaml", check_data=False))
+    assert config.to_dict() == scratch.to_dict() and "preset tiny" in source
+    assert "runs/minigpt-cpu-sft, not run yet" in source and "runs/minigpt-cpu, not run yet" in source
+
+    with pytest.raises(TunelabError, match="no config.json for 'runs/minigpt-pretrain'"):
+        plan_memory(load_recipe(sft, check_data=False), 24 * GiB)
+
+
+def test_a_run_no_recipe_produces_is_refused_in_one_line_naming_the_field_and_the_set_that_fixes_it(
+        tmp_path, monkeypatch, capsys):
+    """No recipe beside this one produces its model.path (another recipe, a YAML file that is no recipe, and the
+    recipe itself, whose own run directory it names, are passed over): one line with the file, line and field,
+    and the --set overrides that give the plan an architecture."""
+    from tunelab.cli import main
+    monkeypatch.chdir(tmp_path)
+    model = {"preset": None, "from_scratch": None, "tokenizer_vocab_size": None}
+    write_recipe(tmp_path, "other", **_tiny_lora_sections())
+    (tmp_path / "notes.yaml").write_text("just: notes\n", encoding="utf-8")
+    for name, path in (("orphan", "runs/never-made"), ("itself", str(tmp_path / "runs" / "itself"))):
+        recipe = write_recipe(tmp_path, name, **{**_tiny_lora_sections(), "model": {**model, "path": path}})
+        line = 1 + recipe.read_text(encoding="utf-8").splitlines().index(f"  path: {path}")
+        assert main(["plan", str(recipe)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert err.startswith(f"tunelab: error: {recipe}:{line}, field 'model.path': no config.json for '{path}': "
+                              f"not a local directory, no recipe in {tmp_path} produces it")
+        assert "--set model.path=null --set model.preset=NAME (llama3-8b, " in err
+        assert "--set model.overrides.vocab_size=N" in err

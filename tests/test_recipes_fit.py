@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.recipe import load_recipe
-from tunelab.train.memory_plan import plan_memory
+from tunelab.train.plan.estimate import plan_memory
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 GIB = 2 ** 30
@@ -20,15 +20,16 @@ FITS = [
     ("llama3-8b-math-lora", ["train.grad_accum=1"], 80, 8),               # eight 80 GB cards (the header's command)
     ("gemma-2b-glue-lora", [], 24, 1),                                    # an A10
     ("minigpt-pretrain", [], 12, 1),                                      # a 12 GB gaming card
-    # its base is runs/minigpt-pretrain, which does not exist before that run: the same architecture by preset
-    ("minigpt-sft", ["model.path=null", "model.preset=minigpt-124m", "model.overrides.vocab_size=32000"], 24, 1),
+    # its base is runs/minigpt-pretrain, which does not exist before that run: planned from minigpt-pretrain.yaml
+    ("minigpt-sft", [], 24, 1),
 ]
 
 
 @pytest.mark.parametrize("name, overrides, card, devices", FITS, ids=[f"{f[0]}-{f[2]}GiBx{f[3]}" for f in FITS])
-def test_shipped_recipe_fits_its_card(name, overrides, card, devices):
+def test_shipped_recipe_fits_its_card(name, overrides, card, devices, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a fresh working directory: no run of the course has been made yet
     recipe = load_recipe(RECIPES / f"{name}.yaml", overrides, check_data=False)
-    plan = plan_memory(recipe, card * GIB, devices)
+    plan = plan_memory(recipe, card * GIB, devices, recipe_file=RECIPES / f"{name}.yaml")
     assert plan.fits, f"{name} needs {plan.total / GIB:.1f} GiB a device, over the {card} GiB card"
 
 
@@ -39,7 +40,7 @@ def test_a_run_that_cannot_fit_its_gpu_is_refused_before_loading(monkeypatch):
 
     import torch
 
-    from tunelab.train.memory_plan import check_fits
+    from tunelab.train.plan.advice import check_fits
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device=None: SimpleNamespace(total_memory=24 * GIB, name="NVIDIA GeForce RTX 4090"))
     gpu = torch.device("cuda", 0)

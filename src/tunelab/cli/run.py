@@ -1,6 +1,6 @@
 """`tunelab run`, `train` and `plan`: a recipe's whole pipeline, its training alone, and its memory plan. The
 flags name a recipe and its overrides; the work is `tunelab.pipeline.run` / `train_recipe` and
-`tunelab.train.memory_plan`, which a Python user calls the same way."""
+`tunelab.train.plan` (`estimate.plan_memory`, `advice.advise`), which a Python user calls the same way."""
 
 from __future__ import annotations
 
@@ -77,10 +77,13 @@ def cli_plan(args: argparse.Namespace) -> int:
     import json
 
     from tunelab.recipe import load_recipe
-    from tunelab.train.memory_plan import advise, format_plan, parse_memory_size, plan_memory, plan_to_json
+    from tunelab.train.plan.advice import advise
+    from tunelab.train.plan.estimate import plan_memory
+    from tunelab.train.plan.report import format_plan, plan_to_json
+    from tunelab.train.plan.sizes import parse_memory_size
     card = parse_memory_size(args.gpu_memory, field="--gpu-memory")
     recipe = load_recipe(args.recipe, args.overrides, check_data=False)  # the plan reads no data
-    plan = plan_memory(recipe, card, args.gpus)
+    plan = plan_memory(recipe, card, args.gpus, recipe_file=args.recipe)
     if not plan.fits:
         plan.advice = advise(recipe, plan)
     print(json.dumps(plan_to_json(plan), indent=2) if args.json else format_plan(plan))

@@ -37,7 +37,8 @@ def choose_precision(tc: TrainConfig, dist: Dist):
 
 def check_memory(recipe: Recipe, dist: Dist) -> None:
     """On a GPU, refuse a run `tunelab plan` says cannot fit the device, before the model loads."""
-    from tunelab.train.memory_plan import check_fits, gib
+    from tunelab.train.plan.advice import check_fits
+    from tunelab.train.plan.sizes import gib
     plan, unfit = check_fits(recipe, dist.device, dist.world)
     if unfit:
         raise TunelabError(unfit, field="train.memory_check")

@@ -1,0 +1,109 @@
+"""The one training step the plan traces (`StepSpec`): what the training loop would run on a GPU for a recipe
+(weights' dtype, LoRA or full fine-tuning, micro-batch shape, autocast, checkpointing, quantisation, optimizer),
+and that step in words for the plan's `step:` line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from tunelab.recipe import Recipe
+
+
+@dataclass(eq=False)
+class StepSpec:
+    """One training step's shape: what `measure_step` traces. `plan_memory` builds it from a recipe."""
+
+    config: PretrainedConfig
+    dtype: str = "float32"                    # the base weights' dtype (model.dtype)
+    lora: tuple | None = None                 # (rank, alpha, dropout, target_modules); None: every weight trains
+    batch_size: int = 4
+    seq_len: int = 256
+    packing: bool = True
+    share_prefix: bool = False
+    autocast: str | None = "bf16"             # bf16 | fp16 | None (fp32)
+    gradient_checkpointing: bool = False
+    quantization: str = "none"                # none | nf4 | int8
+    fp32_unquantized: bool = True             # QLoRA: norms, embeddings, head in fp32 (`prepare_for_kbit`)
+    optimizer: str = "adamw"                  # adamw | adamw_8bit | paged_adamw_8bit
+    grads_held: bool = False                  # gradient accumulation: gradients exist before the micro-batch
+    grpo: tuple | None = None                 # (prompts, completions a prompt, tokens a completion): a GRPO step
+
+
+def step_spec(recipe: Recipe, config: PretrainedConfig) -> StepSpec:
+    """The step the training loop would run on a GPU for this recipe."""
+    tc, m = recipe.train, recipe.model
+    if m.from_scratch:
+        dtype = "float32"  # built from its config: fp32 whatever model.dtype says (model/loading.py)
+    elif m.dtype == "auto":
+        dtype = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
+    else:
+        dtype = m.dtype
+    precision = {"fp32": None, "fp16": "fp16"}.get(tc.precision, "bf16")  # auto on a GPU: bf16, or fp16 (same bytes)
+    lora = None
+    if recipe.lora.enabled:
+        lora = (_continued_lora(m.path) if m.path else None) or (recipe.lora.rank, recipe.lora.alpha,
+                                                                   recipe.lora.dropout, recipe.lora.target_modules)
+    batch, seq_len, grpo = tc.batch_size, recipe.data.max_seq_len, None
+    if tc.method == "grpo":  # the policy's forward: a packed row a group (its prompt once), or a row an answer
+        g = tc.grpo
+        grpo = (tc.batch_size, g.num_generations, g.max_completion_length)
+        if recipe.data.packing:
+            seq_len = recipe.data.max_seq_len + (g.num_generations - 1) * g.max_completion_length
+        else:
+            batch = tc.batch_size * g.num_generations
+    return StepSpec(config=config, dtype=dtype, lora=lora, batch_size=batch, seq_len=seq_len, grpo=grpo,
+                    packing=recipe.data.packing, share_prefix=recipe.data.packing and recipe.data.share_prefix,
+                    autocast=precision, gradient_checkpointing=getattr(tc, "gradient_checkpointing", False),
+                    quantization=getattr(m, "quantization", "none"),
+                    # paged: the same bytes on the GPU while there is room (it pages out only under pressure)
+                    optimizer=getattr(tc, "optimizer", "adamw").removeprefix("paged_"),
+                    grads_held=tc.grad_accum > 1)
+
+
+def _continued_lora(path: str) -> tuple | None:
+    """The LoRA settings of the adapter a run continues (`model.path` a LoRA run or adapter): they, not the
+    recipe's `lora` section, are what trains."""
+    from tunelab.records import read_json_object
+    from tunelab.runs import is_run_dir, pick_checkpoint
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return None
+    if is_run_dir(p):
+        p = pick_checkpoint(p)
+    if not (p / "adapter_config.json").is_file() or (p / "config.json").is_file():
+        return None
+    c = read_json_object(p / "adapter_config.json")
+    return c.get("r", 8), c.get("lora_alpha", 8), c.get("lora_dropout", 0.0), c.get("target_modules")
+
+
+def describe_step(spec: StepSpec, trainable: int) -> str:
+    """The step in words: the plan's `step:` line."""
+    if spec.lora:
+        rank, _, _, target = spec.lora
+        shown = target if isinstance(target, str) else "|".join(target)
+        what = f"LoRA r {rank} on {shown} ({trainable:,} trainable)"
+    else:
+        what = f"full fine-tuning ({trainable:,} trainable)"
+    rows = "packed rows" if spec.packing else "rows padded to the longest"
+    precision = f"{spec.autocast} autocast" if spec.autocast else "fp32"
+    quant = f", base in {spec.quantization}" if spec.quantization != "none" else ""
+    gc = "gradient checkpointing" if spec.gradient_checkpointing else "no gradient checkpointing"
+    opt = {"adamw": "AdamW"}.get(spec.optimizer, spec.optimizer)
+    shape = f"micro-batch {spec.batch_size} x {spec.seq_len} tokens ({rows}, every position labelled)"
+    if spec.grpo:
+        prompts, per_prompt, tokens = spec.grpo
+        layout = "a packed row a prompt: it once, its answers after it" if spec.packing else "a row an answer"
+        shape = (f"GRPO: {prompts} prompts x {per_prompt} sampled answers of <= {tokens} tokens; the policy's "
+                 f"forward on {spec.batch_size} x {spec.seq_len} tokens ({layout})")
+    return f"{what}; {shape}; weights {spec.dtype}{quant}, {precision}, {gc}, {opt}"
+
+
+def torch_dtype(name: str):
+    """A spec's dtype name ('bfloat16') as torch's dtype."""
+    import torch
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
