@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,10 +57,26 @@ def plan_memory(recipe: Recipe, gpu_memory_bytes: int, gpus: int = 1, recipe_fil
     return plan_step(recipe, spec, source, gpu_memory_bytes, gpus)
 
 
+_TRACED: dict[str, object] = {}   # a step's trace by its spec: advice re-plans variants, a caller re-plans a recipe
+_KEEP = 32
+
+
+def traced_step(spec: StepSpec):
+    """`measure_step(spec)`, traced once per process for an equal spec (the trace is a pure function of it, and
+    an 8B model's takes seconds to minutes on a CPU)."""
+    key = repr((spec.config.to_json_string(use_diff=False),
+                [getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "config"]))
+    if key not in _TRACED:
+        if len(_TRACED) >= _KEEP:
+            _TRACED.pop(next(iter(_TRACED)))
+        _TRACED[key] = measure_step(spec)
+    return _TRACED[key]
+
+
 def plan_step(recipe: Recipe, spec: StepSpec, source: str, gpu_memory_bytes: int, gpus: int) -> Plan:
     """The plan of `spec`, the step of `recipe` with the model config from `source`: what `advise` re-estimates
     with the recipe changed."""
-    step = measure_step(spec)
+    step = traced_step(spec)
     cats, notes = device_categories(recipe, spec, step, gpus)
     total = sum(cats.values())
     return Plan(recipe=recipe.name, model=source, step=describe_step(spec, step.trainable_params), gpus=gpus,
