@@ -207,8 +207,8 @@ def report(args, rates, texts, tokenizer, flops, ceiling, threads, load0, length
                          "utilisation": utilisation(flops, rate * generated, ceiling)})
     tunelab = {r["concurrency"]: r["prompts_per_s"] for r in rows if r["setup"] == "tunelab"}
     print()
-    print(f"Decoding {args.model}, greedy, {args.prompts} prompts (mean {statistics.mean(lengths):.1f} tokens), at most "
-          f"{args.max_new_tokens} new tokens, {threads} thread(s); {ceiling_text(ceiling)}")
+    print(f"Decoding {args.model}, greedy, {args.prompts} prompts (mean {statistics.mean(lengths):.1f} tokens), "
+          f"at most {args.max_new_tokens} new tokens, {threads} thread(s); {ceiling_text(ceiling)}")
     print(f"{'setup':<20}{'at once':>8}{'prompts/s':>11}{'gen tok/s':>11}{'tunelab /':>11}{'= tunelab':>11}   "
           "model FLOPs")
     for r in rows:

