@@ -65,25 +65,24 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "generation_config.json", "chat_template.jinja")
 
 
+def _renamed(name: str, top: dict[str, str], layer: dict[str, str]) -> str | None:
+    """`name` in the other framework's naming: a whole-model parameter by `top`, a layer's by `layer`."""
+    if name in top:
+        return top[name]
+    m = _LAYER.fullmatch(name)
+    if m and m.group(2) in layer:
+        return f"model.layers.{m.group(1)}.{layer[m.group(2)]}.{m.group(3)}"
+    return None
+
+
 def hf_to_ms_name(name: str) -> str | None:
     """MindFormers' name for an HF parameter name, None when it has none."""
-    for hf, ms in TOP_NAMES:
-        if name == hf:
-            return ms
-    m = _LAYER.fullmatch(name)
-    if m and m.group(2) in _HF2MS:
-        return f"model.layers.{m.group(1)}.{_HF2MS[m.group(2)]}.{m.group(3)}"
-    return None
+    return _renamed(name, dict(TOP_NAMES), _HF2MS)
 
 
 def ms_to_hf_name(name: str) -> str | None:
-    for hf, ms in TOP_NAMES:
-        if name == ms:
-            return hf
-    m = _LAYER.fullmatch(name)
-    if m and m.group(2) in _MS2HF:
-        return f"model.layers.{m.group(1)}.{_MS2HF[m.group(2)]}.{m.group(3)}"
-    return None
+    """The HF name for a MindFormers parameter name, None when it has none."""
+    return _renamed(name, {ms: hf for hf, ms in TOP_NAMES}, _MS2HF)
 
 
 # --- the architecture: what parameters a model of this config has ------------------------------------------
