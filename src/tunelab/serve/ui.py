@@ -545,8 +545,9 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
 
     ctx = UIContext(backends, store, examples or list(DEFAULT_EXAMPLES), min_votes, max_new_tokens, export_votes)
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(f"# {title} · chat, arena, runs 对话、竞技场、训练\n"
-                    f"{len(ctx.names)} model(s) 个模型: " + ", ".join(f"`{n}`" for n in ctx.names))
+        gr.Markdown(f"# {title} · chat, arena, runs 对话、竞技场、训练\n" + (
+            f"{len(ctx.names)} model(s) 个模型: " + ", ".join(f"`{n}`" for n in ctx.names) if ctx.names else
+            "No models to chat with: runs and training only. 未指定模型：仅训练与训练记录。"))
         if ctx.names:
             status = chat_tab(ctx)
             side_by_side_tab(ctx)
