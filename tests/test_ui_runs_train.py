@@ -89,6 +89,13 @@ def test_actions_need_a_login_beyond_localhost(places):
     assert not (places.runs / "r").exists() and not log_path(places.runs / "r").exists()
 
 
+def test_ui_refuses_a_project_directory_that_is_not_one(tmp_path, capsys):
+    pytest.importorskip("gradio")
+    from tunelab.cli import main
+    assert main(["ui", "--project-dir", str(tmp_path / "none"), "--db", str(tmp_path / "v.sqlite")]) == 2
+    assert capsys.readouterr().err == f"tunelab: error: {tmp_path / 'none'}, --project-dir: not a directory\n"
+
+
 # the recipe check -----------------------------------------------------------------------------------------------
 def test_the_editor_is_checked_by_the_recipe_loader_with_line_and_field(places, tmp_path):
     good = recipe_dict(places.runs, "r")

@@ -33,7 +33,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("ui", help="web UI: chat, side by side, anonymous arena, leaderboard, runs and training")
     add_model(p, "[NAME=]PATH_OR_URL: a local model (run, checkpoint, HF or adapter directory, hub id, .gguf "
                  "file) or an OpenAI-compatible URL such as http://host:8000/v1, optionally URL#MODEL_ID and URL@KEY "
-                 "or URL@env:VAR", many=True)
+                 "or URL@env:VAR; with none, only the Runs and Train tabs", many=True, optional=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port, default=7860)
     p.add_argument("--examples", default=None, help="example prompts: .txt (one a line), .json or .jsonl")
@@ -141,8 +141,8 @@ def cli_ui(args: argparse.Namespace) -> int:
     store = ArenaStore(args.db)
     demo = build_app(backends, store, load_examples(args.examples), min_votes=args.min_votes,
                      export_votes=auth is not None or not public, places=places)
-    print(f"tunelab ui: {len(backends)} model(s): {', '.join(backends)}; votes in {args.db}; runs in "
-          f"{places.runs}" + ("; login required" if auth else ""))
+    models = f"{len(backends)} model(s): {', '.join(backends)}" if backends else "no models (Runs and Train only)"
+    print(f"tunelab ui: {models}; votes in {args.db}; runs in {places.runs}" + ("; login required" if auth else ""))
     os.chdir(places.project)  # a recipe's relative paths mean in the page what they mean to `tunelab run` typed there
     launch(demo, host=args.host, port=args.port, share=False, auth=auth)
     return 0
