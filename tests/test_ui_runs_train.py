@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import recipe_dict
+from conftest import lora_sections, recipe_dict, write_recipe
 
 from tunelab.checkpoint_manifest import write_manifest
 from tunelab.compare import read_run
@@ -224,3 +224,46 @@ def test_a_start_on_a_run_another_process_writes_shows_the_locks_refusal(places)
             break
         time.sleep(0.1)
     assert stop_run(places, run).startswith("No process is writing this run")
+
+
+# export and hand-in -----------------------------------------------------------------------------------------------
+def test_export_and_handin_write_what_the_cli_writes_inside_the_runs_directory(scratch_run, tmp_path):
+    pytest.importorskip("gguf")
+    from tunelab.serve.ui_export import export_run
+    places = Places.of(tmp_path, scratch_run["run_dir"].parent)
+    run = scratch_run["run_dir"].name
+    text, files = export_run(places, run, "gguf", "f16")
+    out = places.runs / "exports" / f"{run}-f16"
+    assert text.startswith(f"exported {out}") and [Path(f).name for f in files] == [f"{run}-F16.gguf", "Modelfile"]
+    assert all(Path(f).parent == out for f in files)
+    text, files = export_run(places, run, "gguf", "f16")      # the CLI's refusal, in its one line
+    assert text == f"⚠️ tunelab: error: {out}: output directory exists and is not empty" and files == []
+    text, files = export_run(places, run, "handin")           # a trained-only run is not a submission
+    assert text.startswith(f"⚠️ tunelab: error: {scratch_run['run_dir']}: cannot hand in") and files == []
+    assert not (places.runs / "handin" / f"{run}.zip").exists()
+    for bad in ("../" + run, "/etc"):
+        with pytest.raises(TunelabError, match="not inside"):
+            export_run(places, bad, "gguf")
+    with pytest.raises(TunelabError) as e:
+        export_run(Places.of(tmp_path, places.runs, actions_allowed=False), run, "gguf")
+    assert e.value.message == LOGIN_NEEDED
+
+
+def test_handin_of_a_finished_run_is_offered_as_one_zip(tiny_base, tmp_path):
+    """The Hand-in button on a run `tunelab handin` accepts: the bundle where the page says, and its zip."""
+    import zipfile
+
+    from test_handin import EVAL
+
+    from tunelab.cli import main
+    from tunelab.serve.ui_export import export_run
+    sections = lora_sections(tiny_base, max_steps=10)
+    path = write_recipe(tmp_path, "lora", eval=EVAL, score={"formula": "stage1", "total_params": 8.03e9}, **sections)
+    assert main(["run", str(path)]) == 0
+    places = Places.of(tmp_path, tmp_path / "runs")
+    text, files = export_run(places, "lora", "handin")
+    bundle = places.runs / "handin" / "lora"
+    assert text.startswith(f"hand-in bundle {bundle}: ") and files == [str(places.runs / "handin" / "lora.zip")]
+    names = set(zipfile.ZipFile(files[0]).namelist())
+    assert "MANIFEST.sha256" in names and "recipe.yaml" in names
+    assert not list((places.runs / "handin").glob(".*partial*"))

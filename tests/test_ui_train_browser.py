@@ -1,12 +1,13 @@
 """`tunelab ui`'s Train and Runs tabs in Debian's headless Chromium (Playwright): a path-traversal recipe name is
 refused; a tiny recipe picked from the project's recipes/ is checked, started as its own `tunelab run`, its loss
 appears; a second Start on the running run shows the lock's refusal; Stop writes a checkpoint and the process
-exits 75; Resume trains it to the end; the Runs tab lists it finished, with its report. With
+exits 75; Resume trains it to the end; the Runs tab lists it finished, with its report, and exports it as GGUF. With
 TUNELAB_SCREENSHOTS=1 the test saves the screenshots docs/serving.md shows (docs/images/ui-train.png,
 docs/images/ui-runs.png)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -128,6 +129,12 @@ def test_browser_train_stop_resume_and_runs(train_app):
             expect(page.locator("#run-report")).to_contain_text("Run report: tiny-ui")
             expect(page.locator("#run-checkpoints")).to_contain_text("step-000400")
             assert page.locator("#run-report img").count() >= 1     # its PNGs, inlined
+            if importlib.util.find_spec("gguf") is not None:   # Export: the GGUF file offered for download
+                page.locator("button", has_text="Export and hand in").click()
+                page.locator("#export-gguf").click()
+                expect(page.locator("#export-message")).to_contain_text("exported")
+                expect(page.locator("#export-files")).to_contain_text("tiny-ui-F16")   # name and ".gguf" shown apart
+                assert (train_app["run_dir"].parent / "exports" / "tiny-ui-f16" / "tiny-ui-F16.gguf").is_file()
             if shots:
                 page.screenshot(path=str(DOCS_IMAGES / "ui-runs.png"), full_page=True)
         except Exception:

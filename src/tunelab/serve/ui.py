@@ -37,6 +37,7 @@ from tunelab.errors import TunelabError
 from tunelab.serve.arena import ArenaStore
 from tunelab.serve.backends import BackendError, GenerationSettings
 from tunelab.serve.ratings import COLUMNS, leaderboard
+from tunelab.serve.ui_export import export_paths
 from tunelab.serve.ui_places import LOCAL_HOSTS, Places
 from tunelab.serve.ui_runs import runs_tab
 from tunelab.serve.ui_train import train_tab
@@ -559,6 +560,8 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
         if places is not None:
             runs_tab(places, ctx.export_dir)
             train_tab(places)
+    # exports are downloadable only where the page may make them (a public page without a login may not)
+    demo.tunelab_allowed_paths = export_paths(places) if places is not None and places.actions_allowed else []
     demo.tunelab_css = ".answer-timing {font-size: 0.85em; opacity: 0.8}"
     return demo
 
@@ -568,7 +571,8 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = None, prevent_threa
     """Queue (so several users stream at once and share the engine's batches) and launch."""
     demo.queue(default_concurrency_limit=concurrency)
     return demo.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock,
-                       css=getattr(demo, "tunelab_css", None), show_error=True, **kwargs)
+                       css=getattr(demo, "tunelab_css", None), show_error=True,
+                       allowed_paths=getattr(demo, "tunelab_allowed_paths", None), **kwargs)
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:

@@ -21,6 +21,7 @@ from tunelab.compare import EVALUATED, RunRow, cell_text, collect_runs, plot_sco
 from tunelab.errors import TunelabError
 from tunelab.records import read_json_object
 from tunelab.runs import check_checkpoints, checkpoint_dirs, is_preemption
+from tunelab.serve.ui_export import export_run
 from tunelab.serve.ui_places import Places
 from tunelab.train.run_lock import writer_of
 
@@ -170,6 +171,22 @@ def run_detail(places: Places, run: str | None):
     return status, loss, lr, gr.Dataframe(value=rows, headers=headers), report_markdown(run_dir)
 
 
+def export_controls(pick) -> tuple:
+    """The opened run's Export (GGUF, with the quant type) and Hand-in buttons; returns (quant, buttons, message,
+    files) for `runs_tab` to wire."""
+    import gradio as gr
+
+    from tunelab.convert.gguf_export import QUANTS
+    with gr.Accordion("Export and hand in 导出与提交", open=False):
+        with gr.Row():
+            quant = gr.Dropdown(list(QUANTS), value="f16", label="GGUF type 量化类型", elem_id="export-quant")
+            gguf = gr.Button("Export GGUF 导出 GGUF", elem_id="export-gguf")
+            handin = gr.Button("Hand in 生成提交包", elem_id="export-handin")
+        message = gr.Markdown("", elem_id="export-message")
+        files = gr.File(label="download 下载", file_count="multiple", interactive=False, elem_id="export-files")
+    return quant, gguf, handin, message, files
+
+
 def runs_tab(places: Places, plot_dir: Path) -> None:
     """Runs: the runs table (refreshed every few seconds, so training runs move), the score-against-ratio plot,
     and one run opened: its curves, checkpoints and report."""
@@ -189,6 +206,7 @@ def runs_tab(places: Places, plot_dir: Path) -> None:
             loss_plot = gr.LinePlot(x="step", y="loss", label="loss", elem_id="run-loss")
             lr_plot = gr.LinePlot(x="step", y="lr", label="learning rate 学习率", elem_id="run-lr")
         ckpts = gr.Dataframe(interactive=False, label="checkpoints 检查点", elem_id="run-checkpoints")
+        export_outputs = export_controls(pick)
         report = gr.Markdown("", elem_id="run-report")
         timer = gr.Timer(3.0)
     plotted: dict = {}
@@ -209,3 +227,18 @@ def runs_tab(places: Places, plot_dir: Path) -> None:
     refresh.click(overview, pick, outputs)
     timer.tick(overview, pick, outputs, show_progress="hidden")
     pick.input(lambda run: run_detail(places, run), pick, [status, loss_plot, lr_plot, ckpts, report])
+
+    quant, gguf, handin, message, files = export_outputs
+
+    def export_fn(kind: str):
+        def handler(run, quant_type):
+            if not run:
+                return "Open a run first. 请先打开一个训练记录。", None
+            try:
+                text, made = export_run(places, run, kind, quant_type)
+            except TunelabError as e:
+                return f"⚠️ {e}", None
+            return text, made or None
+        return handler
+    gguf.click(export_fn("gguf"), [pick, quant], [message, files])
+    handin.click(export_fn("handin"), [pick, quant], [message, files])
