@@ -3,8 +3,10 @@ r"""`tunelab ui`: a Gradio web app to talk to models, compare two side by side, 
 Tabs: Chat (streaming, sampling controls, stop, clear, example prompts, time per answer) · Side by side (one
 prompt, two models streaming at once) · Arena (two anonymous models drawn at random, one vote, then names are
 revealed) · Leaderboard (Bradley-Terry and Elo with bootstrap intervals, vote counts, win-rate matrix, CSV /
-JSON export) · Runs (`ui_runs`) · Train (`ui_train`). Models are local tunelab models (in-process engine) or
-remote OpenAI-compatible servers.
+JSON export) · Runs (`ui_runs`: the runs table, a run's report, curves, checkpoints, export) · Train (`ui_train`:
+a recipe edited and checked, `tunelab run` started, stopped, resumed), the paths they take kept inside the project
+and runs directories (`ui_places`). Models are local tunelab models (in-process engine) or remote
+OpenAI-compatible servers; without any, the app is the Runs and Train tabs.
 Each tab is built by its own function (`chat_tab`, `side_by_side_tab`, `arena_tab`, `leaderboard_tab`) from what
 they share (`UIContext`), so a tab reads, and changes, on its own; `build_app` only puts them together.
 

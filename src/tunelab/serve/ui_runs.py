@@ -5,8 +5,8 @@ never disagree; the page adds what only a live view knows: whether a run is trai
 was stopped and can resume (its last checkpoint was written on a stop signal), or holds a damaged checkpoint.
 Everything is read from the run directories and their locks, never from the UI's memory, so a restarted UI shows
 the runs it started before as they are. An opened run shows its report.md (its PNGs inlined: the page serves no
-file of the run), its loss and learning-rate curves read from metrics.jsonl as it grows, and its checkpoints with
-their scores.
+file of the run), its loss and learning-rate curves read from metrics.jsonl as it grows, its checkpoints with
+their scores, and its Export and Hand-in buttons (`ui_export`).
 """
 
 from __future__ import annotations

@@ -192,6 +192,8 @@ def train_tab(places: Places) -> None:
             return f"⚠️ {e}"
 
     def poll(where):
+        for process in processes.values():   # reaped as they end, whichever run the page shows
+            process.poll()
         if not where:
             return "", ""
         return run_state(Path(where), processes.get(Path(where))), log_tail(Path(where))
