@@ -27,8 +27,8 @@ def export_paths(places: Places) -> list[str]:
 
 
 def export_run(places: Places, run: str, kind: str, quant: str = "f16") -> tuple[str, list[str]]:
-    """Export (`gguf`, with the quant type) or hand in (`handin`) the run `run` of the runs directory: (the
-    command's summary line, or its error line; the files to download). Refused without the login beyond localhost,
+    """Export (`gguf`, with the quant type) or hand in (`handin`) the run `run` of the runs directory: (what the
+    command printed, or its error line; the files to download). Refused without the login beyond localhost,
     and for a run outside the runs directory."""
     places.check_action()
     if kind not in KINDS:
@@ -53,4 +53,5 @@ def export_run(places: Places, run: str, kind: str, quant: str = "f16") -> tuple
     else:
         partial = Path(shutil.make_archive(str(out.parent / f".{out.name}.partial"), "zip", root_dir=out))
         files = [partial.replace(out.parent / f"{out.name}.zip")]   # a zip cut short never takes the name
-    return done.stdout.strip().splitlines()[0], [str(f) for f in files if f.is_file()]
+    # every line the command printed: a quantised type without llama.cpp's quantiser says what to run next
+    return "  \n".join(done.stdout.strip().splitlines()), [str(f) for f in files if f.is_file()]
