@@ -46,17 +46,17 @@ LAYERS = [
      "setup, the step loop, checkpoints and resume, the run lock, DDP / FSDP, the memory plan; `methods/`: sft, "
      "dpo and grpo, each owning its rows, loss and metrics"),
     ("tasks", 5, ["tunelab.tasks.*"], "examples + prompt + answer extraction + metric, registered by name"),
-    ("eval", 6, ["tunelab.eval.*"],
+    ("eval", 6, ["tunelab.eval.*", "tunelab.compare"],
      "the eval configuration (sets), the runner, retention, `tunelab eval` / `predict`, GRPO's rewards from the "
-     "tasks' graders (above tasks, so train gets rewards as numbers and never imports a grader)"),
+     "tasks' graders (above tasks, so train gets rewards as numbers and never imports a grader); `tunelab runs "
+     "table` (what runs measured, read back: the CLI, a sweep and the UI's Runs tab show the same table)"),
     ("serve", 7, ["tunelab.serve.*"], "the OpenAI-compatible server, the web UI, the arena, `tunelab generate`"),
     ("synth", 7, ["tunelab.synth.*"], "training data from any OpenAI-compatible endpoint: a client"),
     ("top", 8, ["tunelab", "tunelab.cli.*", "tunelab.pipeline.*", "tunelab.report", "tunelab.data_check",
-                "tunelab.compare", "tunelab.handin", "tunelab.sweep.*", "tunelab.judge.*"],
+                "tunelab.handin", "tunelab.sweep.*", "tunelab.judge.*"],
      "verbs that orchestrate several stages: every verb's function exported lazily for Python users, the command "
      "line (one module per verb group), `tunelab run` and its run kinds, what every run report shares, `tunelab "
-     "data check`, `tunelab handin` (export + the run's metrics), `tunelab runs table`, `tunelab sweep`, "
-     "`tunelab judge`"),
+     "data check`, `tunelab handin` (export + the run's metrics), `tunelab sweep`, `tunelab judge`"),
 ]
 
 

@@ -251,7 +251,8 @@ def sort_rows(rows: list[RunRow], key: str = "score", descending: bool = True) -
     return ranked + [row for row, line in zip(rows, values) if line[at] is None]
 
 
-def _text(column: str, value: Any) -> str:
+def cell_text(column: str, value: Any) -> str:
+    """A value as the table prints it (`–` where not measured, wall time as a duration, a score to 4 places)."""
     if value is None:
         return "–"
     if isinstance(value, str):
@@ -293,7 +294,7 @@ def format_table(rows: list[RunRow]) -> str:
     """The rows as aligned plain-text columns (numbers to the right), a header and a rule above them; Chinese and
     other wide characters count as two columns."""
     columns, values = table(rows)
-    cells = [[_clip(_text(c, v)) for c, v in zip(columns, line)] for line in values]
+    cells = [[_clip(cell_text(c, v)) for c, v in zip(columns, line)] for line in values]
     right = [any(_number(line[i]) is not None for line in values) for i in range(len(columns))]
     widths = [max(display_width(t) for t in [c, *(line[i] for line in cells)]) for i, c in enumerate(columns)]
 

@@ -91,10 +91,11 @@ class CheckpointCheck:
     bytes: int = 0
 
 
-def check_checkpoints(run_dir: str | Path) -> list[CheckpointCheck]:
-    """Every directory under the run's checkpoints/, in step order, with checksums verified: whole (with its
-    manifest, or written before manifests and so unverified), damaged (what is wrong), unfinished (`.tmp`: a
-    write cut short, never used) or set aside (`.damaged`)."""
+def check_checkpoints(run_dir: str | Path, checksums: bool = True) -> list[CheckpointCheck]:
+    """Every directory under the run's checkpoints/, in step order, with checksums verified (file sizes only
+    without `checksums`: what a page refreshed every few seconds can afford): whole (with its manifest, or
+    written before manifests and so unverified), damaged (what is wrong), unfinished (`.tmp`: a write cut short,
+    never used) or set aside (`.damaged`)."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         raise TunelabError("no checkpoints here (expected a run directory)", file=run_dir)
@@ -110,7 +111,7 @@ def check_checkpoints(run_dir: str | Path) -> list[CheckpointCheck]:
         elif not STEP_NAME.fullmatch(p.name):
             continue
         elif has_manifest(p):
-            problems = manifest_problems(p)
+            problems = manifest_problems(p, checksums)
             detail = "; ".join(problems) or ("written when the run was stopped; the next regular checkpoint "
                                              "replaces it" if is_preemption(p) else "")
             out.append(CheckpointCheck(p.name, "damaged" if problems else "whole", detail, size))

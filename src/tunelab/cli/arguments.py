@@ -124,12 +124,13 @@ NAMING = "see 'Naming a model' in docs/cli.md"
 
 
 def add_model(p: argparse.ArgumentParser, what: str, *, many: bool = False, then: str | None = None,
-              dest: str = "model") -> None:
+              dest: str = "model", optional: bool = False) -> None:
     """The model a verb works on, as MODEL or as --model MODEL, the same on every verb that takes one: the verbs
     grew with one spelling each (`eval --model M`, `serve M`) and users had to remember which. `ModelParser`
     merges the two into `args.<dest>` after parsing (`name_model`). `what`: the kinds of model this verb loads;
     `many`: a list (`ui`); `then`: the positional list that follows MODEL (`generate`'s prompts), which takes
-    the positional word when --model names the model; `dest`: the handler's name for it (`args.run`)."""
+    the positional word when --model names the model; `dest`: the handler's name for it (`args.run`); `optional`:
+    the verb works without one (`ui`: its Runs and Train tabs need no model)."""
     if many:
         p.add_argument(dest, nargs="*", default=[], metavar="MODEL", help=f"{what} (repeatable); {NAMING}")
         p.add_argument("--model", dest="model_flag", action="append", default=[], metavar="MODEL",
@@ -139,7 +140,7 @@ def add_model(p: argparse.ArgumentParser, what: str, *, many: bool = False, then
         p.add_argument("--model", dest="model_flag", default=None, metavar="MODEL",
                        help="the model as a flag, the same as MODEL" + (
                            f" (then every positional word is a {then[:-1]})" if then else ""))
-    p.set_defaults(model_then=then, model_dest=dest)
+    p.set_defaults(model_then=then, model_dest=dest, model_optional=optional)
 
 
 def name_model(args: argparse.Namespace, prog: str = "tunelab VERB") -> None:
@@ -147,9 +148,9 @@ def name_model(args: argparse.Namespace, prog: str = "tunelab VERB") -> None:
     an error (`prog`: the verb as the user typed it). A verb without `add_model` is left as it is."""
     if not hasattr(args, "model_flag"):
         return
-    dest, flag, then = args.model_dest, args.model_flag, args.model_then
+    dest, flag, then, optional = args.model_dest, args.model_flag, args.model_then, args.model_optional
     word = getattr(args, dest)
-    del args.model_flag, args.model_then, args.model_dest
+    del args.model_flag, args.model_then, args.model_dest, args.model_optional
     if isinstance(flag, list):      # several models: the flags' and the words', each once
         model = list(dict.fromkeys([*flag, *word]))
     else:
@@ -160,7 +161,7 @@ def name_model(args: argparse.Namespace, prog: str = "tunelab VERB") -> None:
             raise TunelabError(f"two different models: '{word}' and --model '{flag}'; give one", field="--model")
         model = flag if flag is not None else word
     setattr(args, dest, model)
-    if not model:
+    if not model and not optional:
         raise TunelabError(f"no model given: {prog} MODEL, or --model MODEL ({NAMING})", field="--model")
 
 

@@ -30,10 +30,10 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cli_serve)
 
-    p = verbs.add_parser("ui", help="web UI: chat, side by side, anonymous arena and leaderboard")
+    p = verbs.add_parser("ui", help="web UI: chat, side by side, anonymous arena, leaderboard, runs and training")
     add_model(p, "[NAME=]PATH_OR_URL: a local model (run, checkpoint, HF or adapter directory, hub id, .gguf "
                  "file) or an OpenAI-compatible URL such as http://host:8000/v1, optionally URL#MODEL_ID and URL@KEY "
-                 "or URL@env:VAR", many=True)
+                 "or URL@env:VAR; with none, only the Runs and Train tabs", many=True, optional=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port, default=7860)
     p.add_argument("--examples", default=None, help="example prompts: .txt (one a line), .json or .jsonl")
@@ -43,6 +43,11 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--auth", default=None, metavar="USER:PASS",
                    help="require this login for the whole UI, exports included (USER:env:VAR reads the password "
                         "from VAR); without it, listening beyond localhost prints a warning")
+    p.add_argument("--project-dir", default=".", metavar="DIR",
+                   help="the Train tab's project: its recipes/*.yaml are offered, runs start here; the page reads "
+                        "and writes nothing outside it and --runs-dir (default: the current directory)")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR",
+                   help="the runs the Runs tab lists (relative to --project-dir; default runs)")
     p.add_argument("--connect-timeout", type=float, default=3.0, help="seconds to reach a remote model")
     p.add_argument("--first-token-timeout", type=float, default=20.0,
                    help="seconds a remote model gets to send its first text")
@@ -117,22 +122,28 @@ def cli_ui(args: argparse.Namespace) -> int:
     from tunelab.serve.arena import ArenaStore
     from tunelab.serve.backends import Deadlines, build_backends
     from tunelab.serve.ui import LOCAL_HOSTS, build_app, launch, load_examples, parse_auth
+    from tunelab.serve.ui_places import Places, actions_allowed_for
     require_extra("gradio", "openai", "httpx")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     auth = parse_auth(args.auth)
     deadlines = Deadlines(args.connect_timeout, args.first_token_timeout, args.deadline)
     public = args.host not in LOCAL_HOSTS
+    places = Places.of(args.project_dir, args.runs_dir, actions_allowed=actions_allowed_for(args.host, auth))
+    if not places.project.is_dir():
+        raise TunelabError("not a directory", file=args.project_dir, field="--project-dir")
     if public and auth is None:
         print(f"warning: the UI listens on {args.host} without --auth USER:PASS: anyone who can reach it can chat "
-              f"and vote; the vote export (stored prompts and answers) is switched off. "
+              f"and vote; the vote export (stored prompts and answers) and starting, stopping or exporting runs "
+              f"are switched off. "
               f"警告：未设置 --auth，任何能访问的人都可使用；投票导出已关闭。", file=sys.stderr)
     backends = build_backends(args.model, max_batch=args.max_batch, deadlines=deadlines, device=args.device,
                               precision=args.precision)
     store = ArenaStore(args.db)
     demo = build_app(backends, store, load_examples(args.examples), min_votes=args.min_votes,
-                     export_votes=auth is not None or not public)
-    print(f"tunelab ui: {len(backends)} model(s): {', '.join(backends)}; votes in {args.db}"
-          + ("; login required" if auth else ""))
+                     export_votes=auth is not None or not public, places=places)
+    models = f"{len(backends)} model(s): {', '.join(backends)}" if backends else "no models (Runs and Train only)"
+    print(f"tunelab ui: {models}; votes in {args.db}; runs in {places.runs}" + ("; login required" if auth else ""))
+    os.chdir(places.project)  # a recipe's relative paths mean in the page what they mean to `tunelab run` typed there
     launch(demo, host=args.host, port=args.port, share=False, auth=auth)
     return 0
 

@@ -1,9 +1,12 @@
-r"""`tunelab ui`: a Gradio web app to talk to models, compare two side by side, and rank them in an arena.
+r"""`tunelab ui`: a Gradio web app to talk to models, compare two side by side, rank them in an arena, and train.
 
 Tabs: Chat (streaming, sampling controls, stop, clear, example prompts, time per answer) · Side by side (one
 prompt, two models streaming at once) · Arena (two anonymous models drawn at random, one vote, then names are
 revealed) · Leaderboard (Bradley-Terry and Elo with bootstrap intervals, vote counts, win-rate matrix, CSV /
-JSON export). Models are local tunelab models (in-process engine) or remote OpenAI-compatible servers.
+JSON export) · Runs (`ui_runs`: the runs table, a run's report, curves, checkpoints, export) · Train (`ui_train`:
+a recipe edited and checked, `tunelab run` started, stopped, resumed), the paths they take kept inside the project
+and runs directories (`ui_places`). Models are local tunelab models (in-process engine) or remote
+OpenAI-compatible servers; without any, the app is the Runs and Train tabs.
 Each tab is built by its own function (`chat_tab`, `side_by_side_tab`, `arena_tab`, `leaderboard_tab`) from what
 they share (`UIContext`), so a tab reads, and changes, on its own; `build_app` only puts them together.
 
@@ -36,6 +39,10 @@ from tunelab.errors import TunelabError
 from tunelab.serve.arena import ArenaStore
 from tunelab.serve.backends import BackendError, GenerationSettings
 from tunelab.serve.ratings import COLUMNS, leaderboard
+from tunelab.serve.ui_export import export_paths
+from tunelab.serve.ui_places import LOCAL_HOSTS, Places
+from tunelab.serve.ui_runs import runs_tab
+from tunelab.serve.ui_train import train_tab
 
 DEFAULT_EXAMPLES = [
     "计算 12.5 + 7.25 = ?",
@@ -531,22 +538,32 @@ def arena_votes(ctx: UIContext, arena_state, arena_reveal, vote_buttons: list, b
 
 
 def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = None, min_votes: int = 10,
-              title: str = "tunelab", max_new_tokens: int = 128, export_votes: bool = True):
+              title: str = "tunelab", max_new_tokens: int = 128, export_votes: bool = True,
+              places: Places | None = None):
     """The Gradio app, a function per tab. `export_votes`: the export also writes every stored vote with its
-    prompt and answers (leave it off for an app anyone on the network can reach without a login)."""
+    prompt and answers (leave it off for an app anyone on the network can reach without a login). `places`: the
+    project and runs directories the Runs and Train tabs work in (without it, no such tabs); without models,
+    only those two tabs."""
     import gradio as gr
 
     ctx = UIContext(backends, store, examples or list(DEFAULT_EXAMPLES), min_votes, max_new_tokens, export_votes)
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(f"# {title} · chat and arena 对话与竞技场\n"
-                    f"{len(ctx.names)} model(s) 个模型: " + ", ".join(f"`{n}`" for n in ctx.names))
-        status = chat_tab(ctx)
-        side_by_side_tab(ctx)
-        arena_state, arena_reveal, vote_buttons = arena_tab(ctx)
-        board = leaderboard_tab(ctx)
-        arena_votes(ctx, arena_state, arena_reveal, vote_buttons, board)
-        demo.load(ctx.status_table, None, status)
-        demo.load(ctx.board_outputs, None, board)
+        gr.Markdown(f"# {title} · chat, arena, runs 对话、竞技场、训练\n" + (
+            f"{len(ctx.names)} model(s) 个模型: " + ", ".join(f"`{n}`" for n in ctx.names) if ctx.names else
+            "No models to chat with: runs and training only. 未指定模型：仅训练与训练记录。"))
+        if ctx.names:
+            status = chat_tab(ctx)
+            side_by_side_tab(ctx)
+            arena_state, arena_reveal, vote_buttons = arena_tab(ctx)
+            board = leaderboard_tab(ctx)
+            arena_votes(ctx, arena_state, arena_reveal, vote_buttons, board)
+            demo.load(ctx.status_table, None, status)
+            demo.load(ctx.board_outputs, None, board)
+        if places is not None:
+            runs_tab(places, ctx.export_dir)
+            train_tab(places)
+    # exports are downloadable only where the page may make them (a public page without a login may not)
+    demo.tunelab_allowed_paths = export_paths(places) if places is not None and places.actions_allowed else []
     demo.tunelab_css = ".answer-timing {font-size: 0.85em; opacity: 0.8}"
     return demo
 
@@ -556,10 +573,8 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = None, prevent_threa
     """Queue (so several users stream at once and share the engine's batches) and launch."""
     demo.queue(default_concurrency_limit=concurrency)
     return demo.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock,
-                       css=getattr(demo, "tunelab_css", None), show_error=True, **kwargs)
-
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+                       css=getattr(demo, "tunelab_css", None), show_error=True,
+                       allowed_paths=getattr(demo, "tunelab_allowed_paths", None), **kwargs)
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:

@@ -98,3 +98,16 @@ def writer_of(run_dir: Path) -> str | None:
         return None if _try_lock(fd) else _holder(path)
     finally:
         os.close(fd)  # releases the lock if this took it
+
+
+def writer_pid(run_dir: Path) -> int | None:
+    """The PID of the process on this host writing the run now (what a stop signal goes to), or None when no
+    process, or one on another host, holds its lock."""
+    if writer_of(run_dir) is None:
+        return None
+    try:
+        holder = json.loads(lock_path(Path(run_dir).absolute()).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    pid = holder.get("pid") if isinstance(holder, dict) else None
+    return pid if isinstance(pid, int) and holder.get("host") == socket.gethostname() else None
