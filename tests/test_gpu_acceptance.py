@@ -76,7 +76,7 @@ def test_dry_run_reports_every_recipe_with_cpu_numbers_and_no_gpu_figures(tmp_pa
 
 def test_dry_run_distributed_check_matches_one_process(tmp_path):
     out = tmp_path / "acceptance"
-    _run(out, "--distributed", "--recipes", "gemma-2b-glue-lora")
+    _run(out, "--distributed", "--dist-steps", "4", "--recipes", "gemma-2b-glue-lora")
     markdown = (out / "gpu_acceptance.md").read_text(encoding="utf-8")
     assert [r["recipe"] for r in _table(markdown, "recipe")] == ["gemma-2b-glue-lora"]
     rows = _table(markdown, "strategy")
@@ -84,5 +84,5 @@ def test_dry_run_distributed_check_matches_one_process(tmp_path):
     assert all(r["within 1e-5 (the CPU tests' bound)"] == "yes" for r in rows), rows
     dist = json.loads((out / "gpu_acceptance.json").read_text(encoding="utf-8"))["distributed"]
     for d in dist:
-        assert d["processes"] == 2 and d["steps"] == 10, d
+        assert d["processes"] == 2 and d["steps"] == 4, d
         assert d["max_rel_loss_diff"] < 1e-5, d
