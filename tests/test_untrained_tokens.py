@@ -64,14 +64,14 @@ def test_the_shipped_tiny_base_never_learned_the_decimal_point():
     assert set(found) == {ids["."]} and found[ids["."]] > 1000  # the digits and "-" it learned; "." it never wrote
 
 
-def decimal_recipe(tmp_path: Path, name: str, **lora) -> Path:
+def decimal_recipe(tmp_path: Path, name: str, base: Path = TINY_BASE, options: dict | None = None, **lora) -> Path:
     return write_recipe(
         tmp_path, name,
-        model={"preset": None, "from_scratch": None, "tokenizer_vocab_size": None, "path": str(TINY_BASE)},
+        model={"preset": None, "from_scratch": None, "tokenizer_vocab_size": None, "path": str(base)},
         data={"template": "alpaca", "max_seq_len": 256, "packing": True, "loss_on": "answer",
               "train": [{"generate": "arithmetic", "count": 400, "seed": 1,
-                         "options": {"kinds": ["dec_add", "dec_sub"], "int_digits": 1, "decimals": 2,
-                                     "fixed_decimals": True}}]},
+                         "options": options or {"kinds": ["dec_add", "dec_sub"], "int_digits": 1, "decimals": 2,
+                                                "fixed_decimals": True}}]},
         lora={"enabled": True, "rank": 8, "alpha": 16, "dropout": 0.0,
               "target_modules": ["q_proj", "v_proj", "o_proj"], **lora},
         train={"max_steps": 40, "batch_size": 4, "lr": 5e-3, "num_checkpoints": 1, "log_every": 10},
@@ -157,6 +157,10 @@ def test_trainable_tokens_need_a_lora_run(tmp_path):
 
 
 def test_a_row_like_others_that_the_base_predicts_anyway_is_learned():
+    row_set_among_unused()
+
+
+def row_set_among_unused():
     """SmolLM2's <|im_end|> case: a row pointing the way a cluster of unused rows points, that the model still
     emits because its hidden state tells them apart by length. Built on the tiny base: 20 unused rows set along
     the learned "5" row, a little shorter. The rows alone flag "5"; the base's own predictions clear it. The
@@ -182,3 +186,20 @@ def test_a_row_like_others_that_the_base_predicts_anyway_is_learned():
     p = emitted_probability(model, encoded, [five, dot])
     assert p[five] >= EMITTED > p[dot]
     assert model.training
+    return model, tokenizer
+
+
+def test_data_check_asks_the_base_as_the_run_does(tmp_path, capsys):
+    """`data check` reads the rows from the weight files and, where some are flagged, asks the base as the run
+    does: the "5" whose row was set among unused ones is reported learned, the "." still flagged."""
+    from tunelab.cli import main
+    model, tokenizer = row_set_among_unused()
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    recipe = decimal_recipe(tmp_path, "asked", base=base,
+                            options={"kinds": ["int_add", "dec_add"], "int_digits": 2, "decimals": 2})
+    assert main(["data", "check", str(recipe), "--samples", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "answer tokens: '5' has an output row like" in out and "where the data has it: learned" in out
+    assert "answer tokens the base never learned to emit: '.'" in out and "'5'" not in out.split("emit:")[1]

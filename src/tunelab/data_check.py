@@ -14,6 +14,8 @@ from tunelab.data.sources import training_examples
 from tunelab.data.templates import recipe_template
 from tunelab.recipe import Recipe
 
+ASK_BASE_BYTES = 2 << 30  # a base this size or smaller is loaded to ask it about flagged rows (fp32 135M: 0.5 GB)
+
 
 def render_marked(tokenizer, input_ids: list[int], labels: list[int], marks: tuple[str, str] = ("⟦", "⟧")) -> str:
     """The sample's text with loss-carrying tokens wrapped in `marks` (⟦…⟧; `[[`, `]]` or a terminal colour)."""
@@ -76,15 +78,30 @@ def show(recipe: Recipe, n: int = 3) -> tuple[list, list, object, object]:
     return examples, encoded, tokenizer, template
 
 
-def _collapsed_answer_tokens(recipe: Recipe, encoded, tokenizer) -> list | None:
-    """The answer tokens whose output rows the base never learned (`tunelab.model.untrained_tokens`), read from
-    the base's weight files alone; None where there is no base to read (from scratch, a run directory)."""
-    from tunelab.model.untrained_tokens import answer_token_counts, find_collapsed, head_weight_from_files
+def _collapsed_answer_tokens(recipe: Recipe, encoded, tokenizer) -> tuple[list | None, list]:
+    """(the answer tokens whose output rows the base never learned, [(token, p)] for those whose rows look
+    never-learned but that the base emits anyway) as a run judges them (`tunelab.model.untrained_tokens`): rows
+    read from the base's weight files, and only where some are flagged, the base loaded to ask whether it emits
+    them (a base over `ASK_BASE_BYTES` is not loaded: an 8B recipe's check stays a one-tensor read, and its run
+    still asks). (None, []) where there is no base to read (from scratch, no LoRA)."""
+    from tunelab.model.untrained_tokens import answer_token_counts, find_collapsed, head_weight_from_files, split_learned
     m = recipe.model
-    if m.from_scratch or not m.path or not recipe.lora.enabled or not Path(m.path).is_dir():
-        return None
-    head = head_weight_from_files(m.path)
-    return None if head is None else find_collapsed(head, answer_token_counts(encoded), tokenizer)
+    if m.from_scratch or not m.path or not recipe.lora.enabled:
+        return None, []
+    base = Path(_model_dir(recipe, m.path))
+    head = head_weight_from_files(base) if base.is_dir() else None
+    if head is None:
+        return None, []
+    collapsed = find_collapsed(head, answer_token_counts(encoded), tokenizer)
+    if not collapsed or _weight_bytes(base) > ASK_BASE_BYTES:
+        return collapsed, []
+    from tunelab.model.loading import load_pretrained
+    return split_learned(load_pretrained(str(base)), collapsed, encoded)
+
+
+def _weight_bytes(model_dir: Path) -> int:
+    from tunelab.model.weight_files import weight_files
+    return sum(f.stat().st_size for f in weight_files(model_dir))
 
 
 def check(recipe: Recipe, n_samples: int = 3) -> dict:
@@ -101,10 +118,10 @@ def check(recipe: Recipe, n_samples: int = 3) -> dict:
     prefix = shared_prefix(encoded + replayed) if recipe.data.packing and recipe.data.share_prefix else 0
     rows = (pack_examples(encoded + replayed, max_len, prefix=prefix) if recipe.data.packing
             else unpacked_rows(encoded + replayed))
+    collapsed, learned = _collapsed_answer_tokens(recipe, encoded, tokenizer)
     return {
         "examples": examples, "encoded": encoded, "tokenizer": tokenizer, "samples": n_samples,
-        "template": template.name,
-        "collapsed": _collapsed_answer_tokens(recipe, encoded, tokenizer),
+        "template": template.name, "collapsed": collapsed, "learned": learned,
         "count": len(encoded), "truncated": sum(e.truncated for e in encoded),
         "length": {"min": min(lengths), "mean": statistics.fmean(lengths), "median": statistics.median(lengths),
                    "max": max(lengths), "p95": sorted(lengths)[int(0.95 * (len(lengths) - 1))]},

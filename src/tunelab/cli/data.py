@@ -319,6 +319,9 @@ def cli_check(args: argparse.Namespace) -> int:
                  if r["shared_prefix"] else ""))
     else:
         print(f"packing off: {r['rows']} rows, one sample each")
+    if r["learned"]:
+        from tunelab.model.untrained_tokens import learned_note
+        print(f"answer tokens: {learned_note(r['learned'])}")
     if r["collapsed"]:
         from tunelab.model.untrained_tokens import describe
         fix = ("lora.trainable_tokens: auto trains their rows" if recipe.lora.trainable_tokens == "auto" else

@@ -115,6 +115,23 @@ def emitted_probability(model, encoded, token_ids, samples: int = 16, ignore: in
     return out
 
 
+def split_learned(model, collapsed: list[CollapsedToken], encoded) -> tuple[list[CollapsedToken], list[tuple]]:
+    """`collapsed` parted by what `model` predicts: (those it fails to emit where the data has them, [(token, its
+    probability)] for those it emits anyway, learned whatever their rows look like). What a run and `data check`
+    both decide with."""
+    if not collapsed or not encoded:
+        return collapsed, []
+    emitted = emitted_probability(model, encoded, [t.token_id for t in collapsed])
+    return ([t for t in collapsed if emitted[t.token_id] < EMITTED],
+            [(t, emitted[t.token_id]) for t in collapsed if emitted[t.token_id] >= EMITTED])
+
+
+def learned_note(learned: list[tuple]) -> str:
+    """"'<|im_end|>' has an output row like 18 others but the base gives it p 0.30 where the data has it: learned"."""
+    return "; ".join(f"{t.text!r} has an output row like {t.neighbours:,} others but the base gives it p {p:.2f} "
+                     "where the data has it: learned" for t, p in learned)
+
+
 def describe(tokens: list[CollapsedToken], limit: int = 8) -> str:
     """'".": 1,234 (8.1 % of answer tokens, 1,615 rows alike), ...' for a log line or an error."""
     parts = []

@@ -191,7 +191,7 @@ def trainable_token_ids(recipe: Recipe, model, tokenizer, answer_counts: Counter
     """The output-head rows trained beside the LoRA adapter (`lora.trainable_tokens`): the listed tokens, or with
     `auto` the answer tokens the base never learned to emit (`tunelab.model.untrained_tokens`). A LoRA run that
     has such tokens and trains no rows for them is told what to set."""
-    from tunelab.model.untrained_tokens import describe, find_collapsed, head_weight
+    from tunelab.model.untrained_tokens import describe, find_collapsed, head_weight, learned_note, split_learned
     wanted = recipe.lora.trainable_tokens
     if isinstance(wanted, list):
         return [_token_id(tokenizer, token, i, len(head_weight(model))) for i, token in enumerate(wanted)]
@@ -201,15 +201,9 @@ def trainable_token_ids(recipe: Recipe, model, tokenizer, answer_counts: Counter
                                "corpus or preference run): list the tokens instead", field="lora.trainable_tokens")
         return []
     collapsed = find_collapsed(head_weight(model), answer_counts, tokenizer)
-    if collapsed and encoded:  # a row like the others' that the base predicts anyway is learned (SmolLM2's <|im_end|>)
-        from tunelab.model.untrained_tokens import EMITTED, emitted_probability
-        emitted = emitted_probability(model, encoded, [t.token_id for t in collapsed])
-        learned = [t for t in collapsed if emitted[t.token_id] >= EMITTED]
-        if learned and dist.main:
-            log.info("trainable tokens: " + "; ".join(
-                f"{t.text!r} has an output row like {t.neighbours:,} others but the base gives it p "
-                f"{emitted[t.token_id]:.2f} where the data has it: learned" for t in learned))
-        collapsed = [t for t in collapsed if emitted[t.token_id] < EMITTED]
+    collapsed, learned = split_learned(model, collapsed, encoded)  # SmolLM2's <|im_end|>: a row like others', emitted
+    if learned and dist.main:
+        log.info("trainable tokens: " + learned_note(learned))
     if wanted == "auto":
         if dist.main:
             log.info(f"trainable tokens: {len(collapsed)} answer token(s) the base never learned to emit, their "
