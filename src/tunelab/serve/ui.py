@@ -27,6 +27,7 @@ from tunelab.serve.ui_places import Places
 from tunelab.serve.ui_runs import runs_tab
 from tunelab.serve.ui_train import train_tab
 
+
 def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = None, min_votes: int = 10,
               title: str = "tunelab", max_new_tokens: int = 128, export_votes: bool = True,
               places: Places | None = None):

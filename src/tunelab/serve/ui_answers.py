@@ -12,6 +12,7 @@ from typing import Iterator
 
 from tunelab.serve.backends import BackendError, GenerationSettings
 
+
 ERROR_MARK = "⚠️ "
 
 

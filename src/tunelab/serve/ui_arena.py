@@ -11,6 +11,7 @@ from tunelab.serve.arena import ArenaStore
 from tunelab.serve.ui_answers import stream_answers
 from tunelab.serve.ui_context import UIContext, settings_of
 
+
 VOTE_LABELS = {"left": "A is better 左边更好", "right": "B is better 右边更好", "tie": "tie 平局",
                "both_bad": "both bad 都不好"}
 

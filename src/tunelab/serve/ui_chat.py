@@ -6,6 +6,7 @@ from __future__ import annotations
 from tunelab.serve.ui_answers import history_messages, prompt_messages, stream_answers
 from tunelab.serve.ui_context import UIContext, settings_of
 
+
 def chat_tab(ctx: UIContext):
     """Chat: one model, a streamed conversation, its sliders following the model picked; and the models' status.
     Returns the status markdown (the app fills it on load)."""

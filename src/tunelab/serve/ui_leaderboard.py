@@ -9,6 +9,7 @@ import time
 from tunelab.serve.ratings import COLUMNS, leaderboard
 from tunelab.serve.ui_context import UIContext
 
+
 def leaderboard_tab(ctx: UIContext) -> list:
     """Leaderboard: ratings, win-rate matrix, and the CSV / JSON export (the votes too, when `export_votes`).
     Returns the components `UIContext.board_outputs` fills."""
