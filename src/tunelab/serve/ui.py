@@ -5,16 +5,18 @@ and changes, on its own; `build_app` only puts them together: Chat and Side by s
 sampling controls, stop, clear, example prompts, time per answer; one prompt, two models streaming at once) ·
 Arena (`ui_arena`: two anonymous models drawn at random, one vote, then names are revealed) · Leaderboard
 (`ui_leaderboard`: Bradley-Terry and Elo with bootstrap intervals, vote counts, win-rate matrix, CSV / JSON export)
-· Runs (`ui_runs`: the runs table, a run's report, curves, checkpoints, export) · Train (`ui_train`: a recipe
-edited and checked, `tunelab run` started, stopped, resumed), the paths they take kept inside the project and runs
-directories (`ui_places`). Models are local tunelab models (in-process engine) or remote OpenAI-compatible
-servers; without any, the app is the Runs and Train tabs.
+· Runs (`ui_runs`: the runs table, a run's report, curves, checkpoints, export; two of its checkpoints opened in
+Side by side or the Arena, `ui_run_models`) · Train (`ui_train`: a recipe edited and checked, `tunelab run`
+started, stopped, resumed), the paths they take kept inside the project and runs directories (`ui_places`). Models are local tunelab models (in-process engine) or remote
+OpenAI-compatible servers; without any, the app shows the Runs and Train tabs until a run's checkpoints are opened.
 
 `tunelab ui --auth USER:PASS` puts the whole app, the export files included, behind a login; listening beyond
 localhost without it prints a warning, and the vote export (every stored prompt and answer) is then not offered.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 from tunelab.errors import TunelabError
 from tunelab.serve.arena import ArenaStore
@@ -24,35 +26,41 @@ from tunelab.serve.ui_context import DEFAULT_EXAMPLES, UIContext
 from tunelab.serve.ui_export import export_paths
 from tunelab.serve.ui_leaderboard import leaderboard_tab
 from tunelab.serve.ui_places import Places
+from tunelab.serve.ui_run_models import ModelPickers, run_models_controls
 from tunelab.serve.ui_runs import runs_tab
 from tunelab.serve.ui_train import train_tab
 
 
 def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = None, min_votes: int = 10,
               title: str = "tunelab", max_new_tokens: int = 128, export_votes: bool = True,
-              places: Places | None = None):
+              places: Places | None = None, load_model=None):
     """The Gradio app, a function per tab. `export_votes`: the export also writes every stored vote with its
     prompt and answers (leave it off for an app anyone on the network can reach without a login). `places`: the
     project and runs directories the Runs and Train tabs work in (without it, no such tabs); without models,
-    only those two tabs."""
+    only those two tabs show, until the Runs tab opens a run's checkpoints as models (`ui_run_models`, loaded
+    by `load_model(path, name=…)`, `ServedModel.load` by default)."""
     import gradio as gr
 
-    ctx = UIContext(backends, store, examples or list(DEFAULT_EXAMPLES), min_votes, max_new_tokens, export_votes)
+    ctx = UIContext(backends, store, examples or list(DEFAULT_EXAMPLES), min_votes, max_new_tokens, export_votes,
+                    load_model)
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"# {title} · chat, arena, runs 对话、竞技场、训练\n" + (
             f"{len(ctx.names)} model(s) 个模型: " + ", ".join(f"`{n}`" for n in ctx.names) if ctx.names else
-            "No models to chat with: runs and training only. 未指定模型：仅训练与训练记录。"))
-        if ctx.names:
-            status = chat_tab(ctx)
-            side_by_side_tab(ctx)
-            arena_state, arena_reveal, vote_buttons = arena_tab(ctx)
-            board = leaderboard_tab(ctx)
-            arena_votes(ctx, arena_state, arena_reveal, vote_buttons, board)
-            demo.load(ctx.status_table, None, status)
-            demo.load(ctx.board_outputs, None, board)
-        if places is not None:
-            runs_tab(places, ctx.export_dir)
-            train_tab(places)
+            "No models to chat with yet: train, then compare a run's checkpoints from the Runs tab. "
+            "未指定模型：可训练，并在训练记录中对比检查点。"))
+        with gr.Tabs(selected="chat" if ctx.names else "runs") as tabs:
+            if ctx.names or places is not None:
+                status, chat, chat_model = chat_tab(ctx)
+                side, side_a, side_b = side_by_side_tab(ctx)
+                arena_state, arena_reveal, vote_buttons, arena, among = arena_tab(ctx)
+                board, board_tab = leaderboard_tab(ctx)
+                arena_votes(ctx, arena_state, arena_reveal, vote_buttons, board)
+                demo.load(ctx.status_table, None, status)
+                demo.load(ctx.board_outputs, None, board)
+            if places is not None:
+                pickers = ModelPickers(tabs, [chat, side, arena, board_tab], chat_model, side_a, side_b, among)
+                runs_tab(places, ctx.export_dir, compare=partial(run_models_controls, ctx, places, pickers=pickers))
+                train_tab(places)
     # exports are downloadable only where the page may make them (a public page without a login may not)
     demo.tunelab_allowed_paths = export_paths(places) if places is not None and places.actions_allowed else []
     demo.tunelab_css = ".answer-timing {font-size: 0.85em; opacity: 0.8}"

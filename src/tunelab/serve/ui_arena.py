@@ -1,6 +1,8 @@
 """The UI's Arena tab: two anonymous models answer one prompt, one vote per battle, then their names are shown.
 
-A vote counts once per battle (the store refuses a second one; the UI says it was already counted).
+A vote counts once per battle (the store refuses a second one; the UI says it was already counted). A battle is
+drawn from every model, or from one pair the Runs tab opened (two checkpoints of a run): which of the two is A is
+drawn at random, so the vote is still blind.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from tunelab.serve.ui_answers import stream_answers
 from tunelab.serve.ui_context import UIContext, settings_of
 
 
+ANY_TWO = "any two models 任意两个模型"
 VOTE_LABELS = {"left": "A is better 左边更好", "right": "B is better 右边更好", "tie": "tie 平局",
                "both_bad": "both bad 都不好"}
 
@@ -41,17 +44,32 @@ def vote_buttons_enabled(on: bool) -> list:
     return [gr.Button(interactive=on) for _ in VOTE_LABELS]
 
 
+def draw_pair(ctx: UIContext, among: str | None) -> tuple[str, str] | None:
+    """Two models in random order: the pair the Runs tab opened as `among`, else two of all (reachable ones
+    first); None when there are not two."""
+    pair = ctx.pairs.get(among or "")
+    if pair is not None:
+        return tuple(ctx.rng.sample(pair, 2))
+    names = list(ctx.names)
+    if len(names) < 2:
+        return None
+    pool = [n for n in names if n not in ctx.unreachable]
+    return tuple(ctx.rng.sample(pool if len(pool) >= 2 else names, 2))
+
+
 def arena_tab(ctx: UIContext) -> tuple:
-    """Arena: two anonymous models drawn at random (reachable ones first) answer one prompt; the vote buttons
-    open when both have answered. Returns (battle state, reveal markdown, vote buttons) for `arena_votes`."""
+    """Arena: two anonymous models drawn at random (reachable ones first, or the pair picked) answer one prompt;
+    the vote buttons open when both have answered. Returns (battle state, reveal markdown, vote buttons) for
+    `arena_votes`, the tab and the pair picker."""
     import gradio as gr
 
-    names, backends = ctx.names, ctx.backends
-    with gr.Tab("Arena 竞技场", id="arena"):
+    with gr.Tab("Arena 竞技场", id="arena", visible=bool(ctx.names)) as tab:
         gr.Markdown("Two anonymous models answer the same prompt; vote for the better answer, then their "
                     "names are shown. Each prompt starts a new battle. "
                     "两个匿名模型回答同一个问题；投票后揭晓模型名称。每个问题是一场新的对战。")
         arena_state = gr.State({})
+        among = gr.Dropdown([ANY_TWO, *ctx.pairs], value=ANY_TWO, label="battle between 对战范围",
+                            elem_id="arena-among")
         with gr.Row():
             with gr.Column():
                 arena_bot_a = gr.Chatbot(label="Model A 模型 A", height=360, elem_id="arena-bot-a")
@@ -69,28 +87,29 @@ def arena_tab(ctx: UIContext) -> tuple:
             arena_input = gr.Textbox(placeholder="Ask both anonymous models 向两个匿名模型提问…",
                                      show_label=False, scale=6, elem_id="arena-input")
             arena_send = gr.Button("Battle 对战", variant="primary", scale=1, elem_id="arena-send")
-        arena_controls = ctx.sampling_controls("arena", names[0], own_defaults=True)
+        arena_controls = ctx.sampling_controls("arena", (ctx.names or [None])[0], own_defaults=True)
         gr.Examples([[e] for e in ctx.examples], inputs=[arena_input], label="examples 示例")
 
     vote_buttons = [vote_left, vote_right, vote_tie, vote_bad]
 
-    def arena_fn(message, state, own, temperature, top_p, top_k, max_tokens, stop_text):
-        if len(names) < 2:
+    def arena_fn(message, state, pair_label, own, temperature, top_p, top_k, max_tokens, stop_text):
+        drawn = draw_pair(ctx, pair_label)
+        if drawn is None:
             yield ([], [], {}, message, "", "", "The arena needs at least two models. 竞技场至少需要两个模型。",
                    *vote_buttons_enabled(False))
             return
         if not (message or "").strip():
             yield gr.skip(), gr.skip(), state, message, gr.skip(), gr.skip(), gr.skip(), *vote_buttons_enabled(False)
             return
-        pool = [n for n in names if n not in ctx.unreachable]
-        a_name, b_name = ctx.rng.sample(pool if len(pool) >= 2 else names, 2)
+        a_name, b_name = drawn
+        model_a, model_b = ctx.backend(a_name), ctx.backend(b_name)
         settings = settings_of(temperature, top_p, top_k, max_tokens, stop_text)
         msgs = [{"role": "user", "content": message}]
         battle = {"id": uuid.uuid4().hex, "a": a_name, "b": b_name, "prompt": message, "voted": False,
                   "complete": False}
         hist = [{"role": "user", "content": message}]
-        for a, b in stream_answers([(backends[a_name], msgs, ctx.settings_for(backends[a_name], own, settings)),
-                                    (backends[b_name], msgs, ctx.settings_for(backends[b_name], own, settings))]):
+        for a, b in stream_answers([(model_a, msgs, ctx.settings_for(model_a, own, settings)),
+                                    (model_b, msgs, ctx.settings_for(model_b, own, settings))]):
             done = a.done and b.done
             battle.update(answer_a=a.text, answer_b=b.text, seconds_a=a.seconds, seconds_b=b.seconds,
                           complete=done and not a.error and not b.error)
@@ -106,10 +125,10 @@ def arena_tab(ctx: UIContext) -> tuple:
 
     arena_outputs = [arena_bot_a, arena_bot_b, arena_state, arena_input, arena_time_a, arena_time_b,
                      arena_reveal, *vote_buttons]
-    arena_inputs = [arena_input, arena_state, *arena_controls]
+    arena_inputs = [arena_input, arena_state, among, *arena_controls]
     arena_send.click(arena_fn, arena_inputs, arena_outputs)
     arena_input.submit(arena_fn, arena_inputs, arena_outputs)
-    return arena_state, arena_reveal, vote_buttons
+    return arena_state, arena_reveal, vote_buttons, tab, among
 
 
 def arena_votes(ctx: UIContext, arena_state, arena_reveal, vote_buttons: list, board: list) -> None:

@@ -1,4 +1,4 @@
-"""What the UI's chat tabs share (`UIContext`): the models, the vote store, the example prompts, the sampling
+r"""What the UI's chat tabs share (`UIContext`): the models, the vote store, the example prompts, the sampling
 controls and the models' status.
 
 Stop strings are typed literally, separated by `|`; a backslash escapes only these: `\n` newline, `\t` tab,
@@ -7,6 +7,11 @@ Stop strings are typed literally, separated by `|`; a backslash escapes only the
 The sampling sliders start from the model's generation_config.json (greedy for a tunelab checkpoint scored
 greedily), else from the UI's defaults (temperature 0.7); in Side by side and the Arena each model answers with its
 own defaults until a slider is moved.
+
+The model set grows while the page runs: the Runs tab opens a run's checkpoints (or its base) as local models
+(`UIContext.open_model`, loaded as `tunelab ui MODEL` loads one at start). At most `MAX_OPENED` models opened this
+way stay loaded: opening one more unloads the least recently used of them (an answer it is writing then ends with
+an error), so memory does not grow with every comparison; the models given at start are never unloaded.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ from __future__ import annotations
 import random
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
 from tunelab.serve.arena import ArenaStore
-from tunelab.serve.backends import GenerationSettings
+from tunelab.serve.backends import BackendError, GenerationSettings
 from tunelab.serve.ratings import COLUMNS, leaderboard
+
 
 DEFAULT_EXAMPLES = [
     "计算 12.5 + 7.25 = ?",
@@ -65,14 +72,47 @@ def settings_of(temperature, top_p, top_k, max_tokens, stop_text) -> GenerationS
                               max_tokens=int(max_tokens), stop=parse_stops(stop_text))
 
 
+MAX_OPENED = 4   # models opened from runs that stay loaded at once (the least recently used is unloaded)
+
+
+class Unloaded:
+    """What a name stands for once its model was unloaded (or never loaded): every answer is an error that says
+    how to get it back."""
+
+    remote = False
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def describe(self) -> str:
+        return "unloaded"
+
+    def check(self) -> tuple[bool, str]:
+        return False, "unloaded 已卸载"
+
+    def defaults(self, fallback: GenerationSettings) -> GenerationSettings:
+        return fallback
+
+    def chat_stream(self, messages: list[dict], settings: GenerationSettings):
+        raise BackendError(f"{self.name} is not loaded (at most {MAX_OPENED} models opened from runs stay loaded): "
+                           f"open it again from the Runs tab / 模型已卸载，请在训练记录中重新打开")
+
+
 class UIContext:
     """What the tabs share: the models, the vote store, the example prompts, the sampling controls, which models
-    are unreachable (the status check finds out, the arena leaves them out) and the leaderboard's outputs."""
+    are unreachable (the status check finds out, the arena leaves them out) and the leaderboard's outputs.
+    `load_model(path, name=…)` loads a local model (`ServedModel.load` with the UI's device, precision and batch)
+    for `open_model`."""
 
     def __init__(self, backends: dict, store: ArenaStore, examples: list[str], min_votes: int, max_new_tokens: int,
-                 export_votes: bool):
+                 export_votes: bool, load_model=None):
         self.backends = backends
         self.names = list(backends)
+        self.load_model = load_model
+        self.opened: OrderedDict[str, None] = OrderedDict()   # models opened from runs, least recently used first
+        self.pairs: dict[str, tuple[str, str]] = {}           # arena pairs opened from runs, by their label
+        self._models = threading.Lock()                       # guards backends, names, opened and pairs
+        self._loading = threading.Lock()                      # one model loads at a time
         self.store = store
         self.examples = examples
         self.min_votes = min_votes
@@ -86,9 +126,56 @@ class UIContext:
         """A model's own defaults (with the chosen stop strings) while `own` is ticked, else the sliders'."""
         return replace(backend.defaults(self.fallback), stop=chosen.stop) if own else chosen
 
-    def slider_values(self, name: str) -> list:
-        """A model's defaults as the sliders' values (temperature, top-p, top-k, max tokens), within their ranges."""
-        d = self.backends[name].defaults(self.fallback)
+    def backend(self, name: str):
+        """The model called `name` (`Unloaded` when it is not loaded), marked as just used."""
+        with self._models:
+            if name in self.opened:
+                self.opened.move_to_end(name)
+            return self.backends.get(name) or Unloaded(name)
+
+    def open_model(self, path: str, name: str) -> str:
+        """Load the local model at `path` as `name` (or find it loaded already, under whatever name) and return
+        the name it answers to; beyond `MAX_OPENED` opened models, the least recently used one is unloaded."""
+        from tunelab.serve.backends import LocalBackend
+        from tunelab.serve.models import ServedModel, resolve_model_dir
+
+        with self._loading:
+            model_dir = Path(resolve_model_dir(path)).resolve()
+            with self._models:
+                for known, b in self.backends.items():
+                    served = getattr(b, "served", None)
+                    if served is not None and Path(served.model_dir).resolve() == model_dir:
+                        if known in self.opened:
+                            self.opened.move_to_end(known)
+                        return known
+            served = (self.load_model or ServedModel.load)(path, name=name)
+            with self._models:
+                while name in self.backends:
+                    name += "'"
+                self.backends[name] = LocalBackend(name, served)
+                self.names.append(name)
+                self.opened[name] = None
+                unloaded = []
+                while len(self.opened) > MAX_OPENED:
+                    old, _ = self.opened.popitem(last=False)
+                    unloaded.append(self.backends.pop(old))
+                    self.names.remove(old)
+                    self.pairs = {k: v for k, v in self.pairs.items() if old not in v}
+        for b in unloaded:
+            b.served.close()
+        return name
+
+    def add_pair(self, a: str, b: str) -> str:
+        """Offer `a` and `b` as a pair the Arena draws its battles from; the pair's label."""
+        label = f"{a} vs {b}"
+        with self._models:
+            self.pairs[label] = (a, b)
+        return label
+
+    def slider_values(self, name: str | None) -> list:
+        """A model's defaults as the sliders' values (temperature, top-p, top-k, max tokens), within their ranges
+        (the UI's own defaults before any model is loaded)."""
+        d = self.backend(name).defaults(self.fallback) if name else self.fallback
         return [min(max(d.temperature, 0.0), 2.0), min(max(d.top_p, 0.01), 1.0), min(max(d.top_k, 0), 200),
                 min(max(d.max_tokens, 1), 2048)]
 
@@ -122,22 +209,24 @@ class UIContext:
 
     def status_table(self) -> str:
         results: dict[str, tuple[bool, str]] = {}
+        with self._models:
+            backends = dict(self.backends)
 
         def check(name):
             try:
-                results[name] = self.backends[name].check()
+                results[name] = backends[name].check()
             except Exception as e:  # noqa: BLE001
                 results[name] = (False, f"{type(e).__name__}: {e}")
-        threads = [threading.Thread(target=check, args=(n,), daemon=True) for n in self.names]
+        threads = [threading.Thread(target=check, args=(n,), daemon=True) for n in backends]
         for t in threads:
             t.start()
         for t in threads:
             t.join(8)
         lines = ["| model 模型 | where 位置 | status 状态 |", "|---|---|---|"]
-        for n in self.names:
+        for n in backends:
             ok, msg = results.get(n, (False, "no answer in 8 s / 超时"))
             (self.unreachable.discard if ok else self.unreachable.add)(n)
-            lines.append(f"| {n} | {self.backends[n].describe()} | {'✅' if ok else '❌'} {msg} |")
+            lines.append(f"| {n} | {backends[n].describe()} | {'✅' if ok else '❌'} {msg} |")
         return "\n".join(lines)
 
     def board_outputs(self):

@@ -12,10 +12,10 @@ from tunelab.serve.ui_context import UIContext
 
 def leaderboard_tab(ctx: UIContext) -> list:
     """Leaderboard: ratings, win-rate matrix, and the CSV / JSON export (the votes too, when `export_votes`).
-    Returns the components `UIContext.board_outputs` fills."""
+    Returns the components `UIContext.board_outputs` fills, and the tab."""
     import gradio as gr
 
-    with gr.Tab("Leaderboard 排行榜", id="leaderboard"):
+    with gr.Tab("Leaderboard 排行榜", id="leaderboard", visible=bool(ctx.names)) as tab:
         board_msg = gr.Markdown("", elem_id="leaderboard-message")
         board_table = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="leaderboard-table",
                                    label="ratings from anonymous battles 匿名对战评分")
@@ -48,4 +48,4 @@ def leaderboard_tab(ctx: UIContext) -> list:
                                       for v in ctx.store.votes(anonymous_only=False)), encoding="utf-8")
         return [str(csv_path), str(json_path), str(votes_path)]
     export.click(export_fn, None, export_files)
-    return board
+    return board, tab

@@ -187,9 +187,10 @@ def export_controls(pick) -> tuple:
     return quant, gguf, handin, message, files
 
 
-def runs_tab(places: Places, plot_dir: Path) -> None:
+def runs_tab(places: Places, plot_dir: Path, compare=None) -> None:
     """Runs: the runs table (refreshed every few seconds, so training runs move), the score-against-ratio plot,
-    and one run opened: its curves, checkpoints and report."""
+    and one run opened: its curves, checkpoints and report; `compare(pick)`, if given, adds the controls that
+    open two of the picked run's checkpoints as models (`ui_run_models`) below its checkpoints."""
     import gradio as gr
 
     with gr.Tab("Runs 训练记录", id="runs"):
@@ -206,6 +207,8 @@ def runs_tab(places: Places, plot_dir: Path) -> None:
             loss_plot = gr.LinePlot(x="step", y="loss", label="loss", elem_id="run-loss")
             lr_plot = gr.LinePlot(x="step", y="lr", label="learning rate 学习率", elem_id="run-lr")
         ckpts = gr.Dataframe(interactive=False, label="checkpoints 检查点", elem_id="run-checkpoints")
+        if compare is not None:
+            compare(pick)
         export_outputs = export_controls(pick)
         report = gr.Markdown("", elem_id="run-report")
         timer = gr.Timer(3.0)
