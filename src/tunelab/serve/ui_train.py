@@ -23,6 +23,7 @@ from tunelab.compare import read_run
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, load_recipe
 from tunelab.serve.ui_places import Places
+from tunelab.serve.ui_plan import CARDS, DEFAULT_CARD, plan_text
 from tunelab.serve.ui_runs import run_status, step_log
 from tunelab.train.run_lock import run_lock, writer_of, writer_pid
 
@@ -134,8 +135,31 @@ def run_state(run_dir: Path, process: subprocess.Popen | None) -> str:
     return f"**{run_status(read_run(run_dir, run_dir.name))}**{progress}{ended}"
 
 
+def plan_controls(places: Places, editor, path) -> None:
+    """The memory plan of the editor's recipe on a card picked (or a size typed), `tunelab plan`'s (`ui_plan`)."""
+    import gradio as gr
+
+    with gr.Accordion("Memory plan 显存估算", open=False):
+        with gr.Row():
+            card = gr.Dropdown(list(CARDS), value=DEFAULT_CARD, allow_custom_value=True, elem_id="train-gpu",
+                               label="GPU 显卡 (or a size such as 20GiB 或输入显存大小)", scale=3)
+            plan = gr.Button("Plan 估算", elem_id="train-plan", scale=1)
+        shown = gr.Markdown("", elem_id="train-plan-out")
+
+    def plan_fn(text, chosen, where):
+        if not (text or "").strip():
+            return "Load a recipe first. 请先载入配方。"
+        try:
+            recipe = check_recipe_text(places, text)
+            return plan_text(recipe, chosen, places.confine(where) if (where or "").strip() else None)
+        except TunelabError as e:
+            return f"⚠️ {e}"
+    plan.click(plan_fn, [editor, card, path], shown)
+
+
 def train_tab(places: Places) -> None:
-    """Train: a recipe picked or typed, edited and checked; Start, Stop, Resume; the run's state and log, polled."""
+    """Train: a recipe picked or typed, edited and checked, its memory plan; Start, Stop, Resume; the run's state
+    and log, polled."""
     import gradio as gr
 
     processes: dict[Path, subprocess.Popen] = {}   # only for exit codes: the run's state is read from its files
@@ -147,6 +171,7 @@ def train_tab(places: Places) -> None:
             load = gr.Button("Load 载入", elem_id="train-load", scale=1)
         editor = gr.Code("", language="yaml", label="recipe 配方 (YAML)", elem_id="train-editor", lines=18)
         check = gr.Markdown("", elem_id="train-check")
+        plan_controls(places, editor, path)
         with gr.Row():
             start = gr.Button("Start 开始", variant="primary", elem_id="train-start")
             stop = gr.Button("Stop 停止", elem_id="train-stop")
