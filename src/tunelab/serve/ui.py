@@ -6,8 +6,9 @@ sampling controls, stop, clear, example prompts, time per answer; one prompt, tw
 Arena (`ui_arena`: two anonymous models drawn at random, one vote, then names are revealed) · Leaderboard
 (`ui_leaderboard`: Bradley-Terry and Elo with bootstrap intervals, vote counts, win-rate matrix, CSV / JSON export)
 · Runs (`ui_runs`: the runs table, a run's report, curves, checkpoints, export; two of its checkpoints opened in
-Side by side or the Arena, `ui_run_models`) · Train (`ui_train`: a recipe edited and checked, `tunelab run`
-started, stopped, resumed), the paths they take kept inside the project and runs directories (`ui_places`). Models are local tunelab models (in-process engine) or remote
+Side by side or the Arena, `ui_run_models`) · Train (`ui_train`: a recipe edited and checked, its memory plan,
+`ui_plan`; `tunelab run` started, stopped, resumed; a sweep, `ui_sweep`), the paths they take kept inside the
+project and runs directories (`ui_places`). Models are local tunelab models (in-process engine) or remote
 OpenAI-compatible servers; without any, the app shows the Runs and Train tabs until a run's checkpoints are opened.
 
 `tunelab ui --auth USER:PASS` puts the whole app, the export files included, behind a login; listening beyond
@@ -28,6 +29,7 @@ from tunelab.serve.ui_leaderboard import leaderboard_tab
 from tunelab.serve.ui_places import Places
 from tunelab.serve.ui_run_models import ModelPickers, run_models_controls
 from tunelab.serve.ui_runs import runs_tab
+from tunelab.serve.ui_sweep import sweep_controls
 from tunelab.serve.ui_train import train_tab
 
 
@@ -60,7 +62,7 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
             if places is not None:
                 pickers = ModelPickers(tabs, [chat, side, arena, board_tab], chat_model, side_a, side_b, among)
                 runs_tab(places, ctx.export_dir, compare=partial(run_models_controls, ctx, places, pickers=pickers))
-                train_tab(places)
+                train_tab(places, sweep=partial(sweep_controls, places))
     # exports are downloadable only where the page may make them (a public page without a login may not)
     demo.tunelab_allowed_paths = export_paths(places) if places is not None and places.actions_allowed else []
     demo.tunelab_css = ".answer-timing {font-size: 0.85em; opacity: 0.8}"

@@ -7,7 +7,8 @@ session: it outlives the UI), its output going to `<output_dir>/<name>.log` besi
 The run lock is the only guard against two writers: a Start on a run that a process is writing shows the lock's
 refusal, whichever page or terminal started it. Stop sends SIGTERM to the lock's holder (the run checkpoints and
 exits 75); Resume launches `tunelab run --resume`. What the page shows of a run comes from its directory, its
-lock and its log, so a restarted UI finds a run it started before.
+lock and its log, so a restarted UI finds a run it started before. A sweep (`ui_sweep`) is started the same way
+(`spawn`).
 """
 
 from __future__ import annotations
@@ -86,15 +87,19 @@ def launch_run(places: Places, text: str, resume: bool) -> tuple[Path, subproces
         pass
     copy = places.runs / RECIPE_COPIES / f"{run_dir.name}.yaml"
     copy.write_text(text, encoding="utf-8")
-    log = log_path(run_dir)
-    command = [sys.executable, "-m", "tunelab.cli", "run", str(copy), *(["--resume"] if resume else [])]
-    with open(log, "ab") as out:   # appended: a refused or resumed start never erases what the run said before
-        out.write(f"$ tunelab run {places.shown(copy)}{' --resume' if resume else ''}\n".encode())
+    return run_dir, spawn(places, ["run", str(copy), *(["--resume"] if resume else [])], log_path(run_dir))
+
+
+def spawn(places: Places, arguments: list[str], log: Path) -> subprocess.Popen:
+    """`tunelab ARGUMENTS` in the project directory, in a session of its own (it outlives the UI), its output
+    appended to `log` after the command line (a refused or resumed start never erases what was said before)."""
+    shown = " ".join(places.shown(Path(a)) if Path(a).is_absolute() else a for a in arguments)
+    with open(log, "ab") as out:
+        out.write(f"$ tunelab {shown}\n".encode())
         out.flush()
-        process = subprocess.Popen(command, cwd=places.project, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return run_dir, process
+        return subprocess.Popen([sys.executable, "-m", "tunelab.cli", *arguments], cwd=places.project, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def stop_run(places: Places, run_dir: Path) -> str:
@@ -157,9 +162,9 @@ def plan_controls(places: Places, editor, path) -> None:
     plan.click(plan_fn, [editor, card, path], shown)
 
 
-def train_tab(places: Places) -> None:
+def train_tab(places: Places, sweep=None) -> None:
     """Train: a recipe picked or typed, edited and checked, its memory plan; Start, Stop, Resume; the run's state
-    and log, polled."""
+    and log, polled; `sweep(editor)`, if given, adds the controls of a sweep over the editor's recipe."""
     import gradio as gr
 
     processes: dict[Path, subprocess.Popen] = {}   # only for exit codes: the run's state is read from its files
@@ -180,6 +185,8 @@ def train_tab(places: Places) -> None:
         state = gr.Markdown("", elem_id="train-state")
         log = gr.Textbox(label="log 日志", lines=14, max_lines=14, autoscroll=True, interactive=False,
                          elem_id="train-log")
+        if sweep is not None:
+            sweep(editor)
         run_dir = gr.State(None)
         timer = gr.Timer(1.0)
 
