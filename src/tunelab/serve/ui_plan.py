@@ -29,8 +29,9 @@ DEFAULT_CARD = "RTX 3090 / 4090 / A10 · 24 GiB"
 
 def plan_text(recipe: Recipe, card: str, recipe_file: str | Path | None = None, tiny: int = TINY_BYTES) -> str:
     """`tunelab plan`'s report of `recipe` on one card (`card`: a name of `CARDS` or a size such as 20GiB), with
-    its advice when the step does not fit, as a markdown code block; one line for a tiny model. `recipe_file`: where the recipe came from
-    (a `model.path` run that does not exist yet is planned from the recipe beside it that makes it)."""
+    its advice when the step does not fit, as a markdown code block; one line for a tiny model. `recipe_file`:
+    where the recipe came from (a `model.path` run that does not exist yet is planned from the recipe beside it
+    that makes it)."""
     from tunelab.train.plan.advice import advise
     from tunelab.train.plan.estimate import plan_memory
     from tunelab.train.plan.report import format_plan
