@@ -16,6 +16,7 @@ from tunelab.serve.arena import ArenaStore
 from tunelab.serve.backends import BackendError, GenerationSettings
 from tunelab.serve.models import resolve_model_dir
 from tunelab.serve.ui_answers import stream_answers
+from tunelab.serve.ui_arena import ANY_TWO, draw_pair
 from tunelab.serve.ui_context import MAX_OPENED, UIContext, Unloaded
 from tunelab.serve.ui_places import LOGIN_NEEDED, OUTSIDE, Places
 from tunelab.serve.ui_run_models import BASE, model_choices, model_target, open_pair
@@ -125,3 +126,17 @@ def test_opened_checkpoints_answer_as_local_models(scratch_run, tmp_path):
     finally:
         for n in names:
             ctx.backend(n).served.close()
+
+
+def test_a_pair_opened_for_the_arena_is_battled_blind(tmp_path, loads):
+    """Battles between an opened pair draw only those two, in either order (which is Model A is not told)."""
+    ctx = context(tmp_path, loads)
+    ctx.names.extend(["a", "b", "c"])
+    label = ctx.add_pair("a", "c")
+    assert label == "a vs c"
+    drawn = {draw_pair(ctx, label) for _ in range(40)}
+    assert drawn == {("a", "c"), ("c", "a")}
+    assert {frozenset(draw_pair(ctx, ANY_TWO)) for _ in range(60)} == {frozenset(p) for p in (("a", "b"), ("a", "c"),
+                                                                                                ("b", "c"))}
+    ctx.names.clear()
+    assert draw_pair(ctx, ANY_TWO) is None

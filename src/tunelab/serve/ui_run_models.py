@@ -138,9 +138,10 @@ def run_models_controls(ctx: UIContext, places: Places, pick, pickers: ModelPick
         now = model_choices(places, run)
         if now == was:
             return gr.skip(), gr.skip(), was
-        older = now[-2] if len(now) > 1 and now[-1] != BASE else (now[0] if now else None)
-        newest = [c for c in now if c != BASE][-1:] or [None]
-        return gr.Dropdown(choices=now, value=older), gr.Dropdown(choices=now, value=newest[0]), now
+        steps = [c for c in now if c != BASE]
+        right = steps[-1] if steps else None        # the newest against the base, else against the one before
+        left = BASE if BASE in now else (steps[-2] if len(steps) > 1 else right)
+        return gr.Dropdown(choices=now, value=left), gr.Dropdown(choices=now, value=right), now
     pick.change(choices_fn, [pick, shown], [left, right, shown])
     timer.tick(choices_fn, [pick, shown], [left, right, shown], show_progress="hidden")
 
