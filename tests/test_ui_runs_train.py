@@ -267,3 +267,28 @@ def test_handin_of_a_finished_run_is_offered_as_one_zip(tiny_base, tmp_path):
     names = set(zipfile.ZipFile(files[0]).namelist())
     assert "MANIFEST.sha256" in names and "recipe.yaml" in names
     assert not list((places.runs / "handin").glob(".*partial*"))
+
+
+def test_the_runs_tabs_refresh_sends_only_what_changed(places):
+    """The timer's refresh skips every part the page has already (an open dropdown stays open, a sorted table
+    sorted) and sends a part again once the run directory changes it."""
+    import gradio as gr
+
+    from tunelab.serve.arena import ArenaStore
+    from tunelab.serve.ui import build_app
+    fake_run(places.runs, "done", evaluated=True)
+    store = ArenaStore(":memory:")
+    demo = build_app({}, store, places=places)
+    overview = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "overview")
+    def sent_parts(parts):
+        return [k for k, part in enumerate(parts) if not (isinstance(part, dict) and part == gr.skip())]
+    *first, sent = overview(None, {})
+    assert sent_parts(first) == list(range(len(first))) and first[2].value == "done"   # everything, the run picked
+    *again, sent = overview("done", sent)
+    assert sent_parts(again) == []                                                       # nothing changed: nothing
+    with open(places.runs / "done" / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": 5, "loss": 0.125, "lr": 1e-4}) + "\n")
+    *grown, sent = overview("done", sent)
+    assert sent_parts(grown) == [4, 5, 6]    # the status line (its step and loss) and the two curves, nothing else
+    assert "step 5, loss 0.1250" in grown[4]
+    store.close()

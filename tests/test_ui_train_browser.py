@@ -1,7 +1,8 @@
 """`tunelab ui`'s Train and Runs tabs in Debian's headless Chromium (Playwright): a path-traversal recipe name is
 refused; a tiny recipe picked from the project's recipes/ is checked, started as its own `tunelab run`, its loss
 appears; a second Start on the running run shows the lock's refusal; Stop writes a checkpoint and the process
-exits 75; Resume trains it to the end; the Runs tab lists it finished, with its report, and exports it as GGUF. With
+exits 75; Resume trains it to the end; the Runs tab lists it finished, with its report, and exports it as GGUF; two
+of its checkpoints are opened in Side by side, both answer one prompt, then battle in the Arena for a vote. With
 TUNELAB_SCREENSHOTS=1 the test saves the screenshots docs/serving.md shows (docs/images/ui-train.png,
 docs/images/ui-runs.png)."""
 
@@ -52,7 +53,7 @@ def train_app(tmp_path, monkeypatch):
     demo = build_app({}, store, places=places)
     _, url, _ = launch(demo, port=None, prevent_thread_lock=True, quiet=True)
     run_dir = places.runs / "tiny-ui"
-    yield {"url": url, "run_dir": run_dir, "tmp": tmp_path}
+    yield {"url": url, "run_dir": run_dir, "tmp": tmp_path, "store": store}
     pid = writer_pid(run_dir)
     if pid is not None:          # a run the test left going (it failed midway): its own session, so kill it here
         os.kill(pid, signal.SIGKILL)
@@ -137,9 +138,41 @@ def test_browser_train_stop_resume_and_runs(train_app):
                 assert (train_app["run_dir"].parent / "exports" / "tiny-ui-f16" / "tiny-ui-F16.gguf").is_file()
             if shots:
                 page.screenshot(path=str(DOCS_IMAGES / "ui-runs.png"), full_page=True)
+            compare_in_side_by_side_and_arena(page, expect)
         except Exception:
             page.screenshot(path=str(train_app["tmp"] / "failure.png"), full_page=True)
             print("screenshot:", train_app["tmp"] / "failure.png")
             raise
         finally:
             browser.close()
+
+    pairs = {(v["model_a"], v["model_b"]) for v in train_app["store"].votes()}   # the vote, where `data prefs` reads
+    assert [sorted(pair) for pair in pairs] == [["tiny-ui/step-000200", "tiny-ui/step-000400"]]
+
+
+def compare_in_side_by_side_and_arena(page, expect) -> None:
+    """From the Runs tab: two checkpoints of the opened run in Side by side (both answer), then the same two in a
+    blind Arena battle, voted on."""
+    page.locator("button", has_text="Compare two checkpoints").click()
+    for side, step in (("left", "step-000200"), ("right", "step-000400")):
+        page.locator(f"#compare-{side} input").click()
+        page.locator(f"#compare-{side}").get_by_role("option", name=step).click()
+    page.locator("#compare-side").click()
+    expect(page.locator("#compare-message")).to_contain_text("Opened tiny-ui/step-000200")
+    expect(page.locator("#side-model-a input")).to_have_value("tiny-ui/step-000200")   # its tab, its models
+    expect(page.locator("#side-model-b input")).to_have_value("tiny-ui/step-000400")
+    page.locator("#side-input textarea").fill("What is 2 + 3?")
+    page.locator("#side-send").click()
+    for side in "ab":
+        expect(page.locator(f"#side-time-{side}")).to_contain_text("⏱")
+        expect(page.locator(f"#side-bot-{side}")).to_contain_text("What is 2 + 3?")
+
+    page.get_by_role("tab", name="Runs 训练记录").click()
+    page.locator("#compare-arena").click()
+    expect(page.locator("#arena-among input")).to_have_value("tiny-ui/step-000200 vs tiny-ui/step-000400")
+    page.locator("#arena-input textarea").fill("What is 4 + 1?")
+    page.locator("#arena-send").click()
+    expect(page.locator("#vote-tie")).to_be_enabled()
+    page.locator("#vote-tie").click()
+    expect(page.locator("#arena-reveal")).to_contain_text("tiny-ui/step-000200")
+    expect(page.locator("#arena-reveal")).to_contain_text("tiny-ui/step-000400")

@@ -117,12 +117,15 @@ def cli_serve(args: argparse.Namespace) -> int:
 def cli_ui(args: argparse.Namespace) -> int:
     import os
     import sys
+    from functools import partial
 
     from tunelab.serve import require_extra
     from tunelab.serve.arena import ArenaStore
     from tunelab.serve.backends import Deadlines, build_backends
-    from tunelab.serve.ui import LOCAL_HOSTS, build_app, launch, load_examples, parse_auth
-    from tunelab.serve.ui_places import Places, actions_allowed_for
+    from tunelab.serve.models import ServedModel
+    from tunelab.serve.ui import build_app, launch, parse_auth
+    from tunelab.serve.ui_context import load_examples
+    from tunelab.serve.ui_places import LOCAL_HOSTS, Places, actions_allowed_for
     require_extra("gradio", "openai", "httpx")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     auth = parse_auth(args.auth)
@@ -140,7 +143,9 @@ def cli_ui(args: argparse.Namespace) -> int:
                               precision=args.precision)
     store = ArenaStore(args.db)
     demo = build_app(backends, store, load_examples(args.examples), min_votes=args.min_votes,
-                     export_votes=auth is not None or not public, places=places)
+                     export_votes=auth is not None or not public, places=places,
+                     load_model=partial(ServedModel.load, max_batch=args.max_batch, precision=args.precision,
+                                        device=args.device))   # a run's checkpoint opened from the page
     models = f"{len(backends)} model(s): {', '.join(backends)}" if backends else "no models (Runs and Train only)"
     print(f"tunelab ui: {models}; votes in {args.db}; runs in {places.runs}" + ("; login required" if auth else ""))
     os.chdir(places.project)  # a recipe's relative paths mean in the page what they mean to `tunelab run` typed there

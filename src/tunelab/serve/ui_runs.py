@@ -153,22 +153,31 @@ def checkpoint_table(run_dir: Path) -> tuple[list[str], list[list]]:
 
 
 def run_detail(places: Places, run: str | None):
-    """What opening `run` shows: (status line, loss frame, lr frame, checkpoint table, report markdown)."""
-    import gradio as gr
-
+    """What opening `run` shows: (status line, loss frame, lr frame, (checkpoint headers, rows), report markdown)."""
     if not run:
-        return "Pick a run above. 请选择一个训练记录。", None, None, gr.Dataframe(value=[]), ""
+        return "Pick a run above. 请选择一个训练记录。", None, None, ([], []), ""
     try:
         run_dir = places.confine(places.runs / run)
     except TunelabError as e:
-        return f"⚠️ {e}", None, None, gr.Dataframe(value=[]), ""
+        return f"⚠️ {e}", None, None, ([], []), ""
     loss, lr = curves(run_dir)
     headers, rows = checkpoint_table(run_dir)
     writer = writer_of(run_dir)
     status = f"**{run}** · " + (f"training: {writer}" if writer else "not training 未在训练")
     if len(loss):
         status += f" · step {int(loss['step'].iloc[-1])}, loss {loss['loss'].iloc[-1]:.4f}"
-    return status, loss, lr, gr.Dataframe(value=rows, headers=headers), report_markdown(run_dir)
+    return status, loss, lr, (headers, rows), report_markdown(run_dir)
+
+
+def changed(sent: dict, key: str, value, update):
+    """`update` when `value` differs from what was sent under `key` (and `sent` records it), else a skip: a
+    refresh that re-sent an unchanged dropdown or table would close its open menu or undo its sorting."""
+    import gradio as gr
+
+    if key in sent and sent[key] == value:
+        return gr.skip()
+    sent[key] = value
+    return update
 
 
 def export_controls(pick) -> tuple:
@@ -187,9 +196,10 @@ def export_controls(pick) -> tuple:
     return quant, gguf, handin, message, files
 
 
-def runs_tab(places: Places, plot_dir: Path) -> None:
+def runs_tab(places: Places, plot_dir: Path, compare=None) -> None:
     """Runs: the runs table (refreshed every few seconds, so training runs move), the score-against-ratio plot,
-    and one run opened: its curves, checkpoints and report."""
+    and one run opened: its curves, checkpoints and report; `compare(pick)`, if given, adds the controls that
+    open two of the picked run's checkpoints as models (`ui_run_models`) below its checkpoints."""
     import gradio as gr
 
     with gr.Tab("Runs 训练记录", id="runs"):
@@ -206,27 +216,48 @@ def runs_tab(places: Places, plot_dir: Path) -> None:
             loss_plot = gr.LinePlot(x="step", y="loss", label="loss", elem_id="run-loss")
             lr_plot = gr.LinePlot(x="step", y="lr", label="learning rate 学习率", elem_id="run-lr")
         ckpts = gr.Dataframe(interactive=False, label="checkpoints 检查点", elem_id="run-checkpoints")
+        if compare is not None:
+            compare(pick)
         export_outputs = export_controls(pick)
         report = gr.Markdown("", elem_id="run-report")
         timer = gr.Timer(3.0)
     plotted: dict = {}
 
-    def overview(chosen):
+    def overview(chosen, sent):
         rows, columns, cells, text = runs_overview(places)
         names = [r.run for r in rows]
         key = tuple((r.run, r.ratio, r.score, r.retention) for r in rows)
         if plotted.get("key") != key:
             n = plotted.get("n", 0) + 1   # a new name: the browser never shows a cached older plot
             plotted.update(key=key, n=n, path=score_plot(rows, plot_dir / f"score_vs_ratio-{n}.png"))
-        image = gr.Image(value=plotted["path"], visible=plotted["path"] is not None)
         chosen = chosen if chosen in names else (names[-1] if names else None)
-        return (text, gr.Dataframe(value=cells, headers=columns or None), gr.Dropdown(choices=names, value=chosen),
-                image, *run_detail(places, chosen))
+        sent = dict(sent or {})
+        return (changed(sent, "note", text, text),
+                changed(sent, "table", (columns, cells), gr.Dataframe(value=cells, headers=columns or None)),
+                changed(sent, "pick", (names, chosen), gr.Dropdown(choices=names, value=chosen)),
+                changed(sent, "plot", plotted["path"], gr.Image(value=plotted["path"],
+                                                                visible=plotted["path"] is not None)),
+                *detail(chosen, sent), sent)
 
-    outputs = [note, runs_table, pick, plot, status, loss_plot, lr_plot, ckpts, report]
-    refresh.click(overview, pick, outputs)
-    timer.tick(overview, pick, outputs, show_progress="hidden")
-    pick.input(lambda run: run_detail(places, run), pick, [status, loss_plot, lr_plot, ckpts, report])
+    def detail(run, sent):
+        """The opened run's parts, each only where it changed since this page was sent it."""
+        shown = run_detail(places, run)
+        status, loss, lr, (headers, rows), report = shown
+        values = [status, None if loss is None else loss.to_dict("list"), None if lr is None else lr.to_dict("list"),
+                  (headers, rows), report]
+        return [changed(sent, f"detail-{k}", value, out) for k, (value, out) in
+                enumerate(zip(values, [status, loss, lr, gr.Dataframe(value=rows, headers=headers or None),
+                                       report]))]
+
+    def pick_fn(run, sent):
+        sent = dict(sent or {})
+        return (*detail(run, sent), sent)
+
+    sent = gr.State({})    # what this page was sent last: the timer sends only what changed (an open menu stays)
+    outputs = [note, runs_table, pick, plot, status, loss_plot, lr_plot, ckpts, report, sent]
+    refresh.click(overview, [pick, sent], outputs)
+    timer.tick(overview, [pick, sent], outputs, show_progress="hidden")
+    pick.input(pick_fn, [pick, sent], [status, loss_plot, lr_plot, ckpts, report, sent])
 
     quant, gguf, handin, message, files = export_outputs
 

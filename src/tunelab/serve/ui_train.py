@@ -7,7 +7,8 @@ session: it outlives the UI), its output going to `<output_dir>/<name>.log` besi
 The run lock is the only guard against two writers: a Start on a run that a process is writing shows the lock's
 refusal, whichever page or terminal started it. Stop sends SIGTERM to the lock's holder (the run checkpoints and
 exits 75); Resume launches `tunelab run --resume`. What the page shows of a run comes from its directory, its
-lock and its log, so a restarted UI finds a run it started before.
+lock and its log, so a restarted UI finds a run it started before. A sweep (`ui_sweep`) is started the same way
+(`spawn`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tunelab.compare import read_run
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, load_recipe
 from tunelab.serve.ui_places import Places
+from tunelab.serve.ui_plan import CARDS, DEFAULT_CARD, plan_text
 from tunelab.serve.ui_runs import run_status, step_log
 from tunelab.train.run_lock import run_lock, writer_of, writer_pid
 
@@ -85,15 +87,19 @@ def launch_run(places: Places, text: str, resume: bool) -> tuple[Path, subproces
         pass
     copy = places.runs / RECIPE_COPIES / f"{run_dir.name}.yaml"
     copy.write_text(text, encoding="utf-8")
-    log = log_path(run_dir)
-    command = [sys.executable, "-m", "tunelab.cli", "run", str(copy), *(["--resume"] if resume else [])]
-    with open(log, "ab") as out:   # appended: a refused or resumed start never erases what the run said before
-        out.write(f"$ tunelab run {places.shown(copy)}{' --resume' if resume else ''}\n".encode())
+    return run_dir, spawn(places, ["run", str(copy), *(["--resume"] if resume else [])], log_path(run_dir))
+
+
+def spawn(places: Places, arguments: list[str], log: Path) -> subprocess.Popen:
+    """`tunelab ARGUMENTS` in the project directory, in a session of its own (it outlives the UI), its output
+    appended to `log` after the command line (a refused or resumed start never erases what was said before)."""
+    shown = " ".join(places.shown(Path(a)) if Path(a).is_absolute() else a for a in arguments)
+    with open(log, "ab") as out:
+        out.write(f"$ tunelab {shown}\n".encode())
         out.flush()
-        process = subprocess.Popen(command, cwd=places.project, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return run_dir, process
+        return subprocess.Popen([sys.executable, "-m", "tunelab.cli", *arguments], cwd=places.project, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def stop_run(places: Places, run_dir: Path) -> str:
@@ -134,8 +140,31 @@ def run_state(run_dir: Path, process: subprocess.Popen | None) -> str:
     return f"**{run_status(read_run(run_dir, run_dir.name))}**{progress}{ended}"
 
 
-def train_tab(places: Places) -> None:
-    """Train: a recipe picked or typed, edited and checked; Start, Stop, Resume; the run's state and log, polled."""
+def plan_controls(places: Places, editor, path) -> None:
+    """The memory plan of the editor's recipe on a card picked (or a size typed), `tunelab plan`'s (`ui_plan`)."""
+    import gradio as gr
+
+    with gr.Accordion("Memory plan 显存估算", open=False):
+        with gr.Row():
+            card = gr.Dropdown(list(CARDS), value=DEFAULT_CARD, allow_custom_value=True, elem_id="train-gpu",
+                               label="GPU 显卡 (or a size such as 20GiB 或输入显存大小)", scale=3)
+            plan = gr.Button("Plan 估算", elem_id="train-plan", scale=1)
+        shown = gr.Markdown("", elem_id="train-plan-out")
+
+    def plan_fn(text, chosen, where):
+        if not (text or "").strip():
+            return "Load a recipe first. 请先载入配方。"
+        try:
+            recipe = check_recipe_text(places, text)
+            return plan_text(recipe, chosen, places.confine(where) if (where or "").strip() else None)
+        except TunelabError as e:
+            return f"⚠️ {e}"
+    plan.click(plan_fn, [editor, card, path], shown)
+
+
+def train_tab(places: Places, sweep=None) -> None:
+    """Train: a recipe picked or typed, edited and checked, its memory plan; Start, Stop, Resume; the run's state
+    and log, polled; `sweep(editor)`, if given, adds the controls of a sweep over the editor's recipe."""
     import gradio as gr
 
     processes: dict[Path, subprocess.Popen] = {}   # only for exit codes: the run's state is read from its files
@@ -147,6 +176,7 @@ def train_tab(places: Places) -> None:
             load = gr.Button("Load 载入", elem_id="train-load", scale=1)
         editor = gr.Code("", language="yaml", label="recipe 配方 (YAML)", elem_id="train-editor", lines=18)
         check = gr.Markdown("", elem_id="train-check")
+        plan_controls(places, editor, path)
         with gr.Row():
             start = gr.Button("Start 开始", variant="primary", elem_id="train-start")
             stop = gr.Button("Stop 停止", elem_id="train-stop")
@@ -155,6 +185,8 @@ def train_tab(places: Places) -> None:
         state = gr.Markdown("", elem_id="train-state")
         log = gr.Textbox(label="log 日志", lines=14, max_lines=14, autoscroll=True, interactive=False,
                          elem_id="train-log")
+        if sweep is not None:
+            sweep(editor)
         run_dir = gr.State(None)
         timer = gr.Timer(1.0)
 
