@@ -292,3 +292,21 @@ def test_the_runs_tabs_refresh_sends_only_what_changed(places):
     assert sent_parts(grown) == [4, 5, 6]    # the status line (its step and loss) and the two curves, nothing else
     assert "step 5, loss 0.1250" in grown[4]
     store.close()
+
+
+def test_every_part_of_the_tab_bar_is_a_tab(places):
+    """Every block directly inside the app's `gr.Tabs` is a `gr.Tab`: a component made between two tabs (a
+    `gr.State` made after a tab's `with` block) made gradio show the selected tab's button twice."""
+    import gradio as gr
+
+    from tunelab.serve.arena import ArenaStore
+    from tunelab.serve.ui import build_app
+    store = ArenaStore(":memory:")
+    demo = build_app({}, store, places=places)
+    tabs = [b for b in demo.blocks.values() if isinstance(b, gr.Tabs)]
+    assert len(tabs) == 1
+    children = tabs[0].children
+    assert [c.id for c in children] and all(isinstance(c, gr.Tab) for c in children), \
+        [type(c).__name__ for c in children]
+    assert [c.label.split()[0] for c in children] == ["Chat", "Side", "Arena", "Leaderboard", "Runs", "Train"]
+    store.close()

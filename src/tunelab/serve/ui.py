@@ -50,7 +50,8 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
             f"{len(ctx.names)} model(s) 个模型: " + ", ".join(f"`{n}`" for n in ctx.names) if ctx.names else
             "No models to chat with yet: train, then compare a run's checkpoints from the Runs tab. "
             "未指定模型：可训练，并在训练记录中对比检查点。"))
-        with gr.Tabs(selected="chat" if ctx.names else "runs") as tabs:
+        # "wrap": all six tabs stay in the bar (a second row if they must), none behind a "..." menu
+        with gr.Tabs(selected="chat" if ctx.names else "runs", overflow_behavior="wrap") as tabs:
             if ctx.names or places is not None:
                 status, chat, chat_model = chat_tab(ctx)
                 side, side_a, side_b = side_by_side_tab(ctx)

@@ -221,6 +221,9 @@ def runs_tab(places: Places, plot_dir: Path, compare=None) -> None:
         export_outputs = export_controls(pick)
         report = gr.Markdown("", elem_id="run-report")
         timer = gr.Timer(3.0)
+        # what this page was sent last: the timer sends only what changed (an open menu stays). Made inside the
+        # tab: a component made between tabs is taken for one (gradio 6.31 showed the selected tab twice)
+        sent = gr.State({})
     plotted: dict = {}
 
     def overview(chosen, sent):
@@ -253,7 +256,6 @@ def runs_tab(places: Places, plot_dir: Path, compare=None) -> None:
         sent = dict(sent or {})
         return (*detail(run, sent), sent)
 
-    sent = gr.State({})    # what this page was sent last: the timer sends only what changed (an open menu stays)
     outputs = [note, runs_table, pick, plot, status, loss_plot, lr_plot, ckpts, report, sent]
     refresh.click(overview, [pick, sent], outputs)
     timer.tick(overview, [pick, sent], outputs, show_progress="hidden")
