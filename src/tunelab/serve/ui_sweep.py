@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.serve.ui_places import Places
-from tunelab.serve.ui_train import RECIPE_COPIES, check_recipe_text, log_path, log_tail, spawn
+from tunelab.serve.ui_train import RECIPE_COPIES, check_recipe_text, log_path, log_tail, process_panel, spawn
 from tunelab.train.run_lock import writer_of, writer_pid
 
 SPACE_EXAMPLE = "train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n"
@@ -104,10 +104,7 @@ def sweep_controls(places: Places, editor) -> None:
             trials = gr.Number(4, precision=0, minimum=1, label="trials 试验次数", elem_id="sweep-trials")
             start = gr.Button("Start sweep 开始搜索", elem_id="sweep-start")
             stop = gr.Button("Stop sweep 停止搜索", elem_id="sweep-stop")
-        action = gr.Markdown("", elem_id="sweep-action")
-        state = gr.Markdown("", elem_id="sweep-state")
-        log = gr.Textbox(label="sweep log 搜索日志", lines=8, max_lines=8, autoscroll=True, interactive=False,
-                         elem_id="sweep-log")
+        action, state, log = process_panel("sweep", "sweep log 搜索日志", 8)
         where = gr.State(None)
         timer = gr.Timer(2.0)
 

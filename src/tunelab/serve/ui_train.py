@@ -162,6 +162,17 @@ def plan_controls(places: Places, editor, path) -> None:
     plan.click(plan_fn, [editor, card, path], shown)
 
 
+def process_panel(prefix: str, label: str, lines: int) -> tuple:
+    """The action line, the state line and the log tail of a process the page started (a run, a sweep)."""
+    import gradio as gr
+
+    action = gr.Markdown("", elem_id=f"{prefix}-action")
+    state = gr.Markdown("", elem_id=f"{prefix}-state")
+    log = gr.Textbox(label=label, lines=lines, max_lines=lines, autoscroll=True, interactive=False,
+                     elem_id=f"{prefix}-log")
+    return action, state, log
+
+
 def train_tab(places: Places, sweep=None) -> None:
     """Train: a recipe picked or typed, edited and checked, its memory plan; Start, Stop, Resume; the run's state
     and log, polled; `sweep(editor)`, if given, adds the controls of a sweep over the editor's recipe."""
@@ -181,10 +192,7 @@ def train_tab(places: Places, sweep=None) -> None:
             start = gr.Button("Start 开始", variant="primary", elem_id="train-start")
             stop = gr.Button("Stop 停止", elem_id="train-stop")
             resume = gr.Button("Resume 继续", elem_id="train-resume")
-        action = gr.Markdown("", elem_id="train-action")
-        state = gr.Markdown("", elem_id="train-state")
-        log = gr.Textbox(label="log 日志", lines=14, max_lines=14, autoscroll=True, interactive=False,
-                         elem_id="train-log")
+        action, state, log = process_panel("train", "log 日志", 14)
         if sweep is not None:
             sweep(editor)
         run_dir = gr.State(None)
