@@ -6,11 +6,17 @@ Everything is CPU-sized: preset `micro` (hidden 64, 2 layers), a few hundred gen
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+# `train.precision: auto` trains in fp32 on every CPU here, with no bf16 race (`tunelab.model.device`): the suite's
+# references (TRL's losses, HF Trainer, unbroken runs) are fp32, and CI hosts differ in whether bf16 pays. Child
+# processes (torchrun, `tunelab` subprocesses) inherit it. Tests of the race itself unset it.
+os.environ.setdefault("TUNELAB_CPU_AUTO_PRECISION", "fp32")
 
 
 @pytest.fixture(autouse=True)

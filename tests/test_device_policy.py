@@ -105,20 +105,74 @@ def test_no_gpu_means_the_cpu_and_asking_for_one_is_an_error(gpu):
 def test_bf16_on_a_cpu_only_where_it_is_faster(monkeypatch):
     """Emulated bf16 ran ~60x slower than fp32 on an AVX2-only host (25 s demo steps instead of 0.3 s), and on
     an Intel Xeon with AVX512-BF16 but no AMX a bf16 matmul runs at half fp32's speed (the pretraining
-    benchmark trained at 0.68x nanoGPT's fp32 tokens/s): bf16 is kept only where it is clearly faster."""
+    benchmark trained at 0.68x nanoGPT's fp32 tokens/s): bf16 is kept only where it is clearly faster, for an
+    explicit bf16 and for `auto` alike, and the choice says the two speeds it was made on."""
     cpu = torch.device("cpu")
+    monkeypatch.delenv(policy.AUTO_CPU_ENV, raising=False)
+    raced = []
+
+    def race(speedup):
+        def run(width=policy.RACE_WIDTH):
+            raced.append(width)
+            return policy.MatmulRace(width, 100.0, 100.0 * speedup)
+        return run
     for speedup in (0.0, 1 / 60, 0.52, 1.0, 1.2):
-        monkeypatch.setattr(policy, "cpu_bf16_speedup", lambda s=speedup: s)
+        monkeypatch.setattr(policy, "cpu_matmul_race", race(speedup))
         p = policy.training_precision("bf16", cpu)
         assert p.name == "fp32" and f"{speedup:.2g}x the speed of fp32" in p.note and "train.precision: fp32" in p.note
+        assert "256-wide matrices at" in p.note and "100.0 in fp32" in p.note
+        auto = policy.training_precision("auto", cpu, 576)
+        assert auto.name == "fp32" and auto.note.startswith("precision: fp32, as this CPU multiplies 576-wide")
         assert policy.training_precision("fp32", cpu) == policy.Precision("fp32")
     for speedup in (1.25, 3.0, 4.4):
-        monkeypatch.setattr(policy, "cpu_bf16_speedup", lambda s=speedup: s)
-        assert policy.training_precision("bf16", cpu) == policy.Precision("bf16")
+        monkeypatch.setattr(policy, "cpu_matmul_race", race(speedup))
+        for requested in ("bf16", "auto"):
+            p = policy.training_precision(requested, cpu, 960)
+            assert p.name == "bf16" and p.autocast_dtype == torch.bfloat16
+            assert p.note == (f"precision: bf16 autocast, as this CPU multiplies 960-wide matrices at "
+                              f"{100 * speedup:,.1f} GFLOP/s in bf16 and 100.0 in fp32 ({speedup:.2g}x)")
+    assert raced[:2] == [256, 576] and raced[-1] == 960
+    # pinned: `auto` is fp32 with no race (the suite's setting: the same numbers on every host)
+    monkeypatch.setenv(policy.AUTO_CPU_ENV, "fp32")
+    monkeypatch.setattr(policy, "cpu_matmul_race", lambda width=256: pytest.fail("raced while pinned"))
+    assert policy.training_precision("auto", cpu, 576) == policy.Precision("fp32")
     monkeypatch.undo()
     state = torch.random.get_rng_state()
     assert policy.cpu_bf16_speedup() >= 0  # the matmul race draws no random numbers: a seeded run stays seeded
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_the_race_multiplies_at_the_models_width_within_bounds(monkeypatch):
+    """The race's matrices are as wide as the model (rounded to 64), at least 256 and at most 768 wide (an
+    emulated bf16 1024² product takes ~3 s on an AVX2-only host); GFLOP/s are 2·n³ over the best time."""
+    sizes = []
+
+    def seconds(dtype, size=256, repeats=8):
+        sizes.append(size)
+        return 2 * size ** 3 / 1e9 / (50.0 if dtype == torch.float32 else 150.0)
+    monkeypatch.setattr(policy, "_matmul_seconds", seconds)
+    for width, size in ((64, 256), (576, 576), (600, 576), (2048, 768), (4096, 768)):
+        race = policy.cpu_matmul_race(width)
+        assert race.width == size and sizes[-2:] == [size, size]
+        assert race.fp32 == pytest.approx(50.0) and race.speedup == pytest.approx(3.0)
+
+
+def test_a_run_races_at_its_models_hidden_size(tmp_path, monkeypatch):
+    """`train.precision: auto` on a CPU: the race is run at the model's hidden size, read from its config."""
+    from types import SimpleNamespace
+
+    from conftest import write_recipe
+
+    from tunelab.recipe import load_recipe
+    from tunelab.train.setup import choose_precision
+    tiny_base = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
+    seen = []
+    monkeypatch.setattr(policy, "training_precision", lambda requested, device, width=256: (
+        seen.append((requested, width)) or policy.Precision("fp32")))
+    path = write_recipe(tmp_path, "width", model={"preset": None, "from_scratch": None, "tokenizer_vocab_size": None,
+                                                  "path": str(tiny_base)}, train={"precision": "auto"})
+    choose_precision(load_recipe(path), SimpleNamespace(device=torch.device("cpu"), main=True))
+    assert seen == [("auto", json.loads((tiny_base / "config.json").read_text())["hidden_size"])]
 
 
 @pytest.fixture

@@ -221,7 +221,7 @@ def test_nf4_bf16_run_computes_in_bf16(tiny_base, tmp_path, monkeypatch):
     import bitsandbytes as bnb
 
     from tunelab.model import device
-    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 3.0)
+    monkeypatch.setattr(device, "cpu_matmul_race", lambda width=256: device.MatmulRace(width, 100.0, 300.0))
     path = write_recipe(tmp_path, "bf16", **_qlora_sections(tiny_base, "nf4", max_steps=8, log_every=2,
                                                             precision="bf16"))
     summary, model = _train_capturing_model(monkeypatch, path)

@@ -120,7 +120,7 @@ def test_epoch_based_bf16_run(make_recipe, monkeypatch):
 
     from tunelab.model import device
     from tunelab.train.loop import train
-    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 3.0)
+    monkeypatch.setattr(device, "cpu_matmul_race", lambda width=256: device.MatmulRace(width, 100.0, 300.0))
     recipe = load_recipe(make_recipe("epochs", data={"train": [{"generate": "arithmetic", "count": 120}]},
                                      train={"max_steps": None, "epochs": 2, "batch_size": 2, "precision": "bf16",
                                             "num_checkpoints": 2}))

@@ -9,8 +9,10 @@ a device this machine does not have is an error, not a silent CPU run.
   a T4 or V100 "supports" bf16 by emulation (`torch.cuda.is_bf16_supported()` says yes there unless asked
   `including_emulation=False`) and runs it slowly, so there `auto` — and an explicit bf16, with a note — train
   in fp16 with `torch.amp.GradScaler`, which keeps small gradients from flushing to zero.
-- On a CPU, bf16 autocast only where its matmuls are clearly faster than fp32 (`train.precision`'s race),
-  and `auto` is fp32; fp16 autocast has no fast CPU kernels and is refused with a note (fp32).
+- On a CPU, `auto` and `bf16` race fp32 against bf16 matmuls as wide as the model (`cpu_matmul_race`): bf16
+  autocast only where it is clearly faster, the two measured speeds said either way. `TUNELAB_CPU_AUTO_PRECISION=fp32`
+  keeps `auto` at fp32 with no race, for the same numbers on every host (the test suite sets it). fp16 autocast
+  has no fast CPU kernels and is refused with a note (fp32).
 - fp32 on CUDA runs its matmuls in TF32 (10-bit mantissa products, fp32 sums), ~8× faster on Ampere and later,
   as PyTorch Lightning and HF Trainer's `tf32=True` do.
 For inference (eval, serve, generate) `auto` is bf16 where native, fp16 on older GPUs, fp32 on a CPU.
@@ -109,23 +111,21 @@ class Precision:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
 
 
-def training_precision(requested: str, device) -> Precision:
-    """The precision to train at on `device` for the recipe's `requested` (module docstring)."""
+# CPU bf16: autocast also casts weights and activations every step: bf16 matmuls must be clearly faster to pay for that
+MIN_SPEEDUP = 1.25
+RACE_WIDTH = 256          # the race's matmul width when the model's is not known
+MAX_RACE_WIDTH = 768      # wider models race at this width: on an AVX2-only host an emulated bf16 1024² product takes ~3 s
+AUTO_CPU_ENV = "TUNELAB_CPU_AUTO_PRECISION"   # "fp32": `auto` trains in fp32 on any CPU, with no race
+
+
+def training_precision(requested: str, device, width: int = RACE_WIDTH) -> Precision:
+    """The precision to train at on `device` for the recipe's `requested` (module docstring); `width`: the model's
+    hidden size, the width the CPU race multiplies at."""
     if requested not in PRECISIONS:
         raise TunelabError(f"unknown precision '{requested}' (expected {', '.join(PRECISIONS)})",
                            field="train.precision")
     if device.type == "cpu":
-        if requested in ("auto", "fp32"):
-            return Precision("fp32")
-        if requested == "fp16":
-            return Precision("fp32", note="fp16 autocast has no fast kernels on a CPU, so training runs in fp32; "
-                                          "set train.precision: fp32 to say so in the recipe")
-        speedup = cpu_bf16_speedup()
-        if cpu_bf16_pays(speedup):
-            return Precision("bf16")
-        return Precision("fp32", note=f"bf16 matmuls run at {speedup:.2g}x the speed of fp32 on this CPU (bf16 "
-                                      f"autocast pays from {MIN_SPEEDUP}x), so training runs in fp32; set "
-                                      "train.precision: fp32 to say so in the recipe")
+        return _cpu_training_precision(requested, width)
     if device.type == "mps":
         return Precision("fp32", note=None if requested in ("auto", "fp32") else
                          "mixed precision on Apple's MPS is not used by tunelab yet: training runs in fp32")
@@ -141,11 +141,42 @@ def training_precision(requested: str, device) -> Precision:
                      "slowly), so training runs in fp16 with a gradient scaler; set train.precision: fp16 to say so")
 
 
-# CPU bf16: autocast also casts weights and activations every step: bf16 matmuls must be clearly faster to pay for that
-MIN_SPEEDUP = 1.25
+def _cpu_training_precision(requested: str, width: int) -> Precision:
+    """fp32, or bf16 autocast where the race at the model's width says it pays; the race's two speeds are said."""
+    if requested == "fp32" or (requested == "auto" and os.environ.get(AUTO_CPU_ENV) == "fp32"):
+        return Precision("fp32")
+    if requested == "fp16":
+        return Precision("fp32", note="fp16 autocast has no fast kernels on a CPU, so training runs in fp32; "
+                                      "set train.precision: fp32 to say so in the recipe")
+    race = cpu_matmul_race(width)
+    if cpu_bf16_pays(race.speedup):
+        return Precision("bf16", note=f"precision: bf16 autocast, as {race.text()} ({race.speedup:.2g}x)")
+    if requested == "auto":
+        return Precision("fp32", note=f"precision: fp32, as {race.text()} (bf16 autocast pays from "
+                                      f"{MIN_SPEEDUP}x)")
+    return Precision("fp32", note=f"bf16 matmuls run at {race.speedup:.2g}x the speed of fp32 on this CPU ("
+                                  f"{race.text()}; bf16 autocast pays from {MIN_SPEEDUP}x), so training runs in fp32; "
+                                  "set train.precision: fp32 to say so in the recipe")
 
 
-def _matmul_seconds(dtype, size: int = 256, repeats: int = 8) -> float:
+@dataclass(frozen=True)
+class MatmulRace:
+    """The CPU race's result: GFLOP/s of a `width`² matmul in fp32 and in bf16 (0: no bf16 kernels)."""
+
+    width: int
+    fp32: float
+    bf16: float
+
+    @property
+    def speedup(self) -> float:
+        return self.bf16 / self.fp32 if self.fp32 else 0.0
+
+    def text(self) -> str:
+        return (f"this CPU multiplies {self.width}-wide matrices at {self.bf16:,.1f} GFLOP/s in bf16 and "
+                f"{self.fp32:,.1f} in fp32")
+
+
+def _matmul_seconds(dtype, size: int = RACE_WIDTH, repeats: int = 8) -> float:
     import torch
     a = b = torch.full((size, size), 0.5, dtype=dtype)  # no random numbers: the run's RNG stream stays as seeded
     a @ b  # first call: kernel selection / JIT
@@ -157,16 +188,24 @@ def _matmul_seconds(dtype, size: int = 256, repeats: int = 8) -> float:
     return best
 
 
-def cpu_bf16_speedup() -> float:
-    """How many times faster this CPU multiplies bf16 than fp32 at the current thread count (best of a few
-    256² matmuls each: the ratio is the same as at 2048² on the hosts above, and an emulated bf16 matmul of
-    that size still takes only ~30 ms); 0 when torch has no bf16 kernels here."""
+def cpu_matmul_race(width: int = RACE_WIDTH) -> MatmulRace:
+    """fp32 against bf16 at the model's width (rounded to 64, between 256 and 768) on this CPU at the current
+    thread count, best of a few products each. An emulated bf16 product of 576² (SmolLM2) takes ~0.1 s on an
+    AVX2-only host, so the race costs about a second there and milliseconds where bf16 is native."""
     import torch
+    size = min(MAX_RACE_WIDTH, max(RACE_WIDTH, round(width / 64) * 64))
+    flop = 2 * size ** 3 / 1e9
+    fp32 = flop / _matmul_seconds(torch.float32, size)
     try:
-        bf16 = _matmul_seconds(torch.bfloat16)
+        bf16 = flop / _matmul_seconds(torch.bfloat16, size, repeats=3)
     except RuntimeError:  # no bf16 kernels at all
-        return 0.0
-    return _matmul_seconds(torch.float32) / bf16
+        bf16 = 0.0
+    return MatmulRace(size, fp32, bf16)
+
+
+def cpu_bf16_speedup(width: int = RACE_WIDTH) -> float:
+    """How many times faster this CPU multiplies bf16 than fp32 (`cpu_matmul_race`); 0 without bf16 kernels."""
+    return cpu_matmul_race(width).speedup
 
 
 def cpu_bf16_pays(speedup: float) -> bool:

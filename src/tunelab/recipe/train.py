@@ -88,8 +88,8 @@ class TrainConfig(StrictSection):
                          description="auto: this process's GPU, else an Ascend NPU, else MPS, else the CPU")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 where the GPU does it natively, else fp16 with a gradient "
-                                    "scaler; fp32 on a CPU. bf16 on a CPU only where its matmuls are clearly "
-                                    "faster than fp32 (model/device.py)")
+                                    "scaler; on a CPU (auto or bf16) bf16 only where its matmuls at the model's "
+                                    "width measure clearly faster than fp32, else fp32 (model/device.py)")
     strategy: Literal["ddp", "fsdp"] = Field(
         default="ddp", description="several processes: ddp replicates the model on each; fsdp (FSDP2) shards "
                                    "weights, gradients and optimizer states across them (train/sharding.py)")

@@ -151,7 +151,7 @@ def _set_up(recipe: Recipe, resume: bool, dist: Dist, rewards) -> TrainingRun:
     run_dir = prepare_run_dir(recipe, resume, dist)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
-    precision = choose_precision(tc, dist)
+    precision = choose_precision(recipe, dist)
     if tc.memory_check:
         check_memory(recipe, dist)
     template = recipe_template(recipe.data)

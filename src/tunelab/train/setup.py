@@ -26,10 +26,19 @@ from tunelab.train.row_stream import RowStream
 log = logging.getLogger(__name__)
 
 
-def choose_precision(tc: TrainConfig, dist: Dist):
-    """The training precision on this process's device (`model.device.training_precision`), its note said once."""
-    from tunelab.model.device import training_precision
-    precision = training_precision(tc.precision, dist.device)
+def choose_precision(recipe: Recipe, dist: Dist):
+    """The training precision on this process's device (`model.device.training_precision`; on a CPU its race
+    multiplies at the model's hidden size), its note said once."""
+    from tunelab.model.device import RACE_WIDTH, training_precision
+    tc = recipe.train
+    width = RACE_WIDTH
+    if dist.device.type == "cpu" and tc.precision in ("auto", "bf16"):
+        from tunelab.train.plan.config import model_config
+        try:
+            width = int(getattr(model_config(recipe)[0], "hidden_size", RACE_WIDTH))
+        except (TunelabError, OSError, ValueError):  # the model's own load says what is wrong with it, later
+            pass
+    precision = training_precision(tc.precision, dist.device, width)
     if precision.note and dist.main:
         log.info(f"note: {precision.note}")
     return precision
