@@ -163,14 +163,19 @@ def test_recipes_grpo_cannot_train_are_refused(tmp_path, tiny_base, change, says
         train_recipe(load_recipe(path))
 
 
-def test_grpo_continues_a_lora_runs_adapter_with_it_as_the_reference(tmp_path, tiny_base, capsys):
+@pytest.fixture(scope="module")
+def sft_run(tiny_base, tmp_path_factory) -> Path:
+    """A finished 8-step LoRA SFT run (rank 4, one checkpoint): what the continuing GRPO runs start from."""
+    from tunelab.pipeline import train_recipe
+    sft = write_recipe(tmp_path_factory.mktemp("sft"), "sft",
+                       **lora_sections(tiny_base, max_steps=8, num_checkpoints=1), report_to=[])
+    train_recipe(load_recipe(sft))
+    return sft.parent / "runs" / "sft"
+
+
+def test_grpo_continues_a_lora_runs_adapter_with_it_as_the_reference(tmp_path, tiny_base, sft_run, capsys):
     """`model.path: RUN` of a LoRA run: GRPO trains that run's best adapter further (one adapter over the original
     base is still what is handed in), and the KL term's reference is that adapter as it was, not the base."""
-    from tunelab.pipeline import train_recipe
-    sft = write_recipe(tmp_path / "sft", "sft", **lora_sections(tiny_base, max_steps=8, num_checkpoints=1),
-                       report_to=[])
-    train_recipe(load_recipe(sft))
-    sft_run = tmp_path / "sft" / "runs" / "sft"
     path = grpo_recipe(tmp_path / "g", tiny_base, max_completion_length=12)
     raw = yaml.safe_load(path.read_text())
     raw["model"]["path"] = str(sft_run)
@@ -195,17 +200,13 @@ def test_grpo_continues_a_lora_runs_adapter_with_it_as_the_reference(tmp_path, t
     assert 0 < moved < 0.5  # trained further from where the SFT run left it, not from zero
 
 
-def test_a_continued_runs_retention_is_against_the_original_base(tmp_path, tiny_base, capsys):
+def test_a_continued_runs_retention_is_against_the_original_base(tmp_path, tiny_base, sft_run, capsys):
     """The competition keeps the ORIGINAL base's abilities: a GRPO run on an SFT run's best checkpoint reports its
     gain over that checkpoint ("base", where it started) and its retention against the model the adapter was
     first trained on, evaluated on the ability tasks alone."""
-    from tunelab.pipeline import train_recipe
-    sft = write_recipe(tmp_path / "sft", "sft", **lora_sections(tiny_base, max_steps=4, num_checkpoints=1),
-                       report_to=[])
-    train_recipe(load_recipe(sft))
     path = grpo_recipe(tmp_path / "g", tiny_base, max_completion_length=8)
     raw = yaml.safe_load(path.read_text())
-    raw["model"]["path"] = str(tmp_path / "sft" / "runs" / "sft")
+    raw["model"]["path"] = str(sft_run)
     raw["train"].update(max_steps=1, num_checkpoints=1)
     raw["eval"] = {"batch_size": 16, "max_new_tokens": 8, "tasks": [
         {"task": "arithmetic", "source": {"generate": "arithmetic", "count": 12, "seed": 9,
