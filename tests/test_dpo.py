@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -45,7 +44,16 @@ def metrics_lines(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").open(encoding="utf-8")]
 
 
-def test_a_dpo_run_learns_the_preference_and_its_adapter_loads_in_plain_peft(tmp_path, tiny_base):
+@pytest.fixture(scope="module")
+def dpo_run(tiny_base, tmp_path_factory):
+    """(recipe, summary) of `dpo_recipe` as written, trained once for the module: the run the first test inspects
+    and the unbroken run the kill and validation tests compare theirs with."""
+    from tunelab.train.loop import train
+    recipe = load_recipe(dpo_recipe(tmp_path_factory.mktemp("dpo"), tiny_base))
+    return recipe, train(recipe)
+
+
+def test_a_dpo_run_learns_the_preference_and_its_adapter_loads_in_plain_peft(dpo_run, tiny_base):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,8 +62,7 @@ def test_a_dpo_run_learns_the_preference_and_its_adapter_loads_in_plain_peft(tmp
     from tunelab.data.templates import load_template
     from tunelab.train.loop import train
     from tunelab.train.methods.dpo_loss import collate_pairs, completion_logps
-    recipe = load_recipe(dpo_recipe(tmp_path, tiny_base))
-    summary = train(recipe)
+    recipe, summary = dpo_run
     assert summary["steps"] == 32
     lines = metrics_lines(recipe.run_dir)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -88,16 +95,14 @@ def test_a_dpo_run_learns_the_preference_and_its_adapter_loads_in_plain_peft(tmp
     assert margins.mean().item() > 0.2 and (margins > 0).float().mean().item() >= 0.75
 
 
-def test_a_killed_dpo_run_resumes_to_the_same_weights(tmp_path, tiny_base):
-    from tunelab.train.loop import train
-    unbroken = load_recipe(dpo_recipe(tmp_path / "a", tiny_base, "dpo"))
-    train(unbroken)
+def test_a_killed_dpo_run_resumes_to_the_same_weights(tmp_path, tiny_base, dpo_run):
+    """The killed run is a process of its own (kill -9); it resumes here, and ends as the module's unbroken run."""
+    from tunelab.cli import main
+    unbroken = dpo_run[0]
     path = dpo_recipe(tmp_path / "b", tiny_base, "dpo")
     run_dir = load_recipe(path).run_dir
-    env_cmd = [sys.executable, "-m", "tunelab.cli", "train", str(path)]
-    sigkill_after_a_checkpoint(env_cmd, tmp_path, run_dir)
-    r = subprocess.run(env_cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    sigkill_after_a_checkpoint([sys.executable, "-m", "tunelab.cli", "train", str(path)], tmp_path, run_dir)
+    assert main(["train", str(path), "--resume"]) == 0
     got, want = metrics_lines(run_dir), metrics_lines(unbroken.run_dir)
     assert [g["step"] for g in got] == [w["step"] for w in want]
     for g, w in zip(got, want):
@@ -124,7 +129,7 @@ def test_recipes_dpo_cannot_train_are_refused(tmp_path, tiny_base, change, says)
         load_recipe(path)
 
 
-def test_held_out_pairs_are_measured_without_touching_training(tmp_path, tiny_base):
+def test_held_out_pairs_are_measured_without_touching_training(tmp_path, tiny_base, dpo_run):
     """`data.val`: the loss, reward accuracy and margins on held-out pairs at every `eval_every` and checkpoint;
     its margins are the ones plain transformers + peft give on those pairs with the checkpoint's adapter, and the
     training lines are the same as a run without validation (no random draw or metrics window disturbed)."""
@@ -136,8 +141,7 @@ def test_held_out_pairs_are_measured_without_touching_training(tmp_path, tiny_ba
     from tunelab.data.templates import load_template
     from tunelab.train.loop import train
     from tunelab.train.methods.dpo_loss import collate_pairs, completion_logps
-    plain = load_recipe(dpo_recipe(tmp_path / "plain", tiny_base))
-    train(plain)
+    plain = dpo_run[0]
     val_file = write_pairs(tmp_path / "val.jsonl", n=6, seed=7)
     path = dpo_recipe(tmp_path / "val", tiny_base, eval_every=8)
     raw = yaml.safe_load(path.read_text())

@@ -154,16 +154,53 @@ def test_arithmetic_reads_numbers_however_they_are_written():
         assert g["correct"] and g["sign_ok"] and g["digit_acc"] == 1.0, text
 
 
+def _peak_memory_of(fn, *args):
+    """(result, seconds, peak bytes above the start) of one call. On Linux the peak is the process's resident
+    high-water mark (reset through /proc/self/clear_refs, free heap handed back first so that reused memory is not
+    hidden): the call runs at full speed, so it is timed in the same run. Elsewhere tracemalloc over a second call,
+    which slows allocation ~10x and so is not timed."""
+    import ctypes
+    import gc
+    import os
+    try:
+        clear_refs = os.open("/proc/self/clear_refs", os.O_WRONLY)
+    except OSError:
+        out, seconds = _timed(fn, *args)
+        tracemalloc.start()
+        try:
+            fn(*args)
+            return out, seconds, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    try:
+        gc.collect()
+        getattr(ctypes.CDLL(None), "malloc_trim", lambda pad: 0)(0)  # glibc: free heap back to the system
+        os.write(clear_refs, b"5")  # VmHWM := VmRSS
+    finally:
+        os.close(clear_refs)
+    start = _proc_status("VmRSS")
+    out, seconds = _timed(fn, *args)
+    return out, seconds, _proc_status("VmHWM") - start
+
+
+def _proc_status(key: str) -> int:
+    """A memory figure of /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {key} in /proc/self/status")
+
+
+def test_the_peak_memory_instrument_sees_an_allocation():
+    """The instrument below would pass any grader if it saw nothing: 100 MB written inside the call are seen."""
+    _, _, peak = _peak_memory_of(lambda: len(bytearray(100_000_000).replace(b"\0", b"x")))
+    assert 100_000_000 <= peak < 400_000_000, peak
+
+
 def test_arithmetic_one_megabyte_answers_take_bounded_time_and_memory():
     rng = random.Random(81)
     for text in mega_lines(rng):
-        g, seconds = _timed(grade_arithmetic, text, GOLDS[0])   # timed alone: tracemalloc slows allocation ~10x
-        tracemalloc.start()
-        try:
-            grade_arithmetic(text, GOLDS[0])
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        g, seconds, peak = _peak_memory_of(grade_arithmetic, text, GOLDS[0])
         _check_graded(g)
         label = repr(text[:20])
         assert seconds < 5, f"{label}…: {seconds:.1f} s"

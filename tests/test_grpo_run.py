@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import chdir
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 import yaml
 from conftest import lora_sections, sigkill_after_a_checkpoint, write_recipe
 
+from tunelab.cli import main
 from tunelab.errors import TunelabError
 from tunelab.recipe import load_recipe
 from tunelab.runs import list_checkpoints
@@ -32,10 +34,11 @@ def broken(prompts, completions, **columns):
 '''
 
 
-def grpo_recipe(tmp_path: Path, base: Path, name: str = "grpo", rewards=None, **grpo) -> Path:
+def grpo_recipe(tmp_path: Path, base: Path, name: str = "grpo", rewards=None, steps: int = 12, checkpoints: int = 3,
+                **grpo) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "my_rewards.py").write_text(REWARDS_PY, encoding="utf-8")
-    sections = lora_sections(base, max_steps=12, batch_size=4, log_every=2, num_checkpoints=3)
+    sections = lora_sections(base, max_steps=steps, batch_size=4, log_every=2, num_checkpoints=checkpoints)
     sections["lora"]["dropout"] = 0.0
     sections["data"] = {"max_seq_len": 96, "train": [
         {"generate": "arithmetic", "count": 64, "seed": 3, "options": {"kinds": ["int_add"], "int_digits": 1}}]}
@@ -49,16 +52,17 @@ def metrics_lines(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").open(encoding="utf-8")]
 
 
-def run_train(path: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunelab.cli", "train", str(path), *extra], cwd=path.parent,
-                          capture_output=True, text=True, timeout=600)
+def run_train(path: Path, *extra: str, verb: str = "train") -> int:
+    """`tunelab train PATH` in this process, from the recipe's folder: where a process of its own is not what a
+    test is about, one start-up of torch and transformers fewer (its stderr goes to capsys)."""
+    with chdir(path.parent):
+        return main([verb, str(path), *extra])
 
 
 def test_a_grpo_run_moves_toward_its_reward_logs_trl_metrics_and_loads_in_peft(tmp_path, tiny_base):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-    r = run_train(grpo_recipe(tmp_path, tiny_base))
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert run_train(grpo_recipe(tmp_path, tiny_base)) == 0
     run_dir = tmp_path / "runs" / "grpo"
     lines = metrics_lines(run_dir)
     assert [x["step"] for x in lines] == [2, 4, 6, 8, 10, 12]
@@ -78,14 +82,14 @@ def test_a_grpo_run_moves_toward_its_reward_logs_trl_metrics_and_loads_in_peft(t
 @pytest.mark.parametrize("grpo", [{}, {"num_iterations": 3, "zero_variance": "resample"}])
 def test_a_killed_grpo_run_resumes_to_the_unbroken_runs_weights(tmp_path, tiny_base, grpo):
     """With num_iterations 3 a generation batch is trained on at steps 3k, 3k+1 and 3k+2: the first checkpoint
-    (step 4) falls inside one, so the resumed run must take the batch, old log-probabilities included, from it."""
-    unbroken = grpo_recipe(tmp_path / "a", tiny_base, **grpo)
-    assert run_train(unbroken).returncode == 0
-    path = grpo_recipe(tmp_path / "b", tiny_base, **grpo)
+    (step 4 of 8) falls inside one, so the resumed run must take the batch, old log-probabilities included, from
+    it. The killed run is a process of its own; the unbroken one and the resumption run here."""
+    unbroken = grpo_recipe(tmp_path / "a", tiny_base, steps=8, checkpoints=2, **grpo)
+    assert run_train(unbroken) == 0
+    path = grpo_recipe(tmp_path / "b", tiny_base, steps=8, checkpoints=2, **grpo)
     run_dir = tmp_path / "b" / "runs" / "grpo"
     sigkill_after_a_checkpoint([sys.executable, "-m", "tunelab.cli", "train", str(path)], path.parent, run_dir)
-    r = run_train(path, "--resume")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert run_train(path, "--resume") == 0
     got, want = metrics_lines(run_dir), metrics_lines(tmp_path / "a" / "runs" / "grpo")
     assert [g["step"] for g in got] == [w["step"] for w in want]
     for g, w in zip(got, want):
@@ -101,9 +105,8 @@ def test_a_killed_grpo_run_resumes_to_the_unbroken_runs_weights(tmp_path, tiny_b
 def test_several_updates_per_generation_batch_clip_and_resampling_rescues_groups(tmp_path, tiny_base):
     """num_iterations 2: the second update of a batch sees the policy moved since sampling (ratios leave 1, some
     tokens clip); zero_variance resample draws the groups that scored all alike again, and logs how many."""
-    r = run_train(grpo_recipe(tmp_path, tiny_base, rewards=[{"task": "arithmetic"}], num_iterations=2,
-                              zero_variance="resample", resample_rounds=2, epsilon=0.02))
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert run_train(grpo_recipe(tmp_path, tiny_base, rewards=[{"task": "arithmetic"}], num_iterations=2,
+                                 zero_variance="resample", resample_rounds=2, epsilon=0.02)) == 0
     lines = metrics_lines(tmp_path / "runs" / "grpo")
     assert [x["step"] for x in lines] == [2, 4, 6, 8, 10, 12]
     assert [x["epoch"] for x in lines] == [round(x["step"] * 4 / 2 / 64, 4) for x in lines]  # 6 batches of 4
@@ -123,8 +126,7 @@ def test_the_packed_layout_trains_as_the_padded_one(tmp_path, tiny_base):
         raw["data"]["packing"] = packing
         raw["train"].update(max_steps=2, log_every=1, num_checkpoints=1)
         path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-        r = run_train(path)
-        assert r.returncode == 0, r.stderr[-3000:]
+        assert run_train(path) == 0
         lines[packing] = metrics_lines(tmp_path / str(packing) / "runs" / "grpo")[0]
     packed, padded = lines[True], lines[False]
     for key in ("reward", "reward_std", "completions/mean_length"):
@@ -134,12 +136,14 @@ def test_the_packed_layout_trains_as_the_padded_one(tmp_path, tiny_base):
     assert packed["tokens_per_s"] > 0 and padded["tokens_per_s"] > 0
 
 
-def test_a_reward_function_that_raises_is_one_line_naming_it(tmp_path, tiny_base):
+def test_a_reward_function_that_raises_is_one_line_naming_it(tmp_path, tiny_base, capsys):
     path = grpo_recipe(tmp_path, tiny_base, rewards=[{"function": "my_rewards.py:broken"}])
-    r = run_train(path)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    err = [line for line in r.stderr.splitlines() if line.startswith("tunelab: error")]
-    assert len(err) == 1 and "broken" in err[0] and "no twos" in err[0] and "train.grpo.rewards.0" in err[0], r.stderr
+    capsys.readouterr()
+    assert run_train(path) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    err = [line for line in stderr.splitlines() if line.startswith("tunelab: error")]
+    assert len(err) == 1 and "broken" in err[0] and "no twos" in err[0] and "train.grpo.rewards.0" in err[0], stderr
 
 
 @pytest.mark.parametrize("change, says", [
@@ -159,23 +163,28 @@ def test_recipes_grpo_cannot_train_are_refused(tmp_path, tiny_base, change, says
         train_recipe(load_recipe(path))
 
 
-def test_grpo_continues_a_lora_runs_adapter_with_it_as_the_reference(tmp_path, tiny_base):
+@pytest.fixture(scope="module")
+def sft_run(tiny_base, tmp_path_factory) -> Path:
+    """A finished 8-step LoRA SFT run (rank 4, one checkpoint): what the continuing GRPO runs start from."""
+    from tunelab.pipeline import train_recipe
+    sft = write_recipe(tmp_path_factory.mktemp("sft"), "sft",
+                       **lora_sections(tiny_base, max_steps=8, num_checkpoints=1), report_to=[])
+    train_recipe(load_recipe(sft))
+    return sft.parent / "runs" / "sft"
+
+
+def test_grpo_continues_a_lora_runs_adapter_with_it_as_the_reference(tmp_path, tiny_base, sft_run, capsys):
     """`model.path: RUN` of a LoRA run: GRPO trains that run's best adapter further (one adapter over the original
     base is still what is handed in), and the KL term's reference is that adapter as it was, not the base."""
-    from tunelab.pipeline import train_recipe
-    sft = write_recipe(tmp_path / "sft", "sft", **lora_sections(tiny_base, max_steps=8, num_checkpoints=1),
-                       report_to=[])
-    train_recipe(load_recipe(sft))
-    sft_run = tmp_path / "sft" / "runs" / "sft"
     path = grpo_recipe(tmp_path / "g", tiny_base, max_completion_length=12)
     raw = yaml.safe_load(path.read_text())
     raw["model"]["path"] = str(sft_run)
     raw["lora"]["rank"] = 16  # the continued adapter's own settings win (it was rank 4)
     raw["train"].update(max_steps=2, log_every=1, num_checkpoints=1)
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    r = run_train(path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "continuing the adapter" in r.stderr
+    capsys.readouterr()
+    assert run_train(path) == 0
+    assert "continuing the adapter" in capsys.readouterr().err
     lines = metrics_lines(tmp_path / "g" / "runs" / "grpo")
     assert lines[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy = reference at the first step
     assert lines[1]["kl"] > 0
@@ -191,17 +200,13 @@ def test_grpo_continues_a_lora_runs_adapter_with_it_as_the_reference(tmp_path, t
     assert 0 < moved < 0.5  # trained further from where the SFT run left it, not from zero
 
 
-def test_a_continued_runs_retention_is_against_the_original_base(tmp_path, tiny_base):
+def test_a_continued_runs_retention_is_against_the_original_base(tmp_path, tiny_base, sft_run, capsys):
     """The competition keeps the ORIGINAL base's abilities: a GRPO run on an SFT run's best checkpoint reports its
     gain over that checkpoint ("base", where it started) and its retention against the model the adapter was
     first trained on, evaluated on the ability tasks alone."""
-    from tunelab.pipeline import train_recipe
-    sft = write_recipe(tmp_path / "sft", "sft", **lora_sections(tiny_base, max_steps=4, num_checkpoints=1),
-                       report_to=[])
-    train_recipe(load_recipe(sft))
     path = grpo_recipe(tmp_path / "g", tiny_base, max_completion_length=8)
     raw = yaml.safe_load(path.read_text())
-    raw["model"]["path"] = str(tmp_path / "sft" / "runs" / "sft")
+    raw["model"]["path"] = str(sft_run)
     raw["train"].update(max_steps=1, num_checkpoints=1)
     raw["eval"] = {"batch_size": 16, "max_new_tokens": 8, "tasks": [
         {"task": "arithmetic", "source": {"generate": "arithmetic", "count": 12, "seed": 9,
@@ -209,9 +214,9 @@ def test_a_continued_runs_retention_is_against_the_original_base(tmp_path, tiny_
         {"task": "reading", "source": {"generate": "reading", "count": 12, "seed": 10}, "ability": True}]}
     raw["score"] = {"formula": "stage1", "accuracy_task": "arithmetic"}
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    r = subprocess.run([sys.executable, "-m", "tunelab.cli", "run", str(path)], cwd=path.parent,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    capsys.readouterr()
+    assert run_train(path, verb="run") == 0
+    stdout = capsys.readouterr().out
     run_dir = tmp_path / "g" / "runs" / "grpo"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["original_base"]) == {"reading"}  # the ability tasks only
@@ -221,7 +226,7 @@ def test_a_continued_runs_retention_is_against_the_original_base(tmp_path, tiny_
     assert all(v["base"] == origin["reading"][k.split(".")[1]] for k, v in kept.items())
     assert "arithmetic" in metrics["base"]  # the gain is over where the run started
     report = (run_dir / "report.md").read_text()
-    assert "vs original base" in report + r.stdout and "(grpo.png)" in report
+    assert "vs original base" in report + stdout and "(grpo.png)" in report
 
 
 def test_grpo_on_a_4bit_base_samples_scores_and_trains_its_adapter(tmp_path, tiny_base):
@@ -232,8 +237,7 @@ def test_grpo_on_a_4bit_base_samples_scores_and_trains_its_adapter(tmp_path, tin
     raw["model"]["quantization"] = "nf4"
     raw["train"].update(max_steps=4, log_every=1, num_checkpoints=1)
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    r = run_train(path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert run_train(path) == 0
     lines = metrics_lines(tmp_path / "runs" / "grpo")
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
     assert all(x["kl"] >= 0 and x["grad_norm"] > 0 for x in lines) and lines[0]["kl"] == pytest.approx(0, abs=1e-6)
@@ -244,8 +248,8 @@ def test_grpo_on_a_4bit_base_samples_scores_and_trains_its_adapter(tmp_path, tin
 def test_a_two_process_grpo_run_killed_inside_a_generation_batch_resumes_to_the_unbroken_run(tmp_path, tiny_base):
     """DDP under torchrun (gloo), num_iterations 3: each rank keeps its own generation batch, so a checkpoint holds
     every rank's (`trainer_state.gather_objects`) and each resumed rank takes its own back. Killed (SIGKILL to the
-    whole process group) after the step-4 checkpoint, inside the batch sampled at step 3, the resumed run ends
-    with the unbroken one's metrics and adapter."""
+    whole process group) after the step-4 checkpoint of 8, inside the batch sampled at step 3, the resumed run
+    ends with the unbroken one's metrics and adapter."""
     import os
     import signal
     import time
@@ -270,13 +274,13 @@ def test_a_two_process_grpo_run_killed_inside_a_generation_batch_resumes_to_the_
         assert not (run_dir / "train_summary.json").exists()
 
     grpo = {"num_iterations": 3, "beta": 0.0}
-    unbroken = grpo_recipe(tmp_path / "a", tiny_base, **grpo)
+    unbroken = grpo_recipe(tmp_path / "a", tiny_base, steps=8, checkpoints=2, **grpo)
     torchrun(unbroken)
-    path = grpo_recipe(tmp_path / "b", tiny_base, **grpo)
+    path = grpo_recipe(tmp_path / "b", tiny_base, steps=8, checkpoints=2, **grpo)
     torchrun(path, kill_after_checkpoint=True)
     torchrun(path, "--resume")
     got, want = metrics_lines(tmp_path / "b" / "runs" / "grpo"), metrics_lines(tmp_path / "a" / "runs" / "grpo")
-    assert [g["step"] for g in got] == [w["step"] for w in want] == [2, 4, 6, 8, 10, 12]
+    assert [g["step"] for g in got] == [w["step"] for w in want] == [2, 4, 6, 8]
     for g, w in zip(got, want):
         for key in ("loss", "reward", "completions/mean_length", "clip_ratio/region_mean", "grad_norm"):
             assert g.get(key) == pytest.approx(w.get(key), abs=1e-6), (g["step"], key)

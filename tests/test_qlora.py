@@ -222,8 +222,10 @@ def test_nf4_bf16_run_computes_in_bf16(tiny_base, tmp_path, monkeypatch):
 
     from tunelab.model import device
     monkeypatch.setattr(device, "cpu_matmul_race", lambda width=256: device.MatmulRace(width, 100.0, 300.0))
+    # peak_tflops given: without it the run times bf16 matmuls for MFU, emulated on a CPU where bf16 does not pay
+    # (~15 s a matmul on an AVX2 host); MFU is not what this test is about
     path = write_recipe(tmp_path, "bf16", **_qlora_sections(tiny_base, "nf4", max_steps=8, log_every=2,
-                                                            precision="bf16"))
+                                                            precision="bf16", peak_tflops=1.0))
     summary, model = _train_capturing_model(monkeypatch, path)
     assert summary["precision"] == "bf16"
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]

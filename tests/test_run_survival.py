@@ -156,14 +156,25 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", DAMAGE)
-def test_resume_sets_a_damaged_newest_checkpoint_aside_and_ends_equal(damage, tmp_path, tiny_base, capsys):
+@pytest.fixture(scope="module")
+def undamaged(tiny_base, tmp_path_factory):
+    """(recipe file, a copy of its finished run): the run each damage test damages, trained once for the module."""
     from tunelab.train.loop import train
-    path = write_recipe(tmp_path, "dmg", **lora_sections(tiny_base, max_steps=12, num_checkpoints=4, log_every=5))
+    path = write_recipe(tmp_path_factory.mktemp("dmg"), "dmg",
+                        **lora_sections(tiny_base, max_steps=12, num_checkpoints=4, log_every=5))
     recipe = load_recipe(path)
     train(recipe)
-    ref = tmp_path / "ref"
+    ref = path.parent / "ref"
     shutil.copytree(recipe.run_dir, ref)
+    return path, ref
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_resume_sets_a_damaged_newest_checkpoint_aside_and_ends_equal(damage, undamaged, capsys):
+    path, ref = undamaged
+    recipe = load_recipe(path)
+    shutil.rmtree(recipe.run_dir)  # the run as training left it, where its recipe says (the previous test's resumed)
+    shutil.copytree(ref, recipe.run_dir)
     newest = list_checkpoints(recipe.run_dir)[-1]
     DAMAGE[damage](newest)
     (recipe.run_dir / "train_summary.json").unlink()  # as if killed before the summary

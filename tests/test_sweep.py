@@ -108,16 +108,19 @@ def test_space_mistakes_name_the_line_and_field(tmp_path, text, line, says):
     assert e.value.file == str(path) and e.value.line == line and says in e.value.message
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    from tunelab.cli import main
     recipe = tiny_recipe(tmp_path)
     space = write_space(tmp_path, SPACE)
+    monkeypatch.chdir(tmp_path)
     for extra, says in ((["--objective", "nope"], "--objective: expects score, val_loss or <task>/<metric>"),
                         (["--objective", "val_loss"], "--objective: the objective val_loss is a pretraining"),
                         (["--devices", "0,x"], "--devices: expects GPU indices")):
-        r = subprocess.run([sys.executable, "-m", "tunelab.cli", "sweep", str(recipe), "--space", str(space),
-                            "--trials", "2", *extra], capture_output=True, text=True, cwd=tmp_path)
-        assert r.returncode == 2 and "Traceback" not in r.stderr
-        assert says in r.stderr.strip().splitlines()[-1], r.stderr
+        capsys.readouterr()
+        assert main(["sweep", str(recipe), "--space", str(space), "--trials", "2", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("\n") == 1, err
+        assert says in err.strip().splitlines()[-1], err
 
 
 # --- real trials -----------------------------------------------------------------------------------

@@ -121,9 +121,11 @@ def test_epoch_based_bf16_run(make_recipe, monkeypatch):
     from tunelab.model import device
     from tunelab.train.loop import train
     monkeypatch.setattr(device, "cpu_matmul_race", lambda width=256: device.MatmulRace(width, 100.0, 300.0))
+    # peak_tflops given: without it the run times bf16 matmuls for MFU, emulated on a CPU where bf16 does not pay
+    # (~15 s a matmul on an AVX2 host); MFU is not what this test is about
     recipe = load_recipe(make_recipe("epochs", data={"train": [{"generate": "arithmetic", "count": 120}]},
                                      train={"max_steps": None, "epochs": 2, "batch_size": 2, "precision": "bf16",
-                                            "num_checkpoints": 2}))
+                                            "num_checkpoints": 2, "peak_tflops": 1.0}))
     summary = train(recipe)
     assert summary["steps"] == 2 * summary["rows_per_epoch"] // 2
     rows = read_metrics(recipe.run_dir / "metrics.jsonl")

@@ -203,3 +203,38 @@ def test_data_check_asks_the_base_as_the_run_does(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "answer tokens: '5' has an output row like" in out and "where the data has it: learned" in out
     assert "answer tokens the base never learned to emit: '.'" in out and "'5'" not in out.split("emit:")[1]
+
+
+def test_the_emitted_probability_runs_each_example_once_for_all_its_tokens():
+    """The tokens checked share their examples (digits are in nearly every arithmetic answer): one forward pass a
+    sampled example, not one a token, and the same medians as a forward pass per token and example."""
+    import statistics
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.data.formats import examples_from_records
+    from tunelab.data.generate.arithmetic import generate
+    from tunelab.data.packing import encode_examples
+    from tunelab.data.templates import PromptTemplate
+    from tunelab.model.untrained_tokens import emitted_probability
+    tokenizer = AutoTokenizer.from_pretrained(TINY_BASE)
+    model = AutoModelForCausalLM.from_pretrained(TINY_BASE).eval()
+    records = generate(12, seed=4, kinds=["int_add", "dec_add"], int_digits=2, decimals=2)
+    encoded = encode_examples(tokenizer, PromptTemplate("alpaca"), examples_from_records(records, "competition"), 256)
+    tokens = [tokenizer.encode(t, add_special_tokens=False)[0] for t in ("1", "5", ".")]
+    forwards = []
+    hook = model.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        got = emitted_probability(model, encoded, tokens, samples=4)
+    finally:
+        hook.remove()
+    sampled = {tid: [e for e in encoded if tid in e.labels][:4] for tid in tokens}
+    assert len(forwards) == len({id(e) for es in sampled.values() for e in es}) < sum(map(len, sampled.values()))
+    for tid, examples in sampled.items():
+        probs = []
+        for e in examples:
+            at = [i - 1 for i, label in enumerate(e.labels) if label == tid and i > 0]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([e.input_ids])).logits[0, at].float()
+            probs += torch.softmax(logits, -1)[:, tid].tolist()
+        assert got[tid] == statistics.median(probs), tid

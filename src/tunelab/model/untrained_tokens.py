@@ -96,23 +96,29 @@ def find_collapsed(head: torch.Tensor, counts: Counter, tokenizer) -> list[Colla
 
 def emitted_probability(model, encoded, token_ids, samples: int = 16, ignore: int = -100) -> dict[int, float]:
     """{token id: the median probability `model` gives it at the positions where the first `samples` encoded
-    examples holding it have it as an answer token}: whether the base already emits it, its row's geometry aside."""
+    examples holding it have it as an answer token}: whether the base already emits it, its row's geometry aside.
+    The tokens share their examples (the digits of arithmetic answers are in nearly every one): each example runs
+    through the model once for all the tokens it is a sample of, not once a token."""
     import statistics
 
     import torch
     device = next(model.parameters()).device
-    out: dict[int, float] = {}
+    tokens = list(dict.fromkeys(token_ids))
+    sample_of: dict[int, list[int]] = {}  # example index -> the tokens it is one of the first `samples` holding
+    for tid in tokens:
+        for index in [i for i, e in enumerate(encoded) if tid in e.labels][:samples]:
+            sample_of.setdefault(index, []).append(tid)
+    probs: dict[int, list[float]] = {tid: [] for tid in tokens}
     training, _ = model.training, model.eval()  # no dropout: nothing drawn from the run's random state
-    for tid in token_ids:
-        probs: list[float] = []
-        for example in [e for e in encoded if tid in e.labels][:samples]:
+    for index in sorted(sample_of):
+        example = encoded[index]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([example.input_ids], device=device)).logits[0]
+        for tid in sample_of[index]:
             at = [i - 1 for i, label in enumerate(example.labels) if label == tid and label != ignore and i > 0]
-            with torch.no_grad():
-                logits = model(input_ids=torch.tensor([example.input_ids], device=device)).logits[0, at].float()
-            probs += torch.softmax(logits, -1)[:, tid].tolist()
-        out[tid] = statistics.median(probs) if probs else 0.0
+            probs[tid] += torch.softmax(logits[at].float(), -1)[:, tid].tolist()
     model.train(training)
-    return out
+    return {tid: statistics.median(p) if p else 0.0 for tid, p in probs.items()}
 
 
 def split_learned(model, collapsed: list[CollapsedToken], encoded) -> tuple[list[CollapsedToken], list[tuple]]:
