@@ -77,7 +77,8 @@ def test_the_fp16_gradient_scaler_path_trains_and_resumes_exactly(make_recipe, m
     from tunelab.model import device
     from tunelab.train.loop import train
     from tunelab.train.plots import read_metrics
-    monkeypatch.setattr(device, "training_precision", lambda requested, dev: device.Precision("fp16", grad_scaler=True))
+    monkeypatch.setattr(device, "training_precision",
+                        lambda requested, dev, width=256: device.Precision("fp16", grad_scaler=True))
     recipe = load_recipe(make_recipe("fp16", train={"max_steps": 8, "num_checkpoints": 2, "log_every": 1}))
     summary = train(recipe)
     assert summary["precision"] == "fp16"
