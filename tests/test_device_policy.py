@@ -147,14 +147,16 @@ def test_the_race_multiplies_at_the_models_width_within_bounds(monkeypatch):
     emulated bf16 1024² product takes ~3 s on an AVX2-only host); GFLOP/s are 2·n³ over the best time."""
     sizes = []
 
-    def seconds(dtype, size=256, repeats=8):
+    def seconds(size, rounds=3):
         sizes.append(size)
-        return 2 * size ** 3 / 1e9 / (50.0 if dtype == torch.float32 else 150.0)
-    monkeypatch.setattr(policy, "_matmul_seconds", seconds)
+        return 2 * size ** 3 / 1e9 / 50.0, 2 * size ** 3 / 1e9 / 150.0
+    monkeypatch.setattr(policy, "_race_seconds", seconds)
     for width, size in ((64, 256), (576, 576), (600, 576), (2048, 768), (4096, 768)):
         race = policy.cpu_matmul_race(width)
-        assert race.width == size and sizes[-2:] == [size, size]
+        assert race.width == size and sizes[-1] == size
         assert race.fp32 == pytest.approx(50.0) and race.speedup == pytest.approx(3.0)
+    monkeypatch.setattr(policy, "_race_seconds", lambda size, rounds=3: (0.01, None))
+    assert policy.cpu_matmul_race(256).bf16 == 0.0 and policy.cpu_bf16_speedup() == 0.0   # no bf16 kernels
 
 
 def test_a_run_races_at_its_models_hidden_size(tmp_path, monkeypatch):

@@ -176,31 +176,36 @@ class MatmulRace:
                 f"{self.fp32:,.1f} in fp32")
 
 
-def _matmul_seconds(dtype, size: int = RACE_WIDTH, repeats: int = 8) -> float:
+def _race_seconds(size: int, rounds: int = 3) -> tuple[float, float | None]:
+    """The best seconds of a `size`² product in fp32 and in bf16 (None: no bf16 kernels), taken in alternation
+    (three fp32 products, one bf16, `rounds` times) so that a neighbour's load hits both alike: with two threads
+    and one core taken, a short fp32 product waits for its second thread far more, relatively, than a long
+    emulated bf16 one, which measured in one block bent a 0.015x race to 0.55x here."""
     import torch
-    a = b = torch.full((size, size), 0.5, dtype=dtype)  # no random numbers: the run's RNG stream stays as seeded
-    a @ b  # first call: kernel selection / JIT
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return best
+    a32 = torch.full((size, size), 0.5)  # no random numbers: the run's RNG stream stays as seeded
+    a16 = a32.to(torch.bfloat16)
+    a32 @ a32  # first calls: kernel selection / JIT
+    try:
+        a16 @ a16
+    except RuntimeError:  # no bf16 kernels at all
+        a16 = None
+    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    for _ in range(rounds):
+        for a in (a32, a32, a32) + ((a16,) if a16 is not None else ()):
+            t = time.perf_counter()
+            a @ a
+            best[a.dtype] = min(best[a.dtype], time.perf_counter() - t)
+    return best[torch.float32], (best[torch.bfloat16] if a16 is not None else None)
 
 
 def cpu_matmul_race(width: int = RACE_WIDTH) -> MatmulRace:
     """fp32 against bf16 at the model's width (rounded to 64, between 256 and 768) on this CPU at the current
-    thread count, best of a few products each. An emulated bf16 product of 576² (SmolLM2) takes ~0.1 s on an
-    AVX2-only host, so the race costs about a second there and milliseconds where bf16 is native."""
-    import torch
+    thread count (`_race_seconds`). An emulated bf16 product of 576² (SmolLM2) takes ~0.1 s on an AVX2-only
+    host, so the race costs under a second there and milliseconds where bf16 is native."""
     size = min(MAX_RACE_WIDTH, max(RACE_WIDTH, round(width / 64) * 64))
     flop = 2 * size ** 3 / 1e9
-    fp32 = flop / _matmul_seconds(torch.float32, size)
-    try:
-        bf16 = flop / _matmul_seconds(torch.bfloat16, size, repeats=3)
-    except RuntimeError:  # no bf16 kernels at all
-        bf16 = 0.0
-    return MatmulRace(size, fp32, bf16)
+    fp32, bf16 = _race_seconds(size)
+    return MatmulRace(size, flop / fp32, flop / bf16 if bf16 else 0.0)
 
 
 def cpu_bf16_speedup(width: int = RACE_WIDTH) -> float:
