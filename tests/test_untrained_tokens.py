@@ -74,7 +74,8 @@ def decimal_recipe(tmp_path: Path, name: str, base: Path = TINY_BASE, options: d
                                                 "fixed_decimals": True}}]},
         lora={"enabled": True, "rank": 8, "alpha": 16, "dropout": 0.0,
               "target_modules": ["q_proj", "v_proj", "o_proj"], **lora},
-        train={"max_steps": 40, "batch_size": 4, "lr": 5e-3, "num_checkpoints": 1, "log_every": 10},
+        # 28 steps: p(".") with the row trained measured 0.70-0.79 over seeds 0-2 (0.001 without), clear of 0.5
+        train={"max_steps": 28, "batch_size": 4, "lr": 5e-3, "num_checkpoints": 1, "log_every": 10},
         report_to=[])
 
 
