@@ -94,7 +94,6 @@ def test_the_run_system_prompt_and_template_variables(tokenizer):
     conv = encode_examples(tokenizer, template, [Example("c", "x", "", messages=CONVERSATION)], 4096)[0]
     assert "You answer briefly." in tokenizer.decode(conv.input_ids)
     dated = PromptTemplate("model", kwargs=(("date_string", "26 Jul 2024"),))
-    tok = tokenizer.__class__.from_pretrained  # noqa: F841 - the same tokenizer, another template
     tokenizer.chat_template = DATED
     try:
         prompt = dated.bind(tokenizer).render("Hi")

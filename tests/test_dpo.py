@@ -60,7 +60,6 @@ def test_a_dpo_run_learns_the_preference_and_its_adapter_loads_in_plain_peft(dpo
     from tunelab.data.packing import encode_examples
     from tunelab.data.preferences import file_pairs, pair_examples
     from tunelab.data.templates import load_template
-    from tunelab.train.loop import train
     from tunelab.train.methods.dpo_loss import collate_pairs, completion_logps
     recipe, summary = dpo_run
     assert summary["steps"] == 32
