@@ -11,7 +11,6 @@ in and out: the caller tokenises, so both engines see the same ids.
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 
@@ -22,9 +21,11 @@ class BatchedGreedy:
                  f32_cache: bool = False, batch_tokens: int = 2048):
         import llama_cpp as lc
         self.lc = lc
-        # llama.cpp logs every tensor it loads to stderr; a benchmark's output is its table
-        self._quiet = lc.llama_log_callback(lambda level, text, user: None)
-        lc.llama_log_set(self._quiet, ctypes.c_void_p(0))
+        # llama.cpp logs every tensor it loads to stderr; a benchmark's output is its table. Silenced through
+        # llama-cpp-python's own process-wide callback: a callback of ours, once garbage-collected, stayed set in
+        # llama.cpp and the next model load anywhere in the process called freed memory (SIGSEGV)
+        from llama_cpp import _logger
+        _logger.set_verbose(False)
         lc.llama_backend_init()
         self.model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
         if not self.model:
