@@ -170,26 +170,12 @@ def prompts_of(tokenizer) -> list[str]:
 
 # --- llama.cpp's side -------------------------------------------------------------------------------------------
 
-OPENED: list = []   # this test's llama.cpp models, freed at its end (`llamas_closed`), not whenever gc gets to them
-
-
 def open_llama(path: Path):
     """The file in llama.cpp, its KV cache in F32 (the default F16 cache would round what tunelab keeps)."""
     llama_cpp = llama_cpp_or_skip()
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=2, verbose=False, seed=0,
-                          logits_all=True,  # llama-cpp-python keeps the logits it evaluates only then
-                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
-    OPENED.append(llm)
-    return llm
-
-
-@pytest.fixture(autouse=True)
-def llamas_closed():
-    """Each test's llama.cpp models are closed when it ends: a suite run once crashed (SIGSEGV) inside a later
-    `Llama()` load while earlier tests' models were still waiting for the garbage collector."""
-    yield
-    while OPENED:
-        OPENED.pop().close()
+    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=2, verbose=False, seed=0,
+                           logits_all=True,  # llama-cpp-python keeps the logits it evaluates only then
+                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
 
 
 def llama_tokenize(llm, text: str) -> list[int]:

@@ -14,7 +14,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_archs import CHATML_TEMPLATE, MESSAGES, build_smol  # noqa: E402
-from test_gguf_export import llamas_closed  # noqa: E402,F401 - the autouse fixture: llama.cpp models closed per test
 
 pytest.importorskip("gguf")
 
