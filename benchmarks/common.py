@@ -166,31 +166,21 @@ def hidden_size(model_or_config) -> int:
     return int(config.get_text_config().hidden_size)
 
 
-def matmul_ceiling(size: int, threads: int, seconds: float = 0.5) -> dict:
+def matmul_ceiling(size: int, threads: int, rounds: int = 8) -> dict:
     """The host's matmul ceiling: GFLOP/s of a `size`² square matmul (the model's hidden size) in fp32 and bf16 on
-    `threads` torch threads, the fastest single product over `seconds` each after a warm-up — on a shared machine
-    the average measures the neighbours as much as the cores (as `tunelab.train.mfu` measures its peak). A bf16
-    figure far below fp32 means bf16 is emulated on this CPU."""
-    import math
-
+    `threads` torch threads — the fastest single product of `rounds` alternations, as training's CPU precision
+    race measures it (`tunelab.model.device.matmul_speeds`): on a shared machine the average measures the
+    neighbours as much as the cores. A bf16 figure far below fp32 means bf16 is emulated on this CPU."""
     import torch
+
+    from tunelab.model.device import matmul_speeds
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    out = {"size": size, "threads": threads}
     try:
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            a = torch.full((size, size), 0.5, dtype=dtype)
-            b = torch.full((size, size), 0.25, dtype=dtype)
-            a @ b
-            best, t_end, done = math.inf, time.perf_counter() + seconds, 0
-            while time.perf_counter() < t_end or done < 3:
-                t = time.perf_counter()
-                a @ b
-                best, done = min(best, time.perf_counter() - t), done + 1
-            out[f"{name}_gflops"] = 2 * size ** 3 / best / 1e9
+        speeds = matmul_speeds(size, rounds)
     finally:
         torch.set_num_threads(old)
-    return out
+    return {"size": size, "threads": threads, "fp32_gflops": speeds.fp32, "bf16_gflops": speeds.bf16}
 
 
 def ceiling_text(ceiling: dict) -> str:
@@ -202,12 +192,14 @@ def utilisation(flops_per_token: float, tokens_per_s: float, ceiling: dict) -> d
     """Model FLOPs reached and their share of each ceiling (MFU), for the result file."""
     gflops = flops_per_token * tokens_per_s / 1e9
     return {"model_gflops": gflops, "flops_per_token": flops_per_token,
-            "share_of_fp32_ceiling": gflops / ceiling["fp32_gflops"],
-            "share_of_bf16_ceiling": gflops / ceiling["bf16_gflops"]}
+            "share_of_fp32_ceiling": gflops / ceiling["fp32_gflops"],   # no bf16 kernels: no bf16 share
+            "share_of_bf16_ceiling": gflops / ceiling["bf16_gflops"] if ceiling["bf16_gflops"] else None}
 
 
 def utilisation_text(u: dict, precision: str = "fp32") -> str:
     """What `utilisation` found, in the words printed beside a figure: the share of the ceiling at the precision
     the figure ran in (the result file keeps both)."""
     key = "bf16" if precision == "bf16" else "fp32"
+    if u[f"share_of_{key}_ceiling"] is None:
+        return f"{u['model_gflops']:.1f} model GFLOP/s (no {key} matmul kernels to compare with)"
     return f"{u['model_gflops']:.1f} model GFLOP/s = {u[f'share_of_{key}_ceiling']:.1%} of the {key} ceiling"

@@ -50,7 +50,7 @@ def test_matmul_ceiling_measures_both_precisions_and_keeps_the_thread_count():
 
     from common import ceiling_text, matmul_ceiling, utilisation, utilisation_text
     before = torch.get_num_threads()
-    ceiling = matmul_ceiling(64, 1, seconds=0.05)
+    ceiling = matmul_ceiling(64, 1, rounds=2)
     assert torch.get_num_threads() == before
     assert ceiling["size"] == 64 and ceiling["threads"] == 1
     assert ceiling["fp32_gflops"] > 0 and ceiling["bf16_gflops"] > 0
@@ -59,6 +59,9 @@ def test_matmul_ceiling_measures_both_precisions_and_keeps_the_thread_count():
     assert use["model_gflops"] == 2.0 and use["share_of_fp32_ceiling"] == 0.25 and use["share_of_bf16_ceiling"] == 0.125
     assert "25.0% of the fp32 ceiling" in utilisation_text(use)
     assert "12.5% of the bf16 ceiling" in utilisation_text(use, "bf16")
+    no_bf16 = utilisation(1e9, 2.0, {"fp32_gflops": 8.0, "bf16_gflops": 0.0, "size": 64, "threads": 1})
+    assert no_bf16["share_of_bf16_ceiling"] is None   # a CPU without bf16 kernels: no share, no division by zero
+    assert "no bf16 matmul kernels" in utilisation_text(no_bf16, "bf16")
 
 
 def test_model_option_reads_a_path_as_tunelab_does_and_a_missing_gguf_is_one_line(capsys, monkeypatch):

@@ -198,14 +198,19 @@ def _race_seconds(size: int, rounds: int = 3) -> tuple[float, float | None]:
     return best[torch.float32], (best[torch.bfloat16] if a16 is not None else None)
 
 
+def matmul_speeds(size: int, rounds: int = 3) -> MatmulRace:
+    """GFLOP/s of a `size`² product in fp32 and in bf16 on this CPU at the current thread count, the best of
+    `rounds` alternations (`_race_seconds`). The benchmarks' matmul ceiling is this, at the model's exact width."""
+    flop = 2 * size ** 3 / 1e9
+    fp32, bf16 = _race_seconds(size, rounds)
+    return MatmulRace(size, flop / fp32, flop / bf16 if bf16 else 0.0)
+
+
 def cpu_matmul_race(width: int = RACE_WIDTH) -> MatmulRace:
     """fp32 against bf16 at the model's width (rounded to 64, between 256 and 768) on this CPU at the current
-    thread count (`_race_seconds`). An emulated bf16 product of 576² (SmolLM2) takes ~0.1 s on an AVX2-only
+    thread count (`matmul_speeds`). An emulated bf16 product of 576² (SmolLM2) takes ~0.1 s on an AVX2-only
     host, so the race costs under a second there and milliseconds where bf16 is native."""
-    size = min(MAX_RACE_WIDTH, max(RACE_WIDTH, round(width / 64) * 64))
-    flop = 2 * size ** 3 / 1e9
-    fp32, bf16 = _race_seconds(size)
-    return MatmulRace(size, flop / fp32, flop / bf16 if bf16 else 0.0)
+    return matmul_speeds(min(MAX_RACE_WIDTH, max(RACE_WIDTH, round(width / 64) * 64)))
 
 
 def cpu_bf16_speedup(width: int = RACE_WIDTH) -> float:
