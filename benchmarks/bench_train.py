@@ -343,9 +343,11 @@ def main() -> int:
         padding_free = trl_keeps_samples_apart(tokenizer, encoded, args.seed)
         log(f"TRL padding-free keeps samples apart here: {'yes' if padding_free else 'no, so it is left out'}")
         probe = build_lora_model(tokenizer, args.seed)  # the job's model: its FLOPs per token and width
-        flops, ceiling = train_flops_per_token(probe), matmul_ceiling(hidden_size(probe), threads)
+        head_share = sum(answer) / sum(lens)  # the loss needs logits only where a label is
+        flops, ceiling = train_flops_per_token(probe, head_share), matmul_ceiling(hidden_size(probe), threads)
         del probe
-        log(f"{flops / 1e9:.3f} model GFLOP per trained token (4·N frozen + 6·n adapter); {ceiling_text(ceiling)}")
+        log(f"{flops / 1e9:.3f} model GFLOP per trained token (4·N frozen + 6·n adapter, the head at the "
+            f"{head_share:.0%} of tokens that carry a label); {ceiling_text(ceiling)}")
 
         # calibrate tunelab's seconds/step (also warms up kernels for the whole process)
         log("calibrating tunelab's step time (short run, not counted)")
@@ -425,7 +427,8 @@ def main() -> int:
            "rounds": args.rounds, "warm_steps_skipped": args.warm_steps, "samples": len(encoded),
            "mean_sample_tokens": sum(lens) / len(lens), "packing_efficiency": eff,
            "setups": agg, "runs": results, "calibration": cal, "matmul_ceiling": ceiling,
-           "flops_per_token": flops, "flops_rule": "4·N frozen + 6·n trainable per real token, attention left out",
+           "flops_per_token": flops, "flops_rule": "4·N frozen + 6·n trainable per real token, the output head only at labelled tokens, "
+                         "attention left out", "head_share": head_share,
            "tunelab_step_split_s": split,
            "ratio_tunelab_over_hf_pad256": ratio_b, "ratio_tunelab_over_hf_dynamic": ratio_c,
            "paired_ratios_pad256": paired_b, "paired_ratios_dynamic": paired_c,

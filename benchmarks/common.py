@@ -148,12 +148,18 @@ def matmul_weights(model) -> list:
     return [p for p in model.parameters() if p is not embedding or tied]
 
 
-def train_flops_per_token(model) -> float:
+def train_flops_per_token(model, head_share: float = 1.0) -> float:
     """Model FLOPs of one trained token: 6 per trainable weight (forward, input gradient, weight gradient), 4 per
-    frozen one (no weight gradient: LoRA's base), i.e. 6·N for full fine-tuning and 4·N + 6·n under LoRA.
-    Attention's scores (12·L·d·T) are left out: at these row lengths they are a few per cent, and leaving them
-    out keeps the share a lower bound."""
-    return float(sum((6 if p.requires_grad else 4) * p.numel() for p in matmul_weights(model)))
+    frozen one (no weight gradient: LoRA's base), i.e. 6·N for full fine-tuning and 4·N + 6·n under LoRA. The
+    output head counts at `head_share` of the tokens: the loss needs its logits only where a label is (an answer
+    of 18 tokens in a 68-token SFT sample: 0.27), so work done on the others is not model FLOPs — the share of
+    the ceiling stays a lower bound for a loop that skips it and does not reward one that does not.
+    Attention's scores (12·L·d·T) are left out: at these row lengths they are a few per cent."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    head = head.weight if head is not None else None
+    return float(sum((6 if p.requires_grad else 4) * p.numel() * (head_share if p is head else 1.0)
+                     for p in matmul_weights(model)))
 
 
 def decode_flops_per_token(model) -> float:

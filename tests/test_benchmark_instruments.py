@@ -42,6 +42,8 @@ def test_model_flops_count_matmul_weights_by_their_role(tied):
     adapter = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert adapter == 2 * 2 * (4 * 32 + 32 * 4)  # 2 layers × q, v × (A + B)
     assert train_flops_per_token(lora) == 4 * n + 6 * adapter
+    head = 100 * 32  # the vocabulary head (the embedding when tied) counts only where a label needs its logits
+    assert train_flops_per_token(lora, head_share=0.25) == 4 * (n - head) + 4 * head * 0.25 + 6 * adapter
     assert decode_flops_per_token(lora) == 2 * (n + adapter)  # an unmerged adapter's matmuls run when sampling
 
 
