@@ -145,7 +145,9 @@ def measure(runs: dict, repeats: int, n_prompts: int) -> tuple[dict, dict]:
     texts: dict = {name: {} for name in runs}
     cells = [(name, c) for name, by_c in runs.items() for c in by_c]
     for name, c in cells:  # warm-up, not timed: kernels, caches, the first allocation
+        t = time.perf_counter()
         runs[name][c]()
+        log(f"warm-up (not timed): {name} at {c} ({time.perf_counter() - t:.0f} s)")
     for r in range(repeats):
         for name, c in (cells if r % 2 == 0 else cells[::-1]):
             t = time.perf_counter()
