@@ -60,7 +60,9 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
                 markersize=3, label="validation loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (per scored token)")
-    ax.set_yscale("log")
+    losses = [r["loss"] for r in rows] + [r["val_loss"] for r in val]
+    if all(x > 0 for x in losses):  # a GRPO or DPO loss can be zero or negative: log scale would drop those points
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
     ax2.plot(steps, [r["lr"] for r in rows], color="tab:orange", alpha=0.6, label="lr")
