@@ -427,8 +427,9 @@ def main() -> int:
            "rounds": args.rounds, "warm_steps_skipped": args.warm_steps, "samples": len(encoded),
            "mean_sample_tokens": sum(lens) / len(lens), "packing_efficiency": eff,
            "setups": agg, "runs": results, "calibration": cal, "matmul_ceiling": ceiling,
-           "flops_per_token": flops, "flops_rule": "4·N frozen + 6·n trainable per real token, the output head only at labelled tokens, "
-                         "attention left out", "head_share": head_share,
+           "flops_per_token": flops, "head_share": head_share,
+           "flops_rule": "4·N frozen + 6·n trainable per real token, the output head only at labelled tokens, "
+                         "attention left out",
            "tunelab_step_split_s": split,
            "ratio_tunelab_over_hf_pad256": ratio_b, "ratio_tunelab_over_hf_dynamic": ratio_c,
            "paired_ratios_pad256": paired_b, "paired_ratios_dynamic": paired_c,
