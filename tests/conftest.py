@@ -19,6 +19,23 @@ import yaml
 os.environ.setdefault("TUNELAB_CPU_AUTO_PRECISION", "fp32")
 
 
+def _absl_writes_to_the_real_stderr() -> None:
+    """absl (imported by rouge-score and TensorBoard) makes its log handler at import, on whatever `sys.stderr` is
+    then: in a test, pytest's capture file. Its `close` closes any stream that is not the *current* stderr, and
+    uvicorn's logging config (`tunelab ui`'s gradio launch) closes every handler the process has made: under a
+    test's `capsys` that closed pytest's capture file, and every later test in the process errored with "I/O
+    operation on closed file". Given the process's own stderr, which absl never closes, it leaves pytest's alone."""
+    import sys
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    absl_logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
+
+
+_absl_writes_to_the_real_stderr()
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads_restored():
     """A run's `train.threads` sets torch's thread count for its process, and in-process tests share one: each

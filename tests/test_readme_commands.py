@@ -46,7 +46,7 @@ README = "\n".join(path.read_text(encoding="utf-8") for path in DOC_FILES)   # R
 README_MAX_BYTES = 10 * 1024
 SETUP = "python3 -m venv .venv && . .venv/bin/activate && "
 MAIN_COMMAND = SETUP + "pip install -r requirements-dev.txt -e . && tunelab run recipes/quickstart.yaml"
-TEST_COMMAND = SETUP + "pip install -q -r requirements-dev.txt -e . && python -m pytest -q"
+TEST_COMMAND = SETUP + "pip install -q -r requirements-dev.txt -e . && python -m pytest -q -n auto"
 MODEL_FREE = {"data", "tokenizer", "ratio", "score", "grade"}
 
 SMALLER = {("--count", "800000"): "800", ("--count", "90000"): "90", ("--count", "4000"): "300"}

@@ -478,7 +478,7 @@ def dpo_on_the_vote(db, model_dir, tmp_path):
                                                          "tokenizer_vocab_size": None, "path": str(model_dir)},
                       data={"train": [{"path": str(tmp_path / "prefs" / "train.jsonl")}], "packing": False},
                       lora={"enabled": True, "rank": 4, "alpha": 8, "dropout": 0.0},
-                      train={"method": "dpo", "preference": {"beta": 0.5}, "lr": 5e-2, "max_steps": 6,
+                      train={"method": "dpo", "preference": {"beta": 0.5}, "lr": 1e-2, "max_steps": 6,
                              "batch_size": 1, "log_every": 1, "num_checkpoints": 1},
                       report_to=[])
     recipe = tmp_path / "dpo.yaml"

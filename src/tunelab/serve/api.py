@@ -144,12 +144,16 @@ def create_app(served: ServedModel, api_key: str | None = None, limits: Limits =
 
 
 class BackgroundServer:
-    """uvicorn in a daemon thread on a loopback port (port 0: any free one); for tests, benchmarks and the UI."""
+    """uvicorn in a daemon thread on a loopback port (port 0: any free one); for tests, benchmarks and the UI.
+
+    It leaves the host process's logging as it is (`log_config=None`): uvicorn's own config is a
+    `logging.config.dictConfig`, which closes every handler the process has made so far — in a test worker that
+    closed the capture file pytest had given one of them, and every later test of that worker errored."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         import uvicorn
         self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
-                                     timeout_graceful_shutdown=2)
+                                     timeout_graceful_shutdown=2, log_config=None)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="tunelab-uvicorn", daemon=True)
         self.host = host
