@@ -147,8 +147,8 @@ class BackgroundServer:
     """uvicorn in a daemon thread on a loopback port (port 0: any free one); for tests, benchmarks and the UI.
 
     It leaves the host process's logging as it is (`log_config=None`): uvicorn's own config is a
-    `logging.config.dictConfig`, which closes every handler the process has made so far — in a test worker that
-    closed the capture file pytest had given one of them, and every later test of that worker errored."""
+    `logging.config.dictConfig`, which would reset the logging of the run, benchmark or test it serves in and close
+    every handler that process has made."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         import uvicorn
