@@ -138,33 +138,20 @@ def run_main(main: Callable[[], int]) -> int:
         return e.exit_code
 
 
-def matmul_weights(model) -> list:
-    """The weights that take part in matmuls, of a causal LM or its peft wrapper: every parameter but the input
-    embedding, which is a lookup and counts only when tied to the output head."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    embedding = base.get_input_embeddings().weight
-    head = base.get_output_embeddings()
-    tied = head is not None and head.weight is embedding
-    return [p for p in model.parameters() if p is not embedding or tied]
-
-
 def train_flops_per_token(model, head_share: float = 1.0) -> float:
-    """Model FLOPs of one trained token: 6 per trainable weight (forward, input gradient, weight gradient), 4 per
-    frozen one (no weight gradient: LoRA's base), i.e. 6·N for full fine-tuning and 4·N + 6·n under LoRA. The
-    output head counts at `head_share` of the tokens: the loss needs its logits only where a label is (an answer
-    of 18 tokens in a 68-token SFT sample: 0.27), so work done on the others is not model FLOPs — the share of
-    the ceiling stays a lower bound for a loop that skips it and does not reward one that does not.
-    Attention's scores (12·L·d·T) are left out: at these row lengths they are a few per cent."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings()
-    head = head.weight if head is not None else None
-    return float(sum((6 if p.requires_grad else 4) * p.numel() * (head_share if p is head else 1.0)
-                     for p in matmul_weights(model)))
+    """Model FLOPs of one trained token, as training's MFU counts them (`tunelab.train.mfu.flops_per_token`): 6 per
+    trainable weight, 4 per frozen one (4·N + 6·n under LoRA), the output head at `head_share` of the tokens (the
+    loss needs logits only where a label is). Attention's scores are left out: at these row lengths a few per cent,
+    so the share of the ceiling stays a lower bound."""
+    from tunelab.train.mfu import flops_per_token
+    return flops_per_token(model, 0, head_share)
 
 
 def decode_flops_per_token(model) -> float:
     """2·N: one multiply-add per matmul weight for every generated token (attention over the cache left out)."""
-    return 2.0 * sum(p.numel() for p in matmul_weights(model))
+    from tunelab.model.lora import parameter_count
+    from tunelab.train.mfu import matmul_weights
+    return 2.0 * sum(parameter_count(p) for p in matmul_weights(model))
 
 
 def hidden_size(model_or_config) -> int:
