@@ -1,7 +1,8 @@
 """GRPO throughput: tunelab's `train.method: grpo` vs TRL's `GRPOTrainer`, the same job on the same host.
 
 Both train a fresh LoRA (r16 on every linear layer) on the same model, with the same prompts (generated decimal
-arithmetic, rendered by tunelab's alpaca template, so both see the same text), 16 prompts × 8 sampled
+arithmetic in the model's own words: a chat model's chat template, tunelab's template for a model it made — the
+recipe's `template: auto`, rendered once by tunelab so both see the same text), 16 prompts × 8 sampled
 completions of at most 24 tokens a step, temperature 1, β = 0, the `dapo` loss, dropout off, fp32, the same
 learning rate, and the same reward: 1 when tunelab's arithmetic grader accepts the answer. Generation is most of
 GRPO's time: tunelab samples with its own batched decoding core (KV cache, shared prompt prefix), TRL with
@@ -55,13 +56,12 @@ def job_flops(model: str) -> tuple[float, float, int, float]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
-    from tunelab.data.templates import PromptTemplate
     from tunelab.model.presets import build_on_meta, load_config
     config = load_config(model)
     lora = get_peft_model(build_on_meta(config), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                                             target_modules=TARGETS, task_type="CAUSAL_LM"))
-    template, tokenizer = PromptTemplate("alpaca"), AutoTokenizer.from_pretrained(model)
-    prompts = [template.render(e.instruction, e.input) for e in problems(4000)[:512]]
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    prompts = list(prompt_texts(model, tokenizer, problems(4000)[:512]))
     lengths = [len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     # sampling runs the unmerged adapter too: 2·(N + n) a token, n a fraction of a per cent of N
     return (decode_flops_per_token(lora), train_flops_per_token(lora), hidden_size(config),
@@ -72,6 +72,13 @@ def per_completion_flops(shape: tuple[float, float, int, float], completion_toke
     """Model FLOPs of one completion: sampled (2·N a token), then trained on with its prompt (4·N + 6·n a token)."""
     decode, train, _, prompt = shape
     return decode * completion_tokens + train * (prompt + completion_tokens)
+
+
+def prompt_texts(model: str, tokenizer, examples) -> dict:
+    """{prompt text: example}, each rendered as tunelab's GRPO run renders it (`template: auto` for `model`)."""
+    from tunelab.data.templates import PromptTemplate
+    template = PromptTemplate("auto").resolve(tokenizer, model)
+    return {template.render_prompt(e): e for e in examples}
 
 
 def problems(count: int):
@@ -89,7 +96,7 @@ def run_tunelab(model: str, steps: int, threads: int, work: Path) -> dict:
     recipe = {
         "name": "tunelab", "seed": 0, "output_dir": str(work / "runs"), "report_to": [],
         "model": {"path": model},
-        "data": {"template": "alpaca", "max_seq_len": 128, "train": [{"generate": "arithmetic", "count": 4000,
+        "data": {"template": "auto", "max_seq_len": 128, "train": [{"generate": "arithmetic", "count": 4000,
                  "seed": 21, "options": {"kinds": ["dec_add", "dec_sub"], "int_digits": 1, "decimals": 2,
                                          "fixed_decimals": True}}]},
         "lora": {"enabled": True, "rank": 16, "alpha": 32, "dropout": 0.0, "target_modules": TARGETS},
@@ -117,17 +124,14 @@ def run_trl(model: str, steps: int, work: Path) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab.data.templates import PromptTemplate
     from tunelab.eval.rewards import build_rewards
-    template = PromptTemplate("alpaca")
-    examples = problems(4000)
-    by_prompt = {template.render(e.instruction, e.input): e for e in examples}
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    by_prompt = prompt_texts(model, tokenizer, problems(4000))
     rewards = build_rewards([{"task": "arithmetic"}])
 
     def arithmetic(prompts, completions, **_):
         return [row[0] for row in rewards.score(prompts, completions, [by_prompt[p] for p in prompts])]
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
     tokenizer.padding_side = "left"
     data = Dataset.from_dict({"prompt": list(by_prompt)})
     args = trl.GRPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=PROMPTS * GENERATIONS,
