@@ -141,3 +141,34 @@ def test_llama_cpp_decodes_several_sequences_at_once_as_tunelab_does(tmp_path):
         together.close()
         alone.close()
     assert any(len(x) > 1 for x in expected)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_bench_grpo_gives_trl_the_prompts_tunelabs_grpo_run_samples_from(chat, tiny_base, tmp_path):
+    """bench_grpo hands TRL prompt texts; they must tokenise to exactly the prompts tunelab's GRPO run encodes
+    (`grpo.prompt_rows`, `template: auto`) — tunelab's template for a model it made, the chat template (a ChatML one
+    here, SmolLM2's) for a chat model — on every one of 300 generated problems, Chinese and English."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from bench_grpo import problems, prompt_texts
+    from test_chat_template import CHATML
+    from tunelab.data.templates import PromptTemplate
+    from tunelab.train.methods.grpo import prompt_rows
+    model = tiny_base
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if chat:  # a chat model: the same tokenizer with ChatML's tokens and template, no template tunelab saved
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tokenizer.chat_template = CHATML
+        model = tmp_path / "chat"
+        tokenizer.save_pretrained(model)
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    examples = problems(4000)[:300]
+    texts = prompt_texts(str(model), tokenizer, examples)
+    assert len(texts) == len(examples) and ("<|im_start|>assistant\n" in next(iter(texts))) == chat
+    recipe = SimpleNamespace(data=SimpleNamespace(max_seq_len=512),  # room: tiny-base spells ChatML out long
+                             train=SimpleNamespace(grpo=SimpleNamespace(max_completion_length=24)))
+    rows, cut = prompt_rows(recipe, examples, tokenizer, PromptTemplate("auto").resolve(tokenizer, model))
+    assert cut == 0
+    assert [r.prompt_ids for r in rows] == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
