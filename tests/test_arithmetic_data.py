@@ -273,3 +273,74 @@ def test_the_cli_makes_the_same_problems_as_the_quickstart_recipe(tmp_path, caps
     assert "--int-digits: expected an integer from 1 to 18" in capsys.readouterr().err
     assert main(["data", "arithmetic", "--out", str(out), "--from", str(out), "--no-signed"]) == 2
     assert "--signed applies to generated problems, not to --from" in capsys.readouterr().err
+
+
+def _steps(solution: str) -> list[str]:
+    return solution.split(" = ")
+
+
+def test_show_work_signs_reduces_to_one_unsigned_operation_with_the_same_answer():
+    """The step is checked by recomputing it: unsigned operands, the larger first in a difference, its value the
+    answer's; the problems drawn and the answers are those of `show_work: none`."""
+    kinds = ["int_add", "int_sub", "dec_add", "dec_sub", "dec_mul", "power"]
+    for options in ({}, {"int_digits": 1, "decimals": 2, "fixed_decimals": True}, {"signed": False}):
+        plain = generate(1500, seed=21, kinds=kinds, **options)
+        worked = generate(1500, seed=21, kinds=kinds, show_work="signs", **options)
+        assert [r["problem"] for r in worked] == [r["problem"] for r in plain]
+        assert [_answer(r["solution"]) for r in worked] == [_answer(r["solution"]) for r in plain]
+        reduced = 0
+        for rec, ref in zip(worked, plain):
+            steps = _steps(rec["solution"])
+            if rec["kind"] not in ("int_add", "int_sub", "dec_add", "dec_sub") or len(steps) == 2:
+                assert rec["solution"] == ref["solution"], rec
+                if len(steps) == 2 and rec["kind"] in ("int_add", "int_sub", "dec_add", "dec_sub"):
+                    a, op, b = steps[0].split(" ")  # already unsigned, the larger first
+                    assert not a.startswith("-") and not b.startswith("(") and (op == "+" or Decimal(a) >= Decimal(b))
+                continue
+            reduced += 1
+            assert steps[0] == _steps(ref["solution"])[0] and len(steps) == 3, rec
+            m = re.fullmatch(r"(-\()?(\d+(?:\.\d+)?) ([+-]) (\d+(?:\.\d+)?)(\))?", steps[1])
+            assert m and bool(m[1]) == bool(m[5]), rec
+            a, b = Decimal(m[2]), Decimal(m[4])
+            value = a + b if m[3] == "+" else a - b
+            assert m[3] == "+" or a >= b, rec
+            assert (-value if m[1] else value) == _answer(rec["solution"]), rec
+            assert not (m[1] and value == 0), rec  # never "-(x - x)"
+            # the operands are the problem's own, as written
+            assert sorted([m[2], m[4]]) == sorted(x.strip("()-") for x in re.findall(r"\(?-?[\d.]+\)?",
+                                                                                    steps[0])), rec
+        assert reduced > (0 if options.get("signed") is False else 300)
+
+
+@pytest.mark.parametrize("expr, solution", [
+    ("4.72 + (-7.15)", "4.72 + (-7.15) = -(7.15 - 4.72) = -2.43"),
+    ("-1.85 - 2.56", "-1.85 - 2.56 = -(1.85 + 2.56) = -4.41"),
+    ("-6.62 + 7.77", "-6.62 + 7.77 = 7.77 - 6.62 = 1.15"),
+    ("9.10 - (-0.50)", "9.10 - (-0.50) = 9.10 + 0.50 = 9.6"),
+    ("-3.00 + 3.00", "-3.00 + 3.00 = 3.00 - 3.00 = 0"),
+    ("2.71 - 1.80", "2.71 - 1.80 = 0.91"),
+    ("-12 - (-12)", "-12 - (-12) = 12 - 12 = 0"),
+])
+def test_show_work_signs_examples(expr, solution):
+    from tunelab.data.generate.arithmetic import _unsigned
+    a, op, b = re.fullmatch(r"(-?[\d.]+) ([+-]) \(?(-?[\d.]+)\)?", expr).groups()
+    reduced = _unsigned(op, Decimal(a), Decimal(b))
+    assert " = ".join(dict.fromkeys([expr, reduced])) + " = " + solution.rsplit(" = ", 1)[1] == solution
+
+
+def test_show_work_is_graded_on_its_answer_and_a_bad_value_names_the_option(tmp_path, capsys):
+    from tunelab.tasks.arithmetic import grade_arithmetic
+    for rec, ref in zip(generate(200, seed=3, kinds=["dec_add", "dec_sub"], show_work="signs"),
+                        generate(200, seed=3, kinds=["dec_add", "dec_sub"])):
+        assert grade_arithmetic(rec["solution"], ref["solution"])["correct"], rec
+        assert grade_arithmetic(rec["solution"], rec["solution"])["format_ok"], rec
+    with pytest.raises(TunelabError) as e:
+        generate(5, show_work="all")
+    assert e.value.field == "show_work" and "none, signs" in str(e.value)
+    out = tmp_path / "w.jsonl"
+    assert main(["data", "arithmetic", "--out", str(out), "--count", "40", "--seed", "3",
+                 "--kinds", "dec_add,dec_sub", "--show-work", "signs"]) == 0
+    written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert written == generate(40, seed=3, kinds=["dec_add", "dec_sub"], show_work="signs")
+    assert main(["data", "arithmetic", "--out", str(out), "--show-work", "steps"]) == 2
+    assert capsys.readouterr().err.startswith("tunelab: error: --show-work: expected one of none, signs")

@@ -50,6 +50,9 @@ def _add_arithmetic(data: argparse._SubParsersAction) -> None:
                    help="every decimal operand has exactly --decimals places (default: up to)")
     q.add_argument("--signed", action=argparse.BooleanOptionalAction, default=None,
                    help="allow negative operands (default: yes)")
+    q.add_argument("--show-work", default=None, metavar="WORK",
+                   help="none (default) or signs: sums and differences first reduced to one unsigned operation, "
+                   "'4.72 + (-7.15) = -(7.15 - 4.72) = -2.43'")
     q.set_defaults(func=cli_arithmetic)
 
 
@@ -181,8 +184,8 @@ def cli_arithmetic(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise TunelabError("--out is required (a .json or .jsonl file to write), unless --list-kinds")
-    options = {name: getattr(args, name) for name in ("int_digits", "decimals", "fixed_decimals", "signed")
-               if getattr(args, name) is not None}
+    names = ("int_digits", "decimals", "fixed_decimals", "signed", "show_work")
+    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.source:
         if args.kinds or options:
             given = "--kinds" if args.kinds else "--" + next(iter(options)).replace("_", "-")

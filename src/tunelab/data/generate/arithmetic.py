@@ -19,6 +19,12 @@ Number conventions, chosen to follow the competition's records and to keep gradi
   and √ for square roots.
 * `signed` makes operands of the int_*, dec_*, power, average and equation kinds negative half of the
   time; sqrt radicands and percent kinds stay non-negative.
+* `show_work: signs` writes one more step into the solutions of sums and differences (int_add, int_sub,
+  dec_add, dec_sub): the problem reduced to one sum or difference of unsigned numbers, the larger first,
+  "4.72 + (-7.15) = -(7.15 - 4.72) = -2.43", "-1.85 - 2.56 = -(1.85 + 2.56) = -4.41"; a problem already in
+  that form ("2.71 - 1.80 = 0.91") keeps its one step. A small model gets signs right and digits wrong, and
+  the reduction leaves it one kind of digit work. Graders read the number after the last "=", so the answer
+  is unchanged; the problems drawn are the same with and without it.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from tunelab.errors import TunelabError
 from tunelab.records import iter_records, write_json, write_jsonl
 
 LANGS = ("zh", "en", "mix")
+WORK = ("none", "signs")
 
 COMPUTE = {
     "zh": ["计算 {e} 等于多少？", "{e} 的结果是多少？", "{e} 等于多少？", "请计算：{e}"],
@@ -77,6 +84,7 @@ class Options:
     decimals: int = 2           # decimal places of dec_* operands, and rounding places of inexact results
     signed: bool = True         # allow negative operands
     fixed_decimals: bool = False  # every decimal operand has exactly `decimals` places
+    show_work: str = "none"     # "signs": sums and differences first reduced to unsigned ones
 
     def __post_init__(self):
         for name, lo, hi in (("int_digits", 1, 18), ("decimals", 1, 10)):
@@ -86,6 +94,8 @@ class Options:
         for name in ("signed", "fixed_decimals"):
             if not isinstance(getattr(self, name), bool):
                 raise TunelabError(f"expected true or false, got {getattr(self, name)!r}", field=name)
+        if self.show_work not in WORK:
+            raise TunelabError(f"expected one of {', '.join(WORK)}, got {self.show_work!r}", field="show_work")
 
 
 @dataclass
@@ -169,14 +179,33 @@ def _expr(op: str, *operands: Decimal) -> str:
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
+def _unsigned(op: str, a: Decimal, b: Decimal) -> str:
+    """`a op b` (op + or -) as one operation on unsigned numbers, the larger first, its sign outside.
+
+    Same signs add ("-(1.85 + 2.56)"), opposite signs subtract the smaller magnitude from the larger
+    ("-(7.15 - 4.72)"); a tie subtracts from the positive one, so a zero result never reads "-(…)".
+    Operands keep their written places ("9.10", not "9.1").
+    """
+    x, y = a, (b if op == "+" else -b)
+    if (x >= 0) == (y >= 0):
+        first, second, inner_op, negative = x, y, "+", x < 0
+    else:
+        first, second = (x, y) if abs(x) > abs(y) or (abs(x) == abs(y) and x > 0) else (y, x)
+        inner_op, negative = "-", first < 0
+    inner = f"{format(abs(first), 'f')} {inner_op} {format(abs(second), 'f')}"
+    return f"-({inner})" if negative else inner
+
+
 def _binary(op: str, operand: Callable[[random.Random, Options], Decimal]):
     """A kind `a op b`. Sums, differences and products of operands with ≤ `decimals` places have
     ≤ 2·`decimals` places, so converting them with that many places is exact."""
     def gen(rng: random.Random, o: Options) -> _Item:
         a, b = operand(rng, o), operand(rng, o)
         value, _ = _to_decimal(OPS[op](Fraction(a), Fraction(b)), 2 * o.decimals)
-        e = _expr(op, a, b)
-        return _Item(COMPUTE, {"e": e}, f"{e} = {format_number(value)}")
+        steps = [_expr(op, a, b)]
+        if o.show_work == "signs" and op in "+-" and (reduced := _unsigned(op, a, b)) != steps[0]:
+            steps.append(reduced)
+        return _Item(COMPUTE, {"e": steps[0]}, " = ".join(steps + [format_number(value)]))
     return gen
 
 
