@@ -324,23 +324,74 @@ def test_show_work_signs_reduces_to_one_unsigned_operation_with_the_same_answer(
 def test_show_work_signs_examples(expr, solution):
     from tunelab.data.generate.arithmetic import _unsigned
     a, op, b = re.fullmatch(r"(-?[\d.]+) ([+-]) \(?(-?[\d.]+)\)?", expr).groups()
-    reduced = _unsigned(op, Decimal(a), Decimal(b))
+    reduced, _ = _unsigned(op, Decimal(a), Decimal(b))
     assert " = ".join(dict.fromkeys([expr, reduced])) + " = " + solution.rsplit(" = ", 1)[1] == solution
 
 
 def test_show_work_is_graded_on_its_answer_and_a_bad_value_names_the_option(tmp_path, capsys):
     from tunelab.tasks.arithmetic import grade_arithmetic
-    for rec, ref in zip(generate(200, seed=3, kinds=["dec_add", "dec_sub"], show_work="signs"),
-                        generate(200, seed=3, kinds=["dec_add", "dec_sub"])):
-        assert grade_arithmetic(rec["solution"], ref["solution"])["correct"], rec
-        assert grade_arithmetic(rec["solution"], rec["solution"])["format_ok"], rec
+    for work in ("signs", "columns"):
+        for rec, ref in zip(generate(200, seed=3, kinds=["dec_add", "dec_sub"], show_work=work),
+                            generate(200, seed=3, kinds=["dec_add", "dec_sub"])):
+            assert grade_arithmetic(rec["solution"], ref["solution"])["correct"], rec
+            assert grade_arithmetic(rec["solution"], rec["solution"])["format_ok"], rec
     with pytest.raises(TunelabError) as e:
         generate(5, show_work="all")
-    assert e.value.field == "show_work" and "none, signs" in str(e.value)
+    assert e.value.field == "show_work" and "none, signs, columns" in str(e.value)
     out = tmp_path / "w.jsonl"
     assert main(["data", "arithmetic", "--out", str(out), "--count", "40", "--seed", "3",
                  "--kinds", "dec_add,dec_sub", "--show-work", "signs"]) == 0
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert written == generate(40, seed=3, kinds=["dec_add", "dec_sub"], show_work="signs")
     assert main(["data", "arithmetic", "--out", str(out), "--show-work", "steps"]) == 2
-    assert capsys.readouterr().err.startswith("tunelab: error: --show-work: expected one of none, signs")
+    assert capsys.readouterr().err.startswith("tunelab: error: --show-work: expected one of none, signs, columns")
+
+
+def test_show_work_columns_works_each_difference_right_to_left():
+    """Recomputed from the problem: one step per column of the larger number as written (units "0" included),
+    each column's digit less what the column before borrowed, plus 10 where it must borrow; the steps' digits read
+    right to left are the difference. Sums keep the signs step only."""
+    kinds = ["int_add", "int_sub", "dec_add", "dec_sub"]
+    for options in ({}, {"int_digits": 1, "decimals": 2, "fixed_decimals": True}):
+        signs = generate(800, seed=8, kinds=kinds, show_work="signs", **options)
+        columns = generate(800, seed=8, kinds=kinds, show_work="columns", **options)
+        worked = 0
+        for rec, ref in zip(columns, signs):
+            m = re.fullmatch(r"(.*) \(([\d=\- ]+)\)( = [-\d.]+)", rec["solution"])
+            if not m:
+                assert rec["solution"] == ref["solution"] and " - " not in _steps(ref["solution"])[-2], rec
+                continue
+            assert m[1] + m[3] == ref["solution"], rec
+            worked += 1
+            p, q = (Decimal(x) for x in re.search(r"([\d.]+) - ([\d.]+)\)?$", m[1]).groups())
+            places = max(0, -p.as_tuple().exponent, -q.as_tuple().exponent)
+            top = format(p, "f").replace(".", "") + "0" * (places + p.as_tuple().exponent)
+            bottom = str(int(q.scaleb(places))).zfill(len(top))
+            steps = [tuple(map(int, re.fullmatch(r"(\d+)-(\d)=(\d)", s).groups())) for s in m[2].split(" ")]
+            assert len(steps) == len(top), rec
+            borrow = 0
+            for (upper, lower, digit), t, b in zip(steps, reversed(top), reversed(bottom)):
+                assert lower == int(b) and upper - lower == digit, rec
+                lends = int(int(t) - borrow < lower)
+                assert upper == int(t) - borrow + 10 * lends, rec
+                borrow = lends
+            assert borrow == 0 and int("".join(str(d) for *_, d in reversed(steps))) == (p - q).scaleb(places), rec
+        assert worked > 250
+
+
+@pytest.mark.parametrize("solution", [
+    "4.72 + (-7.15) = -(7.15 - 4.72) (5-2=3 11-7=4 6-4=2) = -2.43",
+    "2.71 - 1.80 (1-0=1 17-8=9 1-1=0) = 0.91",
+    "-0.50 + 0.58 = 0.58 - 0.50 (8-0=8 5-5=0 0-0=0) = 0.08",
+    "9.10 - (-0.50) = 9.10 + 0.50 = 9.6",
+    "1000 - 1 (10-1=9 9-0=9 9-0=9 0-0=0) = 999",
+])
+def test_show_work_columns_examples(solution):
+    from tunelab.data.generate.arithmetic import _columns, _unsigned
+    expr = re.split(r" \((?=\d)", solution.split(" = ")[0])[0]  # the work starts with a digit, "(-7.15)" does not
+    a, op, b = re.fullmatch(r"(-?[\d.]+) ([+-]) \(?(-?[\d.]+)\)?", expr).groups()
+    reduced, difference = _unsigned(op, Decimal(a), Decimal(b))
+    steps = list(dict.fromkeys([expr, reduced]))
+    if difference:
+        steps[-1] += f" ({_columns(*difference)})"
+    assert " = ".join(steps) + " = " + solution.rsplit(" = ", 1)[1] == solution

@@ -51,8 +51,9 @@ def _add_arithmetic(data: argparse._SubParsersAction) -> None:
     q.add_argument("--signed", action=argparse.BooleanOptionalAction, default=None,
                    help="allow negative operands (default: yes)")
     q.add_argument("--show-work", default=None, metavar="WORK",
-                   help="none (default) or signs: sums and differences first reduced to one unsigned operation, "
-                   "'4.72 + (-7.15) = -(7.15 - 4.72) = -2.43'")
+                   help="none (default); signs: sums and differences first reduced to one unsigned operation, "
+                   "'4.72 + (-7.15) = -(7.15 - 4.72) = -2.43'; columns: and each difference worked column by "
+                   "column, '-(7.15 - 4.72) (5-2=3 11-7=4 6-4=2) = -2.43'")
     q.set_defaults(func=cli_arithmetic)
 
 

@@ -23,8 +23,11 @@ Number conventions, chosen to follow the competition's records and to keep gradi
   dec_add, dec_sub): the problem reduced to one sum or difference of unsigned numbers, the larger first,
   "4.72 + (-7.15) = -(7.15 - 4.72) = -2.43", "-1.85 - 2.56 = -(1.85 + 2.56) = -4.41"; a problem already in
   that form ("2.71 - 1.80 = 0.91") keeps its one step. A small model gets signs right and digits wrong, and
-  the reduction leaves it one kind of digit work. Graders read the number after the last "=", so the answer
-  is unchanged; the problems drawn are the same with and without it.
+  the reduction leaves it one kind of digit work. `show_work: columns` then works each difference column by
+  column, right to left, a borrowed digit shown with its 10 added, before the answer:
+  "4.72 + (-7.15) = -(7.15 - 4.72) (5-2=3 11-7=4 6-4=2) = -2.43" — borrows are where the digits go wrong.
+  Graders read the number after the last "=", so the answer is unchanged; the problems drawn are the same
+  with and without it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from tunelab.errors import TunelabError
 from tunelab.records import iter_records, write_json, write_jsonl
 
 LANGS = ("zh", "en", "mix")
-WORK = ("none", "signs")
+WORK = ("none", "signs", "columns")
 
 COMPUTE = {
     "zh": ["计算 {e} 等于多少？", "{e} 的结果是多少？", "{e} 等于多少？", "请计算：{e}"],
@@ -84,7 +87,7 @@ class Options:
     decimals: int = 2           # decimal places of dec_* operands, and rounding places of inexact results
     signed: bool = True         # allow negative operands
     fixed_decimals: bool = False  # every decimal operand has exactly `decimals` places
-    show_work: str = "none"     # "signs": sums and differences first reduced to unsigned ones
+    show_work: str = "none"     # signs: sums/differences reduced to unsigned ones; columns: and borrows shown
 
     def __post_init__(self):
         for name, lo, hi in (("int_digits", 1, 18), ("decimals", 1, 10)):
@@ -179,8 +182,9 @@ def _expr(op: str, *operands: Decimal) -> str:
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
-def _unsigned(op: str, a: Decimal, b: Decimal) -> str:
-    """`a op b` (op + or -) as one operation on unsigned numbers, the larger first, its sign outside.
+def _unsigned(op: str, a: Decimal, b: Decimal) -> tuple[str, tuple[Decimal, Decimal] | None]:
+    """`a op b` (op + or -) as one operation on unsigned numbers, the larger first, its sign outside; and
+    the two numbers if that operation is a difference.
 
     Same signs add ("-(1.85 + 2.56)"), opposite signs subtract the smaller magnitude from the larger
     ("-(7.15 - 4.72)"); a tie subtracts from the positive one, so a zero result never reads "-(…)".
@@ -193,7 +197,25 @@ def _unsigned(op: str, a: Decimal, b: Decimal) -> str:
         first, second = (x, y) if abs(x) > abs(y) or (abs(x) == abs(y) and x > 0) else (y, x)
         inner_op, negative = "-", first < 0
     inner = f"{format(abs(first), 'f')} {inner_op} {format(abs(second), 'f')}"
-    return f"-({inner})" if negative else inner
+    return f"-({inner})" if negative else inner, (abs(first), abs(second)) if inner_op == "-" else None
+
+
+def _columns(p: Decimal, q: Decimal) -> str:
+    """p - q (p ≥ q ≥ 0) one column at a time, right to left: "11-7=4" where the column borrowed, "6-4=2"
+    where the one before lent. Every column of p as written to the finer place is worked, units "0" included;
+    the decimal point is left out."""
+    places = max(0, -p.as_tuple().exponent, -q.as_tuple().exponent)
+    def digits(x: Decimal) -> str:
+        return format(x.quantize(Decimal(1).scaleb(-places)), "f").replace(".", "")
+    top = digits(p)
+    bottom = digits(q).zfill(len(top))
+    steps, lent = [], 0
+    for upper, lower in zip(map(int, reversed(top)), map(int, reversed(bottom))):
+        upper -= lent
+        lent = int(upper < lower)
+        upper += 10 * lent
+        steps.append(f"{upper}-{lower}={upper - lower}")
+    return " ".join(steps)
 
 
 def _binary(op: str, operand: Callable[[random.Random, Options], Decimal]):
@@ -203,9 +225,13 @@ def _binary(op: str, operand: Callable[[random.Random, Options], Decimal]):
         a, b = operand(rng, o), operand(rng, o)
         value, _ = _to_decimal(OPS[op](Fraction(a), Fraction(b)), 2 * o.decimals)
         steps = [_expr(op, a, b)]
-        if o.show_work == "signs" and op in "+-" and (reduced := _unsigned(op, a, b)) != steps[0]:
-            steps.append(reduced)
-        return _Item(COMPUTE, {"e": steps[0]}, " = ".join(steps + [format_number(value)]))
+        if o.show_work != "none" and op in "+-":
+            reduced, difference = _unsigned(op, a, b)
+            if reduced != steps[0]:
+                steps.append(reduced)
+            if o.show_work == "columns" and difference:
+                steps[-1] += f" ({_columns(*difference)})"
+        return _Item(COMPUTE, {"e": _expr(op, a, b)}, " = ".join(steps + [format_number(value)]))
     return gen
 
 
