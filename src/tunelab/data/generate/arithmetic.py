@@ -224,14 +224,15 @@ def _binary(op: str, operand: Callable[[random.Random, Options], Decimal]):
     def gen(rng: random.Random, o: Options) -> _Item:
         a, b = operand(rng, o), operand(rng, o)
         value, _ = _to_decimal(OPS[op](Fraction(a), Fraction(b)), 2 * o.decimals)
-        steps = [_expr(op, a, b)]
+        e = _expr(op, a, b)
+        steps = [e]
         if o.show_work != "none" and op in "+-":
             reduced, difference = _unsigned(op, a, b)
-            if reduced != steps[0]:
+            if reduced != e:
                 steps.append(reduced)
-            if o.show_work == "columns" and difference:
+            if o.show_work == "columns" and difference:  # the work follows the difference it works out
                 steps[-1] += f" ({_columns(*difference)})"
-        return _Item(COMPUTE, {"e": _expr(op, a, b)}, " = ".join(steps + [format_number(value)]))
+        return _Item(COMPUTE, {"e": e}, " = ".join(steps + [format_number(value)]))
     return gen
 
 
