@@ -24,7 +24,10 @@ is (4·N for the frozen weights + 6·n for the adapter, per real token) and thei
 ceiling, fp32 and bf16, measured here at the model's hidden size; and for tunelab, where its step's time goes
 (data, forward, backward, optimizer: `step_split.py`).
 
-The figure is *real* training tokens per second: non-pad tokens (prompt + answer) of the timed steps.
+The figure is *real* training tokens per second: non-pad tokens (prompt + answer) of the timed steps. With a
+real model, each setup's trained adapter is then scored on 64 held-out samples (another seed, tunelab's encoding):
+the mean answer-token loss, one function for all, which shows the setups trained the same job, and what the
+faster one's extra samples bought in the same time.
 "Batch 16" means 16 rows per optimizer step: 16 packed 256-token rows for (a) and (f), 16 samples for (b) to (e).
 The machine may be shared and noisy: compare the ratios printed by one run, not absolute numbers across runs.
 
@@ -50,8 +53,9 @@ from common import (HERE, MODEL_HELP, add_threads_option, ceiling_text, hidden_s
 from step_split import StepSplit, split_text
 
 SEQ = 256
-# set once from the command line: the rows per optimizer step, and the model directory (None: the tiny preset)
-JOB: dict = {"batch": 16, "model": None}
+# set once from the command line: the rows per optimizer step, the model directory (None: the tiny preset), and
+# with a real model the held-out samples every trained setup's loss is measured on (`heldout`)
+JOB: dict = {"batch": 16, "model": None, "heldout": None}
 LR, BETAS, WD, CLIP, WARMUP, MIN_LR = 1e-3, (0.9, 0.95), 0.0, 1.0, 0.05, 0.1
 LORA = dict(rank=8, alpha=16, dropout=0.05, targets=["q_proj", "v_proj", "o_proj"])
 
@@ -121,6 +125,50 @@ def build_lora_model(tokenizer, seed: int):
     return get_peft_model(model, make_lora_config(LORA["rank"], LORA["alpha"], LORA["dropout"], LORA["targets"]))
 
 
+def heldout(tokenizer, seed: int, count: int = 64) -> list:
+    """Samples none of the setups trains on (another seed), encoded as tunelab encodes the training data."""
+    from tunelab.data.packing import encode_examples
+    from tunelab.data.sources import load_source
+    from tunelab.data.templates import PromptTemplate
+    from tunelab.recipe import SourceConfig
+    examples = load_source(SourceConfig(generate="arithmetic", count=count, seed=seed + 1000))
+    return encode_examples(tokenizer, PromptTemplate("alpaca"), examples, SEQ, "answer")
+
+
+def heldout_loss(model, rows: list, batch: int = 16) -> float:
+    """The mean cross-entropy of `rows`' answer tokens (every token counts alike), in eval mode: one measure,
+    the same code for every setup's trained model, so setups that trained the same job end near one another
+    and a faster one, having seen more samples in its time, lower."""
+    import torch
+    import torch.nn.functional as F
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch):
+            chunk = rows[i:i + batch]
+            width = max(len(r.input_ids) for r in chunk)
+            ids = torch.tensor([r.input_ids + [0] * (width - len(r.input_ids)) for r in chunk])
+            mask = torch.tensor([[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in chunk])
+            labels = torch.tensor([r.labels + [-100] * (width - len(r.labels)) for r in chunk])
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+                                     reduction="sum").item()
+            count += int((target != -100).sum())
+    model.train(was_training)
+    return total / count
+
+
+def adapter_loss(adapter_dir: Path, rows: list) -> float:
+    """`heldout_loss` of the real model with a saved LoRA adapter (tunelab's checkpoint, LLaMA-Factory's output)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(JOB["model"], dtype=torch.float32)
+    return heldout_loss(PeftModel.from_pretrained(base, str(adapter_dir)), rows)
+
+
 # --- (a) tunelab's loop --------------------------------------------------------------------------
 
 def tunelab_recipe(tmp: Path, name: str, source: dict, max_steps: int, log_every: int, precision: str, seed: int,
@@ -164,9 +212,13 @@ def run_tunelab(tmp: Path, name: str, source: dict, max_steps: int, log_every: i
         seconds += dt
         windows.append(round(rate, 1))
     steps = rows[-1]["step"] - rows[0]["step"] if rows else 0
+    if JOB["heldout"]:
+        adapter = max((recipe.run_dir / "checkpoints").glob("step-*")) / "adapter"
+        summary["heldout_loss"] = adapter_loss(adapter, JOB["heldout"])
     return {"tokens": tokens, "seconds": seconds, "steps": steps, "tok_s": tokens / seconds if seconds else 0.0,
             "window_tok_s": windows, "rows_per_epoch": summary["rows_per_epoch"],
-            "sec_per_step": seconds / steps if steps else float("nan"), "step_split_s": split.median(log_every)}
+            "sec_per_step": seconds / steps if steps else float("nan"), "step_split_s": split.median(log_every),
+            "heldout_loss": summary.get("heldout_loss"), "all_steps": rows[-1]["step"] if rows else 0}
 
 
 # --- (b), (c) HF Trainer -------------------------------------------------------------------------
@@ -244,12 +296,14 @@ def trainer_args(tmp: Path, name: str, precision: str, seed: int) -> dict:
 
 def timed_result(trainer, budget, warm_steps: int, wall: float) -> dict:
     ends, toks = budget.ends, trainer.tokens[:len(budget.ends)]
+    loss = heldout_loss(trainer.model, JOB["heldout"]) if JOB["heldout"] else None
     timed_tokens = sum(toks[warm_steps:])
     timed_seconds = ends[-1] - ends[warm_steps - 1]
     steps = len(ends) - warm_steps
     return {"tokens": timed_tokens, "seconds": timed_seconds, "steps": steps, "tok_s": timed_tokens / timed_seconds,
             "sec_per_step": timed_seconds / steps, "mean_real_tokens_per_step": timed_tokens / steps,
-            "autocast_dtype": trainer.autocast_seen, "forced_autocast": trainer.force_autocast, "wall_s": wall}
+            "autocast_dtype": trainer.autocast_seen, "forced_autocast": trainer.force_autocast, "wall_s": wall,
+            "heldout_loss": loss, "all_steps": len(ends)}
 
 
 def run_hf(tmp: Path, name: str, tokenizer, dataset, mode: str, seconds: float, warm_steps: int, precision: str,
@@ -347,7 +401,9 @@ def run_llamafactory(tmp: Path, name: str, python: str, model_dir: str, seconds:
     (tmp / f"{name}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
     if proc.returncode:
         raise SystemExit(f"LLaMA-Factory ({python}) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return json.loads(result.read_text(encoding="utf-8"))
+    res = json.loads(result.read_text(encoding="utf-8"))
+    res["heldout_loss"] = adapter_loss(tmp / name, JOB["heldout"]) if JOB["heldout"] else None  # its saved adapter
+    return res
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -395,6 +451,8 @@ def main() -> int:
         log(f"{len(encoded)} samples, vocab {len(tokenizer)}, mean {sum(lens) / len(lens):.1f} tokens "
             f"(answer {sum(answer) / len(answer):.1f}), max {max(lens)}; packing fills {eff:.1%} of 256-token rows "
             f"({time.perf_counter() - t:.1f} s)")
+        if JOB["model"]:  # a tiny random-init base is rebuilt per setup, so its adapters have no common base
+            JOB["heldout"] = heldout(tokenizer, args.seed)
         padded, dynamic = hf_datasets(encoded, tokenizer.pad_token_id)
         trl_rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
         padding_free = trl_keeps_samples_apart(tokenizer, encoded, args.seed)
@@ -446,6 +504,8 @@ def main() -> int:
                 results[setup].append(res)
                 log(f"  {setup}: {res['tok_s']:,.0f} real tok/s over {res['steps']} steps "
                     f"({res['seconds']:.1f} s, {res['sec_per_step']:.3f} s/step)"
+                    + (f", held-out loss {res['heldout_loss']:.4f} after {res['all_steps']} steps"
+                       if res.get("heldout_loss") is not None else "")
                     + (f", autocast {res['autocast_dtype']}" if "autocast_dtype" in res else ""))
 
     agg = {}
@@ -454,6 +514,8 @@ def main() -> int:
         agg[setup] = {"tok_s": tok / sec, "per_round_tok_s": [round(x["tok_s"], 1) for x in runs],
                       "sec_per_step": sec / sum(x["steps"] for x in runs), "timed_seconds": sec, "tokens": tok}
         agg[setup]["utilisation"] = utilisation(flops, agg[setup]["tok_s"], ceiling)
+        losses = [x["heldout_loss"] for x in runs if x.get("heldout_loss") is not None]
+        agg[setup]["heldout_loss"] = statistics.mean(losses) if losses else None
     splits = [x["step_split_s"] for x in results["tunelab"] if x["step_split_s"]]
     split = {k: statistics.median(x[k] for x in splits) for k in splits[0]} if splits else {}
     ratio_b = agg["tunelab"]["tok_s"] / agg["hf_pad256"]["tok_s"]
@@ -475,11 +537,15 @@ def main() -> int:
     print(f"Training throughput, {what} + LoRA r8 q/v/o (dropout {LORA['dropout']}), batch {JOB['batch']}, "
           f"{precision}, {threads} thread(s), real (non-pad) tokens/s")
     print(f"{ceiling_text(ceiling)}; {flops / 1e9:.3f} model GFLOP per real token")
-    print(f"{'setup':<36}{'tok/s':>10}{'s/step':>9}   per round")
+    print(f"{'setup':<36}{'tok/s':>10}{'s/step':>9}{'held-out':>10}   per round")
     for setup, a in agg.items():
-        print(f"{labels[setup]:<36}{a['tok_s']:>10,.0f}{a['sec_per_step']:>9.3f}   "
+        loss = f"{a['heldout_loss']:>10.4f}" if a["heldout_loss"] is not None else f"{'':>10}"
+        print(f"{labels[setup]:<36}{a['tok_s']:>10,.0f}{a['sec_per_step']:>9.3f}{loss}   "
               + ", ".join(f"{x:,.0f}" for x in a["per_round_tok_s"]))
         print(f"{'':<36}{utilisation_text(a['utilisation'], precision)}")
+    if any(a["heldout_loss"] is not None for a in agg.values()):
+        print("held-out: mean answer-token loss on 64 samples none trained on, after each setup's warm-up and timed "
+              "steps (mean over rounds)")
     print(f"tunelab's step (median, warm-up skipped): {split_text(split, agg['tunelab']['sec_per_step'])}")
     print(f"tunelab / (b) = {ratio_b:.2f}x  (target >= 5x)   per round: {', '.join(f'{x:.2f}' for x in paired_b)}")
     print(f"tunelab / (c) = {ratio_c:.2f}x  (target >= 1.2x) per round: {', '.join(f'{x:.2f}' for x in paired_c)}")

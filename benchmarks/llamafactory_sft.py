@@ -79,8 +79,9 @@ def main() -> int:
     timed = sum(tokens[warm:len(ends)])
     span = ends[-1] - ends[warm - 1]
     steps = len(ends) - warm
-    result = {"tokens": timed, "seconds": span, "steps": steps, "tok_s": timed / span, "sec_per_step": span / steps,
-              "mean_real_tokens_per_step": timed / steps, "batch_shape": shapes[warm] if len(shapes) > warm else None,
+    result = {"tokens": timed, "seconds": span, "steps": steps, "all_steps": len(ends), "tok_s": timed / span,
+              "sec_per_step": span / steps, "mean_real_tokens_per_step": timed / steps,
+              "batch_shape": shapes[warm] if len(shapes) > warm else None,
               "wall_s": wall, "llamafactory": llamafactory.__version__, "torch": torch.__version__,
               "torchaudio_stubbed": not hasattr(sys.modules.get("torchaudio"), "__version__")}
     with open(sys.argv[2], "w", encoding="utf-8") as f:

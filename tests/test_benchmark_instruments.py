@@ -47,6 +47,33 @@ def test_model_flops_count_matmul_weights_by_their_role(tied):
     assert decode_flops_per_token(lora) == 2 * (n + adapter)  # an unmerged adapter's matmuls run when sampling
 
 
+def test_heldout_loss_is_the_models_own_loss_over_every_answer_token():
+    """bench_train's held-out loss (every setup's trained model scored by it) equals transformers' own loss on the
+    same right-padded batch, and weighs tokens alike across batches of unequal length."""
+    import random
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench_train import heldout_loss
+    model = micro_llama(tied=True)
+    rng = random.Random(0)
+    rows = []
+    for _ in range(7):
+        n, prompt = rng.randint(4, 12), rng.randint(1, 3)
+        ids = [rng.randrange(100) for _ in range(n)]
+        rows.append(SimpleNamespace(input_ids=ids, labels=[-100] * prompt + ids[prompt:]))
+    width = max(len(r.input_ids) for r in rows)
+    pad = lambda xs, v: xs + [v] * (width - len(xs))  # noqa: E731
+    with torch.no_grad():
+        hf = model(input_ids=torch.tensor([pad(r.input_ids, 0) for r in rows]),
+                   attention_mask=torch.tensor([pad([1] * len(r.input_ids), 0) for r in rows]),
+                   labels=torch.tensor([pad(r.labels, -100) for r in rows])).loss.item()
+    assert heldout_loss(model, rows, batch=len(rows)) == pytest.approx(hf, rel=1e-5)
+    assert heldout_loss(model, rows, batch=3) == pytest.approx(hf, rel=1e-5)  # token-weighted, not batch-weighted
+    assert model.training  # left as it was found
+
+
 def test_matmul_ceiling_measures_both_precisions_and_keeps_the_thread_count():
     import torch
 
