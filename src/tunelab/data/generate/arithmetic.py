@@ -218,21 +218,28 @@ def _columns(p: Decimal, q: Decimal) -> str:
     return " ".join(steps)
 
 
+def _worked(op: str, a: Decimal, b: Decimal, show_work: str) -> list[str]:
+    """The steps of `a op b` before its answer: the expression, then for a sum or difference with `show_work`
+    the unsigned operation where it reads otherwise (`_unsigned`), a difference followed by its columns."""
+    e = _expr(op, a, b)
+    steps = [e]
+    if show_work != "none" and op in "+-":
+        reduced, difference = _unsigned(op, a, b)
+        if reduced != e:
+            steps.append(reduced)
+        if show_work == "columns" and difference:  # the work follows the difference it works out
+            steps[-1] += f" ({_columns(*difference)})"
+    return steps
+
+
 def _binary(op: str, operand: Callable[[random.Random, Options], Decimal]):
     """A kind `a op b`. Sums, differences and products of operands with ≤ `decimals` places have
     ≤ 2·`decimals` places, so converting them with that many places is exact."""
     def gen(rng: random.Random, o: Options) -> _Item:
         a, b = operand(rng, o), operand(rng, o)
         value, _ = _to_decimal(OPS[op](Fraction(a), Fraction(b)), 2 * o.decimals)
-        e = _expr(op, a, b)
-        steps = [e]
-        if o.show_work != "none" and op in "+-":
-            reduced, difference = _unsigned(op, a, b)
-            if reduced != e:
-                steps.append(reduced)
-            if o.show_work == "columns" and difference:  # the work follows the difference it works out
-                steps[-1] += f" ({_columns(*difference)})"
-        return _Item(COMPUTE, {"e": e}, " = ".join(steps + [format_number(value)]))
+        steps = _worked(op, a, b, o.show_work)
+        return _Item(COMPUTE, {"e": _expr(op, a, b)}, " = ".join(steps + [format_number(value)]))
     return gen
 
 
