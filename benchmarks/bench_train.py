@@ -214,13 +214,12 @@ def run_tunelab(tmp: Path, name: str, source: dict, max_steps: int, log_every: i
         seconds += dt
         windows.append(round(rate, 1))
     steps = rows[-1]["step"] - rows[0]["step"] if rows else 0
-    if JOB["heldout"]:
-        adapter = max((recipe.run_dir / "checkpoints").glob("step-*")) / "adapter"
-        summary["heldout_loss"] = adapter_loss(adapter, JOB["heldout"])
+    loss = (adapter_loss(max((recipe.run_dir / "checkpoints").glob("step-*")) / "adapter", JOB["heldout"])
+            if JOB["heldout"] else None)
     return {"tokens": tokens, "seconds": seconds, "steps": steps, "tok_s": tokens / seconds if seconds else 0.0,
             "window_tok_s": windows, "rows_per_epoch": summary["rows_per_epoch"],
             "sec_per_step": seconds / steps if steps else float("nan"), "step_split_s": split.median(log_every),
-            "heldout_loss": summary.get("heldout_loss"), "all_steps": rows[-1]["step"] if rows else 0}
+            "heldout_loss": loss, "all_steps": rows[-1]["step"] if rows else 0}
 
 
 # --- (b), (c) HF Trainer -------------------------------------------------------------------------
