@@ -28,11 +28,13 @@ The figure is *real* training tokens per second: non-pad tokens (prompt + answer
 real model, each setup's trained adapter is then scored on 64 held-out samples (another seed, tunelab's encoding):
 the mean answer-token loss, one function for all, which shows the setups trained the same job, and what the
 faster one's extra samples bought in the same time.
-"Batch 16" means 16 rows per optimizer step: 16 packed 256-token rows for (a) and (f), 16 samples for (b) to (e).
+"Batch 16" means 16 rows per optimizer step: 16 packed 256-token rows for (a) and (f), 16 samples for (b) to (e);
+`--sample-batch equal` gives (b) to (e) as many samples a step as (a)'s packed rows hold on average, so every setup
+takes updates of one size and the held-out losses compare.
 The machine may be shared and noisy: compare the ratios printed by one run, not absolute numbers across runs.
 
     python benchmarks/bench_train.py [--seconds 60] [--rounds 2] [--precision auto|bf16|fp32] [--model PATH|GGUF]
-                                     [--batch 16] [--llamafactory-python PY]
+                                     [--batch 16] [--sample-batch N|equal] [--llamafactory-python PY]
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ from common import (HERE, MODEL_HELP, add_threads_option, ceiling_text, hidden_s
 from step_split import StepSplit, split_text
 
 SEQ = 256
-# set once from the command line: the rows per optimizer step, the model directory (None: the tiny preset), and
-# with a real model the held-out samples every trained setup's loss is measured on (`heldout`)
-JOB: dict = {"batch": 16, "model": None, "heldout": None}
+# set once from the command line: the rows per optimizer step (packed rows for tunelab and LLaMA-Factory), the
+# samples per step of the setups that batch samples (`sample_batch`, default the same number), the model directory
+# (None: the tiny preset), and with a real model the held-out samples every trained setup's loss is measured on
+JOB: dict = {"batch": 16, "sample_batch": 16, "model": None, "heldout": None}
 # a constant learning rate: every setup runs for a time, not a step count, so a schedule over "the run" would be
 # over a different length for each (the Trainers' over their 100,000-step cap: a warm-up that never ends)
 LR, BETAS, WD, CLIP = 1e-3, (0.9, 0.95), 0.0, 1.0
@@ -283,10 +286,10 @@ def timed_trainer(base, name: str, bf16: bool, seconds: float, warm_steps: int):
     return TimedTrainer, Budget()
 
 
-def trainer_args(tmp: Path, name: str, precision: str, seed: int) -> dict:
-    """The optimizer, schedule and batch every Trainer-based setup shares with tunelab's recipe."""
+def trainer_args(tmp: Path, name: str, precision: str, seed: int, batch: int) -> dict:
+    """The optimizer and schedule every Trainer-based setup shares with tunelab's recipe, at `batch` a step."""
     return dict(
-        output_dir=str(tmp / name), per_device_train_batch_size=JOB["batch"], gradient_accumulation_steps=1,
+        output_dir=str(tmp / name), per_device_train_batch_size=batch, gradient_accumulation_steps=1,
         learning_rate=LR, adam_beta1=BETAS[0], adam_beta2=BETAS[1], weight_decay=WD, max_grad_norm=CLIP,
         optim="adamw_torch",  # torch.optim.AdamW, as tunelab's loop uses
         lr_scheduler_type="constant", warmup_steps=0,
@@ -315,7 +318,7 @@ def run_hf(tmp: Path, name: str, tokenizer, dataset, mode: str, seconds: float, 
     collator = (default_data_collator if mode == "pad256" else
                 DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt"))
     trainer = cls(model=build_lora_model(tokenizer, seed), args=TrainingArguments(**trainer_args(
-        tmp, name, precision, seed)), train_dataset=dataset, data_collator=collator, callbacks=[budget])
+        tmp, name, precision, seed, JOB["sample_batch"])), train_dataset=dataset, data_collator=collator, callbacks=[budget])
     trainer.tokens = []
     t0 = time.perf_counter()
     trainer.train()
@@ -350,8 +353,8 @@ def run_trl(tmp: Path, name: str, tokenizer, rows: list[dict], padding_free: boo
     from trl import SFTConfig, SFTTrainer
 
     cls, budget = timed_trainer(SFTTrainer, name, precision == "bf16", seconds, warm_steps)
-    config = SFTConfig(**trainer_args(tmp, name, precision, seed), max_length=None, packing=False,
-                       padding_free=padding_free, dataset_kwargs={"skip_prepare_dataset": True})
+    config = SFTConfig(**trainer_args(tmp, name, precision, seed, JOB["sample_batch"]), max_length=None,
+                       packing=False, padding_free=padding_free, dataset_kwargs={"skip_prepare_dataset": True})
     trainer = cls(model=build_lora_model(tokenizer, seed), args=config, train_dataset=Dataset.from_list(rows),
                   processing_class=tokenizer, callbacks=[budget])
     trainer.tokens = []
@@ -386,7 +389,8 @@ def llamafactory_inputs(tmp: Path, examples, tokenizer, seed: int) -> str:
 
 def run_llamafactory(tmp: Path, name: str, python: str, model_dir: str, seconds: float, warm_steps: int,
                      precision: str, seed: int, threads: int) -> dict:
-    args = {k: v for k, v in trainer_args(tmp, name, precision, seed).items() if k != "remove_unused_columns"}
+    args = {k: v for k, v in trainer_args(tmp, name, precision, seed, JOB["batch"]).items()
+            if k != "remove_unused_columns"}  # packed rows a step, as tunelab's
     args.update(stage="sft", do_train=True, model_name_or_path=model_dir, finetuning_type="lora",
                 lora_rank=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                 lora_target=",".join(LORA["targets"]), dataset="bench", dataset_dir=str(tmp / "llamafactory-data"),
@@ -409,6 +413,18 @@ def run_llamafactory(tmp: Path, name: str, python: str, model_dir: str, seconds:
 
 # --- main ----------------------------------------------------------------------------------------
 
+def sample_batch(value: str | None, per_row: float) -> int:
+    """The samples a step for (b) to (e): `value` as a number, `--batch` when absent, or with 'equal' the samples
+    `--batch` packed rows hold on average."""
+    if value is None:
+        return JOB["batch"]
+    if value == "equal":
+        return max(1, round(JOB["batch"] * per_row))
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"--sample-batch: expected a positive number or 'equal', got {value!r}")
+    return int(value)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=60, help="timed seconds per setup, split over the rounds")
@@ -425,6 +441,10 @@ def main() -> int:
     ap.add_argument("--model", default=None, help=f"{MODEL_HELP} (default: the tiny preset, random init, with a "
                     "BPE tokenizer trained here on the data)")
     ap.add_argument("--batch", type=int, default=JOB["batch"], help="rows per optimizer step, for all setups")
+    ap.add_argument("--sample-batch", default=None, metavar="N|equal",
+                    help="samples per step of the setups that batch samples, (b) to (e) (default: --batch); "
+                         "'equal': as many as tunelab's packed rows hold on average, so every setup takes "
+                         "updates of the same size and the held-out losses compare")
     ap.add_argument("--llamafactory-python", default=None, metavar="PY",
                     help="also time LLaMA-Factory's neat_packing SFT, run by this interpreter (a venv where "
                          "llamafactory is installed; see benchmarks/README.md)")
@@ -448,10 +468,14 @@ def main() -> int:
         source, tokenizer, encoded, examples = prepare(tmp, args.samples, args.seed)
         lens = [len(e.input_ids) for e in encoded]
         answer = [sum(x != -100 for x in e.labels) for e in encoded]
-        eff = packing_efficiency(pack_examples(encoded, SEQ), SEQ)
+        packed = pack_examples(encoded, SEQ)
+        eff, per_row = packing_efficiency(packed, SEQ), len(encoded) / len(packed)
         log(f"{len(encoded)} samples, vocab {len(tokenizer)}, mean {sum(lens) / len(lens):.1f} tokens "
-            f"(answer {sum(answer) / len(answer):.1f}), max {max(lens)}; packing fills {eff:.1%} of 256-token rows "
-            f"({time.perf_counter() - t:.1f} s)")
+            f"(answer {sum(answer) / len(answer):.1f}), max {max(lens)}; packing fills {eff:.1%} of 256-token rows, "
+            f"{per_row:.2f} samples a row ({time.perf_counter() - t:.1f} s)")
+        JOB["sample_batch"] = sample_batch(args.sample_batch, per_row)
+        log(f"batch: {JOB['batch']} packed rows a step for tunelab and LLaMA-Factory (~{JOB['batch'] * per_row:.1f} "
+            f"samples), {JOB['sample_batch']} samples for the Trainers")
         if JOB["model"]:  # a tiny random-init base is rebuilt per setup, so its adapters have no common base
             JOB["heldout"] = heldout(tokenizer, args.seed)
         padded, dynamic = hf_datasets(encoded, tokenizer.pad_token_id)
@@ -535,7 +559,8 @@ def main() -> int:
               "llamafactory": "(f) LLaMA-Factory, neat_packing"}
     print()
     what = args.model or "tiny Llama"
-    print(f"Training throughput, {what} + LoRA r8 q/v/o (dropout {LORA['dropout']}), batch {JOB['batch']}, "
+    print(f"Training throughput, {what} + LoRA r8 q/v/o (dropout {LORA['dropout']}), batch {JOB['batch']} "
+          f"(samples for (b)-(e): {JOB['sample_batch']}), "
           f"{precision}, {threads} thread(s), real (non-pad) tokens/s")
     print(f"{ceiling_text(ceiling)}; {flops / 1e9:.3f} model GFLOP per real token")
     print(f"{'setup':<36}{'tok/s':>10}{'s/step':>9}{'held-out':>10}   per round")
@@ -558,7 +583,8 @@ def main() -> int:
 
     out = {"benchmark": "train", "unit": "real (non-pad) training tokens per second", "precision": precision,
            "model": args.model or "tiny (random init)", "model_dir": JOB["model"],
-           "batch": JOB["batch"], "max_seq_len": SEQ, "lora": LORA, "seconds_per_setup": args.seconds,
+           "batch": JOB["batch"], "sample_batch": JOB["sample_batch"], "samples_per_packed_row": per_row,
+           "max_seq_len": SEQ, "lora": LORA, "seconds_per_setup": args.seconds,
            "rounds": args.rounds, "warm_steps_skipped": args.warm_steps, "samples": len(encoded),
            "mean_sample_tokens": sum(lens) / len(lens), "packing_efficiency": eff,
            "setups": agg, "runs": results, "calibration": cal, "matmul_ceiling": ceiling,
