@@ -259,10 +259,16 @@ def completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     token_logps = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     padding = completion_mask == 0
     token_logps = token_logps.masked_fill(padding, 0.0)
-    entropies = None
-    if entropy:
-        entropies = -(logps.exp() * logps).sum(-1).masked_fill(padding, 0.0)
+    entropies = token_entropies(logps).masked_fill(padding, 0.0) if entropy else None
     return token_logps, entropies
+
+
+def token_entropies(logps: torch.Tensor) -> torch.Tensor:
+    """The entropy of each distribution of log-probabilities `logps` (..., vocab). A metric, never differentiated,
+    so taken outside autograd: recorded, its exp and product would hold two more (tokens × vocab) tensors until
+    the backward pass (1.2 GB for 3,000 completion tokens of a 49k vocabulary)."""
+    with torch.no_grad():
+        return -(logps.exp() * logps).sum(-1)
 
 
 def reference_completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

@@ -24,6 +24,7 @@ import torch
 
 from tunelab.data.packing import IGNORE, Row, collate
 from tunelab.decoding.attention import MASKED_ATTENTION, additive_for_eager
+from tunelab.train.methods.grpo_loss import token_entropies
 
 # model types whose rotary attention makes a constant position shift exact (absolute positions, as GPT-2's,
 # would see packed completions at other positions than TRL's left-padded rows)
@@ -114,6 +115,6 @@ def packed_completion_logps(parts, batch: dict, shape: tuple[int, int], temperat
     out = torch.zeros(shape, dtype=torch.float32, device=token_logps.device).index_put(index, token_logps)
     entropies = None
     if entropy:
-        per_token = -(logps.exp() * logps).sum(-1)
+        per_token = token_entropies(logps)
         entropies = torch.zeros(shape, dtype=torch.float32, device=per_token.device).index_put(index, per_token)
     return out, entropies
