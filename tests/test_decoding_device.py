@@ -289,6 +289,30 @@ def test_a_seed_draws_on_a_cpu_the_tokens_it_always_drew():
                    if i not in broken or params[i].greedy)
 
 
+def test_a_wide_vocabulary_draws_its_noise_on_several_threads_and_the_same_tokens():
+    """Past 4,096 tokens a CPU draw spreads its rows' noise over torch's threads: each row still from its own
+    generator, so the tokens are the ones one thread (and torch.multinomial) drew, whatever the thread count."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        for trial in range(6):
+            n, vocab = 2 + trial, 8192 + trial
+            params = [SamplingParams(temperature=t, top_p=p)
+                      for t, p in zip([1.0, 0.7, 2.0, 1.0, 0.3, 1.0, 1.0, 0.9], [1.0, 0.9, 1.0, 0.5, 1.0, 1.0, 0.95, 1.0])][:n]
+            ours, theirs = ([torch.Generator().manual_seed(trial * 100 + i) for i in range(n)] for _ in range(2))
+            for step in range(3):
+                logits = torch.randn(n, vocab, generator=torch.Generator().manual_seed(trial * 10 + step)) * 3
+                if trial == 1:
+                    logits[1] = float("-inf")         # nothing allowed
+                    logits[0, 17] = float("inf")      # an overflowed logit: drawn among the +inf alone
+                with torch.inference_mode(step == 1):  # as generation calls it, and outside it
+                    assert sample_next(logits, params, ours).tolist() == old_sample_tokens(logits, params, theirs)
+            assert all(torch.equal(a.get_state(), b.get_state()) for i, (a, b) in enumerate(zip(ours, theirs))
+                       if not (trial == 1 and i == 1))
+    finally:
+        torch.set_num_threads(threads)
+
+
 # --- the KV cache: rows join and leave without copying it -------------------------------------------------
 
 def cache_bytes(batch) -> int:

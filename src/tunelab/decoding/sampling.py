@@ -4,6 +4,7 @@ log-probabilities a request asks for.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from tunelab.decoding.forward import to_device
@@ -80,8 +81,11 @@ def _draw(rows, argmax, params: list[SamplingParams], generators: list):
     x = rows.to(dtype)
     top = x.amax(-1, keepdim=True)
     nothing = top == float("-inf")
-    scaled = ((x - top) / per_row([p.temperature for p in params])).masked_fill(nothing, 0.0)
-    x = torch.where(top == float("inf"), torch.where(x == top, 0.0, float("-inf")).to(dtype), scaled)
+    # x - top is NaN only at a +inf logit of a row whose maximum is +inf (elsewhere in that row: -inf) and
+    # everywhere in a row with nothing allowed: NaN -> 0 draws the first among its +inf logits and gives the
+    # second a uniform row, in the one pass over (rows x vocab) the shift and the temperature take anyway
+    x = torch.nan_to_num((x - top).div_(per_row([p.temperature for p in params])), nan=0.0,
+                         posinf=float("inf"), neginf=float("-inf"))
     ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
     if any(ks):
         kth = x.topk(max(ks), dim=-1).values.gather(1, per_row([max(k - 1, 0) for k in ks], torch.long))
@@ -94,9 +98,36 @@ def _draw(rows, argmax, params: list[SamplingParams], generators: list):
         x = x.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     probs = x.softmax(-1)
     noise = torch.empty_like(probs)
-    for row, generator in zip(noise, generators):
-        row.exponential_(generator=generator)
-    return torch.where(nothing[:, 0], argmax, (probs / noise).argmax(-1))
+    _exponential_rows(noise, generators)
+    return torch.where(nothing[:, 0], argmax, probs.div_(noise).argmax(-1))
+
+
+_pool: tuple[int, int, object] | None = None  # (the process id it was made in, its threads, a thread pool)
+
+
+def _exponential_rows(noise, generators: list) -> None:
+    """Fill each row of `noise` with Exp(1) draws from its own generator. A CPU generator fills a tensor in one
+    thread (its draws in order, so a seed repeats), and the noise is most of a draw's time (a 49k vocabulary:
+    ~1.5 ms a row in float64): on a CPU the rows are spread over torch's threads, which the op leaves the GIL
+    for. The same numbers whichever thread fills a row."""
+    import torch
+    workers = min(torch.get_num_threads(), len(generators))
+    if noise.device.type != "cpu" or workers < 2 or noise.shape[-1] < 4096:
+        for row, generator in zip(noise, generators):
+            row.exponential_(generator=generator)
+        return
+    global _pool
+    if _pool is None or _pool[0] != os.getpid() or _pool[1] < workers:  # a forked child makes its own
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="tunelab-draw"))
+
+    def fill(part: range) -> None:
+        with torch.inference_mode():  # a thread's own mode: the caller's noise may be an inference tensor
+            for i in part:
+                noise[i].exponential_(generator=generators[i])
+
+    n = len(generators)
+    list(_pool[2].map(fill, [range(k * n // workers, (k + 1) * n // workers) for k in range(workers)]))
 
 
 def token_logprobs(logits, targets, top: int = 0):
