@@ -317,8 +317,9 @@ def run_hf(tmp: Path, name: str, tokenizer, dataset, mode: str, seconds: float, 
     cls, budget = timed_trainer(Trainer, name, precision == "bf16", seconds, warm_steps)
     collator = (default_data_collator if mode == "pad256" else
                 DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt"))
-    trainer = cls(model=build_lora_model(tokenizer, seed), args=TrainingArguments(**trainer_args(
-        tmp, name, precision, seed, JOB["sample_batch"])), train_dataset=dataset, data_collator=collator, callbacks=[budget])
+    args = TrainingArguments(**trainer_args(tmp, name, precision, seed, JOB["sample_batch"]))
+    trainer = cls(model=build_lora_model(tokenizer, seed), args=args, train_dataset=dataset, data_collator=collator,
+                  callbacks=[budget])
     trainer.tokens = []
     t0 = time.perf_counter()
     trainer.train()
