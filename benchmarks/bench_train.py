@@ -414,16 +414,19 @@ def run_llamafactory(tmp: Path, name: str, python: str, model_dir: str, seconds:
 
 # --- main ----------------------------------------------------------------------------------------
 
-def sample_batch(value: str | None, per_row: float) -> int:
+def sample_batch_option(value: str) -> int | str:
+    """`--sample-batch` as given: a positive number or 'equal', checked before any work starts."""
+    if value == "equal" or (value.isdigit() and int(value) >= 1):
+        return value if value == "equal" else int(value)
+    raise argparse.ArgumentTypeError(f"expected a positive number or 'equal', got {value!r}")
+
+
+def sample_batch(value: int | str | None, per_row: float) -> int:
     """The samples a step for (b) to (e): `value` as a number, `--batch` when absent, or with 'equal' the samples
     `--batch` packed rows hold on average."""
     if value is None:
         return JOB["batch"]
-    if value == "equal":
-        return max(1, round(JOB["batch"] * per_row))
-    if not value.isdigit() or int(value) < 1:
-        raise SystemExit(f"--sample-batch: expected a positive number or 'equal', got {value!r}")
-    return int(value)
+    return max(1, round(JOB["batch"] * per_row)) if value == "equal" else value
 
 
 def main() -> int:
@@ -442,7 +445,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, help=f"{MODEL_HELP} (default: the tiny preset, random init, with a "
                     "BPE tokenizer trained here on the data)")
     ap.add_argument("--batch", type=int, default=JOB["batch"], help="rows per optimizer step, for all setups")
-    ap.add_argument("--sample-batch", default=None, metavar="N|equal",
+    ap.add_argument("--sample-batch", type=sample_batch_option, default=None, metavar="N|equal",
                     help="samples per step of the setups that batch samples, (b) to (e) (default: --batch); "
                          "'equal': as many as tunelab's packed rows hold on average, so every setup takes "
                          "updates of the same size and the held-out losses compare")
