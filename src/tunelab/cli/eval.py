@@ -19,7 +19,8 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     add_model(p, "run directory, checkpoint, HF or adapter directory, hub id or .gguf file")
     p.add_argument("--tasks", default="arithmetic", help="comma-separated task names")
     p.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
-                   help="data file for a task, or a prepared corpus directory for ppl/continuation (repeatable)")
+                   help="data file for a task, or a prepared corpus directory for ppl/continuation (repeatable); "
+                        "instructions, knowledge and base_agreement have sets of their own")
     p.add_argument("--limit", type=int, default=None, help="the first N examples of each task (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -96,7 +97,7 @@ def config_from_flags(args: argparse.Namespace) -> EvalConfig:
     """`tunelab eval`'s flags as the recipe's eval section. Only the flags' own syntax is checked here;
     everything else is checked by the schema and `eval_sets`, as for a recipe."""
     from tunelab.recipe import validate_eval
-    from tunelab.tasks.registry import get_task
+    from tunelab.tasks.registry import get_task, ships_examples
     names = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
     if not names:
         raise TunelabError("no task given", field="--tasks")
@@ -110,7 +111,7 @@ def config_from_flags(args: argparse.Namespace) -> EvalConfig:
         if name not in names:
             raise TunelabError(f"'{name}' is not among --tasks ({', '.join(names)})", field="--data")
     for name in names:
-        if name not in files:
+        if name not in files and not ships_examples(type(get_task(name))):
             raise TunelabError(f"no data for task '{name}': pass --data {name}=FILE")
     mode, modes = args.mode, {}
     if mode and "=" in mode:  # per task: choice=loglik,cola=generate
@@ -125,7 +126,7 @@ def config_from_flags(args: argparse.Namespace) -> EvalConfig:
         if name not in names or not setting:
             raise TunelabError(f"'{key}': expected TASK.KEY with TASK one of {', '.join(names)}", field="--option")
         options[name][setting] = _value(value)
-    raw = {"tasks": [{"task": name, "source": {"path": files[name]}, "limit": args.limit, "mode": modes.get(name),
+    raw = {"tasks": [{"task": name, "source": {"path": files[name]} if name in files else None, "limit": args.limit, "mode": modes.get(name),
                       "options": options[name]} for name in names],
            "mode": mode,
            "options": {k: getattr(args, k) for k in ("segmentation", "window", "stride")

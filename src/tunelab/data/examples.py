@@ -29,3 +29,4 @@ class Example:
     label: int | None = None
     messages: list[dict] | None = None
     tools: list | None = None
+    meta: dict = field(default_factory=dict)

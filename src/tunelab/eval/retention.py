@@ -1,5 +1,8 @@
-"""Retention of original abilities: each ability metric (F1 and exact match of the tasks marked `ability`)
-of a tuned model as a fraction of its base model's, PASS at a threshold (the competition asks for 90 %).
+"""Retention of original abilities: each ability metric of a tuned model as a fraction of its base model's, PASS
+at a threshold (the competition asks for 90 %). Which metrics: each task's own headline ones
+(`Task.retention_metrics`, recorded in its results as `retained_by`): F1 and exact match for reading and SQuAD,
+the strict prompt- and instruction-level accuracies for `instructions`, the accuracy for `knowledge`, the
+agreement for `base_agreement`. Results without `retained_by` (written before it existed) are F1 and EM.
 
 Which F1/EM: the ones of the scorer the task was configured with (the squad task's setting `scorer`:
 `official`, `cmrc`, `mindformers` or the per-language `auto`), which its results name (`scorer`). The
@@ -35,10 +38,11 @@ def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: floa
     out = {}
     for task in ability_tasks:
         scorer = _same_scorer(task, base[task].get("scorer"), tuned[task].get("scorer"))
-        for metric in ("f1", "exact_match"):
+        for metric, scale in retained_by(tuned[task]).items():
             b, t = base[task].get(metric), tuned[task].get(metric)
             if b is None or t is None:
                 continue
+            b, t = b * scale, t * scale   # on 0-100, where `min_base` is
             key = f"{task}.{metric}"
             if b < min_base or b <= 0:  # nothing is ever judged against a zero
                 out[key] = {"base": b, "tuned": t, "retained": None, "pass": None, "scorer": scorer,
@@ -48,6 +52,11 @@ def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: floa
             ratio = t / b
             out[key] = {"base": b, "tuned": t, "retained": ratio, "pass": ratio >= threshold, "scorer": scorer}
     return out
+
+
+def retained_by(results: dict) -> dict[str, float]:
+    """{metric: factor to 0-100} a task's results are judged by; F1/EM for results that do not say."""
+    return results.get("retained_by") or {"f1": 1.0, "exact_match": 1.0}
 
 
 def verdict(entry: dict) -> str:
@@ -105,9 +114,9 @@ def load_baseline(spec: str, sets: dict[str, EvalSet], ability: list[str], out_r
             results = per_model[chosen]
         for label in ability:
             metrics = results.get(label)
-            if not isinstance(metrics, dict) or not all(
-                    isinstance(metrics.get(k), (int, float)) for k in ("f1", "exact_match")):
-                raise TunelabError(f"no f1/exact_match for task '{label}' in the baseline results", file=path,
+            wanted = sets[label].task.retention_metrics
+            if not isinstance(metrics, dict) or not all(isinstance(metrics.get(k), (int, float)) for k in wanted):
+                raise TunelabError(f"no {'/'.join(wanted)} for task '{label}' in the baseline results", file=path,
                                    field=label)
             # squad results written before the `scorer` setting existed hold auto's f1/em beside mindformers_f1
             recorded = metrics.get("scorer") or ("auto" if "mindformers_f1" in metrics else None)

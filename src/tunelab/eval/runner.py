@@ -38,7 +38,10 @@ def evaluate_examples(model, tokenizer, template: PromptTemplate, task: str | Ta
         raise TunelabError(f"unknown mode '{mode}' (choose from generate, loglik)", field="mode")
     summary = task.summarize(graded)
     write_jsonl(out_dir / f"{label}.predictions.jsonl", rows)
-    return {**summary, "mode": mode, "primary_metric": task.primary_metric}
+    out = {**summary, "mode": mode, "primary_metric": task.primary_metric}
+    if task.ability:  # what a retention verdict judges, read from the results alone (`tunelab.eval.retention`)
+        out["retained_by"] = dict(task.retention_metrics)
+    return out
 
 
 def _run_generate(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc, shots=()):

@@ -28,7 +28,7 @@ from tunelab.data.examples import Example
 from tunelab.data.sources import load_source
 from tunelab.errors import TunelabError
 from tunelab.recipe import EvalConfig, SourceConfig
-from tunelab.tasks.registry import Task, get_task, task_names
+from tunelab.tasks.registry import Task, get_task, ships_examples, task_names
 
 
 @dataclass
@@ -96,9 +96,17 @@ def _configure(task: Task, options: dict[str, Any], where: str) -> None:
         _checked(task.configure, field=f"{where}.{key}", **{key: value})
 
 
-def _examples(task: Task, source: SourceConfig, where: str) -> tuple[list[Example], str]:
+def _examples(task: Task, source: SourceConfig | None, where: str) -> tuple[list[Example], str]:
     """The entry's examples and a description of where they came from. A task reads its own files (SQuAD
-    JSON, GLUE TSV…) and, if it can, a prepared corpus directory (named as `corpus`, or as `path`)."""
+    JSON, GLUE TSV…) and, if it can, a prepared corpus directory (named as `corpus`, or as `path`); without a
+    source, the set tunelab ships for the task."""
+    if source is None:
+        shipped = task.default_examples()
+        if shipped is None:
+            raise TunelabError(f"task '{task.name}' needs data: give a source (tasks with a set of their own: "
+                               f"{', '.join(task_names(ships_examples)) or 'none'})",
+                               field=f"{where}")
+        return shipped, f"tunelab:{task.name}"
     corpus = source.corpus or (source.path if source.path and is_corpus_dir(source.path) else None)
     if corpus:
         if not task.reads_corpus:

@@ -19,7 +19,8 @@ class EvalTaskConfig(StrictSection):
 
     task: Text
     name: Text | None = Field(default=None, description="label for results (default: the task name)")
-    source: SourceConfig
+    source: SourceConfig | None = Field(default=None, description=(
+        "the examples; without it, the set tunelab ships for the task (instructions, knowledge, base_agreement)"))
     limit: int | None = Field(default=None, ge=1)
     ability: bool = Field(default=False, description="an original ability whose retention is checked")
     fewshot: int = Field(default=0, ge=0, description=(

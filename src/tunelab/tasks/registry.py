@@ -42,7 +42,10 @@ class Task:
     higher_is_better: ClassVar[bool] = True
     default_format: ClassVar[str] = "auto"
     modes: ClassVar[tuple[str, ...]] = ("generate",)
-    ability: ClassVar[bool] = False  # an original ability: `--baseline` reports its f1/exact_match retention
+    ability: ClassVar[bool] = False  # an original ability: `--baseline` reports its retention
+    # the metrics a retention verdict judges against the base's (higher is better), each with the factor that
+    # puts it on 0-100 (1 for F1/EM, 100 for an accuracy in 0-1): `summarize`'s results must hold them
+    retention_metrics: ClassVar[dict[str, float]] = {"f1": 1.0, "exact_match": 1.0}
     settings: ClassVar[tuple[str, ...]] = ()
     reads_corpus: ClassVar[bool] = False  # `load_examples` accepts a prepared corpus directory
 
@@ -66,6 +69,11 @@ class Task:
             raise TunelabError(f"task '{self.name}' has no {requested} mode (modes: {', '.join(self.modes)})",
                                field="mode")
         return requested
+
+    def default_examples(self) -> list[Example] | None:
+        """The set shipped with tunelab for this task (an eval entry without a `source` uses it), or None when
+        the task has none and needs data."""
+        return None
 
     def load_examples(self, path: str | Path) -> list[Example]:
         """Read this task's evaluation file; tasks with their own file format (SQuAD JSON…) override it."""
@@ -100,6 +108,11 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise TunelabError(f"unknown task '{name}' (known: {', '.join(sorted(TASKS))})", field="task")
     return TASKS[name]()
+
+
+def ships_examples(cls: type[Task]) -> bool:
+    """Whether the task has a set of its own (`Task.default_examples`), so an eval entry may omit its source."""
+    return cls.default_examples is not Task.default_examples
 
 
 def task_names(having: Callable[[type[Task]], bool]) -> list[str]:
