@@ -130,12 +130,27 @@ def evaluate_model_dir(model_dir: str | Path, sets: dict[str, EvalSet], out_dir:
     with (models or model_source(device, precision)).open(model_dir) as (model, tokenizer):
         tmpl = template_for(model_dir, template, tokenizer)
         for name, es in sets.items():
-            results[name] = evaluate_examples(model, tokenizer, tmpl, es.task, es.examples, out_dir, batch_size,
+            examples = es.examples
+            if es.task.answers_from_base:
+                examples = _with_base_answers(es, model_dir, model, tokenizer, tmpl, batch_size, device, precision)
+            results[name] = evaluate_examples(model, tokenizer, tmpl, es.task, examples, out_dir, batch_size,
                                               max_new_tokens, desc=f"{label} {name}".strip(), label=name,
                                               mode=es.mode, shots=es.shots)
     if write_results:
         write_json(Path(out_dir) / "results.json", results)
     return results
+
+
+def _with_base_answers(es: EvalSet, model_dir, model, tokenizer, template, batch_size, device, precision):
+    """The set's prompts with the base's own answers (`tunelab.eval.base_answers`): the base is the task's `base`
+    setting, else the evaluated model's base; it is loaded only when its answers are not cached and it is not the
+    model open here."""
+    from tunelab.eval.base_answers import base_answers, base_of
+    base = es.task.base or base_of(model_dir)
+    same = Path(base).resolve() == Path(model_dir).resolve() if Path(base).exists() else str(base) == str(model_dir)
+    return base_answers(base, es.examples, template, es.task.max_answer_tokens, batch_size,
+                        model=model if same else None, tokenizer=tokenizer if same else None, device=device,
+                        precision=precision, desc=f"{es.task.name}: the base's answers")
 
 
 def answer_loss(model_dir, template, examples: list, batch_size: int, device: str | None = None,

@@ -59,6 +59,7 @@ def _run(recipe: Recipe, resume: bool, on_checkpoint=None) -> dict:
     template = recipe_template(recipe.data)
     base_run = prepare_inputs(recipe)
     sets = eval_sets(recipe.eval)  # every eval mistake is found before training starts
+    judge_against_run_base(recipe, sets)
     kind = kind_for(recipe, base_run)
     kind.check(recipe, sets)  # and what the run kind's measure needs of them
     rewards = training_rewards(recipe)  # and every reward mistake
@@ -83,6 +84,17 @@ def _run(recipe: Recipe, resume: bool, on_checkpoint=None) -> dict:
         return metrics
     finally:
         models.close()
+
+
+def judge_against_run_base(recipe: Recipe, sets: dict) -> None:
+    """Tasks scored on the base's own answers (`base_agreement`) take them from the run's base — the original
+    base of a continued run — unless the recipe names another: a fully fine-tuned checkpoint has no adapter
+    to tell its base by."""
+    from tunelab.pipeline.competition import original_base
+    base = original_base(recipe) or recipe.model.path
+    for es in sets.values():
+        if es.task.answers_from_base and not es.task.base and base:
+            es.task.base = base
 
 
 def train_recipe(recipe: Recipe, resume: bool = False) -> dict:

@@ -48,6 +48,9 @@ class Task:
     retention_metrics: ClassVar[dict[str, float]] = {"f1": 1.0, "exact_match": 1.0}
     settings: ClassVar[tuple[str, ...]] = ()
     reads_corpus: ClassVar[bool] = False  # `load_examples` accepts a prepared corpus directory
+    # the examples' answers are the base model's own, filled in by the runner (`tunelab.eval.base_answers`) from the
+    # task's `base` setting, else the evaluated model's base
+    answers_from_base: ClassVar[bool] = False
 
     def configure(self, **values: Any) -> "Task":
         """Set task settings (None leaves the default); an unknown setting is a user error."""
