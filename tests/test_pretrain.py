@@ -306,7 +306,7 @@ def replay_sections(corpus: Path, qa: Path, replay: float = 0.5, **train) -> dic
 def test_recipe_replay_rules(tmp_path, corpus):
     qa = _qa_file(tmp_path / "qa.jsonl")
     recipe = load_recipe(write_recipe(tmp_path, "ok", **replay_sections(corpus, qa)))
-    assert recipe.data.corpus is None and recipe.data.replay.corpus == str(corpus)
+    assert recipe.data.corpus is None and recipe.data.replay_corpus.corpus == str(corpus)
     assert recipe.data.template == "alpaca"   # fine-tuning keeps its template; only pretraining defaults to none
 
     def error(data) -> str:

@@ -250,7 +250,7 @@ def test_every_shipped_recipe_passes_the_schema(path):
     text = path.read_text(encoding="utf-8")
     recipe = validate_recipe(_apply_aliases(yaml.safe_load(text), str(path)), path, text)
     if path.name.startswith("minigpt") and path.name.endswith("sft.yaml"):
-        assert recipe.data.replay is not None and recipe.data.corpus is None and recipe.data.template == "sep"
+        assert recipe.data.replay_corpus is not None and recipe.data.corpus is None and recipe.data.template == "sep"
 
 
 HOSTILE = [None, "", " ", -1, 0, 10 ** 30, 1e308, float("inf"), float("nan"), [], {}, [1, "a"], {"x": 1},

@@ -72,7 +72,10 @@ def _template_and_tokenizer(recipe: Recipe, examples):
 def show(recipe: Recipe, n: int = 3) -> tuple[list, list, object, object]:
     """The first `n` training examples as the model sees them: (examples, their `Encoded` ids and labels, the
     tokenizer, the resolved template). What `tunelab data show` prints."""
-    examples = training_examples(recipe)[:n]
+    prepare_replay(recipe)
+    everything = training_examples(recipe)
+    replayed = [ex for ex in everything if ex.meta.get("replay")]
+    examples = [ex for ex in everything if not ex.meta.get("replay")][:n] + replayed[:1]  # one replayed, marked
     template, tokenizer = _template_and_tokenizer(recipe, examples)
     encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
     return examples, encoded, tokenizer, template
@@ -104,7 +107,15 @@ def _weight_bytes(model_dir: Path) -> int:
     return sum(f.stat().st_size for f in weight_files(model_dir))
 
 
+def prepare_replay(recipe: Recipe) -> None:
+    """`data.replay: self`'s examples, prepared as a run prepares them (the base's answers, cached)."""
+    if recipe.data.replay is not None and recipe.data.replay.file is None:
+        from tunelab.pipeline.self_replay import prepare_self_replay
+        prepare_self_replay(recipe, str(_model_dir(recipe, recipe.model.path)) if recipe.model.path else None)
+
+
 def check(recipe: Recipe, n_samples: int = 3) -> dict:
+    prepare_replay(recipe)
     examples = training_examples(recipe)
     template, tokenizer = _template_and_tokenizer(recipe, examples)
     max_len = recipe.data.max_seq_len
@@ -112,7 +123,7 @@ def check(recipe: Recipe, n_samples: int = 3) -> dict:
     lengths = [len(e.input_ids) for e in encoded]
     loss_tokens = [sum(1 for x in e.labels if x != IGNORE) for e in encoded]
     replayed = []
-    if recipe.data.replay is not None:  # the corpus blocks training mixes in, as the trainer draws them
+    if recipe.data.replay_corpus is not None:  # the corpus blocks training mixes in, as the trainer draws them
         from tunelab.train.corpus_rows import replay_for
         replayed = replay_for(recipe, tokenizer, encoded)
     prefix = shared_prefix(encoded + replayed) if recipe.data.packing and recipe.data.share_prefix else 0

@@ -289,7 +289,9 @@ def cli_show(args: argparse.Namespace) -> int:
           f"{'in green' if colour else 'between [[ and ]]'}\n")
     for ex, enc in zip(examples, encoded):
         trained = sum(1 for x in enc.labels if x != -100)
-        print(f"--- {ex.id}: {len(enc.input_ids)} tokens, {trained} trained{' TRUNCATED' if enc.truncated else ''}")
+        replayed = " — REPLAY: the base's own answer (data.replay: self)" if ex.meta.get("replay") else ""
+        print(f"--- {ex.id}: {len(enc.input_ids)} tokens, {trained} trained{' TRUNCATED' if enc.truncated else ''}"
+              f"{replayed}")
         print(render_marked(tok, enc.input_ids, enc.labels, marks))
         print()
     return 0

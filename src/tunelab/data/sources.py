@@ -9,6 +9,7 @@ import random
 from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, SourceConfig
+from tunelab.recipe.data import SelfReplayConfig
 
 
 def generate_records(source: SourceConfig) -> tuple[list[dict], str]:
@@ -50,4 +51,27 @@ def training_examples(recipe: Recipe) -> list[Example]:
         examples = [example for source in per_source for example in source]
     if not examples:
         raise TunelabError("the training data is empty", field="data.train")
+    if recipe.data.replay is not None:
+        examples = examples + self_replay_examples(recipe.data.replay, len(examples))
     return examples
+
+
+SELF_REPLAY = "replay-self"  # the kind (and `meta["replay"]`) of a replayed answer of the base's own
+
+
+def self_replay_examples(replay: SelfReplayConfig, task_examples: int) -> list[Example]:
+    """`data.replay: self`'s examples, read from its prepared file (the base's own answers, written before training
+    by `tunelab.pipeline.self_replay`): `count` of them, or as many as make `fraction` (default 0.1) of all
+    training examples, drawn in a seeded order and taken again from the start when the file holds fewer."""
+    from tunelab.data.formats import read_examples
+    if replay.file is None:
+        raise TunelabError("data.replay: self needs the base's answers, which `tunelab run`, `tunelab train` and "
+                           "`tunelab data show` prepare: run one of them (or give replay.file)", field="data.replay")
+    pool = read_examples(replay.file, "alpaca")
+    if not pool:
+        raise TunelabError("no replay examples in the file", file=replay.file, field="data.replay.file")
+    fraction = replay.fraction if replay.fraction is not None else 0.1
+    n = replay.count or max(1, round(fraction * task_examples / (1 - fraction)))
+    random.Random(replay.seed).shuffle(pool)
+    return [Example(id=f"{SELF_REPLAY}-{k}-{ex.id}", instruction=ex.instruction, input=ex.input, output=ex.output,
+                    kind=SELF_REPLAY, meta={"replay": "self"}) for k, ex in ((k, pool[k % len(pool)]) for k in range(n))]

@@ -24,7 +24,12 @@ def prepare_inputs(recipe: Recipe) -> Path | None:
     from tunelab.pipeline.build_corpus import build_corpora
     build_corpora(recipe)
     split_sft_qa(recipe)
-    return resolve_base_run(recipe)
+    base_run = resolve_base_run(recipe)
+    if recipe.data.replay is not None:
+        from tunelab.pipeline.competition import original_base
+        from tunelab.pipeline.self_replay import prepare_self_replay
+        prepare_self_replay(recipe, original_base(recipe) or recipe.model.path)
+    return base_run
 
 
 def split_sft_qa(recipe: Recipe) -> Path | None:

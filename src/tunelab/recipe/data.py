@@ -30,6 +30,40 @@ class MixConfig(StrictSection):
         return self
 
 
+class SelfReplayConfig(StrictSection):
+    """`data.replay: self`: training examples whose prompts are general instructions and whose answers are the
+    base's own, generated once in its own template and cached (`tunelab.eval.base_answers`), so the model is asked
+    to keep saying what it said while it learns the task. Written as `replay: self` (a tenth of the training
+    examples), or with settings."""
+
+    of: Literal["self"] = "self"
+    count: int | None = Field(default=None, ge=1, description="replay examples (default: `fraction`)")
+    fraction: float | None = Field(default=None, gt=0, lt=1, description=(
+        "replay examples as a fraction of all training examples (default 0.1 without count)"))
+    prompts: list[Text] = Field(default_factory=lambda: ["shipped"], min_length=1, description=(
+        "where the prompts come from: shipped (tunelab's general prompts, English and Chinese, none of which "
+        "base_agreement scores), magpie (instructions the base writes itself given only its template's user-turn "
+        "header, as Magpie does), or JSONL files of {prompt}"))
+    magpie_count: int = Field(default=256, ge=1, description="instructions to draw from the base for `magpie`")
+    max_new_tokens: int = Field(default=128, ge=8, description="the base's answers are cut here; a cut answer is "
+                                                                "never replayed (it would teach stopping mid-way)")
+    seed: int = 0
+    file: Text | None = Field(default=None, description=(
+        "the prepared replay examples (JSONL {id, instruction, output}); tunelab writes and sets it before training, "
+        "give it to replay a file of your own"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, raw: Any) -> Any:
+        return {"of": raw} if isinstance(raw, str) else raw
+
+    @model_validator(mode="after")
+    def _one_size(self):
+        if self.count is not None and self.fraction is not None:
+            raise ValueError("give count or fraction, not both")
+        return self
+
+
 class DataConfig(StrictSection):
     train: list[SourceConfig] = Field(min_length=1)
     val: list[SourceConfig] = Field(
@@ -37,6 +71,8 @@ class DataConfig(StrictSection):
                                           "and margins on them at every checkpoint and every train.eval_every steps")
     mix: MixConfig | None = Field(default=None, description="interleave the example sources (default: one after "
                                                             "the other, all of each)")
+    replay: SelfReplayConfig | None = Field(default=None, description=(
+        "self: replay the base's own answers to general prompts while fine-tuning (keeps what it knew)"))
     template: Text = Field(default="auto", description=(
         "prompt template: model (the base's own chat template), alpaca, plain, qa, none, sep; auto: the template a "
         "tunelab-made base was trained with, else the base's chat template when it has one, else alpaca; a corpus "
@@ -105,6 +141,6 @@ class DataConfig(StrictSection):
         return self.train[0].corpus if self.train[0].replay is None else None
 
     @property
-    def replay(self) -> SourceConfig | None:
+    def replay_corpus(self) -> SourceConfig | None:
         """The corpus replayed during fine-tuning on examples, if any."""
         return next((s for s in self.train if s.replay is not None), None)

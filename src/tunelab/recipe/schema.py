@@ -75,7 +75,7 @@ class Recipe(StrictSection):
             raise ValueError(f"train.method dpo with the {self.train.preference.loss} loss takes its reference from "
                              "the base under a LoRA adapter: set lora.enabled: true (or train.preference.loss: "
                              "simpo, which needs no reference)")
-        if self.data.corpus is not None or self.data.replay is not None:
+        if self.data.corpus is not None or self.data.replay_corpus is not None:
             raise ValueError("train.method dpo trains on preference pairs, not on a corpus")
         if self.data.mix is not None:
             raise ValueError("train.method dpo reads its pairs from files as they are: data.mix mixes example "
@@ -91,7 +91,7 @@ class Recipe(StrictSection):
         model with its LoRA adapter off, and sampling runs on whole (unsharded) weights."""
         if self.train.method != "grpo":
             return self
-        if self.data.corpus is not None or self.data.replay is not None:
+        if self.data.corpus is not None or self.data.replay_corpus is not None:
             raise ValueError("train.method grpo samples answers to prompts: its data.train are example sources "
                              "(prompts with reference answers), not a corpus")
         if self.train.grpo.beta > 0 and not self.lora.enabled:
@@ -117,16 +117,39 @@ class Recipe(StrictSection):
         run replays (there it tracks what the fine-tuning costs the language model). Early stopping on it only
         makes sense when it is the objective, i.e. pretraining."""
         if self.data.corpus is None and not self.data.val:  # (held-out pairs: validated as a corpus is)
-            allowed = ("eval_every", "val_blocks") if self.data.replay is not None else ()
+            allowed = ("eval_every", "val_blocks") if self.data.replay_corpus is not None else ()
             for key in ("eval_every", "val_blocks", "early_stopping_patience"):
                 if getattr(self.train, key) is None or key in allowed:
                     continue
-                if self.data.replay is not None:  # early stopping
+                if self.data.replay_corpus is not None:  # early stopping
                     raise ValueError("train.early_stopping_patience stops pretraining on its validation loss; a "
                                      "replayed corpus's loss is measured (train.eval_every) but is not what "
                                      "fine-tuning optimises")
                 raise ValueError(f"train.{key} needs a corpus source: validation loss is measured on a "
                                  "corpus's val split (a pretraining corpus, or one replayed while fine-tuning)")
+        return self
+
+    @model_validator(mode="after")
+    def _distillation(self):
+        """Distilling from the base needs the base beside the trained model without a second copy: the model with
+        its LoRA adapter off (a full fine-tune has none, so it names its teacher). `on: replay` distils the
+        replayed answers of examples, which a corpus run has none of; under FSDP the base's forward gathers
+        weights on every process, so a process whose micro-batch has no replay tokens would leave the others
+        waiting."""
+        d = self.train.distill
+        if d is None:
+            return self
+        if d.teacher is None and not self.lora.enabled:
+            raise ValueError("train.distill.teacher: a full fine-tune has no base beside it to distil from (under "
+                             "LoRA it is the model with its adapter off): name a teacher model, or set "
+                             "lora.enabled: true")
+        if d.on == "replay" and self.data.corpus is not None:
+            raise ValueError("train.distill.on: replay distils the base's own answers replayed among the examples; "
+                             "a corpus run has none: on: all distils every token")
+        if d.on == "replay" and d.teacher is None and self.train.strategy == "fsdp":
+            raise ValueError("train.distill.on: replay runs the base's forward on the micro-batches that hold "
+                             "replay tokens, which sharded weights cannot do on one process alone: train.strategy "
+                             "ddp, or on: all")
         return self
 
     @property

@@ -237,9 +237,9 @@ def replay_blocks(corpus: str | Path, fraction: float, example_tokens: int, max_
 
 
 def replay_for(recipe, tokenizer, encoded: list[Encoded]) -> list[Encoded]:
-    """The blocks `recipe.data.replay` mixes into fine-tuning on `encoded`, drawn as training draws them, after
+    """The blocks `recipe.data.replay_corpus` mixes into fine-tuning on `encoded`, drawn as training draws them, after
     checking that the corpus was prepared with the model's tokenizer."""
-    src = recipe.data.replay
+    src = recipe.data.replay_corpus
     check_corpus_tokenizer(tokenizer, src.corpus)
     return replay_blocks(src.corpus, src.replay, sum(len(e.input_ids) for e in encoded), recipe.data.max_seq_len,
                          recipe.seed)
@@ -247,7 +247,7 @@ def replay_for(recipe, tokenizer, encoded: list[Encoded]) -> list[Encoded]:
 
 def describe_replay(recipe, blocks: list[Encoded], encoded: list[Encoded]) -> str:
     """One line on what the replay drew: blocks, tokens, and their share of the training tokens."""
-    src = recipe.data.replay
+    src = recipe.data.replay_corpus
     replayed = sum(len(b.input_ids) for b in blocks)
     share = replayed / (replayed + sum(len(e.input_ids) for e in encoded))
     return (f"replay: {len(blocks):,} blocks of {src.corpus} ({replayed:,} tokens, {100 * share:.1f}% of the "

@@ -112,7 +112,8 @@ def continued_adapter(recipe: Recipe) -> tuple[str, str] | None:
 
 def _needs_reference(recipe: Recipe) -> bool:
     tc = recipe.train
-    return (tc.method == "dpo" and tc.preference.loss != "simpo") or (tc.method == "grpo" and tc.grpo.beta > 0)
+    return ((tc.method == "dpo" and tc.preference.loss != "simpo") or (tc.method == "grpo" and tc.grpo.beta > 0)
+            or (tc.distill is not None and tc.distill.teacher is None))
 
 
 @dataclass
@@ -151,9 +152,12 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
     replayed_blocks = 0
     encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
     samples, truncated = len(encoded), sum(e.truncated for e in encoded)
+    if tc.distill is not None and tc.distill.on == "replay":
+        from tunelab.train.methods.distill_loss import mark_replay
+        mark_replay(encoded, examples)
     from tunelab.model.untrained_tokens import answer_token_counts
     answer_counts = answer_token_counts(encoded)
-    if recipe.data.replay is not None:
+    if recipe.data.replay_corpus is not None:
         from tunelab.train.corpus_rows import describe_replay, replay_for, validation_rows
         replayed = replay_for(recipe, tokenizer, encoded)
         if dist.main:
@@ -161,10 +165,10 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
         encoded += replayed
         replayed_blocks = len(replayed)
         if tc.eval_every or tc.val_blocks:
-            val_rows = validation_rows(recipe, recipe.data.replay.corpus)
+            val_rows = validation_rows(recipe, recipe.data.replay_corpus.corpus)
             if dist.main and val_rows is not None:
                 when = f"every {tc.eval_every} steps and " if tc.eval_every else ""
-                log.info(f"validation: {val_rows.count:,} blocks of {recipe.data.replay.corpus}'s val split {when}"
+                log.info(f"validation: {val_rows.count:,} blocks of {recipe.data.replay_corpus.corpus}'s val split {when}"
                       "at each checkpoint (what fine-tuning costs its language modelling; the best checkpoint "
                       "is still chosen by the evaluated tasks)")
     prefix = 0

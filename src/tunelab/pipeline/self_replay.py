@@ -1,0 +1,89 @@
+"""`data.replay: self`, prepared before training: the base answers general prompts in its own template, once
+(`tunelab.eval.base_answers`, cached by its weights and settings), and those answers become training examples, so
+fine-tuning also asks the model to keep saying what it said.
+
+The prompts (`data.replay.prompts`): tunelab's shipped general prompts (their `train` split: `base_agreement`
+scores the other), instructions the base writes itself (`magpie`: given only its template's user-turn header it
+writes a user's request, as Magpie, Xu et al. 2024, draws instruction data from aligned models), and the user's
+own JSONL files of `{prompt}`. An answer the base did not end within `max_new_tokens` is left out: trained with an
+end of turn after it, it would teach the model to stop mid-sentence.
+
+The examples are written as JSONL (`{id, instruction, output}`) beside the cached answers and `data.replay.file`
+is set to that file: the run's saved recipe names it, and `tunelab data show` shows the same rows, marked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.recipe import Recipe
+from tunelab.records import write_jsonl
+
+log = logging.getLogger(__name__)
+
+SHIPPED, MAGPIE = "shipped", "magpie"
+
+
+def prepare_self_replay(recipe: Recipe, base: str | None = None) -> Path | None:
+    """Write the replay examples of `recipe.data.replay` (once; cached) and point `data.replay.file` at them.
+    `base`: the model whose answers are replayed (default `model.path`, resolved). None without `replay: self`,
+    or when the recipe gives its own file."""
+    replay = recipe.data.replay
+    if replay is None or replay.file is not None:
+        return None
+    base = base or recipe.model.path
+    if not base:
+        raise TunelabError("data.replay: self replays the base's own answers: it needs a base model (model.path)",
+                           field="data.replay")
+    from tunelab.data.templates import recipe_template
+    from tunelab.eval.base_answers import base_answers, cache_root
+    from tunelab.eval.runner import load_model
+    model, tokenizer = load_model(base, recipe.eval.device or recipe.train.device, recipe.eval.precision)
+    template = recipe_template(recipe.data).resolve(tokenizer, base)
+    prompts = []
+    for i, source in enumerate(replay.prompts):
+        prompts += _prompts(source, model, tokenizer, template, replay, f"data.replay.prompts.{i}")
+    prompts = _unique(prompts)
+    answered = base_answers(base, prompts, template, replay.max_new_tokens, recipe.eval.batch_size, model=model,
+                            tokenizer=tokenizer, desc="data.replay: self")
+    kept = [ex for ex in answered if ex.meta["finish_reason"] == "stop" and ex.output.strip()]
+    if not kept:
+        raise TunelabError(f"the base ended none of its {len(answered)} answers within {replay.max_new_tokens} "
+                           "tokens: raise data.replay.max_new_tokens", field="data.replay.max_new_tokens")
+    log.info(f"data.replay: self — {len(kept)} of the base's {len(answered)} answers replayable (the others ran past "
+             f"{replay.max_new_tokens} tokens)")
+    from tunelab.eval.base_answers import cache_key, weights_fingerprint
+    key = cache_key(weights_fingerprint(base), template, prompts, replay.max_new_tokens)
+    out = cache_root() / f"{key}.replay.jsonl"
+    if not out.is_file():
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        write_jsonl(tmp, [{"id": ex.id, "instruction": ex.instruction, "output": ex.output} for ex in kept])
+        tmp.replace(out)
+    recipe.data = recipe.data.model_copy(update={"replay": replay.model_copy(update={"file": str(out)})})
+    return out
+
+
+def _prompts(source: str, model, tokenizer, template, replay, field: str):
+    from tunelab.tasks.base_agreement import general_prompts, read_prompts
+    if source == SHIPPED:
+        return general_prompts("train")
+    if source == MAGPIE:
+        from tunelab.eval.base_answers import self_instructions
+        return self_instructions(model, tokenizer, template, replay.magpie_count, replay.seed)
+    if not Path(source).is_file():
+        raise TunelabError(f"expected {SHIPPED}, {MAGPIE} or a JSONL file of prompts; no such file", file=source,
+                           field=field)
+    return read_prompts(source)
+
+
+def _unique(prompts):
+    seen, out = set(), []
+    for ex in prompts:
+        key = " ".join(ex.instruction.split()).casefold()
+        if key not in seen:
+            seen.add(key)
+            out.append(ex)
+    return out
