@@ -41,6 +41,8 @@ def checkpoint_cell(r: dict) -> str:
     if "f1" in r and "exact_match" in r:
         return f"F1 {r['f1']:.1f} / EM {r['exact_match']:.1f}" + (f" ({r['scorer']})" if r.get("scorer") else "")
     metric = r.get("primary_metric")
+    if metric in r and metric.endswith("_acc") and r[metric] <= 1:  # instructions' prompt-level accuracy
+        return f"{metric} {pct(r[metric])}"
     if metric in r:
         return f"{metric} {r[metric]:.2f}"
     return "–"

@@ -17,7 +17,7 @@ from tunelab.runs import best_label, list_checkpoints
 
 
 def measure(run: TrainedRun) -> dict:
-    from tunelab.eval.retention import retention
+    from tunelab.eval.retention import overall, retention
     from tunelab.scoring import competition_score, low_param_ratio
     recipe, sets, summary = run.recipe, run.sets, run.summary
     ability = [t.label for t in recipe.eval.tasks if t.ability]
@@ -30,8 +30,16 @@ def measure(run: TrainedRun) -> dict:
     metrics: dict = {"name": recipe.name, "train": summary}
     if per_ckpt:
         primary = sets[acc_task].task.primary_metric
-        best = best_label(per_ckpt, acc_task, sets[acc_task].task)
-        metrics.update({"base": base_results, "checkpoints": per_ckpt, "best_checkpoint": best})
+        kept_from, by_ckpt = base_results, {}
+        if base_results:
+            origin = original_base(recipe)
+            if origin and ability:  # a continued run keeps the ORIGINAL base's abilities, not its start's
+                metrics["original_base"] = original_base_results(recipe, sets, ability, origin, run)
+                kept_from = metrics["original_base"]
+            by_ckpt = {name: retention(kept_from, res, ability, recipe.eval.retention_threshold,
+                                       recipe.eval.retention_min_base) for name, res in per_ckpt.items()}
+        best, best_by = best_kept(per_ckpt, acc_task, sets[acc_task].task, by_ckpt)
+        metrics.update({"base": base_results, "checkpoints": per_ckpt, "best_checkpoint": best, "best_by": best_by})
         accuracy = per_ckpt[best][acc_task][primary]
         total = recipe.score.total_params or summary["total_params"]
         ratio = low_param_ratio(summary["trainable_params"], total)
@@ -43,15 +51,26 @@ def measure(run: TrainedRun) -> dict:
                                         for name, r in per_ckpt.items()}
         if base_results:
             metrics["accuracy_gain"] = accuracy - base_results[acc_task][primary]
-            kept_from = base_results
-            origin = original_base(recipe)
-            if origin and ability:  # a continued run keeps the ORIGINAL base's abilities, not its start's
-                metrics["original_base"] = original_base_results(recipe, sets, ability, origin, run)
-                kept_from = metrics["original_base"]
-            metrics["retention"] = retention(kept_from, per_ckpt[best], ability, recipe.eval.retention_threshold,
-                                             recipe.eval.retention_min_base)
+            metrics["retention"] = by_ckpt[best]
+            if ability:
+                metrics["retention_by_checkpoint"] = {name: {"verdict": overall(r), "entries": r}
+                                                      for name, r in by_ckpt.items()}
         plot_checkpoints(metrics, acc_task, primary, ability, recipe.run_dir / "checkpoints.png")
     return metrics
+
+
+def best_kept(per_ckpt: dict, acc_task: str, task, by_ckpt: dict) -> tuple[str, str]:
+    """(the best checkpoint, by what): the best on the accuracy task among the checkpoints whose retention verdict
+    is not FAIL — a gain that cost the base's abilities is never the run's result while one that kept them
+    exists — else the best of all, said so. The sweep reads the chosen checkpoint's verdict, so both agree."""
+    from tunelab.eval.retention import overall
+    by = f"{acc_task}.{task.primary_metric}"
+    kept = [name for name in per_ckpt if overall(by_ckpt.get(name, {})) != "FAIL"]
+    if not by_ckpt or len(kept) == len(per_ckpt):
+        return best_label(per_ckpt, acc_task, task), by
+    if not kept:
+        return best_label(per_ckpt, acc_task, task), f"{by} (no checkpoint keeps the abilities)"
+    return best_label({n: per_ckpt[n] for n in kept}, acc_task, task), f"{by} among checkpoints whose retention passes"
 
 
 def check(recipe: Recipe, sets: dict) -> None:
@@ -122,11 +141,17 @@ def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
             lines.append("")
         labels = list(metrics["checkpoints"][best])
         start = metrics.get("base") or {}  # where the run started: the same held-out sets before training
-        lines += checkpoint_table([], labels, ([(["base"], [checkpoint_cell(start[k]) for k in labels])]
-                                               if all(k in start for k in labels) else []) + [
-            ([best_title(name, best)], [checkpoint_cell(r) for r in res.values()])
+        kept = metrics.get("retention_by_checkpoint") or {}
+        measures = ["retention"] if kept else []
+        lines += checkpoint_table(measures, labels, ([(["base"] + ["–"] * len(measures),
+                                                       [checkpoint_cell(start[k]) for k in labels])]
+                                                     if all(k in start for k in labels) else []) + [
+            ([best_title(name, best)] + ([retention_cell(kept[name])] if kept else []),
+             [checkpoint_cell(res[k]) for k in labels])
             for name, res in metrics["checkpoints"].items()])
-        lines += ["![accuracy per checkpoint](checkpoints.png)", ""]
+        if metrics.get("best_by"):
+            lines += [f"Best checkpoint: by {metrics['best_by']}.", ""]
+        lines += ["![accuracy and every retained ability per checkpoint](checkpoints.png)", ""]
     lines += ["## Training", "", "![loss curve](loss.png)", ""]
     for png, what in (("grpo.png", "GRPO: sampled reward, groups all alike, KL, entropy"),
                       ("rewards.png", "preference rewards and margins")):
@@ -136,6 +161,15 @@ def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
               "Recipe: `recipe.yaml` in this directory. Per-step log: `metrics.jsonl`; all numbers: `metrics.json`.",
               ""]
     return lines
+
+
+def retention_cell(kept: dict) -> str:
+    """A checkpoint's retention verdict and its lowest retained share (the ability closest to failing)."""
+    retained = [(e["retained"], key) for key, e in kept["entries"].items() if e.get("retained") is not None]
+    if not retained:
+        return kept["verdict"] or "–"
+    low, key = min(retained)
+    return f"{kept['verdict']} (lowest: {key} {100 * low:.0f}%)"
 
 
 def _diagnostics_table(res: dict, base: dict | None) -> list[str]:
@@ -148,27 +182,35 @@ def _diagnostics_table(res: dict, base: dict | None) -> list[str]:
 
 
 def plot_checkpoints(metrics: dict, acc_task: str, primary: str, ability: list[str], out_png: Path) -> None:
-    """Task accuracy and ability F1 per checkpoint, with the base model as dashed lines."""
+    """Task accuracy and every retained ability's metrics (0-100) per checkpoint, the base as dashed lines: the
+    checkpoint with both in view."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from tunelab.eval.retention import retained_by
     names = list(metrics["checkpoints"])
     steps = [int(n.split("-")[-1]) for n in names]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    series = [(acc_task, primary, 100.0)] + [(a, "f1", 1.0) for a in ability]
+    first = metrics["checkpoints"][names[0]]
+    series = [(acc_task, primary, 100.0)] + [(a, m, scale) for a in ability
+                                             for m, scale in retained_by(first[a]).items()]
+    base = metrics.get("original_base") or metrics.get("base") or {}
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for i, (task, metric, scale) in enumerate(series):
-        color = f"C{i}"
+        color = f"C{i % 10}"
         ys = [metrics["checkpoints"][n][task][metric] * scale for n in names]
-        ax.plot(steps, ys, marker="o", color=color, label=f"{task} {metric}")
-        if metrics.get("base"):
-            ax.axhline(metrics["base"][task][metric] * scale, color=color, ls="--", alpha=0.6,
-                       label=f"{task} {metric} (base)")
+        ax.plot(steps, ys, marker="o", color=color, label=f"{task} {metric}", lw=2.2 if i == 0 else 1.4)
+        if metric in base.get(task, {}):
+            ax.axhline(base[task][metric] * scale, color=color, ls="--", alpha=0.6, lw=1)
+    best = metrics.get("best_checkpoint")
+    if best in names:
+        ax.axvline(steps[names.index(best)], color="grey", ls=":", lw=1, label="best (retention kept)")
     ax.set_xlabel("checkpoint step")
-    ax.set_ylabel("score (0-100)")
+    ax.set_ylabel("score (0-100); dashed: the base")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("evaluation per checkpoint")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("task accuracy and retained abilities per checkpoint")
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)
