@@ -101,15 +101,16 @@ def base_answers(base_dir: str | Path, prompts: list[Example], template: PromptT
         if len(rows) == len(prompts):
             return _attach(prompts, rows, template)
         log.warning(f"{path} holds {len(rows)} answers for {len(prompts)} prompts: generating them again")
-    from tunelab.decoding.generate import complete_batched
     if model is None:
-        from tunelab.eval.runner import load_model
-        model, tokenizer = load_model(base_dir, device, precision)
+        from tunelab.decoding.resident import model_source
+        with model_source(device, precision).open(base_dir) as (model, tokenizer):
+            return base_answers(base_dir, prompts, template, max_new_tokens, batch_size, model, tokenizer, desc=desc)
+    from tunelab.decoding.generate import complete_batched
     template = template.bind(tokenizer)
     log.info(f"{desc}: the base ({base_dir}) answers {len(prompts)} prompts once, greedily; cached in {path}")
     done = complete_batched(model, tokenizer, [template.render_prompt(ex) for ex in prompts], max_new_tokens,
                             batch_size, desc=desc)
-    rows = [{"id": ex.id, "answer": c.text.strip(), "finish_reason": c.finish_reason} for ex, c in zip(prompts, done)]
+    rows = [{"id": ex.id, "answer": c.text, "finish_reason": c.finish_reason} for ex, c in zip(prompts, done)]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     write_jsonl(tmp, rows)

@@ -143,7 +143,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
         if not is_glob(p) or Path(p).is_absolute() or glob_files(p):
             return resolve(p)
         return str(base / p) if glob_files(str(base / p)) else p
-    for src in [*recipe.data.train, *(t.source for t in recipe.eval.tasks)]:
+    for src in [*recipe.data.train, *(t.source for t in recipe.eval.tasks if t.source is not None)]:
         if src.path:
             src.path = resolve(src.path)
         if src.hf:
@@ -211,7 +211,8 @@ def _check_data_files(recipe: Recipe, file: Path, text: str) -> None:
     """A missing data file is reported when the recipe loads, before a run directory is created."""
     built = {s.corpus for s in recipe.data.train if s.build}  # made by the run before anything reads them
     sources = [(("data", "train", i), s) for i, s in enumerate(recipe.data.train)]
-    sources += [(("eval", "tasks", i, "source"), t.source) for i, t in enumerate(recipe.eval.tasks)]
+    sources += [(("eval", "tasks", i, "source"), t.source) for i, t in enumerate(recipe.eval.tasks)
+                if t.source is not None]
     for loc, src in sources:
         if src.path and not _exists(Path(src.path)):
             loc = loc + ("path",)

@@ -65,7 +65,7 @@ def check_recipe_text(places: Places, text: str) -> Recipe:
     finally:
         Path(tmp).unlink(missing_ok=True)
     places.confine(recipe.run_dir)
-    named = [recipe.model.path] + [p for s in [*recipe.data.train, *(t.source for t in recipe.eval.tasks)]
+    named = [recipe.model.path] + [p for s in [*recipe.data.train, *(t.source for t in recipe.eval.tasks if t.source)]
                                    for p in (s.path, s.corpus)]
     for path in named:
         if path and Path(path).exists():

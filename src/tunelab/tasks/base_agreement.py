@@ -55,9 +55,14 @@ def read_prompts(path: str | Path) -> list[Example]:
     from tunelab.records import iter_records, require_str
     records = list(iter_records(path))
     if records and "prompt" in records[0][1]:
-        return [Example(id=str(rec.get("id", f"{Path(path).stem}-{line}")), output="", kind=_language(text),
-                        instruction=(text := require_str(rec, "prompt", path, line)))
-                for line, rec in records]
+        out = []
+        for line, rec in records:
+            text = require_str(rec, "prompt", path, line)
+            if not text.strip():
+                raise TunelabError("an empty prompt", file=path, line=line, field="prompt")
+            out.append(Example(id=str(rec.get("id", f"{Path(path).stem}-{line}")), instruction=text, output="",
+                               kind=_language(text)))
+        return out
     return [Example(id=ex.id, instruction=ex.instruction, input=ex.input, output="", kind=_language(ex.instruction))
             for ex in read_examples(path)]
 

@@ -1,0 +1,204 @@
+"""The base's own answers: `base_agreement` (scored by likelihood, cached by the base's weights) and `data.replay:
+self` (trained on), on a SmolLM2-shaped tiny model in its own ChatML; retention judged on every checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_archs import build_smol  # noqa: E402
+
+from tunelab.data.examples import Example  # noqa: E402
+from tunelab.errors import TunelabError  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory) -> Path:
+    return build_smol(tmp_path_factory.mktemp("smol") / "smol")
+
+
+def _loaded(path):
+    from tunelab.data.templates import AUTO, PromptTemplate
+    from tunelab.eval.runner import load_model
+    model, tok = load_model(path, "cpu", "fp32")
+    return model, tok, PromptTemplate(AUTO).resolve(tok, path)
+
+
+PROMPTS = [Example(id=f"p{i}", instruction=text, output="") for i, text in
+           enumerate(["Write one sentence about autumn.", "用一句话介绍你自己。", "Tell me a short story.", "你好"])]
+
+
+def test_answers_are_generated_once_then_read_from_the_cache(smol, monkeypatch):
+    from tunelab.eval import base_answers as ba
+    model, tok, template = _loaded(smol)
+    first = ba.base_answers(smol, PROMPTS, template, 12, 4, model=model, tokenizer=tok)
+    assert [ex.id for ex in first] == [ex.id for ex in PROMPTS]
+    assert all(ex.meta["finish_reason"] in ("stop", "length") for ex in first)
+    monkeypatch.setattr("tunelab.decoding.generate.complete_batched",
+                        lambda *a, **k: pytest.fail("the cached answers were generated again"))
+    again = ba.base_answers(smol, PROMPTS, template, 12, 4)
+    assert [(a.output, a.meta) for a in again] == [(a.output, a.meta) for a in first]
+    # another length, another system prompt, other weights: another key
+    key = ba.cache_key(ba.weights_fingerprint(smol), template, PROMPTS, 12)
+    assert ba.cache_key(ba.weights_fingerprint(smol), template, PROMPTS, 13) != key
+    from dataclasses import replace
+    assert ba.cache_key(ba.weights_fingerprint(smol), replace(template, system="Be terse."), PROMPTS, 12) != key
+    assert ba.cache_key(ba.weights_fingerprint(smol), template, PROMPTS[:3], 12) != key
+
+
+def test_the_fingerprint_is_of_the_weights_contents(tmp_path, smol):
+    import shutil
+
+    from tunelab.eval.base_answers import weights_fingerprint
+    copy = tmp_path / "copy"
+    shutil.copytree(smol, copy)
+    assert weights_fingerprint(copy) == weights_fingerprint(smol)  # the same weights elsewhere: the same answers
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert weights_fingerprint(copy) != weights_fingerprint(smol)
+
+
+def test_the_continuation_is_the_answer_and_the_templates_end_of_turn(smol):
+    from tunelab.eval.base_answers import answer_continuation
+    _, tok, template = _loaded(smol)
+    ex = Example(id="x", instruction="Hi", output="")
+    assert answer_continuation(template, ex, "Hello there.", ended=True) == "Hello there.<|im_end|>"
+    assert answer_continuation(template, ex, "Hello th", ended=False) == "Hello th"  # a cut answer has no end
+
+
+def test_agreement_is_the_pooled_per_token_probability():
+    from tunelab.metrics.loglik import LoglikResult
+    from tunelab.tasks.registry import get_task
+    task = get_task("base_agreement")
+    items = [task.grade_loglik([LoglikResult(-2.0, False, 4)], Example(id="a", instruction="", output="", kind="en")),
+             task.grade_loglik([LoglikResult(-1.0, True, 1)], Example(id="b", instruction="", output="", kind="zh"))]
+    s = task.summarize(items)
+    assert s["agreement"] == pytest.approx(100 * math.exp(-3.0 / 5))
+    assert s["greedy_answers"] == 50.0 and s["tokens"] == 5
+    assert s["by_language"]["zh"]["agreement"] == pytest.approx(100 * math.exp(-1.0))
+
+
+def test_the_base_agrees_with_itself_more_than_another_model(smol, tmp_path):
+    """A model that is not the base (other weights, same tokenizer) gives the base's answers a lower likelihood."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.eval.runner import evaluate_model_dir
+    from tunelab.eval.sets import EvalSet
+    from tunelab.tasks.registry import get_task
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(smol, other)  # the tokenizer and chat template; weights drawn afresh
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(AutoModelForCausalLM.from_pretrained(smol).config).save_pretrained(other)
+    task = get_task("base_agreement").configure(base=str(smol), max_answer_tokens=12)
+    sets = {"base_agreement": EvalSet(task, PROMPTS, "loglik")}
+    own = evaluate_model_dir(smol, sets, tmp_path / "own", 4, 12, write_results=False, device="cpu")
+    theirs = evaluate_model_dir(other, sets, tmp_path / "theirs", 4, 12, write_results=False, device="cpu")
+    assert own["base_agreement"]["agreement"] > theirs["base_agreement"]["agreement"]
+    assert own["base_agreement"]["retained_by"] == {"agreement": 1.0}
+
+
+def test_user_prompts_and_their_errors(tmp_path):
+    from tunelab.tasks.registry import get_task
+    task = get_task("base_agreement")
+    good = tmp_path / "p.jsonl"
+    good.write_text('{"prompt": "Say hi."}\n{"prompt": "讲个笑话。", "id": "j"}\n', encoding="utf-8")
+    exs = task.load_examples(good)
+    assert [(e.instruction, e.kind) for e in exs] == [("Say hi.", "en"), ("讲个笑话。", "zh")] and exs[1].id == "j"
+    bad = tmp_path / "bad.jsonl"
+    for wrong in ('["a"]', '" "'):
+        bad.write_text('{"prompt": "ok"}\n{"prompt": %s}\n' % wrong, encoding="utf-8")
+        with pytest.raises(TunelabError) as e:
+            task.load_examples(bad)
+        assert e.value.line == 2 and e.value.field == "prompt" and e.value.file is not None
+    with pytest.raises(TunelabError):
+        task.configure(max_answer_tokens=0)
+
+
+def test_shipped_prompts_split_eval_from_replay():
+    from tunelab.tasks.base_agreement import general_prompts
+    ev, tr = general_prompts("eval"), general_prompts("train")
+    assert len(ev) >= 60 and len(tr) >= 200
+    assert {e.kind for e in ev} == {"en", "zh"}
+    assert not {e.instruction for e in ev} & {e.instruction for e in tr}
+
+
+def test_best_checkpoint_keeps_the_abilities():
+    from tunelab.pipeline.competition import best_kept
+    from tunelab.tasks.registry import get_task
+    acc = get_task("arithmetic")
+    per = {"checkpoint-1": {"a": {"accuracy": 0.5}}, "checkpoint-2": {"a": {"accuracy": 0.7}},
+           "checkpoint-3": {"a": {"accuracy": 0.8}}}
+    kept = {"checkpoint-1": {"r": {"pass": True}}, "checkpoint-2": {"r": {"pass": True}},
+            "checkpoint-3": {"r": {"pass": False}}}
+    assert best_kept(per, "a", acc, kept) == ("checkpoint-2", "a.accuracy among checkpoints whose retention passes")
+    assert best_kept(per, "a", acc, {})[0] == "checkpoint-3"
+    failing = {k: {"r": {"pass": False}} for k in per}
+    assert best_kept(per, "a", acc, failing) == ("checkpoint-3", "a.accuracy (no checkpoint keeps the abilities)")
+
+
+def test_retention_reads_each_tasks_own_metrics():
+    from tunelab.eval.retention import retention
+    base = {"ba": {"agreement": 80.0, "retained_by": {"agreement": 1.0}},
+            "ins": {"prompt_level_strict_acc": 0.30, "retained_by": {"prompt_level_strict_acc": 100.0}}}
+    tuned = {"ba": {"agreement": 76.0, "retained_by": {"agreement": 1.0}},
+             "ins": {"prompt_level_strict_acc": 0.09, "retained_by": {"prompt_level_strict_acc": 100.0}}}
+    r = retention(base, tuned, ["ba", "ins"], 0.9)
+    assert r["ba.agreement"]["retained"] == pytest.approx(0.95) and r["ba.agreement"]["pass"]
+    assert r["ins.prompt_level_strict_acc"]["retained"] == pytest.approx(0.3)
+    assert r["ins.prompt_level_strict_acc"]["base"] == pytest.approx(30.0)  # on 0-100, where min_base is
+    assert not r["ins.prompt_level_strict_acc"]["pass"]
+
+
+def test_a_run_replays_the_bases_answers_and_judges_every_checkpoint(tiny_base, make_recipe, tmp_path):
+    """`tunelab run` with `data.replay: self` (the user's prompts) and base_agreement as an ability: the replay
+    examples prepared (cached, marked), base_agreement judged on every checkpoint against the base, the report's
+    table with a retention column."""
+    from tunelab.data.sources import training_examples
+    from tunelab.pipeline import run
+    from tunelab.recipe import load_recipe
+    from conftest import lora_sections
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                               ["12 + 30 = ?", "7 - 3 = ?", "用一句话介绍你自己。", "Say hi.", "5 + 5", "9 - 1"]))
+    sections = lora_sections(tiny_base, max_steps=4, num_checkpoints=2)
+    sections["data"]["replay"] = {"count": 5, "max_new_tokens": 24, "prompts": [str(prompts)]}
+    path = make_recipe("replay", **sections, eval={"baseline": True, "batch_size": 8, "max_new_tokens": 8, "tasks": [
+        {"task": "arithmetic", "source": {"generate": "arithmetic", "count": 4, "seed": 9}},
+        {"task": "base_agreement", "ability": True, "limit": 6, "options": {"max_answer_tokens": 16}}]})
+    recipe = load_recipe(path)
+    metrics = run(recipe)
+    replay_file = Path(recipe.data.replay.file)
+    assert replay_file.is_file() and replay_file.parent.name == "base-answers"
+    replayed = [ex for ex in training_examples(recipe) if ex.meta.get("replay")]
+    assert len(replayed) == 5 and all(ex.kind == "replay-self" and ex.output.strip() for ex in replayed)
+    kept = metrics["retention_by_checkpoint"]
+    assert set(kept) == set(metrics["checkpoints"])
+    assert all("base_agreement.agreement" in k["entries"] for k in kept.values())
+    report = (recipe.run_dir / "report.md").read_text(encoding="utf-8")
+    assert "| checkpoint | retention |" in report and "Best checkpoint: by" in report
+    saved = json.loads((recipe.run_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert saved["base"]["base_agreement"]["agreement"] > 0
+    assert (recipe.run_dir / "recipe.yaml").read_text(encoding="utf-8").count(str(replay_file)) == 1
+
+
+def test_replay_needs_its_prepared_file(make_recipe):
+    from tunelab.data.sources import training_examples
+    from tunelab.recipe import load_recipe
+    recipe = load_recipe(make_recipe("r", data={"replay": "self"}))
+    with pytest.raises(TunelabError) as e:
+        training_examples(recipe)
+    assert e.value.field == "data.replay"
