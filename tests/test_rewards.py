@@ -28,9 +28,13 @@ def test_every_task_with_a_grader_is_a_reward_and_hostile_completions_score_zero
     names = task_names(lambda cls: "generate" in cls.modes)
     assert {"arithmetic", "choice", "cola", "qqp", "reading", "squad", "rougel"} <= set(names)
     completions = ["1"] + HOSTILE
+    # instructions grades what its examples ask (their `meta`), not a reference answer: "1" obeys "say 1"
+    structured = {"instructions": Example(id="i1", instruction="Say 1.", output="", meta={
+        "instructions": [{"kind": "keywords:existence", "args": {"keywords": ["1"]}}]})}
     for name in names:
         reward = build_rewards([{"task": name}])
-        scores = reward.score(["prompt 提示"] * len(completions), completions, [ANY_TASK] * len(completions))
+        example = structured.get(name, ANY_TASK)
+        scores = reward.score(["prompt 提示"] * len(completions), completions, [example] * len(completions))
         assert [row[0] for row in scores] == [1.0] + [0.0] * len(HOSTILE), name
     with pytest.raises(TunelabError, match="grades no generated text") as e:
         build_rewards([{"task": "ppl"}])
