@@ -20,13 +20,16 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    distill: bool = False  # its trained tokens also learn the teacher's distribution (`train.distill.on: replay`)
 
 
 @dataclass
 class Row:
     """One training row: one or more samples laid end to end. With a shared prefix (`prefix` > 0) the row
     starts with the prefix every sample begins with, once, and each sample adds only the rest of its tokens:
-    `segments` marks the prefix 0 and the samples 1, 2, ... (see `collate_rows` for the mask)."""
+    `segments` marks the prefix 0 and the samples 1, 2, ... (see `collate_rows` for the mask). `distill` marks,
+    token by token beside the labels, the samples whose trained tokens are distilled (`Encoded.distill`), so a
+    packed token is distilled exactly when it is alone; it stays empty while the row holds no such sample."""
 
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
@@ -34,9 +37,10 @@ class Row:
     prefix: int = 0
     segments: list[int] = field(default_factory=list)
     sample_tokens: int = 0          # the samples' own lengths summed (a shared prefix counted once per sample)
+    distill: list[bool] = field(default_factory=list)
 
     def add(self, enc: Encoded) -> None:
-        n = len(enc.input_ids)
+        n, start = len(enc.input_ids), len(self.input_ids)
         if self.prefix:
             if not self.input_ids:
                 self.input_ids += enc.input_ids[:self.prefix]
@@ -53,6 +57,8 @@ class Row:
             self.labels += enc.labels
             self.position_ids += range(n)
         self.sample_tokens += n
+        if enc.distill or self.distill:  # the tokens before the first distilled sample are not distilled
+            self.distill += [False] * (start - len(self.distill)) + [enc.distill] * (len(self.input_ids) - start)
 
     def cost(self, enc: Encoded) -> int:
         """Tokens `enc` adds to this row."""
@@ -196,7 +202,8 @@ def collate_rows(rows: list[Row], pad_id: int, packed: bool):
     Packed: returns position_ids and no attention mask (the block-diagonal mask comes from positions);
     padding forms its own block with labels ignored. Packed with a shared prefix: also a (rows, 1, width,
     width) boolean mask in which each sample sees the prefix and its own earlier tokens (transformers passes
-    a 4-D mask through as it is). Unpacked: a normal attention mask.
+    a 4-D mask through as it is). Unpacked: a normal attention mask. Rows holding distilled samples add
+    `distill_mask` (rows, width), true at their tokens.
     """
     import torch
     width = max(len(r.input_ids) for r in rows)
@@ -215,7 +222,13 @@ def collate_rows(rows: list[Row], pad_id: int, packed: bool):
             batch["attention_mask"] = _prefix_mask(seg)[:, None]
     else:
         batch["attention_mask"] = torch.tensor(mask)
+    if any(r.distill for r in rows):
+        batch["distill_mask"] = torch.tensor([_distilled(r) + [False] * (width - len(r.input_ids)) for r in rows])
     return batch
+
+
+def _distilled(row: Row) -> list[bool]:
+    return row.distill or [False] * len(row.input_ids)
 
 
 def _prefix_mask(segments):
@@ -247,7 +260,7 @@ def collate_flat(rows: list[Row]):
     prefix row's; `span_masks` says which one each span takes (at most one mask a row: never more memory than
     the grid's). A row's first label is dropped, as the shift of a causal LM drops it in a row of its own: in
     one sequence it would be predicted from the row before. The loss, its count and every gradient are those of
-    `collate_rows(rows, pad_id, packed=True)`.
+    `collate_rows(rows, pad_id, packed=True)`, and so are the distilled tokens (`distill_mask`).
     """
     import torch
     ids, labels, pos, spans, which, own = [], [], [], [], [], []
@@ -270,5 +283,8 @@ def collate_flat(rows: list[Row]):
     mask = torch.ones(1 + len(own), width, width, dtype=torch.bool).tril_()
     for k, m in enumerate(own, start=1):
         mask[k, : len(m), : len(m)] = m
-    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([pos]),
-            "attention_mask": mask[:, None], "row_lengths": tuple(spans), "span_masks": tuple(which)}
+    batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([pos]),
+             "attention_mask": mask[:, None], "row_lengths": tuple(spans), "span_masks": tuple(which)}
+    if any(r.distill for r in rows):
+        batch["distill_mask"] = torch.tensor([[flag for r in rows for flag in _distilled(r)]])
+    return batch

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tunelab.recipe.fields import DEVICE_PATTERN, StrictSection, Text
 
@@ -68,6 +68,25 @@ class PreferenceConfig(StrictSection):
     sft_weight: float = Field(default=0.0, ge=0, description="weight of the chosen answers' NLL added to the loss")
 
 
+class DistillConfig(StrictSection):
+    """`train.distill` (`tunelab.train.methods.distill_loss`): beside the answers' cross-entropy, each distilled
+    answer token learns the teacher's whole next-token distribution, weight · T² · KL at temperature T. The
+    teacher is the base (the model with its LoRA adapter off: what it said before training, kept), or a model
+    that shares the tokenizer (`teacher: PATH`: logit knowledge distillation)."""
+
+    weight: float = Field(default=1.0, gt=0, description="the KL term's weight beside the cross-entropy")
+    temperature: float = Field(default=1.0, gt=0, description="both distributions are softmax(logits / T); the "
+                                                               "term is multiplied by T² (Hinton et al. 2015)")
+    on: Literal["replay", "all"] = Field(
+        default="replay", description="replay: the answer tokens of examples that replay the base's own answers "
+                                      "(Example.meta['replay']); all: every trained token")
+    teacher: Text | None = Field(default=None, description="a model directory (or hub id, or LoRA adapter) "
+                                                           "sharing the tokenizer; default: the base, under LoRA")
+    kind: Literal["forward_kl", "reverse_kl"] = Field(
+        default="forward_kl", description="forward_kl: KL(teacher ‖ model) (Hinton's); reverse_kl: "
+                                          "KL(model ‖ teacher), mode-seeking (MiniLLM's)")
+
+
 class TrainConfig(StrictSection):
     method: Literal["sft", "dpo", "grpo"] = Field(
         default="sft", description="sft: learn the answers; dpo: learn from preference pairs {prompt, chosen, "
@@ -75,6 +94,8 @@ class TrainConfig(StrictSection):
                                    "from sampled answers scored by train.grpo's rewards")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    distill: DistillConfig | None = Field(default=None, description="sft: a KL term to the base's (or a "
+                                                                     "teacher's) next-token distribution")
     epochs: float = Field(default=1, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; overrides epochs")
     batch_size: int = Field(default=4, ge=1, description="rows per micro-batch (packed rows if packing)")
@@ -116,3 +137,11 @@ class TrainConfig(StrictSection):
         default="adamw", description="adamw_8bit: bitsandbytes' AdamW with 8-bit moments (a quarter of the optimizer "
                                      "memory); paged_: and paged out of GPU memory under pressure "
                                      "(`pip install 'tunelab[quant]'`)")
+
+    @model_validator(mode="after")
+    def _distill_is_sft(self):
+        """Distillation adds a term to the answers' cross-entropy: sft's loss; dpo and grpo have their own KL."""
+        if self.distill is not None and self.method != "sft":
+            raise ValueError(f"train.distill adds a KL term to train.method sft's loss, not {self.method}'s "
+                             "(dpo and grpo already keep to their reference)")
+        return self

@@ -1,5 +1,6 @@
-"""Supervised fine-tuning (and pretraining): the loss over labelled tokens (`sft_loss.LabelledLoss`), rows
-collated or packed by `data.packing`, validated by the loss over a val split's tokens."""
+"""Supervised fine-tuning (and pretraining): the loss over labelled tokens (`sft_loss.LabelledLoss`; with
+`train.distill`, a KL term to a teacher beside it: `distill_loss.DistilledLoss`), rows collated or packed by
+`data.packing`, validated by the loss over a val split's tokens."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ def _labelled(batch: dict) -> int:
 
 
 def _sft_loss(model, recipe: Recipe, tokenizer, rewards):
+    spec = recipe.train.distill
+    if spec is not None:
+        from tunelab.train.methods.distill_loss import DistilledLoss, load_teacher
+        teacher = load_teacher(spec.teacher, model, tokenizer, recipe.model.dtype) if spec.teacher else None
+        return DistilledLoss(model, spec, teacher)
     from tunelab.train.methods.sft_loss import LabelledLoss
     return LabelledLoss(model)
 

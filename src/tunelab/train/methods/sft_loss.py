@@ -46,32 +46,57 @@ class LabelledLoss(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        backbone = head = None
-        if getattr(base.config, "model_type", None) in PLAIN_HEAD:
-            backbone = getattr(base, base.base_model_prefix, None)
-            head = base.get_output_embeddings()
-        self.labelled_only = isinstance(backbone, nn.Module) and isinstance(head, nn.Linear)
+        parts = plain_parts(model)
+        self.labelled_only = parts is not None
         # a tuple, not attributes: they are already submodules of `model` and must not be registered twice
-        self._parts = (backbone, head)
+        self._parts = parts or (None, None)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int,
                 **inputs) -> torch.Tensor:
-        if "attention_mask" in inputs:  # a shared prefix's 4-D mask, as eager attention takes it
-            inputs["attention_mask"] = additive_for_eager(self.model.config, inputs["attention_mask"])
+        inputs = model_inputs(self.model, inputs)
         if not self.labelled_only:
             with fast_rotary(self.model):
                 return self.model(input_ids=input_ids, labels=labels, use_cache=False,
                                   num_items_in_batch=num_items_in_batch, **inputs).loss
-        backbone, head = self._parts
+        hidden = self.hidden_states(input_ids, inputs)
+        return self.cross_entropy(hidden[:, :-1], labels[:, 1:], num_items_in_batch)
+
+    def hidden_states(self, input_ids: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """The backbone's last hidden states (rows, width, hidden): what the head projects."""
         with fast_rotary(self.model):
-            hidden = backbone(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
-        targets = labels[:, 1:]
+            return self._parts[0](input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
+
+    def cross_entropy(self, hidden: torch.Tensor, targets: torch.Tensor, count: int) -> torch.Tensor:
+        """The summed cross-entropy of the labelled `targets` predicted from `hidden` (both shifted), / `count`."""
+        head = self._parts[1]
         where = targets != IGNORE
-        if head.bias is not None or head._forward_hooks or head._forward_pre_hooks:  # run as the module it is
-            logits = head(hidden[:, :-1][where]).float()  # (labelled positions, vocab)
-            return F.cross_entropy(logits, targets[where], reduction="sum") / num_items_in_batch
-        return ProjectedCrossEntropy.apply(hidden[:, :-1][where], head.weight, targets[where], num_items_in_batch)
+        if not plain_linear(head):  # run as the module it is
+            logits = head(hidden[where]).float()  # (labelled positions, vocab)
+            return F.cross_entropy(logits, targets[where], reduction="sum") / count
+        return ProjectedCrossEntropy.apply(hidden[where], head.weight, targets[where], count)
+
+
+def plain_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """(backbone, head) of a causal LM whose logits are `head(backbone(...).last_hidden_state)` with a linear
+    head, so that only the positions that matter need projecting; None for others (their own forward then)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "model_type", None) not in PLAIN_HEAD:
+        return None
+    backbone, head = getattr(base, base.base_model_prefix, None), base.get_output_embeddings()
+    return (backbone, head) if isinstance(backbone, nn.Module) and isinstance(head, nn.Linear) else None
+
+
+def plain_linear(head: nn.Linear) -> bool:
+    """Whether `head` is its weight alone (no bias, no hooks such as FSDP's), so its matmul may be run by hand."""
+    return head.bias is None and not head._forward_hooks and not head._forward_pre_hooks
+
+
+def model_inputs(model: nn.Module, inputs: dict) -> dict:
+    """The batch's other inputs as the model's forward takes them: a shared prefix's 4-D mask, for eager
+    attention, made additive."""
+    if "attention_mask" in inputs:
+        inputs = {**inputs, "attention_mask": additive_for_eager(model.config, inputs["attention_mask"])}
+    return inputs
 
 
 class ProjectedCrossEntropy(torch.autograd.Function):
