@@ -11,13 +11,18 @@ environment and an algorithm description. The bundle:
     logs/                           training log (metrics.jsonl), train_summary.json, every eval results.json
     predictions/                    the prediction files of every evaluated checkpoint and of the base
     report.md, run_report.md        accuracy, retention, ratio, score (and the run's own report)
-    plots/                          loss.png, checkpoints.png
+    plots/                          loss.png, checkpoints.png, frontier.png
     environment.txt                 Python, platform, torch, CUDA/NPU, the packages beyond a named base
     DESCRIPTION.md                  the algorithm description, pre-filled from the recipe, for the entrant
     MANIFEST.sha256                 sha256 of every other file (`sha256sum -c MANIFEST.sha256` checks it)
 
 It refuses, naming what is missing, before writing anything: not five checkpoints, checkpoints not evenly
 spaced, no metrics.json, no retention result. The bundle is written beside DIR and renamed into place.
+
+With `--scale` the best checkpoint, the one scored, is merged with its LoRA update times that scale
+(`tunelab.model.lora_scale`): a scale the run's adapter-scale frontier evaluated, or the one it chose
+(`tunelab.pipeline.scale_frontier`), so that the accuracy, retention and score the report gives are the ones
+measured of what is handed in. The other four checkpoints are merged as trained.
 """
 
 from __future__ import annotations
@@ -68,6 +73,33 @@ def check_run(run_dir: Path) -> dict:
     if problems:
         raise TunelabError("cannot hand in: " + "; ".join(problems), file=run_dir)
     return metrics
+
+
+def frontier_point(metrics: dict, scale: float | str | None) -> dict | None:
+    """The frontier point (`scale_frontier`'s) the best checkpoint is handed in at: None without a scale; else
+    the chosen one or the one of that scale, an error naming the scale when the run did not measure it."""
+    if scale is None:
+        return None
+    from tunelab.model.lora_scale import check_scale
+    frontier = metrics.get("scale_frontier")
+    if not frontier:
+        raise TunelabError("the run has no adapter-scale frontier (eval.scales in its recipe): the hand-in report "
+                           "gives what was measured, so it takes only a scale the run evaluated", field="scale")
+    if scale == "chosen":
+        if frontier["chosen"] is None:
+            raise TunelabError("retention fails at every scale of the run's frontier: none was chosen", field="scale")
+        scale = frontier["chosen"]
+    try:
+        scale = check_scale(float(scale))
+    except (TypeError, ValueError):
+        raise TunelabError(f"an adapter scale is a number in (0, 1] or 'chosen', got {scale!r}",
+                           field="scale") from None
+    point = next((p for p in frontier["points"] if p["scale"] == scale), None)
+    if point is None:
+        evaluated = ", ".join(format(p["scale"], "g") for p in frontier["points"])
+        raise TunelabError(f"the run did not evaluate scale {scale:g} (it evaluated {evaluated}): the hand-in "
+                           "report gives what was measured", field="scale")
+    return point
 
 
 def evenly_spaced(steps: list[int]) -> bool:
@@ -131,8 +163,9 @@ def environment_text(base_packages: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def description(recipe: dict, summary: dict, metrics: dict) -> str:
-    """DESCRIPTION.md: the facts the recipe and run know, and the parts only the entrant can write."""
+def description(recipe: dict, summary: dict, metrics: dict, point: dict | None = None) -> str:
+    """DESCRIPTION.md: the facts the recipe and run know, and the parts only the entrant can write. `point`: the
+    frontier point the best checkpoint is handed in at (`frontier_point`)."""
     lora, train, data = recipe.get("lora", {}), recipe.get("train", {}), recipe.get("data", {})
     sources = data.get("train", [])
     method = (f"LoRA (rank {lora.get('rank')}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
@@ -164,7 +197,10 @@ def description(recipe: dict, summary: dict, metrics: dict) -> str:
               f"{train.get('lr')} (warmup {train.get('warmup_ratio')}, cosine to {train.get('min_lr_ratio')}), "
               f"precision {summary.get('precision') or train.get('precision')} (as trained; the recipe asked for "
               f"{train.get('precision')})",
-              f"- five checkpoints at evenly spaced steps; best: {metrics.get('best_checkpoint')}", "",
+              f"- five checkpoints at evenly spaced steps; best: {metrics.get('best_checkpoint')}"
+              + ("" if point is None else f", merged with its LoRA update times {point['scale']:g} (weight-space "
+                                          "interpolation toward the base, chosen on the adapter-scale frontier)"),
+              "",
               "## Why this works", "", "TODO: the idea behind the data mix and the settings, what was tried.", "",
               "## Reproducing", "", *_reproducing(summary), "",
               "```bash", "tunelab run recipe.yaml", "```", ""]
@@ -181,17 +217,25 @@ def _reproducing(summary: dict) -> list[str]:
             f"- training wall-clock: {took}; evaluation and scoring come on top"]
 
 
-def report(metrics: dict, recipe: dict) -> str:
+def report(metrics: dict, recipe: dict, point: dict | None = None) -> str:
+    """report.md: the scored checkpoint's accuracy, ratio, score and retention — at the adapter scale it is
+    handed in at when `point` (`frontier_point`) is given — and every checkpoint's results."""
     s, r = metrics["score"], metrics["ratio"]
+    accuracy, score, retention = s["accuracy"], s["value"], metrics["retention"]
+    scaled = ""
+    if point is not None:
+        accuracy, score, retention = point["accuracy"], point["score"], point["retention"]["entries"]
+        scaled = (f", merged at adapter scale **{point['scale']:g}** (its LoRA update times {point['scale']:g}: "
+                  "`tunelab handin --scale`; the frontier of every scale is in run_report.md)")
     acc_task = recipe.get("score", {}).get("accuracy_task", "arithmetic")
     lines = [f"# Hand-in report: {recipe.get('name')}", "",
-             f"- best checkpoint: **{metrics['best_checkpoint']}**",
-             f"- accuracy ({acc_task}): **{100 * s['accuracy']:.2f}%**",
+             f"- best checkpoint: **{metrics['best_checkpoint']}**{scaled}",
+             f"- accuracy ({acc_task}): **{100 * accuracy:.2f}%**",
              f"- low-parameter ratio: {r['ratio']:.9g} ({r['trainable']:,} / {r['total']:,.0f})",
-             f"- {s['formula']} score: **{s['value']:.4f}**", "", "## Retention of original abilities", "",
+             f"- {s['formula']} score: **{score:.4f}**", "", "## Retention of original abilities", "",
              "| metric | base | tuned | retained | verdict |", "|---|---|---|---|---|"]
     from tunelab.eval.retention import verdict
-    for key, v in metrics["retention"].items():
+    for key, v in retention.items():
         kept = "–" if v.get("retained") is None else f"{100 * v['retained']:.1f}%"
         lines.append(f"| {key} | {v['base']:.2f} | {v['tuned']:.2f} | {kept} | {verdict(v)} |")
     lines += ["", "## Every checkpoint", "", "| checkpoint | " + " | ".join(
@@ -204,12 +248,13 @@ def report(metrics: dict, recipe: dict) -> str:
 
 
 def handin(run_dir: str | Path, out: str | Path, fmt: str = "mindspore", dtype: str = "bfloat16",
-           base_packages: str | Path | None = None) -> Path:
+           base_packages: str | Path | None = None, scale: float | str | None = None) -> Path:
     from tunelab.convert.export import export
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and any(out.iterdir()):
         raise TunelabError("output directory exists and is not empty", file=out)
     metrics = check_run(run_dir)
+    point = frontier_point(metrics, scale)
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
     summary = json.loads((run_dir / "train_summary.json").read_text(encoding="utf-8"))
     tmp = out.with_name(out.name + ".tmp")
@@ -219,7 +264,8 @@ def handin(run_dir: str | Path, out: str | Path, fmt: str = "mindspore", dtype: 
         shutil.copy(run_dir / "recipe.yaml", tmp / "recipe.yaml")
         base_config = None
         for ckpt in list_checkpoints(run_dir):
-            dest = export(ckpt, tmp / "checkpoints" / ckpt.name, dtype, fmt=fmt)
+            at = point["scale"] if point is not None and ckpt.name == metrics["best_checkpoint"] else None
+            dest = export(ckpt, tmp / "checkpoints" / ckpt.name, dtype, fmt=fmt, scale=at)
             if base_config is None:
                 base_config = json.loads((dest / "config.json").read_text(encoding="utf-8"))
         (tmp / "mindformers.yaml").write_text(
@@ -239,15 +285,15 @@ def handin(run_dir: str | Path, out: str | Path, fmt: str = "mindspore", dtype: 
             shutil.copy(p, preds / p.parent.name / p.name)
         plots = tmp / "plots"
         plots.mkdir()
-        for png in ("loss.png", "checkpoints.png"):
+        for png in ("loss.png", "checkpoints.png", "frontier.png"):
             if (run_dir / png).exists():
                 shutil.copy(run_dir / png, plots / png)
-        (tmp / "report.md").write_text(report(metrics, recipe), encoding="utf-8")
+        (tmp / "report.md").write_text(report(metrics, recipe, point), encoding="utf-8")
         if (run_dir / "report.md").exists():
             shutil.copy(run_dir / "report.md", tmp / "run_report.md")
         (tmp / "environment.txt").write_text(environment_text(Path(base_packages) if base_packages else None),
                                              encoding="utf-8")
-        (tmp / "DESCRIPTION.md").write_text(description(recipe, summary, metrics), encoding="utf-8")
+        (tmp / "DESCRIPTION.md").write_text(description(recipe, summary, metrics, point), encoding="utf-8")
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         (tmp / "MANIFEST.sha256").write_text(
             "".join(f"{file_sha256(p)}  {p.relative_to(tmp).as_posix()}\n" for p in files), encoding="utf-8")

@@ -12,7 +12,7 @@ import sys
 from tunelab.cli.arguments import add_model, flags_for, positive
 from tunelab.errors import TunelabError
 
-_FLAGS = {"fmt": "--format", "base_packages": "--base-packages", "quant": "--quant"}
+_FLAGS = {"fmt": "--format", "base_packages": "--base-packages", "quant": "--quant", "scale": "--scale"}
 # tunelab.convert.gguf_export.QUANTS (kept here so --help starts without the model stage)
 GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l",
                "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
@@ -27,6 +27,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
                    help="hf / mindspore weights (gguf: --quant)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--scale", default=None, metavar="S|chosen",
+                   help="merge the LoRA adapter's update times S, a number in (0, 1] (weight-space interpolation "
+                        "toward the base), or the scale the run's adapter-scale frontier chose (chosen)")
     p.add_argument("--format", choices=["hf", "mindspore", "both", "gguf"], default="hf",
                    help="mindspore: MindFormers model.ckpt + model_config.yaml instead of safetensors; both: "
                         "the HF directory plus mindspore/; gguf: NAME-QUANT.gguf (tokenizer and chat template "
@@ -59,6 +62,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     p.add_argument("--base-packages", default=None, metavar="FILE",
                    help="pip freeze of the organisers' base image: environment.txt lists only the additions")
+    p.add_argument("--scale", default=None, metavar="S|chosen",
+                   help="merge the best checkpoint's LoRA update times S, a scale the run evaluated (eval.scales), "
+                        "or the one its adapter-scale frontier chose (chosen); the other four are merged as trained")
     p.set_defaults(func=cli_handin)
 
     p = verbs.add_parser("runs", help="what is in run directories")
@@ -111,14 +117,14 @@ def cli_export(args: argparse.Namespace) -> int:
     if args.quant:
         raise TunelabError("--quant is for --format gguf (hf and mindspore weights take --dtype)", field="--quant")
     from tunelab.convert.export import export
-    out = export(args.run, args.out, args.dtype, args.checkpoint, args.format)
+    out = export(args.run, args.out, args.dtype, args.checkpoint, args.format, args.scale)
     print(f"exported {out} ({_size_mb(out):.1f} MB)")
     return 0
 
 
 def _export_gguf(args: argparse.Namespace) -> int:
     from tunelab.convert.export import export_gguf_dir
-    result = export_gguf_dir(args.run, args.out, args.quant or "f16", args.checkpoint)
+    result = export_gguf_dir(args.run, args.out, args.quant or "f16", args.checkpoint, args.scale)
     print(f"exported {result.path} ({result.path.stat().st_size / 1e6:.1f} MB) and {result.path.parent / 'Modelfile'}")
     if not result.tokenizer_exact:
         print(f"note: llama.cpp has no pre-tokenizer exactly like this tokenizer's; '{result.tokenizer_pre}' is the "
@@ -157,7 +163,7 @@ def cli_convert(args: argparse.Namespace) -> int:
 @flags_for(_FLAGS)
 def cli_handin(args: argparse.Namespace) -> int:
     from tunelab.handin import handin
-    out = handin(args.run, args.out, args.format, args.dtype, args.base_packages)
+    out = handin(args.run, args.out, args.format, args.dtype, args.base_packages, args.scale)
     n = sum(1 for _ in (out / "MANIFEST.sha256").read_text(encoding="utf-8").splitlines())
     print(f"hand-in bundle {out}: {n} files, {_size_mb(out):.1f} MB; check with "
           f"`cd {out} && sha256sum -c MANIFEST.sha256`")

@@ -55,6 +55,9 @@ def measure(run: TrainedRun) -> dict:
             if ability:
                 metrics["retention_by_checkpoint"] = {name: {"verdict": overall(r), "entries": r}
                                                       for name, r in by_ckpt.items()}
+        if recipe.eval.scales:
+            from tunelab.pipeline.scale_frontier import scale_frontier
+            metrics["scale_frontier"] = scale_frontier(run, best, per_ckpt[best], kept_from, ability, ratio)
         plot_checkpoints(metrics, acc_task, primary, ability, recipe.run_dir / "checkpoints.png")
     return metrics
 
@@ -152,6 +155,8 @@ def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
         if metrics.get("best_by"):
             lines += [f"Best checkpoint: by {metrics['best_by']}.", ""]
         lines += ["![accuracy and every retained ability per checkpoint](checkpoints.png)", ""]
+        from tunelab.pipeline.scale_frontier import report_section
+        lines += report_section(metrics)
     lines += ["## Training", "", "![loss curve](loss.png)", ""]
     for png, what in (("grpo.png", "GRPO: sampled reward, groups all alike, KL, entropy"),
                       ("rewards.png", "preference rewards and margins")):

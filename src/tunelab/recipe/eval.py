@@ -3,9 +3,9 @@ retention verdict's thresholds."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tunelab.recipe.fields import DEVICE_PATTERN, StrictSection, Text
 from tunelab.recipe.source import SourceConfig
@@ -57,3 +57,16 @@ class EvalConfig(StrictSection):
     retention_min_base: float = Field(
         default=5.0, ge=0, description="a base below this F1/EM (0-100) is too close to zero to judge retention "
                                        "against: the verdict says it cannot judge")
+    scales: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=list, description=(
+            "LoRA scales in (0, 1) at which the best checkpoint is evaluated again, its update times the scale "
+            "(weight-space interpolation toward the base, as WiSE-FT): the frontier of task accuracy against each "
+            "retained ability, one evaluation a scale and no training (`tunelab.pipeline.scale_frontier`)"))
+
+    @field_validator("scales")
+    @classmethod
+    def _scales_once_each(cls, scales: list[float]) -> list[float]:
+        """In increasing order, each once: the frontier is a line along the scale."""
+        if len(set(scales)) != len(scales):
+            raise ValueError(f"a scale is listed twice: {scales}")
+        return sorted(scales)

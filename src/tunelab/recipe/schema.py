@@ -152,6 +152,19 @@ class Recipe(StrictSection):
                              "ddp, or on: all")
         return self
 
+    @model_validator(mode="after")
+    def _scales_need_an_adapter(self):
+        """`eval.scales` scales the best checkpoint's LoRA update (`tunelab.model.lora_scale`) and measures it on
+        the eval tasks: a full fine-tune has no update apart from its weights, and without tasks nothing is
+        measured. Said before training, not after it."""
+        if self.eval.scales and not self.lora.enabled:
+            raise ValueError("eval.scales scales a LoRA adapter's update toward the base; a full fine-tune has no "
+                             "adapter: set lora.enabled: true, or leave eval.scales out")
+        if self.eval.scales and not self.eval.tasks:
+            raise ValueError("eval.scales evaluates the best checkpoint at each scale on the eval tasks: give "
+                             "eval.tasks (with score.accuracy_task among them)")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
