@@ -59,7 +59,7 @@ def _reference(student, teacher, samples, spec: DistillConfig) -> torch.Tensor:
         where = targets != IGNORE
         logits = student(input_ids=ids).logits[0, :-1][where]
         total = total + F.cross_entropy(logits, targets[where], reduction="sum")
-        if spec.on == "all" or s.distill:
+        if spec.tokens == "all" or s.distill:
             with torch.no_grad():
                 t = teacher(input_ids=ids).logits[0, :-1][where]
             ls, lt = F.log_softmax(logits / T, -1), F.log_softmax(t / T, -1)
@@ -84,20 +84,20 @@ def _items(batch: dict) -> int:
 
 
 @pytest.mark.parametrize("spec", [
-    DistillConfig(weight=0.7, temperature=1.0, on="replay"),
-    DistillConfig(weight=1.5, temperature=2.0, on="all"),
-    DistillConfig(weight=0.5, temperature=3.0, on="replay", kind="reverse_kl"),
+    DistillConfig(weight=0.7, temperature=1.0, tokens="replay"),
+    DistillConfig(weight=1.5, temperature=2.0, tokens="all"),
+    DistillConfig(weight=0.5, temperature=3.0, tokens="replay", kind="reverse_kl"),
 ], ids=["replay", "all-T2", "reverse-T3"])
 def test_loss_and_gradients_equal_the_plain_formula_example_by_example(spec):
     student, teacher = _llama(0), _llama(1).eval()
     samples = _samples(9, seed=3)
-    if spec.on == "all":
+    if spec.tokens == "all":
         for s in samples:
-            s.distill = False  # on: all distils every trained token: nothing is marked
+            s.distill = False  # tokens: all distils every trained token: nothing is marked
     rows = pack_examples(samples, 40)
     assert any(r.position_ids.count(0) > 1 for r in rows)
     batch = collate_rows(rows, 0, packed=True)
-    assert ("distill_mask" in batch) == (spec.on == "replay")
+    assert ("distill_mask" in batch) == (spec.tokens == "replay")
     loss_model = DistilledLoss(student, spec, teacher)
     loss = loss_model(**batch, num_items_in_batch=_items(batch))
     loss.backward()
@@ -199,7 +199,7 @@ def test_under_lora_the_teacher_is_the_model_with_its_adapter_off():
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
                                             target_modules=["q_proj", "v_proj", "down_proj"]))
     params, modules = [id(p) for p in model.parameters()], len(list(model.modules()))
-    spec = DistillConfig(weight=0.8, temperature=1.5, on="all")
+    spec = DistillConfig(weight=0.8, temperature=1.5, tokens="all")
     loss_model = DistilledLoss(model, spec)
     # nothing new: the loss module holds the model's parameters and modules, and no copy of the base
     assert [id(p) for p in loss_model.parameters()] == params and len(list(loss_model.modules())) == modules + 1
@@ -237,11 +237,11 @@ def test_validation_and_micro_batches_without_distilled_tokens_skip_the_teacher(
         s.distill = False
     batch = collate_rows(pack_examples(samples, 40), 0, packed=True)
     assert "distill_mask" not in batch
-    plain = DistilledLoss(student, DistillConfig(on="all"), Refuses()).eval()  # validation: cross-entropy alone
+    plain = DistilledLoss(student, DistillConfig(tokens="all"), Refuses()).eval()  # validation: cross-entropy alone
     from tunelab.train.methods.sft_loss import LabelledLoss
     want = LabelledLoss(student)(**batch, num_items_in_batch=_items(batch))
     torch.testing.assert_close(plain(**batch, num_items_in_batch=_items(batch)), want)
-    replay = DistilledLoss(student, DistillConfig(on="replay"), Refuses())
+    replay = DistilledLoss(student, DistillConfig(tokens="replay"), Refuses())
     torch.testing.assert_close(replay(**batch, num_items_in_batch=_items(batch)), want)
     assert replay.take_metrics() == {}
 
@@ -254,7 +254,7 @@ def test_on_replay_marks_the_replayed_examples_and_needs_some():
     assert [e.distill for e in encoded] == [False, True, False, True]
     with pytest.raises(TunelabError, match="no training example") as err:
         mark_replay(encoded, [Example(id="x", instruction="q", output="a")] * 4)
-    assert err.value.field == "train.distill.on"
+    assert err.value.field == "train.distill.tokens"
 
 
 def _save_teacher(directory, tokenizer, vocab: int):
@@ -295,7 +295,7 @@ def test_a_teacher_from_a_path_shares_the_tokenizer(tmp_path, tokenizer):
     ({"train": {"distill": {}}}, "train.distill.teacher: a full fine-tune"),
     ({"train": {"distill": {"weight": 0, "teacher": "t"}}}, "greater than 0"),
     ({"train": {"distill": {"temperature": -1, "teacher": "t"}}}, "greater than 0"),
-    ({"train": {"distill": {"on": "some", "teacher": "t"}}}, "'replay' or 'all'"),
+    ({"train": {"distill": {"tokens": "some", "teacher": "t"}}}, "'replay' or 'all'"),
     ({"train": {"distill": {"teacher": "t", "alpha": 1}}}, "unknown key"),
     ({"lora": {"enabled": True}, "train": {"distill": {}, "strategy": "fsdp"}}, "train.strategy ddp"),
     ({"data": {"train": [{"corpus": "c"}]}, "train": {"distill": {"teacher": "t"}}}, "a corpus run has none"),
@@ -311,7 +311,7 @@ def test_the_schema_takes_a_lora_run_or_a_teacher(tmp_path):
     from tunelab.recipe import validate_recipe
     recipe = validate_recipe(recipe_dict(tmp_path, lora={"enabled": True}, train={"distill": {"weight": 0.5}}))
     assert recipe.train.distill == DistillConfig(weight=0.5)
-    recipe = validate_recipe(recipe_dict(tmp_path, train={"distill": {"teacher": "t", "on": "all"}}))
+    recipe = validate_recipe(recipe_dict(tmp_path, train={"distill": {"teacher": "t", "tokens": "all"}}))
     assert recipe.train.distill.teacher == "t" and recipe.train.distill.kind == "forward_kl"
     assert validate_recipe(recipe_dict(tmp_path)).train.distill is None
 
@@ -338,7 +338,7 @@ def test_a_run_distils_from_a_teacher_and_logs_distill_kl(tmp_path, micro_dir):
     from tunelab.train.loop import train
     recipe = validate_recipe(recipe_dict(
         tmp_path / "runs", model={"tokenizer": str(micro_dir)},
-        train={"max_steps": 3, "num_checkpoints": 1, "distill": {"teacher": str(micro_dir), "on": "all",
+        train={"max_steps": 3, "num_checkpoints": 1, "distill": {"teacher": str(micro_dir), "tokens": "all",
                                                                  "temperature": 2.0}}))
     train(recipe)
     logged = _logged(recipe)
@@ -367,3 +367,18 @@ def test_a_lora_run_distils_its_replayed_examples_from_its_base(tmp_path, micro_
     loop.train(recipe)
     kl = [line["distill_kl"] for line in _logged(recipe)]
     assert len(kl) == 4 and kl[0] == pytest.approx(0, abs=1e-6) and kl[-1] > 1e-4
+
+
+def test_the_documented_section_is_a_valid_recipe(tmp_path):
+    """docs/recipes.md's `train.distill` block, with its defaults spelled out, validates under LoRA."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from tunelab.recipe import validate_recipe
+    text = (Path(__file__).parents[1] / "docs" / "recipes.md").read_text(encoding="utf-8")
+    [block] = [b for b in re.findall(r"^```yaml\n(.*?)^```", text, re.S | re.M) if "distill:" in b.split("\n")[2]]
+    train = yaml.safe_load(block)["train"]
+    recipe = validate_recipe(recipe_dict(tmp_path, lora={"enabled": True}, train=train))
+    assert recipe.train.distill == DistillConfig()

@@ -132,7 +132,7 @@ class Recipe(StrictSection):
     @model_validator(mode="after")
     def _distillation(self):
         """Distilling from the base needs the base beside the trained model without a second copy: the model with
-        its LoRA adapter off (a full fine-tune has none, so it names its teacher). `on: replay` distils the
+        its LoRA adapter off (a full fine-tune has none, so it names its teacher). `tokens: replay` distils the
         replayed answers of examples, which a corpus run has none of; under FSDP the base's forward gathers
         weights on every process, so a process whose micro-batch has no replay tokens would leave the others
         waiting."""
@@ -143,13 +143,13 @@ class Recipe(StrictSection):
             raise ValueError("train.distill.teacher: a full fine-tune has no base beside it to distil from (under "
                              "LoRA it is the model with its adapter off): name a teacher model, or set "
                              "lora.enabled: true")
-        if d.on == "replay" and self.data.corpus is not None:
-            raise ValueError("train.distill.on: replay distils the base's own answers replayed among the examples; "
-                             "a corpus run has none: on: all distils every token")
-        if d.on == "replay" and d.teacher is None and self.train.strategy == "fsdp":
-            raise ValueError("train.distill.on: replay runs the base's forward on the micro-batches that hold "
+        if d.tokens == "replay" and self.data.corpus is not None:
+            raise ValueError("train.distill.tokens: replay distils the base's own answers replayed among the examples; "
+                             "a corpus run has none: tokens: all distils every token")
+        if d.tokens == "replay" and d.teacher is None and self.train.strategy == "fsdp":
+            raise ValueError("train.distill.tokens: replay runs the base's forward on the micro-batches that hold "
                              "replay tokens, which sharded weights cannot do on one process alone: train.strategy "
-                             "ddp, or on: all")
+                             "ddp, or tokens: all")
         return self
 
     @model_validator(mode="after")

@@ -77,9 +77,10 @@ class DistillConfig(StrictSection):
     weight: float = Field(default=1.0, gt=0, description="the KL term's weight beside the cross-entropy")
     temperature: float = Field(default=1.0, gt=0, description="both distributions are softmax(logits / T); the "
                                                                "term is multiplied by T² (Hinton et al. 2015)")
-    on: Literal["replay", "all"] = Field(
-        default="replay", description="replay: the answer tokens of examples that replay the base's own answers "
-                                      "(Example.meta['replay']); all: every trained token")
+    # not `on`: YAML 1.1 reads the key `on` as the boolean true
+    tokens: Literal["replay", "all"] = Field(
+        default="replay", description="the tokens distilled: replay, the answer tokens of examples that replay the "
+                                      "base's own answers (Example.meta['replay']); all, every trained token")
     teacher: Text | None = Field(default=None, description="a model directory (or hub id, or LoRA adapter) "
                                                            "sharing the tokenizer; default: the base, under LoRA")
     kind: Literal["forward_kl", "reverse_kl"] = Field(

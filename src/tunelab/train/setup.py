@@ -152,7 +152,7 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
     replayed_blocks = 0
     encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
     samples, truncated = len(encoded), sum(e.truncated for e in encoded)
-    if tc.distill is not None and tc.distill.on == "replay":
+    if tc.distill is not None and tc.distill.tokens == "replay":
         from tunelab.train.methods.distill_loss import mark_replay
         mark_replay(encoded, examples)
     from tunelab.model.untrained_tokens import answer_token_counts

@@ -3,8 +3,8 @@ distribution and the model's at the distilled tokens.
 
 Why: fine-tuning on a narrow task pulls the model away from what its base said elsewhere. Replaying the base's own
 answers (examples marked `Example.meta["replay"]`) with cross-entropy teaches the one token the base wrote at each
-position; the KL term teaches the base's whole distribution there, a denser hold on what it knew (`on: replay`).
-With `teacher: PATH`, a model that shares the tokenizer, and `on: all` it is logit knowledge distillation (Hinton
+position; the KL term teaches the base's whole distribution there, a denser hold on what it knew (`tokens: replay`).
+With `teacher: PATH`, a model that shares the tokenizer, and `tokens: all` it is logit knowledge distillation (Hinton
 et al. 2015), as the course project distils a small model from a bigger one.
 
 The loss of a step, over its N trained (labelled) tokens, D ⊆ them distilled, s and t the model's and the
@@ -12,7 +12,7 @@ teacher's logits, T the temperature:
 
     loss = (Σ_{i ≤ N} CE_i + weight · T² · Σ_{i ∈ D} KL(softmax(t_i / T) ‖ softmax(s_i / T))) / N
 
-(`kind: reverse_kl`: KL(softmax(s_i / T) ‖ softmax(t_i / T))). With `on: all` (D: every trained token) it is the
+(`kind: reverse_kl`: KL(softmax(s_i / T) ‖ softmax(t_i / T))). With `tokens: all` (D: every trained token) it is the
 mean cross-entropy plus weight · T² · the mean KL. A distilled token's KL divides by the same count as its
 cross-entropy, so it weighs the same whichever micro-batch, process or packed row it lands in (its mark travels
 beside its label: `data.packing.Row.distill`), and a step that holds few replay tokens does not weigh them up.
@@ -40,14 +40,14 @@ from tunelab.train.methods.sft_loss import LabelledLoss, model_inputs, plain_lin
 
 
 def mark_replay(encoded: list[Encoded], examples: list) -> None:
-    """`on: replay`: mark the encodings of the examples that replay the base's own answers (`Example.meta
+    """`tokens: replay`: mark the encodings of the examples that replay the base's own answers (`Example.meta
     ["replay"]`) as distilled; a run without any would distil nothing, which is an error."""
     for enc, example in zip(encoded, examples):
         enc.distill = bool(example.meta.get("replay"))
     if not any(enc.distill for enc in encoded):
-        raise TunelabError("train.distill.on: replay distils the base's own answers replayed among the examples, "
-                           "and no training example is one (data.replay: self adds them): add them, or on: all",
-                           field="train.distill.on")
+        raise TunelabError("train.distill.tokens: replay distils the base's own answers replayed among the examples, "
+                           "and no training example is one (data.replay: self adds them): add them, or tokens: all",
+                           field="train.distill.tokens")
 
 
 def load_teacher(path: str, model: nn.Module, tokenizer, dtype: str) -> nn.Module:
@@ -79,7 +79,7 @@ class DistilledLoss(LabelledLoss):
     def __init__(self, model: nn.Module, spec, teacher: nn.Module | None = None):
         super().__init__(model)
         self.weight, self.temperature = spec.weight, spec.temperature
-        self.reverse, self.every_token = spec.kind == "reverse_kl", spec.on == "all"
+        self.reverse, self.every_token = spec.kind == "reverse_kl", spec.tokens == "all"
         # a tuple, not an attribute: the teacher is not trained, saved, sharded or wrapped by DDP with the model
         self._teacher = (teacher,)
         self._teacher_parts = plain_parts(teacher) if teacher is not None else (
