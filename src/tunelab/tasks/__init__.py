@@ -8,5 +8,6 @@ from tunelab.tasks import glue  # noqa: F401
 from tunelab.tasks import rougel  # noqa: F401
 from tunelab.tasks import ppl  # noqa: F401
 from tunelab.tasks import continuation  # noqa: F401
+from tunelab.tasks import knowledge  # noqa: F401
 from tunelab.tasks import base_agreement  # noqa: F401
 from tunelab.tasks import instructions  # noqa: F401
