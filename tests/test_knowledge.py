@@ -187,7 +187,7 @@ def test_eval_without_data_uses_the_shipped_set_and_its_length(monkeypatch, tmp_
                               window=None, stride=None, batch_size=8, max_new_tokens=32, retention_threshold=0.9,
                               retention_min_base=5.0, device=None, precision="auto")
     es = eval_sets(config_from_flags(args))["knowledge"]
-    assert es.source == "tunelab:knowledge" and [e.id for e in es.examples] == ["en-001", "en-002", "en-003"]
+    assert es.source == "tunelab:knowledge" and [e.id for e in es.examples] == ["en-001", "zh-001", "en-002"]
     asked = {}
 
     def complete(model, tokenizer, prompts, max_new_tokens, batch_size, desc):
