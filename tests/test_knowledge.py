@@ -192,7 +192,7 @@ def test_eval_without_data_uses_the_shipped_set_and_its_length(monkeypatch, tmp_
 
     def complete(model, tokenizer, prompts, max_new_tokens, batch_size, desc):
         asked.update(prompts=prompts, max_new_tokens=max_new_tokens)
-        return [SimpleNamespace(text=t, finish_reason="stop") for t in ("Paris.", "Kyoto", "Canberra, not Sydney")]
+        return [SimpleNamespace(text=t, finish_reason="stop") for t in ("Paris.", "是上海。", "Tokyo, not Kyoto")]
 
     monkeypatch.setattr(runner, "complete_batched_for", complete)
     template = SimpleNamespace(render_prompt=lambda example, shots: example.instruction)
@@ -201,4 +201,4 @@ def test_eval_without_data_uses_the_shipped_set_and_its_length(monkeypatch, tmp_
     assert out["accuracy"] == pytest.approx(2 / 3) and out["retained_by"] == {"accuracy": 100.0}
     rows = [json.loads(line) for line in (tmp_path / "knowledge.predictions.jsonl").read_text().splitlines()]
     assert [(r["correct"], r["matched"], r["rejected"]) for r in rows] == [
-        (True, "Paris", None), (False, None, "Kyoto"), (True, "Canberra", None)]
+        (True, "Paris", None), (False, None, "上海"), (True, "Tokyo", None)]
