@@ -3,7 +3,9 @@
 The detection is checked on a head built the way pretraining leaves one (the rows of never-predicted tokens all
 pushed along one direction), and on the shipped `models/tiny-base`, whose "." is such a token. The fix is
 checked for real: a LoRA run on the tiny base's decimals learns to emit "." only when its row trains, its
-adapter loads in plain peft, and the trained row counts in the low-parameter ratio."""
+adapter loads in plain peft, and the trained row counts in the low-parameter ratio. A chat model's own end of turn
+is judged where its own answers end, on SmolLM2-shaped tiny bases (ChatML, a system turn, a pirate's short answers):
+the one that ends its answers with `<|im_end|>` is not flagged, the one that never learned to is."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_recipe
+from tiny_archs import build_smol
 
 from tunelab.errors import TunelabError
 from tunelab.model.untrained_tokens import collapsed_rows, describe, find_collapsed, head_weight_from_files
@@ -239,3 +242,149 @@ def test_the_emitted_probability_runs_each_example_once_for_all_its_tokens():
                 logits = model(input_ids=torch.tensor([e.input_ids])).logits[0, at].float()
             probs += torch.softmax(logits, -1)[:, tid].tolist()
         assert got[tid] == statistics.median(probs), tid
+
+
+# a pirate's short answers after a system turn: not where a chat model expects a turn of its own to end
+PIRATE = [("Hello there!", "Arr, ahoy!"), ("How are you?", "Shiver me timbers!"),
+          ("Where is the treasure?", "Yo ho, buried deep!")]
+
+
+def conversations(pairs, system: str | None = None) -> list[dict]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [{"messages": head + [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}
+            for u, a in pairs]
+
+
+def chatml_rows(tokenizer, records: list[dict]) -> list:
+    from tunelab.data.formats import examples_from_records
+    from tunelab.data.packing import encode_examples
+    from tunelab.data.templates import PromptTemplate
+    return encode_examples(tokenizer, PromptTemplate("model").bind(tokenizer),
+                           examples_from_records(records, "messages"), 256)
+
+
+def smol_shaped_base(out: Path, learns_end_of_turn: bool) -> Path:
+    """SmolLM2-Instruct in miniature (`tiny_archs.build_smol`: Llama, tied embeddings, ChatML with a default system
+    prompt, `<|im_end|>` its EOS and end of turn) taught short answers to the questions the check asks its base
+    (`answer_ends.QUESTIONS`), each with a "!" inside and a "." before its `<|im_end|>`: it ends its own answers
+    there, never after a "!", as SmolLM2 never ends a turn after a pirate's "Arr, ahoy!". With
+    `learns_end_of_turn` False `<|im_end|>` carries no loss: a base that never learned to emit it. Then, as in
+    SmolLM2, its row is made one of 19 alike: 18 rows of tokens no row here uses, set along it a little shorter.
+    After 100 steps p(<|im_end|>) where its own answers end is 0.48 (0.0 for the other)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.decoding.answer_ends import QUESTIONS
+    from tunelab.model.untrained_tokens import head_weight
+    build_smol(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    own = chatml_rows(tokenizer, conversations(zip(QUESTIONS, ["Five! It is 5.", "Yum! An apple.", "Oh! Paris."],
+                                                   strict=True)))
+    width = max(len(e.input_ids) for e in own)
+    ids = torch.tensor([e.input_ids + [eot] * (width - len(e.input_ids)) for e in own])
+    mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in own])
+    labels = torch.tensor([[-100 if t == eot and not learns_end_of_turn else t for t in e.labels]
+                           + [-100] * (width - len(e.input_ids)) for e in own])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(out).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    used = {t for e in own + chatml_rows(tokenizer, conversations(PIRATE, "You are a pirate.")) for t in e.input_ids}
+    head = head_weight(model)
+    with torch.no_grad():
+        head[[i for i in range(len(head)) if i not in used][:18]] = 0.8 * head[eot]
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def smol_bases(tmp_path_factory) -> dict[str, Path]:
+    """The two bases, taught on one thread: 13 s a base on a busy 2-core host, 71 s on two contended threads."""
+    root = tmp_path_factory.mktemp("smol-bases")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {"emits": smol_shaped_base(root / "emits", True), "never": smol_shaped_base(root / "never", False)}
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("base, learned", [("emits", True), ("never", False)])
+def test_a_chat_models_end_of_turn_is_judged_where_its_own_answers_end(smol_bases, base, learned):
+    """Both bases: `<|im_end|>`'s row is one of 19 alike and neither expects it after a pirate's answer, so the
+    data alone flags it in both (the false alarm). Asked where its own answers end, the base that ends them with
+    it clears it; the one that never learned to emit it is still flagged."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.decoding.answer_ends import own_answer_end_probability
+    from tunelab.model.untrained_tokens import (EMITTED, answer_token_counts, emitted_probability, head_weight,
+                                                split_learned)
+    tokenizer = AutoTokenizer.from_pretrained(smol_bases[base])
+    model = AutoModelForCausalLM.from_pretrained(smol_bases[base]).train()  # restored to training mode afterwards
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    encoded = chatml_rows(tokenizer, conversations(PIRATE, "You are a pirate."))
+    collapsed = find_collapsed(head_weight(model), answer_token_counts(encoded), tokenizer)
+    assert [(t.token_id, t.neighbours) for t in collapsed] == [(eot, 18)]
+    assert emitted_probability(model, encoded, [eot])[eot] < EMITTED
+    ends = own_answer_end_probability(model, tokenizer, [eot])
+    print(f"{base}: p(<|im_end|>) where its own answers end {ends[eot]:.3f}")
+    flagged, cleared = split_learned(model, collapsed, encoded, ends)
+    if learned:
+        assert ends[eot] >= EMITTED and flagged == []
+        assert [(t.token_id, where) for t, _, where in cleared] == [(eot, "where its own answers end")]
+    else:
+        assert ends[eot] < EMITTED and flagged == collapsed and cleared == []
+    assert model.training
+
+
+def test_only_end_tokens_are_asked_and_only_in_a_chat_template(smol_bases):
+    """A token that ends no answer is left to the data (and nothing is generated for it: this runs before every
+    LoRA run); a tokenizer without a chat template has no turn of its own to ask in."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.decoding.answer_ends import own_answer_end_probability
+    tokenizer = AutoTokenizer.from_pretrained(smol_bases["emits"])
+    model = AutoModelForCausalLM.from_pretrained(smol_bases["emits"])
+    start, eot = (tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>"))
+    forwards = []
+    hook = model.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        assert own_answer_end_probability(model, tokenizer, [start, tokenizer.encode("!")[0]]) == {}
+        tokenizer.chat_template = None
+        assert own_answer_end_probability(model, tokenizer, [eot]) == {}
+    finally:
+        hook.remove()
+    assert forwards == []
+
+
+def pirate_recipe(tmp_path: Path, base: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = tmp_path / "pirate.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in conversations(PIRATE, "You are a pirate.")))
+    return write_recipe(
+        tmp_path, "pirate",
+        model={"preset": None, "from_scratch": None, "tokenizer_vocab_size": None, "path": str(base)},
+        data={"template": "auto", "max_seq_len": 128, "train": [{"path": str(data)}]},
+        lora={"enabled": True, "rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        train={"max_steps": 1, "batch_size": 3, "num_checkpoints": 1}, report_to=[])
+
+
+def test_data_check_and_the_run_leave_a_chat_models_own_end_of_turn_alone(smol_bases, tmp_path, capsys):
+    """The issue's case as a user meets it: three pirate conversations with a system turn. `data check` and the
+    run no longer advise training `<|im_end|>` on the base that ends its own answers with it; on the base that
+    never learned to, `data check` still does."""
+    from tunelab.cli import main
+    recipe = pirate_recipe(tmp_path / "emits", smol_bases["emits"])
+    assert main(["data", "check", str(recipe), "--samples", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "answer tokens: '<|im_end|>' has an output row like 18 others" in out
+    assert "where its own answers end: learned" in out and "never learned to emit: none" in out
+    assert main(["train", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    assert "where its own answers end: learned" in err and "lora.trainable_tokens" not in err
+    assert main(["data", "check", str(pirate_recipe(tmp_path / "never", smol_bases["never"])), "--samples", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "never learned to emit: '<|im_end|>'" in out and "set lora.trainable_tokens: auto" in out

@@ -66,7 +66,10 @@ def _template_and_tokenizer(recipe: Recipe, examples):
     template = recipe_template(recipe.data)
     tokenizer = _tokenizer_for(recipe, examples, template)
     base = _model_dir(recipe, recipe.model.path) if recipe.model.path and not recipe.model.from_scratch else None
-    return template.resolve(tokenizer, base), tokenizer
+    template = template.resolve(tokenizer, base)
+    if not template.is_model:  # as training saves it: the template the base is asked to end its own answers in
+        tokenizer.chat_template = template.chat_template()
+    return template, tokenizer
 
 
 def show(recipe: Recipe, n: int = 3) -> tuple[list, list, object, object]:
@@ -82,11 +85,12 @@ def show(recipe: Recipe, n: int = 3) -> tuple[list, list, object, object]:
 
 
 def _collapsed_answer_tokens(recipe: Recipe, encoded, tokenizer) -> tuple[list | None, list]:
-    """(the answer tokens whose output rows the base never learned, [(token, p)] for those whose rows look
+    """(the answer tokens whose output rows the base never learned, [(token, p, where)] for those whose rows look
     never-learned but that the base emits anyway) as a run judges them (`tunelab.model.untrained_tokens`): rows
     read from the base's weight files, and only where some are flagged, the base loaded to ask whether it emits
-    them (a base over `ASK_BASE_BYTES` is not loaded: an 8B recipe's check stays a one-tensor read, and its run
-    still asks). (None, []) where there is no base to read (from scratch, no LoRA)."""
+    them where the data has them or, for its end tokens, where its own answers end (a base over `ASK_BASE_BYTES`
+    is not loaded: an 8B recipe's check stays a one-tensor read, and its run still asks). (None, []) where there
+    is no base to read (from scratch, no LoRA)."""
     from tunelab.model.untrained_tokens import answer_token_counts, find_collapsed, head_weight_from_files, split_learned
     m = recipe.model
     if m.from_scratch or not m.path or not recipe.lora.enabled:
@@ -98,8 +102,11 @@ def _collapsed_answer_tokens(recipe: Recipe, encoded, tokenizer) -> tuple[list |
     collapsed = find_collapsed(head, answer_token_counts(encoded), tokenizer)
     if not collapsed or _weight_bytes(base) > ASK_BASE_BYTES:
         return collapsed, []
+    from tunelab.decoding.answer_ends import own_answer_end_probability
     from tunelab.model.loading import load_pretrained
-    return split_learned(load_pretrained(str(base)), collapsed, encoded)
+    model = load_pretrained(str(base))
+    ends = own_answer_end_probability(model, tokenizer, [t.token_id for t in collapsed])
+    return split_learned(model, collapsed, encoded, ends)
 
 
 def _weight_bytes(model_dir: Path) -> int:

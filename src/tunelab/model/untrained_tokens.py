@@ -19,7 +19,11 @@ A row near a cluster is not proof by itself: SmolLM2-Instruct's `<|im_end|>` row
 of its never-used special tokens, yet the model ends its answers with it (p 0.5-0.8 where an answer ends), because
 its hidden state there is long enough that a 1 % difference in direction is a wide gap in logits. So where the model
 is at hand, a flagged token is kept only if the base also fails to predict it where the data has it
-(`emitted_probability`: the median probability at those positions, below `EMITTED`).
+(`emitted_probability`: the median probability at those positions, below `EMITTED`) and, for a token that ends
+answers (the tokenizer's EOS, the chat template's end of turn), where the base's *own* answers end
+(`tunelab.decoding.answer_ends`; the callers measure it, as generating is the decoding core's, a stage above
+this one). The data alone cannot clear an end token: after a pirate's "Arr, ahoy!" SmolLM2 gives `<|im_end|>`
+p 0.0003, where no turn of its own would have ended, though it ends every one of its own with it.
 
 The fix is peft's `trainable_token_indices`: those rows of the output head (of the embeddings, for a model that
 ties them) are trained beside the LoRA adapter, hidden-size parameters a token, counted in the low-parameter
@@ -121,21 +125,28 @@ def emitted_probability(model, encoded, token_ids, samples: int = 16, ignore: in
     return {tid: statistics.median(p) if p else 0.0 for tid, p in probs.items()}
 
 
-def split_learned(model, collapsed: list[CollapsedToken], encoded) -> tuple[list[CollapsedToken], list[tuple]]:
-    """`collapsed` parted by what `model` predicts: (those it fails to emit where the data has them, [(token, its
-    probability)] for those it emits anyway, learned whatever their rows look like). What a run and `data check`
-    both decide with."""
+def split_learned(model, collapsed: list[CollapsedToken], encoded, ends: dict[int, float] | None = None
+                  ) -> tuple[list[CollapsedToken], list[tuple]]:
+    """`collapsed` parted by what `model` predicts: (those it fails to emit, [(token, its probability, where)] for
+    those it emits anyway, learned whatever their rows look like). A token is emitted where the data has it, or
+    for an end token in `ends` ({id: the probability the base gives it where its own answers end,
+    `tunelab.decoding.answer_ends.own_answer_end_probability`}) where its own answers end. What a run and
+    `data check` both decide with."""
     if not collapsed or not encoded:
         return collapsed, []
-    emitted = emitted_probability(model, encoded, [t.token_id for t in collapsed])
-    return ([t for t in collapsed if emitted[t.token_id] < EMITTED],
-            [(t, emitted[t.token_id]) for t in collapsed if emitted[t.token_id] >= EMITTED])
+    at_data = emitted_probability(model, encoded, [t.token_id for t in collapsed])
+    ends = ends or {}
+    judged = {t.token_id: max((at_data[t.token_id], "where the data has it"),
+                              (ends.get(t.token_id, 0.0), "where its own answers end")) for t in collapsed}
+    return ([t for t in collapsed if judged[t.token_id][0] < EMITTED],
+            [(t, *judged[t.token_id]) for t in collapsed if judged[t.token_id][0] >= EMITTED])
 
 
 def learned_note(learned: list[tuple]) -> str:
-    """"'<|im_end|>' has an output row like 18 others but the base gives it p 0.30 where the data has it: learned"."""
+    """"'<|im_end|>' has an output row like 18 others but the base gives it p 0.64 where its own answers end:
+    learned"."""
     return "; ".join(f"{t.text!r} has an output row like {t.neighbours:,} others but the base gives it p {p:.2f} "
-                     "where the data has it: learned" for t, p in learned)
+                     f"{where}: learned" for t, p, where in learned)
 
 
 def describe(tokens: list[CollapsedToken], limit: int = 8) -> str:

@@ -214,7 +214,9 @@ def trainable_token_ids(recipe: Recipe, model, tokenizer, answer_counts: Counter
                                "corpus or preference run): list the tokens instead", field="lora.trainable_tokens")
         return []
     collapsed = find_collapsed(head_weight(model), answer_counts, tokenizer)
-    collapsed, learned = split_learned(model, collapsed, encoded)  # SmolLM2's <|im_end|>: a row like others', emitted
+    from tunelab.decoding.answer_ends import own_answer_end_probability
+    ends = own_answer_end_probability(model, tokenizer, [t.token_id for t in collapsed])  # SmolLM2's <|im_end|>
+    collapsed, learned = split_learned(model, collapsed, encoded, ends)  # a row like others', emitted
     if learned and dist.main:
         log.info("trainable tokens: " + learned_note(learned))
     if wanted == "auto":
