@@ -80,16 +80,10 @@ class BaseAgreementTask(Task):
     modes = ("loglik",)
     retention_metrics = {"agreement": 1.0}
     settings = ("base", "max_answer_tokens")
+    counts = ("max_answer_tokens",)
     answers_from_base = True  # the runner fills each example's answer with the base's own (eval.base_answers)
     base: str | None = None
     max_answer_tokens: int = 128
-
-    def configure(self, **values: Any) -> "BaseAgreementTask":
-        super().configure(**values)
-        if not isinstance(self.max_answer_tokens, int) or self.max_answer_tokens < 1:
-            raise TunelabError(f"max_answer_tokens must be a positive integer, got {self.max_answer_tokens!r}",
-                               field="options.max_answer_tokens")
-        return self
 
     def default_examples(self) -> list[Example]:
         return general_prompts("eval")

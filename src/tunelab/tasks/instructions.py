@@ -104,14 +104,8 @@ class InstructionsTask(Task):
     ability = True
     retention_metrics = {"prompt_level_strict_acc": 100.0, "inst_level_strict_acc": 100.0}
     settings = ("max_new_tokens",)
+    counts = ("max_new_tokens",)
     max_new_tokens: int = 160  # every shipped prompt can be followed in fewer tokens, with a small model's verbosity
-
-    def configure(self, **values: Any) -> "InstructionsTask":
-        super().configure(**values)
-        n = self.max_new_tokens
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise TunelabError(f"max_new_tokens must be a positive whole number, got {n!r}", field="max_new_tokens")
-        return self
 
     def default_examples(self) -> list[Example]:
         shipped = files("tunelab.tasks").joinpath("data", SHIPPED)  # package data: perhaps inside a zip

@@ -199,14 +199,8 @@ class KnowledgeTask(Task):
     ability = True
     retention_metrics = {"accuracy": 100.0}
     settings = ("max_new_tokens",)
+    counts = ("max_new_tokens",)
     max_new_tokens = 48
-
-    def configure(self, **values: Any) -> "Task":
-        super().configure(**values)
-        n = self.max_new_tokens
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise TunelabError(f"max_new_tokens must be a positive whole number, got {n!r}", field="max_new_tokens")
-        return self
 
     def default_examples(self) -> list[Example]:
         return read_knowledge(SHIPPED)

@@ -47,6 +47,7 @@ class Task:
     # puts it on 0-100 (1 for F1/EM, 100 for an accuracy in 0-1): `summarize`'s results must hold them
     retention_metrics: ClassVar[dict[str, float]] = {"f1": 1.0, "exact_match": 1.0}
     settings: ClassVar[tuple[str, ...]] = ()
+    counts: ClassVar[tuple[str, ...]] = ()  # settings that are token or item counts: positive whole numbers
     reads_corpus: ClassVar[bool] = False  # `load_examples` accepts a prepared corpus directory
     # the examples' answers are the base model's own, filled in by the runner (`tunelab.eval.base_answers`) from the
     # task's `base` setting, else the evaluated model's base
@@ -60,6 +61,8 @@ class Task:
                 raise TunelabError(f"task '{self.name}' has no setting '{key}' (settings: {known})",
                                    field="options")
             if value is not None:
+                if key in self.counts and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    raise TunelabError(f"{key} must be a positive whole number, got {value!r}", field=key)
                 setattr(self, key, value)
         return self
 
