@@ -126,13 +126,15 @@ def config_from_flags(args: argparse.Namespace) -> EvalConfig:
         if name not in names or not setting:
             raise TunelabError(f"'{key}': expected TASK.KEY with TASK one of {', '.join(names)}", field="--option")
         options[name][setting] = _value(value)
-    raw = {"tasks": [{"task": name, "source": {"path": files[name]} if name in files else None, "limit": args.limit, "mode": modes.get(name),
+    raw = {"tasks": [{"task": name, "source": {"path": files[name]} if name in files else None, "limit": args.limit,
+                      "mode": modes.get(name),
                       "options": options[name]} for name in names],
            "mode": mode,
            "options": {k: getattr(args, k) for k in ("segmentation", "window", "stride")
                        if getattr(args, k) is not None},
            "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-           "retention_threshold": args.retention_threshold, "retention_min_base": args.retention_min_base, "device": args.device, "precision": args.precision}
+           "retention_threshold": args.retention_threshold, "retention_min_base": args.retention_min_base,
+           "device": args.device, "precision": args.precision}
     return validate_eval(raw)
 
 

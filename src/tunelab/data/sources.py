@@ -73,5 +73,6 @@ def self_replay_examples(replay: SelfReplayConfig, task_examples: int) -> list[E
     fraction = replay.fraction if replay.fraction is not None else 0.1
     n = replay.count or max(1, round(fraction * task_examples / (1 - fraction)))
     random.Random(replay.seed).shuffle(pool)
+    drawn = ((k, pool[k % len(pool)]) for k in range(n))
     return [Example(id=f"{SELF_REPLAY}-{k}-{ex.id}", instruction=ex.instruction, input=ex.input, output=ex.output,
-                    kind=SELF_REPLAY, meta={"replay": "self"}) for k, ex in ((k, pool[k % len(pool)]) for k in range(n))]
+                    kind=SELF_REPLAY, meta={"replay": "self"}) for k, ex in drawn]

@@ -22,8 +22,8 @@ class DivergenceConfig(StrictSection):
 
 class GRPOConfig(StrictSection):
     """`train.method: grpo` (`tunelab.train.methods.grpo`): completions sampled with tunelab's own decoding core,
-    scored by `rewards`, trained on their group-normalised advantages (`tunelab.train.methods.grpo_loss`). Names and defaults
-    follow TRL's GRPOConfig; `train.batch_size` counts prompts, each sampled `num_generations` times."""
+    scored by `rewards`, trained on their group-normalised advantages (`tunelab.train.methods.grpo_loss`). Names and
+    defaults follow TRL's GRPOConfig; `train.batch_size` counts prompts, each sampled `num_generations` times."""
 
     num_generations: int = Field(default=8, ge=2, description="completions sampled per prompt (a group)")
     max_completion_length: int = Field(default=64, ge=1, description="tokens a completion may have")

@@ -10,7 +10,8 @@ an intro or closing line, or `*` markup, forgiven) — with `by_kind` (per instr
 Examples: `Example.instruction` is the prompt, `Example.meta["instructions"]` its `[{"kind", "args"}]`, and
 `Example.kind` the prompt's language (`en`, `zh`…). tunelab ships 167 everyday requests written for it, 87 English
 and 80 Chinese, covering each of the 29 kinds at least 5 times (`tasks/data/instructions.jsonl`), all answerable within
-the task's `max_new_tokens` (160; no "at least 300 words"): the task is run on small models on CPUs, many times. A user file is JSONL, one prompt a line, in either shape:
+the task's `max_new_tokens` (160; no "at least 300 words"): the task is run on small models on CPUs, many times.
+A user file is JSONL, one prompt a line, in either shape:
 
 * tunelab's: `{"prompt": ..., "instructions": [{"kind": ID, "args": {...}}], "id"?: ..., "language"?: ...}`
 * IFEval's input_data.jsonl: `{"key", "prompt", "instruction_id_list", "kwargs"}` (null kwargs are dropped, as
