@@ -202,3 +202,23 @@ def test_replay_needs_its_prepared_file(make_recipe):
     with pytest.raises(TunelabError) as e:
         training_examples(recipe)
     assert e.value.field == "data.replay"
+
+
+def test_an_open_ended_answer_trains_without_an_end(smol):
+    """A replayed answer the base had not finished trains its tokens and no end of turn; the others as ever, in
+    the model's own template."""
+    from transformers import AutoTokenizer
+
+    from tunelab.data.packing import IGNORE, OPEN_END, encode_examples
+    from tunelab.data.templates import PromptTemplate
+    tok = AutoTokenizer.from_pretrained(smol)
+    template = PromptTemplate("model").bind(tok)
+    done = Example(id="a", instruction="Say hi.", output="Hi there.")
+    cut = Example(id="b", instruction="Tell me a story.", output="Once upon a time", meta={OPEN_END: True})
+    plain, open_ = encode_examples(tok, template, [done, cut], 256)
+    assert encode_examples(tok, template, [done], 256)[0] == plain  # the finished one is unchanged
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end in [t for t in plain.labels if t != IGNORE]
+    trained = [t for t in open_.labels if t != IGNORE]
+    assert tok.decode(trained) == "Once upon a time" and end not in trained
+    assert tok.decode(open_.input_ids).startswith(template.render_prompt(cut))

@@ -104,6 +104,8 @@ def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example]
         return []
     loss_on = LOSS_ON_ALIASES.get(loss_on, loss_on)
     template = template.bind(tokenizer)
+    if any(ex.meta.get(OPEN_END) for ex in examples):
+        return _with_open_ends(tokenizer, template, examples, max_len, loss_on)
     if template.is_model:
         chat = template.chat()
         return [_cut(*chat.encode(template.messages(ex), loss_on, ex.tools, f" (example {ex.id})"), max_len)
@@ -120,6 +122,31 @@ def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example]
     for i, ex in enumerate(examples):
         if ex.messages:
             out[i] = _cut(*_template_turns(tokenizer, template, template.messages(ex), loss_on), max_len)
+    return out
+
+
+OPEN_END = "open_end"  # Example.meta: the answer is the start of a longer one (the base's, cut): no end is trained
+
+
+def _with_open_ends(tokenizer, template: PromptTemplate, examples: list[Example], max_len: int,
+                    loss_on: str) -> list[Encoded]:
+    """`encode_examples` where some answers are open-ended: a replayed answer the base had not finished within its
+    length. Such an answer is trained without an end of turn or EOS after it — the model learns to go on writing
+    where the base went on, never to stop mid-sentence: the prompt as the model is asked it (the generation
+    prompt) and the answer's tokens, tokenised apart as evaluation scores them. The others as usual."""
+    open_ends = [ex for ex in examples if ex.meta.get(OPEN_END)]
+    rest = iter(encode_examples(tokenizer, template, [ex for ex in examples if not ex.meta.get(OPEN_END)],
+                                max_len, loss_on))
+    prompts = _token_ids(tokenizer, [template.render_prompt(ex) for ex in open_ends])
+    answers = iter(zip(prompts, _token_ids(tokenizer, [ex.output for ex in open_ends])))
+    out = []
+    for ex in examples:
+        if not ex.meta.get(OPEN_END):
+            out.append(next(rest))
+            continue
+        prompt, answer = next(answers)
+        labels = ([IGNORE] * len(prompt) if loss_on != "all" else list(prompt)) + answer
+        out.append(_cut(prompt + answer, labels, max_len))
     return out
 
 

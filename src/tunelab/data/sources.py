@@ -62,17 +62,22 @@ SELF_REPLAY = "replay-self"  # the kind (and `meta["replay"]`) of a replayed ans
 def self_replay_examples(replay: SelfReplayConfig, task_examples: int) -> list[Example]:
     """`data.replay: self`'s examples, read from its prepared file (the base's own answers, written before training
     by `tunelab.pipeline.self_replay`): `count` of them, or as many as make `fraction` (default 0.1) of all
-    training examples, drawn in a seeded order and taken again from the start when the file holds fewer."""
-    from tunelab.data.formats import read_examples
+    training examples, drawn in a seeded order and taken again from the start when the file holds fewer. An answer
+    marked `open_end` (the base had not finished it) trains without an end of turn."""
+    from tunelab.data.packing import OPEN_END
+    from tunelab.records import iter_records, require_str
     if replay.file is None:
         raise TunelabError("data.replay: self needs the base's answers, which `tunelab run`, `tunelab train` and "
                            "`tunelab data show` prepare: run one of them (or give replay.file)", field="data.replay")
-    pool = read_examples(replay.file, "alpaca")
+    pool = [(str(rec.get("id", line)), require_str(rec, "instruction", replay.file, line),
+             require_str(rec, "output", replay.file, line), bool(rec.get(OPEN_END)))
+            for line, rec in iter_records(replay.file)]
     if not pool:
         raise TunelabError("no replay examples in the file", file=replay.file, field="data.replay.file")
     fraction = replay.fraction if replay.fraction is not None else 0.1
     n = replay.count or max(1, round(fraction * task_examples / (1 - fraction)))
     random.Random(replay.seed).shuffle(pool)
-    drawn = ((k, pool[k % len(pool)]) for k in range(n))
-    return [Example(id=f"{SELF_REPLAY}-{k}-{ex.id}", instruction=ex.instruction, input=ex.input, output=ex.output,
-                    kind=SELF_REPLAY, meta={"replay": "self"}) for k, ex in drawn]
+    drawn = ((k, *pool[k % len(pool)]) for k in range(n))
+    return [Example(id=f"{SELF_REPLAY}-{k}-{id_}", instruction=prompt, output=answer, kind=SELF_REPLAY,
+                    meta={"replay": "self", **({OPEN_END: True} if open_end else {})})
+            for k, id_, prompt, answer, open_end in drawn]
