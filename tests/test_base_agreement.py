@@ -222,3 +222,31 @@ def test_an_open_ended_answer_trains_without_an_end(smol):
     trained = [t for t in open_.labels if t != IGNORE]
     assert tok.decode(trained) == "Once upon a time" and end not in trained
     assert tok.decode(open_.input_ids).startswith(template.render_prompt(cut))
+
+
+def test_magpie_draws_requests_from_the_user_turn_header(smol, monkeypatch):
+    """`prompts: [magpie]`: the base continues its template's user-turn header (system turn included); what it
+    writes and ends is a request, cached by weights, header, count and seed."""
+    import torch
+
+    from tunelab.eval import base_answers as ba
+    model, tok, template = _loaded(smol)
+    assert ba.user_turn_header(template) == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                                             "<|im_start|>user\n")
+    rows = [tok("Write a poem about the sea.", add_special_tokens=False)["input_ids"],
+            tok("no end", add_special_tokens=False)["input_ids"], [], tok("Hi", add_special_tokens=False)["input_ids"]]
+    drawn = {}
+
+    def fake_rows(model, prompts, max_new_tokens, stops, pad_id, batch_size, sampling=None, generators=None):
+        drawn.update(prompts=prompts, temperatures={p.temperature for p in sampling},
+                     seeds=[g.initial_seed() for g in generators])
+        return rows, [True, False, True, True]
+    monkeypatch.setattr("tunelab.decoding.generate.greedy_rows", fake_rows)
+    got = ba.self_instructions(model, tok, template, 4, seed=3)
+    header_ids = tok(ba.user_turn_header(template), add_special_tokens=False)["input_ids"]
+    assert drawn["prompts"] == [header_ids] * 4 and drawn["temperatures"] == {1.0}
+    assert len(set(drawn["seeds"])) == 4  # each row its own generator
+    # not ended, empty, or shorter than 8 characters: dropped
+    assert [e.instruction for e in got] == ["Write a poem about the sea."] and got[0].kind == "en"
+    monkeypatch.setattr("tunelab.decoding.generate.greedy_rows", lambda *a, **k: pytest.fail("not cached"))
+    assert [e.instruction for e in ba.self_instructions(model, tok, template, 4, seed=3)] == [got[0].instruction]
