@@ -328,7 +328,7 @@ def test_eval_input_errors_are_one_line(tiny_base, files, tmp_path, capsys):
          "--mode: task 'squad' has no loglik mode (modes: generate)"),
         (["--tasks", "squad", "--data", f"squad={files['squad']}", "--mode", "fast"], "--mode: Input should be"),
         (["--tasks", "squad", "--data", f"squad={files['squad']}", "--mode", "loglik"],
-         "--mode: mode loglik applies to none of the tasks (squad); it is a mode of choice, cola, qqp"),
+         "--mode: mode loglik applies to none of the tasks (squad); it is a mode of base_agreement, choice, cola, qqp"),
         (["--tasks", "squad", "--data", f"squad={files['squad']}", "--limit", "0"], "--limit: Input should be"),
     ]
     for extra, message in cases:
@@ -345,11 +345,12 @@ def _one_mistake_two_ways(files):
     ppl = ["--tasks", "ppl", "--data", f"ppl={files['ppl']}"]
     return [
         ({"tasks": [{"task": "nosuch", "source": sq}]}, ["--tasks", "nosuch", "--data", f"nosuch={files['squad']}"],
-         "eval.tasks.0.task", "--tasks", "unknown task 'nosuch' (known: arithmetic, choice, cola, continuation, "),
+         "eval.tasks.0.task", "--tasks", "unknown task 'nosuch' (known: arithmetic, base_agreement, choice, cola, "),
         ({"tasks": [{"task": "squad", "mode": "loglik", "source": sq}]}, squad + ["--mode", "squad=loglik"],
          "eval.tasks.0.mode", "--mode", "task 'squad' has no loglik mode (modes: generate)"),
         ({"mode": "loglik", "tasks": [{"task": "squad", "source": sq}]}, squad + ["--mode", "loglik"],
-         "eval.mode", "--mode", "mode loglik applies to none of the tasks (squad); it is a mode of choice, cola, qqp"),
+         "eval.mode", "--mode",
+         "mode loglik applies to none of the tasks (squad); it is a mode of base_agreement, choice, cola, qqp"),
         ({"tasks": [{"task": "squad", "mode": "fast", "source": sq}]}, squad + ["--mode", "squad=fast"],
          "eval.tasks.0.mode", "--mode", "Input should be 'generate', 'loglik' or 'perplexity'"),
         ({"tasks": [{"task": "choice", "options": {"colour": "red"}, "source": {"path": str(files["choice"])}}]},
