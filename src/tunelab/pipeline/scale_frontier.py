@@ -86,6 +86,9 @@ def ability_keys(frontier: dict, judged: bool = False) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+CLIP = 160.0  # % of the base's: shares above it are drawn at it, labelled with their value
+
+
 def plot_frontier(frontier: dict, threshold: float, out_png: Path) -> None:
     """Task accuracy (x) against each judged ability metric as a percentage of the base's (y), one line per
     metric, every point labelled with its scale, the retention threshold as a horizontal line. Nothing is
@@ -97,19 +100,26 @@ def plot_frontier(frontier: dict, threshold: float, out_png: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for i, key in enumerate(keys):
         shown = [(100 * p["accuracy"], 100 * p["retention"]["entries"][key]["retained"], p["scale"])
                  for p in frontier["points"] if (p["retention"]["entries"].get(key) or {}).get("retained") is not None]
-        ax.plot([x for x, _, _ in shown], [y for _, y, _ in shown], marker="o", color=f"C{i % 10}", label=key)
-        for x, y, scale in shown:
+        # a share far above the base's (reading replayed in the task's format: 270-440 %) is drawn at the top, its
+        # value written beside it, so the lines near the threshold keep the height of the plot
+        drawn = [min(y, CLIP) for _, y, _ in shown]
+        ax.plot([x for x, _, _ in shown], drawn, marker="o", color=f"C{i % 10}", label=key)
+        for (x, y, scale), at in zip(shown, drawn):
             chosen = " (chosen)" if scale == frontier["chosen"] else ""
-            ax.annotate(f"x{scale:g}{chosen}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            above = f" ▲{y:.0f}%" if y > CLIP else ""
+            lift = -10 * (i % 4) if above else 0  # clipped lines share the top: their labels step down
+            ax.annotate(f"x{scale:g}{chosen}{above}", (x, at), textcoords="offset points", xytext=(4, 4 + lift),
+                        fontsize=7)
     ax.axhline(100 * threshold, color="grey", ls="--", lw=1, label=f"retention threshold {100 * threshold:g}%")
     ax.set_xlabel(f"{frontier['accuracy_task']} (%)")
     ax.set_ylabel("ability retained (% of the base's)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.set_ylim(top=CLIP + 10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(f"adapter scale frontier of {frontier['checkpoint']}")
     fig.tight_layout()
     fig.savefig(out_png)
