@@ -70,6 +70,12 @@ CHOICE_HEADERS = {
 }
 
 
+def prompt_language(text: str) -> str:
+    """"zh" when a third or more of `text`'s characters are CJK (a Chinese request, not an English one quoting a
+    word of Chinese), else "en"."""
+    return "zh" if len(_CJK.findall(text)) * 3 >= len(text.strip()) > 0 else "en"
+
+
 def choice_lang(question: str, choices: Iterable[str]) -> str:
     """"zh" when the question or an option holds CJK text, else "en"."""
     return "zh" if _CJK.search(question) or any(_CJK.search(c) for c in choices) else "en"

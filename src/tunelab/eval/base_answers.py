@@ -72,6 +72,13 @@ def cache_key(fingerprint: str, template: PromptTemplate, prompts: list[Example]
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
+def answers_path(base_dir: str | Path, template: PromptTemplate, prompts: list[Example], max_new_tokens: int,
+                 suffix: str = ".jsonl") -> Path:
+    """Where the answers of this base, template, prompts and length are cached (`suffix` names what else is kept
+    under the same key, e.g. the replay examples made of them)."""
+    return cache_root() / (cache_key(weights_fingerprint(base_dir), template, prompts, max_new_tokens) + suffix)
+
+
 def answer_continuation(template: PromptTemplate, example: Example, answer: str, ended: bool) -> str:
     """The text a model writes after the generation prompt to give `answer`: the answer, then the template's own
     end of turn when the base ended it there (a cut-off answer has none). Taken from the bound template's rendering
@@ -94,8 +101,7 @@ def base_answers(base_dir: str | Path, prompts: list[Example], template: PromptT
     text scored or trained after the generation prompt). From the cache when this base, template, prompts and
     length have been answered before; else generated with `model` (the base, already loaded) or by loading
     `base_dir`, and cached."""
-    key = cache_key(weights_fingerprint(base_dir), template, prompts, max_new_tokens)
-    path = cache_root() / f"{key}.jsonl"
+    path = answers_path(base_dir, template, prompts, max_new_tokens)
     if path.is_file():
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if len(rows) == len(prompts):
@@ -187,6 +193,5 @@ def self_instructions(model, tokenizer, template: PromptTemplate, count: int, se
         write_jsonl(tmp, [{"prompt": t} for t in texts])
         tmp.replace(path)
         log.info(f"magpie: the base wrote {len(texts)} usable requests of {count} drawn; cached in {path}")
-    return [Example(id=f"magpie-{i}", instruction=t, output="",
-                    kind="zh" if sum("\u4e00" <= c <= "\u9fff" for c in t) * 3 >= len(t) else "en")
-            for i, t in enumerate(texts)]
+    from tunelab.data.formats import prompt_language
+    return [Example(id=f"magpie-{i}", instruction=t, output="", kind=prompt_language(t)) for i, t in enumerate(texts)]

@@ -10,8 +10,9 @@ longer one: trained without an end of turn (`open_end`), so the model learns to 
 on, never to stop mid-sentence. (A chat model this verbose — SmolLM2 ended 33 of 240 answers within 128 tokens —
 would otherwise replay only its shortest answers, and teach brevity.)
 
-The examples are written as JSONL (`{id, instruction, output, open_end?}`) beside the cached answers and `data.replay.file`
-is set to that file: the run's saved recipe names it, and `tunelab data show` shows the same rows, marked.
+The examples are written as JSONL (`{id, instruction, output, open_end?}`) beside the cached answers and
+`data.replay.file` is set to that file: the run's saved recipe names it, and `tunelab data show` shows the same
+rows, marked.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def prepare_self_replay(recipe: Recipe, base: str | None = None) -> Path | None:
         raise TunelabError("data.replay: self replays the base's own answers: it needs a base model (model.path)",
                            field="data.replay")
     from tunelab.data.templates import recipe_template
-    from tunelab.eval.base_answers import base_answers, cache_root
+    from tunelab.eval.base_answers import answers_path, base_answers
     from tunelab.eval.runner import load_model
     model, tokenizer = load_model(base, recipe.eval.device or recipe.train.device, recipe.eval.precision)
     template = recipe_template(recipe.data).resolve(tokenizer, base)
@@ -58,9 +59,7 @@ def prepare_self_replay(recipe: Recipe, base: str | None = None) -> Path | None:
     ended = sum(ex.meta["finish_reason"] == "stop" for ex in kept)
     log.info(f"data.replay: self — {len(kept)} of the base's answers: {ended} ended by the base, {len(kept) - ended} "
              f"cut at {replay.max_new_tokens} tokens (trained without an end, as the start of a longer answer)")
-    from tunelab.eval.base_answers import cache_key, weights_fingerprint
-    key = cache_key(weights_fingerprint(base), template, prompts, replay.max_new_tokens)
-    out = cache_root() / f"{key}.replay.jsonl"
+    out = answers_path(base, template, prompts, replay.max_new_tokens, suffix=".replay.jsonl")
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     write_jsonl(tmp, [{"id": ex.id, "instruction": ex.instruction, "output": ex.output,
                        **({OPEN_END: True} if ex.meta["finish_reason"] != "stop" else {})} for ex in kept])

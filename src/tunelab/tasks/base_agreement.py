@@ -51,7 +51,7 @@ def general_prompts(split: str, language: str | None = None) -> list[Example]:
 
 def read_prompts(path: str | Path) -> list[Example]:
     """A user's prompts: JSONL with `prompt` (and optional `id`), or any format `read_examples` reads."""
-    from tunelab.data.formats import read_examples
+    from tunelab.data.formats import prompt_language, read_examples
     from tunelab.records import iter_records, require_str
     records = list(iter_records(path))
     if records and "prompt" in records[0][1]:
@@ -61,15 +61,10 @@ def read_prompts(path: str | Path) -> list[Example]:
             if not text.strip():
                 raise TunelabError("an empty prompt", file=path, line=line, field="prompt")
             out.append(Example(id=str(rec.get("id", f"{Path(path).stem}-{line}")), instruction=text, output="",
-                               kind=_language(text)))
+                               kind=prompt_language(text)))
         return out
-    return [Example(id=ex.id, instruction=ex.instruction, input=ex.input, output="", kind=_language(ex.instruction))
-            for ex in read_examples(path)]
-
-
-def _language(text: str) -> str:
-    han = sum("\u4e00" <= c <= "\u9fff" for c in text)
-    return "zh" if han * 3 >= len(text.strip()) else "en"
+    return [Example(id=ex.id, instruction=ex.instruction, input=ex.input, output="",
+                    kind=prompt_language(ex.instruction)) for ex in read_examples(path)]
 
 
 @register_task

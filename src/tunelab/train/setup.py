@@ -168,9 +168,9 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
             val_rows = validation_rows(recipe, recipe.data.replay_corpus.corpus)
             if dist.main and val_rows is not None:
                 when = f"every {tc.eval_every} steps and " if tc.eval_every else ""
-                log.info(f"validation: {val_rows.count:,} blocks of {recipe.data.replay_corpus.corpus}'s val split {when}"
-                      "at each checkpoint (what fine-tuning costs its language modelling; the best checkpoint "
-                      "is still chosen by the evaluated tasks)")
+                log.info(f"validation: {val_rows.count:,} blocks of {recipe.data.replay_corpus.corpus}'s val split "
+                         f"{when}at each checkpoint (what fine-tuning costs its language modelling; the best "
+                         "checkpoint is still chosen by the evaluated tasks)")
     prefix = 0
     if recipe.data.packing and recipe.data.share_prefix:
         from tunelab.decoding.attention import MASKED_ATTENTION
