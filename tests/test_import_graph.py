@@ -33,7 +33,7 @@ LAYERS = [
     ("track", 1, ["tunelab.track.*"], "the dashboards a run logs to (TensorBoard, MLflow, W&B, SwanLab)"),
     ("model", 2, ["tunelab.model.*"],
      "loading and placement: paths, hub, presets, device and precision, LoRA, quantisation, tokenizers, untrained "
-     "tokens"),
+     "tokens; `kernels/`: what training and scoring both run, the one target-token log-probability (and KL) kernel"),
     ("decoding", 3, ["tunelab.decoding.*"],
      "the one place tokens are generated or scored: stop tokens, sampling, the KV cache, prefix-tree prefill, "
      "attention and rotary kernels, resident models, the generation config a checkpoint was scored with"),

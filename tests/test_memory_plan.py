@@ -236,6 +236,19 @@ def test_a_grpo_plan_traces_the_policy_step_counts_the_rollout_cache_and_the_con
     assert rollout_cache_bytes(big) == 2 * 32 * 8 * 128 * 2 * 128 * 2048 == 32 * GiB
 
 
+def test_a_dpo_plan_traces_a_pair_as_two_padded_rows(tmp_path):
+    """A DPO micro-batch of B pairs is 2B rows (chosen, rejected) padded, not packed: the rows the loss scores
+    through the same chunked log-probability kernel as SFT's loss (`model.kernels.logprobs`)."""
+    from tunelab.recipe import load_recipe
+    from tunelab.train.plan.spec import step_spec
+    sections = _tiny_lora_sections()
+    sections["train"].update(method="dpo", batch_size=3, precision="fp32")
+    sections["data"].update(max_seq_len=64, train=[{"path": str(tmp_path / "pairs.jsonl")}])
+    spec = step_spec(load_recipe(write_recipe(tmp_path, "dpo", **sections), check_data=False),
+                     load_config(str(TINY_BASE)))
+    assert (spec.batch_size, spec.seq_len, spec.packing, spec.share_prefix) == (6, 64, False, False)
+
+
 def test_a_continued_adapter_plans_with_its_own_lora_settings(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -226,7 +226,7 @@ def test_skipping_peft_input_casts_under_autocast_changes_no_value():
 def test_projected_cross_entropy_matches_autograd_chunk_by_chunk(frozen_head, dtype):
     import torch.nn.functional as F
 
-    from tunelab.train.methods.sft_loss import ProjectedCrossEntropy
+    from tunelab.model.kernels.logprobs import ProjectedCrossEntropy
     torch.manual_seed(0)
     n, vocab = 1100, 4096  # three chunks of 512 positions
     weight = (torch.randn(vocab, 16) * 0.3).requires_grad_(not frozen_head)

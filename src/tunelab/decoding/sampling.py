@@ -135,16 +135,15 @@ def token_logprobs(logits, targets, top: int = 0):
     (m,) float32, whether it is the row's argmax (m,) bool, the `top` largest log-probabilities (m, top) float32
     and their token ids (m, top)), on the logits' device.
 
-    The log-softmax runs on ~8 MB of float32 at a time, from logits kept in their own dtype, as the training loss
-    does (`train/methods/sft_loss.py`): a prompt's log-probabilities never hold its (positions x vocabulary) logits in
-    float32, nor their log-softmax. Row for row the same numbers as one float32 log-softmax over all of them."""
+    The log-softmax is the one every method shares (`model.kernels.logprobs.log_softmax_chunks`): ~8 MB of
+    float32 at a time, from logits kept in their own dtype, so a prompt's log-probabilities never hold its
+    (positions x vocabulary) logits in float32. Row for row the same numbers as one float32 log-softmax."""
     import torch
-    m, vocab = logits.shape
-    chunk = max(1, 2 ** 21 // vocab)
+
+    from tunelab.model.kernels.logprobs import log_softmax_chunks
     parts = []
-    for lo in range(0, m, chunk):
-        logp = torch.log_softmax(logits[lo:lo + chunk].float(), dim=-1)
-        target = targets[lo:lo + chunk, None]
+    for lo, hi, logp in log_softmax_chunks(logits):
+        target = targets[lo:hi, None]
         values, ids = logp.topk(top, dim=-1) if top else (logp[:, :0], target[:, :0])
         parts.append((logp.gather(1, target)[:, 0], logp.argmax(-1) == target[:, 0], values, ids))
     return tuple(torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts))

@@ -101,6 +101,7 @@ def score_token_ids(model, tokenizer, documents, window: int | None = None, stri
     windows = [0] * len(documents)
     order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][1]))
     from tunelab.decoding.forward import logits_at
+    from tunelab.decoding.sampling import token_logprobs
     from tunelab.decoding.stops import pad_token_id
     pad_id = pad_token_id(tokenizer)
     device = next(model.parameters()).device
@@ -126,7 +127,7 @@ def score_token_ids(model, tokenizer, documents, window: int | None = None, stri
                 windows[d] += 1
             logits = logits_at(model, input_ids.to(device), attention.to(device), keep.to(device), use_cache=False)
             target = torch.from_numpy(np.concatenate(targets)).to(logits.device)
-            token_nll = torch.nn.functional.cross_entropy(logits, target, reduction="none").double().cpu()
+            token_nll = (-token_logprobs(logits, target)[0]).double().cpu()
             for d, value in zip(owners, token_nll.tolist()):
                 nll[d] += value
                 tokens[d] += 1

@@ -22,7 +22,7 @@ The teacher is by default the base: the model itself with its LoRA adapter switc
 at `teacher`, loaded frozen on the model's device in its dtype. Its forward runs without gradients, in eval mode,
 and only on micro-batches that hold distilled tokens: one extra forward of the teacher each. Only the distilled
 positions' hidden states are kept and projected onto the vocabulary, a chunk at a time with the log-softmax in
-fp32 (`ProjectedKL`, as `sft_loss.ProjectedCrossEntropy` does for the cross-entropy). Each metrics line gets
+fp32 (`model.kernels.kl.ProjectedKL`, through the log-probability kernel every method shares). Each metrics line gets
 `distill_kl`, the mean KL per distilled token since the last line.
 """
 
@@ -36,7 +36,9 @@ from torch import nn
 from tunelab.data.packing import IGNORE, Encoded
 from tunelab.decoding.rotary import fast_rotary
 from tunelab.errors import TunelabError
-from tunelab.train.methods.sft_loss import LabelledLoss, model_inputs, plain_linear, plain_parts
+from tunelab.model.kernels.kl import ProjectedKL, teacher_logits, token_kl
+from tunelab.model.kernels.logprobs import head_parts, plain_linear
+from tunelab.train.methods.sft_loss import LabelledLoss, model_inputs
 
 
 def mark_replay(encoded: list[Encoded], examples: list) -> None:
@@ -82,7 +84,7 @@ class DistilledLoss(LabelledLoss):
         self.reverse, self.every_token = spec.kind == "reverse_kl", spec.tokens == "all"
         # a tuple, not an attribute: the teacher is not trained, saved, sharded or wrapped by DDP with the model
         self._teacher = (teacher,)
-        self._teacher_parts = plain_parts(teacher) if teacher is not None else (
+        self._teacher_parts = head_parts(teacher) if teacher is not None else (
             self._parts if self.labelled_only else None)
         self.set_window(None)
 
@@ -105,14 +107,14 @@ class DistilledLoss(LabelledLoss):
                 term, kl = ProjectedKL.apply(hidden[chosen], head.weight, *teacher, self.temperature, scale,
                                              self.reverse)
             else:
-                kl = token_kl(head(hidden[chosen]), _logits(*teacher), self.temperature, self.reverse).sum()
+                kl = token_kl(head(hidden[chosen]), teacher_logits(*teacher), self.temperature, self.reverse).sum()
                 term = kl * scale
         else:
             with fast_rotary(self.model):
                 out = self.model(input_ids=input_ids, labels=labels, use_cache=False,
                                  num_items_in_batch=num_items_in_batch, **inputs)
             loss = out.loss
-            kl = token_kl(out.logits[:, :-1][chosen], _logits(*teacher), self.temperature, self.reverse).sum()
+            kl = token_kl(out.logits[:, :-1][chosen], teacher_logits(*teacher), self.temperature, self.reverse).sum()
             term = kl * scale
         self._kl = self._kl + kl.detach()
         self._positions += teacher[0].shape[0]
@@ -164,76 +166,3 @@ class DistilledLoss(LabelledLoss):
         out = {"distill_kl": float(self._kl) / self._positions} if self._positions else {}
         self.set_window(None)
         return out
-
-
-def _logits(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    return x if weight is None else x @ weight.to(x.dtype).t()
-
-
-def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-             reverse: bool = False) -> torch.Tensor:
-    """Each position's KL(teacher ‖ student) (`reverse`: KL(student ‖ teacher)) at `temperature`, in fp32."""
-    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return (s.exp() * (s - t)).sum(-1) if reverse else (t.exp() * (t - s)).sum(-1)
-
-
-class ProjectedKL(torch.autograd.Function):
-    """(`scale` × Σ_rows KL, and the sum itself, not differentiable) with the student's logits `hidden @ weight.T`
-    and the teacher's `teacher_hidden @ teacher_weight.T` (`teacher_hidden` are its logits when `teacher_weight` is
-    None), both made ~8 MB of fp32 logits at a time as `sft_loss.ProjectedCrossEntropy` makes them, with the
-    gradients for `hidden` and `weight` taken in the forward pass: ∂KL/∂s = (softmax(s/T) − softmax(t/T)) / T, or
-    reversed p_s ⊙ (log p_s − log p_t − KL) / T. Under autocast the matmuls run in its dtype and each chunk's
-    gradient is rounded to it before them; in fp32 the weight's gradient is summed chunk by chunk."""
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, teacher_hidden: torch.Tensor,
-                teacher_weight: torch.Tensor | None, temperature: float, scale: float, reverse: bool):
-        device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        h, w = hidden.to(dtype), weight.to(dtype)
-        t_w = None if teacher_weight is None else w if teacher_weight is weight else teacher_weight.to(dtype)
-        t_h = teacher_hidden if t_w is None else teacher_hidden.to(dtype)
-        n, vocab = h.shape[0], w.shape[0]
-        chunk = max(64, 2 ** 21 // vocab)  # ~8 MB of fp32 logits
-        exact = dtype == torch.float32
-        grad_logits = torch.empty(n, vocab, dtype=dtype, device=h.device) if want_weight and not exact else None
-        grad_w = torch.zeros_like(w) if want_weight and exact else None
-        grad_h = torch.empty_like(h) if want_hidden else None
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        with torch.autocast(device, enabled=False):
-            for lo in range(0, n, chunk):
-                s = torch.log_softmax((h[lo: lo + chunk] @ w.t()).float() / temperature, dim=-1)
-                t = t_h[lo: lo + chunk] if t_w is None else t_h[lo: lo + chunk] @ t_w.t()
-                t = torch.log_softmax(t.float() / temperature, dim=-1)
-                if reverse:
-                    r = s - t
-                    kl = (s.exp_() * r).sum(-1)
-                    g = s.mul_(r.sub_(kl[:, None]))
-                else:
-                    p_t = t.exp()
-                    kl = (p_t * (t - s)).sum(-1)
-                    g = s.exp_().sub_(p_t)
-                total += kl.sum()
-                if not (want_hidden or want_weight):
-                    continue
-                g.mul_(scale / temperature)
-                if not exact:  # rounded to the matmul dtype, as autograd rounds a gradient
-                    g = torch.mul(g, 1.0, out=grad_logits[lo: lo + chunk]) if want_weight else g.to(dtype)
-                if want_hidden:
-                    torch.mm(g, w, out=grad_h[lo: lo + chunk])
-                if grad_w is not None:
-                    grad_w.addmm_(g.t(), h[lo: lo + chunk])
-            if grad_logits is not None:
-                grad_w = grad_logits.t() @ h
-            grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
-        ctx.save_for_backward(grad_h.to(hidden.dtype) if want_hidden else None, grad_w)
-        ctx.mark_non_differentiable(total)
-        return total * scale, total
-
-    @staticmethod
-    def backward(ctx, grad_term: torch.Tensor, grad_total: torch.Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        return (grad_h * grad_term if grad_h is not None else None,
-                grad_w * grad_term if grad_w is not None else None, None, None, None, None, None)

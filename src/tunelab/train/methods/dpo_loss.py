@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tunelab.model.kernels.logprobs import scored_logps
+
 LOSS_TYPES = ("sigmoid", "ipo", "simpo")
 
 
@@ -48,16 +50,12 @@ class PreferenceLoss:
         return self.loss_type != "simpo"
 
 
-def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """log p(token t | tokens before t) for t = 1 .. T-1 of every row, in fp32: (rows, T-1)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-
-
 def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(each row's summed answer log-probability, its per-token log-probabilities masked to the answer)."""
-    per_token = token_logps(model, input_ids, attention_mask) * completion_mask[:, 1:]
+    """(each row's summed answer log-probability, its per-token log-probabilities, (rows, T-1) fp32, 0 outside
+    the answer). Only the answer positions are projected onto the vocabulary, a chunk at a time
+    (`model.kernels.logprobs`): never (rows × T × vocabulary) in fp32."""
+    per_token, _ = scored_logps(model, input_ids, completion_mask[:, 1:], attention_mask=attention_mask)
     return per_token.sum(dim=1), per_token
 
 

@@ -62,6 +62,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunelab.model.kernels.logprobs import scored_logps
+
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
@@ -248,27 +250,15 @@ def completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log p(token) of every completion token, (B, C), in fp32 and 0 at padding; the entropy of the
     distribution it was drawn from, (B, C), or None). The logits are divided by `temperature` first, as TRL's
-    `_get_per_token_logps_and_entropies` does (through its fused LM head: same numbers, no (B, T, V) tensor
-    kept; tunelab's rows are short enough to hold the logits of the completion positions)."""
+    `_get_per_token_logps_and_entropies` does (through its fused LM head); here only the completion positions are
+    projected onto the vocabulary, a chunk at a time (`model.kernels.logprobs`)."""
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     width = completion_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    logits = logits[:, -width - 1:-1].float() / temperature
-    logps = torch.log_softmax(logits, dim=-1)
-    token_logps = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
-    padding = completion_mask == 0
-    token_logps = token_logps.masked_fill(padding, 0.0)
-    entropies = token_entropies(logps).masked_fill(padding, 0.0) if entropy else None
-    return token_logps, entropies
-
-
-def token_entropies(logps: torch.Tensor) -> torch.Tensor:
-    """The entropy of each distribution of log-probabilities `logps` (..., vocab). A metric, never differentiated,
-    so taken outside autograd: recorded, its exp and product would hold two more (tokens × vocab) tensors until
-    the backward pass (1.2 GB for 3,000 completion tokens of a 49k vocabulary)."""
-    with torch.no_grad():
-        return -(logps.exp() * logps).sum(-1)
+    scored = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, dtype=torch.bool, device=input_ids.device)
+    scored[:, -width:] = completion_mask.bool()
+    logps, entropies = scored_logps(model, input_ids, scored, temperature, entropy, attention_mask=attention_mask)
+    return logps[:, -width:], (entropies[:, -width:] if entropies is not None else None)
 
 
 def reference_completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

@@ -24,7 +24,7 @@ import torch
 
 from tunelab.data.packing import IGNORE, Row, collate
 from tunelab.decoding.attention import MASKED_ATTENTION, additive_for_eager
-from tunelab.train.methods.grpo_loss import token_entropies
+from tunelab.model.kernels.logprobs import head_parts, target_logps
 
 # model types whose rotary attention makes a constant position shift exact (absolute positions, as GPT-2's,
 # would see packed completions at other positions than TRL's left-padded rows)
@@ -33,20 +33,14 @@ ROTARY = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
 
 def backbone_and_head(model):
     """(the backbone, the output head) of a causal LM (or its peft wrapper) whose logits are `head(last hidden
-    state)` and whose attention packs groups exactly; None for any other model."""
+    state)` (`head_parts`) and whose attention packs groups exactly; None for any other model."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     if getattr(config, "model_type", None) not in ROTARY:
         return None
     if getattr(config, "_attn_implementation", None) not in MASKED_ATTENTION:
         return None
-    if float(getattr(config, "final_logit_softcapping", None) or 0.0):
-        return None
-    backbone = getattr(base, base.base_model_prefix, None)
-    head = base.get_output_embeddings()
-    if not isinstance(backbone, torch.nn.Module) or not isinstance(head, torch.nn.Module):
-        return None
-    return backbone, head
+    return head_parts(model)
 
 
 def pack_groups(prompt_ids: list[list[int]], completion_ids: list[list[int]], completion_mask: torch.Tensor,
@@ -109,12 +103,10 @@ def packed_completion_logps(parts, batch: dict, shape: tuple[int, int], temperat
     inputs["attention_mask"] = additive_for_eager(backbone.config, inputs["attention_mask"])
     hidden = backbone(**inputs, use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])[batch["predict_at"]]
-    logps = torch.log_softmax(head(hidden).float() / temperature, dim=-1)
+    token_logps, per_token = target_logps(hidden, head, batch["target_ids"], temperature, entropy)
     index = (batch["target_rows"], batch["target_cols"])
-    token_logps = logps.gather(-1, batch["target_ids"].unsqueeze(-1)).squeeze(-1)
     out = torch.zeros(shape, dtype=torch.float32, device=token_logps.device).index_put(index, token_logps)
     entropies = None
     if entropy:
-        per_token = token_entropies(logps)
         entropies = torch.zeros(shape, dtype=torch.float32, device=per_token.device).index_put(index, per_token)
     return out, entropies

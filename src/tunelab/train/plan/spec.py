@@ -48,8 +48,10 @@ def step_spec(recipe: Recipe, config: PretrainedConfig) -> StepSpec:
     if recipe.lora.enabled:
         lora = (_continued_lora(m.path) if m.path else None) or (recipe.lora.rank, recipe.lora.alpha,
                                                                    recipe.lora.dropout, recipe.lora.target_modules)
-    batch, seq_len, grpo = tc.batch_size, recipe.data.max_seq_len, None
-    if tc.method == "grpo":  # the policy's forward: a packed row a group (its prompt once), or a row an answer
+    batch, seq_len, grpo, packing = tc.batch_size, recipe.data.max_seq_len, None, recipe.data.packing
+    if tc.method == "dpo":  # a pair is two padded rows, chosen and rejected, scored by the same chunked kernel as
+        batch, packing = 2 * tc.batch_size, False  # SFT's loss (the reference's forward keeps no activations)
+    elif tc.method == "grpo":  # the policy's forward: a packed row a group (its prompt once), or a row an answer
         g = tc.grpo
         grpo = (tc.batch_size, g.num_generations, g.max_completion_length)
         if recipe.data.packing:
@@ -57,7 +59,7 @@ def step_spec(recipe: Recipe, config: PretrainedConfig) -> StepSpec:
         else:
             batch = tc.batch_size * g.num_generations
     return StepSpec(config=config, dtype=dtype, lora=lora, batch_size=batch, seq_len=seq_len, grpo=grpo,
-                    packing=recipe.data.packing, share_prefix=recipe.data.packing and recipe.data.share_prefix,
+                    packing=packing, share_prefix=packing and recipe.data.share_prefix,
                     autocast=precision, gradient_checkpointing=getattr(tc, "gradient_checkpointing", False),
                     quantization=getattr(m, "quantization", "none"),
                     # paged: the same bytes on the GPU while there is room (it pages out only under pressure)
