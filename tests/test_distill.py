@@ -114,7 +114,7 @@ def test_loss_and_gradients_equal_the_plain_formula_example_by_example(spec):
 def test_packed_and_flat_rows_distil_the_tokens_each_example_distils_alone():
     """A token's KL is the same packed (in a padded grid, or laid end to end) as alone, and the distilled tokens
     are exactly the distilled examples' trained tokens."""
-    from tunelab.decoding.attention import use_cpu_attention
+    from tunelab.model.kernels.attention import use_cpu_attention
     student, teacher = _llama(0), _llama(1).eval()
     assert use_cpu_attention(student) and use_cpu_attention(teacher)
     samples = _samples(10, seed=5, every=3)

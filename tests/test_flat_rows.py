@@ -13,7 +13,7 @@ from tunelab.data.formats import examples_from_records
 from tunelab.data.packing import IGNORE, Encoded, collate_flat, collate_rows, encode_examples, pack_examples, \
     shared_prefix
 from tunelab.data.templates import PromptTemplate
-from tunelab.decoding.attention import takes_flat_rows, use_cpu_attention
+from tunelab.model.kernels.attention import takes_flat_rows, use_cpu_attention
 from tunelab.model.loading import build_from_scratch
 from tunelab.model.tokenizer import train_bpe_tokenizer
 from tunelab.train.methods.sft_loss import LabelledLoss
@@ -137,7 +137,7 @@ def test_validation_loss_is_the_same_with_flat_rows(tokenizer):
 
 
 def test_where_the_attention_cannot_take_flat_rows(tokenizer):
-    from tunelab.decoding.attention import cpu_attention
+    from tunelab.model.kernels.attention import cpu_attention
     model = _model(tokenizer)
     assert takes_flat_rows(model, 10 ** 6)  # Llama has no sliding window
     model.config.sliding_window = 64  # a window shorter than a row: the rows' own masks would ignore it

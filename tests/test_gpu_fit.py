@@ -43,7 +43,7 @@ def test_activation_checkpointing_keeps_a_tenth_of_the_activations(tiny_base):
 
     from tunelab.model.activation_checkpointing import enable_activation_checkpointing
     from tunelab.model.lora import make_lora_config
-    from tunelab.decoding.rotary import fast_rotary
+    from tunelab.model.kernels.rotary import fast_rotary
     from tunelab.train.methods.sft_loss import LabelledLoss
 
     def held_for_backward(checkpointing: bool) -> tuple[int, float]:

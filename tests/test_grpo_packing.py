@@ -15,7 +15,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig, Qwen2Config
 
-from tunelab.decoding.attention import use_cpu_attention
+from tunelab.model.kernels.attention import use_cpu_attention
 from tunelab.train.methods.grpo_loss import collate_completions, completion_logps
 from tunelab.train.methods.grpo_packing import backbone_and_head, pack_groups, packed_completion_logps
 

@@ -33,10 +33,11 @@ LAYERS = [
     ("track", 1, ["tunelab.track.*"], "the dashboards a run logs to (TensorBoard, MLflow, W&B, SwanLab)"),
     ("model", 2, ["tunelab.model.*"],
      "loading and placement: paths, hub, presets, device and precision, LoRA, quantisation, tokenizers, untrained "
-     "tokens; `kernels/`: what training and scoring both run, the one target-token log-probability (and KL) kernel"),
+     "tokens; `kernels/`: what training and decoding both run — the CPU attention for packed rows, rotary without "
+     "copies, the one target-token log-probability (and KL) kernel"),
     ("decoding", 3, ["tunelab.decoding.*"],
      "the one place tokens are generated or scored: stop tokens, sampling, the KV cache, prefix-tree prefill, "
-     "attention and rotary kernels, resident models, the generation config a checkpoint was scored with"),
+     "resident models, the generation config a checkpoint was scored with"),
     ("scoring", 3, ["tunelab.scoring"], "low-parameter ratio (model shapes) and the competition formulas"),
     ("convert", 4, ["tunelab.convert.*"],
      "other ecosystems: MindSpore `.ckpt` and MindFormers, GGUF in and out, Ollama's Modelfile, merged HF export"),

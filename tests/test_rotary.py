@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from tunelab.decoding import rotary
+from tunelab.model.kernels import rotary
 
 STANDARD = ["llama", "qwen2", "mistral", "gemma2"]
 

@@ -69,7 +69,7 @@ def test_rows_hold_every_sample_once_with_its_positions_and_labels(encoded):
 def test_loss_and_gradients_equal_rows_that_repeat_the_header(encoded, tokenizer, attention):
     """The same samples, grouped the same way, with the header shared and repeated: the model's logits at every
     sample token, the training loss and every parameter's gradient agree."""
-    from tunelab.decoding.attention import use_cpu_attention
+    from tunelab.model.kernels.attention import use_cpu_attention
     from tunelab.train.methods.sft_loss import LabelledLoss
     torch.manual_seed(0)
     model = build_from_scratch("micro", len(tokenizer), {}, tokenizer)
@@ -131,7 +131,7 @@ def test_training_with_share_prefix_logs_sample_tokens(make_recipe):
 def test_an_attention_without_4d_masks_trains_without_sharing(make_recipe, monkeypatch, caplog):
     """Flash attention's packed path reads position ids and takes no 4-D mask: there the rows repeat the header."""
     from tunelab.recipe import load_recipe
-    from tunelab.decoding import attention
+    from tunelab.model.kernels import attention
     from tunelab.train import loop
     monkeypatch.setattr(attention, "MASKED_ATTENTION", ())
     caplog.set_level(logging.INFO, logger="tunelab")  # the start-up notes are logged (the CLI prints them)

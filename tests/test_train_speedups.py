@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tunelab.decoding.attention import NAME, use_cpu_attention
+from tunelab.model.kernels.attention import NAME, use_cpu_attention
 from tunelab.train.dropout import FastDropout, keep_mask, use_fast_lora_dropout
 
 
@@ -110,7 +110,7 @@ def test_decoding_runs_under_sdpa_and_training_gets_its_attention_back():
     SDPA gives, and the training attention is back afterwards, also after an error inside."""
     from peft import LoraConfig, get_peft_model
 
-    from tunelab.decoding.attention import decoding_attention
+    from tunelab.model.kernels.attention import decoding_attention
     model = get_peft_model(_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     ids = torch.randint(1, 97, (3, 9))
     with torch.no_grad():

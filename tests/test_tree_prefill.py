@@ -105,7 +105,7 @@ def test_tree_prefill_gives_each_rows_logits_and_cache(attn):
 
 
 def test_an_attention_it_cannot_call_keeps_the_padded_prefill():
-    from tunelab.decoding.attention import register
+    from tunelab.model.kernels.attention import register
     model = _tiny_llama()
     register()
     model.set_attn_implementation("tunelab_cpu")

@@ -43,8 +43,12 @@ def tree_prefill_ok(model) -> bool:
     """Whether `DecodeBatch.prefill` may run `model`'s rows as a trie (`tree_prefill.py`): its attention
     implementation is one that module can call, and on random rows (shared prefixes, a duplicate, a row that is
     another's prefix, one alone) the trie gives the padded prefill's logits and, after one decode step, the same
-    logits again. Checked once per model class and architecture, attention implementation and dtype."""
+    logits again. Checked once per model class and architecture, attention implementation and dtype; never
+    when the `tree_attention` patch is not active (`model.patches`)."""
     from tunelab.decoding.tree_prefill import SUPPORTED
+    from tunelab.model.patches import active
+    if not active("tree_attention"):
+        return False
     own = getattr(model.config, "_attn_implementation", None)
     # the architecture too: a peft wrapper's class is the same whatever model it wraps
     key = (type(model), getattr(model.config, "model_type", None), own, model.dtype)

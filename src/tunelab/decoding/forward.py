@@ -5,16 +5,32 @@ tensors sent to the device without the host waiting.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do; a peft wrapper passes it on
+    to its base). Read from the signature once a class — never by catching a TypeError from the forward, which
+    would also swallow a real error inside the model and run the forward twice."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _signature_takes(type(base))
+
+
+@functools.cache
+def _signature_takes(cls) -> bool:
+    params = inspect.signature(cls.forward).parameters
+    return "logits_to_keep" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def logits_at(model, input_ids, attention_mask, keep, **kwargs):
     """Float32 logits at the `keep` positions (bool, batch × seq), flattened row-major to (keep.sum(), vocab).
 
     transformers computes the vocabulary projection only there (`logits_to_keep`); a model class without
     that argument, or one that ignores it, is run on every position and the kept ones are selected."""
-    try:
-        logits = forward(model, input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep,
-                          **kwargs).logits
-    except TypeError:  # a model class without logits_to_keep
-        logits = forward(model, input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+    if takes_logits_to_keep(model):
+        kwargs = {**kwargs, "logits_to_keep": keep}
+    logits = forward(model, input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
     if logits.ndim == 3:
         logits = logits[keep] if logits.shape[1] == keep.shape[1] else logits.reshape(-1, logits.shape[-1])
     return logits.float()
@@ -22,17 +38,16 @@ def logits_at(model, input_ids, attention_mask, keep, **kwargs):
 
 def forward(model, **kwargs):
     """`model(**kwargs)`, with rotary embeddings computed without copies where that is exact (`rotary.py`)."""
-    from tunelab.decoding.rotary import fast_rotary
+    from tunelab.model.kernels.rotary import fast_rotary
     with fast_rotary(model):
         return model(**kwargs)
 
 
 def last_logits(model, **kwargs):
     """Float32 logits of each row's last position, (batch, vocab)."""
-    try:
-        logits = forward(model, logits_to_keep=1, **kwargs).logits
-    except TypeError:
-        logits = forward(model, **kwargs).logits
+    if takes_logits_to_keep(model):
+        kwargs = {**kwargs, "logits_to_keep": 1}
+    logits = forward(model, **kwargs).logits
     return logits[:, -1, :].float()
 
 

@@ -95,7 +95,7 @@ class ResidentBase(Reloading):
         base.requires_grad_(False)
         if getattr(base, "is_gradient_checkpointing", False):
             base.gradient_checkpointing_disable()
-        from tunelab.decoding.attention import NAME as TRAINING_ATTENTION
+        from tunelab.model.kernels.attention import NAME as TRAINING_ATTENTION
         if getattr(base.config, "_attn_implementation", None) == TRAINING_ATTENTION:
             base.set_attn_implementation("sdpa")  # the CPU training kernel; decoding is shaped for sdpa
         base.eval()

@@ -4,7 +4,7 @@ instead of kept, for far less memory at the cost of about a third more compute.
 Non-reentrant, torch's recommended form: frozen inputs (LoRA's base) need no `requires_grad` trick, and the RNG
 is replayed, so dropout draws the same masks in the recompute and the gradients equal a run without it
 (tests/test_gpu_fit.py). The training loop keeps tunelab's fast rotary path in place for the whole loop so that
-the recompute runs the same function as the forward (`decoding/rotary.py`).
+the recompute runs the same function as the forward (`model/kernels/rotary.py`).
 """
 
 from __future__ import annotations

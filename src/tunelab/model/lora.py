@@ -35,7 +35,7 @@ def resolve_target_modules(target: str | list[str]) -> str | list[str]:
         try:
             re.compile(pattern)
         except re.error as e:
-            raise TunelabError(f"invalid LoRA target regex '{target}': {e}") from None
+            raise TunelabError(f"invalid LoRA target regex '{target}': {e}") from e
         return f"{_ANY_PARENT}(?:{pattern})"
     else:
         names = [MINDFORMERS_MODULES.get(n.strip(), n.strip()) for n in target.split(",")]
@@ -115,7 +115,11 @@ def _show(target: str | list[str]) -> str:
 def skip_lora_input_casts(model: torch.nn.Module) -> None:
     """For bf16 autocast training: peft casts a LoRA layer's bf16 input up to its fp32 adapter weights, and
     autocast casts it straight back down for the matmul. Without the first cast the values are the same
-    (bf16 is exact in fp32) and two copies of the activation per layer, forward and backward, are saved."""
+    (bf16 is exact in fp32) and two copies of the activation per layer, forward and backward, are saved.
+    Nothing changes when the `lora_input_cast` patch is not active (`model.patches`)."""
+    from tunelab.model.patches import active
+    if not active("lora_input_cast"):
+        return
     from peft.tuners.tuners_utils import BaseTunerLayer
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):

@@ -36,7 +36,11 @@ def keep_mask(shape: torch.Size, keep: float) -> torch.Tensor:
 
 
 def use_fast_lora_dropout(model: nn.Module) -> int:
-    """Swap every peft LoRA dropout for a `FastDropout` with the same p; returns how many were swapped."""
+    """Swap every peft LoRA dropout for a `FastDropout` with the same p; returns how many were swapped (none when
+    the `lora_dropout` patch is not active: `model.patches`)."""
+    from tunelab.model.patches import active
+    if not active("lora_dropout"):
+        return 0
     swapped = 0
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)

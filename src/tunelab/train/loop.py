@@ -13,7 +13,7 @@ checkpoint (`checkpoints.py`), the processes (`distributed.py`), and the summary
 One command runs on a CPU, one GPU, or several processes under `torchrun` / `accelerate launch`
 (DDP, gloo on CPU): each rank takes a strided share of every step's rows. The loss projects only labelled
 positions onto the vocabulary (`methods/sft_loss.py`); on CPU, LoRA dropout (`dropout.py`) and packed-row attention
-(`decoding/attention.py`) use cheaper kernels that compute the same thing.
+(`model/kernels/attention.py`) use cheaper kernels that compute the same thing.
 
 Rows come from examples (`row_stream.py`) or from a prepared corpus's memory-mapped blocks (`corpus_rows.py`).
 A corpus run also measures the validation loss (`validation.py`) every `eval_every` steps and at every
@@ -36,7 +36,7 @@ from tunelab.data.sources import training_examples
 from tunelab.data.templates import recipe_template
 from tunelab.errors import Preempted, TunelabError
 from tunelab.decoding.generation_config import eval_max_new_tokens
-from tunelab.decoding.rotary import fast_rotary
+from tunelab.model.kernels.rotary import fast_rotary
 from tunelab.recipe import Recipe
 from tunelab.runs import checkpoint_dir
 from tunelab.train import sharding

@@ -173,7 +173,7 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
                          "checkpoint is still chosen by the evaluated tasks)")
     prefix = 0
     if recipe.data.packing and recipe.data.share_prefix:
-        from tunelab.decoding.attention import MASKED_ATTENTION
+        from tunelab.model.kernels.attention import MASKED_ATTENTION
         attention = getattr(model.config, "_attn_implementation", None)
         if attention not in MASKED_ATTENTION:  # flash attention's packed path takes position ids, no 4-D mask
             why = f"the model's {attention} attention takes no 4-D mask"
@@ -315,7 +315,7 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: lis
         autocast_dtype = None  # the sharding's MixedPrecisionPolicy casts to bf16 for compute, not autocast
     flat = False
     if device.type == "cpu":  # checkpoints keep the model's own attention setting: it is not saved in config.json
-        from tunelab.decoding.attention import takes_flat_rows, use_cpu_attention
+        from tunelab.model.kernels.attention import takes_flat_rows, use_cpu_attention
         base = model.get_base_model() if lora else model
         use_cpu_attention(base)
         flat = recipe.data.packing and takes_flat_rows(base, recipe.data.max_seq_len)

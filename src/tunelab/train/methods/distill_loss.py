@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from tunelab.data.packing import IGNORE, Encoded
-from tunelab.decoding.rotary import fast_rotary
+from tunelab.model.kernels.rotary import fast_rotary
 from tunelab.errors import TunelabError
 from tunelab.model.kernels.kl import ProjectedKL, teacher_logits, token_kl
 from tunelab.model.kernels.logprobs import head_parts, plain_linear
@@ -55,7 +55,7 @@ def mark_replay(encoded: list[Encoded], examples: list) -> None:
 def load_teacher(path: str, model: nn.Module, tokenizer, dtype: str) -> nn.Module:
     """The model at `path` (a directory, hub id or LoRA adapter, merged), frozen in eval mode on `model`'s device
     in `dtype`; its logits mean the same tokens only under the same tokenizer, which is checked."""
-    from tunelab.decoding.attention import use_cpu_attention
+    from tunelab.model.kernels.attention import use_cpu_attention
     from tunelab.model.loading import check_model_path, load_for_inference
     check_model_path(path, field="train.distill.teacher")
     device = next(model.parameters()).device
@@ -126,7 +126,7 @@ class DistilledLoss(LabelledLoss):
         where the head is a plain projection, else (their logits, None)."""
         teacher = self._teacher[0]
         if teacher is not None and "row_lengths" in inputs:
-            from tunelab.decoding.attention import takes_flat_rows
+            from tunelab.model.kernels.attention import takes_flat_rows
             if not takes_flat_rows(teacher, max(inputs["row_lengths"])):
                 raise TunelabError("the teacher's attention cannot take the training rows laid end to end, as the "
                                    "model's does on this CPU: a teacher of the model's architecture",

@@ -155,7 +155,7 @@ class PreferenceLossModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
                 num_items_in_batch: int) -> torch.Tensor:
-        from tunelab.decoding.rotary import fast_rotary
+        from tunelab.model.kernels.rotary import fast_rotary
         with fast_rotary(self.model):
             policy, per_token = completion_logps(self.model, input_ids, attention_mask, completion_mask)
             reference = (reference_logps(self.model, input_ids, attention_mask, completion_mask)

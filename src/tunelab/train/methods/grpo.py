@@ -112,7 +112,7 @@ class GRPOLossModel(torch.nn.Module):
         return [torch.Generator().manual_seed(seed(r)) for r in rows]
 
     def _sample(self, prompts: list[list[int]], generators: list[torch.Generator]) -> list[list[int]]:
-        from tunelab.decoding.attention import decoding_attention
+        from tunelab.model.kernels.attention import decoding_attention
         from tunelab.decoding.generate import greedy_rows
         was_training = self.model.training
         self.model.eval()
@@ -212,7 +212,7 @@ class GRPOLossModel(torch.nn.Module):
 
     def _logps(self, batch: dict, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The policy's log-probabilities of the batch's completion tokens (B, C), and their entropies."""
-        from tunelab.decoding.rotary import fast_rotary
+        from tunelab.model.kernels.rotary import fast_rotary
         with fast_rotary(self.model):
             if "predict_at" in batch:
                 return packed_completion_logps(self.parts, batch, tuple(batch["completion_mask"].shape),

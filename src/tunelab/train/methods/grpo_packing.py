@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from tunelab.data.packing import IGNORE, Row, collate
-from tunelab.decoding.attention import MASKED_ATTENTION, additive_for_eager
+from tunelab.model.kernels.attention import MASKED_ATTENTION, additive_for_eager
 from tunelab.model.kernels.logprobs import head_parts, target_logps
 
 # model types whose rotary attention makes a constant position shift exact (absolute positions, as GPT-2's,

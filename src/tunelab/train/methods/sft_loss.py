@@ -10,7 +10,7 @@ same count as transformers' loss.
 
 It applies to architectures whose head is a plain projection of the backbone's last hidden state
 (`head_parts`); others (logit soft-capping, scaled logits, mixture-of-experts auxiliary losses) use the model's
-own forward. Either way the forward pass rotates q and k without copies where that is exact (`decoding/rotary.py`).
+own forward. Either way the forward pass rotates q and k without copies where that is exact (`model/kernels/rotary.py`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunelab.decoding.attention import additive_for_eager
-from tunelab.decoding.rotary import fast_rotary
+from tunelab.model.kernels.attention import additive_for_eager
+from tunelab.model.kernels.rotary import fast_rotary
 from tunelab.model.kernels.logprobs import ProjectedCrossEntropy, head_parts, plain_linear, target_logps
 
 IGNORE = -100

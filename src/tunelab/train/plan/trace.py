@@ -28,7 +28,7 @@ from tunelab.train.plan.spec import StepSpec, torch_dtype
 def measure_step(spec: StepSpec, fake: bool = True) -> StepMemory:
     """Trace one training step of `spec` and return what is live at its peak. `fake=False` runs the same step
     for real on CPU tensors (small models: it allocates what it measures)."""
-    from tunelab.decoding.rotary import fast_rotary
+    from tunelab.model.kernels.rotary import fast_rotary
     from tunelab.train.methods.sft_loss import LabelledLoss
 
     t0 = time.perf_counter()

@@ -116,8 +116,10 @@ def _module_of(model):
 
 @contextmanager
 def fast_rotary(model):
-    """Within this block, `model`'s modeling module rotates q and k with `rotary` (when that is exact)."""
-    module = _module_of(model)
+    """Within this block, `model`'s modeling module rotates q and k with `rotary` (when that is exact, and the
+    `rotary` patch is active: `model.patches`)."""
+    from tunelab.model.patches import active
+    module = _module_of(model) if active("rotary") else None
     name = module.__name__ if module is not None else None
     counted = False
     if name is not None:

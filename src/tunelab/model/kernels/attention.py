@@ -140,7 +140,11 @@ def register() -> str:
 
 
 def use_cpu_attention(model) -> bool:
-    """Switch a CPU model to `tunelab_cpu` attention for training; False (unchanged) when it does not apply."""
+    """Switch a CPU model to `tunelab_cpu` attention for training; False (unchanged) when it does not apply, or
+    the `cpu_attention` patch is not active (`model.patches`)."""
+    from tunelab.model.patches import active
+    if not active("cpu_attention"):
+        return False
     config = getattr(model, "config", None)
     if (config is None or getattr(config, "model_type", None) not in STANDARD_ATTENTION
             or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", NAME)):
