@@ -91,9 +91,9 @@ def frontier_point(metrics: dict, scale: float | str | None) -> dict | None:
         scale = frontier["chosen"]
     try:
         scale = check_scale(float(scale))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as err:
         raise TunelabError(f"an adapter scale is a number in (0, 1] or 'chosen', got {scale!r}",
-                           field="scale") from None
+                           field="scale") from err
     point = next((p for p in frontier["points"] if p["scale"] == scale), None)
     if point is None:
         evaluated = ", ".join(format(p["scale"], "g") for p in frontier["points"])

@@ -63,7 +63,7 @@ def decode_text(data: bytes, name: str | Path, expected: str = "text") -> str:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise TunelabError(f"not UTF-8 text (bad byte 0x{data[e.start]:02x} at offset {e.start})",
-                           file=name, line=line) from None
+                           file=name, line=line) from e
 
 
 def iter_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -99,11 +99,11 @@ def parse_json(text: str, path: str | Path, line: int | None = None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         where = e.lineno if line is None else line
-        raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=path, line=where) from None
-    except RecursionError:
-        raise TunelabError("JSON nested too deeply to read", file=path, line=line) from None
+        raise TunelabError(f"malformed JSON ({e.msg}, column {e.colno})", file=path, line=where) from e
+    except RecursionError as err:
+        raise TunelabError("JSON nested too deeply to read", file=path, line=line) from err
     except ValueError as e:  # int() of a literal longer than sys.get_int_max_str_digits()
-        raise TunelabError(f"unreadable JSON ({str(e).split(';')[0]})", file=path, line=line) from None
+        raise TunelabError(f"unreadable JSON ({str(e).split(';')[0]})", file=path, line=line) from e
 
 
 def read_yaml(path: str | Path) -> tuple[Any, str]:
@@ -115,7 +115,7 @@ def read_yaml(path: str | Path) -> tuple[Any, str]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise TunelabError(f"malformed YAML ({getattr(e, 'problem', None) or e})", file=path,
-                           line=mark.line + 1 if mark else None) from None
+                           line=mark.line + 1 if mark else None) from e
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

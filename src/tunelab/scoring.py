@@ -41,8 +41,8 @@ def parse_accuracy(text: str) -> float:
     percent = raw.endswith("%")
     try:
         value = Decimal(raw[:-1].strip() if percent else raw)
-    except InvalidOperation:
-        raise TunelabError(f"accuracy '{text}' is not a number (give 0.7161 or 71.61%)") from None
+    except InvalidOperation as err:
+        raise TunelabError(f"accuracy '{text}' is not a number (give 0.7161 or 71.61%)") from err
     if not value.is_finite():
         raise TunelabError(f"accuracy '{text}' is not a finite number")
     if percent:
@@ -82,7 +82,7 @@ def lora_param_counts(model: str, rank: int, target: str, trainable_tokens: int 
         try:
             peft_model = get_peft_model(base, config)
         except ValueError as e:  # e.g. the target matched a layer type LoRA cannot wrap, such as a norm
-            raise TunelabError(f"cannot apply LoRA target '{target}' to {model}: {' '.join(str(e).split())}") from None
+            raise TunelabError(f"cannot apply LoRA target '{target}' to {model}: {' '.join(str(e).split())}") from e
     trainable, total = count_parameters(peft_model)
     return {"model": model, "rank": rank, "target": resolve_target_modules(target),
             "trainable": trainable, "total": total}

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("--quiet", action="store_true", help="print warnings and errors only, no progress notes")
     talk.add_argument("--verbose", action="store_true", help="print debugging notes too")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print its traceback and every cause before the one-line message (also "
+                             "TUNELAB_DEBUG=1)")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for group in GROUPS:
         group.add_parsers(verbs)
@@ -126,6 +129,16 @@ def cli_markdown() -> str:
     return "\n".join(parts)
 
 
+def _debug_trace(error: BaseException, args, argv: list[str]) -> None:
+    """With `--debug` (or TUNELAB_DEBUG=1), the error's traceback and the chain of causes it keeps (`raise ... from
+    err`), for whoever maintains the code; users see the one line alone."""
+    import os
+    wanted = getattr(args, "debug", False) if args is not None else "--debug" in argv
+    if wanted or os.environ.get("TUNELAB_DEBUG", "") not in ("", "0"):
+        import traceback
+        traceback.print_exception(error, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -135,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         _log_to_stderr(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
         rc = args.func(args)
     except TunelabError as e:
+        _debug_trace(e, args, argv)
         hint = _resume_hint(args, argv) if e.resumable else ""
         print(f"tunelab: {e.kind}: {e}{hint}", file=sys.stderr)
         return e.exit_code
@@ -145,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except OSError as e:  # the file system refused (permission, no space, a name too long): which file, and why
+        _debug_trace(e, args, argv)
         name = str(e.filename) if e.filename is not None else ""
         where = (name[:120] + "…" if len(name) > 120 else name) + ": " if name else ""
         full = ""

@@ -30,8 +30,8 @@ def integer(low: int, high: int | None = None, what: str = "an integer"):
     def parse(text: str) -> int:
         try:
             value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from err
         if value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
@@ -55,8 +55,8 @@ def number(low: float, high: float = float("inf"), low_included: bool = True):
     def parse(text: str) -> float:
         try:
             value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
         if not ((low <= value if low_included else low < value) and value <= high and value < float("inf")):
             above = f"at least {low:g}" if low_included else f"above {low:g}"
             bounds = f"{above} and at most {high:g}" if high < float("inf") else f"{above} and finite"
@@ -115,7 +115,10 @@ def flags_for(fields: dict[str, str], words: dict[str, str] | None = None) -> Ca
             try:
                 return handler(args)
             except TunelabError as e:
-                raise as_flag(e, fields, words) from None
+                shown = as_flag(e, fields, words)
+                if shown is e:
+                    raise
+                raise shown from e
         return run
     return decorate
 

@@ -197,7 +197,7 @@ def cli_arithmetic(args: argparse.Namespace) -> int:
             records = generate(args.count, args.seed, args.kinds, args.lang, **options)
         except TunelabError as e:  # an option's field is the flag that set it
             flag = "--" + e.field.replace("_", "-") if e.field in options else e.field
-            raise TunelabError(e.message, field=flag) from None
+            raise TunelabError(e.message, field=flag) from e
     write_records(args.out, records)
     hist = Counter(str(r.get("kind", "")) for r in records)
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(hist.items()) if k) or "no kind labels"
@@ -251,7 +251,7 @@ def cli_prefs(args: argparse.Namespace) -> int:
     except NotTextError as e:  # the arena's votes.db given where preference files go
         if e.found != "sqlite":
             raise
-        raise TunelabError(f"{e.message}; an arena's votes database is read with --arena", file=e.file) from None
+        raise TunelabError(f"{e.message}; an arena's votes database is read with --arena", file=e.file) from e
     print(f"{s['read']:,} records read, {s['pairs']:,} preference pairs written: {s['train']:,} for training "
           f"({s['train_prompts']:,} prompts), {s['val']:,} held out ({s['val_prompts']:,} prompts) -> {args.out}")
     if s["left_out"]:

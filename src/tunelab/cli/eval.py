@@ -64,7 +64,10 @@ def cli_eval(args: argparse.Namespace) -> int:
     try:
         doc, out_root = evaluate(args.model, config_from_flags(args), args.out, args.baseline)
     except TunelabError as e:
-        raise _eval_flag(e) from None
+        shown = _eval_flag(e)
+        if shown is e:
+            raise
+        raise shown from e
     print_table(doc)
     print(f"results: {out_root / 'results.json'}")
     return 0
@@ -105,7 +108,7 @@ def config_from_flags(args: argparse.Namespace) -> EvalConfig:
         try:
             get_task(name)
         except TunelabError as e:
-            raise TunelabError(e.message, field="--tasks") from None
+            raise TunelabError(e.message, field="--tasks") from e
     files = dict(_pairs(args.data, "--data", "TASK=FILE"))
     for name in files:
         if name not in names:

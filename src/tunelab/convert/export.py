@@ -36,7 +36,7 @@ def model_card(run_dir: Path, source: Path, scale: float | None = None) -> str:
                 lines += section(read_json_object(path))
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise TunelabError(f"not a tunelab {path.name} ({type(e).__name__}: {e}); move it aside to "
-                                   "export without it", file=path) from None
+                                   "export without it", file=path) from e
     if recipe.exists():
         lines += ["## Recipe", "", "```yaml", read_text(recipe).rstrip(), "```", ""]
     return "\n".join(lines)
@@ -152,9 +152,9 @@ def resolve_scale(scale: float | str | None, run_dir: Path, model_dir: Path) -> 
     if scale != "chosen":
         try:
             return check_scale(float(scale))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as err:
             raise TunelabError(f"an adapter scale is a number in (0, 1] or 'chosen', got {scale!r}",
-                               field="scale") from None
+                               field="scale") from err
     metrics = run_dir / "metrics.json"
     frontier = read_json_object(metrics).get("scale_frontier") if metrics.is_file() else None
     if not frontier:

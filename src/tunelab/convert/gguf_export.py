@@ -139,9 +139,9 @@ def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "mo
     Returns the vocabulary written (`gguf_vocab.GGUFVocab`)."""
     try:
         import gguf
-    except ImportError:
+    except ImportError as err:
         raise TunelabError("GGUF export needs the gguf package: pip install 'tunelab[gguf]' (or gguf)",
-                           field="--format") from None
+                           field="--format") from err
 
     from tunelab.convert.gguf_vocab import gguf_vocab, write_vocab
     config = model.config

@@ -82,13 +82,13 @@ def _load(path: Path, field: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         import gguf  # noqa: F401 - transformers' reader
-    except ImportError:
+    except ImportError as err:
         raise TunelabError("reading a GGUF file needs the gguf package: pip install 'tunelab[gguf]'", file=path,
-                           field=field) from None
+                           field=field) from err
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 - an architecture or quant type transformers cannot read, a damaged file
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise TunelabError(f"cannot read this GGUF file as a model ({first[:300]})", file=path, field=field) from None
+        raise TunelabError(f"cannot read this GGUF file as a model ({first[:300]})", file=path, field=field) from e
     return model, tokenizer

@@ -135,7 +135,7 @@ def arch_from_hf_config(cfg: dict, where: str | Path) -> Arch:
                     attention_bias=bool(cfg.get("attention_bias", False) if kind == "llama" else cfg.get("bias", True)),
                     tied=bool(cfg.get("tie_word_embeddings", False)))
     except KeyError as e:
-        raise TunelabError(f"config has no {e.args[0]}", file=where, field=e.args[0]) from None
+        raise TunelabError(f"config has no {e.args[0]}", file=where, field=e.args[0]) from e
 
 
 def _ffn_size(mc: dict) -> int:
@@ -160,7 +160,7 @@ def hf_config_from_mindformers_yaml(path: str | Path) -> tuple[dict, bool]:
         mc = dict(doc["model"]["model_config"])
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
         raise TunelabError(f"not a MindFormers YAML with model.model_config ({type(e).__name__}: {e})",
-                           file=path) from None
+                           file=path) from e
     kind = str(mc.get("type", "LlamaConfig"))
     if kind not in ("LlamaConfig", "InternLMConfig"):
         raise TunelabError(f"model_config type {kind}: tunelab converts LlamaConfig and InternLMConfig", file=path,
@@ -179,7 +179,7 @@ def hf_config_from_mindformers_yaml(path: str | Path) -> tuple[dict, bool]:
                "bos_token_id": mc.get("bos_token_id", 1), "eos_token_id": mc.get("eos_token_id", 2),
                "pad_token_id": mc.get("pad_token_id")}
     except (KeyError, TypeError, ValueError) as e:
-        raise TunelabError(f"model_config: {e}", file=path, field="model.model_config") from None
+        raise TunelabError(f"model_config: {e}", file=path, field="model.model_config") from e
     return cfg, bool(mc.get("qkv_concat", False))
 
 

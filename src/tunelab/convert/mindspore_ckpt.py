@@ -207,7 +207,7 @@ def iter_ckpt(path: str | Path, progress=None) -> Iterator[CkptTensor]:
             try:
                 tag, dims, ttype, content = _parse_value(body)
             except ValueError as e:
-                raise TunelabError(f"malformed checkpoint value near byte {f.tell()}: {e}", file=path) from None
+                raise TunelabError(f"malformed checkpoint value near byte {f.tell()}: {e}", file=path) from e
             if pending and (pending[0][0] != tag):
                 yield finish()
             if not pending:

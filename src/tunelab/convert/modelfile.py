@@ -92,7 +92,7 @@ def chat_turns(tokenizer, add_bos: bool = False) -> ChatTurns:
         three = render([{"role": "user", "content": u}, {"role": "assistant", "content": x},
                         {"role": "user", "content": v}])
     except Exception as e:  # noqa: BLE001 - any template failure is the template's, told in one line
-        raise TunelabError(f"the chat template does not render a conversation: {e}", field="chat_template") from None
+        raise TunelabError(f"the chat template does not render a conversation: {e}", field="chat_template") from e
     if any(m not in three for m in (u, x, v)):
         raise TunelabError("the chat template does not show every turn of a conversation (user, assistant, user), "
                            "so no Ollama template follows from it", field="chat_template")

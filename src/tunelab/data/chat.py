@@ -57,7 +57,7 @@ class ModelChat:
             raise
         except Exception as e:  # noqa: BLE001 - jinja's errors (raise_exception, undefined names) are the user's
             raise TunelabError(f"the chat template of {template_name(self.tokenizer)} fails{where}: {e}",
-                               field="data.template") from None
+                               field="data.template") from e
         if not isinstance(out, str):
             raise TunelabError(f"the chat template of {template_name(self.tokenizer)} rendered no text{where}",
                                field="data.template")

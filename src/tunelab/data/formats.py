@@ -195,7 +195,7 @@ def _dialogue(rec: dict[str, Any], path: Path, line: int, key: str, speaker: str
             else:
                 content = require_str(turn, text, path, line)
         except TunelabError as e:
-            raise TunelabError(e.message, file=path, line=line, field=f"{key}[{i}].{e.field}") from None
+            raise TunelabError(e.message, file=path, line=line, field=f"{key}[{i}].{e.field}") from e
         if who not in roles:
             raise TunelabError(f"unknown {speaker} '{who[:40]}' (known: {', '.join(roles)})", file=path, line=line,
                                field=f"{key}[{i}].{speaker}")
@@ -221,7 +221,7 @@ def _tools(rec: dict[str, Any], path: Path, line: int) -> list | None:
         try:
             tools = json.loads(tools)
         except ValueError as e:
-            raise TunelabError(f"not JSON: {e}", file=path, line=line, field="tools") from None
+            raise TunelabError(f"not JSON: {e}", file=path, line=line, field="tools") from e
     if not isinstance(tools, list):
         raise TunelabError(f"expected a list of tool schemas, got {type(tools).__name__}", file=path, line=line,
                            field="tools")

@@ -68,9 +68,9 @@ def _datasets():
     download) only where tunelab itself reports progress, i.e. not under `--quiet`."""
     try:
         import datasets
-    except ImportError:
+    except ImportError as err:
         raise TunelabError("reading a Hugging Face dataset needs the datasets library: "
-                           "pip install 'tunelab[hf]'") from None
+                           "pip install 'tunelab[hf]'") from err
     if logging.getLogger("tunelab").isEnabledFor(logging.INFO):
         datasets.enable_progress_bars()
     else:
@@ -129,17 +129,17 @@ def open_dataset(spec: DatasetSpec, where: str | None = ""):
                                        streaming=spec.streaming, **_split_arg(spec))
     except TunelabError:
         raise
-    except ConnectionError:
-        raise TunelabError(_not_cached(spec, datasets), field=field) from None
+    except ConnectionError as err:
+        raise TunelabError(_not_cached(spec, datasets), field=field) from err
     except datasets.exceptions.DatasetNotFoundError as e:
-        raise TunelabError(f"dataset {spec.name} not found: {_first_line(e)}", field=field) from None
+        raise TunelabError(f"dataset {spec.name} not found: {_first_line(e)}", field=field) from e
     except (FileNotFoundError, ValueError) as e:
         message = _first_line(e)
         if "split" in message.lower():
-            raise TunelabError(message, file=spec.name, field=f"{where}split") from None
+            raise TunelabError(message, file=spec.name, field=f"{where}split") from e
         if "config" in message.lower() or "BuilderConfig" in message:
-            raise TunelabError(message, file=spec.name, field=f"{where}config") from None
-        raise TunelabError(f"cannot load {spec.name}: {message}", field=field) from None
+            raise TunelabError(message, file=spec.name, field=f"{where}config") from e
+        raise TunelabError(f"cannot load {spec.name}: {message}", field=field) from e
     return _split(loaded, spec, where)
 
 
@@ -227,7 +227,7 @@ def hf_examples(source: SourceConfig, where: str = "") -> list[Example]:
         if e.message == "missing field" and columns is not None and e.field not in columns:
             raise TunelabError(f"no column '{e.field}' for this format (the columns: {', '.join(columns)}); map one "
                                f"with fields: {{{e.field}: COLUMN}}", file=e.file, line=e.line,
-                               field=f"{where}fields.{e.field}") from None
+                               field=f"{where}fields.{e.field}") from e
         raise
 
 

@@ -84,7 +84,7 @@ def arena_pairs(db: str | Path, named: bool = False) -> tuple[list[PreferencePai
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
-        raise TunelabError(f"not a readable SQLite database ({e})", file=path) from None
+        raise TunelabError(f"not a readable SQLite database ({e})", file=path) from e
     pairs, skipped = [], Counter()
     for vid, ts, model_a, model_b, vote, prompt, answer_a, answer_b, anonymous, battle_id, judge in rows:
         if judge is not None:  # a judge's verdict (`tunelab judge --arena`), not a person's preference

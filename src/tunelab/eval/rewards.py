@@ -136,7 +136,7 @@ def _call(term: RewardTerm, batch: Completions):
         return term.score(batch)
     except TunelabError as e:  # a task's complaint about its own data: say which term and example
         raise TunelabError(f"reward '{term.name}': {e.message}", file=e.file, line=e.line,
-                           field=e.field or term.field) from None
+                           field=e.field or term.field) from e
     except Exception as e:  # noqa: BLE001 — a user's function may raise anything: one located error
         culprit = None
         if len(batch.completions) > 1:
@@ -149,7 +149,7 @@ def _call(term: RewardTerm, batch: Completions):
         where = f" on {_where(batch, culprit)}" if culprit is not None else \
             f" on a batch of {len(batch.completions)} completions (each alone passes)" if len(batch.completions) > 1 \
             else f" on {_where(batch, 0)}" if batch.completions else ""
-        raise TunelabError(f"reward '{term.name}' raised {type(e).__name__}: {e}{where}", field=term.field) from None
+        raise TunelabError(f"reward '{term.name}' raised {type(e).__name__}: {e}{where}", field=term.field) from e
 
 
 def _checked(term: RewardTerm, values, batch: Completions) -> list[float]:
@@ -184,12 +184,12 @@ def task_term(name: str, field: str = "correct", options: dict | None = None, *,
     try:
         task = get_task(name)
     except TunelabError as e:
-        raise TunelabError(e.message, field=f"{where}.task") from None
+        raise TunelabError(e.message, field=f"{where}.task") from e
     try:
         task.configure(**(options or {}))
     except TunelabError as e:
         setting = f".{e.field}" if e.field and e.field != "options" else ""
-        raise TunelabError(e.message, field=f"{where}.options{setting}") from None
+        raise TunelabError(e.message, field=f"{where}.options{setting}") from e
     if "generate" not in task.modes:
         raise TunelabError(f"task '{name}' grades no generated text (its modes: {', '.join(task.modes)}), so it "
                            f"cannot be a reward", field=f"{where}.task")
@@ -201,7 +201,7 @@ def task_term(name: str, field: str = "correct", options: dict | None = None, *,
                 graded = task.grade(completion, example)
             except TunelabError as e:
                 raise TunelabError(f"example '{example.id}': {e.message}", file=e.file, line=e.line,
-                                   field=e.field) from None
+                                   field=e.field) from e
             if field not in graded:
                 raise TunelabError(f"task '{name}' grades no '{field}' (it gives: "
                                    f"{', '.join(k for k, v in graded.items() if isinstance(v, (bool, int, float)))})",
@@ -218,7 +218,7 @@ def format_term(pattern: str, *, weight: float = 1.0, where: str = "rewards.0") 
     try:
         regex = re.compile(pattern, re.DOTALL)
     except (re.error, TypeError) as e:
-        raise TunelabError(f"not a regular expression: {e}", field=f"{where}.format") from None
+        raise TunelabError(f"not a regular expression: {e}", field=f"{where}.format") from e
     return RewardTerm("format", weight, lambda batch: [1.0 if regex.search(c) else 0.0 for c in batch.completions],
                       f"{where}.format")
 
@@ -266,19 +266,19 @@ def load_function(spec: str, base_dir: str | Path | None = None, where: str = "r
         try:
             loader.loader.exec_module(module)
         except SyntaxError as e:
-            raise TunelabError(f"{type(e).__name__}: {e.msg}", file=path, line=e.lineno, field=where) from None
+            raise TunelabError(f"{type(e).__name__}: {e.msg}", file=path, line=e.lineno, field=where) from e
         except Exception as e:  # noqa: BLE001 — importing user code
-            raise TunelabError(f"importing it raised {type(e).__name__}: {e}", file=path, field=where) from None
+            raise TunelabError(f"importing it raised {type(e).__name__}: {e}", file=path, field=where) from e
     else:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
             if e.name and module_name.startswith(e.name):
                 raise TunelabError(f"no module named '{module_name}' (give an importable module, or a file as "
-                                   f"'file.py:{attr}')", field=where) from None
-            raise TunelabError(f"importing '{module_name}' raised {type(e).__name__}: {e}", field=where) from None
+                                   f"'file.py:{attr}')", field=where) from e
+            raise TunelabError(f"importing '{module_name}' raised {type(e).__name__}: {e}", field=where) from e
         except Exception as e:  # noqa: BLE001 — importing user code
-            raise TunelabError(f"importing '{module_name}' raised {type(e).__name__}: {e}", field=where) from None
+            raise TunelabError(f"importing '{module_name}' raised {type(e).__name__}: {e}", field=where) from e
     fn = getattr(module, attr, None)
     if fn is None:
         raise TunelabError(f"'{module_name}' has no '{attr}'", field=where)

@@ -73,7 +73,7 @@ def _checked(func, *args, field: str, **kwargs):
     try:
         return func(*args, **kwargs)
     except TunelabError as e:
-        raise TunelabError(e.message, file=e.file, line=e.line, field=field) from None
+        raise TunelabError(e.message, file=e.file, line=e.line, field=field) from e
 
 
 def _check_eval_wide(config: EvalConfig, tasks: list[Task]) -> None:

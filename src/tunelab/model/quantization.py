@@ -65,7 +65,7 @@ def require_bitsandbytes(what: str, field: str):
         import bitsandbytes
     except ImportError as e:
         raise TunelabError(f"{what} needs bitsandbytes, which is not installed ({e}); install it with: {EXTRA}",
-                           field=field) from None
+                           field=field) from e
     return bitsandbytes
 
 
@@ -105,7 +105,7 @@ def load_quantized(path: str, kind: str, compute_dtype: torch.dtype | None = Non
         model = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, device_map={"": target},
                                                      dtype=_torch_dtype(dtype))
     except (OSError, ValueError) as e:
-        raise TunelabError(f"cannot load a {kind} model ({str(e).splitlines()[0]})", file=path) from None
+        raise TunelabError(f"cannot load a {kind} model ({str(e).splitlines()[0]})", file=path) from e
     log.info("loaded %s with its linear layers in %s", path, kind)
     return model
 

@@ -72,9 +72,9 @@ def safetensors_header(path: Path) -> dict:
         header = json.loads(text)
         tensors = {k: v for k, v in header.items() if k != "__metadata__"}
         end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
         raise TunelabError("not a safetensors file (its header is not the JSON safetensors writes)",
-                           file=path) from None
+                           file=path) from err
     expected = 8 + n + end
     if size < expected:
         raise TunelabError(f"truncated: {size:,} of {expected:,} bytes (a copy cut short or a full disk?)",

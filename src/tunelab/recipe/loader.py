@@ -130,17 +130,19 @@ def _exists(path: Path, kind: str = "any") -> bool:
 
 
 def _resolve_paths(recipe: Recipe, base: Path) -> None:
-    """Resolve relative data paths against the recipe's folder when they exist there, else the CWD."""
+    """Resolve relative paths as docs/recipes.md says: against the recipe's folder first, so a recipe and its data
+    travel together; a path that is not there is the working directory's (a run directory such as
+    `runs/smollm2-math` that another recipe produced), or a hub name, as written."""
     def resolve(p: str) -> str:
         cand = Path(p)
-        if cand.is_absolute() or _exists(cand):
+        if cand.is_absolute():
             return p
-        alt = base / cand
-        return str(alt) if _exists(alt) else p
+        beside = base / cand
+        return str(beside) if _exists(beside) else p
 
     def resolve_glob(p: str) -> str:
         """A data file or a glob of them (`shards/*.parquet`), else `p` as it is (a hub name)."""
-        if not is_glob(p) or Path(p).is_absolute() or glob_files(p):
+        if not is_glob(p) or Path(p).is_absolute():
             return resolve(p)
         return str(base / p) if glob_files(str(base / p)) else p
     for src in [*recipe.data.train, *(t.source for t in recipe.eval.tasks if t.source is not None)]:
@@ -234,7 +236,7 @@ def validate_recipe(raw: dict[str, Any], file: str | Path = "<recipe>", text: st
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        raise schema_error(e, file, text) from None
+        raise schema_error(e, file, text) from e
 
 
 def validate_eval(raw: dict[str, Any]) -> EvalConfig:
@@ -243,7 +245,7 @@ def validate_eval(raw: dict[str, Any]) -> EvalConfig:
     try:
         return EvalConfig.model_validate(raw)
     except ValidationError as e:
-        raise schema_error(e, prefix=("eval",)) from None
+        raise schema_error(e, prefix=("eval",)) from e
 
 
 def schema_error(e: ValidationError, file: str | Path | None = None, text: str = "",

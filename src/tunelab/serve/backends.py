@@ -177,7 +177,7 @@ class RemoteBackend:
             try:
                 models = self.client.models.list()
             except Exception as e:  # noqa: BLE001
-                raise self._error(e) from None
+                raise self._error(e) from e
             ids = [m.id for m in models.data]
             if not ids:
                 raise BackendError(f"{self.name}: the server at {self.base_url} lists no models")
@@ -245,12 +245,12 @@ class RemoteBackend:
                 limit = min(d.first_token, d.overall) if first else d.overall
                 try:
                     kind, value = pieces.get(timeout=max(start + limit - time.monotonic(), 0.0))
-                except queue.Empty:
+                except queue.Empty as err:
                     if first:
                         raise BackendError(f"{self.name}: no answer within {limit:g} s (first-token deadline) "
-                                           f"/ {limit:g} 秒内没有回答") from None
+                                           f"/ {limit:g} 秒内没有回答") from err
                     raise BackendError(f"{self.name}: the answer did not finish within {d.overall:g} s (deadline) "
-                                       f"/ {d.overall:g} 秒内未完成") from None
+                                       f"/ {d.overall:g} 秒内未完成") from err
                 if kind == "text":
                     first = False
                     yield value

@@ -148,10 +148,10 @@ class OpenAIServing:
             while remaining:
                 try:
                     out = await asyncio.wait_for(job.queue.get(), timeout=1.0)
-                except asyncio.TimeoutError:
+                except asyncio.TimeoutError as err:
                     if await request.is_disconnected():
                         job.cancel()
-                        raise APIError(499, "client closed the request") from None
+                        raise APIError(499, "client closed the request") from err
                     continue
                 job.logprobs[out.seq.index].extend(out.logprobs)
                 if out.finish_reason is not None:

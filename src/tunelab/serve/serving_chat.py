@@ -29,7 +29,7 @@ class OpenAIServingChat(OpenAIServing):
         try:
             prompt_text = await served.off_loop(served.render_chat, messages, req.add_generation_prompt)
         except Exception as e:  # noqa: BLE001 - a template's raise_exception(), e.g. roles out of order
-            raise template_refused(e) from None
+            raise template_refused(e) from e
         self.check_chars(len(prompt_text), "messages")
         ids = await served.off_loop(served.encode, prompt_text, False)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens

@@ -56,7 +56,7 @@ class OpenAIServingTokenization(OpenAIServing):
         except Exception as e:  # noqa: BLE001 - a template's raise_exception()
             if req.messages is None:
                 raise
-            raise template_refused(e) from None
+            raise template_refused(e) from e
 
     async def detokenize(self, req: DetokenizeRequest) -> dict:
         self.check_model(req.model)

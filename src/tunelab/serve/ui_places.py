@@ -47,8 +47,8 @@ class Places:
         p = Path(text).expanduser()
         try:
             resolved = (p if p.is_absolute() else self.project / p).resolve()
-        except (OSError, RuntimeError):  # a symlink loop
-            raise TunelabError(OUTSIDE, file=text) from None
+        except (OSError, RuntimeError) as err:  # a symlink loop
+            raise TunelabError(OUTSIDE, file=text) from err
         if not any(resolved == root or root in resolved.parents for root in (self.project, self.runs)):
             raise TunelabError(OUTSIDE, file=text)
         return resolved

@@ -61,7 +61,7 @@ def check_recipe_text(places: Places, text: str) -> Recipe:
             f.write(text)
         recipe = load_recipe(tmp)
     except TunelabError as e:
-        raise TunelabError(e.message, file=EDITOR, line=e.line, field=e.field) from None
+        raise TunelabError(e.message, file=EDITOR, line=e.line, field=e.field) from e
     finally:
         Path(tmp).unlink(missing_ok=True)
     places.confine(recipe.run_dir)

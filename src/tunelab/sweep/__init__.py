@@ -68,8 +68,8 @@ def prepare(settings: SweepSettings) -> Prepared:
     """Read and check the recipe, the space and the objective; open (or create) the study."""
     try:
         import optuna  # noqa: F401
-    except ImportError:
-        raise TunelabError("a sweep needs Optuna, which is not installed: pip install 'tunelab[sweep]'") from None
+    except ImportError as err:
+        raise TunelabError("a sweep needs Optuna, which is not installed: pip install 'tunelab[sweep]'") from err
     from tunelab.recipe import read_recipe_raw, recipe_from_raw
     from tunelab.sweep import study as studies
     from tunelab.sweep.objective import objective_for
@@ -146,7 +146,7 @@ def work(settings: SweepSettings, p: Prepared, worker_index: int) -> None:
                        gc_after_trial=True)
     except TrialStopped as stop:  # its run's lock is free now: a worker that takes the trial up can resume it
         studies.requeue(study, p.storage, stop.number, stop.why)
-        raise stop.cause from None  # the CLI's one line, with the command that resumes the sweep
+        raise stop.cause from stop  # the CLI's one line, with the command that resumes the sweep
 
 
 class _LoggedByTunelab(logging.Filter):

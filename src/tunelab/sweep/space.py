@@ -196,4 +196,4 @@ def _check_against_recipe(dim: Dimension, raw_recipe: dict, recipe_file: Path, w
             recipe_from_raw(raw, recipe_file, check_data=False)
         except TunelabError as e:
             raise TunelabError(f"{dim.field} = {encode_choice(value)!s} does not give a valid recipe: "
-                               f"{e.message}", **where) from None
+                               f"{e.message}", **where) from e

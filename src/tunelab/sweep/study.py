@@ -52,10 +52,10 @@ def open_storage(url: str):
                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     except ImportError as e:  # a database driver (psycopg2, PyMySQL) that is not installed
         raise TunelabError(f"the study storage needs a database driver that is not installed ({e})",
-                           field="storage") from None
+                           field="storage") from e
     except Exception as e:  # SQLAlchemy's OperationalError and friends: an unreachable server, a bad URL
         raise TunelabError(f"cannot open the study storage: {type(e).__name__}: {str(e).splitlines()[0]}",
-                           field="storage") from None
+                           field="storage") from e
     if url.startswith("sqlite"):
         _serialise_sqlite(storage.engine)
     return storage
@@ -113,8 +113,8 @@ def open_study(storage, name: str, ident: dict[str, str], create: bool):
     else:
         try:
             study = optuna.load_study(storage=storage, study_name=name)
-        except KeyError:
-            raise TunelabError(f"no study named {name} in the storage", field="storage") from None
+        except KeyError as err:
+            raise TunelabError(f"no study named {name} in the storage", field="storage") from err
     attrs = study.user_attrs
     if not attrs:
         for key, value in ident.items():

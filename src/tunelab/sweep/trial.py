@@ -111,9 +111,9 @@ def run_trial(trial, setup: TrialSetup) -> float:
             metrics = run(recipe, resume=resume, on_checkpoint=on_checkpoint)
             value = setup.objective.final(metrics)
         except Preempted as e:
-            raise TrialStopped(e, trial.number, f"preempted: {e.message}") from None
+            raise TrialStopped(e, trial.number, f"preempted: {e.message}") from e
         except KeyboardInterrupt as e:
-            raise TrialStopped(e, trial.number, "interrupted (Ctrl-C)") from None
+            raise TrialStopped(e, trial.number, "interrupted (Ctrl-C)") from e
         except TunelabError as e:
             if e.field == "objective":  # the objective names what the runs do not measure: every trial would fail
                 raise

@@ -90,18 +90,18 @@ class ChatClient:
             ids = [m.id async for m in self.client.models.list()]
         except o.APIConnectionError as e:
             cause = e.__cause__ or e
-            raise TunelabError(f"cannot reach {self.endpoint}: {cause}", field="endpoint") from None
+            raise TunelabError(f"cannot reach {self.endpoint}: {cause}", field="endpoint") from e
         except (o.AuthenticationError, o.PermissionDeniedError) as e:
             raise TunelabError(f"{self.endpoint} refused the API key ({e.status_code}: {_message(e)})",
-                               field="api_key") from None
+                               field="api_key") from e
         except o.APIStatusError as e:
             if e.status_code in (404, 405):      # a server without /models: the first request will tell
                 return
             raise TunelabError(f"{self.endpoint}/models answered {e.status_code}: {_message(e)}",
-                               field="endpoint") from None
+                               field="endpoint") from e
         except o.APIError as e:
             raise TunelabError(f"{self.endpoint}/models did not answer as an OpenAI-compatible server: {e}",
-                               field="endpoint") from None
+                               field="endpoint") from e
         if ids and self.model not in ids:
             raise TunelabError(f"{self.endpoint} serves no model '{self.model}' (it lists: {', '.join(ids[:10])})",
                                field="model")
@@ -111,25 +111,25 @@ class ChatClient:
         try:
             r = await self.client.chat.completions.create(model=self.model, messages=messages,
                                                           temperature=self.temperature, max_tokens=self.max_tokens)
-        except o.APITimeoutError:
-            raise RequestFailed("timeout", "no reply in time", retry=True) from None
+        except o.APITimeoutError as err:
+            raise RequestFailed("timeout", "no reply in time", retry=True) from err
         except o.APIConnectionError as e:
-            raise RequestFailed("connection_error", str(e.__cause__ or e), retry=True) from None
+            raise RequestFailed("connection_error", str(e.__cause__ or e), retry=True) from e
         except o.APIStatusError as e:
             status, msg = e.status_code, _message(e)
             if status in (401, 403):
                 raise TunelabError(f"{self.endpoint} refused the API key ({status}: {msg})",
-                                   field="api_key") from None
+                                   field="api_key") from e
             if status == 404:
-                raise TunelabError(f"{self.endpoint}: not found (404: {msg})", field="model") from None
+                raise TunelabError(f"{self.endpoint}: not found (404: {msg})", field="model") from e
             wait = retry_after_seconds(e.response.headers)
             if status == 429:
-                raise RequestFailed("rate_limited", msg, retry=True, retry_after=wait) from None
+                raise RequestFailed("rate_limited", msg, retry=True, retry_after=wait) from e
             if status >= 500 or status in (408, 409):
-                raise RequestFailed("server_error", f"{status}: {msg}", retry=True, retry_after=wait) from None
-            raise RequestFailed("bad_request", f"{status}: {msg}", retry=False) from None
+                raise RequestFailed("server_error", f"{status}: {msg}", retry=True, retry_after=wait) from e
+            raise RequestFailed("bad_request", f"{status}: {msg}", retry=False) from e
         except o.APIError as e:
-            raise RequestFailed("bad_response", str(e)[:300], retry=True) from None
+            raise RequestFailed("bad_response", str(e)[:300], retry=True) from e
         choices = getattr(r, "choices", None)
         if not isinstance(choices, list) or not choices:
             raise RequestFailed("bad_response", "the reply holds no choices", retry=True)

@@ -110,8 +110,8 @@ class Journal:
                     first_run = first_run or rec["run"]
                     continue
                 key, status, end = rec["key"], rec["status"], int(rec["end"])
-            except (ValueError, KeyError, TypeError):
-                raise TunelabError("not a synth qa journal line", file=self.status_path, line=lineno) from None
+            except (ValueError, KeyError, TypeError) as err:
+                raise TunelabError("not a synth qa journal line", file=self.status_path, line=lineno) from err
             if status not in ("done", "failed"):
                 raise TunelabError(f"unknown status {status!r}", file=self.status_path, line=lineno,
                                    field="status")
@@ -143,9 +143,9 @@ class Journal:
                 for lineno, raw in enumerate(f, start=1):
                     try:
                         resumed.questions.append(json.loads(raw)["question"])
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError) as err:
                         raise TunelabError("not a {question, answer, source_id} line", file=self.out,
-                                           line=lineno) from None
+                                           line=lineno) from err
             resumed.pairs = len(resumed.questions)
         return resumed
 

@@ -53,10 +53,10 @@ def read_text_arg(value: str, field: str) -> str:
     path = Path(value[1:])
     try:
         return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TunelabError("file not found", file=path, field=field) from None
+    except FileNotFoundError as err:
+        raise TunelabError("file not found", file=path, field=field) from err
     except (UnicodeDecodeError, OSError) as e:
-        raise TunelabError(f"cannot read as UTF-8 text: {e}", file=path, field=field) from None
+        raise TunelabError(f"cannot read as UTF-8 text: {e}", file=path, field=field) from e
 
 
 def load_template(path: str | None) -> str:

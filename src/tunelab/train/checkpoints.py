@@ -85,7 +85,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, template, traine
             f"could not write {writing[-1].relative_to(run_dir)}: {reason} ({free} free on that "
             f"disk). Nothing is lost: the partial checkpoint was removed and "
             f"{'checkpoint ' + kept[-1].name + ' is whole' if kept else 'no earlier checkpoint was written'}; "
-            "free some space, then resume the run", file=run_dir, resumable=True) from None
+            "free some space, then resume the run", file=run_dir, resumable=True) from e
     if not state.get("preemption"):
         for ckpt in list_checkpoints(run_dir):  # superseded preemption checkpoints (module docstring)
             if ckpt != final and is_preemption(ckpt):
@@ -187,7 +187,7 @@ def _load(ckpt: Path) -> tuple[dict, dict]:
             value = read(ckpt / name)
         except Exception as e:  # a truncated zip (PytorchStreamReader), an empty or cut JSON, bad bytes
             why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-            raise _Unloadable(f"{name} does not load ({why})") from None
+            raise _Unloadable(f"{name} does not load ({why})") from e
         if not isinstance(value, dict) or (name == "trainer_state.pt" and "step" not in value):
             raise _Unloadable(f"{name} is not what tunelab writes")
         out.append(value)
@@ -217,7 +217,7 @@ def find_resume_point(run_dir: Path, main: bool) -> ResumePoint | None:
                 return ResumePoint(ckpt, *_load(ckpt))
             except _Unloadable as e:
                 if not main:
-                    raise TunelabError(f"cannot resume: {e}", file=ckpt) from None
+                    raise TunelabError(f"cannot resume: {e}", file=ckpt) from e
                 problem = str(e)
         moved = set_aside(ckpt)
         log.warning("checkpoint %s is damaged: %s; moved aside to %s, resuming from the one before it",

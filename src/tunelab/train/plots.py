@@ -21,10 +21,10 @@ def read_metrics(path: str | Path) -> list[dict]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
             if n == len(lines):
                 break
-            raise TunelabError("not a metrics line (JSON with a step)", file=p, line=n) from None
+            raise TunelabError("not a metrics line (JSON with a step)", file=p, line=n) from err
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise TunelabError("not a metrics line (JSON with a step)", file=p, line=n)
         rows.append(row)

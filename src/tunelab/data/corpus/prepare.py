@@ -150,7 +150,7 @@ def _save_with_transformers(name_or_path: str, dest: Path) -> str:
     try:
         hf = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        raise TunelabError(f"cannot load tokenizer: {str(e).splitlines()[0]}", file=name_or_path) from None
+        raise TunelabError(f"cannot load tokenizer: {str(e).splitlines()[0]}", file=name_or_path) from e
     if hf.eos_token is None:
         raise TunelabError("the tokenizer has no EOS token to end blocks with", file=name_or_path)
     hf.save_pretrained(dest)

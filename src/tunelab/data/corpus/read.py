@@ -377,7 +377,7 @@ class _Reader:
                     cut = e.pos >= len(buf) - 16 or e.msg.startswith("Unterminated string")
                     if cut and more(max(CHUNK_CHARS, len(buf))):  # grow geometrically: one parse per doubling
                         continue
-                    raise TunelabError(f"malformed JSON ({e.msg})", file=self.file, line=line_at(e.pos)) from None
+                    raise TunelabError(f"malformed JSON ({e.msg})", file=self.file, line=line_at(e.pos)) from e
                 lineno = line_at(start)
                 pos = end
                 escaped = dirty and _ESCAPED_BYTE.search(buf, start, end)
@@ -522,10 +522,10 @@ def _reading(path: Path) -> Iterator[IO[bytes]]:
     try:
         with _open(path) as f:
             yield f
-    except FileNotFoundError:
-        raise TunelabError("input not found", file=path) from None
+    except FileNotFoundError as err:
+        raise TunelabError("input not found", file=path) from err
     except (OSError, EOFError, zlib.error) as e:
-        raise TunelabError(f"cannot read: {e}", file=path) from None
+        raise TunelabError(f"cannot read: {e}", file=path) from e
 
 
 def split_of(text: str, val_fraction: float, seed: int) -> str:

@@ -182,7 +182,7 @@ def read_tokenizer_file(path: str | Path):
     try:
         return Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception with serde's message
-        raise TunelabError(f"cannot read the tokenizer ({str(e)[:160]})", file=path) from None
+        raise TunelabError(f"cannot read the tokenizer ({str(e)[:160]})", file=path) from e
 
 
 def is_corpus_dir(path: str | Path) -> bool:
@@ -226,7 +226,7 @@ def _read_index(path: Path):
         index = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise TunelabError(f"not a block index ({str(e).split('. ')[0][:120]}): the corpus is damaged; prepare "
-                           "it again", file=path) from None
+                           "it again", file=path) from e
     if index.ndim != 1 or index.dtype.names is None or not {"offset", "length", "doc"} <= set(index.dtype.names):
         raise TunelabError(f"not a block index (dtype {index.dtype}, shape {index.shape}): the corpus is "
                            "damaged; prepare it again", file=path)
@@ -263,8 +263,8 @@ def iter_doc_records(directory: str | Path, wanted: set[int] | None = None) -> I
             if wanted is None or doc in wanted:
                 try:
                     text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise TunelabError("not UTF-8 text", file=path, line=lineno) from None
+                except UnicodeDecodeError as err:
+                    raise TunelabError("not UTF-8 text", file=path, line=lineno) from err
                 record = parse_json(text, path, lineno)
                 wrong = [k for k, kind in _DOC_FIELDS.items() if not isinstance(record, dict)
                          or not isinstance(record.get(k), kind) or isinstance(record.get(k), bool)]
