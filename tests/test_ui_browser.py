@@ -94,7 +94,7 @@ def two_models(tmp_path_factory):
 
 def test_stream_answers_streams_two_models_at_once(two_models):
     from tunelab.serve.backends import GenerationSettings
-    from tunelab.serve.ui_answers import stream_answers
+    from tunelab.serve.ui.answers import stream_answers
     msgs = [{"role": "user", "content": "hello"}]
     settings = GenerationSettings(temperature=0.0, max_tokens=24)
     updates = list(stream_answers([(two_models["alpha"], msgs, settings), (two_models["beta"], msgs, settings)]))
@@ -133,7 +133,7 @@ def test_model_specs(monkeypatch):
 
 
 def test_example_prompts_come_from_the_shared_reader(tmp_path):
-    from tunelab.serve.ui_context import DEFAULT_EXAMPLES, load_examples
+    from tunelab.serve.ui.context import DEFAULT_EXAMPLES, load_examples
     assert load_examples(None) == DEFAULT_EXAMPLES
     (tmp_path / "p.txt").write_bytes(b"\xff")
     with pytest.raises(TunelabError, match="p.txt:1: not UTF-8"):
@@ -179,7 +179,7 @@ def test_thirty_concurrent_votes_for_one_battle_count_once(tmp_path):
     import threading
 
     from tunelab.serve.arena import ArenaStore
-    from tunelab.serve.ui_arena import cast_vote
+    from tunelab.serve.ui.arena import cast_vote
     db = tmp_path / "arena.sqlite"
     stores = [ArenaStore(db), ArenaStore(db)]
     barrier = threading.Barrier(30)
@@ -225,7 +225,7 @@ def test_a_store_from_before_battle_ids_keeps_its_votes(tmp_path):
 
 
 def test_stop_strings_are_literal_with_four_escapes():
-    from tunelab.serve.ui_context import parse_stops
+    from tunelab.serve.ui.context import parse_stops
     assert parse_stops("停\\n|###") == ("停\n", "###")
     assert parse_stops("end\\") == ("end\\",)                 # a trailing backslash is a backslash
     assert parse_stops("a\\|b|c\\\\|\\t") == ("a|b", "c\\", "\t")
@@ -310,7 +310,7 @@ def test_a_misbehaving_remote_fails_within_its_deadlines(fake_remote, mode, dead
 
 def test_a_silent_remote_voids_an_arena_answer_and_shows_in_its_status(fake_remote, two_models):
     from tunelab.serve.backends import Deadlines, GenerationSettings, RemoteBackend
-    from tunelab.serve.ui_answers import ERROR_MARK, stream_answers
+    from tunelab.serve.ui.answers import ERROR_MARK, stream_answers
     remote = RemoteBackend("mute", f"{fake_remote}/silent/v1", model_id="m", deadlines=Deadlines(1.0, 1.0, 5.0))
     settings = GenerationSettings(temperature=0.0, max_tokens=8)
     msgs = [{"role": "user", "content": "hi"}]
@@ -328,7 +328,7 @@ def test_ui_auth_guards_every_route_exports_included(two_models, tmp_path, capsy
     import httpx
 
     from tunelab.serve.arena import ArenaStore
-    from tunelab.serve.ui import build_app, launch, parse_auth
+    from tunelab.serve.ui.app import build_app, launch, parse_auth
     assert parse_auth("teacher:s3cret:x") == ("teacher", "s3cret:x")
     for bad in ("teacher", "teacher:", ":pw"):
         with pytest.raises(TunelabError):
@@ -358,7 +358,7 @@ def app_url(two_models, tmp_path_factory):
         pytest.skip(reason)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     from tunelab.serve.arena import ArenaStore
-    from tunelab.serve.ui import build_app, launch
+    from tunelab.serve.ui.app import build_app, launch
     db = tmp_path_factory.mktemp("arena") / "arena.sqlite"
     store = ArenaStore(db)
     demo = build_app(two_models, store, ["What is 2 + 3?"], min_votes=1, max_new_tokens=32)

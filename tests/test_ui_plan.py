@@ -9,9 +9,9 @@ from conftest import recipe_dict
 from test_sweep import EVAL
 
 from tunelab.errors import TunelabError
-from tunelab.serve.ui_places import Places
-from tunelab.serve.ui_plan import CARDS, plan_text
-from tunelab.serve.ui_train import check_recipe_text
+from tunelab.serve.ui.places import Places
+from tunelab.serve.ui.plan import CARDS, plan_text
+from tunelab.serve.ui.train import check_recipe_text
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from tunelab.errors import TunelabError
 from tunelab.serve.arena import ArenaStore
 from tunelab.serve.backends import BackendError, GenerationSettings
 from tunelab.serve.models import resolve_model_dir
-from tunelab.serve.ui_answers import stream_answers
-from tunelab.serve.ui_arena import ANY_TWO, draw_pair
-from tunelab.serve.ui_context import MAX_OPENED, UIContext, Unloaded
-from tunelab.serve.ui_places import LOGIN_NEEDED, OUTSIDE, Places
-from tunelab.serve.ui_run_models import BASE, model_choices, model_target, open_pair
+from tunelab.serve.ui.answers import stream_answers
+from tunelab.serve.ui.arena import ANY_TWO, draw_pair
+from tunelab.serve.ui.context import MAX_OPENED, UIContext, Unloaded
+from tunelab.serve.ui.places import LOGIN_NEEDED, OUTSIDE, Places
+from tunelab.serve.ui.run_models import BASE, model_choices, model_target, open_pair
 
 
 class FakeServed:

@@ -19,10 +19,10 @@ from conftest import lora_sections, recipe_dict, write_recipe
 from tunelab.checkpoint_manifest import write_manifest
 from tunelab.compare import read_run
 from tunelab.errors import TunelabError
-from tunelab.serve.ui_places import LOGIN_NEEDED, OUTSIDE, Places, actions_allowed_for
-from tunelab.serve.ui_runs import (FINISHED, PREEMPTED, TRAINING, checkpoint_table, curves, report_markdown,
+from tunelab.serve.ui.places import LOGIN_NEEDED, OUTSIDE, Places, actions_allowed_for
+from tunelab.serve.ui.runs import (FINISHED, PREEMPTED, TRAINING, checkpoint_table, curves, report_markdown,
                                    run_status, runs_overview, step_log)
-from tunelab.serve.ui_train import (EDITOR, check_recipe_text, launch_run, log_path, log_tail, read_recipe_file,
+from tunelab.serve.ui.train import (EDITOR, check_recipe_text, launch_run, log_path, log_tail, read_recipe_file,
                                     recipe_choices, stop_run)
 from tunelab.train.run_lock import run_lock, writer_pid
 
@@ -229,7 +229,7 @@ def test_a_start_on_a_run_another_process_writes_shows_the_locks_refusal(places)
 # export and hand-in -----------------------------------------------------------------------------------------------
 def test_export_and_handin_write_what_the_cli_writes_inside_the_runs_directory(scratch_run, tmp_path):
     pytest.importorskip("gguf")
-    from tunelab.serve.ui_export import export_run
+    from tunelab.serve.ui.export import export_run
     places = Places.of(tmp_path, scratch_run["run_dir"].parent)
     run = scratch_run["run_dir"].name
     text, files = export_run(places, run, "gguf", "f16")
@@ -256,7 +256,7 @@ def test_handin_of_a_finished_run_is_offered_as_one_zip(tiny_base, tmp_path):
     from test_handin import EVAL
 
     from tunelab.cli import main
-    from tunelab.serve.ui_export import export_run
+    from tunelab.serve.ui.export import export_run
     sections = lora_sections(tiny_base, max_steps=10)
     path = write_recipe(tmp_path, "lora", eval=EVAL, score={"formula": "stage1", "total_params": 8.03e9}, **sections)
     assert main(["run", str(path)]) == 0
@@ -275,7 +275,7 @@ def test_the_runs_tabs_refresh_sends_only_what_changed(places):
     import gradio as gr
 
     from tunelab.serve.arena import ArenaStore
-    from tunelab.serve.ui import build_app
+    from tunelab.serve.ui.app import build_app
     fake_run(places.runs, "done", evaluated=True)
     store = ArenaStore(":memory:")
     demo = build_app({}, store, places=places)
@@ -300,7 +300,7 @@ def test_every_part_of_the_tab_bar_is_a_tab(places):
     import gradio as gr
 
     from tunelab.serve.arena import ArenaStore
-    from tunelab.serve.ui import build_app
+    from tunelab.serve.ui.app import build_app
     store = ArenaStore(":memory:")
     demo = build_app({}, store, places=places)
     tabs = [b for b in demo.blocks.values() if isinstance(b, gr.Tabs)]

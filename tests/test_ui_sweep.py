@@ -11,9 +11,9 @@ import pytest
 from test_ui_plan import places, recipe_text  # noqa: F401 - the fixture, and the tiny recipe
 
 from tunelab.errors import TunelabError
-from tunelab.serve.ui_places import LOGIN_NEEDED, Places
-from tunelab.serve.ui_sweep import launch_sweep, stop_sweep, sweep_state, sweep_writer
-from tunelab.serve.ui_train import log_tail
+from tunelab.serve.ui.places import LOGIN_NEEDED, Places
+from tunelab.serve.ui.sweep import launch_sweep, stop_sweep, sweep_state, sweep_writer
+from tunelab.serve.ui.train import log_tail
 
 
 def test_a_sweep_from_the_page_runs_is_refused_twice_and_stops_in_one_line(places):

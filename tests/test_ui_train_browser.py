@@ -34,8 +34,8 @@ def train_app(tmp_path, monkeypatch):
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
     from tunelab.serve.arena import ArenaStore
-    from tunelab.serve.ui import build_app, launch
-    from tunelab.serve.ui_places import Places
+    from tunelab.serve.ui.app import build_app, launch
+    from tunelab.serve.ui.places import Places
     from tunelab.train.run_lock import writer_pid
 
     project = tmp_path / "project"

@@ -123,9 +123,9 @@ def cli_ui(args: argparse.Namespace) -> int:
     from tunelab.serve.arena import ArenaStore
     from tunelab.serve.backends import Deadlines, build_backends
     from tunelab.serve.models import ServedModel
-    from tunelab.serve.ui import build_app, launch, parse_auth
-    from tunelab.serve.ui_context import load_examples
-    from tunelab.serve.ui_places import LOCAL_HOSTS, Places, actions_allowed_for
+    from tunelab.serve.ui.app import build_app, launch, parse_auth
+    from tunelab.serve.ui.context import load_examples
+    from tunelab.serve.ui.places import LOCAL_HOSTS, Places, actions_allowed_for
     require_extra("gradio", "openai", "httpx")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     auth = parse_auth(args.auth)

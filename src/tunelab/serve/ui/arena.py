@@ -10,8 +10,8 @@ from __future__ import annotations
 import uuid
 
 from tunelab.serve.arena import ArenaStore
-from tunelab.serve.ui_answers import stream_answers
-from tunelab.serve.ui_context import UIContext, settings_of
+from tunelab.serve.ui.answers import stream_answers
+from tunelab.serve.ui.context import UIContext, settings_of
 
 
 ANY_TWO = "any two models 任意两个模型"

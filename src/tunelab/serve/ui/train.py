@@ -7,7 +7,7 @@ session: it outlives the UI), its output going to `<output_dir>/<name>.log` besi
 The run lock is the only guard against two writers: a Start on a run that a process is writing shows the lock's
 refusal, whichever page or terminal started it. Stop sends SIGTERM to the lock's holder (the run checkpoints and
 exits 75); Resume launches `tunelab run --resume`. What the page shows of a run comes from its directory, its
-lock and its log, so a restarted UI finds a run it started before. A sweep (`ui_sweep`) is started the same way
+lock and its log, so a restarted UI finds a run it started before. A sweep (`ui.sweep`) is started the same way
 (`spawn`).
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 from tunelab.compare import read_run
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, load_recipe
-from tunelab.serve.ui_places import Places
-from tunelab.serve.ui_plan import CARDS, DEFAULT_CARD, plan_text
-from tunelab.serve.ui_runs import run_status, step_log
+from tunelab.serve.ui.places import Places
+from tunelab.serve.ui.plan import CARDS, DEFAULT_CARD, plan_text
+from tunelab.serve.ui.runs import run_status, step_log
 from tunelab.train.run_lock import run_lock, writer_of, writer_pid
 
 EDITOR = "recipe (editor)"
@@ -141,7 +141,7 @@ def run_state(run_dir: Path, process: subprocess.Popen | None) -> str:
 
 
 def plan_controls(places: Places, editor, path) -> None:
-    """The memory plan of the editor's recipe on a card picked (or a size typed), `tunelab plan`'s (`ui_plan`)."""
+    """The memory plan of the editor's recipe on a card picked (or a size typed), `tunelab plan`'s (`ui.plan`)."""
     import gradio as gr
 
     with gr.Accordion("Memory plan 显存估算", open=False):

@@ -3,8 +3,8 @@ two chosen models streaming at once, each keeping its own conversation)."""
 
 from __future__ import annotations
 
-from tunelab.serve.ui_answers import history_messages, prompt_messages, stream_answers
-from tunelab.serve.ui_context import UIContext, settings_of
+from tunelab.serve.ui.answers import history_messages, prompt_messages, stream_answers
+from tunelab.serve.ui.context import UIContext, settings_of
 
 
 def chat_tab(ctx: UIContext):

@@ -7,7 +7,7 @@ import json
 import time
 
 from tunelab.serve.ratings import COLUMNS, leaderboard
-from tunelab.serve.ui_context import UIContext
+from tunelab.serve.ui.context import UIContext
 
 
 def leaderboard_tab(ctx: UIContext) -> list:

@@ -4,7 +4,7 @@ as the pair of a blind Arena battle, from the Runs tab.
 A checkpoint is loaded as `tunelab ui runs/<run>/checkpoints/step-N` loads it at start (`UIContext.open_model`:
 `ServedModel.load`, a LoRA adapter merged into its base) and answers as `<run>/step-N`, the name the command line
 gives it; the base, the recipe's `model.path`, answers as `<run>/base`. A checkpoint must lie inside the runs
-directory and a local base inside the project or runs directory (`ui_places`); a base that is a hub id is loaded as
+directory and a local base inside the project or runs directory (`ui.places`); a base that is a hub id is loaded as
 the run loaded it. Loading runs a model in this process, so, like Start, it needs the login on a page served beyond
 localhost. Arena votes go to the page's vote store (`tunelab ui --db`), the one `tunelab data prefs --arena` reads.
 """
@@ -18,9 +18,9 @@ from tunelab.errors import TunelabError
 from tunelab.model.base_record import looks_like_hub_id
 from tunelab.recipe import load_recipe
 from tunelab.runs import checkpoint_dirs
-from tunelab.serve.ui_arena import ANY_TWO
-from tunelab.serve.ui_context import UIContext
-from tunelab.serve.ui_places import Places
+from tunelab.serve.ui.arena import ANY_TWO
+from tunelab.serve.ui.context import UIContext
+from tunelab.serve.ui.places import Places
 
 BASE = "base model 基座模型"
 PICKER = "compare"

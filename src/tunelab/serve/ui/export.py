@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.serve.ui_places import Places
+from tunelab.serve.ui.places import Places
 
 EXPORTS, HANDINS = "exports", "handin"
 KINDS = ("gguf", "handin")

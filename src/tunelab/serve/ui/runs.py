@@ -6,7 +6,7 @@ was stopped and can resume (its last checkpoint was written on a stop signal), o
 Everything is read from the run directories and their locks, never from the UI's memory, so a restarted UI shows
 the runs it started before as they are. An opened run shows its report.md (its PNGs inlined: the page serves no
 file of the run), its loss and learning-rate curves read from metrics.jsonl as it grows, its checkpoints with
-their scores, and its Export and Hand-in buttons (`ui_export`).
+their scores, and its Export and Hand-in buttons (`ui.export`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from tunelab.compare import EVALUATED, RunRow, cell_text, collect_runs, plot_sco
 from tunelab.errors import TunelabError
 from tunelab.records import read_json_object
 from tunelab.runs import check_checkpoints, checkpoint_dirs, is_preemption
-from tunelab.serve.ui_export import export_run
-from tunelab.serve.ui_places import Places
+from tunelab.serve.ui.export import export_run
+from tunelab.serve.ui.places import Places
 from tunelab.train.run_lock import writer_of
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def export_controls(pick) -> tuple:
 def runs_tab(places: Places, plot_dir: Path, compare=None) -> None:
     """Runs: the runs table (refreshed every few seconds, so training runs move), the score-against-ratio plot,
     and one run opened: its curves, checkpoints and report; `compare(pick)`, if given, adds the controls that
-    open two of the picked run's checkpoints as models (`ui_run_models`) below its checkpoints."""
+    open two of the picked run's checkpoints as models (`ui.run_models`) below its checkpoints."""
     import gradio as gr
 
     with gr.Tab("Runs 训练记录", id="runs"):

@@ -20,8 +20,8 @@ import subprocess
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.serve.ui_places import Places
-from tunelab.serve.ui_train import RECIPE_COPIES, check_recipe_text, log_path, log_tail, process_panel, spawn
+from tunelab.serve.ui.places import Places
+from tunelab.serve.ui.train import RECIPE_COPIES, check_recipe_text, log_path, log_tail, process_panel, spawn
 from tunelab.train.run_lock import writer_of, writer_pid
 
 SPACE_EXAMPLE = "train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n"

@@ -1,14 +1,14 @@
 """`tunelab ui`: a Gradio web app to talk to models, compare two side by side, rank them in an arena, and train.
 
-Tabs, each built by a function of its own module from what they share (`ui_context.UIContext`), so a tab reads,
-and changes, on its own; `build_app` only puts them together: Chat and Side by side (`ui_chat`: streaming,
+Tabs, each built by a function of its own module from what they share (`ui.context.UIContext`), so a tab reads,
+and changes, on its own; `build_app` only puts them together: Chat and Side by side (`ui.chat`: streaming,
 sampling controls, stop, clear, example prompts, time per answer; one prompt, two models streaming at once) ·
-Arena (`ui_arena`: two anonymous models drawn at random, one vote, then names are revealed) · Leaderboard
-(`ui_leaderboard`: Bradley-Terry and Elo with bootstrap intervals, vote counts, win-rate matrix, CSV / JSON export)
-· Runs (`ui_runs`: the runs table, a run's report, curves, checkpoints, export; two of its checkpoints opened in
-Side by side or the Arena, `ui_run_models`) · Train (`ui_train`: a recipe edited and checked, its memory plan,
-`ui_plan`; `tunelab run` started, stopped, resumed; a sweep, `ui_sweep`), the paths they take kept inside the
-project and runs directories (`ui_places`). Models are local tunelab models (in-process engine) or remote
+Arena (`ui.arena`: two anonymous models drawn at random, one vote, then names are revealed) · Leaderboard
+(`ui.leaderboard`: Bradley-Terry and Elo with bootstrap intervals, vote counts, win-rate matrix, CSV / JSON export)
+· Runs (`ui.runs`: the runs table, a run's report, curves, checkpoints, export; two of its checkpoints opened in
+Side by side or the Arena, `ui.run_models`) · Train (`ui.train`: a recipe edited and checked, its memory plan,
+`ui.plan`; `tunelab run` started, stopped, resumed; a sweep, `ui.sweep`), the paths they take kept inside the
+project and runs directories (`ui.places`). Models are local tunelab models (in-process engine) or remote
 OpenAI-compatible servers; without any, the app shows the Runs and Train tabs until a run's checkpoints are opened.
 
 `tunelab ui --auth USER:PASS` puts the whole app, the export files included, behind a login; listening beyond
@@ -21,16 +21,16 @@ from functools import partial
 
 from tunelab.errors import TunelabError
 from tunelab.serve.arena import ArenaStore
-from tunelab.serve.ui_arena import arena_tab, arena_votes
-from tunelab.serve.ui_chat import chat_tab, side_by_side_tab
-from tunelab.serve.ui_context import DEFAULT_EXAMPLES, UIContext
-from tunelab.serve.ui_export import export_paths
-from tunelab.serve.ui_leaderboard import leaderboard_tab
-from tunelab.serve.ui_places import Places
-from tunelab.serve.ui_run_models import ModelPickers, run_models_controls
-from tunelab.serve.ui_runs import runs_tab
-from tunelab.serve.ui_sweep import sweep_controls
-from tunelab.serve.ui_train import train_tab
+from tunelab.serve.ui.arena import arena_tab, arena_votes
+from tunelab.serve.ui.chat import chat_tab, side_by_side_tab
+from tunelab.serve.ui.context import DEFAULT_EXAMPLES, UIContext
+from tunelab.serve.ui.export import export_paths
+from tunelab.serve.ui.leaderboard import leaderboard_tab
+from tunelab.serve.ui.places import Places
+from tunelab.serve.ui.run_models import ModelPickers, run_models_controls
+from tunelab.serve.ui.runs import runs_tab
+from tunelab.serve.ui.sweep import sweep_controls
+from tunelab.serve.ui.train import train_tab
 
 
 def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = None, min_votes: int = 10,
@@ -39,7 +39,7 @@ def build_app(backends: dict, store: ArenaStore, examples: list[str] | None = No
     """The Gradio app, a function per tab. `export_votes`: the export also writes every stored vote with its
     prompt and answers (leave it off for an app anyone on the network can reach without a login). `places`: the
     project and runs directories the Runs and Train tabs work in (without it, no such tabs); without models,
-    only those two tabs show, until the Runs tab opens a run's checkpoints as models (`ui_run_models`, loaded
+    only those two tabs show, until the Runs tab opens a run's checkpoints as models (`ui.run_models`, loaded
     by `load_model(path, name=…)`, `ServedModel.load` by default)."""
     import gradio as gr
 
