@@ -145,7 +145,7 @@ def test_llama_cpp_decodes_several_sequences_at_once_as_tunelab_does(tmp_path):
 
     from llama_cpp_batched import BatchedGreedy
     from tunelab.convert.export import export_gguf_dir
-    from tunelab.decoding.generate import greedy_rows
+    from tunelab.decoding.generate import decode_rows
     from tunelab.decoding.stops import pad_token_id, stop_token_ids
     from tunelab.model.loading import load_for_inference
     model, tokenizer = load_for_inference(str(TINY_BASE), dtype="float32")
@@ -153,7 +153,7 @@ def test_llama_cpp_decodes_several_sequences_at_once_as_tunelab_does(tmp_path):
     prompts = ["3 + 4 = ", "Question: what is 12 - 5?\nAnswer:", "The capital of the story's country is"]
     rows = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     with torch.inference_mode():
-        expected, _ = greedy_rows(model, rows, 12, stops, pad_token_id(tokenizer, stops), batch_size=1)
+        expected, _ = decode_rows(model, rows, 12, stops, pad_token_id(tokenizer, stops), batch_size=1)
     path = export_gguf_dir(str(TINY_BASE), tmp_path / "gguf", "f32").path
     per_sequence = max(map(len, rows)) + 16
     together = BatchedGreedy(path, 3, per_sequence, threads=1, f32_cache=True, batch_tokens=16)  # prefill in chunks

@@ -81,8 +81,15 @@ def test_ids_are_apply_chat_template_and_labels_every_assistant_turn(tokenizer):
     assert tokenizer.decode([t for t in last.labels if t != IGNORE]) == "<|im_end|>\n"
     every = encode_examples(tokenizer, template, examples[:1], 4096, "all")[0]
     assert every.labels[1:] == every.input_ids[1:]
-    # 'answer', the older name, is 'assistant'
-    assert encode_examples(tokenizer, template, examples, 4096, "answer") == encoded
+    # each conversation is rendered twice a trained turn (the whole conversation is its last turn's rendering)
+    calls = []
+    real = tokenizer.apply_chat_template
+    tokenizer.apply_chat_template = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        assert encode_examples(tokenizer, template, examples, 4096) == encoded
+    finally:
+        tokenizer.apply_chat_template = real
+    assert len(calls) == 2 * 3 + 2 * 2 + 2  # CONVERSATION's 3 assistant turns, the second's 2, the single turn's 1
 
 
 def test_the_run_system_prompt_and_template_variables(tokenizer):

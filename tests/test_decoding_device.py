@@ -26,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tunelab.decoding.batch import DecodeBatch
-from tunelab.decoding.generate import greedy_rows
+from tunelab.decoding.generate import decode_rows
 from tunelab.decoding.sampling import SamplingParams, sample_next, token_logprobs
 
 # ops a GPU answers only by making the host wait: a value read off a tensor, or an output whose size is data
@@ -155,7 +155,7 @@ def test_an_evaluation_decode_step_waits_for_the_device_once(work, monkeypatch):
     monkeypatch.setattr(DecodeBatch, "remove", counted_remove)
     stops = frozenset(range(3, 300, 4))          # a quarter of the vocabulary ends a row: rows end at all steps
     with work.phase("decode"):
-        out, _ = greedy_rows(model, prompts(20, 300), 16, stops, 2, batch_size=4)
+        out, _ = decode_rows(model, prompts(20, 300), 16, stops, 2, batch_size=4)
     marks.append(work.waits["decode"])
     assert events["prefill"] >= 3 and events["remove"] >= 3      # rows joined and left mid-flight
     assert len(marks) > 20 and max(waits_per_step(work, marks)) <= 1, waits_per_step(work, marks)

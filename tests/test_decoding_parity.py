@@ -170,7 +170,7 @@ def test_sampled_rows_equal_a_seeded_draw_without_the_cache(arch, batch_size):
     shares its batch; temperature 0 rows in the same batch stay greedy."""
     import torch
 
-    from tunelab.decoding.generate import greedy_rows
+    from tunelab.decoding.generate import decode_rows
     from tunelab.decoding.sampling import SamplingParams
     from tunelab.decoding.stops import pad_token_id, stop_token_ids
     stops = stop_token_ids(arch.model, arch.tokenizer)
@@ -181,7 +181,7 @@ def test_sampled_rows_equal_a_seeded_draw_without_the_cache(arch, batch_size):
                (1.0, 1.0, 0), (2.0, 1.0, 0), (1.0, 0.5, 5)]]
     seeds = [1000 + i for i in range(len(rows))]
     with torch.inference_mode():
-        got, _ = greedy_rows(arch.model, rows, MAX_NEW, stops, pad_token_id(arch.tokenizer, stops), batch_size,
+        got, _ = decode_rows(arch.model, rows, MAX_NEW, stops, pad_token_id(arch.tokenizer, stops), batch_size,
                              sampling=params, generators=[torch.Generator().manual_seed(s) for s in seeds])
     want = [sampled_reference(arch.model, r, stops, p, s) for r, p, s in zip(rows, params, seeds)]
     assert got == want

@@ -25,10 +25,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     # stage, rank, modules, what it holds (docs/architecture.md's drawing and table are made from this table)
     ("foundation", 0, ["tunelab.errors", "tunelab.recipe.*", "tunelab.records", "tunelab.runs",
-                        "tunelab.checkpoint_manifest"],
+                        "tunelab.checkpoint_manifest", "tunelab.run_format"],
      "the one project error type (file / line / field); the recipe schema, also `tunelab eval`'s configuration; "
      "reading and writing record files; a run directory's layout, which checkpoints are whole (their manifests) "
-     "and which one is best (train, eval, serve and export share it)"),
+     "and which one is best (train, eval, serve and export share it); the version of a run's files and the one "
+     "migration of older ones"),
     ("data", 1, ["tunelab.data.*"], "formats, generators, templates and the chat renderer, packing, corpora: no model"),
     ("track", 1, ["tunelab.track.*"], "the dashboards a run logs to (TensorBoard, MLflow, W&B, SwanLab)"),
     ("model", 2, ["tunelab.model.*"],
@@ -37,7 +38,7 @@ LAYERS = [
      "copies, the one target-token log-probability (and KL) kernel"),
     ("decoding", 3, ["tunelab.decoding.*"],
      "the one place tokens are generated or scored: stop tokens, sampling, the KV cache, prefix-tree prefill, "
-     "resident models, the generation config a checkpoint was scored with"),
+     "the generation config a checkpoint was scored with"),
     ("scoring", 3, ["tunelab.scoring"], "low-parameter ratio (model shapes) and the competition formulas"),
     ("convert", 4, ["tunelab.convert.*"],
      "other ecosystems: MindSpore `.ckpt` and MindFormers, GGUF in and out, Ollama's Modelfile, merged HF export"),
@@ -48,7 +49,8 @@ LAYERS = [
      "dpo and grpo, each owning its rows, loss and metrics"),
     ("tasks", 5, ["tunelab.tasks.*"], "examples + prompt + answer extraction + metric, registered by name"),
     ("eval", 6, ["tunelab.eval.*", "tunelab.compare"],
-     "the eval configuration (sets), the runner, retention, `tunelab eval` / `predict`, GRPO's rewards from the "
+     "the eval configuration (sets), the runner, retention, where a pass gets its models (resident: one base held "
+     "on a GPU), `tunelab eval` / `predict`, GRPO's rewards from the "
      "tasks' graders (above tasks, so train gets rewards as numbers and never imports a grader); `tunelab runs "
      "table` (what runs measured, read back: the CLI, a sweep and the UI's Runs tab show the same table)"),
     ("serve", 7, ["tunelab.serve.*"], "the OpenAI-compatible server, the web UI, the arena, `tunelab generate`"),

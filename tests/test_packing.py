@@ -124,7 +124,7 @@ def test_answer_only_labels_are_exactly_response_and_eos(tokenizer):
 
 def test_truncation_keeps_the_answer_and_never_labels_a_rows_first_token(tokenizer):
     ex = Example(id="1", instruction="Compute " + " + ".join(["12"] * 40) + ".", output="480")
-    for loss_on in ("answer", "all"):
+    for loss_on in ("assistant", "all"):
         (enc,) = encode_examples(tokenizer, TEMPLATE, [ex], max_len=32, loss_on=loss_on)
         assert enc.truncated and len(enc.input_ids) == 32
         answer = tokenizer("480", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -176,3 +176,31 @@ def test_row_stream_is_deterministic_and_reshuffles_each_epoch():
     assert [r.input_ids for r in RowStream(encoded, 40, True, seed=4).rows(0, n)] != [r.input_ids for r in rows[:n]]
     unpacked = RowStream(encoded, max_len=40, packing=False, seed=3)
     assert unpacked.rows_per_epoch == 20
+
+
+def test_a_row_stream_of_twenty_epochs_holds_as_much_as_one_of_two():
+    """Only the epoch read and the one before it are held: memory stays flat over a long run, and a resumed
+    stream (asked first for epoch 19) gives the rows an unbroken one gave."""
+    import tracemalloc
+
+    from tunelab.train.row_stream import RowStream
+    rng = random.Random(1)
+    encoded = _fake_encoded([rng.randint(5, 60) for _ in range(600)])
+
+    def walk(epochs: int) -> tuple[int, list]:
+        stream = RowStream(encoded, max_len=128, packing=True, seed=0)
+        tracemalloc.start()
+        start, last = 0, None
+        for _ in range(epochs):  # an epoch's worth of rows a call: the calls straddle the epochs' ends
+            last = (start, [r.input_ids for r in stream.rows(start, stream.rows_per_epoch)])
+            start += len(last[1])
+            assert len(stream._held) <= 2
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak, last
+
+    two, _ = walk(2)
+    twenty, (start, rows) = walk(20)
+    assert twenty < 1.5 * two, (twenty, two)
+    resumed = RowStream(encoded, max_len=128, packing=True, seed=0)
+    assert [r.input_ids for r in resumed.rows(start, len(rows))] == rows

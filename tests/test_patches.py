@@ -78,7 +78,7 @@ def _train_and_decode():
     no dropout, whose masks are drawn differently by design), then greedy tokens through the decoding core with
     a prefix-tree prefill when patched: (losses, LoRA weights, tokens, whether rows ran end to end)."""
     from tunelab.data.packing import Row, collate
-    from tunelab.decoding.generate import greedy_rows
+    from tunelab.decoding.generate import decode_rows
     from tunelab.model.kernels.attention import takes_flat_rows, use_cpu_attention
     from tunelab.train.methods.sft_loss import LabelledLoss
     model = _tiny_lora(dropout=0.0)
@@ -103,7 +103,7 @@ def _train_and_decode():
         optimizer.step()
         losses.append(loss.item())
     model.eval()
-    tokens = greedy_rows(model, [[5, 9, 11, 3, 4], [5, 9, 11, 8], [7, 7, 2]], 8, frozenset(), 0, 3)[0]
+    tokens = decode_rows(model, [[5, 9, 11, 3, 4], [5, 9, 11, 8], [7, 7, 2]], 8, frozenset(), 0, 3)[0]
     weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     return losses, weights, tokens, flat
 

@@ -301,3 +301,12 @@ def test_a_path_the_file_system_refuses_is_one_line_not_a_traceback(tmp_path, ca
     rc = main(["data", "encyclopedia", "--count", "3", "--out", str(tmp_path / ("b" * 300) / "x")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "File name too long" in err and "bbb…" in err
+
+
+def test_an_older_name_is_mapped_by_the_schema_so_every_reader_sees_the_new_one(tmp_path):
+    """`loss_on: answer` (the older name) reads as `assistant` in the validated recipe itself."""
+    from tunelab.recipe import load_recipe
+    path = tmp_path / "old.yaml"
+    path.write_text("name: old\nmodel: {path: org/name}\ndata: {loss_on: answer, train: [{generate: arithmetic}]}\n",
+                    encoding="utf-8")
+    assert load_recipe(path, check_data=False).data.loss_on == "assistant"

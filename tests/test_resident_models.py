@@ -1,4 +1,4 @@
-"""`tunelab.decoding.resident`: one base held across an evaluation pass, adapters swapped in unmerged. What it
+"""`tunelab.eval.resident`: one base held across an evaluation pass, adapters swapped in unmerged. What it
 hands out must be the model a fresh load gives, to the bit: the base with the adapter layers switched off, and
 each adapter as peft loads it on its own."""
 
@@ -11,7 +11,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.model.loading import load_for_inference
-from tunelab.decoding.resident import Reloading, ResidentBase, model_source
+from tunelab.eval.resident import Reloading, ResidentBase, model_source
 
 
 def _adapter(base, out, seed: int, targets=("q_proj", "v_proj")):

@@ -303,11 +303,13 @@ def test_a_resumed_run_counts_the_time_a_killed_process_trained_past_its_checkpo
     metrics = recipe.run_dir / "metrics.jsonl"
     with metrics.open("a") as f:  # what it logged before it died: step 5, 100 s into the run
         f.write(json.dumps({"step": 5, "loss": 1.0, "elapsed_s": 100.0}) + "\n")
+    started = time.perf_counter()
     summary = train(recipe, resume=True)
+    wall = time.perf_counter() - started  # the resumed process's own time: the baseline, whatever the host
     lines = [json.loads(line) for line in metrics.open()]
     assert [r["step"] for r in lines if "loss" in r] == [2, 4, 6]  # step 5's line is dropped, the steps recomputed
     assert lines[-1]["elapsed_s"] > 100 and summary["train_seconds"] > 100
-    assert summary["train_seconds"] < 100 + 4
+    assert summary["train_seconds"] < 100 + wall
 
 
 def test_the_table_has_one_row_per_trial_saying_how_it_stopped(tmp_path):
@@ -486,9 +488,10 @@ def test_time_spent_in_the_hook_is_not_training_time(tmp_path):
     recipe = load_recipe(tiny_recipe(tmp_path))
     started = time.perf_counter()
     summary = train(recipe, on_checkpoint=lambda path, info: time.sleep(2))
-    assert time.perf_counter() - started > 6  # three checkpoints, 2 s each in the hook: 6 s, over the 4 s below
-    assert summary["train_seconds"] < 4  # six steps of a micro model
-    assert max(json.loads(line)["elapsed_s"] for line in (recipe.run_dir / "metrics.jsonl").open()) < 4
+    wall = time.perf_counter() - started  # three checkpoints, 2 s each in the hook: 6 s of it
+    assert 0 < summary["train_seconds"] <= wall - 6
+    # the last metrics line (step 6) is written after the hooks of steps 2 and 4
+    assert max(json.loads(line)["elapsed_s"] for line in (recipe.run_dir / "metrics.jsonl").open()) <= wall - 4
 
 
 @pytest.mark.parametrize("name, overrides", [("quickstart", ["train.max_steps=300"]), ("sweep-cpu", [])])

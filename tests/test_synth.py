@@ -351,11 +351,11 @@ def test_429_retry_after_5xx_and_timeouts_are_retried_then_recorded(tmp_path):
         return good_reply(body, n)
 
     with FakeServer(reply) as srv:
-        t0 = time.monotonic()
         assert synth(tmp_path, srv.url, "--timeout", "0.5", "--retries", "2", "--concurrency", "3") == 0
-        took = time.monotonic() - t0
     times = [t for t, body, _ in srv.log if city_of(body) == 0]
     assert len(times) == 3 and times[1] - times[0] >= 0.95      # Retry-After: 1 (the backoff alone is 0.01 s)
+    slow = [t for t, body, _ in srv.log if city_of(body) == 1]  # the reply takes 3 s: asked again before it came
+    assert len(slow) == 3 and all(b - a < 3.0 for a, b in zip(slow, slow[1:]))
     report = json.loads((tmp_path / "qa.report.json").read_text(encoding="utf-8"))
     assert report["articles"]["failed_by_reason"] == {"timeout": 1, "bad_request": 1}
     assert report["requests"]["failed_by_reason"] == {"timeout": 3, "rate_limited": 1, "server_error": 1,
@@ -365,7 +365,6 @@ def test_429_retry_after_5xx_and_timeouts_are_retried_then_recorded(tmp_path):
     assert status["city-0"]["status"] == "done" and status["city-0"]["attempts"] == 3
     assert status["city-1"]["reason"].startswith("timeout") and status["city-1"]["attempts"] == 3
     assert "context too long" in status["city-2"]["reason"]
-    assert took < 10
     # a rerun skips all three; --retry-failed asks the failed two again
     with FakeServer(good_reply) as srv:
         assert synth(tmp_path, srv.url) == 0
@@ -409,10 +408,8 @@ def test_concurrency_limit_is_kept(tmp_path):
         return good_reply(body, n)
 
     with FakeServer(reply) as srv:
-        t0 = time.monotonic()
         assert synth(tmp_path, srv.url, "--concurrency", "4") == 0
-        took = time.monotonic() - t0
-    assert peak[0] == 4 and took < 12 * 0.15           # 4 at a time, never more
+    assert peak[0] == 4           # 4 at a time, never more
     assert len(read_jsonl(tmp_path / "qa.jsonl")) == 36
 
 

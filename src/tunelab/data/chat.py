@@ -82,12 +82,22 @@ def assistant_labels(chat: ModelChat, messages: list[dict], loss_on: str = "assi
     turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
     if loss_on == "last_turn":
         turns = turns[-1:]
-    texts = [chat.text(messages, False, tools, where)]
+    rendered: dict[tuple[int, bool], str] = {}
+
+    def render(end: int, prompt: bool) -> str:
+        """messages[:end] rendered once however often it is asked for (the conversation ending in an assistant
+        turn is that turn's own rendering too: 1 + 2 × turns renders became 2 × turns)."""
+        if (end, prompt) not in rendered:
+            rendered[end, prompt] = chat.text(messages[:end], prompt, tools, where) if end else ""
+        return rendered[end, prompt]
+
+    texts = [render(len(messages), False)]
     if loss_on != "all":
         for i in turns:
-            texts.append(chat.text(messages[:i], True, tools, where) if i else "")
-            texts.append(chat.text(messages[: i + 1], False, tools, where))
-    ids = chat.ids(texts)
+            texts += [render(i, True), render(i + 1, False)]
+    unique = list(dict.fromkeys(texts))  # each text tokenised once too
+    tokenized = dict(zip(unique, chat.ids(unique)))
+    ids = [tokenized[t] for t in texts]
     full = list(ids[0])
     if loss_on == "all":
         return full, list(full)

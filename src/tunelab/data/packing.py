@@ -87,9 +87,6 @@ def shared_prefix(encoded: list[Encoded], minimum: int = 4) -> int:
     return n
 
 
-LOSS_ON_ALIASES = {"answer": "assistant"}  # the older name of training assistant turns
-
-
 def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example], max_len: int,
                     loss_on: str = "assistant") -> list[Encoded]:
     """Each example's token ids and labels (IGNORE where nothing is learnt), cut to `max_len` from the start.
@@ -98,11 +95,10 @@ def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example]
     ends each response; a conversation is its turns so laid end to end. The model's own template
     (`data.template: model`): the ids are `apply_chat_template(conversation)` and the labels the tokens each
     assistant turn adds after its generation prompt (`tunelab.data.chat`). `loss_on`: assistant (every assistant
-    turn; `answer`, its older name), last_turn, or all.
+    turn), last_turn, or all (the recipe maps older names).
     """
     if not examples:
         return []
-    loss_on = LOSS_ON_ALIASES.get(loss_on, loss_on)
     template = template.bind(tokenizer)
     if any(ex.meta.get(OPEN_END) for ex in examples):
         return _with_open_ends(tokenizer, template, examples, max_len, loss_on)
@@ -232,25 +228,33 @@ def collate_rows(rows: list[Row], pad_id: int, packed: bool):
     a 4-D mask through as it is). Unpacked: a normal attention mask. Rows holding distilled samples add
     `distill_mask` (rows, width), true at their tokens.
     """
+    import numpy as np
     import torch
     width = max(len(r.input_ids) for r in rows)
-    ids, labels, pos, mask = [], [], [], []
-    for r in rows:
-        pad = width - len(r.input_ids)
-        ids.append(r.input_ids + [pad_id] * pad)
-        labels.append(r.labels + [IGNORE] * pad)
-        pos.append(r.position_ids + list(range(pad)))
-        mask.append([1] * len(r.input_ids) + [0] * pad)
-    batch = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+    shape = (len(rows), width)
+    ids, labels = np.full(shape, pad_id, dtype=np.int64), np.full(shape, IGNORE, dtype=np.int64)
+    pos = np.tile(np.arange(width, dtype=np.int64), (len(rows), 1))  # padding continues 0, 1, 2, ...
+    mask = np.zeros(shape, dtype=np.int64)
+    for i, r in enumerate(rows):  # each row copied in one C loop: no per-token Python lists a step
+        n = len(r.input_ids)
+        ids[i, :n], labels[i, :n], mask[i, :n] = r.input_ids, r.labels, 1
+        pos[i, :n] = r.position_ids
+        pos[i, n:] = np.arange(width - n)
+    batch = {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}
     if packed:
-        batch["position_ids"] = torch.tensor(pos)
+        batch["position_ids"] = torch.from_numpy(pos)
         if any(r.prefix for r in rows):
-            seg = torch.tensor([r.segments + [-1] * (width - len(r.segments)) for r in rows])
-            batch["attention_mask"] = _prefix_mask(seg)[:, None]
+            seg = np.full(shape, -1, dtype=np.int64)
+            for i, r in enumerate(rows):
+                seg[i, :len(r.segments)] = r.segments
+            batch["attention_mask"] = _prefix_mask(torch.from_numpy(seg))[:, None]
     else:
-        batch["attention_mask"] = torch.tensor(mask)
+        batch["attention_mask"] = torch.from_numpy(mask)
     if any(r.distill for r in rows):
-        batch["distill_mask"] = torch.tensor([_distilled(r) + [False] * (width - len(r.input_ids)) for r in rows])
+        distill = np.zeros(shape, dtype=bool)
+        for i, r in enumerate(rows):
+            distill[i, :len(r.input_ids)] = _distilled(r)
+        batch["distill_mask"] = torch.from_numpy(distill)
     return batch
 
 
@@ -270,9 +274,17 @@ def collate(rows: list[Row], pad_id: int, packed: bool, flat: bool = False):
 
 
 def batch_to(batch: dict, device) -> dict:
-    """A collated batch with its tensors on `device` (`collate_flat`'s span lengths stay tuples)."""
+    """A collated batch with its tensors on `device` (`collate_flat`'s span lengths stay tuples); pinned tensors
+    (`pinned`) are copied without the host waiting."""
     import torch
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {k: v.to(device, non_blocking=v.is_pinned()) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def pinned(batch: dict) -> dict:
+    """A collated batch with its tensors in page-locked memory, for an asynchronous copy to a GPU."""
+    import torch
+    return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def collate_flat(rows: list[Row]):
@@ -289,12 +301,15 @@ def collate_flat(rows: list[Row]):
     one sequence it would be predicted from the row before. The loss, its count and every gradient are those of
     `collate_rows(rows, pad_id, packed=True)`, and so are the distilled tokens (`distill_mask`).
     """
+    import numpy as np
     import torch
-    ids, labels, pos, spans, which, own = [], [], [], [], [], []
+    spans, which, own = [], [], []
+    ids = np.fromiter((t for r in rows for t in r.input_ids), dtype=np.int64)
+    pos = np.fromiter((t for r in rows for t in r.position_ids), dtype=np.int64)
+    labels = np.fromiter((t for r in rows for t in r.labels), dtype=np.int64)
+    starts = np.cumsum([0] + [len(r.input_ids) for r in rows[:-1]])
+    labels[starts] = IGNORE  # a row's first label: in one sequence it would be predicted from the row before
     for r in rows:
-        ids += r.input_ids
-        labels += [IGNORE] + r.labels[1:]
-        pos += r.position_ids
         if r.prefix:
             own.append(_prefix_mask(torch.tensor(r.segments)))
             spans.append(len(r.segments))
@@ -310,8 +325,10 @@ def collate_flat(rows: list[Row]):
     mask = torch.ones(1 + len(own), width, width, dtype=torch.bool).tril_()
     for k, m in enumerate(own, start=1):
         mask[k, : len(m), : len(m)] = m
-    batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([pos]),
-             "attention_mask": mask[:, None], "row_lengths": tuple(spans), "span_masks": tuple(which)}
+    batch = {"input_ids": torch.from_numpy(ids)[None], "labels": torch.from_numpy(labels)[None],
+             "position_ids": torch.from_numpy(pos)[None], "attention_mask": mask[:, None], "row_lengths": tuple(spans),
+             "span_masks": tuple(which)}
     if any(r.distill for r in rows):
-        batch["distill_mask"] = torch.tensor([[flag for r in rows for flag in _distilled(r)]])
+        flags = np.fromiter((f for r in rows for f in _distilled(r)), dtype=bool)
+        batch["distill_mask"] = torch.from_numpy(flags)[None]
     return batch

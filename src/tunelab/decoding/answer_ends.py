@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 
 from tunelab.decoding.batch import DecodeBatch
-from tunelab.decoding.generate import greedy_rows
+from tunelab.decoding.generate import decode_rows
 from tunelab.decoding.stops import pad_token_id, stop_token_ids
 
 # questions a chat model answers in a few words: SmolLM2-135M-Instruct ends all three within 9 tokens, and the
@@ -41,7 +41,7 @@ def own_answer_end_probability(model, tokenizer, token_ids) -> dict[int, float]:
     training, _ = model.training, model.eval()  # no dropout: nothing drawn from the run's random state
     try:
         with torch.inference_mode():
-            answers, stopped = greedy_rows(model, prompts, MAX_NEW_TOKENS, stops, pad_id, len(prompts))
+            answers, stopped = decode_rows(model, prompts, MAX_NEW_TOKENS, stops, pad_id, len(prompts))
             ended = [prompt + answer for prompt, answer, done in zip(prompts, answers, stopped) if done]
             # one batched pass over the ended answers (their shared template header once): [end token][answer]
             at_end = (DecodeBatch.prefill(model, ended, pad_id, 0)[1].softmax(-1)[:, ends].T.tolist() if ended

@@ -112,8 +112,18 @@ class DecodeBatch:
         self.model, self.cache, self.mask, self.next_pos = model, cache, mask, next_pos
         self.first, self.pads = first, pads
 
+    @property
+    def mask(self):
+        """The attention mask over the cached columns, (rows, width): a view of a buffer with room to the right,
+        already ones, so that a decode step writes no new mask (it was a copy of the whole mask a token)."""
+        return self._mask_buffer[:, :self._width]
+
+    @mask.setter
+    def mask(self, value) -> None:
+        self._mask_buffer, self._width = value, value.shape[1]
+
     def __len__(self) -> int:
-        return self.mask.shape[0]
+        return self._mask_buffer.shape[0]
 
     @property
     def device(self):
@@ -172,7 +182,10 @@ class DecodeBatch:
     def step(self, tokens):
         """Feed one token per row (a (n,) tensor on the device); returns the next logits, (n, vocab) float32."""
         import torch
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=-1)
+        if self._width == self._mask_buffer.shape[1]:  # room for the next 64 tokens at least, ones already
+            spare = self._mask_buffer.new_ones(len(self), max(64, self._width // 2))
+            self._mask_buffer = torch.cat([self._mask_buffer, spare], dim=-1)
+        self._width += 1
         logits = last_logits(self.model, input_ids=tokens[:, None], attention_mask=self._step_mask(),
                               position_ids=self.next_pos, past_key_values=self.cache, use_cache=True)
         self.next_pos = self.next_pos + 1
@@ -186,7 +199,7 @@ class DecodeBatch:
         Other attention implementations, and caches with sliding-window layers (whose masks differ by layer),
         get the 2-D mask."""
         if getattr(self.model.config, "_attn_implementation", None) != "sdpa" or not self.mergeable:
-            return self.mask
+            return self.mask.contiguous()
         return self.mask.bool()[:, None, None, :] if any(self.pads) else None
 
     def score(self, tokens, token_mask):
@@ -203,7 +216,7 @@ class DecodeBatch:
         import torch
         index = to_device(torch.tensor(rows, dtype=torch.long), self.device)
         self.cache.batch_select_indices(index)
-        self.mask, self.next_pos = self.mask[index], self.next_pos[index]
+        self._mask_buffer, self.next_pos = self._mask_buffer[index], self.next_pos[index]
         self.first, self.pads = [self.first[i] for i in rows], [self.pads[i] for i in rows]
 
     def remove(self, rows: list[int], carried=None):
@@ -223,7 +236,7 @@ class DecodeBatch:
                 layer.keep_rows(order)
             else:
                 layer.batch_select_indices(to_device(torch.tensor(order, dtype=torch.long), self.device))
-        self.mask, self.next_pos = _moved(self.mask, order), _moved(self.next_pos, order)
+        self._mask_buffer, self.next_pos = _moved(self._mask_buffer, order), _moved(self.next_pos, order)
         self.first, self.pads = [self.first[j] for j in order], [self.pads[j] for j in order]
         return order, (None if carried is None else _moved(carried, order))
 
@@ -274,6 +287,6 @@ class DecodeBatch:
         if first > 0:
             for layer in self.cache.layers:
                 layer.crop_front(first)
-            self.mask = self.mask[:, first:]
+            self._mask_buffer, self._width = self._mask_buffer[:, first:], self._width - first
             self.first = [f - first for f in self.first]
             self.pads = [p - first for p in self.pads]

@@ -12,11 +12,11 @@ from tunelab.decoding.sampling import SamplingParams, sample_next
 from tunelab.decoding.stops import pad_token_id, stop_token_ids
 from tunelab.decoding.text_stream import TextStream
 
-def greedy_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozenset[int], pad_id: int,
+def decode_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozenset[int], pad_id: int,
                 batch_size: int, streams: list[TextStream] | None = None,
                 on_done=None, sampling: list[SamplingParams] | None = None,
                 generators: list | None = None, keep_stop: bool = False) -> tuple[list[list[int]], list[bool]]:
-    """Greedy continuation of every row of token ids, `batch_size` rows decoding at a time: (the new ids of
+    """The continuation of every row of token ids, greedy unless `sampling` says otherwise, `batch_size` rows decoding at a time: (the new ids of
     each row, its stop token excluded; whether each row stopped by itself rather than at `max_new_tokens`).
     With `sampling` (a SamplingParams a row) and `generators` (a `torch.Generator` a row), each row draws its
     tokens instead (`sample_next`): a row's draws come from its own generator, so a seeded row gives the same
@@ -107,7 +107,7 @@ def complete_batched(model, tokenizer, prompts: list[str], max_new_tokens: int =
     Prompts are tokenised once without special tokens (as tunelab trains), sorted by length and
     left-padded into batches; the shared template header of the rows prefilled together is run once
     (`DecodeBatch.prefill`), the cache is written in place, finished rows leave the batch and waiting
-    prompts take their places (`greedy_rows`): faster than `model.generate` on length-sorted left-padded
+    prompts take their places (`decode_rows`): faster than `model.generate` on length-sorted left-padded
     batches (benchmarks/bench_eval.py)."""
     import torch
     from tqdm.auto import tqdm
@@ -121,7 +121,7 @@ def complete_batched(model, tokenizer, prompts: list[str], max_new_tokens: int =
     with torch.inference_mode(), tqdm(total=len(prompts), disable=not progress, desc=desc, unit="prompt",
                                       leave=False) as bar:
         streams = [TextStream(tokenizer, stop) for _ in order] if stop else None
-        new, stopped = greedy_rows(model, [encoded[i] for i in order], max_new_tokens, stops, pad_id, batch_size,
+        new, stopped = decode_rows(model, [encoded[i] for i in order], max_new_tokens, stops, pad_id, batch_size,
                                    streams, on_done=bar.update)
     if streams:
         for s in streams:

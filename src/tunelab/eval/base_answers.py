@@ -108,7 +108,7 @@ def base_answers(base_dir: str | Path, prompts: list[Example], template: PromptT
             return _attach(prompts, rows, template)
         log.warning(f"{path} holds {len(rows)} answers for {len(prompts)} prompts: generating them again")
     if model is None:
-        from tunelab.decoding.resident import model_source
+        from tunelab.eval.resident import model_source
         with model_source(device, precision).open(base_dir) as (model, tokenizer):
             return base_answers(base_dir, prompts, template, max_new_tokens, batch_size, model, tokenizer, desc=desc)
     from tunelab.decoding.generate import complete_batched
@@ -162,7 +162,7 @@ def self_instructions(model, tokenizer, template: PromptTemplate, count: int, se
     `max_new_tokens`, too short, or repeated are dropped. Cached like the answers (weights, header, count, seed)."""
     import torch
 
-    from tunelab.decoding.generate import greedy_rows
+    from tunelab.decoding.generate import decode_rows
     from tunelab.decoding.sampling import SamplingParams
     from tunelab.decoding.stops import pad_token_id, stop_token_ids
     header = user_turn_header(template.bind(tokenizer))
@@ -179,7 +179,7 @@ def self_instructions(model, tokenizer, template: PromptTemplate, count: int, se
         params = [SamplingParams(max_tokens=max_new_tokens, temperature=1.0, top_p=0.95) for _ in range(count)]
         gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(count)]
         with torch.inference_mode():
-            new, stopped = greedy_rows(model, [ids] * count, max_new_tokens, stops, pad_token_id(tokenizer, stops),
+            new, stopped = decode_rows(model, [ids] * count, max_new_tokens, stops, pad_token_id(tokenizer, stops),
                                        32, sampling=params, generators=gens)
         texts, seen = [], set()
         for row, ended in zip(new, stopped):

@@ -27,7 +27,7 @@ from tunelab.errors import TunelabError
 from tunelab.eval.retention import load_baseline, overall, retention
 from tunelab.eval.runner import evaluate_model_dir
 from tunelab.eval.sets import eval_sets
-from tunelab.decoding.resident import model_source
+from tunelab.eval.resident import model_source
 from tunelab.recipe import EvalConfig
 from tunelab.records import write_json
 from tunelab.runs import best_label, list_checkpoints, model_dir_of

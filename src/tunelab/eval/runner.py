@@ -118,12 +118,12 @@ def evaluate_model_dir(model_dir: str | Path, sets: dict[str, EvalSet], out_dir:
                        label: str = "", write_results: bool = True, device: str | None = None,
                        precision: str = "auto", models=None) -> dict:
     """Run every set on one model (full or adapter) on `device`; {label: metrics}. `models` is the pass's
-    `tunelab.decoding.resident` source (a base kept on a GPU across checkpoints); by default one for this call.
+    `tunelab.eval.resident` source (a base kept on a GPU across checkpoints); by default one for this call.
 
     With `write_results`, `out_dir/results.json` is removed first and written last, so its presence means
     the evaluation is complete.
     """
-    from tunelab.decoding.resident import model_source
+    from tunelab.eval.resident import model_source
     if write_results:
         (Path(out_dir) / "results.json").unlink(missing_ok=True)
     results = {}

@@ -1,5 +1,5 @@
 """Evaluating a run's models, the same way for every run kind: the base and the chosen checkpoints, each with
-the run's model source (on a GPU one resident base, `tunelab.decoding.resident`), each result kept in
+the run's model source (on a GPU one resident base, `tunelab.eval.resident`), each result kept in
 `eval/<name>/results.json` so a resumed run skips finished work, and under torchrun each rank its share.
 
 Which checkpoints to evaluate and which one is best is the run kind's to say (`tunelab.pipeline.competition`,
@@ -19,7 +19,7 @@ from tunelab.runs import list_checkpoints, model_dir_of
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from tunelab.decoding.resident import Reloading
+    from tunelab.eval.resident import Reloading
 
 
 def eval_placement(recipe: Recipe) -> dict:
@@ -29,9 +29,9 @@ def eval_placement(recipe: Recipe) -> dict:
 
 
 def run_models(recipe: Recipe) -> Reloading:
-    """The source of every model a run evaluates (`tunelab.decoding.resident`): on a GPU the base stays on the
+    """The source of every model a run evaluates (`tunelab.eval.resident`): on a GPU the base stays on the
     device and each checkpoint's adapter is swapped in; on the CPU each is loaded and merged."""
-    from tunelab.decoding.resident import model_source
+    from tunelab.eval.resident import model_source
     return model_source(**eval_placement(recipe))
 
 
@@ -81,7 +81,7 @@ def evaluate_share(recipe: Recipe, sets: dict, template, rank: int, world: int, 
 
 def cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label, models=None) -> dict:
     """Evaluate unless this directory already holds complete results (so --resume skips finished work).
-    `models` is the run's `tunelab.decoding.resident` source: on a GPU one base serves every checkpoint."""
+    `models` is the run's `tunelab.eval.resident` source: on a GPU one base serves every checkpoint."""
     from tunelab.eval.runner import evaluate_model_dir
     done = out_dir / "results.json"
     if done.exists():

@@ -16,7 +16,7 @@ from tunelab.recipe import Recipe
 from tunelab.report import render_report
 
 if TYPE_CHECKING:
-    from tunelab.decoding.resident import Reloading
+    from tunelab.eval.resident import Reloading
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunelab.recipe.fields import StrictSection, Text
 from tunelab.recipe.source import SourceConfig
+
+LOSS_ON_RENAMED = {"answer": "assistant"}  # older recipes' name for training every assistant turn
 
 
 class MixConfig(StrictSection):
@@ -90,13 +92,19 @@ class DataConfig(StrictSection):
         default=False, description="packed samples: hold the template header every sample starts with once per "
                                    "row (each sample attends to it and to itself; same loss and gradients, more "
                                    "samples a row)")
-    loss_on: Literal["assistant", "last_turn", "all", "answer"] = Field(
+    loss_on: Literal["assistant", "last_turn", "all"] = Field(
         default="assistant", description="which tokens train: every assistant turn with its end-of-turn token "
-                                         "(assistant; 'answer' is its older name), the last one only (last_turn: "
-                                         "templates that rewrite earlier turns), or every token (all)")
+                                         "(assistant; 'answer', its older name, is read as it), the last one only "
+                                         "(last_turn: templates that rewrite earlier turns), or every token (all)")
     sampling: Literal["epoch", "random"] = Field(
         default="epoch", description="corpus blocks: each once per epoch in a seeded order, or drawn at random "
                                      "with replacement")
+
+    @field_validator("loss_on", mode="before")
+    @classmethod
+    def _older_names(cls, value: Any) -> Any:
+        """Older recipes' names, mapped here so every reader of the recipe sees the current one."""
+        return LOSS_ON_RENAMED.get(value, value) if isinstance(value, str) else value
 
     @model_validator(mode="before")
     @classmethod

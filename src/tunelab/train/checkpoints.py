@@ -33,6 +33,7 @@ from tunelab.checkpoint_manifest import has_manifest, manifest_problems, write_m
 from tunelab.data.templates import save_template
 from tunelab.errors import TunelabError
 from tunelab.records import free_space, write_refusal
+from tunelab.run_format import migrate
 from tunelab.runs import checkpoint_dir, checkpoint_dirs, is_preemption, list_checkpoints, set_aside
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,8 @@ def _load(ckpt: Path) -> tuple[dict, dict]:
             raise _Unloadable(f"{name} does not load ({why})") from e
         if not isinstance(value, dict) or (name == "trainer_state.pt" and "step" not in value):
             raise _Unloadable(f"{name} is not what tunelab writes")
+        if name == "trainer_state.pt":
+            value = migrate(value, "trainer_state", ckpt / name)
         out.append(value)
     return out[0], out[1]
 

@@ -63,6 +63,15 @@ def all_sum(dist: Dist, values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def all_sum_tensor(dist: Dist, tensor):
+    """`tensor` summed over every process on the device, in place, without the host reading it."""
+    if dist.world == 1:
+        return tensor
+    import torch.distributed as td
+    td.all_reduce(tensor)
+    return tensor
+
+
 def data_parallel(loss_model, dist: Dist, fsdp: bool):
     """What the loop calls forward on: the model under DDP when several processes replicate it, else itself
     (one process, or FSDP, whose sharding already wraps its layers)."""

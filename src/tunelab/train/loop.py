@@ -51,7 +51,7 @@ from tunelab.train.run_lock import run_lock
 from tunelab.train.setup import (TrainingRows, TrainingRun, build_model_and_tokenizer, build_optimization,
                                  check_memory, choose_precision, continued_adapter, count_steps, few_pairs,
                                  trainable_model, trainable_token_ids, training_rows)
-from tunelab.train.step import train_step
+from tunelab.train.step import PREFETCH, train_step
 from tunelab.train.stop_signals import StopSignals
 from tunelab.train.summary import training_summary, write_summary
 from tunelab.train.trainer_state import (Progress, capture, gather_objects, gather_rng, global_batch, rank_window,
@@ -131,6 +131,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
                 if stop:
                     break
     finally:
+        PREFETCH.drop()
         metrics.close()
 
     # --- the summary ---
@@ -177,8 +178,10 @@ def _set_up(recipe: Recipe, resume: bool, dist: Dist, rewards) -> TrainingRun:
     if dist.main:
         _say_what_is_trained(recipe, rows, trained.flat, rows_per_step, untrained, total_steps)
     opt = build_optimization(tc, trained.model, total_steps, precision, dist.device)
-    return TrainingRun(recipe, dist, run_dir, precision, template, method, tokenizer, rows, trained, params_count,
-                       flops_tok, peak_tflops, point, rows_per_step, passes, total_steps, ckpt_at, opt)
+    return TrainingRun(recipe=recipe, dist=dist, run_dir=run_dir, precision=precision, template=template,
+                       method=method, tokenizer=tokenizer, rows=rows, trained=trained, params_count=params_count,
+                       flops_tok=flops_tok, peak_tflops=peak_tflops, point=point, rows_per_step=rows_per_step,
+                       passes=passes, total_steps=total_steps, ckpt_at=ckpt_at, opt=opt)
 
 
 def _few_pairs(recipe: Recipe, rows: TrainingRows, total_steps: int, rows_per_step: int) -> str | None:

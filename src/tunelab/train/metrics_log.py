@@ -14,7 +14,7 @@ from tunelab.track.names import step_metrics
 from tunelab.train.mfu import mfu
 from tunelab.train.setup import TrainingRun
 from tunelab.train.step import StepResult
-from tunelab.train.trainer_state import Progress
+from tunelab.train.trainer_state import LogWindow, Progress
 
 
 class Clock:
@@ -75,22 +75,22 @@ class MetricsLog:
         """The line averaging the steps since the last one (`Progress.window`), which it then empties."""
         run, window, clock = self.run, self.progress.window, self.clock
         now = time.perf_counter()
-        tokens_per_s = window[2] / (now - clock.window)
+        tokens_per_s = window.tokens / (now - clock.window)
         rec = {"step": done, "epoch": round(done * run.rows_per_step / run.passes / run.rows.stream.rows_per_epoch, 4),
-               "loss": window[0] / max(1, window[1]), "lr": result.lr,
+               "loss": window.loss, "lr": result.lr,
                "grad_norm": result.grad_norm, "tokens_per_s": tokens_per_s,
                "mfu": mfu(run.flops_tok, tokens_per_s, run.peak_tflops, run.dist.world),
                "memory_gib": _peak_memory_gib(run.dist.device),
                "elapsed_s": self.progress.elapsed_s + now - clock.start}
         if run.rows.stream.prefix:  # the samples' tokens, the shared prefix once per sample (what unshared rows feed)
-            rec["sample_tokens_per_s"] = window[3] / (now - clock.window)
+            rec["sample_tokens_per_s"] = window.sample_tokens / (now - clock.window)
         loss_model = run.trained.loss_model
         if hasattr(loss_model, "take_metrics"):  # dpo's rewards and margins, grpo's rewards, KL and clipping
             rec.update(loss_model.take_metrics())
         self._write(rec, done)
         self.postfix.update(loss=f"{rec['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
         self.bar.set_postfix(self.postfix)
-        window[:] = [0.0, 0.0, 0.0, 0.0]
+        self.progress.window = LogWindow()
         clock.window = now
 
     def _write(self, record: dict, done: int) -> None:

@@ -12,23 +12,39 @@ from tunelab.data.packing import Encoded, Row, pack_examples, packing_efficiency
 
 
 class RowStream:
-    """The deterministic sequence of training rows: epoch e shuffles samples with seed+e, then packs them."""
+    """The deterministic sequence of training rows: epoch e shuffles samples with seed+e, then packs them.
+
+    Only the epoch being read and the one before it are held (a step's rows may straddle the two); earlier ones
+    are dropped and only their lengths kept, so a run of many epochs holds as much as a run of two."""
 
     def __init__(self, encoded: list[Encoded], max_len: int, packing: bool, seed: int, prefix: int = 0):
         self.encoded, self.max_len, self.packing, self.seed, self.prefix = encoded, max_len, packing, seed, prefix
-        self.epochs: list[list[Row]] = []
+        self._held: dict[int, list[Row]] = {}   # epoch -> its rows: at most the last two asked for
+        self._lengths: list[int] = []          # rows in each epoch packed so far
+
+    def _pack(self, e: int) -> list[Row]:
+        order = list(self.encoded)
+        random.Random(self.seed + e).shuffle(order)
+        return pack_examples(order, self.max_len, prefix=self.prefix) if self.packing else unpacked_rows(order)
 
     def _epoch(self, e: int) -> list[Row]:
-        while len(self.epochs) <= e:
-            order = list(self.encoded)
-            random.Random(self.seed + len(self.epochs)).shuffle(order)
-            self.epochs.append(pack_examples(order, self.max_len, prefix=self.prefix) if self.packing
-                               else unpacked_rows(order))
-        return self.epochs[e]
+        if e not in self._held:
+            self._held = {k: v for k, v in self._held.items() if k == e - 1}  # dropped before the next is packed
+            rows = self._held[e] = self._pack(e)
+            if e == len(self._lengths):
+                self._lengths.append(len(rows))
+        return self._held[e]
+
+    def _length(self, e: int) -> int:
+        """Rows in epoch e, packing (and dropping) the epochs before it as needed."""
+        while len(self._lengths) <= e:
+            rows = self._pack(len(self._lengths))
+            self._lengths.append(len(rows))
+        return self._lengths[e]
 
     @property
     def rows_per_epoch(self) -> int:
-        return len(self._epoch(0))
+        return self._length(0)
 
     @property
     def padding_pct(self) -> float:
@@ -38,8 +54,8 @@ class RowStream:
     def rows(self, start: int, count: int) -> list[Row]:
         """Rows [start, start+count) of the endless epoch-after-epoch stream."""
         out, e, offset = [], 0, start
-        while offset >= len(self._epoch(e)):
-            offset -= len(self._epoch(e))
+        while offset >= self._length(e):
+            offset -= self._length(e)
             e += 1
         while len(out) < count:
             rows = self._epoch(e)

@@ -116,7 +116,7 @@ def _needs_reference(recipe: Recipe) -> bool:
             or (tc.distill is not None and tc.distill.teacher is None))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainingRows:
     """The rows a run trains on, and what the summary says about them."""
 
@@ -138,16 +138,18 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
     if tc.method == "dpo":
         from tunelab.train.methods.dpo_rows import held_out_pair_rows, pair_rows
         stream, pairs, truncated = pair_rows(recipe, tokenizer, template)
-        return TrainingRows(stream, held_out_pair_rows(recipe, tokenizer, template), pairs, truncated)
+        return TrainingRows(stream=stream, val_rows=held_out_pair_rows(recipe, tokenizer, template), samples=pairs,
+                            truncated=truncated)
     if tc.method == "grpo":
         from tunelab.train.methods.grpo import prompt_rows
         from tunelab.train.row_stream import ShuffledRows
         prompts, cut = prompt_rows(recipe, examples, tokenizer, template)
-        return TrainingRows(ShuffledRows(prompts, recipe.seed), None, len(prompts), cut)
+        return TrainingRows(stream=ShuffledRows(prompts, recipe.seed), val_rows=None, samples=len(prompts),
+                            truncated=cut)
     if recipe.data.corpus:
         from tunelab.train.corpus_rows import corpus_rows
         stream, val_rows = corpus_rows(recipe)
-        return TrainingRows(stream, val_rows, stream.count, 0)
+        return TrainingRows(stream=stream, val_rows=val_rows, samples=stream.count, truncated=0)
     val_rows = None
     replayed_blocks = 0
     encoded = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, recipe.data.loss_on)
@@ -184,10 +186,11 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
             log.info(f"share_prefix: {prefix} tokens every sample starts with are held once per row" if prefix
                   else f"share_prefix: off ({why})")
     stream = RowStream(encoded, recipe.data.max_seq_len, recipe.data.packing, recipe.seed, prefix)
-    return TrainingRows(stream, val_rows, samples, truncated, replayed_blocks, answer_counts, encoded[:samples])
+    return TrainingRows(stream=stream, val_rows=val_rows, samples=samples, truncated=truncated,
+                        replayed_blocks=replayed_blocks, answer_counts=answer_counts, encoded=encoded[:samples])
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainingModel:
     """The model as the loop trains it."""
 
@@ -319,7 +322,8 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: lis
         base = model.get_base_model() if lora else model
         use_cpu_attention(base)
         flat = recipe.data.packing and takes_flat_rows(base, recipe.data.max_seq_len)
-    return TrainingModel(model, loss_model, lora, fsdp, flat, autocast_dtype)
+    return TrainingModel(model=model, loss_model=loss_model, lora=lora, fsdp=fsdp, flat=flat,
+                         autocast_dtype=autocast_dtype)
 
 
 def count_steps(tc: TrainConfig, rows_per_epoch: int, rows_per_step: int, passes: int = 1) -> tuple[int, int]:
@@ -352,7 +356,7 @@ def few_pairs(pairs: int, steps: int, rows_per_step: int) -> str | None:
             "train.batch_size or more train.epochs give more steps")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Optimization:
     """What updates the weights: the trainable parameters, the optimizer, its learning-rate schedule and, for
     fp16, the gradient scaler (None otherwise)."""
@@ -363,7 +367,7 @@ class Optimization:
     scaler: object | None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainingRun:
     """A run as `loop._set_up` built it: what the steps, the checkpoints and the summary read, and never change."""
 
@@ -409,7 +413,7 @@ def build_optimization(tc: TrainConfig, model, total_steps: int, precision, devi
     warmup = max(1, int(tc.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, tc.min_lr_ratio))
     scaler = torch.amp.GradScaler(device.type) if precision.grad_scaler else None
-    return Optimization(params, optimizer, scheduler, scaler)
+    return Optimization(params=params, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
 
 
 def lr_lambda(total: int, warmup: int, min_ratio: float):

@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.data.packing import batch_to
+from tunelab.data.packing import batch_to, pinned
 from tunelab.errors import TunelabError
 from tunelab.runs import list_checkpoints, step_of
 from tunelab.train import sharding
-from tunelab.train.distributed import all_sum
+from tunelab.train.distributed import all_sum, all_sum_tensor
 from tunelab.train.divergence import DivergenceGuard
 from tunelab.train.setup import TrainingRun
 from tunelab.train.trainer_state import Progress
@@ -37,40 +37,76 @@ def train_step(run: TrainingRun, train_model, progress: Progress, step: int) -> 
     batches, local_tokens, local_samples = _micro_batches(run, step)
     local_items = sum(run.method.items(b) for b in batches)
     global_items = all_sum(run.dist, [local_items])[0]
-    step_loss = _forward_backward(run, train_model, batches, global_items)
-    step_loss, tokens, sample_tokens = all_sum(run.dist, [step_loss, local_tokens, local_samples])
-    grad_norm, step_lr = _optimizer_step(run, progress.guard, step + 1, step_loss)
+    step_loss = all_sum_tensor(run.dist, _forward_backward(run, train_model, batches, global_items))
+    tokens, sample_tokens = all_sum(run.dist, [local_tokens, local_samples])
+    step_loss, grad_norm, step_lr = _optimizer_step(run, progress.guard, step + 1, step_loss)
     progress.last_loss = step_loss
-    window = progress.window  # loss × items, items, tokens, sample tokens since the last metrics line
-    window[0] += step_loss * global_items
-    window[1] += global_items
-    window[2] += tokens
-    window[3] += sample_tokens
+    progress.window.add(step_loss, global_items, tokens, sample_tokens)
     return StepResult(step_loss, grad_norm, step_lr)
 
 
-def _micro_batches(run: TrainingRun, step: int) -> tuple[list[dict], int, int]:
-    """This rank's share of the step's rows, collated in micro-batches, with its tokens and sample tokens (a
-    grpo run's batches are its rollouts, counted by the tokens they hold)."""
+class Prefetch:
+    """The next step's micro-batches collated on a worker thread while this step's forward and backward run (the
+    host's work — picking rows, packing an epoch, building the tensors, pinning them for a GPU — never holds the
+    device up). One step ahead, in step order, so the batches are the ones the step would have built itself."""
+
+    def __init__(self):
+        self._pool = None
+        self._ahead: tuple | None = None  # (run, step, future)
+
+    def take(self, run: TrainingRun, step: int) -> tuple[list[dict], int, int]:
+        ahead, self._ahead = self._ahead, None
+        got = ahead[2].result() if ahead and ahead[0] is run and ahead[1] == step else _collated(run, step)
+        if step + 1 < run.total_steps:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="tunelab-collate")
+            self._ahead = (run, step + 1, self._pool.submit(_collated, run, step + 1))
+        return got
+
+    def drop(self) -> None:
+        """Forget the batches collated ahead (the loop ended: they and the run they hold are not needed)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[2].cancel() or ahead[2].exception()  # a collation running now finishes before the run is let go
+
+
+PREFETCH = Prefetch()
+
+
+def _collated(run: TrainingRun, step: int) -> tuple[list[dict], int, int]:
+    """This rank's share of the step's rows, collated in micro-batches (pinned for a GPU), with its tokens and
+    sample tokens."""
     tc, dist, method = run.recipe.train, run.dist, run.method
     step_rows = run.rows.stream.rows(step // run.passes * run.rows_per_step, run.rows_per_step)[dist.rank::dist.world]
     micro = [step_rows[i: i + tc.batch_size] for i in range(0, len(step_rows), tc.batch_size)]
     batches = [method.collate(chunk, run.tokenizer.pad_token_id, run.recipe.data.packing, run.trained.flat)
                for chunk in micro]
-    local_tokens = sum(len(r.input_ids) for r in step_rows)
+    if dist.device.type == "cuda":
+        batches = [pinned(b) for b in batches]
+    return batches, sum(len(r.input_ids) for r in step_rows), sum(r.sample_tokens for r in step_rows)
+
+
+def _micro_batches(run: TrainingRun, step: int) -> tuple[list[dict], int, int]:
+    """This rank's share of the step's rows, collated in micro-batches (`Prefetch`), with its tokens and sample
+    tokens (a grpo run's batches are its rollouts, counted by the tokens they hold)."""
+    method, dist = run.method, run.dist
+    batches, local_tokens, local_samples = PREFETCH.take(run, step)
     if method.rollout is not None:  # grpo: completions sampled and scored before the items are counted
         with _autocast(run):
             batches = [method.rollout(run.trained.loss_model, b, step, dist.rank, i, dist.device)
                        for i, b in enumerate(batches)]
         local_tokens = sum(b["tokens"] for b in batches)
-    return batches, local_tokens, sum(r.sample_tokens for r in step_rows)
+    return batches, local_tokens, local_samples
 
 
-def _forward_backward(run: TrainingRun, train_model, batches: list[dict], global_items: float) -> float:
+def _forward_backward(run: TrainingRun, train_model, batches: list[dict], global_items: float):
     """Forward and backward over the micro-batches, gradients accumulated (and synchronised across ranks at the
-    last micro-batch); returns this rank's summed loss."""
+    last micro-batch); returns this rank's summed loss, a float64 0-d tensor on the device (summed as Python
+    summed the floats it read before: the same number, without waiting for each micro-batch)."""
+    import torch
     dist, fsdp, scaler = run.dist, run.trained.fsdp, run.opt.scaler
-    step_loss = 0.0
+    step_loss = torch.zeros((), dtype=torch.float64, device=dist.device)
     for i, batch in enumerate(batches):
         batch = batch_to(batch, dist.device)
         sync = i == len(batches) - 1 or dist.world == 1
@@ -81,19 +117,21 @@ def _forward_backward(run: TrainingRun, train_model, batches: list[dict], global
             loss = train_model(**batch, num_items_in_batch=max(1, global_items))
         scaled = loss * dist.world  # DDP averages gradients over ranks; undo it for a global sum
         (scaler.scale(scaled) if scaler else scaled).backward()
-        step_loss += loss.item()
+        step_loss += loss.detach()
     return step_loss
 
 
-def _optimizer_step(run: TrainingRun, guard: DivergenceGuard, done: int, step_loss: float) -> tuple[float, float]:
-    """The optimizer step, unless the loss or the gradients went bad; returns the gradient norm (before clipping)
-    and the learning rate the step used."""
+def _optimizer_step(run: TrainingRun, guard: DivergenceGuard, done: int, step_loss) -> tuple[float, float, float]:
+    """The optimizer step, unless the loss or the gradients went bad; returns the step's loss, the gradient norm
+    (before clipping) and the learning rate the step used. The loss and the norm are read from the device
+    together: the step's one wait on it, what the guard needs before the weights change."""
     import torch
     opt, scaler = run.opt, run.opt.scaler
     if scaler:
         scaler.unscale_(opt.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(opt.params, run.recipe.train.max_grad_norm)
-    grad_norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # FSDP: a DTensor
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
+    step_loss, grad_norm = torch.stack([step_loss, norm.to(step_loss.device, torch.float64)]).tolist()
     # fp16: an overflowing gradient is the scaler's to handle (it skips the step and lowers the scale)
     overflow = scaler is not None and math.isfinite(step_loss) and not math.isfinite(grad_norm)
     if not overflow:
@@ -106,7 +144,7 @@ def _optimizer_step(run: TrainingRun, guard: DivergenceGuard, done: int, step_lo
         opt.optimizer.step()
     opt.scheduler.step()
     opt.optimizer.zero_grad(set_to_none=True)
-    return grad_norm, step_lr
+    return step_loss, grad_norm, step_lr
 
 
 def _autocast(run: TrainingRun):

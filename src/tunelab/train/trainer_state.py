@@ -17,12 +17,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.run_format import stamped
 from tunelab.train.checkpoints import ResumePoint, find_resume_point
 from tunelab.train.distributed import DEVICE_BACKENDS, Dist, barrier
 from tunelab.train.divergence import DivergenceGuard
 from tunelab.train.validation import EarlyStopping
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LogWindow:
+    """The sums the next metrics line averages over, since the last one: the loss weighted by its items (tokens,
+    pairs or completion tokens), the items, the tokens fed and the samples' own tokens (a shared prefix counted
+    once per sample)."""
+
+    loss_items: float = 0.0
+    items: float = 0.0
+    tokens: float = 0.0
+    sample_tokens: float = 0.0
+
+    def add(self, loss: float, items: float, tokens: float, sample_tokens: float) -> None:
+        self.loss_items += loss * items
+        self.items += items
+        self.tokens += tokens
+        self.sample_tokens += sample_tokens
+
+    @property
+    def loss(self) -> float:
+        return self.loss_items / max(1, self.items)
+
+    def saved(self) -> tuple[float, float, float, float]:
+        """As a checkpoint's `trainer_state.json` keeps it (`log_window`, a list in that order)."""
+        return self.loss_items, self.items, self.tokens, self.sample_tokens
+
+    @classmethod
+    def from_saved(cls, saved) -> LogWindow:
+        """From `saved()`'s list (an older checkpoint's is brought to it by `run_format.migrate`)."""
+        return cls(*map(float, saved))
 
 
 @dataclass
@@ -33,9 +65,9 @@ class Progress:
     guard: DivergenceGuard
     step: int = 0  # the steps done when this process started (0, or the checkpoint's)
     elapsed_s: float = 0.0  # training seconds before this process started
-    # loss × items, items, tokens, sample tokens summed since the last metrics line: a resumed run writes the same
-    # metrics lines as an uninterrupted one even when checkpoints fall between log steps
-    window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    # what the next metrics line averages over: a resumed run writes the same metrics lines as an uninterrupted
+    # one even when checkpoints fall between log steps
+    window: LogWindow = field(default_factory=lambda: LogWindow())
     stopped_early_at: int | None = None
     last_loss: float = float("nan")
 
@@ -43,10 +75,8 @@ class Progress:
         """Take the counters back from the checkpoint."""
         ts = point.trainer_state
         self.step, self.elapsed_s = ts["step"], ts["elapsed_s"]
-        window = ts.get("log_window", self.window)
-        if len(window) == 3:  # a checkpoint from before sample tokens were counted
-            window = (*window, window[2])
-        self.window = list(window)
+        if "log_window" in ts:
+            self.window = LogWindow.from_saved(ts["log_window"])
         if "early_stopping" in ts:
             self.stopper.best, self.stopper.bad = ts["early_stopping"]["best"], ts["early_stopping"]["bad"]
         self.guard.load(ts.get("divergence", {}))
@@ -76,12 +106,12 @@ def capture(model, optimizer, scheduler, scaler, rng: list[dict], progress: Prog
     else:
         trained = {"trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters()
                                  if p.requires_grad}, "optimizer": optimizer.state_dict()}
-    return {**trained, "scheduler": scheduler.state_dict(), "rng": rng,
+    return stamped({**trained, "scheduler": scheduler.state_dict(), "rng": rng,
             "grad_scaler": scaler.state_dict() if scaler else None,
-            "log_window": tuple(progress.window), "loss_window": loss_window,
+            "log_window": progress.window.saved(), "loss_window": loss_window,
             "early_stopping": progress.stopper.state(), "divergence": progress.guard.state(),
             "stopped_early_at": progress.stopped_early_at, "rows_per_step": rows_per_step,
-            "step": step, "elapsed_s": elapsed_s}
+            "step": step, "elapsed_s": elapsed_s})
 
 
 def gather_rng(dist: Dist) -> list[dict]:
@@ -104,12 +134,9 @@ def gather_objects(dist: Dist, obj) -> list:
 
 
 def rank_window(trainer_state: dict, rank: int) -> dict | None:
-    """This rank's loss-module window from a trainer state (`capture`'s `loss_window`: one a rank; a checkpoint
-    written before it was kept per rank holds rank 0's alone)."""
-    windows = trainer_state.get("loss_window")
-    if isinstance(windows, list):
-        return windows[rank] if rank < len(windows) else None
-    return windows if rank == 0 else None
+    """This rank's loss-module window from a trainer state (`capture`'s `loss_window`: one a rank)."""
+    windows = trainer_state.get("loss_window") or []
+    return windows[rank] if rank < len(windows) else None
 
 
 def resume_point(run_dir: Path, dist: Dist) -> ResumePoint | None:

@@ -198,23 +198,41 @@ class ProjectedCrossEntropy(torch.autograd.Function):
 
 
 def scored_logps(model: nn.Module, input_ids: torch.Tensor, scored: torch.Tensor, temperature: float = 1.0,
-                 entropies: bool = False, **inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 entropies: bool = False, index: torch.Tensor | None = None,
+                 **inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(input_ids[:, j + 1] | input_ids[:, :j + 1]) as (rows, width - 1) fp32, 0 where `scored` (rows,
     width - 1) is false; the entropies of those distributions alike, or None.
 
-    A model with a plain head runs its backbone once and projects only the scored positions; any other runs its
+    `index`: the flat positions of `scored`'s true entries, in order (`flat_positions`), made on the host where
+    the batch was built: then nothing here makes the host wait on the device (a boolean mask's size would). A
+    model with a plain head runs its backbone once and projects only the scored positions; any other runs its
     own forward (its logits at every position) and is scored from those."""
-    scored = scored.bool()
-    targets = input_ids[:, 1:][scored]
+    rows, width = scored.shape
+    if index is None:
+        index = scored.reshape(-1).nonzero().squeeze(1)
+    index = index.to(input_ids.device)
+    at = index + index // width  # the same positions in rows of width + 1: the model's outputs, not copied
+    targets = input_ids.reshape(-1).index_select(0, at + 1)
     parts = head_parts(model)
     if parts is not None:
-        hidden = parts[0](input_ids=input_ids, use_cache=False, **inputs).last_hidden_state[:, :-1][scored]
-        chosen, spread = target_logps(hidden, parts[1], targets, temperature, entropies)
+        hidden = parts[0](input_ids=input_ids, use_cache=False, **inputs).last_hidden_state
+        chosen, spread = target_logps(hidden.reshape(-1, hidden.shape[-1]).index_select(0, at), parts[1], targets,
+                                      temperature, entropies)
     else:
-        logits = model(input_ids=input_ids, use_cache=False, **inputs).logits[:, :-1][scored]
-        chosen, spread = target_logps(logits, nn.Identity(), targets, temperature, entropies)
+        logits = model(input_ids=input_ids, use_cache=False, **inputs).logits
+        chosen, spread = target_logps(logits.reshape(-1, logits.shape[-1]).index_select(0, at), nn.Identity(),
+                                      targets, temperature, entropies)
 
     def spread_out(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(scored.shape, dtype=torch.float32, device=values.device).masked_scatter(scored, values)
+        flat = torch.zeros(rows * width, dtype=torch.float32, device=values.device)
+        return flat.index_put((index,), values).view(rows, width)
 
     return spread_out(chosen), (spread_out(spread) if spread is not None else None)
+
+
+def flat_positions(mask) -> torch.Tensor:
+    """The flat positions of a host mask's true entries (a numpy array or CPU tensor), as `scored_logps` and
+    `LabelledLoss` take them: computed where the batch is built, so the device never has to report a count."""
+    import numpy as np
+    values = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    return torch.from_numpy(np.flatnonzero(values).astype(np.int64))

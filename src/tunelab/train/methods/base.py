@@ -5,19 +5,47 @@ measures, and for `grpo` the rollout that samples and scores completions before 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol
+
+
+class Collate(Protocol):
+    def __call__(self, rows: list, pad_id: int, packed: bool, flat: bool) -> dict:
+        """A micro-batch of rows as the loss module's forward takes it."""
+
+
+class Items(Protocol):
+    def __call__(self, batch: dict) -> int:
+        """The loss items in a batch (the step's loss is the mean over the step's items)."""
+
+
+class LossModel(Protocol):
+    def __call__(self, model: Any, recipe: Any, tokenizer: Any, rewards: Any) -> Any:
+        """The module the loop calls forward on (its output: this micro-batch's share of the step's loss)."""
+
+
+class Validate(Protocol):
+    def __call__(self, step: int, loss_model: Any, rows: Any, batch_size: int, pad_id: int, packed: bool, flat: bool,
+                 device: Any, autocast_dtype: Any, dist: Any) -> dict:
+        """The held-out metrics line of `step` over every rank's share of `rows` (summed across ranks)."""
+
+
+class Rollout(Protocol):
+    def __call__(self, loss_model: Any, batch: dict, step: int, rank: int, micro_batch: int, device: Any) -> dict:
+        """A batch of prompts made into scored completions before the step counts its items (grpo)."""
 
 
 @dataclass(frozen=True)
 class Method:
+    """A training method as the loop sees it; each callable's shape is its Protocol above."""
+
     name: str
-    collate: Callable  # (rows, pad id, packed, flat) -> batch
-    items: Callable  # batch -> the loss items in it, which the step's loss is the mean over
-    loss_model: Callable  # (model, recipe, tokenizer, rewards) -> the module the loop calls forward on
-    # (step, loss module, val rows, batch size, pad id, packed, flat, device, autocast dtype, dist) -> metrics line
-    validate: Callable
-    rollout: Callable | None = None  # (loss module, batch, step, rank, micro-batch index, device) -> batch
-    passes: Callable = lambda recipe: 1  # optimizer steps each step's rows are trained for (grpo's num_iterations)
+    collate: Collate
+    items: Items
+    loss_model: LossModel
+    validate: Validate
+    rollout: Rollout | None = None
+    # optimizer steps each step's rows are trained for (grpo's num_iterations)
+    passes: Callable[[Any], int] = lambda recipe: 1
 
 
 def token_validation(step: int, loss_model, rows, batch_size: int, pad_id: int, packed: bool, flat: bool, device,
@@ -27,3 +55,13 @@ def token_validation(step: int, loss_model, rows, batch_size: int, pad_id: int, 
     from tunelab.train.validation import val_record, validation_sums
     return val_record(step, *all_sum(dist, list(validation_sums(
         loss_model, rows, batch_size, pad_id, packed, device, autocast_dtype, dist.rank, dist.world, flat))))
+
+
+def read_sums(sums: dict) -> dict[str, float]:
+    """Metric sums kept on the device (0-d tensors, or numbers a checkpoint gave back) as numbers, in one copy."""
+    import torch
+    keys = [k for k, v in sums.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in sums.items() if k not in keys}
+    if keys:
+        out.update(zip(keys, torch.stack([sums[k].to(torch.float64) for k in keys]).tolist()))
+    return {k: out[k] for k in sums}

@@ -89,9 +89,10 @@ class DistilledLoss(LabelledLoss):
         self.set_window(None)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int,
-                distill_mask: torch.Tensor | None = None, **inputs) -> torch.Tensor:
+                distill_mask: torch.Tensor | None = None, label_index: torch.Tensor | None = None,
+                **inputs) -> torch.Tensor:
         if not self.training or (distill_mask is None and not self.every_token):
-            return super().forward(input_ids, labels, num_items_in_batch, **inputs)
+            return super().forward(input_ids, labels, num_items_in_batch, label_index, **inputs)
         inputs = model_inputs(self.model, inputs)
         targets = labels[:, 1:]
         chosen = targets != IGNORE

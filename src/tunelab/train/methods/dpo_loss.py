@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tunelab.model.kernels.logprobs import scored_logps
+from tunelab.model.kernels.logprobs import flat_positions, scored_logps
+from tunelab.train.methods.base import read_sums
 
 LOSS_TYPES = ("sigmoid", "ipo", "simpo")
 
@@ -50,17 +51,19 @@ class PreferenceLoss:
         return self.loss_type != "simpo"
 
 
-def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                     completion_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(each row's summed answer log-probability, its per-token log-probabilities, (rows, T-1) fp32, 0 outside
     the answer). Only the answer positions are projected onto the vocabulary, a chunk at a time
-    (`model.kernels.logprobs`): never (rows × T × vocabulary) in fp32."""
-    per_token, _ = scored_logps(model, input_ids, completion_mask[:, 1:], attention_mask=attention_mask)
+    (`model.kernels.logprobs`): never (rows × T × vocabulary) in fp32. `completion_index`: those positions as
+    `collate_pairs` found them on the host (else found here, a wait on the device)."""
+    per_token, _ = scored_logps(model, input_ids, completion_mask[:, 1:], index=completion_index,
+                                attention_mask=attention_mask)
     return per_token.sum(dim=1), per_token
 
 
-def reference_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    completion_mask: torch.Tensor) -> torch.Tensor:
+def reference_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                    completion_index: torch.Tensor | None = None) -> torch.Tensor:
     """Each row's answer log-probability under the reference: the model with its adapter switched off (peft's
     `disable_adapter`), without gradients. A model without an adapter is its own reference only before it
     trains: give it precomputed reference log-probabilities instead."""
@@ -70,15 +73,15 @@ def reference_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     model.eval()  # no dropout in the reference (TRL's DPOConfig switches dropout off altogether by default)
     try:
         with torch.no_grad(), switch_off:
-            return completion_logps(model, input_ids, attention_mask, completion_mask)[0]
+            return completion_logps(model, input_ids, attention_mask, completion_mask, completion_index)[0]
     finally:
         model.train(was_training)
 
 
 def preference_loss(spec: PreferenceLoss, policy: torch.Tensor, completion_mask: torch.Tensor,
                     reference: torch.Tensor | None = None, per_token: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, dict[str, float]]:
-    """(the batch's loss, TRL's metrics for it) from the rows' answer log-probabilities: `policy` (2B,), the
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(the batch's loss, TRL's metrics for it, 0-d tensors) from the rows' answer log-probabilities: `policy` (2B,), the
     `reference`'s (2B,; None for SimPO), and the policy's `per_token` ones (for the SFT term)."""
     chosen, rejected = policy.chunk(2)
     n_chosen, n_rejected = completion_mask.sum(dim=1).clamp(min=1).chunk(2)
@@ -104,10 +107,11 @@ def preference_loss(spec: PreferenceLoss, policy: torch.Tensor, completion_mask:
         chosen_mask, _ = completion_mask[:, 1:].chunk(2)
         loss = loss + spec.sft_weight * -chosen_tokens[chosen_mask.bool()].mean()
     chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
-    metrics = {"rewards/chosen": chosen_rewards.mean().item(), "rewards/rejected": rejected_rewards.mean().item(),
-               "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-               "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-               "logps/chosen": chosen.detach().mean().item(), "logps/rejected": rejected.detach().mean().item()}
+    # 0-d tensors, read once a metrics line (`read_sums`): the step never waits on the device for them
+    metrics = {"rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
+               "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+               "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+               "logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()}
     return loss, metrics
 
 
@@ -125,7 +129,9 @@ def collate_pairs(pairs: list[tuple], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, :n] = torch.tensor(e.input_ids)
         attention[i, :n] = 1
         completion[i, :n] = torch.tensor([label != -100 for label in e.labels], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion}
+    # the answer positions' flat index, found here on the host (`scored_logps`: no wait on the device for it)
+    return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion,
+            "completion_index": flat_positions(completion[:, 1:])}
 
 
 def held_out_record(step: int, loss_sum: float, pairs: float, sums: dict[str, float]) -> dict:
@@ -150,15 +156,16 @@ class PreferenceLossModel(torch.nn.Module):
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
-        self._sums: dict[str, float] = {}
+        self._sums: dict = {}  # metric -> its sum × pairs: a 0-d tensor on the device until read
         self._pairs = 0
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
-                num_items_in_batch: int) -> torch.Tensor:
+                num_items_in_batch: int, completion_index: torch.Tensor | None = None) -> torch.Tensor:
         from tunelab.model.kernels.rotary import fast_rotary
         with fast_rotary(self.model):
-            policy, per_token = completion_logps(self.model, input_ids, attention_mask, completion_mask)
-            reference = (reference_logps(self.model, input_ids, attention_mask, completion_mask)
+            policy, per_token = completion_logps(self.model, input_ids, attention_mask, completion_mask,
+                                                 completion_index)
+            reference = (reference_logps(self.model, input_ids, attention_mask, completion_mask, completion_index)
                          if self.spec.needs_reference else None)
         loss, metrics = preference_loss(self.spec, policy, completion_mask, reference, per_token)
         pairs = input_ids.shape[0] // 2
@@ -184,7 +191,7 @@ class PreferenceLossModel(torch.nn.Module):
                     batch = collate_pairs([(r.chosen, r.rejected) for r in chunk], pad_id)
                     total += self(**batch_to(batch, device), num_items_in_batch=1).item()  # the mean × pairs
                     count += len(chunk)
-            sums = dict(self._sums)
+            sums = read_sums(self._sums)
         finally:
             self.set_window(saved)
             self.train(was_training)
@@ -192,13 +199,14 @@ class PreferenceLossModel(torch.nn.Module):
 
     def window(self) -> dict:
         """The sums since the last metrics line, for a checkpoint (`trainer_state.capture`)."""
-        return {"sums": dict(self._sums), "pairs": self._pairs}
+        return {"sums": read_sums(self._sums), "pairs": self._pairs}
 
     def set_window(self, window: dict | None) -> None:
         self._sums, self._pairs = (dict(window["sums"]), window["pairs"]) if window else ({}, 0)
 
     def take_metrics(self) -> dict[str, float]:
         """The metrics averaged over the pairs since the last call (this process's pairs)."""
-        out = {key: value / self._pairs for key, value in self._sums.items()} if self._pairs else {}
+        sums = read_sums(self._sums)
+        out = {key: value / self._pairs for key, value in sums.items()} if self._pairs else {}
         self._sums, self._pairs = {}, 0
         return out

@@ -3,7 +3,7 @@ micro-batch of prompts, so LoRA, checkpoints, resume, trackers and the device pa
 
 A row is a prompt (`PromptRow`: the example's prompt tokens exactly as fine-tuning encodes them, and the
 example itself, whose reference answer the rewards read). For each micro-batch the loop calls `rollout`:
-1. each prompt is sampled `num_generations` times by tunelab's own decoding core (`decoding.generate.greedy_rows`
+1. each prompt is sampled `num_generations` times by tunelab's own decoding core (`decoding.generate.decode_rows`
    with a SamplingParams and a seeded generator a row: batched, KV cache, the eval engine's stop tokens), the
    model in eval mode (no dropout) with its adapter on, under the training precision's autocast and SDPA
    attention (`model.attention.decoding_attention`). A row's generator is seeded from (recipe seed, step,
@@ -13,7 +13,7 @@ example itself, whose reference answer the rewards read). For each micro-batch t
    sampled again (new seeds, up to `resample_rounds` times);
 3. advantages are normalised within each prompt's group (`grpo.group_advantages`), and with `zero_variance:
    skip` (or resample) the groups still all alike leave the batch;
-4. the rows are laid out: one packed row a group, its prompt once (`grpo_packing`), where the model allows it,
+4. the rows are laid out: one packed row a group, its prompt once (`grpo_groups`), where the model allows it,
    else as TRL lays them (`grpo.collate_completions`); with `beta` > 0 the reference's log-probabilities are
    taken (the adapter off), and with `num_iterations` k > 1 the old policy's, kept while the batch is trained on
    at this step and the next k - 1 (the batch waits in `_buffer`, which every checkpoint holds).
@@ -37,10 +37,10 @@ import torch
 from tunelab.data.examples import Example
 from tunelab.data.packing import batch_to
 from tunelab.recipe import Recipe
-from tunelab.train.methods.base import Method, token_validation
+from tunelab.train.methods.base import Method, read_sums, token_validation
 from tunelab.train.methods.grpo_loss import (GRPOLoss, as_reference, collate_completions, completion_logps, completion_metrics,
                                 grpo_loss, group_advantages, zero_variance_groups)
-from tunelab.train.methods.grpo_packing import backbone_and_head, pack_groups, packed_completion_logps
+from tunelab.train.methods.grpo_groups import backbone_and_head, pack_groups, packed_completion_logps
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class GRPOLossModel(torch.nn.Module):
         self.pad_id = pad_token_id(tokenizer, self.stops)
         self.sampling = SamplingParams(max_tokens=settings.max_completion_length, temperature=settings.temperature,
                                        top_p=settings.top_p, top_k=settings.top_k)
-        self._sums: dict[str, tuple[float, int]] = {}
+        self._sums: dict[str, tuple] = {}  # metric -> (sum, count): 0-d tensors on the device until read
         self._buffer: dict[int, dict] = {}  # micro-batch -> its generation batch, while num_iterations > 1
         self.parts = backbone_and_head(model)  # None: the padded layout (TRL's)
 
@@ -113,12 +113,12 @@ class GRPOLossModel(torch.nn.Module):
 
     def _sample(self, prompts: list[list[int]], generators: list[torch.Generator]) -> list[list[int]]:
         from tunelab.model.kernels.attention import decoding_attention
-        from tunelab.decoding.generate import greedy_rows
+        from tunelab.decoding.generate import decode_rows
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode(), decoding_attention(self.model):
-                completions, _ = greedy_rows(self.model, prompts, self.settings.max_completion_length, self.stops,
+                completions, _ = decode_rows(self.model, prompts, self.settings.max_completion_length, self.stops,
                                              self.pad_id, len(prompts), sampling=[self.sampling] * len(prompts),
                                              generators=generators, keep_stop=True)
         finally:
@@ -137,7 +137,7 @@ class GRPOLossModel(torch.nn.Module):
         loss items it holds: 1, or its completion tokens for `dapo`) and `tokens` (every token it trains on).
         With `num_iterations` k > 1, a generation batch is sampled at every k-th step and trained on k times:
         the steps between take it from the buffer, which a checkpoint keeps (`window`). `packed`: each group's
-        prompt held once (`grpo_packing`), where the model allows it; `flat`: its rows laid end to end."""
+        prompt held once (`grpo_groups`), where the model allows it; `flat`: its rows laid end to end."""
         k = self.settings.num_iterations
         if k > 1 and step % k:
             if micro in self._buffer:
@@ -188,7 +188,7 @@ class GRPOLossModel(torch.nn.Module):
                 metrics["frac_groups_resampled"] = first / len(rows)
                 metrics["frac_groups_rescued"] = (first - int(alike.sum())) / len(rows)
             keep = ~alike
-        metrics["frac_groups_skipped"] = 1.0 - keep.float().mean().item()
+        metrics["frac_groups_skipped"] = 1.0 - keep.float().mean()
         kept = [i for i in range(len(prompts)) if keep[i // G]]
         empty = not kept
         if empty:  # nothing to learn from: one group, masked out, keeps the backward pass (and DDP) whole
@@ -236,12 +236,17 @@ class GRPOLossModel(torch.nn.Module):
         self._add(metrics)
         return loss
 
-    def _add(self, metrics: dict[str, float]) -> None:
+    def _add(self, metrics: dict) -> None:
         """Metrics are averaged over the micro-batches since the last metrics line (rollout and loss each add
-        theirs once a micro-batch); a NaN (a clip-ratio extreme with no token) is left out."""
+        theirs once a micro-batch); a NaN (a clip-ratio extreme with no token) is left out. A tensor stays on the
+        device until the line is written (`take_metrics`)."""
         for key, value in metrics.items():
-            if value == value:
-                total, n = self._sums.get(key, (0.0, 0))
+            total, n = self._sums.get(key, (0.0, 0))
+            if isinstance(value, torch.Tensor):
+                value = value.detach().to(torch.float64)
+                seen = (~torch.isnan(value)).to(torch.float64)
+                self._sums[key] = (total + torch.nan_to_num(value, nan=0.0), n + seen)
+            elif value == value:
                 self._sums[key] = (total + value, n + 1)
 
     def window(self) -> dict:
@@ -249,16 +254,22 @@ class GRPOLossModel(torch.nn.Module):
         last metrics line, and the generation batch still to be trained on (`num_iterations` > 1)."""
         held = {micro: {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 for micro, batch in self._buffer.items()}
-        return {"sums": {k: list(v) for k, v in self._sums.items()}, "buffer": held}
+        return {"sums": {k: list(v) for k, v in _read(self._sums).items()}, "buffer": held}
 
     def set_window(self, window: dict | None) -> None:
         self._sums = {k: tuple(v) for k, v in window["sums"].items()} if window else {}
         self._buffer = dict(window.get("buffer") or {}) if window else {}
 
     def take_metrics(self) -> dict[str, float]:
-        out = {key: total / n for key, (total, n) in self._sums.items() if n}
+        out = {key: total / n for key, (total, n) in _read(self._sums).items() if n}
         self._sums = {}
         return out
+
+
+def _read(sums: dict) -> dict[str, tuple[float, float]]:
+    """(sum, count) pairs kept on the device as numbers, read in one copy."""
+    flat = read_sums({f"{k}\0{i}": v for k, pair in sums.items() for i, v in enumerate(pair)})
+    return {k: (flat[f"{k}\0{0}"], flat[f"{k}\0{1}"]) for k in sums}
 
 
 # --- the method, as the loop sees it: a batch is prompts, the rollout makes it -------------------------------

@@ -300,8 +300,8 @@ def old_completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
 def grpo_loss(spec: GRPOLoss, logps: torch.Tensor, completion_mask: torch.Tensor, advantages: torch.Tensor,
               old_logps: torch.Tensor | None = None, ref_logps: torch.Tensor | None = None,
               num_items_in_batch: int | torch.Tensor | None = None, entropies: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, dict[str, float]]:
-    """(the micro-batch's loss, TRL's metrics for it) from the policy's completion log-probabilities `logps`
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(the micro-batch's loss, TRL's metrics for it as 0-d tensors, read once a metrics line) from the policy's completion log-probabilities `logps`
     (B, C; with gradients), the `completion_mask` (B, C), each row's advantage (B,), the old policy's
     log-probabilities (None: this batch's first pass, old = logps detached, as TRL), the reference's (needed
     when β ≠ 0), the step's completion-token count for `dapo` (see the module docstring) and the entropies
@@ -343,10 +343,10 @@ def grpo_loss(spec: GRPOLoss, logps: torch.Tensor, completion_mask: torch.Tensor
         items = mask.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, dtype=mask.dtype)
         loss = (per_token_loss * mask).sum() / items.clamp(min=1.0)
 
-    def masked_mean(x: torch.Tensor) -> float:
+    def masked_mean(x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:  # one value per row (sequence-level importance sampling)
-            return (x.sum() / x.shape[0]).item()
-        return ((x * mask).sum() / mask.sum().clamp(min=1.0)).item()
+            return x.sum() / x.shape[0]
+        return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
     def row_means(x: torch.Tensor) -> torch.Tensor:
         return x.squeeze(1) if x.shape[1] == 1 else (x * mask).sum(-1) / mask.sum(-1)
@@ -363,10 +363,17 @@ def grpo_loss(spec: GRPOLoss, logps: torch.Tensor, completion_mask: torch.Tensor
         metrics["clip_ratio/high_mean"] = masked_mean(high)
         metrics["clip_ratio/region_mean"] = masked_mean(torch.maximum(low, high))
         low_rows, high_rows = row_means(low), row_means(high)  # NaN for a row without tokens, skipped
-        low_rows, high_rows = low_rows[~torch.isnan(low_rows)], high_rows[~torch.isnan(high_rows)]
-        metrics["clip_ratio/low_min"] = low_rows.min().item() if low_rows.numel() else float("nan")
-        metrics["clip_ratio/high_max"] = high_rows.max().item() if high_rows.numel() else float("nan")
+        metrics["clip_ratio/low_min"] = _extreme(low_rows, torch.amin)
+        metrics["clip_ratio/high_max"] = _extreme(high_rows, torch.amax)
     return loss, metrics
+
+
+def _extreme(rows: torch.Tensor, pick) -> torch.Tensor:
+    """`pick` (amin or amax) of the rows' values that are not NaN, NaN when none is: decided on the device (a
+    boolean index would make the host wait to learn its size)."""
+    fill = float("inf") if pick is torch.amin else float("-inf")
+    value = pick(torch.where(torch.isnan(rows), torch.full_like(rows, fill), rows))
+    return torch.where(torch.isinf(value), torch.full_like(value, float("nan")), value)
 
 
 def completion_metrics(completion_ids: list[list[int]], stop_ids: list[int], pad_id: int) -> dict[str, float]:

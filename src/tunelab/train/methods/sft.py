@@ -9,8 +9,17 @@ from tunelab.recipe import Recipe
 from tunelab.train.methods.base import Method, token_validation
 
 
+def collate_labelled(rows: list, pad_id: int, packed: bool, flat: bool) -> dict:
+    """`collate`, and the flat positions of the labelled tokens (`label_index`), found here on the host: the
+    loss gathers them without the device having to report how many there are, and they are the loss items."""
+    from tunelab.model.kernels.logprobs import flat_positions
+    batch = collate(rows, pad_id, packed, flat)
+    batch["label_index"] = flat_positions(batch["labels"][:, 1:] != IGNORE)
+    return batch
+
+
 def _labelled(batch: dict) -> int:
-    return int((batch["labels"][:, 1:] != IGNORE).sum())
+    return len(batch["label_index"])
 
 
 def _sft_loss(model, recipe: Recipe, tokenizer, rewards):
@@ -23,4 +32,4 @@ def _sft_loss(model, recipe: Recipe, tokenizer, rewards):
     return LabelledLoss(model)
 
 
-SFT = Method("sft", collate, _labelled, _sft_loss, token_validation)
+SFT = Method("sft", collate_labelled, _labelled, _sft_loss, token_validation)

@@ -40,14 +40,22 @@ class LabelledLoss(nn.Module):
         self._parts = parts or (None, None)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int,
-                **inputs) -> torch.Tensor:
+                label_index: torch.Tensor | None = None, **inputs) -> torch.Tensor:
+        """`label_index`: the flat positions of `labels[:, 1:]`'s labelled tokens, found on the host where the
+        batch was built (`sft.collate_labelled`), so that gathering them never waits on the device."""
         inputs = model_inputs(self.model, inputs)
         if not self.labelled_only:
             with fast_rotary(self.model):
                 return self.model(input_ids=input_ids, labels=labels, use_cache=False,
                                   num_items_in_batch=num_items_in_batch, **inputs).loss
         hidden = self.hidden_states(input_ids, inputs)
-        return self.cross_entropy(hidden[:, :-1], labels[:, 1:], num_items_in_batch)
+        if label_index is None:
+            return self.cross_entropy(hidden[:, :-1], labels[:, 1:], num_items_in_batch)
+        width = labels.shape[1] - 1
+        at = label_index.to(hidden.device)
+        at = at + at // width  # the same positions in rows of width + 1 (views of the outputs, no copies)
+        return self.projected(hidden.reshape(-1, hidden.shape[-1]).index_select(0, at),
+                              labels.reshape(-1).index_select(0, at + 1), num_items_in_batch)
 
     def hidden_states(self, input_ids: torch.Tensor, inputs: dict) -> torch.Tensor:
         """The backbone's last hidden states (rows, width, hidden): what the head projects."""
@@ -56,11 +64,15 @@ class LabelledLoss(nn.Module):
 
     def cross_entropy(self, hidden: torch.Tensor, targets: torch.Tensor, count: int) -> torch.Tensor:
         """The summed cross-entropy of the labelled `targets` predicted from `hidden` (both shifted), / `count`."""
-        head = self._parts[1]
         where = targets != IGNORE
+        return self.projected(hidden[where], targets[where], count)
+
+    def projected(self, hidden: torch.Tensor, targets: torch.Tensor, count: int) -> torch.Tensor:
+        """The summed cross-entropy of `targets` (n,) predicted from `hidden` (n, width), / `count`."""
+        head = self._parts[1]
         if not plain_linear(head):  # run as the module it is
-            return -target_logps(hidden[where], head, targets[where])[0].sum() / count
-        return ProjectedCrossEntropy.apply(hidden[where], head.weight, targets[where], count)
+            return -target_logps(hidden, head, targets)[0].sum() / count
+        return ProjectedCrossEntropy.apply(hidden, head.weight, targets, count)
 
 
 def model_inputs(model: nn.Module, inputs: dict) -> dict:

@@ -13,7 +13,7 @@ hidden state, read G times) and each completion token but the last.
 The numbers are TRL's: the same log-probability of each completion token, because each token attends to the
 same tokens at the same relative positions (rotary attention sees only the distance, and a packed completion's
 positions continue its prompt's, where TRL's left padding shifts the whole row: a constant shift). Checked
-against the padded layout on the tiny architectures in `tests/test_grpo_packing.py`, and through it against TRL.
+against the padded layout on the tiny architectures in `tests/test_grpo_groups.py`, and through it against TRL.
 It applies where the head is a plain projection of the backbone's last hidden state and the attention takes a
 4-D mask; elsewhere (logit soft-capping, flash attention, absolute positions) the padded layout is used.
 """

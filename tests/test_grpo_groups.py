@@ -1,4 +1,4 @@
-"""GRPO's packed layout (`train.grpo_packing`: each group's prompt once, its completions after it, no padding)
+"""GRPO's packed layout (`train.grpo_groups`: each group's prompt once, its completions after it, no padding)
 gives the padded layout's numbers — TRL's rows, which `tests/test_grpo_loss.py` checks against TRL itself: the
 same log-probability and entropy of every scored completion token, and the same LoRA gradients, on tiny random
 Llama and Qwen2 models with a random adapter, under the 4-D mask of sdpa and eager attention and laid end to end
@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaCo
 
 from tunelab.model.kernels.attention import use_cpu_attention
 from tunelab.train.methods.grpo_loss import collate_completions, completion_logps
-from tunelab.train.methods.grpo_packing import backbone_and_head, pack_groups, packed_completion_logps
+from tunelab.train.methods.grpo_groups import backbone_and_head, pack_groups, packed_completion_logps
 
 VOCAB, PAD, EOS = 97, 0, 1
 G = 4
