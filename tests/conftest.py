@@ -154,3 +154,18 @@ def sigkill_after_a_checkpoint(cmd: list[str], cwd: Path, run_dir: Path, limit: 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "train_summary.json").exists()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "patched: tests one of model.patches itself (skipped under TUNELAB_NO_PATCHES=1)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `TUNELAB_NO_PATCHES=1` the tests of the patches themselves skip; every other test runs without them."""
+    from tunelab.model.patches import disabled_by_env
+    if not disabled_by_env():
+        return
+    skip = pytest.mark.skip(reason="tests a patch, and TUNELAB_NO_PATCHES=1 leaves every patch out")
+    for item in items:
+        if "patched" in item.keywords:
+            item.add_marker(skip)

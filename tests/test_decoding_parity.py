@@ -111,6 +111,7 @@ def test_tiny_models_have_their_architecture_and_stop_at_end_of_turn(arch):
     assert not all(arch.stopped)                           # and some run to the token limit
 
 
+@pytest.mark.patched
 def test_prefill_of_a_padded_batch_equals_each_prompt_alone(arch):
     """The decoding core's prefill (left padding, or the prompts' shared prefixes run once as a trie) gives
     each row the last-position logits of a plain forward pass over that prompt alone."""

@@ -111,6 +111,7 @@ def test_loss_and_gradients_equal_the_plain_formula_example_by_example(spec):
     assert metrics["distill_kl"] > 0 and loss_model.take_metrics() == {}  # read once a metrics line
 
 
+@pytest.mark.patched
 def test_packed_and_flat_rows_distil_the_tokens_each_example_distils_alone():
     """A token's KL is the same packed (in a padded grid, or laid end to end) as alone, and the distilled tokens
     are exactly the distilled examples' trained tokens."""

@@ -18,6 +18,8 @@ from tunelab.model.loading import build_from_scratch
 from tunelab.model.tokenizer import train_bpe_tokenizer
 from tunelab.train.methods.sft_loss import LabelledLoss
 
+pytestmark = pytest.mark.patched  # the patch itself: skipped under TUNELAB_NO_PATCHES=1
+
 TEMPLATE = PromptTemplate("alpaca")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 from tunelab.model import patches
@@ -22,6 +23,7 @@ def _tiny_lora(dropout: float = 0.1):
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["q_proj", "v_proj"]))
 
 
+@pytest.mark.patched
 def test_every_patch_names_its_library_and_the_installed_versions_fit(monkeypatch):
     from packaging.specifiers import SpecifierSet
     monkeypatch.delenv(patches.ENV, raising=False)

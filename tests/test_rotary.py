@@ -52,6 +52,7 @@ def _llama_and_its_logits():
     return model, module, module.apply_rotary_pos_emb, ids, expected
 
 
+@pytest.mark.patched
 def test_fast_rotary_is_scoped_and_counted_and_its_gradients_are_transformers_own():
     model, module, own, ids, expected = _llama_and_its_logits()
     with rotary.fast_rotary(model):
@@ -137,6 +138,7 @@ def test_fast_rotary_from_threads_restores_the_original():
     assert not failures and module.apply_rotary_pos_emb is own
 
 
+@pytest.mark.patched
 def test_the_exactness_check_holds_when_first_asked_inside_inference_mode():
     """The serving engine decodes under `torch.inference_mode()`: when the first fast_rotary of a process is entered
     there, the check (which runs a backward pass) must still see transformers' function as exact. It used to fail

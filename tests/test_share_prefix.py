@@ -65,7 +65,7 @@ def test_rows_hold_every_sample_once_with_its_positions_and_labels(encoded):
     assert sorted(seen) == sorted((tuple(e.input_ids), tuple(e.labels)) for e in encoded)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager", "tunelab_cpu"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", pytest.param("tunelab_cpu", marks=pytest.mark.patched)])
 def test_loss_and_gradients_equal_rows_that_repeat_the_header(encoded, tokenizer, attention):
     """The same samples, grouped the same way, with the header shared and repeated: the model's logits at every
     sample token, the training loss and every parameter's gradient agree."""

@@ -48,6 +48,7 @@ def _llama(vocab=97, heads=4, kv_heads=4):
     return LlamaForCausalLM(config).eval()
 
 
+@pytest.mark.patched
 def test_peft_lora_dropouts_are_swapped_and_training_stays_reproducible():
     from peft import LoraConfig, get_peft_model
     model = get_peft_model(_llama(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1,
@@ -68,6 +69,7 @@ def test_peft_lora_dropouts_are_swapped_and_training_stays_reproducible():
     assert loss(3) != loss(4)  # the masks do change the output
 
 
+@pytest.mark.patched
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_cpu_attention_matches_sdpa_on_packed_rows(kv_heads):
     model = _llama(kv_heads=kv_heads)
@@ -105,6 +107,7 @@ def test_cpu_attention_is_not_saved_with_the_model(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path).config._attn_implementation != NAME
 
 
+@pytest.mark.patched
 def test_decoding_runs_under_sdpa_and_training_gets_its_attention_back():
     """GRPO samples with the model it trains: decode steps run under SDPA (`decoding_attention`), with what
     SDPA gives, and the training attention is back afterwards, also after an error inside."""
@@ -189,6 +192,7 @@ def test_cpu_attention_leaves_soft_capped_attention_alone():
     assert model.config._attn_implementation == "eager"
 
 
+@pytest.mark.patched
 def test_skipping_peft_input_casts_under_autocast_changes_no_value():
     from peft import LoraConfig, get_peft_model
 

@@ -84,6 +84,7 @@ def _alone(model, rows):
         return torch.stack([model(input_ids=torch.tensor([r])).logits[0, -1] for r in rows])
 
 
+@pytest.mark.patched
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_tree_prefill_gives_each_rows_logits_and_cache(attn):
     """With SDPA and eager attention: the prefill's logits are each prompt's alone, and greedy decoding from
@@ -139,6 +140,7 @@ def test_a_model_that_drops_keyword_arguments_keeps_the_padded_prefill():
     assert (logits - _alone(model, rows)).abs().max() < 1e-4
 
 
+@pytest.mark.patched
 def test_the_config_is_restored_when_the_forward_fails(monkeypatch):
     from tunelab.decoding import tree_prefill
     from tunelab.decoding.forward import logits_at
@@ -155,6 +157,7 @@ def test_the_config_is_restored_when_the_forward_fails(monkeypatch):
     assert model.config._attn_implementation == "sdpa" and not tree_prefill._swapped
 
 
+@pytest.mark.patched
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_a_peft_model_with_unmerged_adapters_uses_the_trie(attn):
     """Evaluation runs LoRA checkpoints unmerged: the trie runs through peft's wrapper (whose class is the
