@@ -46,9 +46,10 @@ def train_step(run: TrainingRun, train_model, progress: Progress, step: int) -> 
 
 
 class Prefetch:
-    """The next step's micro-batches collated on a worker thread while this step's forward and backward run (the
-    host's work — picking rows, packing an epoch, building the tensors, pinning them for a GPU — never holds the
-    device up). One step ahead, in step order, so the batches are the ones the step would have built itself."""
+    """The next step's micro-batches collated on a worker thread while this step's forward and backward run on an
+    accelerator (the host's work — picking rows, packing an epoch, building the tensors, pinning them — never holds
+    the device up). One step ahead, in step order, so the batches are the ones the step would have built itself.
+    On the CPU the host is the device: a worker would only take cores from the step, so it collates in place."""
 
     def __init__(self):
         self._pool = None
@@ -57,7 +58,7 @@ class Prefetch:
     def take(self, run: TrainingRun, step: int) -> tuple[list[dict], int, int]:
         ahead, self._ahead = self._ahead, None
         got = ahead[2].result() if ahead and ahead[0] is run and ahead[1] == step else _collated(run, step)
-        if step + 1 < run.total_steps:
+        if step + 1 < run.total_steps and run.dist.device.type != "cpu":
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="tunelab-collate")
