@@ -107,7 +107,9 @@ def _forward_backward(run: TrainingRun, train_model, batches: list[dict], global
     summed the floats it read before: the same number, without waiting for each micro-batch)."""
     import torch
     dist, fsdp, scaler = run.dist, run.trained.fsdp, run.opt.scaler
-    step_loss = torch.zeros((), dtype=torch.float64, device=dist.device)
+    # float64 as Python's floats were; MPS has no float64, so there the sum is float32
+    total = torch.float32 if dist.device.type == "mps" else torch.float64
+    step_loss = torch.zeros((), dtype=total, device=dist.device)
     for i, batch in enumerate(batches):
         batch = batch_to(batch, dist.device)
         sync = i == len(batches) - 1 or dist.world == 1
@@ -132,7 +134,7 @@ def _optimizer_step(run: TrainingRun, guard: DivergenceGuard, done: int, step_lo
         scaler.unscale_(opt.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(opt.params, run.recipe.train.max_grad_norm)
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
-    step_loss, grad_norm = torch.stack([step_loss, norm.to(step_loss.device, torch.float64)]).tolist()
+    step_loss, grad_norm = torch.stack([step_loss, norm.to(step_loss.device, step_loss.dtype)]).tolist()
     # fp16: an overflowing gradient is the scaler's to handle (it skips the step and lowers the scale)
     overflow = scaler is not None and math.isfinite(step_loss) and not math.isfinite(grad_norm)
     if not overflow:
