@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from tunelab.model.kernels.logprobs import matmul_dtype, log_softmax_chunks
+from tunelab.model.kernels.logprobs import FusedGrads, log_softmax_chunks, matmul_dtype
 
 
 def teacher_logits(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -40,11 +40,8 @@ class ProjectedKL(torch.autograd.Function):
         h, w = hidden.to(dtype), weight.to(dtype)
         t_w = None if teacher_weight is None else w if teacher_weight is weight else teacher_weight.to(dtype)
         t_h = teacher_hidden if t_w is None else teacher_hidden.to(dtype)
-        n, vocab = h.shape[0], w.shape[0]
-        exact = dtype == torch.float32
-        grad_logits = torch.empty(n, vocab, dtype=dtype, device=h.device) if want_weight and not exact else None
-        grad_w = torch.zeros_like(w) if want_weight and exact else None
-        grad_h = torch.empty_like(h) if want_hidden else None
+        grads = FusedGrads(h, w, dtype, want_hidden, want_weight)
+        exact, grad_logits, grad_w, grad_h = grads.exact, grads.grad_logits, grads.grad_w, grads.grad_h
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         with torch.autocast(device, enabled=False):
             for lo, hi, s in log_softmax_chunks(h, w, temperature):
@@ -68,10 +65,7 @@ class ProjectedKL(torch.autograd.Function):
                     torch.mm(g, w, out=grad_h[lo:hi])
                 if grad_w is not None:
                     grad_w.addmm_(g.t(), h[lo:hi])
-            if grad_logits is not None:
-                grad_w = grad_logits.t() @ h
-            grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
-        ctx.save_for_backward(grad_h.to(hidden.dtype) if want_hidden else None, grad_w)
+            ctx.save_for_backward(*grads.saved(h, hidden, weight))
         ctx.mark_non_differentiable(total)
         return total * scale, total
 

@@ -143,6 +143,27 @@ class TargetLogps(torch.autograd.Function):
                 grad_w.to(weight.dtype) if want_weight else None, None, None)
 
 
+class FusedGrads:
+    """The gradient buffers of a loss that takes its gradients in its forward pass, a chunk at a time
+    (`ProjectedCrossEntropy`, `kl.ProjectedKL`). fp32 (`exact`): the weight's gradient is summed chunk by chunk;
+    a lower dtype keeps every chunk's rounded gradient of the logits (`grad_logits`) for one matmul at the end
+    (summing rounded per-chunk products would round differently from autograd)."""
+
+    def __init__(self, h: torch.Tensor, w: torch.Tensor, dtype: torch.dtype, want_hidden: bool, want_weight: bool):
+        n, vocab = h.shape[0], w.shape[0]
+        self.exact = dtype == torch.float32
+        self.grad_logits = torch.empty(n, vocab, dtype=dtype, device=h.device) if want_weight and not self.exact \
+            else None
+        self.grad_w = torch.zeros_like(w) if want_weight and self.exact else None
+        self.grad_h = torch.empty_like(h) if want_hidden else None
+
+    def saved(self, h: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor) -> tuple:
+        """(the hidden states' gradient, the weight's), in their own dtypes, for `ctx.save_for_backward`."""
+        grad_w = self.grad_logits.t() @ h if self.grad_logits is not None else self.grad_w
+        return (self.grad_h.to(hidden.dtype) if self.grad_h is not None else None,
+                grad_w.to(weight.dtype) if grad_w is not None else None)
+
+
 class ProjectedCrossEntropy(torch.autograd.Function):
     """`F.cross_entropy(hidden @ weight.T, targets, reduction="sum") / count` — minus the sum of `target_logps`
     over a count, SFT's loss — with the gradients for `hidden` and `weight` taken in the forward pass (a loss is a
@@ -160,14 +181,9 @@ class ProjectedCrossEntropy(torch.autograd.Function):
         dtype = matmul_dtype(hidden, weight)
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         h, w = hidden.to(dtype), weight.to(dtype)
-        n, vocab = h.shape[0], w.shape[0]
-        # fp32: the gradient of the mean needs no rounding, so 1/count rides in the matmuls' alpha and the weight's
-        # gradient is summed chunk by chunk; a lower dtype rounds each chunk's gradient as autograd does and keeps
-        # all of them for one matmul (summing rounded per-chunk products would round differently)
-        exact = dtype == torch.float32
-        grad_logits = torch.empty(n, vocab, dtype=dtype, device=h.device) if want_weight and not exact else None
-        grad_w = torch.zeros_like(w) if want_weight and exact else None
-        grad_h = torch.empty_like(h) if want_hidden else None
+        # fp32: the gradient of the mean needs no rounding, so 1/count rides in the matmuls' alpha
+        grads = FusedGrads(h, w, dtype, want_hidden, want_weight)
+        exact, grad_logits, grad_w, grad_h = grads.exact, grads.grad_logits, grads.grad_w, grads.grad_h
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         with torch.autocast(h.device.type, enabled=False):
             for lo, hi, logp in log_softmax_chunks(h, w):
@@ -184,10 +200,7 @@ class ProjectedCrossEntropy(torch.autograd.Function):
                     grad_h[lo:hi].addmm_(g, w, beta=0, alpha=scale)  # beta 0: the empty rows are not read
                 if grad_w is not None:
                     grad_w.addmm_(g.t(), h[lo:hi], alpha=scale)
-            if grad_logits is not None:
-                grad_w = grad_logits.t() @ h
-            grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
-        ctx.save_for_backward(grad_h.to(hidden.dtype) if want_hidden else None, grad_w)
+            ctx.save_for_backward(*grads.saved(h, hidden, weight))
         return total / count
 
     @staticmethod
