@@ -51,7 +51,7 @@ from tunelab.train.run_lock import run_lock
 from tunelab.train.setup import (TrainingRows, TrainingRun, build_model_and_tokenizer, build_optimization,
                                  check_memory, choose_precision, continued_adapter, count_steps, few_pairs,
                                  trainable_model, trainable_token_ids, training_rows)
-from tunelab.train.step import PREFETCH, train_step
+from tunelab.train.step import PREFETCH, read_steps, train_step
 from tunelab.train.stop_signals import StopSignals
 from tunelab.train.summary import training_summary, write_summary
 from tunelab.train.trainer_state import (Progress, capture, gather_objects, gather_rng, global_batch, rank_window,
@@ -117,17 +117,21 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
         # recomputed in the backward pass, and must run the same function there (else torch's CheckpointError)
         with fast_rotary(run.trained.model):
             for step in range(start_step, end_step):
-                result = train_step(run, train_model, progress, step)  # batches, forward/backward, optimizer step
+                train_step(run, train_model, progress, step)  # batches, forward/backward, optimizer step
                 done = step + 1
+                if _numbers_due(run, done, end_step):  # the steps' losses read, checked (a bad one stops here)
+                    read_steps(run, progress)
                 val, stop = _validate(run, progress, metrics.clock, done)
-                metrics.log(done, result, val, stop)
+                if stop:
+                    read_steps(run, progress)
+                metrics.log(done, progress.last, val, stop)
                 # checkpoint, and stop: early, or on a signal (after a checkpoint of this step)
                 if stop:
                     progress.stopped_early_at = done
                 if done in run.ckpt_at or stop:
-                    _checkpoint(run, progress, metrics.clock, done, result.loss, val, on_checkpoint)
+                    _checkpoint(run, progress, metrics.clock, done, val, on_checkpoint)
                 if not stop and done < end_step:
-                    _stop_on_a_signal(run, progress, metrics.clock, signals, done, result.loss, val)
+                    _stop_on_a_signal(run, progress, metrics.clock, signals, done, val)
                 if stop:
                     break
     finally:
@@ -235,6 +239,15 @@ def _restore(run: TrainingRun, resume: bool) -> Progress:
     return progress
 
 
+def _numbers_due(run: TrainingRun, done: int, end_step: int) -> bool:
+    """Whether the loop reads the steps' losses after step `done`: a metrics line, a validation or a checkpoint is
+    due, or the loop ends (the same steps on every rank: a bad step stops them all at once). Between them the
+    steps run without waiting on the device."""
+    tc = run.recipe.train
+    return (done % tc.log_every == 0 or done >= end_step or done == run.total_steps or done in run.ckpt_at
+            or bool(tc.eval_every and run.rows.val_rows is not None and done % tc.eval_every == 0))
+
+
 def _validate(run: TrainingRun, progress: Progress, clock: Clock, done: int) -> tuple[dict | None, bool]:
     """The validation line of step `done` when it is due (every `eval_every` steps and at every checkpoint, when
     the run has validation rows), and whether early stopping ends the run there."""
@@ -249,10 +262,10 @@ def _validate(run: TrainingRun, progress: Progress, clock: Clock, done: int) -> 
     return val, progress.stopper.update(val["val_loss"]) and done < run.total_steps  # at the last step: the end
 
 
-def _checkpoint(run: TrainingRun, progress: Progress, clock: Clock, done: int, loss: float, val: dict | None,
+def _checkpoint(run: TrainingRun, progress: Progress, clock: Clock, done: int, val: dict | None,
                 on_checkpoint) -> None:
     """An evenly spaced checkpoint (or the early stop's), then the caller's `on_checkpoint` hook."""
-    _save(run, progress, clock, done, loss, val, preemption=False)
+    _save(run, progress, clock, done, val, preemption=False)
     barrier(run.dist)
     if on_checkpoint is not None and run.dist.main:
         t_hook = time.perf_counter()
@@ -264,14 +277,14 @@ def _checkpoint(run: TrainingRun, progress: Progress, clock: Clock, done: int, l
 
 
 def _stop_on_a_signal(run: TrainingRun, progress: Progress, clock: Clock, signals: StopSignals, done: int,
-                      loss: float, val: dict | None) -> None:
+                      val: dict | None) -> None:
     """When any rank received SIGTERM/SIGUSR1: a checkpoint of step `done` (unless one was just written), then
     `Preempted`."""
     dist = run.dist
     if not all_sum(dist, [float(signals.received is not None)])[0]:
         return
     if done not in run.ckpt_at:
-        _save(run, progress, clock, done, loss, val, preemption=True)
+        _save(run, progress, clock, done, val, preemption=True)
         barrier(dist)
     signals.acknowledge()
     raise Preempted(f"{signals.received or 'a stop signal'} received: stopped after step {done} of "
@@ -279,9 +292,10 @@ def _stop_on_a_signal(run: TrainingRun, progress: Progress, clock: Clock, signal
                     file=run.run_dir)
 
 
-def _save(run: TrainingRun, progress: Progress, clock: Clock, done: int, loss: float, val: dict | None,
-          preemption: bool) -> None:
-    """The checkpoint of step `done`: weights, trainer state and files (every rank takes part)."""
+def _save(run: TrainingRun, progress: Progress, clock: Clock, done: int, val: dict | None, preemption: bool) -> None:
+    """The checkpoint of step `done`: weights, trainer state and files (every rank takes part), after its steps
+    were read (a bad one stops the run before its weights are written)."""
+    read_steps(run, progress)
     dist, trained, opt, run_dir = run.dist, run.trained, run.opt, run.run_dir
     loss_model, model = trained.loss_model, trained.model
     rng = gather_rng(dist)  # every rank's: each draws its own dropout masks
@@ -300,7 +314,7 @@ def _save(run: TrainingRun, progress: Progress, clock: Clock, done: int, loss: f
         return
     trainer_state = capture(model, opt.optimizer, opt.scheduler, opt.scaler, rng, progress, run.rows_per_step, done,
                             clock.elapsed(), sharded=trained.fsdp, loss_window=windows)
-    state = {"step": done, "loss": loss, "total_steps": run.total_steps,
+    state = {"step": done, "loss": progress.last.loss, "total_steps": run.total_steps,
              "val_loss": val["val_loss"] if val else None}
     if preemption:
         state["preemption"] = True

@@ -1,8 +1,13 @@
 """One optimizer step of the training loop, in the order it runs: this rank's share of the step's rows in
 micro-batches (a grpo run samples and scores its completions first), forward and backward with the gradients
-accumulated over the micro-batches (and synchronised across ranks at the last), then the optimizer step, refused
-when the loss or the gradients went bad. `loop.py` calls `train_step` once a step and does the rest around it:
-validation, the metrics lines, checkpoints and the stop checks.
+accumulated over the micro-batches (and synchronised across ranks at the last), then the optimizer step. The step's
+loss and gradient norm stay on the device (`Unread`): `read_steps` reads every step since the last read in one copy
+when the loop needs the numbers — a metrics line, a validation, a checkpoint, the end — and stops the run there if
+one of them went bad. `loop.py` calls `train_step` once a step and does the rest around it.
+
+Why not read each step: on a GPU each read is a wait for the device, the host idle until the step is done and the
+device idle until the host queues the next. Deferred, a NaN step's update reaches the weights in memory, but never a
+checkpoint (each is written after a read), and the error still names the step that went bad.
 """
 
 from __future__ import annotations
@@ -24,25 +29,63 @@ from tunelab.train.trainer_state import Progress
 
 @dataclass
 class StepResult:
-    """What a step leaves for its metrics line and its checkpoint (the counts went into `Progress.window`)."""
+    """What a step leaves for its metrics line and its checkpoint, read from the device (`read_steps`)."""
 
     loss: float  # the step's loss, summed over the micro-batches and ranks
     grad_norm: float  # before clipping
     lr: float  # the learning rate the step used
 
 
-def train_step(run: TrainingRun, train_model, progress: Progress, step: int) -> StepResult:
-    """Train step `step` (0-based) on this rank's share of its rows; the step's loss and counts are added to
-    `progress` (its last loss, and the window the next metrics line averages over)."""
+@dataclass(kw_only=True)
+class Unread:
+    """A step whose loss and gradient norm are still on the device, with the counts its metrics line adds."""
+
+    done: int  # the steps done after it (1-based)
+    loss: object  # 0-d tensors on the device
+    grad_norm: object
+    lr: float
+    items: float
+    tokens: float
+    sample_tokens: float
+    overflow_possible: bool  # fp16's scaler skips an overflowing step itself: an inf norm is not the run's end
+
+
+def train_step(run: TrainingRun, train_model, progress: Progress, step: int) -> None:
+    """Train step `step` (0-based) on this rank's share of its rows; the step's loss and gradient norm join
+    `progress.unread` (`read_steps` reads them). A step that samples (grpo) is read at once: its next rollout would
+    sample from weights a bad step had broken."""
     batches, local_tokens, local_samples = _micro_batches(run, step)
     local_items = sum(run.method.items(b) for b in batches)
     global_items = all_sum(run.dist, [local_items])[0]
     step_loss = all_sum_tensor(run.dist, _forward_backward(run, train_model, batches, global_items))
     tokens, sample_tokens = all_sum(run.dist, [local_tokens, local_samples])
-    step_loss, grad_norm, step_lr = _optimizer_step(run, progress.guard, step + 1, step_loss)
-    progress.last_loss = step_loss
-    progress.window.add(step_loss, global_items, tokens, sample_tokens)
-    return StepResult(step_loss, grad_norm, step_lr)
+    norm, step_lr = _optimizer_step(run)
+    progress.unread.append(Unread(done=step + 1, loss=step_loss, grad_norm=norm, lr=step_lr, items=global_items,
+                                  tokens=tokens, sample_tokens=sample_tokens,
+                                  overflow_possible=run.opt.scaler is not None))
+    if run.method.rollout is not None:
+        read_steps(run, progress)
+
+
+def read_steps(run: TrainingRun, progress: Progress) -> StepResult | None:
+    """Read the unread steps' losses and gradient norms from the device in one copy, check them in step order
+    (NaN or infinity, then the divergence guard: the error names the step that went bad and the last checkpoint
+    before it), add them to the metrics line's window; the last one's numbers (None when all were read)."""
+    import torch
+    unread, progress.unread = progress.unread, []
+    if not unread:
+        return progress.last
+    values = torch.stack([t.to(unread[0].loss.device, unread[0].loss.dtype)
+                          for u in unread for t in (u.loss, u.grad_norm)]).tolist()
+    for i, u in enumerate(unread):
+        loss, grad_norm = values[2 * i], values[2 * i + 1]
+        # fp16: an overflowing gradient is the scaler's to handle (it skipped the step and lowered the scale)
+        if not (u.overflow_possible and math.isfinite(loss) and not math.isfinite(grad_norm)):
+            _stop_on_a_bad_step(u.done, loss, grad_norm, progress.guard, run.run_dir)
+        progress.last_loss = loss
+        progress.window.add(loss, u.items, u.tokens, u.sample_tokens)
+        progress.last = StepResult(loss, grad_norm, u.lr)
+    return progress.last
 
 
 class Prefetch:
@@ -124,21 +167,15 @@ def _forward_backward(run: TrainingRun, train_model, batches: list[dict], global
     return step_loss
 
 
-def _optimizer_step(run: TrainingRun, guard: DivergenceGuard, done: int, step_loss) -> tuple[float, float, float]:
-    """The optimizer step, unless the loss or the gradients went bad; returns the step's loss, the gradient norm
-    (before clipping) and the learning rate the step used. The loss and the norm are read from the device
-    together: the step's one wait on it, what the guard needs before the weights change."""
+def _optimizer_step(run: TrainingRun) -> tuple:
+    """The optimizer step; returns the gradient norm before clipping (a 0-d tensor on the device: not read here)
+    and the learning rate the step used."""
     import torch
     opt, scaler = run.opt, run.opt.scaler
     if scaler:
         scaler.unscale_(opt.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(opt.params, run.recipe.train.max_grad_norm)
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
-    step_loss, grad_norm = torch.stack([step_loss, norm.to(step_loss.device, step_loss.dtype)]).tolist()
-    # fp16: an overflowing gradient is the scaler's to handle (it skips the step and lowers the scale)
-    overflow = scaler is not None and math.isfinite(step_loss) and not math.isfinite(grad_norm)
-    if not overflow:
-        _stop_on_a_bad_step(done, step_loss, grad_norm, guard, run.run_dir)
     step_lr = opt.scheduler.get_last_lr()[0]
     if scaler:
         scaler.step(opt.optimizer)
@@ -147,7 +184,7 @@ def _optimizer_step(run: TrainingRun, guard: DivergenceGuard, done: int, step_lo
         opt.optimizer.step()
     opt.scheduler.step()
     opt.optimizer.zero_grad(set_to_none=True)
-    return step_loss, grad_norm, step_lr
+    return norm.detach(), step_lr
 
 
 def _autocast(run: TrainingRun):
@@ -159,9 +196,9 @@ def _autocast(run: TrainingRun):
 
 def _stop_on_a_bad_step(done: int, step_loss: float, grad_norm: float, guard: DivergenceGuard,
                         run_dir: Path) -> None:
-    """Raise before optimizer.step() when the loss or gradient norm is not finite (a NaN/inf gradient would
-    poison the weights, and the next checkpoint, even while the loss still looks finite) or the divergence guard
-    sees the run stop learning or run away; the error names the last checkpoint written before it went bad."""
+    """Raise when step `done`'s loss or gradient norm is not finite (a NaN/inf gradient poisons the weights even
+    while the loss still looks finite) or the divergence guard sees the run stop learning or run away; the error
+    names the last checkpoint written before it went bad (every checkpoint is written after a read)."""
     if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
         what = f"loss became {step_loss}" if not math.isfinite(step_loss) else f"gradient norm became {grad_norm}"
         kept = list_checkpoints(run_dir)

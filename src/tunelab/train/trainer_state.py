@@ -70,6 +70,10 @@ class Progress:
     window: LogWindow = field(default_factory=lambda: LogWindow())
     stopped_early_at: int | None = None
     last_loss: float = float("nan")
+    # the steps whose loss and gradient norm are still on the device (`step.read_steps`), and the last one read:
+    # never carried over (every checkpoint is written after a read)
+    unread: list = field(default_factory=list)
+    last: object = None  # step.StepResult
 
     def resumed(self, point: ResumePoint) -> None:
         """Take the counters back from the checkpoint."""
