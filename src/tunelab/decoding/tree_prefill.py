@@ -135,11 +135,13 @@ class _TreePass:
         self.cache.layers[module.layer_idx].adopt(*full, width)
         keys, values = (buf[:, :, :width] for buf in full)
         heads = query.shape[1]
-        packed = query.new_empty(length, heads * dim)
+        packed = None
         for rows, (m, slots), nodes, valid, computed, mask in self.blocks:
             k, v = (keys, values) if rows is None else (keys[rows], values[rows])
             q = query[0].transpose(0, 1).index_select(0, nodes).view(m, slots, heads, dim).transpose(1, 2)
             out, _ = self.attend(module, q, k, v, mask, dropout=dropout, scaling=scaling, **kwargs)
+            if packed is None:  # the attention's own output dtype (under autocast, not always the query's)
+                packed = out.new_empty(length, heads * dim)
             packed[computed] = out.reshape(m * slots, -1)[valid]
         return packed.view(1, length, heads, dim), None
 
