@@ -35,7 +35,16 @@ def table_cell(text: str, limit: int = 160) -> str:
 
 
 def checkpoint_cell(r: dict) -> str:
-    """One task's headline in the per-checkpoint table."""
+    """One task's headline in the per-checkpoint table; a sampled task's (`eval.samples`) greedy score is
+    followed by pass@1, pass@k and maj@k: the headroom beside what the first answer scores."""
+    k = r.get("sampled")
+    if k:
+        extra = [m for m in ("pass@1", f"pass@{k}", f"maj@{k}") if m in r][: 3 if k > 1 else 1]
+        return " · ".join([_headline(r), *(f"{m} {pct(r[m])}" for m in extra)])
+    return _headline(r)
+
+
+def _headline(r: dict) -> str:
     if "accuracy" in r and r["accuracy"] <= 1:
         return pct(r["accuracy"])
     if "f1" in r and "exact_match" in r:

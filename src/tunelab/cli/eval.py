@@ -40,6 +40,12 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, default=None, help="ppl: window start step (default: window/2)")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="a task setting, e.g. choice.continuation=text, ppl.documents=file (repeatable)")
+    p.add_argument("--samples", type=int, default=None, metavar="K",
+                   help="K answers sampled a prompt besides the greedy one, for every task whose answers are right "
+                        "or wrong: pass@1..pass@K and maj@K (the headroom RL can turn into first answers)")
+    p.add_argument("--temperature", type=float, default=1.0, help="the samples' temperature (1.0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="the samples' top-p (1.0)")
+    p.add_argument("--sample-seed", type=int, default=0, help="the samples' seed (0)")
     add_placement(p)
     p.set_defaults(func=cli_eval)
 
@@ -137,7 +143,8 @@ def config_from_flags(args: argparse.Namespace) -> EvalConfig:
                        if getattr(args, k) is not None},
            "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
            "retention_threshold": args.retention_threshold, "retention_min_base": args.retention_min_base,
-           "device": args.device, "precision": args.precision}
+           "device": args.device, "precision": args.precision,
+           "samples": args.samples, "temperature": args.temperature, "top_p": args.top_p, "seed": args.sample_seed}
     return validate_eval(raw)
 
 
@@ -165,7 +172,8 @@ _FLAGS = {"tasks": "--tasks", "task": "--tasks", "name": "--tasks", "source": "-
           "mode": "--mode", "options": "--option", "batch_size": "--batch-size",
           "max_new_tokens": "--max-new-tokens", "retention_threshold": "--retention-threshold",
           "retention_min_base": "--retention-min-base",
-          "device": "--device", "precision": "--precision"}
+          "device": "--device", "precision": "--precision", "samples": "--samples",
+          "temperature": "--temperature", "top_p": "--top-p", "seed": "--sample-seed"}
 
 
 def _eval_flag(error: TunelabError) -> TunelabError:
@@ -193,16 +201,26 @@ def _scorer(doc: dict, label: str) -> str:
     return f" ({', '.join(sorted(scorers))})" if scorers else ""
 
 
+def _sampled_columns(table: dict, label: str) -> list[tuple[str, str]]:
+    """Beside a sampled task's greedy score: pass@1, pass@k and maj@k (`eval.samples`)."""
+    k = next((res[label]["sampled"] for res in table.values() if res[label].get("sampled")), None)
+    return [(label, m) for m in ("pass@1", f"pass@{k}", f"maj@{k}")[: 3 if k and k > 1 else 1 if k else 0]
+            if any(m in res[label] for res in table.values())]
+
+
 def print_table(doc: dict) -> None:
     table, best, tasks = doc["results"], doc["best"], doc["tasks"]
     retained = doc.get("retention")
-    headers = ["model"] + [f"{label}.{t['primary_metric']}{_scorer(doc, label)}" for label, t in tasks.items()]
+    columns = [(label, t["primary_metric"]) for label, t in tasks.items()]
+    columns = [c for label, metric in columns for c in [(label, metric), *_sampled_columns(table, label)]]
+    headers = ["model"] + [f"{label}.{metric}{_scorer(doc, label) if metric == tasks[label]['primary_metric'] else ''}"
+                           for label, metric in columns]
     if retained:
         headers.append(f"retention (>= {doc['retention_threshold']:.0%} of base f1 and em)")
     print(" | ".join(headers))
     for label, res in table.items():
         cells = [label + (" *best*" if label == best and len(table) > 1 else "")]
-        cells += [_fmt(res[t][info["primary_metric"]]) for t, info in tasks.items()]
+        cells += [_fmt(res[label].get(metric, "")) for label, metric in columns]
         if retained:
             verdict = retained[label].get("verdict")  # results.json of an older tunelab: only "pass"
             cells.append(verdict or ("PASS" if retained[label]["pass"] else "FAIL"))

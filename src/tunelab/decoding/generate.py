@@ -109,6 +109,30 @@ def complete_batched(model, tokenizer, prompts: list[str], max_new_tokens: int =
     (`DecodeBatch.prefill`), the cache is written in place, finished rows leave the batch and waiting
     prompts take their places (`decode_rows`): faster than `model.generate` on length-sorted left-padded
     batches (benchmarks/bench_eval.py)."""
+    return _complete(model, tokenizer, prompts, 1, None, max_new_tokens, batch_size, progress, desc, stop)
+
+
+def sample_batched(model, tokenizer, prompts: list[str], samples: int, temperature: float = 1.0, top_p: float = 1.0,
+                   seed: int = 0, max_new_tokens: int = 32, batch_size: int = 32, progress: bool = True,
+                   desc: str = "sample", stop: tuple[str, ...] = ()) -> list[list[Completion]]:
+    """`samples` completions of each prompt drawn at `temperature` / `top_p` (a list a prompt, in input order), as
+    `complete_batched` makes greedy ones, in one decoding call: a prompt's copies sit side by side, so the tree
+    prefill computes the prompt once for all of them. Draw j of a prompt comes from its own generator, seeded by
+    `seed`, j and the prompt's text: the same answers whatever else is evaluated with it or shares its batch."""
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    flat = _complete(model, tokenizer, prompts, samples, (params, seed), max_new_tokens, batch_size, progress, desc,
+                     stop)
+    return [flat[i * samples: (i + 1) * samples] for i in range(len(prompts))]
+
+
+def _draw_seed(seed: int, j: int, prompt: str) -> int:
+    import hashlib
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{j}/{prompt}".encode(), digest_size=8).digest(), "little") >> 1
+
+
+def _complete(model, tokenizer, prompts: list[str], copies: int, sampling: tuple | None, max_new_tokens: int,
+              batch_size: int, progress: bool, desc: str, stop: tuple[str, ...]) -> list[Completion]:
+    """`copies` completions of each prompt, prompt-major (greedy, or drawn with `sampling`: (params, seed))."""
     import torch
     from tqdm.auto import tqdm
 
@@ -117,19 +141,27 @@ def complete_batched(model, tokenizer, prompts: list[str], max_new_tokens: int =
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     stops = stop_token_ids(model, tokenizer)
     pad_id = pad_token_id(tokenizer, stops)
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    with torch.inference_mode(), tqdm(total=len(prompts), disable=not progress, desc=desc, unit="prompt",
-                                      leave=False) as bar:
+    total = len(prompts) * copies
+    # a prompt's copies stay adjacent (a stable sort): the tree prefill shares them whole
+    order = sorted(range(total), key=lambda r: len(encoded[r // copies]))
+    params = generators = None
+    if sampling is not None:
+        device = next(model.parameters()).device
+        params = [sampling[0]] * total
+        generators = [torch.Generator(device=device).manual_seed(
+            _draw_seed(sampling[1], r % copies, prompts[r // copies])) for r in order]
+    with torch.inference_mode(), tqdm(total=total, disable=not progress, desc=desc, unit="answer" if copies > 1
+                                      else "prompt", leave=False) as bar:
         streams = [TextStream(tokenizer, stop) for _ in order] if stop else None
-        new, stopped = decode_rows(model, [encoded[i] for i in order], max_new_tokens, stops, pad_id, batch_size,
-                                   streams, on_done=bar.update)
+        new, stopped = decode_rows(model, [encoded[r // copies] for r in order], max_new_tokens, stops, pad_id,
+                                   batch_size, streams, on_done=bar.update, sampling=params, generators=generators)
     if streams:
         for s in streams:
             s.add(None, final=True)
         texts = [s.text for s in streams]
     else:
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    outputs: list[Completion] = [Completion("", "length")] * len(prompts)
-    for i, text, done in zip(order, texts, stopped):
-        outputs[i] = Completion(text, "stop" if done else "length")
+    outputs: list[Completion] = [Completion("", "length")] * total
+    for r, text, done in zip(order, texts, stopped):
+        outputs[r] = Completion(text, "stop" if done else "length")
     return outputs

@@ -13,16 +13,19 @@ from pathlib import Path
 from tunelab.data.examples import Example
 from tunelab.data.templates import AUTO, PromptTemplate, load_template
 from tunelab.errors import TunelabError
-from tunelab.eval.sets import EvalSet
+from tunelab.eval.sets import EvalSet, Sampling
 from tunelab.records import write_json, write_jsonl
 from tunelab.tasks.registry import Task, get_task
 
 
 def evaluate_examples(model, tokenizer, template: PromptTemplate, task: str | Task, examples: list[Example],
                       out_dir: Path, batch_size: int = 32, max_new_tokens: int = 32, desc: str = "",
-                      label: str | None = None, mode: str | None = None, shots: list[Example] | tuple = ()) -> dict:
+                      label: str | None = None, mode: str | None = None, shots: list[Example] | tuple = (),
+                      sampling: Sampling | None = None) -> dict:
     """Run one task in its mode, grade, write `<label>.predictions.jsonl`; returns the task's metrics
-    (plus `mode` and `primary_metric`). `shots`: worked examples before every prompt, as earlier turns."""
+    (plus `mode` and `primary_metric`). `shots`: worked examples before every prompt, as earlier turns.
+    `sampling`: k answers drawn a prompt besides the greedy one, each graded: pass@1…pass@k and maj@k join the
+    metrics, the samples and their verdicts each prediction row."""
     task = get_task(task) if isinstance(task, str) else task
     label = label or task.name
     mode = task.resolve_mode(mode)
@@ -30,6 +33,9 @@ def evaluate_examples(model, tokenizer, template: PromptTemplate, task: str | Ta
     if mode == "generate":
         graded, rows = _run_generate(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc,
                                      shots)
+        if sampling is not None:
+            sampled = _run_samples(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc,
+                                   shots, sampling, rows)
     elif mode == "loglik":
         graded, rows = _run_loglik(model, tokenizer, template, task, examples, batch_size, desc, shots)
     elif mode == "perplexity":
@@ -37,6 +43,8 @@ def evaluate_examples(model, tokenizer, template: PromptTemplate, task: str | Ta
     else:
         raise TunelabError(f"unknown mode '{mode}' (choose from generate, loglik)", field="mode")
     summary = task.summarize(graded)
+    if mode == "generate" and sampling is not None:  # beside the greedy score, what k samples reach
+        summary.update(sampled, sampled=sampling.samples, temperature=sampling.temperature, top_p=sampling.top_p)
     write_jsonl(out_dir / f"{label}.predictions.jsonl", rows)
     out = {**summary, "mode": mode, "primary_metric": task.primary_metric}
     if task.ability:  # what a retention verdict judges, read from the results alone (`tunelab.eval.retention`)
@@ -55,6 +63,31 @@ def _run_generate(model, tokenizer, template, task, examples, batch_size, max_ne
         graded.append(g)
         rows.append({"id": ex.id, "problem": ex.instruction, "prediction": c.text, "reference": ex.output, **g})
     return graded, rows
+
+
+def _run_samples(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc, shots,
+                 sampling: Sampling, rows: list[dict]) -> dict:
+    """k drawn answers a prompt, graded as the greedy one is; their texts and verdicts go into `rows` (the
+    prediction rows), the measures over them are returned (`tunelab.metrics.sampled`)."""
+    from tunelab.decoding.generate import sample_batched
+    from tunelab.metrics.sampled import sampled_metrics
+    prompts = [task.prompt(ex, template, shots) for ex in examples]
+    max_new_tokens = getattr(task, "max_new_tokens", None) or max_new_tokens
+    drawn = sample_batched(model, tokenizer, prompts, sampling.samples, sampling.temperature, sampling.top_p,
+                           sampling.seed, max_new_tokens, batch_size, desc=f"{desc} ×{sampling.samples}")
+    right, votes = [], []
+    for ex, completions, row in zip(examples, drawn, rows):
+        graded = [task.grade(c.text, ex) for c in completions]
+        right.append([bool(g["correct"]) for g in graded])
+        votes.append([_vote(g.get(task.vote)) for g in graded] if task.vote else None)
+        row.update(samples=[c.text for c in completions], samples_correct=right[-1])
+    return sampled_metrics(right, votes if task.vote else None)
+
+
+def _vote(answer):
+    """An extracted answer as a vote: the task's own normalised form (arithmetic's value as one spelling), made
+    hashable."""
+    return answer if answer is None or isinstance(answer, (str, int, float)) else str(answer)
 
 
 def _run_loglik(model, tokenizer, template, task, examples, batch_size, desc, shots=()):
@@ -135,7 +168,7 @@ def evaluate_model_dir(model_dir: str | Path, sets: dict[str, EvalSet], out_dir:
                 examples = _with_base_answers(es, model_dir, model, tokenizer, tmpl, batch_size, device, precision)
             results[name] = evaluate_examples(model, tokenizer, tmpl, es.task, examples, out_dir, batch_size,
                                               max_new_tokens, desc=f"{label} {name}".strip(), label=name,
-                                              mode=es.mode, shots=es.shots)
+                                              mode=es.mode, shots=es.shots, sampling=es.sampling)
     if write_results:
         write_json(Path(out_dir) / "results.json", results)
     return results

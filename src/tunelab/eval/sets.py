@@ -31,6 +31,16 @@ from tunelab.recipe import EvalConfig, SourceConfig
 from tunelab.tasks.registry import Task, get_task, ships_examples, task_names
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """k answers drawn a prompt besides the greedy one (`samples:`), for pass@k and majority vote."""
+
+    samples: int
+    temperature: float
+    top_p: float
+    seed: int
+
+
 @dataclass
 class EvalSet:
     """One evaluation entry: a configured task, its examples, the mode to run, and where the data came from."""
@@ -40,6 +50,7 @@ class EvalSet:
     mode: str
     source: str = ""
     shots: list[Example] = field(default_factory=list)  # worked examples given as earlier turns, never scored
+    sampling: Sampling | None = None
 
 
 def eval_sets(config: EvalConfig) -> dict[str, EvalSet]:
@@ -64,8 +75,29 @@ def eval_sets(config: EvalConfig) -> dict[str, EvalSet]:
         if entry.fewshot and not examples:
             raise TunelabError(f"fewshot takes {entry.fewshot} worked examples from the set's {len(shots)}: none "
                                "is left to score", field=f"{where}.fewshot")
-        sets[entry.label] = EvalSet(task, examples[: entry.limit] if entry.limit else examples, mode, source, shots)
+        sets[entry.label] = EvalSet(task, examples[: entry.limit] if entry.limit else examples, mode, source, shots,
+                                    _sampling(config, entry, task, mode, where))
     return sets
+
+
+def _sampling(config: EvalConfig, entry, task: Task, mode: str, where: str) -> Sampling | None:
+    """The entry's samples (its own `samples`, else eval.samples for a task that can take them); an entry that
+    asks for samples its task cannot judge, or in a mode that does not generate, is an error."""
+    if entry.samples is None and (config.samples is None or not task.right_or_wrong or mode != "generate"):
+        if entry.temperature is not None or entry.top_p is not None:
+            key = "temperature" if entry.temperature is not None else "top_p"
+            raise TunelabError("sets how answers are sampled, and the entry samples none (give samples, or "
+                               "eval.samples)", field=f"{where}.{key}")
+        return None
+    if not task.right_or_wrong:
+        able = ", ".join(task_names(lambda cls: cls.right_or_wrong))
+        raise TunelabError(f"task '{task.name}' scores answers by degree, not right or wrong: pass@k needs a task "
+                           f"that says which (tasks that do: {able})", field=f"{where}.samples")
+    if mode != "generate":
+        raise TunelabError(f"answers are sampled in generate mode; this entry runs {mode}", field=f"{where}.samples")
+    return Sampling(samples=entry.samples or config.samples,
+                    temperature=config.temperature if entry.temperature is None else entry.temperature,
+                    top_p=config.top_p if entry.top_p is None else entry.top_p, seed=config.seed)
 
 
 def _checked(func, *args, field: str, **kwargs):
@@ -83,6 +115,10 @@ def _check_eval_wide(config: EvalConfig, tasks: list[Task]) -> None:
         owners = ", ".join(task_names(lambda cls: config.mode in cls.modes))
         raise TunelabError(f"mode {config.mode} applies to none of the tasks ({names}); it is a mode of {owners}",
                            field="eval.mode")
+    if config.samples is not None and not any(t.right_or_wrong for t in tasks):
+        able = ", ".join(task_names(lambda cls: cls.right_or_wrong))
+        raise TunelabError(f"none of the tasks ({names}) says right or wrong, so no pass@k can be counted (tasks "
+                           f"that do: {able})", field="eval.samples")
     for key in config.options:
         if not any(key in t.settings for t in tasks):
             owners = ", ".join(task_names(lambda cls: key in cls.settings)) or "no task"

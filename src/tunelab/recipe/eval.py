@@ -31,6 +31,12 @@ class EvalTaskConfig(StrictSection):
                                   "(ppl); default: eval.mode when the task has it, else the task's first")
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="task settings, e.g. {segmentation: char} or {window: 512}")
+    samples: int | None = Field(default=None, ge=1, le=1024, description=(
+        "k answers sampled a prompt besides the greedy one: pass@1…pass@k and majority-vote accuracy (a task "
+        "whose answers are right or wrong, in generate mode); default: eval.samples"))
+    temperature: float | None = Field(default=None, gt=0, description="the samples' temperature (default: "
+                                                                      "eval.temperature)")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="the samples' top-p (default: eval.top_p)")
 
     @property
     def label(self) -> str:
@@ -53,6 +59,14 @@ class EvalConfig(StrictSection):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 where the GPU does it natively, fp16 on older GPUs, fp32 on a CPU")
     checkpoints: Literal["all", "last"] = "all"
+    samples: int | None = Field(default=None, ge=1, le=1024, description=(
+        "k answers sampled a prompt, besides the greedy one, for every entry whose task's answers are right or "
+        "wrong and that generates: pass@1…pass@k (Chen et al. 2021's unbiased estimator) and maj@k beside the "
+        "greedy score, the headroom a GRPO or rejection-sampling run can turn into first answers"))
+    temperature: float = Field(default=1.0, gt=0, description="the samples' temperature")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="the samples' top-p (nucleus)")
+    seed: int = Field(default=0, ge=0, description="the samples' seed: a prompt's k draws depend on it and on the "
+                                                   "prompt alone, not on the batch or the set around it")
     retention_threshold: float = Field(default=0.9, ge=0)
     retention_min_base: float = Field(
         default=5.0, ge=0, description="a base below this F1/EM (0-100) is too close to zero to judge retention "

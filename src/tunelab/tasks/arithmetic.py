@@ -288,6 +288,8 @@ class ArithmeticTask(Task):
 
     name = "arithmetic"
     primary_metric = "accuracy"
+    right_or_wrong = True
+    vote = "pred_value"
     default_format = "competition"
 
     def grade(self, prediction: str, example: Example) -> dict[str, Any]:

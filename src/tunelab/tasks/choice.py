@@ -265,6 +265,8 @@ class ChoiceTask(Task):
 
     name = "choice"
     primary_metric = "accuracy"
+    right_or_wrong = True
+    vote = "pred"
     default_format = "auto"  # question records, or alpaca records carrying `choices` and `answer`
     modes = ("generate", "loglik")
     settings = ("continuation",)

@@ -130,6 +130,8 @@ def read_glue_examples(path: str | Path, task: str, require_labels: bool = True)
 class _GlueTask(Task):
     glue_name: str
     primary_metric = "accuracy"
+    right_or_wrong = True
+    vote = "pred"
     default_format = "alpaca"  # the pre_data files
     modes = ("generate", "loglik")
     settings = ("label_words",)

@@ -102,6 +102,7 @@ def parse_instruction_prompts(jsonl: str, path: str | Path) -> list[Example]:
 class InstructionsTask(Task):
     name = "instructions"
     primary_metric = "prompt_level_strict_acc"
+    right_or_wrong = True
     ability = True
     retention_metrics = {"prompt_level_strict_acc": 100.0, "inst_level_strict_acc": 100.0}
     settings = ("max_new_tokens",)

@@ -196,6 +196,7 @@ def _answers(rec: dict, field: str, path, line: int, required: bool) -> list[str
 class KnowledgeTask(Task):
     name = "knowledge"
     primary_metric = "accuracy"
+    right_or_wrong = True
     ability = True
     retention_metrics = {"accuracy": 100.0}
     settings = ("max_new_tokens",)

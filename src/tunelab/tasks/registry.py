@@ -52,6 +52,10 @@ class Task:
     # the examples' answers are the base model's own, filled in by the runner (`tunelab.eval.base_answers`) from the
     # task's `base` setting, else the evaluated model's base
     answers_from_base: ClassVar[bool] = False
+    # `grade` says right or wrong ("correct"), so sampled answers (`samples:`) give pass@k; `vote` is the key of
+    # `grade`'s extracted answer a majority vote counts (None: the task extracts none, no vote)
+    right_or_wrong: ClassVar[bool] = False
+    vote: ClassVar[str | None] = None
 
     def configure(self, **values: Any) -> "Task":
         """Set task settings (None leaves the default); an unknown setting is a user error."""
