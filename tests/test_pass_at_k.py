@@ -170,3 +170,55 @@ def test_the_eval_command_prints_pass_at_k_columns(tiny_base, tmp_path, capsys):
                  "--max-new-tokens", "6", "--out", str(tmp_path / "k")]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header.split(" | ")[1:] == ["knowledge.accuracy", "knowledge.pass@1", "knowledge.pass@2"]
+
+
+# --- verified preference pairs ------------------------------------------------------------------------------
+
+def test_prefs_from_samples_pair_a_right_and_a_wrong_answer_of_each_problem(tmp_path, capsys):
+    rows = [
+        {"id": "p1", "problem": "What is 2 + 3?", "samples": ["5", "6", "5", "4"],
+         "samples_correct": [True, False, True, False]},
+        {"id": "p2", "problem": "What is 9 - 1?", "samples": ["8", "8"], "samples_correct": [True, True]},
+        {"id": "p3", "problem": "7 - 9 = ?", "samples": ["2", "3"], "samples_correct": [False, False]},
+        {"id": "p4", "problem": "Pick one", "input": "A. x\nB. y", "samples": ["A", "B", "B"],
+         "samples_correct": [False, True, True]},
+    ]
+    path = tmp_path / "arithmetic.predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "prefs"
+    assert main(["data", "prefs", "--from-samples", str(path), "--per-problem", "2", "--out", str(out),
+                 "--val-fraction", "0"]) == 0
+    pairs = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    got = sorted((p["prompt"], p["chosen"], p["rejected"]) for p in pairs)
+    assert got == sorted([("What is 2 + 3?", "5", "6"), ("What is 2 + 3?", "5", "4"), ("Pick one\nA. x\nB. y", "B", "A")])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] == {"all samples right": 1, "no sample right": 1} and summary["pairs"] == 3
+    assert all(p["pass_rate"] in (0.5, 2 / 3) for p in pairs)
+    # a predictions file written without --samples is named as such
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"id": "x", "problem": "q", "prediction": "a"}) + "\n", encoding="utf-8")
+    assert main(["data", "prefs", "--from-samples", str(plain), "--out", str(tmp_path / "p2")]) == 2
+    err = capsys.readouterr().err
+    assert f"{plain}:1" in err and "samples" in err and "--samples" in err
+
+
+def test_samples_become_pairs_dpo_trains_on(tiny_base, tmp_path):
+    """Sampled by the evaluation, judged by the grader, paired, then trained by DPO: the whole verified-DPO path
+    on the tiny model."""
+    from tunelab.eval.evaluate import evaluate
+    from tunelab.recipe import load_recipe, validate_eval
+    from tunelab.train.loop import train
+    config = validate_eval({"tasks": [{"task": "arithmetic", "source": ARITHMETIC}], "samples": 6,
+                            "temperature": 1.2, "max_new_tokens": 16, "batch_size": 8})
+    _, out = evaluate(tiny_base, config, tmp_path / "e")
+    assert main(["data", "prefs", "--from-samples", str(out / "arithmetic.predictions.jsonl"), "--out",
+                 str(tmp_path / "prefs"), "--val-fraction", "0"]) == 0
+    from conftest import write_recipe
+    path = write_recipe(tmp_path, "vdpo", model={"preset": None, "from_scratch": None, "tokenizer_vocab_size": None,
+                                                 "path": str(tiny_base)},
+                        data={"train": [{"path": str(tmp_path / "prefs" / "train.jsonl")}]},
+                        lora={"enabled": True, "rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                        train={"method": "dpo", "max_steps": 2, "batch_size": 2, "log_every": 1,
+                               "num_checkpoints": 1})
+    summary = train(load_recipe(path))
+    assert summary["steps"] == 2

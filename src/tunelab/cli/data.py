@@ -91,6 +91,11 @@ def _add_prefs(data: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0, help="which prompts are held out")
     q.add_argument("--named", action="store_true",
                    help="also use votes cast with the model names shown (by default anonymous battles only)")
+    q.add_argument("--from-samples", action="append", default=[], metavar="PREDICTIONS.jsonl",
+                   help="a predictions file of `tunelab eval --samples K`: a right and a wrong sampled answer of "
+                        "each problem, as the task's grader judged them, are a pair (repeatable)")
+    q.add_argument("--per-problem", type=integer(1), default=1,
+                   help="--from-samples: at most this many pairs a problem (default 1)")
     q.set_defaults(func=cli_prefs)
 
 
@@ -247,7 +252,8 @@ def cli_prefs(args: argparse.Namespace) -> int:
     from tunelab.records import NotTextError
     try:
         s = build_preferences(args.out, arena=args.arena, files=args.files, val_fraction=args.val_fraction,
-                              seed=args.seed, named=args.named)
+                              seed=args.seed, named=args.named, samples=args.from_samples,
+                              per_problem=args.per_problem)
     except NotTextError as e:  # the arena's votes.db given where preference files go
         if e.found != "sqlite":
             raise

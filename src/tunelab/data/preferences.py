@@ -20,6 +20,10 @@ Sources:
   - `tunelab judge --out` judgments `{prompt, answer_a, answer_b, verdict}`: the preferred answer is chosen, a
     tie is skipped (and counted). Two samples of one model judged against each other (`tunelab judge S.jsonl
     S.jsonl --sample-b 2`) give on-policy pairs.
+- **The grader's own verdicts** (`--from-samples`): the predictions file `tunelab eval --samples K` writes, each
+  problem with its K sampled answers and whether each is right. A right and a wrong answer of the same problem
+  are a pair (verified DPO: on-policy answers, judged by the task's grader rather than a person or a judge
+  model); a problem whose samples are all right or all wrong teaches no preference and is skipped (counted).
 
 Then: a pair whose answers are the same is dropped; the same pair seen several times is merged (its votes
 added); a pair voted both ways keeps the majority's direction, and an even split is dropped; and the split
@@ -123,6 +127,34 @@ def file_pairs(path: str | Path, skipped: Counter | None = None) -> list[Prefere
             pairs.append(pair)
         else:
             pairs.append(_record_pair(rec, path, line))
+    return pairs
+
+
+def sample_pairs(path: str | Path, per_problem: int = 1, skipped: Counter | None = None) -> list[PreferencePair]:
+    """Pairs of a right and a wrong sampled answer of each problem in a predictions file of `tunelab eval
+    --samples` (its rows' `samples` and `samples_correct`): up to `per_problem` a problem, each answer text in at
+    most one pair while others are left, the right ones in the order sampled. A problem all right or all wrong is
+    counted in `skipped`."""
+    path = Path(path)
+    pairs = []
+    for line, rec in iter_records(path):
+        texts, right = rec.get("samples"), rec.get("samples_correct")
+        if not isinstance(texts, list) or not isinstance(right, list) or len(texts) != len(right):
+            raise TunelabError("a row without its sampled answers and verdicts (`samples`, `samples_correct`): "
+                               "write the file with tunelab eval --samples K", file=path, line=line, field="samples")
+        problem = _text(rec.get("problem"), path, line, "problem")
+        context = rec.get("input") or ""
+        chosen = list(dict.fromkeys(t for t, ok in zip(texts, right) if ok and isinstance(t, str) and t.strip()))
+        rejected = list(dict.fromkeys(t for t, ok in zip(texts, right) if not ok and isinstance(t, str)))
+        if not chosen or not rejected:
+            if skipped is not None:
+                skipped["all samples right" if chosen else "no sample right"] += 1
+            continue
+        prompt = f"{problem}\n{context}" if context else problem
+        meta = {"source": f"{path}:{line}", "problem_id": rec.get("id"), "pass_rate": sum(map(bool, right)) / len(right)}
+        # every (right, wrong) combination once, diagonal by diagonal: the first pairs use each text once
+        order = [(c, (c + d) % len(rejected)) for d in range(len(rejected)) for c in range(len(chosen))]
+        pairs += [PreferencePair(prompt, chosen[c], rejected[r], dict(meta)) for c, r in order[:per_problem]]
     return pairs
 
 
@@ -284,17 +316,20 @@ def split_by_prompt(pairs: list[PreferencePair], val_fraction: float, seed: int 
 
 
 def build_preferences(out: str | Path, arena: str | Path | None = None, files: list[str | Path] | None = None,
-                      val_fraction: float = 0.1, seed: int = 0, named: bool = False) -> dict[str, Any]:
-    """Write OUT/train.jsonl, OUT/val.jsonl and OUT/summary.json from an arena database and/or preference files;
-    returns the summary. Its counts add up: `read` (votes and file records) = `pairs` written + `left_out`, which
+                      val_fraction: float = 0.1, seed: int = 0, named: bool = False,
+                      samples: list[str | Path] | None = None, per_problem: int = 1) -> dict[str, Any]:
+    """Write OUT/train.jsonl, OUT/val.jsonl and OUT/summary.json from an arena database, preference files and/or
+    sampled answers with the grader's verdicts (`sample_pairs`, up to `per_problem` pairs a problem); returns the
+    summary. Its counts add up: `read` (votes and file records) = `pairs` written + `left_out`, which
     is the sum of `skipped` (records that are no pair: ties, named battles, a judge's votes, each by its reason)
     and `dropped` (pairs removed by `merge_pairs`: same answers, repeats merged into one, outvoted, even splits)."""
     from tunelab.records import building_dir, write_json, write_jsonl
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TunelabError("the output directory exists: give a new one", file=out, field="out")
-    if arena is None and not files:
-        raise TunelabError("nothing to read: give an arena database or preference files", field="sources")
+    if arena is None and not files and not samples:
+        raise TunelabError("nothing to read: give an arena database, preference files or sampled answers",
+                           field="sources")
     pairs: list[PreferencePair] = []
     skipped: Counter = Counter()
     if arena is not None:
@@ -302,11 +337,13 @@ def build_preferences(out: str | Path, arena: str | Path | None = None, files: l
         pairs += found
     for f in files or []:
         pairs += file_pairs(f, skipped)
+    for f in samples or []:
+        pairs += sample_pairs(f, per_problem, skipped)
     read = len(pairs) + sum(skipped.values())
     merged, dropped = merge_pairs(pairs)
     if not merged:
         raise TunelabError(f"no preference pair to write ({read} records read; left out: "
-                           f"{dict(skipped + dropped) or 'none'})", file=arena or files[0])
+                           f"{dict(skipped + dropped) or 'none'})", file=arena or (files or samples)[0])
     train, val = split_by_prompt(merged, val_fraction, seed)
     summary = {"read": read, "left_out": read - len(merged), "skipped": dict(skipped), "dropped": dict(dropped),
                "pairs": len(merged),

@@ -81,6 +81,8 @@ def _run_samples(model, tokenizer, template, task, examples, batch_size, max_new
         right.append([bool(g["correct"]) for g in graded])
         votes.append([_vote(g.get(task.vote)) for g in graded] if task.vote else None)
         row.update(samples=[c.text for c in completions], samples_correct=right[-1])
+        if ex.input:  # the rest of the user turn: `tunelab data prefs --from-samples` rebuilds the prompt
+            row["input"] = ex.input
     return sampled_metrics(right, votes if task.vote else None)
 
 
