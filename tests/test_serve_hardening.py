@@ -276,7 +276,8 @@ def health_times(url: str, stop: threading.Event, out: list) -> None:
 def test_a_5mb_request_neither_stalls_health_nor_a_running_stream(served, limit):
     """A 5 MB chat message while a stream runs: over the limit it is 413 before parsing; under a larger limit
     it is 400 (longer than any context) before tokenising, as is a 1 MB /tokenize on a worker thread. /health
-    answers within a second throughout (one poll may be late on a loaded host), the stream keeps its pace, and memory does not grow."""
+    answers and the stream keeps its pace throughout, measured against the same server's own pace before the big
+    requests (a host's speed is not the server's stall), and memory does not grow."""
     from tunelab.serve.api import BackgroundServer, create_app
     from tunelab.serve.protocol import Limits
     srv = BackgroundServer(create_app(served, api_key=KEY, limits=Limits(max_request_bytes=limit))).start()
@@ -298,6 +299,10 @@ def test_a_5mb_request_neither_stalls_health_nor_a_running_stream(served, limit)
             time.sleep(0.01)
         poller = threading.Thread(target=health_times, args=(url, stop, health))
         poller.start()
+        while len(health) < 10 and time.time() < deadline:   # the calm pace, on this host, under this load
+            time.sleep(0.01)
+        calm_health, calm_gaps = max(health), max(b - a for a, b in zip(streams[0], streams[0][1:]))
+        calm_polls = len(health)
         rss0 = rss_mb()
         t_big = time.perf_counter()
         for k in range(3):
@@ -320,10 +325,14 @@ def test_a_5mb_request_neither_stalls_health_nor_a_running_stream(served, limit)
         if limit > 5_000_000:
             assert tokenized.status_code == 200 and tokenized.json()["count"] > 100_000
         assert finishes and set(finishes) == {"length"}
-        # a stalled loop delays every poll while it is stalled; one late answer is the host's scheduling (xdist)
-        assert len(health) > 2 and sorted(health)[-2] < 1.0 and max(health) < 3.0, sorted(health)[-3:]
+        # a stalled loop delays every poll while it is stalled (parsing 5 MB on the loop takes seconds); one late
+        # answer is the host's scheduling (xdist). Bounds: the calm pace times ten, at least 1 s (3 s for the one)
+        during = health[calm_polls:]
+        bound = max(1.0, 10 * calm_health)
+        assert len(during) > 2 and sorted(during)[-2] < bound and max(during) < 3 * bound, (calm_health,
+                                                                                            sorted(during)[-3:])
         gaps = [b - a for stamps in streams for a, b in zip(stamps, stamps[1:])]
-        assert max(gaps) < 1.0, max(gaps)       # no stream ever stopped for the big requests
+        assert max(gaps) < max(1.0, 10 * calm_gaps), (calm_gaps, max(gaps))  # no stream stopped for them
         assert rss1 - rss0 < 150, (rss0, rss1)
         print(f"limit {limit}: big requests {t_big:.2f} s, health max {max(health) * 1000:.0f} ms, "
               f"stream gap max {max(gaps) * 1000:.0f} ms, RSS {rss0:.0f} → {rss1:.0f} MB")
