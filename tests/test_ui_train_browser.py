@@ -47,6 +47,7 @@ def train_app(tmp_path, monkeypatch):
                             "tasks": [{"task": "arithmetic", "source": {
                                 "generate": "arithmetic", "count": 8, "seed": 5,
                                 "options": {"kinds": ["int_add"], "int_digits": 1}}}]})
+    del raw["output_dir"]  # the default, runs/ under the project the UI starts its runs in: as a user's recipe reads
     (project / "recipes" / "tiny-ui.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     places = Places.of(project, "runs")
     store = ArenaStore(tmp_path / "arena.sqlite")
@@ -101,11 +102,11 @@ def test_browser_train_stop_resume_and_runs(train_app):
             expect(action).to_contain_text("Started PID")
             expect(state).to_contain_text("training")
             expect(state).to_contain_text("loss")
+            if shots:  # what a user sees once a run trains
+                page.screenshot(path=str(DOCS_IMAGES / "ui-train.png"), full_page=True)
             # a second Start on the running run: the run lock's refusal
             page.locator("#train-start").click()
             expect(action).to_contain_text("another tunelab process is writing this run")
-            if shots:
-                page.screenshot(path=str(DOCS_IMAGES / "ui-train.png"), full_page=True)
 
             # Stop: a checkpoint, exit 75, resumable
             page.locator("#train-stop").click()
