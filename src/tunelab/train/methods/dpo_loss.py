@@ -58,8 +58,22 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     (`model.kernels.logprobs`): never (rows × T × vocabulary) in fp32. `completion_index`: those positions as
     `collate_pairs` found them on the host (else found here, a wait on the device)."""
     per_token, _ = scored_logps(model, input_ids, completion_mask[:, 1:], index=completion_index,
-                                attention_mask=attention_mask)
+                                attention_mask=causal_mask(model, attention_mask))
     return per_token.sum(dim=1), per_token
+
+
+def causal_mask(model, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The padded rows' causal mask, 4-D, made from the 2-D one by tensor operations alone. Given the 2-D mask,
+    transformers first asks the device whether any row is padded (a wait) and then builds this same mask; given
+    this one, it uses it as it is. Models whose attention takes no 4-D mask (flash attention) keep the 2-D one."""
+    from tunelab.model.kernels.attention import MASKED_ATTENTION, additive_for_eager
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "_attn_implementation", None) not in MASKED_ATTENTION or attention_mask.ndim != 2:
+        return attention_mask
+    width = attention_mask.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=attention_mask.device).tril()
+    return additive_for_eager(config, causal[None, None] & attention_mask.bool()[:, None, None, :])
 
 
 def reference_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
@@ -105,7 +119,8 @@ def preference_loss(spec: PreferenceLoss, policy: torch.Tensor, completion_mask:
             raise ValueError("the SFT term needs the policy's per-token log-probabilities")
         chosen_tokens, _ = per_token.chunk(2)
         chosen_mask, _ = completion_mask[:, 1:].chunk(2)
-        loss = loss + spec.sft_weight * -chosen_tokens[chosen_mask.bool()].mean()
+        # the mean over the answer tokens, without a boolean mask (its size is the device's to report)
+        loss = loss + spec.sft_weight * -(chosen_tokens * chosen_mask).sum() / chosen_mask.sum().clamp(min=1)
     chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
     # 0-d tensors, read once a metrics line (`read_sums`): the step never waits on the device for them
     metrics = {"rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
