@@ -79,7 +79,8 @@ def test_a_grpo_run_moves_toward_its_reward_logs_trl_metrics_and_loads_in_peft(t
     assert any(torch.count_nonzero(p) for n, p in tuned.named_parameters() if "lora_B" in n)
 
 
-@pytest.mark.parametrize("grpo", [{}, {"num_iterations": 3, "zero_variance": "resample"}])
+@pytest.mark.parametrize("grpo", [{}, {"num_iterations": 3, "zero_variance": "resample"},
+                                  {"zero_variance": "refill"}])
 def test_a_killed_grpo_run_resumes_to_the_unbroken_runs_weights(tmp_path, tiny_base, grpo):
     """With num_iterations 3 a generation batch is trained on at steps 3k, 3k+1 and 3k+2: the first checkpoint
     (step 4 of 8) falls inside one, so the resumed run must take the batch, old log-probabilities included, from
@@ -114,6 +115,28 @@ def test_several_updates_per_generation_batch_clip_and_resampling_rescues_groups
     assert all(0 <= x["frac_groups_rescued"] <= x["frac_groups_resampled"] <= 1 for x in lines)
     assert all(x["frac_groups_skipped"] <= 1 - x["frac_groups_rescued"] for x in lines)
     assert any(x["frac_groups_resampled"] > 0 for x in lines)
+
+
+def test_refill_puts_other_prompts_groups_in_place_of_those_that_teach_nothing(tmp_path, tiny_base, monkeypatch):
+    """zero_variance refill (DAPO's dynamic sampling): a group whose completions all scored alike is replaced by
+    the group of another of the run's prompts, drawn again up to resample_rounds times; the share is logged, and
+    the replaced groups' prompts are the run's own."""
+    from tunelab.train.methods.grpo import GRPOLossModel
+    drawn_for: list = []
+    real = GRPOLossModel._reserve_row
+
+    def recorded(self, *args):
+        row = real(self, *args)
+        assert any(row is r for r in self.reserve)
+        drawn_for.append(row.example.id)
+        return row
+    monkeypatch.setattr(GRPOLossModel, "_reserve_row", recorded)
+    assert run_train(grpo_recipe(tmp_path, tiny_base, rewards=[{"task": "arithmetic"}], zero_variance="refill",
+                                 resample_rounds=2)) == 0
+    lines = metrics_lines(tmp_path / "runs" / "grpo")
+    assert all(0 <= x["frac_groups_rescued"] <= x["frac_groups_refilled"] <= 1 for x in lines)
+    assert any(x["frac_groups_refilled"] > 0 for x in lines) and "frac_groups_resampled" not in lines[0]
+    assert drawn_for and len(set(drawn_for)) > 1  # several prompts drawn, not one
 
 
 def test_the_packed_layout_trains_as_the_padded_one(tmp_path, tiny_base):

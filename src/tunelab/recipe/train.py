@@ -46,12 +46,13 @@ class GRPOConfig(StrictSection):
         default=1, ge=1, description="optimizer steps on each generation batch (TRL's num_iterations; the old "
                                      "policy's log-probabilities are kept from sampling time): train.max_steps "
                                      "and epochs count optimizer steps, a generation every num_iterations")
-    zero_variance: Literal["keep", "skip", "resample"] = Field(
+    zero_variance: Literal["keep", "skip", "resample", "refill"] = Field(
         default="keep", description="groups whose completions all scored the same teach nothing: keep them in the "
-                                    "batch (TRL), skip their forward and backward, or sample them again (up to "
-                                    "resample_rounds times, then skip: DAPO's dynamic sampling)")
-    resample_rounds: int = Field(default=2, ge=1, le=16, description="zero_variance: resample: new draws of a group "
-                                                                    "that scored all alike, at most")
+                                    "batch (TRL), skip their forward and backward, sample them again, or refill "
+                                    "them: another training prompt's group in their place (DAPO's dynamic "
+                                    "sampling); resample and refill try up to resample_rounds times, then skip")
+    resample_rounds: int = Field(default=2, ge=1, le=16, description="zero_variance resample / refill: new draws "
+                                                                    "for a group that scored all alike, at most")
     rewards: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"task": "arithmetic"}], min_length=1,
         description="reward terms: {task: NAME} (1 when the task's grader accepts the answer), {format: REGEX}, "

@@ -168,6 +168,8 @@ def _set_up(recipe: Recipe, resume: bool, dist: Dist, rewards) -> TrainingRun:
     token_ids = (trainable_token_ids(recipe, model, tokenizer, rows.answer_counts, dist, rows.encoded)
                  if recipe.lora.enabled and not continued_adapter(recipe) else [])  # a continued adapter has its own
     trained = trainable_model(recipe, model, precision, dist, token_ids, tokenizer, rewards)
+    if tc.method == "grpo":  # `zero_variance: refill` draws its fresh prompts from the run's own
+        trained.loss_model.reserve = rows.stream.items
     from tunelab.model.lora import count_parameters
     params_count = count_parameters(trained.model)
     from tunelab.train.mfu import flops_per_token, measure_peak_tflops

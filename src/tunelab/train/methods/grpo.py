@@ -103,6 +103,7 @@ class GRPOLossModel(torch.nn.Module):
                                        top_p=settings.top_p, top_k=settings.top_k)
         self._sums: dict[str, tuple] = {}  # metric -> (sum, count): 0-d tensors on the device until read
         self._buffer: dict[int, dict] = {}  # micro-batch -> its generation batch, while num_iterations > 1
+        self.reserve: list[PromptRow] = []  # the run's prompts, which `zero_variance: refill` draws from
         self.parts = backbone_and_head(model)  # None: the padded layout (TRL's)
 
     def _generators(self, step: int, rank: int, micro: int, rows: list[int], again: int = 0) -> list[torch.Generator]:
@@ -110,6 +111,14 @@ class GRPOLossModel(torch.nn.Module):
             key = f"grpo/{self.seed}/{step}/{rank}/{micro}/{row}" + (f"/again{again}" if again else "")
             return zlib.crc32(key.encode())
         return [torch.Generator().manual_seed(seed(r)) for r in rows]
+
+    def _reserve_row(self, step: int, rank: int, micro: int, group: int, again: int) -> PromptRow:
+        """The prompt `zero_variance: refill` puts in place of a group that scored all alike: one of the run's
+        prompts, drawn by a seed of the step, rank, micro-batch, group and try (a resumed run draws the same)."""
+        if not self.reserve:
+            raise RuntimeError("zero_variance refill needs the run's prompts (GRPOLossModel.reserve)")
+        key = f"grpo-refill/{self.seed}/{step}/{rank}/{micro}/{group}/{again}"
+        return self.reserve[zlib.crc32(key.encode()) % len(self.reserve)]
 
     def _sample(self, prompts: list[list[int]], generators: list[torch.Generator]) -> list[list[int]]:
         from tunelab.model.kernels.attention import decoding_attention
@@ -167,15 +176,21 @@ class GRPOLossModel(torch.nn.Module):
                                                names=self.rewards.names)
         metrics.update(completion_metrics(completions, sorted(self.stops), self.pad_id))
         keep = torch.ones(len(rows), dtype=torch.bool)
-        if self.settings.zero_variance != "keep":
+        mode = self.settings.zero_variance
+        if mode != "keep":
             alike = zero_variance_groups(groups(scores), self.rewards.weights)
-            if self.settings.zero_variance == "resample":
+            if mode in ("resample", "refill"):
                 first = int(alike.sum())
                 for again in range(1, self.settings.resample_rounds + 1):
                     redo = [g for g in range(len(rows)) if alike[g]]
                     if not redo:
                         break
                     positions = [g * G + j for g in redo for j in range(G)]
+                    if mode == "refill":  # another prompt's group in its place, the same prompt for all G
+                        for g in redo:
+                            fresh = self._reserve_row(step, rank, micro, g, again)
+                            prompts[g * G: (g + 1) * G] = [fresh.prompt_ids] * G
+                            examples[g * G: (g + 1) * G] = [fresh.example] * G
                     drawn = self._sample([prompts[i] for i in positions],
                                          self._generators(step, rank, micro, positions, again))
                     scores[positions] = self._score([examples[i] for i in positions], drawn)
@@ -185,7 +200,7 @@ class GRPOLossModel(torch.nn.Module):
                 if first:  # groups were drawn again: their advantages are the new draws'
                     advantages, _ = group_advantages(groups(scores), self.settings.scale_rewards,
                                                      self.rewards.weights, names=self.rewards.names)
-                metrics["frac_groups_resampled"] = first / len(rows)
+                metrics["frac_groups_resampled" if mode == "resample" else "frac_groups_refilled"] = first / len(rows)
                 metrics["frac_groups_rescued"] = (first - int(alike.sum())) / len(rows)
             keep = ~alike
         metrics["frac_groups_skipped"] = 1.0 - keep.float().mean()
