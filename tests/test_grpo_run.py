@@ -139,6 +139,49 @@ def test_refill_puts_other_prompts_groups_in_place_of_those_that_teach_nothing(t
     assert drawn_for and len(set(drawn_for)) > 1  # several prompts drawn, not one
 
 
+def test_filter_prompts_trains_only_on_prompts_whose_answers_differ_in_reward(tmp_path, tiny_base, monkeypatch):
+    """filter_prompts: a group sampled for every prompt from the starting model; the prompts whose group scored
+    alike (all right, all wrong) are dropped before the steps are counted, the rest are all the run trains on, and
+    the verdicts are kept in the run for a resume."""
+    from tunelab.train.methods.grpo import GRPOLossModel
+    scored, trained_on = [], set()
+    real_score, real_rollout = GRPOLossModel._score, GRPOLossModel.rollout
+
+    def score(self, examples, completions):
+        out = real_score(self, examples, completions)
+        scored.append((examples, out))
+        return out
+
+    def rollout(self, rows, *args, **kwargs):
+        trained_on.update(r.example.id for r in rows)
+        return real_rollout(self, rows, *args, **kwargs)
+    monkeypatch.setattr(GRPOLossModel, "_score", score)
+    monkeypatch.setattr(GRPOLossModel, "rollout", rollout)
+    real_spread = GRPOLossModel.spread
+    during: list = []
+
+    def spread(self, rows, batch):
+        start = len(scored)
+        out = real_spread(self, rows, batch)
+        during.extend(scored[start:])
+        return out
+    monkeypatch.setattr(GRPOLossModel, "spread", spread)
+    assert run_train(grpo_recipe(tmp_path, tiny_base, rewards=[{"task": "arithmetic"}], steps=4,
+                                 filter_prompts=True, temperature=1.5)) == 0
+    saved = json.loads((tmp_path / "runs" / "grpo" / "prompt_filter.json").read_text())
+    # the verdicts from the starting model's own scores: a prompt is kept when its 4 answers' rewards differ
+    groups = [(ex[0].id, s.view(-1)) for examples, s in during for ex, s in
+              zip([examples[i: i + 4] for i in range(0, len(examples), 4)], s.view(-1, 4))]
+    assert saved["prompts"] == len(groups) == 64
+    kept_ids = {gid for i, (gid, s) in enumerate(groups) if i in saved["kept"]}
+    assert [i for i, (_, s) in enumerate(groups) if s.max() > s.min()] == saved["kept"]
+    assert 0 < len(saved["kept"]) < 64
+    assert trained_on and trained_on <= kept_ids
+    # resumed, the run reads its verdicts rather than sampling them again
+    monkeypatch.setattr(GRPOLossModel, "spread", lambda *a: pytest.fail("the prompts were sampled again"))
+    assert run_train(tmp_path / "grpo.yaml", "--resume") == 0
+
+
 def test_the_packed_layout_trains_as_the_padded_one(tmp_path, tiny_base):
     """Each group's prompt once, no padding (`data.packing`, the default) against TRL's padded rows: the same
     samples, rewards and (to float rounding) loss, KL and entropy at the first step."""

@@ -53,6 +53,10 @@ class GRPOConfig(StrictSection):
                                     "sampling); resample and refill try up to resample_rounds times, then skip")
     resample_rounds: int = Field(default=2, ge=1, le=16, description="zero_variance resample / refill: new draws "
                                                                     "for a group that scored all alike, at most")
+    filter_prompts: bool = Field(
+        default=False, description="before training, sample a group for every prompt from the starting model and "
+                                   "keep the prompts whose answers differ in reward (neither all right nor all "
+                                   "wrong): every step goes to prompts that teach; the kept share is logged")
     rewards: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"task": "arithmetic"}], min_length=1,
         description="reward terms: {task: NAME} (1 when the task's grader accepts the answer), {format: REGEX}, "

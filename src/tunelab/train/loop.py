@@ -31,6 +31,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import replace
 
 from tunelab.data.sources import training_examples
 from tunelab.data.templates import recipe_template
@@ -168,8 +169,13 @@ def _set_up(recipe: Recipe, resume: bool, dist: Dist, rewards) -> TrainingRun:
     token_ids = (trainable_token_ids(recipe, model, tokenizer, rows.answer_counts, dist, rows.encoded)
                  if recipe.lora.enabled and not continued_adapter(recipe) else [])  # a continued adapter has its own
     trained = trainable_model(recipe, model, precision, dist, token_ids, tokenizer, rewards)
-    if tc.method == "grpo":  # `zero_variance: refill` draws its fresh prompts from the run's own
-        trained.loss_model.reserve = rows.stream.items
+    if tc.method == "grpo":
+        if tc.grpo.filter_prompts:  # before the steps are counted: they go to the prompts kept
+            from tunelab.train.methods.grpo import filter_prompts
+            from tunelab.train.row_stream import ShuffledRows
+            kept = filter_prompts(run_dir, rows.stream.items, trained.loss_model, tc.batch_size, dist.main)
+            rows = replace(rows, stream=ShuffledRows(kept, recipe.seed), samples=len(kept))
+        trained.loss_model.reserve = rows.stream.items  # `zero_variance: refill` draws fresh prompts from these
     from tunelab.model.lora import count_parameters
     params_count = count_parameters(trained.model)
     from tunelab.train.mfu import flops_per_token, measure_peak_tflops

@@ -120,6 +120,20 @@ class GRPOLossModel(torch.nn.Module):
         key = f"grpo-refill/{self.seed}/{step}/{rank}/{micro}/{group}/{again}"
         return self.reserve[zlib.crc32(key.encode()) % len(self.reserve)]
 
+    def spread(self, rows: list[PromptRow], batch: int) -> list[bool]:
+        """Whether each prompt's group, sampled from the policy as it is now, scores with a spread (some answers
+        rewarded above others): the prompts `filter_prompts` keeps. `batch` prompts' groups at a time, each answer
+        drawn by a seed of its prompt's place and its own (the same answers whatever the batch)."""
+        G, keep = self.settings.num_generations, []
+        for start in range(0, len(rows), batch):
+            part = rows[start: start + batch]
+            prompts = [r.prompt_ids for r in part for _ in range(G)]
+            generators = [torch.Generator().manual_seed(zlib.crc32(f"grpo-filter/{self.seed}/{start + i // G}/"
+                                                                   f"{i % G}".encode())) for i in range(len(prompts))]
+            scores = self._score([r.example for r in part for _ in range(G)], self._sample(prompts, generators))
+            keep += (~zero_variance_groups(scores.view(len(part), G, -1), self.rewards.weights)).tolist()
+        return keep
+
     def _sample(self, prompts: list[list[int]], generators: list[torch.Generator]) -> list[list[int]]:
         from tunelab.model.kernels.attention import decoding_attention
         from tunelab.decoding.generate import decode_rows
@@ -285,6 +299,39 @@ def _read(sums: dict) -> dict[str, tuple[float, float]]:
     """(sum, count) pairs kept on the device as numbers, read in one copy."""
     flat = read_sums({f"{k}\0{i}": v for k, pair in sums.items() for i, v in enumerate(pair)})
     return {k: (flat[f"{k}\0{0}"], flat[f"{k}\0{1}"]) for k in sums}
+
+
+def filter_prompts(run_dir, prompts: list[PromptRow], loss_model: GRPOLossModel, batch: int,
+                   main: bool) -> list[PromptRow]:
+    """`train.grpo.filter_prompts`: the prompts whose group, sampled from the starting policy, scores with a spread
+    — neither all right nor all wrong, the prompts whose advantages are not all zero (DAPO's and PRIME's filter,
+    once before training). The kept places are written into the run (`prompt_filter.json`), so a resumed run
+    trains on the same prompts without sampling again."""
+    import json
+
+    from tunelab.errors import TunelabError
+    from tunelab.records import write_json
+    import hashlib
+    s = loss_model.settings
+    # what the verdicts depend on: a file of another set or setting (a setup that failed, then changed) is not used
+    key = hashlib.sha256(json.dumps([[r.prompt_ids for r in prompts], loss_model.seed, s.num_generations,
+                                     s.temperature, s.top_p, s.top_k, s.max_completion_length,
+                                     loss_model.rewards.names]).encode()).hexdigest()[:16]
+    path = run_dir / "prompt_filter.json"
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if saved.get("key") == key:
+        kept = saved["kept"]
+    else:
+        kept = [i for i, spread in enumerate(loss_model.spread(prompts, batch)) if spread]
+        if main:
+            write_json(path, {"key": key, "prompts": len(prompts), "kept": kept})
+    if not kept:
+        raise TunelabError(f"train.grpo.filter_prompts: the starting model's answers to all {len(prompts)} prompts "
+                           "scored alike within each group (all right or all wrong): nothing is left to learn from "
+                           "(use harder or easier prompts, or a higher temperature)", field="train.grpo.filter_prompts")
+    log.info(f"filter_prompts: {len(kept):,} of {len(prompts):,} prompts kept ({100 * len(kept) / len(prompts):.0f} %: "
+             "the starting model's answers to them differ in reward)")
+    return [prompts[i] for i in kept]
 
 
 # --- the method, as the loop sees it: a batch is prompts, the rollout makes it -------------------------------
