@@ -185,7 +185,8 @@ def test_eval_without_data_uses_the_shipped_set_and_its_length(monkeypatch, tmp_
     from tunelab.eval.sets import eval_sets
     args = argparse.Namespace(tasks="knowledge", data=[], limit=3, mode=None, options=[], segmentation=None,
                               window=None, stride=None, batch_size=8, max_new_tokens=32, retention_threshold=0.9,
-                              retention_min_base=5.0, device=None, precision="auto")
+                              retention_min_base=5.0, device=None, precision="auto", samples=None,
+                              temperature=1.0, top_p=1.0, sample_seed=0)
     es = eval_sets(config_from_flags(args))["knowledge"]
     assert es.source == "tunelab:knowledge" and [e.id for e in es.examples] == ["en-001", "zh-001", "en-002"]
     asked = {}

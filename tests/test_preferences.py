@@ -144,7 +144,7 @@ def test_cli_prints_counts_and_errors_in_one_line(tmp_path):
     assert "9 left out: both_bad 1, merged repeats 2, named 1, outvoted 1, same answers 1, tie 1" in r.stdout
     r = run("--out", str(tmp_path / "none"))
     assert r.returncode == 2 and r.stderr.strip() == ("tunelab: error: --arena: nothing to read: give an arena "
-                                                      "database or preference files")
+                                                      "database, preference files or sampled answers")
     (tmp_path / "notdb").write_text("hello", encoding="utf-8")
     r = run("--arena", str(tmp_path / "notdb"), "--out", str(tmp_path / "o2"))
     assert r.returncode == 2 and "not a readable SQLite database" in r.stderr and "Traceback" not in r.stderr
