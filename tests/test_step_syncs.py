@@ -85,7 +85,8 @@ def _steps_reads(recipe_path, monkeypatch) -> tuple[list[int], dict]:
             return out
         return call
     import tunelab.train.loop as loop
-    for module in (step_module, loop):
+    import tunelab.train.metrics_log as metrics_log
+    for module in (step_module, loop, metrics_log):
         monkeypatch.setattr(module, "train_step", counted(real_step, True), raising=False)
         monkeypatch.setattr(module, "read_steps", counted(real_read, False), raising=False)
     train(load_recipe(recipe_path))

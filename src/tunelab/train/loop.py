@@ -120,12 +120,8 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
             for step in range(start_step, end_step):
                 train_step(run, train_model, progress, step)  # batches, forward/backward, optimizer step
                 done = step + 1
-                if _numbers_due(run, done, end_step):  # the steps' losses read, checked (a bad one stops here)
-                    read_steps(run, progress)
                 val, stop = _validate(run, progress, metrics.clock, done)
-                if stop:
-                    read_steps(run, progress)
-                metrics.log(done, progress.last, val, stop)
+                metrics.log(done, val, stop)  # a metrics line reads the steps' losses (a bad one stops here)
                 # checkpoint, and stop: early, or on a signal (after a checkpoint of this step)
                 if stop:
                     progress.stopped_early_at = done
@@ -247,15 +243,6 @@ def _restore(run: TrainingRun, resume: bool) -> Progress:
     return progress
 
 
-def _numbers_due(run: TrainingRun, done: int, end_step: int) -> bool:
-    """Whether the loop reads the steps' losses after step `done`: a metrics line, a validation or a checkpoint is
-    due, or the loop ends (the same steps on every rank: a bad step stops them all at once). Between them the
-    steps run without waiting on the device."""
-    tc = run.recipe.train
-    return (done % tc.log_every == 0 or done >= end_step or done == run.total_steps or done in run.ckpt_at
-            or bool(tc.eval_every and run.rows.val_rows is not None and done % tc.eval_every == 0))
-
-
 def _validate(run: TrainingRun, progress: Progress, clock: Clock, done: int) -> tuple[dict | None, bool]:
     """The validation line of step `done` when it is due (every `eval_every` steps and at every checkpoint, when
     the run has validation rows), and whether early stopping ends the run there."""
@@ -334,6 +321,7 @@ def _save(run: TrainingRun, progress: Progress, clock: Clock, done: int, val: di
 
 def _finish(run: TrainingRun, progress: Progress, clock: Clock, hand_over) -> dict:
     """train_summary.json, and a LoRA run's model handed over to evaluation."""
+    read_steps(run, progress)  # the last loss (a run that ended on a metrics line has none left unread)
     summary = training_summary(run.recipe, run.run_dir, run.dist, progress, run.total_steps, clock.elapsed(),
                                run.rows, run.trained.flat, run.precision.name, run.params_count, run.flops_tok,
                                run.peak_tflops)

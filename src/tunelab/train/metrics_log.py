@@ -13,7 +13,7 @@ from pathlib import Path
 from tunelab.track.names import step_metrics
 from tunelab.train.mfu import mfu
 from tunelab.train.setup import TrainingRun
-from tunelab.train.step import StepResult
+from tunelab.train.step import StepResult, read_steps
 from tunelab.train.trainer_state import LogWindow, Progress
 
 
@@ -56,10 +56,11 @@ class MetricsLog:
         self.postfix: dict[str, str] = {}
         self.clock = Clock(progress.elapsed_s)
 
-    def log(self, done: int, result: StepResult, val: dict | None, stop: bool) -> None:
-        """After step `done`: its metrics line when one is due, its validation line when it validated."""
+    def log(self, done: int, val: dict | None, stop: bool) -> None:
+        """After step `done`: its metrics line when one is due — the steps since the last one read from the device
+        first (`read_steps`: a bad one stops the run there) — and its validation line when it validated."""
         if done % self.run.recipe.train.log_every == 0 or done == self.run.total_steps or stop:
-            self._train_line(done, result)
+            self._train_line(done, read_steps(self.run, self.progress))
         if val is not None:
             self._write(val, done)
             self.postfix["val"] = f"{val['val_loss']:.4f}"
