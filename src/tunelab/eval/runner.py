@@ -31,11 +31,12 @@ def evaluate_examples(model, tokenizer, template: PromptTemplate, task: str | Ta
     mode = task.resolve_mode(mode)
     desc = desc or label
     if mode == "generate":
-        graded, rows = _run_generate(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc,
-                                     shots)
+        prompts = [task.prompt(ex, template, shots) for ex in examples]  # rendered once: greedy and samples
+        max_new_tokens = getattr(task, "max_new_tokens", None) or max_new_tokens  # a task's own length wins
+        graded, rows = _run_generate(model, tokenizer, task, examples, prompts, batch_size, max_new_tokens, desc)
         if sampling is not None:
-            sampled = _run_samples(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc,
-                                   shots, sampling, rows)
+            sampled = _run_samples(model, tokenizer, task, examples, prompts, batch_size, max_new_tokens, desc,
+                                   sampling, rows)
     elif mode == "loglik":
         graded, rows = _run_loglik(model, tokenizer, template, task, examples, batch_size, desc, shots)
     elif mode == "perplexity":
@@ -52,9 +53,7 @@ def evaluate_examples(model, tokenizer, template: PromptTemplate, task: str | Ta
     return out
 
 
-def _run_generate(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc, shots=()):
-    prompts = [task.prompt(ex, template, shots) for ex in examples]
-    max_new_tokens = getattr(task, "max_new_tokens", None) or max_new_tokens  # a task's own length wins
+def _run_generate(model, tokenizer, task, examples, prompts, batch_size, max_new_tokens, desc):
     completions = complete_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
     graded, rows = [], []
     for ex, c in zip(examples, completions):
@@ -65,14 +64,12 @@ def _run_generate(model, tokenizer, template, task, examples, batch_size, max_ne
     return graded, rows
 
 
-def _run_samples(model, tokenizer, template, task, examples, batch_size, max_new_tokens, desc, shots,
-                 sampling: Sampling, rows: list[dict]) -> dict:
+def _run_samples(model, tokenizer, task, examples, prompts, batch_size, max_new_tokens, desc, sampling: Sampling,
+                 rows: list[dict]) -> dict:
     """k drawn answers a prompt, graded as the greedy one is; their texts and verdicts go into `rows` (the
     prediction rows), the measures over them are returned (`tunelab.metrics.sampled`)."""
     from tunelab.decoding.generate import sample_batched
     from tunelab.metrics.sampled import sampled_metrics
-    prompts = [task.prompt(ex, template, shots) for ex in examples]
-    max_new_tokens = getattr(task, "max_new_tokens", None) or max_new_tokens
     drawn = sample_batched(model, tokenizer, prompts, sampling.samples, sampling.temperature, sampling.top_p,
                            sampling.seed, max_new_tokens, batch_size, desc=f"{desc} ×{sampling.samples}")
     right, votes = [], []
