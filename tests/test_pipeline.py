@@ -56,6 +56,15 @@ def test_metrics_pick_best_and_score_it(lora_run):
     assert m["ratio"]["ratio"] == pytest.approx(ratio)
     assert m["score"]["value"] == pytest.approx((1 - ratio) * 0.3 + acc * 0.7)
     assert m["accuracy_gain"] == pytest.approx(acc - m["base"]["arithmetic"]["accuracy"])
+    # the same change, paired on the same problems from the two evaluations' graded answers, with its interval
+    rows = [{json.loads(x)["id"]: json.loads(x)["correct"] for x in (run_dir / "eval" / name / "arithmetic.predictions"
+                                                                      ".jsonl").read_text(encoding="utf-8").splitlines()}
+            for name in ("base", m["best_checkpoint"])]
+    change = m["accuracy_change"]
+    assert change["n"] == len(rows[0]) and change["change"] == pytest.approx(m["accuracy_gain"])
+    assert change["gained"] == sum(1 for i in rows[0] if rows[1][i] and not rows[0][i])
+    assert change["interval"][0] <= change["change"] <= change["interval"][1]
+    assert "paired:" in (run_dir / "report.md").read_text(encoding="utf-8")
     ret = m["retention"]
     assert set(ret) == {"reading.f1", "reading.exact_match"}
     for v in ret.values():  # a tiny base near zero on reading cannot be judged: no ratio, no verdict

@@ -51,6 +51,9 @@ def measure(run: TrainedRun) -> dict:
                                         for name, r in per_ckpt.items()}
         if base_results:
             metrics["accuracy_gain"] = accuracy - base_results[acc_task][primary]
+            change = accuracy_change(recipe.run_dir / "eval", acc_task, best)
+            if change:
+                metrics["accuracy_change"] = change
             metrics["retention"] = by_ckpt[best]
             if ability:
                 metrics["retention_by_checkpoint"] = {name: {"verdict": overall(r), "entries": r}
@@ -60,6 +63,24 @@ def measure(run: TrainedRun) -> dict:
             metrics["scale_frontier"] = scale_frontier(run, best, per_ckpt[best], kept_from, ability, ratio)
         plot_checkpoints(metrics, acc_task, primary, ability, recipe.run_dir / "checkpoints.png")
     return metrics
+
+
+def accuracy_change(eval_dir: Path, task: str, best: str) -> dict | None:
+    """The best checkpoint's accuracy minus the base's on the same items, paired (`metrics.intervals`): the change,
+    its 95 % interval and McNemar's p, from the two evaluations' graded answers; None when they are not both there
+    or do not hold the same items."""
+    from tunelab.metrics.intervals import paired_change
+    from tunelab.records import iter_records
+    files = [eval_dir / name / f"{task}.predictions.jsonl" for name in ("base", best)]
+    if not all(f.is_file() for f in files):
+        return None
+    base, tuned = ({r.get("id", line): bool(r.get("correct")) for line, r in iter_records(f)} for f in files)
+    if not base or set(base) != set(tuned):
+        return None
+    ids = sorted(base)
+    c = paired_change([base[i] for i in ids], [tuned[i] for i in ids])
+    return {"n": c.n, "gained": c.gained, "lost": c.lost, "change": c.change, "interval": [c.low, c.high],
+            "p_value": c.p_value}
 
 
 def best_kept(per_ckpt: dict, acc_task: str, task, by_ckpt: dict) -> tuple[str, str]:
@@ -115,6 +136,12 @@ def summary_lines(metrics: dict) -> list[str]:
         lines.append(f"best checkpoint: {metrics['best_checkpoint']}  accuracy {pct(s['accuracy'])}"
                      + (f" (base {pct(s['accuracy'] - metrics['accuracy_gain'])}, "
                         f"gain {100 * metrics['accuracy_gain']:+.1f} points)" if base_acc else ""))
+        change = metrics.get("accuracy_change")
+        if change:
+            low, high = (100 * x for x in change["interval"])
+            lines.append(f"  the same {change['n']} items, paired: {change['gained']} right only after, "
+                         f"{change['lost']} only before; 95 % interval {low:+.1f} to {high:+.1f} points, "
+                         f"McNemar p {change['p_value']:.2g}")
         what = ("full fine-tuning: every parameter trains" if r["trainable"] >= r["total"]
                 else f"{r['trainable']:,} / {r['total']:,.0f}")
         lines.append(f"low-parameter ratio {r['ratio']:.9g} ({what}); {s['formula']} score {s['value']:.4f}")
@@ -159,6 +186,7 @@ def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
         lines += report_section(metrics)
     lines += ["## Training", "", "![loss curve](loss.png)", ""]
     for png, what in (("grpo.png", "GRPO: sampled reward, groups all alike, KL, entropy"),
+                      ("rft.png", "rejection sampling: answers accepted, prompts solved, answers trained"),
                       ("rewards.png", "preference rewards and margins")):
         if (run_dir / png).exists():
             lines += [f"![{what}]({png})", ""]
