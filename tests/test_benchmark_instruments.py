@@ -173,7 +173,7 @@ def test_llama_cpp_decodes_several_sequences_at_once_as_tunelab_does(tmp_path):
 @pytest.mark.parametrize("chat", [False, True])
 def test_bench_grpo_gives_trl_the_prompts_tunelabs_grpo_run_samples_from(chat, tiny_base, tmp_path):
     """bench_grpo hands TRL prompt texts; they must tokenise to exactly the prompts tunelab's GRPO run encodes
-    (`grpo.prompt_rows`, `template: auto`) — tunelab's template for a model it made, the chat template (a ChatML one
+    (`sampling.prompt_rows`, `template: auto`) — tunelab's template for a model it made, the chat template (a ChatML one
     here, SmolLM2's) for a chat model — on every one of 300 generated problems, Chinese and English."""
     from types import SimpleNamespace
 
@@ -182,7 +182,7 @@ def test_bench_grpo_gives_trl_the_prompts_tunelabs_grpo_run_samples_from(chat, t
     from bench_grpo import problems, prompt_texts
     from test_chat_template import CHATML
     from tunelab.data.templates import PromptTemplate
-    from tunelab.train.methods.grpo import prompt_rows
+    from tunelab.train.methods.sampling import prompt_rows
     model = tiny_base
     tokenizer = AutoTokenizer.from_pretrained(model)
     if chat:  # a chat model: the same tokenizer with ChatML's tokens and template, no template tunelab saved
@@ -196,6 +196,7 @@ def test_bench_grpo_gives_trl_the_prompts_tunelabs_grpo_run_samples_from(chat, t
     assert len(texts) == len(examples) and ("<|im_start|>assistant\n" in next(iter(texts))) == chat
     recipe = SimpleNamespace(data=SimpleNamespace(max_seq_len=512),  # room: tiny-base spells ChatML out long
                              train=SimpleNamespace(grpo=SimpleNamespace(max_completion_length=24)))
-    rows, cut = prompt_rows(recipe, examples, tokenizer, PromptTemplate("auto").resolve(tokenizer, model))
+    rows, cut = prompt_rows(recipe, examples, tokenizer, PromptTemplate("auto").resolve(tokenizer, model),
+                            recipe.train.grpo.max_completion_length)
     assert cut == 0
     assert [r.prompt_ids for r in rows] == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]

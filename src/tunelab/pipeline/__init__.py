@@ -106,8 +106,10 @@ def train_recipe(recipe: Recipe, resume: bool = False) -> dict:
 
 
 def training_rewards(recipe: Recipe):
-    """A `grpo` run's reward (`train.grpo.rewards`, built over the tasks' graders), else None."""
-    if recipe.train.method != "grpo":
+    """A `grpo` or `rft` run's reward (`train.grpo.rewards`, `train.rft.rewards`, built over the tasks' graders),
+    else None."""
+    method = recipe.train.method
+    if recipe.train.sampling is None:
         return None
     from tunelab.eval.rewards import build_rewards
-    return build_rewards(recipe.train.grpo.rewards, field="train.grpo.rewards")
+    return build_rewards(recipe.train.sampling.rewards, field=f"train.{method}.rewards")

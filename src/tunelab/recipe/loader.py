@@ -165,7 +165,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
                 src.build.tokenizer = resolve(src.build.tokenizer)
     if recipe.model.path and not recipe.model.path.startswith(("hf:",)):
         recipe.model.path = resolve(recipe.model.path)
-    for term in recipe.train.grpo.rewards:  # a reward function in a file beside the recipe: `my_rewards.py:name`
+    for term in [*recipe.train.grpo.rewards, *recipe.train.rft.rewards]:  # a function in a file beside the recipe
         function = term.get("function")
         if isinstance(function, str) and ".py:" in function:
             file, name = function.rsplit(":", 1)

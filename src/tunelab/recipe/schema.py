@@ -87,18 +87,20 @@ class Recipe(StrictSection):
 
     @model_validator(mode="after")
     def _reinforcement(self):
-        """GRPO samples answers to the recipe's example prompts and scores them; its KL term's reference is the
-        model with its LoRA adapter off, and sampling runs on whole (unsharded) weights."""
-        if self.train.method != "grpo":
+        """GRPO and RFT sample answers to the recipe's example prompts and score them; GRPO's KL term's reference
+        is the model with its LoRA adapter off, and sampling runs on whole (unsharded) weights."""
+        method = self.train.method
+        if self.train.sampling is None:
             return self
         if self.data.corpus is not None or self.data.replay_corpus is not None:
-            raise ValueError("train.method grpo samples answers to prompts: its data.train are example sources "
-                             "(prompts with reference answers), not a corpus")
-        if self.train.grpo.beta > 0 and not self.lora.enabled:
+            raise ValueError(f"train.method {method} samples answers to prompts: its data.train are example "
+                             "sources (prompts with reference answers), not a corpus")
+        if method == "grpo" and self.train.grpo.beta > 0 and not self.lora.enabled:
             raise ValueError("train.grpo.beta > 0 takes its reference from the base under a LoRA adapter: set "
                              "lora.enabled: true, or train.grpo.beta: 0")
         if self.train.strategy == "fsdp":
-            raise ValueError("train.method grpo samples with whole weights on each process: train.strategy ddp")
+            raise ValueError(f"train.method {method} samples with whole weights on each process: "
+                             "train.strategy ddp")
         return self
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""The recipe's `train:` section: the method (sft, dpo, grpo) and its settings, the optimizer and schedule,
+"""The recipe's `train:` section: the method (sft, dpo, grpo, rft) and its settings, the optimizer and schedule,
 device, precision and sharding, checkpoints, validation and the divergence guard."""
 
 from __future__ import annotations
@@ -63,6 +63,31 @@ class GRPOConfig(StrictSection):
                     "{length: {max_tokens, cache}}, {function: file.py:name}; each with an optional weight")
 
 
+class RFTConfig(StrictSection):
+    """`train.method: rft` (`tunelab.train.methods.rft`): rejection-sampling fine-tuning (expert iteration, STaR,
+    RAFT): each prompt of a step sampled `num_generations` times with tunelab's decoding core, the answers whose
+    reward reaches `accept` kept (distinct, ended, at most `keep` a prompt; with `max_answers`, the hardest
+    prompts' first), and the step is fine-tuning on them. A round is an epoch over the prompts (`train.epochs`)."""
+
+    num_generations: int = Field(default=8, ge=1, description="answers sampled per prompt")
+    max_completion_length: int = Field(default=64, ge=1, description="tokens an answer may have")
+    temperature: float = Field(default=0.7, gt=0, description="sampling temperature (the loss is at 1: plain "
+                                                              "cross-entropy on the kept answers)")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0, description="0: off")
+    accept: float = Field(default=1.0, description="an answer is kept when its weighted reward is at least this "
+                                                   "(1: the grader says right, with the default reward)")
+    keep: int = Field(default=2, ge=1, description="distinct accepted answers trained on per prompt, at most")
+    max_answers: int | None = Field(
+        default=None, ge=1, description="answers a micro-batch trains on, at most: taken from the prompts with the "
+                                        "fewest accepted answers first (the hardest the model still solves), one "
+                                        "each in turn; default: no limit")
+    rewards: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"task": "arithmetic"}], min_length=1,
+        description="reward terms as train.grpo.rewards: {task: NAME} (1 when the task's grader accepts the "
+                    "answer), {format: REGEX}, {length: ...}, {function: file.py:name}; each with a weight")
+
+
 class PreferenceConfig(StrictSection):
     """The preference loss of `train.method: dpo` (`tunelab.train.methods.dpo_loss`)."""
 
@@ -94,12 +119,14 @@ class DistillConfig(StrictSection):
 
 
 class TrainConfig(StrictSection):
-    method: Literal["sft", "dpo", "grpo"] = Field(
+    method: Literal["sft", "dpo", "grpo", "rft"] = Field(
         default="sft", description="sft: learn the answers; dpo: learn from preference pairs {prompt, chosen, "
                                    "rejected} (`tunelab data prefs`) with train.preference's loss; grpo: learn "
-                                   "from sampled answers scored by train.grpo's rewards")
+                                   "from sampled answers scored by train.grpo's rewards; rft: fine-tune on the "
+                                   "sampled answers train.rft's rewards accept")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    rft: RFTConfig = Field(default_factory=RFTConfig)
     distill: DistillConfig | None = Field(default=None, description="sft: a KL term to the base's (or a "
                                                                      "teacher's) next-token distribution")
     epochs: float = Field(default=1, gt=0)
@@ -144,10 +171,16 @@ class TrainConfig(StrictSection):
                                      "memory); paged_: and paged out of GPU memory under pressure "
                                      "(`pip install 'tunelab[quant]'`)")
 
+    @property
+    def sampling(self) -> GRPOConfig | RFTConfig | None:
+        """The settings of a method that samples answers to prompts (grpo, rft); None for sft and dpo."""
+        return {"grpo": self.grpo, "rft": self.rft}.get(self.method)
+
     @model_validator(mode="after")
     def _distill_is_sft(self):
-        """Distillation adds a term to the answers' cross-entropy: sft's loss; dpo and grpo have their own KL."""
+        """Distillation adds a term to the answers' cross-entropy: sft's loss; dpo and grpo have their own KL, and
+        rft's answers are the model's own."""
         if self.distill is not None and self.method != "sft":
             raise ValueError(f"train.distill adds a KL term to train.method sft's loss, not {self.method}'s "
-                             "(dpo and grpo already keep to their reference)")
+                             "(dpo and grpo already keep to their reference; rft trains on the model's own answers)")
         return self

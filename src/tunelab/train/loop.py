@@ -75,8 +75,8 @@ def train(recipe: Recipe, resume: bool = False, hand_over=None, on_checkpoint=No
     (trainable, total) parameter counts: what a sweep needs to judge the run so far. An exception it raises
     (a pruned trial) ends training there, the checkpoint kept, as any other error would.
 
-    `rewards` (a `tunelab.eval.rewards.Rewards`) scores a `grpo` run's completions; the pipeline builds it from
-    `train.grpo.rewards` (train/ does not import the tasks whose graders it calls)."""
+    `rewards` (a `tunelab.eval.rewards.Rewards`) scores a `grpo` or `rft` run's completions; the pipeline builds it
+    from `train.grpo.rewards` / `train.rft.rewards` (train/ does not import the tasks whose graders it calls)."""
     # oneDNN (bf16 matmuls on CPU) keeps a compiled kernel for every shape it meets, up to 1,024 of them; the
     # row width and the count of labelled positions change shape every step, so memory grew ~5 MB a step
     # (0.4 -> 1.2 GB in 120 steps of a 0.2 M-parameter model). 64 holds what one step reuses; it is read at

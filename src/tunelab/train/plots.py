@@ -147,3 +147,28 @@ def plot_grpo(metrics_path: str | Path, out_png: str | Path, title: str = "GRPO"
     kl.legend(fontsize=8)
     fig.suptitle(title)
     return save_figure(fig, out_png)
+
+
+def plot_rft(metrics_path: str | Path, out_png: str | Path, title: str = "RFT") -> Path | None:
+    """A rejection-sampling run's samples against step: the share the grader accepted (the sampled pass rate),
+    the share of prompts with at least one accepted answer, and the answers trained on a prompt; None when the
+    run logged none."""
+    rows = [r for r in read_metrics(metrics_path) if "frac_accepted" in r]
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
+    ax.plot(steps, [r["frac_accepted"] for r in rows], color="tab:blue", lw=2, label="answers accepted")
+    ax.plot(steps, [r["frac_prompts_solved"] for r in rows], color="tab:green", lw=1.5,
+            label="prompts with an accepted answer")
+    ax.plot(steps, [r["answers_trained"] for r in rows], color="tab:orange", lw=1, ls="--",
+            label="answers trained on, a prompt")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("share / answers")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return save_figure(fig, out_png)

@@ -140,10 +140,10 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
         stream, pairs, truncated = pair_rows(recipe, tokenizer, template)
         return TrainingRows(stream=stream, val_rows=held_out_pair_rows(recipe, tokenizer, template), samples=pairs,
                             truncated=truncated)
-    if tc.method == "grpo":
-        from tunelab.train.methods.grpo import prompt_rows
+    if tc.sampling is not None:  # grpo, rft: a row is a prompt to sample answers to
+        from tunelab.train.methods.sampling import prompt_rows
         from tunelab.train.row_stream import ShuffledRows
-        prompts, cut = prompt_rows(recipe, examples, tokenizer, template)
+        prompts, cut = prompt_rows(recipe, examples, tokenizer, template, tc.sampling.max_completion_length)
         return TrainingRows(stream=ShuffledRows(prompts, recipe.seed), val_rows=None, samples=len(prompts),
                             truncated=cut)
     if recipe.data.corpus:
@@ -376,7 +376,7 @@ class TrainingRun:
     run_dir: Path
     precision: object  # `model.device.training_precision`'s choice
     template: PromptTemplate  # resolved: the base's own chat template when it has one
-    method: object  # `methods.Method`: sft, dpo or grpo
+    method: object  # `methods.Method`: sft, dpo, grpo or rft
     tokenizer: object
     rows: TrainingRows
     trained: TrainingModel

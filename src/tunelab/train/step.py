@@ -52,7 +52,7 @@ class Unread:
 
 def train_step(run: TrainingRun, train_model, progress: Progress, step: int) -> None:
     """Train step `step` (0-based) on this rank's share of its rows; the step's loss and gradient norm join
-    `progress.unread` (`read_steps` reads them). A step that samples (grpo) is read at once: its next rollout would
+    `progress.unread` (`read_steps` reads them). A step that samples (grpo, rft) is read at once: its next rollout would
     sample from weights a bad step had broken."""
     batches, local_tokens, local_samples = _micro_batches(run, step)
     local_items = sum(run.method.items(b) for b in batches)
@@ -136,7 +136,7 @@ def _micro_batches(run: TrainingRun, step: int) -> tuple[list[dict], int, int]:
     tokens (a grpo run's batches are its rollouts, counted by the tokens they hold)."""
     method, dist = run.method, run.dist
     batches, local_tokens, local_samples = PREFETCH.take(run, step)
-    if method.rollout is not None:  # grpo: completions sampled and scored before the items are counted
+    if method.rollout is not None:  # grpo, rft: completions sampled and scored before the items are counted
         with _autocast(run):
             batches = [method.rollout(run.trained.loss_model, b, step, dist.rank, i, dist.device)
                        for i, b in enumerate(batches)]

@@ -10,7 +10,7 @@ from pathlib import Path
 from tunelab.recipe import Recipe
 from tunelab.runs import best_checkpoint, list_checkpoints
 from tunelab.train.distributed import Dist
-from tunelab.train.plots import plot_grpo, plot_loss_curve, plot_rewards, read_metrics
+from tunelab.train.plots import plot_grpo, plot_loss_curve, plot_rewards, plot_rft, read_metrics
 from tunelab.train.setup import TrainingRows
 from tunelab.train.trainer_state import Progress
 
@@ -45,7 +45,7 @@ def training_summary(recipe: Recipe, run_dir: Path, dist: Dist, progress: Progre
 
 def write_summary(recipe: Recipe, run_dir: Path, summary: dict) -> None:
     """train_summary.json, the loss curve (with the validation loss, when it chose the best checkpoint), and a
-    preference run's rewards."""
+    preference run's rewards, a grpo run's or an rft run's samples."""
     from tunelab.records import write_json
     write_json(run_dir / "train_summary.json", summary)
     title = (f"{recipe.name}: training and validation loss" if summary["best_checkpoint"]
@@ -53,6 +53,7 @@ def write_summary(recipe: Recipe, run_dir: Path, summary: dict) -> None:
     plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png", title=title)
     plot_rewards(run_dir / "metrics.jsonl", run_dir / "rewards.png", title=f"{recipe.name}: preference rewards")
     plot_grpo(run_dir / "metrics.jsonl", run_dir / "grpo.png", title=f"{recipe.name}: GRPO")
+    plot_rft(run_dir / "metrics.jsonl", run_dir / "rft.png", title=f"{recipe.name}: rejection sampling")
 
 
 def _hardware(device, world: int) -> str:

@@ -30,87 +30,33 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass
 
 import torch
 
-from tunelab.data.examples import Example
 from tunelab.data.packing import batch_to
 from tunelab.recipe import Recipe
-from tunelab.train.methods.base import Method, read_sums, token_validation
+from tunelab.train.methods.base import Method, token_validation
 from tunelab.train.methods.grpo_loss import (GRPOLoss, as_reference, collate_completions, completion_logps, completion_metrics,
                                 grpo_loss, group_advantages, zero_variance_groups)
 from tunelab.train.methods.grpo_groups import backbone_and_head, pack_groups, packed_completion_logps
+from tunelab.train.methods.sampling import PromptRow, SamplingLossModel
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PromptRow:
-    """A prompt to sample answers to: its tokens as fine-tuning encodes them, and its example."""
-
-    prompt_ids: list[int]
-    example: Example
-
-    @property
-    def input_ids(self) -> list[int]:
-        return self.prompt_ids
-
-    @property
-    def sample_tokens(self) -> int:
-        return len(self.prompt_ids)
-
-
-def prompt_rows(recipe, examples: list[Example], tokenizer, template) -> tuple[list[PromptRow], int]:
-    """(a row per example, how many prompts were cut to fit `data.max_seq_len` less the completion's room)."""
-    from tunelab.data.packing import IGNORE, encode_examples
-    from tunelab.errors import TunelabError
-    room = recipe.data.max_seq_len - recipe.train.grpo.max_completion_length
-    if room < 8:
-        raise TunelabError(f"data.max_seq_len {recipe.data.max_seq_len} leaves {room} tokens for a prompt after "
-                           f"{recipe.train.grpo.max_completion_length} of completion", field="data.max_seq_len")
-    rows, cut = [], 0
-    # the prompt is everything before the last assistant turn (earlier turns of a conversation included)
-    encoded_all = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, "last_turn")
-    for example, encoded in zip(examples, encoded_all):
-        answer = next((i for i, label in enumerate(encoded.labels) if label != IGNORE), len(encoded.labels))
-        prompt = encoded.input_ids[:answer]
-        if len(prompt) > room:
-            prompt, cut = prompt[-room:], cut + 1
-        rows.append(PromptRow(prompt, example))
-    return rows, cut
-
-
-class GRPOLossModel(torch.nn.Module):
+class GRPOLossModel(SamplingLossModel):
     """What the loop calls forward on in a GRPO run (as `loss.LabelledLoss` in a fine-tuning one), with the
     rollout the loop calls first (`rollout`), and TRL's metrics for the loop's next metrics line."""
 
     def __init__(self, model: torch.nn.Module, settings, tokenizer, rewards, seed: int):
-        super().__init__()
-        from tunelab.decoding.sampling import SamplingParams
-        from tunelab.decoding.stops import pad_token_id, stop_token_ids
-        self.model, self.settings, self.tokenizer, self.rewards, self.seed = model, settings, tokenizer, rewards, seed
-        for module in model.modules():  # as TRL's `disable_dropout: true`: the samples, the policy's log-probs and
-            if isinstance(module, torch.nn.Dropout):  # the reference's are of one model, not three noisy ones
-                module.p = 0.0
+        super().__init__(model, settings, tokenizer, rewards, seed, key="grpo")
         self.spec = GRPOLoss(loss_type=settings.loss_type, beta=settings.beta, epsilon_low=settings.epsilon,
                              epsilon_high=settings.epsilon_high,
                              max_completion_length=settings.max_completion_length,
                              temperature=settings.temperature)
-        self.stops = stop_token_ids(model, tokenizer)
-        self.pad_id = pad_token_id(tokenizer, self.stops)
-        self.sampling = SamplingParams(max_tokens=settings.max_completion_length, temperature=settings.temperature,
-                                       top_p=settings.top_p, top_k=settings.top_k)
-        self._sums: dict[str, tuple] = {}  # metric -> (sum, count): 0-d tensors on the device until read
         self._buffer: dict[int, dict] = {}  # micro-batch -> its generation batch, while num_iterations > 1
         self.reserve: list[PromptRow] = []  # the run's prompts, which `zero_variance: refill` draws from
         self.parts = backbone_and_head(model)  # None: the padded layout (TRL's)
-
-    def _generators(self, step: int, rank: int, micro: int, rows: list[int], again: int = 0) -> list[torch.Generator]:
-        def seed(row: int) -> int:
-            key = f"grpo/{self.seed}/{step}/{rank}/{micro}/{row}" + (f"/again{again}" if again else "")
-            return zlib.crc32(key.encode())
-        return [torch.Generator().manual_seed(seed(r)) for r in rows]
 
     def _reserve_row(self, step: int, rank: int, micro: int, group: int, again: int) -> PromptRow:
         """The prompt `zero_variance: refill` puts in place of a group that scored all alike: one of the run's
@@ -133,26 +79,6 @@ class GRPOLossModel(torch.nn.Module):
             scores = self._score([r.example for r in part for _ in range(G)], self._sample(prompts, generators))
             keep += (~zero_variance_groups(scores.view(len(part), G, -1), self.rewards.weights)).tolist()
         return keep
-
-    def _sample(self, prompts: list[list[int]], generators: list[torch.Generator]) -> list[list[int]]:
-        from tunelab.model.kernels.attention import decoding_attention
-        from tunelab.decoding.generate import decode_rows
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode(), decoding_attention(self.model):
-                completions, _ = decode_rows(self.model, prompts, self.settings.max_completion_length, self.stops,
-                                             self.pad_id, len(prompts), sampling=[self.sampling] * len(prompts),
-                                             generators=generators, keep_stop=True)
-        finally:
-            self.model.train(was_training)
-        return completions
-
-    def _score(self, examples: list[Example], completions: list[list[int]]) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode([[t for t in c if t not in self.stops] for c in completions],
-                                            skip_special_tokens=True)
-        prompt_texts = [e.instruction if not e.input else f"{e.instruction}\n{e.input}" for e in examples]
-        return torch.tensor(self.rewards.score(prompt_texts, texts, examples, completions), dtype=torch.float32)
 
     def rollout(self, rows: list[PromptRow], step: int, rank: int, micro: int, device, packed: bool = False,
                 flat: bool = False) -> dict:
@@ -265,40 +191,16 @@ class GRPOLossModel(torch.nn.Module):
         self._add(metrics)
         return loss
 
-    def _add(self, metrics: dict) -> None:
-        """Metrics are averaged over the micro-batches since the last metrics line (rollout and loss each add
-        theirs once a micro-batch); a NaN (a clip-ratio extreme with no token) is left out. A tensor stays on the
-        device until the line is written (`take_metrics`)."""
-        for key, value in metrics.items():
-            total, n = self._sums.get(key, (0.0, 0))
-            if isinstance(value, torch.Tensor):
-                value = value.detach().to(torch.float64)
-                seen = (~torch.isnan(value)).to(torch.float64)
-                self._sums[key] = (total + torch.nan_to_num(value, nan=0.0), n + seen)
-            elif value == value:
-                self._sums[key] = (total + value, n + 1)
-
     def window(self) -> dict:
         """What a checkpoint keeps of this process's loss module (`trainer_state.capture`): the sums since the
         last metrics line, and the generation batch still to be trained on (`num_iterations` > 1)."""
         held = {micro: {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 for micro, batch in self._buffer.items()}
-        return {"sums": {k: list(v) for k, v in _read(self._sums).items()}, "buffer": held}
+        return {**super().window(), "buffer": held}
 
     def set_window(self, window: dict | None) -> None:
-        self._sums = {k: tuple(v) for k, v in window["sums"].items()} if window else {}
+        super().set_window(window)
         self._buffer = dict(window.get("buffer") or {}) if window else {}
-
-    def take_metrics(self) -> dict[str, float]:
-        out = {key: total / n for key, (total, n) in _read(self._sums).items() if n}
-        self._sums = {}
-        return out
-
-
-def _read(sums: dict) -> dict[str, tuple[float, float]]:
-    """(sum, count) pairs kept on the device as numbers, read in one copy."""
-    flat = read_sums({f"{k}\0{i}": v for k, pair in sums.items() for i, v in enumerate(pair)})
-    return {k: (flat[f"{k}\0{0}"], flat[f"{k}\0{1}"]) for k in sums}
 
 
 def filter_prompts(run_dir, prompts: list[PromptRow], loss_model: GRPOLossModel, batch: int,

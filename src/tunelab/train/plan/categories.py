@@ -146,7 +146,7 @@ def device_categories(recipe: Recipe, spec: StepSpec, step: StepMemory, gpus: in
         beyond = max(0, cache - step.transient - step.gradients)
         if beyond:
             cats["rollout beyond the step"] = beyond
-        notes.append(f"GRPO's sampling holds a KV cache of {gib(cache):.2f} GiB ({spec.grpo[0] * spec.grpo[1]} answers "
+        notes.append(f"{spec.sampler.upper()}'s sampling holds a KV cache of {gib(cache):.2f} GiB ({spec.grpo[0] * spec.grpo[1]} answers "
                      "decoding together) while no activations or gradients are live: "
                      + (f"{gib(beyond):.2f} GiB more than the training step's, counted above" if beyond else
                         "less than the training step holds"))
@@ -178,5 +178,6 @@ def rollout_cache_bytes(spec: StepSpec) -> int:
     kv_heads = getattr(c, "num_key_value_heads", None) or heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
     width = {"bf16": 2, "fp16": 2}.get(spec.autocast, 4) if spec.quantization == "none" else 2
-    max_len = spec.seq_len - (per_prompt - 1) * spec.grpo[2] if spec.packing else spec.seq_len
+    packed_group = spec.packing and spec.sampler == "grpo"  # a prompt's answers after it, in one row
+    max_len = spec.seq_len - (per_prompt - 1) * spec.grpo[2] if packed_group else spec.seq_len
     return 2 * c.num_hidden_layers * kv_heads * head_dim * width * prompts * per_prompt * max_len

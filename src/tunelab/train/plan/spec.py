@@ -31,7 +31,8 @@ class StepSpec:
     fp32_unquantized: bool = True             # QLoRA: norms, embeddings, head in fp32 (`prepare_for_kbit`)
     optimizer: str = "adamw"                  # adamw | adamw_8bit | paged_adamw_8bit
     grads_held: bool = False                  # gradient accumulation: gradients exist before the micro-batch
-    grpo: tuple | None = None                 # (prompts, completions a prompt, tokens a completion): a GRPO step
+    grpo: tuple | None = None                 # (prompts, completions a prompt, tokens a completion): a step that
+    sampler: str = "grpo"                     # samples first, grpo's (its answers packed after their prompt) or rft's
 
 
 def step_spec(recipe: Recipe, config: PretrainedConfig) -> StepSpec:
@@ -58,7 +59,12 @@ def step_spec(recipe: Recipe, config: PretrainedConfig) -> StepSpec:
             seq_len = recipe.data.max_seq_len + (g.num_generations - 1) * g.max_completion_length
         else:
             batch = tc.batch_size * g.num_generations
+    elif tc.method == "rft":  # the kept answers fine-tuned on: at most `keep` a prompt, rows of max_seq_len
+        r = tc.rft
+        grpo = (tc.batch_size, r.num_generations, r.max_completion_length)
+        batch = min(tc.batch_size * r.keep, r.max_answers or tc.batch_size * r.keep)
     return StepSpec(config=config, dtype=dtype, lora=lora, batch_size=batch, seq_len=seq_len, grpo=grpo,
+                    sampler=tc.method,
                     packing=packing, share_prefix=packing and recipe.data.share_prefix,
                     autocast=precision, gradient_checkpointing=getattr(tc, "gradient_checkpointing", False),
                     quantization=getattr(m, "quantization", "none"),
@@ -100,8 +106,10 @@ def describe_step(spec: StepSpec, trainable: int) -> str:
     if spec.grpo:
         prompts, per_prompt, tokens = spec.grpo
         layout = "a packed row a prompt: it once, its answers after it" if spec.packing else "a row an answer"
-        shape = (f"GRPO: {prompts} prompts x {per_prompt} sampled answers of <= {tokens} tokens; the policy's "
-                 f"forward on {spec.batch_size} x {spec.seq_len} tokens ({layout})")
+        if spec.sampler == "rft":
+            layout = "the kept answers, " + ("packed" if spec.packing else "a row each")
+        shape = (f"{spec.sampler.upper()}: {prompts} prompts x {per_prompt} sampled answers of <= {tokens} tokens; "
+                 f"the policy's forward on {spec.batch_size} x {spec.seq_len} tokens ({layout})")
     return f"{what}; {shape}; weights {spec.dtype}{quant}, {precision}, {gc}, {opt}"
 
 
