@@ -244,6 +244,26 @@ def test_a_run_from_a_relative_model_path_loads_wherever_it_is_moved(tiny_base, 
     capsys.readouterr()
 
 
+def test_a_base_in_tunelabs_cache_is_found_in_the_cache_as_it_is_set_now(tiny_base, tmp_path, monkeypatch, capsys):
+    """A base tunelab converted (a GGUF, a MindFormers checkpoint) lives in its cache; the cache moved, or emptied
+    and filled again elsewhere (`TUNELAB_CACHE`), still holds the same conversion under the same name: a run
+    continued from the adapter finds it there."""
+    old, new = tmp_path / "cache-a", tmp_path / "cache-b"
+    base = old / "converted" / "tiny-0123abcd"
+    shutil.copytree(tiny_base, base)
+    monkeypatch.setenv("TUNELAB_CACHE", str(old))
+    path = write_recipe(tmp_path, "cached", **lora_sections(base, max_steps=2, num_checkpoints=1))
+    train(load_recipe(path))
+    adapter = _adapter(tmp_path / "runs" / "cached")
+    assert json.loads((adapter / "base_model.json").read_text())["cache"] == "converted/tiny-0123abcd"
+    shutil.move(old, new)
+    monkeypatch.setenv("TUNELAB_CACHE", str(new))
+    assert main(["generate", str(tmp_path / "runs" / "cached"), "1+1=", "--max-new-tokens", "2"]) == 0
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "empty"))  # not there either: where it looked, one line
+    assert main(["generate", str(tmp_path / "runs" / "cached"), "1+1="]) == 2
+    assert str(tmp_path / "empty" / "converted" / "tiny-0123abcd") in capsys.readouterr().err
+
+
 def test_a_base_recorded_as_local_and_gone_is_model_path_not_found(lora_run, tmp_path, monkeypatch, capsys):
     """The base's recorded absolute path is gone and the relative one leads nowhere (the run moved without
     it): "model path not found", naming where it looked; never a hub attempt."""

@@ -293,3 +293,11 @@ def free_space(path: str | Path) -> str:
             return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def cache_root() -> Path:
+    """Where tunelab keeps what it makes once and reuses (converted bases, the base's own answers):
+    $TUNELAB_CACHE, else $XDG_CACHE_HOME/tunelab (~/.cache/tunelab)."""
+    import os
+    return Path(os.environ.get("TUNELAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "tunelab")

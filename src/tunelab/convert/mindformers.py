@@ -486,10 +486,9 @@ def mindspore_to_hf(ckpt: str | Path, out: str | Path, config: str | Path, dtype
 
 
 def converted_cache_root() -> Path:
-    """Where converted base checkpoints are kept: $TUNELAB_CACHE, else $XDG_CACHE_HOME/tunelab (~/.cache)."""
-    import os
-    root = os.environ.get("TUNELAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunelab"
-    return Path(root) / "converted"
+    """Where converted base checkpoints are kept: `converted/` in tunelab's cache (`records.cache_root`)."""
+    from tunelab.records import cache_root
+    return cache_root() / "converted"
 
 
 def hf_dir_for_ckpt(ckpt: str | Path, config: str | Path, tokenizer: str | Path | None = None) -> Path:

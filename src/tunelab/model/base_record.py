@@ -6,7 +6,9 @@ anywhere else, that name reads as a hub id, and `from_pretrained` spent a minute
 blaming the network. So, when a checkpoint is written, `record_base_model` stores a local base absolute in
 `adapter_config.json` (plain peft on this machine then loads the adapter) and writes both that absolute path
 and the path relative to the adapter into `base_model.json` beside it: a run moved or copied together with
-its base (`runs/` and `models/` side by side) still finds it. `resolve_base_model` tries those in turn.
+its base (`runs/` and `models/` side by side) still finds it; a base tunelab converted into its cache (a GGUF, a
+MindFormers checkpoint) is also recorded by its place there, so a cache moved or set anew (`TUNELAB_CACHE`) that
+holds the same conversion still serves it. `resolve_base_model` tries those in turn.
 
 A base that is a hub id stays one. Loading it needs the hub (or the local cache); `hub_unreachable` says at
 once when neither is there, instead of the minute of retries.
@@ -56,7 +58,19 @@ def record_base_model(adapter_dir: Path, base: str | None) -> None:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = absolute
     _write_json(config_path, config)
-    _write_json(adapter_dir / BASE_RECORD, {"absolute": absolute, "relative": relative})
+    record = {"absolute": absolute, "relative": relative}
+    cached = _in_cache(local)
+    if cached:
+        record["cache"] = cached
+    _write_json(adapter_dir / BASE_RECORD, record)
+
+
+def _in_cache(base: Path) -> str | None:
+    """The base's path inside tunelab's cache (a converted GGUF or MindFormers checkpoint, named by its source's
+    key), or None when it lies elsewhere: a cache moved or set anew (`TUNELAB_CACHE`) still holds it there."""
+    from tunelab.records import cache_root
+    base, root = base.resolve(), cache_root().resolve()
+    return base.relative_to(root).as_posix() if base.is_relative_to(root) else None
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -84,6 +98,9 @@ def resolve_base_model(adapter_dir: str | Path) -> str:
         candidates.append(Path(os.path.normpath(adapter_dir.resolve() / record["relative"])))
     if ours and isinstance(record.get("absolute"), str):
         candidates.append(Path(record["absolute"]))
+    if ours and isinstance(record.get("cache"), str):  # a converted base, in the cache as it is set now
+        from tunelab.records import cache_root
+        candidates.append(cache_root() / record["cache"])
     for candidate in candidates:
         if candidate.is_dir():
             return str(candidate)
