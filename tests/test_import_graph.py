@@ -43,10 +43,11 @@ LAYERS = [
     ("convert", 4, ["tunelab.convert.*"],
      "other ecosystems: MindSpore `.ckpt` and MindFormers, GGUF in and out, Ollama's Modelfile, merged HF export"),
     ("metrics", 4, ["tunelab.metrics.*"],
-     "measuring instruments that know no task: QA F1/EM, Rouge-L, log-likelihood, perplexity, prediction files"),
+     "measuring instruments that know no task: QA F1/EM, Rouge-L, log-likelihood, perplexity, pass@k, an "
+     "accuracy's interval and a paired change's, prediction files"),
     ("train", 5, ["tunelab.train.*"],
      "setup, the step loop, checkpoints and resume, the run lock, DDP / FSDP, the memory plan; `methods/`: sft, "
-     "dpo and grpo, each owning its rows, loss and metrics"),
+     "dpo, grpo and rft, each owning its rows, loss and metrics"),
     ("tasks", 5, ["tunelab.tasks.*"], "examples + prompt + answer extraction + metric, registered by name"),
     ("eval", 6, ["tunelab.eval.*", "tunelab.compare"],
      "the eval configuration (sets), the runner, retention, where a pass gets its models (resident: one base held "
