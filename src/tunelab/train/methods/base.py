@@ -1,6 +1,6 @@
 """What a training method is to the loop: how a micro-batch of rows is collated, what one loss item is (a
 labelled token; a pair; a micro-batch or a completion token), the module it calls forward on, what its validation
-measures, and for `grpo` the rollout that samples and scores completions before the step counts its items."""
+measures, and for `grpo` and `rft` the rollout that samples and scores completions before the step counts its items."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Validate(Protocol):
 
 class Rollout(Protocol):
     def __call__(self, loss_model: Any, batch: dict, step: int, rank: int, micro_batch: int, device: Any) -> dict:
-        """A batch of prompts made into scored completions before the step counts its items (grpo)."""
+        """A batch of prompts made into scored completions before the step counts its items (grpo, rft)."""
 
 
 @dataclass(frozen=True)
