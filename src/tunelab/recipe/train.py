@@ -20,17 +20,27 @@ class DivergenceConfig(StrictSection):
     spike_steps: int = Field(default=10, ge=1, description="steps a spike must last")
 
 
-class GRPOConfig(StrictSection):
+class SampledAnswers(StrictSection):
+    """What the methods that learn from the model's own sampled answers share (`grpo`, `rft`): how long an answer
+    may be, the sampling's nucleus and top-k, and the reward that scores the answers."""
+
+    max_completion_length: int = Field(default=64, ge=1, description="tokens an answer may have")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0, description="0: off")
+    rewards: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"task": "arithmetic"}], min_length=1,
+        description="reward terms: {task: NAME} (1 when the task's grader accepts the answer), {format: REGEX}, "
+                    "{length: {max_tokens, cache}}, {function: file.py:name}; each with an optional weight")
+
+
+class GRPOConfig(SampledAnswers):
     """`train.method: grpo` (`tunelab.train.methods.grpo`): completions sampled with tunelab's own decoding core,
     scored by `rewards`, trained on their group-normalised advantages (`tunelab.train.methods.grpo_loss`). Names and
     defaults follow TRL's GRPOConfig; `train.batch_size` counts prompts, each sampled `num_generations` times."""
 
     num_generations: int = Field(default=8, ge=2, description="completions sampled per prompt (a group)")
-    max_completion_length: int = Field(default=64, ge=1, description="tokens a completion may have")
     temperature: float = Field(default=1.0, gt=0, description="sampling temperature (also divides the logits "
                                                                "the log-probabilities come from, as TRL)")
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0, description="0: off")
     beta: float = Field(default=0.0, ge=0, description="weight of the KL term to the reference (the model with "
                                                         "its LoRA adapter off); 0: no reference computed")
     epsilon: float = Field(default=0.2, ge=0, description="the clip range's lower side (TRL's epsilon)")
@@ -57,24 +67,17 @@ class GRPOConfig(StrictSection):
         default=False, description="before training, sample a group for every prompt from the starting model and "
                                    "keep the prompts whose answers differ in reward (neither all right nor all "
                                    "wrong): every step goes to prompts that teach; the kept share is logged")
-    rewards: list[dict[str, Any]] = Field(
-        default_factory=lambda: [{"task": "arithmetic"}], min_length=1,
-        description="reward terms: {task: NAME} (1 when the task's grader accepts the answer), {format: REGEX}, "
-                    "{length: {max_tokens, cache}}, {function: file.py:name}; each with an optional weight")
 
 
-class RFTConfig(StrictSection):
+class RFTConfig(SampledAnswers):
     """`train.method: rft` (`tunelab.train.methods.rft`): rejection-sampling fine-tuning (expert iteration, STaR,
     RAFT): each prompt of a step sampled `num_generations` times with tunelab's decoding core, the answers whose
     reward reaches `accept` kept (distinct, ended, at most `keep` a prompt; with `max_answers`, the hardest
     prompts' first), and the step is fine-tuning on them. A round is an epoch over the prompts (`train.epochs`)."""
 
     num_generations: int = Field(default=8, ge=1, description="answers sampled per prompt")
-    max_completion_length: int = Field(default=64, ge=1, description="tokens an answer may have")
     temperature: float = Field(default=0.7, gt=0, description="sampling temperature (the loss is at 1: plain "
                                                               "cross-entropy on the kept answers)")
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0, description="0: off")
     accept: float = Field(default=1.0, description="an answer is kept when its weighted reward is at least this "
                                                    "(1: the grader says right, with the default reward)")
     keep: int = Field(default=2, ge=1, description="distinct accepted answers trained on per prompt, at most")
@@ -82,10 +85,6 @@ class RFTConfig(StrictSection):
         default=None, ge=1, description="answers a micro-batch trains on, at most: taken from the prompts with the "
                                         "fewest accepted answers first (the hardest the model still solves), one "
                                         "each in turn; default: no limit")
-    rewards: list[dict[str, Any]] = Field(
-        default_factory=lambda: [{"task": "arithmetic"}], min_length=1,
-        description="reward terms as train.grpo.rewards: {task: NAME} (1 when the task's grader accepts the "
-                    "answer), {format: REGEX}, {length: ...}, {function: file.py:name}; each with a weight")
 
 
 class PreferenceConfig(StrictSection):
@@ -172,7 +171,7 @@ class TrainConfig(StrictSection):
                                      "(`pip install 'tunelab[quant]'`)")
 
     @property
-    def sampling(self) -> GRPOConfig | RFTConfig | None:
+    def sampling(self) -> SampledAnswers | None:
         """The settings of a method that samples answers to prompts (grpo, rft); None for sft and dpo."""
         return {"grpo": self.grpo, "rft": self.rft}.get(self.method)
 
