@@ -39,7 +39,7 @@ from tunelab.train.methods.base import Method, token_validation
 from tunelab.train.methods.grpo_loss import (GRPOLoss, as_reference, collate_completions, completion_logps, completion_metrics,
                                 grpo_loss, group_advantages, zero_variance_groups)
 from tunelab.train.methods.grpo_groups import backbone_and_head, pack_groups, packed_completion_logps
-from tunelab.train.methods.sampling import PromptRow, SamplingLossModel
+from tunelab.train.methods.sampling import PromptRow, SamplingLossModel, prompts_batch, rollout
 
 log = logging.getLogger(__name__)
 
@@ -238,10 +238,6 @@ def filter_prompts(run_dir, prompts: list[PromptRow], loss_model: GRPOLossModel,
 
 # --- the method, as the loop sees it: a batch is prompts, the rollout makes it -------------------------------
 
-def _prompts(rows: list, pad_id: int, packed: bool, flat: bool) -> dict:
-    return {"rows": rows, "packed": packed, "flat": flat}  # the rollout makes the batch
-
-
 def _grpo_loss(model, recipe: Recipe, tokenizer, rewards):
     from tunelab.errors import TunelabError
     if rewards is None:
@@ -250,9 +246,5 @@ def _grpo_loss(model, recipe: Recipe, tokenizer, rewards):
     return GRPOLossModel(model, recipe.train.grpo, tokenizer, rewards, recipe.seed)
 
 
-def _rollout(loss_model, batch: dict, step: int, rank: int, micro: int, device) -> dict:
-    return loss_model.rollout(batch["rows"], step, rank, micro, device, batch["packed"], batch["flat"])
-
-
-GRPO = Method("grpo", _prompts, lambda batch: batch["items"], _grpo_loss, token_validation, _rollout,
+GRPO = Method("grpo", prompts_batch, lambda batch: batch["items"], _grpo_loss, token_validation, rollout,
               lambda recipe: recipe.train.grpo.num_iterations)

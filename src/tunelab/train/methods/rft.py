@@ -28,7 +28,7 @@ import torch
 from tunelab.data.packing import IGNORE, Encoded, pack_examples, unpacked_rows
 from tunelab.recipe import Recipe
 from tunelab.train.methods.base import Method, token_validation
-from tunelab.train.methods.sampling import PromptRow, SamplingLossModel
+from tunelab.train.methods.sampling import PromptRow, SamplingLossModel, prompts_batch, rollout
 
 
 def kept_answers(accepted: list[list[int]], keep: int, max_answers: int | None) -> list[tuple[int, int]]:
@@ -68,7 +68,7 @@ class RFTLossModel(SamplingLossModel):
         prompts = [r.prompt_ids for r in rows for _ in range(G)]
         completions = self._sample(prompts, self._generators(step, rank, micro, list(range(len(prompts)))))
         scores = self._score([r.example for r in rows for _ in range(G)], completions)
-        reward = scores @ torch.tensor(self.rewards.weights, dtype=scores.dtype)
+        reward = torch.tensor(self.rewards.total(scores.tolist()))
         right = [bool(c) and c[-1] in self.stops and r >= s.accept for c, r in zip(completions, reward.tolist())]
         accepted: list[list[int]] = []
         for p in range(len(rows)):
@@ -101,10 +101,6 @@ class RFTLossModel(SamplingLossModel):
 
 # --- the method, as the loop sees it: a batch is prompts, the rollout makes it -------------------------------
 
-def _prompts(rows: list, pad_id: int, packed: bool, flat: bool) -> dict:
-    return {"rows": rows, "packed": packed, "flat": flat}  # the rollout makes the batch
-
-
 def _rft_loss(model, recipe: Recipe, tokenizer, rewards):
     from tunelab.errors import TunelabError
     if rewards is None:
@@ -114,8 +110,4 @@ def _rft_loss(model, recipe: Recipe, tokenizer, rewards):
     return RFTLossModel(model, recipe.train.rft, tokenizer, rewards, recipe.seed, recipe.data.max_seq_len)
 
 
-def _rollout(loss_model, batch: dict, step: int, rank: int, micro: int, device) -> dict:
-    return loss_model.rollout(batch["rows"], step, rank, micro, device, batch["packed"], batch["flat"])
-
-
-RFT = Method("rft", _prompts, lambda batch: batch["items"], _rft_loss, token_validation, _rollout)
+RFT = Method("rft", prompts_batch, lambda batch: batch["items"], _rft_loss, token_validation, rollout)

@@ -134,3 +134,15 @@ def _read(sums: dict) -> dict[str, tuple[float, float]]:
     """(sum, count) pairs kept on the device as numbers, read in one copy."""
     flat = read_sums({f"{k}\0{i}": v for k, pair in sums.items() for i, v in enumerate(pair)})
     return {k: (flat[f"{k}\0{0}"], flat[f"{k}\0{1}"]) for k in sums}
+
+
+# --- a sampling method as the loop sees it: a batch is prompts, the rollout makes it -------------------------
+
+def prompts_batch(rows: list, pad_id: int, packed: bool, flat: bool) -> dict:
+    """`Method.collate` of a sampling method: the prompts as they are (the rollout makes the batch)."""
+    return {"rows": rows, "packed": packed, "flat": flat}
+
+
+def rollout(loss_model, batch: dict, step: int, rank: int, micro: int, device) -> dict:
+    """`Method.rollout` of a sampling method: its loss model's rollout on the micro-batch's prompts."""
+    return loss_model.rollout(batch["rows"], step, rank, micro, device, batch["packed"], batch["flat"])
