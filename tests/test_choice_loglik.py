@@ -15,7 +15,8 @@ from tunelab.data.formats import LETTERS
 from tunelab.errors import TunelabError
 from tunelab.metrics.loglik import LoglikResult
 from tunelab.records import write_json
-from tunelab.tasks.choice import CONTINUATIONS, choice_examples, first_argmax, to_training_records
+from tunelab.data.choice_rows import CONTINUATIONS
+from tunelab.tasks.choice import choice_examples, first_argmax, to_training_records
 from tunelab.tasks.registry import get_task
 
 

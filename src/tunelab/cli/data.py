@@ -18,6 +18,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("data", help="generate, convert and inspect training data")
     data = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
     _add_arithmetic(data)
+    _add_choice(data)
     _add_encyclopedia(data)
     _add_qa_split(data)
     _add_prefs(data)
@@ -55,6 +56,18 @@ def _add_arithmetic(data: argparse._SubParsersAction) -> None:
                    "'4.72 + (-7.15) = -(7.15 - 4.72) = -2.43'; columns: and each difference worked column by "
                    "column, '-(7.15 - 4.72) (5-2=3 11-7=4 6-4=2) = -2.43'")
     q.set_defaults(func=cli_arithmetic)
+
+
+def _add_choice(data: argparse._SubParsersAction) -> None:
+    """`data choice`: single-choice reading questions, a CPU rehearsal of the competition's stage 2."""
+    q = data.add_parser("choice", help="generate single-choice reading questions in Chinese and English (a stand-in "
+                                       "for stage 2's data: the wrong options are the passage's other values)")
+    q.add_argument("--out", required=True, help="output file (.json array or .jsonl)")
+    q.add_argument("--count", type=integer(1), default=1000, help="number of questions to write")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--lang", choices=["zh", "en", "mix"], default="mix")
+    q.add_argument("--options", type=integer(2), default=4, help="options a question, 2 to 6 (default 4)")
+    q.set_defaults(func=cli_choice)
 
 
 def _add_encyclopedia(data: argparse._SubParsersAction) -> None:
@@ -208,6 +221,27 @@ def cli_arithmetic(args: argparse.Namespace) -> int:
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(hist.items()) if k) or "no kind labels"
     origin = f" (subsampled from {args.source}, seed {args.seed})" if args.source else ""
     print(f"wrote {len(records)} problems to {args.out}{origin}: {kinds}")
+    return 0
+
+
+def cli_choice(args: argparse.Namespace) -> int:
+    """`tunelab data choice`: write the questions and print how often each letter is right."""
+    from collections import Counter
+
+    from tunelab.data.formats import LETTERS
+    from tunelab.data.generate.arithmetic import write_records
+    from tunelab.data.generate.choice import generate
+    from tunelab.errors import TunelabError
+    try:
+        records = generate(args.count, args.seed, lang=args.lang, options=args.options)
+    except TunelabError as e:
+        raise TunelabError(e.message, field="--" + e.field) from e
+    write_records(args.out, records)
+    letters = Counter(LETTERS[r["answer"]] for r in records)
+    langs = Counter(r["lang"] for r in records)
+    print(f"wrote {len(records)} questions to {args.out}: "
+          + ", ".join(f"{k} {n}" for k, n in sorted(langs.items())) + "; right letter "
+          + ", ".join(f"{k} {n}" for k, n in sorted(letters.items())))
     return 0
 
 

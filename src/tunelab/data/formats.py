@@ -155,7 +155,8 @@ def choice_record(rec: dict[str, Any], path: Path, line: int, lang: str = "auto"
     choices, label = choice_fields(rec, path, line)
     lang = choice_lang(question, choices) if lang == "auto" else lang
     return {"instruction": choice_prompt(question, choices, lang), "output": LETTERS[label],
-            "kind": _kind(rec, path, line) or f"choice-{lang}", "choices": choices, "label": label}
+            "kind": _kind(rec, path, line) or f"choice-{lang}", "choices": choices, "label": label,
+            "meta": {"question": question, "lang": lang}}  # to render the question again, its options shuffled
 
 
 def _fields(rec: dict[str, Any], path: Path, line: int, *names: str) -> list[str]:

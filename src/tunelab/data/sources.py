@@ -17,6 +17,9 @@ def generate_records(source: SourceConfig) -> tuple[list[dict], str]:
     if source.generate == "arithmetic":
         from tunelab.data.generate.arithmetic import generate
         return generate(source.count or 1000, seed=source.seed, **source.options), "competition"
+    if source.generate == "choice":
+        from tunelab.data.generate.choice import generate
+        return generate(source.count or 1000, seed=source.seed, **source.options), "choice"
     from tunelab.data.generate.reading import generate
     return generate(source.count or 1000, seed=source.seed, **source.options), "reading"
 
@@ -24,6 +27,14 @@ def generate_records(source: SourceConfig) -> tuple[list[dict], str]:
 def load_source(source: SourceConfig, where: str = "") -> list[Example]:
     """Load or generate the examples of one source; `count` subsamples a file reproducibly. `where` (`data.train.0.`)
     prefixes the recipe fields an error about the source's settings names."""
+    examples = _source_examples(source, where)
+    if source.shuffle_options or source.answer_style != "letter":
+        from tunelab.data.choice_rows import choice_training
+        examples = choice_training(examples, source.shuffle_options, source.answer_style, source.seed, where)
+    return examples
+
+
+def _source_examples(source: SourceConfig, where: str) -> list[Example]:
     from tunelab.data.formats import examples_from_records, read_examples
     if source.generate:
         records, fmt = generate_records(source)

@@ -58,7 +58,7 @@ class SourceConfig(StrictSection):
     blocks)."""
 
     path: Text | None = None
-    generate: Literal["arithmetic", "reading"] | None = None
+    generate: Literal["arithmetic", "reading", "choice"] | None = None
     hf: Text | None = Field(default=None, description="a hub name (the local cache offline), a save_to_disk folder, "
                                                       "or Parquet/Arrow/CSV/JSON files (a glob)")
     config: Text | None = Field(default=None, description="hf: the dataset's configuration (subset) name")
@@ -73,10 +73,15 @@ class SourceConfig(StrictSection):
         "output: answer}"))
     corpus: Text | None = None
     build: CorpusBuild | None = Field(default=None, description="build the corpus directory when it is missing")
-    format: Literal["auto", "competition", "alpaca", "conversations", "messages", "reading"] = "auto"
+    format: Literal["auto", "competition", "alpaca", "conversations", "messages", "reading", "choice"] = "auto"
     count: int | None = Field(default=None, ge=1, description="generate this many / subsample to this many")
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict, description="generator options, e.g. kinds")
+    shuffle_options: bool = Field(default=False, description=(
+        "multiple-choice questions: each one's options reordered (seeded by `seed`), the answer moved with its "
+        "option and every letter right equally often, so a model cannot learn 'always B' (tunelab.data.choice_rows)"))
+    answer_style: Literal["letter", "letter_text"] = Field(default="letter", description=(
+        "multiple-choice questions: the answer trained, the letter ('B') or the letter and the option ('B. Paris')"))
     replay: float | None = Field(default=None, gt=0, lt=1, description=(
         "a corpus replayed while fine-tuning on examples: this fraction of the training tokens are its blocks "
         "(loss on every token), so the model keeps its language modelling"))
@@ -96,6 +101,8 @@ class SourceConfig(StrictSection):
             raise ValueError("'fields' maps the columns of records: it goes with 'path' or 'hf'")
         if self.build is not None and self.corpus is None:
             raise ValueError("'build' makes a corpus directory: it goes with 'corpus: DIR'")
+        if self.corpus is not None and (self.shuffle_options or self.answer_style != "letter"):
+            raise ValueError("'shuffle_options' and 'answer_style' apply to multiple-choice questions, not a corpus")
         if self.replay is not None and self.corpus is None:
             raise ValueError("'replay' mixes a corpus's blocks into fine-tuning: it goes with 'corpus: DIR'")
         return self

@@ -66,6 +66,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
+from tunelab.data.choice_rows import choice_continuations
 from tunelab.data.examples import Example
 from tunelab.data.formats import LETTERS, choice_fields, choice_record, read_examples
 from tunelab.errors import TunelabError
@@ -76,7 +77,6 @@ RULES = ("marker", "leading", "mention", "text", "contains", "letter")
 # Words after a sentence-initial "A" that make it the option letter rather than the article.
 _VERBS = {"is", "was", "seems", "looks", "appears", "should", "would", "must", "can", "could", "will",
           "and", "or", "because", "since", "as"}
-CONTINUATIONS = ("letter", "text", "letter_text")
 
 
 # --- reading question files ----------------------------------------------------------------------
@@ -91,18 +91,6 @@ def choice_examples(records: Iterable[dict[str, Any]], lang: str = "auto") -> li
     return [Example(id=require_str(rec, "id", "records", i + 1) if "id" in rec else f"records-{i}",
                     **choice_record(rec, Path("records"), i + 1, lang))
             for i, rec in enumerate(records)]
-
-
-def choice_continuations(choices: list[str], style: str) -> list[str]:
-    """What stands for each option after the prompt: its letter, its text exactly as written, or both."""
-    if style == "letter":
-        return list(LETTERS[: len(choices)])
-    if style == "text":
-        return list(choices)
-    if style == "letter_text":
-        return [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
-    raise TunelabError(f"unknown continuation '{style}' (choose from {', '.join(CONTINUATIONS)})",
-                       field="continuation")
 
 
 def to_training_records(examples: Iterable[Example], answer_style: str = "letter") -> list[dict[str, Any]]:
