@@ -11,6 +11,7 @@ import pytest
 from conftest import write_recipe
 
 from tunelab.errors import TunelabError
+from tunelab.model.lora import AdapterSpec
 from tunelab.model.presets import load_config, preset_config
 from tunelab.train.plan.categories import ALLOCATOR_RESERVE
 from tunelab.train.plan.estimate import plan_memory
@@ -33,7 +34,7 @@ TORCHTUNE_TARGETS = ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def torchtune_llama_8b(**changes) -> StepSpec:
-    return StepSpec(config=preset_config("llama3-8b"), dtype="bfloat16", lora=(8, 16, 0.0, TORCHTUNE_TARGETS),
+    return StepSpec(config=preset_config("llama3-8b"), dtype="bfloat16", lora=AdapterSpec("lora", 8, 16, 0.0, TORCHTUNE_TARGETS),
                     batch_size=2, seq_len=2048, packing=True, autocast="bf16", gradient_checkpointing=True,
                     **changes)
 
@@ -72,7 +73,7 @@ def _tiny_spec(**changes) -> StepSpec:
 def test_the_fake_trace_equals_the_same_step_run_for_real(kind):
     """The same step on real CPU tensors under the same MemTracker: measured ratio 1.000 (LoRA with dropout,
     and a full fine-tune with gradient accumulation and checkpointing), every category equal."""
-    spec = (_tiny_spec(lora=(8, 16, 0.05, ["q_proj", "v_proj"])) if kind == "lora" else
+    spec = (_tiny_spec(lora=AdapterSpec("lora", 8, 16, 0.05, ["q_proj", "v_proj"])) if kind == "lora" else
             _tiny_spec(gradient_checkpointing=True, grads_held=True))
     fake, real = measure_step(spec, fake=True), measure_step(spec, fake=False)
     for name in ("weights_frozen", "weights_trainable", "gradients", "optimizer_states", "activations",
@@ -90,7 +91,7 @@ def test_the_estimate_is_close_to_the_cpu_allocators_own_peak():
     from torch.profiler import ProfilerActivity, profile
     config = load_config(str(TINY_BASE))
     config.num_hidden_layers = 2  # profiling costs by the operation: half the layers, half the time
-    spec = _tiny_spec(config=config, lora=(8, 16, 0.05, ["q_proj", "v_proj"]), batch_size=2)
+    spec = _tiny_spec(config=config, lora=AdapterSpec("lora", 8, 16, 0.05, ["q_proj", "v_proj"]), batch_size=2)
     estimate = measure_step(spec).peak
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         measure_step(spec, fake=False)  # the model is built inside: every byte of the step is heard
@@ -228,7 +229,7 @@ def test_a_grpo_plan_traces_the_policy_step_counts_the_rollout_cache_and_the_con
     assert "GRPO: 4 prompts x 3 sampled answers of <= 16 tokens" in plan.step
     assert any("KV cache" in n for n in plan.notes)
     # Llama-3-8B, 16 prompts x 8 answers of 2,048 tokens in bf16: 32 GiB of cache, more than the step holds
-    big = StepSpec(config=preset_config("llama3-8b"), dtype="bfloat16", lora=(8, 16, 0.0, ["q_proj"]),
+    big = StepSpec(config=preset_config("llama3-8b"), dtype="bfloat16", lora=AdapterSpec("lora", 8, 16, 0.0, ["q_proj"]),
                    batch_size=16, seq_len=2048 + 7 * 512, grpo=(16, 8, 512), autocast="bf16")
     assert rollout_cache_bytes(big) == 2 * 32 * 8 * 128 * 2 * 128 * 2048 == 32 * GiB
 
@@ -257,7 +258,7 @@ def test_a_continued_adapter_plans_with_its_own_lora_settings(tmp_path):
     sections = _tiny_lora_sections()
     sections["model"]["path"] = str(adapter)
     plan = plan_memory(load_recipe(write_recipe(tmp_path, "continued", **sections)), 24 * GiB)
-    assert "LoRA r 12 on" in plan.step and "down_proj" in plan.step and "q_proj" not in plan.step
+    assert "LoRA rank 12 (alpha 24) on" in plan.step and "down_proj" in plan.step and "q_proj" not in plan.step
 
 
 def test_a_course_stage_is_planned_before_the_run_it_starts_from(tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ from tunelab.errors import TunelabError
 from tunelab.model.lora import check_targets_matched, count_parameters, make_lora_config, resolve_target_modules
 from tunelab.model.presets import build_on_meta, preset_config
 from tunelab.recipe import mindformers_target_to_hf
-from tunelab.scoring import competition_score, lora_param_counts, low_param_ratio, parse_accuracy
+from tunelab.scoring import competition_score, adapter_param_counts, low_param_ratio, parse_accuracy
 
 # --- published figures ---------------------------------------------------------------------------
 
@@ -26,7 +26,7 @@ from tunelab.scoring import competition_score, lora_param_counts, low_param_rati
     ("gemma-2b", "q_proj|v_proj|o_proj", 1_511_424, 2_506_172_416),
 ])
 def test_published_lora_counts(model, target, trainable, total):
-    counts = lora_param_counts(model, 8, target)
+    counts = adapter_param_counts(model, 8, target)
     assert (counts["trainable"], counts["total"]) == (trainable, total)
     assert (counts["model"], counts["rank"]) == (model, 8)
 

@@ -126,8 +126,8 @@ def test_training_the_row_is_what_lets_lora_emit_the_decimal_point(tmp_path):
     assert summary["trainable_params"] == p_plain["trainable_params"] + hidden
     assert summary["total_params"] == p_plain["total_params"]
     # `tunelab ratio --trainable-tokens 1` counts the same, on the meta device
-    from tunelab.scoring import lora_param_counts
-    assert lora_param_counts(str(TINY_BASE), 8, "q_proj,v_proj,o_proj", 1)["trainable"] == summary["trainable_params"]
+    from tunelab.scoring import adapter_param_counts
+    assert adapter_param_counts(str(TINY_BASE), 8, "q_proj,v_proj,o_proj", 1)["trainable"] == summary["trainable_params"]
 
 
 def test_data_check_and_the_run_say_what_to_set(tmp_path, capsys, caplog):

@@ -38,6 +38,7 @@ import yaml
 from tunelab.checkpoint_manifest import file_sha256
 from tunelab.errors import TunelabError
 from tunelab.recipe import MINDFORMERS_MODULES
+from tunelab.recipe.lora import LORA_TARGETS
 from tunelab.records import read_text
 from tunelab.runs import check_checkpoints, list_checkpoints
 
@@ -117,8 +118,8 @@ def mindformers_yaml(recipe: dict, base_config: dict | None) -> dict:
     if base_config is not None:
         from tunelab.convert.mindformers import mindformers_model_config
         model_config = mindformers_model_config(base_config, seq_length=data.get("max_seq_len"))
-    if lora.get("enabled", True):
-        targets = lora.get("target_modules", [])
+    if lora.get("enabled", True) and lora.get("adapter", "lora") == "lora":  # another kind is handed in merged
+        targets = lora.get("target_modules") or LORA_TARGETS
         targets = [targets] if isinstance(targets, str) else targets
         model_config["pet_config"] = {
             "pet_type": "lora", "lora_rank": lora.get("rank"), "lora_alpha": lora.get("alpha"),
@@ -163,14 +164,27 @@ def environment_text(base_packages: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _method(lora: dict) -> str:
+    """The trained parameters in words, from the run's `lora` section."""
+    if not lora.get("enabled", True):
+        return "full fine-tuning (every parameter trains)"
+    kind = lora.get("adapter", "lora")
+    targets = lora.get("target_modules") or (LORA_TARGETS if kind == "lora" else "peft's default for the model")
+    if kind == "lora":
+        return (f"LoRA (rank {lora.get('rank')}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
+                f"target modules {targets})")
+    name = {"ia3": "IA³ (learnt scales of the layers' outputs, or inputs of the feed-forward ones)",
+            "vera": f"VeRA (rank {lora.get('rank')} frozen shared random matrices, trained scaling vectors)",
+            "ln_tuning": "LN tuning (the norm layers' weights)"}.get(kind, kind)
+    return f"{name}, target modules {targets}; merged into the handed-in weights"
+
+
 def description(recipe: dict, summary: dict, metrics: dict, point: dict | None = None) -> str:
     """DESCRIPTION.md: the facts the recipe and run know, and the parts only the entrant can write. `point`: the
     frontier point the best checkpoint is handed in at (`frontier_point`)."""
     lora, train, data = recipe.get("lora", {}), recipe.get("train", {}), recipe.get("data", {})
     sources = data.get("train", [])
-    method = (f"LoRA (rank {lora.get('rank')}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
-              f"target modules {lora.get('target_modules')})" if lora.get("enabled", True)
-              else "full fine-tuning (every parameter trains)")
+    method = _method(lora)
     lines = [f"# {recipe.get('name')}: algorithm description", "",
              "<!-- Pre-filled by `tunelab handin` from the recipe and the run; complete the TODO parts. -->", "",
              "## Method", "", f"- {method}",

@@ -55,19 +55,16 @@ def parse_accuracy(text: str) -> float:
     return float(value)
 
 
-def lora_param_counts(model: str, rank: int, target: str, trainable_tokens: int = 0) -> dict:
-    """Count LoRA trainable and base total parameters on the meta device: no weights, seconds even for 8B.
-    `trainable_tokens`: that many output-head rows trained beside the adapter (`lora.trainable_tokens`)."""
-    import warnings
-
-    from peft import get_peft_model
-
-    from tunelab.model.lora import (check_targets_matched, count_parameters, make_lora_config,
-                                    resolve_target_modules)
+def adapter_param_counts(model: str, rank: int, target: str | None, trainable_tokens: int = 0,
+                         adapter: str = "lora") -> dict:
+    """Count an adapter's trainable and the base's total parameters on the meta device: no weights, seconds even
+    for 8B. `adapter`: lora, ia3, vera or ln_tuning (`lora.adapter`); `target` None: LoRA's default layers, or
+    peft's for the other kinds. `trainable_tokens`: that many output-head rows trained beside a LoRA adapter."""
+    from tunelab.model.lora import AdapterSpec, add_adapter, count_parameters, resolve_target_modules
     from tunelab.model.presets import build_on_meta, load_config
+    from tunelab.recipe.lora import LORA_TARGETS
 
     base = build_on_meta(load_config(model))
-    check_targets_matched(base, target)
     rows = None
     if trainable_tokens:
         from tunelab.model.untrained_tokens import head_module_name
@@ -75,14 +72,12 @@ def lora_param_counts(model: str, rank: int, target: str, trainable_tokens: int 
             raise TunelabError(f"{trainable_tokens} trainable token rows: the model has "
                                f"{base.get_output_embeddings().weight.shape[0]:,}", field="trainable_tokens")
         rows = {head_module_name(base): list(range(trainable_tokens))}  # which rows does not change the count
-    config = make_lora_config(rank, 2 * rank, 0.0, target, rows)  # alpha and dropout do not change the counts
-    with warnings.catch_warnings():
-        # transformers 5 deprecation raised from inside peft; not the user's concern
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        try:
-            peft_model = get_peft_model(base, config)
-        except ValueError as e:  # e.g. the target matched a layer type LoRA cannot wrap, such as a norm
-            raise TunelabError(f"cannot apply LoRA target '{target}' to {model}: {' '.join(str(e).split())}") from e
+    if target is None and adapter == "lora":
+        target = ",".join(LORA_TARGETS)
+    # alpha and dropout do not change the counts
+    peft_model = add_adapter(base, AdapterSpec(adapter, rank, 2 * rank, 0.0, target), rows)
     trainable, total = count_parameters(peft_model)
-    return {"model": model, "rank": rank, "target": resolve_target_modules(target),
+    targets = peft_model.peft_config["default"].target_modules
+    return {"model": model, "adapter": adapter, "rank": rank,
+            "target": resolve_target_modules(target) if target is not None else sorted(targets),
             "trainable": trainable, "total": total}

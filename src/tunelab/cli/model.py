@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from tunelab.cli.arguments import add_model, flags_for, positive
+from tunelab.cli.arguments import add_model, flags_for, integer, positive
 from tunelab.errors import TunelabError
 
 _FLAGS = {"fmt": "--format", "base_packages": "--base-packages", "quant": "--quant", "scale": "--scale"}
@@ -85,11 +85,14 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
                    help="also plot score against low-parameter ratio, with the Pareto front")
     q.set_defaults(func=cli_runs_table)
 
-    p = verbs.add_parser("ratio", help="trainable / total parameters of a LoRA setup (meta device, no weights)")
+    p = verbs.add_parser("ratio", help="trainable / total parameters of an adapter setup (meta device, no weights)")
     add_model(p, "preset name, local HF directory, config.json or hub id")
-    p.add_argument("--lora-rank", type=int, required=True)
-    p.add_argument("--lora-target", required=True,
-                   help="regex or comma list; MindFormers names (wq|wv|wo, w1..w3) are accepted")
+    p.add_argument("--adapter", choices=["lora", "ia3", "vera", "ln_tuning"], default="lora",
+                   help="the adapter kind (lora.adapter; default lora)")
+    p.add_argument("--lora-rank", type=integer(1), default=None, help="lora and vera: the rank (required for them)")
+    p.add_argument("--lora-target", default=None,
+                   help="regex or comma list; MindFormers names (wq|wv|wo, w1..w3) are accepted (default: "
+                        "q_proj,v_proj,o_proj for lora, peft's default layers for the others)")
     p.add_argument("--total-params", type=float, default=None,
                    help="divide by this nominal total instead (the competition used 8.03e9 for Llama-3-8B)")
     p.add_argument("--trainable-tokens", type=int, default=0, metavar="N",
@@ -210,8 +213,12 @@ def _plain(number: float) -> str:
 
 @flags_for({"trainable_tokens": "--trainable-tokens"})
 def cli_ratio(args: argparse.Namespace) -> int:
-    from tunelab.scoring import lora_param_counts, low_param_ratio
-    counts = lora_param_counts(args.model, args.lora_rank, args.lora_target, args.trainable_tokens)
+    from tunelab.errors import TunelabError
+    from tunelab.scoring import adapter_param_counts, low_param_ratio
+    if args.lora_rank is None and args.adapter in ("lora", "vera"):
+        raise TunelabError(f"--lora-rank is required for --adapter {args.adapter}")
+    counts = adapter_param_counts(args.model, args.lora_rank or 1, args.lora_target, args.trainable_tokens,
+                                  args.adapter)
     total = counts["total"] if args.total_params is None else args.total_params
     ratio = low_param_ratio(counts["trainable"], total)
     if args.json:
@@ -220,7 +227,8 @@ def cli_ratio(args: argparse.Namespace) -> int:
     target = counts["target"] if isinstance(counts["target"], str) else ",".join(counts["target"])
     print(f"model: {args.model}")
     rows = f", {args.trainable_tokens} trainable token row(s)" if args.trainable_tokens else ""
-    print(f"lora: rank {args.lora_rank}, target {target}{rows}")
+    rank = f"rank {args.lora_rank}, " if args.adapter in ("lora", "vera") else ""
+    print(f"{args.adapter}: {rank}target {target}{rows}")
     print(f"trainable: {counts['trainable']}")
     if args.total_params is None:
         print(f"total: {counts['total']}")

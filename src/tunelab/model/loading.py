@@ -134,17 +134,21 @@ def adapter_base(path: str) -> str:
 
 
 def attach_adapter(base, path: str, base_path: str, onto=None, name: str = "default", trainable: bool = False):
-    """The LoRA adapter at `path` on `base` (checked to fit it first), unmerged: a new PeftModel, or with `onto`
+    """The adapter (LoRA, IA³, VeRA, LN tuning) at `path` on `base` (checked to fit it first), unmerged: a new PeftModel, or with `onto`
     (a PeftModel already wrapping `base`) loaded beside its adapters as `name`, for `set_adapter`. `trainable`:
     its weights take gradients (a run that continues the adapter)."""
     from peft import PeftModel
+
+    from tunelab.model.lora import quiet_peft
     check_adapter_fits(path, base, base_path)
     where = str(next(base.parameters()).device)  # the base's own device (peft's default is cuda:0 on any rank)
     try:
-        if onto is not None:
-            onto.load_adapter(path, adapter_name=name, torch_device=where, is_trainable=trainable)
-            return onto
-        return PeftModel.from_pretrained(base, path, adapter_name=name, torch_device=where, is_trainable=trainable)
+        with quiet_peft():
+            if onto is not None:
+                onto.load_adapter(path, adapter_name=name, torch_device=where, is_trainable=trainable)
+                return onto
+            return PeftModel.from_pretrained(base, path, adapter_name=name, torch_device=where,
+                                             is_trainable=trainable)
     except Exception as e:
         if not _load_failure(e):
             raise

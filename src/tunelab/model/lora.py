@@ -1,10 +1,12 @@
-"""LoRA setup: target-module resolution (MindFormers names, regexes), the peft config, and parameter counts."""
+"""Adapter setup: target-module resolution (MindFormers names, regexes), the peft config of each adapter kind a
+recipe can train (LoRA, IA³, VeRA, LN tuning: `AdapterSpec`, `peft_config`), and parameter counts."""
 
 from __future__ import annotations
 
 import contextlib
 import re
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
 from tunelab.recipe import MINDFORMERS_MODULES, mindformers_target_to_hf
@@ -57,20 +59,119 @@ def make_lora_config(rank: int, alpha: float, dropout: float, target_modules: st
                       trainable_token_indices=trainable_tokens or None)
 
 
+# peft's `peft_type` of each adapter kind a recipe names (`lora.adapter`)
+PEFT_TYPES = {"lora": "LORA", "ia3": "IA3", "vera": "VERA", "ln_tuning": "LN_TUNING"}
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Which adapter trains and its settings: the recipe's `lora` section (`from_recipe`), or the saved config of an
+    adapter a run continues (`from_saved`). `targets` None: peft's default layers for the model type."""
+
+    kind: str = "lora"
+    rank: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    targets: str | list[str] | None = None
+    feedforward: str | list[str] | None = None
+
+    @classmethod
+    def from_recipe(cls, lora) -> "AdapterSpec":
+        return cls(lora.adapter, lora.rank, lora.alpha, lora.dropout, lora.targets, lora.feedforward_modules)
+
+    @classmethod
+    def from_saved(cls, config: dict[str, Any]) -> "AdapterSpec":
+        """From peft's adapter_config.json; an adapter kind tunelab does not train is an error naming it."""
+        kinds = {v: k for k, v in PEFT_TYPES.items()}
+        peft_type = str(config.get("peft_type", "LORA"))
+        if peft_type not in kinds:
+            raise TunelabError(f"a {peft_type} adapter cannot be continued (tunelab trains "
+                               f"{', '.join(PEFT_TYPES)})", field="peft_type")
+        targets = config.get("target_modules")
+        return cls(kinds[peft_type], config.get("r", 8), config.get("lora_alpha", 8),
+                   config.get("lora_dropout", config.get("vera_dropout", 0.0)),
+                   sorted(targets) if isinstance(targets, (list, set)) else targets,
+                   config.get("feedforward_modules"))
+
+    def describe(self) -> str:
+        """'LoRA rank 16 (alpha 32) on q_proj, v_proj': a log line's words for it."""
+        name = {"lora": "LoRA", "ia3": "IA³", "vera": "VeRA", "ln_tuning": "LN tuning"}[self.kind]
+        size = {"lora": f" rank {self.rank} (alpha {self.alpha:g})", "vera": f" rank {self.rank}"}.get(self.kind, "")
+        where = self.targets if isinstance(self.targets, str) else ", ".join(self.targets or ["peft's default layers"])
+        return f"{name}{size} on {where}"
+
+
+def peft_config(spec: AdapterSpec, trainable_tokens: dict[str, list[int]] | None = None):
+    """The peft config of `spec` for a causal LM. `trainable_tokens` (LoRA only): peft's `trainable_token_indices`."""
+    if spec.kind == "lora":
+        return make_lora_config(spec.rank, spec.alpha, spec.dropout, spec.targets, trainable_tokens)
+    if trainable_tokens:
+        raise TunelabError(f"trainable tokens train beside a LoRA adapter, not beside {spec.kind}",
+                           field="lora.trainable_tokens")
+    from peft import IA3Config, LNTuningConfig, TaskType, VeraConfig
+    targets = resolve_target_modules(spec.targets) if spec.targets is not None else None
+    if spec.kind == "ia3":
+        feedforward = resolve_target_modules(spec.feedforward) if spec.feedforward is not None else None
+        return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=TaskType.CAUSAL_LM)
+    if spec.kind == "vera":
+        return VeraConfig(r=spec.rank, target_modules=targets, vera_dropout=spec.dropout,
+                          task_type=TaskType.CAUSAL_LM)
+    if spec.kind == "ln_tuning":
+        return LNTuningConfig(target_modules=targets, task_type=TaskType.CAUSAL_LM)
+    raise TunelabError(f"unknown adapter '{spec.kind}' (choose from {', '.join(PEFT_TYPES)})", field="lora.adapter")
+
+
+def add_adapter(model, spec: AdapterSpec, trainable_tokens: dict[str, list[int]] | None = None):
+    """`model` wrapped by peft with `spec`'s adapter (trainable); a target that matches nothing, or a model type
+    peft has no default layers for, is one error naming the setting."""
+    from peft import get_peft_model
+    if spec.targets is not None:
+        check_targets_matched(model, spec.targets)
+    try:
+        with quiet_peft():
+            return get_peft_model(model, peft_config(spec, trainable_tokens))
+    except ValueError as e:  # peft: no default targets for this model type, or a layer the adapter cannot wrap
+        raise TunelabError(f"cannot add a {spec.kind} adapter to {type(model).__name__}: "
+                           f"{' '.join(str(e).split())[:300]}", field="lora.target_modules") from e
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """peft's warnings that are not the user's concern, silenced while it wraps a model: LN tuning copies any norm
+    layer and peft warns of the types it has not listed (Llama's RMSNorm); transformers 5's deprecation of
+    `is_gradient_checkpointing` raised from inside peft."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unsupported layer type", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def adapter_prefixes() -> tuple[str, ...]:
+    """The parameter-name prefixes of every peft adapter kind ('lora_', 'ia3_', 'vera_lambda_', 'ln_tuning_',
+    'trainable_tokens_', …): peft's own table, so a kind added there is counted as an adapter here too."""
+    from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+    return tuple(sorted(set(PEFT_TYPE_TO_PREFIX_MAPPING.values())))
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total), where total is the *base* model's parameter count: LoRA adapters are excluded.
+    """(trainable, total), where total is the *base* model's parameter count: adapters are excluded.
 
     That is the competition's denominator (8,030,261,248 for Llama-3-8B with any LoRA), unlike peft's
     print_trainable_parameters, which adds the adapters. Tied weights are counted once; a quantised weight
     counts its real number of weights (`parameter_count`), so a QLoRA run's total is the same as a LoRA run's.
+    An adapter's parameters are those under a peft prefix (`adapter_prefixes`): LoRA's A and B, IA³'s scales, VeRA's
+    vectors (its shared random matrices are buffers, not parameters), LN tuning's copies of the norms, trainable
+    token rows (deltas beside the base's rows).
     """
+    prefixes = adapter_prefixes() if hasattr(model, "peft_config") else ()
     trainable = total = 0
     for name, param in model.named_parameters():
         n = parameter_count(param)
         if param.requires_grad:
             trainable += n
-        if not any(part.startswith(("lora_", "trainable_tokens_")) for part in name.split(".")):
-            total += n  # peft's trainable-token rows are deltas beside the base's rows, as LoRA's are
+        if not (prefixes and any(part.startswith(prefixes) for part in name.split("."))):
+            total += n
     return trainable, total
 
 

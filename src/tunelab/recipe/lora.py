@@ -1,4 +1,5 @@
-"""The recipe's `lora:` section: the adapter trained on a frozen base (off: every weight trains)."""
+"""The recipe's `lora:` section: the adapter trained on a frozen base (off: every weight trains). LoRA by default;
+the low-parameter kinds peft ships for the competition's ratio (IA³, VeRA, LN tuning) by `adapter`."""
 
 from __future__ import annotations
 
@@ -8,22 +9,46 @@ from pydantic import Field, model_validator
 
 from tunelab.recipe.fields import StrictSection
 
+ADAPTERS = ("lora", "ia3", "vera", "ln_tuning")
+LORA_TARGETS = ["q_proj", "v_proj", "o_proj"]
+
 
 class LoraConfig(StrictSection):
     enabled: bool = True
-    rank: int = Field(default=8, ge=1)
-    alpha: float = 16
-    dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: str | list[str] = Field(default_factory=lambda: ["q_proj", "v_proj", "o_proj"])
+    adapter: Literal["lora", "ia3", "vera", "ln_tuning"] = Field(default="lora", description=(
+        "lora: low-rank updates of the target layers; ia3: a learnt scale per output (per input on "
+        "feedforward_modules) of each target layer; vera: LoRA with frozen random matrices shared by all layers and "
+        "two trained scaling vectors a layer (rank is theirs, e.g. 256); ln_tuning: the norm layers' own weights. "
+        "Each counts its trainable parameters in the low-parameter ratio (tunelab.model.lora.peft_config)"))
+    rank: int = Field(default=8, ge=1, description="lora, vera: the rank")
+    alpha: float = Field(default=16, description="lora: the update's scale is alpha / rank")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="lora, vera: dropout on the adapter's input")
+    target_modules: str | list[str] | None = Field(default=None, description=(
+        "the layers adapted (names, or a regex): lora default [q_proj, v_proj, o_proj]; the other kinds default "
+        "to peft's choice for the model type (Llama: ia3 k_proj, v_proj, down_proj; vera q_proj, v_proj; "
+        "ln_tuning every norm)"))
+    feedforward_modules: str | list[str] | None = Field(default=None, description=(
+        "ia3: the target layers scaled on their input rather than output (peft's default for the model type)"))
     trainable_tokens: Literal["auto"] | list[str | int] | None = Field(
-        default=None, description="output-head rows trained beside the adapter (peft trainable_token_indices): "
+        default=None, description="lora: output-head rows trained beside the adapter (peft trainable_token_indices): "
         "'auto' = the answer tokens the base never learned to emit (tunelab.model.untrained_tokens), or a list "
         "of tokens (each one token of the tokenizer) or token ids")
 
+    @property
+    def targets(self) -> str | list[str] | None:
+        """The layers adapted: the recipe's, else LoRA's default, else None (peft's default for the model)."""
+        if self.target_modules is not None:
+            return self.target_modules
+        return list(LORA_TARGETS) if self.adapter == "lora" else None
+
     @model_validator(mode="after")
-    def _tokens_listed(self):
+    def _settings_fit_the_adapter(self):
         if isinstance(self.trainable_tokens, list) and not self.trainable_tokens:
             raise ValueError("trainable_tokens is an empty list: leave it out, or give 'auto' or some tokens")
         if self.trainable_tokens is not None and not self.enabled:
             raise ValueError("trainable_tokens trains rows beside a LoRA adapter: without LoRA every row trains")
+        if self.trainable_tokens is not None and self.adapter != "lora":
+            raise ValueError(f"trainable_tokens trains rows beside a LoRA adapter, not beside {self.adapter}")
+        if self.feedforward_modules is not None and self.adapter != "ia3":
+            raise ValueError(f"feedforward_modules is an ia3 setting, not {self.adapter}'s")
         return self

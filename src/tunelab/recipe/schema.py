@@ -162,6 +162,9 @@ class Recipe(StrictSection):
         if self.eval.scales and not self.lora.enabled:
             raise ValueError("eval.scales scales a LoRA adapter's update toward the base; a full fine-tune has no "
                              "adapter: set lora.enabled: true, or leave eval.scales out")
+        if self.eval.scales and self.lora.adapter != "lora":
+            raise ValueError(f"eval.scales scales a LoRA adapter's update toward the base; a {self.lora.adapter} "
+                             "adapter's is not a scaled low-rank update: leave eval.scales out")
         if self.eval.scales and not self.eval.tasks:
             raise ValueError("eval.scales evaluates the best checkpoint at each scale on the eval tasks: give "
                              "eval.tasks (with score.accuracy_task among them)")

@@ -229,10 +229,12 @@ def trainable_token_ids(recipe: Recipe, model, tokenizer, answer_counts: Counter
                      else "trainable tokens: none needed (every answer token's output row is one the base learned)")
         return sorted(t.token_id for t in collapsed)
     if collapsed and dist.main:
+        fix = ("set lora.trainable_tokens: auto to train those rows" if recipe.lora.adapter == "lora" else
+               "lora.adapter: lora with lora.trainable_tokens: auto trains those rows")
         log.warning(f"warning: {len(collapsed)} answer token(s) have output rows the base never learned, which "
-                    f"LoRA cannot separate from the others: {describe(collapsed)}. The model will rarely emit them "
-                    "when it samples; set lora.trainable_tokens: auto to train those rows (hidden-size parameters "
-                    "a token, counted in the ratio)")
+                    f"the {recipe.lora.adapter} adapter cannot separate from the others: {describe(collapsed)}. The "
+                    f"model will rarely emit them when it samples; {fix} (hidden-size parameters a token, counted "
+                    "in the ratio)")
     return []
 
 
@@ -256,12 +258,11 @@ def _continue_adapter(recipe: Recipe, base, adapter: str, base_path: str, dist: 
     from tunelab.model.loading import attach_adapter
     from tunelab.model.lora import REFERENCE_ADAPTER
     model = attach_adapter(base, adapter, base_path, trainable=True)
-    config = model.peft_config["default"]
     if dist.main:
-        targets = config.target_modules
-        shown = targets if isinstance(targets, str) else ", ".join(sorted(targets))
-        log.info(f"continuing the adapter {adapter} (rank {config.r}, alpha {config.lora_alpha}, on {shown}): its "
-                 "own settings, not the recipe's lora rank, alpha, targets and trainable tokens")
+        from tunelab.model.lora import AdapterSpec
+        spec = AdapterSpec.from_saved(model.peft_config["default"].to_dict())
+        log.info(f"continuing the adapter {adapter} ({spec.describe()}): its own settings, not the recipe's lora "
+                 "adapter, rank, alpha, targets and trainable tokens")
     if _needs_reference(recipe):
         attach_adapter(base, adapter, base_path, onto=model, name=REFERENCE_ADAPTER)
         model.set_adapter("default")
@@ -279,10 +280,7 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: lis
     autocast_dtype = precision.autocast_dtype
     lora = recipe.lora.enabled
     if lora:
-        from peft import get_peft_model
-
-        from tunelab.model.lora import check_targets_matched, make_lora_config
-        check_targets_matched(model, recipe.lora.target_modules)
+        from tunelab.model.lora import AdapterSpec, add_adapter
         if recipe.model.quantization != "none":  # train.gradient_checkpointing, if asked, is turned on below
             from tunelab.model.quantization import prepare_for_kbit
             model = prepare_for_kbit(model, gradient_checkpointing=False, compute_dtype=autocast_dtype or torch.float32)
@@ -294,8 +292,7 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: lis
             if token_ids:
                 from tunelab.model.untrained_tokens import head_module_name
                 trainable_tokens = {head_module_name(model): list(token_ids)}
-            model = get_peft_model(model, make_lora_config(recipe.lora.rank, recipe.lora.alpha, recipe.lora.dropout,
-                                                           recipe.lora.target_modules, trainable_tokens))
+            model = add_adapter(model, AdapterSpec.from_recipe(recipe.lora), trainable_tokens)
         from tunelab.train.dropout import use_fast_lora_dropout
         use_fast_lora_dropout(model)
         if autocast_dtype is not None:

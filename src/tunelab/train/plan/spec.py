@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
+    from tunelab.model.lora import AdapterSpec
     from tunelab.recipe import Recipe
 
 
@@ -20,7 +21,7 @@ class StepSpec:
 
     config: PretrainedConfig
     dtype: str = "float32"                    # the base weights' dtype (model.dtype)
-    lora: tuple | None = None                 # (rank, alpha, dropout, target_modules); None: every weight trains
+    lora: AdapterSpec | None = None           # the adapter (LoRA, IA³, VeRA, LN tuning); None: every weight trains
     batch_size: int = 4
     seq_len: int = 256
     packing: bool = True
@@ -47,8 +48,8 @@ def step_spec(recipe: Recipe, config: PretrainedConfig) -> StepSpec:
     precision = {"fp32": None, "fp16": "fp16"}.get(tc.precision, "bf16")  # auto on a GPU: bf16, or fp16 (same bytes)
     lora = None
     if recipe.lora.enabled:
-        lora = (_continued_lora(m.path) if m.path else None) or (recipe.lora.rank, recipe.lora.alpha,
-                                                                   recipe.lora.dropout, recipe.lora.target_modules)
+        from tunelab.model.lora import AdapterSpec
+        lora = (_continued_lora(m.path) if m.path else None) or AdapterSpec.from_recipe(recipe.lora)
     batch, seq_len, grpo, packing = tc.batch_size, recipe.data.max_seq_len, None, recipe.data.packing
     if tc.method == "dpo":  # a pair is two padded rows, chosen and rejected, scored by the same chunked kernel as
         batch, packing = 2 * tc.batch_size, False  # SFT's loss (the reference's forward keeps no activations)
@@ -73,9 +74,10 @@ def step_spec(recipe: Recipe, config: PretrainedConfig) -> StepSpec:
                     grads_held=tc.grad_accum > 1)
 
 
-def _continued_lora(path: str) -> tuple | None:
-    """The LoRA settings of the adapter a run continues (`model.path` a LoRA run or adapter): they, not the
-    recipe's `lora` section, are what trains."""
+def _continued_lora(path: str) -> AdapterSpec | None:
+    """The settings of the adapter a run continues (`model.path` a LoRA run or adapter): they, not the recipe's
+    `lora` section, are what trains."""
+    from tunelab.model.lora import AdapterSpec
     from tunelab.records import read_json_object
     from tunelab.runs import is_run_dir, pick_checkpoint
     p = Path(path).expanduser()
@@ -85,16 +87,13 @@ def _continued_lora(path: str) -> tuple | None:
         p = pick_checkpoint(p)
     if not (p / "adapter_config.json").is_file() or (p / "config.json").is_file():
         return None
-    c = read_json_object(p / "adapter_config.json")
-    return c.get("r", 8), c.get("lora_alpha", 8), c.get("lora_dropout", 0.0), c.get("target_modules")
+    return AdapterSpec.from_saved(read_json_object(p / "adapter_config.json"))
 
 
 def describe_step(spec: StepSpec, trainable: int) -> str:
     """The step in words: the plan's `step:` line."""
     if spec.lora:
-        rank, _, _, target = spec.lora
-        shown = target if isinstance(target, str) else "|".join(target)
-        what = f"LoRA r {rank} on {shown} ({trainable:,} trainable)"
+        what = f"{spec.lora.describe()} ({trainable:,} trainable)"
     else:
         what = f"full fine-tuning ({trainable:,} trainable)"
     rows = "packed rows" if spec.packing else "rows padded to the longest"

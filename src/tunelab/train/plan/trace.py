@@ -60,7 +60,7 @@ def _trainable_model(spec: StepSpec, fake: bool):
     import torch
 
     from tunelab.model.activation_checkpointing import enable_activation_checkpointing
-    from tunelab.model.lora import check_targets_matched, make_lora_config, skip_lora_input_casts
+    from tunelab.model.lora import add_adapter, skip_lora_input_casts
     from tunelab.model.presets import build_on_meta
     config = copy.deepcopy(spec.config)
     config.dtype = torch_dtype(spec.dtype)
@@ -81,10 +81,7 @@ def _trainable_model(spec: StepSpec, fake: bool):
             if spec.fp32_unquantized and id(p) not in kept and p.dtype in (torch.float16, torch.bfloat16):
                 p.data = p.data.float()
     if spec.lora:
-        from peft import get_peft_model
-        rank, alpha, dropout, target = spec.lora
-        check_targets_matched(model, target)
-        model = get_peft_model(model, make_lora_config(rank, alpha, dropout, target))
+        model = add_adapter(model, spec.lora)
         _swap_lora_dropout(model)
         if spec.autocast:
             skip_lora_input_casts(model)
