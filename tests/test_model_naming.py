@@ -133,6 +133,14 @@ def test_eval_takes_the_model_positionally(run, tmp_path, capsys):
     doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert list(doc["results"]) == ["step-000010"] and "accuracy" in doc["results"]["step-000010"]["arithmetic"]
     assert f"results: {out / 'results.json'}" in capsys.readouterr().out
+    # --checkpoint best: that checkpoint alone, as if it had been named (the samples `data prefs` pairs come from)
+    assert main(["eval", str(run), "--checkpoint", "best", "--tasks", "arithmetic", "--data", f"arithmetic={gold}",
+                 "--max-new-tokens", "2", "--out", str(tmp_path / "best"), "--device", "cpu"]) == 0
+    best = json.loads((tmp_path / "best" / "results.json").read_text(encoding="utf-8"))
+    assert best["results"]["step-000010"]["arithmetic"] == doc["results"]["step-000010"]["arithmetic"]
+    capsys.readouterr()
+    assert main(["eval", str(gold), "--checkpoint", "last", "--tasks", "arithmetic"]) == 2
+    assert "--checkpoint picks a checkpoint of a run directory" in capsys.readouterr().err
 
 
 def test_serve_takes_the_model_as_a_flag(run, monkeypatch, capsys):

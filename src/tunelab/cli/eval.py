@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("eval", help="evaluate a model, checkpoint or run directory on tasks")
     add_model(p, "run directory, checkpoint, HF or adapter directory, hub id or .gguf file")
+    p.add_argument("--checkpoint", choices=["best", "last"], default=None,
+                   help="a run directory: evaluate only its best or last checkpoint (default: every checkpoint, the "
+                        "best marked)")
     p.add_argument("--tasks", default="arithmetic", help="comma-separated task names")
     p.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
                    help="data file for a task, or a prepared corpus directory for ppl/continuation (repeatable); "
@@ -67,8 +70,17 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
 
 def cli_eval(args: argparse.Namespace) -> int:
     from tunelab.eval.evaluate import evaluate
+    model = args.model
+    if args.checkpoint is not None:
+        from pathlib import Path
+
+        from tunelab.runs import is_run_dir, pick_checkpoint
+        if not is_run_dir(model):
+            raise TunelabError("--checkpoint picks a checkpoint of a run directory; this is not one", file=model,
+                               field="--checkpoint")
+        model = str(pick_checkpoint(Path(model), args.checkpoint).parent)
     try:
-        doc, out_root = evaluate(args.model, config_from_flags(args), args.out, args.baseline)
+        doc, out_root = evaluate(model, config_from_flags(args), args.out, args.baseline)
     except TunelabError as e:
         shown = _eval_flag(e)
         if shown is e:
