@@ -55,6 +55,17 @@ def test_the_recipe_names_the_adapter_and_refuses_settings_of_another():
         add_adapter(_base(), AdapterSpec("ia3", targets=["nothing_here"]))
 
 
+@pytest.mark.parametrize("spec", KINDS[:4], ids=lambda s: s.kind)
+def test_a_saved_or_live_config_gives_back_its_spec(spec):
+    from tunelab.model.lora import peft_config
+    live = peft_config(spec).to_dict()  # peft_type an enum here, text in adapter_config.json
+    for config in (live, json.loads(json.dumps(live, default=lambda v: getattr(v, "value", list(v))))):
+        again = AdapterSpec.from_saved(config)
+        assert again.kind == spec.kind and peft_config(again).to_dict() == peft_config(spec).to_dict()
+    with pytest.raises(TunelabError, match="a PREFIX_TUNING adapter cannot be continued"):
+        AdapterSpec.from_saved({"peft_type": "PREFIX_TUNING"})
+
+
 def _logits(model, ids):
     model.eval()
     with torch.no_grad():

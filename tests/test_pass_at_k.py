@@ -193,6 +193,7 @@ def test_prefs_from_samples_pair_a_right_and_a_wrong_answer_of_each_problem(tmp_
     assert got == sorted([("What is 2 + 3?", "5", "6"), ("What is 2 + 3?", "5", "4"), ("Pick one\nA. x\nB. y", "B", "A")])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped"] == {"all samples right": 1, "no sample right": 1} and summary["pairs"] == 3
+    assert summary["sampled_problems"] == 4 and "4 sampled problems read, 3 preference pairs" in capsys.readouterr().out
     assert all(p["pass_rate"] in (0.5, 2 / 3) for p in pairs)
     # a predictions file written without --samples is named as such
     plain = tmp_path / "plain.jsonl"

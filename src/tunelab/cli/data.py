@@ -292,7 +292,11 @@ def cli_prefs(args: argparse.Namespace) -> int:
         if e.found != "sqlite":
             raise
         raise TunelabError(f"{e.message}; an arena's votes database is read with --arena", file=e.file) from e
-    print(f"{s['read']:,} records read, {s['pairs']:,} preference pairs written: {s['train']:,} for training "
+    read = f"{s['read']:,} records read"
+    if "sampled_problems" in s:  # a problem gives up to --per-problem pairs: its own count, not the pairs'
+        read = f"{s['sampled_problems']:,} sampled problems" + (" and the other records" if args.files or args.arena
+                                                                 else "") + " read"
+    print(f"{read}, {s['pairs']:,} preference pairs written: {s['train']:,} for training "
           f"({s['train_prompts']:,} prompts), {s['val']:,} held out ({s['val_prompts']:,} prompts) -> {args.out}")
     if s["left_out"]:
         reasons = Counter(s["skipped"]) + Counter(s["dropped"])

@@ -322,7 +322,9 @@ def build_preferences(out: str | Path, arena: str | Path | None = None, files: l
     sampled answers with the grader's verdicts (`sample_pairs`, up to `per_problem` pairs a problem); returns the
     summary. Its counts add up: `read` (votes and file records) = `pairs` written + `left_out`, which
     is the sum of `skipped` (records that are no pair: ties, named battles, a judge's votes, each by its reason)
-    and `dropped` (pairs removed by `merge_pairs`: same answers, repeats merged into one, outvoted, even splits)."""
+    and `dropped` (pairs removed by `merge_pairs`: same answers, repeats merged into one, outvoted, even splits);
+    a sampled problem counts once for each pair it gave, or once as left out. `sampled_problems`: the problems of
+    the sample files."""
     from tunelab.records import building_dir, write_json, write_jsonl
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -337,8 +339,10 @@ def build_preferences(out: str | Path, arena: str | Path | None = None, files: l
         pairs += found
     for f in files or []:
         pairs += file_pairs(f, skipped)
+    problems = 0
     for f in samples or []:
         pairs += sample_pairs(f, per_problem, skipped)
+        problems += sum(1 for _ in iter_records(f))
     read = len(pairs) + sum(skipped.values())
     merged, dropped = merge_pairs(pairs)
     if not merged:
@@ -350,7 +354,7 @@ def build_preferences(out: str | Path, arena: str | Path | None = None, files: l
                "train": len(train), "val": len(val),
                "train_prompts": len({p.prompt_key() for p in train}),
                "val_prompts": len({p.prompt_key() for p in val}),
-               "val_fraction": val_fraction, "seed": seed}
+               "val_fraction": val_fraction, "seed": seed, **({"sampled_problems": problems} if samples else {})}
     with building_dir(out) as tmp:
         write_jsonl(tmp / "train.jsonl", (p.to_record() for p in train))
         write_jsonl(tmp / "val.jsonl", (p.to_record() for p in val))

@@ -83,7 +83,8 @@ class AdapterSpec:
     def from_saved(cls, config: dict[str, Any]) -> "AdapterSpec":
         """From peft's adapter_config.json; an adapter kind tunelab does not train is an error naming it."""
         kinds = {v: k for k, v in PEFT_TYPES.items()}
-        peft_type = str(config.get("peft_type", "LORA"))
+        peft_type = config.get("peft_type", "LORA")
+        peft_type = str(getattr(peft_type, "value", peft_type))  # a live config's enum, or the saved JSON's text
         if peft_type not in kinds:
             raise TunelabError(f"a {peft_type} adapter cannot be continued (tunelab trains "
                                f"{', '.join(PEFT_TYPES)})", field="peft_type")
