@@ -85,7 +85,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
                    help="also plot score against low-parameter ratio, with the Pareto front")
     q.set_defaults(func=cli_runs_table)
 
-    p = verbs.add_parser("ratio", help="trainable / total parameters of an adapter setup (meta device, no weights)")
+    p = verbs.add_parser("ratio", help="trainable / total parameters of an adapter (meta device, no weights)")
     add_model(p, "preset name, local HF directory, config.json or hub id")
     p.add_argument("--adapter", choices=["lora", "ia3", "vera", "ln_tuning"], default="lora",
                    help="the adapter kind (lora.adapter; default lora)")
