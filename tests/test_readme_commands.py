@@ -265,9 +265,14 @@ def _output(runs, command_start: str) -> str:
 
 
 def test_ratio_prints_the_readme_numbers(runs):
-    trainable, ratio = re.search(r"#\s+trainable: (\d+)\s+ratio: ([\d.]+)", README).groups()
-    out = _output(runs, "ratio llama3-8b")
-    assert f"trainable: {trainable}\n" in out and f"ratio: {ratio}\n" in out
+    """Each `tunelab ratio llama3-8b` command in the docs prints the trainable count and ratio written beside it
+    (LoRA's, and the low-parameter adapters' of the stage-2 section)."""
+    found = re.findall(r"tunelab (ratio llama3-8b [^\n#]*?)\s*(?:\\\n[^\n#]*)?\n?\s*#\s+trainable: (\d+)\s+ratio: ([\d.]+)",
+                       README)
+    assert len(found) >= 2, found
+    for command, trainable, ratio in found:
+        out = _output(runs, command.strip())
+        assert f"trainable: {trainable}\n" in out and f"ratio: {ratio}\n" in out, command
 
 
 def test_list_kinds_shows_as_many_kinds_as_the_readme_says(runs):
