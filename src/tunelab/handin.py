@@ -38,7 +38,7 @@ import yaml
 from tunelab.checkpoint_manifest import file_sha256
 from tunelab.errors import TunelabError
 from tunelab.recipe import MINDFORMERS_MODULES
-from tunelab.recipe.lora import LORA_TARGETS
+from tunelab.recipe.lora import adapter_targets
 from tunelab.records import read_text
 from tunelab.runs import check_checkpoints, list_checkpoints
 
@@ -119,7 +119,7 @@ def mindformers_yaml(recipe: dict, base_config: dict | None) -> dict:
         from tunelab.convert.mindformers import mindformers_model_config
         model_config = mindformers_model_config(base_config, seq_length=data.get("max_seq_len"))
     if lora.get("enabled", True) and lora.get("adapter", "lora") == "lora":  # another kind is handed in merged
-        targets = lora.get("target_modules") or LORA_TARGETS
+        targets = adapter_targets("lora", lora.get("target_modules"))
         targets = [targets] if isinstance(targets, str) else targets
         model_config["pet_config"] = {
             "pet_type": "lora", "lora_rank": lora.get("rank"), "lora_alpha": lora.get("alpha"),
@@ -169,7 +169,7 @@ def _method(lora: dict) -> str:
     if not lora.get("enabled", True):
         return "full fine-tuning (every parameter trains)"
     kind = lora.get("adapter", "lora")
-    targets = lora.get("target_modules") or (LORA_TARGETS if kind == "lora" else "peft's default for the model")
+    targets = adapter_targets(kind, lora.get("target_modules")) or "peft's default for the model"
     if kind == "lora":
         return (f"LoRA (rank {lora.get('rank')}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
                 f"target modules {targets})")

@@ -62,7 +62,7 @@ def adapter_param_counts(model: str, rank: int, target: str | None, trainable_to
     peft's for the other kinds. `trainable_tokens`: that many output-head rows trained beside a LoRA adapter."""
     from tunelab.model.lora import AdapterSpec, add_adapter, count_parameters, resolve_target_modules
     from tunelab.model.presets import build_on_meta, load_config
-    from tunelab.recipe.lora import LORA_TARGETS
+    from tunelab.recipe.lora import adapter_targets
 
     base = build_on_meta(load_config(model))
     rows = None
@@ -72,8 +72,7 @@ def adapter_param_counts(model: str, rank: int, target: str | None, trainable_to
             raise TunelabError(f"{trainable_tokens} trainable token rows: the model has "
                                f"{base.get_output_embeddings().weight.shape[0]:,}", field="trainable_tokens")
         rows = {head_module_name(base): list(range(trainable_tokens))}  # which rows does not change the count
-    if target is None and adapter == "lora":
-        target = ",".join(LORA_TARGETS)
+    target = adapter_targets(adapter, target)
     # alpha and dropout do not change the counts
     peft_model = add_adapter(base, AdapterSpec(adapter, rank, 2 * rank, 0.0, target), rows)
     trainable, total = count_parameters(peft_model)

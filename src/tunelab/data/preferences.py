@@ -341,8 +341,10 @@ def build_preferences(out: str | Path, arena: str | Path | None = None, files: l
         pairs += file_pairs(f, skipped)
     problems = 0
     for f in samples or []:
-        pairs += sample_pairs(f, per_problem, skipped)
-        problems += sum(1 for _ in iter_records(f))
+        left_out = sum(skipped.values())
+        found = sample_pairs(f, per_problem, skipped)
+        pairs += found  # a problem gave pairs (each names its line) or was left out: counted without a second read
+        problems += len({p.meta["source"] for p in found}) + sum(skipped.values()) - left_out
     read = len(pairs) + sum(skipped.values())
     merged, dropped = merge_pairs(pairs)
     if not merged:

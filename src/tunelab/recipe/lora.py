@@ -13,6 +13,14 @@ ADAPTERS = ("lora", "ia3", "vera", "ln_tuning")
 LORA_TARGETS = ["q_proj", "v_proj", "o_proj"]
 
 
+def adapter_targets(adapter: str, target_modules: str | list[str] | None) -> str | list[str] | None:
+    """The layers adapted: the ones given, else LoRA's default, else None (peft's default for the model type).
+    Also for a run's saved recipe, read as a plain mapping (the hand-in)."""
+    if target_modules is not None:
+        return target_modules
+    return list(LORA_TARGETS) if adapter == "lora" else None
+
+
 class LoraConfig(StrictSection):
     enabled: bool = True
     adapter: Literal["lora", "ia3", "vera", "ln_tuning"] = Field(default="lora", description=(
@@ -36,10 +44,7 @@ class LoraConfig(StrictSection):
 
     @property
     def targets(self) -> str | list[str] | None:
-        """The layers adapted: the recipe's, else LoRA's default, else None (peft's default for the model)."""
-        if self.target_modules is not None:
-            return self.target_modules
-        return list(LORA_TARGETS) if self.adapter == "lora" else None
+        return adapter_targets(self.adapter, self.target_modules)
 
     @model_validator(mode="after")
     def _settings_fit_the_adapter(self):
