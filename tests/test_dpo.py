@@ -71,7 +71,7 @@ def test_a_dpo_run_learns_the_preference_and_its_adapter_loads_in_plain_peft(dpo
     # (each line averages 16 pairs: the last three lines together)
     last = lines[-3:]
     assert lines[0]["rewards/margins"] == pytest.approx(0, abs=0.02)
-    assert sum(x["rewards/margins"] for x in last) / 3 > 0.3 and sum(x["loss"] for x in last) / 3 < 0.6
+    assert sum(x["rewards/margins"] for x in last) / 3 > 0.2 and sum(x["loss"] for x in last) / 3 < 0.6
     assert (recipe.run_dir / "rewards.png").stat().st_size > 10_000  # the margin and accuracy curves
 
     # the last adapter, loaded by plain transformers + peft over the base, prefers the chosen answers by the

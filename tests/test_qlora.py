@@ -322,7 +322,7 @@ def test_8bit_optimizer_qlora_run_learns_and_resumes_like_an_unbroken_run(name, 
     run_dir = recipe.run_dir
     unbroken = train(recipe)
     losses = _losses(run_dir)
-    assert len(losses) == 4 and losses[-1] < losses[1] < losses[0] - 0.1, losses
+    assert len(losses) == 4 and losses == sorted(losses, reverse=True) and losses[-1] < losses[0] - 0.1, losses
     assert [c.name for c in list_checkpoints(run_dir)] == [f"step-{s:06d}" for s in (3, 6, 10, 13, 16)]
     final = list_checkpoints(run_dir)[-1]
     want = torch.load(final / "trainer_state.pt", weights_only=False)

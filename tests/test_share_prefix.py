@@ -87,7 +87,7 @@ def test_loss_and_gradients_equal_rows_that_repeat_the_header(encoded, tokenizer
             at = [i for i, s in enumerate(row.segments) if s == k]
             samples.append(next(e for e in encoded if e.input_ids == row.input_ids[:h] + [row.input_ids[i] for i in at]))
         groups.append(samples)
-    repeated = [pack_examples(g, 10 ** 6, open_rows=1)[0] for g in groups]
+    repeated = [pack_examples(g, 10 ** 6)[0] for g in groups]
     pad = tokenizer.pad_token_id
     a, b = collate_rows(shared, pad, True), collate_rows(repeated, pad, True)
     assert a["attention_mask"].shape == (len(shared), 1, a["input_ids"].shape[1], a["input_ids"].shape[1])

@@ -14,6 +14,7 @@ import torch
 from conftest import lora_sections
 
 from tunelab.cli import main
+from tunelab.data.sources import training_examples
 from tunelab.data.templates import TEMPLATE_FILE, PromptTemplate, load_template
 from tunelab.errors import TunelabError
 from tunelab.recipe import load_recipe
@@ -210,7 +211,6 @@ def test_lora_adapter_loads_with_plain_peft_and_merged_model_generates_the_same(
     prompts = [template.render(p) for p in PROMPTS]
 
     base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
-    base_out = generate_batched(base, tok, prompts, max_new_tokens=10, progress=False)
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), ckpt / "adapter").eval()
     merged = AutoModelForCausalLM.from_pretrained(ckpt / "model").eval()
     assert not any("lora" in n for n, _ in merged.named_parameters())
@@ -224,7 +224,20 @@ def test_lora_adapter_loads_with_plain_peft_and_merged_model_generates_the_same(
     adapted_out = generate_batched(adapted, tok, prompts, max_new_tokens=10, progress=False)
     merged_out = generate_batched(merged, tok, prompts, max_new_tokens=10, progress=False)
     assert merged_out == adapted_out
-    assert adapted_out != base_out
+    # the adapter learned its task: the trained answers are likelier under it than under the base (the weak tiny
+    # base and a 20-step adapter may well write the same greedy text)
+    def answer_nll(model, examples):
+        total = 0.0
+        for e in examples:
+            prompt = tok(template.render(e.instruction), add_special_tokens=False)["input_ids"]
+            answer = tok(e.output, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt + answer])
+            with torch.no_grad():
+                total += float(model(input_ids=ids, labels=torch.tensor([[-100] * len(prompt) + answer])).loss)
+        return total / len(examples)
+
+    examples = training_examples(lora_run["recipe"])[:20]
+    assert answer_nll(adapted, examples) < answer_nll(base, examples) - 0.05  # 3.28 vs 3.44 nats a token
 
 
 # --- NaN / inf stops -------------------------------------------------------------------------------------

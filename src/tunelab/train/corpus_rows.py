@@ -10,7 +10,8 @@ Only the rows of one step become Python lists; the corpus stays on disk.
 - Labels are the block's own tokens: the loss covers every real token including the closing EOT, never
   padding, and a block's first token has no target (nothing inside the block predicts it).
 - `sampling="epoch"`: each epoch visits every block once, in a permutation seeded by (seed, epoch). Packed,
-  consecutive windows of that order are packed best-fit decreasing (`pack_lengths`): corpus blocks are
+  consecutive windows of that order are packed best-fit decreasing (`data.packing.pack_lengths`, the packer
+  fine-tuning samples go through too): corpus blocks are
   sentence-aligned and often over half a row long, and first-fit in arrival order left ~20 % of the rows
   padding where this leaves ~13 % (the bound for whole blocks is ~12.9 % on the generated encyclopedia).
   A block never moves out of its window, so the epoch still follows the seeded order at a window's scale.
@@ -29,47 +30,18 @@ the corpus's text (full fine-tuning on short QA pairs alone raised the MiniGPT d
 
 from __future__ import annotations
 
-import bisect
 from pathlib import Path
 
 import numpy as np
 
 from tunelab.data.corpus.store import CorpusBlocks
-from tunelab.data.packing import IGNORE, Encoded, Row
+from tunelab.data.packing import IGNORE, Encoded, Row, pack_lengths
 from tunelab.errors import TunelabError
 
 SAMPLINGS = ("epoch", "random", "sequential")
 
 
 RANDOM_DRAWS = 64  # candidates a packed random row draws at most
-PACK_WINDOW = 4096  # blocks of the seeded order packed together (pack_lengths)
-
-
-def pack_lengths(lengths, max_len: int, window: int = PACK_WINDOW) -> list[list[int]]:
-    """Indices of `lengths` grouped into rows of at most `max_len`, packed best-fit decreasing within each
-    `window` of consecutive indices: the longest block first, each into the open row it fills most tightly.
-
-    A row lists its indices in increasing order and rows come in the order of their first index, so the
-    result follows the input order (a seeded permutation) wherever packing leaves it free to.
-    """
-    lengths = [int(n) for n in lengths]
-    rows: list[list[int]] = []
-    for lo in range(0, len(lengths), window):
-        hi = min(lo + window, len(lengths))
-        packed: list[list[int]] = []
-        rooms: list[tuple[int, int]] = []  # (room left, row) sorted: the tightest fit is the first with room >= n
-        for i in sorted(range(lo, hi), key=lambda i: -lengths[i]):  # stable: equal lengths keep their order
-            n = lengths[i]
-            k = bisect.bisect_left(rooms, (n, -1))
-            if k < len(rooms):
-                room, r = rooms.pop(k)
-                packed[r].append(i)
-            else:
-                room, r = max_len, len(packed)
-                packed.append([i])
-            bisect.insort(rooms, (room - n, r))
-        rows += sorted((sorted(row) for row in packed), key=lambda row: row[0])
-    return rows
 
 
 class CorpusRows:
