@@ -167,12 +167,12 @@ def serve(engine, seqs, work: Work) -> list[int]:
     """Run the engine's scheduler turns on this thread (its own thread closed): waits per decode step."""
     engine._pending.extend(seqs)
     per_step = []
-    while engine._pending or engine._rows:
+    while engine._pending or engine._running:
         admit = engine._take_pending()
         if admit:
             with work.phase("admit"):
                 engine._prefill(admit)
-        if engine._rows:
+        if engine._running:
             before = work.waits["step"]
             with work.phase("step"):
                 engine._step()

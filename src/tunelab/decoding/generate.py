@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelab.decoding.batch import DecodeBatch
+from tunelab.decoding.running import RunningRows
 from tunelab.decoding.sampling import SamplingParams, sample_next
 from tunelab.decoding.stops import pad_token_id, stop_token_ids
 from tunelab.decoding.text_stream import TextStream
@@ -25,15 +26,14 @@ def decode_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
 
     A row is done when it emits a stop token or, with `streams`, when its text reaches a stop string. It leaves
     the batch at once (the last row moves into its place: a copy of that row's cache, not of the batch's), and
-    once half the batch is free the waiting rows are prefilled together and merged in (continuous batching, as
-    the server does), so decode steps run on the rows still answering, and prefills on many rows at a time.
+    once half the batch is free the waiting rows are prefilled together and merged in (continuous batching by the
+    server's own `RunningRows`), so decode steps run on the rows still answering, and prefills on many rows at a
+    time.
     `on_done(k)` is told each time k rows have finished. Rows are taken in the order given (sort them by length:
     less padding).
 
     A decode step copies one thing to the host, the batch's next tokens; the next step's input is those tokens
     on the device."""
-    import torch
-
     n = len(rows) if max_new_tokens > 0 else 0
     if sampling is not None and (len(sampling) != len(rows) or generators is None or len(generators) != len(rows)):
         raise ValueError("sampling needs one SamplingParams and one generator a row")
@@ -46,22 +46,16 @@ def decode_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
     results: list[list[int]] = [[] for _ in rows]
     stopped = [False] * len(rows)
     waiting = 0                                 # next row to admit
-    active: list[int] = []                      # row of each batch row
-    batch = tokens = None                       # tokens: each batch row's next token, on the device
-    while waiting < n or active:
-        room = batch_size - len(active)
-        if waiting < n and (not active or (room * 2 >= batch_size and batch.mergeable)):
+    running = RunningRows(batch_size, admit_at=(batch_size + 1) // 2)  # owners: each batch row's row
+    while waiting < n or running:
+        room = running.room()
+        if waiting < n and room:
             take = list(range(waiting, min(n, waiting + room)))
             waiting = take[-1] + 1
             new, new_logits = DecodeBatch.prefill(model, [rows[i] for i in take], pad_id, max_new_tokens)
-            if batch is None:
-                batch, tokens = new, choose(new_logits, take)
-            else:
-                batch.extend(new)
-                tokens = torch.cat([tokens, choose(new_logits, take)])
-            active += take
+            running.join(new, choose(new_logits, take), take)
         done = []
-        for j, (row, tok) in enumerate(zip(active, tokens.tolist())):
+        for j, (row, tok) in enumerate(zip(running.owners, running.tokens.tolist())):
             if tok in stops:
                 stopped[row] = True
                 if keep_stop:
@@ -75,14 +69,9 @@ def decode_rows(model, rows: list[list[int]], max_new_tokens: int, stops: frozen
             done.append(j)
         if done and on_done is not None:
             on_done(len(done))
-        if len(done) == len(active):
-            batch, tokens, active = None, None, []
-            continue
-        if done:
-            order, tokens = batch.remove(done, tokens)
-            active = [active[j] for j in order]
-            batch.trim()
-        tokens = choose(batch.step(tokens), active)
+        running.leave(done)
+        if running:
+            running.tokens = choose(running.step(), running.owners)
     return results, stopped
 
 

@@ -41,6 +41,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from tunelab.decoding.running import RunningRows
 from tunelab.decoding.sampling import SamplingParams
 from tunelab.decoding.text_stream import TextStream
 
@@ -184,10 +185,7 @@ class Engine:
         self._torch = torch
         self._cv = threading.Condition()
         self._pending: deque[Sequence] = deque()
-        self._rows: list[Sequence] = []
-        self._batch = None      # DecodeBatch of the running rows
-        self._tokens = None     # [B] next input token, on the device
-        self._merge_ok: bool | None = None
+        self._running = RunningRows(self.max_batch)  # owners: the Sequence of each batch row
         self._merging = False
         self._closed = False
         # tests: called as fault_hook(stage, seq) at "setup", "prefill", "sample" and "decode"; raising fails
@@ -235,7 +233,7 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not self._closed and not self._pending and not self._rows:
+                    while not self._closed and not self._pending and not self._running:
                         self._cv.wait()
                     if self._closed:
                         break
@@ -243,22 +241,20 @@ class Engine:
                     self.stats["waiting"] = len(self._pending)
                 if admit:
                     self._prefill(admit)
-                if self._rows:
+                if self._running:
                     try:
                         self._step()
                     except Exception:  # noqa: BLE001 - the shared forward pass: no single row to blame
                         log.exception("decode step failed")
-                        for s in self._rows:
+                        for s in self._running.owners:
                             self._fail(s)
-                        self._reset()
-                self.stats["active"] = len(self._rows)
-        for s in list(self._pending) + self._rows:
+                        self._running.clear()
+                self.stats["active"] = len(self._running)
+        for s in list(self._pending) + self._running.owners:
             s._finish("abort", "server shutting down")
 
     def _take_pending(self) -> list[Sequence]:
-        room = self.max_batch - len(self._rows)
-        if self._rows and self._merge_ok is False:
-            room = 0    # this cache type cannot take rows mid-flight: wait for the batch to drain
+        room = self._running.room()
         admit: list[Sequence] = []
         longest = 0
         while self._pending and len(admit) < room:
@@ -274,9 +270,6 @@ class Engine:
             admit.append(self._pending.popleft())
             longest = longest2
         return admit
-
-    def _reset(self) -> None:
-        self._rows, self._batch, self._tokens = [], None, None
 
     def _fault(self, stage: str, seq: Sequence) -> None:
         if self.fault_hook is not None:
@@ -318,9 +311,9 @@ class Engine:
         except Exception:  # noqa: BLE001 - a bad request must not stop the engine
             if self._merging:   # the running batch may be half-merged: it cannot go on
                 log.exception("merging new rows into the running batch failed")
-                for s in self._rows + group:
+                for s in self._running.owners + group:
                     self._fail(s)
-                self._reset()
+                self._running.clear()
                 return
             fresh = [s for s in group if not s.finished and s.num_generated == 0]
             if len(group) == 1 or len(fresh) < len(group):
@@ -343,8 +336,6 @@ class Engine:
         batch, logits = DecodeBatch.prefill(self.model, [s.prompt_ids for s in seqs], self.pad_id, 64,
                                             all_logits=want_prompt_lp)
         self.stats["prefills"] += 1
-        if self._merge_ok is None:
-            self._merge_ok = batch.mergeable
         if want_prompt_lp:
             width = logits.shape[1]
             for i, s in enumerate(seqs):
@@ -372,46 +363,26 @@ class Engine:
             order, tokens = batch.remove(ended, tokens)
             rows = [rows[j] for j in order]
         self._merging = True
-        self._merge(rows, batch, tokens)
-
-    def _merge(self, rows, batch, tokens) -> None:
-        if not self._rows:
-            batch.reserve(self.max_batch)
-            batch.trim()
-            self._rows, self._batch, self._tokens = rows, batch, tokens
-            return
-        self._batch.extend(batch)
-        self._tokens = self._torch.cat([self._tokens, tokens], dim=0)
-        self._rows = self._rows + rows
-
-    def _remove(self, rows: list[int]) -> None:
-        """Drop these rows of the batch (the last rows take their places)."""
-        if not rows:
-            return
-        if len(rows) == len(self._rows):
-            self._reset()
-            return
-        order, self._tokens = self._batch.remove(rows, self._tokens)
-        self._rows = [self._rows[i] for i in order]
-        self._batch.trim()
+        self._running.join(batch, tokens, rows)
 
     def _step(self) -> None:
-        gone = [i for i, s in enumerate(self._rows) if s.cancelled or s.finished]
+        running = self._running
+        gone = [i for i, s in enumerate(running.owners) if s.cancelled or s.finished]
         for i in gone:
-            s = self._rows[i]
+            s = running.owners[i]
             if not s.finished:
                 self.stats["aborted"] += 1
                 s._finish("abort")
-        self._remove(gone)
-        if not self._rows:
+        running.leave(gone)
+        if not running:
             return
-        n = len(self._rows)
-        logits = self._batch.step(self._tokens)
+        n = len(running)
+        logits = running.step()
         self.stats["steps"] += 1
         self.stats["batch_rows_sum"] += n
         self.stats["max_batch"] = max(self.stats["max_batch"], n)
-        self._tokens, host, lps = self._sample(logits, self._rows)
-        self._remove([i for i, s in enumerate(self._rows) if not self._take(s, host[i], lps[i])])
+        running.tokens, host, lps = self._sample(logits, running.owners)
+        running.leave([i for i, s in enumerate(running.owners) if not self._take(s, host[i], lps[i])])
 
     # sampling and log-probabilities --------------------------------------------------------------
     def _take(self, seq: Sequence, token: int | None, lp: TokenLogprob | None) -> bool:
