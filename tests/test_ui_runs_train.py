@@ -250,7 +250,8 @@ def test_export_and_handin_write_what_the_cli_writes_inside_the_runs_directory(s
 
 
 def test_handin_of_a_finished_run_is_offered_as_one_zip(tiny_base, tmp_path):
-    """The Hand-in button on a run `tunelab handin` accepts: the bundle where the page says, and its zip."""
+    """The Hand-in button on a run `tunelab handin` accepts: the bundle where the page says (relative to the project, as
+    the command run there prints it: runs/handin/lora), and its zip."""
     import zipfile
 
     from test_handin import EVAL
@@ -263,7 +264,7 @@ def test_handin_of_a_finished_run_is_offered_as_one_zip(tiny_base, tmp_path):
     places = Places.of(tmp_path, tmp_path / "runs")
     text, files = export_run(places, "lora", "handin")
     bundle = places.runs / "handin" / "lora"
-    assert text.startswith(f"hand-in bundle {bundle}: ") and files == [str(places.runs / "handin" / "lora.zip")]
+    assert text.startswith(f"hand-in bundle {places.shown(bundle)}: ") and files == [str(places.runs / "handin" / "lora.zip")]
     names = set(zipfile.ZipFile(files[0]).namelist())
     assert "MANIFEST.sha256" in names and "recipe.yaml" in names
     assert not list((places.runs / "handin").glob(".*partial*"))

@@ -102,6 +102,8 @@ def test_browser_train_stop_resume_and_runs(train_app):
             expect(action).to_contain_text("Started PID")
             expect(state).to_contain_text("training")
             expect(state).to_contain_text("loss")
+            # the command as a user would type it in the project (the process runs there), not its absolute path
+            expect(state).to_contain_text("tunelab run runs/.ui-recipes/tiny-ui.yaml")
             if shots:  # what a user sees once a run trains
                 page.screenshot(path=str(DOCS_IMAGES / "ui-train.png"), full_page=True)
             # a second Start on the running run: the run lock's refusal
@@ -134,7 +136,7 @@ def test_browser_train_stop_resume_and_runs(train_app):
             if importlib.util.find_spec("gguf") is not None:   # Export: the GGUF file offered for download
                 page.locator("button", has_text="Export and hand in").click()
                 page.locator("#export-gguf").click()
-                expect(page.locator("#export-message")).to_contain_text("exported")
+                expect(page.locator("#export-message")).to_contain_text("exported runs/exports/tiny-ui-f16/")
                 expect(page.locator("#export-files")).to_contain_text("tiny-ui-F16")   # name and ".gguf" shown apart
                 assert (train_app["run_dir"].parent / "exports" / "tiny-ui-f16" / "tiny-ui-F16.gguf").is_file()
             if shots:

@@ -38,11 +38,12 @@ def export_run(places: Places, run: str, kind: str, quant: str = "f16") -> tuple
         raise TunelabError("not a run directory (no recipe.yaml)", file=run)
     if kind == "gguf":
         out = places.runs / EXPORTS / f"{run_dir.name}-{quant}"
-        command = ["export", str(run_dir), str(out), "--format", "gguf", "--quant", quant]
+        command = ["export", places.shown(run_dir), places.shown(out), "--format", "gguf", "--quant", quant]
     else:
         out = places.runs / HANDINS / run_dir.name
-        command = ["handin", str(run_dir), "--out", str(out)]
+        command = ["handin", places.shown(run_dir), "--out", places.shown(out)]
     out.parent.mkdir(parents=True, exist_ok=True)
+    # paths inside the project relative to it (the command runs there): it prints them as a user's terminal would
     done = subprocess.run([sys.executable, "-m", "tunelab.cli", *command], cwd=places.project, text=True,
                           capture_output=True, stdin=subprocess.DEVNULL)
     if done.returncode != 0:

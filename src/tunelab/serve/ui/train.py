@@ -92,10 +92,12 @@ def launch_run(places: Places, text: str, resume: bool) -> tuple[Path, subproces
 
 def spawn(places: Places, arguments: list[str], log: Path) -> subprocess.Popen:
     """`tunelab ARGUMENTS` in the project directory, in a session of its own (it outlives the UI), its output
-    appended to `log` after the command line (a refused or resumed start never erases what was said before)."""
-    shown = " ".join(places.shown(Path(a)) if Path(a).is_absolute() else a for a in arguments)
+    appended to `log` after the command line (a refused or resumed start never erases what was said before).
+    Paths inside the project are given relative to it (the process runs there): the command the log, the run's
+    lock and the Train tab's status show is the one a user would type in the project."""
+    arguments = [places.shown(Path(a)) if Path(a).is_absolute() else a for a in arguments]
     with open(log, "ab") as out:
-        out.write(f"$ tunelab {shown}\n".encode())
+        out.write(f"$ tunelab {' '.join(arguments)}\n".encode())
         out.flush()
         return subprocess.Popen([sys.executable, "-m", "tunelab.cli", *arguments], cwd=places.project, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
