@@ -1,8 +1,8 @@
 """GPU acceptance: each shipped GPU recipe for a few steps on this machine's GPUs, and what was measured.
 
 tunelab's GPU behaviour is proven by CPU tests of its logic; this script is the run on real hardware. For each
-recipe (recipes/llama3-8b-math-lora, gemma-2b-glue-lora, minigpt-pretrain, minigpt-sft) it trains `--steps`
-optimizer steps on one GPU and evaluates the last checkpoint on ~64 prompts, then writes one table row:
+recipe (recipes/llama3-8b-math-lora, gemma-2b-glue-lora, minigpt-pretrain, minigpt-sft, internlm-7b-choice) it
+trains `--steps` optimizer steps on one GPU and evaluates the last checkpoint on ~64 prompts, then writes one row:
 
   GPU name and count; peak memory of the training (torch.cuda.max_memory_allocated / max_memory_reserved, reset
   before it) next to `tunelab plan`'s estimate for this card (`plan_memory(recipe, card memory, 1).total`) and
@@ -23,7 +23,9 @@ embedding than the real run's), and those articles' QA pairs. The models are the
 hub id, so network or a Hugging Face cache), or a local directory given with `--model RECIPE=DIR`. minigpt-sft
 starts from a pretraining run that does not exist here: it builds the same architecture (minigpt-124m) from
 scratch on the generated corpus's tokenizer, and the table says so (`--model minigpt-sft=DIR` takes a MiniGPT
-model directory instead; its tokenizer then cuts the stand-in corpus).
+model directory instead; its tokenizer then cuts the stand-in corpus). internlm-7b-choice trains on generated
+choice questions (reading questions for SQuAD) from the organisers' .ckpt its recipe names (models/, converted into
+the cache on first use), or from an HF directory given with `--model internlm-7b-choice=DIR`.
 
 One GPU or eight, the same command: each recipe trains in one process on GPU 0 (choose another card with
 CUDA_VISIBLE_DEVICES), and with 2 or more GPUs the DDP/FSDP check uses 2 of them:
@@ -63,7 +65,7 @@ from pathlib import Path
 from common import HERE, add_threads_option, logger, machine, start_torch, tunelab_source, write_result
 
 ROOT = HERE.parent
-RECIPES = ("llama3-8b-math-lora", "gemma-2b-glue-lora", "minigpt-pretrain", "minigpt-sft")
+RECIPES = ("llama3-8b-math-lora", "gemma-2b-glue-lora", "minigpt-pretrain", "minigpt-sft", "internlm-7b-choice")
 TINY_BASE = ROOT / "models" / "tiny-base"
 GiB = 2 ** 30
 NOMINAL_GPU = 24 * GiB        # the card the dry run plans for
@@ -169,6 +171,18 @@ def standin(name: str, args, data: Path) -> tuple[dict, str, str]:
         if dry:
             sets["model.preset"] = "micro"
             model_shown = f"micro from scratch (stand-in for {raw['model']['preset']})"
+    elif name == "internlm-7b-choice":
+        count = max(200, steps * 64 * 3)  # 64 rows a step, ~3 questions a packed 512-token row
+        sets["data.train"] = [{"generate": "choice", "count": count, "seed": 31, "shuffle_options": True}]
+        sources = {"choice": {"generate": "choice", "count": per_task, "seed": 1001},
+                   "squad": {"generate": "reading", "count": per_task, "seed": 1002}}
+        data_shown = "generated choice questions; reading questions as SQuAD"
+        # the recipe's model is the organisers' .ckpt with its YAML and tokenizer: a directory replaces all three
+        if given or dry:
+            sets["model"] = {"path": given or str(TINY_BASE), "dtype": raw["model"]["dtype"]}
+            given = None  # set whole above, not as model.path
+            if dry:
+                model_shown = f"models/tiny-base (stand-in for {model_shown})"
     else:  # minigpt-sft: the articles' QA pairs, the corpus replayed; the base model built from scratch
         folder = data / ("minigpt-sft-model" if given else "minigpt")
         minigpt_corpus(folder, dry, given)
@@ -188,7 +202,7 @@ def standin(name: str, args, data: Path) -> tuple[dict, str, str]:
     if dry:
         if name.startswith("minigpt"):
             sets["data.max_seq_len"] = 256  # the micro preset's positions: 512
-        elif not given:
+        elif not given and "model" not in sets:
             sets["model.path"] = str(TINY_BASE)
             model_shown = f"models/tiny-base (stand-in for {model_shown})"
         sets.update({"train.device": "cpu", "eval.device": "cpu", "train.batch_size": 2, "train.grad_accum": 1,

@@ -16,7 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_acceptance.py"
-RECIPES = ["llama3-8b-math-lora", "gemma-2b-glue-lora", "minigpt-pretrain", "minigpt-sft"]
+RECIPES = ["llama3-8b-math-lora", "gemma-2b-glue-lora", "minigpt-pretrain", "minigpt-sft", "internlm-7b-choice"]
+# the dry run's 8 eval prompts a recipe, split evenly over its eval tasks (internlm-7b-choice has three: 2 each)
+PROMPTS = {**dict.fromkeys(RECIPES, 8), "internlm-7b-choice": 6}
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?%?$")
 
 
@@ -58,9 +60,10 @@ def test_dry_run_reports_every_recipe_with_cpu_numbers_and_no_gpu_figures(tmp_pa
         assert re.fullmatch(r"\d+\.\d\d \(of 24 nominal\)", r["plan GiB"]), r
         for col in ("tokens/s", "MFU", "eval prompts", "eval prompts/s"):
             assert NUMBER.match(r[col]), (col, r)
-        assert int(r["eval prompts"]) == 8
+        assert int(r["eval prompts"]) == PROMPTS[r["recipe"]]
     assert "stand-in for google/gemma-2b" in rows[1]["model"]
     assert "from scratch (stand-in for runs/minigpt-pretrain)" in rows[3]["model"]
+    assert "models/tiny-base (stand-in for models/internlm_7b.ckpt)" == rows[4]["model"]
     assert "DDP/FSDP vs one process: not run" in markdown
 
     result = json.loads((out / "gpu_acceptance.json").read_text(encoding="utf-8"))
@@ -69,7 +72,7 @@ def test_dry_run_reports_every_recipe_with_cpu_numbers_and_no_gpu_figures(tmp_pa
         assert r["peak_memory"] is None and "error" not in r
         assert r["train"]["steps"] == 2 and r["train"]["world_size"] == 1 and r["train"]["tokens_per_s"] > 0
         assert 0 < r["plan_total"] < r["plan_card"] == 24 * 2 ** 30
-        assert r["eval"]["prompts"] == sum(s["prompts"] for s in r["eval"]["sets"].values()) == 8
+        assert r["eval"]["prompts"] == sum(s["prompts"] for s in r["eval"]["sets"].values()) == PROMPTS[r["recipe"]]
     # the stand-ins are reproducible by hand: the overrides are `tunelab train` --set arguments
     assert any(s.startswith("data.train=") for s in result["recipes"][0]["set"])
 
