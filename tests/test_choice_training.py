@@ -70,8 +70,30 @@ def test_generated_letters_are_balanced_and_seeded():
     assert set(Counter(r["lang"] for r in records)) == {"zh", "en"}
 
 
+def _names(passage: str, lang: str) -> set[str]:
+    return {n for n in (ZH if lang == "zh" else EN)["name"] if n in passage}
+
+
+def test_people_sets_how_many_people_a_passage_names_and_so_where_the_distractors_come_from():
+    default = generate(300, seed=7)
+    assert default == generate(300, seed=7, people=[2, 4])  # the default's questions are unchanged by the setting
+    for people, fewest, most in ((1, 1, 1), ([1, 2], 1, 2), (3, 3, 3)):
+        records = generate(300, seed=7, people=people)
+        named = [len(_names(r["question"].split("\n")[1], r["lang"])) for r in records]
+        assert min(named) == fewest and max(named) == most, (people, Counter(named))
+        for rec in records:
+            fact, person = _fact_of(rec["question"], rec["lang"])
+            assert _passage_value(rec["question"].split("\n")[1], fact, person, rec["lang"]) == [rec["choices"][rec["answer"]]]
+    # one person: no wrong option is stated in the passage (words checked; a number may sit inside another one)
+    alone = generate(300, seed=7, people=1)
+    assert not any(c in r["question"].split("\n")[1] for r in alone for i, c in enumerate(r["choices"])
+                   if i != r["answer"] and not c.isdigit())
+
+
 @pytest.mark.parametrize("settings,field", [({"colour": 1}, "colour"), ({"options": 7}, "options"),
-                                            ({"options": True}, "options"), ({"lang": "fr"}, "lang")])
+                                            ({"options": True}, "options"), ({"lang": "fr"}, "lang"),
+                                            ({"people": 0}, "people"), ({"people": [3, 2]}, "people"),
+                                            ({"people": [1, 7]}, "people"), ({"people": "2"}, "people")])
 def test_bad_generator_settings_name_the_setting(settings, field):
     with pytest.raises(TunelabError) as e:
         generate(3, **settings)
@@ -149,3 +171,6 @@ def test_cli_writes_questions_and_counts_letters(tmp_path, capsys):
     assert get_task("choice").load_examples(out)[0].choices == records[0]["choices"]  # the task reads the file
     assert main(["data", "choice", "--out", str(out), "--options", "9"]) == 2
     assert "--options" in capsys.readouterr().err
+    assert main(["data", "choice", "--out", str(out), "--count", "5", "--people", "1"]) == 0
+    assert main(["data", "choice", "--out", str(out), "--people", "2-9"]) == 2
+    assert "--people" in capsys.readouterr().err

@@ -67,6 +67,8 @@ def _add_choice(data: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--lang", choices=["zh", "en", "mix"], default="mix")
     q.add_argument("--options", type=integer(2), default=4, help="options a question, 2 to 6 (default 4)")
+    q.add_argument("--people", default="2-4", metavar="N|FEWEST-MOST",
+                   help="people a passage names, 1 to 6 (default 2-4): with one, no wrong option is in the passage")
     q.set_defaults(func=cli_choice)
 
 
@@ -233,7 +235,9 @@ def cli_choice(args: argparse.Namespace) -> int:
     from tunelab.data.generate.choice import generate
     from tunelab.errors import TunelabError
     try:
-        records = generate(args.count, args.seed, lang=args.lang, options=args.options)
+        fewest, _, most = args.people.partition("-")
+        people = [int(fewest), int(most or fewest)] if (fewest + most).isdigit() else args.people
+        records = generate(args.count, args.seed, lang=args.lang, options=args.options, people=people)
     except TunelabError as e:
         raise TunelabError(e.message, field="--" + e.field) from e
     write_records(args.out, records)

@@ -31,10 +31,10 @@ def _values(fact: str, words: dict, rng: random.Random, k: int) -> list[str]:
     return rng.sample(words[fact], k)
 
 
-def _one(rng: random.Random, lang: str, options: int, right: int) -> dict:
+def _one(rng: random.Random, lang: str, options: int, right: int, people_range: tuple[int, int]) -> dict:
     words, facts = (ZH, ZH_FACTS) if lang == "zh" else (EN, EN_FACTS)
     fact = rng.choice(sorted(facts))
-    people = rng.sample(words["name"], k=rng.randint(2, 4))
+    people = rng.sample(words["name"], k=rng.randint(*people_range))
     asked_values = _values(fact, words, rng, max(len(people), options))  # the passage's first, then spare ones
     stated = [(p, fact, v) for p, v in zip(people, asked_values)]
     others = [f for f in facts if f != fact]
@@ -54,12 +54,14 @@ def _one(rng: random.Random, lang: str, options: int, right: int) -> dict:
     return {"question": question, "choices": choices, "answer": right, "lang": lang, "kind": f"choice-{lang}"}
 
 
-OPTIONS = {"lang": "mix", "options": 4}
+OPTIONS = {"lang": "mix", "options": 4, "people": [2, 4]}
 
 
 def generate(count: int, seed: int = 0, **settings) -> list[dict]:
     """`count` questions, deterministic for a seed. Settings: `lang` "zh", "en" or "mix" (default), `options` 2 to 6
-    a question (default 4; the smallest word list, pets, has seven values)."""
+    a question (default 4; the smallest word list, pets, has seven values), `people` how many people a passage names:
+    a number or [fewest, most] from 1 to 6 (default [2, 4]). The fewer people, the fewer wrong options the passage
+    itself holds: with one, none does, and finding the option the passage states answers the question."""
     unknown = sorted(set(settings) - set(OPTIONS))
     if unknown:
         raise TunelabError(f"unknown choice option '{unknown[0]}' (known: {', '.join(OPTIONS)})", field=unknown[0])
@@ -68,11 +70,22 @@ def generate(count: int, seed: int = 0, **settings) -> list[dict]:
         raise TunelabError(f"unknown language {lang!r} (choose from zh, en, mix)", field="lang")
     if isinstance(options, bool) or not isinstance(options, int) or not 2 <= options <= 6:
         raise TunelabError(f"expected an integer from 2 to 6, got {options!r}", field="options")
+    people = _people(settings.get("people", OPTIONS["people"]))
     rng = random.Random(seed)
     positions = [i % options for i in range(count)]
     rng.shuffle(positions)
     out = []
     for i, right in enumerate(positions):
         item_lang = rng.choice(["zh", "en"]) if lang == "mix" else lang
-        out.append({"id": f"choice-{i:06d}", **_one(rng, item_lang, options, right)})
+        out.append({"id": f"choice-{i:06d}", **_one(rng, item_lang, options, right, people)})
     return out
+
+
+def _people(value) -> tuple[int, int]:
+    """The `people` setting as (fewest, most)."""
+    pair = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in pair) or not 1 <= pair[0] <= pair[1] <= 6):
+        raise TunelabError(f"expected a number from 1 to 6 or [fewest, most] within it, got {value!r}",
+                           field="people")
+    return pair[0], pair[1]
