@@ -41,11 +41,12 @@ def test_a_sweep_from_the_page_runs_is_refused_twice_and_stops_in_one_line(place
             process.kill()
             process.wait()
     tail = log_tail(sweep_dir).strip().splitlines()
-    copy, space_copy = places.runs / ".ui-recipes" / "tiny.yaml", places.runs / ".ui-recipes" / "tiny.space.yaml"
     assert tail[0] == "$ tunelab sweep runs/.ui-recipes/tiny.yaml --space runs/.ui-recipes/tiny.space.yaml --trials 2"
     said = (re.escape(f"tunelab: stopped: {sweep_dir / 'trial-000'}: SIGTERM received: stopped after step ") +
             r"\d+ of 400, checkpoint step-\d+ is written; " +
-            re.escape(f"continue with: tunelab sweep {copy} --space {space_copy} --trials 2"))
+            # the command as the process was given it: relative to the project it runs in
+            re.escape("continue with: tunelab sweep runs/.ui-recipes/tiny.yaml --space runs/.ui-recipes/tiny.space.yaml "
+                      "--trials 2"))
     assert re.fullmatch(said, tail[-1]), tail[-1]
     assert "Traceback" not in "\n".join(tail)
     assert sweep_state(sweep_dir, process) == "1 trial run(s) in `tiny-sweep` · process exited with 75"
