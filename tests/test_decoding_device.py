@@ -372,6 +372,41 @@ def test_a_batch_with_rows_moved_decodes_as_one_prefilled_in_that_order():
     assert torch.allclose(got, want, atol=1e-5, rtol=0) and torch.equal(got.argmax(-1), want.argmax(-1))
 
 
+def test_running_rows_admit_by_their_setting_and_keep_each_owner_on_its_row():
+    """The continuous batching evaluation and the server share (decoding/running.py): the server admits while a row
+    is free, evaluation once half the batch is; a batch that cannot take rows mid-flight admits none; after rows
+    leave and join, each owner's row decodes what that prompt decodes prefilled alone."""
+    from tunelab.decoding.running import RunningRows
+    model = tiny_llama(300)
+    rows = prompts(7, 300, seed=3)
+    with torch.inference_mode():
+        serve, evaluation = RunningRows(4), RunningRows(4, admit_at=2)
+        assert serve.room() == evaluation.room() == 4
+        for running in (serve, evaluation):
+            batch, logits = DecodeBatch.prefill(model, rows[:4], 2, 8)
+            running.join(batch, logits.argmax(-1), [0, 1, 2, 3])
+        assert serve.room() == evaluation.room() == 0
+        for running in (serve, evaluation):
+            running.leave([1])
+        assert (serve.room(), evaluation.room()) == (1, 0)  # one free row: the server admits, evaluation waits
+        evaluation.leave([0])
+        assert evaluation.room() == 2 and evaluation.owners == [2, 3]  # each time the last row moved into the hole
+        batch, logits = DecodeBatch.prefill(model, rows[4:6], 2, 8)
+        evaluation.join(batch, logits.argmax(-1), [4, 5])
+        got = evaluation.step()
+        for j, owner in enumerate(evaluation.owners):  # each row: its prompt, then the token it chose
+            alone, first = DecodeBatch.prefill(model, [rows[owner]], 2, 8)
+            want = alone.step(first.argmax(-1))
+            assert torch.equal(got[j].argmax(), want[0].argmax()), owner
+        evaluation.leave(list(range(len(evaluation))))
+        assert not evaluation and evaluation.room() == 4 and evaluation.batch is None
+        stuck = RunningRows(4)
+        batch, logits = DecodeBatch.prefill(model, rows[:2], 2, 8)
+        stuck.join(batch, logits.argmax(-1), [0, 1])
+        stuck.batch.cache.layers[0] = object()  # as a sliding-window layer: the batch cannot take rows mid-flight
+        assert stuck.room() == 0
+
+
 # --- log-probabilities a chunk of positions at a time -----------------------------------------------------
 
 def test_token_logprobs_in_chunks_are_one_log_softmax():
