@@ -5,6 +5,7 @@ loop calls them unconditionally and reads the same on one CPU as on eight GPUs.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -43,7 +44,17 @@ def init_distributed(device: str = "auto") -> Dist:
     if not td.is_initialized():
         td.init_process_group("gloo" if dev.type == "cpu" else
                               f"cpu:gloo,{dev.type}:{DEVICE_BACKENDS.get(dev.type, 'gloo')}")
+        atexit.register(_destroy_process_group)
     return Dist(td.get_rank(), td.get_world_size(), local, dev)
+
+
+def _destroy_process_group() -> None:
+    """Tear the group down before the interpreter does: left to it, gloo's threads were once still running as the
+    process exited, and a finished two-process run died with SIGABRT ("terminate called without an active
+    exception") after its last step. torch asks for this call at the end of every distributed program."""
+    import torch.distributed as td
+    if td.is_initialized():
+        td.destroy_process_group()
 
 
 def barrier(dist: Dist) -> None:
