@@ -61,10 +61,6 @@ class Row:
         if enc.distill or self.distill:  # the tokens before the first distilled sample are not distilled
             self.distill += [False] * (start - len(self.distill)) + [enc.distill] * (len(self.input_ids) - start)
 
-    def cost(self, enc: Encoded) -> int:
-        """Tokens `enc` adds to this row."""
-        return len(enc.input_ids) - (self.prefix if self.input_ids else 0)
-
 
 def shared_prefix(encoded: list[Encoded], minimum: int = 4) -> int:
     """Tokens every sample starts with and learns nothing from, a template header, which packed rows can then
