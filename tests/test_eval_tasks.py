@@ -373,7 +373,7 @@ def _one_mistake_two_ways(files):
                      "source": {"path": str(files["choice"])}}]},
          ["--tasks", "choice", "--data", f"choice={files['choice']}", "--option", "choice.continuation=lettr"],
          "eval.tasks.0.options.continuation", "--option",
-         "unknown continuation 'lettr' (choose from letter, text, letter_text)"),
+         "unknown continuation 'lettr' (choose from letter, text, letter_text, text_letter)"),
         # `yes` is YAML's true, in a recipe file and in an --option value alike
         ({"tasks": [{"task": "cola", "options": {"label_words": True}, "source": {"path": str(files["cola"])}}]},
          ["--tasks", "cola", "--data", f"cola={files['cola']}", "--option", "cola.label_words=yes"],

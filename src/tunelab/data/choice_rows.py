@@ -9,8 +9,12 @@ rendered again from the question and its new options (`formats.choice_prompt`, t
 the question's language), so training and evaluation show the same layout.
 
 `answer_style` is what the model is taught to write: the letter ("B", what the prompt asks for and what the
-`choice` task's letter continuation scores) or the letter and the option ("B. Paris", the `letter_text`
-continuation).
+`choice` task's letter continuation scores), the letter and the option ("B. Paris", the `letter_text`
+continuation), or the option and then its letter ("Paris (B)", `text_letter`). The last is for a small model
+that reads the passage but cannot bind an answer to its letter at once: SmolLM2-135M-Instruct picks the
+passage's answer 85 % of the time by its text's likelihood when the options are not listed, and is at chance by
+the letter when they are. Written first, the answer's text conditions the letter, which the graders read from
+"(B)" as they read any named option.
 """
 
 from __future__ import annotations
@@ -22,19 +26,21 @@ from tunelab.data.examples import Example
 from tunelab.data.formats import LETTERS, choice_prompt
 from tunelab.errors import TunelabError
 
-ANSWER_STYLES = ("letter", "letter_text")
-CONTINUATIONS = ("letter", "text", "letter_text")
+ANSWER_STYLES = ("letter", "letter_text", "text_letter")
+CONTINUATIONS = ("letter", "text", "letter_text", "text_letter")
 
 
 def choice_continuations(choices: list[str], style: str) -> list[str]:
-    """What stands for each option after the prompt: its letter, its text exactly as written, or both. The
-    `choice` task scores these continuations; an answer style trains one of them."""
+    """What stands for each option after the prompt: its letter, its text exactly as written, or both (letter
+    first or text first). The `choice` task scores these continuations; an answer style trains one of them."""
     if style == "letter":
         return list(LETTERS[: len(choices)])
     if style == "text":
         return list(choices)
     if style == "letter_text":
         return [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
+    if style == "text_letter":
+        return [f"{c} ({LETTERS[i]})" for i, c in enumerate(choices)]
     raise TunelabError(f"unknown continuation '{style}' (choose from {', '.join(CONTINUATIONS)})",
                        field="continuation")
 

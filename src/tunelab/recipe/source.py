@@ -80,8 +80,9 @@ class SourceConfig(StrictSection):
     shuffle_options: bool = Field(default=False, description=(
         "multiple-choice questions: each one's options reordered (seeded by `seed`), the answer moved with its "
         "option and every letter right equally often, so a model cannot learn 'always B' (tunelab.data.choice_rows)"))
-    answer_style: Literal["letter", "letter_text"] = Field(default="letter", description=(
-        "multiple-choice questions: the answer trained, the letter ('B') or the letter and the option ('B. Paris')"))
+    answer_style: Literal["letter", "letter_text", "text_letter"] = Field(default="letter", description=(
+        "multiple-choice questions: the answer trained, the letter ('B'), the letter and the option ('B. Paris') "
+        "or the option and its letter ('Paris (B)')"))
     replay: float | None = Field(default=None, gt=0, lt=1, description=(
         "a corpus replayed while fine-tuning on examples: this fraction of the training tokens are its blocks "
         "(loss on every token), so the model keeps its language modelling"))

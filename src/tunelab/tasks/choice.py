@@ -24,7 +24,8 @@ read back:
     A. {option A} ...
 
 `to_training_records` turns question Examples into alpaca records {instruction, input: "", output, choices,
-answer, id, kind} whose output is the letter ("B") or, with answer_style="letter_text", "B. {option text}";
+answer, id, kind} whose output is the letter ("B"), with answer_style="letter_text" "B. {option text}", with
+"text_letter" "{option text} (B)";
 the `choice` task grades those files directly from their `choices` and `answer` (an alpaca record without
 them is an error, not a guess from the prompt).
 
@@ -50,7 +51,8 @@ Log-likelihood mode (`tunelab eval --mode loglik`, recipe `mode: loglik`), lm-ev
 scored as a continuation of the same prompt (`tunelab.metrics.loglik`) and the highest total log-probability
 wins — no extraction, nothing unparsed. The continuation (setting `continuation`) is the option letter
 ("B", default: what the prompt asks for and what `to_training_records` trains), the option text exactly as
-written in the question file ("Paris", "５㎏…", "line one\nline two"), or both ("B. Paris"). The metrics
+written in the question file ("Paris", "５㎏…", "line one\nline two"), or both ("B. Paris" as `letter_text`,
+"Paris (B)" as `text_letter`): each answer style is scored by the continuation of its name. The metrics
 are lm-evaluation-harness's (`ConfigurableTask.process_results`, multiple_choice, in lm_eval/api/task.py
 at commit 4e7e0d47, 2026-08): `accuracy` (also reported as `acc`) is right when numpy.argmax of the summed
 log-probabilities is the answer, `acc_norm` when numpy.argmax of each log-probability divided by
@@ -66,7 +68,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
-from tunelab.data.choice_rows import choice_continuations
+from tunelab.data.choice_rows import ANSWER_STYLES, choice_continuations
 from tunelab.data.examples import Example
 from tunelab.data.formats import LETTERS, choice_fields, choice_record, read_examples
 from tunelab.errors import TunelabError
@@ -96,11 +98,12 @@ def choice_examples(records: Iterable[dict[str, Any]], lang: str = "auto") -> li
 def to_training_records(examples: Iterable[Example], answer_style: str = "letter") -> list[dict[str, Any]]:
     """Alpaca records for LoRA training on questions (Examples from `read_choice`/`choice_examples`).
 
-    answer_style "letter" writes "B"; "letter_text" writes "B. {option B}" — the same text the loglik
-    continuation `letter_text` scores. The options and the answer ride along, so the file grades directly.
+    answer_style "letter" writes "B"; "letter_text" writes "B. {option B}" and "text_letter" "{option B} (B)" —
+    the same texts the loglik continuations of those names score. The options and the answer ride along, so the
+    file grades directly.
     """
-    if answer_style not in ("letter", "letter_text"):
-        raise TunelabError(f"unknown answer style '{answer_style}' (choose from letter, letter_text)",
+    if answer_style not in ANSWER_STYLES:
+        raise TunelabError(f"unknown answer style '{answer_style}' (choose from {', '.join(ANSWER_STYLES)})",
                            field="answer_style")
     out = []
     for ex in examples:
