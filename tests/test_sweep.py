@@ -416,6 +416,28 @@ def test_a_trial_that_fails_retention_never_wins(tmp_path, monkeypatch):
     assert best.train.lr == trials[2].params["train.lr"]
 
 
+def test_a_space_of_choices_runs_as_a_grid_each_combination_once(tmp_path, monkeypatch, caplog):
+    """Six adapter-like combinations: TPE would draw one twice and leave another out; the grid runs each once,
+    stops at its size whatever --trials says, and a second invocation finds nothing left to run."""
+    import tunelab.pipeline
+    outcomes = {f"trial-{i:03d}": ([0.1 * (i + 1)], 1.0) for i in range(8)}
+    seen: list = []
+    monkeypatch.setattr(tunelab.pipeline, "run", scripted_run(outcomes, seen))
+    recipe = tiny_recipe(tmp_path)  # a grid enqueues no baseline: the recipe's own values are one of its points
+    space = write_space(tmp_path, "train.lr: [0.001, 0.002, 0.003]\ntrain.batch_size: [2, 4]\n")
+    with caplog.at_level("INFO", logger="tunelab.sweep"):
+        results = sweep(SweepSettings(str(recipe), str(space), trials=8, prune=False))
+    assert "a grid of 6 combinations" in caplog.text
+    trials = study_of(tmp_path / "runs" / "tiny-sweep").get_trials()
+    assert len(trials) == 6 == len(seen) and all(t.state == TrialState.COMPLETE for t in trials)
+    combos = {(t.params["train.lr"], t.params["train.batch_size"]) for t in trials}
+    assert combos == {(lr, bs) for lr in (0.001, 0.002, 0.003) for bs in (2, 4)}
+    assert not any(t.user_attrs.get("baseline") for t in trials)
+    assert len(results.rows) == 6
+    sweep(SweepSettings(str(recipe), str(space), trials=8, prune=False))
+    assert len(seen) == 6 and len(study_of(tmp_path / "runs" / "tiny-sweep").get_trials()) == 6
+
+
 def test_a_trial_behind_the_others_is_pruned_at_that_checkpoint(tmp_path, monkeypatch):
     import tunelab.pipeline
     outcomes = {"trial-000": ([0.4, 0.6, 0.8], 1.0), "trial-001": ([0.5, 0.7, 0.9], 1.0),

@@ -11,7 +11,8 @@ PostgreSQL/MySQL URL shared by several machines), so:
 - several workers share one study: one per GPU of this machine (`devices`), K on the recipe's device
   (`workers`), or one `tunelab sweep` per machine against one database URL.
 The first trial of a new sweep is the recipe's own values (when the space holds them), so the table says what
-the search gained over the recipe as written. At the end: the table, best.yaml and the plots (`.results`).
+the search gained over the recipe as written. A space of choices only is a grid: every combination runs once (the
+recipe's own among them) and `--trials` above the grid's size stops at it. At the end: the table, best.yaml and the plots (`.results`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -96,12 +97,17 @@ def sweep(settings: SweepSettings) -> SweepResults:
     p = prepare(settings)
     from tunelab.sweep import study as studies
     studies.take_up_dead_trials(p.study, p.storage, p.sweep_dir)
-    if settings.baseline and not p.study.get_trials(deepcopy=False):
-        _enqueue_baseline(p)
+    grid = p.setup.space.grid_size()
+    if grid is not None and settings.trials > grid:
+        log.info("the space is a grid of %d combinations: the sweep runs each once, not %d trials", grid,
+                 settings.trials)
+        settings = replace(settings, trials=grid)
+    if settings.baseline and grid is None and not p.study.get_trials(deepcopy=False):
+        _enqueue_baseline(p)  # a grid runs the recipe's own values as one of its points
     done = studies.counted(p.study)
     if done >= settings.trials:
-        log.info("the sweep has %d finished trials already, of the %d asked for: nothing to run; asking for more "
-                 "extends it", done, settings.trials)
+        log.info("the sweep has %d finished trials already, of the %d asked for: nothing to run%s", done,
+                 settings.trials, "" if grid is not None else "; asking for more extends it")
     elif settings.devices or settings.workers > 1:
         _run_workers(settings, p)
     else:
@@ -127,7 +133,7 @@ def work(settings: SweepSettings, p: Prepared, worker_index: int) -> None:
     offset = len(p.study.get_trials(deepcopy=False)) + 7919 * worker_index
     seed = p.setup.raw_recipe.get("seed", 0) if isinstance(p.setup.raw_recipe.get("seed", 0), int) else 0
     study = optuna.load_study(storage=p.storage, study_name=p.study.study_name,
-                              sampler=studies.sampler(seed, settings.trials, offset),
+                              sampler=studies.sampler(seed, settings.trials, offset, p.setup.space),
                               pruner=studies.pruner(settings.prune))
 
     def enough(study, _trial=None) -> bool:

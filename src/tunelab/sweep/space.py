@@ -99,6 +99,12 @@ class Space:
         """{field: value} for a trial: what its recipe sets."""
         return {d.field: d.suggest(trial) for d in self.dimensions}
 
+    def grid_size(self) -> int | None:
+        """How many combinations a space of choices only holds; None when a dimension is a range."""
+        if any(d.choices is None for d in self.dimensions):
+            return None
+        return math.prod(len(d.choices) for d in self.dimensions)
+
     def params_of(self, raw_recipe: dict) -> dict[str, Any] | None:
         """The Optuna parameters of the recipe as written (its own values of the searched fields), or None when
         one of them is missing or lies outside the space."""
