@@ -516,10 +516,12 @@ def test_time_spent_in_the_hook_is_not_training_time(tmp_path):
     assert max(json.loads(line)["elapsed_s"] for line in (recipe.run_dir / "metrics.jsonl").open()) <= wall - 4
 
 
-@pytest.mark.parametrize("name, overrides", [("quickstart", ["train.max_steps=300"]), ("sweep-cpu", [])])
+@pytest.mark.parametrize("name, overrides", [("quickstart", ["train.max_steps=300"]), ("sweep-cpu", []),
+                                             ("smollm2-choice", [])])
 def test_the_shipped_spaces_fit_their_recipes_and_hold_their_values(name, overrides):
-    """docs/sweep.md's demonstration and short CPU path: every value of recipes/spaces/<name>.yaml gives a valid
-    recipe, and the recipe's own values are in it (they are the sweep's first trial)."""
+    """docs/sweep.md's demonstration and short CPU path, and stage 2's adapter table: every value of
+    recipes/spaces/<name>.yaml gives a valid recipe, and the recipe's own values are in it (the first trial, or a
+    point of the grid)."""
     recipe = ROOT / "recipes" / f"{name}.yaml"
     raw, _ = read_recipe_raw(recipe, overrides)
     space = load_space(ROOT / "recipes" / "spaces" / f"{name}.yaml", raw, recipe)
