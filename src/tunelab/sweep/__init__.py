@@ -12,7 +12,8 @@ PostgreSQL/MySQL URL shared by several machines), so:
   (`workers`), or one `tunelab sweep` per machine against one database URL.
 The first trial of a new sweep is the recipe's own values (when the space holds them), so the table says what
 the search gained over the recipe as written. A space of choices only is a grid: every combination runs once (the
-recipe's own among them) and `--trials` above the grid's size stops at it. At the end: the table, best.yaml and the plots (`.results`).
+recipe's own among them) and `--trials` above the grid's size stops at it. At the end: the table, best.yaml and
+the plots (`.results`).
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def _serialise_sqlite(engine) -> None:
     engine.dispose()  # connections opened before the hooks were attached are not reused
 
 
-def sampler(seed: int, trials: int, offset: int, space=None):
+def sampler(seed: int, trials: int, offset: int, space):
     """TPE, which takes the retention constraint each trial sets (`tunelab.sweep.trial`) into account. Its seed
     moves with `offset` (trials already in the study, the worker's index): a resumed sweep or a second worker must
     not draw the same random start again.
@@ -88,7 +88,7 @@ def sampler(seed: int, trials: int, offset: int, space=None):
     once, across resumes and workers. A comparison of six adapter kinds wants each of them measured, and TPE,
     drawing among six, would run one twice and leave another out."""
     import optuna
-    if space is not None and space.grid_size() is not None:
+    if space.grid_size() is not None:
         from tunelab.sweep.space import encode_choice
         grid = {d.field: [encode_choice(c) for c in d.choices] for d in space.dimensions}
         return optuna.samplers.GridSampler(grid, seed=seed + 1009 * offset)
