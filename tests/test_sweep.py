@@ -418,13 +418,17 @@ def test_a_trial_that_fails_retention_never_wins(tmp_path, monkeypatch):
 
 def test_a_space_of_choices_runs_as_a_grid_each_combination_once(tmp_path, monkeypatch, caplog):
     """Six adapter-like combinations: TPE would draw one twice and leave another out; the grid runs each once,
-    stops at its size whatever --trials says, and a second invocation finds nothing left to run."""
+    across a resume too (the grid's order must not move with the trials already run: once it did, and a resumed
+    adapter grid ran LoRA r4 twice), stops at its size whatever --trials says, and an invocation after the last
+    finds nothing left to run."""
     import tunelab.pipeline
     outcomes = {f"trial-{i:03d}": ([0.1 * (i + 1)], 1.0) for i in range(8)}
     seen: list = []
     monkeypatch.setattr(tunelab.pipeline, "run", scripted_run(outcomes, seen))
     recipe = tiny_recipe(tmp_path)  # a grid enqueues no baseline: the recipe's own values are one of its points
     space = write_space(tmp_path, "train.lr: [0.001, 0.002, 0.003]\ntrain.batch_size: [2, 4]\n")
+    sweep(SweepSettings(str(recipe), str(space), trials=2, prune=False))
+    assert len(seen) == 2
     with caplog.at_level("INFO", logger="tunelab.sweep"):
         results = sweep(SweepSettings(str(recipe), str(space), trials=8, prune=False))
     assert "a grid of 6 combinations" in caplog.text

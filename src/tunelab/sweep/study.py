@@ -86,12 +86,14 @@ def sampler(seed: int, trials: int, offset: int, space):
 
     A space of choices only (`Space.grid_size`) is a grid instead: Optuna's GridSampler runs each combination
     once, across resumes and workers. A comparison of six adapter kinds wants each of them measured, and TPE,
-    drawing among six, would run one twice and leave another out."""
+    drawing among six, would run one twice and leave another out. Its seed stays the recipe's: the sampler
+    shuffles the grid by it and records each trial's place in that order, so every invocation and worker must
+    shuffle alike or a resumed grid runs one combination twice."""
     import optuna
     if space.grid_size() is not None:
         from tunelab.sweep.space import encode_choice
         grid = {d.field: [encode_choice(c) for c in d.choices] for d in space.dimensions}
-        return optuna.samplers.GridSampler(grid, seed=seed + 1009 * offset)
+        return optuna.samplers.GridSampler(grid, seed=seed)
     return optuna.samplers.TPESampler(seed=seed + 1009 * offset, n_startup_trials=max(2, min(10, trials // 3)))
 
 
