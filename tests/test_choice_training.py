@@ -20,7 +20,7 @@ from tunelab.errors import TunelabError
 from tunelab.recipe import SourceConfig
 from tunelab.recipe.loader import validate_recipe
 from tunelab.records import write_jsonl
-from tunelab.tasks.choice import choice_examples
+from tunelab.tasks.choice import choice_examples, extract_choice
 from tunelab.tasks.registry import get_task
 
 
@@ -143,8 +143,22 @@ def test_the_grader_reads_every_text_first_answer_as_its_letter(lang):
     for ex in choice_training(examples, shuffle_options=True, answer_style="text_letter", seed=3):
         for i, option in enumerate(ex.choices):
             graded = task.grade(f"{option} ({LETTERS[i]})", ex)
-            assert (graded["pred"], graded["rule"]) == (LETTERS[i], "mention"), (option, ex.choices)
+            assert (graded["pred"], graded["rule"]) == (LETTERS[i], "own"), (option, ex.choices)
         assert task.grade(ex.output, ex)["correct"]
+
+
+@pytest.mark.parametrize("options", [
+    ["A. Lincoln", "G. Washington", "T. Jefferson", "J. Adams"],        # a leading letter and a full stop
+    ["答案：A", "答案：C", "选B", "以上都不对"],                            # answer markers in the options
+    ["Plan B", "Plan C (option D)", "Plan C", "(A) none of these"],     # named and bracketed letters
+    ["x", "x (A)", "x (A) (B)", "y"],                                   # one option's text inside another's
+])
+def test_a_text_first_answer_is_read_as_its_own_option_whatever_the_texts_hold(options):
+    """Competition options can hold what the other rules read as a letter; "text (X)" with X's own text is X."""
+    for i, option in enumerate(options):
+        assert extract_choice(f"{option} ({LETTERS[i]})", options) == (LETTERS[i], "own")
+        assert extract_choice(f"{option}（{LETTERS[i]}）。", options) == (LETTERS[i], "own")  # full width
+    assert extract_choice("Plan C (A)", ["Plan B", "Plan C (option D)", "Plan C", "(A) none"])[1] != "own"
 
 
 def test_a_source_that_is_not_questions_is_refused_naming_the_setting(tmp_path):

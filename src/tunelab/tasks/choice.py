@@ -32,6 +32,9 @@ them is an error, not a guess from the prompt).
 Extraction (`extract_choice`), after NFKC normalisation (full-width "Ｂ", "（", "：" read as ASCII). Only
 letters of the question's options count; the first rule that finds one decides (the rule is reported):
 
+0. own: the answer starts with an option's own text followed by that option's bracketed letter — "仓鼠 (D)",
+   "A. Lincoln (B)" — the `text_letter` answer a model is taught; the longest such option when several fit.
+   First, because an option's text may itself hold what a later rule reads as a letter ("答案：A", "Plan B").
 1. marker: a letter after an answer marker — "答案：B", "答案是B", "正确答案为（C）", "选B", "应选择 C",
    "The answer is (C)", "Answer: c.", "I choose D". The first marker in the text wins.
 2. leading: the text starts with a letter followed by the end, punctuation or non-Latin text ("B.",
@@ -75,7 +78,7 @@ from tunelab.errors import TunelabError
 from tunelab.records import iter_records, require_str
 from tunelab.tasks.registry import Task, register_task
 
-RULES = ("marker", "leading", "mention", "text", "contains", "letter")
+RULES = ("own", "marker", "leading", "mention", "text", "contains", "letter")
 # Words after a sentence-initial "A" that make it the option letter rather than the article.
 _VERBS = {"is", "was", "seems", "looks", "appears", "should", "would", "must", "can", "could", "will",
           "and", "or", "because", "since", "as"}
@@ -166,6 +169,13 @@ def extract_choice(text: str, options: dict[str, str] | list[str] | None = None)
     t = unicodedata.normalize("NFKC", text)
     L = f"[{letters}{letters.lower()}]"
     word_end = r"(?![A-Za-z])"
+
+    # 0. own
+    if options:
+        for letter, opt in sorted(options.items(), key=lambda kv: -len(kv[1])):
+            own = unicodedata.normalize("NFKC", opt).strip()
+            if own and re.match(rf"\s*{re.escape(own)}\s*[(\[【]\s*{letter}\s*[)\]】]", t):
+                return letter, "own"
 
     # 1. marker
     marker = re.compile(
