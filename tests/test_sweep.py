@@ -442,6 +442,21 @@ def test_a_space_of_choices_runs_as_a_grid_each_combination_once(tmp_path, monke
     assert len(seen) == 6 and len(study_of(tmp_path / "runs" / "tiny-sweep").get_trials()) == 6
 
 
+def test_a_trials_description_says_its_values(tmp_path):
+    """The report's first line is the recipe's description, which names the recipe's settings: a trial's adds
+    the values it changed."""
+    from tunelab.sweep.trial import TrialSetup, trial_recipe
+    file = tiny_recipe(tmp_path)
+    raw, _ = read_recipe_raw(file)
+    raw["description"] = "A tiny model trained with lr 1e-3."
+    space = load_space(write_space(tmp_path, "train.lr: [0.002, 0.003]\ntrain.batch_size: [2, 4]\n"), raw, file)
+    setup = TrialSetup(raw, file, space, None, tmp_path / "runs" / "tiny-sweep", False)
+    recipe = trial_recipe(setup, {"train.lr": 0.002, "train.batch_size": 4}, "trial-000")
+    assert recipe.description == ("A tiny model trained with lr 1e-3. A sweep's trial: train.lr=0.002, "
+                                  "train.batch_size=4.")
+    assert (recipe.train.lr, recipe.train.batch_size, recipe.name) == (0.002, 4, "trial-000")
+
+
 def test_a_trial_behind_the_others_is_pruned_at_that_checkpoint(tmp_path, monkeypatch):
     import tunelab.pipeline
     outcomes = {"trial-000": ([0.4, 0.6, 0.8], 1.0), "trial-001": ([0.5, 0.7, 0.9], 1.0),

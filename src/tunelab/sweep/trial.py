@@ -65,11 +65,17 @@ class TrialSetup:
 
 
 def trial_recipe(setup: TrialSetup, values: dict, run_name: str) -> Recipe:
-    """The recipe of one trial: the sweep's, with the trial's values, named for the trial, under the sweep."""
+    """The recipe of one trial: the sweep's, with the trial's values, named for the trial, under the sweep. Its
+    description (the report's first line) says the trial's values: the recipe's own names its settings, which
+    the trial changes (an adapter grid's report said "LoRA rank 4" of every adapter)."""
+    from tunelab.sweep.space import encode_choice
     raw = copy.deepcopy(setup.raw_recipe)
     for field, value in values.items():
         set_field(raw, field, value)
     raw["name"] = run_name
+    if raw.get("description") and values:
+        shown = ", ".join(f"{field}={encode_choice(value)}" for field, value in values.items())
+        raw["description"] = f"{str(raw['description']).rstrip()} A sweep's trial: {shown}."
     raw["output_dir"] = str(setup.sweep_dir.absolute())
     return recipe_from_raw(raw, setup.recipe_file, check_data=False)  # the data was checked once, for the sweep
 
