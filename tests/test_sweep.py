@@ -536,9 +536,9 @@ def test_time_spent_in_the_hook_is_not_training_time(tmp_path):
 
 
 @pytest.mark.parametrize("name, overrides", [("quickstart", ["train.max_steps=300"]), ("sweep-cpu", []),
-                                             ("smollm2-choice", [])])
+                                             ("smollm2-choice", []), ("smollm2-math-grpo", [])])
 def test_the_shipped_spaces_fit_their_recipes_and_hold_their_values(name, overrides):
-    """docs/sweep.md's demonstration and short CPU path, and stage 2's adapter table: every value of
+    """docs/sweep.md's demonstration and short CPU path, stage 2's adapter table and GRPO's defaults: every value of
     recipes/spaces/<name>.yaml gives a valid recipe, and the recipe's own values are in it (the first trial, or a
     point of the grid)."""
     recipe = ROOT / "recipes" / f"{name}.yaml"
