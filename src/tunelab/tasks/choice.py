@@ -172,8 +172,8 @@ def extract_choice(text: str, options: dict[str, str] | list[str] | None = None)
 
     # 0. own
     if options:
-        for letter, opt in sorted(options.items(), key=lambda kv: -len(kv[1])):
-            own = unicodedata.normalize("NFKC", opt).strip()
+        owns = {letter: unicodedata.normalize("NFKC", opt).strip() for letter, opt in options.items()}
+        for letter, own in sorted(owns.items(), key=lambda kv: -len(kv[1])):  # longest as compared, normalised
             if own and re.match(rf"\s*{re.escape(own)}\s*[(\[【]\s*{letter}\s*[)\]】]", t):
                 return letter, "own"
 
