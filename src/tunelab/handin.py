@@ -173,6 +173,9 @@ def _method(lora: dict) -> str:
     if kind == "lora":
         return (f"LoRA (rank {lora.get('rank')}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
                 f"target modules {targets})")
+    if kind == "prompt_tuning":  # never handed in (export refuses it): said for a run's own description
+        return (f"prompt tuning ({lora.get('virtual_tokens', 20)} trained virtual tokens before every input; no "
+                "weight changes, nothing merged)")
     name = {"ia3": "IA³ (learnt scales of the layers' outputs, or inputs of the feed-forward ones)",
             "vera": f"VeRA (rank {lora.get('rank')} frozen shared random matrices, trained scaling vectors)",
             "ln_tuning": "LN tuning (the norm layers' weights)"}.get(kind, kind)

@@ -56,10 +56,11 @@ def parse_accuracy(text: str) -> float:
 
 
 def adapter_param_counts(model: str, rank: int, target: str | None, trainable_tokens: int = 0,
-                         adapter: str = "lora") -> dict:
+                         adapter: str = "lora", virtual_tokens: int = 20) -> dict:
     """Count an adapter's trainable and the base's total parameters on the meta device: no weights, seconds even
-    for 8B. `adapter`: lora, ia3, vera or ln_tuning (`lora.adapter`); `target` None: LoRA's default layers, or
-    peft's for the other kinds. `trainable_tokens`: that many output-head rows trained beside a LoRA adapter."""
+    for 8B. `adapter`: lora, ia3, vera, ln_tuning or prompt_tuning (`lora.adapter`); `target` None: LoRA's
+    default layers, or peft's for the other kinds. `trainable_tokens`: that many output-head rows trained beside a
+    LoRA adapter. `virtual_tokens`: prompt tuning's count (each one embedding)."""
     from tunelab.model.lora import AdapterSpec, add_adapter, count_parameters, resolve_target_modules
     from tunelab.model.presets import build_on_meta, load_config
     from tunelab.recipe.lora import adapter_targets
@@ -74,9 +75,10 @@ def adapter_param_counts(model: str, rank: int, target: str | None, trainable_to
         rows = {head_module_name(base): list(range(trainable_tokens))}  # which rows does not change the count
     target = adapter_targets(adapter, target)
     # alpha and dropout do not change the counts
-    peft_model = add_adapter(base, AdapterSpec(adapter, rank, 2 * rank, 0.0, target), rows)
+    peft_model = add_adapter(base, AdapterSpec(adapter, rank, 2 * rank, 0.0, target, virtual_tokens=virtual_tokens),
+                             rows)
     trainable, total = count_parameters(peft_model)
-    targets = peft_model.peft_config["default"].target_modules
+    targets = getattr(peft_model.peft_config["default"], "target_modules", None) or []
     return {"model": model, "adapter": adapter, "rank": rank,
             "target": resolve_target_modules(target) if target is not None else sorted(targets),
             "trainable": trainable, "total": total}

@@ -87,8 +87,10 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("ratio", help="trainable / total parameters of an adapter (meta device, no weights)")
     add_model(p, "preset name, local HF directory, config.json or hub id")
-    p.add_argument("--adapter", choices=["lora", "ia3", "vera", "ln_tuning"], default="lora",
+    p.add_argument("--adapter", choices=["lora", "ia3", "vera", "ln_tuning", "prompt_tuning"], default="lora",
                    help="the adapter kind (lora.adapter; default lora)")
+    p.add_argument("--virtual-tokens", type=integer(1), default=20, metavar="N",
+                   help="prompt_tuning: its virtual tokens (lora.virtual_tokens; default 20)")
     p.add_argument("--lora-rank", type=integer(1), default=None, help="lora and vera: the rank (required for them)")
     p.add_argument("--lora-target", default=None,
                    help="regex or comma list; MindFormers names (wq|wv|wo, w1..w3) are accepted (default: "
@@ -218,7 +220,7 @@ def cli_ratio(args: argparse.Namespace) -> int:
     if args.lora_rank is None and args.adapter in ("lora", "vera"):
         raise TunelabError(f"--lora-rank is required for --adapter {args.adapter}")
     counts = adapter_param_counts(args.model, args.lora_rank or 1, args.lora_target, args.trainable_tokens,
-                                  args.adapter)
+                                  args.adapter, args.virtual_tokens)
     total = counts["total"] if args.total_params is None else args.total_params
     ratio = low_param_ratio(counts["trainable"], total)
     if args.json:
@@ -228,7 +230,10 @@ def cli_ratio(args: argparse.Namespace) -> int:
     print(f"model: {args.model}")
     rows = f", {args.trainable_tokens} trainable token row(s)" if args.trainable_tokens else ""
     rank = f"rank {args.lora_rank}, " if args.adapter in ("lora", "vera") else ""
-    print(f"{args.adapter}: {rank}target {target}{rows}")
+    if args.adapter == "prompt_tuning":
+        print(f"prompt_tuning: {args.virtual_tokens} virtual tokens")
+    else:
+        print(f"{args.adapter}: {rank}target {target}{rows}")
     print(f"trainable: {counts['trainable']}")
     if args.total_params is None:
         print(f"total: {counts['total']}")

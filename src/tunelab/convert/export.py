@@ -172,7 +172,8 @@ def resolve_scale(scale: float | str | None, run_dir: Path, model_dir: Path) -> 
 def _load_merged(model_dir: Path, scale: float | None, dtype: str = "float32"):
     """(model, tokenizer) with the adapter merged, its update times `scale` when one below 1 is given: the scaled
     adapter is written to a temporary directory (`scaled_adapter`), loaded and dropped."""
-    from tunelab.model.loading import is_adapter_dir, load_for_inference
+    from tunelab.model.loading import check_mergeable, is_adapter_dir, load_for_inference
+    check_mergeable(model_dir, "exporting a model (and the hand-in, which exports each checkpoint)")
     if scale is None or scale == 1:
         return load_for_inference(str(model_dir), dtype=dtype, merge=True)
     if not is_adapter_dir(model_dir):

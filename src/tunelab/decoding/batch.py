@@ -134,7 +134,8 @@ class DecodeBatch:
                 all_logits: bool = False):
         """Run token rows into a fresh cache with `room` positions to spare; returns (batch, logits).
 
-        With `share_prefix`, prefixes the rows share run once: as a trie with no padding (`tree_prefill.py`)
+        A prompt-tuned model's virtual tokens (`model.virtual_tokens`) run first, once, and every row's cache starts
+        from theirs. With `share_prefix`, prefixes the rows share run once: as a trie with no padding (`tree_prefill.py`)
         where that is allowed, else the prefix common to all rows (a template header), whose cache is copied
         to every row, with pads between it and each row's own tokens. The logits are each row's
         last position's, (n, vocab) float32 — or with `all_logits`, the model's logits at every position of
@@ -145,11 +146,16 @@ class DecodeBatch:
         from tunelab.decoding.kv_cache import reserved_cache
         from tunelab.decoding.tree_prefill import tree_prefill
 
+        from tunelab.model.virtual_tokens import base_of, prefixed_inputs, virtual_tokens
+
         device = next(model.parameters()).device
         n = len(rows)
-        cache = reserved_cache(model.config, max(len(r) for r in rows) + room)
+        prompts = virtual_tokens(model)  # prompt tuning's: the cache's first columns, before any shared prefix
+        virtual = 0 if prompts is None else prompts.shape[0]
+        cache = reserved_cache(model.config, virtual + max(len(r) for r in rows) + room)
         # an empty row has no node of its own in a trie: such a batch keeps the padded prefill
-        if share_prefix and not all_logits and n > 1 and all(rows) and _growing(cache) and tree_prefill_ok(model):
+        if (share_prefix and not all_logits and n > 1 and all(rows) and _growing(cache) and not virtual
+                and tree_prefill_ok(model)):
             mask, next_pos, logits = tree_prefill(model, rows, cache, room, logits_at)
             return cls(model, cache, mask, next_pos, *_left_padding(rows, mask.shape[1])), logits
         # a sliding window counts cache slots, and the padding between a shared prefix and a shorter row's
@@ -164,13 +170,18 @@ class DecodeBatch:
             mask[i, width - own:] = 1
         input_ids, mask = to_device(input_ids, device), to_device(mask, device)
         pads = [width - len(r) + shared for r in rows]
-        first = [0] * n if shared else list(pads)
-        if shared:
-            forward(model, input_ids=to_device(torch.tensor([rows[0][:shared]]), device), past_key_values=cache,
-                     use_cache=True, logits_to_keep=1)
+        lead = virtual + shared  # cache columns every row shares
+        first = [0] * n if lead else list(pads)
+        if lead:
+            head = to_device(torch.tensor([rows[0][:shared]], dtype=torch.long), device)
+            if virtual:
+                forward(base_of(model), **prefixed_inputs(model, prompts, head), past_key_values=cache,
+                        use_cache=True, logits_to_keep=1)
+            else:
+                forward(model, input_ids=head, past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache.batch_repeat_interleave(n)
-            mask = torch.cat([mask.new_ones(n, shared), mask], dim=-1)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            mask = torch.cat([mask.new_ones(n, lead), mask], dim=-1)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, lead:]
         kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                       use_cache=True)
         if all_logits:

@@ -37,10 +37,20 @@ def logits_at(model, input_ids, attention_mask, keep, **kwargs):
 
 
 def forward(model, **kwargs):
-    """`model(**kwargs)`, with rotary embeddings computed without copies where that is exact (`rotary.py`)."""
+    """`model(**kwargs)`, with rotary embeddings computed without copies where that is exact (`rotary.py`).
+
+    A prompt-tuned model (`model.virtual_tokens`) runs its base: over a KV cache, whose front already holds the
+    virtual tokens (`DecodeBatch.prefill` put them there), or, without one, with them prepended here and the
+    logits cut back to the input's own positions."""
     from tunelab.model.kernels.rotary import fast_rotary
+    from tunelab.model.virtual_tokens import base_of, prefixed_logits, virtual_tokens
+    prompts = virtual_tokens(model)
     with fast_rotary(model):
-        return model(**kwargs)
+        if prompts is None:
+            return model(**kwargs)
+        if kwargs.get("past_key_values") is not None:
+            return base_of(model)(**kwargs)
+        return prefixed_logits(model, prompts, **kwargs)
 
 
 def last_logits(model, **kwargs):

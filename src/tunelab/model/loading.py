@@ -134,9 +134,9 @@ def adapter_base(path: str) -> str:
 
 
 def attach_adapter(base, path: str, base_path: str, onto=None, name: str = "default", trainable: bool = False):
-    """The adapter (LoRA, IA³, VeRA, LN tuning) at `path` on `base` (checked to fit it first), unmerged: a new PeftModel, or with `onto`
-    (a PeftModel already wrapping `base`) loaded beside its adapters as `name`, for `set_adapter`. `trainable`:
-    its weights take gradients (a run that continues the adapter)."""
+    """The adapter (LoRA, IA³, VeRA, LN tuning, prompt tuning) at `path` on `base` (checked to fit it first),
+    unmerged: a new PeftModel, or with `onto` (a PeftModel already wrapping `base`) loaded beside its adapters as
+    `name`, for `set_adapter`. `trainable`: its weights take gradients (a run that continues the adapter)."""
     from peft import PeftModel
 
     from tunelab.model.lora import quiet_peft
@@ -161,6 +161,30 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
+def mergeable(model) -> bool:
+    """Whether the peft model's adapter changes weights that `merge_and_unload` can fold into the base (prompt
+    tuning's virtual tokens change none)."""
+    return not getattr(model.active_peft_config, "is_prompt_learning", False)
+
+
+def check_mergeable(path: str | Path, purpose: str) -> None:
+    """Refuse, naming the adapter kind, to merge an adapter directory whose adapter changes no weight: `purpose`
+    says what the merged weights were for."""
+    import json
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return
+    try:
+        kind = json.loads(config.read_text(encoding="utf-8")).get("peft_type")
+    except (OSError, ValueError, AttributeError):
+        return  # loading it says what is wrong with it
+    if kind == "PROMPT_TUNING":
+        raise TunelabError(f"{purpose} takes merged weights, and a prompt-tuning adapter has none to merge: its "
+                           "virtual tokens go before every input, which a plain model file cannot hold. Serve or "
+                           "evaluate the run itself (tunelab serve, tunelab eval), or train a weight adapter (lora, "
+                           "ia3, vera, ln_tuning)", file=config, field="peft_type")
+
+
 def _placed(device) -> dict:
     """`from_pretrained`'s arguments that load the weights straight onto `device` (a GPU: no copy of the whole
     model in host RAM first, which is 16 GB per process for an 8B model); nothing for the CPU."""
@@ -172,14 +196,15 @@ def load_for_inference(path: str, dtype: str = "float32", merge: bool = False, d
 
     An adapter directory is loaded onto its base (where `base_record.resolve_base_model` finds it) with
     peft, once its weights file is whole and its shapes fit the base; `merge=True` merges the adapter into the
-    weights for faster generation.
+    weights for faster generation — where it has weights to merge: a prompt-tuning adapter stays a peft model,
+    whose virtual tokens the decoding core runs (`model.virtual_tokens`).
     """
     path = str(path)
     check_model_path(path, field="model")
     if is_adapter_dir(path):
         base_path = adapter_base(path)
         model = attach_adapter(load_pretrained(base_path, dtype, device), path, base_path)
-        if merge:
+        if merge and mergeable(model):
             model = model.merge_and_unload()
     else:
         model = load_pretrained(path, dtype, device)

@@ -1,5 +1,5 @@
 """Adapter setup: target-module resolution (MindFormers names, regexes), the peft config of each adapter kind a
-recipe can train (LoRA, IA³, VeRA, LN tuning: `AdapterSpec`, `peft_config`), and parameter counts."""
+recipe can train (LoRA, IA³, VeRA, LN tuning, prompt tuning: `AdapterSpec`, `peft_config`), and parameter counts."""
 
 from __future__ import annotations
 
@@ -60,7 +60,9 @@ def make_lora_config(rank: int, alpha: float, dropout: float, target_modules: st
 
 
 # peft's `peft_type` of each adapter kind a recipe names (`lora.adapter`)
-PEFT_TYPES = {"lora": "LORA", "ia3": "IA3", "vera": "VERA", "ln_tuning": "LN_TUNING"}
+PEFT_TYPES = {"lora": "LORA", "ia3": "IA3", "vera": "VERA", "ln_tuning": "LN_TUNING", "prompt_tuning": "PROMPT_TUNING"}
+# the kinds that change no weight of the base, so nothing merges into it (`model.virtual_tokens` runs them)
+UNMERGEABLE = ("prompt_tuning",)
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,13 @@ class AdapterSpec:
     dropout: float = 0.0
     targets: str | list[str] | None = None
     feedforward: str | list[str] | None = None
+    virtual_tokens: int = 20
+    init_text: str | None = None
 
     @classmethod
     def from_recipe(cls, lora) -> "AdapterSpec":
-        return cls(lora.adapter, lora.rank, lora.alpha, lora.dropout, lora.targets, lora.feedforward_modules)
+        return cls(lora.adapter, lora.rank, lora.alpha, lora.dropout, lora.targets, lora.feedforward_modules,
+                   lora.virtual_tokens, lora.init_text)
 
     @classmethod
     def from_saved(cls, config: dict[str, Any]) -> "AdapterSpec":
@@ -92,18 +97,24 @@ class AdapterSpec:
         return cls(kinds[peft_type], config.get("r", 8), config.get("lora_alpha", 8),
                    config.get("lora_dropout", config.get("vera_dropout", 0.0)),
                    sorted(targets) if isinstance(targets, (list, set)) else targets,
-                   config.get("feedforward_modules"))
+                   config.get("feedforward_modules"), config.get("num_virtual_tokens") or 20,
+                   config.get("prompt_tuning_init_text"))
 
     def describe(self) -> str:
         """'LoRA rank 16 (alpha 32) on q_proj, v_proj': a log line's words for it."""
+        if self.kind == "prompt_tuning":
+            init = f"from the text {self.init_text!r}" if self.init_text else "from random vocabulary rows"
+            return f"prompt tuning: {self.virtual_tokens} virtual tokens before every input, {init}"
         name = {"lora": "LoRA", "ia3": "IA³", "vera": "VeRA", "ln_tuning": "LN tuning"}[self.kind]
         size = {"lora": f" rank {self.rank} (alpha {self.alpha:g})", "vera": f" rank {self.rank}"}.get(self.kind, "")
         where = self.targets if isinstance(self.targets, str) else ", ".join(self.targets or ["peft's default layers"])
         return f"{name}{size} on {where}"
 
 
-def peft_config(spec: AdapterSpec, trainable_tokens: dict[str, list[int]] | None = None):
-    """The peft config of `spec` for a causal LM. `trainable_tokens` (LoRA only): peft's `trainable_token_indices`."""
+def peft_config(spec: AdapterSpec, trainable_tokens: dict[str, list[int]] | None = None,
+                tokenizer_path: str | None = None):
+    """The peft config of `spec` for a causal LM. `trainable_tokens` (LoRA only): peft's `trainable_token_indices`.
+    `tokenizer_path`: the model's tokenizer, which prompt tuning's `init_text` is tokenised with."""
     if spec.kind == "lora":
         return make_lora_config(spec.rank, spec.alpha, spec.dropout, spec.targets, trainable_tokens)
     if trainable_tokens:
@@ -119,7 +130,25 @@ def peft_config(spec: AdapterSpec, trainable_tokens: dict[str, list[int]] | None
                           task_type=TaskType.CAUSAL_LM)
     if spec.kind == "ln_tuning":
         return LNTuningConfig(target_modules=targets, task_type=TaskType.CAUSAL_LM)
+    if spec.kind == "prompt_tuning":
+        return _prompt_tuning_config(spec, tokenizer_path)
     raise TunelabError(f"unknown adapter '{spec.kind}' (choose from {', '.join(PEFT_TYPES)})", field="lora.adapter")
+
+
+def _prompt_tuning_config(spec: AdapterSpec, tokenizer_path: str | None):
+    """Prompt tuning's peft config: `virtual_tokens` embeddings started from `init_text`'s tokens (repeated or cut
+    to length, as peft does), else from rows of the vocabulary drawn at random — a start inside the embeddings'
+    own distribution, which peft's normal-random init is not."""
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+    if not spec.init_text:
+        return PromptTuningConfig(num_virtual_tokens=spec.virtual_tokens, task_type=TaskType.CAUSAL_LM,
+                                  prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
+    if not tokenizer_path:
+        raise TunelabError("prompt tuning's init_text is tokenised with the model's tokenizer, and this model was not "
+                           "loaded from a directory that holds one", field="lora.init_text")
+    return PromptTuningConfig(num_virtual_tokens=spec.virtual_tokens, task_type=TaskType.CAUSAL_LM,
+                              prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=spec.init_text,
+                              tokenizer_name_or_path=str(tokenizer_path))
 
 
 def add_adapter(model, spec: AdapterSpec, trainable_tokens: dict[str, list[int]] | None = None):
@@ -130,7 +159,7 @@ def add_adapter(model, spec: AdapterSpec, trainable_tokens: dict[str, list[int]]
         check_targets_matched(model, spec.targets)
     try:
         with quiet_peft():
-            return get_peft_model(model, peft_config(spec, trainable_tokens))
+            return get_peft_model(model, peft_config(spec, trainable_tokens, getattr(model, "name_or_path", None)))
     except ValueError as e:  # peft: no default targets for this model type, or a layer the adapter cannot wrap
         raise TunelabError(f"cannot add a {spec.kind} adapter to {type(model).__name__}: "
                            f"{' '.join(str(e).split())[:300]}", field="lora.target_modules") from e
@@ -163,9 +192,9 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     counts its real number of weights (`parameter_count`), so a QLoRA run's total is the same as a LoRA run's.
     An adapter's parameters are those under a peft prefix (`adapter_prefixes`): LoRA's A and B, IA³'s scales, VeRA's
     vectors (its shared random matrices are buffers, not parameters), LN tuning's copies of the norms, trainable
-    token rows (deltas beside the base's rows).
+    token rows (deltas beside the base's rows), prompt tuning's virtual token embeddings (`prompt_encoder`).
     """
-    prefixes = adapter_prefixes() if hasattr(model, "peft_config") else ()
+    prefixes = adapter_prefixes() + ("prompt_encoder",) if hasattr(model, "peft_config") else ()
     trainable = total = 0
     for name, param in model.named_parameters():
         n = parameter_count(param)

@@ -155,6 +155,26 @@ class Recipe(StrictSection):
         return self
 
     @model_validator(mode="after")
+    def _prompt_tuning(self):
+        """Prompt tuning's virtual tokens go before every row once (`model.virtual_tokens`): a packed row's later
+        samples would go without them. They change no weight, so there is nothing to merge; and the methods that
+        score against a reference (the model with its adapter off) or a teacher run the plain model, which has
+        no virtual tokens to switch off."""
+        if not self.lora.enabled or self.lora.adapter != "prompt_tuning":
+            return self
+        if self.data.packing:
+            raise ValueError("lora.adapter prompt_tuning puts its virtual tokens before each row once, so a packed "
+                             "row's later samples would train without them: set data.packing: false")
+        if self.train.method not in ("sft", "rft") or self.train.distill is not None:
+            what = "train.distill" if self.train.distill is not None else f"train.method {self.train.method}"
+            raise ValueError(f"lora.adapter prompt_tuning trains with train.method sft or rft; {what} compares the "
+                             "model with a reference or teacher, which is not built for virtual tokens")
+        if self.train.save_merged:
+            raise ValueError("lora.adapter prompt_tuning changes no weight, so there is nothing to merge: leave "
+                             "train.save_merged out")
+        return self
+
+    @model_validator(mode="after")
     def _scales_need_an_adapter(self):
         """`eval.scales` scales the best checkpoint's LoRA update (`tunelab.model.lora_scale`) and measures it on
         the eval tasks: a full fine-tune has no update apart from its weights, and without tasks nothing is

@@ -35,14 +35,18 @@ def chunk_rows(vocab: int) -> int:
 
 def head_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(backbone, head) of a causal LM (or its peft wrapper) whose logits are `head(backbone(...).last_hidden_state)`,
-    so that only the positions that matter need projecting; None for others (their own forward then)."""
+    so that only the positions that matter need projecting; None for others (their own forward then). A
+    prompt-tuned model's backbone runs its virtual tokens first (`model.virtual_tokens.PrefixedBackbone`)."""
+    from tunelab.model.virtual_tokens import PrefixedBackbone, virtual_tokens
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     if getattr(config, "model_type", None) not in PLAIN_HEAD or float(getattr(config, "final_logit_softcapping",
                                                                               None) or 0.0):
         return None
     backbone, head = getattr(base, base.base_model_prefix, None), base.get_output_embeddings()
-    return (backbone, head) if isinstance(backbone, nn.Module) and isinstance(head, nn.Module) else None
+    if not (isinstance(backbone, nn.Module) and isinstance(head, nn.Module)):
+        return None
+    return (PrefixedBackbone(model, backbone) if virtual_tokens(model) is not None else backbone), head
 
 
 def plain_linear(head: nn.Module) -> bool:
