@@ -190,3 +190,35 @@ def test_a_saved_config_gives_back_its_spec_and_the_cli_counts_it(capsys):
                  "--json"]) == 0
     counts = json.loads(capsys.readouterr().out)
     assert counts["trainable"] == _prompt_tuned().get_nb_trainable_parameters()[0] == N * _base().config.hidden_size
+
+
+def test_an_rft_run_samples_with_its_virtual_tokens_and_its_checkpoints_are_evaluated(tmp_path, tiny_base):
+    """RFT samples with the live prompt-tuned model (the decoding core's virtual prefix) and fine-tunes on what the
+    grader accepts; each checkpoint is evaluated as the run's adapter (loaded unmerged: nothing to merge)."""
+    import yaml
+    from test_grpo_run import metrics_lines, run_train
+    from test_rft import rft_recipe
+    path = rft_recipe(tmp_path, tiny_base, steps=4, checkpoints=1)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["lora"] = {"enabled": True, "adapter": "prompt_tuning", "virtual_tokens": 4}
+    recipe["data"]["packing"] = False
+    recipe["train"]["lr"] = 3e-2
+    recipe["eval"] = {"tasks": [{"task": "arithmetic", "source": {"generate": "arithmetic", "count": 6, "seed": 9,
+                                                                  "options": {"kinds": ["int_add"], "int_digits": 1}}}],
+                      "max_new_tokens": 8}
+    recipe["score"] = {"formula": "stage1", "accuracy_task": "arithmetic"}
+    path.write_text(yaml.safe_dump(recipe))
+    assert run_train(path, verb="run") == 0
+    run_dir = tmp_path / "runs" / "rft"
+    lines = metrics_lines(run_dir)
+    assert lines and all("frac_accepted" in x for x in lines) and any(x["frac_accepted"] > 0 for x in lines)
+    ckpt = list_checkpoints_of(run_dir)[-1]
+    assert json.loads((ckpt / "adapter" / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["checkpoints"][ckpt.name]["arithmetic"]["n"] == 6 and metrics["best_checkpoint"] == ckpt.name
+    assert metrics["ratio"]["trainable"] == 4 * json.loads((Path(tiny_base) / "config.json").read_text())["hidden_size"]
+
+
+def list_checkpoints_of(run_dir):
+    from tunelab.runs import list_checkpoints
+    return list_checkpoints(run_dir)
