@@ -155,6 +155,22 @@ def test_a_run_trains_saves_loads_through_plain_peft_and_export_refuses_it(tmp_p
         ours, _ = load_for_inference(str(last), merge=True)  # stays a peft model: nothing to merge
         from tunelab.decoding.forward import forward
         torch.testing.assert_close(forward(ours, input_ids=ids).logits, theirs[:, N:], atol=1e-5, rtol=1e-5)
+    # served as the run's adapter: the server's continuous-batching engine answers as peft's generate does
+    from tunelab.serve.engine import SamplingParams
+    from tunelab.serve.models import ServedModel
+    served = ServedModel.load(recipe.run_dir, max_batch=4)
+    try:
+        peft_model = PeftModel.from_pretrained(_base(), last).eval()
+        for text in ("12 * 34 = ", "7 * 8 = "):  # past the end-of-text it would stop at: six tokens each
+            ids = served.encode(text)
+            got = list(served.engine.stream(ids, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)))
+            want = list(ids)
+            with torch.no_grad():  # greedy by peft's own forward, the whole sequence each token
+                for _ in range(6):
+                    want.append(int(peft_model(input_ids=torch.tensor([want])).logits[0, -1].argmax()))
+            assert got[-1].seq.output_ids == want[len(ids):]
+    finally:
+        served.close()
     with pytest.raises(TunelabError, match="prompt-tuning adapter has none to merge"):
         export(list_checkpoints(recipe.run_dir)[-1], tmp_path / "exported", dtype="float32")
     assert not (tmp_path / "exported").exists()
