@@ -63,9 +63,9 @@ class LoraConfig(StrictSection):
             raise ValueError(f"trainable_tokens trains rows beside a LoRA adapter, not beside {self.adapter}")
         if self.feedforward_modules is not None and self.adapter != "ia3":
             raise ValueError(f"feedforward_modules is an ia3 setting, not {self.adapter}'s")
-        if self.adapter != "prompt_tuning":
+        if self.adapter != "prompt_tuning":  # by value: a saved recipe writes every default back
             for key in ("virtual_tokens", "init_text"):
-                if key in self.model_fields_set:
+                if getattr(self, key) != type(self).model_fields[key].default:
                     raise ValueError(f"{key} is a prompt_tuning setting, not {self.adapter}'s")
         elif self.target_modules is not None:
             raise ValueError("prompt_tuning adds embeddings before the input and adapts no layer: leave "
