@@ -43,14 +43,13 @@ def forward(model, **kwargs):
     virtual tokens (`DecodeBatch.prefill` put them there), or, without one, with them prepended here and the
     logits cut back to the input's own positions."""
     from tunelab.model.kernels.rotary import fast_rotary
-    from tunelab.model.virtual_tokens import base_of, prefixed_logits, virtual_tokens
-    prompts = virtual_tokens(model)
+    from tunelab.model.virtual_tokens import base_of, prefixed_logits, prompt_tuned, virtual_tokens
     with fast_rotary(model):
-        if prompts is None:
+        if not prompt_tuned(model):
             return model(**kwargs)
-        if kwargs.get("past_key_values") is not None:
+        if kwargs.get("past_key_values") is not None:  # a decode step: the embeddings are not computed again
             return base_of(model)(**kwargs)
-        return prefixed_logits(model, prompts, **kwargs)
+        return prefixed_logits(model, virtual_tokens(model), **kwargs)
 
 
 def last_logits(model, **kwargs):

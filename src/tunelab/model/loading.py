@@ -170,15 +170,12 @@ def mergeable(model) -> bool:
 def check_mergeable(path: str | Path, purpose: str) -> None:
     """Refuse, naming the adapter kind, to merge an adapter directory whose adapter changes no weight: `purpose`
     says what the merged weights were for."""
-    import json
+    from tunelab.model.lora import PEFT_TYPES, UNMERGEABLE
+    from tunelab.records import read_json_object
     config = Path(path) / "adapter_config.json"
     if not config.is_file():
         return
-    try:
-        kind = json.loads(config.read_text(encoding="utf-8")).get("peft_type")
-    except (OSError, ValueError, AttributeError):
-        return  # loading it says what is wrong with it
-    if kind == "PROMPT_TUNING":
+    if read_json_object(config).get("peft_type") in {PEFT_TYPES[kind] for kind in UNMERGEABLE}:
         raise TunelabError(f"{purpose} takes merged weights, and a prompt-tuning adapter has none to merge: its "
                            "virtual tokens go before every input, which a plain model file cannot hold. Serve or "
                            "evaluate the run itself (tunelab serve, tunelab eval), or train a weight adapter (lora, "

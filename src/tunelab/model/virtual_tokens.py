@@ -23,13 +23,17 @@ if TYPE_CHECKING:
     import torch
 
 
+def prompt_tuned(model) -> bool:
+    """Whether the model's active adapter is prompt tuning (not a plain model, LoRA or the other kinds, which
+    change the weights instead): asked on every forward, so it reads the config and computes nothing."""
+    config = getattr(model, "active_peft_config", None) if hasattr(model, "get_prompt") else None
+    return config is not None and str(getattr(config.peft_type, "value", config.peft_type)) == "PROMPT_TUNING"
+
+
 def virtual_tokens(model) -> "torch.Tensor | None":
     """The active prompt-tuning adapter's embeddings, (N, hidden), with their gradient when they train; None for
-    any other model (a plain model, LoRA and the other kinds, which change the weights instead)."""
-    config = getattr(model, "active_peft_config", None) if hasattr(model, "get_prompt") else None
-    if config is None or str(getattr(config.peft_type, "value", config.peft_type)) != "PROMPT_TUNING":
-        return None
-    return model.get_prompt(batch_size=1)[0]
+    any other model."""
+    return model.get_prompt(batch_size=1)[0] if prompt_tuned(model) else None
 
 
 def base_of(model):

@@ -37,7 +37,7 @@ def head_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(backbone, head) of a causal LM (or its peft wrapper) whose logits are `head(backbone(...).last_hidden_state)`,
     so that only the positions that matter need projecting; None for others (their own forward then). A
     prompt-tuned model's backbone runs its virtual tokens first (`model.virtual_tokens.PrefixedBackbone`)."""
-    from tunelab.model.virtual_tokens import PrefixedBackbone, virtual_tokens
+    from tunelab.model.virtual_tokens import PrefixedBackbone, prompt_tuned
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     if getattr(config, "model_type", None) not in PLAIN_HEAD or float(getattr(config, "final_logit_softcapping",
@@ -46,7 +46,7 @@ def head_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     backbone, head = getattr(base, base.base_model_prefix, None), base.get_output_embeddings()
     if not (isinstance(backbone, nn.Module) and isinstance(head, nn.Module)):
         return None
-    return (PrefixedBackbone(model, backbone) if virtual_tokens(model) is not None else backbone), head
+    return (PrefixedBackbone(model, backbone) if prompt_tuned(model) else backbone), head
 
 
 def plain_linear(head: nn.Module) -> bool:
