@@ -12,7 +12,9 @@ positions. So they take the virtual tokens from here, with one rule:
   to (`decoding.batch.DecodeBatch.prefill`), and its later forwards run the base model over that cache.
 
 The model is the same one peft's forward computes: the test trains, saves, reloads through plain peft and
-compares these logits with peft's own (tests/test_prompt_tuning.py).
+compares these logits with peft's own (tests/test_prompt_tuning.py). The loss is peft's too for every row tunelab
+builds: peft's forward would also predict a row's first token from the last virtual token, but tunelab never
+trains a row's first token (`data.packing._cut`).
 """
 
 from __future__ import annotations
