@@ -35,29 +35,31 @@ class SampledAnswers(StrictSection):
 
 class GRPOConfig(SampledAnswers):
     """`train.method: grpo` (`tunelab.train.methods.grpo`): completions sampled with tunelab's own decoding core,
-    scored by `rewards`, trained on their group-normalised advantages (`tunelab.train.methods.grpo_loss`). Names and
-    defaults follow TRL's GRPOConfig; `train.batch_size` counts prompts, each sampled `num_generations` times."""
+    scored by `rewards`, trained on their group-normalised advantages (`tunelab.train.methods.grpo_loss`). Names
+    follow TRL's GRPOConfig; `train.batch_size` counts prompts, each sampled `num_generations` times. Four defaults
+    are not TRL's but what worked on a small LoRA model (SmolLM2-135M, the sweep in docs/grpo.md): temperature 0.7,
+    DAPO's clip-higher (epsilon_high 0.28), cut answers not trained on, and groups that all scored alike skipped."""
 
     num_generations: int = Field(default=8, ge=2, description="completions sampled per prompt (a group)")
-    temperature: float = Field(default=1.0, gt=0, description="sampling temperature (also divides the logits "
+    temperature: float = Field(default=0.7, gt=0, description="sampling temperature (also divides the logits "
                                                                "the log-probabilities come from, as TRL)")
     beta: float = Field(default=0.0, ge=0, description="weight of the KL term to the reference (the model with "
                                                         "its LoRA adapter off); 0: no reference computed")
     epsilon: float = Field(default=0.2, ge=0, description="the clip range's lower side (TRL's epsilon)")
-    epsilon_high: float | None = Field(default=None, ge=0, description="its upper side (DAPO's clip-higher); "
-                                                                        "default: epsilon")
+    epsilon_high: float | None = Field(default=0.28, ge=0, description="its upper side (DAPO's clip-higher); "
+                                                                        "null: epsilon (TRL)")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
         default="dapo", description="how token losses are averaged (tunelab.train.methods.grpo_loss)")
     scale_rewards: Literal["group", "batch", "none"] = Field(
         default="group", description="divide advantages by the group's std, the batch's, or not (Dr. GRPO)")
     mask_truncated_completions: bool = Field(
-        default=False, description="train on no token of a completion cut at max_completion_length (DAPO)")
+        default=True, description="train on no token of a completion cut at max_completion_length (DAPO)")
     num_iterations: int = Field(
         default=1, ge=1, description="optimizer steps on each generation batch (TRL's num_iterations; the old "
                                      "policy's log-probabilities are kept from sampling time): train.max_steps "
                                      "and epochs count optimizer steps, a generation every num_iterations")
     zero_variance: Literal["keep", "skip", "resample", "refill"] = Field(
-        default="keep", description="groups whose completions all scored the same teach nothing: keep them in the "
+        default="skip", description="groups whose completions all scored the same teach nothing: keep them in the "
                                     "batch (TRL), skip their forward and backward, sample them again, or refill "
                                     "them: another training prompt's group in their place (DAPO's dynamic "
                                     "sampling); resample and refill try up to resample_rounds times, then skip")
