@@ -117,6 +117,41 @@ def test_several_updates_per_generation_batch_clip_and_resampling_rescues_groups
     assert any(x["frac_groups_resampled"] > 0 for x in lines)
 
 
+def test_by_default_a_group_whose_answers_all_scored_alike_is_never_trained_on(tmp_path, tiny_base, monkeypatch):
+    """`zero_variance: skip`, the default: each step's batch holds exactly the groups whose rewards differ, all G
+    answers of each; a step where none differ trains on nothing (one group kept for the pass, its mask all zero)."""
+    import tunelab.train.methods.grpo as grpo
+    from tunelab.train.methods.grpo import GRPOLossModel
+    G = 4
+    steps: list[dict] = []
+    real_score, real_collate = GRPOLossModel._score, grpo.collate_completions
+
+    def score(self, examples, completions):
+        out = real_score(self, examples, completions)
+        steps.append({"scores": out.view(-1, G), "prompts": [e.id for e in examples[::G]]})
+        return out
+
+    def collate(prompts, completions, *args):
+        batch = real_collate(prompts, completions, *args)
+        steps[-1].update(rows=len(prompts), mask=batch["completion_mask"])  # zeroed after, in place, if none teach
+        return batch
+    monkeypatch.setattr(GRPOLossModel, "_score", score)
+    monkeypatch.setattr(grpo, "collate_completions", collate)
+    assert run_train(grpo_recipe(tmp_path, tiny_base, rewards=[{"task": "arithmetic"}], steps=8)) == 0
+    assert load_recipe(tmp_path / "grpo.yaml").train.grpo.zero_variance == "skip"
+    assert len(steps) == 8
+    seen_alike = seen_mixed = False
+    for step in steps:
+        differ = int((step["scores"].amax(1) > step["scores"].amin(1)).sum())
+        seen_alike |= differ < len(step["prompts"])
+        seen_mixed |= differ > 0
+        if differ:
+            assert step["rows"] == G * differ and int(step["mask"].sum()) > 0, step
+        else:
+            assert step["rows"] == G and int(step["mask"].sum()) == 0, step
+    assert seen_alike and seen_mixed  # both kinds of group occurred, so the rule was exercised
+
+
 def test_refill_puts_other_prompts_groups_in_place_of_those_that_teach_nothing(tmp_path, tiny_base, monkeypatch):
     """zero_variance refill (DAPO's dynamic sampling): a group whose completions all scored alike is replaced by
     the group of another of the run's prompts, drawn again up to resample_rounds times; the share is logged, and
