@@ -1,7 +1,7 @@
 """Corpus preparation: `tunelab data corpus` vs a nanoGPT-style `prepare.py` loop, in MB/s of JSONL and peak memory.
 
 Input: a generated Chinese encyclopedia-style JSONL corpus, one article a line as `{"id", "text": "标题\\n\\n正文…"}`
-(`tunelab.data.generate.encyclopedia` when present, else the small generator below), `--mb` MB at 1x. Tokenizer: a
+(`tunelab.data.synthetic.encyclopedia` when present, else the small generator below), `--mb` MB at 1x. Tokenizer: a
 byte-level BPE trained here on the first part of the corpus (`train_bpe_tokenizer`) and saved as a Hugging
 Face directory (`--tokenizer corpus`: `tunelab tokenizer train`'s CJK-aware pipeline instead); both sides load
 that same directory.
@@ -92,8 +92,8 @@ def builtin_articles(seed: int):
 
 
 def encyclopedia_articles(seed: int):
-    """Articles of part C's generator (tunelab.data.generate.encyclopedia), a fresh world per batch of 2000."""
-    from tunelab.data.generate.encyclopedia import generate_articles
+    """Articles of part C's generator (tunelab.data.synthetic.encyclopedia), a fresh world per batch of 2000."""
+    from tunelab.data.synthetic.encyclopedia import generate_articles
     batch = 0
     while True:
         articles, _qa = generate_articles(2000, seed=seed * 100_003 + batch)
@@ -106,7 +106,7 @@ def articles(generator: str, seed: int):
     """(name, endless (id, text) iterator) of the generator asked for; `auto` prefers part C's."""
     if generator == "auto":
         try:
-            from tunelab.data.generate.encyclopedia import generate_articles  # noqa: F401
+            from tunelab.data.synthetic.encyclopedia import generate_articles  # noqa: F401
             generator = "encyclopedia"
         except ImportError:
             generator = "builtin"

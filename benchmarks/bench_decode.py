@@ -5,7 +5,7 @@ once; default the shipped `models/tiny-base`) answers `--prompts` generated ques
 and en) rendered in its own template (its tunelab template, else its tokenizer's chat template, else alpaca), at
 most `--max-new-tokens` new tokens each, greedy, at each of `--concurrency` (default 1 and 32 prompts at once):
 
-- tunelab: `tunelab.decoding.generate.complete_batched` with that batch size (what `tunelab eval` and the
+- tunelab: `tunelab.decoding.embedded.complete_batched` with that batch size (what `tunelab eval` and the
   serving engine decode with: length-sorted rows, shared prefixes prefilled once, finished rows replaced);
 - transformers: `model.generate` on left-padded batches of that size, prompts sorted by length;
 - llama.cpp: the model exported by `tunelab export --format gguf` (`export_gguf_dir`) at each of `--quants`
@@ -48,7 +48,7 @@ def make_prompts(model_dir: str, tokenizer, n: int, seed: int) -> list[str]:
     template, else its tokenizer's chat template (a user turn, the generation prompt), else alpaca."""
     from tunelab.data.chat import ModelChat
     from tunelab.data.formats import examples_from_records
-    from tunelab.data.generate import arithmetic, reading
+    from tunelab.data.synthetic import arithmetic, reading
     from tunelab.data.templates import PromptTemplate, load_template
     half = n // 2
     examples = (examples_from_records(arithmetic.generate(half, seed=seed, lang="mix"), "competition")
@@ -65,7 +65,7 @@ def make_prompts(model_dir: str, tokenizer, n: int, seed: int) -> list[str]:
 
 
 def run_tunelab(model, tokenizer, prompts: list[str], max_new: int, batch: int) -> list[str]:
-    from tunelab.decoding.generate import complete_batched
+    from tunelab.decoding.embedded import complete_batched
     return [c.text for c in complete_batched(model, tokenizer, prompts, max_new, batch, progress=False)]
 
 

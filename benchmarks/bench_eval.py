@@ -5,7 +5,7 @@ reading items, so its answers end with EOS at different lengths, as in a real ev
 `--model random` the same architecture with random init and a BPE tokenizer trained here on the data (it
 rarely emits EOS: every row runs to the token limit). Greedy decoding, 24 new tokens at most, prompts
 rendered with the alpaca template from a mix of arithmetic (zh/en) and reading (zh/en) items. Three setups:
-- tunelab's engine (`tunelab.decoding.generate.generate_batched`: length-sorted; the rows prefilled together run
+- tunelab's engine (`tunelab.decoding.embedded.generate_batched`: length-sorted; the rows prefilled together run
   as one packed trie, each shared prefix once, into a left-padded cache written in place; finished rows
   leave the batch), all prompts;
 - `model.generate` on left-padded batches, what a careful Hugging Face user writes: prompts sorted by
@@ -41,7 +41,7 @@ log = logger("bench_eval")
 
 def make_prompts(n: int, seed: int):
     """n mixed prompts (half arithmetic, half reading; zh and en), plus extra text to train the tokenizer on."""
-    from tunelab.data.generate import arithmetic, reading
+    from tunelab.data.synthetic import arithmetic, reading
     from tunelab.data.formats import examples_from_records
     from tunelab.data.templates import PromptTemplate
     template = PromptTemplate("alpaca")
@@ -73,7 +73,7 @@ def main() -> int:
     threads, load0 = start_torch(args.threads)
     import torch
 
-    from tunelab.decoding.generate import complete_batched, generate_batched
+    from tunelab.decoding.embedded import complete_batched, generate_batched
     from tunelab.model.loading import build_from_scratch, load_for_inference, load_tokenizer
     from tunelab.model.tokenizer import train_bpe_tokenizer
     log(f"torch threads {threads}; load average {load0}; precision {args.precision}")

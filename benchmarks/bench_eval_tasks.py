@@ -44,7 +44,7 @@ log = logger("bench_eval_tasks")
 
 def write_data(root: Path, per_task: int, seed: int) -> tuple[dict[str, Path], list[str]]:
     """The four task files, and texts to train the tokenizer on."""
-    from tunelab.data.generate import arithmetic, reading
+    from tunelab.data.synthetic import arithmetic, reading
     from tunelab.records import write_jsonl
     rng = random.Random(seed)
     files = {t: root / name for t, name in zip(TASKS, ("arith.jsonl", "dev-v1.1.json", "choice.jsonl", "dev.tsv"))}

@@ -83,7 +83,7 @@ def prompt_texts(model: str, tokenizer, examples) -> dict:
 
 def problems(count: int):
     from tunelab.data.formats import examples_from_records
-    from tunelab.data.generate.arithmetic import generate
+    from tunelab.data.synthetic.arithmetic import generate
     records = generate(count, seed=21, kinds=["dec_add", "dec_sub"], int_digits=1, decimals=2, fixed_decimals=True)
     return examples_from_records(records, "competition")
 

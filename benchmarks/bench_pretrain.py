@@ -20,7 +20,7 @@ the same width, depth, heads, vocabulary, sequence length, batch, optimizer sett
                 mask built in a Python loop. Same real tokens as (a); its padding is computed on, not counted.
 
 The corpus directory is prepared here as `tunelab data corpus` does (`prepare_corpus`): generated
-encyclopedia-style articles (`tunelab.data.generate.encyclopedia`), a byte-level BPE trained on them, sentence-aligned
+encyclopedia-style articles (`tunelab.data.synthetic.encyclopedia`), a byte-level BPE trained on them, sentence-aligned
 blocks of at most --seq tokens ending with EOT, 2 % of the documents held out.
 The first window of every run is warm-up and skipped; the median window is reported. MFU = flops per token ×
 tokens/s / peak, flops per token = 6·N + 12·L·d·T (nanoGPT's estimate_mfu: N the parameters in matmuls,

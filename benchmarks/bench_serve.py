@@ -56,7 +56,7 @@ def build_model(out: Path, preset: str, seed: int) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tunelab.data.generate import arithmetic
+    from tunelab.data.synthetic import arithmetic
     from tunelab.data.formats import examples_from_records
     from tunelab.data.templates import PromptTemplate, save_template
     from tunelab.model.presets import preset_config

@@ -108,7 +108,7 @@ def main() -> int:
     args = ap.parse_args()
     threads, load0 = choose_threads(args.threads)
 
-    from tunelab.data.generate.encyclopedia import generate_articles
+    from tunelab.data.synthetic.encyclopedia import generate_articles
     rows, _ = generate_articles(args.articles, seed=args.seed, noise=False)
     texts = [r["text"][: args.article_chars] for r in rows]
     work = Path(tempfile.mkdtemp(prefix="bench_synth_"))

@@ -108,7 +108,7 @@ def minigpt_corpus(data: Path, dry: bool, tokenizer: str | None) -> dict:
     given model's tokenizer), sentence-aligned blocks, and the articles' QA pairs split as `tunelab data qa-split`
     splits them. Built once per output directory; returns the `build` section the pretraining recipe gets."""
     from tunelab.data.corpus.store import is_corpus_dir
-    from tunelab.data.generate.qa_split import split_qa_by_corpus
+    from tunelab.data.synthetic.qa_split import split_qa_by_corpus
     from tunelab.pipeline.build_corpus import build_corpus
     from tunelab.recipe import CorpusBuild
     shipped = yaml_recipe("minigpt-pretrain")["data"]["train"][0]["build"]

@@ -11,7 +11,7 @@ from math import isqrt
 import pytest
 
 from tunelab.cli import main
-from tunelab.data.generate.arithmetic import KINDS, generate, subsample
+from tunelab.data.synthetic.arithmetic import KINDS, generate, subsample
 from tunelab.errors import TunelabError
 from tunelab.records import write_jsonl
 
@@ -322,7 +322,7 @@ def test_show_work_signs_reduces_to_one_unsigned_operation_with_the_same_answer(
     ("-12 - (-12)", "-12 - (-12) = 12 - 12 = 0"),
 ])
 def test_show_work_signs_examples(expr, solution):
-    from tunelab.data.generate.arithmetic import _worked
+    from tunelab.data.synthetic.arithmetic import _worked
     a, op, b = re.fullmatch(r"(-?[\d.]+) ([+-]) \(?(-?[\d.]+)\)?", expr).groups()
     assert " = ".join(_worked(op, Decimal(a), Decimal(b), "signs")) + " = " + solution.rsplit(" = ", 1)[1] == solution
 
@@ -386,7 +386,7 @@ def test_show_work_columns_works_each_difference_right_to_left():
     "1000 - 1 (10-1=9 9-0=9 9-0=9 0-0=0) = 999",
 ])
 def test_show_work_columns_examples(solution):
-    from tunelab.data.generate.arithmetic import _worked
+    from tunelab.data.synthetic.arithmetic import _worked
     expr = re.split(r" \((?=\d)", solution.split(" = ")[0])[0]  # the work starts with a digit, "(-7.15)" does not
     a, op, b = re.fullmatch(r"(-?[\d.]+) ([+-]) \(?(-?[\d.]+)\)?", expr).groups()
     steps = _worked(op, Decimal(a), Decimal(b), "columns")

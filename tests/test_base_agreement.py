@@ -44,7 +44,7 @@ def test_answers_are_generated_once_then_read_from_the_cache(smol, monkeypatch):
     first = ba.base_answers(smol, PROMPTS, template, 12, 4, model=model, tokenizer=tok)
     assert [ex.id for ex in first] == [ex.id for ex in PROMPTS]
     assert all(ex.meta["finish_reason"] in ("stop", "length") for ex in first)
-    monkeypatch.setattr("tunelab.decoding.generate.complete_batched",
+    monkeypatch.setattr("tunelab.decoding.embedded.complete_batched",
                         lambda *a, **k: pytest.fail("the cached answers were generated again"))
     again = ba.base_answers(smol, PROMPTS, template, 12, 4)
     assert [(a.output, a.meta) for a in again] == [(a.output, a.meta) for a in first]
@@ -241,12 +241,12 @@ def test_magpie_draws_requests_from_the_user_turn_header(smol, monkeypatch):
         drawn.update(prompts=prompts, temperatures={p.temperature for p in sampling},
                      seeds=[g.initial_seed() for g in generators])
         return rows, [True, False, True, True]
-    monkeypatch.setattr("tunelab.decoding.generate.decode_rows", fake_rows)
+    monkeypatch.setattr("tunelab.decoding.embedded.decode_rows", fake_rows)
     got = ba.self_instructions(model, tok, template, 4, seed=3)
     header_ids = tok(ba.user_turn_header(template), add_special_tokens=False)["input_ids"]
     assert drawn["prompts"] == [header_ids] * 4 and drawn["temperatures"] == {1.0}
     assert len(set(drawn["seeds"])) == 4  # each row its own generator
     # not ended, empty, or shorter than 8 characters: dropped
     assert [e.instruction for e in got] == ["Write a poem about the sea."] and got[0].kind == "en"
-    monkeypatch.setattr("tunelab.decoding.generate.decode_rows", lambda *a, **k: pytest.fail("not cached"))
+    monkeypatch.setattr("tunelab.decoding.embedded.decode_rows", lambda *a, **k: pytest.fail("not cached"))
     assert [e.instruction for e in ba.self_instructions(model, tok, template, 4, seed=3)] == [got[0].instruction]

@@ -145,7 +145,7 @@ def test_llama_cpp_decodes_several_sequences_at_once_as_tunelab_does(tmp_path):
 
     from llama_cpp_batched import BatchedGreedy
     from tunelab.convert.export import export_gguf_dir
-    from tunelab.decoding.generate import decode_rows
+    from tunelab.decoding.embedded import decode_rows
     from tunelab.decoding.stops import pad_token_id, stop_token_ids
     from tunelab.model.loading import load_for_inference
     model, tokenizer = load_for_inference(str(TINY_BASE), dtype="float32")
@@ -182,7 +182,7 @@ def test_bench_grpo_gives_trl_the_prompts_tunelabs_grpo_run_samples_from(chat, t
     from bench_grpo import problems, prompt_texts
     from test_chat_template import CHATML
     from tunelab.data.templates import PromptTemplate
-    from tunelab.train.methods.sampling import prompt_rows
+    from tunelab.train.methods.own_samples import prompt_rows
     model = tiny_base
     tokenizer = AutoTokenizer.from_pretrained(model)
     if chat:  # a chat model: the same tokenizer with ChatML's tokens and template, no template tunelab saved

@@ -13,8 +13,8 @@ import pytest
 from tunelab.cli import main
 from tunelab.data.choice_rows import choice_training
 from tunelab.data.formats import LETTERS, choice_prompt
-from tunelab.data.generate.choice import generate
-from tunelab.data.generate.reading import EN, EN_FACTS, ZH, ZH_FACTS
+from tunelab.data.synthetic.choice import generate
+from tunelab.data.synthetic.reading import EN, EN_FACTS, ZH, ZH_FACTS
 from tunelab.data.sources import load_source, training_examples
 from tunelab.errors import TunelabError
 from tunelab.recipe import SourceConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunelab.decoding.generate import generate_batched
+from tunelab.decoding.embedded import generate_batched
 from tunelab.decoding.sampling import SamplingParams, sample_tokens
 from tunelab.decoding.stops import end_of_turn_id, pad_token_id, stop_token_ids
 from tunelab.decoding.text_stream import TextStream
@@ -143,7 +143,7 @@ def test_generate_with_stop_strings_is_generate_cut_at_them(tiny_base):
 
 def test_completions_say_whether_they_stopped_or_ran_out_of_tokens(tiny_base):
     from tunelab.data.templates import PromptTemplate
-    from tunelab.decoding.generate import complete_batched
+    from tunelab.decoding.embedded import complete_batched
     from tunelab.model.loading import load_for_inference
     model, tokenizer = load_for_inference(str(tiny_base))
     prompts = [PromptTemplate("alpaca").render(p) for p in ("12 + 30 = ?", "计算 7 - 3", "5 + 5 = ?")]

@@ -26,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tunelab.decoding.batch import DecodeBatch
-from tunelab.decoding.generate import decode_rows
+from tunelab.decoding.embedded import decode_rows
 from tunelab.decoding.sampling import SamplingParams, sample_next, token_logprobs
 
 # ops a GPU answers only by making the host wait: a value read off a tensor, or an output whose size is data

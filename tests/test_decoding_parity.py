@@ -77,7 +77,7 @@ def serve_engine(model, tokenizer, prompts: list[str], max_batch: int):
 
 
 def eval_engine(model, tokenizer, prompts: list[str], batch_size: int) -> list[str]:
-    from tunelab.decoding.generate import generate_batched
+    from tunelab.decoding.embedded import generate_batched
     return generate_batched(model, tokenizer, prompts, max_new_tokens=MAX_NEW, batch_size=batch_size,
                             progress=False)
 
@@ -171,7 +171,7 @@ def test_sampled_rows_equal_a_seeded_draw_without_the_cache(arch, batch_size):
     shares its batch; temperature 0 rows in the same batch stay greedy."""
     import torch
 
-    from tunelab.decoding.generate import decode_rows
+    from tunelab.decoding.embedded import decode_rows
     from tunelab.decoding.sampling import SamplingParams
     from tunelab.decoding.stops import pad_token_id, stop_token_ids
     stops = stop_token_ids(arch.model, arch.tokenizer)

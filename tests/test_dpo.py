@@ -60,7 +60,7 @@ def test_a_dpo_run_learns_the_preference_and_its_adapter_loads_in_plain_peft(dpo
     from tunelab.data.packing import encode_examples
     from tunelab.data.preferences import file_pairs, pair_examples
     from tunelab.data.templates import load_template
-    from tunelab.train.methods.dpo_loss import collate_pairs, completion_logps
+    from tunelab.train.methods.dpo_loss import collate_pairs, answer_logps
     recipe, summary = dpo_run
     assert summary["steps"] == 32
     lines = metrics_lines(recipe.run_dir)
@@ -85,9 +85,9 @@ def test_a_dpo_run_learns_the_preference_and_its_adapter_loads_in_plain_peft(dpo
                        encode_examples(tokenizer, template, [r for _, r in examples], 256)))
     batch = collate_pairs(encoded, tokenizer.pad_token_id)
     with torch.no_grad():
-        before = completion_logps(base, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])[0]
+        before = answer_logps(base, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])[0]
         tuned = PeftModel.from_pretrained(base, adapter).eval()
-        after = completion_logps(tuned, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])[0]
+        after = answer_logps(tuned, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])[0]
     ratio = after - before
     chosen, rejected = ratio.chunk(2)
     margins = 0.5 * (chosen - rejected)
@@ -139,7 +139,7 @@ def test_held_out_pairs_are_measured_without_touching_training(tmp_path, tiny_ba
     from tunelab.data.preferences import file_pairs, pair_examples
     from tunelab.data.templates import load_template
     from tunelab.train.loop import train
-    from tunelab.train.methods.dpo_loss import collate_pairs, completion_logps
+    from tunelab.train.methods.dpo_loss import collate_pairs, answer_logps
     plain = dpo_run[0]
     val_file = write_pairs(tmp_path / "val.jsonl", n=6, seed=7)
     path = dpo_recipe(tmp_path / "val", tiny_base, eval_every=8)
@@ -164,9 +164,9 @@ def test_held_out_pairs_are_measured_without_touching_training(tmp_path, tiny_ba
                                    encode_examples(tokenizer, template, [r for _, r in examples], 256))),
                           tokenizer.pad_token_id)
     with torch.no_grad():
-        before = completion_logps(base, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])[0]
+        before = answer_logps(base, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])[0]
         tuned = PeftModel.from_pretrained(base, adapter).eval()
-        after = completion_logps(tuned, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])[0]
+        after = answer_logps(tuned, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])[0]
     chosen, rejected = (after - before).chunk(2)
     margins = 0.5 * (chosen - rejected)
     assert held[-1]["val_rewards/margins"] == pytest.approx(margins.mean().item(), abs=1e-4)

@@ -12,9 +12,9 @@ import pytest
 from tunelab.cli import main
 from tunelab.data.corpus.clean import CleaningConfig, clean_document
 from tunelab.data.corpus.read import RawDoc
-from tunelab.data.generate.encyclopedia import generate_articles
-from tunelab.data.generate.encyclopedia_articles import KINDS
-from tunelab.data.generate.encyclopedia_world import generate_world
+from tunelab.data.synthetic.encyclopedia import generate_articles
+from tunelab.data.synthetic.encyclopedia_articles import KINDS
+from tunelab.data.synthetic.encyclopedia_world import generate_world
 from tunelab.errors import TunelabError
 
 COUNT = 3000

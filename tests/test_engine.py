@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.data.generate.arithmetic import generate
+from tunelab.data.synthetic.arithmetic import generate
 from tunelab.data.formats import reading_instruction
-from tunelab.data.generate.reading import generate as generate_reading
+from tunelab.data.synthetic.reading import generate as generate_reading
 from tunelab.data.templates import PromptTemplate
-from tunelab.decoding.generate import generate_batched
+from tunelab.decoding.embedded import generate_batched
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunelab.data.generate.arithmetic import generate
+from tunelab.data.synthetic.arithmetic import generate
 from tunelab.data.formats import examples_from_records
 from tunelab.data.packing import IGNORE, Encoded, collate_flat, collate_rows, encode_examples, pack_examples, \
     shared_prefix

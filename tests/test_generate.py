@@ -62,7 +62,7 @@ def test_a_bad_prompts_file_is_named(tmp_path, name, body, message):
 
 def test_greedy_text_is_the_decoding_cores(run, capsys):
     """What `generate` prints greedily is what evaluation generates for the same prompt (the one decoding core)."""
-    from tunelab.decoding.generate import generate_batched
+    from tunelab.decoding.embedded import generate_batched
     from tunelab.serve.models import ServedModel
     prompts = ["计算 12.5 + 7.25 = ?", "Write one sentence about autumn."]
     assert main(["generate", str(run), *prompts, "--temperature", "0", "--max-new-tokens", "12", "--json"]) == 0
@@ -189,13 +189,13 @@ def test_many_samples_go_to_the_engine_a_window_at_a_time(run, capsys, monkeypat
 ])
 def test_left_out_names_only_what_no_flag_gave(flags, said):
     from tunelab.decoding.generation_config import SamplingDefaults
-    from tunelab.serve.generate import GenerateOptions, left_out
+    from tunelab.serve.terminal import GenerateOptions, left_out
     assert left_out(SamplingDefaults(temperature=0.0, max_tokens=32), GenerateOptions(**flags)) == said
 
 
 def test_left_out_of_a_sampling_config_and_of_none():
     from tunelab.decoding.generation_config import SamplingDefaults
-    from tunelab.serve.generate import GenerateOptions, left_out
+    from tunelab.serve.terminal import GenerateOptions, left_out
     sampling = SamplingDefaults(temperature=0.7, top_p=0.9, top_k=0)
     assert left_out(sampling, GenerateOptions(top_k=5)) == (
         "temperature 0.7, top_p 0.9 from generation_config.json; "

@@ -216,7 +216,7 @@ def tunelab_greedy(model, tokenizer, prompts: list[str], max_new: int) -> tuple[
     """tunelab's decoding core on each prompt (encoded as tunelab encodes them): (prompt ids, new ids)."""
     import torch
 
-    from tunelab.decoding.generate import decode_rows
+    from tunelab.decoding.embedded import decode_rows
     from tunelab.decoding.stops import pad_token_id, stop_token_ids
     stops = stop_token_ids(model, tokenizer)
     rows = tokenizer(prompts, add_special_tokens=False)["input_ids"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.cli import main
-from tunelab.data.generate.arithmetic import format_number
+from tunelab.data.synthetic.arithmetic import format_number
 from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
 from tunelab.tasks.arithmetic import (MAX_DIGITS, MAX_EXPONENT, extract_final_number, grade_arithmetic,

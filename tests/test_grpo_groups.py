@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig, Qwen2Config
 
 from tunelab.model.kernels.attention import use_cpu_attention
-from tunelab.train.methods.grpo_loss import collate_completions, completion_logps
+from tunelab.train.methods.grpo_loss import collate_completions, completion_token_logps
 from tunelab.train.methods.grpo_groups import backbone_and_head, pack_groups, packed_completion_logps
 
 VOCAB, PAD, EOS = 97, 0, 1
@@ -69,7 +69,7 @@ def test_packed_groups_give_the_padded_rows_log_probs_entropies_and_gradients(ki
         packed = pack_groups(prompts, completions, mask, G, PAD, flat)
         weights = torch.randn(mask.shape)  # a loss that weighs every token differently
 
-        want, want_entropy = completion_logps(model, padded["prompt_ids"], padded["prompt_mask"],
+        want, want_entropy = completion_token_logps(model, padded["prompt_ids"], padded["prompt_mask"],
                                               padded["completion_ids"], mask, temperature=0.7, entropy=True)
         (want * weights).sum().backward()
         want_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

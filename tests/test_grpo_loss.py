@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 from trl.trainer.utils import split_tensor_dict  # noqa: E402
 
-from tunelab.train.methods.grpo_loss import (GRPOLoss, collate_completions, completion_logps, completion_metrics,  # noqa: E402
+from tunelab.train.methods.grpo_loss import (GRPOLoss, collate_completions, completion_token_logps, completion_metrics,  # noqa: E402
                                 group_advantages, grpo_loss, old_completion_logps, reference_completion_logps,
                                 zero_variance_groups)
 
@@ -186,7 +186,7 @@ def test_advantages_logps_loss_metrics_and_gradients_equal_trl(tokenizer, tmp_pa
     model.zero_grad(set_to_none=True)
     trl_metrics = {k: v[-1] for k, v in tr._metrics["train"].items()}
 
-    logps, entropies = completion_logps(model, *args, temperature=spec.temperature, entropy=True)
+    logps, entropies = completion_token_logps(model, *args, temperature=spec.temperature, entropy=True)
     torch.testing.assert_close(logps.detach(), trl_logps, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(entropies.detach(), trl_entropies, rtol=1e-5, atol=1e-5)
     loss, metrics = grpo_loss(spec, logps, batch["completion_mask"], advantages.reshape(-1), old, ref,
@@ -226,7 +226,7 @@ def test_gradient_accumulation_scales_as_trl(tokenizer, tmp_path, loss_type):
     spec = GRPOLoss(loss_type=loss_type, max_completion_length=MAX_COMPLETION)
     for half in split_tensor_dict(out, 2):
         theirs = tr._compute_loss(model, half)
-        logps, _ = completion_logps(model, half["prompt_ids"], half["prompt_mask"], half["completion_ids"],
+        logps, _ = completion_token_logps(model, half["prompt_ids"], half["prompt_mask"], half["completion_ids"],
                                     half["completion_mask"])
         ours, _ = grpo_loss(spec, logps, half["completion_mask"], half["advantages"], num_items_in_batch=step_tokens)
         expected = ours if loss_type == "dapo" else ours / 2

@@ -358,7 +358,7 @@ def test_grade_and_summarize_give_ifevals_four_numbers_and_the_breakdowns():
 
 def test_the_runner_generates_160_tokens_and_records_what_retention_judges(tmp_path, monkeypatch):
     from tunelab.data.templates import PromptTemplate
-    from tunelab.decoding.generate import Completion
+    from tunelab.decoding.embedded import Completion
     from tunelab.eval import runner
     asked = {}
 

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from tunelab.data.generate.arithmetic import generate
+from tunelab.data.synthetic.arithmetic import generate
 from tunelab.data.examples import Example
 from tunelab.data.formats import examples_from_records
 from tunelab.data.packing import (IGNORE, Encoded, collate_rows, encode_examples, pack_examples,

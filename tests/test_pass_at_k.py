@@ -83,7 +83,7 @@ def loaded(tiny_base):
 
 
 def test_k_draws_a_prompt_are_its_own_whatever_shares_the_batch(loaded):
-    from tunelab.decoding.generate import complete_batched, sample_batched
+    from tunelab.decoding.embedded import complete_batched, sample_batched
     model, tok = loaded
     prompts = ["12 + 30 =", "What is 7 - 9?", "Tell me a story about a cat"]
     drawn = sample_batched(model, tok, prompts, 4, temperature=1.5, seed=3, max_new_tokens=12, batch_size=16,

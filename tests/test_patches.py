@@ -80,7 +80,7 @@ def _train_and_decode():
     no dropout, whose masks are drawn differently by design), then greedy tokens through the decoding core with
     a prefix-tree prefill when patched: (losses, LoRA weights, tokens, whether rows ran end to end)."""
     from tunelab.data.packing import Row, collate
-    from tunelab.decoding.generate import decode_rows
+    from tunelab.decoding.embedded import decode_rows
     from tunelab.model.kernels.attention import takes_flat_rows, use_cpu_attention
     from tunelab.train.methods.sft_loss import LabelledLoss
     model = _tiny_lora(dropout=0.0)

@@ -18,7 +18,7 @@ from peft import LoraConfig  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from tunelab.train.methods.dpo_loss import (PreferenceLoss, completion_logps, preference_loss,  # noqa: E402
+from tunelab.train.methods.dpo_loss import (PreferenceLoss, answer_logps, preference_loss,  # noqa: E402
                                       reference_logps)
 
 PROMPTS = ["1+1=", "2+3=", "7-4=", "你好，", "The capital of France is", "9*9=", "写一句诗：", "hello "]
@@ -75,7 +75,7 @@ def test_loss_metrics_and_gradients_equal_trl(tokenizer, tmp_path, loss_types, w
     trl_metrics = {k: v[-1] for k, v in tr._metrics["train"].items()}
 
     ids, attention, completion = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
-    policy, per_token = completion_logps(model, ids, attention, completion)
+    policy, per_token = answer_logps(model, ids, attention, completion)
     reference = reference_logps(model, ids, attention, completion)
     loss, metrics = preference_loss(spec, policy, completion, reference, per_token)
     loss.backward()
@@ -110,7 +110,7 @@ def test_simpo_equals_trl_cpo(tokenizer):
         labels[r, len(p):len(p) + len(a)] = torch.tensor(a)
     for beta, gamma in ((2.0, 0.5), (10.0, 1.4)):
         spec = PreferenceLoss("simpo", beta=beta, simpo_gamma=gamma)
-        policy, _ = completion_logps(model, ids, attention, completion)
+        policy, _ = answer_logps(model, ids, attention, completion)
         loss, metrics = preference_loss(spec, policy, completion)
         logits = model(input_ids=ids, attention_mask=attention).logits
         averaged = CPOTrainer.get_batch_logps(logits, labels, average_log_prob=True)
@@ -159,7 +159,7 @@ def test_pairs_tokenise_as_sft_does_and_collate_as_trl_does(tokenizer, tmp_path)
     for key in ("input_ids", "attention_mask", "completion_mask"):
         assert ours[key].tolist() == theirs[key].tolist(), (key, ours[key].tolist(), theirs[key].tolist())
     tr.model.train()
-    policy, per_token = completion_logps(tr.model, ours["input_ids"], ours["attention_mask"], ours["completion_mask"])
+    policy, per_token = answer_logps(tr.model, ours["input_ids"], ours["attention_mask"], ours["completion_mask"])
     reference = reference_logps(tr.model, ours["input_ids"], ours["attention_mask"], ours["completion_mask"])
     loss, _ = preference_loss(PreferenceLoss("sigmoid", beta=0.1), policy, ours["completion_mask"], reference)
     assert loss.item() == pytest.approx(tr.compute_loss(tr.model, theirs).item(), rel=1e-5)

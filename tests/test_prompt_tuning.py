@@ -88,7 +88,7 @@ def test_the_loss_is_peft_own_forward_loss():
 def test_greedy_decoding_matches_peft_generate_row_by_row():
     """Generated rows of 1 to 12 tokens, most behind a shared 5-token header as a chat template's, some without,
     decoded in batches of 1, 3 and 8 (left-padded, continuous batching) against peft's `generate` one row at a time."""
-    from tunelab.decoding.generate import decode_rows
+    from tunelab.decoding.embedded import decode_rows
     model = _prompt_tuned(1)
     vocab = model.config.vocab_size
     eos = model.generation_config.eos_token_id

@@ -50,7 +50,7 @@ def _loss_model(tiny_base: Path, tmp_path: Path, **settings):
 
 def _prompts(tokenizer, n: int):
     from tunelab.data.examples import Example
-    from tunelab.train.methods.sampling import PromptRow
+    from tunelab.train.methods.own_samples import PromptRow
     return [PromptRow(tokenizer(f"### Instruction:\n{i} + {i + 3} =\n\n### Response:\n")["input_ids"],
                       Example(id=f"p{i}", instruction=f"{i} + {i + 3} =", output=str(2 * i + 3))) for i in range(n)]
 

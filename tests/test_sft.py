@@ -16,7 +16,7 @@ import yaml
 
 from tunelab.cli import main
 from tunelab.data.examples import Example
-from tunelab.data.generate.qa_split import _question_key
+from tunelab.data.synthetic.qa_split import _question_key
 from tunelab.data.templates import PromptTemplate
 
 ARTICLES = 120

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from tunelab.data.generate.arithmetic import generate
+from tunelab.data.synthetic.arithmetic import generate
 from tunelab.data.formats import examples_from_records
 from tunelab.data.packing import IGNORE, collate_rows, encode_examples, pack_examples, shared_prefix
 from tunelab.data.templates import PromptTemplate

@@ -163,7 +163,7 @@ def write_articles(path: Path, n: int, start: int = 0) -> list[dict]:
 def test_a_prepared_corpus_gives_the_same_articles_as_its_raw_file(tmp_path):
     from tunelab.data.corpus.chunks import ReadSettings
     from tunelab.data.corpus.prepare import prepare_corpus
-    from tunelab.data.generate.encyclopedia import generate_articles
+    from tunelab.data.synthetic.encyclopedia import generate_articles
     from tunelab.model.tokenizer import train_corpus_tokenizer
     articles, _ = generate_articles(30, seed=3, noise=False)
     raw = tmp_path / "articles.jsonl"

@@ -204,7 +204,7 @@ def test_lora_adapter_loads_with_plain_peft_and_merged_model_generates_the_same(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab.decoding.generate import generate_batched
+    from tunelab.decoding.embedded import generate_batched
     ckpt = list_checkpoints(lora_run["run_dir"])[-1]
     tok = AutoTokenizer.from_pretrained(ckpt / "adapter")
     template = load_template(ckpt / "adapter")

@@ -88,7 +88,7 @@ def p_decimal_point(adapter: Path, recipe) -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab.data.generate.arithmetic import generate
+    from tunelab.data.synthetic.arithmetic import generate
     from tunelab.data.packing import encode_examples
     from tunelab.data.formats import examples_from_records
     from tunelab.data.templates import load_template
@@ -172,7 +172,7 @@ def row_set_among_unused():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunelab.data.formats import examples_from_records
-    from tunelab.data.generate.arithmetic import generate
+    from tunelab.data.synthetic.arithmetic import generate
     from tunelab.data.packing import encode_examples
     from tunelab.data.templates import PromptTemplate
     from tunelab.model.untrained_tokens import EMITTED, emitted_probability, head_weight
@@ -217,7 +217,7 @@ def test_the_emitted_probability_runs_each_example_once_for_all_its_tokens():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunelab.data.formats import examples_from_records
-    from tunelab.data.generate.arithmetic import generate
+    from tunelab.data.synthetic.arithmetic import generate
     from tunelab.data.packing import encode_examples
     from tunelab.data.templates import PromptTemplate
     from tunelab.model.untrained_tokens import emitted_probability

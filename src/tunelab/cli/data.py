@@ -196,7 +196,7 @@ def cli_arithmetic(args: argparse.Namespace) -> int:
     """`tunelab data arithmetic`: generate (or subsample --from) and print a one-line summary."""
     from collections import Counter
 
-    from tunelab.data.generate.arithmetic import KINDS, generate, subsample, write_records
+    from tunelab.data.synthetic.arithmetic import KINDS, generate, subsample, write_records
     from tunelab.errors import TunelabError
     if args.list_kinds:
         for kind in KINDS:
@@ -231,8 +231,8 @@ def cli_choice(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from tunelab.data.formats import LETTERS
-    from tunelab.data.generate.arithmetic import write_records
-    from tunelab.data.generate.choice import generate
+    from tunelab.data.synthetic.arithmetic import write_records
+    from tunelab.data.synthetic.choice import generate
     from tunelab.errors import TunelabError
     try:
         fewest, _, most = args.people.partition("-")
@@ -254,8 +254,8 @@ def cli_encyclopedia(args: argparse.Namespace) -> int:
     import time
     from collections import Counter
 
-    from tunelab.data.generate.encyclopedia import generate_articles, write_encyclopedia
-    from tunelab.data.generate.encyclopedia_articles import KINDS
+    from tunelab.data.synthetic.encyclopedia import generate_articles, write_encyclopedia
+    from tunelab.data.synthetic.encyclopedia_articles import KINDS
     start = time.perf_counter()
     articles, qa = generate_articles(args.count, args.seed, noise=not args.no_noise)
     write_encyclopedia(args.out, articles, qa)
@@ -271,7 +271,7 @@ def cli_encyclopedia(args: argparse.Namespace) -> int:
 
 def cli_qa_split(args: argparse.Namespace) -> int:
     """`tunelab data qa-split`: write the split and print its counts."""
-    from tunelab.data.generate.qa_split import split_qa_by_corpus
+    from tunelab.data.synthetic.qa_split import split_qa_by_corpus
     s = split_qa_by_corpus(args.qa, args.corpus, args.out)
     print(f"{s['val']:,} held-out pairs ({s['val_articles']:,} val-split articles) and {s['train']:,} training pairs "
           f"({s['train_articles']:,} train-split articles; {s['train_asking_held_out']:,} asking a held-out question "

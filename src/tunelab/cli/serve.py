@@ -155,7 +155,7 @@ def cli_ui(args: argparse.Namespace) -> int:
 
 @flags_for(_FLAGS)
 def cli_generate(args: argparse.Namespace) -> int:
-    from tunelab.serve.generate import GenerateOptions, generate_text, given_prompts
+    from tunelab.serve.terminal import GenerateOptions, generate_text, given_prompts
     options = GenerateOptions(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                               stop=args.stop, raw=args.raw, json=args.json)

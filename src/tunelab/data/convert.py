@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from tunelab.data.generate.arithmetic import write_records
+from tunelab.data.synthetic.arithmetic import write_records
 from tunelab.data.templates import AUTO, MODEL, PromptTemplate
 from tunelab.errors import TunelabError
 from tunelab.records import iter_records, require_str

@@ -15,12 +15,12 @@ from tunelab.recipe.data import SelfReplayConfig
 def generate_records(source: SourceConfig) -> tuple[list[dict], str]:
     """Run a built-in generator; returns (records, their format name)."""
     if source.generate == "arithmetic":
-        from tunelab.data.generate.arithmetic import generate
+        from tunelab.data.synthetic.arithmetic import generate
         return generate(source.count or 1000, seed=source.seed, **source.options), "competition"
     if source.generate == "choice":
-        from tunelab.data.generate.choice import generate
+        from tunelab.data.synthetic.choice import generate
         return generate(source.count or 1000, seed=source.seed, **source.options), "choice"
-    from tunelab.data.generate.reading import generate
+    from tunelab.data.synthetic.reading import generate
     return generate(source.count or 1000, seed=source.seed, **source.options), "reading"
 
 

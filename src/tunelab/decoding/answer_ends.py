@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 
 from tunelab.decoding.batch import DecodeBatch
-from tunelab.decoding.generate import decode_rows
+from tunelab.decoding.embedded import decode_rows
 from tunelab.decoding.stops import pad_token_id, stop_token_ids
 
 # questions a chat model answers in a few words: SmolLM2-135M-Instruct ends all three within 9 tokens, and the

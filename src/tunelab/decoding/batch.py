@@ -146,7 +146,7 @@ class DecodeBatch:
         from tunelab.decoding.kv_cache import reserved_cache
         from tunelab.decoding.tree_prefill import tree_prefill
 
-        from tunelab.model.virtual_tokens import base_of, prefixed_inputs, virtual_tokens
+        from tunelab.model.virtual_tokens import peft_inner_model, prefixed_inputs, virtual_tokens
 
         device = next(model.parameters()).device
         n = len(rows)
@@ -175,7 +175,7 @@ class DecodeBatch:
         if lead:
             head = to_device(torch.tensor([rows[0][:shared]], dtype=torch.long), device)
             if virtual:
-                forward(base_of(model), **prefixed_inputs(model, prompts, head), past_key_values=cache,
+                forward(peft_inner_model(model), **prefixed_inputs(model, prompts, head), past_key_values=cache,
                         use_cache=True, logits_to_keep=1)
             else:
                 forward(model, input_ids=head, past_key_values=cache, use_cache=True, logits_to_keep=1)

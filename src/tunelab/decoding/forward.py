@@ -43,12 +43,12 @@ def forward(model, **kwargs):
     virtual tokens (`DecodeBatch.prefill` put them there), or, without one, with them prepended here and the
     logits cut back to the input's own positions."""
     from tunelab.model.kernels.rotary import fast_rotary
-    from tunelab.model.virtual_tokens import base_of, prefixed_logits, prompt_tuned, virtual_tokens
+    from tunelab.model.virtual_tokens import peft_inner_model, prefixed_logits, prompt_tuned, virtual_tokens
     with fast_rotary(model):
         if not prompt_tuned(model):
             return model(**kwargs)
         if kwargs.get("past_key_values") is not None:  # a decode step: the embeddings are not computed again
-            return base_of(model)(**kwargs)
+            return peft_inner_model(model)(**kwargs)
         return prefixed_logits(model, virtual_tokens(model), **kwargs)
 
 

@@ -1,5 +1,5 @@
 """Continuous batching, once: the rows decoding together, which rows may join them and when, and how rows join
-and leave. Evaluation's `decode_rows` (decoding/generate.py) and the server's scheduler (serve/engine.py) both keep
+and leave. Evaluation's `decode_rows` (decoding/embedded.py) and the server's scheduler (serve/engine.py) both keep
 their running rows in a `RunningRows`, so a checkpoint's rows are batched by the same rules whichever asks.
 
 What differs between the two is a setting, not a copy: evaluation knows every row up front and admits newcomers

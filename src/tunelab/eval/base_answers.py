@@ -111,7 +111,7 @@ def base_answers(base_dir: str | Path, prompts: list[Example], template: PromptT
         from tunelab.eval.resident import model_source
         with model_source(device, precision).open(base_dir) as (model, tokenizer):
             return base_answers(base_dir, prompts, template, max_new_tokens, batch_size, model, tokenizer, desc=desc)
-    from tunelab.decoding.generate import complete_batched
+    from tunelab.decoding.embedded import complete_batched
     template = template.bind(tokenizer)
     log.info(f"{desc}: the base ({base_dir}) answers {len(prompts)} prompts once, greedily; cached in {path}")
     done = complete_batched(model, tokenizer, [template.render_prompt(ex) for ex in prompts], max_new_tokens,
@@ -134,7 +134,7 @@ def _attach(prompts: list[Example], rows: list[dict], template: PromptTemplate) 
     return out
 
 
-def base_of(model_dir: str | Path) -> str:
+def default_base(model_dir: str | Path) -> str:
     """The base a model is judged against when none is named: an adapter's base, else the model itself."""
     from tunelab.model.base_record import ADAPTER_CONFIG, resolve_base_model
     if (Path(model_dir) / ADAPTER_CONFIG).is_file():
@@ -162,7 +162,7 @@ def self_instructions(model, tokenizer, template: PromptTemplate, count: int, se
     `max_new_tokens`, too short, or repeated are dropped. Cached like the answers (weights, header, count, seed)."""
     import torch
 
-    from tunelab.decoding.generate import decode_rows
+    from tunelab.decoding.embedded import decode_rows
     from tunelab.decoding.sampling import SamplingParams
     from tunelab.decoding.stops import pad_token_id, stop_token_ids
     header = user_turn_header(template.bind(tokenizer))

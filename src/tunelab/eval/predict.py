@@ -56,7 +56,7 @@ def predict_labels(model, tokenizer, template, task, examples, mode: str, batch_
     from tunelab.tasks.glue import parse_label
     prompts = [task.prompt(ex, template) for ex in examples]
     if mode == "generate":
-        from tunelab.decoding.generate import generate_batched
+        from tunelab.decoding.embedded import generate_batched
         texts = generate_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                  desc=f"predict {task.glue_name}")
         return [parse_label(t, task.glue_name) for t in texts], texts

@@ -68,7 +68,7 @@ def _run_samples(model, tokenizer, task, examples, prompts, batch_size, max_new_
                  rows: list[dict]) -> dict:
     """k drawn answers a prompt, graded as the greedy one is; their texts and verdicts go into `rows` (the
     prediction rows), the measures over them are returned (`tunelab.metrics.sampled`)."""
-    from tunelab.decoding.generate import sample_batched
+    from tunelab.decoding.embedded import sample_batched
     from tunelab.metrics.sampled import sampled_metrics
     drawn = sample_batched(model, tokenizer, prompts, sampling.samples, sampling.temperature, sampling.top_p,
                            sampling.seed, max_new_tokens, batch_size, desc=f"{desc} ×{sampling.samples}")
@@ -123,7 +123,7 @@ def _run_perplexity(model, tokenizer, task, examples, batch_size, desc):
 
 
 def complete_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc):
-    from tunelab.decoding.generate import complete_batched
+    from tunelab.decoding.embedded import complete_batched
     return complete_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             desc=desc)
 
@@ -177,8 +177,8 @@ def _with_base_answers(es: EvalSet, model_dir, model, tokenizer, template, batch
     """The set's prompts with the base's own answers (`tunelab.eval.base_answers`): the base is the task's `base`
     setting, else the evaluated model's base; it is loaded only when its answers are not cached and it is not the
     model open here."""
-    from tunelab.eval.base_answers import base_answers, base_of
-    base = es.task.base or base_of(model_dir)
+    from tunelab.eval.base_answers import base_answers, default_base
+    base = es.task.base or default_base(model_dir)
     same = Path(base).resolve() == Path(model_dir).resolve() if Path(base).exists() else str(base) == str(model_dir)
     return base_answers(base, es.examples, template, es.task.max_answer_tokens, batch_size,
                         model=model if same else None, tokenizer=tokenizer if same else None, device=device,

@@ -38,7 +38,7 @@ def virtual_tokens(model) -> "torch.Tensor | None":
     return model.get_prompt(batch_size=1)[0] if prompt_tuned(model) else None
 
 
-def base_of(model):
+def peft_inner_model(model):
     """The transformers model under a peft wrapper (the model itself otherwise)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -47,7 +47,7 @@ def prefixed_inputs(model, prompts: "torch.Tensor", input_ids, attention_mask=No
     """The base model's inputs with `prompts` (N, hidden) before every row: embeddings, and the 2-D mask and
     position ids (when given) widened by N, the input's own positions moved on by N."""
     import torch
-    embed = base_of(model).get_input_embeddings()(input_ids)
+    embed = peft_inner_model(model).get_input_embeddings()(input_ids)
     rows, n = input_ids.shape[0], prompts.shape[0]
     inputs = {"inputs_embeds": torch.cat([prompts.to(embed.dtype).expand(rows, -1, -1), embed], dim=1)}
     if attention_mask is not None:
@@ -80,7 +80,7 @@ def prefixed_logits(model, prompts: "torch.Tensor", input_ids, attention_mask=No
     only: all of them, the last `logits_to_keep` (an int), or those a (rows, width) boolean tensor keeps,
     flattened row-major as transformers' own `logits_to_keep` gives them."""
     import torch
-    out = base_of(model)(**prefixed_inputs(model, prompts, input_ids, attention_mask, position_ids), **kwargs)
+    out = peft_inner_model(model)(**prefixed_inputs(model, prompts, input_ids, attention_mask, position_ids), **kwargs)
     logits = out.logits[:, prompts.shape[0]:]
     if isinstance(logits_to_keep, torch.Tensor):
         logits = logits[logits_to_keep.to(torch.bool)]

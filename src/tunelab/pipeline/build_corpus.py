@@ -61,7 +61,7 @@ def _encyclopedia(build: CorpusBuild) -> Path:
     enc = build.encyclopedia
     articles = Path(enc.out) / "articles.jsonl"
     if not articles.is_file():
-        from tunelab.data.generate.encyclopedia import generate_articles, write_encyclopedia
+        from tunelab.data.synthetic.encyclopedia import generate_articles, write_encyclopedia
         log.info(f"generating {enc.count} encyclopedia articles (seed {enc.seed}) into {enc.out}")
         write_encyclopedia(enc.out, *generate_articles(enc.count, enc.seed, noise=enc.noise))
     return articles

@@ -43,7 +43,7 @@ def split_sft_qa(recipe: Recipe) -> Path | None:
     articles = Path(src.build.encyclopedia.out)
     out = articles.parent / "sft-qa"
     if not (out / "summary.json").is_file():
-        from tunelab.data.generate.qa_split import split_qa_by_corpus
+        from tunelab.data.synthetic.qa_split import split_qa_by_corpus
         s = split_qa_by_corpus([articles / "qa.jsonl"], src.corpus, out)
         log.info(f"QA pairs for fine-tuning: {s['train']:,} -> {out}/train.jsonl; held out: {s['val']:,} -> "
                  f"{out}/val.jsonl ({out}/summary.json has the counts)")

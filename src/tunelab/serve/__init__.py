@@ -3,7 +3,7 @@ two-model arena and its leaderboard, and the same engine in the terminal.
 
   engine.py               the batching engine: one scheduler thread steps every active sequence together
   models.py               a model being served: weights, tokenizer, chat formatting, decoding defaults, its engine
-  generate.py             `tunelab generate`: prompts in, text out, in the terminal (no server, no extra to install)
+  terminal.py             `tunelab generate`: prompts in, text out, in the terminal (no server, no extra to install)
   prompts.py              prompt files (`ui --examples`, `generate --file`)
   protocol.py             OpenAI request schemas and error bodies
   api.py                  the router (routes, error handlers, middlewares installed) and `tunelab serve`

@@ -47,7 +47,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
 
-from tunelab.data.generate.arithmetic import format_number
+from tunelab.data.synthetic.arithmetic import format_number
 from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
 from tunelab.metrics.prediction_files import match_predictions, read_prediction_file

@@ -141,7 +141,7 @@ def training_rows(recipe: Recipe, examples: list, model, tokenizer, template: Pr
         return TrainingRows(stream=stream, val_rows=held_out_pair_rows(recipe, tokenizer, template), samples=pairs,
                             truncated=truncated)
     if tc.sampling is not None:  # grpo, rft: a row is a prompt to sample answers to
-        from tunelab.train.methods.sampling import prompt_rows
+        from tunelab.train.methods.own_samples import prompt_rows
         from tunelab.train.row_stream import ShuffledRows
         prompts, cut = prompt_rows(recipe, examples, tokenizer, template, tc.sampling.max_completion_length)
         return TrainingRows(stream=ShuffledRows(prompts, recipe.seed), val_rows=None, samples=len(prompts),

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from tunelab.data.corpus.clean import CleaningConfig, Deduplicator, clean_document, text_digest
 from tunelab.data.corpus.kept import Kept
-from tunelab.data.corpus.packing import BlockPacker
+from tunelab.data.corpus.blocks import BlockPacker
 from tunelab.data.corpus.read import BadLines, JsonlChunk, RawDoc, iter_work, parse_chunk, split_of
 
 CHUNK_CHARS = 1 << 17      # characters of raw text per chunk handed to a worker (small: workers stay balanced)

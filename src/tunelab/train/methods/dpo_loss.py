@@ -51,7 +51,7 @@ class PreferenceLoss:
         return self.loss_type != "simpo"
 
 
-def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+def answer_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
                      completion_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(each row's summed answer log-probability, its per-token log-probabilities, (rows, T-1) fp32, 0 outside
     the answer). Only the answer positions are projected onto the vocabulary, a chunk at a time
@@ -87,7 +87,7 @@ def reference_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     model.eval()  # no dropout in the reference (TRL's DPOConfig switches dropout off altogether by default)
     try:
         with torch.no_grad(), switch_off:
-            return completion_logps(model, input_ids, attention_mask, completion_mask, completion_index)[0]
+            return answer_logps(model, input_ids, attention_mask, completion_mask, completion_index)[0]
     finally:
         model.train(was_training)
 
@@ -178,7 +178,7 @@ class PreferenceLossModel(torch.nn.Module):
                 num_items_in_batch: int, completion_index: torch.Tensor | None = None) -> torch.Tensor:
         from tunelab.model.kernels.rotary import fast_rotary
         with fast_rotary(self.model):
-            policy, per_token = completion_logps(self.model, input_ids, attention_mask, completion_mask,
+            policy, per_token = answer_logps(self.model, input_ids, attention_mask, completion_mask,
                                                  completion_index)
             reference = (reference_logps(self.model, input_ids, attention_mask, completion_mask, completion_index)
                          if self.spec.needs_reference else None)

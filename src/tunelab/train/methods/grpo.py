@@ -3,7 +3,7 @@ micro-batch of prompts, so LoRA, checkpoints, resume, trackers and the device pa
 
 A row is a prompt (`PromptRow`: the example's prompt tokens exactly as fine-tuning encodes them, and the
 example itself, whose reference answer the rewards read). For each micro-batch the loop calls `rollout`:
-1. each prompt is sampled `num_generations` times by tunelab's own decoding core (`decoding.generate.decode_rows`
+1. each prompt is sampled `num_generations` times by tunelab's own decoding core (`decoding.embedded.decode_rows`
    with a SamplingParams and a seeded generator a row: batched, KV cache, the eval engine's stop tokens), the
    model in eval mode (no dropout) with its adapter on, under the training precision's autocast and SDPA
    attention (`model.attention.decoding_attention`). A row's generator is seeded from (recipe seed, step,
@@ -36,10 +36,10 @@ import torch
 from tunelab.data.packing import batch_to
 from tunelab.recipe import Recipe
 from tunelab.train.methods.base import Method, token_validation
-from tunelab.train.methods.grpo_loss import (GRPOLoss, as_reference, collate_completions, completion_logps, completion_metrics,
+from tunelab.train.methods.grpo_loss import (GRPOLoss, as_reference, collate_completions, completion_token_logps, completion_metrics,
                                 grpo_loss, group_advantages, zero_variance_groups)
 from tunelab.train.methods.grpo_groups import backbone_and_head, pack_groups, packed_completion_logps
-from tunelab.train.methods.sampling import PromptRow, SamplingLossModel, prompts_batch, rollout
+from tunelab.train.methods.own_samples import PromptRow, SamplingLossModel, prompts_batch, rollout
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class GRPOLossModel(SamplingLossModel):
             if "predict_at" in batch:
                 return packed_completion_logps(self.parts, batch, tuple(batch["completion_mask"].shape),
                                                self.spec.temperature, entropy)
-            return completion_logps(self.model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+            return completion_token_logps(self.model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
                                     batch["completion_mask"], self.spec.temperature, entropy=entropy)
 
     def _reference_logps(self, batch: dict) -> torch.Tensor:

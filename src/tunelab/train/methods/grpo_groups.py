@@ -96,7 +96,7 @@ MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "row_lengths", "s
 
 def packed_completion_logps(parts, batch: dict, shape: tuple[int, int], temperature: float = 1.0,
                             entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`grpo.completion_logps` of a `pack_groups` batch: (log p of every scored completion token, (B, C) in fp32
+    """`grpo.completion_token_logps` of a `pack_groups` batch: (log p of every scored completion token, (B, C) in fp32
     and 0 elsewhere; the entropies of their distributions, or None). `parts` is `backbone_and_head(model)`."""
     backbone, head = parts
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}

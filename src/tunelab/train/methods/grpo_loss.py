@@ -5,7 +5,7 @@ and calls these.
 
 The shapes. A batch holds B completion rows, prompt-major: the G completions of prompt 0, then those of prompt
 1, … (TRL's `RepeatSampler` order). `collate_completions` pads them as TRL does (prompts on the left,
-completions on the right); `completion_logps` gives each completion token's log-probability under the model,
+completions on the right); `completion_token_logps` gives each completion token's log-probability under the model,
 (B, C), 0 where the completion is padding. Taken without gradients right after sampling, before the policy
 moves (`old_completion_logps`), they are the old policy's, kept while a batch is trained on more than once
 (`num_iterations` > 1); under the model with its LoRA adapter switched off (`reference_completion_logps`)
@@ -245,7 +245,7 @@ def collate_completions(prompt_ids: list[list[int]], completion_ids: list[list[i
     return out
 
 
-def completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+def completion_token_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                      completion_mask: torch.Tensor, temperature: float = 1.0, entropy: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log p(token) of every completion token, (B, C), in fp32 and 0 at padding; the entropy of the
@@ -265,7 +265,7 @@ def reference_completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: tor
                                completion_ids: torch.Tensor, completion_mask: torch.Tensor,
                                temperature: float = 1.0) -> torch.Tensor:
     """The completion tokens' log-probabilities under the reference (`as_reference`)."""
-    return as_reference(model, lambda: completion_logps(model, prompt_ids, prompt_mask, completion_ids,
+    return as_reference(model, lambda: completion_token_logps(model, prompt_ids, prompt_mask, completion_ids,
                                                         completion_mask, temperature)[0])
 
 
@@ -292,7 +292,7 @@ def old_completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
     """The policy's log-probabilities now, without gradients: π_old, kept while a batch is trained on more than
     once (`num_iterations` > 1). With one pass, give None to `grpo_loss` instead (old = policy, detached)."""
     with torch.no_grad():
-        return completion_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)[0]
+        return completion_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)[0]
 
 
 # --- the loss -------------------------------------------------------------------------------------

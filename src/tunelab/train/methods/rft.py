@@ -28,7 +28,7 @@ import torch
 from tunelab.data.packing import IGNORE, Encoded, pack_examples, unpacked_rows
 from tunelab.recipe import Recipe
 from tunelab.train.methods.base import Method, token_validation
-from tunelab.train.methods.sampling import PromptRow, SamplingLossModel, prompts_batch, rollout
+from tunelab.train.methods.own_samples import PromptRow, SamplingLossModel, prompts_batch, rollout
 
 
 def kept_answers(accepted: list[list[int]], keep: int, max_answers: int | None) -> list[tuple[int, int]]:

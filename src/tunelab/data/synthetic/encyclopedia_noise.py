@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import re
 
-from tunelab.data.generate.encyclopedia_world import World
+from tunelab.data.synthetic.encyclopedia_world import World
 
 NOISE = {                   # chance per article of each kind of noise
     "empty_brackets": 0.35, "bold_subject": 0.3, "wiki_link": 0.3, "br": 0.1, "nbsp": 0.3,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from tunelab.data.generate.encyclopedia_words import (ACTIVITY, APPEARANCE, ATOMIC_MASS, COLORS, COMPOUND_CLASSES,
+from tunelab.data.synthetic.encyclopedia_words import (ACTIVITY, APPEARANCE, ATOMIC_MASS, COLORS, COMPOUND_CLASSES,
                                                       DIRECTIONS, DYNASTY, GIVEN_FEMALE, GIVEN_MALE, HABITAT, LOOKS,
                                                       NICKNAMES, OCCUPATIONS, PLACE_HEAD, PLACE_TAIL, PLANT_GROUPS,
                                                       PROVINCE_TAIL, RIVER_TAIL, SIZE, SOLUBILITY, SPECIALTY,

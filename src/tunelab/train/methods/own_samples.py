@@ -2,7 +2,7 @@
 (`PromptRow`), and the loss module (`SamplingLossModel`) samples answers to it with tunelab's decoding core,
 scores them with the run's rewards, and keeps its metrics on the device until a metrics line reads them.
 
-Sampling: `decoding.generate.decode_rows` with a SamplingParams and a seeded generator a row (batched, KV cache,
+Sampling: `decoding.embedded.decode_rows` with a SamplingParams and a seeded generator a row (batched, KV cache,
 the eval engine's stop tokens), the model in eval mode (no dropout) with its adapter on, under the training
 precision's autocast and SDPA attention. A row's generator is seeded from (method, recipe seed, step, process,
 micro-batch, row), so a resumed run samples exactly what the unbroken run did. Dropout is off for the whole run
@@ -83,7 +83,7 @@ class SamplingLossModel(torch.nn.Module):
         return [torch.Generator().manual_seed(seed(r)) for r in rows]
 
     def _sample(self, prompts: list[list[int]], generators: list[torch.Generator]) -> list[list[int]]:
-        from tunelab.decoding.generate import decode_rows
+        from tunelab.decoding.embedded import decode_rows
         from tunelab.model.kernels.attention import decoding_attention
         was_training = self.model.training
         self.model.eval()

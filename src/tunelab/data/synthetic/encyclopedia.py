@@ -17,9 +17,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tunelab.data.generate.encyclopedia_articles import draft_article
-from tunelab.data.generate.encyclopedia_noise import NOISE, add_noise, link_pattern
-from tunelab.data.generate.encyclopedia_world import generate_world
+from tunelab.data.synthetic.encyclopedia_articles import draft_article
+from tunelab.data.synthetic.encyclopedia_noise import NOISE, add_noise, link_pattern
+from tunelab.data.synthetic.encyclopedia_world import generate_world
 from tunelab.errors import TunelabError
 from tunelab.records import building_dir, write_jsonl
 

@@ -15,10 +15,10 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from tunelab.data.generate.encyclopedia_qa import (Facts, QA_PER_ARTICLE, compound_facts, draw_qa, person_facts,
+from tunelab.data.synthetic.encyclopedia_qa import (Facts, QA_PER_ARTICLE, compound_facts, draw_qa, person_facts,
                                                    place_facts, species_facts, station_facts)
-from tunelab.data.generate.encyclopedia_words import OCCUPATIONS, PLANT_GROUPS, STATUS
-from tunelab.data.generate.encyclopedia_world import Compound, Person, Place, Species, Station, World
+from tunelab.data.synthetic.encyclopedia_words import OCCUPATIONS, PLANT_GROUPS, STATUS
+from tunelab.data.synthetic.encyclopedia_world import Compound, Person, Place, Species, Station, World
 
 KINDS = ("station", "species", "compound", "person", "place")
 BODY_CHARS = (150, 600)     # an article's body is trimmed towards a length drawn from this range

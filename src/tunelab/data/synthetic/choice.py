@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 
-from tunelab.data.generate.reading import EN, EN_FACTS, ZH, ZH_FACTS
+from tunelab.data.synthetic.reading import EN, EN_FACTS, ZH, ZH_FACTS
 from tunelab.errors import TunelabError
 
 # the wrong options of a numeric fact: other numbers in the fact's range

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import random
 
-from tunelab.data.generate.encyclopedia_words import OCCUPATIONS, PLANT_GROUPS
-from tunelab.data.generate.encyclopedia_world import Compound, Person, Place, Species, Station, World
+from tunelab.data.synthetic.encyclopedia_words import OCCUPATIONS, PLANT_GROUPS
+from tunelab.data.synthetic.encyclopedia_world import Compound, Person, Place, Species, Station, World
 
 QA_PER_ARTICLE = (3, 6)
 Facts = dict[str, tuple[list[str], str]]    # fact key -> (question templates, answer)
