@@ -56,3 +56,49 @@ def test_the_cpu_collates_in_place():
         _same(ahead.take(run, step), _collated(run, step))
         assert ahead._ahead is None
     assert asked == [0, 0, 4, 4, 8, 8]                           # each step's rows asked for when it runs
+
+
+def test_close_ends_the_worker_and_forgets_what_was_collated_ahead():
+    run, _ = _run("meta")
+    ahead = Prefetch()
+    ahead.take(run, 0)
+    pool = ahead._pool
+    assert pool is not None and ahead._ahead is not None
+    ahead.close()
+    assert ahead._pool is None and ahead._ahead is None and pool._shutdown
+    ahead.close()                                                # idempotent
+
+
+def test_each_run_of_the_loop_has_its_own_prefetch_closed_when_it_ends(make_recipe, monkeypatch):
+    """Two runs in one process share nothing collated: the loop makes a `Prefetch` per run, hands it to every
+    step, and closes it when its steps end; `ONEDNN_PRIMITIVE_CACHE_CAPACITY` is set only while a run trains."""
+    import os
+
+    import tunelab.train.loop as loop
+    import tunelab.train.step as step
+    from tunelab.recipe import load_recipe
+    made, given = [], []
+
+    class Recorded(Prefetch):
+        def __init__(self):
+            super().__init__()
+            self.closed = False
+            made.append(self)
+
+        def close(self):
+            self.closed = True
+            super().close()
+    real_step = step.train_step
+
+    def recorded_step(run, train_model, progress, n, prefetch):
+        given.append((prefetch, os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")))
+        return real_step(run, train_model, progress, n, prefetch)
+    monkeypatch.setattr(loop, "Prefetch", Recorded)
+    monkeypatch.setattr(loop, "train_step", recorded_step)
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    for name in ("one", "two"):
+        loop.train(load_recipe(make_recipe(name, data={"train": [{"generate": "arithmetic", "count": 32, "seed": 1}]},
+                                           train={"max_steps": 2, "batch_size": 2, "num_checkpoints": 1})))
+    assert len(made) == 2 and made[0] is not made[1] and all(p.closed for p in made)
+    assert [p for p, _ in given] == [made[0], made[0], made[1], made[1]]
+    assert {v for _, v in given} == {"64"} and "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ

@@ -43,6 +43,7 @@ from tunelab.runs import checkpoint_dir
 from tunelab.train import sharding
 from tunelab.train.checkpoints import checkpoint_steps, save_checkpoint, staging_dir
 from tunelab.train.methods import METHODS
+from tunelab.train.methods.base import KeepsWindow
 from tunelab.train.distributed import Dist, all_sum, barrier, data_parallel, init_distributed
 from tunelab.train.divergence import DivergenceGuard
 from tunelab.train.metrics_log import Clock, MetricsLog
@@ -52,7 +53,7 @@ from tunelab.train.run_lock import run_lock
 from tunelab.train.setup import (TrainingRows, TrainingRun, build_model_and_tokenizer, build_optimization,
                                  check_memory, choose_precision, continued_adapter, count_steps, few_pairs,
                                  trainable_model, trainable_token_ids, training_rows)
-from tunelab.train.step import PREFETCH, read_steps, train_step
+from tunelab.train.step import Prefetch, read_steps, train_step
 from tunelab.train.stop_signals import StopSignals
 from tunelab.train.summary import training_summary, write_summary
 from tunelab.train.trainer_state import (Progress, capture, gather_objects, gather_rng, global_batch, rank_window,
@@ -76,16 +77,14 @@ def train(recipe: Recipe, resume: bool = False, hand_over=None, on_checkpoint=No
     (a pruned trial) ends training there, the checkpoint kept, as any other error would.
 
     `rewards` (a `tunelab.eval.rewards.Rewards`) scores a `grpo` or `rft` run's completions; the pipeline builds it
-    from `train.grpo.rewards` / `train.rft.rewards` (train/ does not import the tasks whose graders it calls)."""
-    # oneDNN (bf16 matmuls on CPU) keeps a compiled kernel for every shape it meets, up to 1,024 of them; the
-    # row width and the count of labelled positions change shape every step, so memory grew ~5 MB a step
-    # (0.4 -> 1.2 GB in 120 steps of a 0.2 M-parameter model). 64 holds what one step reuses; it is read at
-    # the first bf16 matmul of the process.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    from `train.grpo.rewards` / `train.rft.rewards` (train/ does not import the tasks whose graders it calls).
+
+    While it trains, `ONEDNN_PRIMITIVE_CACHE_CAPACITY` is 64 unless the caller set it (`onednn_primitive_cache`),
+    and as it was again when it returns."""
     from tunelab.model.loading import quiet_transformers
     quiet_transformers()
     dist = init_distributed(recipe.train.device)
-    with contextlib.ExitStack() as lock:
+    with onednn_primitive_cache(ONEDNN_CACHE_KERNELS), contextlib.ExitStack() as lock:
         refused = None
         if dist.main:
             try:
@@ -97,6 +96,29 @@ def train(recipe: Recipe, resume: bool = False, hand_over=None, on_checkpoint=No
                                           file=recipe.run_dir)
         with StopSignals() as signals:
             return _train(recipe, resume, dist, signals, hand_over, on_checkpoint, rewards)
+
+
+# oneDNN (bf16 matmuls on CPU) keeps a compiled kernel for every shape it meets, up to 1,024 of them; the row width
+# and the count of labelled positions change shape every step, so memory grew ~5 MB a step (0.4 -> 1.2 GB in 120
+# steps of a 0.2 M-parameter model). 64 holds what one step reuses.
+ONEDNN_CACHE_KERNELS = 64
+
+
+@contextlib.contextmanager
+def onednn_primitive_cache(kernels: int):
+    """`ONEDNN_PRIMITIVE_CACHE_CAPACITY` set to `kernels` while the block runs, unless the caller set it already (the
+    caller's value wins), and as it was after. torch offers no call for it: oneDNN reads the variable once, at the
+    process's first bf16 matmul on a CPU, so a run that makes that first matmul keeps the limit for the rest of the
+    process whatever the variable says afterwards."""
+    name = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = str(kernels)
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_over=None,
@@ -113,12 +135,13 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
 
     # --- the steps ---
     metrics = MetricsLog(run, progress, start_step, resume_step=start_step if resume else None)
+    prefetch = Prefetch()  # this run's: the next step's batches collated while a step runs, closed with the loop
     try:  # the bar is closed however the loop ends, so an error is a line of its own
         # the fast rotary path stays in place for the whole loop, not only each forward: a checkpointed layer is
         # recomputed in the backward pass, and must run the same function there (else torch's CheckpointError)
         with fast_rotary(run.trained.model):
             for step in range(start_step, end_step):
-                train_step(run, train_model, progress, step)  # batches, forward/backward, optimizer step
+                train_step(run, train_model, progress, step, prefetch)  # batches, forward/backward, optimizer step
                 done = step + 1
                 val, stop = _validate(run, progress, metrics.clock, done)
                 metrics.log(done, val, stop)  # a metrics line reads the steps' losses (a bad one stops here)
@@ -132,7 +155,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
                 if stop:
                     break
     finally:
-        PREFETCH.drop()
+        prefetch.close()
         metrics.close()
 
     # --- the summary ---
@@ -231,7 +254,7 @@ def _restore(run: TrainingRun, resume: bool) -> Progress:
             if note and dist.main:
                 log.info(f"note: {note}")
             progress.resumed(point)
-            if hasattr(trained.loss_model, "window"):
+            if isinstance(trained.loss_model, KeepsWindow):
                 trained.loss_model.set_window(rank_window(point.trainer_state, dist.rank))
         if dist.main:  # drop log lines past the checkpoint; they are recomputed
             logged = read_metrics(metrics_path)
@@ -250,9 +273,9 @@ def _validate(run: TrainingRun, progress: Progress, clock: Clock, done: int) -> 
     if val_rows is None or not (done in run.ckpt_at or (tc.eval_every and done % tc.eval_every == 0)):
         return None, False
     t_val = time.perf_counter()
-    val = run.method.validate(done, run.trained.loss_model, val_rows, tc.batch_size, run.tokenizer.pad_token_id,
-                              run.recipe.data.packing, run.trained.flat, run.dist.device, run.trained.autocast_dtype,
-                              run.dist)
+    val = run.method.validate(step=done, loss_model=run.trained.loss_model, rows=val_rows, batch_size=tc.batch_size,
+                              pad_id=run.tokenizer.pad_token_id, packed=run.recipe.data.packing, flat=run.trained.flat,
+                              device=run.dist.device, autocast_dtype=run.trained.autocast_dtype, dist=run.dist)
     clock.pause_window(time.perf_counter() - t_val)  # tokens/s and MFU count training time only
     return val, progress.stopper.update(val["val_loss"]) and done < run.total_steps  # at the last step: the end
 
@@ -295,7 +318,7 @@ def _save(run: TrainingRun, progress: Progress, clock: Clock, done: int, val: di
     loss_model, model = trained.loss_model, trained.model
     rng = gather_rng(dist)  # every rank's: each draws its own dropout masks
     # every rank's loss module window too: its sums, and a grpo generation batch still to be trained on
-    windows = gather_objects(dist, loss_model.window()) if hasattr(loss_model, "window") else None
+    windows = gather_objects(dist, loss_model.window()) if isinstance(loss_model, KeepsWindow) else None
     weights = None
     if trained.fsdp:  # collectives: the shards into the staging directory, the whole weights to rank 0's host
         staging = staging_dir(run_dir, done)

@@ -50,11 +50,12 @@ class Unread:
     overflow_possible: bool  # fp16's scaler skips an overflowing step itself: an inf norm is not the run's end
 
 
-def train_step(run: TrainingRun, train_model, progress: Progress, step: int) -> None:
+def train_step(run: TrainingRun, train_model, progress: Progress, step: int, prefetch: Prefetch) -> None:
     """Train step `step` (0-based) on this rank's share of its rows; the step's loss and gradient norm join
-    `progress.unread` (`read_steps` reads them). A step that samples (grpo, rft) is read at once: its next rollout would
-    sample from weights a bad step had broken."""
-    batches, local_tokens, local_samples = _micro_batches(run, step)
+    `progress.unread` (`read_steps` reads them). `prefetch` is the loop's own (`Prefetch`: one per run, closed when
+    the loop ends): it hands over this step's batches and starts collating the next. A step that samples (grpo,
+    rft) is read at once: its next rollout would sample from weights a bad step had broken."""
+    batches, local_tokens, local_samples = _micro_batches(run, step, prefetch)
     local_items = sum(run.method.items(b) for b in batches)
     global_items = all_sum(run.dist, [local_items])[0]
     step_loss = all_sum_tensor(run.dist, _forward_backward(run, train_model, batches, global_items))
@@ -92,7 +93,10 @@ class Prefetch:
     """The next step's micro-batches collated on a worker thread while this step's forward and backward run on an
     accelerator (the host's work — picking rows, packing an epoch, building the tensors, pinning them — never holds
     the device up). One step ahead, in step order, so the batches are the ones the step would have built itself.
-    On the CPU the host is the device: a worker would only take cores from the step, so it collates in place."""
+    On the CPU the host is the device: a worker would only take cores from the step, so it collates in place.
+
+    One belongs to one run of the loop, which creates it and closes it when its steps end (`loop._train`): nothing
+    collated for one run, nor its worker thread, outlives it or reaches another run in the same process."""
 
     def __init__(self):
         self._pool = None
@@ -114,8 +118,12 @@ class Prefetch:
         if ahead is not None:
             ahead[2].cancel() or ahead[2].exception()  # a collation running now finishes before the run is let go
 
-
-PREFETCH = Prefetch()
+    def close(self) -> None:
+        """Drop what was collated ahead and end the worker thread (idempotent; the loop's `finally`)."""
+        self.drop()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 def _collated(run: TrainingRun, step: int) -> tuple[list[dict], int, int]:
@@ -131,11 +139,11 @@ def _collated(run: TrainingRun, step: int) -> tuple[list[dict], int, int]:
     return batches, sum(len(r.input_ids) for r in step_rows), sum(r.sample_tokens for r in step_rows)
 
 
-def _micro_batches(run: TrainingRun, step: int) -> tuple[list[dict], int, int]:
-    """This rank's share of the step's rows, collated in micro-batches (`Prefetch`), with its tokens and sample
-    tokens (a grpo run's batches are its rollouts, counted by the tokens they hold)."""
+def _micro_batches(run: TrainingRun, step: int, prefetch: Prefetch) -> tuple[list[dict], int, int]:
+    """This rank's share of the step's rows, collated in micro-batches (by the run's `prefetch`), with its tokens
+    and sample tokens (a grpo run's batches are its rollouts, counted by the tokens they hold)."""
     method, dist = run.method, run.dist
-    batches, local_tokens, local_samples = PREFETCH.take(run, step)
+    batches, local_tokens, local_samples = prefetch.take(run, step)
     if method.rollout is not None:  # grpo, rft: completions sampled and scored before the items are counted
         with _autocast(run):
             batches = [method.rollout(run.trained.loss_model, b, step, dist.rank, i, dist.device)
