@@ -130,9 +130,10 @@ def test_validation_loss_is_the_same_with_flat_rows(tokenizer):
         def rows(self, start, count):
             return blocks[start: start + count]
     loss_model = LabelledLoss(_model(tokenizer))
-    grid = validation_sums(loss_model, Stream(), 3, tokenizer.pad_token_id, True, torch.device("cpu"), None)
-    flat = validation_sums(loss_model, Stream(), 3, tokenizer.pad_token_id, True, torch.device("cpu"), None,
-                           flat=True)
+    given = dict(batch_size=3, pad_id=tokenizer.pad_token_id, packed=True, device=torch.device("cpu"),
+                 autocast_dtype=None)
+    grid = validation_sums(loss_model, Stream(), **given)
+    flat = validation_sums(loss_model, Stream(), **given, flat=True)
     assert grid[1] == flat[1] == sum(len(r.input_ids) - r.labels.count(IGNORE) for r in blocks)
     assert flat[0] == pytest.approx(grid[0], rel=1e-5)
     assert loss_model.training  # validation leaves the model as it found it

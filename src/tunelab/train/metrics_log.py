@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from tunelab.track.names import step_metrics
+from tunelab.train.methods.base import ReportsMetrics
 from tunelab.train.mfu import mfu
 from tunelab.train.setup import TrainingRun
 from tunelab.train.step import StepResult, read_steps
@@ -86,7 +87,7 @@ class MetricsLog:
         if run.rows.stream.prefix:  # the samples' tokens, the shared prefix once per sample (what unshared rows feed)
             rec["sample_tokens_per_s"] = window.sample_tokens / (now - clock.window)
         loss_model = run.trained.loss_model
-        if hasattr(loss_model, "take_metrics"):  # dpo's rewards and margins, grpo's rewards, KL and clipping
+        if isinstance(loss_model, ReportsMetrics):  # dpo's rewards and margins, grpo's rewards, KL and clipping
             rec.update(loss_model.take_metrics())
         self._write(rec, done)
         self.postfix.update(loss=f"{rec['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")

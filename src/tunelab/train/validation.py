@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 
-def validation_sums(loss_model, rows, batch_size: int, pad_id: int, packed: bool, device, autocast_dtype,
+def validation_sums(loss_model, rows, *, batch_size: int, pad_id: int, packed: bool, device, autocast_dtype,
                     rank: int = 0, world: int = 1, flat: bool = False) -> tuple[float, int]:
     """(summed token loss, scored tokens) over this rank's share of `rows` (a CorpusRows); no gradients, eval
     mode (nothing random happens, so the training run's random state is untouched). `flat`: packed rows laid

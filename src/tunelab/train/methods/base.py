@@ -5,7 +5,7 @@ measures, and for `grpo` and `rft` the rollout that samples and scores completio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, runtime_checkable
 
 
 class Collate(Protocol):
@@ -24,14 +24,37 @@ class LossModel(Protocol):
 
 
 class Validate(Protocol):
-    def __call__(self, step: int, loss_model: Any, rows: Any, batch_size: int, pad_id: int, packed: bool, flat: bool,
-                 device: Any, autocast_dtype: Any, dist: Any) -> dict:
-        """The held-out metrics line of `step` over every rank's share of `rows` (summed across ranks)."""
+    def __call__(self, *, step: int, loss_model: Any, rows: Any, batch_size: int, pad_id: int, packed: bool,
+                 flat: bool, device: Any, autocast_dtype: Any, dist: Any) -> dict:
+        """The held-out metrics line of `step` over every rank's share of `rows` (summed across ranks); keywords
+        only, as the loop passes them."""
 
 
 class Rollout(Protocol):
     def __call__(self, loss_model: Any, batch: dict, step: int, rank: int, micro_batch: int, device: Any) -> dict:
         """A batch of prompts made into scored completions before the step counts its items (grpo, rft)."""
+
+
+# What a loss module (`LossModel`'s answer) may offer the loop besides its forward: the loop asks with isinstance.
+@runtime_checkable
+class KeepsWindow(Protocol):
+    """A loss module holding state between metrics lines (dpo's reward sums, grpo's rollouts still to be trained on):
+    every rank's is saved in a checkpoint's trainer state and given back on resume."""
+
+    def window(self) -> dict:
+        """This rank's state since the last metrics line, as a checkpoint keeps it."""
+
+    def set_window(self, window: dict | None) -> None:
+        """Take back the state `window` gave (None: a checkpoint that kept none)."""
+
+
+@runtime_checkable
+class ReportsMetrics(Protocol):
+    """A loss module with metrics of its own for the metrics line (dpo's rewards and margins, grpo's rewards, KL
+    and clipping, distillation's KL)."""
+
+    def take_metrics(self) -> dict[str, float]:
+        """Its metrics since the last metrics line, as numbers; the sums start again."""
 
 
 @dataclass(frozen=True)
@@ -48,13 +71,14 @@ class Method:
     passes: Callable[[Any], int] = lambda recipe: 1
 
 
-def token_validation(step: int, loss_model, rows, batch_size: int, pad_id: int, packed: bool, flat: bool, device,
+def token_validation(*, step: int, loss_model, rows, batch_size: int, pad_id: int, packed: bool, flat: bool, device,
                      autocast_dtype, dist) -> dict:
     """A corpus's val split (pretraining, or a corpus replayed while fine-tuning): the loss over its tokens."""
     from tunelab.train.distributed import all_sum
     from tunelab.train.validation import val_record, validation_sums
     return val_record(step, *all_sum(dist, list(validation_sums(
-        loss_model, rows, batch_size, pad_id, packed, device, autocast_dtype, dist.rank, dist.world, flat))))
+        loss_model, rows, batch_size=batch_size, pad_id=pad_id, packed=packed, device=device,
+        autocast_dtype=autocast_dtype, rank=dist.rank, world=dist.world, flat=flat))))
 
 
 def read_sums(sums: dict) -> dict[str, float]:

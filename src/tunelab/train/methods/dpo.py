@@ -7,7 +7,7 @@ from tunelab.recipe import Recipe
 from tunelab.train.methods.base import Method
 
 
-def _pair_validation(step: int, loss_model, rows, batch_size: int, pad_id: int, packed: bool, flat: bool, device,
+def _pair_validation(*, step: int, loss_model, rows, batch_size: int, pad_id: int, packed: bool, flat: bool, device,
                      autocast_dtype, dist) -> dict:
     """Held-out preference pairs (`data.val`): every rank's share, summed across ranks."""
     from tunelab.train.distributed import all_sum
