@@ -225,6 +225,20 @@ def test_eval_every_task_writes_predictions_and_results(tiny_base, files, tmp_pa
     assert res["cola"]["n"] == 6 and "mcc" in res["cola"]
 
 
+def test_the_runner_leaves_the_configured_task_as_it_was(tiny_base, files, tmp_path):
+    """A perplexity set scored on a model records the window and stride it used (the model's context where none
+    was given), but its task keeps none: the next model it scores fills in its own."""
+    from tunelab.eval.runner import evaluate_model_dir
+    from tunelab.eval.sets import EvalSet
+    from tunelab.tasks.registry import get_task
+    task = get_task("ppl")
+    es = EvalSet(task=task, examples=task.load_examples(files["ppl"]), mode="perplexity")
+    for n in (1, 2):
+        res = evaluate_model_dir(tiny_base, {"ppl": es}, tmp_path / str(n), batch_size=8, max_new_tokens=8)
+        assert (res["ppl"]["window"], res["ppl"]["stride"]) == (512, 256)
+        assert task.window is None and task.stride is None
+
+
 def test_eval_loglik_mode(tiny_base, files, tmp_path, capsys):
     out = tmp_path / "ll"
     # an all-tasks mode is the mode of the tasks that have it; squad runs its default, with no note

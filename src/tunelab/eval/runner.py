@@ -39,8 +39,8 @@ def evaluate_examples(model, tokenizer, template: PromptTemplate, task: str | Ta
                                    sampling, rows)
     elif mode == "loglik":
         graded, rows = _run_loglik(model, tokenizer, template, task, examples, batch_size, desc, shots)
-    elif mode == "perplexity":
-        graded, rows = _run_perplexity(model, tokenizer, task, examples, batch_size, desc)
+    elif mode == "perplexity":  # the task as it scored this model: the window and stride it used filled in
+        graded, rows, task = _run_perplexity(model, tokenizer, task, examples, batch_size, desc)
     else:
         raise TunelabError(f"unknown mode '{mode}' (choose from generate, loglik)", field="mode")
     summary = task.summarize(graded)
@@ -107,19 +107,21 @@ def _run_loglik(model, tokenizer, template, task, examples, batch_size, desc, sh
 
 
 def _run_perplexity(model, tokenizer, task, examples, batch_size, desc):
+    """(graded, prediction rows, the task as it scored: `scored_with` the window and stride used, which its
+    summary records; the task given is not changed)."""
     from tunelab.metrics.perplexity import score_token_ids
     ids = task.token_ids(examples, tokenizer)
     scores, window, stride = score_token_ids(
         model, tokenizer, ids, window=task.window, stride=task.stride, batch_size=batch_size,
         max_batch_tokens=int(task.max_batch_tokens), progress=True, desc=desc)
-    task.window, task.stride = window, stride  # recorded by summarize
+    task = task.scored_with(window, stride)
     graded, rows = [], []
     for ex, score, seq in zip(examples, scores, ids):
         g = task.grade_perplexity(score, ex, seq)
         graded.append(g)
         text = task.document(ex)
         rows.append({"id": ex.id, "where": ex.kind, "text": text[:200] + ("…" if len(text) > 200 else ""), **g})
-    return graded, rows
+    return graded, rows, task
 
 
 def complete_batched_for(model, tokenizer, prompts, max_new_tokens, batch_size, desc):

@@ -142,6 +142,15 @@ class PerplexityTask(Task):
                                field="stride")
         return self
 
+    def scored_with(self, window: int, stride: int) -> "PerplexityTask":
+        """This task as it scored one model: a copy holding the window and stride it used (the model's context
+        where none was given), which its grades and summary record. The configured task is unchanged, so the next
+        model it scores fills in its own."""
+        import copy
+        scored = copy.copy(self)
+        scored.window, scored.stride = window, stride
+        return scored
+
     def load_examples(self, path: str | Path) -> list[Example]:
         from tunelab.data.corpus.store import is_corpus_dir
         if Path(path).is_dir():
