@@ -42,16 +42,23 @@ def locate(path: str | Path, field: str = "model.path") -> Path:
     raise TunelabError(f"GGUF file not found{hint}", file=path, field=field)
 
 
-def hf_dir_for_gguf(path: str | Path, field: str = "model.path") -> Path:
-    """The HF directory of a GGUF file (or of one inside an installed package, `locate`), converted on first
-    use (see the module docstring)."""
+def gguf_converted_dir(path: str | Path, field: str = "model.path") -> Path:
+    """Where the HF directory of a GGUF file is kept in the conversion cache, converted yet or not: the same
+    path in every process that names the same file (what the other ranks of a torchrun launch wait for)."""
     from tunelab.convert.mindformers import converted_cache_root
     path = locate(path, field)
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = converted_cache_root() / f"{path.stem}-{key}"
+    return converted_cache_root() / f"{path.stem}-{key}"
+
+
+def hf_dir_for_gguf(path: str | Path, field: str = "model.path") -> Path:
+    """The HF directory of a GGUF file (or of one inside an installed package, `locate`), converted on first
+    use (see the module docstring)."""
+    out = gguf_converted_dir(path, field)
     if (out / "config.json").is_file():
         return out
+    path = locate(path, field)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a half-written one from a killed conversion
     log.info(f"dequantising {path} (GGUF) into a Hugging Face directory, once: {out}")

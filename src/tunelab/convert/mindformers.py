@@ -496,6 +496,17 @@ def hf_dir_for_ckpt(ckpt: str | Path, config: str | Path, tokenizer: str | Path 
     `mindspore_to_hf`, tokenizer files included, and kept in the cache under a key of the checkpoint's and the
     config's path, size and modification time (and the tokenizer's path), so every later run, eval or serve
     of the same files reuses it. Written atomically: a killed conversion leaves nothing that looks done."""
+    out = ckpt_converted_dir(ckpt, config, tokenizer)
+    if not (out / "config.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)    # a half-written one from a killed conversion
+        log.info(f"converting {ckpt} (MindFormers) to a Hugging Face directory, once: {out}")
+        mindspore_to_hf(ckpt, out, config, tokenizer=tokenizer)
+    return out
+
+
+def ckpt_converted_dir(ckpt: str | Path, config: str | Path, tokenizer: str | Path | None = None) -> Path:
+    """Where `hf_dir_for_ckpt` keeps the HF directory of these files, converted yet or not: the same path in
+    every process that names the same files (what the other ranks of a torchrun launch wait for)."""
     import hashlib
     ckpt, config = Path(ckpt), Path(config)
     for path, field in ((ckpt, "model.path"), (config, "model.mindformers_config")):
@@ -507,12 +518,7 @@ def hf_dir_for_ckpt(ckpt: str | Path, config: str | Path, tokenizer: str | Path 
         parts.append(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}")
     parts.append(str(Path(tokenizer).resolve()) if tokenizer else "-")
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-    out = converted_cache_root() / f"{ckpt.stem}-{key}"
-    if not (out / "config.json").is_file():
-        shutil.rmtree(out, ignore_errors=True)    # a half-written one from a killed conversion
-        log.info(f"converting {ckpt} (MindFormers) to a Hugging Face directory, once: {out}")
-        mindspore_to_hf(ckpt, out, config, tokenizer=tokenizer)
-    return out
+    return converted_cache_root() / f"{ckpt.stem}-{key}"
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:

@@ -121,11 +121,12 @@ def build_from_scratch(preset: str, vocab_size: int, overrides: dict, tokenizer)
     return AutoModelForCausalLM.from_config(config)
 
 
-def adapter_base(path: str) -> str:
-    """The base an adapter directory was trained on, once its weights file is whole; a base that is no local
-    directory must be a hub id this machine can load."""
+def adapter_base(path: str, base: str | None = None) -> str:
+    """The base an adapter directory was trained on (`base` when the caller found it already, e.g.
+    `tunelab.convert.resolve_model`), once its weights file is whole; a base that is no local directory must be
+    a hub id this machine can load."""
     check_weight_files(path)
-    base_path = resolve_base_model(path)
+    base_path = base or resolve_base_model(path)
     if not Path(base_path).exists():
         _check_hub(base_path, f"the adapter's base {base_path} is no directory here, and as a hub id it",
                    "point base_model_name_or_path at a local copy", file=Path(path, "adapter_config.json"),
@@ -188,18 +189,19 @@ def _placed(device) -> dict:
     return {} if device is None or str(device) == "cpu" else {"device_map": {"": str(device)}}
 
 
-def load_for_inference(path: str, dtype: str = "float32", merge: bool = False, device=None):
+def load_for_inference(path: str, dtype: str = "float32", merge: bool = False, device=None, base: str | None = None):
     """Load (model, tokenizer) from a full HF directory, a hub id, or a LoRA adapter directory.
 
-    An adapter directory is loaded onto its base (where `base_record.resolve_base_model` finds it) with
-    peft, once its weights file is whole and its shapes fit the base; `merge=True` merges the adapter into the
-    weights for faster generation — where it has weights to merge: a prompt-tuning adapter stays a peft model,
-    whose virtual tokens the decoding core runs (`model.virtual_tokens`).
+    An adapter directory is loaded onto its base (`base` when given — `tunelab.convert.resolve_model` found it —,
+    else where `base_record.resolve_base_model` finds it) with peft, once its weights file is whole and its
+    shapes fit the base; `merge=True` merges the adapter into the weights for faster generation — where it has
+    weights to merge: a prompt-tuning adapter stays a peft model, whose virtual tokens the decoding core runs
+    (`model.virtual_tokens`).
     """
     path = str(path)
     check_model_path(path, field="model")
     if is_adapter_dir(path):
-        base_path = adapter_base(path)
+        base_path = adapter_base(path, base)
         model = attach_adapter(load_pretrained(base_path, dtype, device), path, base_path)
         if merge and mergeable(model):
             model = model.merge_and_unload()
