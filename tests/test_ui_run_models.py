@@ -11,10 +11,10 @@ import pytest
 import yaml
 from conftest import lora_sections, recipe_dict
 
+from tunelab.convert.resolve_model import resolve_model
 from tunelab.errors import TunelabError
 from tunelab.serve.arena import ArenaStore
 from tunelab.serve.backends import BackendError, GenerationSettings
-from tunelab.serve.models import resolve_model_dir
 from tunelab.serve.ui.answers import stream_answers
 from tunelab.serve.ui.arena import ANY_TWO, draw_pair
 from tunelab.serve.ui.context import MAX_OPENED, UIContext, Unloaded
@@ -26,7 +26,7 @@ class FakeServed:
     """What `UIContext.open_model` keeps of a loaded model, without loading one."""
 
     def __init__(self, path, name):
-        self.model_dir, self.name, self.closed = resolve_model_dir(path), name, False
+        self.model_dir, self.name, self.closed = resolve_model(path).path, name, False
 
     def close(self):
         self.closed = True

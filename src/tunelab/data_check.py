@@ -11,7 +11,7 @@ from pathlib import Path
 from tunelab.data.packing import (IGNORE, encode_examples, pack_examples, packing_efficiency, shared_prefix,
                                   unpacked_rows)
 from tunelab.data.sources import training_examples
-from tunelab.data.templates import recipe_template
+from tunelab.data.templates import recipe_template, tokenizer_speaking
 from tunelab.recipe import Recipe
 
 ASK_BASE_BYTES = 2 << 30  # a base this size or smaller is loaded to ask it about flagged rows (fp32 135M: 0.5 GB)
@@ -39,6 +39,8 @@ def _tokenizer_for(recipe: Recipe, examples, template):
     from tunelab.model.loading import load_tokenizer, quiet_transformers
     quiet_transformers()
     m = recipe.model
+    if m.tokenizer and any((Path(m.tokenizer) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return load_tokenizer(m.tokenizer)   # a tokenizer's own directory
     if m.tokenizer or not m.from_scratch:
         return load_tokenizer(str(_model_dir(recipe, m.tokenizer or m.path)))
     from tunelab.model.tokenizer import train_bpe_tokenizer
@@ -48,16 +50,13 @@ def _tokenizer_for(recipe: Recipe, examples, template):
                                m.tokenizer_vocab_size)
 
 
-def _model_dir(recipe: Recipe, path: str) -> str | Path:
-    """Where `path` loads from, as training resolves it: a run's best checkpoint, a GGUF file's converted
-    directory, or the path itself."""
-    from tunelab.convert.gguf_import import hf_dir_for_gguf, is_gguf
-    from tunelab.runs import is_run_dir, pick_checkpoint
-    if is_gguf(path):
-        return hf_dir_for_gguf(path)
-    if is_run_dir(path):
-        return pick_checkpoint(Path(path))
-    return path
+def _model_dir(recipe: Recipe, path: str) -> str:
+    """Where `path` loads from, as training resolves it (`tunelab.convert.resolve_model`): a run's best
+    checkpoint, a checkpoint's model, a GGUF file's or a MindFormers .ckpt's converted directory, or the path
+    itself (an adapter: its own directory, whose tokenizer it saved)."""
+    from tunelab.convert.resolve_model import resolve_model
+    m = recipe.model
+    return resolve_model(path, mindformers_config=m.mindformers_config, tokenizer=m.tokenizer).path
 
 
 def _template_and_tokenizer(recipe: Recipe, examples):
@@ -67,9 +66,9 @@ def _template_and_tokenizer(recipe: Recipe, examples):
     tokenizer = _tokenizer_for(recipe, examples, template)
     base = _model_dir(recipe, recipe.model.path) if recipe.model.path and not recipe.model.from_scratch else None
     template = template.resolve(tokenizer, base)
-    if not template.is_model:  # as training saves it: the template the base is asked to end its own answers in
-        tokenizer.chat_template = template.chat_template()
-    return template, tokenizer
+    # as training saves it: the template the base is asked to end its own answers in
+    tokenizer = tokenizer_speaking(template, tokenizer)
+    return template.bind(tokenizer), tokenizer
 
 
 def show(recipe: Recipe, n: int = 3) -> tuple[list, list, object, object]:

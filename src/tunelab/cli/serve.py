@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from tunelab.cli.arguments import add_model, add_placement, count, flags_for, integer, number, port
+from tunelab.cli.arguments import (add_ckpt_inputs, add_model, add_placement, count, flags_for, integer, number,
+                                   port)
 from tunelab.errors import TunelabError
 
 _FLAGS = {"api_key": "--api-key", "device": "--device", "models": "--model", "auth": "--auth",
@@ -15,7 +16,9 @@ _FLAGS = {"api_key": "--api-key", "device": "--device", "models": "--model", "au
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (batched)")
-    add_model(p, "run directory (best checkpoint), checkpoint, HF or adapter directory, hub id or .gguf file")
+    add_model(p, "run directory (best checkpoint), checkpoint, HF or adapter directory, hub id, .gguf file or "
+                 "MindFormers .ckpt")
+    add_ckpt_inputs(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=port, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or env TUNELAB_API_KEY)")
@@ -57,8 +60,9 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("generate", help="text from a model in the terminal: prompts as arguments, from a file, "
                                           "piped, or typed")
-    add_model(p, "run directory (best checkpoint), checkpoint, HF or adapter directory, hub id or .gguf file",
-              then="prompts")
+    add_model(p, "run directory (best checkpoint), checkpoint, HF or adapter directory, hub id, .gguf file or "
+                 "MindFormers .ckpt", then="prompts")
+    add_ckpt_inputs(p)
     p.add_argument("prompts", nargs="*", metavar="PROMPT",
                    help="prompts; with none and no --file: one a line from a pipe, or typed at a '>' prompt")
     p.add_argument("--file", default=None, help="prompts: .txt (one a line), .json list or .jsonl "
@@ -99,7 +103,8 @@ def cli_serve(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     served = ServedModel.load(args.model, name=args.name, max_batch=args.max_batch, precision=args.precision,
-                              device=args.device, which=args.checkpoint)
+                              device=args.device, which=args.checkpoint,
+                              mindformers_config=args.mindformers_config, tokenizer=args.tokenizer)
     app = create_app(served, api_key=key, limits=limits)
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "::") else args.host
     print(f"tunelab serve: {served.name}  ({served.model_dir}, context {served.context_len}, "
@@ -121,7 +126,7 @@ def cli_ui(args: argparse.Namespace) -> int:
 
     from tunelab.serve import require_extra
     from tunelab.serve.arena import ArenaStore
-    from tunelab.serve.backends import Deadlines, build_backends
+    from tunelab.serve.backends import Deadlines, build_backends, close_backends
     from tunelab.serve.models import ServedModel
     from tunelab.serve.ui.app import build_app, launch, parse_auth
     from tunelab.serve.ui.context import load_examples
@@ -149,7 +154,10 @@ def cli_ui(args: argparse.Namespace) -> int:
     models = f"{len(backends)} model(s): {', '.join(backends)}" if backends else "no models (Runs and Train only)"
     print(f"tunelab ui: {models}; votes in {args.db}; runs in {places.runs}" + ("; login required" if auth else ""))
     os.chdir(places.project)  # a recipe's relative paths mean in the page what they mean to `tunelab run` typed there
-    launch(demo, host=args.host, port=args.port, share=False, auth=auth)
+    try:
+        launch(demo, host=args.host, port=args.port, share=False, auth=auth)
+    finally:
+        close_backends(backends)  # the models' engines, those the Runs tab opened too (they join `backends`)
     return 0
 
 
@@ -161,4 +169,5 @@ def cli_generate(args: argparse.Namespace) -> int:
                               stop=args.stop, raw=args.raw, json=args.json)
     prompts = given_prompts(args.prompts, args.file)  # before the model loads: a bad file costs no wait
     return generate_text(args.model, prompts, options, checkpoint=args.checkpoint, max_batch=args.max_batch,
-                         device=args.device, precision=args.precision, threads=args.threads)
+                         device=args.device, precision=args.precision, threads=args.threads,
+                         mindformers_config=args.mindformers_config, tokenizer=args.tokenizer)

@@ -35,11 +35,13 @@ from tunelab.tasks.registry import task_names
 
 
 def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = None,
-             baseline: str | None = None) -> tuple[dict, Path]:
-    """Evaluate `model` (a model or adapter directory, a hub id, a checkpoint, or a run: each of its
-    checkpoints) on the configured tasks, the best marked by the first task's primary metric; with `baseline`
-    (a base model, or a results JSON) the ability tasks' retention too. Returns (results.json's document,
-    the output folder)."""
+             baseline: str | None = None, *, mindformers_config: str | Path | None = None,
+             tokenizer: str | Path | None = None) -> tuple[dict, Path]:
+    """Evaluate `model` (a run: each of its checkpoints; else any model `tunelab.convert.resolve_model` makes
+    loadable: a checkpoint, a model or adapter directory, a GGUF file, a MindFormers .ckpt with its
+    `mindformers_config` and `tokenizer`, a hub id) on the configured tasks, the best marked by the first task's
+    primary metric; with `baseline` (a base model, or a results JSON) the ability tasks' retention too. Returns
+    (results.json's document, the output folder)."""
     sets = eval_sets(config)
     if not sets:
         raise TunelabError("no task to evaluate", field="eval.tasks")
@@ -47,17 +49,14 @@ def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = Non
     if baseline and not ability:
         raise TunelabError(f"a baseline compares ability tasks ({', '.join(task_names(lambda c: c.ability))}); "
                            f"none is among the tasks ({', '.join(sets)})")
-    from tunelab.convert.gguf_import import hf_dir_for_gguf, is_gguf
+    from tunelab.convert.resolve_model import resolve_model
     given, model = str(model), Path(model)
     ckpts = list_checkpoints(model)
     if ckpts:
         targets = [(c.name, model_dir_of(c)) for c in ckpts]
-    elif (model / "state.json").is_file():   # one checkpoint of a run: its model (or adapter) directory
-        targets = [(model.name, model_dir_of(model))]
-    elif is_gguf(model):  # dequantised once into an HF directory (`tunelab.convert.gguf_import`)
-        targets = [(model.stem, hf_dir_for_gguf(model, field="model"))]
-    else:
-        targets = [(model.name or str(model), model)]
+    else:   # one model, by the one rule for its kind
+        one = resolve_model(given, mindformers_config=mindformers_config, tokenizer=tokenizer, field="model")
+        targets = [(one.label, one.path)]
     # Results go beside the model, in a folder named after the task set, so they never replace the
     # evaluations `tunelab run` keeps in <run>/eval/<checkpoint>/.
     out_root = Path(out) if out else ((model if model.is_dir() else Path(".")) / f"eval-{'+'.join(sets)}")

@@ -86,7 +86,7 @@ def predict(model: str | Path, task: str, data: str | Path, out: str | Path = "r
     example of `data`) and its details file, as the module docstring describes; `strict`: an unparsed answer is
     an error and nothing is written."""
     from tunelab.eval.runner import load_model, template_for
-    from tunelab.runs import pick_checkpoint
+    from tunelab.convert.resolve_model import resolve_model
     from tunelab.tasks.glue import parse_label, read_glue_examples
     from tunelab.tasks.registry import get_task
 
@@ -102,8 +102,7 @@ def predict(model: str | Path, task: str, data: str | Path, out: str | Path = "r
         examples = examples[:limit]
     out = Path(str(out).replace("{task}", name))
     details_path = out.with_name(out.stem + ".details.json")
-    model_path = Path(model)
-    model_dir = pick_checkpoint(model_path) if model_path.is_dir() else model
+    model_dir = resolve_model(model, field="model").path   # a run's best checkpoint, a GGUF file's conversion, …
 
     loaded, tokenizer = load_model(model_dir, device, precision)
     template = template_for(model_dir, tokenizer=tokenizer)

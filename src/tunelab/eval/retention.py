@@ -99,7 +99,7 @@ def load_baseline(spec: str, sets: dict[str, EvalSet], ability: list[str], out_r
     """Base-model metrics for the ability tasks: from a results JSON (tunelab eval's results.json, or a run's
     eval/base/results.json), else by evaluating the base model `spec` on those tasks."""
     path = Path(spec)
-    if path.is_file():
+    if path.is_file() and path.suffix.lower() not in (".gguf", ".ckpt"):   # a model file is a model
         _, doc = read_json(path)
         if not isinstance(doc, dict):
             raise TunelabError("expected a results JSON object", file=path)
@@ -122,7 +122,9 @@ def load_baseline(spec: str, sets: dict[str, EvalSet], ability: list[str], out_r
             recorded = metrics.get("scorer") or ("auto" if "mindformers_f1" in metrics else None)
             _same_scorer(label, recorded, getattr(sets[label].task, "scorer", None), path)
         return {"source": str(path), "kind": "results", "results": {k: results[k] for k in ability}}
-    results = evaluate_model_dir(spec, {label: sets[label] for label in ability}, out_root / "baseline",
+    from tunelab.convert.resolve_model import resolve_model   # a run, a checkpoint, a GGUF file, a hub id, …
+    base = resolve_model(spec, field="baseline").path
+    results = evaluate_model_dir(base, {label: sets[label] for label in ability}, out_root / "baseline",
                                  batch_size, max_new_tokens, label="baseline", write_results=False,
                                  device=device, precision=precision)
     return {"source": spec, "kind": "model", "results": results}

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 from tunelab.recipe import Recipe
-from tunelab.runs import is_run_dir, pick_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +50,21 @@ def split_sft_qa(recipe: Recipe) -> Path | None:
 
 
 def resolve_base_run(recipe: Recipe) -> Path | None:
-    """A `model.path` naming a run directory: replaced by the path of that run's best checkpoint (what serve
-    and eval load for it too); returns the run directory, or None when the path is a model itself. A MindFormers
-    .ckpt is replaced by its converted HF directory (converted once, cached), and so is a GGUF file (dequantised)."""
-    from tunelab.convert.gguf_import import hf_dir_for_gguf, is_gguf
-    if is_gguf(recipe.model.path) and int(os.environ.get("RANK", "0")) == 0:
-        recipe.model = recipe.model.model_copy(update={"path": str(hf_dir_for_gguf(recipe.model.path))})
+    """`model.path` made loadable by `tunelab.convert.resolve_model`, in place: a run directory becomes the path
+    of its best checkpoint (what serve and eval load for it too) and is returned, so the run can tell which
+    kind it is; a checkpoint directory becomes its model (or adapter) directory; a MindFormers .ckpt or a GGUF
+    file becomes its converted HF directory (converted once, cached). Returns None when the path is no run.
+
+    Under torchrun every rank resolves the same path: rank 0 converts, the others wait for the directory it
+    writes (the cache key is the source files', so they name the same one) instead of converting too."""
+    m = recipe.model
+    if not m.path:
         return None
-    if recipe.model.path and recipe.model.path.endswith(".ckpt"):
-        from tunelab.convert.mindformers import hf_dir_for_ckpt
-        m = recipe.model
-        converted = hf_dir_for_ckpt(m.path, m.mindformers_config, m.tokenizer)
-        recipe.model = m.model_copy(update={"path": str(converted), "mindformers_config": None})
+    from tunelab.convert.resolve_model import resolve_model
+    resolved = resolve_model(m.path, mindformers_config=m.mindformers_config, tokenizer=m.tokenizer,
+                             convert=int(os.environ.get("RANK", "0")) == 0)
+    if resolved.converted:
+        recipe.model = m.model_copy(update={"path": resolved.path, "mindformers_config": None})
         return None
-    path = Path(recipe.model.path) if recipe.model.path else None
-    if path is None or not is_run_dir(path):
-        return None
-    recipe.model.path = str(pick_checkpoint(path))
-    return path
+    recipe.model.path = resolved.path   # a run's or a checkpoint's model (or adapter) directory; else the same
+    return resolved.run

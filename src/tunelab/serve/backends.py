@@ -89,8 +89,9 @@ def parse_model_spec(spec: str) -> ModelSpec:
             u = urlparse(target)
             name = model_id or (f"{u.hostname}:{u.port}" if u.port else (u.hostname or target))
     elif not name:
-        from tunelab.serve.models import default_name, resolve_model_dir
-        name = default_name(target, resolve_model_dir(target))
+        from tunelab.convert.resolve_model import resolve_model
+        from tunelab.serve.models import default_name
+        name = default_name(target, resolve_model(target, field="models").path)
     if not name:
         raise TunelabError(f"cannot tell a model name from '{spec}' (use NAME=PATH_OR_URL)", field="models")
     return ModelSpec(name, target, key, model_id)
@@ -274,7 +275,8 @@ class RemoteBackend:
 def build_backends(specs: list[str], max_batch: int = 16, deadlines: Deadlines = Deadlines(),
                    device: str | None = None, precision: str = "auto") -> dict[str, object]:
     """Backends by name, in the order given; one engine per distinct local model directory, each on `device`."""
-    from tunelab.serve.models import ServedModel, resolve_model_dir
+    from tunelab.convert.resolve_model import resolve_model
+    from tunelab.serve.models import ServedModel
     backends: dict[str, object] = {}
     loaded: dict[str, ServedModel] = {}
     for raw in specs:
@@ -284,9 +286,18 @@ def build_backends(specs: list[str], max_batch: int = 16, deadlines: Deadlines =
         if spec.remote:
             backends[spec.name] = RemoteBackend(spec.name, spec.target, spec.key, spec.model_id, deadlines)
         else:
-            key = str(resolve_model_dir(spec.target))
+            key = resolve_model(spec.target, field="models").path
             if key not in loaded:
                 loaded[key] = ServedModel.load(spec.target, name=spec.name, max_batch=max_batch,
                                                precision=precision, device=device)
             backends[spec.name] = LocalBackend(spec.name, loaded[key])
     return backends
+
+
+def close_backends(backends: dict) -> None:
+    """Stop every local model's engine among `backends` (one shared by several names is stopped once): what the
+    owner of the backends calls when it ends (`tunelab ui`, after the page stops)."""
+    for b in list(backends.values()):
+        served = getattr(b, "served", None)
+        if served is not None:
+            served.close()

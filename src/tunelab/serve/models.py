@@ -1,8 +1,10 @@
 """A model being served: weights, tokenizer, chat formatting and its batching engine.
 
-`ServedModel.load` accepts what `tunelab serve` and `tunelab ui` accept: a run directory (its best checkpoint,
-else the last), a checkpoint directory, a merged/full model directory or an adapter directory (merged into its
-base on load).
+`ServedModel.load` accepts what `tunelab serve` and `tunelab ui` accept, as `tunelab.convert.resolve_model` turns
+every named model into a loadable one: a run directory (its best checkpoint, else the last), a checkpoint
+directory, a merged/full model directory, an adapter directory (on its base, merged on load), a GGUF file, a
+MindFormers .ckpt (with its YAML and a tokenizer) or a hub id. `ServedModel.resolved` keeps what was resolved:
+the base and the adapter apart.
 
 `ServedModel.defaults` is what the model's generation_config.json says about decoding (greedy for a tunelab
 checkpoint scored greedily; a hub model's own sampling): the server and the UI use it for what a request or a
@@ -19,7 +21,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tunelab.errors import TunelabError
 from tunelab.decoding.generation_config import load_generation_config, sampling_defaults
 from tunelab.serve.engine import Engine
 
@@ -30,22 +31,6 @@ FALLBACK_CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}assistant: {%- endif -%}"
 )
-
-
-def resolve_model_dir(path: str | Path, which: str = "best") -> Path | str:
-    """The directory to load: a run's best (or last) checkpoint, a checkpoint's model/adapter, or `path`."""
-    from tunelab.model.loading import looks_like_hub_id
-    from tunelab.runs import pick_checkpoint
-    from tunelab.convert.gguf_import import hf_dir_for_gguf, is_gguf
-    p = Path(path).expanduser()
-    if is_gguf(p):  # dequantised once into an HF directory
-        return hf_dir_for_gguf(p, field="model")
-    if not p.exists():
-        if looks_like_hub_id(str(path)):
-            return str(path)
-        raise TunelabError("model not found (expected a run directory, a checkpoint or a model directory)",
-                           file=path)
-    return pick_checkpoint(p, which)
 
 
 def default_name(path: str | Path, model_dir: Path | str) -> str:
@@ -90,21 +75,25 @@ def release_heap() -> None:
 
 class ServedModel:
     def __init__(self, model, tokenizer, name: str, max_batch: int = 16, model_dir: Path | str | None = None,
-                 context_len: int | None = None):
-        from tunelab.data.templates import load_template
+                 context_len: int | None = None, resolved=None):
+        from tunelab.data.templates import load_template, with_chat_template
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
         self.model_dir = model_dir
+        self.resolved = resolved   # the `ResolvedModel` it was loaded from: its base and adapter apart
         template = load_template(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
         # a chat model trained in its own template with a run's system prompt or template variables is served
         # with them (`PromptTemplate.render_messages`); every other model through its tokenizer's chat template
         self.template = template if template is not None and template.is_model else None
+        # a tokenizer without a chat template is served through a copy that has one: the caller's is unchanged
         if not getattr(tokenizer, "chat_template", None):
-            tokenizer.chat_template = template.chat_template() if template else FALLBACK_CHAT_TEMPLATE
+            tokenizer = self.tokenizer = with_chat_template(
+                tokenizer, template.chat_template() if template else FALLBACK_CHAT_TEMPLATE)
         self._lock = threading.Lock()   # tokenizer calls from request threads (the engine has its own copy)
         self.defaults = sampling_defaults(getattr(model, "generation_config", None))
-        self.engine = Engine(model, tokenizer, max_batch=max_batch, context_len=context_len)
+        # the scheduler thread runs from here until `close` (which the owner calls, or a `with` block's end)
+        self.engine = Engine(model, tokenizer, max_batch=max_batch, context_len=context_len).start()
         self.created = int(time.time())
         # the HTTP server's tokenising and detokenising runs here, off its event loop: each worker has a
         # tokenizer of its own (a fast tokenizer is one Rust object that two threads cannot use at once)
@@ -137,19 +126,25 @@ class ServedModel:
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None, max_batch: int = 16, precision: str = "auto",
-             device: str | None = None, which: str = "best") -> "ServedModel":
+             device: str | None = None, which: str = "best", mindformers_config: str | Path | None = None,
+             tokenizer: str | Path | None = None) -> "ServedModel":
         """`device` and `precision` as every verb takes them (`model.device`): by default this machine's GPU
-        in its native half precision, else the CPU in fp32."""
+        in its native half precision, else the CPU in fp32. `which`: a run's best or last checkpoint;
+        `mindformers_config` / `tokenizer`: what a MindFormers .ckpt needs (`tunelab.convert.resolve_model`)."""
+        from tunelab.convert.resolve_model import resolve_model
         from tunelab.model.device import inference_dtype, resolve_device
         from tunelab.model.loading import load_for_inference, quiet_transformers
         quiet_transformers()
-        model_dir = resolve_model_dir(path, which)
+        resolved = resolve_model(path, which=which, mindformers_config=mindformers_config, tokenizer=tokenizer,
+                                 field=None)
+        model_dir = resolved.path
         dev = resolve_device(device, field="device")
-        model, tokenizer = load_for_inference(str(model_dir), dtype=inference_dtype(precision, dev), merge=True,
-                                              device=dev)
+        model, tok = load_for_inference(model_dir, dtype=inference_dtype(precision, dev), merge=True, device=dev,
+                                        base=resolved.base)
         if Path(model_dir).is_dir() and (own := load_generation_config(model_dir)) is not None:
             model.generation_config = own     # an adapter's, not its base's
-        return cls(model, tokenizer, name or default_name(path, model_dir), max_batch, model_dir)
+        model_dir = Path(model_dir) if resolved.local else model_dir
+        return cls(model, tok, name or default_name(path, model_dir), max_batch, model_dir, resolved=resolved)
 
     @property
     def context_len(self) -> int:
@@ -192,5 +187,12 @@ class ServedModel:
         return s
 
     def close(self) -> None:
+        """Stop the engine and the tokenizer workers (idempotent): every owner calls it, however it ends."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
+
+    def __enter__(self) -> "ServedModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -54,15 +54,18 @@ class GenerateOptions:
 
 def generate_text(model: str, prompts: list[str] | None, options: GenerateOptions, *, checkpoint: str = "best",
                   max_batch: int = 16, device: str | None = None, precision: str = "auto", threads: int = 0,
-                  out: TextIO | None = None) -> int:
+                  out: TextIO | None = None, mindformers_config: str | None = None,
+                  tokenizer: str | None = None) -> int:
     """Every prompt's samples written to `out` (standard output) in order; `prompts` None: a `>` prompt on the
-    terminal. Returns 0, or 2 when a sample failed (each failure said on stderr)."""
+    terminal. Returns 0, or 2 when a sample failed (each failure said on stderr). `mindformers_config` /
+    `tokenizer`: what a MindFormers .ckpt as the model needs."""
     import torch
 
     from tunelab.serve.models import ServedModel
     if threads:
         torch.set_num_threads(threads)
-    served = ServedModel.load(model, max_batch=max_batch, precision=precision, device=device, which=checkpoint)
+    served = ServedModel.load(model, max_batch=max_batch, precision=precision, device=device, which=checkpoint,
+                              mindformers_config=mindformers_config, tokenizer=tokenizer)
     try:
         _describe(served, options)
         if prompts is None:

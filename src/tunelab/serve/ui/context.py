@@ -137,10 +137,11 @@ class UIContext:
         """Load the local model at `path` as `name` (or find it loaded already, under whatever name) and return
         the name it answers to; beyond `MAX_OPENED` opened models, the least recently used one is unloaded."""
         from tunelab.serve.backends import LocalBackend
-        from tunelab.serve.models import ServedModel, resolve_model_dir
+        from tunelab.convert.resolve_model import resolve_model
+        from tunelab.serve.models import ServedModel
 
         with self._loading:
-            model_dir = Path(resolve_model_dir(path)).resolve()
+            model_dir = Path(resolve_model(path, field="model").path).resolve()
             with self._models:
                 for known, b in self.backends.items():
                     served = getattr(b, "served", None)

@@ -66,21 +66,17 @@ def _model_config(recipe: Recipe, recipe_file: Path | None, seen: frozenset) -> 
 def _path_config(path: str, field: str) -> tuple[PretrainedConfig, str] | None:
     """The config at `path` (a directory, run, adapter, or a hub id in the cache or built in); None: none there."""
     from tunelab.model.presets import load_config, preset_config
-    from tunelab.runs import is_run_dir, pick_checkpoint
     p = Path(path).expanduser()
     if p.exists():
-        if p.is_dir() and is_run_dir(p):
-            p = pick_checkpoint(p)
-        if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
-            from tunelab.records import read_json_object
-            base = read_json_object(p / "adapter_config.json").get("base_model_name_or_path")
-            if not base:
-                raise TunelabError("adapter has no base_model_name_or_path", file=p / "adapter_config.json")
-            found = _path_config(base, field)
+        from tunelab.convert.resolve_model import resolve_model   # the model training would load, as it finds it
+        resolved = resolve_model(path, field=field)
+        if resolved.adapter is not None:
+            found = _path_config(resolved.base, field)
             if found is None:
-                raise _not_found(base, field)
+                raise _not_found(resolved.base, field)
             config, said = found
             return config, f"{path} (adapter) on {said}"
+        p = Path(resolved.base)
         return load_config(str(p)), str(p / "config.json" if p.is_dir() else p)
     hub_id = path.removeprefix("hf:")
     try:

@@ -78,16 +78,14 @@ def _continued_lora(path: str) -> AdapterSpec | None:
     """The settings of the adapter a run continues (`model.path` a LoRA run or adapter): they, not the recipe's
     `lora` section, are what trains."""
     from tunelab.model.lora import AdapterSpec
+    from tunelab.convert.resolve_model import resolve_model
     from tunelab.records import read_json_object
-    from tunelab.runs import is_run_dir, pick_checkpoint
-    p = Path(path).expanduser()
-    if not p.is_dir():
+    if not Path(path).expanduser().is_dir():
         return None
-    if is_run_dir(p):
-        p = pick_checkpoint(p)
-    if not (p / "adapter_config.json").is_file() or (p / "config.json").is_file():
+    adapter = resolve_model(path).adapter
+    if adapter is None or (adapter / "config.json").is_file():
         return None
-    return AdapterSpec.from_saved(read_json_object(p / "adapter_config.json"))
+    return AdapterSpec.from_saved(read_json_object(adapter / "adapter_config.json"))
 
 
 def describe_step(spec: StepSpec, trainable: int) -> str:
