@@ -61,7 +61,7 @@ def assert_same(got: list, want: list, what: str, prompts: list[str]) -> None:
 def serve_engine(model, tokenizer, prompts: list[str], max_batch: int):
     """All prompts submitted to the serve engine at once at temperature 0; the finished Sequences in order."""
     from tunelab.serve.engine import Engine, SamplingParams, Sequence
-    engine = Engine(model, tokenizer, max_batch=max_batch)
+    engine = Engine(model, tokenizer, max_batch=max_batch).start()
     try:
         done: queue.Queue = queue.Queue()
         params = SamplingParams(max_tokens=MAX_NEW, temperature=0)

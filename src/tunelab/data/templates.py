@@ -192,6 +192,28 @@ class PromptTemplate:
         )
 
 
+def with_chat_template(tokenizer, chat_template: str):
+    """`tokenizer` speaking `chat_template`: itself when that is its chat template already, else a copy of it that
+    carries the template. The tokenizer given is never changed, so whoever else holds it renders as before; saved
+    (`save_pretrained`), the copy writes the template into its files as the model's chat template."""
+    import copy
+    if getattr(tokenizer, "chat_template", None) == chat_template:
+        return tokenizer
+    try:
+        bound = copy.deepcopy(tokenizer)
+    except Exception:  # noqa: BLE001 - one that cannot be deep-copied shares its vocabulary, not its template
+        bound = copy.copy(tokenizer)
+    bound.chat_template = chat_template
+    return bound
+
+
+def tokenizer_speaking(template: PromptTemplate, tokenizer):
+    """The tokenizer a run with `template` trains with and saves beside its model: `tokenizer` itself for `model`
+    (a chat model's own template is never replaced), else one whose chat template is tunelab's template
+    (`with_chat_template`), so a plain `transformers` user of the saved model renders prompts as the run did."""
+    return tokenizer if template.is_model else with_chat_template(tokenizer, template.chat_template())
+
+
 def recipe_template(data) -> PromptTemplate:
     """The template a recipe's `data:` section names (`tunelab.recipe.DataConfig`)."""
     return PromptTemplate(data.template, data.instruction_prefix, data.cot, data.system,

@@ -24,11 +24,15 @@ no internals; the log has the traceback. `Engine.fault_hook` lets tests make cho
 
 Consumers receive `Output` events through a callback (called on the scheduler thread: it must be quick);
 `Engine.stream()` wraps that as a blocking iterator for synchronous callers (the web UI, benchmarks).
+
+The scheduler thread is its owner's to start and stop: `start()` (or `with Engine(...) as engine`) starts it, and
+`close()` (or the `with` block's end) ends it, the sequences still waiting or running finished as aborted. An engine
+not started serves nothing (`submit` refuses); nothing is registered to run at exit, so an owner closes what it
+started (`ServedModel.close`, which `tunelab serve`, `ui` and `generate` call however they end).
 """
 
 from __future__ import annotations
 
-import atexit
 import copy
 import itertools
 import logging
@@ -36,7 +40,6 @@ import queue
 import random
 import threading
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -158,7 +161,7 @@ class Sequence:
 
 
 class Engine:
-    """Continuous-batching generation over one model; thread-safe `submit`, one scheduler thread."""
+    """Continuous-batching generation over one model; thread-safe `submit`, one scheduler thread (`start`)."""
 
     def __init__(self, model, tokenizer, max_batch: int = 16, context_len: int | None = None,
                  max_prefill_tokens: int = 8192):
@@ -191,16 +194,31 @@ class Engine:
         # tests: called as fault_hook(stage, seq) at "setup", "prefill", "sample" and "decode"; raising fails
         # that row there as a real error would
         self.fault_hook: Callable[[str, Sequence], None] | None = None
-        self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
-        self._thread.start()
-        ref = weakref.ref(self)
-        atexit.register(lambda: ref() is not None and ref().close(1.0))   # stop the thread before torch exits
+        self._thread: threading.Thread | None = None   # the scheduler, once started
 
     # public --------------------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        """Start the scheduler thread (once: a started engine is returned as it is); returns the engine."""
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("engine is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
+                self._thread.start()
+        return self
+
+    def __enter__(self) -> "Engine":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def submit(self, seqs: list[Sequence]) -> None:
         with self._cv:
             if self._closed:
                 raise RuntimeError("engine is closed")
+            if self._thread is None:
+                raise RuntimeError("engine is not started (Engine.start, or use it in a with block)")
             self.stats["requests"] += 1
             self.stats["sequences"] += len(seqs)
             self._pending.extend(seqs)
@@ -222,10 +240,14 @@ class Engine:
             seq.cancel()
 
     def close(self, timeout: float = 5.0) -> None:
+        """Stop the scheduler (what waits or runs ends as aborted) and wait up to `timeout` seconds for it; again,
+        or on an engine never started, nothing more happens."""
         with self._cv:
             self._closed = True
             self._cv.notify()
-        self._thread.join(timeout)
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     # scheduler -----------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.data.packing import encode_examples, shared_prefix
-from tunelab.data.templates import PromptTemplate
+from tunelab.data.templates import PromptTemplate, tokenizer_speaking
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, TrainConfig
 from tunelab.train.distributed import Dist, barrier
@@ -58,7 +58,8 @@ def check_memory(recipe: Recipe, dist: Dist) -> None:
 
 def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate, run_dir: Path, dist: Dist):
     """Load the base (path) or build it from a preset with a BPE tokenizer trained on the training text
-    (a corpus run: the tokenizer the corpus was prepared with)."""
+    (a corpus run: the tokenizer the corpus was prepared with). The tokenizer returned speaks the run's template
+    (`tokenizer_speaking`: tunelab's template as its chat template, a chat model's own kept)."""
     from tunelab.model.loading import build_from_scratch, load_pretrained, load_tokenizer
     m = recipe.model
     corpus = recipe.data.corpus
@@ -93,10 +94,8 @@ def build_model_and_tokenizer(recipe: Recipe, examples, template: PromptTemplate
     if corpus and (m.tokenizer or not m.from_scratch):
         from tunelab.train.corpus_rows import check_corpus_tokenizer
         check_corpus_tokenizer(tokenizer, corpus)
-    template = template.resolve(tokenizer, m.path)
-    if not template.is_model:  # a chat model's own template is never replaced; tunelab's is saved as the model's
-        tokenizer.chat_template = template.chat_template()
-    return model, tokenizer
+    # a chat model's own template is never replaced; tunelab's is saved as the model's
+    return model, tokenizer_speaking(template.resolve(tokenizer, m.path), tokenizer)
 
 
 def continued_adapter(recipe: Recipe) -> tuple[str, str] | None:
