@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from tunelab.decoding.batch import DecodeBatch
 from tunelab.decoding.running import RunningRows
 from tunelab.decoding.sampling import SamplingParams, sample_next
+from tunelab.decoding.engines import DecodingEngine
 from tunelab.decoding.stops import pad_token_id, stop_token_ids
 from tunelab.decoding.text_stream import TextStream
 
@@ -121,29 +122,28 @@ def _draw_seed(seed: int, j: int, prompt: str) -> int:
 
 def _complete(model, tokenizer, prompts: list[str], copies: int, sampling: tuple | None, max_new_tokens: int,
               batch_size: int, progress: bool, desc: str, stop: tuple[str, ...]) -> list[Completion]:
-    """`copies` completions of each prompt, prompt-major (greedy, or drawn with `sampling`: (params, seed))."""
-    import torch
+    """`copies` completions of each prompt, prompt-major (greedy, or drawn with `sampling`: (params, seed)), by
+    `model`'s engine (`as_engine`: a torch model decodes here, a `VLLMEngine` on its server)."""
     from tqdm.auto import tqdm
 
     if not prompts:
         return []
+    engine = as_engine(model, tokenizer)
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    stops = stop_token_ids(model, tokenizer)
-    pad_id = pad_token_id(tokenizer, stops)
+    stops = stop_token_ids(engine, tokenizer)
     total = len(prompts) * copies
     # a prompt's copies stay adjacent (a stable sort): the tree prefill shares them whole
     order = sorted(range(total), key=lambda r: len(encoded[r // copies]))
-    params = generators = None
+    params = seeds = None
     if sampling is not None:
-        device = next(model.parameters()).device
-        params = [sampling[0]] * total
-        generators = [torch.Generator(device=device).manual_seed(
-            _draw_seed(sampling[1], r % copies, prompts[r // copies])) for r in order]
-    with torch.inference_mode(), tqdm(total=total, disable=not progress, desc=desc, unit="answer" if copies > 1
-                                      else "prompt", leave=False) as bar:
+        params = sampling[0]
+        seeds = [_draw_seed(sampling[1], r % copies, prompts[r // copies]) for r in order]
+    with tqdm(total=total, disable=not progress, desc=desc, unit="answer" if copies > 1 else "prompt",
+              leave=False) as bar:
         streams = [TextStream(tokenizer, stop) for _ in order] if stop else None
-        new, stopped = decode_rows(model, [encoded[r // copies] for r in order], max_new_tokens, stops, pad_id,
-                                   batch_size, streams, on_done=bar.update, sampling=params, generators=generators)
+        new, stopped = engine.decode([encoded[r // copies] for r in order], max_new_tokens, stops,
+                                     batch_size=batch_size, sampling=params, seeds=seeds, streams=streams,
+                                     on_done=bar.update)
     if streams:
         for s in streams:
             s.add(None, final=True)
@@ -154,3 +154,42 @@ def _complete(model, tokenizer, prompts: list[str], copies: int, sampling: tuple
     for r, text, done in zip(order, texts, stopped):
         outputs[r] = Completion(text, "stop" if done else "length")
     return outputs
+
+
+class EmbeddedEngine:
+    """tunelab's own decoding core over `model` (a transformers model, peft's included) in this process.
+    `generator_device`: where a row's generator lives (default the model's device; a trainer that has always drawn
+    on the host says "cpu", so a seed gives the samples it always gave)."""
+
+    kind = "embedded"
+
+    def __init__(self, model, pad_id: int, generator_device=None):
+        self.model = model
+        self.pad_id = pad_id
+        self.generator_device = generator_device
+
+    @property
+    def generation_config(self):
+        return getattr(self.model, "generation_config", None)
+
+    def decode(self, rows, max_new_tokens, stops, *, batch_size=32, sampling=None, seeds=None, streams=None,
+               keep_stop=False, on_done=None):
+        import torch
+        params = generators = None
+        if sampling is not None:
+            if seeds is None or len(seeds) != len(rows):
+                raise ValueError("sampling needs one seed a row")
+            device = self.generator_device or next(self.model.parameters()).device
+            params = [sampling] * len(rows)
+            generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        with torch.inference_mode():
+            return decode_rows(self.model, rows, max_new_tokens, stops, self.pad_id, batch_size, streams,
+                               on_done=on_done, sampling=params, generators=generators, keep_stop=keep_stop)
+
+
+def as_engine(model_or_engine, tokenizer) -> DecodingEngine:
+    """An engine as it is; a torch model as the embedded engine over it (its batches padded with the
+    tokenizer's pad id)."""
+    if isinstance(model_or_engine, DecodingEngine):
+        return model_or_engine
+    return EmbeddedEngine(model_or_engine, pad_token_id(tokenizer, stop_token_ids(model_or_engine, tokenizer)))

