@@ -377,23 +377,6 @@ def test_429_retry_after_5xx_and_timeouts_are_retried_then_recorded(tmp_path):
     assert report["output"] == {"pairs": 9, "articles_done": 3, "articles_failed": 0}
 
 
-def test_retry_after_forms_and_backoff_bounds():
-    import email.utils
-
-    from tunelab.synth.client import retry_after_seconds
-    from tunelab.synth.runner import MAX_BACKOFF, MAX_RETRY_AFTER, backoff_delay
-    assert retry_after_seconds({"retry-after": "2"}) == 2.0
-    assert retry_after_seconds({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
-    when = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 28 <= retry_after_seconds({"retry-after": when}) <= 30
-    assert retry_after_seconds({"retry-after": "soon"}) is None and retry_after_seconds({}) is None
-    assert retry_after_seconds({"retry-after": "-5"}) == 0.0
-    assert backoff_delay(1, 1.0, 7.0) == 7.0 and backoff_delay(1, 1.0, 1e9) == MAX_RETRY_AFTER
-    assert all(0.5 <= backoff_delay(1, 1.0, None) <= 1.0 and 2.0 <= backoff_delay(3, 1.0, None) <= 4.0
-               for _ in range(50))
-    assert backoff_delay(40, 1.0, None) <= MAX_BACKOFF
-
-
 def test_concurrency_limit_is_kept(tmp_path):
     write_articles(tmp_path / "articles.jsonl", 12)
     active, peak, lock = [0], [0], threading.Lock()

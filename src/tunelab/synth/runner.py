@@ -3,14 +3,15 @@
 Each worker takes the next unfinished article, asks, judges the reply, and commits the article (done or
 failed) to the journal. An invalid reply and a failed request share one retry budget per article
 (`retries` beyond the first attempt); failed requests wait before the next try (exponential backoff with
-jitter, or the server's Retry-After). Judging and committing run with no await between, so two articles
-finishing together can neither both accept the same question nor interleave their lines.
+jitter, or the server's Retry-After: the policy of `tunelab.decoding.openai_client`, which sorts the failures
+into retried ones, ones that fail this article alone, and a refused key or unknown model, which stops the run).
+Judging and committing run with no await between, so two articles finishing together can neither both accept
+the same question nor interleave their lines.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import sys
 import time
 from collections import Counter
@@ -18,14 +19,13 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Iterator
 
+from tunelab.decoding.openai_client import Endpoint, EndpointError, RetryPolicy
 from tunelab.synth.articles import Article, ArticleSource
-from tunelab.synth.client import ChatClient, RequestFailed
 from tunelab.synth.journal import Journal
 from tunelab.synth.prompt import Prompt
 from tunelab.synth.validate import Rules, Validator, normalise_question
 
-MAX_BACKOFF = 60.0          # seconds: the longest wait of the exponential backoff
-MAX_RETRY_AFTER = 600.0     # seconds: the longest Retry-After honoured
+STOPS_THE_RUN = ("refused_key", "not_found")   # every article would fail the same way
 
 
 @dataclass
@@ -68,19 +68,12 @@ class Stats:
             self.completion_tokens = (self.completion_tokens or 0) + completion
 
 
-def backoff_delay(attempt: int, base: float, retry_after: float | None) -> float:
-    """Seconds to wait before retry `attempt` (1 = first retry) of a failed request."""
-    if retry_after is not None:
-        return min(retry_after, MAX_RETRY_AFTER)
-    return min(MAX_BACKOFF, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-
-
 class Runner:
     def __init__(self, source: ArticleSource, prompt: Prompt, rules: Rules, journal: Journal, settings: Settings):
         self.source, self.prompt, self.rules, self.journal, self.settings = source, prompt, rules, journal, settings
         self.stats = Stats()
         self.validator = Validator(rules)
-        self.client: ChatClient | None = None
+        self.client: Endpoint | None = None
         self.bar = None
         self.status: dict[str, str] = {}      # every finished article's status, earlier runs' and this one's
         self.report: dict | None = None
@@ -89,12 +82,13 @@ class Runner:
     async def run(self) -> dict:
         """Check the endpoint, resume the journal, synthesise every unfinished article; returns the report."""
         s = self.settings
-        self.client = ChatClient(s.endpoint, s.model, s.api_key, s.timeout, s.temperature, s.max_tokens)
+        self.client = Endpoint(s.endpoint, s.api_key, timeout=s.timeout,
+                               policy=RetryPolicy(retries=s.retries, backoff=s.backoff))
         try:
-            await self.client.check()
+            await self.client.acheck(s.model)
             return await self._run()
         finally:
-            await self.client.close()
+            await self.client.aclose()
 
     async def _run(self) -> dict:
         s, st = self.settings, self.stats
@@ -142,18 +136,25 @@ class Runner:
         s, st = self.settings, self.stats
         messages = self.prompt.messages(article.text)
         attempts = 0
+
+        def retried(error: EndpointError, wait: float) -> None:
+            st.request_errors[error.reason] += 1
+            st.retries += 1
+
         while True:
-            attempts += 1
-            st.requests += 1
-            try:
-                reply = await self.client.chat(messages)
-            except RequestFailed as f:
-                st.request_errors[f.reason] += 1
-                if not f.retry or attempts > s.retries:
-                    return self._fail(article, attempts, f.reason, f"{f.reason}: {f.message}")
-                st.retries += 1
-                await asyncio.sleep(backoff_delay(attempts, s.backoff, f.retry_after))
-                continue
+            try:                # the retries left of the article's budget, shared with invalid replies
+                reply = await self.client.achat(messages, model=s.model, temperature=s.temperature,
+                                                max_tokens=s.max_tokens, retries=s.retries - attempts,
+                                                on_retry=retried)
+            except EndpointError as e:
+                if e.reason in STOPS_THE_RUN:
+                    raise
+                attempts += e.attempts
+                st.requests += e.attempts
+                st.request_errors[e.reason] += 1
+                return self._fail(article, attempts, e.reason, f"{e.reason}: {e.message}")
+            attempts += reply.attempts
+            st.requests += reply.attempts
             st.add_usage(reply.prompt_tokens, reply.completion_tokens)
             verdict = self.validator.judge(reply.text, article.text)
             st.pairs_rejected.update(verdict.dropped)
