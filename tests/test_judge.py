@@ -105,9 +105,9 @@ def test_a_mute_judge_is_counted_unjudged_not_hidden(endpoint):
 
 def test_a_refused_key_or_a_dead_endpoint_is_one_error(endpoint):
     endpoint.mode = "bad key"
-    with pytest.raises(TunelabError, match="refused: 401"):
+    with pytest.raises(TunelabError, match=r"refused the API key \(401: invalid api key\)"):
         judge_answers(A_ANSWERS, B_ANSWERS, endpoint=EndpointJudge(url(endpoint), "judge"))
-    with pytest.raises(TunelabError, match="cannot be reached"):
+    with pytest.raises(TunelabError, match="cannot reach http://127.0.0.1:9/v1"):
         judge_answers(A_ANSWERS, B_ANSWERS, endpoint=EndpointJudge("http://127.0.0.1:9/v1", "judge", timeout=2))
 
 

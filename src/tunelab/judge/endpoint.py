@@ -3,16 +3,18 @@ a hosted API): shown a question and two answers (and the reference answer, when 
 better one. The prompts are FastChat's MT-bench pairwise judge prompts (`pair-v2`, `pair-v2-with-ref`), whose
 verdict format is "[[A]]", "[[B]]" or "[[C]]" (a tie); the last such mark in the reply is the verdict.
 
-A reply without a mark, or a request the endpoint refuses for that prompt alone (too long, a bad parameter), is
-no verdict: the pair counts as a tie and as unjudged (`verdicts.Tally`). An endpoint that cannot be reached or
-refuses the key or the model stops the judging with one error: every prompt would fail the same way.
+A reply without a mark, or a request that fails for that prompt alone (too long, a bad parameter, a server error
+or rate limit that outlasted the retries), is no verdict: the pair counts as a tie and as unjudged
+(`verdicts.Tally`). An endpoint that cannot be reached or refuses the key or the model stops the judging with one
+error: every prompt would fail the same way. Retries and errors are the shared client's
+(`tunelab.decoding.openai_client`).
 """
 
 from __future__ import annotations
 
 import re
 
-from tunelab.errors import TunelabError
+from tunelab.decoding.openai_client import Endpoint, EndpointError
 
 SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants "
           "to the user question displayed below. You should choose the assistant that follows the user's "
@@ -34,6 +36,7 @@ SYSTEM_WITH_REFERENCE = (
     "influence your evaluation. Do not favor certain names of the assistants. Be as objective as possible. After "
     "providing your explanation, output your final verdict by strictly following this format: \"[[A]]\" if "
     "assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie.")
+THIS_PROMPT_ALONE = ("bad_request", "server_error", "rate_limited", "bad_response")   # the judging goes on
 _MARK = re.compile(r"\[\[([ABC])\]\]")
 
 
@@ -62,30 +65,15 @@ class EndpointJudge:
 
     def __init__(self, base_url: str, model: str, api_key: str = "none", timeout: float = 120.0,
                  max_tokens: int = 1024):
-        try:
-            import openai
-        except ImportError as err:
-            raise TunelabError("a model judge needs the openai client: pip install 'tunelab[serve]'") from err
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=2)
+        self.endpoint = Endpoint(base_url, api_key, timeout=timeout)
         self.model, self.max_tokens, self.base_url = model, max_tokens, base_url
 
     def ask(self, question: str, first: str, second: str, reference: str | None = None) -> str | None:
-        import openai
         try:
-            reply = self.client.chat.completions.create(
-                model=self.model, messages=judge_prompt(question, first, second, reference), temperature=0,
-                max_tokens=self.max_tokens)
-        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-            raise TunelabError(f"the judge endpoint refused: {e.status_code} {_first_line(e)}",
-                               field="endpoint") from e
-        except openai.APIConnectionError as e:
-            raise TunelabError(f"the judge endpoint {self.base_url} cannot be reached ({_first_line(e)})",
-                               field="endpoint") from e
-        except openai.APIStatusError:  # this prompt alone: too long, a bad parameter, a server error after retries
-            return None
-        choices = getattr(reply, "choices", None) or []
-        return read_verdict(choices[0].message.content if choices else None)
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:200]
+            reply = self.endpoint.chat(judge_prompt(question, first, second, reference), model=self.model,
+                                       temperature=0, max_tokens=self.max_tokens)
+        except EndpointError as e:
+            if e.reason in THIS_PROMPT_ALONE:
+                return None
+            raise
+        return read_verdict(reply.text)
