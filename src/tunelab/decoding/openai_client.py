@@ -13,10 +13,10 @@ The retry policy (`RetryPolicy`; the `openai` client's own retries are off):
                    `backoff` seconds doubling with jitter (at most `max_backoff`), or what the server's
                    `Retry-After` asks (at most `max_retry_after`). A probe (the model list a caller checks before
                    it starts, the UI's status) is asked once: it is there to say fast that a URL or key is wrong.
-The error rule: every failure is one `EndpointError`, a `TunelabError` whose message names the endpoint's URL and
-what failed (`cannot reach URL (…)`, `URL refused the API key (401: …)`, `URL answered 503: … (after 3 attempts)`),
-with `reason` (the words above), `status` and `attempts` for a caller that counts or decides what one failure
-stops. A user's bad URL, key or model is never a traceback.
+The error rule: every failure is one `EndpointError`, a `TunelabError` whose message names the endpoint's URL
+and what failed (`cannot reach URL (…)`, `URL refused the API key (401: …)`, `URL answered 503: … (after 3
+attempts)`), with `reason` (the words above), `status` and `attempts` for a caller that counts or decides what
+one failure stops. A user's bad URL, key or model is never a traceback.
 
 Importing this module imports neither torch nor `openai` (only a request does).
 """
@@ -202,7 +202,10 @@ class Endpoint:
             raise err.after(attempt) from (None if e is err else e)
         wait = self.policy.delay(attempt, err.retry_after)
         if on_retry is not None:
-            on_retry(err, wait)
+            try:
+                on_retry(err, wait)
+            except EndpointError as stop:   # the caller stops here (a deadline the wait would pass)
+                raise (err.after(attempt) if stop is err else stop) from (None if e is err else e)
         return wait
 
     def _call(self, request: Callable[[], Any], retries: int | None, timeout: float | None = None,
@@ -241,7 +244,8 @@ class Endpoint:
     def chat(self, messages: list[dict], *, model: str, retries: int | None = None,
              on_retry: Callable[[EndpointError, float], None] | None = None, **params) -> ChatReply:
         """One chat completion (`params`: temperature, max_tokens, … as the API names them), retried by the
-        policy (`retries` extra attempts, the policy's unless given; `on_retry(error, wait)` before each)."""
+        policy (`retries` extra attempts, the policy's unless given; `on_retry(error, wait)` before each, which
+        may raise the error to stop there)."""
         def request():
             return self._reply(self.client().chat.completions.create(model=model, messages=messages, **params))
         reply, attempts = self._call(request, retries, on_retry=on_retry)
@@ -259,11 +263,11 @@ class Endpoint:
         return reply
 
     def chat_stream(self, messages: list[dict], *, model: str, retries: int | None = None,
-                    **params) -> ChatStream:
-        """A streamed chat completion, opened under the policy (a failure before the first byte of the reply is
-        retried; once text has come, nothing is asked again)."""
+                    on_retry: Callable[[EndpointError, float], None] | None = None, **params) -> ChatStream:
+        """A streamed chat completion, opened under the policy as `chat` is (a failure before the reply's
+        headers is retried; once it streams, nothing is asked again)."""
         stream, _ = self._call(lambda: self.client().chat.completions.create(
-            model=model, messages=messages, stream=True, **params), retries)
+            model=model, messages=messages, stream=True, **params), retries, on_retry=on_retry)
         return ChatStream(self, stream)
 
     # --- models ---------------------------------------------------------------------------------------------

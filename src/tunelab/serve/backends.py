@@ -1,5 +1,6 @@
 """Chat backends for the web UI: a local tunelab model (its engine runs in-process) or any OpenAI-compatible
-endpoint (a teammate's `tunelab serve`, vLLM, LM Studio, Ollama), talked to with the official `openai` client.
+endpoint (a teammate's `tunelab serve`, vLLM, LM Studio, Ollama), talked to through tunelab's one
+OpenAI-compatible client (`tunelab.decoding.openai_client`).
 
 Model specs on the command line (`tunelab ui --model SPEC`):
   NAME=PATH                            a run directory, checkpoint, model or adapter directory
@@ -138,48 +139,39 @@ class LocalBackend:
 
 
 class RemoteBackend:
-    """Any OpenAI-compatible server, under `Deadlines`."""
+    """Any OpenAI-compatible server, under `Deadlines`, through the shared client (`tunelab.decoding.openai_client`:
+    its retry policy, while the first-token deadline leaves time for a retry, and its errors)."""
 
     remote = True
+    _NOTES = {"timeout": "响应超时", "connection_error": "无法连接", "refused_key": "API key 错误"}
 
     def __init__(self, name: str, base_url: str, key: str | None = None, model_id: str | None = None,
                  deadlines: Deadlines = Deadlines()):
-        import httpx
-        import openai
+        from tunelab.decoding.openai_client import Endpoint
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.model_id = model_id
         self.deadlines = deadlines
         self.last_error: str | None = None      # the last answer's failure, for the models' status
-        self._openai = openai
         # a socket read waits at most the first-token deadline; the overall one is watched in chat_stream
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=key or "none", max_retries=0,
-                                    timeout=httpx.Timeout(deadlines.first_token, connect=deadlines.connect))
+        self.endpoint = Endpoint(self.base_url, key, timeout=deadlines.first_token, connect_timeout=deadlines.connect)
 
     def describe(self) -> str:
         return f"remote · {self.base_url}" + (f" #{self.model_id}" if self.model_id else "")
 
     def _error(self, e: Exception) -> BackendError:
-        o = self._openai
-        if isinstance(e, o.APITimeoutError):
-            d = self.deadlines
-            return BackendError(f"{self.name} at {self.base_url} did not answer in time (connect {d.connect:g} s, "
-                                f"first token {d.first_token:g} s) / 响应超时")
-        if isinstance(e, o.APIConnectionError):
-            return BackendError(f"{self.name} is unreachable at {self.base_url} ({type(e).__name__}) / 无法连接")
-        if isinstance(e, o.AuthenticationError):
-            return BackendError(f"{self.name}: the server refused the API key (401) / API key 错误")
-        if isinstance(e, o.APIStatusError):
-            return BackendError(f"{self.name}: HTTP {e.status_code}: {getattr(e, 'message', e)}")
+        from tunelab.decoding.openai_client import EndpointError
+        if isinstance(e, EndpointError):
+            note = self._NOTES.get(e.reason)
+            return BackendError(f"{self.name}: {e.message}" + (f" / {note}" if note else ""))
         return BackendError(f"{self.name}: {type(e).__name__}: {e}")
 
     def _resolve_model(self) -> str:
         if self.model_id is None:
             try:
-                models = self.client.models.list()
+                ids = self.endpoint.models()
             except Exception as e:  # noqa: BLE001
                 raise self._error(e) from e
-            ids = [m.id for m in models.data]
             if not ids:
                 raise BackendError(f"{self.name}: the server at {self.base_url} lists no models")
             self.model_id = ids[0]
@@ -192,7 +184,7 @@ class RemoteBackend:
     def check(self) -> tuple[bool, str]:
         t = time.perf_counter()
         try:
-            self.client.with_options(timeout=min(self.deadlines.first_token, 5.0)).models.list()
+            self.endpoint.models(retries=0, timeout=min(self.deadlines.first_token, 5.0))
         except Exception as e:  # noqa: BLE001
             return False, str(self._error(e))
         ms = (time.perf_counter() - t) * 1000
@@ -217,29 +209,30 @@ class RemoteBackend:
         pieces: queue.Queue = queue.Queue()
         gone = threading.Event()
         held: dict = {}
+        d = self.deadlines
+
+        def in_time(error, wait: float) -> None:
+            """A retry only while the answer is still awaited and its first-token deadline leaves room."""
+            if gone.is_set() or time.monotonic() + wait >= start + min(d.first_token, d.overall):
+                raise error
 
         def pump() -> None:
             try:
-                stream = self.client.chat.completions.create(
-                    model=model, messages=messages, stream=True, temperature=float(settings.temperature),
+                stream = self.endpoint.chat_stream(
+                    messages, model=model, on_retry=in_time, temperature=float(settings.temperature),
                     top_p=float(settings.top_p), max_tokens=int(settings.max_tokens),
                     stop=list(settings.stop)[:4] or None, extra_body=extra)
                 held["stream"] = stream
-                chunks = 0
                 with stream:
-                    for chunk in stream:
-                        chunks += 1
-                        for choice in chunk.choices or []:
-                            if choice.delta and choice.delta.content:
-                                pieces.put(("text", choice.delta.content))
+                    for piece in stream:
+                        pieces.put(("text", piece))
                         if gone.is_set():
                             return
-                pieces.put(("done", chunks))
+                pieces.put(("done", None))
             except Exception as e:  # noqa: BLE001 - handed to the waiting generator
                 pieces.put(("error", e))
 
         threading.Thread(target=pump, name=f"tunelab-remote-{self.name}", daemon=True).start()
-        d = self.deadlines
         first = True
         try:
             while True:
@@ -256,20 +249,14 @@ class RemoteBackend:
                     first = False
                     yield value
                 elif kind == "error":
-                    raise self._error(value)
+                    raise self._error(value) from value
                 else:
-                    if value == 0:
-                        raise BackendError(f"{self.name}: the server at {self.base_url} sent no answer in the OpenAI "
-                                           f"streaming format / 返回格式错误")
                     return
         finally:
             gone.set()
             stream = held.get("stream")
             if stream is not None:
-                try:
-                    stream.close()
-                except Exception:  # noqa: BLE001 - closing from this thread is best effort
-                    pass
+                stream.close()      # from this thread: ends a read that trickles past the deadline
 
 
 def build_backends(specs: list[str], max_batch: int = 16, deadlines: Deadlines = Deadlines(),
