@@ -227,6 +227,28 @@ def test_a_stream_with_no_event_is_a_bad_response():
     assert caught.value.reason == "bad_response" and srv.url in caught.value.message
 
 
+def test_on_retry_may_stop_the_retries():
+    def no_time_left(error, wait):      # what the UI does when a wait would pass its first-token deadline
+        raise error
+
+    with Scripted((503, {}, failure("busy"), 0.0), OK) as srv:
+        with pytest.raises(EndpointError, match="answered 503: busy$") as caught:
+            Endpoint(srv.url, policy=FAST).chat(MESSAGES, model="m", on_retry=no_time_left)
+    assert len(srv.log) == 1 and caught.value.attempts == 1
+
+
+def test_a_route_of_the_servers_own_is_posted_under_the_same_rule():
+    with Scripted((503, {}, failure("busy"), 0.0), (200, {}, {"choices": [{"index": 0, "token_ids": [5, 6]}]}, 0.0),
+                  (400, {}, failure("adapter not found"), 0.0)) as srv:
+        endpoint = Endpoint(srv.url, policy=FAST)
+        body = {"model": "m", "prompt": [[1, 2, 3]], "return_token_ids": True}
+        assert endpoint.post("/completions", body) == {"choices": [{"index": 0, "token_ids": [5, 6]}]}
+        assert srv.log[1][1] == body                     # sent as given: token ids and the server's own fields
+        with pytest.raises(EndpointError, match=r"rejected the request \(400: adapter not found\)"):
+            endpoint.post("/load_lora_adapter", {"lora_name": "a", "lora_path": "/nowhere"})
+    assert len(srv.log) == 3
+
+
 def test_check_asks_once_and_names_the_models_listed():
     with Scripted(OK, models=("alpha", "beta")) as srv:
         endpoint = Endpoint(srv.url, policy=FAST)

@@ -270,6 +270,14 @@ class Endpoint:
             model=model, messages=messages, stream=True, **params), retries, on_retry=on_retry)
         return ChatStream(self, stream)
 
+    # --- a server's own routes ------------------------------------------------------------------------------
+    def post(self, path: str, body: dict, *, retries: int | None = None, timeout: float | None = None) -> Any:
+        """POST `body` to `path` under the base URL (a route the `openai` package has no method for, or one it
+        would reshape: vLLM's `/completions` with token-id prompts and its own fields, `/load_lora_adapter`),
+        under the same policy and errors: the reply's JSON, or its text when it is not JSON."""
+        reply, _ = self._call(lambda: self.client(timeout).post(path, cast_to=object, body=body), retries, timeout)
+        return reply
+
     # --- models ---------------------------------------------------------------------------------------------
     def models(self, *, retries: int | None = None, timeout: float | None = None) -> list[str]:
         """The ids the server lists (GET /models)."""
