@@ -38,7 +38,8 @@ LAYERS = [
      "copies, the one target-token log-probability (and KL) kernel"),
     ("decoding", 3, ["tunelab.decoding.*"],
      "the one place tokens are generated or scored: stop tokens, sampling, the KV cache, prefix-tree prefill, "
-     "the generation config a checkpoint was scored with"),
+     "the generation config a checkpoint was scored with; the one OpenAI-compatible client (`openai_client`: one "
+     "retry policy, one error naming the URL) that the judge, synth and the UI's remote models share"),
     ("scoring", 3, ["tunelab.scoring"], "low-parameter ratio (model shapes) and the competition formulas"),
     ("convert", 4, ["tunelab.convert.*"],
      "other ecosystems: MindSpore `.ckpt` and MindFormers, GGUF in and out, Ollama's Modelfile, merged HF export"),
