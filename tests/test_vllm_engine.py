@@ -208,3 +208,70 @@ def test_the_server_command_line(tmp_path, monkeypatch):
     assert cmd[-1] == "--enforce-eager"
     monkeypatch.setattr(vllm_server, "on_gpu", lambda: True)
     assert "--gpu-memory-utilization" not in s.command()
+
+
+def _random_adapter(path: Path, scale: float = 3.0) -> Path:
+    """A LoRA adapter of the tiny base, random enough to change its answers, as a run's checkpoint holds one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY_BASE, dtype=torch.float32), LoraConfig(
+        r=8, lora_alpha=16, init_lora_weights=False, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(scale)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(TINY_BASE).save_pretrained(path)
+    return path
+
+
+@needs_vllm
+def test_tunelab_eval_through_vllm_gives_the_embedded_engines_predictions(server, tmp_path, caplog):
+    """`tunelab eval ADAPTER --engine vllm` on a running server (engine.url): the adapter loaded by name and
+    unloaded after, the generated answers those of the embedded engine, the log-likelihood task scored by the
+    embedded engine with one line saying so."""
+    import json
+    import logging
+
+    from tunelab.eval.evaluate import evaluate
+    from tunelab.recipe import validate_eval
+    from tunelab.recipe.engine import EngineConfig
+    adapter = _random_adapter(tmp_path / "adapter")
+    config = validate_eval({"tasks": [
+        {"task": "arithmetic", "source": {"generate": "arithmetic", "count": 24, "seed": 5}},
+        {"task": "choice", "mode": "loglik", "source": {"generate": "choice", "count": 8, "seed": 2}}],
+        "samples": 2, "max_new_tokens": 16, "batch_size": 8})
+    ours, out_ours = evaluate(str(adapter), config, tmp_path / "embedded")
+    with caplog.at_level(logging.WARNING, logger="tunelab.eval.vllm_models"):
+        theirs, out_theirs = evaluate(str(adapter), config, tmp_path / "vllm",
+                                      engine=EngineConfig(kind="vllm", url=server.url))
+    rows = {}
+    for name, out in (("ours", out_ours), ("theirs", out_theirs)):
+        rows[name] = [json.loads(line) for line in (out / "arithmetic.predictions.jsonl").read_text().splitlines()]
+    same = sum(a["prediction"] == b["prediction"] for a, b in zip(rows["ours"], rows["theirs"]))
+    assert same >= 0.99 * len(rows["ours"])
+    a, b = (next(iter(d["results"].values())) for d in (ours, theirs))
+    assert a["arithmetic"]["accuracy"] == pytest.approx(b["arithmetic"]["accuracy"], abs=0.01)
+    assert a["choice"]["accuracy"] == b["choice"]["accuracy"]                # the same engine scored both
+    assert [r["samples"] for r in rows["theirs"]] and all(len(r["samples"]) == 2 for r in rows["theirs"])
+    said = [r.getMessage() for r in caplog.records]
+    assert len([m for m in said if "embedded engine" in m]) == 1, said
+    from tunelab.decoding.vllm_engine import VLLMEngine
+    assert VLLMEngine(server.url, server.name).served_models() == [server.name]   # the adapter was unloaded
+
+
+def test_adapters_vllm_cannot_serve_are_named(tmp_path):
+    import json
+
+    from tunelab.eval.vllm_models import unservable
+    d = tmp_path / "a"
+    d.mkdir()
+    for config, why in (({"peft_type": "IA3"}, "not IA3"), ({"peft_type": "LORA", "r": 8}, None),
+                        ({"peft_type": "LORA", "r": 64}, "rank 64"),
+                        ({"peft_type": "LORA", "r": 8, "trainable_token_indices": {"embed_tokens": [5]}}, "token rows"),
+                        ({"peft_type": "LORA", "r": 8, "use_dora": True}, "DoRA")):
+        (d / "adapter_config.json").write_text(json.dumps(config))
+        got = unservable(d, 16)
+        assert (got is None) if why is None else (why in got), (config, got)

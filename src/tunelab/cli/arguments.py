@@ -19,6 +19,30 @@ def add_placement(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 on a GPU that does it natively, fp16 on older GPUs, fp32 on a CPU")
 
 
+def add_engine(p: argparse.ArgumentParser) -> None:
+    """--engine, --engine-url and --engine-python: which engine decodes (a recipe's `engine:` section), the same
+    on every verb that generates."""
+    p.add_argument("--engine", choices=["embedded", "vllm"], default=None,
+                   help="embedded: tunelab's own (the default, nothing to install); vllm: vLLM's OpenAI server, the "
+                        "base loaded once and each checkpoint's adapter by name (docs/serving.md)")
+    p.add_argument("--engine-url", default=None, metavar="URL",
+                   help="--engine vllm: a vLLM server already running (http://host:port); else tunelab starts one")
+    p.add_argument("--engine-python", default=None, metavar="PYTHON",
+                   help="--engine vllm: the interpreter to start vLLM from (default: $TUNELAB_VLLM_PYTHON, vLLM in "
+                        "this interpreter, else .venv-vllm/bin/python)")
+
+
+def engine_from_flags(args: argparse.Namespace):
+    """The `engine:` section the flags give (None when they give none)."""
+    from tunelab.recipe.engine import EngineConfig
+    if args.engine is None and args.engine_url is None and args.engine_python is None:
+        return None
+    try:
+        return EngineConfig(kind=args.engine or "vllm", url=args.engine_url, python=args.engine_python)
+    except ValueError as e:   # pydantic's: shown as the flags that set it
+        raise TunelabError(str(e).splitlines()[-1].strip(), field="--engine") from None
+
+
 def add_ckpt_inputs(p: argparse.ArgumentParser) -> None:
     """--mindformers-config and --tokenizer: what a MindFormers .ckpt as the model needs beside it, the same on
     every verb that loads one (a recipe's model.mindformers_config and model.tokenizer)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from tunelab.cli.arguments import add_ckpt_inputs, add_model, add_placement, flags_for
+from tunelab.cli.arguments import add_ckpt_inputs, add_engine, add_model, add_placement, engine_from_flags, flags_for
 from tunelab.errors import TunelabError
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="the samples' top-p (1.0)")
     p.add_argument("--sample-seed", type=int, default=0, help="the samples' seed (0)")
     add_placement(p)
+    add_engine(p)
     p.set_defaults(func=cli_eval)
 
     p = verbs.add_parser("predict", help="GLUE hand-in file: first N dev predictions, one 0/1 label per line")
@@ -82,7 +83,8 @@ def cli_eval(args: argparse.Namespace) -> int:
         model = str(pick_checkpoint(Path(model), args.checkpoint).parent)
     try:
         doc, out_root = evaluate(model, config_from_flags(args), args.out, args.baseline,
-                                 mindformers_config=args.mindformers_config, tokenizer=args.tokenizer)
+                                 mindformers_config=args.mindformers_config, tokenizer=args.tokenizer,
+                                 engine=engine_from_flags(args))
     except TunelabError as e:
         shown = _eval_flag(e)
         if shown is e:

@@ -27,8 +27,9 @@ from tunelab.errors import TunelabError
 from tunelab.eval.retention import load_baseline, overall, retention
 from tunelab.eval.runner import evaluate_model_dir
 from tunelab.eval.sets import eval_sets
-from tunelab.eval.resident import model_source
+from tunelab.eval.vllm_models import models_for
 from tunelab.recipe import EvalConfig
+from tunelab.recipe.engine import EngineConfig
 from tunelab.records import write_json
 from tunelab.runs import best_label, list_checkpoints, model_dir_of
 from tunelab.tasks.registry import task_names
@@ -36,12 +37,13 @@ from tunelab.tasks.registry import task_names
 
 def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = None,
              baseline: str | None = None, *, mindformers_config: str | Path | None = None,
-             tokenizer: str | Path | None = None) -> tuple[dict, Path]:
+             tokenizer: str | Path | None = None, engine: EngineConfig | None = None) -> tuple[dict, Path]:
     """Evaluate `model` (a run: each of its checkpoints; else any model `tunelab.convert.resolve_model` makes
     loadable: a checkpoint, a model or adapter directory, a GGUF file, a MindFormers .ckpt with its
     `mindformers_config` and `tokenizer`, a hub id) on the configured tasks, the best marked by the first task's
     primary metric; with `baseline` (a base model, or a results JSON) the ability tasks' retention too. Returns
-    (results.json's document, the output folder)."""
+    (results.json's document, the output folder). `engine`: which engine generates (`tunelab.eval.vllm_models`:
+    with vLLM one server for every checkpoint, its log in the output folder's vllm.log); default the embedded."""
     sets = eval_sets(config)
     if not sets:
         raise TunelabError("no task to evaluate", field="eval.tasks")
@@ -65,7 +67,8 @@ def evaluate(model: str | Path, config: EvalConfig, out: str | Path | None = Non
     base = load_baseline(baseline, sets, ability, out_root, config.batch_size, config.max_new_tokens,
                          config.device, config.precision) if baseline else None
     table = {}
-    models = model_source(config.device, config.precision)  # on a GPU, one base for every checkpoint
+    # one source for every checkpoint: vLLM's server, or on a GPU one resident base
+    models = models_for(engine, out_root, config.device, config.precision)
     try:
         for label, mdir in targets:
             table[label] = evaluate_model_dir(mdir, sets, out_root / label if ckpts else out_root,

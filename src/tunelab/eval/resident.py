@@ -40,6 +40,11 @@ class Reloading:
         """(model, tokenizer) of a full or adapter directory, for the `with` block."""
         yield loading.load_for_inference(str(path), dtype=self.dtype, merge=True, device=self.device)
 
+    def open_scorer(self, path: str | Path):
+        """(model, tokenizer) for scoring prompts: the same model `open` gives (a remote engine's source gives
+        one in this process instead: `tunelab.eval.vllm_models`)."""
+        return self.open(path)
+
     def adopt(self, path: str, model) -> bool:
         """Nothing is held between directories: a trained model handed over is let go."""
         return False

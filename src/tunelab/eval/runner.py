@@ -8,10 +8,12 @@ run` calls `evaluate_model_dir` for the base model and every checkpoint, `tunela
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from tunelab.data.examples import Example
 from tunelab.data.templates import AUTO, PromptTemplate, load_template
+from tunelab.decoding.engines import DecodingEngine
 from tunelab.errors import TunelabError
 from tunelab.eval.sets import EvalSet, Sampling
 from tunelab.records import write_json, write_jsonl
@@ -161,18 +163,30 @@ def evaluate_model_dir(model_dir: str | Path, sets: dict[str, EvalSet], out_dir:
     if write_results:
         (Path(out_dir) / "results.json").unlink(missing_ok=True)
     results = {}
-    with (models or model_source(device, precision)).open(model_dir) as (model, tokenizer):
+    source = models or model_source(device, precision)
+    with source.open(model_dir) as (model, tokenizer), ExitStack() as scorers:
         tmpl = template_for(model_dir, template, tokenizer)
+        scorer = None
         for name, es in sets.items():
+            m, tok = model, tokenizer
+            if isinstance(model, DecodingEngine) and scores_prompts(es):  # a remote engine generates only
+                scorer = scorer or scorers.enter_context(source.open_scorer(model_dir))
+                m, tok = scorer
             examples = es.examples
             if es.task.answers_from_base:
-                examples = _with_base_answers(es, model_dir, model, tokenizer, tmpl, batch_size, device, precision)
-            results[name] = evaluate_examples(model, tokenizer, tmpl, es.task, examples, out_dir, batch_size,
+                examples = _with_base_answers(es, model_dir, m, tok, tmpl, batch_size, device, precision)
+            results[name] = evaluate_examples(m, tok, tmpl, es.task, examples, out_dir, batch_size,
                                               max_new_tokens, desc=f"{label} {name}".strip(), label=name,
                                               mode=es.mode, shots=es.shots, sampling=es.sampling)
     if write_results:
         write_json(Path(out_dir) / "results.json", results)
     return results
+
+
+def scores_prompts(es: EvalSet) -> bool:
+    """Whether a set scores prompts (log-likelihood, perplexity) or needs a base's own answers: work for a
+    model in this process, whichever engine generates (`tunelab.eval.vllm_models`)."""
+    return es.task.answers_from_base or es.task.resolve_mode(es.mode) in ("loglik", "perplexity")
 
 
 def _with_base_answers(es: EvalSet, model_dir, model, tokenizer, template, batch_size, device, precision):

@@ -29,10 +29,12 @@ def eval_placement(recipe: Recipe) -> dict:
 
 
 def run_models(recipe: Recipe) -> Reloading:
-    """The source of every model a run evaluates (`tunelab.eval.resident`): on a GPU the base stays on the
-    device and each checkpoint's adapter is swapped in; on the CPU each is loaded and merged."""
-    from tunelab.eval.resident import model_source
-    return model_source(**eval_placement(recipe))
+    """The source of every model a run evaluates: with `engine.kind: vllm` one vLLM server, the base loaded once
+    and each checkpoint's adapter by name (`tunelab.eval.vllm_models`, its log the run's vllm.log); else the
+    embedded engine's (`tunelab.eval.resident`): on a GPU the base stays on the device and each checkpoint's
+    adapter is swapped in, on the CPU each is loaded and merged."""
+    from tunelab.eval.vllm_models import models_for
+    return models_for(recipe.engine, recipe.run_dir, **eval_placement(recipe))
 
 
 def evaluate_checkpoints(recipe: Recipe, sets: dict, template: PromptTemplate, checkpoints: list[Path],

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from tunelab.recipe.data import DataConfig
+from tunelab.recipe.engine import EngineConfig
 from tunelab.recipe.eval import EvalConfig
 from tunelab.recipe.fields import StrictSection, Text
 from tunelab.recipe.lora import LoraConfig
@@ -28,6 +29,7 @@ class Recipe(StrictSection):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     description: str = ""
     report_to: list[Literal["tensorboard", "mlflow", "wandb", "swanlab"]] = Field(
         default_factory=lambda: ["tensorboard"], description=(
