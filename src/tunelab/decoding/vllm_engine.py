@@ -39,45 +39,22 @@ class VLLMEngine:
 
     def __init__(self, url: str, model: str, generation_config=None, timeout: float = 3600.0,
                  api_key: str | None = None):
-        import httpx
+        from tunelab.decoding.openai_client import Endpoint
         self.generation_config = generation_config
         self.adapter: str | None = None
-        self.url = url.rstrip("/")
-        if self.url.endswith("/v1"):
-            self.url = self.url[:-3]
+        self.url = url.rstrip("/").removesuffix("/v1")
         self.model = model
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0), headers=headers)
+        # the one OpenAI-compatible client: its retry policy and its errors naming the URL
+        self.endpoint = Endpoint(self.url + "/v1", api_key, timeout=timeout)
         self.adapters: dict[str, str] = {}
 
     # --- the server's own routes ------------------------------------------------------------------------
 
     def _post(self, path: str, body: dict) -> dict | str:
-        import httpx
-        try:
-            r = self._http.post(path, json=body)
-        except httpx.HTTPError as e:
-            raise TunelabError(f"vLLM's server at {self.url} did not answer {path}: {e}", field="engine") from None
-        if r.status_code != 200:
-            try:
-                detail = r.json().get("error", {}).get("message") or r.text
-            except ValueError:
-                detail = r.text
-            raise TunelabError(f"vLLM's server at {self.url} refused {path} ({r.status_code}): {detail[:500]}",
-                               field="engine")
-        try:
-            return r.json()
-        except ValueError:
-            return r.text
+        return self.endpoint.post(path, body)
 
     def served_models(self) -> list[str]:
-        import httpx
-        try:
-            r = self._http.get("/v1/models")
-            r.raise_for_status()
-            return [m["id"] for m in r.json()["data"]]
-        except (httpx.HTTPError, KeyError, ValueError) as e:
-            raise TunelabError(f"vLLM's server at {self.url} did not list its models: {e}", field="engine") from None
+        return self.endpoint.models()
 
     def load_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter directory under `name` (a checkpoint's adapter, as the trainer wrote it)."""
@@ -85,13 +62,13 @@ class VLLMEngine:
             return
         if name in self.adapters:
             self.unload_adapter(name)
-        self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        self._post("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
         self.adapters[name] = str(path)
         log.info(f"vLLM: adapter {name} loaded from {path}")
 
     def unload_adapter(self, name: str) -> None:
         if self.adapters.pop(name, None) is not None:
-            self._post("/v1/unload_lora_adapter", {"lora_name": name})
+            self._post("/unload_lora_adapter", {"lora_name": name})
             log.info(f"vLLM: adapter {name} unloaded")
 
     def close(self) -> None:
@@ -100,13 +77,13 @@ class VLLMEngine:
                 self.unload_adapter(name)
             except TunelabError as e:   # the server may be gone already: nothing left to unload
                 log.debug(str(e))
-        self._http.close()
+        self.endpoint.close()
 
     # --- decoding ---------------------------------------------------------------------------------------
 
     def _completions(self, bodies: list[dict]) -> list[dict]:
         with ThreadPoolExecutor(max_workers=min(IN_FLIGHT, max(1, len(bodies)))) as pool:
-            return list(pool.map(lambda b: self._post("/v1/completions", b), bodies))
+            return list(pool.map(lambda b: self._post("/completions", b), bodies))
 
     def decode(self, rows: list[list[int]], max_new_tokens: int, stops: frozenset[int], *, batch_size: int = 32,
                sampling: SamplingParams | None = None, seeds: list[int] | None = None, streams=None,
@@ -118,8 +95,12 @@ class VLLMEngine:
         n = len(rows)
         if max_new_tokens <= 0 or not rows:
             return [[] for _ in rows], [False] * n
+        # every sampling field said, so a server's defaults from the model's generation_config (vLLM applies
+        # them to what a request leaves out) never make its answers differ from the embedded engine's
         base = {"model": self.adapter or self.model, "max_tokens": max_new_tokens, "return_token_ids": True,
-                "stop_token_ids": sorted(stops), "skip_special_tokens": False, "include_stop_str_in_output": True}
+                "stop_token_ids": sorted(stops), "skip_special_tokens": False, "include_stop_str_in_output": True,
+                "top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                "frequency_penalty": 0.0}
         stop_strings = sorted({s for st in streams or () for s in st.stop})
         if stop_strings:
             base["stop"] = stop_strings
@@ -131,7 +112,7 @@ class VLLMEngine:
             if seeds is None or len(seeds) != n:
                 raise ValueError("sampling needs one seed a row")
             base.update(temperature=sampling.temperature, top_p=sampling.top_p,
-                        **({"top_k": sampling.top_k} if sampling.top_k > 0 else {}))
+                        top_k=sampling.top_k if sampling.top_k > 0 else -1)
             spans = [(i, 1) for i in range(n)]
             bodies = [{**base, "prompt": [row], "seed": seed} for row, seed in zip(rows, seeds)]
         ids: list[list[int]] = [[] for _ in rows]
