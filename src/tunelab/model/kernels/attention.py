@@ -5,8 +5,10 @@ in bf16 especially: measured here, 16 rows × 4 heads × 256 tokens, forward + b
 Two batched matmuls around a bf16 softmax (which accumulates in fp32 inside the kernel) do the same
 arithmetic in 26 ms with the same rounding as transformers' eager path (the softmax output is bf16 there
 too). The mask is the one transformers builds for SDPA (block-diagonal from restarting position ids), so
-the model code and its mask logic stay transformers'. Only architectures with plain attention are switched
-(`STANDARD_ATTENTION`); on GPU or with attention dropout a call goes to transformers' SDPA function.
+the model code and its mask logic stay transformers'. Only architectures with plain scaled-dot-product attention
+over transformers' mask are switched (`STANDARD_DECODERS`; others, with soft-capped logits, attention sinks or
+custom kernels, keep their own implementation); on GPU or with attention dropout a call goes to transformers' SDPA
+function.
 
 Training on CPU goes one step further (`data.packing.collate_flat`, `takes_flat_rows`): the packed rows come
 as ONE sequence with no padding, so the per-token layers (projections, MLP, norms, the vocabulary head) run on
@@ -22,10 +24,9 @@ import contextlib
 
 import torch
 
+from tunelab.model.kernels import STANDARD_DECODERS
+
 NAME = "tunelab_cpu"
-# architectures whose attention is plain scaled-dot-product over transformers' mask (their default is SDPA);
-# others (soft-capped logits, attention sinks, custom kernels) keep their own implementation
-STANDARD_ATTENTION = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
 _UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
 # attention implementations that take a 4-D mask of rows with a shared prefix (`data.packing.collate_rows`; eager
 # as `additive_for_eager` gives it); flash attention's packed path takes position ids only
@@ -146,7 +147,7 @@ def use_cpu_attention(model) -> bool:
     if not active("cpu_attention"):
         return False
     config = getattr(model, "config", None)
-    if (config is None or getattr(config, "model_type", None) not in STANDARD_ATTENTION
+    if (config is None or getattr(config, "model_type", None) not in STANDARD_DECODERS
             or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", NAME)):
         return False
     if next(model.parameters()).device.type != "cpu":

@@ -23,9 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# model_type -> the head is `lm_head(last_hidden_state)` and the loss is plain token cross-entropy (checked
-# against transformers 5.x's modeling files)
-PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
+from tunelab.model.kernels import STANDARD_DECODERS
 
 
 def chunk_rows(vocab: int) -> int:
@@ -40,8 +38,8 @@ def head_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     from tunelab.model.virtual_tokens import PrefixedBackbone, prompt_tuned
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
-    if getattr(config, "model_type", None) not in PLAIN_HEAD or float(getattr(config, "final_logit_softcapping",
-                                                                              None) or 0.0):
+    if (getattr(config, "model_type", None) not in STANDARD_DECODERS
+            or float(getattr(config, "final_logit_softcapping", None) or 0.0)):
         return None
     backbone, head = getattr(base, base.base_model_prefix, None), base.get_output_embeddings()
     if not (isinstance(backbone, nn.Module) and isinstance(head, nn.Module)):
