@@ -19,6 +19,8 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 
+# the label no loss counts (PyTorch cross-entropy's ignore_index, as transformers uses it): the one definition;
+# packing, the losses and data check take it from here (or from data.packing, which imports it)
 IGNORE = -100
 LOSS_ON = ("assistant", "last_turn", "all")
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from tunelab.data.chat import IGNORE
 from tunelab.data.examples import Example
 from tunelab.data.templates import PromptTemplate
-
-IGNORE = -100
 
 
 @dataclass

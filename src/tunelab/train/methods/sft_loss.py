@@ -18,11 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunelab.data.packing import IGNORE
 from tunelab.model.kernels.attention import additive_for_eager
 from tunelab.model.kernels.rotary import fast_rotary
 from tunelab.model.kernels.logprobs import ProjectedCrossEntropy, head_parts, plain_linear, target_logps
-
-IGNORE = -100
 
 
 class LabelledLoss(nn.Module):
