@@ -131,3 +131,13 @@ def test_cli_ratio_counts_each_adapter(capsys):
     assert counts["trainable"] == model.get_nb_trainable_parameters()[0] and counts["adapter"] == "ia3"
     assert main(["ratio", "--model", str(TINY_BASE), "--adapter", "vera"]) == 2
     assert "--lora-rank is required" in capsys.readouterr().err
+
+
+def test_the_cli_offers_the_recipe_adapter_kinds():
+    # `tunelab ratio --adapter` keeps its own copy so --help starts without pydantic: it is the recipe's list
+    from tunelab.cli.model import ADAPTERS as CLI_ADAPTERS
+    from tunelab.model.lora import PEFT_TYPES
+    from tunelab.recipe.lora import ADAPTERS
+    assert CLI_ADAPTERS == ADAPTERS and tuple(PEFT_TYPES) == ADAPTERS
+    from peft import PeftType
+    assert set(PEFT_TYPES.values()) <= {kind.value for kind in PeftType}  # each is a peft type of this peft

@@ -16,6 +16,8 @@ _FLAGS = {"fmt": "--format", "base_packages": "--base-packages", "quant": "--qua
 # tunelab.convert.gguf_export.QUANTS (kept here so --help starts without the model stage)
 GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l",
                "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
+# tunelab.recipe.lora.ADAPTERS (kept here so --help starts without pydantic; tests/test_adapters.py holds them equal)
+ADAPTERS = ("lora", "ia3", "vera", "ln_tuning", "prompt_tuning")
 LLAMA_CPP_INSTALL = "pip install 'tunelab[llama-cpp]'"  # llama.cpp's quantiser: pyproject's extra, as docs/gguf.md says
 
 
@@ -87,7 +89,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("ratio", help="trainable / total parameters of an adapter (meta device, no weights)")
     add_model(p, "preset name, local HF directory, config.json or hub id")
-    p.add_argument("--adapter", choices=["lora", "ia3", "vera", "ln_tuning", "prompt_tuning"], default="lora",
+    p.add_argument("--adapter", choices=ADAPTERS, default="lora",
                    help="the adapter kind (lora.adapter; default lora)")
     p.add_argument("--virtual-tokens", type=integer(1), default=20, metavar="N",
                    help="prompt_tuning: its virtual tokens (lora.virtual_tokens; default 20)")

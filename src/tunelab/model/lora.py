@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
 from tunelab.recipe import MINDFORMERS_MODULES, mindformers_target_to_hf
+from tunelab.recipe.lora import ADAPTERS
 
 if TYPE_CHECKING:
     import peft
@@ -59,8 +60,8 @@ def make_lora_config(rank: int, alpha: float, dropout: float, target_modules: st
                       trainable_token_indices=trainable_tokens or None)
 
 
-# peft's `peft_type` of each adapter kind a recipe names (`lora.adapter`)
-PEFT_TYPES = {"lora": "LORA", "ia3": "IA3", "vera": "VERA", "ln_tuning": "LN_TUNING", "prompt_tuning": "PROMPT_TUNING"}
+# peft's `peft_type` of each adapter kind a recipe names (`lora.adapter`): its name in capitals
+PEFT_TYPES = {kind: kind.upper() for kind in ADAPTERS}
 # the kinds that change no weight of the base, so nothing merges into it (`model.virtual_tokens` runs them)
 UNMERGEABLE = ("prompt_tuning",)
 
@@ -92,7 +93,7 @@ class AdapterSpec:
         peft_type = str(getattr(peft_type, "value", peft_type))  # a live config's enum, or the saved JSON's text
         if peft_type not in kinds:
             raise TunelabError(f"a {peft_type} adapter cannot be continued (tunelab trains "
-                               f"{', '.join(PEFT_TYPES)})", field="peft_type")
+                               f"{', '.join(ADAPTERS)})", field="peft_type")
         targets = config.get("target_modules")
         return cls(kinds[peft_type], config.get("r", 8), config.get("lora_alpha", 8),
                    config.get("lora_dropout", config.get("vera_dropout", 0.0)),
@@ -132,7 +133,7 @@ def peft_config(spec: AdapterSpec, trainable_tokens: dict[str, list[int]] | None
         return LNTuningConfig(target_modules=targets, task_type=TaskType.CAUSAL_LM)
     if spec.kind == "prompt_tuning":
         return _prompt_tuning_config(spec, tokenizer_path)
-    raise TunelabError(f"unknown adapter '{spec.kind}' (choose from {', '.join(PEFT_TYPES)})", field="lora.adapter")
+    raise TunelabError(f"unknown adapter '{spec.kind}' (choose from {', '.join(ADAPTERS)})", field="lora.adapter")
 
 
 def _prompt_tuning_config(spec: AdapterSpec, tokenizer_path: str | None):

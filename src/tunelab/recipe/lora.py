@@ -3,13 +3,16 @@ the low-parameter kinds peft ships for the competition's ratio (IA³, VeRA, LN t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
 from tunelab.recipe.fields import StrictSection
 
-ADAPTERS = ("lora", "ia3", "vera", "ln_tuning", "prompt_tuning")
+# the adapter kinds `lora.adapter` names: the one list (model.lora makes each one's peft config; `tunelab ratio`'s
+# --adapter keeps a copy that a test holds to this, so --help starts without pydantic)
+Adapter = Literal["lora", "ia3", "vera", "ln_tuning", "prompt_tuning"]
+ADAPTERS: tuple[str, ...] = get_args(Adapter)
 LORA_TARGETS = ["q_proj", "v_proj", "o_proj"]
 
 
@@ -23,7 +26,7 @@ def adapter_targets(adapter: str, target_modules: str | list[str] | None) -> str
 
 class LoraConfig(StrictSection):
     enabled: bool = True
-    adapter: Literal["lora", "ia3", "vera", "ln_tuning", "prompt_tuning"] = Field(default="lora", description=(
+    adapter: Adapter = Field(default="lora", description=(
         "lora: low-rank updates of the target layers; ia3: a learnt scale per output (per input on "
         "feedforward_modules) of each target layer; vera: LoRA with frozen random matrices shared by all layers and "
         "two trained scaling vectors a layer (rank is theirs, e.g. 256); ln_tuning: the norm layers' own weights; "
