@@ -3,11 +3,21 @@ device, precision and sharding, checkpoints, validation and the divergence guard
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from tunelab.recipe.fields import DEVICE_PATTERN, StrictSection, Text
+
+
+# the values of the loss settings: the one list of each, which the recipe validates and the losses
+# (train/methods/dpo_loss.py, grpo_loss.py) check a value given from Python against
+PreferenceLossType = Literal["sigmoid", "ipo", "simpo"]
+PREFERENCE_LOSSES: tuple[str, ...] = get_args(PreferenceLossType)
+GRPOLossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+GRPO_LOSSES: tuple[str, ...] = get_args(GRPOLossType)
+ScaleRewards = Literal["group", "batch", "none"]
+SCALE_REWARDS: tuple[str, ...] = get_args(ScaleRewards)
 
 
 class DivergenceConfig(StrictSection):
@@ -48,9 +58,9 @@ class GRPOConfig(SampledAnswers):
     epsilon: float = Field(default=0.2, ge=0, description="the clip range's lower side (TRL's epsilon)")
     epsilon_high: float | None = Field(default=0.28, ge=0, description="its upper side (DAPO's clip-higher); "
                                                                         "null: epsilon (TRL)")
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+    loss_type: GRPOLossType = Field(
         default="dapo", description="how token losses are averaged (tunelab.train.methods.grpo_loss)")
-    scale_rewards: Literal["group", "batch", "none"] = Field(
+    scale_rewards: ScaleRewards = Field(
         default="group", description="divide advantages by the group's std, the batch's, or not (Dr. GRPO)")
     mask_truncated_completions: bool = Field(
         default=True, description="train on no token of a completion cut at max_completion_length (DAPO)")
@@ -92,7 +102,7 @@ class RFTConfig(SampledAnswers):
 class PreferenceConfig(StrictSection):
     """The preference loss of `train.method: dpo` (`tunelab.train.methods.dpo_loss`)."""
 
-    loss: Literal["sigmoid", "ipo", "simpo"] = Field(
+    loss: PreferenceLossType = Field(
         default="sigmoid", description="sigmoid: DPO; ipo: IPO; simpo: SimPO (reference-free, length-normalised)")
     beta: float = Field(default=0.1, gt=0, description="DPO/IPO's β (τ for IPO); SimPO's reward scale")
     simpo_gamma: float = Field(default=0.5, ge=0, description="SimPO's target reward margin γ")

@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.model.kernels.logprobs import flat_positions, scored_logps
+from tunelab.recipe.train import PREFERENCE_LOSSES
 from tunelab.train.methods.base import read_sums
-
-LOSS_TYPES = ("sigmoid", "ipo", "simpo")
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,8 @@ class PreferenceLoss:
     sft_weight: float = 0.0
 
     def __post_init__(self):
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss type {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+        if self.loss_type not in PREFERENCE_LOSSES:  # the recipe checked its own: this is a caller's in Python
+            raise ValueError(f"loss type {self.loss_type!r} is not one of {', '.join(PREFERENCE_LOSSES)}")
 
     @property
     def needs_reference(self) -> bool:

@@ -63,9 +63,8 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.model.kernels.logprobs import scored_logps
+from tunelab.recipe.train import GRPO_LOSSES, SCALE_REWARDS
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-SCALE_REWARDS = ("group", "batch", "none")
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 STD_EPSILON = 1e-4  # TRL's: advantages / (std + 1e-4)
@@ -97,8 +96,8 @@ class GRPOLoss:
     temperature: float = 1.0
 
     def __post_init__(self):
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss type {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+        if self.loss_type not in GRPO_LOSSES:  # the recipe checked its own: this is a caller's in Python
+            raise ValueError(f"loss type {self.loss_type!r} is not one of {', '.join(GRPO_LOSSES)}")
         if self.importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
             raise ValueError(f"importance sampling level {self.importance_sampling_level!r} is not one of "
                              f"{', '.join(IMPORTANCE_SAMPLING_LEVELS)}")
