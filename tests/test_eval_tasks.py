@@ -126,20 +126,26 @@ def test_loglik_greedy_flag_and_truncation(loaded):
 
 # --- perplexity ----------------------------------------------------------------------------------
 
+def score_texts(model, tokenizer, texts, **settings):
+    """`score_token_ids` of texts tokenised as the model reads them (BOS where its tokenizer adds one)."""
+    from tunelab.metrics.perplexity import score_token_ids
+    return score_token_ids(model, tokenizer, [tokenizer(text)["input_ids"] for text in texts], **settings)
+
+
 def test_perplexity_equals_exp_mean_nll(loaded):
     import torch
-    from tunelab.metrics.perplexity import perplexity, score_documents
+    from tunelab.metrics.perplexity import perplexity
     model, tok = loaded
     text = "Tom has 12 apples. He gives 5 of them to Mary. Now Tom has 7 apples."
     ids = torch.tensor([tok(text)["input_ids"]])
     with torch.no_grad():
         loss = model(ids, labels=ids).loss.item()  # mean NLL over the n-1 predicted tokens
-    (score,), window, stride = score_documents(model, tok, [text])
+    (score,), window, stride = score_texts(model, tok, [text])
     assert window == 512 and stride == 256 and score.tokens == ids.shape[1] - 1
     assert perplexity(score.nll, score.tokens) == pytest.approx(math.exp(loss), rel=1e-5)
     # two documents: token-weighted, not the mean of the two perplexities
     other = "小明住在郑州。"
-    scores, _, _ = score_documents(model, tok, [text, other], batch_size=2)
+    scores, _, _ = score_texts(model, tok, [text, other], batch_size=2)
     ids2 = torch.tensor([tok(other)["input_ids"]])
     with torch.no_grad():
         loss2 = model(ids2, labels=ids2).loss.item()
@@ -150,13 +156,13 @@ def test_perplexity_equals_exp_mean_nll(loaded):
 
 def test_strided_windows_on_a_text_longer_than_the_context(loaded):
     import torch
-    from tunelab.metrics.perplexity import perplexity, plan_windows, score_documents
+    from tunelab.metrics.perplexity import perplexity, plan_windows
     model, tok = loaded
     text = " ".join(f"计算 {a} + {b} 等于多少？ {a} + {b} = {a + b}" for a in range(10, 40) for b in (3, 7, 11))
     ids = tok(text)["input_ids"]
     n = len(ids)
     assert n > 512  # longer than the model's context (max_position_embeddings)
-    (disjoint,), w, s = score_documents(model, tok, [text], stride=512, batch_size=4)
+    (disjoint,), w, s = score_texts(model, tok, [text], stride=512, batch_size=4)
     assert (w, s) == (512, 512) and disjoint.windows == math.ceil(n / 512)
     assert disjoint.tokens == n - disjoint.windows  # each window's first token has no context
     # stride = window is the plain chunked computation, by hand: each 512-token chunk on its own
@@ -167,7 +173,7 @@ def test_strided_windows_on_a_text_longer_than_the_context(loaded):
             nll += model(chunk, labels=chunk).loss.item() * (chunk.shape[1] - 1)
     assert perplexity(disjoint.nll, disjoint.tokens) == pytest.approx(math.exp(nll / disjoint.tokens), rel=1e-5)
     # overlapping windows: every token after the first is scored once, with more context; finite and close
-    (strided,), _, s2 = score_documents(model, tok, [text], batch_size=4)
+    (strided,), _, s2 = score_texts(model, tok, [text], batch_size=4)
     assert s2 == 256 and strided.tokens == n - 1 and strided.windows == 1 + math.ceil((n - 512) / 256)
     p_disjoint, p_strided = perplexity(disjoint.nll, disjoint.tokens), perplexity(strided.nll, strided.tokens)
     assert math.isfinite(p_strided) and p_strided == pytest.approx(p_disjoint, rel=0.2)
@@ -177,7 +183,9 @@ def test_strided_windows_on_a_text_longer_than_the_context(loaded):
         scored = [t for _, end, first in plan_windows(n_tok, win, st) for t in range(first, end)]
         assert scored == [t for t in range(1, n_tok) if st < win or t % win], (n_tok, win, st)
     with pytest.raises(TunelabError, match="longer than the model's context"):
-        score_documents(model, tok, [text], window=1024)
+        score_texts(model, tok, [text], window=1024)
+    with pytest.raises(TunelabError, match=r"stride must be between 1 and the window \(512\), got 1024"):
+        score_texts(model, tok, [text], stride=1024)  # a stride given alone, beyond the window it defaults to
 
 
 def test_ppl_documents(tmp_path):

@@ -31,6 +31,7 @@ never more than `max_batch_tokens` padded tokens per forward; logits are compute
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from tunelab.errors import TunelabError
@@ -43,20 +44,31 @@ class DocumentScore:
     windows: int   # forward windows used
 
 
+def check_window(window: int | None, stride: int | None) -> None:
+    """What can be known of a window and stride before any model (None: the default, filled in later): whole
+    numbers, a window of at least 2 tokens, a stride from 1 to the window. The one check: the `ppl` task runs it
+    on its settings when configured (before any model work), `resolve_window` on the values it resolved."""
+    for key, value, least in (("window", window, 2), ("stride", stride, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                                  or value < least):
+            raise TunelabError(f"{key} must be a whole number of at least {least} tokens, got {value!r}",
+                               field=key)
+    if window is not None and stride is not None and stride > window:
+        raise TunelabError(f"stride must be between 1 and the window ({window}), got {stride}", field="stride")
+
+
 def resolve_window(model, tokenizer, window: int | None, stride: int | None) -> tuple[int, int]:
-    """(window, stride) with defaults filled in and checked against the model's context."""
+    """(window, stride) with defaults filled in (the model's context, half the window) and checked against the
+    model's context, the one thing only the model knows."""
     from tunelab.decoding.stops import context_length
     context = context_length(model, tokenizer)
-    window = int(window or context)
-    if window < 2:
-        raise TunelabError(f"window must be at least 2 tokens, got {window}", field="window")
+    window = context if window is None else window
     if window > context:
         raise TunelabError(f"window {window} is longer than the model's context ({context} tokens)",
                            field="window")
-    stride = int(stride or max(1, window // 2))
-    if not 1 <= stride <= window:
-        raise TunelabError(f"stride must be between 1 and the window ({window}), got {stride}", field="stride")
-    return window, stride
+    stride = max(1, window // 2) if stride is None else stride
+    check_window(window, stride)
+    return int(window), int(stride)
 
 
 def plan_windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -72,14 +84,6 @@ def plan_windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]
         if end >= n:
             break
     return plans
-
-
-def score_documents(model, tokenizer, texts: list[str], window: int | None = None, stride: int | None = None,
-                    batch_size: int = 8, max_batch_tokens: int = 4096, progress: bool = False,
-                    desc: str = "perplexity") -> tuple[list[DocumentScore], int, int]:
-    """(per-document scores, window, stride) for `texts`."""
-    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
-    return score_token_ids(model, tokenizer, encoded, window, stride, batch_size, max_batch_tokens, progress, desc)
 
 
 def score_token_ids(model, tokenizer, documents, window: int | None = None, stride: int | None = None,

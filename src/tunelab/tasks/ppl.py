@@ -31,7 +31,7 @@ from typing import Any
 
 from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
-from tunelab.metrics.perplexity import perplexity, scored_targets
+from tunelab.metrics.perplexity import check_window, perplexity, scored_targets
 from tunelab.records import iter_records, read_text, require_str
 from tunelab.tasks.registry import Task, register_task
 
@@ -132,14 +132,10 @@ class PerplexityTask(Task):
         if self.split not in SPLITS:
             raise TunelabError(f"unknown split '{self.split}' (choose from {', '.join(SPLITS)})", field="split")
         # checked here, before any model work; that the window fits the model's context is known only later
-        for key, least in (("window", 2), ("stride", 1), ("max_batch_tokens", 1)):
-            value = getattr(self, key)
-            if value is not None and (type(value) is not int or value < least):
-                raise TunelabError(f"{key} must be a whole number of at least {least} tokens, got {value!r}",
-                                   field=key)
-        if self.window is not None and self.stride is not None and self.stride > self.window:
-            raise TunelabError(f"stride must be between 1 and the window ({self.window}), got {self.stride}",
-                               field="stride")
+        check_window(self.window, self.stride)
+        if type(self.max_batch_tokens) is not int or self.max_batch_tokens < 1:
+            raise TunelabError(f"max_batch_tokens must be a whole number of at least 1 token, got "
+                               f"{self.max_batch_tokens!r}", field="max_batch_tokens")
         return self
 
     def scored_with(self, window: int, stride: int) -> "PerplexityTask":
