@@ -13,7 +13,7 @@ Rouge-L is the LCS (longest common subsequence) of the two token lists: P = LCS 
 R = LCS / len(reference), F = 2PR / (P + R); 0 when either side has no tokens. Several references: the
 best F. Computed by the maintained `rouge-score` package (`RougeScorer(["rougeL"], tokenizer=...)` with
 the tokenizer above) when it is installed, else by the same LCS here; results say which (`backend`).
-Per-pair values are 0–1; `rouge_l_corpus` reports means ×100 (rougeL_f, rougeL_p, rougeL_r).
+Per-pair values are 0–1; `summarize_rouge` reports their means ×100 (rougeL_f, rougeL_p, rougeL_r).
 
 The metric only; the tasks scored with it are `tunelab.tasks.rougel` and `tunelab.tasks.continuation`.
 """
@@ -21,7 +21,7 @@ The metric only; the tasks scored with it are `tunelab.tasks.rougel` and `tunela
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any
 
 from tunelab.errors import TunelabError
 
@@ -126,18 +126,9 @@ def rouge_l(prediction: str, reference: str | list[str], segmentation: str = "au
     return best
 
 
-def rouge_l_corpus(predictions: Iterable[str], references: Iterable[str | list[str]],
-                   segmentation: str = "auto") -> dict[str, Any]:
-    """Mean Rouge-L ×100 over pairs; `segmentation` in the result is the one used, or e.g.
-    'auto (char 3, word 2)' when auto chose differently for different pairs."""
-    preds, refs = list(predictions), list(references)
-    if len(preds) != len(refs):
-        raise TunelabError(f"{len(preds)} predictions for {len(refs)} references")
-    scores = [rouge_l(p, r, segmentation) for p, r in zip(preds, refs)]
-    return summarize_rouge(scores, segmentation)
-
-
 def summarize_rouge(scores: list[dict[str, Any]], segmentation: str = "auto") -> dict[str, Any]:
+    """Mean Rouge-L ×100 over `rouge_l` results; `segmentation` in the result is the one used, or e.g.
+    'auto (char 3, word 2)' when auto chose differently for different pairs."""
     n = len(scores)
 
     def mean(key: str) -> float:
