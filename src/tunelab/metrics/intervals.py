@@ -1,16 +1,14 @@
-"""How sure an accuracy is: the Wilson score interval of one accuracy, and the change between two models graded on
-the same items (paired: the items both got right or both got wrong say nothing about the change).
+"""How sure an accuracy's change is: the change between two models graded on the same items (paired: the items both
+got right or both got wrong say nothing about the change), its interval and McNemar's p.
 
 On 200 problems a point is 2 answers and a 95 % interval is ~±6 points; a gain is a gain when its paired interval
 lies above 0. These are what a reader of a report needs before believing "+3 points" — and what a user needs before
 spending an RL run on a gain the evaluation cannot see.
 
-- `wilson`: Wilson (1927), without continuity correction; equal to
-  `scipy.stats.binomtest(k, n).proportion_ci(0.95, method="wilson")` (tests/test_intervals.py).
-- `paired_change`: the difference of paired proportions, (b − c) / n with b the items only the second model got
-  right and c those only the first did, its Wald interval with the paired variance (Agresti, *Categorical Data
-  Analysis*, 10.1.1: var = ((b + c) − (b − c)² / n) / n²), and McNemar's exact two-sided p-value, the binomial test
-  of b against b + c discordant items at 1/2 (equal to `scipy.stats.binomtest(b, b + c).pvalue`)."""
+`paired_change`: the difference of paired proportions, (b − c) / n with b the items only the second model got right
+and c those only the first did, its Wald interval with the paired variance (Agresti, *Categorical Data Analysis*,
+10.1.1: var = ((b + c) − (b − c)² / n) / n²), and McNemar's exact two-sided p-value, the binomial test of b against
+b + c discordant items at 1/2 (equal to `scipy.stats.binomtest(b, b + c).pvalue`: tests/test_intervals.py)."""
 
 from __future__ import annotations
 
@@ -18,18 +16,6 @@ import math
 from dataclasses import dataclass
 
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
-
-
-def wilson(right: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of `right` successes in `n` trials: (low, high) in 0-1."""
-    if n <= 0:
-        raise ValueError("an interval needs at least one item")
-    if not 0 <= right <= n:
-        raise ValueError(f"{right} right of {n}")
-    p = right / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
