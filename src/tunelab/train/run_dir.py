@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe, recipe_to_yaml
-from tunelab.train.distributed import Dist, barrier
+from tunelab.train.distributed import Dist, all_sum, barrier
 
 
 def prepare_run_dir(recipe: Recipe, resume: bool, dist: Dist) -> Path:
@@ -37,7 +37,38 @@ def prepare_run_dir(recipe: Recipe, resume: bool, dist: Dist) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         saved.write_text(current, encoding="utf-8")
     barrier(dist)
+    if dist.world > 1:
+        check_shared(saved, current, dist)
     return run_dir
+
+
+# NFS may show a file another client made only once its directory's attribute cache expires (acdirmin, 30 s)
+SHARED_WAIT_SECONDS = 60.0
+
+
+def check_shared(saved: Path, current: str, dist: Dist) -> None:
+    """Every rank must see the recipe.yaml rank 0 has just written: rank 0 alone writes the run (checkpoints,
+    a from-scratch tokenizer, metrics) and every rank reads it back (the tokenizer, a resume point), so the run
+    directory must be on a filesystem every node shares. A node that has its own disk there is stopped here, with
+    that said, on every rank (a collective), instead of training on what it cannot read."""
+    import socket
+    import time
+
+    def sees() -> bool:
+        try:
+            return saved.read_text(encoding="utf-8") == current
+        except OSError:
+            return False
+    deadline = time.monotonic() + SHARED_WAIT_SECONDS
+    while not dist.main and not sees() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    blind = dist.rank != 0 and not sees()
+    if all_sum(dist, [1.0 if blind else 0.0])[0]:
+        who = f"this process (rank {dist.rank} on {socket.gethostname()}) does not" if blind else \
+            "other processes do not"
+        raise TunelabError(f"{who} see the recipe.yaml rank 0 wrote into the run directory: under torchrun on "
+                           "several machines, output_dir must be on a filesystem every node shares (NFS, Lustre, "
+                           "...) at the same path", file=saved, field="output_dir")
 
 
 _SETUP_LEFTOVERS = {"recipe.yaml", "tokenizer", "metrics.jsonl"}
