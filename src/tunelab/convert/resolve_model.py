@@ -148,9 +148,12 @@ def _wait_for(out: Path, source: str | Path) -> Path:
     config.json."""
     deadline = time.monotonic() + _WAIT_SECONDS
     if not (out / "config.json").is_file():
-        log.info(f"waiting for rank 0 to convert {source} into {out}")
+        log.info(f"waiting for rank 0 to convert {source} into {out} (a node that does not share rank 0's "
+                 "TUNELAB_CACHE waits in vain)")
     while not (out / "config.json").is_file():
         if time.monotonic() > deadline:
-            raise TunelabError(f"rank 0 did not finish converting it into {out}", file=source)
+            raise TunelabError(f"rank 0 did not finish converting it into {out} (on several machines, "
+                               "TUNELAB_CACHE must be on a filesystem every node shares: rank 0 converts into its "
+                               "own)", file=source)
         time.sleep(_POLL_SECONDS)
     return out
