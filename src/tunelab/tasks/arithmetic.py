@@ -170,13 +170,6 @@ def _final(text: str) -> _Number | None:
     return last
 
 
-def extract_final_number(text: str) -> Decimal | None:
-    """The final numeric answer of `text` (see the module docstring), or None when it has none or it is
-    out of range."""
-    found = _final(text)
-    return None if found is None else found.value()
-
-
 def _clip(text: str, limit: int = 32) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
