@@ -74,7 +74,7 @@ def choose_precision(requested: str) -> tuple[str, dict]:
     fp32; with the CPU's flags and the measured bf16/fp32 matmul speed for the record."""
     import torch
 
-    from tunelab.model.device import cpu_bf16_pays, cpu_bf16_speedup
+    from tunelab.model.device import cpu_bf16_pays, cpu_matmul_race
     flags = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -83,7 +83,7 @@ def choose_precision(requested: str) -> tuple[str, dict]:
                 break
     except OSError:
         pass
-    speedup = cpu_bf16_speedup()
+    speedup = cpu_matmul_race().speedup
     bf16_ok = cpu_bf16_pays(speedup)
     info = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "avx512_bf16": "avx512_bf16" in flags,
             "amx_bf16": "amx_bf16" in flags, "bf16_speedup": round(speedup, 3), "bf16_usable": bf16_ok}

@@ -138,7 +138,7 @@ def test_bf16_on_a_cpu_only_where_it_is_faster(monkeypatch):
     assert policy.training_precision("auto", cpu, 576) == policy.Precision("fp32")
     monkeypatch.undo()
     state = torch.random.get_rng_state()
-    assert policy.cpu_bf16_speedup() >= 0  # the matmul race draws no random numbers: a seeded run stays seeded
+    assert policy.cpu_matmul_race().speedup >= 0  # the matmul race draws no random numbers: a seeded run stays seeded
     assert torch.equal(state, torch.random.get_rng_state())
 
 
@@ -156,7 +156,7 @@ def test_the_race_multiplies_at_the_models_width_within_bounds(monkeypatch):
         assert race.width == size and sizes[-1] == size
         assert race.fp32 == pytest.approx(50.0) and race.speedup == pytest.approx(3.0)
     monkeypatch.setattr(policy, "_race_seconds", lambda size, rounds=3: (0.01, None))
-    assert policy.cpu_matmul_race(256).bf16 == 0.0 and policy.cpu_bf16_speedup() == 0.0   # no bf16 kernels
+    assert policy.cpu_matmul_race(256).bf16 == 0.0 and policy.cpu_matmul_race(256).speedup == 0.0   # no bf16 kernels
 
 
 def test_a_run_races_at_its_models_hidden_size(tmp_path, monkeypatch):

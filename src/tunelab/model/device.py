@@ -213,13 +213,9 @@ def cpu_matmul_race(width: int = RACE_WIDTH) -> MatmulRace:
     return matmul_speeds(min(MAX_RACE_WIDTH, max(RACE_WIDTH, round(width / 64) * 64)))
 
 
-def cpu_bf16_speedup(width: int = RACE_WIDTH) -> float:
-    """How many times faster this CPU multiplies bf16 than fp32 (`cpu_matmul_race`); 0 without bf16 kernels."""
-    return cpu_matmul_race(width).speedup
-
-
 def cpu_bf16_pays(speedup: float) -> bool:
-    """Whether bf16 autocast makes training faster on a CPU whose `cpu_bf16_speedup()` is `speedup`."""
+    """Whether bf16 autocast makes training faster on a CPU whose bf16 matmuls run `speedup` times as fast as fp32
+    (`cpu_matmul_race(width).speedup`)."""
     return speedup >= MIN_SPEEDUP
 
 
