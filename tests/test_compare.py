@@ -15,7 +15,7 @@ from conftest import lora_sections, write_recipe
 from tunelab.cli import main
 from tunelab.errors import TunelabError
 from tunelab.compare import (collect_runs, display_width, format_table, pareto_front, plot_score_vs_ratio,
-                             recipe_differences, sort_rows, write_csv)
+                             sort_rows, table, write_csv)
 
 EVAL = {"baseline": True, "batch_size": 16, "max_new_tokens": 8, "tasks": [
     {"task": "arithmetic", "source": {"generate": "arithmetic", "count": 12, "seed": 9,
@@ -98,7 +98,8 @@ def test_every_run_is_a_row_whatever_it_holds(runs, caplog):
 
 
 def test_only_the_recipe_keys_that_differ_are_columns(runs):
-    keys = recipe_differences(collect_runs(runs))
+    columns, _ = table(collect_runs(runs))
+    keys = columns[columns.index("status") + 1:columns.index("best")]
     assert keys == ["data.instruction_prefix", "lora.rank", "train.lr"]  # not name, description or report_to
 
 

@@ -199,15 +199,10 @@ def flat_recipes(recipes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _differing(flats: list[dict[str, Any]]) -> list[str]:
+    """The dotted recipe keys whose values differ between the runs (a key one recipe lacks differs too), in the
+    order the recipes list them; run names, output paths, descriptions and trackers left out."""
     keys = dict.fromkeys(k for flat in flats for k in flat if k.split(".")[0] not in IGNORED_KEYS)
     return [k for k in keys if len({_shown(flat[k]) if k in flat else None for flat in flats}) > 1]
-
-
-def recipe_differences(rows: list[RunRow]) -> list[str]:
-    """The dotted recipe keys whose values differ between the runs (a key one recipe lacks differs too), in the
-    order the recipes list them; run names, output paths, descriptions and trackers left out. Runs whose
-    recipe.yaml could not be read take no part."""
-    return _differing(flat_recipes([r.recipe for r in rows if r.recipe]))
 
 
 def _shown(value: Any) -> str:
@@ -222,7 +217,8 @@ def _shown(value: Any) -> str:
 def table(rows: list[RunRow]) -> tuple[list[str], list[list[Any]]]:
     """(columns, a row of values per run): run, status, the differing recipe keys, best, each task's primary
     metric, retention, ratio, score, the validation loss and perplexity (when a run has them), steps, wall time.
-    A value is a number, a text, or None (not measured, or a key the run's recipe lacks)."""
+    A value is a number, a text, or None (not measured, or a key the run's recipe lacks). Runs whose recipe.yaml
+    could not be read take no part in which keys differ."""
     flats = flat_recipes([r.recipe for r in rows])
     keys = _differing([flat for flat, r in zip(flats, rows) if r.recipe])
     tasks = list(dict.fromkeys(k for r in rows for k in r.tasks))
