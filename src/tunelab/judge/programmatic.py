@@ -14,8 +14,6 @@ import unicodedata
 
 from tunelab.judge.verdicts import A, B, TIE
 
-MATCHES = ("numeric", "exact")
-
 
 def _normal(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().casefold()

@@ -4,7 +4,7 @@ Data: `{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers
 `read_squad` turns every question into an Example: the instruction is the project's reading prompt
 (`formats.reading_instruction`: "Read the passage and answer the question.\\n{context}\\nQuestion: {question}",
 or its Chinese form for a Chinese passage), `output` is the first gold answer and `answers` all of them
-(duplicates kept, as in the file). `mindformers_prompt` gives MindFormers' own prompt for comparisons.
+(duplicates kept, as in the file).
 
 Scorers (see `tunelab.metrics.qa_metrics` for each one's reference script), each 0–100 over all questions, a
 question without a prediction scoring 0:
@@ -46,12 +46,6 @@ class SquadQuestion:
     context: str
     answers: list[str]
     first_in_paragraph: bool  # the question MindFormers' preprocessing keeps
-
-
-def mindformers_prompt(context: str, question: str) -> str:
-    """The prompt of MindFormers' SQuAD preprocessing (llama/squad_data_process.py), response cue included."""
-    return (f"Read the passage and answer the question below.\n\n### Instruction:\n{context}\n\n"
-            f"### Input:\n{question}\n\n### Response:")
 
 
 def _line_of(text: str, qid: str) -> int | None:
