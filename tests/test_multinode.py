@@ -119,3 +119,20 @@ def test_a_node_that_does_not_see_the_run_directory_stops_every_rank(tmp_path, m
     # shared: rank 1 sees what rank 0 wrote, and nobody stops
     monkeypatch.setattr(rd, "all_sum", lambda dist, values: values)
     assert rd.prepare_run_dir(recipe, False, Dist(rank=1, world=2)) == recipe.run_dir
+
+
+def test_the_engine_sections_docs_gpus_shows_are_valid():
+    """docs/gpus.md's `engine:` examples (a vLLM server at a URL; one tunelab starts, tensor-parallel) validate."""
+    import re
+
+    import yaml
+
+    from tunelab.recipe.engine import EngineConfig
+    text = (Path(__file__).resolve().parents[1] / "docs" / "gpus.md").read_text(encoding="utf-8")
+    blocks = [yaml.safe_load(b)["engine"] for b in re.findall(r"^```yaml\n(engine:.*?)^```", text, re.S | re.M)]
+    assert [b.get("url") for b in blocks] == ["http://vllm-host:8000", None]
+    started = EngineConfig.model_validate(blocks[1])
+    assert (started.tensor_parallel, started.max_lora_rank) == (4, 64) and started.extra_args
+    assert EngineConfig.model_validate(blocks[0]).kind == "vllm"
+    with pytest.raises(ValueError, match="start a server"):  # a server someone else runs keeps its own settings
+        EngineConfig.model_validate({**blocks[0], "tensor_parallel": 8})
