@@ -15,7 +15,7 @@ from tunelab.data.formats import choice_prompt, read_examples
 from tunelab.errors import TunelabError
 from tunelab.records import write_json, write_jsonl
 from tunelab.scoring import competition_score
-from tunelab.tasks.choice import choice_examples, extract_choice, read_choice, to_training_records
+from tunelab.tasks.choice import choice_examples, extract_choice
 from tunelab.tasks.registry import get_task
 
 EN = {"id": "e1", "question": "What is the capital of France?", "A": "London", "B": "Paris", "C": "Rome",
@@ -32,7 +32,7 @@ def questions(tmp_path):
 
 
 def test_read_both_shapes(questions):
-    items = read_choice(questions)
+    items = read_examples(questions, "choice")
     assert [i.id for i in items] == ["e1", "mc-1", "e3", "z4"]
     assert items[0].choices == ["London", "Paris", "Rome", "Vitamin C"] and items[0].label == 1
     assert items[0].output == "B" and items[0].kind == "choice-en"
@@ -61,7 +61,7 @@ def test_bad_records(tmp_path, rec, field):
     path = tmp_path / "bad.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in (EN, rec)), encoding="utf-8")  # \ud800 escaped
     with pytest.raises(TunelabError) as e:
-        read_choice(path)
+        read_examples(path, "choice")
     assert e.value.field == field and e.value.line == 2 and e.value.file == str(path)
 
 
@@ -144,16 +144,10 @@ def test_contains_prefers_the_option_that_holds_the_others():
     assert extract_choice("郑州 or 上海", ["郑州", "郑州市", "上海"]) == (None, "unparsed")
 
 
-def test_training_records_round_trip(tmp_path, questions):
-    items = read_choice(questions)
-    recs = to_training_records(items)
-    assert recs[0] == {"id": "e1", "instruction": choice_prompt(EN["question"], items[0].choices), "input": "",
-                       "output": "B", "choices": items[0].choices, "answer": "B", "kind": "choice-en"}
-    assert to_training_records(choice_examples([EN]), answer_style="letter_text")[0]["output"] == "B. Paris"
-    with pytest.raises(TunelabError):
-        to_training_records(items, answer_style="essay")
+def test_alpaca_records_with_options_grade_directly(tmp_path, questions):
+    items = read_examples(questions, "choice")
     path = tmp_path / "train.json"
-    write_json(path, to_training_records(items, answer_style="letter_text"))
+    write_json(path, alpaca_choice_records(items, answer_style="letter_text"))
     task = get_task("choice")
     examples = task.load_examples(path)
     assert [(e.id, e.choices, e.label, e.kind) for e in examples] == [(e.id, e.choices, e.label, e.kind)
@@ -205,7 +199,7 @@ def test_cli_plain_lines_and_mismatch(tmp_path, questions, capsys):
 def test_cli_gold_from_training_records(tmp_path, questions, capsys):
     odd = {"id": "n1", "question": "Which?", "choices": ["one\ntwo", "３．５㎏", "…"], "answer": 1}
     gold = tmp_path / "train.jsonl"
-    write_jsonl(gold, to_training_records(read_choice(questions) + choice_examples([odd])))
+    write_jsonl(gold, alpaca_choice_records(read_examples(questions, "choice") + choice_examples([odd])))
     pred = tmp_path / "pred.jsonl"
     write_jsonl(pred, [{"id": i, "prediction": p} for i, p in
                        [("e1", "B"), ("mc-1", "郑州"), ("e3", "D"), ("z4", "B"), ("n1", "3.5kg")]])
@@ -229,3 +223,13 @@ def test_grade_choice_starts_without_torch(tmp_path, questions):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout and "100.00%" in proc.stdout
+
+
+def alpaca_choice_records(examples, answer_style="letter"):
+    """Alpaca records of questions that carry their options and answer (a file the choice task grades directly),
+    the output in `answer_style` as a recipe's choice source trains it."""
+    from tunelab.data.choice_rows import choice_continuations
+    from tunelab.data.formats import LETTERS
+    return [{"id": ex.id, "instruction": ex.instruction, "input": ex.input,
+             "output": choice_continuations(ex.choices, answer_style)[ex.label], "choices": ex.choices,
+             "answer": LETTERS[ex.label], "kind": ex.kind} for ex in examples]

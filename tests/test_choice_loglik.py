@@ -16,8 +16,10 @@ from tunelab.errors import TunelabError
 from tunelab.metrics.loglik import LoglikResult
 from tunelab.records import write_json
 from tunelab.data.choice_rows import CONTINUATIONS
-from tunelab.tasks.choice import choice_examples, first_argmax, to_training_records
+from tunelab.tasks.choice import choice_examples, first_argmax
 from tunelab.tasks.registry import get_task
+
+from test_choice import alpaca_choice_records
 
 
 def lm_eval_multiple_choice(choices: list[str], results: list[tuple[float, bool]], gold: int) -> dict[str, float]:
@@ -138,8 +140,8 @@ def test_options_survive_files_exactly(tmp_path):
     task = get_task("choice")
     examples = task.load_examples(path)
     again = tmp_path / "train.json"
-    write_json(again, to_training_records(examples, answer_style="letter_text"))
-    first = to_training_records(examples, answer_style="text_letter")
+    write_json(again, alpaca_choice_records(examples, answer_style="letter_text"))
+    first = alpaca_choice_records(examples, answer_style="text_letter")
     trained = task.load_examples(again)
     for style in CONTINUATIONS:
         task.configure(continuation=style)

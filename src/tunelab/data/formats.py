@@ -20,8 +20,7 @@ assistant turn, the last thing it teaches.
   comes from choice_prompt(), the options stay as data (`Example.choices`, exactly as written) and the
   answer (a letter or a 0-based index) as `Example.label`, its index; `output` is the letter.
 
-An alpaca record may carry `choices` and `answer` too (`tunelab.tasks.choice.to_training_records` writes
-them): its Example then keeps them as `choices`/`label` the same way, so a choice task never has to read
+An alpaca record may carry `choices` and `answer` too: its Example then keeps them as `choices`/`label` the same way, so a choice task never has to read
 the options back out of the rendered instruction.
 
 Every record may carry `id` (else "<file stem>-<index>") and `kind`. Any error names file, line, field.

@@ -23,11 +23,10 @@ read back:
     {question}
     A. {option A} ...
 
-`to_training_records` turns question Examples into alpaca records {instruction, input: "", output, choices,
-answer, id, kind} whose output is the letter ("B"), with answer_style="letter_text" "B. {option text}", with
-"text_letter" "{option text} (B)";
-the `choice` task grades those files directly from their `choices` and `answer` (an alpaca record without
-them is an error, not a guess from the prompt).
+An alpaca record {instruction, input, output, choices, answer} carries its question's options and answer too, and
+the `choice` task grades such a file directly from its `choices` and `answer` (an alpaca record without them is
+an error, not a guess from the prompt). Training on questions reads the question records themselves
+(`data.choice_rows.choice_training`: `answer_style`, `shuffle_options`).
 
 Extraction (`extract_choice`), after NFKC normalisation (full-width "Ｂ", "（", "：" read as ASCII). Only
 letters of the question's options count; the first rule that finds one decides (the rule is reported):
@@ -53,7 +52,7 @@ Nothing found: the answer is `unparsed` (counted wrong and reported).
 Log-likelihood mode (`tunelab eval --mode loglik`, recipe `mode: loglik`), lm-eval style: every option is
 scored as a continuation of the same prompt (`tunelab.metrics.loglik`) and the highest total log-probability
 wins — no extraction, nothing unparsed. The continuation (setting `continuation`) is the option letter
-("B", default: what the prompt asks for and what `to_training_records` trains), the option text exactly as
+("B", default: what the prompt asks for and the default `answer_style` trains), the option text exactly as
 written in the question file ("Paris", "５㎏…", "line one\nline two"), or both ("B. Paris" as `letter_text`,
 "Paris (B)" as `text_letter`): each answer style is scored by the continuation of its name. The metrics
 are lm-evaluation-harness's (`ConfigurableTask.process_results`, multiple_choice, in lm_eval/api/task.py
@@ -71,7 +70,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
-from tunelab.data.choice_rows import ANSWER_STYLES, choice_continuations
+from tunelab.data.choice_rows import choice_continuations
 from tunelab.data.examples import Example
 from tunelab.data.formats import LETTERS, choice_fields, choice_record, read_examples
 from tunelab.errors import TunelabError
@@ -86,35 +85,11 @@ _VERBS = {"is", "was", "seems", "looks", "appears", "should", "would", "must", "
 
 # --- reading question files ----------------------------------------------------------------------
 
-def read_choice(path: str | Path) -> list[Example]:
-    """Every question of a JSON/JSONL question file, as Examples carrying their options and answer."""
-    return read_examples(path, "choice")
-
-
 def choice_examples(records: Iterable[dict[str, Any]], lang: str = "auto") -> list[Example]:
     """In-memory question records as Examples (prompt in `lang`, "auto" = the question's language)."""
     return [Example(id=require_str(rec, "id", "records", i + 1) if "id" in rec else f"records-{i}",
                     **choice_record(rec, Path("records"), i + 1, lang))
             for i, rec in enumerate(records)]
-
-
-def to_training_records(examples: Iterable[Example], answer_style: str = "letter") -> list[dict[str, Any]]:
-    """Alpaca records for LoRA training on questions (Examples from `read_choice`/`choice_examples`).
-
-    answer_style "letter" writes "B"; "letter_text" writes "B. {option B}" and "text_letter" "{option B} (B)" —
-    the same texts the loglik continuations of those names score. The options and the answer ride along, so the
-    file grades directly.
-    """
-    if answer_style not in ANSWER_STYLES:
-        raise TunelabError(f"unknown answer style '{answer_style}' (choose from {', '.join(ANSWER_STYLES)})",
-                           field="answer_style")
-    out = []
-    for ex in examples:
-        answer = LETTERS[_gold_index(ex)]
-        out.append({"id": ex.id, "instruction": ex.instruction, "input": ex.input,
-                    "output": choice_continuations(ex.choices, answer_style)[ex.label],
-                    "choices": ex.choices, "answer": answer, "kind": ex.kind})
-    return out
 
 
 # --- extraction ----------------------------------------------------------------------------------
@@ -322,7 +297,7 @@ def _options(example: Example, path: str | Path | None = None) -> dict[str, str]
     is an error: its prompt is not read back."""
     if len(example.choices) < 2 or example.label is None or not 0 <= example.label < len(example.choices):
         raise TunelabError(f"example '{example.id}' has no options: give question records, or alpaca records "
-                           f"with 'choices' and 'answer' (to_training_records writes them)", file=path,
+                           f"with 'choices' and 'answer'", file=path,
                            field="choices")
     return dict(zip(LETTERS, example.choices))
 
@@ -340,7 +315,7 @@ def _read_gold(path: Path) -> list[dict[str, Any]]:
     for line, rec in iter_records(path):
         if not {"question", "choices", "A"} & rec.keys():
             raise TunelabError("no options: give question records, or alpaca records with 'choices' and "
-                               "'answer' (to_training_records writes them)", file=path, line=line, field="choices")
+                               "'answer'", file=path, line=line, field="choices")
         choices, label = choice_fields(rec, path, line)
         gold.append({"id": str(rec["id"]) if "id" in rec else None, "options": dict(zip(LETTERS, choices)),
                      "gold": LETTERS[label]})
