@@ -74,7 +74,10 @@ def test_metrics_pick_best_and_score_it(lora_run):
 def test_report_shows_verdicts_and_diagnostics(lora_run):
     run_dir, _ = lora_run
     report = (run_dir / "report.md").read_text(encoding="utf-8")
-    assert "retention reading.f1" in report and any(v in report for v in ("PASS", "FAIL", "cannot judge"))
+    entry = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["retention"]["reading.f1"]
+    want = {True: "PASS", False: "FAIL", None: "cannot judge"}[entry["pass"]]  # the run's own verdict, not any
+    line = next(x for x in report.splitlines() if "retention reading.f1" in x)
+    assert want in line and not any(w in line for w in ("PASS", "FAIL", "cannot judge") if w != want), line
     assert "| format_ok |" in report and "| int_mul |" in report
     assert "![loss curve](loss.png)" in report
     # the checkpoint table starts where the run started: the base on the same sets
