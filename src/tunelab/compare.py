@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from tunelab.errors import TunelabError
 from tunelab.records import read_json_object, read_yaml
-from tunelab.runs import best_checkpoint, list_checkpoints, step_of
+from tunelab.runs import best_checkpoint, best_results, list_checkpoints, overall, step_of
 from tunelab.track.names import flat_params
 
 log = logging.getLogger(__name__)
@@ -128,16 +128,14 @@ def _perplexity(val_loss: float | None) -> float | None:
 def _from_metrics(m: dict[str, Any]) -> dict[str, Any]:
     """A `tunelab run` metrics.json, of any run kind: each task's primary metric at the best checkpoint, the
     outcome (retention, ratio, score) when it is a competition run, the validation loss when pretraining."""
-    best = m.get("best_checkpoint")
     tasks = {}
-    for label, r in ((m.get("checkpoints") or {}).get(best) or {}).items():
+    for label, r in best_results(m).items():
         metric = r.get("primary_metric")
         if _number(r.get(metric)) is not None:
             tasks[f"{label}/{metric}"] = r[metric]
-    from tunelab.eval.retention import overall
     val_loss = _number(m.get("best_val_loss")) if m.get("pretraining") else None
     train = m.get("train") or {}
-    return {"best": best, "tasks": tasks,
+    return {"best": m.get("best_checkpoint"), "tasks": tasks,
             "retention": overall(m.get("retention") or {}),
             "ratio": _number(m["ratio"]["ratio"]) if m.get("ratio") else None,
             "score": _number(m["score"]["value"]) if m.get("score") else None,

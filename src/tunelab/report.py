@@ -72,11 +72,6 @@ def best_title(name: str, best: str | None) -> str:
     return name + (" (best)" if name == best else "")
 
 
-def best_results(metrics: dict) -> dict:
-    """The best checkpoint's results, by task label ({} when none was evaluated)."""
-    return (metrics.get("checkpoints") or {}).get(metrics.get("best_checkpoint"), {})
-
-
 def results_with(results: dict, key: str) -> dict[str, dict]:
     """The task results (by label) that carry `key`: unigram_perplexity -> ppl on a corpus, samples ->
     continuation, stop_rate -> rougel on question-answer pairs."""

@@ -5,8 +5,10 @@
         manifest.json                written last: the files, their sizes and SHA-256 (`tunelab.checkpoint_manifest`)
     <run>/checkpoints/step-000140.tmp/      being written, or cut short by a kill: never a checkpoint
     <run>/checkpoints/step-000160.damaged/  found damaged and moved aside by --resume: kept, never used
+    <run>/metrics.jsonl              one line a logged step, appended as the run goes (`read_metrics`)
     <run>/train_summary.json         the trainer's; `best_checkpoint`: the lowest validation loss
-    <run>/metrics.json               `tunelab run`'s; `best_checkpoint`: the best on the evaluated tasks
+    <run>/metrics.json               `tunelab run`'s; `best_checkpoint`: the best on the evaluated tasks, whose
+                                     results `best_results` gives; retention entries read by `verdict`/`overall`
 
 Train, eval, serve and export all choose checkpoints here, so "the best checkpoint" means one thing
 everywhere. It sits at the bottom of the import graph (it needs nothing of tunelab but the error type, the
@@ -15,6 +17,7 @@ file I/O and the manifests, all foundation too), so every stage may use it.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Protocol
 
 from tunelab.checkpoint_manifest import has_manifest, manifest_problems
 from tunelab.errors import TunelabError
-from tunelab.records import read_json_object
+from tunelab.records import decode_text, iter_lines, parse_json, read_json_object
 
 STEP_PREFIX = "step-"
 STEP_NAME = re.compile(rf"{STEP_PREFIX}(\d+)")
@@ -187,3 +190,62 @@ def pick_checkpoint(run_or_ckpt: Path, which: str = "best") -> Path:
                 break
     check_whole(chosen)
     return model_dir_of(chosen)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The lines of a run's metrics.jsonl, each a JSON object with an integer `step`; [] when there is no file.
+
+    The one rule for a bad line, for every reader (plots, the summary, resume, the UI's live curves): the trainer
+    appends each line in one write ending in its newline, so only the last line can lack its newline — a run
+    being written, or killed mid-line. That line is left out when it does not read as a metrics line (a resumed
+    run recomputes it). Any line that ends in a newline and is not a metrics line is damage: a TunelabError
+    naming the file and the line, never skipped in silence."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    if p.is_dir():
+        raise TunelabError("expected a file, found a directory", file=p)
+    data = p.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    text = decode_text(data[:cut], p, "JSONL text")  # a torn tail may end inside a UTF-8 character
+    rows = [_metrics_line(parse_json(line, p, n), p, n) for n, line in iter_lines(text)]
+    tail = data[cut:]
+    if tail.strip():
+        try:
+            row = json.loads(tail.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError too: a line being written, or cut short by a kill
+            return rows
+        rows.append(_metrics_line(row, p, text.count("\n") + 1))
+    return rows
+
+
+def _metrics_line(row, path: Path, line: int) -> dict:
+    if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
+        raise TunelabError("not a metrics line (a JSON object with an integer step)", file=path, line=line)
+    return row
+
+
+def best_results(metrics: dict) -> dict:
+    """The results of a run's best checkpoint by task label, from its metrics.json: {} when it has no best or
+    none was evaluated (a pretraining run measures no task)."""
+    return (metrics.get("checkpoints") or {}).get(metrics.get("best_checkpoint")) or {}
+
+
+CANNOT_JUDGE = "cannot judge"
+
+
+def verdict(entry: dict) -> str:
+    """One retention entry's verdict (`tunelab.eval.retention` writes the entries): PASS, FAIL, or why it cannot
+    be judged."""
+    if entry.get("pass") is None:
+        return entry.get("verdict") or CANNOT_JUDGE
+    return "PASS" if entry["pass"] else "FAIL"
+
+
+def overall(entries: dict) -> str | None:
+    """The verdict of several entries: FAIL when one fails, else "cannot judge" when one cannot be judged, else
+    PASS; None without entries."""
+    if not entries:
+        return None
+    passes = [e.get("pass") for e in entries.values()]
+    return "FAIL" if False in passes else CANNOT_JUDGE if None in passes else "PASS"

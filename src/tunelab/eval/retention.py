@@ -22,9 +22,9 @@ from tunelab.errors import TunelabError
 from tunelab.eval.runner import evaluate_model_dir
 from tunelab.eval.sets import EvalSet
 from tunelab.records import read_json
+from tunelab.runs import CANNOT_JUDGE, overall, verdict  # how an entry reads: in the foundation, for export too
 
-
-CANNOT_JUDGE = "cannot judge"
+__all__ = ["CANNOT_JUDGE", "describe", "load_baseline", "overall", "retained_by", "retention", "verdict"]
 
 
 def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: float, min_base: float = 5.0) -> dict:
@@ -57,22 +57,6 @@ def retention(base: dict, tuned: dict, ability_tasks: list[str], threshold: floa
 def retained_by(results: dict) -> dict[str, float]:
     """{metric: factor to 0-100} a task's results are judged by; F1/EM for results that do not say."""
     return results.get("retained_by") or {"f1": 1.0, "exact_match": 1.0}
-
-
-def verdict(entry: dict) -> str:
-    """One retention entry's verdict: PASS, FAIL, or why it cannot be judged."""
-    if entry.get("pass") is None:
-        return entry.get("verdict") or CANNOT_JUDGE
-    return "PASS" if entry["pass"] else "FAIL"
-
-
-def overall(entries: dict) -> str | None:
-    """The verdict of several entries: FAIL when one fails, else "cannot judge" when one cannot be judged, else
-    PASS; None without entries."""
-    if not entries:
-        return None
-    passes = [e.get("pass") for e in entries.values()]
-    return "FAIL" if False in passes else CANNOT_JUDGE if None in passes else "PASS"
 
 
 def describe(key: str, entry: dict, of: str = "base") -> str:

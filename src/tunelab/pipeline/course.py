@@ -17,7 +17,6 @@ for that fine-tuning (`<articles>/../sft-qa/`, `tunelab.pipeline.prepare.split_s
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -25,13 +24,14 @@ from tunelab.pipeline.evaluation import eval_placement, evaluate_checkpoints, ta
 from tunelab.pipeline.pretraining import task_cell
 from tunelab.pipeline.run_kind import RunKind, TrainedRun
 from tunelab.recipe import Recipe
-from tunelab.report import best_results, best_title, checkpoint_table, number, pct, results_with, table_cell
-from tunelab.runs import list_checkpoints, model_dir_of
+from tunelab.report import best_title, checkpoint_table, number, pct, results_with, table_cell
+from tunelab.records import read_json_object
+from tunelab.runs import best_results, list_checkpoints, model_dir_of, read_metrics
 
 
 def _run_metrics(run_dir: Path | None) -> dict:
     metrics = run_dir / "metrics.json" if run_dir is not None else None
-    return json.loads(metrics.read_text(encoding="utf-8")) if metrics and metrics.is_file() else {}
+    return read_json_object(metrics) if metrics and metrics.is_file() else {}
 
 
 def is_pretraining_run(run_dir: Path | None) -> bool:
@@ -225,7 +225,6 @@ def _course_cell(r: dict | None) -> str:
 
 def plot_course_curves(metrics_path: Path, qa_loss: dict, out_png: Path, title: str) -> Path | None:
     """The fine-tuning loss per logged window and the held-out answer loss at step 0 and every checkpoint."""
-    from tunelab.train.plots import read_metrics
     rows = [r for r in read_metrics(metrics_path) if "loss" in r]
     if not rows and not qa_loss:
         return None

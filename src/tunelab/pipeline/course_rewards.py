@@ -19,7 +19,7 @@ def sampled_rewards(metrics_path: Path) -> dict:
     at least; a window's reward is already a mean over its steps' samples, and one window of 16 prompts is noisy)
     of `reward`, `frac_reward_zero_std` and each term's mean (`rewards/<term>/mean`), with the steps they span
     (`from_step`, `step`), and how many windows were logged; {} when none logged a reward."""
-    from tunelab.train.plots import read_metrics
+    from tunelab.runs import read_metrics
     rows = [r for r in read_metrics(metrics_path) if "reward" in r]
     if not rows:
         return {}
@@ -75,7 +75,7 @@ def reward_section(metrics: dict) -> list[str]:
 def plot_stage_rewards(metrics_path: Path, metrics: dict, out_png: Path, title: str) -> Path | None:
     """The sampled reward and each term's mean per logged window, and the held-out exact answers (greedy) of the
     base (step 0) and each evaluated checkpoint of the rougel task, on one 0..1 axis."""
-    from tunelab.train.plots import read_metrics
+    from tunelab.runs import read_metrics
     rows = [r for r in read_metrics(metrics_path) if "reward" in r]
     if not rows:
         return None

@@ -10,23 +10,23 @@ validation) and the throughput."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from tunelab.pipeline.evaluation import evaluate_checkpoints, task_records
 from tunelab.pipeline.run_kind import RunKind, TrainedRun
 from tunelab.recipe import Recipe
-from tunelab.report import (best_results, best_title, checkpoint_cell, checkpoint_table, number, pct, results_with,
+from tunelab.report import (best_title, checkpoint_cell, checkpoint_table, number, pct, results_with,
                             table_cell)
-from tunelab.runs import best_label, list_checkpoints
+from tunelab.records import read_json_object
+from tunelab.runs import best_label, best_results, list_checkpoints
 
 
 def measure(run: TrainedRun) -> dict:
     """Evaluate a pretraining run's checkpoints; the best is the trainer's (lowest validation loss)."""
     recipe, sets, summary = run.recipe, run.sets, run.summary
     ckpts = list_checkpoints(recipe.run_dir)
-    val_loss = {c.name: json.loads((c / "state.json").read_text(encoding="utf-8")).get("val_loss") for c in ckpts}
+    val_loss = {c.name: read_json_object(c / "state.json").get("val_loss") for c in ckpts}
     best, best_by = summary.get("best_checkpoint"), "val_loss"
     if best:
         best = Path(best).name

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from tunelab.errors import TunelabError
 from tunelab.recipe import Recipe
+from tunelab.runs import best_results
 
 SCORE, VAL_LOSS = "score", "val_loss"
 
@@ -54,8 +55,7 @@ class Objective:
                                    "run", field="objective")
             return float(metrics["best_val_loss"])
         task, metric = self.name.split("/", 1)
-        best = metrics.get("best_checkpoint")
-        return _metric((metrics.get("checkpoints") or {}).get(best) or {}, task, metric)
+        return _metric(best_results(metrics), task, metric)
 
 
 def _metric(results: dict, task: str, metric: str) -> float:

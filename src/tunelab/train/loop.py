@@ -39,7 +39,8 @@ from tunelab.errors import Preempted, TunelabError
 from tunelab.decoding.generation_config import eval_max_new_tokens
 from tunelab.model.kernels.rotary import fast_rotary
 from tunelab.recipe import Recipe
-from tunelab.runs import checkpoint_dir
+from tunelab.records import read_json_object
+from tunelab.runs import checkpoint_dir, read_metrics
 from tunelab.train import sharding
 from tunelab.train.checkpoints import checkpoint_steps, save_checkpoint, staging_dir
 from tunelab.train.methods import METHODS
@@ -47,7 +48,6 @@ from tunelab.train.methods.base import KeepsWindow
 from tunelab.train.distributed import Dist, all_sum, barrier, data_parallel, init_distributed
 from tunelab.train.divergence import DivergenceGuard
 from tunelab.train.metrics_log import Clock, MetricsLog
-from tunelab.train.plots import read_metrics
 from tunelab.train.run_dir import prepare_run_dir
 from tunelab.train.run_lock import run_lock
 from tunelab.train.setup import (TrainingRows, TrainingRun, build_model_and_tokenizer, build_optimization,
@@ -131,7 +131,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     finished = run.run_dir / "train_summary.json"
     start_step, end_step = progress.step, progress.stopped_early_at or run.total_steps
     if start_step >= end_step and finished.exists():  # resuming a finished run: nothing left to train
-        return json.loads(finished.read_text(encoding="utf-8"))
+        return read_json_object(finished)
 
     # --- the steps ---
     metrics = MetricsLog(run, progress, start_step, resume_step=start_step if resume else None)

@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from tunelab.errors import TunelabError
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a metrics.jsonl. A last line cut short (a run killed while writing it, no newline after it)
-    is left out: a resumed run recomputes it. Any other unreadable line names the file and line."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    lines = p.read_text(encoding="utf-8", errors="replace").split("\n")
-    rows = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            if n == len(lines):
-                break
-            raise TunelabError("not a metrics line (JSON with a step)", file=p, line=n) from err
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            raise TunelabError("not a metrics line (JSON with a step)", file=p, line=n)
-        rows.append(row)
-    return rows
+from tunelab.runs import read_metrics  # the one metrics.jsonl reader (and its rule)
 
 
 def save_figure(fig, out_png: str | Path) -> Path:

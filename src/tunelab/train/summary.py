@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.recipe import Recipe
-from tunelab.runs import best_checkpoint, list_checkpoints
+from tunelab.runs import best_checkpoint, list_checkpoints, read_metrics
 from tunelab.train.distributed import Dist
-from tunelab.train.plots import plot_grpo, plot_loss_curve, plot_rewards, plot_rft, read_metrics
+from tunelab.train.plots import plot_grpo, plot_loss_curve, plot_rewards, plot_rft
 from tunelab.train.setup import TrainingRows
 from tunelab.train.trainer_state import Progress
 

@@ -12,7 +12,6 @@ their scores, and its Export and Hand-in buttons (`ui.export`).
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from tunelab.compare import EVALUATED, RunRow, cell_text, collect_runs, plot_score_vs_ratio, table
 from tunelab.errors import TunelabError
 from tunelab.records import read_json_object
-from tunelab.runs import check_checkpoints, checkpoint_dirs, is_preemption
+from tunelab.runs import check_checkpoints, checkpoint_dirs, is_preemption, read_metrics
 from tunelab.serve.ui.export import export_run
 from tunelab.serve.ui.places import Places
 from tunelab.train.run_lock import writer_of
@@ -92,19 +91,10 @@ def report_markdown(run_dir: Path) -> str:
 
 
 def step_log(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's lines so far; a line being written (cut short) or not JSON is left out."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            out.append(record)
-    return out
+    """metrics.jsonl's lines so far, by the one reader's rule (`tunelab.runs.read_metrics`): the line being
+    written is left out; a damaged line before it is a TunelabError naming the file and line, which the page
+    shows in place of the curves."""
+    return read_metrics(run_dir / "metrics.jsonl")
 
 
 def curves(run_dir: Path):
@@ -160,12 +150,17 @@ def run_detail(places: Places, run: str | None):
         run_dir = places.confine(places.runs / run)
     except TunelabError as e:
         return f"⚠️ {e}", None, None, ([], []), ""
-    loss, lr = curves(run_dir)
+    damaged = ""
+    try:
+        loss, lr = curves(run_dir)
+    except TunelabError as e:  # a damaged metrics.jsonl: said, and the rest of the run still shown
+        loss, lr, damaged = None, None, f" · ⚠️ {e}"
     headers, rows = checkpoint_table(run_dir)
     writer = writer_of(run_dir)
     status = f"**{run}** · " + (f"training: {writer}" if writer else "not training 未在训练")
-    if len(loss):
+    if loss is not None and len(loss):
         status += f" · step {int(loss['step'].iloc[-1])}, loss {loss['loss'].iloc[-1]:.4f}"
+    status += damaged
     return status, loss, lr, (headers, rows), report_markdown(run_dir)
 
 

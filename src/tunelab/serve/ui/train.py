@@ -130,8 +130,11 @@ def run_state(run_dir: Path, process: subprocess.Popen | None) -> str:
     """One line: who writes the run (the lock), how far it got (metrics.jsonl), and how the UI's own process for it
     ended, if it started one."""
     writer = writer_of(run_dir)
-    lines = step_log(run_dir)
-    progress = f" · step {lines[-1]['step']}, loss {lines[-1].get('loss', float('nan')):.4f}" if lines else ""
+    try:
+        lines = step_log(run_dir)
+        progress = f" · step {lines[-1]['step']}, loss {lines[-1].get('loss', float('nan')):.4f}" if lines else ""
+    except TunelabError as e:  # a damaged metrics.jsonl: said, not a traceback in the page
+        progress = f" · ⚠️ {e}"
     if writer:
         return f"**training 训练中**{progress} · {writer}"
     ended = ""
