@@ -39,7 +39,7 @@ from tunelab.checkpoint_manifest import file_sha256
 from tunelab.errors import TunelabError
 from tunelab.recipe import MINDFORMERS_MODULES
 from tunelab.recipe.lora import adapter_targets
-from tunelab.records import read_text
+from tunelab.records import read_json_object, read_text, read_yaml
 from tunelab.runs import check_checkpoints, list_checkpoints
 
 REQUIRED_CHECKPOINTS = 5
@@ -62,7 +62,7 @@ def check_run(run_dir: Path) -> dict:
     if not metrics_path.exists():
         problems.append("no metrics.json (the run was not evaluated: `tunelab run`)")
     else:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        metrics = read_json_object(metrics_path)
         if "score" not in metrics:
             problems.append("metrics.json has no accuracy/score (eval.tasks and score.accuracy_task)")
         if not metrics.get("retention"):
@@ -81,20 +81,12 @@ def frontier_point(metrics: dict, scale: float | str | None) -> dict | None:
     the chosen one or the one of that scale, an error naming the scale when the run did not measure it."""
     if scale is None:
         return None
-    from tunelab.model.lora_scale import check_scale
+    from tunelab.model.lora_scale import asked_scale
     frontier = metrics.get("scale_frontier")
     if not frontier:
         raise TunelabError("the run has no adapter-scale frontier (eval.scales in its recipe): the hand-in report "
                            "gives what was measured, so it takes only a scale the run evaluated", field="scale")
-    if scale == "chosen":
-        if frontier["chosen"] is None:
-            raise TunelabError("retention fails at every scale of the run's frontier: none was chosen", field="scale")
-        scale = frontier["chosen"]
-    try:
-        scale = check_scale(float(scale))
-    except (TypeError, ValueError) as err:
-        raise TunelabError(f"an adapter scale is a number in (0, 1] or 'chosen', got {scale!r}",
-                           field="scale") from err
+    scale = asked_scale(scale, frontier)
     point = next((p for p in frontier["points"] if p["scale"] == scale), None)
     if point is None:
         evaluated = ", ".join(format(p["scale"], "g") for p in frontier["points"])
@@ -272,8 +264,8 @@ def handin(run_dir: str | Path, out: str | Path, fmt: str = "mindspore", dtype: 
         raise TunelabError("output directory exists and is not empty", file=out)
     metrics = check_run(run_dir)
     point = frontier_point(metrics, scale)
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
-    summary = json.loads((run_dir / "train_summary.json").read_text(encoding="utf-8"))
+    recipe, _ = read_yaml(run_dir / "recipe.yaml")
+    summary = read_json_object(run_dir / "train_summary.json")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

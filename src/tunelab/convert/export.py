@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.runs import pick_checkpoint
+from tunelab.runs import best_results, pick_checkpoint, verdict
 
 
 def model_card(run_dir: Path, source: Path, scale: float | None = None) -> str:
@@ -63,10 +63,12 @@ def _scale_lines(m: dict, scale: float | None, checkpoint: str) -> list[str]:
                         "the abilities below are the checkpoint's as trained.", ""]
     lines.append(f"- {frontier['accuracy_task']}: {100 * point['accuracy']:.1f}% ({frontier['checkpoint']} at "
                  f"scale {scale:g})")
-    lines += [f"- retention {key}: " + ("cannot judge" if entry.get("retained") is None else
-                                        f"{100 * entry['retained']:.1f}% of the base's, "
-                                        + ("PASS" if entry["pass"] else "FAIL"))
-              for key, entry in point["retention"]["entries"].items()]
+    judged = point["retention"]
+    if judged.get("verdict"):  # as the evaluation wrote it (`tunelab.eval.retention.overall`)
+        lines.append(f"- retention: {judged['verdict']}")
+    lines += [f"- retention {key}: " + (verdict(entry) if entry.get("retained") is None else
+                                        f"{100 * entry['retained']:.1f}% of the base's, {verdict(entry)}")
+              for key, entry in judged["entries"].items()]
     return lines + [""]
 
 
@@ -75,7 +77,7 @@ def _ability_lines(m: dict, scale: float | None = None) -> list[str]:
     if not best:
         return []
     lines = [f"## Measured abilities ({best}{'' if scale is None else ', as trained: scale 1'})", ""]
-    for task, res in (m.get("checkpoints") or {}).get(best, {}).items():  # pretraining: maybe no tasks
+    for task, res in best_results(m).items():  # pretraining: maybe no tasks
         keys = [k for k in ("accuracy", "format_ok", "within_tol", "digit_acc", "exact_match", "f1",
                             "perplexity", "unigram_perplexity", "rougeL_f", "fact_recall") if k in res]
         shown = ", ".join(f"{k} {res[k] * 100:.1f}%" if res[k] <= 1 and k not in ("f1", "exact_match",
@@ -145,28 +147,16 @@ def resolve_scale(scale: float | str | None, run_dir: Path, model_dir: Path) -> 
     """The adapter scale an export merges at: None (as trained), a number in (0, 1], or `chosen`: the scale the
     run's frontier chose for its checkpoint (`tunelab.pipeline.scale_frontier`), an error when the run has no
     frontier, chose none, or this export is of another checkpoint. Errors name the `scale` argument."""
-    from tunelab.model.lora_scale import check_scale
+    from tunelab.model.lora_scale import asked_scale
     from tunelab.records import read_json_object
-    if scale is None:
-        return None
     if scale != "chosen":
-        try:
-            return check_scale(float(scale))
-        except (TypeError, ValueError) as err:
-            raise TunelabError(f"an adapter scale is a number in (0, 1] or 'chosen', got {scale!r}",
-                               field="scale") from err
+        return asked_scale(scale, None)
     metrics = run_dir / "metrics.json"
     frontier = read_json_object(metrics).get("scale_frontier") if metrics.is_file() else None
-    if not frontier:
-        raise TunelabError("'chosen' is the scale a run's adapter-scale frontier chose, and this run has none (set "
-                           "eval.scales in its recipe), or give a number in (0, 1]", file=run_dir, field="scale")
-    if model_dir.parent.name != frontier["checkpoint"]:
+    if frontier and model_dir.parent.name != frontier["checkpoint"]:
         raise TunelabError(f"'chosen' is a scale of {frontier['checkpoint']}, the checkpoint the frontier measured; "
                            f"this export is of {model_dir.parent.name}", file=run_dir, field="scale")
-    if frontier["chosen"] is None:
-        raise TunelabError("retention fails at every scale of the run's frontier, so none was chosen: give a number "
-                           "in (0, 1]", file=run_dir, field="scale")
-    return frontier["chosen"]
+    return asked_scale(scale, frontier, file=run_dir)
 
 
 def _load_merged(model_dir: Path, scale: float | None, dtype: str = "float32"):

@@ -48,6 +48,28 @@ def check_scale(scale: float, field: str = "scale") -> float:
     return float(scale)
 
 
+def asked_scale(scale: float | str | None, frontier: dict | None, file: str | Path | None = None) -> float | None:
+    """The adapter scale an export or a hand-in is asked to merge at: None (as trained), a number in (0, 1], or
+    `chosen`: the scale the run's adapter-scale frontier chose (`frontier`: metrics.json's `scale_frontier`,
+    written by `tunelab.pipeline.scale_frontier`). The one place `chosen` is looked up; every error names the
+    `scale` argument (and `file`, the run, when given)."""
+    if scale is None:
+        return None
+    if scale == "chosen":
+        if not frontier:
+            raise TunelabError("'chosen' is the scale a run's adapter-scale frontier chose, and this run has none (set "
+                               "eval.scales in its recipe), or give a number in (0, 1]", file=file, field="scale")
+        if frontier.get("chosen") is None:
+            raise TunelabError("retention fails at every scale of the run's frontier, so none was chosen: give a "
+                               "number in (0, 1]", file=file, field="scale")
+        return check_scale(frontier["chosen"])
+    try:
+        return check_scale(float(scale))
+    except (TypeError, ValueError) as err:
+        raise TunelabError(f"an adapter scale is a number in (0, 1] or 'chosen', got {scale!r}",
+                           field="scale") from err
+
+
 def scaled_adapter(adapter_dir: str | Path, scale: float, out_dir: str | Path) -> Path:
     """Write into the new directory `out_dir` the adapter of `adapter_dir` with its update times `scale` (module
     docstring): built beside it and renamed into place. Returns `out_dir`."""
