@@ -184,12 +184,12 @@ def test_the_server_command_line(tmp_path, monkeypatch):
     assert "--gpu-memory-utilization" not in s.command()
 
 
-def _random_adapter(path: Path, scale: float = 3.0) -> Path:
+def _random_adapter(path: Path, scale: float = 3.0, seed: int = 1) -> Path:
     """A LoRA adapter of the tiny base, random enough to change its answers, as a run's checkpoint holds one."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY_BASE, dtype=torch.float32), LoraConfig(
         r=8, lora_alpha=16, init_lora_weights=False, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]))
     with torch.no_grad():

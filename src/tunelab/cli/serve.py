@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from tunelab.cli.arguments import (add_ckpt_inputs, add_model, add_placement, count, flags_for, integer, number,
-                                   port)
+from tunelab.cli.arguments import (add_ckpt_inputs, add_engine, add_model, add_placement, count,
+                                   engine_from_flags, flags_for, integer, number, port)
 from tunelab.errors import TunelabError
 
 _FLAGS = {"api_key": "--api-key", "device": "--device", "models": "--model", "auth": "--auth",
@@ -26,11 +26,13 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--max-request-bytes", type=int, default=2_000_000,
                    help="larger request bodies are refused with 413 before they are read further")
     p.add_argument("--max-sequences", type=int, default=64, help="most sequences (prompts × n) in one request")
-    p.add_argument("--name", default=None, help="model id clients use (default: run/checkpoint name)")
+    p.add_argument("--name", default=None, help="model id clients use (default: run/checkpoint name; with --engine "
+                                                "vllm, the run's part of every name: NAME/base, NAME/step-N)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of a run")
     add_placement(p)
     p.add_argument("--threads", type=count(0), default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_engine(p)
     p.set_defaults(func=cli_serve)
 
     p = verbs.add_parser("ui", help="web UI: chat, side by side, anonymous arena, leaderboard, runs and training")
@@ -85,7 +87,29 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=integer(1), default=16, help="most sequences decoded together")
     add_placement(p)
     p.add_argument("--threads", type=count(0), default=0, help="torch CPU threads (0: torch's default)")
+    add_engine(p)
     p.set_defaults(func=cli_generate)
+
+
+class _StopOnTerm:
+    """SIGTERM as SystemExit while the block runs, so a vLLM server started for it is stopped by the block's own
+    cleanup (it runs in a session of its own: a plain SIGTERM would leave it running); the handler before is put
+    back after. uvicorn handles SIGTERM itself while it serves and raises it again once it has shut down."""
+
+    def __enter__(self):
+        import signal
+        import threading
+        self._before = None
+        if threading.current_thread() is threading.main_thread():
+            def stop(signum, frame):
+                raise SystemExit(128 + signum)
+            self._before = signal.signal(signal.SIGTERM, stop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+        if self._before is not None:
+            signal.signal(signal.SIGTERM, self._before)
 
 
 @flags_for(_FLAGS)
@@ -94,27 +118,40 @@ def cli_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tunelab.serve.api import api_key_of, create_app
-    from tunelab.serve.models import ServedModel, describe_defaults
+    from tunelab.serve.models import ServedModel, ServedModels, describe_defaults
     from tunelab.serve.protocol import Limits
     key = api_key_of(args.api_key)
     limits = Limits(max_request_bytes=args.max_request_bytes, max_sequences=args.max_sequences)
     if limits.max_request_bytes < 1 or limits.max_sequences < 1:
         raise TunelabError("--max-request-bytes and --max-sequences must be at least 1")
+    engine = engine_from_flags(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    served = ServedModel.load(args.model, name=args.name, max_batch=args.max_batch, precision=args.precision,
-                              device=args.device, which=args.checkpoint,
-                              mindformers_config=args.mindformers_config, tokenizer=args.tokenizer)
-    app = create_app(served, api_key=key, limits=limits)
-    host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "::") else args.host
-    print(f"tunelab serve: {served.name}  ({served.model_dir}, context {served.context_len}, "
-          f"batch ≤ {served.engine.max_batch})")
-    print(f"  defaults for what a request leaves out: {describe_defaults(served.defaults)}")
-    print(f"  OpenAI base URL: http://{host}:{args.port}/v1" + ("   (Bearer key required)" if key else ""))
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    finally:
-        served.close()
+    with _StopOnTerm():
+        if engine is not None and engine.kind == "vllm":
+            from tunelab.serve.vllm_serving import serve_through_vllm
+            models = serve_through_vllm(args.model, engine, name=args.name, which=args.checkpoint,
+                                        max_batch=args.max_batch, precision=args.precision, device=args.device,
+                                        mindformers_config=args.mindformers_config, tokenizer=args.tokenizer)
+        else:
+            models = ServedModels([ServedModel.load(
+                args.model, name=args.name, max_batch=args.max_batch, precision=args.precision, device=args.device,
+                which=args.checkpoint, mindformers_config=args.mindformers_config, tokenizer=args.tokenizer)])
+        try:
+            served = models.default
+            app = create_app(models, api_key=key, limits=limits)
+            host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "::") else args.host
+            engine_note = f", vLLM at {served.engine.shared.url}" if getattr(served.engine, "kind", "") == "vllm" \
+                else ""
+            print(f"tunelab serve: {served.name}  ({served.model_dir}, context {served.context_len}, "
+                  f"batch ≤ {served.engine.max_batch}{engine_note})")
+            for other in list(models)[1:]:
+                print(f"  also: {other.name}  ({other.model_dir})")
+            print(f"  defaults for what a request leaves out: {describe_defaults(served.defaults)}")
+            print(f"  OpenAI base URL: http://{host}:{args.port}/v1" + ("   (Bearer key required)" if key else ""))
+            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        finally:
+            models.close()      # the engines, and a vLLM server started for them
     return 0
 
 
@@ -168,6 +205,8 @@ def cli_generate(args: argparse.Namespace) -> int:
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                               stop=args.stop, raw=args.raw, json=args.json)
     prompts = given_prompts(args.prompts, args.file)  # before the model loads: a bad file costs no wait
-    return generate_text(args.model, prompts, options, checkpoint=args.checkpoint, max_batch=args.max_batch,
-                         device=args.device, precision=args.precision, threads=args.threads,
-                         mindformers_config=args.mindformers_config, tokenizer=args.tokenizer)
+    with _StopOnTerm():
+        return generate_text(args.model, prompts, options, checkpoint=args.checkpoint, max_batch=args.max_batch,
+                             device=args.device, precision=args.precision, threads=args.threads,
+                             mindformers_config=args.mindformers_config, tokenizer=args.tokenizer,
+                             engine=engine_from_flags(args))

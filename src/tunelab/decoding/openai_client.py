@@ -270,6 +270,17 @@ class Endpoint:
             model=model, messages=messages, stream=True, **params), retries, on_retry=on_retry)
         return ChatStream(self, stream)
 
+    # --- completions ----------------------------------------------------------------------------------------
+    async def acompletion_stream(self, *, retries: int | None = None, **params):
+        """A streamed text completion (`params` as the API names them, a server's own fields in `extra_body`:
+        vLLM's token-id prompts and `return_token_ids`), opened under the policy as `chat_stream` is (a failure
+        before the reply's headers is retried; once it streams, nothing is asked again): the `openai` package's
+        async stream of chunks, whose `close()` ends the request (vLLM then aborts it)."""
+        async def request():
+            return await self.async_client().completions.create(stream=True, **params)
+        stream, _ = await self._acall(request, retries)
+        return stream
+
     # --- a server's own routes ------------------------------------------------------------------------------
     def post(self, path: str, body: dict, *, retries: int | None = None, timeout: float | None = None) -> Any:
         """POST `body` to `path` under the base URL (a route the `openai` package has no method for, or one it

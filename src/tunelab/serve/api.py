@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.serve.middleware import BearerAuth, BodyLimit  # noqa: E402
-from tunelab.serve.models import ServedModel  # noqa: E402
+from tunelab.serve.models import ServedModel, ServedModels  # noqa: E402
 from tunelab.serve.protocol import (APIError,  # noqa: E402
                                     ChatCompletionRequest, CompletionRequest, DetokenizeRequest, Limits,
                                     TokenizeRequest, error_body)
@@ -88,9 +88,14 @@ async def _server_error(request, exc: Exception):
                         status_code=500)
 
 
-def create_app(served: ServedModel, api_key: str | None = None, limits: Limits = Limits()) -> FastAPI:
+def create_app(served: ServedModel | ServedModels, api_key: str | None = None, limits: Limits = Limits()) -> FastAPI:
+    """The app over one model, or over several by name (`ServedModels`: a run's base and checkpoints through
+    vLLM); a request's `model` picks one, none the default. Every model gets the same limits, key and checks."""
     app = FastAPI(title="tunelab serve", version="1", docs_url="/docs", redoc_url=None)
+    all_models = served if isinstance(served, ServedModels) else ServedModels([served])
+    served = all_models.default
     app.state.served = served
+    app.state.models = all_models
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -99,10 +104,21 @@ def create_app(served: ServedModel, api_key: str | None = None, limits: Limits =
     if api_key:
         app.add_middleware(BearerAuth, key=api_key)     # added last: runs first
 
-    models = OpenAIServingModels(served, limits)
-    chat = OpenAIServingChat(served, limits)
-    completion = OpenAIServingCompletion(served, limits)
-    tokenization = OpenAIServingTokenization(served, limits)
+    models = OpenAIServingModels(served, limits, list(all_models))
+    # each model its own serving classes: a request is served by the ones of the model it names
+    chats = {m.name: OpenAIServingChat(m, limits) for m in all_models}
+    completions_ = {m.name: OpenAIServingCompletion(m, limits) for m in all_models}
+    tokenizations = {m.name: OpenAIServingTokenization(m, limits) for m in all_models}
+
+    def pick(table: dict, name: str | None):
+        """The serving class of the model `name` (none: the default); with one model, an unknown name gets that
+        model's own 404 (its check_model), with several a 404 naming them."""
+        if name and name in table:
+            return table[name]
+        if not name or len(table) == 1:
+            return table[served.name]
+        raise APIError(404, f"The model '{name}' does not exist; this server has "
+                            f"{', '.join(repr(n) for n in table)}.", param="model", code="model_not_found")
 
     @app.get("/health")
     async def health():
@@ -122,23 +138,23 @@ def create_app(served: ServedModel, api_key: str | None = None, limits: Limits =
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request):
-        return await chat.create_chat_completion(req, request)
+        return await pick(chats, req.model).create_chat_completion(req, request)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
-        return await completion.create_completion(req, request)
+        return await pick(completions_, req.model).create_completion(req, request)
 
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):
-        return await tokenization.tokenize(req)
+        return await pick(tokenizations, req.model).tokenize(req)
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest):
-        return await tokenization.detokenize(req)
+        return await pick(tokenizations, req.model).detokenize(req)
 
     @app.get("/tokenizer_info")
     async def tokenizer_info():
-        return tokenization.tokenizer_info()
+        return tokenizations[served.name].tokenizer_info()
 
     return app
 

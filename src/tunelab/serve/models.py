@@ -75,7 +75,10 @@ def release_heap() -> None:
 
 class ServedModel:
     def __init__(self, model, tokenizer, name: str, max_batch: int = 16, model_dir: Path | str | None = None,
-                 context_len: int | None = None, resolved=None):
+                 context_len: int | None = None, resolved=None, make_engine=None, generation_config=None):
+        """`model`: the torch model the embedded engine decodes with; `make_engine(tokenizer)`: another engine of
+        the same contract instead (`serve.engine_vllm`: no model in this process), made from the tokenizer as
+        served (its chat template set), with `generation_config` the model's decoding defaults."""
         from tunelab.data.templates import load_template, with_chat_template
         self.name = name
         self.model = model
@@ -91,9 +94,11 @@ class ServedModel:
             tokenizer = self.tokenizer = with_chat_template(
                 tokenizer, template.chat_template() if template else FALLBACK_CHAT_TEMPLATE)
         self._lock = threading.Lock()   # tokenizer calls from request threads (the engine has its own copy)
-        self.defaults = sampling_defaults(getattr(model, "generation_config", None))
+        self.defaults = sampling_defaults(generation_config if make_engine is not None
+                                          else getattr(model, "generation_config", None))
         # the scheduler thread runs from here until `close` (which the owner calls, or a `with` block's end)
-        self.engine = Engine(model, tokenizer, max_batch=max_batch, context_len=context_len).start()
+        self.engine = make_engine(tokenizer) if make_engine is not None else \
+            Engine(model, tokenizer, max_batch=max_batch, context_len=context_len).start()
         self.created = int(time.time())
         # the HTTP server's tokenising and detokenising runs here, off its event loop: each worker has a
         # tokenizer of its own (a fast tokenizer is one Rust object that two threads cannot use at once)
@@ -192,6 +197,48 @@ class ServedModel:
         self.engine.close()
 
     def __enter__(self) -> "ServedModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ServedModels:
+    """The models one server answers for, by name: one (a model on the embedded engine), or a run's base and its
+    checkpoints on one vLLM server (`serve.vllm_serving`). The first is the default: a request that names no
+    model gets it, and /v1/models lists it first. `on_close`: what else ends with them (the shared engine, the
+    vLLM server), called in order after every model is closed."""
+
+    def __init__(self, models: list[ServedModel], on_close=()):
+        if not models:
+            raise ValueError("no models to serve")
+        self.models = {m.name: m for m in models}
+        self.default = models[0]
+        self._on_close = list(on_close)
+
+    def __iter__(self):
+        return iter(self.models.values())
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.models)
+
+    def close(self) -> None:
+        """Close every model, then what `on_close` names (idempotent: each is taken once)."""
+        failed = None
+        for step in [m.close for m in self.models.values()] + self._on_close:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - the others still close (a vLLM server is still stopped)
+                failed = failed or e
+        self._on_close = []
+        if failed is not None:
+            raise failed
+
+    def __enter__(self) -> "ServedModels":
         return self
 
     def __exit__(self, *exc) -> None:

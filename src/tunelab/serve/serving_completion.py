@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from tunelab.serve.engine import SamplingParams
-from tunelab.serve.protocol import CompletionRequest, error_body
+from tunelab.serve.protocol import APIError, CompletionRequest, error_body
 from tunelab.serve.serving import Job, OpenAIServing, sse, streaming, usage
 
 
@@ -23,6 +23,9 @@ class OpenAIServingCompletion(OpenAIServing):
     async def create_completion(self, req: CompletionRequest, request: Request) -> dict | StreamingResponse:
         served = self.served
         self.check_model(req.model)
+        refused = getattr(self.engine, "refuses_prompt_logprobs", None)
+        if refused and req.echo and req.logprobs is not None:
+            raise APIError(400, refused, param="echo", code="unsupported_by_engine")
         raw = req.prompts()
         self.check_sequences(len(raw), req.n, "prompt" if len(raw) > 1 else "n")
         for p in raw:

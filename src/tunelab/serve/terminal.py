@@ -55,17 +55,26 @@ class GenerateOptions:
 def generate_text(model: str, prompts: list[str] | None, options: GenerateOptions, *, checkpoint: str = "best",
                   max_batch: int = 16, device: str | None = None, precision: str = "auto", threads: int = 0,
                   out: TextIO | None = None, mindformers_config: str | None = None,
-                  tokenizer: str | None = None) -> int:
+                  tokenizer: str | None = None, engine=None) -> int:
     """Every prompt's samples written to `out` (standard output) in order; `prompts` None: a `>` prompt on the
     terminal. Returns 0, or 2 when a sample failed (each failure said on stderr). `mindformers_config` /
-    `tokenizer`: what a MindFormers .ckpt as the model needs."""
+    `tokenizer`: what a MindFormers .ckpt as the model needs; `engine`: an `EngineConfig` whose kind vllm decodes
+    through vLLM (`serve.vllm_serving`: the model alone, a checkpoint's adapter loaded by name)."""
     import torch
 
     from tunelab.serve.models import ServedModel
     if threads:
         torch.set_num_threads(threads)
-    served = ServedModel.load(model, max_batch=max_batch, precision=precision, device=device, which=checkpoint,
-                              mindformers_config=mindformers_config, tokenizer=tokenizer)
+    if engine is not None and engine.kind == "vllm":
+        from tunelab.serve.vllm_serving import serve_through_vllm
+        owner = serve_through_vllm(model, engine, which=checkpoint, max_batch=max_batch, precision=precision,
+                                   device=device, mindformers_config=mindformers_config, tokenizer=tokenizer,
+                                   every_checkpoint=False)
+        served = owner.default
+    else:
+        owner = served = ServedModel.load(model, max_batch=max_batch, precision=precision, device=device,
+                                          which=checkpoint, mindformers_config=mindformers_config,
+                                          tokenizer=tokenizer)
     try:
         _describe(served, options)
         if prompts is None:
@@ -77,7 +86,7 @@ def generate_text(model: str, prompts: list[str] | None, options: GenerateOption
                  f"{tokens:,}", seconds, f"{tokens / seconds:,.0f}")
         return rc
     finally:
-        served.close()
+        owner.close()
 
 
 def given_prompts(prompts: list[str], file: str | None = None) -> list[str] | None:
