@@ -238,8 +238,8 @@ def print_table(doc: dict) -> None:
         cells = [label + (" *best*" if label == best and len(table) > 1 else "")]
         cells += [_fmt(res[label].get(metric, "")) for label, metric in columns]
         if retained:
-            verdict = retained[label].get("verdict")  # results.json of an older tunelab: only "pass"
-            cells.append(verdict or ("PASS" if retained[label]["pass"] else "FAIL"))
+            from tunelab.runs import verdict  # the one reading of a verdict (an older results.json: only "pass")
+            cells.append(verdict(retained[label]))
         print(" | ".join(cells))
     if retained:
         shown = best if len(table) > 1 else next(iter(table))

@@ -13,7 +13,7 @@ from tunelab.pipeline.evaluation import evaluate_checkpoints
 from tunelab.pipeline.run_kind import RunKind, TrainedRun
 from tunelab.recipe import Recipe
 from tunelab.report import best_title, checkpoint_cell, checkpoint_table, pct
-from tunelab.runs import best_label, list_checkpoints
+from tunelab.runs import best_label, best_results, list_checkpoints
 
 
 def measure(run: TrainedRun) -> dict:
@@ -160,7 +160,7 @@ def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
     if "checkpoints" in metrics:
         best = metrics["best_checkpoint"]
         base = (metrics.get("base") or {}).get(acc_task)
-        tuned = metrics["checkpoints"][best][acc_task]
+        tuned = best_results(metrics)[acc_task]
         lines += [f"## {acc_task}: why answers pass or fail (best checkpoint {best})", ""]
         lines += _diagnostics_table(tuned, base) + [""]
         if tuned.get("by_kind"):
@@ -169,7 +169,7 @@ def report_sections(recipe: Recipe, metrics: dict, run_dir: Path) -> list[str]:
                 b = (base or {}).get("by_kind", {}).get(kind, {}).get("accuracy")
                 lines.append(f"| {kind} | {v['n']} | {pct(b) if b is not None else '–'} | {pct(v['accuracy'])} |")
             lines.append("")
-        labels = list(metrics["checkpoints"][best])
+        labels = list(best_results(metrics))
         start = metrics.get("base") or {}  # where the run started: the same held-out sets before training
         kept = metrics.get("retention_by_checkpoint") or {}
         measures = ["retention"] if kept else []

@@ -7,13 +7,13 @@ Which checkpoints to evaluate and which one is best is the run kind's to say (`t
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunelab.data.templates import PromptTemplate
 from tunelab.recipe import Recipe
+from tunelab.records import read_json_object
 from tunelab.runs import list_checkpoints, model_dir_of
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def cached_eval(model_dir, sets, out_dir: Path, recipe: Recipe, template, label,
     from tunelab.eval.runner import evaluate_model_dir
     done = out_dir / "results.json"
     if done.exists():
-        results = json.loads(done.read_text(encoding="utf-8"))
+        results = read_json_object(done)
         if set(results) == set(sets) and all(
                 results[k].get("mode", "generate") == es.mode for k, es in sets.items()):
             return results
