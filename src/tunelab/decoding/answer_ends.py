@@ -16,6 +16,7 @@ import statistics
 from tunelab.decoding.batch import DecodeBatch
 from tunelab.decoding.embedded import decode_rows
 from tunelab.decoding.stops import pad_token_id, stop_token_ids
+from tunelab.model.eval_mode import eval_mode
 
 # questions a chat model answers in a few words: SmolLM2-135M-Instruct ends all three within 9 tokens, and the
 # decoding stops once every answer has ended: 11 forward passes (a prefill, 9 steps, the ended answers scored)
@@ -38,14 +39,11 @@ def own_answer_end_probability(model, tokenizer, token_ids) -> dict[int, float]:
                                                        add_generation_prompt=True),
                          add_special_tokens=False)["input_ids"] for q in QUESTIONS]
     pad_id = pad_token_id(tokenizer, stops)
-    training, _ = model.training, model.eval()  # no dropout: nothing drawn from the run's random state
-    try:
-        with torch.inference_mode():
-            answers, stopped = decode_rows(model, prompts, MAX_NEW_TOKENS, stops, pad_id, len(prompts))
-            ended = [prompt + answer for prompt, answer, done in zip(prompts, answers, stopped) if done]
-            # one batched pass over the ended answers (their shared template header once): [end token][answer]
-            at_end = (DecodeBatch.prefill(model, ended, pad_id, 0)[1].softmax(-1)[:, ends].T.tolist() if ended
-                      else [[0.0]] * len(ends))
-    finally:
-        model.train(training)
+    # no dropout: nothing drawn from the run's random state
+    with eval_mode(model), torch.inference_mode():
+        answers, stopped = decode_rows(model, prompts, MAX_NEW_TOKENS, stops, pad_id, len(prompts))
+        ended = [prompt + answer for prompt, answer, done in zip(prompts, answers, stopped) if done]
+        # one batched pass over the ended answers (their shared template header once): [end token][answer]
+        at_end = (DecodeBatch.prefill(model, ended, pad_id, 0)[1].softmax(-1)[:, ends].T.tolist() if ended
+                  else [[0.0]] * len(ends))
     return {t: statistics.median(p) for t, p in zip(ends, at_end)}

@@ -113,15 +113,15 @@ def emitted_probability(model, encoded, token_ids, samples: int = 16, ignore: in
         for index in [i for i, e in enumerate(encoded) if tid in e.labels][:samples]:
             sample_of.setdefault(index, []).append(tid)
     probs: dict[int, list[float]] = {tid: [] for tid in tokens}
-    training, _ = model.training, model.eval()  # no dropout: nothing drawn from the run's random state
-    for index in sorted(sample_of):
-        example = encoded[index]
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([example.input_ids], device=device)).logits[0]
-        for tid in sample_of[index]:
-            at = [i - 1 for i, label in enumerate(example.labels) if label == tid and label != ignore and i > 0]
-            probs[tid] += torch.softmax(logits[at].float(), -1)[:, tid].tolist()
-    model.train(training)
+    from tunelab.model.eval_mode import eval_mode
+    with eval_mode(model):  # no dropout: nothing drawn from the run's random state
+        for index in sorted(sample_of):
+            example = encoded[index]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([example.input_ids], device=device)).logits[0]
+            for tid in sample_of[index]:
+                at = [i - 1 for i, label in enumerate(example.labels) if label == tid and label != ignore and i > 0]
+                probs[tid] += torch.softmax(logits[at].float(), -1)[:, tid].tolist()
     return {tid: statistics.median(p) if p else 0.0 for tid, p in probs.items()}
 
 

@@ -19,18 +19,16 @@ def validation_sums(loss_model, rows, *, batch_size: int, pad_id: int, packed: b
     import torch
 
     from tunelab.data.packing import batch_to, collate
-    was_training = loss_model.training
-    loss_model.eval()
+    from tunelab.model.eval_mode import eval_mode
     total, count = 0.0, 0
     n = rows.rows_per_epoch
-    with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                         enabled=autocast_dtype is not None):
+    with eval_mode(loss_model), torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                                                enabled=autocast_dtype is not None):
         for start in range(rank * batch_size, n, batch_size * world):
             batch = collate(rows.rows(start, min(batch_size, n - start)), pad_id, packed, flat)
             scored = int((batch["labels"][:, 1:] != -100).sum())
             total += loss_model(**batch_to(batch, device), num_items_in_batch=1).item()  # a sum over the batch's scored tokens
             count += scored
-    loss_model.train(was_training)
     return total, count
 
 
