@@ -2,7 +2,10 @@
 two-model arena and its leaderboard, and the same engine in the terminal.
 
   engine.py               the batching engine: one scheduler thread steps every active sequence together
-  models.py               a model being served: weights, tokenizer, chat formatting, decoding defaults, its engine
+  models.py               a model being served: weights, tokenizer, chat formatting, decoding defaults, its engine;
+                          ServedModels: the models one server answers for, by name
+  engine_vllm.py          the engine's contract fed by a vLLM server (`--engine vllm`): token ids in, token ids out
+  vllm_serving.py         `tunelab serve RUN --engine vllm`: the run's base and every checkpoint on one vLLM server
   terminal.py             `tunelab generate`: prompts in, text out, in the terminal (no server, no extra to install)
   prompts.py              prompt files (`ui --examples`, `generate --file`)
   protocol.py             OpenAI request schemas and error bodies
