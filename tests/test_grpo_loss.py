@@ -21,9 +21,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 from trl.trainer.utils import split_tensor_dict  # noqa: E402
 
+from tunelab.train.methods.grpo import old_policy_logps, reference_logps  # noqa: E402
 from tunelab.train.methods.grpo_loss import (GRPOLoss, collate_completions, completion_token_logps, completion_metrics,  # noqa: E402
-                                group_advantages, grpo_loss, old_completion_logps, reference_completion_logps,
-                                zero_variance_groups)
+                                group_advantages, grpo_loss, zero_variance_groups)
 
 PROMPTS = ["计算 12+7=", "What is 9*9? Answer:", "用一句话介绍北京。Beijing is"]
 G = 4  # completions per prompt
@@ -157,7 +157,7 @@ def test_advantages_logps_loss_metrics_and_gradients_equal_trl(tokenizer, tmp_pa
     args = (batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"])
     old = None
     if config.get("num_iterations", 1) > 1:  # TRL keeps the old policy's log-probabilities
-        old = old_completion_logps(model, *args, temperature=spec.temperature)
+        old = old_policy_logps(model, None, batch, spec.temperature)  # what the rollout keeps (padded rows: no parts)
         torch.testing.assert_close(old, out["old_per_token_logps"], rtol=1e-5, atol=1e-6)
         # an optimizer step between generation and this pass: the policy moves away from the old one
         torch.manual_seed(seed)
@@ -168,7 +168,7 @@ def test_advantages_logps_loss_metrics_and_gradients_equal_trl(tokenizer, tmp_pa
         assert "old_per_token_logps" not in out
     ref = None
     if spec.needs_reference:
-        ref = reference_completion_logps(model, *args, temperature=spec.temperature)
+        ref = reference_logps(model, None, batch, spec.temperature)  # what the rollout takes for the KL term
         torch.testing.assert_close(ref, out["ref_per_token_logps"], rtol=1e-5, atol=1e-6)
     else:
         assert "ref_per_token_logps" not in out

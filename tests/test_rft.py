@@ -67,7 +67,8 @@ def test_the_step_trains_on_the_accepted_answers_only_with_fine_tunings_loss(tin
         return drawn["completions"]
     loss_model._sample = sample
     rows = _prompts(tokenizer, 4)
-    batch = loss_model.rollout(rows, step=0, rank=0, micro=0, device=torch.device("cpu"), packed=packed)
+    loss_model.lay_out(packed=packed, flat=False)  # as the training setup tells it
+    batch = loss_model.rollout(rows, step=0, rank=0, micro=0, device=torch.device("cpu"))
     completions, stops = drawn["completions"], loss_model.stops
 
     def right(c):

@@ -51,3 +51,14 @@ def use_fast_lora_dropout(model: nn.Module) -> int:
                 dropouts[name] = FastDropout(layer.p)
                 swapped += 1
     return swapped
+
+
+def disable_dropout(model: nn.Module) -> int:
+    """Every dropout module of `model` set to p = 0 for the whole run (TRL's `disable_dropout`); returns how many.
+    The training setup calls it on the model it trains when the method says so (`Method.disables_dropout`: dpo,
+    grpo, rft): a reward is a difference of log-probabilities, and dropout would make the policy's, the reference's
+    and the sampled answers' disagree by noise. Nothing else changes a model's dropout."""
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    for module in dropouts:
+        module.p = 0.0
+    return len(dropouts)

@@ -302,7 +302,11 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: lis
         from tunelab.model.activation_checkpointing import enable_activation_checkpointing
         enable_activation_checkpointing(model)
     from tunelab.train.methods import METHODS
-    loss_model = METHODS[tc.method].loss_model(model, recipe, tokenizer, rewards)
+    method = METHODS[tc.method]
+    if method.disables_dropout:
+        from tunelab.train.dropout import disable_dropout
+        disable_dropout(model)
+    loss_model = method.loss_model(model, recipe, tokenizer, rewards)
     fsdp = tc.strategy == "fsdp" and dist.world > 1  # one process has nothing to shard across
     if fsdp:
         if precision.grad_scaler:
@@ -318,6 +322,9 @@ def trainable_model(recipe: Recipe, model, precision, dist: Dist, token_ids: lis
         base = model.get_base_model() if lora else model
         use_cpu_attention(base)
         flat = recipe.data.packing and takes_flat_rows(base, recipe.data.max_seq_len)
+    from tunelab.train.methods.base import LaysOutRows
+    if isinstance(loss_model, LaysOutRows):  # a method that makes its own batches keeps the layout it makes them in
+        loss_model.lay_out(recipe.data.packing, flat)
     return TrainingModel(model=model, loss_model=loss_model, lora=lora, fsdp=fsdp, flat=flat,
                          autocast_dtype=autocast_dtype)
 

@@ -57,6 +57,15 @@ class ReportsMetrics(Protocol):
         """Its metrics since the last metrics line, as numbers; the sums start again."""
 
 
+@runtime_checkable
+class LaysOutRows(Protocol):
+    """A loss module that makes its own batches (grpo's and rft's rollouts): the training setup tells it once how
+    the run lays out rows, and it keeps that, instead of every batch carrying it through the loop."""
+
+    def lay_out(self, packed: bool, flat: bool) -> None:
+        """`packed`: rows packed (`data.packing`); `flat`: packed rows laid end to end (`collate_flat`)."""
+
+
 @dataclass(frozen=True)
 class Method:
     """A training method as the loop sees it; each callable's shape is its Protocol above."""
@@ -69,6 +78,8 @@ class Method:
     rollout: Rollout | None = None
     # optimizer steps each step's rows are trained for (grpo's num_iterations)
     passes: Callable[[Any], int] = lambda recipe: 1
+    # the model's dropout is off for the run (TRL's disable_dropout; `train.dropout.disable_dropout`): dpo, grpo, rft
+    disables_dropout: bool = False
 
 
 def token_validation(*, step: int, loss_model, rows, batch_size: int, pad_id: int, packed: bool, flat: bool, device,

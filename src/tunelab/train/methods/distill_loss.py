@@ -17,8 +17,8 @@ mean cross-entropy plus weight · T² · the mean KL. A distilled token's KL div
 cross-entropy, so it weighs the same whichever micro-batch, process or packed row it lands in (its mark travels
 beside its label: `data.packing.Row.distill`), and a step that holds few replay tokens does not weigh them up.
 
-The teacher is by default the base: the model itself with its LoRA adapter switched off (peft's
-`disable_adapter`, as DPO's reference: `model.lora.reference_weights`), so no second copy is held; else the model
+The teacher is by default the base: the model's reference, as DPO's and GRPO's (`model.reference.reference_policy`:
+its LoRA adapter switched off, or a continued adapter as it started), so no second copy is held; else the model
 at `teacher`, loaded frozen on the model's device in its dtype. Its forward runs without gradients, in eval mode,
 and only on micro-batches that hold distilled tokens: one extra forward of the teacher each. Only the distilled
 positions' hidden states are kept and projected onto the vocabulary, a chunk at a time with the log-softmax in
@@ -28,8 +28,6 @@ fp32 (`model.kernels.kl.ProjectedKL`, through the log-probability kernel every m
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
@@ -38,6 +36,8 @@ from tunelab.model.kernels.rotary import fast_rotary
 from tunelab.errors import TunelabError
 from tunelab.model.kernels.kl import ProjectedKL, teacher_logits, token_kl
 from tunelab.model.kernels.logprobs import head_parts, plain_linear
+from tunelab.model.eval_mode import eval_mode
+from tunelab.model.reference import reference_policy
 from tunelab.train.methods.sft_loss import LabelledLoss, model_inputs
 
 
@@ -140,20 +140,12 @@ class DistilledLoss(LabelledLoss):
             hidden = backbone(input_ids=input_ids, use_cache=False, **inputs).last_hidden_state[:, :-1][chosen]
             return (hidden, head.weight) if plain_linear(head) else (head(hidden), None)
 
-    @contextlib.contextmanager
     def _as_teacher(self):
-        """The base: the model with its adapter off, in eval mode (no dropout); a loaded teacher is as it is."""
+        """A loaded teacher in eval mode; else the model's reference (`model.reference.reference_policy`: the model
+        with its adapter off, or the continued adapter as it started), in eval mode, without gradients."""
         if self._teacher[0] is not None:
-            yield
-            return
-        from tunelab.model.lora import reference_weights
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with reference_weights(self.model):
-                yield
-        finally:
-            self.model.train(was_training)
+            return eval_mode(self._teacher[0])
+        return reference_policy(self.model)
 
     def window(self) -> dict:
         """The KL summed since the last metrics line and its tokens, for a checkpoint (`trainer_state.capture`)."""

@@ -34,4 +34,4 @@ def _preference_loss(model, recipe: Recipe, tokenizer, rewards):
     return PreferenceLossModel(model, PreferenceLoss(p.loss, p.beta, p.simpo_gamma, p.sft_weight))
 
 
-DPO = Method("dpo", _pairs_batch, _pairs, _preference_loss, _pair_validation)
+DPO = Method("dpo", _pairs_batch, _pairs, _preference_loss, _pair_validation, disables_dropout=True)

@@ -4,7 +4,8 @@
 A batch holds the chosen rows then the rejected rows (2B rows; row i and row B + i answer the same prompt), and a
 `completion_mask` marking each row's answer tokens. A row's log-probability is the sum over its answer tokens of
 log p(token | everything before it); the reference's is the same under the model with its LoRA adapter switched
-off (`reference_logps`): the base the adapter started from, with no second copy of the model in memory.
+off (`reference_logps`, through the one reference switch `model.reference.reference_policy`): the base the
+adapter started from, with no second copy of the model in memory.
 
 What each loss is, with d = (log π(chosen) − log π_ref(chosen)) − (log π(rejected) − log π_ref(rejected)):
 - `sigmoid` (DPO, Rafailov et al. 2023): −log σ(β·d).
@@ -19,7 +20,6 @@ These are TRL 1.16's `DPOTrainer` losses `sigmoid`, `ipo` and `sft` (and `CPOTra
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -77,18 +77,12 @@ def causal_mask(model, attention_mask: torch.Tensor) -> torch.Tensor:
 
 def reference_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
                     completion_index: torch.Tensor | None = None) -> torch.Tensor:
-    """Each row's answer log-probability under the reference: the model with its adapter switched off (peft's
-    `disable_adapter`), without gradients. A model without an adapter is its own reference only before it
-    trains: give it precomputed reference log-probabilities instead."""
-    from tunelab.model.lora import reference_weights
-    switch_off = reference_weights(model) if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-    was_training = model.training
-    model.eval()  # no dropout in the reference (TRL's DPOConfig switches dropout off altogether by default)
-    try:
-        with torch.no_grad(), switch_off:
-            return answer_logps(model, input_ids, attention_mask, completion_mask, completion_index)[0]
-    finally:
-        model.train(was_training)
+    """Each row's answer log-probability under the reference (`model.reference.reference_policy`: the model with
+    its adapter switched off, in eval mode, without gradients). A model without an adapter has no reference and
+    this raises: give `preference_loss` precomputed reference log-probabilities instead."""
+    from tunelab.model.reference import reference_policy
+    with reference_policy(model):
+        return answer_logps(model, input_ids, attention_mask, completion_mask, completion_index)[0]
 
 
 def preference_loss(spec: PreferenceLoss, policy: torch.Tensor, completion_mask: torch.Tensor,
@@ -160,16 +154,13 @@ class PreferenceLossModel(torch.nn.Module):
     """What the training loop calls forward on in a preference run, as `loss.LabelledLoss` in a fine-tuning one:
     `forward(input_ids, attention_mask, completion_mask, num_items_in_batch)` returns this micro-batch's share
     of the step's loss (the mean over the step's pairs: `num_items_in_batch` counts them), and keeps TRL's
-    metrics for the loop's next metrics line (`take_metrics`). Dropout is switched off in the model, as TRL's
-    DPOConfig does by default: a reward is a difference of log-probabilities, and dropout would make the
-    policy's and the reference's disagree by noise."""
+    metrics for the loop's next metrics line (`take_metrics`). A dpo run trains with the model's dropout off, as
+    TRL's DPOConfig does by default (`Method.disables_dropout`, done where the run is set up): a reward is a
+    difference of log-probabilities, and dropout would make the policy's and the reference's disagree by noise."""
 
     def __init__(self, model: torch.nn.Module, spec: PreferenceLoss):
         super().__init__()
         self.model, self.spec = model, spec
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
         self._sums: dict = {}  # metric -> its sum × pairs: a 0-d tensor on the device until read
         self._pairs = 0
 
@@ -193,13 +184,13 @@ class PreferenceLossModel(torch.nn.Module):
         """(summed loss, summed metrics, pairs) over this rank's share of held-out pair rows, without gradients;
         the training metrics gathered for the next metrics line are left as they were."""
         from tunelab.data.packing import batch_to
-        saved, was_training = self.window(), self.training
+        from tunelab.model.eval_mode import eval_mode
+        saved = self.window()
         self.set_window(None)
-        self.eval()
         total, count = 0.0, 0
         try:
-            with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                                 enabled=autocast_dtype is not None):
+            with eval_mode(self), torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                                                  enabled=autocast_dtype is not None):
                 for start in range(rank * batch_size, len(rows), batch_size * world):
                     chunk = rows[start:start + batch_size]
                     batch = collate_pairs([(r.chosen, r.rejected) for r in chunk], pad_id)
@@ -208,7 +199,6 @@ class PreferenceLossModel(torch.nn.Module):
             sums = read_sums(self._sums)
         finally:
             self.set_window(saved)
-            self.train(was_training)
         return total, sums, count
 
     def window(self) -> dict:

@@ -7,9 +7,9 @@ The shapes. A batch holds B completion rows, prompt-major: the G completions of 
 1, … (TRL's `RepeatSampler` order). `collate_completions` pads them as TRL does (prompts on the left,
 completions on the right); `completion_token_logps` gives each completion token's log-probability under the model,
 (B, C), 0 where the completion is padding. Taken without gradients right after sampling, before the policy
-moves (`old_completion_logps`), they are the old policy's, kept while a batch is trained on more than once
-(`num_iterations` > 1); under the model with its LoRA adapter switched off (`reference_completion_logps`)
-they are the reference's.
+moves, they are the old policy's, kept while a batch is trained on more than once (`num_iterations` > 1); under
+the reference switch (`model.reference.reference_policy`: the LoRA adapter off) they are the reference's
+(`grpo.old_policy_logps`, `grpo.reference_logps`, for either layout of the batch).
 
 Advantages (DeepSeekMath, Shao et al. 2024, §4.1.2 "outcome supervision"): each completion's reward minus the
 mean reward of its prompt's group, divided by a standard deviation chosen by `scale_rewards`:
@@ -258,40 +258,6 @@ def completion_token_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.T
     scored[:, -width:] = completion_mask.bool()
     logps, entropies = scored_logps(model, input_ids, scored, temperature, entropy, attention_mask=attention_mask)
     return logps[:, -width:], (entropies[:, -width:] if entropies is not None else None)
-
-
-def reference_completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                               completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                               temperature: float = 1.0) -> torch.Tensor:
-    """The completion tokens' log-probabilities under the reference (`as_reference`)."""
-    return as_reference(model, lambda: completion_token_logps(model, prompt_ids, prompt_mask, completion_ids,
-                                                        completion_mask, temperature)[0])
-
-
-def as_reference(model, compute):
-    """`compute()` under the reference: the model with its LoRA adapter switched off (peft's `disable_adapter`,
-    as TRL does for a new adapter and `preference.reference_logps` does for DPO; a run that continues an adapter:
-    that adapter as it started, `model.lora.reference_weights`), without gradients and without dropout. A model
-    without an adapter is not its own reference."""
-    if not hasattr(model, "disable_adapter"):
-        raise ValueError("the reference is the model with its adapter switched off: this model has no adapter "
-                         "(give beta 0, or precomputed reference log-probabilities)")
-    was_training = model.training
-    model.eval()
-    try:
-        from tunelab.model.lora import reference_weights
-        with torch.no_grad(), reference_weights(model):
-            return compute()
-    finally:
-        model.train(was_training)
-
-
-def old_completion_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                         completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """The policy's log-probabilities now, without gradients: π_old, kept while a batch is trained on more than
-    once (`num_iterations` > 1). With one pass, give None to `grpo_loss` instead (old = policy, detached)."""
-    with torch.no_grad():
-        return completion_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)[0]
 
 
 # --- the loss -------------------------------------------------------------------------------------

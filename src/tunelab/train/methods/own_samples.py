@@ -6,7 +6,9 @@ Sampling: `decoding.embedded.decode_rows` with a SamplingParams and a seeded gen
 the eval engine's stop tokens), the model in eval mode (no dropout) with its adapter on, under the training
 precision's autocast and SDPA attention. A row's generator is seeded from (method, recipe seed, step, process,
 micro-batch, row), so a resumed run samples exactly what the unbroken run did. Dropout is off for the whole run
-(TRL's `disable_dropout: true`): the samples and the loss are of one model, not of two noisy ones."""
+(TRL's `disable_dropout: true`, `Method.disables_dropout`, done where the run is set up): the samples and the loss
+are of one model, not of two noisy ones. The loss module makes its own batches, so it keeps how the run lays out
+rows (`lay_out`, told once by the training setup) instead of each batch carrying it."""
 
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ def prompt_rows(recipe, examples: list[Example], tokenizer, template,
 class SamplingLossModel(torch.nn.Module):
     """The loss module of a method that samples: the model, the sampling settings (`num_generations`,
     `max_completion_length`, `temperature`, `top_p`, `top_k`), the rewards, and the metric sums since the last
-    metrics line. A subclass adds `rollout` and `forward`."""
+    metrics line, and how the run lays out rows (`packed`, `flat`: `lay_out`). A subclass adds `rollout` and
+    `forward`."""
 
     def __init__(self, model: torch.nn.Module, settings, tokenizer, rewards, seed: int, key: str):
         super().__init__()
@@ -67,14 +70,17 @@ class SamplingLossModel(torch.nn.Module):
         from tunelab.decoding.stops import pad_token_id, stop_token_ids
         self.model, self.settings, self.tokenizer, self.rewards, self.seed = model, settings, tokenizer, rewards, seed
         self.key = key  # the method's name in the samples' seeds: grpo's and rft's draws differ
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+        self.packed = self.flat = False  # the rows' layout: padded until the setup says (`lay_out`)
         self.stops = stop_token_ids(model, tokenizer)
         self.pad_id = pad_token_id(tokenizer, self.stops)
         self.sampling = SamplingParams(max_tokens=settings.max_completion_length, temperature=settings.temperature,
                                        top_p=settings.top_p, top_k=settings.top_k)
         self._sums: dict[str, tuple] = {}  # metric -> (sum, count): 0-d tensors on the device until read
+
+    def lay_out(self, packed: bool, flat: bool) -> None:
+        """How the run lays out rows (`methods.base.LaysOutRows`): `packed` (`data.packing`), and `flat`, packed rows
+        laid end to end (`collate_flat`, where the model's CPU attention takes them)."""
+        self.packed, self.flat = bool(packed), bool(flat)
 
     def _generators(self, step: int, rank: int, micro: int, rows: list[int], again: int = 0) -> list[torch.Generator]:
         def seed(row: int) -> int:
@@ -84,16 +90,12 @@ class SamplingLossModel(torch.nn.Module):
 
     def _sample(self, prompts: list[list[int]], generators: list[torch.Generator]) -> list[list[int]]:
         from tunelab.decoding.embedded import decode_rows
+        from tunelab.model.eval_mode import eval_mode
         from tunelab.model.kernels.attention import decoding_attention
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode(), decoding_attention(self.model):
-                completions, _ = decode_rows(self.model, prompts, self.settings.max_completion_length, self.stops,
-                                             self.pad_id, len(prompts), sampling=[self.sampling] * len(prompts),
-                                             generators=generators, keep_stop=True)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.inference_mode(), decoding_attention(self.model):
+            completions, _ = decode_rows(self.model, prompts, self.settings.max_completion_length, self.stops,
+                                         self.pad_id, len(prompts), sampling=[self.sampling] * len(prompts),
+                                         generators=generators, keep_stop=True)
         return completions
 
     def _score(self, examples: list[Example], completions: list[list[int]]) -> torch.Tensor:
@@ -139,10 +141,11 @@ def _read(sums: dict) -> dict[str, tuple[float, float]]:
 # --- a sampling method as the loop sees it: a batch is prompts, the rollout makes it -------------------------
 
 def prompts_batch(rows: list, pad_id: int, packed: bool, flat: bool) -> dict:
-    """`Method.collate` of a sampling method: the prompts as they are (the rollout makes the batch)."""
-    return {"rows": rows, "packed": packed, "flat": flat}
+    """`Method.collate` of a sampling method: the prompts as they are (the rollout makes the batch, laid out as its
+    loss module was told: `SamplingLossModel.lay_out`)."""
+    return {"rows": rows}
 
 
 def rollout(loss_model, batch: dict, step: int, rank: int, micro: int, device) -> dict:
     """`Method.rollout` of a sampling method: its loss model's rollout on the micro-batch's prompts."""
-    return loss_model.rollout(batch["rows"], step, rank, micro, device, batch["packed"], batch["flat"])
+    return loss_model.rollout(batch["rows"], step, rank, micro, device)

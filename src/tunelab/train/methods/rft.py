@@ -57,10 +57,9 @@ class RFTLossModel(SamplingLossModel):
         self.loss = LabelledLoss(model)
         self.max_len = max_len
 
-    def rollout(self, rows: list[PromptRow], step: int, rank: int, micro: int, device, packed: bool = False,
-                flat: bool = False) -> dict:
-        """Sample, grade and keep one micro-batch's answers: the fine-tuning batch `forward` takes, plus `items`
-        (its labelled tokens) and `tokens` (every token it trains on)."""
+    def rollout(self, rows: list[PromptRow], step: int, rank: int, micro: int, device) -> dict:
+        """Sample, grade and keep one micro-batch's answers: the fine-tuning batch `forward` takes (laid out as
+        `lay_out` said), plus `items` (its labelled tokens) and `tokens` (every token it trains on)."""
         from tunelab.data.packing import batch_to
         from tunelab.train.methods.grpo_loss import completion_metrics
         from tunelab.train.methods.sft import collate_labelled
@@ -83,8 +82,8 @@ class RFTLossModel(SamplingLossModel):
                    for _, i in chosen]
         if not samples:  # nothing accepted: one row without a label, so the backward pass (and DDP) stays whole
             samples = [Encoded(list(prompts[0]), [IGNORE] * len(prompts[0]))]
-        laid = pack_examples(samples, self.max_len) if packed else unpacked_rows(samples)
-        batch = collate_labelled(laid, self.pad_id, packed, flat)
+        laid = pack_examples(samples, self.max_len) if self.packed else unpacked_rows(samples)
+        batch = collate_labelled(laid, self.pad_id, self.packed, self.flat)
         metrics = {"reward": float(reward.mean()), "frac_accepted": sum(right) / len(completions),
                    "frac_prompts_solved": sum(1 for a in accepted if a) / len(rows),
                    "answers_trained": len(chosen) / len(rows)}
@@ -110,4 +109,5 @@ def _rft_loss(model, recipe: Recipe, tokenizer, rewards):
     return RFTLossModel(model, recipe.train.rft, tokenizer, rewards, recipe.seed, recipe.data.max_seq_len)
 
 
-RFT = Method("rft", prompts_batch, lambda batch: batch["items"], _rft_loss, token_validation, rollout)
+RFT = Method("rft", prompts_batch, lambda batch: batch["items"], _rft_loss, token_validation, rollout,
+             disables_dropout=True)
