@@ -1,7 +1,7 @@
 """The training methods: what the training loop does differently when it learns answers (`sft`), preferences
 (`dpo`), from rewarded samples (`grpo`) or from the samples a grader accepts (`rft`). Each method is a module of
 its own that owns its rows, its loss and its metrics (`sft` + `sft_loss`; `dpo` + `dpo_rows` + `dpo_loss`; `grpo` +
-`grpo_loss` + `grpo_groups`; `rft`; the two that sample share `sampling`) and
+`grpo_loss` + `grpo_groups`; `rft`; the two that sample share `own_samples`) and
 describes itself as a `Method` (`base.py`); adding one touches this folder and the recipe's `train.method`.
 The loop, its checkpoints, resume, trackers and every device path are the same for all of them."""
 

@@ -23,12 +23,10 @@ from __future__ import annotations
 import torch
 
 from tunelab.data.packing import IGNORE, Row, collate
+from tunelab.model.kernels import STANDARD_DECODERS
 from tunelab.model.kernels.attention import MASKED_ATTENTION, additive_for_eager
 from tunelab.model.kernels.logprobs import head_parts, target_logps
 
-# model types whose rotary attention makes a constant position shift exact (absolute positions, as GPT-2's,
-# would see packed completions at other positions than TRL's left-padded rows)
-ROTARY = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
 
 
 def backbone_and_head(model):
@@ -36,7 +34,9 @@ def backbone_and_head(model):
     state)` (`head_parts`) and whose attention packs groups exactly; None for any other model."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
-    if getattr(config, "model_type", None) not in ROTARY:
+    # rotary attention makes a constant position shift exact (absolute positions, as GPT-2's, would see packed
+    # completions at other positions than TRL's left-padded rows): the decoders written as Llama is
+    if getattr(config, "model_type", None) not in STANDARD_DECODERS:
         return None
     if getattr(config, "_attn_implementation", None) not in MASKED_ATTENTION:
         return None
@@ -96,7 +96,7 @@ MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "row_lengths", "s
 
 def packed_completion_logps(parts, batch: dict, shape: tuple[int, int], temperature: float = 1.0,
                             entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`grpo.completion_token_logps` of a `pack_groups` batch: (log p of every scored completion token, (B, C) in fp32
+    """`grpo_loss.completion_token_logps` of a `pack_groups` batch: (log p of every scored completion token, (B, C) in fp32
     and 0 elsewhere; the entropies of their distributions, or None). `parts` is `backbone_and_head(model)`."""
     backbone, head = parts
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
