@@ -28,34 +28,38 @@ LAYERS = [
                         "tunelab.checkpoint_manifest", "tunelab.run_format"],
      "the one project error type (file / line / field); the recipe schema, also `tunelab eval`'s configuration; "
      "reading and writing record files; a run directory's layout, which checkpoints are whole (their manifests) "
-     "and which one is best (train, eval, serve and export share it); the version of a run's files and the one "
-     "migration of older ones"),
+     "and which one is best and its results (train, eval, serve and export share it); the one metrics.jsonl reader "
+     "and a retention entry's verdict; the version of a run's files and the one migration of older ones; the "
+     "`engine:` section (embedded or vLLM)"),
     ("data", 1, ["tunelab.data.*"], "formats, generators, templates and the chat renderer, packing, corpora: no model"),
     ("track", 1, ["tunelab.track.*"], "the dashboards a run logs to (TensorBoard, MLflow, W&B, SwanLab)"),
     ("model", 2, ["tunelab.model.*"],
      "loading and placement: paths, hub, presets, device and precision, LoRA, quantisation, tokenizers, untrained "
-     "tokens; `kernels/`: what training and decoding both run — the CPU attention for packed rows, rotary without "
+     "tokens, the one eval-mode context and the one reference switch; `kernels/`: what training and decoding both run — the CPU attention for packed rows, rotary without "
      "copies, the one target-token log-probability (and KL) kernel"),
     ("decoding", 3, ["tunelab.decoding.*"],
-     "the one place tokens are generated or scored: stop tokens, sampling, the KV cache, prefix-tree prefill, "
+     "the one place tokens are generated or scored, behind one engine interface: the embedded engine (stop tokens, "
+     "sampling, the KV cache, prefix-tree prefill) and vLLM's server (started, or at a URL); "
      "the generation config a checkpoint was scored with; the one OpenAI-compatible client (`openai_client`: one "
      "retry policy, one error naming the URL) that the judge, synth and the UI's remote models share"),
     ("scoring", 3, ["tunelab.scoring"], "low-parameter ratio (model shapes) and the competition formulas"),
     ("convert", 4, ["tunelab.convert.*"],
-     "other ecosystems: MindSpore `.ckpt` and MindFormers, GGUF in and out, Ollama's Modelfile, merged HF export"),
+     "other ecosystems: MindSpore `.ckpt` and MindFormers, GGUF in and out, Ollama's Modelfile, merged HF export; "
+     "the one resolver from a named model (run, checkpoint, adapter, GGUF, .ckpt, hub id) to base + adapter"),
     ("metrics", 4, ["tunelab.metrics.*"],
-     "measuring instruments that know no task: QA F1/EM, Rouge-L, log-likelihood, perplexity, pass@k, an "
-     "accuracy's interval and a paired change's, prediction files"),
+     "measuring instruments that know no task: QA F1/EM, Rouge-L, log-likelihood, perplexity, pass@k, a "
+     "paired accuracy change's interval and McNemar's p, prediction files"),
     ("train", 5, ["tunelab.train.*"],
      "setup, the step loop, checkpoints and resume, the run lock, DDP / FSDP, the memory plan; `methods/`: sft, "
      "dpo, grpo and rft, each owning its rows, loss and metrics"),
     ("tasks", 5, ["tunelab.tasks.*"], "examples + prompt + answer extraction + metric, registered by name"),
     ("eval", 6, ["tunelab.eval.*", "tunelab.compare"],
      "the eval configuration (sets), the runner, retention, where a pass gets its models (resident: one base held "
-     "on a GPU), `tunelab eval` / `predict`, GRPO's rewards from the "
+     "on a GPU; vLLM's server, adapters by name), `tunelab eval` / `predict`, GRPO's rewards from the "
      "tasks' graders (above tasks, so train gets rewards as numbers and never imports a grader); `tunelab runs "
      "table` (what runs measured, read back: the CLI, a sweep and the UI's Runs tab show the same table)"),
-    ("serve", 7, ["tunelab.serve.*"], "the OpenAI-compatible server, the web UI, the arena, `tunelab generate`"),
+    ("serve", 7, ["tunelab.serve.*"], "the OpenAI-compatible server (its engine embedded or vLLM), the web UI, the "
+     "arena, `tunelab generate`"),
     ("synth", 7, ["tunelab.synth.*"], "training data from any OpenAI-compatible endpoint: a client"),
     ("top", 8, ["tunelab", "tunelab.cli.*", "tunelab.pipeline.*", "tunelab.report", "tunelab.data_check",
                 "tunelab.handin", "tunelab.sweep.*", "tunelab.judge.*"],
