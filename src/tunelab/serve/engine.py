@@ -227,17 +227,7 @@ class Engine:
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Output]:
         """Blocking iterator over one sequence's events; closing it early cancels the sequence."""
-        q: queue.Queue[Output] = queue.Queue()
-        seq = Sequence(prompt_ids, params, q.put)
-        self.submit([seq])
-        try:
-            while True:
-                out = q.get()
-                yield out
-                if out.finish_reason is not None:
-                    return
-        finally:
-            seq.cancel()
+        return stream_sequence(self.submit, prompt_ids, params)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the scheduler (what waits or runs ends as aborted) and wait up to `timeout` seconds for it; again,
@@ -492,3 +482,19 @@ class Engine:
             table = self._logprob_table(logits[:-1], targets, k).tolist()
             entries += [self._entry(token, row[1:], k) for token, row in zip(prompt_ids[1:], table)]
         return entries
+
+
+def stream_sequence(submit, prompt_ids: list[int], params: SamplingParams) -> Iterator[Output]:
+    """One sequence's events as a blocking iterator, whichever engine `submit` hands it to (the embedded one, or
+    vLLM's: `serve.engine_vllm`); closing the iterator early cancels the sequence."""
+    q: queue.Queue[Output] = queue.Queue()
+    seq = Sequence(prompt_ids, params, q.put)
+    submit([seq])
+    try:
+        while True:
+            out = q.get()
+            yield out
+            if out.finish_reason is not None:
+                return
+    finally:
+        seq.cancel()

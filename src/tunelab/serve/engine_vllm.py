@@ -26,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import queue
 import threading
 from typing import Iterator
 
 from tunelab.decoding.text_stream import TextStream
-from tunelab.serve.engine import MAX_LOGPROBS, ROW_ERROR, Output, SamplingParams, Sequence, TokenLogprob
+from tunelab.serve.engine import (MAX_LOGPROBS, ROW_ERROR, Output, SamplingParams, Sequence, TokenLogprob,
+                                  stream_sequence)
 
 log = logging.getLogger("tunelab.serve")
 
@@ -280,14 +280,4 @@ class VLLMModelEngine:
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[Output]:
         """Blocking iterator over one sequence's events; closing it early cancels the sequence."""
-        q: queue.Queue[Output] = queue.Queue()
-        seq = Sequence(prompt_ids, params, q.put)
-        self.submit([seq])
-        try:
-            while True:
-                out = q.get()
-                yield out
-                if out.finish_reason is not None:
-                    return
-        finally:
-            seq.cancel()
+        return stream_sequence(self.submit, prompt_ids, params)
