@@ -133,11 +133,14 @@ def test_cli_ratio_counts_each_adapter(capsys):
     assert "--lora-rank is required" in capsys.readouterr().err
 
 
-def test_the_cli_offers_the_recipe_adapter_kinds():
-    # `tunelab ratio --adapter` keeps its own copy so --help starts without pydantic: it is the recipe's list
-    from tunelab.cli.model import ADAPTERS as CLI_ADAPTERS
+def test_the_cli_takes_the_recipe_adapter_kinds(capsys):
+    # `tunelab ratio --adapter` checks the recipe's one list when it runs
+    from tunelab.cli import main
     from tunelab.model.lora import PEFT_TYPES
     from tunelab.recipe.lora import ADAPTERS
-    assert CLI_ADAPTERS == ADAPTERS and tuple(PEFT_TYPES) == ADAPTERS
+    assert tuple(PEFT_TYPES) == ADAPTERS
+    assert main(["ratio", "--model", str(TINY_BASE), "--adapter", "loha", "--lora-rank", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--adapter" in err and all(kind in err for kind in ADAPTERS)
     from peft import PeftType
     assert set(PEFT_TYPES.values()) <= {kind.value for kind in PeftType}  # each is a peft type of this peft

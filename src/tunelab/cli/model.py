@@ -16,8 +16,6 @@ _FLAGS = {"fmt": "--format", "base_packages": "--base-packages", "quant": "--qua
 # tunelab.convert.gguf_export.QUANTS (kept here so --help starts without the model stage)
 GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l",
                "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
-# tunelab.recipe.lora.ADAPTERS (kept here so --help starts without pydantic; tests/test_adapters.py holds them equal)
-ADAPTERS = ("lora", "ia3", "vera", "ln_tuning", "prompt_tuning")
 LLAMA_CPP_INSTALL = "pip install 'tunelab[llama-cpp]'"  # llama.cpp's quantiser: pyproject's extra, as docs/gguf.md says
 
 
@@ -89,8 +87,8 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("ratio", help="trainable / total parameters of an adapter (meta device, no weights)")
     add_model(p, "preset name, local HF directory, config.json or hub id")
-    p.add_argument("--adapter", choices=ADAPTERS, default="lora",
-                   help="the adapter kind (lora.adapter; default lora)")
+    p.add_argument("--adapter", default="lora", metavar="KIND",
+                   help="the adapter kind, as the recipe's lora.adapter names it (default lora)")
     p.add_argument("--virtual-tokens", type=integer(1), default=20, metavar="N",
                    help="prompt_tuning: its virtual tokens (lora.virtual_tokens; default 20)")
     p.add_argument("--lora-rank", type=integer(1), default=None, help="lora and vera: the rank (required for them)")
@@ -218,7 +216,10 @@ def _plain(number: float) -> str:
 @flags_for({"trainable_tokens": "--trainable-tokens"})
 def cli_ratio(args: argparse.Namespace) -> int:
     from tunelab.errors import TunelabError
+    from tunelab.recipe.lora import ADAPTERS
     from tunelab.scoring import adapter_param_counts, low_param_ratio
+    if args.adapter not in ADAPTERS:   # the recipe's one list, read when the verb runs (--help needs no pydantic)
+        raise TunelabError(f"unknown adapter kind '{args.adapter}' (one of {', '.join(ADAPTERS)})", field="--adapter")
     if args.lora_rank is None and args.adapter in ("lora", "vera"):
         raise TunelabError(f"--lora-rank is required for --adapter {args.adapter}")
     counts = adapter_param_counts(args.model, args.lora_rank or 1, args.lora_target, args.trainable_tokens,

@@ -9,8 +9,8 @@ from pydantic import Field, model_validator
 
 from tunelab.recipe.fields import StrictSection
 
-# the adapter kinds `lora.adapter` names: the one list (model.lora makes each one's peft config; `tunelab ratio`'s
-# --adapter keeps a copy that a test holds to this, so --help starts without pydantic)
+# the adapter kinds `lora.adapter` names: the one list (model.lora makes each one's peft config; `tunelab ratio
+# --adapter` checks against it when it runs)
 Adapter = Literal["lora", "ia3", "vera", "ln_tuning", "prompt_tuning"]
 ADAPTERS: tuple[str, ...] = get_args(Adapter)
 LORA_TARGETS = ["q_proj", "v_proj", "o_proj"]
