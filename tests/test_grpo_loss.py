@@ -23,7 +23,7 @@ from trl.trainer.utils import split_tensor_dict  # noqa: E402
 
 from tunelab.train.methods.grpo import old_policy_logps, reference_logps  # noqa: E402
 from tunelab.train.methods.grpo_loss import (GRPOLoss, collate_completions, completion_token_logps, completion_metrics,  # noqa: E402
-                                group_advantages, grpo_loss, zero_variance_groups)
+                                group_advantages, grpo_loss, sampler_ratio, zero_variance_groups)
 
 PROMPTS = ["计算 12+7=", "What is 9*9? Answer:", "用一句话介绍北京。Beijing is"]
 G = 4  # completions per prompt
@@ -64,9 +64,11 @@ def completion_ids(tokenizer) -> list[list[int]]:
     return out
 
 
-def trainer_for(tokenizer, tmp_path, seed, terms=None, weights=WEIGHTS, **config):
+def trainer_for(tokenizer, tmp_path, seed, terms=None, weights=WEIGHTS, sampler_logps=None, **config):
     """TRL's trainer on a fresh tiny Llama + LoRA, whose rollouts are our fixed completions and whose reward
-    functions give `terms` (name → per prompt, G values; None: "does not apply"), default correct and format_ok."""
+    functions give `terms` (name → per prompt, G values; None: "does not apply"), default correct and format_ok.
+    `sampler_logps` (a list a completion): the rollout's log-probabilities, as vLLM's would be (a callable: made
+    from the trainer when the rollout runs)."""
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -77,7 +79,8 @@ def trainer_for(tokenizer, tmp_path, seed, terms=None, weights=WEIGHTS, **config
     def rollout(prompts, trainer):  # TRL's own prompt tokenisation; our completions instead of sampled ones
         assert len(prompts) == len(fixed)
         prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
-        return {"prompt_ids": prompt_ids, "completion_ids": [list(c) for c in fixed], "logprobs": None}
+        logprobs = sampler_logps(trainer) if callable(sampler_logps) else sampler_logps
+        return {"prompt_ids": prompt_ids, "completion_ids": [list(c) for c in fixed], "logprobs": logprobs}
 
     def reward_function(name, table):
         def reward(prompts, completions, completion_ids, **kwargs):  # rows in our order: prompt-major
@@ -292,3 +295,91 @@ def test_collate_masks_truncated_completions_and_counts_lengths():
     assert batch["completion_mask"].tolist() == [[1, 1, 0], [0, 0, 0]]  # the second was cut: not trained on
     metrics = completion_metrics([[9, 2], [10, 11, 12]], [2], pad_id=1)
     assert metrics["completions/clipped_ratio"] == 0.5 and metrics["completions/mean_terminated_length"] == 2
+
+
+SAMPLER_CASES = [  # (TRL's vllm_importance_sampling_mode, clip_min, clip_max, the sampler's noise, seed)
+    ("sequence_mask", None, 3.0, 0.3, 0),
+    ("sequence_truncate", None, 3.0, 0.3, 1),
+    ("token_mask", 0.5, 2.0, 0.5, 2),
+    ("token_truncate", 0.8, 1.5, 0.5, 3),
+    ("sequence_mask", 0.2, 5.0, 0.6, 4),
+    ("token_truncate", None, 3.0, 1.0, 5),
+]
+
+
+@pytest.mark.parametrize("mode, clip_min, clip_max, noise, seed", SAMPLER_CASES)
+def test_the_sampler_correction_equals_trls(tokenizer, tmp_path, mode, clip_min, clip_max, noise, seed):
+    """Answers drawn by another engine (vLLM's log-probabilities: the trainer's plus noise, one token unscored):
+    the ratio, TRL's `sampling/*` metrics, the loss and its gradients, as TRL's `use_vllm` path computes them."""
+    fixed = completion_ids(tokenizer)
+    gen = torch.Generator().manual_seed(100 + seed)
+    sampled = {}
+
+    def sampler_logps(trainer):  # the trainer's own log-probabilities at sampling time, moved by a sampler's error
+        prompt_ids = [tokenizer(p)["input_ids"] for p in PROMPTS for _ in range(G)]
+        batch = collate_completions(prompt_ids, fixed, tokenizer.pad_token_id, [tokenizer.eos_token_id])
+        old = old_policy_logps(trainer.model, None, batch)
+        rows = [[float(v) + noise * float(torch.randn((), generator=gen)) for v in old[i, :len(c)]]
+                for i, c in enumerate(fixed)]
+        rows[1][0] = None  # vLLM gives None for a token it could not score: no correction there
+        sampled["rows"] = rows
+        return rows
+
+    config = dict(loss_type="dapo", beta=0.05, scale_rewards="group", num_iterations=1,
+                  vllm_importance_sampling_mode=mode, vllm_importance_sampling_clip_min=clip_min,
+                  vllm_importance_sampling_clip_max=clip_max)
+    tr = trainer_for(tokenizer, tmp_path, seed, sampler_logps=sampler_logps, **config)
+    tr.use_vllm, tr.vllm_mode = True, "server"  # TRL's vLLM path without a vLLM: the rollout is ours
+    tr._last_loaded_step = tr.state.global_step  # no weights to sync
+    model = tr.model
+    model.train()
+    out = tr._generate_and_score_completions([{"prompt": p} for p in PROMPTS for _ in range(G)])
+    trl_metrics = {k: v[-1] for k, v in tr._metrics["train"].items()}
+
+    prompt_ids = [tokenizer(p)["input_ids"] for p in PROMPTS for _ in range(G)]
+    batch = collate_completions(prompt_ids, fixed, tokenizer.pad_token_id, [tokenizer.eos_token_id])
+    width = batch["completion_mask"].shape[1]
+    sampler = torch.tensor([[float("nan") if v is None else v for v in r] + [float("nan")] * (width - len(r))
+                            for r in sampled["rows"]])
+    old = old_policy_logps(model, None, batch)
+    torch.testing.assert_close(old, out["old_per_token_logps"], rtol=1e-5, atol=1e-6)
+    weights, metrics = sampler_ratio(old, sampler, batch["completion_mask"], mode, clip_min, clip_max)
+    torch.testing.assert_close(weights, out["importance_sampling_ratio"], rtol=1e-5, atol=1e-6)
+    for key, value in metrics.items():
+        assert value == pytest.approx(trl_metrics[key], rel=1e-5, abs=1e-6), key
+    if mode.endswith("mask"):   # something was masked, something kept
+        assert (weights == 0).any() and (weights > 0).any()
+    else:                       # clipped to the bounds, and not all one
+        assert float(weights.max()) <= clip_max + 1e-6 and float(weights.min()) >= (clip_min or 0.0) - 1e-6
+        assert float(weights.min()) < 1 < float(weights.max())
+
+    adapter = [p for p in model.parameters() if p.requires_grad]
+    trl_loss = tr._compute_loss(model, out)
+    trl_loss.backward()
+    trl_grads = [p.grad.clone() for p in adapter]
+    model.zero_grad(set_to_none=True)
+    spec = spec_for({k: v for k, v in config.items() if not k.startswith("vllm_")})
+    rewards = torch.tensor([CORRECT, FORMAT]).permute(1, 2, 0)
+    advantages, _ = group_advantages(rewards, "group", WEIGHTS)
+    ref = reference_logps(model, None, batch, spec.temperature)
+    logps, entropies = completion_token_logps(model, batch["prompt_ids"], batch["prompt_mask"],
+                                              batch["completion_ids"], batch["completion_mask"], entropy=True)
+    loss, _ = grpo_loss(spec, logps, batch["completion_mask"], advantages.reshape(-1), old, ref,
+                        entropies=entropies, sampler_weights=weights)
+    loss.backward()
+    assert loss.item() == pytest.approx(trl_loss.item(), rel=1e-5, abs=1e-6)
+    for ours, theirs in zip([p.grad for p in adapter], trl_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_a_sampler_that_agrees_weighs_nothing():
+    """The trainer's own log-probabilities given back: every weight 1, whatever the mode."""
+    old = torch.randn(4, 6)
+    mask = torch.ones(4, 6, dtype=torch.long)
+    mask[2, 3:] = 0
+    for mode in ("sequence_mask", "sequence_truncate", "token_mask", "token_truncate"):
+        weights, metrics = sampler_ratio(old, old.clone(), mask, mode)
+        assert torch.equal(weights, torch.ones_like(weights)), mode
+        assert metrics["sampling/sampling_logp_difference/max"] == 0
+    with pytest.raises(ValueError, match="not one of"):
+        sampler_ratio(old, old, mask, "none")

@@ -62,9 +62,10 @@ def test_the_step_trains_on_the_accepted_answers_only_with_fine_tunings_loss(tin
     drawn = {}
     real = loss_model._sample
 
-    def sample(prompts, generators):
-        drawn["completions"] = real(prompts, generators)
-        return drawn["completions"]
+    def sample(prompts, seeds, step):
+        draws = real(prompts, seeds, step)
+        drawn["completions"] = draws.completions
+        return draws
     loss_model._sample = sample
     rows = _prompts(tokenizer, 4)
     loss_model.lay_out(packed=packed, flat=False)  # as the training setup tells it

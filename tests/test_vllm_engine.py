@@ -239,7 +239,7 @@ def test_tunelab_eval_through_vllm_gives_the_embedded_engines_predictions(server
 def test_adapters_vllm_cannot_serve_are_named(tmp_path):
     import json
 
-    from tunelab.eval.vllm_models import unservable
+    from tunelab.decoding.vllm_engine import unservable
     d = tmp_path / "a"
     d.mkdir()
     for config, why in (({"peft_type": "IA3"}, "not IA3"), ({"peft_type": "LORA", "r": 8}, None),

@@ -18,8 +18,10 @@ build a batch of two such requests kills the engine. Those scorers stay on the e
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from tunelab.decoding.sampling import SamplingParams
 from tunelab.errors import TunelabError
@@ -28,6 +30,28 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64           # prompts a request: vLLM schedules every request it holds together
 IN_FLIGHT = 64       # requests open at once (a drawing row is a request of its own)
+
+
+def unservable(adapter: Path | dict, max_lora_rank: int) -> str | None:
+    """Why vLLM cannot serve an adapter (its directory, or its peft config as a dict), or None when it can: a
+    plain LoRA of a rank it takes. Evaluation, serving and rollouts ask this one question."""
+    config = adapter
+    if not isinstance(adapter, dict):
+        try:
+            config = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "its adapter_config.json cannot be read"
+    kind = str(getattr(config.get("peft_type", ""), "value", config.get("peft_type", "")))
+    if kind != "LORA":
+        return f"vLLM serves LoRA adapters, not {kind or 'this kind'}"
+    if config.get("trainable_token_indices") or config.get("modules_to_save"):
+        return "the adapter trains token rows or whole modules, which vLLM's LoRA does not load"
+    if config.get("use_dora"):
+        return "vLLM does not serve DoRA"
+    rank = max([int(config.get("r") or 0), *map(int, (config.get("rank_pattern") or {}).values())])
+    if rank > max_lora_rank:
+        return f"its rank {rank} is above engine.max_lora_rank ({max_lora_rank})"
+    return None
 
 
 class VLLMEngine:
@@ -87,11 +111,16 @@ class VLLMEngine:
 
     def decode(self, rows: list[list[int]], max_new_tokens: int, stops: frozenset[int], *, batch_size: int = 32,
                sampling: SamplingParams | None = None, seeds: list[int] | None = None, streams=None,
-               keep_stop: bool = False, on_done=None) -> tuple[list[list[int]], list[bool]]:
+               keep_stop: bool = False, on_done=None,
+               logps: list[list[float]] | None = None) -> tuple[list[list[int]], list[bool]]:
         """`DecodingEngine.decode` on the server. Greedy rows go `CHUNK` to a request; a drawing row goes alone
         with its seed (vLLM seeds a request, not a row). The stop strings of `streams` end an answer early on
         the server, and each stream is then fed the returned tokens, cutting the text where the embedded engine
-        would. `batch_size` is the embedded engine's: vLLM schedules what it holds by its own limits."""
+        would. `batch_size` is the embedded engine's: vLLM schedules what it holds by its own limits.
+        `logps`, an empty list, receives each row's sampled tokens' log-probabilities as the server computed them
+        (one a returned id, NaN where it gave none): what a trainer corrects its sampler's mismatch by (GRPO's
+        `sampler_correction`); after temperature and top-p only on a server started with
+        `--logprobs-mode processed_logprobs`."""
         n = len(rows)
         if max_new_tokens <= 0 or not rows:
             return [[] for _ in rows], [False] * n
@@ -101,6 +130,9 @@ class VLLMEngine:
                 "stop_token_ids": sorted(stops), "skip_special_tokens": False, "include_stop_str_in_output": True,
                 "top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
                 "frequency_penalty": 0.0}
+        if logps is not None:
+            base["logprobs"] = 0   # the sampled token's own, no alternatives
+            logps[:] = [[] for _ in rows]
         stop_strings = sorted({s for st in streams or () for s in st.stop})
         if stop_strings:
             base["stop"] = stop_strings
@@ -130,6 +162,11 @@ class VLLMEngine:
                         break
                 new = body + new[-1:] if on_token and keep_stop else body
                 ids[k], stopped[k] = new, ended
+                if logps is not None:
+                    given = (c.get("logprobs") or {}).get("token_logprobs") or []
+                    given = [float("nan") if v is None else float(v) for v in given]
+                    kept = given[:len(body)] + (given[len(new) - 1:len(new)] if len(new) > len(body) else [])
+                    logps[k] = kept + [float("nan")] * (len(new) - len(kept))
             if on_done is not None:
                 on_done(len(answer["choices"]))
         return ids, stopped

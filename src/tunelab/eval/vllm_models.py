@@ -14,37 +14,15 @@ What vLLM cannot do here is done by the embedded engine, and the run says so onc
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
 
+from tunelab.decoding.vllm_engine import unservable
 from tunelab.eval.resident import Reloading, model_source
 from tunelab.recipe.engine import EngineConfig
 
 log = logging.getLogger(__name__)
-
-LORA = "LORA"
-
-
-def unservable(adapter: Path, max_lora_rank: int) -> str | None:
-    """Why vLLM cannot serve the adapter directory, or None when it can (a plain LoRA of a rank it takes)."""
-    try:
-        config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "its adapter_config.json cannot be read"
-    kind = config.get("peft_type", "")
-    if kind != LORA:
-        return f"vLLM serves LoRA adapters, not {kind or 'this kind'}"
-    if config.get("trainable_token_indices") or config.get("modules_to_save"):
-        return "the adapter trains token rows or whole modules, which vLLM's LoRA does not load"
-    if config.get("use_dora"):
-        return "vLLM does not serve DoRA"
-    rank = max([int(config.get("r") or 0), *map(int, (config.get("rank_pattern") or {}).values())])
-    if rank > max_lora_rank:
-        return f"its rank {rank} is above engine.max_lora_rank ({max_lora_rank})"
-    return None
-
 
 class VLLMModels:
     """An evaluation pass's models through vLLM (module docstring). `log_dir`: where the started server's log

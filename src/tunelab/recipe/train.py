@@ -18,6 +18,8 @@ GRPOLossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 GRPO_LOSSES: tuple[str, ...] = get_args(GRPOLossType)
 ScaleRewards = Literal["group", "batch", "none"]
 SCALE_REWARDS: tuple[str, ...] = get_args(ScaleRewards)
+SamplerCorrection = Literal["sequence_mask", "sequence_truncate", "token_mask", "token_truncate", "none"]
+SAMPLER_CORRECTIONS: tuple[str, ...] = get_args(SamplerCorrection)
 
 
 class DivergenceConfig(StrictSection):
@@ -79,6 +81,15 @@ class GRPOConfig(SampledAnswers):
         default=False, description="before training, sample a group for every prompt from the starting model and "
                                    "keep the prompts whose answers differ in reward (neither all right nor all "
                                    "wrong): every step goes to prompts that teach; the kept share is logged")
+    sampler_correction: SamplerCorrection = Field(
+        default="sequence_mask", description="with engine.kind vllm: how the loss corrects for the sampler's "
+                                             "probabilities not being the trainer's (TRL's "
+                                             "vllm_importance_sampling_mode: the ratio trainer / sampler, per "
+                                             "token or per answer, clipped (truncate) or its tokens masked out "
+                                             "beyond the bounds (mask)); none: no correction")
+    sampler_clip_max: float | None = Field(default=3.0, gt=0, description="the ratio's upper bound (TRL's "
+                                                                          "vllm_importance_sampling_clip_max)")
+    sampler_clip_min: float | None = Field(default=None, ge=0, description="its lower bound; null: none")
 
 
 class RFTConfig(SampledAnswers):

@@ -10,7 +10,7 @@ What a run serves, by name (the names `tunelab serve` and the UI give): `RUN/bas
 trained on) and `RUN/step-N` for every whole checkpoint whose adapter vLLM can serve. A checkpoint that is not
 whole, holds a full model rather than an adapter, sits on another base, or holds an adapter vLLM does not serve
 (IA³, VeRA, prompt tuning, trained token rows, DoRA, a rank above `engine.max_lora_rank`:
-`eval.vllm_models.unservable`) is not served, and one log line says why (`tunelab serve CKPT` without
+`decoding.vllm_engine.unservable`) is not served, and one log line says why (`tunelab serve CKPT` without
 `--engine vllm` serves it on the embedded engine). A checkpoint or adapter directory serves itself and its base;
 any other model itself alone. The default (what a request naming no model gets, listed first) is the checkpoint
 the embedded engine would serve (`--checkpoint best|last`), else the base.
@@ -41,7 +41,7 @@ def _same_path(a: str, b: str) -> bool:
 
 def why_not_served(ckpt: Path, base: str, max_lora_rank: int) -> str | None:
     """Why a run's checkpoint is not served as an adapter of `base` through vLLM, or None when it is."""
-    from tunelab.eval.vllm_models import unservable
+    from tunelab.decoding.vllm_engine import unservable
     from tunelab.model.base_record import resolve_base_model
     from tunelab.runs import is_whole, model_dir_of
     if not is_whole(ckpt):
@@ -102,7 +102,7 @@ def serve_through_vllm(path: str | Path, engine: EngineConfig, *, name: str | No
         base_name = f"{prefix}/{BASE}" if resolved.adapter is not None else default_name(path, resolved.path)
     else:
         if resolved.adapter is not None:
-            from tunelab.eval.vllm_models import unservable
+            from tunelab.decoding.vllm_engine import unservable
             why = unservable(resolved.adapter, engine.max_lora_rank)
             if why:
                 raise TunelabError(f"vLLM cannot serve this adapter: {why}; serve it without --engine vllm",

@@ -84,18 +84,18 @@ def train(recipe: Recipe, resume: bool = False, hand_over=None, on_checkpoint=No
     from tunelab.model.loading import quiet_transformers
     quiet_transformers()
     dist = init_distributed(recipe.train.device)
-    with onednn_primitive_cache(ONEDNN_CACHE_KERNELS), contextlib.ExitStack() as lock:
+    with onednn_primitive_cache(ONEDNN_CACHE_KERNELS), contextlib.ExitStack() as held:
         refused = None
         if dist.main:
             try:
-                lock.enter_context(run_lock(recipe.run_dir))
+                held.enter_context(run_lock(recipe.run_dir))
             except TunelabError as e:
                 refused = e
         if all_sum(dist, [1.0 if refused else 0.0])[0]:  # every rank stops, not rank 0 alone
             raise refused or TunelabError("another process is writing this run (rank 0 names it)",
                                           file=recipe.run_dir)
         with StopSignals() as signals:
-            return _train(recipe, resume, dist, signals, hand_over, on_checkpoint, rewards)
+            return _train(recipe, resume, dist, signals, held, hand_over, on_checkpoint, rewards)
 
 
 # oneDNN (bf16 matmuls on CPU) keeps a compiled kernel for every shape it meets, up to 1,024 of them; the row width
@@ -121,10 +121,11 @@ def onednn_primitive_cache(kernels: int):
         os.environ.pop(name, None)
 
 
-def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_over=None,
-           on_checkpoint=None, rewards=None) -> dict:
-    """`train` inside the run lock and the stop signals: set up, maybe restore, the steps, the summary."""
-    run = _set_up(recipe, resume, dist, rewards)
+def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, held: contextlib.ExitStack,
+           hand_over=None, on_checkpoint=None, rewards=None) -> dict:
+    """`train` inside the run lock and the stop signals: set up, maybe restore, the steps, the summary. `held`
+    closes what the run holds (the lock, a vLLM server for rollouts) however it ends."""
+    run = _set_up(recipe, resume, dist, rewards, held)
     progress = _restore(run, resume)
     train_model = data_parallel(run.trained.loss_model, dist, run.trained.fsdp)
     train_model.train()
@@ -162,7 +163,7 @@ def _train(recipe: Recipe, resume: bool, dist: Dist, signals: StopSignals, hand_
     return _finish(run, progress, metrics.clock, hand_over)
 
 
-def _set_up(recipe: Recipe, resume: bool, dist: Dist, rewards) -> TrainingRun:
+def _set_up(recipe: Recipe, resume: bool, dist: Dist, rewards, held: contextlib.ExitStack) -> TrainingRun:
     """Everything the steps need, in an order that fixes the random draws (`setup.py`)."""
     import torch
     tc = recipe.train
@@ -188,6 +189,11 @@ def _set_up(recipe: Recipe, resume: bool, dist: Dist, rewards) -> TrainingRun:
     token_ids = (trainable_token_ids(recipe, model, tokenizer, rows.answer_counts, dist, rows.encoded)
                  if recipe.lora.enabled and not continued_adapter(recipe) else [])  # a continued adapter has its own
     trained = trainable_model(recipe, model, precision, dist, token_ids, tokenizer, rewards)
+    from tunelab.train.methods.own_samples import SamplingLossModel
+    if isinstance(trained.loss_model, SamplingLossModel):  # who draws the answers: the model, or vLLM (`engine:`)
+        from tunelab.train.methods.samplers import vllm_policy
+        trained.loss_model.sampler = vllm_policy(recipe, trained.model, dist, precision, held) or \
+            trained.loss_model.sampler
     if tc.method == "grpo":
         if tc.grpo.filter_prompts:  # before the steps are counted: they go to the prompts kept
             from tunelab.train.methods.grpo import filter_prompts

@@ -40,7 +40,7 @@ from tunelab.model.reference import reference_policy
 from tunelab.recipe import Recipe
 from tunelab.train.methods.base import Method, token_validation
 from tunelab.train.methods.grpo_loss import (GRPOLoss, collate_completions, completion_metrics, completion_token_logps,
-                                             group_advantages, grpo_loss, zero_variance_groups)
+                                             group_advantages, grpo_loss, sampler_ratio, zero_variance_groups)
 from tunelab.train.methods.grpo_groups import backbone_and_head, pack_groups, packed_completion_logps
 from tunelab.train.methods.own_samples import PromptRow, SamplingLossModel, prompts_batch, rollout
 
@@ -56,6 +56,7 @@ class Drawn:
     examples: list
     completions: list[list[int]]
     scores: torch.Tensor
+    logps: list[list[float]] | None = None   # the sampler's own, where it is not the trainer (vLLM)
 
 
 def policy_logps(model, parts, batch: dict, temperature: float = 1.0,
@@ -116,9 +117,10 @@ class GRPOLossModel(SamplingLossModel):
         for start in range(0, len(rows), batch):
             part = rows[start: start + batch]
             prompts = [r.prompt_ids for r in part for _ in range(G)]
-            generators = [torch.Generator().manual_seed(zlib.crc32(f"grpo-filter/{self.seed}/{start + i // G}/"
-                                                                   f"{i % G}".encode())) for i in range(len(prompts))]
-            scores = self._score([r.example for r in part for _ in range(G)], self._sample(prompts, generators))
+            seeds = [zlib.crc32(f"grpo-filter/{self.seed}/{start + i // G}/{i % G}".encode())
+                     for i in range(len(prompts))]
+            scores = self._score([r.example for r in part for _ in range(G)],
+                                 self._sample(prompts, seeds, 0).completions)
             keep += (~zero_variance_groups(scores.view(len(part), G, -1), self.rewards.weights)).tolist()
         return keep
 
@@ -137,7 +139,7 @@ class GRPOLossModel(SamplingLossModel):
             log.warning(f"step {step + 1}: the checkpoint holds no generation batch for micro-batch {micro}; "
                         "sampled again from the current policy")
         batch = self._generate(rows, step, rank, micro, device)
-        if k > 1:  # the old policy's log-probabilities, kept while the batch is trained on again (TRL's)
+        if k > 1 and "old_logps" not in batch:  # the old policy's, kept while the batch is trained on again (TRL's)
             batch["old_logps"] = old_policy_logps(self.model, self.parts, batch, self.spec.temperature)
             if micro == 0:
                 self._buffer = {}
@@ -159,6 +161,15 @@ class GRPOLossModel(SamplingLossModel):
                 advantages, _ = self._advantages(drawn.scores, len(rows))
         metrics["frac_groups_skipped"] = 1.0 - keep.float().mean()
         batch, tokens = self._lay_out(drawn, keep, advantages, device)
+        sampler_logps = batch.pop("sampler_logps", None)
+        if sampler_logps is not None and self.settings.sampler_correction != "none":
+            # answers another engine drew: weighted by trainer / sampler at sampling time (TRL's, `sampler_ratio`)
+            s = self.settings
+            batch["old_logps"] = old_policy_logps(self.model, self.parts, batch, self.spec.temperature)
+            batch["sampler_weights"], corrections = sampler_ratio(batch["old_logps"], sampler_logps,
+                                                                  batch["completion_mask"], s.sampler_correction,
+                                                                  s.sampler_clip_min, s.sampler_clip_max)
+            metrics.update(corrections)
         if self.spec.needs_reference:
             batch["ref_logps"] = reference_logps(self.model, self.parts, batch, self.spec.temperature)
         self._add(metrics)
@@ -170,8 +181,8 @@ class GRPOLossModel(SamplingLossModel):
         G = self.settings.num_generations
         prompts = [r.prompt_ids for r in rows for _ in range(G)]
         examples = [r.example for r in rows for _ in range(G)]
-        completions = self._sample(prompts, self._generators(step, rank, micro, list(range(len(prompts)))))
-        return Drawn(prompts, examples, completions, self._score(examples, completions))
+        draws = self._sample(prompts, self._seeds(step, rank, micro, list(range(len(prompts)))), step)
+        return Drawn(prompts, examples, draws.completions, self._score(examples, draws.completions), draws.logps)
 
     def _advantages(self, scores: torch.Tensor, groups: int) -> tuple[torch.Tensor, dict]:
         """(advantages (groups, G), the reward metrics) of the completions' reward terms (`group_advantages`)."""
@@ -212,11 +223,13 @@ class GRPOLossModel(SamplingLossModel):
                     fresh = self._reserve_row(step, rank, micro, g, again)
                     drawn.prompts[g * G: (g + 1) * G] = [fresh.prompt_ids] * G
                     drawn.examples[g * G: (g + 1) * G] = [fresh.example] * G
-            completions = self._sample([drawn.prompts[i] for i in positions],
-                                       self._generators(step, rank, micro, positions, again))
-            drawn.scores[positions] = self._score([drawn.examples[i] for i in positions], completions)
-            for i, c in zip(positions, completions):
-                drawn.completions[i] = c
+            draws = self._sample([drawn.prompts[i] for i in positions],
+                                 self._seeds(step, rank, micro, positions, again), step)
+            drawn.scores[positions] = self._score([drawn.examples[i] for i in positions], draws.completions)
+            for j, i in enumerate(positions):
+                drawn.completions[i] = draws.completions[j]
+                if drawn.logps is not None:
+                    drawn.logps[i] = draws.logps[j]
             alike = self._alike(drawn.scores, len(alike))
         return alike
 
@@ -235,22 +248,26 @@ class GRPOLossModel(SamplingLossModel):
         if empty:
             batch["completion_mask"].zero_()
         batch["advantages"] = advantages.reshape(-1)[kept]
+        if drawn.logps is not None:  # the sampler's, laid out as the completions (NaN past each one's end)
+            width = batch["completion_mask"].shape[1]
+            batch["sampler_logps"] = torch.tensor([(drawn.logps[i] + [float("nan")] * width)[:width] for i in kept],
+                                                  dtype=torch.float32)
         tokens = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())  # as the rows TRL trains on
         if self.packed and self.parts is not None:  # the prompt once per group, no padding
             layout = pack_groups(prompts, completions, batch["completion_mask"], G, self.pad_id, self.flat)
-            batch = {**layout, "completion_mask": batch["completion_mask"], "advantages": batch["advantages"]}
+            batch = {**layout, **{k: batch[k] for k in ("completion_mask", "advantages", "sampler_logps") if k in batch}}
         return batch_to(batch, device), tokens
 
     def forward(self, completion_mask, advantages, num_items_in_batch, ref_logps=None, old_logps=None,
-                items=None, tokens=None, **inputs) -> torch.Tensor:
+                sampler_weights=None, items=None, tokens=None, **inputs) -> torch.Tensor:
         logps, entropies = policy_logps(self.model, self.parts, {**inputs, "completion_mask": completion_mask},
                                         self.spec.temperature, entropy=True)
         if self.spec.loss_type == "dapo":
             loss, metrics = grpo_loss(self.spec, logps, completion_mask, advantages, old_logps, ref_logps,
-                                      num_items_in_batch, entropies)
+                                      num_items_in_batch, entropies, sampler_weights)
         else:  # a micro-batch mean; the loop's sum over micro-batches and processes divides by their number
             loss, metrics = grpo_loss(self.spec, logps, completion_mask, advantages, old_logps, ref_logps,
-                                      entropies=entropies)
+                                      entropies=entropies, sampler_weights=sampler_weights)
             loss = loss / num_items_in_batch
         self._add(metrics)
         return loss

@@ -58,12 +58,13 @@ feeds several optimizer steps, TRL divides by that batch's tokens per step on av
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from tunelab.model.kernels.logprobs import scored_logps
-from tunelab.recipe.train import GRPO_LOSSES, SCALE_REWARDS
+from tunelab.recipe.train import GRPO_LOSSES, SAMPLER_CORRECTIONS, SCALE_REWARDS
 
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
@@ -262,15 +263,53 @@ def completion_token_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.T
 
 # --- the loss -------------------------------------------------------------------------------------
 
+def sampler_ratio(old_logps: torch.Tensor, sampler_logps: torch.Tensor, completion_mask: torch.Tensor,
+                  mode: str = "sequence_mask", clip_min: float | None = None, clip_max: float | None = 3.0
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weight that corrects a loss for answers drawn by another engine (vLLM) than the one that trains: the
+    ratio π_trainer / π_sampler of the drawn tokens, (B, C) per token or (B, 1) per answer, and TRL's
+    `sampling/*` metrics. `old_logps`: the trainer's log-probabilities at sampling time (no gradient);
+    `sampler_logps`: the sampler's of the same tokens (NaN where it gave none: ratio 1 there). `*_truncate`
+    clips the ratio to [clip_min, clip_max] (truncated importance sampling); `*_mask` sets it to 0 outside
+    them (the token, or the whole answer, is not trained on).
+
+    TRL 1.16 `GRPOTrainer._generate_and_score_completions` (`vllm_importance_sampling_mode`, its default
+    `sequence_mask` with clip_max 3), tests/test_grpo_sampler_ratio.py."""
+    if mode not in SAMPLER_CORRECTIONS or mode == "none":
+        raise ValueError(f"sampler correction {mode!r} is not one of {', '.join(SAMPLER_CORRECTIONS[:-1])}")
+    mask = completion_mask.to(old_logps.dtype)
+    diff = torch.nan_to_num((old_logps - sampler_logps) * mask, nan=0.0)
+    sequence = mode.startswith("sequence")
+    ratio = torch.exp(diff.sum(-1, keepdim=True) if sequence else diff)
+    if mode.endswith("truncate"):
+        ratio = torch.clamp(ratio, min=clip_min, max=clip_max)
+    else:
+        low = -math.inf if clip_min is None else clip_min
+        high = math.inf if clip_max is None else clip_max
+        ratio = ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+    with torch.no_grad():
+        delta = torch.abs(old_logps - sampler_logps)
+        seen = completion_mask.bool() & ~torch.isnan(delta)
+        flat = ratio.flatten() if sequence else ratio[completion_mask.bool()]
+        zero = torch.zeros((), dtype=old_logps.dtype, device=old_logps.device)
+        metrics = {"sampling/sampling_logp_difference/mean": delta[seen].mean() if seen.any() else zero,
+                   "sampling/sampling_logp_difference/max": delta[seen].max() if seen.any() else zero,
+                   "sampling/importance_sampling_ratio/min": flat.min() if flat.numel() else zero,
+                   "sampling/importance_sampling_ratio/mean": flat.mean() if flat.numel() else zero,
+                   "sampling/importance_sampling_ratio/max": flat.max() if flat.numel() else zero}
+    return ratio, metrics
+
+
 def grpo_loss(spec: GRPOLoss, logps: torch.Tensor, completion_mask: torch.Tensor, advantages: torch.Tensor,
               old_logps: torch.Tensor | None = None, ref_logps: torch.Tensor | None = None,
-              num_items_in_batch: int | torch.Tensor | None = None, entropies: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              num_items_in_batch: int | torch.Tensor | None = None, entropies: torch.Tensor | None = None,
+              sampler_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(the micro-batch's loss, TRL's metrics for it as 0-d tensors, read once a metrics line) from the policy's completion log-probabilities `logps`
     (B, C; with gradients), the `completion_mask` (B, C), each row's advantage (B,), the old policy's
     log-probabilities (None: this batch's first pass, old = logps detached, as TRL), the reference's (needed
-    when β ≠ 0), the step's completion-token count for `dapo` (see the module docstring) and the entropies
-    for the `entropy` metric.
+    when β ≠ 0), the step's completion-token count for `dapo` (see the module docstring), the entropies
+    for the `entropy` metric, and `sampler_weights` (`sampler_ratio`: answers drawn by another engine), which
+    multiply the clipped objective's token losses before the KL term is added, as TRL's.
 
     TRL 1.16 `GRPOTrainer._compute_loss`, for its loss types grpo, bnpo, dr_grpo and dapo."""
     mask = completion_mask.to(logps.dtype)
@@ -295,6 +334,8 @@ def grpo_loss(spec: GRPOLoss, logps: torch.Tensor, completion_mask: torch.Tensor
     clipped = torch.clamp(ratio, 1 - spec.epsilon_low, 1 + spec.epsilon_high)
     unclipped = ratio if spec.delta is None else torch.clamp(ratio, max=spec.delta)
     per_token_loss = -torch.min(unclipped * advantages, clipped * advantages)
+    if sampler_weights is not None:
+        per_token_loss = per_token_loss * sampler_weights
     if spec.beta != 0.0:
         per_token_loss = per_token_loss + spec.beta * per_token_kl
 

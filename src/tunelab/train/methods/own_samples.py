@@ -2,10 +2,10 @@
 (`PromptRow`), and the loss module (`SamplingLossModel`) samples answers to it with tunelab's decoding core,
 scores them with the run's rewards, and keeps its metrics on the device until a metrics line reads them.
 
-Sampling: `decoding.embedded.decode_rows` with a SamplingParams and a seeded generator a row (batched, KV cache,
-the eval engine's stop tokens), the model in eval mode (no dropout) with its adapter on, under the training
-precision's autocast and SDPA attention. A row's generator is seeded from (method, recipe seed, step, process,
-micro-batch, row), so a resumed run samples exactly what the unbroken run did. Dropout is off for the whole run
+Sampling: by the run's sampler (`samplers`): the training model itself through the embedded engine (a seeded
+generator a row, batched, KV cache, the eval engine's stop tokens, the model in eval mode with its adapter on), or
+a vLLM server holding the policy's adapter as of the step (`engine.kind: vllm`). A row's seed comes from (method,
+recipe seed, step, process, micro-batch, row), so a resumed run samples exactly what the unbroken run did. Dropout is off for the whole run
 (TRL's `disable_dropout: true`, `Method.disables_dropout`, done where the run is set up): the samples and the loss
 are of one model, not of two noisy ones. The loss module makes its own batches, so it keeps how the run lays out
 rows (`lay_out`, told once by the training setup) instead of each batch carrying it."""
@@ -73,6 +73,8 @@ class SamplingLossModel(torch.nn.Module):
         self.packed = self.flat = False  # the rows' layout: padded until the setup says (`lay_out`)
         self.stops = stop_token_ids(model, tokenizer)
         self.pad_id = pad_token_id(tokenizer, self.stops)
+        from tunelab.train.methods.samplers import OwnModel
+        self.sampler = OwnModel(model, self.pad_id)  # who draws the answers: the run's setup may put vLLM here
         self.sampling = SamplingParams(max_tokens=settings.max_completion_length, temperature=settings.temperature,
                                        top_p=settings.top_p, top_k=settings.top_k)
         self._sums: dict[str, tuple] = {}  # metric -> (sum, count): 0-d tensors on the device until read
@@ -82,21 +84,19 @@ class SamplingLossModel(torch.nn.Module):
         laid end to end (`collate_flat`, where the model's CPU attention takes them)."""
         self.packed, self.flat = bool(packed), bool(flat)
 
-    def _generators(self, step: int, rank: int, micro: int, rows: list[int], again: int = 0) -> list[torch.Generator]:
+    def _seeds(self, step: int, rank: int, micro: int, rows: list[int], again: int = 0) -> list[int]:
+        """Each row's draw seed, from (recipe seed, step, process, micro-batch, row, try): a resumed run draws what
+        the unbroken run did."""
         def seed(row: int) -> int:
             key = f"{self.key}/{self.seed}/{step}/{rank}/{micro}/{row}" + (f"/again{again}" if again else "")
             return zlib.crc32(key.encode())
-        return [torch.Generator().manual_seed(seed(r)) for r in rows]
+        return [seed(r) for r in rows]
 
-    def _sample(self, prompts: list[list[int]], generators: list[torch.Generator]) -> list[list[int]]:
-        from tunelab.decoding.embedded import decode_rows
-        from tunelab.model.eval_mode import eval_mode
-        from tunelab.model.kernels.attention import decoding_attention
-        with eval_mode(self.model), torch.inference_mode(), decoding_attention(self.model):
-            completions, _ = decode_rows(self.model, prompts, self.settings.max_completion_length, self.stops,
-                                         self.pad_id, len(prompts), sampling=[self.sampling] * len(prompts),
-                                         generators=generators, keep_stop=True)
-        return completions
+    def _sample(self, prompts: list[list[int]], seeds: list[int], step: int):
+        """A `samplers.Draws` of the prompts, one seed a row, by the run's sampler as the policy is after `step`
+        optimizer steps: the model itself, or vLLM with the adapter synced (`samplers`)."""
+        return self.sampler.draw(prompts, seeds, self.sampling, self.settings.max_completion_length, self.stops,
+                                 step)
 
     def _score(self, examples: list[Example], completions: list[list[int]]) -> torch.Tensor:
         """Each completion's reward terms, (completions, terms)."""

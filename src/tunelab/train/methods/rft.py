@@ -65,7 +65,7 @@ class RFTLossModel(SamplingLossModel):
         from tunelab.train.methods.sft import collate_labelled
         s, G = self.settings, self.settings.num_generations
         prompts = [r.prompt_ids for r in rows for _ in range(G)]
-        completions = self._sample(prompts, self._generators(step, rank, micro, list(range(len(prompts)))))
+        completions = self._sample(prompts, self._seeds(step, rank, micro, list(range(len(prompts)))), step).completions
         scores = self._score([r.example for r in rows for _ in range(G)], completions)
         reward = torch.tensor(self.rewards.total(scores.tolist()))
         right = [bool(c) and c[-1] in self.stops and r >= s.accept for c, r in zip(completions, reward.tolist())]
