@@ -231,3 +231,32 @@ def test_the_serve_verbs_take_the_engine_flags():
     g = build_parser().parse_args(["generate", "runs/x", "hi", "--engine-url", "http://127.0.0.1:8001"])
     assert (engine_from_flags(g).kind, engine_from_flags(g).url) == ("vllm", "http://127.0.0.1:8001")
     assert engine_from_flags(build_parser().parse_args(["serve", "runs/x"])) is None
+    u = build_parser().parse_args(["ui", "--model", "a=runs/x", "--engine", "vllm"])
+    assert engine_from_flags(u).kind == "vllm"
+
+
+@needs_vllm
+def test_the_ui_arena_gets_every_checkpoint_of_a_run_from_one_vllm_server(server, run_dir, embedded_answers,
+                                                                          tmp_path):
+    """`tunelab ui --model arena=RUN --engine vllm`: the run's base and checkpoints are the UI's models, each
+    answering as the embedded engine does for that checkpoint; closing the UI unloads its adapters (the server at
+    engine.url serves on). A run of its own, its checkpoints named apart from the module's (vLLM names adapters)."""
+    from tunelab.decoding.vllm_engine import VLLMEngine
+    from tunelab.recipe.engine import EngineConfig
+    from tunelab.serve.backends import GenerationSettings, build_backends, close_backends
+    ui_run = tmp_path / "ui-run"
+    for ours, theirs in (("step-000030", "step-000010"), ("step-000040", "step-000020")):
+        shutil.copytree(run_dir / "checkpoints" / theirs, ui_run / "checkpoints" / ours)
+    backends = build_backends([f"arena={ui_run}"], precision="fp32",
+                              engine=EngineConfig(kind="vllm", url=server["vllm"]))
+    try:
+        assert sorted(backends) == ["arena/base", "arena/step-000030", "arena/step-000040"]
+        greedy = GenerationSettings(temperature=0.0, max_tokens=16)
+        for name, same_as in (("arena/base", "tiny-run/base"), ("arena/step-000030", "tiny-run/step-000010"),
+                              ("arena/step-000040", "tiny-run/step-000020")):
+            texts = ["".join(backends[name].chat_stream([{"role": "user", "content": p}], greedy))
+                     for p in PROMPTS]
+            assert texts == embedded_answers[same_as], name
+    finally:
+        close_backends(backends)
+    assert sorted(VLLMEngine(server["vllm"], "").served_models()) == ["base", "step-000010", "step-000020"]

@@ -58,6 +58,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
                    help="seconds a remote model gets to send its first text")
     p.add_argument("--deadline", type=float, default=180.0, help="seconds a remote model gets for a whole answer")
     add_placement(p)
+    add_engine(p)
     p.set_defaults(func=cli_ui)
 
     p = verbs.add_parser("generate", help="text from a model in the terminal: prompts as arguments, from a file, "
@@ -182,7 +183,7 @@ def cli_ui(args: argparse.Namespace) -> int:
               f"are switched off. "
               f"警告：未设置 --auth，任何能访问的人都可使用；投票导出已关闭。", file=sys.stderr)
     backends = build_backends(args.model, max_batch=args.max_batch, deadlines=deadlines, device=args.device,
-                              precision=args.precision)
+                              precision=args.precision, engine=engine_from_flags(args))
     store = ArenaStore(args.db)
     demo = build_app(backends, store, load_examples(args.examples), min_votes=args.min_votes,
                      export_votes=auth is not None or not public, places=places,

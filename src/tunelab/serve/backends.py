@@ -103,9 +103,10 @@ class LocalBackend:
 
     remote = False
 
-    def __init__(self, name: str, served):
+    def __init__(self, name: str, served, owner=None):
         self.name = name
         self.served = served
+        self.owner = owner   # what closes with it: the `ServedModels` (and vLLM server) it is one name of
 
     def describe(self) -> str:
         return f"local · {self.served.model_dir}"
@@ -260,24 +261,40 @@ class RemoteBackend:
 
 
 def build_backends(specs: list[str], max_batch: int = 16, deadlines: Deadlines = Deadlines(),
-                   device: str | None = None, precision: str = "auto") -> dict[str, object]:
-    """Backends by name, in the order given; one engine per distinct local model directory, each on `device`."""
+                   device: str | None = None, precision: str = "auto", engine=None) -> dict[str, object]:
+    """Backends by name, in the order given; one engine per distinct local model directory, each on `device`.
+    With `engine` vllm (a recipe's `EngineConfig`), a local model is served by a vLLM server instead: a run as
+    NAME/base and NAME/step-N, every checkpoint an adapter of the one base (`serve.vllm_serving`), so the arena
+    and side by side compare checkpoints without loading each."""
     from tunelab.convert.resolve_model import resolve_model
     from tunelab.serve.models import ServedModel
     backends: dict[str, object] = {}
     loaded: dict[str, ServedModel] = {}
-    for raw in specs:
-        spec = parse_model_spec(raw)
-        if spec.name in backends:
-            raise TunelabError(f"two models are named '{spec.name}'", field="models")
-        if spec.remote:
-            backends[spec.name] = RemoteBackend(spec.name, spec.target, spec.key, spec.model_id, deadlines)
-        else:
-            key = resolve_model(spec.target, field="models").path
-            if key not in loaded:
-                loaded[key] = ServedModel.load(spec.target, name=spec.name, max_batch=max_batch,
-                                               precision=precision, device=device)
-            backends[spec.name] = LocalBackend(spec.name, loaded[key])
+    try:
+        for raw in specs:
+            spec = parse_model_spec(raw)
+            if spec.name in backends:
+                raise TunelabError(f"two models are named '{spec.name}'", field="models")
+            if spec.remote:
+                backends[spec.name] = RemoteBackend(spec.name, spec.target, spec.key, spec.model_id, deadlines)
+            elif engine is not None and engine.kind == "vllm":
+                from tunelab.serve.vllm_serving import serve_through_vllm
+                group = serve_through_vllm(spec.target, engine, name=spec.name, max_batch=max_batch,
+                                           precision=precision, device=device)
+                for served in group:
+                    if served.name in backends:
+                        group.close()
+                        raise TunelabError(f"two models are named '{served.name}'", field="models")
+                    backends[served.name] = LocalBackend(served.name, served, owner=group)
+            else:
+                key = resolve_model(spec.target, field="models").path
+                if key not in loaded:
+                    loaded[key] = ServedModel.load(spec.target, name=spec.name, max_batch=max_batch,
+                                                   precision=precision, device=device)
+                backends[spec.name] = LocalBackend(spec.name, loaded[key])
+    except BaseException:
+        close_backends(backends)   # a vLLM server started for an earlier spec is not left running
+        raise
     return backends
 
 
@@ -285,6 +302,6 @@ def close_backends(backends: dict) -> None:
     """Stop every local model's engine among `backends` (one shared by several names is stopped once): what the
     owner of the backends calls when it ends (`tunelab ui`, after the page stops)."""
     for b in list(backends.values()):
-        served = getattr(b, "served", None)
-        if served is not None:
-            served.close()
+        owner = getattr(b, "owner", None) or getattr(b, "served", None)
+        if owner is not None:
+            owner.close()
