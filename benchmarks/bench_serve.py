@@ -16,6 +16,10 @@ each throughput the model FLOPs it is (2·N per generated token) with their shar
                                      [--max-batch 16] [--rounds 2] [--model DIR]
                                      [--temperature 0.8 --top-p 0.95 --logprobs 5]
 
+`--vllm` adds a third server: `tunelab serve --engine vllm` (the same router, limits and chat rendering, vLLM
+decoding behind it, started from `.venv-vllm` or $TUNELAB_VLLM_PYTHON), measured in the same interleaved rounds,
+with its throughput over the embedded engine's batched one printed per level.
+
 `--soak` instead leaves one server (`--max-batch 16`, an API key) under `--clients` 32 streaming clients for
 `--duration` seconds. Each client draws, request after request, a well-formed streaming chat (greedy, sampled
 with a seed, or at temperature 2.5e-38), a hostile request (seed 2**64, a lone surrogate, a 5 MB body, n over
@@ -407,6 +411,7 @@ def main() -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--logprobs", type=int, default=None, help="top log-probabilities per token (0-20)")
     ap.add_argument("--out", default=str(HERE / "results" / "serve.json"))
+    ap.add_argument("--vllm", action="store_true", help="also tunelab serve --engine vllm, in the same rounds")
     ap.add_argument("--soak", action="store_true", help="the soak test instead of the throughput comparison")
     ap.add_argument("--clients", type=int, default=32, help="--soak: concurrent clients")
     ap.add_argument("--duration", type=float, default=60.0, help="--soak: seconds")
@@ -431,14 +436,16 @@ def main() -> int:
         f"each; {json.dumps(sampling) if sampling else 'greedy'}; server threads {threads} "
         f"(load average {load0[0]:.1f})")
 
-    runs: dict[str, dict[int, list[dict]]] = {"batched": {c: [] for c in levels}, "serial": {c: [] for c in levels}}
+    setups = ["batched", "serial"] + (["vllm"] if args.vllm else [])
+    runs: dict[str, dict[int, list[dict]]] = {setup: {c: [] for c in levels} for setup in setups}
     max_batch_seen = 0
     for rnd in range(args.rounds):
-        order = ["batched", "serial"] if rnd % 2 == 0 else ["serial", "batched"]
+        order = setups if rnd % 2 == 0 else setups[::-1]
         for setup in order:
-            srv = Server(model, args.max_batch if setup == "batched" else 1, threads)
+            srv = Server(model, 1 if setup == "serial" else args.max_batch, threads,
+                         ["--engine", "vllm"] if setup == "vllm" else [])
             try:
-                srv.wait()
+                srv.wait(600 if setup == "vllm" else 300)
                 run_level(srv.url, 1, 2, 8, prompts)   # warm-up
                 for c in levels:
                     res = run_level(srv.url, c, args.requests_per_client, args.max_tokens, prompts, sampling)
@@ -470,6 +477,15 @@ def main() -> int:
                         "serial_utilisation": utilisation(flops, s, ceiling)})
         print(f"| {c} | {b:.0f} | {s:.0f} | {b / s:.2f}× | {b50 * 1000:.0f} / {s50 * 1000:.0f} | "
               f"{b95 * 1000:.0f} / {s95 * 1000:.0f} | {s95 / b95:.2f}× |")
+    if args.vllm:
+        print("\n| clients | embedded tok/s | through vLLM tok/s | vLLM / embedded | TTFT p50 embedded / vLLM (ms) |")
+        print("|---|---|---|---|---|")
+        for row in summary:
+            c = row["clients"]
+            v, v50 = med("vllm", c, "tok_per_s"), med("vllm", c, "ttft_p50_s")
+            row.update(vllm_tok_per_s=v, vllm_over_embedded=v / row["batched_tok_per_s"], ttft_p50_vllm_s=v50)
+            print(f"| {c} | {row['batched_tok_per_s']:.0f} | {v:.0f} | {row['vllm_over_embedded']:.2f}× | "
+                  f"{row['ttft_p50_batched_s'] * 1000:.0f} / {v50 * 1000:.0f} |")
     print(f"\n{ceiling_text(ceiling)}; {flops / 1e9:.3f} model GFLOP per generated token")
     for row in summary:
         print(f"  {row['clients']} clients: batched {utilisation_text(row['batched_utilisation'])}; one at a time "
