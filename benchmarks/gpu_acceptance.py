@@ -15,6 +15,15 @@ shipped models/tiny-base, LoRA with dropout 0 (each rank draws its own masks), f
 largest relative difference of the logged losses (the CPU tests hold it within 1e-5; tests/test_resume_ddp.py,
 tests/test_fsdp.py).
 
+vLLM against the embedded engine: after the recipes, the first LoRA recipe that trained (llama3-8b-math-lora
+unless --recipes leaves it out) has its run's checkpoints evaluated twice on its eval tasks, as `tunelab eval RUN`
+evaluates them: by the embedded engine, then by vLLM (`--engine vllm`: one server, the base loaded once, each
+checkpoint's adapter loaded by name; vLLM's own GPU defaults). The table gives each engine's wall seconds (vLLM's
+server start included, and on its own), their ratio, each task's score under both with the largest difference in
+points, and the share of greedy predictions that are identical. The interpreter is found as tunelab finds it
+($TUNELAB_VLLM_PYTHON, vLLM in this interpreter, .venv-vllm/bin/python), or named with `--vllm-python`; without
+one the step is reported as skipped, with why. `--no-vllm` skips it.
+
 The recipes' data files (the competition's train.json, CoLA, a wiki dump) need not exist: every recipe trains and
 evaluates on generated stand-ins of the same shape (same template, max_seq_len, packing, batch settings and
 eval tasks): generated arithmetic (and reading questions for SQuAD), generated CoLA-style sentences, a corpus of
@@ -40,8 +49,10 @@ No GPU, the same code on the CPU:
 
 `--dry-run` runs the same code path on the CPU with tiny stand-ins (models/tiny-base for the LoRA recipes, the
 `micro` preset from scratch for MiniGPT; 2 steps, micro-batch 2, 8 eval prompts): memory columns read
-"n/a (CPU)" and the plan is computed against a nominal 24 GiB card. `--distributed` adds the DDP/FSDP check on
-2 CPU processes (gloo). No GPU figure is ever printed that was not measured on a GPU in this run.
+"n/a (CPU)" and the plan is computed against a nominal 24 GiB card. The vLLM comparison runs vLLM's CPU build
+(gpu_memory_utilization 0.1: the share of host memory it reserves), its figures marked as this CPU's.
+`--distributed` adds the DDP/FSDP check on 2 CPU processes (gloo). No GPU figure is ever printed that was not
+measured on a GPU in this run.
 
 Output: a markdown table on stdout and in OUT/gpu_acceptance.md, everything in OUT/gpu_acceptance.json, runs in
 OUT/runs/, generated data in OUT/data/ (default OUT: benchmarks/results/gpu_acceptance). `--set KEY=VALUE` goes
@@ -53,6 +64,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import random
 import shutil
@@ -350,6 +362,160 @@ def distributed_check(args, out: Path) -> list[dict]:
     return rows
 
 
+# --- the embedded engine against vLLM -------------------------------------------------------------
+
+def vllm_interpreter(args) -> tuple[str | None, str | None]:
+    """(the interpreter vLLM's server starts from, None) or (None, why the vLLM comparison is skipped); asked
+    before any training, so a missing vLLM is said at the start, not after the recipes."""
+    from tunelab.decoding.vllm_server import find_vllm_python
+    from tunelab.errors import TunelabError
+    if args.no_vllm:
+        return None, "--no-vllm"
+    try:
+        return find_vllm_python(args.vllm_python, ROOT), None
+    except TunelabError as e:  # its field (engine.python, engine.kind) is not what was typed here
+        return None, e.message.strip().splitlines()[0]
+
+
+class ServerStart(logging.Handler):
+    """Seconds from vLLM's server process started to its first answer on /health, read from the two records
+    `tunelab.decoding.vllm_server.VLLMServer.start` logs; None when no server was started (or they change)."""
+
+    LOGGER = "tunelab.decoding.vllm_server"
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.started = self.ready = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("starting vLLM's server"):
+            self.started = record.created
+        elif message.startswith("vLLM's server is ready"):
+            self.ready = record.created
+
+    def __enter__(self) -> "ServerStart":
+        logger = logging.getLogger(self.LOGGER)
+        self._level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
+
+    @property
+    def seconds(self) -> float | None:
+        return self.ready - self.started if self.started and self.ready else None
+
+
+def in_points(metric: str, value: float) -> float:
+    """A task's headline on a 0-100 scale: accuracy and ROUGE-L are fractions, SQuAD's F1/EM and base_agreement's
+    agreement already percentages (perplexity is no score of 100 and stays as it is)."""
+    return 100 * value if metric in ("accuracy", "rougeL_f") or metric.endswith("_acc") else value
+
+
+def predictions(path: Path) -> list[tuple[str, str]]:
+    """(id, prediction) of each row of a `<task>.predictions.jsonl`, in file order."""
+    from tunelab.records import iter_records
+    return [(str(r["id"]), r["prediction"]) for _, r in iter_records(path)]
+
+
+def vllm_step(recipes: list[dict], args, gpu: dict | None, python: str | None, why_not: str | None) -> dict:
+    """The vLLM comparison's entry in the result: its figures, {"skipped": why}, or {"error": ...}. It runs on
+    the first recipe that trained a LoRA adapter (their runs are still in OUT/runs)."""
+    if why_not:
+        return {"skipped": why_not}
+    name = None
+    try:
+        from tunelab.decoding.vllm_engine import unservable
+        from tunelab.recipe import load_recipe
+        from tunelab.runs import list_checkpoints, model_dir_of
+        for r in recipes:
+            if "error" in r:
+                continue
+            name = r["recipe"]
+            recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", r["set"])
+            if not recipe.lora.enabled:
+                continue
+            model_dir = model_dir_of(list_checkpoints(recipe.run_dir)[-1])
+            why = unservable(model_dir, recipe.engine.max_lora_rank) if model_dir.name == "adapter" else None
+            if why:
+                return {"recipe": name, "skipped": f"{name}'s adapter: {why}"}
+            log(f"vLLM comparison: {name}'s run, embedded engine then vLLM")
+            return compare_engines(name, recipe, args, gpu, python)
+    except Exception as e:  # noqa: BLE001 - a failed comparison is a line of the report, the rest still runs
+        log(f"vLLM comparison failed: {one_line(e)}")
+        return {"recipe": name, "error": one_line(e), "traceback": traceback.format_exc()}
+    return {"skipped": "no LoRA recipe trained in this run (vLLM serves a checkpoint's adapter on its base)"}
+
+
+def compare_engines(name: str, recipe, args, gpu: dict | None, python: str) -> dict:
+    """`name`'s run evaluated by the embedded engine, then by vLLM, through `tunelab eval`'s own function
+    (`tunelab.eval.evaluate.evaluate`: the same tasks, the same prompts, each engine's results in OUT/vllm/<engine>):
+    wall seconds, scores, and the greedy predictions compared row by row. Tasks that score prompts (log-likelihood,
+    perplexity) run on the embedded engine under both (`tunelab.eval.vllm_models`): they are marked, and left out
+    of the identical share."""
+    import torch
+
+    from tunelab.eval.evaluate import evaluate
+    from tunelab.eval.runner import scores_prompts
+    from tunelab.eval.sets import eval_sets
+    from tunelab.pipeline.evaluation import eval_placement
+    from tunelab.recipe.engine import EngineConfig
+
+    out = args.out / "vllm"
+    shutil.rmtree(out, ignore_errors=True)
+    config = recipe.eval.model_copy(update={"device": eval_placement(recipe)["device"]})
+    sets = eval_sets(config)
+    # the recipe's engine section as --set gave it (max_lora_rank, extra_args…), vLLM's GPU defaults on a GPU
+    engine = EngineConfig.model_validate({**recipe.engine.model_dump(), "kind": "vllm", "python": python,
+                                          **({"gpu_memory_utilization": 0.1} if args.dry_run else {})})
+    docs, seconds = {}, {}
+    with ServerStart() as start:
+        for kind in ("embedded", "vllm"):
+            if gpu:
+                gc.collect()
+                torch.cuda.empty_cache()
+            t0 = time.perf_counter()
+            docs[kind], _ = evaluate(recipe.run_dir, config, out / kind, engine=engine if kind == "vllm" else None)
+            seconds[kind] = time.perf_counter() - t0
+            log(f"vLLM comparison: {kind} {seconds[kind]:.1f}s")
+
+    tasks, same, compared = {}, 0, 0
+    checkpoints = list(docs["embedded"]["results"])
+    for ckpt in checkpoints:
+        for label, es in sets.items():
+            ours, theirs = docs["embedded"]["results"][ckpt][label], docs["vllm"]["results"][ckpt][label]
+            metric = ours["primary_metric"]
+            key = label if len(checkpoints) == 1 else f"{ckpt} {label}"
+            row = {"checkpoint": ckpt, "task": label, "mode": ours["mode"], "metric": metric,
+                   "embedded": in_points(metric, ours[metric]), "vllm": in_points(metric, theirs[metric]),
+                   "generated_by_vllm": not scores_prompts(es)}
+            row["difference_points"] = row["vllm"] - row["embedded"]
+            if row["generated_by_vllm"]:
+                a = predictions(out / "embedded" / ckpt / f"{label}.predictions.jsonl")
+                b = predictions(out / "vllm" / ckpt / f"{label}.predictions.jsonl")
+                if [i for i, _ in a] != [i for i, _ in b]:
+                    raise RuntimeError(f"{ckpt} {label}: the two engines' prediction rows are not the same examples")
+                row.update(identical=sum(x == y for (_, x), (_, y) in zip(a, b)), compared=len(a))
+                same, compared = same + row["identical"], compared + row["compared"]
+            tasks[key] = row
+    vllm_s, start_s = seconds["vllm"], start.seconds
+    return {"recipe": name, "run": str(recipe.run_dir), "checkpoints": checkpoints, "out": str(out),
+            "vllm_log": str(out / "vllm" / "vllm.log"),
+            "measured_on": gpu["name"] if gpu else "cpu (dry run): vLLM's CPU build, not GPU figures",
+            "python": python, "gpu_memory_utilization": engine.gpu_memory_utilization,
+            "prompts": sum(len(es.examples) for es in sets.values()),
+            "seconds": seconds, "vllm_server_start_seconds": start_s,
+            "ratio_embedded_over_vllm": seconds["embedded"] / vllm_s,
+            "ratio_without_server_start": seconds["embedded"] / (vllm_s - start_s) if start_s else None,
+            "tasks": tasks, "max_score_difference_points": max(abs(t["difference_points"]) for t in tasks.values()),
+            "identical": same, "compared": compared, "identical_share": same / compared if compared else None}
+
+
 # --- the table -------------------------------------------------------------------------------------
 
 def markdown(result: dict) -> str:
@@ -357,7 +523,8 @@ def markdown(result: dict) -> str:
     lines = [f"# GPU acceptance ({result['date']})", ""]
     if dry:
         lines += [("**dry run (CPU): no GPU figures.** Memory is not measured on the CPU; the plan is for a "
-                   "nominal 24 GiB card; tokens/s, MFU and prompts/s are this CPU's."), ""]
+                   "nominal 24 GiB card; tokens/s, MFU, prompts/s and the vLLM comparison's seconds are this "
+                   "CPU's."), ""]
     else:
         lines += [(f"GPUs: {gpu['count']} x {gpu['name']} ({gpu['memory'] / GiB:.1f} GiB each); each recipe ran "
                    "in one process on GPU 0. Peak memory: torch.cuda.max_memory_* over the training; the plan "
@@ -383,6 +550,7 @@ def markdown(result: dict) -> str:
                      f"{ratio} | {t['tokens_per_s']:,.0f} | {mfu} | {t['precision']} | {ev['prompts']} | {pps} |")
     lines += ["", "Data (generated stand-ins of the recipes' shape): "
               + "; ".join(f"{r['recipe']}: {r['data']}" for r in result["recipes"] if "data" in r) + "."]
+    lines += ["", *vllm_markdown(result["vllm"], gpu)]
     dist = result["distributed"]
     lines.append("")
     if isinstance(dist, str):
@@ -400,6 +568,38 @@ def markdown(result: dict) -> str:
                 diff, ok = f"{d['max_rel_loss_diff']:.2e}", "yes" if d["max_rel_loss_diff"] <= CPU_BOUND else "no"
             lines.append(f"| {d['strategy']} | {d.get('hardware', '')} | {d['steps']} | {diff} | {ok} |")
     return "\n".join(lines) + "\n"
+
+
+def vllm_markdown(v: dict, gpu: dict | None) -> list[str]:
+    """The vLLM comparison: one line when skipped or failed, else a table of the two engines and a summary."""
+    title = "vLLM against the embedded engine"
+    if "skipped" in v:
+        return [f"{title}: skipped ({v['skipped']})."]
+    if "error" in v:
+        return [f"{title}" + (f" ({v['recipe']}'s run)" if v["recipe"] else "") + f": failed: {v['error']}."]
+    where = (f"on {gpu['name']} (GPU 0), vLLM with its GPU defaults" if gpu else
+             "**CPU figures (dry run)**: vLLM's CPU build and the embedded engine on this CPU, not GPU figures")
+    tasks, start = v["tasks"], v["vllm_server_start_seconds"]
+    header = ["engine", "wall s", "of which server start s",
+              *(f"{k} {t['metric']}" + ("" if t["generated_by_vllm"] else " *") for k, t in tasks.items())]
+    lines = [f"{title}: {v['recipe']}'s run ({', '.join(v['checkpoints'])}), {v['prompts']} prompts, evaluated as "
+             f"`tunelab eval RUN` and `tunelab eval RUN --engine vllm` evaluate it, {where}. Scores in points of 100.",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for kind, shown in (("embedded", "embedded"), ("vllm", "vLLM")):
+        started = ("–" if start is None else f"{start:.1f}") if kind == "vllm" else "–"
+        cells = [shown, f"{v['seconds'][kind]:.1f}", started, *(f"{t[kind]:.2f}" for t in tasks.values())]
+        lines.append("| " + " | ".join(cells) + " |")
+    without = v["ratio_without_server_start"]
+    identical = (f"{v['identical']}/{v['compared']} ({v['identical_share']:.1%})" if v["compared"] else
+                 "none compared (no task generates)")
+    lines += ["", f"Embedded / vLLM wall time: {v['ratio_embedded_over_vllm']:.3g}"
+              + ("" if without is None else f" ({without:.3g} without the server's start)")
+              + f"; largest score difference {v['max_score_difference_points']:.2f} points; identical greedy "
+              f"predictions {identical}."]
+    if not all(t["generated_by_vllm"] for t in tasks.values()):
+        lines.append("\\* scores prompts: the embedded engine under both (vLLM only generates here), so not in the "
+                     "identical share.")
+    return lines
 
 
 def one_line(e: Exception) -> str:
@@ -430,6 +630,11 @@ def main() -> int:
     ap.add_argument("--distributed", action="store_true",
                     help="with --dry-run: the DDP/FSDP check on 2 CPU processes (on GPUs it runs whenever 2 are found)")
     ap.add_argument("--dist-steps", type=int, default=10, help="steps of the DDP/FSDP check")
+    vllm = ap.add_mutually_exclusive_group()
+    vllm.add_argument("--vllm-python", default=None, metavar="PYTHON",
+                      help="the interpreter vLLM is in, for the vLLM comparison (default: $TUNELAB_VLLM_PYTHON, "
+                           "vLLM in this interpreter, else .venv-vllm/bin/python; none found: the step is skipped)")
+    vllm.add_argument("--no-vllm", action="store_true", help="skip the vLLM comparison")
     add_threads_option(ap)
     args = ap.parse_args()
     args.steps = args.steps or (2 if args.dry_run else 5)
@@ -455,6 +660,8 @@ def main() -> int:
         log("no CUDA GPU found: nothing to accept (run with --dry-run to check the script on the CPU)")
         return 2
     log("dry run (CPU): no GPU figures" if args.dry_run else f"{gpu['count']} x {gpu['name']}")
+    vllm_python, no_vllm = vllm_interpreter(args)
+    log(f"vLLM comparison: skipped ({no_vllm})" if no_vllm else f"vLLM comparison: vLLM from {vllm_python}")
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(args.out / "data", ignore_errors=True)  # stand-ins are rebuilt: a dry run's must not serve a GPU run
 
@@ -467,6 +674,8 @@ def main() -> int:
         except Exception as e:  # noqa: BLE001 - a failed recipe is a row of the table, and the others still run
             log(f"{name} failed: {one_line(e)}")
             result["recipes"].append({"recipe": name, "error": one_line(e), "traceback": traceback.format_exc()})
+
+    result["vllm"] = vllm_step(result["recipes"], args, gpu, vllm_python, no_vllm)
 
     if args.dry_run and not args.distributed:
         result["distributed"] = "not run (add --distributed to run it on 2 CPU processes)"
@@ -486,6 +695,8 @@ def main() -> int:
     (args.out / "gpu_acceptance.md").write_text(table, encoding="utf-8")
     write_result(args.out / "gpu_acceptance.json", result, log)
     failed = [r["recipe"] for r in result["recipes"] if "error" in r]
+    if "error" in result["vllm"]:
+        failed.append("vLLM comparison")
     if isinstance(result["distributed"], list):
         failed += [f"{d['strategy']} check" for d in result["distributed"] if "error" in d]
     if failed:

@@ -1,8 +1,11 @@
 """benchmarks/gpu_acceptance.py --dry-run: the GPU acceptance run's own code path on the CPU, as a user starts it.
 
-The script runs as a subprocess (as `python benchmarks/gpu_acceptance.py`), once over the four GPU recipes and
-once with the DDP/FSDP check on 2 gloo processes (one recipe, to stay cheap). What is checked is the report: one
-row per recipe, measured numbers where numbers belong, and no GPU figure on a machine that measured none.
+The script runs as a subprocess (as `python benchmarks/gpu_acceptance.py`), once over the five GPU recipes, once
+with the DDP/FSDP check on 2 gloo processes (one recipe, to stay cheap), and, where a vLLM interpreter is found
+(.venv-vllm, TUNELAB_VLLM_PYTHON), once with the vLLM comparison on the arithmetic LoRA recipe's run. The first
+two skip the comparison, each by one of its two ways (--no-vllm; an interpreter that has no vLLM). What is checked
+is the report: one row per recipe, measured numbers where numbers belong, and no GPU figure on a machine that
+measured none.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+from test_vllm_engine import needs_vllm
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_acceptance.py"
@@ -47,7 +52,7 @@ def _table(markdown: str, first_header: str) -> list[dict[str, str]]:
 
 def test_dry_run_reports_every_recipe_with_cpu_numbers_and_no_gpu_figures(tmp_path):
     out = tmp_path / "acceptance"
-    proc = _run(out)
+    proc = _run(out, "--no-vllm")
     assert "dry run (CPU): no GPU figures" in proc.stdout
     markdown = (out / "gpu_acceptance.md").read_text(encoding="utf-8")
     assert markdown in proc.stdout  # the same table on stdout and in the file
@@ -65,6 +70,7 @@ def test_dry_run_reports_every_recipe_with_cpu_numbers_and_no_gpu_figures(tmp_pa
     assert "from scratch (stand-in for runs/minigpt-pretrain)" in rows[3]["model"]
     assert "models/tiny-base (stand-in for models/internlm_7b.ckpt)" == rows[4]["model"]
     assert "DDP/FSDP vs one process: not run" in markdown
+    assert "vLLM against the embedded engine: skipped (--no-vllm)." in markdown
 
     result = json.loads((out / "gpu_acceptance.json").read_text(encoding="utf-8"))
     assert result["dry_run"] is True and result["gpu"] is None
@@ -75,18 +81,51 @@ def test_dry_run_reports_every_recipe_with_cpu_numbers_and_no_gpu_figures(tmp_pa
         assert r["eval"]["prompts"] == sum(s["prompts"] for s in r["eval"]["sets"].values()) == PROMPTS[r["recipe"]]
     # the stand-ins are reproducible by hand: the overrides are `tunelab train` --set arguments
     assert any(s.startswith("data.train=") for s in result["recipes"][0]["set"])
+    assert result["vllm"] == {"skipped": "--no-vllm"}
 
 
 def test_dry_run_distributed_check_matches_one_process(tmp_path):
     out = tmp_path / "acceptance"
     # the one recipe beside the check: the cheapest (~2 s of micro preset; gemma's stand-in took ~8 s)
-    _run(out, "--distributed", "--dist-steps", "4", "--recipes", "minigpt-pretrain")
+    # an interpreter without vLLM: the comparison is skipped with why, and the run goes on
+    _run(out, "--distributed", "--dist-steps", "4", "--recipes", "minigpt-pretrain", "--vllm-python", "/nonexistent")
     markdown = (out / "gpu_acceptance.md").read_text(encoding="utf-8")
+    assert "vLLM against the embedded engine: skipped (/nonexistent cannot import vllm" in markdown
     assert [r["recipe"] for r in _table(markdown, "recipe")] == ["minigpt-pretrain"]
     rows = _table(markdown, "strategy")
     assert [r["strategy"] for r in rows] == ["ddp", "fsdp"]
     assert all(r["within 1e-5 (the CPU tests' bound)"] == "yes" for r in rows), rows
-    dist = json.loads((out / "gpu_acceptance.json").read_text(encoding="utf-8"))["distributed"]
-    for d in dist:
+    result = json.loads((out / "gpu_acceptance.json").read_text(encoding="utf-8"))
+    for d in result["distributed"]:
         assert d["processes"] == 2 and d["steps"] == 4, d
         assert d["max_rel_loss_diff"] < 1e-5, d
+    assert "/nonexistent cannot import vllm" in result["vllm"]["skipped"]
+
+
+@needs_vllm
+def test_dry_run_compares_the_embedded_engine_with_vllm(tmp_path):
+    """The arithmetic LoRA recipe's run evaluated by both engines on its 8 prompts: the tiny base in fp32 gives the
+    same greedy answers on both, so the same scores; the seconds are the CPU's, and said to be."""
+    out = tmp_path / "acceptance"
+    _run(out, "--recipes", "llama3-8b-math-lora")
+    markdown = (out / "gpu_acceptance.md").read_text(encoding="utf-8")
+    assert "**CPU figures (dry run)**" in markdown and "not GPU figures" in markdown
+    rows = _table(markdown, "engine")
+    assert [r["engine"] for r in rows] == ["embedded", "vLLM"]
+    for r in rows:
+        for col in ("wall s", "arithmetic accuracy", "squad f1"):
+            assert NUMBER.match(r[col]), (col, r)
+    assert rows[0]["of which server start s"] == "–" and NUMBER.match(rows[1]["of which server start s"])
+
+    v = json.loads((out / "gpu_acceptance.json").read_text(encoding="utf-8"))["vllm"]
+    assert v["recipe"] == "llama3-8b-math-lora" and v["checkpoints"] == ["step-000002"], v
+    assert v["measured_on"].startswith("cpu (dry run)") and v["gpu_memory_utilization"] == 0.1
+    assert v["prompts"] == 8 and v["compared"] == 8
+    assert 0 < v["vllm_server_start_seconds"] < v["seconds"]["vllm"]
+    assert v["ratio_embedded_over_vllm"] == v["seconds"]["embedded"] / v["seconds"]["vllm"]
+    assert set(v["tasks"]) == {"arithmetic", "squad"}
+    for t in v["tasks"].values():
+        assert t["generated_by_vllm"] and t["mode"] == "generate", t
+        assert isinstance(t["embedded"], float) and isinstance(t["vllm"], float), t
+    assert v["identical_share"] >= 0.99, v["tasks"]
+    assert v["max_score_difference_points"] == 0.0, v["tasks"]
