@@ -69,9 +69,14 @@ _HYPHENATED_WORD = re.compile(rf"[{HAN}]|[^\W{HAN}]+(?:-[^\W{HAN}]+)*")
 RELATIONS = ("less than", "at least")
 
 
+def split_words(text: str) -> list[str]:
+    """The words `count_words` counts, in order: each Han character, and each run of other word characters."""
+    return _WORD.findall(text)
+
+
 def count_words(text: str) -> int:
     """Words as IFEval counts them (runs of word characters), with each Han character a word of its own."""
-    return len(_WORD.findall(text))
+    return len(split_words(text))
 
 
 # --- sentences -----------------------------------------------------------------------------------------------------

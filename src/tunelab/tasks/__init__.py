@@ -11,3 +11,4 @@ from tunelab.tasks import continuation  # noqa: F401
 from tunelab.tasks import knowledge  # noqa: F401
 from tunelab.tasks import base_agreement  # noqa: F401
 from tunelab.tasks import instructions  # noqa: F401
+from tunelab.tasks import forms  # noqa: F401
