@@ -24,7 +24,7 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default="arithmetic", help="comma-separated task names")
     p.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
                    help="data file for a task, or a prepared corpus directory for ppl/continuation (repeatable); "
-                        "instructions, knowledge and base_agreement have sets of their own")
+                        "instructions, forms, knowledge and base_agreement have sets of their own")
     p.add_argument("--limit", type=int, default=None, help="the first N examples of each task (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=32)
