@@ -233,6 +233,16 @@ def test_the_serve_verbs_take_the_engine_flags():
     assert engine_from_flags(build_parser().parse_args(["serve", "runs/x"])) is None
     u = build_parser().parse_args(["ui", "--model", "a=runs/x", "--engine", "vllm"])
     assert engine_from_flags(u).kind == "vllm"
+    r = build_parser().parse_args(["serve", "runs/x", "--engine-max-lora-rank", "64",
+                                   "--engine-gpu-memory-utilization", "0.5"])
+    assert (engine_from_flags(r).kind, engine_from_flags(r).max_lora_rank,
+            engine_from_flags(r).gpu_memory_utilization) == ("vllm", 64, 0.5)
+    from tunelab.errors import TunelabError
+    both = build_parser().parse_args(["serve", "runs/x", "--engine-url", "http://h:1",
+                                      "--engine-gpu-memory-utilization", "0.5"])
+    with pytest.raises(TunelabError, match="engine") as e:
+        engine_from_flags(both)
+    assert "gpu_memory_utilization" in str(e.value)
 
 
 @needs_vllm

@@ -20,8 +20,8 @@ def add_placement(p: argparse.ArgumentParser) -> None:
 
 
 def add_engine(p: argparse.ArgumentParser) -> None:
-    """--engine, --engine-url and --engine-python: which engine decodes (a recipe's `engine:` section), the same
-    on every verb that generates."""
+    """--engine, --engine-url, --engine-python and the started server's two settings users most need: which engine
+    decodes (a recipe's `engine:` section), the same on every verb that generates."""
     p.add_argument("--engine", choices=["embedded", "vllm"], default=None,
                    help="embedded: tunelab's own (the default, nothing to install); vllm: vLLM's OpenAI server, the "
                         "base loaded once and each checkpoint's adapter by name (docs/serving.md)")
@@ -30,17 +30,28 @@ def add_engine(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine-python", default=None, metavar="PYTHON",
                    help="--engine vllm: the interpreter to start vLLM from (default: $TUNELAB_VLLM_PYTHON, vLLM in "
                         "this interpreter, else .venv-vllm/bin/python)")
+    p.add_argument("--engine-max-lora-rank", type=integer(1), default=None, metavar="R",
+                   help="--engine vllm: the largest adapter rank the started server takes (default 16; a checkpoint "
+                        "of a higher rank is not served through vLLM)")
+    p.add_argument("--engine-gpu-memory-utilization", type=number(0, 1, low_included=False), default=None,
+                   metavar="F", help="--engine vllm: the share of GPU memory (on a CPU: of host memory) the started "
+                                     "server reserves (default: vLLM's on a GPU, 0.2 on a CPU)")
 
 
 def engine_from_flags(args: argparse.Namespace):
     """The `engine:` section the flags give (None when they give none)."""
     from tunelab.recipe.engine import EngineConfig
-    if args.engine is None and args.engine_url is None and args.engine_python is None:
+    settings = {"max_lora_rank": args.engine_max_lora_rank,
+                "gpu_memory_utilization": args.engine_gpu_memory_utilization}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if args.engine is None and args.engine_url is None and args.engine_python is None and not settings:
         return None
     try:
-        return EngineConfig(kind=args.engine or "vllm", url=args.engine_url, python=args.engine_python)
-    except ValueError as e:   # pydantic's: shown as the flags that set it
-        raise TunelabError(str(e).splitlines()[-1].strip(), field="--engine") from None
+        return EngineConfig(kind=args.engine or "vllm", url=args.engine_url, python=args.engine_python, **settings)
+    except ValueError as e:   # pydantic's: its message, shown as the flags' (its last line is a help URL)
+        errors = getattr(e, "errors", None)
+        message = errors()[0]["msg"].removeprefix("Value error, ") if errors else str(e)
+        raise TunelabError(message, field="--engine") from None
 
 
 def add_ckpt_inputs(p: argparse.ArgumentParser) -> None:
