@@ -331,7 +331,7 @@ def test_recipe_examples_validate(tmp_path, monkeypatch):
     raw["eval"] = yaml.safe_load(fragment)["eval"]
     (tmp_path / "fragment.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     assert [t.task for t in load_recipe(tmp_path / "fragment.yaml").eval.tasks] == [
-        "squad", "choice", "ppl", "rougel", "instructions", "knowledge", "base_agreement"]
+        "squad", "choice", "ppl", "rougel", "instructions", "knowledge", "forms", "base_agreement"]
 
 
 def test_lora_wrapping_prints_no_library_future_warning():

@@ -31,10 +31,18 @@ def test_every_task_with_a_grader_is_a_reward_and_hostile_completions_score_zero
     # instructions grades what its examples ask (their `meta`), not a reference answer: "1" obeys "say 1"
     structured = {"instructions": Example(id="i1", instruction="Say 1.", output="", meta={
         "instructions": [{"kind": "keywords:existence", "args": {"keywords": ["1"]}}]})}
+    # forms grades an answer's form, not its content: "NaN" is one word as "1" is, so a hostile completion may
+    # comply; it must still be scored (0 or 1, an empty one 0), never crash
+    one_word = Example(id="f1", instruction="Say 1.", output="", meta={
+        "checks": [{"kind": "words", "args": {"count": 1, "relation": "exactly"}}]})
     for name in names:
         reward = build_rewards([{"task": name}])
-        example = structured.get(name, ANY_TASK)
+        example = one_word if name == "forms" else structured.get(name, ANY_TASK)
         scores = reward.score(["prompt 提示"] * len(completions), completions, [example] * len(completions))
+        if name == "forms":
+            got = [row[0] for row in scores]
+            assert got[0] == 1.0 and set(got) <= {0.0, 1.0} and got[1:4] == [0.0] * 3, got
+            continue
         assert [row[0] for row in scores] == [1.0] + [0.0] * len(HOSTILE), name
     with pytest.raises(TunelabError, match="grades no generated text") as e:
         build_rewards([{"task": "ppl"}])

@@ -272,25 +272,15 @@ def test_adapters_vllm_cannot_serve_are_named(tmp_path):
 
 @needs_vllm
 def test_the_server_and_its_workers_are_gone_after_stop(server):
-    """Stopping kills the whole process group (vLLM's engine core runs in child processes)."""
-    from tunelab.decoding.vllm_server import VLLMServer
+    """Stopping kills the whole process group (vLLM's engine core runs in child processes), and returns once
+    every one of them has exited."""
+    from tunelab.decoding.vllm_server import VLLMServer, group_members
     pid = server._process.pid
-    assert len(_living_members(pid)) >= 2       # the server and its engine core
+    assert len(group_members(pid)) >= 2       # the server and its engine core
     twin = VLLMServer(VLLM_PYTHON, server.model, server.name, server.log)
     twin._process, server._process = server._process, None   # stop it through another handle: the module's last test
     twin.stop(grace=30)
-    assert _living_members(pid) == []
+    assert group_members(pid) == []
     twin.stop()                   # idempotent
 
 
-def _living_members(group: int) -> list[int]:
-    """Processes of a process group that still run (a zombie whose parent has not reaped it does not)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            alive.append(int(stat.parent.name))
-    return alive

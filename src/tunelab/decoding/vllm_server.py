@@ -71,6 +71,30 @@ def find_vllm_python(python: str | None = None, root: str | Path | None = None) 
         f"CPU —; or give engine.url for a server already running)", field="engine.kind")
 
 
+def group_members(group: int) -> list[int]:
+    """The processes of a process group that still run (a zombie waiting to be reaped does not), from /proc."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def _wait_gone(group: int, timeout: float = 30.0) -> None:
+    """Until every process of the group has exited: a killed vLLM worker frees gigabytes of memory before it is
+    gone, and whoever stops the server (a test, the next server's start) must not meet it still running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and Path("/proc").is_dir():
+        if not group_members(group):
+            return
+        time.sleep(0.1)
+    log.warning(f"vLLM's processes {group_members(group)} still run {timeout:g} s after SIGKILL")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -193,6 +217,7 @@ class VLLMServer:
             os.killpg(p.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        _wait_gone(p.pid)
         log.info(f"vLLM's server on {self.url} stopped")
 
     def __enter__(self) -> "VLLMServer":
