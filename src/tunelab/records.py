@@ -159,6 +159,19 @@ def _iter_array(p: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
         yield lineno, item
 
 
+def prompt_records(jsonl: str, path: str | Path) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """(line, record, prompt) of each line of a JSONL file of prompts (the instructions and forms tasks'): a JSON
+    object with a non-empty `prompt`, else a TunelabError naming file, line and field."""
+    for line, text in iter_lines(jsonl):
+        rec = parse_json(text, path, line)
+        if not isinstance(rec, dict):
+            raise TunelabError(f"expected a JSON object, got {type(rec).__name__}", file=path, line=line)
+        prompt = require_str(rec, "prompt", path, line)
+        if not prompt.strip():
+            raise TunelabError("empty prompt", file=path, line=line, field="prompt")
+        yield line, rec, prompt
+
+
 def require_str(rec: dict[str, Any], field: str, path: str | Path, line: int) -> str:
     """Return rec[field] as a string, or raise a TunelabError naming file, line and field."""
     if field not in rec:

@@ -153,6 +153,12 @@ def script_units(text: str) -> Counter:
     return Counter(m.lastgroup for m in _UNIT.finditer(text))
 
 
+def script_language(text: str) -> str:
+    """The language a prompt given without one is taken to be in: `zh` when Han characters are most of its
+    letters, else `en` (the instructions and forms tasks' default)."""
+    return "zh" if not is_language(text, "en") and is_language(text, "zh") else "en"
+
+
 def is_language(text: str, language: str) -> bool:
     """Whether `text` is written in `language`'s script (a code of `LANGUAGE_SCRIPTS`); True without letters."""
     units = script_units(text)

@@ -40,8 +40,8 @@ from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
 from tunelab.metrics.form_checks import parse_check
 from tunelab.metrics.form_requests import requested_checks
-from tunelab.metrics.instruction_checks import LANGUAGE_SCRIPTS, is_language
-from tunelab.records import iter_lines, parse_json, read_text, require_str
+from tunelab.metrics.instruction_checks import LANGUAGE_SCRIPTS, script_language
+from tunelab.records import prompt_records, read_text, require_str
 from tunelab.tasks.registry import Task, register_task
 
 SHIPPED = "forms.jsonl"
@@ -72,19 +72,12 @@ def read_form_prompts(path: str | Path) -> list[Example]:
 def parse_form_prompts(jsonl: str, path: str | Path) -> list[Example]:
     """The prompts of JSONL text read from `path` (named in errors)."""
     examples, seen = [], set()
-    for line, text in iter_lines(jsonl):
-        rec = parse_json(text, path, line)
-        if not isinstance(rec, dict):
-            raise TunelabError(f"expected a JSON object, got {type(rec).__name__}", file=path, line=line)
-        prompt = require_str(rec, "prompt", path, line)
-        if not prompt.strip():
-            raise TunelabError("empty prompt", file=path, line=line, field="prompt")
+    for line, rec, prompt in prompt_records(jsonl, path):
         ident = str(rec.get("id", line))
         if ident in seen:
             raise TunelabError(f"id '{ident}' is used by an earlier prompt", file=path, line=line, field="id")
         seen.add(ident)
-        language = require_str(rec, "language", path, line) if "language" in rec else (
-            "zh" if not is_language(prompt, "en") and is_language(prompt, "zh") else "en")
+        language = require_str(rec, "language", path, line) if "language" in rec else script_language(prompt)
         if language not in LANGUAGE_SCRIPTS:
             raise TunelabError(f"unknown language '{language}' (languages told by script: "
                                f"{', '.join(LANGUAGE_SCRIPTS)})", file=path, line=line, field="language")

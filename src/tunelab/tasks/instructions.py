@@ -30,8 +30,8 @@ from typing import Any
 
 from tunelab.data.examples import Example
 from tunelab.errors import TunelabError
-from tunelab.metrics.instruction_checks import is_language, loose_variants, make_instruction, parse_instruction
-from tunelab.records import iter_lines, parse_json, read_text, require_str
+from tunelab.metrics.instruction_checks import loose_variants, make_instruction, parse_instruction, script_language
+from tunelab.records import prompt_records, read_text, require_str
 from tunelab.tasks.registry import Task, register_task
 
 SHIPPED = "instructions.jsonl"
@@ -76,21 +76,14 @@ def read_instruction_prompts(path: str | Path) -> list[Example]:
 def parse_instruction_prompts(jsonl: str, path: str | Path) -> list[Example]:
     """The prompts of JSONL text read from `path` (named in errors)."""
     examples, seen = [], set()
-    for line, text in iter_lines(jsonl):
-        rec = parse_json(text, path, line)
-        if not isinstance(rec, dict):
-            raise TunelabError(f"expected a JSON object, got {type(rec).__name__}", file=path, line=line)
-        prompt = require_str(rec, "prompt", path, line)
-        if not prompt.strip():
-            raise TunelabError("empty prompt", file=path, line=line, field="prompt")
+    for line, rec, prompt in prompt_records(jsonl, path):
         instructions = _instructions_of(rec, path, line)
         ident = str(rec.get("id", rec.get("key", line)))
         if ident in seen:
             raise TunelabError(f"id '{ident}' is used by an earlier prompt", file=path, line=line,
                                field="id" if "id" in rec else "key")
         seen.add(ident)
-        language = require_str(rec, "language", path, line) if "language" in rec else (
-            "zh" if not is_language(prompt, "en") and is_language(prompt, "zh") else "en")
+        language = require_str(rec, "language", path, line) if "language" in rec else script_language(prompt)
         examples.append(Example(id=ident, instruction=prompt, output="", kind=language,
                                 meta={"instructions": instructions}))
     if not examples:
