@@ -192,6 +192,23 @@ def test_the_shipped_set():
     assert not prompts & _prompts("general_prompts.jsonl") and not prompts & _prompts("instructions.jsonl")
 
 
+def test_the_replayed_form_requests_are_apart_from_the_judged_ones():
+    """`data.replay.prompts: [forms]`: 112 form requests (lists, letters and notes, sentence and word counts,
+    stories), half of them Chinese, replayed with the base's answers; none is a prompt this task judges, that
+    base_agreement scores or replays, or that the instructions task asks, and each is one the form requests
+    recognise as asking for a form or is an open request in its language."""
+    from tunelab.pipeline.self_replay import FORM_REPLAY_FILE, FORMS, _prompts as replay_prompts
+    examples = replay_prompts(FORMS, None, None, None, None, "data.replay.prompts.0")
+    assert len(examples) == 112 and sum(e.kind == "zh" for e in examples) == 56
+    assert FORM_REPLAY_FILE.parent == DATA
+    prompts = {e.instruction for e in examples}
+    assert len(prompts) == 112
+    for other in ("forms.jsonl", "general_prompts.jsonl", "instructions.jsonl"):
+        assert not prompts & _prompts(other), other
+    asked = [e for e in examples if requested_checks(e.instruction)]
+    assert len(asked) >= 96 and {e.kind for e in asked} == {"en", "zh"}
+
+
 def _write(tmp_path, rows, name="forms.jsonl"):
     path = tmp_path / name
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),

@@ -3,7 +3,9 @@
 fine-tuning also asks the model to keep saying what it said.
 
 The prompts (`data.replay.prompts`): tunelab's shipped general prompts (their `train` split: `base_agreement`
-scores the other), instructions the base writes itself (`magpie`: given only its template's user-turn header it
+scores the other), its shipped form requests (`forms`: 112 lists, letters and notes, "in one sentence", "at least
+N words" and short stories, half English, half Chinese, none of them a prompt the `forms` task judges — so the
+forms of an everyday answer are replayed, not only the answers to questions), instructions the base writes itself (`magpie`: given only its template's user-turn header it
 writes a user's request, as Magpie, Xu et al. 2024, draws instruction data from aligned models), and the user's
 own JSONL files of `{prompt}`. An answer the base did not end within `max_new_tokens` is kept as the start of a
 longer one: trained without an end of turn (`open_end`), so the model learns to go on writing where the base went
@@ -28,7 +30,8 @@ from tunelab.records import write_jsonl
 
 log = logging.getLogger(__name__)
 
-SHIPPED, MAGPIE = "shipped", "magpie"
+SHIPPED, FORMS, MAGPIE = "shipped", "forms", "magpie"
+FORM_REPLAY_FILE = Path(__file__).parents[1] / "tasks" / "data" / "form_replay.jsonl"
 
 
 def prepare_self_replay(recipe: Recipe, base: str | None = None) -> Path | None:
@@ -72,11 +75,13 @@ def _prompts(source: str, model, tokenizer, template, replay, field: str):
     from tunelab.tasks.base_agreement import general_prompts, read_prompts
     if source == SHIPPED:
         return general_prompts("train")
+    if source == FORMS:
+        return read_prompts(FORM_REPLAY_FILE)
     if source == MAGPIE:
         from tunelab.eval.base_answers import self_instructions
         return self_instructions(model, tokenizer, template, replay.magpie_count, replay.seed)
     if not Path(source).is_file():
-        raise TunelabError(f"expected {SHIPPED}, {MAGPIE} or a JSONL file of prompts; no such file", file=source,
+        raise TunelabError(f"expected {SHIPPED}, {FORMS}, {MAGPIE} or a JSONL file of prompts; no such file", file=source,
                            field=field)
     return read_prompts(source)
 

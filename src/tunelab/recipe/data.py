@@ -44,8 +44,9 @@ class SelfReplayConfig(StrictSection):
         "replay examples as a fraction of all training examples (default 0.1 without count)"))
     prompts: list[Text] = Field(default_factory=lambda: ["shipped"], min_length=1, description=(
         "where the prompts come from: shipped (tunelab's general prompts, English and Chinese, none of which "
-        "base_agreement scores), magpie (instructions the base writes itself given only its template's user-turn "
-        "header, as Magpie does), or JSONL files of {prompt}"))
+        "base_agreement scores), forms (its form requests: lists, letters, sentence and word counts, English and "
+        "Chinese, none of which the forms task judges), magpie (instructions the base writes itself given only its "
+        "template's user-turn header, as Magpie does), or JSONL files of {prompt}"))
     magpie_count: int = Field(default=256, ge=1, description="instructions to draw from the base for `magpie`")
     max_new_tokens: int = Field(default=128, ge=8, description="the base's answers are cut here; a cut answer is "
                                                                 "never replayed (it would teach stopping mid-way)")
