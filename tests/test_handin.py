@@ -181,3 +181,25 @@ def test_description_names_a_replayed_corpus_as_such():
     assert "  - corpus corpus (replayed as 50% of the training tokens, 818 blocks)" in desc
     assert "  - qa.jsonl (format auto, count all)" in desc and "generated None" not in desc
     assert "- training wall-clock: 4.9 min" in desc and "- hardware: CPU X (2 threads)" in desc
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"train": {"num_checkpoints": 2}}, "five evenly spaced checkpoints"),
+    ({"eval": {"tasks": []}}, "score.accuracy_task among them"),
+])
+def test_a_recipe_asking_for_its_handin_is_checked_before_training(tmp_path, tiny_base, change, says):
+    """`score.handin`: the run writes its hand-in once evaluated; a recipe that could never make one is refused
+    when it loads, not after its training."""
+    from tunelab.recipe import load_recipe
+    sections = lora_sections(tiny_base, max_steps=5, num_checkpoints=5)
+    evals = {"tasks": [{"task": "arithmetic", "source": {"generate": "arithmetic", "count": 8, "seed": 9}},
+                       {"task": "reading", "source": {"generate": "reading", "count": 8, "seed": 10},
+                        "ability": True}]}
+    path = write_recipe(tmp_path, "h", **sections, eval=evals, score={"handin": "mindspore"})
+    assert load_recipe(path).score.handin == "mindspore"
+    raw = yaml.safe_load(path.read_text())
+    for section, values in change.items():
+        raw[section].update(values)
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(TunelabError, match=says):
+        load_recipe(path)

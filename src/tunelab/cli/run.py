@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from tunelab.cli.arguments import add_set, flags_for, integer
+from tunelab.errors import TunelabError
 
 _FLAGS = {"overrides": "--set", "gpus": "--gpus"}
 
@@ -47,8 +48,9 @@ def cli_run(args: argparse.Namespace) -> int:
     from tunelab.pipeline import run
     from tunelab.pipeline.kinds import summary_lines
     from tunelab.recipe import load_recipe
+    from tunelab.pipeline.chain import run_chain
     recipe = load_recipe(args.recipe, _overrides(args))
-    metrics = run(recipe, resume=args.resume)
+    metrics = run_chain(recipe, resume=args.resume) if recipe.stages else run(recipe, resume=args.resume)
     if not metrics:
         return 0
     print("\n".join(summary_lines(metrics)))
@@ -63,6 +65,9 @@ def cli_train(args: argparse.Namespace) -> int:
     from tunelab.pipeline import train_recipe
     from tunelab.recipe import load_recipe
     recipe = load_recipe(args.recipe, _overrides(args))
+    if recipe.stages:
+        raise TunelabError("a recipe with stages continues each stage from the best checkpoint of the one before, "
+                           "which its evaluation chooses: tunelab run it", file=args.recipe, field="stages")
     summary = train_recipe(recipe, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

@@ -41,18 +41,21 @@ class WrittenCheckpoint:
 
 
 def run(recipe: Recipe, resume: bool = False,
-        on_checkpoint: Callable[[WrittenCheckpoint], None] | None = None) -> dict:
+        on_checkpoint: Callable[[WrittenCheckpoint], None] | None = None,
+        before_evaluation: Callable[[], None] | None = None) -> dict:
     """The whole pipeline, with the run locked against other writers from training to the report (under
     torchrun, rank 0 holds the lock; `tunelab.train.run_lock`). `on_checkpoint` (one process only: a sweep's
-    trial) sees each checkpoint as it is written; an exception it raises stops the run there."""
+    trial) sees each checkpoint as it is written; an exception it raises stops the run there.
+    `before_evaluation` (rank 0) runs once training is done: a chain's stage puts what is already measured
+    into the run's evaluation cache (`tunelab.pipeline.chain`)."""
     if int(os.environ.get("RANK", "0")) != 0:
         return _run(recipe, resume)
     from tunelab.train.run_lock import run_lock
     with run_lock(recipe.run_dir):
-        return _run(recipe, resume, on_checkpoint)
+        return _run(recipe, resume, on_checkpoint, before_evaluation)
 
 
-def _run(recipe: Recipe, resume: bool, on_checkpoint=None) -> dict:
+def _run(recipe: Recipe, resume: bool, on_checkpoint=None, before_evaluation=None) -> dict:
     from tunelab.eval.sets import eval_sets
     from tunelab.train.loop import train
 
@@ -73,6 +76,8 @@ def _run(recipe: Recipe, resume: bool, on_checkpoint=None) -> dict:
         summary = train(recipe, resume=resume, hand_over=models.adopt if sets else None, on_checkpoint=hook,
                         rewards=rewards)
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        if before_evaluation is not None:
+            before_evaluation()
         if world > 1 and sets:
             evaluate_share(recipe, sets, template, rank, world, models)
         if rank != 0:  # under torchrun, rank 0 alone reports
@@ -81,9 +86,25 @@ def _run(recipe: Recipe, resume: bool, on_checkpoint=None) -> dict:
         write_json(recipe.run_dir / "metrics.json", metrics)
         kind.write_report(recipe, metrics, recipe.run_dir / "report.md")
         track_evaluations(recipe, metrics)
+        if recipe.score.handin:
+            write_handin(recipe.run_dir, recipe.score.handin)
         return metrics
     finally:
         models.close()
+
+
+def write_handin(run_dir: Path, fmt: str) -> Path:
+    """`score.handin`: the run's hand-in (`tunelab.handin`) in its `handin/`, replaced when a resumed run writes
+    it again (it is made of the run's files, all still there)."""
+    import logging
+    import shutil
+
+    from tunelab.handin import handin
+    out = run_dir / "handin"
+    shutil.rmtree(out, ignore_errors=True)
+    written = handin(run_dir, out, fmt)
+    logging.getLogger(__name__).info(f"hand-in written: {written}")
+    return written
 
 
 def judge_against_run_base(recipe: Recipe, sets: dict) -> None:

@@ -26,7 +26,7 @@ def kind_of(metrics: dict) -> RunKind:
 
 def summary_lines(metrics: dict) -> list[str]:
     """What `tunelab run` prints at the end, and the report's summary: the run kind's few lines."""
-    return kind_of(metrics).summary_lines(metrics)
+    return kind_of(metrics).summary(metrics)
 
 
 def write_report(recipe: Recipe, metrics: dict, out: Path) -> None:

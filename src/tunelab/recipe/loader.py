@@ -201,7 +201,29 @@ def recipe_from_raw(raw: dict[str, Any], path: str | Path, text: str = "", check
     _resolve_paths(recipe, p.parent)
     if check_data:
         _check_data_files(recipe, p, text)
+    recipe._stage_recipes = [_stage_recipe(raw, recipe, k, p, text, check_data) for k in range(len(recipe.stages))]
+    if recipe.stages:  # validated with the hand-in the chain asks of it; the chain writes it after its own report
+        last = recipe._stage_recipes[-1]
+        last.score = last.score.model_copy(update={"handin": None})
     return recipe
+
+
+def _stage_recipe(raw: dict[str, Any], recipe: Recipe, k: int, path: Path, text: str, check_data: bool) -> Recipe:
+    """Stage k of a chain as a whole recipe (`tunelab.recipe.stages`); a mistake in what the stage changes is
+    named under `stages.k`, one in what it keeps from the recipe under the recipe's key, said of the stage."""
+    from tunelab.recipe.stages import stage_raw
+    stage = recipe.stages[k]
+    try:
+        return recipe_from_raw(stage_raw(raw, recipe.stages, k), path, "", check_data)
+    except TunelabError as e:
+        section = (e.field or "").split(".")[0]
+        if section in stage.changes():
+            loc = ("stages", k, *(int(x) if x.isdigit() else x for x in e.field.split(".")))
+            raise TunelabError(e.message, file=path, line=line_of_key(text, loc) if text else None,
+                               field=".".join(str(x) for x in loc)) from e
+        where = tuple(e.field.split(".")) if e.field else ("stages", k, "name")  # the key, else the stage
+        raise TunelabError(f"in stage '{stage.name}': {e.message}", file=path,
+                           line=line_of_key(text, where) if text else None, field=e.field) from e
 
 
 def set_field(raw: dict[str, Any], dotted: str, value: Any) -> None:

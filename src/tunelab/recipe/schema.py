@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from tunelab.recipe.data import DataConfig
 from tunelab.recipe.engine import EngineConfig
@@ -15,6 +15,7 @@ from tunelab.recipe.fields import StrictSection, Text
 from tunelab.recipe.lora import LoraConfig
 from tunelab.recipe.model import ModelConfig
 from tunelab.recipe.score import ScoreConfig
+from tunelab.recipe.stages import StageConfig
 from tunelab.recipe.train import TrainConfig
 
 
@@ -31,6 +32,9 @@ class Recipe(StrictSection):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     description: str = ""
+    stages: list[StageConfig] = Field(default_factory=list, description=(
+        "a chain of runs in one recipe (`tunelab.recipe.stages`): each stage the sections it changes, deep-merged "
+        "over the recipe's; each continues the one before; the last is this run"))
     report_to: list[Literal["tensorboard", "mlflow", "wandb", "swanlab"]] = Field(
         default_factory=lambda: ["tensorboard"], description=(
             "the dashboards this run logs to (`tunelab.track`): per step loss, lr, grad norm, tokens/s, MFU, memory; "
@@ -45,6 +49,40 @@ class Recipe(StrictSection):
                 and raw.get("lora") is None:
             raw = {**raw, "lora": {"enabled": False}}
         return raw
+
+    # each stage's whole recipe, built and validated as the file loads (`tunelab.recipe.loader`)
+    _stage_recipes: list["Recipe"] = PrivateAttr(default_factory=list)
+
+    @field_validator("stages")
+    @classmethod
+    def _a_chain_has_named_stages(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        """A chain is two stages or more, each named once (their names are run directories)."""
+        if len(stages) == 1:
+            raise ValueError("a chain has two stages or more; one stage is the recipe itself (leave stages out)")
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each stage needs a name of its own, got {names}")
+        return stages
+
+    @model_validator(mode="after")
+    def _handin_needs_five_checkpoints(self):
+        """The hand-in the rules ask for is five evenly spaced checkpoints, the run evaluated, its retention
+        judged: said before training, not after it. (A chain's last stage hands in: checked there.)"""
+        if self.score.handin is None or self.stages:
+            return self
+        if self.train.num_checkpoints != 5:
+            raise ValueError(f"score.handin: the rules ask for five evenly spaced checkpoints; set "
+                             f"train.num_checkpoints: 5 (it is {self.train.num_checkpoints})")
+        if not any(t.ability for t in self.eval.tasks) or self.score.accuracy_task not in {
+                t.label for t in self.eval.tasks}:
+            raise ValueError("score.handin: the hand-in gives the accuracy and the retention measured: give "
+                             "eval.tasks with score.accuracy_task among them and a task with ability: true")
+        return self
+
+    @property
+    def stage_recipes(self) -> list["Recipe"]:
+        """The chain's stages as whole recipes, first to last (empty for a recipe without `stages`)."""
+        return self._stage_recipes
 
     @model_validator(mode="after")
     def _sharding_takes_plain_weights(self):

@@ -1,0 +1,195 @@
+"""`tunelab run` of a recipe with `stages:` (`tunelab.recipe.stages`): each stage's whole pipeline in turn, the
+next starting from the one before, and one report — the last stage's, which is the chain's run — opening with
+what every stage gained and what it cost.
+
+What a stage evaluates that the one before already measured is carried over, not measured again: a stage's start
+is the previous stage's best checkpoint, evaluated there on the same tasks, and the original base's abilities were
+evaluated by the first stage. Carried only when the stage's `eval` section and prompt template are the previous
+stage's (same model, same items, same settings: the same greedy answers), and said in the log.
+
+Resuming (`--resume`): a stage with its metrics.json is finished and kept, the one that was stopped resumes, the
+ones after it start. Without `--resume` an existing stage directory is an error, as for any run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from tunelab.recipe import Recipe
+from tunelab.records import read_json_object, write_json
+
+log = logging.getLogger(__name__)
+
+STAGE_FILE = "stage.json"  # in each stage's run directory: its place in the chain and its wall time
+
+
+def run_chain(recipe: Recipe, resume: bool = False) -> dict:
+    """Run every stage of `recipe` (one with `stages`), then put the chain into the last stage's metrics.json and
+    report.md. Returns those metrics (empty on a rank other than 0 under torchrun)."""
+    from tunelab.pipeline import run
+    stages = recipe.stage_recipes
+    main = int(os.environ.get("RANK", "0")) == 0
+    metrics: dict = {}
+    for k, stage in enumerate(stages):
+        name = recipe.stages[k].name
+        if resume and (stage.run_dir / "metrics.json").is_file() and (stage.run_dir / STAGE_FILE).is_file():
+            log.info(f"stage {k + 1}/{len(stages)} {name}: finished in {stage.run_dir}, kept")
+            continue
+        log.info(f"stage {k + 1}/{len(stages)} {name}: {stage.train.method} in {stage.run_dir}")
+        carry = (lambda k=k, stage=stage: carry_evaluations(stages[0], stages[k - 1], stage)) if k > 0 else None
+        started = time.monotonic()
+        metrics = run(stage, resume=resume and (stage.run_dir / "recipe.yaml").is_file(), before_evaluation=carry)
+        if main:
+            write_json(stage.run_dir / STAGE_FILE, {"stage": name, "index": k, "of": len(stages),
+                                                    "method": stage.train.method,
+                                                    "wall_seconds": round(time.monotonic() - started, 1)})
+    if not main:
+        return {}
+    final = stages[-1]
+    metrics = read_json_object(final.run_dir / "metrics.json")
+    metrics["chain"] = chain_summary(recipe)
+    write_json(final.run_dir / "metrics.json", metrics)
+    from tunelab.pipeline.kinds import write_report
+    write_report(final, metrics, final.run_dir / "report.md")
+    if recipe.score.handin:
+        from tunelab.pipeline import write_handin
+        write_handin(final.run_dir, recipe.score.handin)
+    return metrics
+
+
+def carry_evaluations(first: Recipe, before: Recipe, stage: Recipe) -> None:
+    """Seed `stage`'s evaluation cache with what is already measured: its start (`eval/base`: the previous
+    stage's best checkpoint) and the original base's abilities (`eval/original-base`, from the first stage's
+    `eval/base`). Nothing when the evaluation differs, or when the stage has its own results already."""
+    if _eval_settings(stage) != _eval_settings(before):
+        log.info("the stage's evaluation differs from the stage before's: its start is evaluated again")
+        return
+    best = read_json_object(before.run_dir / "metrics.json").get("best_checkpoint")
+    if best:
+        _copy_results(before.run_dir / "eval" / best, stage.run_dir / "eval" / "base", None,
+                      f"its start ({before.name}'s {best})")
+    if _eval_settings(stage) == _eval_settings(first):
+        ability = [t.label for t in stage.eval.tasks if t.ability]
+        if ability:
+            _copy_results(first.run_dir / "eval" / "base", stage.run_dir / "eval" / "original-base", ability,
+                          "the original base's abilities")
+
+
+# what says which models a run evaluates and how it judges them, not what one model's results are
+_NOT_A_MODELS_RESULTS = ("checkpoints", "scales", "baseline", "retention_threshold", "retention_min_base")
+
+
+def _eval_settings(recipe: Recipe) -> tuple:
+    """What one model's results depend on: the tasks and how they are asked (and by which engine)."""
+    settings = {k: v for k, v in recipe.eval.model_dump(mode="json").items() if k not in _NOT_A_MODELS_RESULTS}
+    return (settings, recipe.eval.device or recipe.train.device, recipe.data.template,
+            recipe.engine.model_dump(mode="json"))
+
+
+def _copy_results(source: Path, dest: Path, tasks: list[str] | None, what: str) -> None:
+    """`source`'s results.json (only `tasks` when given) and its tasks' prediction files into `dest`, when `dest`
+    holds none yet and `source` holds every task asked."""
+    results_file = source / "results.json"
+    if (dest / "results.json").exists() or not results_file.is_file():
+        return
+    results = read_json_object(results_file)
+    if tasks is not None:
+        if not set(tasks) <= set(results):
+            return
+        results = {k: results[k] for k in tasks}
+    dest.mkdir(parents=True, exist_ok=True)
+    for task in results:
+        predictions = source / f"{task}.predictions.jsonl"
+        if predictions.is_file():
+            shutil.copy(predictions, dest / predictions.name)
+    write_json(dest / "results.json", results)
+    log.info(f"{what}: carried from {source} (the same model on the same tasks), not evaluated again")
+
+
+def chain_summary(recipe: Recipe) -> list[dict]:
+    """Each stage, first to last: its run, method, steps and times, its best checkpoint, the accuracy it started
+    from and reached (paired change with its interval on the same items), its score and its retention of the
+    original base's abilities."""
+    from tunelab.eval.retention import overall
+    out = []
+    for stage_config, stage in zip(recipe.stages, recipe.stage_recipes):
+        m = read_json_object(stage.run_dir / "metrics.json")
+        timing = read_json_object(stage.run_dir / STAGE_FILE) if (stage.run_dir / STAGE_FILE).is_file() else {}
+        train = m.get("train") or {}
+        entry = {"stage": stage_config.name, "run_dir": str(stage.run_dir), "method": stage.train.method,
+                 "steps": train.get("steps"), "train_seconds": train.get("train_seconds"),
+                 "wall_seconds": timing.get("wall_seconds"), "best_checkpoint": m.get("best_checkpoint")}
+        if "score" in m:
+            accuracy = m["score"]["accuracy"]
+            entry.update({"accuracy": accuracy, "score": m["score"]["value"], "ratio": m["ratio"]["ratio"]})
+            if "accuracy_gain" in m:
+                entry["start_accuracy"] = accuracy - m["accuracy_gain"]
+            if m.get("accuracy_change"):
+                entry["change"] = m["accuracy_change"]
+            if m.get("retention") is not None:
+                entry["retention"] = {"verdict": overall(m["retention"]), "entries": m["retention"]}
+        out.append(entry)
+    return out
+
+
+def chain_summary_lines(chain: list[dict]) -> list[str]:
+    """One line a stage for the summary: `stage sft (sft): 1.5% -> 77.0% (+75.5, interval ...), retention PASS`."""
+    from tunelab.report import pct
+    lines = []
+    for s in chain:
+        line = f"stage {s['stage']} ({s['method']})"
+        if s.get("accuracy") is not None:
+            start = f"{pct(s['start_accuracy'])} -> " if s.get("start_accuracy") is not None else ""
+            line += f": {start}{pct(s['accuracy'])}"
+            if s.get("change"):
+                c = s["change"]
+                line += (f" ({100 * c['change']:+.1f} points, 95 % interval {100 * c['interval'][0]:+.1f} to "
+                         f"{100 * c['interval'][1]:+.1f}, n={c['n']})")
+            if (s.get("retention") or {}).get("verdict"):
+                line += f", retention {s['retention']['verdict']}"
+        if s.get("wall_seconds") is not None:
+            line += f", {s['wall_seconds'] / 60:.1f} min"
+        lines.append(line)
+    return lines
+
+
+def chain_report_lines(chain: list[dict]) -> list[str]:
+    """The report's "Stages" section: each stage's gain with its interval and its cost on every ability."""
+    from tunelab.report import pct
+    lines = ["## Stages", "",
+             "Each stage a run of its own (its report in its directory), each starting from the best checkpoint "
+             "of the one before; the last is this run. Accuracy: the stage's start and its best checkpoint on the "
+             "same held-out items, the change paired with its 95 % interval; every ability against the original "
+             "base.", "",
+             "| stage | method | steps | wall time | start | best | change (95 % interval) | retention | score |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in chain:
+        change = s.get("change")
+        interval = (f"{100 * change['change']:+.1f} ({100 * change['interval'][0]:+.1f} to "
+                    f"{100 * change['interval'][1]:+.1f}), n={change['n']}" if change else "–")
+        wall = f"{s['wall_seconds'] / 60:.1f} min" if s.get("wall_seconds") is not None else "–"
+        start = pct(s["start_accuracy"]) if s.get("start_accuracy") is not None else "–"
+        best = f"{pct(s['accuracy'])} ({s['best_checkpoint']})" if s.get("accuracy") is not None else "–"
+        kept = (s.get("retention") or {}).get("verdict") or "–"
+        score = f"{s['score']:.4f}" if s.get("score") is not None else "–"
+        lines.append(f"| {s['stage']} | {s['method']} | {s.get('steps') or '–'} | {wall} | {start} | {best} | "
+                     f"{interval} | {kept} | {score} |")
+    keys = list(dict.fromkeys(k for s in chain for k in ((s.get("retention") or {}).get("entries") or {})))
+    if keys:
+        lines += ["", "| ability (original base) | base | " + " | ".join(s["stage"] for s in chain) + " |",
+                  "|---|---|" + "---|" * len(chain)]
+        for key in keys:
+            entries = [((s.get("retention") or {}).get("entries") or {}).get(key) for s in chain]
+            base = next((e["base"] for e in entries if e), None)
+            cells = [("–" if e is None else f"{e['tuned']:.2f}" + (
+                f" ({100 * e['retained']:.0f} %, {'PASS' if e['pass'] else 'FAIL'})"
+                if e.get("retained") is not None else "")) for e in entries]
+            lines.append(f"| {key} | {base:.2f} | " + " | ".join(cells) + " |")
+    total = sum(s["wall_seconds"] for s in chain if s.get("wall_seconds") is not None)
+    lines += ["", f"The chain's wall time: {total / 60:.1f} min (each stage's preparation, training and "
+                  "evaluation; a resumed stage counts its last part)." if total else "", ""]
+    return lines

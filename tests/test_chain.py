@@ -1,0 +1,128 @@
+"""A recipe with `stages:` (`tunelab.recipe.stages`, `tunelab.pipeline.chain`): each stage's recipe built from the
+recipe's sections and its own, each continuing the one before, one report with every stage's gain and cost, the
+hand-in made from the last; what a stage would measure again is carried; a finished stage is kept on --resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import lora_sections, write_recipe
+from test_grpo_run import run_train
+
+from tunelab.errors import TunelabError
+from tunelab.recipe import load_recipe
+from tunelab.runs import list_checkpoints
+
+EVAL = {"baseline": True, "batch_size": 16, "max_new_tokens": 8, "tasks": [
+    {"task": "arithmetic", "source": {"generate": "arithmetic", "count": 16, "seed": 9,
+                                      "options": {"kinds": ["int_add"], "int_digits": 1}}},
+    {"task": "reading", "source": {"generate": "reading", "count": 12, "seed": 10}, "ability": True}]}
+
+
+def chain_recipe(directory: Path, base: Path, **top) -> Path:
+    """SFT (LoRA, 6 steps, 2 checkpoints) then RFT on its best adapter (5 steps, 5 checkpoints, the last
+    evaluated): the shape of recipes/smollm2-math-best.yaml on the tiny base."""
+    sections = lora_sections(base, max_steps=6, batch_size=4, log_every=2, num_checkpoints=2)
+    sections["data"]["max_seq_len"] = 96
+    raw = yaml.safe_load(write_recipe(directory, "best", **sections, eval=EVAL, report_to=[],
+                                      score={"formula": "stage1", "accuracy_task": "arithmetic"}).read_text())
+    raw["stages"] = [
+        {"name": "sft"},
+        {"name": "rft",
+         "data": {"train": [{"generate": "arithmetic", "count": 40, "seed": 21,
+                             "options": {"kinds": ["int_add"], "int_digits": 1}}]},
+         "train": {"method": "rft", "max_steps": 5, "num_checkpoints": 5, "lr": 1e-3,
+                   "rft": {"num_generations": 4, "max_completion_length": 8, "temperature": 1.0, "keep": 2,
+                           "rewards": [{"task": "arithmetic"}]}},
+         "eval": {"checkpoints": "last"}},
+    ]
+    raw.update(top)
+    path = directory / "best.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_each_stage_is_a_whole_recipe_continuing_the_one_before(tmp_path, tiny_base):
+    recipe = load_recipe(chain_recipe(tmp_path, tiny_base))
+    sft, rft = recipe.stage_recipes
+    runs = tmp_path / "runs"
+    assert sft.run_dir == runs / "best.sft" and rft.run_dir == runs / "best" == recipe.run_dir
+    assert sft.model.path == str(tiny_base) and Path(rft.model.path) == runs / "best.sft"
+    assert (sft.train.method, rft.train.method) == ("sft", "rft")
+    assert rft.train.batch_size == 4 and rft.lora.rank == 4  # what the stage does not change is the recipe's
+    assert [s.seed for s in rft.data.train] == [21]  # a list replaces
+    assert rft.eval.checkpoints == "last" and [t.task for t in rft.eval.tasks] == ["arithmetic", "reading"]
+    assert not sft.stages and not rft.stages
+
+
+@pytest.mark.parametrize("change, field, says", [
+    ({"stages": [{"name": "only"}]}, "stages", "two stages or more"),
+    ({"stages": [{"name": "a"}, {"name": "a"}]}, "stages", "a name of its own"),
+    ({"stages": [{"name": "a"}, {"name": "b", "model": {"path": "x"}}]}, "stages.1.model", "unknown key"),
+    ({"stages": [{"name": "a"}, {"name": "b", "train": {"lr": -1}}]}, "stages.1.train.lr", "greater than 0"),
+    ({"stages": [{"name": "a"}, {"name": "b", "train": {"method": "dpo"}}]}, "", "in stage 'b': "),
+    ({"stages": [{"name": "a"}, {"name": "b/c"}]}, "stages.1.name", "pattern"),
+    ({"score": {"handin": "hf", "accuracy_task": "arithmetic"}, "stages": [{"name": "a"}, {"name": "b"}]}, "",
+     "in stage 'b': Value error, score.handin: the rules ask for five"),  # the last stage hands in
+])
+def test_a_chain_mistake_is_one_error_naming_the_stage(tmp_path, tiny_base, change, field, says):
+    path = chain_recipe(tmp_path, tiny_base)
+    raw = yaml.safe_load(path.read_text())
+    raw.update(change)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    with pytest.raises(TunelabError) as e:
+        load_recipe(path)
+    assert (e.value.field or "").startswith(field) and says in str(e.value), str(e.value)
+    assert e.value.line is not None
+
+
+def test_a_chain_runs_its_stages_reports_each_and_hands_in_the_last(tmp_path, tiny_base, capsys):
+    path = chain_recipe(tmp_path, tiny_base)
+    raw = yaml.safe_load(path.read_text())
+    raw["score"]["handin"] = "hf"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    capsys.readouterr()
+    assert run_train(path, verb="run") == 0
+    out = capsys.readouterr()
+    sft_dir, final = tmp_path / "runs" / "best.sft", tmp_path / "runs" / "best"
+    sft = json.loads((sft_dir / "metrics.json").read_text())
+    metrics = json.loads((final / "metrics.json").read_text())
+    assert [s["stage"] for s in metrics["chain"]] == ["sft", "rft"]
+    assert [s["method"] for s in metrics["chain"]] == ["sft", "rft"]
+    first, second = metrics["chain"]
+    assert first["accuracy"] == sft["score"]["accuracy"] and first["best_checkpoint"] == sft["best_checkpoint"]
+    assert second["start_accuracy"] == pytest.approx(first["accuracy"])  # the RFT stage starts where SFT ended
+    assert all(s["wall_seconds"] > 0 and s["steps"] for s in metrics["chain"])
+    assert len(list_checkpoints(final)) == 5 and list(metrics["checkpoints"]) == ["step-000005"]
+
+    # carried, not measured again: the start is the SFT stage's best checkpoint on the same tasks, and the
+    # original base's abilities are the SFT stage's base
+    start = json.loads((final / "eval" / "base" / "results.json").read_text())
+    assert start == json.loads((sft_dir / "eval" / sft["best_checkpoint"] / "results.json").read_text())
+    origin = json.loads((final / "eval" / "original-base" / "results.json").read_text())
+    assert origin == {"reading": json.loads((sft_dir / "eval" / "base" / "results.json").read_text())["reading"]}
+    assert "carried from" in out.err
+    assert metrics["retention"]["reading.f1"]["base"] == origin["reading"]["f1"]
+
+    report = (final / "report.md").read_text()
+    assert "## Stages" in report and "| sft | sft |" in report and "| rft | rft |" in report
+    assert "stage sft (sft):" in out.out and "stage rft (rft):" in out.out
+    handin = final / "handin"
+    assert (handin / "MANIFEST.sha256").is_file() and len(list((handin / "checkpoints").iterdir())) == 5
+    assert "## Stages" in (handin / "run_report.md").read_text()
+
+    # --resume: both stages finished, neither trains again; without it, the chain is not overwritten
+    mtime = (sft_dir / "train_summary.json").stat().st_mtime_ns, (final / "train_summary.json").stat().st_mtime_ns
+    assert run_train(path, "--resume", verb="run") == 0
+    assert ((sft_dir / "train_summary.json").stat().st_mtime_ns,
+            (final / "train_summary.json").stat().st_mtime_ns) == mtime
+    assert run_train(path, verb="run") != 0
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_train_refuses_a_chain(tmp_path, tiny_base, capsys):
+    assert run_train(chain_recipe(tmp_path, tiny_base)) != 0
+    assert "tunelab run" in capsys.readouterr().err
