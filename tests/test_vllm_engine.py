@@ -157,6 +157,24 @@ def test_an_interpreter_without_vllm_is_named_in_the_error(tmp_path, monkeypatch
     assert e.value.field == "TUNELAB_VLLM_PYTHON"
 
 
+@needs_vllm
+def test_the_projects_interpreter_is_found_from_a_folder_below_it(tmp_path, monkeypatch):
+    """`tunelab serve smollm2-math` from `runs/`: the project's `.venv-vllm` is in a folder above the working
+    directory, and found there."""
+    from tunelab.decoding.vllm_server import PROJECT_VENV, find_vllm_python
+    if VLLM_PYTHON == sys.executable:
+        pytest.skip("vLLM is importable in tunelab's own interpreter: it is the answer before any .venv-vllm")
+    venv = tmp_path / PROJECT_VENV
+    venv.parent.mkdir(parents=True)
+    venv.write_text(f'#!/bin/sh\nexec {VLLM_PYTHON} "$@"\n', encoding="utf-8")
+    venv.chmod(0o755)
+    below = tmp_path / "runs" / "smollm2-math"
+    below.mkdir(parents=True)
+    monkeypatch.chdir(below)
+    monkeypatch.delenv("TUNELAB_VLLM_PYTHON", raising=False)
+    assert find_vllm_python() == str(venv)
+
+
 def test_the_engine_section_refuses_server_settings_beside_a_url():
     from pydantic import ValidationError
     from tunelab.recipe.engine import EngineConfig
@@ -166,6 +184,27 @@ def test_the_engine_section_refuses_server_settings_beside_a_url():
         EngineConfig(kind="vllm", url="http://10.0.0.5:8000", tensor_parallel=4)
     with pytest.raises(ValidationError, match="kind: vllm"):
         EngineConfig(url="http://10.0.0.5:8000")
+
+
+@pytest.mark.parametrize("sections, key", [
+    ({"train": {"method": "grpo", "grpo": {"temperature": 2.5, "rewards": [{"task": "arithmetic"}]}}},
+     "train.grpo.temperature"),
+    ({"eval": {"samples": 4, "temperature": 3.0}}, "eval.temperature"),
+])
+def test_a_recipe_sampling_hotter_than_vllm_allows_is_refused_when_it_loads(tmp_path, sections, key):
+    """vLLM samples at temperature <= 2: through it, a hotter rollout or eval sample is a recipe error naming the
+    key; the embedded engine takes it."""
+    import yaml
+    from conftest import write_recipe
+    from tunelab.errors import TunelabError
+    from tunelab.recipe import load_recipe
+    path = write_recipe(tmp_path, "hot", **sections)
+    load_recipe(path)   # the embedded engine samples at any temperature
+    raw = yaml.safe_load(path.read_text())
+    raw["engine"] = {"kind": "vllm"}
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(TunelabError, match=f"{key} is .*up to 2"):
+        load_recipe(path)
 
 
 def test_the_server_command_line(tmp_path, monkeypatch):

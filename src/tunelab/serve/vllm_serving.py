@@ -62,7 +62,7 @@ def why_not_served(ckpt: Path, base: str, max_lora_rank: int) -> str | None:
 def serve_through_vllm(path: str | Path, engine: EngineConfig, *, name: str | None = None, which: str = "best",
                        max_batch: int = 16, precision: str = "auto", device: str | None = None,
                        mindformers_config: str | Path | None = None, tokenizer: str | Path | None = None,
-                       root: str | Path | None = None, every_checkpoint: bool = True) -> ServedModels:
+                       every_checkpoint: bool = True) -> ServedModels:
     """The models `path` names (module docstring) on one vLLM server: started from `engine.python` (or found at
     `engine.url`), the base in the dtype the embedded engine would use (`precision`, `device`), its context
     tunelab's. `name`: the run's part of the names (default: the run directory's name); `max_batch`: sequences
@@ -141,7 +141,7 @@ def serve_through_vllm(path: str | Path, engine: EngineConfig, *, name: str | No
             extra = list(engine.extra_args)
             if len(adapters) > engine.max_loras and "--max-cpu-loras" not in extra:
                 extra += ["--max-cpu-loras", str(len(adapters))]     # every adapter stays loaded
-            server = VLLMServer(find_vllm_python(engine.python, root), base, BASE, Path(log_dir) / "vllm.log",
+            server = VLLMServer(find_vllm_python(engine.python), base, BASE, Path(log_dir) / "vllm.log",
                                 dtype=inference_dtype(precision, dev), max_lora_rank=engine.max_lora_rank,
                                 max_loras=engine.max_loras, tensor_parallel=engine.tensor_parallel,
                                 pipeline_parallel=engine.pipeline_parallel,
