@@ -186,3 +186,26 @@ def test_a_batch_with_an_empty_row_is_prefilled_as_before():
         _, got = DecodeBatch.prefill(model, rows + [[]], 0, 4)
         _, want = DecodeBatch.prefill(model, rows + [[]], 0, 4, share_prefix=False)
     assert torch.equal(got, want)
+
+
+@pytest.mark.patched
+def test_the_serving_engine_makes_the_check_when_it_starts_not_at_the_first_request(monkeypatch):
+    """`tunelab serve`'s first request used to wait for the check (seconds on a CPU); the engine makes it as it
+    starts, once."""
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    from tunelab.decoding import batch
+    from tunelab.serve.engine import Engine
+    model = _tiny_llama()
+    monkeypatch.setattr(batch, "_tree_verified", {})
+    checked = []
+    real = batch._tree_agrees
+    monkeypatch.setattr(batch, "_tree_agrees", lambda m: checked.append(m) or real(m))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1},
+                                                                                    unk_token="[UNK]")))
+    engine = Engine(model, tokenizer, context_len=64)
+    assert not checked
+    with engine:
+        assert checked == [model] and tree_prefill_ok(model)
+    assert len(checked) == 1

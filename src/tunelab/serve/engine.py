@@ -198,7 +198,13 @@ class Engine:
 
     # public --------------------------------------------------------------------------------------
     def start(self) -> "Engine":
-        """Start the scheduler thread (once: a started engine is returned as it is); returns the engine."""
+        """Start the scheduler thread (once: a started engine is returned as it is); returns the engine. The
+        check that allows a batch's prefill as a trie (`decoding.batch.tree_prefill_ok`: a few forwards, seconds
+        on a CPU while oneDNN builds its kernels) is made here, before a first request would wait for it."""
+        from tunelab.decoding.batch import tree_prefill_ok
+        if self._thread is None and not self._closed:
+            with self._torch.inference_mode():
+                tree_prefill_ok(self.model)
         with self._cv:
             if self._closed:
                 raise RuntimeError("engine is closed")
