@@ -323,3 +323,44 @@ def test_the_server_and_its_workers_are_gone_after_stop(server):
     twin.stop()                   # idempotent
 
 
+
+
+def test_a_server_that_dies_while_serving_is_started_again_and_its_adapters_reloaded(tmp_path, caplog):
+    """`ServerWatch` on a stand-in server (a real process: `sleep`): killed, it is started again on the same port
+    and the adapters are loaded again; past `max_restarts` it stays down and says so. The real server's restart
+    is `VLLMServer.start` again, which the tests above run."""
+    import logging
+    import signal
+    import subprocess
+    import time
+
+    from tunelab.decoding.vllm_server import ServerWatch, VLLMServer
+
+    class Stand(VLLMServer):
+        def command(self):
+            return ["sleep", "600"]
+
+        def _wait_ready(self):
+            pass
+    server = Stand("py", "/m", "base", tmp_path / "vllm.log", port=8123).start()
+    reloads = []
+    watch = ServerWatch(server, lambda: reloads.append(server.port), interval=0.05, max_restarts=2).start()
+    caplog.set_level(logging.ERROR, logger="tunelab.decoding.vllm_server")
+    try:
+        for n in (1, 2):
+            first = server._process.pid
+            os.killpg(first, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while not (server.running and server._process.pid != first) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert server.running and reloads == [8123] * n and server.port == 8123
+        os.killpg(server._process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while watch._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not watch._thread.is_alive() and not server.running and len(reloads) == 2
+        assert "left down" in caplog.text and "starting it again" in caplog.text
+    finally:
+        watch.stop()
+        server.stop()
+    assert subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True).stdout == b""

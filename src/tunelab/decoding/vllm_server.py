@@ -237,3 +237,48 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ServerWatch:
+    """Keeps a server tunelab started serving (`tunelab serve --engine vllm`): when its process exits while it
+    should run — a worker killed for memory, a crash on a request — it says so with its log's end, starts it again
+    on the same port and calls `reload` (the adapters loaded again by name), at most `max_restarts` times; then it
+    leaves it down and says that. Requests in flight when it died fail alone; the ones after the restart are
+    answered. `stop()` (before the server's own stop) ends the watch."""
+
+    def __init__(self, server: VLLMServer, reload, interval: float = 2.0, max_restarts: int = 3):
+        import threading
+        self.server, self.reload = server, reload
+        self.interval, self.max_restarts = interval, max_restarts
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="tunelab-vllm-watch", daemon=True)
+
+    def start(self) -> "ServerWatch":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.server.running:
+                continue
+            code = self.server._process.returncode if self.server._process is not None else None
+            if self.restarts >= self.max_restarts:
+                log.error(f"vLLM's server exited ({code}) again after {self.restarts} restarts: left down; its "
+                          f"log: {self.server.log}")
+                return
+            self.restarts += 1
+            log.error(f"vLLM's server exited ({code}) while serving; its log ends:\n{self.server.log_tail()}\n"
+                      f"starting it again on {self.server.url} ({self.restarts} of at most {self.max_restarts})")
+            self.server.stop()     # what is left of its process group
+            try:
+                self.server.start()
+                self.reload()
+            except Exception as e:  # noqa: BLE001 - a failed restart is counted and said; the next try follows
+                log.error(f"vLLM's server could not be started again: {e}")
+

@@ -16,7 +16,8 @@ any other model itself alone. The default (what a request naming no model gets, 
 the embedded engine would serve (`--checkpoint best|last`), else the base.
 
 The started server's log is the run's `vllm.log` (beside the model when no run was named); the server is stopped
-when the models are closed (`ServedModels.close`, which `tunelab serve` calls however it ends).
+when the models are closed (`ServedModels.close`, which `tunelab serve` calls however it ends). If it dies while
+serving, it is started again and its adapters loaded again (`decoding.vllm_server.ServerWatch`).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def serve_through_vllm(path: str | Path, engine: EngineConfig, *, name: str | No
     from tunelab.convert.resolve_model import resolve_model
     from tunelab.decoding.stops import context_length
     from tunelab.decoding.vllm_engine import VLLMEngine
-    from tunelab.decoding.vllm_server import VLLMServer, find_vllm_python
+    from tunelab.decoding.vllm_server import ServerWatch, VLLMServer, find_vllm_python
     from tunelab.model.device import inference_dtype, resolve_device
     from tunelab.model.loading import load_tokenizer, quiet_transformers
     from tunelab.runs import checkpoint_dirs, model_dir_of
@@ -152,8 +153,13 @@ def serve_through_vllm(path: str | Path, engine: EngineConfig, *, name: str | No
             url, vllm_base = server.url, BASE
         loader = VLLMEngine(url, vllm_base)
         closing.insert(0, loader.close)     # unloads the adapters (a server at engine.url keeps running)
-        for _, vllm_name, adapter in adapters:
-            loader.load_adapter(vllm_name, str(adapter))
+
+        def load_adapters() -> None:
+            for _, vllm_name, adapter in adapters:
+                loader.load_adapter(vllm_name, str(adapter))
+        load_adapters()
+        if not engine.url:                  # a server tunelab started is started again if it dies
+            closing.insert(0, ServerWatch(server, load_adapters).start().stop)
         shared = VLLMServingEngine(url, max_batch=max_batch).start()
         closing.insert(0, shared.close)
         models = [_served(shared, base_name, vllm_base, base, base, context, vocab, max_batch)]
