@@ -126,3 +126,21 @@ def test_a_chain_runs_its_stages_reports_each_and_hands_in_the_last(tmp_path, ti
 def test_train_refuses_a_chain(tmp_path, tiny_base, capsys):
     assert run_train(chain_recipe(tmp_path, tiny_base)) != 0
     assert "tunelab run" in capsys.readouterr().err
+
+
+def test_the_shipped_best_recipe_is_sft_then_rft_on_the_same_held_out_problems():
+    """recipes/smollm2-math-best.yaml as its header says: fine-tuning with the base's answers to general prompts and
+    form requests replayed, then RFT on its best adapter on fresh problems; both stages judged on the same 500
+    held-out problems and every ability (forms included), so the RFT stage's start is carried, not re-evaluated;
+    the hand-in made from the last stage's five checkpoints."""
+    from tunelab.pipeline.chain import _eval_settings
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "smollm2-math-best.yaml", check_data=False)
+    sft, rft = recipe.stage_recipes
+    assert (sft.train.method, rft.train.method) == ("sft", "rft") and rft.model.path == str(sft.run_dir)
+    assert sft.data.replay.prompts == ["shipped", "forms"] and rft.data.replay is None
+    assert _eval_settings(sft) == _eval_settings(rft) and rft.eval.checkpoints == "last"
+    held_out = sft.eval.tasks[0].source
+    assert held_out.count == 500 and held_out.seed not in {s.seed for s in sft.data.train + rft.data.train}
+    assert {t.task for t in sft.eval.tasks if t.ability} == {"reading", "instructions", "knowledge",
+                                                               "base_agreement", "forms"}
+    assert recipe.score.handin == "mindspore" and rft.train.num_checkpoints == 5
