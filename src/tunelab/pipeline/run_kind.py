@@ -49,12 +49,12 @@ class RunKind:
     def write_report(self, recipe: Recipe, metrics: dict, out: Path) -> None:
         """report.md: the frame every report has (`tunelab.report.render_report`) around this kind's lines; the
         last stage of a chain (`tunelab.pipeline.chain`) opens them with every stage's gain and cost."""
-        from tunelab.pipeline.chain import chain_report_lines
+        from tunelab.pipeline.chain_report import chain_report_lines
         chain = chain_report_lines(metrics["chain"]) if metrics.get("chain") else []
         out.write_text(render_report(recipe, self.summary(metrics),
                                      chain + self.report_sections(recipe, metrics, out.parent)), encoding="utf-8")
 
     def summary(self, metrics: dict) -> list[str]:
         """The lines `tunelab run` prints and the report opens with: a chain's stages first, then the kind's."""
-        from tunelab.pipeline.chain import chain_summary_lines
+        from tunelab.pipeline.chain_report import chain_summary_lines
         return chain_summary_lines(metrics.get("chain") or []) + self.summary_lines(metrics)
