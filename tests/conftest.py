@@ -5,13 +5,14 @@ Everything is CPU-sized: preset `micro` (hidden 64, 2 layers), a few hundred gen
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tunelab.recipe.stages import merged  # a None value deletes a key, as a chain's stage does
 
 # `train.precision: auto` trains in fp32 on every CPU here, with no bf16 race (`tunelab.model.device`): the suite's
 # references (TRL's losses, HF Trainer, unbroken runs) are fp32, and CI hosts differ in whether bf16 pays. Child
@@ -50,18 +51,6 @@ def _torch_threads_restored():
 THREADS = 1
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if value is None:  # None removes a key, e.g. model={"preset": None, "path": ...}
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def recipe_dict(out_dir: Path, name: str = "run", **sections: Any) -> dict:
     """A small from-scratch recipe (preset micro, generated arithmetic), with `sections` deep-merged over it
     (a None value deletes the key)."""
@@ -78,7 +67,7 @@ def recipe_dict(out_dir: Path, name: str = "run", **sections: Any) -> dict:
                   "threads": THREADS},
         "eval": {"baseline": False},
     }
-    return _merge(base, sections)
+    return merged(base, sections)
 
 
 def write_recipe(directory: Path, name: str = "run", filename: str | None = None, **sections: Any) -> Path:

@@ -33,7 +33,6 @@ def run_chain(recipe: Recipe, resume: bool = False) -> dict:
     from tunelab.pipeline import run
     stages = recipe.stage_recipes
     main = int(os.environ.get("RANK", "0")) == 0
-    metrics: dict = {}
     for k, stage in enumerate(stages):
         name = recipe.stages[k].name
         if resume and (stage.run_dir / "metrics.json").is_file() and (stage.run_dir / STAGE_FILE).is_file():
@@ -42,7 +41,7 @@ def run_chain(recipe: Recipe, resume: bool = False) -> dict:
         log.info(f"stage {k + 1}/{len(stages)} {name}: {stage.train.method} in {stage.run_dir}")
         carry = (lambda k=k, stage=stage: carry_evaluations(stages[0], stages[k - 1], stage)) if k > 0 else None
         started = time.monotonic()
-        metrics = run(stage, resume=resume and (stage.run_dir / "recipe.yaml").is_file(), before_evaluation=carry)
+        run(stage, resume=resume and (stage.run_dir / "recipe.yaml").is_file(), before_evaluation=carry)
         if main:
             write_json(stage.run_dir / STAGE_FILE, {"stage": name, "index": k, "of": len(stages),
                                                     "method": stage.train.method,
@@ -65,14 +64,15 @@ def carry_evaluations(first: Recipe, before: Recipe, stage: Recipe) -> None:
     """Seed `stage`'s evaluation cache with what is already measured: its start (`eval/base`: the previous
     stage's best checkpoint) and the original base's abilities (`eval/original-base`, from the first stage's
     `eval/base`). Nothing when the evaluation differs, or when the stage has its own results already."""
-    if _eval_settings(stage) != _eval_settings(before):
+    settings = _eval_settings(stage)
+    if settings != _eval_settings(before):
         log.info("the stage's evaluation differs from the stage before's: its start is evaluated again")
         return
     best = read_json_object(before.run_dir / "metrics.json").get("best_checkpoint")
     if best:
         _copy_results(before.run_dir / "eval" / best, stage.run_dir / "eval" / "base", None,
                       f"its start ({before.name}'s {best})")
-    if _eval_settings(stage) == _eval_settings(first):
+    if settings == _eval_settings(first):
         ability = [t.label for t in stage.eval.tasks if t.ability]
         if ability:
             _copy_results(first.run_dir / "eval" / "base", stage.run_dir / "eval" / "original-base", ability,
