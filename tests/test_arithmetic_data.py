@@ -329,21 +329,21 @@ def test_show_work_signs_examples(expr, solution):
 
 def test_show_work_is_graded_on_its_answer_and_a_bad_value_names_the_option(tmp_path, capsys):
     from tunelab.tasks.arithmetic import grade_arithmetic
-    for work in ("signs", "columns"):
+    for work in ("signs", "columns", "digits"):
         for rec, ref in zip(generate(200, seed=3, kinds=["dec_add", "dec_sub"], show_work=work),
                             generate(200, seed=3, kinds=["dec_add", "dec_sub"])):
             assert grade_arithmetic(rec["solution"], ref["solution"])["correct"], rec
             assert grade_arithmetic(rec["solution"], rec["solution"])["format_ok"], rec
     with pytest.raises(TunelabError) as e:
         generate(5, show_work="all")
-    assert e.value.field == "show_work" and "none, signs, columns" in str(e.value)
+    assert e.value.field == "show_work" and "none, signs, columns, digits" in str(e.value)
     out = tmp_path / "w.jsonl"
     assert main(["data", "arithmetic", "--out", str(out), "--count", "40", "--seed", "3",
                  "--kinds", "dec_add,dec_sub", "--show-work", "signs"]) == 0
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert written == generate(40, seed=3, kinds=["dec_add", "dec_sub"], show_work="signs")
     assert main(["data", "arithmetic", "--out", str(out), "--show-work", "steps"]) == 2
-    assert capsys.readouterr().err.startswith("tunelab: error: --show-work: expected one of none, signs, columns")
+    assert capsys.readouterr().err.startswith("tunelab: error: --show-work: expected one of none, signs, columns, digits")
 
 
 def test_show_work_columns_works_each_difference_right_to_left():
@@ -391,3 +391,55 @@ def test_show_work_columns_examples(solution):
     a, op, b = re.fullmatch(r"(-?[\d.]+) ([+-]) \(?(-?[\d.]+)\)?", expr).groups()
     steps = _worked(op, Decimal(a), Decimal(b), "columns")
     assert " = ".join(steps) + " = " + solution.rsplit(" = ", 1)[1] == solution
+
+
+def test_show_work_digits_works_each_column_from_its_digits():
+    """Recomputed from the problem: the unsigned operation of `signs`, then one step per column of the longer
+    number, right to left, each naming the two digits as written and the carry or lend from the column before;
+    a difference that goes below zero says "<0" and works again with 10 added; the steps' last digits read right to
+    left (a sum's last carry in front) are the answer."""
+    kinds = ["int_add", "int_sub", "dec_add", "dec_sub"]
+    for options in ({}, {"int_digits": 1, "decimals": 2, "fixed_decimals": True}):
+        signs = generate(800, seed=8, kinds=kinds, show_work="signs", **options)
+        digits = generate(800, seed=8, kinds=kinds, show_work="digits", **options)
+        borrowed = carried = 0
+        for rec, ref in zip(digits, signs):
+            m = re.fullmatch(r"(.*) \(([\d=+<\- ]+)\)( = [-\d.]+)", rec["solution"])
+            assert m and m[1] + m[3] == ref["solution"], rec
+            p, op, q = re.search(r"([\d.]+) ([+-]) ([\d.]+)\)?$", m[1]).groups()
+            p, q = Decimal(p), Decimal(q)
+            places = max(0, -p.as_tuple().exponent, -q.as_tuple().exponent)
+            top, bottom = (format(x, "f").replace(".", "") + "0" * (places + x.as_tuple().exponent) for x in (p, q))
+            width = max(len(top), len(bottom))
+            steps = re.findall(r"(\d)([+-])(\d)([+-]1)?(<0 1\d-\d(?:-1)?)?=(\d+)", m[2])
+            assert " ".join("".join(s[:5]) + "=" + s[5] for s in steps) == m[2], rec
+            assert len(steps) == width, rec
+            carry, out = 0, []
+            for (upper, sign, lower, one, below, result), t, b in zip(
+                    steps, reversed(top.zfill(width)), reversed(bottom.zfill(width))):
+                assert (upper, lower, sign, bool(one)) == (t, b, op, bool(carry)), rec
+                value = int(t) + int(b) + carry if op == "+" else int(t) - int(b) - carry
+                assert bool(below) == (value < 0) and (not below or below == f"<0 1{t}{sign}{b}{one}"), rec
+                assert int(result) == value + 10 * (value < 0), rec
+                borrowed += value < 0
+                carried += op == "+" and value >= 10
+                carry = int(value >= 10) if op == "+" else int(value < 0)
+                out.append(result[-1])
+            total = int(("1" if carry else "") + "".join(reversed(out)))
+            assert total == ((p + q) if op == "+" else (p - q)).scaleb(places), rec
+        assert borrowed > 150 and carried > 150
+
+
+@pytest.mark.parametrize("solution", [
+    "4.72 + (-7.15) = -(7.15 - 4.72) (5-2=3 1-7<0 11-7=4 7-4-1=2) = -2.43",
+    "-8.40 + 3.01 = -(8.40 - 3.01) (0-1<0 10-1=9 4-0-1=3 8-3=5) = -5.39",
+    "-8.97 + (-7.29) = -(8.97 + 7.29) (7+9=16 9+2+1=12 8+7+1=16) = -16.26",
+    "9.10 - (-0.50) = 9.10 + 0.50 (0+0=0 1+5=6 9+0=9) = 9.6",
+    "1000 - 1 (0-1<0 10-1=9 0-0-1<0 10-0-1=9 0-0-1<0 10-0-1=9 1-0-1=0) = 999",
+    "0.73 + 9.20 (3+0=3 7+2=9 0+9=9) = 9.93",
+])
+def test_show_work_digits_examples(solution):
+    from tunelab.data.synthetic.arithmetic import _worked
+    expr = re.split(r" \((?=\d)", solution.split(" = ")[0])[0]
+    a, op, b = re.fullmatch(r"(-?[\d.]+) ([+-]) \(?(-?[\d.]+)\)?", expr).groups()
+    assert " = ".join(_worked(op, Decimal(a), Decimal(b), "digits")) + " = " + solution.rsplit(" = ", 1)[1] == solution

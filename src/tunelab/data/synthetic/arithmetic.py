@@ -26,6 +26,10 @@ Number conventions, chosen to follow the competition's records and to keep gradi
   the reduction leaves it one kind of digit work. `show_work: columns` then works each difference column by
   column, right to left, a borrowed digit shown with its 10 added, before the answer:
   "4.72 + (-7.15) = -(7.15 - 4.72) (5-2=3 11-7=4 6-4=2) = -2.43" — borrows are where the digits go wrong.
+  `show_work: digits` works sums too, and writes each column's digits before deciding: "7+8=15 9+4+1=14" (a
+  carry shown as "+1"), "5-2=3 1-7<0 11-7=4 7-4-1=2" (a column that lent writes "-1", one that must borrow says
+  "<0" and works again with 10 added). The columns form asks the borrow before the digit below it is written
+  — the first token of "11-7" —, which is where a 135 M model's differences went wrong (two thirds of its misses).
   Graders read the number after the last "=", so the answer is unchanged; the problems drawn are the same
   with and without it.
 """
@@ -45,7 +49,7 @@ from tunelab.errors import TunelabError
 from tunelab.records import iter_records, write_json, write_jsonl
 
 LANGS = ("zh", "en", "mix")
-WORK = ("none", "signs", "columns")
+WORK = ("none", "signs", "columns", "digits")
 
 COMPUTE = {
     "zh": ["计算 {e} 等于多少？", "{e} 的结果是多少？", "{e} 等于多少？", "请计算：{e}"],
@@ -87,7 +91,8 @@ class Options:
     decimals: int = 2           # decimal places of dec_* operands, and rounding places of inexact results
     signed: bool = True         # allow negative operands
     fixed_decimals: bool = False  # every decimal operand has exactly `decimals` places
-    show_work: str = "none"     # signs: sums/differences reduced to unsigned ones; columns: and borrows shown
+    show_work: str = "none"     # signs: sums/differences reduced to unsigned ones; columns: and borrows shown;
+                                # digits: every column of sums and differences, its digits before its decision
 
     def __post_init__(self):
         for name, lo, hi in (("int_digits", 1, 18), ("decimals", 1, 10)):
@@ -182,9 +187,9 @@ def _expr(op: str, *operands: Decimal) -> str:
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
-def _unsigned(op: str, a: Decimal, b: Decimal) -> tuple[str, tuple[Decimal, Decimal] | None]:
+def _unsigned(op: str, a: Decimal, b: Decimal) -> tuple[str, tuple[str, Decimal, Decimal]]:
     """`a op b` (op + or -) as one operation on unsigned numbers, the larger first, its sign outside; and
-    the two numbers if that operation is a difference.
+    that operation, as (its operator, its two numbers).
 
     Same signs add ("-(1.85 + 2.56)"), opposite signs subtract the smaller magnitude from the larger
     ("-(7.15 - 4.72)"); a tie subtracts from the positive one, so a zero result never reads "-(…)".
@@ -197,20 +202,24 @@ def _unsigned(op: str, a: Decimal, b: Decimal) -> tuple[str, tuple[Decimal, Deci
         first, second = (x, y) if abs(x) > abs(y) or (abs(x) == abs(y) and x > 0) else (y, x)
         inner_op, negative = "-", first < 0
     inner = f"{format(abs(first), 'f')} {inner_op} {format(abs(second), 'f')}"
-    return f"-({inner})" if negative else inner, (abs(first), abs(second)) if inner_op == "-" else None
+    return f"-({inner})" if negative else inner, (inner_op, abs(first), abs(second))
+
+
+def _places(p: Decimal, q: Decimal) -> tuple[list[int], list[int]]:
+    """The digits of p and q, right to left, aligned to the finer place and padded to the longer with zeros; the
+    decimal point left out."""
+    places = max(0, -p.as_tuple().exponent, -q.as_tuple().exponent)
+    def digits(x: Decimal) -> str:
+        return format(x.quantize(Decimal(1).scaleb(-places)), "f").replace(".", "")
+    width = max(len(digits(p)), len(digits(q)))
+    return [int(d) for d in reversed(digits(p).zfill(width))], [int(d) for d in reversed(digits(q).zfill(width))]
 
 
 def _columns(p: Decimal, q: Decimal) -> str:
     """p - q (p ≥ q ≥ 0) one column at a time, right to left: "11-7=4" where the column borrowed, "6-4=2"
-    where the one before lent. Every column of p as written to the finer place is worked, units "0" included;
-    the decimal point is left out."""
-    places = max(0, -p.as_tuple().exponent, -q.as_tuple().exponent)
-    def digits(x: Decimal) -> str:
-        return format(x.quantize(Decimal(1).scaleb(-places)), "f").replace(".", "")
-    top = digits(p)
-    bottom = digits(q).zfill(len(top))
+    where the one before lent. Every column of p as written to the finer place is worked, units "0" included."""
     steps, lent = [], 0
-    for upper, lower in zip(map(int, reversed(top)), map(int, reversed(bottom))):
+    for upper, lower in zip(*_places(p, q)):
         upper -= lent
         lent = int(upper < lower)
         upper += 10 * lent
@@ -218,17 +227,39 @@ def _columns(p: Decimal, q: Decimal) -> str:
     return " ".join(steps)
 
 
+def _digit_columns(op: str, p: Decimal, q: Decimal) -> str:
+    """p op q (op + or -, p ≥ q ≥ 0 for -) one column at a time, right to left, each column's digits as written
+    before what it does with them: "7+8=15", "9+4+1=14" after a carry; "5-2=3", "7-4-1=2" after a lend, and a
+    column that must borrow "1-7<0 11-7=4" ("0-3-1<0 10-3-1=6" after a lend): the two digits always first, where
+    the problem has them, the carry or lend after."""
+    steps, carry = [], 0
+    for upper, lower in zip(*_places(p, q)):
+        if op == "+":
+            total = upper + lower + carry
+            steps.append(f"{upper}+{lower}+1={total}" if carry else f"{upper}+{lower}={total}")
+            carry = int(total >= 10)
+            continue
+        head = f"{upper}-{lower}-1" if carry else f"{upper}-{lower}"
+        digit = upper - carry - lower
+        steps.append(f"{head}<0 1{head}={digit + 10}" if digit < 0 else f"{head}={digit}")
+        carry = int(digit < 0)
+    return " ".join(steps)
+
+
 def _worked(op: str, a: Decimal, b: Decimal, show_work: str) -> list[str]:
     """The steps of `a op b` before its answer: the expression, then for a sum or difference with `show_work`
-    the unsigned operation where it reads otherwise (`_unsigned`), a difference followed by its columns."""
+    the unsigned operation where it reads otherwise (`_unsigned`), followed by its columns (`columns`: a
+    difference's; `digits`: a sum's or a difference's)."""
     e = _expr(op, a, b)
     steps = [e]
     if show_work != "none" and op in "+-":
-        reduced, difference = _unsigned(op, a, b)
+        reduced, (inner_op, p, q) = _unsigned(op, a, b)
         if reduced != e:
             steps.append(reduced)
-        if show_work == "columns" and difference:  # the work follows the difference it works out
-            steps[-1] += f" ({_columns(*difference)})"
+        if show_work == "columns" and inner_op == "-":  # the work follows the operation it works out
+            steps[-1] += f" ({_columns(p, q)})"
+        elif show_work == "digits":
+            steps[-1] += f" ({_digit_columns(inner_op, p, q)})"
     return steps
 
 
