@@ -224,6 +224,33 @@ def test_an_open_ended_answer_trains_without_an_end(smol):
     assert tok.decode(open_.input_ids).startswith(template.render_prompt(cut))
 
 
+def test_a_replayed_answer_too_long_for_a_row_keeps_its_prompt_and_start(smol):
+    """Cut from its end (the start of a longer answer, no end trained), so it still answers its question and the
+    template's header stays every sample's shared prefix; a task's long sample is cut from its start as before."""
+    from transformers import AutoTokenizer
+
+    from tunelab.data.packing import IGNORE, OPEN_END, encode_examples, shared_prefix
+    from tunelab.data.templates import PromptTemplate
+    tok = AutoTokenizer.from_pretrained(smol)
+    template = PromptTemplate("model").bind(tok)
+    story = " ".join(f"word{i}" for i in range(400))
+    task = Example(id="t", instruction="Copy: " + story, output="Done.")
+    ended = Example(id="a", instruction="Tell a long story.", output=story, meta={"replay": "self"})
+    open_ = Example(id="b", instruction="Tell a longer story.", output=story, meta={"replay": "self", OPEN_END: True})
+    short = Example(id="c", instruction="Say hi.", output="Hi.", meta={"replay": "self"})
+    cut_task, cut_ended, cut_open, kept = encode_examples(tok, template, [task, ended, open_, short], 96)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    for enc, ex in ((cut_ended, ended), (cut_open, open_)):
+        assert enc.truncated and len(enc.input_ids) == 96
+        assert tok.decode(enc.input_ids).startswith(template.render_prompt(ex))
+        trained = [t for t in enc.labels if t != IGNORE]
+        assert story.startswith(tok.decode(trained).strip()) and end not in trained
+    assert cut_task.truncated and tok.decode(cut_task.input_ids).endswith("Done.<|im_end|>\n")
+    assert not tok.decode(cut_task.input_ids).startswith("<|im_start|>system")
+    assert not kept.truncated and end in kept.labels
+    assert shared_prefix([cut_ended, cut_open, kept]) >= 4  # the system turn and the user header, held once a row
+
+
 def test_magpie_draws_requests_from_the_user_turn_header(smol, monkeypatch):
     """`prompts: [magpie]`: the base continues its template's user-turn header (system turn included); what it
     writes and ends is a request, cached by weights, header, count and seed."""

@@ -85,7 +85,9 @@ def shared_prefix(encoded: list[Encoded], minimum: int = 4) -> int:
 
 def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example], max_len: int,
                     loss_on: str = "assistant") -> list[Encoded]:
-    """Each example's token ids and labels (IGNORE where nothing is learnt), cut to `max_len` from the start.
+    """Each example's token ids and labels (IGNORE where nothing is learnt), cut to `max_len` from the start — but
+    a replayed answer (`Example.meta["replay"]`) from its end: its prompt is short and its answer the base's long one,
+    and cut from the start it was a fragment of text with no question (and no shared prefix for the whole run).
 
     tunelab's templates: prompt and response are tokenised separately so the label boundary is exact, and EOS
     ends each response; a conversation is its turns so laid end to end. The model's own template
@@ -100,8 +102,8 @@ def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example]
         return _with_open_ends(tokenizer, template, examples, max_len, loss_on)
     if template.is_model:
         chat = template.chat()
-        return [_cut(*chat.encode(template.messages(ex), loss_on, ex.tools, f" (example {ex.id})"), max_len)
-                for ex in examples]
+        return [_cut(*chat.encode(template.messages(ex), loss_on, ex.tools, f" (example {ex.id})"), max_len,
+                     _keeps_start(ex)) for ex in examples]
     single = [i for i, ex in enumerate(examples) if not ex.messages]
     out: list[Encoded | None] = [None] * len(examples)
     prompts = _token_ids(tokenizer, [template.render(examples[i].instruction, examples[i].input) for i in single])
@@ -110,10 +112,11 @@ def encode_examples(tokenizer, template: PromptTemplate, examples: list[Example]
     for i, prompt, answer in zip(single, prompts, answers):
         answer = answer + [eos]
         labels = ([IGNORE] * len(prompt) if loss_on != "all" else list(prompt)) + answer
-        out[i] = _cut(prompt + answer, labels, max_len)
+        out[i] = _cut(prompt + answer, labels, max_len, _keeps_start(examples[i]))
     for i, ex in enumerate(examples):
         if ex.messages:
-            out[i] = _cut(*_template_turns(tokenizer, template, template.messages(ex), loss_on), max_len)
+            out[i] = _cut(*_template_turns(tokenizer, template, template.messages(ex), loss_on), max_len,
+                          _keeps_start(ex))
     return out
 
 
@@ -138,7 +141,7 @@ def _with_open_ends(tokenizer, template: PromptTemplate, examples: list[Example]
             continue
         prompt, answer = next(answers)
         labels = ([IGNORE] * len(prompt) if loss_on != "all" else list(prompt)) + answer
-        out.append(_cut(prompt + answer, labels, max_len))
+        out.append(_cut(prompt + answer, labels, max_len, keep_start=True))
     return out
 
 
@@ -166,9 +169,17 @@ def _template_turns(tokenizer, template: PromptTemplate, messages: list[dict], l
     return ids, labels
 
 
-def _cut(ids: list[int], labels: list[int], max_len: int) -> Encoded:
+def _keeps_start(ex: Example) -> bool:
+    """A replayed answer too long for a row keeps its prompt and its start (`encode_examples`)."""
+    return bool(ex.meta.get("replay") or ex.meta.get(OPEN_END))
+
+
+def _cut(ids: list[int], labels: list[int], max_len: int, keep_start: bool = False) -> Encoded:
     truncated = len(ids) > max_len
-    if truncated:
+    if truncated and keep_start and any(label != IGNORE for label in labels[:max_len]):
+        # the answer's end is dropped: trained as the start of a longer answer
+        ids, labels = ids[:max_len], labels[:max_len]
+    elif truncated:
         # Keep the answer where possible: cut the prompt's start, not the response.
         ids, labels = ids[-max_len:], labels[-max_len:]
     labels = list(labels)
