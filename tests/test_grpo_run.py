@@ -251,6 +251,7 @@ def test_a_reward_function_that_raises_is_one_line_naming_it(tmp_path, tiny_base
     ({"lora": {"enabled": False}}, "takes its reference from the base under a LoRA adapter"),
     ({"train": {"strategy": "fsdp"}}, "whole weights"),
     ({"train": {"grpo": {"rewards": [{"task": "no-such-task"}]}}}, "no-such-task"),
+    ({"data": {"replay": "self"}}, "use train.method rft"),
 ])
 def test_recipes_grpo_cannot_train_are_refused(tmp_path, tiny_base, change, says):
     from tunelab.pipeline import train_recipe

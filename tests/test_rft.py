@@ -124,6 +124,49 @@ def test_a_batch_with_nothing_accepted_trains_on_nothing(tiny_base, tmp_path):
     assert loss_model.take_metrics()["frac_accepted"] == 0.0
 
 
+def test_replayed_rows_are_trained_as_they_are_beside_the_accepted_answers_and_never_sampled(tiny_base, tmp_path):
+    """`data.replay` in an rft run: `prompt_rows` gives each replayed example its whole sample; the rollout samples
+    only the other prompts and trains the replayed answers' labelled tokens with the accepted ones."""
+    from types import SimpleNamespace
+
+    from tunelab.data.examples import Example
+    from tunelab.data.packing import IGNORE
+    from tunelab.data.templates import PromptTemplate
+    from tunelab.train.methods.own_samples import prompt_rows
+    loss_model, tokenizer = _loss_model(tiny_base, tmp_path, keep=2)
+    examples = [Example(id=f"p{i}", instruction=f"{i} + {i + 3} =", output=str(2 * i + 3)) for i in range(3)]
+    examples.insert(1, Example(id="r0", instruction="Name a colour.", output="Blue is a colour.",
+                               meta={"replay": "self"}))
+    recipe = SimpleNamespace(data=SimpleNamespace(max_seq_len=96, loss_on="assistant"))
+    rows, cut = prompt_rows(recipe, examples, tokenizer, PromptTemplate("alpaca").bind(tokenizer), 12)
+    assert cut == 0 and [r.replayed is not None for r in rows] == [False, True, False, False]
+    replayed = rows[1].replayed
+    answer = [t for t in replayed.labels if t != IGNORE]
+    assert tokenizer.decode(answer, skip_special_tokens=True).strip() == "Blue is a colour."
+    assert replayed.input_ids[:len(rows[1].prompt_ids)] == rows[1].prompt_ids
+    asked = []
+    real = loss_model._sample
+
+    def sample(prompts, seeds, step):
+        asked.extend(prompts)
+        return real(prompts, seeds, step)
+    loss_model._sample = sample
+    loss_model.lay_out(packed=True, flat=False)
+    batch = loss_model.rollout(rows, step=0, rank=0, micro=0, device=torch.device("cpu"))
+    assert asked == [r.prompt_ids for r in rows if r.replayed is None for _ in range(6)]
+    labels = [t for row in batch["labels"].tolist() for t in row if t != IGNORE]
+    assert len(labels) == batch["items"] and batch["items"] >= len(answer) - 1
+    flat = batch["labels"].tolist()
+    assert any(row[i:i + len(answer) - 1] == answer[1:] for row in flat for i in range(len(row)))
+    line = loss_model.take_metrics()
+    assert line["replayed"] == 1.0 and "frac_accepted" in line
+    # a micro-batch of replayed rows only samples nothing and still trains
+    asked.clear()
+    batch = loss_model.rollout([rows[1]], step=1, rank=0, micro=0, device=torch.device("cpu"))
+    assert asked == [] and batch["items"] > 0 and batch["tokens"] > 0
+    assert "frac_accepted" not in loss_model.take_metrics()
+
+
 def rft_recipe(tmp_path: Path, base: Path, steps: int = 8, checkpoints: int = 2) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "r.py").write_text(REWARDS_PY, encoding="utf-8")

@@ -153,6 +153,10 @@ class Recipe(StrictSection):
         if self.data.corpus is not None or self.data.replay_corpus is not None:
             raise ValueError(f"train.method {method} samples answers to prompts: its data.train are example "
                              "sources (prompts with reference answers), not a corpus")
+        if method == "grpo" and self.data.replay is not None:
+            raise ValueError("data.replay trains the base's own answers as they are, and train.method grpo learns "
+                             "only from graded samples of each prompt: use train.method rft (it trains them beside "
+                             "the accepted answers), or drop data.replay")
         if method == "grpo" and self.train.grpo.beta > 0 and not self.lora.enabled:
             raise ValueError("train.grpo.beta > 0 takes its reference from the base under a LoRA adapter: set "
                              "lora.enabled: true, or train.grpo.beta: 0")

@@ -18,15 +18,19 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.data.examples import Example
+from tunelab.data.packing import Encoded
 from tunelab.train.methods.base import read_sums
 
 
 @dataclass
 class PromptRow:
-    """A prompt to sample answers to: its tokens as fine-tuning encodes them, and its example."""
+    """A prompt to sample answers to: its tokens as fine-tuning encodes them, and its example. A replayed example
+    (`data.replay`: the base's own answer) is never sampled: `replayed` is its whole sample, prompt and answer, as
+    fine-tuning encodes it, which `rft` trains beside the accepted answers."""
 
     prompt_ids: list[int]
     example: Example
+    replayed: Encoded | None = None
 
     @property
     def input_ids(self) -> list[int]:
@@ -49,12 +53,14 @@ def prompt_rows(recipe, examples: list[Example], tokenizer, template,
     rows, cut = [], 0
     # the prompt is everything before the last assistant turn (earlier turns of a conversation included)
     encoded_all = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, "last_turn")
+    replays = [ex for ex in examples if ex.meta.get("replay")]
+    replayed = iter(encode_examples(tokenizer, template, replays, recipe.data.max_seq_len, recipe.data.loss_on))
     for example, encoded in zip(examples, encoded_all):
         answer = next((i for i, label in enumerate(encoded.labels) if label != IGNORE), len(encoded.labels))
         prompt = encoded.input_ids[:answer]
         if len(prompt) > room:
             prompt, cut = prompt[-room:], cut + 1
-        rows.append(PromptRow(prompt, example))
+        rows.append(PromptRow(prompt, example, next(replayed) if example.meta.get("replay") else None))
     return rows, cut
 
 
