@@ -130,14 +130,20 @@ def test_train_refuses_a_chain(tmp_path, tiny_base, capsys):
 
 def test_the_shipped_best_recipe_is_sft_then_rft_on_the_same_held_out_problems():
     """recipes/smollm2-math-best.yaml as its header says: fine-tuning with the base's answers to general prompts and
-    form requests replayed, then RFT on its best adapter on fresh problems; both stages judged on the same 500
+    form requests replayed, then RFT on its best adapter on fresh problems with the same answers replayed beside
+    the accepted ones; every worked answer fits the evaluation's and the rollouts' room;
+    both stages judged on the same 500
     held-out problems and every ability (forms included), so the RFT stage's start is carried, not re-evaluated;
     the hand-in made from the last stage's five checkpoints."""
     from tunelab.pipeline.chain import _eval_settings
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "smollm2-math-best.yaml", check_data=False)
     sft, rft = recipe.stage_recipes
     assert (sft.train.method, rft.train.method) == ("sft", "rft") and rft.model.path == str(sft.run_dir)
-    assert sft.data.replay.prompts == ["shipped", "forms"] and rft.data.replay is None
+    assert sft.data.replay.prompts == rft.data.replay.prompts == ["shipped", "forms"]
+    assert sft.data.replay.max_new_tokens == rft.data.replay.max_new_tokens  # one cache of the base's answers
+    assert {src.options["show_work"] for src in (sft.data.train[0], rft.data.train[0], sft.eval.tasks[0].source)
+            } == {"digits"}  # SmolLM2's tokenizer makes the longest such answer 71 tokens
+    assert sft.eval.max_new_tokens >= 80 and rft.train.rft.max_completion_length >= 80
     assert _eval_settings(sft) == _eval_settings(rft) and rft.eval.checkpoints == "last"
     held_out = sft.eval.tasks[0].source
     assert held_out.count == 500 and held_out.seed not in {s.seed for s in sft.data.train + rft.data.train}
