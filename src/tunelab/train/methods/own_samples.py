@@ -54,7 +54,8 @@ def prompt_rows(recipe, examples: list[Example], tokenizer, template,
     # the prompt is everything before the last assistant turn (earlier turns of a conversation included)
     encoded_all = encode_examples(tokenizer, template, examples, recipe.data.max_seq_len, "last_turn")
     replays = [ex for ex in examples if ex.meta.get("replay")]
-    replayed = iter(encode_examples(tokenizer, template, replays, recipe.data.max_seq_len, recipe.data.loss_on))
+    replayed = iter(encode_examples(tokenizer, template, replays, recipe.data.max_seq_len, recipe.data.loss_on)
+                    if replays else [])
     for example, encoded in zip(examples, encoded_all):
         answer = next((i for i, label in enumerate(encoded.labels) if label != IGNORE), len(encoded.labels))
         prompt = encoded.input_ids[:answer]
