@@ -123,6 +123,34 @@ def test_the_lock_is_taken_before_anything_is_written(tmp_path, capsys):
     assert main(["train", str(path)]) == 0
 
 
+
+def test_a_writer_waits_out_a_probe_of_its_lock(tmp_path):
+    """`writer_of` (the web UI's state poll, `tunelab runs`) tests the lock by taking it for an instant; a run
+    starting in that instant is not refused. A probe hammering the lock from another thread (another open file,
+    so flock conflicts as across processes) never makes a writer fail."""
+    import threading
+
+    from tunelab.train.run_lock import run_lock, writer_of
+
+    run_dir = tmp_path / "probed"
+    done = threading.Event()
+
+    def probe():
+        while not done.is_set():
+            writer_of(run_dir)
+
+    with run_lock(run_dir):  # the lock file exists, as after any run
+        pass
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    try:
+        for _ in range(200):
+            with run_lock(run_dir):
+                pass
+    finally:
+        done.set()
+        prober.join()
+
 # --- checkpoints that prove they are whole ------------------------------------------------------------------
 
 def test_checkpoints_are_ordered_by_step_past_999999(tmp_path):

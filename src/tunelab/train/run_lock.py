@@ -7,6 +7,12 @@ and a process refused the lock leaves the run untouched. It is an advisory `floc
 that the kernel releases when its process dies, so a `kill -9` never leaves a stale lock. The file holds the
 holder's PID, host, start time and command, for the refusal to name.
 
+Asking who writes a run (`writer_of`: `tunelab runs`, the web UI's state, polled every few seconds) takes the lock
+for an instant, since an advisory lock can only be tested by taking it. A run starting in that instant was
+refused, naming the run's last writer (the file is only rewritten by a writer): the web UI's Resume failed so
+once in CI. A writer therefore tries again for `PROBE_GRACE` seconds before it refuses; a probe's hold lasts
+microseconds, a real writer's minutes.
+
 A process takes a run's lock once however often it asks (`tunelab run` holds it over training and evaluation,
 and training asks again): the lock is counted and released by the last release.
 """
@@ -25,6 +31,7 @@ from typing import Iterator
 from tunelab.errors import TunelabError
 
 _held: dict[Path, list] = {}  # lock path -> [file descriptor, holds]
+PROBE_GRACE = 1.0  # seconds a writer waits out a `writer_of` probe before it refuses
 
 
 def lock_path(run_dir: Path) -> Path:
@@ -66,7 +73,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
+        deadline = time.monotonic() + PROBE_GRACE
+        while not _try_lock(fd):
+            if time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
             os.close(fd)
             raise TunelabError(f"another tunelab process is writing this run ({_holder(path)}); wait for it to "
                                "end or stop it: a run has one writer at a time", file=run_dir)
