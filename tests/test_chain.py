@@ -144,7 +144,8 @@ def test_the_shipped_best_recipe_is_sft_then_rft_on_the_same_held_out_problems()
     assert {src.options["show_work"] for src in (sft.data.train[0], rft.data.train[0], sft.eval.tasks[0].source)
             } == {"digits"}  # SmolLM2's tokenizer makes the longest such answer 71 tokens
     assert sft.eval.max_new_tokens >= 80 and rft.train.rft.max_completion_length >= 80
-    assert _eval_settings(sft) == _eval_settings(rft) and rft.eval.checkpoints == "last"
+    assert _eval_settings(sft) == _eval_settings(rft)
+    assert sft.eval.checkpoints == rft.eval.checkpoints == "last"  # a stage's result, not its half-way point
     held_out = sft.eval.tasks[0].source
     assert held_out.count == 500 and held_out.seed not in {s.seed for s in sft.data.train + rft.data.train}
     assert {t.task for t in sft.eval.tasks if t.ability} == {"reading", "instructions", "knowledge",
