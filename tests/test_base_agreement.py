@@ -195,6 +195,24 @@ def test_a_run_replays_the_bases_answers_and_judges_every_checkpoint(tiny_base, 
     assert (recipe.run_dir / "recipe.yaml").read_text(encoding="utf-8").count(str(replay_file)) == 1
 
 
+
+def test_replay_cuts_the_bases_loops_where_they_begin():
+    """`data.replay.loops: cut`: a looping answer of the base's is replayed up to where its loop begins and without an
+    end of turn; one with too little before its loop is dropped; the others are replayed as they were."""
+    from tunelab.data.examples import Example
+    from tunelab.pipeline.self_replay import cut_loops
+    healthy = Example("a", "Describe a cat.", "A cat is a small furry animal that likes to sleep in the sun.",
+                      meta={"finish_reason": "stop"})
+    letter = ("Dear Sam,\n\nThank you so much for helping me move last weekend. I could not have carried the sofa "
+              "up three floors without you.\n\n")
+    looping = Example("b", "Write a thank-you note.", letter + "I am here to help you. " * 30,
+                      meta={"finish_reason": "length"})
+    hopeless = Example("c", "列出五种蔬菜。", "1. **鸟肉茶**\n" * 40, meta={"finish_reason": "length"})
+    kept = cut_loops([healthy, looping, hopeless])
+    assert [ex.id for ex in kept] == ["a", "b"] and kept[0] is healthy
+    assert kept[1].output.startswith(letter.strip()) and kept[1].output.count("I am here to help you") <= 1
+    assert kept[1].meta["finish_reason"] == "loop" and looping.meta["finish_reason"] == "length"
+
 def test_replay_needs_its_prepared_file(make_recipe):
     from tunelab.data.sources import training_examples
     from tunelab.recipe import load_recipe

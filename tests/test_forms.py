@@ -16,7 +16,7 @@ from tunelab.metrics.form_checks import KINDS, parse_check
 from tunelab.metrics.form_requests import chinese_number, requested_checks
 from tunelab.metrics.letter_form import letter_parts
 from tunelab.metrics.list_items import item_heads, list_items
-from tunelab.metrics.repetition import MAX_REPEATED_SHARE, repeated_share
+from tunelab.metrics.repetition import MAX_REPEATED_SHARE, PROSE_SHARE, before_loop, repeated_share
 from tunelab.tasks.registry import get_task, ships_examples
 
 TINY_BASE = Path(__file__).resolve().parents[1] / "models" / "tiny-base"
@@ -133,6 +133,25 @@ def test_the_repeated_share_of_prose_and_of_loops():
     assert repeated_share("".join(f"{i}. Seyala\n" for i in range(1, 30))) == 1.0
     # a letter that then says its last line over and over: the form is kept, the answer loops
     assert repeated_share(EN_LETTER + "\n\nI hope you have a wonderful day too." * 20) > MAX_REPEATED_SHARE
+
+
+
+def test_what_a_loop_leaves_before_it():
+    """A looping answer keeps its start up to where the loop begins, at a line, sentence or clause end, in either
+    language; an answer that does not loop is kept whole; one that loops from its first words keeps nothing."""
+    for whole in (EN_PROSE, ZH_PROSE, EN_LETTER, ZH_LETTER, "1. Banana\n2. Lemon\n3. Pineapple", ""):
+        assert before_loop(whole) == whole
+    en = before_loop(EN_LETTER + "\n\nI hope you have a wonderful day too." * 20)
+    assert en.startswith(EN_LETTER) and en.count("wonderful day") <= 1
+    zh = before_loop(ZH_PROSE + "你可以看到，" * 30)
+    assert zh.startswith(ZH_PROSE) and zh.count("你可以看到") <= 1
+    listed = before_loop("Here are some hobbies:\n\n1. **Cooking**: a fun hobby you can do at home.\n\n"
+                         + "".join(f"{i}. **Fishing**: a fun hobby you can do at home.\n\n" for i in range(2, 20)))
+    assert "Cooking" in listed and listed.count("Fishing") <= 1
+    for looped in (EN_LOOP, ZH_LOOP, "1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1.1"):
+        assert len(before_loop(looped)) < len(looped) / 4
+    for text in (EN_LETTER + "\n\nThank you again." * 30, ZH_LETTER + "谢谢您！" * 40):
+        assert repeated_share(text) > MAX_REPEATED_SHARE >= PROSE_SHARE >= repeated_share(before_loop(text))
 
 
 @pytest.mark.parametrize("prompt,checks", [

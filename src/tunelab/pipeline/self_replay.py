@@ -31,6 +31,7 @@ from tunelab.records import write_jsonl
 log = logging.getLogger(__name__)
 
 SHIPPED, FORMS, MAGPIE = "shipped", "forms", "magpie"
+MIN_LOOP_START_WORDS = 8  # a looping answer's start shorter than this is dropped, not replayed
 FORM_REPLAY_FILE = Path(__file__).parents[1] / "tasks" / "data" / "form_replay.jsonl"
 
 
@@ -57,17 +58,43 @@ def prepare_self_replay(recipe: Recipe, base: str | None = None) -> Path | None:
     answered = base_answers(base, prompts, template, replay.max_new_tokens, recipe.eval.batch_size, model=model,
                             tokenizer=tokenizer, desc="data.replay: self")
     kept = [ex for ex in answered if ex.output.strip()]
+    if replay.loops == "cut":
+        kept = cut_loops(kept)
     if not kept:
         raise TunelabError(f"the base answered none of the {len(answered)} prompts", field="data.replay.prompts")
     ended = sum(ex.meta["finish_reason"] == "stop" for ex in kept)
     log.info(f"data.replay: self — {len(kept)} of the base's answers: {ended} ended by the base, {len(kept) - ended} "
-             f"cut at {replay.max_new_tokens} tokens (trained without an end, as the start of a longer answer)")
-    out = answers_path(base, template, prompts, replay.max_new_tokens, suffix=".replay.jsonl")
+             f"cut (at {replay.max_new_tokens} tokens or where they loop; trained without an end, as the start of a "
+             "longer answer)")
+    suffix = ".replay.loops-cut.jsonl" if replay.loops == "cut" else ".replay.jsonl"
+    out = answers_path(base, template, prompts, replay.max_new_tokens, suffix=suffix)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     write_jsonl(tmp, [{"id": ex.id, "instruction": ex.instruction, "output": ex.output,
                        **({OPEN_END: True} if ex.meta["finish_reason"] != "stop" else {})} for ex in kept])
     tmp.replace(out)
     recipe.data = recipe.data.model_copy(update={"replay": replay.model_copy(update={"file": str(out)})})
+    return out
+
+
+def cut_loops(answers: list) -> list:
+    """The base's answers with each loop cut off (`metrics.repetition.before_loop`): a looping answer becomes its start,
+    open-ended (`finish_reason` "loop"), or is dropped when fewer than `MIN_LOOP_START_WORDS` words are left."""
+    import dataclasses
+
+    from tunelab.metrics.repetition import before_loop, loop_words
+    out, cut, dropped = [], 0, 0
+    for ex in answers:
+        start = before_loop(ex.output)
+        if start == ex.output:
+            out.append(ex)
+        elif len(loop_words(start)) < MIN_LOOP_START_WORDS:
+            dropped += 1
+        else:
+            cut += 1
+            out.append(dataclasses.replace(ex, output=start.rstrip(), meta={**ex.meta, "finish_reason": "loop"}))
+    log.info(f"data.replay: self — {cut + dropped} of the base's {len(answers)} answers loop (more than half their "
+             f"4-grams said twice): {cut} cut where the loop begins, {dropped} dropped (under "
+             f"{MIN_LOOP_START_WORDS} words before it)")
     return out
 
 

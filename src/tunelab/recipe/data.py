@@ -49,7 +49,12 @@ class SelfReplayConfig(StrictSection):
         "template's user-turn header, as Magpie does), or JSONL files of {prompt}"))
     magpie_count: int = Field(default=256, ge=1, description="instructions to draw from the base for `magpie`")
     max_new_tokens: int = Field(default=128, ge=8, description="the base's answers are cut here; a cut answer is "
-                                                                "never replayed (it would teach stopping mid-way)")
+                                                                "replayed without an end of turn (it would teach "
+                                                                "stopping mid-way)")
+    loops: Literal["keep", "cut"] = Field(default="keep", description=(
+        "an answer more than half of whose 4-grams repeat (the forms task's loop): keep it whole, or cut it where "
+        "its loop begins (its longest start that reads as prose, replayed without an end of turn; dropped when "
+        "fewer than 8 words are left), so the tuned model is not taught to go on repeating itself"))
     seed: int = 0
     file: Text | None = Field(default=None, description=(
         "the prepared replay examples (JSONL {id, instruction, output}); tunelab writes and sets it before training, "
