@@ -213,6 +213,24 @@ def test_replay_cuts_the_bases_loops_where_they_begin():
     assert kept[1].output.startswith(letter.strip()) and kept[1].output.count("I am here to help you") <= 1
     assert kept[1].meta["finish_reason"] == "loop" and looping.meta["finish_reason"] == "length"
 
+def test_a_replay_whose_every_answer_loops_says_so(smol, make_recipe, tmp_path, monkeypatch):
+    """With `loops: cut`, a base whose every answer loops from its start leaves nothing to replay: the error names the
+    loops option, not the prompts (the base did answer them)."""
+    from tunelab.pipeline.self_replay import prepare_self_replay
+    from tunelab.recipe import load_recipe
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Say hi.", "列出五种水果。"]))
+    looped = [Example(id=f"p{i}", instruction="q", output="the same words " * 40, meta={"finish_reason": "length"})
+              for i in range(2)]
+    monkeypatch.setattr("tunelab.eval.base_answers.base_answers", lambda *a, **k: looped)
+    recipe = load_recipe(make_recipe("loops", model={"path": str(smol), "preset": None, "from_scratch": False},
+                                     data={"train": [{"generate": "arithmetic", "count": 4}],
+                                           "replay": {"count": 2, "prompts": [str(prompts)], "loops": "cut"}}))
+    with pytest.raises(TunelabError) as e:
+        prepare_self_replay(recipe)
+    assert e.value.field == "data.replay.loops" and "answers loops" in str(e.value)
+
+
 def test_replay_needs_its_prepared_file(make_recipe):
     from tunelab.data.sources import training_examples
     from tunelab.recipe import load_recipe

@@ -58,10 +58,14 @@ def prepare_self_replay(recipe: Recipe, base: str | None = None) -> Path | None:
     answered = base_answers(base, prompts, template, replay.max_new_tokens, recipe.eval.batch_size, model=model,
                             tokenizer=tokenizer, desc="data.replay: self")
     kept = [ex for ex in answered if ex.output.strip()]
+    if not kept:
+        raise TunelabError(f"the base answered none of the {len(answered)} prompts", field="data.replay.prompts")
     if replay.loops == "cut":
         kept = cut_loops(kept)
     if not kept:
-        raise TunelabError(f"the base answered none of the {len(answered)} prompts", field="data.replay.prompts")
+        raise TunelabError(f"every one of the base's {len(answered)} answers loops from its first "
+                           f"{MIN_LOOP_START_WORDS} words: nothing is left to replay with loops cut (`keep` replays "
+                           "them whole)", field="data.replay.loops")
     ended = sum(ex.meta["finish_reason"] == "stop" for ex in kept)
     log.info(f"data.replay: self — {len(kept)} of the base's answers: {ended} ended by the base, {len(kept) - ended} "
              f"cut (at {replay.max_new_tokens} tokens or where they loop; trained without an end, as the start of a "
