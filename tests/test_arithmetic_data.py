@@ -329,7 +329,7 @@ def test_show_work_signs_examples(expr, solution):
 
 def test_show_work_is_graded_on_its_answer_and_a_bad_value_names_the_option(tmp_path, capsys):
     from tunelab.tasks.arithmetic import grade_arithmetic
-    for work in ("signs", "columns", "digits"):
+    for work in ("signs", "columns", "digits", "compare"):
         for rec, ref in zip(generate(200, seed=3, kinds=["dec_add", "dec_sub"], show_work=work),
                             generate(200, seed=3, kinds=["dec_add", "dec_sub"])):
             assert grade_arithmetic(rec["solution"], ref["solution"])["correct"], rec
@@ -443,3 +443,51 @@ def test_show_work_digits_examples(solution):
     expr = re.split(r" \((?=\d)", solution.split(" = ")[0])[0]
     a, op, b = re.fullmatch(r"(-?[\d.]+) ([+-]) \(?(-?[\d.]+)\)?", expr).groups()
     assert " = ".join(_worked(op, Decimal(a), Decimal(b), "digits")) + " = " + solution.rsplit(" = ", 1)[1] == solution
+
+
+def test_show_work_compare_orders_opposite_signs_after_comparing_them():
+    """`compare` is `digits` with the numbers of every difference of magnitudes compared first: unsigned, in the
+    problem's order, digit by digit from the left up to the first that differs; the relation found is the order the
+    reduction then puts them in. Same-signed sums are `digits` unchanged; the answer is graded as ever."""
+    from tunelab.tasks.arithmetic import grade_arithmetic
+    kinds = ["int_add", "int_sub", "dec_add", "dec_sub"]
+    for options in ({}, {"int_digits": 1, "decimals": 2, "fixed_decimals": True}):
+        digits = generate(800, seed=8, kinds=kinds, show_work="digits", **options)
+        compare = generate(800, seed=8, kinds=kinds, show_work="compare", **options)
+        compared = 0
+        for rec, ref in zip(compare, digits):
+            assert grade_arithmetic(rec["solution"], ref["solution"])["correct"], rec
+            m = re.search(r" \(([\d.]+) vs ([\d.]+): ((?:\d[=<>]\d ?)+)\)", rec["solution"])
+            if not m:
+                assert rec["solution"] == ref["solution"] and " + " in re.split(r" \(\d", ref["solution"])[-2], rec
+                continue
+            compared += 1
+            assert rec["solution"].replace(m[0], "", 1) == ref["solution"], rec
+            x, y = Decimal(m[1]), Decimal(m[2])
+            expr = re.split(r" \((?=\d)", rec["solution"])[0]  # the work starts with a digit, "(-1)" does not
+            assert [abs(Decimal(n)) for n in re.findall(r"-?[\d.]+", expr)] == [x, y], rec
+            pairs = m[3].split()
+            assert all(p[1] == "=" for p in pairs[:-1]) and (pairs[-1][1] != "=" or x == y), rec
+            width = max(len(format(v, "f").split(".")[0]) for v in (x, y))
+            places = max(0, -x.as_tuple().exponent, -y.as_tuple().exponent)
+            left, right = (format(v, f"0{width + places + bool(places)}.{places}f").replace(".", "") for v in (x, y))
+            assert [p[0] + p[2] for p in pairs] == [u + v for u, v in zip(left, right)][:len(pairs)], rec
+            larger = x if x > y or (x == y and not expr.startswith("-")) else y
+            reduced = re.search(r"= -?\(?([\d.]+) - ", rec["solution"]) or re.match(r"([\d.]+) - ", expr)
+            assert Decimal(reduced[1]) == larger, rec
+        assert compared > 300
+
+
+@pytest.mark.parametrize("solution", [
+    "-6.73 + 5.23 (6.73 vs 5.23: 6>5) = -(6.73 - 5.23) (3-3=0 7-2=5 6-5=1) = -1.5",
+    "4.72 + (-7.15) (4.72 vs 7.15: 4<7) = -(7.15 - 4.72) (5-2=3 1-7<0 11-7=4 7-4-1=2) = -2.43",
+    "6.73 - 6.85 (6.73 vs 6.85: 6=6 7<8) = -(6.85 - 6.73) (5-3=2 8-7=1 6-6=0) = -0.12",
+    "2.71 - 1.80 (2.71 vs 1.80: 2>1) (1-0=1 7-8<0 17-8=9 2-1-1=0) = 0.91",
+    "-0.50 + 0.50 (0.50 vs 0.50: 0=0 5=5 0=0) = 0.50 - 0.50 (0-0=0 5-5=0 0-0=0) = 0",
+    "1000 - 1 (1000 vs 1: 1>0) (0-1<0 10-1=9 0-0-1<0 10-0-1=9 0-0-1<0 10-0-1=9 1-0-1=0) = 999",
+    "-8.97 + (-7.29) = -(8.97 + 7.29) (7+9=16 9+2+1=12 8+7+1=16) = -16.26",
+])
+def test_show_work_compare_examples(solution):
+    from tunelab.data.synthetic.arithmetic import _worked
+    a, op, b = re.match(r"(-?[\d.]+) ([+-]) \(?(-?[\d.]+)\)?", solution).groups()
+    assert " = ".join(_worked(op, Decimal(a), Decimal(b), "compare")) + " = " + solution.rsplit(" = ", 1)[1] == solution

@@ -55,7 +55,9 @@ def _add_arithmetic(data: argparse._SubParsersAction) -> None:
                    help="none (default); signs: sums and differences first reduced to one unsigned operation, "
                    "'4.72 + (-7.15) = -(7.15 - 4.72) = -2.43'; columns: and each difference worked column by "
                    "column, '-(7.15 - 4.72) (5-2=3 11-7=4 6-4=2) = -2.43'; digits: sums and differences worked "
-                   "column by column, each column's digits first, '(5-2=3 1-7<0 11-7=4 7-4-1=2)', '(7+9=16 9+2+1=12)'")
+                   "column by column, each column's digits first, '(5-2=3 1-7<0 11-7=4 7-4-1=2)', '(7+9=16 9+2+1=12)'; "
+                   "compare: digits, and numbers of opposite signs compared from the left before the larger is put "
+                   "first, '-6.73 + 5.23 (6.73 vs 5.23: 6>5) = -(6.73 - 5.23) (…)'")
     q.set_defaults(func=cli_arithmetic)
 
 

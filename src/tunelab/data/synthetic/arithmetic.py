@@ -30,6 +30,10 @@ Number conventions, chosen to follow the competition's records and to keep gradi
   carry shown as "+1"), "5-2=3 1-7<0 11-7=4 7-4-1=2" (a column that lent writes "-1", one that must borrow says
   "<0" and works again with 10 added). The columns form asks the borrow before the digit below it is written
   — the first token of "11-7" —, which is where a 135 M model's differences went wrong (two thirds of its misses).
+  `show_work: compare` is `digits` with one more step where signs are opposite: the two numbers as unsigned, in
+  the problem's order, compared digit by digit from the left before the larger is put first,
+  "-6.73 + 5.23 (6.73 vs 5.23: 6>5) = -(6.73 - 5.23) (…)", "6.73 vs 6.85: 6=6 7<8" — with `digits` every miss
+  left to a 135 M model was that order ("-6.73 + 5.23 = 5.23 - 6.73"), decided on the first token after "=".
   Graders read the number after the last "=", so the answer is unchanged; the problems drawn are the same
   with and without it.
 """
@@ -49,7 +53,7 @@ from tunelab.errors import TunelabError
 from tunelab.records import iter_records, write_json, write_jsonl
 
 LANGS = ("zh", "en", "mix")
-WORK = ("none", "signs", "columns", "digits")
+WORK = ("none", "signs", "columns", "digits", "compare")
 
 COMPUTE = {
     "zh": ["计算 {e} 等于多少？", "{e} 的结果是多少？", "{e} 等于多少？", "请计算：{e}"],
@@ -92,7 +96,8 @@ class Options:
     signed: bool = True         # allow negative operands
     fixed_decimals: bool = False  # every decimal operand has exactly `decimals` places
     show_work: str = "none"     # signs: sums/differences reduced to unsigned ones; columns: and borrows shown;
-                                # digits: every column of sums and differences, its digits before its decision
+                                # digits: every column of sums and differences, its digits before its decision;
+                                # compare: digits, opposite signs' numbers compared before the larger is put first
 
     def __post_init__(self):
         for name, lo, hi in (("int_digits", 1, 18), ("decimals", 1, 10)):
@@ -246,19 +251,34 @@ def _digit_columns(op: str, p: Decimal, q: Decimal) -> str:
     return " ".join(steps)
 
 
+def _comparison(x: Decimal, y: Decimal) -> str:
+    """|x| against |y| in that order, digit by digit from the left (aligned, the shorter padded with zeros) up to the
+    first that differs: "6.73 vs 5.23: 6>5", "6.73 vs 6.85: 6=6 7<8"; every digit "=" for a tie."""
+    upper, lower = (reversed(d) for d in _places(abs(x), abs(y)))
+    steps = []
+    for u, v in zip(upper, lower):
+        steps.append(f"{u}{'=' if u == v else '>' if u > v else '<'}{v}")
+        if u != v:
+            break
+    return f"{format(abs(x), 'f')} vs {format(abs(y), 'f')}: {' '.join(steps)}"
+
+
 def _worked(op: str, a: Decimal, b: Decimal, show_work: str) -> list[str]:
-    """The steps of `a op b` before its answer: the expression, then for a sum or difference with `show_work`
-    the unsigned operation where it reads otherwise (`_unsigned`), followed by its columns (`columns`: a
-    difference's; `digits`: a sum's or a difference's)."""
+    """The steps of `a op b` before its answer: the expression (`compare`: with its numbers compared, where their
+    signs differ), then for a sum or difference with `show_work` the unsigned operation where it reads otherwise
+    (`_unsigned`), followed by its columns (`columns`: a difference's; `digits`, `compare`: a sum's or a
+    difference's)."""
     e = _expr(op, a, b)
     steps = [e]
     if show_work != "none" and op in "+-":
         reduced, (inner_op, p, q) = _unsigned(op, a, b)
+        if show_work == "compare" and inner_op == "-":  # the order is decided after the numbers are compared
+            steps[0] += f" ({_comparison(a, b if op == '+' else -b)})"
         if reduced != e:
             steps.append(reduced)
         if show_work == "columns" and inner_op == "-":  # the work follows the operation it works out
             steps[-1] += f" ({_columns(p, q)})"
-        elif show_work == "digits":
+        elif show_work in ("digits", "compare"):
             steps[-1] += f" ({_digit_columns(inner_op, p, q)})"
     return steps
 
