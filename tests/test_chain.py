@@ -151,3 +151,28 @@ def test_the_shipped_best_recipe_is_sft_then_rft_on_the_same_held_out_problems()
     assert {t.task for t in sft.eval.tasks if t.ability} == {"reading", "instructions", "knowledge",
                                                                "base_agreement", "forms"}
     assert recipe.score.handin == "mindspore" and rft.train.num_checkpoints == 5
+
+
+def _stage(name, accuracy, verdict):
+    return {"stage": name, "method": name, "run_dir": f"runs/x.{name}", "best_checkpoint": "step-000010",
+            "accuracy": accuracy, "retention": {"verdict": verdict, "entries": {}} if verdict else None}
+
+
+@pytest.mark.parametrize("stages, chosen, says", [
+    ([("sft", 0.928, "PASS"), ("rft", 0.932, "FAIL")], "sft", "lost an ability (rft)"),
+    ([("sft", 0.928, "PASS"), ("rft", 0.932, "PASS")], "rft", None),
+    ([("sft", 0.95, "PASS"), ("rft", 0.93, "PASS")], "sft", "were less accurate"),
+    ([("sft", 0.928, "PASS"), ("rft", 0.928, "PASS")], "rft", None),  # a tie: the later stage
+    ([("sft", 0.9, "FAIL"), ("rft", 0.93, "FAIL")], None, "none of its stages keeps every ability"),
+    ([("sft", 0.9, None), ("rft", 0.93, None)], None, None),  # no abilities judged: nothing to say
+])
+def test_the_chain_names_its_model_when_the_last_stage_is_not_it(stages, chosen, says):
+    """The chain's model is the most accurate stage that keeps every ability; the summary says so only when that is
+    not the last stage (whose run holds the report and the hand-in)."""
+    from tunelab.pipeline.chain_report import chain_choice, chain_summary_lines
+    chain = [_stage(*s) for s in stages]
+    assert (chain_choice(chain) or {}).get("stage") == chosen
+    lines = chain_summary_lines(chain)
+    assert len(lines) == len(chain) + (says is not None)
+    if says:
+        assert says in lines[-1] and (chosen is None or f"stage {chosen}'s step-000010 (runs/x.{chosen})" in lines[-1])

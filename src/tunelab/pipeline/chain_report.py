@@ -5,8 +5,32 @@ of metrics.json's `chain`, so that every run kind's report can show it (`run_kin
 from __future__ import annotations
 
 
+def chain_choice(chain: list[dict]) -> dict | None:
+    """The stage whose model the chain recommends: the most accurate of those that keep every ability (retention
+    PASS), the later on a tie; None when no stage has both an accuracy and a PASS. Not always the last stage: a
+    stage that gains nothing and loses an ability leaves the one before it the chain's best model."""
+    kept = [s for s in chain if s.get("accuracy") is not None and (s.get("retention") or {}).get("verdict") == "PASS"]
+    return max(reversed(kept), key=lambda s: s["accuracy"]) if kept else None
+
+
+def chain_choice_line(chain: list[dict]) -> str | None:
+    """The summary's verdict on the chain, when its last stage is not the model to take (`chain_choice`)."""
+    from tunelab.report import pct
+    best, last = chain_choice(chain), chain[-1] if chain else None
+    if last is None or best is last or (last.get("retention") or {}).get("verdict") is None:
+        return None
+    if best is None:
+        return "the chain's model: none of its stages keeps every ability"
+    lost = ", ".join(s["stage"] for s in chain[chain.index(best) + 1:]
+                     if (s.get("retention") or {}).get("verdict") == "FAIL")
+    why = f"the stages after it lost an ability ({lost})" if lost else "the stages after it were less accurate"
+    return (f"the chain's model: stage {best['stage']}'s {best['best_checkpoint']} ({best['run_dir']}), "
+            f"{pct(best['accuracy'])} with every ability kept; {why}")
+
+
 def chain_summary_lines(chain: list[dict]) -> list[str]:
-    """One line a stage for the summary: `stage sft (sft): 1.5% -> 77.0% (+75.5, interval ...), retention PASS`."""
+    """One line a stage for the summary: `stage sft (sft): 1.5% -> 77.0% (+75.5, interval ...), retention PASS`;
+    then, when the last stage is not the chain's best model, which stage is (`chain_choice_line`)."""
     from tunelab.report import pct
     lines = []
     for s in chain:
@@ -23,7 +47,8 @@ def chain_summary_lines(chain: list[dict]) -> list[str]:
         if s.get("wall_seconds") is not None:
             line += f", {s['wall_seconds'] / 60:.1f} min"
         lines.append(line)
-    return lines
+    verdict = chain_choice_line(chain)
+    return lines + ([verdict] if verdict else [])
 
 
 def chain_report_lines(chain: list[dict]) -> list[str]:
