@@ -346,16 +346,22 @@ def test_show_work_is_graded_on_its_answer_and_a_bad_value_names_the_option(tmp_
     assert capsys.readouterr().err.startswith("tunelab: error: --show-work: expected one of none, signs, columns, digits")
 
 
+def _worked_both_ways(work: str, like: str):
+    """For each option set the worked forms are checked on, the same 800 sums and differences with `work` shown and
+    with `like` (the form it extends), paired."""
+    kinds = ["int_add", "int_sub", "dec_add", "dec_sub"]
+    for options in ({}, {"int_digits": 1, "decimals": 2, "fixed_decimals": True}):
+        yield list(zip(generate(800, seed=8, kinds=kinds, show_work=work, **options),
+                       generate(800, seed=8, kinds=kinds, show_work=like, **options)))
+
+
 def test_show_work_columns_works_each_difference_right_to_left():
     """Recomputed from the problem: one step per column of the larger number as written (units "0" included),
     each column's digit less what the column before borrowed, plus 10 where it must borrow; the steps' digits read
     right to left are the difference. Sums keep the signs step only."""
-    kinds = ["int_add", "int_sub", "dec_add", "dec_sub"]
-    for options in ({}, {"int_digits": 1, "decimals": 2, "fixed_decimals": True}):
-        signs = generate(800, seed=8, kinds=kinds, show_work="signs", **options)
-        columns = generate(800, seed=8, kinds=kinds, show_work="columns", **options)
+    for pairs in _worked_both_ways("columns", "signs"):
         worked = 0
-        for rec, ref in zip(columns, signs):
+        for rec, ref in pairs:
             m = re.fullmatch(r"(.*) \(([\d=\- ]+)\)( = [-\d.]+)", rec["solution"])
             if not m:
                 assert rec["solution"] == ref["solution"] and " - " not in _steps(ref["solution"])[-2], rec
@@ -398,12 +404,9 @@ def test_show_work_digits_works_each_column_from_its_digits():
     number, right to left, each naming the two digits as written and the carry or lend from the column before;
     a difference that goes below zero says "<0" and works again with 10 added; the steps' last digits read right to
     left (a sum's last carry in front) are the answer."""
-    kinds = ["int_add", "int_sub", "dec_add", "dec_sub"]
-    for options in ({}, {"int_digits": 1, "decimals": 2, "fixed_decimals": True}):
-        signs = generate(800, seed=8, kinds=kinds, show_work="signs", **options)
-        digits = generate(800, seed=8, kinds=kinds, show_work="digits", **options)
+    for pairs in _worked_both_ways("digits", "signs"):
         borrowed = carried = 0
-        for rec, ref in zip(digits, signs):
+        for rec, ref in pairs:
             m = re.fullmatch(r"(.*) \(([\d=+<\- ]+)\)( = [-\d.]+)", rec["solution"])
             assert m and m[1] + m[3] == ref["solution"], rec
             p, op, q = re.search(r"([\d.]+) ([+-]) ([\d.]+)\)?$", m[1]).groups()
@@ -450,12 +453,9 @@ def test_show_work_compare_orders_opposite_signs_after_comparing_them():
     problem's order, digit by digit from the left up to the first that differs; the relation found is the order the
     reduction then puts them in. Same-signed sums are `digits` unchanged; the answer is graded as ever."""
     from tunelab.tasks.arithmetic import grade_arithmetic
-    kinds = ["int_add", "int_sub", "dec_add", "dec_sub"]
-    for options in ({}, {"int_digits": 1, "decimals": 2, "fixed_decimals": True}):
-        digits = generate(800, seed=8, kinds=kinds, show_work="digits", **options)
-        compare = generate(800, seed=8, kinds=kinds, show_work="compare", **options)
+    for pairs in _worked_both_ways("compare", "digits"):
         compared = 0
-        for rec, ref in zip(compare, digits):
+        for rec, ref in pairs:
             assert grade_arithmetic(rec["solution"], ref["solution"])["correct"], rec
             m = re.search(r" \(([\d.]+) vs ([\d.]+): ((?:\d[=<>]\d ?)+)\)", rec["solution"])
             if not m:
