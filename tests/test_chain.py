@@ -1,6 +1,7 @@
 """A recipe with `stages:` (`tunelab.recipe.stages`, `tunelab.pipeline.chain`): each stage's recipe built from the
 recipe's sections and its own, each continuing the one before, one report with every stage's gain and cost, the
-hand-in made from the last; what a stage would measure again is carried; a finished stage is kept on --resume."""
+hand-in made from the chain's model; what a stage would measure again is carried; a finished stage is kept on
+--resume."""
 
 from __future__ import annotations
 
@@ -66,7 +67,10 @@ def test_each_stage_is_a_whole_recipe_continuing_the_one_before(tmp_path, tiny_b
     ({"stages": [{"name": "a"}, {"name": "b", "train": {"method": "dpo"}}]}, "", "in stage 'b': "),
     ({"stages": [{"name": "a"}, {"name": "b/c"}]}, "stages.1.name", "pattern"),
     ({"score": {"handin": "hf", "accuracy_task": "arithmetic"}, "stages": [{"name": "a"}, {"name": "b"}]}, "",
-     "in stage 'b': Value error, score.handin: the rules ask for five"),  # the last stage hands in
+     "in stage 'a': Value error, score.handin: the rules ask for five"),  # any stage may be the one handed in
+    ({"score": {"handin": "hf", "accuracy_task": "arithmetic"}, "train": {"num_checkpoints": 5},
+      "stages": [{"name": "a"}, {"name": "b", "train": {"num_checkpoints": 2}}]}, "",
+     "in stage 'b': Value error, score.handin: the rules ask for five"),
 ])
 def test_a_chain_mistake_is_one_error_naming_the_stage(tmp_path, tiny_base, change, field, says):
     path = chain_recipe(tmp_path, tiny_base)
@@ -79,10 +83,13 @@ def test_a_chain_mistake_is_one_error_naming_the_stage(tmp_path, tiny_base, chan
     assert e.value.line is not None
 
 
-def test_a_chain_runs_its_stages_reports_each_and_hands_in_the_last(tmp_path, tiny_base, capsys):
+def test_a_chain_runs_its_stages_reports_each_and_hands_in_its_model(tmp_path, tiny_base, capsys):
+    from tunelab.pipeline.chain import write_chain_handin
+    from tunelab.pipeline.chain_report import chain_choice
     path = chain_recipe(tmp_path, tiny_base)
     raw = yaml.safe_load(path.read_text())
     raw["score"]["handin"] = "hf"
+    raw["train"]["num_checkpoints"] = 5  # either stage may be handed in: both keep five
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     capsys.readouterr()
     assert run_train(path, verb="run") == 0
@@ -112,7 +119,21 @@ def test_a_chain_runs_its_stages_reports_each_and_hands_in_the_last(tmp_path, ti
     assert "stage sft (sft):" in out.out and "stage rft (rft):" in out.out
     handin = final / "handin"
     assert (handin / "MANIFEST.sha256").is_file() and len(list((handin / "checkpoints").iterdir())) == 5
-    assert "## Stages" in (handin / "run_report.md").read_text()
+    chosen = (chain_choice(metrics["chain"]) or {}).get("stage", "rft")
+    made_from = yaml.safe_load((handin / "recipe.yaml").read_text())["name"]
+    assert made_from == {"sft": "best.sft", "rft": "best"}[chosen]
+    assert ("## Stages" in (handin / "run_report.md").read_text()) == (chosen == "rft")
+
+    # the chain's model, not its last stage: a last stage that lost an ability is not handed in
+    recipe = load_recipe(path)
+    lost = [{**s, "retention": {"verdict": v, "entries": {}}} for s, v in zip(metrics["chain"], ("PASS", "FAIL"))]
+    write_chain_handin(recipe, lost)
+    assert yaml.safe_load((handin / "recipe.yaml").read_text())["name"] == "best.sft"
+    assert sorted(p.name for p in (handin / "checkpoints").iterdir()) == [c.name for c in list_checkpoints(sft_dir)]
+    assert "the chain's model" in capsys.readouterr().err
+    none_kept = [{**s, "retention": {"verdict": "FAIL", "entries": {}}} for s in metrics["chain"]]
+    write_chain_handin(recipe, none_kept)  # no stage keeps every ability: the last is what the chain made
+    assert yaml.safe_load((handin / "recipe.yaml").read_text())["name"] == "best"
 
     # --resume: both stages finished, neither trains again; without it, the chain is not overwritten
     mtime = (sft_dir / "train_summary.json").stat().st_mtime_ns, (final / "train_summary.json").stat().st_mtime_ns
@@ -134,7 +155,7 @@ def test_the_shipped_best_recipe_is_sft_then_rft_on_the_same_held_out_problems()
     the accepted ones; every worked answer fits the evaluation's and the rollouts' room;
     both stages judged on the same 500
     held-out problems and every ability (forms included), so the RFT stage's start is carried, not re-evaluated;
-    the hand-in made from the last stage's five checkpoints."""
+    the hand-in made from the chain's model, either stage, five checkpoints each."""
     from tunelab.pipeline.chain import _eval_settings
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "smollm2-math-best.yaml", check_data=False)
     sft, rft = recipe.stage_recipes
@@ -150,7 +171,7 @@ def test_the_shipped_best_recipe_is_sft_then_rft_on_the_same_held_out_problems()
     assert held_out.count == 500 and held_out.seed not in {s.seed for s in sft.data.train + rft.data.train}
     assert {t.task for t in sft.eval.tasks if t.ability} == {"reading", "instructions", "knowledge",
                                                                "base_agreement", "forms"}
-    assert recipe.score.handin == "mindspore" and rft.train.num_checkpoints == 5
+    assert recipe.score.handin == "mindspore" and sft.train.num_checkpoints == rft.train.num_checkpoints == 5
 
 
 def _stage(name, accuracy, verdict):

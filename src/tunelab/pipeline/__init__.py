@@ -93,14 +93,14 @@ def _run(recipe: Recipe, resume: bool, on_checkpoint=None, before_evaluation=Non
         models.close()
 
 
-def write_handin(run_dir: Path, fmt: str) -> Path:
-    """`score.handin`: the run's hand-in (`tunelab.handin`) in its `handin/`, replaced when a resumed run writes
-    it again (it is made of the run's files, all still there)."""
+def write_handin(run_dir: Path, fmt: str, out: Path | None = None) -> Path:
+    """`score.handin`: the run's hand-in (`tunelab.handin`) in `out` (default: its `handin/`), replaced when a
+    resumed run writes it again (it is made of the run's files, all still there)."""
     import logging
     import shutil
 
     from tunelab.handin import handin
-    out = run_dir / "handin"
+    out = out if out is not None else run_dir / "handin"
     shutil.rmtree(out, ignore_errors=True)
     written = handin(run_dir, out, fmt)
     logging.getLogger(__name__).info(f"hand-in written: {written}")

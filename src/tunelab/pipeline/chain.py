@@ -1,6 +1,7 @@
 """`tunelab run` of a recipe with `stages:` (`tunelab.recipe.stages`): each stage's whole pipeline in turn, the
 next starting from the one before, and one report — the last stage's, which is the chain's run — opening with
-what every stage gained and what it cost.
+what every stage gained and what it cost. The hand-in (`score.handin`, in the chain's run) is made from the
+chain's model (`chain_report.chain_choice`): a last stage that lost an ability is not what gets handed in.
 
 What a stage evaluates that the one before already measured is carried over, not measured again: a stage's start
 is the previous stage's best checkpoint, evaluated there on the same tasks, and the original base's abilities were
@@ -55,9 +56,22 @@ def run_chain(recipe: Recipe, resume: bool = False) -> dict:
     from tunelab.pipeline.kinds import write_report
     write_report(final, metrics, final.run_dir / "report.md")
     if recipe.score.handin:
-        from tunelab.pipeline import write_handin
-        write_handin(final.run_dir, recipe.score.handin)
+        write_chain_handin(recipe, metrics["chain"])
     return metrics
+
+
+def write_chain_handin(recipe: Recipe, chain: list[dict]) -> Path:
+    """The chain's hand-in, in its own run's `handin/`: made from the stage `chain_choice` names (the most accurate
+    that keeps every ability), the last stage when none does or nothing was judged."""
+    from tunelab.pipeline import write_handin
+    from tunelab.pipeline.chain_report import chain_choice
+    chosen = chain_choice(chain)
+    names = [s.name for s in recipe.stages]
+    source = recipe.stage_recipes[names.index(chosen["stage"]) if chosen is not None else -1]
+    final = recipe.stage_recipes[-1]
+    if source is not final:
+        log.info(f"the hand-in is made from stage {chosen['stage']} ({source.run_dir}): the chain's model")
+    return write_handin(source.run_dir, recipe.score.handin, out=final.run_dir / "handin")
 
 
 def carry_evaluations(first: Recipe, before: Recipe, stage: Recipe) -> None:

@@ -202,9 +202,8 @@ def recipe_from_raw(raw: dict[str, Any], path: str | Path, text: str = "", check
     if check_data:
         _check_data_files(recipe, p, text)
     recipe._stage_recipes = [_stage_recipe(raw, recipe, k, p, text, check_data) for k in range(len(recipe.stages))]
-    if recipe.stages:  # validated with the hand-in the chain asks of it; the chain writes it after its own report
-        last = recipe._stage_recipes[-1]
-        last.score = last.score.model_copy(update={"handin": None})
+    for stage in recipe._stage_recipes:  # each validated with the hand-in the chain may make of it (five
+        stage.score = stage.score.model_copy(update={"handin": None})  # checkpoints); the chain writes it
     return recipe
 
 

@@ -85,7 +85,7 @@ class Recipe(StrictSection):
     @model_validator(mode="after")
     def _handin_needs_five_checkpoints(self):
         """The hand-in the rules ask for is five evenly spaced checkpoints, the run evaluated, its retention
-        judged: said before training, not after it. (A chain's last stage hands in: checked there.)"""
+        judged: said before training, not after it. (A chain hands in its model, any stage: checked on each.)"""
         if self.score.handin is None or self.stages:
             return self
         if self.train.num_checkpoints != 5:

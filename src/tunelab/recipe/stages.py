@@ -14,7 +14,8 @@ Stage k (k > 1) starts from stage k-1's run directory (`model.path`: its best ch
 that adapter, so what the chain hands in is one adapter over the original base). Every stage but the last runs in
 `<output_dir>/<name>.<stage>`; the last is the chain's own run directory, `<output_dir>/<name>`, so every verb that
 takes a run (`eval`, `serve`, `handin`, `export`) takes the chain's result by its name. A stage gives no `model`
-(it is the one before), `name` or `output_dir`.
+(it is the one before), `name` or `output_dir`. `score.handin` is checked on every stage (five checkpoints each):
+the chain hands in its model, the most accurate stage that keeps every ability, not always the last.
 
 Each stage's recipe is built and validated when the recipe loads: a mistake in the third stage is one error naming
 `stages.2.train.lr` before the first trains.
@@ -71,8 +72,6 @@ def stage_raw(top: dict[str, Any], stages: list[StageConfig], k: int) -> dict[st
     base = {key: value for key, value in top.items() if key != "stages"}
     raw = merged(base, stages[k].changes())
     raw["name"], raw["output_dir"] = stage_run_dir(top["name"], top.get("output_dir", "runs"), stages, k)
-    if k < len(stages) - 1 and isinstance(raw.get("score"), dict):  # the chain's result is the last stage's
-        raw["score"] = {**raw["score"], "handin": None}
     if k > 0:
         before = stage_run_dir(top["name"], top.get("output_dir", "runs"), stages, k - 1)
         model = {key: value for key, value in (top.get("model") or {}).items()
