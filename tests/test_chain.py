@@ -131,10 +131,10 @@ def test_a_chain_runs_its_stages_reports_each_and_hands_in_its_model(tmp_path, t
     assert yaml.safe_load((handin / "recipe.yaml").read_text())["name"] == "best.sft"
     assert sorted(p.name for p in (handin / "checkpoints").iterdir()) == [c.name for c in list_checkpoints(sft_dir)]
     assert "the chain's model" in capsys.readouterr().err
-    from tunelab.handin import handin as hand_in  # by hand, the last stage by name: handed in, the model named
+    from tunelab.cli import main  # by hand, the last stage by name: handed in, the chain's model named
     (final / "metrics.json").write_text(json.dumps({**metrics, "chain": lost}))
-    hand_in(final, tmp_path / "by-hand", "hf")
-    assert f"whose model is stage sft ({sft_dir})" in capsys.readouterr().err
+    assert main(["handin", str(final), "--out", str(tmp_path / "by-hand"), "--format", "hf"]) == 0
+    assert f"whose model is stage sft ({sft_dir}" in capsys.readouterr().err
     assert yaml.safe_load((tmp_path / "by-hand" / "recipe.yaml").read_text())["name"] == "best"
     (final / "metrics.json").write_text(json.dumps(metrics))
     none_kept = [{**s, "retention": {"verdict": "FAIL", "entries": {}}} for s in metrics["chain"]]

@@ -28,7 +28,6 @@ measured of what is handed in. The other four checkpoints are merged as trained.
 from __future__ import annotations
 
 import json
-import logging
 import platform
 import shutil
 import sys
@@ -42,8 +41,6 @@ from tunelab.recipe import MINDFORMERS_MODULES
 from tunelab.recipe.lora import adapter_targets
 from tunelab.records import read_json_object, read_text, read_yaml
 from tunelab.runs import check_checkpoints, list_checkpoints
-
-log = logging.getLogger(__name__)
 
 REQUIRED_CHECKPOINTS = 5
 _HF_TO_MINDFORMERS = {hf: ms for ms, hf in MINDFORMERS_MODULES.items()}
@@ -259,17 +256,6 @@ def report(metrics: dict, recipe: dict, point: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _say_the_chains_model(run_dir: Path, metrics: dict) -> None:
-    """A chain's last stage handed in by name while the chain's model is an earlier stage (the last lost an
-    ability): it is handed in as asked, and the log names the stage the chain's own hand-in was made from."""
-    from tunelab.pipeline.chain_report import chain_choice
-    chosen = chain_choice(metrics.get("chain") or [])
-    if chosen is not None and Path(chosen["run_dir"]).resolve() != run_dir.resolve():
-        log.warning(f"{run_dir} is the last stage of a chain whose model is stage {chosen['stage']} "
-                    f"({chosen['run_dir']}): the chain's own hand-in is made from that one "
-                    f"(tunelab handin {chosen['run_dir']})")
-
-
 def handin(run_dir: str | Path, out: str | Path, fmt: str = "mindspore", dtype: str = "bfloat16",
            base_packages: str | Path | None = None, scale: float | str | None = None) -> Path:
     from tunelab.convert.export import export
@@ -277,7 +263,6 @@ def handin(run_dir: str | Path, out: str | Path, fmt: str = "mindspore", dtype: 
     if out.exists() and any(out.iterdir()):
         raise TunelabError("output directory exists and is not empty", file=out)
     metrics = check_run(run_dir)
-    _say_the_chains_model(run_dir, metrics)
     point = frontier_point(metrics, scale)
     recipe, _ = read_yaml(run_dir / "recipe.yaml")
     summary = read_json_object(run_dir / "train_summary.json")

@@ -167,11 +167,19 @@ def cli_convert(args: argparse.Namespace) -> int:
 
 @flags_for(_FLAGS)
 def cli_handin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tunelab.handin import handin
+    from tunelab.pipeline.chain_report import chain_model_elsewhere
     out = handin(args.run, args.out, args.format, args.dtype, args.base_packages, args.scale)
     n = sum(1 for _ in (out / "MANIFEST.sha256").read_text(encoding="utf-8").splitlines())
     print(f"hand-in bundle {out}: {n} files, {_size_mb(out):.1f} MB; check with "
           f"`cd {out} && sha256sum -c MANIFEST.sha256`")
+    chosen = chain_model_elsewhere(Path(args.run))
+    if chosen is not None:  # handed in as asked; the chain's own hand-in was made from another stage
+        print(f"note: {args.run} is the last stage of a chain whose model is stage {chosen['stage']} "
+              f"({chosen['run_dir']}, every ability kept): `tunelab handin {chosen['run_dir']}` hands that in, "
+              f"as the chain's own handin/ does", file=sys.stderr)
     return 0
 
 

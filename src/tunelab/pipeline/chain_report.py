@@ -4,6 +4,8 @@ of metrics.json's `chain`, so that every run kind's report can show it (`run_kin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def chain_choice(chain: list[dict]) -> dict | None:
     """The stage whose model the chain recommends: the most accurate of those that keep every ability (retention
@@ -11,6 +13,19 @@ def chain_choice(chain: list[dict]) -> dict | None:
     stage that gains nothing and loses an ability leaves the one before it the chain's best model."""
     kept = [s for s in chain if s.get("accuracy") is not None and (s.get("retention") or {}).get("verdict") == "PASS"]
     return max(reversed(kept), key=lambda s: s["accuracy"]) if kept else None
+
+
+def chain_model_elsewhere(run_dir: Path) -> dict | None:
+    """The chain's model (`chain_choice`) when `run_dir` is a chain's last stage and that model is an earlier stage's
+    run; None otherwise (not a chain, not evaluated, or this run is the model)."""
+    from tunelab.records import read_json_object
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        return None
+    chosen = chain_choice(read_json_object(metrics).get("chain") or [])
+    if chosen is None or Path(chosen["run_dir"]).resolve() == run_dir.resolve():
+        return None
+    return chosen
 
 
 def chain_choice_line(chain: list[dict]) -> str | None:
