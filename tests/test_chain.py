@@ -203,3 +203,16 @@ def test_the_chain_names_its_model_when_the_last_stage_is_not_it(stages, chosen,
     assert len(lines) == len(chain) + (says is not None)
     if says:
         assert says in lines[-1] and (chosen is None or f"stage {chosen}'s step-000010 (runs/x.{chosen})" in lines[-1])
+
+
+@pytest.mark.parametrize("chain, elsewhere", [
+    ([_stage("sft", 0.928, "PASS"), _stage("rft", 0.932, "FAIL")], "sft"),
+    ([_stage("sft", 0.928, "PASS"), _stage("rft", 0.932, "PASS")], None),  # the last stage is the model
+    ([_stage("sft", 0.9, "FAIL"), _stage("rft", 0.93, "FAIL")], None),
+    ({"sft": 1}, None), (["sft", "rft"], None), ("x", None), (None, None),  # not a list of stages: no note
+])
+def test_a_by_hand_hand_in_names_the_chains_model_only_when_it_is_another_stage(tmp_path, chain, elsewhere):
+    from tunelab.pipeline.chain_report import chain_model_elsewhere
+    assert chain_model_elsewhere(tmp_path) is None  # no metrics.json
+    (tmp_path / "metrics.json").write_text(json.dumps({"chain": chain}))
+    assert (chain_model_elsewhere(tmp_path) or {}).get("stage") == elsewhere

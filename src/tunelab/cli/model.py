@@ -177,9 +177,9 @@ def cli_handin(args: argparse.Namespace) -> int:
           f"`cd {out} && sha256sum -c MANIFEST.sha256`")
     chosen = chain_model_elsewhere(Path(args.run))
     if chosen is not None:  # handed in as asked; the chain's own hand-in was made from another stage
-        print(f"note: {args.run} is the last stage of a chain whose model is stage {chosen['stage']} "
-              f"({chosen['run_dir']}, every ability kept): `tunelab handin {chosen['run_dir']}` hands that in, "
-              f"as the chain's own handin/ does", file=sys.stderr)
+        print(f"note: {args.run} is the last stage of a chain whose model is stage {chosen.get('stage')} "
+              f"({chosen.get('run_dir')}, every ability kept): `tunelab handin {chosen.get('run_dir')}` hands that "
+              f"in, as the chain's own handin/ does", file=sys.stderr)
     return 0
 
 

@@ -4,7 +4,10 @@ of metrics.json's `chain`, so that every run kind's report can show it (`run_kin
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def chain_choice(chain: list[dict]) -> dict | None:
@@ -16,16 +19,16 @@ def chain_choice(chain: list[dict]) -> dict | None:
 
 
 def chain_model_elsewhere(run_dir: Path) -> dict | None:
-    """The chain's model (`chain_choice`) when `run_dir` is a chain's last stage and that model is an earlier stage's
-    run; None otherwise (not a chain, not evaluated, or this run is the model)."""
+    """The chain's model (`chain_choice`) when `run_dir` is a chain's last stage (only its metrics.json holds the
+    chain) and that model is an earlier stage; None otherwise (not a chain, not evaluated, a `chain` that is not a
+    list of stages, or the last stage is the model)."""
     from tunelab.records import read_json_object
     metrics = run_dir / "metrics.json"
-    if not metrics.is_file():
+    chain = read_json_object(metrics).get("chain") if metrics.is_file() else None
+    if not chain or not isinstance(chain, list) or not all(isinstance(s, dict) for s in chain):
         return None
-    chosen = chain_choice(read_json_object(metrics).get("chain") or [])
-    if chosen is None or Path(chosen["run_dir"]).resolve() == run_dir.resolve():
-        return None
-    return chosen
+    chosen = chain_choice(chain)
+    return None if chosen is None or chosen is chain[-1] else chosen
 
 
 def chain_choice_line(chain: list[dict]) -> str | None:
