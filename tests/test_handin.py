@@ -203,3 +203,30 @@ def test_a_recipe_asking_for_its_handin_is_checked_before_training(tmp_path, tin
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(TunelabError, match=says):
         load_recipe(path)
+
+
+@pytest.mark.parametrize("replay, says", [
+    ({"of": "self", "count": 96, "prompts": ["shipped", "forms"], "max_new_tokens": 320, "loops": "cut"},
+     "  - the base's own answers to general prompts (shipped, forms), replayed: 96 drawn, up to 320 tokens, cut "
+     "where they loop"),
+    ("self", "  - the base's own answers to general prompts (shipped), replayed: 10% of the examples, up to 128 "
+             "tokens"),
+    (None, None),
+])
+def test_description_names_the_replayed_answers_and_an_rft_method(replay, says):
+    """A hand-in's DESCRIPTION says what kept the abilities (the base's own answers replayed) and, for a chain's
+    rft stage, that its steps were rejection sampling, not fine-tuning on the sources alone."""
+    from tunelab.handin import description
+    recipe = {"name": "best", "lora": {"enabled": False}, "model": {"path": "runs/best.sft/adapter"},
+              "data": {"train": [{"generate": "arithmetic", "count": 480}], "replay": replay},
+              "train": {"method": "rft", "rft": {"num_generations": 8, "temperature": 0.7, "keep": 2}}}
+    summary = {"trainable_params": 10, "total_params": 10, "samples": 576, "steps": 72, "hardware": "CPU X",
+               "train_seconds": 60.0}
+    desc = description(recipe, summary, {"ratio": {"ratio": 1.0}, "best_checkpoint": "step-000072"})
+    assert ("the base's own answers" in desc) == (says is not None)
+    if says:
+        assert says in desc
+    assert ("- method: rejection-sampling fine-tuning (RFT): 8 answers a problem sampled at temperature 0.7, at most "
+            "2 the grader accepts trained a problem") in desc
+    sft = description({**recipe, "train": {}}, summary, {"ratio": {"ratio": 1.0}, "best_checkpoint": "step-000072"})
+    assert "- method:" not in sft

@@ -174,12 +174,38 @@ def _method(lora: dict) -> str:
     return f"{name}, target modules {targets}; merged into the handed-in weights"
 
 
+def _replay_line(replay) -> str:
+    """The base's own answers trained beside the task (`data.replay`): a judge reading the hand-in learns why the
+    abilities were kept, not only the task's sources. `replay: self` written short is the defaults."""
+    replay = replay if isinstance(replay, dict) else {}
+    drawn = (f"{replay['count']:,} drawn" if replay.get("count")
+             else f"{100 * (replay.get('fraction') or 0.1):g}% of the examples")
+    prompts = ", ".join(map(str, replay.get("prompts") or ["shipped"]))
+    cut = ", cut where they loop" if replay.get("loops") == "cut" else ""
+    return (f"  - the base's own answers to general prompts ({prompts}), replayed: {drawn}, up to "
+            f"{replay.get('max_new_tokens') or 128} tokens{cut}")
+
+
+def _method_line(train: dict) -> list[str]:
+    """The training method when it is not plain fine-tuning, with what an RFT stage sampled and kept."""
+    method = train.get("method") or "sft"
+    if method == "sft":
+        return []
+    if method == "rft":
+        rft = train.get("rft") or {}
+        return [f"- method: rejection-sampling fine-tuning (RFT): {rft.get('num_generations', 8)} answers a problem "
+                f"sampled at temperature {rft.get('temperature', 0.7)}, at most {rft.get('keep', 2)} the grader "
+                "accepts trained a problem"]
+    return [f"- method: {method}"]
+
+
 def description(recipe: dict, summary: dict, metrics: dict, point: dict | None = None) -> str:
     """DESCRIPTION.md: the facts the recipe and run know, and the parts only the entrant can write. `point`: the
     frontier point the best checkpoint is handed in at (`frontier_point`)."""
     lora, train, data = recipe.get("lora", {}), recipe.get("train", {}), recipe.get("data", {})
     sources = data.get("train", [])
     method = _method(lora)
+    n_sources = len(sources) + bool(data.get("replay"))
     lines = [f"# {recipe.get('name')}: algorithm description", "",
              "<!-- Pre-filled by `tunelab handin` from the recipe and the run; complete the TODO parts. -->", "",
              "## Method", "", f"- {method}",
@@ -187,7 +213,7 @@ def description(recipe: dict, summary: dict, metrics: dict, point: dict | None =
              f"- trainable parameters {summary.get('trainable_params'):,} of {summary.get('total_params'):,}"
              f" (low-parameter ratio {metrics['ratio']['ratio']:.6g})", "",
              "## Data", "",
-             f"- {summary.get('samples'):,} training examples from {len(sources)} source(s):"]
+             f"- {summary.get('samples'):,} training examples from {n_sources} source(s):"]
     for s in sources:
         if s.get("corpus") and s.get("replay"):
             lines.append(f"  - corpus {s['corpus']} (replayed as {100 * s['replay']:g}% of the training tokens, "
@@ -198,6 +224,8 @@ def description(recipe: dict, summary: dict, metrics: dict, point: dict | None =
             continue
         what = s.get("path") or f"generated {s.get('generate')}"
         lines.append(f"  - {what} (format {s.get('format', 'auto')}, count {s.get('count', 'all')})")
+    if data.get("replay"):
+        lines.append(_replay_line(data["replay"]))
     lines += [f"- template {data.get('template')}, max sequence length {data.get('max_seq_len')}, "
               f"packing {data.get('packing')}, loss on {data.get('loss_on')}", "",
               "## Training", "",
@@ -206,6 +234,7 @@ def description(recipe: dict, summary: dict, metrics: dict, point: dict | None =
               f"{train.get('lr')} (warmup {train.get('warmup_ratio')}, cosine to {train.get('min_lr_ratio')}), "
               f"precision {summary.get('precision') or train.get('precision')} (as trained; the recipe asked for "
               f"{train.get('precision')})",
+              *_method_line(train),
               f"- five checkpoints at evenly spaced steps; best: {metrics.get('best_checkpoint')}"
               + ("" if point is None else f", merged with its LoRA update times {point['scale']:g} (weight-space "
                                           "interpolation toward the base, chosen on the adapter-scale frontier)"),
