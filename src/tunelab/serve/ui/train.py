@@ -204,10 +204,14 @@ def train_tab(places: Places, sweep=None) -> None:
         timer = gr.Timer(1.0)
 
     def load_fn(where):
+        """The file's text and its check together: the editor's change event checks it again, but a page under
+        load can apply that before a still-running check of the text it replaced, and the verdict shown was then
+        blank or stale (seen in CI with the cores busy)."""
         try:
-            return read_recipe_file(places, where), ""
+            text = read_recipe_file(places, where)
         except TunelabError as e:
-            return gr.skip(), f"⚠️ {e}"
+            return gr.skip(), f"⚠️ {e}", gr.skip()
+        return text, *check_fn(text)
 
     def check_fn(text):
         if not (text or "").strip():
@@ -243,9 +247,9 @@ def train_tab(places: Places, sweep=None) -> None:
             return "", ""
         return run_state(Path(where), processes.get(Path(where))), log_tail(Path(where))
 
-    pick.input(lambda p: (p, *load_fn(p)), pick, [path, editor, check])
-    load.click(load_fn, path, [editor, check])
-    path.submit(load_fn, path, [editor, check])
+    pick.input(lambda p: (p, *load_fn(p)), pick, [path, editor, check, run_dir])
+    load.click(load_fn, path, [editor, check, run_dir])
+    path.submit(load_fn, path, [editor, check, run_dir])
     editor.change(check_fn, editor, [check, run_dir])
     start.click(launch_fn(False), editor, [action, run_dir])
     resume.click(launch_fn(True), editor, [action, run_dir])
