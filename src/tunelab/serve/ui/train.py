@@ -204,9 +204,9 @@ def train_tab(places: Places, sweep=None) -> None:
         timer = gr.Timer(1.0)
 
     def load_fn(where):
-        """The file's text and its check together: the editor's change event checks it again, but a page under
-        load can apply that before a still-running check of the text it replaced, and the verdict shown was then
-        blank or stale (seen in CI with the cores busy)."""
+        """The file's text and its check together, not a cleared check for the editor's change event to fill: with
+        the cores busy that event's verdict was once lost after a recipe was picked again, and the check stayed
+        blank (CI); the change event still checks every edit."""
         try:
             text = read_recipe_file(places, where)
         except TunelabError as e:
