@@ -180,6 +180,24 @@ def test_the_shipped_best_recipe_is_sft_then_rft_on_the_same_held_out_problems()
     assert recipe.score.handin == "mindspore" and sft.train.num_checkpoints == rft.train.num_checkpoints == 5
 
 
+def test_the_shipped_hour_recipe_is_the_best_recipes_first_stage_ending_at_100_steps():
+    """recipes/smollm2-math-hour.yaml as its header says: the best recipe's sft stage, the same data, replay,
+    evaluation, score and hand-in, its schedule ending at step 100 (so the hour's figures in docs/smollm2.md are
+    that stage's on a shorter cosine, nothing else)."""
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    hour = load_recipe(recipes / "smollm2-math-hour.yaml", check_data=False)
+    sft = load_recipe(recipes / "smollm2-math-best.yaml", check_data=False).stage_recipes[0]
+    assert hour.train.max_steps == 100 and sft.train.max_steps is None
+    assert hour.score.handin == "mindspore" and hour.train.num_checkpoints == 5
+    one, other = hour.model_dump(), sft.model_dump()
+    for raw in (one, other):
+        for key in ("name", "description", "stages", "output_dir"):
+            raw.pop(key, None)
+        raw["train"].pop("max_steps")
+        raw["score"].pop("handin")  # a chain's stage leaves its hand-in to the chain
+    assert one == other
+
+
 def _stage(name, accuracy, verdict):
     return {"stage": name, "method": name, "run_dir": f"runs/x.{name}", "best_checkpoint": "step-000010",
             "accuracy": accuracy, "retention": {"verdict": verdict, "entries": {}} if verdict else None}
