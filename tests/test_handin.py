@@ -230,3 +230,23 @@ def test_description_names_the_replayed_answers_and_an_rft_method(replay, says):
             "2 the grader accepts trained a problem") in desc
     sft = description({**recipe, "train": {}}, summary, {"ratio": {"ratio": 1.0}, "best_checkpoint": "step-000072"})
     assert "- method:" not in sft
+
+
+@pytest.mark.parametrize("train, summary, says", [
+    ({"epochs": 1, "max_steps": 100, "batch_size": 8}, {"rows_per_epoch": 1574, "world_size": 1},
+     "- 100 optimizer steps, train.max_steps 100: 0.51 of an epoch of 1,574 rows, batch size 8"),
+    ({"epochs": 1, "max_steps": 100, "batch_size": 4, "grad_accum": 2}, {"rows_per_epoch": 400, "world_size": 2},
+     "- 100 optimizer steps, train.max_steps 100: 4 of an epoch of 400 rows, batch size 4 x grad_accum 2"),
+    ({"epochs": 1, "batch_size": 8}, {"rows_per_epoch": 1574, "world_size": 1},
+     "- 100 optimizer steps, epochs 1, batch size 8"),
+    ({"epochs": 2, "max_steps": 100, "batch_size": 8}, {}, "- 100 optimizer steps, epochs 2, batch size 8"),
+])
+def test_description_says_how_much_of_an_epoch_a_short_schedule_saw(train, summary, says):
+    """`train.max_steps` ending the schedule before an epoch (the hour recipe: 100 steps of 197) is named with the
+    share of the epoch it trained, not as the recipe's `epochs`; without the row count the recipe's epochs stand."""
+    from tunelab.handin import description
+    recipe = {"name": "hour", "lora": {"enabled": False}, "model": {"path": "base"},
+              "data": {"train": [{"generate": "arithmetic", "count": 3000}]}, "train": train}
+    summary = {"trainable_params": 10, "total_params": 10, "samples": 3000, "steps": 100, "hardware": "CPU X",
+               "train_seconds": 60.0, **summary}
+    assert says in description(recipe, summary, {"ratio": {"ratio": 1.0}, "best_checkpoint": "step-000100"})

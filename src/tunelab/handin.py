@@ -199,6 +199,17 @@ def _method_line(train: dict) -> list[str]:
     return [f"- method: {method}"]
 
 
+def _epochs_text(train: dict, summary: dict) -> str:
+    """The recipe's epochs, or, when `train.max_steps` ended the schedule, how much of an epoch those steps saw: a
+    short schedule on the same data reads as one, not as the epochs it never finished."""
+    rows = summary.get("rows_per_epoch")
+    if not train.get("max_steps") or not rows:
+        return f"epochs {train.get('epochs')}"
+    seen = (summary.get("steps") or 0) * train.get("batch_size", 1) * train.get("grad_accum", 1) \
+        * summary.get("world_size", 1)
+    return f"train.max_steps {train['max_steps']}: {seen / rows:.2g} of an epoch of {rows:,} rows"
+
+
 def description(recipe: dict, summary: dict, metrics: dict, point: dict | None = None) -> str:
     """DESCRIPTION.md: the facts the recipe and run know, and the parts only the entrant can write. `point`: the
     frontier point the best checkpoint is handed in at (`frontier_point`)."""
@@ -229,7 +240,7 @@ def description(recipe: dict, summary: dict, metrics: dict, point: dict | None =
     lines += [f"- template {data.get('template')}, max sequence length {data.get('max_seq_len')}, "
               f"packing {data.get('packing')}, loss on {data.get('loss_on')}", "",
               "## Training", "",
-              f"- {summary.get('steps')} optimizer steps, epochs {train.get('epochs')}, batch size "
+              f"- {summary.get('steps')} optimizer steps, {_epochs_text(train, summary)}, batch size "
               f"{train.get('batch_size')} x grad_accum {train.get('grad_accum', 1)}, learning rate "
               f"{train.get('lr')} (warmup {train.get('warmup_ratio')}, cosine to {train.get('min_lr_ratio')}), "
               f"precision {summary.get('precision') or train.get('precision')} (as trained; the recipe asked for "
