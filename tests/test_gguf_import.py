@@ -97,6 +97,35 @@ def test_what_cannot_be_read_is_one_line(tmp_path, capsys):
     assert "notanarch" in capsys.readouterr().err
 
 
+def test_a_gguf_files_config_is_planned_before_and_after_its_conversion(smol_dir, smol_gguf, tmp_path, capsys):
+    """`tunelab plan` on `model.path: X.gguf` reads the architecture from the file's metadata, nothing dequantised
+    (the converted directory's config.json once there is one): the same config either way, the original's."""
+    from conftest import write_recipe
+    from transformers import AutoConfig
+
+    from tunelab.cli import main
+    from tunelab.convert.gguf_import import gguf_config, hf_dir_for_gguf
+    keys = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "tie_word_embeddings", "rms_norm_eps")
+    read, said = gguf_config(smol_gguf)
+    assert "metadata" in said and not list((tmp_path / "cache").rglob("config.json"))
+    assert not hasattr(read, "quantization_config")
+    recipe = write_recipe(tmp_path, "plan-gguf", model={"preset": None, "from_scratch": None,
+                                                        "tokenizer_vocab_size": None, "path": str(smol_gguf)},
+                          data={"template": "auto", "max_seq_len": 64}, lora={"enabled": True},
+                          train={"max_steps": 2, "num_checkpoints": 1})
+    assert main(["plan", str(recipe)]) == 0
+    assert "the GGUF file's metadata" in capsys.readouterr().out
+    assert not list((tmp_path / "cache").rglob("config.json"))
+    hf_dir_for_gguf(smol_gguf)
+    converted, said = gguf_config(smol_gguf)
+    assert "converted" in said
+    original = AutoConfig.from_pretrained(smol_dir)
+    assert {k: getattr(read, k) for k in keys} == {k: getattr(converted, k) for k in keys}
+    assert {k: getattr(read, k) for k in keys[:-1]} == {k: getattr(original, k) for k in keys[:-1]}
+    assert read.rms_norm_eps == pytest.approx(original.rms_norm_eps, rel=1e-6)  # GGUF keeps it as a float32
+
+
 @pytest.fixture(scope="module")
 def gguf_run(smol_gguf, tmp_path_factory):
     """A LoRA run (2 steps) whose `model.path` is the GGUF file, in the model's own template."""

@@ -52,6 +52,26 @@ def gguf_converted_dir(path: str | Path, field: str = "model.path") -> Path:
     return converted_cache_root() / f"{path.stem}-{key}"
 
 
+def gguf_config(path: str | Path, field: str = "model.path"):
+    """(the config of the model a GGUF file holds, where it came from), without its weights: the converted
+    directory's config.json once converted, else transformers' reading of the file's metadata (what the
+    conversion saves), so `tunelab plan` sizes a packaged model before anything is dequantised."""
+    from transformers import AutoConfig
+    out = gguf_converted_dir(path, field)
+    if (out / "config.json").is_file():
+        return AutoConfig.from_pretrained(str(out)), f"{path} (converted: {out / 'config.json'})"
+    path = locate(path, field)
+    try:
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as e:  # noqa: BLE001 - an architecture transformers cannot read, a damaged file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TunelabError(f"cannot read this GGUF file's model config ({first[:300]})", file=path,
+                           field=field) from e
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # dequantised on use: planned as the plain model it becomes
+    return config, f"{path} (the GGUF file's metadata; dequantised on first use)"
+
+
 def hf_dir_for_gguf(path: str | Path, field: str = "model.path") -> Path:
     """The HF directory of a GGUF file (or of one inside an installed package, `locate`), converted on first
     use (see the module docstring)."""

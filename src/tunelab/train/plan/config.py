@@ -1,6 +1,6 @@
 """The model's config without its weights, offline: a preset (with the vocabulary its tokenizer will give it), a
-local directory, run directory, adapter or MindFormers YAML, the Hugging Face cache, or a built-in config for the
-hub ids the shipped recipes name. A course's later stage is planned before its earlier one has run: a `model.path`
+local directory, run directory, adapter, GGUF file (its metadata) or MindFormers YAML, the Hugging Face cache, or a
+built-in config for the hub ids the shipped recipes name. A course's later stage is planned before its earlier one has run: a `model.path`
 run directory that does not exist yet is the model of the recipe beside it that produces it."""
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def model_config(recipe: Recipe, recipe_file: str | Path | None = None) -> tuple
 
 
 def _model_config(recipe: Recipe, recipe_file: Path | None, seen: frozenset) -> tuple[PretrainedConfig, str]:
+    from tunelab.convert.gguf_import import gguf_config, is_gguf
     from tunelab.model.presets import preset_config
     m = recipe.model
     if m.path is None:
@@ -55,6 +56,8 @@ def _model_config(recipe: Recipe, recipe_file: Path | None, seen: frozenset) -> 
         cfg, _ = hf_config_from_mindformers_yaml(m.mindformers_config)
         cfg = dict(cfg)
         return AutoConfig.for_model(cfg.pop("model_type"), **cfg), f"{m.mindformers_config} (MindFormers YAML)"
+    if is_gguf(m.path):
+        return gguf_config(m.path, "model.path")
     found = _path_config(m.path, "model.path")
     if found is not None:
         return found
