@@ -1,7 +1,8 @@
 """The model's config without its weights, offline: a preset (with the vocabulary its tokenizer will give it), a
 local directory, run directory, adapter, GGUF file (its metadata) or MindFormers YAML, the Hugging Face cache, or a
-built-in config for the hub ids the shipped recipes name. A course's later stage is planned before its earlier one has run: a `model.path`
-run directory that does not exist yet is the model of the recipe beside it that produces it."""
+built-in config for the hub ids the shipped recipes name. A course's later stage is planned before its earlier one
+has run: a `model.path` run directory that does not exist yet is the model of the recipe beside it that produces
+it."""
 
 from __future__ import annotations
 
