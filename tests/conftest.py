@@ -158,3 +158,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "patched" in item.keywords:
             item.add_marker(skip)
+
+
+# Modules whose module-scoped fixture starts a vLLM server (~35-45 s on 2 cores): under `-n auto` each runs on one
+# worker, so the server starts once, not once a worker.
+ONE_WORKER_MODULES = ("tests/test_vllm_engine.py", "tests/test_vllm_serve.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's own scheduler but for `ONE_WORKER_MODULES`, each one unit of work. (`--dist loadgroup` with
+    `xdist_group` marks would say the same, but pytest-xdist 3.8 groups by rewriting `item._nodeid`, which pytest
+    9.2 no longer reads: its groups fell apart.) Scheduled biggest unit first, so the two modules start at once."""
+    if config.getvalue("dist") != "load":
+        return None   # an explicit --dist keeps its own scheduler
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ServerModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return ServerModulesTogether(config, log)
