@@ -91,6 +91,11 @@ def test_what_cannot_be_read_is_one_line(tmp_path, capsys):
     assert "cannot read this GGUF file" in e.value.message and "notanarch" in e.value.message
     assert e.value.file == str(bad) and e.value.field == "model.path"
     assert not list((tmp_path / "cache").rglob("config.json"))  # nothing that looks converted
+    from tunelab.convert.gguf_import import gguf_config
+    with pytest.raises(TunelabError) as e:   # the plan's reading of it: the same one line
+        gguf_config(bad)
+    assert "cannot read this GGUF file's model config" in e.value.message and "notanarch" in e.value.message
+    assert e.value.file == str(bad) and e.value.field == "model.path"
     data = tmp_path / "dev.jsonl"
     data.write_text('{"problem": "1 + 1", "solution": "2"}\n')
     assert main(["eval", "--model", str(bad), "--tasks", "arithmetic", "--data", f"arithmetic={data}"]) != 0

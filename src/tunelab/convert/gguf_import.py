@@ -64,12 +64,8 @@ def gguf_config(path: str | Path, field: str = "model.path"):
     try:
         config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:  # noqa: BLE001 - an architecture transformers cannot read, a damaged file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise TunelabError(f"cannot read this GGUF file's model config ({first[:300]})", file=path,
-                           field=field) from e
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # dequantised on use: planned as the plain model it becomes
-    return config, f"{path} (the GGUF file's metadata; dequantised on first use)"
+        raise _unreadable(path, "'s model config", e, field) from e
+    return _dequantised(config), f"{path} (the GGUF file's metadata; dequantised on first use)"
 
 
 def hf_dir_for_gguf(path: str | Path, field: str = "model.path") -> Path:
@@ -95,10 +91,7 @@ def _plain(model):
     """The dequantised model as an ordinary one: transformers marks a model read from GGUF as quantised with
     `gguf` and refuses to save it, though its weights are plain float tensors by now."""
     from transformers import AutoModelForCausalLM
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    plain = AutoModelForCausalLM.from_config(_dequantised(model.config), dtype=next(model.parameters()).dtype)
     plain.load_state_dict(model.state_dict())
     plain.generation_config = model.generation_config
     return plain
@@ -116,6 +109,19 @@ def _load(path: Path, field: str):
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 - an architecture or quant type transformers cannot read, a damaged file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise TunelabError(f"cannot read this GGUF file as a model ({first[:300]})", file=path, field=field) from e
+        raise _unreadable(path, " as a model", e, field) from e
     return model, tokenizer
+
+
+def _dequantised(config):
+    """`config` without the `gguf` quantization transformers marks a model read from GGUF with: the model is
+    plain float tensors once read, and is saved and planned as such."""
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
+def _unreadable(path: Path, what: str, error: Exception, field: str) -> TunelabError:
+    """One line for a GGUF file transformers' reader refused: the first line of its error."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return TunelabError(f"cannot read this GGUF file{what} ({first[:300]})", file=path, field=field)
